@@ -1,0 +1,122 @@
+"""The stage contract: what a stage module in stages/<kernel>/ provides.
+
+A stage module defines one subclass of `Stage`. The registry loads it from the file named
+in kernel.yaml; the runner calls, in order:
+
+    compiled = stage.compile(params, variants, arch)        # no GPU needed
+    inputs   = <fixture>(stage.inputs(params), params, seed) # torch tensors, on the device
+    outputs  = <poisoned tensors of stage.outputs(params)>
+    stage.launch(compiled, inputs, outputs)                  # fills outputs in place
+    expected = stage.reference(inputs, params, variants, compute_dtype)
+
+`compute_dtype` is torch.float32 for the true reference, and the kernel's own dtype for
+the "PyTorch in low precision" run that calibrates the tolerance (see workbench.compare).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
+
+if TYPE_CHECKING:  # torch is imported only where a run needs it
+    import torch
+
+DTYPES = ("bf16", "fp16", "fp32", "fp64", "int32", "int64")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and element type of one input or output tensor."""
+
+    shape: tuple[int, ...]
+    dtype: str  # one of DTYPES
+
+    def torch_dtype(self) -> "torch.dtype":
+        return torch_dtype(self.dtype)
+
+
+def torch_dtype(name: str) -> "torch.dtype":
+    import torch
+
+    return {
+        "bf16": torch.bfloat16,
+        "fp16": torch.float16,
+        "fp32": torch.float32,
+        "fp64": torch.float64,
+        "int32": torch.int32,
+        "int64": torch.int64,
+    }[name]
+
+
+class Params(Mapping[str, Any]):
+    """Resolved parameters of one run (n, d, dtype, ...), read as p.n or p["n"]."""
+
+    def __init__(self, values: Mapping[str, Any]):
+        self._values = dict(values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"no parameter {name!r}") from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return "Params(" + ", ".join(f"{k}={v!r}" for k, v in self._values.items()) + ")"
+
+    def replace(self, **changes: Any) -> "Params":
+        return Params({**self._values, **changes})
+
+
+class Stage:
+    """Base class of a stage. Subclass it in stages/<kernel>/<module>.py.
+
+    Class attributes a subclass may set:
+      needs_gpu   -- False for stages that run on the CPU (plain PyTorch test kernels)
+      is_cute     -- True when compile() traces a CuTe DSL kernel (wb shapes, wb compile)
+    """
+
+    needs_gpu: ClassVar[bool] = True
+    is_cute: ClassVar[bool] = True
+
+    # Filled in by the registry from kernel.yaml.
+    kernel: str = ""
+    letter: str = ""
+    name: str = ""
+
+    def inputs(self, p: Params) -> dict[str, TensorSpec]:
+        raise NotImplementedError
+
+    def outputs(self, p: Params) -> dict[str, TensorSpec]:
+        raise NotImplementedError
+
+    def compile(self, p: Params, variants: Mapping[str, str], arch: str) -> Callable[..., Any]:
+        """Trace and compile for `arch` with fake tensors; must work without a GPU."""
+        raise NotImplementedError
+
+    def launch(
+        self,
+        compiled: Any,
+        inputs: Mapping[str, "torch.Tensor"],
+        outputs: Mapping[str, "torch.Tensor"],
+    ) -> None:
+        """Run the compiled kernel, writing into `outputs` in place."""
+        raise NotImplementedError
+
+    def reference(
+        self,
+        inputs: Mapping[str, "torch.Tensor"],
+        p: Params,
+        variants: Mapping[str, str],
+        compute_dtype: "torch.dtype",
+    ) -> dict[str, "torch.Tensor"]:
+        """The expected outputs, computed by PyTorch in `compute_dtype`."""
+        raise NotImplementedError
