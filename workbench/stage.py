@@ -82,10 +82,14 @@ class Stage:
     Class attributes a subclass may set:
       needs_gpu   -- False for stages that run on the CPU (plain PyTorch test kernels)
       is_cute     -- True when compile() traces a CuTe DSL kernel (wb shapes, wb compile)
+      proves, cannot_see -- one paragraph each, shown in the stage's report
     """
 
     needs_gpu: ClassVar[bool] = True
     is_cute: ClassVar[bool] = True
+    # For the stage report: what a PASS of this stage proves, and which bugs it cannot see.
+    proves: ClassVar[str] = ""
+    cannot_see: ClassVar[str] = ""
 
     # Filled in by the registry from kernel.yaml.
     kernel: str = ""

@@ -1,0 +1,89 @@
+"""The `wb` command line: parse, call the library, render. One module per command group."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from workbench import __version__
+from workbench.errors import NoGpuError, UserError
+
+app = typer.Typer(
+    name="wb",
+    help="Workbench for CuTe DSL kernels built as ordered, verified stages.\n\n"
+    "Typical day: `wb shapes fmha`, `wb run stage-c --n 256`, `wb diff-run`, `wb report stage-c`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+)
+
+
+class State:
+    workspace_path: Optional[str] = None
+
+    def workspace(self):
+        from workbench.workspace import find_workspace
+
+        return find_workspace(self.workspace_path)
+
+
+state = State()
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"wb {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    workspace: Optional[Path] = typer.Option(
+        None, "--workspace", "-w", help="Workspace folder (default: $WB_WORKSPACE, else found upward from the cwd)."
+    ),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print wb's version."),
+) -> None:
+    state.workspace_path = str(workspace) if workspace else None
+
+
+def _register() -> None:
+    from workbench.cli import history, kernels, memory, run  # noqa: F401
+
+    for optional in ("shapes", "compile", "bench", "hosts", "sweep"):
+        try:
+            __import__(f"workbench.cli.{optional}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"workbench.cli.{optional}":
+                raise
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    from workbench import terminal
+
+    terminal.warn(str(message))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from workbench import terminal
+
+    warnings.showwarning = _show_warning
+    _register()
+    try:
+        app(args=argv, prog_name="wb", standalone_mode=True)
+    except (UserError, NoGpuError) as exc:
+        if os.environ.get("WB_DEBUG"):
+            raise
+        terminal.error(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        if os.environ.get("WB_DEBUG"):
+            raise
+        terminal.error("interrupted")
+        sys.exit(130)

@@ -1,0 +1,157 @@
+"""Looking back: `wb runs`, `wb diff-run`, `wb report`, `wb explain`."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from workbench.cli import app, state
+from workbench.errors import UserError
+
+
+def _stage_id_of(ws):
+    from workbench.registry import load_kernels, resolve_stage
+
+    kernels = load_kernels(ws)
+    return lambda text: resolve_stage(ws, text, kernels).id
+
+
+def select_run(ws, selector: str) -> dict:
+    from workbench.records import select
+
+    return select(ws.runs_dir, selector, _stage_id_of(ws))
+
+
+@app.command()
+def runs(
+    stage: Optional[str] = typer.Argument(None, help="Only runs of this stage (c, stage-c, fmha/stage-c)."),
+    limit: int = typer.Option(20, "-n", "--limit", help="How many runs to list, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="Print the runs as JSON."),
+) -> None:
+    """List recent runs, newest first."""
+    from workbench.records import list_records
+
+    ws = state.workspace()
+    where = None
+    if stage:
+        stage_id = _stage_id_of(ws)(stage)
+        where = lambda r: r.get("stage") == stage_id  # noqa: E731
+    records = list_records(ws.runs_dir, where, limit=max(limit, 0))
+    if as_json:
+        from workbench.terminal import print_json
+
+        print_json([{k: v for k, v in r.items() if k in ("id", "stage", "verdict", "params", "variants", "started", "provenance", "timing", "kind")} for r in records])
+        return
+    if not records:
+        from workbench.terminal import console
+
+        console.print("no runs recorded yet" + (f" for {stage}" if stage else "") + ": `wb run STAGE` makes one")
+        return
+    from workbench.cli.render import render_runs
+
+    render_runs(records)
+
+
+@app.command("diff-run")
+def diff_run(
+    a: Optional[str] = typer.Argument(None, help="Older run (id, prefix, last~1, stage-c@last~1). Default: see below."),
+    b: Optional[str] = typer.Argument(None, help="Newer run. Default: the last run of A's stage, or the last two runs of the latest stage."),
+    as_json: bool = typer.Option(False, "--json", help="Print the difference as JSON."),
+) -> None:
+    """Compare two runs: verdict flips, metric deltas, params, provenance, shapes, timing. Exit 1 when B regresses."""
+    from workbench.diff import default_pair, diff_runs
+
+    ws = state.workspace()
+    if a is None:
+        try:
+            ra, rb = default_pair(ws.runs_dir)
+        except LookupError as exc:
+            raise UserError(str(exc)) from None
+    else:
+        ra = select_run(ws, a)
+        if b is None:
+            from workbench.records import list_records
+
+            newer = list_records(ws.runs_dir, lambda r: r.get("stage") == ra["stage"], limit=1)
+            if not newer or newer[0]["id"] == ra["id"]:
+                raise UserError(f"give run B too: {ra['id']} is the latest run of {ra['stage']}")
+            rb = newer[0]
+        else:
+            rb = select_run(ws, b)
+    d = diff_runs(ra, rb)
+    if as_json:
+        from workbench.terminal import print_json
+
+        print_json(d)
+    else:
+        from workbench.cli.render import render_diff
+
+        render_diff(d)
+    raise typer.Exit(1 if d["regressed"] else 0)
+
+
+@app.command()
+def report(
+    target: str = typer.Argument("last", help="A run (id, prefix, last, stage-c@last) or a stage (stage-c, c, fmha/stage-c)."),
+    raw: bool = typer.Option(False, "--raw", help="Print the Markdown source instead of rendering it."),
+) -> None:
+    """Show a run's report, or a stage's report (its history)."""
+    from pathlib import Path
+
+    from workbench import report as reports
+    from workbench.records import select
+    from workbench.registry import load_kernels, resolve_stage
+
+    ws = state.workspace()
+    kernels = load_kernels(ws)
+    try:
+        record = select(ws.runs_dir, target, _stage_id_of(ws))
+        text = (Path(record["_dir"]) / "report.md").read_text() if (Path(record["_dir"]) / "report.md").exists() else reports.run_markdown(record)
+    except UserError as run_error:
+        try:
+            spec = resolve_stage(ws, target, kernels)
+        except UserError:
+            raise run_error from None
+        text = reports.write_stage_report(ws, spec.id).read_text()
+    if raw:
+        print(text)
+        return
+    from rich.markdown import Markdown
+
+    from workbench.terminal import console
+
+    console.print(Markdown(text))
+
+
+@app.command()
+def explain(
+    run_id: str = typer.Argument("last", help="The run to explain (id, prefix, last, stage-c@last)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the diagnoses as JSON."),
+) -> None:
+    """Print a run's diagnosis: for each failing fixture, which known bug its output matches."""
+    from workbench.cli.render import render_diagnosis
+    from workbench.terminal import console, escape, verdict
+
+    ws = state.workspace()
+    record = select_run(ws, run_id)
+    failed = [c for c in record.get("results", []) if c.get("verdict") == "FAIL"]
+    if as_json:
+        from workbench.terminal import print_json
+
+        print_json({"id": record["id"], "verdict": record["verdict"], "error": record.get("error"), "fixtures": [{"fixture": c.get("label"), "diagnosis": c.get("diagnosis")} for c in failed]})
+        return
+    console.print(f"{verdict(record['verdict'])} {escape(record['stage'])} run {record['id']}")
+    if record.get("error"):
+        err = record["error"]
+        console.print(f"{escape(err.get('message', '')[:2000])}" + (f"\n  at {escape(err['location'])}" if err.get("location") else ""))
+    if not failed:
+        if record["verdict"] == "PASS":
+            console.print("every fixture passed: nothing to explain")
+        return
+    for case in failed:
+        console.print(f"\n[bold]{escape(case.get('label', case['fixture']))}[/]")
+        for name, m in case.get("outputs", {}).items():
+            if m.get("reasons"):
+                console.print(f"  {name}: " + escape("; ".join(m["reasons"])))
+        render_diagnosis(case.get("diagnosis"), full=True)

@@ -1,0 +1,110 @@
+"""What the workspace holds: `wb list`, `wb fixtures`, `wb new kernel`."""
+
+from __future__ import annotations
+
+import typer
+
+from workbench.cli import app, state
+
+new_app = typer.Typer(help="Create things: `wb new kernel NAME`.", no_args_is_help=True)
+app.add_typer(new_app, name="new")
+
+
+@app.command("list")
+def list_kernels(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """Kernels and their stages in order, with each stage's last verdict."""
+    from workbench.records import iter_records
+    from workbench.registry import load_kernels
+    from workbench.terminal import console, escape, table, verdict
+
+    ws = state.workspace()
+    kernels = load_kernels(ws)
+    wanted = {s.id for k in kernels.values() for s in k.stages}
+    last: dict[str, dict] = {}
+    for record in iter_records(ws.runs_dir):
+        if record.get("stage") in wanted and record["stage"] not in last and record.get("kind", "run") == "run":
+            last[record["stage"]] = record
+            if len(last) == len(wanted):
+                break
+    data = [
+        {
+            "kernel": k.name,
+            "title": k.title,
+            "arch": k.arch,
+            "stages": [
+                {
+                    "stage": s.id,
+                    "letter": s.letter,
+                    "name": s.name,
+                    "title": s.title,
+                    "last_verdict": last.get(s.id, {}).get("verdict"),
+                    "last_run": last.get(s.id, {}).get("id"),
+                }
+                for s in k.stages
+            ],
+        }
+        for k in kernels.values()
+    ]
+    if as_json:
+        from workbench.terminal import print_json
+
+        print_json(data)
+        return
+    if not data:
+        console.print("no kernels in stages/ yet: `wb new kernel NAME` makes one")
+        return
+    for k in data:
+        rows = [
+            [f"stage-{s['letter']}", escape(s["name"]), escape(s["title"]), verdict(s["last_verdict"]), s["last_run"] or "-"]
+            for s in k["stages"]
+        ]
+        console.print(table(f"{k['kernel']} — {k['title']} ({k['arch']})", ["stage", "name", "title", "last verdict", "last run"], rows))
+
+
+@app.command()
+def fixtures(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """The diagnostic fixtures: what each isolates and what it can hide."""
+    from workbench.fixtures import load_fixtures
+    from workbench.terminal import console, escape, table
+
+    ws = state.workspace()
+    registry = load_fixtures(ws.fixtures_dir)
+    data = [
+        {
+            "name": f.name,
+            "isolates": f.isolates,
+            "hides": f.hides,
+            "needs": list(f.needs),
+            "variants": dict(f.variants),
+            "seeds": f.seeds,
+            "module": f.module,
+        }
+        for f in sorted(registry.values(), key=lambda f: f.name)
+    ]
+    if as_json:
+        from workbench.terminal import print_json
+
+        print_json(data)
+        return
+    rows = [
+        [
+            escape(f["name"]),
+            escape(f["isolates"]),
+            escape(f["hides"]),
+            escape(", ".join(f["needs"]) or "-") + (f"\nvariant {escape(' '.join(f'{k}={v}' for k, v in f['variants'].items()))}" if f["variants"] else ""),
+        ]
+        for f in data
+    ]
+    console.print(table(None, ["fixture", "isolates", "can hide", "needs"], rows, show_lines=True))
+
+
+@new_app.command("kernel")
+def new_kernel(name: str = typer.Argument(..., help="Kernel name: a lowercase Python identifier.")) -> None:
+    """Scaffold stages/NAME/ (kernel.yaml, a real CuTe DSL stage, a reference) and fixtures/NAME.py."""
+    from workbench.scaffold import new_kernel as scaffold
+    from workbench.terminal import console
+
+    ws = state.workspace()
+    for path in scaffold(ws, name):
+        console.print(f"created {path.relative_to(ws.root)}")
+    console.print(f"next: `wb shapes {name}` (compile-only, no GPU needed), then `wb run {name}/a` on a GPU")

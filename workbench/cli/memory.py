@@ -1,0 +1,31 @@
+"""`wb note`: add a lesson to MEMORY.md."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from workbench.cli import app, state
+from workbench.errors import UserError
+
+
+@app.command()
+def note(
+    text: str = typer.Argument(..., help="The lesson, e.g. \"TMA coords: mode 2 is the KV tile index\"."),
+    stage: Optional[str] = typer.Option(None, "--stage", "-s", help="The stage it is about (c, stage-c, fmha/stage-c)."),
+) -> None:
+    """Append a dated lesson to MEMORY.md's Lessons section."""
+    from workbench import memory
+    from workbench.terminal import console, escape
+
+    if not text.strip():
+        raise UserError("the note is empty")
+    ws = state.workspace()
+    stage_id = None
+    if stage:
+        from workbench.registry import resolve_stage
+
+        stage_id = resolve_stage(ws, stage).id
+    line = memory.add_note(ws, text, stage_id)
+    console.print(f"added to {ws.memory_path.name}: {escape(line)}")

@@ -1,0 +1,144 @@
+"""Terminal rendering of wb's data (run records, diffs, histories). No logic lives here."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Callable, Iterator
+
+from workbench import terminal
+from workbench.report import fixture_rows, params_text, variants_text
+from workbench.terminal import console, escape, fmt, verdict
+
+
+@contextlib.contextmanager
+def progress(title: str, enabled: bool = True) -> Iterator[Callable[[dict], None]]:
+    """Live progress of a run: a spinner on a terminal, plain lines otherwise."""
+    start = time.perf_counter()
+    if not enabled:
+        yield lambda event: None
+        return
+
+    def describe(event: dict) -> str:
+        if event.get("phase") == "compile":
+            v = event.get("variants") or {}
+            return "compiling" + (f" ({variants_text(v)})" if v else "")
+        if event.get("phase") == "fixture":
+            return f"fixture {event.get('fixture')}"
+        return str(event.get("phase", ""))
+
+    if terminal.interactive():
+        with console.status(f"{title}: starting worker", spinner="dots") as status:
+            yield lambda e: status.update(f"{title}: {escape(describe(e))}  [dim]{time.perf_counter() - start:.1f}s[/]")
+    else:
+        yield lambda e: print(f"[{time.perf_counter() - start:6.1f}s] {title}: {describe(e)}", flush=True)
+
+
+def render_run(record: dict[str, Any]) -> None:
+    timing = record.get("timing", {})
+    prov = record.get("provenance", {})
+    compile_text = f"compile {fmt(timing.get('compile_s'), '.2f')} s" + (" (cached)" if timing.get("compile_cached") else " (cold)")
+    console.print(
+        f"{verdict(record['verdict'])} {escape(record['stage'])}  {escape(params_text(record))}"
+        f"  [dim]{escape(variants_text(record.get('variants', {})))}[/]"
+    )
+    console.print(
+        f"[dim]run {record['id']} · {compile_text} · kernels {fmt(timing.get('run_s'), '.3f')} s · total "
+        f"{fmt(timing.get('total_s'), '.2f')} s · {escape(prov.get('gpu') or 'cpu')} · {'warm' if timing.get('worker_reused') else 'new'} worker[/]"
+    )
+    rows = fixture_rows(record)
+    if rows:
+        console.print(
+            terminal.table(
+                None,
+                ["fixture", "out", "verdict", "cos", "rel L2", "max err", "tol", "NaN", "unwritten"],
+                [
+                    [
+                        escape(r["fixture"]), r["output"], verdict(r["verdict"]), fmt(r["cos"], ".6f"), fmt(r["rel_l2"], ".2e"),
+                        fmt(r["max_abs_err"], ".2e"), fmt(r["tolerance"], ".2e"), r["nan"], r["unwritten"],
+                    ]
+                    for r in rows
+                ],
+            )
+        )
+    for case in record.get("results", []):
+        if case.get("verdict") != "FAIL":
+            continue
+        reasons = "; ".join(r for m in case.get("outputs", {}).values() for r in m.get("reasons", []))
+        console.print(f"[red]✗ {escape(case.get('label', case['fixture']))}[/]: {escape(reasons)}")
+        render_diagnosis(case.get("diagnosis"), full=False)
+    error = record.get("error")
+    if error:
+        where = f" at {error['location']}" if error.get("location") else ""
+        console.print(f"[red]{record['verdict']}{escape(where)}:[/] {escape((error.get('message') or '').strip()[:2000])}")
+        if error.get("log") and record["verdict"] in ("CRASH", "HANG"):
+            console.print("[dim]worker output (tail):[/]")
+            console.print(escape(error["log"][-1500:]), style="dim")
+    console.print(f"[dim]report: {record.get('_dir', '')}/report.md[/]")
+
+
+def render_diagnosis(diagnosis: Any, full: bool) -> None:
+    if not diagnosis:
+        return
+    if isinstance(diagnosis, dict) and set(diagnosis) == {"error"}:
+        console.print(f"  [dim]{escape(diagnosis['error'])}[/]")
+        return
+    try:
+        from workbench.diagnose import render_diagnosis as render
+    except ImportError:
+        return
+    renderable = render(diagnosis, full=full)
+    if renderable is not None:
+        console.print(renderable)
+
+
+def render_runs(records: list[dict[str, Any]]) -> None:
+    rows = []
+    for r in records:
+        prov = r.get("provenance", {})
+        rows.append(
+            [
+                r["id"], escape(r["stage"]), verdict(r["verdict"]), escape(params_text(r)),
+                escape(variants_text({k: v for k, v in r.get("variants", {}).items()})),
+                (prov.get("commit") or "-")[:8] + ("+" if prov.get("dirty") else ""),
+                escape(prov.get("gpu") or "cpu"), escape(r.get("host_name") or prov.get("host") or ""),
+            ]
+        )
+    console.print(terminal.table(None, ["run", "stage", "verdict", "params", "variants", "commit", "card", "host"], rows))
+
+
+def render_diff(d: dict[str, Any]) -> None:
+    a, b = d["a"], d["b"]
+    console.print(f"A {a['id']} {escape(a['stage'])} {verdict(a['verdict'])}  →  B {b['id']} {escape(b['stage'])} {verdict(b['verdict'])}")
+    if d["verdict_flip"]:
+        console.print(f"[bold]verdict flipped: {verdict(a['verdict'])} → {verdict(b['verdict'])}[/]")
+    flips = [f for f in d["fixtures"] if f["a"] != f["b"]]
+    for f in flips:
+        mark = "[red]regressed[/]" if f["regressed"] else ("[green]fixed[/]" if f["fixed"] else "changed")
+        console.print(f"  {escape(f['fixture'])}: {verdict(f['a'])} → {verdict(f['b'])}  {mark}")
+    metric_rows = []
+    for f in d["fixtures"]:
+        for m in f["metrics"]:
+            style = "green" if m["better"] else "red"
+            metric_rows.append(
+                [escape(f["fixture"]), m["output"], m["metric"], fmt(m["a"], ".4g"), fmt(m["b"], ".4g"), f"[{style}]{m['delta']:+.3g}[/]"]
+            )
+    if metric_rows:
+        console.print(terminal.table("metrics", ["fixture", "out", "metric", "A", "B", "Δ"], metric_rows))
+    for title, key in (("parameters", "params"), ("variants", "variants"), ("provenance", "provenance")):
+        if d[key]:
+            console.print(f"[bold]{title}:[/] " + ", ".join(f"{c['key']}: {escape(c['a'])} → {escape(c['b'])}" for c in d[key]))
+    if d["sources_changed"]:
+        console.print("[bold]stage sources changed:[/] " + ", ".join(escape(s) for s in d["sources_changed"]))
+    if d["shapes"]:
+        rows = [[escape(s["probe"]), s["change"], escape(s.get("a") or "-"), escape(s.get("b") or "-")] for s in d["shapes"]]
+        console.print(terminal.table("shape changes", ["probe", "change", "A", "B"], rows))
+    if d["timing"]:
+        console.print("[bold]timing:[/] " + ", ".join(f"{t['key']} {t['a']:.2f} → {t['b']:.2f} s ({t['delta']:+.2f})" for t in d["timing"]))
+    for s in d.get("speed", []):
+        style = "green" if s["ratio"] >= 1 else "red"
+        console.print(f"[bold]speed[/] {escape(s['case'])}: {s['a']:.1f} → {s['b']:.1f} TFLOP/s [{style}]×{s['ratio']:.3f}[/]")
+    if not (flips or metric_rows or d["params"] or d["variants"] or d["provenance"] or d["shapes"] or d["sources_changed"]):
+        console.print("[dim]no differences in verdicts, metrics, parameters, provenance or shapes[/]")
+    if d["regressed"]:
+        console.print("[bold red]B regresses on at least one fixture[/]")

@@ -1,0 +1,88 @@
+"""`wb run`: compile a stage, run its fixtures in an isolated worker, record the run."""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+import typer
+
+from workbench.cli import app, state
+from workbench.errors import UserError
+
+EXIT = {"PASS": 0, "FAIL": 1, "COMPILE_ERROR": 1, "CRASH": 1, "HANG": 1, "LOST": 1, "INTERRUPTED": 130}
+
+
+def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UserError(f"{what} {item!r} must look like key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def stage_overrides(n, d, dtype, params: list[str] | None) -> dict[str, str]:
+    overrides = parse_pairs(params, "--param")
+    for key, value in (("n", n), ("d", d), ("dtype", dtype)):
+        if value is not None:
+            overrides[key] = str(value)
+    return overrides
+
+
+@app.command()
+def run(
+    stage: str = typer.Argument(..., help="Stage: stage-c, c, fmha/stage-c or its name."),
+    n: Optional[int] = typer.Option(None, "--n", help="KV length n (the stage's allowed values apply)."),
+    d: Optional[int] = typer.Option(None, "--d", help="Head dimension d."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Element type: bf16 or fp16."),
+    param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Other parameter, key=value (repeatable)."),
+    fixture: Optional[List[str]] = typer.Option(None, "--fixture", "-f", help="Fixture to run (repeatable; default: the stage's list)."),
+    variant: Optional[List[str]] = typer.Option(None, "--variant", "-V", help="Compile-time variant key=value (repeatable)."),
+    seed: int = typer.Option(0, "--seed", help="Base seed of the fixtures."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per fixture (default: each fixture's own)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds before the run is killed as HANG (default: the stage's)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Compile for this arch (default: kernel.yaml's)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Use a new worker process instead of the warm one."),
+    host: Optional[str] = typer.Option(None, "--host", help="Run on a configured remote host (see `wb hosts`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
+) -> None:
+    """Compile STAGE, run its fixtures against the reference, record and explain the run."""
+    from workbench.registry import load_kernels, resolve_stage
+
+    ws = state.workspace()
+    spec = resolve_stage(ws, stage, load_kernels(ws))
+    params = spec.resolve_params(stage_overrides(n, d, dtype, param))
+    variants = spec.resolve_variants(parse_pairs(variant, "--variant"))
+    if timeout is not None and timeout <= 0:
+        raise UserError("--timeout must be a positive number of seconds")
+    if seeds is not None and seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    if host:
+        from workbench.remote import run_remote
+
+        record = run_remote(ws, host, spec, params, variants, fixture, seed, seeds, timeout, arch, show=not as_json)
+    else:
+        warm = not fresh and os.environ.get("WB_WORKER", "warm") != "fresh"
+        record = _run_local(ws, spec, params, variants, fixture, seed, seeds, timeout, arch, warm, show=not as_json)
+    if as_json:
+        from workbench import terminal
+
+        terminal.print_json({k: v for k, v in record.items() if not k.startswith("_")})
+    else:
+        from workbench.cli.render import render_run
+
+        render_run(record)
+    raise typer.Exit(EXIT.get(record["verdict"], 1))
+
+
+def _run_local(ws, spec, params, variants, fixtures, seed, seeds, timeout, arch, warm, show):
+    from workbench.cli.render import progress
+    from workbench.execute import run_stage
+
+    with progress(spec.id, enabled=show) as on_event:
+        return run_stage(
+            ws, spec, params, variants, fixtures=list(fixtures or []), seed=seed, seeds=seeds,
+            timeout=timeout, warm=warm, arch=arch, on_event=on_event,
+        )

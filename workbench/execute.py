@@ -1,0 +1,141 @@
+"""`wb run` as a library call: one stage, isolated in a worker, recorded in runs/<id>/."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import time
+from typing import Any, Callable
+
+from workbench import __version__
+from workbench.errors import NoGpuError, UserError
+from workbench.provenance import file_hashes, git_state, host
+from workbench.records import new_run_dir, utc_now, write_record
+from workbench.registry import StageSpec
+from workbench.runner.supervisor import Outcome, run_job
+from workbench.workspace import Workspace
+
+
+@contextlib.contextmanager
+def _no_interrupts():
+    """Hold Ctrl-C off while a record is written, so it is never half-done."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run_stage(
+    ws: Workspace,
+    spec: StageSpec,
+    params: dict[str, Any],
+    variants: dict[str, str],
+    fixtures: list[str] | None = None,
+    seed: int = 0,
+    seeds: int | None = None,
+    timeout: float | None = None,
+    warm: bool = True,
+    arch: str | None = None,
+    on_event: Callable[[dict], None] = lambda e: None,
+) -> dict[str, Any]:
+    """Run a stage and return its record (already written, with report and MEMORY.md)."""
+    timeout = timeout or spec.timeout
+    started_wall = time.perf_counter()
+    started = utc_now()
+    git = git_state(ws.root)
+    run_dir = new_run_dir(ws.runs_dir)
+    job = {
+        "workspace": str(ws.root),
+        "kernel": spec.kernel,
+        "letter": spec.letter,
+        "params": params,
+        "variants": variants,
+        "fixtures": fixtures or [],
+        "seed": seed,
+        "seeds": seeds,
+        "arch": arch,
+        "run_dir": str(run_dir),
+    }
+    try:
+        outcome = run_job(ws, job, timeout, on_event, warm=warm)
+    except KeyboardInterrupt:
+        outcome = Outcome(status="INTERRUPTED", message="interrupted (Ctrl-C) before the worker answered")
+    if outcome.status == "user_error":
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise UserError(outcome.message)
+    result = outcome.result or {}
+    if result.get("verdict") == "NO_GPU":
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise NoGpuError(result["error"]["message"])
+
+    verdict = result.get("verdict") if outcome.status == "result" else outcome.status
+    error = result.get("error")
+    if outcome.status != "result":
+        error = {"message": outcome.message, "log": outcome.log_tail}
+    elif verdict == "CRASH" and outcome.log_tail:
+        error = {**(error or {}), "log": outcome.log_tail}
+    compiles = result.get("compiles", [])
+    env = result.get("env", {})
+    record = {
+        "kind": "run",
+        "kernel": spec.kernel,
+        "stage": spec.id,
+        "letter": spec.letter,
+        "stage_title": spec.title,
+        "params": params,
+        "variants": variants,
+        "fixtures_requested": fixtures or spec.fixtures,
+        "seed": seed,
+        "verdict": verdict,
+        "error": error,
+        "crashed_on": result.get("crashed_on"),
+        "results": result.get("fixtures", []),
+        "shapes": result.get("shapes", []),
+        "about": result.get("about"),
+        "fixture_notes": result.get("fixture_notes", {}),
+        "timing": {
+            "compile_s": sum(c["seconds"] for c in compiles),
+            "compile_cached": bool(compiles) and all(c["cached"] for c in compiles),
+            "compiles": compiles,
+            "run_s": sum(f.get("launch_s", 0.0) for f in result.get("fixtures", [])),
+            "total_s": time.perf_counter() - started_wall,
+            "timeout_s": timeout,
+            "worker_reused": outcome.worker_reused,
+        },
+        "provenance": {
+            **git,
+            "sources": file_hashes(spec.source_files(), ws.root),
+            "wb": __version__,
+            "dsl": env.get("dsl"),
+            "torch": env.get("torch"),
+            "python": env.get("python"),
+            "gpu": env.get("gpu"),
+            "compute_capability": env.get("compute_capability"),
+            "driver_cuda": env.get("driver_cuda"),
+            "cuda_runtime": env.get("cuda_runtime"),
+            "arch": (compiles[0]["arch"] if compiles else arch or spec.arch),
+            "host": host(),
+        },
+        "started": started,
+        "finished": utc_now(),
+    }
+    with _no_interrupts():
+        write_record(run_dir, record)
+        record["id"] = run_dir.name
+        record["_dir"] = str(run_dir)
+        publish(ws, record)
+    return record
+
+
+def publish(ws: Workspace, record: dict[str, Any]) -> None:
+    """Write the run's report.md and update MEMORY.md's wb-owned blocks."""
+    from workbench import memory, report
+
+    report.write_run_report(ws, record)
+    memory.record_run(ws, record)

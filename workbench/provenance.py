@@ -1,0 +1,51 @@
+"""Where a run came from: git state, stage source hashes, host."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.decode(errors="replace") if done.returncode == 0 else None
+
+
+def git_state(root: Path) -> dict[str, Any]:
+    """Commit, dirty flag and a hash of the uncommitted diff (tracked and untracked files)."""
+    commit = _git(root, "rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None, "diff_hash": None}
+    status = _git(root, "status", "--porcelain", "--untracked-files=normal") or ""
+    diff = _git(root, "diff", "HEAD") or ""
+    untracked = [line[3:] for line in status.splitlines() if line.startswith("?? ")]
+    h = hashlib.sha256(diff.encode())
+    for name in sorted(untracked):
+        path = root / name
+        if path.is_file():
+            h.update(name.encode())
+            h.update(path.read_bytes())
+    dirty = bool(status.strip())
+    return {"commit": commit.strip(), "dirty": dirty, "diff_hash": h.hexdigest()[:16] if dirty else None}
+
+
+def file_hashes(paths: list[Path], root: Path) -> dict[str, str]:
+    out = {}
+    for path in paths:
+        if path.is_file():
+            try:
+                name = str(path.relative_to(root))
+            except ValueError:
+                name = str(path)
+            out[name] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return out
+
+
+def host() -> str:
+    return socket.gethostname()

@@ -1,0 +1,355 @@
+"""The worker process: runs jobs sent by the supervisor, in its own process group.
+
+    python -m workbench.runner.worker --socket PATH [--idle SECONDS] [--once] [--pidfile PATH]
+
+It binds the socket first (so the supervisor can connect at once), then imports torch
+and the DSL, and serves one connection at a time. `--once` exits after one job (a fresh
+worker per run); otherwise it exits after `--idle` seconds without a job. After a CUDA
+error the context is unusable, so the worker answers and exits; the supervisor replaces it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from workbench.errors import UserError
+from workbench.runner import protocol
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+class _CudaFailure(Exception):
+    """The kernel launch failed; the CUDA context may be unusable."""
+
+
+def environment() -> dict[str, Any]:
+    """Versions and the GPU this worker sees (for the run record's provenance)."""
+    import torch
+
+    info: dict[str, Any] = {"torch": torch.__version__, "python": sys.version.split()[0], "gpu": None}
+    try:
+        from importlib.metadata import version
+
+        info["dsl"] = version("nvidia-cutlass-dsl")
+    except Exception:
+        info["dsl"] = None
+    if torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        info["gpu"] = props.name
+        info["compute_capability"] = f"{props.major}.{props.minor}"
+        info["sm_count"] = props.multi_processor_count
+        info["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+        try:
+            driver = torch._C._cuda_getDriverVersion()
+            info["driver_cuda"] = f"{driver // 1000}.{driver % 1000 // 10}"
+        except Exception:
+            info["driver_cuda"] = None
+        info["cuda_runtime"] = torch.version.cuda
+    return info
+
+
+def user_location(exc: BaseException, roots: list[Path]) -> str | None:
+    """file:line of the innermost traceback frame inside the user's stage code."""
+    best = None
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        try:
+            path = Path(filename).resolve()
+        except OSError:
+            path = None
+        if path is not None and any(root in path.parents for root in roots):
+            best = f"{path}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    if best is None and exc.__cause__ is not None and exc.__cause__ is not exc:
+        return user_location(exc.__cause__, roots)
+    return best
+
+
+def error_info(exc: BaseException, roots: list[Path]) -> dict[str, Any]:
+    message = str(exc).strip() or type(exc).__name__
+    return {
+        "type": type(exc).__name__,
+        "message": message,
+        "location": user_location(exc, roots),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def _looks_like_cuda_error(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(s in text for s in ("cuda", "illegal", "misaligned", "launch failure", "device-side"))
+
+
+class Job:
+    """One `wb run` inside the worker: compile per variant set, run every fixture."""
+
+    def __init__(self, job: dict[str, Any], emit: Emit):
+        self.job = job
+        self.emit = emit
+        self.must_exit = False
+
+    def execute(self) -> dict[str, Any]:
+        import torch
+
+        from workbench import fixtures as fixture_registry
+        from workbench.build import compile_stage
+        from workbench.registry import forget_stage_modules, load_kernel
+        from workbench.stage import Params
+        from workbench.workspace import Workspace
+
+        job = self.job
+        ws = Workspace(Path(job["workspace"]))
+        ws.activate()
+        forget_stage_modules()
+        forget_fixture_modules()
+        kernel = load_kernel(ws.stages_dir / job["kernel"] / "kernel.yaml")
+        spec = kernel.stage(job["letter"])
+        if spec is None:
+            raise UserError(f"kernel {job['kernel']} has no stage {job['letter']!r}")
+        roots = [ws.stages_dir.resolve(), ws.fixtures_dir.resolve()]
+        result: dict[str, Any] = {"env": environment(), "fixtures": [], "shapes": [], "compiles": []}
+
+        try:
+            stage = spec.load()
+        except UserError:
+            raise
+        except Exception as exc:
+            return {**result, "verdict": "COMPILE_ERROR", "error": error_info(exc, roots)}
+        if stage.needs_gpu and not torch.cuda.is_available():
+            return {**result, "verdict": "NO_GPU", "error": {"message": f"{spec.id} needs a CUDA GPU and this machine has none"}}
+        device = "cuda" if stage.needs_gpu else "cpu"
+        result["about"] = {"proves": stage.proves, "cannot_see": stage.cannot_see}
+
+        registry = fixture_registry.load_fixtures(ws.fixtures_dir)
+        params = Params(job["params"])
+        in_specs, out_specs = stage.inputs(params), stage.outputs(params)
+        plan = self.plan(spec, registry, in_specs, job)
+        result["fixture_notes"] = {
+            f.name: {"isolates": f.isolates, "hides": f.hides} for _, cases in plan for f, _ in cases
+        }
+
+        for variants, cases in plan:
+            self.emit({"type": "progress", "phase": "compile", "variants": variants})
+            try:
+                build = compile_stage(spec, stage, params, variants, job.get("arch"))
+            except Exception as exc:
+                return {**result, "verdict": "COMPILE_ERROR", "error": error_info(exc, roots)}
+            result["compiles"].append(
+                {"variants": variants, "seconds": build.seconds, "cached": build.cached, "arch": build.arch}
+            )
+            if not result["shapes"]:
+                result["shapes"] = build.shapes
+            for fixture, seed in cases:
+                try:
+                    result["fixtures"].append(
+                        self.run_fixture(stage, spec, build, fixture, seed, params, variants, in_specs, out_specs, device)
+                    )
+                except _CudaFailure as failure:
+                    self.must_exit = True
+                    exc = failure.__cause__ or failure
+                    return {**result, "verdict": "CRASH", "error": error_info(exc, roots), "crashed_on": fixture.name}
+                except UserError:
+                    raise
+                except Exception as exc:
+                    return {**result, "verdict": "CRASH", "error": error_info(exc, roots), "crashed_on": fixture.name}
+        verdicts = [f["verdict"] for f in result["fixtures"]]
+        result["verdict"] = "PASS" if verdicts and all(v == "PASS" for v in verdicts) else "FAIL"
+        return result
+
+    def plan(self, spec, registry, in_specs, job) -> list[tuple[dict, list]]:
+        """Group (fixture, seed) cases by the variants they compile with."""
+        from workbench.fixtures import get_fixture
+
+        explicit = bool(job.get("fixtures"))
+        names = job.get("fixtures") or spec.fixtures
+        groups: dict[str, tuple[dict, list]] = {}
+        for name in names:
+            fixture = get_fixture(registry, name)
+            missing = [n for n in fixture.needs if n not in in_specs]
+            unsupported = {k: v for k, v in fixture.variants.items() if v not in spec.variants.get(k, ())}
+            if missing or unsupported:
+                if explicit:
+                    why = f"inputs {', '.join(missing)}" if missing else f"variant {', '.join(f'{k}={v}' for k, v in unsupported.items())}"
+                    raise UserError(f"fixture {name!r} does not apply to {spec.id}: it needs {why}")
+                continue
+            variants = {**job["variants"], **fixture.variants}
+            seeds = [job["seed"] + i for i in range(job.get("seeds") or fixture.seeds)]
+            key = json.dumps(sorted(variants.items()))
+            groups.setdefault(key, (variants, []))[1].extend((fixture, s) for s in seeds)
+        if not groups:
+            raise UserError(f"no fixture applies to {spec.id}")
+        return list(groups.values())
+
+    def run_fixture(self, stage, spec, build, fixture, seed, params, variants, in_specs, out_specs, device):
+        import torch
+
+        from workbench import compare
+        from workbench.stage import torch_dtype
+
+        label = fixture.name if fixture.seeds == 1 else f"{fixture.name}#{seed}"
+        self.emit({"type": "progress", "phase": "fixture", "fixture": label})
+        inputs = fixture.make(in_specs, params, seed, device)
+        for name, ts in in_specs.items():
+            got = inputs.get(name)
+            if got is None or tuple(got.shape) != tuple(ts.shape) or got.dtype != ts.torch_dtype():
+                shape = None if got is None else (tuple(got.shape), got.dtype)
+                raise UserError(f"fixture {fixture.name!r} made {name}={shape}, the stage expects {(ts.shape, ts.dtype)}")
+        outputs = {name: torch.empty(ts.shape, dtype=ts.torch_dtype(), device=device) for name, ts in out_specs.items()}
+        for tensor in outputs.values():
+            compare.poison(tensor)
+        start = time.perf_counter()
+        try:
+            stage.launch(build.compiled, inputs, outputs)
+            if device == "cuda":
+                torch.cuda.synchronize()
+        except Exception as exc:
+            if device == "cuda" and _looks_like_cuda_error(exc):
+                raise _CudaFailure(str(exc)) from exc
+            raise
+        launch_seconds = time.perf_counter() - start
+        reference = stage.reference(inputs, params, variants, torch.float32)
+        lowp_dtype = torch_dtype(params["dtype"]) if "dtype" in params else torch.float32
+        reference_lowp = stage.reference(inputs, params, variants, lowp_dtype)
+        metrics = {
+            name: compare.metrics(outputs[name], reference[name], reference_lowp[name], spec.tolerance)
+            for name in out_specs
+        }
+        case = {
+            "fixture": fixture.name,
+            "label": label,
+            "seed": seed,
+            "variants": variants,
+            "verdict": compare.fixture_verdict(metrics),
+            "outputs": metrics,
+            "launch_s": launch_seconds,
+        }
+        if case["verdict"] == "FAIL":
+            case["diagnosis"] = self.diagnose(fixture, outputs, reference, inputs, params, variants, spec, label)
+        return case
+
+    def diagnose(self, fixture, outputs, reference, inputs, params, variants, spec, label):
+        """Explain a failure with the diagnostics library, when it is there."""
+        try:
+            from workbench.diagnose import run_diagnosis
+        except ImportError:
+            return None
+        try:
+            return run_diagnosis(
+                outputs=outputs,
+                expected=reference,
+                inputs=inputs,
+                params=params,
+                variants=variants,
+                fixture=fixture.name,
+                kernel_dir=spec.module_path.parent,
+                picture_dir=Path(self.job["run_dir"]) if self.job.get("run_dir") else None,
+                label=label,
+            )
+        except Exception as exc:  # a broken diagnosis must not hide the verdict
+            return {"error": f"diagnosis failed: {type(exc).__name__}: {exc}"}
+
+
+def forget_fixture_modules() -> None:
+    from workbench import fixtures
+
+    for name in [n for n in sys.modules if n.startswith("wb_fixtures_")]:
+        del sys.modules[name]
+    fixtures._registry.clear()
+
+
+def handle(conn: socket.socket) -> bool:
+    """Serve one connection; return False when the worker should exit afterwards."""
+    keep_going = True
+    for message in protocol.receive(conn):
+        op = message.get("op")
+        if op == "ping":
+            protocol.send(conn, {"type": "pong", "pid": os.getpid()})
+        elif op == "exit":
+            return False
+        elif op == "run":
+            print(f"[wb-worker {os.getpid()}] job {message.get('run_dir')} start", flush=True)
+            job = Job(message, lambda event: protocol.send(conn, event))
+            try:
+                result = job.execute()
+                protocol.send(conn, {"type": "result", "result": result})
+            except UserError as exc:
+                protocol.send(conn, {"type": "user_error", "message": str(exc)})
+            except Exception as exc:
+                protocol.send(conn, {"type": "result", "result": {"verdict": "CRASH", "error": error_info(exc, [])}})
+            print(f"[wb-worker {os.getpid()}] job done", flush=True)
+            if job.must_exit:
+                return False
+            return keep_going
+    return keep_going
+
+
+def serve(socket_path: str, idle: float, once: bool, pidfile: str | None) -> None:
+    faulthandler.enable()
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+    if os.path.exists(socket_path):
+        os.unlink(socket_path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(socket_path)
+    server.listen(4)
+    if pidfile:
+        Path(pidfile).parent.mkdir(parents=True, exist_ok=True)
+        Path(pidfile).write_text(
+            json.dumps({"pid": os.getpid(), "pgid": os.getpgid(0), "socket": socket_path, "started": time.time(), "argv": sys.argv})
+        )
+    try:
+        _preload()
+        server.settimeout(idle if idle > 0 else None)
+        while True:
+            try:
+                conn, _ = server.accept()
+            except socket.timeout:
+                break
+            with conn:
+                conn.settimeout(None)
+                if not handle(conn) or once:
+                    break
+    finally:
+        server.close()
+        for path in (socket_path, pidfile):
+            if path:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+
+def _preload() -> None:
+    """Import the heavy libraries while the supervisor is still sending the job."""
+    import torch  # noqa: F401
+
+    try:
+        import cutlass  # noqa: F401
+        import cutlass.cute  # noqa: F401
+    except Exception:
+        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="wb worker (started by wb; not for direct use)")
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--idle", type=float, default=600.0)
+    parser.add_argument("--once", action="store_true")
+    parser.add_argument("--pidfile")
+    args = parser.parse_args(argv)
+    serve(args.socket, args.idle, args.once, args.pidfile)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""A small terminal wrapper: one console, errors as one line, tables, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Iterable
+
+from rich.console import Console
+from rich.table import Table
+
+# Off a terminal (pipes, CI logs) rich would wrap at 80 columns; tables read better wider.
+_width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+console = Console(highlight=False, soft_wrap=False, width=_width)
+err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
+
+VERDICT_STYLE = {
+    "PASS": "bold green",
+    "FAIL": "bold red",
+    "COMPILE_ERROR": "bold magenta",
+    "CRASH": "bold red",
+    "HANG": "bold yellow",
+    "INTERRUPTED": "yellow",
+    "LOST": "yellow",
+    "SKIP": "dim",
+    None: "dim",
+}
+
+
+def interactive() -> bool:
+    return console.is_terminal
+
+
+def verdict(text: str | None) -> str:
+    style = VERDICT_STYLE.get(text, "bold")
+    return f"[{style}]{text or '-'}[/]"
+
+
+def error(message: str) -> None:
+    err_console.print(f"[bold red]wb: error:[/] {_escape(message)}")
+
+
+def warn(message: str) -> None:
+    err_console.print(f"[yellow]wb: warning:[/] {_escape(message)}")
+
+
+def info(message: str) -> None:
+    console.print(message)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def escape(text: Any) -> str:
+    return _escape(str(text))
+
+
+def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]], **kwargs: Any) -> Table:
+    t = Table(title=title, title_justify="left", header_style="bold", **kwargs)
+    for col in columns:
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*(c if hasattr(c, "__rich_console__") else str(c) for c in row))
+    return t
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def fmt(x: Any, spec: str = ".4g") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return format(x, spec)
+    return str(x)

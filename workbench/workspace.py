@@ -1,0 +1,104 @@
+"""Find the workspace: the folder holding stages/, fixtures/, runs/ and MEMORY.md.
+
+A folder is a workspace when it has a wb.yaml, or a pyproject.toml with a [tool.wb] table.
+`--workspace PATH` and the WB_WORKSPACE variable override the search up from the cwd.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from workbench.errors import UserError
+
+
+@dataclass
+class Workspace:
+    root: Path
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stages_dir(self) -> Path:
+        return self.root / "stages"
+
+    @property
+    def fixtures_dir(self) -> Path:
+        return self.root / "fixtures"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def memory_path(self) -> Path:
+        return self.root / "MEMORY.md"
+
+    @property
+    def state_dir(self) -> Path:
+        """wb's private, git-ignored state: worker sockets, pid files, compile cache."""
+        return self.root / ".wb"
+
+    def activate(self) -> None:
+        """Make `stages.<kernel>.<module>` importable (stage modules import their siblings)."""
+        root = str(self.root)
+        if root not in sys.path:
+            sys.path.insert(0, root)
+
+
+def _config_of(folder: Path) -> dict[str, Any] | None:
+    """The wb config of `folder`, or None when it is not a workspace."""
+    wb_yaml = folder / "wb.yaml"
+    if wb_yaml.is_file():
+        try:
+            data = yaml.safe_load(wb_yaml.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"{wb_yaml}: not valid YAML: {_first_line(exc)}") from exc
+        if not isinstance(data, dict):
+            raise UserError(f"{wb_yaml}: expected a mapping of settings at the top level")
+        return data
+    pyproject = folder / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            data = tomllib.loads(pyproject.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"{pyproject}: not valid TOML: {exc}") from exc
+        tool_wb = data.get("tool", {}).get("wb")
+        if tool_wb is not None:
+            if not isinstance(tool_wb, dict):
+                raise UserError(f"{pyproject}: [tool.wb] must be a table")
+            return tool_wb
+    return None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def find_workspace(explicit: str | os.PathLike | None = None, start: Path | None = None) -> Workspace:
+    """Locate the workspace: explicit path, then $WB_WORKSPACE, then up from `start`/cwd."""
+    chosen = explicit or os.environ.get("WB_WORKSPACE")
+    if chosen:
+        root = Path(chosen).expanduser().resolve()
+        if not root.is_dir():
+            raise UserError(f"workspace {root} does not exist")
+        config = _config_of(root)
+        if config is None and not (root / "stages").is_dir():
+            raise UserError(
+                f"{root} is not a wb workspace (no wb.yaml, no [tool.wb] in pyproject.toml, no stages/)"
+            )
+        return Workspace(root, config or {})
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        config = _config_of(folder)
+        if config is not None:
+            return Workspace(folder, config)
+    raise UserError(
+        f"no wb workspace at or above {here}: create a wb.yaml (or [tool.wb] in pyproject.toml), "
+        "or pass --workspace PATH"
+    )
