@@ -33,3 +33,44 @@ def _isolated_user_state(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WB_HOME", str(home))
     monkeypatch.delenv("WB_WORKSPACE", raising=False)
     os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
+
+
+# ---------------------------------------------------------------- shared helpers for CLI tests
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def toy_ws(tmp_path, monkeypatch):
+    """A fresh copy of the plain-PyTorch test workspace (tests/data/toy_ws), as the cwd."""
+    root = tmp_path / "ws"
+    shutil.copytree(DATA / "toy_ws", root)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("WB_WORKER_IDLE", "20")
+    return root
+
+
+def run_wb(*args, cwd=None, env=None, timeout=180, input=None):
+    """Run `python -m workbench ARGS` as a user would; returns the CompletedProcess."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "workbench", *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+    )
+
+
+@pytest.fixture
+def wb():
+    return run_wb

@@ -107,6 +107,7 @@ def run_stage(
             "total_s": time.perf_counter() - started_wall,
             "timeout_s": timeout,
             "worker_reused": outcome.worker_reused,
+            "worker_pid": outcome.worker_pid,
         },
         "provenance": {
             **git,

@@ -38,11 +38,16 @@ def verdict(text: str | None) -> str:
 
 
 def error(message: str) -> None:
-    err_console.print(f"[bold red]wb: error:[/] {_escape(message)}")
+    """One line on stderr, never wrapped (scripts grep it)."""
+    err_console.print(f"[bold red]wb: error:[/] {_escape(_one_line(message))}", soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]wb: warning:[/] {_escape(message)}")
+    err_console.print(f"[yellow]wb: warning:[/] {_escape(_one_line(message))}", soft_wrap=True)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
 
 
 def info(message: str) -> None:

@@ -26,7 +26,7 @@ from workbench.runner import protocol
 from workbench.workspace import Workspace
 
 START_TIMEOUT = 120.0  # seconds for a new worker to bind its socket
-WARM_IDLE = 600.0  # a warm worker exits after this long without a job
+WARM_IDLE = float(os.environ.get("WB_WORKER_IDLE", 600))  # a warm worker exits after this long idle
 
 
 @dataclass

@@ -28,10 +28,6 @@ from workbench.runner import protocol
 Emit = Callable[[dict[str, Any]], None]
 
 
-class _CudaFailure(Exception):
-    """The kernel launch failed; the CUDA context may be unusable."""
-
-
 def environment() -> dict[str, Any]:
     """Versions and the GPU this worker sees (for the run record's provenance)."""
     import torch
@@ -85,11 +81,6 @@ def error_info(exc: BaseException, roots: list[Path]) -> dict[str, Any]:
         "location": user_location(exc, roots),
         "traceback": "".join(traceback.format_exception(exc)),
     }
-
-
-def _looks_like_cuda_error(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc}".lower()
-    return any(s in text for s in ("cuda", "illegal", "misaligned", "launch failure", "device-side"))
 
 
 class Job:
@@ -156,13 +147,10 @@ class Job:
                     result["fixtures"].append(
                         self.run_fixture(stage, spec, build, fixture, seed, params, variants, in_specs, out_specs, device)
                     )
-                except _CudaFailure as failure:
-                    self.must_exit = True
-                    exc = failure.__cause__ or failure
-                    return {**result, "verdict": "CRASH", "error": error_info(exc, roots), "crashed_on": fixture.name}
                 except UserError:
                     raise
                 except Exception as exc:
+                    self.must_exit = True
                     return {**result, "verdict": "CRASH", "error": error_info(exc, roots), "crashed_on": fixture.name}
         verdicts = [f["verdict"] for f in result["fixtures"]]
         result["verdict"] = "PASS" if verdicts and all(v == "PASS" for v in verdicts) else "FAIL"
@@ -210,14 +198,9 @@ class Job:
         for tensor in outputs.values():
             compare.poison(tensor)
         start = time.perf_counter()
-        try:
-            stage.launch(build.compiled, inputs, outputs)
-            if device == "cuda":
-                torch.cuda.synchronize()
-        except Exception as exc:
-            if device == "cuda" and _looks_like_cuda_error(exc):
-                raise _CudaFailure(str(exc)) from exc
-            raise
+        stage.launch(build.compiled, inputs, outputs)
+        if device == "cuda":
+            torch.cuda.synchronize()
         launch_seconds = time.perf_counter() - start
         reference = stage.reference(inputs, params, variants, torch.float32)
         lowp_dtype = torch_dtype(params["dtype"]) if "dtype" in params else torch.float32
@@ -289,7 +272,7 @@ def handle(conn: socket.socket) -> bool:
             except Exception as exc:
                 protocol.send(conn, {"type": "result", "result": {"verdict": "CRASH", "error": error_info(exc, [])}})
             print(f"[wb-worker {os.getpid()}] job done", flush=True)
-            if job.must_exit:
+            if job.must_exit:  # after any crash the CUDA context may be unusable: start clean
                 return False
             return keep_going
     return keep_going

@@ -1,0 +1,85 @@
+"""Every user mistake is one line on stderr, exit code 2, no traceback (WB_DEBUG=1 shows it)."""
+
+import pytest
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    err = proc.stderr.strip()
+    assert "Traceback" not in err, err
+    assert err.startswith("wb: error:") and err.count("\n") == 0, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["run", "stage-z"], ["no stage 'stage-z'", "stage-a (double)"]),
+        (["run", "doubel"], ["did you mean double"]),
+        (["run", "tyo/a"], ["unknown kernel 'tyo'", "did you mean toy"]),
+        (["run", "a", "--fixture", "toy-randm"], ["unknown fixture 'toy-randm'", "did you mean toy-random"]),
+        (["run", "a", "--n", "100"], ["n=100 must be a multiple of 128", "nearest: 128"]),
+        (["run", "a", "--n", "8192"], ["above the maximum 4096"]),
+        (["run", "a", "--dtype", "fp8"], ["dtype=fp8 is not allowed", "bf16, fp16"]),
+        (["run", "a", "-p", "m=3"], ["has no parameter 'm'"]),
+        (["run", "a", "-p", "n"], ["must look like key=value"]),
+        (["run", "a", "-V", "bug=maybe"], ["variant bug=maybe is not allowed"]),
+        (["run", "a", "-V", "sofmax=exp"], ["has no variant 'sofmax'"]),
+        (["run", "a", "--timeout", "-1"], ["--timeout must be a positive"]),
+        (["run", "///"], ["is not a stage"]),
+        (["diff-run", "nope"], ["no run matches 'nope'"]),
+        (["report", "zzz"], ["no run matches 'zzz'"]),
+        (["explain", "last~3"], ["no runs recorded yet"]),
+        (["runs", "q"], ["no stage 'q'"]),
+        (["note", " "], ["the note is empty"]),
+        (["new", "kernel", "Bad-Name"], ["must be a lowercase Python identifier"]),
+        (["new", "kernel", "toy"], ["already exists"]),
+    ],
+)
+def test_user_errors_are_one_line(toy_ws, wb, args, fragments):
+    assert_one_line_error(wb(*args), *fragments)
+
+
+def test_no_workspace(tmp_path, wb):
+    assert_one_line_error(wb("list", cwd=tmp_path), "no wb workspace at or above")
+
+
+def test_workspace_flag_and_env_override_the_search(toy_ws, tmp_path, wb):
+    assert wb("--workspace", str(toy_ws), "list", cwd=tmp_path).returncode == 0
+    assert wb("list", cwd=tmp_path, env={"WB_WORKSPACE": str(toy_ws)}).returncode == 0
+    assert_one_line_error(wb("--workspace", str(tmp_path / "nowhere"), "list", cwd=tmp_path), "does not exist")
+
+
+@pytest.mark.parametrize(
+    "edit, fragments",
+    [
+        (lambda t: t.replace("letter: b", "letter: B"), ["stages[1].letter: expected one lowercase letter"]),
+        (lambda t: t.replace("module: stage_b.py", "module: stage_b"), ["stages[1].module: expected a .py file"]),
+        (lambda t: t.replace("timeout: 20", "timeout: soon"), ["timeout: expected a positive number"]),
+        (lambda t: t.replace("  n: {default: 128,", "  n: {defualt: 128,"), ["parameters.n.defualt: expected one of"]),
+        (lambda t: t + "\n  - [unclosed", ["not valid YAML"]),
+        (lambda t: t.replace("kernel: toy", "kernel: other"), ["kernel: expected the folder's name 'toy'"]),
+        (lambda t: t.replace("variants: {bug: [none, zero, nan, partial, sleep, crash, cuda_error, compile_error]}", "variants: {bug: []}"), ["stages[0].variants.bug: expected a non-empty list"]),
+        (lambda t: t.replace("stages:", "stages: 3\nx:"), ["stages: expected a non-empty list"]),
+    ],
+)
+def test_malformed_kernel_yaml_names_file_key_and_expectation(toy_ws, wb, edit, fragments):
+    path = toy_ws / "stages/toy/kernel.yaml"
+    path.write_text(edit(path.read_text()))
+    assert_one_line_error(wb("list"), str(path), *fragments)
+
+
+def test_debug_env_shows_the_traceback(toy_ws, wb):
+    proc = wb("run", "stage-z", env={"WB_DEBUG": "1"})
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_every_command_has_help(wb, toy_ws):
+    top = wb("--help")
+    assert top.returncode == 0
+    commands = ["list", "run", "runs", "diff-run", "report", "explain", "note", "fixtures", "new"]
+    for command in commands:
+        proc = wb(command, "--help")
+        assert proc.returncode == 0 and "Usage:" in proc.stdout, command
+        assert command in top.stdout

@@ -1,0 +1,131 @@
+"""Run records: atomic, corrupt ones skipped with a warning, selectors, listing, diff, reports."""
+
+import json
+import warnings
+
+import pytest
+
+from workbench.errors import UserError
+from workbench.records import CorruptRecordWarning, list_records, new_run_dir, select, write_record
+
+
+def make(runs, stage="toy/stage-a", verdict="PASS", **extra):
+    d = new_run_dir(runs)
+    write_record(d, {"stage": stage, "verdict": verdict, "params": {"n": 128}, **extra})
+    return d.name
+
+
+def test_ids_sort_by_time_and_are_unique(tmp_path):
+    ids = [make(tmp_path) for _ in range(50)]
+    assert ids == sorted(ids) and len(set(ids)) == 50
+
+
+def test_corrupt_and_partial_records_are_skipped_with_a_warning(tmp_path):
+    good = make(tmp_path)
+    bad = new_run_dir(tmp_path)
+    (bad / "run.json").write_text('{"stage": "toy/stage-a", "verd')
+    half = new_run_dir(tmp_path)  # a run still in progress: folder, no record
+    (half / ".run.json.x.tmp").write_text("{")
+    with pytest.warns(CorruptRecordWarning, match="corrupt"):
+        records = list_records(tmp_path)
+    assert [r["id"] for r in records] == [good]
+
+
+def test_selectors(tmp_path):
+    a = make(tmp_path, stage="toy/stage-a")
+    b = make(tmp_path, stage="toy/stage-b")
+    c = make(tmp_path, stage="toy/stage-a", verdict="FAIL")
+    assert select(tmp_path, "last")["id"] == c
+    assert select(tmp_path, "last~1")["id"] == b
+    assert select(tmp_path, "last~2")["id"] == a
+    assert select(tmp_path, c)["id"] == c
+    stage_of = lambda s: {"a": "toy/stage-a", "stage-b": "toy/stage-b"}[s]  # noqa: E731
+    assert select(tmp_path, "a@last", stage_of)["id"] == c
+    assert select(tmp_path, "a@last~1", stage_of)["id"] == a
+    assert select(tmp_path, "stage-b@last", stage_of)["id"] == b
+    with pytest.raises(UserError, match="only 3 runs"):
+        select(tmp_path, "last~3")
+    with pytest.raises(UserError, match="ambiguous"):
+        select(tmp_path, "2")
+    with pytest.raises(UserError, match="no run matches"):
+        select(tmp_path, "19990101")
+
+
+def test_unique_prefix_selects(tmp_path):
+    d = tmp_path / "20200101-000000-000001"
+    d.mkdir()
+    write_record(d, {"stage": "s", "verdict": "PASS"})
+    make(tmp_path)
+    assert select(tmp_path, "2020")["id"] == d.name
+
+
+def test_write_is_atomic_no_temp_left(tmp_path):
+    d = new_run_dir(tmp_path)
+    write_record(d, {"stage": "s", "verdict": "PASS", "big": "x" * 100000})
+    assert [p.name for p in d.iterdir()] == ["run.json"]
+    assert json.loads((d / "run.json").read_text())["big"] == "x" * 100000
+
+
+def test_wb_runs_lists_and_survives_a_corrupt_record(toy_ws, wb):
+    assert wb("run", "a").returncode == 0
+    assert wb("run", "b").returncode == 0
+    bad = toy_ws / "runs" / "20000101-000000-000000"
+    bad.mkdir()
+    (bad / "run.json").write_text("not json")
+    proc = wb("runs")
+    assert proc.returncode == 0
+    assert "toy/stage-a" in proc.stdout and "toy/stage-b" in proc.stdout
+    assert "skipping corrupt run record" in proc.stderr
+    only_b = wb("runs", "b", "--json")
+    assert [r["stage"] for r in json.loads(only_b.stdout)] == ["toy/stage-b"]
+    assert len(json.loads(wb("runs", "-n", "1", "--json").stdout)) == 1
+
+
+def test_diff_run_reports_a_regression_with_exit_1(toy_ws, wb):
+    assert wb("run", "a", "--fixture", "toy-random").returncode == 0
+    assert wb("run", "a", "--fixture", "toy-random", "-V", "bug=zero").returncode == 1
+    proc = wb("diff-run", "--json")
+    assert proc.returncode == 1
+    d = json.loads(proc.stdout)
+    assert d["verdict_flip"] and d["regressed"]
+    assert {f["fixture"] for f in d["fixtures"] if f["regressed"]} == {"toy-random#0", "toy-random#1"}
+    assert {"key": "bug", "a": "none", "b": "zero"} in d["variants"]
+    cos = [m for f in d["fixtures"] for m in f["metrics"] if m["metric"] == "cos"]
+    assert cos and all(not m["better"] for m in cos)
+    text = wb("diff-run")
+    assert text.returncode == 1 and "regressed" in text.stdout
+    # Reversed: B fixes A, exit 0.
+    fixed = wb("diff-run", "last", "last~1", "--json")
+    assert fixed.returncode == 0 and any(f["fixed"] for f in json.loads(fixed.stdout)["fixtures"])
+
+
+def test_diff_run_shows_changed_stage_source(toy_ws, wb):
+    assert wb("run", "b").returncode == 0
+    path = toy_ws / "stages/toy/stage_b.py"
+    path.write_text(path.read_text() + "\n# edited\n")
+    assert wb("run", "b").returncode == 0
+    d = json.loads(wb("diff-run", "--json").stdout)
+    assert d["sources_changed"] == ["stages/toy/stage_b.py"] and not d["regressed"]
+
+
+def test_report_of_run_and_of_stage(toy_ws, wb):
+    assert wb("run", "a", "--n", "256").returncode == 0
+    assert wb("run", "a", "-V", "bug=nan", "--fixture", "toy-random").returncode == 1
+    run_report = wb("report", "last", "--raw")
+    assert run_report.returncode == 0 and run_report.stdout.startswith("# toy/stage-a — FAIL")
+    assert "1 NaN" in run_report.stdout
+    stage_report = wb("report", "stage-a", "--raw")
+    assert stage_report.returncode == 0
+    assert "Latest verdict per parameter set" in stage_report.stdout
+    assert "`n=256 dtype=bf16`" in stage_report.stdout and "| FAIL |" in stage_report.stdout
+    assert (toy_ws / "runs/reports/toy-stage-a.md").exists()
+    rendered = wb("report", "a")
+    assert rendered.returncode == 0 and "stage report" in rendered.stdout
+
+
+def test_list_shows_stages_in_order_with_last_verdict(toy_ws, wb):
+    assert wb("run", "b").returncode == 0
+    data = json.loads(wb("list", "--json").stdout)
+    stages = data[0]["stages"]
+    assert [s["letter"] for s in stages] == ["a", "b"]
+    assert stages[0]["last_verdict"] is None and stages[1]["last_verdict"] == "PASS"

@@ -1,0 +1,179 @@
+"""`wb run` end to end on the CPU test kernel: verdicts, isolation, records, MEMORY.md."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+
+def record_of(ws: Path, proc) -> dict:
+    data = json.loads(proc.stdout)
+    return json.loads((ws / "runs" / data["id"] / "run.json").read_text())
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie still answers kill(0); it no longer runs anything.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+def test_pass_run_writes_record_report_and_memory(toy_ws, wb):
+    proc = wb("run", "a", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rec = record_of(toy_ws, proc)
+    assert rec["verdict"] == "PASS"
+    assert rec["stage"] == "toy/stage-a" and rec["params"] == {"n": 128, "dtype": "bf16"}
+    assert [c["label"] for c in rec["results"]] == ["toy-random#0", "toy-random#1", "toy-ones"]
+    m = rec["results"][0]["outputs"]["y"]
+    assert m["cos"] > 0.99999 and m["unwritten"] == 0 and m["nan"] == 0
+    prov = rec["provenance"]
+    assert prov["host"] and prov["torch"] and "stages/toy/stage_a.py" in prov["sources"]
+    assert (toy_ws / "runs" / rec["id"] / "report.md").read_text().startswith("# toy/stage-a — PASS")
+    memory = (toy_ws / "MEMORY.md").read_text()
+    assert "<!-- wb:begin status -->" in memory and rec["id"] in memory
+
+
+@pytest.mark.parametrize(
+    "bug, reason",
+    [("zero", "output is all zero"), ("nan", "1 NaN"), ("partial", "4096 element(s) never written")],
+)
+def test_wrong_outputs_fail_with_the_reason(toy_ws, wb, bug, reason):
+    proc = wb("run", "a", "-V", f"bug={bug}", "--fixture", "toy-random", "--seeds", "1", "--json")
+    assert proc.returncode == 1
+    rec = record_of(toy_ws, proc)
+    assert rec["verdict"] == "FAIL"
+    assert any(reason in r for r in rec["results"][0]["outputs"]["y"]["reasons"]), rec["results"][0]["outputs"]["y"]["reasons"]
+
+
+def test_constant_output_passes_only_when_the_reference_is_constant(toy_ws, wb):
+    # toy-ones makes y == 2 everywhere: a constant output that is right.
+    proc = wb("run", "a", "--fixture", "toy-ones", "--json")
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_hang_kills_the_process_group_and_next_run_is_clean(toy_ws, wb):
+    proc = wb("run", "a", "-V", "bug=sleep", "--timeout", "2", "--json", timeout=60)
+    assert proc.returncode == 1
+    rec = record_of(toy_ws, proc)
+    assert rec["verdict"] == "HANG" and "2 s" in rec["error"]["message"]
+    pid = rec["timing"]["worker_pid"]
+    deadline = time.time() + 5
+    while not gone(pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert gone(pid)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)
+    again = wb("run", "a", "--json")
+    assert again.returncode == 0 and record_of(toy_ws, again)["timing"]["worker_reused"] is False
+
+
+def test_crash_of_the_worker_is_recorded_with_its_output(toy_ws, wb):
+    proc = wb("run", "a", "-V", "bug=crash", "--json")
+    rec = record_of(toy_ws, proc)
+    assert proc.returncode == 1 and rec["verdict"] == "CRASH"
+    assert "worker process died" in rec["error"]["message"]
+    assert "Fatal Python error" in rec["error"]["log"] and "stage_a.py" in rec["error"]["log"]
+
+
+def test_cuda_error_is_a_crash_and_the_worker_is_replaced(toy_ws, wb):
+    first = wb("run", "a", "-V", "bug=cuda_error", "--json")
+    rec = record_of(toy_ws, first)
+    assert rec["verdict"] == "CRASH" and "illegal memory access" in rec["error"]["message"]
+    assert rec["error"]["location"].endswith("stage_a.py:" + str(_line_of(toy_ws / "stages/toy/stage_a.py", "CUDA error")))
+    second = record_of(toy_ws, wb("run", "a", "--json"))
+    assert second["verdict"] == "PASS" and second["timing"]["worker_pid"] != rec["timing"]["worker_pid"]
+
+
+def _line_of(path: Path, text: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+def test_compile_error_points_at_the_users_line(toy_ws, wb):
+    proc = wb("run", "a", "-V", "bug=compile_error", "--json")
+    rec = record_of(toy_ws, proc)
+    assert rec["verdict"] == "COMPILE_ERROR" and "weakly congruent" in rec["error"]["message"]
+    line = _line_of(toy_ws / "stages/toy/stage_a.py", "raise ValueError")
+    assert rec["error"]["location"].endswith(f"stages/toy/stage_a.py:{line}")
+
+
+def test_ctrl_c_leaves_an_interrupted_record_and_kills_the_worker(toy_ws):
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "run", "a", "-V", "bug=sleep"],
+        cwd=toy_ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    seen = ""
+    deadline = time.time() + 60
+    while "fixture" not in seen and time.time() < deadline:
+        seen += proc.stdout.readline()
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, seen + out
+    runs = sorted((toy_ws / "runs").glob("2*/run.json"))
+    rec = json.loads(runs[-1].read_text())
+    assert rec["verdict"] == "INTERRUPTED"
+    pid = rec["timing"]["worker_pid"]
+    deadline = time.time() + 5
+    while not gone(pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert gone(pid)
+    assert not list((toy_ws / "runs").glob("*/.run.json.*.tmp"))
+
+
+def test_warm_worker_is_reused_and_sees_edited_sources(toy_ws, wb):
+    first = record_of(toy_ws, wb("run", "a", "--json"))
+    second = record_of(toy_ws, wb("run", "a", "--json"))
+    assert second["timing"]["worker_reused"] is True
+    assert second["timing"]["worker_pid"] == first["timing"]["worker_pid"]
+    stage = toy_ws / "stages/toy/stage_a.py"
+    stage.write_text(stage.read_text().replace('y.copy_(inputs["x"] * 2)', 'y.copy_(inputs["x"] * 3)'))
+    third = wb("run", "a", "--json")
+    rec = record_of(toy_ws, third)
+    assert third.returncode == 1 and rec["verdict"] == "FAIL" and rec["timing"]["worker_reused"] is True
+    assert rec["provenance"]["sources"]["stages/toy/stage_a.py"] != first["provenance"]["sources"]["stages/toy/stage_a.py"]
+    os.kill(first["timing"]["worker_pid"], signal.SIGKILL)
+
+
+def test_fresh_flag_uses_a_new_worker_each_time(toy_ws, wb):
+    a = record_of(toy_ws, wb("run", "a", "--fresh", "--json"))
+    b = record_of(toy_ws, wb("run", "a", "--fresh", "--json"))
+    assert not a["timing"]["worker_reused"] and not b["timing"]["worker_reused"]
+    assert a["timing"]["worker_pid"] != b["timing"]["worker_pid"]
+
+
+def test_per_stage_timeout_from_kernel_yaml(toy_ws, wb):
+    rec = record_of(toy_ws, wb("run", "b", "--json"))
+    assert rec["timing"]["timeout_s"] == 5.0
+
+
+def test_terminal_output_names_verdict_and_report(toy_ws, wb):
+    proc = wb("run", "a", "-V", "bug=zero", "--fixture", "toy-random", "--seeds", "1")
+    assert proc.returncode == 1
+    assert "FAIL toy/stage-a" in proc.stdout and "output is all zero" in proc.stdout and "report.md" in proc.stdout
+
+
+def test_run_needing_a_gpu_without_one_exits_2(toy_ws, wb):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert wb("new", "kernel", "scaled").returncode == 0
+    proc = wb("run", "scaled/a")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "needs a CUDA GPU" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not [p for p in (toy_ws / "runs").glob("2*") if p.is_dir()]
