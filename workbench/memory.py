@@ -5,7 +5,9 @@ wb owns only the lines between `<!-- wb:begin NAME -->` and `<!-- wb:end NAME --
 block (`<!-- wb:data {...} -->`). Every update takes a file lock, re-reads the file,
 and replaces it atomically. Damaged markers are repaired without losing a line: only
 exact marker lines that pair with nothing are dropped (they are wb's own); the text
-around them stays, and a fresh block is appended.
+around them stays, and a fresh block is appended. A line found inside a block that wb
+did not render there (typed by hand, or enclosed by damaged markers) is kept too,
+moved just below the block.
 `wb note` appends a dated lesson to the Lessons section (it adds, never rewrites).
 """
 
@@ -84,34 +86,55 @@ def block_content(text: str, name: str) -> str | None:
     return "".join(lines[block.begin + 1 : block.end])
 
 
-def rewrite(text: str, updates: dict[str, Callable[[str | None], str]]) -> str:
-    """Apply block updates to the file's text; hand-written lines come out unchanged."""
+@dataclass
+class BlockEdit:
+    """How to rewrite one block: new content from the old, and which old lines wb wrote."""
+
+    update: Callable[[str | None], str]
+    owned: Callable[[str], set[str]]
+
+
+def rewrite(text: str, edits: dict[str, BlockEdit]) -> str:
+    """Apply block edits to the file's text. No line wb did not write is ever dropped:
+    unpaired markers of an edited block are removed (they are wb's), and any line found
+    inside an edited block that wb did not render (typed there by hand, or enclosed by a
+    damaged marker) is kept, just below the block."""
     lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
     blocks, orphans, duplicates = _scan(lines)
-    drop: set[int] = set(orphans)
-    for dup in duplicates:
-        drop.update(range(dup.begin, dup.end + 1))
+    drop: set[int] = {i for i in orphans if MARKER_RE.match(lines[i]).group(2) in edits}
     replaced: dict[int, list[str]] = {}
-    for name, update in updates.items():
+    for dup in duplicates:
+        if dup.name in edits:
+            owned = edits[dup.name].owned("".join(lines[dup.begin + 1 : dup.end]))
+            drop.update(i for i in range(dup.begin, dup.end + 1) if i in (dup.begin, dup.end) or _owned(lines[i], owned))
+    for name, edit in edits.items():
         block = blocks.get(name)
-        if block is not None:
-            old = "".join(lines[block.begin + 1 : block.end])
-            replaced[block.begin] = _render_block(name, update(old))
-            drop.update(range(block.begin + 1, block.end + 1))
+        if block is None:
+            continue
+        old_lines = lines[block.begin + 1 : block.end]
+        old = "".join(old_lines)
+        owned = edit.owned(old)
+        foreign = [line for line in old_lines if not _owned(line, owned)]
+        replaced[block.begin] = _render_block(name, edit.update(old)) + foreign
+        drop.update(range(block.begin + 1, block.end + 1))
     out: list[str] = []
     for i, line in enumerate(lines):
         if i in replaced:
             out.extend(replaced[i])
         elif i not in drop:
             out.append(line)
-    missing = [name for name in updates if name not in blocks]
-    if missing and out and not out[-1].endswith("\n"):
-        out[-1] += "\n"
-    for name in missing:
+    for name in (n for n in edits if n not in blocks):
         if out and out[-1].strip():
             out.append("\n")
-        out.extend(_render_block(name, updates[name](None)))
+        out.extend(_render_block(name, edits[name].update(None)))
     return "".join(out)
+
+
+def _owned(line: str, owned: set[str]) -> bool:
+    """Blank lines carry no hand-written bytes worth keeping; others must be wb's own."""
+    return not line.strip() or line.rstrip("\r\n") in owned
 
 
 def _locked_edit(ws: Workspace, path: Path, edit: Callable[[str], str]) -> None:
@@ -128,9 +151,9 @@ def _locked_edit(ws: Workspace, path: Path, edit: Callable[[str], str]) -> None:
         atomic_write_text(path, edit(path.read_text(encoding="utf-8")))
 
 
-def update_blocks(ws: Workspace, updates: dict[str, Callable[[str | None], str]], path: Path | None = None) -> None:
+def update_blocks(ws: Workspace, edits: dict[str, BlockEdit], path: Path | None = None) -> None:
     """Rewrite the named blocks of MEMORY.md; create the file if missing."""
-    _locked_edit(ws, path or ws.memory_path, lambda text: rewrite(text, updates))
+    _locked_edit(ws, path or ws.memory_path, lambda text: rewrite(text, edits))
 
 
 def _data_of(content: str | None) -> Any:
@@ -152,11 +175,41 @@ def _params_key(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items() if k not in ("n",))
 
 
+def data_block(name: str, merge: Callable[[Any], Any], render: Callable[[Any], str]) -> BlockEdit:
+    """A block rendered from JSON data kept in it: merge new data into the old, re-render.
+    wb's own lines are exactly the render of the old data, so anything else is kept."""
+    title = BLOCK_TITLES.get(name, name.title())
+
+    def update(old: str | None) -> str:
+        data = merge(_data_of(old))
+        return _with_data(title, data, render(data))
+
+    def owned(old: str) -> set[str]:
+        data = _data_of(old)
+        return set(_with_data(title, data, render(data)).splitlines()) if data is not None else set()
+
+    return BlockEdit(update, owned)
+
+
+LOG_LINE_RE = re.compile(r"^- \d{4}-\d{2}-\d{2} \d{2}:\d{2} \S+ \*\*[A-Z_]+\*\*.* · \d{8}-\d{6}-\d{6} · ")
+
+
+def log_block(new_line: str) -> BlockEdit:
+    def update(old: str | None) -> str:
+        lines = [line for line in (old or "").splitlines() if LOG_LINE_RE.match(line)]
+        return f"## {BLOCK_TITLES['log']}\n\n" + "\n".join([new_line, *lines][:LOG_CAP]) + "\n"
+
+    def owned(old: str) -> set[str]:
+        return {f"## {BLOCK_TITLES['log']}"} | {line for line in old.splitlines() if LOG_LINE_RE.match(line)}
+
+    return BlockEdit(update, owned)
+
+
 def record_run(ws: Workspace, record: dict[str, Any]) -> None:
     """Fold one run into the `status` and `log` blocks."""
 
-    def status(old: str | None) -> str:
-        data = _data_of(old) or {}
+    def merge(data: Any) -> dict:
+        data = data if isinstance(data, dict) else {}
         entry = data.setdefault(record["stage"], {})
         prov = record.get("provenance", {})
         commit = (prov.get("commit") or "")[:10] + ("+dirty" if prov.get("dirty") else "")
@@ -169,17 +222,11 @@ def record_run(ws: Workspace, record: dict[str, Any]) -> None:
         )
         n = record.get("params", {}).get("n")
         if n is not None:
-            cases = entry.setdefault("cases", {})
-            per_key = cases.setdefault(_params_key(record["params"]), {})
+            per_key = entry.setdefault("cases", {}).setdefault(_params_key(record["params"]), {})
             per_key[str(n)] = record["verdict"]
-        return _with_data(BLOCK_TITLES["status"], data, render_status(data))
+        return data
 
-    def log(old: str | None) -> str:
-        lines = [line for line in (old or "").splitlines() if line.startswith("- ")]
-        lines.insert(0, log_line(record))
-        return f"## {BLOCK_TITLES['log']}\n\n" + "\n".join(lines[:LOG_CAP]) + "\n"
-
-    update_blocks(ws, {"status": status, "log": log})
+    update_blocks(ws, {"status": data_block("status", merge, render_status), "log": log_block(log_line(record))})
 
 
 def render_status(data: dict[str, Any]) -> str:
@@ -213,12 +260,7 @@ def log_line(record: dict[str, Any]) -> str:
 
 def update_data_block(ws: Workspace, name: str, merge: Callable[[Any], Any], render: Callable[[Any], str]) -> None:
     """Generic data block (used by shapes and speed): merge new data into the old, re-render."""
-
-    def update(old: str | None) -> str:
-        data = merge(_data_of(old))
-        return _with_data(BLOCK_TITLES.get(name, name.title()), data, render(data))
-
-    update_blocks(ws, {name: update})
+    update_blocks(ws, {name: data_block(name, merge, render)})
 
 
 def add_note(ws: Workspace, text: str, stage: str | None = None, path: Path | None = None) -> str:

@@ -1,0 +1,188 @@
+"""MEMORY.md: wb edits only its blocks, and no hand-written line is ever lost —
+through random interleavings of hand edits, wb updates and damaged markers, and
+through concurrent updates from several processes."""
+
+import multiprocessing
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from workbench import memory
+from workbench.workspace import Workspace
+
+
+def fake_record(i: int, stage: str = "toy/stage-a", verdict: str = "PASS", n: int = 128) -> dict:
+    return {
+        "id": f"20261127-1200{i // 60 % 60:02d}-{i:06d}",
+        "stage": stage,
+        "verdict": verdict,
+        "params": {"n": n, "dtype": "bf16"},
+        "variants": {},
+        "started": "2026-11-27T12:00:00+00:00",
+        "provenance": {"commit": "abcdef1234567", "dirty": False, "gpu": "NVIDIA H100"},
+    }
+
+
+def shapes_update(ws, i):
+    memory.update_data_block(
+        ws, "shapes", lambda old: {**(old or {}), f"probe{i % 7}": f"(64,{i})"}, lambda d: "\n".join(f"- {k}: `{v}`" for k, v in sorted(d.items()))
+    )
+
+
+def hand_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "HAND-" in line]
+
+
+def test_update_keeps_hand_text_byte_for_byte(tmp_path):
+    ws = Workspace(tmp_path)
+    hand = "# My notes\n\nSome *hand* text   with spaces\n\n## Lessons\n\n- old lesson\n\nTrailing line without newline"
+    ws.memory_path.write_text(hand)
+    memory.record_run(ws, fake_record(1))
+    text = ws.memory_path.read_text()
+    assert text.startswith(hand + "\n")
+    memory.record_run(ws, fake_record(2, verdict="FAIL", n=256))
+    text2 = ws.memory_path.read_text()
+    assert text2.startswith(hand + "\n")
+    status = memory.block_content(text2, "status")
+    assert "| toy/stage-a | FAIL | dtype=bf16: 128 (failing: 256)" in status
+    log = memory.block_content(text2, "log")
+    assert log.index(fake_record(2)["id"]) < log.index(fake_record(1)["id"])
+
+
+def test_log_is_capped_newest_first(tmp_path):
+    ws = Workspace(tmp_path)
+    for i in range(memory.LOG_CAP + 20):
+        memory.record_run(ws, fake_record(i))
+    log = memory.block_content(ws.memory_path.read_text(), "log")
+    entries = [line for line in log.splitlines() if line.startswith("- ")]
+    assert len(entries) == memory.LOG_CAP
+    assert fake_record(memory.LOG_CAP + 19)["id"] in entries[0]
+
+
+def test_note_goes_into_lessons(tmp_path):
+    ws = Workspace(tmp_path)
+    ws.memory_path.write_text("# M\n\n## Lessons\n\n- first\n\n## Other\n\ntext\n")
+    line = memory.add_note(ws, "TMA coords:  mode 2 is the KV tile index", "fmha/stage-c")
+    text = ws.memory_path.read_text()
+    assert re.search(r"- \d{4}-\d{2}-\d{2} \[fmha/stage-c\] TMA coords: mode 2 is the KV tile index", line)
+    assert text.index("- first") < text.index(line) < text.index("## Other")
+    assert text.endswith("## Other\n\ntext\n")
+
+
+def test_text_typed_inside_a_block_is_kept_below_it(tmp_path):
+    ws = Workspace(tmp_path)
+    memory.record_run(ws, fake_record(1))
+    text = ws.memory_path.read_text()
+    text = text.replace("## Status\n", "## Status\nHAND-inside the block\n")
+    ws.memory_path.write_text(text)
+    memory.record_run(ws, fake_record(2))
+    after = ws.memory_path.read_text()
+    assert "HAND-inside the block" in after
+    assert "HAND-inside" not in (memory.block_content(after, "status") or "")
+
+
+def _damage(text: str, rng: random.Random) -> str:
+    lines = text.splitlines(keepends=True)
+    markers = [i for i, line in enumerate(lines) if memory.MARKER_RE.match(line)]
+    if not markers:
+        return text
+    i = rng.choice(markers)
+    kind = rng.randrange(4)
+    if kind == 0:  # marker deleted
+        del lines[i]
+    elif kind == 1:  # marker mangled into something that is no longer a marker (it becomes hand text)
+        lines[i] = lines[i].replace("wb:", "wb :", 1)
+    elif kind == 2:  # a whole block pasted twice
+        blocks, _, _ = memory._scan(lines)
+        if blocks:
+            b = rng.choice(list(blocks.values()))
+            lines[b.end + 1 : b.end + 1] = lines[b.begin : b.end + 1]
+    else:  # end marker moved up into its block's body
+        blocks, _, _ = memory._scan(lines)
+        if blocks:
+            b = rng.choice(list(blocks.values()))
+            if b.end - b.begin > 2:
+                end_line = lines.pop(b.end)
+                lines.insert(rng.randrange(b.begin + 1, b.end), end_line)
+    return "".join(lines)
+
+
+def test_random_interleavings_never_lose_hand_text(tmp_path):
+    """1200 random steps: hand edits anywhere (inside blocks too), damaged markers,
+    status/log/shapes updates and notes. After every step, every hand line is there."""
+    ws = Workspace(tmp_path)
+    rng = random.Random(1234)
+    expected: list[str] = []
+    for step in range(1200):
+        op = rng.random()
+        if op < 0.35:  # hand edit: a new line at a random place
+            text = ws.memory_path.read_text() if ws.memory_path.exists() else memory.TEMPLATE
+            lines = text.splitlines(keepends=True)
+            new = f"HAND-{step} {rng.choice(['note', '**bold**', '`code`', '<!-- comment -->', '| a | b |'])}\n"
+            lines.insert(rng.randrange(len(lines) + 1), new)
+            ws.memory_path.write_text("".join(lines))
+            expected.append(new.rstrip("\n"))
+        elif op < 0.5 and ws.memory_path.exists():
+            ws.memory_path.write_text(_damage(ws.memory_path.read_text(), rng))
+        elif op < 0.75:
+            memory.record_run(ws, fake_record(step, stage=rng.choice(["toy/stage-a", "toy/stage-b"]), n=rng.choice([128, 256])))
+        elif op < 0.9:
+            shapes_update(ws, step)
+        else:
+            expected.append(memory.add_note(ws, f"HAND-note-{step} lesson"))
+        if ws.memory_path.exists():
+            present = ws.memory_path.read_text().splitlines()
+            missing = [line for line in expected if line not in present]
+            assert not missing, f"step {step}: lost {missing[:3]}"
+    final = ws.memory_path.read_text()
+    memory.record_run(ws, fake_record(99999))
+    repaired = ws.memory_path.read_text()
+    blocks, orphans, _ = memory._scan(repaired.splitlines(keepends=True))
+    assert {"status", "log"} <= set(blocks) and not [o for o in orphans if "status" in repaired.splitlines()[o]]
+    assert all(line in repaired.splitlines() for line in expected)
+    assert len(final) > 0
+
+
+def _worker(root: str, worker: int, count: int) -> None:
+    ws = Workspace(Path(root))
+    for i in range(count):
+        memory.record_run(ws, fake_record(worker * 1000 + i, stage=f"k/stage-{'abcd'[worker]}", n=128 * (1 + i % 3)))
+        if i % 5 == 0:
+            memory.add_note(ws, f"HAND-note-w{worker}-{i}")
+        if i % 7 == 0:
+            shapes_update(ws, i)
+
+
+@pytest.mark.slow
+def test_concurrent_processes_lose_no_update_and_no_hand_text(tmp_path):
+    from filelock import FileLock
+
+    ws = Workspace(tmp_path)
+    ws.memory_path.write_text(memory.TEMPLATE + "HAND-start\n")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(str(tmp_path), w, 40)) for w in range(4)]
+    for p in procs:
+        p.start()
+    hand = ["HAND-start"]
+    rng = random.Random(7)
+    # Meanwhile a person edits the file (saving through the same lock, as an editor save is one write).
+    for k in range(60):
+        ws.state_dir.mkdir(exist_ok=True)
+        with FileLock(str(ws.state_dir / "memory.lock")):
+            lines = ws.memory_path.read_text().splitlines(keepends=True)
+            lines.insert(rng.randrange(len(lines) + 1), f"HAND-live-{k}\n")
+            ws.memory_path.write_text("".join(lines))
+        hand.append(f"HAND-live-{k}")
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    text = ws.memory_path.read_text()
+    lines = text.splitlines()
+    assert [h for h in hand if h not in lines] == []
+    notes = [line for line in lines if "HAND-note-w" in line]
+    assert len(notes) == 4 * 8
+    status = memory.block_content(text, "status")
+    for w in range(4):
+        assert f"k/stage-{'abcd'[w]}" in status
