@@ -1,0 +1,64 @@
+"""Peers for `wb bench`: other attention kernels timed on the same tensors as our stage.
+
+make_peer(name, inputs, params) returns a zero-argument callable that runs the peer once,
+or None when it is not installed. Stage D's tensors are (batch, seqlen, heads, d) as in
+flash-attn; torch SDPA takes (batch, heads, seqlen, d), so it gets transposed views.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def _as_bhsd(t):
+    """(b, s, h, d) -> (b, h, s, d) view; a 2-D (s, d) stage-C tensor -> (1, 1, s, d)."""
+    if t.dim() == 2:
+        return t.unsqueeze(0).unsqueeze(0)
+    return t.transpose(1, 2)
+
+
+def _as_bshd(t):
+    return t.unsqueeze(0).unsqueeze(2) if t.dim() == 2 else t
+
+
+SDPA_BACKENDS = {
+    "sdpa-flash": "FLASH_ATTENTION",
+    "sdpa-cudnn": "CUDNN_ATTENTION",
+    "sdpa-efficient": "EFFICIENT_ATTENTION",
+    "sdpa-math": "MATH",
+}
+
+
+def make_peer(name: str, inputs, params):
+    q, k, v = inputs["q"], inputs["k"], inputs["v"]
+    causal = bool(params.get("causal", False))
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    if name in SDPA_BACKENDS:
+        import torch
+        import torch.nn.functional as F
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backend = getattr(SDPBackend, SDPA_BACKENDS[name])
+        qt, kt, vt = _as_bhsd(q), _as_bhsd(k), _as_bhsd(v)
+        gqa = qt.shape[1] != kt.shape[1]
+
+        def run():
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, scale=scale, enable_gqa=gqa)
+
+        with torch.no_grad():
+            run()  # fails here (not inside the timing) when the backend does not take these inputs
+        return run
+    if name == "fa4":
+        try:
+            from flash_attn.cute import flash_attn_func
+        except ImportError:
+            return None
+        qb, kb, vb = _as_bshd(q), _as_bshd(k), _as_bshd(v)
+
+        def run():
+            return flash_attn_func(qb, kb, vb, softmax_scale=scale, causal=causal)
+
+        run()  # the first call compiles (1-2 s): keep it out of the timing
+        return run
+    raise ValueError(f"unknown peer {name!r}")

@@ -1,0 +1,66 @@
+"""`wb bench` pieces that need no GPU: case naming, sweep shapes, speed block, docs/perf.md;
+and, on a GPU, the timer against a known amount of work."""
+
+import pytest
+
+from workbench import bench, memory
+from workbench.workspace import Workspace
+
+
+def fake_bench_record(tflops=600.0, fa4=645.0, cudnn=605.0):
+    params = bench.bench_params(4096, 128, False, "bf16")
+    return {
+        "id": "20261127-120000-000001",
+        "stage": "fmha/stage-d",
+        "started": "2026-11-27T12:00:00+00:00",
+        "peak": {"tflops": 790.0},
+        "notes": [],
+        "provenance": {"gpu": "NVIDIA H200", "commit": "abc123", "dirty": False, "wb": "0.1.0", "dsl": "4.8.1", "torch": "2.11"},
+        "bench": [
+            {
+                "case": bench.case_name(params),
+                "params": params,
+                "verdict": "PASS",
+                "tflops": tflops,
+                "peers": {"fa4": {"tflops": fa4}, "sdpa-cudnn": {"tflops": cudnn}, "sdpa-flash": {"skipped": "not installed"}},
+            }
+        ],
+    }
+
+
+def test_design_md_convention_for_shapes():
+    p = bench.bench_params(4096, 128, True, "bf16")
+    assert (p["batch"], p["heads"], p["m"], p["n"]) == (4, 16, 4096, 4096)
+    assert len(bench.sweep_cases()) == len(bench.SWEEP) == 10
+
+
+def test_peer_ratio_is_wb_over_peer():
+    ratios = bench.peer_ratios(fake_bench_record()["bench"][0])
+    assert ratios["fa4"] == pytest.approx(600 / 645) and "sdpa-flash" not in ratios
+
+
+def test_perf_md_has_wb_as_a_column_and_names_the_card():
+    text = bench.perf_markdown(fake_bench_record())
+    assert "NVIDIA H200" in text and "| 128 | 4096 | no | bf16 |" in text
+    assert "| 645 | 605 | skipped | 600 | ×0.93 |" in text
+    assert "sdpa-flash: not installed" in text
+
+
+def test_speed_block_in_memory(tmp_path):
+    ws = Workspace(tmp_path)
+    bench.record_speed(ws, fake_bench_record())
+    block = memory.block_content(ws.memory_path.read_text(), "speed")
+    assert "fmha/stage-d · d=128 m=4096 n=4096 batch=4 heads=16 causal=False dtype=bf16 · NVIDIA H200 | 600 |" in block
+    assert "645 (×0.93)" in block
+
+
+@pytest.mark.gpu
+def test_timer_measures_a_matmul_close_to_its_flop_rate():
+    import torch
+
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    t = bench.time_cuda(lambda: a @ a, reps=20, graph="off")
+    tflops = 2 * 4096**3 / (t["median_ms"] * 1e-3) / 1e12
+    assert 100 < tflops < 1200 and t["p10_ms"] <= t["median_ms"] <= t["p90_ms"]
+    small = bench.time_cuda(lambda: a[:8, :8].add_(0), reps=10, graph="auto")
+    assert small["graph"] is True and small["median_ms"] < 0.05

@@ -1,0 +1,396 @@
+"""`wb bench`: time a stage against its peers on the same inputs, in one worker process.
+
+Runs inside the worker (op "bench"). For each case: make inputs with the `random`
+fixture, compile (cached), check correctness on exactly those inputs with the tolerance
+rule (a wrong kernel has no speed), then time with CUDA events: warm-up, many repeats,
+L2 flushed before each repeat, median and spread; small cases replay a CUDA graph of
+several launches so launch overhead does not hide the kernel. Peers come from the
+kernel's own `peers.py` (e.g. torch SDPA backends, FlashAttention-4) and are timed the
+same way on the same tensors. TFLOP/s use the stage's `flops(params)`; the card's dense
+bf16 matmul peak is measured once per card and cached in $WB_HOME.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from workbench.errors import UserError
+
+L2_FLUSH_BYTES = 256 << 20  # several times the H100/H200 L2 (50 MiB)
+GRAPH_BELOW_MS = 0.05  # kernels shorter than this are timed by CUDA-graph replay
+
+
+def wb_home() -> Path:
+    return Path(os.environ.get("WB_HOME") or Path.home() / ".cache" / "wb")
+
+
+def time_cuda(fn: Callable[[], Any], reps: int = 30, warmup: int = 5, flush: bool = True, graph: str = "auto") -> dict[str, Any]:
+    """Median/spread of `fn` in milliseconds, timed with CUDA events around each call."""
+    import torch
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    scratch = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda") if flush else None
+    probe_ms = _event_times(fn, 3, scratch)
+    use_graph = graph == "on" or (graph == "auto" and statistics.median(probe_ms) < GRAPH_BELOW_MS)
+    if use_graph:
+        per_graph = 20
+        try:
+            g = torch.cuda.CUDAGraph()
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                fn()
+                torch.cuda.synchronize()
+                with torch.cuda.graph(g, stream=stream):
+                    for _ in range(per_graph):
+                        fn()
+            torch.cuda.current_stream().wait_stream(stream)
+            times = [t / per_graph for t in _event_times(g.replay, reps, scratch)]
+        except Exception as exc:  # some launches cannot be captured; fall back to plain events
+            times = _event_times(fn, reps, scratch)
+            use_graph = False
+            graph_error = f"{type(exc).__name__}: {exc}"
+        else:
+            graph_error = None
+    else:
+        times = _event_times(fn, reps, scratch)
+        graph_error = None
+    times.sort()
+    out = {
+        "median_ms": statistics.median(times),
+        "min_ms": times[0],
+        "p10_ms": times[len(times) // 10],
+        "p90_ms": times[(len(times) * 9) // 10],
+        "reps": len(times),
+        "graph": use_graph,
+        "l2_flushed": flush,
+    }
+    if graph_error:
+        out["graph_error"] = graph_error
+    return out
+
+
+def _event_times(fn: Callable[[], Any], reps: int, scratch) -> list[float]:
+    import torch
+
+    pairs = []
+    for _ in range(reps):
+        if scratch is not None:
+            scratch.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        pairs.append((start, end))
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) for s, e in pairs]
+
+
+def card_peak_tflops(refresh: bool = False) -> dict[str, Any]:
+    """Dense bf16 matmul TFLOP/s of this card, measured once and cached per card name."""
+    import torch
+
+    name = torch.cuda.get_device_name()
+    cache = wb_home() / "peak.json"
+    known = {}
+    if cache.exists():
+        try:
+            known = json.loads(cache.read_text())
+        except ValueError:
+            known = {}
+    if name in known and not refresh:
+        return {**known[name], "cached": True}
+    size = 8192
+    a = torch.randn(size, size, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(size, size, dtype=torch.bfloat16, device="cuda")
+    timing = time_cuda(lambda: torch.matmul(a, b), reps=20, warmup=5, flush=False, graph="off")
+    tflops = 2 * size**3 / (timing["median_ms"] * 1e-3) / 1e12
+    entry = {"tflops": tflops, "shape": [size, size, size], "measured": time.strftime("%Y-%m-%d")}
+    known[name] = entry
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(known, indent=2))
+    return {**entry, "cached": False}
+
+
+def case_name(params: dict[str, Any]) -> str:
+    keys = ["d", "m", "n", "batch", "heads", "kv_heads", "causal", "dtype"]
+    return " ".join(f"{k}={params[k]}" for k in keys if k in params)
+
+
+def load_peers(kernel_dir: Path):
+    """The kernel's peers module (stages/<kernel>/peers.py), or None."""
+    if not (kernel_dir / "peers.py").exists():
+        return None
+    return importlib.import_module(f"stages.{kernel_dir.name}.peers")
+
+
+class BenchJob:
+    """One `wb bench` inside the worker."""
+
+    def __init__(self, job: dict[str, Any], emit: Callable[[dict], None]):
+        self.job = job
+        self.emit = emit
+        self.must_exit = False
+
+    def execute(self) -> dict[str, Any]:
+        import torch
+
+        from workbench import compare
+        from workbench import fixtures as fixture_registry
+        from workbench.build import compile_stage
+        from workbench.registry import forget_stage_modules, load_kernel
+        from workbench.runner.worker import environment, error_info, forget_fixture_modules
+        from workbench.stage import Params, torch_dtype
+        from workbench.workspace import Workspace
+
+        job = self.job
+        ws = Workspace(Path(job["workspace"]))
+        ws.activate()
+        forget_stage_modules()
+        forget_fixture_modules()
+        spec = load_kernel(ws.stages_dir / job["kernel"] / "kernel.yaml").stage(job["letter"])
+        stage = spec.load()
+        if not torch.cuda.is_available():
+            return {"verdict": "NO_GPU", "error": {"message": f"wb bench needs a CUDA GPU and this machine has none"}}
+        if not hasattr(stage, "flops"):
+            raise UserError(f"{spec.id} does not define flops(params): wb bench cannot compute TFLOP/s for it")
+        registry = fixture_registry.load_fixtures(ws.fixtures_dir)
+        fixture = fixture_registry.get_fixture(registry, "random")
+        peers_module = load_peers(spec.module_path.parent)
+        wanted_peers = job.get("peers") or []
+        roots = [ws.stages_dir.resolve()]
+        self.emit({"type": "progress", "phase": "peak"})
+        peak = card_peak_tflops()
+        result: dict[str, Any] = {"env": environment(), "peak": peak, "cases": [], "notes": []}
+        if wanted_peers and peers_module is None:
+            result["notes"].append(f"{spec.id} has no peers.py: no peer timed")
+        for raw in job["cases"]:
+            params = Params(raw)
+            name = case_name(dict(params))
+            self.emit({"type": "progress", "phase": "case", "case": name})
+            case: dict[str, Any] = {"case": name, "params": dict(params), "flops": stage.flops(params)}
+            try:
+                build = compile_stage(spec, stage, params, job["variants"], job.get("arch"))
+            except Exception as exc:
+                case.update(verdict="COMPILE_ERROR", error=error_info(exc, roots))
+                result["cases"].append(case)
+                continue
+            case["compile_s"], case["compile_cached"] = build.seconds, build.cached
+            in_specs, out_specs = stage.inputs(params), stage.outputs(params)
+            inputs = fixture.make(in_specs, params, job.get("seed", 0), "cuda")
+            outputs = {k: torch.empty(ts.shape, dtype=ts.torch_dtype(), device="cuda") for k, ts in out_specs.items()}
+            for t in outputs.values():
+                compare.poison(t)
+            try:
+                stage.launch(build.compiled, inputs, outputs)
+                torch.cuda.synchronize()
+            except Exception as exc:
+                self.must_exit = True
+                case.update(verdict="CRASH", error=error_info(exc, roots))
+                result["cases"].append(case)
+                break
+            ref = stage.reference(inputs, params, job["variants"], torch.float32)
+            ref_lp = stage.reference(inputs, params, job["variants"], torch_dtype(params["dtype"]))
+            metrics = {k: compare.metrics(outputs[k], ref[k], ref_lp[k], spec.tolerance) for k in out_specs}
+            case["check"] = {k: {m: v for m, v in x.items() if m in ("verdict", "cos", "max_abs_err", "tolerance", "reasons")} for k, x in metrics.items()}
+            case["verdict"] = compare.fixture_verdict(metrics)
+            if case["verdict"] != "PASS":
+                case["note"] = "wrong output on the benchmarked inputs: not timed"
+                result["cases"].append(case)
+                continue
+            timing = time_cuda(lambda: stage.launch(build.compiled, inputs, outputs), reps=job.get("reps", 30), graph=job.get("graph", "auto"))
+            case.update(timing)
+            case["tflops"] = case["flops"] / (timing["median_ms"] * 1e-3) / 1e12
+            case["fraction_of_peak"] = case["tflops"] / peak["tflops"]
+            case["peers"] = {}
+            for peer in wanted_peers:
+                case["peers"][peer] = self.time_peer(peers_module, peer, inputs, params, case["flops"], job)
+            result["cases"].append(case)
+            del inputs, outputs
+            torch.cuda.empty_cache()
+        verdicts = [c.get("verdict") for c in result["cases"]]
+        result["verdict"] = "PASS" if verdicts and all(v == "PASS" for v in verdicts) else "FAIL"
+        return result
+
+    def time_peer(self, peers_module, peer: str, inputs, params, flops: float, job) -> dict[str, Any]:
+        if peers_module is None:
+            return {"skipped": "the kernel has no peers.py"}
+        try:
+            fn = peers_module.make_peer(peer, inputs, params)
+        except Exception as exc:
+            return {"skipped": f"{type(exc).__name__}: {exc}"}
+        if fn is None:
+            return {"skipped": "not installed"}
+        try:
+            timing = time_cuda(fn, reps=job.get("reps", 30), graph=job.get("graph", "auto"))
+        except Exception as exc:
+            return {"skipped": f"failed: {type(exc).__name__}: {str(exc)[:200]}"}
+        return {**timing, "tflops": flops / (timing["median_ms"] * 1e-3) / 1e12}
+
+
+# ------------------------------------------------------------------ host side (the wb process)
+
+DEFAULT_PEERS = ("sdpa-flash", "sdpa-cudnn", "fa4")
+# The sweep of DESIGN.md's peer table: (d, s, causal); batch = 16384 / s, heads = 2048 / d.
+SWEEP = [(128, 1024, False), (128, 1024, True), (128, 4096, False), (128, 4096, True), (128, 8192, False),
+         (128, 8192, True), (64, 1024, False), (64, 4096, False), (64, 8192, False), (64, 8192, True)]
+
+
+def sweep_cases(dtype: str = "bf16") -> list[dict[str, Any]]:
+    return [bench_params(s, d, causal, dtype) for d, s, causal in SWEEP]
+
+
+def bench_params(s: int, d: int, causal: bool, dtype: str, batch: int | None = None, heads: int | None = None) -> dict[str, Any]:
+    """Stage D parameters for one benchmark shape (DESIGN.md's convention: 16k tokens, 2048 model dim)."""
+    return {
+        "m": s, "n": s, "d": d, "dtype": dtype, "causal": causal,
+        "batch": batch or max(1, 16384 // s), "heads": heads or max(1, 2048 // d),
+    }
+
+
+def run_bench(ws, spec, cases: list[dict[str, Any]], variants: dict[str, str], peers: list[str], reps: int = 30,
+              graph: str = "auto", timeout: float = 600.0, on_event=lambda e: None, warm: bool = True) -> dict[str, Any]:
+    """Benchmark `cases` of a stage in a worker; write the record (kind "bench") and MEMORY.md."""
+    from workbench import __version__
+    from workbench.errors import NoGpuError
+    from workbench.provenance import file_hashes, git_state, host
+    from workbench.records import new_run_dir, utc_now, write_record
+    from workbench.runner.supervisor import run_job
+
+    resolved = [spec.resolve_params({k: str(v) for k, v in c.items()}) for c in cases]
+    git = git_state(ws.root)
+    run_dir = new_run_dir(ws.runs_dir)
+    started = utc_now()
+    job = {"op": "bench", "workspace": str(ws.root), "kernel": spec.kernel, "letter": spec.letter, "cases": resolved,
+           "variants": variants, "peers": peers, "reps": reps, "graph": graph, "run_dir": str(run_dir)}
+    outcome = run_job(ws, job, timeout, on_event, warm=warm)
+    if outcome.status == "user_error":
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise UserError(outcome.message)
+    result = outcome.result or {}
+    if result.get("verdict") == "NO_GPU":
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise NoGpuError(result["error"]["message"])
+    env = result.get("env", {})
+    record = {
+        "kind": "bench",
+        "kernel": spec.kernel,
+        "stage": spec.id,
+        "letter": spec.letter,
+        "stage_title": spec.title,
+        "params": {},
+        "variants": variants,
+        "verdict": result.get("verdict") if outcome.status == "result" else outcome.status,
+        "error": None if outcome.status == "result" else {"message": outcome.message, "log": outcome.log_tail},
+        "bench": result.get("cases", []),
+        "peak": result.get("peak"),
+        "notes": result.get("notes", []),
+        "results": [],
+        "timing": {"total_s": None, "worker_reused": outcome.worker_reused, "worker_pid": outcome.worker_pid},
+        "provenance": {**git, "sources": file_hashes(spec.source_files(), ws.root), "wb": __version__, "dsl": env.get("dsl"),
+                       "torch": env.get("torch"), "python": env.get("python"), "gpu": env.get("gpu"),
+                       "compute_capability": env.get("compute_capability"), "driver_cuda": env.get("driver_cuda"),
+                       "arch": spec.arch, "host": host()},
+        "started": started,
+        "finished": utc_now(),
+    }
+    write_record(run_dir, record)
+    record["id"], record["_dir"] = run_dir.name, str(run_dir)
+    record_speed(ws, record)
+    return record
+
+
+def peer_ratios(case: dict[str, Any]) -> dict[str, float]:
+    """wb's TFLOP/s over each timed peer's (above 1: wb is faster)."""
+    out = {}
+    for name, peer in (case.get("peers") or {}).items():
+        if peer.get("tflops") and case.get("tflops"):
+            out[name] = case["tflops"] / peer["tflops"]
+    return out
+
+
+def record_speed(ws, record: dict[str, Any]) -> None:
+    """Fold a bench record into MEMORY.md's `speed` block (latest per case and card)."""
+    from workbench import memory
+
+    card = record["provenance"].get("gpu") or "?"
+
+    def merge(old: Any) -> dict:
+        data = old if isinstance(old, dict) else {}
+        for case in record.get("bench", []):
+            key = f"{record['stage']} · {case['case']} · {card}"
+            data[key] = {
+                "tflops": case.get("tflops"),
+                "verdict": case.get("verdict"),
+                "peers": {k: v.get("tflops") for k, v in (case.get("peers") or {}).items()},
+                "run": record["id"],
+                "commit": (record["provenance"].get("commit") or "")[:10] + ("+dirty" if record["provenance"].get("dirty") else ""),
+                "date": record["started"][:10],
+            }
+        return data
+
+    memory.update_data_block(ws, "speed", merge, render_speed)
+
+
+def render_speed(data: dict[str, Any]) -> str:
+    peers = sorted({p for entry in data.values() for p in entry.get("peers", {})})
+    head = "| stage · case · card | wb TFLOP/s | " + " | ".join(peers) + " | run | commit | date |"
+    rows = [head, "|" + "---|" * (5 + len(peers))]
+    for key in sorted(data):
+        e = data[key]
+        wb = f"{e['tflops']:.0f}" if e.get("tflops") else (e.get("verdict") or "-")
+        cells = []
+        for p in peers:
+            t = e.get("peers", {}).get(p)
+            cells.append(f"{t:.0f} (×{e['tflops'] / t:.2f})" if t and e.get("tflops") else "-")
+        rows.append(f"| {key} | {wb} | " + " | ".join(cells) + f" | {e.get('run')} | {e.get('commit') or '-'} | {e.get('date')} |")
+    return "\n".join(rows)
+
+
+def perf_markdown(record: dict[str, Any]) -> str:
+    """docs/perf.md: the DESIGN.md-style table with wb's stage as a column, generated by wb."""
+    prov = record["provenance"]
+    peers = sorted({p for c in record.get("bench", []) for p in (c.get("peers") or {})})
+    out = [
+        "# FMHA forward speed (generated by `wb bench --sweep`)",
+        "",
+        f"Card: {prov.get('gpu')} · measured {record['started'][:10]} · run `{record['id']}` · commit `{(prov.get('commit') or '')[:10]}`"
+        + (" (dirty)" if prov.get("dirty") else ""),
+        f"Versions: wb {prov.get('wb')}, CuTe DSL {prov.get('dsl')}, torch {prov.get('torch')}, CUDA driver {prov.get('driver_cuda')}",
+        f"Card's dense bf16 matmul: {record.get('peak', {}).get('tflops', 0):.0f} TFLOP/s (measured by wb, cached per card).",
+        "",
+        "TFLOP/s = 4·b·h·s²·d / t (halved for causal); median of CUDA-event timings, L2 flushed before each repeat;"
+        " batch = 16384/s, heads = 2048/d; every kernel checked against SDPA in fp32 on the same inputs before timing.",
+        "",
+        "| d | s | causal | dtype | " + " | ".join(peers) + f" | wb {record['stage']} | wb / best peer |",
+        "|" + "---|" * (6 + len(peers)),
+    ]
+    for c in record.get("bench", []):
+        p = c["params"]
+        cells = []
+        best = 0.0
+        for name in peers:
+            t = (c.get("peers") or {}).get(name, {}).get("tflops")
+            cells.append(f"{t:.0f}" if t else "skipped")
+            best = max(best, t or 0.0)
+        wb = f"{c['tflops']:.0f}" if c.get("tflops") else c.get("verdict", "-")
+        ratio = f"×{c['tflops'] / best:.2f}" if c.get("tflops") and best else "-"
+        out.append(f"| {p['d']} | {p['n']} | {'yes' if p.get('causal') else 'no'} | {p['dtype']} | " + " | ".join(cells) + f" | {wb} | {ratio} |")
+    notes = record.get("notes") or []
+    skipped = sorted({f"{name}: {peer['skipped']}" for c in record.get("bench", []) for name, peer in (c.get("peers") or {}).items() if peer.get("skipped")})
+    if notes or skipped:
+        out += ["", "Notes:", ""] + [f"- {n}" for n in [*notes, *skipped]]
+    out.append("")
+    return "\n".join(out)
