@@ -1,65 +1,242 @@
 """Compile a stage: trace with probes on, and keep compiled kernels for the next run.
 
 `compile_stage` is the one place stages are compiled (by `wb run`, `wb shapes`,
-`wb compile`, `wb bench`). Compiled callables stay in memory for the life of the
-process, keyed by everything that can change the generated code, so a warm worker
-compiles an unchanged stage once.
+`wb compile`, `wb bench`). Three levels, fastest first:
+
+  * memory: compiled callables stay in this process (a warm worker compiles an unchanged
+    stage once);
+  * disk: workbench.compile_cache, shared by every process of the workspace (a second
+    `wb run` in a new worker reloads the kernel instead of compiling it; `wb shapes`
+    reads the probe records without importing the DSL);
+  * cold: `stage.compile(...)` inside `capture()` (probes) and `trace.tracing()` (ops,
+    shared memory, TMA atoms, line info, ptxas's resource report), then stored.
+
+A trace failure raises workbench.trace_errors.KernelTraceError (readable, with the probes
+captured before it); a failed resource check (shared memory over capacity, a TMA tensor
+that breaks the 16-byte rules) raises KernelCheckError when `strict` (wb run), or is
+reported in `Build.resources["checks"]` (wb shapes, wb compile).
 """
 
 from __future__ import annotations
 
-import json
-import os
+import contextlib
+import io
+import shutil
+import sys
+import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from workbench.errors import UserError
 from workbench.probe import capture
 from workbench.registry import StageSpec
+from workbench.workspace import Workspace
 
-_memory_cache: dict[str, tuple[Any, list[dict]]] = {}
+# key digest -> (compiled, shapes, resources, deps, cold seconds)
+_memory_cache: dict[str, tuple[Any, list[dict], dict | None, dict, float]] = {}
+
+
+class KernelCheckError(Exception):
+    """The kernel compiled but cannot work on the target (checks the DSL does not make)."""
+
+    def __init__(self, message: str, checks: list[dict], shapes: list[dict]):
+        super().__init__(message)
+        self.checks = checks
+        self.shapes = shapes
+        self.location = next((c.get("location") for c in checks if c.get("location")), None)
 
 
 @dataclass
 class Build:
     compiled: Any
-    seconds: float
+    seconds: float  # time spent here: cold compile, or loading from the cache
     cached: bool
     arch: str
     key: str
     shapes: list[dict] = field(default_factory=list)
+    resources: dict | None = None
+    cache: str = "cold"  # "memory" | "disk" | "cold" | "off"
+    cold_seconds: float = 0.0  # what the cold compile of this kernel took
+    cache_note: str | None = None  # why the kernel itself was not cached, if it was not
+    output: str = ""  # what the stage printed while tracing (print() at trace time)
+    artifacts: dict[str, str] = field(default_factory=dict)  # name -> path (wb compile)
 
 
 def cache_key(spec: StageSpec, params: dict, variants: dict, arch: str) -> str:
-    return json.dumps(
-        [spec.id, spec.source_hash(), sorted(params.items()), sorted(variants.items()), arch, _dsl_version()],
-        default=str,
-    )
+    from workbench.compile_cache import make_key
+
+    return make_key(spec, dict(params), dict(variants), arch).digest
 
 
-def _dsl_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("nvidia-cutlass-dsl")
-    except Exception:
-        return "none"
+def workspace_of(spec: StageSpec) -> Workspace:
+    """The workspace a stage belongs to (stages/<kernel>/<module>.py)."""
+    return Workspace(spec.module_path.resolve().parents[2])
 
 
-def compile_stage(spec: StageSpec, stage, params, variants: dict, arch: str | None = None) -> Build:
-    """Compile `stage` (an instance loaded from `spec`) for `arch`, or reuse a compiled one."""
+def _checks_error(checks: list[dict]) -> str | None:
+    errors = [c for c in checks if c.get("level") == "error"]
+    if not errors:
+        return None
+    lines = []
+    for c in errors:
+        where = f"{c['location']}: " if c.get("location") else ""
+        lines.append(f"{where}{c['message']}")
+        if c.get("source"):
+            lines.append(f"    {c['source']}")
+    return "\n".join(lines)
+
+
+def compile_stage(
+    spec: StageSpec,
+    stage,
+    params,
+    variants: dict,
+    arch: str | None = None,
+    *,
+    ws: Workspace | None = None,
+    use_cache: bool = True,
+    need_kernel: bool = True,
+    strict: bool = True,
+    keep: tuple[str, ...] = (),
+    artifact_dir: Path | None = None,
+) -> Build:
+    """Compile `stage` (an instance loaded from `spec`) for `arch`, or reuse a compiled one.
+
+    need_kernel=False (wb shapes) accepts a cache entry whose kernel object could not be
+    saved; keep/artifact_dir (wb compile) force a fresh compile that writes the artifacts.
+    """
+    from workbench import compile_cache
+
     arch = arch or spec.arch
-    key = cache_key(spec, dict(params), variants, arch)
-    hit = _memory_cache.get(key)
-    if hit is not None:
-        compiled, shapes = hit
-        return Build(compiled, 0.0, True, arch, key, shapes)
-    if stage.is_cute:
-        os.environ["CUTE_DSL_ARCH"] = arch
+    ws = ws or workspace_of(spec)
+    key = compile_cache.make_key(spec, dict(params), dict(variants), arch)
+    fresh = bool(keep or artifact_dir)
+
+    if use_cache and not fresh:
+        hit = _memory_cache.get(key.digest)
+        if hit is not None and compile_cache.deps_valid(ws, hit[3]) and (hit[0] is not None or not need_kernel):
+            compiled, shapes, resources, _deps, cold = hit
+            _raise_checks(resources, shapes, strict)
+            return Build(compiled, 0.0, True, arch, key.digest, shapes, resources, "memory", cold)
+        if stage.is_cute:
+            start = time.perf_counter()
+            entry = compile_cache.lookup(ws, spec, key, need_kernel=need_kernel)
+            if entry is not None:
+                compiled = None
+                try:
+                    if need_kernel:
+                        compiled = compile_cache.load_compiled(entry)
+                except Exception as exc:
+                    warnings.warn(f"could not reload the cached kernel of {spec.id} ({type(exc).__name__}: {exc}); recompiling")
+                    compile_cache.remove(ws, spec, key)
+                    entry = None
+                if entry is not None:
+                    seconds = time.perf_counter() - start
+                    if compiled is not None:
+                        _memory_cache[key.digest] = (compiled, entry.shapes, entry.resources, entry.meta.get("deps", {}), entry.seconds)
+                    _raise_checks(entry.resources, entry.shapes, strict)
+                    return Build(
+                        compiled, seconds, True, arch, key.digest, entry.shapes, entry.resources, "disk",
+                        entry.seconds, entry.meta.get("kernel_note"),
+                    )
+
+    if not stage.is_cute:
+        start = time.perf_counter()
+        with capture(spec.id) as probes:
+            compiled = stage.compile(params, variants, arch)
+        seconds = time.perf_counter() - start
+        shapes = list(probes)
+        _memory_cache[key.digest] = (compiled, shapes, None, {}, seconds)
+        return Build(compiled, seconds, False, arch, key.digest, shapes, None, "off", seconds)
+
+    from workbench import resources as res
+    from workbench.trace import tracing
+    from workbench.trace_errors import readable
+
+    dump_dir = Path(artifact_dir) if artifact_dir else Path(tempfile.mkdtemp(prefix="wb-compile-"))
+    dump_dir.mkdir(parents=True, exist_ok=True)
+    keep_set = tuple(dict.fromkeys(("cubin",) + tuple(k for k in keep if k in ("ptx", "cubin"))))
+    out, err = io.StringIO(), io.StringIO()
     start = time.perf_counter()
-    with capture() as probes:
-        compiled = stage.compile(params, variants, arch)
-    seconds = time.perf_counter() - start
-    shapes = [dict(p, stage=spec.id) for p in probes]
-    _memory_cache[key] = (compiled, shapes)
-    return Build(compiled, seconds, False, arch, key, shapes)
+    try:
+        with capture(spec.id) as probes, tracing(spec.id, arch, keep=keep_set, dump_dir=str(dump_dir)) as state:
+            try:
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    compiled = stage.compile(params, variants, arch)
+            except UserError:
+                raise
+            except Exception as exc:
+                _echo(out.getvalue(), err.getvalue())
+                raise readable(exc, shapes=list(probes), root=ws.root) from exc
+        seconds = time.perf_counter() - start
+        shapes = list(probes)
+        cubins = [p.read_bytes() for p in sorted(dump_dir.glob("*.cubin"))]
+        resources = res.summarize(
+            arch,
+            [vars(k) for k in state.kernels],
+            [vars(a) for a in state.tma_atoms],
+            ptxas_text=err.getvalue(),
+            cubins=cubins,
+        )
+        if state.hook_error:
+            resources["capture_error"] = state.hook_error
+        artifacts = {}
+        if artifact_dir:
+            artifacts = {p.name: str(p) for p in sorted(dump_dir.iterdir()) if p.is_file()}
+    finally:
+        if not artifact_dir:
+            shutil.rmtree(dump_dir, ignore_errors=True)
+    output = _user_output(out.getvalue(), err.getvalue())
+    _echo(output, "")
+
+    note = None
+    if use_cache:
+        deps = compile_cache.workspace_deps(ws, spec)
+        try:
+            entry = compile_cache.store(
+                ws, spec, key, compiled, shapes=shapes, resources=resources, deps=deps, seconds=seconds, arch=arch
+            )
+            note = entry.meta.get("kernel_note")
+        except Exception as exc:  # a full disk must not fail the compile
+            note = f"not cached: {type(exc).__name__}: {exc}"
+        _memory_cache[key.digest] = (compiled, shapes, resources, deps, seconds)
+    build = Build(compiled, seconds, False, arch, key.digest, shapes, resources, "cold", seconds, note, output, artifacts)
+    _raise_checks(resources, shapes, strict)
+    return build
+
+
+def _raise_checks(resources: dict | None, shapes: list[dict], strict: bool) -> None:
+    if not strict or not resources:
+        return
+    message = _checks_error(resources.get("checks", []))
+    if message:
+        raise KernelCheckError(message, [c for c in resources["checks"] if c.get("level") == "error"], shapes)
+
+
+def _user_output(stdout: str, stderr: str) -> str:
+    """What the stage printed at trace time, without ptxas's report (which wb parses)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", stderr)
+    kept = []
+    skipping = False
+    for line in text.splitlines():
+        if "remark[ptxas info]" in line or line.startswith("ptxas"):
+            skipping = True
+            continue
+        if skipping and re.match(r"^\s*(-->|>?\s*\d*\s*\||in function\b|$)", line):
+            continue
+        skipping = False
+        kept.append(line)
+    rest = "\n".join(kept).strip()
+    return (stdout + (("\n" + rest) if rest else "")).strip()
+
+
+def _echo(stdout: str, stderr: str) -> None:
+    if stdout:
+        sys.stdout.write(stdout if stdout.endswith("\n") else stdout + "\n")
+    if stderr:
+        sys.stderr.write(stderr if stderr.endswith("\n") else stderr + "\n")

@@ -1,0 +1,402 @@
+"""Compiled kernels on disk, shared across processes: a second `wb run` of an unchanged
+stage, or `wb shapes` after a `wb run`, skips the compile.
+
+`cute.compile` never caches (it forces no_cache), so wb keeps its own cache under
+`$WB_HOME/cache` when WB_HOME is set, else `<workspace>/.wb/cache`:
+
+    <root>/<kernel>/<letter>/<key>/meta.json     key material, probe records, resources,
+                                                 dependency hashes, file checksums
+                                   compiled.pkl  the stage's compiled object, with every
+                                                 JitCompiledFunction replaced by a reference
+                                   fn0.o ...     each JitCompiledFunction as an object file
+                                                 (JitCompiledFunction.dump_to_object)
+
+Key: stage id, the stage module's own hash, kernel.yaml's hash, parameters, variants,
+arch, DSL version, wb version, Python version, the compile-affecting CUTE_DSL_* variables
+and wb's compile options. Validity: meta.json lists every workspace file the compile
+imported (the stage module, its siblings, stages/*.py, anything else in the workspace) and
+the kernel folder's data files, each with its sha256; an entry whose files changed is a
+miss, so editing the stage or anything it imports invalidates it, and editing an unrelated
+stage does not. Every stored file has a checksum in meta.json; an entry that does not
+parse or whose checksum fails is deleted and rebuilt, never trusted.
+
+Reloading: `cutlass.cute.runtime.load_module(fn0.o)[prefix]` gives a JitCompiledFunction
+called exactly like the one `cute.compile` returned (same signature, same arguments).
+The rest of the stage's compiled object (a dataclass, dict or tuple around the functions)
+is pickled; an object that does not pickle is not cached (probes and resources still are).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import io
+import json
+import os
+import pickle
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench import __version__
+from workbench.registry import StageSpec
+from workbench.workspace import Workspace
+
+CACHE_FORMAT = 1
+WB_OPTIONS = {"lineinfo": True, "remarks": "ptx"}  # what compile_stage adds to every compile
+
+# CUTE_DSL_* variables that do not change the generated code (everything else is keyed).
+_ENV_IGNORED = {
+    "ARCH",  # keyed explicitly (wb passes the arch)
+    "LINEINFO",  # wb forces line info on
+    "DUMP_DIR", "KEEP", "KEEP_IR", "KEEP_PTX", "KEEP_CUBIN", "KEEP_SASS", "LOG_LEVEL", "LOG_TO_CONSOLE",
+    "LOG_TO_FILE", "CACHE_DIR", "NO_CACHE", "DISABLE_FILE_CACHING", "JIT_TIME_PROFILING", "SHOW_STACKTRACE",
+    "FILTER_STACKTRACE", "PRINT_IR", "PRINT_AFTER_PREPROCESSOR", "JIT_CACHE_MAX_ELEMS", "WARNINGS_IGNORE",
+}
+_DATA_SKIP = {"shapes.lock.yaml"}
+
+
+class CacheCorrupt(Exception):
+    pass
+
+
+def cache_root(ws: Workspace) -> Path:
+    home = os.environ.get("WB_HOME")
+    return Path(home).expanduser() / "cache" if home else ws.state_dir / "cache"
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def dsl_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("nvidia-cutlass-dsl")
+    except Exception:
+        return "none"
+
+
+def _compile_env() -> dict[str, str]:
+    return {
+        k: v
+        for k, v in sorted(os.environ.items())
+        if k.startswith("CUTE_DSL_") and k[len("CUTE_DSL_") :] not in _ENV_IGNORED
+    }
+
+
+_WB_CODE: str | None = None
+
+
+def _wb_code() -> str:
+    """Hash of wb's own modules that shape what a cache entry holds (records, resources)."""
+    global _WB_CODE
+    if _WB_CODE is None:
+        here = Path(__file__).parent
+        h = hashlib.sha256()
+        for name in ("probe.py", "trace.py", "layouts.py", "resources.py", "build.py", "compile_cache.py"):
+            path = here / name
+            if path.is_file():
+                h.update(path.read_bytes())
+        _WB_CODE = h.hexdigest()[:16]
+    return _WB_CODE
+
+
+@dataclass
+class Key:
+    digest: str
+    material: dict[str, Any]
+
+
+def make_key(spec: StageSpec, params: dict, variants: dict, arch: str) -> Key:
+    module = spec.module_path
+    kernel_yaml = module.parent / "kernel.yaml"
+    material = {
+        "format": CACHE_FORMAT,
+        "stage": spec.id,
+        "module": sha256_file(module) if module.is_file() else None,
+        "kernel_yaml": sha256_file(kernel_yaml) if kernel_yaml.is_file() else None,
+        "params": sorted((str(k), repr(v)) for k, v in dict(params).items()),
+        "variants": sorted((str(k), str(v)) for k, v in dict(variants).items()),
+        "arch": arch,
+        "dsl": dsl_version(),
+        "wb": __version__,
+        "wb_code": _wb_code(),
+        "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
+        "env": _compile_env(),
+        "options": WB_OPTIONS,
+    }
+    digest = hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:24]
+    return Key(digest, material)
+
+
+def entry_dir(ws: Workspace, spec: StageSpec, key: Key) -> Path:
+    return cache_root(ws) / spec.kernel / spec.letter / key.digest
+
+
+# --------------------------------------------------------------------------------------
+# Dependencies: the workspace files a compile read
+# --------------------------------------------------------------------------------------
+def workspace_deps(ws: Workspace, spec: StageSpec) -> dict[str, str]:
+    """sha256 of every workspace source the process has imported (bar wb's own package,
+    fixtures, runs and tests) plus the kernel folder's data files. Call right after the
+    compile, in the process that compiled (stage modules were forgotten before it)."""
+    import workbench
+
+    root = ws.root.resolve()
+    skip = [Path(workbench.__file__).resolve().parent, ws.fixtures_dir.resolve(), ws.runs_dir.resolve(), ws.state_dir.resolve(), (root / "tests").resolve()]
+    files: set[Path] = set()
+    for module in list(sys.modules.values()):
+        filename = getattr(module, "__file__", None)
+        if not filename:
+            continue
+        try:
+            path = Path(filename).resolve()
+        except OSError:
+            continue
+        if root not in path.parents or any(p == path or p in path.parents for p in skip):
+            continue
+        if any(part in ("site-packages", "dist-packages", ".venv", "venv", "__pycache__") for part in path.parts):
+            continue
+        files.add(path)
+    files.add(spec.module_path.resolve())
+    kernel_dir = spec.module_path.parent.resolve()
+    for path in kernel_dir.rglob("*"):
+        if path.is_file() and path.suffix not in (".py", ".pyc") and path.name not in _DATA_SKIP and "__pycache__" not in path.parts:
+            files.add(path)
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(files) if p.is_file()}
+
+
+def deps_valid(ws: Workspace, deps: dict[str, str]) -> bool:
+    root = ws.root.resolve()
+    for rel, digest in deps.items():
+        path = root / rel
+        try:
+            if sha256_file(path) != digest:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------------------
+# Entries
+# --------------------------------------------------------------------------------------
+@dataclass
+class Entry:
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def shapes(self) -> list[dict]:
+        return self.meta.get("shapes", [])
+
+    @property
+    def resources(self) -> dict | None:
+        return self.meta.get("resources")
+
+    @property
+    def has_kernel(self) -> bool:
+        return bool(self.meta.get("kernel"))
+
+    @property
+    def seconds(self) -> float:
+        return float(self.meta.get("seconds") or 0.0)
+
+
+def _read_entry(path: Path) -> Entry:
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise CacheCorrupt(f"meta.json unreadable: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT or "checksums" not in meta:
+        raise CacheCorrupt("meta.json has no checksums or another format")
+    for name, digest in meta["checksums"].items():
+        try:
+            if sha256_file(path / name) != digest:
+                raise CacheCorrupt(f"{name}: checksum mismatch")
+        except FileNotFoundError as exc:
+            raise CacheCorrupt(f"{name} missing") from exc
+    return Entry(path, meta)
+
+
+def lookup(ws: Workspace, spec: StageSpec, key: Key, need_kernel: bool = False) -> Entry | None:
+    """The valid entry for `key`, or None. Corrupt entries are removed (and a warning given)."""
+    path = entry_dir(ws, spec, key)
+    if not path.is_dir():
+        return None
+    try:
+        entry = _read_entry(path)
+    except FileNotFoundError:
+        return None
+    except CacheCorrupt as exc:
+        warnings.warn(f"compile cache entry {path} is corrupt ({exc}): rebuilding it")
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+    if not deps_valid(ws, entry.meta.get("deps", {})):
+        return None
+    if need_kernel and not entry.has_kernel:
+        return None
+    return entry
+
+
+def remove(ws: Workspace, spec: StageSpec, key: Key) -> None:
+    shutil.rmtree(entry_dir(ws, spec, key), ignore_errors=True)
+
+
+def store(
+    ws: Workspace,
+    spec: StageSpec,
+    key: Key,
+    compiled: Any,
+    *,
+    shapes: list[dict],
+    resources: dict | None,
+    deps: dict[str, str],
+    seconds: float,
+    arch: str,
+) -> Entry:
+    """Write an entry atomically (a temp folder renamed into place)."""
+    final = entry_dir(ws, spec, key)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
+    try:
+        kernel_info, note = None, None
+        if compiled is not None:
+            try:
+                kernel_info = _dump_compiled(compiled, tmp, prefix=f"wb_{key.digest[:16]}")
+            except _NotCacheable as exc:
+                note = str(exc)
+        checksums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        meta = {
+            "format": CACHE_FORMAT,
+            "key": key.digest,
+            "material": key.material,
+            "stage": spec.id,
+            "arch": arch,
+            "created": time.time(),
+            "seconds": seconds,
+            "shapes": shapes,
+            "resources": resources,
+            "deps": deps,
+            "kernel": kernel_info,
+            "kernel_note": note,
+            "checksums": checksums,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, default=str))
+        if final.exists():
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process stored it meanwhile: theirs is as good
+            shutil.rmtree(tmp, ignore_errors=True)
+        return Entry(final, meta)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------
+# Saving and reloading compiled kernels
+# --------------------------------------------------------------------------------------
+class _NotCacheable(Exception):
+    pass
+
+
+_runtime_loaded = False
+
+
+def ensure_dsl_runtime() -> None:
+    """Make the DSL's runtime library globally visible: exporting (dump_to_object) and
+    reloading (load_module) JIT-link host code against its symbols."""
+    global _runtime_loaded
+    if _runtime_loaded:
+        return
+    from cutlass.runtime import find_runtime_libraries
+
+    for lib in find_runtime_libraries(enable_tvm_ffi=False):
+        if Path(lib).exists():
+            ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+    import cutlass.cute.export  # noqa: F401  (registers the export/load providers)
+
+    _runtime_loaded = True
+
+
+def _jit_class():
+    from cutlass.base_dsl.jit_executor import JitCompiledFunction
+
+    return JitCompiledFunction
+
+
+def _dump_compiled(compiled: Any, folder: Path, prefix: str) -> dict:
+    jit = _jit_class()
+    functions: list[Any] = []
+
+    class _Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, jit):
+                functions.append(obj)
+                return ("wb-jit", len(functions) - 1)
+            return None
+
+    buffer = io.BytesIO()
+    try:
+        _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(compiled)
+    except Exception as exc:
+        raise _NotCacheable(
+            f"the stage's compiled object ({type(compiled).__name__}) does not pickle: {type(exc).__name__}: {exc}"
+        ) from None
+    if not functions:
+        raise _NotCacheable(f"the stage's compiled object ({type(compiled).__name__}) holds no JitCompiledFunction")
+    ensure_dsl_runtime()
+    objects = []
+    for i, fn in enumerate(functions):
+        name = f"fn{i}.o"
+        try:
+            (folder / name).write_bytes(fn.dump_to_object(f"{prefix}_{i}"))
+        except Exception as exc:
+            raise _NotCacheable(f"dump_to_object failed: {type(exc).__name__}: {str(exc).strip()[:300]}") from None
+        objects.append({"file": name, "prefix": f"{prefix}_{i}"})
+    (folder / "compiled.pkl").write_bytes(buffer.getvalue())
+    return {"pickle": "compiled.pkl", "functions": objects}
+
+
+def load_compiled(entry: Entry) -> Any:
+    """Rebuild the stage's compiled object from an entry (needs the DSL; no GPU needed)."""
+    info = entry.meta.get("kernel")
+    if not info:
+        raise CacheCorrupt("entry has no kernel")
+    ensure_dsl_runtime()
+    from cutlass.cute.runtime import load_module
+
+    loaded = []
+    for item in info["functions"]:
+        module = load_module(str(entry.path / item["file"]))
+        fn = module[item["prefix"]]
+        fn._wb_module = module  # keep the execution engine alive with the function
+        loaded.append(fn)
+
+    class _Unpickler(pickle.Unpickler):
+        def persistent_load(self, pid):
+            tag, index = pid
+            if tag != "wb-jit":
+                raise pickle.UnpicklingError(f"unknown reference {pid!r}")
+            return loaded[index]
+
+    return _Unpickler(io.BytesIO((entry.path / info["pickle"]).read_bytes())).load()
+
+
+def clear(ws: Workspace) -> int:
+    """Remove every entry; returns how many were removed."""
+    root = cache_root(ws)
+    count = sum(1 for _ in root.glob("*/*/*/meta.json")) if root.is_dir() else 0
+    shutil.rmtree(root, ignore_errors=True)
+    return count
