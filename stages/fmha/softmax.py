@@ -1,0 +1,278 @@
+"""Online softmax on the Hopper WGMMA accumulator, and P's trip from accumulator to operand.
+
+Device helpers shared by stages C and D (call them from a ``@cute.kernel``/``@cute.jit``).
+
+Register ownership (one warpgroup, a 64 x N WGMMA accumulator, see ``common``): thread t of
+the warpgroup holds, in fragment ((2, 2, N/8), 1, 1), rows r0 = t/4 % 8 + 16 (t/32) and
+r0 + 8, and in each of them the column pairs 2 (t % 4) + {0, 1} + 8 j. A row therefore lives
+in the 4 lanes of a quad; its max must be reduced across the quad (shuffle xor 1, 2). The
+row sum need not be: each lane keeps a partial sum, all partial sums of a row are scaled by
+the same factor (the max is quad-uniform), and ``finalize`` reduces them once.
+
+Online softmax, for KV tiles j = 0, 1, ... (c = scale * log2(e), S in raw Q.K units):
+
+    m_j = max(m_{j-1}, rowmax S_j)                 (quad-reduced; m_{-1} = -inf)
+    P_j = 2^(S_j c - m_j c)
+    alpha_j = 2^((m_{j-1} - m_j) c)                (row_scale: O and l are multiplied by it)
+    l_j = alpha_j l_{j-1} + rowsum P_j
+    O_j = alpha_j O_{j-1} + P_j V_j
+    end: O = O / l,  LSE = (m c + log2 l) ln 2 = m * scale + ln l
+
+A row whose max is still -inf (every column masked so far) uses 0 in place of the max, so
+it gets P = 0 and alpha = 0 instead of NaN; at the end l = 0 gives O = 0 and LSE = -inf.
+
+P conversion. The PV WGMMA takes P from registers as its A operand; its fragment for a
+64 x 16 k-block is ((2, 2, 2), 1, K/16): mode 0.0 = two adjacent k, mode 0.1 = rows +0/+8,
+mode 0.2 = k +0/+8, mode 2 = k-block. For 16-bit P that is the accumulator's own register
+order regrouped: acc mode 0.2 (16 column blocks of 8) splits into (2, 8) = (k +0/+8 within a
+k-block, k-block). ``p_operand_layout`` builds that view and ``check_p_operand_mapping``
+proves, at trace time and for every thread and register, that the (row, col) the QK
+accumulator holds is the (row, k) the PV MMA expects there (tests run it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Type
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Float32, const_expr
+
+from stages.fmha import common
+
+LN2 = math.log(2.0)
+
+
+# --------------------------------------------------------------------------------------
+# P: accumulator (fp32, QK^T C layout) -> A operand of the PV MMA (16-bit, registers)
+# --------------------------------------------------------------------------------------
+P_BUGS = ("none", "chunk", "rowmajor")
+
+
+def p_operand_layout(acc_layout: cute.Layout, bug: str = "none") -> cute.Layout:
+    """View of a Hopper accumulator ((2, 2, V), 1, 1) as the RS-WGMMA A fragment
+    ((2, 2, 2), 1, V/2) over the same registers (16-bit A operand, k-block of 16 columns).
+
+    Correct: acc mode 0.2 (V chunks of 8 columns) splits as (2, V/2) -- k-block j takes
+    chunks (2j, 2j + 1). ``bug="chunk"`` (wb's ``bug=pv_layout``) splits it the other way,
+    (V/2, 2): k-block j takes chunks (j, j + V/2), so the PV MMA reads P column
+    8 (j + V/2 h) + e where it expects column 16 j + 8 h + e (stages/fmha/mutants.py models
+    exactly this as "p-layout")."""
+    shp, std = acc_layout.shape, acc_layout.stride
+    assert cute.rank(shp[0]) == 3 and shp[1] == 1 and shp[2] == 1, f"unexpected acc {acc_layout}"
+    v = shp[0][2]
+    assert v % 2 == 0, "the QK tile width must be a multiple of 16"
+    s0, s1, s2 = std[0]
+    if bug == "chunk":
+        return cute.make_layout(((2, 2, 2), 1, v // 2), stride=((s0, s1, s2 * (v // 2)), 0, s2))
+    assert bug == "none", bug
+    return cute.make_layout(((2, 2, 2), 1, v // 2), stride=((s0, s1, s2), 0, 2 * s2))
+
+
+def p_operand_view(acc: cute.Tensor, bug: str = "none") -> cute.Tensor:
+    return cute.make_tensor(acc.iterator, p_operand_layout(acc.layout, bug))
+
+
+@cute.jit
+def convert_p(acc_S: cute.Tensor, tOrP: cute.Tensor, bug: cutlass.Constexpr[str] = "none"):
+    """tOrP (A operand of the PV MMA, 16-bit registers) <- acc_S (fp32 QK accumulator).
+
+    ``bug`` (wb's bug-injection variants, off by default):
+      "chunk"    -- the column chunks regrouped the wrong way (see ``p_operand_layout``);
+      "rowmajor" -- P handed over in the (row, col) order the softmax works in
+                    (``common.acc_row_view``), operand register i <- element i of that view:
+                    swaps row bit 3 with column bit 0 inside each 16 x 16 block of P.
+    """
+    if const_expr(bug == "rowmajor"):
+        acc_mn = common.acc_row_view(acc_S)
+        assert cute.size(acc_mn) == cute.size(tOrP)
+        for i in cutlass.range_constexpr(cute.size(tOrP)):
+            tOrP[i] = acc_mn[i].to(tOrP.element_type)
+    else:
+        tOrP.store(p_operand_view(acc_S, bug).load().to(tOrP.element_type))
+
+
+def _flat(t):
+    return sum((_flat(x) for x in t), ()) if isinstance(t, tuple) else (t,)
+
+
+def _eval_mode(shape, stride, i: int) -> int:
+    """Offset of linear index ``i`` (colexicographic) in one mode of a static layout."""
+    off = 0
+    for sh, st in zip(_flat(shape), _flat(stride)):
+        off += (i % sh) * st
+        i //= sh
+    return off
+
+
+class _PyLayout:
+    """A static CuTe layout copied into Python tuples once (reading .shape/.stride of a
+    cute.Layout goes through MLIR every time: far too slow for thousands of lookups)."""
+
+    def __init__(self, layout):
+        self.shape = layout.shape
+        self.stride = layout.stride
+        self.text = str(layout)
+
+    def __call__(self, *idx: int) -> int:
+        """Offset at one linear (colexicographic) index per top-level mode (or one index)."""
+        if len(idx) == 1:
+            return _eval_mode(self.shape, self.stride, idx[0])
+        return sum(_eval_mode(self.shape[i], self.stride[i], x) for i, x in enumerate(idx))
+
+
+
+
+def p_source_map(tiled_mma_qk: cute.TiledMma, tiled_mma_pv: cute.TiledMma, acc_shape, p_shape, bug: str = "none"):
+    """For every thread t and A-operand register of the PV MMA: ((row, k) the PV MMA
+    expects there, (row, col) of S the conversion puts there). Pure Python over the static
+    TV layouts (call inside @cute.jit). Returns (pairs, n_threads, view text)."""
+    atom_m = tiled_mma_qk.shape_mnk[0]
+    atom_k = tiled_mma_pv.shape_mnk[2]
+    acc = cute.make_layout(acc_shape)  # the fragment's compact register order
+    p_frag = cute.make_layout(p_shape)
+    n_val_a = cute.size(tiled_mma_pv.tv_layout_A, mode=[1])
+    n_kblk = cute.size(p_frag, mode=[2])
+    n_thr = cute.size(tiled_mma_qk.tv_layout_C, mode=[0])
+    tv_c = _PyLayout(tiled_mma_qk.tv_layout_C)  # (thr, val) -> m + 64 n   in the 64 x N atom
+    tv_a = _PyLayout(tiled_mma_pv.tv_layout_A)  # (thr, val) -> m + 64 k   in the 64 x 16 atom
+    if bug == "rowmajor":
+        rows = _PyLayout(common.acc_row_layout(acc))  # operand register i <- acc_row_view[i]
+        src = lambda va, kb: rows(va + n_val_a * kb)  # noqa: E731
+        text = f"row view {rows.text}"
+    else:
+        view_l = p_operand_layout(acc, bug)
+        assert view_l.shape == p_frag.shape, f"operand view {view_l.shape} != PV A fragment {p_frag.shape}"
+        view = _PyLayout(view_l)
+        src = lambda va, kb: view(va, 0, kb)  # noqa: E731
+        text = view.text
+    key = (tv_c.text, tv_a.text, text, n_kblk)
+    if key not in _maps:
+        pairs = []
+        for t in range(n_thr):
+            for kb in range(n_kblk):
+                for va in range(n_val_a):
+                    a_idx = tv_a(t, va)
+                    c_idx = tv_c(t, src(va, kb))  # acc is compact: register offset == value index
+                    pairs.append(
+                        ((a_idx % atom_m, a_idx // atom_m + kb * atom_k), (c_idx % atom_m, c_idx // atom_m))
+                    )
+        _maps[key] = (pairs, n_thr, text)
+    return _maps[key]
+
+
+_maps: dict = {}
+
+
+def check_p_operand_mapping(tiled_mma_qk: cute.TiledMma, tiled_mma_pv: cute.TiledMma, acc_shape, p_shape):
+    """Trace-time proof that ``convert_p`` feeds the PV MMA the right P elements.
+
+    For every thread of the warpgroup and every register of its A fragment, the (row, k)
+    the PV atom's A TV-layout assigns there must equal the (row, col) that the QK atom's C
+    TV-layout assigns to the accumulator register ``p_operand_layout`` points at. Also
+    checks that row r of a thread's S row view (``common.acc_row_view``) is row r of its O
+    row view (the O rescale relies on it). Returns a one-line summary; raises
+    AssertionError on any mismatch. Call inside @cute.jit.
+    """
+    pairs, n_thr, text = p_source_map(tiled_mma_qk, tiled_mma_pv, acc_shape, p_shape)
+    for i, (want, got) in enumerate(pairs):
+        assert want == got, f"pair {i}: the PV MMA expects P{want} but the operand view holds P{got}"
+    atom_m = tiled_mma_qk.shape_mnk[0]
+    acc = cute.make_layout(acc_shape)
+    s_rows = _PyLayout(common.acc_row_layout(acc))
+    o_rows = _PyLayout(
+        common.acc_row_layout(cute.make_layout(tiled_mma_pv.partition_shape_C((atom_m, tiled_mma_pv.shape_mnk[1]))))
+    )
+    tv_c, tv_o = _PyLayout(tiled_mma_qk.tv_layout_C), _PyLayout(tiled_mma_pv.tv_layout_C)
+    n_rows = cute.size(common.acc_row_layout(acc), mode=[0])
+    for t in range(n_thr):
+        for r in range(n_rows):
+            rs = tv_c(t, s_rows(r, 0)) % atom_m
+            ro = tv_o(t, o_rows(r, 0)) % atom_m
+            assert rs == ro, f"thread {t}: S row view row {r} is tile row {rs}, O row view row {r} is {ro}"
+    return f"P operand view {text} verified: {n_thr} threads x {len(pairs) // n_thr} registers, rows of S == rows of O"
+
+
+# --------------------------------------------------------------------------------------
+# Online softmax
+# --------------------------------------------------------------------------------------
+class OnlineSoftmax:
+    """Running row max / row sum of one thread's rows (2 per thread for a 64-row WGMMA).
+
+    Create it inside the kernel (it allocates register tensors). ``scale_log2`` is
+    scale * log2(e); S stays in raw units, so every exponent is one FFMA away.
+    """
+
+    def __init__(self, scale_log2: float, num_rows: int):
+        self.scale_log2 = scale_log2
+        self.num_rows = num_rows
+        self.row_max = cute.make_rmem_tensor(num_rows, Float32)
+        self.row_sum = cute.make_rmem_tensor(num_rows, Float32)
+        self.row_max.fill(-math.inf)
+        self.row_sum.fill(0.0)
+
+    @cute.jit
+    def step(
+        self,
+        acc_S: cute.Tensor,
+        row_scale: cute.Tensor,
+        is_first: cutlass.Constexpr[bool] = False,
+        rescale_sum: cutlass.Constexpr[bool] = True,
+    ):
+        """acc_S <- P = 2^(S c - m_new c) in place; row_scale[r] <- alpha (1 on the first
+        tile); updates row_max and this lane's partial row_sum. ``rescale_sum=False`` skips
+        multiplying the running sum by alpha (the deliberately wrong ``rescale=off``)."""
+        s_mn = common.acc_row_view(acc_S)
+        assert cute.size(s_mn, mode=[0]) == self.num_rows
+        c = self.scale_log2
+        for r in cutlass.range_constexpr(self.num_rows):
+            row = s_mn[r, None].load()
+            m_prev = self.row_max[r]
+            m_tile = row.reduce(cute.ReductionOp.MAX, Float32(-math.inf), 0)
+            m_new = common.quad_allreduce(cute.arch.fmax(m_tile, m_prev), common.fmax)
+            self.row_max[r] = m_new
+            m_safe = m_new
+            if m_new == Float32(-math.inf):
+                m_safe = Float32(0.0)
+            p = cute.math.exp2(row * c - m_safe * c, fastmath=True)
+            s_mn[r, None].store(p)
+            tile_sum = p.reduce(cute.ReductionOp.ADD, Float32(0.0), 0)
+            if const_expr(is_first):
+                row_scale[r] = Float32(1.0)
+                self.row_sum[r] = tile_sum
+            else:
+                alpha = cute.math.exp2((m_prev - m_safe) * c, fastmath=True)
+                row_scale[r] = alpha
+                if const_expr(rescale_sum):
+                    self.row_sum[r] = self.row_sum[r] * alpha + tile_sum
+                else:
+                    self.row_sum[r] = self.row_sum[r] + tile_sum
+
+    @cute.jit
+    def finalize(self, row_scale: cute.Tensor, lse: cute.Tensor, scale: float):
+        """row_scale[r] <- 1 / l (1 where l is 0 or NaN), lse[r] <- m * scale + ln l
+        (-inf where l is 0 or NaN). Reduces the partial sums across the quad first."""
+        for r in cutlass.range_constexpr(self.num_rows):
+            l = common.quad_allreduce(self.row_sum[r], common.fadd)
+            self.row_sum[r] = l
+            degenerate = l == Float32(0.0) or l != l
+            inv = Float32(1.0)
+            out = Float32(-math.inf)
+            if not degenerate:
+                inv = cute.arch.rcp_approx(l)
+                out = (self.row_max[r] * (scale * math.log2(math.e)) + cute.math.log2(l, fastmath=True)) * LN2
+            row_scale[r] = inv
+            lse[r] = out
+
+
+@cute.jit
+def rescale_rows(acc: cute.Tensor, row_scale: cute.Tensor):
+    """acc[row, :] *= row_scale[row] for a Hopper accumulator (O)."""
+    acc_mn = common.acc_row_view(acc)
+    for r in cutlass.range_constexpr(cute.size(acc_mn, mode=[0])):
+        acc_mn[r, None].store(acc_mn[r, None].load() * row_scale[r])
+
+
+def dtype_bits(dtype: Type[cutlass.Numeric]) -> int:
+    return dtype.width

@@ -1,0 +1,387 @@
+"""Stage D: full FMHA forward on Hopper: (batch, seqlen, heads, d), causal, GQA, tails.
+
+Shapes (flash-attn layout): q (batch, m, heads, d), k and v (batch, n, kv_heads, d), all
+with d contiguous; o like q; lse (batch, heads, m) fp32 = logsumexp(S * scale) per row.
+scale = 1/sqrt(d), d in {64, 128}, heads a multiple of kv_heads (GQA: q head h reads kv
+head h // (heads / kv_heads)), any m, n >= 1.
+
+It is stage C's kernel (``stage_c_online.FmhaOnline``: same warp-specialized CTA, same
+pipelines, same per-tile consumer step, same epilogue) grown to the full problem:
+
+* Grid (ceil(m / 128), heads, batch): one CTA per 128-row Q tile of one (batch, head).
+  TMA descriptors are built over (seq, d, head, batch) views of the tensors, so a box that
+  runs past m (or n) is clipped by TMA at that head's end: loads zero-fill the rows past the
+  end (the mbarrier still receives the full box's bytes), stores drop them.
+* Tails: Q rows >= m are computed on zero rows and never stored (TMA store clipping; LSE
+  stores are predicated; a consumer WG whose 64 rows all lie past m skips its store). KV
+  columns >= n are masked to -inf before the softmax.
+* Causal, top-left aligned exactly as torch SDPA ``is_causal=True`` (query i sees keys
+  j <= i, also when m != n; flash-attn would align bottom-right). KV tiles past the
+  diagonal are not loaded at all (``mask.kv_tile_range``).
+* Tile order: KV tiles are visited from the last needed one down to tile 0. Only that first
+  tile can need masking (KV tail or diagonal, see ``mask``), so the mask is applied on the
+  peeled first iteration and the steady-state loop runs mask-free.
+* Warp specialization exactly as C: WG0 producer (setmaxnreg 24, one warp issues the TMA),
+  WG1/WG2 consumers of 64 rows each (setmaxnreg 240); K and V rings of 2 (d=128) or 3
+  (d=64) stages; no global round trip and no synchronous load in the main loop.
+
+Variants: ``softmax=exp|identity`` (identity: O = masked (Q K^T scale) V, masked logits
+contribute 0; LSE written as 0).
+"""
+
+import math
+from functools import partial
+from typing import Mapping, Type
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.memory
+import cutlass.pipeline as pipeline
+from cutlass import Float32, Int32, const_expr
+from cutlass.cute.nvgpu import cpasync
+
+from stages.fmha import common
+from stages.fmha import mask as mk
+from stages.fmha import softmax as sm
+from stages.fmha import stage_c_online as sc
+from workbench.probe import probe
+from workbench.stage import Params, Stage, TensorSpec
+
+
+def seq_d_head_batch(t: cute.Tensor) -> cute.Tensor:
+    """(batch, seq, heads, d) -> (seq, d, heads, batch) view (no data movement)."""
+    return cute.make_tensor(t.iterator, cute.select(t.layout, mode=[1, 3, 2, 0]))
+
+
+class FmhaForward(sc.FmhaOnline):
+    """Stage D kernel (see the module docstring)."""
+
+    def __init__(
+        self,
+        dtype: Type[cutlass.Numeric],
+        d: int,
+        heads: int,
+        kv_heads: int,
+        *,
+        causal: bool = False,
+        softmax: str = "exp",
+        kv_stages=None,
+    ):
+        super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages)
+        assert heads % kv_heads == 0, (heads, kv_heads)
+        assert self.tile_m == self.tile_n, "mask placement assumes square tiles"
+        self.heads = heads
+        self.kv_heads = kv_heads
+        self.qhead_per_kvhead = heads // kv_heads
+        self.causal = causal
+        self.mask_fill = -math.inf if self.is_exp else 0.0
+
+    @cute.jit
+    def __call__(
+        self,
+        mQ: cute.Tensor,  # (batch, m, heads, d)
+        mK: cute.Tensor,  # (batch, n, kv_heads, d)
+        mV: cute.Tensor,  # (batch, n, kv_heads, d)
+        mO: cute.Tensor,  # (batch, m, heads, d)
+        mLSE: cute.Tensor,  # (batch, heads, m)
+        stream,
+    ):
+        assert mQ.element_type == self.dtype and mK.element_type == self.dtype
+        assert mV.element_type == self.dtype and mO.element_type == self.dtype
+        mQ, mK, mV, mO = [seq_d_head_batch(t) for t in (mQ, mK, mV, mO)]
+        tiled_mma_qk = common.make_qk_tiled_mma(self.dtype, self.tile_n, 1)
+        tiled_mma_pv = sc.make_pv_tiled_mma(self.dtype, self.d)
+        sQ_layout, sK_layout, sV_layout, sO_layout = self._smem_layouts()
+        tma_atom_q, tma_q = common.make_tma_load(mQ, sQ_layout, (self.wg_rows, self.d))
+        tma_atom_k, tma_k = common.make_tma_load(mK, sK_layout, (self.tile_n, self.d))
+        tma_atom_v, tma_v = common.make_tma_load(mV, sV_layout, (self.tile_n, self.d))
+        tma_atom_o, tma_o = cpasync.make_tiled_tma_atom(
+            cpasync.CopyBulkTensorTileS2GOp(), mO, cute.select(sO_layout, mode=[0, 1]), (self.wg_rows, self.d)
+        )
+        # full boxes, also for tail tiles (TMA counts zero-filled bytes)
+        self.q_bytes = common.tma_tile_bytes(self.dtype, sQ_layout)
+        self.kv_bytes = common.tma_tile_bytes(self.dtype, sK_layout)
+        self.shared_storage = self._shared_storage(sQ_layout, sK_layout, sV_layout, sO_layout)
+        grid = (
+            cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m),
+            cute.size(mQ, mode=[2]),
+            cute.size(mQ, mode=[3]),
+        )
+        self.kernel(
+            tma_atom_q, tma_q, tma_atom_k, tma_k, tma_atom_v, tma_v, tma_atom_o, tma_o, mLSE,
+            tiled_mma_qk, tiled_mma_pv, sQ_layout, sK_layout, sV_layout, sO_layout,
+        ).launch(grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1)
+
+    @cute.kernel
+    def kernel(
+        self,
+        tma_atom_q: cute.CopyAtom,
+        mQ: cute.Tensor,  # TMA coordinate tensor over (m, d, heads, batch)
+        tma_atom_k: cute.CopyAtom,
+        mK: cute.Tensor,  # (n, d, kv_heads, batch)
+        tma_atom_v: cute.CopyAtom,
+        mV: cute.Tensor,
+        tma_atom_o: cute.CopyAtom,
+        mO: cute.Tensor,  # (m, d, heads, batch)
+        mLSE: cute.Tensor,  # (batch, heads, m)
+        tiled_mma_qk: cute.TiledMma,
+        tiled_mma_pv: cute.TiledMma,
+        sQ_layout: cute.ComposedLayout,
+        sK_layout: cute.ComposedLayout,
+        sV_layout: cute.ComposedLayout,
+        sO_layout: cute.ComposedLayout,
+    ):
+        tidx, _, _ = cute.arch.thread_idx()
+        m_block, head, batch = cute.arch.block_idx()
+        head_kv = head // self.qhead_per_kvhead
+        warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        wg_idx = cute.arch.make_warp_uniform(tidx // common.WG_THREADS)
+        if warp_idx == 0:
+            for atom in (tma_atom_q, tma_atom_k, tma_atom_v, tma_atom_o):
+                cpasync.prefetch_descriptor(atom)
+
+        storage = cutlass.memory.SmemAllocator().allocate(self.shared_storage)
+        pipeline_q, pipeline_k, pipeline_v = self._make_pipelines(storage)
+        pipeline.pipeline_init_arrive()
+        sQ, sK, sV, sO = self._smem_tensors(storage, sQ_layout, sK_layout, sV_layout, sO_layout)
+        pipeline.pipeline_init_wait()
+
+        seqlen_q = mQ.shape[0]
+        seqlen_k = mK.shape[0]
+        n_max = mk.kv_tile_range(m_block, seqlen_k, self.tile_n, self.causal)
+
+        gQ = cute.local_tile(mQ[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
+        gK = cute.local_tile(mK[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))  # (128, d, ceil(n/128))
+        gV = cute.local_tile(mV[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))
+        gO = cute.local_tile(mO[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
+        mLSE_cur = mLSE[batch, head, None]  # (m,)
+
+        if wg_idx == 0:
+            cute.arch.setmaxregister_decrease(self.producer_regs)
+            if warp_idx == 0:
+                self.produce_d(
+                    tma_atom_q, tma_atom_k, tma_atom_v, gQ, gK, gV, sQ, sK, sV,
+                    pipeline_q, pipeline_k, pipeline_v, m_block, n_max,
+                )
+        else:
+            cute.arch.setmaxregister_increase(self.consumer_regs)
+            self.consume_d(
+                tiled_mma_qk, tiled_mma_pv, tma_atom_o, gO, mLSE_cur, sQ, sK, sV, sO,
+                pipeline_q, pipeline_k, pipeline_v, tidx, wg_idx - 1, m_block, n_max, seqlen_q, seqlen_k,
+            )
+
+    @cute.jit
+    def produce_d(
+        self,
+        tma_atom_q: cute.CopyAtom,
+        tma_atom_k: cute.CopyAtom,
+        tma_atom_v: cute.CopyAtom,
+        gQ: cute.Tensor,
+        gK: cute.Tensor,
+        gV: cute.Tensor,
+        sQ: cute.Tensor,
+        sK: cute.Tensor,
+        sV: cute.Tensor,
+        pipeline_q: pipeline.PipelineAsync,
+        pipeline_k: pipeline.PipelineAsync,
+        pipeline_v: pipeline.PipelineAsync,
+        m_block: Int32,
+        n_max: Int32,
+    ):
+        """Warp 0 of WG0: Q halves, then K_j, V_j for j = n_max - 1 down to 0."""
+        tQsQ, tQgQ = common.tma_partition_tile(tma_atom_q, sQ, gQ)
+        tKsK, tKgK = common.tma_partition_tile(tma_atom_k, sK, gK)
+        tVsV, tVgV = common.tma_partition_tile(tma_atom_v, sV, gV)
+        probe("tQsQ", tQsQ)
+        probe("tQgQ", tQgQ)
+        probe("tKsK", tKsK)
+        probe("tKgK", tKgK)
+        probe("tVsV", tVsV)
+        probe("tVgV", tVgV)
+
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_consumer_wg)
+        for w in cutlass.range_constexpr(self.num_consumer_wg):
+            pipeline_q.producer_acquire(q_state)
+            cute.copy(
+                tma_atom_q,
+                tQgQ[None, m_block * self.num_consumer_wg + w],
+                tQsQ[None, q_state.index],
+                tma_bar_ptr=pipeline_q.producer_get_barrier(q_state),
+            )
+            q_state.advance()
+
+        kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.kv_stages)
+        for i in cutlass.range(n_max, unroll=1):
+            kv_tile = n_max - 1 - i
+            pipeline_k.producer_acquire(kv_state)
+            cute.copy(
+                tma_atom_k, tKgK[None, kv_tile], tKsK[None, kv_state.index],
+                tma_bar_ptr=pipeline_k.producer_get_barrier(kv_state),
+            )
+            pipeline_v.producer_acquire(kv_state)
+            cute.copy(
+                tma_atom_v, tVgV[None, kv_tile], tVsV[None, kv_state.index],
+                tma_bar_ptr=pipeline_v.producer_get_barrier(kv_state),
+            )
+            kv_state.advance()
+
+    @cute.jit
+    def consume_d(
+        self,
+        tiled_mma_qk: cute.TiledMma,
+        tiled_mma_pv: cute.TiledMma,
+        tma_atom_o: cute.CopyAtom,
+        gO: cute.Tensor,
+        mLSE: cute.Tensor,  # (m,) of this (batch, head)
+        sQ: cute.Tensor,
+        sK: cute.Tensor,
+        sV: cute.Tensor,
+        sO: cute.Tensor,
+        pipeline_q: pipeline.PipelineAsync,
+        pipeline_k: pipeline.PipelineAsync,
+        pipeline_v: pipeline.PipelineAsync,
+        tidx: Int32,
+        wg: Int32,
+        m_block: Int32,
+        n_max: Int32,
+        seqlen_q: Int32,
+        seqlen_k: Int32,
+    ):
+        tidx_wg = tidx % common.WG_THREADS
+        thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O = self._consumer_fragments(
+            tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg
+        )
+        probe("tSrQ", tSrQ)
+        probe("tSrK", tSrK)
+        probe("tOrVt", tOrVt)
+        probe("tSrS", cute.make_rmem_tensor(acc_S_shape, Float32))
+        probe("tOrP", tOrP)
+        probe("tOrO_acc", acc_O)
+        self.p_check = sm.check_p_operand_mapping(tiled_mma_qk, tiled_mma_pv, acc_S_shape, tOrP.shape)
+
+        softmax = sm.OnlineSoftmax(self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]))
+        row_scale = cute.make_rmem_tensor(softmax.num_rows, Float32)
+        acc_O.fill(0.0)
+
+        row0 = m_block * self.tile_m + wg * self.wg_rows  # first global row of this WG
+        tScS = thr_qk.partition_C(cute.make_identity_tensor((self.wg_rows, self.tile_n)))
+        probe("tScS", tScS)
+        first_tile = n_max - 1
+        mask_fn = partial(
+            mk.apply_mask,
+            tScS=tScS,
+            row_offset=row0,
+            col_offset=first_tile * self.tile_n,
+            seqlen_k=seqlen_k,
+            causal=self.causal,
+            fill=self.mask_fill,
+        )
+
+        q_state = pipeline.PipelineState(self.num_consumer_wg, Int32(0), wg, Int32(0))
+        pipeline_q.consumer_wait(q_state)
+        tSrQ_wg = tSrQ[None, None, None, wg]
+
+        kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.kv_stages)
+        # first visited tile (n_max - 1): the only one that can need the tail / causal mask
+        kv_state = self.consume_tile(
+            kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
+            tOrP, acc_O, acc_S_shape, softmax, row_scale, True, mask_fn,
+        )
+        for i in cutlass.range(1, n_max, unroll=1):
+            kv_state = self.consume_tile(
+                kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
+                tOrP, acc_O, acc_S_shape, softmax, row_scale, False,
+            )
+        pipeline_q.consumer_release(q_state)
+
+        lse = cute.make_rmem_tensor(softmax.num_rows, Float32)
+        self.finish(softmax, acc_O, lse, row_scale)
+
+        tOcO = common.acc_row_view(thr_pv.partition_C(cute.make_identity_tensor((self.wg_rows, self.d))))
+        if tidx_wg % 4 == 0:
+            for r in cutlass.range_constexpr(softmax.num_rows):
+                row = row0 + tOcO[r, 0][0]
+                if row < seqlen_q:
+                    mLSE[row] = lse[r]
+        self.store_o(
+            acc_O, sO[None, None, wg], gO[None, None, m_block * self.num_consumer_wg + wg], tma_atom_o,
+            tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q,
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Reference (torch, lazily imported)
+# --------------------------------------------------------------------------------------
+def fmha_ref(q, k, v, compute_dtype, *, causal=False, softmax="exp"):
+    """(O (batch, m, heads, d), LSE (batch, heads, m)) for flash-attn-layout inputs.
+
+    GQA by repeating each kv head heads/kv_heads times (q head h <- kv head h // group,
+    as repeat_interleave and flash-attn do). Causal top-left (torch is_causal). Precision
+    as ``stage_c_online.attention_ref``.
+    """
+    heads, kv_heads = q.shape[2], k.shape[2]
+    group = heads // kv_heads
+    qt = q.transpose(1, 2)  # (b, h, m, d)
+    kt = k.transpose(1, 2).repeat_interleave(group, dim=1)
+    vt = v.transpose(1, 2).repeat_interleave(group, dim=1)
+    o, lse = sc.attention_ref(qt, kt, vt, compute_dtype, softmax=softmax, causal=causal)
+    return o.transpose(1, 2), lse
+
+
+# --------------------------------------------------------------------------------------
+# wb stage
+# --------------------------------------------------------------------------------------
+class StageD(Stage):
+    """wb stage D: full FMHA forward (batch, seqlen, heads, d), causal, GQA, tails."""
+
+    def inputs(self, p: Params) -> dict:
+        return {
+            "q": TensorSpec((p.batch, p.m, p.heads, p.d), p.dtype),
+            "k": TensorSpec((p.batch, p.n, p.kv_heads, p.d), p.dtype),
+            "v": TensorSpec((p.batch, p.n, p.kv_heads, p.d), p.dtype),
+        }
+
+    def outputs(self, p: Params) -> dict:
+        return {
+            "o": TensorSpec((p.batch, p.m, p.heads, p.d), p.dtype),
+            "lse": TensorSpec((p.batch, p.heads, p.m), "fp32"),
+        }
+
+    def make_kernel(self, p: Params, variants: Mapping[str, str]) -> FmhaForward:
+        f = sc.variant_flags(variants)
+        return FmhaForward(
+            common.cute_dtype(p.dtype), p.d, p.heads, p.kv_heads,
+            causal=bool(p.causal), softmax=f["softmax"],
+        )
+
+    def compile(self, p: Params, variants: Mapping[str, str], arch: str) -> sc.Compiled:
+        """One compile per (d, dtype, heads, kv_heads, causal, softmax): batch, m and n are
+        runtime values."""
+        import time
+
+        from cutlass.cute.runtime import make_fake_stream
+
+        dtype = common.cute_dtype(p.dtype)
+        kernel = self.make_kernel(p, variants)
+        args = [sc.fake_tensor(dtype, 4) for _ in range(4)] + [sc.fake_tensor(Float32, 3), make_fake_stream()]
+        t0 = time.perf_counter()
+        fn = sc.compile_for(arch, kernel, *args)
+        return sc.Compiled(fn=fn, kernel=kernel, compile_s=time.perf_counter() - t0)
+
+    def launch(self, compiled: sc.Compiled, inputs, outputs) -> None:
+        kern = compiled.kernel
+        q, k = inputs["q"], inputs["k"]
+        assert q.shape[-1] == kern.d and q.shape[2] == kern.heads and k.shape[2] == kern.kv_heads, (
+            "the tensors do not match the compiled (d, heads, kv_heads)"
+        )
+        compiled.fn(
+            sc.to_cute(q), sc.to_cute(k), sc.to_cute(inputs["v"]),
+            sc.to_cute(outputs["o"]), sc.to_cute(outputs["lse"]), sc.current_stream(),
+        )
+
+    def reference(self, inputs, p: Params, variants, compute_dtype):
+        import torch
+
+        f = sc.variant_flags(variants)
+        o, lse = fmha_ref(inputs["q"], inputs["k"], inputs["v"], compute_dtype, causal=bool(p.causal), softmax=f["softmax"])
+        return {"o": o.to(compute_dtype), "lse": lse.to(torch.float32)}
