@@ -49,6 +49,7 @@ producer then blocks forever once n >= 4 tiles -- a hang by design, for the watc
 
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Type
 
@@ -64,6 +65,17 @@ from stages.fmha import common
 from stages.fmha import softmax as sm
 from workbench.probe import probe
 from workbench.stage import Params, Stage, TensorSpec
+
+#: WB_FMHA_TRACE=1 prints the consumer's fragment layouts and the P-conversion proof while
+#: tracing (static extents as numbers, dynamic ones as ?)
+TRACE = os.environ.get("WB_FMHA_TRACE", "") not in ("", "0")
+
+
+def trace_print(**named):
+    if TRACE:
+        for name, value in named.items():
+            print(f"[fmha trace] {name}: {getattr(value, 'layout', value)}")
+
 
 BUGS = ("none", "kv_tile0", "no_rescale", "pv_layout", "pv_rowmajor", "stuck_pipeline")
 #: wb bug variant -> softmax.convert_p's bug mode
@@ -488,6 +500,8 @@ class FmhaOnline:
         probe("tOrO_acc", acc_O)
         probe("tOrP_view_of_S", sm.p_operand_view(cute.make_rmem_tensor(acc_S_shape, Float32)))
         self.p_check = sm.check_p_operand_mapping(tiled_mma_qk, tiled_mma_pv, acc_S_shape, tOrP.shape)
+        trace_print(tSrS=acc_S_shape, tOrP=tOrP, P_view_of_S=sm.p_operand_layout(cute.make_layout(acc_S_shape)),
+                    tOrO=acc_O, S_rows=common.acc_row_layout(cute.make_layout(acc_S_shape)), p_check=self.p_check)
 
         softmax = sm.OnlineSoftmax(self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]))
         row_scale = cute.make_rmem_tensor(softmax.num_rows, Float32)
@@ -563,8 +577,15 @@ def current_stream():
 
 @dataclass
 class Compiled:
+    """What ``compile`` returns: the JIT function plus plain facts (picklable, so wb's disk
+    cache can keep it)."""
+
     fn: Any
-    kernel: Any
+    d: int
+    heads: int = 1
+    kv_heads: int = 1
+    causal: bool = False
+    p_check: str = ""  # the trace-time proof of the P hand-over (softmax.check_p_operand_mapping)
     compile_s: float = 0.0
 
 
@@ -618,9 +639,13 @@ def attention_ref(q, k, v, compute_dtype, *, softmax="exp", causal=False, scale=
         return o, torch.zeros(o.shape[:-1], dtype=torch.float32, device=o.device)
     if lowp:
         with _no_tf32():
-            o = F.scaled_dot_product_attention(
-                q.to(compute_dtype), k.to(compute_dtype), v.to(compute_dtype),
-                attn_mask=allowed, scale=scale,
+            # 4-D so that CUDA picks a fused backend (flash / memory-efficient), as a user's
+            # bf16 SDPA call would; 2-D inputs would fall back to the unfused math path
+            lead = q.dim() - 2
+            q4, k4, v4 = (x.to(compute_dtype).reshape((1,) * (2 - lead) + tuple(x.shape)) if lead < 2 else x.to(compute_dtype)
+                          for x in (q, k, v))
+            o = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=allowed, scale=scale).reshape(
+                *q.shape[:-1], v.shape[-1]
             )
             s = (q.float() @ k.float().transpose(-1, -2)) * scale
         if allowed is not None:
@@ -732,9 +757,10 @@ class StageC(Stage):
                 fake_tensor(Float32, 1), make_fake_stream()]
         t0 = time.perf_counter()
         fn = compile_for(arch, kernel, *args)
-        return Compiled(fn=fn, kernel=kernel, compile_s=time.perf_counter() - t0)
+        return Compiled(fn=fn, d=p.d, p_check=kernel.p_check, compile_s=time.perf_counter() - t0)
 
     def launch(self, compiled: Compiled, inputs, outputs) -> None:
+        assert inputs["q"].shape[-1] == compiled.d, "q's head dim does not match the compiled d"
         compiled.fn(
             to_cute(inputs["q"]), to_cute(inputs["k"]), to_cute(inputs["v"]),
             to_cute(outputs["o"]), to_cute(outputs["lse"]), current_stream(),

@@ -48,6 +48,13 @@ from workbench.probe import probe
 from workbench.stage import Params, Stage, TensorSpec
 
 
+def truthy(x) -> bool:
+    """A parameter spelled as bool or as text (true/false, on/off, 1/0, yes/no)."""
+    if isinstance(x, str):
+        return x.strip().lower() in ("1", "true", "yes", "on")
+    return bool(x)
+
+
 def seq_d_head_batch(t: cute.Tensor) -> cute.Tensor:
     """(batch, seq, heads, d) -> (seq, d, heads, batch) view (no data movement)."""
     return cute.make_tensor(t.iterator, cute.select(t.layout, mode=[1, 3, 2, 0]))
@@ -258,6 +265,7 @@ class FmhaForward(sc.FmhaOnline):
         probe("tOrP", tOrP)
         probe("tOrO_acc", acc_O)
         self.p_check = sm.check_p_operand_mapping(tiled_mma_qk, tiled_mma_pv, acc_S_shape, tOrP.shape)
+        sc.trace_print(tSrS=acc_S_shape, tOrP=tOrP, tOrO=acc_O, p_check=self.p_check)
 
         softmax = sm.OnlineSoftmax(self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]))
         row_scale = cute.make_rmem_tensor(softmax.num_rows, Float32)
@@ -351,7 +359,7 @@ class StageD(Stage):
         f = sc.variant_flags(variants)
         return FmhaForward(
             common.cute_dtype(p.dtype), p.d, p.heads, p.kv_heads,
-            causal=bool(p.causal), softmax=f["softmax"],
+            causal=truthy(p.causal), softmax=f["softmax"],
         )
 
     def compile(self, p: Params, variants: Mapping[str, str], arch: str) -> sc.Compiled:
@@ -366,12 +374,14 @@ class StageD(Stage):
         args = [sc.fake_tensor(dtype, 4) for _ in range(4)] + [sc.fake_tensor(Float32, 3), make_fake_stream()]
         t0 = time.perf_counter()
         fn = sc.compile_for(arch, kernel, *args)
-        return sc.Compiled(fn=fn, kernel=kernel, compile_s=time.perf_counter() - t0)
+        return sc.Compiled(
+            fn=fn, d=p.d, heads=p.heads, kv_heads=p.kv_heads, causal=kernel.causal, p_check=kernel.p_check,
+            compile_s=time.perf_counter() - t0,
+        )
 
     def launch(self, compiled: sc.Compiled, inputs, outputs) -> None:
-        kern = compiled.kernel
         q, k = inputs["q"], inputs["k"]
-        assert q.shape[-1] == kern.d and q.shape[2] == kern.heads and k.shape[2] == kern.kv_heads, (
+        assert q.shape[-1] == compiled.d and q.shape[2] == compiled.heads and k.shape[2] == compiled.kv_heads, (
             "the tensors do not match the compiled (d, heads, kv_heads)"
         )
         compiled.fn(
@@ -383,5 +393,5 @@ class StageD(Stage):
         import torch
 
         f = sc.variant_flags(variants)
-        o, lse = fmha_ref(inputs["q"], inputs["k"], inputs["v"], compute_dtype, causal=bool(p.causal), softmax=f["softmax"])
+        o, lse = fmha_ref(inputs["q"], inputs["k"], inputs["v"], compute_dtype, causal=truthy(p.causal), softmax=f["softmax"])
         return {"o": o.to(compute_dtype), "lse": lse.to(torch.float32)}
