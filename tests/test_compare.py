@@ -1,0 +1,71 @@
+"""The tolerance rule and the checks around it (poison, NaN, degenerate outputs)."""
+
+import torch
+
+from workbench import compare
+
+TOL = {"factor": 2.0, "atol": 1e-4}
+
+
+def lowp(t):
+    return t.to(torch.bfloat16).float()
+
+
+def test_poison_is_counted_as_unwritten_not_as_nan():
+    out = torch.randn(64, 64).to(torch.bfloat16)
+    ref = out.float()
+    compare.poison(out[:8])
+    m = compare.metrics(out, ref, lowp(ref), TOL)
+    assert m["unwritten"] == 8 * 64 and m["nan"] == 0 and m["verdict"] == "FAIL"
+    computed_nan = out.clone().fill_(1.0)
+    computed_nan[0, 0] = float("nan")
+    m2 = compare.metrics(computed_nan, torch.ones(64, 64), torch.ones(64, 64), TOL)
+    assert m2["nan"] == 1 and m2["unwritten"] == 0
+
+
+def test_poison_patterns_for_every_float_dtype():
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        t = torch.zeros(10, dtype=dtype)
+        compare.poison(t)
+        assert torch.isnan(t).all() and compare.unwritten_mask(t).all()
+        assert not compare.unwritten_mask(torch.full((3,), float("nan"), dtype=dtype)).any()
+
+
+def test_tolerance_is_twice_torchs_own_error_plus_atol():
+    torch.manual_seed(0)
+    ref = torch.randn(128, 128)
+    ref_lp = lowp(ref)
+    torch_err = float((ref_lp - ref).abs().max())
+    near = ref + 1.9 * torch_err  # inside 2x
+    far = ref + 2.1 * torch_err + 2e-4
+    assert compare.metrics(near, ref, ref_lp, TOL)["verdict"] == "PASS"
+    bad = compare.metrics(far, ref, ref_lp, TOL)
+    assert bad["verdict"] == "FAIL" and "max error" in bad["reasons"][0]
+    assert abs(bad["tolerance"] - (2 * torch_err + 1e-4)) < 1e-9
+
+
+def test_all_zero_and_constant_outputs_never_pass_on_varied_references():
+    ref = torch.randn(64, 64) * 1e-6  # tiny values: max error alone would pass a zero output
+    zero = torch.zeros(64, 64)
+    m = compare.metrics(zero, ref, ref, {"factor": 2.0, "atol": 1e-4})
+    assert m["verdict"] == "FAIL" and "output is all zero" in m["reasons"]
+    const = torch.full((64, 64), 0.5)
+    ref2 = 0.5 + torch.randn(64, 64) * 0.1
+    assert "constant" in " ".join(compare.metrics(const, ref2, ref2, TOL)["reasons"])
+
+
+def test_a_constant_output_passes_when_the_reference_is_that_constant_within_tolerance():
+    # ones-v: the fp32 reference is 1 +- an ulp, the kernel writes exactly 1.
+    ref = torch.ones(256, 64) + (torch.rand(256, 64) - 0.5) * 1e-7
+    out = torch.ones(256, 64, dtype=torch.bfloat16)
+    assert compare.metrics(out, ref, ref, TOL)["verdict"] == "PASS"
+
+
+def test_max_error_location_and_cosine():
+    ref = torch.zeros(4, 5)
+    ref[2, 3] = 1.0
+    out = ref.clone()
+    out[1, 4] = 0.5
+    m = compare.metrics(out, ref, ref, TOL)
+    assert m["max_err_at"] == [1, 4] and m["out_at_max"] == 0.5 and m["ref_at_max"] == 0.0
+    assert 0.8 < m["cos"] < 0.9
