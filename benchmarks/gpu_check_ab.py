@@ -16,7 +16,8 @@ before the launch and every NaN left is counted as unwritten (any unwritten elem
 an all-zero or constant output fails unless the reference is constant too.
 
 Output (compact mode): a header per config (compile time), then one line per n listing
-every fixture as  name:ok(err/tol)  or  name:FAIL(err/tol,nan=N), and under a failing case
+every fixture as  name:ok(err/tol)  or  name:FAIL(err/tol,nan=N), and the median time of a
+launch (t=..us, host launch overhead included; random#0 when it passed), and under a failing case
 a few indented diagnosis lines: which 128-column / 128-row tiles are wrong, the first wrong
 element, the ratio out/ref, and which simple hypotheses the output matches (K tile 0 only,
 transposed, no scale, one half of d, per-tile softmax, unnormalized, ...).
@@ -170,7 +171,7 @@ def out_name(letter):
     return {"a": "s", "b": "p"}[letter]
 
 
-def run_case(stage, compiled, letter, variants, fixture, m, n, d, dtype, seed=0, on_start=None):
+def run_case(stage, compiled, letter, variants, fixture, m, n, d, dtype, seed=0, on_start=None, time_it=False):
     """Run one case on the GPU; returns a result dict (verdict, err, tol, unwritten, ...)."""
     import torch
 
@@ -191,7 +192,24 @@ def run_case(stage, compiled, letter, variants, fixture, m, n, d, dtype, seed=0,
     res = compare(out.float(), ref32, reflow)
     res.update(fixture=fixture, seed=seed, m=m, n=n, d=d, dtype=dtype)
     res["_tensors"] = (inputs, out, ref32)
+    if time_it and res["ok"] and not SIMULATE:
+        res["us"] = _time_launch(stage, compiled, inputs, {name: out})
     return res
+
+
+def _time_launch(stage, compiled, inputs, outputs, reps=5):
+    """Median microseconds of `reps` launches (CUDA events, warm; launch overhead included)."""
+    import torch
+
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        stage.launch(compiled, inputs, outputs)
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3)
+    return sorted(times)[len(times) // 2]
 
 
 def _simulated_launch(letter, variants, fixture, inputs, out):
@@ -386,7 +404,7 @@ def child_main(units, per_case):
             continue
         stage, fn, _ = compiled[config]
         fx = fixtures if (m == n) else ("random",)
-        tokens, diag = [], []
+        tokens, diag, timing = [], [], ""
         for fixture in fx:
             seeds = SEEDS if fixture == "random" else (0,)
             worst = None
@@ -396,7 +414,10 @@ def child_main(units, per_case):
                     res = run_case(
                         stage, fn, letter, variants, fixture, m, n, d, dtype, seed,
                         on_start=lambda: print(f"@@start {tag}", flush=True),
+                        time_it=(fixture == "random" and seed == 0),
                     )
+                    if "us" in res:
+                        timing = f"t={res['us']:.0f}us"
                 except torch.cuda.OutOfMemoryError as exc:  # noqa: F841
                     print(f"   {tag}: OOM", flush=True)
                     continue
@@ -430,7 +451,7 @@ def child_main(units, per_case):
                 tokens.append(f"{label}:FAIL({fmt_err(r['err'])}/{fmt_err(r['tol'])}{nan})")
             print(f"@@tok {tokens[-1]}", flush=True)  # for the parent, should the group hang
         if not per_case:
-            print(f"{config:18s} m={m:<5d} n={n:<5d} " + " ".join(tokens), flush=True)
+            print(f"{config:18s} m={m:<5d} n={n:<5d} " + " ".join(tokens) + (f" {timing}" if timing else ""), flush=True)
         if diag:
             diagnosed_groups[config] = diagnosed_groups.get(config, 0) + 1
         for label, res in (diag[:2] if diagnosed_groups.get(config, 0) <= 2 else []):

@@ -27,7 +27,7 @@ from typing import Callable, Optional, Type
 import cutlass
 import cutlass.cute as cute
 import cutlass.utils.hopper_helpers as sm90_utils
-from cutlass import Float32, Int32, const_expr
+from cutlass import Float32, const_expr
 from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.tensor_utils import LayoutEnum
 
@@ -194,6 +194,7 @@ def quad_allreduce(x: Float32, op: Callable) -> Float32:
 
 
 def fmax(a, b):
+    """max of two Float32 (PTX max.f32), for ``quad_allreduce(x, fmax)``."""
     return cute.arch.fmax(a, b)
 
 

@@ -34,7 +34,7 @@ from typing import Mapping, Type
 import cutlass
 import cutlass.cute as cute
 import cutlass.memory
-from cutlass import Float32, Int32, const_expr
+from cutlass import Float32
 
 from workbench.probe import probe
 from workbench.stage import Params, Stage, TensorSpec
