@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import UserError
-from workbench.probe import capture
+from workbench.probe import capture, with_keys
 from workbench.registry import StageSpec
 from workbench.workspace import Workspace
 
@@ -148,7 +148,7 @@ def compile_stage(
         with capture(spec.id) as probes:
             compiled = stage.compile(params, variants, arch)
         seconds = time.perf_counter() - start
-        shapes = list(probes)
+        shapes = with_keys(list(probes))
         _memory_cache[key.digest] = (compiled, shapes, None, {}, seconds)
         return Build(compiled, seconds, False, arch, key.digest, shapes, None, "off", seconds)
 
@@ -170,9 +170,9 @@ def compile_stage(
                 raise
             except Exception as exc:
                 _echo(out.getvalue(), err.getvalue())
-                raise readable(exc, shapes=list(probes), root=ws.root) from exc
+                raise readable(exc, shapes=with_keys(list(probes)), root=ws.root) from exc
         seconds = time.perf_counter() - start
-        shapes = list(probes)
+        shapes = with_keys(list(probes))
         cubins = [p.read_bytes() for p in sorted(dump_dir.glob("*.cubin"))]
         resources = res.summarize(
             arch,

@@ -272,7 +272,9 @@ def store(
         kernel_info, note = None, None
         if compiled is not None:
             try:
-                kernel_info = _dump_compiled(compiled, tmp, prefix=f"wb_{key.digest[:16]}")
+                # a fresh prefix per store: one process may load a rebuilt entry again, and
+                # JIT-linking the same symbols twice aborts the process
+                kernel_info = _dump_compiled(compiled, tmp, prefix=f"wb_{key.digest[:12]}_{os.urandom(4).hex()}")
             except _NotCacheable as exc:
                 note = str(exc)
         checksums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
@@ -369,6 +371,10 @@ def _dump_compiled(compiled: Any, folder: Path, prefix: str) -> dict:
     return {"pickle": "compiled.pkl", "functions": objects}
 
 
+_loaded: dict[str, Any] = {}
+_modules: list[Any] = []
+
+
 def load_compiled(entry: Entry) -> Any:
     """Rebuild the stage's compiled object from an entry (needs the DSL; no GPU needed)."""
     info = entry.meta.get("kernel")
@@ -379,9 +385,12 @@ def load_compiled(entry: Entry) -> Any:
 
     loaded = []
     for item in info["functions"]:
-        module = load_module(str(entry.path / item["file"]))
-        fn = module[item["prefix"]]
-        fn._wb_module = module  # keep the execution engine alive with the function
+        fn = _loaded.get(item["prefix"])  # never JIT-link the same symbols twice in a process
+        if fn is None:
+            module = load_module(str(entry.path / item["file"]))
+            fn = module[item["prefix"]]
+            _loaded[item["prefix"]] = fn
+            _modules.append(module)  # keep the execution engines alive
         loaded.append(fn)
 
     class _Unpickler(pickle.Unpickler):

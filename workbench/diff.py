@@ -37,7 +37,8 @@ def _changed(a: dict, b: dict) -> list[dict[str, Any]]:
 
 
 def _shape_map(record: dict) -> dict[str, dict]:
-    return {f"{s.get('name')}@{(s.get('location') or '').rpartition('/')[2]}": s for s in record.get("shapes") or []}
+    # records from workbench.build carry a stable key (name@file, no line number)
+    return {s.get("key") or f"{s.get('name')}@{(s.get('location') or '').rpartition('/')[2]}": s for s in record.get("shapes") or []}
 
 
 def diff_runs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

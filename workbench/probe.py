@@ -202,6 +202,26 @@ def record_from_type(name: str, location: str, source: str, type_str: str, op: s
     return record
 
 
+def record_key(record: dict) -> str:
+    """name@file of a record (no line number: moving code is not a shape change)."""
+    location = record.get("location") or ""
+    filename = location.rsplit(":", 1)[0].rsplit("/", 1)[-1]
+    return f"{record['name']}@{filename}"
+
+
+def with_keys(records: list[dict]) -> list[dict]:
+    """Records with a stable `key`: name@file for probes, name@file~op for captured ops,
+    #k appended for the k-th repeat of the same key."""
+    seen: dict[str, int] = {}
+    out = []
+    for r in records:
+        base = record_key(r) + ("" if r.get("kind", "probe") == "probe" else f"~{r.get('op')}")
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        out.append({**r, "key": base if n == 0 else f"{base}#{n + 1}"})
+    return out
+
+
 @contextlib.contextmanager
 def capture(stage: str | None = None) -> Iterator[list[dict]]:
     """Collect every probe hit while tracing inside this block (records tagged with `stage`)."""

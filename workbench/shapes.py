@@ -29,6 +29,7 @@ from typing import Any, Callable
 import yaml
 
 from workbench.errors import UserError
+from workbench.probe import record_key, with_keys  # noqa: F401  (part of this module's API)
 from workbench.registry import KernelSpec, StageSpec, get_kernel, load_kernels
 from workbench.workspace import Workspace
 
@@ -263,24 +264,6 @@ def _run_in_workers(ws: Workspace, job: dict, timeout: float, on_event, parallel
 # --------------------------------------------------------------------------------------
 # Records: identity, display, comparison
 # --------------------------------------------------------------------------------------
-def record_key(record: dict) -> str:
-    location = record.get("location") or ""
-    filename = location.rsplit(":", 1)[0].rsplit("/", 1)[-1]
-    return f"{record['name']}@{filename}"
-
-
-def with_keys(records: list[dict]) -> list[dict]:
-    """Records with a stable `key` (name@file, #k for the k-th repeat of the same key)."""
-    seen: dict[str, int] = {}
-    out = []
-    for r in records:
-        base = record_key(r) + ("" if r.get("kind", "probe") == "probe" else f"~{r.get('op')}")
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        out.append({**r, "key": base if n == 0 else f"{base}#{n + 1}"})
-    return out
-
-
 def select(records: list[dict], all_ops: bool) -> list[dict]:
     """Probes; with --all-ops also the automatically captured ops."""
     if all_ops:

@@ -94,33 +94,6 @@ class TraceState:
             self.hook_error = f"{type(exc).__name__}: {exc}"
 
 
-def location_of(loc: Any) -> tuple[str | None, str]:
-    """(file:line, source text) of an MLIR location built by the DSL."""
-    source = ""
-    for _ in range(16):
-        if loc is None:
-            break
-        try:
-            if loc.is_a_file():
-                return f"{loc.filename}:{loc.start_line}", source
-            if loc.is_a_name():
-                if not source:
-                    source = loc.name_str
-                loc = loc.child_loc
-                continue
-            if loc.is_a_callsite():
-                loc = loc.callee
-                continue
-            if loc.is_a_fused():
-                locs = list(loc.locations)
-                loc = locs[0] if locs else None
-                continue
-        except Exception:
-            break
-        break
-    return None, source
-
-
 def _names_for(op_name: str, source: str, results: int, occurrence: int) -> list[str]:
     """Variable names of an op's results, read from its source line."""
     first_line = source.splitlines()[0] if source else ""
@@ -167,59 +140,164 @@ def _smem_bytes(type_str: str) -> int | None:
     return size * width if size is not None else None
 
 
+# --------------------------------------------------------------------------------------
+# Reading the traced module as text. (Walking it with the MLIR Python bindings leaves
+# operation wrappers that the bindings may hand out again for different, later ops once the
+# lowering passes free the originals: the process aborts or segfaults at random later.
+# One get_asm call creates no wrapper.)
+# --------------------------------------------------------------------------------------
+_TYPE_ALIAS = re.compile(r"^(![\w.$-]+) = (.+)$")
+_LOC_ALIAS = re.compile(r"^(#loc\d*) = loc\((.*)\)$")
+_OP_LINE = re.compile(r'^\s*(?:%[\w.#-]+(?::\d+)? = )?"([\w.]+)"')
+_STRUCT_FIELDS = re.compile(r"smem\.struct_fields = \[([^\]]*)\]")
+_SYM_NAME = re.compile(r'sym_name = "([^"]+)"')
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), text)
+
+
+def _read_string(expr: str, i: int) -> tuple[str, int]:
+    """The quoted string starting at expr[i] == '"' and the index after it."""
+    j = i + 1
+    while j < len(expr) and expr[j] != '"':
+        j += 2 if expr[j] == "\\" else 1
+    return _unescape(expr[i + 1 : j]), j + 1
+
+
+class _Locations:
+    """MLIR location expressions of the printed module -> (file:line, source text)."""
+
+    def __init__(self, aliases: dict[str, str]):
+        self.aliases = aliases
+        self.memo: dict[str, tuple[str | None, str]] = {}
+
+    def resolve(self, expr: str, depth: int = 0) -> tuple[str | None, str]:
+        expr = expr.strip()
+        if depth > 32 or not expr:
+            return None, ""
+        if expr.startswith("#loc"):
+            if expr not in self.memo:
+                self.memo[expr] = (None, "")  # cycles
+                self.memo[expr] = self.resolve(self.aliases.get(expr, ""), depth + 1)
+            return self.memo[expr]
+        if expr.startswith('"'):
+            text, j = _read_string(expr, 0)
+            rest = expr[j:]
+            m = re.match(r":(\d+):\d+", rest)
+            if m:  # "file":line:col
+                return f"{text}:{m.group(1)}", ""
+            if rest.startswith("("):  # "name"(child)
+                where, source = self.resolve(rest[1:-1] if rest.endswith(")") else rest[1:], depth + 1)
+                return where, text if not source else source
+            return None, text
+        if expr.startswith("callsite("):
+            inner = expr[len("callsite(") : -1]
+            callee = inner.split(" at ", 1)[0]
+            return self.resolve(callee, depth + 1)
+        if expr.startswith("fused"):
+            body = expr[expr.index("[") + 1 : expr.rindex("]")] if "[" in expr else ""
+            from workbench.layouts import split_top
+
+            for part in split_top(body, ","):
+                where, source = self.resolve(part, depth + 1)
+                if where:
+                    return where, source
+        return None, ""
+
+
+def _split_types(text: str) -> list[str]:
+    from workbench.layouts import split_top
+
+    text = text.strip()
+    if text.startswith("(") and text.endswith(")"):
+        return [t.strip() for t in split_top(text[1:-1], ",") if t.strip()]
+    return [text] if text else []
+
+
 def _scan_module(state: TraceState, module: Any) -> None:
-    from cutlass._mlir import ir
+    text = module.operation.get_asm(enable_debug_info=True, print_generic_op_form=True)
+    scan_text(state, text)
 
+
+def scan_text(state: TraceState, text: str) -> None:
+    """Collect op records, kernel shared memory and TMA atoms from a printed module."""
     capture = active_capture()
-    seen_at: dict[tuple[str | None, str], int] = {}
-    current_kernel: list[KernelFacts] = []
+    lines = text.splitlines()
+    types: dict[str, str] = {}
+    loc_aliases: dict[str, str] = {}
+    for line in lines:
+        if line.startswith("!"):
+            m = _TYPE_ALIAS.match(line)
+            if m:
+                types[m.group(1)] = m.group(2)
+        elif line.startswith("#loc"):
+            m = _LOC_ALIAS.match(line)
+            if m:
+                loc_aliases[m.group(1)] = m.group(2)
+    locations = _Locations(loc_aliases)
 
-    def visit(op: Any) -> Any:
-        operation = op.operation if hasattr(op, "operation") else op
-        name = operation.name
-        if name == "cuda.kernel" or name == "gpu.func":
-            where, _ = location_of(operation.location)
-            try:
-                sym = operation.attributes["sym_name"].value
-            except Exception:
-                sym = name
-            facts = KernelFacts(sym, where)
-            state.kernels.append(facts)
-            current_kernel[:] = [facts]
-            return ir.WalkResult.ADVANCE
-        if name == "cute.memref.alloca" and current_kernel:
-            try:
-                fields = operation.attributes["smem.struct_fields"]
-                field_list = [str(f).strip('"') for f in fields]
-            except Exception:
-                field_list = []
-            for result in operation.results:
-                size = _smem_bytes(str(result.type))
+    def resolve_type(t: str) -> str:
+        t = t.strip()
+        return types.get(t, t)
+
+    seen_at: dict[tuple[str | None, str], int] = {}
+    kernel: KernelFacts | None = None
+    kernel_indent = -1
+    for line in lines:
+        m = _OP_LINE.match(line)
+        if not m:
+            if kernel is not None and line.startswith(" " * kernel_indent + "})") and len(line) - len(line.lstrip()) == kernel_indent:
+                kernel = None
+            continue
+        name = m.group(1)
+        indent = len(line) - len(line.lstrip())
+        if kernel is not None and indent <= kernel_indent:
+            kernel = None
+        if name in ("cuda.kernel", "gpu.func"):
+            sym = _SYM_NAME.search(line)
+            kernel = KernelFacts(sym.group(1) if sym else name, None)
+            kernel_indent = indent
+            state.kernels.append(kernel)
+            continue
+        wanted = name in CAPTURED_OPS or name in _TMA_ATOM_OPS or (name == "cute.memref.alloca" and kernel is not None)
+        if not wanted:
+            continue
+        cut = line.rfind(" loc(")
+        loc_expr = line[cut + 5 : -1] if cut >= 0 and line.endswith(")") else ""
+        head = line[:cut] if cut >= 0 else line
+        arrow = head.rfind(" -> ")
+        results = _split_types(head[arrow + 4 :]) if arrow >= 0 else []
+        results = [resolve_type(t) for t in results]
+        if name == "cute.memref.alloca":
+            fields = _STRUCT_FIELDS.search(line)
+            field_list = [f.strip().strip('"') for f in fields.group(1).split(",")] if fields else []
+            for t in results:
+                size = _smem_bytes(t)
                 if size:
-                    current_kernel[0].smem_bytes += size
-                    current_kernel[0].smem_fields += field_list
-            return ir.WalkResult.ADVANCE
+                    kernel.smem_bytes += size
+                    kernel.smem_fields += field_list
+            continue
+        where, source = locations.resolve(loc_expr)
         if name in _TMA_ATOM_OPS:
-            where, source = location_of(operation.location)
-            try:
-                smem_layout = str(operation.operands[1].type)
-            except Exception:
-                smem_layout = None
+            colon = head.rfind(" : (", 0, arrow if arrow >= 0 else None)
+            operands = [resolve_type(t) for t in _split_types(head[colon + 3 : arrow])] if colon >= 0 else []
             state.tma_atoms.append(
-                TmaAtom(name, where, source, str(operation.operands[0].type), str(operation.results[0].type), smem_layout)
+                TmaAtom(
+                    name, where, source.splitlines()[0].strip() if source else "",
+                    operands[0] if operands else "", results[0] if results else "",
+                    operands[1] if len(operands) > 1 else None,
+                )
             )
-        if name not in CAPTURED_OPS:
-            return ir.WalkResult.ADVANCE
-        where, source = location_of(operation.location)
-        if where is None or not _direct(name, source):
-            return ir.WalkResult.ADVANCE
+        if name not in CAPTURED_OPS or where is None or not _direct(name, source):
+            continue
         key = (where, name)
         occurrence = seen_at.get(key, 0)
         seen_at[key] = occurrence + 1
-        results = list(operation.results)
         names = _names_for(name, source, len(results), occurrence)
-        for result, var in zip(results, names):
-            record = record_from_type(var, where, source.splitlines()[0].strip() if source else "", str(result.type), name)
+        first = source.splitlines()[0].strip() if source else ""
+        for result_type, var in zip(results, names):
+            record = record_from_type(var, where, first, result_type, name)
             if record is None:
                 continue
             record["stage"] = state.stage
@@ -227,12 +305,6 @@ def _scan_module(state: TraceState, module: Any) -> None:
                 capture.add(record)
             else:
                 state.ops.append(record)
-        return ir.WalkResult.ADVANCE
-
-    try:
-        module.operation.walk(visit, walk_order=ir.WalkOrder.PRE_ORDER)
-    except TypeError:
-        module.operation.walk(visit)
 
 
 @contextlib.contextmanager

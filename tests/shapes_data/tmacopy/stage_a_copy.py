@@ -44,7 +44,7 @@ class TmaCopy:
     def kernel(self, atom: cute.CopyAtom, mX: cute.Tensor, mY: cute.Tensor, s_layout: cute.Layout):
         tidx, _, _ = cute.arch.thread_idx()
         bm, bn, bl = cute.arch.block_idx()
-        smem = cutlass.utils.SmemAllocator()
+        smem = cutlass.memory.SmemAllocator()
         storage = smem.allocate(self.storage)
         sX = storage.sX.get_tensor(s_layout)
         mbar = storage.mbar.data_ptr()
