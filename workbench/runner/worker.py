@@ -78,7 +78,7 @@ def error_info(exc: BaseException, roots: list[Path]) -> dict[str, Any]:
     return {
         "type": type(exc).__name__,
         "message": message,
-        "location": user_location(exc, roots),
+        "location": getattr(exc, "location", None) or user_location(exc, roots),
         "traceback": "".join(traceback.format_exception(exc)),
     }
 
@@ -135,10 +135,12 @@ class Job:
             self.emit({"type": "progress", "phase": "compile", "variants": variants})
             try:
                 build = compile_stage(spec, stage, params, variants, job.get("arch"))
-            except Exception as exc:
-                return {**result, "verdict": "COMPILE_ERROR", "error": error_info(exc, roots)}
+            except Exception as exc:  # readable trace errors carry the probes captured before them
+                shapes = getattr(exc, "shapes", None) or result["shapes"]
+                return {**result, "shapes": shapes, "verdict": "COMPILE_ERROR", "error": error_info(exc, roots)}
             result["compiles"].append(
-                {"variants": variants, "seconds": build.seconds, "cached": build.cached, "arch": build.arch}
+                {"variants": variants, "seconds": build.seconds, "cached": build.cached, "arch": build.arch,
+                 "cache": build.cache, "cold_seconds": build.cold_seconds}
             )
             if not result["shapes"]:
                 result["shapes"] = build.shapes
@@ -315,7 +317,8 @@ def serve(socket_path: str, idle: float, once: bool, pidfile: str | None) -> Non
 
 def _preload() -> None:
     """Import the heavy libraries while the supervisor is still sending the job."""
-    import torch  # noqa: F401
+    if os.environ.get("WB_WORKER_PRELOAD") != "dsl":  # compile-only jobs (wb shapes) need no torch
+        import torch  # noqa: F401
 
     try:
         import cutlass  # noqa: F401
