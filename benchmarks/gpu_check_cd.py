@@ -30,7 +30,8 @@ the parent kills it after --timeout s without progress, prints HANG with the cas
 restarts after it. A CUDA error poisons the context: the child exits and is restarted.
 Self-test without a GPU: WB_GPU_CHECK_SIMULATE=1 runs everything on the CPU with the launch
 replaced by a torch model of the kernel (with its bug variants; stuck_pipeline n >= 512
-sleeps, i.e. hangs). tests/test_stage_cd.py imports this file.
+sleeps, i.e. hangs); WB_GPU_CHECK_SIMULATE=d:NAME makes stage D output the diagnosis
+hypothesis NAME (e.g. d:bottom-right). tests/test_stage_cd.py imports this file.
 """
 
 import argparse
@@ -45,7 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-SIMULATE = os.environ.get("WB_GPU_CHECK_SIMULATE", "") not in ("", "0")
+SIMULATE_MODE = os.environ.get("WB_GPU_CHECK_SIMULATE", "")
+SIMULATE = SIMULATE_MODE not in ("", "0")
 DEVICE = "cpu" if SIMULATE else "cuda"
 TOLERANCE = {"factor": 2.0, "atol": 1e-4}
 
@@ -216,6 +218,10 @@ def simulated_launch(case, inputs, outputs):
     else:
         o, lse = sd.fmha_ref(inputs["q"], inputs["k"], inputs["v"], torch.float32, causal=case["causal"],
                              softmax=v.get("softmax", "exp"))
+        if SIMULATE_MODE.startswith("d:"):  # a D bug model, by (part of) its hypothesis name
+            for name, h in _hypotheses(case, inputs, None).items():
+                if SIMULATE_MODE[2:] in name:
+                    o = h
     outputs["o"].copy_(o.to(outputs["o"].dtype))
     outputs["lse"].copy_(lse.float())
 
@@ -276,7 +282,10 @@ def _blocks(mask, size):
     """Indices of size-row blocks (along dim 0) where mask has any True."""
     rows = mask.reshape(mask.shape[0], -1).any(1)
     idx = sorted({int(i) // size for i in rows.nonzero().flatten().tolist()})
-    return idx if len(idx) <= 8 else idx[:8] + ["..."]
+    total = -(-mask.shape[0] // size)
+    if len(idx) == total:
+        return f"all {total}"
+    return f"{len(idx)}/{total} [" + ",".join(map(str, idx[:8])) + (",...]" if len(idx) > 8 else "]")
 
 
 def _hypotheses(case, inputs, ref32):
@@ -401,6 +410,7 @@ def child_main(cases, start, max_diag):
 
     cache = {}
     n_diag = 0
+    note = ""
     for idx in range(start, len(cases)):
         case = cases[idx]
         key = compile_key(case)
@@ -414,9 +424,7 @@ def child_main(cases, start, max_diag):
                       flush=True)
                 cache[key] = None
                 continue
-            if not SIMULATE:
-                print(f"## compiled {case['stage'].upper()} {case['cfg']} {case['variants'] or ''}"
-                      f" in {time.perf_counter() - t0:.2f}s", flush=True)
+            note = f"  (compiled in {time.perf_counter() - t0:.1f}s)"
         if cache.get(key) is None:
             continue
         try:
@@ -428,7 +436,8 @@ def child_main(cases, start, max_diag):
                 sys.exit(3)  # the CUDA context is poisoned: the parent restarts after this case
             print(f"@@done {idx}", flush=True)
             continue
-        print(case_line(case, res), flush=True)
+        print(case_line(case, res) + note, flush=True)
+        note = ""
         if res["verdict"] == "FAIL" and n_diag < max_diag:
             n_diag += 1
             for ln in diagnose(case, res):

@@ -391,6 +391,15 @@ def test_gpu_check_machinery_on_cpu_model():
     assert "HANG during launch" in out and "[expected HANG: ok]" in out
 
 
+def test_gpu_check_diagnoses_d_bug_models_on_cpu():
+    env_mode = {"bottom-right": "causal bottom-right", "not causal": "not causal"}
+    for mode, expect in env_mode.items():
+        env = dict(os.environ, WB_GPU_CHECK_SIMULATE=f"d:{mode}")
+        proc = subprocess.run([sys.executable, str(CHECK_PATH), "--only", "d", "--match", "m=17 n=1000,h8/2-causal,random",
+                               "--timeout", "60"], capture_output=True, text=True, env=env, timeout=300)
+        assert " FAIL " in proc.stdout and f"matches: {expect}" in proc.stdout, proc.stdout
+
+
 def test_gpu_check_small_cases_pass_on_cpu_model():
     rc, out = _run_check("--only", "c,d", "--match", "n=17 ", "--timeout", "60")
     assert rc == 0, out
