@@ -303,14 +303,15 @@ def test_gpu_check_script_self_test_cpu():
     env = dict(os.environ, WB_GPU_CHECK_SIMULATE="hang", PYTHONWARNINGS="ignore")
     r = subprocess.run(
         [sys.executable, str(root / "benchmarks" / "gpu_check_ab.py"), "--configs", "a-64-bf16",
-         "--n", "128,256,512", "--no-extra", "--timeout", "8"],
+         "--n", "256,512", "--no-extra", "--timeout", "25"],
         capture_output=True, text=True, env=env, timeout=300,
     )
     out = r.stdout
-    assert "HANG: no progress for 8.0s during [a-64-bf16 m=256 n=256 iota#0]" in out, out
+    # (the timeout leaves room for a loaded 2-core machine: import + compile print nothing)
+    assert "HANG: no progress for 25.0s during [a-64-bf16 m=256 n=256 iota#0]" in out, out
     assert "a-64-bf16          m=256   n=256   rand0-2:ok(" in out and "iota:HANG" in out, out
     assert "a-64-bf16          m=512" in out, out
-    assert out.strip().splitlines()[-1] == "8 passed, 1 failed", out
+    assert out.strip().splitlines()[-1] == "5 passed, 1 failed", out
 
 
 # --------------------------------------------------------------------------------------
