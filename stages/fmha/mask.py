@@ -13,7 +13,6 @@ diagonal in tile m_block; every earlier tile lies entirely below the diagonal an
 the sequence. Kernels visit that tile first and mask only it (``kv_tile_range``).
 """
 
-from __future__ import annotations
 
 import math
 

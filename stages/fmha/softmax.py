@@ -30,7 +30,6 @@ proves, at trace time and for every thread and register, that the (row, col) the
 accumulator holds is the (row, k) the PV MMA expects there (tests run it).
 """
 
-from __future__ import annotations
 
 import math
 from typing import Type

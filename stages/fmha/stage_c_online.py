@@ -42,11 +42,13 @@ rescaled, l is), ``bug=pv_layout`` (the accumulator's 8-column chunks regrouped 
 k-blocks the wrong way: k-block j gets chunks (j, j + 8) instead of (2j, 2j + 1), the
 "p-layout" mutant of stages/fmha/mutants.py), ``bug=pv_rowmajor`` (P handed over in the
 softmax's (row, col) register order), ``bug=stuck_pipeline`` (the consumer's
-pipeline state never advances: it re-reads stage 0 with phase 0; with 2 stages the
-producer then blocks forever once n >= 4 tiles -- a hang by design, for the watchdog).
+pipeline state never advances: it re-reads stage 0 with phase 0 and releases only stage 0;
+the producer then blocks forever on stage 1 once n >= (stages + 2) tiles, i.e. n >= 512
+for d = 128 -- a hang by design, for the watchdog; at n = 256 it just reads tile 0 twice).
+
+No ``from __future__ import annotations`` here: ``cute.struct`` reads the class annotations
+(MemRange[...]) at class creation and fails on postponed (string) annotations.
 """
-
-
 
 import math
 import os
