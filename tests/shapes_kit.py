@@ -14,6 +14,8 @@ def make_workspace(root: Path, kernels=("tmacopy",)) -> Path:
     (root / "wb.yaml").write_text(f"default_kernel: {kernels[0]}\n")
     for name in kernels:
         shutil.copytree(DATA / name, root / "stages" / name)
+    (root / "fixtures").mkdir(exist_ok=True)
+    shutil.copy(DATA / "fixtures" / "tmacopy.py", root / "fixtures" / "tmacopy.py")
     return root
 
 

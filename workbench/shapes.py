@@ -218,6 +218,9 @@ def _run_in_workers(ws: Workspace, job: dict, timeout: float, on_event, parallel
                 on_event(e)
 
         outcome = run_job(ws, sub, timeout, event, warm=warm)
+        if outcome.status == "CRASH" and "could not reach the worker" in (outcome.message or ""):
+            # a worker seen between its bind() and listen(): ask again, once
+            outcome = run_job(ws, sub, timeout, event, warm=warm)
         if outcome.status == "user_error":
             raise UserError(outcome.message)
         if outcome.status == "result" and outcome.result and "stages" in outcome.result:
