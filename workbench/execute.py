@@ -43,6 +43,7 @@ def run_stage(
     warm: bool = True,
     arch: str | None = None,
     on_event: Callable[[dict], None] = lambda e: None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run a stage and return its record (already written, with report and MEMORY.md)."""
     timeout = timeout or spec.timeout
@@ -50,6 +51,7 @@ def run_stage(
     started = utc_now()
     git = git_state(ws.root)
     run_dir = new_run_dir(ws.runs_dir)
+    on_event({"type": "progress", "phase": "start", "run_id": run_dir.name})  # wb run --host learns the remote id
     job = {
         "workspace": str(ws.root),
         "kernel": spec.kernel,
@@ -63,7 +65,7 @@ def run_stage(
         "run_dir": str(run_dir),
     }
     try:
-        outcome = run_job(ws, job, timeout, on_event, warm=warm)
+        outcome = run_job(ws, job, timeout, on_event, warm=warm, env=env)
     except KeyboardInterrupt:
         outcome = Outcome(status="INTERRUPTED", message="interrupted (Ctrl-C) before the worker answered")
     if outcome.status == "user_error":

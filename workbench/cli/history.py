@@ -41,7 +41,7 @@ def runs(
     if as_json:
         from workbench.terminal import print_json
 
-        print_json([{k: v for k, v in r.items() if k in ("id", "stage", "verdict", "params", "variants", "started", "provenance", "timing", "kind")} for r in records])
+        print_json([{k: v for k, v in r.items() if k in ("id", "stage", "verdict", "params", "variants", "started", "provenance", "timing", "kind", "host_name", "remote")} for r in records])
         return
     if not records:
         from workbench.terminal import console

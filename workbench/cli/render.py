@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import sys
 import time
 from typing import Any, Callable, Iterator
 
@@ -15,11 +18,20 @@ from workbench.terminal import console, escape, fmt, verdict
 def progress(title: str, enabled: bool = True) -> Iterator[Callable[[dict], None]]:
     """Live progress of a run: a spinner on a terminal, plain lines otherwise."""
     start = time.perf_counter()
+    if os.environ.get("WB_EVENTS") == "stderr":  # under `wb ... --host`: events for the local wb
+        def emit(event: dict) -> None:
+            sys.stderr.write("wb-event " + json.dumps(event, default=str) + "\n")
+            sys.stderr.flush()
+
+        yield emit
+        return
     if not enabled:
         yield lambda event: None
         return
 
     def describe(event: dict) -> str:
+        if event.get("phase") == "start":
+            return "starting worker"
         if event.get("phase") == "compile":
             v = event.get("variants") or {}
             return "compiling" + (f" ({variants_text(v)})" if v else "")

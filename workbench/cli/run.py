@@ -64,6 +64,12 @@ def run(
 
         record = run_remote(ws, host, spec, params, variants, fixture, seed, seeds, timeout, arch, show=not as_json)
     else:
+        from workbench.procs import orphan_warning
+
+        if (orphan := orphan_warning(ws)) is not None:
+            from workbench import terminal
+
+            terminal.warn(orphan)
         warm = not fresh and os.environ.get("WB_WORKER", "warm") != "fresh"
         record = _run_local(ws, spec, params, variants, fixture, seed, seeds, timeout, arch, warm, show=not as_json)
     if as_json:

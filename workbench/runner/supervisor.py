@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from workbench import procs
 from workbench.runner import protocol
 from workbench.workspace import Workspace
 
@@ -48,9 +49,15 @@ def _socket_dir() -> Path:
     return path
 
 
-def warm_tag(ws: Workspace) -> str:
-    """Workers are shared only between runs with the same workspace, Python and GPU choice."""
-    key = "|".join([str(ws.root), sys.executable, os.environ.get("CUDA_VISIBLE_DEVICES", ""), os.environ.get("PYTHONPATH", "")])
+def warm_tag(ws: Workspace, env: dict[str, str] | None = None) -> str:
+    """Workers are shared only between runs with the same workspace, Python and GPU choice.
+
+    `env` overlays os.environ (wb sweep gives each lane its own CUDA_VISIBLE_DEVICES, and
+    each Slurm job its own WB_LANE: jobs may share a workspace and see the same device ids)."""
+    environ = {**os.environ, **(env or {})}
+    key = "|".join([str(ws.root), sys.executable, environ.get("CUDA_VISIBLE_DEVICES", ""), environ.get("PYTHONPATH", "")])
+    if environ.get("WB_LANE"):
+        key += "|" + environ["WB_LANE"]
     return hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
@@ -68,13 +75,13 @@ class Worker:
         self.reused = reused
 
     @classmethod
-    def spawn(cls, ws: Workspace, socket_path: str, once: bool, idle: float = WARM_IDLE) -> "Worker":
+    def spawn(cls, ws: Workspace, socket_path: str, once: bool, idle: float = WARM_IDLE, env: dict[str, str] | None = None) -> "Worker":
         ws.state_dir.mkdir(parents=True, exist_ok=True)
         logs = ws.state_dir / "logs"
         logs.mkdir(exist_ok=True)
         log_path = logs / f"worker-{Path(socket_path).stem}.log"
         log = open(log_path, "ab")
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
         env.setdefault("PYTHONUNBUFFERED", "1")
         pidfile = pid_dir(ws) / f"{Path(socket_path).stem}.json"
@@ -86,7 +93,7 @@ class Worker:
         )
         log.close()
         worker = cls(popen.pid, socket_path, log_path, popen, reused=False)
-        worker.pidfile = pidfile
+        worker.pidfile = procs.pidfile_for(pidfile, popen.pid)  # the worker writes <stem>-<pid>.json
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if popen.poll() is not None:
@@ -105,6 +112,12 @@ class Worker:
     def alive(self) -> bool:
         if self.popen is not None:
             return self.popen.poll() is None
+        try:  # a worker this process spawned for an earlier run: reap it if it has exited
+            os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if os.path.isdir("/proc"):  # a zombie answers kill(0) but runs nothing
+            return procs.starttime(self.pid) is not None
         try:
             os.kill(self.pid, 0)
             return True
@@ -172,7 +185,7 @@ def _find_warm(ws: Workspace, socket_path: str) -> Worker | None:
         return None
     log_path = ws.state_dir / "logs" / f"worker-{Path(socket_path).stem}.log"
     worker = Worker(int(reply["pid"]), socket_path, log_path, None, reused=True)
-    worker.pidfile = pid_dir(ws) / f"{Path(socket_path).stem}.json"
+    worker.pidfile = procs.pidfile_for(pid_dir(ws) / f"{Path(socket_path).stem}.json", worker.pid)
     return worker
 
 
@@ -182,26 +195,29 @@ def run_job(
     timeout: float,
     on_event: Callable[[dict], None] = lambda e: None,
     warm: bool = True,
+    env: dict[str, str] | None = None,
 ) -> Outcome:
-    """Run one job in a worker and report what happened; never raises for kernel failures."""
+    """Run one job in a worker and report what happened; never raises for kernel failures.
+
+    `env` overlays os.environ for the worker (and picks the warm worker of that setting)."""
     from filelock import FileLock, Timeout
 
     lock = None
     worker = None
     if warm:
         ws.state_dir.mkdir(parents=True, exist_ok=True)
-        tag = warm_tag(ws)
+        tag = warm_tag(ws, env)
         lock = FileLock(str(ws.state_dir / f"worker-{tag}.lock"))
         try:
             lock.acquire(timeout=0)
             socket_path = str(_socket_dir() / f"{tag}.sock")
-            worker = _find_warm(ws, socket_path) or Worker.spawn(ws, socket_path, once=False)
+            worker = _find_warm(ws, socket_path) or Worker.spawn(ws, socket_path, once=False, env=env)
         except Timeout:
             lock = None  # another run holds the warm worker: use a fresh one
     try:
         if worker is None:
             socket_path = str(_socket_dir() / f"once-{os.getpid()}-{time.monotonic_ns()}.sock")
-            worker = Worker.spawn(ws, socket_path, once=True)
+            worker = Worker.spawn(ws, socket_path, once=True, env=env)
         return _drive(worker, job, timeout, on_event)
     finally:
         if lock is not None:

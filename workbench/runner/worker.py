@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from workbench.errors import UserError
+from workbench import procs
 from workbench.runner import protocol
 
 Emit = Callable[[dict[str, Any]], None]
+_PIDFILE: "procs.PidFile | None" = None
 
 
 def environment() -> dict[str, Any]:
@@ -265,6 +267,8 @@ def handle(conn: socket.socket) -> bool:
             return False
         elif op == "run":
             print(f"[wb-worker {os.getpid()}] job {message.get('run_dir')} start", flush=True)
+            if _PIDFILE is not None:  # who this job is for: `wb ps` spots a job whose wb is gone
+                _PIDFILE.job_started(message.get("run_dir"), procs.peer_pid(conn))
             job = Job(message, lambda event: protocol.send(conn, event))
             try:
                 result = job.execute()
@@ -274,6 +278,8 @@ def handle(conn: socket.socket) -> bool:
             except Exception as exc:
                 protocol.send(conn, {"type": "result", "result": {"verdict": "CRASH", "error": error_info(exc, [])}})
             print(f"[wb-worker {os.getpid()}] job done", flush=True)
+            if _PIDFILE is not None:
+                _PIDFILE.job_done()
             if job.must_exit:  # after any crash the CUDA context may be unusable: start clean
                 return False
             return keep_going
@@ -288,10 +294,12 @@ def serve(socket_path: str, idle: float, once: bool, pidfile: str | None) -> Non
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(socket_path)
     server.listen(4)
-    if pidfile:
-        Path(pidfile).parent.mkdir(parents=True, exist_ok=True)
-        Path(pidfile).write_text(
-            json.dumps({"pid": os.getpid(), "pgid": os.getpgid(0), "socket": socket_path, "started": time.time(), "argv": sys.argv})
+    socket_inode = os.stat(socket_path).st_ino
+    global _PIDFILE
+    if pidfile:  # see workbench.procs: one file per process, with its start time
+        _PIDFILE = procs.PidFile(
+            procs.pidfile_for(pidfile, os.getpid()), "once-worker" if once else "warm-worker",
+            socket=socket_path, idle=idle, parent=procs.parent_identity(),
         )
     try:
         _preload()
@@ -305,14 +313,17 @@ def serve(socket_path: str, idle: float, once: bool, pidfile: str | None) -> Non
                 conn.settimeout(None)
                 if not handle(conn) or once:
                     break
+            if _PIDFILE is not None:
+                _PIDFILE.update(last_active=time.time())
     finally:
         server.close()
-        for path in (socket_path, pidfile):
-            if path:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+        if _PIDFILE is not None:
+            _PIDFILE.remove()
+        try:  # a newer worker may have taken the socket path over: leave its socket alone
+            if os.stat(socket_path).st_ino == socket_inode:
+                os.unlink(socket_path)
+        except FileNotFoundError:
+            pass
 
 
 def _preload() -> None:

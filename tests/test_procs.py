@@ -1,0 +1,198 @@
+"""Stale-process hygiene with real processes: pid files, `wb ps`, `wb kill`, the pid-reuse
+guard, and the orphan a killed `wb run` leaves behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+from workbench import procs
+from workbench.workspace import Workspace
+
+
+def alive(pid: int) -> bool:
+    return procs.starttime(pid) is not None
+
+
+def wait_until(cond, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def spawn_with_pidfile(ws: Path, kind: str = "warm-worker", **extra) -> subprocess.Popen:
+    """A real process that writes its own pid file the way wb's workers do, then sleeps."""
+    code = textwrap.dedent(
+        f"""
+        import json, sys, time
+        from workbench import procs
+        extra = json.loads(sys.argv[1])
+        procs.PidFile({str(ws / '.wb' / 'pids' / 'test.json')!r}.replace('test.json', f'test-{{__import__("os").getpid()}}.json'), {kind!r}, **extra)
+        print("ready", flush=True)
+        time.sleep(300)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(extra)], stdout=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def reap(proc: subprocess.Popen) -> None:
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def test_starttime_distinguishes_processes():
+    me = procs.starttime(os.getpid())
+    assert isinstance(me, int) and me > 0
+    assert procs.same_process(os.getpid(), me, procs.boot_id())
+    assert not procs.same_process(os.getpid(), me + 1)
+    assert not procs.same_process(os.getpid(), me, "another-boot")
+    assert procs.starttime(2 ** 22 + 12345) is None
+
+
+def test_ps_lists_and_kill_ends_an_orphan(toy_ws, wb):
+    # A warm worker whose socket is gone can never be reached again: an orphan.
+    orphan = spawn_with_pidfile(toy_ws, socket=str(toy_ws / "gone.sock"), idle=600)
+    # A healthy idle warm worker (its socket exists) is not one.
+    (toy_ws / "here.sock").write_text("")
+    healthy = spawn_with_pidfile(toy_ws, socket=str(toy_ws / "here.sock"), idle=600)
+    try:
+        rows = json.loads(wb("ps", "--json").stdout)
+        states = {r["pid"]: r["state"] for r in rows}
+        assert states == {orphan.pid: "orphan", healthy.pid: "idle"}
+        assert "socket is gone" in next(r["note"] for r in rows if r["pid"] == orphan.pid)
+        shown = wb("ps")
+        assert str(orphan.pid) in shown.stdout and "orphan" in shown.stdout
+        killed = json.loads(wb("kill", "--json").stdout)
+        assert [(k["pid"], k["killed"]) for k in killed] == [(orphan.pid, True)]
+        reap(orphan)
+        assert orphan.returncode is not None and alive(healthy.pid)
+        assert not list((toy_ws / ".wb" / "pids").glob(f"*-{orphan.pid}.json"))
+        # By pid, `wb kill` ends an idle worker too; --all ends everything left.
+        assert json.loads(wb("kill", str(healthy.pid), "--json").stdout)[0]["killed"]
+        reap(healthy)
+        assert healthy.returncode is not None
+        assert "no wb worker processes" in wb("ps").stdout
+    finally:
+        for p in (orphan, healthy):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def test_pid_reuse_guard_never_kills_a_stranger(toy_ws, wb):
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True)
+    try:
+        wait_until(lambda: alive(stranger.pid), what="the stranger to start")
+        folder = toy_ws / ".wb" / "pids"
+        folder.mkdir(parents=True, exist_ok=True)
+        # A pid file naming the stranger's pid, as if an old worker had had it: other start time.
+        fake = {
+            "pid": stranger.pid, "pgid": stranger.pid, "kind": "warm-worker", "host": procs.socket.gethostname(),
+            "boot_id": procs.boot_id(), "starttime": procs.starttime(stranger.pid) - 1, "started": time.time() - 3600,
+            "socket": str(toy_ws / "gone.sock"), "idle": 600, "job": None,
+        }
+        stale = folder / f"old-{stranger.pid}.json"
+        stale.write_text(json.dumps(fake))
+        # `wb ps` recognises the stale file (and removes it) ...
+        rows = json.loads(wb("ps", "--all", "--json").stdout)
+        assert [r["state"] for r in rows] == ["reused"] and "another process" in rows[0]["note"]
+        assert not stale.exists()
+        # ... and `wb kill` refuses the pid, by number or with --all.
+        stale.write_text(json.dumps(fake))
+        refused = wb("kill", str(stranger.pid))
+        assert refused.returncode == 1 and "not wb's to kill" in refused.stdout
+        stale.write_text(json.dumps(fake))
+        assert json.loads(wb("kill", "--all", "--json").stdout) == []
+        assert alive(stranger.pid)
+        # Same for a pid file from before a reboot (another boot id), and one without a start time.
+        (folder / f"boot-{stranger.pid}.json").write_text(json.dumps({**fake, "starttime": procs.starttime(stranger.pid), "boot_id": "x"}))
+        (folder / f"legacy-{stranger.pid}.json").write_text(json.dumps({"pid": stranger.pid, "pgid": stranger.pid, "started": 1}))
+        assert wb("kill", str(stranger.pid)).returncode == 1
+        assert alive(stranger.pid)
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_idle_past_timeout_and_once_worker_without_wb_are_orphans(toy_ws, wb):
+    (toy_ws / "s.sock").write_text("")
+    stuck = spawn_with_pidfile(toy_ws, socket=str(toy_ws / "s.sock"), idle=1, last_active=time.time() - 3600)
+    dead_parent = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead_parent.wait()
+    lonely = spawn_with_pidfile(toy_ws, "once-worker", socket=str(toy_ws / "s.sock"), parent={"pid": dead_parent.pid, "starttime": 1})
+    try:
+        rows = {r["pid"]: r for r in json.loads(wb("ps", "--json").stdout)}
+        assert rows[stuck.pid]["state"] == "orphan" and "past its idle timeout" in rows[stuck.pid]["note"]
+        assert rows[lonely.pid]["state"] == "orphan" and "one-run worker" in rows[lonely.pid]["note"]
+        assert sorted(k["pid"] for k in json.loads(wb("kill", "--json").stdout)) == sorted([stuck.pid, lonely.pid])
+    finally:
+        for p in (stuck, lonely):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def test_worker_of_a_killed_wb_run_is_an_orphan_that_wb_run_warns_about(toy_ws, wb):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "run", "a", "-V", "bug=sleep", "--timeout", "300"],
+        cwd=toy_ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        for line in proc.stdout:
+            if "fixture" in line:
+                break
+        ws = Workspace(toy_ws)
+        busy = wait_until(lambda: [p for p in procs.scan(ws) if p.state == "busy"], what="the busy worker")
+        assert busy[0].data["job"]["supervisor"]["pid"] == proc.pid
+        proc.kill()  # SIGKILL: wb cannot clean up; its worker keeps "running the kernel"
+        proc.wait()
+        worker = busy[0].pid
+        rows = json.loads(wb("ps", "--json").stdout)
+        assert [(r["pid"], r["state"]) for r in rows] == [(worker, "orphan")]
+        assert f"wb (pid {proc.pid}) is gone" in rows[0]["note"]
+        run = wb("run", "a", "--json")
+        assert run.returncode == 0, run.stderr
+        warnings = [line for line in run.stderr.splitlines() if "orphaned wb process" in line]
+        assert len(warnings) == 1 and f"pid {worker}" in warnings[0] and "wb kill" in warnings[0]
+        killed = json.loads(wb("kill", "--json").stdout)
+        assert [k["pid"] for k in killed if k["killed"]] == [worker]
+        wait_until(lambda: not alive(worker), what="the orphan to die")
+        assert "orphaned" not in wb("run", "a").stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        procs.kill(Workspace(toy_ws), everything=True)
+
+
+def test_worker_pid_file_records_identity_and_job(toy_ws, wb):
+    assert wb("run", "a").returncode == 0
+    files = list((toy_ws / ".wb" / "pids").glob("*.json"))
+    assert len(files) == 1
+    data = json.loads(files[0].read_text())
+    assert files[0].name.endswith(f"-{data['pid']}.json")
+    assert data["kind"] == "warm-worker" and data["job"] is None and data["host"]
+    assert data["starttime"] == procs.starttime(data["pid"]) and data["boot_id"] == procs.boot_id()
+    procs.kill(Workspace(toy_ws), everything=True)
+    wait_until(lambda: not alive(data["pid"]), what="the worker to end")

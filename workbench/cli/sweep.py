@@ -1,0 +1,90 @@
+"""`wb sweep`: a stage over the cartesian product of parameter values, as independent runs."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from workbench.cli import app, state
+from workbench.errors import UserError
+
+
+@app.command()
+def sweep(
+    stage: str = typer.Argument(..., help="Stage: stage-c, c, fmha/stage-c or its name."),
+    n: Optional[str] = typer.Option(None, "--n", help="KV lengths, comma-separated: 128,256,512."),
+    d: Optional[str] = typer.Option(None, "--d", help="Head dimensions, comma-separated: 64,128."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Element types, comma-separated: bf16,fp16."),
+    param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Other parameter, key=v1,v2 (repeatable)."),
+    variant: Optional[List[str]] = typer.Option(None, "--variant", "-V", help="Compile-time variant, key=v1,v2 (repeatable; swept too)."),
+    fixture: Optional[List[str]] = typer.Option(None, "--fixture", "-f", help="Fixture to run in every case (repeatable; default: the stage's list)."),
+    seed: int = typer.Option(0, "--seed", help="Base seed of the fixtures."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per fixture."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per case before it is killed as HANG (default: the stage's)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Compile for this arch."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="all (default: every visible GPU, one worker each), none, or a list: 0,1."),
+    host: Optional[List[str]] = typer.Option(None, "--host", help="Run on configured remote host(s): --host a --host b, or a,b."),
+    slurm: Optional[str] = typer.Option(None, "--slurm", help="Submit to this Slurm partition through submitit (@local: submitit's LocalExecutor)."),
+    slurm_jobs: Optional[int] = typer.Option(None, "--slurm-jobs", help="How many Slurm jobs share the cases (default: up to 4)."),
+    slurm_opt: Optional[List[str]] = typer.Option(None, "--slurm-opt", help="submitit parameter key=value, e.g. slurm_account=abc (repeatable)."),
+    fresh: bool = typer.Option(False, "--fresh", help="A new worker per case (slow: for debugging worker reuse)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Run STAGE for every combination of the given values; summarize verdicts per fixture.
+
+    Each case is a normal run record. Cases spread one warm worker per GPU (locally, or per GPU
+    of each --host), or go to Slurm; a hung or crashed case does not stop the sweep. The summary
+    table is printed and written into the stage report (runs/reports/<kernel>-stage-<x>.sweep.md)."""
+    from workbench import sweep as sweeps
+    from workbench.cli.run import parse_pairs
+    from workbench.hosts import get_host, parse_gpus
+    from workbench.registry import load_kernels, resolve_stage
+
+    ws = state.workspace()
+    spec = resolve_stage(ws, stage, load_kernels(ws))
+    axes: dict[str, list[str]] = {}
+    for key, raw in (("n", n), ("d", d), ("dtype", dtype)):
+        values = sweeps.split_values(raw, f"--{key}")
+        if values:
+            axes[key] = values
+    for key, values in sweeps.parse_axes(param, "--param").items():
+        if key in axes:
+            raise UserError(f"parameter {key} is given twice (--{key} and -p {key}=...)")
+        axes[key] = values
+    cases = sweeps.plan(spec, axes, sweeps.parse_axes(variant, "--variant"))
+    if timeout is not None and timeout <= 0:
+        raise UserError("--timeout must be a positive number of seconds")
+    if seeds is not None and seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    if host and slurm:
+        raise UserError("--host and --slurm do not mix: pick one")
+    gpu_list = parse_gpus(gpus, lambda: UserError(f"--gpus {gpus!r}: expected all, none, or GPU indices like 0,1")) if gpus else None
+    hosts = [get_host(ws, h.strip()) for item in host or [] for h in item.split(",") if h.strip()]
+    if slurm_jobs is not None and slurm_jobs < 1:
+        raise UserError("--slurm-jobs must be at least 1")
+    slurm_opts = {}
+    for key, value in parse_pairs(slurm_opt, "--slurm-opt").items():
+        slurm_opts[key] = int(value) if value.isdigit() else value
+    opts = sweeps.RunOptions(list(fixture or []), seed, seeds, timeout, arch, warm=not fresh)
+    if not hosts and not slurm:
+        from workbench.procs import orphan_warning
+
+        if (orphan := orphan_warning(ws)) is not None:
+            from workbench import terminal
+
+            terminal.warn(orphan)
+    summary = sweeps.sweep(
+        ws, spec, cases, opts, gpus=gpu_list, hosts=hosts or None, slurm=slurm, slurm_jobs=slurm_jobs,
+        slurm_opts=slurm_opts or None, show=not as_json,
+    )
+    if as_json:
+        from workbench.terminal import print_json
+
+        print_json(summary)
+    else:
+        from workbench.terminal import console
+
+        sweeps.render_summary(summary)
+        console.print(f"[dim]summary: {summary['sweep_report']} (part of the stage report {summary['report']})[/]")
+    raise typer.Exit(0 if all(r["verdict"] == "PASS" for r in summary["rows"]) else 1)
