@@ -29,6 +29,12 @@ class CompileJob:
     def execute(self) -> dict[str, Any]:
         from workbench.workspace import Workspace
 
+        from workbench.compile_cache import _wb_code
+
+        if self.job.get("wb_code") and self.job["wb_code"] != _wb_code():
+            # a warm worker started before wb itself was edited: its records would be stale
+            self.must_exit = True
+            return {"stale_worker": True}
         ws = Workspace(Path(self.job["workspace"]))
         ws.activate()
         items = self.job["stages"]

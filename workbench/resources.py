@@ -365,18 +365,14 @@ def check_tma(atoms: list[dict]) -> list[dict]:
         if not contiguous:
             add("error", f"{label}: no mode has stride 1; TMA needs a contiguous innermost dimension")
         if width:
+            unproven = []
             for i, (_, d) in enumerate(modes):
                 if d in ("1", "0"):
                     continue
                 if d.startswith("?"):
                     div = _divisibility(d)
                     if div is None or (div * width) % 16:
-                        add(
-                            "warning",
-                            f"{label}: stride of mode {i} is dynamic ({d}) and not known to be a multiple of 16 bytes; "
-                            "TMA faults unless every non-contiguous stride is (declare the divisibility, e.g. "
-                            "sym_int64(divisibility=8) for 2-byte elements)",
-                        )
+                        unproven.append(str(i))
                     continue
                 try:
                     stride = int(d)
@@ -388,6 +384,14 @@ def check_tma(atoms: list[dict]) -> list[dict]:
                         f"{label}: stride of mode {i} is {stride} elements = {stride * width} bytes, not a multiple of 16; "
                         "TMA cannot address this tensor (pad the row pitch to 16 bytes)",
                     )
+            if unproven:
+                add(
+                    "warning",
+                    f"{label}: the stride{'s' if len(unproven) > 1 else ''} of mode{'s' if len(unproven) > 1 else ''} "
+                    f"{', '.join(unproven)} {'are' if len(unproven) > 1 else 'is'} dynamic and not known to be a multiple "
+                    "of 16 bytes, which TMA needs at run time (declare it, e.g. a stride of "
+                    f"sym_int64(divisibility={16 // width if 16 % width == 0 else 16}) elements)",
+                )
         m = re.search(r'tma_gbasis = <"([^"]+)">', atom.get("atom_type") or "")
         if m and width and contiguous:
             basis = _basis_modes(m.group(1))
@@ -442,5 +446,8 @@ def summarize(
                 "reserved_smem_bytes": c.get("reserved_smem_bytes", 0),
             }
         )
-    checks = check_smem(kernels, arch) + check_tma(tma_atoms)
+    checks = []
+    for check in check_smem(kernels, arch) + check_tma(tma_atoms):
+        if not any(c["message"] == check["message"] for c in checks):  # K and V share a tensor type
+            checks.append(check)
     return {"arch": arch, "smem_capacity_bytes": smem_capacity(arch), "kernels": kernels, "checks": checks}

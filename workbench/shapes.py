@@ -162,8 +162,11 @@ def collect(
              "variants": targets[i].variants, "arch": targets[i].arch}
             for i in todo
         ]
+        from workbench.compile_cache import _wb_code
+
         job = {
             "op": "compile",
+            "wb_code": _wb_code(),
             "workspace": str(ws.root),
             "stages": items,
             "need_kernel": False,
@@ -221,6 +224,8 @@ def _run_in_workers(ws: Workspace, job: dict, timeout: float, on_event, parallel
         if outcome.status == "CRASH" and "could not reach the worker" in (outcome.message or ""):
             # a worker seen between its bind() and listen(): ask again, once
             outcome = run_job(ws, sub, timeout, event, warm=warm)
+        if outcome.status == "result" and (outcome.result or {}).get("stale_worker"):
+            outcome = run_job(ws, sub, timeout, event, warm=False)  # it runs older wb code: use a fresh one
         if outcome.status == "user_error":
             raise UserError(outcome.message)
         if outcome.status == "result" and outcome.result and "stages" in outcome.result:
