@@ -165,7 +165,8 @@ def collect(
         from workbench.compile_cache import _wb_code
 
         job = {
-            "op": "compile",
+            "op": "run",  # a compile-only kind of the run job (works with any worker)
+            "kind": "compile",
             "wb_code": _wb_code(),
             "workspace": str(ws.root),
             "stages": items,

@@ -94,6 +94,13 @@ class Job:
         self.must_exit = False
 
     def execute(self) -> dict[str, Any]:
+        if self.job.get("kind") == "compile":  # wb shapes / wb compile: compile only, no torch
+            from workbench.compile_job import CompileJob
+
+            compile_job = CompileJob(self.job, self.emit)
+            result = compile_job.execute()
+            self.must_exit = compile_job.must_exit
+            return result
         import torch
 
         from workbench import fixtures as fixture_registry
