@@ -1,4 +1,5 @@
-"""The worker side of `wb shapes` and `wb compile` (worker op "compile").
+"""The worker side of `wb shapes` and `wb compile`: a run job of kind "compile"
+(`{"op": "run", "kind": "compile", ...}`; worker.Job.execute hands it to CompileJob).
 
 Job fields: workspace, stages [{kernel, letter, params, variants, arch}], need_kernel,
 keep (artifact names), artifact_dir (one folder per stage is made inside it), use_cache.
