@@ -62,6 +62,7 @@ def test_workspace_flag_and_env_override_the_search(toy_ws, tmp_path, wb):
         (lambda t: t.replace("kernel: toy", "kernel: other"), ["kernel: expected the folder's name 'toy'"]),
         (lambda t: t.replace("variants: {bug: [none, zero, nan, partial, sleep, crash, cuda_error, compile_error]}", "variants: {bug: []}"), ["stages[0].variants.bug: expected a non-empty list"]),
         (lambda t: t.replace("stages:", "stages: 3\nx:"), ["stages: expected a non-empty list"]),
+        (lambda t: t.replace("variants: {bug: [none,", "variants: {bug: [off,"), ["stages[0].variants.bug: expected strings: quote on/off"]),
     ],
 )
 def test_malformed_kernel_yaml_names_file_key_and_expectation(toy_ws, wb, edit, fragments):

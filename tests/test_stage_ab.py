@@ -90,11 +90,11 @@ def test_stage_b_compiles_with_expected_shapes(d, dtype, softmax):
     assert compiled is not None
     _common_probe_checks(probes, d)
     # K: (128, d, T) tiles, dynamic T; smem (.., (1, 2 stages))
-    assert re.fullmatch(rf"\(\(\(64,128\),{d // 64}\),\?\{{i64\}}\)", _shape(probes["tKgK"]))
+    assert re.fullmatch(rf"\(\(\(64,128\),{d // 64}\),\?\)", _shape(probes["tKgK"]))
     assert _shape(probes["tKsK"]) == f"((8192,{d // 64}),(1,2))"
     k_mode = "4" if d == 64 else "(4,2)"
     assert _shape(probes["tSrK"]) == f"(1,1,{k_mode},(1,2))"
-    assert re.fullmatch(r"\(\(2,2,16\),1,1,\?\{i64\}\)", _shape(probes["tSgP"]))
+    assert re.fullmatch(r"\(\(2,2,16\),1,1,\?\)", _shape(probes["tSgP"]))
     assert _shape(probes["tSrP"]) == "((2,2,16),1,1)"
     # (rows, cols) view of the accumulator: 2 rows (+0, +8), 32 columns per thread
     assert probes["tSrS_rows"]["layout"] == "((2,1),(2,16,1)):((2,0),(1,4,0))"
@@ -161,17 +161,16 @@ def _ptx(letter, d, dtype, softmax="exp"):
     from stages.fmha import common
 
     el = common.cute_dtype(dtype)
-    m, n = common.dynamic_extent(), common.dynamic_extent()
-    q = common.fake_rowmajor(el, m, d)
-    k = common.fake_rowmajor(el, n, d)
+    q = common.fake_rowmajor(el)
+    k = common.fake_rowmajor(el)
     if letter == "a":
         from stages.fmha.stage_a_qk import FmhaQK
 
-        obj, out = FmhaQK(el, d), common.fake_rowmajor(Float32, m, n)
+        obj, out = FmhaQK(el, d), common.fake_rowmajor(Float32)
     else:
         from stages.fmha.stage_b_softmax import FmhaSoftmax
 
-        obj, out = FmhaSoftmax(el, d, softmax), common.fake_rowmajor(el, m, n)
+        obj, out = FmhaSoftmax(el, d, softmax), common.fake_rowmajor(el)
     c = common.compile_for(ARCH, obj, q, k, out, Float32(1 / math.sqrt(d)), common.fake_stream(), keep_ptx=True)
     assert cutlass is not None
     return c.__ptx__
@@ -183,7 +182,9 @@ def test_stage_a_ptx():
     assert re.findall(r"mov.b32\s+%r\d+, (\d+);\s+mbarrier.arrive.expect_tx", ptx) == ["65536"]
     assert ptx.count("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16") == 8  # d/16
     assert ptx.count("wgmma.commit_group") == 1 and ptx.count("wgmma.wait_group.sync.aligned \t0") == 1
-    assert ptx.count("st.global.v2.b32") == 32  # 64 fp32 per thread, 2 per store
+    # 64 fp32 per thread. With a dynamic row stride of unknown divisibility (the launch type)
+    # the compiler cannot prove 8-byte alignment, so each value is its own store.
+    assert ptx.count("st.global.v2.b32") * 2 + ptx.count("st.global.b32") == 64
     # TMA box rows come from the block index (shl by 7 of ctaid.x / ctaid.y)
     assert "%ctaid.x" in ptx and "%ctaid.y" in ptx
 

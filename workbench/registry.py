@@ -326,6 +326,8 @@ def load_kernel(kernel_yaml: Path) -> KernelSpec:
         for vname, values in check.mapping(raw.get("variants"), f"{key}.variants").items():
             if not isinstance(values, list) or not values:
                 raise check.fail(f"{key}.variants.{vname}", "a non-empty list of values (first is the default)")
+            if any(isinstance(v, bool) for v in values):
+                raise check.fail(f"{key}.variants.{vname}", "strings: quote on/off/yes/no/true/false (YAML reads them as booleans)")
             variants[str(vname)] = tuple(str(v) for v in values)
         fixtures = raw.get("fixtures", ["random"])
         if not isinstance(fixtures, list) or not all(isinstance(f, str) for f in fixtures):

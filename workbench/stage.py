@@ -115,6 +115,9 @@ class Stage:
         """Run the compiled kernel, writing into `outputs` in place."""
         raise NotImplementedError
 
+    # Optional: floating-point operations of one launch, for `wb bench` (TFLOP/s).
+    # def flops(self, p: Params) -> float: ...
+
     def reference(
         self,
         inputs: Mapping[str, "torch.Tensor"],

@@ -204,17 +204,16 @@ fadd = operator.add
 # --------------------------------------------------------------------------------------
 # Host-side (Python) helpers for the Stage classes: fake tensors, compile, launch
 # --------------------------------------------------------------------------------------
-def fake_rowmajor(dtype: Type[cutlass.Numeric], rows, cols):
-    """A fake row-major (rows, cols) gmem tensor for cute.compile; rows/cols may be ints or
-    SymInts (cute.sym_int64(divisibility=128) for a dynamic multiple of 128)."""
-    from cutlass.cute.runtime import make_fake_compact_tensor
+def fake_rowmajor(dtype: Type[cutlass.Numeric]):
+    """A fake row-major 2-D gmem tensor for cute.compile whose type is exactly what
+    ``to_cute`` passes at launch: (?,?):(?{i64},1), 16-byte aligned base. One compile then
+    serves every m and n (the kernels take d and the tile sizes from their own constants).
 
-    return make_fake_compact_tensor(dtype, (rows, cols), stride_order=(1, 0), assumed_align=16)
+    (A first version compiled with 64-bit symbolic extents and launched with static
+    from_dlpack tensors; on the H200 every launch failed with CUDA_LAUNCH_INVALID_CONFIG.)"""
+    from cutlass.cute.runtime import make_fake_tensor
 
-
-def dynamic_extent(divisibility: int = 128):
-    """A dynamic extent (runtime value, known multiple of ``divisibility``)."""
-    return cute.sym_int64(divisibility=divisibility)
+    return make_fake_tensor(dtype, (cute.sym_int32(), cute.sym_int32()), stride=(cute.sym_int64(), 1), assumed_align=16)
 
 
 def compile_for(arch: str, fn, *args, keep_ptx: bool = False):
@@ -234,11 +233,12 @@ def fake_stream():
 
 
 def to_cute(t):
-    """torch CUDA tensor -> CuTe tensor for a compiled call (16-byte aligned base; shape and
-    strides are read at call time, so dynamic extents of the compile are honoured)."""
+    """torch CUDA tensor -> CuTe tensor of the type ``fake_rowmajor`` declares
+    ((?,?):(?{i64},1)); needs a contiguous last dim and a 16-byte aligned base."""
     from cutlass.cute.runtime import from_dlpack
 
-    return from_dlpack(t.detach(), assumed_align=16)
+    assert t.stride(-1) == 1 and t.data_ptr() % 16 == 0, "last dim contiguous, 16-byte aligned base"
+    return from_dlpack(t.detach(), assumed_align=16).mark_layout_dynamic(leading_dim=t.dim() - 1)
 
 
 def current_stream():

@@ -235,7 +235,7 @@ def _drive(worker: Worker, job: dict, timeout: float, on_event) -> Outcome:
         outcome.message = f"could not reach the worker: {exc}"
         return outcome
     try:
-        protocol.send(sock, {"op": "run", **job})
+        protocol.send(sock, {"op": "run", **job})  # job["op"], when given, wins
         buffer = b""
         while True:
             remaining = deadline - time.monotonic()

@@ -14,6 +14,7 @@ import argparse
 import faulthandler
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -75,13 +76,17 @@ def user_location(exc: BaseException, roots: list[Path]) -> str | None:
     return best
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def error_info(exc: BaseException, roots: list[Path]) -> dict[str, Any]:
-    message = str(exc).strip() or type(exc).__name__
+    # DSL errors render with terminal colours and a leading newline; records keep plain text.
+    message = _ANSI.sub("", str(exc)).strip() or type(exc).__name__
     return {
         "type": type(exc).__name__,
         "message": message,
         "location": getattr(exc, "location", None) or user_location(exc, roots),
-        "traceback": "".join(traceback.format_exception(exc)),
+        "traceback": _ANSI.sub("", "".join(traceback.format_exception(exc))),
     }
 
 
@@ -263,6 +268,20 @@ def forget_fixture_modules() -> None:
     fixtures._registry.clear()
 
 
+# Job kinds a worker runs: op -> "module:Class" (imported when first used).
+JOB_TYPES = {
+    "run": "workbench.runner.worker:Job",
+    "bench": "workbench.bench:BenchJob",
+}
+
+
+def _job_class(op: str):
+    import importlib
+
+    module, _, name = JOB_TYPES[op].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def handle(conn: socket.socket) -> bool:
     """Serve one connection; return False when the worker should exit afterwards."""
     keep_going = True
@@ -272,11 +291,11 @@ def handle(conn: socket.socket) -> bool:
             protocol.send(conn, {"type": "pong", "pid": os.getpid()})
         elif op == "exit":
             return False
-        elif op == "run":
-            print(f"[wb-worker {os.getpid()}] job {message.get('run_dir')} start", flush=True)
+        elif op in JOB_TYPES:
+            print(f"[wb-worker {os.getpid()}] {op} job {message.get('run_dir')} start", flush=True)
             if _PIDFILE is not None:  # who this job is for: `wb ps` spots a job whose wb is gone
                 _PIDFILE.job_started(message.get("run_dir"), procs.peer_pid(conn))
-            job = Job(message, lambda event: protocol.send(conn, event))
+            job = _job_class(op)(message, lambda event: protocol.send(conn, event))
             try:
                 result = job.execute()
                 protocol.send(conn, {"type": "result", "result": result})
