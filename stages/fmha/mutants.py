@@ -1,0 +1,647 @@
+"""FMHA mutant references: torch models of classic bugs of the attention kernels.
+
+Loaded by `workbench.diagnose.mutants_for(stages/fmha)`. Each mutant predicts the outputs
+the stage has, by role: S (stage A), P (stage B), O and LSE (stages C, D), from the same
+inputs as the kernel, simulating the kernel tile by tile where it matters (the online
+softmax loop runs exactly like a kernel: per 128-key tile, running max m, sum l, O
+accumulator, rescale by exp(m_old - m_new)).
+
+Conventions are not assumed but CALIBRATED against the stage's reference: whether S
+includes the softmax scale, which identity-softmax definition the stage uses, the causal
+alignment (bottom-right or top-left), LSE base and layout. A role whose reference this
+module cannot reproduce (score > 2e-3) is not predicted, and a note says so.
+
+Geometry: q, k, v are (seq, d) or (batch, seq, heads, d) (GQA: query head h reads KV head
+h // (heads // kv_heads)); 4-D LSE is (batch, heads, m) or (batch, m, heads). KV tiles are
+128 keys; the last one may be partial (keys past n are masked, as TMA zero-fills them).
+
+The P-layout model ("p-layout"): on Hopper the QKᵀ accumulator of a 64xN WGMMA holds, per
+thread, 8-column chunks c = 0..N/8-1 (registers 4c..4c+3: rows g, g+8, columns 8c + 2t,
+8c + 2t + 1), and the A operand of the PV WGMMA (k16 per instruction) takes, per k-block
+j, the registers of two chunks: columns 16j..16j+7 then 16j+8..16j+15. Converting in
+place is correct when k-block j takes chunks (2j, 2j+1). The modelled bug divides the
+chunk mode the other way round, (N/16, 2) instead of (2, N/16): k-block j takes chunks
+(j, j + N/16). So the PV MMA sees, at P column 16j + 8h + e, the value of column
+8(j + 8h) + e (N = 128): a fixed permutation of P's columns within each 128-wide tile. For
+S/P stages the same permutation is applied to the stored tile (epilogue with the other
+register order). Rows are not mixed (both layouts agree on rows g and g + 8).
+"""
+
+from __future__ import annotations
+
+import math
+
+from workbench.diagnose import NotApplicable, Pred, mutant
+
+KV_TILE = 128
+LOG2E = math.log2(math.e)
+LN2 = math.log(2.0)
+CALIBRATION_MAX = 2e-3
+
+
+def p_layout_perm(n: int = KV_TILE):
+    """perm[pos] = accumulator column read at A-operand column pos (see module docstring)."""
+    import torch
+
+    half = n // 16  # k-blocks of 16 columns
+    perm = torch.empty(n, dtype=torch.long)
+    for j in range(half):
+        for h in range(2):
+            for e in range(8):
+                perm[16 * j + 8 * h + e] = 8 * (j + half * h) + e
+    return perm
+
+
+def _get(p, name, default=None):
+    try:
+        v = p[name]
+    except (KeyError, TypeError):
+        return default
+    return default if v is None else v
+
+
+def _truthy(x) -> bool:
+    if isinstance(x, str):
+        return x.strip().lower() in ("1", "true", "yes", "on")
+    return bool(x)
+
+
+class Problem:
+    """Canonical (G = batch·heads, seq, d) float32 tensors and calibrated conventions."""
+
+    def __init__(self, cx):
+        import torch
+
+        from workbench.diagnose.registry import role_of
+
+        self.cx = cx
+        q, k = cx.inputs["q"], cx.inputs["k"]
+        v = cx.inputs.get("v")
+        self.four_d = q.dim() == 4
+        if self.four_d:
+            self.B, self.M, self.H, self.D = q.shape
+            self.N, self.Hk = k.shape[1], k.shape[2]
+        else:
+            self.B = self.H = self.Hk = 1
+            self.M, self.D = q.shape
+            self.N = k.shape[0]
+        self.group = max(1, self.H // max(1, self.Hk))
+        self.T = max(1, -(-self.N // KV_TILE))
+        scale = _get(cx.params, "scale", _get(cx.params, "softmax_scale"))
+        self.scale = float(scale) if scale is not None else 1.0 / math.sqrt(self.D)
+        self.causal = _truthy(_get(cx.params, "causal", False))
+        self.softmax = (cx.variants or {}).get("softmax", "exp")
+        self.rescale_variant = (cx.variants or {}).get("rescale", "on")
+        self.device = q.device
+        self.q = q.float()
+        self.k = k.float()
+        self.v = v.float() if v is not None else None
+        self.roles = {}
+        for name in cx.expected:
+            r = role_of(name)
+            if r and r not in self.roles:
+                self.roles[r] = name
+        self.conv = {"s_scaled": True, "identity": "scaled", "align": "br", "lse_base": "e", "rescale": self.rescale_variant != "off"}
+        self.calibrated: set[str] = set()
+        self._calibrate()
+
+    # ---- canonical views -----------------------------------------------------------
+    def qg(self, q=None, head_map=None, batch_map=None):
+        q = self.q if q is None else q
+        if not self.four_d:
+            return q.unsqueeze(0)
+        x = q.permute(0, 2, 1, 3)  # (B, H, M, D)
+        if batch_map is not None:
+            x = x[batch_map]
+        if head_map is not None:
+            x = x[:, head_map]
+        return x.reshape(self.B * self.H, self.M, x.shape[-1])
+
+    def kvg(self, t, kv_map=None, batch_map=None):
+        if t is None:
+            return None
+        if not self.four_d:
+            return t.unsqueeze(0)
+        x = t.permute(0, 2, 1, 3)  # (B, Hk, N, D)
+        if batch_map is not None:
+            x = x[batch_map]
+        kv_map = self.default_kv_map() if kv_map is None else kv_map
+        x = x[:, kv_map]  # (B, H, N, D)
+        return x.reshape(self.B * self.H, self.N, x.shape[-1])
+
+    def default_kv_map(self):
+        import torch
+
+        return (torch.arange(self.H) // self.group).clamp(max=self.Hk - 1)
+
+    def o_back(self, o):
+        if not self.four_d:
+            return o[0]
+        return o.reshape(self.B, self.H, self.M, o.shape[-1]).permute(0, 2, 1, 3).contiguous()
+
+    def lse_back(self, lse):
+        if not self.four_d:
+            return lse[0]
+        x = lse.reshape(self.B, self.H, self.M)
+        name = self.roles.get("lse")
+        shape = tuple(self.cx.expected[name].shape) if name else (self.B, self.H, self.M)
+        if shape == (self.B, self.M, self.H) and shape != (self.B, self.H, self.M):
+            return x.permute(0, 2, 1).contiguous()
+        return x
+
+    def mat_back(self, s):  # S/P exist only for 2-D stages
+        return s[0] if not self.four_d else s
+
+    # ---- calibration ---------------------------------------------------------------
+    def _score(self, role, pred):
+        from workbench.diagnose.core import classify, fit
+
+        name = self.roles[role]
+        ref = self.cx.expected[name]
+        if isinstance(pred, Pred):
+            pred = pred.values
+        if tuple(pred.shape) != tuple(ref.shape):
+            return float("inf")
+        return fit(*classify(ref), *classify(pred)).score
+
+    def _calibrate(self):
+        tries = {}
+        if "s" in self.roles:
+            for s_scaled in (True, False):
+                self.conv["s_scaled"] = s_scaled
+                sc = self._score("s", self.scores_out())
+                tries.setdefault("s", []).append(sc)
+                if sc <= CALIBRATION_MAX:
+                    self.calibrated.add("s")
+                    break
+        if "p" in self.roles:
+            modes = ("scaled", "raw") if self.softmax == "identity" else ("scaled",)
+            for mode in modes:
+                self.conv["identity"] = mode
+                sc = self._score("p", self.probs_out())
+                tries.setdefault("p", []).append(sc)
+                if sc <= CALIBRATION_MAX:
+                    self.calibrated.add("p")
+                    break
+        if "o" in self.roles and self.v is not None:
+            aligns = ("br", "tl") if (self.causal and self.M != self.N) else ("br",)
+            modes = ("scaled", "raw", "norm") if self.softmax == "identity" else ("scaled",)
+            rescales = (self.conv["rescale"], not self.conv["rescale"])
+            done = False
+            for rescale in rescales:
+                for align in aligns:
+                    for mode in modes:
+                        self.conv.update(align=align, identity=mode, rescale=rescale)
+                        o, lse = self.attend()
+                        sc = self._score("o", self.o_back(o))
+                        tries.setdefault("o", []).append(sc)
+                        if sc <= CALIBRATION_MAX:
+                            self.calibrated.add("o")
+                            done = True
+                            break
+                    if done:
+                        break
+                if done:
+                    break
+            if done and "lse" in self.roles and self.softmax != "identity":
+                for base in ("e", "2"):
+                    self.conv["lse_base"] = base
+                    sc = self._score("lse", self.lse_back(self._lse_base(lse)))
+                    tries.setdefault("lse", []).append(sc)
+                    if sc <= CALIBRATION_MAX:
+                        self.calibrated.add("lse")
+                        break
+        for role, name in self.roles.items():
+            if role not in self.calibrated and not (role == "lse" and self.softmax == "identity"):
+                best = min(tries.get(role, [float("inf")]))
+                self.cx.note(
+                    f"stages/fmha/mutants.py cannot reproduce the reference of {name!r} (best score {best:.3g}): "
+                    f"FMHA mutants do not predict it"
+                )
+
+    def _lse_base(self, lse):
+        return lse * LOG2E if self.conv["lse_base"] == "2" else lse
+
+    # ---- S and P (direct, per output column) ------------------------------------------
+    def _virtual_columns(self, kv_src):
+        """Per output column: source key row (or -1 unwritten) of the tile-mapped K."""
+        import torch
+
+        pos = torch.arange(self.N)
+        t, c = pos // KV_TILE, pos % KV_TILE
+        src_t = torch.tensor([(-1 if s is None else s) for s in kv_src])[t]
+        src = torch.where(src_t >= 0, src_t * KV_TILE + c, torch.full_like(pos, -1))
+        return src
+
+    def _logits(self, qg, kg, kv_src, rows=None):
+        """S = Q·K_virtualᵀ (no scale) for all N output columns; unwritten columns 0."""
+        import torch
+
+        src = self._virtual_columns(kv_src).to(self.device)
+        kpad = torch.cat([kg, torch.zeros_like(kg[:, :1])], dim=1)  # index N = a zero row
+        idx = torch.where((src >= 0) & (src < self.N), src, torch.full_like(src, self.N))
+        kv = kpad[:, idx]
+        q = qg if rows is None else qg[:, rows]
+        return q @ kv.transpose(1, 2), (src < 0)
+
+    def _perm_cols(self, x, perm):
+        import torch
+
+        if perm is None:
+            return x
+        n = x.shape[-1]
+        pos = torch.arange(n)
+        t, c = pos // KV_TILE, pos % KV_TILE
+        src = t * KV_TILE + perm[c]
+        ok = src < n
+        src = torch.where(ok, src, pos)
+        return x[..., src.to(x.device)]
+
+    def scores_out(self, *, kv_src=None, s_mult=1.0, perm=None, qg=None, kg=None):
+        import torch
+
+        kv_src = list(range(self.T)) if kv_src is None else kv_src
+        qg = self.qg() if qg is None else qg
+        kg = self.kvg(self.k) if kg is None else kg
+        s, unw = self._logits(qg, kg, kv_src)
+        factor = (self.scale if self.conv["s_scaled"] else 1.0) * s_mult
+        s = self._perm_cols(s * factor, perm)
+        s = self.mat_back(s)
+        if bool(unw.any()):
+            mask = unw.to(self.device).expand_as(s)
+            return Pred(torch.where(mask, torch.full_like(s, float("nan")), s), unwritten=mask)
+        return s
+
+    def probs_out(self, *, kv_src=None, mult=1.0, subtract_max=True, normalize=True, perm=None, qg=None, kg=None):
+        import torch
+
+        kv_src = list(range(self.T)) if kv_src is None else kv_src
+        qg = self.qg() if qg is None else qg
+        kg = self.kvg(self.k) if kg is None else kg
+        s, unw = self._logits(qg, kg, kv_src)
+        unw = unw.to(self.device)
+        if self.softmax == "identity":
+            p = s * (self.scale if self.conv["identity"] == "scaled" else 1.0)
+        else:
+            z = (s * (self.scale * mult)).masked_fill(unw, float("-inf"))
+            if subtract_max:
+                mx = z.amax(-1, keepdim=True)
+                mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+                e = torch.exp(z - mx)
+            else:
+                e = torch.exp(z)
+            p = e / e.sum(-1, keepdim=True) if normalize else e
+        p = self.mat_back(self._perm_cols(p, perm))
+        if bool(unw.any()):
+            mask = unw.expand_as(p)
+            return Pred(torch.where(mask, torch.full_like(p, float("nan")), p), unwritten=mask)
+        return p
+
+    # ---- O and LSE: the online-softmax loop, tile by tile -------------------------------
+    def attend(self, *, kv_src=None, v_src="same", mult=1.0, subtract_max=True, rescale_o=None, rescale_l=None,
+               normalize=True, perm=None, mask_tail=True, causal_mode=None, qg=None, kg=None, vg=None):
+        """(O (G, M, Dv), LSE (G, M), natural log) of the simulated kernel loop."""
+        import torch
+
+        T, N, M = self.T, self.N, self.M
+        kv_src = list(range(T)) if kv_src is None else kv_src
+        v_src = kv_src if v_src == "same" else v_src
+        rescale = self.conv["rescale"]
+        rescale_o = rescale if rescale_o is None else rescale_o
+        rescale_l = rescale if rescale_l is None else rescale_l
+        qg = self.qg() if qg is None else qg
+        kg = self.kvg(self.k) if kg is None else kg
+        vg = self.kvg(self.v) if vg is None else vg
+        G = qg.shape[0]
+        pad = T * KV_TILE - N
+        kp = torch.cat([kg, kg.new_zeros(G, pad, kg.shape[-1])], 1) if pad else kg
+        vp = torch.cat([vg, vg.new_zeros(G, pad, vg.shape[-1])], 1) if pad else vg
+        if causal_mode is None:
+            causal_mode = ("br" if self.conv["align"] == "br" else "tl") if self.causal else "off"
+        off = {"br": N - M, "tl": 0, "br-strict": N - M, "tl-strict": 0}.get(causal_mode, 0)
+        strict = causal_mode.endswith("strict")
+        rows = torch.arange(M, device=self.device).view(M, 1)
+        identity = self.softmax == "identity"
+        m = torch.full((G, M), float("-inf"), device=self.device)
+        l = torch.zeros((G, M), device=self.device)
+        acc = torch.zeros((G, M, vg.shape[-1]), device=self.device)
+        c = self.scale * mult
+        permd = None if perm is None else perm.to(self.device)
+        for t in range(T):
+            s = kv_src[t]
+            if s is None:
+                continue
+            kt = kp[:, s * KV_TILE:(s + 1) * KV_TILE]
+            sv = v_src[t]
+            vt = vp[:, sv * KV_TILE:(sv + 1) * KV_TILE] if sv is not None else vp.new_zeros(G, KV_TILE, vp.shape[-1])
+            pos = t * KV_TILE + torch.arange(KV_TILE, device=self.device).view(1, KV_TILE)
+            valid = None  # None: every key of this tile is visible to every row
+            if mask_tail and (t + 1) * KV_TILE > N:
+                valid = (pos < N).expand(M, KV_TILE)
+            if causal_mode != "off":
+                cm = (pos < rows + off) if strict else (pos <= rows + off)
+                valid = cm if valid is None else valid & cm
+            sraw = qg @ kt.transpose(1, 2)
+            if identity:
+                p = sraw * (1.0 if self.conv["identity"] == "raw" else self.scale)
+                if valid is not None:
+                    p = p.masked_fill(~valid, 0.0)
+                l = l + p.sum(-1)
+                acc = acc + (p if permd is None else p[..., permd]) @ vt
+                continue
+            z = sraw * c
+            if valid is not None:
+                z = z.masked_fill(~valid, float("-inf"))
+            if subtract_max:
+                m_new = torch.maximum(m, z.amax(-1))
+                m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
+                p = torch.exp(z - m_safe.unsqueeze(-1))
+                alpha = torch.exp(m - m_safe)
+                m = m_new
+            else:
+                p = torch.exp(z)
+                alpha = torch.ones_like(l)
+            l = (l * alpha if rescale_l else l) + p.sum(-1)
+            pv = (p if permd is None else p[..., permd]) @ vt
+            acc = (acc * alpha.unsqueeze(-1) if rescale_o else acc) + pv
+        if identity:
+            o = acc / l.unsqueeze(-1) if self.conv["identity"] == "norm" else acc
+            return o, torch.zeros_like(l)
+        o = acc / l.unsqueeze(-1) if normalize else acc
+        lse = (m + torch.log(l)) if subtract_max else torch.log(l)
+        return o, lse
+
+    # ---- the prediction of one mutant ---------------------------------------------------
+    def predict(self, *, s_opts=None, p_opts=None, o_opts=None, lse=True):
+        """{output name: prediction} for the calibrated roles; an opts of None means the
+        mutant does not touch that role (it is left to the reference)."""
+        out = {}
+        if "s" in self.calibrated and s_opts is not None:
+            out[self.roles["s"]] = self.scores_out(**s_opts)
+        if "p" in self.calibrated and p_opts is not None:
+            out[self.roles["p"]] = self.probs_out(**p_opts)
+        if "o" in self.calibrated and o_opts is not None:
+            o, l = self.attend(**o_opts)
+            out[self.roles["o"]] = self.o_back(o)
+            if lse and "lse" in self.calibrated:
+                out[self.roles["lse"]] = self.lse_back(self._lse_base(l))
+        if not out:
+            raise NotApplicable("no calibrated output this bug affects")
+        return out
+
+
+def problem(cx) -> Problem:
+    if "fmha" not in cx.cache:
+        cx.cache["fmha"] = Problem(cx)
+    return cx.cache["fmha"]
+
+
+def _need(cond: bool, why: str):
+    if not cond:
+        raise NotApplicable(why)
+
+
+def _exp_only(P):
+    _need(P.softmax != "identity", "softmax=identity has no softmax arithmetic")
+
+
+def _all(opts_sp=None, o=None, s=True, p=True, lse=True):
+    """Helper: the same tile options for S, P and O."""
+    return {"s_opts": opts_sp if s else None, "p_opts": opts_sp if p else None, "o_opts": o, "lse": lse}
+
+
+# --------------------------------------------------------------------------------------
+# KV tile addressing and the load pipeline
+# --------------------------------------------------------------------------------------
+@mutant("kv-tile0", "every KV tile reads K/V tile 0: the KV tile coordinate of the TMA load is stuck at 0",
+        outputs=("s", "p", "o", "lse"), family="pipeline")
+def kv_tile0(cx):
+    P = problem(cx)
+    _need(P.T >= 2, "one KV tile")
+    src = [0] * P.T
+    return P.predict(**_all({"kv_src": src}, {"kv_src": src}))
+
+
+def _stall(k):
+    def fn(cx):
+        P = problem(cx)
+        _need(P.T > k, f"only {P.T} KV tile(s)")
+        src = [min(t, k - 1) for t in range(P.T)]
+        return P.predict(**_all({"kv_src": src}, {"kv_src": src}))
+
+    return fn
+
+
+def _skip(k):
+    def fn(cx):
+        P = problem(cx)
+        _need(P.T > k, f"only {P.T} KV tile(s)")
+        src = [t if t < k else None for t in range(P.T)]
+        return P.predict(**_all({"kv_src": src}, {"kv_src": src}))
+
+    return fn
+
+
+for _k in (2, 3, 4):
+    mutant(f"kv-stall-{_k}", f"pipeline stalls after {_k} KV tiles: tiles >= {_k} reread tile {_k - 1} "
+           f"(the stage index / mbarrier phase stops advancing, the consumer reuses the last buffer)",
+           outputs=("s", "p", "o", "lse"), family="pipeline")(_stall(_k))
+for _k in (1, 2, 3, 4):
+    mutant(f"kv-skip-{_k}", f"only the first {_k} KV tile(s) processed, later tiles skipped (KV loop bound or "
+           f"tile count wrong; S/P columns of skipped tiles never stored)",
+           outputs=("s", "p", "o", "lse"), family="pipeline")(_skip(_k))
+
+
+@mutant("v-tile0", "V tile coordinate stuck at 0 while K advances: P·V uses V tile 0 for every KV tile",
+        outputs=("o",), family="pipeline")
+def v_tile0(cx):
+    P = problem(cx)
+    _need(P.T >= 2, "one KV tile")
+    return P.predict(o_opts={"v_src": [0] * P.T}, lse=False)
+
+
+@mutant("v-tile-lag", "V one tile behind K: P_t·V_(t-1) (V stage index off by one; tile 0 meets an "
+        "empty (zero) buffer)", outputs=("o",), family="pipeline")
+def v_tile_lag(cx):
+    P = problem(cx)
+    _need(P.T >= 2, "one KV tile")
+    return P.predict(o_opts={"v_src": [None] + list(range(P.T - 1))}, lse=False)
+
+
+@mutant("kv-tail-unmasked", "keys past n in the last, partial KV tile not masked: TMA zero-fills them, so "
+        "logit 0 enters the softmax (with V = 0)", outputs=("o", "lse"), family="masking")
+def kv_tail_unmasked(cx):
+    P = problem(cx)
+    _need(P.N % KV_TILE != 0, "n is a multiple of 128")
+    return P.predict(o_opts={"mask_tail": False})
+
+
+# --------------------------------------------------------------------------------------
+# softmax arithmetic
+# --------------------------------------------------------------------------------------
+@mutant("no-log2e", "exp2 applied to S·scale without the log2(e) factor: softmax temperature off by ln 2",
+        outputs=("p", "o", "lse"), family="softmax")
+def no_log2e(cx):
+    P = problem(cx)
+    _exp_only(P)
+    return P.predict(p_opts={"mult": LN2}, o_opts={"mult": LN2})
+
+
+@mutant("exp-not-exp2", "log2(e) folded into the scale but exp (not exp2) applied: exponent too large by "
+        "log2(e); for S: S stored in the exp2 domain (S·scale·log2 e)", outputs=("s", "p", "o", "lse"), family="softmax")
+def exp_not_exp2(cx):
+    P = problem(cx)
+    s = {"s_mult": LOG2E}
+    if P.softmax == "identity":
+        return P.predict(s_opts=s)
+    return P.predict(s_opts=s, p_opts={"mult": LOG2E}, o_opts={"mult": LOG2E})
+
+
+@mutant("scale-twice", "softmax scale applied twice (S·scale² in the exponent, or stored in S)",
+        outputs=("s", "p", "o", "lse"), family="softmax")
+def scale_twice(cx):
+    P = problem(cx)
+    s = {"s_mult": P.scale}
+    if P.softmax == "identity":
+        return P.predict(s_opts=s)
+    return P.predict(s_opts=s, p_opts={"mult": P.scale}, o_opts={"mult": P.scale})
+
+
+@mutant("no-scale", "softmax scale missing: exp of the raw S = Q·Kᵀ (or S stored without the scale)",
+        outputs=("s", "p", "o", "lse"), family="softmax")
+def no_scale(cx):
+    P = problem(cx)
+    s = {"s_mult": 1.0 / P.scale}
+    if P.softmax == "identity":
+        return P.predict(s_opts=s)
+    return P.predict(s_opts=s, p_opts={"mult": 1.0 / P.scale}, o_opts={"mult": 1.0 / P.scale})
+
+
+@mutant("no-max", "row max not subtracted before exp: exp overflows to inf (rows with logits above ~88: "
+        "inf/inf = NaN) or underflows to 0 (0/0 = NaN); exact elsewhere", outputs=("p", "o", "lse"), family="softmax")
+def no_max(cx):
+    P = problem(cx)
+    _exp_only(P)
+    return P.predict(p_opts={"subtract_max": False}, o_opts={"subtract_max": False})
+
+
+@mutant("no-final-div", "final 1/l missing: O (or P) not divided by the row sum l", outputs=("p", "o"), family="softmax")
+def no_final_div(cx):
+    P = problem(cx)
+    _exp_only(P)
+    return P.predict(p_opts={"normalize": False}, o_opts={"normalize": False}, lse=False)
+
+
+@mutant("no-rescale", "online softmax never rescales O and l when the row max grows (exp(m_old - m_new) "
+        "factor missing)", outputs=("o", "lse"), family="softmax")
+def no_rescale(cx):
+    P = problem(cx)
+    _exp_only(P)
+    _need(P.T >= 2, "one KV tile: nothing to rescale")
+    return P.predict(o_opts={"rescale_o": False, "rescale_l": False})
+
+
+@mutant("no-o-rescale", "O accumulator not rescaled when the row max grows, while l is", outputs=("o",),
+        family="softmax")
+def no_o_rescale(cx):
+    P = problem(cx)
+    _exp_only(P)
+    _need(P.T >= 2, "one KV tile: nothing to rescale")
+    return P.predict(o_opts={"rescale_o": False, "rescale_l": True}, lse=False)
+
+
+# --------------------------------------------------------------------------------------
+# register layouts
+# --------------------------------------------------------------------------------------
+@mutant("p-layout", "P converted from the QK accumulator layout but read by the PV MMA (or stored) in "
+        "another: 8-column accumulator chunks paired (j, j+8) instead of (2j, 2j+1) per 16-wide k-block",
+        outputs=("s", "p", "o"), family="layout")
+def p_layout(cx):
+    P = problem(cx)
+    perm = p_layout_perm()
+    return P.predict(s_opts={"perm": perm}, p_opts={"perm": perm}, o_opts={"perm": perm}, lse=False)
+
+
+# --------------------------------------------------------------------------------------
+# causal masking
+# --------------------------------------------------------------------------------------
+@mutant("causal-missing", "causal mask not applied although causal=true", outputs=("o", "lse"), family="masking")
+def causal_missing(cx):
+    P = problem(cx)
+    _need(P.causal, "not causal")
+    return P.predict(o_opts={"causal_mode": "off"})
+
+
+@mutant("causal-misaligned", "causal mask aligned top-left (key j <= query i) instead of bottom-right "
+        "(j <= i + n - m), or the other way round, when m != n", outputs=("o", "lse"), family="masking")
+def causal_misaligned(cx):
+    P = problem(cx)
+    _need(P.causal and P.M != P.N, "needs causal and m != n")
+    return P.predict(o_opts={"causal_mode": "tl" if P.conv["align"] == "br" else "br"})
+
+
+@mutant("causal-diag-excluded", "causal mask excludes the diagonal (key j < i instead of j <= i)",
+        outputs=("o", "lse"), family="masking")
+def causal_diag_excluded(cx):
+    P = problem(cx)
+    _need(P.causal, "not causal")
+    return P.predict(o_opts={"causal_mode": P.conv["align"] + "-strict"})
+
+
+@mutant("causal-spurious", "causal mask applied although causal=false", outputs=("o", "lse"), family="masking")
+def causal_spurious(cx):
+    P = problem(cx)
+    _need(not P.causal, "causal")
+    return P.predict(o_opts={"causal_mode": "br"})
+
+
+# --------------------------------------------------------------------------------------
+# heads, batches and GQA (4-D stages)
+# --------------------------------------------------------------------------------------
+@mutant("heads-head0", "every head reads Q/K/V of head 0 (head index missing from the TMA coordinates)",
+        outputs=("o", "lse"), dims=(4,), family="heads")
+def heads_head0(cx):
+    import torch
+
+    P = problem(cx)
+    _need(P.H >= 2, "one head")
+    hm = torch.zeros(P.H, dtype=torch.long)
+    return P.predict(o_opts={"qg": P.qg(head_map=hm), "kg": P.kvg(P.k, kv_map=hm), "vg": P.kvg(P.v, kv_map=hm)})
+
+
+@mutant("gqa-mod", "GQA maps query head h to KV head h % kv_heads instead of h // (heads / kv_heads)",
+        outputs=("o", "lse"), dims=(4,), family="heads")
+def gqa_mod(cx):
+    import torch
+
+    P = problem(cx)
+    _need(1 < P.Hk < P.H, "needs 1 < kv_heads < heads")
+    km = torch.arange(P.H) % P.Hk
+    return P.predict(o_opts={"kg": P.kvg(P.k, kv_map=km), "vg": P.kvg(P.v, kv_map=km)})
+
+
+@mutant("batch0", "every batch reads batch 0 (batch index missing from the TMA coordinates)",
+        outputs=("o", "lse"), dims=(4,), family="heads")
+def batch0(cx):
+    import torch
+
+    P = problem(cx)
+    _need(P.B >= 2, "one batch")
+    bm = torch.zeros(P.B, dtype=torch.long)
+    return P.predict(o_opts={"qg": P.qg(batch_map=bm), "kg": P.kvg(P.k, batch_map=bm), "vg": P.kvg(P.v, batch_map=bm)})
+
+
+@mutant("bhsd-input", "Q, K, V read as (batch, heads, seq, d) although they are (batch, seq, heads, d) "
+        "(seq and head strides swapped in the TMA descriptors)", outputs=("o", "lse"), dims=(4,), family="heads")
+def bhsd_input(cx):
+    P = problem(cx)
+    _need(P.H >= 2 or P.Hk >= 2, "one head")
+
+    def as_bhsd(t, heads, seq):
+        b, _, _, d = t.shape
+        return t.contiguous().view(b, heads, seq, d).permute(0, 2, 1, 3)  # what the kernel thinks is bshd
+
+    q = as_bhsd(P.q, P.H, P.M)
+    k = as_bhsd(P.k, P.Hk, P.N)
+    v = as_bhsd(P.v, P.Hk, P.N)
+    return P.predict(o_opts={"qg": P.qg(q=q), "kg": P.kvg(k), "vg": P.kvg(v)})

@@ -1,0 +1,74 @@
+"""Diagnostics that explain a failure: mutant references, matching, error maps, pictures.
+
+Entry points (see docs/diagnostics.md):
+
+    run_diagnosis(outputs, expected, inputs, params, variants, fixture, kernel_dir,
+                  picture_dir, label) -> dict            # the runner: plain data for run.json
+    diagnose(stage_outputs, expected, inputs, params, variants, fixture_name, mutants,
+             *, label=None, picture_dir=None) -> Diagnosis
+    mutants_for(kernel_dir) -> {name: Mutant}          # generic + the kernel's mutants.py
+    render_diagnosis(diag, full=False)                   # rich renderable (wb run / wb explain)
+    diagnosis_markdown(diag, pictures_relpath=".")      # markdown for report.md
+    Diagnosis.to_dict() / Diagnosis.from_dict(d)
+
+    @mutant(name, description, outputs=("o", "lse"), dims=(2, 4))   # register a mutant
+
+Importing this package is cheap (no torch): submodules import torch inside functions.
+"""
+
+from __future__ import annotations
+
+from workbench.diagnose.registry import (
+    Mutant,
+    MutantContext,
+    NotApplicable,
+    Pred,
+    all_mutants,
+    load_mutants,
+    mutant,
+    mutants_for,
+    role_of,
+)
+from workbench.diagnose.result import Candidate, Diagnosis, ErrorMap, Fit, ReadMap, as_diagnosis
+
+__all__ = [
+    "Candidate", "Diagnosis", "ErrorMap", "Fit", "Mutant", "MutantContext", "NotApplicable", "Pred",
+    "ReadMap", "all_mutants", "as_diagnosis", "diagnose", "diagnosis_markdown", "error_grid_markup",
+    "load_mutants", "mutant", "mutants_for", "render_diagnosis", "role_of", "run_diagnosis",
+]
+
+
+def diagnose(*args, **kwargs):
+    from workbench.diagnose.core import diagnose as _diagnose
+
+    return _diagnose(*args, **kwargs)
+
+
+diagnose.__doc__ = "See workbench.diagnose.core.diagnose."
+
+
+def run_diagnosis(*args, **kwargs):
+    from workbench.diagnose.core import run_diagnosis as _run
+
+    return _run(*args, **kwargs)
+
+
+run_diagnosis.__doc__ = "See workbench.diagnose.core.run_diagnosis."
+
+
+def render_diagnosis(diag, full: bool = False):
+    from workbench.diagnose.render import render_diagnosis as _render
+
+    return _render(diag, full=full)
+
+
+def diagnosis_markdown(diag, pictures_relpath: str = "."):
+    from workbench.diagnose.render import diagnosis_markdown as _md
+
+    return _md(diag, pictures_relpath)
+
+
+def error_grid_markup(error_map, max_rows: int = 16, max_cols: int = 48) -> str:
+    from workbench.diagnose.render import error_grid_markup as _grid
+
+    return _grid(error_map, max_rows, max_cols)

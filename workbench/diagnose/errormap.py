@@ -1,0 +1,172 @@
+"""Per-tile error maps of an output against its reference, and their pictures.
+
+Tiles: S and P (outputs wider than 256 columns, or named s/p): 128 x 128 (Q tile x KV tile).
+O-like outputs: blocks of 64 rows (one consumer warpgroup's rows) x the full width d.
+4-D outputs (batch, seq, heads, d): one grid column per (batch, head), 64-row blocks.
+Vectors (LSE (m,), (batch, heads, m) or (batch, m, heads)): 64-row blocks, one column per
+(batch, head).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from workbench.diagnose.registry import role_of
+from workbench.diagnose.result import ErrorMap
+
+Q_TILE, KV_TILE, BLOCK = 128, 128, 64
+
+
+def canvas(t, name: str, params=None):
+    """A 2-D (rows, cols) view of an output for maps and pictures, the tile size (rows, cols),
+    labels, the (batch, head) names of column groups and the width of one group."""
+    role = role_of(name)
+    if t.dim() == 2:
+        R, C = t.shape
+        if role in ("s", "p") or (role is None and C > 256):
+            return t, (Q_TILE, KV_TILE), "Q tile (128 rows)", "KV tile (128 cols)", None, None
+        return t, (BLOCK, C), "64-row block", "all columns", None, None
+    if t.dim() == 1:
+        return t.view(-1, 1), (BLOCK, 1), "64-row block", "", None, None
+    if t.dim() == 4:
+        b, s, h, d = t.shape
+        c = t.permute(1, 0, 2, 3).reshape(s, b * h * d)
+        names = [f"b{i}h{j}" for i in range(b) for j in range(h)]
+        return c, (BLOCK, d), "64-row block", "(batch, head)", names, d
+    if t.dim() == 3:
+        a, x, y = t.shape
+        m = _param(params, "m")
+        if m is not None and x == m and y != m:  # (batch, m, heads)
+            c = t.permute(1, 0, 2).reshape(x, a * y)
+            names = [f"b{i}h{j}" for i in range(a) for j in range(y)]
+        else:  # (batch, heads, m)
+            c = t.permute(2, 0, 1).reshape(y, a * x)
+            names = [f"b{i}h{j}" for i in range(a) for j in range(x)]
+        return c, (BLOCK, 1), "64-row block", "(batch, head)", names, 1
+    flat = t.reshape(-1, 1)
+    return flat, (BLOCK, 1), "64-element block", "", None, None
+
+
+def _param(params, name):
+    try:
+        return params[name]
+    except (KeyError, TypeError):
+        return None
+
+
+def _tile_reduce(x, tr, tc, op):
+    import torch
+
+    R, C = x.shape
+    Rp, Cp = -(-R // tr) * tr, -(-C // tc) * tc
+    pad = torch.zeros((Rp, Cp), dtype=x.dtype, device=x.device)
+    pad[:R, :C] = x
+    v = pad.view(Rp // tr, tr, Cp // tc, tc)
+    return v.amax(dim=(1, 3)) if op == "max" else v.sum(dim=(1, 3))
+
+
+def _ranges(idx: list[int], limit: int = 10) -> str:
+    if not idx:
+        return "none"
+    out, start, prev = [], idx[0], idx[0]
+    for i in idx[1:] + [None]:
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if i is not None:
+            start = prev = i
+    if len(out) > limit:
+        out = out[:limit] + ["…"]
+    return ",".join(out)
+
+
+def error_map(name, actual_vals, actual_cls, ref_vals, ref_cls, eps: float, params=None) -> tuple[ErrorMap, dict]:
+    """The ErrorMap of one output plus the canvases needed to draw it (kept out of the data)."""
+    import torch
+
+    both = (actual_cls == 0) & (ref_cls == 0)
+    err = torch.where(both, (actual_vals - ref_vals).abs(), torch.zeros_like(actual_vals)).float()
+    bad = (actual_cls != ref_cls) & (ref_cls == 0)
+    unwritten = actual_cls == 2
+    ref_abs = torch.where(ref_cls == 0, ref_vals.abs(), torch.zeros_like(ref_vals))
+    ref_max = float(ref_abs.max()) if ref_abs.numel() else 0.0
+    scale = ref_max if ref_max > 0 else 1.0
+    e2, (tr, tc), row_label, col_label, names, group = canvas(err, name, params)
+    b2 = canvas(bad, name, params)[0]
+    grid = _tile_reduce(e2, tr, tc, "max")
+    badgrid = _tile_reduce(b2.to(torch.int32), tr, tc, "sum")
+    ok_level = 4 * max(eps, 2.0**-16)
+    wrong = (grid / scale > ok_level) | (badgrid > 0)
+    rows_bad = [int(i) for i in torch.nonzero(wrong.any(dim=1)).flatten()]
+    cols_bad = [int(i) for i in torch.nonzero(wrong.any(dim=0)).flatten()]
+    nr, nc = grid.shape
+    n_wrong = int(wrong.sum())
+    if n_wrong == 0:
+        summary = f"all {nr * nc} tiles within rounding ({ok_level:.2g} of max |ref|)"
+    elif n_wrong == nr * nc:
+        summary = f"every tile ({nr * nc}) has errors"
+    else:
+        summary = f"{n_wrong} of {nr * nc} tiles have errors: {row_label}s {_ranges(rows_bad)}"
+        if nc > 1:
+            summary += f"; {col_label or 'column'}s " + (
+                _ranges(cols_bad) if names is None else ",".join(names[i] for i in cols_bad[:12]) + ("…" if len(cols_bad) > 12 else "")
+            )
+        if tr == BLOCK and rows_bad and len(rows_bad) > 1 and all(r % 2 == 1 for r in rows_bad):
+            summary += " (rows 64-127 of 128-row tiles: the second warpgroup)"
+        elif tr == BLOCK and rows_bad and len(rows_bad) > 1 and all(r % 2 == 0 for r in rows_bad):
+            summary += " (rows 0-63 of 128-row tiles: the first warpgroup)"
+    n_bad = int(badgrid.sum())
+    if n_bad:
+        summary += f"; {n_bad} element(s) NaN/Inf/unwritten where the reference is finite"
+    flat = torch.where(badgrid > 0, torch.full_like(grid, float("inf")), grid).flatten()
+    worst = int(flat.argmax()) if flat.numel() else 0
+    emap = ErrorMap(
+        output=name,
+        shape=list(actual_vals.shape),
+        tile=[tr, tc if names is None else 1],
+        row_label=row_label,
+        col_label=col_label,
+        grid=[[float(v) for v in row] for row in grid.tolist()],
+        bad=[[int(v) for v in row] for row in badgrid.tolist()],
+        ref_max=ref_max,
+        max_err=float(err.max()) if err.numel() else None,
+        ok_level=ok_level,
+        worst_tile=[worst // nc, worst % nc] if nc else [0, 0],
+        col_names=names,
+        summary=summary,
+    )
+    drawing = {"err": e2, "bad": b2, "unwritten": canvas(unwritten, name, params)[0], "scale": scale, "tile": (tr, tc), "group": group}
+    return emap, drawing
+
+
+def draw_error_map(path: Path, drawing: dict) -> Path:
+    """Write the element-level heatmap of |err| / max|ref| (tiles outlined) to `path`."""
+    import torch
+
+    from workbench.diagnose import png
+
+    ratio = drawing["err"].float() / drawing["scale"]
+    pooled, fy, fx = png.pool_max(ratio)
+    bad = png.pool_any(drawing["bad"], fy, fx)
+    unw = png.pool_any(drawing["unwritten"], fy, fx)
+    img = png.error_rgb(torch.nan_to_num(pooled, nan=0.0), bad=bad & ~unw, unwritten=unw)
+    wx = max(1, -(-96 // img.shape[1]))  # narrow canvases (vectors): widen each column
+    if wx > 1:
+        img = img.repeat_interleave(wx, dim=1)
+    img, f = png.upscale(img)
+    tr, tc = drawing["tile"]
+    group = drawing["group"]
+    H, W = img.shape[:2]
+    ys = [int(k * tr / fy * f) for k in range(1, -(-ratio.shape[0] // tr))]
+    step_x = (group or tc)
+    xs = [int(k * step_x / fx * f * wx) for k in range(1, -(-ratio.shape[1] // step_x))]
+    if len(ys) > 1 and H / (len(ys) + 1) < 6:
+        ys = []
+    if len(xs) > 1 and W / (len(xs) + 1) < 6:
+        xs = []
+    png.draw_lines(img, rows=ys, cols=xs, color=png.GRID_MAJOR if group else png.GRID)
+    legend = png.legend_strip(W)
+    gap = torch.zeros((4, W, 3), dtype=torch.uint8)
+    img = torch.cat([img.cpu(), gap, legend], dim=0)
+    return png.tensor_to_png(path, img)

@@ -1,0 +1,188 @@
+"""Read maps: for one-hot P (fixture onehot-p), which V row did each query actually read?
+
+Every output row O[i] is matched to its nearest V row (same batch, the query head's KV
+head under GQA); it "matches" when ||O[i] - V[j]|| <= MATCH_REL * ||V[j]||. The row the
+query SHOULD have read comes from matching the reference output the same way, so no
+knowledge of Q/K is needed; when fewer than 90% of the reference rows match a V row, P is
+not one-hot and there is no read map.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from workbench.diagnose.errormap import _ranges
+from workbench.diagnose.result import ReadMap
+
+KV_TILE = 128
+Q_TILE = 128
+MATCH_REL = 0.02  # bf16 rounding of O is 2^-9 relative; a mixture of two rows is far above
+MIN_EXPECTED_MATCH = 0.9
+
+
+def _groups(o, v):
+    """(G, M, D) output rows, (G, N, D) V rows and a label per group."""
+    if o.dim() == 2:
+        return o.unsqueeze(0), v.unsqueeze(0), ["-"]
+    b, m, h, d = o.shape
+    hk = v.shape[2]
+    group = max(1, h // max(1, hk))
+    og = o.permute(0, 2, 1, 3).reshape(b * h, m, d)
+    kv_index = (torch_arange(h) // group).clamp(max=hk - 1)
+    vg = v.permute(0, 2, 1, 3)[:, kv_index].reshape(b * h, v.shape[1], v.shape[3])
+    return og, vg, [f"b{i}h{j}" for i in range(b) for j in range(h)]
+
+
+def torch_arange(n):
+    import torch
+
+    return torch.arange(n)
+
+
+def nearest_rows(o, v, chunk_elems: int = 1 << 25):
+    """For (G, M, D) rows o and (G, N, D) rows v: index of the nearest v row (-1 when no
+    row is within MATCH_REL), per (G, M)."""
+    import torch
+
+    G, M, D = o.shape
+    N = v.shape[1]
+    o = o.float()
+    v = v.float().to(o.device)
+    vn = (v * v).sum(-1)  # (G, N)
+    out = torch.full((G, M), -1, dtype=torch.long, device=o.device)
+    step = max(1, chunk_elems // max(1, G * N))
+    for s in range(0, M, step):
+        oc = o[:, s:s + step]
+        finite = torch.isfinite(oc).all(-1)
+        oc0 = torch.nan_to_num(oc, nan=0.0, posinf=0.0, neginf=0.0)
+        dist = (oc0 * oc0).sum(-1, keepdim=True) - 2 * oc0 @ v.transpose(1, 2) + vn.unsqueeze(1)
+        idx = dist.argmin(-1)
+        best = torch.gather(v, 1, idx.unsqueeze(-1).expand(-1, -1, D))
+        err = (oc0 - best).norm(dim=-1)
+        ok = finite & (err <= MATCH_REL * best.norm(dim=-1).clamp(min=1e-6))
+        out[:, s:s + step] = torch.where(ok, idx, torch.full_like(idx, -1))
+    return out
+
+
+def read_map(name, actual, expected, v, picture: Path | None = None) -> ReadMap | None:
+    import torch
+
+    og, vg, labels = _groups(actual, v)
+    eg, _, _ = _groups(expected, v)
+    exp_rows = nearest_rows(eg, vg)
+    valid = exp_rows >= 0
+    if float(valid.float().mean()) < MIN_EXPECTED_MATCH:
+        return None
+    got_rows = nearest_rows(og, vg)
+    G, M = exp_rows.shape
+    N = vg.shape[1]
+    T = -(-N // KV_TILE)
+    exp_t = torch.where(valid, exp_rows // KV_TILE, torch.full_like(exp_rows, -1))
+    got_t = torch.where(got_rows >= 0, got_rows // KV_TILE, torch.full_like(got_rows, -1))
+    correct = valid & (got_rows == exp_rows)
+    unmatched = valid & (got_rows < 0)
+    wrong_row = valid & ~correct & ~unmatched & (got_t == exp_t)
+    wrong_tile = valid & ~correct & ~unmatched & (got_t != exp_t)
+    qtile = (torch.arange(M, device=exp_rows.device) // Q_TILE).view(1, M).expand(G, M)
+
+    per_tile = []
+    for t in range(-(-M // Q_TILE)):
+        sel = valid & (qtile == t)
+        n = int(sel.sum())
+        if n == 0:
+            continue
+        et = sorted({int(x) for x in exp_t[sel].unique()})
+        gt = sorted({int(x) for x in got_t[sel & (got_rows >= 0)].unique()})
+        per_tile.append({
+            "q_tile": t,
+            "queries": n,
+            "correct": int((correct & sel).sum()),
+            "wrong_row": int((wrong_row & sel).sum()),
+            "wrong_tile": int((wrong_tile & sel).sum()),
+            "unmatched": int((unmatched & sel).sum()),
+            "expected_tiles": _ranges(et),
+            "read_tiles": _ranges(gt),
+        })
+    key = (exp_t[valid] * (T + 1) + (got_t[valid] + 1)).flatten()
+    counts = torch.bincount(key.cpu(), minlength=T * (T + 1)) if key.numel() else torch.zeros(0, dtype=torch.long)
+    confusion = [[int(i) // (T + 1), int(i) % (T + 1) - 1, int(c)] for i, c in enumerate(counts.tolist()) if c]
+
+    examples = []
+    wrong_any = (valid & ~correct).nonzero().tolist()
+    for g, i in wrong_any[:8]:
+        examples.append({"head": labels[g], "query": i, "expected_row": int(exp_rows[g, i]), "read_row": int(got_rows[g, i])})
+
+    total = int(valid.sum())
+    n_ok, n_wr, n_wt, n_un = int(correct.sum()), int(wrong_row.sum()), int(wrong_tile.sum()), int(unmatched.sum())
+    parts = [f"{n_ok}/{total} queries read the intended V row"]
+    matched_wrong = valid & ~correct & ~unmatched
+    if int(matched_wrong.sum()):
+        deltas = Counter((got_rows[matched_wrong] - exp_rows[matched_wrong]).tolist())
+        tiles = Counter(got_t[matched_wrong].tolist())
+        d, dn = deltas.most_common(1)[0]
+        tt, tn = tiles.most_common(1)[0]
+        share = int(matched_wrong.sum())
+        if n_wt:
+            parts.append(f"{n_wt} read a row of another KV tile")
+        if n_wr:
+            parts.append(f"{n_wr} read another row of the right tile")
+        if dn / share >= 0.5 and d % KV_TILE == 0:
+            parts.append(f"{dn}/{share} wrong reads are exactly {d // KV_TILE:+d} tile(s) away (same row)")
+        elif tn / share >= 0.5:
+            parts.append(f"{tn}/{share} wrong reads come from KV tile {tt}")
+    if n_un:
+        parts.append(f"{n_un} equal no V row (a mixture: P not one-hot, or NaN/unwritten)")
+    rm = ReadMap(
+        output=name, queries=total, correct=n_ok, wrong_row=n_wr, wrong_tile=n_wt, unmatched=n_un,
+        per_tile=per_tile, confusion=confusion, examples=examples, summary="; ".join(parts),
+    )
+    if picture is not None:
+        draw_read_map(picture, exp_rows, got_rows, N)
+        rm.picture = picture.name
+    return rm
+
+
+def draw_read_map(path: Path, exp_rows, got_rows, n_keys: int) -> Path:
+    """x: queries (heads side by side), y: key rows (KV tiles outlined); grey = intended row,
+    green = read the intended row, red = read another row, magenta tick at the top = read
+    no V row."""
+    import torch
+
+    from workbench.diagnose import png
+
+    G, M = exp_rows.shape
+    Q = G * M
+    fx = -(-Q // png.MAX_SIDE)
+    fy = -(-n_keys // 512)
+    W, H = -(-Q // fx), -(-n_keys // fy)
+    img = torch.full((H + 4, W, 3), 16, dtype=torch.uint8)
+    x = (torch.arange(Q) // fx).view(G, M)
+    exp_rows, got_rows = exp_rows.cpu(), got_rows.cpu()
+    valid = exp_rows >= 0
+    ys = [4 + int(k * KV_TILE / fy) for k in range(1, -(-n_keys // KV_TILE))]
+    if len(ys) < H / 4:
+        png.draw_lines(img, rows=ys, color=(60, 60, 60))
+    heads = [int(g * M / fx) for g in range(1, G)]
+    png.draw_lines(img, cols=heads, color=(140, 140, 140))
+    ok = valid & (got_rows == exp_rows)
+    wrong = valid & (got_rows >= 0) & ~ok
+    none = valid & (got_rows < 0)
+    _dots(img, 4 + exp_rows[valid] // fy, x[valid], (110, 110, 110))
+    _dots(img, 4 + got_rows[ok] // fy, x[ok], (60, 230, 60))
+    _dots(img, 4 + got_rows[wrong] // fy, x[wrong], (255, 60, 60))
+    for r in range(3):
+        img[r, x[none]] = torch.tensor(png.MAGENTA, dtype=torch.uint8)
+    img, _ = png.upscale(img)
+    return png.tensor_to_png(path, img)
+
+
+def _dots(img, ys, xs, color, r: int = 1):
+    """3x3 (radius r) dots at pixel (ys, xs), clipped to the image below the top band."""
+    import torch
+
+    H, W, _ = img.shape
+    c = torch.tensor(color, dtype=torch.uint8)
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            img[(ys + dy).clamp(4, H - 1), (xs + dx).clamp(0, W - 1)] = c
