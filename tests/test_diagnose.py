@@ -456,3 +456,48 @@ def test_wb_run_names_the_injected_bug(tmp_path):
     proc = run_wb("explain", run_id, cwd=ws, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "kv-tile0" in proc.stdout and "mutant references" in proc.stdout
+
+
+# stage C's bug variants (kernel.yaml) -> the mutant that must explain them
+STAGE_C_BUGS = [
+    ("kv_tile0", True, "kv-tile0"),
+    ("no_rescale", True, "no-o-rescale"),  # the stage's no_rescale: O not rescaled, l is
+    ("pv_layout", True, "p-layout"),
+    ("pv_rowmajor", True, "pv-rowmajor"),
+    ("none", False, "no-rescale"),  # variant rescale=off: neither O nor l rescaled
+]
+
+
+@pytest.mark.parametrize("bug,rescale,name", STAGE_C_BUGS, ids=[f"{b}-rescale{r}" for b, r, _ in STAGE_C_BUGS])
+@pytest.mark.parametrize("fixture", ["random", "onehot-p"])
+def test_stage_c_bug_emulation_is_named(bug, rescale, name, fixture):
+    """Cross-check with an independent model: stage C's own torch emulation of its injected
+    bugs (stage_c_online.emulate_online, written with the kernel) is diagnosed, against the
+    stage's own reference, as the matching mutant."""
+    sc = pytest.importorskip("stages.fmha.stage_c_online")
+    fixtures, mutants = A.load()
+    cfg, inputs, _, outs, params, variants = A.case("c", fixture)
+    variants = {"softmax": "exp", "rescale": "on" if rescale else "off", "bug": bug}
+    expected = sc.StageC().reference(inputs, params, variants, torch.float32)
+    o, lse = sc.emulate_online(inputs["q"], inputs["k"], inputs["v"], bug=bug, rescale=rescale)
+    out = {"o": o.to(torch.bfloat16), "lse": lse.float()}
+    d = diagnose(out, expected, inputs, params, variants, fixture, mutants)
+    assert d.status == "explained" and d.best.name == name and not d.best.same_as, d.headline
+    assert d.best.score < 0.01  # the two models agree to bf16 rounding
+
+
+@pytest.mark.parametrize("cfg_name", ["d", "d-plain"])
+@pytest.mark.parametrize("softmax", ["exp", "identity"])
+def test_calibrates_against_stage_d_reference(cfg_name, softmax):
+    """The FMHA mutants reproduce stage D's own reference (4-D, GQA, causal with m != n,
+    whichever causal alignment it uses), so stage D failures get FMHA explanations."""
+    sd = pytest.importorskip("stages.fmha.stage_d_fmha")
+    from stages.fmha.mutants import Problem
+
+    fixtures, _ = A.load()
+    ins, outs, params = A.specs_for(A.CONFIGS[cfg_name])
+    inputs = fixtures["random"].make(ins, params, 0, "cpu")
+    expected = sd.StageD().reference(inputs, params, {"softmax": softmax}, torch.float32)
+    cx = MutantContext(inputs, expected, params, {"softmax": softmax}, "random")
+    want = {"o"} if softmax == "identity" else {"o", "lse"}
+    assert want <= Problem(cx).calibrated, cx.notes

@@ -299,8 +299,12 @@ class Problem:
 
     # ---- O and LSE: the online-softmax loop, tile by tile -------------------------------
     def attend(self, *, kv_src=None, v_src="same", mult=1.0, subtract_max=True, rescale_o=None, rescale_l=None,
-               normalize=True, perm=None, mask_tail=True, causal_mode=None, qg=None, kg=None, vg=None):
-        """(O (G, M, Dv), LSE (G, M), natural log) of the simulated kernel loop."""
+               normalize=True, perm=None, p_read=None, mask_tail=True, causal_mode=None, qg=None, kg=None, vg=None):
+        """(O (G, M, Dv), LSE (G, M), natural log) of the simulated kernel loop.
+
+        perm: P columns the PV MMA reads within each tile (P_read[:, c] = P[:, perm[c]]);
+        p_read: any function (G, M, 128) -> (G, M, 128) of the tile's P (a register hand-over
+        model that may mix rows)."""
         import torch
 
         T, N, M = self.T, self.N, self.M
@@ -326,7 +330,10 @@ class Problem:
         l = torch.zeros((G, M), device=self.device)
         acc = torch.zeros((G, M, vg.shape[-1]), device=self.device)
         c = self.scale * mult
-        permd = None if perm is None else perm.to(self.device)
+        if perm is not None:
+            permd = perm.to(self.device)
+            p_read = lambda p: p[..., permd]  # noqa: E731
+        ident = p_read is None
         for t in range(T):
             s = kv_src[t]
             if s is None:
@@ -347,7 +354,7 @@ class Problem:
                 if valid is not None:
                     p = p.masked_fill(~valid, 0.0)
                 l = l + p.sum(-1)
-                acc = acc + (p if permd is None else p[..., permd]) @ vt
+                acc = acc + (p if ident else p_read(p)) @ vt
                 continue
             z = sraw * c
             if valid is not None:
@@ -362,7 +369,7 @@ class Problem:
                 p = torch.exp(z)
                 alpha = torch.ones_like(l)
             l = (l * alpha if rescale_l else l) + p.sum(-1)
-            pv = (p if permd is None else p[..., permd]) @ vt
+            pv = (p if ident else p_read(p)) @ vt
             acc = (acc * alpha.unsqueeze(-1) if rescale_o else acc) + pv
         if identity:
             o = acc / l.unsqueeze(-1) if self.conv["identity"] == "norm" else acc
@@ -560,6 +567,31 @@ def p_layout(cx):
     P = problem(cx)
     perm = p_layout_perm()
     return P.predict(s_opts={"perm": perm}, p_opts={"perm": perm}, o_opts={"perm": perm}, lse=False)
+
+
+def pv_rowmajor_read(p):
+    """What the PV MMA reads when P is handed over in the softmax's (row, col) register
+    order (operand register i <- element i of the accumulator's row view): inside each
+    16 x 16 block, row bit 3 and column bit 0 trade places:
+    P_read[r, c] = P[(r & ~8) | ((c & 1) << 3), (c & ~1) | ((r >> 3) & 1)].
+    Rows past the end (m not a multiple of 16) read zeros."""
+    import torch
+
+    G, M, C = p.shape
+    Mp = -(-M // 16) * 16
+    if Mp != M:
+        p = torch.cat([p, p.new_zeros(G, Mp - M, C)], 1)
+    r = torch.arange(M, device=p.device).view(M, 1)
+    c = torch.arange(C, device=p.device).view(1, C)
+    return p[:, (r & ~8) | ((c & 1) << 3), (c & ~1) | ((r >> 3) & 1)]
+
+
+@mutant("pv-rowmajor", "P handed to the PV MMA in the softmax's (row, col) register order instead of the "
+        "A-operand order: inside each 16x16 block row bit 3 and column bit 0 trade places (rows mix)",
+        outputs=("o",), family="layout")
+def pv_rowmajor(cx):
+    P = problem(cx)
+    return P.predict(o_opts={"p_read": pv_rowmajor_read}, lse=False)
 
 
 # --------------------------------------------------------------------------------------
