@@ -235,7 +235,9 @@ def parse_gpus(value: Any, error) -> tuple[str, ...] | None:
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
     if isinstance(value, str):
-        value = [v.strip() for v in value.split(",") if v.strip()]
+        value = [v.strip() for v in value.split(",")]
+        if not all(value):
+            raise error()
     if not isinstance(value, list) or not value:
         raise error()
     out = []

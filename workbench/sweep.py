@@ -456,13 +456,23 @@ def run_slurm(
             for entry in job.result():
                 collect(entry)
         except Exception as exc:
-            why = str(exc).strip().splitlines()
-            message = f"Slurm job {job.job_id} failed: {why[-1] if why else type(exc).__name__}"
+            message = f"Slurm job {job.job_id} failed: {_job_error(exc)}"
             for case in chunk:
                 if case.index not in results:
                     results[case.index] = _lost(ws, spec, case, opts, message, {"id": sweep_id, "case": case.index, "of": len(cases), "lane": lane_of[case.index]})
                     display.finish(results[case.index])
     return [results.get(c.index) or CaseResult(c, lane_of[c.index], error="no result") for c in cases]
+
+
+def _job_error(exc: BaseException) -> str:
+    """The useful line of a submitit failure (it wraps the job's traceback and log paths)."""
+    import re
+
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", line)]
+    logs = [line.lstrip("- ") for line in lines if line.startswith("- ") and line.endswith((".err", ".out"))]
+    text = errors[-1] if errors else (lines[0] if lines else type(exc).__name__)
+    return text + (f" (log: {logs[0]})" if logs else "")
 
 
 def _lost(ws: Workspace, spec, case: Case, opts: RunOptions, message: str, tag: dict) -> CaseResult:

@@ -255,3 +255,19 @@ def test_remote_sweep_reuses_the_remote_warm_worker(remote_ws, wb):
     assert all(r["host_name"] == "loop" and r["sweep"]["id"] == summary["id"] for r in records)
     assert [r["timing"]["worker_reused"] for r in records][1:] == [True, True]
     assert (ws / "runs" / "reports" / "toy-stage-a.sweep.md").exists()
+
+
+def test_other_commands_over_the_generic_helpers(remote_ws, wb):
+    ws, remote = remote_ws
+    # wb shapes --host: the same command there, its output streamed here.
+    shapes = wb("shapes", "--host", "loop")
+    assert shapes.returncode == 0, shapes.stderr
+    assert "toy/stage-a" in shapes.stdout and "not a CuTe DSL stage" in shapes.stdout
+    # wb bench --host: the record would come back; with no GPU there, the remote's one-line error.
+    bench = wb("bench", "a", "--host", "loop")
+    if "needs a CUDA GPU" in bench.stderr:
+        assert bench.returncode == 2 and "wb: error: host loop: wb bench needs a CUDA GPU" in bench.stderr
+        assert "Traceback" not in bench.stderr
+    # wb ps --host: no orphan there (the listing itself is no remote-run).
+    rows = json.loads(wb("ps", "--host", "loop", "--json").stdout)
+    assert not [p for p in rows if p["state"] == "orphan" or p["kind"] == "remote-run"]

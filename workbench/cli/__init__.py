@@ -27,6 +27,7 @@ app = typer.Typer(
 
 class State:
     workspace_path: Optional[str] = None
+    argv: list[str] = []  # the command line as given (`--host` forwards it to the remote wb)
 
     def workspace(self):
         from workbench.workspace import find_workspace
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     warnings.showwarning = _show_warning
     _register()
     try:
+        state.argv = list(argv) if argv is not None else sys.argv[1:]
         app(args=argv, prog_name="wb", standalone_mode=True)
     except (UserError, NoGpuError) as exc:
         if os.environ.get("WB_DEBUG"):

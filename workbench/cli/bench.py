@@ -34,6 +34,7 @@ def bench(
     graph: str = typer.Option("auto", "--graph", help="CUDA-graph replay: auto (short kernels), on, off."),
     sweep: bool = typer.Option(False, "--sweep", help="Time DESIGN.md's table of shapes (both masks) and write docs/perf.md."),
     timeout: float = typer.Option(900.0, "--timeout", help="Seconds before the bench is killed as HANG."),
+    host: Optional[str] = typer.Option(None, "--host", help="Run on a configured remote host (see `wb hosts`); the record comes back here."),
     as_json: bool = typer.Option(False, "--json", help="Print the bench record as JSON."),
 ) -> None:
     """Time STAGE with CUDA events (L2 flushed, median and spread) after checking it on the same inputs,
@@ -66,8 +67,13 @@ def bench(
         raise UserError(f"unknown peer {unknown[0]!r}: choose from sdpa-flash, sdpa-cudnn, sdpa-efficient, sdpa-math, fa4")
     from workbench.cli.render import progress
 
-    with progress(f"bench {spec.id}", enabled=not as_json) as on_event:
-        record = lib.run_bench(ws, spec, cases, variants, peer_list, reps=reps, graph=graph, timeout=timeout, on_event=on_event)
+    if host:  # the same command there; its record comes back into runs/ (workbench.remote)
+        from workbench.remote import run_and_import
+
+        record = run_and_import(ws, host, spec=spec, publish=lib.record_speed, show=not as_json, deadline_s=timeout + 300)
+    else:
+        with progress(f"bench {spec.id}", enabled=not as_json) as on_event:
+            record = lib.run_bench(ws, spec, cases, variants, peer_list, reps=reps, graph=graph, timeout=timeout, on_event=on_event)
     if sweep and record["verdict"] in ("PASS", "FAIL") and record.get("bench"):
         from workbench.records import atomic_write_text
 

@@ -57,8 +57,12 @@ def hosts(
                     f"torch {escape(r.info.get('torch'))} · {escape(gpu_text)}"
                 )
             else:
+                seen = ", ".join(f"{k} {r.info[k]}" for k in ("python", "wb", "torch") if r.info.get(k))
                 for problem in r.problems:
-                    console.print(f"[red]✗[/] {escape(h.name)} ({escape(h.describe())}): {escape(problem)}")
+                    console.print(
+                        f"[red]✗[/] {escape(h.name)} ({escape(h.describe())}): {escape(problem)}"
+                        + (f" [dim](reachable; {escape(seen)})[/]" if r.reachable and seen else "")
+                    )
             if r.info.get("wb_mismatch"):
                 console.print(f"[yellow]![/] {escape(h.name)}: {escape(r.info['wb_mismatch'])}")
     if not all(r.ok for r in results):

@@ -60,6 +60,7 @@ def shapes(
     check: bool = typer.Option(False, "--check", help="Exit 1 when a layout or mode count differs from the accepted snapshot (CI, pre-commit)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Compile even when the compile cache has the stage."),
     in_process: bool = typer.Option(False, "--in-process", help="Compile in this process instead of a worker (debugging)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Run it on a configured remote host (output streamed; --accept writes the lock there)."),
     as_json: bool = typer.Option(False, "--json", help="Print the records and differences as JSON."),
 ) -> None:
     """Compile KERNEL's stages for ARCH with fake tensors (no GPU needed) and show each probe's
@@ -71,6 +72,10 @@ def shapes(
     if accept and check:
         raise UserError("--accept and --check do not go together: check first, then accept")
     ws = state.workspace()
+    if host:  # the same command on the host, output streamed back (workbench.remote.passthrough)
+        from workbench.remote import passthrough
+
+        raise typer.Exit(passthrough(ws, host))
     overrides = stage_overrides(n, d, None, param)
     spec_kernel, targets = lib.plan(ws, kernel, stage, overrides, parse_pairs(variant, "--variant"), arch)
     with compile_progress(enabled=True) as on_event:

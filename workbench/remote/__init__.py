@@ -101,6 +101,7 @@ def invoke(
     env: dict[str, str] | None = None,
     on_event: Callable[[dict], None] | None = None,
     on_line: Callable[[str], None] | None = None,
+    on_stdout: Callable[[str], None] | None = None,
     deadline_s: float | None = None,
 ) -> RemoteResult:
     """Run `wb ARGV` in the host's workspace through the agent, streaming progress.
@@ -135,6 +136,8 @@ def invoke(
                 continue
             if tag == "out":
                 stdout.append(raw)
+                if on_stdout:
+                    on_stdout(raw.decode(errors="replace"))
                 continue
             line = raw.decode(errors="replace").rstrip("\r\n")
             if line.startswith(EVENT_PREFIX):
@@ -252,16 +255,116 @@ def run_wb_json(
     args = list(argv) + ([] if "--json" in argv else ["--json"])
     res = invoke(
         host, args, env=env, deadline_s=deadline_s,
-        on_line=(lambda line: terminal.err_console.print(f"[dim]{host.name}:[/] {terminal.escape(line)}")) if show else None,
+        on_line=_shower(host) if show else None,
     )
     _raise_if_unusable(host, res)
     if res.lost:
         raise UserError(f"host {host.name}: {res.lost}")
     data = res.json()
     if data is None:
-        why = res.error_line() or transport.last_line(res.stderr_tail()) or f"exit {res.returncode}"
+        if res.error_line():
+            raise UserError(f"host {host.name}: {res.error_line()}")
+        why = transport.last_line(res.stderr_tail()) or f"exit {res.returncode}"
         raise UserError(f"host {host.name}: wb {' '.join(argv[:1])} failed: {why}")
     return data
+
+
+def _shower(host: Host) -> Callable[[str], None]:
+    """Show the remote's stderr lines here, except its final error (raised as ours)."""
+    from workbench import terminal
+
+    def show(line: str) -> None:
+        if not line.startswith("wb: error: "):
+            terminal.err_console.print(f"[dim]{host.name}:[/] {terminal.escape(line)}")
+
+    return show
+
+
+def forward_argv(argv: list[str] | None = None) -> list[str]:
+    """This wb command line, as the remote wb should get it: without --host and --workspace."""
+    if argv is None:
+        from workbench.cli import state
+
+        argv = state.argv
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg in ("--host", "--workspace", "-w"):
+            skip = True
+            continue
+        if arg.startswith(("--host=", "--workspace=")):
+            continue
+        out.append(arg)
+    return out
+
+
+def passthrough(ws: Workspace, host: str | Host, argv: list[str] | None = None, sync: bool = True) -> int:
+    """Run this wb command on the host as it is, its output streamed here; returns its exit code.
+
+    The simplest way to give a command --host: `if host: raise typer.Exit(passthrough(ws, host))`.
+    Output is rendered there (plain text); records it writes stay on the host."""
+    import sys
+
+    host = host if isinstance(host, Host) else get_host(ws, host)
+    if sync:
+        transport.sync(ws, host)
+    res = invoke(
+        host, forward_argv(argv),
+        on_line=lambda line: print(line, file=sys.stderr, flush=True),
+        on_stdout=lambda text: (sys.stdout.write(text), sys.stdout.flush()),
+    )
+    _raise_if_unusable(host, res)
+    if res.lost:
+        raise UserError(f"host {host.name}: {res.lost}")
+    return res.returncode if res.returncode is not None else 1
+
+
+def run_and_import(
+    ws: Workspace, host: str | Host, argv: list[str] | None = None, spec=None,
+    publish: Callable[[Workspace, dict], None] | None = None, show: bool = True, deadline_s: float | None = 7200.0,
+) -> dict[str, Any]:
+    """For a command that writes one run record and prints it with --json (e.g. `wb bench`):
+    run it on the host and bring the record into the local runs/ like `wb run --host` does
+    (new local id, remote id under "remote", local git provenance); then `publish(ws, record)`."""
+    from workbench import terminal
+    from workbench.provenance import file_hashes, git_state
+    from workbench.records import new_run_dir
+
+    host = host if isinstance(host, Host) else get_host(ws, host)
+    local_git = git_state(ws.root)
+    sources = file_hashes(spec.source_files(), ws.root) if spec is not None else {}
+    sync_info = transport.sync(ws, host)
+    args = forward_argv(argv)
+    args += [] if "--json" in args else ["--json"]
+    wall = time.perf_counter()
+    res = invoke(
+        host, args, deadline_s=deadline_s,
+        on_line=_shower(host) if show else None,
+    )
+    _raise_if_unusable(host, res)
+    data = res.json()
+    if not (isinstance(data, dict) and "verdict" in data and data.get("id")):
+        if res.lost:
+            raise UserError(f"host {host.name}: {res.lost}")
+        if res.error_line():
+            raise UserError(f"host {host.name}: {res.error_line()}")
+        raise UserError(f"host {host.name}: wb {args[0]} failed: {transport.last_line(res.stderr_tail()) or f'exit {res.returncode}'}")
+    run_dir = new_run_dir(ws.runs_dir)
+    remote = {"host": host.name, "target": host.ssh, "port": host.port, "path": host.path, "id": data["id"],
+              "cwd": (res.agent or {}).get("cwd"), "sync": sync_info, "wall_s": time.perf_counter() - wall}
+    record = import_record(ws, host, data, run_dir, local_git, sources or (data.get("provenance") or {}).get("sources") or {}, remote, res)
+    from workbench.execute import _no_interrupts
+    from workbench.records import write_record
+
+    with _no_interrupts():
+        write_record(run_dir, record)
+        record["id"], record["_dir"] = run_dir.name, str(run_dir)
+        if publish is not None:
+            publish(ws, record)
+    return record
 
 
 # ----------------------------------------------------------------------------- wb run --host
@@ -336,7 +439,7 @@ def run_remote(
         display = contextlib.nullcontext(on_event or (lambda e: None))
     with display as show_event:
         def line(text: str) -> None:
-            if show:
+            if show and not text.startswith("wb: error: "):
                 terminal.err_console.print(f"[dim]{host.name}:[/] {terminal.escape(text)}")
             elif text.startswith("wb: warning: ") and (host.name, text) not in _relayed:
                 _relayed.add((host.name, text))  # warnings reach stderr even under --json, once

@@ -1,0 +1,129 @@
+"""Host entries in wb.yaml / pyproject.toml: parsing, validation messages, ssh command lines,
+and what `wb run --host` sends (no network needed)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workbench.errors import UserError
+from workbench.hosts import Host, load_hosts
+from workbench.remote import stage_argv, transport
+from workbench.workspace import Workspace, find_workspace
+
+
+def ws_with(tmp_path: Path, hosts, file: str = "wb.yaml") -> Workspace:
+    if file == "wb.yaml":
+        (tmp_path / "wb.yaml").write_text(yaml.safe_dump({"hosts": hosts}))
+    else:
+        (tmp_path / "pyproject.toml").write_text(hosts)
+    return find_workspace(tmp_path)
+
+
+def test_list_and_mapping_forms(tmp_path):
+    ws = ws_with(tmp_path, [{"name": "h200", "ssh": "me@box", "path": "~/work/wb", "port": 2222, "setup": "source ~/v/bin/activate",
+                             "ssh_options": {"ProxyJump": "bastion"}, "env": {"A": 1}, "gpus": "0,1"}])
+    h = load_hosts(ws)["h200"]
+    assert (h.ssh, h.port, h.path, h.remote_path, h.python) == ("me@box", 2222, "~/work/wb", "work/wb", "python3")
+    assert h.ssh_options == ("-o", "ProxyJump=bastion") and h.env == (("A", "1"),) and h.gpus == ("0", "1")
+    ws = ws_with(tmp_path, {"a": {"ssh": "x@y", "path": "/abs"}, "b": {"target": "z", "workspace": "w", "gpus": "all"}})
+    hosts = load_hosts(ws)
+    assert list(hosts) == ["a", "b"] and hosts["b"].ssh == "z" and hosts["b"].gpus is None
+
+
+def test_pyproject_form(tmp_path):
+    ws = ws_with(tmp_path, '[tool.wb]\n[tool.wb.hosts.h200]\nssh = "me@box"\npath = "w"\nport = 22\n', file="pyproject.toml")
+    assert load_hosts(ws)["h200"].port == 22
+    ws = ws_with(tmp_path, '[tool.wb]\n[tool.wb.hosts.h200]\nssh = "me@box"\npath = "w"\nport = "x"\n', file="pyproject.toml")
+    with pytest.raises(UserError) as err:
+        load_hosts(ws)
+    assert str(err.value) == "pyproject.toml: [tool.wb.hosts].h200: key 'port' must be an integer from 1 to 65535, got the text 'x'"
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"name": "a", "path": "w"}, "wb.yaml: hosts[0] (a): key 'ssh' must be an ssh target like user@host (no spaces; options go in ssh_options), got nothing"),
+        ({"name": "a", "ssh": "me@box"}, "wb.yaml: hosts[0] (a): key 'path' must be the remote workspace folder"),
+        ({"name": "a", "ssh": "me@box", "path": "w", "port": 70000}, "key 'port' must be an integer from 1 to 65535, got 70000"),
+        ({"name": "a", "ssh": "me@box", "path": "w", "prot": 22}, "unknown key 'prot' (did you mean port?)"),
+        ({"name": "a", "ssh": "me@box -p 22", "path": "w"}, "key 'ssh' must be an ssh target like user@host"),
+        ({"name": "a", "ssh": "me@box", "path": "w", "ssh_options": 3}, "key 'ssh_options' must be a mapping of ssh option names"),
+        ({"name": "a", "ssh": "me@box", "path": "w", "setup": "a\nb"}, "key 'setup' must be one shell line"),
+        ({"name": "a", "ssh": "me@box", "path": "w", "gpus": [True]}, "key 'gpus' must be all, a list of GPU indices"),
+        ({"name": "a b", "ssh": "me@box", "path": "w"}, "key 'name' must be a short name"),
+        ("me@box", "wb.yaml: hosts[0]: expected a mapping with name, ssh and path, got the text 'me@box'"),
+    ],
+)
+def test_validation_names_file_key_and_expectation(tmp_path, entry, message):
+    ws = ws_with(tmp_path, [entry])
+    with pytest.raises(UserError) as err:
+        load_hosts(ws)
+    assert message in str(err.value)
+
+
+def test_duplicate_and_unknown_host(tmp_path):
+    ws = ws_with(tmp_path, [{"name": "a", "ssh": "x", "path": "w"}, {"name": "a", "ssh": "y", "path": "w"}])
+    with pytest.raises(UserError, match="declared twice"):
+        load_hosts(ws)
+    ws = ws_with(tmp_path, [{"name": "h200", "ssh": "x", "path": "w"}])
+    from workbench.hosts import get_host
+
+    with pytest.raises(UserError, match=r"no host 'h20' in wb.yaml \(did you mean h200\?\); configured: h200"):
+        get_host(ws, "h20")
+
+
+def test_ssh_command_line_puts_the_hosts_options_first():
+    h = Host("h", "me@box", "w", port=2222, identity="/k", ssh_options=("-o", "BatchMode=no"), env=(("X", "a b"),), setup="source v")
+    argv = transport.ssh_command(h, "true")
+    assert argv[:3] == ["ssh", "-o", "BatchMode=no"]  # ssh keeps the first value: the user's wins
+    assert argv[argv.index("-p") + 1] == "2222" and argv[argv.index("-i") + 1] == "/k"
+    assert argv[-2:] == ["me@box", "true"]
+    script = transport.wb_script(h, ["run", "toy/stage-a", "-p", "n=128"], env={"CUDA_VISIBLE_DEVICES": "1"})
+    assert script.startswith("cd w 2>/dev/null || {")
+    assert "export X='a b'; export CUDA_VISIBLE_DEVICES=1;" in script and "{ source v\n}" in script
+    assert script.endswith("exec python3 -m workbench.remote.agent -- run toy/stage-a -p n=128")
+
+
+def test_stage_argv_reproduces_the_resolved_run(toy_ws):
+    from workbench.registry import load_kernels, resolve_stage
+
+    ws = Workspace(toy_ws, {"default_kernel": "toy"})
+    spec = resolve_stage(ws, "a", load_kernels(ws))
+    argv = stage_argv(spec, {"n": 256, "dtype": "fp16"}, {"bug": "nan"}, ["toy-ones"], 3, 2, 9.5, "sm_90a")
+    assert argv == ["run", "toy/stage-a", "-p", "n=256", "-p", "dtype=fp16", "-V", "bug=nan", "--fixture", "toy-ones",
+                    "--seed", "3", "--seeds", "2", "--timeout", "9.5", "--arch", "sm_90a", "--json"]
+
+
+def test_workspace_files_sent(tmp_path):
+    root = tmp_path / "w"
+    (root / "stages").mkdir(parents=True)
+    (root / "stages" / "a.py").write_text("x")
+    (root / "runs" / "1").mkdir(parents=True)
+    (root / "runs" / "1" / "run.json").write_text("{}")
+    (root / ".wb").mkdir()
+    (root / ".wb" / "x").write_text("")
+    (root / "stages" / "__pycache__").mkdir()
+    (root / "stages" / "__pycache__" / "a.pyc").write_text("")
+    (root / "ignored.bin").write_text("")
+    (root / ".gitignore").write_text("ignored.bin\n")
+    # Not a git repository: every file outside wb's state and caches.
+    assert transport.workspace_files(root) == [".gitignore", "ignored.bin", "stages/a.py"]
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run(["git", "add", ".gitignore"], cwd=root, check=True)
+    (root / "runs" / "1" / "run.json").write_text("{}")
+    # A git repository: tracked + untracked-not-ignored, minus runs/, .wb/ and caches.
+    assert transport.workspace_files(root) == [".gitignore", "stages/a.py"]
+
+
+def test_run_host_errors_without_network(toy_ws, wb):
+    proc = wb("run", "a", "--host", "nowhere")
+    assert proc.returncode == 2 and "no hosts configured" in proc.stderr
+    config = yaml.safe_load((toy_ws / "wb.yaml").read_text())
+    config["hosts"] = [{"name": "h", "ssh": "me@box", "path": "w", "port": "x"}]
+    (toy_ws / "wb.yaml").write_text(yaml.safe_dump(config))
+    proc = wb("hosts")
+    assert proc.returncode == 2 and "wb.yaml: hosts[0] (h): key 'port' must be an integer" in proc.stderr

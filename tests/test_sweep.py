@@ -1,0 +1,136 @@
+"""`wb sweep` on the CPU test kernel: cases as normal runs, warm-worker reuse, a HANG case that
+does not stop the sweep, lanes with their own CUDA_VISIBLE_DEVICES, and the Slurm path
+through submitit's LocalExecutor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from workbench import procs
+from workbench.errors import UserError
+from workbench.workspace import Workspace
+
+pytestmark = pytest.mark.slow
+
+
+def record(ws: Path, run_id: str) -> dict:
+    return json.loads((ws / "runs" / run_id / "run.json").read_text())
+
+
+def test_plan_is_the_checked_cartesian_product(toy_ws):
+    from workbench import sweep
+    from workbench.registry import load_kernels, resolve_stage
+
+    ws = Workspace(toy_ws, {"default_kernel": "toy"})
+    spec = resolve_stage(ws, "a", load_kernels(ws))
+    cases = sweep.plan(spec, {"n": ["128", "256"], "dtype": ["bf16", "fp16"]}, {"bug": ["none", "nan"]})
+    assert len(cases) == 8
+    assert cases[0].label == {"n": "128", "dtype": "bf16", "bug": "none"}
+    assert cases[1].variants == {"bug": "nan"} and cases[-1].params == {"n": 256, "dtype": "fp16"}
+    with pytest.raises(UserError, match=r"sweep case n=100: .*multiple of 128"):
+        sweep.plan(spec, {"n": ["128", "100"]}, {})
+    with pytest.raises(UserError, match="comma-separated"):
+        sweep.split_values("128,,256", "--n")
+    assert len(sweep.plan(spec, {}, {})) == 1  # no axes: one case, the defaults
+
+
+def test_bad_sweep_arguments_are_one_line_errors(toy_ws, wb):
+    proc = wb("sweep", "a", "--n", "128,200")
+    assert proc.returncode == 2 and "n=200" in proc.stderr and "Traceback" not in proc.stderr
+    proc = wb("sweep", "a", "-p", "nope=1,2")
+    assert proc.returncode == 2 and "no parameter 'nope'" in proc.stderr
+    proc = wb("sweep", "a", "--gpus", "0,,1")
+    assert proc.returncode == 2 and "--gpus" in proc.stderr
+
+
+def test_sweep_runs_every_case_reuses_the_warm_worker_and_survives_a_hang(toy_ws, wb):
+    proc = wb("sweep", "a", "--n", "128,256", "-V", "bug=none,nan,sleep", "--timeout", "8", "--gpus", "none", "--json", timeout=400)
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads(proc.stdout)
+    rows = summary["rows"]
+    assert [(r["label"]["n"], r["label"]["bug"], r["verdict"]) for r in rows] == [
+        ("128", "none", "PASS"), ("128", "nan", "FAIL"), ("128", "sleep", "HANG"),
+        ("256", "none", "PASS"), ("256", "nan", "FAIL"), ("256", "sleep", "HANG"),
+    ]
+    assert summary["lanes"] == ["local"] and summary["fixtures"] == ["toy-random", "toy-ones"]
+    assert rows[0]["cells"]["toy-random"]["verdict"] == "PASS" and rows[0]["cells"]["toy-random"]["min_cos"] > 0.9999
+    assert rows[1]["cells"]["toy-random"]["verdict"] == "FAIL" and rows[2]["cells"] == {}
+    # Each case is a normal run record, tagged with the sweep.
+    recs = [record(toy_ws, r["run"]) for r in rows]
+    assert all(r["sweep"]["id"] == summary["id"] for r in recs)
+    assert [r["sweep"]["case"] for r in recs] == list(range(6))
+    # One warm worker served the cases; only the case after a HANG needed a new one.
+    assert [r["timing"]["worker_reused"] for r in recs] == [False, True, True, False, True, True]
+    # The summary is in the stage report.
+    sweep_md = (toy_ws / "runs" / "reports" / "toy-stage-a.sweep.md").read_text()
+    assert f"## Sweep {summary['id']}" in sweep_md and "| n | bug | run | toy-random | toy-ones |" in sweep_md
+    assert "| 128 | sleep | HANG: no result after 8 s" in sweep_md
+    stage_md = (toy_ws / "runs" / "reports" / "toy-stage-a.md").read_text()
+    assert sweep_md.strip() in stage_md
+    listed = wb("runs", "-n", "10")
+    assert all(r["run"] in listed.stdout for r in rows)
+
+
+def test_sweep_lanes_each_have_their_own_gpu_and_warm_worker(toy_ws, wb):
+    proc = wb("sweep", "a", "--n", "128,256,384,512", "--gpus", "0,1", "--json", timeout=400)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["lanes"] == ["gpu0", "gpu1"]
+    assert {r["lane"] for r in summary["rows"]} == {"gpu0", "gpu1"}
+    # Two warm workers, one per lane, each with its CUDA_VISIBLE_DEVICES.
+    workers = [p for p in procs.scan(Workspace(toy_ws)) if p.alive]
+    assert sorted(p.data["cuda_visible_devices"] for p in workers) == ["0", "1"]
+    recs = [record(toy_ws, r["run"]) for r in summary["rows"]]
+    assert sum(r["timing"]["worker_reused"] for r in recs) == 2
+    plain = wb("sweep", "a", "--n", "128,256", "--gpus", "0,1")
+    assert plain.returncode == 0 and "sweep sweep-" in plain.stdout and "PASS 1.000000" in plain.stdout
+    procs.kill(Workspace(toy_ws), everything=True)
+
+
+def test_slurm_path_through_submitit_local_executor(toy_ws, wb):
+    pytest.importorskip("submitit")
+    proc = wb(
+        "sweep", "a", "--n", "128,256", "-V", "bug=none,sleep", "--timeout", "8", "--slurm", "@local", "--slurm-jobs", "2", "--json",
+        timeout=400,
+    )
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads(proc.stdout)
+    verdicts = {(r["label"]["n"], r["label"]["bug"]): r["verdict"] for r in summary["rows"]}
+    assert verdicts == {("128", "none"): "PASS", ("128", "sleep"): "HANG", ("256", "none"): "PASS", ("256", "sleep"): "HANG"}
+    assert summary["lanes"] == ["slurm:@local"]
+    recs = [record(toy_ws, r["run"]) for r in summary["rows"]]
+    assert all(r["sweep"]["lane"].startswith("slurm:") for r in recs)
+    assert len({r["sweep"]["lane"] for r in recs}) == 2  # two jobs
+    assert (toy_ws / "runs" / "reports" / "toy-stage-a.sweep.md").exists()
+    # Each job retired its warm worker when it ended.
+    import time
+
+    deadline = time.monotonic() + 20
+    while [p for p in procs.scan(Workspace(toy_ws)) if p.alive and p.data.get("kind") == "warm-worker"]:
+        assert time.monotonic() < deadline, "a Slurm job's warm worker outlived its job"
+        time.sleep(0.2)
+
+
+def test_slurm_job_that_dies_leaves_lost_records(toy_ws):
+    submitit = pytest.importorskip("submitit")
+    from workbench import sweep
+    from workbench.registry import load_kernels, resolve_stage
+
+    class Broken(submitit.LocalExecutor):
+        def submit(self, fn, *args, **kwargs):  # the job's process dies before running any case
+            import os
+
+            return super().submit(os._exit, 3)
+
+    ws = Workspace(toy_ws, {"default_kernel": "toy"})
+    spec = resolve_stage(ws, "a", load_kernels(ws))
+    cases = sweep.plan(spec, {"n": ["128", "256"]}, {})
+    executor = Broken(folder=str(toy_ws / ".wb" / "slurm-test"))
+    display = sweep.Display("t", len(cases), enabled=False)
+    results = sweep.run_slurm(ws, spec, cases, sweep.RunOptions(), "sweep-x", display, "p", executor=executor)
+    assert [r.verdict for r in results] == ["LOST", "LOST"]
+    assert results[0].record["error"]["message"].startswith("Slurm job ")
+    assert record(toy_ws, results[0].record["id"])["verdict"] == "LOST"
