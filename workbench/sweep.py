@@ -302,6 +302,10 @@ def run_lanes(
             abort.append(KeyboardInterrupt())
         display.note("interrupted: ending the running cases (their records say INTERRUPTED or CRASH)")
         _end_running(ws)
+        if any(lane.host is not None for lane in lanes):
+            from workbench.remote import cancel_all
+
+            cancel_all()
         for t in threads:
             t.join(timeout=30)
     for i, r in enumerate(results):

@@ -45,6 +45,21 @@ EVENT_PREFIX = "wb-event "
 AGENT_PREFIX = "wb-agent "
 START_SLACK = 180.0  # seconds beyond the stage timeout before a silent session counts as lost
 _relayed: set[tuple[str, str]] = set()
+_sessions: set[subprocess.Popen] = set()  # live ssh sessions of this process (for cancel_all)
+_sessions_lock = threading.Lock()
+
+
+def cancel_all() -> None:
+    """Ask every live remote session of this process to stop (wb sweep on Ctrl-C): closing
+    ssh's stdin makes the remote agent interrupt its wb, which records INTERRUPTED."""
+    with _sessions_lock:
+        sessions = list(_sessions)
+    for proc in sessions:
+        try:
+            if proc.stdin and not proc.stdin.closed:
+                proc.stdin.close()
+        except OSError:
+            pass
 
 
 @dataclass
@@ -109,6 +124,16 @@ def invoke(
     Never raises for what happens remotely: a lost session comes back as `lost`."""
     start = time.monotonic()
     proc = transport.ssh_popen(host, transport.wb_script(host, argv, env))
+    with _sessions_lock:
+        _sessions.add(proc)
+    try:
+        return _follow(proc, host, on_event, on_line, on_stdout, deadline_s, start)
+    finally:
+        with _sessions_lock:
+            _sessions.discard(proc)
+
+
+def _follow(proc, host, on_event, on_line, on_stdout, deadline_s, start) -> RemoteResult:
     lines: queue.Queue = queue.Queue()
     threads = [
         threading.Thread(target=_reader, args=(proc.stdout, "out", lines), daemon=True),
