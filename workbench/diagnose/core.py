@@ -168,7 +168,7 @@ def diagnose(
     *,
     label: str | None = None,
     picture_dir: str | Path | None = None,
-    time_budget_s: float = 90.0,
+    time_budget_s: float = 30.0,
     max_logits: int = 1 << 28,
     prediction_cache: dict | None = None,
     force: bool = False,
