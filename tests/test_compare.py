@@ -55,10 +55,12 @@ def test_all_zero_and_constant_outputs_never_pass_on_varied_references():
 
 
 def test_a_constant_output_passes_when_the_reference_is_that_constant_within_tolerance():
-    # ones-v: the fp32 reference is 1 +- an ulp, the kernel writes exactly 1.
-    ref = torch.ones(256, 64) + (torch.rand(256, 64) - 0.5) * 1e-7
+    # ones-v at n = 8192 on an H200: the fp32 reference is 1 +- 6e-6, the kernel writes exactly 1.
+    ref = torch.ones(256, 64) + (torch.rand(256, 64) - 0.5) * 1.2e-5
     out = torch.ones(256, 64, dtype=torch.bfloat16)
     assert compare.metrics(out, ref, ref, TOL)["verdict"] == "PASS"
+    varied = torch.ones(256, 64) + (torch.rand(256, 64) - 0.5) * 1e-2
+    assert "output is constant (1)" in compare.metrics(out, varied, varied, TOL)["reasons"]
 
 
 def test_max_error_location_and_cosine():

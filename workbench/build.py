@@ -71,6 +71,13 @@ def cache_key(spec: StageSpec, params: dict, variants: dict, arch: str) -> str:
     return make_key(spec, dict(params), dict(variants), arch).digest
 
 
+def compile_params(stage, params) -> dict:
+    """The parameters that change the generated code: all, unless the stage names them
+    (`compile_params`), so one compile with dynamic extents serves every n."""
+    names = getattr(stage, "compile_params", None)
+    return {k: v for k, v in dict(params).items() if names is None or k in names}
+
+
 def workspace_of(spec: StageSpec) -> Workspace:
     """The workspace a stage belongs to (stages/<kernel>/<module>.py)."""
     return Workspace(spec.module_path.resolve().parents[2])
@@ -112,7 +119,7 @@ def compile_stage(
 
     arch = arch or spec.arch
     ws = ws or workspace_of(spec)
-    key = compile_cache.make_key(spec, dict(params), dict(variants), arch)
+    key = compile_cache.make_key(spec, compile_params(stage, params), dict(variants), arch)
     fresh = bool(keep or artifact_dir)
 
     if use_cache and not fresh:

@@ -4,8 +4,8 @@ Tolerance rule (after FlashAttention's tests): the kernel's max abs error agains
 float32 reference must be at most `factor` times the max abs error of PyTorch's own
 computation in the kernel's dtype, plus `atol`. On top of that an output never passes
 when it holds unwritten (poison) elements, NaN/Inf where the reference is finite, or is
-all-zero / constant while the reference is not (up to fp32 rounding; a degenerate output
-can have any cosine).
+all-zero / constant while the reference is not (a constant reference: within the
+tolerance; a degenerate output can have any cosine).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def metrics(out, ref, ref_lowp, tolerance: dict[str, float]) -> dict[str, Any]:
         reasons.append(f"{inf} Inf where the reference is finite")
     if max_err > tol:
         reasons.append(f"max error {max_err:.3g} > tolerance {tol:.3g}")
-    degenerate = _degenerate(o[~bad_elements], r[~bad_elements])
+    degenerate = _degenerate(o[~bad_elements], r[~bad_elements], tol)
     if degenerate:
         reasons.append(degenerate)
     return {
@@ -122,19 +122,18 @@ def _index_of_max(diff) -> list[int]:
     return list(reversed(index))
 
 
-def _degenerate(o, r) -> str | None:
+def _degenerate(o, r, tol: float) -> str | None:
     """Why an output is degenerate (all zero / constant) when the reference is not.
 
-    The reference counts as constant when it varies by no more than fp32 rounding of its
-    own magnitude: the fp32 reference of ones-v is 1 +- 1 ulp, and a kernel that writes
-    exactly 1.0 everywhere is right. An all-zero output passes only an all-zero reference."""
+    An all-zero output passes only an all-zero reference. A constant output passes only
+    when the reference itself is that constant within the tolerance: the fp32 reference
+    of ones-v is 1 +- a few ulp of accumulated rounding (6e-6 at n = 8192), and a kernel
+    that writes exactly 1.0 everywhere is right."""
     if o.numel() < 2:
         return None
     if bool((o == 0).all()):
         return None if bool((r == 0).all()) else "output is all zero"
-    r_spread = float(r.max() - r.min())
-    r_constant = r_spread <= 1e-5 * float(r.abs().max())
-    if bool((o == o.flatten()[0]).all()) and not r_constant:
+    if bool((o == o.flatten()[0]).all()) and float(r.max() - r.min()) > tol:
         return f"output is constant ({float(o.flatten()[0]):.4g})"
     return None
 

@@ -92,6 +92,7 @@ def run_stage(
         "stage_title": spec.title,
         "params": params,
         "variants": variants,
+        "variants_changed": {k: v for k, v in variants.items() if spec.variants.get(k, (v,))[0] != v},
         "fixtures_requested": fixtures or spec.fixtures,
         "seed": seed,
         "verdict": verdict,

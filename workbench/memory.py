@@ -171,8 +171,13 @@ def _with_data(title: str, data: Any, body: str) -> str:
     return f"## {title}\n<!-- wb:data {json.dumps(data, sort_keys=True)} -->\n\n{body.rstrip()}\n"
 
 
-def _params_key(params: dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in params.items() if k not in ("n",))
+def _params_key(record: dict[str, Any]) -> str:
+    """The parameter set a run's n belongs to: every parameter but n (and m when m = n),
+    plus the variants that differ from the stage's defaults (a bug variant is its own row)."""
+    params = record.get("params", {})
+    parts = [f"{k}={v}" for k, v in params.items() if k != "n" and not (k == "m" and v == params.get("n"))]
+    parts += [f"{k}={v}" for k, v in (record.get("variants_changed") or {}).items()]
+    return " ".join(parts)
 
 
 def data_block(name: str, merge: Callable[[Any], Any], render: Callable[[Any], str]) -> BlockEdit:
@@ -222,7 +227,7 @@ def record_run(ws: Workspace, record: dict[str, Any]) -> None:
         )
         n = record.get("params", {}).get("n")
         if n is not None:
-            per_key = entry.setdefault("cases", {}).setdefault(_params_key(record["params"]), {})
+            per_key = entry.setdefault("cases", {}).setdefault(_params_key(record), {})
             per_key[str(n)] = record["verdict"]
         return data
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -21,7 +22,14 @@ def git_state(root: Path) -> dict[str, Any]:
     """Commit, dirty flag and a hash of the uncommitted diff (tracked and untracked files)."""
     commit = _git(root, "rev-parse", "HEAD")
     if commit is None:
-        return {"commit": None, "dirty": None, "diff_hash": None}
+        # A copy of the tree without .git (a GPU box the tree was shipped to): the sender
+        # may say what it sent.
+        dirty = os.environ.get("WB_GIT_DIRTY")
+        return {
+            "commit": os.environ.get("WB_GIT_COMMIT") or None,
+            "dirty": None if dirty is None else dirty == "1",
+            "diff_hash": os.environ.get("WB_GIT_DIFF_HASH") or None,
+        }
     status = _git(root, "status", "--porcelain", "--untracked-files=normal") or ""
     diff = _git(root, "diff", "HEAD") or ""
     untracked = [line[3:] for line in status.splitlines() if line.startswith("?? ")]

@@ -90,6 +90,9 @@ class Stage:
     # For the stage report: what a PASS of this stage proves, and which bugs it cannot see.
     proves: ClassVar[str] = ""
     cannot_see: ClassVar[str] = ""
+    # Parameters that change the compiled code (the compile cache key); None: all of them.
+    # A stage compiled with dynamic extents names the others out, e.g. ("d", "dtype").
+    compile_params: ClassVar[tuple[str, ...] | None] = None
 
     # Filled in by the registry from kernel.yaml.
     kernel: str = ""

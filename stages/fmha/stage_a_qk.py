@@ -172,6 +172,7 @@ class FmhaQK:
 # --------------------------------------------------------------------------------------
 class StageA(Stage):
     """wb stage A: S = Q K^T * scale (fp32)."""
+    compile_params = ("d", "dtype")  # m and n are runtime values
 
     def inputs(self, p: Params) -> dict[str, TensorSpec]:
         return {"q": TensorSpec((p.m, p.d), p.dtype), "k": TensorSpec((p.n, p.d), p.dtype)}

@@ -257,6 +257,7 @@ class FmhaSoftmax:
 # --------------------------------------------------------------------------------------
 class StageB(Stage):
     """wb stage B: P = softmax(Q K^T * scale) (variant softmax=exp|identity)."""
+    compile_params = ("d", "dtype")  # m and n are runtime values
 
     def inputs(self, p: Params) -> dict[str, TensorSpec]:
         return {"q": TensorSpec((p.m, p.d), p.dtype), "k": TensorSpec((p.n, p.d), p.dtype)}

@@ -732,6 +732,7 @@ def emulate_online(q, k, v, *, bug="none", rescale=True, tile_n=128, scale=None)
 # --------------------------------------------------------------------------------------
 class StageC(Stage):
     """wb stage C: multi-tile TMA pipeline with online softmax (O and LSE)."""
+    compile_params = ("d", "dtype")  # m and n are runtime values
 
     def inputs(self, p: Params) -> dict[str, TensorSpec]:
         return {
@@ -739,6 +740,10 @@ class StageC(Stage):
             "k": TensorSpec((p.n, p.d), p.dtype),
             "v": TensorSpec((p.n, p.d), p.dtype),
         }
+
+    def flops(self, p: Params) -> float:
+        """4·m·n·d: the two matrix products (QKᵀ and PV) of one head."""
+        return 4.0 * p.m * p.n * p.d
 
     def outputs(self, p: Params) -> dict[str, TensorSpec]:
         return {"o": TensorSpec((p.m, p.d), p.dtype), "lse": TensorSpec((p.m,), "fp32")}

@@ -341,6 +341,7 @@ def fmha_ref(q, k, v, compute_dtype, *, causal=False, softmax="exp"):
 # --------------------------------------------------------------------------------------
 class StageD(Stage):
     """wb stage D: full FMHA forward (batch, seqlen, heads, d), causal, GQA, tails."""
+    compile_params = ("d", "dtype", "heads", "kv_heads", "causal")  # batch, m, n: runtime
 
     def inputs(self, p: Params) -> dict:
         return {
@@ -348,6 +349,11 @@ class StageD(Stage):
             "k": TensorSpec((p.batch, p.n, p.kv_heads, p.d), p.dtype),
             "v": TensorSpec((p.batch, p.n, p.kv_heads, p.d), p.dtype),
         }
+
+    def flops(self, p: Params) -> float:
+        """The standard count, as FlashAttention reports it: 4·b·h·m·n·d, halved for causal."""
+        total = 4.0 * p.batch * p.heads * p.m * p.n * p.d
+        return total / 2 if p.causal else total
 
     def outputs(self, p: Params) -> dict:
         return {

@@ -155,3 +155,22 @@ def explain(
             if m.get("reasons"):
                 console.print(f"  {name}: " + escape("; ".join(m["reasons"])))
         render_diagnosis(case.get("diagnosis"), full=True)
+
+
+@app.command("import")
+def import_(
+    source: str = typer.Argument(..., help="A runs/ folder, a folder holding runs/, or a .tgz of one (e.g. fetched from a GPU box)."),
+) -> None:
+    """Bring run records made elsewhere into this workspace: runs/, MEMORY.md, stage reports."""
+    from pathlib import Path
+
+    from workbench.importer import import_runs
+    from workbench.terminal import console
+
+    ws = state.workspace()
+    records = import_runs(ws, Path(source))
+    by_verdict: dict[str, int] = {}
+    for r in records:
+        by_verdict[r["verdict"]] = by_verdict.get(r["verdict"], 0) + 1
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(by_verdict.items())) or "nothing new"
+    console.print(f"imported {len(records)} run(s) into {ws.runs_dir}: {summary}")
