@@ -130,7 +130,7 @@ def test_slurm_job_that_dies_leaves_lost_records(toy_ws):
     cases = sweep.plan(spec, {"n": ["128", "256"]}, {})
     executor = Broken(folder=str(toy_ws / ".wb" / "slurm-test"))
     display = sweep.Display("t", len(cases), enabled=False)
-    results = sweep.run_slurm(ws, spec, cases, sweep.RunOptions(), "sweep-x", display, "p", executor=executor)
+    results = sweep.run_slurm(ws, spec, cases, sweep.RunOptions(), "sweep-x", display, "p", jobs=1, executor=executor)
     assert [r.verdict for r in results] == ["LOST", "LOST"]
     assert results[0].record["error"]["message"].startswith("Slurm job ")
     assert record(toy_ws, results[0].record["id"])["verdict"] == "LOST"

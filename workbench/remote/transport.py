@@ -53,6 +53,13 @@ def last_line(text: str | None) -> str:
     return lines[-1] if lines else ""
 
 
+def first_cause(text: str) -> str:
+    """The line of rsync's stderr that says what went wrong (not its generic trailer)."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    causes = [line for line in lines if not line.startswith(("rsync error:", "rsync: connection unexpectedly closed"))]
+    return (causes or lines or [""])[0]
+
+
 def ssh_args(host: Host) -> list[str]:
     """ssh and its options, without the target."""
     args = ["ssh", *host.ssh_options, *DEFAULT_OPTIONS]
@@ -185,11 +192,11 @@ def sync(ws: Workspace, host: Host, timeout: float = 600.0) -> dict:
         raise UserError(f"host {host.name}: sending the workspace took over {timeout:g} s") from None
     if done.returncode != 0:
         err = done.stderr.decode(errors="replace")
-        if done.returncode == 255 or "connection" in err.lower() or "ssh:" in err:
-            raise UserError(f"host {host.name} unreachable ({host.describe()}): {last_line(err) or 'ssh failed'}")
-        if "command not found" in err or done.returncode == 127:
-            raise UserError(f"host {host.name}: rsync is missing on the host (install it there): {last_line(err)}")
-        raise UserError(f"host {host.name}: rsync failed (exit {done.returncode}): {last_line(err)}")
+        if "rsync: command not found" in err or "rsync: not found" in err:
+            raise UserError(f"host {host.name}: rsync is missing on the host (install it there): {first_cause(err)}")
+        if done.returncode == 255 or err.lstrip().startswith("ssh:") or "Permission denied (publickey" in err:
+            raise UserError(f"host {host.name} unreachable ({host.describe()}): {first_cause(err) or 'ssh failed'}")
+        raise UserError(f"host {host.name}: sending the workspace failed (rsync exit {done.returncode}): {first_cause(err)}")
     from workbench.records import atomic_write_text
 
     atomic_write_text(sent_path, "\0".join(files))
