@@ -227,7 +227,10 @@ def run_job(
 def _drive(worker: Worker, job: dict, timeout: float, on_event) -> Outcome:
     log_start = worker.log_size()
     outcome = Outcome(status="CRASH", worker_pid=worker.pid, worker_reused=worker.reused)
-    deadline = time.monotonic() + timeout
+    # Until the worker accepts the job (a new one is still importing torch and the DSL) the
+    # start limit applies; the job's own timeout starts when it is accepted.
+    deadline = time.monotonic() + START_TIMEOUT + timeout
+    accepted = False
     try:
         sock = worker.connect()
     except OSError as exc:
@@ -262,6 +265,11 @@ def _drive(worker: Worker, job: dict, timeout: float, on_event) -> Outcome:
                     continue
                 message = json.loads(line)
                 kind = message.get("type")
+                if kind == "accepted":
+                    if not accepted:
+                        accepted = True
+                        deadline = time.monotonic() + timeout
+                    continue
                 if kind == "result":
                     outcome.status = "result"
                     outcome.result = message["result"]
@@ -276,7 +284,11 @@ def _drive(worker: Worker, job: dict, timeout: float, on_event) -> Outcome:
     except TimeoutError:
         worker.kill()
         outcome.status = "HANG"
-        outcome.message = f"no result after {timeout:g} s: the worker's process group was killed"
+        outcome.message = (
+            f"no result after {timeout:g} s: the worker's process group was killed"
+            if accepted
+            else f"the worker did not take the job within {START_TIMEOUT:g} s: its process group was killed"
+        )
         outcome.log_tail = worker.log_tail(log_start)
         return outcome
     except KeyboardInterrupt:

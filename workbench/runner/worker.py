@@ -293,6 +293,8 @@ def handle(conn: socket.socket) -> bool:
             return False
         elif op in JOB_TYPES:
             print(f"[wb-worker {os.getpid()}] {op} job {message.get('run_dir')} start", flush=True)
+            # The job's timeout runs from here: a new worker's imports are not the kernel's time.
+            protocol.send(conn, {"type": "accepted", "pid": os.getpid()})
             if _PIDFILE is not None:  # who this job is for: `wb ps` spots a job whose wb is gone
                 _PIDFILE.job_started(message.get("run_dir"), procs.peer_pid(conn))
             job = _job_class(op)(message, lambda event: protocol.send(conn, event))
