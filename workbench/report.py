@@ -112,6 +112,8 @@ def run_markdown(record: dict[str, Any]) -> str:
             out.append("")
             out += [diagnosis_markdown(case.get("diagnosis")), ""]
     shapes = record.get("shapes") or []
+    # probes when the stage has any; otherwise the ops captured from the traced IR
+    shapes = [s for s in shapes if s.get("kind", "probe") == "probe"] or shapes
     if shapes:
         out += ["## Shapes (from the trace)", "", "| probe | location | layout | modes |", "|---|---|---|---|"]
         for s in shapes:
