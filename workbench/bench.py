@@ -301,7 +301,7 @@ def run_bench(ws, spec, cases: list[dict[str, Any]], variants: dict[str, str], p
         "timing": {"total_s": None, "worker_reused": outcome.worker_reused, "worker_pid": outcome.worker_pid},
         "provenance": {**git, "sources": file_hashes(spec.source_files(), ws.root), "wb": __version__, "dsl": env.get("dsl"),
                        "torch": env.get("torch"), "python": env.get("python"), "gpu": env.get("gpu"),
-                       "compute_capability": env.get("compute_capability"), "driver_cuda": env.get("driver_cuda"),
+                       "compute_capability": env.get("compute_capability"), "driver": env.get("driver"),
                        "arch": spec.arch, "host": host()},
         "started": started,
         "finished": utc_now(),
@@ -368,7 +368,7 @@ def perf_markdown(record: dict[str, Any]) -> str:
         "",
         f"Card: {prov.get('gpu')} · measured {record['started'][:10]} · run `{record['id']}` · commit `{(prov.get('commit') or '')[:10]}`"
         + (" (dirty)" if prov.get("dirty") else ""),
-        f"Versions: wb {prov.get('wb')}, CuTe DSL {prov.get('dsl')}, torch {prov.get('torch')}, CUDA driver {prov.get('driver_cuda')}",
+        f"Versions: wb {prov.get('wb')}, CuTe DSL {prov.get('dsl')}, torch {prov.get('torch')}, driver {prov.get('driver')}",
         f"Card's dense bf16 matmul: {record.get('peak', {}).get('tflops', 0):.0f} TFLOP/s (measured by wb, cached per card).",
         "",
         "TFLOP/s = 4·b·h·s²·d / t (halved for causal); median of CUDA-event timings, L2 flushed before each repeat;"

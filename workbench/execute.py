@@ -121,7 +121,7 @@ def run_stage(
             "python": env.get("python"),
             "gpu": env.get("gpu"),
             "compute_capability": env.get("compute_capability"),
-            "driver_cuda": env.get("driver_cuda"),
+            "driver": env.get("driver"),
             "cuda_runtime": env.get("cuda_runtime"),
             "arch": (compiles[0]["arch"] if compiles else arch or spec.arch),
             "host": host(),

@@ -123,7 +123,7 @@ def run_markdown(record: dict[str, Any]) -> str:
         "## Provenance",
         "",
         f"- wb {prov.get('wb')}, CuTe DSL {prov.get('dsl')}, torch {prov.get('torch')}, Python {prov.get('python')}",
-        f"- GPU {card} (cc {prov.get('compute_capability')}), driver CUDA {prov.get('driver_cuda')}, runtime CUDA {prov.get('cuda_runtime')}",
+        f"- GPU {card} (cc {prov.get('compute_capability')}), driver {prov.get('driver')}, runtime CUDA {prov.get('cuda_runtime')}",
         "- stage sources: " + ", ".join(f"`{k}` {v}" for k, v in (prov.get("sources") or {}).items()),
         "",
     ]

@@ -49,13 +49,19 @@ def environment() -> dict[str, Any]:
         info["compute_capability"] = f"{props.major}.{props.minor}"
         info["sm_count"] = props.multi_processor_count
         info["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
-        try:
-            driver = torch._C._cuda_getDriverVersion()
-            info["driver_cuda"] = f"{driver // 1000}.{driver % 1000 // 10}"
-        except Exception:
-            info["driver_cuda"] = None
+        info["driver"] = _nvidia_driver_version()
         info["cuda_runtime"] = torch.version.cuda
     return info
+
+
+def _nvidia_driver_version() -> str | None:
+    """The kernel driver's version, e.g. 580.159.04 (Linux), without NVML."""
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+    except OSError:
+        return None
+    match = re.search(r"Kernel Module\s+(?:for \S+\s+)?([\d.]+)", text)
+    return match.group(1) if match else None
 
 
 def user_location(exc: BaseException, roots: list[Path]) -> str | None:
