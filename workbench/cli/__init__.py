@@ -54,15 +54,23 @@ def _root(
     state.workspace_path = str(workspace) if workspace else None
 
 
-def _register() -> None:
-    from workbench.cli import history, kernels, memory, run  # noqa: F401
+# `wb --help` lists commands in the order of a working day, not of module imports.
+COMMAND_ORDER = [
+    "list", "shapes", "run", "sweep", "runs", "diff-run", "report", "explain", "bench", "compile",
+    "fixtures", "note", "new", "import", "hosts", "ps", "kill",
+]
 
-    for optional in ("shapes", "compile", "bench", "hosts", "sweep"):
-        try:
-            __import__(f"workbench.cli.{optional}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"workbench.cli.{optional}":
-                raise
+
+def _register() -> None:
+    from workbench.cli import bench, compile, history, hosts, kernels, memory, run, shapes, sweep  # noqa: F401
+
+    rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+
+    def name_of(info) -> str:
+        return info.name or info.callback.__name__.replace("_", "-")
+
+    app.registered_commands.sort(key=lambda info: rank.get(name_of(info), len(rank)))
+    app.registered_groups.sort(key=lambda info: rank.get(info.name, len(rank)))
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
