@@ -172,6 +172,16 @@ class FmhaQK:
 # --------------------------------------------------------------------------------------
 class StageA(Stage):
     """wb stage A: S = Q K^T * scale (fp32)."""
+    proves = (
+        "Q and K reach shared memory through TMA at the right tile coordinates (block index, "
+        "never pinned), the mbarrier expects exactly the bytes delivered, the swizzled smem layout "
+        "matches what WGMMA reads, and S = Q·Kᵀ·scale leaves the fp32 accumulator in the right "
+        "(row, column) places for every 128×128 tile of any m, n."
+    )
+    cannot_see = (
+        "Anything about P or O: the softmax, its row reductions, P's register layout for the PV "
+        "MMA, V's loads, the KV pipeline across tiles (one K tile per CTA here) and the online rescale."
+    )
     compile_params = ("d", "dtype")  # m and n are runtime values
 
     def inputs(self, p: Params) -> dict[str, TensorSpec]:

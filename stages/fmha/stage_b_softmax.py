@@ -257,6 +257,16 @@ class FmhaSoftmax:
 # --------------------------------------------------------------------------------------
 class StageB(Stage):
     """wb stage B: P = softmax(Q K^T * scale) (variant softmax=exp|identity)."""
+    proves = (
+        "The row max and row sum are reduced across the 4 threads that hold a row, exp2 with "
+        "log2(e)·scale folded in is right, the K tiles of a whole row go through a 2-stage TMA "
+        "pipeline with the tile index from the loop, and P leaves the accumulator layout in the "
+        "right places (identity-softmax isolates the data movement)."
+    )
+    cannot_see = (
+        "P as the PV MMA reads it (B stores P to memory; the register-operand layout is stage C's), "
+        "V and O, and the online rescale (B makes two passes: it never rescales)."
+    )
     compile_params = ("d", "dtype")  # m and n are runtime values
 
     def inputs(self, p: Params) -> dict[str, TensorSpec]:

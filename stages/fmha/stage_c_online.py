@@ -732,6 +732,15 @@ def emulate_online(q, k, v, *, bug="none", rescale=True, tile_n=128, scale=None)
 # --------------------------------------------------------------------------------------
 class StageC(Stage):
     """wb stage C: multi-tile TMA pipeline with online softmax (O and LSE)."""
+    proves = (
+        "The KV pipeline cycles through every tile for any n (coordinates from the loop, phases "
+        "flipping), the online softmax rescales O and l when the max grows, P is handed to the PV "
+        "MMA in its operand layout, and O/l and LSE are stored right, for one (batch, head)."
+    )
+    cannot_see = (
+        "Batch and head indexing, GQA, causal masks and ragged tails (all stage D's), and speed. "
+        "ones-v and single-element V pass even when O's columns are read with the wrong stride."
+    )
     compile_params = ("d", "dtype")  # m and n are runtime values
 
     def inputs(self, p: Params) -> dict[str, TensorSpec]:

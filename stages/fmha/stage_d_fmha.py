@@ -26,7 +26,23 @@ pipelines, same per-tile consumer step, same epilogue) grown to the full problem
   (d=64) stages; no global round trip and no synchronous load in the main loop.
 
 Variants: ``softmax=exp|identity`` (identity: O = masked (Q K^T scale) V, masked logits
-contribute 0; LSE written as 0).
+contribute 0; LSE written as 0), and ``schedule`` (the consumer's per-tile order):
+
+* ``serial`` (default, the verified kernel): per tile S = QK^T, wait, softmax, O += PV,
+  wait (stage C's ``consume_tile``): the tensor cores idle during each softmax.
+* ``overlap`` (intra-warpgroup overlap, the technique of FlashAttention-3): the first
+  (masked) tile's S and softmax are peeled; then per tile j the consumer issues
+  S_j = Q K_j^T *and* O += P_{j-1} V_{j-1} back to back (two WGMMA commit groups), waits
+  only for the first group (``wait_group(1)``), runs the softmax of S_j while the PV MMA
+  runs, then waits for the PV group, rescales O by alpha_j and converts P_j. A last PV
+  (P of the final tile) closes the loop. Registers: one S accumulator (64 fp32), P
+  (32 x 32-bit) and O (d/2 fp32) live at once -- the same set as ``serial``; no second S
+  accumulator is needed. Math identical to ``serial`` (O is rescaled by alpha_j after
+  P_{j-1} V_{j-1} has been added, exactly as serial does before adding P_j V_j).
+* ``pingpong``: ``overlap`` plus FA3's warp-scheduler barriers between the two consumer
+  WGs (named barriers 3 and 4): a WG issues its tile's two MMAs only after the other WG
+  issued its own, so one WG's softmax tends to run while the other's MMAs run. Every
+  barrier arrive is matched by a sync (no arrival is left pending at exit).
 """
 
 import math
@@ -38,7 +54,7 @@ import cutlass.cute as cute
 import cutlass.memory
 import cutlass.pipeline as pipeline
 from cutlass import Float32, Int32, const_expr
-from cutlass.cute.nvgpu import cpasync
+from cutlass.cute.nvgpu import cpasync, warpgroup
 
 from stages.fmha import common
 from stages.fmha import mask as mk
@@ -53,6 +69,31 @@ def truthy(x) -> bool:
     if isinstance(x, str):
         return x.strip().lower() in ("1", "true", "yes", "on")
     return bool(x)
+
+
+SCHEDULES = ("serial", "overlap", "pingpong")
+#: named barrier ids of the pingpong schedule (0: CTA barrier, 1-2: the epilogue's per-WG barrier)
+SCHED_BARRIER_BASE = 3
+
+
+@cute.jit
+def wgmma_issue(
+    tiled_mma: cute.TiledMma,
+    acc: cute.Tensor,
+    tCrA: cute.Tensor,
+    tCrB: cute.Tensor,
+    zero_init: cutlass.Constexpr[bool],
+):
+    """acc (=|+=) A @ B over all k blocks: fence -> MMAs -> commit, *no wait* (the caller
+    waits with ``warpgroup.wait_group``). The fence orders earlier register writes of acc
+    and of a register-sourced A before the async MMAs."""
+    warpgroup.fence()
+    atom = cute.make_mma_atom(tiled_mma.op)
+    atom.set(warpgroup.Field.ACCUMULATE, not zero_init)
+    for k in cutlass.range_constexpr(cute.size(tCrA, mode=[2])):
+        cute.gemm(atom, acc, tCrA[None, None, k], tCrB[None, None, k], acc)
+        atom.set(warpgroup.Field.ACCUMULATE, True)
+    warpgroup.commit_group()
 
 
 def seq_d_head_batch(t: cute.Tensor) -> cute.Tensor:
@@ -73,8 +114,11 @@ class FmhaForward(sc.FmhaOnline):
         causal: bool = False,
         softmax: str = "exp",
         kv_stages=None,
+        schedule: str = "serial",
     ):
         super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages)
+        assert schedule in SCHEDULES, schedule
+        self.schedule = schedule
         assert heads % kv_heads == 0, (heads, kv_heads)
         assert self.tile_m == self.tile_n, "mask placement assumes square tiles"
         self.heads = heads
@@ -290,15 +334,21 @@ class FmhaForward(sc.FmhaOnline):
         tSrQ_wg = tSrQ[None, None, None, wg]
 
         kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.kv_stages)
-        # first visited tile (n_max - 1): the only one that can need the tail / causal mask
-        kv_state = self.consume_tile(
-            kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
-            tOrP, acc_O, acc_S_shape, softmax, row_scale, True, mask_fn,
-        )
-        for i in cutlass.range(1, n_max, unroll=1):
+        if const_expr(self.schedule == "serial"):
+            # first visited tile (n_max - 1): the only one that can need the tail / causal mask
             kv_state = self.consume_tile(
                 kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
-                tOrP, acc_O, acc_S_shape, softmax, row_scale, False,
+                tOrP, acc_O, acc_S_shape, softmax, row_scale, True, mask_fn,
+            )
+            for i in cutlass.range(1, n_max, unroll=1):
+                kv_state = self.consume_tile(
+                    kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
+                    tOrP, acc_O, acc_S_shape, softmax, row_scale, False,
+                )
+        else:
+            kv_state = self.consume_overlap(
+                kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
+                tOrP, acc_O, acc_S_shape, softmax, row_scale, mask_fn, wg, n_max,
             )
         pipeline_q.consumer_release(q_state)
 
@@ -315,6 +365,106 @@ class FmhaForward(sc.FmhaOnline):
             acc_O, sO[None, None, wg], gO[None, None, m_block * self.num_consumer_wg + wg], tma_atom_o,
             tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q,
         )
+
+
+    # ---- overlap / pingpong schedules ---------------------------------------------------
+    @cute.jit
+    def softmax_tile(
+        self,
+        acc_S: cute.Tensor,
+        softmax: sm.OnlineSoftmax,
+        row_scale: cute.Tensor,
+        is_first: cutlass.Constexpr[bool],
+    ):
+        """S -> P in place (exp: online softmax, row_scale <- alpha; identity: S scale)."""
+        if const_expr(self.is_exp):
+            softmax.step(acc_S, row_scale, is_first=is_first)
+        else:
+            acc_S.store(acc_S.load() * Float32(self.scale))
+
+    def sched_sync(self, wg):
+        """pingpong: wait until the other consumer WG has issued its MMAs (own barrier)."""
+        if const_expr(self.schedule == "pingpong"):
+            cute.arch.barrier(barrier_id=SCHED_BARRIER_BASE + wg, number_of_threads=2 * common.WG_THREADS)
+
+    def sched_arrive(self, wg):
+        """pingpong: let the other consumer WG issue its MMAs (arrive on its barrier)."""
+        if const_expr(self.schedule == "pingpong"):
+            cute.arch.barrier_arrive(
+                barrier_id=SCHED_BARRIER_BASE + 1 - wg, number_of_threads=2 * common.WG_THREADS
+            )
+
+    @cute.jit
+    def consume_overlap(
+        self,
+        kv_state: pipeline.PipelineState,
+        pipeline_k: pipeline.PipelineAsync,
+        pipeline_v: pipeline.PipelineAsync,
+        tiled_mma_qk: cute.TiledMma,
+        tiled_mma_pv: cute.TiledMma,
+        tSrQ: cute.Tensor,
+        tSrK: cute.Tensor,
+        tOrVt: cute.Tensor,
+        tOrP: cute.Tensor,
+        acc_O: cute.Tensor,
+        acc_S_shape: cutlass.Constexpr,
+        softmax: sm.OnlineSoftmax,
+        row_scale: cute.Tensor,
+        mask_fn: cutlass.Constexpr,
+        wg: Int32,
+        n_max: Int32,
+    ) -> pipeline.PipelineState:
+        """All n_max KV tiles of one consumer WG with the QK^T MMA of tile i overlapping
+        the PV MMA of tile i - 1 and the softmax of tile i overlapping that PV MMA.
+
+        K and V share the ring index: ``kv_state`` (K of the tile being scored) runs one
+        tile ahead of ``kv_prev`` (V of the tile whose P is in tOrP). Returns the state
+        after the last tile (as the serial loop does)."""
+        acc_S = cute.make_rmem_tensor(acc_S_shape, Float32)
+        # pingpong: consumer WG 0 goes first. Only when the loop below runs at all, and WG 1
+        # skips its last arrive, so every arrive on a scheduler barrier meets a sync.
+        if const_expr(self.schedule == "pingpong"):
+            if wg == 0 and n_max > 1:
+                cute.arch.barrier_arrive(barrier_id=SCHED_BARRIER_BASE, number_of_threads=2 * common.WG_THREADS)
+
+        # prologue: first visited tile (n_max - 1, the only one that can need a mask)
+        pipeline_k.consumer_wait(kv_state)
+        wgmma_issue(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], True)
+        warpgroup.wait_group(0)
+        pipeline_k.consumer_release(kv_state)
+        mask_fn(acc_S)
+        self.softmax_tile(acc_S, softmax, row_scale, True)
+        sm.convert_p(acc_S, tOrP)
+
+        for i in cutlass.range(1, n_max, unroll=1):
+            kv_prev = kv_state.clone()
+            kv_state.advance()
+            pipeline_k.consumer_wait(kv_state)
+            self.sched_sync(wg)
+            # S_i = Q K_i^T (group 1), then O += P_{i-1} V_{i-1} (group 2)
+            wgmma_issue(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], True)
+            pipeline_v.consumer_wait(kv_prev)
+            wgmma_issue(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_prev.index], False)
+            if const_expr(self.schedule == "pingpong"):
+                if wg == 0 or i < n_max - 1:
+                    self.sched_arrive(wg)
+            warpgroup.wait_group(1)  # S_i ready; the PV MMA may still run
+            pipeline_k.consumer_release(kv_state)
+            # softmax of S_i (touches acc_S and the row statistics only, never acc_O / tOrP)
+            self.softmax_tile(acc_S, softmax, row_scale, False)
+            warpgroup.wait_group(0)  # PV done: acc_O and tOrP are free again
+            pipeline_v.consumer_release(kv_prev)
+            if const_expr(self.is_exp):
+                sm.rescale_rows(acc_O, row_scale)
+            sm.convert_p(acc_S, tOrP)
+
+        # epilogue: O += P_last V_last
+        pipeline_v.consumer_wait(kv_state)
+        wgmma_issue(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_state.index], False)
+        warpgroup.wait_group(0)
+        pipeline_v.consumer_release(kv_state)
+        kv_state.advance()
+        return kv_state
 
 
 # --------------------------------------------------------------------------------------
@@ -339,8 +489,25 @@ def fmha_ref(q, k, v, compute_dtype, *, causal=False, softmax="exp"):
 # --------------------------------------------------------------------------------------
 # wb stage
 # --------------------------------------------------------------------------------------
+def schedule_of(variants: Mapping[str, str]) -> str:
+    """kernel.yaml's ``schedule`` variant (default serial)."""
+    schedule = str(dict(variants or {}).get("schedule", "serial"))
+    if schedule not in SCHEDULES:
+        raise ValueError(f"variant schedule={schedule!r}: must be one of {', '.join(SCHEDULES)}")
+    return schedule
+
+
 class StageD(Stage):
     """wb stage D: full FMHA forward (batch, seqlen, heads, d), causal, GQA, tails."""
+    proves = (
+        "The full forward pass matches torch SDPA in fp32 for every Q tile of every head and "
+        "batch: causal (top-left, like SDPA is_causal) and not, GQA head mapping, sequence lengths "
+        "that are not multiples of 128 (masked KV tails, unstored Q tail rows), with the "
+        "warp-specialized producer/consumer pipeline."
+    )
+    cannot_see = (
+        "Speed (wb bench measures it), and masks other than causal (no sliding window, no varlen)."
+    )
     compile_params = ("d", "dtype", "heads", "kv_heads", "causal")  # batch, m, n: runtime
 
     def inputs(self, p: Params) -> dict:
@@ -365,12 +532,12 @@ class StageD(Stage):
         f = sc.variant_flags(variants)
         return FmhaForward(
             common.cute_dtype(p.dtype), p.d, p.heads, p.kv_heads,
-            causal=truthy(p.causal), softmax=f["softmax"],
+            causal=truthy(p.causal), softmax=f["softmax"], schedule=schedule_of(variants),
         )
 
     def compile(self, p: Params, variants: Mapping[str, str], arch: str) -> sc.Compiled:
-        """One compile per (d, dtype, heads, kv_heads, causal, softmax): batch, m and n are
-        runtime values."""
+        """One compile per (d, dtype, heads, kv_heads, causal, softmax, schedule): batch, m
+        and n are runtime values."""
         import time
 
         from cutlass.cute.runtime import make_fake_stream
