@@ -5,12 +5,15 @@ import os
 import sys
 from pathlib import Path
 
+import importlib.util
+
 import pytest
 
 from conftest import REPO
 from shapes_kit import make_workspace
 
-pytest.importorskip("cutlass")
+# find_spec, not import: importing the DSL at collection would fix its arch before conftest sets CUTE_DSL_ARCH
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("cutlass") is None, reason="nvidia-cutlass-dsl is not installed")
 
 REF = Path("/work/ref/examples/python/CuTeDSL")
 
@@ -217,3 +220,17 @@ class GemmStage(Stage):
     assert "cute.tiled.mma.partition" in kinds
     assert all(r["location"].startswith(str(REF)) for r in ops if r["op"] == "cute_nvgpu.atom.tma_partition")
     assert stage["resources"]["kernels"][0]["dynamic_smem_bytes"] > 0
+
+
+def test_diff_run_shows_shape_changes_by_key():
+    from workbench.diff import diff_runs
+
+    def rec(i, layout, rank, line):
+        shapes = [{"name": "tXgX", "key": "tXgX@stage_a.py", "location": f"/w/stages/k/stage_a.py:{line}", "layout": layout, "rank": rank}]
+        return {"id": str(i), "stage": "k/stage-a", "verdict": "PASS", "results": [], "shapes": shapes}
+
+    same = diff_runs(rec(1, "(((64,64),1),4):(x)", 2, 10), rec(2, "(((64,64),1),4):(x)", 2, 30))
+    assert same["shapes"] == []  # the probe moved lines: not a change
+    changed = diff_runs(rec(1, "(((64,64),1),4):(x)", 2, 10), rec(2, "(((64,64),1)):(x)", 1, 10))
+    (change,) = changed["shapes"]
+    assert change["probe"] == "tXgX@stage_a.py" and change["change"] == "modes" and (change["rank_a"], change["rank_b"]) == (2, 1)
