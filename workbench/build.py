@@ -142,6 +142,11 @@ def compile_stage(
                     entry = None
                 if entry is not None:
                     seconds = time.perf_counter() - start
+                    if compile_params(stage, params) != dict(params):
+                        try:
+                            compile_cache.link(ws, spec, compile_cache.make_key(spec, dict(params), dict(variants), arch), key)
+                        except OSError:
+                            pass
                     if compiled is not None:
                         _memory_cache[key.digest] = (compiled, entry.shapes, entry.resources, entry.meta.get("deps", {}), entry.seconds)
                     _raise_checks(entry.resources, entry.shapes, strict)
@@ -207,6 +212,8 @@ def compile_stage(
                 ws, spec, key, compiled, shapes=shapes, resources=resources, deps=deps, seconds=seconds, arch=arch
             )
             note = entry.meta.get("kernel_note")
+            if compile_params(stage, params) != dict(params):  # let wb shapes find it by all parameters
+                compile_cache.link(ws, spec, compile_cache.make_key(spec, dict(params), dict(variants), arch), key)
         except Exception as exc:  # a full disk must not fail the compile
             note = f"not cached: {type(exc).__name__}: {exc}"
         _memory_cache[key.digest] = (compiled, shapes, resources, deps, seconds)

@@ -248,6 +248,29 @@ def lookup(ws: Workspace, spec: StageSpec, key: Key, need_kernel: bool = False) 
     return entry
 
 
+def link(ws: Workspace, spec: StageSpec, alias: Key, key: Key) -> None:
+    """Record that `alias` (a key over all parameters) compiles to the entry `key` (a key
+    over the stage's compile_params): wb shapes can then find it without importing the stage."""
+    if alias.digest == key.digest:
+        return
+    path = entry_dir(ws, spec, alias).with_suffix(".link")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"key": key.digest, "material": key.material}))
+    os.replace(tmp, path)
+
+
+def lookup_alias(ws: Workspace, spec: StageSpec, alias: Key, need_kernel: bool = False) -> Entry | None:
+    """lookup() through a link written by link(); None when there is none or it is stale."""
+    path = entry_dir(ws, spec, alias).with_suffix(".link")
+    try:
+        data = json.loads(path.read_text())
+        target = Key(str(data["key"]), data["material"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return lookup(ws, spec, target, need_kernel=need_kernel)
+
+
 def remove(ws: Workspace, spec: StageSpec, key: Key) -> None:
     shutil.rmtree(entry_dir(ws, spec, key), ignore_errors=True)
 

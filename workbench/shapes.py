@@ -110,6 +110,8 @@ def _cached(ws: Workspace, target: Target) -> dict[str, Any] | None:
 
     key = compile_cache.make_key(target.spec, target.params, target.variants, target.arch)
     entry = compile_cache.lookup(ws, target.spec, key, need_kernel=False)
+    if entry is None:  # a stage that names its compile_params is keyed on those: follow the link
+        entry = compile_cache.lookup_alias(ws, target.spec, key, need_kernel=False)
     if entry is None:
         return None
     return {
