@@ -49,7 +49,13 @@ def progress(title: str, enabled: bool = True) -> Iterator[Callable[[dict], None
 def render_run(record: dict[str, Any]) -> None:
     timing = record.get("timing", {})
     prov = record.get("provenance", {})
-    compile_text = f"compile {fmt(timing.get('compile_s'), '.2f')} s" + (" (cached)" if timing.get("compile_cached") else " (cold)")
+    compiles = timing.get("compiles") or []
+    if timing.get("compile_cached"):
+        where = "/".join(sorted({c.get("cache") or "cache" for c in compiles})) or "cache"
+        cold = sum(c.get("cold_seconds") or 0.0 for c in compiles)
+        compile_text = f"compile {fmt(timing.get('compile_s'), '.2f')} s ({where} hit; cold {cold:.2f} s)"
+    else:
+        compile_text = f"compile {fmt(timing.get('compile_s'), '.2f')} s (cold)"
     console.print(
         f"{verdict(record['verdict'])} {escape(record['stage'])}  {escape(params_text(record))}"
         f"  [dim]{escape(variants_text(record.get('variants', {})))}[/]"

@@ -4,14 +4,28 @@ supervisor -> worker: {"op": "run" | "ping" | "exit", ...job fields}
 worker -> supervisor: {"type": "progress", "phase": ..., ...}
                       {"type": "result", "result": {...}}      (last message of a job)
                       {"type": "user_error", "message": "..."}  (bad job: nothing ran)
-                      {"type": "pong", "pid": ...}
+                      {"type": "pong", "pid": ..., "code": wb_code_version()}
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, Iterator
+
+
+@lru_cache(maxsize=1)
+def wb_code_version() -> str:
+    """Hash of wb's own source: a warm worker started before wb was edited is not reused."""
+    h = hashlib.sha256()
+    package = Path(__file__).resolve().parents[1]
+    for path in sorted(package.rglob("*.py")):
+        h.update(str(path.relative_to(package)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def send(sock: socket.socket, message: dict[str, Any]) -> None:

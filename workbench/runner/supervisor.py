@@ -177,6 +177,12 @@ def _find_warm(ws: Workspace, socket_path: str) -> Worker | None:
             reply = next(protocol.receive(sock), None)
     except (OSError, ValueError):
         reply = None
+    if reply and reply.get("type") == "pong" and reply.get("code") != protocol.wb_code_version():
+        # Started before wb itself was edited: it would run the old code. Replace it.
+        stale = Worker(int(reply["pid"]), socket_path, Path(os.devnull), None, reused=False)
+        stale.pidfile = procs.pidfile_for(pid_dir(ws) / f"{Path(socket_path).stem}.json", stale.pid)
+        stale.kill()
+        return None
     if not reply or reply.get("type") != "pong":
         try:
             os.unlink(socket_path)

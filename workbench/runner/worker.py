@@ -294,7 +294,7 @@ def handle(conn: socket.socket) -> bool:
     for message in protocol.receive(conn):
         op = message.get("op")
         if op == "ping":
-            protocol.send(conn, {"type": "pong", "pid": os.getpid()})
+            protocol.send(conn, {"type": "pong", "pid": os.getpid(), "code": _CODE_VERSION})
         elif op == "exit":
             return False
         elif op in JOB_TYPES:
@@ -320,14 +320,23 @@ def handle(conn: socket.socket) -> bool:
     return keep_going
 
 
+_CODE_VERSION = ""
+
+
 def serve(socket_path: str, idle: float, once: bool, pidfile: str | None) -> None:
     faulthandler.enable()
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     if os.path.exists(socket_path):
         os.unlink(socket_path)
+    global _CODE_VERSION
+    _CODE_VERSION = protocol.wb_code_version()  # the code this process runs, read before any job
+    # Bind and listen under a private name, then rename: the socket appears only when it
+    # accepts connections (the supervisor waits for the path to exist).
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(socket_path)
+    staging = f"{socket_path}.{os.getpid()}.tmp"
+    server.bind(staging)
     server.listen(4)
+    os.replace(staging, socket_path)
     socket_inode = os.stat(socket_path).st_ino
     global _PIDFILE
     if pidfile:  # see workbench.procs: one file per process, with its start time
