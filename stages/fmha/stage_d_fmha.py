@@ -31,14 +31,16 @@ contribute 0; LSE written as 0), and ``schedule`` (the consumer's per-tile order
 * ``serial`` (default, the verified kernel): per tile S = QK^T, wait, softmax, O += PV,
   wait (stage C's ``consume_tile``): the tensor cores idle during each softmax.
 * ``overlap`` (intra-warpgroup overlap, the technique of FlashAttention-3): the first
-  (masked) tile's S and softmax are peeled; then per tile j the consumer issues
-  S_j = Q K_j^T *and* O += P_{j-1} V_{j-1} back to back (two WGMMA commit groups), waits
-  only for the first group (``wait_group(1)``), runs the softmax of S_j while the PV MMA
-  runs, then waits for the PV group, rescales O by alpha_j and converts P_j. A last PV
-  (P of the final tile) closes the loop. Registers: one S accumulator (64 fp32), P
-  (32 x 32-bit) and O (d/2 fp32) live at once -- the same set as ``serial``; no second S
-  accumulator is needed. Math identical to ``serial`` (O is rescaled by alpha_j after
-  P_{j-1} V_{j-1} has been added, exactly as serial does before adding P_j V_j).
+  (masked) tile's S and softmax are peeled; then per tile i the consumer issues
+  S_i = Q K_i^T, rescales O by alpha_{i-1} while that MMA runs, issues
+  O += P_{i-1} V_{i-1} (two WGMMA commit groups), waits only for the first group
+  (``wait_group(1)``), runs the softmax of S_i while the PV MMA runs, releases K_i, waits
+  for the PV group and converts P_i. A last PV (P of the final tile) closes the loop.
+  Registers: one S accumulator (64 fp32), P (32 x 32-bit) and O (d/2 fp32) live at once
+  -- the same set as ``serial``; no second S accumulator. Math identical to ``serial``
+  (O_t = alpha_t O_{t-1} + P_t V_t; only the moment of the multiply moves). The K release
+  is pinned behind the softmax so that ptxas cannot hoist the PV wait above the exp2s
+  (``overlap_tile``; tests/test_stage_d_speed.py checks the SASS).
 * ``pingpong``: ``overlap`` plus FA3's warp-scheduler barriers between the two consumer
   WGs (named barriers 3 and 4): a WG issues its tile's two MMAs only after the other WG
   issued its own, so one WG's softmax tends to run while the other's MMAs run. Every
@@ -54,7 +56,9 @@ import cutlass.cute as cute
 import cutlass.memory
 import cutlass.pipeline as pipeline
 from cutlass import Float32, Int32, const_expr
+from cutlass._mlir.dialects import llvm
 from cutlass.cute.nvgpu import cpasync, warpgroup
+from cutlass.cutlass_dsl import T, dsl_user_op
 
 from stages.fmha import common
 from stages.fmha import mask as mk
@@ -74,6 +78,12 @@ def truthy(x) -> bool:
 SCHEDULES = ("serial", "overlap", "pingpong")
 #: named barrier ids of the pingpong schedule (0: CTA barrier, 1-2: the epilogue's per-WG barrier)
 SCHED_BARRIER_BASE = 3
+
+
+@dsl_user_op
+def f32_bits(x: Float32, *, loc=None, ip=None) -> Int32:
+    """The bits of an fp32 value as Int32 (no conversion)."""
+    return Int32(llvm.bitcast(T.i32(), Float32(x).ir_value(loc=loc, ip=ip), loc=loc, ip=ip))
 
 
 @cute.jit
@@ -382,6 +392,19 @@ class FmhaForward(sc.FmhaOnline):
         else:
             acc_S.store(acc_S.load() * Float32(self.scale))
 
+    @cute.jit
+    def softmax_done(self, softmax: sm.OnlineSoftmax, acc_S: cute.Tensor) -> cutlass.Boolean:
+        """A predicate that is always true but reads every P value of the tile (through
+        the row sums: a sum of exp2 results is +0, positive or the canonical NaN
+        0x7fffffff, sign bit clear); identity: reads the first and last S values."""
+        total = Float32(0.0)
+        if const_expr(self.is_exp):
+            for r in cutlass.range_constexpr(softmax.num_rows):
+                total = total + softmax.row_sum[r]
+        else:
+            total = acc_S[0] * Float32(0.0) + acc_S[cute.size(acc_S) - 1] * Float32(0.0)
+        return f32_bits(total) >= 0
+
     def sched_sync(self, wg):
         """pingpong: wait until the other consumer WG has issued its MMAs (own barrier)."""
         if const_expr(self.schedule == "pingpong"):
@@ -393,6 +416,74 @@ class FmhaForward(sc.FmhaOnline):
             cute.arch.barrier_arrive(
                 barrier_id=SCHED_BARRIER_BASE + 1 - wg, number_of_threads=2 * common.WG_THREADS
             )
+
+    @cute.jit
+    def overlap_tile(
+        self,
+        kv_state: pipeline.PipelineState,
+        pipeline_k: pipeline.PipelineAsync,
+        pipeline_v: pipeline.PipelineAsync,
+        tiled_mma_qk: cute.TiledMma,
+        tiled_mma_pv: cute.TiledMma,
+        tSrQ: cute.Tensor,
+        tSrK: cute.Tensor,
+        tOrVt: cute.Tensor,
+        acc_S: cute.Tensor,
+        tOrP: cute.Tensor,
+        acc_O: cute.Tensor,
+        softmax: sm.OnlineSoftmax,
+        row_scale: cute.Tensor,
+        wg: Int32,
+        i: Int32,
+        n_max: Int32,
+    ) -> pipeline.PipelineState:
+        """Steady-state step i (1 <= i < n_max in visit order). On entry ``kv_state`` is
+        the ring slot of tile i - 1, whose P is in ``tOrP`` and alpha in ``row_scale``; on
+        exit the slot of tile i, whose P is in ``tOrP`` and alpha in ``row_scale``.
+
+        Order: issue S_i = Q K_i^T; O *= alpha_{i-1} (skipped for i = 1: alpha = 1) while
+        that MMA runs; issue O += P_{i-1} V_{i-1}; wait for S_i only; softmax of S_i while
+        the PV MMA runs; release K_i; wait for the PV MMA; release V_{i-1}; P_i -> ``tOrP``.
+
+        Checked in the SASS (tests/test_stage_d_speed.py): ptxas schedules
+        ``wgmma.wait_group 0`` (WARPGROUP.DEPBAR.LE 0) as early as it may -- right behind
+        the previous mbarrier arrive -- and moves arithmetic freely around it; without the
+        pinned K release below it hoisted the wait above 80-100% of the 66 exp2s of a tile
+        (depending on d, dtype and the order of unrelated code). The pin makes it 66 of 66
+        before the wait for every configuration tested."""
+        kv_prev = kv_state.clone()
+        kv_state.advance()
+        pipeline_k.consumer_wait(kv_state)
+        self.sched_sync(wg)
+        wgmma_issue(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], True)
+        if const_expr(self.is_exp):
+            if i > 1:
+                sm.rescale_rows(acc_O, row_scale)  # alpha_{i-1}
+        pipeline_v.consumer_wait(kv_prev)
+        wgmma_issue(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_prev.index], False)
+        if const_expr(self.schedule == "pingpong"):
+            if wg == 0 or i < n_max - 1:  # WG 1's last arrive would meet no sync
+                self.sched_arrive(wg)
+        warpgroup.wait_group(1)  # S_i ready; the PV MMA may still run
+        # touches acc_S and the row statistics only, never acc_O / tOrP
+        self.softmax_tile(acc_S, softmax, row_scale, False)
+        # Release K_i *pinned behind the softmax*: ptxas keeps the wait below after this
+        # mbarrier arrive, and the arrive's predicate reads the finished row sums (sign
+        # bit clear: always true, but ptxas cannot know), so every exp2 of the tile must
+        # be issued before the wait. The second release (after the wait, predicate
+        # negated) makes the slot released exactly once whatever the value.
+        pinned = self.softmax_done(softmax, acc_S)
+        if pipeline_k.is_signaling_thread and pinned:
+            pipeline_k.sync_object_empty.arrive(kv_state.index, pipeline_k.consumer_mask)
+        warpgroup.wait_group(0)  # PV of tile i - 1 done: acc_O and tOrP free
+        if pipeline_k.is_signaling_thread and not pinned:
+            pipeline_k.sync_object_empty.arrive(kv_state.index, pipeline_k.consumer_mask)
+        pipeline_v.consumer_release(kv_prev)
+        # P_i into the PV operand registers only now: LLVM does not know the PV MMA reads
+        # them asynchronously, and a conversion before the wait was coalesced into them
+        # (fp16), which made ptxas serialize every wgmma (C7513)
+        sm.convert_p(acc_S, tOrP)
+        return kv_state
 
     @cute.jit
     def consume_overlap(
@@ -414,20 +505,17 @@ class FmhaForward(sc.FmhaOnline):
         wg: Int32,
         n_max: Int32,
     ) -> pipeline.PipelineState:
-        """All n_max KV tiles of one consumer WG with the QK^T MMA of tile i overlapping
-        the PV MMA of tile i - 1 and the softmax of tile i overlapping that PV MMA.
-
-        K and V share the ring index: ``kv_state`` (K of the tile being scored) runs one
-        tile ahead of ``kv_prev`` (V of the tile whose P is in tOrP). Returns the state
-        after the last tile (as the serial loop does)."""
+        """All n_max KV tiles of one consumer WG, the QK^T MMA and the softmax of tile i
+        overlapping the PV MMA of tile i - 1 (see ``overlap_tile``). Prologue: the first
+        visited tile n_max - 1 (the only one that can need a mask): S, mask, softmax, P.
+        Epilogue: O = alpha O + P_last V_last. Returns the ring state after the last tile."""
         acc_S = cute.make_rmem_tensor(acc_S_shape, Float32)
-        # pingpong: consumer WG 0 goes first. Only when the loop below runs at all, and WG 1
-        # skips its last arrive, so every arrive on a scheduler barrier meets a sync.
+        # pingpong: consumer WG 0 goes first; only when some steady step runs (every
+        # arrive on a scheduler barrier meets a sync)
         if const_expr(self.schedule == "pingpong"):
             if wg == 0 and n_max > 1:
                 cute.arch.barrier_arrive(barrier_id=SCHED_BARRIER_BASE, number_of_threads=2 * common.WG_THREADS)
 
-        # prologue: first visited tile (n_max - 1, the only one that can need a mask)
         pipeline_k.consumer_wait(kv_state)
         wgmma_issue(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], True)
         warpgroup.wait_group(0)
@@ -437,28 +525,14 @@ class FmhaForward(sc.FmhaOnline):
         sm.convert_p(acc_S, tOrP)
 
         for i in cutlass.range(1, n_max, unroll=1):
-            kv_prev = kv_state.clone()
-            kv_state.advance()
-            pipeline_k.consumer_wait(kv_state)
-            self.sched_sync(wg)
-            # S_i = Q K_i^T (group 1), then O += P_{i-1} V_{i-1} (group 2)
-            wgmma_issue(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], True)
-            pipeline_v.consumer_wait(kv_prev)
-            wgmma_issue(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_prev.index], False)
-            if const_expr(self.schedule == "pingpong"):
-                if wg == 0 or i < n_max - 1:
-                    self.sched_arrive(wg)
-            warpgroup.wait_group(1)  # S_i ready; the PV MMA may still run
-            pipeline_k.consumer_release(kv_state)
-            # softmax of S_i (touches acc_S and the row statistics only, never acc_O / tOrP)
-            self.softmax_tile(acc_S, softmax, row_scale, False)
-            warpgroup.wait_group(0)  # PV done: acc_O and tOrP are free again
-            pipeline_v.consumer_release(kv_prev)
-            if const_expr(self.is_exp):
-                sm.rescale_rows(acc_O, row_scale)
-            sm.convert_p(acc_S, tOrP)
+            kv_state = self.overlap_tile(
+                kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ, tSrK, tOrVt,
+                acc_S, tOrP, acc_O, softmax, row_scale, wg, i, n_max,
+            )
 
-        # epilogue: O += P_last V_last
+        if const_expr(self.is_exp):
+            if n_max > 1:
+                sm.rescale_rows(acc_O, row_scale)  # alpha of the last tile
         pipeline_v.consumer_wait(kv_state)
         wgmma_issue(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_state.index], False)
         warpgroup.wait_group(0)

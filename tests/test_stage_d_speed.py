@@ -1,0 +1,158 @@
+"""Stage D's faster consumer schedules (``-V schedule=overlap|pingpong``), on CPU.
+
+What a CPU can prove (no GPU here; CUTE_DSL_ARCH=sm_90a):
+  * every configuration compiles with the new schedules (d 64/128, bf16/fp16, causal,
+    GQA, identity softmax) and keeps the probed layouts and the P hand-over proof;
+  * the SASS of the new schedules has HGMMA, no spills, no wgmma serialization (ptxas
+    C7513 "wgmma.mma_async instructions are serialized"), and -- the point of the change --
+    in the steady-state loop every MUFU.EX2 of the softmax sits between
+    ``WARPGROUP.DEPBAR.LE gsb0, 0x1`` (S ready) and ``WARPGROUP.DEPBAR.LE gsb0, 0x0`` (PV
+    done), i.e. the exp2s run while the PV WGMMA runs;
+  * the default schedule is ``serial`` (the kernel verified on the H200 is unchanged).
+
+Speed and GPU correctness: benchmarks/gpu_speed_check.sh (one GPU call).
+"""
+
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
+
+from conftest import REPO  # noqa: E402
+from workbench.resources import find_nvdisasm  # noqa: E402
+
+
+def _params(**kw):
+    from workbench.stage import Params
+
+    return Params(kw)
+
+
+def test_schedule_variant_default_serial():
+    import yaml
+
+    from stages.fmha.stage_d_fmha import SCHEDULES, StageD, schedule_of
+
+    y = yaml.safe_load((ROOT / "stages" / "fmha" / "kernel.yaml").read_text())
+    d = next(s for s in y["stages"] if s["letter"] == "d")
+    assert tuple(d["variants"]["schedule"]) == SCHEDULES == ("serial", "overlap", "pingpong")
+    assert schedule_of({}) == "serial"
+    assert schedule_of({"schedule": "overlap"}) == "overlap"
+    with pytest.raises(ValueError):
+        schedule_of({"schedule": "fast"})
+    p = _params(m=100, n=100, d=128, dtype="bf16", batch=1, heads=2, kv_heads=1, causal=False)
+    assert StageD().make_kernel(p, {}).schedule == "serial"
+    assert StageD().make_kernel(p, {"schedule": "pingpong"}).schedule == "pingpong"
+
+
+D_COMPILES = [
+    (128, "bf16", False, 4, 4, {"schedule": "overlap"}),
+    (128, "fp16", True, 8, 2, {"schedule": "overlap"}),
+    (64, "bf16", True, 4, 2, {"schedule": "overlap"}),
+    (64, "fp16", False, 6, 2, {"schedule": "overlap"}),
+    (128, "bf16", True, 4, 2, {"schedule": "pingpong"}),
+    (64, "bf16", False, 4, 4, {"schedule": "pingpong"}),
+    (128, "bf16", True, 4, 2, {"softmax": "identity", "schedule": "overlap"}),
+    (64, "fp16", False, 2, 1, {"softmax": "identity", "schedule": "pingpong"}),
+]
+
+
+@pytest.mark.parametrize("d,dtype,causal,heads,kv_heads,variants", D_COMPILES, ids=lambda x: str(x))
+def test_stage_d_new_schedules_compile(d, dtype, causal, heads, kv_heads, variants):
+    from workbench.probe import capture
+
+    from stages.fmha.stage_d_fmha import StageD
+
+    p = _params(m=1000, n=17, d=d, dtype=dtype, batch=2, heads=heads, kv_heads=kv_heads, causal=causal)
+    with capture() as records:
+        compiled = StageD().compile(p, variants, "sm_90a")
+    probes = {r["name"]: r["layout"] for r in records}
+    assert compiled.fn is not None
+    assert "verified" in compiled.p_check
+    assert (compiled.heads, compiled.kv_heads, compiled.causal) == (heads, kv_heads, causal)
+    assert probes["tSrS"] == "((2,2,16),1,1):((1,2,4),0,0)"
+    assert probes["tOrP"] == "((2,2,2),1,8):((1,2,4),0,8)"
+
+
+# --------------------------------------------------------------------------------------
+# SASS: the softmax runs under the PV WGMMA
+# --------------------------------------------------------------------------------------
+def loop_ex2_placement(sass: str) -> list[tuple[int, int]]:
+    """For each ``DEPBAR.LE gsb0, 0x1`` (wait for S with the PV MMA still in flight): the
+    MUFU.EX2 count up to the next ``DEPBAR.LE gsb0, 0x0``, and after it up to the next
+    HGMMA/EXIT."""
+    ins = [line for line in sass.splitlines() if re.search(r"/\*[0-9a-f]{4}\*/", line)]
+    out = []
+    for i, line in enumerate(ins):
+        if "DEPBAR.LE gsb0, 0x1" not in line:
+            continue
+        j, before = i + 1, 0
+        while j < len(ins) and "DEPBAR.LE gsb0, 0x0" not in ins[j]:
+            before += "MUFU.EX2" in ins[j]
+            j += 1
+        k, after = j + 1, 0
+        while k < len(ins) and "HGMMA" not in ins[k] and "EXIT" not in ins[k]:
+            after += "MUFU.EX2" in ins[k]
+            k += 1
+        out.append((before, after))
+    return out
+
+
+@pytest.fixture(scope="module")
+def fmha_ws(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fmha-speed")
+    for name in ("stages", "fixtures", "pyproject.toml"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
+    return root
+
+
+@pytest.mark.skipif(find_nvdisasm() is None, reason="nvdisasm not installed (pip install 'cute-wb[sass]')")
+@pytest.mark.parametrize(
+    "d,dtype,causal,schedule",
+    [
+        (128, "bf16", False, "overlap"),
+        (128, "bf16", True, "overlap"),
+        (128, "fp16", True, "pingpong"),
+        (128, "bf16", False, "pingpong"),
+        (64, "bf16", False, "overlap"),
+        (64, "fp16", False, "overlap"),  # fp16 once made ptxas serialize every wgmma (C7513)
+        (64, "bf16", True, "pingpong"),
+        (64, "fp16", True, "pingpong"),
+    ],
+    ids=lambda x: str(x),
+)
+def test_softmax_runs_under_the_pv_mma(fmha_ws, wb, d, dtype, causal, schedule):
+    proc = wb("compile", "d", "-p", f"d={d}", "-p", f"dtype={dtype}", "-p", f"causal={str(causal).lower()}",
+              "-V", f"schedule={schedule}", "--keep", "sass,ptx", "--json", cwd=fmha_ws, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rec = json.loads(proc.stdout)
+    found = rec["sass"]["instructions"]
+    assert any(name.startswith("HGMMA") for name in found), found
+    (kernel,) = rec["resources"]["kernels"]
+    assert kernel["spill_store_bytes"] == 0 and kernel["spill_load_bytes"] == 0, kernel
+    # serialized wgmma shows as a WARPGROUP.ARRIVE/DEPBAR pair around every HGMMA (serial: 8)
+    assert found.get("WARPGROUP", 0) <= 8, found
+    arts = {Path(k).suffix: fmha_ws / v for k, v in rec["artifacts"].items()}
+    placement = loop_ex2_placement(arts[".sass"].read_text())
+    assert placement, "no DEPBAR.LE gsb0, 0x1: the overlap loop is missing"
+    # 2 rows x 32 columns of P per thread + 2 alphas = 66 exp2 per tile and thread
+    for before, after in placement:
+        assert before >= 64 and after == 0, placement
+    ptxas = shutil.which("ptxas")
+    if ptxas:
+        import subprocess
+
+        res = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(arts[".ptx"]), "-o", os.devnull],
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert "C7513" not in res.stderr, "ptxas serialized the wgmma: " + res.stderr[-1000:]
