@@ -50,7 +50,7 @@ def test_probes_inside_a_kernel_record_layout_modes_space_and_line(tma_ws):
     assert sx["layout"] == "(64,64):(64,1)" and sx["rank"] == 2 and sx["memspace"] == "smem" and sx["dtype"] == "bf16"
     assert sx["stage"] == "tmacopy/stage-a"
     # the TMA partition of the tiled (m, n, l) tensor: atom, m tiles (dynamic), n tiles, batch
-    assert txgx["layout"] == "(((64,64),1),?,4,2):(((1@0,1@1),0),64@1,64@0,1@2)"
+    assert txgx["layout"] == "(((64,64),1),?{i64},4,2):(((1@0,1@1),0),64@1,64@0,1@2)"
     assert txgx["rank"] == 4 and txgx["depth"] == 3 and txgx["dynamic"] == ["1"] and txgx["memspace"] == "coord"
     path, line = txgx["location"].rsplit(":", 1)
     assert path.endswith("stages/tmacopy/stage_a_copy.py")
@@ -81,7 +81,7 @@ def test_automatic_capture_without_probes(tma_ws):
     row = ops["tXgX_row"]
     assert row["op"] == "cute.slice" and row["rank"] == 2 and row["modes"] == ["((64,64),1)", "4"]
     assert ops["tYgY"]["op"] == "cute.local_partition" and ops["tYgY"]["layout"] == "(8,4):(2048,16)"
-    assert ops["tma_x"]["layout"] == "(?{div=64},256,2):(1@1,1@0,1@2)"
+    assert ops["tma_x"]["layout"] == "(?{i64 div=64},256,2):(1@1,1@0,1@2)"
     for r in build.shapes:  # every op record points at the user's line that made it
         path, line = r["location"].rsplit(":", 1)
         assert path.endswith("stage_a_copy.py")
@@ -100,7 +100,7 @@ def test_too_few_slice_coordinates_report_the_line_and_the_shapes(tma_ws):
     assert path.endswith("stage_a_copy.py") and err.source == "tXgX_row = tXgX[None, bm]"
     text = str(err)
     assert text.splitlines()[0] == f"stages/tmacopy/stage_a_copy.py:{line}: slice with 2 coordinates of a tensor with 4 modes"
-    assert "(((64,64),1),?,4,2)" in text and "(_,?)" in text and "weakly congruent" in text
+    assert "(((64,64),1),?{i64},4,2)" in text and "(_,?)" in text and "weakly congruent" in text
     assert "Traceback" not in text
     # the probes captured before the failure come with the error
     assert [r["name"] for r in err.shapes] == ["sX", "tXgX"]

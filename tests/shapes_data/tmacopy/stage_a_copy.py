@@ -93,7 +93,7 @@ class CopyStage(Stage):
     def compile(self, p, variants, arch):
         from cutlass.cute.runtime import make_fake_compact_tensor, make_fake_stream
 
-        m = cute.sym_int32(divisibility=64)  # 32-bit: grid extents from 64-bit symbols failed to launch on an H200
+        m = cute.sym_int64(divisibility=64)
         shape = (m, p.n, p.l)
         x = make_fake_compact_tensor(_dtype(p.dtype), shape, stride_order=(1, 0, 2), assumed_align=p.align)
         y = make_fake_compact_tensor(_dtype(p.dtype), shape, stride_order=(1, 0, 2), assumed_align=p.align)
