@@ -184,28 +184,24 @@ def test_reloaded_kernel_takes_the_same_arguments_as_the_compiled_one(tma_ws):
 
 
 @pytest.mark.gpu
-def test_cached_kernel_runs_and_gives_the_same_output(tma_ws):
-    """On a GPU: a kernel reloaded from the cache in a new process copies like the fresh one."""
-    script = textwrap.dedent(
-        f"""
-        import json, sys, torch
-        sys.path[:0] = [{str(REPO)!r}, {str(REPO / 'tests')!r}]
-        from shapes_kit import compile_in_process, load
-        from pathlib import Path
-        root = Path({str(tma_ws)!r})
-        b = compile_in_process(root)
-        ws, spec, stage = load(root)
-        x = torch.randn(2, 128, 256, device="cuda").to(torch.bfloat16)
-        y = torch.full_like(x, float("nan"))
-        stage.launch(b.compiled, {{"x": x}}, {{"y": y}})
-        torch.cuda.synchronize()
-        print(json.dumps({{"cache": b.cache, "equal": bool(torch.equal(x, y)), "sum": float(y.float().sum())}}))
-        """
-    )
-    outs = []
+def test_cached_kernel_runs_and_gives_the_same_output(tmp_path):
+    """On a GPU: `wb run` in a new worker reloads stage C from the disk cache, and the
+    reloaded kernel passes with exactly the numbers of the freshly compiled one.
+    (The same path ran on an H200 in benchmarks/bench_warm_run.py; the tmacopy test kernel
+    is not used here: on the H200 its own launch fails with CUDA_LAUNCH_INVALID_CONFIG.)"""
+    import shutil
+
+    from conftest import run_wb
+
+    for name in ("stages", "fixtures", "pyproject.toml"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    env = {"WB_HOME": str(tmp_path / "home")}
+    records = []
     for _ in range(2):
-        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        outs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    assert [o["cache"] for o in outs] == ["cold", "disk"]
-    assert outs[0]["equal"] and outs[1]["equal"]
+        proc = run_wb("run", "c", "--n", "256", "--fixture", "random", "--fresh", "--json", cwd=tmp_path, env=env)
+        records.append(json.loads(proc.stdout))
+    assert [r["timing"]["compiles"][0]["cache"] for r in records] == ["cold", "disk"]
+    assert [r["verdict"] for r in records] == ["PASS", "PASS"]
+    errors = [[c["outputs"]["o"]["max_abs_err"] for c in r["results"]] for r in records]
+    assert errors[0] == errors[1]
