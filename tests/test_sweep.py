@@ -76,7 +76,7 @@ def test_sweep_runs_every_case_reuses_the_warm_worker_and_survives_a_hang(toy_ws
 
 def test_sweep_lanes_each_have_their_own_gpu_and_warm_worker(toy_ws, wb):
     proc = wb("sweep", "a", "--n", "128,256,384,512", "--gpus", "0,1", "--json", timeout=400)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["lanes"] == ["gpu0", "gpu1"]
     assert {r["lane"] for r in summary["rows"]} == {"gpu0", "gpu1"}
