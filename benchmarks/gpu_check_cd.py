@@ -335,7 +335,6 @@ def _hypotheses(case, inputs, ref32):
 
 def _onehot_reads(case, inputs, out, ref32, bad_rows):
     """For onehot-p: which V row each bad query read (nearest V row of its kv head)."""
-    import torch
 
     o = _bhsd(out.float(), case)
     r = _bhsd(ref32.float(), case)
@@ -355,7 +354,6 @@ def _onehot_reads(case, inputs, out, ref32, bad_rows):
 
 
 def diagnose(case, res, max_lines=4):
-    import torch
 
     inputs, outputs, ref32 = res["_t"]
     lines = []

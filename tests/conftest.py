@@ -74,3 +74,21 @@ def run_wb(*args, cwd=None, env=None, timeout=180, input=None):
 @pytest.fixture
 def wb():
     return run_wb
+
+
+def copy_repo_workspace(root: Path) -> Path:
+    """A throw-away copy of this repository's workspace (stages, fixtures, config), so tests
+    that run wb on the real kernels never write runs or caches into the checkout."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("stages", "fixtures", "pyproject.toml"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, root / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def fmha_ws(tmp_path_factory):
+    return copy_repo_workspace(tmp_path_factory.mktemp("fmha-ws"))

@@ -189,13 +189,9 @@ def test_cached_kernel_runs_and_gives_the_same_output(tmp_path):
     reloaded kernel passes with exactly the numbers of the freshly compiled one.
     (The same path ran on an H200 in benchmarks/bench_warm_run.py; the tmacopy test kernel
     is not used here: on the H200 its own launch fails with CUDA_LAUNCH_INVALID_CONFIG.)"""
-    import shutil
+    from conftest import copy_repo_workspace, run_wb
 
-    from conftest import run_wb
-
-    for name in ("stages", "fixtures", "pyproject.toml"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    copy_repo_workspace(tmp_path)
     env = {"WB_HOME": str(tmp_path / "home")}
     records = []
     for _ in range(2):

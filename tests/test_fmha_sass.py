@@ -3,23 +3,13 @@
 silently falls back to a slower path fails here, on any machine, no GPU needed."""
 
 import json
-import shutil
 
 import pytest
 
-from conftest import REPO
 from workbench.resources import find_nvdisasm
 
 pytestmark = pytest.mark.skipif(find_nvdisasm() is None, reason="nvdisasm not installed (pip install 'cute-wb[sass]')")
 
-
-@pytest.fixture(scope="module")
-def fmha_ws(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fmha-sass")
-    for name in ("stages", "fixtures", "pyproject.toml"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
-    return root
 
 
 @pytest.mark.parametrize("stage", ["a", "b", "c", "d"])

@@ -2,22 +2,13 @@
 names the bug as its top explanation (issue: diagnostics, proof on real kernels)."""
 
 import json
-import shutil
 
 import pytest
 
-from conftest import REPO, run_wb
+from conftest import run_wb
 
 pytestmark = pytest.mark.gpu
 
-
-@pytest.fixture(scope="module")
-def fmha_ws(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fmha-ws")
-    for name in ("stages", "fixtures", "pyproject.toml"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
-    return root
 
 
 def run_c(ws, n, *variants, timeout=60):

@@ -1,7 +1,6 @@
 """Run records: atomic, corrupt ones skipped with a warning, selectors, listing, diff, reports."""
 
 import json
-import warnings
 
 import pytest
 

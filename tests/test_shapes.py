@@ -1,8 +1,6 @@
 """`wb shapes` and `wb compile` end to end (workers, CLI, lock files), compile-only on the CPU."""
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import importlib.util

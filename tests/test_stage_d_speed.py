@@ -27,7 +27,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
 
-from conftest import REPO  # noqa: E402
 from workbench.resources import find_nvdisasm  # noqa: E402
 
 
@@ -106,14 +105,6 @@ def loop_ex2_placement(sass: str) -> list[tuple[int, int]]:
         out.append((before, after))
     return out
 
-
-@pytest.fixture(scope="module")
-def fmha_ws(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fmha-speed")
-    for name in ("stages", "fixtures", "pyproject.toml"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, root / name)
-    return root
 
 
 @pytest.mark.skipif(find_nvdisasm() is None, reason="nvdisasm not installed (pip install 'cute-wb[sass]')")

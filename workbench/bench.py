@@ -259,9 +259,8 @@ def bench_params(s: int, d: int, causal: bool, dtype: str, batch: int | None = N
 def run_bench(ws, spec, cases: list[dict[str, Any]], variants: dict[str, str], peers: list[str], reps: int = 30,
               graph: str = "auto", timeout: float = 600.0, on_event=lambda e: None, warm: bool = True) -> dict[str, Any]:
     """Benchmark `cases` of a stage in a worker; write the record (kind "bench") and MEMORY.md."""
-    from workbench import __version__
-    from workbench.errors import NoGpuError
-    from workbench.provenance import file_hashes, git_state, host
+    from workbench.execute import worker_result
+    from workbench.provenance import git_state, record_provenance
     from workbench.records import new_run_dir, utc_now, write_record
     from workbench.runner.supervisor import run_job
 
@@ -272,17 +271,7 @@ def run_bench(ws, spec, cases: list[dict[str, Any]], variants: dict[str, str], p
     job = {"op": "bench", "workspace": str(ws.root), "kernel": spec.kernel, "letter": spec.letter, "cases": resolved,
            "variants": variants, "peers": peers, "reps": reps, "graph": graph, "run_dir": str(run_dir)}
     outcome = run_job(ws, job, timeout, on_event, warm=warm)
-    if outcome.status == "user_error":
-        import shutil
-
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise UserError(outcome.message)
-    result = outcome.result or {}
-    if result.get("verdict") == "NO_GPU":
-        import shutil
-
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise NoGpuError(result["error"]["message"])
+    result = worker_result(outcome, run_dir)
     env = result.get("env", {})
     record = {
         "kind": "bench",
@@ -299,10 +288,7 @@ def run_bench(ws, spec, cases: list[dict[str, Any]], variants: dict[str, str], p
         "notes": result.get("notes", []),
         "results": [],
         "timing": {"total_s": None, "worker_reused": outcome.worker_reused, "worker_pid": outcome.worker_pid},
-        "provenance": {**git, "sources": file_hashes(spec.source_files(), ws.root), "wb": __version__, "dsl": env.get("dsl"),
-                       "torch": env.get("torch"), "python": env.get("python"), "gpu": env.get("gpu"),
-                       "compute_capability": env.get("compute_capability"), "driver": env.get("driver"),
-                       "arch": spec.arch, "host": host()},
+        "provenance": record_provenance(ws, spec, git, env, spec.arch),
         "started": started,
         "finished": utc_now(),
     }
@@ -324,6 +310,7 @@ def peer_ratios(case: dict[str, Any]) -> dict[str, float]:
 def record_speed(ws, record: dict[str, Any]) -> None:
     """Fold a bench record into MEMORY.md's `speed` block (latest per case and card)."""
     from workbench import memory
+    from workbench.provenance import short_commit
 
     card = record["provenance"].get("gpu") or "?"
 
@@ -336,7 +323,7 @@ def record_speed(ws, record: dict[str, Any]) -> None:
                 "verdict": case.get("verdict"),
                 "peers": {k: v.get("tflops") for k, v in (case.get("peers") or {}).items()},
                 "run": record["id"],
-                "commit": (record["provenance"].get("commit") or "")[:10] + ("+dirty" if record["provenance"].get("dirty") else ""),
+                "commit": short_commit(record["provenance"]) or None,
                 "date": record["started"][:10],
             }
         return data

@@ -8,8 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from workbench import __version__
-from workbench.provenance import file_hashes, git_state, host
+from workbench.provenance import git_state, record_provenance
 from workbench.records import new_run_dir, utc_now, write_record
 from workbench.registry import StageSpec
 from workbench.workspace import Workspace
@@ -90,13 +89,7 @@ def compile_stage_record(
         "sass": sass,
         "artifacts": {name: str(Path(p).relative_to(ws.root)) if Path(p).is_absolute() and ws.root in Path(p).parents else p for name, p in artifacts.items()},
         "timing": {"compile_s": result.get("seconds") or 0.0, "total_s": time.perf_counter() - started_wall},
-        "provenance": {
-            **git,
-            "sources": file_hashes(spec.source_files(), ws.root),
-            "wb": __version__,
-            "arch": arch,
-            "host": host(),
-        },
+        "provenance": record_provenance(ws, spec, git, {}, arch),
         "started": started,
         "finished": utc_now(),
     }

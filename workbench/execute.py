@@ -8,9 +8,8 @@ import signal
 import time
 from typing import Any, Callable
 
-from workbench import __version__
 from workbench.errors import NoGpuError, UserError
-from workbench.provenance import file_hashes, git_state, host
+from workbench.provenance import git_state, record_provenance
 from workbench.records import new_run_dir, utc_now, write_record
 from workbench.registry import StageSpec
 from workbench.runner.supervisor import Outcome, run_job
@@ -68,13 +67,7 @@ def run_stage(
         outcome = run_job(ws, job, timeout, on_event, warm=warm, env=env)
     except KeyboardInterrupt:
         outcome = Outcome(status="INTERRUPTED", message="interrupted (Ctrl-C) before the worker answered")
-    if outcome.status == "user_error":
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise UserError(outcome.message)
-    result = outcome.result or {}
-    if result.get("verdict") == "NO_GPU":
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise NoGpuError(result["error"]["message"])
+    result = worker_result(outcome, run_dir)
 
     verdict = result.get("verdict") if outcome.status == "result" else outcome.status
     error = result.get("error")
@@ -112,20 +105,7 @@ def run_stage(
             "worker_reused": outcome.worker_reused,
             "worker_pid": outcome.worker_pid,
         },
-        "provenance": {
-            **git,
-            "sources": file_hashes(spec.source_files(), ws.root),
-            "wb": __version__,
-            "dsl": env.get("dsl"),
-            "torch": env.get("torch"),
-            "python": env.get("python"),
-            "gpu": env.get("gpu"),
-            "compute_capability": env.get("compute_capability"),
-            "driver": env.get("driver"),
-            "cuda_runtime": env.get("cuda_runtime"),
-            "arch": (compiles[0]["arch"] if compiles else arch or spec.arch),
-            "host": host(),
-        },
+        "provenance": record_provenance(ws, spec, git, env, compiles[0]["arch"] if compiles else arch or spec.arch),
         "started": started,
         "finished": utc_now(),
     }
@@ -135,6 +115,18 @@ def run_stage(
         record["_dir"] = str(run_dir)
         publish(ws, record)
     return record
+
+
+def worker_result(outcome: Outcome, run_dir) -> dict[str, Any]:
+    """The worker's result; a job it refused (a user mistake, no GPU) leaves no run folder."""
+    if outcome.status == "user_error":
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise UserError(outcome.message)
+    result = outcome.result or {}
+    if result.get("verdict") == "NO_GPU":
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise NoGpuError(result["error"]["message"])
+    return result
 
 
 def publish(ws: Workspace, record: dict[str, Any]) -> None:

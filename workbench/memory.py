@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from filelock import FileLock
 
+from workbench.provenance import short_commit
 from workbench.records import atomic_write_text
 from workbench.workspace import Workspace
 
@@ -217,11 +218,10 @@ def record_run(ws: Workspace, record: dict[str, Any]) -> None:
         data = data if isinstance(data, dict) else {}
         entry = data.setdefault(record["stage"], {})
         prov = record.get("provenance", {})
-        commit = (prov.get("commit") or "")[:10] + ("+dirty" if prov.get("dirty") else "")
         entry.update(
             verdict=record["verdict"],
             last_run=record["id"],
-            commit=commit or None,
+            commit=short_commit(prov) or None,
             date=record.get("started", "")[:10],
             card=prov.get("gpu"),
         )

@@ -57,3 +57,29 @@ def file_hashes(paths: list[Path], root: Path) -> dict[str, str]:
 
 def host() -> str:
     return socket.gethostname()
+
+
+def record_provenance(ws, spec, git: dict[str, Any], env: dict[str, Any], arch: str) -> dict[str, Any]:
+    """The provenance block of a record: what was sent (git, stage sources), what ran it."""
+    from workbench import __version__
+
+    return {
+        **git,
+        "sources": file_hashes(spec.source_files(), ws.root),
+        "wb": __version__,
+        "dsl": env.get("dsl"),
+        "torch": env.get("torch"),
+        "python": env.get("python"),
+        "gpu": env.get("gpu"),
+        "compute_capability": env.get("compute_capability"),
+        "driver": env.get("driver"),
+        "cuda_runtime": env.get("cuda_runtime"),
+        "arch": arch,
+        "host": host(),
+    }
+
+
+def short_commit(prov: dict[str, Any], width: int = 10) -> str:
+    """abc1234567 or abc1234567+dirty; empty when unknown."""
+    commit = (prov.get("commit") or "")[:width]
+    return commit + ("+dirty" if commit and prov.get("dirty") else "")

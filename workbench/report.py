@@ -12,7 +12,8 @@ from workbench.records import atomic_write_text, list_records
 from workbench.workspace import Workspace
 
 
-def _fmt(x: Any, spec: str = ".4g") -> str:
+def fmt(x: Any, spec: str = ".4g") -> str:
+    """A number for a table: formatted with `spec`, "-" when missing."""
     if x is None:
         return "-"
     if isinstance(x, float):
@@ -66,8 +67,8 @@ def run_markdown(record: dict[str, Any]) -> str:
         "",
         f"- parameters: `{params_text(record)}`",
         f"- variants: `{variants_text(record.get('variants', {}))}`",
-        f"- compile: {_fmt(timing.get('compile_s'), '.2f')} s" + (" (cached)" if timing.get("compile_cached") else "")
-        + f" · kernel runs: {_fmt(timing.get('run_s'), '.3f')} s · total: {_fmt(timing.get('total_s'), '.2f')} s",
+        f"- compile: {fmt(timing.get('compile_s'), '.2f')} s" + (" (cached)" if timing.get("compile_cached") else "")
+        + f" · kernel runs: {fmt(timing.get('run_s'), '.3f')} s · total: {fmt(timing.get('total_s'), '.2f')} s",
         "",
     ]
     about = record.get("about") or {}
@@ -91,8 +92,8 @@ def run_markdown(record: dict[str, Any]) -> str:
         ]
         for r in rows:
             out.append(
-                f"| {r['fixture']} | {r['output']} | {r['verdict']} | {_fmt(r['cos'], '.6f')} | {_fmt(r['rel_l2'], '.3g')} | "
-                f"{_fmt(r['max_abs_err'], '.3g')} | {r['max_err_at']} | {_fmt(r['tolerance'], '.3g')} | {r['nan']} | {r['unwritten']} |"
+                f"| {r['fixture']} | {r['output']} | {r['verdict']} | {fmt(r['cos'], '.6f')} | {fmt(r['rel_l2'], '.3g')} | "
+                f"{fmt(r['max_abs_err'], '.3g')} | {r['max_err_at']} | {fmt(r['tolerance'], '.3g')} | {r['nan']} | {r['unwritten']} |"
             )
         out.append("")
     notes = record.get("fixture_notes") or {}
@@ -219,8 +220,8 @@ def stage_markdown(history: dict[str, Any], sweep_table: str | None = None) -> s
     out += ["", "## Trend (newest first)", "", "| run | verdict | params | min cos | max err | compile s | commit | card |", "|---|---|---|---|---|---|---|---|"]
     for t in history["trend"]:
         out.append(
-            f"| {t['id']} | {t['verdict']} | `{t['params']}` | {_fmt(t['min_cos'], '.6f')} | {_fmt(t['max_err'], '.3g')} | "
-            f"{_fmt(t['compile_s'], '.2f')} | {t['commit']} | {t['gpu'] or '-'} |"
+            f"| {t['id']} | {t['verdict']} | `{t['params']}` | {fmt(t['min_cos'], '.6f')} | {fmt(t['max_err'], '.3g')} | "
+            f"{fmt(t['compile_s'], '.2f')} | {t['commit']} | {t['gpu'] or '-'} |"
         )
     if sweep_table:
         out += ["", sweep_table]

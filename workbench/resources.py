@@ -26,7 +26,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from workbench.layouts import describe_layout, describe_type, elem_bytes, parse_tuple, shape_of, split_top
+from workbench.layouts import describe_type, elem_bytes, parse_tuple, shape_of, split_top
 
 # Max dynamic shared memory per block (opt-in), bytes; mirrors the DSL's own table.
 SMEM_CAPACITY = {

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path

@@ -10,6 +10,8 @@ from typing import Any, Iterable
 from rich.console import Console
 from rich.table import Table
 
+from workbench.report import fmt  # noqa: F401  (re-exported for the CLI)
+
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns; tables read better wider.
 _width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
 console = Console(highlight=False, soft_wrap=False, width=_width)
@@ -75,11 +77,3 @@ def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def fmt(x: Any, spec: str = ".4g") -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return format(x, spec)
-    return str(x)

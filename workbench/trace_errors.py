@@ -24,7 +24,6 @@ from __future__ import annotations
 import linecache
 import os
 import re
-import sys
 import sysconfig
 from pathlib import Path
 from typing import Any

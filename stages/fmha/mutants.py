@@ -70,7 +70,6 @@ class Problem:
     """Canonical (G = batch·heads, seq, d) float32 tensors and calibrated conventions."""
 
     def __init__(self, cx):
-        import torch
 
         from workbench.diagnose.registry import role_of
 

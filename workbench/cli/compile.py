@@ -53,7 +53,6 @@ def compile_cmd(
 
 
 def render_compile(ws, record: dict) -> None:
-    from workbench.cli.shapes import render_resources
     from workbench.terminal import console, escape, table
 
     res = record.get("resources") or {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import typer
 
@@ -149,7 +149,7 @@ def _modes(record: dict) -> str:
 
 def render_stage(ws, res: dict, diff: dict, all_ops: bool, check: bool) -> None:
     from workbench import shapes as lib
-    from workbench.terminal import console, escape, table
+    from workbench.terminal import console, escape
 
     head = f"[bold]{escape(res['stage'])}[/]  {escape(diff['label'])}"
     if res.get("status") == "ok":

@@ -59,7 +59,6 @@ def fail_min(eps: float) -> float:
 # --------------------------------------------------------------------------------------
 def classify_actual(t):
     """(float64 values with specials zeroed, int8 classes) of a kernel output."""
-    import torch
 
     unwritten = None
     if t.dtype.is_floating_point:
@@ -127,7 +126,6 @@ def _as_pred(x) -> Pred:
 
 
 def _pred_classes(pred: Pred, shape, device):
-    import torch
 
     values = pred.values
     if tuple(values.shape) != tuple(shape):
@@ -185,7 +183,6 @@ def diagnose(
     mutant predictions are computed once. force: try the mutants even when the output
     matches the reference (explanations still need RATIO and FIT_MAX).
     """
-    import torch
 
     from workbench.diagnose.errormap import draw_error_map, error_map
 
