@@ -9,16 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from workbench.records import atomic_write_text, list_records
+from workbench.text import fmt
 from workbench.workspace import Workspace
-
-
-def fmt(x: Any, spec: str = ".4g") -> str:
-    """A number for a table: formatted with `spec`, "-" when missing."""
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return format(x, spec)
-    return str(x)
 
 
 def params_text(record: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ from typing import Any, Iterable
 from rich.console import Console
 from rich.table import Table
 
-from workbench.report import fmt  # noqa: F401  (re-exported for the CLI)
+from workbench.text import fmt  # noqa: F401  (re-exported for the CLI)
 
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns; tables read better wider.
 _width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
