@@ -259,7 +259,7 @@ def bench_params(s: int, d: int, causal: bool, dtype: str, batch: int | None = N
 def run_bench(ws, spec, cases: list[dict[str, Any]], variants: dict[str, str], peers: list[str], reps: int = 30,
               graph: str = "auto", timeout: float = 600.0, on_event=lambda e: None, warm: bool = True) -> dict[str, Any]:
     """Benchmark `cases` of a stage in a worker; write the record (kind "bench") and MEMORY.md."""
-    from workbench.execute import worker_result
+    from workbench.execute import record_head, worker_result
     from workbench.provenance import git_state, record_provenance
     from workbench.records import new_run_dir, utc_now, write_record
     from workbench.runner.supervisor import run_job
@@ -274,13 +274,7 @@ def run_bench(ws, spec, cases: list[dict[str, Any]], variants: dict[str, str], p
     result = worker_result(outcome, run_dir)
     env = result.get("env", {})
     record = {
-        "kind": "bench",
-        "kernel": spec.kernel,
-        "stage": spec.id,
-        "letter": spec.letter,
-        "stage_title": spec.title,
-        "params": {},
-        "variants": variants,
+        **record_head("bench", spec, {}, variants),
         "verdict": result.get("verdict") if outcome.status == "result" else outcome.status,
         "error": None if outcome.status == "result" else {"message": outcome.message, "log": outcome.log_tail},
         "bench": result.get("cases", []),

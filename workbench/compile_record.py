@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from workbench.execute import record_head
 from workbench.provenance import git_state, record_provenance
 from workbench.records import new_run_dir, utc_now, write_record
 from workbench.registry import StageSpec
@@ -74,13 +75,7 @@ def compile_stage_record(
     else:
         verdict = "COMPILED"
     record = {
-        "kind": "compile",
-        "kernel": spec.kernel,
-        "stage": spec.id,
-        "letter": spec.letter,
-        "stage_title": spec.title,
-        "params": params,
-        "variants": variants,
+        **record_head("compile", spec, params, variants),
         "arch": arch,
         "verdict": verdict,
         "error": result.get("error"),

@@ -78,14 +78,7 @@ def run_stage(
     compiles = result.get("compiles", [])
     env = result.get("env", {})
     record = {
-        "kind": "run",
-        "kernel": spec.kernel,
-        "stage": spec.id,
-        "letter": spec.letter,
-        "stage_title": spec.title,
-        "params": params,
-        "variants": variants,
-        "variants_changed": {k: v for k, v in variants.items() if spec.variants.get(k, (v,))[0] != v},
+        **record_head("run", spec, params, variants),
         "fixtures_requested": fixtures or spec.fixtures,
         "seed": seed,
         "verdict": verdict,
@@ -115,6 +108,20 @@ def run_stage(
         record["_dir"] = str(run_dir)
         publish(ws, record)
     return record
+
+
+def record_head(kind: str, spec: StageSpec, params: dict[str, Any], variants: dict[str, str]) -> dict[str, Any]:
+    """The fields every record of a stage starts with."""
+    return {
+        "kind": kind,
+        "kernel": spec.kernel,
+        "stage": spec.id,
+        "letter": spec.letter,
+        "stage_title": spec.title,
+        "params": params,
+        "variants": variants,
+        "variants_changed": {k: v for k, v in variants.items() if spec.variants.get(k, (v,))[0] != v},
+    }
 
 
 def worker_result(outcome: Outcome, run_dir) -> dict[str, Any]:

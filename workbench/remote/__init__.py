@@ -577,14 +577,10 @@ def lost_record(spec, params, variants, fixtures, seed, host, local_git, sources
         seen = f"; last progress: {last.get('phase')}" + (f" {last.get('fixture')}" if last.get("fixture") else "")
     rid = remote.get("id")
     where = f"; the remote run id was {rid} (its record, if it finished, is in {host.name}:{host.path}/runs/{rid})" if rid else ""
+    from workbench.execute import record_head
+
     return {
-        "kind": "run",
-        "kernel": spec.kernel,
-        "stage": spec.id,
-        "letter": spec.letter,
-        "stage_title": spec.title,
-        "params": params,
-        "variants": variants,
+        **record_head("run", spec, params, variants),
         "fixtures_requested": fixtures or spec.fixtures,
         "seed": seed,
         "verdict": "LOST",
