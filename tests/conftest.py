@@ -92,3 +92,14 @@ def copy_repo_workspace(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def fmha_ws(tmp_path_factory):
     return copy_repo_workspace(tmp_path_factory.mktemp("fmha-ws"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small tensors: one intra-op thread is faster, and much faster on a loaded machine."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
