@@ -166,6 +166,11 @@ class BenchJob:
         fixture = fixture_registry.get_fixture(registry, "random")
         peers_module = load_peers(spec.module_path.parent)
         wanted_peers = job.get("peers") or []
+        for key, value in (job.get("peer_env") or {}).items():  # this run's, not the warm worker's start
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         roots = [ws.stages_dir.resolve()]
         self.emit({"type": "progress", "phase": "peak"})
         peak = card_peak_tflops()
@@ -228,7 +233,8 @@ class BenchJob:
         except Exception as exc:
             return {"skipped": f"{type(exc).__name__}: {exc}"}
         if fn is None:
-            return {"skipped": "not installed"}
+            note = getattr(peers_module, "missing_note", lambda _: None)(peer)
+            return {"skipped": f"not installed: {note}" if note else "not installed"}
         try:
             timing = time_cuda(fn, reps=job.get("reps", 30), graph=job.get("graph", "auto"))
         except Exception as exc:
@@ -239,6 +245,8 @@ class BenchJob:
 # ------------------------------------------------------------------ host side (the wb process)
 
 DEFAULT_PEERS = ("sdpa-flash", "sdpa-cudnn", "fa4")
+# Settings peers read in the worker; sent with each job, since a warm worker may predate them.
+PEER_ENV = ("WB_CUTLASS_EXAMPLES",)
 # The sweep of DESIGN.md's peer table: (d, s, causal); batch = 16384 / s, heads = 2048 / d.
 SWEEP = [(128, 1024, False), (128, 1024, True), (128, 4096, False), (128, 4096, True), (128, 8192, False),
          (128, 8192, True), (64, 1024, False), (64, 4096, False), (64, 8192, False), (64, 8192, True)]
@@ -269,7 +277,8 @@ def run_bench(ws, spec, cases: list[dict[str, Any]], variants: dict[str, str], p
     run_dir = new_run_dir(ws.runs_dir)
     started = utc_now()
     job = {"op": "bench", "workspace": str(ws.root), "kernel": spec.kernel, "letter": spec.letter, "cases": resolved,
-           "variants": variants, "peers": peers, "reps": reps, "graph": graph, "run_dir": str(run_dir)}
+           "variants": variants, "peers": peers, "reps": reps, "graph": graph, "run_dir": str(run_dir),
+           "peer_env": {key: os.environ.get(key) for key in PEER_ENV}}
     outcome = run_job(ws, job, timeout, on_event, warm=warm)
     result = worker_result(outcome, run_dir)
     env = result.get("env", {})

@@ -3,6 +3,8 @@
 make_peer(name, inputs, params) returns a zero-argument callable that runs the peer once,
 or None when it is not installed. Stage D's tensors are (batch, seqlen, heads, d) as in
 flash-attn; torch SDPA takes (batch, heads, seqlen, d), so it gets transposed views.
+`cutlass-example` is CUTLASS's CuTe DSL Hopper FMHA example, loaded from the user's CUTLASS
+checkout (WB_CUTLASS_EXAMPLES; see peer_cutlass.py).
 """
 
 from __future__ import annotations
@@ -61,4 +63,17 @@ def make_peer(name: str, inputs, params):
 
         run()  # the first call compiles (1-2 s): keep it out of the timing
         return run
+    if name == "cutlass-example":
+        from stages.fmha import peer_cutlass
+
+        return peer_cutlass.make_cutlass_peer(_as_bshd(q), _as_bshd(k), _as_bshd(v), causal, scale)
     raise ValueError(f"unknown peer {name!r}")
+
+
+def missing_note(name: str) -> str | None:
+    """Why make_peer(name) returned None, when there is more to say than 'not installed'."""
+    if name == "cutlass-example":
+        from stages.fmha import peer_cutlass
+
+        return peer_cutlass.missing_note()
+    return None

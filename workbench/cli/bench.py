@@ -28,7 +28,9 @@ def bench(
     dtype: str = typer.Option("bf16", "--dtype", help="bf16 or fp16 (comma-separated for both)."),
     batch: Optional[int] = typer.Option(None, "--batch", help="Batch (default 16384/s)."),
     heads: Optional[int] = typer.Option(None, "--heads", help="Heads (default 2048/d)."),
-    peers: str = typer.Option("sdpa-flash,sdpa-cudnn,fa4", "--peers", help="Peers on the same inputs: sdpa-flash, sdpa-cudnn, sdpa-efficient, fa4 ('' for none)."),
+    peers: str = typer.Option("sdpa-flash,sdpa-cudnn,fa4", "--peers", help="Peers on the same inputs: sdpa-flash, sdpa-cudnn, sdpa-efficient, sdpa-math, fa4, cutlass-example"
+                             " (CUTLASS's CuTe DSL Hopper FMHA example; set WB_CUTLASS_EXAMPLES to a checkout's"
+                             " examples/python/CuTeDSL) ('' for none)."),
     variant: Optional[List[str]] = typer.Option(None, "--variant", "-V", help="Compile-time variant key=value."),
     reps: int = typer.Option(30, "--reps", help="Timed repeats per kernel."),
     graph: str = typer.Option("auto", "--graph", help="CUDA-graph replay: auto (short kernels), on, off."),
@@ -62,9 +64,10 @@ def bench(
         ]
     cases = [{k: v for k, v in c.items() if k in spec.params} for c in cases]
     peer_list = [p.strip() for p in peers.split(",") if p.strip()]
-    unknown = [p for p in peer_list if p not in ("sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math", "fa4")]
+    known = ("sdpa-flash", "sdpa-cudnn", "sdpa-efficient", "sdpa-math", "fa4", "cutlass-example")
+    unknown = [p for p in peer_list if p not in known]
     if unknown:
-        raise UserError(f"unknown peer {unknown[0]!r}: choose from sdpa-flash, sdpa-cudnn, sdpa-efficient, sdpa-math, fa4")
+        raise UserError(f"unknown peer {unknown[0]!r}: choose from {', '.join(known)}")
     from workbench.cli.render import progress
 
     if host:  # the same command there; its record comes back into runs/ (workbench.remote)
