@@ -78,8 +78,21 @@ def truthy(x) -> bool:
 
 
 SCHEDULES = ("pingpong", "serial", "overlap")  # the first is the default
-#: named barrier ids of the pingpong schedule (0: CTA barrier, 1-2: the epilogue's per-WG barrier)
-SCHED_BARRIER_BASE = 3
+#: where the overlap schedules multiply O by alpha (see ``overlap_tile``); the first is the default
+O_RESCALES = ("mid", "end")
+#: CTA tile order on the grid; auto = natural (until lpt is measured on a GPU)
+TILE_ORDERS = ("auto", "natural", "lpt")
+#: consumer warpgroups (64 Q rows each); auto = 2 (3 = 192-row Q tiles, non-causal only)
+CONSUMERS = ("auto", "2", "3")
+#: K and V ring depth; auto = stage C's choice (2 for d = 128, 3 for d = 64)
+KV_STAGES = ("auto", "2", "3", "4", "5")
+MAX_CONSUMER_WG = 3
+#: named barrier ids of the pingpong schedule (0: CTA barrier, 1..3: the epilogue's per-WG barrier)
+SCHED_BARRIER_BASE = 1 + MAX_CONSUMER_WG
+#: registers per thread (consumer, producer) by consumer WG count: 64K registers per SM
+REGISTERS = {2: (240, 24), 3: (160, 32)}
+#: bytes of L2 the causal tile order plans to fill with the K and V of the heads in flight
+L2_PLAN_BYTES = 40 * 1024 * 1024
 
 
 @dsl_user_op
@@ -127,12 +140,28 @@ class FmhaForward(sc.FmhaOnline):
         softmax: str = "exp",
         kv_stages=None,
         schedule: str = "pingpong",
+        consumers: int | None = None,
+        tile_order: str = "auto",
+        o_rescale: str = "mid",
     ):
+        if consumers is None:
+            consumers = 2
+        assert consumers in REGISTERS, consumers
+        # instance attributes shadow stage C's class-level 2-WG geometry
+        self.num_consumer_wg = consumers
+        self.tile_m = consumers * self.wg_rows
+        self.num_threads = common.WG_THREADS * (1 + consumers)
+        self.consumer_regs, self.producer_regs = REGISTERS[consumers]
         super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages)
         assert schedule in SCHEDULES, schedule
+        assert o_rescale in O_RESCALES, o_rescale
+        assert tile_order in TILE_ORDERS, tile_order
         self.schedule = schedule
+        self.o_rescale = o_rescale
+        self.lpt = tile_order == "lpt"
         assert heads % kv_heads == 0, (heads, kv_heads)
-        assert self.tile_m == self.tile_n, "mask placement assumes square tiles"
+        # only one visited KV tile may need a mask (mask.py): square tiles when causal
+        assert not causal or self.tile_m == self.tile_n, "causal needs 128-row Q tiles (consumers=2)"
         self.heads = heads
         self.kv_heads = kv_heads
         self.qhead_per_kvhead = heads // kv_heads
@@ -165,11 +194,10 @@ class FmhaForward(sc.FmhaOnline):
         self.q_bytes = common.tma_tile_bytes(self.dtype, sQ_layout)
         self.kv_bytes = common.tma_tile_bytes(self.dtype, sK_layout)
         self.shared_storage = self._shared_storage(sQ_layout, sK_layout, sV_layout, sO_layout)
-        grid = (
-            cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m),
-            cute.size(mQ, mode=[2]),
-            cute.size(mQ, mode=[3]),
-        )
+        num_m_blocks = cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m)
+        grid = (num_m_blocks, cute.size(mQ, mode=[2]), cute.size(mQ, mode=[3]))
+        if const_expr(self.lpt):
+            grid = (num_m_blocks * cute.size(mQ, mode=[2]) * cute.size(mQ, mode=[3]), 1, 1)
         self.kernel(
             tma_atom_q, tma_q, tma_atom_k, tma_k, tma_atom_v, tma_v, tma_atom_o, tma_o, mLSE,
             tiled_mma_qk, tiled_mma_pv, sQ_layout, sK_layout, sV_layout, sO_layout,
@@ -196,6 +224,8 @@ class FmhaForward(sc.FmhaOnline):
     ):
         tidx, _, _ = cute.arch.thread_idx()
         m_block, head, batch = cute.arch.block_idx()
+        if const_expr(self.lpt):
+            m_block, head, batch = self.lpt_tile(mQ.shape[0], mQ.shape[2], mQ.shape[3], mK.shape[0])
         head_kv = head // self.qhead_per_kvhead
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg_idx = cute.arch.make_warp_uniform(tidx // common.WG_THREADS)
@@ -232,6 +262,36 @@ class FmhaForward(sc.FmhaOnline):
                 tiled_mma_qk, tiled_mma_pv, tma_atom_o, gO, mLSE_cur, sQ, sK, sV, sO,
                 pipeline_q, pipeline_k, pipeline_v, tidx, wg_idx - 1, m_block, n_max, seqlen_q, seqlen_k,
             )
+
+    @cute.jit
+    def lpt_tile(self, seqlen_q: Int32, heads: Int32, batches: Int32, seqlen_k: Int32):
+        """(m_block, head, batch) of this CTA in the longest-first order (1-D grid).
+
+        Causal Q tiles differ in work (tile m_block visits m_block + 1 KV tiles), and the
+        hardware starts CTAs in grid order, so the longest tiles go first: the ones left
+        for the end are the short ones (less idle time in the last wave). The (head, batch)
+        pairs are taken in sections of ``sw`` heads whose K and V fit in L2 together
+        (``L2_PLAN_BYTES``; ``sw`` a power of two): within a section the order is m_block
+        descending, then head, so the CTAs in flight share few K/V tensors."""
+        bid, _, _ = cute.arch.block_idx()
+        num_m = (seqlen_q + (self.tile_m - 1)) // self.tile_m
+        kv_bytes_per_head = 2 * seqlen_k * self.d * (self.dtype.width // 8)
+        heads_fit = L2_PLAN_BYTES // cutlass.max(kv_bytes_per_head, 1)
+        sw = Int32(1)
+        for b in cutlass.range_constexpr(1, 12):
+            if heads_fit >= (1 << b):
+                sw = Int32(1 << b)
+        hb_total = heads * batches
+        section = bid // (sw * num_m)
+        r = bid - section * (sw * num_m)
+        full_sections = hb_total // sw
+        sw_here = sw
+        if section >= full_sections:
+            sw_here = hb_total - full_sections * sw  # the last, partial section
+        m_rev = r // sw_here
+        hb = section * sw + (r - m_rev * sw_here)
+        batch = hb // heads
+        return num_m - 1 - m_rev, hb - batch * heads, batch
 
     @cute.jit
     def produce_d(
@@ -413,11 +473,11 @@ class FmhaForward(sc.FmhaOnline):
             cute.arch.barrier(barrier_id=SCHED_BARRIER_BASE + wg, number_of_threads=2 * common.WG_THREADS)
 
     def sched_arrive(self, wg):
-        """pingpong: let the other consumer WG issue its MMAs (arrive on its barrier)."""
+        """pingpong: let the next consumer WG (round robin) issue its MMAs (arrive on its
+        barrier)."""
         if const_expr(self.schedule == "pingpong"):
-            cute.arch.barrier_arrive(
-                barrier_id=SCHED_BARRIER_BASE + 1 - wg, number_of_threads=2 * common.WG_THREADS
-            )
+            next_wg = (wg + 1) % self.num_consumer_wg
+            cute.arch.barrier_arrive(barrier_id=SCHED_BARRIER_BASE + next_wg, number_of_threads=2 * common.WG_THREADS)
 
     @cute.jit
     def overlap_tile(
@@ -446,6 +506,10 @@ class FmhaForward(sc.FmhaOnline):
         Order: issue S_i = Q K_i^T; O *= alpha_{i-1} (skipped for i = 1: alpha = 1) while
         that MMA runs; issue O += P_{i-1} V_{i-1}; wait for S_i only; softmax of S_i while
         the PV MMA runs; release K_i; wait for the PV MMA; release V_{i-1}; P_i -> ``tOrP``.
+        ``o_rescale="end"`` moves the O *= alpha to the step's end instead (O *= alpha_i
+        once the PV MMA is done, as FlashAttention-4's sm90 kernel does): in ``pingpong``
+        the stretch between a WG's scheduler sync and its arrive is then only the MMA
+        issues, so the other WG starts sooner.
 
         Checked in the SASS (tests/test_stage_d_speed.py): ptxas schedules
         ``wgmma.wait_group 0`` (WARPGROUP.DEPBAR.LE 0) as early as it may -- right behind
@@ -458,13 +522,14 @@ class FmhaForward(sc.FmhaOnline):
         pipeline_k.consumer_wait(kv_state)
         self.sched_sync(wg)
         wgmma_issue(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], True)
-        if const_expr(self.is_exp):
+        if const_expr(self.is_exp and self.o_rescale == "mid"):
             if i > 1:
                 sm.rescale_rows(acc_O, row_scale)  # alpha_{i-1}
         pipeline_v.consumer_wait(kv_prev)
         wgmma_issue(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_prev.index], False)
         if const_expr(self.schedule == "pingpong"):
-            if wg == 0 or i < n_max - 1:  # WG 1's last arrive would meet no sync
+            # the last WG's last arrive would meet no sync (WG 0 started on its own arrive)
+            if wg < self.num_consumer_wg - 1 or i < n_max - 1:
                 self.sched_arrive(wg)
         warpgroup.wait_group(1)  # S_i ready; the PV MMA may still run
         # touches acc_S and the row statistics only, never acc_O / tOrP
@@ -485,6 +550,8 @@ class FmhaForward(sc.FmhaOnline):
         # them asynchronously, and a conversion before the wait was coalesced into them
         # (fp16), which made ptxas serialize every wgmma (C7513)
         sm.convert_p(acc_S, tOrP)
+        if const_expr(self.is_exp and self.o_rescale == "end"):
+            sm.rescale_rows(acc_O, row_scale)  # alpha_i, now that O holds P_{i-1} V_{i-1}
         return kv_state
 
     @cute.jit
@@ -532,7 +599,7 @@ class FmhaForward(sc.FmhaOnline):
                 acc_S, tOrP, acc_O, softmax, row_scale, wg, i, n_max,
             )
 
-        if const_expr(self.is_exp):
+        if const_expr(self.is_exp and self.o_rescale == "mid"):
             if n_max > 1:
                 sm.rescale_rows(acc_O, row_scale)  # alpha of the last tile
         pipeline_v.consumer_wait(kv_state)
@@ -565,12 +632,30 @@ def fmha_ref(q, k, v, compute_dtype, *, causal=False, softmax="exp"):
 # --------------------------------------------------------------------------------------
 # wb stage
 # --------------------------------------------------------------------------------------
+def variant_choice(variants: Mapping[str, str], key: str, choices: tuple) -> str:
+    """kernel.yaml variant ``key`` (default: the first of ``choices``)."""
+    value = str(dict(variants or {}).get(key, choices[0]))
+    if value not in choices:
+        raise ValueError(f"variant {key}={value!r}: must be one of {', '.join(choices)}")
+    return value
+
+
 def schedule_of(variants: Mapping[str, str]) -> str:
     """kernel.yaml's ``schedule`` variant (default: SCHEDULES[0], pingpong)."""
-    schedule = str(dict(variants or {}).get("schedule", SCHEDULES[0]))
-    if schedule not in SCHEDULES:
-        raise ValueError(f"variant schedule={schedule!r}: must be one of {', '.join(SCHEDULES)}")
-    return schedule
+    return variant_choice(variants, "schedule", SCHEDULES)
+
+
+def kernel_options(variants: Mapping[str, str]) -> dict:
+    """Stage D's own variants as FmhaForward keyword arguments."""
+    consumers = variant_choice(variants, "consumers", CONSUMERS)
+    kv_stages = variant_choice(variants, "kv_stages", KV_STAGES)
+    return {
+        "kv_stages": None if kv_stages == "auto" else int(kv_stages),
+        "schedule": schedule_of(variants),
+        "consumers": None if consumers == "auto" else int(consumers),
+        "tile_order": variant_choice(variants, "tile_order", TILE_ORDERS),
+        "o_rescale": variant_choice(variants, "o_rescale", O_RESCALES),
+    }
 
 
 class StageD(Stage):
@@ -606,9 +691,12 @@ class StageD(Stage):
 
     def make_kernel(self, p: Params, variants: Mapping[str, str]) -> FmhaForward:
         f = sc.variant_flags(variants)
+        options = kernel_options(variants)
+        if truthy(p.causal) and options["consumers"] == 3:
+            raise ValueError("variant consumers=3 (192-row Q tiles) is for causal=false only: causal masking needs square 128 x 128 tiles")
         return FmhaForward(
             common.cute_dtype(p.dtype), p.d, p.heads, p.kv_heads,
-            causal=truthy(p.causal), softmax=f["softmax"], schedule=schedule_of(variants),
+            causal=truthy(p.causal), softmax=f["softmax"], **options,
         )
 
     def compile(self, p: Params, variants: Mapping[str, str], arch: str) -> sc.Compiled:

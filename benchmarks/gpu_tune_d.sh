@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Stage D tuning on one GPU, through wb (records in runs/, speeds in MEMORY.md): the
+# candidates of docs/perf-notes.md "Tuning round 2", each checked for correctness by a
+# `wb sweep` before `wb bench` times it beside the current default and the peers.
+# Run from the repository root on the device machine, environment set up:
+#     . benchmarks/gpu_env.sh && bash benchmarks/gpu_tune_d.sh PHASE
+# PHASE d64:    192-row Q tiles (consumers=3, serial and pingpong) and deeper KV rings at
+#               d=64 -- correctness sweep, then bench at s 1024, 4096 (about 5 minutes)
+# PHASE d128:   o_rescale=end at d=128 (sweep + bench s 4096, 8192), longest-first tile
+#               order for causal (sweep + bench), the CUTLASS example as a peer when
+#               WB_CUTLASS_EXAMPLES is set (about 5 minutes)
+# Every command has its own hang timeout; `timeout` bounds each step as a backstop.
+set -u
+export COLUMNS=${COLUMNS:-220}
+command -v wb >/dev/null 2>&1 || wb() { python3 -m workbench "$@"; }
+T0=$(date +%s)
+step() { echo; echo "=== [$(( $(date +%s) - T0 )) s] $*"; }
+PEERS=${PEERS:-fa4,sdpa-cudnn}
+nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader 2>/dev/null
+verdicts() { grep -E "PASS|FAIL|HANG|CRASH|ERROR" | grep -cv " PASS "; }
+
+case "${1:-}" in
+d64)
+  step "sweep d=64: consumers=3 (serial, pingpong), consumers=2 kv_stages=4"
+  timeout 170 wb sweep d --n 1,17,128,1000,4096 --d 64 --dtype bf16,fp16 -p kv_heads=4,2 \
+    -V consumers=3 -V schedule=serial,pingpong --timeout 40 | tail -25
+  timeout 60 wb sweep d --n 17,1000,4096 --d 64 --dtype bf16 -p kv_heads=4,2 -p causal=false,true \
+    -V kv_stages=4 --timeout 40 | tail -12
+  for v in "consumers=2" "consumers=3 -V schedule=serial" "consumers=3" "kv_stages=4" "kv_stages=5"; do
+    peers=""; [ "$v" = "consumers=2" ] && peers=$PEERS
+    step "bench d=64 -V $v"
+    timeout 100 wb bench d --s 1024,4096 --d 64 --peers "$peers" -V $v --timeout 90 | grep -E "d=|TFLOP|PASS|FAIL|skip" | cut -c1-160
+  done
+  ;;
+d128)
+  step "sweep o_rescale=end (d 64/128, causal) and tile_order=lpt (causal, GQA)"
+  timeout 120 wb sweep d --n 17,1000,4096 --d 64,128 --dtype bf16 -p causal=false,true -p kv_heads=4,2 \
+    -V o_rescale=end --timeout 40 | tail -12
+  timeout 100 wb sweep d --n 1,200,1000,4096,8192 --d 64,128 --dtype bf16 -p causal=true -p kv_heads=4,2 \
+    -V tile_order=lpt --timeout 40 | tail -12
+  step "bench d=128 s 4096,8192: mid (default, with peers) vs end"
+  cpeers=$PEERS; [ -n "${WB_CUTLASS_EXAMPLES:-}" ] && cpeers="$PEERS,cutlass-example"
+  timeout 150 wb bench d --s 4096,8192 --d 128 --peers "$cpeers" --timeout 140 | grep -E "d=|TFLOP|PASS|FAIL|skip" | cut -c1-160
+  timeout 90 wb bench d --s 4096,8192 --d 128 --peers "" -V o_rescale=end --timeout 80 | grep -E "d=|TFLOP|PASS|FAIL" | cut -c1-160
+  step "bench causal d=128 s 4096,8192: natural (with peers) vs lpt"
+  timeout 150 wb bench d --s 4096,8192 --d 128 --causal --peers "$cpeers" --timeout 140 | grep -E "d=|TFLOP|PASS|FAIL|skip" | cut -c1-160
+  timeout 90 wb bench d --s 4096,8192 --d 128 --causal --peers "" -V tile_order=lpt --timeout 80 | grep -E "d=|TFLOP|PASS|FAIL" | cut -c1-160
+  timeout 90 wb bench d --s 4096,8192 --d 128 --causal --peers "" -V tile_order=lpt -V o_rescale=end --timeout 80 | grep -E "d=|TFLOP|PASS|FAIL" | cut -c1-160
+  ;;
+*)
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128" >&2; exit 2 ;;
+esac
+step done
