@@ -19,11 +19,13 @@ def _git(root: Path, *args: str) -> str | None:
 
 
 def git_state(root: Path) -> dict[str, Any]:
-    """Commit, dirty flag and a hash of the uncommitted diff (tracked and untracked files)."""
-    commit = _git(root, "rev-parse", "HEAD")
+    """Commit, dirty flag and a hash of the uncommitted diff (tracked and untracked files).
+
+    WB_GIT_COMMIT (with WB_GIT_DIRTY, WB_GIT_DIFF_HASH), when set, wins: a tree shipped to a
+    GPU box may carry no .git, or an older .git under newer files, and the sender knows what
+    it sent."""
+    commit = None if os.environ.get("WB_GIT_COMMIT") else _git(root, "rev-parse", "HEAD")
     if commit is None:
-        # A copy of the tree without .git (a GPU box the tree was shipped to): the sender
-        # may say what it sent.
         dirty = os.environ.get("WB_GIT_DIRTY")
         return {
             "commit": os.environ.get("WB_GIT_COMMIT") or None,
