@@ -9,6 +9,10 @@
 # PHASE d128:   o_rescale=end at d=128 (sweep + bench s 4096, 8192), longest-first tile
 #               order for causal (sweep + bench), the CUTLASS example as a peer when
 #               WB_CUTLASS_EXAMPLES is set (about 5 minutes)
+# PHASE defaults: the correctness sweep of the new defaults (84 cases), kv_load=k_ahead,
+#               and d=128 variants timed side by side with 50 repeats (about 6 minutes)
+# PHASE perf:   `wb bench d --sweep` over DESIGN.md's table, both dtypes, every peer:
+#               writes docs/perf.md (about 5 minutes)
 # Every command has its own hang timeout; `timeout` bounds each step as a backstop.
 set -u
 export COLUMNS=${COLUMNS:-220}
@@ -17,7 +21,7 @@ T0=$(date +%s)
 step() { echo; echo "=== [$(( $(date +%s) - T0 )) s] $*"; }
 PEERS=${PEERS:-fa4,sdpa-cudnn}
 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader 2>/dev/null
-verdicts() { grep -E "PASS|FAIL|HANG|CRASH|ERROR" | grep -cv " PASS "; }
+LOG=${OUT:-/tmp}/sweeps.log
 
 case "${1:-}" in
 d64)
@@ -47,7 +51,29 @@ d128)
   timeout 90 wb bench d --s 4096,8192 --d 128 --causal --peers "" -V tile_order=lpt --timeout 80 | grep -E "d=|TFLOP|PASS|FAIL" | cut -c1-160
   timeout 90 wb bench d --s 4096,8192 --d 128 --causal --peers "" -V tile_order=lpt -V o_rescale=end --timeout 80 | grep -E "d=|TFLOP|PASS|FAIL" | cut -c1-160
   ;;
+defaults)
+  step "sweep of the new defaults (d=64 non-causal: 3 consumer WGs serial; causal: lpt), both dtypes, GQA"
+  timeout 200 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 64 --dtype bf16,fp16 -p causal=false,true \
+    -p kv_heads=4,2 --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+  timeout 120 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 128 --dtype bf16,fp16 -p causal=true \
+    -p kv_heads=4,2 --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+  step "sweep kv_load=k_ahead"
+  timeout 90 wb sweep d --n 17,1000,4096 --d 64,128 --dtype bf16 -p causal=false,true -p kv_heads=2 \
+    -V kv_load=k_ahead --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+  step "bench d=128 s 4096,8192 non-causal: default, k_ahead, end, k_ahead+end, lpt (50 reps each)"
+  for v in "kv_load=paired" "kv_load=k_ahead" "o_rescale=end" "kv_load=k_ahead -V o_rescale=end" "tile_order=lpt"; do
+    timeout 80 wb bench d --s 4096,8192 --d 128 --peers "" --reps 50 -V $v --timeout 70 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/$v /"
+  done
+  step "bench d=64 s 1024,4096 (default) and causal d=128 k_ahead"
+  timeout 80 wb bench d --s 1024,4096 --d 64 --peers "" --timeout 70 | grep -a -E "^│ d=" | cut -c1-140
+  timeout 80 wb bench d --s 4096,8192 --d 128 --causal --peers "" -V kv_load=k_ahead --timeout 70 | grep -a -E "^│ d=" | cut -c1-140
+  ;;
+perf)
+  step "wb bench d --sweep (docs/perf.md) with every peer"
+  cpeers="fa4,sdpa-cudnn,sdpa-flash"; [ -n "${WB_CUTLASS_EXAMPLES:-}" ] && cpeers="$cpeers,cutlass-example"
+  timeout 560 wb bench d --sweep --dtype bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
+  ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|perf" >&2; exit 2 ;;
 esac
 step done

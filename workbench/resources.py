@@ -68,30 +68,33 @@ def smem_capacity(arch: str) -> int | None:
 # --------------------------------------------------------------------------------------
 # ptxas report
 # --------------------------------------------------------------------------------------
-_PTXAS_FUNC = re.compile(r"Compiling entry function '([^']+)'")
-_PTXAS_PROPS = re.compile(r"Function properties for (\S+)")
+_PTXAS_FUNC = re.compile(r"Compiling entry function\s+'([^']+)'")
+_PTXAS_PROPS = re.compile(r"Function properties for\s+(\S+)")
 _PTXAS_STACK = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _PTXAS_USED = re.compile(r"Used (\d+) registers(?:, used (\d+) barriers)?(?:, (\d+) bytes smem)?")
 
 
 def parse_ptxas(text: str) -> dict[str, dict[str, int]]:
-    """Per kernel: registers, barriers, stack_bytes, spill_store_bytes, spill_load_bytes."""
+    """Per kernel: registers, barriers, stack_bytes, spill_store_bytes, spill_load_bytes.
+
+    Reads the facts in the order they appear, across line breaks: the DSL quotes ptxas's
+    log inside a wrapped remark when ptxas spills, with kernel names on their own lines."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    facts = sorted(
+        (m.start(), kind, m)
+        for kind, pattern in (("func", _PTXAS_FUNC), ("func", _PTXAS_PROPS), ("stack", _PTXAS_STACK), ("used", _PTXAS_USED))
+        for m in pattern.finditer(text)
+    )
     out: dict[str, dict[str, int]] = {}
     current = None
-    for line in text.splitlines():
-        m = _PTXAS_FUNC.search(line) or _PTXAS_PROPS.search(line)
-        if m:
+    for _, kind, m in facts:
+        if kind == "func":
             current = out.setdefault(m.group(1), {})
+        elif current is None:
             continue
-        if current is None:
-            continue
-        m = _PTXAS_STACK.search(line)
-        if m:
+        elif kind == "stack":
             current.update(stack_bytes=int(m.group(1)), spill_store_bytes=int(m.group(2)), spill_load_bytes=int(m.group(3)))
-            continue
-        m = _PTXAS_USED.search(line)
-        if m:
+        else:
             current["registers"] = int(m.group(1))
             if m.group(2) is not None:
                 current["barriers"] = int(m.group(2))

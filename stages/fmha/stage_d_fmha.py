@@ -77,12 +77,17 @@ def truthy(x) -> bool:
     return bool(x)
 
 
-SCHEDULES = ("pingpong", "serial", "overlap")  # the first is the default
+SCHEDULES = ("pingpong", "serial", "overlap")
+#: the schedule variant: auto = pingpong with 2 consumer WGs, serial with 3 (the overlap
+#: schedules need more than the 160 registers a thread of 3 consumer WGs gets: they spill)
+SCHEDULE_CHOICES = ("auto",) + SCHEDULES
 #: where the overlap schedules multiply O by alpha (see ``overlap_tile``); the first is the default
 O_RESCALES = ("mid", "end")
-#: CTA tile order on the grid; auto = natural (until lpt is measured on a GPU)
+#: producer order: K_j, V_j pairs, or K of the next tile ahead of V of the current one
+KV_LOADS = ("paired", "k_ahead")
+#: CTA tile order on the grid; auto = lpt when causal, natural otherwise
 TILE_ORDERS = ("auto", "natural", "lpt")
-#: consumer warpgroups (64 Q rows each); auto = 2 (3 = 192-row Q tiles, non-causal only)
+#: consumer warpgroups (64 Q rows each); auto = 3 (192-row Q tiles) for d = 64 non-causal, else 2
 CONSUMERS = ("auto", "2", "3")
 #: K and V ring depth; auto = stage C's choice (2 for d = 128, 3 for d = 64)
 KV_STAGES = ("auto", "2", "3", "4", "5")
@@ -139,13 +144,16 @@ class FmhaForward(sc.FmhaOnline):
         causal: bool = False,
         softmax: str = "exp",
         kv_stages=None,
-        schedule: str = "pingpong",
+        schedule: str = "auto",
         consumers: int | None = None,
         tile_order: str = "auto",
         o_rescale: str = "mid",
+        kv_load: str = "paired",
     ):
         if consumers is None:
-            consumers = 2
+            consumers = 3 if d == 64 and not causal else 2
+        if schedule == "auto":
+            schedule = "pingpong" if consumers == 2 else "serial"
         assert consumers in REGISTERS, consumers
         # instance attributes shadow stage C's class-level 2-WG geometry
         self.num_consumer_wg = consumers
@@ -158,7 +166,9 @@ class FmhaForward(sc.FmhaOnline):
         assert tile_order in TILE_ORDERS, tile_order
         self.schedule = schedule
         self.o_rescale = o_rescale
-        self.lpt = tile_order == "lpt"
+        assert kv_load in KV_LOADS, kv_load
+        self.kv_load = kv_load
+        self.lpt = tile_order == "lpt" or (tile_order == "auto" and causal)
         assert heads % kv_heads == 0, (heads, kv_heads)
         # only one visited KV tile may need a mask (mask.py): square tiles when causal
         assert not causal or self.tile_m == self.tile_n, "causal needs 128-row Q tiles (consumers=2)"
@@ -334,19 +344,38 @@ class FmhaForward(sc.FmhaOnline):
             q_state.advance()
 
         kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.kv_stages)
-        for i in cutlass.range(n_max, unroll=1):
-            kv_tile = n_max - 1 - i
-            pipeline_k.producer_acquire(kv_state)
-            cute.copy(
-                tma_atom_k, tKgK[None, kv_tile], tKsK[None, kv_state.index],
-                tma_bar_ptr=pipeline_k.producer_get_barrier(kv_state),
-            )
-            pipeline_v.producer_acquire(kv_state)
-            cute.copy(
-                tma_atom_v, tVgV[None, kv_tile], tVsV[None, kv_state.index],
-                tma_bar_ptr=pipeline_v.producer_get_barrier(kv_state),
-            )
+        load_k = partial(self.load_tile, pipeline_k, tma_atom_k, tKgK, tKsK)
+        load_v = partial(self.load_tile, pipeline_v, tma_atom_v, tVgV, tVsV)
+        if const_expr(self.kv_load == "paired"):
+            for i in cutlass.range(n_max, unroll=1):
+                load_k(kv_state, n_max - 1 - i)
+                load_v(kv_state, n_max - 1 - i)
+                kv_state.advance()
+        else:
+            # k_ahead: K of the next tile before V of this one, the order the overlap
+            # schedules consume them in (S_i = Q K_i^T is issued with O += P_{i-1} V_{i-1})
+            load_k(kv_state, n_max - 1)
+            for i in cutlass.range(n_max - 1, unroll=1):
+                kv_prev = kv_state.clone()
+                kv_state.advance()
+                load_k(kv_state, n_max - 2 - i)
+                load_v(kv_prev, n_max - 1 - i)
+            load_v(kv_state, 0)
             kv_state.advance()
+
+    @cute.jit
+    def load_tile(
+        self,
+        pipe: pipeline.PipelineAsync,
+        tma_atom: cute.CopyAtom,
+        tXgX: cute.Tensor,
+        tXsX: cute.Tensor,
+        state: pipeline.PipelineState,
+        tile: Int32,
+    ):
+        """Wait for ring slot ``state`` to be free, then TMA tile ``tile`` into it."""
+        pipe.producer_acquire(state)
+        cute.copy(tma_atom, tXgX[None, tile], tXsX[None, state.index], tma_bar_ptr=pipe.producer_get_barrier(state))
 
     @cute.jit
     def consume_d(
@@ -641,8 +670,8 @@ def variant_choice(variants: Mapping[str, str], key: str, choices: tuple) -> str
 
 
 def schedule_of(variants: Mapping[str, str]) -> str:
-    """kernel.yaml's ``schedule`` variant (default: SCHEDULES[0], pingpong)."""
-    return variant_choice(variants, "schedule", SCHEDULES)
+    """kernel.yaml's ``schedule`` variant (default: auto)."""
+    return variant_choice(variants, "schedule", SCHEDULE_CHOICES)
 
 
 def kernel_options(variants: Mapping[str, str]) -> dict:
@@ -655,6 +684,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "consumers": None if consumers == "auto" else int(consumers),
         "tile_order": variant_choice(variants, "tile_order", TILE_ORDERS),
         "o_rescale": variant_choice(variants, "o_rescale", O_RESCALES),
+        "kv_load": variant_choice(variants, "kv_load", KV_LOADS),
     }
 
 
