@@ -208,6 +208,10 @@ class OnlineSoftmax:
         self.num_rows = num_rows
         self.row_max = cute.make_rmem_tensor(num_rows, Float32)
         self.row_sum = cute.make_rmem_tensor(num_rows, Float32)
+        self.reset()
+
+    def reset(self):
+        """Back to no rows seen (a new Q tile)."""
         self.row_max.fill(-math.inf)
         self.row_sum.fill(0.0)
 

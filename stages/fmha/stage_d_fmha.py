@@ -204,10 +204,9 @@ class FmhaForward(sc.FmhaOnline):
         self.q_bytes = common.tma_tile_bytes(self.dtype, sQ_layout)
         self.kv_bytes = common.tma_tile_bytes(self.dtype, sK_layout)
         self.shared_storage = self._shared_storage(sQ_layout, sK_layout, sV_layout, sO_layout)
-        num_m_blocks = cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m)
-        grid = (num_m_blocks, cute.size(mQ, mode=[2]), cute.size(mQ, mode=[3]))
-        if const_expr(self.lpt):
-            grid = (num_m_blocks * cute.size(mQ, mode=[2]) * cute.size(mQ, mode=[3]), 1, 1)
+        # one work tile = one Q tile of one (batch, head); a 1-D grid walks them (tile_coords)
+        num_tiles = cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m) * cute.size(mQ, mode=[2]) * cute.size(mQ, mode=[3])
+        grid = (num_tiles, 1, 1)
         self.kernel(
             tma_atom_q, tma_q, tma_atom_k, tma_k, tma_atom_v, tma_v, tma_atom_o, tma_o, mLSE,
             tiled_mma_qk, tiled_mma_pv, sQ_layout, sK_layout, sV_layout, sO_layout,
@@ -233,10 +232,6 @@ class FmhaForward(sc.FmhaOnline):
         sO_layout: cute.ComposedLayout,
     ):
         tidx, _, _ = cute.arch.thread_idx()
-        m_block, head, batch = cute.arch.block_idx()
-        if const_expr(self.lpt):
-            m_block, head, batch = self.lpt_tile(mQ.shape[0], mQ.shape[2], mQ.shape[3], mK.shape[0])
-        head_kv = head // self.qhead_per_kvhead
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg_idx = cute.arch.make_warp_uniform(tidx // common.WG_THREADS)
         if warp_idx == 0:
@@ -249,33 +244,69 @@ class FmhaForward(sc.FmhaOnline):
         sQ, sK, sV, sO = self._smem_tensors(storage, sQ_layout, sK_layout, sV_layout, sO_layout)
         pipeline.pipeline_init_wait()
 
-        seqlen_q = mQ.shape[0]
-        seqlen_k = mK.shape[0]
+        # one work tile per CTA (a 1-D grid, see tile_coords)
+        tile, _, _ = cute.arch.block_idx()
+        seqlen_q, seqlen_k = mQ.shape[0], mK.shape[0]
+        heads, batches = mQ.shape[2], mQ.shape[3]
+        num_m = (seqlen_q + (self.tile_m - 1)) // self.tile_m
+        m_block, head, batch = self.tile_coords(tile, num_m, heads, batches, seqlen_k)
         n_max = mk.kv_tile_range(m_block, seqlen_k, self.tile_n, self.causal)
-
-        gQ = cute.local_tile(mQ[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
-        gK = cute.local_tile(mK[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))  # (128, d, ceil(n/128))
-        gV = cute.local_tile(mV[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))
-        gO = cute.local_tile(mO[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
-        mLSE_cur = mLSE[batch, head, None]  # (m,)
 
         if wg_idx == 0:
             cute.arch.setmaxregister_decrease(self.producer_regs)
             if warp_idx == 0:
+                head_kv = head // self.qhead_per_kvhead
+                gQ = cute.local_tile(mQ[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
+                gK = cute.local_tile(mK[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))  # (128, d, ceil(n/128))
+                gV = cute.local_tile(mV[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))
+                q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_consumer_wg)
+                kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.kv_stages)
                 self.produce_d(
                     tma_atom_q, tma_atom_k, tma_atom_v, gQ, gK, gV, sQ, sK, sV,
-                    pipeline_q, pipeline_k, pipeline_v, m_block, n_max,
+                    pipeline_q, pipeline_k, pipeline_v, q_state, kv_state, m_block, n_max,
                 )
         else:
             cute.arch.setmaxregister_increase(self.consumer_regs)
+            regs = self.consumer_registers(tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx % common.WG_THREADS)
+            gO = cute.local_tile(mO[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
+            kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.kv_stages)
             self.consume_d(
-                tiled_mma_qk, tiled_mma_pv, tma_atom_o, gO, mLSE_cur, sQ, sK, sV, sO,
-                pipeline_q, pipeline_k, pipeline_v, tidx, wg_idx - 1, m_block, n_max, seqlen_q, seqlen_k,
+                tiled_mma_qk, tiled_mma_pv, tma_atom_o, gO, mLSE[batch, head, None], sQ, sK, sV, sO,
+                pipeline_q, pipeline_k, pipeline_v, kv_state, regs,
+                tidx, wg_idx - 1, m_block, n_max, seqlen_q, seqlen_k,
             )
 
+    def consumer_registers(self, tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg):
+        """A consumer WG's MMA fragments and register tensors (accumulators, P, softmax state)."""
+        thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O = self._consumer_fragments(
+            tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg
+        )
+        acc_S = cute.make_rmem_tensor(acc_S_shape, Float32)
+        probe("tSrQ", tSrQ)
+        probe("tSrK", tSrK)
+        probe("tOrVt", tOrVt)
+        probe("tSrS", acc_S)
+        probe("tOrP", tOrP)
+        probe("tOrO_acc", acc_O)
+        self.p_check = sm.check_p_operand_mapping(tiled_mma_qk, tiled_mma_pv, acc_S_shape, tOrP.shape)
+        sc.trace_print(tSrS=acc_S_shape, tOrP=tOrP, tOrO=acc_O, p_check=self.p_check)
+        softmax = sm.OnlineSoftmax(self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]))
+        row_scale = cute.make_rmem_tensor(softmax.num_rows, Float32)
+        return thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, acc_S, softmax, row_scale
+
     @cute.jit
-    def lpt_tile(self, seqlen_q: Int32, heads: Int32, batches: Int32, seqlen_k: Int32):
-        """(m_block, head, batch) of this CTA in the longest-first order (1-D grid).
+    def tile_coords(self, tile: Int32, num_m: Int32, heads: Int32, batches: Int32, seqlen_k: Int32):
+        """(m_block, head, batch) of work tile ``tile``: m_block fastest (the CTAs in flight
+        share one head's K and V), or the longest-first order (``lpt_tile``)."""
+        if const_expr(self.lpt):
+            return self.lpt_tile(tile, num_m, heads, batches, seqlen_k)
+        hb = tile // num_m
+        batch = hb // heads
+        return tile - hb * num_m, hb - batch * heads, batch
+
+    @cute.jit
+    def lpt_tile(self, bid: Int32, num_m: Int32, heads: Int32, batches: Int32, seqlen_k: Int32):
+        """(m_block, head, batch) of work tile ``bid`` in the longest-first order.
 
         Causal Q tiles differ in work (tile m_block visits m_block + 1 KV tiles), and the
         hardware starts CTAs in grid order, so the longest tiles go first: the ones left
@@ -283,8 +314,6 @@ class FmhaForward(sc.FmhaOnline):
         pairs are taken in sections of ``sw`` heads whose K and V fit in L2 together
         (``L2_PLAN_BYTES``; ``sw`` a power of two): within a section the order is m_block
         descending, then head, so the CTAs in flight share few K/V tensors."""
-        bid, _, _ = cute.arch.block_idx()
-        num_m = (seqlen_q + (self.tile_m - 1)) // self.tile_m
         kv_bytes_per_head = 2 * seqlen_k * self.d * (self.dtype.width // 8)
         heads_fit = L2_PLAN_BYTES // cutlass.max(kv_bytes_per_head, 1)
         sw = Int32(1)
@@ -318,10 +347,13 @@ class FmhaForward(sc.FmhaOnline):
         pipeline_q: pipeline.PipelineAsync,
         pipeline_k: pipeline.PipelineAsync,
         pipeline_v: pipeline.PipelineAsync,
+        q_state: pipeline.PipelineState,
+        kv_state: pipeline.PipelineState,
         m_block: Int32,
         n_max: Int32,
     ):
-        """Warp 0 of WG0: Q halves, then K_j, V_j for j = n_max - 1 down to 0."""
+        """Warp 0 of WG0, one work tile: Q halves, then K_j, V_j for j = n_max - 1 down
+        to 0. Returns the ring states after it."""
         tQsQ, tQgQ = common.tma_partition_tile(tma_atom_q, sQ, gQ)
         tKsK, tKgK = common.tma_partition_tile(tma_atom_k, sK, gK)
         tVsV, tVgV = common.tma_partition_tile(tma_atom_v, sV, gV)
@@ -332,7 +364,6 @@ class FmhaForward(sc.FmhaOnline):
         probe("tVsV", tVsV)
         probe("tVgV", tVgV)
 
-        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_consumer_wg)
         for w in cutlass.range_constexpr(self.num_consumer_wg):
             pipeline_q.producer_acquire(q_state)
             cute.copy(
@@ -343,7 +374,6 @@ class FmhaForward(sc.FmhaOnline):
             )
             q_state.advance()
 
-        kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.kv_stages)
         load_k = partial(self.load_tile, pipeline_k, tma_atom_k, tKgK, tKsK)
         load_v = partial(self.load_tile, pipeline_v, tma_atom_v, tVgV, tVsV)
         if const_expr(self.kv_load == "paired"):
@@ -362,6 +392,7 @@ class FmhaForward(sc.FmhaOnline):
                 load_v(kv_prev, n_max - 1 - i)
             load_v(kv_state, 0)
             kv_state.advance()
+        return q_state, kv_state
 
     @cute.jit
     def load_tile(
@@ -392,28 +423,20 @@ class FmhaForward(sc.FmhaOnline):
         pipeline_q: pipeline.PipelineAsync,
         pipeline_k: pipeline.PipelineAsync,
         pipeline_v: pipeline.PipelineAsync,
+        kv_state: pipeline.PipelineState,
+        regs: tuple,
         tidx: Int32,
         wg: Int32,
         m_block: Int32,
         n_max: Int32,
         seqlen_q: Int32,
         seqlen_k: Int32,
-    ):
+    ) -> pipeline.PipelineState:
+        """One consumer WG, one work tile (its 64 Q rows); returns the K/V ring state after
+        it. ``regs``: ``consumer_registers``."""
         tidx_wg = tidx % common.WG_THREADS
-        thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O = self._consumer_fragments(
-            tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg
-        )
-        probe("tSrQ", tSrQ)
-        probe("tSrK", tSrK)
-        probe("tOrVt", tOrVt)
-        probe("tSrS", cute.make_rmem_tensor(acc_S_shape, Float32))
-        probe("tOrP", tOrP)
-        probe("tOrO_acc", acc_O)
-        self.p_check = sm.check_p_operand_mapping(tiled_mma_qk, tiled_mma_pv, acc_S_shape, tOrP.shape)
-        sc.trace_print(tSrS=acc_S_shape, tOrP=tOrP, tOrO=acc_O, p_check=self.p_check)
-
-        softmax = sm.OnlineSoftmax(self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]))
-        row_scale = cute.make_rmem_tensor(softmax.num_rows, Float32)
+        thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, acc_S, softmax, row_scale = regs
+        softmax.reset()
         acc_O.fill(0.0)
 
         row0 = m_block * self.tile_m + wg * self.wg_rows  # first global row of this WG
@@ -434,7 +457,6 @@ class FmhaForward(sc.FmhaOnline):
         pipeline_q.consumer_wait(q_state)
         tSrQ_wg = tSrQ[None, None, None, wg]
 
-        kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.kv_stages)
         if const_expr(self.schedule == "serial"):
             # first visited tile (n_max - 1): the only one that can need the tail / causal mask
             kv_state = self.consume_tile(
@@ -449,7 +471,7 @@ class FmhaForward(sc.FmhaOnline):
         else:
             kv_state = self.consume_overlap(
                 kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
-                tOrP, acc_O, acc_S_shape, softmax, row_scale, mask_fn, wg, n_max,
+                tOrP, acc_O, acc_S, softmax, row_scale, mask_fn, wg, n_max,
             )
         pipeline_q.consumer_release(q_state)
 
@@ -466,6 +488,7 @@ class FmhaForward(sc.FmhaOnline):
             acc_O, sO[None, None, wg], gO[None, None, m_block * self.num_consumer_wg + wg], tma_atom_o,
             tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q,
         )
+        return kv_state
 
 
     # ---- overlap / pingpong schedules ---------------------------------------------------
@@ -596,7 +619,7 @@ class FmhaForward(sc.FmhaOnline):
         tOrVt: cute.Tensor,
         tOrP: cute.Tensor,
         acc_O: cute.Tensor,
-        acc_S_shape: cutlass.Constexpr,
+        acc_S: cute.Tensor,
         softmax: sm.OnlineSoftmax,
         row_scale: cute.Tensor,
         mask_fn: cutlass.Constexpr,
@@ -607,7 +630,6 @@ class FmhaForward(sc.FmhaOnline):
         overlapping the PV MMA of tile i - 1 (see ``overlap_tile``). Prologue: the first
         visited tile n_max - 1 (the only one that can need a mask): S, mask, softmax, P.
         Epilogue: O = alpha O + P_last V_last. Returns the ring state after the last tile."""
-        acc_S = cute.make_rmem_tensor(acc_S_shape, Float32)
         # pingpong: consumer WG 0 goes first; only when some steady step runs (every
         # arrive on a scheduler barrier meets a sync)
         if const_expr(self.schedule == "pingpong"):
