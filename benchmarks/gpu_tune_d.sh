@@ -11,6 +11,7 @@
 #               WB_CUTLASS_EXAMPLES is set (about 5 minutes)
 # PHASE defaults: the correctness sweep of the new defaults (84 cases), kv_load=k_ahead,
 #               and d=128 variants timed side by side with 50 repeats (about 6 minutes)
+# PHASE verify: the whole default sweep (112 cases) and a bench of the defaults (about 6 minutes)
 # PHASE perf:   `wb bench d --sweep` over DESIGN.md's table, both dtypes, every peer:
 #               writes docs/perf.md (about 5 minutes)
 # Every command has its own hang timeout; `timeout` bounds each step as a backstop.
@@ -68,12 +69,19 @@ defaults)
   timeout 80 wb bench d --s 1024,4096 --d 64 --peers "" --timeout 70 | grep -a -E "^│ d=" | cut -c1-140
   timeout 80 wb bench d --s 4096,8192 --d 128 --causal --peers "" -V kv_load=k_ahead --timeout 70 | grep -a -E "^│ d=" | cut -c1-140
   ;;
+verify)
+  step "sweep of every default configuration (d 64/128, causal, bf16/fp16, MHA/GQA; 112 cases)"
+  timeout 330 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 64,128 --dtype bf16,fp16 -p causal=false,true \
+    -p kv_heads=4,2 --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+  step "bench the defaults, d=64 and d=128, s 1024/4096/8192 (fa4 beside)"
+  timeout 200 wb bench d --s 1024,4096,8192 --d 64,128 --peers fa4 --timeout 190 | grep -a -E "^│ d=" | cut -c1-170
+  ;;
 perf)
   step "wb bench d --sweep (docs/perf.md) with every peer"
   cpeers="fa4,sdpa-cudnn,sdpa-flash"; [ -n "${WB_CUTLASS_EXAMPLES:-}" ] && cpeers="$cpeers,cutlass-example"
   timeout 560 wb bench d --sweep --dtype bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|perf" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|verify|perf" >&2; exit 2 ;;
 esac
 step done
