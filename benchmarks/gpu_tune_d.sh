@@ -11,6 +11,8 @@
 #               WB_CUTLASS_EXAMPLES is set (about 5 minutes)
 # PHASE defaults: the correctness sweep of the new defaults (84 cases), kv_load=k_ahead,
 #               and d=128 variants timed side by side with 50 repeats (about 6 minutes)
+# PHASE probe:  k_release=early against the pinned release, and the per-CTA fixed cost from
+#               short sequences beside FA4 (about 3 minutes)
 # PHASE verify: the whole default sweep (112 cases) and a bench of the defaults (about 6 minutes)
 # PHASE perf:   `wb bench d --sweep` over DESIGN.md's table, both dtypes, every peer:
 #               writes docs/perf.md (about 5 minutes)
@@ -69,6 +71,21 @@ defaults)
   timeout 80 wb bench d --s 1024,4096 --d 64 --peers "" --timeout 70 | grep -a -E "^│ d=" | cut -c1-140
   timeout 80 wb bench d --s 4096,8192 --d 128 --causal --peers "" -V kv_load=k_ahead --timeout 70 | grep -a -E "^│ d=" | cut -c1-140
   ;;
+probe)
+  step "sweep k_release=early (FlashAttention-4's K release, no pin)"
+  timeout 90 wb sweep d --n 17,1000,4096 --d 64,128 --dtype bf16 -p causal=false,true -p kv_heads=2 \
+    -V k_release=early --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+  step "bench d=128 pinned (default, fa4 beside) vs early vs early+end; causal pinned vs early (50 reps)"
+  timeout 90 wb bench d --s 1024,4096,8192 --d 128 --peers fa4 --reps 50 --timeout 80 | grep -a -E "^│ d=" | cut -c1-170
+  for v in "k_release=early" "k_release=early -V o_rescale=end"; do
+    timeout 60 wb bench d --s 1024,4096,8192 --d 128 --peers "" --reps 50 -V $v --timeout 50 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/$v /"
+  done
+  timeout 60 wb bench d --s 4096 --d 128 --causal --peers "" --reps 50 --timeout 50 | grep -a -E "^│ d=" | cut -c1-140
+  timeout 60 wb bench d --s 4096 --d 128 --causal --peers "" --reps 50 -V k_release=early --timeout 50 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/early /"
+  step "per-CTA fixed cost: short sequences, batch 64 (one to eight KV tiles per CTA), fa4 beside"
+  timeout 90 wb bench d --s 128,256,512,1024 --d 128 --batch 64 --peers fa4 --timeout 80 | grep -a -E "^│ d=" | cut -c1-170
+  timeout 90 wb bench d --s 192,384,768,1536 --d 64 --batch 64 --peers fa4 --timeout 80 | grep -a -E "^│ d=" | cut -c1-170
+  ;;
 verify)
   step "sweep of every default configuration (d 64/128, causal, bf16/fp16, MHA/GQA; 112 cases)"
   timeout 330 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 64,128 --dtype bf16,fp16 -p causal=false,true \
@@ -82,6 +99,6 @@ perf)
   timeout 560 wb bench d --sweep --dtype bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|verify|perf" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|verify|perf" >&2; exit 2 ;;
 esac
 step done

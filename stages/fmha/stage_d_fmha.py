@@ -85,6 +85,9 @@ SCHEDULE_CHOICES = ("auto",) + SCHEDULES
 O_RESCALES = ("mid", "end")
 #: producer order: K_j, V_j pairs, or K of the next tile ahead of V of the current one
 KV_LOADS = ("paired", "k_ahead")
+#: overlap schedules: K_i released after the softmax with the exp2s pinned before the PV
+#: wait (pinned), or right after S_i is ready, as FlashAttention-4 does (early)
+K_RELEASES = ("pinned", "early")
 #: CTA tile order on the grid; auto = lpt when causal, natural otherwise
 TILE_ORDERS = ("auto", "natural", "lpt")
 #: consumer warpgroups (64 Q rows each); auto = 3 (192-row Q tiles) for d = 64 non-causal, else 2
@@ -149,6 +152,7 @@ class FmhaForward(sc.FmhaOnline):
         tile_order: str = "auto",
         o_rescale: str = "mid",
         kv_load: str = "paired",
+        k_release: str = "pinned",
     ):
         if consumers is None:
             consumers = 3 if d == 64 and not causal else 2
@@ -168,6 +172,8 @@ class FmhaForward(sc.FmhaOnline):
         self.o_rescale = o_rescale
         assert kv_load in KV_LOADS, kv_load
         self.kv_load = kv_load
+        assert k_release in K_RELEASES, k_release
+        self.k_release = k_release
         self.lpt = tile_order == "lpt" or (tile_order == "auto" and causal)
         assert heads % kv_heads == 0, (heads, kv_heads)
         # only one visited KV tile may need a mask (mask.py): square tiles when causal
@@ -584,19 +590,24 @@ class FmhaForward(sc.FmhaOnline):
             if wg < self.num_consumer_wg - 1 or i < n_max - 1:
                 self.sched_arrive(wg)
         warpgroup.wait_group(1)  # S_i ready; the PV MMA may still run
+        if const_expr(self.k_release == "early"):
+            pipeline_k.consumer_release(kv_state)  # as FlashAttention-4: no pin
         # touches acc_S and the row statistics only, never acc_O / tOrP
         self.softmax_tile(acc_S, softmax, row_scale, False)
-        # Release K_i *pinned behind the softmax*: ptxas keeps the wait below after this
-        # mbarrier arrive, and the arrive's predicate reads the finished row sums (sign
-        # bit clear: always true, but ptxas cannot know), so every exp2 of the tile must
-        # be issued before the wait. The second release (after the wait, predicate
-        # negated) makes the slot released exactly once whatever the value.
-        pinned = self.softmax_done(softmax, acc_S)
-        if pipeline_k.is_signaling_thread and pinned:
-            pipeline_k.sync_object_empty.arrive(kv_state.index, pipeline_k.consumer_mask)
-        warpgroup.wait_group(0)  # PV of tile i - 1 done: acc_O and tOrP free
-        if pipeline_k.is_signaling_thread and not pinned:
-            pipeline_k.sync_object_empty.arrive(kv_state.index, pipeline_k.consumer_mask)
+        if const_expr(self.k_release == "pinned"):
+            # Release K_i *pinned behind the softmax*: ptxas keeps the wait below after this
+            # mbarrier arrive, and the arrive's predicate reads the finished row sums (sign
+            # bit clear: always true, but ptxas cannot know), so every exp2 of the tile must
+            # be issued before the wait. The second release (after the wait, predicate
+            # negated) makes the slot released exactly once whatever the value.
+            pinned = self.softmax_done(softmax, acc_S)
+            if pipeline_k.is_signaling_thread and pinned:
+                pipeline_k.sync_object_empty.arrive(kv_state.index, pipeline_k.consumer_mask)
+            warpgroup.wait_group(0)  # PV of tile i - 1 done: acc_O and tOrP free
+            if pipeline_k.is_signaling_thread and not pinned:
+                pipeline_k.sync_object_empty.arrive(kv_state.index, pipeline_k.consumer_mask)
+        else:
+            warpgroup.wait_group(0)
         pipeline_v.consumer_release(kv_prev)
         # P_i into the PV operand registers only now: LLVM does not know the PV MMA reads
         # them asynchronously, and a conversion before the wait was coalesced into them
@@ -707,6 +718,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "tile_order": variant_choice(variants, "tile_order", TILE_ORDERS),
         "o_rescale": variant_choice(variants, "o_rescale", O_RESCALES),
         "kv_load": variant_choice(variants, "kv_load", KV_LOADS),
+        "k_release": variant_choice(variants, "k_release", K_RELEASES),
     }
 
 
