@@ -84,7 +84,7 @@ probe)
   timeout 60 wb bench d --s 4096 --d 128 --causal --peers "" --reps 50 -V k_release=early --timeout 50 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/early /"
   step "per-CTA fixed cost: short sequences, batch 64 (one to eight KV tiles per CTA), fa4 beside"
   timeout 90 wb bench d --s 128,256,512,1024 --d 128 --batch 64 --peers fa4 --timeout 80 | grep -a -E "^│ d=" | cut -c1-170
-  timeout 90 wb bench d --s 192,384,768,1536 --d 64 --batch 64 --peers fa4 --timeout 80 | grep -a -E "^│ d=" | cut -c1-170
+  timeout 90 wb bench d --s 128,256,512,1024 --d 64 --batch 64 --peers fa4 --timeout 80 | grep -a -E "^│ d=" | cut -c1-170
   ;;
 verify)
   step "sweep of every default configuration (d 64/128, causal, bf16/fp16, MHA/GQA; 112 cases)"
