@@ -13,6 +13,8 @@
 #               and d=128 variants timed side by side with 50 repeats (about 6 minutes)
 # PHASE probe:  k_release=early against the pinned release, and the per-CTA fixed cost from
 #               short sequences beside FA4 (about 3 minutes)
+# PHASE persist: correctness of the new defaults and of persistent=on (80 cases), then both
+#               timed, d=128 both masks and d=64 (about 6 minutes)
 # PHASE verify: the whole default sweep (112 cases) and a bench of the defaults (about 6 minutes)
 # PHASE perf:   `wb bench d --sweep` over DESIGN.md's table, both dtypes, every peer:
 #               writes docs/perf.md (about 5 minutes)
@@ -86,6 +88,18 @@ probe)
   timeout 90 wb bench d --s 128,256,512,1024 --d 128 --batch 64 --peers fa4 --timeout 80 | grep -a -E "^│ d=" | cut -c1-170
   timeout 90 wb bench d --s 128,256,512,1024 --d 64 --batch 64 --peers fa4 --timeout 80 | grep -a -E "^│ d=" | cut -c1-170
   ;;
+persist)
+  step "sweep the new defaults (k_release=early, o_rescale=end) and persistent=on: 80 cases"
+  timeout 300 wb sweep d --n 1,17,1000,4096,8192 --d 64,128 --dtype bf16 -p causal=false,true -p kv_heads=4,2 \
+    -V persistent=off,on --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+  step "bench defaults (peers beside) vs persistent=on"
+  for c in "" "--causal"; do
+    timeout 100 wb bench d --s 1024,4096,8192 --d 128 $c --peers fa4,sdpa-cudnn --reps 50 --timeout 90 | grep -a -E "^│ d=" | cut -c1-190
+    timeout 70 wb bench d --s 1024,4096,8192 --d 128 $c --peers "" --reps 50 -V persistent=on --timeout 60 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/persistent /"
+  done
+  timeout 70 wb bench d --s 1024,4096 --d 64 --peers fa4 --reps 50 --timeout 60 | grep -a -E "^│ d=" | cut -c1-170
+  timeout 70 wb bench d --s 1024,4096 --d 64 --peers "" --reps 50 -V persistent=on --timeout 60 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/persistent /"
+  ;;
 verify)
   step "sweep of every default configuration (d 64/128, causal, bf16/fp16, MHA/GQA; 112 cases)"
   timeout 330 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 64,128 --dtype bf16,fp16 -p causal=false,true \
@@ -99,6 +113,6 @@ perf)
   timeout 560 wb bench d --sweep --dtype bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|verify|perf" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|verify|perf" >&2; exit 2 ;;
 esac
 step done

@@ -144,7 +144,8 @@ def loop_ex2_placement(sass: str) -> list[tuple[int, int]]:
 def test_softmax_runs_under_the_pv_mma(fmha_ws, wb, d, dtype, causal, schedule):
     # 2 consumer WGs: with 3 (d=64's default) the overlap schedules spill (160 registers)
     proc = wb("compile", "d", "-p", f"d={d}", "-p", f"dtype={dtype}", "-p", f"causal={str(causal).lower()}",
-              "-V", f"schedule={schedule}", "-V", "consumers=2", "--keep", "sass,ptx", "--json", cwd=fmha_ws, timeout=600)
+              "-V", f"schedule={schedule}", "-V", "consumers=2", "-V", "k_release=pinned", "-V", "o_rescale=mid",
+              "--keep", "sass,ptx", "--json", cwd=fmha_ws, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rec = json.loads(proc.stdout)
     found = rec["sass"]["instructions"]

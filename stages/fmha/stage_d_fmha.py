@@ -82,12 +82,13 @@ SCHEDULES = ("pingpong", "serial", "overlap")
 #: schedules need more than the 160 registers a thread of 3 consumer WGs gets: they spill)
 SCHEDULE_CHOICES = ("auto",) + SCHEDULES
 #: where the overlap schedules multiply O by alpha (see ``overlap_tile``); the first is the default
-O_RESCALES = ("mid", "end")
+O_RESCALES = ("end", "mid")
 #: producer order: K_j, V_j pairs, or K of the next tile ahead of V of the current one
 KV_LOADS = ("paired", "k_ahead")
-#: overlap schedules: K_i released after the softmax with the exp2s pinned before the PV
-#: wait (pinned), or right after S_i is ready, as FlashAttention-4 does (early)
-K_RELEASES = ("pinned", "early")
+#: overlap schedules: K_i released right after S_i is ready, as FlashAttention-4 does (early,
+#: the default: 2-3% faster on an H200), or after the softmax with the exp2s pinned before the
+#: PV wait (pinned)
+K_RELEASES = ("early", "pinned")
 #: CTA tile order on the grid; auto = lpt when causal, natural otherwise
 TILE_ORDERS = ("auto", "natural", "lpt")
 #: consumer warpgroups (64 Q rows each); auto = 3 (192-row Q tiles) for d = 64 non-causal, else 2
@@ -150,9 +151,10 @@ class FmhaForward(sc.FmhaOnline):
         schedule: str = "auto",
         consumers: int | None = None,
         tile_order: str = "auto",
-        o_rescale: str = "mid",
+        o_rescale: str = "end",
         kv_load: str = "paired",
-        k_release: str = "pinned",
+        k_release: str = "early",
+        persistent: bool = False,
     ):
         if consumers is None:
             consumers = 3 if d == 64 and not causal else 2
@@ -174,6 +176,7 @@ class FmhaForward(sc.FmhaOnline):
         self.kv_load = kv_load
         assert k_release in K_RELEASES, k_release
         self.k_release = k_release
+        self.persistent = persistent
         self.lpt = tile_order == "lpt" or (tile_order == "auto" and causal)
         assert heads % kv_heads == 0, (heads, kv_heads)
         # only one visited KV tile may need a mask (mask.py): square tiles when causal
@@ -192,6 +195,7 @@ class FmhaForward(sc.FmhaOnline):
         mV: cute.Tensor,  # (batch, n, kv_heads, d)
         mO: cute.Tensor,  # (batch, m, heads, d)
         mLSE: cute.Tensor,  # (batch, heads, m)
+        max_ctas: Int32,  # persistent: CTAs to launch (the SM count); else unused
         stream,
     ):
         assert mQ.element_type == self.dtype and mK.element_type == self.dtype
@@ -213,6 +217,8 @@ class FmhaForward(sc.FmhaOnline):
         # one work tile = one Q tile of one (batch, head); a 1-D grid walks them (tile_coords)
         num_tiles = cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m) * cute.size(mQ, mode=[2]) * cute.size(mQ, mode=[3])
         grid = (num_tiles, 1, 1)
+        if const_expr(self.persistent):
+            grid = (cutlass.min(num_tiles, max_ctas), 1, 1)
         self.kernel(
             tma_atom_q, tma_q, tma_atom_k, tma_k, tma_atom_v, tma_v, tma_atom_o, tma_o, mLSE,
             tiled_mma_qk, tiled_mma_pv, sQ_layout, sK_layout, sV_layout, sO_layout,
@@ -250,37 +256,82 @@ class FmhaForward(sc.FmhaOnline):
         sQ, sK, sV, sO = self._smem_tensors(storage, sQ_layout, sK_layout, sV_layout, sO_layout)
         pipeline.pipeline_init_wait()
 
-        # one work tile per CTA (a 1-D grid, see tile_coords)
+        # work tiles (tile_coords): blockIdx.x, then every gridDim.x-th -- one per CTA unless
+        # persistent (a CTA per SM walks them; the next tile's loads overlap this epilogue)
         tile, _, _ = cute.arch.block_idx()
         seqlen_q, seqlen_k = mQ.shape[0], mK.shape[0]
         heads, batches = mQ.shape[2], mQ.shape[3]
         num_m = (seqlen_q + (self.tile_m - 1)) // self.tile_m
-        m_block, head, batch = self.tile_coords(tile, num_m, heads, batches, seqlen_k)
-        n_max = mk.kv_tile_range(m_block, seqlen_k, self.tile_n, self.causal)
 
+        tiles = num_m * heads * batches
+        tile_step, _, _ = cute.arch.grid_dim()
+        load_tile = partial(
+            self.produce_work_tile, tma_atom_q, tma_atom_k, tma_atom_v, mQ, mK, mV, sQ, sK, sV,
+            pipeline_q, pipeline_k, pipeline_v, num_m, heads, batches, seqlen_k,
+        )
         if wg_idx == 0:
             cute.arch.setmaxregister_decrease(self.producer_regs)
             if warp_idx == 0:
-                head_kv = head // self.qhead_per_kvhead
-                gQ = cute.local_tile(mQ[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
-                gK = cute.local_tile(mK[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))  # (128, d, ceil(n/128))
-                gV = cute.local_tile(mV[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))
                 q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_consumer_wg)
                 kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.kv_stages)
-                self.produce_d(
-                    tma_atom_q, tma_atom_k, tma_atom_v, gQ, gK, gV, sQ, sK, sV,
-                    pipeline_q, pipeline_k, pipeline_v, q_state, kv_state, m_block, n_max,
-                )
+                if const_expr(self.persistent):
+                    while tile < tiles:
+                        q_state, kv_state = load_tile(tile, q_state, kv_state)
+                        tile += tile_step
+                else:
+                    load_tile(tile, q_state, kv_state)
         else:
             cute.arch.setmaxregister_increase(self.consumer_regs)
             regs = self.consumer_registers(tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx % common.WG_THREADS)
-            gO = cute.local_tile(mO[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
             kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.kv_stages)
-            self.consume_d(
-                tiled_mma_qk, tiled_mma_pv, tma_atom_o, gO, mLSE[batch, head, None], sQ, sK, sV, sO,
-                pipeline_q, pipeline_k, pipeline_v, kv_state, regs,
-                tidx, wg_idx - 1, m_block, n_max, seqlen_q, seqlen_k,
+            compute_tile = partial(
+                self.consume_work_tile, tiled_mma_qk, tiled_mma_pv, tma_atom_o, mO, mLSE, sQ, sK, sV, sO,
+                pipeline_q, pipeline_k, pipeline_v, regs, tidx, wg_idx - 1, num_m, heads, batches, seqlen_q, seqlen_k,
             )
+            if const_expr(self.persistent):
+                # (a loop around the pinned/mid overlap step makes ptxas serialize d=128's
+                # wgmma, C7512: persistent wants k_release=early, o_rescale=end)
+                q_phase = Int32(0)
+                while tile < tiles:
+                    kv_state = compute_tile(tile, kv_state, q_phase)
+                    q_phase = q_phase ^ 1
+                    tile += tile_step
+            else:
+                compute_tile(tile, kv_state, Int32(0))
+
+    @cute.jit
+    def produce_work_tile(
+        self, tma_atom_q, tma_atom_k, tma_atom_v, mQ, mK, mV, sQ, sK, sV, pipeline_q, pipeline_k, pipeline_v,
+        num_m: Int32, heads: Int32, batches: Int32, seqlen_k: Int32,
+        tile: Int32, q_state: pipeline.PipelineState, kv_state: pipeline.PipelineState,
+    ):
+        """The producer's share of work tile ``tile``; returns the ring states after it."""
+        m_block, head, batch = self.tile_coords(tile, num_m, heads, batches, seqlen_k)
+        n_max = mk.kv_tile_range(m_block, seqlen_k, self.tile_n, self.causal)
+        head_kv = head // self.qhead_per_kvhead
+        gQ = cute.local_tile(mQ[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
+        gK = cute.local_tile(mK[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))  # (128, d, ceil(n/128))
+        gV = cute.local_tile(mV[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))
+        return self.produce_d(
+            tma_atom_q, tma_atom_k, tma_atom_v, gQ, gK, gV, sQ, sK, sV,
+            pipeline_q, pipeline_k, pipeline_v, q_state, kv_state, m_block, n_max,
+        )
+
+    @cute.jit
+    def consume_work_tile(
+        self, tiled_mma_qk, tiled_mma_pv, tma_atom_o, mO, mLSE, sQ, sK, sV, sO, pipeline_q, pipeline_k, pipeline_v,
+        regs: tuple, tidx: Int32, wg: Int32, num_m: Int32, heads: Int32, batches: Int32, seqlen_q: Int32,
+        seqlen_k: Int32, tile: Int32, kv_state: pipeline.PipelineState, q_phase: Int32,
+    ) -> pipeline.PipelineState:
+        """One consumer WG's share of work tile ``tile``; returns the K/V ring state after it."""
+        m_block, head, batch = self.tile_coords(tile, num_m, heads, batches, seqlen_k)
+        n_max = mk.kv_tile_range(m_block, seqlen_k, self.tile_n, self.causal)
+        gO = cute.local_tile(mO[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
+        return self.consume_d(
+            tiled_mma_qk, tiled_mma_pv, tma_atom_o, gO, mLSE[batch, head, None], sQ, sK, sV, sO,
+            pipeline_q, pipeline_k, pipeline_v, kv_state, q_phase, regs,
+            tidx, wg, m_block, n_max, seqlen_q, seqlen_k,
+        )
 
     def consumer_registers(self, tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg):
         """A consumer WG's MMA fragments and register tensors (accumulators, P, softmax state)."""
@@ -430,6 +481,7 @@ class FmhaForward(sc.FmhaOnline):
         pipeline_k: pipeline.PipelineAsync,
         pipeline_v: pipeline.PipelineAsync,
         kv_state: pipeline.PipelineState,
+        q_phase: Int32,
         regs: tuple,
         tidx: Int32,
         wg: Int32,
@@ -439,7 +491,8 @@ class FmhaForward(sc.FmhaOnline):
         seqlen_k: Int32,
     ) -> pipeline.PipelineState:
         """One consumer WG, one work tile (its 64 Q rows); returns the K/V ring state after
-        it. ``regs``: ``consumer_registers``."""
+        it. ``q_phase``: the parity of the CTA's tile count (its Q slot's phase); ``regs``:
+        ``consumer_registers``, made once per CTA."""
         tidx_wg = tidx % common.WG_THREADS
         thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, acc_S, softmax, row_scale = regs
         softmax.reset()
@@ -459,7 +512,7 @@ class FmhaForward(sc.FmhaOnline):
             fill=self.mask_fill,
         )
 
-        q_state = pipeline.PipelineState(self.num_consumer_wg, Int32(0), wg, Int32(0))
+        q_state = pipeline.PipelineState(self.num_consumer_wg, Int32(0), wg, q_phase)
         pipeline_q.consumer_wait(q_state)
         tSrQ_wg = tSrQ[None, None, None, wg]
 
@@ -490,6 +543,9 @@ class FmhaForward(sc.FmhaOnline):
                 row = row0 + tOcO[r, 0][0]
                 if row < seqlen_q:
                     mLSE[row] = lse[r]
+        if const_expr(self.persistent):
+            # the previous tile's O store has read sO (its issuing warp waited): all may write
+            cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)
         self.store_o(
             acc_O, sO[None, None, wg], gO[None, None, m_block * self.num_consumer_wg + wg], tma_atom_o,
             tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q,
@@ -694,6 +750,13 @@ def fmha_ref(q, k, v, compute_dtype, *, causal=False, softmax="exp"):
 # --------------------------------------------------------------------------------------
 # wb stage
 # --------------------------------------------------------------------------------------
+def sm_count(device) -> int:
+    """Streaming multiprocessors of ``device`` (a persistent launch starts one CTA on each)."""
+    import torch
+
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def variant_choice(variants: Mapping[str, str], key: str, choices: tuple) -> str:
     """kernel.yaml variant ``key`` (default: the first of ``choices``)."""
     value = str(dict(variants or {}).get(key, choices[0]))
@@ -719,6 +782,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "o_rescale": variant_choice(variants, "o_rescale", O_RESCALES),
         "kv_load": variant_choice(variants, "kv_load", KV_LOADS),
         "k_release": variant_choice(variants, "k_release", K_RELEASES),
+        "persistent": variant_choice(variants, "persistent", ("off", "on")) == "on",
     }
 
 
@@ -772,7 +836,7 @@ class StageD(Stage):
 
         dtype = common.cute_dtype(p.dtype)
         kernel = self.make_kernel(p, variants)
-        args = [sc.fake_tensor(dtype, 4) for _ in range(4)] + [sc.fake_tensor(Float32, 3), make_fake_stream()]
+        args = [sc.fake_tensor(dtype, 4) for _ in range(4)] + [sc.fake_tensor(Float32, 3), Int32(1), make_fake_stream()]
         t0 = time.perf_counter()
         fn = sc.compile_for(arch, kernel, *args)
         return sc.Compiled(
@@ -787,7 +851,7 @@ class StageD(Stage):
         )
         compiled.fn(
             sc.to_cute(q), sc.to_cute(k), sc.to_cute(inputs["v"]),
-            sc.to_cute(outputs["o"]), sc.to_cute(outputs["lse"]), sc.current_stream(),
+            sc.to_cute(outputs["o"]), sc.to_cute(outputs["lse"]), Int32(sm_count(q.device)), sc.current_stream(),
         )
 
     def reference(self, inputs, p: Params, variants, compute_dtype):
