@@ -15,6 +15,8 @@
 #               short sequences beside FA4 (about 3 minutes)
 # PHASE persist: correctness of the new defaults and of persistent=on (80 cases), then both
 #               timed, d=128 both masks and d=64 (about 6 minutes)
+# PHASE causal: causal persistent (snake deal) against the default, then the whole default
+#               sweep and a causal persistent sweep (about 7 minutes)
 # PHASE verify: the whole default sweep (112 cases) and a bench of the defaults (about 6 minutes)
 # PHASE perf:   `wb bench d --sweep` over DESIGN.md's table, both dtypes, every peer:
 #               writes docs/perf.md (about 5 minutes)
@@ -100,6 +102,18 @@ persist)
   timeout 70 wb bench d --s 1024,4096 --d 64 --peers fa4 --reps 50 --timeout 60 | grep -a -E "^│ d=" | cut -c1-170
   timeout 70 wb bench d --s 1024,4096 --d 64 --peers "" --reps 50 -V persistent=on --timeout 60 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/persistent /"
   ;;
+causal)
+  step "bench causal: default (non-persistent, longest-first) vs persistent=on (snake deal)"
+  timeout 80 wb bench d --s 1024,4096,8192 --d 128 --causal --peers fa4 --reps 50 --timeout 70 | grep -a -E "^│ d=" | cut -c1-170
+  timeout 70 wb bench d --s 1024,4096,8192 --d 128 --causal --peers "" --reps 50 -V persistent=on --timeout 60 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/persistent /"
+  timeout 60 wb bench d --s 8192 --d 64 --causal --peers "" --reps 50 --timeout 50 | grep -a -E "^│ d=" | cut -c1-140
+  timeout 60 wb bench d --s 8192 --d 64 --causal --peers "" --reps 50 -V persistent=on --timeout 50 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/persistent /"
+  step "sweep: every default configuration, plus causal persistent=on (136 cases)"
+  timeout 330 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 64,128 --dtype bf16,fp16 -p causal=false,true \
+    -p kv_heads=4,2 --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+  timeout 100 wb sweep d --n 1,17,1000,4096,8192 --d 64,128 --dtype bf16 -p causal=true -p kv_heads=4,2 \
+    -V persistent=on --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+  ;;
 verify)
   step "sweep of every default configuration (d 64/128, causal, bf16/fp16, MHA/GQA; 112 cases)"
   timeout 330 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 64,128 --dtype bf16,fp16 -p causal=false,true \
@@ -113,6 +127,6 @@ perf)
   timeout 560 wb bench d --sweep --dtype bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|verify|perf" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|verify|perf" >&2; exit 2 ;;
 esac
 step done

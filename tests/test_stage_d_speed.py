@@ -1,17 +1,16 @@
-"""Stage D's faster consumer schedules (``-V schedule=overlap|pingpong``), on CPU.
+"""Stage D's consumer schedules and the defaults chosen by measurement, on CPU.
 
 What a CPU can prove (no GPU here; CUTE_DSL_ARCH=sm_90a):
-  * every configuration compiles with the new schedules (d 64/128, bf16/fp16, causal,
-    GQA, identity softmax) and keeps the probed layouts and the P hand-over proof;
-  * the SASS of the new schedules has HGMMA, no spills, no wgmma serialization (ptxas
-    C7513 "wgmma.mma_async instructions are serialized"), and -- the point of the change --
-    in the steady-state loop every MUFU.EX2 of the softmax sits between
-    ``WARPGROUP.DEPBAR.LE gsb0, 0x1`` (S ready) and ``WARPGROUP.DEPBAR.LE gsb0, 0x0`` (PV
-    done), i.e. the exp2s run while the PV WGMMA runs;
-  * the default schedule is ``pingpong`` (the fastest; all three verified on the H200).
+  * every configuration compiles (d 64/128, bf16/fp16, causal, GQA, identity softmax, the
+    tuning variants) and keeps the probed layouts and the P hand-over proof;
+  * with ``k_release=pinned`` the SASS of the overlap schedules has every MUFU.EX2 of the
+    softmax between ``WARPGROUP.DEPBAR.LE gsb0, 0x1`` (S ready) and ``... 0x0`` (PV done),
+    no spills and no wgmma serialization (ptxas C7513). (On an H200 the FlashAttention-4
+    order, ``k_release=early``, which lets ptxas put most exp2s after the PV wait, was 2-3%
+    faster all the same: it is the default);
+  * the auto defaults are the ones docs/perf-notes.md measured fastest.
 
-Speed and GPU correctness: benchmarks/gpu_speed_check.sh (one GPU call).
-"""
+Speed and GPU correctness: benchmarks/gpu_tune_d.sh (one GPU call per phase)."""
 
 import json
 import os
@@ -39,7 +38,8 @@ def _params(**kw):
 def test_stage_d_defaults_follow_the_measurements():
     """auto picks what measured fastest on an H200 (docs/perf-notes.md, tuning round 2):
     pingpong with 2 consumer WGs; 3 WGs (192-row Q tiles, serial schedule) for d=64
-    non-causal; longest-first tile order for causal."""
+    non-causal; longest-first tile order for causal; persistent unless causal; K released
+    early and O rescaled at the step's end."""
     import yaml
 
     from stages.fmha.stage_d_fmha import SCHEDULE_CHOICES, SCHEDULES, StageD, schedule_of
@@ -57,7 +57,10 @@ def test_stage_d_defaults_follow_the_measurements():
         return StageD().make_kernel(p, variants)
 
     k = kernel(128, False)
-    assert (k.schedule, k.num_consumer_wg, k.tile_m, k.lpt) == ("pingpong", 2, 128, False)
+    assert (k.schedule, k.num_consumer_wg, k.tile_m, k.lpt, k.persistent) == ("pingpong", 2, 128, False, True)
+    assert (k.k_release, k.o_rescale) == ("early", "end")
+    assert kernel(128, True).persistent is False
+    assert kernel(128, True, persistent="on").persistent is True
     k = kernel(64, False)
     assert (k.schedule, k.num_consumer_wg, k.tile_m, k.num_threads, k.consumer_regs) == ("serial", 3, 192, 512, 160)
     k = kernel(64, True)
@@ -144,7 +147,7 @@ def loop_ex2_placement(sass: str) -> list[tuple[int, int]]:
 def test_softmax_runs_under_the_pv_mma(fmha_ws, wb, d, dtype, causal, schedule):
     # 2 consumer WGs: with 3 (d=64's default) the overlap schedules spill (160 registers)
     proc = wb("compile", "d", "-p", f"d={d}", "-p", f"dtype={dtype}", "-p", f"causal={str(causal).lower()}",
-              "-V", f"schedule={schedule}", "-V", "consumers=2", "-V", "k_release=pinned", "-V", "o_rescale=mid",
+              "-V", f"schedule={schedule}", "-V", "consumers=2", "-V", "k_release=pinned", "-V", "o_rescale=mid", "-V", "persistent=off",
               "--keep", "sass,ptx", "--json", cwd=fmha_ws, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rec = json.loads(proc.stdout)

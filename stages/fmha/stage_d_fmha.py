@@ -89,6 +89,9 @@ KV_LOADS = ("paired", "k_ahead")
 #: the default: 2-3% faster on an H200), or after the softmax with the exp2s pinned before the
 #: PV wait (pinned)
 K_RELEASES = ("early", "pinned")
+#: persistent kernel (a CTA per SM walks the work tiles); auto = on unless causal (H200: +3-8%
+#: non-causal; causal lost 8-11% with a round-robin deal of the longest-first order)
+PERSISTENT = ("auto", "off", "on")
 #: CTA tile order on the grid; auto = lpt when causal, natural otherwise
 TILE_ORDERS = ("auto", "natural", "lpt")
 #: consumer warpgroups (64 Q rows each); auto = 3 (192-row Q tiles) for d = 64 non-causal, else 2
@@ -154,7 +157,7 @@ class FmhaForward(sc.FmhaOnline):
         o_rescale: str = "end",
         kv_load: str = "paired",
         k_release: str = "early",
-        persistent: bool = False,
+        persistent: bool | None = None,
     ):
         if consumers is None:
             consumers = 3 if d == 64 and not causal else 2
@@ -176,7 +179,7 @@ class FmhaForward(sc.FmhaOnline):
         self.kv_load = kv_load
         assert k_release in K_RELEASES, k_release
         self.k_release = k_release
-        self.persistent = persistent
+        self.persistent = (not causal) if persistent is None else persistent
         self.lpt = tile_order == "lpt" or (tile_order == "auto" and causal)
         assert heads % kv_heads == 0, (heads, kv_heads)
         # only one visited KV tile may need a mask (mask.py): square tiles when causal
@@ -275,9 +278,11 @@ class FmhaForward(sc.FmhaOnline):
                 q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_consumer_wg)
                 kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.kv_stages)
                 if const_expr(self.persistent):
+                    rnd = Int32(0)
                     while tile < tiles:
                         q_state, kv_state = load_tile(tile, q_state, kv_state)
-                        tile += tile_step
+                        rnd += 1
+                        tile = self.next_tile(rnd, tile_step)
                 else:
                     load_tile(tile, q_state, kv_state)
         else:
@@ -292,12 +297,27 @@ class FmhaForward(sc.FmhaOnline):
                 # (a loop around the pinned/mid overlap step makes ptxas serialize d=128's
                 # wgmma, C7512: persistent wants k_release=early, o_rescale=end)
                 q_phase = Int32(0)
+                rnd = Int32(0)
                 while tile < tiles:
                     kv_state = compute_tile(tile, kv_state, q_phase)
                     q_phase = q_phase ^ 1
-                    tile += tile_step
+                    rnd += 1
+                    tile = self.next_tile(rnd, tile_step)
             else:
                 compute_tile(tile, kv_state, Int32(0))
+
+    @cute.jit
+    def next_tile(self, rnd: Int32, ctas: Int32) -> Int32:
+        """Persistent: this CTA's work tile in round ``rnd`` (each round deals ``ctas`` tiles,
+        one per CTA). Longest-first order deals them as a snake (CTA c takes the c-th tile
+        of even rounds and the c-th from the end of odd ones), which evens out the sums of
+        the decreasing causal tile lengths; otherwise CTA c takes the c-th of every round."""
+        bid, _, _ = cute.arch.block_idx()
+        offset = bid
+        if const_expr(self.lpt):
+            if rnd % 2 == 1:
+                offset = ctas - 1 - bid
+        return rnd * ctas + offset
 
     @cute.jit
     def produce_work_tile(
@@ -782,7 +802,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "o_rescale": variant_choice(variants, "o_rescale", O_RESCALES),
         "kv_load": variant_choice(variants, "kv_load", KV_LOADS),
         "k_release": variant_choice(variants, "k_release", K_RELEASES),
-        "persistent": variant_choice(variants, "persistent", ("off", "on")) == "on",
+        "persistent": {"auto": None, "off": False, "on": True}[variant_choice(variants, "persistent", PERSISTENT)],
     }
 
 
