@@ -429,8 +429,8 @@ class FmhaForward(sc.FmhaOnline):
         m_block: Int32,
         n_max: Int32,
     ):
-        """Warp 0 of WG0, one work tile: Q halves, then K_j, V_j for j = n_max - 1 down
-        to 0. Returns the ring states after it."""
+        """Warp 0 of WG0, one work tile: K_{n_max - 1}, the Q halves, then the other K_j,
+        V_j down to j = 0. Returns the ring states after it."""
         tQsQ, tQgQ = common.tma_partition_tile(tma_atom_q, sQ, gQ)
         tKsK, tKgK = common.tma_partition_tile(tma_atom_k, sK, gK)
         tVsV, tVgV = common.tma_partition_tile(tma_atom_v, sV, gV)
@@ -441,6 +441,11 @@ class FmhaForward(sc.FmhaOnline):
         probe("tVsV", tVsV)
         probe("tVgV", tVgV)
 
+        load_k = partial(self.load_tile, pipeline_k, tma_atom_k, tKgK, tKsK)
+        load_v = partial(self.load_tile, pipeline_v, tma_atom_v, tVgV, tVsV)
+        # K of the first visited tile before Q: its ring slot frees earlier than the Q
+        # slots, which a persistent CTA's consumers release only at the end of the last tile
+        load_k(kv_state, n_max - 1)
         for w in cutlass.range_constexpr(self.num_consumer_wg):
             pipeline_q.producer_acquire(q_state)
             cute.copy(
@@ -450,18 +455,16 @@ class FmhaForward(sc.FmhaOnline):
                 tma_bar_ptr=pipeline_q.producer_get_barrier(q_state),
             )
             q_state.advance()
-
-        load_k = partial(self.load_tile, pipeline_k, tma_atom_k, tKgK, tKsK)
-        load_v = partial(self.load_tile, pipeline_v, tma_atom_v, tVgV, tVsV)
         if const_expr(self.kv_load == "paired"):
-            for i in cutlass.range(n_max, unroll=1):
+            load_v(kv_state, n_max - 1)
+            kv_state.advance()
+            for i in cutlass.range(1, n_max, unroll=1):
                 load_k(kv_state, n_max - 1 - i)
                 load_v(kv_state, n_max - 1 - i)
                 kv_state.advance()
         else:
             # k_ahead: K of the next tile before V of this one, the order the overlap
             # schedules consume them in (S_i = Q K_i^T is issued with O += P_{i-1} V_{i-1})
-            load_k(kv_state, n_max - 1)
             for i in cutlass.range(n_max - 1, unroll=1):
                 kv_prev = kv_state.clone()
                 kv_state.advance()
@@ -551,8 +554,10 @@ class FmhaForward(sc.FmhaOnline):
             kv_state = self.consume_overlap(
                 kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
                 tOrP, acc_O, acc_S, softmax, row_scale, mask_fn, wg, n_max,
+                partial(pipeline_q.consumer_release, q_state),
             )
-        pipeline_q.consumer_release(q_state)
+        if const_expr(self.schedule == "serial"):
+            pipeline_q.consumer_release(q_state)
 
         lse = cute.make_rmem_tensor(softmax.num_rows, Float32)
         self.finish(softmax, acc_O, lse, row_scale)
@@ -712,6 +717,7 @@ class FmhaForward(sc.FmhaOnline):
         mask_fn: cutlass.Constexpr,
         wg: Int32,
         n_max: Int32,
+        release_q: cutlass.Constexpr,
     ) -> pipeline.PipelineState:
         """All n_max KV tiles of one consumer WG, the QK^T MMA and the softmax of tile i
         overlapping the PV MMA of tile i - 1 (see ``overlap_tile``). Prologue: the first
@@ -737,6 +743,7 @@ class FmhaForward(sc.FmhaOnline):
                 acc_S, tOrP, acc_O, softmax, row_scale, wg, i, n_max,
             )
 
+        release_q()  # every S of this Q tile is done: the producer may load the next Q
         if const_expr(self.is_exp and self.o_rescale == "mid"):
             if n_max > 1:
                 sm.rescale_rows(acc_O, row_scale)  # alpha of the last tile
