@@ -17,6 +17,8 @@
 #               timed, d=128 both masks and d=64 (about 6 minutes)
 # PHASE causal: causal persistent (snake deal) against the default, then the whole default
 #               sweep and a causal persistent sweep (about 7 minutes)
+# PHASE ab:     two versions of stage_d_fmha.py (BEFORE/AFTER files and commits in the
+#               environment) timed interleaved, after a correctness sweep of AFTER (about 4 min)
 # PHASE verify: the whole default sweep (112 cases) and a bench of the defaults (about 6 minutes)
 # PHASE perf:   `wb bench d --sweep` over DESIGN.md's table, both dtypes, every peer:
 #               writes docs/perf.md (about 5 minutes)
@@ -114,6 +116,26 @@ causal)
   timeout 100 wb sweep d --n 1,17,1000,4096,8192 --d 64,128 --dtype bf16 -p causal=true -p kv_heads=4,2 \
     -V persistent=on --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
   ;;
+ab)
+  # A/B of two versions of stages/fmha/stage_d_fmha.py in one call, interleaved twice:
+  #   BEFORE=file BEFORE_COMMIT=sha AFTER=file AFTER_COMMIT=sha bash benchmarks/gpu_tune_d.sh ab
+  step "correctness of AFTER: 32 cases"
+  cp "$AFTER" stages/fmha/stage_d_fmha.py
+  WB_GIT_COMMIT=$AFTER_COMMIT timeout 120 wb sweep d --n 1,17,1000,4096 --d 64,128 --dtype bf16 -p causal=false,true \
+    -p kv_heads=4,2 --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+  for round in 1 2; do
+    for side in BEFORE AFTER; do
+      file=${!side}; commit_var=${side}_COMMIT
+      cp "$file" stages/fmha/stage_d_fmha.py
+      step "round $round $side"
+      for c in "" "--causal"; do
+        WB_GIT_COMMIT=${!commit_var} timeout 80 wb bench d --s 1024,4096 --d 128 $c --peers "" --reps 50 --timeout 70 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/$side /"
+      done
+      WB_GIT_COMMIT=${!commit_var} timeout 60 wb bench d --s 1024 --d 64 --peers "" --reps 50 --timeout 50 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/$side /"
+    done
+  done
+  cp "$AFTER" stages/fmha/stage_d_fmha.py
+  ;;
 verify)
   step "sweep of every default configuration (d 64/128, causal, bf16/fp16, MHA/GQA; 112 cases)"
   timeout 330 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 64,128 --dtype bf16,fp16 -p causal=false,true \
@@ -127,6 +149,6 @@ perf)
   timeout 560 wb bench d --sweep --dtype bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|verify|perf" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|verify|perf" >&2; exit 2 ;;
 esac
 step done
