@@ -364,7 +364,7 @@ def diagnose(case, res, max_lines=4):
     unw = unwritten_mask(outputs["o"])
     err = (o - r).abs().nan_to_num(nan=float("inf"))
     bad = (err > tol) | unw
-    ob, bb = _bhsd(o, case), _bhsd(bad, case)
+    bb = _bhsd(bad, case)
     per_bh = bb.flatten(2).any(2)  # (B, H)
     rows = bb.any(-1)  # (B, H, M)
     bad_rows = [tuple(int(x) for x in t) for t in rows.nonzero()[:64]]

@@ -159,7 +159,7 @@ class BenchJob:
         spec = load_kernel(ws.stages_dir / job["kernel"] / "kernel.yaml").stage(job["letter"])
         stage = spec.load()
         if not torch.cuda.is_available():
-            return {"verdict": "NO_GPU", "error": {"message": f"wb bench needs a CUDA GPU and this machine has none"}}
+            return {"verdict": "NO_GPU", "error": {"message": "wb bench needs a CUDA GPU and this machine has none"}}
         if not hasattr(stage, "flops"):
             raise UserError(f"{spec.id} does not define flops(params): wb bench cannot compute TFLOP/s for it")
         registry = fixture_registry.load_fixtures(ws.fixtures_dir)

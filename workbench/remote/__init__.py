@@ -272,7 +272,6 @@ def run_wb_json(
     Use it to give a command --host (e.g. in cli/bench.py):
         if host: data = run_wb_json(ws, host, ["bench", stage, *args]); render(data); return
     """
-    from workbench import terminal
 
     host = host if isinstance(host, Host) else get_host(ws, host)
     if sync:
@@ -354,7 +353,6 @@ def run_and_import(
     """For a command that writes one run record and prints it with --json (e.g. `wb bench`):
     run it on the host and bring the record into the local runs/ like `wb run --host` does
     (new local id, remote id under "remote", local git provenance); then `publish(ws, record)`."""
-    from workbench import terminal
     from workbench.provenance import file_hashes, git_state
     from workbench.records import new_run_dir
 
