@@ -8,45 +8,53 @@ head h // (heads / kv_heads)), any m, n >= 1.
 It is stage C's kernel (``stage_c_online.FmhaOnline``: same warp-specialized CTA, same
 pipelines, same per-tile consumer step, same epilogue) grown to the full problem:
 
-* Grid (ceil(m / 128), heads, batch): one CTA per 128-row Q tile of one (batch, head).
-  TMA descriptors are built over (seq, d, head, batch) views of the tensors, so a box that
-  runs past m (or n) is clipped by TMA at that head's end: loads zero-fill the rows past the
-  end (the mbarrier still receives the full box's bytes), stores drop them.
+* Work tiles: one per (Q tile of 64 x consumer-WG rows, head, batch), numbered with the
+  Q tile fastest (``tile_coords``) or longest-first when causal (``lpt_tile``). A 1-D grid
+  gives each CTA one tile, or, ``persistent`` (the default unless causal), one CTA per SM
+  walks every gridDim-th tile, so the next tile's K, Q and V loads overlap this tile's last
+  PV and epilogue. TMA descriptors are built over (seq, d, head, batch) views of the
+  tensors, so a box that runs past m (or n) is clipped by TMA at that head's end: loads
+  zero-fill the rows past the end (the mbarrier still receives the full box's bytes),
+  stores drop them.
 * Tails: Q rows >= m are computed on zero rows and never stored (TMA store clipping; LSE
   stores are predicated; a consumer WG whose 64 rows all lie past m skips its store). KV
   columns >= n are masked to -inf before the softmax.
 * Causal, top-left aligned exactly as torch SDPA ``is_causal=True`` (query i sees keys
   j <= i, also when m != n; flash-attn would align bottom-right). KV tiles past the
-  diagonal are not loaded at all (``mask.kv_tile_range``).
-* Tile order: KV tiles are visited from the last needed one down to tile 0. Only that first
+  diagonal are not loaded at all (``mask.kv_tile_range``). Causal needs square 128 x 128
+  tiles (2 consumer WGs).
+* KV order: tiles are visited from the last needed one down to tile 0. Only that first
   tile can need masking (KV tail or diagonal, see ``mask``), so the mask is applied on the
   peeled first iteration and the steady-state loop runs mask-free.
-* Warp specialization exactly as C: WG0 producer (setmaxnreg 24, one warp issues the TMA),
-  WG1/WG2 consumers of 64 rows each (setmaxnreg 240); K and V rings of 2 (d=128) or 3
-  (d=64) stages; no global round trip and no synchronous load in the main loop.
+* Warp specialization as C: WG0 producer (one warp issues the TMA: K of the first tile,
+  Q, then the K/V ring), 2 consumer WGs (setmaxnreg 240/24) or 3 (``consumers=3``,
+  192-row Q tiles, 160/32: the default for d=64 non-causal) of 64 rows each; K and V rings
+  of 2 (d=128) or 3 (d=64) stages; no global round trip and no synchronous load in the
+  main loop.
 
-Variants: ``softmax=exp|identity`` (identity: O = masked (Q K^T scale) V, masked logits
-contribute 0; LSE written as 0), and ``schedule`` (the consumer's per-tile order):
+Variants (kernel.yaml; ``auto`` resolves to what measured fastest on an H200,
+docs/perf-notes.md): ``softmax=exp|identity`` (identity: O = masked (Q K^T scale) V,
+masked logits contribute 0; LSE written as 0); ``consumers``, ``tile_order``,
+``persistent``, ``kv_stages``, ``kv_load``, ``k_release``, ``o_rescale`` (see the
+constants below); and ``schedule``, the consumer's per-tile order (auto: pingpong with 2
+consumer WGs, serial with 3 -- the overlap schedules spill at 160 registers):
 
 * ``serial`` (the first verified kernel): per tile S = QK^T, wait, softmax, O += PV,
-  wait (stage C's ``consume_tile``): the tensor cores idle during each softmax.
+  wait (stage C's ``consume_tile``): a WG's tensor-core work idles during its softmax.
 * ``overlap`` (intra-warpgroup overlap, the technique of FlashAttention-3): the first
   (masked) tile's S and softmax are peeled; then per tile i the consumer issues
-  S_i = Q K_i^T, rescales O by alpha_{i-1} while that MMA runs, issues
-  O += P_{i-1} V_{i-1} (two WGMMA commit groups), waits only for the first group
-  (``wait_group(1)``), runs the softmax of S_i while the PV MMA runs, releases K_i, waits
-  for the PV group and converts P_i. A last PV (P of the final tile) closes the loop.
-  Registers: one S accumulator (64 fp32), P (32 x 32-bit) and O (d/2 fp32) live at once
-  -- the same set as ``serial``; no second S accumulator. Math identical to ``serial``
-  (O_t = alpha_t O_{t-1} + P_t V_t; only the moment of the multiply moves). The K release
-  is pinned behind the softmax so that ptxas cannot hoist the PV wait above the exp2s
-  (``overlap_tile``; tests/test_stage_d_speed.py checks the SASS).
-* ``pingpong``: ``overlap`` plus FA3's warp-scheduler barriers between the two consumer
-  WGs (named barriers 3 and 4): a WG issues its tile's two MMAs only after the other WG
-  issued its own, so one WG's softmax tends to run while the other's MMAs run. Every
-  barrier arrive is matched by a sync (no arrival is left pending at exit). The default:
-  on an H200 it passed the whole stage-D sweep (112 cases) and ran d=128 s=4096 at 665
-  TFLOP/s against serial's 588 (docs/perf-notes.md).
+  S_i = Q K_i^T and O += P_{i-1} V_{i-1} (two WGMMA commit groups), waits only for the
+  first group (``wait_group(1)``), releases K_i, runs the softmax of S_i while the PV MMA
+  runs, waits for the PV group, converts P_i and rescales O by alpha_i. A last PV (P of
+  the final tile) closes the loop. Registers: one S accumulator (64 fp32), P (32 x
+  32-bit) and O (d/2 fp32) live at once -- the same set as ``serial``. Math identical to
+  ``serial`` (O_t = alpha_t O_{t-1} + P_t V_t; only the moment of the multiply moves).
+  ``k_release=pinned`` / ``o_rescale=mid`` give the round-1 order (see ``overlap_tile``).
+* ``pingpong``: ``overlap`` plus FA3's warp-scheduler barriers between the consumer WGs
+  (named barriers from ``SCHED_BARRIER_BASE``, round robin): a WG issues its tile's two
+  MMAs only after the previous WG issued its own, so one WG's softmax tends to run while
+  another's MMAs run. Every barrier arrive is matched by a sync (no arrival is left
+  pending at exit).
 """
 
 import math
