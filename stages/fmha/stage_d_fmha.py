@@ -650,20 +650,17 @@ class FmhaForward(sc.FmhaOnline):
         the ring slot of tile i - 1, whose P is in ``tOrP`` and alpha in ``row_scale``; on
         exit the slot of tile i, whose P is in ``tOrP`` and alpha in ``row_scale``.
 
-        Order: issue S_i = Q K_i^T; O *= alpha_{i-1} (skipped for i = 1: alpha = 1) while
-        that MMA runs; issue O += P_{i-1} V_{i-1}; wait for S_i only; softmax of S_i while
-        the PV MMA runs; release K_i; wait for the PV MMA; release V_{i-1}; P_i -> ``tOrP``.
-        ``o_rescale="end"`` moves the O *= alpha to the step's end instead (O *= alpha_i
-        once the PV MMA is done, as FlashAttention-4's sm90 kernel does): in ``pingpong``
-        the stretch between a WG's scheduler sync and its arrive is then only the MMA
-        issues, so the other WG starts sooner.
+        Default order (FlashAttention-4's): issue S_i = Q K_i^T and O += P_{i-1} V_{i-1};
+        wait for S_i only; release K_i; softmax of S_i; wait for the PV MMA; release
+        V_{i-1}; P_i -> ``tOrP``; O *= alpha_i. In ``pingpong`` the stretch between a WG's
+        scheduler sync and its arrive is only the two MMA issues.
 
-        Checked in the SASS (tests/test_stage_d_speed.py): ptxas schedules
-        ``wgmma.wait_group 0`` (WARPGROUP.DEPBAR.LE 0) as early as it may -- right behind
-        the previous mbarrier arrive -- and moves arithmetic freely around it; without the
-        pinned K release below it hoisted the wait above 80-100% of the 66 exp2s of a tile
-        (depending on d, dtype and the order of unrelated code). The pin makes it 66 of 66
-        before the wait for every configuration tested."""
+        ``o_rescale="mid"`` multiplies O by alpha_{i-1} between the two issues instead;
+        ``k_release="pinned"`` releases K_i after the softmax with a predicate that reads
+        the finished row sums, which keeps ptxas from hoisting ``wgmma.wait_group 0`` above
+        the exp2s (without it ptxas puts 48-57 of the 66 exp2s of a tile after the wait;
+        tests/test_stage_d_speed.py checks the pinned SASS). On an H200 the pinned order
+        was 2-3% slower all the same (docs/perf-notes.md)."""
         kv_prev = kv_state.clone()
         kv_state.advance()
         pipeline_k.consumer_wait(kv_state)
