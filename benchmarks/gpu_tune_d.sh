@@ -19,6 +19,7 @@
 #               sweep and a causal persistent sweep (about 7 minutes)
 # PHASE ab:     two versions of stage_d_fmha.py (BEFORE/AFTER files and commits in the
 #               environment) timed interleaved, after a correctness sweep of AFTER (about 4 min)
+# PHASE dynamic: persistent=dynamic (global tile counter) checked and timed against off/on
 # PHASE verify: the whole default sweep (112 cases) and a bench of the defaults (about 6 minutes)
 # PHASE perf:   `wb bench d --sweep` over DESIGN.md's table, both dtypes, every peer:
 #               writes docs/perf.md (about 5 minutes)
@@ -136,6 +137,17 @@ ab)
   done
   cp "$AFTER" stages/fmha/stage_d_fmha.py
   ;;
+dynamic)
+  step "sweep persistent=dynamic (causal default now) and on/off: 60 cases"
+  timeout 200 wb sweep d --n 1,17,1000,4096,8192 --d 64,128 --dtype bf16 -p causal=true,false -p kv_heads=2 \
+    -V persistent=dynamic,off,on --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+  step "bench causal: dynamic (new default) vs off (the old default); non-causal: on vs dynamic"
+  for v in "persistent=off" "persistent=dynamic" "persistent=off" "persistent=dynamic"; do
+    timeout 60 wb bench d --s 1024,4096,8192 --d 128 --causal --peers "" --reps 50 -V $v --timeout 50 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/$v /"
+  done
+  timeout 60 wb bench d --s 1024,4096 --d 128 --peers "" --reps 50 -V persistent=dynamic --timeout 50 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/dynamic /"
+  timeout 60 wb bench d --s 1024,4096 --d 128 --peers "" --reps 50 -V persistent=on --timeout 50 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/on /"
+  ;;
 verify)
   step "sweep of every default configuration (d 64/128, causal, bf16/fp16, MHA/GQA; 112 cases)"
   timeout 330 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 64,128 --dtype bf16,fp16 -p causal=false,true \
@@ -149,6 +161,6 @@ perf)
   timeout 560 wb bench d --sweep --dtype bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|verify|perf" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|verify|perf" >&2; exit 2 ;;
 esac
 step done

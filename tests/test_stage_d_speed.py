@@ -59,8 +59,11 @@ def test_stage_d_defaults_follow_the_measurements():
     k = kernel(128, False)
     assert (k.schedule, k.num_consumer_wg, k.tile_m, k.lpt, k.persistent) == ("pingpong", 2, 128, False, True)
     assert (k.k_release, k.o_rescale) == ("early", "end")
-    assert kernel(128, True).persistent is False
-    assert kernel(128, True, persistent="on").persistent is True
+    k = kernel(128, True)
+    assert (k.persistent, k.dynamic, k.lpt) == (True, True, True)
+    k = kernel(128, True, persistent="off")
+    assert (k.persistent, k.dynamic) == (False, False)
+    assert kernel(128, False).dynamic is False
     k = kernel(64, False)
     assert (k.schedule, k.num_consumer_wg, k.tile_m, k.num_threads, k.consumer_regs) == ("serial", 3, 192, 512, 160)
     k = kernel(64, True)
@@ -82,6 +85,8 @@ D_COMPILES = [
     (64, "bf16", False, 4, 2, {}),  # the default: 3 consumer WGs, serial
     (64, "fp16", False, 4, 2, {"consumers": "3", "kv_load": "k_ahead"}),
     (128, "bf16", True, 4, 2, {"tile_order": "lpt", "o_rescale": "end", "kv_load": "k_ahead"}),
+    (128, "bf16", False, 4, 2, {"persistent": "dynamic"}),
+    (64, "fp16", True, 4, 4, {"persistent": "off"}),
     (128, "bf16", True, 4, 2, {"softmax": "identity", "schedule": "overlap"}),
     (64, "fp16", False, 2, 1, {"softmax": "identity", "schedule": "pingpong"}),
 ]

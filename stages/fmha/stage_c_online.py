@@ -175,6 +175,9 @@ class FmhaOnline:
             sK: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024]
             sV: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sV_layout)], 1024]
             sO: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sO_layout)], 1024]
+            # stage D's dynamic tile scheduler: a 2-slot ring of work-tile ids and its mbarriers
+            tile_ids: cute.struct.MemRange[cutlass.Int32, 2]
+            mbar_tile: cute.struct.MemRange[cutlass.Int64, 4]
 
         return SharedStorage
 

@@ -97,9 +97,10 @@ KV_LOADS = ("paired", "k_ahead")
 #: the default: 2-3% faster on an H200), or after the softmax with the exp2s pinned before the
 #: PV wait (pinned)
 K_RELEASES = ("early", "pinned")
-#: persistent kernel (a CTA per SM walks the work tiles); auto = on unless causal (H200: +3-8%
-#: non-causal; causal lost 8-11% with a round-robin deal of the longest-first order)
-PERSISTENT = ("auto", "off", "on")
+#: persistent kernel (a CTA per SM walks the work tiles): on = round robin, dynamic = each
+#: CTA takes the next tile from a global counter; auto = dynamic when causal (longest-first
+#: tiles, greedily), else on (H200: +3-8% non-causal; causal lost 8-11% with round robin)
+PERSISTENT = ("auto", "off", "on", "dynamic")
 #: CTA tile order on the grid; auto = lpt when causal, natural otherwise
 TILE_ORDERS = ("auto", "natural", "lpt")
 #: consumer warpgroups (64 Q rows each); auto = 3 (192-row Q tiles) for d = 64 non-causal, else 2
@@ -165,7 +166,7 @@ class FmhaForward(sc.FmhaOnline):
         o_rescale: str = "end",
         kv_load: str = "paired",
         k_release: str = "early",
-        persistent: bool | None = None,
+        persistent: str | None = None,
     ):
         if consumers is None:
             consumers = 3 if d == 64 and not causal else 2
@@ -187,7 +188,10 @@ class FmhaForward(sc.FmhaOnline):
         self.kv_load = kv_load
         assert k_release in K_RELEASES, k_release
         self.k_release = k_release
-        self.persistent = (not causal) if persistent is None else persistent
+        persistent = ("dynamic" if causal else "on") if persistent is None else persistent
+        assert persistent in PERSISTENT[1:], persistent
+        self.persistent = persistent != "off"
+        self.dynamic = persistent == "dynamic"
         self.lpt = tile_order == "lpt" or (tile_order == "auto" and causal)
         assert heads % kv_heads == 0, (heads, kv_heads)
         # only one visited KV tile may need a mask (mask.py): square tiles when causal
@@ -206,6 +210,7 @@ class FmhaForward(sc.FmhaOnline):
         mV: cute.Tensor,  # (batch, n, kv_heads, d)
         mO: cute.Tensor,  # (batch, m, heads, d)
         mLSE: cute.Tensor,  # (batch, heads, m)
+        mTileCounter: cute.Tensor,  # (2,) int32 zeros, kept between launches (dynamic)
         max_ctas: Int32,  # persistent: CTAs to launch (the SM count); else unused
         stream,
     ):
@@ -231,7 +236,7 @@ class FmhaForward(sc.FmhaOnline):
         if const_expr(self.persistent):
             grid = (cutlass.min(num_tiles, max_ctas), 1, 1)
         self.kernel(
-            tma_atom_q, tma_q, tma_atom_k, tma_k, tma_atom_v, tma_v, tma_atom_o, tma_o, mLSE,
+            tma_atom_q, tma_q, tma_atom_k, tma_k, tma_atom_v, tma_v, tma_atom_o, tma_o, mLSE, mTileCounter,
             tiled_mma_qk, tiled_mma_pv, sQ_layout, sK_layout, sV_layout, sO_layout,
         ).launch(grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1)
 
@@ -247,6 +252,7 @@ class FmhaForward(sc.FmhaOnline):
         tma_atom_o: cute.CopyAtom,
         mO: cute.Tensor,  # (m, d, heads, batch)
         mLSE: cute.Tensor,  # (batch, heads, m)
+        mTileCounter: cute.Tensor,  # (2,) int32: tiles handed out, CTAs done (dynamic; zero between launches)
         tiled_mma_qk: cute.TiledMma,
         tiled_mma_pv: cute.TiledMma,
         sQ_layout: cute.ComposedLayout,
@@ -263,6 +269,15 @@ class FmhaForward(sc.FmhaOnline):
 
         storage = cutlass.memory.SmemAllocator().allocate(self.shared_storage)
         pipeline_q, pipeline_k, pipeline_v = self._make_pipelines(storage)
+        # dynamic: the producer hands each next work-tile id to the consumers (2-slot ring)
+        tile_pipe = pipeline.PipelineAsync.create(
+            num_stages=2,
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 1),
+            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.num_consumer_wg),
+            barrier_storage=storage.mbar_tile.data_ptr(),
+            defer_sync=True,
+        )
+        tile_ids = storage.tile_ids.get_tensor(cute.make_layout(2))
         pipeline.pipeline_init_arrive()
         sQ, sK, sV, sO = self._smem_tensors(storage, sQ_layout, sK_layout, sV_layout, sO_layout)
         pipeline.pipeline_init_wait()
@@ -285,12 +300,33 @@ class FmhaForward(sc.FmhaOnline):
             if warp_idx == 0:
                 q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_consumer_wg)
                 kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.kv_stages)
-                if const_expr(self.persistent):
-                    rnd = Int32(0)
+                if const_expr(self.dynamic):
+                    tile_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 2)
+                    lane = cute.arch.lane_idx()
                     while tile < tiles:
                         q_state, kv_state = load_tile(tile, q_state, kv_state)
-                        rnd += 1
-                        tile = self.next_tile(rnd, tile_step)
+                        nxt = Int32(0)
+                        if lane == 0:
+                            nxt = tile_step + cute.arch.atomic_add(mTileCounter.iterator, Int32(1), scope="gpu")
+                        nxt = cute.arch.shuffle_sync(nxt, 0)
+                        tile_pipe.producer_acquire(tile_state)
+                        if lane == 0:
+                            tile_ids[tile_state.index] = nxt
+                            tile_pipe.producer_commit(tile_state)
+                        tile_state.advance()
+                        tile = nxt
+                    if lane == 0:
+                        # the last CTA done taking tiles zeroes the counters for the next launch
+                        cute.arch.fence_acq_rel_gpu()
+                        done = cute.arch.atomic_add(mTileCounter.iterator + 1, Int32(1), scope="gpu")
+                        cute.arch.fence_acq_rel_gpu()
+                        if done == tile_step - 1:
+                            mTileCounter[0] = Int32(0)
+                            mTileCounter[1] = Int32(0)
+                elif const_expr(self.persistent):
+                    while tile < tiles:
+                        q_state, kv_state = load_tile(tile, q_state, kv_state)
+                        tile += tile_step
                 else:
                     load_tile(tile, q_state, kv_state)
         else:
@@ -305,27 +341,21 @@ class FmhaForward(sc.FmhaOnline):
                 # (a loop around the pinned/mid overlap step makes ptxas serialize d=128's
                 # wgmma, C7512: persistent wants k_release=early, o_rescale=end)
                 q_phase = Int32(0)
-                rnd = Int32(0)
+                tile_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 2)
                 while tile < tiles:
                     kv_state = compute_tile(tile, kv_state, q_phase)
                     q_phase = q_phase ^ 1
-                    rnd += 1
-                    tile = self.next_tile(rnd, tile_step)
+                    if const_expr(self.dynamic):
+                        tile_pipe.consumer_wait(tile_state)
+                        tile = tile_ids[tile_state.index]
+                        cute.arch.sync_warp()
+                        if cute.arch.lane_idx() == 0:
+                            tile_pipe.consumer_release(tile_state)
+                        tile_state.advance()
+                    else:
+                        tile += tile_step
             else:
                 compute_tile(tile, kv_state, Int32(0))
-
-    @cute.jit
-    def next_tile(self, rnd: Int32, ctas: Int32) -> Int32:
-        """Persistent: this CTA's work tile in round ``rnd`` (each round deals ``ctas`` tiles,
-        one per CTA). Longest-first order deals them as a snake (CTA c takes the c-th tile
-        of even rounds and the c-th from the end of odd ones), which evens out the sums of
-        the decreasing causal tile lengths; otherwise CTA c takes the c-th of every round."""
-        bid, _, _ = cute.arch.block_idx()
-        offset = bid
-        if const_expr(self.lpt):
-            if rnd % 2 == 1:
-                offset = ctas - 1 - bid
-        return rnd * ctas + offset
 
     @cute.jit
     def produce_work_tile(
@@ -789,6 +819,20 @@ def sm_count(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+_tile_counters: dict = {}
+
+
+def tile_counter(device):
+    """The (2,) int32 counters of ``persistent=dynamic`` on ``device``: zeros, and zero again
+    after every launch (the kernel's last CTA resets them), so one buffer serves all."""
+    import torch
+
+    key = str(device)
+    if key not in _tile_counters:
+        _tile_counters[key] = torch.zeros(2, dtype=torch.int32, device=device)
+    return _tile_counters[key]
+
+
 def variant_choice(variants: Mapping[str, str], key: str, choices: tuple) -> str:
     """kernel.yaml variant ``key`` (default: the first of ``choices``)."""
     value = str(dict(variants or {}).get(key, choices[0]))
@@ -814,7 +858,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "o_rescale": variant_choice(variants, "o_rescale", O_RESCALES),
         "kv_load": variant_choice(variants, "kv_load", KV_LOADS),
         "k_release": variant_choice(variants, "k_release", K_RELEASES),
-        "persistent": {"auto": None, "off": False, "on": True}[variant_choice(variants, "persistent", PERSISTENT)],
+        "persistent": None if (v := variant_choice(variants, "persistent", PERSISTENT)) == "auto" else v,
     }
 
 
@@ -868,7 +912,7 @@ class StageD(Stage):
 
         dtype = common.cute_dtype(p.dtype)
         kernel = self.make_kernel(p, variants)
-        args = [sc.fake_tensor(dtype, 4) for _ in range(4)] + [sc.fake_tensor(Float32, 3), Int32(1), make_fake_stream()]
+        args = [sc.fake_tensor(dtype, 4) for _ in range(4)] + [sc.fake_tensor(Float32, 3), sc.fake_tensor(Int32, 1), Int32(1), make_fake_stream()]
         t0 = time.perf_counter()
         fn = sc.compile_for(arch, kernel, *args)
         return sc.Compiled(
@@ -883,7 +927,7 @@ class StageD(Stage):
         )
         compiled.fn(
             sc.to_cute(q), sc.to_cute(k), sc.to_cute(inputs["v"]),
-            sc.to_cute(outputs["o"]), sc.to_cute(outputs["lse"]), Int32(sm_count(q.device)), sc.current_stream(),
+            sc.to_cute(outputs["o"]), sc.to_cute(outputs["lse"]), sc.to_cute(tile_counter(q.device)), Int32(sm_count(q.device)), sc.current_stream(),
         )
 
     def reference(self, inputs, p: Params, variants, compute_dtype):
