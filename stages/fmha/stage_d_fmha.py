@@ -9,10 +9,12 @@ It is stage C's kernel (``stage_c_online.FmhaOnline``: same warp-specialized CTA
 pipelines, same per-tile consumer step, same epilogue) grown to the full problem:
 
 * Work tiles: one per (Q tile of 64 x consumer-WG rows, head, batch), numbered with the
-  Q tile fastest (``tile_coords``) or longest-first when causal (``lpt_tile``). A 1-D grid
-  gives each CTA one tile, or, ``persistent`` (the default unless causal), one CTA per SM
-  walks every gridDim-th tile, so the next tile's K, Q and V loads overlap this tile's last
-  PV and epilogue. TMA descriptors are built over (seq, d, head, batch) views of the
+  Q tile fastest (``tile_coords``) or longest-first when causal (``lpt_tile``). Persistent
+  (the default): one CTA per SM walks the tiles -- every gridDim-th one (non-causal), or
+  the next one from a global counter (``persistent=dynamic``, the causal default: the
+  producer warp takes it and posts it to the consumers through a 2-slot smem ring) -- so
+  the next tile's K, Q and V loads overlap this tile's last PV and epilogue; with
+  ``persistent=off`` each CTA of a 1-D grid does one tile. TMA descriptors are built over (seq, d, head, batch) views of the
   tensors, so a box that runs past m (or n) is clipped by TMA at that head's end: loads
   zero-fill the rows past the end (the mbarrier still receives the full box's bytes),
   stores drop them.
@@ -99,7 +101,7 @@ KV_LOADS = ("paired", "k_ahead")
 K_RELEASES = ("early", "pinned")
 #: persistent kernel (a CTA per SM walks the work tiles): on = round robin, dynamic = each
 #: CTA takes the next tile from a global counter; auto = dynamic when causal (longest-first
-#: tiles, greedily), else on (H200: +3-8% non-causal; causal lost 8-11% with round robin)
+#: tiles, greedily: +7%), else on (H200: +3-8% non-causal; causal lost 8-11% with round robin)
 PERSISTENT = ("auto", "off", "on", "dynamic")
 #: CTA tile order on the grid; auto = lpt when causal, natural otherwise
 TILE_ORDERS = ("auto", "natural", "lpt")
