@@ -232,3 +232,38 @@ def test_diff_run_shows_shape_changes_by_key():
     changed = diff_runs(rec(1, "(((64,64),1),4):(x)", 2, 10), rec(2, "(((64,64),1)):(x)", 1, 10))
     (change,) = changed["shapes"]
     assert change["probe"] == "tXgX@stage_a.py" and change["change"] == "modes" and (change["rank_a"], change["rank_b"]) == (2, 1)
+
+
+def test_accept_drops_snapshots_of_a_superseded_variant_set(tma_ws, wb):
+    """A snapshot taken under variant names the stage no longer has can never be checked
+    again: --accept drops it (stage D's variant set grew in tuning and left stale keys);
+    snapshots of other parameters under the current names stay."""
+    import yaml
+
+    proc = wb("shapes", "--accept")
+    assert proc.returncode == 0, proc.stderr
+    path = tma_ws / "stages" / "tmacopy" / "shapes.lock.yaml"
+    lock = yaml.safe_load(path.read_text())
+    (letter,) = lock["stages"]
+    (label,) = lock["stages"][letter]
+    arch, params, variants = label.split(" · ")
+    stale = f"{arch} · {params} · retired=1"
+    other_params = f"{arch} · {params} extra=1 · {variants}"
+    entry = lock["stages"][letter][label]
+    lock["stages"][letter].update({stale: entry, other_params: entry})
+    path.write_text(yaml.safe_dump(lock))
+
+    proc = wb("shapes", "--accept")
+    assert proc.returncode == 0, proc.stderr
+    kept = set(yaml.safe_load(path.read_text())["stages"][letter])
+    assert kept == {label, other_params}
+
+
+def test_superseded_compares_variant_names_of_the_same_arch():
+    from workbench.shapes import superseded
+
+    assert superseded("sm_90a · d=64 · a=1 b=2", "sm_90a", {"a": "1"})
+    assert not superseded("sm_90a · d=64 · a=1 b=2", "sm_90a", {"a": "9", "b": "9"})
+    assert not superseded("sm_100a · d=64 · a=1", "sm_90a", {"b": "1"})  # another arch: not ours to judge
+    assert superseded("sm_90a · d=64", "sm_90a", {"a": "1"})
+    assert not superseded("sm_90a · d=64", "sm_90a", {})

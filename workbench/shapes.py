@@ -54,6 +54,16 @@ def label_of(arch: str, params: dict, variants: dict) -> str:
     return " · ".join(x for x in (arch, p, v) if x)
 
 
+def superseded(label: str, arch: str, variants: dict) -> bool:
+    """A snapshot label of ``arch`` taken under another set of variant names than the
+    stage has now: it can never be checked again (``accept`` drops it)."""
+    parts = label.split(" · ")
+    if parts[0] != arch:
+        return False
+    names = {kv.split("=", 1)[0] for kv in parts[2].split()} if len(parts) > 2 else set()
+    return names != set(variants)
+
+
 def _fmt(v: Any) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
@@ -381,7 +391,9 @@ def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = Fals
     lock = {"version": LOCK_VERSION, "kernel": kernel, "stages": dict(lock.get("stages") or {})}
     for res in results:
         label = label_of(res["arch"], res["params"], res["variants"])
-        per_stage = dict(lock["stages"].get(res["letter"]) or {})
+        per_stage = {
+            k: v for k, v in (lock["stages"].get(res["letter"]) or {}).items() if not superseded(k, res["arch"], res["variants"])
+        }
         with_ops = lock_all_ops(res["shapes"], all_ops)
         per_stage[label] = {
             "stage": res["stage"],
@@ -402,7 +414,9 @@ def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = Fals
         data = old if isinstance(old, dict) else {}
         for res in results:
             label = label_of(res["arch"], res["params"], res["variants"])
-            data.setdefault(res["stage"], {})[label] = {
+            kept = {k: v for k, v in (data.get(res["stage"]) or {}).items() if not superseded(k, res["arch"], res["variants"])}
+            data[res["stage"]] = kept
+            kept[label] = {
                 "commit": commit or None,
                 "date": today,
                 "probes": [[r["name"], r.get("layout"), r.get("rank")] for r in select(res["shapes"], False)],
