@@ -15,7 +15,7 @@
 #               short sequences beside FA4 (about 3 minutes)
 # PHASE persist: correctness of the new defaults and of persistent=on (80 cases), then both
 #               timed, d=128 both masks and d=64 (about 6 minutes)
-# PHASE causal: causal persistent (snake deal) against the default, then the whole default
+# PHASE causal: causal persistent (round robin) against the default, then the whole default
 #               sweep and a causal persistent sweep (about 7 minutes)
 # PHASE ab:     two versions of stage_d_fmha.py (BEFORE/AFTER files and commits in the
 #               environment) timed interleaved, after a correctness sweep of AFTER (about 4 min)
@@ -32,6 +32,10 @@ step() { echo; echo "=== [$(( $(date +%s) - T0 )) s] $*"; }
 PEERS=${PEERS:-fa4,sdpa-cudnn}
 nvidia-smi --query-gpu=name,clocks.max.sm,power.limit --format=csv,noheader 2>/dev/null
 LOG=${OUT:-/tmp}/sweeps.log
+# a sweep's failing rows, then the running count of passing cases (the full table goes to $LOG)
+sweep_verdicts() { tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"; }
+# a bench's case rows cut to WIDTH characters, each prefixed with LABEL when given
+table_rows() { grep -a -E "^│ d=" | cut -c1-"$1" | sed "s/^/${2:+$2 }/"; }
 
 case "${1:-}" in
 d64)
@@ -64,58 +68,58 @@ d128)
 defaults)
   step "sweep of the new defaults (d=64 non-causal: 3 consumer WGs serial; causal: lpt), both dtypes, GQA"
   timeout 200 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 64 --dtype bf16,fp16 -p causal=false,true \
-    -p kv_heads=4,2 --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+    -p kv_heads=4,2 --timeout 40 | sweep_verdicts
   timeout 120 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 128 --dtype bf16,fp16 -p causal=true \
-    -p kv_heads=4,2 --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+    -p kv_heads=4,2 --timeout 40 | sweep_verdicts
   step "sweep kv_load=k_ahead"
   timeout 90 wb sweep d --n 17,1000,4096 --d 64,128 --dtype bf16 -p causal=false,true -p kv_heads=2 \
-    -V kv_load=k_ahead --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+    -V kv_load=k_ahead --timeout 40 | sweep_verdicts
   step "bench d=128 s 4096,8192 non-causal: default, k_ahead, end, k_ahead+end, lpt (50 reps each)"
   for v in "kv_load=paired" "kv_load=k_ahead" "o_rescale=end" "kv_load=k_ahead -V o_rescale=end" "tile_order=lpt"; do
-    timeout 80 wb bench d --s 4096,8192 --d 128 --peers "" --reps 50 -V $v --timeout 70 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/$v /"
+    timeout 80 wb bench d --s 4096,8192 --d 128 --peers "" --reps 50 -V $v --timeout 70 | table_rows 140 "$v"
   done
   step "bench d=64 s 1024,4096 (default) and causal d=128 k_ahead"
-  timeout 80 wb bench d --s 1024,4096 --d 64 --peers "" --timeout 70 | grep -a -E "^│ d=" | cut -c1-140
-  timeout 80 wb bench d --s 4096,8192 --d 128 --causal --peers "" -V kv_load=k_ahead --timeout 70 | grep -a -E "^│ d=" | cut -c1-140
+  timeout 80 wb bench d --s 1024,4096 --d 64 --peers "" --timeout 70 | table_rows 140
+  timeout 80 wb bench d --s 4096,8192 --d 128 --causal --peers "" -V kv_load=k_ahead --timeout 70 | table_rows 140
   ;;
 probe)
   step "sweep k_release=early (FlashAttention-4's K release, no pin)"
   timeout 90 wb sweep d --n 17,1000,4096 --d 64,128 --dtype bf16 -p causal=false,true -p kv_heads=2 \
-    -V k_release=early --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+    -V k_release=early --timeout 40 | sweep_verdicts
   step "bench d=128 pinned (default, fa4 beside) vs early vs early+end; causal pinned vs early (50 reps)"
-  timeout 90 wb bench d --s 1024,4096,8192 --d 128 --peers fa4 --reps 50 --timeout 80 | grep -a -E "^│ d=" | cut -c1-170
+  timeout 90 wb bench d --s 1024,4096,8192 --d 128 --peers fa4 --reps 50 --timeout 80 | table_rows 170
   for v in "k_release=early" "k_release=early -V o_rescale=end"; do
-    timeout 60 wb bench d --s 1024,4096,8192 --d 128 --peers "" --reps 50 -V $v --timeout 50 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/$v /"
+    timeout 60 wb bench d --s 1024,4096,8192 --d 128 --peers "" --reps 50 -V $v --timeout 50 | table_rows 140 "$v"
   done
-  timeout 60 wb bench d --s 4096 --d 128 --causal --peers "" --reps 50 --timeout 50 | grep -a -E "^│ d=" | cut -c1-140
-  timeout 60 wb bench d --s 4096 --d 128 --causal --peers "" --reps 50 -V k_release=early --timeout 50 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/early /"
+  timeout 60 wb bench d --s 4096 --d 128 --causal --peers "" --reps 50 --timeout 50 | table_rows 140
+  timeout 60 wb bench d --s 4096 --d 128 --causal --peers "" --reps 50 -V k_release=early --timeout 50 | table_rows 140 "early"
   step "per-CTA fixed cost: short sequences, batch 64 (one to eight KV tiles per CTA), fa4 beside"
-  timeout 90 wb bench d --s 128,256,512,1024 --d 128 --batch 64 --peers fa4 --timeout 80 | grep -a -E "^│ d=" | cut -c1-170
-  timeout 90 wb bench d --s 128,256,512,1024 --d 64 --batch 64 --peers fa4 --timeout 80 | grep -a -E "^│ d=" | cut -c1-170
+  timeout 90 wb bench d --s 128,256,512,1024 --d 128 --batch 64 --peers fa4 --timeout 80 | table_rows 170
+  timeout 90 wb bench d --s 128,256,512,1024 --d 64 --batch 64 --peers fa4 --timeout 80 | table_rows 170
   ;;
 persist)
   step "sweep the new defaults (k_release=early, o_rescale=end) and persistent=on: 80 cases"
   timeout 300 wb sweep d --n 1,17,1000,4096,8192 --d 64,128 --dtype bf16 -p causal=false,true -p kv_heads=4,2 \
-    -V persistent=off,on --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+    -V persistent=off,on --timeout 40 | sweep_verdicts
   step "bench defaults (peers beside) vs persistent=on"
   for c in "" "--causal"; do
-    timeout 100 wb bench d --s 1024,4096,8192 --d 128 $c --peers fa4,sdpa-cudnn --reps 50 --timeout 90 | grep -a -E "^│ d=" | cut -c1-190
-    timeout 70 wb bench d --s 1024,4096,8192 --d 128 $c --peers "" --reps 50 -V persistent=on --timeout 60 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/persistent /"
+    timeout 100 wb bench d --s 1024,4096,8192 --d 128 $c --peers fa4,sdpa-cudnn --reps 50 --timeout 90 | table_rows 190
+    timeout 70 wb bench d --s 1024,4096,8192 --d 128 $c --peers "" --reps 50 -V persistent=on --timeout 60 | table_rows 140 "persistent"
   done
-  timeout 70 wb bench d --s 1024,4096 --d 64 --peers fa4 --reps 50 --timeout 60 | grep -a -E "^│ d=" | cut -c1-170
-  timeout 70 wb bench d --s 1024,4096 --d 64 --peers "" --reps 50 -V persistent=on --timeout 60 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/persistent /"
+  timeout 70 wb bench d --s 1024,4096 --d 64 --peers fa4 --reps 50 --timeout 60 | table_rows 170
+  timeout 70 wb bench d --s 1024,4096 --d 64 --peers "" --reps 50 -V persistent=on --timeout 60 | table_rows 140 "persistent"
   ;;
 causal)
   step "bench causal: default (non-persistent, longest-first) vs persistent=on (snake deal)"
-  timeout 80 wb bench d --s 1024,4096,8192 --d 128 --causal --peers fa4 --reps 50 --timeout 70 | grep -a -E "^│ d=" | cut -c1-170
-  timeout 70 wb bench d --s 1024,4096,8192 --d 128 --causal --peers "" --reps 50 -V persistent=on --timeout 60 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/persistent /"
-  timeout 60 wb bench d --s 8192 --d 64 --causal --peers "" --reps 50 --timeout 50 | grep -a -E "^│ d=" | cut -c1-140
-  timeout 60 wb bench d --s 8192 --d 64 --causal --peers "" --reps 50 -V persistent=on --timeout 50 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/persistent /"
+  timeout 80 wb bench d --s 1024,4096,8192 --d 128 --causal --peers fa4 --reps 50 --timeout 70 | table_rows 170
+  timeout 70 wb bench d --s 1024,4096,8192 --d 128 --causal --peers "" --reps 50 -V persistent=on --timeout 60 | table_rows 140 "persistent"
+  timeout 60 wb bench d --s 8192 --d 64 --causal --peers "" --reps 50 --timeout 50 | table_rows 140
+  timeout 60 wb bench d --s 8192 --d 64 --causal --peers "" --reps 50 -V persistent=on --timeout 50 | table_rows 140 "persistent"
   step "sweep: every default configuration, plus causal persistent=on (136 cases)"
   timeout 330 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 64,128 --dtype bf16,fp16 -p causal=false,true \
-    -p kv_heads=4,2 --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+    -p kv_heads=4,2 --timeout 40 | sweep_verdicts
   timeout 100 wb sweep d --n 1,17,1000,4096,8192 --d 64,128 --dtype bf16 -p causal=true -p kv_heads=4,2 \
-    -V persistent=on --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+    -V persistent=on --timeout 40 | sweep_verdicts
   ;;
 ab)
   # A/B of two versions of stages/fmha/stage_d_fmha.py in one call, interleaved twice:
@@ -123,16 +127,16 @@ ab)
   step "correctness of AFTER: 32 cases"
   cp "$AFTER" stages/fmha/stage_d_fmha.py
   WB_GIT_COMMIT=$AFTER_COMMIT timeout 120 wb sweep d --n 1,17,1000,4096 --d 64,128 --dtype bf16 -p causal=false,true \
-    -p kv_heads=4,2 --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+    -p kv_heads=4,2 --timeout 40 | sweep_verdicts
   for round in 1 2; do
     for side in BEFORE AFTER; do
       file=${!side}; commit_var=${side}_COMMIT
       cp "$file" stages/fmha/stage_d_fmha.py
       step "round $round $side"
       for c in "" "--causal"; do
-        WB_GIT_COMMIT=${!commit_var} timeout 80 wb bench d --s 1024,4096 --d 128 $c --peers "" --reps 50 --timeout 70 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/$side /"
+        WB_GIT_COMMIT=${!commit_var} timeout 80 wb bench d --s 1024,4096 --d 128 $c --peers "" --reps 50 --timeout 70 | table_rows 140 "$side"
       done
-      WB_GIT_COMMIT=${!commit_var} timeout 60 wb bench d --s 1024 --d 64 --peers "" --reps 50 --timeout 50 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/$side /"
+      WB_GIT_COMMIT=${!commit_var} timeout 60 wb bench d --s 1024 --d 64 --peers "" --reps 50 --timeout 50 | table_rows 140 "$side"
     done
   done
   cp "$AFTER" stages/fmha/stage_d_fmha.py
@@ -140,20 +144,20 @@ ab)
 dynamic)
   step "sweep persistent=dynamic (causal default now) and on/off: 60 cases"
   timeout 200 wb sweep d --n 1,17,1000,4096,8192 --d 64,128 --dtype bf16 -p causal=true,false -p kv_heads=2 \
-    -V persistent=dynamic,off,on --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+    -V persistent=dynamic,off,on --timeout 40 | sweep_verdicts
   step "bench causal: dynamic (new default) vs off (the old default); non-causal: on vs dynamic"
   for v in "persistent=off" "persistent=dynamic" "persistent=off" "persistent=dynamic"; do
-    timeout 60 wb bench d --s 1024,4096,8192 --d 128 --causal --peers "" --reps 50 -V $v --timeout 50 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/$v /"
+    timeout 60 wb bench d --s 1024,4096,8192 --d 128 --causal --peers "" --reps 50 -V $v --timeout 50 | table_rows 140 "$v"
   done
-  timeout 60 wb bench d --s 1024,4096 --d 128 --peers "" --reps 50 -V persistent=dynamic --timeout 50 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/dynamic /"
-  timeout 60 wb bench d --s 1024,4096 --d 128 --peers "" --reps 50 -V persistent=on --timeout 50 | grep -a -E "^│ d=" | cut -c1-140 | sed "s/^/on /"
+  timeout 60 wb bench d --s 1024,4096 --d 128 --peers "" --reps 50 -V persistent=dynamic --timeout 50 | table_rows 140 "dynamic"
+  timeout 60 wb bench d --s 1024,4096 --d 128 --peers "" --reps 50 -V persistent=on --timeout 50 | table_rows 140 "on"
   ;;
 verify)
   step "sweep of every default configuration (d 64/128, causal, bf16/fp16, MHA/GQA; 112 cases)"
   timeout 330 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 64,128 --dtype bf16,fp16 -p causal=false,true \
-    -p kv_heads=4,2 --timeout 40 | tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"
+    -p kv_heads=4,2 --timeout 40 | sweep_verdicts
   step "bench the defaults, d=64 and d=128, s 1024/4096/8192 (fa4 beside)"
-  timeout 200 wb bench d --s 1024,4096,8192 --d 64,128 --peers fa4 --timeout 190 | grep -a -E "^│ d=" | cut -c1-170
+  timeout 200 wb bench d --s 1024,4096,8192 --d 64,128 --peers fa4 --timeout 190 | table_rows 170
   ;;
 perf)
   step "wb bench d --sweep (docs/perf.md) with every peer"
