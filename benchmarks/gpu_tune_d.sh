@@ -17,10 +17,13 @@
 #               timed, d=128 both masks and d=64 (about 6 minutes)
 # PHASE causal: causal persistent (round robin) against the default, then the whole default
 #               sweep and a causal persistent sweep (about 7 minutes)
-# PHASE ab:     two versions of stage_d_fmha.py (BEFORE/AFTER files and commits in the
-#               environment) timed interleaved, after a correctness sweep of AFTER (about 4 min)
+# PHASE ab:     two versions of stages/fmha (BEFORE/AFTER folders and commits in the
+#               environment), d=128 timed interleaved, after a correctness sweep of AFTER (about 5 min)
 # PHASE dynamic: persistent=dynamic (global tile counter) checked and timed against off/on
 # PHASE verify: the whole default sweep (112 cases) and a bench of the defaults (about 6 minutes)
+# PHASE round3: a fresh S accumulator per overlap step (no spills at 160 registers) and causal
+#               192-row Q tiles: sweeps of consumers=3 with every schedule, both masks, and of
+#               the d=128 defaults, then d=64 benches (about 6 minutes)
 # PHASE perf:   `wb bench d --sweep` over DESIGN.md's table, both dtypes, every peer:
 #               writes docs/perf.md (about 5 minutes)
 # Every command has its own hang timeout; `timeout` bounds each step as a backstop.
@@ -122,24 +125,25 @@ causal)
     -V persistent=on --timeout 40 | sweep_verdicts
   ;;
 ab)
-  # A/B of two versions of stages/fmha/stage_d_fmha.py in one call, interleaved twice:
-  #   BEFORE=file BEFORE_COMMIT=sha AFTER=file AFTER_COMMIT=sha bash benchmarks/gpu_tune_d.sh ab
+  # A/B of two versions of stages/fmha/ in one call, interleaved twice: BEFORE and AFTER are
+  # folders holding the versions' stages/fmha/*.py files
+  #   BEFORE=dir BEFORE_COMMIT=sha AFTER=dir AFTER_COMMIT=sha bash benchmarks/gpu_tune_d.sh ab
+  use() { cp "$1"/*.py stages/fmha/; }
   step "correctness of AFTER: 32 cases"
-  cp "$AFTER" stages/fmha/stage_d_fmha.py
+  use "$AFTER"
   WB_GIT_COMMIT=$AFTER_COMMIT timeout 120 wb sweep d --n 1,17,1000,4096 --d 64,128 --dtype bf16 -p causal=false,true \
     -p kv_heads=4,2 --timeout 40 | sweep_verdicts
   for round in 1 2; do
     for side in BEFORE AFTER; do
-      file=${!side}; commit_var=${side}_COMMIT
-      cp "$file" stages/fmha/stage_d_fmha.py
+      commit_var=${side}_COMMIT
+      use "${!side}"
       step "round $round $side"
       for c in "" "--causal"; do
-        WB_GIT_COMMIT=${!commit_var} timeout 80 wb bench d --s 1024,4096 --d 128 $c --peers "" --reps 50 --timeout 70 | table_rows 140 "$side"
+        WB_GIT_COMMIT=${!commit_var} timeout 80 wb bench d --s 1024,4096,8192 --d 128 $c --peers "" --reps 50 --timeout 70 | table_rows 140 "$side"
       done
-      WB_GIT_COMMIT=${!commit_var} timeout 60 wb bench d --s 1024 --d 64 --peers "" --reps 50 --timeout 50 | table_rows 140 "$side"
     done
   done
-  cp "$AFTER" stages/fmha/stage_d_fmha.py
+  use "$AFTER"
   ;;
 dynamic)
   step "sweep persistent=dynamic (causal default now) and on/off: 60 cases"
@@ -151,6 +155,23 @@ dynamic)
   done
   timeout 60 wb bench d --s 1024,4096 --d 128 --peers "" --reps 50 -V persistent=dynamic --timeout 50 | table_rows 140 "dynamic"
   timeout 60 wb bench d --s 1024,4096 --d 128 --peers "" --reps 50 -V persistent=on --timeout 50 | table_rows 140 "on"
+  ;;
+round3)
+  step "sweep d=64 consumers=3, every schedule, both masks (GQA), plus m != n causal"
+  timeout 200 wb sweep d --n 1,17,128,1000,4096 --d 64 --dtype bf16 -p causal=false,true -p kv_heads=2 \
+    -V consumers=3 -V schedule=serial,pingpong,overlap --timeout 40 | sweep_verdicts
+  timeout 60 wb sweep d --n 300,1000 --d 64 --dtype fp16 -p m=1000,300 -p causal=true -p kv_heads=4 \
+    -V consumers=3 -V schedule=pingpong --timeout 40 | sweep_verdicts
+  step "sweep the d=128 defaults (fresh S, thread-0 mask)"
+  timeout 100 wb sweep d --n 1,17,1000,4096 --d 128 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 \
+    --timeout 40 | sweep_verdicts
+  step "bench d=64: default (fa4 beside) vs consumers=3 pingpong / overlap (causal: vs serial)"
+  for c in "" "--causal"; do
+    timeout 80 wb bench d --s 1024,4096,8192 --d 64 $c --peers fa4 --reps 50 --timeout 70 | table_rows 170
+    for v in "schedule=pingpong" "schedule=overlap" "schedule=serial"; do
+      timeout 60 wb bench d --s 1024,4096,8192 --d 64 $c --peers "" --reps 50 -V consumers=3 -V $v --timeout 50 | table_rows 140 "$v"
+    done
+  done
   ;;
 verify)
   step "sweep of every default configuration (d 64/128, causal, bf16/fp16, MHA/GQA; 112 cases)"
@@ -165,6 +186,6 @@ perf)
   timeout 560 wb bench d --sweep --dtype bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|verify|perf" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|verify|perf" >&2; exit 2 ;;
 esac
 step done

@@ -3,14 +3,18 @@
 Causal alignment is torch SDPA's ``is_causal=True``: top-left, query row i sees keys
 j <= i (the mask is ``ones(m, n).tril()``), also when m != n. (flash-attn aligns bottom-right
 instead: row i sees j <= i + n - m. The two agree when m == n.) Every row sees key 0, so no
-row is ever fully masked.
+row is masked in every tile it visits.
 
-Which KV tiles need a mask, for a 128-row Q tile ``m_block`` and 128-column KV tiles
-(tile_m == tile_n is required): with n_tiles = ceil(n / 128) the CTA visits tiles
-0 .. n_max - 1, n_max = n_tiles (non-causal) or min(n_tiles, m_block + 1) (causal).
-Only tile n_max - 1 can hold masked columns: the KV tail is in tile n_tiles - 1 and the
-diagonal in tile m_block; every earlier tile lies entirely below the diagonal and inside
-the sequence. Kernels visit that tile first and mask only it (``kv_tile_range``).
+Which KV tiles need a mask, for Q tiles of ``tile_m`` rows (128 or 192) and 128-column KV
+tiles: with n_tiles = ceil(n / 128) the CTA visits tiles 0 .. n_max - 1, n_max = n_tiles
+(non-causal) or min(n_tiles, ceil((m_block + 1) tile_m / 128)) (causal), from the last one
+down. The KV tail lies in tile n_tiles - 1, visited first when visited at all. Causal: a
+tile needs the diagonal mask when its last column lies past the Q tile's first row,
+i.e. tiles floor(m_block tile_m / 128) .. n_max - 1: one tile for square 128 x 128 tiles,
+two for 192-row Q tiles. Every other tile lies below the diagonal and inside the sequence.
+Kernels visit the ``masked_visits`` masked tiles first and run the rest mask-free
+(``kv_tile_range``). With 192 rows, the first visited tile can be fully masked for some
+rows (their softmax then sees only -inf there: ``OnlineSoftmax.step`` handles it).
 """
 
 
@@ -24,18 +28,41 @@ from stages.fmha import common
 
 
 @cute.jit
-def kv_tile_range(m_block: Int32, seqlen_k: Int32, tile_n: cutlass.Constexpr[int], causal: cutlass.Constexpr[bool]) -> Int32:
+def kv_tile_range(
+    m_block: Int32,
+    seqlen_k: Int32,
+    tile_m: cutlass.Constexpr[int],
+    tile_n: cutlass.Constexpr[int],
+    causal: cutlass.Constexpr[bool],
+) -> Int32:
     """Number of KV tiles a Q tile visits (tiles 0 .. n_max - 1); see the module docstring."""
     n_max = (seqlen_k + (tile_n - 1)) // tile_n
     if const_expr(causal):
-        n_max = cutlass.min(n_max, m_block + 1)
+        n_max = cutlass.min(n_max, ((m_block + 1) * tile_m + (tile_n - 1)) // tile_n)
     return n_max
+
+
+@cute.jit
+def masked_visits(
+    m_block: Int32,
+    n_max: Int32,
+    tile_m: cutlass.Constexpr[int],
+    tile_n: cutlass.Constexpr[int],
+    causal: cutlass.Constexpr[bool],
+) -> Int32:
+    """How many of the first visited KV tiles (n_max - 1 downwards) need ``apply_mask``:
+    1 (the KV tail, or the diagonal of a square tile), up to 2 for causal 192-row Q tiles."""
+    n = Int32(1)
+    if const_expr(causal and tile_m != tile_n):
+        n = cutlass.max(n_max - (m_block * tile_m) // tile_n, 1)
+    return n
 
 
 @cute.jit
 def apply_mask(
     acc_S: cute.Tensor,
     tScS: cute.Tensor,
+    t0ScS: cute.Tensor,
     row_offset: Int32,
     col_offset: Int32,
     seqlen_k: Int32,
@@ -45,17 +72,24 @@ def apply_mask(
     """Set acc_S elements to ``fill`` where the key is out of range or in the future.
 
     ``tScS``: the identity (row, col) tensor of the tile partitioned like acc_S (thr_mma.
-    partition_C). Global row = row_offset + local row, global col = col_offset + local col.
+    partition_C); ``t0ScS`` the same for thread 0, whose coordinates are compile-time
+    constants. Global row = row_offset + local row, global col = col_offset + local col.
     Masked: col >= seqlen_k, or (causal) col > row. ``fill`` is -inf for softmax, 0 for
     the identity variant (a masked logit must contribute nothing to O).
+
+    A thread's columns are thread 0's plus one shift, so each element is compared as a
+    constant against a per-row limit: no column index is held in a register (at 160
+    registers a tile's worth of them spilled).
     """
     s_mn = common.acc_row_view(acc_S)
     c_mn = common.acc_row_view(tScS)
+    c0_mn = common.acc_row_view(t0ScS)
+    col_shift = c_mn[0, 0][1] - c0_mn[0, 0][1]
     for r in cutlass.range_constexpr(cute.size(s_mn, mode=[0])):
-        # columns [0, limit) of this tile are visible to this row
-        limit = seqlen_k - col_offset
+        # columns [0, limit) of this tile are visible to this row, in thread 0's numbering
+        limit = seqlen_k - col_offset - col_shift
         if const_expr(causal):
-            limit = cutlass.min(limit, row_offset + c_mn[r, 0][0] + 1 - col_offset)
+            limit = cutlass.min(limit, row_offset + c_mn[r, 0][0] + 1 - col_offset - col_shift)
         for c in cutlass.range_constexpr(cute.size(s_mn, mode=[1])):
-            if c_mn[r, c][1] >= limit:
+            if c0_mn[r, c][1] >= limit:
                 s_mn[r, c] = Float32(fill)

@@ -195,9 +195,9 @@ class FmhaForward(sc.FmhaOnline):
         self.persistent = persistent != "off"
         self.dynamic = persistent == "dynamic"
         self.lpt = tile_order == "lpt" or (tile_order == "auto" and causal)
+        # causal 192-row Q tiles: the first two visited KV tiles may need the mask (mask.py)
+        self.two_masked = causal and self.tile_m != self.tile_n
         assert heads % kv_heads == 0, (heads, kv_heads)
-        # only one visited KV tile may need a mask (mask.py): square tiles when causal
-        assert not causal or self.tile_m == self.tile_n, "causal needs 128-row Q tiles (consumers=2)"
         self.heads = heads
         self.kv_heads = kv_heads
         self.qhead_per_kvhead = heads // kv_heads
@@ -367,7 +367,7 @@ class FmhaForward(sc.FmhaOnline):
     ):
         """The producer's share of work tile ``tile``; returns the ring states after it."""
         m_block, head, batch = self.tile_coords(tile, num_m, heads, batches, seqlen_k)
-        n_max = mk.kv_tile_range(m_block, seqlen_k, self.tile_n, self.causal)
+        n_max = mk.kv_tile_range(m_block, seqlen_k, self.tile_m, self.tile_n, self.causal)
         head_kv = head // self.qhead_per_kvhead
         gQ = cute.local_tile(mQ[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
         gK = cute.local_tile(mK[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))  # (128, d, ceil(n/128))
@@ -385,7 +385,7 @@ class FmhaForward(sc.FmhaOnline):
     ) -> pipeline.PipelineState:
         """One consumer WG's share of work tile ``tile``; returns the K/V ring state after it."""
         m_block, head, batch = self.tile_coords(tile, num_m, heads, batches, seqlen_k)
-        n_max = mk.kv_tile_range(m_block, seqlen_k, self.tile_n, self.causal)
+        n_max = mk.kv_tile_range(m_block, seqlen_k, self.tile_m, self.tile_n, self.causal)
         gO = cute.local_tile(mO[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
         return self.consume_d(
             tiled_mma_qk, tiled_mma_pv, tma_atom_o, gO, mLSE[batch, head, None], sQ, sK, sV, sO,
@@ -398,18 +398,17 @@ class FmhaForward(sc.FmhaOnline):
         thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O = self._consumer_fragments(
             tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg
         )
-        acc_S = cute.make_rmem_tensor(acc_S_shape, Float32)
         probe("tSrQ", tSrQ)
         probe("tSrK", tSrK)
         probe("tOrVt", tOrVt)
-        probe("tSrS", acc_S)
+        probe("tSrS", cute.make_rmem_tensor(acc_S_shape, Float32))
         probe("tOrP", tOrP)
         probe("tOrO_acc", acc_O)
         self.p_check = sm.check_p_operand_mapping(tiled_mma_qk, tiled_mma_pv, acc_S_shape, tOrP.shape)
         sc.trace_print(tSrS=acc_S_shape, tOrP=tOrP, tOrO=acc_O, p_check=self.p_check)
         softmax = sm.OnlineSoftmax(self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]))
         row_scale = cute.make_rmem_tensor(softmax.num_rows, Float32)
-        return thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, acc_S, softmax, row_scale
+        return thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale
 
     @cute.jit
     def tile_coords(self, tile: Int32, num_m: Int32, heads: Int32, batches: Int32, seqlen_k: Int32):
@@ -557,19 +556,21 @@ class FmhaForward(sc.FmhaOnline):
         it. ``q_phase``: the parity of the CTA's tile count (its Q slot's phase); ``regs``:
         ``consumer_registers``, made once per CTA."""
         tidx_wg = tidx % common.WG_THREADS
-        thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, acc_S, softmax, row_scale = regs
+        thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale = regs
         softmax.reset()
         acc_O.fill(0.0)
 
         row0 = m_block * self.tile_m + wg * self.wg_rows  # first global row of this WG
         tScS = thr_qk.partition_C(cute.make_identity_tensor((self.wg_rows, self.tile_n)))
         probe("tScS", tScS)
-        first_tile = n_max - 1
+        t0ScS = tiled_mma_qk.get_slice(0).partition_C(cute.make_identity_tensor((self.wg_rows, self.tile_n)))
+        # the first n_masked visited tiles (n_max - 1 downwards) need the tail / causal mask
+        n_masked = mk.masked_visits(m_block, n_max, self.tile_m, self.tile_n, self.causal)
         mask_fn = partial(
             mk.apply_mask,
             tScS=tScS,
+            t0ScS=t0ScS,
             row_offset=row0,
-            col_offset=first_tile * self.tile_n,
             seqlen_k=seqlen_k,
             causal=self.causal,
             fill=self.mask_fill,
@@ -580,20 +581,22 @@ class FmhaForward(sc.FmhaOnline):
         tSrQ_wg = tSrQ[None, None, None, wg]
 
         if const_expr(self.schedule == "serial"):
-            # first visited tile (n_max - 1): the only one that can need the tail / causal mask
-            kv_state = self.consume_tile(
-                kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
-                tOrP, acc_O, acc_S_shape, softmax, row_scale, True, mask_fn,
+            step = partial(
+                self.consume_tile, pipeline_k=pipeline_k, pipeline_v=pipeline_v, tiled_mma_qk=tiled_mma_qk,
+                tiled_mma_pv=tiled_mma_pv, tSrQ=tSrQ_wg, tSrK=tSrK, tOrVt=tOrVt, tOrP=tOrP, acc_O=acc_O,
+                acc_S_shape=acc_S_shape, softmax=softmax, row_scale=row_scale,
             )
-            for i in cutlass.range(1, n_max, unroll=1):
-                kv_state = self.consume_tile(
-                    kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
-                    tOrP, acc_O, acc_S_shape, softmax, row_scale, False,
-                )
+            kv_state = step(kv_state, is_first=True, mask_fn=partial(mask_fn, col_offset=(n_max - 1) * self.tile_n))
+            if const_expr(self.two_masked):
+                for i in cutlass.range(1, n_masked, unroll=1):
+                    col_offset = (n_max - 1 - i) * self.tile_n
+                    kv_state = step(kv_state, is_first=False, mask_fn=partial(mask_fn, col_offset=col_offset))
+            for i in cutlass.range(n_masked, n_max, unroll=1):
+                kv_state = step(kv_state, is_first=False)
         else:
             kv_state = self.consume_overlap(
                 kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
-                tOrP, acc_O, acc_S, softmax, row_scale, mask_fn, wg, n_max,
+                tOrP, acc_O, acc_S_shape, softmax, row_scale, mask_fn, wg, n_max, n_masked,
                 partial(pipeline_q.consumer_release, q_state),
             )
         if const_expr(self.schedule == "serial"):
@@ -669,7 +672,7 @@ class FmhaForward(sc.FmhaOnline):
         tSrQ: cute.Tensor,
         tSrK: cute.Tensor,
         tOrVt: cute.Tensor,
-        acc_S: cute.Tensor,
+        acc_S_shape: cutlass.Constexpr,
         tOrP: cute.Tensor,
         acc_O: cute.Tensor,
         softmax: sm.OnlineSoftmax,
@@ -677,6 +680,7 @@ class FmhaForward(sc.FmhaOnline):
         wg: Int32,
         i: Int32,
         n_max: Int32,
+        mask_fn: cutlass.Constexpr = None,
     ) -> pipeline.PipelineState:
         """Steady-state step i (1 <= i < n_max in visit order). On entry ``kv_state`` is
         the ring slot of tile i - 1, whose P is in ``tOrP`` and alpha in ``row_scale``; on
@@ -693,6 +697,11 @@ class FmhaForward(sc.FmhaOnline):
         the exp2s (without it ptxas puts 48-57 of the 66 exp2s of a tile after the wait;
         tests/test_stage_d_speed.py checks the pinned SASS). On an H200 the pinned order
         was 2-3% slower all the same (docs/perf-notes.md)."""
+        # a fresh S accumulator each step: the wgmma's accumulator operands are in/out
+        # registers, and a reused tensor would keep the fp32 P of the previous step alive
+        # across the QK^T issue (LLVM then sank P's conversion below it: 64 more live
+        # registers, spills at 160)
+        acc_S = cute.make_rmem_tensor(acc_S_shape, Float32)
         kv_prev = kv_state.clone()
         kv_state.advance()
         pipeline_k.consumer_wait(kv_state)
@@ -710,6 +719,8 @@ class FmhaForward(sc.FmhaOnline):
         warpgroup.wait_group(1)  # S_i ready; the PV MMA may still run
         if const_expr(self.k_release == "early"):
             pipeline_k.consumer_release(kv_state)  # as FlashAttention-4: no pin
+        if const_expr(mask_fn is not None):
+            mask_fn(acc_S, col_offset=(n_max - 1 - i) * self.tile_n)
         # touches acc_S and the row statistics only, never acc_O / tOrP
         self.softmax_tile(acc_S, softmax, row_scale, False)
         if const_expr(self.k_release == "pinned"):
@@ -748,12 +759,13 @@ class FmhaForward(sc.FmhaOnline):
         tOrVt: cute.Tensor,
         tOrP: cute.Tensor,
         acc_O: cute.Tensor,
-        acc_S: cute.Tensor,
+        acc_S_shape: cutlass.Constexpr,
         softmax: sm.OnlineSoftmax,
         row_scale: cute.Tensor,
         mask_fn: cutlass.Constexpr,
         wg: Int32,
         n_max: Int32,
+        n_masked: Int32,
         release_q: cutlass.Constexpr,
     ) -> pipeline.PipelineState:
         """All n_max KV tiles of one consumer WG, the QK^T MMA and the softmax of tile i
@@ -766,19 +778,25 @@ class FmhaForward(sc.FmhaOnline):
             if wg == 0 and n_max > 1:
                 cute.arch.barrier_arrive(barrier_id=SCHED_BARRIER_BASE, number_of_threads=2 * common.WG_THREADS)
 
+        acc_S = cute.make_rmem_tensor(acc_S_shape, Float32)
         pipeline_k.consumer_wait(kv_state)
         wgmma_issue(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], True)
         warpgroup.wait_group(0)
         pipeline_k.consumer_release(kv_state)
-        mask_fn(acc_S)
+        mask_fn(acc_S, col_offset=(n_max - 1) * self.tile_n)
         self.softmax_tile(acc_S, softmax, row_scale, True)
         sm.convert_p(acc_S, tOrP)
 
-        for i in cutlass.range(1, n_max, unroll=1):
-            kv_state = self.overlap_tile(
-                kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ, tSrK, tOrVt,
-                acc_S, tOrP, acc_O, softmax, row_scale, wg, i, n_max,
-            )
+        step = partial(
+            self.overlap_tile, pipeline_k=pipeline_k, pipeline_v=pipeline_v, tiled_mma_qk=tiled_mma_qk,
+            tiled_mma_pv=tiled_mma_pv, tSrQ=tSrQ, tSrK=tSrK, tOrVt=tOrVt, acc_S_shape=acc_S_shape, tOrP=tOrP,
+            acc_O=acc_O, softmax=softmax, row_scale=row_scale, wg=wg, n_max=n_max,
+        )
+        if const_expr(self.two_masked):
+            for i in cutlass.range(1, n_masked, unroll=1):
+                kv_state = step(kv_state, i=i, mask_fn=mask_fn)
+        for i in cutlass.range(n_masked, n_max, unroll=1):
+            kv_state = step(kv_state, i=i)
 
         release_q()  # every S of this Q tile is done: the producer may load the next Q
         if const_expr(self.is_exp and self.o_rescale == "mid"):
@@ -898,8 +916,6 @@ class StageD(Stage):
     def make_kernel(self, p: Params, variants: Mapping[str, str]) -> FmhaForward:
         f = sc.variant_flags(variants)
         options = kernel_options(variants)
-        if truthy(p.causal) and options["consumers"] == 3:
-            raise ValueError("variant consumers=3 (192-row Q tiles) is for causal=false only: causal masking needs square 128 x 128 tiles")
         return FmhaForward(
             common.cute_dtype(p.dtype), p.d, p.heads, p.kv_heads,
             causal=truthy(p.causal), softmax=f["softmax"], **options,
