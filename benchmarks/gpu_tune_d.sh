@@ -18,7 +18,8 @@
 # PHASE causal: causal persistent (round robin) against the default, then the whole default
 #               sweep and a causal persistent sweep (about 7 minutes)
 # PHASE ab:     two versions of stages/fmha (BEFORE/AFTER folders and commits in the
-#               environment), d=128 timed interleaved, after a correctness sweep of AFTER (about 5 min)
+#               environment), d=128 and d=64 (AB_D64_VARIANTS: -V options) timed interleaved, after a
+#               correctness sweep of AFTER (about 5 minutes)
 # PHASE dynamic: persistent=dynamic (global tile counter) checked and timed against off/on
 # PHASE verify: the whole default sweep (112 cases) and a bench of the defaults (about 6 minutes)
 # PHASE round3: a fresh S accumulator per overlap step (no spills at 160 registers) and causal
@@ -141,6 +142,8 @@ ab)
       for c in "" "--causal"; do
         WB_GIT_COMMIT=${!commit_var} timeout 80 wb bench d --s 1024,4096,8192 --d 128 $c --peers "" --reps 50 --timeout 70 | table_rows 140 "$side"
       done
+      WB_GIT_COMMIT=${!commit_var} timeout 80 wb bench d --s 1024,4096 --d 64 --peers "" --reps 50 ${AB_D64_VARIANTS:-} \
+        --timeout 70 | table_rows 140 "$side"
     done
   done
   use "$AFTER"

@@ -445,10 +445,13 @@ class FmhaOnline:
         tidx_wg: Int32,
         wg: Int32,
         do_store: cutlass.Boolean,
+        wait_read: cutlass.Constexpr[bool] = True,
     ):
         """acc_O (fp32) -> dtype -> sO_wg (stmatrix) -> fence.proxy.async -> WG barrier ->
         TMA store of the (64, d) box by the WG's first warp (rows past the tensor's end are
-        clipped by TMA). ``do_store`` (warp-uniform) skips boxes entirely out of range."""
+        clipped by TMA). ``do_store`` (warp-uniform) skips boxes entirely out of range.
+        ``wait_read=False``: the issuing warp does not wait for the store to read sO_wg (the
+        caller waits before sO_wg is written again, and before the CTA exits)."""
         rO = cute.make_rmem_tensor_like(acc_O, self.dtype)
         rO.store(acc_O.load().to(self.dtype))
         store_atom = cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(transpose=False, num_matrices=4), self.dtype)
@@ -470,7 +473,8 @@ class FmhaOnline:
             if do_store:
                 cute.copy(tma_atom_o, tOsO_tma, tOgO_tma)
                 cute.arch.cp_async_bulk_commit_group()
-                cute.arch.cp_async_bulk_wait_group(0, read=True)
+                if const_expr(wait_read):
+                    cute.arch.cp_async_bulk_wait_group(0, read=True)
 
     @cute.jit
     def consume(

@@ -173,7 +173,7 @@ class FmhaForward(sc.FmhaOnline):
         if consumers is None:
             consumers = 3 if d == 64 and not causal else 2
         if schedule == "auto":
-            schedule = "pingpong" if consumers == 2 else "serial"
+            schedule = "pingpong"
         assert consumers in REGISTERS, consumers
         # instance attributes shadow stage C's class-level 2-WG geometry
         self.num_consumer_wg = consumers
@@ -356,6 +356,8 @@ class FmhaForward(sc.FmhaOnline):
                         tile_state.advance()
                     else:
                         tile += tile_step
+                if tidx % common.WG_THREADS < 32:
+                    cute.arch.cp_async_bulk_wait_group(0, read=True)  # the last O store, before exit
             else:
                 compute_tile(tile, kv_state, Int32(0))
 
@@ -612,11 +614,14 @@ class FmhaForward(sc.FmhaOnline):
                 if row < seqlen_q:
                     mLSE[row] = lse[r]
         if const_expr(self.persistent):
-            # the previous tile's O store has read sO (its issuing warp waited): all may write
+            # the previous tile's O store, issued a whole tile ago, must have read sO before
+            # anyone writes it: its issuing warp waits only now, then all may write
+            if tidx_wg < 32:
+                cute.arch.cp_async_bulk_wait_group(0, read=True)
             cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)
         self.store_o(
             acc_O, sO[None, None, wg], gO[None, None, m_block * self.num_consumer_wg + wg], tma_atom_o,
-            tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q,
+            tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q, wait_read=not self.persistent,
         )
         return kv_state
 
