@@ -306,12 +306,10 @@ class FmhaForward(sc.FmhaOnline):
                     tile_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 2)
                     lane = cute.arch.lane_idx()
                     while tile < tiles:
-                        # the next tile is taken before this one's loads: the atomic's round
-                        # trip hides behind them instead of delaying the next tile's first K
+                        q_state, kv_state = load_tile(tile, q_state, kv_state)
                         nxt = Int32(0)
                         if lane == 0:
                             nxt = tile_step + cute.arch.atomic_add(mTileCounter.iterator, Int32(1), scope="gpu")
-                        q_state, kv_state = load_tile(tile, q_state, kv_state)
                         nxt = cute.arch.shuffle_sync(nxt, 0)
                         tile_pipe.producer_acquire(tile_state)
                         if lane == 0:
