@@ -36,10 +36,10 @@ def _params(**kw):
 
 
 def test_stage_d_defaults_follow_the_measurements():
-    """auto picks what measured fastest on an H200 (docs/perf-notes.md, tuning round 2):
-    pingpong with 2 consumer WGs; 3 WGs (192-row Q tiles, serial schedule) for d=64
-    non-causal; longest-first tile order for causal; persistent unless causal; K released
-    early and O rescaled at the step's end."""
+    """auto picks what measured fastest (docs/perf-notes.md, tuning rounds 2 and 3):
+    pingpong; 3 consumer WGs (192-row Q tiles) for d=64 non-causal, 2 otherwise (3 were
+    slower for causal d=64); longest-first tile order for causal; persistent, dynamic when
+    causal; K released early and O rescaled at the step's end."""
     import yaml
 
     from stages.fmha.stage_d_fmha import SCHEDULE_CHOICES, SCHEDULES, StageD, schedule_of
@@ -65,14 +65,17 @@ def test_stage_d_defaults_follow_the_measurements():
     assert (k.persistent, k.dynamic) == (False, False)
     assert kernel(128, False).dynamic is False
     k = kernel(64, False)
-    assert (k.schedule, k.num_consumer_wg, k.tile_m, k.num_threads, k.consumer_regs) == ("serial", 3, 192, 512, 160)
+    assert (k.schedule, k.num_consumer_wg, k.tile_m, k.num_threads, k.consumer_regs) == ("pingpong", 3, 192, 512, 160)
+    assert k.two_masked is False
     k = kernel(64, True)
     assert (k.schedule, k.num_consumer_wg, k.lpt) == ("pingpong", 2, True)
     assert kernel(128, True, tile_order="natural").lpt is False
     assert kernel(128, False, schedule="serial").schedule == "serial"
     assert kernel(64, False, consumers="2").schedule == "pingpong"
-    with pytest.raises(ValueError, match="causal"):
-        kernel(64, True, consumers="3")
+    # causal 192-row Q tiles: the first two visited KV tiles take the mask (mask.py)
+    k = kernel(64, True, consumers="3")
+    assert (k.tile_m, k.two_masked) == (192, True)
+    assert kernel(64, True).two_masked is False
 
 
 D_COMPILES = [
@@ -82,7 +85,10 @@ D_COMPILES = [
     (64, "fp16", False, 6, 2, {"schedule": "overlap", "consumers": "2"}),
     (128, "bf16", True, 4, 2, {"schedule": "pingpong"}),
     (64, "bf16", False, 4, 4, {"schedule": "pingpong", "consumers": "2"}),
-    (64, "bf16", False, 4, 2, {}),  # the default: 3 consumer WGs, serial
+    (64, "bf16", False, 4, 2, {}),  # the default: 3 consumer WGs, pingpong
+    (64, "bf16", False, 4, 2, {"consumers": "3", "schedule": "serial"}),
+    (64, "bf16", True, 4, 2, {"consumers": "3"}),  # causal 192-row Q tiles, two masked visits
+    (64, "fp16", True, 4, 4, {"consumers": "3", "schedule": "serial", "persistent": "off"}),
     (64, "fp16", False, 4, 2, {"consumers": "3", "kv_load": "k_ahead"}),
     (128, "bf16", True, 4, 2, {"tile_order": "lpt", "o_rescale": "end", "kv_load": "k_ahead"}),
     (128, "bf16", False, 4, 2, {"persistent": "dynamic"}),
