@@ -25,6 +25,9 @@
 # PHASE round3: a fresh S accumulator per overlap step (no spills at 160 registers) and causal
 #               192-row Q tiles: sweeps of consumers=3 with every schedule, both masks, and of
 #               the d=128 defaults, then d=64 benches (about 6 minutes)
+# PHASE idle:   consumer WGs whose rows all lie past m skip the math (consume_idle): sweeps with
+#               m not a multiple of 192 or 128, every schedule and persistence mode (about 3 min);
+#               then the ab phase times it
 # PHASE perf:   `wb bench d --sweep` over DESIGN.md's table, both dtypes, every peer:
 #               writes docs/perf.md (about 5 minutes)
 # Every command has its own hang timeout; `timeout` bounds each step as a backstop.
@@ -176,6 +179,17 @@ round3)
     done
   done
   ;;
+idle)
+  step "sweep d=64 3 WGs: m = n in 1, 17, 100, 1000, 1024, 4096 (idle WGs in the last Q tile)"
+  timeout 150 wb sweep d --n 1,17,100,1000,1024,4096 --d 64 --dtype bf16 -p kv_heads=2 \
+    -V schedule=pingpong,serial,overlap --timeout 40 | sweep_verdicts
+  timeout 100 wb sweep d --n 1,17,100,1000,1024,4096 --d 64 --dtype fp16 -p kv_heads=4 \
+    -V persistent=off,dynamic --timeout 40 | sweep_verdicts
+  step "sweep d=128 both masks, d=64 causal (2 and 3 WGs), m != n"
+  timeout 100 wb sweep d --n 1,17,100,1000 --d 128 --dtype bf16 -p causal=false,true -p kv_heads=2 --timeout 40 | sweep_verdicts
+  timeout 60 wb sweep d --n 17,1000,4096 --d 64 --dtype bf16 -p causal=true -p kv_heads=2 -V consumers=2,3 --timeout 40 | sweep_verdicts
+  timeout 60 wb sweep d --n 300,1000 --d 64,128 --dtype bf16 -p m=1000,300 -p kv_heads=2 --timeout 40 | sweep_verdicts
+  ;;
 verify)
   step "sweep of every default configuration (d 64/128, causal, bf16/fp16, MHA/GQA; 112 cases)"
   timeout 330 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 64,128 --dtype bf16,fp16 -p causal=false,true \
@@ -189,6 +203,6 @@ perf)
   timeout 560 wb bench d --sweep --dtype bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|verify|perf" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|verify|perf" >&2; exit 2 ;;
 esac
 step done
