@@ -583,89 +583,49 @@ class FmhaForward(sc.FmhaOnline):
         pipeline_q.consumer_wait(q_state)
         tSrQ_wg = tSrQ[None, None, None, wg]
 
-        release_q = partial(pipeline_q.consumer_release, q_state)
-        if row0 < seqlen_q:
-            if const_expr(self.schedule == "serial"):
-                step = partial(
-                    self.consume_tile, pipeline_k=pipeline_k, pipeline_v=pipeline_v, tiled_mma_qk=tiled_mma_qk,
-                    tiled_mma_pv=tiled_mma_pv, tSrQ=tSrQ_wg, tSrK=tSrK, tOrVt=tOrVt, tOrP=tOrP, acc_O=acc_O,
-                    acc_S_shape=acc_S_shape, softmax=softmax, row_scale=row_scale,
-                )
-                kv_state = step(kv_state, is_first=True, mask_fn=partial(mask_fn, col_offset=(n_max - 1) * self.tile_n))
-                if const_expr(self.two_masked):
-                    for i in cutlass.range(1, n_masked, unroll=1):
-                        col_offset = (n_max - 1 - i) * self.tile_n
-                        kv_state = step(kv_state, is_first=False, mask_fn=partial(mask_fn, col_offset=col_offset))
-                for i in cutlass.range(n_masked, n_max, unroll=1):
-                    kv_state = step(kv_state, is_first=False)
-            else:
-                kv_state = self.consume_overlap(
-                    kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
-                    tOrP, acc_O, acc_S_shape, softmax, row_scale, mask_fn, wg, n_max, n_masked, release_q,
-                )
-            if const_expr(self.schedule == "serial"):
-                release_q()
-
-            lse = cute.make_rmem_tensor(softmax.num_rows, Float32)
-            self.finish(softmax, acc_O, lse, row_scale)
-
-            tOcO = common.acc_row_view(thr_pv.partition_C(cute.make_identity_tensor((self.wg_rows, self.d))))
-            if tidx_wg % 4 == 0:
-                for r in cutlass.range_constexpr(softmax.num_rows):
-                    row = row0 + tOcO[r, 0][0]
-                    if row < seqlen_q:
-                        mLSE[row] = lse[r]
-            if const_expr(self.persistent):
-                # the previous tile's O store, issued a whole tile ago, must have read sO before
-                # anyone writes it: its issuing warp waits only now, then all may write
-                if tidx_wg < 32:
-                    cute.arch.cp_async_bulk_wait_group(0, read=True)
-                cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)
-            self.store_o(
-                acc_O, sO[None, None, wg], gO[None, None, m_block * self.num_consumer_wg + wg], tma_atom_o,
-                tiled_mma_pv, tidx_wg, wg, True, wait_read=not self.persistent,
+        if const_expr(self.schedule == "serial"):
+            step = partial(
+                self.consume_tile, pipeline_k=pipeline_k, pipeline_v=pipeline_v, tiled_mma_qk=tiled_mma_qk,
+                tiled_mma_pv=tiled_mma_pv, tSrQ=tSrQ_wg, tSrK=tSrK, tOrVt=tOrVt, tOrP=tOrP, acc_O=acc_O,
+                acc_S_shape=acc_S_shape, softmax=softmax, row_scale=row_scale,
             )
+            kv_state = step(kv_state, is_first=True, mask_fn=partial(mask_fn, col_offset=(n_max - 1) * self.tile_n))
+            if const_expr(self.two_masked):
+                for i in cutlass.range(1, n_masked, unroll=1):
+                    col_offset = (n_max - 1 - i) * self.tile_n
+                    kv_state = step(kv_state, is_first=False, mask_fn=partial(mask_fn, col_offset=col_offset))
+            for i in cutlass.range(n_masked, n_max, unroll=1):
+                kv_state = step(kv_state, is_first=False)
         else:
-            # all 64 rows past m (the last Q tile of a 192-row tiling, or m < 64): no math,
-            # only the ring and scheduler-barrier turns the other WGs and the producer expect
-            kv_state = self.consume_idle(kv_state, pipeline_k, pipeline_v, wg, n_max, release_q)
+            kv_state = self.consume_overlap(
+                kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
+                tOrP, acc_O, acc_S_shape, softmax, row_scale, mask_fn, wg, n_max, n_masked,
+                partial(pipeline_q.consumer_release, q_state),
+            )
+        if const_expr(self.schedule == "serial"):
+            pipeline_q.consumer_release(q_state)
+
+        lse = cute.make_rmem_tensor(softmax.num_rows, Float32)
+        self.finish(softmax, acc_O, lse, row_scale)
+
+        tOcO = common.acc_row_view(thr_pv.partition_C(cute.make_identity_tensor((self.wg_rows, self.d))))
+        if tidx_wg % 4 == 0:
+            for r in cutlass.range_constexpr(softmax.num_rows):
+                row = row0 + tOcO[r, 0][0]
+                if row < seqlen_q:
+                    mLSE[row] = lse[r]
+        if const_expr(self.persistent):
+            # the previous tile's O store, issued a whole tile ago, must have read sO before
+            # anyone writes it: its issuing warp waits only now, then all may write
+            if tidx_wg < 32:
+                cute.arch.cp_async_bulk_wait_group(0, read=True)
+            cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)
+        self.store_o(
+            acc_O, sO[None, None, wg], gO[None, None, m_block * self.num_consumer_wg + wg], tma_atom_o,
+            tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q, wait_read=not self.persistent,
+        )
         return kv_state
 
-    @cute.jit
-    def consume_idle(
-        self,
-        kv_state: pipeline.PipelineState,
-        pipeline_k: pipeline.PipelineAsync,
-        pipeline_v: pipeline.PipelineAsync,
-        wg: Int32,
-        n_max: Int32,
-        release_q: cutlass.Constexpr,
-    ) -> pipeline.PipelineState:
-        """A consumer WG with no row inside m: every K and V slot waited for (a release
-        must not run ahead of the producer's fill) and released, Q released, and in
-        ``pingpong`` the same scheduler-barrier turns as ``consume_overlap``; no MMA, no
-        store. Returns the ring state after the tile."""
-        if const_expr(self.schedule == "pingpong"):
-            if wg == 0 and n_max > 1:
-                cute.arch.barrier_arrive(barrier_id=SCHED_BARRIER_BASE, number_of_threads=2 * common.WG_THREADS)
-        pipeline_k.consumer_wait(kv_state)
-        pipeline_k.consumer_release(kv_state)
-        for i in cutlass.range(1, n_max, unroll=1):
-            kv_prev = kv_state.clone()
-            kv_state.advance()
-            pipeline_k.consumer_wait(kv_state)
-            self.sched_sync(wg)
-            pipeline_v.consumer_wait(kv_prev)
-            if const_expr(self.schedule == "pingpong"):
-                if wg < self.num_consumer_wg - 1 or i < n_max - 1:
-                    self.sched_arrive(wg)
-            pipeline_k.consumer_release(kv_state)
-            pipeline_v.consumer_release(kv_prev)
-        release_q()
-        pipeline_v.consumer_wait(kv_state)
-        pipeline_v.consumer_release(kv_state)
-        kv_state.advance()
-        return kv_state
 
     # ---- overlap / pingpong schedules ---------------------------------------------------
     @cute.jit
