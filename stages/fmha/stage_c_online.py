@@ -192,6 +192,16 @@ class FmhaOnline:
         mLSE: cute.Tensor,  # (m,)
         stream,
     ):
+        tmas, mmas, layouts = self._host_setup(mQ, mK, mV, mO)
+        grid = (cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m), 1, 1)
+        self.kernel(*tmas, mLSE, *mmas, *layouts).launch(
+            grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1
+        )
+
+    def _host_setup(self, mQ, mK, mV, mO):
+        """(TMA atoms and tensors: Q, K, V loads and the O store), (QK^T and PV tiled MMAs),
+        (sQ, sK, sV, sO layouts) for (seq, d, ...) tensors; sets the mbarrier byte counts and
+        the shared-storage struct. Shared with stage D."""
         assert mQ.element_type == self.dtype and mK.element_type == self.dtype
         assert mV.element_type == self.dtype and mO.element_type == self.dtype
         tiled_mma_qk = common.make_qk_tiled_mma(self.dtype, self.tile_n, 1)
@@ -208,13 +218,25 @@ class FmhaOnline:
         self.q_bytes = common.tma_tile_bytes(self.dtype, sQ_layout)
         self.kv_bytes = common.tma_tile_bytes(self.dtype, sK_layout)
         self.shared_storage = self._shared_storage(sQ_layout, sK_layout, sV_layout, sO_layout)
-        grid = (cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m), 1, 1)
-        self.kernel(
-            tma_atom_q, tma_q, tma_atom_k, tma_k, tma_atom_v, tma_v, tma_atom_o, tma_o, mLSE,
-            tiled_mma_qk, tiled_mma_pv, sQ_layout, sK_layout, sV_layout, sO_layout,
-        ).launch(grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1)
+        tmas = (tma_atom_q, tma_q, tma_atom_k, tma_k, tma_atom_v, tma_v, tma_atom_o, tma_o)
+        return tmas, (tiled_mma_qk, tiled_mma_pv), (sQ_layout, sK_layout, sV_layout, sO_layout)
 
     # ---- device: setup shared with D ---------------------------------------------------
+    @cute.jit
+    def _prologue(self, warp_idx: Int32, tma_atoms: tuple, layouts: tuple):
+        """A CTA's start: TMA descriptors prefetched, the shared storage, the pipelines
+        (``_make_pipelines``, their mbarrier inits fenced and visible CTA-wide before any
+        wait or arrive) and the smem tensors. Returns (pipelines, (sQ, sK, sV, sO))."""
+        if warp_idx == 0:
+            for atom in tma_atoms:
+                cpasync.prefetch_descriptor(atom)
+        storage = cutlass.memory.SmemAllocator().allocate(self.shared_storage)
+        pipelines = self._make_pipelines(storage)
+        pipeline.pipeline_init_arrive()
+        smem = self._smem_tensors(storage, *layouts)
+        pipeline.pipeline_init_wait()
+        return pipelines, smem
+
     def _make_pipelines(self, storage):
         """Q: 2 stages (stage w = consumer WG w's half), consumed by the 4 warps of one WG.
         K, V: kv_stages each, consumed by all 8 consumer warps (one arrive per warp)."""
@@ -277,15 +299,9 @@ class FmhaOnline:
         m_block, _, _ = cute.arch.block_idx()
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg_idx = cute.arch.make_warp_uniform(tidx // common.WG_THREADS)
-        if warp_idx == 0:
-            for atom in (tma_atom_q, tma_atom_k, tma_atom_v, tma_atom_o):
-                cpasync.prefetch_descriptor(atom)
-
-        storage = cutlass.memory.SmemAllocator().allocate(self.shared_storage)
-        pipeline_q, pipeline_k, pipeline_v = self._make_pipelines(storage)
-        pipeline.pipeline_init_arrive()  # fence the mbarrier inits
-        sQ, sK, sV, sO = self._smem_tensors(storage, sQ_layout, sK_layout, sV_layout, sO_layout)
-        pipeline.pipeline_init_wait()  # CTA barrier: inits visible before any wait/arrive
+        (pipeline_q, pipeline_k, pipeline_v), (sQ, sK, sV, sO) = self._prologue(
+            warp_idx, (tma_atom_q, tma_atom_k, tma_atom_v, tma_atom_o), (sQ_layout, sK_layout, sV_layout, sO_layout)
+        )
 
         seqlen_q = mQ.shape[0]
         seqlen_k = mK.shape[0]

@@ -69,7 +69,7 @@ import cutlass.memory
 import cutlass.pipeline as pipeline
 from cutlass import Float32, Int32, const_expr
 from cutlass._mlir.dialects import llvm
-from cutlass.cute.nvgpu import cpasync, warpgroup
+from cutlass.cute.nvgpu import warpgroup
 from cutlass.cutlass_dsl import T, dsl_user_op
 
 from stages.fmha import common
@@ -110,11 +110,11 @@ TILE_ORDERS = ("auto", "natural", "lpt")
 CONSUMERS = ("auto", "2", "3")
 #: K and V ring depth; auto = stage C's choice (2 for d = 128, 3 for d = 64)
 KV_STAGES = ("auto", "2", "3", "4", "5")
-MAX_CONSUMER_WG = 3
-#: named barrier ids of the pingpong schedule (0: CTA barrier, 1..3: the epilogue's per-WG barrier)
-SCHED_BARRIER_BASE = 1 + MAX_CONSUMER_WG
 #: registers per thread (consumer, producer) by consumer WG count: 64K registers per SM
 REGISTERS = {2: (240, 24), 3: (160, 32)}
+MAX_CONSUMER_WG = max(REGISTERS)
+#: named barrier ids of the pingpong schedule (0: CTA barrier, 1..3: the epilogue's per-WG barrier)
+SCHED_BARRIER_BASE = 1 + MAX_CONSUMER_WG
 #: bytes of L2 the causal tile order plans to fill with the K and V of the heads in flight
 L2_PLAN_BYTES = 40 * 1024 * 1024
 
@@ -217,31 +217,16 @@ class FmhaForward(sc.FmhaOnline):
         max_ctas: Int32,  # persistent: CTAs to launch (the SM count); else unused
         stream,
     ):
-        assert mQ.element_type == self.dtype and mK.element_type == self.dtype
-        assert mV.element_type == self.dtype and mO.element_type == self.dtype
         mQ, mK, mV, mO = [seq_d_head_batch(t) for t in (mQ, mK, mV, mO)]
-        tiled_mma_qk = common.make_qk_tiled_mma(self.dtype, self.tile_n, 1)
-        tiled_mma_pv = sc.make_pv_tiled_mma(self.dtype, self.d)
-        sQ_layout, sK_layout, sV_layout, sO_layout = self._smem_layouts()
-        tma_atom_q, tma_q = common.make_tma_load(mQ, sQ_layout, (self.wg_rows, self.d))
-        tma_atom_k, tma_k = common.make_tma_load(mK, sK_layout, (self.tile_n, self.d))
-        tma_atom_v, tma_v = common.make_tma_load(mV, sV_layout, (self.tile_n, self.d))
-        tma_atom_o, tma_o = cpasync.make_tiled_tma_atom(
-            cpasync.CopyBulkTensorTileS2GOp(), mO, cute.select(sO_layout, mode=[0, 1]), (self.wg_rows, self.d)
-        )
-        # full boxes, also for tail tiles (TMA counts zero-filled bytes)
-        self.q_bytes = common.tma_tile_bytes(self.dtype, sQ_layout)
-        self.kv_bytes = common.tma_tile_bytes(self.dtype, sK_layout)
-        self.shared_storage = self._shared_storage(sQ_layout, sK_layout, sV_layout, sO_layout)
+        tmas, mmas, layouts = self._host_setup(mQ, mK, mV, mO)
         # one work tile = one Q tile of one (batch, head); a 1-D grid walks them (tile_coords)
         num_tiles = cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m) * cute.size(mQ, mode=[2]) * cute.size(mQ, mode=[3])
         grid = (num_tiles, 1, 1)
         if const_expr(self.persistent):
             grid = (cutlass.min(num_tiles, max_ctas), 1, 1)
-        self.kernel(
-            tma_atom_q, tma_q, tma_atom_k, tma_k, tma_atom_v, tma_v, tma_atom_o, tma_o, mLSE, mTileCounter,
-            tiled_mma_qk, tiled_mma_pv, sQ_layout, sK_layout, sV_layout, sO_layout,
-        ).launch(grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1)
+        self.kernel(*tmas, mLSE, mTileCounter, *mmas, *layouts).launch(
+            grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1
+        )
 
     @cute.kernel
     def kernel(
@@ -266,24 +251,9 @@ class FmhaForward(sc.FmhaOnline):
         tidx, _, _ = cute.arch.thread_idx()
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg_idx = cute.arch.make_warp_uniform(tidx // common.WG_THREADS)
-        if warp_idx == 0:
-            for atom in (tma_atom_q, tma_atom_k, tma_atom_v, tma_atom_o):
-                cpasync.prefetch_descriptor(atom)
-
-        storage = cutlass.memory.SmemAllocator().allocate(self.shared_storage)
-        pipeline_q, pipeline_k, pipeline_v = self._make_pipelines(storage)
-        # dynamic: the producer hands each next work-tile id to the consumers (2-slot ring)
-        tile_pipe = pipeline.PipelineAsync.create(
-            num_stages=2,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 1),
-            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.num_consumer_wg),
-            barrier_storage=storage.mbar_tile.data_ptr(),
-            defer_sync=True,
+        (pipeline_q, pipeline_k, pipeline_v, tile_pipe, tile_ids), (sQ, sK, sV, sO) = self._prologue(
+            warp_idx, (tma_atom_q, tma_atom_k, tma_atom_v, tma_atom_o), (sQ_layout, sK_layout, sV_layout, sO_layout)
         )
-        tile_ids = storage.tile_ids.get_tensor(cute.make_layout(2))
-        pipeline.pipeline_init_arrive()
-        sQ, sK, sV, sO = self._smem_tensors(storage, sQ_layout, sK_layout, sV_layout, sO_layout)
-        pipeline.pipeline_init_wait()
 
         # work tiles (tile_coords): blockIdx.x, then every gridDim.x-th -- one per CTA unless
         # persistent (a CTA per SM walks them; the next tile's loads overlap this epilogue)
@@ -361,6 +331,20 @@ class FmhaForward(sc.FmhaOnline):
                     cute.arch.cp_async_bulk_wait_group(0, read=True)  # the last O store, before exit
             else:
                 compute_tile(tile, kv_state, Int32(0))
+
+    def _make_pipelines(self, storage):
+        """Stage C's Q, K and V pipelines, plus (used by ``persistent=dynamic``) the 2-slot
+        ring through which the producer hands each next work-tile id to the consumers."""
+        pipeline_q, pipeline_k, pipeline_v = super()._make_pipelines(storage)
+        tile_pipe = pipeline.PipelineAsync.create(
+            num_stages=2,
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 1),
+            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.num_consumer_wg),
+            barrier_storage=storage.mbar_tile.data_ptr(),
+            defer_sync=True,
+        )
+        tile_ids = storage.tile_ids.get_tensor(cute.make_layout(2))
+        return pipeline_q, pipeline_k, pipeline_v, tile_pipe, tile_ids
 
     @cute.jit
     def produce_work_tile(
