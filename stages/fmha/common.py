@@ -102,6 +102,27 @@ def tma_tile_bytes(dtype: Type[cutlass.Numeric], smem_layout) -> int:
 # --------------------------------------------------------------------------------------
 # Device helpers (call inside @cute.kernel)
 # --------------------------------------------------------------------------------------
+def qk_tile_operands(dtype: Type[cutlass.Numeric], mQ, mK, tile_m: int, tile_n: int, d: int, k_stages: Optional[int] = None):
+    """Stages A and B (a CTA of ``tile_m // 64`` warpgroups): the QK^T tiled MMA, the k-major
+    smem layouts of the Q tile and of the K tile (``k_stages`` of them) and the TMA loads of
+    both. Returns (tiled_mma, sQ_layout, sK_layout, (tma_atom_q, tma_q), (tma_atom_k, tma_k))."""
+    tiled_mma = make_qk_tiled_mma(dtype, tile_n, tile_m // 64)
+    sQ_layout = make_kmajor_smem_layout(dtype, tile_m, d)
+    sK_layout = make_kmajor_smem_layout(dtype, tile_n, d, k_stages)
+    tma_q = make_tma_load(mQ, sQ_layout, (tile_m, d))
+    tma_k = make_tma_load(mK, sK_layout, (tile_n, d))
+    return tiled_mma, sQ_layout, sK_layout, tma_q, tma_k
+
+
+def qk_fragments(tiled_mma: cute.TiledMma, sQ: cute.Tensor, sK: cute.Tensor, tidx, wg_idx, num_wg: int):
+    """(thr_mma, tSrQ, tSrK): the thread's slice of the QK^T MMA (for partition_C) and warpgroup
+    ``wg_idx``'s smem-descriptor fragments of Q (its 64 rows) and K (with K's stage mode)."""
+    wg_mma = tiled_mma.get_slice(cute.make_layout(num_wg, stride=WG_THREADS)(wg_idx))
+    tSrQ = tiled_mma.make_fragment_A(wg_mma.partition_A(sQ))
+    tSrK = tiled_mma.make_fragment_B(wg_mma.partition_B(sK))
+    return tiled_mma.get_slice(tidx), tSrQ, tSrK
+
+
 def tma_partition_tile(tma_atom: cute.CopyAtom, sX: cute.Tensor, gX: cute.Tensor):
     """Partition a (rows, d[, stages]) smem tensor and a (rows, d[, tiles]) gmem tile for a
     non-multicast TMA atom. Returns (tXsX, tXgX): mode 0 is the TMA atom's data, the

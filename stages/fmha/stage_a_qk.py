@@ -65,11 +65,9 @@ class FmhaQK:
         scale: Float32,
         stream,
     ):
-        tiled_mma = common.make_qk_tiled_mma(self.dtype, self.tile_n, self.num_wg)
-        sQ_layout = common.make_kmajor_smem_layout(self.dtype, self.tile_m, self.d)
-        sK_layout = common.make_kmajor_smem_layout(self.dtype, self.tile_n, self.d)
-        tma_atom_q, tma_q = common.make_tma_load(mQ, sQ_layout, (self.tile_m, self.d))
-        tma_atom_k, tma_k = common.make_tma_load(mK, sK_layout, (self.tile_n, self.d))
+        tiled_mma, sQ_layout, sK_layout, (tma_atom_q, tma_q), (tma_atom_k, tma_k) = common.qk_tile_operands(
+            self.dtype, mQ, mK, self.tile_m, self.tile_n, self.d
+        )
         # Bytes the two TMA loads deliver = what the mbarrier must expect.
         self.tx_bytes = common.tma_tile_bytes(self.dtype, sQ_layout) + common.tma_tile_bytes(
             self.dtype, sK_layout
@@ -144,13 +142,7 @@ class FmhaQK:
 
         # ---- MMA fragments: warpgroup w owns rows [64 w, 64 w + 64) ---------------------
         wg_idx = cute.arch.make_warp_uniform(tidx // common.WG_THREADS)
-        wg_layout = cute.make_layout(self.num_wg, stride=common.WG_THREADS)
-        wg_mma = tiled_mma.get_slice(wg_layout(wg_idx))
-        thr_mma = tiled_mma.get_slice(tidx)
-        tSsQ = wg_mma.partition_A(sQ)
-        tSsK = wg_mma.partition_B(sK)
-        tSrQ = tiled_mma.make_fragment_A(tSsQ)
-        tSrK = tiled_mma.make_fragment_B(tSsK)
+        thr_mma, tSrQ, tSrK = common.qk_fragments(tiled_mma, sQ, sK, tidx, wg_idx, self.num_wg)
         gS = cute.local_tile(mS, (self.tile_m, self.tile_n), (m_block, n_block))  # (128, 128)
         tSgS = thr_mma.partition_C(gS)
         tSrS = cute.make_rmem_tensor(tSgS.shape, Float32)

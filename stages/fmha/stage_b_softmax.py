@@ -81,11 +81,9 @@ class FmhaSoftmax:
         scale: Float32,
         stream,
     ):
-        tiled_mma = common.make_qk_tiled_mma(self.dtype, self.tile_n, self.num_wg)
-        sQ_layout = common.make_kmajor_smem_layout(self.dtype, self.tile_m, self.d)
-        sK_layout = common.make_kmajor_smem_layout(self.dtype, self.tile_n, self.d, NUM_K_STAGES)
-        tma_atom_q, tma_q = common.make_tma_load(mQ, sQ_layout, (self.tile_m, self.d))
-        tma_atom_k, tma_k = common.make_tma_load(mK, sK_layout, (self.tile_n, self.d))
+        tiled_mma, sQ_layout, sK_layout, (tma_atom_q, tma_q), (tma_atom_k, tma_k) = common.qk_tile_operands(
+            self.dtype, mQ, mK, self.tile_m, self.tile_n, self.d, NUM_K_STAGES
+        )
         self.q_bytes = common.tma_tile_bytes(self.dtype, sQ_layout)
         self.k_bytes = common.tma_tile_bytes(self.dtype, sK_layout)  # one stage
 
@@ -161,10 +159,7 @@ class FmhaSoftmax:
 
         # ---- MMA partitions: warpgroup w owns rows [64 w, 64 w + 64) ---------------------
         wg_idx = cute.arch.make_warp_uniform(tidx // common.WG_THREADS)
-        wg_mma = tiled_mma.get_slice(cute.make_layout(self.num_wg, stride=common.WG_THREADS)(wg_idx))
-        thr_mma = tiled_mma.get_slice(tidx)
-        tSrQ = tiled_mma.make_fragment_A(wg_mma.partition_A(sQ))
-        tSrK = tiled_mma.make_fragment_B(wg_mma.partition_B(sK))  # (.., .., k, stage)
+        thr_mma, tSrQ, tSrK = common.qk_fragments(tiled_mma, sQ, sK, tidx, wg_idx, self.num_wg)  # tSrK: (.., .., k, stage)
         gP = cute.local_tile(mP, (self.tile_m, self.tile_n), (m_block, None))  # (128, 128, T)
         tSgP = thr_mma.partition_C(gP)  # (frag, 1, 1, T)
         tSrS = cute.make_rmem_tensor(tSgP[None, None, None, 0].shape, Float32)
