@@ -28,6 +28,8 @@
 # PHASE idle:   consumer WGs whose rows all lie past m skip the math (consume_idle): sweeps with
 #               m not a multiple of 192 or 128, every schedule and persistence mode (about 3 min);
 #               then the ab phase times it
+# PHASE qbuf:   q_buffers=2 (the next work tile's Q loads during this one): sweep (16 cases),
+#               then default vs q_buffers=2 interleaved twice (about 3 minutes)
 # PHASE perf:   `wb bench d --sweep` over DESIGN.md's table, both dtypes, every peer:
 #               writes docs/perf.md (about 5 minutes)
 # Every command has its own hang timeout; `timeout` bounds each step as a backstop.
@@ -190,6 +192,19 @@ idle)
   timeout 60 wb sweep d --n 17,1000,4096 --d 64 --dtype bf16 -p causal=true -p kv_heads=2 -V consumers=2,3 --timeout 40 | sweep_verdicts
   timeout 60 wb sweep d --n 300,1000 --d 64,128 --dtype bf16 -p m=1000,300 -p kv_heads=2 --timeout 40 | sweep_verdicts
   ;;
+qbuf)
+  step "sweep q_buffers=2: d 64/128, both masks, GQA"
+  timeout 90 wb sweep d --n 1,17,1000,4096 --d 64,128 --dtype bf16 -p causal=false,true -p kv_heads=2 \
+    -V q_buffers=2 --timeout 40 | sweep_verdicts
+  for round in 1 2; do
+    for v in "q_buffers=1" "q_buffers=2"; do
+      step "round $round $v"
+      timeout 40 wb bench d --s 1024,4096 --d 64 --peers "" --reps 30 -V $v --timeout 35 | table_rows 140 "$v"
+      timeout 40 wb bench d --s 1024,4096 --d 128 --peers "" --reps 30 -V $v --timeout 35 | table_rows 140 "$v"
+      timeout 40 wb bench d --s 4096 --d 128 --causal --peers "" --reps 30 -V $v --timeout 35 | table_rows 140 "$v"
+    done
+  done
+  ;;
 verify)
   step "sweep of every default configuration (d 64/128, causal, bf16/fp16, MHA/GQA; 112 cases)"
   timeout 330 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 64,128 --dtype bf16,fp16 -p causal=false,true \
@@ -203,6 +218,6 @@ perf)
   timeout 560 wb bench d --sweep --dtype bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|verify|perf" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf" >&2; exit 2 ;;
 esac
 step done

@@ -154,17 +154,19 @@ class FmhaOnline:
         self.scale = 1.0 / math.sqrt(d)
         self.scale_log2 = self.scale * common.LOG2_E
         assert self.tile_m == self.num_consumer_wg * self.wg_rows
+        # Q ring: one 64-row slot per consumer WG (stage D may double it for the next tile)
+        self.q_stages = self.num_consumer_wg
 
     # ---- host-side construction shared with D ----------------------------------------
     def _smem_layouts(self):
-        sQ = common.make_kmajor_smem_layout(self.dtype, self.wg_rows, self.d, self.num_consumer_wg)
+        sQ = common.make_kmajor_smem_layout(self.dtype, self.wg_rows, self.d, self.q_stages)
         sK = common.make_kmajor_smem_layout(self.dtype, self.tile_n, self.d, self.kv_stages)
         sV = common.make_kmajor_smem_layout(self.dtype, self.tile_n, self.d, self.kv_stages)
         sO = common.make_kmajor_smem_layout(self.dtype, self.wg_rows, self.d, self.num_consumer_wg)
         return sQ, sK, sV, sO
 
     def _shared_storage(self, sQ_layout, sK_layout, sV_layout, sO_layout):
-        nq, nkv = self.num_consumer_wg, self.kv_stages
+        nq, nkv = self.q_stages, self.kv_stages
 
         @cute.struct
         class SharedStorage:
@@ -243,7 +245,7 @@ class FmhaOnline:
         one_thread = pipeline.CooperativeGroup(pipeline.Agent.Thread, 1)
         pipeline_q = pipeline.PipelineTmaAsync.create(
             barrier_storage=storage.mbar_q.data_ptr(),
-            num_stages=self.num_consumer_wg,
+            num_stages=self.q_stages,
             producer_group=one_thread,
             consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4),
             tx_count=self.q_bytes,
@@ -357,7 +359,7 @@ class FmhaOnline:
         probe("tVsV", tVsV)
         probe("tVgV", tVgV)
 
-        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_consumer_wg)
+        q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.q_stages)
         for w in cutlass.range_constexpr(self.num_consumer_wg):
             pipeline_q.producer_acquire(q_state)
             cute.copy(
@@ -532,7 +534,7 @@ class FmhaOnline:
         row_scale = cute.make_rmem_tensor(softmax.num_rows, Float32)
         acc_O.fill(0.0)
 
-        q_state = pipeline.PipelineState(self.num_consumer_wg, Int32(0), wg, Int32(0))
+        q_state = pipeline.PipelineState(self.q_stages, Int32(0), wg, Int32(0))
         pipeline_q.consumer_wait(q_state)
         tSrQ_wg = tSrQ[None, None, None, wg]
 

@@ -108,6 +108,8 @@ TILE_ORDERS = ("auto", "natural", "lpt")
 #: consumer warpgroups (64 Q rows each); auto = 3 (192-row Q tiles) for d = 64 non-causal, else 2
 #: (causal d = 64 with 3 measured 25% slower at s = 1024 on an H100, equal at 8192)
 CONSUMERS = ("auto", "2", "3")
+#: Q buffers per consumer WG: 2 = the next work tile's Q loads during this one (persistent)
+Q_BUFFERS = ("1", "2")
 #: K and V ring depth; auto = stage C's choice (2 for d = 128, 3 for d = 64)
 KV_STAGES = ("auto", "2", "3", "4", "5")
 #: registers per thread (consumer, producer) by consumer WG count: 64K registers per SM
@@ -170,6 +172,7 @@ class FmhaForward(sc.FmhaOnline):
         kv_load: str = "paired",
         k_release: str = "early",
         persistent: str | None = None,
+        q_buffers: int = 1,
     ):
         if consumers is None:
             consumers = 3 if d == 64 and not causal else 2
@@ -198,6 +201,10 @@ class FmhaForward(sc.FmhaOnline):
         self.lpt = tile_order == "lpt" or (tile_order == "auto" and causal)
         # causal 192-row Q tiles: the first two visited KV tiles may need the mask (mask.py)
         self.two_masked = causal and self.tile_m != self.tile_n
+        # q_buffers=2: a second Q buffer lets the producer load the next work tile's Q
+        # while this one's last steps run (persistent CTAs only; costs a Q tile of smem)
+        assert q_buffers in (1, 2), q_buffers
+        self.q_stages = q_buffers * self.num_consumer_wg
         assert heads % kv_heads == 0, (heads, kv_heads)
         self.heads = heads
         self.kv_heads = kv_heads
@@ -271,7 +278,7 @@ class FmhaForward(sc.FmhaOnline):
         if wg_idx == 0:
             cute.arch.setmaxregister_decrease(self.producer_regs)
             if warp_idx == 0:
-                q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.num_consumer_wg)
+                q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.q_stages)
                 kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.kv_stages)
                 if const_expr(self.dynamic):
                     tile_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 2)
@@ -313,11 +320,15 @@ class FmhaForward(sc.FmhaOnline):
             if const_expr(self.persistent):
                 # (a loop around the pinned/mid overlap step makes ptxas serialize d=128's
                 # wgmma, C7512: persistent wants k_release=early, o_rescale=end)
-                q_phase = Int32(0)
+                q_buf, q_phase = Int32(0), Int32(0)  # this tile's Q buffer and its phase
                 tile_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 2)
                 while tile < tiles:
-                    kv_state = compute_tile(tile, kv_state, q_phase)
-                    q_phase = q_phase ^ 1
+                    kv_state = compute_tile(tile, kv_state, q_buf, q_phase)
+                    if const_expr(self.q_stages == self.num_consumer_wg):
+                        q_phase = q_phase ^ 1
+                    else:
+                        q_buf = q_buf ^ 1
+                        q_phase = q_phase ^ (1 - q_buf)
                     if const_expr(self.dynamic):
                         tile_pipe.consumer_wait(tile_state)
                         tile = tile_ids[tile_state.index]
@@ -330,7 +341,7 @@ class FmhaForward(sc.FmhaOnline):
                 if tidx % common.WG_THREADS < 32:
                     cute.arch.cp_async_bulk_wait_group(0, read=True)  # the last O store, before exit
             else:
-                compute_tile(tile, kv_state, Int32(0))
+                compute_tile(tile, kv_state, Int32(0), Int32(0))
 
     def _make_pipelines(self, storage):
         """Stage C's Q, K and V pipelines, plus (used by ``persistent=dynamic``) the 2-slot
@@ -368,7 +379,7 @@ class FmhaForward(sc.FmhaOnline):
     def consume_work_tile(
         self, tiled_mma_qk, tiled_mma_pv, tma_atom_o, mO, mLSE, sQ, sK, sV, sO, pipeline_q, pipeline_k, pipeline_v,
         regs: tuple, tidx: Int32, wg: Int32, num_m: Int32, heads: Int32, batches: Int32, seqlen_q: Int32,
-        seqlen_k: Int32, tile: Int32, kv_state: pipeline.PipelineState, q_phase: Int32,
+        seqlen_k: Int32, tile: Int32, kv_state: pipeline.PipelineState, q_buf: Int32, q_phase: Int32,
     ) -> pipeline.PipelineState:
         """One consumer WG's share of work tile ``tile``; returns the K/V ring state after it."""
         m_block, head, batch = self.tile_coords(tile, num_m, heads, batches, seqlen_k)
@@ -376,7 +387,7 @@ class FmhaForward(sc.FmhaOnline):
         gO = cute.local_tile(mO[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
         return self.consume_d(
             tiled_mma_qk, tiled_mma_pv, tma_atom_o, gO, mLSE[batch, head, None], sQ, sK, sV, sO,
-            pipeline_q, pipeline_k, pipeline_v, kv_state, q_phase, regs,
+            pipeline_q, pipeline_k, pipeline_v, kv_state, q_buf, q_phase, regs,
             tidx, wg, m_block, n_max, seqlen_q, seqlen_k,
         )
 
@@ -530,6 +541,7 @@ class FmhaForward(sc.FmhaOnline):
         pipeline_k: pipeline.PipelineAsync,
         pipeline_v: pipeline.PipelineAsync,
         kv_state: pipeline.PipelineState,
+        q_buf: Int32,
         q_phase: Int32,
         regs: tuple,
         tidx: Int32,
@@ -540,7 +552,8 @@ class FmhaForward(sc.FmhaOnline):
         seqlen_k: Int32,
     ) -> pipeline.PipelineState:
         """One consumer WG, one work tile (its 64 Q rows); returns the K/V ring state after
-        it. ``q_phase``: the parity of the CTA's tile count (its Q slot's phase); ``regs``:
+        it. ``q_buf``, ``q_phase``: the Q buffer of this work tile (0 unless ``q_buffers=2``) and
+        its phase (parity of the buffer's uses); ``regs``:
         ``consumer_registers``, made once per CTA."""
         tidx_wg = tidx % common.WG_THREADS
         thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale = regs
@@ -563,9 +576,12 @@ class FmhaForward(sc.FmhaOnline):
             fill=self.mask_fill,
         )
 
-        q_state = pipeline.PipelineState(self.num_consumer_wg, Int32(0), wg, q_phase)
+        q_slot = wg
+        if const_expr(self.q_stages != self.num_consumer_wg):
+            q_slot = q_buf * self.num_consumer_wg + wg
+        q_state = pipeline.PipelineState(self.q_stages, Int32(0), q_slot, q_phase)
         pipeline_q.consumer_wait(q_state)
-        tSrQ_wg = tSrQ[None, None, None, wg]
+        tSrQ_wg = tSrQ[None, None, None, q_slot]
 
         if const_expr(self.schedule == "serial"):
             step = partial(
@@ -869,6 +885,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "kv_load": variant_choice(variants, "kv_load", KV_LOADS),
         "k_release": variant_choice(variants, "k_release", K_RELEASES),
         "persistent": None if (v := variant_choice(variants, "persistent", PERSISTENT)) == "auto" else v,
+        "q_buffers": int(variant_choice(variants, "q_buffers", Q_BUFFERS)),
     }
 
 
