@@ -76,6 +76,9 @@ def test_stage_d_defaults_follow_the_measurements():
     k = kernel(64, True, consumers="3")
     assert (k.tile_m, k.two_masked) == (192, True)
     assert kernel(64, True).two_masked is False
+    # one Q slot per consumer WG unless q_buffers=2 (measured no faster: a variant)
+    assert (kernel(128, False).q_stages, kernel(64, False).q_stages) == (2, 3)
+    assert kernel(64, False, q_buffers="2").q_stages == 6
 
 
 D_COMPILES = [
@@ -89,6 +92,8 @@ D_COMPILES = [
     (64, "bf16", False, 4, 2, {"consumers": "3", "schedule": "serial"}),
     (64, "bf16", True, 4, 2, {"consumers": "3"}),  # causal 192-row Q tiles, two masked visits
     (64, "fp16", True, 4, 4, {"consumers": "3", "schedule": "serial", "persistent": "off"}),
+    (64, "bf16", False, 4, 2, {"q_buffers": "2"}),
+    (128, "fp16", True, 4, 2, {"q_buffers": "2"}),
     (64, "fp16", False, 4, 2, {"consumers": "3", "kv_load": "k_ahead"}),
     (128, "bf16", True, 4, 2, {"tile_order": "lpt", "o_rescale": "end", "kv_load": "k_ahead"}),
     (128, "bf16", False, 4, 2, {"persistent": "dynamic"}),
