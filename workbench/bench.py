@@ -219,7 +219,7 @@ class BenchJob:
             for peer in wanted_peers:
                 case["peers"][peer] = self.time_peer(peers_module, peer, inputs, params, case["flops"], job)
             result["cases"].append(case)
-            del inputs, outputs
+            inputs = outputs = None  # free the case's tensors before empty_cache
             torch.cuda.empty_cache()
         verdicts = [c.get("verdict") for c in result["cases"]]
         result["verdict"] = "PASS" if verdicts and all(v == "PASS" for v in verdicts) else "FAIL"
