@@ -25,9 +25,9 @@
 # PHASE round3: a fresh S accumulator per overlap step (no spills at 160 registers) and causal
 #               192-row Q tiles: sweeps of consumers=3 with every schedule, both masks, and of
 #               the d=128 defaults, then d=64 benches (about 6 minutes)
-# PHASE idle:   consumer WGs whose rows all lie past m skip the math (consume_idle): sweeps with
-#               m not a multiple of 192 or 128, every schedule and persistence mode (about 3 min);
-#               then the ab phase times it
+# PHASE idle:   sweeps with m not a multiple of 192 or 128 (consumer WGs with no row inside m),
+#               every schedule and persistence mode (about 3 min). It checked consume_idle, a
+#               skip of those WGs' math that measured no faster and was reverted (perf-notes)
 # PHASE qbuf:   q_buffers=2 (the next work tile's Q loads during this one): sweep (16 cases),
 #               then default vs q_buffers=2 interleaved twice (about 3 minutes)
 # PHASE perf:   `wb bench d --sweep` over DESIGN.md's table, both dtypes, every peer:

@@ -389,6 +389,8 @@ class FmhaOnline:
 
     # ---- consumer pieces shared with D -------------------------------------------------
     def _consumer_fragments(self, tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg):
+        """A consumer WG's MMA slices, smem-descriptor fragments and register tensors, each
+        probed, and the trace-time proof of the P hand-over (``self.p_check``)."""
         thr_qk = tiled_mma_qk.get_slice(tidx_wg)
         thr_pv = tiled_mma_pv.get_slice(tidx_wg)
         tSrQ = thr_qk.make_fragment_A(thr_qk.partition_A(sQ))  # (MMA, 1, d/16, 2) smem descriptors
@@ -398,6 +400,13 @@ class FmhaOnline:
         acc_S_shape = thr_qk.partition_shape_C((self.wg_rows, self.tile_n))
         tOrP = cute.make_rmem_tensor(thr_pv.partition_shape_A((self.wg_rows, self.tile_n)), self.dtype)
         acc_O = cute.make_rmem_tensor(thr_pv.partition_shape_C((self.wg_rows, self.d)), Float32)
+        probe("tSrQ", tSrQ)
+        probe("tSrK", tSrK)
+        probe("tOrVt", tOrVt)
+        probe("tSrS", cute.make_rmem_tensor(acc_S_shape, Float32))
+        probe("tOrP", tOrP)
+        probe("tOrO_acc", acc_O)
+        self.p_check = sm.check_p_operand_mapping(tiled_mma_qk, tiled_mma_pv, acc_S_shape, tOrP.shape)
         return thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O
 
     @cute.jit
@@ -519,14 +528,7 @@ class FmhaOnline:
         thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O = self._consumer_fragments(
             tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg
         )
-        probe("tSrQ", tSrQ)
-        probe("tSrK", tSrK)
-        probe("tOrVt", tOrVt)
-        probe("tSrS", cute.make_rmem_tensor(acc_S_shape, Float32))
-        probe("tOrP", tOrP)
-        probe("tOrO_acc", acc_O)
         probe("tOrP_view_of_S", sm.p_operand_view(cute.make_rmem_tensor(acc_S_shape, Float32)))
-        self.p_check = sm.check_p_operand_mapping(tiled_mma_qk, tiled_mma_pv, acc_S_shape, tOrP.shape)
         trace_print(tSrS=acc_S_shape, tOrP=tOrP, P_view_of_S=sm.p_operand_layout(cute.make_layout(acc_S_shape)),
                     tOrO=acc_O, S_rows=common.acc_row_layout(cute.make_layout(acc_S_shape)), p_check=self.p_check)
 

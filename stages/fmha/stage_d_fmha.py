@@ -396,13 +396,6 @@ class FmhaForward(sc.FmhaOnline):
         thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O = self._consumer_fragments(
             tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg
         )
-        probe("tSrQ", tSrQ)
-        probe("tSrK", tSrK)
-        probe("tOrVt", tOrVt)
-        probe("tSrS", cute.make_rmem_tensor(acc_S_shape, Float32))
-        probe("tOrP", tOrP)
-        probe("tOrO_acc", acc_O)
-        self.p_check = sm.check_p_operand_mapping(tiled_mma_qk, tiled_mma_pv, acc_S_shape, tOrP.shape)
         sc.trace_print(tSrS=acc_S_shape, tOrP=tOrP, tOrO=acc_O, p_check=self.p_check)
         softmax = sm.OnlineSoftmax(self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]))
         row_scale = cute.make_rmem_tensor(softmax.num_rows, Float32)
