@@ -91,5 +91,7 @@ def apply_mask(
         if const_expr(causal):
             limit = cutlass.min(limit, row_offset + c_mn[r, 0][0] + 1 - col_offset - col_shift)
         for c in cutlass.range_constexpr(cute.size(s_mn, mode=[1])):
-            if c0_mn[r, c][1] >= limit:
-                s_mn[r, c] = Float32(fill)
+            # a select, not an ``if`` around the store: a conditional store into the
+            # register tensor became a chain of selects over the whole row (933 FSEL in
+            # the d=64 tile's first softmax, about 2.5 us of every work tile on an H200)
+            s_mn[r, c] = Float32(fill) if c0_mn[r, c][1] >= limit else s_mn[r, c]

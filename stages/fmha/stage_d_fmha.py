@@ -117,6 +117,12 @@ REGISTERS = {2: (240, 24), 3: (160, 32)}
 MAX_CONSUMER_WG = max(REGISTERS)
 #: named barrier ids of the pingpong schedule (0: CTA barrier, 1..3: the epilogue's per-WG barrier)
 SCHED_BARRIER_BASE = 1 + MAX_CONSUMER_WG
+#: ``trace=True`` (diagnostic, benchmarks/trace_tiles.py): clock() stamps per (CTA, WG, work
+#: tile) -- TRACE_EVENTS of them for each of a CTA's first TRACE_TILES tiles -- written after
+#: the two dynamic-scheduler words of ``mTileCounter``, then (globaltimer, clock) at each
+#: CTA's start and end
+TRACE_EVENTS = 8
+TRACE_TILES = 32
 #: bytes of L2 the causal tile order plans to fill with the K and V of the heads in flight
 L2_PLAN_BYTES = 40 * 1024 * 1024
 
@@ -173,6 +179,7 @@ class FmhaForward(sc.FmhaOnline):
         k_release: str = "early",
         persistent: str | None = None,
         q_buffers: int = 1,
+        trace: bool = False,
     ):
         if consumers is None:
             consumers = 3 if d == 64 and not causal else 2
@@ -211,6 +218,7 @@ class FmhaForward(sc.FmhaOnline):
         self.qhead_per_kvhead = heads // kv_heads
         self.causal = causal
         self.mask_fill = -math.inf if self.is_exp else 0.0
+        self.trace = trace
 
     @cute.jit
     def __call__(
@@ -271,6 +279,8 @@ class FmhaForward(sc.FmhaOnline):
 
         tiles = num_m * heads * batches
         tile_step, _, _ = cute.arch.grid_dim()
+        if const_expr(self.trace):
+            self.trace_clocks(mTileCounter, tile, tile_step, 0)
         load_tile = partial(
             self.produce_work_tile, tma_atom_q, tma_atom_k, tma_atom_v, mQ, mK, mV, sQ, sK, sV,
             pipeline_q, pipeline_k, pipeline_v, num_m, heads, batches, seqlen_k,
@@ -283,8 +293,10 @@ class FmhaForward(sc.FmhaOnline):
                 if const_expr(self.dynamic):
                     tile_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 2)
                     lane = cute.arch.lane_idx()
+                    j = Int32(0)
                     while tile < tiles:
-                        q_state, kv_state = load_tile(tile, q_state, kv_state)
+                        q_state, kv_state = load_tile(tile, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, j))
+                        j += 1
                         nxt = Int32(0)
                         if lane == 0:
                             nxt = tile_step + cute.arch.atomic_add(mTileCounter.iterator, Int32(1), scope="gpu")
@@ -304,11 +316,13 @@ class FmhaForward(sc.FmhaOnline):
                             mTileCounter[0] = Int32(0)
                             mTileCounter[1] = Int32(0)
                 elif const_expr(self.persistent):
+                    j = Int32(0)
                     while tile < tiles:
-                        q_state, kv_state = load_tile(tile, q_state, kv_state)
+                        q_state, kv_state = load_tile(tile, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, j))
+                        j += 1
                         tile += tile_step
                 else:
-                    load_tile(tile, q_state, kv_state)
+                    load_tile(tile, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, Int32(0)))
         else:
             cute.arch.setmaxregister_increase(self.consumer_regs)
             regs = self.consumer_registers(tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx % common.WG_THREADS)
@@ -322,8 +336,10 @@ class FmhaForward(sc.FmhaOnline):
                 # wgmma, C7512: persistent wants k_release=early, o_rescale=end)
                 q_buf, q_phase = Int32(0), Int32(0)  # this tile's Q buffer and its phase
                 tile_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 2)
+                j = Int32(0)
                 while tile < tiles:
-                    kv_state = compute_tile(tile, kv_state, q_buf, q_phase)
+                    kv_state = compute_tile(tile, kv_state, q_buf, q_phase, stamp=self.stamp_fn(mTileCounter, wg_idx, j))
+                    j += 1
                     if const_expr(self.q_stages == self.num_consumer_wg):
                         q_phase = q_phase ^ 1
                     else:
@@ -341,7 +357,10 @@ class FmhaForward(sc.FmhaOnline):
                 if tidx % common.WG_THREADS < 32:
                     cute.arch.cp_async_bulk_wait_group(0, read=True)  # the last O store, before exit
             else:
-                compute_tile(tile, kv_state, Int32(0), Int32(0))
+                compute_tile(tile, kv_state, Int32(0), Int32(0), stamp=self.stamp_fn(mTileCounter, wg_idx, Int32(0)))
+            if const_expr(self.trace):
+                if wg_idx == 1:
+                    self.trace_clocks(mTileCounter, cute.arch.block_idx()[0], tile_step, 2)
 
     def _make_pipelines(self, storage):
         """Stage C's Q, K and V pipelines, plus (used by ``persistent=dynamic``) the 2-slot
@@ -357,11 +376,39 @@ class FmhaForward(sc.FmhaOnline):
         tile_ids = storage.tile_ids.get_tensor(cute.make_layout(2))
         return pipeline_q, pipeline_k, pipeline_v, tile_pipe, tile_ids
 
+    def stamp_fn(self, buf: cute.Tensor, wg_idx, j: Int32):
+        """trace: ``stamp(event)`` for WG ``wg_idx``'s ``j``-th work tile of this CTA; None
+        (no code at all) unless tracing."""
+        if const_expr(not self.trace):
+            return None
+        cta = cute.arch.block_idx()[0]
+        row = (cta * (1 + MAX_CONSUMER_WG) + wg_idx) * TRACE_TILES + j
+        return partial(self.stamp, buf, row, j < TRACE_TILES)
+
+    @cute.jit
+    def stamp(self, buf: cute.Tensor, row: Int32, keep: cutlass.Boolean, event: cutlass.Constexpr[int]):
+        """trace: thread 0 of the calling WG writes clock() as ``event`` of trace row ``row``."""
+        tidx, _, _ = cute.arch.thread_idx()
+        if tidx % common.WG_THREADS == 0:
+            if keep:
+                buf[2 + row * TRACE_EVENTS + event] = cute.arch.clock()
+
+    @cute.jit
+    def trace_clocks(self, buf: cute.Tensor, cta: Int32, ctas: Int32, at: cutlass.Constexpr[int]):
+        """trace: (globaltimer_lo, clock) of CTA ``cta`` at its start (at=0) or end (at=2),
+        written by the calling WG's thread 0 (they convert clocks to nanoseconds)."""
+        tidx, _, _ = cute.arch.thread_idx()
+        if tidx % common.WG_THREADS == 0:
+            base = 2 + ctas * (1 + MAX_CONSUMER_WG) * TRACE_TILES * TRACE_EVENTS + cta * 4 + at
+            buf[base] = cute.arch.globaltimer_lo()
+            buf[base + 1] = cute.arch.clock()
+
     @cute.jit
     def produce_work_tile(
         self, tma_atom_q, tma_atom_k, tma_atom_v, mQ, mK, mV, sQ, sK, sV, pipeline_q, pipeline_k, pipeline_v,
         num_m: Int32, heads: Int32, batches: Int32, seqlen_k: Int32,
         tile: Int32, q_state: pipeline.PipelineState, kv_state: pipeline.PipelineState,
+        stamp: cutlass.Constexpr = None,
     ):
         """The producer's share of work tile ``tile``; returns the ring states after it."""
         m_block, head, batch = self.tile_coords(tile, num_m, heads, batches, seqlen_k)
@@ -372,7 +419,7 @@ class FmhaForward(sc.FmhaOnline):
         gV = cute.local_tile(mV[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))
         return self.produce_d(
             tma_atom_q, tma_atom_k, tma_atom_v, gQ, gK, gV, sQ, sK, sV,
-            pipeline_q, pipeline_k, pipeline_v, q_state, kv_state, m_block, n_max,
+            pipeline_q, pipeline_k, pipeline_v, q_state, kv_state, m_block, n_max, stamp,
         )
 
     @cute.jit
@@ -380,6 +427,7 @@ class FmhaForward(sc.FmhaOnline):
         self, tiled_mma_qk, tiled_mma_pv, tma_atom_o, mO, mLSE, sQ, sK, sV, sO, pipeline_q, pipeline_k, pipeline_v,
         regs: tuple, tidx: Int32, wg: Int32, num_m: Int32, heads: Int32, batches: Int32, seqlen_q: Int32,
         seqlen_k: Int32, tile: Int32, kv_state: pipeline.PipelineState, q_buf: Int32, q_phase: Int32,
+        stamp: cutlass.Constexpr = None,
     ) -> pipeline.PipelineState:
         """One consumer WG's share of work tile ``tile``; returns the K/V ring state after it."""
         m_block, head, batch = self.tile_coords(tile, num_m, heads, batches, seqlen_k)
@@ -388,7 +436,7 @@ class FmhaForward(sc.FmhaOnline):
         return self.consume_d(
             tiled_mma_qk, tiled_mma_pv, tma_atom_o, gO, mLSE[batch, head, None], sQ, sK, sV, sO,
             pipeline_q, pipeline_k, pipeline_v, kv_state, q_buf, q_phase, regs,
-            tidx, wg, m_block, n_max, seqlen_q, seqlen_k,
+            tidx, wg, m_block, n_max, seqlen_q, seqlen_k, stamp,
         )
 
     def consumer_registers(self, tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg):
@@ -458,6 +506,7 @@ class FmhaForward(sc.FmhaOnline):
         kv_state: pipeline.PipelineState,
         m_block: Int32,
         n_max: Int32,
+        stamp: cutlass.Constexpr = None,
     ):
         """Warp 0 of WG0, one work tile: K_{n_max - 1}, the Q halves, then the other K_j,
         V_j down to j = 0. Returns the ring states after it."""
@@ -475,7 +524,11 @@ class FmhaForward(sc.FmhaOnline):
         load_v = partial(self.load_tile, pipeline_v, tma_atom_v, tVgV, tVsV)
         # K of the first visited tile before Q: its ring slot frees earlier than the Q
         # slots, which a persistent CTA's consumers release only at the end of the last tile
+        if const_expr(stamp is not None):
+            stamp(0)
         load_k(kv_state, n_max - 1)
+        if const_expr(stamp is not None):
+            stamp(1)
         for w in cutlass.range_constexpr(self.num_consumer_wg):
             pipeline_q.producer_acquire(q_state)
             cute.copy(
@@ -485,6 +538,8 @@ class FmhaForward(sc.FmhaOnline):
                 tma_bar_ptr=pipeline_q.producer_get_barrier(q_state),
             )
             q_state.advance()
+        if const_expr(stamp is not None):
+            stamp(2)
         if const_expr(self.kv_load == "paired"):
             load_v(kv_state, n_max - 1)
             kv_state.advance()
@@ -502,6 +557,8 @@ class FmhaForward(sc.FmhaOnline):
                 load_v(kv_prev, n_max - 1 - i)
             load_v(kv_state, 0)
             kv_state.advance()
+        if const_expr(stamp is not None):
+            stamp(3)
         return q_state, kv_state
 
     @cute.jit
@@ -543,12 +600,15 @@ class FmhaForward(sc.FmhaOnline):
         n_max: Int32,
         seqlen_q: Int32,
         seqlen_k: Int32,
+        stamp: cutlass.Constexpr = None,
     ) -> pipeline.PipelineState:
         """One consumer WG, one work tile (its 64 Q rows); returns the K/V ring state after
         it. ``q_buf``, ``q_phase``: the Q buffer of this work tile (0 unless ``q_buffers=2``) and
         its phase (parity of the buffer's uses); ``regs``:
         ``consumer_registers``, made once per CTA."""
         tidx_wg = tidx % common.WG_THREADS
+        if const_expr(stamp is not None):
+            stamp(0)
         thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale = regs
         softmax.reset()
         acc_O.fill(0.0)
@@ -574,6 +634,8 @@ class FmhaForward(sc.FmhaOnline):
             q_slot = q_buf * self.num_consumer_wg + wg
         q_state = pipeline.PipelineState(self.q_stages, Int32(0), q_slot, q_phase)
         pipeline_q.consumer_wait(q_state)
+        if const_expr(stamp is not None):
+            stamp(1)
         tSrQ_wg = tSrQ[None, None, None, q_slot]
 
         if const_expr(self.schedule == "serial"):
@@ -593,7 +655,7 @@ class FmhaForward(sc.FmhaOnline):
             kv_state = self.consume_overlap(
                 kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
                 tOrP, acc_O, acc_S_shape, softmax, row_scale, mask_fn, wg, n_max, n_masked,
-                partial(pipeline_q.consumer_release, q_state),
+                partial(pipeline_q.consumer_release, q_state), stamp,
             )
         if const_expr(self.schedule == "serial"):
             pipeline_q.consumer_release(q_state)
@@ -607,6 +669,8 @@ class FmhaForward(sc.FmhaOnline):
                 row = row0 + tOcO[r, 0][0]
                 if row < seqlen_q:
                     mLSE[row] = lse[r]
+        if const_expr(stamp is not None):
+            stamp(6)
         if const_expr(self.persistent):
             # the previous tile's O store, issued a whole tile ago, must have read sO before
             # anyone writes it: its issuing warp waits only now, then all may write
@@ -617,6 +681,8 @@ class FmhaForward(sc.FmhaOnline):
             acc_O, sO[None, None, wg], gO[None, None, m_block * self.num_consumer_wg + wg], tma_atom_o,
             tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q, wait_read=not self.persistent,
         )
+        if const_expr(stamp is not None):
+            stamp(7)
         return kv_state
 
 
@@ -766,6 +832,7 @@ class FmhaForward(sc.FmhaOnline):
         n_max: Int32,
         n_masked: Int32,
         release_q: cutlass.Constexpr,
+        stamp: cutlass.Constexpr = None,
     ) -> pipeline.PipelineState:
         """All n_max KV tiles of one consumer WG, the QK^T MMA and the softmax of tile i
         overlapping the PV MMA of tile i - 1 (see ``overlap_tile``). Prologue: the first
@@ -781,10 +848,14 @@ class FmhaForward(sc.FmhaOnline):
         pipeline_k.consumer_wait(kv_state)
         wgmma_issue(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], True)
         warpgroup.wait_group(0)
+        if const_expr(stamp is not None):
+            stamp(2)
         pipeline_k.consumer_release(kv_state)
         mask_fn(acc_S, col_offset=(n_max - 1) * self.tile_n)
         self.softmax_tile(acc_S, softmax, row_scale, True)
         sm.convert_p(acc_S, tOrP)
+        if const_expr(stamp is not None):
+            stamp(3)
 
         step = partial(
             self.overlap_tile, pipeline_k=pipeline_k, pipeline_v=pipeline_v, tiled_mma_qk=tiled_mma_qk,
@@ -797,6 +868,8 @@ class FmhaForward(sc.FmhaOnline):
         for i in cutlass.range(n_masked, n_max, unroll=1):
             kv_state = step(kv_state, i=i)
 
+        if const_expr(stamp is not None):
+            stamp(4)
         release_q()  # every S of this Q tile is done: the producer may load the next Q
         if const_expr(self.is_exp and self.o_rescale == "mid"):
             if n_max > 1:
@@ -804,6 +877,8 @@ class FmhaForward(sc.FmhaOnline):
         pipeline_v.consumer_wait(kv_state)
         wgmma_issue(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_state.index], False)
         warpgroup.wait_group(0)
+        if const_expr(stamp is not None):
+            stamp(5)
         pipeline_v.consumer_release(kv_state)
         kv_state.advance()
         return kv_state

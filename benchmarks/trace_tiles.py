@@ -1,0 +1,185 @@
+"""Where a persistent stage-D CTA spends its time at the work-tile boundary (diagnostic).
+
+Builds stage D with ``trace=True`` (clock() stamps per CTA, warpgroup and work tile, see
+``TRACE_EVENTS`` in stages/fmha/stage_d_fmha.py), checks its output against SDPA, times it
+beside the untraced kernel, and prints the median duration of each part of a work tile:
+
+    consumer WG:  start -> Q ready -> first S -> first softmax -> steady steps
+                  -> last PV -> finish + LSE -> O store -> next tile's start
+    producer:     start -> first K slot -> Q slots -> last V issued
+
+    python benchmarks/trace_tiles.py --d 64 --s 1024 [--causal] [-V name=value ...] [--json out.json]
+
+Run on the GPU machine from the repo root. The stamps add a few instructions per tile; the
+traced/untraced time ratio is printed so the reader knows how far to trust the figures.
+"""
+
+import argparse
+import json
+import math
+import statistics
+import sys
+
+CONSUMER_PARTS = [
+    ("Q wait", 0, 1),
+    ("first S (issue + wait)", 1, 2),
+    ("first softmax + P", 2, 3),
+    ("steady steps (all)", 3, 4),
+    ("last PV", 4, 5),
+    ("finish + LSE stores", 5, 6),
+    ("O store (smem + TMA issue)", 6, 7),
+]
+PRODUCER_PARTS = [("first K slot", 0, 1), ("Q slots + Q issue", 1, 2), ("K/V ring (rest)", 2, 3)]
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--d", type=int, default=64)
+    ap.add_argument("--s", type=int, default=1024)
+    ap.add_argument("--batch", type=int, help="default 16384 / s (wb bench's sweep)")
+    ap.add_argument("--heads", type=int, help="default 2048 / d")
+    ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
+    ap.add_argument("-V", dest="variants", action="append", default=[], help="stage D variant name=value")
+    ap.add_argument("--json", help="write the raw stamps and the summary here")
+    return ap.parse_args(argv)
+
+
+def median(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def summarize(words, ctas, wgs, n_steps):
+    """Durations (ns) of each part, median over CTAs and tiles (a CTA's first and last
+    tile left out: they hold the launch and the drain)."""
+    from stages.fmha.stage_d_fmha import MAX_CONSUMER_WG, TRACE_EVENTS, TRACE_TILES
+
+    rows_end = 2 + ctas * (1 + MAX_CONSUMER_WG) * TRACE_TILES * TRACE_EVENTS
+    parts: dict[str, list[float]] = {}
+    starts, ends = [], []
+
+    def add(name, value):
+        parts.setdefault(name, []).append(value)
+
+    for cta in range(ctas):
+        gt0, ck0, gt1, ck1 = words[rows_end + 4 * cta: rows_end + 4 * cta + 4]
+        cycles = (ck1 - ck0) % 2**32
+        ns_per_clk = ((gt1 - gt0) % 2**32) / cycles if cycles else float("nan")
+        starts.append(gt0)
+        ends.append(gt1)
+
+        def stamps(wg, j):
+            base = 2 + ((cta * (1 + MAX_CONSUMER_WG) + wg) * TRACE_TILES + j) * TRACE_EVENTS
+            return words[base: base + TRACE_EVENTS]
+
+        def dt(a, b):
+            return ((b - a) % 2**32) * ns_per_clk
+
+        tiles = [j for j in range(TRACE_TILES) if any(stamps(1, j))]
+        for j in tiles[1:-1]:
+            for wg in range(1, wgs + 1):
+                ev, nxt = stamps(wg, j), stamps(wg, j + 1)
+                for name, a, b in CONSUMER_PARTS:
+                    add(name, dt(ev[a], ev[b]))
+                add("steady step (one)", dt(ev[3], ev[4]) / max(n_steps - 1, 1))
+                add("next tile's start", dt(ev[7], nxt[0]))
+                add("tile (start to start)", dt(ev[0], nxt[0]))
+                add("boundary (last step end to first step start)", dt(ev[4], nxt[3]))
+                add(f"WG{wg} start - WG1 start", dt(stamps(1, j)[0], ev[0]) if wg > 1 else 0.0)
+            p, c1 = stamps(0, j), stamps(1, j)
+            for name, a, b in PRODUCER_PARTS:
+                add("producer: " + name, dt(p[a], p[b]))
+            last = stamps(wgs, j - 1)  # the last WG's Q release of the previous tile
+            add("producer Q issued - last WG's previous Q release", dt(last[4], p[2]))
+            add("WG1 Q ready - producer Q issued", dt(p[2], c1[1]))
+    span = (max(ends) - min(starts)) % 2**32
+    return {name: median(v) for name, v in parts.items()}, span
+
+
+def main(argv=None):
+    args = parse_args(argv if argv is not None else sys.argv[1:])
+    import torch
+    from cutlass import Int32
+
+    from stages.fmha import common
+    from stages.fmha import stage_c_online as sc
+    from stages.fmha import stage_d_fmha as sd
+
+    s, d = args.s, args.d
+    batch, heads = args.batch or max(1, 16384 // s), args.heads or max(1, 2048 // d)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
+    variants = dict(v.split("=", 1) for v in args.variants)
+    options = sd.kernel_options(variants)
+    if options["persistent"] == "off":
+        sys.exit("trace_tiles: the trace is laid out per persistent CTA; persistent=off is not supported")
+    dev = torch.device("cuda")
+    ctas = sd.sm_count(dev)
+
+    def build(trace):
+        from cutlass.cute.runtime import make_fake_stream
+
+        kernel = sd.FmhaForward(common.cute_dtype(args.dtype), d, heads, heads, causal=args.causal, trace=trace, **options)
+        fake = [sc.fake_tensor(common.cute_dtype(args.dtype), 4) for _ in range(4)]
+        fn = sc.compile_for("sm_90a", kernel, *fake, sc.fake_tensor(sd.Float32, 3), sc.fake_tensor(Int32, 1), Int32(1), make_fake_stream())
+        return kernel, fn
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(batch, s, heads, d, device=dev, dtype=dtype) for _ in range(3))
+    o = torch.empty_like(q)
+    lse = torch.empty(batch, heads, s, device=dev, dtype=torch.float32)
+    kernel, traced = build(True)
+    _, plain = build(False)
+    wgs = kernel.num_consumer_wg
+    words = 2 + ctas * (1 + sd.MAX_CONSUMER_WG) * sd.TRACE_TILES * sd.TRACE_EVENTS + 4 * ctas
+    buf = torch.zeros(words, dtype=torch.int32, device=dev)
+    counter = sd.tile_counter(dev)
+
+    cute_args = [sc.to_cute(t) for t in (q, k, v, o, lse)]  # converted once: launches stay GPU-bound
+    cute_bufs = {id(counter): sc.to_cute(counter), id(buf): sc.to_cute(buf)}
+    stream = sc.current_stream()
+
+    def launch(fn, counter_buf):
+        fn(*cute_args, cute_bufs[id(counter_buf)], Int32(ctas), stream)
+
+    def timed(fn, counter_buf, reps=30):
+        for _ in range(3):
+            launch(fn, counter_buf)
+        times = []
+        for _ in range(reps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            launch(fn, counter_buf)
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) * 1e3)
+        return median(times)
+
+    t_plain = timed(plain, counter)
+    if kernel.dynamic:
+        buf[:2] = 0
+    t_traced = timed(traced, buf)
+    buf.zero_()
+    launch(traced, buf)
+    torch.cuda.synchronize()
+    ref = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float(), is_causal=args.causal
+    ).transpose(1, 2)
+    err = (o.float() - ref).abs().max().item()
+    n_steps = math.ceil(s / kernel.tile_n)
+    summary, span_ns = summarize(buf.cpu().tolist(), min(ctas, math.ceil(s / kernel.tile_m) * heads * batch), wgs, n_steps)
+    flops = 4.0 * batch * heads * s * s * d / (2 if args.causal else 1)
+    print(f"card: {torch.cuda.get_device_name()} · d={d} s={s} batch={batch} heads={heads} causal={args.causal} "
+          f"{args.dtype} · tile {kernel.tile_m}x{kernel.tile_n}, {wgs} consumer WGs, {n_steps} KV steps per tile · {variants or 'defaults'}")
+    print(f"max |o - sdpa| = {err:.3g} ({'ok' if err < 2e-2 else 'WRONG'})")
+    print(f"untraced {t_plain:.1f} us ({flops / t_plain / 1e6:.0f} TFLOP/s) · traced {t_traced:.1f} us "
+          f"(x{t_traced / t_plain:.3f}) · traced launch span {span_ns / 1e3:.1f} us")
+    for name, value in summary.items():
+        print(f"  {name:52s} {value / 1e3:8.3f} us")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "summary_ns": summary, "untraced_us": t_plain, "traced_us": t_traced,
+                       "max_err": err, "words": buf.cpu().tolist()}, f)
+
+
+if __name__ == "__main__":
+    main()
