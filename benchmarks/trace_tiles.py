@@ -41,6 +41,7 @@ def parse_args(argv):
     ap.add_argument("--causal", action="store_true")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     ap.add_argument("-V", dest="variants", action="append", default=[], help="stage D variant name=value")
+    ap.add_argument("--launches", type=int, default=1, help="traced launches; more than one prints one line per launch")
     ap.add_argument("--json", help="write the raw stamps and the summary here")
     return ap.parse_args(argv)
 
@@ -68,11 +69,11 @@ def summarize(words, ctas, wgs, n_steps):
         starts.append(gt0)
         ends.append(gt1)
 
-        def stamps(wg, j):
+        def stamps(wg, j, cta=cta):
             base = 2 + ((cta * (1 + MAX_CONSUMER_WG) + wg) * TRACE_TILES + j) * TRACE_EVENTS
             return words[base: base + TRACE_EVENTS]
 
-        def dt(a, b):
+        def dt(a, b, ns_per_clk=ns_per_clk):
             return ((b - a) % 2**32) * ns_per_clk
 
         tiles = [j for j in range(TRACE_TILES) if any(stamps(1, j))]
@@ -92,8 +93,13 @@ def summarize(words, ctas, wgs, n_steps):
             last = stamps(wgs, j - 1)  # the last WG's Q release of the previous tile
             add("producer Q issued - last WG's previous Q release", dt(last[4], p[2]))
             add("WG1 Q ready - producer Q issued", dt(p[2], c1[1]))
-    span = (max(ends) - min(starts)) % 2**32
-    return {name: median(v) for name, v in parts.items()}, span
+    t0 = min(starts)
+    finish = sorted((e - t0) % 2**32 for e in ends)
+    summary = {name: median(v) for name, v in parts.items()}
+    summary["CTA end: first"] = finish[0]
+    summary["CTA end: median"] = median(finish)
+    summary["CTA end: last"] = finish[-1]
+    return summary, finish[-1]
 
 
 def main(argv=None):
@@ -158,15 +164,19 @@ def main(argv=None):
     if kernel.dynamic:
         buf[:2] = 0
     t_traced = timed(traced, buf)
-    buf.zero_()
-    launch(traced, buf)
-    torch.cuda.synchronize()
+    grid = min(ctas, math.ceil(s / kernel.tile_m) * heads * batch)
+    n_steps = math.ceil(s / kernel.tile_n)
+    per_launch = []
+    for _ in range(args.launches):
+        buf.zero_()
+        launch(traced, buf)
+        torch.cuda.synchronize()
+        per_launch.append(summarize(buf.cpu().tolist(), grid, wgs, n_steps)[0])
     ref = torch.nn.functional.scaled_dot_product_attention(
         q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float(), is_causal=args.causal
     ).transpose(1, 2)
     err = (o.float() - ref).abs().max().item()
-    n_steps = math.ceil(s / kernel.tile_n)
-    summary, span_ns = summarize(buf.cpu().tolist(), min(ctas, math.ceil(s / kernel.tile_m) * heads * batch), wgs, n_steps)
+    summary, span_ns = summarize(buf.cpu().tolist(), grid, wgs, n_steps)
     flops = 4.0 * batch * heads * s * s * d / (2 if args.causal else 1)
     print(f"card: {torch.cuda.get_device_name()} · d={d} s={s} batch={batch} heads={heads} causal={args.causal} "
           f"{args.dtype} · tile {kernel.tile_m}x{kernel.tile_n}, {wgs} consumer WGs, {n_steps} KV steps per tile · {variants or 'defaults'}")
@@ -175,6 +185,11 @@ def main(argv=None):
           f"(x{t_traced / t_plain:.3f}) · traced launch span {span_ns / 1e3:.1f} us")
     for name, value in summary.items():
         print(f"  {name:52s} {value / 1e3:8.3f} us")
+    if args.launches > 1:
+        print("per traced launch, by span: span, CTA end first / median, steady step, tile (us)")
+        for sm_ in sorted(per_launch, key=lambda x: x["CTA end: last"]):
+            print(f"  {sm_['CTA end: last'] / 1e3:8.1f} {sm_['CTA end: first'] / 1e3:8.1f} {sm_['CTA end: median'] / 1e3:8.1f}"
+                  f" {sm_['steady step (one)'] / 1e3:7.3f} {sm_['tile (start to start)'] / 1e3:7.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "summary_ns": summary, "untraced_us": t_plain, "traced_us": t_traced,

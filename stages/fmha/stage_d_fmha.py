@@ -206,6 +206,8 @@ class FmhaForward(sc.FmhaOnline):
         self.persistent = persistent != "off"
         self.dynamic = persistent == "dynamic"
         self.lpt = tile_order == "lpt" or (tile_order == "auto" and causal)
+        # round robin over the natural order: tile coordinates advance without division
+        self.walk = self.persistent and not self.dynamic and not self.lpt
         # causal 192-row Q tiles: the first two visited KV tiles may need the mask (mask.py)
         self.two_masked = causal and self.tile_m != self.tile_n
         # q_buffers=2: a second Q buffer lets the producer load the next work tile's Q
@@ -281,9 +283,14 @@ class FmhaForward(sc.FmhaOnline):
         tile_step, _, _ = cute.arch.grid_dim()
         if const_expr(self.trace):
             self.trace_clocks(mTileCounter, tile, tile_step, 0)
+        coords = partial(self.tile_coords, num_m=num_m, heads=heads, batches=batches, seqlen_k=seqlen_k)
+        # round robin in the natural order: each next tile's (m_block, head, batch) by a
+        # mixed-radix add of the step's (no integer division at the tile boundary)
+        m_block, head, batch = coords(tile)
+        step = coords(tile_step) if const_expr(self.walk) else None
         load_tile = partial(
             self.produce_work_tile, tma_atom_q, tma_atom_k, tma_atom_v, mQ, mK, mV, sQ, sK, sV,
-            pipeline_q, pipeline_k, pipeline_v, num_m, heads, batches, seqlen_k,
+            pipeline_q, pipeline_k, pipeline_v, seqlen_k,
         )
         if wg_idx == 0:
             cute.arch.setmaxregister_decrease(self.producer_regs)
@@ -295,7 +302,7 @@ class FmhaForward(sc.FmhaOnline):
                     lane = cute.arch.lane_idx()
                     j = Int32(0)
                     while tile < tiles:
-                        q_state, kv_state = load_tile(tile, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, j))
+                        q_state, kv_state = load_tile(*coords(tile), q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, j))
                         j += 1
                         nxt = Int32(0)
                         if lane == 0:
@@ -318,18 +325,24 @@ class FmhaForward(sc.FmhaOnline):
                 elif const_expr(self.persistent):
                     j = Int32(0)
                     while tile < tiles:
-                        q_state, kv_state = load_tile(tile, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, j))
+                        if const_expr(not self.walk):
+                            m_block, head, batch = coords(tile)
+                        q_state, kv_state = load_tile(
+                            m_block, head, batch, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, j)
+                        )
                         j += 1
                         tile += tile_step
+                        if const_expr(self.walk):
+                            m_block, head, batch = self.next_coords(m_block, head, batch, step, num_m, heads)
                 else:
-                    load_tile(tile, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, Int32(0)))
+                    load_tile(m_block, head, batch, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, Int32(0)))
         else:
             cute.arch.setmaxregister_increase(self.consumer_regs)
             regs = self.consumer_registers(tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx % common.WG_THREADS)
             kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.kv_stages)
             compute_tile = partial(
                 self.consume_work_tile, tiled_mma_qk, tiled_mma_pv, tma_atom_o, mO, mLSE, sQ, sK, sV, sO,
-                pipeline_q, pipeline_k, pipeline_v, regs, tidx, wg_idx - 1, num_m, heads, batches, seqlen_q, seqlen_k,
+                pipeline_q, pipeline_k, pipeline_v, regs, tidx, wg_idx - 1, seqlen_q, seqlen_k,
             )
             if const_expr(self.persistent):
                 # (a loop around the pinned/mid overlap step makes ptxas serialize d=128's
@@ -338,7 +351,11 @@ class FmhaForward(sc.FmhaOnline):
                 tile_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 2)
                 j = Int32(0)
                 while tile < tiles:
-                    kv_state = compute_tile(tile, kv_state, q_buf, q_phase, stamp=self.stamp_fn(mTileCounter, wg_idx, j))
+                    if const_expr(not self.walk):
+                        m_block, head, batch = coords(tile)
+                    kv_state = compute_tile(
+                        m_block, head, batch, kv_state, q_buf, q_phase, stamp=self.stamp_fn(mTileCounter, wg_idx, j)
+                    )
                     j += 1
                     if const_expr(self.q_stages == self.num_consumer_wg):
                         q_phase = q_phase ^ 1
@@ -354,10 +371,14 @@ class FmhaForward(sc.FmhaOnline):
                         tile_state.advance()
                     else:
                         tile += tile_step
+                        if const_expr(self.walk):
+                            m_block, head, batch = self.next_coords(m_block, head, batch, step, num_m, heads)
                 if tidx % common.WG_THREADS < 32:
                     cute.arch.cp_async_bulk_wait_group(0, read=True)  # the last O store, before exit
             else:
-                compute_tile(tile, kv_state, Int32(0), Int32(0), stamp=self.stamp_fn(mTileCounter, wg_idx, Int32(0)))
+                compute_tile(
+                    m_block, head, batch, kv_state, Int32(0), Int32(0), stamp=self.stamp_fn(mTileCounter, wg_idx, Int32(0))
+                )
             if const_expr(self.trace):
                 if wg_idx == 1:
                     self.trace_clocks(mTileCounter, cute.arch.block_idx()[0], tile_step, 2)
@@ -406,12 +427,12 @@ class FmhaForward(sc.FmhaOnline):
     @cute.jit
     def produce_work_tile(
         self, tma_atom_q, tma_atom_k, tma_atom_v, mQ, mK, mV, sQ, sK, sV, pipeline_q, pipeline_k, pipeline_v,
-        num_m: Int32, heads: Int32, batches: Int32, seqlen_k: Int32,
-        tile: Int32, q_state: pipeline.PipelineState, kv_state: pipeline.PipelineState,
+        seqlen_k: Int32, m_block: Int32, head: Int32, batch: Int32,
+        q_state: pipeline.PipelineState, kv_state: pipeline.PipelineState,
         stamp: cutlass.Constexpr = None,
     ):
-        """The producer's share of work tile ``tile``; returns the ring states after it."""
-        m_block, head, batch = self.tile_coords(tile, num_m, heads, batches, seqlen_k)
+        """The producer's share of the work tile (m_block, head, batch); returns the ring
+        states after it."""
         n_max = mk.kv_tile_range(m_block, seqlen_k, self.tile_m, self.tile_n, self.causal)
         head_kv = head // self.qhead_per_kvhead
         gQ = cute.local_tile(mQ[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
@@ -425,12 +446,12 @@ class FmhaForward(sc.FmhaOnline):
     @cute.jit
     def consume_work_tile(
         self, tiled_mma_qk, tiled_mma_pv, tma_atom_o, mO, mLSE, sQ, sK, sV, sO, pipeline_q, pipeline_k, pipeline_v,
-        regs: tuple, tidx: Int32, wg: Int32, num_m: Int32, heads: Int32, batches: Int32, seqlen_q: Int32,
-        seqlen_k: Int32, tile: Int32, kv_state: pipeline.PipelineState, q_buf: Int32, q_phase: Int32,
+        regs: tuple, tidx: Int32, wg: Int32, seqlen_q: Int32, seqlen_k: Int32,
+        m_block: Int32, head: Int32, batch: Int32, kv_state: pipeline.PipelineState, q_buf: Int32, q_phase: Int32,
         stamp: cutlass.Constexpr = None,
     ) -> pipeline.PipelineState:
-        """One consumer WG's share of work tile ``tile``; returns the K/V ring state after it."""
-        m_block, head, batch = self.tile_coords(tile, num_m, heads, batches, seqlen_k)
+        """One consumer WG's share of the work tile (m_block, head, batch); returns the K/V
+        ring state after it."""
         n_max = mk.kv_tile_range(m_block, seqlen_k, self.tile_m, self.tile_n, self.causal)
         gO = cute.local_tile(mO[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
         return self.consume_d(
@@ -458,6 +479,18 @@ class FmhaForward(sc.FmhaOnline):
         hb = tile // num_m
         batch = hb // heads
         return tile - hb * num_m, hb - batch * heads, batch
+
+    @cute.jit
+    def next_coords(self, m_block: Int32, head: Int32, batch: Int32, step: tuple, num_m: Int32, heads: Int32):
+        """(m_block, head, batch) of the tile ``tile_step`` after this one in the natural
+        order, ``step`` being tile_step's own coordinates (each digit below its radix, so
+        one carry at most per digit)."""
+        m_block, head, batch = m_block + step[0], head + step[1], batch + step[2]
+        if m_block >= num_m:
+            m_block, head = m_block - num_m, head + 1
+        if head >= heads:
+            head, batch = head - heads, batch + 1
+        return m_block, head, batch
 
     @cute.jit
     def lpt_tile(self, bid: Int32, num_m: Int32, heads: Int32, batches: Int32, seqlen_k: Int32):
