@@ -96,6 +96,9 @@ def summarize(words, ctas, wgs, n_steps):
     t0 = min(starts)
     finish = sorted((e - t0) % 2**32 for e in ends)
     summary = {name: median(v) for name, v in parts.items()}
+    begin = sorted((b - t0) % 2**32 for b in starts)
+    summary["CTA start: median"] = median(begin)
+    summary["CTA start: last"] = begin[-1]
     summary["CTA end: first"] = finish[0]
     summary["CTA end: median"] = median(finish)
     summary["CTA end: last"] = finish[-1]
@@ -158,12 +161,13 @@ def main(argv=None):
             b.record()
             b.synchronize()
             times.append(a.elapsed_time(b) * 1e3)
-        return median(times)
+        return sorted(times)
 
-    t_plain = timed(plain, counter)
+    plain_times = timed(plain, counter, reps=100)
+    t_plain = median(plain_times)
     if kernel.dynamic:
         buf[:2] = 0
-    t_traced = timed(traced, buf)
+    t_traced = median(timed(traced, buf))
     grid = min(ctas, math.ceil(s / kernel.tile_m) * heads * batch)
     n_steps = math.ceil(s / kernel.tile_n)
     per_launch = []
@@ -181,14 +185,19 @@ def main(argv=None):
     print(f"card: {torch.cuda.get_device_name()} · d={d} s={s} batch={batch} heads={heads} causal={args.causal} "
           f"{args.dtype} · tile {kernel.tile_m}x{kernel.tile_n}, {wgs} consumer WGs, {n_steps} KV steps per tile · {variants or 'defaults'}")
     print(f"max |o - sdpa| = {err:.3g} ({'ok' if err < 2e-2 else 'WRONG'})")
+    q10, q90 = plain_times[len(plain_times) // 10], plain_times[-len(plain_times) // 10]
+    slow = sum(t > 1.15 * plain_times[0] for t in plain_times)
+    print(f"untraced, {len(plain_times)} launches back to back: min {plain_times[0]:.1f} p10 {q10:.1f} median {t_plain:.1f} "
+          f"p90 {q90:.1f} max {plain_times[-1]:.1f} us; {slow} over 1.15x the min")
     print(f"untraced {t_plain:.1f} us ({flops / t_plain / 1e6:.0f} TFLOP/s) · traced {t_traced:.1f} us "
           f"(x{t_traced / t_plain:.3f}) · traced launch span {span_ns / 1e3:.1f} us")
     for name, value in summary.items():
         print(f"  {name:52s} {value / 1e3:8.3f} us")
     if args.launches > 1:
-        print("per traced launch, by span: span, CTA end first / median, steady step, tile (us)")
+        print("per traced launch, by span: span, CTA start last, CTA end first / median, steady step, tile (us)")
         for sm_ in sorted(per_launch, key=lambda x: x["CTA end: last"]):
-            print(f"  {sm_['CTA end: last'] / 1e3:8.1f} {sm_['CTA end: first'] / 1e3:8.1f} {sm_['CTA end: median'] / 1e3:8.1f}"
+            print(f"  {sm_['CTA end: last'] / 1e3:8.1f} {sm_['CTA start: last'] / 1e3:8.1f}"
+                  f" {sm_['CTA end: first'] / 1e3:8.1f} {sm_['CTA end: median'] / 1e3:8.1f}"
                   f" {sm_['steady step (one)'] / 1e3:7.3f} {sm_['tile (start to start)'] / 1e3:7.3f}")
     if args.json:
         with open(args.json, "w") as f:

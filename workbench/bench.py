@@ -24,6 +24,7 @@ from workbench.errors import UserError
 
 L2_FLUSH_BYTES = 256 << 20  # several times the H100/H200 L2 (50 MiB)
 GRAPH_BELOW_MS = 0.05  # kernels shorter than this are timed by CUDA-graph replay
+SLEEP_CYCLES_PER_REP = 1_000_000  # GPU clocks queued ahead per repeat (~0.5 ms; see _event_times)
 
 
 def wb_home() -> Path:
@@ -81,6 +82,11 @@ def time_cuda(fn: Callable[[], Any], reps: int = 30, warmup: int = 5, flush: boo
 def _event_times(fn: Callable[[], Any], reps: int, scratch) -> list[float]:
     import torch
 
+    # A GPU-side wait queued first lets the CPU enqueue every repeat before the GPU gets to
+    # them. Without it a kernel shorter than its own launch's CPU time (a Python DSL launch
+    # of a short causal case) was timed with part of that CPU time in it, in some repeats
+    # and not others: d=128 s=1024 causal read 137 us or 170-220 us (kernel span 136 us).
+    torch.cuda._sleep(SLEEP_CYCLES_PER_REP * reps)
     pairs = []
     for _ in range(reps):
         if scratch is not None:
