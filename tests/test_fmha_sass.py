@@ -59,3 +59,37 @@ def test_three_consumer_wgs_with_overlap_fit_160_registers(fmha_ws, wb, schedule
         (kernel,) = json.loads(proc.stdout)["resources"]["kernels"]
         # (causal 192-row tiles spilled 40-64 B while the mask compiled to a select chain)
         assert (kernel["spill_store_bytes"], kernel["spill_load_bytes"]) == (0, 0), kernel
+
+
+def _stage_d_sass(tmp_path: Path, **kernel_kwargs) -> str:
+    """SASS of stage D (d=64, bf16, non-causal, 4 heads) built in-process with ``kernel_kwargs``."""
+    import subprocess
+
+    from cutlass import Int32
+    from cutlass.cute.runtime import make_fake_stream
+
+    from stages.fmha import common
+    from stages.fmha import stage_c_online as sc
+    from stages.fmha import stage_d_fmha as sd
+    from workbench.trace import tracing
+
+    dtype = common.cute_dtype("bf16")
+    kernel = sd.FmhaForward(dtype, 64, 4, 4, **kernel_kwargs)
+    fake = [sc.fake_tensor(dtype, 4) for _ in range(4)]
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    with tracing("stage-d", "sm_90a", dump_dir=str(tmp_path)):
+        sc.compile_for("sm_90a", kernel, *fake, sc.fake_tensor(sd.Float32, 3), sc.fake_tensor(Int32, 1), Int32(1), make_fake_stream())
+    (cubin,) = tmp_path.glob("*.cubin")
+    return subprocess.run([find_nvdisasm(), "-c", str(cubin)], capture_output=True, text=True, check=True).stdout
+
+
+def test_stage_d_trace_stamps_only_when_asked(tmp_path):
+    """trace=True (benchmarks/trace_tiles.py) reads the SM clock at every stamp site: 8 per
+    consumer work tile, 4 per producer tile, and at each CTA's start and end; the default
+    kernel reads no clock at all (the stamps are compile-time no-ops)."""
+    clock_reads = re.compile(r"SR_CLOCKLO")
+    traced = _stage_d_sass(tmp_path / "on", trace=True)
+    plain = _stage_d_sass(tmp_path / "off")
+    assert len(clock_reads.findall(traced)) >= 8 + 4 + 2
+    assert "SR_GLOBALTIMER" in traced
+    assert not clock_reads.findall(plain) and "SR_GLOBALTIMER" not in plain
