@@ -53,9 +53,13 @@ def median(xs):
 def summarize(words, ctas, wgs, n_steps):
     """Durations (ns) of each part, median over CTAs and tiles (a CTA's first and last
     tile left out: they hold the launch and the drain)."""
-    from stages.fmha.stage_d_fmha import MAX_CONSUMER_WG, TRACE_EVENTS, TRACE_TILES
+    from stages.fmha.stage_d_fmha import (
+        TRACE_EVENTS,
+        TRACE_TILES,
+        trace_clock_word,
+        trace_word,
+    )
 
-    rows_end = 2 + ctas * (1 + MAX_CONSUMER_WG) * TRACE_TILES * TRACE_EVENTS
     parts: dict[str, list[float]] = {}
     starts, ends = [], []
 
@@ -63,14 +67,15 @@ def summarize(words, ctas, wgs, n_steps):
         parts.setdefault(name, []).append(value)
 
     for cta in range(ctas):
-        gt0, ck0, gt1, ck1 = words[rows_end + 4 * cta: rows_end + 4 * cta + 4]
+        clocks = trace_clock_word(ctas, cta)
+        gt0, ck0, gt1, ck1 = words[clocks: clocks + 4]
         cycles = (ck1 - ck0) % 2**32
         ns_per_clk = ((gt1 - gt0) % 2**32) / cycles if cycles else float("nan")
         starts.append(gt0)
         ends.append(gt1)
 
         def stamps(wg, j, cta=cta):
-            base = 2 + ((cta * (1 + MAX_CONSUMER_WG) + wg) * TRACE_TILES + j) * TRACE_EVENTS
+            base = trace_word(cta, wg, j)
             return words[base: base + TRACE_EVENTS]
 
         def dt(a, b, ns_per_clk=ns_per_clk):
@@ -102,7 +107,7 @@ def summarize(words, ctas, wgs, n_steps):
     summary["CTA end: first"] = finish[0]
     summary["CTA end: median"] = median(finish)
     summary["CTA end: last"] = finish[-1]
-    return summary, finish[-1]
+    return summary
 
 
 def main(argv=None):
@@ -139,8 +144,7 @@ def main(argv=None):
     kernel, traced = build(True)
     _, plain = build(False)
     wgs = kernel.num_consumer_wg
-    words = 2 + ctas * (1 + sd.MAX_CONSUMER_WG) * sd.TRACE_TILES * sd.TRACE_EVENTS + 4 * ctas
-    buf = torch.zeros(words, dtype=torch.int32, device=dev)
+    buf = torch.zeros(sd.trace_clock_word(ctas, ctas), dtype=torch.int32, device=dev)
     counter = sd.tile_counter(dev)
 
     cute_args = [sc.to_cute(t) for t in (q, k, v, o, lse)]  # converted once: launches stay GPU-bound
@@ -175,12 +179,13 @@ def main(argv=None):
         buf.zero_()
         launch(traced, buf)
         torch.cuda.synchronize()
-        per_launch.append(summarize(buf.cpu().tolist(), grid, wgs, n_steps)[0])
+        per_launch.append(summarize(buf.cpu().tolist(), grid, wgs, n_steps))
     ref = torch.nn.functional.scaled_dot_product_attention(
         q.transpose(1, 2).float(), k.transpose(1, 2).float(), v.transpose(1, 2).float(), is_causal=args.causal
     ).transpose(1, 2)
     err = (o.float() - ref).abs().max().item()
-    summary, span_ns = summarize(buf.cpu().tolist(), grid, wgs, n_steps)
+    summary = per_launch[-1]  # the stamps left in buf
+    span_ns = summary["CTA end: last"]
     flops = 4.0 * batch * heads * s * s * d / (2 if args.causal else 1)
     print(f"card: {torch.cuda.get_device_name()} · d={d} s={s} batch={batch} heads={heads} causal={args.causal} "
           f"{args.dtype} · tile {kernel.tile_m}x{kernel.tile_n}, {wgs} consumer WGs, {n_steps} KV steps per tile · {variants or 'defaults'}")

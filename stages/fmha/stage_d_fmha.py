@@ -123,6 +123,24 @@ SCHED_BARRIER_BASE = 1 + MAX_CONSUMER_WG
 #: CTA's start and end
 TRACE_EVENTS = 8
 TRACE_TILES = 32
+
+
+def trace_word(cta, wg, j, event=0):
+    """Index in the trace buffer of ``event`` of WG ``wg``'s ``j``-th work tile on CTA ``cta``
+    (the producer is WG 0); plain ints on the host, DSL integers in the kernel."""
+    return 2 + ((cta * (1 + MAX_CONSUMER_WG) + wg) * TRACE_TILES + j) * TRACE_EVENTS + event
+
+
+def trace_clock_word(ctas, cta):
+    """Index of CTA ``cta``'s start (globaltimer, clock) pair, its end pair right after;
+    ``trace_clock_word(ctas, ctas)`` is the buffer's length for a grid of ``ctas``."""
+    return trace_word(ctas, 0, 0) + 4 * cta
+
+
+def no_stamp(event):
+    """The stamp of an untraced kernel: nothing."""
+
+
 #: bytes of L2 the causal tile order plans to fill with the K and V of the heads in flight
 L2_PLAN_BYTES = 40 * 1024 * 1024
 
@@ -398,21 +416,19 @@ class FmhaForward(sc.FmhaOnline):
         return pipeline_q, pipeline_k, pipeline_v, tile_pipe, tile_ids
 
     def stamp_fn(self, buf: cute.Tensor, wg_idx, j: Int32):
-        """trace: ``stamp(event)`` for WG ``wg_idx``'s ``j``-th work tile of this CTA; None
+        """``stamp(event)`` for WG ``wg_idx``'s ``j``-th work tile of this CTA: ``no_stamp``
         (no code at all) unless tracing."""
         if const_expr(not self.trace):
-            return None
-        cta = cute.arch.block_idx()[0]
-        row = (cta * (1 + MAX_CONSUMER_WG) + wg_idx) * TRACE_TILES + j
-        return partial(self.stamp, buf, row, j < TRACE_TILES)
+            return no_stamp
+        return partial(self.stamp, buf, trace_word(cute.arch.block_idx()[0], wg_idx, j), j < TRACE_TILES)
 
     @cute.jit
-    def stamp(self, buf: cute.Tensor, row: Int32, keep: cutlass.Boolean, event: cutlass.Constexpr[int]):
-        """trace: thread 0 of the calling WG writes clock() as ``event`` of trace row ``row``."""
+    def stamp(self, buf: cute.Tensor, word: Int32, keep: cutlass.Boolean, event: cutlass.Constexpr[int]):
+        """trace: thread 0 of the calling WG writes clock() as ``event`` of its tile's words."""
         tidx, _, _ = cute.arch.thread_idx()
         if tidx % common.WG_THREADS == 0:
             if keep:
-                buf[2 + row * TRACE_EVENTS + event] = cute.arch.clock()
+                buf[word + event] = cute.arch.clock()
 
     @cute.jit
     def trace_clocks(self, buf: cute.Tensor, cta: Int32, ctas: Int32, at: cutlass.Constexpr[int]):
@@ -420,7 +436,7 @@ class FmhaForward(sc.FmhaOnline):
         written by the calling WG's thread 0 (they convert clocks to nanoseconds)."""
         tidx, _, _ = cute.arch.thread_idx()
         if tidx % common.WG_THREADS == 0:
-            base = 2 + ctas * (1 + MAX_CONSUMER_WG) * TRACE_TILES * TRACE_EVENTS + cta * 4 + at
+            base = trace_clock_word(ctas, cta) + at
             buf[base] = cute.arch.globaltimer_lo()
             buf[base + 1] = cute.arch.clock()
 
@@ -429,7 +445,7 @@ class FmhaForward(sc.FmhaOnline):
         self, tma_atom_q, tma_atom_k, tma_atom_v, mQ, mK, mV, sQ, sK, sV, pipeline_q, pipeline_k, pipeline_v,
         seqlen_k: Int32, m_block: Int32, head: Int32, batch: Int32,
         q_state: pipeline.PipelineState, kv_state: pipeline.PipelineState,
-        stamp: cutlass.Constexpr = None,
+        stamp: cutlass.Constexpr = no_stamp,
     ):
         """The producer's share of the work tile (m_block, head, batch); returns the ring
         states after it."""
@@ -448,7 +464,7 @@ class FmhaForward(sc.FmhaOnline):
         self, tiled_mma_qk, tiled_mma_pv, tma_atom_o, mO, mLSE, sQ, sK, sV, sO, pipeline_q, pipeline_k, pipeline_v,
         regs: tuple, tidx: Int32, wg: Int32, seqlen_q: Int32, seqlen_k: Int32,
         m_block: Int32, head: Int32, batch: Int32, kv_state: pipeline.PipelineState, q_buf: Int32, q_phase: Int32,
-        stamp: cutlass.Constexpr = None,
+        stamp: cutlass.Constexpr = no_stamp,
     ) -> pipeline.PipelineState:
         """One consumer WG's share of the work tile (m_block, head, batch); returns the K/V
         ring state after it."""
@@ -539,7 +555,7 @@ class FmhaForward(sc.FmhaOnline):
         kv_state: pipeline.PipelineState,
         m_block: Int32,
         n_max: Int32,
-        stamp: cutlass.Constexpr = None,
+        stamp: cutlass.Constexpr = no_stamp,
     ):
         """Warp 0 of WG0, one work tile: K_{n_max - 1}, the Q halves, then the other K_j,
         V_j down to j = 0. Returns the ring states after it."""
@@ -557,11 +573,9 @@ class FmhaForward(sc.FmhaOnline):
         load_v = partial(self.load_tile, pipeline_v, tma_atom_v, tVgV, tVsV)
         # K of the first visited tile before Q: its ring slot frees earlier than the Q
         # slots, which a persistent CTA's consumers release only at the end of the last tile
-        if const_expr(stamp is not None):
-            stamp(0)
+        stamp(0)
         load_k(kv_state, n_max - 1)
-        if const_expr(stamp is not None):
-            stamp(1)
+        stamp(1)
         for w in cutlass.range_constexpr(self.num_consumer_wg):
             pipeline_q.producer_acquire(q_state)
             cute.copy(
@@ -571,8 +585,7 @@ class FmhaForward(sc.FmhaOnline):
                 tma_bar_ptr=pipeline_q.producer_get_barrier(q_state),
             )
             q_state.advance()
-        if const_expr(stamp is not None):
-            stamp(2)
+        stamp(2)
         if const_expr(self.kv_load == "paired"):
             load_v(kv_state, n_max - 1)
             kv_state.advance()
@@ -590,8 +603,7 @@ class FmhaForward(sc.FmhaOnline):
                 load_v(kv_prev, n_max - 1 - i)
             load_v(kv_state, 0)
             kv_state.advance()
-        if const_expr(stamp is not None):
-            stamp(3)
+        stamp(3)
         return q_state, kv_state
 
     @cute.jit
@@ -633,15 +645,14 @@ class FmhaForward(sc.FmhaOnline):
         n_max: Int32,
         seqlen_q: Int32,
         seqlen_k: Int32,
-        stamp: cutlass.Constexpr = None,
+        stamp: cutlass.Constexpr = no_stamp,
     ) -> pipeline.PipelineState:
         """One consumer WG, one work tile (its 64 Q rows); returns the K/V ring state after
         it. ``q_buf``, ``q_phase``: the Q buffer of this work tile (0 unless ``q_buffers=2``) and
         its phase (parity of the buffer's uses); ``regs``:
         ``consumer_registers``, made once per CTA."""
         tidx_wg = tidx % common.WG_THREADS
-        if const_expr(stamp is not None):
-            stamp(0)
+        stamp(0)
         thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale = regs
         softmax.reset()
         acc_O.fill(0.0)
@@ -667,8 +678,7 @@ class FmhaForward(sc.FmhaOnline):
             q_slot = q_buf * self.num_consumer_wg + wg
         q_state = pipeline.PipelineState(self.q_stages, Int32(0), q_slot, q_phase)
         pipeline_q.consumer_wait(q_state)
-        if const_expr(stamp is not None):
-            stamp(1)
+        stamp(1)
         tSrQ_wg = tSrQ[None, None, None, q_slot]
 
         if const_expr(self.schedule == "serial"):
@@ -702,8 +712,7 @@ class FmhaForward(sc.FmhaOnline):
                 row = row0 + tOcO[r, 0][0]
                 if row < seqlen_q:
                     mLSE[row] = lse[r]
-        if const_expr(stamp is not None):
-            stamp(6)
+        stamp(6)
         if const_expr(self.persistent):
             # the previous tile's O store, issued a whole tile ago, must have read sO before
             # anyone writes it: its issuing warp waits only now, then all may write
@@ -714,8 +723,7 @@ class FmhaForward(sc.FmhaOnline):
             acc_O, sO[None, None, wg], gO[None, None, m_block * self.num_consumer_wg + wg], tma_atom_o,
             tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q, wait_read=not self.persistent,
         )
-        if const_expr(stamp is not None):
-            stamp(7)
+        stamp(7)
         return kv_state
 
 
@@ -865,7 +873,7 @@ class FmhaForward(sc.FmhaOnline):
         n_max: Int32,
         n_masked: Int32,
         release_q: cutlass.Constexpr,
-        stamp: cutlass.Constexpr = None,
+        stamp: cutlass.Constexpr = no_stamp,
     ) -> pipeline.PipelineState:
         """All n_max KV tiles of one consumer WG, the QK^T MMA and the softmax of tile i
         overlapping the PV MMA of tile i - 1 (see ``overlap_tile``). Prologue: the first
@@ -881,14 +889,12 @@ class FmhaForward(sc.FmhaOnline):
         pipeline_k.consumer_wait(kv_state)
         wgmma_issue(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], True)
         warpgroup.wait_group(0)
-        if const_expr(stamp is not None):
-            stamp(2)
+        stamp(2)
         pipeline_k.consumer_release(kv_state)
         mask_fn(acc_S, col_offset=(n_max - 1) * self.tile_n)
         self.softmax_tile(acc_S, softmax, row_scale, True)
         sm.convert_p(acc_S, tOrP)
-        if const_expr(stamp is not None):
-            stamp(3)
+        stamp(3)
 
         step = partial(
             self.overlap_tile, pipeline_k=pipeline_k, pipeline_v=pipeline_v, tiled_mma_qk=tiled_mma_qk,
@@ -901,8 +907,7 @@ class FmhaForward(sc.FmhaOnline):
         for i in cutlass.range(n_masked, n_max, unroll=1):
             kv_state = step(kv_state, i=i)
 
-        if const_expr(stamp is not None):
-            stamp(4)
+        stamp(4)
         release_q()  # every S of this Q tile is done: the producer may load the next Q
         if const_expr(self.is_exp and self.o_rescale == "mid"):
             if n_max > 1:
@@ -910,8 +915,7 @@ class FmhaForward(sc.FmhaOnline):
         pipeline_v.consumer_wait(kv_state)
         wgmma_issue(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_state.index], False)
         warpgroup.wait_group(0)
-        if const_expr(stamp is not None):
-            stamp(5)
+        stamp(5)
         pipeline_v.consumer_release(kv_state)
         kv_state.advance()
         return kv_state
