@@ -162,7 +162,15 @@ def _sent_list(ws: Workspace, host: Host) -> Path:
 
 
 def rsync_base(host: Host) -> list[str]:
-    return ["rsync", "-a", "--compress", "-e", shlex.join(ssh_args(host))]
+    # -s (--secluded-args, once --protect-args): file names travel in rsync's protocol, not on
+    # the remote command line, where sshd's shell would parse them.
+    return ["rsync", "-a", "-s", "--compress", "-e", shlex.join(ssh_args(host))]
+
+
+def rsync_remote(host: Host, path: str) -> str:
+    """rsync's `target:path` argument; the path is a file name only (see rsync_base). A relative
+    path gets './' so that it can start neither an option ('-') nor rsync's daemon syntax ('::')."""
+    return f"{host.ssh}:{path if path.startswith('/') else './' + path}"
 
 
 def sync(ws: Workspace, host: Host, timeout: float = 600.0) -> dict:
@@ -181,8 +189,8 @@ def sync(ws: Workspace, host: Host, timeout: float = 600.0) -> dict:
     path = host.remote_path
     cmd = [
         *rsync_base(host), "--files-from=-", "--from0", "--delete-missing-args",
-        f"--rsync-path=mkdir -p {shell_path(path)} && rsync",
-        "./", f"{host.ssh}:{path}/",
+        f"--rsync-path=mkdir -p -- {shell_path(path)} && rsync",  # shell text on the host
+        "./", rsync_remote(host, f"{path}/"),
     ]
     try:
         done = subprocess.run(cmd, cwd=ws.root, input=listing, capture_output=True, timeout=timeout)
@@ -207,7 +215,7 @@ def fetch_dir(host: Host, remote_dir: str, local_dir: Path, exclude: Iterable[st
     """Copy the remote folder's contents (relative to the remote workspace) into local_dir."""
     local_dir.mkdir(parents=True, exist_ok=True)
     path = host.remote_path.rstrip("/")
-    cmd = [*rsync_base(host), *(f"--exclude={e}" for e in exclude), f"{host.ssh}:{path}/{remote_dir.strip('/')}/", f"{local_dir}/"]
+    cmd = [*rsync_base(host), *(f"--exclude={e}" for e in exclude), rsync_remote(host, f"{path}/{remote_dir.strip('/')}/"), f"{local_dir}/"]
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=timeout)
     except FileNotFoundError:
