@@ -22,25 +22,21 @@ sync with rsync. Either form works, in wb.yaml or pyproject.toml:
     ssh = "alice@gpu-box"
     path = "work/wb-fmha"
 
-Errors name the file, the entry and the key, and say what was expected.
+Errors name the file, the entry and the key, and say what was expected. What each key
+accepts (no shell syntax: the values reach the host's shell) is declared in
+workbench/schemas/hosts.py.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from workbench.errors import UserError
 from workbench.workspace import Workspace
-
-KEYS = ("name", "ssh", "port", "identity", "ssh_options", "path", "python", "setup", "env", "gpus")
-ALIASES = {"target": "ssh", "identity_file": "identity", "workspace": "path", "options": "ssh_options"}
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
@@ -61,10 +57,8 @@ class Host:
     def remote_path(self) -> str:
         """The workspace path as rsync and `cd` take it: '~/x' becomes 'x' (relative to home)."""
         path = self.path.strip()
-        if path in ("~", "~/"):
-            return "."
-        if path.startswith("~/"):
-            return path[2:] or "."
+        if path == "~" or path.startswith("~/"):
+            return path[1:].lstrip("/") or "."
         return path
 
     def describe(self) -> str:
@@ -97,10 +91,10 @@ def load_hosts(ws: Workspace) -> dict[str, Host]:
             label = f"{where_root}[{i}]"
             if not isinstance(entry, dict):
                 raise UserError(f"{fname}: {label}: expected a mapping with name, ssh and path, got {_kind(entry)}")
-            entries.append((label + (f" ({entry['name']})" if isinstance(entry.get("name"), str) else ""), entry, None))
+            entries.append((label + (f" ({_shown(entry['name'])})" if isinstance(entry.get("name"), str) else ""), entry, None))
     elif isinstance(raw, dict):
         for name, entry in raw.items():
-            label = f"{where_root}.{name}"
+            label = f"{where_root}.{_shown(str(name))}"
             if not isinstance(entry, dict):
                 raise UserError(f"{fname}: {label}: expected a mapping with ssh and path, got {_kind(entry)}")
             entries.append((label, entry, str(name)))
@@ -127,103 +121,65 @@ def get_host(ws: Workspace, name: str) -> Host:
     raise UserError(f"no host {name!r} in {fname}{hint}; configured: {', '.join(hosts)}")
 
 
+def _shown(name: str) -> str:
+    """A name as a message shows it: as written when it is short and printable, else quoted."""
+    from workbench.schemas import short
+
+    return name if name.isprintable() and len(name) <= 64 else short(name)
+
+
 def _kind(value: Any) -> str:
+    from workbench.schemas import short
+
     if value is None:
         return "nothing"
-    return {dict: "a mapping", list: "a list", str: f"the text {value!r}", bool: f"{value}"}.get(type(value), f"{value!r}")
+    return {dict: "a mapping", list: "a list", str: f"the text {short(value)}", bool: f"{value}"}.get(type(value), short(value))
 
 
 def _parse(fname: str, label: str, entry: dict, keyed_name: str | None) -> Host:
-    def bad(key: str, expected: str) -> UserError:
-        return UserError(f"{fname}: {label}: key '{key}' must be {expected}, got {_kind(entry.get(key))}")
+    from pydantic import ValidationError
 
-    data: dict[str, Any] = {}
-    for key, value in entry.items():
-        canonical = ALIASES.get(str(key), str(key))
-        if canonical not in KEYS:
-            close = difflib.get_close_matches(str(key), list(KEYS) + list(ALIASES), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise UserError(f"{fname}: {label}: unknown key {key!r}{hint}; host keys: {', '.join(KEYS)}")
-        data[canonical] = value
-        if canonical != key:
-            entry = {**entry, canonical: value}
+    from workbench.schemas import SchemaError
+    from workbench.schemas.hosts import ALIASES, HostEntry
 
-    name = data.get("name", keyed_name)
-    if keyed_name is not None and "name" in data and data["name"] != keyed_name:
-        raise UserError(f"{fname}: {label}: key 'name' ({data['name']!r}) differs from the entry's key {keyed_name!r}")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise bad("name", "a short name of letters, digits, '.', '_' or '-' (how --host refers to it)")
-
-    ssh = data.get("ssh")
-    if not isinstance(ssh, str) or not ssh.strip() or any(c.isspace() for c in ssh.strip()) or ssh.strip().startswith("-"):
-        raise bad("ssh", "an ssh target like user@host (no spaces; options go in ssh_options)")
-    path = data.get("path")
-    if not isinstance(path, str) or not path.strip():
-        raise bad("path", "the remote workspace folder, e.g. work/wb (relative to the remote home) or /abs/path")
-
-    port = data.get("port")
-    if port is not None:
-        if isinstance(port, str) and port.strip().isdigit():
-            port = int(port)
-        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-            raise bad("port", "an integer from 1 to 65535")
-
-    identity = data.get("identity")
-    if identity is not None and (not isinstance(identity, str) or not identity.strip()):
-        raise bad("identity", "the path of a private key file")
-    if identity is not None:
-        identity = os.path.expanduser(identity.strip())
-
-    options: list[str] = []
-    raw_opts = data.get("ssh_options")
-    if raw_opts is None:
-        pass
-    elif isinstance(raw_opts, dict):
-        for k, v in raw_opts.items():
-            if not isinstance(k, str) or isinstance(v, (dict, list)) or v is None:
-                raise bad("ssh_options", "a mapping of ssh option names to values (e.g. {ProxyJump: bastion}) or a list of ssh arguments")
-            options += ["-o", f"{k}={_scalar(v)}"]
-    elif isinstance(raw_opts, list) and all(isinstance(o, str) for o in raw_opts):
-        options = list(raw_opts)
-    elif isinstance(raw_opts, str):
-        import shlex
-
-        options = shlex.split(raw_opts)
-    else:
-        raise bad("ssh_options", "a mapping of ssh option names to values (e.g. {ProxyJump: bastion}) or a list of ssh arguments")
-
-    python = data.get("python", "python3")
-    if not isinstance(python, str) or not python.strip():
-        raise bad("python", "the remote Python command, e.g. python3 or ~/venv/bin/python")
-
-    setup = data.get("setup")
-    if setup is not None and not isinstance(setup, str):
-        raise bad("setup", "one shell line, e.g. 'source ~/venv/bin/activate'")
-    if setup is not None and "\n" in setup.strip():
-        raise bad("setup", "one shell line (join commands with && or ;)")
-
-    env: list[tuple[str, str]] = []
-    raw_env = data.get("env")
-    if raw_env is not None:
-        if not isinstance(raw_env, dict):
-            raise bad("env", "a mapping of environment variable names to values")
-        for k, v in raw_env.items():
-            if not isinstance(k, str) or not _ENV_RE.match(k) or isinstance(v, (dict, list)) or v is None:
-                raise UserError(f"{fname}: {label}: key 'env' must map variable names to values; {k!r}: {v!r} is not one")
-            env.append((k, _scalar(v)))
-
-    gpus = parse_gpus(data.get("gpus"), lambda: bad("gpus", "all, a list of GPU indices like [0, 1], or text like \"0,1\""))
+    source = f"{fname}: {label}"
+    for alias, key in ALIASES.items():
+        if alias in entry and key in entry:
+            raise SchemaError(source, f"keys '{key}' and '{alias}' are the same key: give one of them")
+    if keyed_name is not None:
+        if "name" in entry and entry["name"] != keyed_name:
+            raise SchemaError(source, f"key 'name' ({entry['name']!r}) differs from the entry's key {keyed_name!r}")
+        entry = {**entry, "name": keyed_name}
+    try:
+        valid = HostEntry.model_validate(entry)
+    except ValidationError as exc:
+        raise SchemaError(source, _problem(exc, entry)) from None
+    identity = os.path.expanduser(valid.identity) if valid.identity else None
     return Host(
-        name=name, ssh=ssh.strip(), path=path.strip(), python=python.strip(), port=port, identity=identity,
-        ssh_options=tuple(options), setup=(setup.strip() or None) if setup else None, env=tuple(env), gpus=gpus,
-        source=f"{fname}: {label}",
+        name=valid.name, ssh=valid.ssh, path=valid.path, python=valid.python, port=valid.port, identity=identity,
+        ssh_options=valid.ssh_options, setup=valid.setup, env=valid.env, gpus=valid.gpus, source=source,
     )
 
 
-def _scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return str(value)
+def _problem(exc: Any, entry: dict) -> str:
+    """The one problem to report: an unknown key first (a typo explains a 'missing' one), then
+    the first key in declaration order, with what the key expects and why the value is not it."""
+    from workbench.schemas import short
+    from workbench.schemas.hosts import ALIASES, HostEntry
+
+    errors = exc.errors(include_url=False)
+    unknown = [e for e in errors if e["type"] in ("extra_forbidden", "invalid_key")]
+    if unknown:
+        key = unknown[0]["loc"][0] if unknown[0]["loc"] else unknown[0].get("input")
+        keys = list(HostEntry.model_fields)
+        close = difflib.get_close_matches(str(key), keys + list(ALIASES), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return f"unknown key {short(key)}{hint}; host keys: {', '.join(keys)}"
+    first = errors[0]
+    key = str(first["loc"][0])  # as written: an alias when the entry used one
+    expected = HostEntry.model_fields[ALIASES.get(key, key)].description
+    reason = str(first.get("ctx", {}).get("error", ""))
+    return f"key '{key}' must be {expected}, got {_kind(entry.get(key))}" + (f": {reason}" if reason else "")
 
 
 def parse_gpus(value: Any, error) -> tuple[str, ...] | None:

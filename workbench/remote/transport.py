@@ -45,7 +45,8 @@ def quote(text: str) -> str:
 
 
 def shell_path(path: str) -> str:
-    return shlex.quote(path)
+    """A path as one word of shell text that no command reads as an option."""
+    return shlex.quote("./" + path if path.startswith("-") else path)
 
 
 def last_line(text: str | None) -> str:
@@ -70,9 +71,17 @@ def ssh_args(host: Host) -> list[str]:
     return args
 
 
+def ssh_destination(host: Host) -> str:
+    """The target as ssh takes it: '[user@]host', an IPv6 address without rsync's brackets."""
+    user, at, address = host.ssh.rpartition("@")
+    if address.startswith("[") and address.endswith("]"):
+        address = address[1:-1]
+    return user + at + address
+
+
 def ssh_command(host: Host, script: str) -> list[str]:
     """argv that runs the shell text `script` on the host."""
-    return [*ssh_args(host), "-T", host.ssh, script]
+    return [*ssh_args(host), "-T", ssh_destination(host), script]
 
 
 def prelude(host: Host, env: dict[str, str] | None = None) -> str:
