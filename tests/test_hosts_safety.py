@@ -196,3 +196,14 @@ def test_a_key_and_its_alias_together_are_refused(tmp_path):
     guessed; the message names both."""
     with pytest.raises(UserError, match=r"^wb.yaml: hosts\[0\] \(h200\): keys 'path' and 'workspace' are the same key"):
         load_one(tmp_path, workspace="other")
+
+
+def test_environment_names_are_never_shell_text():
+    """prelude() quotes values but cannot quote a name: a Host built without the config's
+    validation whose env name holds shell syntax is refused instead of pasted into the script."""
+    host = Host("h", "me@box", "w", env=(("A;touch x;B", "1"),))
+    with pytest.raises(UserError, match="is not an environment variable name"):
+        transport.prelude(host)
+    with pytest.raises(UserError, match="is not an environment variable name"):
+        transport.wb_script(Host("h", "me@box", "w"), ["list"], env={"$(x)": "1"})
+    assert transport.prelude(Host("h", "me@box", "w", env=(("CUDA_VISIBLE_DEVICES", "0"),))) == "export CUDA_VISIBLE_DEVICES=0; "

@@ -88,6 +88,8 @@ def prelude(host: Host, env: dict[str, str] | None = None) -> str:
     """Shell text that exports the host's variables (and `env`) and runs its setup line."""
     parts = []
     for key, value in [*host.env, *sorted((env or {}).items())]:
+        if not key.isidentifier() or not key.isascii():  # the name is not quoted: it cannot be
+            raise UserError(f"host {host.name}: {key!r} is not an environment variable name")
         parts.append(f"export {key}={quote(value)};")
     if host.setup:
         message = quote(f"wb: the setup line of host {host.name} failed: {host.setup}")
