@@ -21,6 +21,7 @@ import difflib
 import hashlib
 import importlib
 import inspect
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -68,29 +69,31 @@ class ParamSpec:
                 if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
                     raise UserError(f"{where}: {self.name}={raw!r} must be true or false")
                 value = low in ("true", "1", "yes", "on")
-            elif isinstance(sample, int) or self.multiple_of or self.min is not None:
-                try:
-                    value = int(raw)
-                except ValueError:
-                    raise UserError(f"{where}: {self.name}={raw!r} must be an integer") from None
             elif isinstance(sample, float):
                 try:
                     value = float(raw)
                 except ValueError:
                     raise UserError(f"{where}: {self.name}={raw!r} must be a number") from None
+            elif isinstance(sample, int) or self.multiple_of or self.min is not None or self.max is not None:
+                try:
+                    value = int(raw)
+                except ValueError:
+                    raise UserError(f"{where}: {self.name}={raw!r} must be an integer") from None
         if self.choices is not None and value not in self.choices:
             raise UserError(f"{where}: {self.name}={_fmt(value)} is not allowed: must be {self.describe()}")
-        if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             return value
-        if self.multiple_of and value % self.multiple_of:
-            raise UserError(
-                f"{where}: {self.name}={value} must be a multiple of {self.multiple_of}"
-                f" (the stage's tile); nearest: {_nearest_multiple(value, self.multiple_of)}"
-            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{where}: {self.name}={raw!r} must be a finite number")
         if self.min is not None and value < self.min:
             raise UserError(f"{where}: {self.name}={value} is below the minimum {self.min}")
         if self.max is not None and value > self.max:
             raise UserError(f"{where}: {self.name}={value} is above the maximum {self.max}")
+        if self.multiple_of and isinstance(value, int) and value % self.multiple_of:
+            raise UserError(
+                f"{where}: {self.name}={value} must be a multiple of {self.multiple_of}"
+                f" (the stage's tile); nearest: {_nearest_multiple(value, self.multiple_of)}"
+            )
         return value
 
 
