@@ -132,9 +132,11 @@ class PidFile:
         self.write()
 
     def write(self) -> None:
+        from workbench.errors import UserError
+
         try:
             _atomic_json(self.path, self.data)
-        except OSError:
+        except (OSError, UserError):
             pass  # a pid file is a courtesy: never fail a run for it
 
     def update(self, **changes: Any) -> None:

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import tempfile
 import time
 import warnings
@@ -52,22 +53,50 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def atomic_write_text(path: Path, text: str, newline: str | None = None) -> None:
+    """Write `text` to `path` so that readers never see a partial file.
+
+    The file keeps its mode (a new one gets the umask's, as `open` would give it); a symlink
+    is written through (its target is replaced, the link stays); a read-only file, a folder
+    in the way or a read-only filesystem is one UserError. The temporary file lives beside
+    the target (a rename is atomic only within one folder) and is removed on any failure."""
+    target = Path(os.path.realpath(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    mode = _mode_for(target, path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        os.replace(tmp, target)
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
+
+
+def _mode_for(target: Path, shown: Path) -> int:
+    """The mode a rewrite of `target` keeps: its own, or the umask's for a new file."""
+    try:
+        st = target.stat()
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"cannot write {shown}: it is not a regular file")
+    if not st.st_mode & stat.S_IWUSR or not os.access(target, os.W_OK):  # root may write a 0444 file; wb does not
+        raise UserError(f"{shown} is read-only (mode {stat.S_IMODE(st.st_mode):04o}): wb does not replace it; make it writable")
+    return stat.S_IMODE(st.st_mode)
 
 
 def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
@@ -78,18 +107,27 @@ def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
 
 
 def read_record(run_dir: Path) -> dict[str, Any] | None:
-    """The record in `run_dir`, or None (with a warning) when it is missing or corrupt."""
-    path = run_dir / RECORD
+    """The record in `run_dir`, or None (with a warning) when it is missing, corrupt or does
+    not match the declared schema (workbench/schemas/run_record.py)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return load_record(run_dir)
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        warnings.warn(f"skipping corrupt run record {path}: {exc}", CorruptRecordWarning, stacklevel=2)
+    except UserError as exc:
+        warnings.warn(f"skipping corrupt run record {exc}", CorruptRecordWarning, stacklevel=2)
         return None
-    if not isinstance(data, dict) or "verdict" not in data or "stage" not in data:
-        warnings.warn(f"skipping incomplete run record {path}", CorruptRecordWarning, stacklevel=2)
-        return None
+
+
+def load_record(run_dir: Path) -> dict[str, Any]:
+    """The validated record in `run_dir`; FileNotFoundError when there is none, SchemaError
+    (one line naming the file and the key) when it is corrupt or has a wrong type."""
+    from workbench.schemas import SchemaError, load_json
+    from workbench.schemas.run_record import MAX_BYTES, RunRecord
+
+    path = run_dir / RECORD
+    data, _ = load_json(path, RunRecord, MAX_BYTES)
+    if not isinstance(data, dict):  # the schema has already refused it; keeps type checkers calm
+        raise SchemaError(str(path), "not a JSON object")
     data["id"] = run_dir.name
     data["_dir"] = str(run_dir)
     return data

@@ -105,7 +105,11 @@ def render_diagnosis(diagnosis: Any, full: bool) -> None:
         from workbench.diagnose import render_diagnosis as render
     except ImportError:
         return
-    renderable = render(diagnosis, full=full)
+    try:
+        renderable = render(diagnosis, full=full)
+    except Exception as exc:  # a diagnosis from another wb or a hand-edited record: show the verdict anyway
+        console.print(f"  [dim]diagnosis not shown: it is not one this wb can read ({escape(type(exc).__name__)})[/]")
+        return
     if renderable is not None:
         console.print(renderable)
 

@@ -1,0 +1,154 @@
+"""runs/<id>/run.json: the fields every reader of a run record uses, with their types.
+
+Unknown fields are allowed (a newer wb may add some); the ones declared here must have
+the declared type, and the text that ends up in MEMORY.md, tables and file names is bounded
+and drawn from a safe alphabet. A record that fails is skipped with a warning by every
+reader (`wb runs`, `diff-run`, `report`, `explain`) and refused by `wb import`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_BYTES = 64 << 20  # a whole run.json (records with every probe and fixture are ~1 MB)
+
+Word = Annotated[str, Field(pattern=r"^[A-Z][A-Z_]{0,31}$")]  # PASS, FAIL, COMPILE_ERROR, ...
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.#@+-]{1,128}$")]  # fixture, output, probe keys
+StageId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64})?$")]
+Key = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+Line = Annotated[str, Field(max_length=1000)]  # one value shown in a table or MEMORY.md
+Text = Annotated[str, Field(max_length=4 << 20)]  # messages, logs, tracebacks
+Scalar = Union[None, bool, int, float, Annotated[str, Field(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]]
+Number = Optional[Union[int, float]]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class Metrics(_Model):
+    verdict: Word
+    cos: Number = None
+    rel_l2: Number = None
+    max_abs_err: Number = None
+    tolerance: Number = None
+    max_err_at: Any = None
+    nan: Optional[int] = None
+    inf: Optional[int] = None
+    unwritten: Optional[int] = None
+    reasons: list[Line] = []
+
+
+class Case(_Model):
+    fixture: Name
+    label: Optional[Name] = None
+    seed: Optional[int] = None
+    verdict: Word
+    variants: dict[Key, Scalar] = {}
+    outputs: dict[Name, Metrics] = {}
+    launch_s: Number = None
+    diagnosis: Optional[dict[str, Any]] = None
+
+
+class Shape(_Model):
+    name: Optional[Line] = None
+    key: Optional[Line] = None
+    location: Optional[Line] = None
+    layout: Optional[Text] = None
+    rank: Union[None, int, Line] = None
+    kind: Optional[Line] = None
+
+
+class Error(_Model):
+    message: Optional[Text] = None
+    location: Optional[Line] = None
+    log: Optional[Text] = None
+    type: Optional[Line] = None
+    traceback: Optional[Text] = None
+
+
+class About(_Model):
+    proves: Optional[Text] = None
+    cannot_see: Optional[Text] = None
+
+
+class FixtureNote(_Model):
+    isolates: Optional[Text] = None
+    hides: Optional[Text] = None
+
+
+class Timing(_Model):
+    compile_s: Number = None
+    run_s: Number = None
+    total_s: Number = None
+    compile_cached: Optional[bool] = None
+    compiles: list[dict[str, Any]] = []
+    worker_reused: Optional[bool] = None
+
+
+class Provenance(_Model):
+    commit: Optional[Annotated[str, Field(pattern=r"^[0-9A-Za-z._+-]{1,64}$")]] = None
+    dirty: Optional[bool] = None
+    diff_hash: Optional[Line] = None
+    gpu: Optional[Line] = None
+    dsl: Optional[Line] = None
+    torch: Optional[Line] = None
+    arch: Optional[Line] = None
+    host: Optional[Line] = None
+    wb: Optional[Line] = None
+    python: Optional[Line] = None
+    compute_capability: Optional[Line] = None
+    driver: Optional[Line] = None
+    cuda_runtime: Optional[Line] = None
+    sources: dict[Line, Line] = {}
+
+
+class PeerTime(_Model):
+    tflops: Number = None
+    skipped: Optional[Text] = None
+
+
+class BenchCase(_Model):
+    case: Line
+    verdict: Optional[Word] = None
+    params: dict[Key, Scalar] = {}
+    tflops: Number = None
+    peers: dict[Name, PeerTime] = {}
+
+
+class Peak(_Model):
+    tflops: Number = None
+
+
+class RunRecord(_Model):
+    schema_: Optional[int] = Field(None, alias="schema")
+    id: Optional[Line] = None
+    kind: Optional[Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")]] = None
+    kernel: Optional[Name] = None
+    stage: StageId
+    letter: Optional[Name] = None
+    stage_title: Optional[Line] = None
+    verdict: Word
+    params: dict[Key, Scalar] = Field({}, max_length=64)
+    variants: dict[Key, Scalar] = Field({}, max_length=64)
+    variants_changed: dict[Key, Scalar] = Field({}, max_length=64)
+    fixtures_requested: list[Name] = []
+    seed: Optional[int] = None
+    error: Optional[Error] = None
+    crashed_on: Optional[Line] = None
+    results: list[Case] = []
+    shapes: list[Shape] = []
+    about: Optional[About] = None
+    fixture_notes: dict[Name, FixtureNote] = {}
+    timing: Timing = Timing()
+    provenance: Provenance = Provenance()
+    started: Optional[Annotated[str, Field(pattern=r"^\d{4}-\d\d-\d\d[T ][0-9:.+-]{0,40}Z?$")]] = None
+    finished: Optional[Line] = None
+    bench: list[BenchCase] = []
+    peak: Optional[Peak] = None
+    notes: list[Text] = []
+    host_name: Optional[Name] = None
+    remote: Optional[dict[str, Any]] = None
+    sweep: Optional[dict[str, Any]] = None
