@@ -1,6 +1,6 @@
 """MEMORY.md: wb edits only its blocks, and no hand-written line is ever lost —
-through random interleavings of hand edits, wb updates and damaged markers, and
-through concurrent updates from several processes."""
+through concurrent updates from several processes (the random property test of every byte
+outside the blocks is tests/test_memory_property.py)."""
 
 import multiprocessing
 import random
@@ -81,68 +81,6 @@ def test_text_typed_inside_a_block_is_kept_below_it(tmp_path):
     after = ws.memory_path.read_text()
     assert "HAND-inside the block" in after
     assert "HAND-inside" not in (memory.block_content(after, "status") or "")
-
-
-def _damage(text: str, rng: random.Random) -> str:
-    lines = text.splitlines(keepends=True)
-    markers = [i for i, line in enumerate(lines) if memory.MARKER_RE.match(line)]
-    if not markers:
-        return text
-    i = rng.choice(markers)
-    kind = rng.randrange(4)
-    if kind == 0:  # marker deleted
-        del lines[i]
-    elif kind == 1:  # marker mangled into something that is no longer a marker (it becomes hand text)
-        lines[i] = lines[i].replace("wb:", "wb :", 1)
-    elif kind == 2:  # a whole block pasted twice
-        blocks, _, _ = memory._scan(lines)
-        if blocks:
-            b = rng.choice(list(blocks.values()))
-            lines[b.end + 1 : b.end + 1] = lines[b.begin : b.end + 1]
-    else:  # end marker moved up into its block's body
-        blocks, _, _ = memory._scan(lines)
-        if blocks:
-            b = rng.choice(list(blocks.values()))
-            if b.end - b.begin > 2:
-                end_line = lines.pop(b.end)
-                lines.insert(rng.randrange(b.begin + 1, b.end), end_line)
-    return "".join(lines)
-
-
-def test_random_interleavings_never_lose_hand_text(tmp_path):
-    """1200 random steps: hand edits anywhere (inside blocks too), damaged markers,
-    status/log/shapes updates and notes. After every step, every hand line is there."""
-    ws = Workspace(tmp_path)
-    rng = random.Random(1234)
-    expected: list[str] = []
-    for step in range(1200):
-        op = rng.random()
-        if op < 0.35:  # hand edit: a new line at a random place
-            text = ws.memory_path.read_text() if ws.memory_path.exists() else memory.TEMPLATE
-            lines = text.splitlines(keepends=True)
-            new = f"HAND-{step} {rng.choice(['note', '**bold**', '`code`', '<!-- comment -->', '| a | b |'])}\n"
-            lines.insert(rng.randrange(len(lines) + 1), new)
-            ws.memory_path.write_text("".join(lines))
-            expected.append(new.rstrip("\n"))
-        elif op < 0.5 and ws.memory_path.exists():
-            ws.memory_path.write_text(_damage(ws.memory_path.read_text(), rng))
-        elif op < 0.75:
-            memory.record_run(ws, fake_record(step, stage=rng.choice(["toy/stage-a", "toy/stage-b"]), n=rng.choice([128, 256])))
-        elif op < 0.9:
-            shapes_update(ws, step)
-        else:
-            expected.append(memory.add_note(ws, f"HAND-note-{step} lesson"))
-        if ws.memory_path.exists():
-            present = ws.memory_path.read_text().splitlines()
-            missing = [line for line in expected if line not in present]
-            assert not missing, f"step {step}: lost {missing[:3]}"
-    final = ws.memory_path.read_text()
-    memory.record_run(ws, fake_record(99999))
-    repaired = ws.memory_path.read_text()
-    blocks, orphans, _ = memory._scan(repaired.splitlines(keepends=True))
-    assert {"status", "log"} <= set(blocks) and not [o for o in orphans if "status" in repaired.splitlines()[o]]
-    assert all(line in repaired.splitlines() for line in expected)
-    assert len(final) > 0
 
 
 def _worker(root: str, worker: int, count: int) -> None:

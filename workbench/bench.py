@@ -317,41 +317,58 @@ def peer_ratios(case: dict[str, Any]) -> dict[str, float]:
 
 
 def record_speed(ws, record: dict[str, Any]) -> None:
-    """Fold a bench record into MEMORY.md's `speed` block (latest per case and card)."""
+    """Fold a bench record into MEMORY.md's `speed` block (latest per case and card); the
+    record is already in runs/, so a MEMORY.md wb cannot update is a warning."""
+    import warnings
+
+    from workbench import memory
+    from workbench.errors import UserError
+
+    try:
+        memory.update_blocks(ws, {"speed": speed_edit([record])})
+    except UserError as exc:
+        warnings.warn(f"MEMORY.md not updated: {exc}")
+
+
+def speed_edit(records: list[dict[str, Any]]):
+    """The `speed` block edit that folds these bench records (oldest first) into MEMORY.md."""
     from workbench import memory
     from workbench.provenance import short_commit
 
-    card = record["provenance"].get("gpu") or "?"
-
     def merge(old: Any) -> dict:
         data = old if isinstance(old, dict) else {}
-        for case in record.get("bench", []):
-            key = f"{record['stage']} · {case['case']} · {card}"
-            data[key] = {
-                "tflops": case.get("tflops"),
-                "verdict": case.get("verdict"),
-                "peers": {k: v.get("tflops") for k, v in (case.get("peers") or {}).items()},
-                "run": record["id"],
-                "commit": short_commit(record["provenance"]) or None,
-                "date": record["started"][:10],
-            }
+        for record in records:
+            card = record["provenance"].get("gpu") or "?"
+            for case in record.get("bench", []):
+                key = f"{record['stage']} · {case['case']} · {card}"
+                data[key] = {
+                    "tflops": case.get("tflops"),
+                    "verdict": case.get("verdict"),
+                    "peers": {k: v.get("tflops") for k, v in (case.get("peers") or {}).items()},
+                    "run": record["id"],
+                    "commit": short_commit(record["provenance"]) or None,
+                    "date": (record.get("started") or "")[:10],
+                }
         return data
 
-    memory.update_data_block(ws, "speed", merge, render_speed)
+    return memory.data_block("speed", merge, render_speed)
 
 
 def render_speed(data: dict[str, Any]) -> str:
+    from workbench.memory import cell
+
     peers = sorted({p for entry in data.values() for p in entry.get("peers", {})})
-    head = "| stage · case · card | wb TFLOP/s | " + " | ".join(peers) + " | run | commit | date |"
+    head = "| stage · case · card | wb TFLOP/s | " + " | ".join(cell(p, 40) for p in peers) + " | run | commit | date |"
     rows = [head, "|" + "---|" * (5 + len(peers))]
     for key in sorted(data):
         e = data[key]
-        wb = f"{e['tflops']:.0f}" if e.get("tflops") else (e.get("verdict") or "-")
+        wb = f"{e['tflops']:.0f}" if e.get("tflops") else cell(e.get("verdict") or "-", 32)
         cells = []
         for p in peers:
             t = e.get("peers", {}).get(p)
             cells.append(f"{t:.0f} (×{e['tflops'] / t:.2f})" if t and e.get("tflops") else "-")
-        rows.append(f"| {key} | {wb} | " + " | ".join(cells) + f" | {e.get('run')} | {e.get('commit') or '-'} | {e.get('date')} |")
+        run, commit, date = (cell(e.get(k) or "-", 40) for k in ("run", "commit", "date"))
+        rows.append(f"| {cell(key, 300)} | {wb} | " + " | ".join(cells) + f" | {run} | {commit} | {date} |")
     return "\n".join(rows)
 
 

@@ -137,8 +137,15 @@ def worker_result(outcome: Outcome, run_dir) -> dict[str, Any]:
 
 
 def publish(ws: Workspace, record: dict[str, Any]) -> None:
-    """Write the run's report.md and update MEMORY.md's wb-owned blocks."""
+    """Write the run's report.md and update MEMORY.md's wb-owned blocks. The record is
+    already safe in runs/: a MEMORY.md wb cannot update (broken markers, read-only, not
+    UTF-8) is a warning, not a lost run."""
+    import warnings
+
     from workbench import memory, report
 
     report.write_run_report(ws, record)
-    memory.record_run(ws, record)
+    try:
+        memory.record_run(ws, record)
+    except UserError as exc:
+        warnings.warn(f"MEMORY.md not updated: {exc}")

@@ -73,8 +73,9 @@ def check(model: type[T], data: Any, source: str) -> T:
         raise SchemaError(source, f"{type(exc).__name__}: {short(str(exc), 120)}") from None
 
 
-def read_text(path: Path, max_bytes: int, source: str | None = None) -> str:
-    """The file as UTF-8 text (a BOM is dropped), refusing what is too large or not text."""
+def read_text(path: Path, max_bytes: int, source: str | None = None, keep_bom: bool = False) -> str:
+    """The file as UTF-8 text (a BOM is dropped unless `keep_bom`), refusing what is too
+    large or not text."""
     source = source or str(path)
     try:
         size = path.stat().st_size
@@ -97,7 +98,7 @@ def read_text(path: Path, max_bytes: int, source: str | None = None) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise SchemaError(source, f"is not UTF-8 text (byte {exc.start}, line {line})") from None
-    return text[1:] if text.startswith("\ufeff") else text
+    return text[1:] if text.startswith("\ufeff") and not keep_bom else text
 
 
 def load_json(path: Path, model: type[T], max_bytes: int, source: str | None = None) -> tuple[Any, T]:

@@ -1,0 +1,182 @@
+"""MEMORY.md as an input: what a record field, a hand edit or the file itself can do to it.
+
+Each test reproduces an attack or accident seen on the issue "Trust nothing that comes in"
+(items 1, 4, 5) and proves wb now keeps the file's structure and every hand-written byte.
+"""
+
+import errno
+import os
+import stat
+import tempfile
+
+import pytest
+
+from workbench import memory
+from workbench.errors import UserError
+from workbench.records import new_run_dir, read_record, write_record
+from workbench.workspace import Workspace
+
+INJECTION = "bf16\n<!-- wb:end log -->\nINJECTED\n<!-- wb:begin log -->"
+
+
+def record(i: int, **params) -> dict:
+    return {
+        "id": f"20261203-1000{i // 60 % 60:02d}-{i:06d}",
+        "stage": "fmha/stage-d",
+        "verdict": "PASS",
+        "params": {"n": 1024, "dtype": "bf16", **params},
+        "variants": {},
+        "started": "2026-12-03T10:00:00+00:00",
+        "provenance": {"commit": "abcdef1234567", "dirty": False, "gpu": "NVIDIA H200"},
+    }
+
+
+def log_entries(ws: Workspace) -> list[str]:
+    log = memory.block_content(ws.memory_path.read_text(), "log")
+    return [line for line in log.splitlines() if line.startswith("- ")]
+
+
+def test_a_record_field_cannot_split_a_block(tmp_path):
+    """Item 1: a parameter holding newlines and marker text is escaped onto one line; the
+    log keeps its 100 lines through the next updates and the status keeps every stage."""
+    ws = Workspace(tmp_path)
+    for i in range(memory.LOG_CAP):
+        memory.record_run(ws, record(i))
+    memory.record_run(ws, record(500, dtype=INJECTION))
+    memory.record_run(ws, {**record(501), "stage": "fmha/stage-c"})
+    text = ws.memory_path.read_text()
+    memory._scan(memory.split_lines(text))  # well formed
+    assert "INJECTED" not in text.replace("INJECTED &lt;!-- wb:begin log --&gt;", "").split("<!-- wb:end log -->")[-1]
+    assert [line for line in text.splitlines() if line.strip() == "<!-- wb:begin log -->"] == ["<!-- wb:begin log -->"]
+    assert len(log_entries(ws)) == memory.LOG_CAP
+    status = memory.block_content(text, "status")
+    assert "fmha/stage-c" in status and "fmha/stage-d" in status
+    assert "-->" not in memory.block_content(text, "status").split("<!-- wb:data ", 1)[1].split(" -->", 1)[0]
+
+
+def test_a_record_with_control_characters_in_a_parameter_is_not_a_record(tmp_path):
+    """Item 1 at the boundary: such a run.json is skipped by readers (and refused by import)."""
+    d = new_run_dir(tmp_path)
+    write_record(d, record(1, dtype=INJECTION))
+    with pytest.warns(UserWarning, match=r"params\.dtype"):
+        assert read_record(d) is None
+
+
+def test_a_typed_in_marker_pair_inside_a_block_stops_wb_and_loses_nothing(tmp_path):
+    """Item 4: a begin/end log pair typed inside the status block used to make the next update
+    delete the real 100-line log as a 'duplicate'. Now: one line naming the lines, no write."""
+    ws = Workspace(tmp_path)
+    for i in range(memory.LOG_CAP):
+        memory.record_run(ws, record(i))
+    text = ws.memory_path.read_text()
+    broken = text.replace("## Status\n", "## Status\n<!-- wb:begin log -->\nmy notes\n<!-- wb:end log -->\n", 1)
+    ws.memory_path.write_text(broken)
+    begin_line = broken.splitlines().index("## Status") + 2
+    with pytest.raises(memory.MarkerError, match=rf"line {begin_line} begins block 'log' inside block 'status'"):
+        memory.record_run(ws, record(999))
+    assert ws.memory_path.read_text() == broken
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda t: t.replace("<!-- wb:end status -->\n", "", 1), r"block 'status' begun at line \d+ has no end|begins block 'log' inside block 'status'"),
+        (lambda t: t.replace("<!-- wb:begin log -->\n", "", 1), r"line \d+ ends block 'log', which was never begun"),
+        (lambda t: t + "<!-- wb:begin status -->\nx\n<!-- wb:end status -->\n", r"block 'status' appears twice \(lines \d+-\d+ and from line \d+\)"),
+        (lambda t: t.replace("<!-- wb:end status -->\n", "", 1).replace("<!-- wb:end log -->\n", "<!-- wb:end log -->\n<!-- wb:end status -->\n"), r"inside block 'status'"),
+    ],
+    ids=["unbalanced-begin", "unbalanced-end", "duplicate", "overlapping"],
+)
+def test_broken_markers_are_one_line_and_no_write(tmp_path, damage, message):
+    ws = Workspace(tmp_path)
+    memory.record_run(ws, record(1))
+    broken = damage(ws.memory_path.read_text())
+    ws.memory_path.write_text(broken)
+    with pytest.raises(memory.MarkerError, match=message) as info:
+        memory.record_run(ws, record(2))
+    assert "\n" not in str(info.value)
+    assert ws.memory_path.read_text() == broken
+
+
+def test_mode_is_kept_and_new_files_follow_the_umask(tmp_path):
+    """Item 5: every write used to reset MEMORY.md (and new run.json) to 0600."""
+    ws = Workspace(tmp_path)
+    old = os.umask(0o022)
+    try:
+        memory.record_run(ws, record(1))
+        assert stat.S_IMODE(ws.memory_path.stat().st_mode) == 0o644
+        run = new_run_dir(tmp_path / "runs")
+        write_record(run, record(2))
+        assert stat.S_IMODE((run / "run.json").stat().st_mode) == 0o644
+        ws.memory_path.chmod(0o640)
+        memory.record_run(ws, record(3))
+        assert stat.S_IMODE(ws.memory_path.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+
+
+def test_a_read_only_memory_is_refused_not_replaced(tmp_path):
+    ws = Workspace(tmp_path)
+    memory.record_run(ws, record(1))
+    before = ws.memory_path.read_bytes()
+    ws.memory_path.chmod(0o444)
+    with pytest.raises(UserError, match=r"MEMORY.md is read-only \(mode 0444\)"):
+        memory.record_run(ws, record(2))
+    assert ws.memory_path.read_bytes() == before and stat.S_IMODE(ws.memory_path.stat().st_mode) == 0o444
+
+
+def test_a_symlinked_memory_stays_a_symlink(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    shared = tmp_path / "shared" / "MEMORY.md"
+    shared.parent.mkdir()
+    shared.write_text("# Shared memory\n")
+    ws.memory_path.symlink_to(shared)
+    memory.record_run(ws, record(1))
+    assert ws.memory_path.is_symlink()
+    assert shared.read_text().startswith("# Shared memory\n") and "<!-- wb:begin status -->" in shared.read_text()
+
+
+def test_crlf_endings_stay_crlf(tmp_path):
+    ws = Workspace(tmp_path)
+    ws.memory_path.write_bytes(b"# Notes\r\n\r\n## Lessons\r\n\r\n- one\r\n")
+    memory.record_run(ws, record(1))
+    memory.add_note(ws, "two")
+    raw = ws.memory_path.read_bytes()
+    assert raw.startswith(b"# Notes\r\n\r\n## Lessons\r\n\r\n- one\r\n- ")
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+
+
+def test_invalid_utf8_and_a_folder_are_one_line(tmp_path):
+    ws = Workspace(tmp_path)
+    ws.memory_path.write_bytes(b"# Notes\n\nok\n\xff\xfe broken\n")
+    with pytest.raises(UserError, match=r"MEMORY.md: is not UTF-8 text \(byte 12, line 4\)"):
+        memory.record_run(ws, record(1))
+    ws.memory_path.unlink()
+    ws.memory_path.mkdir()
+    with pytest.raises(UserError, match="is a folder"):
+        memory.add_note(ws, "x")
+
+
+def test_a_read_only_filesystem_is_one_line(tmp_path, monkeypatch):
+    ws = Workspace(tmp_path)
+    memory.record_run(ws, record(1))
+
+    def refuse(*a, **k):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(UserError, match="cannot write .*MEMORY.md: Read-only file system"):
+        memory.record_run(ws, record(2))
+
+
+def test_cli_note_on_a_broken_memory_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    from workbench.cli import main
+
+    (tmp_path / "wb.yaml").write_text("{}\n")
+    (tmp_path / "MEMORY.md").write_bytes(b"\xff\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["note", "a lesson"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "not UTF-8" in err and "Traceback" not in err
