@@ -1,15 +1,18 @@
-"""Torch references shared by every FMHA stage (A: S, B: P, C/D: O and LSE).
+"""Torch references of the FMHA stages (A: S, B: P, C/D: O and LSE).
 
 Every function takes the stage's inputs and a ``compute_dtype``:
 
 * ``torch.float32`` (or float64): the true reference; inputs are upcast first and every
   operation runs in that dtype.
-* the kernel's own dtype (bfloat16 / float16): plain PyTorch in low precision, used by
+* the kernel's own dtype (bfloat16 / float16): PyTorch in low precision, used by
   workbench.compare to calibrate the tolerance (max err <= factor * err(low) + atol).
 
-Shapes: q (m, d), k (n, d), v (n, dv), all row-major; an optional leading batch/head
-dimensions are allowed (everything works on the last two dims). ``scale`` defaults to
-1/sqrt(d). Outputs are returned in ``compute_dtype``; callers cast if they need to.
+Shapes: q (m, d), k (n, d), v (n, dv), all row-major; leading batch/head dimensions are
+allowed (everything works on the last two dims). ``scale`` defaults to 1/sqrt(d).
+
+``scores`` and ``softmax_probs`` return the whole m x n matrix (it is stages A's and B's
+output). ``attention`` (stages C and D, through ``stage_c_online.attention_ref``) streams
+over blocks of Q and KV: its extra memory is O(b·h·m·d), never b·h·m·n.
 
 torch is imported lazily (inside functions) so that importing this module is cheap.
 """
@@ -71,35 +74,212 @@ def _softmax_lastdim(s: "torch.Tensor") -> "torch.Tensor":
     return e / e.sum(dim=-1, keepdim=True)
 
 
+
+# --------------------------------------------------------------------------------------
+# O and LSE (stages C and D): streamed over (Q block, KV block) pairs
+# --------------------------------------------------------------------------------------
+# One S block holds every (batch, head) of a (Q block, KV block) pair: the only temporary
+# that grows with m·n. It is at most as large as O itself (so the extra memory stays
+# O(b·h·m·d)), never above MAX_BLOCK_BYTES, and not below MIN_BLOCK_BYTES (smaller blocks
+# would only add Python iterations).
+MAX_BLOCK_BYTES = 256 << 20
+MIN_BLOCK_BYTES = 1 << 20
+MIN_BLOCK_ROWS = 64
+
+CAUSAL_ALIGNS = ("top-left", "bottom-right")
+
+
+def causal_offset(m: int, n: int, align: str) -> int:
+    """Key j is visible to query i iff j <= i + causal_offset(m, n, align).
+
+    top-left (torch's is_causal, the stages'): 0. bottom-right (FlashAttention's when
+    m != n): n - m."""
+    if align not in CAUSAL_ALIGNS:
+        raise ValueError(f"causal_align must be one of {', '.join(CAUSAL_ALIGNS)}, not {align!r}")
+    return 0 if align == "top-left" else n - m
+
+
+def block_shape(batch: int, m: int, n: int, dv: int, elem_bytes: int) -> tuple[int, int]:
+    """(rows of Q, rows of K) of one S block for ``batch`` (b·h) heads: the block bound above."""
+    budget = min(MAX_BLOCK_BYTES, max(MIN_BLOCK_BYTES, batch * m * dv * elem_bytes))
+    per_head = max(1, budget // (batch * elem_bytes))
+    if m * n <= per_head:
+        return m, n
+    bm = min(m, max(MIN_BLOCK_ROWS, 1 << (math.isqrt(per_head).bit_length() - 1)))
+    bn = min(n, max(MIN_BLOCK_ROWS, per_head // bm))
+    return bm, bn
+
+
 def attention(
     q: "torch.Tensor",
     k: "torch.Tensor",
     v: "torch.Tensor",
     compute_dtype: "torch.dtype",
-    scale: Optional[float] = None,
+    *,
     softmax: str = "exp",
     causal: bool = False,
+    causal_align: str = "top-left",
+    scale: Optional[float] = None,
+    block: Optional[tuple[int, int]] = None,
 ) -> "tuple[torch.Tensor, torch.Tensor]":
-    """O = softmax(Q K^T * scale) V and LSE = logsumexp(Q K^T * scale) per row.
+    """(O, LSE): O = softmax(Q K^T * scale) V and LSE = logsumexp(Q K^T * scale) per row.
 
-    ``causal``: query row i sees keys j <= i + (n - m) (bottom-right aligned, as
-    FlashAttention does when m != n). ``softmax="identity"``: O = (Q K^T * scale) V and LSE
-    is returned as zeros (undefined for the identity variant). Returns (O, LSE) in
-    ``compute_dtype``; LSE has the shape of O without its last dim.
+    q (..., m, d), k (..., n, d), v (..., n, dv) with the same leading dims.
+
+    float32/float64: the true reference, streamed over KV blocks (online softmax: running
+    max, running sum, rescaled O, all in that dtype, TF32 off); equal to the dense formula
+    within rounding. bf16/fp16 (calibration): torch's own low-precision attention,
+    F.scaled_dot_product_attention on the kernel-dtype tensors, O in the dtype; LSE from
+    fp32 scores of those inputs (the kernel keeps LSE in fp32), streamed too.
+    ``softmax="identity"``: O = (Q K^T scale) V (S in compute_dtype, PV accumulated in
+    fp32 or wider), LSE = 0 in fp32.
+
+    ``causal``: key j visible to query i iff j <= i + causal_offset(m, n, causal_align).
+    A row that sees no key (bottom-right with m > n) gets O = 0 and LSE = -inf.
+    ``block``: (Q rows, K rows) of one S block; default ``block_shape``.
     """
     import torch
 
-    s = scores(q, k, compute_dtype, scale)
-    if causal:
-        m, n = s.shape[-2], s.shape[-1]
-        i = torch.arange(m, device=s.device)[:, None]
-        j = torch.arange(n, device=s.device)[None, :]
-        s = s.masked_fill(j > i + (n - m), float("-inf"))
-    vv = _cast(v, compute_dtype)
-    if softmax == "identity":
-        if causal:
-            s = s.masked_fill(torch.isinf(s), 0.0)
-        return s @ vv, torch.zeros(s.shape[:-1], dtype=compute_dtype, device=s.device)
-    lse = torch.logsumexp(s, dim=-1)
-    p = _softmax_lastdim(s)
-    return p @ vv, lse
+    if softmax not in ("exp", "identity"):
+        raise ValueError(f"softmax must be 'exp' or 'identity', not {softmax!r}")
+    m, n = q.shape[-2], k.shape[-2]
+    offset = causal_offset(m, n, causal_align) if causal else None
+    scale = default_scale(q.shape[-1]) if scale is None else scale
+    lowp = compute_dtype in (torch.bfloat16, torch.float16)
+    acc_dtype = torch.float32 if lowp else compute_dtype
+    with _no_tf32():
+        if softmax == "identity":
+            o = _identity_stream(q, k, v, compute_dtype, acc_dtype, scale, offset, block)
+            return o.to(compute_dtype), torch.zeros(o.shape[:-1], dtype=torch.float32, device=o.device)
+        if lowp:
+            _, lse = _online_softmax(q, k, None, torch.float32, scale, offset, block)
+            return _sdpa(q, k, v, compute_dtype, scale, offset), lse
+        return _online_softmax(q, k, v, compute_dtype, scale, offset, block)
+
+
+def _heads(x: "torch.Tensor", dtype: "torch.dtype") -> "torch.Tensor":
+    """x (..., rows, cols) as a contiguous (b·h, rows, cols) tensor in ``dtype``."""
+    import torch
+
+    return x.to(dtype, memory_format=torch.contiguous_format).reshape(-1, *x.shape[-2:])
+
+
+def _blocks(m, n, dv, elem_bytes, batch, offset, block):
+    """(i0, i1, [(j0, j1, masked)]) for each Q block: KV blocks entirely above the causal
+    diagonal are left out, those crossing it are ``masked``; rows that see no key at all
+    (i + offset < 0) are in no block."""
+    bm, bn = block or block_shape(batch, m, n, dv, elem_bytes)
+    first = 0 if offset is None else min(m, max(0, -offset))
+    for i0 in range(first, m, bm):
+        i1 = min(m, i0 + bm)
+        end = n if offset is None else min(n, i1 + offset)
+        kv = [(j0, min(end, j0 + bn), offset is not None and min(end, j0 + bn) - 1 > i0 + offset)
+              for j0 in range(0, end, bn)]
+        yield i0, i1, kv
+
+
+def _hidden(i0, i1, j0, j1, offset, device):
+    """(i1 - i0, j1 - j0) bool: True where key j is after query i's causal limit."""
+    import torch
+
+    i = torch.arange(i0, i1, device=device)[:, None]
+    j = torch.arange(j0, j1, device=device)[None, :]
+    return j > i + offset
+
+
+def _online_softmax(q, k, v, dtype, scale, offset, block):
+    """(O, LSE) in ``dtype`` (O is None when ``v`` is None: LSE only), one S block at a time."""
+    import torch
+
+    lead, m = q.shape[:-2], q.shape[-2]
+    q3, k3 = _heads(q, dtype), _heads(k, dtype)
+    v3 = None if v is None else _heads(v, dtype)
+    batch, dv = q3.shape[0], (k3 if v3 is None else v3).shape[-1]
+    o = None if v3 is None else torch.zeros(batch, m, dv, dtype=dtype, device=q.device)
+    lse = torch.full((batch, m), float("-inf"), dtype=dtype, device=q.device)
+    for i0, i1, kv in _blocks(m, k3.shape[1], dv, q3.element_size(), batch, offset, block):
+        row_max = torch.full((batch, i1 - i0), float("-inf"), dtype=dtype, device=q.device)
+        row_sum = torch.zeros_like(row_max)
+        acc = None if v3 is None else torch.zeros(batch, i1 - i0, dv, dtype=dtype, device=q.device)
+        for j0, j1, masked in kv:
+            s = torch.bmm(q3[:, i0:i1], k3[:, j0:j1].mT).mul_(scale)
+            if masked:
+                s.masked_fill_(_hidden(i0, i1, j0, j1, offset, q.device), float("-inf"))
+            # the first KV block holds key 0, which every row in a block sees: row_max is
+            # finite from then on, so no exp(-inf - -inf)
+            new_max = torch.maximum(row_max, s.amax(dim=-1))
+            alpha = (row_max - new_max).exp_()
+            p = s.sub_(new_max[..., None]).exp_()
+            row_sum.mul_(alpha).add_(p.sum(dim=-1))
+            if acc is not None:
+                acc.mul_(alpha[..., None]).baddbmm_(p, v3[:, j0:j1])
+            row_max = new_max
+        lse[:, i0:i1] = row_max + row_sum.log()
+        if o is not None:
+            o[:, i0:i1] = acc.div_(row_sum[..., None])
+    lse = lse.reshape(*lead, m)
+    return (None if o is None else o.reshape(*lead, m, dv)), lse
+
+
+def _identity_stream(q, k, v, dtype, acc_dtype, scale, offset, block):
+    """O = (Q K^T scale) V with S in ``dtype`` and the PV sums in ``acc_dtype``."""
+    import torch
+
+    lead, m = q.shape[:-2], q.shape[-2]
+    q3, k3, v3 = _heads(q, dtype), _heads(k, dtype), _heads(v, acc_dtype)
+    batch, dv = q3.shape[0], v3.shape[-1]
+    o = torch.zeros(batch, m, dv, dtype=acc_dtype, device=q.device)
+    for i0, i1, kv in _blocks(m, k3.shape[1], dv, q3.element_size(), batch, offset, block):
+        acc = o[:, i0:i1]
+        for j0, j1, masked in kv:
+            s = torch.bmm(q3[:, i0:i1], k3[:, j0:j1].mT).mul_(scale)
+            if masked:
+                s.masked_fill_(_hidden(i0, i1, j0, j1, offset, q.device), 0.0)
+            acc.baddbmm_(s.to(acc_dtype), v3[:, j0:j1])
+    return o.reshape(*lead, m, dv)
+
+
+def _sdpa(q, k, v, dtype, scale, offset):
+    """O of torch's fused low-precision attention (4-D so that CUDA picks a fused backend,
+    as a user's bf16 call would; 2-D inputs would fall back to the unfused math path).
+    Rows that see no key are left out of the call and get O = 0."""
+    import torch
+    import torch.nn.functional as F
+
+    m, n = q.shape[-2], k.shape[-2]
+    first = 0 if offset is None else min(m, max(0, -offset))
+    q4, k4, v4 = (_as_4d(x.to(dtype)) for x in (q[..., first:, :], k, v))
+    mask, is_causal = None, False
+    if offset is not None:
+        if offset + first == 0:
+            is_causal = True  # torch's is_causal is top-left
+        else:
+            from torch.nn.attention.bias import causal_lower_right
+
+            mask = causal_lower_right(m - first, n)
+    o = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=dtype, device=q.device)
+    if first < m:
+        o[..., first:, :] = F.scaled_dot_product_attention(
+            q4, k4, v4, attn_mask=mask, is_causal=is_causal, scale=scale
+        ).reshape(*q.shape[:-2], m - first, v.shape[-1])
+    return o
+
+
+def _as_4d(x: "torch.Tensor") -> "torch.Tensor":
+    lead = x.dim() - 2
+    return x.reshape((1,) * (2 - lead) + tuple(x.shape)) if lead < 2 else x
+
+
+class _no_tf32:
+    """Plain fp32 matmuls inside (TF32 would round the true reference's products)."""
+
+    def __enter__(self):
+        import torch
+
+        self.saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = self.saved

@@ -639,69 +639,13 @@ def variant_flags(variants: Mapping[str, str]) -> dict:
 # References (torch; imported lazily)
 # --------------------------------------------------------------------------------------
 def attention_ref(q, k, v, compute_dtype, *, softmax="exp", causal=False, scale=None):
-    """(O, LSE) for q (..., m, d), k/v (..., n, d) with matching leading dims.
+    """(O, LSE) for q (..., m, d), k/v (..., n, d) with matching leading dims: the stages'
+    reference, ``stages.fmha.reference.attention`` (streamed over KV blocks; precision
+    rules there). ``causal``: top-left, key j visible to query i iff j <= i (torch's
+    is_causal)."""
+    from stages.fmha import reference
 
-    float32/float64: every step in that dtype (the true reference; the matmul is a plain
-    fp32 matmul, TF32 off). bf16/fp16 (calibration): torch's own low-precision attention,
-    F.scaled_dot_product_attention on the kernel-dtype tensors (fp32 softmax statistics,
-    P rounded to the dtype, as flash backends do), output in the dtype; its LSE is
-    logsumexp of fp32 scores of the low-precision inputs (the kernel keeps LSE in fp32).
-    identity softmax: O = (Q K^T scale) V, LSE = 0; low precision = matmuls in the dtype.
-    ``causal``: top-left, key j visible to query i iff j <= i (torch's is_causal).
-    """
-    import torch
-    import torch.nn.functional as F
-
-    d = q.shape[-1]
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
-    m, n = q.shape[-2], k.shape[-2]
-    allowed = None
-    if causal:
-        allowed = torch.ones(m, n, dtype=torch.bool, device=q.device).tril()
-    lowp = compute_dtype in (torch.bfloat16, torch.float16)
-    if softmax == "identity":
-        qc, kc, vc = (x.to(compute_dtype) for x in (q, k, v))
-        s = (qc @ kc.transpose(-1, -2)) * scale
-        if allowed is not None:
-            s = s.masked_fill(~allowed, 0.0)
-        o = s @ vc
-        return o, torch.zeros(o.shape[:-1], dtype=torch.float32, device=o.device)
-    if lowp:
-        with _no_tf32():
-            # 4-D so that CUDA picks a fused backend (flash / memory-efficient), as a user's
-            # bf16 SDPA call would; 2-D inputs would fall back to the unfused math path
-            lead = q.dim() - 2
-            q4, k4, v4 = (x.to(compute_dtype).reshape((1,) * (2 - lead) + tuple(x.shape)) if lead < 2 else x.to(compute_dtype)
-                          for x in (q, k, v))
-            o = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=allowed, scale=scale).reshape(
-                *q.shape[:-1], v.shape[-1]
-            )
-            s = (q.float() @ k.float().transpose(-1, -2)) * scale
-        if allowed is not None:
-            s = s.masked_fill(~allowed, float("-inf"))
-        return o, torch.logsumexp(s, dim=-1)
-    with _no_tf32():
-        qc, kc, vc = (x.to(compute_dtype) for x in (q, k, v))
-        s = (qc @ kc.transpose(-1, -2)) * scale
-        if allowed is not None:
-            s = s.masked_fill(~allowed, float("-inf"))
-        lse = torch.logsumexp(s, dim=-1)
-        p = torch.exp(s - lse[..., None])
-        o = p @ vc
-    return o, lse
-
-
-class _no_tf32:
-    def __enter__(self):
-        import torch
-
-        self.saved = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
-
-    def __exit__(self, *exc):
-        import torch
-
-        torch.backends.cuda.matmul.allow_tf32 = self.saved
+    return reference.attention(q, k, v, compute_dtype, softmax=softmax, causal=causal, scale=scale)
 
 
 def p_bug_permute(p, bug: str):

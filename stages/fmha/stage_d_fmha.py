@@ -929,13 +929,14 @@ def fmha_ref(q, k, v, compute_dtype, *, causal=False, softmax="exp"):
 
     GQA by repeating each kv head heads/kv_heads times (q head h <- kv head h // group,
     as repeat_interleave and flash-attn do). Causal top-left (torch is_causal). Precision
-    as ``stage_c_online.attention_ref``.
+    and memory (streamed over KV blocks) as ``stage_c_online.attention_ref``.
     """
     heads, kv_heads = q.shape[2], k.shape[2]
     group = heads // kv_heads
     qt = q.transpose(1, 2)  # (b, h, m, d)
-    kt = k.transpose(1, 2).repeat_interleave(group, dim=1)
-    vt = v.transpose(1, 2).repeat_interleave(group, dim=1)
+    kt, vt = k.transpose(1, 2), v.transpose(1, 2)
+    if group > 1:
+        kt, vt = kt.repeat_interleave(group, dim=1), vt.repeat_interleave(group, dim=1)
     o, lse = sc.attention_ref(qt, kt, vt, compute_dtype, softmax=softmax, causal=causal)
     return o.transpose(1, 2), lse
 
