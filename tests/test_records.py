@@ -128,3 +128,16 @@ def test_list_shows_stages_in_order_with_last_verdict(toy_ws, wb):
     stages = data[0]["stages"]
     assert [s["letter"] for s in stages] == ["a", "b"]
     assert stages[0]["last_verdict"] is None and stages[1]["last_verdict"] == "PASS"
+
+
+def test_a_limit_of_zero_lists_nothing_and_the_cli_says_so(tmp_path, capsys, monkeypatch):
+    """`wb runs -n 0` used to show a row: list_records(limit=0) appended before checking."""
+    from workbench.cli import main
+
+    make(tmp_path / "runs")
+    assert list_records(tmp_path / "runs", limit=0) == []
+    (tmp_path / "wb.yaml").write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["runs", "-n", "0"])
+    assert exit_.value.code == 2 and "1 or more" in capsys.readouterr().err

@@ -154,7 +154,9 @@ def list_records(
     runs_dir: Path, where: Callable[[dict], bool] | None = None, limit: int | None = None
 ) -> list[dict[str, Any]]:
     """Records newest first, optionally filtered, at most `limit`."""
-    out = []
+    out: list[dict[str, Any]] = []
+    if limit is not None and limit <= 0:
+        return out
     for record in iter_records(runs_dir):
         if where is None or where(record):
             out.append(record)

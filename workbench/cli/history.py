@@ -32,12 +32,14 @@ def runs(
     """List recent runs, newest first."""
     from workbench.records import list_records
 
+    if limit < 1:
+        raise UserError(f"-n {limit}: give how many runs to list, 1 or more")
     ws = state.workspace()
     where = None
     if stage:
         stage_id = _stage_id_of(ws)(stage)
         where = lambda r: r.get("stage") == stage_id  # noqa: E731
-    records = list_records(ws.runs_dir, where, limit=max(limit, 0))
+    records = list_records(ws.runs_dir, where, limit=limit)
     if as_json:
         from workbench.terminal import print_json
 
@@ -168,9 +170,12 @@ def import_(
     from workbench.terminal import console
 
     ws = state.workspace()
-    records = import_runs(ws, Path(source))
+    done = import_runs(ws, Path(source))
     by_verdict: dict[str, int] = {}
-    for r in records:
+    for r in done.records:
         by_verdict[r["verdict"]] = by_verdict.get(r["verdict"], 0) + 1
     summary = ", ".join(f"{v} {k}" for k, v in sorted(by_verdict.items())) or "nothing new"
-    console.print(f"imported {len(records)} run(s) into {ws.runs_dir}: {summary}")
+    console.print(f"imported {len(done.records)} run(s) into {ws.runs_dir}: {summary}")
+    if done.without_record:
+        console.print(f"skipped {len(done.without_record)} run folder(s) without a run.json (unfinished where they were made): "
+                      + ", ".join(done.without_record[:5]) + (" ..." if len(done.without_record) > 5 else ""))

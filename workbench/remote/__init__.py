@@ -375,6 +375,7 @@ def run_and_import(
         if res.error_line():
             raise UserError(f"host {host.name}: {res.error_line()}")
         raise UserError(f"host {host.name}: wb {args[0]} failed: {transport.last_line(res.stderr_tail()) or f'exit {res.returncode}'}")
+    _check_remote_record(host, data)
     run_dir = new_run_dir(ws.runs_dir)
     remote = {"host": host.name, "target": host.ssh, "port": host.port, "path": host.path, "id": data["id"],
               "cwd": (res.agent or {}).get("cwd"), "sync": sync_info, "wall_s": time.perf_counter() - wall}
@@ -479,7 +480,13 @@ def run_remote(
         shutil.rmtree(run_dir, ignore_errors=True)
         raise
     remote_record = res.json()
-    if not (isinstance(remote_record, dict) and "verdict" in remote_record):
+    if isinstance(remote_record, dict) and "verdict" in remote_record:
+        try:
+            _check_remote_record(host, remote_record)
+        except UserError:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+    else:
         remote_record = None
         if res.returncode == 2 and res.error_line() and not res.lost:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -499,6 +506,15 @@ def run_remote(
     record.update(extra or {})
     _write(ws, run_dir, record)
     return record
+
+
+def _check_remote_record(host: Host, data: dict) -> None:
+    """The remote wb's record is an input like any run.json: its id names a remote folder
+    that is fetched, its fields reach MEMORY.md."""
+    from workbench.schemas import check
+    from workbench.schemas.run_record import RunRecord
+
+    check(RunRecord, data, f"host {host.name}: the remote run record")
 
 
 def _announced_id(res: RemoteResult) -> str | None:

@@ -1,0 +1,193 @@
+"""`wb import`: all or nothing, with limits, never following a link.
+
+Each test reproduces a way an import used to leave a third state (runs copied, MEMORY.md not
+updated, and a second import saying "nothing new"), to write gigabytes, or to copy a file
+from outside the imported folder (issue "Trust nothing that comes in", items 3 and 11).
+"""
+
+import io
+import json
+import os
+import shutil
+import tarfile
+import zlib
+from pathlib import Path
+
+import pytest
+
+from workbench import memory
+from workbench.errors import UserError
+from workbench.importer import Limits, import_runs
+from workbench.records import run_ids
+from workbench.workspace import Workspace
+
+
+def make_runs(folder: Path, count: int = 3, **override) -> list[str]:
+    ids = []
+    for i in range(count):
+        rid = f"20261203-0900{i:02d}-{i:06d}"
+        d = folder / "runs" / rid
+        d.mkdir(parents=True)
+        record = {
+            "schema": 1, "kind": "run", "stage": "toy/stage-a", "verdict": "PASS", "params": {"n": 128 * (i + 1), "dtype": "bf16"},
+            "variants": {"bug": "none"}, "started": "2026-12-03T09:00:00+00:00", "provenance": {"gpu": "NVIDIA H200"}, **override,
+        }
+        (d / "run.json").write_text(json.dumps(record))
+        (d / "report.md").write_text(f"# run {rid}\n")
+        ids.append(rid)
+    return ids
+
+
+def tarball(folder: Path, out: Path) -> Path:
+    with tarfile.open(out, "w:gz") as tar:
+        tar.add(folder / "runs", arcname="runs")
+    return out
+
+
+@pytest.fixture
+def ws(tmp_path):
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "wb.yaml").write_text("{}\n")
+    (root / "MEMORY.md").write_text("# Team memory\n\nhand text\n")
+    return Workspace(root)
+
+
+def state(ws: Workspace) -> tuple:
+    """Everything an import may change: the run ids, MEMORY.md's bytes, the reports."""
+    reports = sorted(p.name for p in (ws.runs_dir / "reports").glob("*")) if (ws.runs_dir / "reports").is_dir() else []
+    memory_bytes = ws.memory_path.read_bytes() if ws.memory_path.is_file() else None
+    return run_ids(ws.runs_dir), memory_bytes, reports
+
+
+def test_import_of_a_tarball_reaches_runs_memory_and_reports(ws, tmp_path):
+    ids = make_runs(tmp_path / "src")
+    done = import_runs(ws, tarball(tmp_path / "src", tmp_path / "runs.tgz"))
+    assert [r["id"] for r in done.records] == ids and run_ids(ws.runs_dir) == ids
+    status = memory.block_content(ws.memory_path.read_text(), "status")
+    assert "toy/stage-a" in status and "128,256,384" in status
+    assert ws.memory_path.read_text().startswith("# Team memory\n\nhand text\n")
+    assert (ws.runs_dir / "reports" / "toy-stage-a.md").is_file()
+    assert import_runs(ws, tmp_path / "runs.tgz").records == []  # already here
+
+
+@pytest.mark.parametrize("breakage", ["not-utf8", "folder", "broken-markers"])
+def test_a_memory_wb_cannot_update_leaves_nothing_imported(ws, tmp_path, breakage):
+    """The runs used to be copied before MEMORY.md failed: a second import then said
+    'nothing new' and they never reached MEMORY.md. Now nothing moves; after the fix,
+    the same import brings everything."""
+    ids = make_runs(tmp_path / "src")
+    archive = tarball(tmp_path / "src", tmp_path / "runs.tgz")
+    good = ws.memory_path.read_bytes()
+    if breakage == "not-utf8":
+        ws.memory_path.write_bytes(good + b"\xff\n")
+    elif breakage == "folder":
+        ws.memory_path.unlink()
+        ws.memory_path.mkdir()
+    else:
+        ws.memory_path.write_bytes(good + b"<!-- wb:begin status -->\n")
+    before = state(ws)
+    with pytest.raises(UserError):
+        import_runs(ws, archive)
+    assert state(ws) == before
+    assert not list(ws.state_dir.glob("import-*"))
+    if ws.memory_path.is_dir():
+        ws.memory_path.rmdir()
+    ws.memory_path.write_bytes(good)
+    assert [r["id"] for r in import_runs(ws, archive).records] == ids
+    assert "toy/stage-a" in memory.block_content(ws.memory_path.read_text(), "status")
+
+
+@pytest.mark.parametrize("bad", [{"verdict": {"x": 1}}, {"params": [1, 2]}, {"params": {"dtype": "bf16\n<!-- wb:end log -->"}}])
+def test_one_malformed_record_refuses_the_whole_import(ws, tmp_path, bad):
+    make_runs(tmp_path / "src", 2)
+    make_runs(tmp_path / "other", 1, **bad)
+    shutil.copytree(tmp_path / "other" / "runs", tmp_path / "src" / "runs", dirs_exist_ok=True)
+    (tmp_path / "src/runs/20261203-090000-000000").rename(tmp_path / "src/runs/20261203-090009-000009")
+    shutil.copytree(tmp_path / "other/runs/20261203-090000-000000", tmp_path / "src/runs/20261203-090000-000000")
+    before = state(ws)
+    key = next(iter(bad))
+    with pytest.raises(UserError, match=rf"run\.json: {key}"):
+        import_runs(ws, tmp_path / "src")
+    assert state(ws) == before
+
+
+def _zeros_bomb(path: Path, gib: int = 1) -> Path:
+    """A ~1 MB .tgz whose one member is `gib` GiB of zeros (gzip members concatenated)."""
+    header = tarfile.TarInfo("runs/20261203-090000-000000/zeros.bin")
+    header.size = gib << 30
+    chunk = zlib.compressobj(9, zlib.DEFLATED, 31)
+    one_mib = chunk.compress(b"\0" * (1 << 20)) + chunk.flush()
+    with open(path, "wb") as fh:
+        head = zlib.compressobj(9, zlib.DEFLATED, 31)
+        fh.write(head.compress(header.tobuf(format=tarfile.GNU_FORMAT)) + head.flush())
+        for _ in range(gib << 10):
+            fh.write(one_mib)
+    return path
+
+
+def test_a_zip_bomb_is_refused_before_writing(ws, tmp_path):
+    bomb = _zeros_bomb(tmp_path / "bomb.tgz")
+    assert bomb.stat().st_size < 4 << 20
+    before = state(ws)
+    with pytest.raises(UserError, match="zeros.bin is 1024 MiB, over the 256 MiB a file may have"):
+        import_runs(ws, bomb)
+    assert state(ws) == before
+    written = sum(p.stat().st_size for p in ws.root.rglob("*") if p.is_file())
+    assert written < 1 << 20
+
+
+def test_total_and_count_limits(ws, tmp_path):
+    make_runs(tmp_path / "src", 3)
+    for rid in run_ids(tmp_path / "src" / "runs"):
+        (tmp_path / "src" / "runs" / rid / "pic.png").write_bytes(os.urandom(40_000))
+    with pytest.raises(UserError, match="holds over 0 MiB"):
+        import_runs(ws, tmp_path / "src", Limits(file_bytes=1 << 20, total_bytes=100_000))
+    with pytest.raises(UserError, match="holds over 5 files"):
+        import_runs(ws, tmp_path / "src", Limits(files=5))
+    assert run_ids(ws.runs_dir) == []
+
+
+def test_links_are_refused_in_folders_and_archives(ws, tmp_path):
+    """`wb import DIR` followed a symlink out of DIR and copied the outside file; a dangling
+    one was a traceback. Both are one line now, and nothing is imported."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside")
+    make_runs(tmp_path / "src", 2)
+    link = tmp_path / "src/runs/20261203-090000-000000/notes.txt"
+    link.symlink_to(secret)
+    with pytest.raises(UserError, match=r"notes.txt is a link: wb imports regular files and folders only"):
+        import_runs(ws, tmp_path / "src")
+    link.unlink()
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UserError, match=r"notes.txt is a link"):
+        import_runs(ws, tmp_path / "src")
+    with tarfile.open(tmp_path / "links.tgz", "w:gz") as tar:
+        tar.add(tmp_path / "src" / "runs", arcname="runs")
+    with pytest.raises(UserError, match=r"notes.txt is a link"):
+        import_runs(ws, tmp_path / "links.tgz")
+    assert run_ids(ws.runs_dir) == [] and not any(ws.root.rglob("notes.txt"))
+
+
+def test_path_traversal_in_an_archive_is_refused(ws, tmp_path):
+    evil = tmp_path / "evil.tgz"
+    with tarfile.open(evil, "w:gz") as tar:
+        data = b"pwned"
+        info = tarfile.TarInfo("runs/../../escaped.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(UserError, match="refused: .*escaped.txt.* outside the destination; nothing was imported"):
+        import_runs(ws, evil)
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_cli_import_errors_are_one_line(ws, tmp_path, capsys, monkeypatch):
+    from workbench.cli import main
+
+    monkeypatch.chdir(ws.root)
+    (tmp_path / "junk.tgz").write_bytes(b"not a tarball at all")
+    for argv in (["import", str(tmp_path / "junk.tgz")], ["import", str(tmp_path / "missing")], ["import", str(_zeros_bomb(tmp_path / "b.tgz"))]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
