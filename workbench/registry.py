@@ -28,13 +28,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from workbench.errors import UserError
 from workbench.workspace import Workspace
 
 DEFAULT_TOLERANCE = {"factor": 2.0, "atol": 1e-4}
 DEFAULT_TIMEOUT = 120.0
+DEFAULT_ARCH = "sm_90a"
+
+# The archs the DSL (nvidia-cutlass-dsl 4.8, cutlass.base_dsl.enums.Arch) compiles for, known
+# here without importing it; a newer DSL's extra archs are asked of the DSL itself.
+ARCHES = (
+    "sm_80", "sm_86", "sm_87", "sm_89", "sm_90", "sm_90a",
+    *(f"sm_{n}{suffix}" for n in (100, 101, 103, 107, 110, 120, 121) for suffix in ("", "a", "f")),
+)
+
+
+def _dsl_arches() -> tuple[str, ...]:
+    try:
+        from cutlass.base_dsl.enums import Arch
+    except Exception:  # no DSL here, or one that moved its enum: wb's own list stands
+        return ()
+    return tuple(Arch.__members__)
+
+
+def known_arch(arch: str) -> bool:
+    return arch in ARCHES or arch in _dsl_arches()
+
+
+def check_arch(arch: str | None, option: str = "--arch") -> str | None:
+    """`arch` itself when wb or the DSL knows it (None passes: the kernel's arch applies)."""
+    if arch is None or known_arch(arch):
+        return arch
+    known = ", ".join(dict.fromkeys([*ARCHES, *_dsl_arches()]))
+    raise UserError(f"{option} {arch!r} is not an arch wb knows; choose from {known}")
 
 
 @dataclass(frozen=True)
@@ -227,135 +253,53 @@ def forget_stage_modules() -> None:
     importlib.invalidate_caches()
 
 
-class _KernelFile:
-    """Checks for one kernel.yaml, naming file, key and what was expected."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def fail(self, key: str, expected: str) -> UserError:
-        return UserError(f"{self.path}: {key}: expected {expected}")
-
-    def mapping(self, value: Any, key: str) -> dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise self.fail(key, "a mapping")
-        return value
-
-    def param(self, name: str, raw: Any, key: str) -> ParamSpec:
-        if not isinstance(raw, dict):
-            raw = {"default": raw}
-        allowed = {"default", "choices", "min", "max", "multiple_of", "help"}
-        extra = set(raw) - allowed
-        if extra:
-            raise self.fail(f"{key}.{sorted(extra)[0]}", "one of " + ", ".join(sorted(allowed)))
-        if "default" not in raw:
-            raise self.fail(f"{key}.default", "a default value")
-        choices = raw.get("choices")
-        if choices is not None and not isinstance(choices, list):
-            raise self.fail(f"{key}.choices", "a list")
-        for bound in ("min", "max", "multiple_of"):
-            if raw.get(bound) is not None and not isinstance(raw[bound], int):
-                raise self.fail(f"{key}.{bound}", "an integer")
-        return ParamSpec(
-            name=name,
-            default=raw["default"],
-            choices=tuple(choices) if choices is not None else None,
-            min=raw.get("min"),
-            max=raw.get("max"),
-            multiple_of=raw.get("multiple_of"),
-            help=str(raw.get("help", "")),
-        )
-
-
 def load_kernel(kernel_yaml: Path) -> KernelSpec:
-    check = _KernelFile(kernel_yaml)
-    try:
-        data = yaml.safe_load(kernel_yaml.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise UserError(f"{kernel_yaml}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from exc
-    if not isinstance(data, dict):
-        raise UserError(f"{kernel_yaml}: expected a mapping with 'kernel' and 'stages'")
-    name = str(data.get("kernel") or kernel_yaml.parent.name)
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise check.fail("kernel", "a Python identifier (letters, digits, underscore)")
-    if name != kernel_yaml.parent.name:
-        raise check.fail("kernel", f"the folder's name {kernel_yaml.parent.name!r} (stage modules import as stages.<folder>)")
-    arch = str(data.get("arch", "sm_90a"))
-    shared_params = {
-        k: check.param(k, v, f"parameters.{k}") for k, v in check.mapping(data.get("parameters"), "parameters").items()
-    }
-    tolerance = {**DEFAULT_TOLERANCE, **check.mapping(data.get("tolerance"), "tolerance")}
-    timeout = data.get("timeout", DEFAULT_TIMEOUT)
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise check.fail("timeout", "a positive number of seconds")
-    stages_raw = data.get("stages")
-    if not isinstance(stages_raw, list) or not stages_raw:
-        raise check.fail("stages", "a non-empty list of stages")
-    kernel = KernelSpec(
-        name=name,
-        title=str(data.get("title", name)),
-        arch=arch,
-        default=bool(data.get("default", False)),
-        dir=kernel_yaml.parent,
-    )
-    seen: set[str] = set()
-    for i, raw in enumerate(stages_raw):
-        key = f"stages[{i}]"
-        if not isinstance(raw, dict):
-            raise check.fail(key, "a mapping with letter, name, module")
-        letter = raw.get("letter")
-        if not isinstance(letter, str) or not re.fullmatch(r"[a-z]", letter):
-            raise check.fail(f"{key}.letter", "one lowercase letter")
-        if letter in seen:
-            raise check.fail(f"{key}.letter", f"a letter not used before ({letter!r} repeats)")
-        seen.add(letter)
-        module = raw.get("module")
-        if not isinstance(module, str) or not module.endswith(".py"):
-            raise check.fail(f"{key}.module", "a .py file name beside kernel.yaml")
-        params = dict(shared_params)
-        for pname, praw in check.mapping(raw.get("parameters"), f"{key}.parameters").items():
-            base = shared_params.get(pname)
-            if base is not None and isinstance(praw, dict):
-                merged = {f: getattr(base, f) for f in ("default", "choices", "min", "max", "multiple_of", "help")}
-                merged["choices"] = list(base.choices) if base.choices is not None else None
-                merged.update(praw)
-                praw = {k: v for k, v in merged.items() if v is not None or k == "default"}
-            params[pname] = check.param(pname, praw, f"{key}.parameters.{pname}")
-        variants = {}
-        for vname, values in check.mapping(raw.get("variants"), f"{key}.variants").items():
-            if not isinstance(values, list) or not values:
-                raise check.fail(f"{key}.variants.{vname}", "a non-empty list of values (first is the default)")
-            if any(isinstance(v, bool) for v in values):
-                raise check.fail(f"{key}.variants.{vname}", "strings: quote on/off/yes/no/true/false (YAML reads them as booleans)")
-            variants[str(vname)] = tuple(str(v) for v in values)
-        fixtures = raw.get("fixtures", ["random"])
-        if not isinstance(fixtures, list) or not all(isinstance(f, str) for f in fixtures):
-            raise check.fail(f"{key}.fixtures", "a list of fixture names")
-        stage_timeout = raw.get("timeout", timeout)
-        if not isinstance(stage_timeout, (int, float)) or stage_timeout <= 0:
-            raise check.fail(f"{key}.timeout", "a positive number of seconds")
+    """The kernel declared in `kernel_yaml`, checked (workbench.schemas.kernel_yaml)."""
+    from workbench.schemas import SchemaError
+    from workbench.schemas.kernel_yaml import load
+
+    data = load(kernel_yaml)
+    folder = kernel_yaml.parent.name
+    name = data.kernel or folder
+    if name != folder:
+        raise SchemaError(str(kernel_yaml), f"kernel: expected the folder's name {folder!r} (stage modules import as stages.<folder>)")
+    tolerance = {**DEFAULT_TOLERANCE, **_given(data.tolerance)}
+    kernel = KernelSpec(name=name, title=data.title or name, arch=data.arch, default=data.default, dir=kernel_yaml.parent)
+    for i, stage in enumerate(data.stages):
         kernel.stages.append(
             StageSpec(
                 kernel=name,
-                letter=letter,
-                name=str(raw.get("name", f"stage-{letter}")),
-                title=str(raw.get("title", "")),
-                module_path=kernel_yaml.parent / module,
-                params=params,
-                variants=variants,
-                fixtures=list(fixtures),
-                tolerance={**tolerance, **check.mapping(raw.get("tolerance"), f"{key}.tolerance")},
-                timeout=float(stage_timeout),
-                arch=str(raw.get("arch", arch)),
+                letter=stage.letter,
+                name=stage.name or f"stage-{stage.letter}",
+                title=stage.title,
+                module_path=kernel_yaml.parent / stage.module,
+                params={k: _param_spec(k, p) for k, p in stage.params.items()},
+                variants={k: tuple(v) for k, v in stage.variants.items()},
+                fixtures=list(stage.fixtures),
+                tolerance={**tolerance, **_given(stage.tolerance)},
+                timeout=float(stage.timeout or data.timeout),
+                arch=stage.arch or data.arch,
                 index=i,
             )
         )
     kernel.stages.sort(key=lambda s: s.letter)
     return kernel
+
+
+def _given(model: Any) -> dict[str, Any]:
+    return {k: v for k, v in model.model_dump().items() if v is not None} if model is not None else {}
+
+
+def _param_spec(name: str, param: Any) -> ParamSpec:
+    return ParamSpec(
+        name=name,
+        default=param.default,
+        choices=tuple(param.choices) if param.choices is not None else None,
+        min=param.min,
+        max=param.max,
+        multiple_of=param.multiple_of,
+        help=param.help or "",
+    )
 
 
 def load_kernels(ws: Workspace) -> dict[str, KernelSpec]:
