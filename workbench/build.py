@@ -30,10 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench.compile_cache import watch_sources
 from workbench.errors import UserError
 from workbench.probe import capture, with_keys
 from workbench.registry import StageSpec
 from workbench.workspace import Workspace
+
+watch_sources()  # before any stage module loads: see what stages execute without importing it
 
 # key digest -> (compiled, shapes, resources, deps, cold seconds)
 _memory_cache: dict[str, tuple[Any, list[dict], dict | None, dict, float]] = {}
@@ -120,40 +123,13 @@ def compile_stage(
     arch = arch or spec.arch
     ws = ws or workspace_of(spec)
     key = compile_cache.make_key(spec, compile_params(stage, params), dict(variants), arch)
-    fresh = bool(keep or artifact_dir)
+    target = _Target(ws, spec, stage, params, variants, arch, key)
 
-    if use_cache and not fresh:
-        hit = _memory_cache.get(key.digest)
-        if hit is not None and compile_cache.deps_valid(ws, hit[3]) and (hit[0] is not None or not need_kernel):
-            compiled, shapes, resources, _deps, cold = hit
-            _raise_checks(resources, shapes, strict)
-            return Build(compiled, 0.0, True, arch, key.digest, shapes, resources, "memory", cold)
-        if stage.is_cute:
-            start = time.perf_counter()
-            entry = compile_cache.lookup(ws, spec, key, need_kernel=need_kernel)
-            if entry is not None:
-                compiled = None
-                try:
-                    if need_kernel:
-                        compiled = compile_cache.load_compiled(entry)
-                except Exception as exc:
-                    warnings.warn(f"could not reload the cached kernel of {spec.id} ({type(exc).__name__}: {exc}); recompiling")
-                    compile_cache.remove(ws, spec, key)
-                    entry = None
-                if entry is not None:
-                    seconds = time.perf_counter() - start
-                    if compile_params(stage, params) != dict(params):
-                        try:
-                            compile_cache.link(ws, spec, compile_cache.make_key(spec, dict(params), dict(variants), arch), key)
-                        except OSError:
-                            pass
-                    if compiled is not None:
-                        _memory_cache[key.digest] = (compiled, entry.shapes, entry.resources, entry.meta.get("deps", {}), entry.seconds)
-                    _raise_checks(entry.resources, entry.shapes, strict)
-                    return Build(
-                        compiled, seconds, True, arch, key.digest, entry.shapes, entry.resources, "disk",
-                        entry.seconds, entry.meta.get("kernel_note"),
-                    )
+    if use_cache and not (keep or artifact_dir):
+        build = _from_memory(target, need_kernel) or (_from_disk(target, need_kernel) if stage.is_cute else None)
+        if build is not None:
+            _raise_checks(build.resources, build.shapes, strict)
+            return build
 
     if not stage.is_cute:
         start = time.perf_counter()
@@ -164,7 +140,92 @@ def compile_stage(
         _memory_cache[key.digest] = (compiled, shapes, None, {}, seconds)
         return Build(compiled, seconds, False, arch, key.digest, shapes, None, "off", seconds)
 
+    build, traced = _cold(target, keep, artifact_dir)
+    if use_cache:
+        deps = compile_cache.dependencies(ws, spec, traced)
+        build.cache_note = _store(target, build.compiled, build.shapes, build.resources, deps, build.seconds)
+        _memory_cache[key.digest] = (build.compiled, build.shapes, build.resources, deps, build.seconds)
+    _raise_checks(build.resources, build.shapes, strict)
+    return build
+
+
+@dataclass
+class _Target:
+    ws: Workspace
+    spec: StageSpec
+    stage: Any
+    params: Any
+    variants: dict
+    arch: str
+    key: Any  # compile_cache.Key
+
+
+def _from_memory(t: _Target, need_kernel: bool) -> Build | None:
+    """This process's build of the key, when its sources are unchanged. A disk entry that
+    went away meanwhile (wb cache clear, another process) is written again."""
+    from workbench import compile_cache
+
+    hit = _memory_cache.get(t.key.digest)
+    if hit is None or not compile_cache.deps_valid(t.ws, hit[3]) or (hit[0] is None and need_kernel):
+        return None
+    compiled, shapes, resources, deps, cold = hit
+    if t.stage.is_cute and not (compile_cache.entry_dir(t.ws, t.spec, t.key) / "meta.json").is_file():
+        _store(t, compiled, shapes, resources, deps, cold)
+    return Build(compiled, 0.0, True, t.arch, t.key.digest, shapes, resources, "memory", cold)
+
+
+def _from_disk(t: _Target, need_kernel: bool) -> Build | None:
+    from workbench import compile_cache
+
+    start = time.perf_counter()
+    entry = compile_cache.lookup(t.ws, t.spec, t.key, need_kernel=need_kernel)
+    if entry is None:
+        return None
+    compiled = None
+    try:
+        if need_kernel:
+            compiled = compile_cache.load_compiled(entry)
+    except Exception as exc:
+        warnings.warn(f"could not reload the cached kernel of {t.spec.id} ({type(exc).__name__}: {exc}); recompiling")
+        compile_cache.remove(t.ws, t.spec, t.key)
+        return None
+    seconds = time.perf_counter() - start
+    _link(t)
+    if compiled is not None:
+        _memory_cache[t.key.digest] = (compiled, entry.shapes, entry.resources, entry.meta["deps"], entry.seconds)
+    return Build(
+        compiled, seconds, True, t.arch, t.key.digest, entry.shapes, entry.resources, "disk",
+        entry.seconds, entry.meta.get("kernel_note"),
+    )
+
+
+def _link(t: _Target) -> None:
+    """Let wb shapes find an entry keyed on the stage's compile_params by all parameters."""
+    from workbench import compile_cache
+
+    if compile_params(t.stage, t.params) != dict(t.params):
+        with contextlib.suppress(OSError):
+            compile_cache.link(t.ws, t.spec, compile_cache.make_key(t.spec, dict(t.params), dict(t.variants), t.arch), t.key)
+
+
+def _store(t: _Target, compiled, shapes, resources, deps, seconds) -> str | None:
+    """Write the disk entry; returns why the kernel itself was not cached, if it was not."""
+    from workbench import compile_cache
+
+    try:
+        entry = compile_cache.store(
+            t.ws, t.spec, t.key, compiled, shapes=shapes, resources=resources, deps=deps, seconds=seconds, arch=t.arch
+        )
+        _link(t)
+        return entry.meta.get("kernel_note")
+    except Exception as exc:  # a full disk must not fail the compile
+        return f"not cached: {type(exc).__name__}: {exc}"
+
+
+def _cold(t: _Target, keep: tuple[str, ...], artifact_dir: Path | None) -> tuple[Build, set[str]]:
+    """Trace and compile; the build and the source files the compile ran or read."""
     from workbench import resources as res
+    from workbench.compile_cache import watching
     from workbench.trace import tracing
     from workbench.trace_errors import readable
 
@@ -174,20 +235,24 @@ def compile_stage(
     out, err = io.StringIO(), io.StringIO()
     start = time.perf_counter()
     try:
-        with capture(spec.id) as probes, tracing(spec.id, arch, keep=keep_set, dump_dir=str(dump_dir)) as state:
+        with (
+            capture(t.spec.id) as probes,
+            tracing(t.spec.id, t.arch, keep=keep_set, dump_dir=str(dump_dir)) as state,
+            watching(ignore=[dump_dir]) as seen,
+        ):
             try:
                 with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                    compiled = stage.compile(params, variants, arch)
+                    compiled = t.stage.compile(t.params, t.variants, t.arch)
             except UserError:
                 raise
             except Exception as exc:
                 _echo(out.getvalue(), err.getvalue())
-                raise readable(exc, shapes=with_keys(list(probes)), root=ws.root) from exc
+                raise readable(exc, shapes=with_keys(list(probes)), root=t.ws.root) from exc
         seconds = time.perf_counter() - start
         shapes = with_keys(list(probes))
         cubins = [p.read_bytes() for p in sorted(dump_dir.glob("*.cubin"))]
         resources = res.summarize(
-            arch,
+            t.arch,
             [vars(k) for k in state.kernels],
             [vars(a) for a in state.tma_atoms],
             ptxas_text=err.getvalue(),
@@ -203,23 +268,8 @@ def compile_stage(
             shutil.rmtree(dump_dir, ignore_errors=True)
     output = _user_output(out.getvalue(), err.getvalue())
     _echo(output, "")
-
-    note = None
-    if use_cache:
-        deps = compile_cache.workspace_deps(ws, spec)
-        try:
-            entry = compile_cache.store(
-                ws, spec, key, compiled, shapes=shapes, resources=resources, deps=deps, seconds=seconds, arch=arch
-            )
-            note = entry.meta.get("kernel_note")
-            if compile_params(stage, params) != dict(params):  # let wb shapes find it by all parameters
-                compile_cache.link(ws, spec, compile_cache.make_key(spec, dict(params), dict(variants), arch), key)
-        except Exception as exc:  # a full disk must not fail the compile
-            note = f"not cached: {type(exc).__name__}: {exc}"
-        _memory_cache[key.digest] = (compiled, shapes, resources, deps, seconds)
-    build = Build(compiled, seconds, False, arch, key.digest, shapes, resources, "cold", seconds, note, output, artifacts)
-    _raise_checks(resources, shapes, strict)
-    return build
+    build = Build(compiled, seconds, False, t.arch, t.key.digest, shapes, resources, "cold", seconds, None, output, artifacts)
+    return build, state.files | seen
 
 
 def _raise_checks(resources: dict | None, shapes: list[dict], strict: bool) -> None:

@@ -13,12 +13,14 @@ stage, or `wb shapes` after a `wb run`, skips the compile.
 
 Key: stage id, the stage module's own hash, kernel.yaml's hash, parameters, variants,
 arch, DSL version, wb version, Python version, the compile-affecting CUTE_DSL_* variables
-and wb's compile options. Validity: meta.json lists every workspace file the compile
-imported (the stage module, its siblings, stages/*.py, anything else in the workspace) and
-the kernel folder's data files, each with its sha256; an entry whose files changed is a
-miss, so editing the stage or anything it imports invalidates it, and editing an unrelated
-stage does not. Every stored file has a checksum in meta.json; an entry that does not
-parse or whose checksum fails is deleted and rebuilt, never trusted.
+and wb's compile options. Validity: meta.json lists every source file behind the compile,
+each with its sha256 (see `dependencies`): what sys.modules shows, every file the traced
+IR's locations name, code the stage executed without importing it (exec_module of a file
+from another checkout), files read during the compile, and the kernel folder's data files;
+an entry whose files changed is a miss, so editing the stage or anything it runs
+invalidates it, and editing an unrelated stage does not. meta.json and the .link files
+are checked against workbench.schemas.cache_meta and every stored file against its
+checksum; an entry that fails either is deleted with a warning and rebuilt, never trusted.
 
 Reloading: `cutlass.cute.runtime.load_module(fn0.o)[prefix]` gives a JitCompiledFunction
 called exactly like the one `cute.compile` returned (same signature, same arguments).
@@ -28,6 +30,7 @@ is pickled; an object that does not pickle is not cached (probes and resources s
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import io
@@ -41,7 +44,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from workbench import __version__
 from workbench.registry import StageSpec
@@ -71,7 +74,8 @@ def cache_root(ws: Workspace) -> Path:
 
 
 def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def dsl_version() -> str:
@@ -141,49 +145,180 @@ def entry_dir(ws: Workspace, spec: StageSpec, key: Key) -> Path:
 
 
 # --------------------------------------------------------------------------------------
-# Dependencies: the workspace files a compile read
+# Dependencies: every source file behind a compile
 # --------------------------------------------------------------------------------------
-def workspace_deps(ws: Workspace, spec: StageSpec) -> dict[str, str]:
-    """sha256 of every workspace source the process has imported (bar wb's own package,
-    fixtures, runs and tests) plus the kernel folder's data files. Call right after the
-    compile, in the process that compiled (stage modules were forgotten before it)."""
+# A stage may run code that never shows in sys.modules (importlib's spec_from_file_location
+# + exec_module, exec, runpy: wrapping someone else's kernel file). A Python audit hook,
+# installed once per process (build.py does it on import, before any stage module loads),
+# records every such file with the files on the stack when it ran; inside `watching()` it
+# also records every source compiled and every file opened for reading.
+_AUDITED = frozenset({"exec", "compile", "open"})
+_SYSTEM_DIRS = ("/proc/", "/sys/", "/dev/")
+_hook_installed = False
+_library: tuple[str, ...] = ()
+_ran_under: dict[str, set[str]] = {}  # executed file -> files on the stack when it ran
+
+
+class _Window:
+    def __init__(self, ignore: tuple[str, ...]):
+        self.files: set[str] = set()
+        self.ignore = ignore
+
+    def add(self, name: Any) -> None:
+        if isinstance(name, bytes):
+            name = os.fsdecode(name)
+        elif isinstance(name, os.PathLike):
+            name = os.fspath(name)
+        if isinstance(name, str) and name and not name.startswith("<") and not name.startswith(self.ignore):
+            self.files.add(name)
+
+
+_window: _Window | None = None
+
+
+def _library_prefixes() -> tuple[str, ...]:
+    """Folders whose files are not the user's: the interpreter, site-packages, the DSL, wb."""
+    import sysconfig
+
+    import workbench
+
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, str(Path(workbench.__file__).parent)}
+    for name in ("stdlib", "platstdlib", "purelib", "platlib"):
+        with contextlib.suppress(KeyError):
+            roots.add(sysconfig.get_paths()[name])
+    roots |= {os.path.realpath(r) for r in roots}
+    return tuple(r.rstrip(os.sep) + os.sep for r in roots if r.strip(os.sep)) + _SYSTEM_DIRS
+
+
+def watch_sources() -> None:
+    """Install the audit hook (once per process; hooks cannot be removed)."""
+    global _hook_installed, _library
+    if _hook_installed:
+        return
+    _library = _library_prefixes()
+    sys.addaudithook(_audit)
+    _hook_installed = True
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event not in _AUDITED:
+        return
+    try:
+        if event == "exec":
+            _executed(getattr(args[0], "co_filename", None))
+        elif _window is not None and event == "compile":
+            _window.add(args[1])
+        elif _window is not None and isinstance(args[1], str) and not set(args[1]) & set("wax+"):
+            _window.add(args[0])  # open(path, mode) for reading
+    except Exception:  # an audit hook must never break the code it watches
+        pass
+
+
+def _executed(filename: str | None) -> None:
+    if not filename or filename.startswith("<") or filename.startswith(_library):
+        return
+    stack, frame = set(), sys._getframe(2)
+    while frame is not None and len(stack) < 256:
+        stack.add(frame.f_code.co_filename)
+        frame = frame.f_back
+    _ran_under.setdefault(filename, set()).update(stack)
+    if _window is not None:
+        _window.add(filename)
+
+
+@contextlib.contextmanager
+def watching(ignore: Iterable[Path] = ()) -> Iterator[set[str]]:
+    """The source files executed, compiled or read inside this block (none under `ignore`)."""
+    global _window
+    watch_sources()
+    saved = _window
+    _window = _Window(tuple(str(Path(p).resolve()) + os.sep for p in ignore))
+    files = _window.files
+    try:
+        yield files
+    finally:
+        _window = saved
+        if saved is not None:
+            saved.files |= files
+
+
+def _ran() -> dict[str, set[str]]:
+    """_ran_under with real paths."""
+    return {os.path.realpath(name): {os.path.realpath(s) for s in stack} for name, stack in list(_ran_under.items())}
+
+
+def _with_what_they_ran(files: set[str], ran: dict[str, set[str]]) -> set[str]:
+    """`files` plus every file executed while one of them was on the stack, transitively."""
+    files = set(files)
+    grew = True
+    while grew:
+        grew = False
+        for name, stack in ran.items():
+            if name not in files and stack & files:
+                files.add(name)
+                grew = True
+    return files
+
+
+def _module_files(root: Path, skip: tuple[str, ...], ran: dict[str, set[str]]) -> set[str]:
+    """Files of sys.modules in the workspace, and those outside it that workspace code
+    imported (a module stays imported: a later compile may use it without running it again)."""
+    prefix = str(root) + os.sep
+    files = set()
+    for module in list(sys.modules.values()):
+        filename = getattr(module, "__file__", None)
+        if not isinstance(filename, str):
+            continue
+        real = os.path.realpath(filename)
+        if real.startswith(prefix) or any(s.startswith(prefix) and not s.startswith(skip) for s in ran.get(real, ())):
+            files.add(real)
+    return files
+
+
+def dependencies(ws: Workspace, spec: StageSpec, traced: Iterable[str] = ()) -> dict[str, str]:
+    """sha256 of every source file behind the compile just made, in the process that made it:
+    the workspace's modules in sys.modules and the modules workspace code imported from
+    elsewhere, `traced` (the files the IR's locations name and those `watching()` saw),
+    everything executed on their behalf, and the kernel folder's data files; not the
+    interpreter's, site-packages', the DSL's or wb's own files, nor the workspace's fixtures,
+    runs, tests and state. Keys are relative to the workspace, or absolute for a file
+    outside it (a kernel file from another checkout)."""
     import workbench
 
     root = ws.root.resolve()
-    skip = [Path(workbench.__file__).resolve().parent, ws.fixtures_dir.resolve(), ws.runs_dir.resolve(), ws.state_dir.resolve(), (root / "tests").resolve()]
-    files: set[Path] = set()
-    for module in list(sys.modules.values()):
-        filename = getattr(module, "__file__", None)
-        if not filename:
-            continue
-        try:
-            path = Path(filename).resolve()
-        except OSError:
-            continue
-        if root not in path.parents or any(p == path or p in path.parents for p in skip):
+    skipped = (Path(workbench.__file__).parent, ws.fixtures_dir, ws.runs_dir, ws.state_dir, root / "tests")
+    skip = tuple(str(p.resolve()) + os.sep for p in skipped)
+    ran = _ran()
+    seeds = _module_files(root, skip, ran) | {os.path.realpath(f) for f in traced} | {str(spec.module_path.resolve())}
+    files = _with_what_they_ran(seeds, ran)
+    kernel_dir = spec.module_path.parent.resolve()
+    for path in kernel_dir.rglob("*"):
+        if path.suffix not in (".py", ".pyc") and path.name not in _DATA_SKIP and "__pycache__" not in path.parts:
+            files.add(str(path))
+    library = _library or _library_prefixes()
+    deps = {}
+    for name in sorted(files):
+        path = Path(name)
+        inside = path.is_relative_to(root)
+        if name.startswith(skip) or (not inside and name.startswith(library)) or not path.is_file():
             continue
         if any(part in ("site-packages", "dist-packages", ".venv", "venv", "__pycache__") for part in path.parts):
             continue
-        files.add(path)
-    files.add(spec.module_path.resolve())
-    kernel_dir = spec.module_path.parent.resolve()
-    for path in kernel_dir.rglob("*"):
-        if path.is_file() and path.suffix not in (".py", ".pyc") and path.name not in _DATA_SKIP and "__pycache__" not in path.parts:
-            files.add(path)
-    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(files) if p.is_file()}
+        with contextlib.suppress(OSError):
+            deps[str(path.relative_to(root)) if inside else name] = sha256_file(path)
+    return deps
 
 
 def deps_valid(ws: Workspace, deps: dict[str, str]) -> bool:
     root = ws.root.resolve()
-    for rel, digest in deps.items():
-        path = root / rel
+    for name, digest in deps.items():
+        path = Path(name) if os.path.isabs(name) else root / name
         try:
-            if sha256_file(path) != digest:
+            if not path.is_file() or sha256_file(path) != digest:
                 return False
         except OSError:
             return False
     return True
-
 
 # --------------------------------------------------------------------------------------
 # Entries
@@ -211,21 +346,35 @@ class Entry:
 
 
 def _read_entry(path: Path) -> Entry:
+    from workbench.schemas import SchemaError, load_json
+    from workbench.schemas.cache_meta import MAX_META_BYTES, CacheMeta
+
     try:
-        meta = json.loads((path / "meta.json").read_text())
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise CacheCorrupt(f"meta.json unreadable: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT or "checksums" not in meta:
-        raise CacheCorrupt("meta.json has no checksums or another format")
-    for name, digest in meta["checksums"].items():
+        meta, model = load_json(path / "meta.json", CacheMeta, MAX_META_BYTES, source="meta.json")
+    except SchemaError as exc:
+        raise CacheCorrupt(exc.problem) from None
+    if model.format != CACHE_FORMAT:
+        raise CacheCorrupt(f"meta.json has format {model.format}, not {CACHE_FORMAT}")
+    if model.key != path.name:
+        raise CacheCorrupt(f"meta.json is the entry of key {model.key}")
+    for name, digest in model.checksums.items():
         try:
             if sha256_file(path / name) != digest:
                 raise CacheCorrupt(f"{name}: checksum mismatch")
-        except FileNotFoundError as exc:
-            raise CacheCorrupt(f"{name} missing") from exc
+        except FileNotFoundError:
+            raise CacheCorrupt(f"{name} missing") from None
+        except OSError as exc:
+            raise CacheCorrupt(f"{name} unreadable: {exc.strerror or exc}") from None
     return Entry(path, meta)
+
+
+def _discard(path: Path, problem: str) -> None:
+    warnings.warn(f"compile cache entry {path} is corrupt ({problem}): rebuilding it")
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def lookup(ws: Workspace, spec: StageSpec, key: Key, need_kernel: bool = False) -> Entry | None:
@@ -238,10 +387,9 @@ def lookup(ws: Workspace, spec: StageSpec, key: Key, need_kernel: bool = False) 
     except FileNotFoundError:
         return None
     except CacheCorrupt as exc:
-        warnings.warn(f"compile cache entry {path} is corrupt ({exc}): rebuilding it")
-        shutil.rmtree(path, ignore_errors=True)
+        _discard(path, str(exc))
         return None
-    if not deps_valid(ws, entry.meta.get("deps", {})):
+    if not deps_valid(ws, entry.meta["deps"]):
         return None
     if need_kernel and not entry.has_kernel:
         return None
@@ -261,14 +409,20 @@ def link(ws: Workspace, spec: StageSpec, alias: Key, key: Key) -> None:
 
 
 def lookup_alias(ws: Workspace, spec: StageSpec, alias: Key, need_kernel: bool = False) -> Entry | None:
-    """lookup() through a link written by link(); None when there is none or it is stale."""
+    """lookup() through a link written by link(); None when there is none or it is stale.
+    A link that is not what link() writes is removed with a warning."""
+    from workbench.schemas import SchemaError, load_json
+    from workbench.schemas.cache_meta import MAX_LINK_BYTES, CacheLink
+
     path = entry_dir(ws, spec, alias).with_suffix(".link")
     try:
-        data = json.loads(path.read_text())
-        target = Key(str(data["key"]), data["material"])
-    except (OSError, ValueError, KeyError, TypeError):
+        _, target = load_json(path, CacheLink, MAX_LINK_BYTES, source=path.name)
+    except FileNotFoundError:
         return None
-    return lookup(ws, spec, target, need_kernel=need_kernel)
+    except SchemaError as exc:
+        _discard(path, exc.problem)
+        return None
+    return lookup(ws, spec, Key(target.key, target.material), need_kernel=need_kernel)
 
 
 def remove(ws: Workspace, spec: StageSpec, key: Key) -> None:

@@ -156,6 +156,11 @@ def _facts(value: Any) -> dict[str, Any]:
     return {"what": kind, "layout": str(value), "type": str(value)}
 
 
+def _source_line(filename: str, line: int) -> str:
+    linecache.checkcache(filename)  # the file may have changed since this process last read it
+    return linecache.getline(filename, line).strip() if line else ""
+
+
 def _record(name: str, location: tuple[str, int], facts: dict[str, Any]) -> dict:
     filename, line = location
     record: dict[str, Any] = {
@@ -164,7 +169,7 @@ def _record(name: str, location: tuple[str, int], facts: dict[str, Any]) -> dict
         "kind": "probe",
         "op": None,
         "location": f"{filename}:{line}",
-        "source": linecache.getline(filename, line).strip() if line else "",
+        "source": _source_line(filename, line),
         "what": facts.get("what"),
         "layout": facts.get("layout", ""),
         "type": facts.get("type"),

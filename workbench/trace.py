@@ -84,6 +84,7 @@ class TraceState:
     tma_atoms: list[TmaAtom] = field(default_factory=list)
     traced: int = 0  # modules seen (one per cute.compile)
     hook_error: str | None = None
+    files: set[str] = field(default_factory=set)  # every source file a location names
 
     def hook(self, dsl: Any, module: Any, function_name: str) -> None:
         """trace_finalize hook: never raises (a broken capture must not break a compile)."""
@@ -149,6 +150,8 @@ def _smem_bytes(type_str: str) -> int | None:
 _TYPE_ALIAS = re.compile(r"^(![\w.$-]+) = (.+)$")
 _LOC_ALIAS = re.compile(r"^(#loc\d*) = loc\((.*)\)$")
 _OP_LINE = re.compile(r'^\s*(?:%[\w.#-]+(?::\d+)? = )?"([\w.]+)"')
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_LINE_COL = re.compile(r":\d+:\d+")
 _STRUCT_FIELDS = re.compile(r"smem\.struct_fields = \[([^\]]*)\]")
 _SYM_NAME = re.compile(r'sym_name = "([^"]+)"')
 
@@ -206,6 +209,18 @@ class _Locations:
         return None, ""
 
 
+def location_files(lines: list[str]) -> set[str]:
+    """The file of every `"file":line:col` location in the printed module."""
+    files = set()
+    for line in lines:
+        if "loc(" not in line:
+            continue
+        for m in _STRING.finditer(line):  # strings in order: a quote inside one is escaped
+            if _LINE_COL.match(line, m.end()):
+                files.add(_unescape(m.group(0)[1:-1]))
+    return files
+
+
 def _split_types(text: str) -> list[str]:
     from workbench.layouts import split_top
 
@@ -220,10 +235,17 @@ def _scan_module(state: TraceState, module: Any) -> None:
     scan_text(state, text)
 
 
-def scan_text(state: TraceState, text: str) -> None:
-    """Collect op records, kernel shared memory and TMA atoms from a printed module."""
-    capture = active_capture()
+_ACTIVE = object()
+
+
+def scan_text(state: TraceState, text: str, capture: Any = _ACTIVE) -> None:
+    """Collect op records, kernel shared memory, TMA atoms and source files from a printed
+    module. Op records go to `capture` (the active probe capture unless given; None: to
+    state.ops)."""
+    if capture is _ACTIVE:
+        capture = active_capture()
     lines = text.splitlines()
+    state.files |= location_files(lines)
     types: dict[str, str] = {}
     loc_aliases: dict[str, str] = {}
     for line in lines:
