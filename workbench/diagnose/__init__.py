@@ -7,34 +7,41 @@ Entry points (see docs/diagnostics.md):
     diagnose(stage_outputs, expected, inputs, params, variants, fixture_name, mutants,
              *, label=None, picture_dir=None) -> Diagnosis
     mutants_for(kernel_dir) -> {name: Mutant}          # generic + the kernel's mutants.py
+    add_run_evidence(cases, kernel_dir, params)          # the runner, after every fixture ran
     render_diagnosis(diag, full=False)                   # rich renderable (wb run / wb explain)
     diagnosis_markdown(diag, pictures_relpath=".")      # markdown for report.md
     Diagnosis.to_dict() / Diagnosis.from_dict(d)
 
     @mutant(name, description, outputs=("o", "lse"), dims=(2, 4))   # register a mutant
+    @evidence_hook                                       # fn(EvidenceContext) -> [hint]
 
 Importing this package is cheap (no torch): submodules import torch inside functions.
 """
 
 from __future__ import annotations
 
+from workbench.diagnose.evidence import add_run_evidence
 from workbench.diagnose.registry import (
+    EvidenceContext,
     Mutant,
     MutantContext,
     NotApplicable,
     Pred,
     all_mutants,
+    evidence_hook,
+    hooks_for,
     load_mutants,
     mutant,
     mutants_for,
     role_of,
 )
-from workbench.diagnose.result import Candidate, Diagnosis, ErrorMap, Fit, ReadMap, as_diagnosis
+from workbench.diagnose.result import Candidate, Diagnosis, ErrorMap, Evidence, Fit, ReadMap, as_diagnosis
 
 __all__ = [
-    "Candidate", "Diagnosis", "ErrorMap", "Fit", "Mutant", "MutantContext", "NotApplicable", "Pred",
-    "ReadMap", "all_mutants", "as_diagnosis", "diagnose", "diagnosis_markdown", "error_grid_markup",
-    "load_mutants", "mutant", "mutants_for", "render_diagnosis", "role_of", "run_diagnosis",
+    "Candidate", "Diagnosis", "ErrorMap", "Evidence", "EvidenceContext", "Fit", "Mutant", "MutantContext",
+    "NotApplicable", "Pred", "ReadMap", "add_run_evidence", "all_mutants", "as_diagnosis", "diagnose",
+    "diagnosis_markdown", "error_grid_markup", "evidence_hook", "hooks_for", "load_mutants", "mutant",
+    "mutants_for", "render_diagnosis", "role_of", "run_diagnosis",
 ]
 
 

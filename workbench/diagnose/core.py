@@ -24,6 +24,14 @@ Thresholds (module constants, recorded in every Diagnosis):
               are "the same" on this fixture and are reported together.
   TIE       = 1.5·best + 0.003: explaining mutants with a different prediction scoring
               within this of the best are reported as "also fits".
+
+Evidence rule: a mutant is named only on outputs where its prediction differs from the
+reference (by DISTINCT or more): where it equals the reference, a match is no evidence for
+it (every mutant shares the correct outputs with the reference). Where both the kernel and
+a mutant hold numbers on only part of an output ("it matches X where both hold numbers, plus
+a second bug"), that part must cover MASKED_SHARE of the output and the mutant must differ
+from the reference there. When no mutant explains the failure, the diagnosis states the
+evidence instead (workbench/diagnose/evidence.py).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from workbench.diagnose.evidence import build_evidence
 from workbench.diagnose.registry import Mutant, MutantContext, NotApplicable, Pred, role_of
 from workbench.diagnose.result import Candidate, Diagnosis, Fit
 
@@ -41,6 +50,8 @@ RATIO = 0.25
 DISTINCT = 0.02
 FAIL_FLOOR = 0.01
 TIE_FACTOR, TIE_SLACK = 1.5, 0.003
+NEAR = 2 * FIT_MAX  # a non-explaining mutant is named as "closest" only when it fits this well
+MASKED_SHARE = 0.1
 TOP = 8
 
 EPS = {"bfloat16": 2.0**-8, "float16": 2.0**-10, "float32": 2.0**-23, "float64": 2.0**-52}
@@ -170,6 +181,7 @@ def diagnose(
     max_logits: int = 1 << 28,
     prediction_cache: dict | None = None,
     force: bool = False,
+    hooks: Iterable | None = None,
 ) -> Diagnosis:
     """Explain a kernel's outputs: rank mutant references by how well they reproduce them.
 
@@ -181,7 +193,8 @@ def diagnose(
     skipped altogether when q·kᵀ has more than max_logits elements. prediction_cache: a
     dict reused across calls WITH THE SAME inputs and expected outputs (sweeps, tests):
     mutant predictions are computed once. force: try the mutants even when the output
-    matches the reference (explanations still need RATIO and FIT_MAX).
+    matches the reference (explanations still need RATIO and FIT_MAX). hooks: the kernel's
+    evidence hooks (default: those of the folders the given mutants come from).
     """
 
     from workbench.diagnose.errormap import draw_error_map, error_map
@@ -200,7 +213,8 @@ def diagnose(
         r = expected[n]
         refc[n] = classify(r.to(a.device))
         eps = max(eps, eps_of(a))
-    fmin = 0.0 if force else fail_min(eps)
+    right_below = fail_min(eps)
+    fmin = 0.0 if force else right_below
     diag.thresholds = {"fail_min": fmin, "fit_max": FIT_MAX, "ratio": RATIO, "distinct": DISTINCT}
 
     for n in names:
@@ -259,6 +273,7 @@ def diagnose(
     exp_f = {n: expected[n].to(stage_outputs[n].device).float() for n in names}
     cx = MutantContext(inputs=inputs, expected=exp_f, params=params, variants=variants, fixture=fixture_name)
     preds_kept: dict[str, dict] = {}
+    masked_support: dict[str, list[str]] = {}
     cands: list[Candidate] = []
     mlist = _resolve_mutants(mutants)
     generic = {m.name: m.generic for m in mlist}
@@ -277,7 +292,7 @@ def diagnose(
             entry = _predict(m, cx, names, stage_outputs, refc, diag.notes)
             if prediction_cache is not None:
                 prediction_cache[m.name] = entry
-        kind, preds, dist = entry
+        kind, preds, dist, out_dist = entry
         if kind == "failed":
             continue
         if kind == "n/a":
@@ -297,11 +312,15 @@ def diagnose(
         cand = Candidate(
             name=m.name, description=m.description, score=worst.score, cos=min(f.cos for f in per.values()),
             rel=max(f.rel for f in per.values()), mismatch=max(f.mismatch for f in per.values()),
-            outputs=per, distance_to_reference=dist,
+            outputs=per, distance_to_reference=dist, evidence=[n for n in names if out_dist.get(n, 0.0) >= DISTINCT],
         )
         cands.append(cand)
         if cand.score <= FIT_MAX or any(f.score <= FIT_MAX for f in per.values()):
             preds_kept[m.name] = preds
+        if cand.mismatch > 0 and cand.rel <= FIT_MAX:
+            support = _masked_support(actual, preds, refc, names)
+            if support:
+                masked_support[m.name] = support
     if prediction_cache is not None:
         saved = prediction_cache.setdefault("__notes__", [])
         saved.extend(n for n in cx.notes if n not in saved)
@@ -313,7 +332,7 @@ def diagnose(
     cands.sort(key=lambda c: (c.score, c.name))
     ref_score = diag.reference_score
     for c in cands:
-        c.explains = c.score <= FIT_MAX and c.score <= RATIO * ref_score
+        c.explains = c.score <= FIT_MAX and c.score <= RATIO * ref_score and bool(c.evidence)
     expl = [c for c in cands if c.explains]
     if expl:
         best = expl[0]
@@ -337,7 +356,7 @@ def diagnose(
     if expl:
         diag.status = "explained"
         best = expl[0]
-        outs = ", ".join(n for n in names if n in preds_kept.get(best.name, {})) or "output"
+        outs = ", ".join(best.evidence)
         worst_ref = max(names, key=lambda k: diag.reference[k].score)
         diag.headline = (
             f"{outs} match{'es' if ',' not in outs else ''} '{best.name}': {best.description} "
@@ -357,7 +376,8 @@ def diagnose(
             rf = diag.reference[n]
             if rf.score < fmin:
                 continue
-            good = [c for c in cands if n in preds_kept.get(c.name, {}) and c.outputs[n].score <= FIT_MAX and c.outputs[n].score <= RATIO * rf.score]
+            good = [c for c in cands if n in c.evidence and n in preds_kept.get(c.name, {})
+                    and c.outputs[n].score <= FIT_MAX and c.outputs[n].score <= RATIO * rf.score]
             good.sort(key=lambda c: c.outputs[n].score)
             if good:
                 diag.partial[n] = good[:3]
@@ -367,26 +387,59 @@ def diagnose(
             head += "; but " + "; ".join(
                 f"{n} alone matches '{v[0].name}' (cos {v[0].outputs[n].cos:.5f})" for n, v in diag.partial.items()
             )
-        ref_rel = max(f.rel for f in diag.reference.values())
-        masked = [c for c in cands if c.mismatch > 0 and c.rel <= FIT_MAX and c.rel <= RATIO * ref_rel]
+        masked = [c for c in cands if c.name in masked_support]
+        near = [c for c in cands if c.evidence and c.score <= NEAR and c.score <= RATIO * ref_score]
         if masked:
             c = masked[0]
             diag.masked_match = c.name
             head += (
-                f"; where both hold numbers it matches '{c.name}' (cos {c.cos:.5f}, rel {c.rel:.2g}) but "
-                f"{c.mismatch:.1%} of the elements are NaN/unwritten in one and not the other: "
+                f"; where both hold numbers {', '.join(masked_support[c.name])} match '{c.name}' (cos {c.cos:.5f}, "
+                f"rel {c.rel:.2g}) but {c.mismatch:.1%} of the elements are NaN/unwritten in one and not the other: "
                 f"'{c.name}' plus a second bug (see the error map)"
             )
-        elif not diag.partial and cands:
-            c = cands[0]
+        elif not diag.partial and near:
+            c = near[0]
             head += f"; closest: '{c.name}' (score {c.score:.2g}: cos {c.cos:.4f}, rel {c.rel:.2g}" + (
                 f", {c.mismatch:.1%} NaN/unwritten mismatch" if c.mismatch else "") + ")"
         bad_maps = [e for e in diag.error_maps if e.output == worst_ref]
         if bad_maps:
             head += f"; {bad_maps[0].output}: {bad_maps[0].summary}"
         diag.headline = head
+    right = {n: diag.reference[n].score < right_below for n in names}
+    diag.evidence = build_evidence(diag, right, _hooks_of(mlist) if hooks is None else hooks, params, variants)
     diag.seconds = time.perf_counter() - t0
     return diag
+
+
+def _hooks_of(mutants: list[Mutant]) -> list:
+    from workbench.diagnose.registry import hooks_for
+
+    folders = sorted({str(Path(m.source).parent) for m in mutants if m.source and not m.generic})
+    return [h for folder in folders for h in hooks_for(folder)]
+
+
+def _masked_support(actual, preds, refc, names) -> list[str]:
+    """Outputs on which a mutant, where it and the kernel both hold numbers, matches the
+    kernel AND differs from the reference; [] when any output contradicts it there."""
+    support = []
+    for n in names:
+        if n not in preds:
+            continue
+        v, c, care = preds[n]
+        av, ac = actual[n]
+        both = (ac == 0) & (c == 0)
+        if care is not None:
+            both &= care
+        if int(both.sum()) < MASKED_SHARE * both.numel():
+            continue
+        to_kernel = fit(av, ac, v, c, care=both)
+        if to_kernel.rel > FIT_MAX:
+            return []
+        to_reference = fit(v, c, *refc[n], care=both)
+        kernel_to_reference = fit(av, ac, *refc[n], care=both)
+        if to_reference.rel >= DISTINCT and to_kernel.rel <= RATIO * kernel_to_reference.rel:
+            support.append(n)
+    return support
 
 
 def _predict(m: Mutant, cx, names, stage_outputs, refc, notes):
@@ -394,10 +447,10 @@ def _predict(m: Mutant, cx, names, stage_outputs, refc, notes):
     try:
         res = m.fn(cx)
     except NotApplicable:
-        return ("n/a", {}, None)
+        return ("n/a", {}, None, {})
     except Exception as exc:
         notes.append(f"mutant {m.name} failed: {type(exc).__name__}: {exc}")
-        return ("failed", {}, None)
+        return ("failed", {}, None, {})
     preds = {}
     for n in names:
         if res and n in res and res[n] is not None and (m.predicts(role_of(n)) or "*" in m.outputs):
@@ -406,9 +459,10 @@ def _predict(m: Mutant, cx, names, stage_outputs, refc, notes):
             except ValueError as exc:
                 notes.append(f"mutant {m.name}: {n}: {exc}")
     if not preds:
-        return ("n/a", {}, None)
-    dist = max(fit(v, c, *refc[n], care=care).score for n, (v, c, care) in preds.items())
-    return ("unseen" if dist < DISTINCT else "ok", preds, dist)
+        return ("n/a", {}, None, {})
+    out_dist = {n: fit(v, c, *refc[n], care=care).score for n, (v, c, care) in preds.items()}
+    dist = max(out_dist.values())
+    return ("unseen" if dist < DISTINCT else "ok", preds, dist, out_dist)
 
 
 def _pred_distance(pa: dict, pb: dict, refc: dict, names) -> float:
@@ -440,9 +494,10 @@ def run_diagnosis(
 ) -> dict:
     """The runner's entry point: load the kernel's mutants, diagnose, return the plain dict
     for run.json (pictures go to picture_dir/pictures/, named relative to picture_dir)."""
-    from workbench.diagnose.registry import mutants_for
+    from workbench.diagnose.registry import hooks_for, mutants_for
 
     mutants = mutants_for(kernel_dir)
+    kwargs.setdefault("hooks", hooks_for(kernel_dir))
     pdir = Path(picture_dir) / "pictures" if picture_dir is not None else None
     diag = diagnose(outputs, expected, inputs, params, variants, fixture, mutants, label=label, picture_dir=pdir, **kwargs)
     if pdir is not None:

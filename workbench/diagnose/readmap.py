@@ -5,6 +5,11 @@ head under GQA); it "matches" when ||O[i] - V[j]|| <= MATCH_REL * ||V[j]||. The 
 query SHOULD have read comes from matching the reference output the same way, so no
 knowledge of Q/K is needed; when fewer than 90% of the reference rows match a V row, P is
 not one-hot and there is no read map.
+
+By tile: for each KV tile t, the tile most of the queries meant for it read; when that is
+not t for every tile, the pairs are stated as a rule ("queries meant for KV tile t read V
+rows of tile 3-t"). By column: when most rows match no V row, each O column is matched to
+the V column it equals over the intended rows; a permutation shows a V/O column bug.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ KV_TILE = 128
 Q_TILE = 128
 MATCH_REL = 0.02  # bf16 rounding of O is 2^-9 relative; a mixture of two rows is far above
 MIN_EXPECTED_MATCH = 0.9
+COLUMN_ROWS = 8192  # rows enough to tell columns apart
+CONSISTENT = 0.9  # share of an intended tile's queries that must read the same tile for a rule
 
 
 def _groups(o, v):
@@ -131,16 +138,105 @@ def read_map(name, actual, expected, v, picture: Path | None = None) -> ReadMap 
             parts.append(f"{dn}/{share} wrong reads are exactly {d // KV_TILE:+d} tile(s) away (same row)")
         elif tn / share >= 0.5:
             parts.append(f"{tn}/{share} wrong reads come from KV tile {tt}")
+    columns = column_map(og, vg, exp_rows, valid) if n_un * 2 > total else None
+    columns_moved = bool(column_rule(columns))
     if n_un:
-        parts.append(f"{n_un} equal no V row (a mixture: P not one-hot, or NaN/unwritten)")
+        why = "but each of their columns equals a V column" if columns_moved else "(a mixture: P not one-hot, or NaN/unwritten)"
+        parts.append(f"{n_un} equal no V row {why}")
     rm = ReadMap(
         output=name, queries=total, correct=n_ok, wrong_row=n_wr, wrong_tile=n_wt, unmatched=n_un,
-        per_tile=per_tile, confusion=confusion, examples=examples, summary="; ".join(parts),
+        per_tile=per_tile, confusion=confusion, examples=examples, summary="; ".join(parts), kv_tiles=T,
+        column_map=columns, column_summary=column_rule(columns),
     )
+    same_row = bool(matched_wrong.any()) and bool(((got_rows - exp_rows)[matched_wrong] % KV_TILE == 0).all())
+    if not columns_moved:  # else every row was read, only its columns moved
+        rm.tile_pairs = tile_pairs(confusion, T)
+        rm.tile_summary = tile_rule(rm.tile_pairs, T, same_row)
     if picture is not None:
         draw_read_map(picture, exp_rows, got_rows, N)
         rm.picture = picture.name
     return rm
+
+
+def tile_pairs(confusion, n_tiles: int) -> list[list[int]]:
+    """[intended tile, the tile most of its queries read (-1: no V row)] for every intended
+    tile whose queries agree (at least CONSISTENT of them); [] when any tile's do not."""
+    by_tile: dict[int, Counter] = {}
+    for exp_t, got_t, count in confusion:
+        by_tile.setdefault(exp_t, Counter())[got_t] += count
+    pairs = []
+    for exp_t in sorted(by_tile):
+        got_t, count = by_tile[exp_t].most_common(1)[0]
+        if count < CONSISTENT * sum(by_tile[exp_t].values()):
+            return []
+        pairs.append([exp_t, got_t])
+    return pairs
+
+
+def tile_rule(pairs, n_tiles: int, same_row: bool) -> str:
+    """The pairs as one sentence, or "" when every tile reads itself (or no rule holds)."""
+    read = {e: g for e, g in pairs if g >= 0}
+    lost = [e for e, g in pairs if g < 0]
+    if not pairs or (all(e == g for e, g in read.items()) and not lost):
+        return ""
+    parts = []
+    if read and any(e != g for e, g in read.items()):
+        rule = _tile_formula(read, n_tiles)
+        where = ", the same row within the tile" if same_row else ""
+        parts.append(f"queries meant for KV tile t read V rows of {rule}{where} (KV tiles: {n_tiles})")
+    if lost:
+        parts.append(f"queries meant for KV tile(s) {_ranges(lost)} read no V row")
+    return "; ".join(parts)
+
+
+def _tile_formula(read: dict[int, int], n: int) -> str:
+    if all(g == n - 1 - e for e, g in read.items()):
+        return f"tile {n - 1}-t (the tiles in reverse order)"
+    for k in range(1, n):
+        if all(g == e + k - n for e, g in read.items()):
+            return f"tile t-{n - k}"
+        if all(g == e + k for e, g in read.items()):
+            return f"tile t+{k}"
+        if all(g == (e + k) % n for e, g in read.items()):
+            return f"tile (t+{k}) mod {n}" if 2 * k <= n else f"tile (t-{n - k}) mod {n}"
+    if len(set(read.values())) == 1:
+        return f"tile {next(iter(read.values()))} (whatever t)"
+    return "tiles " + ", ".join(f"{e}->{g}" for e, g in sorted(read.items()))
+
+
+def column_map(og, vg, exp_rows, valid) -> list[int] | None:
+    """For rows that should equal V rows: per O column, the V column it equals over all of
+    them (within MATCH_REL of that column's norm), or None when some column equals none."""
+    import torch
+
+    idx = exp_rows.clamp(min=0)
+    want = torch.gather(vg.float(), 1, idx.unsqueeze(-1).expand(-1, -1, vg.shape[-1]))[valid]  # (Q, D)
+    got = og.float()[valid]
+    keep = torch.isfinite(got).all(-1)
+    want, got = want[keep][:COLUMN_ROWS].double(), got[keep][:COLUMN_ROWS].double()
+    if want.shape[0] == 0:
+        return None
+    dist = torch.cdist(got.T.contiguous(), want.T.contiguous())  # (D out, D v)
+    best = dist.argmin(-1)
+    norms = want.norm(dim=0)[best]
+    if not bool((dist.gather(1, best.view(-1, 1)).view(-1) <= MATCH_REL * norms.clamp(min=1e-6)).all()):
+        return None
+    return best.tolist()
+
+
+def column_rule(cols: list[int] | None) -> str:
+    if cols is None:
+        return ""
+    n = len(cols)
+    if cols == list(range(n)):
+        return ""
+    what = "a permutation of" if sorted(cols) == list(range(n)) else "copies of"
+    rule = next((f"V column c^{k}" for k in range(1, n) if all(c == (i ^ k) for i, c in enumerate(cols))), None)
+    rule = rule or next((f"V column (c+{k}) mod {n}" for k in range(1, n) if all(c == (i + k) % n for i, c in enumerate(cols))), None)
+    if rule is None and cols == list(range(n - 1, -1, -1)):
+        rule = f"V column {n - 1}-c"
+    rule = rule or "V column " + ", ".join(f"{i}<-{c}" for i, c in enumerate(cols) if i != c)[:300]
+    return f"every query read its intended V row, but O's columns are {what} V's: O column c holds {rule}"
 
 
 def draw_read_map(path: Path, exp_rows, got_rows, n_keys: int) -> Path:

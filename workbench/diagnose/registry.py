@@ -24,6 +24,18 @@ Generic mutants live in workbench/diagnose/generic.py; a kernel registers its ow
 stages/<kernel>/mutants.py (or in any stage module); `mutants_for(kernel_dir)` returns the
 generic ones plus those registered from files in that folder.
 
+Evidence hooks: when no mutant explains a failure, the diagnosis states what the evidence
+shows (which outputs are right, which other fixtures of the run pass, what the read map
+shows). What that implies is kernel knowledge, so the kernel declares it:
+
+    @evidence_hook
+    def fmha_evidence(ev):            # ev: EvidenceContext
+        if ev.right("lse") and ev.right("o") is False:
+            return ["the softmax statistics are right; the error is in P·V ..."]
+        return []
+
+in stages/<kernel>/evidence*.py (or mutants*.py); `hooks_for(kernel_dir)` returns them.
+
 No torch at import time.
 """
 
@@ -122,14 +134,46 @@ def _load_generic() -> None:
     from workbench.diagnose import generic  # noqa: F401  (registers on import)
 
 
+@dataclass(frozen=True)
+class EvidenceHook:
+    name: str
+    fn: Callable[..., Any]
+    source: str = ""
+
+
+_hooks: dict[tuple[str, str], EvidenceHook] = {}  # (source, name) -> hook
+
+
+def evidence_hook(fn):
+    """Register fn(ev: EvidenceContext) -> list[str]: true statements about what the
+    evidence implies for this kernel (see the module docstring)."""
+    try:
+        source = str(Path(inspect.getfile(fn)).resolve())
+    except (TypeError, OSError):
+        source = ""
+    _hooks[(source, fn.__name__)] = EvidenceHook(fn.__name__, fn, source)
+    return fn
+
+
+def hooks_for(kernel_dir: str | os.PathLike | None) -> list[EvidenceHook]:
+    """The evidence hooks registered from files in kernel_dir (loading its files first)."""
+    if kernel_dir is None:
+        return []
+    folder = Path(kernel_dir).resolve()
+    load_mutants(folder)
+    return [h for h in _hooks.values() if h.source and Path(h.source).parent == folder]
+
+
+HOOK_FILES = ("mutants*.py", "evidence*.py")
 _loaded: dict[str, float] = {}  # module file -> mtime it was loaded at
 
 
 def load_mutants(path: str | os.PathLike) -> None:
-    """Import a mutants file (or every mutants*.py in a folder) so its mutants register.
-    Re-imports a file whose modification time changed (the worker process is long-lived)."""
+    """Import a mutants file (or every mutants*.py and evidence*.py in a folder) so its
+    mutants and evidence hooks register. Re-imports a file whose modification time changed
+    (the worker process is long-lived)."""
     path = Path(path)
-    files = sorted(path.glob("mutants*.py")) if path.is_dir() else [path]
+    files = sorted(f for pattern in HOOK_FILES for f in path.glob(pattern)) if path.is_dir() else [path]
     for file in files:
         file = file.resolve()
         mtime = file.stat().st_mtime
@@ -137,6 +181,8 @@ def load_mutants(path: str | os.PathLike) -> None:
             continue
         for name in [n for n, m in _registry.items() if m.source == str(file)]:
             del _registry[name]
+        for key in [k for k in _hooks if k[0] == str(file)]:
+            del _hooks[key]
         mod_name = "wb_mutants_" + "_".join(file.parts[-3:]).replace(".py", "").replace("-", "_").replace(".", "_")
         spec = importlib.util.spec_from_file_location(mod_name, file)
         module = importlib.util.module_from_spec(spec)
@@ -194,3 +240,30 @@ class MutantContext:
     def note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)
+
+
+@dataclass
+class EvidenceContext:
+    """What an evidence hook sees. `outputs_right`: this fixture's outputs, right or not;
+    `fixtures`: the other fixtures of the same run, per output right or not (empty when the
+    diagnosis is made before the run is complete); `readmap`: this fixture's ReadMap or
+    None."""
+
+    fixture: str
+    outputs_right: Mapping[str, bool]
+    fixtures: Mapping[str, Mapping[str, bool]] = field(default_factory=dict)
+    readmap: Any = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    variants: Mapping[str, str] = field(default_factory=dict)
+
+    def right(self, role: str, fixture: str | None = None) -> bool | None:
+        """Is the output of this role right on `fixture` (default: this one)? None when the
+        stage has no such output or the fixture did not run (or is not known yet)."""
+        outputs = self.outputs_right if fixture in (None, self.fixture) else self.fixtures.get(fixture)
+        if outputs is None:
+            return None
+        found = [ok for name, ok in outputs.items() if role_of(name) == role]
+        return all(found) if found else None
+
+    def ran(self, fixture: str) -> bool:
+        return fixture == self.fixture or fixture in self.fixtures

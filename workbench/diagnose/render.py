@@ -100,6 +100,9 @@ def render_diagnosis(diag: Any, full: bool = False):
         return None
     style = {"ok": "green", "explained": "yellow", "unexplained": "red"}.get(d.status, "white")
     parts: list[Any] = [Text.from_markup(f"  [{style}]⮑ {escape(d.headline)}[/]")]
+    if d.evidence and (full or d.status == "unexplained"):
+        for i, line in enumerate(d.evidence.lines()):
+            parts.append(Text.from_markup(f"    [bold]evidence:[/] {escape(line)}" if i == 0 else f"      · {escape(line)}"))
     if d.readmap and not full:
         parts.append(Text.from_markup(f"    [dim]read map:[/] {escape(d.readmap.summary)}"))
     if not full:
@@ -184,6 +187,8 @@ def diagnosis_markdown(diag: Any, pictures_relpath: str = ".") -> str:
     if d is None:
         return "_No diagnosis available._"
     out = [f"**Diagnosis ({d.status}):** {d.headline}", ""]
+    if d.evidence and d.evidence.lines():
+        out += ["Evidence:", ""] + [f"- {line}" for line in d.evidence.lines()] + [""]
     if d.candidates:
         out += ["| mutant | explains | score | cos | rel | distance to reference | models |", "|---|---|---|---|---|---|---|"]
         for c in d.candidates:

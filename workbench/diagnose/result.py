@@ -51,6 +51,9 @@ class Candidate:
     explains: bool = False
     same_as: list[str] = field(default_factory=list)  # mutants with the same prediction here
     also_fits: list[str] = field(default_factory=list)  # different prediction, fits as well
+    # outputs where its prediction differs from the reference: the only ones that can be
+    # evidence for it (where it equals the reference, a match says nothing about it)
+    evidence: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -89,6 +92,49 @@ class ReadMap:
     examples: list[dict] = field(default_factory=list)
     summary: str = ""
     picture: str | None = None
+    kv_tiles: int = 0
+    tile_pairs: list[list[int]] = field(default_factory=list)  # [intended KV tile, tile most of its queries read (-1 none)]
+    tile_summary: str = ""  # the pairs as a rule, when they are not the identity
+    column_map: list[int] | None = None  # O column c holds V column column_map[c] (rows otherwise right)
+    column_summary: str = ""
+
+
+@dataclass
+class Evidence:
+    """What a failure shows, stated as facts (rendered when no mutant explains it).
+
+    outputs_right: per output of this fixture, whether it matches the reference;
+    fixtures: the other fixtures of the same run, per output right or not (empty until the
+    whole run is known: see workbench.diagnose.evidence.add_run_evidence);
+    reads: what this fixture's read map shows by tile or column; fixture_reads: the same
+    for the other fixtures of the run; hints: the kernel's reading of all this (the
+    evidence hooks of its folder)."""
+
+    outputs_right: dict[str, bool] = field(default_factory=dict)
+    fixtures: dict[str, dict[str, bool]] = field(default_factory=dict)
+    reads: list[str] = field(default_factory=list)
+    fixture_reads: dict[str, list[str]] = field(default_factory=dict)
+    hints: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [_right_wrong(self.outputs_right)] if self.outputs_right else []
+        if self.fixtures:
+            out.append("other fixtures of this run: " + "; ".join(
+                f"{name} ({_right_wrong(outs)})" for name, outs in sorted(self.fixtures.items())))
+        out += self.reads
+        out += [f"{name}: {line}" for name, lines in sorted(self.fixture_reads.items()) for line in lines]
+        return out + self.hints
+
+
+def _right_wrong(outputs: dict[str, bool]) -> str:
+    right = [n for n, ok in outputs.items() if ok]
+    wrong = [n for n, ok in outputs.items() if not ok]
+    if not wrong:
+        return "every output right"
+    return ", ".join(part for part in (
+        f"{', '.join(right)} right" if right else "",
+        f"{', '.join(wrong)} wrong",
+    ) if part)
 
 
 @dataclass
@@ -107,6 +153,7 @@ class Diagnosis:
     not_applicable: list[str] = field(default_factory=list)
     error_maps: list[ErrorMap] = field(default_factory=list)
     readmap: ReadMap | None = None
+    evidence: Evidence | None = None
     pictures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=dict)
@@ -139,6 +186,8 @@ class Diagnosis:
         kw["error_maps"] = [ErrorMap(**_known(ErrorMap, e)) for e in d.get("error_maps") or []]
         rm = d.get("readmap")
         kw["readmap"] = ReadMap(**_known(ReadMap, rm)) if rm else None
+        ev = d.get("evidence")
+        kw["evidence"] = Evidence(**_known(Evidence, ev)) if ev else None
         return cls(**kw)
 
 
