@@ -76,7 +76,7 @@ def run_stage(
     elif verdict == "CRASH" and outcome.log_tail:
         error = {**(error or {}), "log": outcome.log_tail}
     compiles = result.get("compiles", [])
-    env = result.get("env", {})
+    env = result.get("env") or next((e["env"] for e in reversed(outcome.events) if e.get("phase") == "env"), {})
     record = {
         **record_head("run", spec, params, variants),
         "fixtures_requested": fixtures or spec.fixtures,

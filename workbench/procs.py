@@ -184,7 +184,7 @@ def peer_pid(conn: socket.socket) -> int | None:
 class ProcInfo:
     path: Path
     data: dict[str, Any]
-    state: str  # idle | busy | running | starting | orphan | gone | reused | unverified | foreign
+    state: str  # idle | busy | running | starting | orphan | dying | untracked | gone | reused | unverified | foreign
     note: str = ""
     gpu_mib: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -195,7 +195,7 @@ class ProcInfo:
 
     @property
     def alive(self) -> bool:
-        return self.state in ("idle", "busy", "running", "starting", "orphan")
+        return self.state in ("idle", "busy", "running", "starting", "orphan", "dying", "untracked")
 
     @property
     def orphan(self) -> bool:
@@ -238,7 +238,7 @@ def _classify(path: Path, data: dict[str, Any], now: float) -> ProcInfo:
     if data.get("host") and data["host"] != socket.gethostname():
         return ProcInfo(path, data, "foreign", f"written on host {data['host']}")
     live_start = starttime(pid)
-    if live_start is None:
+    if live_start is None:  # a zombie too: it has exited and holds no memory, GPU memory included
         return ProcInfo(path, data, "gone", "the process has exited")
     if data.get("starttime") is None:
         return ProcInfo(path, data, "unverified", "old pid file without a start time: cannot prove it is wb's")
@@ -246,6 +246,8 @@ def _classify(path: Path, data: dict[str, Any], now: float) -> ProcInfo:
         return ProcInfo(path, data, "reused", f"pid {pid} now belongs to another process")
     kind = data.get("kind", "warm-worker")
     job = data.get("job")
+    if data.get("dying"):
+        return ProcInfo(path, data, "dying", str(data["dying"]))
     if kind == "remote-run":
         agent = data.get("agent") or {}
         if agent and not same_process(agent.get("pid"), agent.get("starttime")):
@@ -274,13 +276,12 @@ def _classify(path: Path, data: dict[str, Any], now: float) -> ProcInfo:
 
 
 def scan(ws: Workspace, clean: bool = True, gpu: bool = False) -> list[ProcInfo]:
-    """Every pid file of the workspace, classified. `clean` removes files of exited processes."""
+    """Every pid file of the workspace, classified, and the workspace's workers that have
+    none. `clean` removes files of exited processes."""
     folder = pid_dir(ws)
-    if not folder.is_dir():
-        return []
     now = time.time()
     out = []
-    for path in sorted(folder.glob("*.json")):
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             data = json.loads(path.read_text())
             if not isinstance(data, dict):
@@ -298,10 +299,37 @@ def scan(ws: Workspace, clean: bool = True, gpu: bool = False) -> list[ProcInfo]
             except (OSError, ValueError):
                 pass
         out.append(info)
+    if os.path.isdir("/proc"):
+        out += _untracked(ws, {p.pid for p in out if p.alive})
     if gpu and any(p.alive for p in out):
         mem = _gpu_memory()
         for p in out:
             p.gpu_mib = mem.get(p.pid)
+    return out
+
+
+def _untracked(ws: Workspace, known: set[int]) -> list[ProcInfo]:
+    """Workers of this workspace that run without a pid file (it was deleted, or never
+    written): `python -m workbench.runner.worker` whose working folder is the workspace."""
+    root = str(ws.root.resolve())
+    out = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        pid = int(entry.name)
+        if pid in known or pid == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"workbench.runner.worker" not in argv or os.readlink(entry / "cwd") != root:
+                continue
+            pgid = os.getpgid(pid)
+        except OSError:
+            continue
+        start = starttime(pid)
+        if start is None:
+            continue
+        data = {"pid": pid, "pgid": pgid, "kind": "worker", "starttime": start, "boot_id": boot_id(),
+                "argv": [a.decode(errors="replace") for a in argv if a], "host": socket.gethostname()}
+        out.append(ProcInfo(Path(os.devnull), data, "untracked", "a wb worker of this workspace without a pid file"))
     return out
 
 

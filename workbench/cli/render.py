@@ -37,6 +37,8 @@ def progress(title: str, enabled: bool = True) -> Iterator[Callable[[dict], None
             return "compiling" + (f" ({variants_text(v)})" if v else "")
         if event.get("phase") == "fixture":
             return f"fixture {event.get('fixture')}"
+        if event.get("phase") == "env":
+            return f"on {(event.get('env') or {}).get('gpu') or 'the CPU'}"
         return str(event.get("phase", ""))
 
     if terminal.interactive():

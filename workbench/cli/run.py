@@ -64,7 +64,12 @@ def run(
 
         record = run_remote(ws, host, spec, params, variants, fixture, seed, seeds, timeout, arch, show=not as_json)
     else:
+        from workbench import gpu
+        from workbench.errors import NoGpuError
         from workbench.procs import orphan_warning
+
+        if not gpu.reachable() and gpu.stage_needs_gpu(spec.module_path):
+            raise NoGpuError(f"{spec.id} needs a CUDA GPU and this machine has none (no NVIDIA device, or CUDA_VISIBLE_DEVICES hides them)")
 
         if (orphan := orphan_warning(ws)) is not None:
             from workbench import terminal

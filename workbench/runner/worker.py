@@ -15,8 +15,10 @@ import faulthandler
 import json
 import os
 import re
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -131,6 +133,7 @@ class Job:
             raise UserError(f"kernel {job['kernel']} has no stage {job['letter']!r}")
         roots = [ws.stages_dir.resolve(), ws.fixtures_dir.resolve()]
         result: dict[str, Any] = {"env": environment(), "fixtures": [], "shapes": [], "compiles": []}
+        self.emit({"type": "progress", "phase": "env", "env": result["env"]})  # a HANG record still names the card
 
         try:
             stage = spec.load()
@@ -304,13 +307,16 @@ def handle(conn: socket.socket) -> bool:
             if _PIDFILE is not None:  # who this job is for: `wb ps` spots a job whose wb is gone
                 _PIDFILE.job_started(message.get("run_dir"), procs.peer_pid(conn))
             job = _job_class(op)(message, lambda event: protocol.send(conn, event))
-            try:
-                result = job.execute()
-                protocol.send(conn, {"type": "result", "result": result})
-            except UserError as exc:
-                protocol.send(conn, {"type": "user_error", "message": str(exc)})
-            except Exception as exc:
-                protocol.send(conn, {"type": "result", "result": {"verdict": "CRASH", "error": error_info(exc, [])}})
+            with ParentWatch(conn) as watch:
+                try:
+                    result = job.execute()
+                    reply = {"type": "result", "result": result}
+                except UserError as exc:
+                    reply = {"type": "user_error", "message": str(exc)}
+                except Exception as exc:
+                    reply = {"type": "result", "result": {"verdict": "CRASH", "error": error_info(exc, [])}}
+                watch.done()  # from here a closed socket is the supervisor leaving after the answer
+                protocol.send(conn, reply)
             print(f"[wb-worker {os.getpid()}] job done", flush=True)
             if _PIDFILE is not None:
                 _PIDFILE.job_done()
@@ -318,6 +324,76 @@ def handle(conn: socket.socket) -> bool:
                 return False
             return keep_going
     return keep_going
+
+
+class ParentWatch:
+    """While a job runs, the worker ends itself and its process group (the GPU memory with it)
+    as soon as the wb that sent the job dies, instead of finishing a job no one will read:
+
+      * the job's socket hangs up (the kernel closes a dead process's sockets): a thread
+        polling for the hang-up kills the group within milliseconds;
+      * when that wb is the worker's parent, PR_SET_PDEATHSIG makes the kernel send SIGKILL
+        on its death, even while Python is stuck in a C call (cleared after the job, so a
+        warm worker outlives the wb that started it between jobs).
+    The pid file says `dying` first, so `wb ps` shows the worker until it is gone."""
+
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+        self.finished = threading.Event()
+        self.wake_r, self.wake_w = os.pipe()
+        self.supervisor = procs.peer_pid(conn)
+        self.thread = threading.Thread(target=self._watch, name="wb-parent-watch", daemon=True)
+
+    def __enter__(self) -> "ParentWatch":
+        if self.supervisor and self.supervisor == os.getppid():
+            _set_parent_death_signal(signal.SIGKILL)
+            if os.getppid() != self.supervisor:  # it died before the signal was armed
+                self._die("its wb died before the job started")
+        self.thread.start()
+        return self
+
+    def done(self) -> None:
+        self.finished.set()
+
+    def __exit__(self, *exc) -> None:
+        self.finished.set()
+        os.write(self.wake_w, b"x")
+        self.thread.join(5)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        _set_parent_death_signal(0)
+
+    def _watch(self) -> None:
+        import select
+
+        poller = select.poll()
+        hangup = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+        poller.register(self.conn.fileno(), hangup)
+        poller.register(self.wake_r, select.POLLIN)
+        while not self.finished.is_set():
+            for fd, _ in poller.poll():
+                if fd == self.conn.fileno() and not self.finished.is_set():
+                    self._die(f"its wb (pid {self.supervisor}) went away during the job")
+
+    def _die(self, why: str) -> None:
+        print(f"[wb-worker {os.getpid()}] {why}: ending the job and the worker", flush=True)
+        if _PIDFILE is not None:
+            _PIDFILE.update(dying=why)
+        if os.getpgrp() == os.getpid():  # the supervisor starts each worker in a session of its own
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _set_parent_death_signal(sig: int) -> None:
+    """prctl(PR_SET_PDEATHSIG, sig) on Linux; nothing elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
 
 
 _CODE_VERSION = ""
