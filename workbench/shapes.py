@@ -312,17 +312,27 @@ def _lock_path(ws: Workspace, kernel: str) -> Path:
     return ws.stages_dir / kernel / LOCK_NAME
 
 
-def read_lock(ws: Workspace, kernel: str) -> dict[str, Any]:
+def read_lock(ws: Workspace, kernel: str, accepting: bool = False) -> dict[str, Any]:
+    """The accepted snapshot of `kernel` ({} when there is none), checked against
+    workbench.schemas.shapes_lock; `accepting` says so in the message of a broken one."""
+    from workbench.schemas import SchemaError, load_yaml
+    from workbench.schemas.shapes_lock import MAX_BYTES, ShapesLock
+
     path = _lock_path(ws, kernel)
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         return {}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
-        raise UserError(f"{path}: expected a mapping with 'stages' (written by wb shapes --accept)")
-    return data
+        try:
+            _, lock = load_yaml(path, ShapesLock, MAX_BYTES)
+        except FileNotFoundError:
+            raise SchemaError(str(path), "does not exist (a dangling link?)") from None
+        if lock.kernel not in (None, kernel):
+            raise SchemaError(str(path), f"kernel: expected {kernel!r} (the lock of stages/{kernel}/), got {lock.kernel!r}")
+    except SchemaError as exc:
+        if accepting:
+            raise SchemaError(exc.source, f"{exc.problem}; not accepting over it: fix or remove it, then accept again") from None
+        raise
+    return lock.model_dump()
 
 
 def _lock_records(records: list[dict]) -> dict[str, dict]:
@@ -387,7 +397,7 @@ def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = Fals
     git = git_state(ws.root)
     commit = (git.get("commit") or "")[:10] + ("+dirty" if git.get("dirty") else "")
     today = date.today().isoformat()
-    lock = read_lock(ws, kernel) or {}
+    lock = read_lock(ws, kernel, accepting=True)
     lock = {"version": LOCK_VERSION, "kernel": kernel, "stages": dict(lock.get("stages") or {})}
     for res in results:
         label = label_of(res["arch"], res["params"], res["variants"])

@@ -68,9 +68,11 @@ def shapes(
     from workbench import shapes as lib
     from workbench.cli.run import parse_pairs, stage_overrides
     from workbench.errors import UserError
+    from workbench.registry import check_arch
 
     if accept and check:
         raise UserError("--accept and --check do not go together: check first, then accept")
+    check_arch(arch)
     ws = state.workspace()
     if host:  # the same command on the host, output streamed back (workbench.remote.passthrough)
         from workbench.remote import passthrough
@@ -78,9 +80,10 @@ def shapes(
         raise typer.Exit(passthrough(ws, host))
     overrides = stage_overrides(n, d, None, param)
     spec_kernel, targets = lib.plan(ws, kernel, stage, overrides, parse_pairs(variant, "--variant"), arch)
+    lock = lib.read_lock(ws, spec_kernel.name, accepting=accept)  # a broken lock stops us before compiling
+    ws.ensure_state_dir()
     with compile_progress(enabled=True) as on_event:
         results = lib.collect(ws, targets, on_event=on_event, use_cache=not no_cache, in_process=in_process)
-    lock = lib.read_lock(ws, spec_kernel.name)
     diffs = lib.compare(results, lock, all_ops=all_ops)
     failed = [r for r in results if r.get("status") == "error"]
     if accept:
