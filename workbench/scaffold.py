@@ -9,20 +9,31 @@ from pathlib import Path
 from string import Template
 
 from workbench.errors import UserError
+from workbench.schemas import short
 from workbench.workspace import Workspace
 
 TEMPLATES = Path(__file__).parent / "templates" / "kernel"
+MAX_NAME = 32
+
+
+def check_name(name: str) -> None:
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,%d}" % (MAX_NAME - 1), name) or keyword.iskeyword(name):
+        raise UserError(
+            f"kernel name {short(name, 40)} must be a lowercase Python identifier of at most {MAX_NAME} characters:"
+            " a letter, then letters, digits or _ (not a Python keyword)"
+        )
 
 
 def new_kernel(ws: Workspace, name: str) -> list[Path]:
-    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name) or keyword.iskeyword(name):
-        raise UserError(f"kernel name {name!r} must be a lowercase Python identifier (letters, digits, _)")
+    check_name(name)
     kernel_dir = ws.stages_dir / name
-    if kernel_dir.exists():
-        raise UserError(f"{kernel_dir} already exists")
     fixture_file = ws.fixtures_dir / f"{name}.py"
-    if fixture_file.exists():
-        raise UserError(f"{fixture_file} already exists")
+    for path in (kernel_dir, fixture_file):
+        if path.exists() or path.is_symlink():
+            raise UserError(f"{path} already exists")
+    for folder in (ws.stages_dir, ws.fixtures_dir):
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{folder} is not a folder: `wb new kernel` writes into {folder.name}/")
     values = {"name": name, "fixture": f"{name}-random"}
     files = {
         kernel_dir / "kernel.yaml": "kernel.yaml.tmpl",
@@ -30,8 +41,11 @@ def new_kernel(ws: Workspace, name: str) -> list[Path]:
         kernel_dir / "reference.py": "reference.py.tmpl",
         fixture_file: "fixture.py.tmpl",
     }
-    kernel_dir.mkdir(parents=True)
-    ws.fixtures_dir.mkdir(exist_ok=True)
-    for path, template in files.items():
-        path.write_text(Template((TEMPLATES / template).read_text()).substitute(values))
+    try:
+        kernel_dir.mkdir(parents=True)
+        ws.fixtures_dir.mkdir(exist_ok=True)
+        for path, template in files.items():
+            path.write_text(Template((TEMPLATES / template).read_text()).substitute(values))
+    except OSError as exc:
+        raise UserError(f"cannot write {exc.filename or kernel_dir}: {exc.strerror or exc}") from None
     return list(files)

@@ -44,11 +44,31 @@ class Workspace:
         """wb's private, git-ignored state: worker sockets, pid files, compile cache."""
         return self.root / ".wb"
 
+    def ensure_state_dir(self, *parts: str) -> Path:
+        """The state folder (or a folder inside it), created and writable; else one line
+        saying what is in the way."""
+        path = self.state_dir.joinpath(*parts)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(_state_dir_problem(self.state_dir, parts, exc)) from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"{path} is not writable: wb keeps its state there (worker sockets, pid files, locks, compile cache)")
+        return path
+
     def activate(self) -> None:
         """Make `stages.<kernel>.<module>` importable (stage modules import their siblings)."""
         root = str(self.root)
         if root not in sys.path:
             sys.path.insert(0, root)
+
+
+def _state_dir_problem(state_dir: Path, parts: tuple[str, ...], exc: OSError) -> str:
+    for depth in range(len(parts) + 1):
+        folder = state_dir.joinpath(*parts[:depth])
+        if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+            return f"{folder} is not a folder: wb keeps its state in {state_dir} (worker sockets, pid files, locks, compile cache); move it away"
+    return f"cannot create {state_dir.joinpath(*parts)}: {exc.strerror or exc}"
 
 
 def _config_of(folder: Path) -> dict[str, Any] | None:

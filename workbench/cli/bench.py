@@ -14,9 +14,17 @@ def _ints(text: str | None, what: str) -> list[int]:
     if not text:
         return []
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UserError(f"{what} takes comma-separated integers, got {text!r}") from None
+        values = []
+    if not values or min(values) < 1:
+        raise UserError(f"{what} takes comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _at_least_one(value: int | None, what: str) -> None:
+    if value is not None and value < 1:
+        raise UserError(f"{what} must be at least 1, got {value}")
 
 
 @app.command()
@@ -52,7 +60,13 @@ def bench(
         raise UserError("--graph must be auto, on or off")
     if reps < 3:
         raise UserError("--reps must be at least 3")
+    _at_least_one(batch, "--batch")
+    _at_least_one(heads, "--heads")
+    if not 0 < timeout < float("inf"):
+        raise UserError("--timeout must be a positive number of seconds")
     dtypes = [x.strip() for x in dtype.split(",") if x.strip()]
+    if not dtypes:
+        raise UserError(f"--dtype names no element type, got {dtype!r}: write bf16, fp16 or bf16,fp16")
     if sweep:
         cases = [c for dt in dtypes for c in lib.sweep_cases(dt)]
     else:
@@ -70,6 +84,7 @@ def bench(
         raise UserError(f"unknown peer {unknown[0]!r}: choose from {', '.join(known)}")
     from workbench.cli.render import progress
 
+    ws.ensure_state_dir()
     if host:  # the same command there; its record comes back into runs/ (workbench.remote)
         from workbench.remote import run_and_import
 

@@ -29,16 +29,18 @@ def compile_cmd(
     from workbench.cli.run import parse_pairs, stage_overrides
     from workbench.compile_record import compile_stage_record
     from workbench.errors import UserError
-    from workbench.registry import load_kernels, resolve_stage
+    from workbench.registry import check_arch, load_kernels, resolve_stage
 
     wanted = tuple(k.strip() for k in (keep or "").split(",") if k.strip())
     unknown = [k for k in wanted if k not in KEEPABLE]
     if unknown:
         raise UserError(f"--keep {unknown[0]!r}: choose from {', '.join(KEEPABLE)}")
+    check_arch(arch)
     ws = state.workspace()
     spec = resolve_stage(ws, stage, load_kernels(ws))
     params = spec.resolve_params(stage_overrides(n, d, None, param))
     variants = spec.resolve_variants(parse_pairs(variant, "--variant"))
+    ws.ensure_state_dir()
     from workbench.cli.shapes import compile_progress
 
     with compile_progress(enabled=not as_json) as on_event:

@@ -39,8 +39,9 @@ def sweep(
     from workbench import sweep as sweeps
     from workbench.cli.run import parse_pairs
     from workbench.hosts import get_host, parse_gpus
-    from workbench.registry import load_kernels, resolve_stage
+    from workbench.registry import check_arch, load_kernels, resolve_stage
 
+    check_arch(arch)
     ws = state.workspace()
     spec = resolve_stage(ws, stage, load_kernels(ws))
     axes: dict[str, list[str]] = {}
@@ -67,6 +68,7 @@ def sweep(
     for key, value in parse_pairs(slurm_opt, "--slurm-opt").items():
         slurm_opts[key] = int(value) if value.isdigit() else value
     opts = sweeps.RunOptions(list(fixture or []), seed, seeds, timeout, arch, warm=not fresh)
+    ws.ensure_state_dir()
     if not hosts and not slurm:
         from workbench.procs import orphan_warning
 
