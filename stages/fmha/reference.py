@@ -187,6 +187,14 @@ def _hidden(i0, i1, j0, j1, offset, device):
     return j > i + offset
 
 
+def _scores(q, k, scale):
+    """scale * (q k^T), the scale applied to the fp32 product as it leaves the matmul
+    (one rounding, as (q @ k^T) * scale, without a second pass over S)."""
+    import torch
+
+    return torch.baddbmm(q.new_zeros(()), q, k.mT, beta=0, alpha=scale)
+
+
 def _online_softmax(q, k, v, dtype, scale, offset, block):
     """(O, LSE) in ``dtype`` (O is None when ``v`` is None: LSE only), one S block at a time."""
     import torch
@@ -202,7 +210,7 @@ def _online_softmax(q, k, v, dtype, scale, offset, block):
         row_sum = torch.zeros_like(row_max)
         acc = None if v3 is None else torch.zeros(batch, i1 - i0, dv, dtype=dtype, device=q.device)
         for j0, j1, masked in kv:
-            s = torch.bmm(q3[:, i0:i1], k3[:, j0:j1].mT).mul_(scale)
+            s = _scores(q3[:, i0:i1], k3[:, j0:j1], scale)
             if masked:
                 s.masked_fill_(_hidden(i0, i1, j0, j1, offset, q.device), float("-inf"))
             # the first KV block holds key 0, which every row in a block sees: row_max is
@@ -232,7 +240,7 @@ def _identity_stream(q, k, v, dtype, acc_dtype, scale, offset, block):
     for i0, i1, kv in _blocks(m, k3.shape[1], dv, q3.element_size(), batch, offset, block):
         acc = o[:, i0:i1]
         for j0, j1, masked in kv:
-            s = torch.bmm(q3[:, i0:i1], k3[:, j0:j1].mT).mul_(scale)
+            s = _scores(q3[:, i0:i1], k3[:, j0:j1], scale)
             if masked:
                 s.masked_fill_(_hidden(i0, i1, j0, j1, offset, q.device), 0.0)
             acc.baddbmm_(s.to(acc_dtype), v3[:, j0:j1])
