@@ -137,8 +137,9 @@ def test_causal_alignment_is_a_named_argument():
         assert not o_low.isnan().any() and not o_low[:, ~seen].any()
         _assert_rounding_close(lse_low[:, seen], lse[:, seen])
         assert bool((lse_low[:, ~seen] == float("-inf")).all())
-    with pytest.raises(ValueError, match="causal_align"):
-        R.attention(q, k, v, torch.float32, causal=True, causal_align="top-right")
+    for causal in (True, False):
+        with pytest.raises(ValueError, match="causal_align"):
+            R.attention(q, k, v, torch.float32, causal=causal, causal_align="top-right")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

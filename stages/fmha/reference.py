@@ -143,7 +143,8 @@ def attention(
     if softmax not in ("exp", "identity"):
         raise ValueError(f"softmax must be 'exp' or 'identity', not {softmax!r}")
     m, n = q.shape[-2], k.shape[-2]
-    offset = causal_offset(m, n, causal_align) if causal else None
+    offset = causal_offset(m, n, causal_align)  # checks causal_align even when not causal
+    offset = offset if causal else None
     scale = default_scale(q.shape[-1]) if scale is None else scale
     lowp = compute_dtype in (torch.bfloat16, torch.float16)
     acc_dtype = torch.float32 if lowp else compute_dtype
