@@ -52,6 +52,7 @@ def test_kv_tile_pinned_passes_one_tile_and_fails_two(fmha_ws):
 def test_stalled_pipeline_hangs_and_wb_records_hang(fmha_ws):
     proc, record = run_c(fmha_ws, 1024, "bug=stuck_pipeline")
     assert proc.returncode == 1 and record["verdict"] == "HANG"
+    assert record["provenance"]["gpu"] and "NVIDIA" in record["provenance"]["gpu"]  # it said "cpu"
     _, after = run_c(fmha_ws, 256)
     assert after["verdict"] == "PASS"  # the next run starts clean
 

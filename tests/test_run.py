@@ -69,6 +69,10 @@ def test_hang_kills_the_process_group_and_next_run_is_clean(toy_ws, wb):
     assert proc.returncode == 1
     rec = record_of(toy_ws, proc)
     assert rec["verdict"] == "HANG" and "2 s" in rec["error"]["message"]
+    import torch
+
+    # the worker's environment reached the record although no result came back (issue 14 item 8)
+    assert rec["provenance"]["torch"] == torch.__version__
     pid = rec["timing"]["worker_pid"]
     deadline = time.time() + 5
     while not gone(pid) and time.time() < deadline:
@@ -177,3 +181,23 @@ def test_run_needing_a_gpu_without_one_exits_2(toy_ws, wb):
     assert proc.stderr.strip().count("\n") == 0 and "needs a CUDA GPU" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not [p for p in (toy_ws / "runs").glob("2*") if p.is_dir()]
+    # decided before any worker started (it took 6 s: a worker importing torch and the DSL to say so)
+    assert not (toy_ws / ".wb" / "logs").exists() and not list((toy_ws / ".wb").glob("pids/*.json"))
+
+
+def test_gpu_need_is_read_from_the_stage_source(tmp_path):
+    from workbench.gpu import stage_needs_gpu
+
+    cases = {
+        "class S(Stage):\n    needs_gpu = False\n": False,
+        "class S(Stage):\n    pass\n": True,
+        "class S(workbench.Stage):\n    needs_gpu: bool = True\n": True,
+        "class Base(Stage):\n    pass\nclass S(Base):\n    needs_gpu = False\n": None,  # they disagree: ask the worker
+        "class S(Other):\n    pass\n": None,
+        "class S(Stage):\n    needs_gpu = compute()\n": None,
+        "def broken(:\n": None,
+    }
+    for source, expected in cases.items():
+        path = tmp_path / "stage.py"
+        path.write_text(source)
+        assert stage_needs_gpu(path) is expected, source

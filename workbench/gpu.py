@@ -39,6 +39,8 @@ def stage_needs_gpu(module_path: Path) -> bool | None:
         if not isinstance(node, ast.ClassDef):
             continue
         setting = _needs_gpu_in(node)
+        if setting is _COMPUTED:
+            return None
         if setting is not None:
             answers.add(setting)
         elif node.bases and all(_name_of(b) == "Stage" for b in node.bases):
@@ -54,10 +56,14 @@ def _name_of(node: ast.expr) -> str | None:
     return None
 
 
-def _needs_gpu_in(cls: ast.ClassDef) -> bool | None:
+_COMPUTED = object()
+
+
+def _needs_gpu_in(cls: ast.ClassDef):
+    """The class body's literal `needs_gpu`, None when it sets none, _COMPUTED when it is not a literal."""
     for stmt in cls.body:
         targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
         if any(isinstance(t, ast.Name) and t.id == "needs_gpu" for t in targets):
             value = getattr(stmt, "value", None)
-            return bool(value.value) if isinstance(value, ast.Constant) else None
+            return bool(value.value) if isinstance(value, ast.Constant) else _COMPUTED
     return None
