@@ -87,6 +87,9 @@ def run_markdown(record: dict[str, Any]) -> str:
                 f"| {r['fixture']} | {r['output']} | {r['verdict']} | {fmt(r['cos'], '.6f')} | {fmt(r['rel_l2'], '.3g')} | "
                 f"{fmt(r['max_abs_err'], '.3g')} | {r['max_err_at']} | {fmt(r['tolerance'], '.3g')} | {r['nan']} | {r['unwritten']} |"
             )
+        peaks = [c["reference_peak_bytes"] for c in record.get("results", []) if c.get("reference_peak_bytes") is not None]
+        if peaks:
+            out += [f"PyTorch reference: at most {max(peaks) / 2**30:.2f} GiB of device memory beyond the inputs and outputs.", ""]
         out.append("")
     notes = record.get("fixture_notes") or {}
     if notes:

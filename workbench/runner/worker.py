@@ -11,6 +11,7 @@ error the context is unusable, so the worker answers and exits; the supervisor r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import json
 import os
@@ -227,9 +228,10 @@ class Job:
         if device == "cuda":
             torch.cuda.synchronize()
         launch_seconds = time.perf_counter() - start
-        reference = stage.reference(inputs, params, variants, torch.float32)
         lowp_dtype = torch_dtype(params["dtype"]) if "dtype" in params else torch.float32
-        reference_lowp = stage.reference(inputs, params, variants, lowp_dtype)
+        with reference_memory(device) as peak:
+            reference = stage.reference(inputs, params, variants, torch.float32)
+            reference_lowp = stage.reference(inputs, params, variants, lowp_dtype)
         metrics = {
             name: compare.metrics(outputs[name], reference[name], reference_lowp[name], spec.tolerance)
             for name in out_specs
@@ -242,6 +244,7 @@ class Job:
             "verdict": compare.fixture_verdict(metrics),
             "outputs": metrics,
             "launch_s": launch_seconds,
+            "reference_peak_bytes": peak.get("bytes"),
         }
         if case["verdict"] == "FAIL":
             case["diagnosis"] = self.diagnose(fixture, outputs, reference, inputs, params, variants, spec, label)
@@ -267,6 +270,24 @@ class Job:
             )
         except Exception as exc:  # a broken diagnosis must not hide the verdict
             return {"error": f"diagnosis failed: {type(exc).__name__}: {exc}"}
+
+
+@contextlib.contextmanager
+def reference_memory(device: str):
+    """The device memory the references allocated beyond what was held before them (the
+    fixture's inputs and outputs), in bytes: {"bytes": N} after the block, on a GPU."""
+    out: dict[str, int] = {}
+    if device != "cuda":
+        yield out
+        return
+    import torch
+
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    yield out
+    torch.cuda.synchronize()
+    out["bytes"] = torch.cuda.max_memory_allocated() - before
 
 
 def forget_fixture_modules() -> None:

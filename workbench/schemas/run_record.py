@@ -49,6 +49,7 @@ class Case(_Model):
     variants: dict[Key, Scalar] = {}
     outputs: dict[Name, Metrics] = {}
     launch_s: Number = None
+    reference_peak_bytes: Optional[int] = None
     diagnosis: Optional[dict[str, Any]] = None
 
 
