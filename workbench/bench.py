@@ -234,17 +234,19 @@ class BenchJob:
     def time_peer(self, peers_module, peer: str, inputs, params, flops: float, job) -> dict[str, Any]:
         if peers_module is None:
             return {"skipped": "the kernel has no peers.py"}
+        from workbench.runner.worker import error_info
+
         try:
             fn = peers_module.make_peer(peer, inputs, params)
-        except Exception as exc:
-            return {"skipped": f"{type(exc).__name__}: {exc}"}
+        except Exception as exc:  # the whole story goes into the record: the table shows one line of it
+            return {"skipped": f"{type(exc).__name__}: {exc}", "error": error_info(exc, [])}
         if fn is None:
             note = getattr(peers_module, "missing_note", lambda _: None)(peer)
             return {"skipped": f"not installed: {note}" if note else "not installed"}
         try:
             timing = time_cuda(fn, reps=job.get("reps", 30), graph=job.get("graph", "auto"))
         except Exception as exc:
-            return {"skipped": f"failed: {type(exc).__name__}: {str(exc)[:200]}"}
+            return {"skipped": f"failed: {type(exc).__name__}: {exc}", "error": error_info(exc, [])}
         return {**timing, "tflops": flops / (timing["median_ms"] * 1e-3) / 1e12}
 
 

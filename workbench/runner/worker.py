@@ -178,6 +178,9 @@ class Job:
                 except Exception as exc:
                     self.must_exit = True
                     return {**result, "verdict": "CRASH", "error": error_info(exc, roots), "crashed_on": fixture.name}
+        from workbench.diagnose import add_run_evidence
+
+        add_run_evidence(result["fixtures"], spec.module_path.parent, params)  # what the other fixtures show
         verdicts = [f["verdict"] for f in result["fixtures"]]
         result["verdict"] = "PASS" if verdicts and all(v == "PASS" for v in verdicts) else "FAIL"
         return result
