@@ -102,8 +102,9 @@ def test_too_few_slice_coordinates_report_the_line_and_the_shapes(tma_ws):
     assert text.splitlines()[0] == f"stages/tmacopy/stage_a_copy.py:{line}: slice with 2 coordinates of a tensor with 4 modes"
     assert "(((64,64),1),?{i64},4,2)" in text and "(_,?)" in text and "weakly congruent" in text
     assert "Traceback" not in text
-    # the probes captured before the failure come with the error
-    assert [r["name"] for r in err.shapes] == ["sX", "tXgX"]
+    # the probes captured before the failure come with the error, and the ops traced before it
+    assert [r["name"] for r in err.shapes if r["kind"] == "probe"] == ["sX", "tXgX"]
+    assert by_name(err.shapes, "tXgX", kind="op")["layout"] == by_name(err.shapes, "tXgX", kind="probe")["layout"]
 
 
 def test_other_archs_compile_too(tma_ws):

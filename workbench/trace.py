@@ -1,5 +1,5 @@
-"""Automatic capture from the traced IR: every TMA partition, tile, divide, slice and MMA
-partition of a kernel, with its source line, without probe calls.
+"""Automatic capture from the traced IR: every TMA partition, tiled-copy partition, tile,
+divide, slice and MMA partition of a kernel, with its source line, without probe calls.
 
 How: `cute.compile` runs trace-finalize hooks on the traced module before lowering it
 (`CuTeDSL.trace_finalize_hooks`, a scoped context, so a stage's own `cute.compile` call
@@ -41,6 +41,8 @@ CAPTURED_OPS: dict[str, tuple[str, ...]] = {
     "cute.tiled.mma.partition": ("partition_A", "partition_B", "partition_C", "partition_"),
     "cute.mma.make_fragment": ("make_fragment",),
     "cute.copy.make_fragment": ("make_fragment",),
+    "cute.tiled.copy.partition_S": ("partition_S",),  # thr_copy.partition_S(...): TMEM->reg, reg->smem, ...
+    "cute.tiled.copy.partition_D": ("partition_D",),
     "cute.tiled.copy.retile": ("retile",),
     "cute.tile_to_shape": ("tile_to_shape",),
     "cute_nvgpu.atom.make_non_exec_tiled_tma_load": ("tma",),
@@ -327,6 +329,77 @@ def scan_text(state: TraceState, text: str, capture: Any = _ACTIVE) -> None:
                 capture.add(record)
             else:
                 state.ops.append(record)
+
+
+# --------------------------------------------------------------------------------------
+# A failed trace: the trace-finalize hook never runs, but the module the DSL was building
+# is still referenced from the frames the exception passed through.
+# --------------------------------------------------------------------------------------
+_FUNCTIONS = ("func.func", "cuda.kernel", "gpu.func")
+_RETURNS = ("func.return", "cuda.return", "gpu.return")
+
+
+def ops_before_failure(exc: BaseException) -> list[dict]:
+    """Op records of the module a failed trace was building, in the order they were traced
+    (finished functions first, then the unfinished ones from the outermost in: the host
+    up to the launch, the kernel up to the failure). [] when there is no such module."""
+    try:
+        text = _unfinished_module_text(exc)
+        if not text:
+            return []
+        state = TraceState()
+        scan_text(state, "\n".join(_in_trace_order(text.splitlines())), capture=None)
+        return state.ops
+    except Exception:  # the error message matters more than this extra
+        return []
+
+
+def _unfinished_module_text(exc: BaseException) -> str | None:
+    """The innermost MLIR module held by a frame of `exc` (or its causes), printed."""
+    seen: set[int] = set()
+    module = None
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        while tb is not None:
+            for value in list(tb.tb_frame.f_locals.values()):
+                if type(value).__name__ == "Module" and hasattr(value, "operation") and "mlir" in type(value).__module__:
+                    module = value
+            tb = tb.tb_next
+        if module is not None:
+            break
+        exc = exc.__cause__ or exc.__context__
+    if module is None:
+        return None
+    return module.operation.get_asm(enable_debug_info=True, print_generic_op_form=True, assume_verified=True)
+
+
+def _in_trace_order(lines: list[str]) -> list[str]:
+    """The module's alias lines, then its functions' lines in trace order."""
+    aliases = [line for line in lines if line.startswith(("#loc", "!"))]
+    spans = _function_spans(lines)
+    finished = [s for s in spans if s[2]]
+    unfinished = [s for s in spans if not s[2]][::-1]  # the host is printed after its kernels
+    return aliases + [line for start, end, _ in finished + unfinished for line in lines[start : end + 1]]
+
+
+def _function_spans(lines: list[str]) -> list[tuple[int, int, bool]]:
+    """(first line, last line, finished: has its return op) of every function, in text order."""
+    spans: list[tuple[int, int, bool]] = []
+    open_functions: list[list] = []  # [first line, indent, finished]
+    for i, line in enumerate(lines):
+        indent = len(line) - len(line.lstrip())
+        m = _OP_LINE.match(line)
+        if m and m.group(1) in _FUNCTIONS:
+            open_functions.append([i, indent, False])
+        elif not open_functions:
+            continue
+        elif m and m.group(1) in _RETURNS and indent == open_functions[-1][1] + 2:
+            open_functions[-1][2] = True
+        elif indent == open_functions[-1][1] and line.lstrip().startswith("})"):
+            start, _, finished = open_functions.pop()
+            spans.append((start, i, finished))
+    return sorted(spans)
 
 
 @contextlib.contextmanager

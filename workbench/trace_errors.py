@@ -28,7 +28,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-from workbench.layouts import describe_layout, parse_tuple
+from workbench.layouts import describe_layout, describe_type, parse_tuple, split_top
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -113,25 +113,39 @@ def dsl_core_message(exc: BaseException) -> str:
 
 
 def _quoted_types(message: str) -> list[tuple[str, str]]:
-    """('layout'|'coord'|'memref'|..., text) for each `!cute.X<"...">` in the message."""
+    """('layout'|'coord'|'memref'|..., text) for each `!cute.X<"...">` / `#cute.X<"...">` in the message."""
     out = []
-    for kind, body in re.findall(r'!cute\.(\w+)<((?:"[^"]*"|[^<>]|<[^<>]*>)*)>', message):
+    for kind, body in re.findall(r'[!#]cute\.(\w+)<((?:"[^"]*"|[^<>]|<[^<>]*>)*)>', message):
         quoted = re.findall(r'"([^"]*)"', body)
         if quoted:
             out.append((kind, quoted[-1]))
     return out
 
 
+_LAYOUT_TEXT = re.compile(r"[\w\s(),:?{}@<>=.+*-]+")
+
+
 def _value_shape(value: Any) -> str | None:
+    """The layout of a tensor or layout value; None for anything else (a class among a
+    DSL frame's locals has `layout` and `iterator` too: properties)."""
+    if isinstance(value, type):
+        return None
+    try:  # the MLIR type: readable after the DSL left its context, unlike value.layout
+        facts = describe_type(str(value.type))
+        if facts:
+            return facts["layout"]
+    except Exception:
+        pass
     try:
         if hasattr(value, "layout") and hasattr(value, "iterator"):
-            return str(value.layout)
-        kind = type(value).__name__
-        if kind in ("_Layout", "_ComposedLayout", "Layout", "ComposedLayout"):
-            return str(value)
+            text = str(value.layout)
+        elif type(value).__name__ in ("_Layout", "_ComposedLayout", "Layout", "ComposedLayout"):
+            text = str(value)
+        else:
+            return None
     except Exception:
         return None
-    return None
+    return text if ":" in text and _LAYOUT_TEXT.fullmatch(text) and " object " not in text else None
 
 
 def _mode_text(layout: str) -> str:
@@ -139,17 +153,31 @@ def _mode_text(layout: str) -> str:
     return f"{d['rank']} mode{'s' if d['rank'] != 1 else ''}: " + " | ".join(d["modes"])
 
 
-def _involved_from_frame(frames: list[Any], user_index: int | None) -> list[dict]:
-    """Tensors and layouts among the arguments of the DSL call made on the user's line."""
+_CALL = re.compile(r"^(?:[A-Za-z_][\w.,\s\[\]]*?(?<![=!<>+\-*/])=(?!=))?\s*[A-Za-z_][\w.]*\((?P<args>.*)\)\s*(?:#.*)?$")
+
+
+def _positional_arguments(source: str) -> list[str]:
+    """The positional argument texts of a line that makes one call: `x = f(a, (1, 2), k=b)` -> a, (1, 2)."""
+    m = _CALL.match(source)
+    if not m:
+        return []
+    args = [a.strip() for a in split_top(m.group("args"), ",")]
+    return [a for a in args if a and not re.match(r"^\w+\s*=(?!=)", a)]
+
+
+def _involved_from_frame(frames: list[Any], user_index: int | None, source: str = "") -> list[dict]:
+    """Tensors and layouts among the arguments of the DSL call made on the user's line,
+    named as the user's line names them when it makes one call."""
     if user_index is None:
         return []
+    written = _positional_arguments(source)
     for tb in frames[user_index + 1 : user_index + 6]:
         frame = tb.tb_frame
         out, seen = [], set()
         for name, value in list(frame.f_locals.items()):
             items = [(name, value)]
             if isinstance(value, (tuple, list)) and name in ("args",):
-                items = [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+                items = [(written[i] if i < len(written) else f"{name}[{i}]", v) for i, v in enumerate(value)]
             elif isinstance(value, dict) and name in ("kwargs",):
                 items = list(value.items())
             for label, item in items:
@@ -197,7 +225,18 @@ def _headline(core: str, involved: list[dict], quoted: list[tuple[str, str]]) ->
 
 
 def readable(exc: BaseException, shapes: list[dict] | None = None, root: Path | None = None) -> KernelTraceError:
-    """A KernelTraceError describing `exc` (raise it `from exc`)."""
+    """A KernelTraceError describing `exc` (raise it `from exc`): `shapes` (the probes and
+    ops captured so far) plus the ops of the module the failed trace was building."""
+    from workbench.probe import with_keys
+    from workbench.trace import ops_before_failure
+
+    return _readable(exc, with_keys(list(shapes or []) + ops_before_failure(exc)), root)
+
+
+SHOWN_OPS = 6  # the last ops before a failure that the message lists
+
+
+def _readable(exc: BaseException, shapes: list[dict], root: Path | None) -> KernelTraceError:
     roots = _library_roots()
     frames = _frames(exc)
     user_index = None
@@ -206,38 +245,56 @@ def readable(exc: BaseException, shapes: list[dict] | None = None, root: Path | 
             user_index = i
     cause = exc.__cause__ or exc.__context__
     if user_index is None and cause is not None and cause is not exc:
-        inner = readable(cause, shapes, root)
-        return inner
+        return _readable(cause, shapes, root)
     location, source = None, ""
     if user_index is not None:
         tb = frames[user_index]
         filename = tb.tb_frame.f_code.co_filename
         location = f"{filename}:{tb.tb_lineno}"
+        linecache.checkcache(filename)
         source = linecache.getline(filename, tb.tb_lineno).strip()
     core = dsl_core_message(exc)
     quoted = _quoted_types(_ANSI.sub("", str(exc)))
-    involved = _involved_from_frame(frames, user_index)
+    involved = _involved_from_frame(frames, user_index, source)
     headline, hints = _headline(core, involved, quoted)
-    shown = location
-    if location and root is not None:
-        try:
-            path, line = location.rsplit(":", 1)
-            shown = f"{Path(path).resolve().relative_to(root.resolve())}:{line}"
-        except ValueError:
-            pass
+    shown = _shown(location, root)
     lines = [f"{shown}: {headline}" if shown else headline]
     if source:
         lines.append(f"    {source}")
     lines += [f"  {h}" for h in hints]
     if core.splitlines()[0][:300] != headline:
         lines.append(f"  (DSL: {core.splitlines()[0][:400]})")
+    lines += _op_lines([r for r in shapes if r.get("kind") == "op"], root)
     return KernelTraceError(
         "\n".join(lines),
         location=location,
         source=source,
         headline=headline,
         involved=involved or [{"name": k, "layout": t} for k, t in quoted],
-        shapes=list(shapes or []),
+        shapes=shapes,
         dsl_message=core,
         error_type=type(exc).__name__,
     )
+
+
+def _shown(location: str | None, root: Path | None) -> str | None:
+    """file:line relative to the workspace when it lies inside."""
+    if not location or root is None:
+        return location
+    path, line = location.rsplit(":", 1)
+    try:
+        return f"{Path(path).resolve().relative_to(root.resolve())}:{line}"
+    except ValueError:
+        return location
+
+
+def _op_lines(ops: list[dict], root: Path | None) -> list[str]:
+    """The last ops traced before the failure: where the cause often is."""
+    if not ops:
+        return []
+    last = ops[-SHOWN_OPS:]
+    more = f" (the last {len(last)} of {len(ops)}; wb shapes --all-ops lists them all)" if len(ops) > len(last) else ""
+    width = max(len(r["name"]) for r in last)
+    return [f"  ops traced before it{more}:"] + [
+        f"    {r['name']:<{width}}  {_shown(r.get('location'), root)}  {r.get('layout')}" for r in last
+    ]
