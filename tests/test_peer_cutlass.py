@@ -2,7 +2,7 @@
 
 CPU: without WB_CUTLASS_EXAMPLES (or with a wrong path) make_peer returns None and wb bench
 says how to set it. With a CUTLASS checkout's examples/python/CuTeDSL in WB_CUTLASS_EXAMPLES
-(e.g. /work/ref/examples/python/CuTeDSL; skipped when absent), the adapter compiles the
+(the only place these tests look for it; skipped when unset), the adapter compiles the
 example's kernel for sm_90a from CPU tensors. GPU: its O matches torch SDPA.
 """
 
@@ -18,10 +18,10 @@ from workbench.bench import BenchJob
 
 torch = pytest.importorskip("torch")
 
-EXAMPLES = os.environ.get("WB_CUTLASS_EXAMPLES") or "/work/ref/examples/python/CuTeDSL"
+EXAMPLES = os.environ.get("WB_CUTLASS_EXAMPLES") or ""
 have_example = pytest.mark.skipif(
-    not (Path(EXAMPLES) / peer_cutlass.EXAMPLE).is_file() or importlib.util.find_spec("cutlass") is None,
-    reason="needs nvidia-cutlass-dsl and a CUTLASS checkout's examples/python/CuTeDSL in WB_CUTLASS_EXAMPLES",
+    not (EXAMPLES and (Path(EXAMPLES).expanduser() / peer_cutlass.EXAMPLE).is_file()) or importlib.util.find_spec("cutlass") is None,
+    reason=f"needs nvidia-cutlass-dsl and WB_CUTLASS_EXAMPLES set to a CUTLASS checkout's examples/python/CuTeDSL (with {peer_cutlass.EXAMPLE})",
 )
 
 

@@ -1,6 +1,7 @@
 """`wb shapes` and `wb compile` end to end (workers, CLI, lock files), compile-only on the CPU."""
 
 import json
+import os
 from pathlib import Path
 
 import importlib.util
@@ -13,7 +14,9 @@ from shapes_kit import make_workspace
 # find_spec, not import: importing the DSL at collection would fix its arch before conftest sets CUTE_DSL_ARCH
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("cutlass") is None, reason="nvidia-cutlass-dsl is not installed")
 
-REF = Path("/work/ref/examples/python/CuTeDSL")
+# the examples/python/CuTeDSL folder of a CUTLASS checkout (also the cutlass-example bench peer's variable)
+EXAMPLES = os.environ.get("WB_CUTLASS_EXAMPLES")
+DENSE_GEMM = Path(EXAMPLES or ".").expanduser().absolute() / "cute/hopper/kernel/dense_gemm/dense_gemm.py"
 
 
 def flat(text: str) -> str:
@@ -76,8 +79,9 @@ def test_trace_error_is_one_readable_message_with_the_probes_before_it(tma_ws, w
     assert "stages/tmacopy/stage_a_copy.py:" in out and "slice with 2 coordinates of a tensor with 4 modes" in out
     assert "tXgX_row = tXgX[None, bm]" in out and "(_,?)" in out
     assert "Traceback" not in out + proc.stderr
-    # the probe table up to the failure is still shown
+    # the probe table up to the failure is still shown, and the ops traced before it
     assert "sX" in out and "(64,64):(64,1)" in out
+    assert "ops traced before it:" in out and "gX stages/tmacopy/stage_a_copy.py:" in out
 
 
 def test_smem_and_tma_checks_fail_wb_compile(tma_ws, wb):
@@ -138,7 +142,8 @@ def test_wb_run_compile_error_uses_the_readable_message(tma_ws, wb):
     assert rec["verdict"] == "COMPILE_ERROR"
     assert rec["error"]["location"].endswith("stage_a_copy.py:" + rec["error"]["location"].rsplit(":", 1)[1])
     assert rec["error"]["message"].splitlines()[0].endswith("slice with 2 coordinates of a tensor with 4 modes")
-    assert [s["name"] for s in rec["shapes"]] == ["sX", "tXgX"]
+    assert [s["name"] for s in rec["shapes"] if s["kind"] == "probe"] == ["sX", "tXgX"]
+    assert {"gX", "tXgX"} <= {s["name"] for s in rec["shapes"] if s["kind"] == "op"}  # traced before the failure
 
 
 def test_fmha_stages_compile_for_sm90(tmp_path, wb):
@@ -161,10 +166,14 @@ def test_fmha_stages_compile_for_sm90(tmp_path, wb):
     assert all(r["location"].endswith(".py:" + r["location"].rsplit(":", 1)[1]) for r in stage["records"])
 
 
-@pytest.mark.skipif(not (REF / "cute/hopper/kernel/dense_gemm/dense_gemm.py").is_file(), reason="CUTLASS examples not at /work/ref")
+@pytest.mark.skipif(
+    not (EXAMPLES and DENSE_GEMM.is_file()),
+    reason="set WB_CUTLASS_EXAMPLES to a CUTLASS checkout's examples/python/CuTeDSL (with cute/hopper/kernel/dense_gemm/dense_gemm.py)",
+)
 def test_cutlass_hopper_dense_gemm_all_ops_without_probes(tmp_path, wb):
     """CUTLASS's own Hopper GEMM, unchanged, through a tiny adapter stage: --all-ops finds
-    its TMA partitions, tiles and MMA partitions with their source lines."""
+    its TMA partitions, tiles, MMA partitions and the epilogue's register->smem tiled-copy
+    partition with their source lines."""
     root = tmp_path / "ws"
     kdir = root / "stages" / "gemm"
     kdir.mkdir(parents=True)
@@ -180,7 +189,7 @@ import cutlass, cutlass.cute as cute
 from cutlass.cute.runtime import make_fake_compact_tensor, make_fake_stream
 from workbench.stage import Stage, TensorSpec
 
-PATH = "{REF}/cute/hopper/kernel/dense_gemm/dense_gemm.py"
+PATH = {str(DENSE_GEMM)!r}
 
 
 def _example():
@@ -215,8 +224,8 @@ class GemmStage(Stage):
     ops = stage["records"]
     kinds = {r["op"] for r in ops}
     assert "cute_nvgpu.atom.tma_partition" in kinds and "cute.local_tile" in kinds
-    assert "cute.tiled.mma.partition" in kinds
-    assert all(r["location"].startswith(str(REF)) for r in ops if r["op"] == "cute_nvgpu.atom.tma_partition")
+    assert "cute.tiled.mma.partition" in kinds and "cute.tiled.copy.partition_D" in kinds
+    assert all(r["location"].startswith(str(DENSE_GEMM.parent)) for r in ops if r["op"] == "cute_nvgpu.atom.tma_partition")
     assert stage["resources"]["kernels"][0]["dynamic_smem_bytes"] > 0
 
 
