@@ -1,0 +1,252 @@
+"""What comes in from the command line, kernel.yaml and shapes.lock.yaml is checked at the
+door: a mistake or a broken file is one line on stderr with exit code 2, never a traceback,
+and nothing the user wrote is overwritten. In-process calls of `wb` (no subprocess)."""
+
+import math
+
+import pytest
+
+from workbench import registry, shapes
+from workbench.cli import main
+from workbench.errors import UserError
+from workbench.schemas import MiB
+
+
+def one_line_error(capsys, *args: str) -> str:
+    """Run `wb ARGS` in this process; it must exit 2 with exactly one line on stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert exc.value.code == 2, (exc.value.code, captured.out[-2000:], err)
+    assert err.startswith("wb: error:") and "\n" not in err, err
+    return err
+
+
+# ---------------------------------------------------------------- --arch
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["shapes", "toy", "a", "--arch", "sm_999", "--in-process"],
+        ["compile", "a", "--arch", "sm_999", "--in-process"],
+        ["sweep", "a", "--arch", "sm_999", "--gpus", "none"],
+    ],
+)
+def test_an_unknown_arch_is_one_line_listing_the_known_ones(toy_ws, capsys, args):
+    err = one_line_error(capsys, *args)
+    assert "'sm_999'" in err and "sm_90a" in err and "sm_100a" in err
+
+
+def test_wbs_arch_list_is_the_dsls():
+    """registry.ARCHES (checked without importing the DSL) holds what the installed DSL knows."""
+    from cutlass.base_dsl.enums import Arch
+
+    assert set(registry.ARCHES) == set(Arch.__members__)
+
+
+# ---------------------------------------------------------------- parameters from the command line
+@pytest.mark.parametrize(
+    "n, fragment",
+    [("-5", "n=-5 is below the minimum 128"), ("20000", "n=20000 is above the maximum 4096"), ("200", "n=200 must be a multiple of 128")],
+)
+def test_a_value_out_of_range_says_so_before_the_multiple(toy_ws, capsys, n, fragment):
+    assert fragment in one_line_error(capsys, "shapes", "toy", "a", "--n", n, "--in-process")
+
+
+@pytest.mark.parametrize("raw, fragment", [("nan", "finite"), ("inf", "finite"), ("-1", "below the minimum 0"), ("11", "above the maximum 10")])
+def test_float_parameters_are_range_checked_too(raw, fragment):
+    spec = registry.ParamSpec("scale", 1.0, min=0, max=10)
+    with pytest.raises(UserError, match=fragment):
+        spec.coerce(raw, "k/stage-a")
+    assert math.isclose(spec.coerce("2.5", "k/stage-a"), 2.5)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--s", "0"], "--s takes comma-separated positive integers, got '0'"),
+        (["--d", "64,0"], "--d takes comma-separated positive integers"),
+        (["--batch", "0"], "--batch must be at least 1"),
+        (["--heads", "-3"], "--heads must be at least 1"),
+        (["--dtype", ","], "--dtype names no element type"),
+        (["--timeout", "-1"], "--timeout must be a positive number"),
+        (["--timeout", "nan"], "--timeout must be a positive number"),
+    ],
+)
+def test_bench_arguments_are_checked_before_anything_runs(toy_ws, capsys, args, fragment):
+    assert fragment in one_line_error(capsys, "bench", "a", *args)
+
+
+# ---------------------------------------------------------------- wb new kernel
+@pytest.mark.parametrize("name", ["a" * 300, "a" * 33, "_", "9lives"])
+def test_new_kernel_refuses_names_outside_the_rule_and_states_it(toy_ws, capsys, name):
+    err = one_line_error(capsys, "new", "kernel", name)
+    assert "at most 32 characters" in err and len(err) < 400
+    assert sorted(p.name for p in (toy_ws / "stages").iterdir()) == ["toy"]
+
+
+def test_new_kernel_when_stages_is_a_file(toy_ws, capsys):
+    stages = toy_ws / "stages"
+    import shutil
+
+    shutil.rmtree(stages)
+    stages.write_text("mine\n")
+    assert "stages" in one_line_error(capsys, "new", "kernel", "scaled")
+    assert stages.read_text() == "mine\n"
+
+
+# ---------------------------------------------------------------- .wb, wb's state folder
+@pytest.mark.parametrize(
+    "args",
+    [["shapes", "toy", "a"], ["compile", "a"], ["sweep", "a", "--gpus", "none"]],
+)
+def test_a_state_dir_that_is_a_file_is_one_line_naming_it(toy_ws, capsys, args):
+    (toy_ws / ".wb").write_text("a note of mine\n")
+    err = one_line_error(capsys, *args)
+    assert ".wb" in err and "not a folder" in err
+    assert (toy_ws / ".wb").read_text() == "a note of mine\n"
+
+
+def test_ensure_state_dir_makes_the_folder_and_its_parts(toy_ws):
+    from workbench.workspace import find_workspace
+
+    ws = find_workspace()
+    assert ws.ensure_state_dir("logs") == ws.state_dir / "logs" and (ws.state_dir / "logs").is_dir()
+
+
+# ---------------------------------------------------------------- kernel.yaml
+ORIGINAL_BUG = "variants: {bug: [none, zero, nan, partial, sleep, crash, cuda_error, compile_error]}"
+
+
+def _write(path, text_or_bytes):
+    if isinstance(text_or_bytes, bytes):
+        path.write_bytes(text_or_bytes)
+    else:
+        path.write_text(text_or_bytes)
+
+
+@pytest.mark.parametrize(
+    "edit, fragments",
+    [
+        (lambda t: b"\x00\xff\xfe" * 10, ["is not UTF-8 text"]),
+        (lambda t: t.replace("Toy torch", "T\xf6y torch").encode("latin-1"), ["is not UTF-8 text", "line 3"]),
+        (lambda t: t + "#" + "x" * (10 * MiB) + "\n", ["over wb's limit of 1 MiB"]),
+        (lambda t: "a: " + "[" * 5000 + "]" * 5000 + "\n", ["nested too deeply"]),
+        (lambda t: t.replace("atol: 1.0e-4", "atol: 1e-4"), ["tolerance.atol: expected a number >= 0", "write 1.0e-4"]),
+        (lambda t: t.replace("title: Toy", "default: 'yes'\ntitle: Toy"), ["default: expected true or false, got 'yes'"]),
+        (lambda t: t.replace("title: Toy torch kernel (tests)", "title: [1, 2]"), ["title: expected a string"]),
+        (lambda t: t.replace("variants: {bug: [none,", "variants: {bug: [{a: 1},"), ["stages[0].variants.bug[0]: expected a value of"]),
+        (lambda t: t.replace("module: stage_b.py", "module: ../../x.py"), ["stages[1].module: expected a .py file name beside kernel.yaml", "'../../x.py'"]),
+        (lambda t: t.replace("module: stage_b.py", "module: /etc/x.py"), ["stages[1].module: expected a .py file name beside kernel.yaml"]),
+        (lambda t: t.replace("name: square", "name: [1]"), ["stages[1].name: expected a stage name"]),
+        (lambda t: t.replace("choices: [bf16, fp16]", "choices: []"), ["parameters.dtype.choices: expected a non-empty list"]),
+        (lambda t: t.replace("multiple_of: 128", "multiple_of: 0"), ["parameters.n.multiple_of: expected an integer >= 1"]),
+        (lambda t: t.replace("min: 128,", "min: 5000,"), ["parameters.n: expected min <= max"]),
+        (lambda t: t.replace("title: Toy", "arch: sm_999\ntitle: Toy"), ["arch: expected an arch wb knows", "sm_90a"]),
+        (lambda t: t.replace("timeout: 20", "timeout: true"), ["timeout: expected a positive number of seconds"]),
+        (lambda t: t.replace("timeout: 20", "timeout: .inf"), ["timeout: expected a positive number of seconds"]),
+        (lambda t: t.replace("help: rows", "help: {a: 1}"), ["parameters.n.help: expected a string"]),
+        (lambda t: t.replace("  dtype: {default", "  'dt ype': {default"), ["parameters.dt ype (the name): expected a name"]),
+        (lambda t: t.replace("{default: bf16,", "{default: [bf16],"), ["parameters.dtype.default: expected a number, a string or true/false"]),
+        (lambda t: t.replace("    timeout: 5", "    timeout: 5\n    tolerance: {atol: abc}"), ["stages[1].tolerance.atol: expected a number"]),
+        (lambda t: t.replace("timeout: 20", "timeuot: 20"), ["timeuot: expected one of the known keys", "did you mean timeout?"]),
+        (lambda t: t.replace("    timeout: 5", "    timout: 5"), ["stages[1].timout: expected one of the known keys", "did you mean timeout?"]),
+        (lambda t: t.replace("    timeout: 5", "    timeout: 5\n    parameters: {n: {default: '=nn'}}"), ["stages[1].parameters.n.default: expected '=NAME' naming a parameter"]),
+        (lambda t: t.replace("letter: b", "letter: a"), ["stages[1].letter: expected a letter not used before"]),
+    ],
+)
+def test_malformed_kernel_yaml_is_one_line_naming_file_and_key(toy_ws, capsys, edit, fragments):
+    path = toy_ws / "stages/toy/kernel.yaml"
+    _write(path, edit(path.read_text()))
+    err = one_line_error(capsys, "list")
+    for fragment in [str(path), *fragments]:
+        assert fragment in err, err
+
+
+@pytest.mark.parametrize("command", [["list"], ["shapes", "toy", "--in-process"], ["run", "a"]])
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (lambda p: p.write_text(""), "expected a mapping with 'kernel' and 'stages'"),
+        (lambda p: (p.unlink(), p.mkdir()), "is a folder, not a file"),
+        (lambda p: p.write_text(p.read_text().replace("stages:\n", "stages: null\nold_stages:\n")), "stages: expected a non-empty list of stages"),
+    ],
+)
+def test_an_empty_missing_or_stageless_kernel_yaml_is_one_line(toy_ws, capsys, command, make, fragment):
+    make(toy_ws / "stages/toy/kernel.yaml")
+    assert fragment in one_line_error(capsys, *command)
+
+
+def test_the_checked_kernel_yaml_builds_the_same_stages(toy_ws):
+    """The declared schema keeps what the hand-written checks built: merged stage parameters,
+    variants as strings, per-stage timeout and tolerance."""
+    from workbench.workspace import find_workspace
+
+    kernel = registry.get_kernel(find_workspace(), "toy")
+    a, b = kernel.stages
+    assert (a.id, a.name, a.module_path.name, b.timeout, a.timeout) == ("toy/stage-a", "double", "stage_a.py", 5.0, 20.0)
+    assert a.variants["bug"][0] == "none" and a.fixtures == ["toy-random", "toy-ones"]
+    assert a.params["n"] == registry.ParamSpec("n", 128, None, 128, 4096, 128, "rows")
+    assert a.tolerance == {"factor": 2.0, "atol": 1e-4}
+
+
+def test_stage_parameter_overrides_merge_with_the_kernels(fmha_ws):
+    from workbench.workspace import find_workspace
+
+    fmha = registry.get_kernel(find_workspace(fmha_ws), "fmha")
+    c, d = fmha.stage("c"), fmha.stage("d")
+    assert (c.params["n"].max, c.params["n"].multiple_of, c.params["n"].help) == (32768, 128, "KV length (keys)")
+    assert (d.params["n"].min, d.params["n"].multiple_of) == (1, None)
+    assert d.resolve_params({})["m"] == d.resolve_params({})["n"] == 1024
+    assert d.variants["consumers"] == ("auto", "2", "3")
+
+
+# ---------------------------------------------------------------- shapes.lock.yaml
+BROKEN_LOCKS = [
+    (b"\xff\xfe\x00\x01", "is not UTF-8 text"),
+    (b"- just\n- a list\n", "expected a mapping with 'stages'"),
+    (b"stages: {a: [1, 2]}\n", "stages.a: "),
+    (b"stages: {a: {'sm_90a': {records: {'x@f.py': {rank: two}}}}}\n", "stages.a.sm_90a.records.x@f.py.rank: "),
+    (b"stages: {a: {'sm_90a': {records: [1]}}}\n", "stages.a.sm_90a.records: "),
+    (b"kernel: other\nstages: {}\n", "kernel: expected 'toy'"),
+    (b"version: 7\nstages: {}\n", "version: "),
+    (b"stages: {a: [unclosed\n", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize("content, fragment", BROKEN_LOCKS)
+@pytest.mark.parametrize("flag", ["--check", "--accept"])
+def test_a_broken_shapes_lock_is_one_line_and_is_not_overwritten(toy_ws, capsys, content, fragment, flag):
+    lock = toy_ws / "stages/toy/shapes.lock.yaml"
+    lock.write_bytes(content)
+    err = one_line_error(capsys, "shapes", "toy", flag, "--in-process")
+    assert str(lock) in err and fragment in err
+    assert lock.read_bytes() == content
+
+
+def _compiled(letter="a"):
+    return {
+        "stage": f"toy/stage-{letter}", "letter": letter, "arch": "sm_90a", "params": {"n": 128}, "variants": {},
+        "status": "ok", "shapes": [{"name": "x", "layout": "(4):(1)", "rank": 1, "kind": "probe", "location": "s.py:3"}],
+    }
+
+
+@pytest.mark.parametrize("content, fragment", BROKEN_LOCKS)
+def test_accept_refuses_to_replace_a_broken_lock(toy_ws, content, fragment):
+    from workbench.workspace import find_workspace
+
+    lock = toy_ws / "stages/toy/shapes.lock.yaml"
+    lock.write_bytes(content)
+    with pytest.raises(UserError, match="not accepting"):
+        shapes.accept(find_workspace(), "toy", [_compiled()])
+    assert lock.read_bytes() == content
+
+
+def test_an_accepted_lock_reads_back_and_compares_same(toy_ws):
+    from workbench.workspace import find_workspace
+
+    ws = find_workspace()
+    shapes.accept(ws, "toy", [_compiled()])
+    lock = shapes.read_lock(ws, "toy")
+    assert [d["status"] for d in shapes.compare([_compiled(), _compiled("b")], lock)] == ["same", "unaccepted"]
