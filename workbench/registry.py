@@ -1,13 +1,14 @@
 """Kernels and their ordered stages, read from stages/<kernel>/kernel.yaml.
 
-kernel.yaml (see stages/fmha/kernel.yaml and README's stage contract):
+kernel.yaml (see stages/fmha/kernel.yaml and README's stage contract; its declared schema,
+limits and messages are in workbench.schemas.kernel_yaml):
 
     kernel: NAME            # defaults to the folder name
     title: ...
     arch: sm_90a            # what stages compile for
     default: true           # bare stage names resolve here when several kernels exist
     parameters: {NAME: {default, choices | min/max/multiple_of, help}}
-    tolerance: {factor: 2.0, atol: 1e-4}
+    tolerance: {factor: 2.0, atol: 1.0e-4}
     timeout: 120
     stages:
       - {letter: a, name: qk, title: ..., module: stage_a_qk.py,
