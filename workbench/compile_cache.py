@@ -358,6 +358,8 @@ def _read_entry(path: Path) -> Entry:
     if model.key != path.name:
         raise CacheCorrupt(f"meta.json is the entry of key {model.key}")
     for name, digest in model.checksums.items():
+        if (path / name).exists() and not (path / name).is_file():
+            raise CacheCorrupt(f"{name} is not a regular file")
         try:
             if sha256_file(path / name) != digest:
                 raise CacheCorrupt(f"{name}: checksum mismatch")
