@@ -99,7 +99,7 @@ def test_new_kernel_when_stages_is_a_file(toy_ws, capsys):
 # ---------------------------------------------------------------- .wb, wb's state folder
 @pytest.mark.parametrize(
     "args",
-    [["shapes", "toy", "a"], ["compile", "a"], ["sweep", "a", "--gpus", "none"]],
+    [["shapes", "toy", "a"], ["compile", "a"], ["sweep", "a", "--gpus", "none"], ["run", "a"], ["note", "x"], ["import", "stages"]],
 )
 def test_a_state_dir_that_is_a_file_is_one_line_naming_it(toy_ws, capsys, args):
     (toy_ws / ".wb").write_text("a note of mine\n")

@@ -136,7 +136,7 @@ def import_runs(ws: Workspace, source: Path, limits: Limits | None = None) -> Im
     if source.is_symlink() and not source.exists():
         raise UserError(f"{source} is a link to nothing")
     limits = limits or Limits.from_env()
-    ws.state_dir.mkdir(parents=True, exist_ok=True)
+    ws.ensure_state_dir()
     with FileLock(str(ws.state_dir / "import.lock"), timeout=600), tempfile.TemporaryDirectory(prefix="import-", dir=ws.state_dir) as tmp:
         staged = Path(tmp) / "source"
         staged.mkdir()

@@ -199,7 +199,7 @@ def _locked_edit(ws: Workspace, path: Path, edit: Callable[[str], str]) -> None:
     other wb writes this file)."""
     from filelock import FileLock
 
-    ws.state_dir.mkdir(parents=True, exist_ok=True)
+    ws.ensure_state_dir()
     with FileLock(str(ws.state_dir / "memory.lock"), timeout=60):
         _remove_stale_temps(path)
         for _ in range(20):

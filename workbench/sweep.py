@@ -389,8 +389,7 @@ def run_slurm(
         raise UserError("--slurm needs submitit: pip install 'cute-wb[slurm]' (or pip install submitit)") from None
     from workbench.records import read_record
 
-    folder = ws.state_dir / "slurm" / sweep_id
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = ws.ensure_state_dir("slurm", sweep_id)
     per_case = (opts.timeout or spec.timeout) + 60
     n_jobs = max(1, min(jobs or min(len(cases), 4), len(cases)))
     chunks = [cases[i::n_jobs] for i in range(n_jobs)]

@@ -49,9 +49,10 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
 ) -> None:
     """Compile STAGE, run its fixtures against the reference, record and explain the run."""
-    from workbench.registry import load_kernels, resolve_stage
+    from workbench.registry import check_arch, load_kernels, resolve_stage
 
     ws = state.workspace()
+    check_arch(arch)
     spec = resolve_stage(ws, stage, load_kernels(ws))
     params = spec.resolve_params(stage_overrides(n, d, dtype, param))
     variants = spec.resolve_variants(parse_pairs(variant, "--variant"))
@@ -70,6 +71,7 @@ def run(
 
         if not gpu.reachable() and gpu.stage_needs_gpu(spec.module_path):
             raise NoGpuError(f"{spec.id} needs a CUDA GPU and this machine has none (no NVIDIA device, or CUDA_VISIBLE_DEVICES hides them)")
+        ws.ensure_state_dir()
 
         if (orphan := orphan_warning(ws)) is not None:
             from workbench import terminal

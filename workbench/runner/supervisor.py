@@ -76,9 +76,7 @@ class Worker:
 
     @classmethod
     def spawn(cls, ws: Workspace, socket_path: str, once: bool, idle: float = WARM_IDLE, env: dict[str, str] | None = None) -> "Worker":
-        ws.state_dir.mkdir(parents=True, exist_ok=True)
-        logs = ws.state_dir / "logs"
-        logs.mkdir(exist_ok=True)
+        logs = ws.ensure_state_dir("logs")
         log_path = logs / f"worker-{Path(socket_path).stem}.log"
         log = open(log_path, "ab")
         env = {**os.environ, **(env or {})}
@@ -211,7 +209,7 @@ def run_job(
     lock = None
     worker = None
     if warm:
-        ws.state_dir.mkdir(parents=True, exist_ok=True)
+        ws.ensure_state_dir()
         tag = warm_tag(ws, env)
         lock = FileLock(str(ws.state_dir / f"worker-{tag}.lock"))
         try:
