@@ -158,3 +158,16 @@ def test_the_shapes_involved_are_tensors_and_layouts_never_classes(copy_ws):
     for item in error.involved:
         assert describe_layout(item["layout"])["rank"] >= 1 and " object " not in item["layout"]
     assert ("mY", _by(error.shapes, "mY", "probe")["layout"]) in [(i["name"], i["layout"]) for i in error.involved]
+
+
+def test_shapes_from_the_message_are_layouts_only():
+    """With no tensor among the call's arguments, the involved shapes come from the DSL's
+    message: its layouts, not the coordinates or tiles it quotes."""
+    from workbench.trace_errors import readable
+
+    layout = "(4,8):(8,1)"
+    try:
+        raise ValueError(f'error: bad call with !cute.coord<"(_,?)">, #cute.tile<"[4:1]"> and !cute.layout<"{layout}">')
+    except ValueError as exc:
+        error = readable(exc)
+    assert [i["layout"] for i in error.involved] == [layout]

@@ -122,6 +122,7 @@ def _quoted_types(message: str) -> list[tuple[str, str]]:
     return out
 
 
+_LAYOUT_KINDS = ("layout", "memref", "coord_tensor", "composed_layout")  # DSL types that carry a layout
 _LAYOUT_TEXT = re.compile(r"[\w\s(),:?{}@<>=.+*-]+")
 
 
@@ -220,7 +221,7 @@ def _headline(core: str, involved: list[dict], quoted: list[tuple[str, str]]) ->
         ]
     lines = [f"{i['name']}: {i['layout']}   {_mode_text(i['layout'])}" for i in involved]
     if not lines:
-        lines = [f"{k}: {t}   {_mode_text(t)}" for k, t in quoted if k in ("layout", "memref", "coord_tensor", "composed_layout")]
+        lines = [f"{k}: {t}   {_mode_text(t)}" for k, t in quoted if k in _LAYOUT_KINDS]
     return core.splitlines()[0][:300], lines
 
 
@@ -270,7 +271,7 @@ def _readable(exc: BaseException, shapes: list[dict], root: Path | None) -> Kern
         location=location,
         source=source,
         headline=headline,
-        involved=involved or [{"name": k, "layout": t} for k, t in quoted],
+        involved=involved or [{"name": k, "layout": t} for k, t in quoted if k in _LAYOUT_KINDS],
         shapes=shapes,
         dsl_message=core,
         error_type=type(exc).__name__,
