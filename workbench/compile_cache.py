@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -186,6 +187,11 @@ def _library_prefixes() -> tuple[str, ...]:
     for name in ("stdlib", "platstdlib", "purelib", "platlib"):
         with contextlib.suppress(KeyError):
             roots.add(sysconfig.get_paths()[name])
+    with contextlib.suppress(ImportError, ValueError):
+        dsl = importlib.util.find_spec("cutlass")  # finds, does not import
+        if dsl is not None and dsl.origin:
+            package = Path(dsl.origin).parent
+            roots.add(str(package.parent.parent if package.parent.name == "dsl_packages" else package))  # nvidia_cutlass_dsl/
     roots |= {os.path.realpath(r) for r in roots}
     return tuple(r.rstrip(os.sep) + os.sep for r in roots if r.strip(os.sep)) + _SYSTEM_DIRS
 
@@ -232,7 +238,7 @@ def watching(ignore: Iterable[Path] = ()) -> Iterator[set[str]]:
     global _window
     watch_sources()
     saved = _window
-    _window = _Window(tuple(str(Path(p).resolve()) + os.sep for p in ignore))
+    _window = _Window(tuple(str(q) + os.sep for p in ignore for q in (Path(p).absolute(), Path(p).resolve())))
     files = _window.files
     try:
         yield files
