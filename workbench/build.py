@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.compile_cache import watch_sources
+from workbench import compile_cache
 from workbench.errors import UserError
 from workbench.probe import capture, with_keys
 from workbench.registry import StageSpec
 from workbench.workspace import Workspace
 
-watch_sources()  # before any stage module loads: see what stages execute without importing it
+compile_cache.watch_sources()  # before any stage module loads: see what stages execute without importing it
 
 # key digest -> (compiled, shapes, resources, deps, cold seconds)
 _memory_cache: dict[str, tuple[Any, list[dict], dict | None, dict, float]] = {}
@@ -69,9 +69,7 @@ class Build:
 
 
 def cache_key(spec: StageSpec, params: dict, variants: dict, arch: str) -> str:
-    from workbench.compile_cache import make_key
-
-    return make_key(spec, dict(params), dict(variants), arch).digest
+    return compile_cache.make_key(spec, dict(params), dict(variants), arch).digest
 
 
 def compile_params(stage, params) -> dict:
@@ -118,8 +116,6 @@ def compile_stage(
     need_kernel=False (wb shapes) accepts a cache entry whose kernel object could not be
     saved; keep/artifact_dir (wb compile) force a fresh compile that writes the artifacts.
     """
-    from workbench import compile_cache
-
     arch = arch or spec.arch
     ws = ws or workspace_of(spec)
     key = compile_cache.make_key(spec, compile_params(stage, params), dict(variants), arch)
@@ -162,9 +158,7 @@ class _Target:
 
 def _from_memory(t: _Target, need_kernel: bool) -> Build | None:
     """This process's build of the key, when its sources are unchanged. A disk entry that
-    went away meanwhile (wb cache clear, another process) is written again."""
-    from workbench import compile_cache
-
+    went away meanwhile (removed by hand or by another process) is written again."""
     hit = _memory_cache.get(t.key.digest)
     if hit is None or not compile_cache.deps_valid(t.ws, hit[3]) or (hit[0] is None and need_kernel):
         return None
@@ -175,8 +169,6 @@ def _from_memory(t: _Target, need_kernel: bool) -> Build | None:
 
 
 def _from_disk(t: _Target, need_kernel: bool) -> Build | None:
-    from workbench import compile_cache
-
     start = time.perf_counter()
     entry = compile_cache.lookup(t.ws, t.spec, t.key, need_kernel=need_kernel)
     if entry is None:
@@ -201,8 +193,6 @@ def _from_disk(t: _Target, need_kernel: bool) -> Build | None:
 
 def _link(t: _Target) -> None:
     """Let wb shapes find an entry keyed on the stage's compile_params by all parameters."""
-    from workbench import compile_cache
-
     if compile_params(t.stage, t.params) != dict(t.params):
         with contextlib.suppress(OSError):
             compile_cache.link(t.ws, t.spec, compile_cache.make_key(t.spec, dict(t.params), dict(t.variants), t.arch), t.key)
@@ -210,8 +200,6 @@ def _link(t: _Target) -> None:
 
 def _store(t: _Target, compiled, shapes, resources, deps, seconds) -> str | None:
     """Write the disk entry; returns why the kernel itself was not cached, if it was not."""
-    from workbench import compile_cache
-
     try:
         entry = compile_cache.store(
             t.ws, t.spec, t.key, compiled, shapes=shapes, resources=resources, deps=deps, seconds=seconds, arch=t.arch
@@ -225,7 +213,6 @@ def _store(t: _Target, compiled, shapes, resources, deps, seconds) -> str | None
 def _cold(t: _Target, keep: tuple[str, ...], artifact_dir: Path | None) -> tuple[Build, set[str]]:
     """Trace and compile; the build and the source files the compile ran or read."""
     from workbench import resources as res
-    from workbench.compile_cache import watching
     from workbench.trace import tracing
     from workbench.trace_errors import readable
 
@@ -238,7 +225,7 @@ def _cold(t: _Target, keep: tuple[str, ...], artifact_dir: Path | None) -> tuple
         with (
             capture(t.spec.id) as probes,
             tracing(t.spec.id, t.arch, keep=keep_set, dump_dir=str(dump_dir)) as state,
-            watching(ignore=[dump_dir]) as seen,
+            compile_cache.watching(ignore=[dump_dir]) as seen,
         ):
             try:
                 with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
