@@ -85,6 +85,8 @@ def read_text(path: Path, max_bytes: int, source: str | None = None, keep_bom: b
         raise SchemaError(source, f"cannot be read: {exc.strerror or exc}") from None
     if path.is_dir():
         raise SchemaError(source, "is a folder, not a file")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise SchemaError(source, "is not a regular file")
     if size > max_bytes:
         raise SchemaError(source, f"is {size / MiB:.1f} MiB, over wb's limit of {max_bytes / MiB:.0f} MiB for this file")
     try:
