@@ -16,6 +16,7 @@ set -u
 . benchmarks/gpu_env.sh
 OUT=${OUT:-/tmp/wb-trust-out}
 mkdir -p "$OUT"
+WB="python3 -m workbench"  # `timeout` runs programs, not gpu_env.sh's shell function
 T0=$(date +%s)
 step() { echo; echo "=== [$(( $(date +%s) - T0 )) s] $*"; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
@@ -39,7 +40,7 @@ for part in ${@:-tests bench sweep}; do
       ;;
     bench)
       step "wb bench d --s 4096 --d 128 --peers fa4,sdpa-cudnn"
-      timeout 300 wb bench d --s 4096 --d 128 --peers fa4,sdpa-cudnn --timeout 280 --json > /tmp/bench.json
+      timeout 300 $WB bench d --s 4096 --d 128 --peers fa4,sdpa-cudnn --timeout 280 --json > /tmp/bench.json
       python3 - <<'PY'
 import json
 r = json.load(open("/tmp/bench.json"))
@@ -58,8 +59,8 @@ o = flash_attn_func(q, q, q, causal=False); torch.cuda.synchronize(); print('fa4
       ;;
     sweep)
       step "stage C and D sweeps over the streaming reference"
-      timeout 200 wb sweep c --n 128,1024,4096 --d 64,128 -p m=256 --timeout 60
-      timeout 300 wb sweep d --n 17,1000,4096 --d 64,128 -p causal=false,true -p kv_heads=4,2 --timeout 60
+      timeout 200 $WB sweep c --n 128,1024,4096 --d 64,128 -p m=256 --timeout 60
+      timeout 300 $WB sweep d --n 17,1000,4096 --d 64,128 -p causal=false,true -p kv_heads=4,2 --timeout 60
       ;;
   esac
   pack "$part"

@@ -1,7 +1,7 @@
 """On a GPU: what issue 14 promised about workers and references, measured on the card.
 
-* A `wb run` killed with SIGKILL mid-run leaves no process holding GPU memory 10 s later
-  (nvidia-smi), and `wb ps` lists no live worker (item 8).
+* A `wb run` killed with SIGKILL mid-run has given its GPU memory back 10 s later (the
+  driver's free memory), and `wb ps` lists no live worker (item 8).
 * Stage D at n = 32768, batch 8, 16 heads, d = 128 passes, and its record says how much
   device memory the references took: O(b·h·m·d), far below the b·h·m·n scores the old
   reference held (item 9).
@@ -21,29 +21,16 @@ from conftest import REPO, run_wb
 pytestmark = pytest.mark.gpu
 
 
-def _gpu_pids() -> dict[int, int]:
-    done = subprocess.run(
-        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=30
-    )
-    out = {}
-    for line in done.stdout.splitlines():
-        pid, _, mib = (part.strip() for part in line.partition(","))
-        if pid.isdigit():
-            out[int(pid)] = int(mib) if mib.isdigit() else 0
-    return out
+def _free_gib() -> float:
+    """Free device memory as the driver counts it: every process's allocations, whatever PID
+    namespace they live in (nvidia-smi lists no processes inside some containers and VMs)."""
+    import torch
 
-
-def _worker_pids(ws) -> set[int]:
-    pids = set()
-    for path in (ws / ".wb" / "pids").glob("*.json"):
-        try:
-            pids.add(json.loads(path.read_text())["pid"])
-        except (OSError, ValueError, KeyError):
-            pass
-    return pids
+    return torch.cuda.mem_get_info()[0] / 2**30
 
 
 def test_a_killed_wb_run_frees_the_gpu_within_10_s(fmha_ws):
+    baseline = _free_gib()
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
         [sys.executable, "-m", "workbench", "run", "d", "--n", "16384", "-p", "batch=8", "-p", "heads=16", "--fresh"],
@@ -51,22 +38,21 @@ def test_a_killed_wb_run_frees_the_gpu_within_10_s(fmha_ws):
     )
     try:
         deadline = time.monotonic() + 120
-        holding = set()
-        while time.monotonic() < deadline and not holding:  # the worker is on the GPU: the job is running
+        while time.monotonic() < deadline and _free_gib() > baseline - 2:  # the job holds its tensors
             time.sleep(0.5)
-            holding = _worker_pids(fmha_ws) & set(_gpu_pids())
-        assert holding, "the worker never showed up on the GPU"
+        held = baseline - _free_gib()
+        assert held > 2, "the run never took GPU memory"
         time.sleep(3)
         os.kill(proc.pid, signal.SIGKILL)
         killed = time.monotonic()
         proc.wait()
-        while time.monotonic() - killed < 10 and holding & set(_gpu_pids()):
+        while time.monotonic() - killed < 10 and _free_gib() < baseline - 0.5:
             time.sleep(0.25)
-        left = holding & set(_gpu_pids())
-        print(f"GPU free {time.monotonic() - killed:.2f} s after the kill; still holding: {left}")
-        assert not left
+        freed_after = time.monotonic() - killed
+        print(f"the run held {held:.1f} GiB; free again {freed_after:.2f} s after kill -9 of wb")
+        assert _free_gib() > baseline - 0.5
         rows = json.loads(run_wb("ps", "--json", cwd=fmha_ws).stdout)
-        assert [r for r in rows if r["state"] not in ("gone",)] == []
+        assert [r for r in rows if r["state"] != "gone"] == []
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -82,5 +68,5 @@ def test_reference_memory_at_32k_is_bounded_and_recorded(fmha_ws):
     peaks = [c["reference_peak_bytes"] for c in record["results"]]
     print(f"reference peak at n={n} b={b} h={h} d={d}: {max(peaks) / 2**30:.2f} GiB on {record['provenance']['gpu']}")
     assert all(p is not None for p in peaks)
-    scores = b * h * n * n * 4
-    assert max(peaks) < 16 * 2**30 and max(peaks) < scores / 100
+    o_bytes, scores = b * h * n * d * 4, b * h * n * n * 4  # fp32 O; the fp32 scores the old reference held
+    assert max(peaks) < 6 * o_bytes and max(peaks) < scores / 50
