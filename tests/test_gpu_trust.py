@@ -31,7 +31,7 @@ def _free_gib() -> float:
 
 def test_a_killed_wb_run_frees_the_gpu_within_10_s(fmha_ws):
     baseline = _free_gib()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     proc = subprocess.Popen(
         [sys.executable, "-m", "workbench", "run", "d", "--n", "16384", "-p", "batch=8", "-p", "heads=16", "--fresh"],
         cwd=fmha_ws, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
