@@ -64,3 +64,23 @@ def test_timer_measures_a_matmul_close_to_its_flop_rate():
     assert 100 < tflops < 1200 and t["p10_ms"] <= t["median_ms"] <= t["p90_ms"]
     small = bench.time_cuda(lambda: a[:8, :8].add_(0), reps=10, graph="auto")
     assert small["graph"] is True and small["median_ms"] < 0.05
+
+
+def test_a_failing_peer_keeps_its_whole_error_in_the_record():
+    """Issue 14 item 13: the fa4 cell read `FileNotFoundError: [Errno 2] N…` and nothing more.
+    A peer that fails while being made or timed keeps its full message and traceback."""
+    import types
+
+    long_path = "/nowhere/" + "x" * 300 + "/kernel.cubin"
+
+    def make_peer(name, inputs, params):
+        if name == "broken-at-make":
+            raise FileNotFoundError(2, "No such file or directory", long_path)
+        return lambda: (_ for _ in ()).throw(RuntimeError("timed call failed " + "y" * 300))
+
+    peers = types.SimpleNamespace(make_peer=make_peer)
+    job = bench.BenchJob({}, lambda e: None)
+    made = job.time_peer(peers, "broken-at-make", {}, {}, 1.0, {})
+    assert long_path in made["skipped"] and "FileNotFoundError" in made["error"]["traceback"] and "make_peer" in made["error"]["traceback"]
+    timed = job.time_peer(peers, "broken-when-timed", {}, {}, 1.0, {"graph": "off", "reps": 1})
+    assert "y" * 300 in timed["skipped"] and "RuntimeError" in timed["error"]["type"]
