@@ -217,31 +217,63 @@ def test_network_loss_ssh_killed_records_lost(remote_ws, wb):
     assert local_record(ws, json.loads(again.stdout)["id"])["verdict"] == "PASS"
 
 
-def test_remote_child_killed_records_lost_and_orphan_is_found_and_killed(remote_ws, wb):
+def _stuck_orphan(remote: Path) -> subprocess.Popen:
+    """A process on the host with a busy worker's pid file whose wb is gone, that no signal
+    from its wb can reach (what a worker stuck in the driver would look like)."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    code = (
+        "import json, os, sys, time\n"
+        "from workbench import procs\n"
+        "pid = os.getpid()\n"
+        f"procs.PidFile({str(remote / '.wb' / 'pids')!r} + f'/stuck-{{pid}}.json', 'warm-worker', "
+        f"job={{'run_dir': 'x', 'supervisor': {{'pid': {gone.pid}, 'starttime': 1}}, 'since': time.time()}})\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    (remote / ".wb" / "pids").mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_remote_child_killed_records_lost_and_its_worker_ends(remote_ws, wb):
     ws, remote = remote_ws
     proc = _start_sleeping_remote_run(ws)
     runs = wait_until(lambda: [p for p in pidfiles(remote) if p["kind"] == "remote-run"], 20, "the remote-run pid file")
     busy = wait_until(lambda: [p for p in pidfiles(remote) if p.get("job")], 20, "the busy remote worker")
-    os.kill(runs[0]["pid"], signal.SIGKILL)  # the remote wb dies; its worker keeps sleeping
+    os.kill(runs[0]["pid"], signal.SIGKILL)  # the remote wb dies ...
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "LOST" in out, out
     lost = [r for r in (json.loads(p.read_text()) for p in (ws / "runs").glob("*/run.json")) if r["verdict"] == "LOST"]
     assert len(lost) == 1 and "remote wb exited with code 137" in lost[0]["error"]["message"]
+    # ... and its worker ends the job with it instead of sleeping on as an orphan
+    worker = busy[0]["pid"]
+    wait_until(lambda: not Path(f"/proc/{worker}").exists() or Path(f"/proc/{worker}/stat").read_text().split(")")[1].split()[0] == "Z", 5, "the worker to end")
+    assert not [p for p in json.loads(wb("ps", "--host", "loop", "--json").stdout) if p["state"] not in ("gone",)]
 
-    # The worker is now an orphan on the host: `wb ps --host` says so ...
-    ps = json.loads(wb("ps", "--host", "loop", "--json").stdout)
-    orphan = [p for p in ps if p["state"] == "orphan"]
-    assert [p["pid"] for p in orphan] == [busy[0]["pid"]], ps
-    assert "its wb" in orphan[0]["note"] and "gone" in orphan[0]["note"]
-    # ... a run there warns about it in one line, and still works ...
-    again = wb("run", "a", "--host", "loop", "--json")
-    assert again.returncode == 0, again.stderr
-    assert "orphaned wb process pid %d" % busy[0]["pid"] in again.stderr
-    # ... and `wb kill --host` ends it (and only it).
-    killed = json.loads(wb("kill", "--host", "loop", "--json").stdout)
-    assert [k["pid"] for k in killed if k["killed"]] == [busy[0]["pid"]]
-    wait_until(lambda: not Path(f"/proc/{busy[0]['pid']}").exists() or Path(f"/proc/{busy[0]['pid']}/stat").read_text().split(")")[1].split()[0] == "Z", 10, "the orphan to die")
-    assert not [p for p in json.loads(wb("ps", "--host", "loop", "--json").stdout) if p["state"] == "orphan"]
+
+def test_a_remote_orphan_is_found_warned_about_and_killed(remote_ws, wb):
+    ws, remote = remote_ws
+    assert wb("run", "a", "--host", "loop", "--json").returncode == 0  # the remote workspace exists
+    stuck = _stuck_orphan(remote)
+    try:
+        ps = json.loads(wb("ps", "--host", "loop", "--json").stdout)
+        orphan = [p for p in ps if p["state"] == "orphan"]
+        assert [p["pid"] for p in orphan] == [stuck.pid], ps
+        assert "its wb" in orphan[0]["note"] and "gone" in orphan[0]["note"]
+        again = wb("run", "a", "--host", "loop", "--json")
+        assert again.returncode == 0, again.stderr
+        assert "orphaned wb process pid %d" % stuck.pid in again.stderr
+        killed = json.loads(wb("kill", "--host", "loop", "--json").stdout)
+        assert [k["pid"] for k in killed if k["killed"]] == [stuck.pid]
+        stuck.wait(10)
+        assert not [p for p in json.loads(wb("ps", "--host", "loop", "--json").stdout) if p["state"] == "orphan"]
+    finally:
+        if stuck.poll() is None:
+            os.killpg(stuck.pid, signal.SIGKILL)
+            stuck.wait()
 
 
 def test_remote_sweep_reuses_the_remote_warm_worker(remote_ws, wb):
