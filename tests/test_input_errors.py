@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from workbench import registry, shapes
+from workbench import arches, registry, shapes
 from workbench.cli import main
 from workbench.errors import UserError
 from workbench.schemas import MiB
@@ -39,10 +39,10 @@ def test_an_unknown_arch_is_one_line_listing_the_known_ones(toy_ws, capsys, args
 
 
 def test_wbs_arch_list_is_the_dsls():
-    """registry.ARCHES (checked without importing the DSL) holds what the installed DSL knows."""
+    """arches.ARCHES (checked without importing the DSL) holds what the installed DSL knows."""
     from cutlass.base_dsl.enums import Arch
 
-    assert set(registry.ARCHES) == set(Arch.__members__)
+    assert set(arches.ARCHES) == set(Arch.__members__)
 
 
 # ---------------------------------------------------------------- parameters from the command line

@@ -182,28 +182,6 @@ def _problem(exc: Any, entry: dict) -> str:
     return f"key '{key}' must be {expected}, got {_kind(entry.get(key))}" + (f": {reason}" if reason else "")
 
 
-def parse_gpus(value: Any, error) -> tuple[str, ...] | None:
-    """'all'/None -> None (all visible); 'none' -> (); '0,1' / [0, 1] -> ('0', '1')."""
-    if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
-        return None
-    if isinstance(value, str) and value.strip().lower() in ("none", "cpu", ""):
-        return ()
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",")]
-        if not all(value):
-            raise error()
-    if not isinstance(value, list) or not value:
-        raise error()
-    out = []
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).strip() or "," in str(v):
-            raise error()
-        out.append(str(v).strip())
-    return tuple(out)
-
-
 @dataclass
 class HostCheck:
     """What `wb hosts` found on one host."""

@@ -33,7 +33,6 @@ from workbench.registry import KernelSpec, StageSpec, get_kernel, load_kernels
 from workbench.workspace import Workspace
 
 LOCK_NAME = "shapes.lock.yaml"
-LOCK_VERSION = 1
 
 
 @dataclass
@@ -398,7 +397,9 @@ def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = Fals
     commit = (git.get("commit") or "")[:10] + ("+dirty" if git.get("dirty") else "")
     today = date.today().isoformat()
     lock = read_lock(ws, kernel, accepting=True)
-    lock = {"version": LOCK_VERSION, "kernel": kernel, "stages": dict(lock.get("stages") or {})}
+    from workbench.schemas.shapes_lock import VERSION
+
+    lock = {"version": VERSION, "kernel": kernel, "stages": dict(lock.get("stages") or {})}
     for res in results:
         label = label_of(res["arch"], res["params"], res["variants"])
         per_stage = {

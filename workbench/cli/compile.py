@@ -29,7 +29,8 @@ def compile_cmd(
     from workbench.cli.run import parse_pairs, stage_overrides
     from workbench.compile_record import compile_stage_record
     from workbench.errors import UserError
-    from workbench.registry import check_arch, load_kernels, resolve_stage
+    from workbench.arches import check_arch
+    from workbench.registry import load_kernels, resolve_stage
 
     wanted = tuple(k.strip() for k in (keep or "").split(",") if k.strip())
     unknown = [k for k in wanted if k not in KEEPABLE]

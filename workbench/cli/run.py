@@ -49,7 +49,8 @@ def run(
     as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
 ) -> None:
     """Compile STAGE, run its fixtures against the reference, record and explain the run."""
-    from workbench.registry import check_arch, load_kernels, resolve_stage
+    from workbench.arches import check_arch
+    from workbench.registry import load_kernels, resolve_stage
 
     ws = state.workspace()
     check_arch(arch)

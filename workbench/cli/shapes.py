@@ -68,7 +68,7 @@ def shapes(
     from workbench import shapes as lib
     from workbench.cli.run import parse_pairs, stage_overrides
     from workbench.errors import UserError
-    from workbench.registry import check_arch
+    from workbench.arches import check_arch
 
     if accept and check:
         raise UserError("--accept and --check do not go together: check first, then accept")

@@ -38,8 +38,10 @@ def sweep(
     table is printed and written into the stage report (runs/reports/<kernel>-stage-<x>.sweep.md)."""
     from workbench import sweep as sweeps
     from workbench.cli.run import parse_pairs
-    from workbench.hosts import get_host, parse_gpus
-    from workbench.registry import check_arch, load_kernels, resolve_stage
+    from workbench.hosts import get_host
+    from workbench.schemas.hosts import parse_gpus
+    from workbench.arches import check_arch
+    from workbench.registry import load_kernels, resolve_stage
 
     check_arch(arch)
     ws = state.workspace()

@@ -240,10 +240,30 @@ class HostEntry(BaseModel):
     @field_validator("gpus", mode="before")
     @classmethod
     def _gpus(cls, value: Any) -> Optional[tuple[str, ...]]:
-        from workbench.hosts import parse_gpus
-
         gpus = parse_gpus(value, lambda: ValueError(""))
         bad = next((g for g in gpus or () if not _GPU.match(g)), None)
         if bad is not None:
             raise ValueError(f"{bad!r} is neither an index nor a GPU UUID (letters, digits, _ / : . -)")
         return gpus
+
+
+def parse_gpus(value: Any, error) -> tuple[str, ...] | None:
+    """'all'/None -> None (all visible); 'none' -> (); '0,1' / [0, 1] -> ('0', '1')."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
+        return None
+    if isinstance(value, str) and value.strip().lower() in ("none", "cpu", ""):
+        return ()
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",")]
+        if not all(value):
+            raise error()
+    if not isinstance(value, list) or not value:
+        raise error()
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).strip() or "," in str(v):
+            raise error()
+        out.append(str(v).strip())
+    return tuple(out)

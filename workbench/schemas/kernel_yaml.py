@@ -20,8 +20,10 @@ from typing import Annotated, Any, Callable, ClassVar, Optional
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from workbench.registry import ARCHES, DEFAULT_ARCH, DEFAULT_TIMEOUT, known_arch
+from workbench.arches import ARCHES, DEFAULT_ARCH, known_arch
 from workbench.schemas import MiB, SchemaError, read_text, short
+
+DEFAULT_TIMEOUT = 120.0  # seconds before a run is HANG, when kernel.yaml gives none
 
 MAX_BYTES = 1 * MiB
 MAX_NAME = 40  # parameter, variant, stage and fixture names

@@ -25,7 +25,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 from pydantic_core import PydanticCustomError
 
 from workbench.schemas import MiB
-from workbench.shapes import LOCK_VERSION as VERSION
+
+VERSION = 1  # the lock format wb writes; a newer one is refused
 
 MAX_BYTES = 32 * MiB
 
