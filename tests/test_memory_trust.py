@@ -180,3 +180,12 @@ def test_cli_note_on_a_broken_memory_is_one_line_exit_2(tmp_path, capsys, monkey
         main(["note", "a lesson"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and "not UTF-8" in err and "Traceback" not in err
+
+
+def test_after_a_run_a_memory_wb_cannot_update_is_a_warning(tmp_path):
+    """The record is already in runs/: a broken MEMORY.md must not turn the run into an error."""
+    ws = Workspace(tmp_path)
+    ws.memory_path.write_bytes(b"\xff\n")
+    with pytest.warns(UserWarning, match="MEMORY.md not updated: .*not UTF-8"):
+        memory.update_blocks_or_warn(ws, memory.run_edits([record(1)]))
+    assert ws.memory_path.read_bytes() == b"\xff\n"

@@ -321,15 +321,9 @@ def peer_ratios(case: dict[str, Any]) -> dict[str, float]:
 def record_speed(ws, record: dict[str, Any]) -> None:
     """Fold a bench record into MEMORY.md's `speed` block (latest per case and card); the
     record is already in runs/, so a MEMORY.md wb cannot update is a warning."""
-    import warnings
-
     from workbench import memory
-    from workbench.errors import UserError
 
-    try:
-        memory.update_blocks(ws, {"speed": speed_edit([record])})
-    except UserError as exc:
-        warnings.warn(f"MEMORY.md not updated: {exc}")
+    memory.update_blocks_or_warn(ws, {"speed": speed_edit([record])})
 
 
 def speed_edit(records: list[dict[str, Any]]):

@@ -137,15 +137,9 @@ def worker_result(outcome: Outcome, run_dir) -> dict[str, Any]:
 
 
 def publish(ws: Workspace, record: dict[str, Any]) -> None:
-    """Write the run's report.md and update MEMORY.md's wb-owned blocks. The record is
-    already safe in runs/: a MEMORY.md wb cannot update (broken markers, read-only, not
-    UTF-8) is a warning, not a lost run."""
-    import warnings
-
+    """Write the run's report.md and update MEMORY.md's wb-owned blocks (a warning when
+    MEMORY.md cannot be updated: the record is already safe in runs/)."""
     from workbench import memory, report
 
     report.write_run_report(ws, record)
-    try:
-        memory.record_run(ws, record)
-    except UserError as exc:
-        warnings.warn(f"MEMORY.md not updated: {exc}")
+    memory.update_blocks_or_warn(ws, memory.run_edits([record]))

@@ -227,6 +227,17 @@ def update_blocks(ws: Workspace, edits: dict[str, BlockEdit], path: Path | None 
     _locked_edit(ws, path, lambda text: rewrite(text, edits, str(path)))
 
 
+def update_blocks_or_warn(ws: Workspace, edits: dict[str, BlockEdit]) -> None:
+    """update_blocks after a record is already safe in runs/: a MEMORY.md wb cannot update
+    (broken markers, read-only, not UTF-8) is a warning, not a lost run."""
+    import warnings
+
+    try:
+        update_blocks(ws, edits)
+    except UserError as exc:
+        warnings.warn(f"MEMORY.md not updated: {exc}")
+
+
 def render_blocks(ws: Workspace, edits: dict[str, BlockEdit], path: Path | None = None) -> tuple[str, bool]:
     """What update_blocks would write, without writing: (text, bom). Raises what it would raise."""
     path = path or ws.memory_path

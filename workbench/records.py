@@ -84,14 +84,26 @@ def atomic_write_text(path: Path, text: str, newline: str | None = None) -> None
         raise
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (setting and
+    restoring it would race with threads creating files meanwhile, e.g. sweep lanes)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def _mode_for(target: Path, shown: Path) -> int:
     """The mode a rewrite of `target` keeps: its own, or the umask's for a new file."""
     try:
         st = target.stat()
     except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_umask()
     if not stat.S_ISREG(st.st_mode):
         raise UserError(f"cannot write {shown}: it is not a regular file")
     if not st.st_mode & stat.S_IWUSR or not os.access(target, os.W_OK):  # root may write a 0444 file; wb does not
