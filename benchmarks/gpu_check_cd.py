@@ -204,8 +204,8 @@ def simulated_launch(case, inputs, outputs):
     """CPU stand-in for the kernel (WB_GPU_CHECK_SIMULATE): a torch model with its bugs."""
     import torch
 
+    from stages.fmha import reference
     from stages.fmha import stage_c_online as sc
-    from stages.fmha import stage_d_fmha as sd
 
     v = case["variants"]
     if v.get("bug") == "stuck_pipeline" and case["n"] >= 512:
@@ -214,9 +214,9 @@ def simulated_launch(case, inputs, outputs):
         o, lse = sc.emulate_online(inputs["q"], inputs["k"], inputs["v"], bug=v.get("bug", "none"),
                                    rescale=v.get("rescale", "on") == "on")
     elif case["stage"] == "c":
-        o, lse = sc.attention_ref(inputs["q"], inputs["k"], inputs["v"], torch.float32, softmax="identity")
+        o, lse = reference.attention(inputs["q"], inputs["k"], inputs["v"], torch.float32, softmax="identity")
     else:
-        o, lse = sd.fmha_ref(inputs["q"], inputs["k"], inputs["v"], torch.float32, causal=case["causal"],
+        o, lse = reference.attention_bshd(inputs["q"], inputs["k"], inputs["v"], torch.float32, causal=case["causal"],
                              softmax=v.get("softmax", "exp"))
         if SIMULATE_MODE.startswith("d:"):  # a D bug model, by (part of) its hypothesis name
             for name, h in _hypotheses(case, inputs, None).items():
@@ -292,8 +292,8 @@ def _hypotheses(case, inputs, ref32):
     """name -> predicted o, for simple models of bugs (C: the kernel's own bug variants)."""
     import torch
 
+    from stages.fmha import reference
     from stages.fmha import stage_c_online as sc
-    from stages.fmha import stage_d_fmha as sd
 
     q, k, v = inputs["q"], inputs["k"], inputs["v"]
     softmax = case["variants"].get("softmax", "exp")
@@ -305,11 +305,11 @@ def _hypotheses(case, inputs, ref32):
     elif case["stage"] == "c":
         n = k.shape[0]
         k0, v0 = k[:128].repeat(-(-n // 128), 1)[:n], v[:128].repeat(-(-n // 128), 1)[:n]
-        hyp["KV tile 0 only"] = sc.attention_ref(q, k0, v0, torch.float32, softmax=softmax)[0]
+        hyp["KV tile 0 only"] = reference.attention(q, k0, v0, torch.float32, softmax=softmax)[0]
     else:
         causal = case["causal"]
         if causal:
-            hyp["not causal"] = sd.fmha_ref(q, k, v, torch.float32, softmax=softmax)[0]
+            hyp["not causal"] = reference.attention_bshd(q, k, v, torch.float32, softmax=softmax)[0]
             if case["m"] != case["n"]:
                 m, n = case["m"], case["n"]
                 qt, kt, vt = (x.float().transpose(1, 2) for x in (q, k, v))
@@ -323,12 +323,12 @@ def _hypotheses(case, inputs, ref32):
             pad = 128 - case["n"] % 128
             kp = torch.nn.functional.pad(k, (0, 0, 0, 0, 0, pad))
             vp = torch.nn.functional.pad(v, (0, 0, 0, 0, 0, pad))
-            o_pad = sd.fmha_ref(q, kp, vp, torch.float32, causal=False, softmax=softmax)[0]
+            o_pad = reference.attention_bshd(q, kp, vp, torch.float32, causal=False, softmax=softmax)[0]
             if not causal:
                 hyp["KV tail not masked (zero keys count)"] = o_pad
         if case["kv_heads"] != case["heads"]:
             idx = torch.arange(case["heads"], device=k.device) % case["kv_heads"]
-            hyp["GQA kv head = h % kv_heads"] = sd.fmha_ref(
+            hyp["GQA kv head = h % kv_heads"] = reference.attention_bshd(
                 q, k[:, :, idx], v[:, :, idx], torch.float32, causal=causal, softmax=softmax)[0]
     return hyp
 

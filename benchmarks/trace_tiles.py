@@ -115,8 +115,7 @@ def main(argv=None):
     import torch
     from cutlass import Int32
 
-    from stages.fmha import common
-    from stages.fmha import stage_c_online as sc
+    from stages.fmha import common, host
     from stages.fmha import stage_d_fmha as sd
 
     s, d = args.s, args.d
@@ -133,8 +132,8 @@ def main(argv=None):
         from cutlass.cute.runtime import make_fake_stream
 
         kernel = sd.FmhaForward(common.cute_dtype(args.dtype), d, heads, heads, causal=args.causal, trace=trace, **options)
-        fake = [sc.fake_tensor(common.cute_dtype(args.dtype), 4) for _ in range(4)]
-        fn = sc.compile_for("sm_90a", kernel, *fake, sc.fake_tensor(sd.Float32, 3), sc.fake_tensor(Int32, 1), Int32(1), make_fake_stream())
+        fake = [host.fake_tensor(common.cute_dtype(args.dtype), 4) for _ in range(4)]
+        fn = host.compile_for("sm_90a", kernel, *fake, host.fake_tensor(sd.Float32, 3), host.fake_tensor(Int32, 1), Int32(1), make_fake_stream())
         return kernel, fn
 
     torch.manual_seed(0)
@@ -147,9 +146,9 @@ def main(argv=None):
     buf = torch.zeros(sd.trace_clock_word(ctas, ctas), dtype=torch.int32, device=dev)
     counter = sd.tile_counter(dev)
 
-    cute_args = [sc.to_cute(t) for t in (q, k, v, o, lse)]  # converted once: launches stay GPU-bound
-    cute_bufs = {id(counter): sc.to_cute(counter), id(buf): sc.to_cute(buf)}
-    stream = sc.current_stream()
+    cute_args = [host.to_cute(t) for t in (q, k, v, o, lse)]  # converted once: launches stay GPU-bound
+    cute_bufs = {id(counter): host.to_cute(counter), id(buf): host.to_cute(buf)}
+    stream = host.current_stream()
 
     def launch(fn, counter_buf):
         fn(*cute_args, cute_bufs[id(counter_buf)], Int32(ctas), stream)

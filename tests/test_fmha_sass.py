@@ -68,17 +68,16 @@ def _stage_d_sass(tmp_path: Path, **kernel_kwargs) -> str:
     from cutlass import Int32
     from cutlass.cute.runtime import make_fake_stream
 
-    from stages.fmha import common
-    from stages.fmha import stage_c_online as sc
+    from stages.fmha import common, host
     from stages.fmha import stage_d_fmha as sd
     from workbench.trace import tracing
 
     dtype = common.cute_dtype("bf16")
     kernel = sd.FmhaForward(dtype, 64, 4, 4, **kernel_kwargs)
-    fake = [sc.fake_tensor(dtype, 4) for _ in range(4)]
+    fake = [host.fake_tensor(dtype, 4) for _ in range(4)]
     tmp_path.mkdir(parents=True, exist_ok=True)
     with tracing("stage-d", "sm_90a", dump_dir=str(tmp_path)):
-        sc.compile_for("sm_90a", kernel, *fake, sc.fake_tensor(sd.Float32, 3), sc.fake_tensor(Int32, 1), Int32(1), make_fake_stream())
+        host.compile_for("sm_90a", kernel, *fake, host.fake_tensor(sd.Float32, 3), host.fake_tensor(Int32, 1), Int32(1), make_fake_stream())
     (cubin,) = tmp_path.glob("*.cubin")
     return subprocess.run([find_nvdisasm(), "-c", str(cubin)], capture_output=True, text=True, check=True).stdout
 

@@ -186,28 +186,33 @@ class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
     (torch.float32, "identity", False, 2048),
 ])
 def test_stage_d_reference_never_holds_the_score_matrix(dtype, softmax, causal, m):
-    """Stage D's reference for b=1, h=2, d=64 (the fp32 truth, the bf16 calibration's LSE,
-    the identity variant) makes no tensor larger than O (or the 1 MiB block floor): far
-    below the b·h·m·n·4 bytes of a whole score matrix, which it used to hold."""
-    from stages.fmha.stage_d_fmha import fmha_ref
+    """Stage D's reference (StageD.reference: reference.attention_bshd) for b=1, h=2, d=64
+    (the fp32 truth, the bf16 calibration's LSE, the identity variant) makes no tensor
+    larger than O (or the 1 MiB block floor): far below the b·h·m·n·4 bytes of a whole
+    score matrix, which it used to hold."""
+    from stages.fmha.stage_d_fmha import StageD
+    from workbench.stage import Params
 
     b, h, d = 1, 2, 64
     q, k, v = (x.transpose(1, 2) for x in _qkv((b, h), m, m, d, seed=1))  # (b, m, h, d)
     with _LargestTensor() as seen:
-        o, lse = fmha_ref(q, k, v, dtype, causal=causal, softmax=softmax)
+        out = StageD().reference({"q": q, "k": k, "v": v}, Params({"causal": causal}), {"softmax": softmax}, dtype)
+    o, lse = out["o"], out["lse"]
     assert o.shape == q.shape and lse.shape == (b, h, m)
     assert seen.nbytes <= max(R.MIN_BLOCK_BYTES, b * h * m * d * 4), seen.op
     assert seen.nbytes * 8 <= b * h * m * m * 4, seen.op
 
 
 def test_stage_c_reference_is_the_streamed_one():
-    """Stage C's attention_ref (a single head, 2-D tensors) streams too: 1 x 4096 x 4096
-    scores would be 64 MiB; nothing it makes is above the 1 MiB block floor."""
-    from stages.fmha.stage_c_online import attention_ref
+    """Stage C's reference (StageC.reference: reference.attention on a single head, 2-D
+    tensors) streams too: 1 x 4096 x 4096 scores would be 64 MiB; nothing it makes is above
+    the 1 MiB block floor."""
+    from stages.fmha.stage_c_online import StageC
+    from workbench.stage import Params
 
     q, k, v = _qkv((), 4096, 4096, 64, seed=2)
     with _LargestTensor() as seen:
-        attention_ref(q, k, v, torch.float32)
+        StageC().reference({"q": q, "k": k, "v": v}, Params({}), {}, torch.float32)
     assert seen.nbytes <= R.MIN_BLOCK_BYTES, seen.op
 
 

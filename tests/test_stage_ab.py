@@ -121,7 +121,7 @@ def test_accumulator_rows_are_owned_by_quads():
     import cutlass
     import cutlass.cute as cute
 
-    from stages.fmha import common
+    from stages.fmha import common, host
 
     out = {}
 
@@ -130,7 +130,7 @@ def test_accumulator_rows_are_owned_by_quads():
         tiled_mma = common.make_qk_tiled_mma(cutlass.BFloat16, 128, 2)
         out["own"] = common.accumulator_rows(tiled_mma, (128, 128), 256)
 
-    common.compile_for(ARCH, analyse)
+    host.compile_for(ARCH, analyse)
     owners: dict[int, set] = {}
     seen: dict[tuple, int] = {}
     for t, rows in out["own"].items():
@@ -158,20 +158,20 @@ def _ptx(letter, d, dtype, softmax="exp"):
     import cutlass
     from cutlass import Float32
 
-    from stages.fmha import common
+    from stages.fmha import common, host
 
     el = common.cute_dtype(dtype)
-    q = common.fake_rowmajor(el)
-    k = common.fake_rowmajor(el)
+    q = host.fake_tensor(el, 2)
+    k = host.fake_tensor(el, 2)
     if letter == "a":
         from stages.fmha.stage_a_qk import FmhaQK
 
-        obj, out = FmhaQK(el, d), common.fake_rowmajor(Float32)
+        obj, out = FmhaQK(el, d), host.fake_tensor(Float32, 2)
     else:
         from stages.fmha.stage_b_softmax import FmhaSoftmax
 
-        obj, out = FmhaSoftmax(el, d, softmax), common.fake_rowmajor(el)
-    c = common.compile_for(ARCH, obj, q, k, out, Float32(1 / math.sqrt(d)), common.fake_stream(), keep_ptx=True)
+        obj, out = FmhaSoftmax(el, d, softmax), host.fake_tensor(el, 2)
+    c = host.compile_for(ARCH, obj, q, k, out, Float32(1 / math.sqrt(d)), host.fake_stream(), keep_ptx=True)
     assert cutlass is not None
     return c.__ptx__
 

@@ -166,7 +166,7 @@ def _p_maps():
 
     from stages.fmha import common
     from stages.fmha import softmax as sm
-    from stages.fmha.stage_c_online import make_pv_tiled_mma
+    from stages.fmha.fmha_base import make_pv_tiled_mma
 
     out = {}
 
@@ -229,7 +229,7 @@ def test_fake_tensor_types_match_launch_tensors():
     import torch
     from cutlass._mlir import ir
 
-    from stages.fmha.stage_c_online import fake_tensor, to_cute
+    from stages.fmha.host import fake_tensor, to_cute
 
     with ir.Context(), ir.Location.unknown():
         for shape, tdt, cdt in [
@@ -260,7 +260,7 @@ def test_reference_matches_sdpa_and_top_left_causal():
     import torch
     import torch.nn.functional as F
 
-    from stages.fmha.stage_c_online import attention_ref
+    from stages.fmha.reference import attention as attention_ref
 
     q, k, v = _qkv(100, 300, 64)
     for causal in (False, True):
@@ -281,8 +281,8 @@ def test_reference_matches_sdpa_and_top_left_causal():
 def test_fmha_reference_gqa_and_layout():
     import torch
 
-    from stages.fmha.stage_c_online import attention_ref
-    from stages.fmha.stage_d_fmha import fmha_ref
+    from stages.fmha.reference import attention as attention_ref
+    from stages.fmha.reference import attention_bshd as fmha_ref
 
     g = torch.Generator().manual_seed(1)
     q = torch.randn(2, 37, 6, 64, generator=g)
@@ -298,7 +298,8 @@ def test_fmha_reference_gqa_and_layout():
 def test_kernel_model_and_bug_mutants():
     import torch
 
-    from stages.fmha.stage_c_online import attention_ref, emulate_online
+    from stages.fmha.reference import attention as attention_ref
+    from stages.fmha.stage_c_online import emulate_online
 
     q, k, v = _qkv(128, 512, 128, seed=3)
     o_ref, lse_ref = attention_ref(q, k, v, torch.float32)
@@ -320,20 +321,20 @@ def test_kernel_model_and_bug_mutants():
     assert float((o_off - o_ref).abs().max()) > 0.1
 
 
-def test_variant_flags_and_kernel_yaml():
-    import yaml
+def test_stage_c_variants_come_from_kernel_yaml():
+    """Stage C declares no choice list of its own: what it is not given comes from
+    kernel.yaml's defaults, a value kernel.yaml does not list is refused by the registry's
+    rule (a UserError, one line for the user), and the values reach the kernel."""
+    from stages.fmha.stage_c_online import StageC
+    from workbench.errors import UserError
 
-    from stages.fmha.stage_c_online import BUGS, variant_flags
-
-    y = yaml.safe_load((ROOT / "stages" / "fmha" / "kernel.yaml").read_text())
-    c = next(s for s in y["stages"] if s["letter"] == "c")
-    assert [str(x) for x in c["variants"]["rescale"]] == ["on", "off"]
-    assert tuple(c["variants"]["bug"]) == BUGS
-    assert variant_flags({})["rescale"] is True
-    assert variant_flags({"rescale": "True"})["rescale"] is True  # YAML 1.1 spelled on as a bool
-    assert variant_flags({"rescale": "off"})["rescale"] is False
-    with pytest.raises(ValueError):
-        variant_flags({"bug": "nonsense"})
+    p = _params(m=128, n=128, d=128, dtype="bf16")
+    k = StageC().make_kernel(p, {})
+    assert (k.is_exp, k.rescale, k.bug) == (True, True, "none")
+    k = StageC().make_kernel(p, {"rescale": "off", "bug": "kv_tile0", "softmax": "identity"})
+    assert (k.is_exp, k.rescale, k.bug) == (False, False, "kv_tile0")
+    with pytest.raises(UserError, match="bug=nonsense"):
+        StageC().make_kernel(p, {"bug": "nonsense"})
 
 
 # --------------------------------------------------------------------------------------

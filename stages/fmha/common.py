@@ -1,8 +1,8 @@
 """Shared device helpers for the FMHA stages (Hopper, sm_90a, CuTe DSL 4.8.1).
 
-Stages A and B use these; stages C and D may import them too. Everything here is either
-host-side layout/atom construction (call it inside a ``@cute.jit`` host function) or a
-small ``@cute.jit`` device helper (call it from a ``@cute.kernel``).
+Every stage uses these. Everything here is traced: either host-side layout/atom
+construction (call it inside a ``@cute.jit`` host function) or a small ``@cute.jit``
+device helper (call it from a ``@cute.kernel``). Compile and launch glue is in ``host``.
 
 Conventions (CuTe naming): ``m`` = global tensor, ``g`` = a CTA's tile of it, ``s`` = shared
 memory, ``r`` = registers, ``c`` = coordinate (identity) tensor. ``tXsY`` is tensor Y's shared
@@ -220,75 +220,3 @@ def fmax(a, b):
 
 
 fadd = operator.add
-
-
-# --------------------------------------------------------------------------------------
-# Host-side (Python) helpers for the Stage classes: fake tensors, compile, launch
-# --------------------------------------------------------------------------------------
-def fake_rowmajor(dtype: Type[cutlass.Numeric]):
-    """A fake row-major 2-D gmem tensor for cute.compile whose type is exactly what
-    ``to_cute`` passes at launch: (?,?):(?{i64},1), 16-byte aligned base. One compile then
-    serves every m and n (the kernels take d and the tile sizes from their own constants).
-
-    (A first version compiled with 64-bit symbolic extents and launched with static
-    from_dlpack tensors; on the H200 every launch failed with CUDA_LAUNCH_INVALID_CONFIG.)"""
-    from cutlass.cute.runtime import make_fake_tensor
-
-    return make_fake_tensor(dtype, (cute.sym_int32(), cute.sym_int32()), stride=(cute.sym_int64(), 1), assumed_align=16)
-
-
-def compile_for(arch: str, fn, *args, keep_ptx: bool = False):
-    """cute.compile for ``arch`` (e.g. 'sm_90a'); needs no GPU. The arch is passed as a
-    compile option, so CUTE_DSL_ARCH need not be set (it is read once, at import).
-    ``keep_ptx``: keep the PTX and cubin on the result (``.__ptx__``, ``.__cubin__``)."""
-    opts = [cute.GPUArch(arch)]
-    if keep_ptx:
-        opts += [cute.KeepPTX(), cute.KeepCUBIN()]
-    return cute.compile[tuple(opts)](fn, *args)
-
-
-def fake_stream():
-    from cutlass.cute.runtime import make_fake_stream
-
-    return make_fake_stream()
-
-
-def to_cute(t):
-    """torch CUDA tensor -> CuTe tensor of the type ``fake_rowmajor`` declares
-    ((?,?):(?{i64},1)); needs a contiguous last dim and a 16-byte aligned base."""
-    from cutlass.cute.runtime import from_dlpack
-
-    assert t.stride(-1) == 1 and t.data_ptr() % 16 == 0, "last dim contiguous, 16-byte aligned base"
-    return from_dlpack(t.detach(), assumed_align=16).mark_layout_dynamic(leading_dim=t.dim() - 1)
-
-
-def current_stream():
-    """The current torch CUDA stream as a CUstream for a compiled call."""
-    import torch
-    from cuda.bindings import driver as cuda
-
-    return cuda.CUstream(torch.cuda.current_stream().cuda_stream)
-
-
-def check_launch_shapes(q, k, out, tile: int = 128) -> None:
-    """Refuse inputs the kernels do not handle (the compiled function does not check):
-    q (m, d), k (n, d), out (m, n), all contiguous CUDA tensors, m and n multiples of
-    ``tile``, q and k of one dtype."""
-    m, d = q.shape
-    n, dk = k.shape
-    problems = []
-    if dk != d:
-        problems.append(f"q has d={d}, k has d={dk}")
-    if tuple(out.shape) != (m, n):
-        problems.append(f"output shape {tuple(out.shape)} != (m, n) = ({m}, {n})")
-    if m % tile or n % tile:
-        problems.append(f"m={m} and n={n} must be multiples of {tile}")
-    for name, t in (("q", q), ("k", k), ("out", out)):
-        if not t.is_contiguous():
-            problems.append(f"{name} is not contiguous")
-        if t.data_ptr() % 16:
-            problems.append(f"{name} is not 16-byte aligned")
-    if q.dtype != k.dtype:
-        problems.append(f"q is {q.dtype}, k is {k.dtype}")
-    if problems:
-        raise ValueError("fmha launch: " + "; ".join(problems))

@@ -11,8 +11,12 @@ Shapes: q (m, d), k (n, d), v (n, dv), all row-major; leading batch/head dimensi
 allowed (everything works on the last two dims). ``scale`` defaults to 1/sqrt(d).
 
 ``scores`` and ``softmax_probs`` return the whole m x n matrix (it is stages A's and B's
-output). ``attention`` (stages C and D, through ``stage_c_online.attention_ref``) streams
-over blocks of Q and KV: its extra memory is O(b·h·m·d), never b·h·m·n.
+output). ``attention`` (stage C; stage D through ``attention_bshd``, its flash-attn layout
+and GQA) streams over blocks of Q and KV: its extra memory is O(b·h·m·d), never b·h·m·n.
+
+Causal masks are aligned top-left by default (torch SDPA's is_causal, the kernels'): query
+i sees keys j <= i. ``causal_align="bottom-right"`` (FlashAttention's when m != n) is the
+explicit other choice.
 
 torch is imported lazily (inside functions) so that importing this module is cheap.
 """
@@ -156,6 +160,32 @@ def attention(
             _, lse = _online_softmax(q, k, None, torch.float32, scale, offset, block)
             return _sdpa(q, k, v, compute_dtype, scale, offset), lse
         return _online_softmax(q, k, v, compute_dtype, scale, offset, block)
+
+
+def attention_bshd(
+    q: "torch.Tensor",
+    k: "torch.Tensor",
+    v: "torch.Tensor",
+    compute_dtype: "torch.dtype",
+    *,
+    softmax: str = "exp",
+    causal: bool = False,
+    causal_align: str = "top-left",
+) -> "tuple[torch.Tensor, torch.Tensor]":
+    """``attention`` for flash-attn-layout inputs: q (batch, m, heads, d), k and v (batch, n,
+    kv_heads, d) -> (O (batch, m, heads, d), LSE (batch, heads, m)).
+
+    GQA by repeating each kv head heads/kv_heads times (q head h <- kv head h // group, as
+    repeat_interleave and flash-attn do). Precision, memory and ``causal`` as ``attention``.
+    """
+    heads, kv_heads = q.shape[2], k.shape[2]
+    group = heads // kv_heads
+    qt = q.transpose(1, 2)  # (b, h, m, d)
+    kt, vt = k.transpose(1, 2), v.transpose(1, 2)
+    if group > 1:
+        kt, vt = kt.repeat_interleave(group, dim=1), vt.repeat_interleave(group, dim=1)
+    o, lse = attention(qt, kt, vt, compute_dtype, softmax=softmax, causal=causal, causal_align=causal_align)
+    return o.transpose(1, 2), lse
 
 
 def _heads(x: "torch.Tensor", dtype: "torch.dtype") -> "torch.Tensor":

@@ -40,7 +40,7 @@ from cutlass import Float32
 from workbench.probe import probe
 from workbench.stage import Params, Stage, TensorSpec
 
-from stages.fmha import common
+from stages.fmha import common, host
 
 
 class FmhaQK:
@@ -185,18 +185,18 @@ class StageA(Stage):
     def compile(self, p: Params, variants: Mapping[str, str], arch: str):
         """One compile per (d, dtype): m and n are dynamic (multiples of 128)."""
         dtype = common.cute_dtype(p.dtype)
-        q = common.fake_rowmajor(dtype)
-        k = common.fake_rowmajor(dtype)
-        s = common.fake_rowmajor(Float32)
+        q = host.fake_tensor(dtype, 2)
+        k = host.fake_tensor(dtype, 2)
+        s = host.fake_tensor(Float32, 2)
         scale = Float32(1.0 / math.sqrt(p.d))
         self.kernel_obj = FmhaQK(dtype, p.d)  # kept for introspection (tests, wb shapes)
-        return common.compile_for(arch, self.kernel_obj, q, k, s, scale, common.fake_stream())
+        return host.compile_for(arch, self.kernel_obj, q, k, s, scale, host.fake_stream())
 
     def launch(self, compiled, inputs, outputs) -> None:
         q, k, s = inputs["q"], inputs["k"], outputs["s"]
-        common.check_launch_shapes(q, k, s)
+        host.check_launch_shapes(q, k, s)
         scale = Float32(1.0 / math.sqrt(q.shape[1]))
-        compiled(common.to_cute(q), common.to_cute(k), common.to_cute(s), scale, common.current_stream())
+        compiled(host.to_cute(q), host.to_cute(k), host.to_cute(s), scale, host.current_stream())
 
     def reference(self, inputs, p: Params, variants, compute_dtype):
         from stages.fmha import reference

@@ -44,7 +44,7 @@ import cutlass.cute as cute
 import cutlass.memory
 from cutlass import Float32, Int32, const_expr
 
-from stages.fmha import common
+from stages.fmha import common, host
 from workbench.probe import probe
 from workbench.stage import Params, Stage, TensorSpec
 
@@ -273,21 +273,21 @@ class StageB(Stage):
     def compile(self, p: Params, variants: Mapping[str, str], arch: str):
         """One compile per (d, dtype, softmax): m and n are dynamic (multiples of 128)."""
         dtype = common.cute_dtype(p.dtype)
-        q = common.fake_rowmajor(dtype)
-        k = common.fake_rowmajor(dtype)
-        out = common.fake_rowmajor(dtype)
+        q = host.fake_tensor(dtype, 2)
+        k = host.fake_tensor(dtype, 2)
+        out = host.fake_tensor(dtype, 2)
         scale = Float32(1.0 / math.sqrt(p.d))
-        self.kernel_obj = FmhaSoftmax(dtype, p.d, softmax=variants.get("softmax", "exp"))
-        return common.compile_for(arch, self.kernel_obj, q, k, out, scale, common.fake_stream())
+        self.kernel_obj = FmhaSoftmax(dtype, p.d, softmax=host.variants_of("b", variants)["softmax"])
+        return host.compile_for(arch, self.kernel_obj, q, k, out, scale, host.fake_stream())
 
     def launch(self, compiled, inputs, outputs) -> None:
         q, k, out = inputs["q"], inputs["k"], outputs["p"]
-        common.check_launch_shapes(q, k, out)
+        host.check_launch_shapes(q, k, out)
         scale = Float32(1.0 / math.sqrt(q.shape[1]))
-        compiled(common.to_cute(q), common.to_cute(k), common.to_cute(out), scale, common.current_stream())
+        compiled(host.to_cute(q), host.to_cute(k), host.to_cute(out), scale, host.current_stream())
 
     def reference(self, inputs, p: Params, variants, compute_dtype):
         from stages.fmha import reference
 
-        softmax = variants.get("softmax", "exp")
+        softmax = host.variants_of("b", variants)["softmax"]
         return {"p": reference.softmax_probs(inputs["q"], inputs["k"], compute_dtype, softmax=softmax)}

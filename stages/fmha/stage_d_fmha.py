@@ -5,8 +5,8 @@ with d contiguous; o like q; lse (batch, heads, m) fp32 = logsumexp(S * scale) p
 scale = 1/sqrt(d), d in {64, 128}, heads a multiple of kv_heads (GQA: q head h reads kv
 head h // (heads / kv_heads)), any m, n >= 1.
 
-It is stage C's kernel (``stage_c_online.FmhaOnline``: same warp-specialized CTA, same
-pipelines, same per-tile consumer step, same epilogue) grown to the full problem:
+It is stage C's kernel grown to the full problem: both subclass ``fmha_base.FmhaForwardBase``
+(same warp-specialized CTA, same pipelines, same per-tile consumer step, same epilogue).
 
 * Work tiles: one per (Q tile of 64 x consumer-WG rows, head, batch), numbered with the
   Q tile fastest (``tile_coords``) or longest-first when causal (``lpt_tile``). Persistent
@@ -41,7 +41,7 @@ masked logits contribute 0; LSE written as 0); ``consumers``, ``tile_order``,
 constants below); and ``schedule``, the consumer's per-tile order (auto: pingpong):
 
 * ``serial`` (the first verified kernel): per tile S = QK^T, wait, softmax, O += PV,
-  wait (stage C's ``consume_tile``): a WG's tensor-core work idles during its softmax.
+  wait (the base's ``consume_tile``, stage C's step): a WG's tensor-core work idles during its softmax.
 * ``overlap`` (intra-warpgroup overlap, the technique of FlashAttention-3): the first
   (masked) tile's S and softmax are peeled; then per tile i the consumer issues
   S_i = Q K_i^T and O += P_{i-1} V_{i-1} (two WGMMA commit groups), waits only for the
@@ -72,46 +72,14 @@ from cutlass._mlir.dialects import llvm
 from cutlass.cute.nvgpu import warpgroup
 from cutlass.cutlass_dsl import T, dsl_user_op
 
-from stages.fmha import common
+from stages.fmha import common, host, reference
 from stages.fmha import mask as mk
 from stages.fmha import softmax as sm
-from stages.fmha import stage_c_online as sc
+from stages.fmha.fmha_base import FmhaForwardBase, trace_print
 from workbench.probe import probe
 from workbench.stage import Params, Stage, TensorSpec
 
 
-def truthy(x) -> bool:
-    """A parameter spelled as bool or as text (true/false, on/off, 1/0, yes/no)."""
-    if isinstance(x, str):
-        return x.strip().lower() in ("1", "true", "yes", "on")
-    return bool(x)
-
-
-SCHEDULES = ("pingpong", "serial", "overlap")
-#: the schedule variant: auto = pingpong (with 3 consumer WGs it fits 160 registers only
-#: with a fresh S accumulator per step, see ``overlap_tile``)
-SCHEDULE_CHOICES = ("auto",) + SCHEDULES
-#: where the overlap schedules multiply O by alpha (see ``overlap_tile``); the first is the default
-O_RESCALES = ("end", "mid")
-#: producer order: K_j, V_j pairs, or K of the next tile ahead of V of the current one
-KV_LOADS = ("paired", "k_ahead")
-#: overlap schedules: K_i released right after S_i is ready, as FlashAttention-4 does (early,
-#: the default: 2-3% faster on an H200), or after the softmax with the exp2s pinned before the
-#: PV wait (pinned)
-K_RELEASES = ("early", "pinned")
-#: persistent kernel (a CTA per SM walks the work tiles): on = round robin, dynamic = each
-#: CTA takes the next tile from a global counter; auto = dynamic when causal (longest-first
-#: tiles, greedily: +7%), else on (H200: +3-8% non-causal; causal lost 8-11% with round robin)
-PERSISTENT = ("auto", "off", "on", "dynamic")
-#: CTA tile order on the grid; auto = lpt when causal, natural otherwise
-TILE_ORDERS = ("auto", "natural", "lpt")
-#: consumer warpgroups (64 Q rows each); auto = 3 (192-row Q tiles) for d = 64 non-causal, else 2
-#: (causal d = 64 with 3 measured 25% slower at s = 1024 on an H100, equal at 8192)
-CONSUMERS = ("auto", "2", "3")
-#: Q buffers per consumer WG: 2 = the next work tile's Q loads during this one (persistent)
-Q_BUFFERS = ("1", "2")
-#: K and V ring depth; auto = stage C's choice (2 for d = 128, 3 for d = 64)
-KV_STAGES = ("auto", "2", "3", "4", "5")
 #: registers per thread (consumer, producer) by consumer WG count: 64K registers per SM
 REGISTERS = {2: (240, 24), 3: (160, 32)}
 MAX_CONSUMER_WG = max(REGISTERS)
@@ -176,7 +144,7 @@ def seq_d_head_batch(t: cute.Tensor) -> cute.Tensor:
     return cute.make_tensor(t.iterator, cute.select(t.layout, mode=[1, 3, 2, 0]))
 
 
-class FmhaForward(sc.FmhaOnline):
+class FmhaForward(FmhaForwardBase):
     """Stage D kernel (see the module docstring)."""
 
     def __init__(
@@ -199,28 +167,30 @@ class FmhaForward(sc.FmhaOnline):
         q_buffers: int = 1,
         trace: bool = False,
     ):
+        # What ``auto`` means (kernel.yaml lists the choices): what measured fastest on an
+        # H200, docs/perf-notes.md. consumers: 3 (192-row Q tiles) for d = 64 non-causal, else 2
+        # (causal d = 64 with 3 measured 25% slower at s = 1024 on an H100, equal at 8192).
+        # schedule: pingpong (with 3 consumer WGs it fits 160 registers only with a fresh S
+        # accumulator per step, see ``overlap_tile``). persistent: dynamic when causal
+        # (longest-first tiles, greedily: +7%), else on (H200: +3-8% non-causal; causal lost
+        # 8-11% with round robin). tile_order: lpt when causal. kv_stages: the base's (2 for
+        # d = 128, 3 for d = 64).
         if consumers is None:
             consumers = 3 if d == 64 and not causal else 2
         if schedule == "auto":
             schedule = "pingpong"
         assert consumers in REGISTERS, consumers
-        # instance attributes shadow stage C's class-level 2-WG geometry
+        # instance attributes shadow the base's class-level 2-WG geometry
         self.num_consumer_wg = consumers
         self.tile_m = consumers * self.wg_rows
         self.num_threads = common.WG_THREADS * (1 + consumers)
         self.consumer_regs, self.producer_regs = REGISTERS[consumers]
         super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages)
-        assert schedule in SCHEDULES, schedule
-        assert o_rescale in O_RESCALES, o_rescale
-        assert tile_order in TILE_ORDERS, tile_order
         self.schedule = schedule
         self.o_rescale = o_rescale
-        assert kv_load in KV_LOADS, kv_load
         self.kv_load = kv_load
-        assert k_release in K_RELEASES, k_release
         self.k_release = k_release
         persistent = ("dynamic" if causal else "on") if persistent is None else persistent
-        assert persistent in PERSISTENT[1:], persistent
         self.persistent = persistent != "off"
         self.dynamic = persistent == "dynamic"
         self.lpt = tile_order == "lpt" or (tile_order == "auto" and causal)
@@ -481,7 +451,7 @@ class FmhaForward(sc.FmhaOnline):
         thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O = self._consumer_fragments(
             tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg
         )
-        sc.trace_print(tSrS=acc_S_shape, tOrP=tOrP, tOrO=acc_O, p_check=self.p_check)
+        trace_print(tSrS=acc_S_shape, tOrP=tOrP, tOrO=acc_O, p_check=self.p_check)
         softmax = sm.OnlineSoftmax(self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]))
         row_scale = cute.make_rmem_tensor(softmax.num_rows, Float32)
         return thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale
@@ -922,26 +892,6 @@ class FmhaForward(sc.FmhaOnline):
 
 
 # --------------------------------------------------------------------------------------
-# Reference (torch, lazily imported)
-# --------------------------------------------------------------------------------------
-def fmha_ref(q, k, v, compute_dtype, *, causal=False, softmax="exp"):
-    """(O (batch, m, heads, d), LSE (batch, heads, m)) for flash-attn-layout inputs.
-
-    GQA by repeating each kv head heads/kv_heads times (q head h <- kv head h // group,
-    as repeat_interleave and flash-attn do). Causal top-left (torch is_causal). Precision
-    and memory (streamed over KV blocks) as ``stage_c_online.attention_ref``.
-    """
-    heads, kv_heads = q.shape[2], k.shape[2]
-    group = heads // kv_heads
-    qt = q.transpose(1, 2)  # (b, h, m, d)
-    kt, vt = k.transpose(1, 2), v.transpose(1, 2)
-    if group > 1:
-        kt, vt = kt.repeat_interleave(group, dim=1), vt.repeat_interleave(group, dim=1)
-    o, lse = sc.attention_ref(qt, kt, vt, compute_dtype, softmax=softmax, causal=causal)
-    return o.transpose(1, 2), lse
-
-
-# --------------------------------------------------------------------------------------
 # wb stage
 # --------------------------------------------------------------------------------------
 def sm_count(device) -> int:
@@ -965,33 +915,24 @@ def tile_counter(device):
     return _tile_counters[key]
 
 
-def variant_choice(variants: Mapping[str, str], key: str, choices: tuple) -> str:
-    """kernel.yaml variant ``key`` (default: the first of ``choices``)."""
-    value = str(dict(variants or {}).get(key, choices[0]))
-    if value not in choices:
-        raise ValueError(f"variant {key}={value!r}: must be one of {', '.join(choices)}")
-    return value
-
-
-def schedule_of(variants: Mapping[str, str]) -> str:
-    """kernel.yaml's ``schedule`` variant (default: auto)."""
-    return variant_choice(variants, "schedule", SCHEDULE_CHOICES)
-
-
 def kernel_options(variants: Mapping[str, str]) -> dict:
-    """Stage D's own variants as FmhaForward keyword arguments."""
-    consumers = variant_choice(variants, "consumers", CONSUMERS)
-    kv_stages = variant_choice(variants, "kv_stages", KV_STAGES)
+    """Stage D's own variants (kernel.yaml's, defaults filled in) as FmhaForward keyword
+    arguments; ``auto`` passes on as None or "auto" for the kernel to resolve."""
+    v = host.variants_of("d", variants)
+
+    def number(key):
+        return None if v[key] == "auto" else int(v[key])
+
     return {
-        "kv_stages": None if kv_stages == "auto" else int(kv_stages),
-        "schedule": schedule_of(variants),
-        "consumers": None if consumers == "auto" else int(consumers),
-        "tile_order": variant_choice(variants, "tile_order", TILE_ORDERS),
-        "o_rescale": variant_choice(variants, "o_rescale", O_RESCALES),
-        "kv_load": variant_choice(variants, "kv_load", KV_LOADS),
-        "k_release": variant_choice(variants, "k_release", K_RELEASES),
-        "persistent": None if (v := variant_choice(variants, "persistent", PERSISTENT)) == "auto" else v,
-        "q_buffers": int(variant_choice(variants, "q_buffers", Q_BUFFERS)),
+        "kv_stages": number("kv_stages"),
+        "schedule": v["schedule"],
+        "consumers": number("consumers"),
+        "tile_order": v["tile_order"],
+        "o_rescale": v["o_rescale"],
+        "kv_load": v["kv_load"],
+        "k_release": v["k_release"],
+        "persistent": None if v["persistent"] == "auto" else v["persistent"],
+        "q_buffers": int(v["q_buffers"]),
     }
 
 
@@ -1027,43 +968,41 @@ class StageD(Stage):
         }
 
     def make_kernel(self, p: Params, variants: Mapping[str, str]) -> FmhaForward:
-        f = sc.variant_flags(variants)
-        options = kernel_options(variants)
         return FmhaForward(
             common.cute_dtype(p.dtype), p.d, p.heads, p.kv_heads,
-            causal=truthy(p.causal), softmax=f["softmax"], **options,
+            causal=host.truthy(p.causal), softmax=host.variants_of("d", variants)["softmax"], **kernel_options(variants),
         )
 
-    def compile(self, p: Params, variants: Mapping[str, str], arch: str) -> sc.Compiled:
+    def compile(self, p: Params, variants: Mapping[str, str], arch: str) -> host.Compiled:
         """One compile per (d, dtype, heads, kv_heads, causal, softmax, schedule): batch, m
         and n are runtime values."""
         import time
 
-        from cutlass.cute.runtime import make_fake_stream
-
         dtype = common.cute_dtype(p.dtype)
         kernel = self.make_kernel(p, variants)
-        args = [sc.fake_tensor(dtype, 4) for _ in range(4)] + [sc.fake_tensor(Float32, 3), sc.fake_tensor(Int32, 1), Int32(1), make_fake_stream()]
+        args = [host.fake_tensor(dtype, 4) for _ in range(4)] + [host.fake_tensor(Float32, 3), host.fake_tensor(Int32, 1), Int32(1), host.fake_stream()]
         t0 = time.perf_counter()
-        fn = sc.compile_for(arch, kernel, *args)
-        return sc.Compiled(
+        fn = host.compile_for(arch, kernel, *args)
+        return host.Compiled(
             fn=fn, d=p.d, heads=p.heads, kv_heads=p.kv_heads, causal=kernel.causal, p_check=kernel.p_check,
             compile_s=time.perf_counter() - t0,
         )
 
-    def launch(self, compiled: sc.Compiled, inputs, outputs) -> None:
+    def launch(self, compiled: host.Compiled, inputs, outputs) -> None:
         q, k = inputs["q"], inputs["k"]
         assert q.shape[-1] == compiled.d and q.shape[2] == compiled.heads and k.shape[2] == compiled.kv_heads, (
             "the tensors do not match the compiled (d, heads, kv_heads)"
         )
         compiled.fn(
-            sc.to_cute(q), sc.to_cute(k), sc.to_cute(inputs["v"]),
-            sc.to_cute(outputs["o"]), sc.to_cute(outputs["lse"]), sc.to_cute(tile_counter(q.device)), Int32(sm_count(q.device)), sc.current_stream(),
+            host.to_cute(q), host.to_cute(k), host.to_cute(inputs["v"]),
+            host.to_cute(outputs["o"]), host.to_cute(outputs["lse"]), host.to_cute(tile_counter(q.device)), Int32(sm_count(q.device)), host.current_stream(),
         )
 
     def reference(self, inputs, p: Params, variants, compute_dtype):
         import torch
 
-        f = sc.variant_flags(variants)
-        o, lse = fmha_ref(inputs["q"], inputs["k"], inputs["v"], compute_dtype, causal=truthy(p.causal), softmax=f["softmax"])
+        softmax = host.variants_of("d", variants)["softmax"]
+        o, lse = reference.attention_bshd(
+            inputs["q"], inputs["k"], inputs["v"], compute_dtype, causal=host.truthy(p.causal), softmax=softmax
+        )
         return {"o": o.to(compute_dtype), "lse": lse.to(torch.float32)}
