@@ -46,8 +46,10 @@ pipeline state never advances: it re-reads stage 0 with phase 0 and releases onl
 the producer then blocks forever on stage 1 once n >= (stages + 2) tiles, i.e. n >= 512
 for d = 128 -- a hang by design, for the watchdog; at n = 256 it just reads tile 0 twice).
 
-No ``from __future__ import annotations`` here: ``cute.struct`` reads the class annotations
-(MemRange[...]) at class creation and fails on postponed (string) annotations.
+The CTA skeleton (host setup, prologue, pipelines, fragments, the per-tile step, the O
+store) is ``fmha_base.FmhaForwardBase``'s, shared with stage D; this module adds the
+one-tile-per-CTA kernel, its producer and consumer loops, the torch model of the tile loop
+with its bug variants (``emulate_online``) and the wb stage.
 """
 
 import math

@@ -9,12 +9,14 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
 (same warp-specialized CTA, same pipelines, same per-tile consumer step, same epilogue).
 
 * Work tiles: one per (Q tile of 64 x consumer-WG rows, head, batch), numbered with the
-  Q tile fastest (``tile_coords``) or longest-first when causal (``lpt_tile``). Persistent
-  (the default): one CTA per SM walks the tiles -- every gridDim-th one (non-causal), or
-  the next one from a global counter (``persistent=dynamic``, the causal default: the
-  producer warp takes it and posts it to the consumers through a 2-slot smem ring) -- so
-  the next tile's K, Q and V loads overlap this tile's last PV and epilogue; with
-  ``persistent=off`` each CTA of a 1-D grid does one tile. TMA descriptors are built over (seq, d, head, batch) views of the
+  Q tile fastest or longest-first when causal; ``tile_scheduler`` hands them out, the
+  same scheduler driving the producer warp and the consumer WGs. Persistent (the
+  default): one CTA per SM walks the tiles -- every gridDim-th one (non-causal,
+  ``StaticPersistent``), or the next one from a global counter (``persistent=dynamic``, the
+  causal default, ``DynamicCounter``: the producer warp takes it and posts it to the
+  consumers through a 2-slot smem ring) -- so the next tile's K, Q and V loads overlap this
+  tile's last PV and epilogue; with ``persistent=off`` (``SingleTile``) each CTA of a 1-D
+  grid does one tile. TMA descriptors are built over (seq, d, head, batch) views of the
   tensors, so a box that runs past m (or n) is clipped by TMA at that head's end: loads
   zero-fill the rows past the end (the mbarrier still receives the full box's bytes),
   stores drop them.
@@ -75,6 +77,7 @@ from cutlass.cutlass_dsl import T, dsl_user_op
 from stages.fmha import common, host, reference
 from stages.fmha import mask as mk
 from stages.fmha import softmax as sm
+from stages.fmha import tile_scheduler as ts
 from stages.fmha.fmha_base import FmhaForwardBase, trace_print
 from workbench.probe import probe
 from workbench.stage import Params, Stage, TensorSpec
@@ -107,10 +110,6 @@ def trace_clock_word(ctas, cta):
 
 def no_stamp(event):
     """The stamp of an untraced kernel: nothing."""
-
-
-#: bytes of L2 the causal tile order plans to fill with the K and V of the heads in flight
-L2_PLAN_BYTES = 40 * 1024 * 1024
 
 
 @dsl_user_op
@@ -224,7 +223,7 @@ class FmhaForward(FmhaForwardBase):
     ):
         mQ, mK, mV, mO = [seq_d_head_batch(t) for t in (mQ, mK, mV, mO)]
         tmas, mmas, layouts = self._host_setup(mQ, mK, mV, mO)
-        # one work tile = one Q tile of one (batch, head); a 1-D grid walks them (tile_coords)
+        # one work tile = one Q tile of one (batch, head); a 1-D grid walks them (tile_scheduler)
         num_tiles = cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m) * cute.size(mQ, mode=[2]) * cute.size(mQ, mode=[3])
         grid = (num_tiles, 1, 1)
         if const_expr(self.persistent):
@@ -260,22 +259,14 @@ class FmhaForward(FmhaForwardBase):
             warp_idx, (tma_atom_q, tma_atom_k, tma_atom_v, tma_atom_o), (sQ_layout, sK_layout, sV_layout, sO_layout)
         )
 
-        # work tiles (tile_coords): blockIdx.x, then every gridDim.x-th -- one per CTA unless
-        # persistent (a CTA per SM walks them; the next tile's loads overlap this epilogue)
-        tile, _, _ = cute.arch.block_idx()
+        # work tiles (tile_scheduler): blockIdx.x, then, when persistent, the next ones (a
+        # CTA per SM walks them; the next tile's loads overlap this epilogue)
+        sched = ts.make_tile_scheduler(self, mQ, mK, mTileCounter, tile_pipe, tile_ids)
         seqlen_q, seqlen_k = mQ.shape[0], mK.shape[0]
-        heads, batches = mQ.shape[2], mQ.shape[3]
-        num_m = (seqlen_q + (self.tile_m - 1)) // self.tile_m
-
-        tiles = num_m * heads * batches
-        tile_step, _, _ = cute.arch.grid_dim()
+        tile_step = sched.step
         if const_expr(self.trace):
-            self.trace_clocks(mTileCounter, tile, tile_step, 0)
-        coords = partial(self.tile_coords, num_m=num_m, heads=heads, batches=batches, seqlen_k=seqlen_k)
-        # round robin in the natural order: each next tile's (m_block, head, batch) by a
-        # mixed-radix add of the step's (no integer division at the tile boundary)
-        m_block, head, batch = coords(tile)
-        step = coords(tile_step) if const_expr(self.walk) else None
+            self.trace_clocks(mTileCounter, sched.first, tile_step, 0)
+        tile, m_block, head, batch = sched.initial()
         load_tile = partial(
             self.produce_work_tile, tma_atom_q, tma_atom_k, tma_atom_v, mQ, mK, mV, sQ, sK, sV,
             pipeline_q, pipeline_k, pipeline_v, seqlen_k,
@@ -285,43 +276,19 @@ class FmhaForward(FmhaForwardBase):
             if warp_idx == 0:
                 q_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.q_stages)
                 kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.kv_stages)
-                if const_expr(self.dynamic):
-                    tile_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, 2)
-                    lane = cute.arch.lane_idx()
+                if const_expr(sched.persistent):
+                    tile_state = sched.ring_state(producer=True)
                     j = Int32(0)
-                    while tile < tiles:
-                        q_state, kv_state = load_tile(*coords(tile), q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, j))
-                        j += 1
-                        nxt = Int32(0)
-                        if lane == 0:
-                            nxt = tile_step + cute.arch.atomic_add(mTileCounter.iterator, Int32(1), scope="gpu")
-                        nxt = cute.arch.shuffle_sync(nxt, 0)
-                        tile_pipe.producer_acquire(tile_state)
-                        if lane == 0:
-                            tile_ids[tile_state.index] = nxt
-                            tile_pipe.producer_commit(tile_state)
-                        tile_state.advance()
-                        tile = nxt
-                    if lane == 0:
-                        # the last CTA done taking tiles zeroes the counters for the next launch
-                        cute.arch.fence_acq_rel_gpu()
-                        done = cute.arch.atomic_add(mTileCounter.iterator + 1, Int32(1), scope="gpu")
-                        cute.arch.fence_acq_rel_gpu()
-                        if done == tile_step - 1:
-                            mTileCounter[0] = Int32(0)
-                            mTileCounter[1] = Int32(0)
-                elif const_expr(self.persistent):
-                    j = Int32(0)
-                    while tile < tiles:
-                        if const_expr(not self.walk):
-                            m_block, head, batch = coords(tile)
+                    while tile < sched.tiles:
+                        m_block, head, batch = sched.current(tile, m_block, head, batch)
                         q_state, kv_state = load_tile(
                             m_block, head, batch, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, j)
                         )
                         j += 1
-                        tile += tile_step
-                        if const_expr(self.walk):
-                            m_block, head, batch = self.next_coords(m_block, head, batch, step, num_m, heads)
+                        tile, m_block, head, batch, tile_state = sched.advance(
+                            tile, m_block, head, batch, tile_state, producer=True
+                        )
+                    sched.done()
                 else:
                     load_tile(m_block, head, batch, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, Int32(0)))
         else:
@@ -332,15 +299,14 @@ class FmhaForward(FmhaForwardBase):
                 self.consume_work_tile, tiled_mma_qk, tiled_mma_pv, tma_atom_o, mO, mLSE, sQ, sK, sV, sO,
                 pipeline_q, pipeline_k, pipeline_v, regs, tidx, wg_idx - 1, seqlen_q, seqlen_k,
             )
-            if const_expr(self.persistent):
+            if const_expr(sched.persistent):
                 # (a loop around the pinned/mid overlap step makes ptxas serialize d=128's
                 # wgmma, C7512: persistent wants k_release=early, o_rescale=end)
                 q_buf, q_phase = Int32(0), Int32(0)  # this tile's Q buffer and its phase
-                tile_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, 2)
+                tile_state = sched.ring_state(producer=False)
                 j = Int32(0)
-                while tile < tiles:
-                    if const_expr(not self.walk):
-                        m_block, head, batch = coords(tile)
+                while tile < sched.tiles:
+                    m_block, head, batch = sched.current(tile, m_block, head, batch)
                     kv_state = compute_tile(
                         m_block, head, batch, kv_state, q_buf, q_phase, stamp=self.stamp_fn(mTileCounter, wg_idx, j)
                     )
@@ -350,17 +316,9 @@ class FmhaForward(FmhaForwardBase):
                     else:
                         q_buf = q_buf ^ 1
                         q_phase = q_phase ^ (1 - q_buf)
-                    if const_expr(self.dynamic):
-                        tile_pipe.consumer_wait(tile_state)
-                        tile = tile_ids[tile_state.index]
-                        cute.arch.sync_warp()
-                        if cute.arch.lane_idx() == 0:
-                            tile_pipe.consumer_release(tile_state)
-                        tile_state.advance()
-                    else:
-                        tile += tile_step
-                        if const_expr(self.walk):
-                            m_block, head, batch = self.next_coords(m_block, head, batch, step, num_m, heads)
+                    tile, m_block, head, batch, tile_state = sched.advance(
+                        tile, m_block, head, batch, tile_state, producer=False
+                    )
                 if tidx % common.WG_THREADS < 32:
                     cute.arch.cp_async_bulk_wait_group(0, read=True)  # the last O store, before exit
             else:
@@ -455,56 +413,6 @@ class FmhaForward(FmhaForwardBase):
         softmax = sm.OnlineSoftmax(self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]))
         row_scale = cute.make_rmem_tensor(softmax.num_rows, Float32)
         return thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale
-
-    @cute.jit
-    def tile_coords(self, tile: Int32, num_m: Int32, heads: Int32, batches: Int32, seqlen_k: Int32):
-        """(m_block, head, batch) of work tile ``tile``: m_block fastest (the CTAs in flight
-        share one head's K and V), or the longest-first order (``lpt_tile``)."""
-        if const_expr(self.lpt):
-            return self.lpt_tile(tile, num_m, heads, batches, seqlen_k)
-        hb = tile // num_m
-        batch = hb // heads
-        return tile - hb * num_m, hb - batch * heads, batch
-
-    @cute.jit
-    def next_coords(self, m_block: Int32, head: Int32, batch: Int32, step: tuple, num_m: Int32, heads: Int32):
-        """(m_block, head, batch) of the tile ``tile_step`` after this one in the natural
-        order, ``step`` being tile_step's own coordinates (each digit below its radix, so
-        one carry at most per digit)."""
-        m_block, head, batch = m_block + step[0], head + step[1], batch + step[2]
-        if m_block >= num_m:
-            m_block, head = m_block - num_m, head + 1
-        if head >= heads:
-            head, batch = head - heads, batch + 1
-        return m_block, head, batch
-
-    @cute.jit
-    def lpt_tile(self, bid: Int32, num_m: Int32, heads: Int32, batches: Int32, seqlen_k: Int32):
-        """(m_block, head, batch) of work tile ``bid`` in the longest-first order.
-
-        Causal Q tiles differ in work (tile m_block visits m_block + 1 KV tiles), and the
-        hardware starts CTAs in grid order, so the longest tiles go first: the ones left
-        for the end are the short ones (less idle time in the last wave). The (head, batch)
-        pairs are taken in sections of ``sw`` heads whose K and V fit in L2 together
-        (``L2_PLAN_BYTES``; ``sw`` a power of two): within a section the order is m_block
-        descending, then head, so the CTAs in flight share few K/V tensors."""
-        kv_bytes_per_head = 2 * seqlen_k * self.d * (self.dtype.width // 8)
-        heads_fit = L2_PLAN_BYTES // cutlass.max(kv_bytes_per_head, 1)
-        sw = Int32(1)
-        for b in cutlass.range_constexpr(1, 12):
-            if heads_fit >= (1 << b):
-                sw = Int32(1 << b)
-        hb_total = heads * batches
-        section = bid // (sw * num_m)
-        r = bid - section * (sw * num_m)
-        full_sections = hb_total // sw
-        sw_here = sw
-        if section >= full_sections:
-            sw_here = hb_total - full_sections * sw  # the last, partial section
-        m_rev = r // sw_here
-        hb = section * sw + (r - m_rev * sw_here)
-        batch = hb // heads
-        return num_m - 1 - m_rev, hb - batch * heads, batch
 
     @cute.jit
     def produce_d(
