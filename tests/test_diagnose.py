@@ -94,7 +94,9 @@ MUST_BE_SEEN = {
     ("b", "large-logits"): {"no-max"},
     ("c", "ones-v"): {"no-final-div", "no-o-rescale", "zeros", "unwritten"},
     ("c", "onehot-p"): {"v-tile-lag", "v-tile0", "p-layout", "q-tile0"},
-    ("d-plain", "random"): {"kv-tail-unmasked", "heads-head0", "batch0", "bhsd-input", "bhsd-store", "causal-spurious"},
+    ("d-plain", "random"): {"kv-tail-unmasked", "heads-head0", "batch0", "bhsd-input", "bhsd-store", "causal-spurious",
+                            "qk-d-first-half", "qk-d-last-half"},
+    ("b", "random"): {"softmax-per-tile", "p-first-tile-only", "quad-sum-missing", "softmax-missing", "no-final-div"},
     ("d", "random"): {"gqa-mod", "causal-missing", "causal-misaligned", "causal-diag-excluded", "heads-head0"},
     ("a", "random"): {"no-scale", "scale-twice", "exp-not-exp2", "kv-tile0", "p-layout", "transposed"},
 }
@@ -169,6 +171,27 @@ def _diagnose_mutant(cfg_name, fixture, mutant, tmp_path=None, seed=0):
     preds, _ = A.predictions(cfg_name, fixture, seed)
     out = A.kernel_like({**expected, **preds[mutant]}, outs, seed)
     return diagnose(out, expected, inputs, params, variants, fixture, mutants, picture_dir=tmp_path)
+
+
+# The hypotheses the retired benchmarks/gpu_check_ab.py tested by hand, as mutants (the others
+# were mutants already: kv-tile0, q-tile0, transposed, no-scale, scale-twice, no-final-div).
+GPU_CHECK_HYPOTHESES = [
+    ("b", "random", "softmax-per-tile"),
+    ("b", "iota", "p-first-tile-only"),
+    ("b", "uniform-logits", "quad-sum-missing"),  # P = 4/n exactly: the script's "x4 too big"
+    ("b", "single", "softmax-missing"),
+    ("d-plain", "random", "qk-d-first-half"),
+    ("d-plain", "iota", "qk-d-last-half"),
+]
+
+
+@pytest.mark.parametrize("cfg_name,fixture,name", GPU_CHECK_HYPOTHESES, ids=[h[2] for h in GPU_CHECK_HYPOTHESES])
+def test_gpu_check_hypotheses_are_named(cfg_name, fixture, name):
+    """Each bug model carried over from the retired GPU check script is the top explanation of
+    its own output (correct outputs get none: test_correct_outputs_get_no_bug_explanation runs
+    every mutant, these included)."""
+    d = _diagnose_mutant(cfg_name, fixture, name)
+    assert d.status == "explained" and d.best.name == name, d.headline
 
 
 def test_headline_names_the_bug_and_the_reference_fit():

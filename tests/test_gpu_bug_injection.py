@@ -49,6 +49,14 @@ def test_kv_tile_pinned_passes_one_tile_and_fails_two(fmha_ws):
     assert one["verdict"] == "PASS" and two["verdict"] == "FAIL"
 
 
+@pytest.mark.parametrize("variant", ["bug=no_rescale", "rescale=off", "bug=stuck_pipeline"])
+def test_multi_tile_bugs_pass_at_one_kv_tile(fmha_ws, variant):
+    """These bugs live in the KV loop's hand-over from one tile to the next: with one KV tile
+    the kernel is right (so a PASS at n = 128 says nothing about them)."""
+    _, one = run_c(fmha_ws, 128, variant)
+    assert one["verdict"] == "PASS"
+
+
 def test_stalled_pipeline_hangs_and_wb_records_hang(fmha_ws):
     proc, record = run_c(fmha_ws, 1024, "bug=stuck_pipeline")
     assert proc.returncode == 1 and record["verdict"] == "HANG"

@@ -676,3 +676,95 @@ def bhsd_input(cx):
     k = as_bhsd(P.k, P.Hk, P.N)
     v = as_bhsd(P.v, P.Hk, P.N)
     return P.predict(o_opts={"qg": P.qg(q=q), "kg": P.kvg(k), "vg": P.kvg(v)})
+
+
+# --------------------------------------------------------------------------------------
+# hypotheses carried over from the retired benchmarks/gpu_check_ab.py (stages A and B)
+# --------------------------------------------------------------------------------------
+def _d_half(last: bool):
+    def fn(cx):
+        import torch
+
+        P = problem(cx)
+        _need(P.D > 64, "d <= 64: Q and K are one 64-element TMA box wide")
+        keep = torch.zeros(P.D, dtype=torch.bool, device=P.device)
+        h = P.D // 2
+        keep[h:] = last
+        keep[:h] = not last
+        qg = P.qg() * keep
+        kg = P.kvg(P.k) * keep
+        opts = {"qg": qg, "kg": kg}
+        return P.predict(s_opts=opts, p_opts=opts, o_opts=opts)
+
+    return fn
+
+
+for _last, _which in ((False, "first"), (True, "last")):
+    mutant(f"qk-d-{_which}-half", f"QKᵀ sums over the {_which} half of d only: the other 64-element TMA box of "
+           f"Q/K is never loaded or never fed to the MMA (the K-block loop over d is cut short)",
+           outputs=("s", "p", "o", "lse"), family="layout")(_d_half(_last))
+
+
+def _p_only(P, p):
+    _need("p" in P.calibrated, "no calibrated P output")
+    return {P.roles["p"]: P.mat_back(p)}
+
+
+def _scaled_logits(P):
+    s, _ = P._logits(P.qg(), P.kvg(P.k), list(range(P.T)))
+    return s * P.scale
+
+
+@mutant("softmax-per-tile", "softmax normalised per 128-column KV tile: the row max and row sum are reduced "
+        "within each tile and never combined across tiles (every tile of a P row sums to 1)",
+        outputs=("p",), family="softmax")
+def softmax_per_tile(cx):
+    import torch
+
+    P = problem(cx)
+    _exp_only(P)
+    _need(P.T >= 2, "one KV tile")
+    z = _scaled_logits(P)
+    G, M, N = z.shape
+    pad = P.T * KV_TILE - N
+    if pad:
+        z = torch.cat([z, z.new_full((G, M, pad), float("-inf"))], -1)
+    p = torch.softmax(z.view(G, M, P.T, KV_TILE), -1).view(G, M, P.T * KV_TILE)[..., :N]
+    return _p_only(P, p)
+
+
+@mutant("p-first-tile-only", "softmax of the first KV tile only, every later column of P stored as 0 (the KV "
+        "loop ran once; the rest of the output tile kept its cleared registers)", outputs=("p",), family="pipeline")
+def p_first_tile_only(cx):
+    import torch
+
+    P = problem(cx)
+    _exp_only(P)
+    _need(P.T >= 2, "one KV tile")
+    z = _scaled_logits(P)
+    p = torch.zeros_like(z)
+    p[..., :KV_TILE] = torch.softmax(z[..., :KV_TILE], -1)
+    return _p_only(P, p)
+
+
+@mutant("quad-sum-missing", "row sum of exp not reduced across the 4 threads of a quad: each thread divides "
+        "its columns (8c + 2t, 8c + 2t + 1) by its own partial sum (P about 4x too large)",
+        outputs=("p",), family="softmax")
+def quad_sum_missing(cx):
+    import torch
+
+    P = problem(cx)
+    _exp_only(P)
+    z = _scaled_logits(P)
+    e = torch.exp(z - z.amax(-1, keepdim=True))
+    lane = (torch.arange(z.shape[-1], device=z.device) % 8) // 2
+    sums = torch.stack([(e * (lane == t)).sum(-1) for t in range(4)], -1)  # (G, M, 4)
+    return _p_only(P, e / sums[..., lane])
+
+
+@mutant("softmax-missing", "softmax not applied although softmax=exp: P = S·scale is stored (the identity "
+        "path taken)", outputs=("p",), family="softmax")
+def softmax_missing(cx):
+    P = problem(cx)
+    _exp_only(P)
+    return _p_only(P, _scaled_logits(P))
