@@ -50,8 +50,11 @@ def test_speed_block_in_memory(tmp_path):
     ws = Workspace(tmp_path)
     bench.record_speed(ws, fake_bench_record())
     block = memory.block_content(ws.memory_path.read_text(), "speed")
-    assert "fmha/stage-d · d=128 m=4096 n=4096 batch=4 heads=16 causal=False dtype=bf16 · NVIDIA H200 | 600 |" in block
-    assert "645 (×0.93)" in block
+    # one compact row: the case without m (= n), wb's TFLOP/s, the fastest peer and the ratio to it
+    assert "| fmha/stage-d | NVIDIA H200 | d=128 n=4096 batch=4 heads=16 causal=False dtype=bf16 | 600 | fa4 645 | ×0.93 | 2026-11-27 |" in block
+    assert "605" not in block and "wb:data" not in block  # the other peers are in MEMORY.json only
+    saved = memory.read_data(memory.data_path(ws.memory_path))["speed"]
+    assert [e["peers"] for e in saved.values()] == [{"fa4": 645.0, "sdpa-cudnn": 605.0, "sdpa-flash": None}]
 
 
 @pytest.mark.gpu

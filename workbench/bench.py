@@ -327,7 +327,8 @@ def record_speed(ws, record: dict[str, Any]) -> None:
 
 
 def speed_edit(records: list[dict[str, Any]]):
-    """The `speed` block edit that folds these bench records (oldest first) into MEMORY.md."""
+    """The `speed` edit that folds these bench records (oldest first) into MEMORY.json's
+    speed data (latest per case and card) and MEMORY.md's speed block."""
     from workbench import memory
     from workbench.provenance import short_commit
 
@@ -347,25 +348,7 @@ def speed_edit(records: list[dict[str, Any]]):
                 }
         return data
 
-    return memory.data_block("speed", merge, render_speed)
-
-
-def render_speed(data: dict[str, Any]) -> str:
-    from workbench.memory import cell
-
-    peers = sorted({p for entry in data.values() for p in entry.get("peers", {})})
-    head = "| stage · case · card | wb TFLOP/s | " + " | ".join(cell(p, 40) for p in peers) + " | run | commit | date |"
-    rows = [head, "|" + "---|" * (5 + len(peers))]
-    for key in sorted(data):
-        e = data[key]
-        wb = f"{e['tflops']:.0f}" if e.get("tflops") else cell(e.get("verdict") or "-", 32)
-        cells = []
-        for p in peers:
-            t = e.get("peers", {}).get(p)
-            cells.append(f"{t:.0f} (×{e['tflops'] / t:.2f})" if t and e.get("tflops") else "-")
-        run, commit, date = (cell(e.get(k) or "-", 40) for k in ("run", "commit", "date"))
-        rows.append(f"| {cell(key, 300)} | {wb} | " + " | ".join(cells) + f" | {run} | {commit} | {date} |")
-    return "\n".join(rows)
+    return memory.data_block("speed", merge)  # rendered by memory.render_speed
 
 
 def perf_markdown(record: dict[str, Any]) -> str:
