@@ -69,9 +69,26 @@ def test_the_legacy_memory_moves_into_memory_json_and_loses_nothing(tmp_path):
         rows = [line for line in status if line.startswith(f"| {stage} |")]
         verdicts = [v for per_n in entry["cases"].values() for v in per_n.values()]
         assert len(rows) == 1 and f"| {verdicts.count('PASS')}/{len(verdicts)} |" in rows[0] and entry["last_run"] in rows[0]
-    speed = memory.block_content(after, "speed")
-    assert sum(line.startswith("| fmha/stage-d |") for line in speed.splitlines()) == len(blobs["speed"])
     assert len(after) < len(before) / 2
+
+
+def test_the_legacy_speed_data_reads_as_one_table_per_card(tmp_path):
+    """As this repo's MEMORY.md was migrated: with a speed edit of no records, which places
+    every old entry in its row (the case without n) and column (n)."""
+    from workbench import bench
+
+    ws = legacy_ws(tmp_path)
+    memory.update_blocks(ws, {"speed": bench.speed_edit([])})
+    speed = memory.block_content(ws.memory_path.read_text(), "speed")
+    tables = {title: body for title, body in zip(speed.split("**")[1::2], speed.split("**")[2::2])}
+    blob = legacy_blobs()["speed"]
+    assert sorted(tables) == sorted({f"fmha/stage-d · {key.rsplit(' · ', 1)[1]}" for key in blob})
+    for key, entry in blob.items():
+        row, n = bench.speed_cell(key.split(" · ")[1])
+        line = next(line for line in tables[f"fmha/stage-d · {key.rsplit(' · ', 1)[1]}"].splitlines() if line.startswith(f"| {row} |"))
+        column = tables[f"fmha/stage-d · {key.rsplit(' · ', 1)[1]}"].splitlines()[2].split(" | ").index(f"n={n}")
+        assert line.split(" | ")[column].startswith(f"{entry['tflops']:.0f}"), (key, line)
+    assert len(speed.splitlines()) < len(blob)
 
 
 def test_a_failing_case_shows_on_its_stage_line(tmp_path):

@@ -422,7 +422,7 @@ def _render_edit(name: str, before: Any, after: Any, legacy: Any) -> BlockEdit:
     return BlockEdit(lambda old: full(after), owned)
 
 
-_HEADER_CELLS = {"stage", "stage · case · card"}
+_HEADER_CELLS = {"stage", "stage · case · card", "case"}
 
 
 def _table_row(line: str) -> list[str] | None:
@@ -530,40 +530,64 @@ def _case_sort_key(case: str) -> list:
 
 
 def _speed_parts(key: str) -> tuple[str, str, str]:
+    """(stage, case, card) of a speed entry's key."""
     stage, _, rest = key.partition(" · ")
     case, _, card = rest.rpartition(" · ")
-    words = case.split()
-    params = dict(w.split("=", 1) for w in words if "=" in w)
-    if params.get("m") is not None and params.get("m") == params.get("n"):
-        case = " ".join(w for w in words if not w.startswith("m="))
     return stage, case, card
 
 
+def _speed_place(key: str, entry: dict[str, Any]) -> tuple[str, int | None]:
+    """The entry's row and column: as wb bench placed it, else the case without n (and m = n)."""
+    if entry.get("row") is not None:
+        return entry["row"], entry.get("n")
+    words = [w.split("=", 1) for w in _speed_parts(key)[1].split() if "=" in w]
+    params = dict(words)
+    n = params.get("n", "")
+    row = " ".join(f"{k}={v}" for k, v in words if k != "n" and not (k == "m" and v == n))
+    return row, int(n) if n.isdigit() else None
+
+
 def render_speed(data: dict[str, Any]) -> str:
-    """One line per case and card: wb's TFLOP/s and the best peer timed in the same run."""
-    rows = [
-        "Latest TFLOP/s per case and card (m = n unless shown); wb / best: wb's speed over the fastest peer timed in the"
-        " same run (above 1: wb is faster). Every peer, run and commit: MEMORY.json, `wb diff-run RUN`.",
-        "",
-        "| stage | card | case | wb TFLOP/s | best peer | wb / best | date |",
-        "|---|---|---|---|---|---|---|",
+    """Per stage and card, a table: one row per case without its n, one column per n; a cell
+    holds wb's TFLOP/s and its ratio to the fastest peer timed in the same run (the latest
+    run where two entries share a cell)."""
+    out = [
+        "wb's TFLOP/s, and ×: wb over the fastest peer timed in the same run (above 1: wb is faster). A row is a case"
+        " without n and the parameters `wb bench` derives from n and d; every peer, run and commit: MEMORY.json.",
     ]
-    entries = [(_speed_parts(key), e) for key, e in data.items()]
-    for (stage, case, card), e in sorted(entries, key=lambda i: (i[0][0], i[0][2], _case_sort_key(i[0][1]))):
-        tflops = e.get("tflops")
-        wb = f"{tflops:.0f}" if tflops else cell(e.get("verdict") or "-", 32)
-        timed = {p: t for p, t in (e.get("peers") or {}).items() if t}
-        best, ratio = "-", "-"
-        if timed:
-            name = max(timed, key=lambda p: timed[p])
-            best = f"{cell(name, 40)} {timed[name]:.0f}"
-            ratio = f"×{tflops / timed[name]:.2f}" if tflops else "-"
-        rows.append(f"| {cell(stage, 100)} | {cell(card or '?', 80)} | {cell(case, 300)} | {wb} | {best} | {ratio} | {cell(e.get('date') or '-', 40)} |")
-    return "\n".join(rows)
+    groups: dict[tuple[str, str], dict[str, dict[int | None, dict]]] = {}
+    for key, entry in data.items():
+        stage, _, card = _speed_parts(key)
+        row, n = _speed_place(key, entry)
+        cells = groups.setdefault((stage, card), {}).setdefault(row, {})
+        if n not in cells or (entry.get("run") or "") > (cells[n].get("run") or ""):
+            cells[n] = entry
+    for (stage, card), rows in sorted(groups.items()):
+        ns = sorted({n for cells in rows.values() for n in cells}, key=lambda n: (n is None, n or 0))
+        out += ["", f"**{cell(stage, 100)} · {cell(card or '?', 80)}**", ""]
+        out.append("| case | " + " | ".join(f"n={n}" if n is not None else "n=?" for n in ns) + " | date |")
+        out.append("|" + "---|" * (len(ns) + 2))
+        for row in sorted(rows, key=_case_sort_key):
+            cells = rows[row]
+            dates = sorted(e.get("date") or "" for e in cells.values())
+            when = dates[0] if dates[0] == dates[-1] else f"{dates[0]}…{dates[-1]}"
+            out.append(f"| {cell(row, 300) or '-'} | " + " | ".join(_speed_text(cells.get(n)) for n in ns) + f" | {cell(when or '-', 40)} |")
+    return "\n".join(out)
+
+
+def _speed_text(entry: dict | None) -> str:
+    if entry is None:
+        return ""
+    tflops = entry.get("tflops")
+    if not tflops:
+        return cell(entry.get("verdict") or "-", 32)
+    timed = [t for t in (entry.get("peers") or {}).values() if t]
+    return f"{tflops:.0f}" + (f" ×{tflops / max(timed):.2f}" if timed else "")
 
 
 def _speed_firsts(data: dict[str, Any]) -> set[str]:
-    return {cell(_speed_parts(key)[0], 100) for key in data} | {cell(key, 300) for key in data}
+    rows = {cell(_speed_place(k, e)[0], 300) or "-" for k, e in data.items()}
+    return rows | {cell(key, 300) for key in data} | {cell(_speed_parts(key)[0], 100) for key in data}
 
 
 def render_shapes(data: dict[str, Any]) -> str:

@@ -48,6 +48,8 @@ class Speed(_Lenient):
     run: Optional[StrictStr] = None
     commit: Optional[StrictStr] = None
     date: Optional[StrictStr] = None
+    row: Optional[StrictStr] = None  # the speed table's row and column (wb bench's speed_cell)
+    n: Optional[StrictInt] = None
 
 
 class Shapes(_Lenient):
