@@ -50,8 +50,20 @@ def test_speed_block_in_memory(tmp_path):
     ws = Workspace(tmp_path)
     bench.record_speed(ws, fake_bench_record())
     block = memory.block_content(ws.memory_path.read_text(), "speed")
-    assert "fmha/stage-d · d=128 m=4096 n=4096 batch=4 heads=16 causal=False dtype=bf16 · NVIDIA H200 | 600 |" in block
-    assert "645 (×0.93)" in block
+    # a row per case without n (batch, heads follow bench_params), a column per n: wb's TFLOP/s × the fastest peer
+    assert "**fmha/stage-d · NVIDIA H200**" in block and "| case | n=4096 | date |" in block
+    assert "| d=128 causal=False dtype=bf16 | 600 ×0.93 | 2026-11-27 |" in block
+    assert "605" not in block and "wb:data" not in block  # the other peers are in MEMORY.json only
+    saved = memory.read_data(memory.data_path(ws.memory_path))["speed"]
+    assert [e["peers"] for e in saved.values()] == [{"fa4": 645.0, "sdpa-cudnn": 605.0, "sdpa-flash": None}]
+
+
+def test_a_sweep_reads_as_one_row_per_d_causal_dtype_and_an_odd_case_gets_its_own():
+    sweep = [bench.case_name(bench.bench_params(s, 128, False, "bf16")) for s in (1024, 4096)]
+    assert [bench.speed_cell(c) for c in sweep] == [("d=128 causal=False dtype=bf16", 1024), ("d=128 causal=False dtype=bf16", 4096)]
+    odd = bench.case_name(bench.bench_params(1024, 128, False, "bf16", batch=64))
+    assert bench.speed_cell(odd) == ("d=128 batch=64 causal=False dtype=bf16", 1024)
+    assert bench.speed_cell("d=64 m=300 n=1000 batch=2 heads=4 kv_heads=2") == ("d=64 m=300 batch=2 heads=4 kv_heads=2", 1000)
 
 
 @pytest.mark.gpu

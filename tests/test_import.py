@@ -54,10 +54,11 @@ def ws(tmp_path):
 
 
 def state(ws: Workspace) -> tuple:
-    """Everything an import may change: the run ids, MEMORY.md's bytes, the reports."""
+    """Everything an import may change: the run ids, MEMORY.md's and MEMORY.json's bytes, the reports."""
     reports = sorted(p.name for p in (ws.runs_dir / "reports").glob("*")) if (ws.runs_dir / "reports").is_dir() else []
     memory_bytes = ws.memory_path.read_bytes() if ws.memory_path.is_file() else None
-    return run_ids(ws.runs_dir), memory_bytes, reports
+    sidecar = memory.data_path(ws.memory_path)
+    return run_ids(ws.runs_dir), memory_bytes, sidecar.read_bytes() if sidecar.is_file() else None, reports
 
 
 def test_import_of_a_tarball_reaches_runs_memory_and_reports(ws, tmp_path):
@@ -65,13 +66,15 @@ def test_import_of_a_tarball_reaches_runs_memory_and_reports(ws, tmp_path):
     done = import_runs(ws, tarball(tmp_path / "src", tmp_path / "runs.tgz"))
     assert [r["id"] for r in done.records] == ids and run_ids(ws.runs_dir) == ids
     status = memory.block_content(ws.memory_path.read_text(), "status")
-    assert "toy/stage-a" in status and "128,256,384" in status
+    assert f"| toy/stage-a | {ids[-1]} | PASS | 3/3 |" in status
+    saved = memory.read_data(memory.data_path(ws.memory_path))["status"]["toy/stage-a"]["cases"]
+    assert saved == {"dtype=bf16": {"128": "PASS", "256": "PASS", "384": "PASS"}}
     assert ws.memory_path.read_text().startswith("# Team memory\n\nhand text\n")
     assert (ws.runs_dir / "reports" / "toy-stage-a.md").is_file()
     assert import_runs(ws, tmp_path / "runs.tgz").records == []  # already here
 
 
-@pytest.mark.parametrize("breakage", ["not-utf8", "folder", "broken-markers"])
+@pytest.mark.parametrize("breakage", ["not-utf8", "folder", "broken-markers", "broken-memory-json"])
 def test_a_memory_wb_cannot_update_leaves_nothing_imported(ws, tmp_path, breakage):
     """The runs used to be copied before MEMORY.md failed: a second import then said
     'nothing new' and they never reached MEMORY.md. Now nothing moves; after the fix,
@@ -84,8 +87,10 @@ def test_a_memory_wb_cannot_update_leaves_nothing_imported(ws, tmp_path, breakag
     elif breakage == "folder":
         ws.memory_path.unlink()
         ws.memory_path.mkdir()
-    else:
+    elif breakage == "broken-markers":
         ws.memory_path.write_bytes(good + b"<!-- wb:begin status -->\n")
+    else:
+        memory.data_path(ws.memory_path).write_text('{"version": 1, "status": [')
     before = state(ws)
     with pytest.raises(UserError):
         import_runs(ws, archive)
@@ -94,8 +99,32 @@ def test_a_memory_wb_cannot_update_leaves_nothing_imported(ws, tmp_path, breakag
     if ws.memory_path.is_dir():
         ws.memory_path.rmdir()
     ws.memory_path.write_bytes(good)
+    memory.data_path(ws.memory_path).unlink(missing_ok=True)
     assert [r["id"] for r in import_runs(ws, archive).records] == ids
     assert "toy/stage-a" in memory.block_content(ws.memory_path.read_text(), "status")
+
+
+def test_memory_md_failing_after_memory_json_was_written_undoes_both(ws, tmp_path, monkeypatch):
+    """MEMORY.json is written first: when MEMORY.md then fails (disk full), MEMORY.json is put
+    back and the runs are taken out again, so a second import still brings everything."""
+    make_runs(tmp_path / "old", 1)
+    import_runs(ws, tmp_path / "old")
+    ids = make_runs(tmp_path / "src", 3, stage="toy/stage-b")
+    before = state(ws)
+    real = memory.atomic_write_text
+
+    def disk_full_for_memory_md(path, text, newline=None):
+        if Path(path).name == "MEMORY.md":
+            raise UserError(f"cannot write {path}: No space left on device")
+        real(path, text, newline)
+
+    monkeypatch.setattr(memory, "atomic_write_text", disk_full_for_memory_md)
+    with pytest.raises(UserError, match="No space left on device"):
+        import_runs(ws, tmp_path / "src")
+    assert state(ws) == before
+    monkeypatch.undo()
+    assert [r["id"] for r in import_runs(ws, tmp_path / "src").records] == ids[1:]  # ids[0] came with "old"
+    assert "toy/stage-b" in memory.read_data(memory.data_path(ws.memory_path))["status"]
 
 
 @pytest.mark.parametrize("bad", [{"verdict": {"x": 1}}, {"params": [1, 2]}, {"params": {"dtype": "bf16\n<!-- wb:end log -->"}}])

@@ -26,9 +26,8 @@ def fake_record(i: int, stage: str = "toy/stage-a", verdict: str = "PASS", n: in
 
 
 def shapes_update(ws, i):
-    memory.update_data_block(
-        ws, "shapes", lambda old: {**(old or {}), f"probe{i % 7}": f"(64,{i})"}, lambda d: "\n".join(f"- {k}: `{v}`" for k, v in sorted(d.items()))
-    )
+    snapshot = {"sm_90a": {"probes": [["tQsQ", f"(64,{i})", 1]], "ops": 3}}
+    memory.update_data_block(ws, "shapes", lambda old: {**(old or {}), f"k/stage-{'abcdefg'[i % 7]}": snapshot})
 
 
 def hand_lines(text: str) -> list[str]:
@@ -46,7 +45,7 @@ def test_update_keeps_hand_text_byte_for_byte(tmp_path):
     text2 = ws.memory_path.read_text()
     assert text2.startswith(hand + "\n")
     status = memory.block_content(text2, "status")
-    assert "| toy/stage-a | FAIL | dtype=bf16: 128 (failing: 256)" in status
+    assert "| toy/stage-a | 20261127-120000-000002 | FAIL | 1/2 | FAIL dtype=bf16 n=256 |" in status
     log = memory.block_content(text2, "log")
     assert log.index(fake_record(2)["id"]) < log.index(fake_record(1)["id"])
 

@@ -87,7 +87,8 @@ def wb_update(ws: Workspace, rng: random.Random, step: int) -> None:
     if op == 0:
         memory.record_run(ws, record(step, rng.choice(["k/stage-a", "k/stage-b"])))
     elif op == 1:
-        memory.update_data_block(ws, "shapes", lambda old: {**(old or {}), f"p{step % 5}": f"(64,{step})"}, lambda d: "\n".join(f"- {k}: `{v}`" for k, v in sorted(d.items())))
+        snapshot = {"sm_90a": {"probes": [["tQsQ", f"(64,{step})", 1]], "ops": 3}}
+        memory.update_data_block(ws, "shapes", lambda old: {**(old or {}), f"k/stage-{'abcde'[step % 5]}": snapshot})
     elif op == 2:
         from workbench.bench import speed_edit
 

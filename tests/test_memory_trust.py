@@ -51,7 +51,8 @@ def test_a_record_field_cannot_split_a_block(tmp_path):
     assert len(log_entries(ws)) == memory.LOG_CAP
     status = memory.block_content(text, "status")
     assert "fmha/stage-c" in status and "fmha/stage-d" in status
-    assert "-->" not in memory.block_content(text, "status").split("<!-- wb:data ", 1)[1].split(" -->", 1)[0]
+    cases = memory.read_data(memory.data_path(ws.memory_path))["status"]["fmha/stage-d"]["cases"]
+    assert [key for key in cases if "INJECTED" in key] == ["dtype=bf16 &lt;!-- wb:end log --> INJECTED &lt;!-- wb:begin log -->"]
 
 
 def test_a_record_with_control_characters_in_a_parameter_is_not_a_record(tmp_path):
@@ -166,8 +167,10 @@ def test_a_read_only_filesystem_is_one_line(tmp_path, monkeypatch):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
-    with pytest.raises(UserError, match="cannot write .*MEMORY.md: Read-only file system"):
+    before = ws.memory_path.read_bytes(), memory.data_path(ws.memory_path).read_bytes()
+    with pytest.raises(UserError, match=r"cannot write .*MEMORY\.json: Read-only file system"):
         memory.record_run(ws, record(2))
+    assert (ws.memory_path.read_bytes(), memory.data_path(ws.memory_path).read_bytes()) == before
 
 
 def test_cli_note_on_a_broken_memory_is_one_line_exit_2(tmp_path, capsys, monkeypatch):

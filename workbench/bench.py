@@ -264,11 +264,14 @@ def sweep_cases(dtype: str = "bf16") -> list[dict[str, Any]]:
     return [bench_params(s, d, causal, dtype) for d, s, causal in SWEEP]
 
 
+TOKENS, MODEL_DIM = 16384, 2048  # DESIGN.md's convention: batch = TOKENS / s, heads = MODEL_DIM / d
+
+
 def bench_params(s: int, d: int, causal: bool, dtype: str, batch: int | None = None, heads: int | None = None) -> dict[str, Any]:
     """Stage D parameters for one benchmark shape (DESIGN.md's convention: 16k tokens, 2048 model dim)."""
     return {
         "m": s, "n": s, "d": d, "dtype": dtype, "causal": causal,
-        "batch": batch or max(1, 16384 // s), "heads": heads or max(1, 2048 // d),
+        "batch": batch or max(1, TOKENS // s), "heads": heads or max(1, MODEL_DIM // d),
     }
 
 
@@ -327,7 +330,8 @@ def record_speed(ws, record: dict[str, Any]) -> None:
 
 
 def speed_edit(records: list[dict[str, Any]]):
-    """The `speed` block edit that folds these bench records (oldest first) into MEMORY.md."""
+    """The `speed` edit that folds these bench records (oldest first) into MEMORY.json's
+    speed data (latest per case and card) and MEMORY.md's speed block."""
     from workbench import memory
     from workbench.provenance import short_commit
 
@@ -345,27 +349,35 @@ def speed_edit(records: list[dict[str, Any]]):
                     "commit": short_commit(record["provenance"]) or None,
                     "date": (record.get("started") or "")[:10],
                 }
+        for key, entry in data.items():  # entries from before `row` (a migrated MEMORY.md) get theirs too
+            if "row" not in entry:
+                entry["row"], entry["n"] = speed_cell(key.split(" · ")[1] if key.count(" · ") >= 2 else "")
         return data
 
-    return memory.data_block("speed", merge, render_speed)
+    return memory.data_block("speed", merge)  # rendered by memory.render_speed
 
 
-def render_speed(data: dict[str, Any]) -> str:
-    from workbench.memory import cell
+def speed_cell(case: str) -> tuple[str, int | None]:
+    """Where a case sits in MEMORY.md's speed table: its row, the case without n and without
+    the parameters that follow bench_params' convention (m = n, batch = TOKENS/n, heads =
+    MODEL_DIM/d, kv_heads = heads), and its column, n. So a sweep reads as one row per d, causal
+    and dtype; a case off the convention (batch=64) gets a row of its own."""
+    words = [w.split("=", 1) for w in case.split() if "=" in w]
+    params = dict(words)
 
-    peers = sorted({p for entry in data.values() for p in entry.get("peers", {})})
-    head = "| stage · case · card | wb TFLOP/s | " + " | ".join(cell(p, 40) for p in peers) + " | run | commit | date |"
-    rows = [head, "|" + "---|" * (5 + len(peers))]
-    for key in sorted(data):
-        e = data[key]
-        wb = f"{e['tflops']:.0f}" if e.get("tflops") else cell(e.get("verdict") or "-", 32)
-        cells = []
-        for p in peers:
-            t = e.get("peers", {}).get(p)
-            cells.append(f"{t:.0f} (×{e['tflops'] / t:.2f})" if t and e.get("tflops") else "-")
-        run, commit, date = (cell(e.get(k) or "-", 40) for k in ("run", "commit", "date"))
-        rows.append(f"| {cell(key, 300)} | {wb} | " + " | ".join(cells) + f" | {run} | {commit} | {date} |")
-    return "\n".join(rows)
+    def num(key: str) -> int | None:
+        value = params.get(key, "")
+        return int(value) if value.isdigit() else None
+
+    n, d = num("n"), num("d")
+    follows = {
+        "n": True,
+        "m": num("m") == n,
+        "batch": bool(n) and num("batch") == max(1, TOKENS // n),
+        "heads": bool(d) and num("heads") == max(1, MODEL_DIM // d),
+        "kv_heads": params.get("kv_heads") == params.get("heads"),
+    }
+    return " ".join(f"{k}={v}" for k, v in words if not follows.get(k, False)), n
 
 
 def perf_markdown(record: dict[str, Any]) -> str:

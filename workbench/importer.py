@@ -5,10 +5,11 @@ the stage reports, exactly as a local run would.
 All or nothing. The source (a .tgz or a folder) is first copied into a staging folder under
 .wb/ with limits (bytes per file, bytes in all, number of files) and without following or
 keeping any link; every record is validated (workbench/schemas/run_record.py) and
-MEMORY.md's new text is computed. Only then are the run folders renamed into runs/ and
-MEMORY.md replaced; if that fails, the folders are taken out again. A record that is
-malformed, a link, a file over a limit or a MEMORY.md wb cannot update stops the import with
-one line and leaves the workspace as it was.
+MEMORY.md's new text and MEMORY.json's new data are computed. Only then are the run folders
+renamed into runs/ and MEMORY.json and MEMORY.md replaced (MEMORY.json is put back when
+MEMORY.md cannot be written); if that fails, the folders are taken out again. A record that
+is malformed, a link, a file over a limit or a MEMORY.md or MEMORY.json wb cannot update
+stops the import with one line and leaves the workspace as it was.
 """
 
 from __future__ import annotations
@@ -186,15 +187,16 @@ def memory_edits(records: list[dict]) -> dict:
 
 
 def _commit(ws: Workspace, staged_runs: Path, records: list[dict]) -> None:
-    """Rename the staged run folders into runs/ and update MEMORY.md; undo the renames if
-    MEMORY.md cannot be written. Stage reports are derived data and follow."""
+    """Rename the staged run folders into runs/ and update MEMORY.json and MEMORY.md; undo
+    the renames if they cannot be written (update_blocks puts MEMORY.json back itself when
+    MEMORY.md fails). Stage reports are derived data and follow."""
     from workbench import memory, report
 
     if not records:
         return
     edits = memory_edits(records)
     if edits:
-        memory.render_blocks(ws, edits)  # fails here, before anything moved, on a MEMORY.md wb cannot update
+        memory.render_blocks(ws, edits)  # fails here, before anything moved, on a MEMORY.md or MEMORY.json wb cannot update
     ws.runs_dir.mkdir(parents=True, exist_ok=True)
     moved: list[Path] = []
     try:

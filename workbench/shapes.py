@@ -435,19 +435,5 @@ def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = Fals
             }
         return data
 
-    memory.update_data_block(ws, "shapes", merge, render_memory_block)
+    memory.update_data_block(ws, "shapes", merge)  # MEMORY.json; rendered by memory.render_shapes
     return path
-
-
-def render_memory_block(data: dict) -> str:
-    rows = ["| stage | arch · params · variants | probes (name: layout, modes) | commit | date |", "|---|---|---|---|---|"]
-    for stage in sorted(data):
-        for label, entry in sorted(data[stage].items()):
-            probes = entry.get("probes") or []
-            shown = [f"`{n}`: `{l}` ({r})" for n, l, r in probes[:12]]
-            if len(probes) > 12:
-                shown.append(f"… {len(probes) - 12} more in shapes.lock.yaml")
-            if not probes:
-                shown = [f"no probes ({entry.get('ops', 0)} captured ops in shapes.lock.yaml with --all-ops)"]
-            rows.append(f"| {stage} | {label} | {'<br>'.join(shown)} | {entry.get('commit') or '-'} | {entry.get('date')} |")
-    return "\n".join(rows)

@@ -7,6 +7,7 @@ at the boundary, before any of its values is used:
     cache_meta.py   .wb/cache/.../meta.json        (the compile cache)
     kernel_yaml.py  stages/<kernel>/kernel.yaml    (the registry)
     shapes_lock.py  stages/<kernel>/shapes.lock.yaml (wb shapes --check / --accept)
+    memory_data.py  MEMORY.json                    (the data behind MEMORY.md's blocks)
     hosts.py        wb.yaml `hosts:` / [tool.wb.hosts]
 
 The schemas are pydantic models (pydantic comes with typer); this module is imported only

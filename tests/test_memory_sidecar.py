@@ -1,0 +1,204 @@
+"""MEMORY.json: the machine data behind MEMORY.md's status, speed and shapes blocks.
+
+tests/data/MEMORY-before-sidecar.md is this repo's MEMORY.md as it was when those blocks
+kept their data in `<!-- wb:data {...} -->` lines (95 KB, status and speed with a row per
+parameter set). The first update moves every block's data into MEMORY.json and renders
+short blocks; nothing is lost, and a broken MEMORY.json stops wb without a write.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from workbench import memory
+from workbench.errors import UserError
+from workbench.schemas import SchemaError
+from workbench.workspace import Workspace
+
+LEGACY = Path(__file__).parent / "data" / "MEMORY-before-sidecar.md"
+
+
+def legacy_ws(tmp_path: Path) -> Workspace:
+    ws = Workspace(tmp_path)
+    shutil.copyfile(LEGACY, ws.memory_path)
+    return ws
+
+
+def outside_blocks(text: str) -> str:
+    lines = memory.split_lines(text)
+    inside = {i for b in memory._scan(lines).values() for i in range(b.begin, b.end + 1)}
+    return "".join(line for i, line in enumerate(lines) if i not in inside)
+
+
+def legacy_blobs() -> dict:
+    text = LEGACY.read_text()
+    return {name: memory._data_of(memory.block_content(text, name)) for name in ("status", "speed", "shapes")}
+
+
+def record(i: int, stage: str = "fmha/stage-c", verdict: str = "PASS") -> dict:
+    return {
+        "id": f"20261204-1000{i // 60 % 60:02d}-{i:06d}",
+        "stage": stage,
+        "verdict": verdict,
+        "params": {"n": 512, "d": 128, "dtype": "bf16"},
+        "variants": {},
+        "started": "2026-12-04T10:00:00+00:00",
+        "provenance": {"commit": "abcdef1234567", "dirty": False, "gpu": "NVIDIA H200"},
+    }
+
+
+def test_the_legacy_memory_moves_into_memory_json_and_loses_nothing(tmp_path):
+    ws = legacy_ws(tmp_path)
+    blobs = legacy_blobs()
+    assert all(blobs.values())  # the fixture really holds the three wb:data lines
+    before = ws.memory_path.read_text()
+
+    memory.update_blocks(ws, {})  # any update migrates; this one adds nothing
+
+    after = ws.memory_path.read_text()
+    saved = json.loads(memory.data_path(ws.memory_path).read_text())
+    assert {name: saved[name] for name in blobs} == blobs and saved["version"] == 1
+    assert outside_blocks(after) == outside_blocks(before)  # hand text byte for byte, nothing moved out of a block
+    assert memory.block_content(after, "log") == memory.block_content(before, "log")
+    assert "wb:data" not in after and "<br>" not in memory.block_content(after, "status")
+    status = memory.block_content(after, "status").splitlines()
+    assert len(status) <= 40
+    for stage, entry in blobs["status"].items():
+        rows = [line for line in status if line.startswith(f"| {stage} |")]
+        verdicts = [v for per_n in entry["cases"].values() for v in per_n.values()]
+        assert len(rows) == 1 and f"| {verdicts.count('PASS')}/{len(verdicts)} |" in rows[0] and entry["last_run"] in rows[0]
+    assert len(after) < len(before) / 2
+
+
+def test_the_legacy_speed_data_reads_as_one_table_per_card(tmp_path):
+    """As this repo's MEMORY.md was migrated: with a speed edit of no records, which places
+    every old entry in its row (the case without n) and column (n)."""
+    from workbench import bench
+
+    ws = legacy_ws(tmp_path)
+    memory.update_blocks(ws, {"speed": bench.speed_edit([])})
+    speed = memory.block_content(ws.memory_path.read_text(), "speed")
+    tables = {title: body for title, body in zip(speed.split("**")[1::2], speed.split("**")[2::2])}
+    blob = legacy_blobs()["speed"]
+    assert sorted(tables) == sorted({f"fmha/stage-d · {key.rsplit(' · ', 1)[1]}" for key in blob})
+    for key, entry in blob.items():
+        row, n = bench.speed_cell(key.split(" · ")[1])
+        line = next(line for line in tables[f"fmha/stage-d · {key.rsplit(' · ', 1)[1]}"].splitlines() if line.startswith(f"| {row} |"))
+        column = tables[f"fmha/stage-d · {key.rsplit(' · ', 1)[1]}"].splitlines()[2].split(" | ").index(f"n={n}")
+        assert line.split(" | ")[column].startswith(f"{entry['tflops']:.0f}"), (key, line)
+    assert len(speed.splitlines()) < len(blob)
+
+
+def test_a_failing_case_shows_on_its_stage_line(tmp_path):
+    """The legacy stage C ran deliberately broken variants: its line names the worst (a hang)."""
+    ws = legacy_ws(tmp_path)
+    memory.update_blocks(ws, {})
+    row = next(line for line in memory.block_content(ws.memory_path.read_text(), "status").splitlines() if line.startswith("| fmha/stage-c |"))
+    assert "| HANG m=256 d=128 dtype=bf16 bug=stuck_pipeline n=1024 (+" in row
+
+
+def test_migration_happens_once_and_updates_after_it_change_only_what_they_add(tmp_path):
+    ws = legacy_ws(tmp_path)
+    memory.update_blocks(ws, {})
+    sidecar = memory.data_path(ws.memory_path)
+    first = ws.memory_path.read_bytes(), sidecar.read_bytes()
+    memory.update_blocks(ws, {})
+    assert (ws.memory_path.read_bytes(), sidecar.read_bytes()) == first
+    memory.record_run(ws, record(1, "fmha/stage-e"))
+    data = memory.read_data(sidecar)
+    assert data["status"]["fmha/stage-e"]["cases"] == {"d=128 dtype=bf16": {"512": "PASS"}}
+    assert {k: v for k, v in data["status"].items() if k != "fmha/stage-e"} == legacy_blobs()["status"]
+
+
+def test_a_run_on_a_legacy_memory_migrates_and_adds_the_run(tmp_path):
+    ws = legacy_ws(tmp_path)
+    memory.record_run(ws, record(1, verdict="FAIL"))
+    data = memory.read_data(memory.data_path(ws.memory_path))
+    old_c = legacy_blobs()["status"]["fmha/stage-c"]
+    assert data["status"]["fmha/stage-c"]["cases"]["d=128 dtype=bf16"] == {**old_c["cases"]["d=128 dtype=bf16"], "512": "FAIL"}
+    assert data["speed"] == legacy_blobs()["speed"]
+
+
+def test_a_hand_line_inside_a_legacy_block_is_kept_below_it(tmp_path):
+    ws = legacy_ws(tmp_path)
+    text = ws.memory_path.read_text().replace("## Speed\n", "## Speed\nHAND-typed inside the speed block\n", 1)
+    ws.memory_path.write_text(text)
+    memory.update_blocks(ws, {})
+    after = ws.memory_path.read_text()
+    assert "HAND-typed inside the speed block" in after and "HAND" not in memory.block_content(after, "speed")
+    assert after.index("<!-- wb:end speed -->") < after.index("HAND-typed")
+
+
+def test_memory_json_wins_over_a_wb_data_line_a_merge_brought_back(tmp_path):
+    """A branch from before MEMORY.json merged in: its wb:data fills what MEMORY.json lacks."""
+    ws = legacy_ws(tmp_path)
+    memory.update_blocks(ws, {})
+    memory.record_run(ws, record(1, "fmha/stage-c"))
+    mine = memory.read_data(memory.data_path(ws.memory_path))["status"]["fmha/stage-c"]
+    theirs = {"fmha/stage-c": {"verdict": "FAIL", "last_run": "20261101-000000-000000", "cases": {}}, "other/stage-a": {"verdict": "PASS", "last_run": "20261101-000000-000001"}}
+    blob = json.dumps(theirs).replace("<", "\\u003c")
+    text = ws.memory_path.read_text().replace("## Status\n", f"## Status\n<!-- wb:data {blob} -->\n", 1)
+    ws.memory_path.write_text(text)
+    memory.update_blocks(ws, {})
+    status = memory.read_data(memory.data_path(ws.memory_path))["status"]
+    assert status["fmha/stage-c"] == mine and status["other/stage-a"]["verdict"] == "PASS"
+    assert "wb:data" not in ws.memory_path.read_text()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("{ not json", r"MEMORY\.json: not valid JSON"),
+        ('{"version": 1, "status": {"k/stage-a": {"verdict": 3}}}', r"MEMORY\.json: status\.k/stage-a\.verdict: Input should be a valid string"),
+        ('{"version": 9}', r"MEMORY\.json: version: expected 1 or lower, got 9"),
+        ("<<<<<<< HEAD\n{}\n=======\n{}\n>>>>>>> theirs\n", r"MEMORY\.json: not valid JSON"),
+    ],
+    ids=["not-json", "wrong-type", "newer-version", "merge-conflict"],
+)
+def test_a_broken_memory_json_stops_wb_with_one_line_and_no_write(tmp_path, damage, message):
+    ws = Workspace(tmp_path)
+    memory.record_run(ws, record(1))
+    sidecar = memory.data_path(ws.memory_path)
+    sidecar.write_text(damage)
+    before = ws.memory_path.read_bytes()
+    with pytest.raises(SchemaError, match=message) as info:
+        memory.record_run(ws, record(2))
+    assert "\n" not in str(info.value) and "restore it" in str(info.value)
+    assert ws.memory_path.read_bytes() == before and sidecar.read_text() == damage
+    with pytest.warns(UserWarning, match=r"MEMORY.md not updated: .*MEMORY\.json"):
+        memory.update_blocks_or_warn(ws, memory.run_edits([record(3)]))
+    assert sidecar.read_text() == damage
+
+
+def test_memory_json_is_put_back_when_memory_md_cannot_be_written(tmp_path, monkeypatch):
+    ws = Workspace(tmp_path)
+    memory.record_run(ws, record(1))
+    sidecar = memory.data_path(ws.memory_path)
+    before = ws.memory_path.read_bytes(), sidecar.read_bytes()
+    real = memory.atomic_write_text
+
+    def fail_on_memory_md(path, text, newline=None):
+        if Path(path).name == "MEMORY.md":
+            raise UserError(f"cannot write {path}: No space left on device")
+        real(path, text, newline)
+
+    monkeypatch.setattr(memory, "atomic_write_text", fail_on_memory_md)
+    with pytest.raises(UserError, match="No space left"):
+        memory.record_run(ws, record(2, "fmha/stage-d"))
+    assert (ws.memory_path.read_bytes(), sidecar.read_bytes()) == before
+    ws.memory_path.unlink()
+    sidecar.unlink()
+    with pytest.raises(UserError, match="No space left"):
+        memory.record_run(ws, record(3))
+    assert not sidecar.exists()  # a MEMORY.json that did not exist before does not stay behind
+
+
+def test_a_linked_memory_md_keeps_its_data_beside_its_target(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    (tmp_path / "shared").mkdir()
+    ws.memory_path.symlink_to(tmp_path / "shared" / "MEMORY.md")
+    memory.record_run(ws, record(1))
+    assert (tmp_path / "shared" / "MEMORY.json").is_file() and not (ws.root / "MEMORY.json").exists()
