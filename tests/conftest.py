@@ -18,7 +18,7 @@ def _cuda_available() -> bool:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
-    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line("markers", "slow: real waiting, real processes or cold FMHA compiles; -m \"not slow\" leaves it out (docs/testing.md)")
 
 
 def pytest_collection_modifyitems(config, items):
