@@ -128,6 +128,9 @@ def main() -> int:
     parser.add_argument("--no-subreaper", action="store_true", help="count only waited-for processes, as /usr/bin/time does")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after --")
     args = parser.parse_args()
+    # Started in the background (`cmd &`), a shell hands its children SIGINT ignored; pytest
+    # would pass that on to the wb it starts and the Ctrl-C test would fail.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if not args.no_subreaper and not become_subreaper():
         print("note: not a subreaper here; CPU of workers that outlive their wb is not counted")
     results = [run(name, args.pytest_args, args.durations) for name in COMMANDS if args.only in (None, name)]
