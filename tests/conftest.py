@@ -84,8 +84,8 @@ _PYTHON_WARNING_FILTERS = (DeprecationWarning, PendingDeprecationWarning, Import
 def run_wb(*args, cwd=None, env=None, timeout=180, input=None):
     """`wb ARGS` called in this process (workbench.cli.main) with the cwd, environment, stdin
     and warning filters a new process would have; returns a CompletedProcess like
-    run_wb_process. Starting Python and wb's imports cost ~0.5 s of CPU per call, which made
-    CLI tests most of the suite's time. An exception that escapes main() is a traceback and
+    run_wb_process. A new process costs ~0.5 s of CPU (Python and wb's imports) per call, and
+    the suite makes a few hundred calls. An exception that escapes main() is a traceback and
     exit status 1, as in a process. `timeout` is not enforced here (wb's own --timeout ends
     hung kernels); WB_TEST_PROCESS=1 runs every call in a new process instead."""
     if os.environ.get("WB_TEST_PROCESS") == "1":
