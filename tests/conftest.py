@@ -36,6 +36,9 @@ def _isolated_user_state(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("wb-home")
     monkeypatch.setenv("WB_HOME", str(home))
     monkeypatch.delenv("WB_WORKSPACE", raising=False)
+    # wb's tables are 160 wide off a terminal unless COLUMNS says otherwise; pytest-xdist's
+    # workers set COLUMNS=80, which would cut the columns tests look for.
+    monkeypatch.delenv("COLUMNS", raising=False)
     os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
 
 
@@ -96,11 +99,13 @@ def run_wb(*args, cwd=None, env=None, timeout=180, input=None):
     import traceback
     import warnings
 
+    from workbench import terminal
     from workbench.cli import main
 
     argv = [str(a) for a in args]
     saved_env, saved_cwd, saved_stdin = dict(os.environ), os.getcwd(), sys.stdin
     saved_sigint = signal.getsignal(signal.SIGINT)
+    saved_widths = terminal.console.width, terminal.err_console.width
     out, err = io.StringIO(), io.StringIO()
     code = 0
     try:
@@ -109,6 +114,11 @@ def run_wb(*args, cwd=None, env=None, timeout=180, input=None):
         if cwd is not None:
             os.chdir(cwd)
         sys.stdin = io.StringIO(input or "")
+        # The consoles' widths were fixed when this process imported workbench.terminal; give
+        # them what a new process writing to pipes gets (COLUMNS, else 160 on stdout; 160 on stderr).
+        columns = os.environ.get("COLUMNS", "")
+        terminal.console.width = int(columns) if columns.isdigit() else 160
+        terminal.err_console.width = 160
         with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             warnings.resetwarnings()
             for category in _PYTHON_WARNING_FILTERS:
@@ -125,6 +135,7 @@ def run_wb(*args, cwd=None, env=None, timeout=180, input=None):
                 traceback.print_exc()
                 code = 1
     finally:
+        terminal.console.width, terminal.err_console.width = saved_widths
         sys.stdin = saved_stdin
         os.chdir(saved_cwd)
         os.environ.clear()
