@@ -29,9 +29,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+README = ["-n", "2", "--dist", "loadfile"]  # README.md: `.venv/bin/python -m pytest -n 2 --dist loadfile`
 COMMANDS = {
-    "readme": [],  # README.md: `.venv/bin/python -m pytest`
-    "quick": ["-m", "not slow"],
+    "readme": README,
+    "quick": [*README, "-m", "not slow"],
 }
 PR_SET_CHILD_SUBREAPER = 36
 
