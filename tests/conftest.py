@@ -2,6 +2,10 @@ import os
 
 import pytest
 
+# wb runs in this process (run_wb below) read the warm workers' idle time once, at import: keep
+# idle workers from lingering for wb's default 10 minutes after the tests that started them.
+os.environ.setdefault("WB_WORKER_IDLE", "20")
+
 
 def _cuda_available() -> bool:
     try:
@@ -14,7 +18,7 @@ def _cuda_available() -> bool:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
-    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line("markers", "slow: real waiting, real processes or cold FMHA compiles; -m \"not slow\" leaves it out (docs/testing.md)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -32,6 +36,9 @@ def _isolated_user_state(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("wb-home")
     monkeypatch.setenv("WB_HOME", str(home))
     monkeypatch.delenv("WB_WORKSPACE", raising=False)
+    # wb's tables are 160 wide off a terminal unless COLUMNS says otherwise; pytest-xdist's
+    # workers set COLUMNS=80, which would cut the columns tests look for.
+    monkeypatch.delenv("COLUMNS", raising=False)
     os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
 
 
@@ -55,8 +62,10 @@ def toy_ws(tmp_path, monkeypatch):
     return root
 
 
-def run_wb(*args, cwd=None, env=None, timeout=180, input=None):
-    """Run `python -m workbench ARGS` as a user would; returns the CompletedProcess."""
+def run_wb_process(*args, cwd=None, env=None, timeout=180, input=None):
+    """Run `python -m workbench ARGS` in a new process, as a user would; returns the
+    CompletedProcess. For tests of the process boundary itself (exit status, what reaches
+    the terminal); the rest use run_wb, which gives the same result in-process."""
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
     full_env.update(env or {})
@@ -69,6 +78,70 @@ def run_wb(*args, cwd=None, env=None, timeout=180, input=None):
         timeout=timeout,
         input=input,
     )
+
+
+# Python's own warning filters, which a fresh `python -m workbench` starts with (pytest's differ).
+_PYTHON_WARNING_FILTERS = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
+
+
+def run_wb(*args, cwd=None, env=None, timeout=180, input=None):
+    """`wb ARGS` called in this process (workbench.cli.main) with the cwd, environment, stdin
+    and warning filters a new process would have; returns a CompletedProcess like
+    run_wb_process. A new process costs ~0.5 s of CPU (Python and wb's imports) per call, and
+    the suite makes a few hundred calls. An exception that escapes main() is a traceback and
+    exit status 1, as in a process. `timeout` is not enforced here (wb's own --timeout ends
+    hung kernels); WB_TEST_PROCESS=1 runs every call in a new process instead."""
+    if os.environ.get("WB_TEST_PROCESS") == "1":
+        return run_wb_process(*args, cwd=cwd, env=env, timeout=timeout, input=input)
+    import contextlib
+    import io
+    import signal
+    import traceback
+    import warnings
+
+    from workbench import terminal
+    from workbench.cli import main
+
+    argv = [str(a) for a in args]
+    saved_env, saved_cwd, saved_stdin = dict(os.environ), os.getcwd(), sys.stdin
+    saved_sigint = signal.getsignal(signal.SIGINT)
+    saved_widths = terminal.console.width, terminal.err_console.width
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        os.environ.update({k: str(v) for k, v in (env or {}).items()})
+        if cwd is not None:
+            os.chdir(cwd)
+        sys.stdin = io.StringIO(input or "")
+        # The consoles' widths were fixed when this process imported workbench.terminal; give
+        # them what a new process writing to pipes gets (COLUMNS, else 160 on stdout; 160 on stderr).
+        columns = os.environ.get("COLUMNS", "")
+        terminal.console.width = int(columns) if columns.isdigit() else 160
+        terminal.err_console.width = 160
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            warnings.resetwarnings()
+            for category in _PYTHON_WARNING_FILTERS:
+                warnings.simplefilter("ignore", category)
+            try:
+                main(argv)
+            except SystemExit as exc:
+                if exc.code is None or isinstance(exc.code, int):
+                    code = exc.code or 0
+                else:
+                    print(exc.code, file=sys.stderr)
+                    code = 1
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        terminal.console.width, terminal.err_console.width = saved_widths
+        sys.stdin = saved_stdin
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        signal.signal(signal.SIGINT, saved_sigint)
+    return subprocess.CompletedProcess([sys.executable, "-m", "workbench", *argv], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 import pytest
 
+from conftest import run_wb_process
+
 
 def assert_one_line_error(proc, *fragments):
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
@@ -42,8 +44,9 @@ def test_user_errors_are_one_line(toy_ws, wb, args, fragments):
     assert_one_line_error(wb(*args), *fragments)
 
 
-def test_no_workspace(tmp_path, wb):
-    assert_one_line_error(wb("list", cwd=tmp_path), "no wb workspace at or above")
+def test_no_workspace(tmp_path):
+    # In a real process: the exit status and the one line are what a shell sees.
+    assert_one_line_error(run_wb_process("list", cwd=tmp_path), "no wb workspace at or above")
 
 
 def test_workspace_flag_and_env_override_the_search(toy_ws, tmp_path, wb):
@@ -72,8 +75,10 @@ def test_malformed_kernel_yaml_names_file_key_and_expectation(toy_ws, wb, edit, 
     assert_one_line_error(wb("list"), str(path), *fragments)
 
 
-def test_debug_env_shows_the_traceback(toy_ws, wb):
-    proc = wb("run", "stage-z", env={"WB_DEBUG": "1"})
+@pytest.mark.parametrize("wb_call", ["in-process", "process"])
+def test_debug_env_shows_the_traceback(toy_ws, wb, wb_call):
+    call = wb if wb_call == "in-process" else run_wb_process
+    proc = call("run", "stage-z", env={"WB_DEBUG": "1"})
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 

@@ -36,6 +36,7 @@ def _classified(preds, expected, names):
     }
 
 
+@pytest.mark.slow  # ~35 full diagnoses per case, 34 cases: the bulk of the diagnostics' CPU time
 @pytest.mark.parametrize("cfg_name,fixture", SWEEP, ids=[f"{c}-{f}" for c, f in SWEEP])
 def test_each_mutant_is_recognised(cfg_name, fixture):
     """Each mutant's prediction, perturbed like a bf16 kernel's output (A.kernel_like), is

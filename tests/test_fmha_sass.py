@@ -10,7 +10,10 @@ import pytest
 
 from workbench.resources import find_nvdisasm
 
-pytestmark = pytest.mark.skipif(find_nvdisasm() is None, reason="nvdisasm not installed (pip install 'cute-wb[sass]')")
+pytestmark = [
+    pytest.mark.skipif(find_nvdisasm() is None, reason="nvdisasm not installed (pip install 'cute-wb[sass]')"),
+    pytest.mark.slow,  # each test is a cold sm_90a compile of an FMHA stage (--keep forces one)
+]
 
 
 

@@ -148,6 +148,7 @@ def loop_ex2_placement(sass: str) -> list[tuple[int, int]]:
 
 
 @pytest.mark.skipif(find_nvdisasm() is None, reason="nvdisasm not installed (pip install 'cute-wb[sass]')")
+@pytest.mark.slow  # eight cold sm_90a compiles of stage D (--keep forces them)
 @pytest.mark.parametrize(
     "d,dtype,causal,schedule",
     [

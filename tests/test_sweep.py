@@ -13,8 +13,6 @@ from workbench import procs
 from workbench.errors import UserError
 from workbench.workspace import Workspace
 
-pytestmark = pytest.mark.slow
-
 
 def record(ws: Path, run_id: str) -> dict:
     return json.loads((ws / "runs" / run_id / "run.json").read_text())
@@ -46,6 +44,7 @@ def test_bad_sweep_arguments_are_one_line_errors(toy_ws, wb):
     assert proc.returncode == 2 and "--gpus" in proc.stderr
 
 
+@pytest.mark.slow  # six cases in real workers; each HANG case waits out --timeout 8
 def test_sweep_runs_every_case_reuses_the_warm_worker_and_survives_a_hang(toy_ws, wb):
     proc = wb("sweep", "a", "--n", "128,256", "-V", "bug=none,nan,sleep", "--timeout", "8", "--gpus", "none", "--json", timeout=400)
     assert proc.returncode == 1, proc.stderr
@@ -74,6 +73,7 @@ def test_sweep_runs_every_case_reuses_the_warm_worker_and_survives_a_hang(toy_ws
     assert all(r["run"] in listed.stdout for r in rows)
 
 
+@pytest.mark.slow  # six cases over two lanes, each lane a real warm worker
 def test_sweep_lanes_each_have_their_own_gpu_and_warm_worker(toy_ws, wb):
     proc = wb("sweep", "a", "--n", "128,256,384,512", "--gpus", "0,1", "--json", timeout=400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr
@@ -90,6 +90,7 @@ def test_sweep_lanes_each_have_their_own_gpu_and_warm_worker(toy_ws, wb):
     procs.kill(Workspace(toy_ws), everything=True)
 
 
+@pytest.mark.slow  # two submitit jobs, each a process with its own worker; HANG cases wait out --timeout 8
 def test_slurm_path_through_submitit_local_executor(toy_ws, wb):
     pytest.importorskip("submitit")
     proc = wb(
@@ -114,6 +115,7 @@ def test_slurm_path_through_submitit_local_executor(toy_ws, wb):
         time.sleep(0.2)
 
 
+@pytest.mark.slow  # submitit job processes
 def test_slurm_job_that_dies_leaves_lost_records(toy_ws):
     submitit = pytest.importorskip("submitit")
     from workbench import sweep
