@@ -154,7 +154,7 @@ def load_stage(letter: str):
 
 
 def params(m, n, d, dtype):
-    from workbench.stage import Params
+    from workbench.kernels.stage import Params
 
     return Params({"m": m, "n": n, "d": d, "dtype": dtype})
 

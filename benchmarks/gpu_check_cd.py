@@ -165,7 +165,7 @@ def stage_of(case):
 
 
 def params_of(case):
-    from workbench.stage import Params
+    from workbench.kernels.stage import Params
 
     keys = ("m", "n", "d", "dtype") if case["stage"] == "c" else ("m", "n", "d", "dtype", "batch", "heads", "kv_heads", "causal")
     return Params({k: case[k] for k in keys})
@@ -193,7 +193,7 @@ _FIXTURES = None
 
 def make_inputs(case, stage, p):
     global _FIXTURES
-    from workbench.fixtures import load_fixtures
+    from workbench.kernels.fixtures import load_fixtures
 
     if _FIXTURES is None:
         _FIXTURES = load_fixtures(ROOT / "fixtures")
@@ -230,7 +230,7 @@ def run_case(case, cache, on_start=None):
     """Run one case; returns {"verdict", "o": metrics, "lse": metrics, "_t": tensors}."""
     import torch
 
-    from workbench.compare import metrics, poison
+    from workbench.run.compare import metrics, poison
 
     stage, compiled = get_compiled(case, cache)
     p = params_of(case)
@@ -359,7 +359,7 @@ def diagnose(case, res, max_lines=4):
     lines = []
     o, r = outputs["o"].float(), ref32["o"].float()
     tol = res["o"]["tolerance"]
-    from workbench.compare import unwritten_mask
+    from workbench.run.compare import unwritten_mask
 
     unw = unwritten_mask(outputs["o"])
     err = (o - r).abs().nan_to_num(nan=float("inf"))

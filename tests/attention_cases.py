@@ -35,7 +35,7 @@ STAGE_FIXTURES = {  # as in kernel.yaml, plus the fixtures this issue adds where
 
 
 def specs_for(cfg):
-    from workbench.stage import Params, TensorSpec
+    from workbench.kernels.stage import Params, TensorSpec
 
     kind, m, n, d = cfg["kind"], cfg["m"], cfg["n"], cfg["d"]
     if kind == "d":
@@ -106,10 +106,10 @@ def kernel_like(values: dict, out_specs, seed: int = 0):
     """What a kernel with these (fp32) results would store: each element perturbed by up to
     one bf16 ulp (2^-8 relative; 2^-20 for fp32 outputs, whose kernels accumulate in fp32),
     then rounded to the output dtype; unwritten elements (Pred.unwritten) hold the poison
-    pattern of workbench.compare."""
+    pattern of workbench.run.compare."""
     import torch
 
-    from workbench import compare
+    from workbench.run import compare
     from workbench.diagnose import Pred
 
     g = torch.Generator().manual_seed(10_000 + seed)
@@ -165,7 +165,7 @@ def lowp_kernel(cfg, inputs, variants, out_specs):
 def load():
     """(fixture registry, mutant registry) of this repository."""
     from workbench.diagnose import mutants_for
-    from workbench.fixtures import load_fixtures
+    from workbench.kernels.fixtures import load_fixtures
 
     return load_fixtures(ROOT / "fixtures"), mutants_for(ROOT / "stages" / "fmha")
 

@@ -40,13 +40,13 @@ def _gpu_check():
 
 
 def _params(**kw):
-    from workbench.stage import Params
+    from workbench.kernels.stage import Params
 
     return Params(kw)
 
 
 def _compile(stage, p, variants):
-    from workbench.probe import capture
+    from workbench.compile.probe import capture
 
     with capture() as records:
         compiled = stage.compile(p, variants, "sm_90a")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench import procs
+from workbench.remote import procs
 from workbench.errors import UserError
 from workbench.workspace import Workspace
 
@@ -21,8 +21,8 @@ def record(ws: Path, run_id: str) -> dict:
 
 
 def test_plan_is_the_checked_cartesian_product(toy_ws):
-    from workbench import sweep
-    from workbench.registry import load_kernels, resolve_stage
+    from workbench.remote import sweep
+    from workbench.kernels.registry import load_kernels, resolve_stage
 
     ws = Workspace(toy_ws, {"default_kernel": "toy"})
     spec = resolve_stage(ws, "a", load_kernels(ws))
@@ -116,8 +116,8 @@ def test_slurm_path_through_submitit_local_executor(toy_ws, wb):
 
 def test_slurm_job_that_dies_leaves_lost_records(toy_ws):
     submitit = pytest.importorskip("submitit")
-    from workbench import sweep
-    from workbench.registry import load_kernels, resolve_stage
+    from workbench.remote import sweep
+    from workbench.kernels.registry import load_kernels, resolve_stage
 
     class Broken(submitit.LocalExecutor):
         def submit(self, fn, *args, **kwargs):  # the job's process dies before running any case

@@ -76,8 +76,8 @@ from stages.fmha import common
 from stages.fmha import mask as mk
 from stages.fmha import softmax as sm
 from stages.fmha import stage_c_online as sc
-from workbench.probe import probe
-from workbench.stage import Params, Stage, TensorSpec
+from workbench.compile.probe import probe
+from workbench.kernels.stage import Params, Stage, TensorSpec
 
 
 def truthy(x) -> bool:

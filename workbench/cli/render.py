@@ -10,7 +10,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from workbench import terminal
-from workbench.report import fixture_rows, params_text, variants_text
+from workbench.records.report import fixture_rows, params_text, variants_text
 from workbench.terminal import console, escape, fmt, verdict
 
 

@@ -65,7 +65,7 @@ def shapes(
 ) -> None:
     """Compile KERNEL's stages for ARCH with fake tensors (no GPU needed) and show each probe's
     location, layout, modes and dynamic extents; what changed since the accepted snapshot is marked."""
-    from workbench import shapes as lib
+    from workbench.compile import shapes as lib
     from workbench.cli.run import parse_pairs, stage_overrides
     from workbench.errors import UserError
     from workbench.arches import check_arch
@@ -74,8 +74,8 @@ def shapes(
         raise UserError("--accept and --check do not go together: check first, then accept")
     check_arch(arch)
     ws = state.workspace()
-    if host:  # the same command on the host, output streamed back (workbench.remote.passthrough)
-        from workbench.remote import passthrough
+    if host:  # the same command on the host, output streamed back (workbench.remote.client.passthrough)
+        from workbench.remote.client import passthrough
 
         raise typer.Exit(passthrough(ws, host))
     overrides = stage_overrides(n, d, None, param)
@@ -151,7 +151,7 @@ def _modes(record: dict) -> str:
 
 
 def render_stage(ws, res: dict, diff: dict, all_ops: bool, check: bool) -> None:
-    from workbench import shapes as lib
+    from workbench.compile import shapes as lib
     from workbench.terminal import console, escape
 
     head = f"[bold]{escape(res['stage'])}[/]  {escape(diff['label'])}"

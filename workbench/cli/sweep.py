@@ -36,12 +36,12 @@ def sweep(
     Each case is a normal run record. Cases spread one warm worker per GPU (locally, or per GPU
     of each --host), or go to Slurm; a hung or crashed case does not stop the sweep. The summary
     table is printed and written into the stage report (runs/reports/<kernel>-stage-<x>.sweep.md)."""
-    from workbench import sweep as sweeps
+    from workbench.remote import sweep as sweeps
     from workbench.cli.run import parse_pairs
-    from workbench.hosts import get_host
+    from workbench.remote.hosts import get_host
     from workbench.schemas.hosts import parse_gpus
     from workbench.arches import check_arch
-    from workbench.registry import load_kernels, resolve_stage
+    from workbench.kernels.registry import load_kernels, resolve_stage
 
     check_arch(arch)
     ws = state.workspace()
@@ -72,7 +72,7 @@ def sweep(
     opts = sweeps.RunOptions(list(fixture or []), seed, seeds, timeout, arch, warm=not fresh)
     ws.ensure_state_dir()
     if not hosts and not slurm:
-        from workbench.procs import orphan_warning
+        from workbench.remote.procs import orphan_warning
 
         if (orphan := orphan_warning(ws)) is not None:
             from workbench import terminal

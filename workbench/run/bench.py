@@ -149,12 +149,12 @@ class BenchJob:
     def execute(self) -> dict[str, Any]:
         import torch
 
-        from workbench import compare
-        from workbench import fixtures as fixture_registry
-        from workbench.build import compile_stage
-        from workbench.registry import forget_stage_modules, load_kernel
-        from workbench.runner.worker import environment, error_info, forget_fixture_modules
-        from workbench.stage import Params, torch_dtype
+        from workbench.run import compare
+        from workbench.kernels import fixtures as fixture_registry
+        from workbench.compile.compiler import compile_stage
+        from workbench.kernels.registry import forget_stage_modules, load_kernel
+        from workbench.run.worker import environment, error_info, forget_fixture_modules
+        from workbench.kernels.stage import Params, torch_dtype
         from workbench.workspace import Workspace
 
         job = self.job
@@ -234,7 +234,7 @@ class BenchJob:
     def time_peer(self, peers_module, peer: str, inputs, params, flops: float, job) -> dict[str, Any]:
         if peers_module is None:
             return {"skipped": "the kernel has no peers.py"}
-        from workbench.runner.worker import error_info
+        from workbench.run.worker import error_info
 
         try:
             fn = peers_module.make_peer(peer, inputs, params)
@@ -275,10 +275,10 @@ def bench_params(s: int, d: int, causal: bool, dtype: str, batch: int | None = N
 def run_bench(ws, spec, cases: list[dict[str, Any]], variants: dict[str, str], peers: list[str], reps: int = 30,
               graph: str = "auto", timeout: float = 600.0, on_event=lambda e: None, warm: bool = True) -> dict[str, Any]:
     """Benchmark `cases` of a stage in a worker; write the record (kind "bench") and MEMORY.md."""
-    from workbench.execute import record_head, worker_result
-    from workbench.provenance import git_state, record_provenance
-    from workbench.records import new_run_dir, utc_now, write_record
-    from workbench.runner.supervisor import run_job
+    from workbench.run.execute import record_head, worker_result
+    from workbench.records.provenance import git_state, record_provenance
+    from workbench.records.store import new_run_dir, utc_now, write_record
+    from workbench.run.supervisor import run_job
 
     resolved = [spec.resolve_params({k: str(v) for k, v in c.items()}) for c in cases]
     git = git_state(ws.root)
@@ -321,15 +321,15 @@ def peer_ratios(case: dict[str, Any]) -> dict[str, float]:
 def record_speed(ws, record: dict[str, Any]) -> None:
     """Fold a bench record into MEMORY.md's `speed` block (latest per case and card); the
     record is already in runs/, so a MEMORY.md wb cannot update is a warning."""
-    from workbench import memory
+    from workbench.records import memory
 
     memory.update_blocks_or_warn(ws, {"speed": speed_edit([record])})
 
 
 def speed_edit(records: list[dict[str, Any]]):
     """The `speed` block edit that folds these bench records (oldest first) into MEMORY.md."""
-    from workbench import memory
-    from workbench.provenance import short_commit
+    from workbench.records import memory
+    from workbench.records.provenance import short_commit
 
     def merge(old: Any) -> dict:
         data = old if isinstance(old, dict) else {}
@@ -351,7 +351,7 @@ def speed_edit(records: list[dict[str, Any]]):
 
 
 def render_speed(data: dict[str, Any]) -> str:
-    from workbench.memory import cell
+    from workbench.records.memory import cell
 
     peers = sorted({p for entry in data.values() for p in entry.get("peers", {})})
     head = "| stage · case · card | wb TFLOP/s | " + " | ".join(cell(p, 40) for p in peers) + " | run | commit | date |"

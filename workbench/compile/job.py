@@ -30,7 +30,7 @@ class CompileJob:
     def execute(self) -> dict[str, Any]:
         from workbench.workspace import Workspace
 
-        from workbench.compile_cache import _wb_code
+        from workbench.compile.cache import _wb_code
 
         if self.job.get("wb_code") and self.job["wb_code"] != _wb_code():
             # a warm worker started before wb itself was edited: its records would be stale
@@ -62,10 +62,10 @@ class CompileJob:
 
 def compile_one(ws, item: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
     """Compile one stage (or take it from the cache); never raises for kernel errors."""
-    from workbench.build import KernelCheckError, compile_stage
-    from workbench.registry import forget_stage_modules, load_kernel
-    from workbench.stage import Params
-    from workbench.trace_errors import KernelTraceError
+    from workbench.compile.compiler import KernelCheckError, compile_stage
+    from workbench.kernels.registry import forget_stage_modules, load_kernel
+    from workbench.kernels.stage import Params
+    from workbench.compile.trace_errors import KernelTraceError
 
     forget_stage_modules()  # fresh imports: edited sources, and exact dependency lists
     kernel = load_kernel(ws.stages_dir / item["kernel"] / "kernel.yaml")

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from workbench import procs
-from workbench.runner import protocol
+from workbench.remote import procs
+from workbench.run import protocol
 from workbench.workspace import Workspace
 
 START_TIMEOUT = 120.0  # seconds for a new worker to bind its socket
@@ -83,7 +83,7 @@ class Worker:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
         env.setdefault("PYTHONUNBUFFERED", "1")
         pidfile = pid_dir(ws) / f"{Path(socket_path).stem}.json"
-        args = [sys.executable, "-m", "workbench.runner.worker", "--socket", socket_path, "--idle", str(idle), "--pidfile", str(pidfile)]
+        args = [sys.executable, "-m", "workbench.run.worker", "--socket", socket_path, "--idle", str(idle), "--pidfile", str(pidfile)]
         if once:
             args.append("--once")
         popen = subprocess.Popen(

@@ -1,6 +1,6 @@
 """The worker process: runs jobs sent by the supervisor, in its own process group.
 
-    python -m workbench.runner.worker --socket PATH [--idle SECONDS] [--once] [--pidfile PATH]
+    python -m workbench.run.worker --socket PATH [--idle SECONDS] [--once] [--pidfile PATH]
 
 It binds the socket first (so the supervisor can connect at once), then imports torch
 and the DSL, and serves one connection at a time. `--once` exits after one job (a fresh
@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from workbench.errors import UserError
-from workbench import procs
-from workbench.runner import protocol
+from workbench.remote import procs
+from workbench.run import protocol
 
 Emit = Callable[[dict[str, Any]], None]
 _PIDFILE: "procs.PidFile | None" = None
@@ -109,7 +109,7 @@ class Job:
 
     def execute(self) -> dict[str, Any]:
         if self.job.get("kind") == "compile":  # wb shapes / wb compile: compile only, no torch
-            from workbench.compile_job import CompileJob
+            from workbench.compile.job import CompileJob
 
             compile_job = CompileJob(self.job, self.emit)
             result = compile_job.execute()
@@ -117,10 +117,10 @@ class Job:
             return result
         import torch
 
-        from workbench import fixtures as fixture_registry
-        from workbench.build import compile_stage
-        from workbench.registry import forget_stage_modules, load_kernel
-        from workbench.stage import Params
+        from workbench.kernels import fixtures as fixture_registry
+        from workbench.compile.compiler import compile_stage
+        from workbench.kernels.registry import forget_stage_modules, load_kernel
+        from workbench.kernels.stage import Params
         from workbench.workspace import Workspace
 
         job = self.job
@@ -187,7 +187,7 @@ class Job:
 
     def plan(self, spec, registry, in_specs, job) -> list[tuple[dict, list]]:
         """Group (fixture, seed) cases by the variants they compile with."""
-        from workbench.fixtures import get_fixture
+        from workbench.kernels.fixtures import get_fixture
 
         explicit = bool(job.get("fixtures"))
         names = job.get("fixtures") or spec.fixtures
@@ -212,8 +212,8 @@ class Job:
     def run_fixture(self, stage, spec, build, fixture, seed, params, variants, in_specs, out_specs, device):
         import torch
 
-        from workbench import compare
-        from workbench.stage import torch_dtype
+        from workbench.run import compare
+        from workbench.kernels.stage import torch_dtype
 
         label = fixture.name if fixture.seeds == 1 else f"{fixture.name}#{seed}"
         self.emit({"type": "progress", "phase": "fixture", "fixture": label})
@@ -294,7 +294,7 @@ def reference_memory(device: str):
 
 
 def forget_fixture_modules() -> None:
-    from workbench import fixtures
+    from workbench.kernels import fixtures
 
     for name in [n for n in sys.modules if n.startswith("wb_fixtures_")]:
         del sys.modules[name]
@@ -303,8 +303,8 @@ def forget_fixture_modules() -> None:
 
 # Job kinds a worker runs: op -> "module:Class" (imported when first used).
 JOB_TYPES = {
-    "run": "workbench.runner.worker:Job",
-    "bench": "workbench.bench:BenchJob",
+    "run": "workbench.run.worker:Job",
+    "bench": "workbench.run.bench:BenchJob",
 }
 
 
@@ -439,7 +439,7 @@ def serve(socket_path: str, idle: float, once: bool, pidfile: str | None) -> Non
     os.replace(staging, socket_path)
     socket_inode = os.stat(socket_path).st_ino
     global _PIDFILE
-    if pidfile:  # see workbench.procs: one file per process, with its start time
+    if pidfile:  # see workbench.remote.procs: one file per process, with its start time
         _PIDFILE = procs.PidFile(
             procs.pidfile_for(pidfile, os.getpid()), "once-worker" if once else "warm-worker",
             socket=socket_path, idle=idle, parent=procs.parent_identity(),

@@ -104,7 +104,7 @@ def pidfile_for(path: str | os.PathLike, pid: int) -> Path:
 
 
 def _atomic_json(path: Path, data: dict) -> None:
-    from workbench.records import atomic_write_text
+    from workbench.records.store import atomic_write_text
 
     atomic_write_text(path, json.dumps(data, default=str) + "\n")
 
@@ -310,7 +310,7 @@ def scan(ws: Workspace, clean: bool = True, gpu: bool = False) -> list[ProcInfo]
 
 def _untracked(ws: Workspace, known: set[int]) -> list[ProcInfo]:
     """Workers of this workspace that run without a pid file (it was deleted, or never
-    written): `python -m workbench.runner.worker` whose working folder is the workspace."""
+    written): `python -m workbench.run.worker` whose working folder is the workspace."""
     root = str(ws.root.resolve())
     out = []
     for entry in Path("/proc").glob("[0-9]*"):
@@ -319,7 +319,7 @@ def _untracked(ws: Workspace, known: set[int]) -> list[ProcInfo]:
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
-            if b"workbench.runner.worker" not in argv or os.readlink(entry / "cwd") != root:
+            if b"workbench.run.worker" not in argv or os.readlink(entry / "cwd") != root:
                 continue
             pgid = os.getpgid(pid)
         except OSError:

@@ -5,7 +5,7 @@ Sources, all available without a GPU:
     registers, barriers, stack frame, spill store/load bytes, per kernel;
   * the cubin (ELF): register count (`.nv.info` EIATTR_REGCOUNT), static shared memory
     (`.nv.shared.<kernel>`), stack frame, as a fallback and cross-check;
-  * the traced IR (workbench.trace): the shared memory each kernel allocates (its launch's
+  * the traced IR (workbench.compile.trace): the shared memory each kernel allocates (its launch's
     dynamic smem) and every TMA atom's gmem tensor and box;
   * SASS from nvdisasm when installed (`pip install 'cute-wb[sass]'`, i.e. PyPI
     nvidia-cuda-nvdisasm): which tensor-core and TMA instructions appear.
@@ -26,7 +26,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from workbench.layouts import describe_type, elem_bytes, parse_tuple, shape_of, split_top
+from workbench.compile.layouts import describe_type, elem_bytes, parse_tuple, shape_of, split_top
 
 # Max dynamic shared memory per block (opt-in), bytes; mirrors the DSL's own table.
 SMEM_CAPACITY = {

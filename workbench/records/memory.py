@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from workbench.errors import UserError
-from workbench.provenance import short_commit
-from workbench.records import atomic_write_text
+from workbench.records.provenance import short_commit
+from workbench.records.store import atomic_write_text
 from workbench.workspace import Workspace
 
 MARKER_RE = re.compile(r"^[ \t]*<!--[ \t]*wb:(begin|end)[ \t]+([A-Za-z0-9_-]+)[ \t]*-->[ \t]*\r?\n?$")

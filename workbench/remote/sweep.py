@@ -141,7 +141,7 @@ def visible_gpus() -> list[str]:
 def remote_gpus(ws: Workspace, host) -> list[str]:
     from workbench.remote import transport
 
-    code = "import json; from workbench.sweep import visible_gpus; print('WB-GPUS ' + json.dumps(visible_gpus()))"
+    code = "import json; from workbench.remote.sweep import visible_gpus; print('WB-GPUS ' + json.dumps(visible_gpus()))"
     script = f"cd {transport.shell_path(host.remote_path)} && " + transport.prelude(host) + f"exec {transport.python_cmd(host)} -c {transport.quote(code)}"
     try:
         done = transport.ssh_run(host, script, timeout=180)
@@ -159,7 +159,7 @@ def remote_gpus(ws: Workspace, host) -> list[str]:
 @dataclass
 class Lane:
     name: str
-    host: Any = None  # workbench.hosts.Host, or None for this machine
+    host: Any = None  # workbench.remote.hosts.Host, or None for this machine
     gpu: str | None = None
     failures: int = 0
     retired: bool = False
@@ -220,7 +220,7 @@ def host_lanes(ws: Workspace, hosts: list, gpus: tuple[str, ...] | None, show: C
 
 def _tag(record: dict[str, Any], tag: dict[str, Any]) -> None:
     """Add the sweep tag to a record that is already written."""
-    from workbench.records import atomic_write_text
+    from workbench.records.store import atomic_write_text
 
     record["sweep"] = tag
     path = Path(record["_dir"]) / "run.json"
@@ -234,13 +234,13 @@ def _tag(record: dict[str, Any], tag: dict[str, Any]) -> None:
 
 def _run_case(ws: Workspace, spec, lane: Lane, case: Case, opts: RunOptions, tag: dict, on_event) -> dict[str, Any]:
     if lane.host is not None:
-        from workbench.remote import run_remote
+        from workbench.remote.client import run_remote
 
         return run_remote(
             ws, lane.host, spec, case.params, case.variants, opts.fixtures, opts.seed, opts.seeds, opts.timeout, opts.arch,
             show=False, env=lane.env, sync=False, on_event=on_event, extra={"sweep": tag},
         )
-    from workbench.execute import run_stage
+    from workbench.run.execute import run_stage
 
     record = run_stage(
         ws, spec, case.params, case.variants, fixtures=list(opts.fixtures), seed=opts.seed, seeds=opts.seeds,
@@ -303,7 +303,7 @@ def run_lanes(
         display.note("interrupted: ending the running cases (their records say INTERRUPTED or CRASH)")
         _end_running(ws)
         if any(lane.host is not None for lane in lanes):
-            from workbench.remote import cancel_all
+            from workbench.remote.client import cancel_all
 
             cancel_all()
         for t in threads:
@@ -319,7 +319,7 @@ def run_lanes(
 
 def _end_running(ws: Workspace) -> None:
     """Kill the workers busy with this process's runs (their runs record CRASH)."""
-    from workbench import procs
+    from workbench.remote import procs
 
     me = os.getpid()
     for p in procs.scan(ws):
@@ -333,8 +333,8 @@ def _end_running(ws: Workspace) -> None:
 
 def _slurm_chunk(ws_root: str, stage_id: str, payload: list[dict], opts: dict, sweep_id: str, progress_path: str, total: int) -> list[dict]:
     """Runs inside a submitit job: the chunk's cases in order, on one warm worker."""
-    from workbench.execute import run_stage
-    from workbench.registry import load_kernels, resolve_stage
+    from workbench.run.execute import run_stage
+    from workbench.kernels.registry import load_kernels, resolve_stage
     from workbench.workspace import find_workspace
 
     ws = find_workspace(ws_root)
@@ -365,8 +365,8 @@ def _retire_warm_worker(ws: Workspace, env: dict[str, str]) -> None:
     """Ask the warm worker of this setting to exit (a job's allocation ends with the job)."""
     import socket as _socket
 
-    from workbench.runner import protocol
-    from workbench.runner.supervisor import _socket_dir, warm_tag
+    from workbench.run import protocol
+    from workbench.run.supervisor import _socket_dir, warm_tag
 
     path = _socket_dir() / f"{warm_tag(ws, env)}.sock"
     try:
@@ -387,7 +387,7 @@ def run_slurm(
         import submitit
     except ImportError:
         raise UserError("--slurm needs submitit: pip install 'cute-wb[slurm]' (or pip install submitit)") from None
-    from workbench.records import read_record
+    from workbench.records.store import read_record
 
     folder = ws.ensure_state_dir("slurm", sweep_id)
     per_case = (opts.timeout or spec.timeout) + 60
@@ -481,9 +481,9 @@ def _job_error(exc: BaseException) -> str:
 def _lost(ws: Workspace, spec, case: Case, opts: RunOptions, message: str, tag: dict) -> CaseResult:
     """A LOST record for a case whose job died before recording it."""
     from workbench import __version__
-    from workbench.execute import publish
-    from workbench.provenance import file_hashes, git_state
-    from workbench.records import new_run_dir, utc_now, write_record
+    from workbench.run.execute import publish
+    from workbench.records.provenance import file_hashes, git_state
+    from workbench.records.store import new_run_dir, utc_now, write_record
 
     run_dir = new_run_dir(ws.runs_dir)
     record = {
@@ -601,7 +601,7 @@ def _cell(cases: list[dict]) -> dict[str, Any]:
 
 
 def summarize(ws: Workspace, spec, cases: list[Case], results: list[CaseResult], sweep_id: str, lanes: list[str], started: str) -> dict[str, Any]:
-    from workbench.provenance import git_state
+    from workbench.records.provenance import git_state
 
     fixtures: list[str] = []
     rows = []
@@ -666,8 +666,8 @@ def markdown(summary: dict[str, Any]) -> str:
 
 def write_summary(ws: Workspace, spec, summary: dict[str, Any]) -> tuple[Path, Path]:
     """Write <kernel>-stage-<x>.sweep.md and refresh the stage report that includes it."""
-    from workbench import report
-    from workbench.records import atomic_write_text
+    from workbench.records import report
+    from workbench.records.store import atomic_write_text
 
     path = report.stage_report_path(ws, spec.id).with_suffix(".sweep.md")
     atomic_write_text(path, markdown(summary))

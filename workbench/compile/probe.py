@@ -1,6 +1,6 @@
 """Probes: record a tensor's layout at trace time, at no cost in the generated code.
 
-    from workbench.probe import probe
+    from workbench.compile.probe import probe
     tBgK = probe("tBgK", tBgK)      # returns its argument unchanged
 
 Use it in `@cute.jit` and `@cute.kernel` code alike. A probe runs while the DSL traces
@@ -18,7 +18,7 @@ Each hit becomes one record (a plain dict, JSON-ready):
     (gmem | smem | rmem | coord), swizzle, count (hits with the same record)
 
 Tuples (e.g. a TMA partition's (smem, gmem) pair) record each element as `name[i]`.
-Automatically captured ops (see workbench.trace) produce records of the same form with
+Automatically captured ops (see workbench.compile.trace) produce records of the same form with
 kind="op".
 """
 
@@ -29,7 +29,7 @@ import linecache
 import sys
 from typing import Any, Iterator
 
-from workbench.layouts import describe_layout, describe_type
+from workbench.compile.layouts import describe_layout, describe_type
 
 _active: "Capture | None" = None
 
@@ -185,7 +185,7 @@ def _record(name: str, location: tuple[str, int], facts: dict[str, Any]) -> dict
 
 
 def record_from_type(name: str, location: str, source: str, type_str: str, op: str) -> dict | None:
-    """A kind="op" record for a traced op's result (see workbench.trace)."""
+    """A kind="op" record for a traced op's result (see workbench.compile.trace)."""
     facts = describe_type(type_str)
     if facts is None:
         return None

@@ -5,13 +5,13 @@
 
   * memory: compiled callables stay in this process (a warm worker compiles an unchanged
     stage once);
-  * disk: workbench.compile_cache, shared by every process of the workspace (a second
+  * disk: workbench.compile.cache, shared by every process of the workspace (a second
     `wb run` in a new worker reloads the kernel instead of compiling it; `wb shapes`
     reads the probe records without importing the DSL);
   * cold: `stage.compile(...)` inside `capture()` (probes) and `trace.tracing()` (ops,
     shared memory, TMA atoms, line info, ptxas's resource report), then stored.
 
-A trace failure raises workbench.trace_errors.KernelTraceError (readable, with the probes
+A trace failure raises workbench.compile.trace_errors.KernelTraceError (readable, with the probes
 captured before it); a failed resource check (shared memory over capacity, a TMA tensor
 that breaks the 16-byte rules) raises KernelCheckError when `strict` (wb run), or is
 reported in `Build.resources["checks"]` (wb shapes, wb compile).
@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench import compile_cache
+from workbench.compile import cache as compile_cache
 from workbench.errors import UserError
-from workbench.probe import capture, with_keys
-from workbench.registry import StageSpec
+from workbench.compile.probe import capture, with_keys
+from workbench.kernels.registry import StageSpec
 from workbench.workspace import Workspace
 
 compile_cache.watch_sources()  # before any stage module loads: see what stages execute without importing it
@@ -212,9 +212,9 @@ def _store(t: _Target, compiled, shapes, resources, deps, seconds) -> str | None
 
 def _cold(t: _Target, keep: tuple[str, ...], artifact_dir: Path | None) -> tuple[Build, set[str]]:
     """Trace and compile; the build and the source files the compile ran or read."""
-    from workbench import resources as res
-    from workbench.trace import tracing
-    from workbench.trace_errors import readable
+    from workbench.compile import resources as res
+    from workbench.compile.trace import tracing
+    from workbench.compile.trace_errors import readable
 
     dump_dir = Path(artifact_dir) if artifact_dir else Path(tempfile.mkdtemp(prefix="wb-compile-"))
     dump_dir.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ import sysconfig
 from pathlib import Path
 from typing import Any
 
-from workbench.layouts import describe_layout, describe_type, parse_tuple, split_top
+from workbench.compile.layouts import describe_layout, describe_type, parse_tuple, split_top
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -228,8 +228,8 @@ def _headline(core: str, involved: list[dict], quoted: list[tuple[str, str]]) ->
 def readable(exc: BaseException, shapes: list[dict] | None = None, root: Path | None = None) -> KernelTraceError:
     """A KernelTraceError describing `exc` (raise it `from exc`): `shapes` (the probes and
     ops captured so far) plus the ops of the module the failed trace was building."""
-    from workbench.probe import with_keys
-    from workbench.trace import ops_before_failure
+    from workbench.compile.probe import with_keys
+    from workbench.compile.trace import ops_before_failure
 
     return _readable(exc, with_keys(list(shapes or []) + ops_before_failure(exc)), root)
 

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from workbench import __version__
-from workbench.registry import StageSpec
+from workbench.kernels.registry import StageSpec
 from workbench.workspace import Workspace
 
 CACHE_FORMAT = 1
@@ -105,7 +105,7 @@ def _wb_code() -> str:
     if _WB_CODE is None:
         here = Path(__file__).parent
         h = hashlib.sha256()
-        for name in ("probe.py", "trace.py", "layouts.py", "resources.py", "build.py", "compile_cache.py"):
+        for name in ("probe.py", "trace.py", "layouts.py", "resources.py", "compiler.py", "cache.py"):
             path = here / name
             if path.is_file():
                 h.update(path.read_bytes())

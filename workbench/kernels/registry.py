@@ -182,7 +182,7 @@ class StageSpec:
 
     def load(self):
         """Import the stage module and return an instance of its Stage subclass."""
-        from workbench.stage import Stage
+        from workbench.kernels.stage import Stage
 
         package = f"stages.{self.kernel}"
         module_name = f"{package}.{self.module_path.stem}"

@@ -9,10 +9,10 @@ import time
 from typing import Any, Callable
 
 from workbench.errors import NoGpuError, UserError
-from workbench.provenance import git_state, record_provenance
-from workbench.records import new_run_dir, utc_now, write_record
-from workbench.registry import StageSpec
-from workbench.runner.supervisor import Outcome, run_job
+from workbench.records.provenance import git_state, record_provenance
+from workbench.records.store import new_run_dir, utc_now, write_record
+from workbench.kernels.registry import StageSpec
+from workbench.run.supervisor import Outcome, run_job
 from workbench.workspace import Workspace
 
 
@@ -139,7 +139,7 @@ def worker_result(outcome: Outcome, run_dir) -> dict[str, Any]:
 def publish(ws: Workspace, record: dict[str, Any]) -> None:
     """Write the run's report.md and update MEMORY.md's wb-owned blocks (a warning when
     MEMORY.md cannot be updated: the record is already safe in runs/)."""
-    from workbench import memory, report
+    from workbench.records import memory, report
 
     report.write_run_report(ws, record)
     memory.update_blocks_or_warn(ws, memory.run_edits([record]))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workbench.records import list_records
+from workbench.records.store import list_records
 
 METRICS = ("cos", "rel_l2", "max_abs_err", "nan", "unwritten")
 # For each metric: does a larger value mean better?
@@ -37,7 +37,7 @@ def _changed(a: dict, b: dict) -> list[dict[str, Any]]:
 
 
 def _shape_map(record: dict) -> dict[str, dict]:
-    # records from workbench.build carry a stable key (name@file, no line number)
+    # records from workbench.compile.compiler carry a stable key (name@file, no line number)
     return {s.get("key") or f"{s.get('name')}@{(s.get('location') or '').rpartition('/')[2]}": s for s in record.get("shapes") or []}
 
 

@@ -6,7 +6,7 @@ probe records, compare them with the accepted snapshot, accept a new one.
     diffs   = compare(results, read_lock(ws, "fmha"))
     accept(ws, "fmha", results)                              # shapes.lock.yaml + MEMORY.md
 
-Cached stages are answered from the disk cache (workbench.compile_cache) without starting
+Cached stages are answered from the disk cache (workbench.compile.cache) without starting
 a worker or importing the DSL; the rest compile in a worker process (op "compile"), so a
 DSL crash cannot take wb down. With no GPU and with one the records are identical: they
 come from tracing, which never touches a device.
@@ -28,8 +28,8 @@ from typing import Any, Callable
 import yaml
 
 from workbench.errors import UserError
-from workbench.probe import record_key, with_keys  # noqa: F401  (part of this module's API)
-from workbench.registry import KernelSpec, StageSpec, get_kernel, load_kernels
+from workbench.compile.probe import record_key, with_keys  # noqa: F401  (part of this module's API)
+from workbench.kernels.registry import KernelSpec, StageSpec, get_kernel, load_kernels
 from workbench.workspace import Workspace
 
 LOCK_NAME = "shapes.lock.yaml"
@@ -82,7 +82,7 @@ def plan(
     that declare them; one that no selected stage declares is an error."""
     kernels = load_kernels(ws)
     if kernel_name is None:
-        from workbench.registry import default_kernel
+        from workbench.kernels.registry import default_kernel
 
         kernel = default_kernel(ws, kernels)
         if kernel is None:
@@ -114,7 +114,7 @@ def plan(
 # Compiling (cache first, then a worker)
 # --------------------------------------------------------------------------------------
 def _cached(ws: Workspace, target: Target) -> dict[str, Any] | None:
-    from workbench import compile_cache
+    from workbench.compile import cache as compile_cache
 
     key = compile_cache.make_key(target.spec, target.params, target.variants, target.arch)
     entry = compile_cache.lookup(ws, target.spec, key, need_kernel=False)
@@ -155,7 +155,7 @@ def collect(
     timeout: float | None = None,
     parallel: int | None = None,
 ) -> list[dict[str, Any]]:
-    """One result per target, in order (see workbench.compile_job.compile_one)."""
+    """One result per target, in order (see workbench.compile.job.compile_one)."""
     results: dict[int, dict] = {}
     todo = []
     fresh = bool(keep or artifact_dir)
@@ -172,7 +172,7 @@ def collect(
              "variants": targets[i].variants, "arch": targets[i].arch}
             for i in todo
         ]
-        from workbench.compile_cache import _wb_code
+        from workbench.compile.cache import _wb_code
 
         job = {
             "op": "run",  # a compile-only kind of the run job (works with any worker)
@@ -196,7 +196,7 @@ def collect(
 
 
 def _run_in_process(job: dict, on_event) -> list[dict]:
-    from workbench.compile_job import CompileJob
+    from workbench.compile.job import CompileJob
 
     return CompileJob(job, on_event).execute()["stages"]
 
@@ -212,7 +212,7 @@ def _split(items: list, parts: int) -> list[list[int]]:
 def _run_in_workers(ws: Workspace, job: dict, timeout: float, on_event, parallel: int | None) -> list[dict]:
     """Run the compile job in worker processes: the warm one, plus fresh ones in parallel
     when there are several stages and cores to spare (compiling is single-threaded)."""
-    from workbench.runner.supervisor import run_job
+    from workbench.run.supervisor import run_job
 
     items = job["stages"]
     if parallel is None:
@@ -386,9 +386,9 @@ def compare(results: list[dict], lock: dict[str, Any], all_ops: bool = False) ->
 # --------------------------------------------------------------------------------------
 def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = False) -> Path:
     """Write the results into shapes.lock.yaml and MEMORY.md's `shapes` block."""
-    from workbench import memory
-    from workbench.provenance import git_state
-    from workbench.records import atomic_write_text
+    from workbench.records import memory
+    from workbench.records.provenance import git_state
+    from workbench.records.store import atomic_write_text
 
     bad = [r["stage"] for r in results if r.get("status") != "ok"]
     if bad:

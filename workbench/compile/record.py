@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from workbench.execute import record_head
-from workbench.provenance import git_state, record_provenance
-from workbench.records import new_run_dir, utc_now, write_record
-from workbench.registry import StageSpec
+from workbench.run.execute import record_head
+from workbench.records.provenance import git_state, record_provenance
+from workbench.records.store import new_run_dir, utc_now, write_record
+from workbench.kernels.registry import StageSpec
 from workbench.workspace import Workspace
 
 
@@ -26,8 +26,8 @@ def compile_stage_record(
     in_process: bool = False,
     on_event: Callable[[dict], None] = lambda e: None,
 ) -> dict[str, Any]:
-    from workbench import resources as res
-    from workbench import shapes
+    from workbench.compile import resources as res
+    from workbench.compile import shapes
 
     started_wall = time.perf_counter()
     started = utc_now()

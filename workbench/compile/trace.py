@@ -9,10 +9,10 @@ every result type embeds its layout string as the DSL prints it. `tracing()` tur
 info on for the compile (like nvcc -lineinfo it adds line tables, not instructions),
 installs the hook and collects:
 
-  * op records (see workbench.probe for the record format), kind="op";
+  * op records (see workbench.compile.probe for the record format), kind="op";
   * per kernel: shared memory the kernel allocates (the smem struct allocas);
   * every TMA atom made on the host: the gmem tensor's type and the TMA box (for the
-    16-byte checks in workbench.resources).
+    16-byte checks in workbench.compile.resources).
 
 A record is kept only when its source line names the operation (`local_tile(` for
 cute.local_tile, `[` for a slice, ...): ops that a library call builds internally on the
@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from workbench.probe import active_capture, record_from_type
+from workbench.compile.probe import active_capture, record_from_type
 
 # op name -> words that must appear in the op's source line for the op to be the user's own
 CAPTURED_OPS: dict[str, tuple[str, ...]] = {
@@ -130,13 +130,13 @@ def _direct(op_name: str, source: str) -> bool:
 
 def _smem_bytes(type_str: str) -> int | None:
     """Bytes of an smem alloca result `!cute.memref<i8, smem, align<..>, "8320:1">`."""
-    from workbench.layouts import describe_type, elem_bytes
+    from workbench.compile.layouts import describe_type, elem_bytes
 
     facts = describe_type(type_str)
     if not facts or facts["memspace"] != "smem":
         return None
     layout = facts["layout"]
-    from workbench.layouts import describe_layout
+    from workbench.compile.layouts import describe_layout
 
     size = describe_layout(layout)["size"]
     width = elem_bytes(facts["dtype"]) or 1
@@ -202,7 +202,7 @@ class _Locations:
             return self.resolve(callee, depth + 1)
         if expr.startswith("fused"):
             body = expr[expr.index("[") + 1 : expr.rindex("]")] if "[" in expr else ""
-            from workbench.layouts import split_top
+            from workbench.compile.layouts import split_top
 
             for part in split_top(body, ","):
                 where, source = self.resolve(part, depth + 1)
@@ -224,7 +224,7 @@ def location_files(lines: list[str]) -> set[str]:
 
 
 def _split_types(text: str) -> list[str]:
-    from workbench.layouts import split_top
+    from workbench.compile.layouts import split_top
 
     text = text.strip()
     if text.startswith("(") and text.endswith(")"):

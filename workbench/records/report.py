@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from workbench.records import atomic_write_text, list_records
+from workbench.records.store import atomic_write_text, list_records
 from workbench.text import fmt
 from workbench.workspace import Workspace
 
