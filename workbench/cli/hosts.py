@@ -21,7 +21,8 @@ def hosts(
     identity, ssh_options, python (default python3), setup (a shell line), env, gpus."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from workbench.remote.hosts import check_host, config_file, get_host, load_hosts
+    from workbench.remote.check import check_host
+    from workbench.remote.hosts import config_file, get_host, load_hosts
     from workbench.terminal import console, escape, print_json
 
     ws = state.workspace()

@@ -64,7 +64,10 @@ def run(
     if host:
         from workbench.remote.client import run_remote
 
-        record = run_remote(ws, host, spec, params, variants, fixture, seed, seeds, timeout, arch, show=not as_json)
+        from workbench.cli.render import progress
+
+        with progress(f"{spec.id} on {host}", enabled=not as_json) as on_event:
+            record = run_remote(ws, host, spec, params, variants, fixture, seed, seeds, timeout, arch, show=not as_json, on_event=on_event)
     else:
         from workbench import gpu
         from workbench.errors import NoGpuError

@@ -77,7 +77,7 @@ def shapes(
     if host:  # the same command on the host, output streamed back (workbench.remote.client.passthrough)
         from workbench.remote.client import passthrough
 
-        raise typer.Exit(passthrough(ws, host))
+        raise typer.Exit(passthrough(ws, host, state.argv))
     overrides = stage_overrides(n, d, None, param)
     spec_kernel, targets = lib.plan(ws, kernel, stage, overrides, parse_pairs(variant, "--variant"), arch)
     lock = lib.read_lock(ws, spec_kernel.name, accepting=accept)  # a broken lock stops us before compiling

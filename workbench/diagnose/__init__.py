@@ -20,21 +20,9 @@ Importing this package is cheap (no torch): submodules import torch inside funct
 
 from __future__ import annotations
 
+from workbench.diagnose.catalog import all_mutants, hooks_for, load_mutants, mutants_for
 from workbench.diagnose.evidence import add_run_evidence
-from workbench.diagnose.registry import (
-    EvidenceContext,
-    Mutant,
-    MutantContext,
-    NotApplicable,
-    Pred,
-    all_mutants,
-    evidence_hook,
-    hooks_for,
-    load_mutants,
-    mutant,
-    mutants_for,
-    role_of,
-)
+from workbench.diagnose.registry import EvidenceContext, Mutant, MutantContext, NotApplicable, Pred, evidence_hook, mutant, role_of
 from workbench.diagnose.result import Candidate, Diagnosis, ErrorMap, Evidence, Fit, ReadMap, as_diagnosis
 
 __all__ = [

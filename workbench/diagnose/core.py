@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from workbench.diagnose.catalog import hooks_for, mutants_for
 from workbench.diagnose.evidence import build_evidence
 from workbench.diagnose.registry import Mutant, MutantContext, NotApplicable, Pred, role_of
 from workbench.diagnose.result import Candidate, Diagnosis, Fit
@@ -153,7 +154,6 @@ def _pred_classes(pred: Pred, shape, device):
 # diagnose
 # --------------------------------------------------------------------------------------
 def _resolve_mutants(mutants) -> list[Mutant]:
-    from workbench.diagnose.registry import mutants_for
 
     if mutants is None:
         mutants = mutants_for(None)
@@ -412,7 +412,6 @@ def diagnose(
 
 
 def _hooks_of(mutants: list[Mutant]) -> list:
-    from workbench.diagnose.registry import hooks_for
 
     folders = sorted({str(Path(m.source).parent) for m in mutants if m.source and not m.generic})
     return [h for folder in folders for h in hooks_for(folder)]
@@ -494,7 +493,6 @@ def run_diagnosis(
 ) -> dict:
     """The runner's entry point: load the kernel's mutants, diagnose, return the plain dict
     for run.json (pictures go to picture_dir/pictures/, named relative to picture_dir)."""
-    from workbench.diagnose.registry import hooks_for, mutants_for
 
     mutants = mutants_for(kernel_dir)
     kwargs.setdefault("hooks", hooks_for(kernel_dir))

@@ -304,12 +304,8 @@ def _shower(host: Host) -> Callable[[str], None]:
     return show
 
 
-def forward_argv(argv: list[str] | None = None) -> list[str]:
+def forward_argv(argv: list[str]) -> list[str]:
     """This wb command line, as the remote wb should get it: without --host and --workspace."""
-    if argv is None:
-        from workbench.cli import state
-
-        argv = state.argv
     out: list[str] = []
     skip = False
     for i, arg in enumerate(argv):
@@ -325,10 +321,10 @@ def forward_argv(argv: list[str] | None = None) -> list[str]:
     return out
 
 
-def passthrough(ws: Workspace, host: str | Host, argv: list[str] | None = None, sync: bool = True) -> int:
+def passthrough(ws: Workspace, host: str | Host, argv: list[str], sync: bool = True) -> int:
     """Run this wb command on the host as it is, its output streamed here; returns its exit code.
 
-    The simplest way to give a command --host: `if host: raise typer.Exit(passthrough(ws, host))`.
+    The simplest way to give a command --host: `if host: raise typer.Exit(passthrough(ws, host, state.argv))`.
     Output is rendered there (plain text); records it writes stay on the host."""
     import sys
 
@@ -347,7 +343,7 @@ def passthrough(ws: Workspace, host: str | Host, argv: list[str] | None = None, 
 
 
 def run_and_import(
-    ws: Workspace, host: str | Host, argv: list[str] | None = None, spec=None,
+    ws: Workspace, host: str | Host, argv: list[str], spec=None,
     publish: Callable[[Workspace, dict], None] | None = None, show: bool = True, deadline_s: float | None = 7200.0,
 ) -> dict[str, Any]:
     """For a command that writes one run record and prints it with --json (e.g. `wb bench`):
@@ -432,8 +428,6 @@ def run_remote(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`wb run` on a remote host; returns the local record (written, published)."""
-    import contextlib
-
     from workbench import terminal
     from workbench.records.provenance import file_hashes, git_state
     from workbench.records.store import new_run_dir, utc_now
@@ -455,25 +449,20 @@ def run_remote(
     stage_timeout = timeout or spec.timeout
     argv = stage_argv(spec, params, variants, fixtures, seed, seeds, timeout, arch)
 
-    if show and on_event is None:
-        from workbench.cli.render import progress
+    show_event = on_event or (lambda e: None)
 
-        display = progress(f"{spec.id} on {host.name}")
-    else:
-        display = contextlib.nullcontext(on_event or (lambda e: None))
-    with display as show_event:
-        def line(text: str) -> None:
-            if show and not text.startswith("wb: error: "):
-                terminal.err_console.print(f"[dim]{host.name}:[/] {terminal.escape(text)}")
-            elif text.startswith("wb: warning: ") and (host.name, text) not in _relayed:
-                _relayed.add((host.name, text))  # warnings reach stderr even under --json, once
-                terminal.warn(f"on host {host.name}: {text[len('wb: warning: '):]}")
+    def line(text: str) -> None:
+        if show and not text.startswith("wb: error: "):
+            terminal.err_console.print(f"[dim]{host.name}:[/] {terminal.escape(text)}")
+        elif text.startswith("wb: warning: ") and (host.name, text) not in _relayed:
+            _relayed.add((host.name, text))  # warnings reach stderr even under --json, once
+            terminal.warn(f"on host {host.name}: {text[len('wb: warning: '):]}")
 
-        try:
-            res = invoke(host, argv, env=env, on_event=show_event, on_line=line, deadline_s=stage_timeout + START_SLACK)
-        except BaseException:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            raise
+    try:
+        res = invoke(host, argv, env=env, on_event=show_event, on_line=line, deadline_s=stage_timeout + START_SLACK)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     try:
         _raise_if_unusable(host, res)
     except UserError:
