@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 
 from workbench.cli import app, state
+from workbench.cli.render import SweepDisplay, render_sweep
 from workbench.errors import UserError
 
 
@@ -78,10 +79,14 @@ def sweep(
             from workbench import terminal
 
             terminal.warn(orphan)
-    summary = sweeps.sweep(
-        ws, spec, cases, opts, gpus=gpu_list, hosts=hosts or None, slurm=slurm, slurm_jobs=slurm_jobs,
-        slurm_opts=slurm_opts or None, show=not as_json,
-    )
+    display = SweepDisplay(f"sweep {spec.id}", len(cases), enabled=not as_json)
+    try:
+        summary = sweeps.sweep(
+            ws, spec, cases, opts, gpus=gpu_list, hosts=hosts or None, slurm=slurm, slurm_jobs=slurm_jobs,
+            slurm_opts=slurm_opts or None, on_event=display,
+        )
+    finally:
+        display.close()
     if as_json:
         from workbench.terminal import print_json
 
@@ -89,6 +94,6 @@ def sweep(
     else:
         from workbench.terminal import console
 
-        sweeps.render_summary(summary)
+        render_sweep(summary)
         console.print(f"[dim]summary: {summary['sweep_report']} (part of the stage report {summary['report']})[/]")
     raise typer.Exit(0 if all(r["verdict"] == "PASS" for r in summary["rows"]) else 1)

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from workbench.run.execute import record_head
 from workbench.records.provenance import git_state, record_provenance
-from workbench.records.store import new_run_dir, utc_now, write_record
+from workbench.records.publish import commit
+from workbench.records.store import new_record, new_run_dir, utc_now
 from workbench.kernels.registry import StageSpec
 from workbench.workspace import Workspace
 
@@ -74,21 +74,17 @@ def compile_stage_record(
         verdict = "CHECK_FAILED"
     else:
         verdict = "COMPILED"
-    record = {
-        **record_head("compile", spec, params, variants),
-        "arch": arch,
-        "verdict": verdict,
-        "error": result.get("error"),
-        "shapes": result.get("shapes", []),
-        "resources": result.get("resources"),
-        "sass": sass,
-        "artifacts": {name: str(Path(p).relative_to(ws.root)) if Path(p).is_absolute() and ws.root in Path(p).parents else p for name, p in artifacts.items()},
-        "timing": {"compile_s": result.get("seconds") or 0.0, "total_s": time.perf_counter() - started_wall},
-        "provenance": record_provenance(ws, spec, git, {}, arch),
-        "started": started,
-        "finished": utc_now(),
-    }
-    write_record(run_dir, record)
-    record["id"] = run_dir.name
-    record["_dir"] = str(run_dir)
-    return record
+    record = new_record(
+        "compile", spec, params, variants, verdict,
+        arch=arch,
+        error=result.get("error"),
+        shapes=result.get("shapes", []),
+        resources=result.get("resources"),
+        sass=sass,
+        artifacts={name: str(Path(p).relative_to(ws.root)) if Path(p).is_absolute() and ws.root in Path(p).parents else p for name, p in artifacts.items()},
+        timing={"compile_s": result.get("seconds") or 0.0, "total_s": time.perf_counter() - started_wall},
+        provenance=record_provenance(ws, spec, git, {}, arch),
+        started=started,
+        finished=utc_now(),
+    )
+    return commit(ws, run_dir, record, publish=None)

@@ -111,6 +111,43 @@ def _mode_for(target: Path, shown: Path) -> int:
     return stat.S_IMODE(st.st_mode)
 
 
+def new_record(kind: str, spec: Any, params: dict[str, Any], variants: dict[str, str], verdict: str, **fields: Any) -> dict[str, Any]:
+    """A record of a stage (`spec`: a kernels.registry.StageSpec) with every field of the run
+    record schema (workbench/schemas/run_record.py; schema and id are added when it is
+    written). `fields` fill or add fields (a compile record adds arch, resources, sass...)."""
+    record: dict[str, Any] = {
+        "kind": kind,
+        "kernel": spec.kernel,
+        "stage": spec.id,
+        "letter": spec.letter,
+        "stage_title": spec.title,
+        "verdict": verdict,
+        "params": params,
+        "variants": variants,
+        "variants_changed": {k: v for k, v in variants.items() if spec.variants.get(k, (v,))[0] != v},
+        "fixtures_requested": [],
+        "seed": None,
+        "error": None,
+        "crashed_on": None,
+        "results": [],
+        "shapes": [],
+        "about": None,
+        "fixture_notes": {},
+        "timing": {},
+        "provenance": {},
+        "started": None,
+        "finished": None,
+        "bench": [],
+        "peak": None,
+        "notes": [],
+        "host_name": None,
+        "remote": None,
+        "sweep": None,
+    }
+    record.update(fields)
+    return record
+
+
 def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
     record = {"schema": SCHEMA, "id": run_dir.name, **record}
     path = run_dir / RECORD

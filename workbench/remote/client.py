@@ -37,8 +37,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from workbench.errors import UserError
-from workbench.remote.hosts import Host, get_host
+from workbench.records.publish import commit
+from workbench.records.store import new_record
 from workbench.remote import transport
+from workbench.remote.hosts import Host, get_host
 from workbench.workspace import Workspace
 
 EVENT_PREFIX = "wb-event "
@@ -376,15 +378,7 @@ def run_and_import(
     remote = {"host": host.name, "target": host.ssh, "port": host.port, "path": host.path, "id": data["id"],
               "cwd": (res.agent or {}).get("cwd"), "sync": sync_info, "wall_s": time.perf_counter() - wall}
     record = import_record(ws, host, data, run_dir, local_git, sources or (data.get("provenance") or {}).get("sources") or {}, remote, res)
-    from workbench.run.execute import _no_interrupts
-    from workbench.records.store import write_record
-
-    with _no_interrupts():
-        write_record(run_dir, record)
-        record["id"], record["_dir"] = run_dir.name, str(run_dir)
-        if publish is not None:
-            publish(ws, record)
-    return record
+    return commit(ws, run_dir, record, publish=publish)
 
 
 # ----------------------------------------------------------------------------- wb run --host
@@ -580,32 +574,19 @@ def lost_record(spec, params, variants, fixtures, seed, host, local_git, sources
         seen = f"; last progress: {last.get('phase')}" + (f" {last.get('fixture')}" if last.get("fixture") else "")
     rid = remote.get("id")
     where = f"; the remote run id was {rid} (its record, if it finished, is in {host.name}:{host.path}/runs/{rid})" if rid else ""
-    from workbench.run.execute import record_head
-
-    return {
-        **record_head("run", spec, params, variants),
-        "fixtures_requested": fixtures or spec.fixtures,
-        "seed": seed,
-        "verdict": "LOST",
-        "error": {"message": f"lost contact with host {host.name}: {why}{seen}{where}", "log": res.stderr_tail(40)},
-        "crashed_on": None,
-        "results": [],
-        "shapes": [],
-        "timing": {"total_s": remote.get("wall_s"), "timeout_s": timeout, "local_wall_s": remote.get("wall_s")},
-        "provenance": {**local_git, "sources": sources, "wb": __version__, "host": None, "arch": None, "gpu": None},
-        "host_name": host.name,
-        "remote": {**remote, "events": res.events[-20:], "returncode": res.returncode},
-        "started": started,
-        "finished": utc_now(),
-    }
+    return new_record(
+        "run", spec, params, variants, "LOST",
+        fixtures_requested=fixtures or spec.fixtures,
+        seed=seed,
+        error={"message": f"lost contact with host {host.name}: {why}{seen}{where}", "log": res.stderr_tail(40)},
+        timing={"total_s": remote.get("wall_s"), "timeout_s": timeout, "local_wall_s": remote.get("wall_s")},
+        provenance={**local_git, "sources": sources, "wb": __version__, "host": None, "arch": None, "gpu": None},
+        host_name=host.name,
+        remote={**remote, "events": res.events[-20:], "returncode": res.returncode},
+        started=started,
+        finished=utc_now(),
+    )
 
 
 def _write(ws: Workspace, run_dir: Path, record: dict[str, Any]) -> None:
-    from workbench.run.execute import _no_interrupts, publish
-    from workbench.records.store import write_record
-
-    with _no_interrupts():
-        write_record(run_dir, record)
-        record["id"] = run_dir.name
-        record["_dir"] = str(run_dir)
-        publish(ws, record)
+    commit(ws, run_dir, record)

@@ -184,6 +184,24 @@ class CaseResult:
         return "ERROR" if self.error else "NOT_RUN"
 
 
+@dataclass(frozen=True)
+class SweepEvent:
+    """What a running sweep tells its caller (the CLI draws it: cli/render.SweepDisplay).
+
+    kind "note": text; "start": a lane took a case; "progress": the case's own run event
+    (progress); "finish": the case's result. Lanes run in threads: events arrive from them."""
+
+    kind: str
+    text: str = ""
+    lane: str = ""
+    case: Case | None = None
+    progress: dict[str, Any] | None = None
+    result: CaseResult | None = None
+
+
+Emit = Callable[[SweepEvent], None]
+
+
 @dataclass
 class RunOptions:
     fixtures: list[str] = field(default_factory=list)
@@ -251,7 +269,7 @@ def _run_case(ws: Workspace, spec, lane: Lane, case: Case, opts: RunOptions, tag
 
 
 def run_lanes(
-    ws: Workspace, spec, cases: list[Case], lanes: list[Lane], opts: RunOptions, sweep_id: str, display: "Display"
+    ws: Workspace, spec, cases: list[Case], lanes: list[Lane], opts: RunOptions, sweep_id: str, emit: Emit
 ) -> list[CaseResult]:
     """Run every case on the lanes (one thread a lane); a failing case never stops the others."""
     pending = deque(cases)
@@ -265,12 +283,12 @@ def run_lanes(
                 if abort or lane.retired or not pending:
                     return
                 case = pending.popleft()
-            display.start(lane, case)
+            emit(SweepEvent("start", lane=lane.name, case=case))
             t0 = time.perf_counter()
             tag = {"id": sweep_id, "case": case.index, "of": len(cases), "lane": lane.name}
             result = CaseResult(case, lane.name)
             try:
-                result.record = _run_case(ws, spec, lane, case, opts, tag, lambda e: display.event(lane, case, e))
+                result.record = _run_case(ws, spec, lane, case, opts, tag, lambda e: emit(SweepEvent("progress", lane=lane.name, case=case, progress=e)))
             except NoGpuError as exc:
                 with lock:
                     abort.append(exc)
@@ -286,9 +304,9 @@ def run_lanes(
                 lane.failures = lane.failures + 1 if failed_to_start else 0
                 if lane.failures >= LANE_FAILURES_TO_RETIRE and lane.host is not None:
                     lane.retired = True
-            display.finish(result)
+            emit(SweepEvent("finish", lane=lane.name, case=case, result=result))
             if lane.retired:
-                display.note(f"lane {lane.name} retired after {lane.failures} failures in a row")
+                emit(SweepEvent("note", text=f"lane {lane.name} retired after {lane.failures} failures in a row"))
 
     threads = [threading.Thread(target=work, args=(lane,), name=f"wb-lane-{lane.name}", daemon=True) for lane in lanes]
     for t in threads:
@@ -300,7 +318,7 @@ def run_lanes(
     except KeyboardInterrupt:
         with lock:
             abort.append(KeyboardInterrupt())
-        display.note("interrupted: ending the running cases (their records say INTERRUPTED or CRASH)")
+        emit(SweepEvent("note", text="interrupted: ending the running cases (their records say INTERRUPTED or CRASH)"))
         _end_running(ws)
         if any(lane.host is not None for lane in lanes):
             from workbench.remote.client import cancel_all
@@ -379,7 +397,7 @@ def _retire_warm_worker(ws: Workspace, env: dict[str, str]) -> None:
 
 
 def run_slurm(
-    ws: Workspace, spec, cases: list[Case], opts: RunOptions, sweep_id: str, display: "Display",
+    ws: Workspace, spec, cases: list[Case], opts: RunOptions, sweep_id: str, emit: Emit,
     partition: str, jobs: int | None = None, slurm_opts: dict[str, Any] | None = None, executor=None,
 ) -> list[CaseResult]:
     """Run the cases as submitit jobs (Slurm, or submitit's LocalExecutor for `@local`)."""
@@ -413,7 +431,7 @@ def run_slurm(
         payload = [{"index": c.index, "params": c.params, "variants": c.variants} for c in chunk]
         job = executor.submit(_slurm_chunk, str(ws.root), spec.id, payload, payload_opts, sweep_id, str(progress_path), len(cases))
         submitted.append((job, chunk, progress_path))
-        display.note(f"submitted {len(chunk)} case(s) as job {job.job_id}")
+        emit(SweepEvent("note", text=f"submitted {len(chunk)} case(s) as job {job.job_id}"))
     results: dict[int, CaseResult] = {}
     lane_of = {c.index: f"slurm:{job.job_id}" for job, chunk, _ in submitted for c in chunk}
 
@@ -430,7 +448,7 @@ def run_slurm(
         else:
             result.error = entry.get("error")
         results[i] = result
-        display.finish(result)
+        emit(SweepEvent("finish", lane=result.lane, case=case, result=result))
 
     try:
         while True:
@@ -453,7 +471,7 @@ def run_slurm(
                 job.cancel(check=False)
             except Exception:
                 pass
-        display.note("interrupted: Slurm jobs cancelled")
+        emit(SweepEvent("note", text="interrupted: Slurm jobs cancelled"))
     for job, chunk, progress_path in submitted:
         try:
             for entry in job.result():
@@ -463,7 +481,7 @@ def run_slurm(
             for case in chunk:
                 if case.index not in results:
                     results[case.index] = _lost(ws, spec, case, opts, message, {"id": sweep_id, "case": case.index, "of": len(cases), "lane": lane_of[case.index]})
-                    display.finish(results[case.index])
+                    emit(SweepEvent("finish", lane=lane_of[case.index], case=case, result=results[case.index]))
     return [results.get(c.index) or CaseResult(c, lane_of[c.index], error="no result") for c in cases]
 
 
@@ -481,107 +499,22 @@ def _job_error(exc: BaseException) -> str:
 def _lost(ws: Workspace, spec, case: Case, opts: RunOptions, message: str, tag: dict) -> CaseResult:
     """A LOST record for a case whose job died before recording it."""
     from workbench import __version__
-    from workbench.run.execute import publish
     from workbench.records.provenance import file_hashes, git_state
-    from workbench.records.store import new_run_dir, utc_now, write_record
+    from workbench.records.publish import commit
+    from workbench.records.store import new_record, new_run_dir, utc_now
 
     run_dir = new_run_dir(ws.runs_dir)
-    record = {
-        "kind": "run", "kernel": spec.kernel, "stage": spec.id, "letter": spec.letter, "stage_title": spec.title,
-        "params": case.params, "variants": case.variants, "fixtures_requested": opts.fixtures or spec.fixtures,
-        "seed": opts.seed, "verdict": "LOST", "error": {"message": message}, "crashed_on": None, "results": [], "shapes": [],
-        "timing": {"timeout_s": opts.timeout or spec.timeout},
-        "provenance": {**git_state(ws.root), "sources": file_hashes(spec.source_files(), ws.root), "wb": __version__, "host": None},
-        "sweep": tag, "started": utc_now(), "finished": utc_now(),
-    }
-    write_record(run_dir, record)
-    record["id"] = run_dir.name
-    record["_dir"] = str(run_dir)
-    publish(ws, record)
+    record = new_record(
+        "run", spec, case.params, case.variants, "LOST",
+        fixtures_requested=opts.fixtures or spec.fixtures,
+        seed=opts.seed,
+        error={"message": message},
+        timing={"timeout_s": opts.timeout or spec.timeout},
+        provenance={**git_state(ws.root), "sources": file_hashes(spec.source_files(), ws.root), "wb": __version__, "host": None},
+        sweep=tag, started=utc_now(), finished=utc_now(),
+    )
+    commit(ws, run_dir, record)
     return CaseResult(case, tag["lane"], record=record)
-
-
-# ----------------------------------------------------------------------------- display
-
-
-class Display:
-    """A rich progress bar on a terminal (one line per lane), plain lines otherwise."""
-
-    def __init__(self, title: str, total: int, enabled: bool = True):
-        from workbench import terminal
-
-        self.enabled = enabled
-        self.total = total
-        self.done = 0
-        self.start_time = time.perf_counter()
-        self.lock = threading.Lock()
-        self.progress = None
-        self.lane_tasks: dict[str, Any] = {}
-        if enabled and terminal.interactive():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-            self.progress = Progress(
-                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=terminal.console, transient=False,
-            )
-            self.progress.start()
-            self.main = self.progress.add_task(title, total=total)
-
-    def _print(self, text: str) -> None:
-        from workbench import terminal
-
-        if not self.enabled:
-            return
-        if self.progress is not None:
-            self.progress.console.print(text)
-        else:
-            terminal.console.print(text)
-
-    def note(self, text: str) -> None:
-        from workbench.terminal import escape
-
-        self._print(f"[dim]{escape(text)}[/]")
-
-    def start(self, lane: Lane, case: Case) -> None:
-        if self.progress is None:
-            return
-        from workbench.terminal import escape
-
-        with self.lock:
-            if lane.name not in self.lane_tasks:
-                self.lane_tasks[lane.name] = self.progress.add_task("", total=None)
-            self.progress.update(self.lane_tasks[lane.name], description=f"  {escape(lane.name)}: {escape(case.text())}")
-
-    def event(self, lane: Lane, case: Case, event: dict) -> None:
-        if self.progress is None or lane.name not in self.lane_tasks:
-            return
-        from workbench.terminal import escape
-
-        phase = event.get("phase")
-        what = {"start": "starting", "compile": "compiling"}.get(phase, f"{event.get('fixture') or phase}")
-        self.progress.update(self.lane_tasks[lane.name], description=f"  {escape(lane.name)}: {escape(case.text())} · {escape(what)}")
-
-    def finish(self, result: CaseResult) -> None:
-        from workbench.terminal import escape, verdict
-
-        with self.lock:
-            self.done += 1
-            done = self.done
-        if self.progress is not None:
-            self.progress.advance(self.main)
-        rec = result.record or {}
-        detail = f"run {rec.get('id')}" if rec else escape(result.error or "")
-        width = len(str(self.total))
-        self._print(
-            f"[{done:>{width}}/{self.total}] {verdict(result.verdict)} {escape(result.case.text())}  "
-            f"[dim]{escape(result.lane)} · {result.seconds:.1f} s · {detail}[/]"
-        )
-
-    def close(self) -> None:
-        if self.progress is not None:
-            for task in self.lane_tasks.values():
-                self.progress.update(task, visible=False)
-            self.progress.stop()
 
 
 # ----------------------------------------------------------------------------- summary
@@ -636,7 +569,7 @@ def _cell_text(cell: dict | None) -> str:
     return f"{cell['verdict']}{cos}"
 
 
-def _fmt_error(text: str | None, limit: int = 80) -> str:
+def first_line(text: str | None, limit: int = 80) -> str:
     text = (text or "").strip().splitlines()[0] if text else ""
     return text[:limit] + ("…" if len(text) > limit else "")
 
@@ -657,7 +590,7 @@ def markdown(summary: dict[str, Any]) -> str:
         "|" + "---|" * len(head),
     ]
     for row in summary["rows"]:
-        run_cell = row["verdict"] + (f": {_fmt_error(row['error'])}" if row.get("error") else "")
+        run_cell = row["verdict"] + (f": {first_line(row['error'])}" if row.get("error") else "")
         cells = [_cell_text(row["cells"].get(f)) for f in summary["fixtures"]]
         values = [row["label"].get(a, "") for a in axes]
         out.append("| " + " | ".join([*values, run_cell.replace("|", "\\|"), *cells, row["run"] or "-", row["lane"], f"{row['seconds']:.1f}"]) + " |")
@@ -672,23 +605,6 @@ def write_summary(ws: Workspace, spec, summary: dict[str, Any]) -> tuple[Path, P
     path = report.stage_report_path(ws, spec.id).with_suffix(".sweep.md")
     atomic_write_text(path, markdown(summary))
     return path, report.write_stage_report(ws, spec.id)
-
-
-def render_summary(summary: dict[str, Any]) -> None:
-    from workbench import terminal
-    from workbench.terminal import console, escape, verdict
-
-    axes = summary["axes"]
-    rows = []
-    for row in summary["rows"]:
-        cells = []
-        for f in summary["fixtures"]:
-            cell = row["cells"].get(f)
-            cells.append("-" if not cell else verdict(cell["verdict"]) + (f" {cell['min_cos']:.6f}" if cell.get("min_cos") is not None else ""))
-        run_cell = verdict(row["verdict"]) + (f" [dim]{escape(_fmt_error(row['error'], 50))}[/]" if row.get("error") else "")
-        rows.append([*(escape(row["label"].get(a, "")) for a in axes), run_cell, *cells, row["run"] or "-", escape(row["lane"])])
-    title = f"sweep {summary['id']} · {summary['stage']} · cells: fixture verdict, min cos"
-    console.print(terminal.table(title, [*axes, "run", *summary["fixtures"], "run id", "where"], rows))
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -709,24 +625,21 @@ def sweep(
     slurm: str | None = None,
     slurm_jobs: int | None = None,
     slurm_opts: dict[str, Any] | None = None,
-    show: bool = True,
+    on_event: Emit = lambda e: None,
     executor=None,
 ) -> dict[str, Any]:
-    """Run the cases; return the summary (also written beside the stage report)."""
+    """Run the cases, telling `on_event` what happens (SweepEvent); return the summary (also
+    written beside the stage report)."""
     sweep_id = new_sweep_id()
     started = datetime.now().isoformat(timespec="seconds")
-    display = Display(f"sweep {spec.id}", len(cases), enabled=show)
-    try:
-        if slurm:
-            lanes_text = [f"slurm:{slurm}"]
-            results = run_slurm(ws, spec, cases, opts, sweep_id, display, slurm, slurm_jobs, slurm_opts, executor)
-        else:
-            lanes = host_lanes(ws, hosts, gpus, display.note) if hosts else local_lanes(gpus)
-            lanes_text = [lane.name for lane in lanes]
-            display.note(f"{len(cases)} case(s) on {len(lanes)} lane(s): {', '.join(lanes_text)}")
-            results = run_lanes(ws, spec, cases, lanes, opts, sweep_id, display)
-    finally:
-        display.close()
+    if slurm:
+        lanes_text = [f"slurm:{slurm}"]
+        results = run_slurm(ws, spec, cases, opts, sweep_id, on_event, slurm, slurm_jobs, slurm_opts, executor)
+    else:
+        lanes = host_lanes(ws, hosts, gpus, lambda text: on_event(SweepEvent("note", text=text))) if hosts else local_lanes(gpus)
+        lanes_text = [lane.name for lane in lanes]
+        on_event(SweepEvent("note", text=f"{len(cases)} case(s) on {len(lanes)} lane(s): {', '.join(lanes_text)}"))
+        results = run_lanes(ws, spec, cases, lanes, opts, sweep_id, on_event)
     summary = summarize(ws, spec, cases, results, sweep_id, lanes_text, started)
     sweep_path, stage_path = write_summary(ws, spec, summary)
     summary["sweep_report"], summary["report"] = str(sweep_path), str(stage_path)

@@ -275,9 +275,10 @@ def bench_params(s: int, d: int, causal: bool, dtype: str, batch: int | None = N
 def run_bench(ws, spec, cases: list[dict[str, Any]], variants: dict[str, str], peers: list[str], reps: int = 30,
               graph: str = "auto", timeout: float = 600.0, on_event=lambda e: None, warm: bool = True) -> dict[str, Any]:
     """Benchmark `cases` of a stage in a worker; write the record (kind "bench") and MEMORY.md."""
-    from workbench.run.execute import record_head, worker_result
     from workbench.records.provenance import git_state, record_provenance
-    from workbench.records.store import new_run_dir, utc_now, write_record
+    from workbench.records.publish import commit
+    from workbench.records.store import new_record, new_run_dir, utc_now
+    from workbench.run.execute import worker_result
     from workbench.run.supervisor import run_job
 
     resolved = [spec.resolve_params({k: str(v) for k, v in c.items()}) for c in cases]
@@ -290,23 +291,18 @@ def run_bench(ws, spec, cases: list[dict[str, Any]], variants: dict[str, str], p
     outcome = run_job(ws, job, timeout, on_event, warm=warm)
     result = worker_result(outcome, run_dir)
     env = result.get("env", {})
-    record = {
-        **record_head("bench", spec, {}, variants),
-        "verdict": result.get("verdict") if outcome.status == "result" else outcome.status,
-        "error": None if outcome.status == "result" else {"message": outcome.message, "log": outcome.log_tail},
-        "bench": result.get("cases", []),
-        "peak": result.get("peak"),
-        "notes": result.get("notes", []),
-        "results": [],
-        "timing": {"total_s": None, "worker_reused": outcome.worker_reused, "worker_pid": outcome.worker_pid},
-        "provenance": record_provenance(ws, spec, git, env, spec.arch),
-        "started": started,
-        "finished": utc_now(),
-    }
-    write_record(run_dir, record)
-    record["id"], record["_dir"] = run_dir.name, str(run_dir)
-    record_speed(ws, record)
-    return record
+    record = new_record(
+        "bench", spec, {}, variants, result.get("verdict") if outcome.status == "result" else outcome.status,
+        error=None if outcome.status == "result" else {"message": outcome.message, "log": outcome.log_tail},
+        bench=result.get("cases", []),
+        peak=result.get("peak"),
+        notes=result.get("notes", []),
+        timing={"total_s": None, "worker_reused": outcome.worker_reused, "worker_pid": outcome.worker_pid},
+        provenance=record_provenance(ws, spec, git, env, spec.arch),
+        started=started,
+        finished=utc_now(),
+    )
+    return commit(ws, run_dir, record, publish=record_speed)
 
 
 def peer_ratios(case: dict[str, Any]) -> dict[str, float]:

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import signal
 import time
 from typing import Any, Callable
 
 from workbench.errors import NoGpuError, UserError
 from workbench.records.provenance import git_state, record_provenance
-from workbench.records.store import new_run_dir, utc_now, write_record
+from workbench.records.publish import commit
+from workbench.records.store import new_record, new_run_dir, utc_now
 from workbench.kernels.registry import StageSpec
 from workbench.run.supervisor import Outcome, run_job
 from workbench.workspace import Workspace
-
-
-@contextlib.contextmanager
-def _no_interrupts():
-    """Hold Ctrl-C off while a record is written, so it is never half-done."""
-    try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def run_stage(
@@ -77,18 +62,17 @@ def run_stage(
         error = {**(error or {}), "log": outcome.log_tail}
     compiles = result.get("compiles", [])
     env = result.get("env") or next((e["env"] for e in reversed(outcome.events) if e.get("phase") == "env"), {})
-    record = {
-        **record_head("run", spec, params, variants),
-        "fixtures_requested": fixtures or spec.fixtures,
-        "seed": seed,
-        "verdict": verdict,
-        "error": error,
-        "crashed_on": result.get("crashed_on"),
-        "results": result.get("fixtures", []),
-        "shapes": result.get("shapes", []),
-        "about": result.get("about"),
-        "fixture_notes": result.get("fixture_notes", {}),
-        "timing": {
+    record = new_record(
+        "run", spec, params, variants, verdict,
+        fixtures_requested=fixtures or spec.fixtures,
+        seed=seed,
+        error=error,
+        crashed_on=result.get("crashed_on"),
+        results=result.get("fixtures", []),
+        shapes=result.get("shapes", []),
+        about=result.get("about"),
+        fixture_notes=result.get("fixture_notes", {}),
+        timing={
             "compile_s": sum(c["seconds"] for c in compiles),
             "compile_cached": bool(compiles) and all(c["cached"] for c in compiles),
             "compiles": compiles,
@@ -98,30 +82,11 @@ def run_stage(
             "worker_reused": outcome.worker_reused,
             "worker_pid": outcome.worker_pid,
         },
-        "provenance": record_provenance(ws, spec, git, env, compiles[0]["arch"] if compiles else arch or spec.arch),
-        "started": started,
-        "finished": utc_now(),
-    }
-    with _no_interrupts():
-        write_record(run_dir, record)
-        record["id"] = run_dir.name
-        record["_dir"] = str(run_dir)
-        publish(ws, record)
-    return record
-
-
-def record_head(kind: str, spec: StageSpec, params: dict[str, Any], variants: dict[str, str]) -> dict[str, Any]:
-    """The fields every record of a stage starts with."""
-    return {
-        "kind": kind,
-        "kernel": spec.kernel,
-        "stage": spec.id,
-        "letter": spec.letter,
-        "stage_title": spec.title,
-        "params": params,
-        "variants": variants,
-        "variants_changed": {k: v for k, v in variants.items() if spec.variants.get(k, (v,))[0] != v},
-    }
+        provenance=record_provenance(ws, spec, git, env, compiles[0]["arch"] if compiles else arch or spec.arch),
+        started=started,
+        finished=utc_now(),
+    )
+    return commit(ws, run_dir, record)
 
 
 def worker_result(outcome: Outcome, run_dir) -> dict[str, Any]:
@@ -134,12 +99,3 @@ def worker_result(outcome: Outcome, run_dir) -> dict[str, Any]:
         shutil.rmtree(run_dir, ignore_errors=True)
         raise NoGpuError(result["error"]["message"])
     return result
-
-
-def publish(ws: Workspace, record: dict[str, Any]) -> None:
-    """Write the run's report.md and update MEMORY.md's wb-owned blocks (a warning when
-    MEMORY.md cannot be updated: the record is already safe in runs/)."""
-    from workbench.records import memory, report
-
-    report.write_run_report(ws, record)
-    memory.update_blocks_or_warn(ws, memory.run_edits([record]))
