@@ -7,7 +7,6 @@ from typing import List, Optional
 import typer
 
 from workbench.cli import app, state
-from workbench.cli.render import SweepDisplay, render_sweep
 from workbench.errors import UserError
 
 
@@ -79,6 +78,8 @@ def sweep(
             from workbench import terminal
 
             terminal.warn(orphan)
+    from workbench.cli.render import SweepDisplay, render_sweep  # rich.progress and the records: not at `wb --help`
+
     display = SweepDisplay(f"sweep {spec.id}", len(cases), enabled=not as_json)
     try:
         summary = sweeps.sweep(
