@@ -230,7 +230,7 @@ def run_case(case, cache, on_start=None):
     """Run one case; returns {"verdict", "o": metrics, "lse": metrics, "_t": tensors}."""
     import torch
 
-    from workbench.run.compare import metrics, poison
+    from workbench.compare import metrics, poison
 
     stage, compiled = get_compiled(case, cache)
     p = params_of(case)
@@ -359,7 +359,7 @@ def diagnose(case, res, max_lines=4):
     lines = []
     o, r = outputs["o"].float(), ref32["o"].float()
     tol = res["o"]["tolerance"]
-    from workbench.run.compare import unwritten_mask
+    from workbench.compare import unwritten_mask
 
     unw = unwritten_mask(outputs["o"])
     err = (o - r).abs().nan_to_num(nan=float("inf"))

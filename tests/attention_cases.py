@@ -106,10 +106,10 @@ def kernel_like(values: dict, out_specs, seed: int = 0):
     """What a kernel with these (fp32) results would store: each element perturbed by up to
     one bf16 ulp (2^-8 relative; 2^-20 for fp32 outputs, whose kernels accumulate in fp32),
     then rounded to the output dtype; unwritten elements (Pred.unwritten) hold the poison
-    pattern of workbench.run.compare."""
+    pattern of workbench.compare."""
     import torch
 
-    from workbench.run import compare
+    from workbench import compare
     from workbench.diagnose import Pred
 
     g = torch.Generator().manual_seed(10_000 + seed)

@@ -2,7 +2,7 @@
 
 import torch
 
-from workbench.run import compare
+from workbench import compare
 
 TOL = {"factor": 2.0, "atol": 1e-4}
 

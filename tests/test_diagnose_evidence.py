@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-from workbench.run import compare  # noqa: E402
+from workbench import compare  # noqa: E402
 from workbench.diagnose import Diagnosis, Pred, add_run_evidence, diagnosis_markdown, render_diagnosis, run_diagnosis  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.remote import procs
+from workbench.run import procs
 from workbench.errors import UserError
 from workbench.workspace import Workspace
 

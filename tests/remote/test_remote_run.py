@@ -224,7 +224,7 @@ def _stuck_orphan(remote: Path) -> subprocess.Popen:
     gone.wait()
     code = (
         "import json, os, sys, time\n"
-        "from workbench import procs\n"
+        "from workbench.run import procs\n"
         "pid = os.getpid()\n"
         f"procs.PidFile({str(remote / '.wb' / 'pids')!r} + f'/stuck-{{pid}}.json', 'warm-worker', "
         f"job={{'run_dir': 'x', 'supervisor': {{'pid': {gone.pid}, 'starttime': 1}}, 'since': time.time()}})\n"

@@ -106,7 +106,7 @@ def ps(
 
         rows = run_wb_json(ws, host, ["ps"] + (["--all"] if all_files else []), sync=False, show=not as_json)
     else:
-        from workbench.remote import procs
+        from workbench.run import procs
 
         rows = [p.as_dict() for p in procs.scan(ws, gpu=True) if all_files or p.alive]
     if as_json:
@@ -133,7 +133,7 @@ def kill(
         argv = ["kill", *map(str, pids or [])] + (["--all"] if everything else [])
         results = run_wb_json(ws, host, argv, sync=False, show=not as_json)
     else:
-        from workbench.remote import procs
+        from workbench.run import procs
 
         results = [vars(r) for r in procs.kill(ws, list(pids or []), everything)]
     if as_json:

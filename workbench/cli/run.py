@@ -71,7 +71,7 @@ def run(
     else:
         from workbench import gpu
         from workbench.errors import NoGpuError
-        from workbench.remote.procs import orphan_warning
+        from workbench.run.procs import orphan_warning
 
         if not gpu.reachable() and gpu.stage_needs_gpu(spec.module_path):
             raise NoGpuError(f"{spec.id} needs a CUDA GPU and this machine has none (no NVIDIA device, or CUDA_VISIBLE_DEVICES hides them)")

@@ -72,7 +72,7 @@ def sweep(
     opts = sweeps.RunOptions(list(fixture or []), seed, seeds, timeout, arch, warm=not fresh)
     ws.ensure_state_dir()
     if not hosts and not slurm:
-        from workbench.remote.procs import orphan_warning
+        from workbench.run.procs import orphan_warning
 
         if (orphan := orphan_warning(ws)) is not None:
             from workbench import terminal

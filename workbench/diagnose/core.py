@@ -4,7 +4,7 @@ Every candidate (the true reference, each applicable mutant) is compared with th
 output element class by element class:
 
   class 0: an ordinary number; class 1: NaN/Inf; class 2: never written (poison pattern,
-  see workbench.run.compare.unwritten_mask).
+  see workbench.compare.unwritten_mask).
 
   mismatch = fraction of elements whose class differs
   cos      = cosine similarity over elements of class 0 in both (float64)
@@ -75,7 +75,7 @@ def classify_actual(t):
     unwritten = None
     if t.dtype.is_floating_point:
         try:
-            from workbench.run.compare import unwritten_mask
+            from workbench.compare import unwritten_mask
 
             unwritten = unwritten_mask(t)
         except Exception:  # the dtype has no poison pattern

@@ -10,7 +10,7 @@ in kernel.yaml; the runner calls, in order:
     expected = stage.reference(inputs, params, variants, compute_dtype)
 
 `compute_dtype` is torch.float32 for the true reference, and the kernel's own dtype for
-the "PyTorch in low precision" run that calibrates the tolerance (see workbench.run.compare).
+the "PyTorch in low precision" run that calibrates the tolerance (see workbench.compare).
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args[0] not in GPU_COMMANDS:
             raise LookupError  # `wb ps`, `wb hosts`, ...: nothing to clean up after
-        from workbench.remote import procs
+        from workbench.run import procs
 
         folder = Path(".wb") / "pids"
         folder.mkdir(parents=True, exist_ok=True)

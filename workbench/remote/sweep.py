@@ -337,7 +337,7 @@ def run_lanes(
 
 def _end_running(ws: Workspace) -> None:
     """Kill the workers busy with this process's runs (their runs record CRASH)."""
-    from workbench.remote import procs
+    from workbench.run import procs
 
     me = os.getpid()
     for p in procs.scan(ws):

@@ -149,7 +149,7 @@ class BenchJob:
     def execute(self) -> dict[str, Any]:
         import torch
 
-        from workbench.run import compare
+        from workbench import compare
         from workbench.kernels import fixtures as fixture_registry
         from workbench.compile.compiler import compile_stage
         from workbench.kernels.registry import forget_stage_modules, load_kernel

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from workbench.remote import procs
+from workbench.run import procs
 from workbench.run import protocol
 from workbench.workspace import Workspace
 

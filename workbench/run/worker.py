@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from workbench.errors import UserError
-from workbench.remote import procs
+from workbench.run import procs
 from workbench.run import protocol
 
 Emit = Callable[[dict[str, Any]], None]
@@ -212,7 +212,7 @@ class Job:
     def run_fixture(self, stage, spec, build, fixture, seed, params, variants, in_specs, out_specs, device):
         import torch
 
-        from workbench.run import compare
+        from workbench import compare
         from workbench.kernels.stage import torch_dtype
 
         label = fixture.name if fixture.seeds == 1 else f"{fixture.name}#{seed}"
@@ -439,7 +439,7 @@ def serve(socket_path: str, idle: float, once: bool, pidfile: str | None) -> Non
     os.replace(staging, socket_path)
     socket_inode = os.stat(socket_path).st_ino
     global _PIDFILE
-    if pidfile:  # see workbench.remote.procs: one file per process, with its start time
+    if pidfile:  # see workbench.run.procs: one file per process, with its start time
         _PIDFILE = procs.PidFile(
             procs.pidfile_for(pidfile, os.getpid()), "once-worker" if once else "warm-worker",
             socket=socket_path, idle=idle, parent=procs.parent_identity(),
