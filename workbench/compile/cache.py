@@ -49,7 +49,9 @@ from typing import Any, Iterable, Iterator
 
 from workbench import __version__
 from workbench.kernels.registry import StageSpec
+from workbench.schemas import SchemaError, load_json
 from workbench.workspace import Workspace
+import workbench
 
 CACHE_FORMAT = 1
 WB_OPTIONS = {"lineinfo": True, "remarks": "ptx"}  # what compile_stage adds to every compile
@@ -181,8 +183,6 @@ def _library_prefixes() -> tuple[str, ...]:
     """Folders whose files are not the user's: the interpreter, site-packages, the DSL, wb."""
     import sysconfig
 
-    import workbench
-
     roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, str(Path(workbench.__file__).parent)}
     for name in ("stdlib", "platstdlib", "purelib", "platlib"):
         with contextlib.suppress(KeyError):
@@ -289,8 +289,6 @@ def dependencies(ws: Workspace, spec: StageSpec, traced: Iterable[str] = ()) -> 
     interpreter's, site-packages', the DSL's or wb's own files, nor the workspace's fixtures,
     runs, tests and state. Keys are relative to the workspace, or absolute for a file
     outside it (a kernel file from another checkout)."""
-    import workbench
-
     root = ws.root.resolve()
     skipped = (Path(workbench.__file__).parent, ws.fixtures_dir, ws.runs_dir, ws.state_dir, root / "tests")
     skip = tuple(str(p.resolve()) + os.sep for p in skipped)
@@ -352,8 +350,7 @@ class Entry:
 
 
 def _read_entry(path: Path) -> Entry:
-    from workbench.schemas import SchemaError, load_json
-    from workbench.schemas.cache_meta import MAX_META_BYTES, CacheMeta
+    from workbench.schemas.cache_meta import MAX_META_BYTES, CacheMeta  # lazy: pydantic loads when a file is read, not at start-up
 
     try:
         meta, model = load_json(path / "meta.json", CacheMeta, MAX_META_BYTES, source="meta.json")
@@ -419,8 +416,7 @@ def link(ws: Workspace, spec: StageSpec, alias: Key, key: Key) -> None:
 def lookup_alias(ws: Workspace, spec: StageSpec, alias: Key, need_kernel: bool = False) -> Entry | None:
     """lookup() through a link written by link(); None when there is none or it is stale.
     A link that is not what link() writes is removed with a warning."""
-    from workbench.schemas import SchemaError, load_json
-    from workbench.schemas.cache_meta import MAX_LINK_BYTES, CacheLink
+    from workbench.schemas.cache_meta import MAX_LINK_BYTES, CacheLink  # lazy: pydantic loads when a file is read, not at start-up
 
     path = entry_dir(ws, spec, alias).with_suffix(".link")
     try:

@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.compile import cache as compile_cache
-from workbench.errors import UserError
+from workbench.compile import cache as compile_cache, resources as res
 from workbench.compile.probe import capture, with_keys
+from workbench.compile.trace import tracing
+from workbench.compile.trace_errors import readable
+from workbench.errors import UserError
 from workbench.kernels.registry import StageSpec
 from workbench.workspace import Workspace
 
@@ -212,10 +214,6 @@ def _store(t: _Target, compiled, shapes, resources, deps, seconds) -> str | None
 
 def _cold(t: _Target, keep: tuple[str, ...], artifact_dir: Path | None) -> tuple[Build, set[str]]:
     """Trace and compile; the build and the source files the compile ran or read."""
-    from workbench.compile import resources as res
-    from workbench.compile.trace import tracing
-    from workbench.compile.trace_errors import readable
-
     dump_dir = Path(artifact_dir) if artifact_dir else Path(tempfile.mkdtemp(prefix="wb-compile-"))
     dump_dir.mkdir(parents=True, exist_ok=True)
     keep_set = tuple(dict.fromkeys(("cubin",) + tuple(k for k in keep if k in ("ptx", "cubin"))))

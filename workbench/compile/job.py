@@ -18,7 +18,13 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from workbench.compile.cache import _wb_code
+from workbench.compile.compiler import KernelCheckError, compile_stage
+from workbench.compile.trace_errors import KernelTraceError
 from workbench.errors import UserError
+from workbench.kernels.registry import forget_stage_modules, load_kernel
+from workbench.kernels.stage import Params
+from workbench.workspace import Workspace
 
 
 class CompileJob:
@@ -28,10 +34,6 @@ class CompileJob:
         self.must_exit = False
 
     def execute(self) -> dict[str, Any]:
-        from workbench.workspace import Workspace
-
-        from workbench.compile.cache import _wb_code
-
         if self.job.get("wb_code") and self.job["wb_code"] != _wb_code():
             # a warm worker started before wb itself was edited: its records would be stale
             self.must_exit = True
@@ -62,11 +64,6 @@ class CompileJob:
 
 def compile_one(ws, item: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
     """Compile one stage (or take it from the cache); never raises for kernel errors."""
-    from workbench.compile.compiler import KernelCheckError, compile_stage
-    from workbench.kernels.registry import forget_stage_modules, load_kernel
-    from workbench.kernels.stage import Params
-    from workbench.compile.trace_errors import KernelTraceError
-
     forget_stage_modules()  # fresh imports: edited sources, and exact dependency lists
     kernel = load_kernel(ws.stages_dir / item["kernel"] / "kernel.yaml")
     spec = kernel.stage(item["letter"])

@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from workbench.compile import resources as res, shapes
+from workbench.kernels.registry import StageSpec
 from workbench.records.provenance import git_state, record_provenance
 from workbench.records.publish import commit
 from workbench.records.store import new_record, new_run_dir, utc_now
-from workbench.kernels.registry import StageSpec
 from workbench.workspace import Workspace
 
 
@@ -26,9 +27,6 @@ def compile_stage_record(
     in_process: bool = False,
     on_event: Callable[[dict], None] = lambda e: None,
 ) -> dict[str, Any]:
-    from workbench.compile import resources as res
-    from workbench.compile import shapes
-
     started_wall = time.perf_counter()
     started = utc_now()
     git = git_state(ws.root)

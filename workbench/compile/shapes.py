@@ -27,10 +27,18 @@ from typing import Any, Callable
 
 import yaml
 
+from workbench.compile import cache as compile_cache
+from workbench.compile.cache import _wb_code
+from workbench.compile.job import CompileJob
 from workbench.errors import UserError
-from workbench.compile.probe import record_key, with_keys  # noqa: F401  (part of this module's API)
-from workbench.kernels.registry import KernelSpec, StageSpec, get_kernel, load_kernels
+from workbench.kernels.registry import KernelSpec, StageSpec, default_kernel, get_kernel, load_kernels
+from workbench.records import memory
+from workbench.records.provenance import git_state
+from workbench.records.store import atomic_write_text
+from workbench.run.supervisor import run_job
+from workbench.schemas import SchemaError, load_yaml
 from workbench.workspace import Workspace
+from workbench.compile.probe import record_key, with_keys  # noqa: F401  (part of this module's API)
 
 LOCK_NAME = "shapes.lock.yaml"
 
@@ -82,8 +90,6 @@ def plan(
     that declare them; one that no selected stage declares is an error."""
     kernels = load_kernels(ws)
     if kernel_name is None:
-        from workbench.kernels.registry import default_kernel
-
         kernel = default_kernel(ws, kernels)
         if kernel is None:
             raise UserError("name the kernel: wb shapes KERNEL (kernels: " + (", ".join(kernels) or "none") + ")")
@@ -114,8 +120,6 @@ def plan(
 # Compiling (cache first, then a worker)
 # --------------------------------------------------------------------------------------
 def _cached(ws: Workspace, target: Target) -> dict[str, Any] | None:
-    from workbench.compile import cache as compile_cache
-
     key = compile_cache.make_key(target.spec, target.params, target.variants, target.arch)
     entry = compile_cache.lookup(ws, target.spec, key, need_kernel=False)
     if entry is None:  # a stage that names its compile_params is keyed on those: follow the link
@@ -172,7 +176,6 @@ def collect(
              "variants": targets[i].variants, "arch": targets[i].arch}
             for i in todo
         ]
-        from workbench.compile.cache import _wb_code
 
         job = {
             "op": "run",  # a compile-only kind of the run job (works with any worker)
@@ -196,8 +199,6 @@ def collect(
 
 
 def _run_in_process(job: dict, on_event) -> list[dict]:
-    from workbench.compile.job import CompileJob
-
     return CompileJob(job, on_event).execute()["stages"]
 
 
@@ -212,8 +213,6 @@ def _split(items: list, parts: int) -> list[list[int]]:
 def _run_in_workers(ws: Workspace, job: dict, timeout: float, on_event, parallel: int | None) -> list[dict]:
     """Run the compile job in worker processes: the warm one, plus fresh ones in parallel
     when there are several stages and cores to spare (compiling is single-threaded)."""
-    from workbench.run.supervisor import run_job
-
     items = job["stages"]
     if parallel is None:
         parallel = int(os.environ.get("WB_COMPILE_JOBS", "0")) or min(len(items), max(1, (os.cpu_count() or 1)))
@@ -314,8 +313,7 @@ def _lock_path(ws: Workspace, kernel: str) -> Path:
 def read_lock(ws: Workspace, kernel: str, accepting: bool = False) -> dict[str, Any]:
     """The accepted snapshot of `kernel` ({} when there is none), checked against
     workbench.schemas.shapes_lock; `accepting` says so in the message of a broken one."""
-    from workbench.schemas import SchemaError, load_yaml
-    from workbench.schemas.shapes_lock import MAX_BYTES, ShapesLock
+    from workbench.schemas.shapes_lock import MAX_BYTES, ShapesLock  # lazy: pydantic loads when a file is read, not at start-up
 
     path = _lock_path(ws, kernel)
     if not (path.exists() or path.is_symlink()):
@@ -386,10 +384,6 @@ def compare(results: list[dict], lock: dict[str, Any], all_ops: bool = False) ->
 # --------------------------------------------------------------------------------------
 def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = False) -> Path:
     """Write the results into shapes.lock.yaml and MEMORY.md's `shapes` block."""
-    from workbench.records import memory
-    from workbench.records.provenance import git_state
-    from workbench.records.store import atomic_write_text
-
     bad = [r["stage"] for r in results if r.get("status") != "ok"]
     if bad:
         raise UserError(f"not accepting: {', '.join(bad)} did not compile (fix it first, or accept the other stages alone)")
@@ -397,7 +391,7 @@ def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = Fals
     commit = (git.get("commit") or "")[:10] + ("+dirty" if git.get("dirty") else "")
     today = date.today().isoformat()
     lock = read_lock(ws, kernel, accepting=True)
-    from workbench.schemas.shapes_lock import VERSION
+    from workbench.schemas.shapes_lock import VERSION  # lazy: pydantic loads when a file is read, not at start-up
 
     lock = {"version": VERSION, "kernel": kernel, "stages": dict(lock.get("stages") or {})}
     for res in results:

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from workbench.compile.layouts import describe_layout, describe_type, elem_bytes, split_top
 from workbench.compile.probe import active_capture, record_from_type
 
 # op name -> words that must appear in the op's source line for the op to be the user's own
@@ -130,13 +131,10 @@ def _direct(op_name: str, source: str) -> bool:
 
 def _smem_bytes(type_str: str) -> int | None:
     """Bytes of an smem alloca result `!cute.memref<i8, smem, align<..>, "8320:1">`."""
-    from workbench.compile.layouts import describe_type, elem_bytes
-
     facts = describe_type(type_str)
     if not facts or facts["memspace"] != "smem":
         return None
     layout = facts["layout"]
-    from workbench.compile.layouts import describe_layout
 
     size = describe_layout(layout)["size"]
     width = elem_bytes(facts["dtype"]) or 1
@@ -202,7 +200,6 @@ class _Locations:
             return self.resolve(callee, depth + 1)
         if expr.startswith("fused"):
             body = expr[expr.index("[") + 1 : expr.rindex("]")] if "[" in expr else ""
-            from workbench.compile.layouts import split_top
 
             for part in split_top(body, ","):
                 where, source = self.resolve(part, depth + 1)
@@ -224,8 +221,6 @@ def location_files(lines: list[str]) -> set[str]:
 
 
 def _split_types(text: str) -> list[str]:
-    from workbench.compile.layouts import split_top
-
     text = text.strip()
     if text.startswith("(") and text.endswith(")"):
         return [t.strip() for t in split_top(text[1:-1], ",") if t.strip()]

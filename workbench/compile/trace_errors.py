@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from workbench.compile.layouts import describe_layout, describe_type, parse_tuple, split_top
+from workbench.compile.probe import with_keys
+from workbench.compile.trace import ops_before_failure
+import workbench
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -68,7 +71,6 @@ def _library_roots() -> list[str]:
         roots.append(str(Path(cutlass.__file__).resolve().parents[2]))  # nvidia_cutlass_dsl/
     except Exception:
         pass
-    import workbench
 
     roots.append(str(Path(workbench.__file__).resolve().parent))
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
@@ -228,9 +230,6 @@ def _headline(core: str, involved: list[dict], quoted: list[tuple[str, str]]) ->
 def readable(exc: BaseException, shapes: list[dict] | None = None, root: Path | None = None) -> KernelTraceError:
     """A KernelTraceError describing `exc` (raise it `from exc`): `shapes` (the probes and
     ops captured so far) plus the ops of the module the failed trace was building."""
-    from workbench.compile.probe import with_keys
-    from workbench.compile.trace import ops_before_failure
-
     return _readable(exc, with_keys(list(shapes or []) + ops_before_failure(exc)), root)
 
 

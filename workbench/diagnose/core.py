@@ -41,8 +41,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from workbench.compare import unwritten_mask
 from workbench.diagnose.catalog import hooks_for, mutants_for
+from workbench.diagnose.errormap import draw_error_map, error_map
 from workbench.diagnose.evidence import build_evidence
+from workbench.diagnose.readmap import read_map
 from workbench.diagnose.registry import Mutant, MutantContext, NotApplicable, Pred, role_of
 from workbench.diagnose.result import Candidate, Diagnosis, Fit
 
@@ -75,8 +78,6 @@ def classify_actual(t):
     unwritten = None
     if t.dtype.is_floating_point:
         try:
-            from workbench.compare import unwritten_mask
-
             unwritten = unwritten_mask(t)
         except Exception:  # the dtype has no poison pattern
             unwritten = None
@@ -197,8 +198,6 @@ def diagnose(
     evidence hooks (default: those of the folders the given mutants come from).
     """
 
-    from workbench.diagnose.errormap import draw_error_map, error_map
-
     t0 = time.perf_counter()
     label = label or fixture_name
     names = [n for n in stage_outputs if n in expected]
@@ -238,8 +237,6 @@ def diagnose(
         for n in names:
             if role_of(n) == "o" and stage_outputs[n].dim() in (2, 4) and inputs["v"].dim() == stage_outputs[n].dim():
                 try:
-                    from workbench.diagnose.readmap import read_map
-
                     pic = pdir / f"{stem}-{n}-readmap.png" if pdir is not None else None
                     rm = read_map(n, stage_outputs[n], expected[n], inputs["v"], picture=pic)
                     if rm is not None:

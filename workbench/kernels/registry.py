@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import UserError
+from workbench.kernels.stage import Stage
+from workbench.schemas import SchemaError
 from workbench.workspace import Workspace
 
 DEFAULT_TOLERANCE = {"factor": 2.0, "atol": 1e-4}
@@ -182,8 +184,6 @@ class StageSpec:
 
     def load(self):
         """Import the stage module and return an instance of its Stage subclass."""
-        from workbench.kernels.stage import Stage
-
         package = f"stages.{self.kernel}"
         module_name = f"{package}.{self.module_path.stem}"
         if not self.module_path.is_file():
@@ -225,8 +225,7 @@ def forget_stage_modules() -> None:
 
 def load_kernel(kernel_yaml: Path) -> KernelSpec:
     """The kernel declared in `kernel_yaml`, checked (workbench.schemas.kernel_yaml)."""
-    from workbench.schemas import SchemaError
-    from workbench.schemas.kernel_yaml import load
+    from workbench.schemas.kernel_yaml import load  # lazy: pydantic loads when a file is read, not at start-up
 
     data = load(kernel_yaml)
     folder = kernel_yaml.parent.name

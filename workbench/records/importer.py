@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.errors import UserError
+from workbench.kernels.registry import load_kernels
+from workbench.records import memory, report
 from workbench.records.store import RECORD, load_record, run_ids
+from workbench.run import bench
 from workbench.workspace import Workspace
 
 MiB = 1 << 20
@@ -164,8 +167,6 @@ def import_runs(ws: Workspace, source: Path, limits: Limits | None = None) -> Im
 
 def _complete(ws: Workspace, records: list[dict]) -> None:
     """Fill `variants_changed` of records older than the field, from the stage's defaults."""
-    from workbench.kernels.registry import load_kernels
-
     specs = {s.id: s for k in load_kernels(ws).values() for s in k.stages}
     for record in records:
         spec = specs.get(record.get("stage"))
@@ -175,9 +176,6 @@ def _complete(ws: Workspace, records: list[dict]) -> None:
 
 def memory_edits(records: list[dict]) -> dict:
     """MEMORY.md's block edits for these records: runs into status/log, benches into speed."""
-    from workbench.run import bench
-    from workbench.records import memory
-
     runs = [r for r in records if r.get("kind", "run") == "run"]
     edits = memory.run_edits(runs) if runs else {}
     benches = [r for r in records if r.get("kind") == "bench"]
@@ -189,8 +187,6 @@ def memory_edits(records: list[dict]) -> dict:
 def _commit(ws: Workspace, staged_runs: Path, records: list[dict]) -> None:
     """Rename the staged run folders into runs/ and update MEMORY.md; undo the renames if
     MEMORY.md cannot be written. Stage reports are derived data and follow."""
-    from workbench.records import memory, report
-
     if not records:
         return
     edits = memory_edits(records)

@@ -30,6 +30,7 @@ from typing import Any, Callable
 from workbench.errors import UserError
 from workbench.records.provenance import short_commit
 from workbench.records.store import atomic_write_text
+from workbench.schemas import read_text
 from workbench.workspace import Workspace
 
 MARKER_RE = re.compile(r"^[ \t]*<!--[ \t]*wb:(begin|end)[ \t]+([A-Za-z0-9_-]+)[ \t]*-->[ \t]*\r?\n?$")
@@ -182,7 +183,6 @@ def _owned(line: str, owned: set[str]) -> bool:
 def read_memory(path: Path) -> tuple[str, bool]:
     """(text without a byte-order mark, whether it had one); TEMPLATE when there is no file.
     A folder, a file over 64 MiB or one that is not UTF-8 is one UserError."""
-    from workbench.schemas import read_text
 
     try:
         text = read_text(path, MAX_BYTES, keep_bom=True)

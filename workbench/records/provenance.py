@@ -8,6 +8,7 @@ import socket
 import subprocess
 from pathlib import Path
 from typing import Any
+from workbench import __version__
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -63,8 +64,6 @@ def host() -> str:
 
 def record_provenance(ws, spec, git: dict[str, Any], env: dict[str, Any], arch: str) -> dict[str, Any]:
     """The provenance block of a record: what was sent (git, stage sources), what ran it."""
-    from workbench import __version__
-
     return {
         **git,
         "sources": file_hashes(spec.source_files(), ws.root),

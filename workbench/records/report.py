@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from workbench.diagnose import diagnosis_markdown as render
 from workbench.records.store import atomic_write_text, list_records
 from workbench.text import fmt
 from workbench.workspace import Workspace
@@ -132,8 +133,6 @@ def diagnosis_markdown(diagnosis: Any) -> str:
     if isinstance(diagnosis, dict) and "error" in diagnosis and len(diagnosis) == 1:
         return f"_{diagnosis['error']}_"
     try:
-        from workbench.diagnose import diagnosis_markdown as render
-
         return render(diagnosis)
     except Exception:  # the diagnostics package renders its own data; fall back to raw
         import json

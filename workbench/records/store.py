@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from workbench.errors import UserError
+from workbench.schemas import SchemaError, load_json
 
 SCHEMA = 1
 RECORD = "run.json"
@@ -170,8 +171,7 @@ def read_record(run_dir: Path) -> dict[str, Any] | None:
 def load_record(run_dir: Path) -> dict[str, Any]:
     """The validated record in `run_dir`; FileNotFoundError when there is none, SchemaError
     (one line naming the file and the key) when it is corrupt or has a wrong type."""
-    from workbench.schemas import SchemaError, load_json
-    from workbench.schemas.run_record import MAX_BYTES, RunRecord
+    from workbench.schemas.run_record import MAX_BYTES, RunRecord  # lazy: pydantic loads when a file is read, not at start-up
 
     path = run_dir / RECORD
     data, _ = load_json(path, RunRecord, MAX_BYTES)

@@ -36,11 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from workbench import __version__, terminal
 from workbench.errors import UserError
+from workbench.records.provenance import file_hashes, git_state
 from workbench.records.publish import commit
-from workbench.records.store import new_record
+from workbench.records.store import new_record, new_run_dir, utc_now
 from workbench.remote import transport
+from workbench.remote.agent import GRACE
 from workbench.remote.hosts import Host, get_host
+from workbench.schemas import check
 from workbench.workspace import Workspace
 
 EVENT_PREFIX = "wb-event "
@@ -223,8 +227,6 @@ def _follow(proc, host, on_event, on_line, on_stdout, deadline_s, start) -> Remo
 
 
 def _agent_grace() -> float:
-    from workbench.remote.agent import GRACE
-
     return GRACE
 
 
@@ -297,8 +299,6 @@ def run_wb_json(
 
 def _shower(host: Host) -> Callable[[str], None]:
     """Show the remote's stderr lines here, except its final error (raised as ours)."""
-    from workbench import terminal
-
     def show(line: str) -> None:
         if not line.startswith("wb: error: "):
             terminal.err_console.print(f"[dim]{host.name}:[/] {terminal.escape(line)}")
@@ -351,9 +351,6 @@ def run_and_import(
     """For a command that writes one run record and prints it with --json (e.g. `wb bench`):
     run it on the host and bring the record into the local runs/ like `wb run --host` does
     (new local id, remote id under "remote", local git provenance); then `publish(ws, record)`."""
-    from workbench.records.provenance import file_hashes, git_state
-    from workbench.records.store import new_run_dir
-
     host = host if isinstance(host, Host) else get_host(ws, host)
     local_git = git_state(ws.root)
     sources = file_hashes(spec.source_files(), ws.root) if spec is not None else {}
@@ -422,10 +419,6 @@ def run_remote(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`wb run` on a remote host; returns the local record (written, published)."""
-    from workbench import terminal
-    from workbench.records.provenance import file_hashes, git_state
-    from workbench.records.store import new_run_dir, utc_now
-
     host = host if isinstance(host, Host) else get_host(ws, host)
     fixtures = list(fixtures or [])
     started = utc_now()
@@ -494,8 +487,7 @@ def run_remote(
 def _check_remote_record(host: Host, data: dict) -> None:
     """The remote wb's record is an input like any run.json: its id names a remote folder
     that is fetched, its fields reach MEMORY.md."""
-    from workbench.schemas import check
-    from workbench.schemas.run_record import RunRecord
+    from workbench.schemas.run_record import RunRecord  # lazy: pydantic loads when a file is read, not at start-up
 
     check(RunRecord, data, f"host {host.name}: the remote run record")
 
@@ -556,9 +548,6 @@ def import_record(
 
 def lost_record(spec, params, variants, fixtures, seed, host, local_git, sources, remote, res, started, timeout) -> dict[str, Any]:
     """The record of a remote run whose answer never came back."""
-    from workbench import __version__
-    from workbench.records.store import utc_now
-
     if res.interrupted:
         why = "interrupted (Ctrl-C) before the remote run answered"
     elif res.lost:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import UserError
+from workbench.schemas import SchemaError, short
 from workbench.workspace import Workspace
 
 
@@ -123,14 +124,11 @@ def get_host(ws: Workspace, name: str) -> Host:
 
 def _shown(name: str) -> str:
     """A name as a message shows it: as written when it is short and printable, else quoted."""
-    from workbench.schemas import short
 
     return name if name.isprintable() and len(name) <= 64 else short(name)
 
 
 def _kind(value: Any) -> str:
-    from workbench.schemas import short
-
     if value is None:
         return "nothing"
     return {dict: "a mapping", list: "a list", str: f"the text {short(value)}", bool: f"{value}"}.get(type(value), short(value))
@@ -139,8 +137,7 @@ def _kind(value: Any) -> str:
 def _parse(fname: str, label: str, entry: dict, keyed_name: str | None) -> Host:
     from pydantic import ValidationError
 
-    from workbench.schemas import SchemaError
-    from workbench.schemas.hosts import ALIASES, HostEntry
+    from workbench.schemas.hosts import ALIASES, HostEntry  # lazy: pydantic loads when a file is read, not at start-up
 
     source = f"{fname}: {label}"
     for alias, key in ALIASES.items():
@@ -164,8 +161,7 @@ def _parse(fname: str, label: str, entry: dict, keyed_name: str | None) -> Host:
 def _problem(exc: Any, entry: dict) -> str:
     """The one problem to report: an unknown key first (a typo explains a 'missing' one), then
     the first key in declaration order, with what the key expects and why the value is not it."""
-    from workbench.schemas import short
-    from workbench.schemas.hosts import ALIASES, HostEntry
+    from workbench.schemas.hosts import ALIASES, HostEntry  # lazy: pydantic loads when a file is read, not at start-up
 
     errors = exc.errors(include_url=False)
     unknown = [e for e in errors if e["type"] in ("extra_forbidden", "invalid_key")]

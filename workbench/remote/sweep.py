@@ -41,8 +41,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from workbench import __version__
 from workbench.errors import NoGpuError, UserError
-from workbench.workspace import Workspace
+from workbench.kernels.registry import load_kernels, resolve_stage
+from workbench.records import report
+from workbench.records.provenance import file_hashes, git_state
+from workbench.records.publish import commit
+from workbench.records.store import atomic_write_text, new_record, new_run_dir, read_record, utc_now
+from workbench.remote import transport
+from workbench.remote.client import cancel_all, run_remote
+from workbench.run import procs, protocol
+from workbench.run.execute import run_stage
+from workbench.run.supervisor import _socket_dir, warm_tag
+from workbench.workspace import Workspace, find_workspace
 
 LANE_FAILURES_TO_RETIRE = 2
 
@@ -139,8 +150,6 @@ def visible_gpus() -> list[str]:
 
 
 def remote_gpus(ws: Workspace, host) -> list[str]:
-    from workbench.remote import transport
-
     code = "import json; from workbench.remote.sweep import visible_gpus; print('WB-GPUS ' + json.dumps(visible_gpus()))"
     script = f"cd {transport.shell_path(host.remote_path)} && " + transport.prelude(host) + f"exec {transport.python_cmd(host)} -c {transport.quote(code)}"
     try:
@@ -220,8 +229,6 @@ def local_lanes(gpus: tuple[str, ...] | None) -> list[Lane]:
 
 
 def host_lanes(ws: Workspace, hosts: list, gpus: tuple[str, ...] | None, show: Callable[[str], None]) -> list[Lane]:
-    from workbench.remote import transport
-
     lanes = []
     for host in hosts:
         info = transport.sync(ws, host)
@@ -238,8 +245,6 @@ def host_lanes(ws: Workspace, hosts: list, gpus: tuple[str, ...] | None, show: C
 
 def _tag(record: dict[str, Any], tag: dict[str, Any]) -> None:
     """Add the sweep tag to a record that is already written."""
-    from workbench.records.store import atomic_write_text
-
     record["sweep"] = tag
     path = Path(record["_dir"]) / "run.json"
     try:
@@ -252,13 +257,10 @@ def _tag(record: dict[str, Any], tag: dict[str, Any]) -> None:
 
 def _run_case(ws: Workspace, spec, lane: Lane, case: Case, opts: RunOptions, tag: dict, on_event) -> dict[str, Any]:
     if lane.host is not None:
-        from workbench.remote.client import run_remote
-
         return run_remote(
             ws, lane.host, spec, case.params, case.variants, opts.fixtures, opts.seed, opts.seeds, opts.timeout, opts.arch,
             show=False, env=lane.env, sync=False, on_event=on_event, extra={"sweep": tag},
         )
-    from workbench.run.execute import run_stage
 
     record = run_stage(
         ws, spec, case.params, case.variants, fixtures=list(opts.fixtures), seed=opts.seed, seeds=opts.seeds,
@@ -321,8 +323,6 @@ def run_lanes(
         emit(SweepEvent("note", text="interrupted: ending the running cases (their records say INTERRUPTED or CRASH)"))
         _end_running(ws)
         if any(lane.host is not None for lane in lanes):
-            from workbench.remote.client import cancel_all
-
             cancel_all()
         for t in threads:
             t.join(timeout=30)
@@ -337,8 +337,6 @@ def run_lanes(
 
 def _end_running(ws: Workspace) -> None:
     """Kill the workers busy with this process's runs (their runs record CRASH)."""
-    from workbench.run import procs
-
     me = os.getpid()
     for p in procs.scan(ws):
         sup = (p.data.get("job") or {}).get("supervisor") or {}
@@ -351,10 +349,6 @@ def _end_running(ws: Workspace) -> None:
 
 def _slurm_chunk(ws_root: str, stage_id: str, payload: list[dict], opts: dict, sweep_id: str, progress_path: str, total: int) -> list[dict]:
     """Runs inside a submitit job: the chunk's cases in order, on one warm worker."""
-    from workbench.run.execute import run_stage
-    from workbench.kernels.registry import load_kernels, resolve_stage
-    from workbench.workspace import find_workspace
-
     ws = find_workspace(ws_root)
     spec = resolve_stage(ws, stage_id, load_kernels(ws))
     job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
@@ -383,9 +377,6 @@ def _retire_warm_worker(ws: Workspace, env: dict[str, str]) -> None:
     """Ask the warm worker of this setting to exit (a job's allocation ends with the job)."""
     import socket as _socket
 
-    from workbench.run import protocol
-    from workbench.run.supervisor import _socket_dir, warm_tag
-
     path = _socket_dir() / f"{warm_tag(ws, env)}.sock"
     try:
         with _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM) as sock:
@@ -405,7 +396,6 @@ def run_slurm(
         import submitit
     except ImportError:
         raise UserError("--slurm needs submitit: pip install 'cute-wb[slurm]' (or pip install submitit)") from None
-    from workbench.records.store import read_record
 
     folder = ws.ensure_state_dir("slurm", sweep_id)
     per_case = (opts.timeout or spec.timeout) + 60
@@ -498,11 +488,6 @@ def _job_error(exc: BaseException) -> str:
 
 def _lost(ws: Workspace, spec, case: Case, opts: RunOptions, message: str, tag: dict) -> CaseResult:
     """A LOST record for a case whose job died before recording it."""
-    from workbench import __version__
-    from workbench.records.provenance import file_hashes, git_state
-    from workbench.records.publish import commit
-    from workbench.records.store import new_record, new_run_dir, utc_now
-
     run_dir = new_run_dir(ws.runs_dir)
     record = new_record(
         "run", spec, case.params, case.variants, "LOST",
@@ -534,8 +519,6 @@ def _cell(cases: list[dict]) -> dict[str, Any]:
 
 
 def summarize(ws: Workspace, spec, cases: list[Case], results: list[CaseResult], sweep_id: str, lanes: list[str], started: str) -> dict[str, Any]:
-    from workbench.records.provenance import git_state
-
     fixtures: list[str] = []
     rows = []
     for r in results:
@@ -599,9 +582,6 @@ def markdown(summary: dict[str, Any]) -> str:
 
 def write_summary(ws: Workspace, spec, summary: dict[str, Any]) -> tuple[Path, Path]:
     """Write <kernel>-stage-<x>.sweep.md and refresh the stage report that includes it."""
-    from workbench.records import report
-    from workbench.records.store import atomic_write_text
-
     path = report.stage_report_path(ws, spec.id).with_suffix(".sweep.md")
     atomic_write_text(path, markdown(summary))
     return path, report.write_stage_report(ws, spec.id)

@@ -20,7 +20,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from workbench import compare
+from workbench.compile.compiler import compile_stage
 from workbench.errors import UserError
+from workbench.kernels import fixtures as fixture_registry
+from workbench.kernels.registry import forget_stage_modules, load_kernel
+from workbench.kernels.stage import Params, torch_dtype
+from workbench.records import memory
+from workbench.records.memory import cell
+from workbench.records.provenance import git_state, record_provenance, short_commit
+from workbench.records.publish import commit
+from workbench.records.store import new_record, new_run_dir, utc_now
+from workbench.run.execute import worker_result
+from workbench.run.supervisor import run_job
+from workbench.run.worker import environment, error_info, forget_fixture_modules
+from workbench.workspace import Workspace
 
 L2_FLUSH_BYTES = 256 << 20  # several times the H100/H200 L2 (50 MiB)
 GRAPH_BELOW_MS = 0.05  # kernels shorter than this are timed by CUDA-graph replay
@@ -149,14 +163,6 @@ class BenchJob:
     def execute(self) -> dict[str, Any]:
         import torch
 
-        from workbench import compare
-        from workbench.kernels import fixtures as fixture_registry
-        from workbench.compile.compiler import compile_stage
-        from workbench.kernels.registry import forget_stage_modules, load_kernel
-        from workbench.run.worker import environment, error_info, forget_fixture_modules
-        from workbench.kernels.stage import Params, torch_dtype
-        from workbench.workspace import Workspace
-
         job = self.job
         ws = Workspace(Path(job["workspace"]))
         ws.activate()
@@ -234,7 +240,6 @@ class BenchJob:
     def time_peer(self, peers_module, peer: str, inputs, params, flops: float, job) -> dict[str, Any]:
         if peers_module is None:
             return {"skipped": "the kernel has no peers.py"}
-        from workbench.run.worker import error_info
 
         try:
             fn = peers_module.make_peer(peer, inputs, params)
@@ -275,12 +280,6 @@ def bench_params(s: int, d: int, causal: bool, dtype: str, batch: int | None = N
 def run_bench(ws, spec, cases: list[dict[str, Any]], variants: dict[str, str], peers: list[str], reps: int = 30,
               graph: str = "auto", timeout: float = 600.0, on_event=lambda e: None, warm: bool = True) -> dict[str, Any]:
     """Benchmark `cases` of a stage in a worker; write the record (kind "bench") and MEMORY.md."""
-    from workbench.records.provenance import git_state, record_provenance
-    from workbench.records.publish import commit
-    from workbench.records.store import new_record, new_run_dir, utc_now
-    from workbench.run.execute import worker_result
-    from workbench.run.supervisor import run_job
-
     resolved = [spec.resolve_params({k: str(v) for k, v in c.items()}) for c in cases]
     git = git_state(ws.root)
     run_dir = new_run_dir(ws.runs_dir)
@@ -317,16 +316,11 @@ def peer_ratios(case: dict[str, Any]) -> dict[str, float]:
 def record_speed(ws, record: dict[str, Any]) -> None:
     """Fold a bench record into MEMORY.md's `speed` block (latest per case and card); the
     record is already in runs/, so a MEMORY.md wb cannot update is a warning."""
-    from workbench.records import memory
-
     memory.update_blocks_or_warn(ws, {"speed": speed_edit([record])})
 
 
 def speed_edit(records: list[dict[str, Any]]):
     """The `speed` block edit that folds these bench records (oldest first) into MEMORY.md."""
-    from workbench.records import memory
-    from workbench.records.provenance import short_commit
-
     def merge(old: Any) -> dict:
         data = old if isinstance(old, dict) else {}
         for record in records:
@@ -347,8 +341,6 @@ def speed_edit(records: list[dict[str, Any]]):
 
 
 def render_speed(data: dict[str, Any]) -> str:
-    from workbench.records.memory import cell
-
     peers = sorted({p for entry in data.values() for p in entry.get("peers", {})})
     head = "| stage · case · card | wb TFLOP/s | " + " | ".join(cell(p, 40) for p in peers) + " | run | commit | date |"
     rows = [head, "|" + "---|" * (5 + len(peers))]

@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench.errors import UserError
+from workbench.records.store import atomic_write_text
 from workbench.workspace import Workspace
 
 IDLE_GRACE = 120.0  # seconds past its idle timeout before a live idle warm worker is an orphan
@@ -104,8 +106,6 @@ def pidfile_for(path: str | os.PathLike, pid: int) -> Path:
 
 
 def _atomic_json(path: Path, data: dict) -> None:
-    from workbench.records.store import atomic_write_text
-
     atomic_write_text(path, json.dumps(data, default=str) + "\n")
 
 
@@ -132,8 +132,6 @@ class PidFile:
         self.write()
 
     def write(self) -> None:
-        from workbench.errors import UserError
-
         try:
             _atomic_json(self.path, self.data)
         except (OSError, UserError):

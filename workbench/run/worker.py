@@ -26,9 +26,17 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from workbench import compare
+from workbench.compile.compiler import compile_stage
+from workbench.compile.job import CompileJob
+from workbench.diagnose import add_run_evidence, run_diagnosis
 from workbench.errors import UserError
-from workbench.run import procs
-from workbench.run import protocol
+from workbench.kernels import fixtures, fixtures as fixture_registry
+from workbench.kernels.fixtures import get_fixture
+from workbench.kernels.registry import forget_stage_modules, load_kernel
+from workbench.kernels.stage import Params, torch_dtype
+from workbench.run import procs, protocol
+from workbench.workspace import Workspace
 
 Emit = Callable[[dict[str, Any]], None]
 _PIDFILE: "procs.PidFile | None" = None
@@ -109,19 +117,11 @@ class Job:
 
     def execute(self) -> dict[str, Any]:
         if self.job.get("kind") == "compile":  # wb shapes / wb compile: compile only, no torch
-            from workbench.compile.job import CompileJob
-
             compile_job = CompileJob(self.job, self.emit)
             result = compile_job.execute()
             self.must_exit = compile_job.must_exit
             return result
         import torch
-
-        from workbench.kernels import fixtures as fixture_registry
-        from workbench.compile.compiler import compile_stage
-        from workbench.kernels.registry import forget_stage_modules, load_kernel
-        from workbench.kernels.stage import Params
-        from workbench.workspace import Workspace
 
         job = self.job
         ws = Workspace(Path(job["workspace"]))
@@ -178,7 +178,6 @@ class Job:
                 except Exception as exc:
                     self.must_exit = True
                     return {**result, "verdict": "CRASH", "error": error_info(exc, roots), "crashed_on": fixture.name}
-        from workbench.diagnose import add_run_evidence
 
         add_run_evidence(result["fixtures"], spec.module_path.parent, params)  # what the other fixtures show
         verdicts = [f["verdict"] for f in result["fixtures"]]
@@ -187,8 +186,6 @@ class Job:
 
     def plan(self, spec, registry, in_specs, job) -> list[tuple[dict, list]]:
         """Group (fixture, seed) cases by the variants they compile with."""
-        from workbench.kernels.fixtures import get_fixture
-
         explicit = bool(job.get("fixtures"))
         names = job.get("fixtures") or spec.fixtures
         groups: dict[str, tuple[dict, list]] = {}
@@ -211,9 +208,6 @@ class Job:
 
     def run_fixture(self, stage, spec, build, fixture, seed, params, variants, in_specs, out_specs, device):
         import torch
-
-        from workbench import compare
-        from workbench.kernels.stage import torch_dtype
 
         label = fixture.name if fixture.seeds == 1 else f"{fixture.name}#{seed}"
         self.emit({"type": "progress", "phase": "fixture", "fixture": label})
@@ -254,11 +248,7 @@ class Job:
         return case
 
     def diagnose(self, fixture, outputs, reference, inputs, params, variants, spec, label):
-        """Explain a failure with the diagnostics library, when it is there."""
-        try:
-            from workbench.diagnose import run_diagnosis
-        except ImportError:
-            return None
+        """Explain a failure with the diagnostics library."""
         try:
             return run_diagnosis(
                 outputs=outputs,
@@ -294,8 +284,6 @@ def reference_memory(device: str):
 
 
 def forget_fixture_modules() -> None:
-    from workbench.kernels import fixtures
-
     for name in [n for n in sys.modules if n.startswith("wb_fixtures_")]:
         del sys.modules[name]
     fixtures._registry.clear()
