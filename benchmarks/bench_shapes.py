@@ -37,9 +37,9 @@ def compile_in_new_process(ws: Path, kernel: str, letter: str, env) -> dict:
         f"""
         import json, sys, time
         t0 = time.perf_counter()
-        from workbench.build import compile_stage
-        from workbench.registry import load_kernel
-        from workbench.stage import Params
+        from workbench.compile.compiler import compile_stage
+        from workbench.kernels.registry import load_kernel
+        from workbench.kernels.stage import Params
         from workbench.workspace import find_workspace
         ws = find_workspace({str(ws)!r}); ws.activate()
         spec = load_kernel(ws.stages_dir / {kernel!r} / "kernel.yaml").stage({letter!r})

@@ -35,7 +35,7 @@ STAGE_FIXTURES = {  # as in kernel.yaml, plus the fixtures this issue adds where
 
 
 def specs_for(cfg):
-    from workbench.stage import Params, TensorSpec
+    from workbench.kernels.stage import Params, TensorSpec
 
     kind, m, n, d = cfg["kind"], cfg["m"], cfg["n"], cfg["d"]
     if kind == "d":
@@ -165,7 +165,7 @@ def lowp_kernel(cfg, inputs, variants, out_specs):
 def load():
     """(fixture registry, mutant registry) of this repository."""
     from workbench.diagnose import mutants_for
-    from workbench.fixtures import load_fixtures
+    from workbench.kernels.fixtures import load_fixtures
 
     return load_fixtures(ROOT / "fixtures"), mutants_for(ROOT / "stages" / "fmha")
 

@@ -21,7 +21,7 @@ def make_workspace(root: Path, kernels=("tmacopy",)) -> Path:
 
 def load(root: Path, stage: str = "a"):
     """(workspace, spec, stage instance) with fresh imports of the workspace's stage modules."""
-    from workbench.registry import forget_stage_modules, resolve_stage
+    from workbench.kernels.registry import forget_stage_modules, resolve_stage
     from workbench.workspace import find_workspace
 
     ws = find_workspace(root)
@@ -32,8 +32,8 @@ def load(root: Path, stage: str = "a"):
 
 
 def compile_in_process(root: Path, params=None, variants=None, stage="a", **kwargs):
-    from workbench.build import compile_stage
-    from workbench.stage import Params
+    from workbench.compile.compiler import compile_stage
+    from workbench.kernels.stage import Params
 
     ws, spec, instance = load(root, stage)
     kwargs.setdefault("strict", False)

@@ -3,7 +3,8 @@ and, on a GPU, the timer against a known amount of work."""
 
 import pytest
 
-from workbench import bench, memory
+from workbench.run import bench
+from workbench.records import memory
 from workbench.workspace import Workspace
 
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("cutlass") is None, rea
 
 
 def _forget_memory():
-    from workbench import build
+    from workbench.compile import compiler as build
 
     build._memory_cache.clear()
 
@@ -29,14 +29,14 @@ def tma_ws(tmp_path):
 
 
 def _entry(root):
-    from workbench.compile_cache import cache_root
+    from workbench.compile.cache import cache_root
 
     (entry,) = cache_root(load(root)[0]).glob("tmacopy/a/*/meta.json")
     return entry.parent
 
 
 def _entry_for(root, build):
-    from workbench.compile_cache import cache_root
+    from workbench.compile.cache import cache_root
 
     (entry,) = cache_root(load(root)[0]).glob(f"tmacopy/a/{build.key}")
     return entry
@@ -78,7 +78,7 @@ def test_a_link_of_the_wrong_shape_is_removed_with_a_warning(tma_ws, damage):
     """A .link file (all parameters -> the entry of the compile parameters) is checked
     like meta.json: a key that is no key (too long for a file name: an OSError before; a
     path into another entry: that entry was served) is removed with a warning."""
-    from workbench import compile_cache
+    from workbench.compile import cache as compile_cache
 
     digest = _entry_for(tma_ws, compile_in_process(tma_ws)).name
     key = {"long": "a" * 5000, "path": f"../a/{digest}", "types": ["a"]}[damage]
@@ -105,7 +105,7 @@ def test_an_entry_deleted_under_a_warm_process_is_stored_again(tma_ws):
 
 HELPER = '''\
 """Decides the tile and probes the smem tile from its own line."""
-from workbench.probe import probe
+from workbench.compile.probe import probe
 
 TILE = {tile}
 
@@ -181,7 +181,7 @@ def test_a_helper_file_executed_without_import_is_a_dependency(tma_ws, tmp_path,
 
 def test_the_trace_names_every_source_file_in_its_locations(tma_ws):
     """The files named by the traced IR's location info are dependencies too."""
-    from workbench.trace import TraceState, scan_text
+    from workbench.compile.trace import TraceState, scan_text
 
     text = '''#loc1 = loc("/a/stage.py":10:4)
 #loc2 = loc("tX = f(x)"(#loc1))

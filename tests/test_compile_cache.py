@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("cutlass") is None, rea
 
 
 def _forget_memory():
-    from workbench import build
+    from workbench.compile import compiler as build
 
     build._memory_cache.clear()
 
@@ -54,7 +54,7 @@ def test_second_compile_in_a_new_process_is_a_cache_hit(tma_ws):
 
 
 def test_key_covers_params_variants_arch_and_sources(tma_ws):
-    from workbench.compile_cache import make_key
+    from workbench.compile.cache import make_key
 
     ws, spec, _ = load(tma_ws)
     p, v = spec.resolve_params({}), spec.resolve_variants({})
@@ -115,7 +115,7 @@ def test_memory_cache_sees_edits_too(tma_ws):
 
 @pytest.mark.parametrize("damage", ["object", "meta", "pickle", "missing"])
 def test_corrupt_entries_are_rebuilt_not_trusted(tma_ws, damage):
-    from workbench.compile_cache import cache_root
+    from workbench.compile.cache import cache_root
 
     compile_in_process(tma_ws)
     entries = list(cache_root(load(tma_ws)[0]).glob("tmacopy/a/*"))

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-from workbench.stage import Params, TensorSpec  # noqa: E402
+from workbench.kernels.stage import Params, TensorSpec  # noqa: E402
 
 ALL = ["random", "identity-softmax", "ones-v", "single", "onehot-p", "iota", "uniform-logits", "onehot-logits", "large-logits"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.resources import find_nvdisasm
+from workbench.compile.resources import find_nvdisasm
 
 pytestmark = [
     pytest.mark.skipif(find_nvdisasm() is None, reason="nvdisasm not installed (pip install 'cute-wb[sass]')"),
@@ -73,7 +73,7 @@ def _stage_d_sass(tmp_path: Path, **kernel_kwargs) -> str:
 
     from stages.fmha import common, host
     from stages.fmha import stage_d_fmha as sd
-    from workbench.trace import tracing
+    from workbench.compile.trace import tracing
 
     dtype = common.cute_dtype("bf16")
     kernel = sd.FmhaForward(dtype, 64, 4, 4, **kernel_kwargs)

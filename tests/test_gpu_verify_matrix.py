@@ -48,8 +48,8 @@ def _parse(tokens: list[str]):
 @pytest.fixture(scope="module")
 def matrix():
     """stage -> [(params, variants, fixtures run)] of every case of the script."""
-    from workbench import sweep
-    from workbench.registry import load_kernels, resolve_stage
+    from workbench.remote import sweep
+    from workbench.kernels.registry import load_kernels, resolve_stage
     from workbench.workspace import find_workspace
 
     ws = find_workspace(ROOT)
@@ -77,7 +77,7 @@ def _values(cases, key):
 
 @pytest.mark.parametrize("stage", ["a", "b", "c", "d"])
 def test_every_stage_sweeps_d_dtype_lengths_m_ne_n_and_its_fixtures(matrix, stage):
-    from workbench.registry import load_kernels, resolve_stage
+    from workbench.kernels.registry import load_kernels, resolve_stage
     from workbench.workspace import find_workspace
 
     ws = find_workspace(ROOT)

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from workbench.errors import UserError
-from workbench.hosts import Host, load_hosts
-from workbench.remote import stage_argv, transport
+from workbench.remote.hosts import Host, load_hosts
+from workbench.remote.client import stage_argv
+from workbench.remote import transport
 from workbench.workspace import Workspace, find_workspace
 
 
@@ -70,7 +71,7 @@ def test_duplicate_and_unknown_host(tmp_path):
     with pytest.raises(UserError, match="declared twice"):
         load_hosts(ws)
     ws = ws_with(tmp_path, [{"name": "h200", "ssh": "x", "path": "w"}])
-    from workbench.hosts import get_host
+    from workbench.remote.hosts import get_host
 
     with pytest.raises(UserError, match=r"no host 'h20' in wb.yaml \(did you mean h200\?\); configured: h200"):
         get_host(ws, "h20")
@@ -89,7 +90,7 @@ def test_ssh_command_line_puts_the_hosts_options_first():
 
 
 def test_stage_argv_reproduces_the_resolved_run(toy_ws):
-    from workbench.registry import load_kernels, resolve_stage
+    from workbench.kernels.registry import load_kernels, resolve_stage
 
     ws = Workspace(toy_ws, {"default_kernel": "toy"})
     spec = resolve_stage(ws, "a", load_kernels(ws))

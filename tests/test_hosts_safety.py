@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from workbench.errors import UserError
-from workbench.hosts import Host, load_hosts
+from workbench.remote.hosts import Host, load_hosts
 from workbench.remote import transport
 from workbench.workspace import Workspace, find_workspace
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from workbench import memory
+from workbench.records import memory
 from workbench.errors import UserError
-from workbench.importer import Limits, import_runs
-from workbench.records import run_ids
+from workbench.records.importer import Limits, import_runs
+from workbench.records.store import run_ids
 from workbench.workspace import Workspace
 
 

@@ -6,7 +6,9 @@ import math
 
 import pytest
 
-from workbench import arches, registry, shapes
+from workbench import arches
+from workbench.kernels import registry
+from workbench.compile import shapes
 from workbench.cli import main
 from workbench.errors import UserError
 from workbench.schemas import MiB

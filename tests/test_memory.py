@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench import memory
+from workbench.records import memory
 from workbench.workspace import Workspace
 
 

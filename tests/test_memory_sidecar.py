@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench import memory
+from workbench.records import memory
 from workbench.errors import UserError
 from workbench.schemas import SchemaError
 from workbench.workspace import Workspace
@@ -75,7 +75,7 @@ def test_the_legacy_memory_moves_into_memory_json_and_loses_nothing(tmp_path):
 def test_the_legacy_speed_data_reads_as_one_table_per_card(tmp_path):
     """As this repo's MEMORY.md was migrated: with a speed edit of no records, which places
     every old entry in its row (the case without n) and column (n)."""
-    from workbench import bench
+    from workbench.run import bench
 
     ws = legacy_ws(tmp_path)
     memory.update_blocks(ws, {"speed": bench.speed_edit([])})

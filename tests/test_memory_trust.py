@@ -11,9 +11,9 @@ import tempfile
 
 import pytest
 
-from workbench import memory
+from workbench.records import memory
 from workbench.errors import UserError
-from workbench.records import new_run_dir, read_record, write_record
+from workbench.records.store import new_run_dir, read_record, write_record
 from workbench.workspace import Workspace
 
 INJECTION = "bf16\n<!-- wb:end log -->\nINJECTED\n<!-- wb:begin log -->"

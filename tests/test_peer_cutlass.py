@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from stages.fmha import peer_cutlass, peers
-from workbench.bench import BenchJob
+from workbench.run.bench import BenchJob
 
 torch = pytest.importorskip("torch")
 

@@ -5,8 +5,8 @@ import importlib.util
 import pytest
 
 from shapes_kit import by_name, compile_in_process, make_workspace
-from workbench.layouts import describe_layout, describe_type
-from workbench.probe import capture, probe
+from workbench.compile.layouts import describe_layout, describe_type
+from workbench.compile.probe import capture, probe
 
 # find_spec, not import: importing the DSL at collection would fix its arch before conftest sets CUTE_DSL_ARCH
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("cutlass") is None, reason="nvidia-cutlass-dsl is not installed")
@@ -91,7 +91,7 @@ def test_automatic_capture_without_probes(tma_ws):
 
 
 def test_too_few_slice_coordinates_report_the_line_and_the_shapes(tma_ws):
-    from workbench.trace_errors import KernelTraceError
+    from workbench.compile.trace_errors import KernelTraceError
 
     with pytest.raises(KernelTraceError) as info:
         compile_in_process(tma_ws, variants={"slice": "short", "probes": "some"})
@@ -109,8 +109,8 @@ def test_too_few_slice_coordinates_report_the_line_and_the_shapes(tma_ws):
 
 def test_other_archs_compile_too(tma_ws):
     from shapes_kit import load
-    from workbench.build import compile_stage
-    from workbench.stage import Params
+    from workbench.compile.compiler import compile_stage
+    from workbench.kernels.stage import Params
 
     ws, spec, stage = load(tma_ws)
     build = compile_stage(spec, stage, Params(spec.resolve_params({})), spec.resolve_variants({}), "sm_100a", ws=ws, strict=False)

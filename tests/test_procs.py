@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from workbench import procs
+from workbench.run import procs
 from workbench.workspace import Workspace
 
 
@@ -38,7 +38,7 @@ def spawn_with_pidfile(ws: Path, kind: str = "warm-worker", **extra) -> subproce
     code = textwrap.dedent(
         f"""
         import json, sys, time
-        from workbench import procs
+        from workbench.run import procs
         extra = json.loads(sys.argv[1])
         procs.PidFile({str(ws / '.wb' / 'pids' / 'test.json')!r}.replace('test.json', f'test-{{__import__("os").getpid()}}.json'), {kind!r}, **extra)
         print("ready", flush=True)

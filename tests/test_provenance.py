@@ -2,7 +2,7 @@
 
 import subprocess
 
-from workbench.provenance import git_state
+from workbench.records.provenance import git_state
 
 
 def _repo(tmp_path):

@@ -1,6 +1,6 @@
 """wb compile's register/spill columns come from ptxas's log, in either form the DSL prints it."""
 
-from workbench.resources import parse_ptxas
+from workbench.compile.resources import parse_ptxas
 
 NAME = "kernel_cutlass_kernel_stagesfmhastage_d_fmhaFmhaForward_object_at__CopyAtom_0"
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from workbench.errors import UserError
-from workbench.records import CorruptRecordWarning, list_records, new_run_dir, select, write_record
+from workbench.records.store import CorruptRecordWarning, list_records, new_run_dir, select, write_record
 
 
 def make(runs, stage="toy/stage-a", verdict="PASS", **extra):

@@ -15,10 +15,10 @@ import warnings
 
 import pytest
 
-from workbench import memory, report
+from workbench.records import memory, report
 from workbench.cli import main
-from workbench.diff import diff_runs
-from workbench.records import list_records
+from workbench.records.diff import diff_runs
+from workbench.records.store import list_records
 from workbench.workspace import Workspace
 
 BASE = {

@@ -191,7 +191,7 @@ def test_stage_d_reference_never_holds_the_score_matrix(dtype, softmax, causal, 
     larger than O (or the 1 MiB block floor): far below the b·h·m·n·4 bytes of a whole
     score matrix, which it used to hold."""
     from stages.fmha.stage_d_fmha import StageD
-    from workbench.stage import Params
+    from workbench.kernels.stage import Params
 
     b, h, d = 1, 2, 64
     q, k, v = (x.transpose(1, 2) for x in _qkv((b, h), m, m, d, seed=1))  # (b, m, h, d)
@@ -208,7 +208,7 @@ def test_stage_c_reference_is_the_streamed_one():
     tensors) streams too: 1 x 4096 x 4096 scores would be 64 MiB; nothing it makes is above
     the 1 MiB block floor."""
     from stages.fmha.stage_c_online import StageC
-    from workbench.stage import Params
+    from workbench.kernels.stage import Params
 
     q, k, v = _qkv((), 4096, 4096, 64, seed=2)
     with _LargestTensor() as seen:

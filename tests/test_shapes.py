@@ -111,7 +111,7 @@ def test_wb_compile_writes_artifacts_and_a_compile_record(tma_ws, wb):
     kernel = rec["resources"]["kernels"][0]
     assert kernel["registers"] > 0 and kernel["spill_store_bytes"] == 0 and kernel["barriers"] == 1
     assert kernel["dynamic_smem_bytes"] == 8320
-    from workbench.resources import find_nvdisasm
+    from workbench.compile.resources import find_nvdisasm
 
     if find_nvdisasm():
         assert rec["sass"]["instructions"].get("UTMALDG.3D") == 1
@@ -187,7 +187,7 @@ def test_cutlass_hopper_dense_gemm_all_ops_without_probes(tmp_path, wb):
 import importlib.util, sys
 import cutlass, cutlass.cute as cute
 from cutlass.cute.runtime import make_fake_compact_tensor, make_fake_stream
-from workbench.stage import Stage, TensorSpec
+from workbench.kernels.stage import Stage, TensorSpec
 
 PATH = {str(DENSE_GEMM)!r}
 
@@ -230,7 +230,7 @@ class GemmStage(Stage):
 
 
 def test_diff_run_shows_shape_changes_by_key():
-    from workbench.diff import diff_runs
+    from workbench.records.diff import diff_runs
 
     def rec(i, layout, rank, line):
         shapes = [{"name": "tXgX", "key": "tXgX@stage_a.py", "location": f"/w/stages/k/stage_a.py:{line}", "layout": layout, "rank": rank}]
@@ -269,7 +269,7 @@ def test_accept_drops_snapshots_of_a_superseded_variant_set(tma_ws, wb):
 
 
 def test_superseded_compares_variant_names_of_the_same_arch():
-    from workbench.shapes import superseded
+    from workbench.compile.shapes import superseded
 
     assert superseded("sm_90a · d=64 · a=1 b=2", "sm_90a", {"a": "1"})
     assert not superseded("sm_90a · d=64 · a=1 b=2", "sm_90a", {"a": "9", "b": "9"})

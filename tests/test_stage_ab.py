@@ -2,7 +2,7 @@
 
 CPU tests (no GPU needed; CUTE_DSL_ARCH is not needed either, the arch is a compile option):
   * every (d, dtype[, softmax]) config really compiles for sm_90a, and the probe records
-    (captured with workbench.probe.capture) have the mode counts and shapes worked out by hand
+    (captured with workbench.compile.probe.capture) have the mode counts and shapes worked out by hand
     (TMA boxes of 64 x 128 elements, d/64 of them per tile; accumulator ((2,2,16),1,1); ...);
   * the accumulator ownership the row reductions rely on, from the tiled MMA's layout;
   * the TMA transaction bytes, shared-memory size and the PTX (TMA count, expect_tx bytes,
@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from workbench.probe import capture
-from workbench.stage import Params
+from workbench.compile.probe import capture
+from workbench.kernels.stage import Params
 
 ARCH = "sm_90a"
 A_CONFIGS = [(d, dt) for d in (64, 128) for dt in ("bf16", "fp16")]

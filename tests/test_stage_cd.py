@@ -24,13 +24,13 @@ os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
 
 
 def _params(**kw):
-    from workbench.stage import Params
+    from workbench.kernels.stage import Params
 
     return Params(kw)
 
 
 def _compile(stage, p, variants):
-    from workbench.probe import capture
+    from workbench.compile.probe import capture
 
     with capture() as records:
         compiled = stage.compile(p, variants, "sm_90a")

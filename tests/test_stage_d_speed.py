@@ -26,11 +26,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
 
-from workbench.resources import find_nvdisasm  # noqa: E402
+from workbench.compile.resources import find_nvdisasm  # noqa: E402
 
 
 def _params(**kw):
-    from workbench.stage import Params
+    from workbench.kernels.stage import Params
 
     return Params(kw)
 
@@ -107,7 +107,7 @@ D_COMPILES = [
 
 @pytest.mark.parametrize("d,dtype,causal,heads,kv_heads,variants", D_COMPILES, ids=lambda x: str(x))
 def test_stage_d_new_schedules_compile(d, dtype, causal, heads, kv_heads, variants):
-    from workbench.probe import capture
+    from workbench.compile.probe import capture
 
     from stages.fmha.stage_d_fmha import StageD
 

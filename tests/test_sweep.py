@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench import procs
+from workbench.run import procs
 from workbench.errors import UserError
 from workbench.workspace import Workspace
 
@@ -19,8 +19,8 @@ def record(ws: Path, run_id: str) -> dict:
 
 
 def test_plan_is_the_checked_cartesian_product(toy_ws):
-    from workbench import sweep
-    from workbench.registry import load_kernels, resolve_stage
+    from workbench.remote import sweep
+    from workbench.kernels.registry import load_kernels, resolve_stage
 
     ws = Workspace(toy_ws, {"default_kernel": "toy"})
     spec = resolve_stage(ws, "a", load_kernels(ws))
@@ -118,8 +118,8 @@ def test_slurm_path_through_submitit_local_executor(toy_ws, wb):
 @pytest.mark.slow  # submitit job processes
 def test_slurm_job_that_dies_leaves_lost_records(toy_ws):
     submitit = pytest.importorskip("submitit")
-    from workbench import sweep
-    from workbench.registry import load_kernels, resolve_stage
+    from workbench.remote import sweep
+    from workbench.kernels.registry import load_kernels, resolve_stage
 
     class Broken(submitit.LocalExecutor):
         def submit(self, fn, *args, **kwargs):  # the job's process dies before running any case
@@ -131,8 +131,32 @@ def test_slurm_job_that_dies_leaves_lost_records(toy_ws):
     spec = resolve_stage(ws, "a", load_kernels(ws))
     cases = sweep.plan(spec, {"n": ["128", "256"]}, {})
     executor = Broken(folder=str(toy_ws / ".wb" / "slurm-test"))
-    display = sweep.Display("t", len(cases), enabled=False)
-    results = sweep.run_slurm(ws, spec, cases, sweep.RunOptions(), "sweep-x", display, "p", jobs=1, executor=executor)
+    results = sweep.run_slurm(ws, spec, cases, sweep.RunOptions(), "sweep-x", lambda event: None, "p", jobs=1, executor=executor)
     assert [r.verdict for r in results] == ["LOST", "LOST"]
     assert results[0].record["error"]["message"].startswith("Slurm job ")
     assert record(toy_ws, results[0].record["id"])["verdict"] == "LOST"
+
+
+def test_lost_record_has_the_fields_of_a_normal_run_record(toy_ws, monkeypatch):
+    """A sweep case whose job died is recorded LOST with the same fields as a run that
+    answered (both built by records.new_record), so every reader finds every field."""
+    from workbench.kernels.registry import load_kernels, resolve_stage
+    from workbench.records.store import read_record
+    from workbench.remote import sweep
+    from workbench.run import execute
+    from workbench.run.supervisor import Outcome
+    from workbench.schemas.run_record import RunRecord
+
+    ws = Workspace(toy_ws, {"default_kernel": "toy"})
+    spec = resolve_stage(ws, "a", load_kernels(ws))
+    answered = Outcome(status="result", result={"verdict": "PASS", "fixtures": [], "env": {"gpu": "cpu"}})
+    monkeypatch.setattr(execute, "run_job", lambda *args, **kwargs: answered)
+    normal = execute.run_stage(ws, spec, spec.resolve_params({}), {})
+    (case,) = sweep.plan(spec, {"n": ["128"]}, {})
+    lost = sweep._lost(ws, spec, case, sweep.RunOptions(), "Slurm job 1 failed", {"id": "s", "case": 0, "of": 1, "lane": "x"}).record
+    assert lost["verdict"] == "LOST" and normal["verdict"] == "PASS"
+    assert set(lost) == set(normal)
+    on_disk = [read_record(ws.runs_dir / r["id"]) for r in (normal, lost)]
+    assert set(on_disk[0]) == set(on_disk[1])
+    schema = {f.alias or name for name, f in RunRecord.model_fields.items()}
+    assert schema <= set(on_disk[1]), schema - set(on_disk[1])

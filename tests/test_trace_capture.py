@@ -30,8 +30,8 @@ STAGE = '''\
 import cutlass
 import cutlass.cute as cute
 
-from workbench.probe import probe
-from workbench.stage import Stage, TensorSpec
+from workbench.compile.probe import probe
+from workbench.kernels.stage import Stage, TensorSpec
 
 
 def make_kernel(bug):
@@ -84,7 +84,7 @@ class CopyStage(Stage):
 
 @pytest.fixture
 def copy_ws(tmp_path):
-    from workbench import build
+    from workbench.compile import compiler as build
 
     build._memory_cache.clear()
     root = tmp_path / "ws"
@@ -123,7 +123,7 @@ def test_tiled_copy_partitions_are_captured_with_their_names_and_layouts(copy_ws
 
 
 def _failed_trace(root):
-    from workbench.trace_errors import KernelTraceError
+    from workbench.compile.trace_errors import KernelTraceError
 
     with pytest.raises(KernelTraceError) as info:
         compile_in_process(root, variants={"bug": "local_tile"})
@@ -153,7 +153,7 @@ def test_the_shapes_involved_are_tensors_and_layouts_never_classes(copy_ws):
     error = _failed_trace(copy_ws)
     assert "object at 0x" not in str(error) and "_Tensor" not in str(error)
     assert error.involved, str(error)
-    from workbench.layouts import describe_layout
+    from workbench.compile.layouts import describe_layout
 
     for item in error.involved:
         assert describe_layout(item["layout"])["rank"] >= 1 and " object " not in item["layout"]
@@ -163,7 +163,7 @@ def test_the_shapes_involved_are_tensors_and_layouts_never_classes(copy_ws):
 def test_shapes_from_the_message_are_layouts_only():
     """With no tensor among the call's arguments, the involved shapes come from the DSL's
     message: its layouts, not the coordinates or tiles it quotes."""
-    from workbench.trace_errors import readable
+    from workbench.compile.trace_errors import readable
 
     layout = "(4,8):(8,1)"
     try:

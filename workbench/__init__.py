@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from workbench.stage import Params, Stage, TensorSpec  # noqa: E402
+from workbench.kernels.stage import Params, Stage, TensorSpec  # noqa: E402
 
 __all__ = ["Params", "Stage", "TensorSpec", "__version__"]

@@ -31,7 +31,7 @@ from cutlass.cute.nvgpu import OperandMajorMode, cpasync, warpgroup
 
 from stages.fmha import common
 from stages.fmha import softmax as sm
-from workbench.probe import probe
+from workbench.compile.probe import probe
 
 #: WB_FMHA_TRACE=1 prints the consumer's fragment layouts and the P-conversion proof while
 #: tracing (static extents as numbers, dynamic ones as ?)

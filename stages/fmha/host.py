@@ -102,7 +102,7 @@ class Compiled:
 
 @functools.lru_cache(maxsize=1)
 def _kernel_spec():
-    from workbench.registry import load_kernel
+    from workbench.kernels.registry import load_kernel
 
     return load_kernel(Path(__file__).with_name("kernel.yaml"))
 

@@ -37,8 +37,8 @@ import cutlass.cute as cute
 import cutlass.memory
 from cutlass import Float32
 
-from workbench.probe import probe
-from workbench.stage import Params, Stage, TensorSpec
+from workbench.compile.probe import probe
+from workbench.kernels.stage import Params, Stage, TensorSpec
 
 from stages.fmha import common, host
 

@@ -45,8 +45,8 @@ import cutlass.memory
 from cutlass import Float32, Int32, const_expr
 
 from stages.fmha import common, host
-from workbench.probe import probe
-from workbench.stage import Params, Stage, TensorSpec
+from workbench.compile.probe import probe
+from workbench.kernels.stage import Params, Stage, TensorSpec
 
 NUM_K_STAGES = 2
 

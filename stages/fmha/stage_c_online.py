@@ -64,8 +64,8 @@ from cutlass.cute.nvgpu import cpasync
 from stages.fmha import common, host, reference
 from stages.fmha import softmax as sm
 from stages.fmha.fmha_base import FmhaForwardBase, trace_print
-from workbench.probe import probe
-from workbench.stage import Params, Stage, TensorSpec
+from workbench.compile.probe import probe
+from workbench.kernels.stage import Params, Stage, TensorSpec
 
 
 class FmhaOnline(FmhaForwardBase):

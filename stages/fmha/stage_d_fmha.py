@@ -79,8 +79,8 @@ from stages.fmha import mask as mk
 from stages.fmha import softmax as sm
 from stages.fmha import tile_scheduler as ts
 from stages.fmha.fmha_base import FmhaForwardBase, trace_print
-from workbench.probe import probe
-from workbench.stage import Params, Stage, TensorSpec
+from workbench.compile.probe import probe
+from workbench.kernels.stage import Params, Stage, TensorSpec
 
 
 #: registers per thread (consumer, producer) by consumer WG count: 64K registers per SM

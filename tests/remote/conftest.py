@@ -58,7 +58,7 @@ def remote_ws(toy_ws, sshd_server, tmp_path):
 
 def cleanup(root: Path) -> None:
     """End every wb process the test left behind in this workspace (by pid file)."""
-    from workbench import procs
+    from workbench.run import procs
     from workbench.workspace import Workspace
 
     if (root / ".wb").exists():

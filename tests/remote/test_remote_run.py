@@ -122,7 +122,7 @@ def test_remote_run_end_to_end(remote_ws, wb):
     (ws / "stages" / "toy" / "__pycache__" / "x.pyc").write_text("cache")
     with open(ws / "stages" / "toy" / "stage_a.py", "a") as fh:
         fh.write("\n# a local edit, not committed\n")
-    from workbench.provenance import git_state
+    from workbench.records.provenance import git_state
 
     local_git = git_state(ws)
     assert local_git["dirty"]
@@ -224,7 +224,7 @@ def _stuck_orphan(remote: Path) -> subprocess.Popen:
     gone.wait()
     code = (
         "import json, os, sys, time\n"
-        "from workbench import procs\n"
+        "from workbench.run import procs\n"
         "pid = os.getpid()\n"
         f"procs.PidFile({str(remote / '.wb' / 'pids')!r} + f'/stuck-{{pid}}.json', 'warm-worker', "
         f"job={{'run_dir': 'x', 'supervisor': {{'pid': {gone.pid}, 'starttime': 1}}, 'since': time.time()}})\n"

@@ -1,4 +1,8 @@
-"""The `wb` command line: parse, call the library, render. One module per command group."""
+"""The `wb` command line: parse, call the library, render. One module per command group.
+
+Every command module is imported to build the app (`wb --help` too), so a command imports
+the library inside its function: the library (and torch, cutlass, pydantic, rich's progress)
+loads only for the command that runs."""
 
 from __future__ import annotations
 

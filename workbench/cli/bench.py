@@ -49,9 +49,9 @@ def bench(
 ) -> None:
     """Time STAGE with CUDA events (L2 flushed, median and spread) after checking it on the same inputs,
     beside torch SDPA and FlashAttention-4; record it, update MEMORY.md's speed block."""
-    from workbench import bench as lib
+    from workbench.run import bench as lib
     from workbench.cli.run import parse_pairs
-    from workbench.registry import load_kernels, resolve_stage
+    from workbench.kernels.registry import load_kernels, resolve_stage
 
     ws = state.workspace()
     spec = resolve_stage(ws, stage, load_kernels(ws))
@@ -85,15 +85,15 @@ def bench(
     from workbench.cli.render import progress
 
     ws.ensure_state_dir()
-    if host:  # the same command there; its record comes back into runs/ (workbench.remote)
-        from workbench.remote import run_and_import
+    if host:  # the same command there; its record comes back into runs/ (workbench.remote.client)
+        from workbench.remote.client import run_and_import
 
-        record = run_and_import(ws, host, spec=spec, publish=lib.record_speed, show=not as_json, deadline_s=timeout + 300)
+        record = run_and_import(ws, host, state.argv, spec=spec, publish=lib.record_speed, show=not as_json, deadline_s=timeout + 300)
     else:
         with progress(f"bench {spec.id}", enabled=not as_json) as on_event:
             record = lib.run_bench(ws, spec, cases, variants, peer_list, reps=reps, graph=graph, timeout=timeout, on_event=on_event)
     if sweep and record["verdict"] in ("PASS", "FAIL") and record.get("bench"):
-        from workbench.records import atomic_write_text
+        from workbench.records.store import atomic_write_text
 
         perf = ws.root / "docs" / "perf.md"
         atomic_write_text(perf, lib.perf_markdown(record))
@@ -108,7 +108,7 @@ def bench(
 
 
 def render_bench(record: dict) -> None:
-    from workbench import bench as lib
+    from workbench.run import bench as lib
     from workbench.terminal import console, escape, fmt, table, verdict
 
     peak = record.get("peak") or {}

@@ -11,14 +11,14 @@ from workbench.errors import UserError
 
 
 def _stage_id_of(ws):
-    from workbench.registry import load_kernels, resolve_stage
+    from workbench.kernels.registry import load_kernels, resolve_stage
 
     kernels = load_kernels(ws)
     return lambda text: resolve_stage(ws, text, kernels).id
 
 
 def select_run(ws, selector: str) -> dict:
-    from workbench.records import select
+    from workbench.records.store import select
 
     return select(ws.runs_dir, selector, _stage_id_of(ws))
 
@@ -30,7 +30,7 @@ def runs(
     as_json: bool = typer.Option(False, "--json", help="Print the runs as JSON."),
 ) -> None:
     """List recent runs, newest first."""
-    from workbench.records import list_records
+    from workbench.records.store import list_records
 
     if limit < 1:
         raise UserError(f"-n {limit}: give how many runs to list, 1 or more")
@@ -62,7 +62,7 @@ def diff_run(
     as_json: bool = typer.Option(False, "--json", help="Print the difference as JSON."),
 ) -> None:
     """Compare two runs: verdict flips, metric deltas, params, provenance, shapes, timing. Exit 1 when B regresses."""
-    from workbench.diff import default_pair, diff_runs
+    from workbench.records.diff import default_pair, diff_runs
 
     ws = state.workspace()
     if a is None:
@@ -73,7 +73,7 @@ def diff_run(
     else:
         ra = select_run(ws, a)
         if b is None:
-            from workbench.records import list_records
+            from workbench.records.store import list_records
 
             newer = list_records(ws.runs_dir, lambda r: r.get("stage") == ra["stage"], limit=1)
             if not newer or newer[0]["id"] == ra["id"]:
@@ -101,9 +101,9 @@ def report(
     """Show a run's report, or a stage's report (its history)."""
     from pathlib import Path
 
-    from workbench import report as reports
-    from workbench.records import select
-    from workbench.registry import load_kernels, resolve_stage
+    from workbench.records import report as reports
+    from workbench.records.store import select
+    from workbench.kernels.registry import load_kernels, resolve_stage
 
     ws = state.workspace()
     kernels = load_kernels(ws)
@@ -166,7 +166,7 @@ def import_(
     """Bring run records made elsewhere into this workspace: runs/, MEMORY.md, stage reports."""
     from pathlib import Path
 
-    from workbench.importer import import_runs
+    from workbench.records.importer import import_runs
     from workbench.terminal import console
 
     ws = state.workspace()

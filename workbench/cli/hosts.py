@@ -21,7 +21,8 @@ def hosts(
     identity, ssh_options, python (default python3), setup (a shell line), env, gpus."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from workbench.hosts import check_host, config_file, get_host, load_hosts
+    from workbench.remote.check import check_host
+    from workbench.remote.hosts import config_file, get_host, load_hosts
     from workbench.terminal import console, escape, print_json
 
     ws = state.workspace()
@@ -101,11 +102,11 @@ def ps(
 
     ws = state.workspace()
     if host:
-        from workbench.remote import run_wb_json
+        from workbench.remote.client import run_wb_json
 
         rows = run_wb_json(ws, host, ["ps"] + (["--all"] if all_files else []), sync=False, show=not as_json)
     else:
-        from workbench import procs
+        from workbench.run import procs
 
         rows = [p.as_dict() for p in procs.scan(ws, gpu=True) if all_files or p.alive]
     if as_json:
@@ -127,12 +128,12 @@ def kill(
 
     ws = state.workspace()
     if host:
-        from workbench.remote import run_wb_json
+        from workbench.remote.client import run_wb_json
 
         argv = ["kill", *map(str, pids or [])] + (["--all"] if everything else [])
         results = run_wb_json(ws, host, argv, sync=False, show=not as_json)
     else:
-        from workbench import procs
+        from workbench.run import procs
 
         results = [vars(r) for r in procs.kill(ws, list(pids or []), everything)]
     if as_json:

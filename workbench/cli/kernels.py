@@ -13,8 +13,8 @@ app.add_typer(new_app, name="new")
 @app.command("list")
 def list_kernels(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """Kernels and their stages in order, with each stage's last verdict."""
-    from workbench.records import iter_records
-    from workbench.registry import load_kernels
+    from workbench.records.store import iter_records
+    from workbench.kernels.registry import load_kernels
     from workbench.terminal import console, escape, table, verdict
 
     ws = state.workspace()
@@ -64,7 +64,7 @@ def list_kernels(as_json: bool = typer.Option(False, "--json", help="Print as JS
 @app.command()
 def fixtures(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """The diagnostic fixtures: what each isolates and what it can hide."""
-    from workbench.fixtures import load_fixtures
+    from workbench.kernels.fixtures import load_fixtures
     from workbench.terminal import console, escape, table
 
     ws = state.workspace()
@@ -101,7 +101,7 @@ def fixtures(as_json: bool = typer.Option(False, "--json", help="Print as JSON."
 @new_app.command("kernel")
 def new_kernel(name: str = typer.Argument(..., help="Kernel name: a lowercase Python identifier.")) -> None:
     """Scaffold stages/NAME/ (kernel.yaml, a real CuTe DSL stage, a reference) and fixtures/NAME.py."""
-    from workbench.scaffold import new_kernel as scaffold
+    from workbench.kernels.scaffold import new_kernel as scaffold
     from workbench.terminal import console
 
     ws = state.workspace()

@@ -16,7 +16,7 @@ def note(
     stage: Optional[str] = typer.Option(None, "--stage", "-s", help="The stage it is about (c, stage-c, fmha/stage-c)."),
 ) -> None:
     """Append a dated lesson to MEMORY.md's Lessons section."""
-    from workbench import memory
+    from workbench.records import memory
     from workbench.terminal import console, escape
 
     if not text.strip():
@@ -24,7 +24,7 @@ def note(
     ws = state.workspace()
     stage_id = None
     if stage:
-        from workbench.registry import resolve_stage
+        from workbench.kernels.registry import resolve_stage
 
         stage_id = resolve_stage(ws, stage).id
     line = memory.add_note(ws, text, stage_id)

@@ -6,11 +6,15 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterator
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
 from workbench import terminal
-from workbench.report import fixture_rows, params_text, variants_text
+from workbench.records.report import fixture_rows, params_text, variants_text
+from workbench.remote.sweep import CaseResult, SweepEvent, first_line
 from workbench.terminal import console, escape, fmt, verdict
 
 
@@ -166,3 +170,87 @@ def render_diff(d: dict[str, Any]) -> None:
         console.print("[dim]no differences in verdicts, metrics, parameters, provenance or shapes[/]")
     if d["regressed"]:
         console.print("[bold red]B regresses on at least one fixture[/]")
+
+
+# ----------------------------------------------------------------------------- wb sweep
+
+
+class SweepDisplay:
+    """Draws a sweep's events (workbench.remote.sweep.SweepEvent): a rich progress bar on a
+    terminal (one line per lane), plain lines otherwise. Lanes call it from their threads."""
+
+    def __init__(self, title: str, total: int, enabled: bool = True):
+        self.enabled = enabled
+        self.total = total
+        self.done = 0
+        self.lock = threading.Lock()
+        self.progress = None
+        self.lane_tasks: dict[str, Any] = {}
+        if enabled and terminal.interactive():
+            self.progress = Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=console, transient=False,
+            )
+            self.progress.start()
+            self.main = self.progress.add_task(title, total=total)
+
+    def __call__(self, event: SweepEvent) -> None:
+        if event.kind == "note":
+            self._print(f"[dim]{escape(event.text)}[/]")
+        elif event.kind == "start":
+            self._lane(event, "")
+        elif event.kind == "progress":
+            phase = (event.progress or {}).get("phase")
+            what = {"start": "starting", "compile": "compiling"}.get(phase, f"{(event.progress or {}).get('fixture') or phase}")
+            self._lane(event, f" · {escape(what)}")
+        elif event.kind == "finish":
+            self._finish(event.result)
+
+    def _print(self, text: str) -> None:
+        if not self.enabled:
+            return
+        (self.progress.console if self.progress is not None else console).print(text)
+
+    def _lane(self, event: SweepEvent, suffix: str) -> None:
+        if self.progress is None:
+            return
+        with self.lock:
+            if event.kind == "start" and event.lane not in self.lane_tasks:
+                self.lane_tasks[event.lane] = self.progress.add_task("", total=None)
+            if event.lane in self.lane_tasks:
+                self.progress.update(self.lane_tasks[event.lane], description=f"  {escape(event.lane)}: {escape(event.case.text())}{suffix}")
+
+    def _finish(self, result: CaseResult) -> None:
+        with self.lock:
+            self.done += 1
+            done = self.done
+        if self.progress is not None:
+            self.progress.advance(self.main)
+        rec = result.record or {}
+        detail = f"run {rec.get('id')}" if rec else escape(result.error or "")
+        width = len(str(self.total))
+        self._print(
+            f"[{done:>{width}}/{self.total}] {verdict(result.verdict)} {escape(result.case.text())}  "
+            f"[dim]{escape(result.lane)} · {result.seconds:.1f} s · {detail}[/]"
+        )
+
+    def close(self) -> None:
+        if self.progress is not None:
+            for task in self.lane_tasks.values():
+                self.progress.update(task, visible=False)
+            self.progress.stop()
+
+
+def render_sweep(summary: dict[str, Any]) -> None:
+    """The sweep's summary table: one row per case, a cell per fixture (verdict, min cos)."""
+    axes = summary["axes"]
+    rows = []
+    for row in summary["rows"]:
+        cells = []
+        for f in summary["fixtures"]:
+            cell = row["cells"].get(f)
+            cells.append("-" if not cell else verdict(cell["verdict"]) + (f" {cell['min_cos']:.6f}" if cell.get("min_cos") is not None else ""))
+        run_cell = verdict(row["verdict"]) + (f" [dim]{escape(first_line(row['error'], 50))}[/]" if row.get("error") else "")
+        rows.append([*(escape(row["label"].get(a, "")) for a in axes), run_cell, *cells, row["run"] or "-", escape(row["lane"])])
+    title = f"sweep {summary['id']} · {summary['stage']} · cells: fixture verdict, min cos"
+    console.print(terminal.table(title, [*axes, "run", *summary["fixtures"], "run id", "where"], rows))

@@ -50,7 +50,7 @@ def run(
 ) -> None:
     """Compile STAGE, run its fixtures against the reference, record and explain the run."""
     from workbench.arches import check_arch
-    from workbench.registry import load_kernels, resolve_stage
+    from workbench.kernels.registry import load_kernels, resolve_stage
 
     ws = state.workspace()
     check_arch(arch)
@@ -62,13 +62,16 @@ def run(
     if seeds is not None and seeds < 1:
         raise UserError("--seeds must be at least 1")
     if host:
-        from workbench.remote import run_remote
+        from workbench.remote.client import run_remote
 
-        record = run_remote(ws, host, spec, params, variants, fixture, seed, seeds, timeout, arch, show=not as_json)
+        from workbench.cli.render import progress
+
+        with progress(f"{spec.id} on {host}", enabled=not as_json) as on_event:
+            record = run_remote(ws, host, spec, params, variants, fixture, seed, seeds, timeout, arch, show=not as_json, on_event=on_event)
     else:
         from workbench import gpu
         from workbench.errors import NoGpuError
-        from workbench.procs import orphan_warning
+        from workbench.run.procs import orphan_warning
 
         if not gpu.reachable() and gpu.stage_needs_gpu(spec.module_path):
             raise NoGpuError(f"{spec.id} needs a CUDA GPU and this machine has none (no NVIDIA device, or CUDA_VISIBLE_DEVICES hides them)")
@@ -93,7 +96,7 @@ def run(
 
 def _run_local(ws, spec, params, variants, fixtures, seed, seeds, timeout, arch, warm, show):
     from workbench.cli.render import progress
-    from workbench.execute import run_stage
+    from workbench.run.execute import run_stage
 
     with progress(spec.id, enabled=show) as on_event:
         return run_stage(

@@ -65,7 +65,7 @@ def shapes(
 ) -> None:
     """Compile KERNEL's stages for ARCH with fake tensors (no GPU needed) and show each probe's
     location, layout, modes and dynamic extents; what changed since the accepted snapshot is marked."""
-    from workbench import shapes as lib
+    from workbench.compile import shapes as lib
     from workbench.cli.run import parse_pairs, stage_overrides
     from workbench.errors import UserError
     from workbench.arches import check_arch
@@ -74,10 +74,10 @@ def shapes(
         raise UserError("--accept and --check do not go together: check first, then accept")
     check_arch(arch)
     ws = state.workspace()
-    if host:  # the same command on the host, output streamed back (workbench.remote.passthrough)
-        from workbench.remote import passthrough
+    if host:  # the same command on the host, output streamed back (workbench.remote.client.passthrough)
+        from workbench.remote.client import passthrough
 
-        raise typer.Exit(passthrough(ws, host))
+        raise typer.Exit(passthrough(ws, host, state.argv))
     overrides = stage_overrides(n, d, None, param)
     spec_kernel, targets = lib.plan(ws, kernel, stage, overrides, parse_pairs(variant, "--variant"), arch)
     lock = lib.read_lock(ws, spec_kernel.name, accepting=accept)  # a broken lock stops us before compiling
@@ -151,7 +151,7 @@ def _modes(record: dict) -> str:
 
 
 def render_stage(ws, res: dict, diff: dict, all_ops: bool, check: bool) -> None:
-    from workbench import shapes as lib
+    from workbench.compile import shapes as lib
     from workbench.terminal import console, escape
 
     head = f"[bold]{escape(res['stage'])}[/]  {escape(diff['label'])}"

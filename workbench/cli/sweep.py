@@ -36,12 +36,12 @@ def sweep(
     Each case is a normal run record. Cases spread one warm worker per GPU (locally, or per GPU
     of each --host), or go to Slurm; a hung or crashed case does not stop the sweep. The summary
     table is printed and written into the stage report (runs/reports/<kernel>-stage-<x>.sweep.md)."""
-    from workbench import sweep as sweeps
+    from workbench.remote import sweep as sweeps
     from workbench.cli.run import parse_pairs
-    from workbench.hosts import get_host
+    from workbench.remote.hosts import get_host
     from workbench.schemas.hosts import parse_gpus
     from workbench.arches import check_arch
-    from workbench.registry import load_kernels, resolve_stage
+    from workbench.kernels.registry import load_kernels, resolve_stage
 
     check_arch(arch)
     ws = state.workspace()
@@ -72,16 +72,22 @@ def sweep(
     opts = sweeps.RunOptions(list(fixture or []), seed, seeds, timeout, arch, warm=not fresh)
     ws.ensure_state_dir()
     if not hosts and not slurm:
-        from workbench.procs import orphan_warning
+        from workbench.run.procs import orphan_warning
 
         if (orphan := orphan_warning(ws)) is not None:
             from workbench import terminal
 
             terminal.warn(orphan)
-    summary = sweeps.sweep(
-        ws, spec, cases, opts, gpus=gpu_list, hosts=hosts or None, slurm=slurm, slurm_jobs=slurm_jobs,
-        slurm_opts=slurm_opts or None, show=not as_json,
-    )
+    from workbench.cli.render import SweepDisplay, render_sweep  # rich.progress and the records: not at `wb --help`
+
+    display = SweepDisplay(f"sweep {spec.id}", len(cases), enabled=not as_json)
+    try:
+        summary = sweeps.sweep(
+            ws, spec, cases, opts, gpus=gpu_list, hosts=hosts or None, slurm=slurm, slurm_jobs=slurm_jobs,
+            slurm_opts=slurm_opts or None, on_event=display,
+        )
+    finally:
+        display.close()
     if as_json:
         from workbench.terminal import print_json
 
@@ -89,6 +95,6 @@ def sweep(
     else:
         from workbench.terminal import console
 
-        sweeps.render_summary(summary)
+        render_sweep(summary)
         console.print(f"[dim]summary: {summary['sweep_report']} (part of the stage report {summary['report']})[/]")
     raise typer.Exit(0 if all(r["verdict"] == "PASS" for r in summary["rows"]) else 1)

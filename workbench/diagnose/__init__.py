@@ -20,21 +20,11 @@ Importing this package is cheap (no torch): submodules import torch inside funct
 
 from __future__ import annotations
 
+from workbench.diagnose.catalog import all_mutants, hooks_for, load_mutants, mutants_for
+from workbench.diagnose.core import diagnose as _diagnose, run_diagnosis as _run
 from workbench.diagnose.evidence import add_run_evidence
-from workbench.diagnose.registry import (
-    EvidenceContext,
-    Mutant,
-    MutantContext,
-    NotApplicable,
-    Pred,
-    all_mutants,
-    evidence_hook,
-    hooks_for,
-    load_mutants,
-    mutant,
-    mutants_for,
-    role_of,
-)
+from workbench.diagnose.registry import EvidenceContext, Mutant, MutantContext, NotApplicable, Pred, evidence_hook, mutant, role_of
+from workbench.diagnose.render import diagnosis_markdown as _md, error_grid_markup as _grid, render_diagnosis as _render
 from workbench.diagnose.result import Candidate, Diagnosis, ErrorMap, Evidence, Fit, ReadMap, as_diagnosis
 
 __all__ = [
@@ -46,8 +36,6 @@ __all__ = [
 
 
 def diagnose(*args, **kwargs):
-    from workbench.diagnose.core import diagnose as _diagnose
-
     return _diagnose(*args, **kwargs)
 
 
@@ -55,8 +43,6 @@ diagnose.__doc__ = "See workbench.diagnose.core.diagnose."
 
 
 def run_diagnosis(*args, **kwargs):
-    from workbench.diagnose.core import run_diagnosis as _run
-
     return _run(*args, **kwargs)
 
 
@@ -64,18 +50,12 @@ run_diagnosis.__doc__ = "See workbench.diagnose.core.run_diagnosis."
 
 
 def render_diagnosis(diag, full: bool = False):
-    from workbench.diagnose.render import render_diagnosis as _render
-
     return _render(diag, full=full)
 
 
 def diagnosis_markdown(diag, pictures_relpath: str = "."):
-    from workbench.diagnose.render import diagnosis_markdown as _md
-
     return _md(diag, pictures_relpath)
 
 
 def error_grid_markup(error_map, max_rows: int = 16, max_cols: int = 48) -> str:
-    from workbench.diagnose.render import error_grid_markup as _grid
-
     return _grid(error_map, max_rows, max_cols)

@@ -41,7 +41,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from workbench.compare import unwritten_mask
+from workbench.diagnose.catalog import hooks_for, mutants_for
+from workbench.diagnose.errormap import draw_error_map, error_map
 from workbench.diagnose.evidence import build_evidence
+from workbench.diagnose.readmap import read_map
 from workbench.diagnose.registry import Mutant, MutantContext, NotApplicable, Pred, role_of
 from workbench.diagnose.result import Candidate, Diagnosis, Fit
 
@@ -74,8 +78,6 @@ def classify_actual(t):
     unwritten = None
     if t.dtype.is_floating_point:
         try:
-            from workbench.compare import unwritten_mask
-
             unwritten = unwritten_mask(t)
         except Exception:  # the dtype has no poison pattern
             unwritten = None
@@ -153,7 +155,6 @@ def _pred_classes(pred: Pred, shape, device):
 # diagnose
 # --------------------------------------------------------------------------------------
 def _resolve_mutants(mutants) -> list[Mutant]:
-    from workbench.diagnose.registry import mutants_for
 
     if mutants is None:
         mutants = mutants_for(None)
@@ -197,8 +198,6 @@ def diagnose(
     evidence hooks (default: those of the folders the given mutants come from).
     """
 
-    from workbench.diagnose.errormap import draw_error_map, error_map
-
     t0 = time.perf_counter()
     label = label or fixture_name
     names = [n for n in stage_outputs if n in expected]
@@ -238,8 +237,6 @@ def diagnose(
         for n in names:
             if role_of(n) == "o" and stage_outputs[n].dim() in (2, 4) and inputs["v"].dim() == stage_outputs[n].dim():
                 try:
-                    from workbench.diagnose.readmap import read_map
-
                     pic = pdir / f"{stem}-{n}-readmap.png" if pdir is not None else None
                     rm = read_map(n, stage_outputs[n], expected[n], inputs["v"], picture=pic)
                     if rm is not None:
@@ -412,7 +409,6 @@ def diagnose(
 
 
 def _hooks_of(mutants: list[Mutant]) -> list:
-    from workbench.diagnose.registry import hooks_for
 
     folders = sorted({str(Path(m.source).parent) for m in mutants if m.source and not m.generic})
     return [h for folder in folders for h in hooks_for(folder)]
@@ -494,7 +490,6 @@ def run_diagnosis(
 ) -> dict:
     """The runner's entry point: load the kernel's mutants, diagnose, return the plain dict
     for run.json (pictures go to picture_dir/pictures/, named relative to picture_dir)."""
-    from workbench.diagnose.registry import hooks_for, mutants_for
 
     mutants = mutants_for(kernel_dir)
     kwargs.setdefault("hooks", hooks_for(kernel_dir))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from workbench.diagnose import png
 from workbench.diagnose.registry import role_of
 from workbench.diagnose.result import ErrorMap
 
@@ -143,8 +144,6 @@ def error_map(name, actual_vals, actual_cls, ref_vals, ref_cls, eps: float, para
 def draw_error_map(path: Path, drawing: dict) -> Path:
     """Write the element-level heatmap of |err| / max|ref| (tiles outlined) to `path`."""
     import torch
-
-    from workbench.diagnose import png
 
     ratio = drawing["err"].float() / drawing["scale"]
     pooled, fy, fx = png.pool_max(ratio)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from workbench.diagnose.result import Diagnosis, Evidence, ReadMap
+from workbench.diagnose.catalog import hooks_for
+from workbench.diagnose.registry import EvidenceContext
+from workbench.diagnose.result import Diagnosis, Evidence, ReadMap, as_diagnosis
 
 
 def build_evidence(
@@ -30,7 +32,6 @@ def build_evidence(
     fixtures: Mapping[str, Mapping[str, bool]] | None = None,
     fixture_reads: Mapping[str, list[str]] | None = None,
 ) -> Evidence:
-    from workbench.diagnose.registry import EvidenceContext
 
     ev = Evidence(
         outputs_right=dict(outputs_right),
@@ -67,7 +68,6 @@ def add_run_evidence(cases: list[dict], kernel_dir=None, params: Mapping[str, An
     (each with "fixture", "verdict", "outputs": {name: {"verdict": ...}}, "diagnosis").
     Never raises: a failure becomes a note in the diagnosis it concerns."""
     try:
-        from workbench.diagnose.registry import hooks_for
 
         hooks = hooks_for(kernel_dir)
     except Exception as exc:
@@ -119,7 +119,6 @@ def _outputs_right(case: dict) -> dict[str, bool]:
 
 
 def _diagnosis(case: dict) -> Diagnosis | None:
-    from workbench.diagnose.result import as_diagnosis
 
     try:
         return as_diagnosis(case.get("diagnosis"))

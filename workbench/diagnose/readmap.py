@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from workbench.diagnose import png
 from workbench.diagnose.errormap import _ranges
 from workbench.diagnose.result import ReadMap
 
@@ -244,8 +245,6 @@ def draw_read_map(path: Path, exp_rows, got_rows, n_keys: int) -> Path:
     green = read the intended row, red = read another row, magenta tick at the top = read
     no V row."""
     import torch
-
-    from workbench.diagnose import png
 
     G, M = exp_rows.shape
     Q = G * M

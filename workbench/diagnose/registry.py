@@ -21,7 +21,7 @@ stages, 4 for (batch, seq, heads, d) stages; a generic mutant works on outputs a
 which output ranks it handles.
 
 Generic mutants live in workbench/diagnose/generic.py; a kernel registers its own in
-stages/<kernel>/mutants.py (or in any stage module); `mutants_for(kernel_dir)` returns the
+stages/<kernel>/mutants.py (or in any stage module); `catalog.mutants_for(kernel_dir)` returns the
 generic ones plus those registered from files in that folder.
 
 Evidence hooks: when no mutant explains a failure, the diagnosis states what the evidence
@@ -34,17 +34,14 @@ shows). What that implies is kernel knowledge, so the kernel declares it:
             return ["the softmax statistics are right; the error is in P·V ..."]
         return []
 
-in stages/<kernel>/evidence*.py (or mutants*.py); `hooks_for(kernel_dir)` returns them.
+in stages/<kernel>/evidence*.py (or mutants*.py); `catalog.hooks_for(kernel_dir)` returns them.
 
 No torch at import time.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -125,15 +122,6 @@ def mutant(
     return register
 
 
-def all_mutants() -> dict[str, Mutant]:
-    _load_generic()
-    return dict(_registry)
-
-
-def _load_generic() -> None:
-    from workbench.diagnose import generic  # noqa: F401  (registers on import)
-
-
 @dataclass(frozen=True)
 class EvidenceHook:
     name: str
@@ -153,62 +141,6 @@ def evidence_hook(fn):
         source = ""
     _hooks[(source, fn.__name__)] = EvidenceHook(fn.__name__, fn, source)
     return fn
-
-
-def hooks_for(kernel_dir: str | os.PathLike | None) -> list[EvidenceHook]:
-    """The evidence hooks registered from files in kernel_dir (loading its files first)."""
-    if kernel_dir is None:
-        return []
-    folder = Path(kernel_dir).resolve()
-    load_mutants(folder)
-    return [h for h in _hooks.values() if h.source and Path(h.source).parent == folder]
-
-
-HOOK_FILES = ("mutants*.py", "evidence*.py")
-_loaded: dict[str, float] = {}  # module file -> mtime it was loaded at
-
-
-def load_mutants(path: str | os.PathLike) -> None:
-    """Import a mutants file (or every mutants*.py and evidence*.py in a folder) so its
-    mutants and evidence hooks register. Re-imports a file whose modification time changed
-    (the worker process is long-lived)."""
-    path = Path(path)
-    files = sorted(f for pattern in HOOK_FILES for f in path.glob(pattern)) if path.is_dir() else [path]
-    for file in files:
-        file = file.resolve()
-        mtime = file.stat().st_mtime
-        if _loaded.get(str(file)) == mtime:
-            continue
-        for name in [n for n, m in _registry.items() if m.source == str(file)]:
-            del _registry[name]
-        for key in [k for k in _hooks if k[0] == str(file)]:
-            del _hooks[key]
-        mod_name = "wb_mutants_" + "_".join(file.parts[-3:]).replace(".py", "").replace("-", "_").replace(".", "_")
-        spec = importlib.util.spec_from_file_location(mod_name, file)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception:
-            del sys.modules[mod_name]
-            raise
-        _loaded[str(file)] = mtime
-
-
-def mutants_for(kernel_dir: str | os.PathLike | None = None) -> dict[str, Mutant]:
-    """The generic mutants plus those registered from files in `kernel_dir` (its
-    mutants*.py is imported here; mutants a stage module registers count once that module
-    has been imported)."""
-    _load_generic()
-    if kernel_dir is None:
-        return {n: m for n, m in _registry.items() if m.generic}
-    folder = Path(kernel_dir).resolve()
-    load_mutants(folder)
-    return {
-        n: m
-        for n, m in _registry.items()
-        if m.generic or (m.source and Path(m.source).parent == folder)
-    }
 
 
 @dataclass

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from workbench.run import procs
 
 GRACE = float(os.environ.get("WB_AGENT_GRACE", 15))
 GPU_COMMANDS = {"run", "bench", "sweep"}  # the commands whose processes get a pid file
@@ -56,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args[0] not in GPU_COMMANDS:
             raise LookupError  # `wb ps`, `wb hosts`, ...: nothing to clean up after
-        from workbench import procs
 
         folder = Path(".wb") / "pids"
         folder.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Iterable
 
 from workbench.errors import UserError
-from workbench.hosts import Host
+from workbench.records.store import atomic_write_text
+from workbench.remote.hosts import Host
 from workbench.workspace import Workspace
 
 DEFAULT_OPTIONS = (
@@ -216,7 +217,6 @@ def sync(ws: Workspace, host: Host, timeout: float = 600.0) -> dict:
         if done.returncode == 255 or err.lstrip().startswith("ssh:") or "Permission denied (publickey" in err:
             raise UserError(f"host {host.name} unreachable ({host.describe()}): {first_cause(err) or 'ssh failed'}")
         raise UserError(f"host {host.name}: sending the workspace failed (rsync exit {done.returncode}): {first_cause(err)}")
-    from workbench.records import atomic_write_text
 
     atomic_write_text(sent_path, "\0".join(files))
     return {"files": len(files), "deleted": len(gone), "seconds": time.perf_counter() - start}

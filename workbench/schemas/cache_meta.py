@@ -1,4 +1,4 @@
-"""The compile cache's own files: `<key>/meta.json` and `<alias>.link` (workbench.compile_cache).
+"""The compile cache's own files: `<key>/meta.json` and `<alias>.link` (workbench.compile.cache).
 
 Only wb writes them, but a crash, a full disk, a hand edit or another wb version may leave
 anything there, and the values reach the file system (names of files to load, paths to
@@ -10,7 +10,7 @@ warning and rebuilt; it is never used.
     symbol prefix   a C identifier (what the kernel's object file exports)
     deps            path -> sha256 (64 hex digits); a path relative to the workspace, or
                     absolute for a file outside it; no NUL or line break, at most 4096 characters
-    records         the probe / op records of workbench.probe: declared fields typed, text bounded
+    records         the probe / op records of workbench.compile.probe: declared fields typed, text bounded
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class _Model(BaseModel):
 
 
 class Record(_Model):
-    """One probe or captured-op record (workbench.probe)."""
+    """One probe or captured-op record (workbench.compile.probe)."""
 
     name: Line
     kind: Literal["probe", "op"] = "probe"

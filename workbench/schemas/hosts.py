@@ -90,7 +90,7 @@ def safe_path(value: str, tilde_user: bool = False) -> str:
 
 
 class HostEntry(BaseModel):
-    """One host, as written in the config; workbench.hosts turns it into a Host."""
+    """One host, as written in the config; workbench.remote.hosts turns it into a Host."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -1,4 +1,4 @@
-"""stages/<kernel>/kernel.yaml: a kernel and its ordered stages (read by workbench.registry).
+"""stages/<kernel>/kernel.yaml: a kernel and its ordered stages (read by workbench.kernels.registry).
 
 Messages keep the registry's style, naming file, key and what was expected:
 

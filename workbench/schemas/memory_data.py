@@ -1,4 +1,4 @@
-"""MEMORY.json: the data behind MEMORY.md's status, speed and shapes blocks (workbench.memory).
+"""MEMORY.json: the data behind MEMORY.md's status, speed and shapes blocks (workbench.records.memory).
 
 Written by wb beside MEMORY.md (committed with it, so a fresh clone knows every stage's
 status); a person or a git merge may have edited it. Keys wb does not know are kept.

@@ -1,4 +1,4 @@
-"""stages/<kernel>/shapes.lock.yaml: the accepted shapes of a kernel's stages (workbench.shapes).
+"""stages/<kernel>/shapes.lock.yaml: the accepted shapes of a kernel's stages (workbench.compile.shapes).
 
 Written by `wb shapes --accept`, read by `--check` and `--accept`; a person may have edited
 it or a merge may have mangled it. Keys wb does not know are kept (a newer wb may add some).

@@ -10,8 +10,8 @@ import cutlass
 import cutlass.cute as cute
 from cutlass.cute.nvgpu import cpasync
 
-from workbench.probe import probe
-from workbench.stage import Stage, TensorSpec
+from workbench.compile.probe import probe
+from workbench.kernels.stage import Stage, TensorSpec
 
 TILE = (64, 64)
 

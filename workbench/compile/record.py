@@ -1,0 +1,88 @@
+"""`wb compile` as a library call: a fresh compile in a worker, artifacts in runs/<id>/,
+a record of kind "compile" (readers of run records filter on kind)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from workbench.compile import resources as res, shapes
+from workbench.kernels.registry import StageSpec
+from workbench.records.provenance import git_state, record_provenance
+from workbench.records.publish import commit
+from workbench.records.store import new_record, new_run_dir, utc_now
+from workbench.workspace import Workspace
+
+
+def compile_stage_record(
+    ws: Workspace,
+    spec: StageSpec,
+    params: dict[str, Any],
+    variants: dict[str, str],
+    arch: str,
+    keep: tuple[str, ...],
+    *,
+    in_process: bool = False,
+    on_event: Callable[[dict], None] = lambda e: None,
+) -> dict[str, Any]:
+    started_wall = time.perf_counter()
+    started = utc_now()
+    git = git_state(ws.root)
+    run_dir = new_run_dir(ws.runs_dir)
+    artifacts_dir = run_dir / "artifacts"
+    target = shapes.Target(spec, params, variants, arch)
+    result = shapes.collect(
+        ws, [target], on_event=on_event, use_cache=True, in_process=in_process,
+        keep=tuple(k for k in keep if k in ("ptx", "cubin")) + ("cubin",), artifact_dir=artifacts_dir,
+    )[0]
+    artifacts = {}
+    for name, p in (result.get("artifacts") or {}).items():  # the DSL's names run to 200 characters
+        path = Path(p)
+        short = path.with_name(f"{spec.kernel}-{spec.short}.{arch}{path.suffix}")
+        if path.exists() and path != short:
+            path.replace(short)
+        artifacts[short.name] = str(short)
+    sass: dict[str, Any] = {}
+    cubins = [Path(p) for name, p in artifacts.items() if name.endswith(".cubin")]
+    if cubins:
+        text, why = res.disassemble(cubins[0].read_bytes(), artifacts_dir)
+        (artifacts_dir / "kernel.cubin").unlink(missing_ok=True)  # disassemble's scratch copy
+        if text is None:
+            sass = {"instructions": None, "note": why}
+        else:
+            sass = {"instructions": res.sass_instructions(text), "tool": res.find_nvdisasm()}
+            if "sass" in keep:
+                path = cubins[0].with_suffix(".sass")
+                path.write_text(text)
+                artifacts[path.name] = str(path)
+    else:
+        sass = {"instructions": None, "note": "no cubin was produced"}
+    if "cubin" not in keep:
+        for path in cubins:
+            path.unlink(missing_ok=True)
+            artifacts.pop(path.name, None)
+    if not any(artifacts_dir.iterdir() if artifacts_dir.is_dir() else []):
+        shutil.rmtree(artifacts_dir, ignore_errors=True)
+    checks = (result.get("resources") or {}).get("checks", [])
+    if result.get("status") != "ok":
+        verdict = "COMPILE_ERROR"
+    elif any(c.get("level") == "error" for c in checks):
+        verdict = "CHECK_FAILED"
+    else:
+        verdict = "COMPILED"
+    record = new_record(
+        "compile", spec, params, variants, verdict,
+        arch=arch,
+        error=result.get("error"),
+        shapes=result.get("shapes", []),
+        resources=result.get("resources"),
+        sass=sass,
+        artifacts={name: str(Path(p).relative_to(ws.root)) if Path(p).is_absolute() and ws.root in Path(p).parents else p for name, p in artifacts.items()},
+        timing={"compile_s": result.get("seconds") or 0.0, "total_s": time.perf_counter() - started_wall},
+        provenance=record_provenance(ws, spec, git, {}, arch),
+        started=started,
+        finished=utc_now(),
+    )
+    return commit(ws, run_dir, record, publish=None)

@@ -1,0 +1,71 @@
+"""Which mutants and evidence hooks apply to a kernel: the generic ones (generic.py, registered
+when this module is imported) plus those its folder's mutants*.py / evidence*.py register."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from workbench.diagnose import generic  # noqa: F401  (registers the generic mutants on import)
+from workbench.diagnose.registry import EvidenceHook, Mutant, _hooks, _registry
+
+
+def all_mutants() -> dict[str, Mutant]:
+    return dict(_registry)
+
+
+def hooks_for(kernel_dir: str | os.PathLike | None) -> list[EvidenceHook]:
+    """The evidence hooks registered from files in kernel_dir (loading its files first)."""
+    if kernel_dir is None:
+        return []
+    folder = Path(kernel_dir).resolve()
+    load_mutants(folder)
+    return [h for h in _hooks.values() if h.source and Path(h.source).parent == folder]
+
+
+HOOK_FILES = ("mutants*.py", "evidence*.py")
+_loaded: dict[str, float] = {}  # module file -> mtime it was loaded at
+
+
+def load_mutants(path: str | os.PathLike) -> None:
+    """Import a mutants file (or every mutants*.py and evidence*.py in a folder) so its
+    mutants and evidence hooks register. Re-imports a file whose modification time changed
+    (the worker process is long-lived)."""
+    path = Path(path)
+    files = sorted(f for pattern in HOOK_FILES for f in path.glob(pattern)) if path.is_dir() else [path]
+    for file in files:
+        file = file.resolve()
+        mtime = file.stat().st_mtime
+        if _loaded.get(str(file)) == mtime:
+            continue
+        for name in [n for n, m in _registry.items() if m.source == str(file)]:
+            del _registry[name]
+        for key in [k for k in _hooks if k[0] == str(file)]:
+            del _hooks[key]
+        mod_name = "wb_mutants_" + "_".join(file.parts[-3:]).replace(".py", "").replace("-", "_").replace(".", "_")
+        spec = importlib.util.spec_from_file_location(mod_name, file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception:
+            del sys.modules[mod_name]
+            raise
+        _loaded[str(file)] = mtime
+
+
+def mutants_for(kernel_dir: str | os.PathLike | None = None) -> dict[str, Mutant]:
+    """The generic mutants plus those registered from files in `kernel_dir` (its
+    mutants*.py is imported here; mutants a stage module registers count once that module
+    has been imported)."""
+    if kernel_dir is None:
+        return {n: m for n, m in _registry.items() if m.generic}
+    folder = Path(kernel_dir).resolve()
+    load_mutants(folder)
+    return {
+        n: m
+        for n, m in _registry.items()
+        if m.generic or (m.source and Path(m.source).parent == folder)
+    }

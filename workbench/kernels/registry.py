@@ -1,0 +1,332 @@
+"""Kernels and their ordered stages, read from stages/<kernel>/kernel.yaml.
+
+kernel.yaml (see stages/fmha/kernel.yaml and README's stage contract; its declared schema,
+limits and messages are in workbench.schemas.kernel_yaml):
+
+    kernel: NAME            # defaults to the folder name
+    title: ...
+    arch: sm_90a            # what stages compile for
+    default: true           # bare stage names resolve here when several kernels exist
+    parameters: {NAME: {default, choices | min/max/multiple_of, help}}
+    tolerance: {factor: 2.0, atol: 1.0e-4}
+    timeout: 120
+    stages:
+      - {letter: a, name: qk, title: ..., module: stage_a_qk.py,
+         parameters: {...overrides}, variants: {key: [values, first is default]},
+         fixtures: [random, ...], tolerance: {...}, timeout: 60}
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import inspect
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import UserError
+from workbench.kernels.stage import Stage
+from workbench.schemas import SchemaError
+from workbench.workspace import Workspace
+
+DEFAULT_TOLERANCE = {"factor": 2.0, "atol": 1e-4}
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any
+    choices: tuple | None = None
+    min: int | None = None
+    max: int | None = None
+    multiple_of: int | None = None
+    help: str = ""
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(_fmt(c) for c in self.choices)
+        parts = []
+        if self.multiple_of:
+            parts.append(f"a multiple of {self.multiple_of}")
+        if self.min is not None:
+            parts.append(f">= {self.min}")
+        if self.max is not None:
+            parts.append(f"<= {self.max}")
+        return " ".join(parts) or "any value"
+
+    def coerce(self, raw: Any, where: str) -> Any:
+        """Turn a command-line string (or YAML value) into a checked parameter value."""
+        value = raw
+        sample = self.choices[0] if self.choices else self.default
+        if isinstance(raw, str):
+            if isinstance(sample, bool):
+                low = raw.lower()
+                if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise UserError(f"{where}: {self.name}={raw!r} must be true or false")
+                value = low in ("true", "1", "yes", "on")
+            elif isinstance(sample, float):
+                try:
+                    value = float(raw)
+                except ValueError:
+                    raise UserError(f"{where}: {self.name}={raw!r} must be a number") from None
+            elif isinstance(sample, int) or self.multiple_of or self.min is not None or self.max is not None:
+                try:
+                    value = int(raw)
+                except ValueError:
+                    raise UserError(f"{where}: {self.name}={raw!r} must be an integer") from None
+        if self.choices is not None and value not in self.choices:
+            raise UserError(f"{where}: {self.name}={_fmt(value)} is not allowed: must be {self.describe()}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return value
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{where}: {self.name}={raw!r} must be a finite number")
+        if self.min is not None and value < self.min:
+            raise UserError(f"{where}: {self.name}={value} is below the minimum {self.min}")
+        if self.max is not None and value > self.max:
+            raise UserError(f"{where}: {self.name}={value} is above the maximum {self.max}")
+        if self.multiple_of and isinstance(value, int) and value % self.multiple_of:
+            raise UserError(
+                f"{where}: {self.name}={value} must be a multiple of {self.multiple_of}"
+                f" (the stage's tile); nearest: {_nearest_multiple(value, self.multiple_of)}"
+            )
+        return value
+
+
+def _fmt(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _nearest_multiple(value: int, step: int) -> int:
+    return max(step, round(value / step) * step)
+
+
+@dataclass
+class StageSpec:
+    kernel: str
+    letter: str
+    name: str
+    title: str
+    module_path: Path
+    params: dict[str, ParamSpec]
+    variants: dict[str, tuple[str, ...]]
+    fixtures: list[str]
+    tolerance: dict[str, float]
+    timeout: float
+    arch: str
+    index: int
+
+    @property
+    def id(self) -> str:
+        """Canonical name, e.g. fmha/stage-c."""
+        return f"{self.kernel}/stage-{self.letter}"
+
+    @property
+    def short(self) -> str:
+        return f"stage-{self.letter}"
+
+    def resolve_params(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults overlaid with `overrides`, each checked; "=other" defaults copy a value."""
+        overrides = dict(overrides or {})
+        unknown = [k for k in overrides if k not in self.params]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], list(self.params), n=2)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UserError(
+                f"{self.id} has no parameter {unknown[0]!r}{hint}; it takes: {', '.join(self.params)}"
+            )
+        values: dict[str, Any] = {}
+        pending: dict[str, str] = {}
+        for name, spec in self.params.items():
+            if name in overrides:
+                values[name] = spec.coerce(overrides[name], self.id)
+            elif isinstance(spec.default, str) and spec.default.startswith("="):
+                pending[name] = spec.default[1:]
+            else:
+                values[name] = spec.default
+        for name, source in pending.items():
+            if source not in values:
+                raise UserError(f"{self.id}: parameter {name} defaults to '={source}', which is not a parameter")
+            values[name] = self.params[name].coerce(values[source], self.id)
+        return values
+
+    def resolve_variants(self, overrides: dict[str, str] | None = None) -> dict[str, str]:
+        values = {key: allowed[0] for key, allowed in self.variants.items()}
+        for key, value in (overrides or {}).items():
+            if key not in self.variants:
+                known = ", ".join(self.variants) or "none"
+                raise UserError(f"{self.id} has no variant {key!r} (its variants: {known})")
+            if value not in self.variants[key]:
+                raise UserError(
+                    f"{self.id}: variant {key}={value} is not allowed: must be one of {', '.join(self.variants[key])}"
+                )
+            values[key] = value
+        return values
+
+    def source_files(self) -> list[Path]:
+        """Files whose change must invalidate compiled kernels: the kernel's folder and shared code."""
+        kernel_dir = self.module_path.parent
+        stages_dir = kernel_dir.parent
+        files = sorted(p for p in kernel_dir.rglob("*.py") if "__pycache__" not in p.parts)
+        files += sorted(stages_dir.glob("*.py"))
+        files.append(kernel_dir / "kernel.yaml")
+        return files
+
+    def source_hash(self) -> str:
+        h = hashlib.sha256()
+        for path in self.source_files():
+            if path.is_file():
+                h.update(path.name.encode())
+                h.update(path.read_bytes())
+        return h.hexdigest()[:16]
+
+    def load(self):
+        """Import the stage module and return an instance of its Stage subclass."""
+        package = f"stages.{self.kernel}"
+        module_name = f"{package}.{self.module_path.stem}"
+        if not self.module_path.is_file():
+            raise UserError(f"{self.id}: module {self.module_path} does not exist")
+        module = importlib.import_module(module_name)
+        found = [
+            obj
+            for obj in vars(module).values()
+            if inspect.isclass(obj) and issubclass(obj, Stage) and obj is not Stage and obj.__module__ == module.__name__
+        ]
+        if len(found) != 1:
+            raise UserError(
+                f"{self.module_path}: expected exactly one subclass of workbench.Stage, found {len(found)}"
+            )
+        stage = found[0]()
+        stage.kernel, stage.letter, stage.name = self.kernel, self.letter, self.name
+        return stage
+
+
+@dataclass
+class KernelSpec:
+    name: str
+    title: str
+    arch: str
+    default: bool
+    dir: Path
+    stages: list[StageSpec] = field(default_factory=list)
+
+    def stage(self, letter: str) -> StageSpec | None:
+        return next((s for s in self.stages if s.letter == letter), None)
+
+
+def forget_stage_modules() -> None:
+    """Drop imported stage modules so the next load sees edited sources (warm worker)."""
+    for name in [n for n in sys.modules if n == "stages" or n.startswith("stages.")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+
+
+def load_kernel(kernel_yaml: Path) -> KernelSpec:
+    """The kernel declared in `kernel_yaml`, checked (workbench.schemas.kernel_yaml)."""
+    from workbench.schemas.kernel_yaml import load  # lazy: pydantic loads when a file is read, not at start-up
+
+    data = load(kernel_yaml)
+    folder = kernel_yaml.parent.name
+    name = data.kernel or folder
+    if name != folder:
+        raise SchemaError(str(kernel_yaml), f"kernel: expected the folder's name {folder!r} (stage modules import as stages.<folder>)")
+    tolerance = {**DEFAULT_TOLERANCE, **_given(data.tolerance)}
+    kernel = KernelSpec(name=name, title=data.title or name, arch=data.arch, default=data.default, dir=kernel_yaml.parent)
+    for i, stage in enumerate(data.stages):
+        kernel.stages.append(
+            StageSpec(
+                kernel=name,
+                letter=stage.letter,
+                name=stage.name or f"stage-{stage.letter}",
+                title=stage.title,
+                module_path=kernel_yaml.parent / stage.module,
+                params={k: _param_spec(k, p) for k, p in stage.params.items()},
+                variants={k: tuple(v) for k, v in stage.variants.items()},
+                fixtures=list(stage.fixtures),
+                tolerance={**tolerance, **_given(stage.tolerance)},
+                timeout=float(stage.timeout or data.timeout),
+                arch=stage.arch or data.arch,
+                index=i,
+            )
+        )
+    kernel.stages.sort(key=lambda s: s.letter)
+    return kernel
+
+
+def _given(model: Any) -> dict[str, Any]:
+    return {k: v for k, v in model.model_dump().items() if v is not None} if model is not None else {}
+
+
+def _param_spec(name: str, param: Any) -> ParamSpec:
+    return ParamSpec(
+        name=name,
+        default=param.default,
+        choices=tuple(param.choices) if param.choices is not None else None,
+        min=param.min,
+        max=param.max,
+        multiple_of=param.multiple_of,
+        help=param.help or "",
+    )
+
+
+def load_kernels(ws: Workspace) -> dict[str, KernelSpec]:
+    kernels = {}
+    if ws.stages_dir.is_dir():
+        for kernel_yaml in sorted(ws.stages_dir.glob("*/kernel.yaml")):
+            spec = load_kernel(kernel_yaml)
+            kernels[spec.name] = spec
+    return kernels
+
+
+def default_kernel(ws: Workspace, kernels: dict[str, KernelSpec]) -> KernelSpec | None:
+    configured = ws.config.get("default_kernel")
+    if configured:
+        if configured not in kernels:
+            raise UserError(f"default_kernel {configured!r} in the workspace config names no kernel in stages/")
+        return kernels[configured]
+    if len(kernels) == 1:
+        return next(iter(kernels.values()))
+    marked = [k for k in kernels.values() if k.default]
+    return marked[0] if len(marked) == 1 else None
+
+
+def get_kernel(ws: Workspace, name: str, kernels: dict[str, KernelSpec] | None = None) -> KernelSpec:
+    kernels = load_kernels(ws) if kernels is None else kernels
+    if name in kernels:
+        return kernels[name]
+    close = difflib.get_close_matches(name, list(kernels), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    known = ", ".join(kernels) or "none: `wb new kernel NAME` makes one"
+    raise UserError(f"unknown kernel {name!r}{hint}; kernels: {known}")
+
+
+_STAGE_RE = re.compile(r"^(?:(?P<kernel>[A-Za-z_][\w]*)/)?(?:stage-)?(?P<stage>[A-Za-z][\w-]*)$")
+
+
+def resolve_stage(ws: Workspace, text: str, kernels: dict[str, KernelSpec] | None = None) -> StageSpec:
+    """`stage-c`, `c`, `fmha/stage-c`, `fmha/c` or a stage's name (`online`) -> its StageSpec."""
+    kernels = load_kernels(ws) if kernels is None else kernels
+    match = _STAGE_RE.match(text.strip())
+    if not match:
+        raise UserError(f"{text!r} is not a stage: write stage-c, c or fmha/stage-c")
+    if match["kernel"]:
+        kernel = get_kernel(ws, match["kernel"], kernels)
+    else:
+        kernel = default_kernel(ws, kernels)
+        if kernel is None:
+            if not kernels:
+                raise UserError("this workspace has no kernels yet: `wb new kernel NAME` makes one")
+            raise UserError(
+                f"several kernels ({', '.join(kernels)}): write KERNEL/{text}, or set default_kernel in the workspace config"
+            )
+    wanted = match["stage"].lower()
+    for stage in kernel.stages:
+        if wanted in (stage.letter, stage.name.lower()):
+            return stage
+    names = [s.short for s in kernel.stages] + [s.name for s in kernel.stages]
+    close = difflib.get_close_matches(wanted, names + [s.letter for s in kernel.stages], n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    listed = ", ".join(f"{s.short} ({s.name})" for s in kernel.stages)
+    raise UserError(f"kernel {kernel.name} has no stage {text!r}{hint}; its stages: {listed}")

@@ -1,0 +1,213 @@
+"""`wb import`: bring run records made elsewhere (a GPU box reached without ssh, a CI
+artifact) into this workspace: the run folders into runs/, their results into MEMORY.md and
+the stage reports, exactly as a local run would.
+
+All or nothing. The source (a .tgz or a folder) is first copied into a staging folder under
+.wb/ with limits (bytes per file, bytes in all, number of files) and without following or
+keeping any link; every record is validated (workbench/schemas/run_record.py) and
+MEMORY.md's new text and MEMORY.json's new data are computed. Only then are the run folders
+renamed into runs/ and MEMORY.json and MEMORY.md replaced (MEMORY.json is put back when
+MEMORY.md cannot be written); if that fails, the folders are taken out again. A record that
+is malformed, a link, a file over a limit or a MEMORY.md or MEMORY.json wb cannot update
+stops the import with one line and leaves the workspace as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from workbench.errors import UserError
+from workbench.kernels.registry import load_kernels
+from workbench.records import memory, report
+from workbench.records.store import RECORD, load_record, run_ids
+from workbench.run import bench
+from workbench.workspace import Workspace
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one import may bring (WB_IMPORT_MAX_MIB raises the total for large archives)."""
+
+    file_bytes: int = 256 * MiB
+    total_bytes: int = 1024 * MiB
+    files: int = 100_000
+
+    @classmethod
+    def from_env(cls) -> "Limits":
+        raw = os.environ.get("WB_IMPORT_MAX_MIB")
+        if not raw:
+            return cls()
+        try:
+            total = int(raw) * MiB
+        except ValueError:
+            raise UserError(f"WB_IMPORT_MAX_MIB={raw!r} must be a whole number of MiB") from None
+        return cls(file_bytes=min(cls.file_bytes, total), total_bytes=total)
+
+
+class _Budget:
+    def __init__(self, source: Path, limits: Limits):
+        self.source, self.limits = source, limits
+        self.bytes = self.files = 0
+
+    def take(self, name: str, size: int) -> None:
+        self.files += 1
+        self.bytes += size
+        if size > self.limits.file_bytes:
+            raise UserError(f"{self.source}: {name} is {size / MiB:.0f} MiB, over the {self.limits.file_bytes // MiB} MiB a file may have; nothing was imported")
+        if self.bytes > self.limits.total_bytes:
+            raise UserError(
+                f"{self.source}: holds over {self.limits.total_bytes // MiB} MiB (WB_IMPORT_MAX_MIB raises the limit); nothing was imported"
+            )
+        if self.files > self.limits.files:
+            raise UserError(f"{self.source}: holds over {self.limits.files} files; nothing was imported")
+
+
+def _refuse_link(source: Path, name: str) -> UserError:
+    return UserError(f"{source}: {name} is a link: wb imports regular files and folders only; nothing was imported")
+
+
+def _extract_tar(source: Path, into: Path, budget: _Budget) -> None:
+    try:
+        with tarfile.open(source) as tar:
+            for member in tar:
+                if member.issym() or member.islnk():
+                    raise _refuse_link(source, member.name)
+                if not (member.isfile() or member.isdir()):
+                    raise UserError(f"{source}: {member.name} is not a regular file or folder; nothing was imported")
+                budget.take(member.name, member.size)
+                tar.extract(member, into, filter="data")
+    except tarfile.FilterError as exc:
+        raise UserError(f"{source}: refused: {exc}; nothing was imported") from None
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as exc:
+        raise UserError(f"{source}: not a readable tar archive of runs ({type(exc).__name__}: {exc})") from None
+
+
+def _copy_folder(source: Path, into: Path, budget: _Budget) -> None:
+    """Copy regular files and folders; a link anywhere (to a file or folder, dangling or not) refuses."""
+    for folder, dirs, files in os.walk(source, followlinks=False):
+        rel = Path(folder).relative_to(source)
+        (into / rel).mkdir(parents=True, exist_ok=True)
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            try:
+                st = path.lstat()
+            except OSError as exc:
+                raise UserError(f"{source}: cannot read {rel / name}: {exc.strerror or exc}") from None
+            if stat.S_ISLNK(st.st_mode):
+                raise _refuse_link(source, str(rel / name))
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                raise UserError(f"{source}: {rel / name} is not a regular file or folder; nothing was imported")
+            budget.take(str(rel / name), st.st_size)
+            try:
+                shutil.copyfile(path, into / rel / name, follow_symlinks=False)
+            except OSError as exc:
+                raise UserError(f"{source}: cannot copy {rel / name}: {exc.strerror or exc}") from None
+
+
+def _runs_dir_in(folder: Path, source: Path) -> Path:
+    if (folder / "runs").is_dir():
+        return folder / "runs"
+    if run_ids(folder):
+        return folder
+    raise UserError(f"{source} holds no run records (expected runs/<id>/run.json)")
+
+
+@dataclass
+class Imported:
+    records: list[dict]  # oldest first
+    without_record: list[str]  # run folders that had no run.json (still running or killed where they were made)
+
+
+def import_runs(ws: Workspace, source: Path, limits: Limits | None = None) -> Imported:
+    """Copy runs from `source` (a runs/ folder, a folder holding runs/, or a .tgz of it) and
+    publish them; all or nothing (see the module doc). Runs already here are skipped."""
+    from filelock import FileLock
+
+    source = Path(source)
+    if not source.exists() and not source.is_symlink():
+        raise UserError(f"{source} does not exist")
+    if source.is_symlink() and not source.exists():
+        raise UserError(f"{source} is a link to nothing")
+    limits = limits or Limits.from_env()
+    ws.ensure_state_dir()
+    with FileLock(str(ws.state_dir / "import.lock"), timeout=600), tempfile.TemporaryDirectory(prefix="import-", dir=ws.state_dir) as tmp:
+        staged = Path(tmp) / "source"
+        staged.mkdir()
+        budget = _Budget(source, limits)
+        if source.is_file():
+            _extract_tar(source, staged, budget)
+        else:
+            _copy_folder(source.resolve(), staged, budget)
+        runs = _runs_dir_in(staged, source)
+        have = set(run_ids(ws.runs_dir))
+        records, without = [], []
+        for run_id in run_ids(runs):
+            if run_id in have:
+                continue
+            if not (runs / run_id / RECORD).is_file():
+                without.append(run_id)
+                continue
+            record = load_record(runs / run_id)  # SchemaError names the file and the key
+            record["_dir"] = str(ws.runs_dir / run_id)
+            records.append(record)
+        _complete(ws, records)
+        _commit(ws, runs, records)
+    return Imported(records, without)
+
+
+def _complete(ws: Workspace, records: list[dict]) -> None:
+    """Fill `variants_changed` of records older than the field, from the stage's defaults."""
+    specs = {s.id: s for k in load_kernels(ws).values() for s in k.stages}
+    for record in records:
+        spec = specs.get(record.get("stage"))
+        if "variants_changed" not in record and spec is not None:
+            record["variants_changed"] = {k: v for k, v in record.get("variants", {}).items() if spec.variants.get(k, (v,))[0] != v}
+
+
+def memory_edits(records: list[dict]) -> dict:
+    """MEMORY.md's block edits for these records: runs into status/log, benches into speed."""
+    runs = [r for r in records if r.get("kind", "run") == "run"]
+    edits = memory.run_edits(runs) if runs else {}
+    benches = [r for r in records if r.get("kind") == "bench"]
+    if benches:
+        edits["speed"] = bench.speed_edit(benches)
+    return edits
+
+
+def _commit(ws: Workspace, staged_runs: Path, records: list[dict]) -> None:
+    """Rename the staged run folders into runs/ and update MEMORY.json and MEMORY.md; undo
+    the renames if they cannot be written (update_blocks puts MEMORY.json back itself when
+    MEMORY.md fails). Stage reports are derived data and follow."""
+    if not records:
+        return
+    edits = memory_edits(records)
+    if edits:
+        memory.render_blocks(ws, edits)  # fails here, before anything moved, on a MEMORY.md or MEMORY.json wb cannot update
+    ws.runs_dir.mkdir(parents=True, exist_ok=True)
+    moved: list[Path] = []
+    try:
+        for record in records:
+            target = ws.runs_dir / record["id"]
+            os.rename(staged_runs / record["id"], target)
+            moved.append(target)
+        if edits:
+            memory.update_blocks(ws, edits)
+    except BaseException as exc:
+        for target in moved:
+            shutil.rmtree(target, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise UserError(f"import failed and was undone: {exc.strerror or exc}") from None
+        raise
+    for stage in sorted({r["stage"] for r in records if r.get("kind", "run") == "run"}):
+        report.write_stage_report(ws, stage)

@@ -1,0 +1,49 @@
+"""A finished record's way out: written atomically (Ctrl-C held off), given its id, then
+published (the run's report.md, the stage report and MEMORY.md's blocks)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from pathlib import Path
+from typing import Any, Callable
+
+from workbench.records import memory, report
+from workbench.records.store import write_record
+from workbench.workspace import Workspace
+
+
+@contextlib.contextmanager
+def no_interrupts():
+    """Hold Ctrl-C off while a record is written, so it is never half-done."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def publish(ws: Workspace, record: dict[str, Any]) -> None:
+    """Write the run's report.md and update MEMORY.md's wb-owned blocks (a warning when
+    MEMORY.md cannot be updated: the record is already safe in runs/)."""
+    report.write_run_report(ws, record)
+    memory.update_blocks_or_warn(ws, memory.run_edits([record]))
+
+
+def commit(
+    ws: Workspace, run_dir: Path, record: dict[str, Any],
+    publish: Callable[[Workspace, dict[str, Any]], None] | None = publish,
+) -> dict[str, Any]:
+    """Write `record` to run_dir/run.json, give it its id (the folder's name), then publish it
+    (`publish=None`: a record no report or MEMORY.md block shows, e.g. `wb compile`)."""
+    with no_interrupts():
+        write_record(run_dir, record)
+        record["id"] = run_dir.name
+        record["_dir"] = str(run_dir)
+        if publish is not None:
+            publish(ws, record)
+    return record

@@ -1,0 +1,235 @@
+"""Reports as Markdown: one per run (runs/<id>/report.md) and one per stage (its history).
+
+Both are plain data in, text out; `wb report` renders them in the terminal with rich.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from workbench.diagnose import diagnosis_markdown as render
+from workbench.records.store import atomic_write_text, list_records
+from workbench.text import fmt
+from workbench.workspace import Workspace
+
+
+def params_text(record: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in record.get("params", {}).items())
+
+
+def variants_text(variants: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in variants.items()) or "defaults"
+
+
+def fixture_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (fixture case, output): the numbers every view of a run shows."""
+    rows = []
+    for case in record.get("results", []):
+        for name, m in case.get("outputs", {}).items():
+            rows.append(
+                {
+                    "fixture": case.get("label", case["fixture"]),
+                    "output": name,
+                    "verdict": m["verdict"],
+                    "cos": m.get("cos"),
+                    "rel_l2": m.get("rel_l2"),
+                    "max_abs_err": m.get("max_abs_err"),
+                    "max_err_at": m.get("max_err_at"),
+                    "tolerance": m.get("tolerance"),
+                    "nan": m.get("nan"),
+                    "inf": m.get("inf"),
+                    "unwritten": m.get("unwritten"),
+                    "reasons": m.get("reasons", []),
+                }
+            )
+    return rows
+
+
+def run_markdown(record: dict[str, Any]) -> str:
+    prov = record.get("provenance", {})
+    timing = record.get("timing", {})
+    card = prov.get("gpu") or "no GPU"
+    commit = (prov.get("commit") or "no git")[:10] + (" (dirty, diff " + str(prov.get("diff_hash")) + ")" if prov.get("dirty") else "")
+    out = [
+        f"# {record['stage']} — {record['verdict']}",
+        "",
+        f"Run `{record['id']}` · {record.get('started', '')} · {card} · arch {prov.get('arch')} · commit {commit} · host {prov.get('host')}",
+        "",
+        f"**{record.get('stage_title', '')}**",
+        "",
+        f"- parameters: `{params_text(record)}`",
+        f"- variants: `{variants_text(record.get('variants', {}))}`",
+        f"- compile: {fmt(timing.get('compile_s'), '.2f')} s" + (" (cached)" if timing.get("compile_cached") else "")
+        + f" · kernel runs: {fmt(timing.get('run_s'), '.3f')} s · total: {fmt(timing.get('total_s'), '.2f')} s",
+        "",
+    ]
+    about = record.get("about") or {}
+    if about.get("proves") or about.get("cannot_see"):
+        out += ["## What this stage proves", "", about.get("proves") or "-", "", "## What it cannot see", "", about.get("cannot_see") or "-", ""]
+    error = record.get("error")
+    if error:
+        out += ["## Error", ""]
+        if error.get("location"):
+            out += [f"at `{error['location']}`", ""]
+        out += ["```", (error.get("message") or "").strip()[:4000], "```", ""]
+        if error.get("log"):
+            out += ["Worker output:", "", "```", error["log"][-3000:], "```", ""]
+    rows = fixture_rows(record)
+    if rows:
+        out += [
+            "## Fixtures",
+            "",
+            "| fixture | output | verdict | cos | rel L2 | max err | at | tolerance | NaN | unwritten |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            out.append(
+                f"| {r['fixture']} | {r['output']} | {r['verdict']} | {fmt(r['cos'], '.6f')} | {fmt(r['rel_l2'], '.3g')} | "
+                f"{fmt(r['max_abs_err'], '.3g')} | {r['max_err_at']} | {fmt(r['tolerance'], '.3g')} | {r['nan']} | {r['unwritten']} |"
+            )
+        peaks = [c["reference_peak_bytes"] for c in record.get("results", []) if c.get("reference_peak_bytes") is not None]
+        if peaks:
+            out += [f"PyTorch reference: at most {max(peaks) / 2**30:.2f} GiB of device memory beyond the inputs and outputs.", ""]
+        out.append("")
+    notes = record.get("fixture_notes") or {}
+    if notes:
+        out += ["### What each fixture isolates and hides", ""]
+        for name, note in notes.items():
+            out.append(f"- **{name}** isolates: {note.get('isolates') or '-'} Hides: {note.get('hides') or '-'}")
+        out.append("")
+    failed = [c for c in record.get("results", []) if c.get("verdict") == "FAIL"]
+    if failed:
+        out += ["## Failures explained", ""]
+        for case in failed:
+            out += [f"### {case.get('label', case['fixture'])}", ""]
+            for name, m in case.get("outputs", {}).items():
+                if m.get("reasons"):
+                    out.append(f"- `{name}`: " + "; ".join(m["reasons"]))
+            out.append("")
+            out += [diagnosis_markdown(case.get("diagnosis")), ""]
+    shapes = record.get("shapes") or []
+    # probes when the stage has any; otherwise the ops captured from the traced IR
+    shapes = [s for s in shapes if s.get("kind", "probe") == "probe"] or shapes
+    if shapes:
+        out += ["## Shapes (from the trace)", "", "| probe | location | layout | modes |", "|---|---|---|---|"]
+        for s in shapes:
+            out.append(f"| {s.get('name')} | {_short_location(s.get('location'))} | `{s.get('layout')}` | {s.get('rank', '-')} |")
+        out.append("")
+    out += [
+        "## Provenance",
+        "",
+        f"- wb {prov.get('wb')}, CuTe DSL {prov.get('dsl')}, torch {prov.get('torch')}, Python {prov.get('python')}",
+        f"- GPU {card} (cc {prov.get('compute_capability')}), driver {prov.get('driver')}, runtime CUDA {prov.get('cuda_runtime')}",
+        "- stage sources: " + ", ".join(f"`{k}` {v}" for k, v in (prov.get("sources") or {}).items()),
+        "",
+    ]
+    return "\n".join(out)
+
+
+def diagnosis_markdown(diagnosis: Any) -> str:
+    if not diagnosis:
+        return "_No diagnosis available._"
+    if isinstance(diagnosis, dict) and "error" in diagnosis and len(diagnosis) == 1:
+        return f"_{diagnosis['error']}_"
+    try:
+        return render(diagnosis)
+    except Exception:  # the diagnostics package renders its own data; fall back to raw
+        import json
+
+        return "```json\n" + json.dumps(diagnosis, indent=2, default=str)[:4000] + "\n```"
+
+
+def _short_location(location: str | None) -> str:
+    if not location:
+        return "-"
+    path, _, line = location.rpartition(":")
+    return f"{Path(path).name}:{line}"
+
+
+def write_run_report(ws: Workspace, record: dict[str, Any]) -> Path:
+    path = Path(record["_dir"]) / "report.md"
+    atomic_write_text(path, run_markdown(record))
+    write_stage_report(ws, record["stage"])
+    return path
+
+
+# ---------------------------------------------------------------------------- stage history
+
+
+def stage_history(ws: Workspace, stage_id: str, limit: int = 200) -> dict[str, Any]:
+    """Data for a stage's report: verdict per parameter set, first/last passing commit, trend."""
+    records = list_records(ws.runs_dir, lambda r: r.get("stage") == stage_id and r.get("kind", "run") == "run", limit)
+    latest: dict[str, dict] = {}
+    for r in records:  # newest first: the first seen per parameter set is the latest
+        latest.setdefault(params_text(r) + " | " + variants_text(r.get("variants", {})), r)
+    passing = [r for r in records if r["verdict"] == "PASS"]
+    trend = []
+    for r in records[:30]:
+        rows = fixture_rows(r)
+        trend.append(
+            {
+                "id": r["id"],
+                "verdict": r["verdict"],
+                "params": params_text(r),
+                "min_cos": min((x["cos"] for x in rows if x["cos"] is not None), default=None),
+                "max_err": max((x["max_abs_err"] for x in rows if x["max_abs_err"] is not None), default=None),
+                "compile_s": r.get("timing", {}).get("compile_s"),
+                "commit": (r.get("provenance", {}).get("commit") or "")[:8],
+                "gpu": r.get("provenance", {}).get("gpu"),
+            }
+        )
+    return {
+        "stage": stage_id,
+        "runs": len(records),
+        "latest_per_params": [
+            {"params": key, "verdict": r["verdict"], "id": r["id"], "date": r.get("started", "")[:10]} for key, r in sorted(latest.items())
+        ],
+        "first_passing_commit": (passing[-1].get("provenance", {}).get("commit") or "")[:10] if passing else None,
+        "last_passing_commit": (passing[0].get("provenance", {}).get("commit") or "")[:10] if passing else None,
+        "trend": trend,
+        "about": next((r.get("about") for r in records if r.get("about")), None),
+        "shapes": next((r.get("shapes") for r in records if r.get("shapes")), []),
+    }
+
+
+def stage_markdown(history: dict[str, Any], sweep_table: str | None = None) -> str:
+    out = [f"# {history['stage']} — stage report", "", f"{history['runs']} run(s) recorded.", ""]
+    about = history.get("about") or {}
+    if about.get("proves"):
+        out += ["## What this stage proves", "", about["proves"], ""]
+    if about.get("cannot_see"):
+        out += ["## What it cannot see", "", about["cannot_see"], ""]
+    out += [
+        f"First passing commit: `{history['first_passing_commit'] or '-'}` · last passing commit: `{history['last_passing_commit'] or '-'}`",
+        "",
+        "## Latest verdict per parameter set",
+        "",
+        "| parameters | variants | verdict | run | date |",
+        "|---|---|---|---|---|",
+    ]
+    for row in history["latest_per_params"]:
+        params, _, variants = row["params"].partition(" | ")
+        out.append(f"| `{params}` | `{variants}` | {row['verdict']} | {row['id']} | {row['date']} |")
+    out += ["", "## Trend (newest first)", "", "| run | verdict | params | min cos | max err | compile s | commit | card |", "|---|---|---|---|---|---|---|---|"]
+    for t in history["trend"]:
+        out.append(
+            f"| {t['id']} | {t['verdict']} | `{t['params']}` | {fmt(t['min_cos'], '.6f')} | {fmt(t['max_err'], '.3g')} | "
+            f"{fmt(t['compile_s'], '.2f')} | {t['commit']} | {t['gpu'] or '-'} |"
+        )
+    if sweep_table:
+        out += ["", sweep_table]
+    out.append("")
+    return "\n".join(out)
+
+
+def stage_report_path(ws: Workspace, stage_id: str) -> Path:
+    return ws.runs_dir / "reports" / (stage_id.replace("/", "-") + ".md")
+
+
+def write_stage_report(ws: Workspace, stage_id: str) -> Path:
+    path = stage_report_path(ws, stage_id)
+    sweep = path.with_suffix(".sweep.md")
+    sweep_table = sweep.read_text() if sweep.exists() else None
+    atomic_write_text(path, stage_markdown(stage_history(ws, stage_id), sweep_table))
+    return path

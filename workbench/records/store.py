@@ -1,0 +1,254 @@
+"""Run records: runs/<id>/run.json (+ report.md, pictures, artifacts).
+
+Ids sort by time (YYYYMMDD-HHMMSS-micro). run.json is written atomically (temp file +
+rename), so a reader sees either nothing or a whole record; a record that does not parse
+is skipped with a warning by every reader.
+
+Selectors: a full id, a unique id prefix, `last`, `last~N`, `STAGE@last`, `STAGE@last~N`
+(STAGE as `wb run` takes it: c, stage-c, fmha/stage-c).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import stat
+import tempfile
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from workbench.errors import UserError
+from workbench.schemas import SchemaError, load_json
+
+SCHEMA = 1
+RECORD = "run.json"
+
+# Verdicts of a whole run, from best to worst; fixtures use PASS/FAIL/SKIP.
+VERDICTS = ("PASS", "FAIL", "COMPILE_ERROR", "CRASH", "HANG", "INTERRUPTED", "LOST")
+
+
+class CorruptRecordWarning(UserWarning):
+    pass
+
+
+def new_run_dir(runs_dir: Path) -> Path:
+    """Create and return a fresh, uniquely named run folder."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        now = datetime.now()
+        run_id = now.strftime("%Y%m%d-%H%M%S-") + f"{now.microsecond:06d}"
+        path = runs_dir / run_id
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            time.sleep(0.000_01 + secrets.randbelow(100) / 1e6)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write_text(path: Path, text: str, newline: str | None = None) -> None:
+    """Write `text` to `path` so that readers never see a partial file.
+
+    The file keeps its mode (a new one gets the umask's, as `open` would give it); a symlink
+    is written through (its target is replaced, the link stays); a read-only file, a folder
+    in the way or a read-only filesystem is one UserError. The temporary file lives beside
+    the target (a rename is atomic only within one folder) and is removed on any failure."""
+    target = Path(os.path.realpath(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    mode = _mode_for(target, path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux tells it (setting and
+    restoring it would race with threads creating files meanwhile, e.g. sweep lanes)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _mode_for(target: Path, shown: Path) -> int:
+    """The mode a rewrite of `target` keeps: its own, or the umask's for a new file."""
+    try:
+        st = target.stat()
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"cannot write {shown}: it is not a regular file")
+    if not st.st_mode & stat.S_IWUSR or not os.access(target, os.W_OK):  # root may write a 0444 file; wb does not
+        raise UserError(f"{shown} is read-only (mode {stat.S_IMODE(st.st_mode):04o}): wb does not replace it; make it writable")
+    return stat.S_IMODE(st.st_mode)
+
+
+def new_record(kind: str, spec: Any, params: dict[str, Any], variants: dict[str, str], verdict: str, **fields: Any) -> dict[str, Any]:
+    """A record of a stage (`spec`: a kernels.registry.StageSpec) with every field of the run
+    record schema (workbench/schemas/run_record.py; schema and id are added when it is
+    written). `fields` fill or add fields (a compile record adds arch, resources, sass...)."""
+    record: dict[str, Any] = {
+        "kind": kind,
+        "kernel": spec.kernel,
+        "stage": spec.id,
+        "letter": spec.letter,
+        "stage_title": spec.title,
+        "verdict": verdict,
+        "params": params,
+        "variants": variants,
+        "variants_changed": {k: v for k, v in variants.items() if spec.variants.get(k, (v,))[0] != v},
+        "fixtures_requested": [],
+        "seed": None,
+        "error": None,
+        "crashed_on": None,
+        "results": [],
+        "shapes": [],
+        "about": None,
+        "fixture_notes": {},
+        "timing": {},
+        "provenance": {},
+        "started": None,
+        "finished": None,
+        "bench": [],
+        "peak": None,
+        "notes": [],
+        "host_name": None,
+        "remote": None,
+        "sweep": None,
+    }
+    record.update(fields)
+    return record
+
+
+def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
+    record = {"schema": SCHEMA, "id": run_dir.name, **record}
+    path = run_dir / RECORD
+    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    return path
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    """The record in `run_dir`, or None (with a warning) when it is missing, corrupt or does
+    not match the declared schema (workbench/schemas/run_record.py)."""
+    try:
+        return load_record(run_dir)
+    except FileNotFoundError:
+        return None
+    except UserError as exc:
+        warnings.warn(f"skipping corrupt run record {exc}", CorruptRecordWarning, stacklevel=2)
+        return None
+
+
+def load_record(run_dir: Path) -> dict[str, Any]:
+    """The validated record in `run_dir`; FileNotFoundError when there is none, SchemaError
+    (one line naming the file and the key) when it is corrupt or has a wrong type."""
+    from workbench.schemas.run_record import MAX_BYTES, RunRecord  # lazy: pydantic loads when a file is read, not at start-up
+
+    path = run_dir / RECORD
+    data, _ = load_json(path, RunRecord, MAX_BYTES)
+    if not isinstance(data, dict):  # the schema has already refused it; keeps type checkers calm
+        raise SchemaError(str(path), "not a JSON object")
+    data["id"] = run_dir.name
+    data["_dir"] = str(run_dir)
+    return data
+
+
+_ID_RE = re.compile(r"^\d{8}-\d{6}-\d{6}$")
+
+
+def run_ids(runs_dir: Path) -> list[str]:
+    if not runs_dir.is_dir():
+        return []
+    return sorted(p.name for p in runs_dir.iterdir() if _ID_RE.match(p.name) and p.is_dir())
+
+
+def iter_records(runs_dir: Path, newest_first: bool = True) -> Iterable[dict[str, Any]]:
+    ids = run_ids(runs_dir)
+    for run_id in reversed(ids) if newest_first else ids:
+        record = read_record(runs_dir / run_id)
+        if record is not None:
+            yield record
+
+
+def list_records(
+    runs_dir: Path, where: Callable[[dict], bool] | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Records newest first, optionally filtered, at most `limit`."""
+    out: list[dict[str, Any]] = []
+    if limit is not None and limit <= 0:
+        return out
+    for record in iter_records(runs_dir):
+        if where is None or where(record):
+            out.append(record)
+            if limit is not None and len(out) >= limit:
+                break
+    return out
+
+
+_SELECTOR_RE = re.compile(r"^(?:(?P<stage>[^@]+)@)?last(?:~(?P<back>\d+))?$")
+
+
+def select(runs_dir: Path, selector: str, stage_of: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """Resolve a selector to one record (see the module doc). `stage_of` maps STAGE to a stage id."""
+    selector = selector.strip()
+    match = _SELECTOR_RE.match(selector)
+    if match:
+        back = int(match["back"] or 0)
+        where = None
+        label = "runs"
+        if match["stage"]:
+            stage_id = stage_of(match["stage"]) if stage_of else match["stage"]
+            where = lambda r: r.get("stage") == stage_id  # noqa: E731
+            label = f"runs of {stage_id}"
+        found = list_records(runs_dir, where, limit=back + 1)
+        if len(found) <= back:
+            have = len(found)
+            raise UserError(f"{selector}: only {have} {label} recorded" if have else f"{selector}: no {label} recorded yet")
+        return found[back]
+    ids = run_ids(runs_dir)
+    if selector in ids:
+        record = read_record(runs_dir / selector)
+        if record is None:
+            raise UserError(f"run {selector} has no readable record (corrupt or still running)")
+        return record
+    matches = [i for i in ids if i.startswith(selector)]
+    if len(matches) == 1:
+        record = read_record(runs_dir / matches[0])
+        if record is None:
+            raise UserError(f"run {matches[0]} has no readable record (corrupt or still running)")
+        return record
+    if len(matches) > 1:
+        shown = ", ".join(matches[:4]) + (" ..." if len(matches) > 4 else "")
+        raise UserError(f"run selector {selector!r} is ambiguous: {shown}")
+    raise UserError(
+        f"no run matches {selector!r}: use a run id (or a unique prefix), last, last~N or STAGE@last; `wb runs` lists them"
+    )

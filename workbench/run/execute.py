@@ -1,0 +1,101 @@
+"""`wb run` as a library call: one stage, isolated in a worker, recorded in runs/<id>/."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Any, Callable
+
+from workbench.errors import NoGpuError, UserError
+from workbench.records.provenance import git_state, record_provenance
+from workbench.records.publish import commit
+from workbench.records.store import new_record, new_run_dir, utc_now
+from workbench.kernels.registry import StageSpec
+from workbench.run.supervisor import Outcome, run_job
+from workbench.workspace import Workspace
+
+
+def run_stage(
+    ws: Workspace,
+    spec: StageSpec,
+    params: dict[str, Any],
+    variants: dict[str, str],
+    fixtures: list[str] | None = None,
+    seed: int = 0,
+    seeds: int | None = None,
+    timeout: float | None = None,
+    warm: bool = True,
+    arch: str | None = None,
+    on_event: Callable[[dict], None] = lambda e: None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run a stage and return its record (already written, with report and MEMORY.md)."""
+    timeout = timeout or spec.timeout
+    started_wall = time.perf_counter()
+    started = utc_now()
+    git = git_state(ws.root)
+    run_dir = new_run_dir(ws.runs_dir)
+    on_event({"type": "progress", "phase": "start", "run_id": run_dir.name})  # wb run --host learns the remote id
+    job = {
+        "workspace": str(ws.root),
+        "kernel": spec.kernel,
+        "letter": spec.letter,
+        "params": params,
+        "variants": variants,
+        "fixtures": fixtures or [],
+        "seed": seed,
+        "seeds": seeds,
+        "arch": arch,
+        "run_dir": str(run_dir),
+    }
+    try:
+        outcome = run_job(ws, job, timeout, on_event, warm=warm, env=env)
+    except KeyboardInterrupt:
+        outcome = Outcome(status="INTERRUPTED", message="interrupted (Ctrl-C) before the worker answered")
+    result = worker_result(outcome, run_dir)
+
+    verdict = result.get("verdict") if outcome.status == "result" else outcome.status
+    error = result.get("error")
+    if outcome.status != "result":
+        error = {"message": outcome.message, "log": outcome.log_tail}
+    elif verdict == "CRASH" and outcome.log_tail:
+        error = {**(error or {}), "log": outcome.log_tail}
+    compiles = result.get("compiles", [])
+    env = result.get("env") or next((e["env"] for e in reversed(outcome.events) if e.get("phase") == "env"), {})
+    record = new_record(
+        "run", spec, params, variants, verdict,
+        fixtures_requested=fixtures or spec.fixtures,
+        seed=seed,
+        error=error,
+        crashed_on=result.get("crashed_on"),
+        results=result.get("fixtures", []),
+        shapes=result.get("shapes", []),
+        about=result.get("about"),
+        fixture_notes=result.get("fixture_notes", {}),
+        timing={
+            "compile_s": sum(c["seconds"] for c in compiles),
+            "compile_cached": bool(compiles) and all(c["cached"] for c in compiles),
+            "compiles": compiles,
+            "run_s": sum(f.get("launch_s", 0.0) for f in result.get("fixtures", [])),
+            "total_s": time.perf_counter() - started_wall,
+            "timeout_s": timeout,
+            "worker_reused": outcome.worker_reused,
+            "worker_pid": outcome.worker_pid,
+        },
+        provenance=record_provenance(ws, spec, git, env, compiles[0]["arch"] if compiles else arch or spec.arch),
+        started=started,
+        finished=utc_now(),
+    )
+    return commit(ws, run_dir, record)
+
+
+def worker_result(outcome: Outcome, run_dir) -> dict[str, Any]:
+    """The worker's result; a job it refused (a user mistake, no GPU) leaves no run folder."""
+    if outcome.status == "user_error":
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise UserError(outcome.message)
+    result = outcome.result or {}
+    if result.get("verdict") == "NO_GPU":
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise NoGpuError(result["error"]["message"])
+    return result

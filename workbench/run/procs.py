@@ -1,0 +1,441 @@
+"""Stale-process hygiene: pid files of the processes wb starts, `wb ps`, `wb kill`.
+
+Every long-lived child wb starts writes a pid file under <workspace>/.wb/pids/ (one per
+process, named <stem>-<pid>.json) and removes it when it exits:
+
+    {"pid", "pgid", "kind", "host", "boot_id", "starttime", "started", "argv", "socket",
+     "idle", "cuda_visible_devices", "parent": {"pid", "starttime"},
+     "job": {"run_dir", "supervisor": {"pid", "starttime"}, "since"} | null,
+     "last_active": <unix time>}
+
+kind is "warm-worker" (serves many runs, exits after `idle` seconds without one),
+"once-worker" (one run) or "remote-run" (a `wb run` started by `wb run --host` through
+workbench.remote.agent; "agent" names the agent process).
+
+`starttime` is field 22 of /proc/<pid>/stat (clock ticks after boot) and `boot_id` the
+kernel's boot id: a pid file matches a live process only when both are equal, so a pid the
+kernel has since handed to another program is never signalled. wb kills by pid, never by
+name, and only processes whose pid file matches.
+
+A process is an *orphan* when it still runs but nothing will end it or use it: a worker busy
+with a run whose `wb` process is gone (a hung kernel outliving a killed wb), a once-worker
+whose wb is gone, a warm worker whose socket is gone (no run can reach it again) or that is
+still alive well past its idle timeout, a remote run whose ssh session (agent) is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import UserError
+from workbench.records.store import atomic_write_text
+from workbench.workspace import Workspace
+
+IDLE_GRACE = 120.0  # seconds past its idle timeout before a live idle warm worker is an orphan
+KILL_GRACE = 5.0
+
+
+# ----------------------------------------------------------------------------- /proc
+
+
+def boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (OSError, ValueError):
+        return None
+    # comm (field 2) may hold spaces and parentheses: split after the last ')'.
+    return text[text.rfind(")") + 2:].split()
+
+
+def starttime(pid: int) -> int | None:
+    """The process's start time in clock ticks after boot, or None when it is not running."""
+    fields = _stat_fields(pid)
+    if not fields or fields[0] in ("Z", "X"):  # state: a zombie runs nothing
+        return None
+    return int(fields[19])  # field 22 overall; fields[0] is field 3
+
+
+def identity(pid: int) -> dict[str, Any]:
+    return {"pid": pid, "starttime": starttime(pid), "boot_id": boot_id()}
+
+
+def same_process(pid: int | None, expected_start: int | None, expected_boot: str | None = None) -> bool:
+    """True when `pid` runs now and is the process that was recorded (not a reused pid)."""
+    if not pid or expected_start is None:
+        return False
+    if expected_boot and boot_id() and expected_boot != boot_id():
+        return False
+    return starttime(pid) == expected_start
+
+
+def process_age(start_ticks: int) -> float | None:
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------- pid files
+
+
+def pid_dir(ws: Workspace) -> Path:
+    return ws.state_dir / "pids"
+
+
+def pidfile_for(path: str | os.PathLike, pid: int) -> Path:
+    """The per-process pid file for a requested path: .wb/pids/<stem>.json -> <stem>-<pid>.json."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-{pid}{path.suffix or '.json'}")
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    atomic_write_text(path, json.dumps(data, default=str) + "\n")
+
+
+class PidFile:
+    """The pid file of the current process: written at start, updated, removed at exit."""
+
+    def __init__(self, path: str | os.PathLike, kind: str, **extra: Any):
+        self.path = Path(path)
+        pid = os.getpid()
+        self.data: dict[str, Any] = {
+            "pid": pid,
+            "pgid": os.getpgid(0),
+            "kind": kind,
+            "host": socket.gethostname(),
+            "boot_id": boot_id(),
+            "starttime": starttime(pid),
+            "started": time.time(),
+            "last_active": time.time(),
+            "argv": [sys.executable, *sys.argv],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "job": None,
+            **extra,
+        }
+        self.write()
+
+    def write(self) -> None:
+        try:
+            _atomic_json(self.path, self.data)
+        except (OSError, UserError):
+            pass  # a pid file is a courtesy: never fail a run for it
+
+    def update(self, **changes: Any) -> None:
+        self.data.update(changes)
+        self.write()
+
+    def job_started(self, run_dir: str | None, supervisor_pid: int | None) -> None:
+        supervisor = {"pid": supervisor_pid, "starttime": starttime(supervisor_pid)} if supervisor_pid else None
+        self.update(job={"run_dir": run_dir, "supervisor": supervisor, "since": time.time()}, last_active=time.time())
+
+    def job_done(self) -> None:
+        self.update(job=None, last_active=time.time())
+
+    def remove(self) -> None:
+        try:
+            data = json.loads(self.path.read_text())
+            if data.get("pid") != self.data["pid"]:
+                return  # not ours (any more)
+            self.path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def parent_identity() -> dict[str, Any] | None:
+    ppid = os.getppid()
+    return {"pid": ppid, "starttime": starttime(ppid)} if ppid > 1 else None
+
+
+def peer_pid(conn: socket.socket) -> int | None:
+    """The pid of the process at the other end of a Unix socket (Linux), or None."""
+    try:
+        import struct
+
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid = struct.unpack("3i", creds)[0]
+        return pid or None
+    except (OSError, AttributeError):
+        return None
+
+
+# ----------------------------------------------------------------------------- ps
+
+
+@dataclass
+class ProcInfo:
+    path: Path
+    data: dict[str, Any]
+    state: str  # idle | busy | running | starting | orphan | dying | untracked | gone | reused | unverified | foreign
+    note: str = ""
+    gpu_mib: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return int(self.data.get("pid") or 0)
+
+    @property
+    def alive(self) -> bool:
+        return self.state in ("idle", "busy", "running", "starting", "orphan", "dying", "untracked")
+
+    @property
+    def orphan(self) -> bool:
+        return self.state == "orphan"
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self.data
+        job = d.get("job") or {}
+        return {
+            "pid": self.pid, "pgid": d.get("pgid"), "kind": d.get("kind", "worker"), "state": self.state, "note": self.note,
+            "host": d.get("host"), "age_s": (time.time() - d["started"]) if d.get("started") else None,
+            "cuda_visible_devices": d.get("cuda_visible_devices"), "gpu_mib": self.gpu_mib,
+            "run": Path(job["run_dir"]).name if job.get("run_dir") else None,
+            "busy_s": (time.time() - job["since"]) if job.get("since") else None,
+            "pidfile": str(self.path), "argv": d.get("argv"),
+        }
+
+
+def _gpu_memory() -> dict[int, int]:
+    """pid -> MiB of GPU memory, from nvidia-smi when it is there."""
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    out = {}
+    for line in done.stdout.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0].isdigit():
+            out[int(parts[0])] = int(parts[1]) if parts[1].isdigit() else 0
+    return out
+
+
+def _classify(path: Path, data: dict[str, Any], now: float) -> ProcInfo:
+    pid = data.get("pid")
+    if not isinstance(pid, int) or pid <= 1:
+        return ProcInfo(path, data, "gone", "unreadable pid file")
+    if data.get("host") and data["host"] != socket.gethostname():
+        return ProcInfo(path, data, "foreign", f"written on host {data['host']}")
+    live_start = starttime(pid)
+    if live_start is None:  # a zombie too: it has exited and holds no memory, GPU memory included
+        return ProcInfo(path, data, "gone", "the process has exited")
+    if data.get("starttime") is None:
+        return ProcInfo(path, data, "unverified", "old pid file without a start time: cannot prove it is wb's")
+    if (data.get("boot_id") and boot_id() and data["boot_id"] != boot_id()) or live_start != data["starttime"]:
+        return ProcInfo(path, data, "reused", f"pid {pid} now belongs to another process")
+    kind = data.get("kind", "warm-worker")
+    job = data.get("job")
+    if data.get("dying"):
+        return ProcInfo(path, data, "dying", str(data["dying"]))
+    if kind == "remote-run":
+        agent = data.get("agent") or {}
+        if agent and not same_process(agent.get("pid"), agent.get("starttime")):
+            return ProcInfo(path, data, "orphan", "remote run whose ssh session (agent) is gone")
+        return ProcInfo(path, data, "running", "remote run (wb run --host)")
+    if job:
+        sup = job.get("supervisor") or {}
+        run = Path(job["run_dir"]).name if job.get("run_dir") else "?"
+        busy = now - job.get("since", now)
+        if sup.get("pid") and not same_process(sup.get("pid"), sup.get("starttime")):
+            return ProcInfo(path, data, "orphan", f"busy {busy:.0f} s with run {run}, but its wb (pid {sup['pid']}) is gone")
+        return ProcInfo(path, data, "busy", f"run {run} for wb pid {sup.get('pid', '?')}, {busy:.0f} s")
+    parent = data.get("parent") or {}
+    if kind == "once-worker":
+        if parent.get("pid") and not same_process(parent.get("pid"), parent.get("starttime")):
+            return ProcInfo(path, data, "orphan", f"one-run worker whose wb (pid {parent['pid']}) is gone")
+        return ProcInfo(path, data, "starting", "one-run worker")
+    sock = data.get("socket")
+    if sock and not os.path.exists(sock):
+        return ProcInfo(path, data, "orphan", "warm worker whose socket is gone: no run can reach it")
+    idle = float(data.get("idle") or 0)
+    idle_for = now - float(data.get("last_active") or data.get("started") or now)
+    if idle > 0 and idle_for > idle + IDLE_GRACE:
+        return ProcInfo(path, data, "orphan", f"idle {idle_for:.0f} s, past its idle timeout of {idle:.0f} s")
+    return ProcInfo(path, data, "idle", f"warm worker, idle {idle_for:.0f} s (exits after {idle:.0f} s)")
+
+
+def scan(ws: Workspace, clean: bool = True, gpu: bool = False) -> list[ProcInfo]:
+    """Every pid file of the workspace, classified, and the workspace's workers that have
+    none. `clean` removes files of exited processes."""
+    folder = pid_dir(ws)
+    now = time.time()
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            data = {}
+        info = _classify(path, data, now)
+        if info.state in ("gone", "reused") and clean:
+            # Re-check before removing: the file may have been rewritten meanwhile.
+            try:
+                if json.loads(path.read_text()) == data:
+                    path.unlink()
+            except (OSError, ValueError):
+                pass
+        out.append(info)
+    if os.path.isdir("/proc"):
+        out += _untracked(ws, {p.pid for p in out if p.alive})
+    if gpu and any(p.alive for p in out):
+        mem = _gpu_memory()
+        for p in out:
+            p.gpu_mib = mem.get(p.pid)
+    return out
+
+
+def _untracked(ws: Workspace, known: set[int]) -> list[ProcInfo]:
+    """Workers of this workspace that run without a pid file (it was deleted, or never
+    written): `python -m workbench.run.worker` whose working folder is the workspace."""
+    root = str(ws.root.resolve())
+    out = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        pid = int(entry.name)
+        if pid in known or pid == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"workbench.run.worker" not in argv or os.readlink(entry / "cwd") != root:
+                continue
+            pgid = os.getpgid(pid)
+        except OSError:
+            continue
+        start = starttime(pid)
+        if start is None:
+            continue
+        data = {"pid": pid, "pgid": pgid, "kind": "worker", "starttime": start, "boot_id": boot_id(),
+                "argv": [a.decode(errors="replace") for a in argv if a], "host": socket.gethostname()}
+        out.append(ProcInfo(Path(os.devnull), data, "untracked", "a wb worker of this workspace without a pid file"))
+    return out
+
+
+def orphans(ws: Workspace) -> list[ProcInfo]:
+    return [p for p in scan(ws) if p.orphan]
+
+
+def orphan_warning(ws: Workspace) -> str | None:
+    """One line for `wb run` when an orphan of an earlier run may still hold the GPU."""
+    try:
+        found = orphans(ws)
+    except Exception:  # hygiene must never stop a run
+        return None
+    if not found:
+        return None
+    first = found[0]
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    gpu = f" on CUDA_VISIBLE_DEVICES={first.data['cuda_visible_devices']}" if first.data.get("cuda_visible_devices") else ""
+    return (
+        f"orphaned wb process pid {first.pid}{gpu} still running: {first.note}{more}; "
+        "it may hold the GPU: `wb ps` shows it, `wb kill` ends it"
+    )
+
+
+# ----------------------------------------------------------------------------- kill
+
+
+@dataclass
+class KillResult:
+    pid: int
+    killed: bool
+    message: str
+
+
+def _signal_group(info: ProcInfo, sig: int) -> bool:
+    """Signal the process (its group when it leads one) after proving it is the recorded one.
+
+    A pidfd pins the process while its identity is checked, so a pid reused between the check
+    and the signal cannot be hit."""
+    pid = info.pid
+    data = info.data
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        fd = None
+    try:
+        if not same_process(pid, data.get("starttime"), data.get("boot_id")):
+            return False
+        pgid = data.get("pgid")
+        try:
+            if pgid == pid and os.getpgid(pid) == pid:
+                os.killpg(pid, sig)  # the group cannot be recycled while its leader (pinned) lives
+            elif fd is not None:
+                signal.pidfd_send_signal(fd, sig)
+            else:
+                os.kill(pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _wait_gone(info: ProcInfo, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not same_process(info.pid, info.data.get("starttime"), info.data.get("boot_id")):
+            return True
+        time.sleep(0.05)
+    return not same_process(info.pid, info.data.get("starttime"), info.data.get("boot_id"))
+
+
+def kill_proc(info: ProcInfo, grace: float = KILL_GRACE) -> KillResult:
+    """End one of wb's processes: a polite signal, then SIGKILL; remove its pid file."""
+    pid = info.pid
+    if not info.alive:
+        return KillResult(pid, False, f"pid {pid}: not killed: {info.note or info.state}")
+    # A remote run is a `wb run`: SIGINT lets it kill its worker and record INTERRUPTED.
+    first = signal.SIGINT if info.data.get("kind") == "remote-run" else signal.SIGTERM
+    if not _signal_group(info, first):
+        return KillResult(pid, False, f"pid {pid}: already gone")
+    if not _wait_gone(info, grace):
+        _signal_group(info, signal.SIGKILL)
+        _wait_gone(info, 5.0)
+    try:
+        if json.loads(info.path.read_text()).get("pid") == pid:
+            info.path.unlink()
+    except (OSError, ValueError):
+        pass
+    what = info.data.get("kind", "worker")
+    return KillResult(pid, True, f"killed pid {pid} ({what}{': ' + info.note if info.note else ''})")
+
+
+def kill(ws: Workspace, pids: list[int] | None = None, everything: bool = False) -> list[KillResult]:
+    """Kill the given pids (each must match a live pid file), else every orphan (or every
+    process with `everything`)."""
+    procs = scan(ws)
+    if pids:
+        results = []
+        for pid in pids:
+            info = next((p for p in procs if p.pid == pid and p.alive), None)
+            if info is None:
+                known = next((p for p in procs if p.pid == pid), None)
+                why = known.note if known else f"no pid file in {pid_dir(ws)} names it"
+                results.append(KillResult(pid, False, f"pid {pid}: not wb's to kill ({why})"))
+                continue
+            results.append(kill_proc(info))
+        return results
+    chosen = [p for p in procs if (p.alive if everything else p.orphan)]
+    return [kill_proc(p) for p in chosen]

@@ -1,0 +1,307 @@
+"""The supervisor side: start or reuse a worker, send a job, enforce the timeout.
+
+A warm worker serves one workspace (and one Python / CUDA_VISIBLE_DEVICES setting) through
+a socket in a short temporary folder; a file lock gives one `wb run` at a time the use of
+it, and a run that finds it busy starts a fresh worker of its own. A worker that hangs past
+the timeout, or is running when the user presses Ctrl-C, is killed with its whole process
+group; the next run starts a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from workbench.run import procs
+from workbench.run import protocol
+from workbench.workspace import Workspace
+
+START_TIMEOUT = 120.0  # seconds for a new worker to bind its socket
+WARM_IDLE = float(os.environ.get("WB_WORKER_IDLE", 600))  # a warm worker exits after this long idle
+
+
+@dataclass
+class Outcome:
+    """What happened to one job, seen from the supervisor."""
+
+    status: str  # "result" | "user_error" | "HANG" | "CRASH" | "INTERRUPTED"
+    result: dict[str, Any] | None = None
+    message: str = ""
+    log_tail: str = ""
+    worker_pid: int | None = None
+    worker_reused: bool = False
+    events: list[dict] = field(default_factory=list)
+
+
+def _socket_dir() -> Path:
+    path = Path(tempfile.gettempdir()) / f"wb-{os.getuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def warm_tag(ws: Workspace, env: dict[str, str] | None = None) -> str:
+    """Workers are shared only between runs with the same workspace, Python and GPU choice.
+
+    `env` overlays os.environ (wb sweep gives each lane its own CUDA_VISIBLE_DEVICES, and
+    each Slurm job its own WB_LANE: jobs may share a workspace and see the same device ids)."""
+    environ = {**os.environ, **(env or {})}
+    key = "|".join([str(ws.root), sys.executable, environ.get("CUDA_VISIBLE_DEVICES", ""), environ.get("PYTHONPATH", "")])
+    if environ.get("WB_LANE"):
+        key += "|" + environ["WB_LANE"]
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def pid_dir(ws: Workspace) -> Path:
+    return ws.state_dir / "pids"
+
+
+class Worker:
+    def __init__(self, pid: int, socket_path: str, log_path: Path, popen: subprocess.Popen | None, reused: bool):
+        self.pidfile: Path | None = None
+        self.pid = pid
+        self.socket_path = socket_path
+        self.log_path = log_path
+        self.popen = popen
+        self.reused = reused
+
+    @classmethod
+    def spawn(cls, ws: Workspace, socket_path: str, once: bool, idle: float = WARM_IDLE, env: dict[str, str] | None = None) -> "Worker":
+        logs = ws.ensure_state_dir("logs")
+        log_path = logs / f"worker-{Path(socket_path).stem}.log"
+        log = open(log_path, "ab")
+        env = {**os.environ, **(env or {})}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        pidfile = pid_dir(ws) / f"{Path(socket_path).stem}.json"
+        args = [sys.executable, "-m", "workbench.run.worker", "--socket", socket_path, "--idle", str(idle), "--pidfile", str(pidfile)]
+        if once:
+            args.append("--once")
+        popen = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=ws.root
+        )
+        log.close()
+        worker = cls(popen.pid, socket_path, log_path, popen, reused=False)
+        worker.pidfile = procs.pidfile_for(pidfile, popen.pid)  # the worker writes <stem>-<pid>.json
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if popen.poll() is not None:
+                raise RuntimeError(f"worker exited at start (code {popen.returncode}): {worker.log_tail()}")
+            if os.path.exists(socket_path):
+                return worker
+            time.sleep(0.02)
+        worker.kill()
+        raise RuntimeError(f"worker did not start within {START_TIMEOUT:.0f} s")
+
+    def connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(self.socket_path)
+        return sock
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        try:  # a worker this process spawned for an earlier run: reap it if it has exited
+            os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if os.path.isdir("/proc"):  # a zombie answers kill(0) but runs nothing
+            return procs.starttime(self.pid) is not None
+        try:
+            os.kill(self.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+
+    def kill(self) -> None:
+        """End the worker and everything in its process group."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.popen is not None:
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        else:
+            deadline = time.monotonic() + 10
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        for path in (self.socket_path, self.pidfile):
+            if path is None:
+                continue
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def log_tail(self, since: int = 0, limit: int = 4000) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(since)
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return text[-limit:].strip()
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+
+def _find_warm(ws: Workspace, socket_path: str) -> Worker | None:
+    """A live warm worker answering on `socket_path`, or None."""
+    if not os.path.exists(socket_path):
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2.0)
+            sock.connect(socket_path)
+            protocol.send(sock, {"op": "ping"})
+            reply = next(protocol.receive(sock), None)
+    except (OSError, ValueError):
+        reply = None
+    if reply and reply.get("type") == "pong" and reply.get("code") != protocol.wb_code_version():
+        # Started before wb itself was edited: it would run the old code. Replace it.
+        stale = Worker(int(reply["pid"]), socket_path, Path(os.devnull), None, reused=False)
+        stale.pidfile = procs.pidfile_for(pid_dir(ws) / f"{Path(socket_path).stem}.json", stale.pid)
+        stale.kill()
+        return None
+    if not reply or reply.get("type") != "pong":
+        try:
+            os.unlink(socket_path)
+        except FileNotFoundError:
+            pass
+        return None
+    log_path = ws.state_dir / "logs" / f"worker-{Path(socket_path).stem}.log"
+    worker = Worker(int(reply["pid"]), socket_path, log_path, None, reused=True)
+    worker.pidfile = procs.pidfile_for(pid_dir(ws) / f"{Path(socket_path).stem}.json", worker.pid)
+    return worker
+
+
+def run_job(
+    ws: Workspace,
+    job: dict[str, Any],
+    timeout: float,
+    on_event: Callable[[dict], None] = lambda e: None,
+    warm: bool = True,
+    env: dict[str, str] | None = None,
+) -> Outcome:
+    """Run one job in a worker and report what happened; never raises for kernel failures.
+
+    `env` overlays os.environ for the worker (and picks the warm worker of that setting)."""
+    from filelock import FileLock, Timeout
+
+    lock = None
+    worker = None
+    if warm:
+        ws.ensure_state_dir()
+        tag = warm_tag(ws, env)
+        lock = FileLock(str(ws.state_dir / f"worker-{tag}.lock"))
+        try:
+            lock.acquire(timeout=0)
+            socket_path = str(_socket_dir() / f"{tag}.sock")
+            worker = _find_warm(ws, socket_path) or Worker.spawn(ws, socket_path, once=False, env=env)
+        except Timeout:
+            lock = None  # another run holds the warm worker: use a fresh one
+    try:
+        if worker is None:
+            socket_path = str(_socket_dir() / f"once-{os.getpid()}-{time.monotonic_ns()}.sock")
+            worker = Worker.spawn(ws, socket_path, once=True, env=env)
+        return _drive(worker, job, timeout, on_event)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _drive(worker: Worker, job: dict, timeout: float, on_event) -> Outcome:
+    log_start = worker.log_size()
+    outcome = Outcome(status="CRASH", worker_pid=worker.pid, worker_reused=worker.reused)
+    # Until the worker accepts the job (a new one is still importing torch and the DSL) the
+    # start limit applies; the job's own timeout starts when it is accepted.
+    deadline = time.monotonic() + START_TIMEOUT + timeout
+    accepted = False
+    try:
+        sock = worker.connect()
+    except OSError as exc:
+        worker.kill()
+        outcome.message = f"could not reach the worker: {exc}"
+        return outcome
+    try:
+        protocol.send(sock, {"op": "run", **job})  # job["op"], when given, wins
+        buffer = b""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            sock.settimeout(min(remaining, 1.0))
+            try:
+                chunk = sock.recv(1 << 16)
+            except socket.timeout:
+                if not worker.alive():
+                    chunk = b""
+                else:
+                    continue
+            if not chunk:
+                outcome.status = "CRASH"
+                outcome.message = "the worker process died"
+                outcome.log_tail = worker.log_tail(log_start)
+                worker.kill()
+                return outcome
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if not line.strip():
+                    continue
+                message = json.loads(line)
+                kind = message.get("type")
+                if kind == "accepted":
+                    if not accepted:
+                        accepted = True
+                        deadline = time.monotonic() + timeout
+                    continue
+                if kind == "result":
+                    outcome.status = "result"
+                    outcome.result = message["result"]
+                    outcome.log_tail = worker.log_tail(log_start)
+                    return outcome
+                if kind == "user_error":
+                    outcome.status = "user_error"
+                    outcome.message = message["message"]
+                    return outcome
+                outcome.events.append(message)
+                on_event(message)
+    except TimeoutError:
+        worker.kill()
+        outcome.status = "HANG"
+        outcome.message = (
+            f"no result after {timeout:g} s: the worker's process group was killed"
+            if accepted
+            else f"the worker did not take the job within {START_TIMEOUT:g} s: its process group was killed"
+        )
+        outcome.log_tail = worker.log_tail(log_start)
+        return outcome
+    except KeyboardInterrupt:
+        worker.kill()
+        outcome.status = "INTERRUPTED"
+        outcome.message = "interrupted (Ctrl-C): the worker's process group was killed"
+        return outcome
+    finally:
+        try:
+            sock.close()
+        except OSError:
+            pass

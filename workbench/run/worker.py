@@ -1,0 +1,483 @@
+"""The worker process: runs jobs sent by the supervisor, in its own process group.
+
+    python -m workbench.run.worker --socket PATH [--idle SECONDS] [--once] [--pidfile PATH]
+
+It binds the socket first (so the supervisor can connect at once), then imports torch
+and the DSL, and serves one connection at a time. `--once` exits after one job (a fresh
+worker per run); otherwise it exits after `--idle` seconds without a job. After a CUDA
+error the context is unusable, so the worker answers and exits; the supervisor replaces it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import faulthandler
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from workbench import compare
+from workbench.compile.compiler import compile_stage
+from workbench.compile.job import CompileJob
+from workbench.diagnose import add_run_evidence, run_diagnosis
+from workbench.errors import UserError
+from workbench.kernels import fixtures, fixtures as fixture_registry
+from workbench.kernels.fixtures import get_fixture
+from workbench.kernels.registry import forget_stage_modules, load_kernel
+from workbench.kernels.stage import Params, torch_dtype
+from workbench.run import procs, protocol
+from workbench.workspace import Workspace
+
+Emit = Callable[[dict[str, Any]], None]
+_PIDFILE: "procs.PidFile | None" = None
+
+
+def environment() -> dict[str, Any]:
+    """Versions and the GPU this worker sees (for the run record's provenance)."""
+    import torch
+
+    info: dict[str, Any] = {"torch": torch.__version__, "python": sys.version.split()[0], "gpu": None}
+    try:
+        from importlib.metadata import version
+
+        info["dsl"] = version("nvidia-cutlass-dsl")
+    except Exception:
+        info["dsl"] = None
+    if torch.cuda.is_available():
+        index = torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        info["gpu"] = props.name
+        info["compute_capability"] = f"{props.major}.{props.minor}"
+        info["sm_count"] = props.multi_processor_count
+        info["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+        info["driver"] = _nvidia_driver_version()
+        info["cuda_runtime"] = torch.version.cuda
+    return info
+
+
+def _nvidia_driver_version() -> str | None:
+    """The kernel driver's version, e.g. 580.159.04 (Linux), without NVML."""
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+    except OSError:
+        return None
+    match = re.search(r"Kernel Module\s+(?:for \S+\s+)?([\d.]+)", text)
+    return match.group(1) if match else None
+
+
+def user_location(exc: BaseException, roots: list[Path]) -> str | None:
+    """file:line of the innermost traceback frame inside the user's stage code."""
+    best = None
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        try:
+            path = Path(filename).resolve()
+        except OSError:
+            path = None
+        if path is not None and any(root in path.parents for root in roots):
+            best = f"{path}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    if best is None and exc.__cause__ is not None and exc.__cause__ is not exc:
+        return user_location(exc.__cause__, roots)
+    return best
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def error_info(exc: BaseException, roots: list[Path]) -> dict[str, Any]:
+    # DSL errors render with terminal colours and a leading newline; records keep plain text.
+    message = _ANSI.sub("", str(exc)).strip() or type(exc).__name__
+    return {
+        "type": type(exc).__name__,
+        "message": message,
+        "location": getattr(exc, "location", None) or user_location(exc, roots),
+        "traceback": _ANSI.sub("", "".join(traceback.format_exception(exc))),
+    }
+
+
+class Job:
+    """One `wb run` inside the worker: compile per variant set, run every fixture."""
+
+    def __init__(self, job: dict[str, Any], emit: Emit):
+        self.job = job
+        self.emit = emit
+        self.must_exit = False
+
+    def execute(self) -> dict[str, Any]:
+        if self.job.get("kind") == "compile":  # wb shapes / wb compile: compile only, no torch
+            compile_job = CompileJob(self.job, self.emit)
+            result = compile_job.execute()
+            self.must_exit = compile_job.must_exit
+            return result
+        import torch
+
+        job = self.job
+        ws = Workspace(Path(job["workspace"]))
+        ws.activate()
+        forget_stage_modules()
+        forget_fixture_modules()
+        kernel = load_kernel(ws.stages_dir / job["kernel"] / "kernel.yaml")
+        spec = kernel.stage(job["letter"])
+        if spec is None:
+            raise UserError(f"kernel {job['kernel']} has no stage {job['letter']!r}")
+        roots = [ws.stages_dir.resolve(), ws.fixtures_dir.resolve()]
+        result: dict[str, Any] = {"env": environment(), "fixtures": [], "shapes": [], "compiles": []}
+        self.emit({"type": "progress", "phase": "env", "env": result["env"]})  # a HANG record still names the card
+
+        try:
+            stage = spec.load()
+        except UserError:
+            raise
+        except Exception as exc:
+            return {**result, "verdict": "COMPILE_ERROR", "error": error_info(exc, roots)}
+        if stage.needs_gpu and not torch.cuda.is_available():
+            return {**result, "verdict": "NO_GPU", "error": {"message": f"{spec.id} needs a CUDA GPU and this machine has none"}}
+        device = "cuda" if stage.needs_gpu else "cpu"
+        result["about"] = {"proves": stage.proves, "cannot_see": stage.cannot_see}
+
+        registry = fixture_registry.load_fixtures(ws.fixtures_dir)
+        params = Params(job["params"])
+        in_specs, out_specs = stage.inputs(params), stage.outputs(params)
+        plan = self.plan(spec, registry, in_specs, job)
+        result["fixture_notes"] = {
+            f.name: {"isolates": f.isolates, "hides": f.hides} for _, cases in plan for f, _ in cases
+        }
+
+        for variants, cases in plan:
+            self.emit({"type": "progress", "phase": "compile", "variants": variants})
+            try:
+                build = compile_stage(spec, stage, params, variants, job.get("arch"))
+            except Exception as exc:  # readable trace errors carry the probes captured before them
+                shapes = getattr(exc, "shapes", None) or result["shapes"]
+                return {**result, "shapes": shapes, "verdict": "COMPILE_ERROR", "error": error_info(exc, roots)}
+            result["compiles"].append(
+                {"variants": variants, "seconds": build.seconds, "cached": build.cached, "arch": build.arch,
+                 "cache": build.cache, "cold_seconds": build.cold_seconds}
+            )
+            if not result["shapes"]:
+                result["shapes"] = build.shapes
+            for fixture, seed in cases:
+                try:
+                    result["fixtures"].append(
+                        self.run_fixture(stage, spec, build, fixture, seed, params, variants, in_specs, out_specs, device)
+                    )
+                except UserError:
+                    raise
+                except Exception as exc:
+                    self.must_exit = True
+                    return {**result, "verdict": "CRASH", "error": error_info(exc, roots), "crashed_on": fixture.name}
+
+        add_run_evidence(result["fixtures"], spec.module_path.parent, params)  # what the other fixtures show
+        verdicts = [f["verdict"] for f in result["fixtures"]]
+        result["verdict"] = "PASS" if verdicts and all(v == "PASS" for v in verdicts) else "FAIL"
+        return result
+
+    def plan(self, spec, registry, in_specs, job) -> list[tuple[dict, list]]:
+        """Group (fixture, seed) cases by the variants they compile with."""
+        explicit = bool(job.get("fixtures"))
+        names = job.get("fixtures") or spec.fixtures
+        groups: dict[str, tuple[dict, list]] = {}
+        for name in names:
+            fixture = get_fixture(registry, name)
+            missing = [n for n in fixture.needs if n not in in_specs]
+            unsupported = {k: v for k, v in fixture.variants.items() if v not in spec.variants.get(k, ())}
+            if missing or unsupported:
+                if explicit:
+                    why = f"inputs {', '.join(missing)}" if missing else f"variant {', '.join(f'{k}={v}' for k, v in unsupported.items())}"
+                    raise UserError(f"fixture {name!r} does not apply to {spec.id}: it needs {why}")
+                continue
+            variants = {**job["variants"], **fixture.variants}
+            seeds = [job["seed"] + i for i in range(job.get("seeds") or fixture.seeds)]
+            key = json.dumps(sorted(variants.items()))
+            groups.setdefault(key, (variants, []))[1].extend((fixture, s) for s in seeds)
+        if not groups:
+            raise UserError(f"no fixture applies to {spec.id}")
+        return list(groups.values())
+
+    def run_fixture(self, stage, spec, build, fixture, seed, params, variants, in_specs, out_specs, device):
+        import torch
+
+        label = fixture.name if fixture.seeds == 1 else f"{fixture.name}#{seed}"
+        self.emit({"type": "progress", "phase": "fixture", "fixture": label})
+        inputs = fixture.make(in_specs, params, seed, device)
+        for name, ts in in_specs.items():
+            got = inputs.get(name)
+            if got is None or tuple(got.shape) != tuple(ts.shape) or got.dtype != ts.torch_dtype():
+                shape = None if got is None else (tuple(got.shape), got.dtype)
+                raise UserError(f"fixture {fixture.name!r} made {name}={shape}, the stage expects {(ts.shape, ts.dtype)}")
+        outputs = {name: torch.empty(ts.shape, dtype=ts.torch_dtype(), device=device) for name, ts in out_specs.items()}
+        for tensor in outputs.values():
+            compare.poison(tensor)
+        start = time.perf_counter()
+        stage.launch(build.compiled, inputs, outputs)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        launch_seconds = time.perf_counter() - start
+        lowp_dtype = torch_dtype(params["dtype"]) if "dtype" in params else torch.float32
+        with reference_memory(device) as peak:
+            reference = stage.reference(inputs, params, variants, torch.float32)
+            reference_lowp = stage.reference(inputs, params, variants, lowp_dtype)
+        metrics = {
+            name: compare.metrics(outputs[name], reference[name], reference_lowp[name], spec.tolerance)
+            for name in out_specs
+        }
+        case = {
+            "fixture": fixture.name,
+            "label": label,
+            "seed": seed,
+            "variants": variants,
+            "verdict": compare.fixture_verdict(metrics),
+            "outputs": metrics,
+            "launch_s": launch_seconds,
+            "reference_peak_bytes": peak.get("bytes"),
+        }
+        if case["verdict"] == "FAIL":
+            case["diagnosis"] = self.diagnose(fixture, outputs, reference, inputs, params, variants, spec, label)
+        return case
+
+    def diagnose(self, fixture, outputs, reference, inputs, params, variants, spec, label):
+        """Explain a failure with the diagnostics library."""
+        try:
+            return run_diagnosis(
+                outputs=outputs,
+                expected=reference,
+                inputs=inputs,
+                params=params,
+                variants=variants,
+                fixture=fixture.name,
+                kernel_dir=spec.module_path.parent,
+                picture_dir=Path(self.job["run_dir"]) if self.job.get("run_dir") else None,
+                label=label,
+            )
+        except Exception as exc:  # a broken diagnosis must not hide the verdict
+            return {"error": f"diagnosis failed: {type(exc).__name__}: {exc}"}
+
+
+@contextlib.contextmanager
+def reference_memory(device: str):
+    """The device memory the references allocated beyond what was held before them (the
+    fixture's inputs and outputs), in bytes: {"bytes": N} after the block, on a GPU."""
+    out: dict[str, int] = {}
+    if device != "cuda":
+        yield out
+        return
+    import torch
+
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    yield out
+    torch.cuda.synchronize()
+    out["bytes"] = torch.cuda.max_memory_allocated() - before
+
+
+def forget_fixture_modules() -> None:
+    for name in [n for n in sys.modules if n.startswith("wb_fixtures_")]:
+        del sys.modules[name]
+    fixtures._registry.clear()
+
+
+# Job kinds a worker runs: op -> "module:Class" (imported when first used).
+JOB_TYPES = {
+    "run": "workbench.run.worker:Job",
+    "bench": "workbench.run.bench:BenchJob",
+}
+
+
+def _job_class(op: str):
+    import importlib
+
+    module, _, name = JOB_TYPES[op].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def handle(conn: socket.socket) -> bool:
+    """Serve one connection; return False when the worker should exit afterwards."""
+    keep_going = True
+    for message in protocol.receive(conn):
+        op = message.get("op")
+        if op == "ping":
+            protocol.send(conn, {"type": "pong", "pid": os.getpid(), "code": _CODE_VERSION})
+        elif op == "exit":
+            return False
+        elif op in JOB_TYPES:
+            print(f"[wb-worker {os.getpid()}] {op} job {message.get('run_dir')} start", flush=True)
+            # The job's timeout runs from here: a new worker's imports are not the kernel's time.
+            protocol.send(conn, {"type": "accepted", "pid": os.getpid()})
+            if _PIDFILE is not None:  # who this job is for: `wb ps` spots a job whose wb is gone
+                _PIDFILE.job_started(message.get("run_dir"), procs.peer_pid(conn))
+            job = _job_class(op)(message, lambda event: protocol.send(conn, event))
+            with ParentWatch(conn) as watch:
+                try:
+                    result = job.execute()
+                    reply = {"type": "result", "result": result}
+                except UserError as exc:
+                    reply = {"type": "user_error", "message": str(exc)}
+                except Exception as exc:
+                    reply = {"type": "result", "result": {"verdict": "CRASH", "error": error_info(exc, [])}}
+                watch.done()  # from here a closed socket is the supervisor leaving after the answer
+                protocol.send(conn, reply)
+            print(f"[wb-worker {os.getpid()}] job done", flush=True)
+            if _PIDFILE is not None:
+                _PIDFILE.job_done()
+            if job.must_exit:  # after any crash the CUDA context may be unusable: start clean
+                return False
+            return keep_going
+    return keep_going
+
+
+class ParentWatch:
+    """While a job runs, the worker ends itself and its process group (the GPU memory with it)
+    as soon as the wb that sent the job dies, instead of finishing a job no one will read:
+
+      * the job's socket hangs up (the kernel closes a dead process's sockets): a thread
+        polling for the hang-up kills the group within milliseconds;
+      * when that wb is the worker's parent, PR_SET_PDEATHSIG makes the kernel send SIGKILL
+        on its death, even while Python is stuck in a C call (cleared after the job, so a
+        warm worker outlives the wb that started it between jobs).
+    The pid file says `dying` first, so `wb ps` shows the worker until it is gone."""
+
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+        self.finished = threading.Event()
+        self.wake_r, self.wake_w = os.pipe()
+        self.supervisor = procs.peer_pid(conn)
+        self.thread = threading.Thread(target=self._watch, name="wb-parent-watch", daemon=True)
+
+    def __enter__(self) -> "ParentWatch":
+        if self.supervisor and self.supervisor == os.getppid():
+            _set_parent_death_signal(signal.SIGKILL)
+            if os.getppid() != self.supervisor:  # it died before the signal was armed
+                self._die("its wb died before the job started")
+        self.thread.start()
+        return self
+
+    def done(self) -> None:
+        self.finished.set()
+
+    def __exit__(self, *exc) -> None:
+        self.finished.set()
+        os.write(self.wake_w, b"x")
+        self.thread.join(5)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+        _set_parent_death_signal(0)
+
+    def _watch(self) -> None:
+        import select
+
+        poller = select.poll()
+        hangup = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+        poller.register(self.conn.fileno(), hangup)
+        poller.register(self.wake_r, select.POLLIN)
+        while not self.finished.is_set():
+            for fd, _ in poller.poll():
+                if fd == self.conn.fileno() and not self.finished.is_set():
+                    self._die(f"its wb (pid {self.supervisor}) went away during the job")
+
+    def _die(self, why: str) -> None:
+        print(f"[wb-worker {os.getpid()}] {why}: ending the job and the worker", flush=True)
+        if _PIDFILE is not None:
+            _PIDFILE.update(dying=why)
+        if os.getpgrp() == os.getpid():  # the supervisor starts each worker in a session of its own
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _set_parent_death_signal(sig: int) -> None:
+    """prctl(PR_SET_PDEATHSIG, sig) on Linux; nothing elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
+_CODE_VERSION = ""
+
+
+def serve(socket_path: str, idle: float, once: bool, pidfile: str | None) -> None:
+    faulthandler.enable()
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+    if os.path.exists(socket_path):
+        os.unlink(socket_path)
+    global _CODE_VERSION
+    _CODE_VERSION = protocol.wb_code_version()  # the code this process runs, read before any job
+    # Bind and listen under a private name, then rename: the socket appears only when it
+    # accepts connections (the supervisor waits for the path to exist).
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    staging = f"{socket_path}.{os.getpid()}.tmp"
+    server.bind(staging)
+    server.listen(4)
+    os.replace(staging, socket_path)
+    socket_inode = os.stat(socket_path).st_ino
+    global _PIDFILE
+    if pidfile:  # see workbench.run.procs: one file per process, with its start time
+        _PIDFILE = procs.PidFile(
+            procs.pidfile_for(pidfile, os.getpid()), "once-worker" if once else "warm-worker",
+            socket=socket_path, idle=idle, parent=procs.parent_identity(),
+        )
+    try:
+        _preload()
+        server.settimeout(idle if idle > 0 else None)
+        while True:
+            try:
+                conn, _ = server.accept()
+            except socket.timeout:
+                break
+            with conn:
+                conn.settimeout(None)
+                if not handle(conn) or once:
+                    break
+            if _PIDFILE is not None:
+                _PIDFILE.update(last_active=time.time())
+    finally:
+        server.close()
+        if _PIDFILE is not None:
+            _PIDFILE.remove()
+        try:  # a newer worker may have taken the socket path over: leave its socket alone
+            if os.stat(socket_path).st_ino == socket_inode:
+                os.unlink(socket_path)
+        except FileNotFoundError:
+            pass
+
+
+def _preload() -> None:
+    """Import the heavy libraries while the supervisor is still sending the job."""
+    if os.environ.get("WB_WORKER_PRELOAD") != "dsl":  # compile-only jobs (wb shapes) need no torch
+        import torch  # noqa: F401
+
+    try:
+        import cutlass  # noqa: F401
+        import cutlass.cute  # noqa: F401
+    except Exception:
+        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="wb worker (started by wb; not for direct use)")
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--idle", type=float, default=600.0)
+    parser.add_argument("--once", action="store_true")
+    parser.add_argument("--pidfile")
+    args = parser.parse_args(argv)
+    serve(args.socket, args.idle, args.once, args.pidfile)
+
+
+if __name__ == "__main__":
+    main()
