@@ -59,7 +59,6 @@ import cutlass
 import cutlass.cute as cute
 import cutlass.pipeline as pipeline
 from cutlass import Float32, Int32, const_expr
-from cutlass.cute.nvgpu import cpasync
 
 from stages.fmha import common, host, reference
 from stages.fmha import softmax as sm

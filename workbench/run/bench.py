@@ -27,7 +27,6 @@ from workbench.kernels import fixtures as fixture_registry
 from workbench.kernels.registry import forget_stage_modules, load_kernel
 from workbench.kernels.stage import Params, torch_dtype
 from workbench.records import memory
-from workbench.records.memory import cell
 from workbench.records.provenance import git_state, record_provenance, short_commit
 from workbench.records.publish import commit
 from workbench.records.store import new_record, new_run_dir, utc_now
