@@ -399,12 +399,13 @@ def peer_ratios(case: dict[str, Any]) -> dict[str, float]:
 def record_speed(ws, record: dict[str, Any]) -> None:
     """Fold a bench record into MEMORY.md's `speed` block (latest per case and card); the
     record is already in runs/, so a MEMORY.md wb cannot update is a warning."""
-    memory.update_blocks_or_warn(ws, {"speed": speed_edit([record])})
+    memory.update_blocks_or_warn(ws, {"speed": speed_edit([record], ws)})
 
 
-def speed_edit(records: list[dict[str, Any]]):
+def speed_edit(records: list[dict[str, Any]], ws=None):
     """The `speed` edit that folds these bench records (oldest first) into MEMORY.json's
-    speed data (latest per case and card) and MEMORY.md's speed block."""
+    speed data (latest per case and card) and MEMORY.md's speed block. With `ws`, entries
+    from before `row` (a migrated MEMORY.md) get theirs from their kernel (legacy_row)."""
     def merge(old: Any) -> dict:
         data = old if isinstance(old, dict) else {}
         for record in records:
@@ -423,9 +424,44 @@ def speed_edit(records: list[dict[str, Any]]):
                     data[key]["row"] = case["row"]
                     n = (case.get("params") or {}).get("n")
                     data[key]["n"] = n if isinstance(n, int) and not isinstance(n, bool) else None
+        if ws is not None:
+            for key, entry in data.items():
+                if entry.get("row") is None and key.count(" · ") >= 2:
+                    placed = legacy_row(ws, *key.split(" · ")[:2])
+                    if placed is not None:
+                        entry["row"], entry["n"] = placed
         return data
 
     return memory.data_block("speed", merge)  # rendered by memory.render_speed
+
+
+def legacy_row(ws, stage_id: str, case: str) -> tuple[str, int | None] | None:
+    """MEMORY.md's row and column of a case recorded before rows were (None: its stage is
+    gone): the case without n, without what the kernel's case_params hook derives from the
+    rest, and without parameters equal to the one their '=other' default copies."""
+    from workbench.kernels.registry import load_kernels
+
+    kernel_name, _, _ = stage_id.partition("/")
+    kernel = load_kernels(ws).get(kernel_name)
+    spec = next((s for s in kernel.stages if s.id == stage_id), None) if kernel is not None else None
+    if spec is None:
+        return None
+    words = [w.split("=", 1) for w in case.split() if "=" in w]
+    params = dict(words)
+    derive = getattr(kernel_module(kernel.dir, "bench_hooks"), "case_params", None)
+    hidden = {"n"}
+    for key, value in params.items():
+        others = {k: v for k, v in params.items() if k != key}
+        try:
+            if derive is not None and str(derive(dict(others)).get(key)) == value:
+                hidden.add(key)
+        except (ValueError, TypeError, ZeroDivisionError):  # an odd old case: keep the key
+            pass
+        default = spec.params[key].default if key in spec.params else None
+        if isinstance(default, str) and default.startswith("=") and params.get(default[1:]) == value:
+            hidden.add(key)
+    n = params.get("n", "")
+    return " ".join(f"{k}={v}" for k, v in words if k not in hidden), int(n) if n.isdigit() else None
 
 
 def perf_markdown(record: dict[str, Any], kernel) -> str:
