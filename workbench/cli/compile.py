@@ -13,7 +13,7 @@ KEEPABLE = ("ptx", "sass", "cubin")
 
 @app.command("compile")
 def compile_cmd(
-    stage: str = typer.Argument(..., help="Stage: stage-c, c, fmha/stage-c or its name."),
+    stage: str = typer.Argument(..., help="Stage: stage-c, c, KERNEL/stage-c or its name."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Compile for this arch (default: kernel.yaml's)."),
     keep: Optional[str] = typer.Option(None, "--keep", help="Artifacts to keep in the run folder: ptx,sass,cubin (comma-separated)."),
     n: Optional[int] = typer.Option(None, "--n", help="KV length n (the stage's allowed values apply)."),

@@ -33,7 +33,7 @@ def stage_overrides(n, d, dtype, params: list[str] | None) -> dict[str, str]:
 
 @app.command()
 def run(
-    stage: str = typer.Argument(..., help="Stage: stage-c, c, fmha/stage-c or its name."),
+    stage: str = typer.Argument(..., help="Stage: stage-c, c, KERNEL/stage-c or its name."),
     n: Optional[int] = typer.Option(None, "--n", help="KV length n (the stage's allowed values apply)."),
     d: Optional[int] = typer.Option(None, "--d", help="Head dimension d."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Element type: bf16 or fp16."),

@@ -12,7 +12,7 @@ from workbench.errors import UserError
 
 @app.command()
 def sweep(
-    stage: str = typer.Argument(..., help="Stage: stage-c, c, fmha/stage-c or its name."),
+    stage: str = typer.Argument(..., help="Stage: stage-c, c, KERNEL/stage-c or its name."),
     n: Optional[str] = typer.Option(None, "--n", help="KV lengths, comma-separated: 128,256,512."),
     d: Optional[str] = typer.Option(None, "--d", help="Head dimensions, comma-separated: 64,128."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Element types, comma-separated: bf16,fp16."),

@@ -247,19 +247,19 @@ def draw_read_map(path: Path, exp_rows, got_rows, n_keys: int) -> Path:
     import torch
 
     G, M = exp_rows.shape
-    Q = G * M
-    fx = -(-Q // png.MAX_SIDE)
+    rows = G * M
+    fx = -(-rows // png.MAX_SIDE)
     fy = -(-n_keys // 512)
-    W, H = -(-Q // fx), -(-n_keys // fy)
+    W, H = -(-rows // fx), -(-n_keys // fy)
     img = torch.full((H + 4, W, 3), 16, dtype=torch.uint8)
-    x = (torch.arange(Q) // fx).view(G, M)
+    x = (torch.arange(rows) // fx).view(G, M)
     exp_rows, got_rows = exp_rows.cpu(), got_rows.cpu()
     valid = exp_rows >= 0
     ys = [4 + int(k * KV_TILE / fy) for k in range(1, -(-n_keys // KV_TILE))]
     if len(ys) < H / 4:
         png.draw_lines(img, rows=ys, color=(60, 60, 60))
-    heads = [int(g * M / fx) for g in range(1, G)]
-    png.draw_lines(img, cols=heads, color=(140, 140, 140))
+    groups = [int(g * M / fx) for g in range(1, G)]
+    png.draw_lines(img, cols=groups, color=(140, 140, 140))
     ok = valid & (got_rows == exp_rows)
     wrong = valid & (got_rows >= 0) & ~ok
     none = valid & (got_rows < 0)

@@ -342,7 +342,7 @@ def resolve_stage(ws: Workspace, text: str, kernels: dict[str, KernelSpec] | Non
     kernels = load_kernels(ws) if kernels is None else kernels
     match = _STAGE_RE.match(text.strip())
     if not match:
-        raise UserError(f"{text!r} is not a stage: write stage-c, c or fmha/stage-c")
+        raise UserError(f"{text!r} is not a stage: write stage-c, c or KERNEL/stage-c")
     if match["kernel"]:
         kernel = get_kernel(ws, match["kernel"], kernels)
     else:
