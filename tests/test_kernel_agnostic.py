@@ -187,3 +187,28 @@ def test_a_kernels_matrices_hook_shapes_its_error_map_and_the_generic_view_takes
     assert emap.col_names == ["slot0", "slot1", "slot2"] and len(emap.grid) == 2 and "slot1" in emap.summary
     plain, _ = error_map("y", bad, cls, ref, cls, 2.0**-8, {}, None)  # generic: 128 matrices of (3, 8)
     assert len(plain.grid) == 1 and len(plain.grid[0]) == 128
+
+
+def test_memory_blocks_of_a_kernel_without_n(two_kernels):
+    """Status counts the runs of a stage that has no parameter n (one column); the speed table's
+    columns are the kernel's bench.column."""
+    from workbench.records import memory
+    from workbench.run import bench
+
+    (two_kernels.stages_dir / "scale2" / "kernel.yaml").write_text(
+        (two_kernels.stages_dir / "scale2" / "kernel.yaml").read_text().replace("  stage: b\n", "  stage: b\n  column: rows\n"))
+    from workbench.cli.bench import bench_target
+
+    spec, kernel = bench_target(two_kernels, "scale2")
+    runs = [{"id": f"20261204-100000-00000{i}", "stage": "scale2/stage-a", "verdict": v, "params": {"rows": 256, "width": w, "dtype": "bf16"},
+             "variants": {}, "started": "2026-12-04T10:00:00+00:00", "provenance": {"gpu": "G"}} for i, (w, v) in enumerate([(64, "PASS"), (128, "FAIL")])]
+    cases = bench.resolve_cases(spec, kernel, bench.plan_cases(spec, kernel, {"rows": ["512", "2048"]}))
+    speed = {"id": "20261204-100001-000000", "stage": "scale2/stage-b", "started": "2026-12-04T10:00:01+00:00", "provenance": {"gpu": "G"},
+             "bench": [{"case": c["name"], "row": c["row"], "column": c["column"], "params": c["params"], "tflops": t, "verdict": "PASS"}
+                       for c, t in zip(cases, (10.0, 20.0))]}
+    memory.update_blocks(two_kernels, {**memory.run_edits(runs), "speed": bench.speed_edit([speed], two_kernels)})
+    text = two_kernels.memory_path.read_text()
+    status = next(line for line in memory.block_content(text, "status").splitlines() if line.startswith("| scale2/stage-a |"))
+    assert "| 1/2 | FAIL rows=256 width=128 dtype=bf16 |" in status
+    block = memory.block_content(text, "speed")
+    assert "| case | rows=512 | rows=2048 | date |" in block and "| width=64 dtype=bf16 factor=1 | 10 | 20 | 2026-12-04 |" in block

@@ -197,7 +197,8 @@ class BenchJob:
             params = Params(planned["params"])
             name = planned["name"]
             self.emit({"type": "progress", "phase": "case", "case": name})
-            case: dict[str, Any] = {"case": name, "row": planned.get("row"), "params": dict(params), "flops": stage.flops(params)}
+            case: dict[str, Any] = {"case": name, "row": planned.get("row"), "column": planned.get("column", "n"),
+                                    "params": dict(params), "flops": stage.flops(params)}
             try:
                 build = compile_stage(spec, stage, params, job["variants"], job.get("arch"))
             except Exception as exc:
@@ -339,10 +340,11 @@ def plan_cases(spec, kernel, axes: dict[str, list[str]], sweep: bool = False) ->
     return cases
 
 
-def speed_row(spec, resolved: dict[str, Any], case: BenchCase, name_keys: list[str]) -> str:
-    """MEMORY.md's speed row of a case: its name without n (the column), the parameters the
-    kernel's hook derived, and those left at an '=other' default (they follow the others)."""
-    hidden = {"n", *case.derived}
+def speed_row(spec, resolved: dict[str, Any], case: BenchCase, name_keys: list[str], column: str = "n") -> str:
+    """MEMORY.md's speed row of a case: its name without the column parameter (kernel.yaml
+    `bench.column`, default n), the parameters the kernel's hook derived, and those left at
+    an '=other' default (they follow the others)."""
+    hidden = {column, *case.derived}
     hidden |= {k for k, p in spec.params.items() if isinstance(p.default, str) and p.default.startswith("=") and k not in case.params}
     return case_name({k: v for k, v in resolved.items() if k not in hidden}, name_keys)
 
@@ -355,8 +357,8 @@ def resolve_cases(spec, kernel, cases: list[BenchCase]) -> list[dict[str, Any]]:
             params = spec.resolve_params({k: str(v) if not isinstance(v, bool) else str(v).lower() for k, v in case.params.items()})
         except UserError as exc:
             raise UserError(f"bench case {case_name(case.params)}: {exc}") from None
-        out.append({"params": params, "name": case_name(params, kernel.bench.case_keys),
-                    "row": speed_row(spec, params, case, kernel.bench.case_keys)})
+        out.append({"params": params, "name": case_name(params, kernel.bench.case_keys), "column": kernel.bench.column,
+                    "row": speed_row(spec, params, case, kernel.bench.case_keys, kernel.bench.column)})
     return out
 
 
@@ -421,9 +423,12 @@ def speed_edit(records: list[dict[str, Any]], ws=None):
                     "date": (record.get("started") or "")[:10],
                 }
                 if case.get("row") is not None:
+                    column = case.get("column") or "n"
                     data[key]["row"] = case["row"]
-                    n = (case.get("params") or {}).get("n")
+                    n = (case.get("params") or {}).get(column)
                     data[key]["n"] = n if isinstance(n, int) and not isinstance(n, bool) else None
+                    if column != "n":
+                        data[key]["column"] = column
         if ws is not None:
             for key, entry in data.items():
                 if entry.get("row") is None and key.count(" · ") >= 2:
