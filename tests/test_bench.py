@@ -66,8 +66,9 @@ def test_p_axes_cross_the_kernel_cases_like_wb_sweep():
     assert len(planned({"dtype": ["bf16", "fp16"]}, sweep=True)) == 20
 
 
-def test_a_smaller_stage_drops_what_the_hook_derives_but_not_what_the_user_gave():
+def test_a_smaller_stage_drops_what_the_kernel_gives_but_not_what_the_user_gave():
     assert [c["name"] for c in planned({}, stage="c")] == ["d=128 m=4096 n=4096 dtype=bf16"]
+    assert len(planned({}, sweep=True, stage="c")) == 6  # causal dropped: the ten shapes are six for stage C
     with pytest.raises(UserError, match="has no parameter 'batch'"):
         planned({"batch": ["4"]}, stage="c")
 

@@ -318,8 +318,8 @@ def peer_env(kernel_dir: Path) -> dict[str, str | None]:
 def plan_cases(spec, kernel, axes: dict[str, list[str]], sweep: bool = False) -> list[BenchCase]:
     """The cases of one `wb bench`: kernel.yaml's `bench.cases` (or `bench.sweep`), each
     crossed with the -p axes (their product), then completed by the kernel's
-    bench_hooks.case_params(given) -> params. Keys a hook derives that the stage does not take
-    are dropped (a smaller stage of the same kernel); keys the user gave must be the stage's."""
+    bench_hooks.case_params(given) -> params. Keys of kernel.yaml's cases or the hook that the
+    stage does not take are dropped (a smaller stage of the same kernel); -p keys must be the stage's."""
     bases = kernel.bench.sweep if sweep else kernel.bench.cases
     if sweep and not bases:
         raise UserError(f"kernel {kernel.name} has no bench.sweep in its kernel.yaml: nothing for --sweep to time")
@@ -332,7 +332,7 @@ def plan_cases(spec, kernel, axes: dict[str, list[str]], sweep: bool = False) ->
             given = {**base, **combo}
             params = dict(derive(dict(given))) if derive else dict(given)
             derived = tuple(k for k in params if k not in given)
-            params = {k: v for k, v in params.items() if k in given or k in spec.params}
+            params = {k: v for k, v in params.items() if k in combo or k in spec.params}
             key = json.dumps(params, sort_keys=True, default=str)
             if key not in seen:
                 seen.add(key)
