@@ -227,7 +227,7 @@ def column_rule(cols: list[int] | None) -> str:
 
 
 def draw_read_map(path: Path, exp_rows, got_rows, n_keys: int) -> Path:
-    """x: queries (heads side by side), y: key rows (KV tiles outlined); grey = intended row,
+    """x: queries (groups side by side: e.g. fmha's heads), y: key rows (KV tiles outlined); grey = intended row,
     green = read the intended row, red = read another row, magenta tick at the top = read
     no V row."""
     import torch

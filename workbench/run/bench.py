@@ -277,6 +277,9 @@ def kernel_module(kernel_dir: Path, stem: str):
     path = kernel_dir / f"{stem}.py"
     if not path.is_file():
         return None
+    root = str(kernel_dir.resolve().parent.parent)  # the workspace: `from stages.<kernel> import ...` works
+    if root not in sys.path:
+        sys.path.insert(0, root)
     name = f"wb_{stem}_{kernel_dir.name}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
