@@ -212,3 +212,20 @@ def test_memory_blocks_of_a_kernel_without_n(two_kernels):
     assert "| 1/2 | FAIL rows=256 width=128 dtype=bf16 |" in status
     block = memory.block_content(text, "speed")
     assert "| case | rows=512 | rows=2048 | date |" in block and "| width=64 dtype=bf16 factor=1 | 10 | 20 | 2026-12-04 |" in block
+
+
+@pytest.mark.parametrize("bench, message", [
+    ("  stage: z\n", "bench.stage: expected a letter of one of the stages (a, b), got 'z'"),
+    ("  colums: [rows]\n", "did you mean columns?"),
+    ("  sweep: {rows: []}\n", "bench.sweep: expected a list of cases, or a mapping of axes"),
+    ("  perf_doc: ../perf.md\n", "bench.perf_doc: expected a .md path relative to the workspace root"),
+])
+def test_a_broken_bench_section_is_one_line_naming_the_key(two_kernels, bench, message):
+    from workbench.kernels.registry import load_kernel
+    from workbench.schemas import SchemaError
+
+    path = two_kernels.stages_dir / "scale2" / "kernel.yaml"
+    text = path.read_text()
+    path.write_text(text[: text.index("bench:")] + "bench:\n" + bench)
+    with pytest.raises(SchemaError, match=re.escape(message)):
+        load_kernel(path)
