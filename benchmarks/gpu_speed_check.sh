@@ -37,17 +37,17 @@ if [ $smoke -eq 0 ]; then
 fi
 
 step "2a. bench serial (baseline, with peers)"
-timeout 200 wb bench d --s 1024,4096,8192 --d 64,128 --peers "$PEERS" -V schedule=serial --timeout 180
+timeout 200 wb bench d -p n=1024,4096,8192 -p d=64,128 --peers "$PEERS" -V schedule=serial --timeout 180
 if [ $smoke -eq 0 ]; then
   step "2b. bench overlap"
-  timeout 200 wb bench d --s 1024,4096,8192 --d 64,128 --peers "$OPEERS" -V schedule=overlap --timeout 180
+  timeout 200 wb bench d -p n=1024,4096,8192 -p d=64,128 --peers "$OPEERS" -V schedule=overlap --timeout 180
 fi
 
 step "3a. bench causal d=128 s=4096 serial (with peers)"
-timeout 100 wb bench d --s 4096 --d 128 --causal --peers "$PEERS" -V schedule=serial --timeout 90
+timeout 100 wb bench d -p n=4096 -p d=128 -p causal=true --peers "$PEERS" -V schedule=serial --timeout 90
 if [ $smoke -eq 0 ]; then
   step "3b. bench causal d=128 s=4096 overlap"
-  timeout 100 wb bench d --s 4096 --d 128 --causal --peers "$OPEERS" -V schedule=overlap --timeout 90
+  timeout 100 wb bench d -p n=4096 -p d=128 -p causal=true --peers "$OPEERS" -V schedule=overlap --timeout 90
 fi
 
 BUDGET=${BUDGET:-190}
@@ -59,7 +59,7 @@ if [ "$(el)" -lt "$BUDGET" ]; then
   echo "pingpong smoke exit code: $pp"
   if [ $pp -eq 0 ] && [ "$(el)" -lt $((BUDGET + 40)) ]; then
     step "4b. bench pingpong"
-    timeout 90 wb bench d --s 4096,8192 --d 64,128 --peers "$OPEERS" -V schedule=pingpong --timeout 80
+    timeout 90 wb bench d -p n=4096,8192 -p d=64,128 --peers "$OPEERS" -V schedule=pingpong --timeout 80
   fi
 else
   echo "skipped step 4 (pingpong): $(el) s spent"

@@ -7,7 +7,7 @@
 #   tests  the GPU tests of the issue: a killed `wb run` frees the GPU within 10 s, the
 #          reference's memory at n=32768 b=8 h=16 d=128 recorded, a hung kernel's HANG
 #          record names the card, every injected bug named on the GPU
-#   bench  `wb bench d --s 4096 --d 128 --peers fa4,sdpa-cudnn` (a failing peer's whole error
+#   bench  `wb bench d -p n=4096 -p d=128 --peers fa4,sdpa-cudnn` (a failing peer's whole error
 #          is in the record), and FA4 from a plain script in the same call for comparison
 #   sweep  stage C and D sweeps over the new streaming reference
 # Records land in runs/ (and the tests' workspaces under /tmp/wb-trust); each part's runs are
@@ -39,8 +39,8 @@ for part in ${@:-tests bench sweep}; do
         tests/test_gpu_trust.py tests/test_gpu_bug_injection.py 2>&1 | grep -vE "Failed to initialize NumPy|_conversion_method_template"
       ;;
     bench)
-      step "wb bench d --s 4096 --d 128 --peers fa4,sdpa-cudnn"
-      timeout 300 $WB bench d --s 4096 --d 128 --peers fa4,sdpa-cudnn --timeout 280 --json > /tmp/bench.json
+      step "wb bench d -p n=4096 -p d=128 --peers fa4,sdpa-cudnn"
+      timeout 300 $WB bench d -p n=4096 -p d=128 --peers fa4,sdpa-cudnn --timeout 280 --json > /tmp/bench.json
       python3 - <<'PY'
 import json
 r = json.load(open("/tmp/bench.json"))

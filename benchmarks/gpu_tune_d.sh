@@ -56,7 +56,7 @@ d64)
   for v in "consumers=2" "consumers=3 -V schedule=serial" "consumers=3" "kv_stages=4" "kv_stages=5"; do
     peers=""; [ "$v" = "consumers=2" ] && peers=$PEERS
     step "bench d=64 -V $v"
-    timeout 100 wb bench d --s 1024,4096 --d 64 --peers "$peers" -V $v --timeout 90 | grep -E "d=|TFLOP|PASS|FAIL|skip" | cut -c1-160
+    timeout 100 wb bench d -p n=1024,4096 -p d=64 --peers "$peers" -V $v --timeout 90 | grep -E "d=|TFLOP|PASS|FAIL|skip" | cut -c1-160
   done
   ;;
 d128)
@@ -67,12 +67,12 @@ d128)
     -V tile_order=lpt --timeout 40 | tail -12
   step "bench d=128 s 4096,8192: mid (default, with peers) vs end"
   cpeers=$PEERS; [ -n "${WB_CUTLASS_EXAMPLES:-}" ] && cpeers="$PEERS,cutlass-example"
-  timeout 150 wb bench d --s 4096,8192 --d 128 --peers "$cpeers" --timeout 140 | grep -E "d=|TFLOP|PASS|FAIL|skip" | cut -c1-160
-  timeout 90 wb bench d --s 4096,8192 --d 128 --peers "" -V o_rescale=end --timeout 80 | grep -E "d=|TFLOP|PASS|FAIL" | cut -c1-160
+  timeout 150 wb bench d -p n=4096,8192 -p d=128 --peers "$cpeers" --timeout 140 | grep -E "d=|TFLOP|PASS|FAIL|skip" | cut -c1-160
+  timeout 90 wb bench d -p n=4096,8192 -p d=128 --peers "" -V o_rescale=end --timeout 80 | grep -E "d=|TFLOP|PASS|FAIL" | cut -c1-160
   step "bench causal d=128 s 4096,8192: natural (with peers) vs lpt"
-  timeout 150 wb bench d --s 4096,8192 --d 128 --causal --peers "$cpeers" --timeout 140 | grep -E "d=|TFLOP|PASS|FAIL|skip" | cut -c1-160
-  timeout 90 wb bench d --s 4096,8192 --d 128 --causal --peers "" -V tile_order=lpt --timeout 80 | grep -E "d=|TFLOP|PASS|FAIL" | cut -c1-160
-  timeout 90 wb bench d --s 4096,8192 --d 128 --causal --peers "" -V tile_order=lpt -V o_rescale=end --timeout 80 | grep -E "d=|TFLOP|PASS|FAIL" | cut -c1-160
+  timeout 150 wb bench d -p n=4096,8192 -p d=128 -p causal=true --peers "$cpeers" --timeout 140 | grep -E "d=|TFLOP|PASS|FAIL|skip" | cut -c1-160
+  timeout 90 wb bench d -p n=4096,8192 -p d=128 -p causal=true --peers "" -V tile_order=lpt --timeout 80 | grep -E "d=|TFLOP|PASS|FAIL" | cut -c1-160
+  timeout 90 wb bench d -p n=4096,8192 -p d=128 -p causal=true --peers "" -V tile_order=lpt -V o_rescale=end --timeout 80 | grep -E "d=|TFLOP|PASS|FAIL" | cut -c1-160
   ;;
 defaults)
   step "sweep of the new defaults (d=64 non-causal: 3 consumer WGs serial; causal: lpt), both dtypes, GQA"
@@ -85,45 +85,45 @@ defaults)
     -V kv_load=k_ahead --timeout 40 | sweep_verdicts
   step "bench d=128 s 4096,8192 non-causal: default, k_ahead, end, k_ahead+end, lpt (50 reps each)"
   for v in "kv_load=paired" "kv_load=k_ahead" "o_rescale=end" "kv_load=k_ahead -V o_rescale=end" "tile_order=lpt"; do
-    timeout 80 wb bench d --s 4096,8192 --d 128 --peers "" --reps 50 -V $v --timeout 70 | table_rows 140 "$v"
+    timeout 80 wb bench d -p n=4096,8192 -p d=128 --peers "" --reps 50 -V $v --timeout 70 | table_rows 140 "$v"
   done
   step "bench d=64 s 1024,4096 (default) and causal d=128 k_ahead"
-  timeout 80 wb bench d --s 1024,4096 --d 64 --peers "" --timeout 70 | table_rows 140
-  timeout 80 wb bench d --s 4096,8192 --d 128 --causal --peers "" -V kv_load=k_ahead --timeout 70 | table_rows 140
+  timeout 80 wb bench d -p n=1024,4096 -p d=64 --peers "" --timeout 70 | table_rows 140
+  timeout 80 wb bench d -p n=4096,8192 -p d=128 -p causal=true --peers "" -V kv_load=k_ahead --timeout 70 | table_rows 140
   ;;
 probe)
   step "sweep k_release=early (FlashAttention-4's K release, no pin)"
   timeout 90 wb sweep d --n 17,1000,4096 --d 64,128 --dtype bf16 -p causal=false,true -p kv_heads=2 \
     -V k_release=early --timeout 40 | sweep_verdicts
   step "bench d=128 pinned (default, fa4 beside) vs early vs early+end; causal pinned vs early (50 reps)"
-  timeout 90 wb bench d --s 1024,4096,8192 --d 128 --peers fa4 --reps 50 --timeout 80 | table_rows 170
+  timeout 90 wb bench d -p n=1024,4096,8192 -p d=128 --peers fa4 --reps 50 --timeout 80 | table_rows 170
   for v in "k_release=early" "k_release=early -V o_rescale=end"; do
-    timeout 60 wb bench d --s 1024,4096,8192 --d 128 --peers "" --reps 50 -V $v --timeout 50 | table_rows 140 "$v"
+    timeout 60 wb bench d -p n=1024,4096,8192 -p d=128 --peers "" --reps 50 -V $v --timeout 50 | table_rows 140 "$v"
   done
-  timeout 60 wb bench d --s 4096 --d 128 --causal --peers "" --reps 50 --timeout 50 | table_rows 140
-  timeout 60 wb bench d --s 4096 --d 128 --causal --peers "" --reps 50 -V k_release=early --timeout 50 | table_rows 140 "early"
+  timeout 60 wb bench d -p n=4096 -p d=128 -p causal=true --peers "" --reps 50 --timeout 50 | table_rows 140
+  timeout 60 wb bench d -p n=4096 -p d=128 -p causal=true --peers "" --reps 50 -V k_release=early --timeout 50 | table_rows 140 "early"
   step "per-CTA fixed cost: short sequences, batch 64 (one to eight KV tiles per CTA), fa4 beside"
-  timeout 90 wb bench d --s 128,256,512,1024 --d 128 --batch 64 --peers fa4 --timeout 80 | table_rows 170
-  timeout 90 wb bench d --s 128,256,512,1024 --d 64 --batch 64 --peers fa4 --timeout 80 | table_rows 170
+  timeout 90 wb bench d -p n=128,256,512,1024 -p d=128 -p batch=64 --peers fa4 --timeout 80 | table_rows 170
+  timeout 90 wb bench d -p n=128,256,512,1024 -p d=64 -p batch=64 --peers fa4 --timeout 80 | table_rows 170
   ;;
 persist)
   step "sweep the new defaults (k_release=early, o_rescale=end) and persistent=on: 80 cases"
   timeout 300 wb sweep d --n 1,17,1000,4096,8192 --d 64,128 --dtype bf16 -p causal=false,true -p kv_heads=4,2 \
     -V persistent=off,on --timeout 40 | sweep_verdicts
   step "bench defaults (peers beside) vs persistent=on"
-  for c in "" "--causal"; do
-    timeout 100 wb bench d --s 1024,4096,8192 --d 128 $c --peers fa4,sdpa-cudnn --reps 50 --timeout 90 | table_rows 190
-    timeout 70 wb bench d --s 1024,4096,8192 --d 128 $c --peers "" --reps 50 -V persistent=on --timeout 60 | table_rows 140 "persistent"
+  for c in "" "-p causal=true"; do
+    timeout 100 wb bench d -p n=1024,4096,8192 -p d=128 $c --peers fa4,sdpa-cudnn --reps 50 --timeout 90 | table_rows 190
+    timeout 70 wb bench d -p n=1024,4096,8192 -p d=128 $c --peers "" --reps 50 -V persistent=on --timeout 60 | table_rows 140 "persistent"
   done
-  timeout 70 wb bench d --s 1024,4096 --d 64 --peers fa4 --reps 50 --timeout 60 | table_rows 170
-  timeout 70 wb bench d --s 1024,4096 --d 64 --peers "" --reps 50 -V persistent=on --timeout 60 | table_rows 140 "persistent"
+  timeout 70 wb bench d -p n=1024,4096 -p d=64 --peers fa4 --reps 50 --timeout 60 | table_rows 170
+  timeout 70 wb bench d -p n=1024,4096 -p d=64 --peers "" --reps 50 -V persistent=on --timeout 60 | table_rows 140 "persistent"
   ;;
 causal)
   step "bench causal: default (non-persistent, longest-first) vs persistent=on (snake deal)"
-  timeout 80 wb bench d --s 1024,4096,8192 --d 128 --causal --peers fa4 --reps 50 --timeout 70 | table_rows 170
-  timeout 70 wb bench d --s 1024,4096,8192 --d 128 --causal --peers "" --reps 50 -V persistent=on --timeout 60 | table_rows 140 "persistent"
-  timeout 60 wb bench d --s 8192 --d 64 --causal --peers "" --reps 50 --timeout 50 | table_rows 140
-  timeout 60 wb bench d --s 8192 --d 64 --causal --peers "" --reps 50 -V persistent=on --timeout 50 | table_rows 140 "persistent"
+  timeout 80 wb bench d -p n=1024,4096,8192 -p d=128 -p causal=true --peers fa4 --reps 50 --timeout 70 | table_rows 170
+  timeout 70 wb bench d -p n=1024,4096,8192 -p d=128 -p causal=true --peers "" --reps 50 -V persistent=on --timeout 60 | table_rows 140 "persistent"
+  timeout 60 wb bench d -p n=8192 -p d=64 -p causal=true --peers "" --reps 50 --timeout 50 | table_rows 140
+  timeout 60 wb bench d -p n=8192 -p d=64 -p causal=true --peers "" --reps 50 -V persistent=on --timeout 50 | table_rows 140 "persistent"
   step "sweep: every default configuration, plus causal persistent=on (136 cases)"
   timeout 330 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 64,128 --dtype bf16,fp16 -p causal=false,true \
     -p kv_heads=4,2 --timeout 40 | sweep_verdicts
@@ -144,10 +144,10 @@ ab)
       commit_var=${side}_COMMIT
       use "${!side}"
       step "round $round $side"
-      for c in "" "--causal"; do
-        WB_GIT_COMMIT=${!commit_var} timeout 80 wb bench d --s 1024,4096,8192 --d 128 $c --peers "" --reps 50 --timeout 70 | table_rows 140 "$side"
+      for c in "" "-p causal=true"; do
+        WB_GIT_COMMIT=${!commit_var} timeout 80 wb bench d -p n=1024,4096,8192 -p d=128 $c --peers "" --reps 50 --timeout 70 | table_rows 140 "$side"
       done
-      WB_GIT_COMMIT=${!commit_var} timeout 80 wb bench d --s 1024,4096 --d 64 --peers "" --reps 50 ${AB_D64_VARIANTS:-} \
+      WB_GIT_COMMIT=${!commit_var} timeout 80 wb bench d -p n=1024,4096 -p d=64 --peers "" --reps 50 ${AB_D64_VARIANTS:-} \
         --timeout 70 | table_rows 140 "$side"
     done
   done
@@ -159,10 +159,10 @@ dynamic)
     -V persistent=dynamic,off,on --timeout 40 | sweep_verdicts
   step "bench causal: dynamic (new default) vs off (the old default); non-causal: on vs dynamic"
   for v in "persistent=off" "persistent=dynamic" "persistent=off" "persistent=dynamic"; do
-    timeout 60 wb bench d --s 1024,4096,8192 --d 128 --causal --peers "" --reps 50 -V $v --timeout 50 | table_rows 140 "$v"
+    timeout 60 wb bench d -p n=1024,4096,8192 -p d=128 -p causal=true --peers "" --reps 50 -V $v --timeout 50 | table_rows 140 "$v"
   done
-  timeout 60 wb bench d --s 1024,4096 --d 128 --peers "" --reps 50 -V persistent=dynamic --timeout 50 | table_rows 140 "dynamic"
-  timeout 60 wb bench d --s 1024,4096 --d 128 --peers "" --reps 50 -V persistent=on --timeout 50 | table_rows 140 "on"
+  timeout 60 wb bench d -p n=1024,4096 -p d=128 --peers "" --reps 50 -V persistent=dynamic --timeout 50 | table_rows 140 "dynamic"
+  timeout 60 wb bench d -p n=1024,4096 -p d=128 --peers "" --reps 50 -V persistent=on --timeout 50 | table_rows 140 "on"
   ;;
 round3)
   step "sweep d=64 consumers=3, every schedule, both masks (GQA), plus m != n causal"
@@ -174,10 +174,10 @@ round3)
   timeout 100 wb sweep d --n 1,17,1000,4096 --d 128 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 \
     --timeout 40 | sweep_verdicts
   step "bench d=64: default (fa4 beside) vs consumers=3 pingpong / overlap (causal: vs serial)"
-  for c in "" "--causal"; do
-    timeout 80 wb bench d --s 1024,4096,8192 --d 64 $c --peers fa4 --reps 50 --timeout 70 | table_rows 170
+  for c in "" "-p causal=true"; do
+    timeout 80 wb bench d -p n=1024,4096,8192 -p d=64 $c --peers fa4 --reps 50 --timeout 70 | table_rows 170
     for v in "schedule=pingpong" "schedule=overlap" "schedule=serial"; do
-      timeout 60 wb bench d --s 1024,4096,8192 --d 64 $c --peers "" --reps 50 -V consumers=3 -V $v --timeout 50 | table_rows 140 "$v"
+      timeout 60 wb bench d -p n=1024,4096,8192 -p d=64 $c --peers "" --reps 50 -V consumers=3 -V $v --timeout 50 | table_rows 140 "$v"
     done
   done
   ;;
@@ -199,9 +199,9 @@ qbuf)
   for round in 1 2; do
     for v in "q_buffers=1" "q_buffers=2"; do
       step "round $round $v"
-      timeout 40 wb bench d --s 1024,4096 --d 64 --peers "" --reps 30 -V $v --timeout 35 | table_rows 140 "$v"
-      timeout 40 wb bench d --s 1024,4096 --d 128 --peers "" --reps 30 -V $v --timeout 35 | table_rows 140 "$v"
-      timeout 40 wb bench d --s 4096 --d 128 --causal --peers "" --reps 30 -V $v --timeout 35 | table_rows 140 "$v"
+      timeout 40 wb bench d -p n=1024,4096 -p d=64 --peers "" --reps 30 -V $v --timeout 35 | table_rows 140 "$v"
+      timeout 40 wb bench d -p n=1024,4096 -p d=128 --peers "" --reps 30 -V $v --timeout 35 | table_rows 140 "$v"
+      timeout 40 wb bench d -p n=4096 -p d=128 -p causal=true --peers "" --reps 30 -V $v --timeout 35 | table_rows 140 "$v"
     done
   done
   ;;
@@ -210,12 +210,12 @@ verify)
   timeout 330 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 64,128 --dtype bf16,fp16 -p causal=false,true \
     -p kv_heads=4,2 --timeout 40 | sweep_verdicts
   step "bench the defaults, d=64 and d=128, s 1024/4096/8192 (fa4 beside)"
-  timeout 200 wb bench d --s 1024,4096,8192 --d 64,128 --peers fa4 --timeout 190 | table_rows 170
+  timeout 200 wb bench d -p n=1024,4096,8192 -p d=64,128 --peers fa4 --timeout 190 | table_rows 170
   ;;
 perf)
   step "wb bench d --sweep (docs/perf.md) with every peer"
   cpeers="fa4,sdpa-cudnn,sdpa-flash"; [ -n "${WB_CUTLASS_EXAMPLES:-}" ] && cpeers="$cpeers,cutlass-example"
-  timeout 560 wb bench d --sweep --dtype bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
+  timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
   echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf" >&2; exit 2 ;;

@@ -183,11 +183,12 @@ def case(cfg_name: str, fixture: str, seed: int = 0):
 
 def predictions(cfg_name: str, fixture: str, seed: int = 0):
     """{mutant: prediction dict} of every mutant that applies (NotApplicable ones left out)."""
-    from workbench.diagnose import MutantContext, NotApplicable
+    from workbench.diagnose import MutantContext, NotApplicable, views_for
 
     _, mutants = load()
     cfg, inputs, expected, outs, params, variants = case(cfg_name, fixture, seed)
-    cx = MutantContext(inputs=inputs, expected={k: v.float() for k, v in expected.items()}, params=params, variants=variants, fixture=fixture)
+    cx = MutantContext(inputs=inputs, expected={k: v.float() for k, v in expected.items()}, params=params, variants=variants, fixture=fixture,
+                       views=views_for(ROOT / "stages" / "fmha"))  # the fmha's matrices, as diagnose() sees them
     rank = inputs["q"].dim()
     out = {}
     for name, m in sorted(mutants.items()):

@@ -1,15 +1,34 @@
-"""`wb bench` pieces that need no GPU: case naming, sweep shapes, speed block, docs/perf.md;
+"""`wb bench` pieces that need no GPU: planning from fmha's kernel.yaml `bench:` and hook, case
+naming, speed block, docs/perf.md;
 and, on a GPU, the timer against a known amount of work."""
+
+from pathlib import Path
 
 import pytest
 
+from workbench.errors import UserError
+from workbench.kernels.registry import load_kernels
 from workbench.run import bench
 from workbench.records import memory
 from workbench.workspace import Workspace
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fmha():
+    kernel = load_kernels(Workspace(REPO))["fmha"]
+    return kernel, kernel.stage("d")
+
+
+def planned(axes, sweep=False, stage="d"):
+    kernel, _ = fmha()
+    spec = kernel.stage(stage)
+    return bench.resolve_cases(spec, kernel, bench.plan_cases(spec, kernel, axes, sweep))
+
+
 def fake_bench_record(tflops=600.0, fa4=645.0, cudnn=605.0):
-    params = bench.bench_params(4096, 128, False, "bf16")
+    case = planned({"n": ["4096"]})[0]
     return {
         "id": "20261127-120000-000001",
         "stage": "fmha/stage-d",
@@ -19,8 +38,9 @@ def fake_bench_record(tflops=600.0, fa4=645.0, cudnn=605.0):
         "provenance": {"gpu": "NVIDIA H200", "commit": "abc123", "dirty": False, "wb": "0.1.0", "dsl": "4.8.1", "torch": "2.11"},
         "bench": [
             {
-                "case": bench.case_name(params),
-                "params": params,
+                "case": case["name"],
+                "row": case["row"],
+                "params": case["params"],
                 "verdict": "PASS",
                 "tflops": tflops,
                 "peers": {"fa4": {"tflops": fa4}, "sdpa-cudnn": {"tflops": cudnn}, "sdpa-flash": {"skipped": "not installed"}},
@@ -29,10 +49,35 @@ def fake_bench_record(tflops=600.0, fa4=645.0, cudnn=605.0):
     }
 
 
-def test_design_md_convention_for_shapes():
-    p = bench.bench_params(4096, 128, True, "bf16")
-    assert (p["batch"], p["heads"], p["m"], p["n"]) == (4, 16, 4096, 4096)
-    assert len(bench.sweep_cases()) == len(bench.SWEEP) == 10
+def test_fmha_bench_hook_follows_design_md_convention_and_keeps_given_values():
+    """stages/fmha/bench_hooks.py: batch = 16384/s, heads = 2048/d, m = n; -p values win."""
+    p = planned({"n": ["4096"], "causal": ["true"]})[0]["params"]
+    assert (p["batch"], p["heads"], p["m"], p["n"], p["causal"]) == (4, 16, 4096, 4096, True)
+    odd = planned({"n": ["1024"], "batch": ["64"]})[0]["params"]
+    assert (odd["batch"], odd["heads"]) == (64, 16)
+    kernel, _ = fmha()
+    assert len(planned({}, sweep=True)) == len(kernel.bench.sweep) == 10
+
+
+def test_p_axes_cross_the_kernel_cases_like_wb_sweep():
+    cases = planned({"d": ["64", "128"], "dtype": ["bf16", "fp16"]})
+    assert [(c["params"]["d"], c["params"]["dtype"], c["params"]["n"]) for c in cases] == [
+        (64, "bf16", 4096), (64, "fp16", 4096), (128, "bf16", 4096), (128, "fp16", 4096)]
+    assert len(planned({"dtype": ["bf16", "fp16"]}, sweep=True)) == 20
+
+
+def test_a_smaller_stage_drops_what_the_kernel_gives_but_not_what_the_user_gave():
+    assert [c["name"] for c in planned({}, stage="c")] == ["d=128 m=4096 n=4096 dtype=bf16"]
+    assert len(planned({}, sweep=True, stage="c")) == 6  # causal dropped: the ten shapes are six for stage C
+    with pytest.raises(UserError, match="has no parameter 'batch'"):
+        planned({"batch": ["4"]}, stage="c")
+
+
+def test_unknown_peer_lists_the_kernels_peers():
+    kernel, _ = fmha()
+    bench.check_peers(kernel, ["fa4", "sdpa-cudnn"])
+    with pytest.raises(UserError, match="unknown peer 'fa5' of kernel fmha: choose from sdpa-flash: torch SDPA"):
+        bench.check_peers(kernel, ["fa5"])
 
 
 def test_peer_ratio_is_wb_over_peer():
@@ -40,18 +85,20 @@ def test_peer_ratio_is_wb_over_peer():
     assert ratios["fa4"] == pytest.approx(600 / 645) and "sdpa-flash" not in ratios
 
 
-def test_perf_md_has_wb_as_a_column_and_names_the_card():
-    text = bench.perf_markdown(fake_bench_record())
-    assert "NVIDIA H200" in text and "| 128 | 4096 | no | bf16 |" in text
-    assert "| 645 | 605 | skipped | 600 | ×0.93 |" in text
-    assert "sdpa-flash: not installed" in text
+def test_perf_md_has_the_kernels_columns_and_wb_as_a_column_and_names_the_card():
+    kernel, _ = fmha()
+    text = bench.perf_markdown(fake_bench_record(), kernel)
+    assert text.startswith("# FMHA forward speed") and "NVIDIA H200" in text
+    assert "| d | n | causal | dtype | fa4 | sdpa-cudnn | sdpa-flash | wb fmha/stage-d | wb / best peer |" in text
+    assert "| 128 | 4096 | no | bf16 | 645 | 605 | skipped | 600 | ×0.93 |" in text
+    assert "sdpa-flash: not installed" in text and kernel.bench.perf_doc == "docs/perf.md"
 
 
 def test_speed_block_in_memory(tmp_path):
     ws = Workspace(tmp_path)
     bench.record_speed(ws, fake_bench_record())
     block = memory.block_content(ws.memory_path.read_text(), "speed")
-    # a row per case without n (batch, heads follow bench_params), a column per n: wb's TFLOP/s × the fastest peer
+    # a row per case without n (m, batch, heads derived by the kernel's hook), a column per n
     assert "**fmha/stage-d · NVIDIA H200**" in block and "| case | n=4096 | date |" in block
     assert "| d=128 causal=False dtype=bf16 | 600 ×0.93 | 2026-11-27 |" in block
     assert "605" not in block and "wb:data" not in block  # the other peers are in MEMORY.json only
@@ -60,11 +107,13 @@ def test_speed_block_in_memory(tmp_path):
 
 
 def test_a_sweep_reads_as_one_row_per_d_causal_dtype_and_an_odd_case_gets_its_own():
-    sweep = [bench.case_name(bench.bench_params(s, 128, False, "bf16")) for s in (1024, 4096)]
-    assert [bench.speed_cell(c) for c in sweep] == [("d=128 causal=False dtype=bf16", 1024), ("d=128 causal=False dtype=bf16", 4096)]
-    odd = bench.case_name(bench.bench_params(1024, 128, False, "bf16", batch=64))
-    assert bench.speed_cell(odd) == ("d=128 batch=64 causal=False dtype=bf16", 1024)
-    assert bench.speed_cell("d=64 m=300 n=1000 batch=2 heads=4 kv_heads=2") == ("d=64 m=300 batch=2 heads=4 kv_heads=2", 1000)
+    rows = [(c["row"], c["params"]["n"]) for c in planned({"n": ["1024", "4096"]})]
+    assert rows == [("d=128 causal=False dtype=bf16", 1024), ("d=128 causal=False dtype=bf16", 4096)]
+    odd = planned({"n": ["1024"], "batch": ["64"]})[0]
+    assert odd["row"] == "d=128 batch=64 causal=False dtype=bf16"
+    ws = Workspace(REPO)
+    assert bench.legacy_row(ws, "fmha/stage-d", "d=64 m=300 n=1000 batch=2 heads=4 kv_heads=2") == ("d=64 m=300 batch=2 heads=4 kv_heads=2", 1000)
+    assert bench.legacy_row(ws, "fmha/stage-d", "d=64 m=1024 n=1024 batch=16 heads=32 kv_heads=32 causal=True") == ("d=64 causal=True", 1024)
 
 
 @pytest.mark.gpu

@@ -445,7 +445,7 @@ def test_garbage_is_not_explained():
 
 def test_wb_run_names_the_injected_bug(tmp_path):
     """End to end through the runner: a CPU attention stage with an injected KV-tile bug
-    (tests/data/attn_ws, with this repo's fixtures and FMHA mutants copied in) fails, and
+    (tests/data/attn_ws, with this repo's fixtures, FMHA mutants and view hooks copied in) fails, and
     run.json, report.md, the pictures and `wb explain` all name 'kv-tile0'."""
     import shutil
 
@@ -456,6 +456,7 @@ def test_wb_run_names_the_injected_bug(tmp_path):
     (ws / "fixtures").mkdir(exist_ok=True)
     shutil.copy(ROOT / "fixtures" / "attention.py", ws / "fixtures" / "attention.py")
     shutil.copy(ROOT / "stages" / "fmha" / "mutants.py", ws / "stages" / "attn" / "mutants.py")
+    shutil.copy(ROOT / "stages" / "fmha" / "evidence_maps.py", ws / "stages" / "attn" / "evidence_maps.py")
     env = {"WB_WORKER_IDLE": "10"}
     proc = run_wb("run", "c", "-V", "bug=kv-tile0", "--seeds", "1", "--json", cwd=ws, env=env)
     assert proc.returncode == 1, proc.stderr

@@ -67,11 +67,12 @@ def test_float_parameters_are_range_checked_too(raw, fragment):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--s", "0"], "--s takes comma-separated positive integers, got '0'"),
-        (["--d", "64,0"], "--d takes comma-separated positive integers"),
-        (["--batch", "0"], "--batch must be at least 1"),
-        (["--heads", "-3"], "--heads must be at least 1"),
-        (["--dtype", ","], "--dtype names no element type"),
+        (["-p", "n=0"], "bench case n=0: toy/stage-a: n=0 is below the minimum 128"),
+        (["-p", "n=128,"], "must be a comma-separated list of values"),
+        (["-p", "n"], "--param 'n' must look like key=value"),
+        (["-p", "nope=1"], "has no parameter 'nope'"),
+        (["--peers", "fa4"], "kernel toy lists no peers"),
+        (["--sweep"], "kernel toy has no bench.sweep in its kernel.yaml"),
         (["--timeout", "-1"], "--timeout must be a positive number"),
         (["--timeout", "nan"], "--timeout must be a positive number"),
     ],

@@ -768,3 +768,17 @@ def softmax_missing(cx):
     P = problem(cx)
     _exp_only(P)
     return _p_only(P, _scaled_logits(P))
+
+
+@mutant("bhsd-store", "4-D output written as (batch, heads, seq, d) into the (batch, seq, heads, d) "
+        "buffer (head and seq strides swapped in the store)", outputs=("*",), dims=(4,), family="layout")
+def bhsd_store(cx):
+    out = {}
+    for name, ref in cx.expected.items():
+        if ref.dim() != 4 or ref.shape[2] < 2:
+            continue
+        b, s, h, d = ref.shape
+        out[name] = ref.float().permute(0, 2, 1, 3).contiguous().reshape(b, s, h, d)
+    if not out:
+        raise NotApplicable("needs a 4-D output with more than one head")
+    return out

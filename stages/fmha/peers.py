@@ -23,6 +23,18 @@ def _as_bshd(t):
     return t.unsqueeze(0).unsqueeze(2) if t.dim() == 2 else t
 
 
+# name -> one line of help (`wb bench` checks --peers against these and lists them)
+PEERS = {
+    "sdpa-flash": "torch SDPA, FlashAttention backend",
+    "sdpa-cudnn": "torch SDPA, cuDNN backend",
+    "sdpa-efficient": "torch SDPA, memory-efficient backend",
+    "sdpa-math": "torch SDPA, math backend",
+    "fa4": "FlashAttention-4 (flash_attn.cute)",
+    "cutlass-example": "CUTLASS's CuTe DSL Hopper FMHA example (set WB_CUTLASS_EXAMPLES to a checkout's examples/python/CuTeDSL)",
+}
+# settings the peers read in the worker: sent with each job (a warm worker may predate them)
+PEER_ENV = ("WB_CUTLASS_EXAMPLES",)
+
 SDPA_BACKENDS = {
     "sdpa-flash": "FLASH_ATTENTION",
     "sdpa-cudnn": "CUDNN_ATTENTION",

@@ -20,7 +20,7 @@ from workbench.errors import NoGpuError, UserError
 app = typer.Typer(
     name="wb",
     help="Workbench for CuTe DSL kernels built as ordered, verified stages.\n\n"
-    "Typical day: `wb shapes fmha`, `wb run stage-c --n 256`, `wb diff-run`, `wb report stage-c`.",
+    "Typical day: `wb shapes KERNEL`, `wb run stage-c --n 256`, `wb diff-run`, `wb report stage-c`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

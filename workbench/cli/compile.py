@@ -13,11 +13,11 @@ KEEPABLE = ("ptx", "sass", "cubin")
 
 @app.command("compile")
 def compile_cmd(
-    stage: str = typer.Argument(..., help="Stage: stage-c, c, fmha/stage-c or its name."),
+    stage: str = typer.Argument(..., help="Stage: stage-c, c, KERNEL/stage-c or its name."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Compile for this arch (default: kernel.yaml's)."),
     keep: Optional[str] = typer.Option(None, "--keep", help="Artifacts to keep in the run folder: ptx,sass,cubin (comma-separated)."),
-    n: Optional[int] = typer.Option(None, "--n", help="KV length n (the stage's allowed values apply)."),
-    d: Optional[int] = typer.Option(None, "--d", help="Head dimension d."),
+    n: Optional[int] = typer.Option(None, "--n", help="Parameter n, shorthand for -p n=... (the stage's allowed values apply)."),
+    d: Optional[int] = typer.Option(None, "--d", help="Parameter d, shorthand for -p d=...."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Other parameter, key=value (repeatable)."),
     variant: Optional[List[str]] = typer.Option(None, "--variant", "-V", help="Compile-time variant key=value (repeatable)."),
     in_process: bool = typer.Option(False, "--in-process", help="Compile in this process instead of a worker (debugging)."),

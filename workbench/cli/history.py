@@ -25,7 +25,7 @@ def select_run(ws, selector: str) -> dict:
 
 @app.command()
 def runs(
-    stage: Optional[str] = typer.Argument(None, help="Only runs of this stage (c, stage-c, fmha/stage-c)."),
+    stage: Optional[str] = typer.Argument(None, help="Only runs of this stage (c, stage-c, KERNEL/stage-c)."),
     limit: int = typer.Option(20, "-n", "--limit", help="How many runs to list, newest first."),
     as_json: bool = typer.Option(False, "--json", help="Print the runs as JSON."),
 ) -> None:
@@ -95,7 +95,7 @@ def diff_run(
 
 @app.command()
 def report(
-    target: str = typer.Argument("last", help="A run (id, prefix, last, stage-c@last) or a stage (stage-c, c, fmha/stage-c)."),
+    target: str = typer.Argument("last", help="A run (id, prefix, last, stage-c@last) or a stage (stage-c, c, KERNEL/stage-c)."),
     raw: bool = typer.Option(False, "--raw", help="Print the Markdown source instead of rendering it."),
 ) -> None:
     """Show a run's report, or a stage's report (its history)."""

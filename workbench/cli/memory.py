@@ -13,7 +13,7 @@ from workbench.errors import UserError
 @app.command()
 def note(
     text: str = typer.Argument(..., help="The lesson, e.g. \"TMA coords: mode 2 is the KV tile index\"."),
-    stage: Optional[str] = typer.Option(None, "--stage", "-s", help="The stage it is about (c, stage-c, fmha/stage-c)."),
+    stage: Optional[str] = typer.Option(None, "--stage", "-s", help="The stage it is about (c, stage-c, KERNEL/stage-c)."),
 ) -> None:
     """Append a dated lesson to MEMORY.md's Lessons section."""
     from workbench.records import memory

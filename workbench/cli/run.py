@@ -33,9 +33,9 @@ def stage_overrides(n, d, dtype, params: list[str] | None) -> dict[str, str]:
 
 @app.command()
 def run(
-    stage: str = typer.Argument(..., help="Stage: stage-c, c, fmha/stage-c or its name."),
-    n: Optional[int] = typer.Option(None, "--n", help="KV length n (the stage's allowed values apply)."),
-    d: Optional[int] = typer.Option(None, "--d", help="Head dimension d."),
+    stage: str = typer.Argument(..., help="Stage: stage-c, c, KERNEL/stage-c or its name."),
+    n: Optional[int] = typer.Option(None, "--n", help="Parameter n, shorthand for -p n=... (the stage's allowed values apply)."),
+    d: Optional[int] = typer.Option(None, "--d", help="Parameter d, shorthand for -p d=...."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Element type: bf16 or fp16."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Other parameter, key=value (repeatable)."),
     fixture: Optional[List[str]] = typer.Option(None, "--fixture", "-f", help="Fixture to run (repeatable; default: the stage's list)."),

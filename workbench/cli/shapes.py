@@ -50,8 +50,8 @@ def compile_progress(enabled: bool) -> Iterator[Callable[[dict], None]]:
 def shapes(
     kernel: Optional[str] = typer.Argument(None, help="Kernel (default: the workspace's default kernel)."),
     stage: Optional[str] = typer.Argument(None, help="One stage: a, stage-a or its name (default: all)."),
-    n: Optional[int] = typer.Option(None, "--n", help="KV length n (stages that take it)."),
-    d: Optional[int] = typer.Option(None, "--d", help="Head dimension d (stages that take it)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Parameter n (stages that take it)."),
+    d: Optional[int] = typer.Option(None, "--d", help="Parameter d (stages that take it)."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Other parameter, key=value (repeatable)."),
     variant: Optional[List[str]] = typer.Option(None, "--variant", "-V", help="Compile-time variant key=value (repeatable)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Compile for this arch: sm_90a, sm_100a, ... (default: kernel.yaml's)."),

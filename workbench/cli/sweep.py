@@ -12,9 +12,9 @@ from workbench.errors import UserError
 
 @app.command()
 def sweep(
-    stage: str = typer.Argument(..., help="Stage: stage-c, c, fmha/stage-c or its name."),
-    n: Optional[str] = typer.Option(None, "--n", help="KV lengths, comma-separated: 128,256,512."),
-    d: Optional[str] = typer.Option(None, "--d", help="Head dimensions, comma-separated: 64,128."),
+    stage: str = typer.Argument(..., help="Stage: stage-c, c, KERNEL/stage-c or its name."),
+    n: Optional[str] = typer.Option(None, "--n", help="Values of parameter n, comma-separated: 128,256,512 (shorthand for -p n=...)."),
+    d: Optional[str] = typer.Option(None, "--d", help="Values of parameter d, comma-separated: 64,128 (shorthand for -p d=...)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Element types, comma-separated: bf16,fp16."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Other parameter, key=v1,v2 (repeatable)."),
     variant: Optional[List[str]] = typer.Option(None, "--variant", "-V", help="Compile-time variant, key=v1,v2 (repeatable; swept too)."),

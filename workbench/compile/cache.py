@@ -238,7 +238,7 @@ def watching(ignore: Iterable[Path] = ()) -> Iterator[set[str]]:
     global _window
     watch_sources()
     saved = _window
-    _window = _Window(tuple(str(q) + os.sep for p in ignore for q in (Path(p).absolute(), Path(p).resolve())))
+    _window = _Window(tuple(str(path) + os.sep for p in ignore for path in (Path(p).absolute(), Path(p).resolve())))
     files = _window.files
     try:
         yield files

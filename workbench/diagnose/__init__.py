@@ -14,24 +14,30 @@ Entry points (see docs/diagnostics.md):
 
     @mutant(name, description, outputs=("o", "lse"), dims=(2, 4))   # register a mutant
     @evidence_hook                                       # fn(EvidenceContext) -> [hint]
+    @matrices_hook, @read_source_hook, @mutant_cost_hook # view hooks (registry's docstring)
+    views_for(kernel_dir) -> Views                       # the kernel's view hooks
 
 Importing this package is cheap (no torch): submodules import torch inside functions.
 """
 
 from __future__ import annotations
 
-from workbench.diagnose.catalog import all_mutants, hooks_for, load_mutants, mutants_for
+from workbench.diagnose.catalog import all_mutants, hooks_for, load_mutants, mutants_for, views_for
 from workbench.diagnose.core import diagnose as _diagnose, run_diagnosis as _run
 from workbench.diagnose.evidence import add_run_evidence
-from workbench.diagnose.registry import EvidenceContext, Mutant, MutantContext, NotApplicable, Pred, evidence_hook, mutant, role_of
+from workbench.diagnose.registry import (
+    EvidenceContext, Matrices, Mutant, MutantContext, NotApplicable, Pred, Views, evidence_hook, matrices_hook, mutant, mutant_cost_hook,
+    output_roles, read_source_hook, role_of,
+)
 from workbench.diagnose.render import diagnosis_markdown as _md, error_grid_markup as _grid, render_diagnosis as _render
 from workbench.diagnose.result import Candidate, Diagnosis, ErrorMap, Evidence, Fit, ReadMap, as_diagnosis
 
 __all__ = [
-    "Candidate", "Diagnosis", "ErrorMap", "Evidence", "EvidenceContext", "Fit", "Mutant", "MutantContext",
-    "NotApplicable", "Pred", "ReadMap", "add_run_evidence", "all_mutants", "as_diagnosis", "diagnose",
-    "diagnosis_markdown", "error_grid_markup", "evidence_hook", "hooks_for", "load_mutants", "mutant",
-    "mutants_for", "render_diagnosis", "role_of", "run_diagnosis",
+    "Candidate", "Diagnosis", "ErrorMap", "Evidence", "EvidenceContext", "Fit", "Matrices", "Mutant", "MutantContext",
+    "NotApplicable", "Pred", "ReadMap", "Views", "add_run_evidence", "all_mutants", "as_diagnosis", "diagnose",
+    "diagnosis_markdown", "error_grid_markup", "evidence_hook", "hooks_for", "load_mutants", "matrices_hook", "mutant",
+    "mutant_cost_hook", "mutants_for", "output_roles", "read_source_hook", "render_diagnosis", "role_of", "run_diagnosis",
+    "views_for",
 ]
 
 

@@ -1,4 +1,4 @@
-"""Which mutants and evidence hooks apply to a kernel: the generic ones (generic.py, registered
+"""Which mutants, evidence hooks and view hooks apply to a kernel: the generic ones (generic.py, registered
 when this module is imported) plus those its folder's mutants*.py / evidence*.py register."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from workbench.diagnose import generic  # noqa: F401  (registers the generic mutants on import)
-from workbench.diagnose.registry import EvidenceHook, Mutant, _hooks, _registry
+from workbench.diagnose.registry import EvidenceHook, Mutant, Views, _hooks, _registry, _view_hooks
 
 
 def all_mutants() -> dict[str, Mutant]:
@@ -23,6 +23,19 @@ def hooks_for(kernel_dir: str | os.PathLike | None) -> list[EvidenceHook]:
     folder = Path(kernel_dir).resolve()
     load_mutants(folder)
     return [h for h in _hooks.values() if h.source and Path(h.source).parent == folder]
+
+
+def views_for(kernel_dir: str | os.PathLike | None) -> Views:
+    """The view hooks registered from files in kernel_dir (loading its files first)."""
+    if kernel_dir is None:
+        return Views()
+    folder = Path(kernel_dir).resolve()
+    load_mutants(folder)
+    views = Views()
+    for (kind, source, _), fn in sorted(_view_hooks.items(), key=lambda item: item[0]):
+        if source and Path(source).parent == folder:
+            getattr(views, kind).append(fn)
+    return views
 
 
 HOOK_FILES = ("mutants*.py", "evidence*.py")
@@ -44,6 +57,8 @@ def load_mutants(path: str | os.PathLike) -> None:
             del _registry[name]
         for key in [k for k in _hooks if k[0] == str(file)]:
             del _hooks[key]
+        for key in [k for k in _view_hooks if k[1] == str(file)]:
+            del _view_hooks[key]
         mod_name = "wb_mutants_" + "_".join(file.parts[-3:]).replace(".py", "").replace("-", "_").replace(".", "_")
         spec = importlib.util.spec_from_file_location(mod_name, file)
         module = importlib.util.module_from_spec(spec)

@@ -42,11 +42,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from workbench.compare import unwritten_mask
-from workbench.diagnose.catalog import hooks_for, mutants_for
+from workbench.diagnose.catalog import hooks_for, mutants_for, views_for
 from workbench.diagnose.errormap import draw_error_map, error_map
 from workbench.diagnose.evidence import build_evidence
 from workbench.diagnose.readmap import read_map
-from workbench.diagnose.registry import Mutant, MutantContext, NotApplicable, Pred, role_of
+from workbench.diagnose.registry import Mutant, MutantContext, NotApplicable, Pred, Views, role_of
 from workbench.diagnose.result import Candidate, Diagnosis, Fit
 
 FIT_MAX = 0.05
@@ -179,10 +179,11 @@ def diagnose(
     label: str | None = None,
     picture_dir: str | Path | None = None,
     time_budget_s: float = 30.0,
-    max_logits: int = 1 << 28,
+    max_cost: int = 1 << 28,
     prediction_cache: dict | None = None,
     force: bool = False,
     hooks: Iterable | None = None,
+    views: Views | None = None,
 ) -> Diagnosis:
     """Explain a kernel's outputs: rank mutant references by how well they reproduce them.
 
@@ -190,15 +191,19 @@ def diagnose(
     reference (same names); mutants: a registry (e.g. mutants_for(kernel_dir)) or None for
     the generic ones. picture_dir: write PNG error maps (and the read map) there; the
     Diagnosis lists them relative to picture_dir. label names the case in file names
-    (default: the fixture name). Mutants stop being tried after time_budget_s, and are
-    skipped altogether when q·kᵀ has more than max_logits elements. prediction_cache: a
+    (default: the fixture name). Mutants stop being tried after time_budget_s, and the
+    kernel's own are skipped when its mutant_cost hook says they would materialize more than
+    max_cost elements (e.g. fmha's q·kᵀ). prediction_cache: a
     dict reused across calls WITH THE SAME inputs and expected outputs (sweeps, tests):
     mutant predictions are computed once. force: try the mutants even when the output
-    matches the reference (explanations still need RATIO and FIT_MAX). hooks: the kernel's
-    evidence hooks (default: those of the folders the given mutants come from).
+    matches the reference (explanations still need RATIO and FIT_MAX). hooks, views: the
+    kernel's evidence hooks and view hooks (default: those of the folders the given mutants
+    come from).
     """
 
     t0 = time.perf_counter()
+    mlist = _resolve_mutants(mutants)
+    views = _views_of(mlist) if views is None else views
     label = label or fixture_name
     names = [n for n in stage_outputs if n in expected]
     diag = Diagnosis(fixture=fixture_name, label=label, status="ok", headline="")
@@ -222,7 +227,7 @@ def diagnose(
 
     # error maps and pictures
     for n in names:
-        emap, drawing = error_map(n, actual[n][0], actual[n][1], refc[n][0], refc[n][1], eps_of(stage_outputs[n]), params)
+        emap, drawing = error_map(n, actual[n][0], actual[n][1], refc[n][0], refc[n][1], eps_of(stage_outputs[n]), params, views)
         if pdir is not None:
             try:
                 path = draw_error_map(pdir / f"{stem}-{n}-error.png", drawing)
@@ -232,20 +237,22 @@ def diagnose(
                 diag.notes.append(f"error picture of {n} failed: {type(exc).__name__}: {exc}")
         diag.error_maps.append(emap)
 
-    # read map (one-hot P: which V row did each query read)
-    if "v" in inputs:
-        for n in names:
-            if role_of(n) == "o" and stage_outputs[n].dim() in (2, 4) and inputs["v"].dim() == stage_outputs[n].dim():
-                try:
-                    pic = pdir / f"{stem}-{n}-readmap.png" if pdir is not None else None
-                    rm = read_map(n, stage_outputs[n], expected[n], inputs["v"], picture=pic)
-                    if rm is not None:
-                        diag.readmap = rm
-                        if rm.picture:
-                            diag.pictures.append(rm.picture)
-                except Exception as exc:
-                    diag.notes.append(f"read map failed: {type(exc).__name__}: {exc}")
-                break
+    # read map (the kernel's read_source hook: e.g. fmha's one-hot P, which V row each query read)
+    for n in names:
+        try:
+            source = views.source_rows(n, inputs, params)
+            if source is None:
+                continue
+            got, want = views.as_matrices(n, stage_outputs[n], params), views.as_matrices(n, expected[n], params)
+            pic = pdir / f"{stem}-{n}-readmap.png" if pdir is not None else None
+            rm = read_map(n, got.values, want.values, source, got.labels, picture=pic)
+            if rm is not None:
+                diag.readmap = rm
+                if rm.picture:
+                    diag.pictures.append(rm.picture)
+        except Exception as exc:
+            diag.notes.append(f"read map failed: {type(exc).__name__}: {exc}")
+        break
 
     if diag.reference_score < fmin:
         diag.status = "ok"
@@ -260,19 +267,15 @@ def diagnose(
         return diag
 
     # mutants
-    q = inputs.get("q")
-    k = inputs.get("k")
-    rank = q.dim() if q is not None else max((stage_outputs[n].dim() for n in names), default=2)
-    too_big = False
-    if q is not None and k is not None and q.dim() == k.dim():
-        logits = q.numel() // q.shape[-1] * k.shape[-3 if k.dim() == 4 else 0]
-        too_big = logits > max_logits
+    first = next((t for t in inputs.values() if hasattr(t, "dim")), None)
+    rank = first.dim() if first is not None else max((stage_outputs[n].dim() for n in names), default=2)
+    cost = views.cost(inputs)
+    too_big = cost is not None and cost > max_cost
     exp_f = {n: expected[n].to(stage_outputs[n].device).float() for n in names}
-    cx = MutantContext(inputs=inputs, expected=exp_f, params=params, variants=variants, fixture=fixture_name)
+    cx = MutantContext(inputs=inputs, expected=exp_f, params=params, variants=variants, fixture=fixture_name, views=views)
     preds_kept: dict[str, dict] = {}
     masked_support: dict[str, list[str]] = {}
     cands: list[Candidate] = []
-    mlist = _resolve_mutants(mutants)
     generic = {m.name: m.generic for m in mlist}
     for m in mlist:
         if rank not in m.dims or not any(m.predicts(role_of(n)) or "*" in m.outputs for n in names):
@@ -323,7 +326,7 @@ def diagnose(
         saved.extend(n for n in cx.notes if n not in saved)
         cx.notes[:] = saved
     if too_big:
-        diag.notes.append(f"q·kᵀ has more than {max_logits} elements: only generic mutants were tried; rerun smaller for a full diagnosis")
+        diag.notes.append(f"the kernel's mutants would materialize {cost} elements (more than {max_cost}): only generic mutants were tried; rerun smaller for a full diagnosis")
     diag.notes.extend(cx.notes)
 
     cands.sort(key=lambda c: (c.score, c.name))
@@ -408,10 +411,21 @@ def diagnose(
     return diag
 
 
-def _hooks_of(mutants: list[Mutant]) -> list:
+def _folders(mutants: list[Mutant]) -> list[str]:
+    return sorted({str(Path(m.source).parent) for m in mutants if m.source and not m.generic})
 
-    folders = sorted({str(Path(m.source).parent) for m in mutants if m.source and not m.generic})
-    return [h for folder in folders for h in hooks_for(folder)]
+
+def _hooks_of(mutants: list[Mutant]) -> list:
+    return [h for folder in _folders(mutants) for h in hooks_for(folder)]
+
+
+def _views_of(mutants: list[Mutant]) -> Views:
+    views = Views()
+    for folder in _folders(mutants):
+        found = views_for(folder)
+        for kind in ("matrices", "read_source", "mutant_cost"):
+            getattr(views, kind).extend(getattr(found, kind))
+    return views
 
 
 def _masked_support(actual, preds, refc, names) -> list[str]:
@@ -493,6 +507,7 @@ def run_diagnosis(
 
     mutants = mutants_for(kernel_dir)
     kwargs.setdefault("hooks", hooks_for(kernel_dir))
+    kwargs.setdefault("views", views_for(kernel_dir))
     pdir = Path(picture_dir) / "pictures" if picture_dir is not None else None
     diag = diagnose(outputs, expected, inputs, params, variants, fixture, mutants, label=label, picture_dir=pdir, **kwargs)
     if pdir is not None:

@@ -1,10 +1,11 @@
 """Per-tile error maps of an output against its reference, and their pictures.
 
-Tiles: S and P (outputs wider than 256 columns, or named s/p): 128 x 128 (Q tile x KV tile).
-O-like outputs: blocks of 64 rows (one consumer warpgroup's rows) x the full width d.
-4-D outputs (batch, seq, heads, d): one grid column per (batch, head), 64-row blocks.
-Vectors (LSE (m,), (batch, heads, m) or (batch, m, heads)): 64-row blocks, one column per
-(batch, head).
+An output is seen as matrices through the kernel's view hooks (registry.Views; the generic
+view: a 2-D output is one matrix, an N-D one a matrix per index of its leading axes). One
+matrix: tiles of 64 rows x all columns, or 128 x 128 when it is wider than 256 columns (the
+kernel may set the tile, e.g. fmha's S and P: Q tile x KV tile). Several matrices: side by
+side, one grid column per matrix (e.g. fmha's (batch, head)), 64-row blocks. Vectors: 64-row
+blocks.
 """
 
 from __future__ import annotations
@@ -12,47 +13,32 @@ from __future__ import annotations
 from pathlib import Path
 
 from workbench.diagnose import png
-from workbench.diagnose.registry import role_of
+from workbench.diagnose.registry import Views
 from workbench.diagnose.result import ErrorMap
 
-Q_TILE, KV_TILE, BLOCK = 128, 128, 64
+WIDE_TILE, BLOCK = 128, 64
 
 
-def canvas(t, name: str, params=None):
+def canvas(t, name: str, params=None, views: Views | None = None):
     """A 2-D (rows, cols) view of an output for maps and pictures, the tile size (rows, cols),
-    labels, the (batch, head) names of column groups and the width of one group."""
-    role = role_of(name)
-    if t.dim() == 2:
-        R, C = t.shape
-        if role in ("s", "p") or (role is None and C > 256):
-            return t, (Q_TILE, KV_TILE), "Q tile (128 rows)", "KV tile (128 cols)", None, None
-        return t, (BLOCK, C), "64-row block", "all columns", None, None
-    if t.dim() == 1:
-        return t.view(-1, 1), (BLOCK, 1), "64-row block", "", None, None
-    if t.dim() == 4:
-        b, s, h, d = t.shape
-        c = t.permute(1, 0, 2, 3).reshape(s, b * h * d)
-        names = [f"b{i}h{j}" for i in range(b) for j in range(h)]
-        return c, (BLOCK, d), "64-row block", "(batch, head)", names, d
-    if t.dim() == 3:
-        a, x, y = t.shape
-        m = _param(params, "m")
-        if m is not None and x == m and y != m:  # (batch, m, heads)
-            c = t.permute(1, 0, 2).reshape(x, a * y)
-            names = [f"b{i}h{j}" for i in range(a) for j in range(y)]
-        else:  # (batch, heads, m)
-            c = t.permute(2, 0, 1).reshape(y, a * x)
-            names = [f"b{i}h{j}" for i in range(a) for j in range(x)]
-        return c, (BLOCK, 1), "64-row block", "(batch, head)", names, 1
-    flat = t.reshape(-1, 1)
-    return flat, (BLOCK, 1), "64-element block", "", None, None
-
-
-def _param(params, name):
-    try:
-        return params[name]
-    except (KeyError, TypeError):
-        return None
+    labels, the names of column groups (one per matrix) and the width of one group."""
+    if t.dim() <= 1:
+        return t.reshape(-1, 1), (BLOCK, 1), "64-row block", "", None, None
+    mats = (views or Views()).as_matrices(name, t, params)
+    if mats is None:
+        flat = t.reshape(-1, 1)
+        return flat, (BLOCK, 1), "64-element block", "", None, None
+    G, R, C = mats.values.shape
+    if G == 1:
+        tile = mats.tile or ((WIDE_TILE, WIDE_TILE) if C > 256 else (BLOCK, C))
+        wide = tile[1] < C
+        row_label = mats.row_label or (f"{tile[0]}-row tile" if wide else f"{tile[0]}-row block")
+        col_label = mats.col_label or (f"{tile[1]}-column tile" if wide else "all columns")
+        return mats.values[0], tile, row_label, col_label, None, None
+    c = mats.values.permute(1, 0, 2).reshape(R, G * C)
+    names = mats.labels or [f"m{i}" for i in range(G)]
+    tile = mats.tile or (BLOCK, C)
+    return c, tile, mats.row_label or f"{tile[0]}-row block", mats.col_label or "matrix", names, C
 
 
 def _tile_reduce(x, tr, tc, op):
@@ -82,7 +68,7 @@ def _ranges(idx: list[int], limit: int = 10) -> str:
     return ",".join(out)
 
 
-def error_map(name, actual_vals, actual_cls, ref_vals, ref_cls, eps: float, params=None) -> tuple[ErrorMap, dict]:
+def error_map(name, actual_vals, actual_cls, ref_vals, ref_cls, eps: float, params=None, views: Views | None = None) -> tuple[ErrorMap, dict]:
     """The ErrorMap of one output plus the canvases needed to draw it (kept out of the data)."""
     import torch
 
@@ -93,8 +79,8 @@ def error_map(name, actual_vals, actual_cls, ref_vals, ref_cls, eps: float, para
     ref_abs = torch.where(ref_cls == 0, ref_vals.abs(), torch.zeros_like(ref_vals))
     ref_max = float(ref_abs.max()) if ref_abs.numel() else 0.0
     scale = ref_max if ref_max > 0 else 1.0
-    e2, (tr, tc), row_label, col_label, names, group = canvas(err, name, params)
-    b2 = canvas(bad, name, params)[0]
+    e2, (tr, tc), row_label, col_label, names, group = canvas(err, name, params, views)
+    b2 = canvas(bad, name, params, views)[0]
     grid = _tile_reduce(e2, tr, tc, "max")
     badgrid = _tile_reduce(b2.to(torch.int32), tr, tc, "sum")
     ok_level = 4 * max(eps, 2.0**-16)
@@ -137,7 +123,7 @@ def error_map(name, actual_vals, actual_cls, ref_vals, ref_cls, eps: float, para
         col_names=names,
         summary=summary,
     )
-    drawing = {"err": e2, "bad": b2, "unwritten": canvas(unwritten, name, params)[0], "scale": scale, "tile": (tr, tc), "group": group}
+    drawing = {"err": e2, "bad": b2, "unwritten": canvas(unwritten, name, params, views)[0], "scale": scale, "tile": (tr, tc), "group": group}
     return emap, drawing
 
 

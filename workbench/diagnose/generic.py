@@ -1,10 +1,11 @@
 """Generic mutants: bugs of the store / tile indexing that any tiled kernel can have.
 
 They transform the reference outputs (they never look at the inputs), one matrix at a
-time: a 2-D output is one (rows, cols) matrix; a 4-D output (batch, seq, heads, d) is one
-(seq, d) matrix per (batch, head). 1-D and 3-D outputs (LSE) are left as the reference:
-a store bug of O does not touch LSE. Tiles are 128 rows (Q tiles) and, for outputs wider
-than 128 columns (S, P), 128 columns (KV tiles).
+time, as the kernel's view hooks see its outputs (registry.Views: a 2-D output is one
+(rows, cols) matrix; e.g. fmha's 4-D (batch, seq, heads, d) is one (seq, d) matrix per
+(batch, head)). Outputs of other ranks (1-D, 3-D: e.g. fmha's LSE) are left as the
+reference. Tiles are 128 rows (e.g. fmha's Q tiles) and, for the column mutants, 128
+columns (e.g. KV tiles of fmha's S and P).
 """
 
 from __future__ import annotations
@@ -13,17 +14,6 @@ from workbench.diagnose.registry import NotApplicable, Pred, mutant
 
 TILE = 128
 HALF = 64  # rows per consumer warpgroup of a 128-row tile
-
-
-def _as_mats(t):
-    """(G, R, C) view of a 2-D or 4-D output and a function mapping (G, R, C) back."""
-    if t.dim() == 2:
-        return t.unsqueeze(0), lambda x: x[0]
-    if t.dim() == 4:
-        b, s, h, d = t.shape
-        mats = t.permute(0, 2, 1, 3).reshape(b * h, s, d)
-        return mats, lambda x: x.reshape(b, h, s, d).permute(0, 2, 1, 3)
-    return None, None
 
 
 def _each(cx, fn, ranks=(2, 4)):
@@ -35,9 +25,10 @@ def _each(cx, fn, ranks=(2, 4)):
     for name, ref in cx.expected.items():
         if ref.dim() not in ranks:
             continue
-        mats, back = _as_mats(ref.float())
-        if mats is None:
+        view = cx.matrices(name, ref.float())
+        if view is None:
             continue
+        mats, back = view.values, view.back
         res = fn(mats)
         if res is None:
             continue
@@ -229,17 +220,3 @@ def half_rows_dup(cx):
         return x.index_select(1, src), None, None
 
     return _each(cx, fn)
-
-
-@mutant("bhsd-store", "4-D output written as (batch, heads, seq, d) into the (batch, seq, heads, d) "
-        "buffer (head and seq strides swapped in the store)", outputs=("*",), dims=(4,), family="layout")
-def bhsd_store(cx):
-    out = {}
-    for name, ref in cx.expected.items():
-        if ref.dim() != 4 or ref.shape[2] < 2:
-            continue
-        b, s, h, d = ref.shape
-        out[name] = ref.float().permute(0, 2, 1, 3).contiguous().reshape(b, s, h, d)
-    if not out:
-        raise NotApplicable("needs a 4-D output with more than one head")
-    return out

@@ -1,7 +1,10 @@
-"""Read maps: for one-hot P (fixture onehot-p), which V row did each query actually read?
+"""Read maps: which source row did each output row actually read? (e.g. fmha's one-hot P,
+fixture onehot-p: which V row did each query read.) The kernel's read_source hook names the
+source rows of an output's matrices (registry.Views); the words below are fmha's.
 
-Every output row O[i] is matched to its nearest V row (same batch, the query head's KV
-head under GQA); it "matches" when ||O[i] - V[j]|| <= MATCH_REL * ||V[j]||. The row the
+Every output row O[i] is matched to its nearest source row V[j] of the same matrix (for
+fmha: same batch, the query head's KV head under GQA); it "matches" when
+||O[i] - V[j]|| <= MATCH_REL * ||V[j]||. The row the
 query SHOULD have read comes from matching the reference output the same way, so no
 knowledge of Q/K is needed; when fewer than 90% of the reference rows match a V row, P is
 not one-hot and there is no read map.
@@ -29,25 +32,6 @@ COLUMN_ROWS = 8192  # rows enough to tell columns apart
 CONSISTENT = 0.9  # share of an intended tile's queries that must read the same tile for a rule
 
 
-def _groups(o, v):
-    """(G, M, D) output rows, (G, N, D) V rows and a label per group."""
-    if o.dim() == 2:
-        return o.unsqueeze(0), v.unsqueeze(0), ["-"]
-    b, m, h, d = o.shape
-    hk = v.shape[2]
-    group = max(1, h // max(1, hk))
-    og = o.permute(0, 2, 1, 3).reshape(b * h, m, d)
-    kv_index = (torch_arange(h) // group).clamp(max=hk - 1)
-    vg = v.permute(0, 2, 1, 3)[:, kv_index].reshape(b * h, v.shape[1], v.shape[3])
-    return og, vg, [f"b{i}h{j}" for i in range(b) for j in range(h)]
-
-
-def torch_arange(n):
-    import torch
-
-    return torch.arange(n)
-
-
 def nearest_rows(o, v, chunk_elems: int = 1 << 25):
     """For (G, M, D) rows o and (G, N, D) rows v: index of the nearest v row (-1 when no
     row is within MATCH_REL), per (G, M)."""
@@ -73,11 +57,13 @@ def nearest_rows(o, v, chunk_elems: int = 1 << 25):
     return out
 
 
-def read_map(name, actual, expected, v, picture: Path | None = None) -> ReadMap | None:
+def read_map(name, og, eg, vg, labels: list[str] | None = None, picture: Path | None = None) -> ReadMap | None:
+    """The read map of output `name`: og / eg, its (G, M, D) matrices as the kernel wrote them
+    and as the reference has them; vg, the (G, N, D) source rows each row should equal one of
+    (the kernel's read_source hook); labels, one per matrix."""
     import torch
 
-    og, vg, labels = _groups(actual, v)
-    eg, _, _ = _groups(expected, v)
+    labels = labels or [f"m{g}" for g in range(og.shape[0])]
     exp_rows = nearest_rows(eg, vg)
     valid = exp_rows >= 0
     if float(valid.float().mean()) < MIN_EXPECTED_MATCH:
@@ -241,25 +227,25 @@ def column_rule(cols: list[int] | None) -> str:
 
 
 def draw_read_map(path: Path, exp_rows, got_rows, n_keys: int) -> Path:
-    """x: queries (heads side by side), y: key rows (KV tiles outlined); grey = intended row,
+    """x: queries (groups side by side: e.g. fmha's heads), y: key rows (KV tiles outlined); grey = intended row,
     green = read the intended row, red = read another row, magenta tick at the top = read
     no V row."""
     import torch
 
     G, M = exp_rows.shape
-    Q = G * M
-    fx = -(-Q // png.MAX_SIDE)
+    rows = G * M
+    fx = -(-rows // png.MAX_SIDE)
     fy = -(-n_keys // 512)
-    W, H = -(-Q // fx), -(-n_keys // fy)
+    W, H = -(-rows // fx), -(-n_keys // fy)
     img = torch.full((H + 4, W, 3), 16, dtype=torch.uint8)
-    x = (torch.arange(Q) // fx).view(G, M)
+    x = (torch.arange(rows) // fx).view(G, M)
     exp_rows, got_rows = exp_rows.cpu(), got_rows.cpu()
     valid = exp_rows >= 0
     ys = [4 + int(k * KV_TILE / fy) for k in range(1, -(-n_keys // KV_TILE))]
     if len(ys) < H / 4:
         png.draw_lines(img, rows=ys, color=(60, 60, 60))
-    heads = [int(g * M / fx) for g in range(1, G)]
-    png.draw_lines(img, cols=heads, color=(140, 140, 140))
+    groups = [int(g * M / fx) for g in range(1, G)]
+    png.draw_lines(img, cols=groups, color=(140, 140, 140))
     ok = valid & (got_rows == exp_rows)
     wrong = valid & (got_rows >= 0) & ~ok
     none = valid & (got_rows < 0)

@@ -14,11 +14,11 @@ Outputs it does not return are taken to be correct (the reference). Returning No
 raising `NotApplicable` means "this bug cannot happen / cannot be told apart here" (e.g. a
 KV-tile bug when there is one KV tile).
 
-`outputs` lists the output ROLES the mutant can predict: "s" (logits S), "p"
-(probabilities P), "o", "lse", or "*" for any output (generic mutants). Output names map to
-roles by name (see ROLE_NAMES). `dims` lists the ranks of q it handles: 2 for (seq, d)
-stages, 4 for (batch, seq, heads, d) stages; a generic mutant works on outputs and says
-which output ranks it handles.
+`outputs` lists the output ROLES the mutant can predict (an output's role is its name,
+lower-case, or what the kernel declares with `output_roles`, e.g. fmha's "s", "p", "o",
+"lse"), or "*" for any output (generic mutants). `dims` lists the ranks of the stage's first
+input it handles (e.g. fmha's q: 2 for (seq, d) stages, 4 for (batch, seq, heads, d)); a
+generic mutant works on outputs and says which output ranks it handles.
 
 Generic mutants live in workbench/diagnose/generic.py; a kernel registers its own in
 stages/<kernel>/mutants.py (or in any stage module); `catalog.mutants_for(kernel_dir)` returns the
@@ -36,6 +36,19 @@ shows). What that implies is kernel knowledge, so the kernel declares it:
 
 in stages/<kernel>/evidence*.py (or mutants*.py); `catalog.hooks_for(kernel_dir)` returns them.
 
+View hooks (same files; `catalog.views_for(kernel_dir)` returns them as a `Views`): how the
+kernel's tensors read as matrices, for generic mutants, error maps and read maps.
+
+    @matrices_hook      fn(name, t, params) -> Matrices | None
+        output `name` (or any tensor of its shape) as G matrices (G, R, C); None: the generic
+        view (a 2-D output is one matrix; N-D: the last two axes, the leading ones flattened)
+    @read_source_hook   fn(name, inputs, params) -> tensor (G, N, C) | None
+        the rows each row of output `name`'s matrices should equal one of (e.g. fmha's V rows
+        under one-hot P, grouped like O's matrices): the read map; None: no read map
+    @mutant_cost_hook   fn(inputs) -> int
+        elements the kernel's own mutants materialize (e.g. fmha's q·kᵀ); above diagnose()'s
+        max_cost only the generic mutants are tried
+
 No torch at import time.
 """
 
@@ -46,17 +59,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-#: output name (lower-case) -> role
-ROLE_NAMES = {
-    "s": "s", "scores": "s", "logits": "s", "qk": "s",
-    "p": "p", "probs": "p", "probabilities": "p", "softmax": "p",
-    "o": "o", "out": "o", "output": "o", "attn": "o",
-    "lse": "lse", "logsumexp": "lse", "softmax_lse": "lse",
-}
+_role_names: dict[str, str] = {}  # output name (lower-case) -> role, from the kernels' output_roles
+
+
+def output_roles(names: Mapping[str, str]) -> None:
+    """Declare output names that stand for a role (e.g. fmha's "out" -> "o"); an output's
+    role is otherwise its own name, lower-case."""
+    _role_names.update({k.lower(): v for k, v in names.items()})
 
 
 def role_of(output_name: str) -> str | None:
-    return ROLE_NAMES.get(output_name.lower())
+    return _role_names.get(output_name.lower(), output_name.lower())
 
 
 class NotApplicable(Exception):
@@ -144,6 +157,76 @@ def evidence_hook(fn):
 
 
 @dataclass
+class Matrices:
+    """A tensor seen as G matrices: `values` (G, R, C), `back` maps a (G, R, C) tensor to the
+    tensor's own shape; `labels` names each matrix (e.g. fmha's "b0h1"); `tile` is the error
+    map's tile (rows, cols) within a matrix (default 64 x C, or 128 x 128 when C > 256), and
+    `row_label` / `col_label` name a tile's rows / a column group in summaries."""
+
+    values: Any
+    back: Callable[[Any], Any]
+    labels: list[str] | None = None
+    tile: tuple[int, int] | None = None
+    row_label: str = ""
+    col_label: str = ""
+
+
+def generic_matrices(t) -> Matrices | None:
+    """A 2-D tensor as one matrix; N-D as matrices over its last two axes; None below 2-D."""
+    if t.dim() < 2:
+        return None
+    shape = tuple(t.shape)
+    return Matrices(t.reshape(-1, shape[-2], shape[-1]), lambda x: x.reshape(shape))
+
+
+_view_hooks: dict[tuple[str, str, str], Callable[..., Any]] = {}  # (kind, source, name) -> fn
+
+
+def _view_hook(kind: str):
+    def register(fn):
+        try:
+            source = str(Path(inspect.getfile(fn)).resolve())
+        except (TypeError, OSError):
+            source = ""
+        _view_hooks[(kind, source, fn.__name__)] = fn
+        return fn
+
+    return register
+
+
+matrices_hook = _view_hook("matrices")
+read_source_hook = _view_hook("read_source")
+mutant_cost_hook = _view_hook("mutant_cost")
+
+
+@dataclass
+class Views:
+    """A kernel's view hooks (see the module docstring), with the generic fallbacks."""
+
+    matrices: list = field(default_factory=list)
+    read_source: list = field(default_factory=list)
+    mutant_cost: list = field(default_factory=list)
+
+    def as_matrices(self, name: str, t, params=None) -> Matrices | None:
+        for fn in self.matrices:
+            found = fn(name, t, params)
+            if found is not None:
+                return found
+        return generic_matrices(t)
+
+    def source_rows(self, name: str, inputs, params=None):
+        for fn in self.read_source:
+            found = fn(name, inputs, params)
+            if found is not None:
+                return found
+        return None
+
+    def cost(self, inputs) -> int | None:
+        costs = [fn(inputs) for fn in self.mutant_cost]
+        return max(costs) if costs else None
+
+
+@dataclass
 class MutantContext:
     """What a mutant sees: the stage's inputs, the true reference outputs, params, variants.
 
@@ -159,6 +242,11 @@ class MutantContext:
     fixture: str = ""
     cache: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    views: Views = field(default_factory=Views)
+
+    def matrices(self, name: str, t) -> Matrices | None:
+        """Output `name`'s tensor `t` as matrices, as the kernel's view hooks see it."""
+        return self.views.as_matrices(name, t, self.params)
 
     def param(self, name: str, default: Any = None) -> Any:
         try:

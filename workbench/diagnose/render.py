@@ -221,7 +221,7 @@ def diagnosis_markdown(diag: Any, pictures_relpath: str = ".") -> str:
         out.append("")
         if rm.picture:
             out += [f"![read map]({_pic(pictures_relpath, rm.picture)})", "",
-                    "_x: queries (heads side by side), y: V rows (KV tiles outlined); grey: intended row, green: read it, red: read another row, magenta (top): matched no V row._", ""]
+                    "_x: queries (groups side by side), y: V rows (KV tiles outlined); grey: intended row, green: read it, red: read another row, magenta (top): matched no V row._", ""]
     if d.unseen:
         out += ["This fixture cannot see: " + ", ".join(f"`{u}`" for u in d.unseen) + ".", ""]
     for note in d.notes:

@@ -22,6 +22,7 @@ import difflib
 import hashlib
 import importlib
 import inspect
+import itertools
 import math
 import re
 import sys
@@ -204,6 +205,22 @@ class StageSpec:
 
 
 @dataclass
+class BenchSpec:
+    """kernel.yaml's `bench:` section (every key optional; docs/architecture.md, "Kernel hooks")."""
+
+    stage: str | None = None  # the stage letter `wb bench KERNEL` times
+    peers: list[str] = field(default_factory=list)  # peers timed when --peers is not given
+    cases: list[dict[str, Any]] = field(default_factory=lambda: [{}])  # cases when no --sweep
+    sweep: list[dict[str, Any]] = field(default_factory=list)  # `--sweep`'s cases
+    columns: list[str] = field(default_factory=list)  # perf doc columns (default: the sweep's keys)
+    case_keys: list[str] = field(default_factory=list)  # order of a case's name (default: the stage's)
+    column: str = "n"  # the parameter whose values are MEMORY.md's speed columns
+    perf_doc: str = ""  # default docs/perf-<kernel>.md
+    title: str = ""
+    note: str = ""
+
+
+@dataclass
 class KernelSpec:
     name: str
     title: str
@@ -211,6 +228,7 @@ class KernelSpec:
     default: bool
     dir: Path
     stages: list[StageSpec] = field(default_factory=list)
+    bench: BenchSpec = field(default_factory=BenchSpec)
 
     def stage(self, letter: str) -> StageSpec | None:
         return next((s for s in self.stages if s.letter == letter), None)
@@ -233,7 +251,8 @@ def load_kernel(kernel_yaml: Path) -> KernelSpec:
     if name != folder:
         raise SchemaError(str(kernel_yaml), f"kernel: expected the folder's name {folder!r} (stage modules import as stages.<folder>)")
     tolerance = {**DEFAULT_TOLERANCE, **_given(data.tolerance)}
-    kernel = KernelSpec(name=name, title=data.title or name, arch=data.arch, default=data.default, dir=kernel_yaml.parent)
+    kernel = KernelSpec(name=name, title=data.title or name, arch=data.arch, default=data.default, dir=kernel_yaml.parent,
+                        bench=_bench_spec(name, data.bench))
     for i, stage in enumerate(data.stages):
         kernel.stages.append(
             StageSpec(
@@ -253,6 +272,20 @@ def load_kernel(kernel_yaml: Path) -> KernelSpec:
         )
     kernel.stages.sort(key=lambda s: s.letter)
     return kernel
+
+
+def _bench_spec(kernel: str, bench: Any) -> BenchSpec:
+    if bench is None:
+        return BenchSpec(perf_doc=f"docs/perf-{kernel}.md")
+    sweep = bench.sweep
+    if isinstance(sweep, dict):  # axes: their product, the first axis slowest
+        keys = list(sweep)
+        sweep = [dict(zip(keys, combo)) for combo in itertools.product(*sweep.values())]
+    return BenchSpec(
+        stage=bench.stage, peers=list(bench.peers), cases=[dict(c) for c in bench.cases], sweep=[dict(c) for c in sweep],
+        columns=list(bench.columns), case_keys=list(bench.case_keys), column=bench.column, perf_doc=bench.perf_doc or f"docs/perf-{kernel}.md",
+        title=bench.title or "", note=bench.note,
+    )
 
 
 def _given(model: Any) -> dict[str, Any]:
@@ -310,7 +343,7 @@ def resolve_stage(ws: Workspace, text: str, kernels: dict[str, KernelSpec] | Non
     kernels = load_kernels(ws) if kernels is None else kernels
     match = _STAGE_RE.match(text.strip())
     if not match:
-        raise UserError(f"{text!r} is not a stage: write stage-c, c or fmha/stage-c")
+        raise UserError(f"{text!r} is not a stage: write stage-c, c or KERNEL/stage-c")
     if match["kernel"]:
         kernel = get_kernel(ws, match["kernel"], kernels)
     else:

@@ -175,13 +175,13 @@ def _complete(ws: Workspace, records: list[dict]) -> None:
             record["variants_changed"] = {k: v for k, v in record.get("variants", {}).items() if spec.variants.get(k, (v,))[0] != v}
 
 
-def memory_edits(records: list[dict]) -> dict:
+def memory_edits(records: list[dict], ws: Workspace | None = None) -> dict:
     """MEMORY.md's block edits for these records: runs into status/log, benches into speed."""
     runs = [r for r in records if r.get("kind", "run") == "run"]
     edits = memory.run_edits(runs) if runs else {}
     benches = [r for r in records if r.get("kind") == "bench"]
     if benches:
-        edits["speed"] = bench.speed_edit(benches)
+        edits["speed"] = bench.speed_edit(benches, ws)
     return edits
 
 
@@ -191,7 +191,7 @@ def _commit(ws: Workspace, staged_runs: Path, records: list[dict]) -> None:
     MEMORY.md fails). Stage reports are derived data and follow."""
     if not records:
         return
-    edits = memory_edits(records)
+    edits = memory_edits(records, ws)
     if edits:
         memory.render_blocks(ws, edits)  # fails here, before anything moved, on a MEMORY.md or MEMORY.json wb cannot update
     ws.runs_dir.mkdir(parents=True, exist_ok=True)

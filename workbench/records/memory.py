@@ -473,9 +473,8 @@ def run_edits(records: list[dict[str, Any]]) -> dict[str, Any]:
                 card=prov.get("gpu"),
             )
             n = record.get("params", {}).get("n")
-            if isinstance(n, int) and not isinstance(n, bool):
-                per_key = entry.setdefault("cases", {}).setdefault(_params_key(record), {})
-                per_key[str(n)] = record["verdict"]
+            per_key = entry.setdefault("cases", {}).setdefault(_params_key(record), {})
+            per_key[str(n) if isinstance(n, int) and not isinstance(n, bool) else ""] = record["verdict"]  # "": a stage without n
         return data
 
     newest_first = [log_line(r) for r in reversed(records)]
@@ -513,7 +512,7 @@ def render_status(data: dict[str, Any]) -> str:
         if failing:
             rank = {v: i for i, v in enumerate(SEVERITY)}
             key, n, verdict = min(failing, key=lambda c: rank.get(c[2], len(SEVERITY)))
-            worst = cell(f"{verdict} {key} n={n}".replace("  ", " "), 160) + (f" (+{len(failing) - 1} more)" if len(failing) > 1 else "")
+            worst = cell(f"{verdict} {key}{f' n={n}' if n else ''}".replace("  ", " ").strip(), 160) + (f" (+{len(failing) - 1} more)" if len(failing) > 1 else "")
         passing = f"{len(cases) - len(failing)}/{len(cases)}" if cases else "-"
         when = " · ".join(cell(entry.get(k) or "-", 60) for k in ("date", "commit", "card"))
         rows.append(f"| {cell(stage, 100)} | {cell(entry.get('last_run'), 40)} | {cell(entry.get('verdict'), 32)} | {passing} | {worst} | {when} |")
@@ -548,16 +547,21 @@ def _speed_place(key: str, entry: dict[str, Any]) -> tuple[str, int | None]:
 
 
 def render_speed(data: dict[str, Any]) -> str:
-    """Per stage and card, a table: one row per case without its n, one column per n; a cell
+    """Per stage and card, a table: one row per case without its n, one column per n (or the
+    kernel's bench.column); a cell
     holds wb's TFLOP/s and its ratio to the fastest peer timed in the same run (the latest
     run where two entries share a cell)."""
     out = [
         "wb's TFLOP/s, and ×: wb over the fastest peer timed in the same run (above 1: wb is faster). A row is a case"
-        " without n and the parameters `wb bench` derives from n and d; every peer, run and commit: MEMORY.json.",
+        " without its column parameter (n, or the kernel's bench.column) and the parameters its bench hook derives;"
+        " every peer, run and commit: MEMORY.json.",
     ]
     groups: dict[tuple[str, str], dict[str, dict[int | None, dict]]] = {}
+    columns: dict[tuple[str, str], str] = {}  # the parameter of a table's columns (kernel.yaml bench.column)
     for key, entry in data.items():
         stage, _, card = _speed_parts(key)
+        if entry.get("column"):
+            columns.setdefault((stage, card), entry["column"])
         row, n = _speed_place(key, entry)
         cells = groups.setdefault((stage, card), {}).setdefault(row, {})
         if n not in cells or (entry.get("run") or "") > (cells[n].get("run") or ""):
@@ -565,7 +569,8 @@ def render_speed(data: dict[str, Any]) -> str:
     for (stage, card), rows in sorted(groups.items()):
         ns = sorted({n for cells in rows.values() for n in cells}, key=lambda n: (n is None, n or 0))
         out += ["", f"**{cell(stage, 100)} · {cell(card or '?', 80)}**", ""]
-        out.append("| case | " + " | ".join(f"n={n}" if n is not None else "n=?" for n in ns) + " | date |")
+        name = columns.get((stage, card), "n")
+        out.append("| case | " + " | ".join(cell(f"{name}={n}" if n is not None else f"{name}=?", 60) for n in ns) + " | date |")
         out.append("|" + "---|" * (len(ns) + 2))
         for row in sorted(rows, key=_case_sort_key):
             cells = rows[row]

@@ -13,10 +13,14 @@ bf16 matmul peak is measured once per card and cached in $WB_HOME.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import itertools
 import json
 import os
 import statistics
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -97,8 +101,8 @@ def _event_times(fn: Callable[[], Any], reps: int, scratch) -> list[float]:
 
     # A GPU-side wait queued first lets the CPU enqueue every repeat before the GPU gets to
     # them. Without it a kernel shorter than its own launch's CPU time (a Python DSL launch
-    # of a short causal case) was timed with part of that CPU time in it, in some repeats
-    # and not others: d=128 s=1024 causal read 137 us or 170-220 us (kernel span 136 us).
+    # of a short case) was timed with part of that CPU time in it, in some repeats and not
+    # others: e.g. one of fmha's read 137 us or 170-220 us (kernel span 136 us).
     torch.cuda._sleep(SLEEP_CYCLES_PER_REP * reps)
     pairs = []
     for _ in range(reps):
@@ -139,9 +143,10 @@ def card_peak_tflops(refresh: bool = False) -> dict[str, Any]:
     return {**entry, "cached": False}
 
 
-def case_name(params: dict[str, Any]) -> str:
-    keys = ["d", "m", "n", "batch", "heads", "kv_heads", "causal", "dtype"]
-    return " ".join(f"{k}={params[k]}" for k in keys if k in params)
+def case_name(params: dict[str, Any], keys: list[str] | None = None) -> str:
+    """`k=v ...` of a case: the keys in `keys` order (kernel.yaml `bench.case_keys`), then the rest."""
+    order = [k for k in keys or [] if k in params] + [k for k in params if k not in (keys or [])]
+    return " ".join(f"{k}={params[k]}" for k in order)
 
 
 def load_peers(kernel_dir: Path):
@@ -188,11 +193,12 @@ class BenchJob:
         result: dict[str, Any] = {"env": environment(), "peak": peak, "cases": [], "notes": []}
         if wanted_peers and peers_module is None:
             result["notes"].append(f"{spec.id} has no peers.py: no peer timed")
-        for raw in job["cases"]:
-            params = Params(raw)
-            name = case_name(dict(params))
+        for planned in job["cases"]:
+            params = Params(planned["params"])
+            name = planned["name"]
             self.emit({"type": "progress", "phase": "case", "case": name})
-            case: dict[str, Any] = {"case": name, "params": dict(params), "flops": stage.flops(params)}
+            case: dict[str, Any] = {"case": name, "row": planned.get("row"), "column": planned.get("column", "n"),
+                                    "params": dict(params), "flops": stage.flops(params)}
             try:
                 build = compile_stage(spec, stage, params, job["variants"], job.get("arch"))
             except Exception as exc:
@@ -256,39 +262,119 @@ class BenchJob:
 
 # ------------------------------------------------------------------ host side (the wb process)
 
-DEFAULT_PEERS = ("sdpa-flash", "sdpa-cudnn", "fa4")
-# Settings peers read in the worker; sent with each job, since a warm worker may predate them.
-PEER_ENV = ("WB_CUTLASS_EXAMPLES",)
-# The sweep of DESIGN.md's peer table: (d, s, causal); batch = 16384 / s, heads = 2048 / d.
-SWEEP = [(128, 1024, False), (128, 1024, True), (128, 4096, False), (128, 4096, True), (128, 8192, False),
-         (128, 8192, True), (64, 1024, False), (64, 4096, False), (64, 8192, False), (64, 8192, True)]
+
+@dataclass
+class BenchCase:
+    """One planned case: the stage's parameters (unresolved), and the keys the kernel's
+    `case_params` hook derived (hidden from MEMORY.md's speed row)."""
+
+    params: dict[str, Any]
+    derived: tuple[str, ...] = ()
 
 
-def sweep_cases(dtype: str = "bf16") -> list[dict[str, Any]]:
-    return [bench_params(s, d, causal, dtype) for d, s, causal in SWEEP]
+def kernel_module(kernel_dir: Path, stem: str):
+    """stages/<kernel>/<stem>.py imported from its file (host side), or None when absent."""
+    path = kernel_dir / f"{stem}.py"
+    if not path.is_file():
+        return None
+    root = str(kernel_dir.resolve().parent.parent)  # the workspace: `from stages.<kernel> import ...` works
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    name = f"wb_{stem}_{kernel_dir.name}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise UserError(f"{path}: {type(exc).__name__}: {exc}") from None
+    return module
 
 
-TOKENS, MODEL_DIM = 16384, 2048  # DESIGN.md's convention: batch = TOKENS / s, heads = MODEL_DIM / d
+def peer_names(kernel_dir: Path) -> dict[str, str] | None:
+    """The kernel's peers (peers.py's PEERS: name -> one line of help), or None when it lists none."""
+    module = kernel_module(kernel_dir, "peers")
+    peers = getattr(module, "PEERS", None) if module is not None else None
+    return dict(peers) if isinstance(peers, dict) else None
 
 
-def bench_params(s: int, d: int, causal: bool, dtype: str, batch: int | None = None, heads: int | None = None) -> dict[str, Any]:
-    """Stage D parameters for one benchmark shape (DESIGN.md's convention: 16k tokens, 2048 model dim)."""
-    return {
-        "m": s, "n": s, "d": d, "dtype": dtype, "causal": causal,
-        "batch": batch or max(1, TOKENS // s), "heads": heads or max(1, MODEL_DIM // d),
-    }
+def check_peers(kernel, wanted: list[str]) -> None:
+    known = peer_names(kernel.dir)
+    if known is None:
+        if wanted:
+            raise UserError(f"kernel {kernel.name} lists no peers (stages/{kernel.name}/peers.py has no PEERS): write --peers ''")
+        return
+    unknown = [p for p in wanted if p not in known]
+    if unknown:
+        listed = "; ".join(f"{name}: {text}" for name, text in known.items())
+        raise UserError(f"unknown peer {unknown[0]!r} of kernel {kernel.name}: choose from {listed}")
 
 
-def run_bench(ws, spec, cases: list[dict[str, Any]], variants: dict[str, str], peers: list[str], reps: int = 30,
+def peer_env(kernel_dir: Path) -> dict[str, str | None]:
+    """Settings the kernel's peers read in the worker (peers.py's PEER_ENV), sent with each job:
+    a warm worker may predate them."""
+    module = kernel_module(kernel_dir, "peers")
+    return {key: os.environ.get(key) for key in getattr(module, "PEER_ENV", ())}
+
+
+def plan_cases(spec, kernel, axes: dict[str, list[str]], sweep: bool = False) -> list[BenchCase]:
+    """The cases of one `wb bench`: kernel.yaml's `bench.cases` (or `bench.sweep`), each
+    crossed with the -p axes (their product), then completed by the kernel's
+    bench_hooks.case_params(given) -> params. Keys of kernel.yaml's cases or the hook that the
+    stage does not take are dropped (a smaller stage of the same kernel); -p keys must be the stage's."""
+    bases = kernel.bench.sweep if sweep else kernel.bench.cases
+    if sweep and not bases:
+        raise UserError(f"kernel {kernel.name} has no bench.sweep in its kernel.yaml: nothing for --sweep to time")
+    hooks = kernel_module(kernel.dir, "bench_hooks")
+    derive = getattr(hooks, "case_params", None)
+    combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())] if axes else [{}]
+    cases, seen = [], set()
+    for base in bases:
+        for combo in combos:
+            given = {**base, **combo}
+            params = dict(derive(dict(given))) if derive else dict(given)
+            derived = tuple(k for k in params if k not in given)
+            params = {k: v for k, v in params.items() if k in combo or k in spec.params}
+            key = json.dumps(params, sort_keys=True, default=str)
+            if key not in seen:
+                seen.add(key)
+                cases.append(BenchCase(params, tuple(k for k in derived if k in params)))
+    return cases
+
+
+def speed_row(spec, resolved: dict[str, Any], case: BenchCase, name_keys: list[str], column: str = "n") -> str:
+    """MEMORY.md's speed row of a case: its name without the column parameter (kernel.yaml
+    `bench.column`, default n), the parameters the kernel's hook derived, and those left at
+    an '=other' default (they follow the others)."""
+    hidden = {column, *case.derived}
+    hidden |= {k for k, p in spec.params.items() if isinstance(p.default, str) and p.default.startswith("=") and k not in case.params}
+    return case_name({k: v for k, v in resolved.items() if k not in hidden}, name_keys)
+
+
+def resolve_cases(spec, kernel, cases: list[BenchCase]) -> list[dict[str, Any]]:
+    """The job's cases: resolved parameters (checked by the stage's rules), name and speed row."""
+    out = []
+    for case in cases:
+        try:
+            params = spec.resolve_params({k: str(v) if not isinstance(v, bool) else str(v).lower() for k, v in case.params.items()})
+        except UserError as exc:
+            raise UserError(f"bench case {case_name(case.params)}: {exc}") from None
+        out.append({"params": params, "name": case_name(params, kernel.bench.case_keys), "column": kernel.bench.column,
+                    "row": speed_row(spec, params, case, kernel.bench.case_keys, kernel.bench.column)})
+    return out
+
+
+def run_bench(ws, spec, kernel, cases: list[BenchCase], variants: dict[str, str], peers: list[str], reps: int = 30,
               graph: str = "auto", timeout: float = 600.0, on_event=lambda e: None, warm: bool = True) -> dict[str, Any]:
     """Benchmark `cases` of a stage in a worker; write the record (kind "bench") and MEMORY.md."""
-    resolved = [spec.resolve_params({k: str(v) for k, v in c.items()}) for c in cases]
+    resolved = resolve_cases(spec, kernel, cases)
     git = git_state(ws.root)
     run_dir = new_run_dir(ws.runs_dir)
     started = utc_now()
     job = {"op": "bench", "workspace": str(ws.root), "kernel": spec.kernel, "letter": spec.letter, "cases": resolved,
            "variants": variants, "peers": peers, "reps": reps, "graph": graph, "run_dir": str(run_dir),
-           "peer_env": {key: os.environ.get(key) for key in PEER_ENV}}
+           "peer_env": peer_env(kernel.dir)}
     outcome = run_job(ws, job, timeout, on_event, warm=warm)
     result = worker_result(outcome, run_dir)
     env = result.get("env", {})
@@ -318,12 +404,13 @@ def peer_ratios(case: dict[str, Any]) -> dict[str, float]:
 def record_speed(ws, record: dict[str, Any]) -> None:
     """Fold a bench record into MEMORY.md's `speed` block (latest per case and card); the
     record is already in runs/, so a MEMORY.md wb cannot update is a warning."""
-    memory.update_blocks_or_warn(ws, {"speed": speed_edit([record])})
+    memory.update_blocks_or_warn(ws, {"speed": speed_edit([record], ws)})
 
 
-def speed_edit(records: list[dict[str, Any]]):
+def speed_edit(records: list[dict[str, Any]], ws=None):
     """The `speed` edit that folds these bench records (oldest first) into MEMORY.json's
-    speed data (latest per case and card) and MEMORY.md's speed block."""
+    speed data (latest per case and card) and MEMORY.md's speed block. With `ws`, entries
+    from before `row` (a migrated MEMORY.md) get theirs from their kernel (legacy_row)."""
     def merge(old: Any) -> dict:
         data = old if isinstance(old, dict) else {}
         for record in records:
@@ -338,57 +425,78 @@ def speed_edit(records: list[dict[str, Any]]):
                     "commit": short_commit(record["provenance"]) or None,
                     "date": (record.get("started") or "")[:10],
                 }
-        for key, entry in data.items():  # entries from before `row` (a migrated MEMORY.md) get theirs too
-            if "row" not in entry:
-                entry["row"], entry["n"] = speed_cell(key.split(" · ")[1] if key.count(" · ") >= 2 else "")
+                if case.get("row") is not None:
+                    column = case.get("column") or "n"
+                    data[key]["row"] = case["row"]
+                    n = (case.get("params") or {}).get(column)
+                    data[key]["n"] = n if isinstance(n, int) and not isinstance(n, bool) else None
+                    if column != "n":
+                        data[key]["column"] = column
+        if ws is not None:
+            for key, entry in data.items():
+                if entry.get("row") is None and key.count(" · ") >= 2:
+                    placed = legacy_row(ws, *key.split(" · ")[:2])
+                    if placed is not None:
+                        entry["row"], entry["n"] = placed
         return data
 
     return memory.data_block("speed", merge)  # rendered by memory.render_speed
 
 
-def speed_cell(case: str) -> tuple[str, int | None]:
-    """Where a case sits in MEMORY.md's speed table: its row, the case without n and without
-    the parameters that follow bench_params' convention (m = n, batch = TOKENS/n, heads =
-    MODEL_DIM/d, kv_heads = heads), and its column, n. So a sweep reads as one row per d, causal
-    and dtype; a case off the convention (batch=64) gets a row of its own."""
+def legacy_row(ws, stage_id: str, case: str) -> tuple[str, int | None] | None:
+    """MEMORY.md's row and column of a case recorded before rows were (None: its stage is
+    gone): the case without n, without what the kernel's case_params hook derives from the
+    rest, and without parameters equal to the one their '=other' default copies."""
+    from workbench.kernels.registry import load_kernels
+
+    kernel_name, _, _ = stage_id.partition("/")
+    kernel = load_kernels(ws).get(kernel_name)
+    spec = next((s for s in kernel.stages if s.id == stage_id), None) if kernel is not None else None
+    if spec is None:
+        return None
     words = [w.split("=", 1) for w in case.split() if "=" in w]
     params = dict(words)
+    derive = getattr(kernel_module(kernel.dir, "bench_hooks"), "case_params", None)
+    hidden = {"n"}
+    for key, value in params.items():
+        others = {k: v for k, v in params.items() if k != key}
+        try:
+            if derive is not None and str(derive(dict(others)).get(key)) == value:
+                hidden.add(key)
+        except (ValueError, TypeError, ZeroDivisionError):  # an odd old case: keep the key
+            pass
+        default = spec.params[key].default if key in spec.params else None
+        if isinstance(default, str) and default.startswith("=") and params.get(default[1:]) == value:
+            hidden.add(key)
+    n = params.get("n", "")
+    return " ".join(f"{k}={v}" for k, v in words if k not in hidden), int(n) if n.isdigit() else None
 
-    def num(key: str) -> int | None:
-        value = params.get(key, "")
-        return int(value) if value.isdigit() else None
 
-    n, d = num("n"), num("d")
-    follows = {
-        "n": True,
-        "m": num("m") == n,
-        "batch": bool(n) and num("batch") == max(1, TOKENS // n),
-        "heads": bool(d) and num("heads") == max(1, MODEL_DIM // d),
-        "kv_heads": params.get("kv_heads") == params.get("heads"),
-    }
-    return " ".join(f"{k}={v}" for k, v in words if not follows.get(k, False)), n
-
-
-def perf_markdown(record: dict[str, Any]) -> str:
-    """docs/perf.md: the DESIGN.md-style table with wb's stage as a column, generated by wb."""
+def perf_markdown(record: dict[str, Any], kernel) -> str:
+    """The kernel's perf doc (kernel.yaml `bench.perf_doc`): a table with a column per
+    `bench.columns` parameter, per peer, and wb's stage, generated by wb."""
     prov = record["provenance"]
-    peers = sorted({p for c in record.get("bench", []) for p in (c.get("peers") or {})})
+    cases = record.get("bench", [])
+    peers = sorted({p for c in cases for p in (c.get("peers") or {})})
+    columns = kernel.bench.columns or list(dict.fromkeys(k for c in kernel.bench.sweep for k in c))
+    columns = columns or list(dict.fromkeys(k for c in cases for k in c.get("params", {})))
+    title = kernel.bench.title or f"{kernel.title} speed"
     out = [
-        "# FMHA forward speed (generated by `wb bench --sweep`)",
+        f"# {title} (generated by `wb bench --sweep`)",
         "",
         f"Card: {prov.get('gpu')} · measured {record['started'][:10]} · run `{record['id']}` · commit `{(prov.get('commit') or '')[:10]}`"
         + (" (dirty)" if prov.get("dirty") else ""),
         f"Versions: wb {prov.get('wb')}, CuTe DSL {prov.get('dsl')}, torch {prov.get('torch')}, driver {prov.get('driver')}",
         f"Card's dense bf16 matmul: {record.get('peak', {}).get('tflops', 0):.0f} TFLOP/s (measured by wb, cached per card).",
         "",
-        "TFLOP/s = 4·b·h·s²·d / t (halved for causal); median of CUDA-event timings, L2 flushed before each repeat;"
-        " batch = 16384/s, heads = 2048/d; every kernel checked against SDPA in fp32 on the same inputs before timing.",
+        (kernel.bench.note + " " if kernel.bench.note else "")
+        + "Median of CUDA-event timings, L2 flushed before each repeat; every kernel checked against the stage's reference on the same inputs before timing.",
         "",
-        "| d | s | causal | dtype | " + " | ".join(peers) + f" | wb {record['stage']} | wb / best peer |",
-        "|" + "---|" * (6 + len(peers)),
+        "| " + " | ".join(columns) + " | " + " | ".join(peers) + (" | " if peers else "") + f"wb {record['stage']} | wb / best peer |",
+        "|" + "---|" * (len(columns) + len(peers) + 2),
     ]
-    for c in record.get("bench", []):
-        p = c["params"]
+    for c in cases:
+        p = c.get("params", {})
         cells = []
         best = 0.0
         for name in peers:
@@ -397,9 +505,10 @@ def perf_markdown(record: dict[str, Any]) -> str:
             best = max(best, t or 0.0)
         wb = f"{c['tflops']:.0f}" if c.get("tflops") else c.get("verdict", "-")
         ratio = f"×{c['tflops'] / best:.2f}" if c.get("tflops") and best else "-"
-        out.append(f"| {p['d']} | {p['n']} | {'yes' if p.get('causal') else 'no'} | {p['dtype']} | " + " | ".join(cells) + f" | {wb} | {ratio} |")
+        given = [("yes" if p[k] else "no") if isinstance(p.get(k), bool) else str(p.get(k, "-")) for k in columns]
+        out.append("| " + " | ".join(given + cells) + f" | {wb} | {ratio} |")
     notes = record.get("notes") or []
-    skipped = sorted({f"{name}: {peer['skipped']}" for c in record.get("bench", []) for name, peer in (c.get("peers") or {}).items() if peer.get("skipped")})
+    skipped = sorted({f"{name}: {peer['skipped']}" for c in cases for name, peer in (c.get("peers") or {}).items() if peer.get("skipped")})
     if notes or skipped:
         out += ["", "Notes:", ""] + [f"- {n}" for n in [*notes, *skipped]]
     out.append("")

@@ -189,6 +189,38 @@ class Stage(_Keys):
         return self._params
 
 
+CaseParams = Annotated[dict[Name, Scalar], BeforeValidator(_none_is_empty), Field(max_length=MAX_ITEMS)]
+PeerName = FixtureName
+DocPath = _text(r"(?!/)(?!.*(^|/)\.\.(/|$))[A-Za-z0-9_./-]+\.md", MAX_TEXT, "a .md path relative to the workspace root (no '..')")
+
+
+def _sweep(v: Any) -> Any:
+    if isinstance(v, dict) and not all(isinstance(x, list) and x for x in v.values()):
+        raise _expected("a list of cases, or a mapping of axes, each a non-empty list of values")
+    return v
+
+
+class Bench(_Keys):
+    """`wb bench`'s data for this kernel (docs/architecture.md, "Kernel hooks")."""
+
+    what: ClassVar[str] = "a mapping with stage, peers, cases, sweep, columns, ..."
+
+    stage: Optional[Letter] = None
+    peers: Annotated[list[PeerName], BeforeValidator(_none_is_empty), Field(max_length=MAX_ITEMS)] = []
+    cases: Annotated[list[CaseParams], Field(min_length=1, max_length=MAX_ITEMS)] = [{}]
+    sweep: Annotated[
+        list[CaseParams] | dict[Name, Annotated[list[Scalar], Field(max_length=MAX_ITEMS)]],
+        BeforeValidator(_sweep),
+        Field(max_length=256),
+    ] = []
+    columns: Annotated[list[Name], Field(max_length=MAX_ITEMS)] = []
+    case_keys: Annotated[list[Name], Field(max_length=MAX_ITEMS)] = []
+    column: Name = "n"
+    perf_doc: Optional[DocPath] = None
+    title: Optional[Text] = None
+    note: Text = ""
+
+
 class KernelFile(_Keys):
     what: ClassVar[str] = "a mapping with 'kernel' and 'stages'"
 
@@ -204,6 +236,7 @@ class KernelFile(_Keys):
         _rule(lambda v: isinstance(v, list) and bool(v), "a non-empty list of stages"),
         Field(max_length=26, validate_default=True),
     ] = None
+    bench: Optional[Bench] = None
 
     @model_validator(mode="after")
     def _stages_fit_together(self):
@@ -213,6 +246,8 @@ class KernelFile(_Keys):
                 raise _expected(f"a letter not used before ({stage.letter!r} repeats)", at=("stages", i, "letter"))
             seen.add(stage.letter)
             stage._params = self._merged_params(i, stage)
+        if self.bench is not None and self.bench.stage is not None and self.bench.stage not in seen:
+            raise _expected(f"a letter of one of the stages ({', '.join(sorted(seen))})", at=("bench", "stage"), got=self.bench.stage)
         return self
 
     def _merged_params(self, i: int, stage: Stage) -> dict[str, Param]:

@@ -50,6 +50,7 @@ class Speed(_Lenient):
     date: Optional[StrictStr] = None
     row: Optional[StrictStr] = None  # the speed table's row and column (wb bench's speed_cell)
     n: Optional[StrictInt] = None
+    column: Optional[StrictStr] = None  # the parameter `n` holds the value of (absent: n)
 
 
 class Shapes(_Lenient):

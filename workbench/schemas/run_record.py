@@ -113,6 +113,8 @@ class PeerTime(_Model):
 
 class BenchCase(_Model):
     case: Line
+    row: Optional[Line] = None  # MEMORY.md's speed row (run/bench.speed_row)
+    column: Optional[Key] = None  # the parameter of MEMORY.md's speed columns (kernel.yaml bench.column)
     verdict: Optional[Word] = None
     params: dict[Key, Scalar] = {}
     tflops: Number = None

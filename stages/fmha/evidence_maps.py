@@ -1,0 +1,69 @@
+"""fmha's view hooks for the diagnosis (workbench.diagnose.registry, "View hooks"): how its
+tensors read as matrices, which rows a one-hot-P output reads, what its mutants cost.
+
+Layouts: 2-D stages (A-C) have (seq, d) Q/K/V, S and P (m, n), O (m, d), LSE (m,); stage D has
+(batch, seq, heads, d) Q/K/V/O and LSE (batch, heads, m), K/V with kv_heads heads (GQA).
+"""
+
+from __future__ import annotations
+
+from workbench.diagnose.registry import Matrices, matrices_hook, mutant_cost_hook, read_source_hook, role_of
+
+
+def _param(params, name):
+    try:
+        return params[name]
+    except (KeyError, TypeError):
+        return None
+
+
+@matrices_hook
+def attention_matrices(name, t, params):
+    """S/P: one matrix in (Q tile x KV tile) tiles; 4-D O: one (seq, d) matrix per (batch, head);
+    3-D LSE: one column per (batch, head), (batch, heads, m) or (batch, m, heads)."""
+    if t.dim() == 2 and role_of(name) in ("s", "p"):
+        return Matrices(t.unsqueeze(0), lambda x: x[0], tile=(128, 128), row_label="Q tile (128 rows)", col_label="KV tile (128 cols)")
+    if t.dim() == 4:
+        b, s, h, d = t.shape
+        return Matrices(t.permute(0, 2, 1, 3).reshape(b * h, s, d), lambda x: x.reshape(b, h, s, d).permute(0, 2, 1, 3),
+                        labels=[f"b{i}h{j}" for i in range(b) for j in range(h)], col_label="(batch, head)")
+    if t.dim() == 3:
+        a, x, y = t.shape
+        if _param(params, "m") == x and y != x:  # (batch, m, heads)
+            mats = t.permute(0, 2, 1).reshape(a * y, x, 1)
+            back = lambda v: v.reshape(a, y, x).permute(0, 2, 1)  # noqa: E731
+            labels = [f"b{i}h{j}" for i in range(a) for j in range(y)]
+        else:  # (batch, heads, m)
+            mats = t.reshape(a * x, y, 1)
+            back = lambda v: v.reshape(a, x, y)  # noqa: E731
+            labels = [f"b{i}h{j}" for i in range(a) for j in range(x)]
+        return Matrices(mats, back, labels=labels, tile=(64, 1), col_label="(batch, head)")
+    return None
+
+
+@read_source_hook
+def v_rows(name, inputs, params):
+    """O's rows under one-hot P equal V rows: V grouped like O's matrices (the query head's KV
+    head under GQA)."""
+    v = inputs.get("v")
+    if role_of(name) != "o" or v is None or v.dim() not in (2, 4):
+        return None
+    if v.dim() == 2:
+        return v.unsqueeze(0)
+    import torch
+
+    b, n, hk, d = v.shape
+    q = inputs.get("q")
+    heads = q.shape[2] if q is not None and q.dim() == 4 else (_param(params, "heads") or hk)
+    group = max(1, heads // max(1, hk))
+    kv_index = (torch.arange(heads) // group).clamp(max=hk - 1)
+    return v.permute(0, 2, 1, 3)[:, kv_index.to(v.device)].reshape(b * heads, n, d)
+
+
+@mutant_cost_hook
+def logits(inputs):
+    """The kernel's mutants build S = q·kᵀ: its element count."""
+    q, k = inputs.get("q"), inputs.get("k")
+    if q is None or k is None or q.dim() != k.dim():
+        return 0
+    return q.numel() // q.shape[-1] * k.shape[-3 if k.dim() == 4 else 0]
