@@ -100,7 +100,7 @@ def fixtures(as_json: bool = typer.Option(False, "--json", help="Print as JSON."
 
 @new_app.command("kernel")
 def new_kernel(name: str = typer.Argument(..., help="Kernel name: a lowercase Python identifier.")) -> None:
-    """Scaffold stages/NAME/ (kernel.yaml, a real CuTe DSL stage, a reference) and fixtures/NAME.py."""
+    """Scaffold stages/NAME/ (kernel.yaml, a TMA + WGMMA tile GEMM stage for sm_90a, its reference) and fixtures/NAME.py."""
     from workbench.kernels.scaffold import new_kernel as scaffold
     from workbench.terminal import console
 

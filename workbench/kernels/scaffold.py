@@ -1,5 +1,10 @@
-"""`wb new kernel NAME`: a kernel folder that compiles at once (kernel.yaml, a real CuTe
-DSL stage, a reference) and its fixture module."""
+"""`wb new kernel NAME`: a kernel folder that compiles at once and its fixture module.
+
+What it writes (templates/kernel/*.tmpl): stages/NAME/kernel.yaml (one stage, how to add
+the next), stages/NAME/stage_a_gemm.py (a TMA + WGMMA tile GEMM for sm_90a with probes),
+stages/NAME/reference.py and fixtures/NAME.py (diagnostic GEMM inputs). The templates use
+string.Template: $name is NAME, $Name its CamelCase for class names; NAME is checked first,
+so what is substituted is always a plain identifier."""
 
 from __future__ import annotations
 
@@ -24,6 +29,11 @@ def check_name(name: str) -> None:
         )
 
 
+def camel_case(name: str) -> str:
+    """my_gemm -> MyGemm (class names in the stage module)."""
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_")) or name
+
+
 def new_kernel(ws: Workspace, name: str) -> list[Path]:
     check_name(name)
     kernel_dir = ws.stages_dir / name
@@ -34,10 +44,10 @@ def new_kernel(ws: Workspace, name: str) -> list[Path]:
     for folder in (ws.stages_dir, ws.fixtures_dir):
         if folder.exists() and not folder.is_dir():
             raise UserError(f"{folder} is not a folder: `wb new kernel` writes into {folder.name}/")
-    values = {"name": name, "fixture": f"{name}-random"}
+    values = {"name": name, "Name": camel_case(name)}
     files = {
         kernel_dir / "kernel.yaml": "kernel.yaml.tmpl",
-        kernel_dir / "stage_a_scale.py": "stage_a_scale.py.tmpl",
+        kernel_dir / "stage_a_gemm.py": "stage_a_gemm.py.tmpl",
         kernel_dir / "reference.py": "reference.py.tmpl",
         fixture_file: "fixture.py.tmpl",
     }
