@@ -45,8 +45,7 @@ Subclassing (stage C's grouped kernel): override ``epilogue`` for another store,
 (``mma_mainloop``) and the pipeline setup (``_prologue``) are shared.
 """
 
-import math
-from typing import Optional, Type
+from typing import Type
 
 import cutlass
 import cutlass.cute as cute
