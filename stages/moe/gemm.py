@@ -82,6 +82,10 @@ class MoeGemmSm90:
     ``stages`` (smem ring depth) and ``activation`` (identity | swiglu | gptoss).
     """
 
+    #: arrivals on a stage's "full" barrier besides the TMA bytes: the TMA warp's one arrive
+    #: (stage C's gathered-A producer adds one cp.async arrive per producer thread)
+    producer_arrivals = 1
+
     def __init__(
         self,
         dtype: Type[cutlass.Numeric],
@@ -255,7 +259,7 @@ class MoeGemmSm90:
         pipe = pipeline.PipelineTmaAsync.create(
             barrier_storage=storage.mbar.data_ptr(),
             num_stages=self.stages,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 1),
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, self.producer_arrivals),
             consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.num_consumer_wg),
             tx_count=self.tx_bytes,
             defer_sync=True,
@@ -309,11 +313,14 @@ class MoeGemmSm90:
         k_tiles: Int32,
         tidx_c: Int32,
         wg: Int32,
+        read=None,
     ):
         """A consumer WG's mainloop: acc = A_rows(wg) · B over all k tiles. Returns (acc,
         tCcAcc): the fp32 accumulator and, same shape, the (row, col) of each element in
         the CTA's (tile_m, tile_n) tile. ``tidx_c`` is the thread's index among the
-        consumer threads (0 .. 2 * tile_m - 1), ``wg`` its consumer WG (0 .. tile_m / 64 - 1)."""
+        consumer threads (0 .. 2 * tile_m - 1), ``wg`` its consumer WG (0 .. tile_m / 64 - 1).
+        ``read``: the ring's consumer state where this tile starts (a persistent kernel's
+        later tiles); given, the state after the tile is returned too: (acc, tCcAcc, read)."""
         wg_mma = tiled_mma.get_slice(wg * WG_THREADS)  # smem descriptors: one per WG
         tCrA = tiled_mma.make_fragment_A(wg_mma.partition_A(sA))  # (MMA, 1, tile_k/16, stages)
         tCrB = tiled_mma.make_fragment_B(wg_mma.partition_B(sB))  # (MMA, 1, tile_k/16, stages)
@@ -328,8 +335,10 @@ class MoeGemmSm90:
 
         acc.fill(0.0)
         tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
-        read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
-        release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
+        persistent = read is not None
+        if const_expr(not persistent):
+            read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
+        release = read.clone()
         # k tile 0: issue, nothing to release yet
         pipe.consumer_wait(read)
         warpgroup.fence()
@@ -350,6 +359,8 @@ class MoeGemmSm90:
             read.advance()
         warpgroup.wait_group(0)
         pipe.consumer_release(release)
+        if const_expr(persistent):
+            return acc, tCcAcc, read
         return acc, tCcAcc
 
     # ---- epilogue hook -------------------------------------------------------------------
