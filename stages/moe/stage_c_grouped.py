@@ -39,8 +39,8 @@ column i.
 
 Bug variants (compile-time ``bug``; each changes the kernel's code path):
 expert_offset_off_by_one (tile_scheduler: the expert's first row read from cu_seqlens[e+1]),
-tail_from_next (the tail tile loads and stores all tile_m rows: rows of the next expert are
-computed with this expert's weights and overwrite that expert's output),
+tail_from_next (tile_scheduler: row tiles cut every 128 sorted rows across experts, so an
+expert's last tile also loads the next expert's rows and stores them with its own weights),
 tail_unwritten (a tail tile stores nothing), gather_ignored (A row = routed row index p,
 modulo the rows of A, instead of rows[p]), gate_up_swapped (gate read from column 2i+1, up
 from 2i), silu_on_up (up replaced by silu(up) before the activation: swiglu gives
@@ -54,7 +54,7 @@ from typing import Any, Mapping, Type
 import cutlass
 import cutlass.cute as cute
 import cutlass.pipeline as pipeline
-from cutlass import Float32, Int32, const_expr
+from cutlass import Int32, const_expr
 from cutlass.cute.nvgpu import cpasync
 
 from stages.moe import activation as act
@@ -231,8 +231,6 @@ class GroupedGemm(MoeGemmSm90):
         e, base, mt = tiles.locate(tile, e, base, mt)
         while e < tiles.num_experts:
             m_tile, n_tile, row_start, rows = tiles.coords(tile, e, base, mt)
-            if const_expr(self.bug == "tail_from_next"):
-                rows = cutlass.min(Int32(self.tile_m), tiles.total_rows - row_start)
             # the A row of each of this thread's tile rows; -1: past the expert's end
             a_idx = cute.make_rmem_tensor((rows_per_thread,), Int32)
             for i in cutlass.range_constexpr(rows_per_thread):
@@ -305,8 +303,6 @@ class GroupedGemm(MoeGemmSm90):
         while e < tiles.num_experts:
             m_tile, n_tile, row_start, rows = tiles.coords(tile, e, base, mt)
             acc, tCcAcc, read = self.mma_mainloop(tiled_mma, sA, sB, pipe, Int32(self.k_tiles), tidx_c, wg, read)
-            if const_expr(self.bug == "tail_from_next"):
-                rows = cutlass.min(Int32(self.tile_m), tiles.total_rows - row_start)
             if const_expr(self.bug == "tail_unwritten"):
                 if rows < self.tile_m:
                     rows = Int32(0)
@@ -409,13 +405,14 @@ def run_grouped(compiled: Compiled, a, w, out, rows, cu_seqlens, num_sms: int | 
 
 
 def compile_grouped(dtype_name: str, k: int, n: int, activation: str, gather: bool, bug: str = "none",
-                    arch: str = "sm_90a", tile_n: int = TILE_N, stages: int = STAGES):
-    """(kernel object, Compiled) for one static configuration (no GPU needed)."""
+                    arch: str = "sm_90a", tile_n: int = TILE_N, stages: int = STAGES, keep_ptx: bool = False):
+    """(kernel object, Compiled) for one static configuration (no GPU needed); ``keep_ptx``
+    keeps the PTX on ``Compiled.fn.__ptx__``. Stage D compiles its two GEMMs with this."""
     dtype = host.cute_dtype(dtype_name)
     kernel = GroupedGemm(dtype, k, n, activation, gather, bug, tile_n=tile_n, stages=stages)
     a, w, out = host.fake_tensor(dtype, 2), host.fake_tensor(dtype, 3), host.fake_tensor(dtype, 2)
     rows, cu = host.fake_tensor(Int32, 1), host.fake_tensor(Int32, 1)
-    fn = host.compile_for(arch, kernel, a, w, out, rows, cu, Int32(1), host.fake_stream())
+    fn = host.compile_for(arch, kernel, a, w, out, rows, cu, Int32(1), host.fake_stream(), keep_ptx=keep_ptx)
     return kernel, Compiled(fn, k, n, kernel.n_out, gather, kernel.n_tiles, kernel.tile_m)
 
 
