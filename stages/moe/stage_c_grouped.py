@@ -18,8 +18,8 @@ WGMMA, fp32 accumulators, the epilogue); warpgroup 0 produces:
 * A by cp.async (TMA cannot gather rows on Hopper): each of the 128 producer threads
   copies 16-byte chunks of 8 rows (one chunk column each) into the same swizzled K-major
   smem layout the WGMMA reads; the rows are looked up once per tile through ``rows``;
-  rows past the expert's end are zero-filled with plain shared stores (then a
-  fence.proxy.async so the WGMMA's async proxy sees them), never loaded;
+  rows past the expert's end are zero-filled by the same cp.async with source size 0
+  (a predicated copy), never loaded, so every byte of the stage is a tracked cp.async;
 * one mbarrier per stage counts both: the TMA warp's arrive-and-expect-tx (B's bytes)
   plus one cp.async.mbarrier.arrive.noinc per producer thread, which fires when that
   thread's cp.asyncs have landed (full count = 1 + 128). Consumers release a stage with
@@ -260,18 +260,15 @@ class GroupedGemm(MoeGemmSm90):
                               tma_bar_ptr=pipe.producer_get_barrier(state))
                 else:
                     pipe.sync_object_empty.wait(state.index, state.phase)
-                zero_filled = cutlass.Boolean(False)
                 for i in cutlass.range_constexpr(rows_per_thread):
                     dst = tAsA[None, i, 0, state.index]
-                    if a_idx[i] >= 0:
-                        src = cute.local_tile(mA[a_idx[i], None], (self.chunk,),
-                                              (k_tile * self.chunks_per_row + t_chunk,))
-                        cute.copy(copy_atom, cute.make_tensor(src.iterator, dst.layout.shape), dst)
-                    else:
-                        dst.fill(self.dtype(0))
-                        zero_filled = cutlass.Boolean(True)
-                if zero_filled:  # plain stores: make them visible to the WGMMA's async proxy
-                    cute.arch.fence_proxy("async.shared", space="cta")
+                    # a row past the expert's end: src-size 0, i.e. the chunk is zero-filled
+                    # (the address, row 0 of A, is not read)
+                    src = cute.local_tile(mA[cutlass.max(a_idx[i], 0), None], (self.chunk,),
+                                          (k_tile * self.chunks_per_row + t_chunk,))
+                    pred = cute.make_rmem_tensor((1,), cutlass.Boolean)
+                    pred[0] = a_idx[i] >= 0
+                    cute.copy(copy_atom, cute.make_tensor(src.iterator, dst.layout.shape), dst, pred=pred)
                 # fires once this thread's cp.asyncs into the stage have landed
                 cute.arch.cp_async_mbarrier_arrive_noinc(pipe.producer_get_barrier(state))
                 state.advance()
