@@ -7,7 +7,7 @@ CPU tests (no GPU):
     rows at all, and grids from 1 CTA to more CTAs than tiles; the host's grid bound is never
     below the real tile count; the two scheduler bugs move rows as their docstring says;
   * stage C compiles for sm_90a (swiglu with gather, none without gather, one bug variant),
-    the probes have the shapes of the 128 x 128 x 64 tile, 5-stage ring, and the PTX has
+    the probes have the shapes of the 128 x 256 x 64 tile, 4-stage ring, and the PTX has
     the design's pieces (16-byte cp.async zero-filling past an expert's end, the cp.async
     mbarrier arrive, the 1 + 128 full count, a 3-D TMA for B only, WGMMA);
   * each bug variant changes the generated code (slow: one compile each).
@@ -151,14 +151,14 @@ def _shape(rec) -> str:
 @needs_dsl
 def test_stage_c_compiles_with_the_designed_pieces():
     compiled, probes, ptx = _compile()
-    assert compiled.n_out == 768 and compiled.gather and compiled.n_tiles == 1536 // 128
-    # A: (128, 64) k slab x 5 stages; each producer thread copies 8 rows (16 apart) x 8 elements
-    assert _shape(probes["sA"]) == "((8,16),(64,1),(1,5))"
-    assert _shape(probes["tAsA"]) == "((8,1),8,1,(1,5))"
+    assert compiled.n_out == 768 and compiled.gather and compiled.n_tiles == 1536 // 256
+    # A: (128, 64) k slab x 4 stages; each producer thread copies 8 rows (16 apart) x 8 elements
+    assert _shape(probes["sA"]) == "((8,16),(64,1),(1,4))"
+    assert _shape(probes["tAsA"]) == "((8,1),8,1,(1,4))"
     assert probes["tAcA"]["layout"].endswith(":((1@1,0),16@0,0)")
-    # B: expert e's (128, 64) box, K = 2048 static: 32 k tiles
-    assert _shape(probes["gB"]) == "(128,64,32)"
-    assert _shape(probes["tCrAcc"]) == "((2,2,16),1,1)"
+    # B: expert e's (256, 64) box, K = 2048 static: 32 k tiles
+    assert _shape(probes["gB"]) == "(256,64,32)"
+    assert _shape(probes["tCrAcc"]) == "((2,2,32),1,1)"
     assert "cp.async.cg.shared.global" in ptx  # 16-byte chunks (.cg takes only 16)
     assert "cp.async.mbarrier.arrive.noinc" in ptx
     assert re.search(r"mov.b32\s+%r\d+, 129;", ptx)  # full barrier count: the TMA arrive + 128 threads
