@@ -99,10 +99,11 @@ def test_variants_pick_the_tile_config():
     c = kernel_config({"tile_n": "128", "stages": "auto", "persistent": "off"})
     assert (c["tile_n"], c["stages"], c["persistent"]) == (128, 6, False)
     assert kernel_config({"stages": "3"})["stages"] == 3
+    assert kernel_config({"tile_m": "64"})["stages"] == 5
 
 
 @needs_dsl
-@pytest.mark.parametrize("variants", [{"persistent": "off"}, {"tile_n": "128"}])
+@pytest.mark.parametrize("variants", [{"persistent": "off"}, {"tile_n": "128"}, {"tile_m": "64"}])
 def test_stage_a_variants_compile(variants):
     from stages.moe.stage_a_gemm import StageA
 
@@ -110,7 +111,8 @@ def test_stage_a_variants_compile(variants):
     with capture() as rec:
         assert stage.compile(_params(), variants, ARCH) is not None
     probes = {r["name"]: r for r in rec}
-    tile_n = int(variants.get("tile_n", 256))
+    tile_m, tile_n = int(variants.get("tile_m", 128)), int(variants.get("tile_n", 256))
+    assert _shape(probes["gA"]) == f"({tile_m},64,?,?)"
     assert _shape(probes["gB"]) == f"({tile_n},64,?,?)"
     assert probes["tCrAcc"]["layout"].startswith(f"((2,2,{tile_n // 8}),1,1)")
     assert stage.kernel_obj.shared_storage.size_in_bytes() <= 227 * 1024
@@ -241,7 +243,7 @@ GPU_SHAPES = [  # (m, h, i): m = 1, 7, tails in M, N (2i not a multiple of 256) 
 ]
 
 
-def _run_stage(letter, m, h, i, dtype, activation="swiglu", seed=0):
+def _run_stage(letter, m, h, i, dtype, activation="swiglu", seed=0, variants=None):
     import torch
 
     from workbench.kernels.stage import torch_dtype
@@ -252,9 +254,10 @@ def _run_stage(letter, m, h, i, dtype, activation="swiglu", seed=0):
         from stages.moe.stage_b_swiglu import StageB as S
     stage = S()
     p = _params(m=m, h=h, i=i, dtype=dtype, activation=activation)
-    key = ("gpu", letter, dtype, activation)
+    variants = dict(variants or {})
+    key = ("gpu", letter, dtype, activation, tuple(sorted(variants.items())))
     if key not in _compiled:
-        _compiled[key] = stage.compile(p, {}, ARCH)
+        _compiled[key] = stage.compile(p, variants, ARCH)
     g = torch.Generator(device="cuda").manual_seed(seed)
     inputs = {
         name: torch.randn(spec.shape, generator=g, device="cuda").to(torch_dtype(spec.dtype))
@@ -273,7 +276,7 @@ def _run_stage(letter, m, h, i, dtype, activation="swiglu", seed=0):
         assert not torch.isnan(got).any(), f"{name}: unwritten (NaN) elements at {torch.isnan(got).nonzero()[:5].tolist()}"
         err = (got - want).abs().max().item()
         bound = 2.0 * (lo - want).abs().max().item() + 1e-4 * max(1.0, want.abs().max().item())
-        assert err <= bound, f"{name}: max error {err} > {bound} (m={m} h={h} i={i} {dtype} {activation})"
+        assert err <= bound, f"{name}: max error {err} > {bound} (m={m} h={h} i={i} {dtype} {activation} {variants})"
 
 
 @pytest.mark.gpu
@@ -288,6 +291,23 @@ def test_gpu_stage_a_matches_reference(m, h, i, dtype):
 @pytest.mark.parametrize("activation", ["swiglu", "identity", "gptoss"])
 def test_gpu_stage_b_matches_reference(m, h, i, activation):
     _run_stage("b", m, h, i, "bf16", activation)
+
+
+VARIANTS = [
+    {"persistent": "off"},
+    {"tile_n": "128"},
+    {"tile_m": "64"},
+    {"tile_m": "64", "tile_n": "128", "persistent": "off"},
+    {"stages": "2"},
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variants", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()))
+@pytest.mark.parametrize("m,h,i", [(7, 512, 64), (300, 1024, 200), (2000, 2880, 2880)])
+def test_gpu_variants_match_reference(m, h, i, variants):
+    _run_stage("a", m, h, i, "bf16", variants=variants)
+    _run_stage("b", m, h, i, "bf16", "swiglu", variants=variants)
 
 
 @pytest.mark.gpu

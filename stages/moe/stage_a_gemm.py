@@ -8,8 +8,9 @@ h and i multiples of 8 (16-byte row strides, TMA's rule).
 The kernel is ``gemm.MoeGemmSm90`` with the identity epilogue (its module docstring has
 the design: 1 producer WG + 2 consumer WGs, a 4-stage TMA ring of 128 x 64 A and 64 x 256
 B tiles, wait_group(1) mainloop, registers -> global epilogue, persistent CTAs). One
-compile per (dtype, variants) serves every m, h, i. Variants (kernel.yaml): ``tile_n``
-(256 | 128), ``stages`` (ring depth; auto = 4 for 256, 6 for 128), ``persistent`` (on: one
+compile per (dtype, variants) serves every m, h, i. Variants (kernel.yaml): ``tile_m``
+(128 | 64: two or one consumer WG; 64 for small m), ``tile_n`` (256 | 128), ``stages``
+(ring depth; auto = the most that fits, ``AUTO_STAGES``), ``persistent`` (on: one
 CTA per SM walks the output tiles, so the next tile's loads overlap this one's epilogue;
 off: a CTA per tile).
 """
@@ -25,22 +26,22 @@ from workbench.kernels.stage import Params, Stage, TensorSpec
 from stages.moe import host
 from stages.moe.gemm import MoeGemmSm90
 
-#: ring depth by tile_n when the ``stages`` variant is auto: the most that fits in 227 KiB
-#: (128 x 64 A + tile_n x 64 B bf16 tiles: 48 KiB a stage for 256, 32 KiB for 128)
-AUTO_STAGES = {256: 4, 128: 6}
+#: ring depth by (tile_m, tile_n) when the ``stages`` variant is auto: the most that fits
+#: in 227 KiB (tile_m x 64 A + tile_n x 64 B 16-bit tiles: 48 KiB a stage for 128 x 256)
+AUTO_STAGES = {(128, 256): 4, (128, 128): 6, (64, 256): 5, (64, 128): 7}
 
 
 def kernel_config(variants: Mapping[str, str] | None) -> dict:
-    """MoeGemmSm90's tile arguments from the stage variants (tile_n, stages, persistent);
-    missing ones take kernel.yaml's defaults (256, auto, on)."""
+    """MoeGemmSm90's tile arguments from the stage variants (tile_m, tile_n, stages,
+    persistent); missing ones take kernel.yaml's defaults (128, 256, auto, on)."""
     v = dict(variants or {})
-    tile_n = int(v.get("tile_n", 256))
+    tile_m, tile_n = int(v.get("tile_m", 128)), int(v.get("tile_n", 256))
     stages = v.get("stages", "auto")
     return {
-        "tile_m": 128,
+        "tile_m": tile_m,
         "tile_n": tile_n,
         "tile_k": 64,
-        "stages": AUTO_STAGES[tile_n] if stages == "auto" else int(stages),
+        "stages": AUTO_STAGES[tile_m, tile_n] if stages == "auto" else int(stages),
         "persistent": v.get("persistent", "on") == "on",
     }
 
