@@ -88,6 +88,10 @@ class MoeGemmSm90:
     ``stages`` (smem ring depth) and ``activation`` (identity | swiglu | gptoss).
     """
 
+    #: arrivals on a stage's "full" barrier besides the TMA bytes: the TMA warp's one arrive
+    #: (stage C's gathered-A producer adds one cp.async arrive per producer thread)
+    producer_arrivals = 1
+
     def __init__(
         self,
         dtype: Type[cutlass.Numeric],
@@ -287,7 +291,7 @@ class MoeGemmSm90:
         pipe = pipeline.PipelineTmaAsync.create(
             barrier_storage=storage.mbar.data_ptr(),
             num_stages=self.stages,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 1),
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, self.producer_arrivals),
             consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.num_consumer_wg),
             tx_count=self.tx_bytes,
             defer_sync=True,
@@ -377,6 +381,30 @@ class MoeGemmSm90:
         warpgroup.wait_group(0)
         pipe.consumer_release(release)
         return state
+
+    @cute.jit
+    def mma_mainloop(
+        self,
+        tiled_mma: cute.TiledMma,
+        sA: cute.Tensor,
+        sB: cute.Tensor,
+        pipe: pipeline.PipelineAsync,
+        k_tiles: Int32,
+        tidx_c: Int32,
+        wg: Int32,
+        read=None,
+    ):
+        """``mma_fragments`` + ``mma_tile`` in one call (the first version's interface, kept
+        for stage C): returns (acc, tCcAcc), or with ``read`` (the ring's consumer state
+        where this tile starts) (acc, tCcAcc, read after the tile)."""
+        tCrA, tCrB, acc, tCcAcc = self.mma_fragments(tiled_mma, sA, sB, tidx_c, wg)
+        persistent = read is not None
+        if const_expr(not persistent):
+            read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
+        read = self.mma_tile(tiled_mma, tCrA, tCrB, acc, pipe, read, k_tiles)
+        if const_expr(persistent):
+            return acc, tCcAcc, read
+        return acc, tCcAcc
 
     # ---- epilogue hook -------------------------------------------------------------------
     @cute.jit
