@@ -293,13 +293,14 @@ class GroupedGemm(MoeGemmSm90):
     ):
         """WG1, WG2: the shared mainloop and epilogue, tile after tile (the ring's state
         carried from one tile to the next)."""
+        tCrA, tCrB, acc, tCcAcc = self.mma_fragments(tiled_mma, sA, sB, tidx_c, wg)
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         tile, e, base, mt = tiles.first()
         step = tiles.step()
         e, base, mt = tiles.locate(tile, e, base, mt)
         while e < tiles.num_experts:
             m_tile, n_tile, row_start, rows = tiles.coords(tile, e, base, mt)
-            acc, tCcAcc, read = self.mma_mainloop(tiled_mma, sA, sB, pipe, Int32(self.k_tiles), tidx_c, wg, read)
+            read = self.mma_tile(tiled_mma, tCrA, tCrB, acc, pipe, read, Int32(self.k_tiles))
             if const_expr(self.bug == "tail_unwritten"):
                 if rows < self.tile_m:
                     rows = Int32(0)
@@ -345,7 +346,9 @@ class GroupedGemm(MoeGemmSm90):
 # wb stage
 # --------------------------------------------------------------------------------------
 TILE_N = 256
-STAGES = 4
+#: smem ring depth by tile_n (128 x tile_n x 64 tiles: the most that fits in 227 KiB)
+AUTO_STAGES = {256: 4, 128: 6}
+STAGES = AUTO_STAGES[TILE_N]
 
 
 @dataclass
@@ -363,9 +366,7 @@ class Compiled:
 
 @functools.lru_cache(maxsize=8)
 def _num_sms(device_index: int) -> int:
-    import torch
-
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
+    return host.sm_count(device_index)
 
 
 def run_grouped(compiled: Compiled, a, w, out, rows, cu_seqlens, num_sms: int | None = None) -> None:
@@ -444,9 +445,12 @@ class StageC(Stage):
         return 2.0 * p.t * p.topk * p.h * 2 * p.i
 
     def compile(self, p: Params, variants: Mapping[str, str], arch: str):
-        gather = str(variants.get("gather", "on")) == "on"
+        v = {k: str(x) for k, x in dict(variants or {}).items()}
+        tile_n = int(v.get("tile_n", TILE_N))
+        stages = AUTO_STAGES[tile_n] if v.get("stages", "auto") == "auto" else int(v["stages"])
         self.kernel_obj, compiled = compile_grouped(
-            p.dtype, p.h, 2 * p.i, p.activation, gather, str(variants.get("bug", "none")), arch
+            p.dtype, p.h, 2 * p.i, p.activation, v.get("gather", "on") == "on", v.get("bug", "none"), arch,
+            tile_n=tile_n, stages=stages,
         )
         return compiled
 
