@@ -132,14 +132,16 @@ def _params(**kw) -> Params:
     return Params({**base, **kw})
 
 
-def _compile(activation="swiglu", gather="on", bug="none"):
+def _compile(activation="swiglu", gather="on", bug="none", a_load="auto"):
     """(compiled, probes, ptx) once per configuration: the compile StageC.compile makes."""
-    key = (activation, gather, bug)
+    key = (activation, gather, bug, a_load)
     if key not in _compiled:
         from stages.moe import stage_c_grouped as sc
 
         with capture() as rec:
-            _, c = sc.compile_grouped("bf16", 2048, 2 * 768, activation, gather == "on", bug, ARCH, keep_ptx=True)
+            _, c = sc.compile_grouped(
+                "bf16", 2048, 2 * 768, activation, gather == "on", bug, ARCH, a_load=a_load, keep_ptx=True
+            )
         _compiled[key] = (c, {r["name"]: r for r in rec}, c.fn.__ptx__)
     return _compiled[key]
 
@@ -189,8 +191,15 @@ def test_stage_c_compiles_plain_gemm_without_gather():
     compiled, probes, ptx = _compile(activation="none", gather="off")
     assert compiled.n_out == 1536 and not compiled.gather
     assert "ex2" not in ptx  # no activation in a plain GEMM
-    *_, ptx_gather = _compile(activation="none", gather="on")
-    assert ptx != ptx_gather  # the row map is a compile-time switch
+    # A in row order comes by TMA (a 2-D box from the tile's first row), no cp.async, and
+    # the full barrier counts the TMA warp's one arrive
+    assert "cp.async.bulk.tensor.2d" in ptx and "cp.async.cg" not in ptx
+    assert _shape(probes["tma gA"]) == "(128,64,32)"
+    assert not re.search(r"mov.b32\s+%r\d+, 129;", ptx)
+    *_, ptx_cp = _compile(activation="none", gather="off", a_load="cpasync")
+    assert "cp.async.cg" in ptx_cp and "cp.async.bulk.tensor.2d" not in ptx_cp
+    *_, ptx_gather = _compile(activation="none", gather="on", a_load="cpasync")
+    assert ptx_cp != ptx_gather  # the row map is a compile-time switch
 
 
 @needs_dsl
@@ -214,7 +223,7 @@ def test_every_bug_variant_changes_the_kernel(bug):
 # --------------------------------------------------------------------------------------
 # GPU
 # --------------------------------------------------------------------------------------
-def _run_case(T, E, topk, h, i, activation="swiglu", gather="on", bug="none", ids=None, seed=0):
+def _run_case(T, E, topk, h, i, activation="swiglu", gather="on", bug="none", ids=None, seed=0, a_load="auto"):
     """Stage C's launch and reference on one input; returns compare.metrics' dict."""
     import torch
 
@@ -224,7 +233,7 @@ def _run_case(T, E, topk, h, i, activation="swiglu", gather="on", bug="none", id
     g = torch.Generator().manual_seed(seed)
     p = _params(t=T, e=E, topk=topk, h=h, i=i, activation=activation)
     stage = sc.StageC()
-    compiled = stage.compile(p, {"gather": gather, "bug": bug}, ARCH)
+    compiled = stage.compile(p, {"gather": gather, "bug": bug, "a_load": a_load}, ARCH)
     x = torch.randn(T, h, generator=g).to(torch.bfloat16).cuda()
     w1 = (torch.randn(E, h, 2 * i, generator=g) / h**0.5).to(torch.bfloat16).cuda()
     if ids is None:
@@ -255,8 +264,10 @@ def test_gpu_activations(activation):
 
 
 @pytest.mark.gpu
-def test_gpu_gather_off():
-    m = _run_case(300, E=4, topk=2, h=128, i=192, gather="off")
+@pytest.mark.parametrize("a_load", ["tma", "cpasync"])
+@pytest.mark.parametrize("activation", ["none", "swiglu"])
+def test_gpu_gather_off(a_load, activation):
+    m = _run_case(300, E=4, topk=2, h=128, i=192, activation=activation, gather="off", a_load=a_load)
     assert m["verdict"] == "PASS", m
 
 

@@ -24,6 +24,10 @@ WGMMA, fp32 accumulators, the epilogue); warpgroup 0 produces:
   plus one cp.async.mbarrier.arrive.noinc per producer thread, which fires when that
   thread's cp.asyncs have landed (full count = 1 + 128). Consumers release a stage with
   one arrive per warp (empty count = 8).
+* without gather (``a_load`` auto or tma) warp 0 loads A by TMA too, a (128 x 64) box from
+  the tile's first sorted row (rows past the expert's end are the next expert's: loaded,
+  never stored; past R: zero-filled by TMA), and the full count is 1 (the down-projection's
+  fast path); ``a_load=cpasync`` keeps the cp.async producer with the identity row map.
 
 Tiles: ``tile_scheduler.GroupedTiles`` (persistent, static round robin over (expert, n_tile,
 m_tile); both roles walk the same sequence). K and N are compile-time constants (the
@@ -49,7 +53,7 @@ silu(g) * silu(u)).
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Mapping, Type
+from typing import Any, Mapping, Optional, Type
 
 import cutlass
 import cutlass.cute as cute
@@ -65,6 +69,9 @@ from workbench.compile.probe import probe
 from workbench.kernels.stage import Params, Stage, TensorSpec
 
 ACTIVATIONS = ("swiglu", "identity", "gptoss", "none")
+#: how A reaches shared memory: cp.async (any row map), TMA (row order only), auto (TMA
+#: when not gathering)
+A_LOADS = ("auto", "cpasync", "tma")
 BUGS = (
     "none",
     "expert_offset_off_by_one",
@@ -90,7 +97,9 @@ class GroupedGemm(MoeGemmSm90):
     hooks. Static: dtype, K, N, activation, gather, bug, tile shape, stages. Runtime: the rows
     of A, R (routed rows), E, rows, cu_seqlens, the grid."""
 
-    producer_arrivals = 1 + WG_THREADS  # the TMA warp's arrive + one cp.async arrive per thread
+    # full-barrier arrivals: the TMA warp's arrive, plus one cp.async arrive per producer
+    # thread when A comes by cp.async (set per instance in __init__)
+    producer_arrivals = 1 + WG_THREADS
 
     def __init__(
         self,
@@ -102,9 +111,11 @@ class GroupedGemm(MoeGemmSm90):
         bug: str = "none",
         tile_n: int = 128,
         stages: int = 5,
+        a_load: str = "auto",
     ):
         assert activation in ACTIVATIONS, activation
         assert bug in BUGS, bug
+        assert a_load in A_LOADS, a_load
         # "none" (the down-projection's plain GEMM) stores the accumulator as identity does
         super().__init__(dtype, tile_m=128, tile_n=tile_n, tile_k=64, stages=stages,
                          activation="identity" if activation == "none" else activation)
@@ -113,6 +124,12 @@ class GroupedGemm(MoeGemmSm90):
         self.k, self.n = k, n
         self.n_out = out_columns(n, activation)
         self.gather, self.bug = gather, bug
+        # A in row order (no gather) can come by TMA: the box starts at the tile's first row
+        # (any row), rows past the expert's end are the next expert's (loaded, never stored)
+        # and rows past R are zero-filled by TMA
+        self.tma_a = a_load == "tma" or (a_load == "auto" and not gather)
+        assert not (self.tma_a and gather), "a gathered A cannot be loaded by TMA on sm_90"
+        self.producer_arrivals = 1 if self.tma_a else 1 + WG_THREADS
         self.k_tiles = k // self.tile_k
         self.n_tiles = -(-n // self.tile_n)
         self.num_mma_threads = self.num_consumer_wg * WG_THREADS
@@ -153,9 +170,16 @@ class GroupedGemm(MoeGemmSm90):
         tma_atom_b, tma_b = cpasync.make_tiled_tma_atom(
             cpasync.CopyBulkTensorTileG2SOp(), mB, sB_one, (self.tile_n, self.tile_k)
         )
-        self.tx_bytes = cute.size_in_bytes(self.dtype, sB_one)  # A arrives by cp.async, not TMA
+        self.tx_bytes = cute.size_in_bytes(self.dtype, sB_one)
+        tma_atom_a = None
+        if const_expr(self.tma_a):
+            sA_one = cute.select(sA_layout, mode=[0, 1])
+            tma_atom_a, mA = cpasync.make_tiled_tma_atom(
+                cpasync.CopyBulkTensorTileG2SOp(), mA, sA_one, (self.tile_m, self.tile_k)
+            )
+            self.tx_bytes += cute.size_in_bytes(self.dtype, sA_one)
         self.shared_storage = self.make_shared_storage(sA_layout, sB_layout)
-        self.kernel(mA, tma_atom_b, tma_b, mOut, mRows, mCu, tiled_mma, sA_layout, sB_layout).launch(
+        self.kernel(mA, tma_atom_a, tma_atom_b, tma_b, mOut, mRows, mCu, tiled_mma, sA_layout, sB_layout).launch(
             grid=(grid_x, 1, 1), block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1
         )
 
@@ -166,6 +190,7 @@ class GroupedGemm(MoeGemmSm90):
     def kernel(
         self,
         mA: cute.Tensor,
+        tma_atom_a: Optional[cute.CopyAtom],
         tma_atom_b: cute.CopyAtom,
         mB: cute.Tensor,
         mOut: cute.Tensor,
@@ -178,14 +203,19 @@ class GroupedGemm(MoeGemmSm90):
         tidx, _, _ = cute.arch.thread_idx()
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg_idx = cute.arch.make_warp_uniform(tidx // WG_THREADS)
-        pipe, sA, sB = self._prologue(warp_idx, (tma_atom_b,), sA_layout, sB_layout)
+        atoms = (tma_atom_a, tma_atom_b) if const_expr(self.tma_a) else (tma_atom_b,)
+        pipe, sA, sB = self._prologue(warp_idx, atoms, sA_layout, sB_layout)
         probe("sA", sA)
         probe("sB", sB)
         tiles = GroupedTiles.create(mCu, self.tile_m, Int32(self.n_tiles), Int32(mOut.shape[0]), self.bug)
 
         if wg_idx == 0:
             cute.arch.setmaxregister_decrease(self.producer_regs)
-            self.produce_grouped(mA, tma_atom_b, mB, mRows, sA, sB, pipe, tiles, tidx)
+            if const_expr(self.tma_a):
+                if warp_idx == 0:
+                    self.produce_tma(mA, tma_atom_a, tma_atom_b, mB, sA, sB, pipe, tiles)
+            else:
+                self.produce_grouped(mA, tma_atom_b, mB, mRows, sA, sB, pipe, tiles, tidx)
         else:
             cute.arch.setmaxregister_increase(self.consumer_regs)
             self.consume_grouped(mOut, sA, sB, pipe, tiled_mma, tiles, tidx - WG_THREADS, wg_idx - 1)
@@ -277,6 +307,40 @@ class GroupedGemm(MoeGemmSm90):
         # no thread leaves with its copies in flight
         cute.arch.cp_async_commit_group()
         cute.arch.cp_async_wait_group(0)
+
+    @cute.jit
+    def produce_tma(
+        self,
+        mA: cute.Tensor,
+        tma_atom_a: cute.CopyAtom,
+        tma_atom_b: cute.CopyAtom,
+        mB: cute.Tensor,
+        sA: cute.Tensor,
+        sB: cute.Tensor,
+        pipe: pipeline.PipelineTmaAsync,
+        tiles: GroupedTiles,
+    ):
+        """Warp 0 of WG0, A in row order (no gather): A and B of every tile by TMA (the shared
+        ``load_tile``); A's box starts at the tile's first sorted row."""
+        state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
+        tile, e, base, mt = tiles.first()
+        step = tiles.step()
+        e, base, mt = tiles.locate(tile, e, base, mt)
+        while e < tiles.num_experts:
+            m_tile, n_tile, row_start, rows = tiles.coords(tile, e, base, mt)
+            gA = cute.local_tile(cute.domain_offset((row_start, 0), mA), (self.tile_m, self.tile_k), (0, None))
+            gB = cute.local_tile(mB[None, None, e], (self.tile_n, self.tile_k), (n_tile, None))
+            tAsA, tAgA = cpasync.tma_partition(
+                tma_atom_a, 0, cute.make_layout(1), cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2)
+            )  # (TMA, stages), (TMA, k tiles)
+            tBsB, tBgB = cpasync.tma_partition(
+                tma_atom_b, 0, cute.make_layout(1), cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2)
+            )
+            probe("tma gA", gA)
+            probe("tma tAgA", tAgA)
+            state = self.load_tile(tma_atom_a, tma_atom_b, tAgA, tBgB, tAsA, tBsB, pipe, state, Int32(self.k_tiles))
+            tile = tile + step
+            e, base, mt = tiles.locate(tile, e, base, mt)
 
     # ---- consumer warpgroups ------------------------------------------------------------
     @cute.jit
@@ -403,11 +467,12 @@ def run_grouped(compiled: Compiled, a, w, out, rows, cu_seqlens, num_sms: int | 
 
 
 def compile_grouped(dtype_name: str, k: int, n: int, activation: str, gather: bool, bug: str = "none",
-                    arch: str = "sm_90a", tile_n: int = TILE_N, stages: int = STAGES, keep_ptx: bool = False):
+                    arch: str = "sm_90a", tile_n: int = TILE_N, stages: int = STAGES, a_load: str = "auto",
+                    keep_ptx: bool = False):
     """(kernel object, Compiled) for one static configuration (no GPU needed); ``keep_ptx``
     keeps the PTX on ``Compiled.fn.__ptx__``. Stage D compiles its two GEMMs with this."""
     dtype = host.cute_dtype(dtype_name)
-    kernel = GroupedGemm(dtype, k, n, activation, gather, bug, tile_n=tile_n, stages=stages)
+    kernel = GroupedGemm(dtype, k, n, activation, gather, bug, tile_n=tile_n, stages=stages, a_load=a_load)
     a, w, out = host.fake_tensor(dtype, 2), host.fake_tensor(dtype, 3), host.fake_tensor(dtype, 2)
     rows, cu = host.fake_tensor(Int32, 1), host.fake_tensor(Int32, 1)
     fn = host.compile_for(arch, kernel, a, w, out, rows, cu, Int32(1), host.fake_stream(), keep_ptx=keep_ptx)
@@ -450,7 +515,7 @@ class StageC(Stage):
         stages = AUTO_STAGES[tile_n] if v.get("stages", "auto") == "auto" else int(v["stages"])
         self.kernel_obj, compiled = compile_grouped(
             p.dtype, p.h, 2 * p.i, p.activation, v.get("gather", "on") == "on", v.get("bug", "none"), arch,
-            tile_n=tile_n, stages=stages,
+            tile_n=tile_n, stages=stages, a_load=v.get("a_load", "auto"),
         )
         return compiled
 
