@@ -447,6 +447,11 @@ def run_grouped(compiled: Compiled, a, w, out, rows, cu_seqlens, num_sms: int | 
         problems.append(f"out {tuple(out.shape)} != (R={rows.shape[0]}, {compiled.n_out})")
     if cu_seqlens.shape[0] != w.shape[0] + 1:
         problems.append(f"cu_seqlens has {cu_seqlens.shape[0]} entries for E={w.shape[0]}")
+    # the epilogue's and the cp.async producer's element offsets are 32-bit (B goes by TMA,
+    # whose descriptor has 64-bit strides)
+    for name, t in (("a", a), ("out", out)):
+        if t.numel() >= 2**31:
+            problems.append(f"{name} has {t.numel()} elements (>= 2^31: 32-bit offsets)")
     for name, t in (("a", a), ("w", w), ("out", out), ("rows", rows), ("cu_seqlens", cu_seqlens)):
         if not t.is_contiguous():
             problems.append(f"{name} is not contiguous")
