@@ -538,8 +538,9 @@ class StageC(Stage):
 
 def grouped_reference(x, topk_ids, w1, activation: str, compute_dtype):
     """h[p] = act(x[rows[p]] · W1[e]) for the sorted rows p of each expert e (plan.make_plan),
-    each expert's product in ``compute_dtype`` then the activation in fp32, as stage B's
-    reference (reference.up_projection)."""
+    each expert's product in ``compute_dtype`` then the activation in fp32 and one rounding
+    to ``compute_dtype`` (as stage B's reference.up_projection). Only ``reference.activate``
+    is used from the shared reference module."""
     import torch
 
     from stages.moe import reference
@@ -552,5 +553,6 @@ def grouped_reference(x, topk_ids, w1, activation: str, compute_dtype):
     for e in range(w1.shape[0]):
         lo, hi = cu[e], cu[e + 1]
         if hi > lo:
-            out[lo:hi] = reference.up_projection(x[plan.rows[lo:hi].long()], w1[e], act_name, compute_dtype)
+            d = x[plan.rows[lo:hi].long()].to(compute_dtype) @ w1[e].to(compute_dtype)
+            out[lo:hi] = reference.activate(d.to(torch.float32), act_name).to(compute_dtype)
     return out
