@@ -210,6 +210,14 @@ def test_one_bug_variant_compiles_to_other_code():
 
 
 @needs_dsl
+def test_activation_bugs_leave_the_plain_gemm_alone():
+    """Stage D passes one bug to both GEMMs: the down-projection (none) has no gate/up."""
+    *_, ptx = _compile(activation="none", gather="off", bug="gate_up_swapped")
+    *_, ptx_ok = _compile(activation="none", gather="off")
+    assert ptx == ptx_ok
+
+
+@needs_dsl
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "bug", ["expert_offset_off_by_one", "tail_from_next", "gather_ignored", "gate_up_swapped", "silu_on_up"]

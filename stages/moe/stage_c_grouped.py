@@ -48,7 +48,7 @@ expert's last tile also loads the next expert's rows and stores them with its ow
 tail_unwritten (a tail tile stores nothing), gather_ignored (A row = routed row index p,
 modulo the rows of A, instead of rows[p]), gate_up_swapped (gate read from column 2i+1, up
 from 2i), silu_on_up (up replaced by silu(up) before the activation: swiglu gives
-silu(g) * silu(u)).
+silu(g) * silu(u)); these two leave activation=none (the down-projection) unchanged.
 """
 
 import functools
@@ -109,8 +109,8 @@ class GroupedGemm(MoeGemmSm90):
         activation: str = "swiglu",
         gather: bool = True,
         bug: str = "none",
-        tile_n: int = 128,
-        stages: int = 5,
+        tile_n: int = 256,
+        stages: int = 4,
         a_load: str = "auto",
     ):
         assert activation in ACTIVATIONS, activation
@@ -124,6 +124,9 @@ class GroupedGemm(MoeGemmSm90):
         self.k, self.n = k, n
         self.n_out = out_columns(n, activation)
         self.gather, self.bug = gather, bug
+        # "none" is the down-projection's plain GEMM: no gate/up, so the two activation bugs
+        # do not apply to it (stage D passes one bug to both of its GEMMs)
+        self.plain = activation == "none"
         # A in row order (no gather) can come by TMA: the box starts at the tile's first row
         # (any row), rows past the expert's end are the next expert's (loaded, never stored)
         # and rows past R are zero-filled by TMA
@@ -384,7 +387,7 @@ class GroupedGemm(MoeGemmSm90):
         n_limit: Int32,
     ):
         """The shared epilogue, except for the two activation bugs (same predicates)."""
-        if const_expr(self.bug not in ("gate_up_swapped", "silu_on_up")):
+        if const_expr(self.bug not in ("gate_up_swapped", "silu_on_up") or self.plain):
             MoeGemmSm90.epilogue(self, acc, tCcAcc, mD, m_base, n_base, m_limit, n_limit)
         else:
             for j in cutlass.range_constexpr(cute.size(acc) // 2):
