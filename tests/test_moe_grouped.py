@@ -158,7 +158,7 @@ def test_stage_c_compiles_with_the_designed_pieces():
     assert _shape(probes["sA"]) == "((8,16),(64,1),(1,4))"
     assert _shape(probes["tAsA"]) == "((8,1),8,1,(1,4))"
     assert probes["tAcA"]["layout"].endswith(":((1@1,0),16@0,0)")
-    # B: expert e's (256, 64) box, K = 2048 static: 32 k tiles
+    # B: expert e's (256, 64) box, K = 2048 static: 32 k tiles (no K tail: no column predicate)
     assert _shape(probes["gB"]) == "(256,64,32)"
     assert _shape(probes["tCrAcc"]) == "((2,2,32),1,1)"
     assert "cp.async.cg.shared.global" in ptx  # 16-byte chunks (.cg takes only 16)
@@ -207,6 +207,17 @@ def test_one_bug_variant_compiles_to_other_code():
     *_, ptx = _compile(bug="tail_unwritten")
     *_, ptx_ok = _compile()
     assert ptx != ptx_ok
+
+
+@needs_dsl
+def test_k_tail_compiles():
+    """K = 200: 4 k tiles, the last one partial (A's chunks past K zero-filled)."""
+    from stages.moe import stage_c_grouped as sc
+
+    with capture() as rec:
+        kernel, c = sc.compile_grouped("bf16", 200, 192, "swiglu", True, arch=ARCH)
+    assert kernel.k_tiles == 4 and kernel.k_tail
+    assert _shape({r["name"]: r for r in rec}["gB"]) == "(256,64,4)"
 
 
 @needs_dsl
@@ -276,6 +287,13 @@ def test_gpu_activations(activation):
 @pytest.mark.parametrize("activation", ["none", "swiglu"])
 def test_gpu_gather_off(a_load, activation):
     m = _run_case(300, E=4, topk=2, h=128, i=192, activation=activation, gather="off", a_load=a_load)
+    assert m["verdict"] == "PASS", m
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gather", ["on", "off"])
+def test_gpu_k_tail(gather):
+    m = _run_case(300, E=4, topk=2, h=200, i=96, gather=gather)  # K = 200: a partial last k tile
     assert m["verdict"] == "PASS", m
 
 

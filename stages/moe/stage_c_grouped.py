@@ -119,7 +119,7 @@ class GroupedGemm(MoeGemmSm90):
         # "none" (the down-projection's plain GEMM) stores the accumulator as identity does
         super().__init__(dtype, tile_m=128, tile_n=tile_n, tile_k=64, stages=stages,
                          activation="identity" if activation == "none" else activation)
-        assert k % self.tile_k == 0, f"K={k} must be a multiple of {self.tile_k}"
+        assert k % 8 == 0, f"K={k} must be a multiple of 8 (16-byte rows)"
         assert n % 8 == 0, f"N={n} must be a multiple of 8"
         self.k, self.n = k, n
         self.n_out = out_columns(n, activation)
@@ -133,7 +133,10 @@ class GroupedGemm(MoeGemmSm90):
         self.tma_a = a_load == "tma" or (a_load == "auto" and not gather)
         assert not (self.tma_a and gather), "a gathered A cannot be loaded by TMA on sm_90"
         self.producer_arrivals = 1 if self.tma_a else 1 + WG_THREADS
-        self.k_tiles = k // self.tile_k
+        # a K tail (K not a multiple of tile_k): B's TMA box and A's TMA box zero-fill past
+        # K, A's cp.async chunks past K are zero-filled (source size 0)
+        self.k_tiles = -(-k // self.tile_k)
+        self.k_tail = k % self.tile_k != 0
         self.n_tiles = -(-n // self.tile_n)
         self.num_mma_threads = self.num_consumer_wg * WG_THREADS
         # the gathering producer keeps 8 row indices and their addresses: more than 40
@@ -293,14 +296,20 @@ class GroupedGemm(MoeGemmSm90):
                               tma_bar_ptr=pipe.producer_get_barrier(state))
                 else:
                     pipe.sync_object_empty.wait(state.index, state.phase)
+                chunk_idx = k_tile * self.chunks_per_row + t_chunk
+                col_ok = cutlass.Boolean(True)
+                if const_expr(self.k_tail):
+                    col_ok = chunk_idx < self.k // self.chunk
+                    chunk_idx = cutlass.min(chunk_idx, self.k // self.chunk - 1)
                 for i in cutlass.range_constexpr(rows_per_thread):
                     dst = tAsA[None, i, 0, state.index]
-                    # a row past the expert's end: src-size 0, i.e. the chunk is zero-filled
-                    # (the address, row 0 of A, is not read)
-                    src = cute.local_tile(mA[cutlass.max(a_idx[i], 0), None], (self.chunk,),
-                                          (k_tile * self.chunks_per_row + t_chunk,))
+                    # a row past the expert's end (or a chunk past K): source size 0, i.e.
+                    # the chunk is zero-filled (the address, kept inside A, is not read)
+                    src = cute.local_tile(mA[cutlass.max(a_idx[i], 0), None], (self.chunk,), (chunk_idx,))
                     pred = cute.make_rmem_tensor((1,), cutlass.Boolean)
                     pred[0] = a_idx[i] >= 0
+                    if const_expr(self.k_tail):
+                        pred[0] = pred[0] & col_ok
                     cute.copy(copy_atom, cute.make_tensor(src.iterator, dst.layout.shape), dst, pred=pred)
                 # fires once this thread's cp.asyncs into the stage have landed
                 cute.arch.cp_async_mbarrier_arrive_noinc(pipe.producer_get_barrier(state))
