@@ -80,12 +80,13 @@ def n_major_view(w: cute.Tensor) -> cute.Tensor:
 
 
 class MoeGemmSm90:
-    """D = epilogue(X · W), one output tile per CTA (see the module docstring).
+    """D = epilogue(X · W) by output tiles (see the module docstring).
 
     Constructor arguments are the static configuration (the compile cache key):
     ``dtype`` (BFloat16 | Float16), the CTA tile ``tile_m`` (64 or 128: 1 or 2 consumer WGs),
-    ``tile_n`` (64..256, multiple of 16), ``tile_k`` (64 = one 128-byte swizzle row of 16-bit),
-    ``stages`` (smem ring depth) and ``activation`` (identity | swiglu | gptoss).
+    ``tile_n`` (64, 128, 192 or 256), ``tile_k`` (64 = one 128-byte swizzle row of 16-bit),
+    ``stages`` (smem ring depth), ``activation`` (identity | swiglu | gptoss) and
+    ``persistent`` (one CTA per SM walking the tiles, or one CTA per tile).
     """
 
     #: arrivals on a stage's "full" barrier besides the TMA bytes: the TMA warp's one arrive
@@ -104,7 +105,7 @@ class MoeGemmSm90:
         persistent: bool = True,
     ):
         assert tile_m in (64, 128), tile_m
-        assert tile_n % 16 == 0 and 16 <= tile_n <= 256, tile_n
+        assert tile_n in (64, 128, 192, 256), tile_n  # whole 64-column swizzle atoms of B
         assert tile_k % 16 == 0 and tile_k * dtype.width <= 1024 * 8, tile_k
         assert stages >= 2, stages
         assert activation in ACTIVATIONS, activation
@@ -119,11 +120,6 @@ class MoeGemmSm90:
         self.producer_regs, self.consumer_regs = REGISTERS[self.num_consumer_wg]
 
     # ---- output geometry --------------------------------------------------------------
-    @property
-    def out_cols_per_tile(self) -> int:
-        """Output columns one tile writes: tile_n (identity) or tile_n / 2 (gate/up pairs)."""
-        return self.tile_n if self.activation == "identity" else self.tile_n // 2
-
     @staticmethod
     def out_cols(n: int, activation: str) -> int:
         """Columns of D for a GEMM of N columns."""
