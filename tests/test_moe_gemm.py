@@ -95,11 +95,27 @@ def test_stage_b_compiles_per_activation(activation):
 def test_variants_pick_the_tile_config():
     from stages.moe.stage_a_gemm import kernel_config
 
-    assert kernel_config({}) == {"tile_m": 128, "tile_n": 256, "tile_k": 64, "stages": 4, "persistent": True, "cluster_m": 1}
+    assert kernel_config({}) == {"tile_m": 128, "tile_n": 256, "tile_k": 64, "stages": 4, "persistent": True, "cluster_m": 1, "group_m": 8}
     c = kernel_config({"tile_n": "128", "stages": "auto", "persistent": "off"})
     assert (c["tile_n"], c["stages"], c["persistent"]) == (128, 6, False)
     assert kernel_config({"stages": "3"})["stages"] == 3
     assert kernel_config({"tile_m": "64"})["stages"] == 5
+
+
+@pytest.mark.parametrize("m_tiles,n_tiles,group_m", [(1, 1, 8), (5, 3, 8), (17, 6, 8), (16, 112, 8), (9, 4, 1), (7, 5, 16)])
+def test_banded_tile_order_covers_every_tile_once(m_tiles, n_tiles, group_m):
+    """The work-tile order is a bijection onto (m, n) tiles, m fastest inside each band of
+    group_m m tiles (so consecutive tiles share W's n tile), bands in order."""
+    from stages.moe.gemm import banded_tile
+
+    order = [banded_tile(t, m_tiles, n_tiles, group_m) for t in range(m_tiles * n_tiles)]
+    assert sorted(order) == [(m, n) for m in range(m_tiles) for n in range(n_tiles)]
+    for (m0, n0), (m1, n1) in zip(order, order[1:]):
+        assert m0 // group_m <= m1 // group_m  # bands in order
+        if m0 // group_m == m1 // group_m:  # inside a band: next m, or the next n from the band's top
+            assert (n1 == n0 and m1 == m0 + 1) or (n1 == n0 + 1 and m1 == (m1 // group_m) * group_m)
+    if group_m == 1:
+        assert order == [(m, n) for m in range(m_tiles) for n in range(n_tiles)]
 
 
 @needs_dsl
@@ -304,6 +320,8 @@ VARIANTS = [
     {"cluster_m": "2"},
     {"cluster_m": "2", "persistent": "off"},
     {"cluster_m": "2", "tile_n": "128"},
+    {"group_m": "1"},
+    {"group_m": "16", "cluster_m": "2"},
 ]
 
 
