@@ -160,6 +160,28 @@ def test_ptx_has_the_designed_instructions(activation):
 
 
 @needs_dsl
+def test_cluster_variant_multicasts_half_of_each_w_box():
+    """cluster_m=2: W's four 64-column boxes per stage go out as multicast copies (mask 0b11)
+    from both CTAs, each of a half box (k rows 32·rank..: smem offsets 8 KiB apart, the
+    rank's 4 KiB shift), A stays a plain copy, each CTA's "full" barrier still expects the
+    whole stage (A 16 KiB + W 32 KiB) and consumers also arrive on the peer's "empty" barrier."""
+    import cutlass
+
+    from stages.moe import host
+    from stages.moe.gemm import MoeGemmSm90
+
+    kernel = MoeGemmSm90(cutlass.BFloat16, cluster_m=2)
+    args = [host.fake_tensor(cutlass.BFloat16, 2) for _ in range(3)]
+    ptx = host.compile_for(ARCH, kernel, *args, cutlass.Int32(132), host.fake_stream(), keep_ptx=True).__ptx__
+    mcast = re.findall(r"cp\.async\.bulk\.tensor\.2d\.shared::cluster\.global\.tile\.mbarrier::complete_tx::bytes\.multicast::cluster\S* \[%r\d+\+(\d+)\]", ptx)
+    assert len(mcast) == 4 and [int(b) - int(mcast[0]) for b in mcast] == [0, 8192, 16384, 24576]
+    assert len(re.findall(r"cp\.async\.bulk\.tensor\.2d\.shared::cta\.global", ptx)) == 1
+    assert re.search(r"mov\.b32\s+%r\d+, 49152;", ptx)  # the expect_tx byte count
+    assert "mbarrier.arrive.shared::cluster.b64" in ptx
+    assert "barrier.cluster.arrive" in ptx and "barrier.cluster.wait" in ptx
+
+
+@needs_dsl
 def test_accumulator_pairs_are_gate_up_of_one_output_column():
     """Flat accumulator elements 2j, 2j + 1 of every consumer thread are columns c, c + 1 (c
     even) of one row: with W1 interleaved they are gate and up of output column c / 2. All
