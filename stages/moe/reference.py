@@ -1,8 +1,10 @@
-"""Torch references of the MoE expert FFN stages.
+"""PyTorch references of the MoE stages (the truth a kernel is compared with).
 
-Layouts (the kernels' and everyone's): x (T, H); W1 (E, H, 2I) with gate and up
-INTERLEAVED per column (column 2i = gate_i, 2i + 1 = up_i); W2 (E, I, H); both row-major.
-torch is imported inside the functions.
+Every function computes in ``compute_dtype`` the way PyTorch would (matmul in that dtype,
+fp32 accumulation inside cuBLAS for 16-bit types) and returns that dtype; wb calls it once
+with torch.float32 (the reference) and once with the kernel's dtype (which calibrates the
+tolerance, see workbench.compare). W1 is interleaved (stages/moe/layout.py): column 2i is
+gate_i, 2i + 1 is up_i.
 """
 
 from __future__ import annotations
@@ -12,6 +14,57 @@ from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
     import torch
+
+#: gpt-oss's SwiGLU constants (gate clamp, up clamp, sigmoid slope)
+GPTOSS_LIMIT = 7.0
+GPTOSS_ALPHA = 1.702
+
+ACTIVATIONS = ("swiglu", "identity", "gptoss")
+
+
+def gemm(x, w, dtype):
+    """x (M, K) @ w (K, N) computed in ``dtype``."""
+    return x.to(dtype) @ w.to(dtype)
+
+
+def swiglu(gate, up):
+    """silu(gate) * up = gate * sigmoid(gate) * up."""
+    import torch
+
+    return torch.nn.functional.silu(gate) * up
+
+
+def gptoss_swiglu(gate, up, limit: float = GPTOSS_LIMIT, alpha: float = GPTOSS_ALPHA):
+    """gpt-oss: g = min(gate, limit), u = clamp(up, -limit, limit); g * sigmoid(alpha g) * (u + 1)."""
+    import torch
+
+    g = gate.clamp(max=limit)
+    u = up.clamp(min=-limit, max=limit)
+    return g * torch.sigmoid(alpha * g) * (u + 1)
+
+
+def activate(d, activation: str):
+    """The epilogue on an interleaved (M, 2I) product: swiglu / gptoss -> (M, I); identity -> d."""
+    if activation == "identity":
+        return d
+    gate, up = d[..., 0::2], d[..., 1::2]
+    if activation == "swiglu":
+        return swiglu(gate, up)
+    if activation == "gptoss":
+        return gptoss_swiglu(gate, up)
+    raise ValueError(f"unknown activation {activation!r} (one of {', '.join(ACTIVATIONS)})")
+
+
+def up_projection(x, w1, activation: str, dtype):
+    """One expert's up-projection with its activation: act(x @ w1) in ``dtype``.
+
+    The product is taken in ``dtype`` (what a 16-bit PyTorch pipeline stores between the
+    GEMM and the activation) and the activation runs in fp32 on it, as the kernel does on
+    its fp32 accumulator; the result is returned in ``dtype``."""
+    import torch
+
+    d = gemm(x, w1, dtype)
+    return activate(d.to(torch.float32), activation).to(dtype)
 
 
 # ======================================================================================
@@ -30,11 +83,6 @@ if TYPE_CHECKING:
 #                   cast to dtype                                   <- rounding 3
 # Routing weights stay fp32 in both. Deterministic: fixed loop orders, no atomics; TF32 off.
 # ======================================================================================
-ACTIVATIONS = ("swiglu", "gptoss", "identity", "none")
-GPTOSS_ALPHA = 1.702
-GPTOSS_LIMIT = 7.0
-
-
 @contextlib.contextmanager
 def _no_tf32():
     import torch
@@ -62,24 +110,6 @@ def route(logits: "torch.Tensor", topk: int) -> "tuple[torch.Tensor, torch.Tenso
     return ids.to(torch.int32), torch.softmax(vals, dim=-1)
 
 
-def activate(d: "torch.Tensor", activation: str) -> "torch.Tensor":
-    """The up-projection's epilogue on interleaved columns d (..., 2I) -> (..., I), in d's
-    dtype: swiglu = silu(g)·u; gptoss = g·σ(1.702 g)·(u + 1) with g <= 7 and u in [-7, 7]
-    (clamped first, as gpt-oss); identity / none = d unchanged (the raw accumulator)."""
-    import torch
-
-    if activation in ("identity", "none"):
-        return d
-    g, u = d[..., 0::2], d[..., 1::2]
-    if activation == "swiglu":
-        return torch.nn.functional.silu(g) * u
-    if activation == "gptoss":
-        g = g.clamp(max=GPTOSS_LIMIT)
-        u = u.clamp(-GPTOSS_LIMIT, GPTOSS_LIMIT)
-        return g * torch.sigmoid(GPTOSS_ALPHA * g) * (u + 1)
-    raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, not {activation!r}")
-
-
 def grouped_mm(
     a: "torch.Tensor",
     w: "torch.Tensor",
@@ -101,6 +131,8 @@ def grouped_mm(
     acc = torch.float64 if compute_dtype == torch.float64 else torch.float32
     cu = [int(c) for c in cu_seqlens.tolist()]
     R = cu[-1]
+    if activation == "none":  # the down-projection: no epilogue
+        activation = "identity"
     N = w.shape[-1] // (2 if activation in ("swiglu", "gptoss") else 1)
     out = torch.empty((R, N), dtype=compute_dtype, device=a.device)
     a = a.to(compute_dtype)
