@@ -134,17 +134,15 @@ class Problem:
         import torch
 
         writer = self.expert if writer is None else writer
-        src = self.rows if gather else torch.arange(self.R, device=self.device)
-        ok_src = src < self.T
-        a = torch.zeros(self.R, self.H, device=self.device)
-        a[ok_src] = self.x[src[ok_src]]
+        src = self.rows if gather else torch.arange(self.R, device=self.device) % max(self.T, 1)
+        a = self.x[src]
         width = self.N // 2 if width is None else width
         h = torch.zeros(self.R, width, device=self.device)
         for e in range(self.E):
             sel = writer == e
             if bool(sel.any()):
                 h[sel] = self.act(a[sel] @ self.w1[e], act_mode, width)
-        return h, writer == -1, (writer == -2) | (~ok_src if not gather else torch.zeros_like(ok_src))
+        return h, writer == -1, writer == -2
 
     def down(self, h, writer=None):
         import torch
@@ -353,8 +351,8 @@ def tail_rows_from_next_expert(cx):
     return P.predict(up={"writer": w}, down_writer=w)
 
 
-@mutant("gather-ignored", "the up-projection reads x rows in sorted-row order (row p of x) instead of "
-        "the plan's token index rows[p] (rows past x's end unknown)", outputs=ALL, dims=(2,), family="grouping")
+@mutant("gather-ignored", "the up-projection reads x row p mod T for sorted routed row p instead of the "
+        "plan's token index rows[p]", outputs=ALL, dims=(2,), family="grouping")
 def gather_ignored(cx):
     P = problem(cx)
     _need(not P.single, "one expert: no gather")
