@@ -55,13 +55,13 @@ def _shape(rec) -> str:
 
 
 def _check_probes(probes):
-    # CTA tiles of the TMA coordinate tensors: (128, 64, k tiles) and (256, 64, k tiles)
-    assert _shape(probes["gA"]) == "(128,64,?)"
-    assert _shape(probes["gB"]) == "(256,64,?)"
+    # the TMA coordinate tensors tiled by the CTA tile: (128, 64, m tiles, k tiles), (256, 64, n tiles, k tiles)
+    assert _shape(probes["gA"]) == "(128,64,?,?)"  # (tile_m, tile_k, m tiles, k tiles)
+    assert _shape(probes["gB"]) == "(256,64,?,?)"
     # A: one 64 x 128 box per stage (64 K-elements = the 128-byte swizzle row)
-    assert _shape(probes["tAgA"]) == "(((64,128),1),?)"
+    assert _shape(probes["tAgA"]) == "(((64,128),1),?,?)"
     # B (MN-major): four boxes of 64 N x 64 K per stage (the swizzle atom runs along N)
-    assert _shape(probes["tBgB"]) == "(((64,64),4),?)"
+    assert _shape(probes["tBgB"]) == "(((64,64),4),?,?)"
     assert _shape(probes["tAsA"]).startswith("((8192,1),") and _shape(probes["tBsB"]).startswith("((4096,4),")
     # WGMMA descriptors: 4 k-blocks of 16 per 64-wide k tile, 4 stages
     assert _shape(probes["tCrA"]) == "(1,1,4,(1,4))" == _shape(probes["tCrB"])
@@ -92,6 +92,32 @@ def test_stage_b_compiles_per_activation(activation):
     assert out.shape == ((100, 768) if activation != "identity" else (100, 1536))
 
 
+def test_variants_pick_the_tile_config():
+    from stages.moe.stage_a_gemm import kernel_config
+
+    assert kernel_config({}) == {"tile_m": 128, "tile_n": 256, "tile_k": 64, "stages": 4, "persistent": True}
+    c = kernel_config({"tile_n": "128", "stages": "auto", "persistent": "off"})
+    assert (c["tile_n"], c["stages"], c["persistent"]) == (128, 6, False)
+    assert kernel_config({"stages": "3"})["stages"] == 3
+    assert kernel_config({"tile_m": "64"})["stages"] == 5
+
+
+@needs_dsl
+@pytest.mark.parametrize("variants", [{"persistent": "off"}, {"tile_n": "128"}, {"tile_m": "64"}])
+def test_stage_a_variants_compile(variants):
+    from stages.moe.stage_a_gemm import StageA
+
+    stage = StageA()
+    with capture() as rec:
+        assert stage.compile(_params(), variants, ARCH) is not None
+    probes = {r["name"]: r for r in rec}
+    tile_m, tile_n = int(variants.get("tile_m", 128)), int(variants.get("tile_n", 256))
+    assert _shape(probes["gA"]) == f"({tile_m},64,?,?)"
+    assert _shape(probes["gB"]) == f"({tile_n},64,?,?)"
+    assert probes["tCrAcc"]["layout"].startswith(f"((2,2,{tile_n // 8}),1,1)")
+    assert stage.kernel_obj.shared_storage.size_in_bytes() <= 227 * 1024
+
+
 @needs_dsl
 @pytest.mark.parametrize("activation", ["identity", "swiglu"])
 def test_ptx_has_the_designed_instructions(activation):
@@ -102,7 +128,7 @@ def test_ptx_has_the_designed_instructions(activation):
 
     kernel = MoeGemmSm90(cutlass.BFloat16, activation=activation)
     args = [host.fake_tensor(cutlass.BFloat16, 2) for _ in range(3)]
-    ptx = host.compile_for(ARCH, kernel, *args, host.fake_stream(), keep_ptx=True).__ptx__
+    ptx = host.compile_for(ARCH, kernel, *args, cutlass.Int32(132), host.fake_stream(), keep_ptx=True).__ptx__
     wgmma = re.findall(r"wgmma\.mma_async\.sync\.aligned\.(\S+)", ptx)
     assert wgmma and set(wgmma) == {"m64n256k16.f32.bf16.bf16"}
     assert len(wgmma) == 8  # 4 k-blocks, peeled first k tile + loop body
@@ -140,8 +166,12 @@ def test_accumulator_pairs_are_gate_up_of_one_output_column():
         for j in range(64):
             (r0, c0), (r1, c1) = coords[2 * j], coords[2 * j + 1]
             assert r0 == r1 and c0 % 2 == 0 and c1 == c0 + 1, (t, j, coords[2 * j], coords[2 * j + 1])
-        # consumer WG w = t // 128 owns rows [64 w, 64 w + 64)
-        assert {r // 64 for r, _ in coords} == {t // 128}
+        # the module docstring's formula: thread tw of consumer WG w holds rows
+        # 64 w + 16 (tw / 32) + (tw % 32) / 4 + {0, 8} and columns 8 b + 2 (tw % 4) + {0, 1}
+        w, tw = divmod(t, 128)
+        row0 = 64 * w + 16 * (tw // 32) + (tw % 32) // 4
+        assert {r for r, _ in coords} == {row0, row0 + 8}
+        assert {c for _, c in coords} == {8 * b + 2 * (tw % 4) + e for b in range(32) for e in (0, 1)}
         seen.update(coords)
     assert len(seen) == 128 * 256
 
@@ -213,7 +243,7 @@ GPU_SHAPES = [  # (m, h, i): m = 1, 7, tails in M, N (2i not a multiple of 256) 
 ]
 
 
-def _run_stage(letter, m, h, i, dtype, activation="swiglu", seed=0):
+def _run_stage(letter, m, h, i, dtype, activation="swiglu", seed=0, variants=None):
     import torch
 
     from workbench.kernels.stage import torch_dtype
@@ -224,9 +254,10 @@ def _run_stage(letter, m, h, i, dtype, activation="swiglu", seed=0):
         from stages.moe.stage_b_swiglu import StageB as S
     stage = S()
     p = _params(m=m, h=h, i=i, dtype=dtype, activation=activation)
-    key = ("gpu", letter, dtype, activation)
+    variants = dict(variants or {})
+    key = ("gpu", letter, dtype, activation, tuple(sorted(variants.items())))
     if key not in _compiled:
-        _compiled[key] = stage.compile(p, {}, ARCH)
+        _compiled[key] = stage.compile(p, variants, ARCH)
     g = torch.Generator(device="cuda").manual_seed(seed)
     inputs = {
         name: torch.randn(spec.shape, generator=g, device="cuda").to(torch_dtype(spec.dtype))
@@ -245,7 +276,7 @@ def _run_stage(letter, m, h, i, dtype, activation="swiglu", seed=0):
         assert not torch.isnan(got).any(), f"{name}: unwritten (NaN) elements at {torch.isnan(got).nonzero()[:5].tolist()}"
         err = (got - want).abs().max().item()
         bound = 2.0 * (lo - want).abs().max().item() + 1e-4 * max(1.0, want.abs().max().item())
-        assert err <= bound, f"{name}: max error {err} > {bound} (m={m} h={h} i={i} {dtype} {activation})"
+        assert err <= bound, f"{name}: max error {err} > {bound} (m={m} h={h} i={i} {dtype} {activation} {variants})"
 
 
 @pytest.mark.gpu
@@ -262,13 +293,29 @@ def test_gpu_stage_b_matches_reference(m, h, i, activation):
     _run_stage("b", m, h, i, "bf16", activation)
 
 
+VARIANTS = [
+    {"persistent": "off"},
+    {"tile_n": "128"},
+    {"tile_m": "64"},
+    {"tile_m": "64", "tile_n": "128", "persistent": "off"},
+    {"stages": "2"},
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variants", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()))
+@pytest.mark.parametrize("m,h,i", [(7, 512, 64), (300, 1024, 200), (2000, 2880, 2880)])
+def test_gpu_variants_match_reference(m, h, i, variants):
+    _run_stage("a", m, h, i, "bf16", variants=variants)
+    _run_stage("b", m, h, i, "bf16", "swiglu", variants=variants)
+
+
 @pytest.mark.gpu
 def test_gpu_stage_a_leaves_rows_past_m_alone():
     """The output tensor's rows past m (a bigger buffer, viewed as its first m rows) keep
     their poison: the masked tail writes nothing beyond m."""
     import torch
 
-    from stages.moe import host
     from stages.moe.stage_a_gemm import StageA
 
     stage = StageA()
@@ -278,7 +325,7 @@ def test_gpu_stage_a_leaves_rows_past_m_alone():
     w = torch.randn(256, 256, device="cuda", dtype=torch.bfloat16)
     buf = torch.full((128, 256), 12345.0, device="cuda", dtype=torch.bfloat16)
     d = buf[:7]
-    compiled(host.to_cute(x), host.to_cute(w), host.to_cute(d), host.current_stream())
+    stage.launch(compiled, {"x": x, "w1": w}, {"d": d})
     torch.cuda.synchronize()
     assert (buf[7:] == 12345.0).all()
     torch.testing.assert_close(d.float(), x.float() @ w.float(), rtol=2e-2, atol=2e-1)

@@ -8,9 +8,12 @@ For the MoE up-projection K = H, N = 2I with W1's gate/up columns interleaved
 
 Design
 ------
-* One CTA per (tile_m x tile_n) output tile; grid (ceil(N / tile_n), ceil(M / tile_m)):
-  the n-tile index is the fastest, so the CTAs of one wave share a few X row blocks and
-  read W from L2. M, N and K are runtime values (one compile per dtype and tile config).
+* Work tiles: the (tile_m x tile_n) output tiles, numbered with the n tile fastest (the
+  CTAs in flight share a few X row blocks and read W from L2). ``persistent`` (default):
+  min(tiles, SMs) CTAs, CTA c walks tiles c, c + grid, ...; the producer runs ahead into
+  the next tile while the consumers store this one (the ring's state carries across
+  tiles), so the pipeline never drains between tiles. Off: one CTA per tile (the same loop,
+  run once). M, N and K are runtime values (one compile per dtype and tile config).
 * Warp specialization (``1 + tile_m / 64`` warpgroups): WG0 is the producer (setmaxnreg
   down to ``producer_regs``; its warp 0 issues every TMA load), WG1.. are consumers of 64
   rows each (setmaxnreg up to ``consumer_regs``). 128 x 256 tiles: 2 consumer WGs x 128
@@ -40,9 +43,12 @@ columns (2j, 2j + 1) -- gate_j and up_j of the interleaved W1 --, mode 0.1 = row
 r + 8, mode 0.2 = 8-column blocks. Thread t of WG w holds rows 64 w + 16 (t / 32) + (t % 32) / 4
 + {0, 8} and columns 8 b + 2 (t % 4) + {0, 1}, b = 0 .. tile_n / 8 - 1.
 
-Subclassing (stage C's grouped kernel): override ``epilogue`` for another store, and
-``produce`` / ``tile_coords`` / ``__call__`` for another work decomposition; the mainloop
-(``mma_mainloop``) and the pipeline setup (``_prologue``) are shared.
+Subclassing (stage C's grouped kernel): override ``epilogue`` for another store,
+``tile_coords`` (tile index -> coordinates) and ``kernel`` / ``__call__`` for another work
+decomposition; the per-tile pieces are shared: ``_host_setup`` (TMA atoms, tiled MMA,
+smem layouts, shared storage), ``_prologue`` (pipeline, smem tensors), ``load_tile``
+(producer: one tile's k loop), ``mma_fragments`` and ``mma_tile`` (consumer: one tile's
+mainloop, pipeline state in and out).
 """
 
 from typing import Type
@@ -82,6 +88,10 @@ class MoeGemmSm90:
     ``stages`` (smem ring depth) and ``activation`` (identity | swiglu | gptoss).
     """
 
+    #: arrivals on a stage's "full" barrier besides the TMA bytes: the TMA warp's one arrive
+    #: (stage C's gathered-A producer adds one cp.async arrive per producer thread)
+    producer_arrivals = 1
+
     def __init__(
         self,
         dtype: Type[cutlass.Numeric],
@@ -91,6 +101,7 @@ class MoeGemmSm90:
         tile_k: int = 64,
         stages: int = 4,
         activation: str = "identity",
+        persistent: bool = True,
     ):
         assert tile_m in (64, 128), tile_m
         assert tile_n % 16 == 0 and 16 <= tile_n <= 256, tile_n
@@ -102,6 +113,7 @@ class MoeGemmSm90:
         self.tile_m, self.tile_n, self.tile_k = tile_m, tile_n, tile_k
         self.stages = stages
         self.activation = activation
+        self.persistent = persistent
         self.num_consumer_wg = tile_m // 64
         self.num_threads = WG_THREADS * (1 + self.num_consumer_wg)
         self.producer_regs, self.consumer_regs = REGISTERS[self.num_consumer_wg]
@@ -175,20 +187,22 @@ class MoeGemmSm90:
 
     # ---- host ----------------------------------------------------------------------------
     @cute.jit
-    def __call__(self, mX: cute.Tensor, mW: cute.Tensor, mD: cute.Tensor, stream):
+    def __call__(self, mX: cute.Tensor, mW: cute.Tensor, mD: cute.Tensor, max_ctas: Int32, stream):
         """mX (M, K), mW (K, N), mD (M, out_cols(N)); all row-major, row strides multiples
-        of 8 elements (host.check_gemm_operands)."""
+        of 8 elements (host.check_gemm_operands). ``max_ctas``: the grid of a persistent
+        kernel (the SM count); a non-persistent one launches a CTA per output tile."""
         assert mX.element_type == self.dtype and mW.element_type == self.dtype
         assert mD.element_type == self.dtype
         mX, mW, mD = (self.assume_aligned_rows(t) for t in (mX, mW, mD))
         tmas, tiled_mma, layouts = self._host_setup(mX, n_major_view(mW))
-        grid = (
-            cute.ceil_div(cute.size(mW, mode=[1]), self.tile_n),
-            cute.ceil_div(cute.size(mX, mode=[0]), self.tile_m),
-            1,
+        tiles = cute.ceil_div(cute.size(mW, mode=[1]), self.tile_n) * cute.ceil_div(
+            cute.size(mX, mode=[0]), self.tile_m
         )
+        ctas = tiles
+        if const_expr(self.persistent):
+            ctas = cutlass.min(tiles, max_ctas)
         self.kernel(*tmas, mD, tiled_mma, *layouts).launch(
-            grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1
+            grid=(ctas, 1, 1), block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1
         )
 
     @staticmethod
@@ -218,30 +232,52 @@ class MoeGemmSm90:
         wg_idx = cute.arch.make_warp_uniform(tidx // WG_THREADS)
         pipe, sA, sB = self._prologue(warp_idx, (tma_atom_a, tma_atom_b), sA_layout, sB_layout)
 
-        m_block, n_block = self.tile_coords()
+        m_size, n_size = cute.size(mA, mode=[0]), cute.size(mB, mode=[0])
+        n_tiles = cute.ceil_div(n_size, self.tile_n)
+        tiles = cute.ceil_div(m_size, self.tile_m) * n_tiles
         k_tiles = cute.ceil_div(cute.size(mA, mode=[1]), self.tile_k)
-        gA = cute.local_tile(mA, (self.tile_m, self.tile_k), (m_block, None))  # (tile_m, tile_k, k_tiles)
-        gB = cute.local_tile(mB, (self.tile_n, self.tile_k), (n_block, None))  # (tile_n, tile_k, k_tiles)
+        gA = cute.local_tile(mA, (self.tile_m, self.tile_k), (None, None))  # (tile_m, tile_k, m tiles, k tiles)
+        gB = cute.local_tile(mB, (self.tile_n, self.tile_k), (None, None))  # (tile_n, tile_k, n tiles, k tiles)
         probe("gA", gA)
         probe("gB", gB)
+        first, _, _ = cute.arch.block_idx()
+        step, _, _ = cute.arch.grid_dim()
 
         if wg_idx == 0:
             cute.arch.setmaxregister_decrease(self.producer_regs)
             if warp_idx == 0:
-                self.produce(tma_atom_a, tma_atom_b, gA, gB, sA, sB, pipe, k_tiles)
+                tAsA, tAgA = cpasync.tma_partition(
+                    tma_atom_a, 0, cute.make_layout(1), cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2)
+                )  # (TMA, stages), (TMA, m tiles, k tiles)
+                tBsB, tBgB = cpasync.tma_partition(
+                    tma_atom_b, 0, cute.make_layout(1), cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2)
+                )  # (TMA, stages), (TMA, n tiles, k tiles)
+                probe("tAgA", tAgA)
+                probe("tAsA", tAsA)
+                probe("tBgB", tBgB)
+                probe("tBsB", tBsB)
+                state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
+                for tile in cutlass.range(first, tiles, step, unroll=1):
+                    m_block, n_block = self.tile_coords(tile, n_tiles)
+                    state = self.load_tile(
+                        tma_atom_a, tma_atom_b, tAgA[None, m_block, None], tBgB[None, n_block, None],
+                        tAsA, tBsB, pipe, state, k_tiles,
+                    )
+                pipe.producer_tail(state)
         else:
             cute.arch.setmaxregister_increase(self.consumer_regs)
-            tidx_c = tidx - WG_THREADS
-            acc, tCcAcc = self.mma_mainloop(tiled_mma, sA, sB, pipe, k_tiles, tidx_c, wg_idx - 1)
-            self.epilogue(
-                acc, tCcAcc, mD, m_block * self.tile_m, n_block * self.tile_n,
-                cute.size(mA, mode=[0]), cute.size(mB, mode=[0]),
-            )
+            tCrA, tCrB, acc, tCcAcc = self.mma_fragments(tiled_mma, sA, sB, tidx - WG_THREADS, wg_idx - 1)
+            state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
+            for tile in cutlass.range(first, tiles, step, unroll=1):
+                m_block, n_block = self.tile_coords(tile, n_tiles)
+                state = self.mma_tile(tiled_mma, tCrA, tCrB, acc, pipe, state, k_tiles)
+                self.epilogue(acc, tCcAcc, mD, m_block * self.tile_m, n_block * self.tile_n, m_size, n_size)
 
-    def tile_coords(self):
-        """(m_block, n_block) of this CTA's output tile: grid x walks N tiles, y M tiles."""
-        n_block, m_block, _ = cute.arch.block_idx()
-        return m_block, n_block
+    @cute.jit
+    def tile_coords(self, tile: Int32, n_tiles: Int32):
+        """(m_block, n_block) of work tile ``tile``: N tiles fastest, so the CTAs in flight
+        share a few X row blocks and read W from L2."""
+        return tile // n_tiles, tile % n_tiles
 
     @cute.jit
     def _prologue(self, warp_idx: Int32, tma_atoms: tuple, sA_layout, sB_layout):
@@ -255,7 +291,7 @@ class MoeGemmSm90:
         pipe = pipeline.PipelineTmaAsync.create(
             barrier_storage=storage.mbar.data_ptr(),
             num_stages=self.stages,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 1),
+            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, self.producer_arrivals),
             consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.num_consumer_wg),
             tx_count=self.tx_bytes,
             defer_sync=True,
@@ -267,37 +303,84 @@ class MoeGemmSm90:
         return pipe, sA, sB
 
     @cute.jit
-    def produce(
+    def load_tile(
         self,
         tma_atom_a: cute.CopyAtom,
         tma_atom_b: cute.CopyAtom,
-        gA: cute.Tensor,
-        gB: cute.Tensor,
-        sA: cute.Tensor,
-        sB: cute.Tensor,
+        tAgA: cute.Tensor,
+        tBgB: cute.Tensor,
+        tAsA: cute.Tensor,
+        tBsB: cute.Tensor,
         pipe: pipeline.PipelineAsync,
+        state: pipeline.PipelineState,
         k_tiles: Int32,
-    ):
-        """Warp 0 of WG0, whole warp (the pipeline elects the lane that posts the byte
-        count; a TMA copy is issued by one lane): the k tiles of A and B into the ring."""
-        tAsA, tAgA = cpasync.tma_partition(
-            tma_atom_a, 0, cute.make_layout(1), cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2)
-        )
-        tBsB, tBgB = cpasync.tma_partition(
-            tma_atom_b, 0, cute.make_layout(1), cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2)
-        )
-        probe("tAgA", tAgA)
-        probe("tAsA", tAsA)
-        probe("tBgB", tBgB)
-        probe("tBsB", tBsB)
-        state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
+    ) -> pipeline.PipelineState:
+        """Producer, one output tile (warp 0 of WG0, whole warp: the pipeline elects the lane
+        that posts the byte count; a TMA copy is issued by one lane): its k tiles of A
+        (tAgA: (TMA, k tiles)) and B into the ring. Returns the advanced state."""
         for k in cutlass.range(k_tiles, unroll=1):
             pipe.producer_acquire(state)
             bar = pipe.producer_get_barrier(state)
             cute.copy(tma_atom_a, tAgA[None, k], tAsA[None, state.index], tma_bar_ptr=bar)
             cute.copy(tma_atom_b, tBgB[None, k], tBsB[None, state.index], tma_bar_ptr=bar)
             state.advance()
-        pipe.producer_tail(state)
+        return state
+
+    def mma_fragments(self, tiled_mma: cute.TiledMma, sA: cute.Tensor, sB: cute.Tensor, tidx_c: Int32, wg: Int32):
+        """A consumer thread's operands: (tCrA, tCrB, acc, tCcAcc). tCrA / tCrB are its WG's
+        smem descriptors (MMA, 1, tile_k / 16, stages) -- consumer WG ``wg`` reads A rows
+        [64 wg, 64 wg + 64) --; acc the fp32 accumulator; tCcAcc, same shape, the (row, col)
+        of each accumulator element in the (tile_m, tile_n) tile. ``tidx_c``: the thread's
+        index among the consumer threads (0 .. 2 * tile_m - 1)."""
+        wg_mma = tiled_mma.get_slice(wg * WG_THREADS)
+        tCrA = tiled_mma.make_fragment_A(wg_mma.partition_A(sA))
+        tCrB = tiled_mma.make_fragment_B(wg_mma.partition_B(sB))
+        tCcAcc = tiled_mma.get_slice(tidx_c).partition_C(cute.make_identity_tensor((self.tile_m, self.tile_n)))
+        acc = cute.make_rmem_tensor(tCcAcc.shape, self.acc_dtype)
+        probe("tCrA", tCrA)
+        probe("tCrB", tCrB)
+        probe("tCrAcc", acc)
+        probe("tCcAcc", tCcAcc)
+        return tCrA, tCrB, acc, tCcAcc
+
+    @cute.jit
+    def mma_tile(
+        self,
+        tiled_mma: cute.TiledMma,
+        tCrA: cute.Tensor,
+        tCrB: cute.Tensor,
+        acc: cute.Tensor,
+        pipe: pipeline.PipelineAsync,
+        state: pipeline.PipelineState,
+        k_tiles: Int32,
+    ) -> pipeline.PipelineState:
+        """A consumer WG's mainloop for one output tile: acc = A · B over the k tiles
+        (k_tiles >= 1). Returns the advanced state; every stage it read is released."""
+        num_k_blocks = cute.size(tCrA, mode=[2])
+        release = state.clone()
+        acc.fill(0.0)
+        tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
+        # k tile 0: issue, nothing to release yet
+        pipe.consumer_wait(state)
+        warpgroup.fence()
+        for kb in cutlass.range_constexpr(num_k_blocks):
+            cute.gemm(tiled_mma, acc, tCrA[None, None, kb, state.index], tCrB[None, None, kb, state.index], acc)
+        warpgroup.commit_group()
+        state.advance()
+        for k in cutlass.range(1, k_tiles, unroll=1):
+            pipe.consumer_wait(state)
+            warpgroup.fence()
+            for kb in cutlass.range_constexpr(num_k_blocks):
+                cute.gemm(tiled_mma, acc, tCrA[None, None, kb, state.index], tCrB[None, None, kb, state.index], acc)
+            warpgroup.commit_group()
+            # the previous k tile's MMAs are done: its stage may be refilled
+            warpgroup.wait_group(1)
+            pipe.consumer_release(release)
+            release.advance()
+            state.advance()
+        warpgroup.wait_group(0)
+        pipe.consumer_release(release)
+        return state
 
     @cute.jit
     def mma_mainloop(
@@ -309,47 +392,18 @@ class MoeGemmSm90:
         k_tiles: Int32,
         tidx_c: Int32,
         wg: Int32,
+        read=None,
     ):
-        """A consumer WG's mainloop: acc = A_rows(wg) · B over all k tiles. Returns (acc,
-        tCcAcc): the fp32 accumulator and, same shape, the (row, col) of each element in
-        the CTA's (tile_m, tile_n) tile. ``tidx_c`` is the thread's index among the
-        consumer threads (0 .. 2 * tile_m - 1), ``wg`` its consumer WG (0 .. tile_m / 64 - 1)."""
-        wg_mma = tiled_mma.get_slice(wg * WG_THREADS)  # smem descriptors: one per WG
-        tCrA = tiled_mma.make_fragment_A(wg_mma.partition_A(sA))  # (MMA, 1, tile_k/16, stages)
-        tCrB = tiled_mma.make_fragment_B(wg_mma.partition_B(sB))  # (MMA, 1, tile_k/16, stages)
-        thr_mma = tiled_mma.get_slice(tidx_c)
-        tCcAcc = thr_mma.partition_C(cute.make_identity_tensor((self.tile_m, self.tile_n)))
-        acc = cute.make_rmem_tensor(tCcAcc.shape, self.acc_dtype)
-        probe("tCrA", tCrA)
-        probe("tCrB", tCrB)
-        probe("tCrAcc", acc)
-        probe("tCcAcc", tCcAcc)
-        num_k_blocks = cute.size(tCrA, mode=[2])
-
-        acc.fill(0.0)
-        tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
-        read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
-        release = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
-        # k tile 0: issue, nothing to release yet
-        pipe.consumer_wait(read)
-        warpgroup.fence()
-        for kb in cutlass.range_constexpr(num_k_blocks):
-            cute.gemm(tiled_mma, acc, tCrA[None, None, kb, read.index], tCrB[None, None, kb, read.index], acc)
-        warpgroup.commit_group()
-        read.advance()
-        for k in cutlass.range(1, k_tiles, unroll=1):
-            pipe.consumer_wait(read)
-            warpgroup.fence()
-            for kb in cutlass.range_constexpr(num_k_blocks):
-                cute.gemm(tiled_mma, acc, tCrA[None, None, kb, read.index], tCrB[None, None, kb, read.index], acc)
-            warpgroup.commit_group()
-            # the previous k tile's MMAs are done: its stage may be refilled
-            warpgroup.wait_group(1)
-            pipe.consumer_release(release)
-            release.advance()
-            read.advance()
-        warpgroup.wait_group(0)
-        pipe.consumer_release(release)
+        """``mma_fragments`` + ``mma_tile`` in one call (the first version's interface, kept
+        for stage C): returns (acc, tCcAcc), or with ``read`` (the ring's consumer state
+        where this tile starts) (acc, tCcAcc, read after the tile)."""
+        tCrA, tCrB, acc, tCcAcc = self.mma_fragments(tiled_mma, sA, sB, tidx_c, wg)
+        persistent = read is not None
+        if const_expr(not persistent):
+            read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
+        read = self.mma_tile(tiled_mma, tCrA, tCrB, acc, pipe, read, k_tiles)
+        if const_expr(persistent):
+            return acc, tCcAcc, read
         return acc, tCcAcc
 
     # ---- epilogue hook -------------------------------------------------------------------

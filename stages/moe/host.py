@@ -64,6 +64,13 @@ def current_stream():
     return cuda.CUstream(torch.cuda.current_stream().cuda_stream)
 
 
+def sm_count(device) -> int:
+    """Streaming multiprocessors of ``device`` (the grid of a persistent kernel)."""
+    import torch
+
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def check_gemm_operands(x, w, out, out_cols: int) -> None:
     """Refuse operands the GEMM kernel does not handle (the compiled function does not check):
     x (M, K), w (K, N), out (M, out_cols), one dtype, row strides multiples of 8 elements

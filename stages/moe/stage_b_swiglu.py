@@ -22,11 +22,13 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from cutlass import Int32
+
 from workbench.kernels.stage import Params, Stage, TensorSpec
 
 from stages.moe import host
 from stages.moe.gemm import MoeGemmSm90
-from stages.moe.stage_a_gemm import TILE
+from stages.moe.stage_a_gemm import kernel_config
 
 
 class StageB(Stage):
@@ -54,20 +56,20 @@ class StageB(Stage):
         """2·m·h·2i (the activation's few flops per output are not counted)."""
         return 2.0 * p.m * p.h * 2 * p.i
 
-    def make_kernel(self, p: Params) -> MoeGemmSm90:
-        return MoeGemmSm90(host.cute_dtype(p.dtype), activation=p.activation, **TILE)
+    def make_kernel(self, p: Params, variants: Mapping[str, str] | None = None) -> MoeGemmSm90:
+        return MoeGemmSm90(host.cute_dtype(p.dtype), activation=p.activation, **kernel_config(variants))
 
     def compile(self, p: Params, variants: Mapping[str, str], arch: str):
         dtype = host.cute_dtype(p.dtype)
-        self.kernel_obj = self.make_kernel(p)
+        self.kernel_obj = self.make_kernel(p, variants)
         x, w, out = (host.fake_tensor(dtype, 2) for _ in range(3))
-        return host.compile_for(arch, self.kernel_obj, x, w, out, host.fake_stream())
+        return host.compile_for(arch, self.kernel_obj, x, w, out, Int32(132), host.fake_stream())
 
     def launch(self, compiled, inputs, outputs) -> None:
         x, w1, out = inputs["x"], inputs["w1"], outputs["out"]
         n = w1.shape[1]
         host.check_gemm_operands(x, w1, out, n if out.shape[1] == n else n // 2)
-        compiled(host.to_cute(x), host.to_cute(w1), host.to_cute(out), host.current_stream())
+        compiled(host.to_cute(x), host.to_cute(w1), host.to_cute(out), Int32(host.sm_count(x.device)), host.current_stream())
 
     def reference(self, inputs, p: Params, variants, compute_dtype):
         from stages.moe import reference

@@ -8,20 +8,26 @@ down-projection). B = w (E, K, N) row-major per expert (N contiguous: the MN-maj
 operand). act = swiglu | gptoss (N = 2I interleaved gate/up columns -> I outputs) | identity
 (the raw N columns) | none (a plain GEMM, N columns: the down-projection).
 
-CTA: 3 warpgroups, 384 threads. Warpgroups 0 and 1 consume (64 rows each of the 128-row
-tile, WGMMA, fp32 accumulators, the epilogue); warpgroup 2 produces:
+The kernel is ``GroupedGemm``, a subclass of stage A/B's ``gemm.MoeGemmSm90`` (the tiled MMA,
+smem ring, pipeline prologue, consumer mainloop and epilogue are that class's). CTA: 3
+warpgroups, 384 threads. Warpgroups 1 and 2 consume (64 rows each of the 128-row tile,
+WGMMA, fp32 accumulators, the epilogue); warpgroup 0 produces:
 
 * B (expert e's (tile_k x tile_n) slab) by TMA from the 3-D (N, K, E) view of w with the
   expert as the third coordinate, issued by the producer's warp 0;
 * A by cp.async (TMA cannot gather rows on Hopper): each of the 128 producer threads
   copies 16-byte chunks of 8 rows (one chunk column each) into the same swizzled K-major
   smem layout the WGMMA reads; the rows are looked up once per tile through ``rows``;
-  rows past the expert's end are zero-filled with plain shared stores (then a
-  fence.proxy.async so the WGMMA's async proxy sees them), never loaded;
+  rows past the expert's end are zero-filled by the same cp.async with source size 0
+  (a predicated copy), never loaded, so every byte of the stage is a tracked cp.async;
 * one mbarrier per stage counts both: the TMA warp's arrive-and-expect-tx (B's bytes)
   plus one cp.async.mbarrier.arrive.noinc per producer thread, which fires when that
   thread's cp.asyncs have landed (full count = 1 + 128). Consumers release a stage with
   one arrive per warp (empty count = 8).
+* without gather (``a_load`` auto or tma) warp 0 loads A by TMA too, a (128 x 64) box from
+  the tile's first sorted row (rows past the expert's end are the next expert's: loaded,
+  never stored; past R: zero-filled by TMA), and the full count is 1 (the down-projection's
+  fast path); ``a_load=cpasync`` keeps the cp.async producer with the identity row map.
 
 Tiles: ``tile_scheduler.GroupedTiles`` (persistent, static round robin over (expert, n_tile,
 m_tile); both roles walk the same sequence). K and N are compile-time constants (the
@@ -30,35 +36,42 @@ token count and every routing.
 
 Epilogue: from the accumulator registers straight to global memory, predicated on the tile
 row belonging to the expert (rows past its end are the next expert's: never stored) and on
-the column being inside N. SwiGLU pairs: the accumulator gives each thread two adjacent
-columns (2i, 2i+1) = (gate_i, up_i), so each pair becomes one output column i.
+the column being inside N (the shared ``MoeGemmSm90.epilogue`` with m_base = the tile's
+first sorted row, m_limit = the expert's end). SwiGLU pairs: the accumulator gives each
+thread two adjacent columns (2i, 2i+1) = (gate_i, up_i), so each pair becomes one output
+column i.
 
 Bug variants (compile-time ``bug``; each changes the kernel's code path):
 expert_offset_off_by_one (tile_scheduler: the expert's first row read from cu_seqlens[e+1]),
-tail_from_next (the tail tile loads and stores all tile_m rows: rows of the next expert are
-computed with this expert's weights and overwrite that expert's output),
+tail_from_next (tile_scheduler: row tiles cut every 128 sorted rows across experts, so an
+expert's last tile also loads the next expert's rows and stores them with its own weights),
 tail_unwritten (a tail tile stores nothing), gather_ignored (A row = routed row index p,
 modulo the rows of A, instead of rows[p]), gate_up_swapped (gate read from column 2i+1, up
-from 2i), silu_on_up (the activation also applied to up: silu(g) * silu(u)).
+from 2i), silu_on_up (up replaced by silu(up) before the activation: swiglu gives
+silu(g) * silu(u)).
 """
 
-import math
-from typing import Mapping, Type
+import functools
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Type
 
 import cutlass
 import cutlass.cute as cute
-import cutlass.memory
 import cutlass.pipeline as pipeline
-import cutlass.utils.hopper_helpers as sm90_utils
-from cutlass import Float32, Int32, const_expr
-from cutlass.cute.nvgpu import OperandMajorMode, cpasync, warpgroup
-from cutlass.tensor_utils import LayoutEnum
+from cutlass import Int32, const_expr
+from cutlass.cute.nvgpu import cpasync
 
+from stages.moe import activation as act
+from stages.moe import host
+from stages.moe.gemm import WG_THREADS, MoeGemmSm90
 from stages.moe.tile_scheduler import GroupedTiles, grid_size
 from workbench.compile.probe import probe
 from workbench.kernels.stage import Params, Stage, TensorSpec
 
 ACTIVATIONS = ("swiglu", "identity", "gptoss", "none")
+#: how A reaches shared memory: cp.async (any row map), TMA (row order only), auto (TMA
+#: when not gathering)
+A_LOADS = ("auto", "cpasync", "tma")
 BUGS = (
     "none",
     "expert_offset_off_by_one",
@@ -68,11 +81,6 @@ BUGS = (
     "gate_up_swapped",
     "silu_on_up",
 )
-WG_THREADS = 128
-LOG2_E = math.log2(math.e)
-#: gpt-oss: g * sigmoid(ALPHA * g) * (u + 1), g <= LIMIT, -LIMIT <= u <= LIMIT
-GPTOSS_ALPHA = 1.702
-GPTOSS_LIMIT = 7.0
 
 
 def out_columns(n: int, activation: str) -> int:
@@ -80,11 +88,18 @@ def out_columns(n: int, activation: str) -> int:
     return n // 2 if activation in ("swiglu", "gptoss") else n
 
 
-class GroupedGemm:
+class GroupedGemm(MoeGemmSm90):
     """out = act(A[arow] @ B[e]) over the sorted routed rows of all experts (module docstring).
 
-    Static: dtype, K (reduction), N (columns of B), activation, gather, bug, the tile shape
-    and the stage count. Runtime: the rows of A, R (routed rows), E, rows, cu_seqlens."""
+    Extends ``MoeGemmSm90`` (stage A/B's GEMM): its tiled MMA, smem layouts, shared storage,
+    pipeline prologue, consumer mainloop and epilogue are used as they are; this class adds
+    the persistent walk over (expert, n_tile, m_tile), the gathered-A producer and the bug
+    hooks. Static: dtype, K, N, activation, gather, bug, tile shape, stages. Runtime: the rows
+    of A, R (routed rows), E, rows, cu_seqlens, the grid."""
+
+    # full-barrier arrivals: the TMA warp's arrive, plus one cp.async arrive per producer
+    # thread when A comes by cp.async (set per instance in __init__)
+    producer_arrivals = 1 + WG_THREADS
 
     def __init__(
         self,
@@ -94,36 +109,35 @@ class GroupedGemm:
         activation: str = "swiglu",
         gather: bool = True,
         bug: str = "none",
-        tile_m: int = 128,
         tile_n: int = 128,
-        tile_k: int = 64,
         stages: int = 5,
-        num_sms: int = 132,
+        a_load: str = "auto",
     ):
         assert activation in ACTIVATIONS, activation
         assert bug in BUGS, bug
-        assert tile_m == 128 and tile_k == 64, "2 consumer WGs of 64 rows, 128B-swizzled k slabs"
-        assert k % tile_k == 0, f"K={k} must be a multiple of {tile_k}"
-        assert n % 8 == 0, f"N={n} must be a multiple of 8 (16-byte rows for TMA)"
-        if activation in ("swiglu", "gptoss"):
-            assert n % 2 == 0
-        self.dtype = dtype
+        assert a_load in A_LOADS, a_load
+        # "none" (the down-projection's plain GEMM) stores the accumulator as identity does
+        super().__init__(dtype, tile_m=128, tile_n=tile_n, tile_k=64, stages=stages,
+                         activation="identity" if activation == "none" else activation)
+        assert k % self.tile_k == 0, f"K={k} must be a multiple of {self.tile_k}"
+        assert n % 8 == 0, f"N={n} must be a multiple of 8"
         self.k, self.n = k, n
         self.n_out = out_columns(n, activation)
-        self.activation, self.gather, self.bug = activation, gather, bug
-        self.tile_m, self.tile_n, self.tile_k = tile_m, tile_n, tile_k
-        self.stages = stages
-        self.num_sms = num_sms
-        self.k_tiles = k // tile_k
-        self.n_tiles = -(-n // tile_n)
-        self.num_consumer_wg = tile_m // 64
+        self.gather, self.bug = gather, bug
+        # A in row order (no gather) can come by TMA: the box starts at the tile's first row
+        # (any row), rows past the expert's end are the next expert's (loaded, never stored)
+        # and rows past R are zero-filled by TMA
+        self.tma_a = a_load == "tma" or (a_load == "auto" and not gather)
+        assert not (self.tma_a and gather), "a gathered A cannot be loaded by TMA on sm_90"
+        self.producer_arrivals = 1 if self.tma_a else 1 + WG_THREADS
+        self.k_tiles = k // self.tile_k
+        self.n_tiles = -(-n // self.tile_n)
         self.num_mma_threads = self.num_consumer_wg * WG_THREADS
-        self.producer_warp = self.num_consumer_wg * 4  # first warp of the producer WG
-        self.num_threads = self.num_mma_threads + WG_THREADS
+        # the gathering producer keeps 8 row indices and their addresses: more than 40
         self.producer_regs, self.consumer_regs = 56, 224
-        # cp.async geometry: 16-byte chunks, a k slab row = tile_k / 8 chunks
+        # cp.async geometry: 16-byte chunks; a k slab row is tile_k / chunk of them
         self.chunk = 128 // dtype.width
-        self.chunks_per_row = tile_k // self.chunk
+        self.chunks_per_row = self.tile_k // self.chunk
         self.rows_per_pass = WG_THREADS // self.chunks_per_row
 
     # ----------------------------------------------------------------------------------
@@ -140,44 +154,33 @@ class GroupedGemm:
         grid_x: Int32,
         stream,
     ):
-        # Static strides (K, N known): row offsets are then provably 16-byte aligned, which
-        # the 16-byte cp.async needs; the launch checks the tensors are contiguous.
+        # Static strides (K and N are compile-time): row offsets are then provably 16-byte
+        # aligned, as the 16-byte cp.async needs; the launch checks the tensors are contiguous.
         mA = cute.make_tensor(mA_in.iterator, cute.make_layout((mA_in.shape[0], self.k), stride=(self.k, 1)))
         mB = cute.make_tensor(
             mB_in.iterator,
             cute.make_layout((self.n, self.k, mB_in.shape[0]), stride=(1, self.n, self.k * self.n)),
-        )  # (N, K, E): N contiguous = MN-major B
+        )  # (N, K, E): N contiguous = the MN-major B operand
         mOut = cute.make_tensor(
             mOut_in.iterator, cute.make_layout((mOut_in.shape[0], self.n_out), stride=(self.n_out, 1))
         )
-        tile_mnk = (self.tile_m, self.tile_n, self.tile_k)
-        tiled_mma = sm90_utils.make_trivial_tiled_mma(
-            self.dtype,
-            self.dtype,
-            OperandMajorMode.K,
-            OperandMajorMode.MN,
-            Float32,
-            atom_layout_mnk=(self.num_consumer_wg, 1, 1),
-            tiler_mn=(64, self.tile_n),
-        )
-        sA_layout = sm90_utils.make_smem_layout_a(LayoutEnum.ROW_MAJOR, tile_mnk, self.dtype, self.stages)
-        sB_layout = sm90_utils.make_smem_layout_b(LayoutEnum.COL_MAJOR, tile_mnk, self.dtype, self.stages)
-        sB_one = cute.slice_(sB_layout, (None, None, 0))
+        tiled_mma = self.make_tiled_mma()
+        sA_layout, sB_layout = self.make_smem_layouts()
+        sB_one = cute.select(sB_layout, mode=[0, 1])
         tma_atom_b, tma_b = cpasync.make_tiled_tma_atom(
             cpasync.CopyBulkTensorTileG2SOp(), mB, sB_one, (self.tile_n, self.tile_k)
         )
-        self.b_bytes = cute.size_in_bytes(self.dtype, sB_one)
-
-        @cute.struct
-        class SharedStorage:
-            mbar: cute.struct.MemRange[cutlass.Int64, 2 * self.stages]
-            sA: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sA_layout)], 1024]
-            sB: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sB_layout)], 1024]
-
-        self.shared_storage = SharedStorage
-
-        self.kernel(mA, tma_atom_b, tma_b, mOut, mRows, mCu, tiled_mma, sA_layout, sB_layout).launch(
-            grid=(grid_x, 1, 1), block=[self.num_threads, 1, 1], stream=stream
+        self.tx_bytes = cute.size_in_bytes(self.dtype, sB_one)
+        tma_atom_a = None
+        if const_expr(self.tma_a):
+            sA_one = cute.select(sA_layout, mode=[0, 1])
+            tma_atom_a, mA = cpasync.make_tiled_tma_atom(
+                cpasync.CopyBulkTensorTileG2SOp(), mA, sA_one, (self.tile_m, self.tile_k)
+            )
+            self.tx_bytes += cute.size_in_bytes(self.dtype, sA_one)
+        self.shared_storage = self.make_shared_storage(sA_layout, sB_layout)
+        self.kernel(mA, tma_atom_a, tma_atom_b, tma_b, mOut, mRows, mCu, tiled_mma, sA_layout, sB_layout).launch(
+            grid=(grid_x, 1, 1), block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1
         )
 
     # ----------------------------------------------------------------------------------
@@ -187,6 +190,7 @@ class GroupedGemm:
     def kernel(
         self,
         mA: cute.Tensor,
+        tma_atom_a: Optional[cute.CopyAtom],
         tma_atom_b: cute.CopyAtom,
         mB: cute.Tensor,
         mOut: cute.Tensor,
@@ -198,36 +202,27 @@ class GroupedGemm:
     ):
         tidx, _, _ = cute.arch.thread_idx()
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
-
-        smem = cutlass.memory.SmemAllocator()
-        storage = smem.allocate(self.shared_storage)
-        sA = storage.sA.get_tensor(sA_layout.outer, swizzle=sA_layout.inner)  # (tile_m, tile_k, S)
-        sB = storage.sB.get_tensor(sB_layout.outer, swizzle=sB_layout.inner)  # (tile_n, tile_k, S)
+        wg_idx = cute.arch.make_warp_uniform(tidx // WG_THREADS)
+        atoms = (tma_atom_a, tma_atom_b) if const_expr(self.tma_a) else (tma_atom_b,)
+        pipe, sA, sB = self._prologue(warp_idx, atoms, sA_layout, sB_layout)
         probe("sA", sA)
         probe("sB", sB)
-
-        if warp_idx == self.producer_warp:
-            cpasync.prefetch_descriptor(tma_atom_b)
-        # full: B's TMA bytes + one cp.async arrive per producer thread; empty: one per MMA warp
-        ab_pipe = pipeline.PipelineTmaAsync.create(
-            barrier_storage=storage.mbar.data_ptr(),
-            num_stages=self.stages,
-            producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 1 + WG_THREADS),
-            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, self.num_mma_threads // 32),
-            tx_count=self.b_bytes,
-        )
         tiles = GroupedTiles.create(mCu, self.tile_m, Int32(self.n_tiles), Int32(mOut.shape[0]), self.bug)
 
-        if warp_idx >= self.producer_warp:
+        if wg_idx == 0:
             cute.arch.setmaxregister_decrease(self.producer_regs)
-            self.producer(mA, tma_atom_b, mB, mRows, sA, sB, ab_pipe, tiles, tidx - self.num_mma_threads)
+            if const_expr(self.tma_a):
+                if warp_idx == 0:
+                    self.produce_tma(mA, tma_atom_a, tma_atom_b, mB, sA, sB, pipe, tiles)
+            else:
+                self.produce_grouped(mA, tma_atom_b, mB, mRows, sA, sB, pipe, tiles, tidx)
         else:
             cute.arch.setmaxregister_increase(self.consumer_regs)
-            self.consumer(mOut, sA, sB, ab_pipe, tiled_mma, tiles, tidx)
+            self.consume_grouped(mOut, sA, sB, pipe, tiled_mma, tiles, tidx - WG_THREADS, wg_idx - 1)
 
     # ---- producer warpgroup --------------------------------------------------------------
     @cute.jit
-    def producer(
+    def produce_grouped(
         self,
         mA: cute.Tensor,
         tma_atom_b: cute.CopyAtom,
@@ -235,13 +230,14 @@ class GroupedGemm:
         mRows: cute.Tensor,
         sA: cute.Tensor,
         sB: cute.Tensor,
-        ab_pipe: pipeline.PipelineTmaAsync,
+        pipe: pipeline.PipelineTmaAsync,
         tiles: GroupedTiles,
         ptid: Int32,
     ):
-        is_tma_warp = cute.arch.make_warp_uniform(cute.arch.warp_idx()) == self.producer_warp
-        # cp.async of A: thread ptid copies chunk (ptid % chunks_per_row) of rows
-        # ptid // chunks_per_row + rows_per_pass * i
+        """WG0: B by TMA (warp 0), A rows by cp.async (all 128 threads), tile after tile."""
+        is_tma_warp = cute.arch.make_warp_uniform(cute.arch.warp_idx()) == 0
+        # thread ptid copies chunk (ptid % chunks_per_row) of rows ptid // chunks_per_row
+        # + rows_per_pass * i of the (tile_m, tile_k) slab
         copy_atom = cute.make_copy_atom(
             cpasync.CopyG2SOp(cache_mode=cpasync.LoadCacheMode.GLOBAL), self.dtype, num_bits_per_copy=128
         )
@@ -251,13 +247,13 @@ class GroupedGemm:
             cute.make_layout((1, self.chunk)),
         )
         thr_copy_a = tiled_copy_a.get_slice(ptid)
-        tAsA = thr_copy_a.partition_D(sA)  # (CPY, rows_per_thread, 1, S)
+        tAsA = thr_copy_a.partition_D(sA)  # (CPY, rows per thread, 1, stages)
         tAcA = thr_copy_a.partition_S(cute.make_identity_tensor((self.tile_m, self.tile_k)))
         probe("tAsA", tAsA)
         probe("tAcA", tAcA)
         rows_per_thread = cute.size(tAsA, mode=[1])
         a_rows = cute.size(mA, mode=[0])
-        t_col = tAcA[0, 0, 0][1]  # this thread's first column inside the k slab
+        t_chunk = tAcA[0, 0, 0][1] // self.chunk  # this thread's chunk column in the slab
 
         state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
         tile, e, base, mt = tiles.first()
@@ -265,9 +261,7 @@ class GroupedGemm:
         e, base, mt = tiles.locate(tile, e, base, mt)
         while e < tiles.num_experts:
             m_tile, n_tile, row_start, rows = tiles.coords(tile, e, base, mt)
-            if const_expr(self.bug == "tail_from_next"):
-                rows = cutlass.min(Int32(self.tile_m), tiles.total_rows - row_start)
-            # the A row of each of this thread's tile rows (-1: past the expert's end)
+            # the A row of each of this thread's tile rows; -1: past the expert's end
             a_idx = cute.make_rmem_tensor((rows_per_thread,), Int32)
             for i in cutlass.range_constexpr(rows_per_thread):
                 r = tAcA[0, i, 0][0]
@@ -280,7 +274,7 @@ class GroupedGemm:
                     else:
                         a_idx[i] = mRows[row_start + r]
 
-            gB = cute.local_tile(mB[None, None, e], (self.tile_n, self.tile_k), (n_tile, None))  # (bn, bk, k)
+            gB = cute.local_tile(mB[None, None, e], (self.tile_n, self.tile_k), (n_tile, None))  # (tn, tk, k)
             tBsB, tBgB = cpasync.tma_partition(
                 tma_atom_b, 0, cute.make_layout(1), cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2)
             )
@@ -291,151 +285,274 @@ class GroupedGemm:
             for k_tile in cutlass.range(self.k_tiles, unroll=1):
                 # every producer thread waits for the slot; the TMA warp also posts B's bytes
                 if is_tma_warp:
-                    ab_pipe.producer_acquire(state)
+                    pipe.producer_acquire(state)
                     cute.copy(tma_atom_b, tBgB[None, k_tile], tBsB[None, state.index],
-                              tma_bar_ptr=ab_pipe.producer_get_barrier(state))
+                              tma_bar_ptr=pipe.producer_get_barrier(state))
                 else:
-                    ab_pipe.sync_object_empty.wait(state.index, state.phase)
-                zero_filled = False
+                    pipe.sync_object_empty.wait(state.index, state.phase)
                 for i in cutlass.range_constexpr(rows_per_thread):
                     dst = tAsA[None, i, 0, state.index]
-                    if a_idx[i] >= 0:
-                        src = cute.local_tile(
-                            mA[a_idx[i], None], (self.chunk,), (k_tile * self.chunks_per_row + t_col // self.chunk,)
-                        )
-                        cute.copy(copy_atom, cute.make_tensor(src.iterator, dst.layout.shape), dst)
-                    else:
-                        dst.fill(self.dtype(0))
-                        zero_filled = True
-                if zero_filled:
-                    cute.arch.fence_proxy("async.shared", space="cta")
-                cute.arch.cp_async_mbarrier_arrive_noinc(ab_pipe.producer_get_barrier(state))
+                    # a row past the expert's end: src-size 0, i.e. the chunk is zero-filled
+                    # (the address, row 0 of A, is not read)
+                    src = cute.local_tile(mA[cutlass.max(a_idx[i], 0), None], (self.chunk,),
+                                          (k_tile * self.chunks_per_row + t_chunk,))
+                    pred = cute.make_rmem_tensor((1,), cutlass.Boolean)
+                    pred[0] = a_idx[i] >= 0
+                    cute.copy(copy_atom, cute.make_tensor(src.iterator, dst.layout.shape), dst, pred=pred)
+                # fires once this thread's cp.asyncs into the stage have landed
+                cute.arch.cp_async_mbarrier_arrive_noinc(pipe.producer_get_barrier(state))
                 state.advance()
+            tile = tile + step
+            e, base, mt = tiles.locate(tile, e, base, mt)
+        # no thread leaves with its copies in flight
+        cute.arch.cp_async_commit_group()
+        cute.arch.cp_async_wait_group(0)
+
+    @cute.jit
+    def produce_tma(
+        self,
+        mA: cute.Tensor,
+        tma_atom_a: cute.CopyAtom,
+        tma_atom_b: cute.CopyAtom,
+        mB: cute.Tensor,
+        sA: cute.Tensor,
+        sB: cute.Tensor,
+        pipe: pipeline.PipelineTmaAsync,
+        tiles: GroupedTiles,
+    ):
+        """Warp 0 of WG0, A in row order (no gather): A and B of every tile by TMA (the shared
+        ``load_tile``); A's box starts at the tile's first sorted row."""
+        state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
+        tile, e, base, mt = tiles.first()
+        step = tiles.step()
+        e, base, mt = tiles.locate(tile, e, base, mt)
+        while e < tiles.num_experts:
+            m_tile, n_tile, row_start, rows = tiles.coords(tile, e, base, mt)
+            gA = cute.local_tile(cute.domain_offset((row_start, 0), mA), (self.tile_m, self.tile_k), (0, None))
+            gB = cute.local_tile(mB[None, None, e], (self.tile_n, self.tile_k), (n_tile, None))
+            tAsA, tAgA = cpasync.tma_partition(
+                tma_atom_a, 0, cute.make_layout(1), cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2)
+            )  # (TMA, stages), (TMA, k tiles)
+            tBsB, tBgB = cpasync.tma_partition(
+                tma_atom_b, 0, cute.make_layout(1), cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2)
+            )
+            probe("tma gA", gA)
+            probe("tma tAgA", tAgA)
+            state = self.load_tile(tma_atom_a, tma_atom_b, tAgA, tBgB, tAsA, tBsB, pipe, state, Int32(self.k_tiles))
             tile = tile + step
             e, base, mt = tiles.locate(tile, e, base, mt)
 
     # ---- consumer warpgroups ------------------------------------------------------------
     @cute.jit
-    def consumer(
+    def consume_grouped(
         self,
         mOut: cute.Tensor,
         sA: cute.Tensor,
         sB: cute.Tensor,
-        ab_pipe: pipeline.PipelineTmaAsync,
+        pipe: pipeline.PipelineTmaAsync,
         tiled_mma: cute.TiledMma,
         tiles: GroupedTiles,
-        tidx: Int32,
+        tidx_c: Int32,
+        wg: Int32,
     ):
-        wg_idx = cute.arch.make_warp_uniform(tidx // WG_THREADS)
-        wg_mma = tiled_mma.get_slice(cute.make_layout(self.num_consumer_wg, stride=WG_THREADS)(wg_idx))
-        tCrA = tiled_mma.make_fragment_A(wg_mma.partition_A(sA))  # (MMA, MMA_M, MMA_K, S)
-        tCrB = tiled_mma.make_fragment_B(wg_mma.partition_B(sB))  # (MMA, MMA_N, MMA_K, S)
-        thr_mma = tiled_mma.get_slice(tidx)
-        tCcC = thr_mma.partition_C(cute.make_identity_tensor((self.tile_m, self.tile_n)))
-        acc = cute.make_rmem_tensor(tCcC.shape, Float32)
-        probe("tCrA", tCrA)
-        probe("tCrB", tCrB)
-        probe("tCcC", tCcC)
-        probe("acc", acc)
-        k_blocks = cute.size(tCrA, mode=[2])
-
+        """WG1, WG2: the shared mainloop and epilogue, tile after tile (the ring's state
+        carried from one tile to the next)."""
+        tCrA, tCrB, acc, tCcAcc = self.mma_fragments(tiled_mma, sA, sB, tidx_c, wg)
         read = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
         tile, e, base, mt = tiles.first()
         step = tiles.step()
         e, base, mt = tiles.locate(tile, e, base, mt)
         while e < tiles.num_experts:
             m_tile, n_tile, row_start, rows = tiles.coords(tile, e, base, mt)
-            # ---- mainloop: one WGMMA group in flight; a stage is released once the group
-            # after it was issued and the one reading it has completed
-            mma_atom = cute.make_mma_atom(tiled_mma.op)
-            ab_pipe.consumer_wait(read)
-            warpgroup.fence()
-            for kb in cutlass.range_constexpr(k_blocks):
-                mma_atom.set(warpgroup.Field.ACCUMULATE, kb != 0)
-                cute.gemm(mma_atom, acc, tCrA[None, None, kb, read.index], tCrB[None, None, kb, read.index], acc)
-            warpgroup.commit_group()
-            release = read.clone()
-            read.advance()
-            for k_tile in cutlass.range(1, self.k_tiles, unroll=1):
-                ab_pipe.consumer_wait(read)
-                warpgroup.fence()
-                for kb in cutlass.range_constexpr(k_blocks):
-                    cute.gemm(mma_atom, acc, tCrA[None, None, kb, read.index], tCrB[None, None, kb, read.index], acc)
-                warpgroup.commit_group()
-                warpgroup.wait_group(1)
-                ab_pipe.consumer_release(release)
-                release.advance()
-                read.advance()
-            warpgroup.wait_group(0)
-            ab_pipe.consumer_release(release)
-
-            self.epilogue(acc, tCcC, mOut, n_tile, row_start, rows, tiles)
+            read = self.mma_tile(tiled_mma, tCrA, tCrB, acc, pipe, read, Int32(self.k_tiles))
+            if const_expr(self.bug == "tail_unwritten"):
+                if rows < self.tile_m:
+                    rows = Int32(0)
+            self.epilogue(acc, tCcAcc, mOut, row_start, n_tile * self.tile_n, row_start + rows, Int32(self.n))
             tile = tile + step
             e, base, mt = tiles.locate(tile, e, base, mt)
 
-    # ---- epilogue -----------------------------------------------------------------------
     @cute.jit
     def epilogue(
         self,
         acc: cute.Tensor,
-        tCcC: cute.Tensor,
-        mOut: cute.Tensor,
-        n_tile: Int32,
-        row_start: Int32,
-        rows: Int32,
-        tiles: GroupedTiles,
+        tCcAcc: cute.Tensor,
+        mD: cute.Tensor,
+        m_base: Int32,
+        n_base: Int32,
+        m_limit: Int32,
+        n_limit: Int32,
     ):
-        """Registers -> global, predicated on (tile row < rows, column < N)."""
-        if const_expr(self.bug == "tail_from_next"):
-            rows = cutlass.min(Int32(self.tile_m), tiles.total_rows - row_start)
-        if const_expr(self.bug == "tail_unwritten"):
-            if rows < self.tile_m:
-                rows = Int32(0)
-        col0 = n_tile * self.tile_n
-        if const_expr(self.activation in ("swiglu", "gptoss")):
-            pairs = cute.size(acc) // 2
-            rY = cute.make_rmem_tensor((pairs,), Float32)
-            for j in cutlass.range_constexpr(pairs):
+        """The shared epilogue, except for the two activation bugs (same predicates)."""
+        if const_expr(self.bug not in ("gate_up_swapped", "silu_on_up")):
+            MoeGemmSm90.epilogue(self, acc, tCcAcc, mD, m_base, n_base, m_limit, n_limit)
+        else:
+            for j in cutlass.range_constexpr(cute.size(acc) // 2):
+                coord = tCcAcc[2 * j]
+                row = m_base + coord[0]
+                col = n_base + coord[1]
                 g, u = acc[2 * j], acc[2 * j + 1]
                 if const_expr(self.bug == "gate_up_swapped"):
                     g, u = u, g
-                rY[j] = self.activate(g, u)
-            rYq = cute.make_rmem_tensor((pairs,), self.dtype)
-            rYq.store(rY.load().to(self.dtype))
-            for j in cutlass.range_constexpr(pairs):
-                r, c = tCcC[2 * j]
-                if r < rows and col0 + c < self.n:
-                    mOut[row_start + r, (col0 + c) // 2] = rYq[j]
-        else:
-            rYq = cute.make_rmem_tensor(acc.shape, self.dtype)
-            if const_expr(self.bug == "gate_up_swapped"):
-                for j in cutlass.range_constexpr(cute.size(acc) // 2):
-                    rYq[2 * j] = acc[2 * j + 1].to(self.dtype)
-                    rYq[2 * j + 1] = acc[2 * j].to(self.dtype)
-            else:
-                rYq.store(acc.load().to(self.dtype))
-            for j in cutlass.range_constexpr(cute.size(acc)):
-                r, c = tCcC[j]
-                if r < rows and col0 + c < self.n:
-                    mOut[row_start + r, col0 + c] = rYq[j]
-
-    @cute.jit
-    def activate(self, g: Float32, u: Float32) -> Float32:
-        """One output of a (gate, up) pair."""
-        y = Float32(0.0)
-        if const_expr(self.activation == "swiglu"):
-            y = g * sigmoid(g) * u
-            if const_expr(self.bug == "silu_on_up"):
-                y = g * sigmoid(g) * (u * sigmoid(u))
-        else:  # gptoss
-            g = cute.arch.fmin(g, Float32(GPTOSS_LIMIT))
-            u = cute.arch.fmax(cute.arch.fmin(u, Float32(GPTOSS_LIMIT)), Float32(-GPTOSS_LIMIT))
-            y = g * sigmoid(g * GPTOSS_ALPHA) * (u + 1.0)
-            if const_expr(self.bug == "silu_on_up"):
-                y = g * sigmoid(g * GPTOSS_ALPHA) * (u * sigmoid(u * GPTOSS_ALPHA) + 1.0)
-        return y
+                if row < m_limit:
+                    if col < n_limit:
+                        if const_expr(self.activation == "identity"):
+                            mD[row, col] = g.to(self.dtype)
+                            mD[row, col + 1] = u.to(self.dtype)
+                        elif const_expr(self.bug == "silu_on_up"):
+                            y = act.apply(self.activation, g, u * act.sigmoid(u))
+                            mD[row, col // 2] = y.to(self.dtype)
+                        else:
+                            mD[row, col // 2] = act.apply(self.activation, g, u).to(self.dtype)
 
 
-@cute.jit
-def sigmoid(x: Float32) -> Float32:
-    return cute.arch.rcp_approx(1.0 + cute.math.exp2(-x * LOG2_E, fastmath=True))
+# --------------------------------------------------------------------------------------
+# wb stage
+# --------------------------------------------------------------------------------------
+TILE_N = 256
+#: smem ring depth by tile_n (128 x tile_n x 64 tiles: the most that fits in 227 KiB)
+AUTO_STAGES = {256: 4, 128: 6}
+STAGES = AUTO_STAGES[TILE_N]
+
+
+@dataclass
+class Compiled:
+    """What ``StageC.compile`` returns: the JIT function and the facts launch needs."""
+
+    fn: Any
+    k: int
+    n: int
+    n_out: int
+    gather: bool
+    n_tiles: int
+    tile_m: int
+
+
+@functools.lru_cache(maxsize=8)
+def _num_sms(device_index: int) -> int:
+    return host.sm_count(device_index)
+
+
+def run_grouped(compiled: Compiled, a, w, out, rows, cu_seqlens, num_sms: int | None = None) -> None:
+    """Launch a compiled grouped GEMM: out[p] = act(a[rows[p]] @ w[e(p)]) (gather) or
+    act(a[p] @ w[e(p)]) (no gather). a (rows of A, K), w (E, K, N), out (R, n_out), rows (R,)
+    int32, cu_seqlens (E + 1,) int32, all contiguous CUDA tensors. No host synchronisation:
+    the grid comes from R and E only (tile_scheduler.grid_size). Stage D calls this too."""
+    problems = []
+    if a.shape[1] != compiled.k or w.shape[1] != compiled.k:
+        problems.append(f"K: a {tuple(a.shape)}, w {tuple(w.shape)}, compiled for K={compiled.k}")
+    if w.shape[2] != compiled.n:
+        problems.append(f"w {tuple(w.shape)} has N={w.shape[2]}, compiled for N={compiled.n}")
+    if out.shape[1] != compiled.n_out or out.shape[0] != rows.shape[0]:
+        problems.append(f"out {tuple(out.shape)} != (R={rows.shape[0]}, {compiled.n_out})")
+    if cu_seqlens.shape[0] != w.shape[0] + 1:
+        problems.append(f"cu_seqlens has {cu_seqlens.shape[0]} entries for E={w.shape[0]}")
+    # the epilogue's and the cp.async producer's element offsets are 32-bit (B goes by TMA,
+    # whose descriptor has 64-bit strides)
+    for name, t in (("a", a), ("out", out)):
+        if t.numel() >= 2**31:
+            problems.append(f"{name} has {t.numel()} elements (>= 2^31: 32-bit offsets)")
+    for name, t in (("a", a), ("w", w), ("out", out), ("rows", rows), ("cu_seqlens", cu_seqlens)):
+        if not t.is_contiguous():
+            problems.append(f"{name} is not contiguous")
+        if t.data_ptr() % 16:
+            problems.append(f"{name} is not 16-byte aligned")
+    if problems:
+        raise ValueError("moe grouped launch: " + "; ".join(problems))
+    R, E = int(rows.shape[0]), int(w.shape[0])
+    if R == 0:
+        return
+    if num_sms is None:
+        num_sms = _num_sms(a.device.index if a.device.index is not None else 0)
+    grid = grid_size(R, E, compiled.n_tiles, compiled.tile_m, num_sms)
+    compiled.fn(
+        host.to_cute(a), host.to_cute(w), host.to_cute(out), host.to_cute(rows), host.to_cute(cu_seqlens),
+        Int32(grid), host.current_stream(),
+    )
+
+
+def compile_grouped(dtype_name: str, k: int, n: int, activation: str, gather: bool, bug: str = "none",
+                    arch: str = "sm_90a", tile_n: int = TILE_N, stages: int = STAGES, a_load: str = "auto",
+                    keep_ptx: bool = False):
+    """(kernel object, Compiled) for one static configuration (no GPU needed); ``keep_ptx``
+    keeps the PTX on ``Compiled.fn.__ptx__``. Stage D compiles its two GEMMs with this."""
+    dtype = host.cute_dtype(dtype_name)
+    kernel = GroupedGemm(dtype, k, n, activation, gather, bug, tile_n=tile_n, stages=stages, a_load=a_load)
+    a, w, out = host.fake_tensor(dtype, 2), host.fake_tensor(dtype, 3), host.fake_tensor(dtype, 2)
+    rows, cu = host.fake_tensor(Int32, 1), host.fake_tensor(Int32, 1)
+    fn = host.compile_for(arch, kernel, a, w, out, rows, cu, Int32(1), host.fake_stream(), keep_ptx=keep_ptx)
+    return kernel, Compiled(fn, k, n, kernel.n_out, gather, kernel.n_tiles, kernel.tile_m)
+
+
+class StageC(Stage):
+    """wb stage C: h = act(x[rows] · W1[e]) for all experts in one launch, rows in sorted order."""
+
+    proves = (
+        "One launch covers every (expert, m tile, n tile) exactly once whatever the routing (empty "
+        "experts, one-row experts, tails, all tokens on one expert); each routed row reads the token "
+        "that rows[] names (cp.async gather into the swizzled K-major smem the WGMMA reads, the "
+        "mbarrier counting both the cp.async arrivals and B's TMA bytes), multiplies it by its own "
+        "expert's W1 (TMA with the expert coordinate), and the rows past an expert's end are neither "
+        "read from the next expert nor stored; the SwiGLU epilogue as in stage B."
+    )
+    cannot_see = (
+        "The router (topk_ids are given), the down-projection and the weighted combine (stage D); "
+        "the order of rows inside one expert beyond what the plan fixes (stable sort: token order)."
+    )
+    compile_params = ("h", "i", "dtype", "activation")  # t, e, topk and the routing are runtime
+
+    def inputs(self, p: Params) -> dict[str, TensorSpec]:
+        return {
+            "x": TensorSpec((p.t, p.h), p.dtype),
+            "topk_ids": TensorSpec((p.t, p.topk), "int32"),
+            "w1": TensorSpec((p.e, p.h, 2 * p.i), p.dtype),
+        }
+
+    def outputs(self, p: Params) -> dict[str, TensorSpec]:
+        return {"h": TensorSpec((p.t * p.topk, out_columns(2 * p.i, p.activation)), p.dtype)}
+
+    def flops(self, p: Params) -> float:
+        return 2.0 * p.t * p.topk * p.h * 2 * p.i
+
+    def compile(self, p: Params, variants: Mapping[str, str], arch: str):
+        v = {k: str(x) for k, x in dict(variants or {}).items()}
+        tile_n = int(v.get("tile_n", TILE_N))
+        stages = AUTO_STAGES[tile_n] if v.get("stages", "auto") == "auto" else int(v["stages"])
+        self.kernel_obj, compiled = compile_grouped(
+            p.dtype, p.h, 2 * p.i, p.activation, v.get("gather", "on") == "on", v.get("bug", "none"), arch,
+            tile_n=tile_n, stages=stages, a_load=v.get("a_load", "auto"),
+        )
+        return compiled
+
+    def launch(self, compiled, inputs, outputs) -> None:
+        from stages.moe.plan import make_plan
+
+        x, ids, w1, out = inputs["x"], inputs["topk_ids"], inputs["w1"], outputs["h"]
+        plan = make_plan(ids, w1.shape[0])
+        a = x if compiled.gather else x[plan.rows.long()].contiguous()
+        run_grouped(compiled, a, w1, out, plan.rows, plan.cu_seqlens)
+
+    def reference(self, inputs, p: Params, variants, compute_dtype):
+        return {"h": grouped_reference(inputs["x"], inputs["topk_ids"], inputs["w1"], p.activation, compute_dtype)}
+
+
+def grouped_reference(x, topk_ids, w1, activation: str, compute_dtype):
+    """h[p] = act(x[rows[p]] · W1[e]) for the sorted rows p of each expert e (plan.make_plan),
+    each expert's product in ``compute_dtype`` then the activation in fp32 and one rounding
+    to ``compute_dtype`` (as stage B's reference.up_projection). Only ``reference.activate``
+    is used from the shared reference module."""
+    import torch
+
+    from stages.moe import reference
+    from stages.moe.plan import make_plan
+
+    plan = make_plan(topk_ids, w1.shape[0])
+    cu = [int(c) for c in plan.cu_seqlens.tolist()]
+    act_name = "identity" if activation == "none" else activation
+    out = torch.zeros((plan.num_rows, out_columns(w1.shape[2], activation)), dtype=compute_dtype, device=x.device)
+    for e in range(w1.shape[0]):
+        lo, hi = cu[e], cu[e + 1]
+        if hi > lo:
+            d = x[plan.rows[lo:hi].long()].to(compute_dtype) @ w1[e].to(compute_dtype)
+            out[lo:hi] = reference.activate(d.to(torch.float32), act_name).to(compute_dtype)
+    return out

@@ -25,9 +25,16 @@ synchronisation (the counts live on the GPU), so nothing on the host needs it:
 arithmetic); tests/test_moe_grouped.py checks on the CPU that it covers every tile exactly
 once for empty experts, one-row experts, tails and grids larger than the tile count.
 
-Bug hook: ``expert_offset_off_by_one`` reads an expert's first row from cu_seqlens[e + 1]
-instead of cu_seqlens[e] (the row count stays right), i.e. each expert computes the rows of
-the next one (clamped to the end of the rows, so it stays in bounds).
+Bug hooks (stage C's ``bug`` variant):
+
+* ``expert_offset_off_by_one``: an expert's first row is read from cu_seqlens[e + 1] instead
+  of cu_seqlens[e] (the row count stays right): each expert computes rows of the next one
+  (clamped to the end of the rows, so it stays in bounds); expert 0's rows are never written.
+* ``tail_from_next``: the row tiles are cut every tile_m sorted rows over all experts, not
+  per expert (the tail of an expert is not masked): a tile belongs to the expert of its
+  first row and runs all its tile_m rows with that expert's weights, so the rows of the next
+  expert inside an expert's last tile are read (rows[] of the next expert) and stored with
+  the wrong weights. Every row is still written exactly once (no race: deterministic).
 """
 
 from __future__ import annotations
@@ -79,14 +86,14 @@ def walk_model(
     out: list[list[TileCoord]] = []
     for cta in range(grid):
         work = []
-        e, base, mt = 0, 0, _m_tiles(cu, 0, tile_m) if num_experts > 0 else 0
+        e, base, mt = 0, 0, _m_tiles(cu, 0, tile_m, bug) if num_experts > 0 else 0
         tile = cta
         while True:
             # ExpertWalk.locate
             while e < num_experts and tile >= base + mt * n_tiles:
                 base += mt * n_tiles
                 e += 1
-                mt = _m_tiles(cu, e, tile_m) if e < num_experts else 0
+                mt = _m_tiles(cu, e, tile_m, bug) if e < num_experts else 0
             if e >= num_experts:
                 break
             local = tile - base
@@ -95,13 +102,18 @@ def walk_model(
             start = cu[e + 1] if bug == "expert_offset_off_by_one" else cu[e]
             row_start = start + m_tile * tile_m
             rows = min(cu[e + 1] - cu[e] - m_tile * tile_m, tile_m, total_rows - row_start)
+            if bug == "tail_from_next":
+                row_start = (ceil_div(cu[e], tile_m) + m_tile) * tile_m
+                rows = min(tile_m, total_rows - row_start)
             work.append(TileCoord(e, m_tile, n_tile, row_start, rows))
             tile += grid
         out.append(work)
     return out
 
 
-def _m_tiles(cu: list[int], e: int, tile_m: int) -> int:
+def _m_tiles(cu: list[int], e: int, tile_m: int, bug: str = "none") -> int:
+    if bug == "tail_from_next":
+        return ceil_div(cu[e + 1], tile_m) - ceil_div(cu[e], tile_m)
     return ceil_div(cu[e + 1] - cu[e], tile_m)
 
 
@@ -129,8 +141,14 @@ class GroupedTiles:
         """ceil(rows of expert e / tile_m); 0 for e >= E (past the last expert)."""
         mt = Int32(0)
         if e < self.num_experts:
-            mt = (self.mCu[e + 1] - self.mCu[e] + (self.tile_m - 1)) // self.tile_m
+            if const_expr(self.bug == "tail_from_next"):
+                mt = self._ceil_m(self.mCu[e + 1]) - self._ceil_m(self.mCu[e])
+            else:
+                mt = self._ceil_m(self.mCu[e + 1] - self.mCu[e])
         return mt
+
+    def _ceil_m(self, rows: Int32) -> Int32:
+        return (rows + (self.tile_m - 1)) // self.tile_m
 
     def first(self):
         """(tile, expert, base, mt) before this CTA's first ``locate``."""
@@ -163,5 +181,8 @@ class GroupedTiles:
             first = self.mCu[e + 1]
         row_start = first + m_tile * self.tile_m
         rows = cutlass.min(self.mCu[e + 1] - self.mCu[e] - m_tile * self.tile_m, self.tile_m)
+        if const_expr(self.bug == "tail_from_next"):
+            row_start = (self._ceil_m(self.mCu[e]) + m_tile) * self.tile_m
+            rows = Int32(self.tile_m)
         rows = cutlass.min(rows, self.total_rows - row_start)
         return m_tile, n_tile, row_start, rows
