@@ -95,7 +95,7 @@ def test_stage_b_compiles_per_activation(activation):
 def test_variants_pick_the_tile_config():
     from stages.moe.stage_a_gemm import kernel_config
 
-    assert kernel_config({}) == {"tile_m": 128, "tile_n": 256, "tile_k": 64, "stages": 4, "persistent": True}
+    assert kernel_config({}) == {"tile_m": 128, "tile_n": 256, "tile_k": 64, "stages": 4, "persistent": True, "cluster_m": 1}
     c = kernel_config({"tile_n": "128", "stages": "auto", "persistent": "off"})
     assert (c["tile_n"], c["stages"], c["persistent"]) == (128, 6, False)
     assert kernel_config({"stages": "3"})["stages"] == 3
@@ -103,7 +103,9 @@ def test_variants_pick_the_tile_config():
 
 
 @needs_dsl
-@pytest.mark.parametrize("variants", [{"persistent": "off"}, {"tile_n": "128"}, {"tile_m": "64"}])
+@pytest.mark.parametrize(
+    "variants", [{"persistent": "off"}, {"tile_n": "128"}, {"tile_m": "64"}, {"cluster_m": "2"}, {"cluster_m": "2", "persistent": "off"}]
+)
 def test_stage_a_variants_compile(variants):
     from stages.moe.stage_a_gemm import StageA
 
@@ -299,6 +301,9 @@ VARIANTS = [
     {"tile_m": "64"},
     {"tile_m": "64", "tile_n": "128", "persistent": "off"},
     {"stages": "2"},
+    {"cluster_m": "2"},
+    {"cluster_m": "2", "persistent": "off"},
+    {"cluster_m": "2", "tile_n": "128"},
 ]
 
 

@@ -29,6 +29,14 @@ Design
   tile_k / 16 WGMMAs into the accumulator, commit; ``wait_group(1)`` then releases the
   stage of the *previous* k tile, so one k tile of MMAs is always in flight while the next
   stage is waited for (CUTLASS's sm90 mainloop); after the loop ``wait_group(0)``.
+* ``cluster_m = 2`` (experimental, off by default): clusters of two CTAs on vertically
+  adjacent output tiles (same n tile); each CTA loads half of every W box (k rows
+  [32 r, 32 r + 32) of each 64-column atom, r its cluster rank) and multicasts it to both,
+  so W's L2 -> SM traffic halves (the 128 x 256 tile's 85 FLOP/B becomes 128). A stage's
+  "full" barrier still expects the whole A + B box; its "empty" barrier counts the consumer
+  warps of both CTAs (lane r of each consumer warp arrives on rank r's barrier), so a stage
+  is refilled only when both CTAs are done with it. A work tile is then a cluster's pair of
+  tiles; an odd last m tile's partner computes on zero rows and stores nothing.
 * Epilogue: the hook ``epilogue(acc, tCcAcc, mD, m_base, n_base, m_limit, n_limit)`` (see
   its docstring), registers -> global directly: no shared-memory round trip and no TMA
   store, so a row limit that is not a tile boundary (stage C's per-expert segments of one
@@ -80,12 +88,14 @@ def n_major_view(w: cute.Tensor) -> cute.Tensor:
 
 
 class MoeGemmSm90:
-    """D = epilogue(X · W), one output tile per CTA (see the module docstring).
+    """D = epilogue(X · W) by output tiles (see the module docstring).
 
     Constructor arguments are the static configuration (the compile cache key):
     ``dtype`` (BFloat16 | Float16), the CTA tile ``tile_m`` (64 or 128: 1 or 2 consumer WGs),
-    ``tile_n`` (64..256, multiple of 16), ``tile_k`` (64 = one 128-byte swizzle row of 16-bit),
-    ``stages`` (smem ring depth) and ``activation`` (identity | swiglu | gptoss).
+    ``tile_n`` (64, 128, 192 or 256), ``tile_k`` (64 = one 128-byte swizzle row of 16-bit),
+    ``stages`` (smem ring depth), ``activation`` (identity | swiglu | gptoss),
+    ``persistent`` (one CTA per SM walking the tiles, or one CTA per tile) and ``cluster_m``
+    (2: clusters of two CTAs on vertically adjacent tiles share each W tile by TMA multicast).
     """
 
     #: arrivals on a stage's "full" barrier besides the TMA bytes: the TMA warp's one arrive
@@ -102,28 +112,26 @@ class MoeGemmSm90:
         stages: int = 4,
         activation: str = "identity",
         persistent: bool = True,
+        cluster_m: int = 1,
     ):
         assert tile_m in (64, 128), tile_m
-        assert tile_n % 16 == 0 and 16 <= tile_n <= 256, tile_n
+        assert tile_n in (64, 128, 192, 256), tile_n  # whole 64-column swizzle atoms of B
         assert tile_k % 16 == 0 and tile_k * dtype.width <= 1024 * 8, tile_k
         assert stages >= 2, stages
         assert activation in ACTIVATIONS, activation
+        assert cluster_m in (1, 2), cluster_m
         self.dtype = dtype
         self.acc_dtype = Float32
         self.tile_m, self.tile_n, self.tile_k = tile_m, tile_n, tile_k
         self.stages = stages
         self.activation = activation
         self.persistent = persistent
+        self.cluster_m = cluster_m
         self.num_consumer_wg = tile_m // 64
         self.num_threads = WG_THREADS * (1 + self.num_consumer_wg)
         self.producer_regs, self.consumer_regs = REGISTERS[self.num_consumer_wg]
 
     # ---- output geometry --------------------------------------------------------------
-    @property
-    def out_cols_per_tile(self) -> int:
-        """Output columns one tile writes: tile_n (identity) or tile_n / 2 (gate/up pairs)."""
-        return self.tile_n if self.activation == "identity" else self.tile_n // 2
-
     @staticmethod
     def out_cols(n: int, activation: str) -> int:
         """Columns of D for a GEMM of N columns."""
@@ -177,9 +185,15 @@ class MoeGemmSm90:
         tma_atom_a, tma_a = cpasync.make_tiled_tma_atom(
             cpasync.CopyBulkTensorTileG2SOp(), mA, sA_one, (self.tile_m, self.tile_k)
         )
-        tma_atom_b, tma_b = cpasync.make_tiled_tma_atom(
-            cpasync.CopyBulkTensorTileG2SOp(), mB, sB_one, (self.tile_n, self.tile_k)
-        )
+        if const_expr(self.cluster_m == 1):
+            tma_atom_b, tma_b = cpasync.make_tiled_tma_atom(
+                cpasync.CopyBulkTensorTileG2SOp(), mB, sB_one, (self.tile_n, self.tile_k)
+            )
+        else:  # each CTA of the cluster loads 1/cluster_m of the W tile into every CTA's smem
+            tma_atom_b, tma_b = cpasync.make_tiled_tma_atom(
+                cpasync.CopyBulkTensorTileG2SMulticastOp(), mB, sB_one, (self.tile_n, self.tile_k),
+                num_multicast=self.cluster_m,
+            )
         # full boxes, also where part of a box is out of bounds (zero-filled)
         self.tx_bytes = cute.size_in_bytes(self.dtype, sA_one) + cute.size_in_bytes(self.dtype, sB_one)
         self.shared_storage = self.make_shared_storage(sA_layout, sB_layout)
@@ -195,15 +209,23 @@ class MoeGemmSm90:
         assert mD.element_type == self.dtype
         mX, mW, mD = (self.assume_aligned_rows(t) for t in (mX, mW, mD))
         tmas, tiled_mma, layouts = self._host_setup(mX, n_major_view(mW))
+        # work tiles of a cluster: cluster_m vertically adjacent output tiles
         tiles = cute.ceil_div(cute.size(mW, mode=[1]), self.tile_n) * cute.ceil_div(
-            cute.size(mX, mode=[0]), self.tile_m
+            cute.size(mX, mode=[0]), self.tile_m * self.cluster_m
         )
-        ctas = tiles
+        clusters = tiles
         if const_expr(self.persistent):
-            ctas = cutlass.min(tiles, max_ctas)
-        self.kernel(*tmas, mD, tiled_mma, *layouts).launch(
-            grid=(ctas, 1, 1), block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1
-        )
+            clusters = cutlass.min(tiles, max_ctas // self.cluster_m)
+        grid = (clusters * self.cluster_m, 1, 1)
+        if const_expr(self.cluster_m == 1):
+            self.kernel(*tmas, mD, tiled_mma, *layouts).launch(
+                grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1
+            )
+        else:
+            self.kernel(*tmas, mD, tiled_mma, *layouts).launch(
+                grid=grid, block=[self.num_threads, 1, 1], cluster=(self.cluster_m, 1, 1), stream=stream,
+                min_blocks_per_mp=1,
+            )
 
     @staticmethod
     def assume_aligned_rows(t: cute.Tensor) -> cute.Tensor:
@@ -234,14 +256,16 @@ class MoeGemmSm90:
 
         m_size, n_size = cute.size(mA, mode=[0]), cute.size(mB, mode=[0])
         n_tiles = cute.ceil_div(n_size, self.tile_n)
-        tiles = cute.ceil_div(m_size, self.tile_m) * n_tiles
+        tiles = cute.ceil_div(m_size, self.tile_m * self.cluster_m) * n_tiles  # a cluster's work tiles
         k_tiles = cute.ceil_div(cute.size(mA, mode=[1]), self.tile_k)
         gA = cute.local_tile(mA, (self.tile_m, self.tile_k), (None, None))  # (tile_m, tile_k, m tiles, k tiles)
         gB = cute.local_tile(mB, (self.tile_n, self.tile_k), (None, None))  # (tile_n, tile_k, n tiles, k tiles)
         probe("gA", gA)
         probe("gB", gB)
-        first, _, _ = cute.arch.block_idx()
-        step, _, _ = cute.arch.grid_dim()
+        bidx, _, _ = cute.arch.block_idx()
+        gdim, _, _ = cute.arch.grid_dim()
+        first, step = bidx // self.cluster_m, gdim // self.cluster_m  # the cluster's, in cluster tiles
+        rank = bidx % self.cluster_m  # this CTA's place in its (cluster_m, 1) cluster
 
         if wg_idx == 0:
             cute.arch.setmaxregister_decrease(self.producer_regs)
@@ -249,19 +273,24 @@ class MoeGemmSm90:
                 tAsA, tAgA = cpasync.tma_partition(
                     tma_atom_a, 0, cute.make_layout(1), cute.group_modes(sA, 0, 2), cute.group_modes(gA, 0, 2)
                 )  # (TMA, stages), (TMA, m tiles, k tiles)
+                # cluster_m > 1: this CTA's 1/cluster_m slice of the W box, multicast to the cluster
                 tBsB, tBgB = cpasync.tma_partition(
-                    tma_atom_b, 0, cute.make_layout(1), cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2)
+                    tma_atom_b, rank, cute.make_layout(self.cluster_m),
+                    cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2),
                 )  # (TMA, stages), (TMA, n tiles, k tiles)
+                mcast_b = None
+                if const_expr(self.cluster_m > 1):
+                    mcast_b = cute.make_layout_image_mask(self.cluster_layout(), (rank, 0, 0), mode=0)
                 probe("tAgA", tAgA)
                 probe("tAsA", tAsA)
                 probe("tBgB", tBgB)
                 probe("tBsB", tBsB)
                 state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
                 for tile in cutlass.range(first, tiles, step, unroll=1):
-                    m_block, n_block = self.tile_coords(tile, n_tiles)
+                    m_block, n_block = self.tile_coords(tile, n_tiles, rank)
                     state = self.load_tile(
                         tma_atom_a, tma_atom_b, tAgA[None, m_block, None], tBgB[None, n_block, None],
-                        tAsA, tBsB, pipe, state, k_tiles,
+                        tAsA, tBsB, pipe, state, k_tiles, mcast_b,
                     )
                 pipe.producer_tail(state)
         else:
@@ -269,15 +298,20 @@ class MoeGemmSm90:
             tCrA, tCrB, acc, tCcAcc = self.mma_fragments(tiled_mma, sA, sB, tidx - WG_THREADS, wg_idx - 1)
             state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
             for tile in cutlass.range(first, tiles, step, unroll=1):
-                m_block, n_block = self.tile_coords(tile, n_tiles)
+                m_block, n_block = self.tile_coords(tile, n_tiles, rank)
                 state = self.mma_tile(tiled_mma, tCrA, tCrB, acc, pipe, state, k_tiles)
                 self.epilogue(acc, tCcAcc, mD, m_block * self.tile_m, n_block * self.tile_n, m_size, n_size)
 
     @cute.jit
-    def tile_coords(self, tile: Int32, n_tiles: Int32):
-        """(m_block, n_block) of work tile ``tile``: N tiles fastest, so the CTAs in flight
-        share a few X row blocks and read W from L2."""
-        return tile // n_tiles, tile % n_tiles
+    def tile_coords(self, tile: Int32, n_tiles: Int32, rank: Int32 = 0):
+        """(m_block, n_block) of this CTA in work tile ``tile`` (a cluster's: cluster_m
+        vertically adjacent output tiles, ``rank`` picks this CTA's). N tiles fastest, so
+        the CTAs in flight share a few X row blocks and read W from L2."""
+        return (tile // n_tiles) * self.cluster_m + rank, tile % n_tiles
+
+    def cluster_layout(self) -> cute.Layout:
+        """The (cluster_m, 1, 1) layout of a cluster's CTAs (M, N, K)."""
+        return cute.make_layout((self.cluster_m, 1, 1))
 
     @cute.jit
     def _prologue(self, warp_idx: Int32, tma_atoms: tuple, sA_layout, sB_layout):
@@ -287,19 +321,23 @@ class MoeGemmSm90:
             for atom in tma_atoms:
                 cpasync.prefetch_descriptor(atom)
         storage = cutlass.memory.SmemAllocator().allocate(self.shared_storage)
-        # the empty barrier counts one arrive per consumer warp (lane 0 signals)
+        # the empty barrier counts one arrive per consumer warp of every CTA that writes this
+        # CTA's stage (lane r of each consumer warp signals cluster rank r)
+        cluster = self.cluster_layout()
         pipe = pipeline.PipelineTmaAsync.create(
             barrier_storage=storage.mbar.data_ptr(),
             num_stages=self.stages,
             producer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, self.producer_arrivals),
-            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.num_consumer_wg),
+            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.num_consumer_wg * self.cluster_m),
             tx_count=self.tx_bytes,
+            cta_layout_vmnk=cute.make_layout((1, *cluster.shape)),
             defer_sync=True,
         )
-        pipeline.pipeline_init_arrive()
+        # cluster_m > 1: the peer's barriers are initialised before any multicast or remote arrive
+        pipeline.pipeline_init_arrive(cluster_shape_mn=cluster, is_relaxed=True)
         sA = storage.sA.get_tensor(sA_layout.outer, swizzle=sA_layout.inner)  # (tile_m, tile_k, stages)
         sB = storage.sB.get_tensor(sB_layout.outer, swizzle=sB_layout.inner)  # (tile_n, tile_k, stages)
-        pipeline.pipeline_init_wait()
+        pipeline.pipeline_init_wait(cluster_shape_mn=cluster)
         return pipe, sA, sB
 
     @cute.jit
@@ -314,6 +352,7 @@ class MoeGemmSm90:
         pipe: pipeline.PipelineAsync,
         state: pipeline.PipelineState,
         k_tiles: Int32,
+        mcast_b=None,
     ) -> pipeline.PipelineState:
         """Producer, one output tile (warp 0 of WG0, whole warp: the pipeline elects the lane
         that posts the byte count; a TMA copy is issued by one lane): its k tiles of A
@@ -322,7 +361,10 @@ class MoeGemmSm90:
             pipe.producer_acquire(state)
             bar = pipe.producer_get_barrier(state)
             cute.copy(tma_atom_a, tAgA[None, k], tAsA[None, state.index], tma_bar_ptr=bar)
-            cute.copy(tma_atom_b, tBgB[None, k], tBsB[None, state.index], tma_bar_ptr=bar)
+            if const_expr(mcast_b is None):
+                cute.copy(tma_atom_b, tBgB[None, k], tBsB[None, state.index], tma_bar_ptr=bar)
+            else:
+                cute.copy(tma_atom_b, tBgB[None, k], tBsB[None, state.index], tma_bar_ptr=bar, mcast_mask=mcast_b)
             state.advance()
         return state
 

@@ -12,7 +12,8 @@ compile per (dtype, variants) serves every m, h, i. Variants (kernel.yaml): ``ti
 (128 | 64: two or one consumer WG; 64 for small m), ``tile_n`` (256 | 128), ``stages``
 (ring depth; auto = the most that fits, ``AUTO_STAGES``), ``persistent`` (on: one
 CTA per SM walks the output tiles, so the next tile's loads overlap this one's epilogue;
-off: a CTA per tile).
+off: a CTA per tile), ``cluster_m`` (2: two CTAs on vertically adjacent tiles each load half
+of the shared W tile and multicast it, halving W's L2 -> SM traffic; experimental, 1 = off).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ AUTO_STAGES = {(128, 256): 4, (128, 128): 6, (64, 256): 5, (64, 128): 7}
 
 def kernel_config(variants: Mapping[str, str] | None) -> dict:
     """MoeGemmSm90's tile arguments from the stage variants (tile_m, tile_n, stages,
-    persistent); missing ones take kernel.yaml's defaults (128, 256, auto, on)."""
+    persistent, cluster_m); missing ones take kernel.yaml's defaults (128, 256, auto, on, 1)."""
     v = dict(variants or {})
     tile_m, tile_n = int(v.get("tile_m", 128)), int(v.get("tile_n", 256))
     stages = v.get("stages", "auto")
@@ -43,6 +44,7 @@ def kernel_config(variants: Mapping[str, str] | None) -> dict:
         "tile_k": 64,
         "stages": AUTO_STAGES[tile_m, tile_n] if stages == "auto" else int(stages),
         "persistent": v.get("persistent", "on") == "on",
+        "cluster_m": int(v.get("cluster_m", 1)),
     }
 
 
