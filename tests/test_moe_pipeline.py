@@ -135,7 +135,7 @@ def _fixtures():
     from workbench.kernels.fixtures import load_fixtures
 
     reg = load_fixtures(Path(__file__).resolve().parents[1] / "fixtures")
-    return {n: f for n, f in reg.items() if f.module == "wb_fixtures_moe"}
+    return {n: f for n, f in reg.items() if f.module == "wb_fixtures_moe"}  # "random" included
 
 
 def _stage_specs():
@@ -144,7 +144,7 @@ def _stage_specs():
 
     from stages.moe.stage_d_moe import StageD
 
-    base = dict(m=300, h=64, i=32, e=8, topk=2, dtype="bf16", activation="swiglu")
+    base = dict(t=300, h=64, i=32, e=8, topk=2, dtype="bf16", activation="swiglu")
     specs = {
         "d-logits": StageD().inputs(Params({**base, "routing": "logits"})),
         "d-given": StageD().inputs(Params({**base, "routing": "given"})),
@@ -152,6 +152,9 @@ def _stage_specs():
     from workbench.kernels.stage import TensorSpec as S
 
     specs["ab"] = {"x": S((300, 64), "bf16"), "w1": S((64, 64), "bf16")}  # stages A/B declare these
+    from stages.moe.stage_c_grouped import StageC
+
+    specs["c"] = StageC().inputs(Params(base))
     specs["c-plan"] = {"x": S((300, 64), "bf16"), "w1": S((8, 64, 64), "bf16"), "rows": S((600,), "int32"),
                        "cu_seqlens": S((9,), "int32")}
     return specs, Params({**base, "routing": "logits"})
@@ -227,7 +230,7 @@ def test_fixture_routings_do_what_their_docs_say():
 
 
 # ---- stage D's host pipeline, with a torch double of the grouped kernel -----------------------
-def _grouped_double(fn, a, w, out, rows, cu_seqlens, n_tiles, tile_m):
+def _grouped_double(fn, a, w, out, rows, cu_seqlens):
     """Test double of stages/moe/pipeline.launch_grouped: the reference grouped GEMM, rounded
     into out's dtype as the kernel stores it. fn is {"gather": bool, "activation": str}."""
     from stages.moe import reference as R
@@ -316,9 +319,43 @@ def test_dense_peer_does_the_stage_flops_and_quack_has_a_place():
     from stages.moe import peers
     from stages.moe.stage_d_moe import StageD
 
-    p = Params(dict(m=16, h=64, i=32, e=4, topk=2, dtype="bf16", activation="swiglu", routing="logits"))
+    p = Params(dict(t=16, h=64, i=32, e=4, topk=2, dtype="bf16", activation="swiglu", routing="logits"))
     x, w1, w2, _ = _problem(16, 64, 32, 4, 2)
     up, down = peers.make_peer("dense", {"x": x, "w1": w1, "w2": w2}, p)()
     flops = 2 * up.shape[0] * 64 * up.shape[1] + 2 * down.shape[0] * 32 * down.shape[1]
     assert flops == StageD().flops(p)
     assert peers.make_peer("quack", {"x": x}, p) is None and "moe-quack" in peers.missing_note("quack")
+
+
+def test_random_serves_attention_and_moe_stages():
+    """fixtures/moe.py's "random" replaces attention.py's in the global registry: an
+    attention stage still gets attention's tensors (bit for bit), an MoE stage MoE's."""
+    import importlib.util
+    from pathlib import Path
+
+    from workbench.kernels.stage import TensorSpec as S
+
+    reg = _fixtures_all()
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("attention_copy", root / "fixtures" / "attention.py")
+    att = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(att)  # re-registers attention's fixtures: restore the registry after
+    try:
+        qk = {"q": S((128, 64), "bf16"), "k": S((256, 64), "bf16")}
+        a = reg["random"].make(qk, {}, 0, "cpu")
+        b = att.random(qk, {}, 0, "cpu")
+        assert torch.equal(a["q"], b["q"]) and torch.equal(a["k"], b["k"])
+    finally:
+        from workbench.kernels import fixtures as F
+
+        F._registry.update(reg)
+    specs, p = _stage_specs()
+    assert set(reg["random"].make(specs["d-logits"], p, 0, "cpu")) == set(specs["d-logits"])
+
+
+def _fixtures_all():
+    from pathlib import Path
+
+    from workbench.kernels.fixtures import load_fixtures
+
+    return load_fixtures(Path(__file__).resolve().parents[1] / "fixtures")

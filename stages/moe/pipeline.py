@@ -1,5 +1,6 @@
 """Stage D's host pipeline: routing, plan, two grouped GEMMs, the combine. Plain torch
-around the compiled grouped kernel of stage C (stages/moe/stage_c_grouped.GroupedGemm).
+around the compiled grouped kernel of stage C (stages/moe/stage_c_grouped: compile_grouped,
+run_grouped).
 
     x (T, H), logits (T, E) | topk_ids + topk_weights (T, k), w1 (E, H, 2I), w2 (E, I, H)
       |  route: top-k of the logits, softmax over the k chosen (fp32, on the GPU)
@@ -34,18 +35,16 @@ COMBINE_BUGS = ("topk_weights_skipped", "topk_weights_twice", "combine_overwrite
 
 @dataclass
 class Compiled:
-    """Stage D's compiled pieces: the two grouped GEMMs and what the launch needs to know."""
+    """Stage D's compiled pieces: the two grouped GEMMs (stage_c_grouped.Compiled each) and
+    what the launch needs to know."""
 
-    up: Any  # compiled GroupedGemm: (x, w1, h, rows, cu, grid, stream), gather + activation
-    down: Any  # compiled GroupedGemm: (h, w2, out, rows, cu, grid, stream), no gather, none
+    up: Any  # x (T, H) gathered through rows -> h (R, I): activation in the epilogue
+    down: Any  # h (R, I) in row order -> out (R, H): no gather, activation none
     h: int
     i: int
     topk: int
     activation: str
     bug: str = "none"
-    tile_m: int = 128
-    up_n_tiles: int = 1
-    down_n_tiles: int = 1
 
 
 def route(logits, topk: int):
@@ -56,22 +55,11 @@ def route(logits, topk: int):
     return _route(logits, topk)
 
 
-def sm_count(device) -> int:
-    import torch
+def launch_grouped(piece, a, w, out, rows, cu_seqlens) -> None:
+    """Run one compiled grouped GEMM (stage C's run_grouped): out[p] = act(a[rows[p] or p] · w[e(p)])."""
+    from stages.moe.stage_c_grouped import run_grouped
 
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def launch_grouped(fn, a, w, out, rows, cu_seqlens, n_tiles: int, tile_m: int) -> None:
-    """Run one compiled grouped GEMM: out[p] = act(a[rows[p] or p] · w[e(p)])."""
-    from stages.moe import host
-    from stages.moe.tile_scheduler import grid_size
-    from cutlass import Int32
-
-    R, E = out.shape[0], w.shape[0]
-    grid = grid_size(R, E, n_tiles, tile_m, sm_count(a.device))
-    fn(host.to_cute(a), host.to_cute(w), host.to_cute(out), host.to_cute(rows), host.to_cute(cu_seqlens),
-       Int32(grid), host.current_stream())
+    run_grouped(piece, a, w, out, rows, cu_seqlens)
 
 
 def combine(y, out, inverse, weights, bug: str = "none") -> None:
@@ -126,8 +114,8 @@ def run(
     R = plan.num_rows
     h = torch.empty((R, compiled.i), dtype=x.dtype, device=x.device)
     out = torch.empty((R, H), dtype=x.dtype, device=x.device)
-    grouped(compiled.up, x, w1, h, plan.rows, plan.cu_seqlens, compiled.up_n_tiles, compiled.tile_m)
-    grouped(compiled.down, h, w2, out, plan.rows, plan.cu_seqlens, compiled.down_n_tiles, compiled.tile_m)
+    grouped(compiled.up, x, w1, h, plan.rows, plan.cu_seqlens)
+    grouped(compiled.down, h, w2, out, plan.rows, plan.cu_seqlens)
     combine(y, out, plan.inverse, weights, compiled.bug if compiled.bug in COMBINE_BUGS else "none")
 
 

@@ -11,7 +11,7 @@ and topk_weights (T, k) fp32; w1 (E, H, 2I) gate/up interleaved; w2 (E, I, H). O
 (T, H). ``routing`` and ``activation`` are parameters (they change the inputs / the
 outputs' values; Stage.inputs sees only parameters).
 
-Compiled once per (h, i, dtype, activation, topk, bug): T (``m``), E and the routing are
+Compiled once per (h, i, dtype, activation, topk, bug): T (``t``), E and the routing are
 runtime values (topk is compiled in only because the launch routes with it).
 """
 
@@ -37,10 +37,10 @@ class StageD(Stage):
         "Speed (wb bench), routers other than top-k + softmax (DeepSeek's sigmoid / group-limited "
         "routing: give its top-k with routing=given), biases, and expert-parallel communication."
     )
-    compile_params = ("h", "i", "dtype", "activation", "topk")  # m (tokens) and e are runtime
+    compile_params = ("h", "i", "dtype", "activation", "topk")  # t (tokens) and e are runtime
 
     def inputs(self, p: Params) -> dict[str, TensorSpec]:
-        T, E, k = p.m, p.e, p.topk
+        T, E, k = p.t, p.e, p.topk
         specs = {"x": TensorSpec((T, p.h), p.dtype)}
         if p.routing == "given":
             specs["topk_ids"] = TensorSpec((T, k), "int32")
@@ -52,35 +52,24 @@ class StageD(Stage):
         return specs
 
     def outputs(self, p: Params) -> dict[str, TensorSpec]:
-        return {"y": TensorSpec((p.m, p.h), p.dtype)}
+        return {"y": TensorSpec((p.t, p.h), p.dtype)}
 
     def flops(self, p: Params) -> float:
         """Both GEMMs over the T·k routed rows: 2·T·k·H·2I + 2·T·k·I·H."""
-        rows = p.m * p.topk
+        rows = p.t * p.topk
         return 2.0 * rows * p.h * 2 * p.i + 2.0 * rows * p.i * p.h
 
     def compile(self, p: Params, variants: Mapping[str, str], arch: str) -> pipeline.Compiled:
-        from cutlass import Int32
+        """Stage C's grouped kernel twice (compile_grouped): the up-projection (K = h, N = 2i,
+        gather, the activation) and the down-projection (K = i, N = h, no gather, none), each
+        with stage C's default tile (tile_n, stages) and, for a kernel bug variant, that bug."""
+        from stages.moe.stage_c_grouped import compile_grouped
 
-        from stages.moe import host
-        from stages.moe.stage_c_grouped import GroupedGemm
-
-        bug = (variants or {}).get("bug", "none")
+        bug = str((variants or {}).get("bug", "none"))
         kernel_bug = "none" if bug in pipeline.COMBINE_BUGS else bug
-        dtype = host.cute_dtype(p.dtype)
-        up = GroupedGemm(dtype, p.h, 2 * p.i, activation=p.activation, gather=True, bug=kernel_bug)
-        down = GroupedGemm(dtype, p.i, p.h, activation="none", gather=False, bug=kernel_bug)
-
-        def args():
-            return (host.fake_tensor(dtype, 2), host.fake_tensor(dtype, 3), host.fake_tensor(dtype, 2),
-                    host.fake_tensor(Int32, 1), host.fake_tensor(Int32, 1), Int32(1), host.fake_stream())
-
-        return pipeline.Compiled(
-            up=host.compile_for(arch, up, *args()),
-            down=host.compile_for(arch, down, *args()),
-            h=p.h, i=p.i, topk=p.topk, activation=p.activation, bug=bug,
-            tile_m=up.tile_m, up_n_tiles=up.n_tiles, down_n_tiles=down.n_tiles,
-        )
+        _, up = compile_grouped(p.dtype, p.h, 2 * p.i, p.activation, True, kernel_bug, arch)
+        _, down = compile_grouped(p.dtype, p.i, p.h, "none", False, kernel_bug, arch)
+        return pipeline.Compiled(up=up, down=down, h=p.h, i=p.i, topk=p.topk, activation=p.activation, bug=bug)
 
     def launch(self, compiled: pipeline.Compiled, inputs, outputs) -> None:
         pipeline.run(
