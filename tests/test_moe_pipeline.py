@@ -8,6 +8,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # moe_cases
+
 from stages.moe.plan import make_plan  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -54,3 +59,303 @@ def test_plan_empty_and_all_to_one_expert():
     p = make_plan(ids, 4)
     assert p.cu_seqlens.tolist() == [0, 0, 0, 5, 5]
     assert p.rows.tolist() == [0, 1, 2, 3, 4]
+
+
+# ---- reference ------------------------------------------------------------------------------
+def _problem(T, H, I, E, k, seed=0, dtype=torch.bfloat16):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, H, generator=g).to(dtype)
+    w1 = (torch.randn(E, H, 2 * I, generator=g) / H**0.5).to(dtype)
+    w2 = (torch.randn(E, I, H, generator=g) / I**0.5).to(dtype)
+    logits = torch.randn(T, E, generator=g)
+    return x, w1, w2, logits
+
+
+def _loop_ffn(x, w1, w2, ids, weights, activation="swiglu"):
+    """An independent float64 implementation: token by token, choice by choice, gate and up
+    split from the interleaved columns by hand."""
+    import math
+
+    x, w1, w2 = x.double(), w1.double(), w2.double()
+    T, k = ids.shape
+    y = torch.zeros(T, x.shape[1], dtype=torch.float64)
+    for t in range(T):
+        for j in range(k):
+            e = int(ids[t, j])
+            d = x[t] @ w1[e]
+            gate, up = d[0::2], d[1::2]
+            if activation == "swiglu":
+                h = gate / (1 + torch.exp(-gate)) * up
+            else:
+                gc, uc = gate.clamp(max=7.0), up.clamp(-7.0, 7.0)
+                h = gc / (1 + torch.exp(-1.702 * gc)) * (uc + 1)
+            y[t] += float(weights[t, j]) * (h @ w2[e])
+    assert math.isfinite(float(y.abs().max()))
+    return y
+
+
+@pytest.mark.parametrize("activation", ["swiglu", "gptoss"])
+@pytest.mark.parametrize("T,k,E", [(1, 1, 2), (5, 2, 4), (9, 3, 5)])
+def test_reference_matches_an_independent_loop(T, k, E, activation):
+    """moe_ffn (fp32, plan + grouped GEMMs + combine) = a per-token float64 loop; route picks
+    the k largest logits and softmaxes over them alone."""
+    from stages.moe import reference as R
+
+    x, w1, w2, logits = _problem(T, 16, 8, E, k, seed=T)
+    x = x * 3  # gates beyond gpt-oss's clamp at 7 for some elements
+    ids, weights = R.route(logits, k)
+    assert ids.dtype == torch.int32 and weights.dtype == torch.float32
+    top = logits.topk(k, dim=-1)
+    assert (ids.long() == top.indices).all()
+    assert torch.allclose(weights, torch.exp(top.values) / torch.exp(top.values).sum(-1, keepdim=True))
+    y = R.moe_ffn(x, w1, w2, ids, weights, torch.float32, activation=activation)
+    want = _loop_ffn(x, w1, w2, ids, weights, activation)
+    assert torch.allclose(y.double(), want, rtol=1e-5, atol=1e-5), (y.double() - want).abs().max()
+    assert torch.equal(R.moe_ffn_routed(x, logits, w1, w2, k, torch.float32, activation=activation), y)
+
+
+def test_lowp_reference_is_close_and_rounds_like_the_kernel():
+    """The bf16 reference differs from fp32 by bf16 rounding only (a few 2^-8 of the output
+    scale), is not the fp32 result (it really rounds), and is deterministic."""
+    from stages.moe import reference as R
+
+    x, w1, w2, logits = _problem(64, 64, 32, 8, 2)
+    y32 = R.moe_ffn_routed(x, logits, w1, w2, 2, torch.float32)
+    ylo = R.moe_ffn_routed(x, logits, w1, w2, 2, torch.bfloat16)
+    assert ylo.dtype == torch.bfloat16
+    err = (ylo.float() - y32).abs().max() / y32.abs().max()
+    assert 0 < err < 4 * 2.0**-8
+    assert torch.equal(ylo, R.moe_ffn_routed(x, logits, w1, w2, 2, torch.bfloat16))
+
+
+# ---- fixtures -------------------------------------------------------------------------------
+def _fixtures():
+    from pathlib import Path
+
+    from workbench.kernels.fixtures import load_fixtures
+
+    reg = load_fixtures(Path(__file__).resolve().parents[1] / "fixtures")
+    return {n: f for n, f in reg.items() if f.module == "wb_fixtures_moe"}  # "random" included
+
+
+def _stage_specs():
+    """Input specs of each MoE stage as the stage classes declare them."""
+    from workbench.kernels.stage import Params
+
+    from stages.moe.stage_d_moe import StageD
+
+    base = dict(t=300, h=64, i=32, e=8, topk=2, dtype="bf16", activation="swiglu")
+    specs = {
+        "d-logits": StageD().inputs(Params({**base, "routing": "logits"})),
+        "d-given": StageD().inputs(Params({**base, "routing": "given"})),
+    }
+    from workbench.kernels.stage import TensorSpec as S
+
+    specs["ab"] = {"x": S((300, 64), "bf16"), "w1": S((64, 64), "bf16")}  # stages A/B declare these
+    from stages.moe.stage_c_grouped import StageC
+
+    specs["c"] = StageC().inputs(Params(base))
+    specs["c-plan"] = {"x": S((300, 64), "bf16"), "w1": S((8, 64, 64), "bf16"), "rows": S((600,), "int32"),
+                       "cu_seqlens": S((9,), "int32")}
+    return specs, Params({**base, "routing": "logits"})
+
+
+def test_fixtures_are_deterministic_and_fill_every_stage_input():
+    """Every MoE fixture makes each stage's inputs with the declared shapes and dtypes, the
+    same tensors for the same seed, different ones for another seed (random), and the same
+    routing whichever form the stage takes it in (logits, given top-k, plan)."""
+    from stages.moe.plan import make_plan
+    from stages.moe.reference import route
+
+    fx = _fixtures()
+    assert {"random", "all-to-one-expert", "empty-experts", "one-token-per-expert", "onehot-routing",
+            "unit-topk-weights", "identity-activation", "tail-plus-one", "large-gates", "identity-w2"} <= set(fx)
+    all_specs, p = _stage_specs()
+    for name, f in fx.items():
+        assert f.isolates and f.hides, name
+        made = {}
+        for stage, specs in all_specs.items():
+            a = f.make(specs, p, 0, "cpu")
+            b = f.make(specs, p, 0, "cpu")
+            assert set(a) == set(specs), (name, stage)
+            for n, spec in specs.items():
+                assert tuple(a[n].shape) == spec.shape and a[n].dtype == spec.torch_dtype(), (name, stage, n)
+                assert torch.equal(a[n], b[n]), (name, stage, n)
+            made[stage] = a
+        ids_g = made["d-given"]["topk_ids"]
+        ids_l, w_l = route(made["d-logits"]["logits"], 2)
+        assert torch.equal(ids_l.sort(1).values, ids_g.sort(1).values), name
+        if name != "unit-topk-weights":  # weights summing to 1 are expressible as logits
+            assert torch.allclose(w_l, made["d-given"]["topk_weights"], atol=1e-6), name
+        plan = make_plan(ids_g, 8)
+        assert torch.equal(made["c-plan"]["rows"], plan.rows) and torch.equal(made["c-plan"]["cu_seqlens"], plan.cu_seqlens)
+        for e in range(ids_g.shape[0]):
+            assert len(set(ids_g[e].tolist())) == ids_g.shape[1], f"{name}: token {e} picks an expert twice"
+    r0 = fx["random"].make(all_specs["d-given"], p, 0, "cpu")
+    r1 = fx["random"].make(all_specs["d-given"], p, 1, "cpu")
+    assert not torch.equal(r0["x"], r1["x"])
+
+
+def test_fixture_routings_do_what_their_docs_say():
+    from stages.moe.plan import make_plan
+
+    fx = _fixtures()
+    specs, p = _stage_specs()
+    g = specs["d-given"]
+
+    def counts(name, sp=g):
+        return make_plan(fx[name].make(sp, p, 0, "cpu")["topk_ids"], 8).counts().tolist()
+
+    assert counts("all-to-one-expert")[7] == 300
+    c = counts("empty-experts")
+    assert c[0] == c[7] == 0 and all(c[e] == 0 for e in (0, 2, 4, 6)) and sum(c) == 600
+    tail = counts("tail-plus-one")
+    busy = [n for n in tail if n]
+    assert len(busy) >= 3 and all(n % 128 == 1 and n > 128 for n in busy[:-1])  # one row past a 128-row tile
+    assert sum(tail) == 600
+    from workbench.kernels.stage import TensorSpec as S
+
+    small = {**g, "x": S((3, 64), "bf16"), "topk_ids": S((3, 2), "int32"), "topk_weights": S((3, 2), "fp32")}
+    assert max(counts("one-token-per-expert", small)) == 1
+    unit = fx["unit-topk-weights"].make(g, p, 0, "cpu")
+    assert (unit["topk_weights"] == 1).all()
+    oh = fx["onehot-routing"].make(g, p, 0, "cpu")
+    assert (oh["topk_weights"][:, 0] == 1).all() and (oh["topk_weights"][:, 1:] == 0).all()
+    big = fx["large-gates"].make(g, p, 0, "cpu")
+    gates = (big["x"].float() @ big["w1"][0].float())[:, 0::2]
+    assert gates.abs().max() > 88  # exp(-g) overflows fp32 for some gate
+    square = {**g, "w1": S((8, 64, 128), "bf16"), "w2": S((8, 64, 64), "bf16")}  # I == H
+    iw = fx["identity-w2"].make(square, p, 0, "cpu")
+    assert torch.equal(iw["w2"].float(), torch.eye(64).expand(8, 64, 64))
+
+
+# ---- stage D's host pipeline, with a torch double of the grouped kernel -----------------------
+def _grouped_double(fn, a, w, out, rows, cu_seqlens):
+    """Test double of stages/moe/pipeline.launch_grouped: the reference grouped GEMM, rounded
+    into out's dtype as the kernel stores it. fn is {"gather": bool, "activation": str}."""
+    from stages.moe import reference as R
+
+    res = R.grouped_mm(a, w, cu_seqlens, out.dtype, rows=rows if fn["gather"] else None, activation=fn["activation"])
+    out.copy_(res)
+
+
+def _compiled(h, i, topk, activation="swiglu", bug="none"):
+    from stages.moe.pipeline import Compiled
+
+    return Compiled(up={"gather": True, "activation": activation}, down={"gather": False, "activation": "none"},
+                    h=h, i=i, topk=topk, activation=activation, bug=bug)
+
+
+@pytest.mark.parametrize("routing", ["logits", "given"])
+@pytest.mark.parametrize("T", [1, 7, 300])
+def test_pipeline_host_side_equals_the_lowp_reference(T, routing):
+    """With the grouped kernel replaced by the reference GEMM (rounded where the kernel rounds),
+    stage D's host pipeline (route, plan, two grouped launches, combine) gives the bf16
+    reference bit for bit: routing, plan, the down GEMM's rows and the combine agree."""
+    from stages.moe import pipeline
+    from stages.moe import reference as R
+
+    x, w1, w2, logits = _problem(T, 64, 32, 8, 2, seed=T)
+    y = torch.empty_like(x)
+    if routing == "logits":
+        pipeline.run(_compiled(64, 32, 2), x, w1, w2, y, logits=logits, grouped=_grouped_double)
+        want = R.moe_ffn_routed(x, logits, w1, w2, 2, torch.bfloat16)
+    else:
+        ids, weights = R.route(logits, 2)
+        pipeline.run(_compiled(64, 32, 2), x, w1, w2, y, topk_ids=ids, topk_weights=weights, grouped=_grouped_double)
+        want = R.moe_ffn(x, w1, w2, ids, weights, torch.bfloat16)
+    assert torch.equal(y, want)
+
+
+def test_pipeline_refuses_tensors_of_another_shape():
+    from stages.moe import pipeline
+
+    x, w1, w2, logits = _problem(4, 64, 32, 8, 2)
+    with pytest.raises(ValueError, match="compiled for h=128"):
+        pipeline.run(_compiled(128, 32, 2), x, w1, w2, torch.empty_like(x), logits=logits, grouped=_grouped_double)
+
+
+@pytest.mark.parametrize("bug,name", [("topk_weights_skipped", "topk-weights-not-applied"),
+                                      ("topk_weights_twice", "topk-weights-applied-twice"),
+                                      ("combine_overwrite", "combine-overwrites")])
+def test_combine_bug_variants_are_named_by_their_mutants(bug, name):
+    """Stage D's compile-time combine bugs, run through the host pipeline, are diagnosed as the
+    mutant that models them (the variant and its model agree)."""
+    import moe_cases as M
+
+    from stages.moe import pipeline
+    from workbench.diagnose import diagnose
+
+    inputs, expected, outs, params = M.case("d", "random")
+    y = torch.empty(outs["y"].shape, dtype=torch.bfloat16)
+    pipeline.run(_compiled(M.H, M.I, M.K, bug=bug), inputs["x"], inputs["w1"], inputs["w2"], y,
+                 logits=inputs["logits"], grouped=_grouped_double)
+    _, mutants = M.load()
+    d = diagnose({"y": y}, expected, inputs, params, {"bug": bug}, "random", mutants)
+    assert d.status == "explained" and d.best.name == name, d.headline
+
+
+# ---- peers ----------------------------------------------------------------------------------
+def test_torch_grouped_peer_matches_the_reference_on_cpu():
+    """torch._grouped_mm runs on the CPU (torch >= 2.8): the peer's pipeline is within twice
+    the bf16 reference's own error of the fp32 reference, for both routings."""
+    from stages.moe import peers
+    from stages.moe import reference as R
+
+    x, w1, w2, logits = _problem(37, 64, 32, 6, 2)
+    ref = R.moe_ffn_routed(x, logits, w1, w2, 2, torch.float32)
+    lo = R.moe_ffn_routed(x, logits, w1, w2, 2, torch.bfloat16)
+    bound = 2 * (lo.float() - ref).abs().max() + 1e-3
+    y = peers.make_peer("torch-grouped", {"x": x, "w1": w1, "w2": w2, "logits": logits}, {"topk": 2})()
+    assert (y.float() - ref).abs().max() <= bound
+    ids, w = R.route(logits, 2)
+    y2 = peers.make_peer("torch-grouped", {"x": x, "w1": w1, "w2": w2, "topk_ids": ids, "topk_weights": w}, {"topk": 2})()
+    assert (y2.float() - ref).abs().max() <= bound
+
+
+def test_dense_peer_does_the_stage_flops_and_quack_has_a_place():
+    from workbench.kernels.stage import Params
+
+    from stages.moe import peers
+    from stages.moe.stage_d_moe import StageD
+
+    p = Params(dict(t=16, h=64, i=32, e=4, topk=2, dtype="bf16", activation="swiglu", routing="logits"))
+    x, w1, w2, _ = _problem(16, 64, 32, 4, 2)
+    up, down = peers.make_peer("dense", {"x": x, "w1": w1, "w2": w2}, p)()
+    flops = 2 * up.shape[0] * 64 * up.shape[1] + 2 * down.shape[0] * 32 * down.shape[1]
+    assert flops == StageD().flops(p)
+    assert peers.make_peer("quack", {"x": x}, p) is None and "moe-quack" in peers.missing_note("quack")
+
+
+def test_random_serves_attention_and_moe_stages():
+    """fixtures/moe.py's "random" replaces attention.py's in the global registry: an
+    attention stage still gets attention's tensors (bit for bit), an MoE stage MoE's."""
+    import importlib.util
+    from pathlib import Path
+
+    from workbench.kernels.stage import TensorSpec as S
+
+    reg = _fixtures_all()
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("attention_copy", root / "fixtures" / "attention.py")
+    att = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(att)  # re-registers attention's fixtures: restore the registry after
+    try:
+        qk = {"q": S((128, 64), "bf16"), "k": S((256, 64), "bf16")}
+        a = reg["random"].make(qk, {}, 0, "cpu")
+        b = att.random(qk, {}, 0, "cpu")
+        assert torch.equal(a["q"], b["q"]) and torch.equal(a["k"], b["k"])
+    finally:
+        from workbench.kernels import fixtures as F
+
+        F._registry.update(reg)
+    specs, p = _stage_specs()
+    assert set(reg["random"].make(specs["d-logits"], p, 0, "cpu")) == set(specs["d-logits"])
+
+
+def _fixtures_all():
+    from pathlib import Path
+
+    from workbench.kernels.fixtures import load_fixtures
+
+    return load_fixtures(Path(__file__).resolve().parents[1] / "fixtures")
