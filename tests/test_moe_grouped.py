@@ -357,3 +357,34 @@ def test_reference_is_the_per_row_definition():
                 assert torch.allclose(out[p], torch.nn.functional.silu(gate) * up)
                 p += 1
     assert p == T * k == out.shape[0]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["random", "all-to-one-expert", "empty-experts", "one-token-per-expert", "onehot-routing", "tail-plus-one",
+     "large-gates"],
+)
+def test_stage_c_fixtures_give_a_valid_routing(name):
+    """The contract with fixtures/moe.py: every fixture of stage C fills x, topk_ids, w1 with
+    the stage's shapes and dtypes, ids in [0, E); the reference runs on them (CPU)."""
+    from pathlib import Path
+
+    import torch
+
+    from stages.moe.stage_c_grouped import StageC, grouped_reference
+    from workbench.kernels.fixtures import load_fixtures
+    from workbench.kernels.registry import load_kernel
+
+    root = Path(__file__).resolve().parents[1]
+    spec = load_kernel(root / "stages" / "moe" / "kernel.yaml").stage("c")
+    assert name in spec.fixtures
+    fx = load_fixtures(root / "fixtures")[name]
+    p = _params(t=300, h=64, i=32, e=8, topk=2)
+    specs = StageC().inputs(p)
+    inputs = fx.make(specs, p, 0, "cpu")
+    for key, s in specs.items():
+        assert tuple(inputs[key].shape) == s.shape and inputs[key].dtype == s.torch_dtype(), key
+    ids = inputs["topk_ids"]
+    assert int(ids.min()) >= 0 and int(ids.max()) < 8
+    out = grouped_reference(inputs["x"].float(), ids, inputs["w1"].float(), "swiglu", torch.float32)
+    assert out.shape == (600, 32) and torch.isfinite(out).all()
