@@ -219,6 +219,20 @@ def test_one_bug_variant_compiles_to_other_code():
 
 
 @needs_dsl
+def test_tile_m_64_compiles():
+    """tile_m 64: one consumer WG; each producer thread gathers 4 rows, 16 apart."""
+    from stages.moe import stage_c_grouped as sc
+
+    with capture() as rec:
+        kernel, c = sc.compile_grouped("bf16", 512, 384, "swiglu", True, arch=ARCH, tile_m=64, tile_n=128,
+                                       stages=sc.AUTO_STAGES[64, 128])
+    probes = {r["name"]: r for r in rec}
+    assert c.tile_m == 64 and kernel.num_consumer_wg == 1 and kernel.producer_arrivals == 129
+    assert _shape(probes["tAsA"]) == "((8,1),4,1,(1,7))"
+    assert _shape(probes["tCrAcc"]) == "((2,2,16),1,1)"
+
+
+@needs_dsl
 def test_k_tail_compiles():
     """K = 200: 4 k tiles, the last one partial (A's chunks past K zero-filled)."""
     from stages.moe import stage_c_grouped as sc
@@ -251,7 +265,8 @@ def test_every_bug_variant_changes_the_kernel(bug):
 # --------------------------------------------------------------------------------------
 # GPU
 # --------------------------------------------------------------------------------------
-def _run_case(T, E, topk, h, i, activation="swiglu", gather="on", bug="none", ids=None, seed=0, a_load="auto"):
+def _run_case(T, E, topk, h, i, activation="swiglu", gather="on", bug="none", ids=None, seed=0, a_load="auto",
+              **tile):
     """Stage C's launch and reference on one input; returns compare.metrics' dict."""
     import torch
 
@@ -261,7 +276,7 @@ def _run_case(T, E, topk, h, i, activation="swiglu", gather="on", bug="none", id
     g = torch.Generator().manual_seed(seed)
     p = _params(t=T, e=E, topk=topk, h=h, i=i, activation=activation)
     stage = sc.StageC()
-    compiled = stage.compile(p, {"gather": gather, "bug": bug, "a_load": a_load}, ARCH)
+    compiled = stage.compile(p, {"gather": gather, "bug": bug, "a_load": a_load, **tile}, ARCH)
     x = torch.randn(T, h, generator=g).to(torch.bfloat16).cuda()
     w1 = (torch.randn(E, h, 2 * i, generator=g) / h**0.5).to(torch.bfloat16).cuda()
     if ids is None:
@@ -282,6 +297,21 @@ def _run_case(T, E, topk, h, i, activation="swiglu", gather="on", bug="none", id
 def test_gpu_matches_reference_for_token_counts(T):
     m = _run_case(T, E=8, topk=2, h=256, i=200)  # 2i = 400: an N tail in the last n tile
     assert m["verdict"] == "PASS", m
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tile", [{"tile_m": "64"}, {"tile_m": "64", "tile_n": "128"}, {"tile_n": "128"}])
+@pytest.mark.parametrize("gather", ["on", "off"])
+def test_gpu_other_tiles(tile, gather):
+    m = _run_case(500, E=8, topk=2, h=192, i=200, gather=gather, **tile)
+    assert m["verdict"] == "PASS", m
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bug", ["tail_from_next", "tail_unwritten", "expert_offset_off_by_one"])
+def test_gpu_bug_variants_fail_with_64_row_tiles(bug):
+    m = _run_case(300, E=4, topk=2, h=128, i=192, bug=bug, tile_m="64")
+    assert m["verdict"] == "FAIL", m
 
 
 @pytest.mark.gpu

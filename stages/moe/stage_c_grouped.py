@@ -113,12 +113,13 @@ class GroupedGemm(MoeGemmSm90):
         tile_n: int = 256,
         stages: int = 4,
         a_load: str = "auto",
+        tile_m: int = 128,
     ):
         assert activation in ACTIVATIONS, activation
         assert bug in BUGS, bug
         assert a_load in A_LOADS, a_load
         # "none" (the down-projection's plain GEMM) stores the accumulator as identity does
-        super().__init__(dtype, tile_m=128, tile_n=tile_n, tile_k=64, stages=stages,
+        super().__init__(dtype, tile_m=tile_m, tile_n=tile_n, tile_k=64, stages=stages,
                          activation="identity" if activation == "none" else activation)
         assert k % 8 == 0, f"K={k} must be a multiple of 8 (16-byte rows)"
         assert n % 8 == 0, f"N={n} must be a multiple of 8"
@@ -439,10 +440,11 @@ class GroupedGemm(MoeGemmSm90):
 # --------------------------------------------------------------------------------------
 # wb stage
 # --------------------------------------------------------------------------------------
+TILE_M = 128
 TILE_N = 256
-#: smem ring depth by tile_n (128 x tile_n x 64 tiles: the most that fits in 227 KiB)
-AUTO_STAGES = {256: 4, 128: 6}
-STAGES = AUTO_STAGES[TILE_N]
+#: smem ring depth by (tile_m, tile_n) (tile_m x tile_n x 64 tiles: the most that fits in 227 KiB)
+AUTO_STAGES = {(128, 256): 4, (128, 128): 6, (64, 256): 5, (64, 128): 7}
+STAGES = AUTO_STAGES[TILE_M, TILE_N]
 
 
 @dataclass
@@ -503,11 +505,12 @@ def run_grouped(compiled: Compiled, a, w, out, rows, cu_seqlens, num_sms: int | 
 
 def compile_grouped(dtype_name: str, k: int, n: int, activation: str, gather: bool, bug: str = "none",
                     arch: str = "sm_90a", tile_n: int = TILE_N, stages: int = STAGES, a_load: str = "auto",
-                    keep_ptx: bool = False):
+                    keep_ptx: bool = False, tile_m: int = TILE_M):
     """(kernel object, Compiled) for one static configuration (no GPU needed); ``keep_ptx``
     keeps the PTX on ``Compiled.fn.__ptx__``. Stage D compiles its two GEMMs with this."""
     dtype = host.cute_dtype(dtype_name)
-    kernel = GroupedGemm(dtype, k, n, activation, gather, bug, tile_n=tile_n, stages=stages, a_load=a_load)
+    kernel = GroupedGemm(dtype, k, n, activation, gather, bug, tile_n=tile_n, stages=stages, a_load=a_load,
+                         tile_m=tile_m)
     a, w, out = host.fake_tensor(dtype, 2), host.fake_tensor(dtype, 3), host.fake_tensor(dtype, 2)
     rows, cu = host.fake_tensor(Int32, 1), host.fake_tensor(Int32, 1)
     fn = host.compile_for(arch, kernel, a, w, out, rows, cu, Int32(1), host.fake_stream(), keep_ptx=keep_ptx)
@@ -546,11 +549,11 @@ class StageC(Stage):
 
     def compile(self, p: Params, variants: Mapping[str, str], arch: str):
         v = {k: str(x) for k, x in dict(variants or {}).items()}
-        tile_n = int(v.get("tile_n", TILE_N))
-        stages = AUTO_STAGES[tile_n] if v.get("stages", "auto") == "auto" else int(v["stages"])
+        tile_m, tile_n = int(v.get("tile_m", TILE_M)), int(v.get("tile_n", TILE_N))
+        stages = AUTO_STAGES[tile_m, tile_n] if v.get("stages", "auto") == "auto" else int(v["stages"])
         self.kernel_obj, compiled = compile_grouped(
             p.dtype, p.h, 2 * p.i, p.activation, v.get("gather", "on") == "on", v.get("bug", "none"), arch,
-            tile_n=tile_n, stages=stages, a_load=v.get("a_load", "auto"),
+            tile_n=tile_n, stages=stages, a_load=v.get("a_load", "auto"), tile_m=tile_m,
         )
         return compiled
 
