@@ -138,7 +138,8 @@ def test_stage_a_variants_compile(variants):
 
 @needs_dsl
 @pytest.mark.parametrize("activation", ["identity", "swiglu"])
-def test_ptx_has_the_designed_instructions(activation):
+def test_ptx_has_the_designed_instructions(activation, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # KeepPTX writes the .ptx and .cubin into the working directory
     import cutlass
 
     from stages.moe import host
@@ -160,11 +161,12 @@ def test_ptx_has_the_designed_instructions(activation):
 
 
 @needs_dsl
-def test_cluster_variant_multicasts_half_of_each_w_box():
+def test_cluster_variant_multicasts_half_of_each_w_box(tmp_path, monkeypatch):
     """cluster_m=2: W's four 64-column boxes per stage go out as multicast copies (mask 0b11)
     from both CTAs, each of a half box (k rows 32·rank..: smem offsets 8 KiB apart, the
     rank's 4 KiB shift), A stays a plain copy, each CTA's "full" barrier still expects the
     whole stage (A 16 KiB + W 32 KiB) and consumers also arrive on the peer's "empty" barrier."""
+    monkeypatch.chdir(tmp_path)  # KeepPTX writes the .ptx and .cubin into the working directory
     import cutlass
 
     from stages.moe import host
