@@ -288,16 +288,18 @@ def tail_unwritten_writer(P: Problem):
 
 
 def tail_spill(P: Problem):
-    """The store of an expert's last partial m-tile is not masked at the expert's end: it
-    also stores the next expert's first rows (up to its tile end), computed with ITS weights
-    from those rows' tokens, after the next expert's own tile (the late write wins)."""
-    writer = P.expert.clone()
+    """Row tiles cut every 128 sorted rows over all experts instead of per expert: global
+    tile j runs with the weights of the expert e with ceil(cu[e]/128) <= j < ceil(cu[e+1]/128)
+    (stage C's tail_from_next, tile_scheduler.walk_model): an expert's last tile takes in the
+    next expert's first rows; every row is written once."""
+    import torch
+
+    writer = torch.full((P.R,), -1, dtype=torch.long, device=P.device)
     for e in range(P.E):
-        lo, hi = P.cu[e], P.cu[e + 1]
-        if hi == lo or (hi - lo) % M_TILE == 0:
-            continue
-        end = min(P.R, lo + -(-(hi - lo) // M_TILE) * M_TILE)
-        writer[hi:end] = e
+        lo = -(-P.cu[e] // M_TILE) * M_TILE
+        hi = min(P.R, -(-P.cu[e + 1] // M_TILE) * M_TILE)
+        if hi > lo:
+            writer[lo:hi] = e
     return writer
 
 
@@ -340,14 +342,14 @@ def tail_rows_unwritten(cx):
     return P.predict(up={"writer": w}, down_writer=w)
 
 
-@mutant("tail-rows-from-next-expert", "an expert's partial last m-tile is stored unmasked: the next "
-        "expert's first rows are overwritten with this expert's weights applied to them",
+@mutant("tail-rows-from-next-expert", "row tiles cut every 128 sorted rows across experts, not per expert: "
+        "an expert's last tile also computes the next expert's first rows, with its own weights",
         outputs=ALL, dims=(2,), family="tails")
 def tail_rows_from_next_expert(cx):
     P = problem(cx)
     _need(not P.single, "one expert")
     w = tail_spill(P)
-    _need(bool((w != P.expert).any()), "no partial m-tile followed by another expert's rows")
+    _need(bool((w != P.expert).any()), "every expert starts on a 128-row boundary")
     return P.predict(up={"writer": w}, down_writer=w)
 
 
