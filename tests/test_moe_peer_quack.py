@@ -99,3 +99,42 @@ def test_cutlass_outside_site_packages_is_keyed_by_name():
     assert identity.function_semantic_key(cut)[0] == "extern_function"
     with pytest.raises(TypeError, match="semantic key"):
         identity.function_semantic_key(mine)
+
+
+def _cuda_elf_arches(obj: bytes):
+    """The SM numbers of the CUDA ELF images embedded in a host object file."""
+    import struct
+
+    found, i = [], obj.find(b"\x7fELF", 1)
+    while i >= 0:
+        if struct.unpack_from("<H", obj, i + 18)[0] == 190:  # EM_CUDA
+            found.append(struct.unpack_from("<I", obj, i + 48)[0] & 0xFF)
+        i = obj.find(b"\x7fELF", i + 4)
+    return found
+
+
+@pytest.mark.slow
+def test_peer_gemms_compile_for_sm90_without_a_gpu(tmp_path):
+    """quack's varlen gather gemm_act(swiglu) and varlen gemm trace and go through ptxas for
+    sm_90 here, with cutlass reached through a path without "site-packages" (as /tmp/site on
+    the GPU machine): the ContextVar fingerprint error does not come back."""
+    pytest.importorskip("quack.gemm_interface")
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    import cutlass
+
+    root = pathlib.Path(__file__).parents[1]
+    link = tmp_path / "site"  # no "site-packages" in this path
+    link.mkdir()
+    (link / "cutlass").symlink_to(pathlib.Path(cutlass.__file__).parent)
+    env = dict(os.environ, QUACK_ARCH="90", CUTE_DSL_ARCH="sm_90a", QUACK_CACHE_DIR=str(tmp_path / "cache"))
+    code = f"import runpy, sys; sys.path.insert(0, {str(link)!r}); sys.argv = ['x']; runpy.run_path({str(root / 'benchmarks' / 'quack_compile_cpu.py')!r}, run_name='__main__')"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert r.stdout.count("compiled in") == 2, r.stdout + r.stderr[-3000:]
+    objs = sorted((tmp_path / "cache").rglob("*.o"))
+    assert len(objs) == 2
+    for o in objs:
+        assert _cuda_elf_arches(o.read_bytes()) == [90]
