@@ -117,6 +117,13 @@ def main():
     import cutlass
     import quack
 
+    try:
+        import cloudpickle  # quack's compile workers take process-local epilogues through it
+
+        pickle_note = f"cloudpickle {cloudpickle.__version__}"
+    except ImportError:
+        pickle_note = "no cloudpickle (quack compiles in-process where its workers need it)"
+    print(pickle_note)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}; quack from {os.path.dirname(quack.__file__)}; cutlass from {os.path.dirname(cutlass.__file__)}")
     ok = True
 
@@ -137,7 +144,9 @@ def main():
     flop = 2 * T * k * H * 2 * I + 2 * T * k * I * H
     runs = [("quack pipeline, default tiles", lambda: peer_quack.make_quack_peer(inp, {"quack_tuned": "false"}))]
     if not args.skip_tuned:
-        runs.append(("quack pipeline, autotuned", lambda: peer_quack.make_quack_peer(inp, {"quack_tuned": "true"})))
+        runs.append(("quack pipeline, autotuned", lambda: peer_quack.make_quack_peer(inp, {"quack_tuned": True})))
+        runs.append(("quack pipeline, autotuned, dynamic scheduler",
+                     lambda: peer_quack.make_quack_peer(inp, {"quack_tuned": True, "quack_dynamic_scheduler": True})))
     runs.append(("quack up-projection + swiglu only (autotuned)" if not args.skip_tuned else "quack up-projection + swiglu only",
                  lambda: peer_quack.make_quack_up_peer(inp, {"quack_tuned": str(not args.skip_tuned)})))
     runs.append(("torch grouped pipeline (_grouped_mm)", lambda: torch_grouped_pipeline(inp, E)))

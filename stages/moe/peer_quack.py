@@ -122,6 +122,12 @@ def combine(out, inverse, topk_weights):
     return torch.bmm(topk_weights.to(out.dtype).view(T, 1, k), rows).view(T, -1)
 
 
+def _flag(params, name, default: bool) -> bool:
+    """A yes/no parameter, given as a bool or as a string (from the command line)."""
+    value = params.get(name, default)
+    return value if isinstance(value, bool) else str(value).lower() not in ("0", "false", "no", "off")
+
+
 def _check_inputs(inputs, params):
     act = str(params.get("activation", "swiglu"))
     if act not in QUACK_ACTIVATION:
@@ -139,7 +145,8 @@ def make_quack_peer(inputs, params):
     returning y (T, H), or None (missing_note says why). inputs: x (T, H), w1 (E, H, 2I)
     interleaved, w2 (E, I, H), and topk_ids (T, k) + topk_weights (T, k), or logits (T, E)
     with params["topk"]. params: activation (swiglu), quack_tuned (default true: quack's
-    autotuner picks each GEMM's tiles, once, here, outside the timing)."""
+    autotuner picks each GEMM's tiles, once, here, outside the timing),
+    quack_dynamic_scheduler (default false: quack's SM90 default, static persistent tiles)."""
     global _missing
     _missing = None
     fns = _quack()
@@ -151,14 +158,17 @@ def make_quack_peer(inputs, params):
         return None
     x, w1, w2 = inputs["x"], inputs["w1"], inputs["w2"]
     E = w1.shape[0]
-    tuned = str(params.get("quack_tuned", "true")).lower() not in ("0", "false", "no")
+    tuned, dynamic = _flag(params, "quack_tuned", True), _flag(params, "quack_dynamic_scheduler", False)
     routing = _routing(inputs, params)
 
     def run():
         ids, weights = routing()
         rows, cu, inverse = plan(ids, E)
-        _, h = gemm_act(x, w1, activation=act, cu_seqlens_m=cu, A_idx=rows, store_preact=False, tuned=tuned)
-        out = gemm(h, w2, cu_seqlens_m=cu, tuned=tuned)
+        _, h = gemm_act(
+            x, w1, activation=act, cu_seqlens_m=cu, A_idx=rows, store_preact=False,
+            tuned=tuned, dynamic_scheduler=dynamic,
+        )
+        out = gemm(h, w2, cu_seqlens_m=cu, tuned=tuned, dynamic_scheduler=dynamic)
         return combine(out, inverse, weights)
 
     run()  # compiles (and autotunes) here, not inside the timing
@@ -187,10 +197,13 @@ def make_quack_up_peer(inputs, params):
         rows = None if rows is None else rows.to(torch.int32)
     else:
         rows, cu, _ = plan(inputs["topk_ids"], w1.shape[0])
-    tuned = str(params.get("quack_tuned", "true")).lower() not in ("0", "false", "no")
+    tuned, dynamic = _flag(params, "quack_tuned", True), _flag(params, "quack_dynamic_scheduler", False)
 
     def run():
-        return gemm_act(x, w1, activation=act, cu_seqlens_m=cu, A_idx=rows, store_preact=False, tuned=tuned)[1]
+        return gemm_act(
+            x, w1, activation=act, cu_seqlens_m=cu, A_idx=rows, store_preact=False,
+            tuned=tuned, dynamic_scheduler=dynamic,
+        )[1]
 
     run()
     return run
