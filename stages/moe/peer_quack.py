@@ -12,8 +12,9 @@ same interleaved W1 every MoE stage uses, so W1 (E, H, 2I) goes in as it is (qua
 (E, K, N) row-major are N-major, which quack's SM90 GEMM takes (its "B_major n").
 
 Versions. quack-kernels 0.6.5 is the only release whose declared need (nvidia-cutlass-dsl
->= 4.7) admits the DSL 4.8.1 we use; 0.5.3 - 0.6.4 pin 4.6.x and <= 0.5.0 ask for >= 4.4/4.5
-with older internals. Its `gemm_act(..., activation="swiglu")` fingerprints the epilogue
+>= 4.7) admits the DSL 4.8.1 we use, and the one FlashAttention-4 4.0.0b36 pins (one quack per
+site): 0.5.1 - 0.6.4 pin 4.6.x; 0.2.x - 0.5.0 ask for >= 4.4 but do not import beside 4.8.1
+(0.4.1: cutlass.cute.core has no ThrMma). Its `gemm_act(..., activation="swiglu")` fingerprints the epilogue
 function to key its compile cache: functions of *installed* packages are keyed by name, and
 quack decides "installed" by "/site-packages/" or "/dist-packages/" in the file's path.
 Installed with `pip install --target /tmp/site` (our GPU machine), cutlass's functions fail
