@@ -60,10 +60,10 @@ class Problem:
         if "x" not in ins or "w1" not in ins:
             raise NotApplicable("not an MoE stage (no x, w1)")
         self.x = ins["x"].float()
-        w1 = ins["w1"].float()
+        w1 = ins["w1"]  # weights stay in their dtype (DeepSeek-V3's are 22 GB in bf16): upcast per expert
         self.single = w1.dim() == 2
         self.w1 = w1.unsqueeze(0) if self.single else w1
-        self.w2 = ins["w2"].float() if "w2" in ins else None
+        self.w2 = ins["w2"] if "w2" in ins else None
         self.T, self.H = self.x.shape
         self.E = self.w1.shape[0]
         self.N = self.w1.shape[-1]  # 2I
@@ -141,7 +141,7 @@ class Problem:
         for e in range(self.E):
             sel = writer == e
             if bool(sel.any()):
-                h[sel] = self.act(a[sel] @ self.w1[e], act_mode, width)
+                h[sel] = self.act(a[sel] @ self.w1[e].float(), act_mode, width)
         return h, writer == -1, writer == -2
 
     def down(self, h, writer=None):
@@ -152,7 +152,7 @@ class Problem:
         for e in range(self.E):
             sel = writer == e
             if bool(sel.any()):
-                out[sel] = h[sel] @ self.w2[e]
+                out[sel] = h[sel] @ self.w2[e].float()
         return out, writer < 0
 
     def combine(self, out, mode="right"):
@@ -173,10 +173,16 @@ class Problem:
         return y
 
     def predict(self, *, up=None, down_writer=None, combine="right"):
-        """{output name: Pred} of the pipeline with these changes (None: not modelled)."""
+        """{output name: Pred} of the pipeline with these changes (None: not modelled); fp32
+        matmuls with TF32 off, as the reference."""
+        from stages.moe.reference import _no_tf32
+
+        with _no_tf32():
+            return self._predict(up or {}, down_writer, combine)
+
+    def _predict(self, up, down_writer, combine):
         import torch
 
-        up = up or {}
         res = {}
         for name, kind in self.kinds.items():
             if name not in self.cx.expected or self.cx.cache.get(("moe-uncalibrated", name)):
