@@ -14,7 +14,7 @@ import moe_cases as M  # noqa: E402
 
 torch = pytest.importorskip("torch")
 
-from workbench.diagnose import MutantContext, diagnose  # noqa: E402
+from workbench.diagnose import MutantContext, Pred, diagnose  # noqa: E402
 from workbench.diagnose import core  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -119,3 +119,50 @@ def test_correct_outputs_name_no_bug(key):
         assert d.status == "ok" and not d.explanations, f"seed {seed}: {d.headline}"
     forced = diagnose(out, expected, inputs, params, {}, fixture, mutants, force=True)
     assert not forced.explanations, forced.headline
+
+
+# ---- evidence: read map, grids, hints ----------------------------------------------------------
+def test_onehot_read_map_names_what_each_row_read():
+    """Under onehot-routing the read map decodes every row of the reference; a correct output
+    reads all intended (expert, token) pairs, gather-ignored's output reads the right experts
+    but other tokens, expert-offset-off-by-one's reads expert e-1's weights."""
+    from stages.moe import evidence
+
+    inputs, expected, outs, params, preds = _predictions("d-given", "onehot-routing")
+    ok = evidence.onehot_read_map(expected["y"], expected["y"], inputs, params)
+    assert ok["correct"] == ok["rows"] == M.T
+    g = evidence.onehot_read_map(preds["gather-ignored"]["y"], expected["y"], inputs, params)
+    assert g["wrong_token"] > 0.9 * M.T and g["wrong_expert"] == 0 and g["examples"][0]["read_tokens"]
+    off = preds["expert-offset-off-by-one"]["y"]
+    o = evidence.onehot_read_map(off.values if isinstance(off, Pred) else off, expected["y"], inputs, params)
+    assert o["wrong_expert"] > 0 and all(b == a - 1 for a, b, _ in o["expert_confusion"])
+    rnd_inputs, rnd_expected, *_ = M.case("d", "random")
+    assert evidence.onehot_read_map(rnd_expected["y"], rnd_expected["y"], rnd_inputs, {}) is None
+
+
+def test_expert_error_grid_points_at_tail_tiles():
+    from stages.moe import evidence
+    from stages.moe.plan import make_plan
+
+    inputs, expected, outs, params, preds = _predictions("c", "tail-plus-one")
+    cu = make_plan(inputs["topk_ids"], M.E).cu_seqlens
+    pred = preds["tail-rows-unwritten"]["h"]
+    bad = pred.unwritten
+    err = torch.zeros_like(expected["h"])
+    grid = evidence.expert_error_grid(err, bad, cu, ok_level=1e-3)
+    assert "only partial tail tiles" in grid["summary"], grid["summary"]
+    assert evidence.token_grid((1000, 2048))["tile"] == (128, 256)
+    blocks = evidence.expert_row_blocks([0, 129, 129, 300])
+    assert blocks == [(0, 128, "e0 t0"), (128, 129, "e0 t1"), (129, 257, "e2 t0"), (257, 300, "e2 t1")]
+
+
+def test_evidence_hook_reads_the_other_fixtures():
+    from workbench.diagnose import EvidenceContext
+
+    from stages.moe import evidence
+
+    ev = EvidenceContext(fixture="random", outputs_right={"y": False},
+                         fixtures={"unit-topk-weights": {"y": True}, "onehot-routing": {"y": True}})
+    hints = evidence.moe_evidence(ev)
+    assert any("top-k weight" in h for h in hints) and any("onehot-routing passes" in h for h in hints)
+    assert evidence.moe_evidence(EvidenceContext(fixture="random", outputs_right={"y": True})) == []

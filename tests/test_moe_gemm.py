@@ -265,8 +265,8 @@ def test_wb_shapes_lists_the_moe_probes(fmha_ws, wb):
     proc = wb("shapes", "moe", "--json", cwd=fmha_ws, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     stages = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}
-    assert set(stages) == {"moe/stage-a", "moe/stage-b"}, list(stages)
-    for s in stages.values():
+    assert {"moe/stage-a", "moe/stage-b"} <= set(stages), list(stages)  # C and D: their own tests
+    for s in (stages["moe/stage-a"], stages["moe/stage-b"]):
         assert s["status"] == "ok", s
         names = {r["name"] for r in s["records"]}
         assert {"gA", "gB", "tAgA", "tBgB", "tCrA", "tCrB", "tCrAcc", "tCcAcc"} <= names

@@ -324,7 +324,11 @@ def test_dense_peer_does_the_stage_flops_and_quack_has_a_place():
     up, down = peers.make_peer("dense", {"x": x, "w1": w1, "w2": w2}, p)()
     flops = 2 * up.shape[0] * 64 * up.shape[1] + 2 * down.shape[0] * 32 * down.shape[1]
     assert flops == StageD().flops(p)
-    assert peers.make_peer("quack", {"x": x}, p) is None and "moe-quack" in peers.missing_note("quack")
+    quack = peers.make_peer("quack", {"x": x, "w1": w1, "w2": w2, "logits": torch.randn(16, 4)}, p)
+    if peers._peer_quack() is None:  # a checkout without branch moe-quack's peer_quack.py
+        assert quack is None and "moe-quack" in peers.missing_note("quack")
+    elif quack is None:  # quack-kernels missing (no GPU here): the note says why
+        assert "quack" in peers.missing_note("quack")
 
 
 def test_random_serves_attention_and_moe_stages():
@@ -359,3 +363,96 @@ def _fixtures_all():
     from workbench.kernels.fixtures import load_fixtures
 
     return load_fixtures(Path(__file__).resolve().parents[1] / "fixtures")
+
+
+# ---- GPU: stage D itself ---------------------------------------------------------------------
+SMALL = dict(h=256, i=128, e=8, topk=2)
+#: the model shapes the lead sweeps: (name, h, i, e, topk)
+MODELS = [("qwen3-30b-a3b", 2048, 768, 128, 8), ("mixtral-8x7b", 4096, 14336, 8, 2),
+          ("gpt-oss-120b", 2880, 2880, 128, 4), ("deepseek-v3", 7168, 2048, 256, 8)]
+_gpu_compiled: dict = {}
+
+
+def _run_stage_d(t, h, i, e, topk, fixture="random", routing="logits", activation="swiglu", bug="none", seed=0):
+    """Stage D on the GPU as wb runs it: the fixture's inputs, a poisoned y, launch, then the
+    tolerance rule of workbench.compare against the fp32 reference (calibrated by the bf16
+    one). Returns (metrics of y, inputs, y, fp32 reference)."""
+    from workbench import compare
+    from workbench.kernels.stage import Params
+
+    from stages.moe.stage_d_moe import StageD
+
+    stage = StageD()
+    p = Params(dict(t=t, h=h, i=i, e=e, topk=topk, dtype="bf16", activation=activation, routing=routing))
+    key = (h, i, topk, activation, bug)
+    if key not in _gpu_compiled:
+        _gpu_compiled[key] = stage.compile(p, {"bug": bug}, "sm_90a")
+    inputs = _fixtures_all()[fixture].make(stage.inputs(p), p, seed, "cuda")
+    outs = {n: torch.empty(s.shape, dtype=s.torch_dtype(), device="cuda") for n, s in stage.outputs(p).items()}
+    compare.poison(outs["y"])
+    stage.launch(_gpu_compiled[key], inputs, outs)
+    torch.cuda.synchronize()
+    ref = stage.reference(inputs, p, {"bug": bug}, torch.float32)
+    lo = stage.reference(inputs, p, {"bug": bug}, torch.bfloat16)
+    m = compare.metrics(outs["y"], ref["y"], lo["y"], {"factor": 2.0, "atol": 1e-4})
+    return m, inputs, outs["y"], ref["y"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("routing", ["logits", "given"])
+@pytest.mark.parametrize("t", [1, 7, 128, 1000])
+def test_gpu_stage_d_small(t, routing):
+    m, *_ = _run_stage_d(t, **SMALL, routing=routing)
+    assert m["verdict"] == "PASS", m
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fixture", ["all-to-one-expert", "empty-experts", "one-token-per-expert", "onehot-routing",
+                                     "unit-topk-weights", "tail-plus-one", "large-gates", "identity-w2"])
+def test_gpu_stage_d_fixtures(fixture):
+    routing = "given" if fixture in ("unit-topk-weights", "onehot-routing") else "logits"
+    m, *_ = _run_stage_d(1000, **SMALL, fixture=fixture, routing=routing)
+    assert m["verdict"] == "PASS", (fixture, m)
+
+
+@pytest.mark.gpu
+def test_gpu_stage_d_gptoss_and_deterministic():
+    """gpt-oss's activation passes, and two launches give the same bits (no atomics)."""
+    m, inputs, y, _ = _run_stage_d(1000, **SMALL, activation="gptoss", fixture="large-gates")
+    assert m["verdict"] == "PASS", m
+    _, _, y2, _ = _run_stage_d(1000, **SMALL, activation="gptoss", fixture="large-gates")
+    assert torch.equal(y, y2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("t", [1, 128, 1000])
+@pytest.mark.parametrize("model", MODELS, ids=[m[0] for m in MODELS])
+def test_gpu_stage_d_model_shapes(model, t):
+    _, h, i, e, topk = model
+    m, *_ = _run_stage_d(t, h, i, e, topk)
+    assert m["verdict"] == "PASS", (model, t, m)
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bug,mutant", [("topk_weights_skipped", "topk-weights-not-applied"),
+                                        ("topk_weights_twice", "topk-weights-applied-twice"),
+                                        ("combine_overwrite", "combine-overwrites"),
+                                        ("gather_ignored", "gather-ignored"),
+                                        ("gate_up_swapped", "gate-up-swapped"),
+                                        ("silu_on_up", "silu-on-up"),
+                                        ("expert_offset_off_by_one", "expert-offset-off-by-one"),
+                                        ("tail_from_next", "tail-rows-from-next-expert")])
+def test_gpu_stage_d_bug_variants_fail_and_are_named(bug, mutant):
+    """Each injected bug FAILS the tolerance rule and the diagnosis names its mutant (or a
+    twin with the same prediction here)."""
+    from workbench.diagnose import diagnose, mutants_for
+
+    t = 300
+    m, inputs, y, ref = _run_stage_d(t, **SMALL, bug=bug)
+    assert m["verdict"] == "FAIL", (bug, m)
+    params = dict(t=t, **SMALL, dtype="bf16", activation="swiglu", routing="logits")
+    root = Path(__file__).resolve().parents[1]
+    d = diagnose({"y": y}, {"y": ref}, inputs, params, {"bug": bug}, "random", mutants_for(root / "stages" / "moe"))
+    assert d.status == "explained", d.headline
+    assert d.best.name == mutant or mutant in d.best.same_as, d.headline

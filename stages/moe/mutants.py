@@ -60,10 +60,10 @@ class Problem:
         if "x" not in ins or "w1" not in ins:
             raise NotApplicable("not an MoE stage (no x, w1)")
         self.x = ins["x"].float()
-        w1 = ins["w1"].float()
+        w1 = ins["w1"]  # weights stay in their dtype (DeepSeek-V3's are 22 GB in bf16): upcast per expert
         self.single = w1.dim() == 2
         self.w1 = w1.unsqueeze(0) if self.single else w1
-        self.w2 = ins["w2"].float() if "w2" in ins else None
+        self.w2 = ins["w2"] if "w2" in ins else None
         self.T, self.H = self.x.shape
         self.E = self.w1.shape[0]
         self.N = self.w1.shape[-1]  # 2I
@@ -141,7 +141,7 @@ class Problem:
         for e in range(self.E):
             sel = writer == e
             if bool(sel.any()):
-                h[sel] = self.act(a[sel] @ self.w1[e], act_mode, width)
+                h[sel] = self.act(a[sel] @ self.w1[e].float(), act_mode, width)
         return h, writer == -1, writer == -2
 
     def down(self, h, writer=None):
@@ -152,7 +152,7 @@ class Problem:
         for e in range(self.E):
             sel = writer == e
             if bool(sel.any()):
-                out[sel] = h[sel] @ self.w2[e]
+                out[sel] = h[sel] @ self.w2[e].float()
         return out, writer < 0
 
     def combine(self, out, mode="right"):
@@ -173,10 +173,16 @@ class Problem:
         return y
 
     def predict(self, *, up=None, down_writer=None, combine="right"):
-        """{output name: Pred} of the pipeline with these changes (None: not modelled)."""
+        """{output name: Pred} of the pipeline with these changes (None: not modelled); fp32
+        matmuls with TF32 off, as the reference."""
+        from stages.moe.reference import _no_tf32
+
+        with _no_tf32():
+            return self._predict(up or {}, down_writer, combine)
+
+    def _predict(self, up, down_writer, combine):
         import torch
 
-        up = up or {}
         res = {}
         for name, kind in self.kinds.items():
             if name not in self.cx.expected or self.cx.cache.get(("moe-uncalibrated", name)):
@@ -288,16 +294,18 @@ def tail_unwritten_writer(P: Problem):
 
 
 def tail_spill(P: Problem):
-    """The store of an expert's last partial m-tile is not masked at the expert's end: it
-    also stores the next expert's first rows (up to its tile end), computed with ITS weights
-    from those rows' tokens, after the next expert's own tile (the late write wins)."""
-    writer = P.expert.clone()
+    """Row tiles cut every 128 sorted rows over all experts instead of per expert: global
+    tile j runs with the weights of the expert e with ceil(cu[e]/128) <= j < ceil(cu[e+1]/128)
+    (stage C's tail_from_next, tile_scheduler.walk_model): an expert's last tile takes in the
+    next expert's first rows; every row is written once."""
+    import torch
+
+    writer = torch.full((P.R,), -1, dtype=torch.long, device=P.device)
     for e in range(P.E):
-        lo, hi = P.cu[e], P.cu[e + 1]
-        if hi == lo or (hi - lo) % M_TILE == 0:
-            continue
-        end = min(P.R, lo + -(-(hi - lo) // M_TILE) * M_TILE)
-        writer[hi:end] = e
+        lo = -(-P.cu[e] // M_TILE) * M_TILE
+        hi = min(P.R, -(-P.cu[e + 1] // M_TILE) * M_TILE)
+        if hi > lo:
+            writer[lo:hi] = e
     return writer
 
 
@@ -340,14 +348,14 @@ def tail_rows_unwritten(cx):
     return P.predict(up={"writer": w}, down_writer=w)
 
 
-@mutant("tail-rows-from-next-expert", "an expert's partial last m-tile is stored unmasked: the next "
-        "expert's first rows are overwritten with this expert's weights applied to them",
+@mutant("tail-rows-from-next-expert", "row tiles cut every 128 sorted rows across experts, not per expert: "
+        "an expert's last tile also computes the next expert's first rows, with its own weights",
         outputs=ALL, dims=(2,), family="tails")
 def tail_rows_from_next_expert(cx):
     P = problem(cx)
     _need(not P.single, "one expert")
     w = tail_spill(P)
-    _need(bool((w != P.expert).any()), "no partial m-tile followed by another expert's rows")
+    _need(bool((w != P.expert).any()), "every expert starts on a 128-row boundary")
     return P.predict(up={"writer": w}, down_writer=w)
 
 

@@ -14,8 +14,8 @@ the peer's time) is the peer's true rate:
                  (T·k, H) · (H, 2I) and (T·k, I) · (I, H) for stage D; the up-projection's
                  (T·k or m, H) · (H, 2I) alone for the up-projection stages. Fresh random
                  operands of the stage's dtype, made once here (outside the timing).
-  quack          Dao-AILab/quack's gemm_act with varlen + gathered A: researched on branch
-                 moe-quack; make_quack_peer below is where it plugs in (None until then).
+  quack          Dao-AILab/quack's gemm_act with varlen + gathered A (stages/moe/peer_quack.py,
+                 branch moe-quack): the FFN for stage D, the up-projection for the others.
 """
 
 from __future__ import annotations
@@ -122,10 +122,27 @@ def make_dense(inputs, params):
     return run
 
 
+def _peer_quack():
+    """stages/moe/peer_quack.py (branch moe-quack) when it is there, else None."""
+    import importlib.util
+
+    if importlib.util.find_spec("stages.moe.peer_quack") is None:
+        return None
+    from stages.moe import peer_quack
+
+    return peer_quack
+
+
 def make_quack_peer(inputs, params):
-    """quack's varlen gemm_act (branch moe-quack researches which quack version runs beside
-    nvidia-cutlass-dsl 4.8); None until it lands."""
-    return None
+    """quack's varlen gemm_act (stages/moe/peer_quack.py, branch moe-quack): the whole FFN for
+    stage D (inputs with w2), the up-projection alone otherwise; None when quack (or that
+    module) is missing."""
+    mod = _peer_quack()
+    if mod is None:
+        return None
+    if "w2" in inputs:
+        return mod.make_quack_peer(inputs, params)
+    return mod.make_quack_up_peer(inputs, params)
 
 
 def make_peer(name: str, inputs, params):
@@ -142,5 +159,8 @@ def make_peer(name: str, inputs, params):
 
 def missing_note(name: str) -> str | None:
     if name == "quack":
-        return "the quack peer is not wired yet (branch moe-quack: quack-kernels' gemm_act with varlen_m and A_idx)"
+        mod = _peer_quack()
+        if mod is None:
+            return "stages/moe/peer_quack.py is not in this checkout (branch moe-quack)"
+        return mod.missing_note()
     return None

@@ -23,6 +23,9 @@ from workbench.kernels.stage import Params, Stage, TensorSpec
 
 from stages.moe import pipeline
 
+#: stage C's bugs of the row tiling: stage D compiles them into both grouped GEMMs
+ROW_BUGS = ("expert_offset_off_by_one", "tail_from_next", "tail_unwritten")
+
 
 class StageD(Stage):
     """wb stage D: the MoE FFN (routing, plan, grouped up + SwiGLU, grouped down, combine)."""
@@ -62,13 +65,18 @@ class StageD(Stage):
     def compile(self, p: Params, variants: Mapping[str, str], arch: str) -> pipeline.Compiled:
         """Stage C's grouped kernel twice (compile_grouped): the up-projection (K = h, N = 2i,
         gather, the activation) and the down-projection (K = i, N = h, no gather, none), each
-        with stage C's default tile (tile_n, stages) and, for a kernel bug variant, that bug."""
+        with stage C's default tile (tile_n, stages). A kernel bug variant goes into the up
+        kernel; into the down kernel only when it is a row-tiling bug (ROW_BUGS): the
+        activation bugs live in the SwiGLU epilogue the down-projection does not have (stage
+        C's gate_up_swapped would swap its output column pairs), gather_ignored in the gather
+        it does not do."""
         from stages.moe.stage_c_grouped import compile_grouped
 
         bug = str((variants or {}).get("bug", "none"))
         kernel_bug = "none" if bug in pipeline.COMBINE_BUGS else bug
         _, up = compile_grouped(p.dtype, p.h, 2 * p.i, p.activation, True, kernel_bug, arch)
-        _, down = compile_grouped(p.dtype, p.i, p.h, "none", False, kernel_bug, arch)
+        down_bug = kernel_bug if kernel_bug in ROW_BUGS else "none"
+        _, down = compile_grouped(p.dtype, p.i, p.h, "none", False, down_bug, arch)
         return pipeline.Compiled(up=up, down=down, h=p.h, i=p.i, topk=p.topk, activation=p.activation, bug=bug)
 
     def launch(self, compiled: pipeline.Compiled, inputs, outputs) -> None:
