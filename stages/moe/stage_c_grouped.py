@@ -43,9 +43,8 @@ column i.
 
 Bug variants (compile-time ``bug``; each changes the kernel's code path):
 expert_offset_off_by_one (tile_scheduler: the expert's first row read from cu_seqlens[e+1]),
-tail_from_next (an expert's partial last tile is not masked: it loads the next experts' rows
-and stores them with its own weights; made deterministic as mutants.py's model, the spill
-landing last: a row is stored only by ``GroupedTiles.spill_writer``'s expert),
+tail_from_next (tile_scheduler: row tiles cut every 128 sorted rows across experts, so an
+expert's last tile also loads the next expert's rows and stores them with its own weights),
 tail_unwritten (a tail tile stores nothing), gather_ignored (A row = routed row index p,
 modulo the rows of A, instead of rows[p]), gate_up_swapped (gate read from column 2i+1, up
 from 2i), silu_on_up (up replaced by silu(up) before the activation: swiglu gives
@@ -382,12 +381,7 @@ class GroupedGemm(MoeGemmSm90):
             if const_expr(self.bug == "tail_unwritten"):
                 if rows < self.tile_m:
                     rows = Int32(0)
-            keep = None
-            if const_expr(self.bug == "tail_from_next"):
-                # this thread's two rows (accumulator mode 0.1): stored only by their writer
-                keep = (tiles.spill_writer(row_start + tCcAcc[0][0]) == e,
-                        tiles.spill_writer(row_start + tCcAcc[2][0]) == e)
-            self.epilogue(acc, tCcAcc, mOut, row_start, n_tile * self.tile_n, row_start + rows, Int32(self.n), keep)
+            self.epilogue(acc, tCcAcc, mOut, row_start, n_tile * self.tile_n, row_start + rows, Int32(self.n))
             tile = tile + step
             e, base, mt = tiles.locate(tile, e, base, mt)
 
@@ -401,36 +395,24 @@ class GroupedGemm(MoeGemmSm90):
         n_base: Int32,
         m_limit: Int32,
         n_limit: Int32,
-        keep=None,
     ):
-        """The shared epilogue, except for the bugs that change the store: the two
-        activation bugs (not for activation=none) and tail_from_next (``keep``: whether
-        the thread's first and second accumulator row are stored)."""
-        act_bug = self.bug in ("gate_up_swapped", "silu_on_up") and not self.plain
-        if const_expr(not act_bug and keep is None):
+        """The shared epilogue, except for the two activation bugs (same predicates)."""
+        if const_expr(self.bug not in ("gate_up_swapped", "silu_on_up") or self.plain):
             MoeGemmSm90.epilogue(self, acc, tCcAcc, mD, m_base, n_base, m_limit, n_limit)
         else:
-            first_row = tCcAcc[0][0]
             for j in cutlass.range_constexpr(cute.size(acc) // 2):
                 coord = tCcAcc[2 * j]
                 row = m_base + coord[0]
                 col = n_base + coord[1]
                 g, u = acc[2 * j], acc[2 * j + 1]
-                if const_expr(act_bug and self.bug == "gate_up_swapped"):
+                if const_expr(self.bug == "gate_up_swapped"):
                     g, u = u, g
-                if const_expr(keep is not None):
-                    if coord[0] == first_row:
-                        if not keep[0]:
-                            row = m_limit
-                    else:
-                        if not keep[1]:
-                            row = m_limit
                 if row < m_limit:
                     if col < n_limit:
                         if const_expr(self.activation == "identity"):
                             mD[row, col] = g.to(self.dtype)
                             mD[row, col + 1] = u.to(self.dtype)
-                        elif const_expr(act_bug and self.bug == "silu_on_up"):
+                        elif const_expr(self.bug == "silu_on_up"):
                             y = act.apply(self.activation, g, u * act.sigmoid(u))
                             mD[row, col // 2] = y.to(self.dtype)
                         else:

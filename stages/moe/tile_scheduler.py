@@ -30,13 +30,11 @@ Bug hooks (stage C's ``bug`` variant):
 * ``expert_offset_off_by_one``: an expert's first row is read from cu_seqlens[e + 1] instead
   of cu_seqlens[e] (the row count stays right): each expert computes rows of the next one
   (clamped to the end of the rows, so it stays in bounds); expert 0's rows are never written.
-* ``tail_from_next``: an expert's last, partial tile is not masked at the expert's end:
-  it loads all tile_m rows (the next experts' rows, through rows[]) and, with this
-  expert's weights, stores them over the next experts' first rows. On a GPU the order of
-  the two stores would be a race; the bug is made deterministic as the model of
-  stages/moe/mutants.py (tail-rows-from-next-expert) has it, the spill's write landing
-  last: each row is stored only by its ``spill_writer`` (the last expert, in expert order,
-  whose partial last tile spills over it; else its own expert).
+* ``tail_from_next``: the row tiles are cut every tile_m sorted rows over all experts, not
+  per expert (the tail of an expert is not masked): a tile belongs to the expert of its
+  first row and runs all its tile_m rows with that expert's weights, so the rows of the next
+  expert inside an expert's last tile are read (rows[] of the next expert) and stored with
+  the wrong weights. Every row is still written exactly once (no race: deterministic).
 """
 
 from __future__ import annotations
@@ -88,14 +86,14 @@ def walk_model(
     out: list[list[TileCoord]] = []
     for cta in range(grid):
         work = []
-        e, base, mt = 0, 0, _m_tiles(cu, 0, tile_m) if num_experts > 0 else 0
+        e, base, mt = 0, 0, _m_tiles(cu, 0, tile_m, bug) if num_experts > 0 else 0
         tile = cta
         while True:
             # ExpertWalk.locate
             while e < num_experts and tile >= base + mt * n_tiles:
                 base += mt * n_tiles
                 e += 1
-                mt = _m_tiles(cu, e, tile_m) if e < num_experts else 0
+                mt = _m_tiles(cu, e, tile_m, bug) if e < num_experts else 0
             if e >= num_experts:
                 break
             local = tile - base
@@ -104,7 +102,8 @@ def walk_model(
             start = cu[e + 1] if bug == "expert_offset_off_by_one" else cu[e]
             row_start = start + m_tile * tile_m
             rows = min(cu[e + 1] - cu[e] - m_tile * tile_m, tile_m, total_rows - row_start)
-            if bug == "tail_from_next":  # not masked at the expert's end
+            if bug == "tail_from_next":
+                row_start = (ceil_div(cu[e], tile_m) + m_tile) * tile_m
                 rows = min(tile_m, total_rows - row_start)
             work.append(TileCoord(e, m_tile, n_tile, row_start, rows))
             tile += grid
@@ -112,24 +111,10 @@ def walk_model(
     return out
 
 
-def _m_tiles(cu: list[int], e: int, tile_m: int) -> int:
+def _m_tiles(cu: list[int], e: int, tile_m: int, bug: str = "none") -> int:
+    if bug == "tail_from_next":
+        return ceil_div(cu[e + 1], tile_m) - ceil_div(cu[e], tile_m)
     return ceil_div(cu[e + 1] - cu[e], tile_m)
-
-
-def spill_writer(cu: Sequence[int], tile_m: int, r: int) -> int:
-    """tail_from_next: the expert whose tile stores sorted row r (the device's
-    ``GroupedTiles.spill_writer``): the last expert whose partial last tile spills over r,
-    else r's own expert."""
-    cu = [int(c) for c in cu]
-    own = spill = -1
-    for e in range(len(cu) - 1):
-        lo, hi = cu[e], cu[e + 1]
-        if lo <= r < hi:
-            own = e
-        end = min(lo + ceil_div(hi - lo, tile_m) * tile_m, cu[-1])
-        if hi <= r < end:
-            spill = e
-    return spill if spill >= 0 else own
 
 
 # --------------------------------------------------------------------------------------
@@ -156,7 +141,10 @@ class GroupedTiles:
         """ceil(rows of expert e / tile_m); 0 for e >= E (past the last expert)."""
         mt = Int32(0)
         if e < self.num_experts:
-            mt = self._ceil_m(self.mCu[e + 1] - self.mCu[e])
+            if const_expr(self.bug == "tail_from_next"):
+                mt = self._ceil_m(self.mCu[e + 1]) - self._ceil_m(self.mCu[e])
+            else:
+                mt = self._ceil_m(self.mCu[e + 1] - self.mCu[e])
         return mt
 
     def _ceil_m(self, rows: Int32) -> Int32:
@@ -193,27 +181,8 @@ class GroupedTiles:
             first = self.mCu[e + 1]
         row_start = first + m_tile * self.tile_m
         rows = cutlass.min(self.mCu[e + 1] - self.mCu[e] - m_tile * self.tile_m, self.tile_m)
-        if const_expr(self.bug == "tail_from_next"):  # not masked at the expert's end
+        if const_expr(self.bug == "tail_from_next"):
+            row_start = (self._ceil_m(self.mCu[e]) + m_tile) * self.tile_m
             rows = Int32(self.tile_m)
         rows = cutlass.min(rows, self.total_rows - row_start)
         return m_tile, n_tile, row_start, rows
-
-    @cute.jit
-    def spill_writer(self, r: Int32) -> Int32:
-        """tail_from_next: the expert whose tile stores sorted row r (``spill_writer``'s
-        model): the last expert whose partial last tile spills over r, else r's own."""
-        own = Int32(-1)
-        spill = Int32(-1)
-        for e in cutlass.range(self.num_experts, unroll=1):
-            lo = self.mCu[e]
-            hi = self.mCu[e + 1]
-            if lo <= r:
-                if r < hi:
-                    own = e
-            end = cutlass.min(lo + self._ceil_m(hi - lo) * self.tile_m, self.total_rows)
-            if hi <= r:
-                if r < end:
-                    spill = e
-        if spill >= 0:
-            own = spill
-        return own
