@@ -418,3 +418,27 @@ def test_stage_c_fixtures_give_a_valid_routing(name):
     assert int(ids.min()) >= 0 and int(ids.max()) < 8
     out = grouped_reference(inputs["x"].float(), ids, inputs["w1"].float(), "swiglu", torch.float32)
     assert out.shape == (600, 32) and torch.isfinite(out).all()
+
+
+def test_tail_from_next_is_the_mutants_model():
+    """The diagnosis' mutant tail-rows-from-next-expert (stages/moe/mutants.tail_spill) must
+    predict, for any routing, the expert whose weights stage C's tail_from_next applies to
+    each row (the walk model's tiles, 128 rows)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from stages.moe import mutants
+
+    rng = random.Random(5)
+    for _ in range(50):
+        counts = [rng.choice([0, 1, 5, 127, 128, 129, 200, 300]) for _ in range(rng.randint(1, 9))]
+        cu = _cu(counts)
+        writer = [-1] * cu[-1]
+        for cta in ts.walk_model(cu, 1, TILE_M, 4, bug="tail_from_next"):
+            for t in cta:
+                for r in range(t.row_start, t.row_start + t.rows):
+                    writer[r] = t.expert
+        expert = torch.tensor([e for e, c in enumerate(counts) for _ in range(c)], dtype=torch.long)
+        P = SimpleNamespace(cu=cu, E=len(counts), R=cu[-1], expert=expert, device="cpu")
+        assert mutants.tail_spill(P).tolist() == writer, counts
