@@ -194,7 +194,7 @@ def test_stage_c_compiles_plain_gemm_without_gather():
     # A in row order comes by TMA (a 2-D box from the tile's first row), no cp.async, and
     # the full barrier counts the TMA warp's one arrive
     assert "cp.async.bulk.tensor.2d" in ptx and "cp.async.cg" not in ptx
-    assert _shape(probes["tma gA"]) == "(128,64,32)"
+    assert _shape(probes["gA"]) == "(128,64,32)" and probes["gA"]["memspace"] == "coord"  # a TMA coordinate tile
     assert not re.search(r"mov.b32\s+%r\d+, 129;", ptx)
     *_, ptx_cp = _compile(activation="none", gather="off", a_load="cpasync")
     assert "cp.async.cg" in ptx_cp and "cp.async.bulk.tensor.2d" not in ptx_cp

@@ -349,8 +349,11 @@ class GroupedGemm(MoeGemmSm90):
             tBsB, tBgB = cpasync.tma_partition(
                 tma_atom_b, 0, cute.make_layout(1), cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2)
             )
-            probe("tma gA", gA)
-            probe("tma tAgA", tAgA)
+            probe("gA", gA)
+            probe("tAgA", tAgA)
+            probe("tAsA", tAsA)
+            probe("gB", gB)
+            probe("tBgB", tBgB)
             state = self.load_tile(tma_atom_a, tma_atom_b, tAgA, tBgB, tAsA, tBsB, pipe, state, Int32(self.k_tiles))
             tile = tile + step
             e, base, mt = tiles.locate(tile, e, base, mt)
