@@ -9,9 +9,10 @@ operand). act = swiglu | gptoss (N = 2I interleaved gate/up columns -> I outputs
 (the raw N columns) | none (a plain GEMM, N columns: the down-projection).
 
 The kernel is ``GroupedGemm``, a subclass of stage A/B's ``gemm.MoeGemmSm90`` (the tiled MMA,
-smem ring, pipeline prologue, consumer mainloop and epilogue are that class's). CTA: 3
-warpgroups, 384 threads. Warpgroups 1 and 2 consume (64 rows each of the 128-row tile,
-WGMMA, fp32 accumulators, the epilogue); warpgroup 0 produces:
+smem ring, pipeline prologue, consumer mainloop and epilogue are that class's). CTA:
+1 + tile_m / 64 warpgroups (384 threads for the default 128 x 256 tile). Warpgroups 1..
+consume (64 rows each of the tile, WGMMA, fp32 accumulators, the epilogue); warpgroup 0
+produces:
 
 * B (expert e's (tile_k x tile_n) slab) by TMA from the 3-D (N, K, E) view of w with the
   expert as the third coordinate, issued by the producer's warp 0;
@@ -23,7 +24,7 @@ WGMMA, fp32 accumulators, the epilogue); warpgroup 0 produces:
 * one mbarrier per stage counts both: the TMA warp's arrive-and-expect-tx (B's bytes)
   plus one cp.async.mbarrier.arrive.noinc per producer thread, which fires when that
   thread's cp.asyncs have landed (full count = 1 + 128). Consumers release a stage with
-  one arrive per warp (empty count = 8).
+  one arrive per warp (empty count = 4 per consumer WG).
 * without gather (``a_load`` auto or tma) warp 0 loads A by TMA too, a (128 x 64) box from
   the tile's first sorted row (rows past the expert's end are the next expert's: loaded,
   never stored; past R: zero-filled by TMA), and the full count is 1 (the down-projection's
@@ -43,8 +44,9 @@ column i.
 
 Bug variants (compile-time ``bug``; each changes the kernel's code path):
 expert_offset_off_by_one (tile_scheduler: the expert's first row read from cu_seqlens[e+1]),
-tail_from_next (tile_scheduler: row tiles cut every 128 sorted rows across experts, so an
-expert's last tile also loads the next expert's rows and stores them with its own weights),
+tail_from_next (tile_scheduler: row tiles cut every tile_m sorted rows across experts, so an
+expert's last tile also loads the next expert's rows and stores them with its own weights;
+stages/moe/mutants.tail_spill models it for tile_m 128),
 tail_unwritten (a tail tile stores nothing), gather_ignored (A row = routed row index p,
 modulo the rows of A, instead of rows[p]), gate_up_swapped (gate read from column 2i+1, up
 from 2i), silu_on_up (up replaced by silu(up) before the activation: swiglu gives
