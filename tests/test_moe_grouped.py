@@ -5,17 +5,20 @@ CPU tests (no GPU):
     every (expert, m tile, n tile) exactly once, each routed row in exactly one tile of its
     own expert, for empty experts, one-row experts, tails, one expert with everything, no
     rows at all, and grids from 1 CTA to more CTAs than tiles; the host's grid bound is never
-    below the real tile count; the two scheduler bugs move rows as their docstring says;
-  * stage C compiles for sm_90a (swiglu with gather, none without gather, one bug variant),
-    the probes have the shapes of the 128 x 256 x 64 tile, 4-stage ring, and the PTX has
-    the design's pieces (16-byte cp.async zero-filling past an expert's end, the cp.async
-    mbarrier arrive, the 1 + 128 full count, a 3-D TMA for B only, WGMMA);
-  * each bug variant changes the generated code (slow: one compile each).
+    below the real tile count; the two scheduler bugs move rows as their docstring says, and
+    tail_from_next is the diagnosis' mutant model (mutants.tail_spill) for any routing;
+  * stage C compiles for sm_90a (swiglu with gather, none without gather by TMA and by
+    cp.async, tile_m 64, a K tail, bug variants), the probes have the shapes of the
+    128 x 256 x 64 tile, 4-stage ring, and the PTX has the design's pieces (16-byte cp.async
+    zero-filling past an expert's end, the cp.async mbarrier arrive, the 1 + 128 full count,
+    a 3-D TMA for B only, WGMMA); the stage wires its params and variants into the kernel;
+  * each bug variant changes the generated code (slow: one compile each); the activation
+    bugs leave the plain GEMM (stage D's down-projection) unchanged;
+  * the reference is the per-row definition; every fixture of the stage gives a valid routing.
 GPU (`gpu` mark; the lead runs them on an H200): stage C against the torch reference for
-T in {1, 7, 128, 1000}, empty experts, all tokens on one expert, N tails, every activation,
-gather off; every bug variant fails on an input that exposes it.
+T in {1, 7, 128, 1000}, empty experts, all tokens on one expert, N and K tails, every
+activation, gather off (TMA and cp.async), other tiles; every bug variant fails.
 """
-
 from __future__ import annotations
 
 import importlib.util
