@@ -151,7 +151,11 @@ def _stage_specs():
     }
     from workbench.kernels.stage import TensorSpec as S
 
-    specs["ab"] = {"x": S((300, 64), "bf16"), "w1": S((64, 64), "bf16")}  # stages A/B declare these
+    from stages.moe.stage_a_gemm import StageA
+    from stages.moe.stage_b_swiglu import StageB
+
+    specs["a"] = StageA().inputs(Params({**base, "m": 300}))
+    specs["b"] = StageB().inputs(Params({**base, "m": 300}))
     from stages.moe.stage_c_grouped import StageC
 
     specs["c"] = StageC().inputs(Params(base))
