@@ -1,7 +1,7 @@
 """Speed of MoE stage C's grouped GEMM against a dense matmul of the same size (GPU).
 
     python benchmarks/bench_moe_grouped.py [--t 8192] [--shapes qwen3,mixtral,deepseek,gptoss]
-                                           [--tile-n 256] [--stages auto] [--check]
+                                           [--tile-m 128] [--tile-n 256] [--stages auto] [--check]
 
 For each model shape (H, I, E, top-k) and T tokens, routed by the top-k of random logits:
 
@@ -38,6 +38,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--t", type=int, default=8192)
     ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--tile-m", type=int, default=128)
     ap.add_argument("--tile-n", type=int, default=256)
     ap.add_argument("--stages", default="auto")
     ap.add_argument("--reps", type=int, default=20)
@@ -50,10 +51,10 @@ def main() -> int:
     from stages.moe.plan import make_plan
     from workbench.run.bench import time_cuda
 
-    stages = sc.AUTO_STAGES[args.tile_n] if args.stages == "auto" else int(args.stages)
+    stages = sc.AUTO_STAGES[args.tile_m, args.tile_n] if args.stages == "auto" else int(args.stages)
     dev = "cuda"
     dt = torch.bfloat16
-    print(f"T = {args.t}, bf16, tile 128 x {args.tile_n} x 64, {stages} stages, {torch.cuda.get_device_name()}")
+    print(f"T = {args.t}, bf16, tile {args.tile_m} x {args.tile_n} x 64, {stages} stages, {torch.cuda.get_device_name()}")
     for name in args.shapes.split(","):
         H, I, E, k = SHAPES[name]
         T = args.t
@@ -66,8 +67,9 @@ def main() -> int:
         plan = make_plan(ids, E)
         h = torch.empty(R, I, device=dev, dtype=dt)
         y = torch.empty(R, H, device=dev, dtype=dt)
-        _, up = sc.compile_grouped("bf16", H, 2 * I, "swiglu", True, tile_n=args.tile_n, stages=stages)
-        _, down = sc.compile_grouped("bf16", I, H, "none", False, tile_n=args.tile_n, stages=stages)
+        tiles = {"tile_m": args.tile_m, "tile_n": args.tile_n, "stages": stages}
+        _, up = sc.compile_grouped("bf16", H, 2 * I, "swiglu", True, **tiles)
+        _, down = sc.compile_grouped("bf16", I, H, "none", False, **tiles)
 
         rows: list[tuple[str, float, float]] = []
 

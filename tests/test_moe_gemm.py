@@ -95,11 +95,27 @@ def test_stage_b_compiles_per_activation(activation):
 def test_variants_pick_the_tile_config():
     from stages.moe.stage_a_gemm import kernel_config
 
-    assert kernel_config({}) == {"tile_m": 128, "tile_n": 256, "tile_k": 64, "stages": 4, "persistent": True, "cluster_m": 1}
+    assert kernel_config({}) == {"tile_m": 128, "tile_n": 256, "tile_k": 64, "stages": 4, "persistent": True, "cluster_m": 1, "group_m": 8}
     c = kernel_config({"tile_n": "128", "stages": "auto", "persistent": "off"})
     assert (c["tile_n"], c["stages"], c["persistent"]) == (128, 6, False)
     assert kernel_config({"stages": "3"})["stages"] == 3
     assert kernel_config({"tile_m": "64"})["stages"] == 5
+
+
+@pytest.mark.parametrize("m_tiles,n_tiles,group_m", [(1, 1, 8), (5, 3, 8), (17, 6, 8), (16, 112, 8), (9, 4, 1), (7, 5, 16)])
+def test_banded_tile_order_covers_every_tile_once(m_tiles, n_tiles, group_m):
+    """The work-tile order is a bijection onto (m, n) tiles, m fastest inside each band of
+    group_m m tiles (so consecutive tiles share W's n tile), bands in order."""
+    from stages.moe.gemm import banded_tile
+
+    order = [banded_tile(t, m_tiles, n_tiles, group_m) for t in range(m_tiles * n_tiles)]
+    assert sorted(order) == [(m, n) for m in range(m_tiles) for n in range(n_tiles)]
+    for (m0, n0), (m1, n1) in zip(order, order[1:]):
+        assert m0 // group_m <= m1 // group_m  # bands in order
+        if m0 // group_m == m1 // group_m:  # inside a band: next m, or the next n from the band's top
+            assert (n1 == n0 and m1 == m0 + 1) or (n1 == n0 + 1 and m1 == (m1 // group_m) * group_m)
+    if group_m == 1:
+        assert order == [(m, n) for m in range(m_tiles) for n in range(n_tiles)]
 
 
 @needs_dsl
@@ -122,7 +138,8 @@ def test_stage_a_variants_compile(variants):
 
 @needs_dsl
 @pytest.mark.parametrize("activation", ["identity", "swiglu"])
-def test_ptx_has_the_designed_instructions(activation):
+def test_ptx_has_the_designed_instructions(activation, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # KeepPTX writes the .ptx and .cubin into the working directory
     import cutlass
 
     from stages.moe import host
@@ -141,6 +158,29 @@ def test_ptx_has_the_designed_instructions(activation):
         assert set(stores) == {"b16"} and len(stores) == 64  # one output per gate/up pair
         assert len(re.findall(r"ex2\.approx", ptx)) == 64
     assert "setmaxnreg.inc" in ptx and "setmaxnreg.dec" in ptx
+
+
+@needs_dsl
+def test_cluster_variant_multicasts_half_of_each_w_box(tmp_path, monkeypatch):
+    """cluster_m=2: W's four 64-column boxes per stage go out as multicast copies (mask 0b11)
+    from both CTAs, each of a half box (k rows 32·rank..: smem offsets 8 KiB apart, the
+    rank's 4 KiB shift), A stays a plain copy, each CTA's "full" barrier still expects the
+    whole stage (A 16 KiB + W 32 KiB) and consumers also arrive on the peer's "empty" barrier."""
+    monkeypatch.chdir(tmp_path)  # KeepPTX writes the .ptx and .cubin into the working directory
+    import cutlass
+
+    from stages.moe import host
+    from stages.moe.gemm import MoeGemmSm90
+
+    kernel = MoeGemmSm90(cutlass.BFloat16, cluster_m=2)
+    args = [host.fake_tensor(cutlass.BFloat16, 2) for _ in range(3)]
+    ptx = host.compile_for(ARCH, kernel, *args, cutlass.Int32(132), host.fake_stream(), keep_ptx=True).__ptx__
+    mcast = re.findall(r"cp\.async\.bulk\.tensor\.2d\.shared::cluster\.global\.tile\.mbarrier::complete_tx::bytes\.multicast::cluster\S* \[%r\d+\+(\d+)\]", ptx)
+    assert len(mcast) == 4 and [int(b) - int(mcast[0]) for b in mcast] == [0, 8192, 16384, 24576]
+    assert len(re.findall(r"cp\.async\.bulk\.tensor\.2d\.shared::cta\.global", ptx)) == 1
+    assert re.search(r"mov\.b32\s+%r\d+, 49152;", ptx)  # the expect_tx byte count
+    assert "mbarrier.arrive.shared::cluster.b64" in ptx
+    assert "barrier.cluster.arrive" in ptx and "barrier.cluster.wait" in ptx
 
 
 @needs_dsl
@@ -239,7 +279,7 @@ GPU_SHAPES = [  # (m, h, i): m = 1, 7, tails in M, N (2i not a multiple of 256) 
     (1, 256, 128),
     (7, 512, 64),
     (128, 2048, 768),
-    (300, 1024, 200),
+    (300, 1000, 200),  # K tail (1000 % 64 = 40), N tail (400 % 256)
     (1000, 2880, 2880),
     (4096, 2048, 768),
 ]
@@ -304,12 +344,14 @@ VARIANTS = [
     {"cluster_m": "2"},
     {"cluster_m": "2", "persistent": "off"},
     {"cluster_m": "2", "tile_n": "128"},
+    {"group_m": "1"},
+    {"group_m": "16", "cluster_m": "2"},
 ]
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("variants", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()))
-@pytest.mark.parametrize("m,h,i", [(7, 512, 64), (300, 1024, 200), (2000, 2880, 2880)])
+@pytest.mark.parametrize("m,h,i", [(7, 512, 64), (300, 1000, 200), (2000, 2880, 2880)])
 def test_gpu_variants_match_reference(m, h, i, variants):
     _run_stage("a", m, h, i, "bf16", variants=variants)
     _run_stage("b", m, h, i, "bf16", "swiglu", variants=variants)

@@ -158,7 +158,7 @@ def test_stage_c_compiles_with_the_designed_pieces():
     assert _shape(probes["sA"]) == "((8,16),(64,1),(1,4))"
     assert _shape(probes["tAsA"]) == "((8,1),8,1,(1,4))"
     assert probes["tAcA"]["layout"].endswith(":((1@1,0),16@0,0)")
-    # B: expert e's (256, 64) box, K = 2048 static: 32 k tiles
+    # B: expert e's (256, 64) box, K = 2048 static: 32 k tiles (no K tail: no column predicate)
     assert _shape(probes["gB"]) == "(256,64,32)"
     assert _shape(probes["tCrAcc"]) == "((2,2,32),1,1)"
     assert "cp.async.cg.shared.global" in ptx  # 16-byte chunks (.cg takes only 16)
@@ -194,7 +194,7 @@ def test_stage_c_compiles_plain_gemm_without_gather():
     # A in row order comes by TMA (a 2-D box from the tile's first row), no cp.async, and
     # the full barrier counts the TMA warp's one arrive
     assert "cp.async.bulk.tensor.2d" in ptx and "cp.async.cg" not in ptx
-    assert _shape(probes["tma gA"]) == "(128,64,32)"
+    assert _shape(probes["gA"]) == "(128,64,32)" and probes["gA"]["memspace"] == "coord"  # a TMA coordinate tile
     assert not re.search(r"mov.b32\s+%r\d+, 129;", ptx)
     *_, ptx_cp = _compile(activation="none", gather="off", a_load="cpasync")
     assert "cp.async.cg" in ptx_cp and "cp.async.bulk.tensor.2d" not in ptx_cp
@@ -207,6 +207,39 @@ def test_one_bug_variant_compiles_to_other_code():
     *_, ptx = _compile(bug="tail_unwritten")
     *_, ptx_ok = _compile()
     assert ptx != ptx_ok
+
+
+@needs_dsl
+def test_tile_m_64_compiles():
+    """tile_m 64: one consumer WG; each producer thread gathers 4 rows, 16 apart."""
+    from stages.moe import stage_c_grouped as sc
+
+    with capture() as rec:
+        kernel, c = sc.compile_grouped("bf16", 512, 384, "swiglu", True, arch=ARCH, tile_m=64, tile_n=128,
+                                       stages=sc.AUTO_STAGES[64, 128])
+    probes = {r["name"]: r for r in rec}
+    assert c.tile_m == 64 and kernel.num_consumer_wg == 1 and kernel.producer_arrivals == 129
+    assert _shape(probes["tAsA"]) == "((8,1),4,1,(1,7))"
+    assert _shape(probes["tCrAcc"]) == "((2,2,16),1,1)"
+
+
+@needs_dsl
+def test_k_tail_compiles():
+    """K = 200: 4 k tiles, the last one partial (A's chunks past K zero-filled)."""
+    from stages.moe import stage_c_grouped as sc
+
+    with capture() as rec:
+        kernel, c = sc.compile_grouped("bf16", 200, 192, "swiglu", True, arch=ARCH)
+    assert kernel.k_tiles == 4 and kernel.k_tail
+    assert _shape({r["name"]: r for r in rec}["gB"]) == "(256,64,4)"
+
+
+@needs_dsl
+def test_activation_bugs_leave_the_plain_gemm_alone():
+    """Stage D passes one bug to both GEMMs: the down-projection (none) has no gate/up."""
+    *_, ptx = _compile(activation="none", gather="off", bug="gate_up_swapped")
+    *_, ptx_ok = _compile(activation="none", gather="off")
+    assert ptx == ptx_ok
 
 
 @needs_dsl
@@ -223,7 +256,8 @@ def test_every_bug_variant_changes_the_kernel(bug):
 # --------------------------------------------------------------------------------------
 # GPU
 # --------------------------------------------------------------------------------------
-def _run_case(T, E, topk, h, i, activation="swiglu", gather="on", bug="none", ids=None, seed=0, a_load="auto"):
+def _run_case(T, E, topk, h, i, activation="swiglu", gather="on", bug="none", ids=None, seed=0, a_load="auto",
+              **tile):
     """Stage C's launch and reference on one input; returns compare.metrics' dict."""
     import torch
 
@@ -233,7 +267,7 @@ def _run_case(T, E, topk, h, i, activation="swiglu", gather="on", bug="none", id
     g = torch.Generator().manual_seed(seed)
     p = _params(t=T, e=E, topk=topk, h=h, i=i, activation=activation)
     stage = sc.StageC()
-    compiled = stage.compile(p, {"gather": gather, "bug": bug, "a_load": a_load}, ARCH)
+    compiled = stage.compile(p, {"gather": gather, "bug": bug, "a_load": a_load, **tile}, ARCH)
     x = torch.randn(T, h, generator=g).to(torch.bfloat16).cuda()
     w1 = (torch.randn(E, h, 2 * i, generator=g) / h**0.5).to(torch.bfloat16).cuda()
     if ids is None:
@@ -257,6 +291,21 @@ def test_gpu_matches_reference_for_token_counts(T):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("tile", [{"tile_m": "64"}, {"tile_m": "64", "tile_n": "128"}, {"tile_n": "128"}])
+@pytest.mark.parametrize("gather", ["on", "off"])
+def test_gpu_other_tiles(tile, gather):
+    m = _run_case(500, E=8, topk=2, h=192, i=200, gather=gather, **tile)
+    assert m["verdict"] == "PASS", m
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bug", ["tail_from_next", "tail_unwritten", "expert_offset_off_by_one"])
+def test_gpu_bug_variants_fail_with_64_row_tiles(bug):
+    m = _run_case(300, E=4, topk=2, h=128, i=192, bug=bug, tile_m="64")
+    assert m["verdict"] == "FAIL", m
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("activation", ["identity", "gptoss", "none"])
 def test_gpu_activations(activation):
     m = _run_case(300, E=4, topk=2, h=128, i=192, activation=activation)
@@ -268,6 +317,13 @@ def test_gpu_activations(activation):
 @pytest.mark.parametrize("activation", ["none", "swiglu"])
 def test_gpu_gather_off(a_load, activation):
     m = _run_case(300, E=4, topk=2, h=128, i=192, activation=activation, gather="off", a_load=a_load)
+    assert m["verdict"] == "PASS", m
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gather", ["on", "off"])
+def test_gpu_k_tail(gather):
+    m = _run_case(300, E=4, topk=2, h=200, i=96, gather=gather)  # K = 200: a partial last k tile
     assert m["verdict"] == "PASS", m
 
 
@@ -331,3 +387,58 @@ def test_reference_is_the_per_row_definition():
                 assert torch.allclose(out[p], torch.nn.functional.silu(gate) * up)
                 p += 1
     assert p == T * k == out.shape[0]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["random", "all-to-one-expert", "empty-experts", "one-token-per-expert", "onehot-routing", "tail-plus-one",
+     "large-gates"],
+)
+def test_stage_c_fixtures_give_a_valid_routing(name):
+    """The contract with fixtures/moe.py: every fixture of stage C fills x, topk_ids, w1 with
+    the stage's shapes and dtypes, ids in [0, E); the reference runs on them (CPU)."""
+    from pathlib import Path
+
+    import torch
+
+    from stages.moe.stage_c_grouped import StageC, grouped_reference
+    from workbench.kernels.fixtures import load_fixtures
+    from workbench.kernels.registry import load_kernel
+
+    root = Path(__file__).resolve().parents[1]
+    spec = load_kernel(root / "stages" / "moe" / "kernel.yaml").stage("c")
+    assert name in spec.fixtures
+    fx = load_fixtures(root / "fixtures")[name]
+    p = _params(t=300, h=64, i=32, e=8, topk=2)
+    specs = StageC().inputs(p)
+    inputs = fx.make(specs, p, 0, "cpu")
+    for key, s in specs.items():
+        assert tuple(inputs[key].shape) == s.shape and inputs[key].dtype == s.torch_dtype(), key
+    ids = inputs["topk_ids"]
+    assert int(ids.min()) >= 0 and int(ids.max()) < 8
+    out = grouped_reference(inputs["x"].float(), ids, inputs["w1"].float(), "swiglu", torch.float32)
+    assert out.shape == (600, 32) and torch.isfinite(out).all()
+
+
+def test_tail_from_next_is_the_mutants_model():
+    """The diagnosis' mutant tail-rows-from-next-expert (stages/moe/mutants.tail_spill) must
+    predict, for any routing, the expert whose weights stage C's tail_from_next applies to
+    each row (the walk model's tiles, 128 rows)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from stages.moe import mutants
+
+    rng = random.Random(5)
+    for _ in range(50):
+        counts = [rng.choice([0, 1, 5, 127, 128, 129, 200, 300]) for _ in range(rng.randint(1, 9))]
+        cu = _cu(counts)
+        writer = [-1] * cu[-1]
+        for cta in ts.walk_model(cu, 1, TILE_M, 4, bug="tail_from_next"):
+            for t in cta:
+                for r in range(t.row_start, t.row_start + t.rows):
+                    writer[r] = t.expert
+        expert = torch.tensor([e for e, c in enumerate(counts) for _ in range(c)], dtype=torch.long)
+        P = SimpleNamespace(cu=cu, E=len(counts), R=cu[-1], expert=expert, device="cpu")
+        assert mutants.tail_spill(P).tolist() == writer, counts

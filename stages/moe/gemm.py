@@ -8,8 +8,9 @@ For the MoE up-projection K = H, N = 2I with W1's gate/up columns interleaved
 
 Design
 ------
-* Work tiles: the (tile_m x tile_n) output tiles, numbered with the n tile fastest (the
-  CTAs in flight share a few X row blocks and read W from L2). ``persistent`` (default):
+* Work tiles: the (tile_m x tile_n) output tiles, numbered in bands of ``group_m`` (8) m
+  tiles, m fastest inside a band (``tile_coords``): the CTAs in flight share a few X row
+  blocks and W column blocks, so both are read from DRAM about once. ``persistent`` (default):
   min(tiles, SMs) CTAs, CTA c walks tiles c, c + grid, ...; the producer runs ahead into
   the next tile while the consumers store this one (the ring's state carries across
   tiles), so the pipeline never drains between tiles. Off: one CTA per tile (the same loop,
@@ -87,6 +88,17 @@ def n_major_view(w: cute.Tensor) -> cute.Tensor:
     return cute.make_tensor(w.iterator, cute.select(w.layout, mode=[1, 0]))
 
 
+def banded_tile(tile, m_tiles, n_tiles, group_m: int):
+    """(m_tile, n_tile) of work tile ``tile`` in the banded order of ``tile_coords``: bands
+    of ``group_m`` m tiles, m fastest inside a band, then n. Plain arithmetic: runs on
+    Python ints (tests) and on DSL integers (the kernel)."""
+    band = tile // (group_m * n_tiles)
+    first_m = band * group_m
+    rows = cutlass.min(m_tiles - first_m, group_m)  # the last band may be short
+    within = tile - band * (group_m * n_tiles)
+    return first_m + within % rows, within // rows
+
+
 class MoeGemmSm90:
     """D = epilogue(X · W) by output tiles (see the module docstring).
 
@@ -94,8 +106,9 @@ class MoeGemmSm90:
     ``dtype`` (BFloat16 | Float16), the CTA tile ``tile_m`` (64 or 128: 1 or 2 consumer WGs),
     ``tile_n`` (64, 128, 192 or 256), ``tile_k`` (64 = one 128-byte swizzle row of 16-bit),
     ``stages`` (smem ring depth), ``activation`` (identity | swiglu | gptoss),
-    ``persistent`` (one CTA per SM walking the tiles, or one CTA per tile) and ``cluster_m``
-    (2: clusters of two CTAs on vertically adjacent tiles share each W tile by TMA multicast).
+    ``persistent`` (one CTA per SM walking the tiles, or one CTA per tile), ``cluster_m``
+    (2: clusters of two CTAs on vertically adjacent tiles share each W tile by TMA multicast)
+    and ``group_m`` (the tile order: bands of group_m m tiles, see ``tile_coords``).
     """
 
     #: arrivals on a stage's "full" barrier besides the TMA bytes: the TMA warp's one arrive
@@ -113,6 +126,7 @@ class MoeGemmSm90:
         activation: str = "identity",
         persistent: bool = True,
         cluster_m: int = 1,
+        group_m: int = 8,
     ):
         assert tile_m in (64, 128), tile_m
         assert tile_n in (64, 128, 192, 256), tile_n  # whole 64-column swizzle atoms of B
@@ -120,6 +134,7 @@ class MoeGemmSm90:
         assert stages >= 2, stages
         assert activation in ACTIVATIONS, activation
         assert cluster_m in (1, 2), cluster_m
+        assert group_m >= 1, group_m
         self.dtype = dtype
         self.acc_dtype = Float32
         self.tile_m, self.tile_n, self.tile_k = tile_m, tile_n, tile_k
@@ -127,6 +142,7 @@ class MoeGemmSm90:
         self.activation = activation
         self.persistent = persistent
         self.cluster_m = cluster_m
+        self.group_m = group_m
         self.num_consumer_wg = tile_m // 64
         self.num_threads = WG_THREADS * (1 + self.num_consumer_wg)
         self.producer_regs, self.consumer_regs = REGISTERS[self.num_consumer_wg]
@@ -256,7 +272,8 @@ class MoeGemmSm90:
 
         m_size, n_size = cute.size(mA, mode=[0]), cute.size(mB, mode=[0])
         n_tiles = cute.ceil_div(n_size, self.tile_n)
-        tiles = cute.ceil_div(m_size, self.tile_m * self.cluster_m) * n_tiles  # a cluster's work tiles
+        m_tiles = cute.ceil_div(m_size, self.tile_m * self.cluster_m)  # a cluster's m tiles
+        tiles = m_tiles * n_tiles
         k_tiles = cute.ceil_div(cute.size(mA, mode=[1]), self.tile_k)
         gA = cute.local_tile(mA, (self.tile_m, self.tile_k), (None, None))  # (tile_m, tile_k, m tiles, k tiles)
         gB = cute.local_tile(mB, (self.tile_n, self.tile_k), (None, None))  # (tile_n, tile_k, n tiles, k tiles)
@@ -287,7 +304,7 @@ class MoeGemmSm90:
                 probe("tBsB", tBsB)
                 state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Producer, self.stages)
                 for tile in cutlass.range(first, tiles, step, unroll=1):
-                    m_block, n_block = self.tile_coords(tile, n_tiles, rank)
+                    m_block, n_block = self.tile_coords(tile, m_tiles, n_tiles, rank)
                     state = self.load_tile(
                         tma_atom_a, tma_atom_b, tAgA[None, m_block, None], tBgB[None, n_block, None],
                         tAsA, tBsB, pipe, state, k_tiles, mcast_b,
@@ -298,16 +315,23 @@ class MoeGemmSm90:
             tCrA, tCrB, acc, tCcAcc = self.mma_fragments(tiled_mma, sA, sB, tidx - WG_THREADS, wg_idx - 1)
             state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.stages)
             for tile in cutlass.range(first, tiles, step, unroll=1):
-                m_block, n_block = self.tile_coords(tile, n_tiles, rank)
+                m_block, n_block = self.tile_coords(tile, m_tiles, n_tiles, rank)
                 state = self.mma_tile(tiled_mma, tCrA, tCrB, acc, pipe, state, k_tiles)
                 self.epilogue(acc, tCcAcc, mD, m_block * self.tile_m, n_block * self.tile_n, m_size, n_size)
 
     @cute.jit
-    def tile_coords(self, tile: Int32, n_tiles: Int32, rank: Int32 = 0):
+    def tile_coords(self, tile: Int32, m_tiles: Int32, n_tiles: Int32, rank: Int32 = 0):
         """(m_block, n_block) of this CTA in work tile ``tile`` (a cluster's: cluster_m
-        vertically adjacent output tiles, ``rank`` picks this CTA's). N tiles fastest, so
-        the CTAs in flight share a few X row blocks and read W from L2."""
-        return (tile // n_tiles) * self.cluster_m + rank, tile % n_tiles
+        vertically adjacent output tiles, ``rank`` picks this CTA's; m_tiles counts them).
+
+        Tiles are numbered in bands of ``group_m`` m tiles: inside a band the m tile is the
+        fastest index, then n; band after band. The CTAs in flight then cover about
+        group_m m tiles x (CTAs / group_m) n tiles, so each W tile read from DRAM serves
+        group_m m tiles from L2 (with the m tile slowest, every row of tiles would stream
+        all of W: a large-N W, e.g. Mixtral's 4096 x 28672, would be read m_tiles times).
+        group_m = 1 is the plain row-by-row order (n fastest)."""
+        m_tile, n_tile = banded_tile(tile, m_tiles, n_tiles, self.group_m)
+        return m_tile * self.cluster_m + rank, n_tile
 
     def cluster_layout(self) -> cute.Layout:
         """The (cluster_m, 1, 1) layout of a cluster's CTAs (M, N, K)."""

@@ -8,6 +8,7 @@ into workbench/ later.
 
 from __future__ import annotations
 
+import functools
 from typing import Type
 
 import cutlass
@@ -68,7 +69,14 @@ def sm_count(device) -> int:
     """Streaming multiprocessors of ``device`` (the grid of a persistent kernel)."""
     import torch
 
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _sm_count(torch.device(device).index if torch.device(device).index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    import torch
+
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def check_gemm_operands(x, w, out, out_cols: int) -> None:

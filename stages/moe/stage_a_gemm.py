@@ -8,12 +8,16 @@ h and i multiples of 8 (16-byte row strides, TMA's rule).
 The kernel is ``gemm.MoeGemmSm90`` with the identity epilogue (its module docstring has
 the design: 1 producer WG + 2 consumer WGs, a 4-stage TMA ring of 128 x 64 A and 64 x 256
 B tiles, wait_group(1) mainloop, registers -> global epilogue, persistent CTAs). One
-compile per (dtype, variants) serves every m, h, i. Variants (kernel.yaml): ``tile_m``
-(128 | 64: two or one consumer WG; 64 for small m), ``tile_n`` (256 | 128), ``stages``
-(ring depth; auto = the most that fits, ``AUTO_STAGES``), ``persistent`` (on: one
-CTA per SM walks the output tiles, so the next tile's loads overlap this one's epilogue;
-off: a CTA per tile), ``cluster_m`` (2: two CTAs on vertically adjacent tiles each load half
-of the shared W tile and multicast it, halving W's L2 -> SM traffic; experimental, 1 = off).
+compile per (dtype, variants) serves every m, h, i. Variants (kernel.yaml):
+
+* ``tile_m`` 128 | 64: two or one consumer WG (64 for small m); ``tile_n`` 256 | 128;
+* ``stages``: ring depth, auto = the most that fits (``AUTO_STAGES``);
+* ``persistent`` on: one CTA per SM walks the output tiles, so the next tile's loads
+  overlap this one's epilogue; off: a CTA per tile;
+* ``cluster_m`` 2 (experimental; 1 = off): two CTAs on vertically adjacent tiles each load
+  half of the shared W tile and multicast it, halving W's L2 -> SM traffic;
+* ``group_m``: the tile order, bands of that many m tiles with m fastest inside a band,
+  for L2 reuse of W (1 = row by row).
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ AUTO_STAGES = {(128, 256): 4, (128, 128): 6, (64, 256): 5, (64, 128): 7}
 
 def kernel_config(variants: Mapping[str, str] | None) -> dict:
     """MoeGemmSm90's tile arguments from the stage variants (tile_m, tile_n, stages,
-    persistent, cluster_m); missing ones take kernel.yaml's defaults (128, 256, auto, on, 1)."""
+    persistent, cluster_m, group_m); missing ones take kernel.yaml's defaults (128, 256, auto,
+    on, 1, 8)."""
     v = dict(variants or {})
     tile_m, tile_n = int(v.get("tile_m", 128)), int(v.get("tile_n", 256))
     stages = v.get("stages", "auto")
@@ -45,6 +50,7 @@ def kernel_config(variants: Mapping[str, str] | None) -> dict:
         "stages": AUTO_STAGES[tile_m, tile_n] if stages == "auto" else int(stages),
         "persistent": v.get("persistent", "on") == "on",
         "cluster_m": int(v.get("cluster_m", 1)),
+        "group_m": int(v.get("group_m", 8)),
     }
 
 

@@ -48,7 +48,7 @@ expert's last tile also loads the next expert's rows and stores them with its ow
 tail_unwritten (a tail tile stores nothing), gather_ignored (A row = routed row index p,
 modulo the rows of A, instead of rows[p]), gate_up_swapped (gate read from column 2i+1, up
 from 2i), silu_on_up (up replaced by silu(up) before the activation: swiglu gives
-silu(g) * silu(u)).
+silu(g) * silu(u)); these two leave activation=none (the down-projection) unchanged.
 """
 
 import functools
@@ -109,28 +109,35 @@ class GroupedGemm(MoeGemmSm90):
         activation: str = "swiglu",
         gather: bool = True,
         bug: str = "none",
-        tile_n: int = 128,
-        stages: int = 5,
+        tile_n: int = 256,
+        stages: int = 4,
         a_load: str = "auto",
+        tile_m: int = 128,
     ):
         assert activation in ACTIVATIONS, activation
         assert bug in BUGS, bug
         assert a_load in A_LOADS, a_load
         # "none" (the down-projection's plain GEMM) stores the accumulator as identity does
-        super().__init__(dtype, tile_m=128, tile_n=tile_n, tile_k=64, stages=stages,
+        super().__init__(dtype, tile_m=tile_m, tile_n=tile_n, tile_k=64, stages=stages,
                          activation="identity" if activation == "none" else activation)
-        assert k % self.tile_k == 0, f"K={k} must be a multiple of {self.tile_k}"
+        assert k % 8 == 0, f"K={k} must be a multiple of 8 (16-byte rows)"
         assert n % 8 == 0, f"N={n} must be a multiple of 8"
         self.k, self.n = k, n
         self.n_out = out_columns(n, activation)
         self.gather, self.bug = gather, bug
+        # "none" is the down-projection's plain GEMM: no gate/up, so the two activation bugs
+        # do not apply to it (stage D passes one bug to both of its GEMMs)
+        self.plain = activation == "none"
         # A in row order (no gather) can come by TMA: the box starts at the tile's first row
         # (any row), rows past the expert's end are the next expert's (loaded, never stored)
         # and rows past R are zero-filled by TMA
         self.tma_a = a_load == "tma" or (a_load == "auto" and not gather)
         assert not (self.tma_a and gather), "a gathered A cannot be loaded by TMA on sm_90"
         self.producer_arrivals = 1 if self.tma_a else 1 + WG_THREADS
-        self.k_tiles = k // self.tile_k
+        # a K tail (K not a multiple of tile_k): B's TMA box and A's TMA box zero-fill past
+        # K, A's cp.async chunks past K are zero-filled (source size 0)
+        self.k_tiles = -(-k // self.tile_k)
+        self.k_tail = k % self.tile_k != 0
         self.n_tiles = -(-n // self.tile_n)
         self.num_mma_threads = self.num_consumer_wg * WG_THREADS
         # the gathering producer keeps 8 row indices and their addresses: more than 40
@@ -290,14 +297,20 @@ class GroupedGemm(MoeGemmSm90):
                               tma_bar_ptr=pipe.producer_get_barrier(state))
                 else:
                     pipe.sync_object_empty.wait(state.index, state.phase)
+                chunk_idx = k_tile * self.chunks_per_row + t_chunk
+                col_ok = cutlass.Boolean(True)
+                if const_expr(self.k_tail):
+                    col_ok = chunk_idx < self.k // self.chunk
+                    chunk_idx = cutlass.min(chunk_idx, self.k // self.chunk - 1)
                 for i in cutlass.range_constexpr(rows_per_thread):
                     dst = tAsA[None, i, 0, state.index]
-                    # a row past the expert's end: src-size 0, i.e. the chunk is zero-filled
-                    # (the address, row 0 of A, is not read)
-                    src = cute.local_tile(mA[cutlass.max(a_idx[i], 0), None], (self.chunk,),
-                                          (k_tile * self.chunks_per_row + t_chunk,))
+                    # a row past the expert's end (or a chunk past K): source size 0, i.e.
+                    # the chunk is zero-filled (the address, kept inside A, is not read)
+                    src = cute.local_tile(mA[cutlass.max(a_idx[i], 0), None], (self.chunk,), (chunk_idx,))
                     pred = cute.make_rmem_tensor((1,), cutlass.Boolean)
                     pred[0] = a_idx[i] >= 0
+                    if const_expr(self.k_tail):
+                        pred[0] = pred[0] & col_ok
                     cute.copy(copy_atom, cute.make_tensor(src.iterator, dst.layout.shape), dst, pred=pred)
                 # fires once this thread's cp.asyncs into the stage have landed
                 cute.arch.cp_async_mbarrier_arrive_noinc(pipe.producer_get_barrier(state))
@@ -336,8 +349,11 @@ class GroupedGemm(MoeGemmSm90):
             tBsB, tBgB = cpasync.tma_partition(
                 tma_atom_b, 0, cute.make_layout(1), cute.group_modes(sB, 0, 2), cute.group_modes(gB, 0, 2)
             )
-            probe("tma gA", gA)
-            probe("tma tAgA", tAgA)
+            probe("gA", gA)
+            probe("tAgA", tAgA)
+            probe("tAsA", tAsA)
+            probe("gB", gB)
+            probe("tBgB", tBgB)
             state = self.load_tile(tma_atom_a, tma_atom_b, tAgA, tBgB, tAsA, tBsB, pipe, state, Int32(self.k_tiles))
             tile = tile + step
             e, base, mt = tiles.locate(tile, e, base, mt)
@@ -384,7 +400,7 @@ class GroupedGemm(MoeGemmSm90):
         n_limit: Int32,
     ):
         """The shared epilogue, except for the two activation bugs (same predicates)."""
-        if const_expr(self.bug not in ("gate_up_swapped", "silu_on_up")):
+        if const_expr(self.bug not in ("gate_up_swapped", "silu_on_up") or self.plain):
             MoeGemmSm90.epilogue(self, acc, tCcAcc, mD, m_base, n_base, m_limit, n_limit)
         else:
             for j in cutlass.range_constexpr(cute.size(acc) // 2):
@@ -409,10 +425,11 @@ class GroupedGemm(MoeGemmSm90):
 # --------------------------------------------------------------------------------------
 # wb stage
 # --------------------------------------------------------------------------------------
+TILE_M = 128
 TILE_N = 256
-#: smem ring depth by tile_n (128 x tile_n x 64 tiles: the most that fits in 227 KiB)
-AUTO_STAGES = {256: 4, 128: 6}
-STAGES = AUTO_STAGES[TILE_N]
+#: smem ring depth by (tile_m, tile_n) (tile_m x tile_n x 64 tiles: the most that fits in 227 KiB)
+AUTO_STAGES = {(128, 256): 4, (128, 128): 6, (64, 256): 5, (64, 128): 7}
+STAGES = AUTO_STAGES[TILE_M, TILE_N]
 
 
 @dataclass
@@ -473,11 +490,12 @@ def run_grouped(compiled: Compiled, a, w, out, rows, cu_seqlens, num_sms: int | 
 
 def compile_grouped(dtype_name: str, k: int, n: int, activation: str, gather: bool, bug: str = "none",
                     arch: str = "sm_90a", tile_n: int = TILE_N, stages: int = STAGES, a_load: str = "auto",
-                    keep_ptx: bool = False):
+                    keep_ptx: bool = False, tile_m: int = TILE_M):
     """(kernel object, Compiled) for one static configuration (no GPU needed); ``keep_ptx``
     keeps the PTX on ``Compiled.fn.__ptx__``. Stage D compiles its two GEMMs with this."""
     dtype = host.cute_dtype(dtype_name)
-    kernel = GroupedGemm(dtype, k, n, activation, gather, bug, tile_n=tile_n, stages=stages, a_load=a_load)
+    kernel = GroupedGemm(dtype, k, n, activation, gather, bug, tile_n=tile_n, stages=stages, a_load=a_load,
+                         tile_m=tile_m)
     a, w, out = host.fake_tensor(dtype, 2), host.fake_tensor(dtype, 3), host.fake_tensor(dtype, 2)
     rows, cu = host.fake_tensor(Int32, 1), host.fake_tensor(Int32, 1)
     fn = host.compile_for(arch, kernel, a, w, out, rows, cu, Int32(1), host.fake_stream(), keep_ptx=keep_ptx)
@@ -516,11 +534,11 @@ class StageC(Stage):
 
     def compile(self, p: Params, variants: Mapping[str, str], arch: str):
         v = {k: str(x) for k, x in dict(variants or {}).items()}
-        tile_n = int(v.get("tile_n", TILE_N))
-        stages = AUTO_STAGES[tile_n] if v.get("stages", "auto") == "auto" else int(v["stages"])
+        tile_m, tile_n = int(v.get("tile_m", TILE_M)), int(v.get("tile_n", TILE_N))
+        stages = AUTO_STAGES[tile_m, tile_n] if v.get("stages", "auto") == "auto" else int(v["stages"])
         self.kernel_obj, compiled = compile_grouped(
             p.dtype, p.h, 2 * p.i, p.activation, v.get("gather", "on") == "on", v.get("bug", "none"), arch,
-            tile_n=tile_n, stages=stages, a_load=v.get("a_load", "auto"),
+            tile_n=tile_n, stages=stages, a_load=v.get("a_load", "auto"), tile_m=tile_m,
         )
         return compiled
 
