@@ -53,6 +53,9 @@ for stage in ${@:-a b c d bugs}; do
     d)  # the small shape of tests/test_moe_pipeline.py, gpt-oss's activation, fp16
       wb sweep moe/d -p t=1,7,128,1000 -p h=256 -p i=128 -p e=8 -p topk=2 -p routing=logits,given --dtype bf16,fp16 --timeout "$TO"
       wb sweep moe/d -p t=1,1000 -p h=2880 -p i=2880 -p e=128 -p topk=4 -p activation=gptoss --dtype bf16 --timeout "$TO"
+      # the CuTe combine (experimental variant): the small shape and Qwen3's
+      wb sweep moe/d -p t=1,7,128,1000 -p h=256 -p i=128 -p e=8 -p topk=2 -V combine=cute --dtype bf16 --timeout "$TO"
+      wb sweep moe/d -p t=1,1000,8192 -p h=2048 -p i=768 -p e=128 -p topk=8 -V combine=cute --dtype bf16 --timeout "$TO"
       ;;
     bugs)
       # stage -> bug -> the mutant its diagnosis must name (stages/moe/mutants.py)
@@ -76,6 +79,8 @@ for stage in ${@:-a b c d bugs}; do
       expect d topk_weights_skipped topk-weights-not-applied $D
       expect d topk_weights_twice topk-weights-applied-twice $D
       expect d combine_overwrite combine-overwrites $D
+      expect d combine_overwrite combine-overwrites $D -V combine=cute
+      expect d topk_weights_skipped topk-weights-not-applied $D -V combine=cute
       expect d expert_offset_off_by_one expert-offset-off-by-one $D
       expect d tail_from_next tail-rows-from-next-expert $D
       expect d gather_ignored gather-ignored $D

@@ -166,3 +166,29 @@ def test_evidence_hook_reads_the_other_fixtures():
     hints = evidence.moe_evidence(ev)
     assert any("top-k weight" in h for h in hints) and any("onehot-routing passes" in h for h in hints)
     assert evidence.moe_evidence(EvidenceContext(fixture="random", outputs_right={"y": True})) == []
+
+
+def test_expert_offset_model_is_stage_cs_walk():
+    """expert-offset-off-by-one's writer (mutants.offset_writer) is stage C's tile walk under
+    bug=expert_offset_off_by_one (tile_scheduler.walk_model): each row written by the expert
+    whose shifted tiles cover it, -1 where no tile stores, -2 where two tiles race."""
+    import random as rnd
+    from types import SimpleNamespace
+
+    from stages.moe import mutants
+    from stages.moe import tile_scheduler as ts
+
+    rng = rnd.Random(7)
+    for _ in range(50):
+        counts = [rng.choice([0, 1, 5, 127, 128, 129, 200, 300]) for _ in range(rng.randint(1, 9))]
+        cu = [0]
+        for c in counts:
+            cu.append(cu[-1] + c)
+        writers = [[] for _ in range(cu[-1])]
+        for cta in ts.walk_model(cu, 1, 128, 4, bug="expert_offset_off_by_one"):
+            for t in cta:
+                for r in range(t.row_start, t.row_start + t.rows):
+                    writers[r].append(t.expert)
+        want = [-1 if not w else (w[0] if len(set(w)) == 1 else -2) for w in writers]
+        P = SimpleNamespace(cu=cu, E=len(counts), R=cu[-1], device="cpu")
+        assert mutants.offset_writer(P).tolist() == want, counts

@@ -151,7 +151,11 @@ def _stage_specs():
     }
     from workbench.kernels.stage import TensorSpec as S
 
-    specs["ab"] = {"x": S((300, 64), "bf16"), "w1": S((64, 64), "bf16")}  # stages A/B declare these
+    from stages.moe.stage_a_gemm import StageA
+    from stages.moe.stage_b_swiglu import StageB
+
+    specs["a"] = StageA().inputs(Params({**base, "m": 300}))
+    specs["b"] = StageB().inputs(Params({**base, "m": 300}))
     from stages.moe.stage_c_grouped import StageC
 
     specs["c"] = StageC().inputs(Params(base))
@@ -373,7 +377,8 @@ MODELS = [("qwen3-30b-a3b", 2048, 768, 128, 8), ("mixtral-8x7b", 4096, 14336, 8,
 _gpu_compiled: dict = {}
 
 
-def _run_stage_d(t, h, i, e, topk, fixture="random", routing="logits", activation="swiglu", bug="none", seed=0):
+def _run_stage_d(t, h, i, e, topk, fixture="random", routing="logits", activation="swiglu", bug="none", seed=0,
+                 combine="torch"):
     """Stage D on the GPU as wb runs it: the fixture's inputs, a poisoned y, launch, then the
     tolerance rule of workbench.compare against the fp32 reference (calibrated by the bf16
     one). Returns (metrics of y, inputs, y, fp32 reference)."""
@@ -384,9 +389,9 @@ def _run_stage_d(t, h, i, e, topk, fixture="random", routing="logits", activatio
 
     stage = StageD()
     p = Params(dict(t=t, h=h, i=i, e=e, topk=topk, dtype="bf16", activation=activation, routing=routing))
-    key = (h, i, topk, activation, bug)
+    key = (h, i, topk, activation, bug, combine)
     if key not in _gpu_compiled:
-        _gpu_compiled[key] = stage.compile(p, {"bug": bug}, "sm_90a")
+        _gpu_compiled[key] = stage.compile(p, {"bug": bug, "combine": combine}, "sm_90a")
     inputs = _fixtures_all()[fixture].make(stage.inputs(p), p, seed, "cuda")
     outs = {n: torch.empty(s.shape, dtype=s.torch_dtype(), device="cuda") for n, s in stage.outputs(p).items()}
     compare.poison(outs["y"])
@@ -422,6 +427,18 @@ def test_gpu_stage_d_gptoss_and_deterministic():
     assert m["verdict"] == "PASS", m
     _, _, y2, _ = _run_stage_d(1000, **SMALL, activation="gptoss", fixture="large-gates")
     assert torch.equal(y, y2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bug", ["none", "topk_weights_skipped", "topk_weights_twice", "combine_overwrite"])
+def test_gpu_cute_combine_equals_the_torch_combine(bug):
+    """combine=cute gives the torch combine's y up to fp32 rounding (one bf16 ulp at most, on
+    few elements), for the correct combine and each combine bug."""
+    m1, inputs, y_torch, _ = _run_stage_d(1000, **SMALL, bug=bug)
+    m2, _, y_cute, _ = _run_stage_d(1000, **SMALL, bug=bug, combine="cute")
+    assert m1["verdict"] == m2["verdict"] == ("PASS" if bug == "none" else "FAIL")
+    diff = (y_cute.float() - y_torch.float()).abs()
+    assert (diff <= 2.0**-7 * y_torch.float().abs()).all() and (diff > 0).float().mean() < 0.01
 
 
 @pytest.mark.gpu

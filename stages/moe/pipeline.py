@@ -45,6 +45,7 @@ class Compiled:
     topk: int
     activation: str
     bug: str = "none"
+    combine: Any = None  # compiled stages/moe/combine.MoeCombine (variant combine=cute), else torch
 
 
 def route(logits, topk: int):
@@ -116,7 +117,12 @@ def run(
     out = torch.empty((R, H), dtype=x.dtype, device=x.device)
     grouped(compiled.up, x, w1, h, plan.rows, plan.cu_seqlens)
     grouped(compiled.down, h, w2, out, plan.rows, plan.cu_seqlens)
-    combine(y, out, plan.inverse, weights, compiled.bug if compiled.bug in COMBINE_BUGS else "none")
+    if compiled.combine is not None:
+        from stages.moe.combine import run_combine
+
+        run_combine(compiled.combine, y, out, plan.inverse, weights)  # its bug is compiled in
+    else:
+        combine(y, out, plan.inverse, weights, compiled.bug if compiled.bug in COMBINE_BUGS else "none")
 
 
 def check(compiled: Compiled, x, w1, w2, y, ids, weights) -> None:

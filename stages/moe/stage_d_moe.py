@@ -77,7 +77,13 @@ class StageD(Stage):
         _, up = compile_grouped(p.dtype, p.h, 2 * p.i, p.activation, True, kernel_bug, arch)
         down_bug = kernel_bug if kernel_bug in ROW_BUGS else "none"
         _, down = compile_grouped(p.dtype, p.i, p.h, "none", False, down_bug, arch)
-        return pipeline.Compiled(up=up, down=down, h=p.h, i=p.i, topk=p.topk, activation=p.activation, bug=bug)
+        comb = None
+        if str((variants or {}).get("combine", "torch")) == "cute":
+            from stages.moe.combine import compile_combine
+
+            comb = compile_combine(p.dtype, p.h, p.topk, bug if bug in pipeline.COMBINE_BUGS else "none", arch)
+        return pipeline.Compiled(up=up, down=down, h=p.h, i=p.i, topk=p.topk, activation=p.activation, bug=bug,
+                                 combine=comb)
 
     def launch(self, compiled: pipeline.Compiled, inputs, outputs) -> None:
         pipeline.run(
