@@ -38,7 +38,8 @@ token count and every routing.
 Epilogue: from the accumulator registers straight to global memory, predicated on the tile
 row belonging to the expert (rows past its end are the next expert's: never stored) and on
 the column being inside N (the shared ``MoeGemmSm90.epilogue`` with m_base = the tile's
-first sorted row, m_limit = the expert's end). SwiGLU pairs: the accumulator gives each
+first sorted row, m_limit = the expert's end; a consumer WG none of whose 64 rows is the
+expert's only passes the k stages on, no MMA, no store). SwiGLU pairs: the accumulator gives each
 thread two adjacent columns (2i, 2i+1) = (gate_i, up_i), so each pair becomes one output
 column i.
 
@@ -382,13 +383,29 @@ class GroupedGemm(MoeGemmSm90):
         e, base, mt = tiles.locate(tile, e, base, mt)
         while e < tiles.num_experts:
             m_tile, n_tile, row_start, rows = tiles.coords(tile, e, base, mt)
-            read = self.mma_tile(tiled_mma, tCrA, tCrB, acc, pipe, read, Int32(self.k_tiles))
+            if rows > wg * 64:
+                read = self.mma_tile(tiled_mma, tCrA, tCrB, acc, pipe, read, Int32(self.k_tiles))
+            else:
+                # none of this WG's 64 rows is the expert's (a short last tile): its MMAs
+                # would only multiply zero rows, so it just passes the stages on (the
+                # other WG's MMAs then have the tensor cores to themselves); no stores
+                read = self.drain_tile(pipe, read, Int32(self.k_tiles))
             if const_expr(self.bug == "tail_unwritten"):
                 if rows < self.tile_m:
                     rows = Int32(0)
             self.epilogue(acc, tCcAcc, mOut, row_start, n_tile * self.tile_n, row_start + rows, Int32(self.n))
             tile = tile + step
             e, base, mt = tiles.locate(tile, e, base, mt)
+
+    @cute.jit
+    def drain_tile(self, pipe: pipeline.PipelineTmaAsync, state: pipeline.PipelineState, k_tiles: Int32):
+        """A consumer WG with no rows in this tile: wait for and release each k stage (the
+        ring's protocol as ``mma_tile`` keeps it), no MMA. Returns the advanced state."""
+        for k in cutlass.range(k_tiles, unroll=1):
+            pipe.consumer_wait(state)
+            pipe.consumer_release(state)
+            state.advance()
+        return state
 
     @cute.jit
     def epilogue(
