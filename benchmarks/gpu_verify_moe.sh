@@ -53,6 +53,8 @@ for stage in ${@:-a b c d bugs}; do
     d)  # the small shape of tests/test_moe_pipeline.py, gpt-oss's activation, fp16
       wb sweep moe/d -p t=1,7,128,1000 -p h=256 -p i=128 -p e=8 -p topk=2 -p routing=logits,given --dtype bf16,fp16 --timeout "$TO"
       wb sweep moe/d -p t=1,1000 -p h=2880 -p i=2880 -p e=128 -p topk=4 -p activation=gptoss --dtype bf16 --timeout "$TO"
+      # the grouped GEMMs' other tiles (speed variants)
+      wb sweep moe/d -p t=1,7,1000 -p h=2048 -p i=768 -p e=128 -p topk=8 -V up_tile=128x128,64x256,64x128 -V down_tile=128x128,64x128 --dtype bf16 -f random --timeout "$TO"
       # the CuTe combine (experimental variant): the small shape and Qwen3's
       wb sweep moe/d -p t=1,7,128,1000 -p h=256 -p i=128 -p e=8 -p topk=2 -V combine=cute --dtype bf16 --timeout "$TO"
       wb sweep moe/d -p t=1,1000,8192 -p h=2048 -p i=768 -p e=128 -p topk=8 -V combine=cute --dtype bf16 --timeout "$TO"

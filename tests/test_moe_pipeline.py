@@ -378,7 +378,7 @@ _gpu_compiled: dict = {}
 
 
 def _run_stage_d(t, h, i, e, topk, fixture="random", routing="logits", activation="swiglu", bug="none", seed=0,
-                 combine="torch"):
+                 combine="torch", tiles=("128x256", "128x256")):
     """Stage D on the GPU as wb runs it: the fixture's inputs, a poisoned y, launch, then the
     tolerance rule of workbench.compare against the fp32 reference (calibrated by the bf16
     one). Returns (metrics of y, inputs, y, fp32 reference)."""
@@ -389,9 +389,10 @@ def _run_stage_d(t, h, i, e, topk, fixture="random", routing="logits", activatio
 
     stage = StageD()
     p = Params(dict(t=t, h=h, i=i, e=e, topk=topk, dtype="bf16", activation=activation, routing=routing))
-    key = (h, i, topk, activation, bug, combine)
+    key = (h, i, topk, activation, bug, combine, tiles)
+    variants = {"bug": bug, "combine": combine, "up_tile": tiles[0], "down_tile": tiles[1]}
     if key not in _gpu_compiled:
-        _gpu_compiled[key] = stage.compile(p, {"bug": bug, "combine": combine}, "sm_90a")
+        _gpu_compiled[key] = stage.compile(p, variants, "sm_90a")
     inputs = _fixtures_all()[fixture].make(stage.inputs(p), p, seed, "cuda")
     outs = {n: torch.empty(s.shape, dtype=s.torch_dtype(), device="cuda") for n, s in stage.outputs(p).items()}
     compare.poison(outs["y"])
@@ -418,6 +419,14 @@ def test_gpu_stage_d_fixtures(fixture):
     routing = "given" if fixture in ("unit-topk-weights", "onehot-routing") else "logits"
     m, *_ = _run_stage_d(1000, **SMALL, fixture=fixture, routing=routing)
     assert m["verdict"] == "PASS", (fixture, m)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tiles", [("64x128", "128x128"), ("128x128", "64x256")])
+@pytest.mark.parametrize("t", [7, 1000])
+def test_gpu_stage_d_other_tiles(t, tiles):
+    m, *_ = _run_stage_d(t, **SMALL, fixture="tail-plus-one", tiles=tiles)
+    assert m["verdict"] == "PASS", (tiles, m)
 
 
 @pytest.mark.gpu

@@ -27,6 +27,12 @@ from stages.moe import pipeline
 ROW_BUGS = ("expert_offset_off_by_one", "tail_from_next", "tail_unwritten")
 
 
+def _tile(variants, key: str) -> tuple[int, int]:
+    """(tile_m, tile_n) of variant ``key`` ("128x256" by default: stage C's tile)."""
+    m, n = str((variants or {}).get(key, "128x256")).split("x")
+    return int(m), int(n)
+
+
 class StageD(Stage):
     """wb stage D: the MoE FFN (routing, plan, grouped up + SwiGLU, grouped down, combine)."""
 
@@ -70,13 +76,17 @@ class StageD(Stage):
         activation bugs live in the SwiGLU epilogue the down-projection does not have (stage
         C's gate_up_swapped would swap its output column pairs), gather_ignored in the gather
         it does not do."""
-        from stages.moe.stage_c_grouped import compile_grouped
+        from stages.moe.stage_c_grouped import AUTO_STAGES, compile_grouped
 
         bug = str((variants or {}).get("bug", "none"))
         kernel_bug = "none" if bug in pipeline.COMBINE_BUGS else bug
-        _, up = compile_grouped(p.dtype, p.h, 2 * p.i, p.activation, True, kernel_bug, arch)
+        up_m, up_n = _tile(variants, "up_tile")
+        down_m, down_n = _tile(variants, "down_tile")
+        _, up = compile_grouped(p.dtype, p.h, 2 * p.i, p.activation, True, kernel_bug, arch,
+                                tile_n=up_n, stages=AUTO_STAGES[up_m, up_n], tile_m=up_m)
         down_bug = kernel_bug if kernel_bug in ROW_BUGS else "none"
-        _, down = compile_grouped(p.dtype, p.i, p.h, "none", False, down_bug, arch)
+        _, down = compile_grouped(p.dtype, p.i, p.h, "none", False, down_bug, arch,
+                                  tile_n=down_n, stages=AUTO_STAGES[down_m, down_n], tile_m=down_m)
         comb = None
         if str((variants or {}).get("combine", "torch")) == "cute":
             from stages.moe.combine import compile_combine
