@@ -96,7 +96,8 @@ def test_metadata(registry):
     for name in ALL:
         fx = registry[name]
         assert len(fx.isolates) > 40 and len(fx.hides) > 40, name
-        assert {"q", "k"} <= set(fx.needs), name
+        # "random" is shared with fixtures/moe.py (one name, dispatched on the stage's inputs)
+        assert name == "random" or {"q", "k"} <= set(fx.needs), name
     assert registry["random"].seeds == 3
     assert registry["identity-softmax"].variants == {"softmax": "identity"}
     for name in ("ones-v", "onehot-p"):
