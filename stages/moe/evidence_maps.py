@@ -1,4 +1,4 @@
-"""MoE's view hooks for the diagnosis interface of branch moe-agnostic (registry
+"""MoE's view hooks for the diagnosis (workbench.diagnose registry
 `matrices_hook`, `mutant_cost_hook`): registered only where that interface exists, so this
 file is inert on a tree without it. The plain functions behind them are in evidence.py.
 """

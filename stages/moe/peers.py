@@ -14,13 +14,16 @@ the peer's time) is the peer's true rate:
                  (T·k, H) · (H, 2I) and (T·k, I) · (I, H) for stage D; the up-projection's
                  (T·k or m, H) · (H, 2I) alone for the up-projection stages. Fresh random
                  operands of the stage's dtype, made once here (outside the timing).
-  quack          Dao-AILab/quack's gemm_act with varlen + gathered A (stages/moe/peer_quack.py,
-                 branch moe-quack): the FFN for stage D, the up-projection for the others.
+  quack          Dao-AILab/quack's gemm_act with varlen + gathered A (stages/moe/peer_quack.py): the FFN for stage D, the up-projection for the others.
 """
 
 from __future__ import annotations
 
-PEERS = ("torch-grouped", "dense", "quack")
+PEERS = {
+    "torch-grouped": "DESIGN.md's torch._grouped_mm pipeline (route, plan, gather, grouped up, SwiGLU, grouped down, index_add_)",
+    "dense": "dense matmuls of the stage's FLOPs (the >= 75%-of-dense yardstick)",
+    "quack": "Dao-AILab/quack gemm_act varlen + gathered A (FFN for stage D, up-projection otherwise)",
+}
 
 
 def _get(params, name, default=None):
@@ -123,7 +126,7 @@ def make_dense(inputs, params):
 
 
 def _peer_quack():
-    """stages/moe/peer_quack.py (branch moe-quack) when it is there, else None."""
+    """stages/moe/peer_quack.py when it is there, else None."""
     import importlib.util
 
     if importlib.util.find_spec("stages.moe.peer_quack") is None:
@@ -134,7 +137,7 @@ def _peer_quack():
 
 
 def make_quack_peer(inputs, params):
-    """quack's varlen gemm_act (stages/moe/peer_quack.py, branch moe-quack): the whole FFN for
+    """quack's varlen gemm_act (stages/moe/peer_quack.py): the whole FFN for
     stage D (inputs with w2), the up-projection alone otherwise; None when quack (or that
     module) is missing."""
     mod = _peer_quack()
@@ -161,6 +164,6 @@ def missing_note(name: str) -> str | None:
     if name == "quack":
         mod = _peer_quack()
         if mod is None:
-            return "stages/moe/peer_quack.py is not in this checkout (branch moe-quack)"
+            return "stages/moe/peer_quack.py is not in this checkout"
         return mod.missing_note()
     return None
