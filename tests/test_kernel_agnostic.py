@@ -134,6 +134,9 @@ def test_a_second_kernel_gets_its_cases_columns_peers_and_perf_doc_from_its_fold
     spec, kernel = bench_target(two_kernels, "scale2")
     assert spec.id == "scale2/stage-b" and kernel.bench.peers == ["torch-mul"]
     assert kernel.bench.perf_doc == "docs/perf-scale2.md"  # the default: docs/perf-<kernel>.md
+    assert bench.perf_doc_path(kernel, spec) == "docs/perf-scale2.md"
+    other, _ = bench_target(two_kernels, "scale2/a")  # a sub-stage's sweep never overwrites the kernel's table
+    assert bench.perf_doc_path(kernel, other) == "docs/perf-scale2-stage-a.md"
     cases = bench.resolve_cases(spec, kernel, bench.plan_cases(spec, kernel, {"factor": ["2", "4"], "dtype": ["fp16"]}))
     assert [(c["params"]["rows"], c["params"]["groups"], c["params"]["factor"], c["params"]["dtype"]) for c in cases] == [
         (1024, 4, 2, "fp16"), (1024, 4, 4, "fp16")]

@@ -271,6 +271,27 @@ def test_pipeline_host_side_equals_the_lowp_reference(T, routing):
     assert torch.equal(y, want)
 
 
+@pytest.mark.parametrize("T,few", [(511, True), (512, True), (513, False)])
+def test_auto_up_tile_takes_64_row_tiles_when_experts_average_few_rows(T, few):
+    """up_tile=auto compiles two up-projections; the launch takes the 64-row one exactly when the
+    routed rows average at most FEW_ROWS per expert (T·k ≤ FEW_ROWS·E), without a host sync."""
+    from stages.moe import pipeline
+
+    E, k = 8, 4  # FEW_ROWS * E / k = 512 tokens at the boundary
+    assert pipeline.FEW_ROWS * E // k == 512
+    x, w1, w2, logits = _problem(T, 64, 32, E, k, seed=T)
+    compiled = _compiled(64, 32, k)
+    compiled.up_few_rows = {**compiled.up, "few": True}
+    used = []
+
+    def spy(fn, *args):
+        used.append(fn.get("few", False))
+        _grouped_double(fn, *args)
+
+    pipeline.run(compiled, x, w1, w2, torch.empty_like(x), logits=logits, grouped=spy)
+    assert used == [few, False]  # the up kernel chosen by rows per expert; down unchanged
+
+
 def test_pipeline_refuses_tensors_of_another_shape():
     from stages.moe import pipeline
 

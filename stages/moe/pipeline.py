@@ -46,6 +46,14 @@ class Compiled:
     activation: str
     bug: str = "none"
     combine: Any = None  # compiled stages/moe/combine.MoeCombine (variant combine=cute), else torch
+    # up_tile=auto: the up-projection with 64-row tiles, used when experts get few rows (FEW_ROWS)
+    up_few_rows: Any = None
+
+
+# Rows per expert (on average) at or below which 64-row up-projection tiles beat 128-row ones:
+# an H200 at T = 8192 measured DeepSeek-V3 (256 rows per expert) 354 -> 399 TFLOP/s for the
+# whole FFN, gpt-oss-120b (256) even, Qwen3-30B-A3B (512) 384 -> 366 (docs/perf-notes-moe.md).
+FEW_ROWS = 256
 
 
 def route(logits, topk: int):
@@ -115,7 +123,10 @@ def run(
     R = plan.num_rows
     h = torch.empty((R, compiled.i), dtype=x.dtype, device=x.device)
     out = torch.empty((R, H), dtype=x.dtype, device=x.device)
-    grouped(compiled.up, x, w1, h, plan.rows, plan.cu_seqlens)
+    up = compiled.up
+    if compiled.up_few_rows is not None and R <= FEW_ROWS * E:
+        up = compiled.up_few_rows
+    grouped(up, x, w1, h, plan.rows, plan.cu_seqlens)
     grouped(compiled.down, h, w2, out, plan.rows, plan.cu_seqlens)
     if compiled.combine is not None:
         from stages.moe.combine import run_combine

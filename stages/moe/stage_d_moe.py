@@ -27,9 +27,9 @@ from stages.moe import pipeline
 ROW_BUGS = ("expert_offset_off_by_one", "tail_from_next", "tail_unwritten")
 
 
-def _tile(variants, key: str) -> tuple[int, int]:
-    """(tile_m, tile_n) of variant ``key`` ("128x256" by default: stage C's tile)."""
-    m, n = str((variants or {}).get(key, "128x256")).split("x")
+def _tile(text: str) -> tuple[int, int]:
+    """(tile_m, tile_n) of a tile variant value such as "128x256"."""
+    m, n = text.split("x")
     return int(m), int(n)
 
 
@@ -80,20 +80,27 @@ class StageD(Stage):
 
         bug = str((variants or {}).get("bug", "none"))
         kernel_bug = "none" if bug in pipeline.COMBINE_BUGS else bug
-        up_m, up_n = _tile(variants, "up_tile")
-        down_m, down_n = _tile(variants, "down_tile")
-        _, up = compile_grouped(p.dtype, p.h, 2 * p.i, p.activation, True, kernel_bug, arch,
-                                tile_n=up_n, stages=AUTO_STAGES[up_m, up_n], tile_m=up_m)
+        up_tile = str((variants or {}).get("up_tile", "auto"))
+        down_m, down_n = _tile(str((variants or {}).get("down_tile", "128x256")))
+
+        def up_kernel(tile: str):
+            tm, tn = _tile(tile)
+            return compile_grouped(p.dtype, p.h, 2 * p.i, p.activation, True, kernel_bug, arch,
+                                   tile_n=tn, stages=AUTO_STAGES[tm, tn], tile_m=tm)[1]
+
+        # auto: both 128- and 64-row tiles; the launch picks by rows per expert (pipeline.run)
+        up = up_kernel("128x256" if up_tile == "auto" else up_tile)
+        up_few_rows = up_kernel("64x256") if up_tile == "auto" else None
         down_bug = kernel_bug if kernel_bug in ROW_BUGS else "none"
         _, down = compile_grouped(p.dtype, p.i, p.h, "none", False, down_bug, arch,
                                   tile_n=down_n, stages=AUTO_STAGES[down_m, down_n], tile_m=down_m)
         comb = None
-        if str((variants or {}).get("combine", "torch")) == "cute":
+        if str((variants or {}).get("combine", "cute")) == "cute":
             from stages.moe.combine import compile_combine
 
             comb = compile_combine(p.dtype, p.h, p.topk, bug if bug in pipeline.COMBINE_BUGS else "none", arch)
         return pipeline.Compiled(up=up, down=down, h=p.h, i=p.i, topk=p.topk, activation=p.activation, bug=bug,
-                                 combine=comb)
+                                 combine=comb, up_few_rows=up_few_rows)
 
     def launch(self, compiled: pipeline.Compiled, inputs, outputs) -> None:
         pipeline.run(

@@ -73,7 +73,7 @@ def bench(
     if sweep and record["verdict"] in ("PASS", "FAIL") and record.get("bench"):
         from workbench.records.store import atomic_write_text
 
-        perf = ws.root / kernel.bench.perf_doc
+        perf = ws.root / lib.perf_doc_path(kernel, spec)
         atomic_write_text(perf, lib.perf_markdown(record, kernel))
         record["perf_md"] = str(perf)
     if as_json:

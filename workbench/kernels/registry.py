@@ -210,6 +210,8 @@ class BenchSpec:
 
     stage: str | None = None  # the stage letter `wb bench KERNEL` times
     peers: list[str] = field(default_factory=list)  # peers timed when --peers is not given
+    # peers that do other work of the same FLOPs (e.g. a dense matmul): shown, never "the best peer"
+    yardsticks: list[str] = field(default_factory=list)
     cases: list[dict[str, Any]] = field(default_factory=lambda: [{}])  # cases when no --sweep
     sweep: list[dict[str, Any]] = field(default_factory=list)  # `--sweep`'s cases
     columns: list[str] = field(default_factory=list)  # perf doc columns (default: the sweep's keys)
@@ -282,7 +284,7 @@ def _bench_spec(kernel: str, bench: Any) -> BenchSpec:
         keys = list(sweep)
         sweep = [dict(zip(keys, combo)) for combo in itertools.product(*sweep.values())]
     return BenchSpec(
-        stage=bench.stage, peers=list(bench.peers), cases=[dict(c) for c in bench.cases], sweep=[dict(c) for c in sweep],
+        stage=bench.stage, peers=list(bench.peers), yardsticks=list(bench.yardsticks), cases=[dict(c) for c in bench.cases], sweep=[dict(c) for c in sweep],
         columns=list(bench.columns), case_keys=list(bench.case_keys), column=bench.column, perf_doc=bench.perf_doc or f"docs/perf-{kernel}.md",
         title=bench.title or "", note=bench.note,
     )

@@ -207,6 +207,7 @@ class Bench(_Keys):
 
     stage: Optional[Letter] = None
     peers: Annotated[list[PeerName], BeforeValidator(_none_is_empty), Field(max_length=MAX_ITEMS)] = []
+    yardsticks: Annotated[list[PeerName], BeforeValidator(_none_is_empty), Field(max_length=MAX_ITEMS)] = []
     cases: Annotated[list[CaseParams], Field(min_length=1, max_length=MAX_ITEMS)] = [{}]
     sweep: Annotated[
         list[CaseParams] | dict[Name, Annotated[list[Scalar], Field(max_length=MAX_ITEMS)]],
