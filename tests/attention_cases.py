@@ -172,10 +172,12 @@ def load():
 
 def case(cfg_name: str, fixture: str, seed: int = 0):
     """(cfg, inputs, expected, out_specs, params, variants) of one fixture on one config."""
+    from workbench.kernels.fixtures import get_fixture
+
     fixtures, _ = load()
     cfg = CONFIGS[cfg_name]
     ins, outs, params = specs_for(cfg)
-    fx = fixtures[fixture]
+    fx = get_fixture(fixtures, fixture, ins)
     variants = dict(fx.variants)
     inputs = fx.make(ins, params, seed, "cpu")
     return cfg, inputs, reference(cfg, inputs, variants), outs, params, variants

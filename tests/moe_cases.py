@@ -58,9 +58,11 @@ def reference(cfg: str, inputs, params, dtype=None):
 
 def case(cfg: str, fixture: str, seed: int = 0):
     """(inputs, expected fp32, out specs, params) of one stage config on one fixture."""
+    from workbench.kernels.fixtures import get_fixture
+
     fixtures, _ = load()
     ins, outs, params = configs()[cfg]
-    inputs = fixtures[fixture].make(ins, params, seed, "cpu")
+    inputs = get_fixture(fixtures, fixture, ins).make(ins, params, seed, "cpu")
     return inputs, reference(cfg, inputs, params), outs, params
 
 

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 from workbench.diagnose import Diagnosis, MutantContext, diagnose, diagnosis_markdown, mutants_for, render_diagnosis  # noqa: E402
 from workbench.diagnose import core  # noqa: E402
+from workbench.kernels.fixtures import get_fixture  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = [(c, f) for c, fs in A.STAGE_FIXTURES.items() for f in fs]
@@ -138,9 +139,9 @@ def test_correct_outputs_get_no_bug_explanation(cfg_name, fixture):
     with one-ulp bf16 noise and bf16 rounding; odd seeds: P rounded to bf16 before P·V,
     fp32 accumulation, then the same noise) are diagnosed 'ok' and name no bug."""
     fixtures, mutants = A.load()
-    fx = fixtures[fixture]
     cfg = A.CONFIGS[cfg_name]
     ins, outs, params = A.specs_for(cfg)
+    fx = get_fixture(fixtures, fixture, ins)
     variants = dict(fx.variants)
     worst = 0.0
     for seed in range(50):
@@ -261,7 +262,7 @@ def test_calibrates_against_the_stage_reference_module():
     for kind, softmax in [("a", "exp"), ("b", "exp"), ("b", "identity"), ("c", "exp"), ("c", "identity")]:
         cfg = A.CONFIGS[kind]
         ins, outs, params = A.specs_for(cfg)
-        inputs = fixtures["random"].make(ins, params, 0, "cpu")
+        inputs = get_fixture(fixtures, "random", ins).make(ins, params, 0, "cpu")
         if kind == "a":
             expected = {"s": R.scores(inputs["q"], inputs["k"], torch.float32)}
         elif kind == "b":
@@ -515,7 +516,7 @@ def test_calibrates_against_stage_d_reference(cfg_name, softmax):
 
     fixtures, _ = A.load()
     ins, outs, params = A.specs_for(A.CONFIGS[cfg_name])
-    inputs = fixtures["random"].make(ins, params, 0, "cpu")
+    inputs = get_fixture(fixtures, "random", ins).make(ins, params, 0, "cpu")
     expected = sd.StageD().reference(inputs, params, {"softmax": softmax}, torch.float32)
     cx = MutantContext(inputs, expected, params, {"softmax": softmax}, "random")
     want = {"o"} if softmax == "identity" else {"o", "lse"}

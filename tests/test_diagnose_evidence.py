@@ -91,11 +91,13 @@ BUGS = {
 @pytest.fixture(scope="module")
 def problems():
     """fixture -> (inputs, expected fp32, expected bf16, params, variants, prediction cache)."""
+    from workbench.kernels.fixtures import get_fixture
+
     fixtures, _ = A.load()
     ins, _, params = A.specs_for(CFG)
     out = {}
     for name in FIXTURES:
-        fx = fixtures[name]
+        fx = get_fixture(fixtures, name, ins)
         variants = dict(fx.variants)
         inputs = fx.make(ins, params, 0, "cpu")
         out[name] = (inputs, A.reference(CFG, inputs, variants), A.reference(CFG, inputs, variants, torch.bfloat16),

@@ -1,8 +1,10 @@
 """The attention fixtures (fixtures/attention.py): determinism, shapes, and every claim a
-fixture makes about its data (exactness, one-hotness, margins, overflow)."""
+fixture makes about its data (exactness, one-hotness, margins, overflow); and the registry's
+rule for one name defined by several files (resolved by the stage's inputs)."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -17,14 +19,22 @@ torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+from workbench.errors import UserError  # noqa: E402
+from workbench.kernels import fixtures as F  # noqa: E402
 from workbench.kernels.stage import Params, TensorSpec  # noqa: E402
 
 ALL = ["random", "identity-softmax", "ones-v", "single", "onehot-p", "iota", "uniform-logits", "onehot-logits", "large-logits"]
 
 
 @pytest.fixture(scope="module")
-def registry():
+def workspace_fixtures():
     return A.load()[0]
+
+
+@pytest.fixture(scope="module")
+def registry(workspace_fixtures):
+    """attention.py's fixtures by name."""
+    return {f.name: f for f in workspace_fixtures if f.where == "fixtures/attention.py"}
 
 
 def specs2(m, n, d=64, v=True, dtype="bf16"):
@@ -58,12 +68,14 @@ def _bits(t):
 
 @pytest.mark.parametrize("shape_name,specs,params", SHAPES, ids=[s[0] for s in SHAPES])
 @pytest.mark.parametrize("name", ALL)
-def test_shapes_dtypes_and_determinism(registry, name, shape_name, specs, params):
+def test_shapes_dtypes_and_determinism(workspace_fixtures, name, shape_name, specs, params):
     """Every fixture fills every input with the spec's shape and dtype, the same seed gives
-    bit-identical tensors, and nothing is NaN/Inf."""
-    fx = registry[name]
-    if not fx.applies_to(specs):
-        pytest.skip(f"{name} needs {fx.needs}")
+    bit-identical tensors, and nothing is NaN/Inf. Attention inputs resolve every name to
+    attention.py's fixture (moe.py's "random" does not apply to them)."""
+    fx = workspace_fixtures.resolve(name, specs)
+    if fx is None:
+        pytest.skip(f"{name} needs {workspace_fixtures.variants(name)[0].needs}")
+    assert fx.where == "fixtures/attention.py"
     a = fx.make(specs, params, 3, "cpu")
     b = fx.make(specs, params, 3, "cpu")
     assert set(a) == set(specs)
@@ -96,8 +108,7 @@ def test_metadata(registry):
     for name in ALL:
         fx = registry[name]
         assert len(fx.isolates) > 40 and len(fx.hides) > 40, name
-        # "random" is shared with fixtures/moe.py (one name, dispatched on the stage's inputs)
-        assert name == "random" or {"q", "k"} <= set(fx.needs), name
+        assert {"q", "k"} <= set(fx.needs), name  # no attention fixture applies to another kernel's stage
     assert registry["random"].seeds == 3
     assert registry["identity-softmax"].variants == {"softmax": "identity"}
     for name in ("ones-v", "onehot-p"):
@@ -232,3 +243,107 @@ def test_large_logits_overflow_without_max(registry):
     naive = e / e.sum(-1, keepdim=True)
     assert torch.isnan(naive).any(-1).float().mean() > 0.5
     assert torch.isfinite(torch.softmax(s, -1)).all()
+
+
+# ---- one name in several fixture files -------------------------------------------------
+PICK = """
+from workbench.kernels.fixtures import fixture
+
+
+@fixture("pick", needs={needs!r}, isolates="{who}", hides="-")
+def pick(specs, p, seed, device):
+    return {{"who": "{who}"}}
+"""
+
+
+@pytest.fixture
+def fixture_dir(tmp_path):
+    """A fixtures folder of its own: its modules are forgotten after the test."""
+    folder = tmp_path / "fixtures"
+    folder.mkdir()
+    yield folder
+    for path in folder.glob("*.py"):
+        sys.modules.pop(f"wb_fixtures_{path.stem}", None)
+        F._by_module.pop(f"wb_fixtures_{path.stem}", None)
+
+
+def test_one_name_resolves_by_the_stage_inputs(fixture_dir):
+    """Two files define "pick": the stage's inputs choose, the most specific applicable one
+    (largest needs) wins, the generic one serves every other stage; the name alone is ambiguous."""
+    (fixture_dir / "tmpfx_generic.py").write_text(PICK.format(needs=(), who="generic"))
+    (fixture_dir / "tmpfx_special.py").write_text(PICK.format(needs=("x", "w1"), who="special"))
+    reg = F.load_fixtures(fixture_dir)
+    assert [f.isolates for f in reg.variants("pick")] == ["special", "generic"]
+    for inputs, who in [(["x", "w1", "w2"], "special"), (["w1", "x"], "special"), (["x"], "generic"), (["q", "k"], "generic")]:
+        assert reg.resolve("pick", inputs).make({}, None, 0, "cpu") == {"who": who}, inputs
+        assert F.get_fixture(reg, "pick", inputs).isolates == who
+    with pytest.raises(UserError, match="2 variants"):
+        reg["pick"]
+    with pytest.raises(UserError, match="unknown fixture 'pik'.*did you mean pick"):
+        reg.resolve("pik", ["x"])
+
+
+def test_a_fixture_that_needs_what_the_stage_lacks_is_not_used(fixture_dir):
+    """needs decide alone: a fixture whose needs the stage lacks never serves it, and equal-size
+    needs that both apply are refused in one line, naming both files."""
+    (fixture_dir / "tmpfx_q.py").write_text(PICK.format(needs=("q",), who="q"))
+    (fixture_dir / "tmpfx_x.py").write_text(PICK.format(needs=("x",), who="x"))
+    reg = F.load_fixtures(fixture_dir)
+    assert reg.resolve("pick", ["q", "k"]).isolates == "q"
+    assert reg.resolve("pick", ["x"]).isolates == "x"
+    assert reg.resolve("pick", ["k"]) is None
+    with pytest.raises(UserError, match="does not apply to inputs k: its variants need q .*tmpfx_q.py.*; x"):
+        F.get_fixture(reg, "pick", ["k"])
+    with pytest.raises(UserError) as err:
+        reg.resolve("pick", ["q", "x"])
+    assert "\n" not in str(err.value) and "tmpfx_q.py" in str(err.value) and "tmpfx_x.py" in str(err.value)
+
+
+def test_equal_needs_under_one_name_are_an_error_naming_both_files(fixture_dir):
+    """Two files defining one name with the same needs (in any order) fail the load in one
+    line naming both files; one file defining it twice fails naming that file."""
+    (fixture_dir / "tmpfx_a.py").write_text(PICK.format(needs=("x", "w1"), who="a"))
+    (fixture_dir / "tmpfx_b.py").write_text(PICK.format(needs=("w1", "x"), who="b"))
+    with pytest.raises(UserError) as err:
+        F.load_fixtures(fixture_dir)
+    text = str(err.value)
+    assert "\n" not in text and "'pick'" in text and "fixtures/tmpfx_a.py" in text and "fixtures/tmpfx_b.py" in text
+
+    (fixture_dir / "tmpfx_b.py").unlink()
+    (fixture_dir / "tmpfx_a.py").write_text(PICK.format(needs=("x",), who="a") + PICK.format(needs=("x",), who="a2"))
+    sys.modules.pop("wb_fixtures_tmpfx_a")
+    with pytest.raises(UserError, match="defined twice in fixtures/tmpfx_a.py"):
+        F.load_fixtures(fixture_dir)
+
+
+def test_wb_runs_the_variant_that_fits_and_lists_each(toy_ws, wb):
+    """End to end on the toy kernel (input x): a second "toy-random" that needs nothing does not
+    replace toy.py's (needs x) for stage a; one needing an input the stage lacks is skipped;
+    `wb fixtures` lists each variant with its file; an equal-needs clash exits 2 in one line."""
+    (toy_ws / "fixtures" / "generic.py").write_text(
+        "from workbench.kernels.fixtures import fixture\n\n\n"
+        '@fixture("toy-random", isolates="the generic one", hides="-")\n'
+        "def generic(specs, p, seed, device):\n    raise AssertionError('the generic toy-random ran')\n\n\n"
+        '@fixture("toy-random", needs=("x", "bias"), isolates="the biased one", hides="-")\n'
+        "def biased(specs, p, seed, device):\n    raise AssertionError('the biased toy-random ran')\n"
+    )
+    proc = wb("run", "a", "--fixture", "toy-random", "--seeds", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((toy_ws / "runs" / json.loads(proc.stdout)["id"] / "run.json").read_text())
+    assert record["verdict"] == "PASS"
+    assert record["fixture_notes"]["toy-random"]["isolates"] == "every element, with distinct values"
+
+    listed = json.loads(wb("fixtures", "--json").stdout)
+    assert sorted((f["file"], tuple(f["needs"])) for f in listed if f["name"] == "toy-random") == [
+        ("fixtures/generic.py", ()), ("fixtures/generic.py", ("x", "bias")), ("fixtures/toy.py", ("x",))]
+    table = wb("fixtures")
+    assert table.returncode == 0 and "(generic.py)" in table.stdout and "(toy.py)" in table.stdout
+
+    (toy_ws / "fixtures" / "twin.py").write_text(
+        "from workbench.kernels.fixtures import fixture\n\n\n"
+        '@fixture("toy-ones", needs=("x",))\n'
+        "def ones(specs, p, seed, device):\n    return {}\n"
+    )
+    proc = wb("fixtures")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "fixtures/toy.py" in proc.stderr and "fixtures/twin.py" in proc.stderr

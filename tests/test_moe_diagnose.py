@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 
 from workbench.diagnose import MutantContext, Pred, diagnose  # noqa: E402
 from workbench.diagnose import core  # noqa: E402
+from workbench.kernels.fixtures import get_fixture  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -111,7 +112,7 @@ def test_correct_outputs_name_no_bug(key):
     fixtures, mutants = M.load()
     ins, outs, params = M.configs()[cfg]
     for seed in range(3):
-        inputs = fixtures[fixture].make(ins, params, seed, "cpu")
+        inputs = get_fixture(fixtures, fixture, ins).make(ins, params, seed, "cpu")
         expected = M.reference(cfg, inputs, params)
         lowp = M.reference(cfg, inputs, params, torch.bfloat16)
         out = M.kernel_like(lowp, outs, seed)

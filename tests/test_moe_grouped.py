@@ -405,15 +405,15 @@ def test_stage_c_fixtures_give_a_valid_routing(name):
     import torch
 
     from stages.moe.stage_c_grouped import StageC, grouped_reference
-    from workbench.kernels.fixtures import load_fixtures
+    from workbench.kernels.fixtures import get_fixture, load_fixtures
     from workbench.kernels.registry import load_kernel
 
     root = Path(__file__).resolve().parents[1]
     spec = load_kernel(root / "stages" / "moe" / "kernel.yaml").stage("c")
     assert name in spec.fixtures
-    fx = load_fixtures(root / "fixtures")[name]
     p = _params(t=300, h=64, i=32, e=8, topk=2)
     specs = StageC().inputs(p)
+    fx = get_fixture(load_fixtures(root / "fixtures"), name, specs)
     inputs = fx.make(specs, p, 0, "cpu")
     for key, s in specs.items():
         assert tuple(inputs[key].shape) == s.shape and inputs[key].dtype == s.torch_dtype(), key

@@ -135,7 +135,7 @@ def _fixtures():
     from workbench.kernels.fixtures import load_fixtures
 
     reg = load_fixtures(Path(__file__).resolve().parents[1] / "fixtures")
-    return {n: f for n, f in reg.items() if f.module == "wb_fixtures_moe"}  # "random" included
+    return {f.name: f for f in reg if f.module == "wb_fixtures_moe"}  # "random" included
 
 
 def _stage_specs():
@@ -357,29 +357,30 @@ def test_dense_peer_does_the_stage_flops_and_quack_has_a_place():
 
 
 def test_random_serves_attention_and_moe_stages():
-    """fixtures/moe.py's "random" replaces attention.py's in the global registry: an
-    attention stage still gets attention's tensors (bit for bit), an MoE stage MoE's."""
-    import importlib.util
+    """"random" has two fixtures, attention.py's (needs q, k) and moe.py's (needs x, w1): every
+    MoE stage's inputs resolve it, and every other fixture its kernel.yaml stage lists, to
+    moe.py's, which fills all of them; q, k (and v) inputs resolve it to attention.py's."""
     from pathlib import Path
 
+    from workbench.kernels.registry import load_kernel
     from workbench.kernels.stage import TensorSpec as S
 
     reg = _fixtures_all()
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("attention_copy", root / "fixtures" / "attention.py")
-    att = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(att)  # re-registers attention's fixtures: restore the registry after
-    try:
-        qk = {"q": S((128, 64), "bf16"), "k": S((256, 64), "bf16")}
-        a = reg["random"].make(qk, {}, 0, "cpu")
-        b = att.random(qk, {}, 0, "cpu")
-        assert torch.equal(a["q"], b["q"]) and torch.equal(a["k"], b["k"])
-    finally:
-        from workbench.kernels import fixtures as F
-
-        F._registry.update(reg)
+    assert sorted(f.where for f in reg.variants("random")) == ["fixtures/attention.py", "fixtures/moe.py"]
+    kernel = load_kernel(Path(__file__).resolve().parents[1] / "stages" / "moe" / "kernel.yaml")
     specs, p = _stage_specs()
-    assert set(reg["random"].make(specs["d-logits"], p, 0, "cpu")) == set(specs["d-logits"])
+    for stage, ins in specs.items():
+        listed = kernel.stage(stage[0]).fixtures
+        assert "random" in listed, stage
+        for name in listed:
+            fx = reg.resolve(name, ins)
+            assert fx is not None and fx.where == "fixtures/moe.py", (stage, name)
+        assert set(reg.resolve("random", ins).make(ins, p, 0, "cpu")) == set(ins), stage
+    for ins in ({"q": S((128, 64), "bf16"), "k": S((256, 64), "bf16")},
+                {"q": S((128, 64), "bf16"), "k": S((256, 64), "bf16"), "v": S((256, 64), "bf16")}):
+        fx = reg.resolve("random", ins)
+        assert fx.where == "fixtures/attention.py"
+        assert set(fx.make(ins, {}, 0, "cpu")) == set(ins)
 
 
 def _fixtures_all():
@@ -404,6 +405,7 @@ def _run_stage_d(t, h, i, e, topk, fixture="random", routing="logits", activatio
     tolerance rule of workbench.compare against the fp32 reference (calibrated by the bf16
     one). Returns (metrics of y, inputs, y, fp32 reference)."""
     from workbench import compare
+    from workbench.kernels.fixtures import get_fixture
     from workbench.kernels.stage import Params
 
     from stages.moe.stage_d_moe import StageD
@@ -414,7 +416,8 @@ def _run_stage_d(t, h, i, e, topk, fixture="random", routing="logits", activatio
     variants = {"bug": bug, "combine": combine, "up_tile": tiles[0], "down_tile": tiles[1]}
     if key not in _gpu_compiled:
         _gpu_compiled[key] = stage.compile(p, variants, "sm_90a")
-    inputs = _fixtures_all()[fixture].make(stage.inputs(p), p, seed, "cuda")
+    in_specs = stage.inputs(p)
+    inputs = get_fixture(_fixtures_all(), fixture, in_specs).make(in_specs, p, seed, "cuda")
     outs = {n: torch.empty(s.shape, dtype=s.torch_dtype(), device="cuda") for n, s in stage.outputs(p).items()}
     compare.poison(outs["y"])
     stage.launch(_gpu_compiled[key], inputs, outs)

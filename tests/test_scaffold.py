@@ -74,7 +74,7 @@ def test_a_fixture_file_of_that_name_is_refused_and_nothing_is_written(toy_ws, w
 def gemm_fixtures(toy_ws, wb, monkeypatch):
     """The scaffold's fixture module, imported on its own (the global registry is restored)."""
     assert wb("new", "kernel", "fx").returncode == 0
-    monkeypatch.setattr(fixture_registry, "_registry", dict(fixture_registry._registry))
+    monkeypatch.setattr(fixture_registry, "_by_module", dict(fixture_registry._by_module))
     spec = importlib.util.spec_from_file_location("scaffold_fixtures_fx", toy_ws / "fixtures" / "fx.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -63,7 +63,7 @@ def list_kernels(as_json: bool = typer.Option(False, "--json", help="Print as JS
 
 @app.command()
 def fixtures(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
-    """The diagnostic fixtures: what each isolates and what it can hide."""
+    """The diagnostic fixtures: what each isolates, what it can hide, which inputs it needs."""
     from workbench.kernels.fixtures import load_fixtures
     from workbench.terminal import console, escape, table
 
@@ -78,17 +78,19 @@ def fixtures(as_json: bool = typer.Option(False, "--json", help="Print as JSON."
             "variants": dict(f.variants),
             "seeds": f.seeds,
             "module": f.module,
+            "file": f.where,
         }
-        for f in sorted(registry.values(), key=lambda f: f.name)
+        for f in registry
     ]
     if as_json:
         from workbench.terminal import print_json
 
         print_json(data)
         return
+    shared = {name for name in registry.names() if len(registry.variants(name)) > 1}
     rows = [
         [
-            escape(f["name"]),
+            escape(f["name"]) + (f"\n({escape(f['file'].rsplit('/', 1)[-1])})" if f["name"] in shared else ""),
             escape(f["isolates"]),
             escape(f["hides"]),
             escape(", ".join(f["needs"]) or "-") + (f"\nvariant {escape(' '.join(f'{k}={v}' for k, v in f['variants'].items()))}" if f["variants"] else ""),

@@ -9,6 +9,11 @@ A fixture module registers generators with the `fixture` decorator:
 `specs` maps each input name of the stage to its TensorSpec; the generator returns one
 torch tensor per input (it may ignore inputs it does not need to shape specially, but
 must return all of them). Generators are deterministic for a seed.
+
+One name may have several fixtures, one per kernel family (every family wants a "random"),
+told apart by `needs`: a stage gets, among that name's fixtures whose needs it has, the most
+specific one (the largest `needs`). Two fixtures of one name with the same needs are an
+error at load.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import importlib.util
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from workbench.errors import UserError
 
@@ -33,12 +38,21 @@ class Fixture:
     variants: Mapping[str, str] = field(default_factory=dict)  # compile-time switches it needs
     seeds: int = 1  # how many seeds a default run uses
     module: str = ""
+    source: str = ""  # the file that registered it
 
     def applies_to(self, input_names) -> bool:
         return set(self.needs) <= set(input_names)
 
+    @property
+    def where(self) -> str:
+        """The registering file as fixtures/NAME.py (its folder and name)."""
+        path = Path(self.source)
+        return f"{path.parent.name}/{path.name}" if self.source else self.module
 
-_registry: dict[str, Fixture] = {}
+
+#: fixtures registered by each imported module, by module name (load_fixtures empties a
+#: module's entry before it runs the module, so a re-run does not register twice)
+_by_module: dict[str, list[Fixture]] = {}
 
 
 def fixture(
@@ -50,47 +64,151 @@ def fixture(
     variants: Mapping[str, str] | None = None,
     seeds: int = 1,
 ):
-    """Register a fixture generator under `name`."""
+    """Register a fixture generator under `name` (for stages that have every input in `needs`)."""
 
     def register(fn):
-        _registry[name] = Fixture(
-            name=name,
-            make=fn,
-            isolates=" ".join(isolates.split()),
-            hides=" ".join(hides.split()),
-            needs=tuple(needs),
-            variants=dict(variants or {}),
-            seeds=seeds,
-            module=fn.__module__,
+        _by_module.setdefault(fn.__module__, []).append(
+            Fixture(
+                name=name,
+                make=fn,
+                isolates=" ".join(isolates.split()),
+                hides=" ".join(hides.split()),
+                needs=tuple(needs),
+                variants=dict(variants or {}),
+                seeds=seeds,
+                module=fn.__module__,
+                source=fn.__code__.co_filename,
+            )
         )
         return fn
 
     return register
 
 
-def load_fixtures(fixtures_dir: Path) -> dict[str, Fixture]:
-    """Import every fixtures/*.py once and return the registry."""
+def _needs_text(needs: Iterable[str]) -> str:
+    return ", ".join(needs) or "nothing"
+
+
+class Fixtures:
+    """The fixtures of one workspace: each name with its fixtures (variants by `needs`)."""
+
+    def __init__(self, fixtures: Iterable[Fixture] = ()):
+        self._by_name: dict[str, list[Fixture]] = {}
+        for fx in fixtures:
+            same = self._by_name.setdefault(fx.name, [])
+            for other in same:
+                if set(other.needs) == set(fx.needs):
+                    where = f"twice in {fx.where}" if other.source == fx.source else f"in {other.where} and {fx.where}"
+                    raise UserError(
+                        f"fixture {fx.name!r} is defined {where} with the same needs ({_needs_text(fx.needs)}): "
+                        "rename one or give it different needs"
+                    )
+            same.append(fx)
+        for same in self._by_name.values():
+            same.sort(key=lambda f: (-len(f.needs), f.needs))
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __iter__(self) -> Iterator[Fixture]:
+        """Every fixture, by name, the most specific variant of a name first."""
+        for name in self.names():
+            yield from self._by_name[name]
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_name.values())
+
+    def variants(self, name: str) -> list[Fixture]:
+        """The fixtures called `name`, most specific first; a UserError when there are none."""
+        try:
+            return list(self._by_name[name])
+        except KeyError:
+            close = difflib.get_close_matches(name, self.names(), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UserError(f"unknown fixture {name!r}{hint}; `wb fixtures` lists them") from None
+
+    def resolve(self, name: str, input_names: Iterable[str]) -> Fixture | None:
+        """The fixture `name` for a stage with these inputs: the applicable one with the largest
+        needs; None when none applies. Two applicable ones of equal size are a UserError."""
+        inputs = set(input_names)
+        fits = [f for f in self.variants(name) if f.applies_to(inputs)]
+        if not fits:
+            return None
+        best = [f for f in fits if len(f.needs) == len(fits[0].needs)]
+        if len(best) > 1:
+            a, b = best[:2]
+            raise UserError(
+                f"fixture {name!r} is ambiguous for inputs {_needs_text(sorted(inputs))}: {a.where} needs "
+                f"{_needs_text(a.needs)}, {b.where} needs {_needs_text(b.needs)}; give one more needs"
+            )
+        return best[0]
+
+    def __getitem__(self, name: str) -> Fixture:
+        """The only fixture called `name` (a name with several needs variants: use resolve)."""
+        found = self.variants(name)
+        if len(found) > 1:
+            raise UserError(
+                f"fixture {name!r} has {len(found)} variants ("
+                + "; ".join(f"{f.where} needs {_needs_text(f.needs)}" for f in found)
+                + "): resolve it by the stage's inputs"
+            )
+        return found[0]
+
+
+def load_fixtures(fixtures_dir: Path) -> Fixtures:
+    """Import every fixtures/*.py of the folder once and return its fixtures."""
+    found: list[Fixture] = []
     for path in sorted(Path(fixtures_dir).glob("*.py")):
         if path.name.startswith("_"):
             continue
         mod_name = f"wb_fixtures_{path.stem}"
-        if mod_name in sys.modules:
-            continue
-        spec = importlib.util.spec_from_file_location(mod_name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            del sys.modules[mod_name]
-            raise UserError(f"{path}: fixture module failed to import: {exc}") from exc
-    return dict(_registry)
+        loaded = sys.modules.get(mod_name)
+        if loaded is None or Path(getattr(loaded, "__file__", "") or "").resolve() != path.resolve():
+            _import(mod_name, path)
+        found += _by_module.get(mod_name, [])
+    return Fixtures(found)
 
 
-def get_fixture(registry: Mapping[str, Fixture], name: str) -> Fixture:
+def _import(mod_name: str, path: Path) -> None:
+    _by_module.pop(mod_name, None)
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
     try:
-        return registry[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(registry), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise UserError(f"unknown fixture {name!r}{hint}; `wb fixtures` lists them") from None
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[mod_name]
+        _by_module.pop(mod_name, None)
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"{path}: fixture module failed to import: {exc}") from exc
+
+
+def forget_modules() -> None:
+    """Drop the imported fixture modules (and what they registered): the next load re-imports."""
+    for name in [n for n in sys.modules if n.startswith("wb_fixtures_")]:
+        del sys.modules[name]
+    for name in [n for n in _by_module if n.startswith("wb_fixtures_")]:
+        del _by_module[name]
+
+
+def get_fixture(registry: Fixtures, name: str, input_names: Iterable[str]) -> Fixture:
+    """The fixture `name` for a stage with these inputs; a UserError when none applies."""
+    inputs = set(input_names)
+    found = registry.resolve(name, inputs)
+    if found is None:
+        raise UserError(f"fixture {name!r} does not apply to inputs {_needs_text(sorted(inputs))}: {needs_text(registry, name, inputs)}")
+    return found
+
+
+def needs_text(registry: Fixtures, name: str, input_names: Iterable[str]) -> str:
+    """What the stage lacks for `name`: 'it needs inputs v' (one variant) or each variant's lack."""
+    inputs = set(input_names)
+    found = registry.variants(name)
+    lacks = [(f, [n for n in f.needs if n not in inputs]) for f in found]
+    if len(lacks) == 1:
+        return f"it needs inputs {', '.join(lacks[0][1])}"
+    return "its variants need " + "; ".join(f"{', '.join(miss)} ({f.where})" for f, miss in lacks)

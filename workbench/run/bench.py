@@ -179,7 +179,7 @@ class BenchJob:
         if not hasattr(stage, "flops"):
             raise UserError(f"{spec.id} does not define flops(params): wb bench cannot compute TFLOP/s for it")
         registry = fixture_registry.load_fixtures(ws.fixtures_dir)
-        fixture = fixture_registry.get_fixture(registry, "random")
+        registry.variants("random")  # an unknown name fails before any compile
         peers_module = load_peers(spec.module_path.parent)
         wanted_peers = job.get("peers") or []
         for key, value in (job.get("peer_env") or {}).items():  # this run's, not the warm worker's start
@@ -207,6 +207,7 @@ class BenchJob:
                 continue
             case["compile_s"], case["compile_cached"] = build.seconds, build.cached
             in_specs, out_specs = stage.inputs(params), stage.outputs(params)
+            fixture = fixture_registry.get_fixture(registry, "random", in_specs)  # the stage's inputs pick the variant
             inputs = fixture.make(in_specs, params, job.get("seed", 0), "cuda")
             outputs = {k: torch.empty(ts.shape, dtype=ts.torch_dtype(), device="cuda") for k, ts in out_specs.items()}
             for t in outputs.values():

@@ -31,8 +31,7 @@ from workbench.compile.compiler import compile_stage
 from workbench.compile.job import CompileJob
 from workbench.diagnose import add_run_evidence, run_diagnosis
 from workbench.errors import UserError
-from workbench.kernels import fixtures, fixtures as fixture_registry
-from workbench.kernels.fixtures import get_fixture
+from workbench.kernels import fixtures as fixture_registry
 from workbench.kernels.registry import forget_stage_modules, load_kernel
 from workbench.kernels.stage import Params, torch_dtype
 from workbench.run import procs, protocol
@@ -190,13 +189,15 @@ class Job:
         names = job.get("fixtures") or spec.fixtures
         groups: dict[str, tuple[dict, list]] = {}
         for name in names:
-            fixture = get_fixture(registry, name)
-            missing = [n for n in fixture.needs if n not in in_specs]
-            unsupported = {k: v for k, v in fixture.variants.items() if v not in spec.variants.get(k, ())}
-            if missing or unsupported:
+            fixture = registry.resolve(name, in_specs)
+            unsupported = {} if fixture is None else {k: v for k, v in fixture.variants.items() if v not in spec.variants.get(k, ())}
+            if fixture is None or unsupported:
                 if explicit:
-                    why = f"inputs {', '.join(missing)}" if missing else f"variant {', '.join(f'{k}={v}' for k, v in unsupported.items())}"
-                    raise UserError(f"fixture {name!r} does not apply to {spec.id}: it needs {why}")
+                    if fixture is None:
+                        why = fixture_registry.needs_text(registry, name, in_specs)
+                    else:
+                        why = f"it needs variant {', '.join(f'{k}={v}' for k, v in unsupported.items())}"
+                    raise UserError(f"fixture {name!r} does not apply to {spec.id}: {why}")
                 continue
             variants = {**job["variants"], **fixture.variants}
             seeds = [job["seed"] + i for i in range(job.get("seeds") or fixture.seeds)]
@@ -284,9 +285,7 @@ def reference_memory(device: str):
 
 
 def forget_fixture_modules() -> None:
-    for name in [n for n in sys.modules if n.startswith("wb_fixtures_")]:
-        del sys.modules[name]
-    fixtures._registry.clear()
+    fixture_registry.forget_modules()
 
 
 # Job kinds a worker runs: op -> "module:Class" (imported when first used).
