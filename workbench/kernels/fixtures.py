@@ -200,11 +200,11 @@ def get_fixture(registry: Fixtures, name: str, input_names: Iterable[str]) -> Fi
     inputs = set(input_names)
     found = registry.resolve(name, inputs)
     if found is None:
-        raise UserError(f"fixture {name!r} does not apply to inputs {_needs_text(sorted(inputs))}: {needs_text(registry, name, inputs)}")
+        raise UserError(f"fixture {name!r} does not apply to inputs {_needs_text(sorted(inputs))}: {missing_text(registry, name, inputs)}")
     return found
 
 
-def needs_text(registry: Fixtures, name: str, input_names: Iterable[str]) -> str:
+def missing_text(registry: Fixtures, name: str, input_names: Iterable[str]) -> str:
     """What the stage lacks for `name`: 'it needs inputs v' (one variant) or each variant's lack."""
     inputs = set(input_names)
     found = registry.variants(name)

@@ -194,7 +194,7 @@ class Job:
             if fixture is None or unsupported:
                 if explicit:
                     if fixture is None:
-                        why = fixture_registry.needs_text(registry, name, in_specs)
+                        why = fixture_registry.missing_text(registry, name, in_specs)
                     else:
                         why = f"it needs variant {', '.join(f'{k}={v}' for k, v in unsupported.items())}"
                     raise UserError(f"fixture {name!r} does not apply to {spec.id}: {why}")
