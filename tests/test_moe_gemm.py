@@ -95,11 +95,74 @@ def test_stage_b_compiles_per_activation(activation):
 def test_variants_pick_the_tile_config():
     from stages.moe.stage_a_gemm import kernel_config
 
-    assert kernel_config({}) == {"tile_m": 128, "tile_n": 256, "tile_k": 64, "stages": 4, "persistent": True, "cluster_m": 1, "group_m": 8}
+    assert kernel_config({}) == {"tile_m": 128, "tile_n": 256, "tile_k": 64, "stages": 4, "persistent": True,
+                                 "cluster_m": 1, "group_m": 8, "epilogue": "direct"}
     c = kernel_config({"tile_n": "128", "stages": "auto", "persistent": "off"})
     assert (c["tile_n"], c["stages"], c["persistent"]) == (128, 6, False)
     assert kernel_config({"stages": "3"})["stages"] == 3
     assert kernel_config({"tile_m": "64"})["stages"] == 5
+    # epilogue=smem: auto leaves room for the output tile (identity's full 64 KiB tile at 128 x 256
+    # costs a stage; SwiGLU's half-width one does not)
+    assert kernel_config({"epilogue": "smem"})["stages"] == 3
+    assert kernel_config({"epilogue": "smem"}, "swiglu")["stages"] == 4
+    assert kernel_config({"epilogue": "smem", "stages": "2"})["stages"] == 2
+
+
+def _bank_conflicts(accesses):
+    """Worst bank conflict of one shared-memory instruction: ``accesses`` is [(lane, byte
+    address, bytes)]; 16-byte accesses go in 4 phases of 8 lanes, 8-byte in 2 of 16, narrower
+    in one; inside a phase, distinct 4-byte words on one bank conflict (one word is a broadcast)."""
+    width = accesses[0][2]
+    lanes_per_phase = 32 // max(1, width // 4)
+    worst = 1
+    for phase in range(32 // lanes_per_phase):
+        words: dict = {}
+        for lane, addr, n in accesses:
+            if lane // lanes_per_phase == phase:
+                for w in range(addr // 4, (addr + n + 3) // 4):
+                    words.setdefault(w % 32, set()).add(w)
+        worst = max([worst] + [len(v) for v in words.values()])
+    return worst
+
+
+@pytest.mark.parametrize("tile_n", [128, 256])
+@pytest.mark.parametrize("identity", [True, False])
+def test_smem_epilogue_layout_is_bank_conflict_free(tile_n, identity):
+    """The smem epilogue's swizzle (gemm.epilogue_chunk) against a model of the banks: every
+    register -> smem store instruction of a warp (the accumulator layout of the module
+    docstring: lane l holds rows l / 4 (+8), columns 8b + 2 (l % 4) (+1)) and every 16-byte
+    read of the copy-out hits each bank once; rows at a plain row-major offset would not."""
+    from stages.moe.gemm import WG_THREADS, epilogue_chunk
+
+    out_cols = tile_n if identity else tile_n // 2
+    C = out_cols // 8
+
+    def store_accesses(warp, b, half, swizzled):
+        acc = []
+        for lane in range(32):
+            r = 16 * warp + lane // 4 + 8 * half
+            if identity:
+                oc, n = 8 * b + 2 * (lane % 4), 4
+            else:
+                oc, n = 4 * b + lane % 4, 2
+            chunk = epilogue_chunk(r, oc // 8, C) if swizzled else r * C + oc // 8
+            acc.append((lane, 16 * chunk + 2 * (oc % 8), n))
+        return acc
+
+    for warp in range(4):
+        for b in range(tile_n // 8):
+            for half in (0, 1):
+                assert _bank_conflicts(store_accesses(warp, b, half, True)) == 1, (warp, b, half)
+    assert _bank_conflicts(store_accesses(0, 0, 0, False)) > 1  # the model sees a plain layout's conflict
+    rows_step = WG_THREADS // C
+    for warp in range(4):
+        for i in range(64 // rows_step):
+            acc = []
+            for lane in range(32):
+                t = 32 * warp + lane
+                r = t // C + i * rows_step
+                acc.append((lane, 16 * epilogue_chunk(r, t % C, C), 16))
+            assert _bank_conflicts(acc) == 1, (warp, i)
 
 
 @pytest.mark.parametrize("m_tiles,n_tiles,group_m", [(1, 1, 8), (5, 3, 8), (17, 6, 8), (16, 112, 8), (9, 4, 1), (7, 5, 16)])
@@ -346,6 +409,9 @@ VARIANTS = [
     {"cluster_m": "2", "tile_n": "128"},
     {"group_m": "1"},
     {"group_m": "16", "cluster_m": "2"},
+    {"epilogue": "smem"},
+    {"epilogue": "smem", "tile_m": "64", "tile_n": "128", "persistent": "off"},
+    {"epilogue": "smem", "cluster_m": "2"},
 ]
 
 

@@ -22,6 +22,7 @@ activation, gather off (TMA and cp.async), other tiles; every bug variant fails.
 from __future__ import annotations
 
 import importlib.util
+import os
 import random
 import re
 
@@ -34,6 +35,9 @@ from workbench.kernels.stage import Params
 ARCH = "sm_90a"
 needs_dsl = pytest.mark.skipif(importlib.util.find_spec("cutlass") is None, reason="nvidia-cutlass-dsl is not installed")
 TILE_M = 128
+#: the epilogue every GPU case of stage C runs with unless it names one: MOE_EPILOGUE=smem
+#: reruns the whole GPU set through the smem epilogue (benchmarks/gpu_epilogue_moe.sh)
+EPILOGUE = os.environ.get("MOE_EPILOGUE", "direct")
 
 
 # --------------------------------------------------------------------------------------
@@ -175,15 +179,47 @@ def test_stage_c_compiles_with_the_designed_pieces():
 
 
 @needs_dsl
+def test_smem_epilogue_compiles_with_vector_stores_and_a_named_barrier():
+    """epilogue=smem: the output tile goes registers -> st.shared -> 16-byte ld.shared ->
+    16-byte st.global, the consumer WG syncs on a named barrier of 128 threads (not barrier
+    0: the producer is not in it); auto stages leave room for the tile; the direct epilogue
+    has none of these. Three compiles cover swiglu / none, gather on / off, 128 / 64 rows."""
+    from stages.moe import stage_c_grouped as sc
+
+    *_, ptx_direct = _compile()
+    assert not re.search(r"st\.global\.v4", ptx_direct)
+    cases = [  # activation, gather, tile_m, stages auto picks, output chunks of 16 bytes per row
+        ("swiglu", True, 128, 4, 16),
+        ("none", False, 128, 3, 32),  # the 64 KiB identity tile costs a stage (4 x 48 + 64 > 227 KiB)
+        ("none", True, 64, 4, 32),
+    ]
+    for activation, gather, tile_m, stages, chunks in cases:
+        with capture() as rec:
+            kernel, c = sc.compile_grouped("bf16", 2048, 1536, activation, gather, arch=ARCH, tile_m=tile_m,
+                                           epilogue="smem", keep_ptx=True)
+        ptx, probes = c.fn.__ptx__, {r["name"]: r for r in rec}
+        what = (activation, gather, tile_m)
+        assert kernel.stages == stages, what
+        assert _shape(probes["sD"]) == f"(8,{tile_m * chunks})", what
+        # SwiGLU writes one 16-bit output per column pair, none a 32-bit pair
+        assert re.search(r"st\.shared\.b16" if activation == "swiglu" else r"st\.shared\.b32", ptx), what
+        assert re.search(r"ld\.shared\.v4\.b32", ptx), what
+        assert re.search(r"st\.global\.v4\.b32", ptx), what
+        assert not re.search(r"st\.global\.(b16|b32|u16)\b", ptx), what  # every output store is a vector
+        named = re.findall(r"bar\.sync\s+([^,;]+),\s*128;", ptx)
+        assert len(named) == 2 and all(b.strip() != "0" for b in named), (what, named)
+
+
+@needs_dsl
 def test_stage_wires_params_and_variants_into_the_kernel():
     from stages.moe.stage_c_grouped import StageC
 
     stage = StageC()
     p = _params(h=128, i=96, activation="gptoss")
-    compiled = stage.compile(p, {"gather": "off", "bug": "silu_on_up"}, ARCH)
+    compiled = stage.compile(p, {"gather": "off", "bug": "silu_on_up", "epilogue": "smem"}, ARCH)
     k = stage.kernel_obj
     assert (compiled.k, compiled.n, compiled.n_out, compiled.gather) == (128, 192, 96, False)
-    assert (k.activation, k.bug, k.gather) == ("gptoss", "silu_on_up", False)
+    assert (k.activation, k.bug, k.gather, k.epilogue_kind) == ("gptoss", "silu_on_up", False, "smem")
     assert stage.inputs(p)["w1"].shape == (8, 128, 192) and stage.inputs(p)["topk_ids"].dtype == "int32"
     assert stage.outputs(p)["h"].shape == (200, 96)
     assert stage.outputs(_params(activation="none"))["h"].shape == (200, 1536)
@@ -260,8 +296,10 @@ def test_every_bug_variant_changes_the_kernel(bug):
 # GPU
 # --------------------------------------------------------------------------------------
 def _run_case(T, E, topk, h, i, activation="swiglu", gather="on", bug="none", ids=None, seed=0, a_load="auto",
-              **tile):
-    """Stage C's launch and reference on one input; returns compare.metrics' dict."""
+              epilogue=None, **tile):
+    """Stage C's launch and reference on one input; returns compare.metrics' dict. The output
+    is poisoned first: rows the kernel must not write (none, in a correct kernel) keep NaN.
+    ``epilogue``: None = EPILOGUE (the MOE_EPILOGUE environment variable)."""
     import torch
 
     from stages.moe import stage_c_grouped as sc
@@ -270,7 +308,8 @@ def _run_case(T, E, topk, h, i, activation="swiglu", gather="on", bug="none", id
     g = torch.Generator().manual_seed(seed)
     p = _params(t=T, e=E, topk=topk, h=h, i=i, activation=activation)
     stage = sc.StageC()
-    compiled = stage.compile(p, {"gather": gather, "bug": bug, "a_load": a_load, **tile}, ARCH)
+    variants = {"gather": gather, "bug": bug, "a_load": a_load, "epilogue": epilogue or EPILOGUE, **tile}
+    compiled = stage.compile(p, variants, ARCH)
     x = torch.randn(T, h, generator=g).to(torch.bfloat16).cuda()
     w1 = (torch.randn(E, h, 2 * i, generator=g) / h**0.5).to(torch.bfloat16).cuda()
     if ids is None:
@@ -363,6 +402,75 @@ def test_gpu_many_experts_many_tiles():
 def test_gpu_each_bug_variant_fails(bug):
     m = _run_case(300, E=4, topk=2, h=128, i=192, bug=bug)  # random routing: tails in every expert
     assert m["verdict"] == "FAIL", m
+
+
+def _sparse_ids(T, E, topk):
+    """Routing onto experts 1, 3, .. of E only (empty experts between them), ragged counts:
+    every used expert ends in a partial tile (a tail)."""
+    import torch
+
+    used = list(range(1, E, 2))
+    return torch.tensor([[used[(t * 5 + 3 * j + t // 7) % len(used)] for j in range(topk)] for t in range(T)])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gather", ["on", "off"])
+@pytest.mark.parametrize("activation", ["swiglu", "none"])
+@pytest.mark.parametrize("T", [1, 7, 1000])
+def test_gpu_smem_epilogue(T, activation, gather):
+    """epilogue=smem, 128 x 256 tiles: empty experts, a tail in each used expert, an N tail
+    (2i = 400: the second n tile has 144 columns; none stores 400 columns, 256 + 144)."""
+    m = _run_case(T, E=16, topk=2, h=256, i=200, activation=activation, gather=gather, epilogue="smem",
+                  ids=_sparse_ids(T, 16, 2))
+    assert m["verdict"] == "PASS", m
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tile", [{"tile_m": "64"}, {"tile_n": "128"}, {"tile_m": "64", "tile_n": "128"}])
+@pytest.mark.parametrize("activation", ["swiglu", "none"])
+def test_gpu_smem_epilogue_other_tiles(tile, activation):
+    m = _run_case(1000, E=16, topk=2, h=192, i=200, activation=activation, epilogue="smem",
+                  ids=_sparse_ids(1000, 16, 2), **tile)
+    assert m["verdict"] == "PASS", m
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bug", ["tail_unwritten", "tail_from_next", "gate_up_swapped", "silu_on_up"])
+def test_gpu_smem_epilogue_bug_variants_fail(bug):
+    """The bugs still show through the smem path: unwritten tails keep the poison, the
+    activation bugs enter through pair_values."""
+    m = _run_case(300, E=4, topk=2, h=128, i=192, bug=bug, epilogue="smem")
+    assert m["verdict"] == "FAIL", m
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [1, 7, 1000])
+def test_gpu_stage_d_with_smem_epilogue(T):
+    """Stage D (both grouped GEMMs through the smem epilogue, up_tile auto: 128- and 64-row
+    up kernels) at a small shape against the fp32 reference; y poisoned first."""
+    import torch
+
+    from stages.moe.stage_d_moe import StageD
+    from workbench.compare import metrics, poison
+
+    stage = StageD()
+    p = Params(dict(t=T, h=256, i=128, e=8, topk=2, dtype="bf16", activation="swiglu", routing="given"))
+    compiled = stage.compile(p, {"epilogue": "smem"}, ARCH)
+    g = torch.Generator().manual_seed(T)
+    x = torch.randn(T, 256, generator=g).to(torch.bfloat16).cuda()
+    w1 = (torch.randn(8, 256, 256, generator=g) / 16).to(torch.bfloat16).cuda()
+    w2 = (torch.randn(8, 128, 256, generator=g) / 128**0.5).to(torch.bfloat16).cuda()
+    ids = torch.stack([torch.randperm(6, generator=g)[:2] for _ in range(T)]).to(torch.int32).cuda()  # 6, 7 empty
+    wts = torch.softmax(torch.randn(T, 2, generator=g), -1).float().cuda()
+    inputs = {"x": x, "topk_ids": ids, "topk_weights": wts, "w1": w1, "w2": w2}
+    y = torch.empty(T, 256, dtype=torch.bfloat16, device="cuda")
+    poison(y)
+    stage.launch(compiled, inputs, {"y": y})
+    torch.cuda.synchronize()
+    ref = stage.reference(inputs, p, {}, torch.float32)["y"]
+    lo = stage.reference(inputs, p, {}, torch.bfloat16)["y"]
+    m = metrics(y, ref, lo, {"factor": 2.0, "atol": 1e-4})
+    assert m["verdict"] == "PASS", m
 
 
 def test_reference_is_the_per_row_definition():

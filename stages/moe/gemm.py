@@ -45,6 +45,10 @@ Design
   accumulator layout, ``tCcAcc`` says which); the identity epilogue writes a pair as one
   32-bit store (a quad writes 16 contiguous bytes of a row), rows >= m_limit and columns
   >= n_limit are not written.
+  ``epilogue="smem"`` (variant): the same values go through a shared-memory output tile
+  instead (``epilogue_smem``: XOR-swizzled 16-byte chunks, one named barrier per consumer
+  WG, then 16-byte vector stores predicated per row and chunk); ``auto_stages`` gives the
+  ring depth that fits beside it.
 
 The accumulator partition (probe ``tCrAcc``, ``accumulator_pairs`` proves it at trace
 time): ((2, 2, tile_n / 8), 1, 1) per thread of a consumer WG: mode 0.0 = two adjacent
@@ -80,12 +84,48 @@ WG_THREADS = 128
 REGISTERS = {1: (40, 240), 2: (40, 232)}
 #: epilogues the kernel knows: identity stores D, the others SwiGLU-like (N / 2 columns)
 ACTIVATIONS = ("identity", "swiglu", "gptoss")
+#: how the epilogue reaches global memory: direct (registers -> global, 2- or 4-byte stores)
+#: or smem (registers -> a swizzled smem tile -> 16-byte vector stores); see ``epilogue``
+EPILOGUES = ("direct", "smem")
+#: the ring depth ``auto`` gives with the direct epilogue, by (tile_m, tile_n) (tile_k 64,
+#: 16-bit): the most that fits in 227 KiB (measured choices; (64, 128) is capped at 7)
+AUTO_STAGES = {(128, 256): 4, (128, 128): 6, (64, 256): 5, (64, 128): 7}
+#: dynamic shared memory per CTA on sm_90 (227 KiB) less 1 KiB for the mbarriers and the
+#: 1024-byte alignment of the A ring
+SMEM_BUDGET = 227 * 1024 - 1024
+
+
+def epilogue_smem_bytes(tile_m: int, tile_n: int, identity: bool, elem_bytes: int = 2) -> int:
+    """Bytes of the smem epilogue's output tile: tile_m rows of the tile's output columns
+    (tile_n for identity, tile_n / 2 after a SwiGLU-like activation); swizzled, no padding."""
+    return tile_m * (tile_n if identity else tile_n // 2) * elem_bytes
+
+
+def auto_stages(tile_m: int, tile_n: int, epilogue: str = "direct", identity: bool = True, tile_k: int = 64,
+                elem_bytes: int = 2) -> int:
+    """The ring depth of ``stages=auto``: AUTO_STAGES for the direct epilogue; with the smem
+    epilogue, at most that, and as many as fit beside the output tile (128 x 256: SwiGLU 4
+    stages + 32 KiB, identity 3 stages + 64 KiB)."""
+    direct = AUTO_STAGES[tile_m, tile_n]
+    if epilogue == "direct":
+        return direct
+    stage_bytes = (tile_m + tile_n) * tile_k * elem_bytes
+    fit = (SMEM_BUDGET - epilogue_smem_bytes(tile_m, tile_n, identity, elem_bytes)) // stage_bytes
+    return max(2, min(direct, fit))
 
 
 def n_major_view(w: cute.Tensor) -> cute.Tensor:
     """(K, N) row-major W -> (N, K) view with N contiguous: CuTe's B operand of an MN-major
     GEMM (no data movement)."""
     return cute.make_tensor(w.iterator, cute.select(w.layout, mode=[1, 0]))
+
+
+def epilogue_chunk(r, c, chunks: int):
+    """Position (in 16-byte chunks) of chunk ``c`` of tile row ``r`` in the smem epilogue's
+    output tile of ``chunks`` chunks a row: row-major, the chunk XOR-swizzled with r % S,
+    S = min(8, chunks) (a power of two, so the result stays in the row). Plain arithmetic:
+    runs on Python ints (tests: bank-conflict model) and on DSL integers (the kernel)."""
+    return r * chunks + (c ^ (r % min(8, chunks)))
 
 
 def banded_tile(tile, m_tiles, n_tiles, group_m: int):
@@ -127,6 +167,7 @@ class MoeGemmSm90:
         persistent: bool = True,
         cluster_m: int = 1,
         group_m: int = 8,
+        epilogue: str = "direct",
     ):
         assert tile_m in (64, 128), tile_m
         assert tile_n in (64, 128, 192, 256), tile_n  # whole 64-column swizzle atoms of B
@@ -135,6 +176,7 @@ class MoeGemmSm90:
         assert activation in ACTIVATIONS, activation
         assert cluster_m in (1, 2), cluster_m
         assert group_m >= 1, group_m
+        assert epilogue in EPILOGUES, epilogue
         self.dtype = dtype
         self.acc_dtype = Float32
         self.tile_m, self.tile_n, self.tile_k = tile_m, tile_n, tile_k
@@ -143,6 +185,14 @@ class MoeGemmSm90:
         self.persistent = persistent
         self.cluster_m = cluster_m
         self.group_m = group_m
+        self.epilogue_kind = epilogue
+        # smem epilogue: each consumer WG's 64 output rows as 16-byte chunks (8 elements); the
+        # 128 threads of a WG copy whole chunks, so a row's chunk count must divide 128
+        self.out_tile_n = tile_n if activation == "identity" else tile_n // 2
+        self.out_chunks = self.out_tile_n * dtype.width // 128
+        if epilogue == "smem":
+            assert WG_THREADS % self.out_chunks == 0, f"epilogue=smem needs tile_n in 64, 128, 256 (got {tile_n})"
+        self.chunk_elems = 128 // dtype.width
         self.num_consumer_wg = tile_m // 64
         self.num_threads = WG_THREADS * (1 + self.num_consumer_wg)
         self.producer_regs, self.consumer_regs = REGISTERS[self.num_consumer_wg]
@@ -189,7 +239,18 @@ class MoeGemmSm90:
             sA: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sA_layout)], 1024]
             sB: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sB_layout)], 1024]
 
-        return SharedStorage
+        if const_expr(self.epilogue_kind == "direct"):
+            return SharedStorage
+        epi_elems = self.tile_m * self.out_tile_n
+
+        @cute.struct
+        class SharedStorageEpi:
+            mbar: cute.struct.MemRange[cutlass.Int64, 2 * stages]
+            sA: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sA_layout)], 1024]
+            sB: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sB_layout)], 1024]
+            sD: cute.struct.Align[cute.struct.MemRange[self.dtype, epi_elems], 128]
+
+        return SharedStorageEpi
 
     def _host_setup(self, mA: cute.Tensor, mB: cute.Tensor):
         """TMA loads of A (M, K) and B (N, K) boxes, the tiled MMA, the smem layouts; sets
@@ -361,6 +422,13 @@ class MoeGemmSm90:
         pipeline.pipeline_init_arrive(cluster_shape_mn=cluster, is_relaxed=True)
         sA = storage.sA.get_tensor(sA_layout.outer, swizzle=sA_layout.inner)  # (tile_m, tile_k, stages)
         sB = storage.sB.get_tensor(sB_layout.outer, swizzle=sB_layout.inner)  # (tile_n, tile_k, stages)
+        if const_expr(self.epilogue_kind == "smem"):
+            # (8 elements = one 16-byte chunk, chunks of the tile): chunk c of tile row r is
+            # at column c' = c ^ (r % 8) of its row (``epilogue_smem``)
+            self.sD = storage.sD.get_tensor(
+                cute.make_layout((self.chunk_elems, self.tile_m * self.out_chunks), stride=(1, self.chunk_elems))
+            )
+            probe("sD", self.sD)
         pipeline.pipeline_init_wait(cluster_shape_mn=cluster)
         return pipe, sA, sB
 
@@ -497,21 +565,96 @@ class MoeGemmSm90:
         identity: D[row, col] = acc (rounded to D's dtype), a column pair per 32-bit store.
         swiglu / gptoss: column pair (2j, 2j + 1) = (gate_j, up_j) of the interleaved W1;
         D[row, col / 2] = act(gate, up), computed in fp32, one 16-bit store.
+        epilogue=smem: the same values and predicates through ``epilogue_smem``.
         """
+        if const_expr(self.epilogue_kind == "smem"):
+            self.epilogue_smem(acc, tCcAcc, mD, m_base, n_base, m_limit, n_limit)
+        else:
+            for j in cutlass.range_constexpr(cute.size(acc) // 2):
+                coord = tCcAcc[2 * j]
+                row = m_base + coord[0]
+                col = n_base + coord[1]
+                if row < m_limit:
+                    if col < n_limit:  # n_limit is even (row strides are multiples of 8): col + 1 too
+                        if const_expr(self.activation == "identity"):
+                            pair = cute.make_rmem_tensor((2,), self.dtype)
+                            pair[0] = acc[2 * j].to(self.dtype)
+                            pair[1] = acc[2 * j + 1].to(self.dtype)
+                            gPair = cute.local_tile(mD[row, None], (2,), (col // 2,))  # (2,):(1,)
+                            cute.autovec_copy(pair, gPair)
+                        else:
+                            mD[row, col // 2] = act.apply(self.activation, acc[2 * j], acc[2 * j + 1]).to(self.dtype)
+
+    def pair_values(self, g, u) -> list:
+        """The output values (fp32) of one accumulator column pair (g, u) = (2j, 2j + 1):
+        identity: both; swiglu / gptoss: act(gate, up). Subclasses change it (bug hooks)."""
+        if const_expr(self.activation == "identity"):
+            return [g, u]
+        return [act.apply(self.activation, g, u)]
+
+    @cute.jit
+    def epilogue_smem(
+        self,
+        acc: cute.Tensor,
+        tCcAcc: cute.Tensor,
+        mD: cute.Tensor,
+        m_base: Int32,
+        n_base: Int32,
+        m_limit: Int32,
+        n_limit: Int32,
+    ):
+        """``epilogue`` through shared memory: each consumer WG writes its 64 rows of the
+        output tile (after the activation, in D's dtype) into ``self.sD``, syncs its own 128
+        threads on named barrier 1 + wg (the producer and the other WG run on), then copies
+        the rows out as 16-byte chunks: thread t of the WG owns chunk t % C of rows t / C,
+        t / C + 128 / C, ... (C = chunks per output row), a chunk stored only when its row is
+        < m_limit and its columns < n_limit (whole chunks: D's columns are a multiple of 8).
+
+        Layout of sD: row-major chunks, chunk c of tile row r at position c ^ (r % S)
+        (S = min(8, C); ``epilogue_chunk``): an XOR swizzle, no padding. A register write instruction covers 8
+        rows (r % 8 all different) at one logical chunk, so the 8 rows land in 8 different
+        16-byte bank groups of a 128-byte line: conflict-free; a read covers 8 consecutive
+        chunks of one row, a permutation of one line: conflict-free too."""
+        tidx, _, _ = cute.arch.thread_idx()
+        wg = cute.arch.make_warp_uniform(tidx // WG_THREADS) - 1  # consumer WG 0 ..
+        t = tidx % WG_THREADS
+        C = self.out_chunks
+        ce = self.chunk_elems
+        identity = self.activation == "identity"
+        sD = self.sD
+        # the previous tile's copy-out of this WG's rows is done before they are overwritten
+        cute.arch.barrier(barrier_id=1 + wg, number_of_threads=WG_THREADS)
         for j in cutlass.range_constexpr(cute.size(acc) // 2):
             coord = tCcAcc[2 * j]
-            row = m_base + coord[0]
-            col = n_base + coord[1]
+            r = coord[0]
+            oc = coord[1] if const_expr(identity) else coord[1] // 2
+            pos = epilogue_chunk(r, oc // ce, C)
+            vals = self.pair_values(acc[2 * j], acc[2 * j + 1])
+            if const_expr(identity):
+                pair = cute.make_rmem_tensor((2,), self.dtype)
+                pair[0] = vals[0].to(self.dtype)
+                pair[1] = vals[1].to(self.dtype)
+                cute.autovec_copy(pair, cute.local_tile(sD[None, pos], (2,), ((oc % ce) // 2,)))
+            else:
+                sD[oc % ce, pos] = vals[0].to(self.dtype)
+        cute.arch.barrier(barrier_id=1 + wg, number_of_threads=WG_THREADS)
+        n_base_out = n_base if const_expr(identity) else n_base // 2
+        n_limit_out = n_limit if const_expr(identity) else n_limit // 2
+        rows_step = WG_THREADS // C
+        c = t % C
+        col = n_base_out + c * ce
+        for i in cutlass.range_constexpr(64 // rows_step):
+            r = wg * 64 + t // C + i * rows_step
+            row = m_base + r
             if row < m_limit:
-                if col < n_limit:  # n_limit is even (row strides are multiples of 8): col + 1 too
-                    if const_expr(self.activation == "identity"):
-                        pair = cute.make_rmem_tensor((2,), self.dtype)
-                        pair[0] = acc[2 * j].to(self.dtype)
-                        pair[1] = acc[2 * j + 1].to(self.dtype)
-                        gPair = cute.local_tile(mD[row, None], (2,), (col // 2,))  # (2,):(1,)
-                        cute.autovec_copy(pair, gPair)
-                    else:
-                        mD[row, col // 2] = act.apply(self.activation, acc[2 * j], acc[2 * j + 1]).to(self.dtype)
+                if col < n_limit_out:
+                    tDsD = sD[None, epilogue_chunk(r, c, C)]  # (8,):(1,) one 16-byte chunk
+                    tDgD = cute.local_tile(mD[row, None], (ce,), (col // ce,))  # (8,):(1,)
+                    probe("tDsD", tDsD)
+                    probe("tDgD", tDgD)
+                    vec = cute.make_rmem_tensor((ce,), self.dtype)
+                    cute.autovec_copy(tDsD, vec)
+                    cute.autovec_copy(vec, tDgD)
 
 
 def accumulator_pairs(tiled_mma: cute.TiledMma, tile_mn: tuple, num_threads: int):

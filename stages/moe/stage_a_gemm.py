@@ -29,25 +29,25 @@ from cutlass import Int32
 from workbench.kernels.stage import Params, Stage, TensorSpec
 
 from stages.moe import host
-from stages.moe.gemm import MoeGemmSm90
-
-#: ring depth by (tile_m, tile_n) when the ``stages`` variant is auto: the most that fits
-#: in 227 KiB (tile_m x 64 A + tile_n x 64 B 16-bit tiles: 48 KiB a stage for 128 x 256)
-AUTO_STAGES = {(128, 256): 4, (128, 128): 6, (64, 256): 5, (64, 128): 7}
+from stages.moe.gemm import AUTO_STAGES, MoeGemmSm90, auto_stages  # noqa: F401 (AUTO_STAGES: the direct table)
 
 
-def kernel_config(variants: Mapping[str, str] | None) -> dict:
+def kernel_config(variants: Mapping[str, str] | None, activation: str = "identity") -> dict:
     """MoeGemmSm90's tile arguments from the stage variants (tile_m, tile_n, stages,
-    persistent, cluster_m, group_m); missing ones take kernel.yaml's defaults (128, 256, auto,
-    on, 1, 8)."""
+    persistent, cluster_m, group_m, epilogue); missing ones take kernel.yaml's defaults (128,
+    256, auto, on, 1, 8, direct). stages=auto: the most that fits (gemm.auto_stages: with
+    epilogue=smem, beside the output tile of ``activation``)."""
     v = dict(variants or {})
     tile_m, tile_n = int(v.get("tile_m", 128)), int(v.get("tile_n", 256))
     stages = v.get("stages", "auto")
+    epilogue = v.get("epilogue", "direct")
+    auto = auto_stages(tile_m, tile_n, epilogue, identity=activation == "identity")
     return {
         "tile_m": tile_m,
         "tile_n": tile_n,
         "tile_k": 64,
-        "stages": AUTO_STAGES[tile_m, tile_n] if stages == "auto" else int(stages),
+        "epilogue": epilogue,
+        "stages": auto if stages == "auto" else int(stages),
         "persistent": v.get("persistent", "on") == "on",
         "cluster_m": int(v.get("cluster_m", 1)),
         "group_m": int(v.get("group_m", 8)),

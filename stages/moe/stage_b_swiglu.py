@@ -57,7 +57,7 @@ class StageB(Stage):
         return 2.0 * p.m * p.h * 2 * p.i
 
     def make_kernel(self, p: Params, variants: Mapping[str, str] | None = None) -> MoeGemmSm90:
-        return MoeGemmSm90(host.cute_dtype(p.dtype), activation=p.activation, **kernel_config(variants))
+        return MoeGemmSm90(host.cute_dtype(p.dtype), activation=p.activation, **kernel_config(variants, p.activation))
 
     def compile(self, p: Params, variants: Mapping[str, str], arch: str):
         dtype = host.cute_dtype(p.dtype)

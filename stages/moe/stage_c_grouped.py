@@ -39,7 +39,9 @@ Epilogue: from the accumulator registers straight to global memory, predicated o
 row belonging to the expert (rows past its end are the next expert's: never stored) and on
 the column being inside N (the shared ``MoeGemmSm90.epilogue`` with m_base = the tile's
 first sorted row, m_limit = the expert's end; a consumer WG none of whose 64 rows is the
-expert's only passes the k stages on, no MMA, no store). SwiGLU pairs: the accumulator gives each
+expert's only passes the k stages on, no MMA, no store). Variant ``epilogue=smem``: the same
+values and predicates through a shared-memory tile and 16-byte stores (gemm.epilogue_smem);
+the activation bugs enter through ``pair_values`` there. SwiGLU pairs: the accumulator gives each
 thread two adjacent columns (2i, 2i+1) = (gate_i, up_i), so each pair becomes one output
 column i.
 
@@ -66,7 +68,7 @@ from cutlass.cute.nvgpu import cpasync
 
 from stages.moe import activation as act
 from stages.moe import host
-from stages.moe.gemm import WG_THREADS, MoeGemmSm90
+from stages.moe.gemm import AUTO_STAGES, EPILOGUES, WG_THREADS, MoeGemmSm90, auto_stages
 from stages.moe.tile_scheduler import GroupedTiles, grid_size
 from workbench.compile.probe import probe
 from workbench.kernels.stage import Params, Stage, TensorSpec
@@ -116,17 +118,20 @@ class GroupedGemm(MoeGemmSm90):
         stages: int = 4,
         a_load: str = "auto",
         tile_m: int = 128,
+        epilogue: str = "direct",
     ):
         assert activation in ACTIVATIONS, activation
         assert bug in BUGS, bug
         assert a_load in A_LOADS, a_load
         # "none" (the down-projection's plain GEMM) stores the accumulator as identity does
         super().__init__(dtype, tile_m=tile_m, tile_n=tile_n, tile_k=64, stages=stages,
-                         activation="identity" if activation == "none" else activation)
+                         activation="identity" if activation == "none" else activation, epilogue=epilogue)
         assert k % 8 == 0, f"K={k} must be a multiple of 8 (16-byte rows)"
         assert n % 8 == 0, f"N={n} must be a multiple of 8"
         self.k, self.n = k, n
         self.n_out = out_columns(n, activation)
+        if epilogue == "smem":  # whole 16-byte chunks of an output row
+            assert self.n_out % self.chunk_elems == 0, f"epilogue=smem needs {self.chunk_elems} | {self.n_out}"
         self.gather, self.bug = gather, bug
         # "none" is the down-projection's plain GEMM: no gate/up, so the two activation bugs
         # do not apply to it (stage D passes one bug to both of its GEMMs)
@@ -418,8 +423,9 @@ class GroupedGemm(MoeGemmSm90):
         m_limit: Int32,
         n_limit: Int32,
     ):
-        """The shared epilogue, except for the two activation bugs (same predicates)."""
-        if const_expr(self.bug not in ("gate_up_swapped", "silu_on_up") or self.plain):
+        """The shared epilogue, except for the two activation bugs (same predicates; with
+        epilogue=smem the bugs enter through ``pair_values``)."""
+        if const_expr(self.bug not in ("gate_up_swapped", "silu_on_up") or self.plain or self.epilogue_kind == "smem"):
             MoeGemmSm90.epilogue(self, acc, tCcAcc, mD, m_base, n_base, m_limit, n_limit)
         else:
             for j in cutlass.range_constexpr(cute.size(acc) // 2):
@@ -441,13 +447,26 @@ class GroupedGemm(MoeGemmSm90):
                             mD[row, col // 2] = act.apply(self.activation, g, u).to(self.dtype)
 
 
+    def pair_values(self, g, u) -> list:
+        """The shared pair values with the two activation bugs (as the direct path above)."""
+        if const_expr(self.bug in ("gate_up_swapped", "silu_on_up") and not self.plain):
+            if const_expr(self.bug == "gate_up_swapped"):
+                g, u = u, g
+            if const_expr(self.activation == "identity"):
+                return [g, u]
+            if const_expr(self.bug == "silu_on_up"):
+                return [act.apply(self.activation, g, u * act.sigmoid(u))]
+            return [act.apply(self.activation, g, u)]
+        return MoeGemmSm90.pair_values(self, g, u)
+
+
 # --------------------------------------------------------------------------------------
 # wb stage
 # --------------------------------------------------------------------------------------
 TILE_M = 128
 TILE_N = 256
-#: smem ring depth by (tile_m, tile_n) (tile_m x tile_n x 64 tiles: the most that fits in 227 KiB)
-AUTO_STAGES = {(128, 256): 4, (128, 128): 6, (64, 256): 5, (64, 128): 7}
+#: smem ring depth by (tile_m, tile_n) with the direct epilogue (gemm.AUTO_STAGES; with
+#: epilogue=smem: gemm.auto_stages)
 STAGES = AUTO_STAGES[TILE_M, TILE_N]
 
 
@@ -462,6 +481,12 @@ class Compiled:
     gather: bool
     n_tiles: int
     tile_m: int
+
+
+def grouped_stages(tile_m: int, tile_n: int, activation: str, epilogue: str = "direct") -> int:
+    """The ``stages=auto`` ring depth of a grouped GEMM: the most that fits beside the smem
+    epilogue's output tile (gemm.auto_stages; 16-bit types)."""
+    return auto_stages(tile_m, tile_n, epilogue, identity=out_columns(2, activation) == 2)
 
 
 @functools.lru_cache(maxsize=8)
@@ -508,13 +533,16 @@ def run_grouped(compiled: Compiled, a, w, out, rows, cu_seqlens, num_sms: int | 
 
 
 def compile_grouped(dtype_name: str, k: int, n: int, activation: str, gather: bool, bug: str = "none",
-                    arch: str = "sm_90a", tile_n: int = TILE_N, stages: int = STAGES, a_load: str = "auto",
-                    keep_ptx: bool = False, tile_m: int = TILE_M):
+                    arch: str = "sm_90a", tile_n: int = TILE_N, stages: int | None = None, a_load: str = "auto",
+                    keep_ptx: bool = False, tile_m: int = TILE_M, epilogue: str = "direct"):
     """(kernel object, Compiled) for one static configuration (no GPU needed); ``keep_ptx``
-    keeps the PTX on ``Compiled.fn.__ptx__``. Stage D compiles its two GEMMs with this."""
+    keeps the PTX on ``Compiled.fn.__ptx__``. Stage D compiles its two GEMMs with this.
+    ``stages=None``: the auto ring depth for the tile and ``epilogue`` (``grouped_stages``)."""
+    if stages is None:
+        stages = grouped_stages(tile_m, tile_n, activation, epilogue)
     dtype = host.cute_dtype(dtype_name)
     kernel = GroupedGemm(dtype, k, n, activation, gather, bug, tile_n=tile_n, stages=stages, a_load=a_load,
-                         tile_m=tile_m)
+                         tile_m=tile_m, epilogue=epilogue)
     a, w, out = host.fake_tensor(dtype, 2), host.fake_tensor(dtype, 3), host.fake_tensor(dtype, 2)
     rows, cu = host.fake_tensor(Int32, 1), host.fake_tensor(Int32, 1)
     fn = host.compile_for(arch, kernel, a, w, out, rows, cu, Int32(1), host.fake_stream(), keep_ptx=keep_ptx)
@@ -554,10 +582,13 @@ class StageC(Stage):
     def compile(self, p: Params, variants: Mapping[str, str], arch: str):
         v = {k: str(x) for k, x in dict(variants or {}).items()}
         tile_m, tile_n = int(v.get("tile_m", TILE_M)), int(v.get("tile_n", TILE_N))
-        stages = AUTO_STAGES[tile_m, tile_n] if v.get("stages", "auto") == "auto" else int(v["stages"])
+        epilogue = v.get("epilogue", "direct")
+        if epilogue not in EPILOGUES:
+            raise ValueError(f"epilogue={epilogue}: one of {', '.join(EPILOGUES)}")
+        stages = None if v.get("stages", "auto") == "auto" else int(v["stages"])
         self.kernel_obj, compiled = compile_grouped(
             p.dtype, p.h, 2 * p.i, p.activation, v.get("gather", "on") == "on", v.get("bug", "none"), arch,
-            tile_n=tile_n, stages=stages, a_load=v.get("a_load", "auto"), tile_m=tile_m,
+            tile_n=tile_n, stages=stages, a_load=v.get("a_load", "auto"), tile_m=tile_m, epilogue=epilogue,
         )
         return compiled
 

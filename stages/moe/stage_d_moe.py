@@ -71,29 +71,31 @@ class StageD(Stage):
     def compile(self, p: Params, variants: Mapping[str, str], arch: str) -> pipeline.Compiled:
         """Stage C's grouped kernel twice (compile_grouped): the up-projection (K = h, N = 2i,
         gather, the activation) and the down-projection (K = i, N = h, no gather, none), each
-        with stage C's default tile (tile_n, stages). A kernel bug variant goes into the up
+        with stage C's default tile (tile_n, stages) and the ``epilogue`` variant (both GEMMs). A kernel bug variant goes into the up
         kernel; into the down kernel only when it is a row-tiling bug (ROW_BUGS): the
         activation bugs live in the SwiGLU epilogue the down-projection does not have (stage
         C's gate_up_swapped would swap its output column pairs), gather_ignored in the gather
         it does not do."""
-        from stages.moe.stage_c_grouped import AUTO_STAGES, compile_grouped
+        from stages.moe.stage_c_grouped import compile_grouped
 
         bug = str((variants or {}).get("bug", "none"))
         kernel_bug = "none" if bug in pipeline.COMBINE_BUGS else bug
         up_tile = str((variants or {}).get("up_tile", "auto"))
         down_m, down_n = _tile(str((variants or {}).get("down_tile", "128x256")))
+        # one epilogue for both GEMMs; stages=None: the auto ring depth for tile and epilogue
+        epilogue = str((variants or {}).get("epilogue", "direct"))
 
         def up_kernel(tile: str):
             tm, tn = _tile(tile)
             return compile_grouped(p.dtype, p.h, 2 * p.i, p.activation, True, kernel_bug, arch,
-                                   tile_n=tn, stages=AUTO_STAGES[tm, tn], tile_m=tm)[1]
+                                   tile_n=tn, stages=None, tile_m=tm, epilogue=epilogue)[1]
 
         # auto: both 128- and 64-row tiles; the launch picks by rows per expert (pipeline.run)
         up = up_kernel("128x256" if up_tile == "auto" else up_tile)
         up_few_rows = up_kernel("64x256") if up_tile == "auto" else None
         down_bug = kernel_bug if kernel_bug in ROW_BUGS else "none"
         _, down = compile_grouped(p.dtype, p.i, p.h, "none", False, down_bug, arch,
-                                  tile_n=down_n, stages=AUTO_STAGES[down_m, down_n], tile_m=down_m)
+                                  tile_n=down_n, stages=None, tile_m=down_m, epilogue=epilogue)
         comb = None
         if str((variants or {}).get("combine", "cute")) == "cute":
             from stages.moe.combine import compile_combine
