@@ -35,19 +35,21 @@ SHAPES = {  # name: (H, I, E, top-k)
 def breakdown(t: int, h: int, i: int, e: int, topk: int, variants: dict) -> dict[str, float]:
     import torch
 
-    from fixtures.moe import random_moe_inputs
     from stages.moe import pipeline
     from stages.moe.combine import run_combine
     from stages.moe.plan import make_plan
     from stages.moe.stage_d_moe import StageD
+    from workbench.kernels.fixtures import get_fixture, load_fixtures
     from workbench.kernels.stage import Params
     from workbench.run.bench import time_cuda
 
     stage = StageD()
     p = Params(dict(t=t, h=h, i=i, e=e, topk=topk, dtype="bf16", activation="swiglu", routing="logits"))
-    full = {"combine": "cute", "up_tile": "auto", "down_tile": "128x256", "bug": "none", **variants}
+    full = {"combine": "cute", "up_tile": "auto", "down_tile": "128x256", "epilogue": "smem", "bug": "none", **variants}
     compiled = stage.compile(p, full, "sm_90a")
-    inputs = random_moe_inputs(stage.inputs(p), p, 0, "cuda")
+    specs = stage.inputs(p)
+    root = Path(__file__).resolve().parents[1]
+    inputs = get_fixture(load_fixtures(root / "fixtures"), "random", specs).make(specs, p, 0, "cuda")
     y = torch.empty((t, h), dtype=torch.bfloat16, device="cuda")
     x, w1, w2, logits = inputs["x"], inputs["w1"], inputs["w2"], inputs["logits"]
     ids, weights = pipeline.route(logits, topk)

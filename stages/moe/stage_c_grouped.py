@@ -582,7 +582,7 @@ class StageC(Stage):
     def compile(self, p: Params, variants: Mapping[str, str], arch: str):
         v = {k: str(x) for k, x in dict(variants or {}).items()}
         tile_m, tile_n = int(v.get("tile_m", TILE_M)), int(v.get("tile_n", TILE_N))
-        epilogue = v.get("epilogue", "direct")
+        epilogue = v.get("epilogue", "smem")
         if epilogue not in EPILOGUES:
             raise ValueError(f"epilogue={epilogue}: one of {', '.join(EPILOGUES)}")
         stages = None if v.get("stages", "auto") == "auto" else int(v["stages"])

@@ -83,7 +83,7 @@ class StageD(Stage):
         up_tile = str((variants or {}).get("up_tile", "auto"))
         down_m, down_n = _tile(str((variants or {}).get("down_tile", "128x256")))
         # one epilogue for both GEMMs; stages=None: the auto ring depth for tile and epilogue
-        epilogue = str((variants or {}).get("epilogue", "direct"))
+        epilogue = str((variants or {}).get("epilogue", "smem"))
 
         def up_kernel(tile: str):
             tm, tn = _tile(tile)
