@@ -232,3 +232,18 @@ def test_a_broken_bench_section_is_one_line_naming_the_key(two_kernels, bench, m
     path.write_text(text[: text.index("bench:")] + "bench:\n" + bench)
     with pytest.raises(SchemaError, match=re.escape(message)):
         load_kernel(path)
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["run", "moe/c", "--n", "0"], "moe/stage-c: t=0"),          # moe's C and D: --n is t (tokens)
+    (["compile", "moe/a", "--n", "99999"], "moe/stage-a: m=99999"),  # moe's A and B: --n is m
+    (["sweep", "moe/d", "--n", "1,0"], "t=0"),
+    (["run", "fmha/c", "--n", "100"], "n=100"),                    # a kernel without `size:`: n
+])
+def test_the_n_shorthand_sets_each_stages_size_parameter(argv, named):
+    """`--n` is the same flag for every kernel; kernel.yaml's `size:` (kernel or stage) says which
+    parameter it sets, so `wb run moe/c --n 4096` works without workbench knowing moe."""
+    from conftest import run_wb
+
+    res = run_wb(*argv)
+    assert res.returncode == 2 and named in res.stderr, res.stderr

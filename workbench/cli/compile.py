@@ -16,7 +16,7 @@ def compile_cmd(
     stage: str = typer.Argument(..., help="Stage: stage-c, c, KERNEL/stage-c or its name."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Compile for this arch (default: kernel.yaml's)."),
     keep: Optional[str] = typer.Option(None, "--keep", help="Artifacts to keep in the run folder: ptx,sass,cubin (comma-separated)."),
-    n: Optional[int] = typer.Option(None, "--n", help="Parameter n, shorthand for -p n=... (the stage's allowed values apply)."),
+    n: Optional[int] = typer.Option(None, "--n", help="The stage's size parameter (kernel.yaml `size:`, default n), shorthand for -p <size>=... (the stage's allowed values apply)."),
     d: Optional[int] = typer.Option(None, "--d", help="Parameter d, shorthand for -p d=...."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Other parameter, key=value (repeatable)."),
     variant: Optional[List[str]] = typer.Option(None, "--variant", "-V", help="Compile-time variant key=value (repeatable)."),
@@ -39,7 +39,7 @@ def compile_cmd(
     check_arch(arch)
     ws = state.workspace()
     spec = resolve_stage(ws, stage, load_kernels(ws))
-    params = spec.resolve_params(stage_overrides(n, d, None, param))
+    params = spec.resolve_params(stage_overrides(n, d, None, param, spec.size_param))
     variants = spec.resolve_variants(parse_pairs(variant, "--variant"))
     ws.ensure_state_dir()
     from workbench.cli.shapes import compile_progress

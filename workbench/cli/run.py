@@ -23,9 +23,10 @@ def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
     return out
 
 
-def stage_overrides(n, d, dtype, params: list[str] | None) -> dict[str, str]:
+def stage_overrides(n, d, dtype, params: list[str] | None, size: str = "n") -> dict[str, str]:
+    """-p pairs plus the shorthands; --n sets the stage's size parameter (kernel.yaml `size:`)."""
     overrides = parse_pairs(params, "--param")
-    for key, value in (("n", n), ("d", d), ("dtype", dtype)):
+    for key, value in ((size, n), ("d", d), ("dtype", dtype)):
         if value is not None:
             overrides[key] = str(value)
     return overrides
@@ -34,7 +35,7 @@ def stage_overrides(n, d, dtype, params: list[str] | None) -> dict[str, str]:
 @app.command()
 def run(
     stage: str = typer.Argument(..., help="Stage: stage-c, c, KERNEL/stage-c or its name."),
-    n: Optional[int] = typer.Option(None, "--n", help="Parameter n, shorthand for -p n=... (the stage's allowed values apply)."),
+    n: Optional[int] = typer.Option(None, "--n", help="The stage's size parameter (kernel.yaml `size:`, default n), shorthand for -p <size>=... (the stage's allowed values apply)."),
     d: Optional[int] = typer.Option(None, "--d", help="Parameter d, shorthand for -p d=...."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Element type: bf16 or fp16."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Other parameter, key=value (repeatable)."),
@@ -55,7 +56,7 @@ def run(
     ws = state.workspace()
     check_arch(arch)
     spec = resolve_stage(ws, stage, load_kernels(ws))
-    params = spec.resolve_params(stage_overrides(n, d, dtype, param))
+    params = spec.resolve_params(stage_overrides(n, d, dtype, param, spec.size_param))
     variants = spec.resolve_variants(parse_pairs(variant, "--variant"))
     if timeout is not None and timeout <= 0:
         raise UserError("--timeout must be a positive number of seconds")

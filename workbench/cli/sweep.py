@@ -13,7 +13,7 @@ from workbench.errors import UserError
 @app.command()
 def sweep(
     stage: str = typer.Argument(..., help="Stage: stage-c, c, KERNEL/stage-c or its name."),
-    n: Optional[str] = typer.Option(None, "--n", help="Values of parameter n, comma-separated: 128,256,512 (shorthand for -p n=...)."),
+    n: Optional[str] = typer.Option(None, "--n", help="Values of the stage's size parameter (kernel.yaml `size:`, default n), comma-separated: 128,256,512."),
     d: Optional[str] = typer.Option(None, "--d", help="Values of parameter d, comma-separated: 64,128 (shorthand for -p d=...)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Element types, comma-separated: bf16,fp16."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Other parameter, key=v1,v2 (repeatable)."),
@@ -47,8 +47,8 @@ def sweep(
     ws = state.workspace()
     spec = resolve_stage(ws, stage, load_kernels(ws))
     axes: dict[str, list[str]] = {}
-    for key, raw in (("n", n), ("d", d), ("dtype", dtype)):
-        values = sweeps.split_values(raw, f"--{key}")
+    for key, flag, raw in ((spec.size_param, "n", n), ("d", "d", d), ("dtype", "dtype", dtype)):
+        values = sweeps.split_values(raw, f"--{flag}")
         if values:
             axes[key] = values
     for key, values in sweeps.parse_axes(param, "--param").items():

@@ -118,6 +118,7 @@ class StageSpec:
     timeout: float
     arch: str
     index: int
+    size_param: str = "n"  # the parameter the CLI's --n sets (kernel.yaml `size:`)
 
     @property
     def id(self) -> str:
@@ -270,6 +271,7 @@ def load_kernel(kernel_yaml: Path) -> KernelSpec:
                 timeout=float(stage.timeout or data.timeout),
                 arch=stage.arch or data.arch,
                 index=i,
+                size_param=stage.size or data.size,
             )
         )
     kernel.stages.sort(key=lambda s: s.letter)

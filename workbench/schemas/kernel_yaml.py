@@ -180,6 +180,7 @@ class Stage(_Keys):
     tolerance: Optional[Tolerance] = None
     timeout: Optional[Seconds] = None
     arch: Optional[Arch] = None
+    size: Optional[Name] = None  # the parameter `--n` sets in this stage (default: the kernel's)
 
     _params: dict[str, Param] = PrivateAttr(default_factory=dict)
 
@@ -232,6 +233,7 @@ class KernelFile(_Keys):
     parameters: Annotated[dict[Name, Param], BeforeValidator(_none_is_empty), Field(max_length=MAX_ITEMS)] = {}
     tolerance: Optional[Tolerance] = None
     timeout: Seconds = DEFAULT_TIMEOUT
+    size: Name = "n"  # the parameter `--n` sets (a stage may name its own)
     stages: Annotated[
         list[Stage],
         _rule(lambda v: isinstance(v, list) and bool(v), "a non-empty list of stages"),
