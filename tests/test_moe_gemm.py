@@ -336,7 +336,7 @@ def test_wb_shapes_lists_the_moe_probes(fmha_ws, wb):
 
 
 # --------------------------------------------------------------------------------------
-# GPU: run the kernels against the reference (the lead runs these on the H200)
+# GPU: run the kernels against the reference (`gpu` mark)
 # --------------------------------------------------------------------------------------
 GPU_SHAPES = [  # (m, h, i): m = 1, 7, tails in M, N (2i not a multiple of 256) and K (h % 64)
     (1, 256, 128),

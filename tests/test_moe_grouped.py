@@ -15,7 +15,7 @@ CPU tests (no GPU):
   * each bug variant changes the generated code (slow: one compile each); the activation
     bugs leave the plain GEMM (stage D's down-projection) unchanged;
   * the reference is the per-row definition; every fixture of the stage gives a valid routing.
-GPU (`gpu` mark; the lead runs them on an H200): stage C against the torch reference for
+GPU (`gpu` mark; they ran on an H200): stage C against the torch reference for
 T in {1, 7, 128, 1000}, empty experts, all tokens on one expert, N and K tails, every
 activation, gather off (TMA and cp.async), other tiles; every bug variant fails.
 """

@@ -1,9 +1,10 @@
 """MoE evidence for the diagnosis: what a failing run's fixtures imply (an evidence hook), a
 read map for the onehot-routing fixture, and error-map grids for MoE outputs.
 
-The read map and the grids are plain functions (the diagnosis core's read map and error map
-are still attention-shaped on main; branch moe-agnostic moves them to kernel hooks, and the
-lead wires these functions to that interface at merge):
+The grids reach the diagnosis through evidence_maps.py's view hooks. The onehot read map
+decodes each row's (expert, column) from the reference, which the generic read map (output
+rows matched against source rows, @read_source_hook) cannot express, so it is a plain
+function for now, called by tests and by hand:
 
   onehot_read_map(out, expected, inputs, params)   which expert and token each row read
   token_grid(shape)                                tiles of a (tokens, hidden) output y

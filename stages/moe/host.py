@@ -2,8 +2,8 @@
 
 Plain Python that runs outside any trace. ``compile_for``, ``fake_tensor``, ``fake_stream``,
 ``to_cute`` and ``current_stream`` are kernel-agnostic copies of stages/fmha/host.py's
-helpers (same types, so the two families compile and launch alike); the lead may move them
-into workbench/ later.
+helpers (same types, so the two families compile and launch alike); one shared stage-author
+module for them is a later step.
 """
 
 from __future__ import annotations

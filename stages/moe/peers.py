@@ -125,27 +125,15 @@ def make_dense(inputs, params):
     return run
 
 
-def _peer_quack():
-    """stages/moe/peer_quack.py when it is there, else None."""
-    import importlib.util
-
-    if importlib.util.find_spec("stages.moe.peer_quack") is None:
-        return None
-    from stages.moe import peer_quack
-
-    return peer_quack
-
-
 def make_quack_peer(inputs, params):
     """quack's varlen gemm_act (stages/moe/peer_quack.py): the whole FFN for
     stage D (inputs with w2), the up-projection alone otherwise; None when quack (or that
     module) is missing."""
-    mod = _peer_quack()
-    if mod is None:
-        return None
+    from stages.moe import peer_quack
+
     if "w2" in inputs:
-        return mod.make_quack_peer(inputs, params)
-    return mod.make_quack_up_peer(inputs, params)
+        return peer_quack.make_quack_peer(inputs, params)
+    return peer_quack.make_quack_up_peer(inputs, params)
 
 
 def make_peer(name: str, inputs, params):
@@ -162,8 +150,7 @@ def make_peer(name: str, inputs, params):
 
 def missing_note(name: str) -> str | None:
     if name == "quack":
-        mod = _peer_quack()
-        if mod is None:
-            return "stages/moe/peer_quack.py is not in this checkout"
-        return mod.missing_note()
+        from stages.moe import peer_quack
+
+        return peer_quack.missing_note()
     return None
