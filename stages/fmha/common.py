@@ -31,6 +31,8 @@ from cutlass import Float32, const_expr
 from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.tensor_utils import LayoutEnum
 
+from workbench.kernels import cute_host
+
 LOG2_E = math.log2(math.e)
 
 #: threads in one warpgroup
@@ -40,9 +42,7 @@ WG_THREADS = 128
 # --------------------------------------------------------------------------------------
 # dtype names used by wb (TensorSpec.dtype) -> CuTe numeric types
 # --------------------------------------------------------------------------------------
-def cute_dtype(name: str) -> Type[cutlass.Numeric]:
-    """'bf16' | 'fp16' | 'fp32' -> the cutlass numeric type."""
-    return {"bf16": cutlass.BFloat16, "fp16": cutlass.Float16, "fp32": cutlass.Float32}[name]
+cute_dtype = cute_host.cute_dtype  # 'bf16' | 'fp16' | 'fp32' -> the cutlass numeric type
 
 
 # --------------------------------------------------------------------------------------

@@ -8,58 +8,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Type
+from typing import Any, Mapping
 
-import cutlass
-import cutlass.cute as cute
-
-
-def compile_for(arch: str, fn, *args, keep_ptx: bool = False):
-    """cute.compile for ``arch`` (e.g. 'sm_90a'); needs no GPU. The arch is passed as a
-    compile option, so CUTE_DSL_ARCH need not be set (it is read once, at import).
-    ``keep_ptx``: keep the PTX and cubin on the result (``.__ptx__``, ``.__cubin__``)."""
-    opts = [cute.GPUArch(arch)]
-    if keep_ptx:
-        opts += [cute.KeepPTX(), cute.KeepCUBIN()]
-    return cute.compile[tuple(opts)](fn, *args)
-
-
-def fake_tensor(dtype: Type[cutlass.Numeric], ndim: int):
-    """Fake row-major tensor for compile: every extent (Int32) and stride (Int64) a runtime
-    value except the last stride (1), 16-byte aligned base. It is exactly the type
-    ``to_cute`` passes at launch, so one compile serves any sequence length / batch (the
-    kernels take d and the tile sizes from their own constants).
-
-    (A first version compiled with 64-bit symbolic extents and launched with static
-    from_dlpack tensors; on the H200 every launch failed with CUDA_LAUNCH_INVALID_CONFIG.)"""
-    from cutlass.cute.runtime import make_fake_tensor
-
-    shape = tuple(cute.sym_int32() for _ in range(ndim))
-    stride = tuple(cute.sym_int64() for _ in range(ndim - 1)) + (1,)
-    return make_fake_tensor(dtype, shape, stride=stride, assumed_align=16)
-
-
-def fake_stream():
-    from cutlass.cute.runtime import make_fake_stream
-
-    return make_fake_stream()
-
-
-def to_cute(t):
-    """torch CUDA tensor (last dim contiguous, 16-byte aligned base) -> CuTe tensor of the
-    type ``fake_tensor`` declares: (?, ..., ?):(?{i64}, ..., 1)."""
-    from cutlass.cute.runtime import from_dlpack
-
-    assert t.stride(-1) == 1 and t.data_ptr() % 16 == 0, "last dim contiguous, 16-byte aligned base"
-    return from_dlpack(t.detach(), assumed_align=16).mark_layout_dynamic(leading_dim=t.dim() - 1)
-
-
-def current_stream():
-    """The current torch CUDA stream as a CUstream for a compiled call."""
-    import torch
-    from cuda.bindings import driver as cuda
-
-    return cuda.CUstream(torch.cuda.current_stream().cuda_stream)
+from workbench.kernels.cute_host import compile_for, current_stream, fake_stream, fake_tensor, to_cute  # noqa: F401
 
 
 def check_launch_shapes(q, k, out, tile: int = 128) -> None:

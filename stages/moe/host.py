@@ -1,68 +1,25 @@
 """Host glue of the MoE stages: dtypes, fake tensors for compiling, launch tensors, the stream.
 
 Plain Python that runs outside any trace. ``compile_for``, ``fake_tensor``, ``fake_stream``,
-``to_cute`` and ``current_stream`` are kernel-agnostic copies of stages/fmha/host.py's
-helpers (same types, so the two families compile and launch alike); one shared stage-author
-module for them is a later step.
+``to_cute``, ``current_stream`` and ``cute_dtype`` are workbench.kernels.cute_host's (the
+stage-author API every CuTe kernel family shares); this module adds MoE's own checks.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Type
 
-import cutlass
-import cutlass.cute as cute
+from workbench.kernels.cute_host import (  # noqa: F401
+    compile_for,
+    cute_dtype,
+    current_stream,
+    fake_stream,
+    fake_tensor,
+    to_cute,
+)
 
 #: alignment (elements) the kernels assume of every row stride: TMA needs 16-byte strides
 ALIGN_ELEMS = 8
-
-
-def cute_dtype(name: str) -> Type[cutlass.Numeric]:
-    """'bf16' | 'fp16' | 'fp32' -> the cutlass numeric type."""
-    return {"bf16": cutlass.BFloat16, "fp16": cutlass.Float16, "fp32": cutlass.Float32}[name]
-
-
-def compile_for(arch: str, fn, *args, keep_ptx: bool = False):
-    """cute.compile for ``arch`` (e.g. 'sm_90a'); needs no GPU. ``keep_ptx`` keeps the PTX
-    and cubin on the result (``.__ptx__``, ``.__cubin__``)."""
-    opts = [cute.GPUArch(arch)]
-    if keep_ptx:
-        opts += [cute.KeepPTX(), cute.KeepCUBIN()]
-    return cute.compile[tuple(opts)](fn, *args)
-
-
-def fake_tensor(dtype: Type[cutlass.Numeric], ndim: int):
-    """Fake row-major tensor for compile: extents Int32, strides Int64, all runtime values
-    except the last stride (1); 16-byte aligned base. The type ``to_cute`` passes at launch."""
-    from cutlass.cute.runtime import make_fake_tensor
-
-    shape = tuple(cute.sym_int32() for _ in range(ndim))
-    stride = tuple(cute.sym_int64() for _ in range(ndim - 1)) + (1,)
-    return make_fake_tensor(dtype, shape, stride=stride, assumed_align=16)
-
-
-def fake_stream():
-    from cutlass.cute.runtime import make_fake_stream
-
-    return make_fake_stream()
-
-
-def to_cute(t):
-    """torch CUDA tensor (last dim contiguous, 16-byte aligned base) -> CuTe tensor of the
-    type ``fake_tensor`` declares."""
-    from cutlass.cute.runtime import from_dlpack
-
-    assert t.stride(-1) == 1 and t.data_ptr() % 16 == 0, "last dim contiguous, 16-byte aligned base"
-    return from_dlpack(t.detach(), assumed_align=16).mark_layout_dynamic(leading_dim=t.dim() - 1)
-
-
-def current_stream():
-    """The current torch CUDA stream as a CUstream for a compiled call."""
-    import torch
-    from cuda.bindings import driver as cuda
-
-    return cuda.CUstream(torch.cuda.current_stream().cuda_stream)
 
 
 def sm_count(device) -> int:
