@@ -247,3 +247,16 @@ def test_the_n_shorthand_sets_each_stages_size_parameter(argv, named):
 
     res = run_wb(*argv)
     assert res.returncode == 2 and named in res.stderr, res.stderr
+
+
+def test_shapes_n_sets_each_stages_own_size_parameter():
+    """`wb shapes moe --n N` sets m in stages A/B and t in C/D (each stage's `size:`), fmha's n."""
+    from workbench.compile import shapes
+    from workbench.workspace import Workspace
+
+    ws = Workspace(Path(__file__).resolve().parents[1])
+    _, targets = shapes.plan(ws, "moe", None, {}, {}, None, size="4096")
+    assert {t.spec.letter: (t.spec.size_param, t.params[t.spec.size_param]) for t in targets} == {
+        "a": ("m", 4096), "b": ("m", 4096), "c": ("t", 4096), "d": ("t", 4096)}
+    _, targets = shapes.plan(ws, "fmha", "c", {}, {}, None, size="256")
+    assert targets[0].params["n"] == 256

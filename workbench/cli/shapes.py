@@ -50,7 +50,7 @@ def compile_progress(enabled: bool) -> Iterator[Callable[[dict], None]]:
 def shapes(
     kernel: Optional[str] = typer.Argument(None, help="Kernel (default: the workspace's default kernel)."),
     stage: Optional[str] = typer.Argument(None, help="One stage: a, stage-a or its name (default: all)."),
-    n: Optional[int] = typer.Option(None, "--n", help="Parameter n (stages that take it)."),
+    n: Optional[int] = typer.Option(None, "--n", help="Each stage's size parameter (kernel.yaml `size:`, default n; stages that take it)."),
     d: Optional[int] = typer.Option(None, "--d", help="Parameter d (stages that take it)."),
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Other parameter, key=value (repeatable)."),
     variant: Optional[List[str]] = typer.Option(None, "--variant", "-V", help="Compile-time variant key=value (repeatable)."),
@@ -78,8 +78,9 @@ def shapes(
         from workbench.remote.client import passthrough
 
         raise typer.Exit(passthrough(ws, host, state.argv))
-    overrides = stage_overrides(n, d, None, param)
-    spec_kernel, targets = lib.plan(ws, kernel, stage, overrides, parse_pairs(variant, "--variant"), arch)
+    overrides = stage_overrides(None, d, None, param)
+    spec_kernel, targets = lib.plan(ws, kernel, stage, overrides, parse_pairs(variant, "--variant"), arch,
+                                    size=None if n is None else str(n))
     lock = lib.read_lock(ws, spec_kernel.name, accepting=accept)  # a broken lock stops us before compiling
     ws.ensure_state_dir()
     with compile_progress(enabled=True) as on_event:

@@ -85,9 +85,11 @@ def plan(
     overrides: dict[str, str],
     variants: dict[str, str],
     arch: str | None,
+    size: str | None = None,
 ) -> tuple[KernelSpec, list[Target]]:
     """The stages to compile with their resolved parameters. Overrides apply to the stages
-    that declare them; one that no selected stage declares is an error."""
+    that declare them; one that no selected stage declares is an error. ``size`` (the CLI's
+    --n) sets each stage's own size parameter (kernel.yaml `size:`)."""
     kernels = load_kernels(ws)
     if kernel_name is None:
         kernel = default_kernel(ws, kernels)
@@ -105,12 +107,17 @@ def plan(
     for name in overrides:
         if not any(name in s.params for s in specs):
             raise UserError(f"no selected stage of {kernel.name} has a parameter {name!r}")
+    if size is not None and not any(s.size_param in s.params for s in specs):
+        raise UserError(f"no selected stage of {kernel.name} has its size parameter (--n)")
     for name in variants:
         if not any(name in s.variants for s in specs):
             raise UserError(f"no selected stage of {kernel.name} has a variant {name!r}")
     targets = []
     for spec in specs:
-        params = spec.resolve_params({k: v for k, v in overrides.items() if k in spec.params})
+        given = {k: v for k, v in overrides.items() if k in spec.params}
+        if size is not None and spec.size_param in spec.params:
+            given[spec.size_param] = size
+        params = spec.resolve_params(given)
         chosen = spec.resolve_variants({k: v for k, v in variants.items() if k in spec.variants})
         targets.append(Target(spec, params, chosen, arch or spec.arch))
     return kernel, targets
