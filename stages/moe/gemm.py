@@ -564,7 +564,8 @@ class MoeGemmSm90:
 
         identity: D[row, col] = acc (rounded to D's dtype), a column pair per 32-bit store.
         swiglu / gptoss: column pair (2j, 2j + 1) = (gate_j, up_j) of the interleaved W1;
-        D[row, col / 2] = act(gate, up), computed in fp32, one 16-bit store.
+        D[row, col / 2] = act(gate, up), computed in fp32, one 16-bit store. The values come
+        from ``pair_values`` (a subclass's bug hooks change them there, for both epilogues).
         epilogue=smem: the same values and predicates through ``epilogue_smem``.
         """
         if const_expr(self.epilogue_kind == "smem"):
@@ -576,14 +577,15 @@ class MoeGemmSm90:
                 col = n_base + coord[1]
                 if row < m_limit:
                     if col < n_limit:  # n_limit is even (row strides are multiples of 8): col + 1 too
-                        if const_expr(self.activation == "identity"):
+                        values = self.pair_values(acc[2 * j], acc[2 * j + 1])
+                        if const_expr(len(values) == 2):
                             pair = cute.make_rmem_tensor((2,), self.dtype)
-                            pair[0] = acc[2 * j].to(self.dtype)
-                            pair[1] = acc[2 * j + 1].to(self.dtype)
+                            pair[0] = values[0].to(self.dtype)
+                            pair[1] = values[1].to(self.dtype)
                             gPair = cute.local_tile(mD[row, None], (2,), (col // 2,))  # (2,):(1,)
                             cute.autovec_copy(pair, gPair)
                         else:
-                            mD[row, col // 2] = act.apply(self.activation, acc[2 * j], acc[2 * j + 1]).to(self.dtype)
+                            mD[row, col // 2] = values[0].to(self.dtype)
 
     def pair_values(self, g, u) -> list:
         """The output values (fp32) of one accumulator column pair (g, u) = (2j, 2j + 1):

@@ -412,43 +412,8 @@ class GroupedGemm(MoeGemmSm90):
             state.advance()
         return state
 
-    @cute.jit
-    def epilogue(
-        self,
-        acc: cute.Tensor,
-        tCcAcc: cute.Tensor,
-        mD: cute.Tensor,
-        m_base: Int32,
-        n_base: Int32,
-        m_limit: Int32,
-        n_limit: Int32,
-    ):
-        """The shared epilogue, except for the two activation bugs (same predicates; with
-        epilogue=smem the bugs enter through ``pair_values``)."""
-        if const_expr(self.bug not in ("gate_up_swapped", "silu_on_up") or self.plain or self.epilogue_kind == "smem"):
-            MoeGemmSm90.epilogue(self, acc, tCcAcc, mD, m_base, n_base, m_limit, n_limit)
-        else:
-            for j in cutlass.range_constexpr(cute.size(acc) // 2):
-                coord = tCcAcc[2 * j]
-                row = m_base + coord[0]
-                col = n_base + coord[1]
-                g, u = acc[2 * j], acc[2 * j + 1]
-                if const_expr(self.bug == "gate_up_swapped"):
-                    g, u = u, g
-                if row < m_limit:
-                    if col < n_limit:
-                        if const_expr(self.activation == "identity"):
-                            mD[row, col] = g.to(self.dtype)
-                            mD[row, col + 1] = u.to(self.dtype)
-                        elif const_expr(self.bug == "silu_on_up"):
-                            y = act.apply(self.activation, g, u * act.sigmoid(u))
-                            mD[row, col // 2] = y.to(self.dtype)
-                        else:
-                            mD[row, col // 2] = act.apply(self.activation, g, u).to(self.dtype)
-
-
     def pair_values(self, g, u) -> list:
-        """The shared pair values with the two activation bugs (as the direct path above)."""
+        """The shared pair values with the two activation bugs (both epilogues read them)."""
         if const_expr(self.bug in ("gate_up_swapped", "silu_on_up") and not self.plain):
             if const_expr(self.bug == "gate_up_swapped"):
                 g, u = u, g
