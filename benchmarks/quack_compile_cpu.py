@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from stages.moe import peer_quack  # noqa: E402
+from stages.moe.plan import make_plan  # noqa: E402
 
 H200_SMS = 132
 
@@ -56,7 +57,8 @@ def main():
     qhost.get_max_active_clusters = qgemm.get_max_active_clusters = clusters
     T, H, I, E, k = 64, 256, 128, 4, 2
     x, w1, w2 = torch.randn(T, H).bfloat16(), torch.randn(E, H, 2 * I).bfloat16(), torch.randn(E, I, H).bfloat16()
-    rows, cu, _ = peer_quack.plan(torch.randint(0, E, (T, k), dtype=torch.int32), E)
+    plan = make_plan(torch.randint(0, E, (T, k), dtype=torch.int32), E)
+    rows, cu = plan.rows, plan.cu_seqlens
     h = torch.randn(T * k, I).bfloat16()
     _launched_or_compiled(
         "up: gemm_act swiglu, varlen M, gathered A",

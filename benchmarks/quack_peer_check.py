@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from stages.moe import peer_quack  # noqa: E402
+from stages.moe.plan import make_plan  # noqa: E402
 
 
 def make_case(T, H, I, E, k, seed=0, empty_expert=False):
@@ -52,7 +53,8 @@ def torch_moe(inp, dtype, round_weights=False, up_only=False):
     if round_weights:
         wts = wts.to(dtype).float()
     T, k = ids.shape
-    rows, cu, inverse = peer_quack.plan(inp["topk_ids"], w1.shape[0])
+    plan = make_plan(inp["topk_ids"], w1.shape[0])
+    rows, cu, inverse = plan.rows, plan.cu_seqlens, plan.inverse
     hs = []
     y = torch.zeros(T, x.shape[1], device=x.device)
     outs = torch.empty(T * k, x.shape[1], device=x.device)
@@ -100,7 +102,8 @@ def torch_grouped_pipeline(inp, E):
     x, w1, w2, ids, wts = (inp[n] for n in ("x", "w1", "w2", "topk_ids", "topk_weights"))
 
     def run():
-        rows, cu, inverse = peer_quack.plan(ids, E)
+        plan = make_plan(ids, E)
+        rows, cu, inverse = plan.rows, plan.cu_seqlens, plan.inverse
         d = torch._grouped_mm(x.index_select(0, rows), w1, offs=cu[1:])
         h = torch.nn.functional.silu(d[:, 0::2]) * d[:, 1::2]
         out = torch._grouped_mm(h, w2, offs=cu[1:])

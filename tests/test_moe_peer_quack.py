@@ -1,11 +1,13 @@
-"""The quack MoE peer (stages/moe/peer_quack.py): its torch plan and combine on the CPU, its
-refusals, and (GPU) the pipeline against a plain fp32 computation."""
+"""The quack MoE peer (stages/moe/peer_quack.py): the plan it uses (stages/moe/plan.make_plan)
+and its combine on the CPU, its refusals, and (GPU) the pipeline against a plain fp32
+computation."""
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from stages.moe import peer_quack  # noqa: E402
+from stages.moe.plan import make_plan  # noqa: E402
 
 
 def _ids(T, k, E, seed=0):
@@ -16,7 +18,8 @@ def _ids(T, k, E, seed=0):
 def test_plan_sorts_rows_by_expert_stably_and_inverts():
     ids = _ids(37, 3, 6)
     ids[:, 0] = 2  # one expert many tokens pick; expert 5 may be empty
-    rows, cu, inverse = peer_quack.plan(ids, 6)
+    p = make_plan(ids, 6)
+    rows, cu, inverse = p.rows, p.cu_seqlens, p.inverse
     T, k = ids.shape
     assert cu.dtype == rows.dtype == torch.int32
     assert cu[0] == 0 and cu[-1] == T * k
@@ -32,7 +35,7 @@ def test_plan_sorts_rows_by_expert_stably_and_inverts():
 
 def test_combine_weights_each_routed_row_once():
     ids = _ids(11, 2, 4)
-    _, _, inverse = peer_quack.plan(ids, 4)
+    inverse = make_plan(ids, 4).inverse
     out = torch.randn(22, 5)
     w = torch.rand(11, 2)
     want = torch.stack([w[t, 0] * out[inverse[t, 0]] + w[t, 1] * out[inverse[t, 1]] for t in range(11)])

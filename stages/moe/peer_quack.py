@@ -31,6 +31,8 @@ torch and quack are imported inside the functions.
 
 from __future__ import annotations
 
+from stages.moe.plan import make_plan
+
 _missing: str | None = None
 
 QUACK_ACTIVATION = {"swiglu": "swiglu"}
@@ -80,37 +82,13 @@ def _quack():
 def _routing(inputs, params):
     """(topk_ids (T, k) int, topk_weights (T, k) fp32) as a function of nothing: the given
     top-k, or top-k + softmax over the selected logits (stages/moe/reference.route)."""
-    import torch
+    from stages.moe.reference import route
 
     if "topk_ids" in inputs:
         ids, weights = inputs["topk_ids"], inputs["topk_weights"]
         return lambda: (ids, weights)
-    logits = inputs["logits"]
-    k = int(params["topk"])
-
-    def route():
-        vals, ids = torch.topk(logits.float(), k, dim=-1)
-        return ids, torch.softmax(vals, dim=-1)
-
-    return route
-
-
-def plan(topk_ids, num_experts: int):
-    """(rows, cu_seqlens, inverse) of topk_ids (T, k): the routed rows sorted by expert
-    (stable); rows (R,) int32 the token of each sorted row, cu_seqlens (E + 1,) int32 the
-    expert offsets, inverse (T, k) int64 the sorted row of each (t, j). No host sync (the
-    same plan as stages/moe/plan.py)."""
-    import torch
-
-    T, k = topk_ids.shape
-    flat = topk_ids.reshape(-1).to(torch.int64)
-    order = torch.argsort(flat, stable=True)
-    # searchsorted, not bincount: CUDA bincount reads the max back to the host (a sync)
-    bounds = torch.arange(num_experts + 1, device=flat.device, dtype=torch.int64)
-    cu = torch.searchsorted(flat[order], bounds).to(torch.int32)
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=flat.device)
-    return (order // k).to(torch.int32), cu, inverse.view(T, k)
+    logits, k = inputs["logits"], int(params["topk"])
+    return lambda: route(logits, k)
 
 
 def combine(out, inverse, topk_weights):
@@ -164,7 +142,8 @@ def make_quack_peer(inputs, params):
 
     def run():
         ids, weights = routing()
-        rows, cu, inverse = plan(ids, E)
+        p = make_plan(ids, E)
+        rows, cu, inverse = p.rows, p.cu_seqlens, p.inverse
         _, h = gemm_act(
             x, w1, activation=act, cu_seqlens_m=cu, A_idx=rows, store_preact=False,
             tuned=tuned, dynamic_scheduler=dynamic,
@@ -197,7 +176,8 @@ def make_quack_up_peer(inputs, params):
         rows, cu = inputs.get("rows"), inputs["cu_seqlens"].to(torch.int32)
         rows = None if rows is None else rows.to(torch.int32)
     else:
-        rows, cu, _ = plan(inputs["topk_ids"], w1.shape[0])
+        p = make_plan(inputs["topk_ids"], w1.shape[0])
+        rows, cu = p.rows, p.cu_seqlens
     tuned, dynamic = _flag(params, "quack_tuned", True), _flag(params, "quack_dynamic_scheduler", False)
 
     def run():
