@@ -85,6 +85,28 @@ def fixture(
     return register
 
 
+def fill_inputs(specs: Mapping[str, Any], made: Mapping[str, Any], generator, device) -> dict[str, Any]:
+    """Every input of ``specs`` as a fixture returns it: the fixture's own tensor where it made
+    one (cast to the spec's dtype, contiguous), else N(0, 1) from ``generator`` for floating
+    inputs and zeros for integer ones; then moved to ``device``. A made tensor of another shape
+    than its spec is a ValueError (a fixture bug, not a kernel's)."""
+    import torch
+
+    out = {}
+    for name, spec in specs.items():
+        dtype = spec.torch_dtype()
+        if name in made:
+            t = made[name].to(dtype).contiguous()
+        elif dtype.is_floating_point:
+            t = torch.randn(spec.shape, generator=generator).to(dtype)
+        else:
+            t = torch.zeros(spec.shape, dtype=dtype)
+        if tuple(t.shape) != tuple(spec.shape):
+            raise ValueError(f"fixture made {name} with shape {tuple(t.shape)}, expected {spec.shape}")
+        out[name] = t.to(device)
+    return out
+
+
 def _needs_text(needs: Iterable[str]) -> str:
     return ", ".join(needs) or "nothing"
 
