@@ -24,12 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SHAPES = {  # name: (H, I, E, top-k)
-    "qwen3": (2048, 768, 128, 8),
-    "mixtral": (4096, 14336, 8, 2),
-    "gptoss": (2880, 2880, 128, 4),
-    "deepseek": (7168, 2048, 256, 8),
-}
+from benchmarks.bench_moe_grouped import SHAPES  # noqa: E402  name: (H, I, E, top-k)
 
 
 def breakdown(t: int, h: int, i: int, e: int, topk: int, variants: dict) -> dict[str, float]:

@@ -8,13 +8,7 @@ Layouts: 2-D stages (A-C) have (seq, d) Q/K/V, S and P (m, n), O (m, d), LSE (m,
 from __future__ import annotations
 
 from workbench.diagnose.registry import Matrices, matrices_hook, mutant_cost_hook, read_source_hook, role_of
-
-
-def _param(params, name):
-    try:
-        return params[name]
-    except (KeyError, TypeError):
-        return None
+from workbench.kernels.stage import param_value
 
 
 @matrices_hook
@@ -29,7 +23,7 @@ def attention_matrices(name, t, params):
                         labels=[f"b{i}h{j}" for i in range(b) for j in range(h)], col_label="(batch, head)")
     if t.dim() == 3:
         a, x, y = t.shape
-        if _param(params, "m") == x and y != x:  # (batch, m, heads)
+        if param_value(params, "m") == x and y != x:  # (batch, m, heads)
             mats = t.permute(0, 2, 1).reshape(a * y, x, 1)
             back = lambda v: v.reshape(a, y, x).permute(0, 2, 1)  # noqa: E731
             labels = [f"b{i}h{j}" for i in range(a) for j in range(y)]
@@ -54,7 +48,7 @@ def v_rows(name, inputs, params):
 
     b, n, hk, d = v.shape
     q = inputs.get("q")
-    heads = q.shape[2] if q is not None and q.dim() == 4 else (_param(params, "heads") or hk)
+    heads = q.shape[2] if q is not None and q.dim() == 4 else (param_value(params, "heads") or hk)
     group = max(1, heads // max(1, hk))
     kv_index = (torch.arange(heads) // group).clamp(max=hk - 1)
     return v.permute(0, 2, 1, 3)[:, kv_index.to(v.device)].reshape(b * heads, n, d)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 
 from workbench.diagnose import NotApplicable, Pred, mutant
+from workbench.kernels.stage import param_value
 
 KV_TILE = 128
 LOG2E = math.log2(math.e)
@@ -50,14 +51,6 @@ def p_layout_perm(n: int = KV_TILE):
             for e in range(8):
                 perm[16 * j + 8 * h + e] = 8 * (j + half * h) + e
     return perm
-
-
-def _get(p, name, default=None):
-    try:
-        v = p[name]
-    except (KeyError, TypeError):
-        return default
-    return default if v is None else v
 
 
 def _truthy(x) -> bool:
@@ -86,9 +79,9 @@ class Problem:
             self.N = k.shape[0]
         self.group = max(1, self.H // max(1, self.Hk))
         self.T = max(1, -(-self.N // KV_TILE))
-        scale = _get(cx.params, "scale", _get(cx.params, "softmax_scale"))
+        scale = param_value(cx.params, "scale", param_value(cx.params, "softmax_scale"))
         self.scale = float(scale) if scale is not None else 1.0 / math.sqrt(self.D)
-        self.causal = _truthy(_get(cx.params, "causal", False))
+        self.causal = _truthy(param_value(cx.params, "causal", False))
         self.softmax = (cx.variants or {}).get("softmax", "exp")
         self.rescale_variant = (cx.variants or {}).get("rescale", "on")
         self.device = q.device

@@ -32,18 +32,11 @@ reference (score <= 2e-3) before any mutant predicts; else a note says why.
 from __future__ import annotations
 
 from workbench.diagnose import NotApplicable, Pred, mutant
+from workbench.kernels.stage import param_value
 
 M_TILE = 128  # rows per m-tile of the GEMM kernels
 CALIBRATION_MAX = 2e-3
 ALL = ("*",)
-
-
-def _get(mapping, name, default=None):
-    try:
-        v = mapping[name]
-    except (KeyError, TypeError):
-        return default
-    return default if v is None else v
 
 
 class Problem:
@@ -68,7 +61,7 @@ class Problem:
         self.E = self.w1.shape[0]
         self.N = self.w1.shape[-1]  # 2I
         self.device = self.x.device
-        act = _get(cx.params, "activation") or _get(cx.variants, "activation") or "swiglu"
+        act = param_value(cx.params, "activation") or param_value(cx.variants, "activation") or "swiglu"
         self.activation = act
         self.weights = None
         if self.single:
@@ -80,7 +73,7 @@ class Problem:
                 ids = ins["topk_ids"].long()
                 self.weights = ins["topk_weights"].float() if "topk_weights" in ins else None
             elif "logits" in ins:
-                ids, self.weights = route(ins["logits"], int(_get(cx.params, "topk", 1)))
+                ids, self.weights = route(ins["logits"], int(param_value(cx.params, "topk", 1)))
                 ids = ids.long()
             elif "rows" in ins and "cu_seqlens" in ins:
                 ids = None

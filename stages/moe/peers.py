@@ -19,19 +19,13 @@ the peer's time) is the peer's true rate:
 
 from __future__ import annotations
 
+from workbench.kernels.stage import param_value
+
 PEERS = {
     "torch-grouped": "DESIGN.md's torch._grouped_mm pipeline (route, plan, gather, grouped up, SwiGLU, grouped down, index_add_)",
     "dense": "dense matmuls of the stage's FLOPs (the >= 75%-of-dense yardstick)",
     "quack": "Dao-AILab/quack gemm_act varlen + gathered A (FFN for stage D, up-projection otherwise)",
 }
-
-
-def _get(params, name, default=None):
-    try:
-        v = params[name]
-    except (KeyError, TypeError):
-        return default
-    return default if v is None else v
 
 
 def _routing(inputs, params):
@@ -40,7 +34,7 @@ def _routing(inputs, params):
         return inputs["topk_ids"], inputs["topk_weights"]
     from stages.moe.reference import route
 
-    return route(inputs["logits"], int(_get(params, "topk", 1)))
+    return route(inputs["logits"], int(param_value(params, "topk", 1)))
 
 
 def _b_operand(w):
@@ -74,13 +68,11 @@ def _column_major(w):
 
 
 def make_torch_grouped(inputs, params):
-    import torch
-
     x, w1, w2 = inputs["x"], inputs["w1"], inputs["w2"]
     ids, weights = _routing(inputs, params)
-    act = _get(params, "activation", "swiglu")
+    act = param_value(params, "activation", "swiglu")
     has_logits = "logits" in inputs
-    topk = int(_get(params, "topk", 1))
+    topk = int(param_value(params, "topk", 1))
     w1_b, w2_b = w1, w2
     try:
         torch_grouped_ffn(x, w1, w2, ids, weights, act)
@@ -106,7 +98,7 @@ def make_dense(inputs, params):
 
     x, w1 = inputs["x"], inputs["w1"]
     H, N = w1.shape[-2], w1.shape[-1]
-    rows = x.shape[0] * (int(_get(params, "topk", 1)) if w1.dim() == 3 else 1)
+    rows = x.shape[0] * (int(param_value(params, "topk", 1)) if w1.dim() == 3 else 1)
     g = torch.Generator(device=x.device).manual_seed(0)
     a = torch.randn(rows, H, generator=g, device=x.device).to(x.dtype)
     b1 = torch.randn(H, N, generator=g, device=x.device).to(x.dtype)

@@ -76,6 +76,16 @@ class Params(Mapping[str, Any]):
         return Params({**self._values, **changes})
 
 
+def param_value(params: Any, name: str, default: Any = None) -> Any:
+    """params[name]; ``default`` when params lack it, are None, or hold None there. For code
+    that serves several stages (fixtures, mutants, peers), whose parameters differ."""
+    try:
+        value = params[name]
+    except (KeyError, TypeError):
+        return default
+    return default if value is None else value
+
+
 class Stage:
     """Base class of a stage. Subclass it in stages/<kernel>/<module>.py.
 
