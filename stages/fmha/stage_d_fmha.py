@@ -901,6 +901,10 @@ class StageD(Stage):
         }
 
     def make_kernel(self, p: Params, variants: Mapping[str, str]) -> FmhaForward:
+        if kernel_options(variants)["softcap_bug"] != "none" and not softcap_of(p):
+            from workbench.errors import UserError
+
+            raise UserError(f"softcap_bug={kernel_options(variants)['softcap_bug']} needs softcap > 0 (-p softcap=30)")
         return FmhaForward(
             common.cute_dtype(p.dtype), p.d, p.heads, p.kv_heads,
             causal=host.truthy(p.causal), softmax=host.variants_of("d", variants)["softmax"],
