@@ -177,3 +177,25 @@ def test_stage_d_compiles_with_softcap_without_spills(fmha_ws, wb):
     assert kernel["spill_store_bytes"] == 0 and kernel["spill_load_bytes"] == 0, kernel
     (sass,) = [fmha_ws / v for k, v in rec["artifacts"].items() if k.endswith(".sass")]
     assert sass.read_text().count("MUFU.RCP") >= 2 * 64, "the cap's rcp is missing"
+
+
+def _run_d(ws, *args):
+    from conftest import run_wb
+
+    proc = run_wb("run", "d", "--n", "1000", "-p", "m=700", "--d", "64", "-p", "batch=1", "-p", "heads=2", "-p", "kv_heads=1",
+                  "-p", "causal=true", "-p", "softcap=30", "--fixture", "softcap-logits", "--timeout", "60", "--json", *args,
+                  cwd=ws, timeout=400)
+    return proc, json.loads(proc.stdout)
+
+
+@pytest.mark.gpu
+def test_gpu_softcap_before_scale_is_caught_and_named(fmha_ws):
+    """On a GPU: the kernel with the cap applied before the scale FAILs softcap-logits and
+    the diagnosis names softcap-before-scale; the same case without the bug PASSes."""
+    proc, record = _run_d(fmha_ws, "-V", "softcap_bug=before_scale")
+    assert proc.returncode == 1 and record["verdict"] == "FAIL", record["verdict"]
+    case = next(c for c in record["results"] if c["verdict"] == "FAIL")
+    explanations = case["diagnosis"]["explanations"]
+    assert explanations and explanations[0]["name"] == "softcap-before-scale", explanations[:2]
+    proc, record = _run_d(fmha_ws)
+    assert proc.returncode == 0 and record["verdict"] == "PASS"
