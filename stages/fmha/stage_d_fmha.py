@@ -30,6 +30,16 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
   visited tile (128-row Q tiles) or the first two (causal 192-row Q tiles) can need masking
   (KV tail or diagonal, see ``mask``): the mask is applied on those steps only and the
   steady-state loop runs mask-free.
+* Softcap (Gemma 2; flash-attn's ``softcap``), parameter ``softcap`` = c >= 0, compile-time
+  (0 = off: the kernel is the one without it, PTX identical): each logit s = scale (q . k)
+  becomes c tanh(s / c) before the mask and the softmax, so P = softmax(c tanh(s / c)) and
+  LSE = logsumexp(c tanh(s / c)) per row. ``softmax.OnlineSoftmax.step`` folds the scale
+  into the tanh and works in log2 units, L = c log2(e) tanh(S scale / c) (S = q . k raw),
+  P = 2^(L - max L), with tanh from one ex2 and one rcp (``softmax.cap_logits``: ~1e-5
+  absolute; tanh.approx.f32 would miss LSE's 1e-4 by far); masked keys stay -inf (a select
+  on the masked tiles only). softmax=identity: P = c tanh(s / c) (masked: 0). Bug
+  injection ``softcap_bug=before_scale``: c scale tanh(q . k / c) (mutant
+  "softcap-before-scale").
 * Warp specialization as C: WG0 producer (one warp issues the TMA: K of the first tile,
   Q, then the K/V ring), 2 consumer WGs (setmaxnreg 240/24) or 3 (``consumers=3``,
   192-row Q tiles, 160/32: the default for d=64 non-causal) of 64 rows each; K and V rings
@@ -875,7 +885,8 @@ class StageD(Stage):
         "The full forward pass matches torch SDPA in fp32 for every Q tile of every head and "
         "batch: causal (top-left, like SDPA is_causal) and not, GQA head mapping, sequence lengths "
         "that are not multiples of 128 (masked KV tails, unstored Q tail rows), with the "
-        "warp-specialized producer/consumer pipeline."
+        "warp-specialized producer/consumer pipeline; with softcap c > 0, the logits capped as "
+        "c tanh(s / c) before mask and softmax."
     )
     cannot_see = (
         "Speed (wb bench measures it), and masks other than causal (no sliding window, no varlen)."
