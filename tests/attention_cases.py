@@ -23,6 +23,9 @@ CONFIGS = {
     "c": dict(kind="c", m=256, n=640, d=64),
     "d": dict(kind="d", batch=2, m=200, n=333, heads=4, kv_heads=2, d=64, causal=True),
     "d-plain": dict(kind="d", batch=2, m=256, n=300, heads=2, kv_heads=2, d=128, causal=False),
+    # softcap (Gemma 2's attention cap 50; d=64, causal, a tail)
+    "d-softcap": dict(kind="d", batch=1, m=200, n=333, heads=2, kv_heads=1, d=64, causal=True, softcap=50.0),
+    "d-softcap5": dict(kind="d", batch=1, m=130, n=300, heads=2, kv_heads=2, d=128, causal=False, softcap=5.0),
 }
 
 STAGE_FIXTURES = {  # as in kernel.yaml, plus the fixtures this issue adds where they apply
@@ -31,6 +34,8 @@ STAGE_FIXTURES = {  # as in kernel.yaml, plus the fixtures this issue adds where
     "c": ["random", "identity-softmax", "ones-v", "single", "onehot-p", "iota", "uniform-logits", "onehot-logits", "large-logits"],
     "d": ["random", "identity-softmax", "ones-v", "single", "onehot-p", "iota", "large-logits"],
     "d-plain": ["random", "ones-v", "single", "onehot-p", "iota"],
+    "d-softcap": ["softcap-logits", "random"],
+    "d-softcap5": ["softcap-logits"],
 }
 
 
@@ -42,8 +47,10 @@ def specs_for(cfg):
         b, h, hk = cfg["batch"], cfg["heads"], cfg["kv_heads"]
         ins = {"q": TensorSpec((b, m, h, d), "bf16"), "k": TensorSpec((b, n, hk, d), "bf16"), "v": TensorSpec((b, n, hk, d), "bf16")}
         outs = {"o": TensorSpec((b, m, h, d), "bf16"), "lse": TensorSpec((b, h, m), "fp32")}
-        params = Params({"m": m, "n": n, "d": d, "dtype": "bf16", "batch": b, "heads": h, "kv_heads": hk, "causal": cfg["causal"]})
-        return ins, outs, params
+        params = {"m": m, "n": n, "d": d, "dtype": "bf16", "batch": b, "heads": h, "kv_heads": hk, "causal": cfg["causal"]}
+        if "softcap" in cfg:
+            params["softcap"] = cfg["softcap"]
+        return ins, outs, Params(params)
     ins = {"q": TensorSpec((m, d), "bf16"), "k": TensorSpec((n, d), "bf16")}
     if kind == "c":
         ins["v"] = TensorSpec((n, d), "bf16")
@@ -59,7 +66,8 @@ def reference(cfg, inputs, variants, compute_dtype=None):
     """Independent torch reference: S = QKᵀ/sqrt(d); P = softmax(S) (identity: P = S);
     O = P V, LSE = logsumexp(S) natural log (identity: O = S V, LSE = 0); causal is
     bottom-right (key j <= i + n - m); GQA: head h reads KV head h // (heads / kv_heads);
-    4-D LSE is (batch, heads, m). compute_dtype (default float32) is used throughout."""
+    4-D LSE is (batch, heads, m); softcap c (cfg): S -> c tanh(S / c) before the mask.
+    compute_dtype (default float32) is used throughout."""
     import torch
 
     dt = compute_dtype or torch.float32
@@ -79,6 +87,8 @@ def reference(cfg, inputs, variants, compute_dtype=None):
         v4 = v[None, None] if v is not None else None
     d = q4.shape[-1]
     s = (q4 @ k4.transpose(-1, -2)) * (1.0 / math.sqrt(d))
+    if cfg.get("softcap"):
+        s = cfg["softcap"] * torch.tanh(s / cfg["softcap"])
     M, N = s.shape[-2:]
     if cfg.get("causal"):
         i = torch.arange(M).view(M, 1)
@@ -149,6 +159,8 @@ def lowp_kernel(cfg, inputs, variants, out_specs):
         else:
             q4, k4, v4 = q[None, None], k[None, None], v[None, None]
         s = (q4 @ k4.transpose(-1, -2)) / math.sqrt(q4.shape[-1])
+        if cfg.get("softcap"):
+            s = cfg["softcap"] * torch.tanh(s / cfg["softcap"])
         M, N = s.shape[-2:]
         if cfg.get("causal"):
             i = torch.arange(M).view(M, 1)

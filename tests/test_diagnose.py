@@ -88,6 +88,7 @@ MUST_BE_UNSEEN = {
     ("c", "single"): {"no-o-rescale"},
     ("d", "random"): {"kv-tail-unmasked"},  # bottom-right causal masks every key past n anyway
     ("a", "large-logits"): {"kv-tile0", "q-tile0", "p-layout"},
+    ("d-softcap", "random"): {"softcap-missing", "softcap-clamp", "softcap-after-max"},  # |S·scale| << c = 50
 }
 MUST_BE_SEEN = {
     ("c", "random"): {"kv-tile0", "kv-stall-2", "kv-skip-1", "v-tile0", "v-tile-lag", "no-rescale", "no-o-rescale", "no-final-div",
@@ -101,12 +102,16 @@ MUST_BE_SEEN = {
     ("b", "random"): {"softmax-per-tile", "p-first-tile-only", "quad-sum-missing", "softmax-missing", "no-final-div"},
     ("d", "random"): {"gqa-mod", "causal-missing", "causal-misaligned", "causal-diag-excluded", "heads-head0"},
     ("a", "random"): {"no-scale", "scale-twice", "exp-not-exp2", "kv-tile0", "p-layout", "transposed"},
+    ("d-softcap", "softcap-logits"): {"softcap-missing", "softcap-before-scale", "softcap-clamp"},
+    ("d-softcap5", "softcap-logits"): {"softcap-missing", "softcap-before-scale", "softcap-after-max", "softcap-clamp"},
 }
 MUST_BE_TWINS = {
     ("a", "random"): [("kv-col-tile0", "kv-tile0")],  # S has no softmax: pinning K = copying columns
     ("c", "uniform-logits"): [("kv-tile0", "v-tile0")],  # equal logits: only V tells tiles apart
     ("c", "large-logits"): [("kv-skip-1", "kv-tile0")],  # same O; LSE differs by log(T) on LSE ~ 100
     ("c", "single"): [("kv-tile0", "zeros"), ("v-tile-lag", "zeros")],  # the one V element is never read
+    # c = 50: exp(c tanh((z - m) / c)) ~ exp(z - m) wherever P is not ~0 (a small cap tells them apart)
+    ("d-softcap", "softcap-logits"): [("softcap-after-max", "softcap-missing")],
 }
 
 

@@ -23,7 +23,8 @@ from workbench.errors import UserError  # noqa: E402
 from workbench.kernels import fixtures as F  # noqa: E402
 from workbench.kernels.stage import Params, TensorSpec  # noqa: E402
 
-ALL = ["random", "identity-softmax", "ones-v", "single", "onehot-p", "iota", "uniform-logits", "onehot-logits", "large-logits"]
+ALL = ["random", "identity-softmax", "ones-v", "single", "onehot-p", "iota", "uniform-logits", "onehot-logits", "large-logits",
+       "softcap-logits"]
 
 
 @pytest.fixture(scope="module")

@@ -97,6 +97,9 @@ class FmhaForwardBase:
     # stage C's bug-injection hooks of ``consume_tile`` (FmhaOnline sets them per instance)
     rescale = True
     bug = "none"
+    # stage D's softcap (0 = off) and its bug injection (softmax.softcap_constants)
+    softcap = 0.0
+    softcap_bug = "none"
 
     def __init__(
         self,
@@ -276,11 +279,11 @@ class FmhaForwardBase:
             mask_fn(acc_S)
         # P (in place in acc_S) and the O rescale
         if const_expr(self.is_exp):
-            softmax.step(acc_S, row_scale, is_first=is_first, rescale_sum=self.rescale)
+            softmax.step(acc_S, row_scale, is_first=is_first, rescale_sum=self.rescale, masked=mask_fn is not None)
             if const_expr(not is_first and self.rescale and self.bug != "no_rescale"):
                 sm.rescale_rows(acc_O, row_scale)
         else:
-            acc_S.store(acc_S.load() * Float32(self.scale))
+            self.identity_logits(acc_S)
         sm.convert_p(acc_S, tOrP, bug=P_BUG.get(self.bug, "none"))
         # O += P V_j
         pipeline_v.consumer_wait(kv_state)
@@ -289,6 +292,22 @@ class FmhaForwardBase:
         if const_expr(self.bug != "stuck_pipeline"):
             kv_state.advance()
         return kv_state
+
+    def softcap_constants(self):
+        """(k_in, k_out) of ``softmax.cap_logits`` for the softmax, or None without softcap."""
+        if not self.softcap:
+            return None
+        return sm.softcap_constants(self.scale, self.softcap, self.softcap_bug)
+
+    @cute.jit
+    def identity_logits(self, acc_S: cute.Tensor):
+        """softmax=identity: S -> S scale, or with softcap c tanh(S scale / c) (natural
+        units; a masked 0 stays 0)."""
+        if const_expr(self.softcap):
+            k_in, k_out = self.softcap_constants()
+            sm.cap_logits(acc_S, k_in, k_out / common.LOG2_E, False)
+        else:
+            acc_S.store(acc_S.load() * Float32(self.scale))
 
     @cute.jit
     def finish(self, softmax: sm.OnlineSoftmax, acc_O: cute.Tensor, lse: cute.Tensor, row_scale: cute.Tensor):

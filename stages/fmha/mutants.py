@@ -82,6 +82,7 @@ class Problem:
         scale = param_value(cx.params, "scale", param_value(cx.params, "softmax_scale"))
         self.scale = float(scale) if scale is not None else 1.0 / math.sqrt(self.D)
         self.causal = _truthy(param_value(cx.params, "causal", False))
+        self.softcap = float(param_value(cx.params, "softcap", 0.0) or 0.0)
         self.softmax = (cx.variants or {}).get("softmax", "exp")
         self.rescale_variant = (cx.variants or {}).get("rescale", "on")
         self.device = q.device
@@ -291,8 +292,13 @@ class Problem:
 
     # ---- O and LSE: the online-softmax loop, tile by tile -------------------------------
     def attend(self, *, kv_src=None, v_src="same", mult=1.0, subtract_max=True, rescale_o=None, rescale_l=None,
-               normalize=True, perm=None, p_read=None, mask_tail=True, causal_mode=None, qg=None, kg=None, vg=None):
+               normalize=True, perm=None, p_read=None, mask_tail=True, causal_mode=None, qg=None, kg=None, vg=None,
+               cap="tanh"):
         """(O (G, M, Dv), LSE (G, M), natural log) of the simulated kernel loop.
+
+        cap (softcap c > 0 only; the logits z = S·scale): "tanh" = c·tanh(z / c) (right),
+        "none", "before-scale" = c·tanh(S / c)·scale, "clamp" = clamp(z, -c, c), "after-max"
+        = the max taken of the raw z, then P = exp(c·tanh((z - m) / c)).
 
         perm: P columns the PV MMA reads within each tile (P_read[:, c] = P[:, perm[c]]);
         p_read: any function (G, M, 128) -> (G, M, 128) of the tile's P (a register hand-over
@@ -343,18 +349,30 @@ class Problem:
             sraw = qg @ kt.transpose(1, 2)
             if identity:
                 p = sraw * (1.0 if self.conv["identity"] == "raw" else self.scale)
+                if self.softcap and cap == "tanh":
+                    p = self.softcap * torch.tanh(p / self.softcap)
                 if valid is not None:
                     p = p.masked_fill(~valid, 0.0)
                 l = l + p.sum(-1)
                 acc = acc + (p if ident else p_read(p)) @ vt
                 continue
             z = sraw * c
+            cap_c = self.softcap
+            if cap_c and cap == "tanh":
+                z = cap_c * torch.tanh(z / cap_c)
+            elif cap_c and cap == "before-scale":
+                z = cap_c * torch.tanh(sraw / cap_c) * c
+            elif cap_c and cap == "clamp":
+                z = z.clamp(-cap_c, cap_c)
             if valid is not None:
                 z = z.masked_fill(~valid, float("-inf"))
             if subtract_max:
                 m_new = torch.maximum(m, z.amax(-1))
                 m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
-                p = torch.exp(z - m_safe.unsqueeze(-1))
+                if cap_c and cap == "after-max":
+                    p = torch.exp(cap_c * torch.tanh((z - m_safe.unsqueeze(-1)) / cap_c))
+                else:
+                    p = torch.exp(z - m_safe.unsqueeze(-1))
                 alpha = torch.exp(m - m_safe)
                 m = m_new
             else:
@@ -547,6 +565,31 @@ def no_o_rescale(cx):
     _exp_only(P)
     _need(P.T >= 2, "one KV tile: nothing to rescale")
     return P.predict(o_opts={"rescale_o": False, "rescale_l": True}, lse=False)
+
+
+# --------------------------------------------------------------------------------------
+# softcap (stage D's ``softcap`` c > 0: logits z = S·scale become c·tanh(z / c))
+# --------------------------------------------------------------------------------------
+def _softcap_mutant(cap: str):
+    def fn(cx):
+        P = problem(cx)
+        _exp_only(P)
+        _need(P.softcap > 0, "softcap = 0")
+        return P.predict(o_opts={"cap": cap})
+
+    return fn
+
+
+for _cap, _why in (
+    ("none", "softcap not applied although softcap > 0: the softmax of the raw logits S·scale"),
+    ("before-scale", "softcap applied to the raw Q·Kᵀ before the scale: c·tanh(S / c)·scale instead of "
+     "c·tanh(S·scale / c)"),
+    ("after-max", "softcap applied after the row max was subtracted (to the exponent): exp(c·tanh((z - m) / c)) "
+     "with m the max of the uncapped logits z"),
+    ("clamp", "tanh of the softcap replaced by a clamp: clamp(z, -c, c) instead of c·tanh(z / c)"),
+):
+    mutant("softcap-missing" if _cap == "none" else f"softcap-{_cap}", _why, outputs=("o", "lse"),
+           family="softmax")(_softcap_mutant(_cap))
 
 
 # --------------------------------------------------------------------------------------

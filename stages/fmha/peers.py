@@ -47,6 +47,9 @@ def make_peer(name: str, inputs, params):
     q, k, v = inputs["q"], inputs["k"], inputs["v"]
     causal = bool(params.get("causal", False))
     scale = 1.0 / math.sqrt(q.shape[-1])
+    softcap = float(params.get("softcap", 0.0) or 0.0)
+    if softcap and name != "fa4":
+        raise ValueError(f"peer {name} has no softcap (softcap={softcap}): only fa4 takes one")
     if name in SDPA_BACKENDS:
         import torch
         import torch.nn.functional as F
@@ -70,8 +73,10 @@ def make_peer(name: str, inputs, params):
             return None
         qb, kb, vb = _as_bshd(q), _as_bshd(k), _as_bshd(v)
 
+        extra = {"softcap": softcap} if softcap else {}  # flash-attn's softcap: c tanh(s / c), s scaled
+
         def run():
-            return flash_attn_func(qb, kb, vb, softmax_scale=scale, causal=causal)
+            return flash_attn_func(qb, kb, vb, softmax_scale=scale, causal=causal, **extra)
 
         run()  # the first call compiles (1-2 s): keep it out of the timing
         return run

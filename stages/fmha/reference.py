@@ -18,6 +18,10 @@ Causal masks are aligned top-left by default (torch SDPA's is_causal, the kernel
 i sees keys j <= i. ``causal_align="bottom-right"`` (FlashAttention's when m != n) is the
 explicit other choice.
 
+Softcap (Gemma 2; flash-attn's ``softcap``): with ``softcap`` = c > 0 the logits
+s = scale * (q . k) become c * tanh(s / c) before the mask and the softmax (``capped``);
+c = 0 leaves them alone. LSE is the logsumexp of the capped logits.
+
 torch is imported lazily (inside functions) so that importing this module is cheap.
 """
 
@@ -36,6 +40,21 @@ def default_scale(d: int) -> float:
 
 def _cast(x: "torch.Tensor", compute_dtype: "torch.dtype") -> "torch.Tensor":
     return x.to(compute_dtype)
+
+
+def check_softcap(softcap: float) -> float:
+    """``softcap`` as a float; ValueError unless it is >= 0 (0 = off)."""
+    softcap = float(softcap)
+    if not softcap >= 0.0:  # also rejects NaN
+        raise ValueError(f"softcap must be >= 0 (0 = off), not {softcap!r}")
+    return softcap
+
+
+def capped(s: "torch.Tensor", softcap: float) -> "torch.Tensor":
+    """c * tanh(s / c) of the scaled logits s, in place (c = ``softcap``; c = 0: s itself)."""
+    if softcap:
+        s.div_(softcap).tanh_().mul_(softcap)
+    return s
 
 
 def scores(
@@ -124,6 +143,7 @@ def attention(
     causal: bool = False,
     causal_align: str = "top-left",
     scale: Optional[float] = None,
+    softcap: float = 0.0,
     block: Optional[tuple[int, int]] = None,
 ) -> "tuple[torch.Tensor, torch.Tensor]":
     """(O, LSE): O = softmax(Q K^T * scale) V and LSE = logsumexp(Q K^T * scale) per row.
@@ -138,6 +158,12 @@ def attention(
     ``softmax="identity"``: O = (Q K^T scale) V (S in compute_dtype, PV accumulated in
     fp32 or wider), LSE = 0 in fp32.
 
+    ``softcap`` = c > 0: every logit s = Q K^T scale becomes c tanh(s / c) (before the mask;
+    identity: O = capped(S) V). SDPA has no softcap, so the bf16/fp16 calibration of O is
+    then flash attention's arithmetic in torch: capped logits and softmax in fp32, the
+    unnormalised P rounded to the dtype before P V (fp32 accumulation), O rounded to the
+    dtype (what SDPA's flash backend does without a softcap).
+
     ``causal``: key j visible to query i iff j <= i + causal_offset(m, n, causal_align).
     A row that sees no key (bottom-right with m > n) gets O = 0 and LSE = -inf.
     ``block``: (Q rows, K rows) of one S block; default ``block_shape``.
@@ -146,6 +172,7 @@ def attention(
 
     if softmax not in ("exp", "identity"):
         raise ValueError(f"softmax must be 'exp' or 'identity', not {softmax!r}")
+    softcap = check_softcap(softcap)
     m, n = q.shape[-2], k.shape[-2]
     offset = causal_offset(m, n, causal_align)  # checks causal_align even when not causal
     offset = offset if causal else None
@@ -154,12 +181,15 @@ def attention(
     acc_dtype = torch.float32 if lowp else compute_dtype
     with _no_tf32():
         if softmax == "identity":
-            o = _identity_stream(q, k, v, compute_dtype, acc_dtype, scale, offset, block)
+            o = _identity_stream(q, k, v, compute_dtype, acc_dtype, scale, offset, block, softcap)
             return o.to(compute_dtype), torch.zeros(o.shape[:-1], dtype=torch.float32, device=o.device)
+        if lowp and softcap:
+            o, lse = _online_softmax(q, k, v, torch.float32, scale, offset, block, softcap, p_dtype=compute_dtype)
+            return o.to(compute_dtype), lse
         if lowp:
             _, lse = _online_softmax(q, k, None, torch.float32, scale, offset, block)
             return _sdpa(q, k, v, compute_dtype, scale, offset), lse
-        return _online_softmax(q, k, v, compute_dtype, scale, offset, block)
+        return _online_softmax(q, k, v, compute_dtype, scale, offset, block, softcap)
 
 
 def attention_bshd(
@@ -171,12 +201,14 @@ def attention_bshd(
     softmax: str = "exp",
     causal: bool = False,
     causal_align: str = "top-left",
+    softcap: float = 0.0,
 ) -> "tuple[torch.Tensor, torch.Tensor]":
     """``attention`` for flash-attn-layout inputs: q (batch, m, heads, d), k and v (batch, n,
     kv_heads, d) -> (O (batch, m, heads, d), LSE (batch, heads, m)).
 
     GQA by repeating each kv head heads/kv_heads times (q head h <- kv head h // group, as
-    repeat_interleave and flash-attn do). Precision, memory and ``causal`` as ``attention``.
+    repeat_interleave and flash-attn do). Precision, memory, ``causal`` and ``softcap`` as
+    ``attention``.
     """
     heads, kv_heads = q.shape[2], k.shape[2]
     group = heads // kv_heads
@@ -184,7 +216,9 @@ def attention_bshd(
     kt, vt = k.transpose(1, 2), v.transpose(1, 2)
     if group > 1:
         kt, vt = kt.repeat_interleave(group, dim=1), vt.repeat_interleave(group, dim=1)
-    o, lse = attention(qt, kt, vt, compute_dtype, softmax=softmax, causal=causal, causal_align=causal_align)
+    o, lse = attention(
+        qt, kt, vt, compute_dtype, softmax=softmax, causal=causal, causal_align=causal_align, softcap=softcap
+    )
     return o.transpose(1, 2), lse
 
 
@@ -226,8 +260,9 @@ def _scores(q, k, scale):
     return torch.baddbmm(q.new_zeros(()), q, k.mT, beta=0, alpha=scale)
 
 
-def _online_softmax(q, k, v, dtype, scale, offset, block):
-    """(O, LSE) in ``dtype`` (O is None when ``v`` is None: LSE only), one S block at a time."""
+def _online_softmax(q, k, v, dtype, scale, offset, block, softcap=0.0, p_dtype=None):
+    """(O, LSE) in ``dtype`` (O is None when ``v`` is None: LSE only), one S block at a time.
+    ``p_dtype``: the unnormalised P is rounded to it before P V (a kernel's PV operand)."""
     import torch
 
     lead, m = q.shape[:-2], q.shape[-2]
@@ -241,7 +276,7 @@ def _online_softmax(q, k, v, dtype, scale, offset, block):
         row_sum = torch.zeros_like(row_max)
         acc = None if v3 is None else torch.zeros(batch, i1 - i0, dv, dtype=dtype, device=q.device)
         for j0, j1, masked in kv:
-            s = _scores(q3[:, i0:i1], k3[:, j0:j1], scale)
+            s = capped(_scores(q3[:, i0:i1], k3[:, j0:j1], scale), softcap)
             if masked:
                 s.masked_fill_(_hidden(i0, i1, j0, j1, offset, q.device), float("-inf"))
             # the first KV block holds key 0, which every row in a block sees: row_max is
@@ -251,7 +286,8 @@ def _online_softmax(q, k, v, dtype, scale, offset, block):
             p = s.sub_(new_max[..., None]).exp_()
             row_sum.mul_(alpha).add_(p.sum(dim=-1))
             if acc is not None:
-                acc.mul_(alpha[..., None]).baddbmm_(p, v3[:, j0:j1])
+                pv = p if p_dtype is None else p.to(p_dtype).to(dtype)
+                acc.mul_(alpha[..., None]).baddbmm_(pv, v3[:, j0:j1])
             row_max = new_max
         lse[:, i0:i1] = row_max + row_sum.log()
         if o is not None:
@@ -260,8 +296,8 @@ def _online_softmax(q, k, v, dtype, scale, offset, block):
     return (None if o is None else o.reshape(*lead, m, dv)), lse
 
 
-def _identity_stream(q, k, v, dtype, acc_dtype, scale, offset, block):
-    """O = (Q K^T scale) V with S in ``dtype`` and the PV sums in ``acc_dtype``."""
+def _identity_stream(q, k, v, dtype, acc_dtype, scale, offset, block, softcap=0.0):
+    """O = capped(Q K^T scale) V with S in ``dtype`` and the PV sums in ``acc_dtype``."""
     import torch
 
     lead, m = q.shape[:-2], q.shape[-2]
@@ -271,7 +307,7 @@ def _identity_stream(q, k, v, dtype, acc_dtype, scale, offset, block):
     for i0, i1, kv in _blocks(m, k3.shape[1], dv, q3.element_size(), batch, offset, block):
         acc = o[:, i0:i1]
         for j0, j1, masked in kv:
-            s = _scores(q3[:, i0:i1], k3[:, j0:j1], scale)
+            s = capped(_scores(q3[:, i0:i1], k3[:, j0:j1], scale), softcap)
             if masked:
                 s.masked_fill_(_hidden(i0, i1, j0, j1, offset, q.device), 0.0)
             acc.baddbmm_(s.to(acc_dtype), v3[:, j0:j1])

@@ -21,6 +21,16 @@ Online softmax, for KV tiles j = 0, 1, ... (c = scale * log2(e), S in raw Q.K un
 A row whose max is still -inf (every column masked so far) uses 0 in place of the max, so
 it gets P = 0 and alpha = 0 instead of NaN; at the end l = 0 gives O = 0 and LSE = -inf.
 
+Softcap (Gemma 2, flash-attn's definition), cap = c > 0: the scaled logit s = S scale
+becomes c tanh(s / c) before the mask and the softmax. ``step`` folds the scale into the
+tanh and keeps the capped logits in log2 units, L = c log2(e) tanh(S scale / c), so
+P = 2^(L - m) (m: row max of L) and LSE = (m + log2 l) ln 2. ``cap_logits`` computes
+tanh(y) = 1 - 2 / (1 + e^(2y)) with one ex2 and one rcp (both MUFU.approx, ~2^-22
+relative): L = c' - 2 c' / (1 + 2^(S k)), k = 2 scale log2(e) / c, c' = c log2(e), an
+absolute error of a few 1e-7 c' (tanh.approx.f32, 2^-11 relative, would be ~0.015 at
+c = 30: far above LSE's 1e-4 tolerance). A masked logit (-inf) would come out as -c', so
+on masked tiles ``step`` puts -inf back (a select per element, masked tiles only).
+
 P conversion. The PV WGMMA takes P from registers as its A operand; its fragment for a
 64 x 16 k-block is ((2, 2, 2), 1, K/16): mode 0.0 = two adjacent k, mode 0.1 = rows +0/+8,
 mode 0.2 = k +0/+8, mode 2 = k-block. For 16-bit P that is the accumulator's own register
@@ -201,10 +211,13 @@ class OnlineSoftmax:
 
     Create it inside the kernel (it allocates register tensors). ``scale_log2`` is
     scale * log2(e); S stays in raw units, so every exponent is one FFMA away.
+    ``softcap`` = (k_in, k_out) of ``cap_logits`` (``softcap_constants``) or None (off):
+    ``step`` caps S first and works on the capped logits in log2 units.
     """
 
-    def __init__(self, scale_log2: float, num_rows: int):
+    def __init__(self, scale_log2: float, num_rows: int, softcap: tuple | None = None):
         self.scale_log2 = scale_log2
+        self.softcap = softcap
         self.num_rows = num_rows
         self.row_max = cute.make_rmem_tensor(num_rows, Float32)
         self.row_sum = cute.make_rmem_tensor(num_rows, Float32)
@@ -222,13 +235,19 @@ class OnlineSoftmax:
         row_scale: cute.Tensor,
         is_first: cutlass.Constexpr[bool] = False,
         rescale_sum: cutlass.Constexpr[bool] = True,
+        masked: cutlass.Constexpr[bool] = True,
     ):
         """acc_S <- P = 2^(S c - m_new c) in place; row_scale[r] <- alpha (1 on the first
         tile); updates row_max and this lane's partial row_sum. ``rescale_sum=False`` skips
-        multiplying the running sum by alpha (the deliberately wrong ``rescale=off``)."""
+        multiplying the running sum by alpha (the deliberately wrong ``rescale=off``).
+        Softcap: S is capped first (log2 units, c = 1); ``masked``: the tile may hold -inf
+        (it went through a mask), which the cap must keep (no effect without softcap)."""
+        c = self.scale_log2
+        if const_expr(self.softcap is not None):
+            cap_logits(acc_S, self.softcap[0], self.softcap[1], masked)
+            c = 1.0
         s_mn = common.acc_row_view(acc_S)
         assert cute.size(s_mn, mode=[0]) == self.num_rows
-        c = self.scale_log2
         for r in cutlass.range_constexpr(self.num_rows):
             row = s_mn[r, None].load()
             m_prev = self.row_max[r]
@@ -238,14 +257,20 @@ class OnlineSoftmax:
             m_safe = m_new
             if m_new == Float32(-math.inf):
                 m_safe = Float32(0.0)
-            p = cute.math.exp2(row * c - m_safe * c, fastmath=True)
+            if const_expr(self.softcap is not None):
+                p = cute.math.exp2(row - m_safe, fastmath=True)
+            else:
+                p = cute.math.exp2(row * c - m_safe * c, fastmath=True)
             s_mn[r, None].store(p)
             tile_sum = p.reduce(cute.ReductionOp.ADD, Float32(0.0), 0)
             if const_expr(is_first):
                 row_scale[r] = Float32(1.0)
                 self.row_sum[r] = tile_sum
             else:
-                alpha = cute.math.exp2((m_prev - m_safe) * c, fastmath=True)
+                if const_expr(self.softcap is not None):
+                    alpha = cute.math.exp2(m_prev - m_safe, fastmath=True)
+                else:
+                    alpha = cute.math.exp2((m_prev - m_safe) * c, fastmath=True)
                 row_scale[r] = alpha
                 if const_expr(rescale_sum):
                     self.row_sum[r] = self.row_sum[r] * alpha + tile_sum
@@ -255,7 +280,8 @@ class OnlineSoftmax:
     @cute.jit
     def finalize(self, row_scale: cute.Tensor, lse: cute.Tensor, scale: float):
         """row_scale[r] <- 1 / l (1 where l is 0 or NaN), lse[r] <- m * scale + ln l
-        (-inf where l is 0 or NaN). Reduces the partial sums across the quad first."""
+        (softcap: (m + log2 l) ln 2, m in log2 units; -inf where l is 0 or NaN). Reduces
+        the partial sums across the quad first."""
         for r in cutlass.range_constexpr(self.num_rows):
             l = common.quad_allreduce(self.row_sum[r], common.fadd)
             self.row_sum[r] = l
@@ -264,7 +290,10 @@ class OnlineSoftmax:
             out = Float32(-math.inf)
             if not degenerate:
                 inv = cute.arch.rcp_approx(l)
-                out = (self.row_max[r] * (scale * math.log2(math.e)) + cute.math.log2(l, fastmath=True)) * LN2
+                if const_expr(self.softcap is not None):
+                    out = (self.row_max[r] + cute.math.log2(l, fastmath=True)) * LN2
+                else:
+                    out = (self.row_max[r] * (scale * math.log2(math.e)) + cute.math.log2(l, fastmath=True)) * LN2
             row_scale[r] = inv
             lse[r] = out
 
@@ -275,6 +304,37 @@ def rescale_rows(acc: cute.Tensor, row_scale: cute.Tensor):
     acc_mn = common.acc_row_view(acc)
     for r in cutlass.range_constexpr(cute.size(acc_mn, mode=[0])):
         acc_mn[r, None].store(acc_mn[r, None].load() * row_scale[r])
+
+
+@cute.jit
+def cap_logits(
+    acc_S: cute.Tensor,
+    k_in: cutlass.Constexpr[float],
+    k_out: cutlass.Constexpr[float],
+    keep_neg_inf: cutlass.Constexpr[bool],
+):
+    """acc_S[i] <- k_out tanh(acc_S[i] k_in / (2 log2 e)) in place, as
+    k_out - 2 k_out / (1 + 2^(acc_S[i] k_in)) (ex2 + rcp, see the module docstring).
+    ``keep_neg_inf``: an element that was -inf (masked) stays -inf (else it becomes -k_out)."""
+    for i in cutlass.range_constexpr(cute.size(acc_S)):
+        x = acc_S[i]
+        e = cute.math.exp2(x * Float32(k_in), fastmath=True)
+        t = cute.arch.rcp_approx(e + Float32(1.0)) * Float32(-2.0 * k_out) + Float32(k_out)
+        if const_expr(keep_neg_inf):
+            acc_S[i] = x if x == Float32(-math.inf) else t
+        else:
+            acc_S[i] = t
+
+
+def softcap_constants(scale: float, softcap: float, bug: str = "none") -> tuple[float, float]:
+    """(k_in, k_out) of ``cap_logits`` for the softmax (log2 units): k_in = 2 scale log2(e) / c,
+    k_out = c log2(e). ``bug="before_scale"`` (wb's ``softcap_bug`` variant, deliberately
+    wrong): the cap applied to the raw S, then the scale: c scale log2(e) tanh(S / c)."""
+    log2e = math.log2(math.e)
+    if bug == "before_scale":
+        return 2.0 * log2e / softcap, softcap * scale * log2e
+    assert bug == "none", bug
+    return 2.0 * scale * log2e / softcap, softcap * log2e
 
 
 def dtype_bits(dtype: Type[cutlass.Numeric]) -> int:

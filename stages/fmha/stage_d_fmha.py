@@ -30,6 +30,16 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
   visited tile (128-row Q tiles) or the first two (causal 192-row Q tiles) can need masking
   (KV tail or diagonal, see ``mask``): the mask is applied on those steps only and the
   steady-state loop runs mask-free.
+* Softcap (Gemma 2; flash-attn's ``softcap``), parameter ``softcap`` = c >= 0, compile-time
+  (0 = off: the kernel is the one without it, PTX identical): each logit s = scale (q . k)
+  becomes c tanh(s / c) before the mask and the softmax, so P = softmax(c tanh(s / c)) and
+  LSE = logsumexp(c tanh(s / c)) per row. ``softmax.OnlineSoftmax.step`` folds the scale
+  into the tanh and works in log2 units, L = c log2(e) tanh(S scale / c) (S = q . k raw),
+  P = 2^(L - max L), with tanh from one ex2 and one rcp (``softmax.cap_logits``: ~1e-5
+  absolute; tanh.approx.f32 would miss LSE's 1e-4 by far); masked keys stay -inf (a select
+  on the masked tiles only). softmax=identity: P = c tanh(s / c) (masked: 0). Bug
+  injection ``softcap_bug=before_scale``: c scale tanh(q . k / c) (mutant
+  "softcap-before-scale").
 * Warp specialization as C: WG0 producer (one warp issues the TMA: K of the first tile,
   Q, then the K/V ring), 2 consumer WGs (setmaxnreg 240/24) or 3 (``consumers=3``,
   192-row Q tiles, 160/32: the default for d=64 non-causal) of 64 rows each; K and V rings
@@ -164,6 +174,8 @@ class FmhaForward(FmhaForwardBase):
         k_release: str = "early",
         persistent: str | None = None,
         q_buffers: int = 1,
+        softcap: float = 0.0,
+        softcap_bug: str = "none",
         trace: bool = False,
     ):
         # What ``auto`` means (kernel.yaml lists the choices): what measured fastest on an
@@ -207,6 +219,15 @@ class FmhaForward(FmhaForwardBase):
         self.qhead_per_kvhead = heads // kv_heads
         self.causal = causal
         self.mask_fill = -math.inf if self.is_exp else 0.0
+        # softcap c (Gemma 2): logits s = S scale become c tanh(s / c) before the mask and the
+        # softmax, compile-time (softmax.cap_logits); 0 = off, the kernel unchanged
+        softcap = float(softcap)
+        if not softcap >= 0.0:
+            raise ValueError(f"softcap must be >= 0 (0 = off), not {softcap}")
+        if softcap_bug != "none" and not softcap:
+            raise ValueError(f"softcap_bug={softcap_bug} needs softcap > 0")
+        self.softcap = softcap
+        self.softcap_bug = softcap_bug
         self.trace = trace
 
     @cute.jit
@@ -410,7 +431,9 @@ class FmhaForward(FmhaForwardBase):
             tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg
         )
         trace_print(tSrS=acc_S_shape, tOrP=tOrP, tOrO=acc_O, p_check=self.p_check)
-        softmax = sm.OnlineSoftmax(self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]))
+        softmax = sm.OnlineSoftmax(
+            self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]), softcap=self.softcap_constants()
+        )
         row_scale = cute.make_rmem_tensor(softmax.num_rows, Float32)
         return thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale
 
@@ -613,12 +636,16 @@ class FmhaForward(FmhaForwardBase):
         softmax: sm.OnlineSoftmax,
         row_scale: cute.Tensor,
         is_first: cutlass.Constexpr[bool],
+        masked: cutlass.Constexpr[bool] = True,
     ):
-        """S -> P in place (exp: online softmax, row_scale <- alpha; identity: S scale)."""
+        """S -> P in place (exp: online softmax, row_scale <- alpha; identity: S scale).
+        Softcap: the logits are capped first (``OnlineSoftmax.step``); ``masked`` says the
+        tile went through ``mask_fn`` (its -inf must survive the cap): pass False only for
+        tiles no mask touched."""
         if const_expr(self.is_exp):
-            softmax.step(acc_S, row_scale, is_first=is_first)
+            softmax.step(acc_S, row_scale, is_first=is_first, masked=masked)
         else:
-            acc_S.store(acc_S.load() * Float32(self.scale))
+            self.identity_logits(acc_S)
 
     @cute.jit
     def softmax_done(self, softmax: sm.OnlineSoftmax, acc_S: cute.Tensor) -> cutlass.Boolean:
@@ -706,7 +733,7 @@ class FmhaForward(FmhaForwardBase):
         if const_expr(mask_fn is not None):
             mask_fn(acc_S, col_offset=(n_max - 1 - i) * self.tile_n)
         # touches acc_S and the row statistics only, never acc_O / tOrP
-        self.softmax_tile(acc_S, softmax, row_scale, False)
+        self.softmax_tile(acc_S, softmax, row_scale, False, masked=mask_fn is not None)
         if const_expr(self.k_release == "pinned"):
             # Release K_i *pinned behind the softmax*: ptxas keeps the wait below after this
             # mbarrier arrive, and the arrive's predicate reads the finished row sums (sign
@@ -841,7 +868,15 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "k_release": v["k_release"],
         "persistent": None if v["persistent"] == "auto" else v["persistent"],
         "q_buffers": int(v["q_buffers"]),
+        "softcap_bug": v["softcap_bug"],
     }
+
+
+def softcap_of(p: Params) -> float:
+    """The ``softcap`` parameter (0.0 when the parameters lack it)."""
+    from workbench.kernels.stage import param_value
+
+    return float(param_value(p, "softcap", 0.0) or 0.0)
 
 
 class StageD(Stage):
@@ -850,12 +885,13 @@ class StageD(Stage):
         "The full forward pass matches torch SDPA in fp32 for every Q tile of every head and "
         "batch: causal (top-left, like SDPA is_causal) and not, GQA head mapping, sequence lengths "
         "that are not multiples of 128 (masked KV tails, unstored Q tail rows), with the "
-        "warp-specialized producer/consumer pipeline."
+        "warp-specialized producer/consumer pipeline; with softcap c > 0, the logits capped as "
+        "c tanh(s / c) before mask and softmax."
     )
     cannot_see = (
         "Speed (wb bench measures it), and masks other than causal (no sliding window, no varlen)."
     )
-    compile_params = ("d", "dtype", "heads", "kv_heads", "causal")  # batch, m, n: runtime
+    compile_params = ("d", "dtype", "heads", "kv_heads", "causal", "softcap")  # batch, m, n: runtime
 
     def inputs(self, p: Params) -> dict:
         return {
@@ -876,9 +912,14 @@ class StageD(Stage):
         }
 
     def make_kernel(self, p: Params, variants: Mapping[str, str]) -> FmhaForward:
+        if kernel_options(variants)["softcap_bug"] != "none" and not softcap_of(p):
+            from workbench.errors import UserError
+
+            raise UserError(f"softcap_bug={kernel_options(variants)['softcap_bug']} needs softcap > 0 (-p softcap=30)")
         return FmhaForward(
             common.cute_dtype(p.dtype), p.d, p.heads, p.kv_heads,
-            causal=host.truthy(p.causal), softmax=host.variants_of("d", variants)["softmax"], **kernel_options(variants),
+            causal=host.truthy(p.causal), softmax=host.variants_of("d", variants)["softmax"],
+            softcap=softcap_of(p), **kernel_options(variants),
         )
 
     def compile(self, p: Params, variants: Mapping[str, str], arch: str) -> host.Compiled:
@@ -911,6 +952,7 @@ class StageD(Stage):
 
         softmax = host.variants_of("d", variants)["softmax"]
         o, lse = reference.attention_bshd(
-            inputs["q"], inputs["k"], inputs["v"], compute_dtype, causal=host.truthy(p.causal), softmax=softmax
+            inputs["q"], inputs["k"], inputs["v"], compute_dtype, causal=host.truthy(p.causal), softmax=softmax,
+            softcap=softcap_of(p),
         )
         return {"o": o.to(compute_dtype), "lse": lse.to(torch.float32)}
