@@ -2,7 +2,6 @@
 
 case_params: DESIGN.md's convention for a benchmark shape: 16k tokens and a 2048-wide model,
 so batch = 16384 / s and heads = 2048 / d, with s = m = n. Values the user gave are kept.
-softcap: 0 unless given (derived, so a speed row without a softcap reads as before).
 """
 
 from __future__ import annotations
@@ -19,5 +18,4 @@ def case_params(given: dict) -> dict:
         out.setdefault("batch", max(1, TOKENS // s))
     if "d" in out:
         out.setdefault("heads", max(1, MODEL_DIM // int(out["d"])))
-    out.setdefault("softcap", 0.0)
     return out

@@ -353,16 +353,29 @@ def speed_row(spec, resolved: dict[str, Any], case: BenchCase, name_keys: list[s
     return case_name({k: v for k, v in resolved.items() if k not in hidden}, name_keys)
 
 
+def named_params(spec, resolved: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """The parameters a case's name shows: every `bench.case_keys` one, the others only when
+    they differ from their kernel.yaml default (so a parameter added to a stage later does not
+    rename every recorded case)."""
+    def at_default(k, v):
+        p = spec.params.get(k)
+        return p is not None and not (isinstance(p.default, str) and p.default.startswith("=")) and v == p.default
+
+    return {k: v for k, v in resolved.items() if k in keys or not at_default(k, v)}
+
+
 def resolve_cases(spec, kernel, cases: list[BenchCase]) -> list[dict[str, Any]]:
     """The job's cases: resolved parameters (checked by the stage's rules), name and speed row."""
     out = []
+    keys = kernel.bench.case_keys
     for case in cases:
         try:
             params = spec.resolve_params({k: str(v) if not isinstance(v, bool) else str(v).lower() for k, v in case.params.items()})
         except UserError as exc:
             raise UserError(f"bench case {case_name(case.params)}: {exc}") from None
-        out.append({"params": params, "name": case_name(params, kernel.bench.case_keys), "column": kernel.bench.column,
-                    "row": speed_row(spec, params, case, kernel.bench.case_keys, kernel.bench.column)})
+        shown = named_params(spec, params, keys)
+        out.append({"params": params, "name": case_name(shown, keys), "column": kernel.bench.column,
+                    "row": speed_row(spec, shown, case, keys, kernel.bench.column)})
     return out
 
 
