@@ -209,3 +209,67 @@ def test_stage_flops_count_the_window():
     p = Params({**base, "m": 32768, "n": 32768, "causal": True, "align": "bottom_right", "window_left": 4096, "window_right": -1})
     ratio = StageD().flops(p) / StageD().flops(Params({**base, "m": 32768, "n": 32768}))
     assert abs(ratio - 4097 / 32768) < 0.01
+
+
+# --------------------------------------------------------------------------------------
+# fixtures and mutants: each window bug is seen on window-edges and named by the diagnosis
+# --------------------------------------------------------------------------------------
+# (name, params, mutants that must be seen and named on window-edges)
+WINDOW_CASES = [
+    ("br-window", dict(m=300, n=520, d=64, causal=False, align="bottom_right", window_left=100, window_right=20),
+     ["window-left-plus-one", "window-left-minus-one", "window-right-plus-one", "window-right-minus-one",
+      "window-misaligned", "window-ignored", "window-left-tile-skipped"]),
+    ("causal-local", dict(m=400, n=400, d=128, causal=True, align="top_left", window_left=150, window_right=-1),
+     ["window-left-plus-one", "window-left-minus-one", "window-ignored", "window-left-tile-skipped",
+      "causal-diag-excluded", "causal-missing"]),
+    ("tl-window-m>n", dict(m=520, n=300, d=64, causal=False, align="top_left", window_left=64, window_right=0),
+     ["window-left-plus-one", "window-left-minus-one", "window-right-plus-one", "window-right-minus-one",
+      "window-misaligned", "window-ignored"]),
+]
+
+
+def _window_case(params, fixture="window-edges", seed=0):
+    from stages.fmha.stage_d_fmha import StageD
+    from workbench.kernels.fixtures import get_fixture, load_fixtures
+    from workbench.kernels.stage import Params
+
+    p = Params({"batch": 1, "heads": 2, "kv_heads": 1, "dtype": "bf16", **params})
+    stage = StageD()
+    ins, outs = stage.inputs(p), stage.outputs(p)
+    fx = get_fixture(load_fixtures(ROOT / "fixtures"), fixture, ins)
+    inputs = fx.make(ins, p, seed, "cpu")
+    expected = stage.reference(inputs, p, {}, torch.float32)
+    return p, inputs, {k: v.float() for k, v in expected.items()}, outs
+
+
+@pytest.mark.parametrize("name,params,wanted", WINDOW_CASES, ids=[c[0] for c in WINDOW_CASES])
+def test_window_mutants_are_named_on_window_edges(name, params, wanted):
+    """On the window-edges fixture each window bug's output (its mutant's prediction with
+    bf16-kernel-like noise) FAILs clearly (>= 0.05 from the reference) and the diagnosis
+    names that mutant first (or a twin that lists it); the correct output, with the same
+    noise, is explained by no mutant. Also: the mutants reproduce the stage's reference
+    (calibrated) with the window."""
+    import attention_cases as A
+    from workbench.diagnose import MutantContext, diagnose, mutants_for, views_for
+    from workbench.diagnose import core
+
+    mutants = mutants_for(ROOT / "stages" / "fmha")
+    p, inputs, expected, outs = _window_case(params)
+    cx = MutantContext(inputs=inputs, expected=expected, params=p, variants={}, fixture="window-edges",
+                       views=views_for(ROOT / "stages" / "fmha"))
+    names = list(outs)
+    refc = {n: core.classify(expected[n]) for n in names}
+    ok = diagnose(A.kernel_like(expected, outs, seed=99), expected, inputs, p, {}, "window-edges", mutants)
+    assert ok.status == "ok" and not ok.explanations, ok.headline
+    cache: dict = {}
+    for i, m in enumerate(wanted):
+        pred = mutants[m].fn(cx)
+        assert "o" in pred, f"{m}: the mutants could not calibrate against the windowed reference"
+        cls = {n: core._pred_classes(core._as_pred(pred[n]), expected[n].shape, expected[n].device) for n in names if n in pred}
+        dist = core._pred_distance(cls, {}, refc, names)
+        assert dist >= 0.05, f"{name}: {m} is not clearly visible on window-edges (dist {dist:.3f})"
+        out = A.kernel_like({**expected, **pred}, outs, seed=i)
+        d = diagnose(out, expected, inputs, p, {}, "window-edges", mutants, prediction_cache=cache)
+        assert d.explanations, f"{name}: {m} not explained: {d.headline}"
+        top = d.explanations[0]
+        assert top.name == m or m in top.same_as, f"{name}: {m} explained as {top.name} (same as {top.same_as})"
