@@ -53,6 +53,12 @@ from cutlass import Float32, Int32, const_expr
 from stages.fmha import common
 
 ALIGNS = ("top_left", "bottom_right")
+#: stage D's ``mask_bug`` variant, bugs injected on purpose (the GPU proof that the diagnosis
+#: names them, stages/fmha/mutants.py): window_left_plus_one = the left edge's compare off
+#: by one (key i + offset - window_left - 1 visible, mutant window-left-plus-one);
+#: left_tile_skipped = n_min rounded up, the KV tile the left edge crosses never visited
+#: (mutant window-left-tile-skipped). Both need a left window.
+BUGS = ("none", "window_left_plus_one", "left_tile_skipped")
 
 
 # diagonal_offset, kv_tile_range and mask_steps are plain Python over DSL integers (no
@@ -70,15 +76,20 @@ class MaskSpec:
     window_left: int = -1
     window_right: int = -1
     bottom_right: bool = False
+    bug: str = "none"  # stage D's mask_bug variant (BUGS; deliberately wrong kernels)
 
     @classmethod
     def make(cls, tile_m: int, tile_n: int, causal: bool, align: str = "top_left",
-             window_left: int = -1, window_right: int = -1) -> "MaskSpec":
+             window_left: int = -1, window_right: int = -1, bug: str = "none") -> "MaskSpec":
+        if bug not in BUGS:
+            raise ValueError(f"mask bug must be one of {', '.join(BUGS)}, not {bug!r}")
         if align not in ALIGNS:
             raise ValueError(f"align must be one of {', '.join(ALIGNS)}, not {align!r}")
         if window_left < -1 or window_right < -1:
             raise ValueError(f"window_left and window_right must be >= -1 (-1: unbounded), not {window_left}, {window_right}")
-        return cls(tile_m, tile_n, int(window_left), 0 if causal else int(window_right), align == "bottom_right")
+        if bug != "none" and window_left < 0:
+            raise ValueError(f"mask_bug={bug} needs a left window (window_left >= 0)")
+        return cls(tile_m, tile_n, int(window_left), 0 if causal else int(window_right), align == "bottom_right", bug)
 
     @property
     def upper(self) -> bool:
@@ -132,6 +143,8 @@ def kv_tile_range(spec: cutlass.Constexpr, m_block: Int32, seqlen_q: Int32, seql
     if const_expr(spec.lower):
         off = diagonal_offset(spec, seqlen_q, seqlen_k)
         lo = m_block * tile_m + off - spec.window_left  # the first key the tile's first row sees
+        if const_expr(spec.bug == "left_tile_skipped"):
+            lo = lo + (tile_n - 1)  # rounded up: the edge tile is skipped (a deliberate bug)
         n_min = cutlass.min(cutlass.max(lo, 0) // tile_n, n_max - 1)
     return n_min, n_max
 

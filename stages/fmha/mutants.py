@@ -698,9 +698,16 @@ def window_left_tile_skipped(cx):
     _need(P.window_left is not None, "no left window")
     off = P.N - P.M if P.conv["align"] == "br" else 0
     i = torch.arange(P.M, device=P.device)
-    first = (i // P.tile_m) * P.tile_m + off - P.window_left  # first key of the Q tile's first row
-    floor = (first.clamp(min=0) + KV_TILE - 1) // KV_TILE * KV_TILE
-    return P.predict(o_opts={"key_floor": floor})
+    r_first = (i // P.tile_m) * P.tile_m
+    first = r_first + off - P.window_left  # first key of the Q tile's first row
+    # the kernel's last visited tile (mask.kv_tile_range), which the rounded-up n_min never passes
+    n_max = torch.full_like(i, P.T)
+    right = 0 if P.causal else P.window_right
+    if right is not None:
+        hi = r_first + P.tile_m + off + right
+        n_max = torch.minimum(n_max, (hi.clamp(min=1) + KV_TILE - 1) // KV_TILE)
+    n_min = torch.minimum((first.clamp(min=0) + KV_TILE - 1) // KV_TILE, n_max - 1)
+    return P.predict(o_opts={"key_floor": n_min * KV_TILE})
 
 
 # --------------------------------------------------------------------------------------

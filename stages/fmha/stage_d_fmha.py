@@ -157,6 +157,7 @@ class FmhaForward(FmhaForwardBase):
         align: str = "top_left",
         window_left: int = -1,
         window_right: int = -1,
+        mask_bug: str = "none",
         softmax: str = "exp",
         kv_stages=None,
         schedule: str = "auto",
@@ -202,7 +203,7 @@ class FmhaForward(FmhaForwardBase):
         # window_right = 0. two_masked: more than the first visit may need the upper mask
         # (causal 192-row Q tiles: two; bottom-right or a right window: the tiles the edge
         # crosses); left_masked: the last visits need the left-window mask
-        self.mask = mk.MaskSpec.make(self.tile_m, self.tile_n, causal, align, window_left, window_right)
+        self.mask = mk.MaskSpec.make(self.tile_m, self.tile_n, causal, align, window_left, window_right, mask_bug)
         self.two_masked = self.mask.upper_loop
         self.left_masked = self.mask.lower_loop
         # q_buffers=2: a second Q buffer lets the producer load the next work tile's Q
@@ -572,6 +573,8 @@ class FmhaForward(FmhaForwardBase):
                 lo_row_offset = row0 + off - self.mask.window_left
         elif const_expr(self.mask.lower):
             lo_row_offset = row0 - self.mask.window_left
+        if const_expr(self.mask.bug == "window_left_plus_one"):
+            lo_row_offset = lo_row_offset - 1  # a deliberate bug: one key too many on the left
         mask_fn = partial(
             mk.apply_mask,
             tScS=tScS,
@@ -900,6 +903,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "k_release": v["k_release"],
         "persistent": None if v["persistent"] == "auto" else v["persistent"],
         "q_buffers": int(v["q_buffers"]),
+        "mask_bug": v["mask_bug"],
     }
 
 
