@@ -273,3 +273,35 @@ def test_window_mutants_are_named_on_window_edges(name, params, wanted):
         assert d.explanations, f"{name}: {m} not explained: {d.headline}"
         top = d.explanations[0]
         assert top.name == m or m in top.same_as, f"{name}: {m} explained as {top.name} (same as {top.same_as})"
+
+
+@pytest.mark.parametrize("bug,mutant_name", [("left_tile_skipped", "window-left-tile-skipped"),
+                                             ("window_left_plus_one", "window-left-plus-one")])
+@pytest.mark.parametrize("d", [64, 128])
+def test_injected_bug_emulated_from_the_kernels_tile_math_is_named(bug, mutant_name, d):
+    """The GPU proof's bugs (variant mask_bug), emulated on the CPU from the kernel's own tile
+    arithmetic (mask.kv_tile_range with the bug: which KV tiles each Q tile loads; the
+    element mask one key wider for window_left_plus_one): on window-edges the diagnosis names
+    the mutant that tests/test_gpu_mask.py expects on the GPU."""
+    import attention_cases as A
+    from workbench.diagnose import diagnose, mutants_for
+
+    params = dict(m=700, n=1000, d=d, causal=False, align="bottom_right", window_left=250, window_right=64)
+    p, inputs, expected, outs = _window_case(params)
+    variants = {"mask_bug": bug, "consumers": "auto"}
+    tile_m = 192 if d == 64 else 128  # consumers=auto: 3 WGs for d = 64 non-causal
+    spec = mk.MaskSpec.make(tile_m, 128, False, "bottom_right", 250, 64, bug)
+    m, n = 700, 1000
+    allowed = visible(m, n, False, "bottom_right", 251 if bug == "window_left_plus_one" else 250, 64)
+    loaded = torch.zeros(m, n, dtype=torch.bool)
+    for mb in range(-(-m // tile_m)):
+        n_min, n_max = (int(x) for x in mk.kv_tile_range(spec, mb, m, n))
+        loaded[mb * tile_m:(mb + 1) * tile_m, n_min * 128:n_max * 128] = True
+    mask = allowed & loaded
+    q, k, v = (inputs[x].float().transpose(1, 2) for x in ("q", "k", "v"))
+    k, v = (x.repeat_interleave(2, dim=1) for x in (k, v))  # heads 2, kv_heads 1
+    o, lse = dense64(q, k, v, mask)
+    out = A.kernel_like({"o": o.transpose(1, 2).float(), "lse": lse.float()}, outs, seed=5)
+    diag = diagnose(out, expected, inputs, p, variants, "window-edges", mutants_for(ROOT / "stages" / "fmha"))
+    assert diag.explanations, diag.headline
+    assert diag.explanations[0].name == mutant_name or mutant_name in diag.explanations[0].same_as, diag.headline
