@@ -1,4 +1,4 @@
-"""Stage D: full FMHA forward on Hopper: (batch, seqlen, heads, d), causal, GQA, tails.
+"""Stage D: full FMHA forward on Hopper: (batch, seqlen, heads, d), causal, windows, GQA, tails.
 
 Shapes (flash-attn layout): q (batch, m, heads, d), k and v (batch, n, kv_heads, d), all
 with d contiguous; o like q; lse (batch, heads, m) fp32 = logsumexp(S * scale) per row.
@@ -23,13 +23,20 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
 * Tails: Q rows >= m are computed on zero rows and never stored (TMA store clipping; LSE
   stores are predicated; a consumer WG whose 64 rows all lie past m skips its store). KV
   columns >= n are masked to -inf before the softmax.
-* Causal, top-left aligned exactly as torch SDPA ``is_causal=True`` (query i sees keys
-  j <= i, also when m != n; flash-attn would align bottom-right). KV tiles past the
-  diagonal are not loaded at all (``mask.kv_tile_range``).
-* KV order: tiles are visited from the last needed one down to tile 0. Only the first
-  visited tile (128-row Q tiles) or the first two (causal 192-row Q tiles) can need masking
-  (KV tail or diagonal, see ``mask``): the mask is applied on those steps only and the
-  steady-state loop runs mask-free.
+* Masks (``mask``, compiled in): ``align`` top_left (default; torch SDPA ``is_causal``,
+  offset 0) or bottom_right (flash-attn's, offset n - m), ``window_left`` and
+  ``window_right`` (-1 unbounded): query i sees key j < n iff j >= i + offset -
+  window_left and j <= i + offset + window_right; ``causal`` is window_right = 0 (top-left
+  causal: query i sees keys j <= i, also when m != n). Rows that see no key: O = 0,
+  LSE = -inf. KV tiles no row of the Q tile sees are not loaded at all
+  (``mask.kv_tile_range``: producer and consumers walk the same n_min .. n_max - 1, at
+  least one tile, fully masked when the Q tile sees nothing).
+* KV order: tiles are visited from the last needed one (n_max - 1) down to n_min. The
+  first visits can need the upper mask (KV tail, causal diagonal or right window: one
+  tile for square causal tiles, two for causal 192-row Q tiles) and, with a left window,
+  the last visits the left one (``mask.mask_steps``): the mask is applied on those steps
+  only and the steady-state loop in between runs mask-free. ``mask_bug`` (variant)
+  injects two mask bugs on purpose (mask.BUGS).
 * Warp specialization as C: WG0 producer (one warp issues the TMA: K of the first tile,
   Q, then the K/V ring), 2 consumer WGs (setmaxnreg 240/24) or 3 (``consumers=3``,
   192-row Q tiles, 160/32: the default for d=64 non-causal) of 64 rows each; K and V rings
