@@ -305,3 +305,38 @@ def test_injected_bug_emulated_from_the_kernels_tile_math_is_named(bug, mutant_n
     diag = diagnose(out, expected, inputs, p, variants, "window-edges", mutants_for(ROOT / "stages" / "fmha"))
     assert diag.explanations, diag.headline
     assert diag.explanations[0].name == mutant_name or mutant_name in diag.explanations[0].same_as, diag.headline
+
+
+@pytest.mark.slow  # two cold sm_90a compiles of stage D
+@pytest.mark.parametrize("args", [
+    ["--d", "128", "-p", "causal=true", "-p", "align=bottom_right", "-p", "window_left=4096"],  # the speed goal's kernel
+    ["--d", "64", "-p", "causal=true", "-p", "window_left=256", "-V", "consumers=3"],  # 192-row tiles, 160 registers
+])
+def test_windowed_kernels_compile_without_spills_or_serialized_wgmma(fmha_ws, wb, args):
+    """A windowed stage D (masked steps at both ends of the KV walk) fits its registers and
+    keeps ptxas's wgmma pipelining: no spill, and WARPGROUP syncs stay at one per four HGMMA
+    or fewer, as in the default kernels (serialization puts one behind every HGMMA)."""
+    import json
+
+    proc = wb("compile", "d", *args, "--json", cwd=fmha_ws, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rec = json.loads(proc.stdout)
+    (kernel,) = rec["resources"]["kernels"]
+    assert (kernel["spill_store_bytes"], kernel["spill_load_bytes"]) == (0, 0), kernel
+    found = rec["sass"]["instructions"]
+    hgmma = sum(v for k, v in found.items() if k.startswith("HGMMA"))
+    assert hgmma and found.get("WARPGROUP", 0) * 3 <= hgmma, found
+
+
+def test_peers_refuse_masks_they_cannot_express():
+    """wb bench's SDPA peers have no sliding window and no bottom-right alignment: asked for
+    one they refuse (the bench shows the reason) instead of timing another mask."""
+    from stages.fmha import peers
+
+    q = torch.zeros(1, 64, 2, 64)
+    k = torch.zeros(1, 96, 2, 64)
+    inputs = {"q": q, "k": k, "v": k}
+    for params in ({"window_left": 16}, {"causal": True, "align": "bottom_right"}, {"window_right": 8}):
+        with pytest.raises(ValueError, match="no sliding window"):
+            peers.make_peer("sdpa-math", inputs, params)
+    assert peers._mask({"causal": True, "align": "bottom_right"}, 64, 64)[3]  # m == n: is_causal is that mask
