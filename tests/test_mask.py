@@ -340,3 +340,40 @@ def test_peers_refuse_masks_they_cannot_express():
         with pytest.raises(ValueError, match="no sliding window"):
             peers.make_peer("sdpa-math", inputs, params)
     assert peers._mask({"causal": True, "align": "bottom_right"}, 64, 64)[3]  # m == n: is_causal is that mask
+
+
+def test_gpu_verify_mask_section_plans_and_covers_the_axes():
+    """benchmarks/gpu_verify_parity.sh's mask section, read on the CPU: every `wb sweep` line
+    plans (kernel.yaml accepts each case, as `wb sweep` checks before running anything), the
+    case count in its comment is the true one, and it covers both alignments, causal both
+    ways, m < n, m == n, m > n, tails, d 64/128, bf16/fp16, GQA and MQA, a left-only, a
+    right-only and a two-sided window, (0, 0), and the injected bugs' pytest file."""
+    import re
+    import shlex
+
+    from test_gpu_verify_matrix import _parse
+    from workbench.kernels.registry import load_kernels, resolve_stage
+    from workbench.remote import sweep
+    from workbench.workspace import find_workspace
+
+    text = (ROOT / "benchmarks" / "gpu_verify_parity.sh").read_text()
+    section = text.split("    mask)", 1)[1].split(";;", 1)[0]
+    ws = find_workspace(ROOT)
+    spec = resolve_stage(ws, "d", load_kernels(ws))
+    cases = []
+    for raw in section.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("wb sweep "):
+            stage, axes, variants, _ = _parse(shlex.split(line.replace('"$T"', "60")))
+            cases += [c.params for c in sweep.plan(spec, axes, variants)]
+    stated = re.search(r"(\d+) cases", section)
+    assert stated and int(stated.group(1)) == len(cases) + 1  # + the one long `wb run`
+    values = lambda key: {p[key] for p in cases}  # noqa: E731
+    assert values("align") == {"top_left", "bottom_right"} and values("causal") == {False, True}
+    assert values("d") == {64, 128} and values("dtype") == {"bf16", "fp16"}
+    assert {(p["m"] > p["n"]) - (p["m"] < p["n"]) for p in cases} == {-1, 0, 1}
+    assert any(p["n"] % 128 for p in cases) and {1} <= values("kv_heads") and any(p["heads"] // p["kv_heads"] == 4 for p in cases)
+    windows = {(p["window_left"], p["window_right"]) for p in cases if not p["causal"]}
+    assert {(0, 0), (-1, 200), (1000, 1000)} <= windows and any(wl >= 0 and wr < 0 for wl, wr in
+                                                                 {(p["window_left"], p["window_right"]) for p in cases})
+    assert "tests/test_gpu_mask.py" in section and "window_left=4096" in section
