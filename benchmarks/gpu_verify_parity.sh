@@ -11,6 +11,39 @@ for part in ${@:-mask softcap headdim varlen}; do
   echo "=== $part"
   case $part in
     mask)
+      # align and sliding window (stages/fmha/mask.py; window values are compiled in: one compile
+      # per (d, dtype, causal, align, window_left, window_right, heads, kv_heads, variants): ~45 here).
+      # Every case runs stage D's fixtures, window-edges among them: 114 cases and the pytest file.
+      # bottom-right causal without a window: m < n (KV prefix), m == n, m > n (leading rows see no
+      # key: O = 0, LSE = -inf), tails 17 and 1000
+      wb sweep d --n 17,1000,4096 -p m=17,1000,4096 --d 64,128 --dtype bf16 -p causal=true -p align=bottom_right -p kv_heads=2 --timeout "$T"
+      wb sweep d --n 1000 -p m=300 --d 64,128 --dtype fp16 -p causal=true -p align=bottom_right --timeout "$T"
+      # windows, m == n (both alignments agree): (0,0), (128,0), (1000,0), (0,1000), (128,1000), (1000,1000)
+      wb sweep d --n 17,1000,4096 --d 64,128 --dtype bf16 -p window_left=0,128,1000 -p window_right=0,1000 -p kv_heads=2 --timeout "$T"
+      # left-unbounded right windows, and causal + left window (Mistral-style local causal)
+      wb sweep d --n 1000,4096 --d 64,128 --dtype bf16 -p window_right=200 --timeout "$T"
+      wb sweep d --n 1000,4096 --d 64,128 --dtype bf16 -p causal=true -p window_left=256,4096 -p kv_heads=2 --timeout "$T"
+      # m != n: both alignments, decode-like m < n and m > n (rows that see nothing)
+      wb sweep d --n 4096 -p m=17,1000 --d 64,128 --dtype bf16 -p align=top_left,bottom_right -p window_left=128,1000 -p window_right=0 -p kv_heads=2 --timeout "$T"
+      wb sweep d --n 1000 -p m=4096 --d 64,128 --dtype bf16 -p align=top_left,bottom_right -p window_left=128,1000 -p window_right=0 -p kv_heads=2 --timeout "$T"
+      wb sweep d --n 1000 -p m=1500 --d 64,128 --dtype bf16 -p causal=true -p align=bottom_right -p window_left=256 -p kv_heads=2 --timeout "$T"
+      # fp16, GQA (group 4) and MQA
+      wb sweep d --n 1000 -p m=700 --d 64,128 --dtype fp16 -p align=bottom_right -p window_left=256 -p window_right=64 --timeout "$T"
+      wb sweep d --n 1000,4096 --d 128 --dtype bf16 -p heads=8 -p kv_heads=2 -p causal=true -p align=bottom_right -p window_left=300 --timeout "$T"
+      wb sweep d --n 1000 -p m=600 --d 64 --dtype bf16 -p heads=6 -p kv_heads=1 -p align=bottom_right -p window_left=256 -p window_right=0 --timeout "$T"
+      # every consumer schedule / producer order / tile scheduler through the masked loops
+      wb sweep d --n 1000,4096 --d 64 --dtype bf16 -p causal=true -p align=bottom_right -p window_left=256 -V consumers=2,3 --timeout "$T"
+      wb sweep d --n 1000 --d 128 --dtype bf16 -p window_left=256 -p window_right=256 -V schedule=serial,overlap,pingpong --timeout "$T"
+      wb sweep d --n 1000 --d 64 --dtype bf16 -p window_left=128 -p window_right=0 -V kv_load=paired,k_ahead -V persistent=off,on,dynamic --timeout "$T"
+      wb sweep d --n 1000 --d 64 --dtype bf16 -p align=bottom_right -p m=700 -p window_left=100 -p window_right=7 -V softmax=identity -f identity-softmax --timeout "$T"
+      # the speed goal's shape, checked once (random, 1 seed; the lead times it with wb bench below)
+      wb run d --n 32768 --d 128 --dtype bf16 -p batch=1 -p heads=16 -p causal=true -p align=bottom_right -p window_left=4096 -f random -f window-edges --seeds 1 --timeout 300
+      # injected mask bugs: must FAIL and be named (window-left-plus-one, window-left-tile-skipped)
+      python3 -m pytest -q tests/test_gpu_mask.py
+      # speed (the lead): window 4096 at s = 32768 against full causal attention; target time within 10% of
+      # (window / s) x full. FA4 gets the same window; the SDPA peers have none (skipped).
+      # wb bench d -p n=32768 -p d=128 -p causal=true --peers fa4
+      # wb bench d -p n=32768 -p d=128 -p causal=true -p align=bottom_right -p window_left=4096 --peers fa4
       ;;
     softcap)
       # stage D's softcap c (logits -> c tanh(s / c)): 44 cases, 20 compiles; small batch/heads, tails

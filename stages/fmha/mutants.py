@@ -83,6 +83,16 @@ class Problem:
         self.scale = float(scale) if scale is not None else 1.0 / math.sqrt(self.D)
         self.causal = _truthy(param_value(cx.params, "causal", False))
         self.softcap = float(param_value(cx.params, "softcap", 0.0) or 0.0)
+        # stage D's mask (stages/fmha/mask.py): the window edges (None: unbounded; causal's
+        # right edge is the causal mode's, not the window's) and the alignment asked for
+        wl, wr = int(param_value(cx.params, "window_left", -1)), int(param_value(cx.params, "window_right", -1))
+        self.window_left = wl if wl >= 0 else None
+        self.window_right = wr if (wr >= 0 and not self.causal) else None
+        self.windowed = self.window_left is not None or self.window_right is not None
+        self.align_param = param_value(cx.params, "align")
+        # Q tile rows of stage D's kernel (64 per consumer WG; auto: 3 WGs for d = 64 non-causal)
+        consumers = (cx.variants or {}).get("consumers", "auto")
+        self.tile_m = 64 * (int(consumers) if consumers in ("2", "3") else (3 if self.D == 64 and not self.causal else 2))
         self.softmax = (cx.variants or {}).get("softmax", "exp")
         self.rescale_variant = (cx.variants or {}).get("rescale", "on")
         self.device = q.device
@@ -177,7 +187,9 @@ class Problem:
                     self.calibrated.add("p")
                     break
         if "o" in self.roles and self.v is not None:
-            aligns = ("br", "tl") if (self.causal and self.M != self.N) else ("br",)
+            aligns = ("br", "tl") if ((self.causal or self.windowed) and self.M != self.N) else ("br",)
+            if self.align_param == "top_left":
+                aligns = aligns[::-1]  # the alignment asked for first
             modes = ("scaled", "raw", "norm") if self.softmax == "identity" else ("scaled",)
             rescales = (self.conv["rescale"], not self.conv["rescale"])
             done = False
@@ -293,12 +305,18 @@ class Problem:
     # ---- O and LSE: the online-softmax loop, tile by tile -------------------------------
     def attend(self, *, kv_src=None, v_src="same", mult=1.0, subtract_max=True, rescale_o=None, rescale_l=None,
                normalize=True, perm=None, p_read=None, mask_tail=True, causal_mode=None, qg=None, kg=None, vg=None,
-               cap="tanh"):
+               cap="tanh", window="same", window_align=None, key_floor=None):
         """(O (G, M, Dv), LSE (G, M), natural log) of the simulated kernel loop.
 
         cap (softcap c > 0 only; the logits z = S·scale): "tanh" = c·tanh(z / c) (right),
         "none", "before-scale" = c·tanh(S / c)·scale, "clamp" = clamp(z, -c, c), "after-max"
         = the max taken of the raw z, then P = exp(c·tanh((z - m) / c)).
+
+        window: (left, right) key offsets of the sliding window (None: that side unbounded;
+        "same": the problem's own); row i sees keys i + off - left .. i + off + right, off
+        from ``window_align`` ("br" / "tl", default the calibrated alignment). key_floor:
+        (M,) first key each row may see at all (a tile-rounding model). A row that sees no key
+        gets O = 0 (LSE = -inf).
 
         perm: P columns the PV MMA reads within each tile (P_read[:, c] = P[:, perm[c]]);
         p_read: any function (G, M, 128) -> (G, M, 128) of the tile's P (a register hand-over
@@ -323,6 +341,8 @@ class Problem:
         off = {"br": N - M, "tl": 0, "br-strict": N - M, "tl-strict": 0}.get(causal_mode, 0)
         strict = causal_mode.endswith("strict")
         rows = torch.arange(M, device=self.device).view(M, 1)
+        wl, wr = (self.window_left, self.window_right) if window == "same" else window
+        woff = N - M if (window_align or self.conv["align"]) == "br" else 0
         identity = self.softmax == "identity"
         m = torch.full((G, M), float("-inf"), device=self.device)
         l = torch.zeros((G, M), device=self.device)
@@ -346,6 +366,11 @@ class Problem:
             if causal_mode != "off":
                 cm = (pos < rows + off) if strict else (pos <= rows + off)
                 valid = cm if valid is None else valid & cm
+            for edge in ((pos >= rows + woff - wl) if wl is not None else None,
+                         (pos <= rows + woff + wr) if wr is not None else None,
+                         (pos >= key_floor.view(M, 1)) if key_floor is not None else None):
+                if edge is not None:
+                    valid = edge if valid is None else valid & edge
             sraw = qg @ kt.transpose(1, 2)
             if identity:
                 p = sraw * (1.0 if self.conv["identity"] == "raw" else self.scale)
@@ -384,7 +409,7 @@ class Problem:
         if identity:
             o = acc / l.unsqueeze(-1) if self.conv["identity"] == "norm" else acc
             return o, torch.zeros_like(l)
-        o = acc / l.unsqueeze(-1) if normalize else acc
+        o = acc / torch.where(l == 0, torch.ones_like(l), l).unsqueeze(-1) if normalize else acc
         lse = (m + torch.log(l)) if subtract_max else torch.log(l)
         return o, lse
 
@@ -659,7 +684,72 @@ def causal_diag_excluded(cx):
 def causal_spurious(cx):
     P = problem(cx)
     _need(not P.causal, "causal")
+    _need(P.window_right is None, "a right window: see the window mutants")
     return P.predict(o_opts={"causal_mode": "br"})
+
+
+# --------------------------------------------------------------------------------------
+# sliding window (stage D's window_left / window_right, stages/fmha/mask.py)
+# --------------------------------------------------------------------------------------
+def _window_shift(left: int, right: int):
+    def fn(cx):
+        P = problem(cx)
+        _need(P.window_left is not None or not left, "no left window")
+        _need(P.window_right is not None or not right, "no right window (or causal: see causal-diag-excluded)")
+        wl = None if P.window_left is None else P.window_left + left
+        wr = None if P.window_right is None else P.window_right + right
+        return P.predict(o_opts={"window": (wl, wr)})
+
+    return fn
+
+
+for _side, _l, _r in (("left", 1, 0), ("right", 0, 1)):
+    mutant(f"window-{_side}-plus-one", f"{_side} window edge off by one, one key too many: key "
+           f"{'i + offset - window_left - 1' if _side == 'left' else 'i + offset + window_right + 1'} visible "
+           "(a < / <= mix-up in the mask, or the window size plus one)",
+           outputs=("o", "lse"), family="masking")(_window_shift(_l, _r))
+    mutant(f"window-{_side}-minus-one", f"{_side} window edge off by one, one key too few: key "
+           f"{'i + offset - window_left' if _side == 'left' else 'i + offset + window_right'} masked",
+           outputs=("o", "lse"), family="masking")(_window_shift(-_l, -_r))
+
+
+@mutant("window-misaligned", "sliding window (and causal diagonal) aligned top-left (offset 0) instead of "
+        "bottom-right (offset n - m), or the other way round, when m != n", outputs=("o", "lse"), family="masking")
+def window_misaligned(cx):
+    P = problem(cx)
+    _need(P.windowed and P.M != P.N, "needs a window and m != n")
+    other = "tl" if P.conv["align"] == "br" else "br"
+    return P.predict(o_opts={"window_align": other, "causal_mode": other if P.causal else "off"})
+
+
+@mutant("window-ignored", "sliding window not applied (window_left / window_right ignored; causal and the KV "
+        "tail still masked)", outputs=("o", "lse"), family="masking")
+def window_ignored(cx):
+    P = problem(cx)
+    _need(P.windowed, "no window")
+    return P.predict(o_opts={"window": (None, None)})
+
+
+@mutant("window-left-tile-skipped", "the KV tile the left window edge crosses is skipped wholesale: the first "
+        "visited tile rounded up (n_min = ceil instead of floor of (first row + offset - window_left) / 128), so "
+        "each Q tile's rows lose the keys of that partial tile", outputs=("o", "lse"), family="masking")
+def window_left_tile_skipped(cx):
+    import torch
+
+    P = problem(cx)
+    _need(P.window_left is not None, "no left window")
+    off = P.N - P.M if P.conv["align"] == "br" else 0
+    i = torch.arange(P.M, device=P.device)
+    r_first = (i // P.tile_m) * P.tile_m
+    first = r_first + off - P.window_left  # first key of the Q tile's first row
+    # the kernel's last visited tile (mask.kv_tile_range), which the rounded-up n_min never passes
+    n_max = torch.full_like(i, P.T)
+    right = 0 if P.causal else P.window_right
+    if right is not None:
+        hi = r_first + P.tile_m + off + right
+        n_max = torch.minimum(n_max, (hi.clamp(min=1) + KV_TILE - 1) // KV_TILE)
+    n_min = torch.minimum((first.clamp(min=0) + KV_TILE - 1) // KV_TILE, n_max - 1)
+    return P.predict(o_opts={"key_floor": n_min * KV_TILE})
 
 
 # --------------------------------------------------------------------------------------

@@ -43,6 +43,19 @@ SDPA_BACKENDS = {
 }
 
 
+def _mask(params, m: int, n: int):
+    """(align, window_left, window_right) of stage D's mask parameters (stages/fmha/mask.py);
+    window_right is 0 for causal. ``plain``: a mask SDPA's is_causal expresses (no window,
+    top-left, or bottom-right with m == n)."""
+    align = str(params.get("align") or "top_left")
+    wl = int(params.get("window_left", -1) if params.get("window_left") is not None else -1)
+    wr = int(params.get("window_right", -1) if params.get("window_right") is not None else -1)
+    if bool(params.get("causal", False)):
+        wr = 0
+    plain = wl < 0 and wr in (-1, 0) and (align == "top_left" or m == n or wr < 0)
+    return align, wl, wr, plain
+
+
 def make_peer(name: str, inputs, params):
     q, k, v = inputs["q"], inputs["k"], inputs["v"]
     causal = bool(params.get("causal", False))
@@ -50,6 +63,11 @@ def make_peer(name: str, inputs, params):
     softcap = float(params.get("softcap", 0.0) or 0.0)
     if softcap and name != "fa4":
         raise ValueError(f"peer {name} has no softcap (softcap={softcap}): only fa4 takes one")
+    m, n = q.shape[-3] if q.dim() == 4 else q.shape[-2], k.shape[-3] if k.dim() == 4 else k.shape[-2]
+    align, wl, wr, plain = _mask(params, m, n)
+    if not plain and name != "fa4":
+        # timing a peer on another (full or top-left) mask would compare unequal work
+        raise ValueError(f"{name} has no sliding window / bottom-right mask (align={align}, window=({wl}, {wr}))")
     if name in SDPA_BACKENDS:
         import torch
         import torch.nn.functional as F
@@ -72,11 +90,15 @@ def make_peer(name: str, inputs, params):
         except ImportError:
             return None
         qb, kb, vb = _as_bshd(q), _as_bshd(k), _as_bshd(v)
+        if not plain and align == "top_left" and m != n:
+            raise ValueError("fa4 aligns causal and windows bottom-right: align=top_left with m != n is another mask")
+        # FA4's window_size: None is unbounded; causal keeps its own right edge (0)
+        window = {} if plain else {"window_size": (wl if wl >= 0 else None, None if causal or wr < 0 else wr)}
 
         extra = {"softcap": softcap} if softcap else {}  # flash-attn's softcap: c tanh(s / c), s scaled
 
         def run():
-            return flash_attn_func(qb, kb, vb, softmax_scale=scale, causal=causal, **extra)
+            return flash_attn_func(qb, kb, vb, softmax_scale=scale, causal=causal, **window, **extra)
 
         run()  # the first call compiles (1-2 s): keep it out of the timing
         return run

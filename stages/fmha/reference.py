@@ -14,9 +14,12 @@ allowed (everything works on the last two dims). ``scale`` defaults to 1/sqrt(d)
 output). ``attention`` (stage C; stage D through ``attention_bshd``, its flash-attn layout
 and GQA) streams over blocks of Q and KV: its extra memory is O(b·h·m·d), never b·h·m·n.
 
-Causal masks are aligned top-left by default (torch SDPA's is_causal, the kernels'): query
-i sees keys j <= i. ``causal_align="bottom-right"`` (FlashAttention's when m != n) is the
-explicit other choice.
+Masks (``attention``'s ``causal``, ``align``, ``window_left``, ``window_right``; stage D's
+parameters of the same names, stages/fmha/mask.py): with offset = 0 (align "top_left", the
+default: torch SDPA's is_causal, the kernels') or n - m ("bottom_right": FlashAttention's),
+query i sees key j < n iff j >= i + offset - window_left (when window_left >= 0) and
+j <= i + offset + window_right (when window_right >= 0; ``causal`` is window_right = 0).
+A row that sees no key gets O = 0 and LSE = -inf.
 
 Softcap (Gemma 2; flash-attn's ``softcap``): with ``softcap`` = c > 0 the logits
 s = scale * (q . k) become c * tanh(s / c) before the mask and the softmax (``capped``);
@@ -110,16 +113,69 @@ MIN_BLOCK_BYTES = 1 << 20
 MIN_BLOCK_ROWS = 64
 
 CAUSAL_ALIGNS = ("top-left", "bottom-right")
+#: stage D's spelling of the two alignments (kernel.yaml's ``align``), same order
+ALIGNS = ("top_left", "bottom_right")
 
 
 def causal_offset(m: int, n: int, align: str) -> int:
-    """Key j is visible to query i iff j <= i + causal_offset(m, n, align).
+    """Key j is visible to query i iff j <= i + causal_offset(m, n, align) (causal).
 
-    top-left (torch's is_causal, the stages'): 0. bottom-right (FlashAttention's when
-    m != n): n - m."""
-    if align not in CAUSAL_ALIGNS:
-        raise ValueError(f"causal_align must be one of {', '.join(CAUSAL_ALIGNS)}, not {align!r}")
-    return 0 if align == "top-left" else n - m
+    top-left / top_left (torch's is_causal, the stages' default): 0. bottom-right /
+    bottom_right (FlashAttention's when m != n): n - m."""
+    if align not in CAUSAL_ALIGNS + ALIGNS:
+        raise ValueError(
+            f"causal_align (align) must be one of {', '.join(ALIGNS)} (or {', '.join(CAUSAL_ALIGNS)}), not {align!r}"
+        )
+    return 0 if align in ("top-left", "top_left") else n - m
+
+
+class Window:
+    """The mask of one (m, n) problem: key j visible to query i iff 0 <= j < n and
+    lo_i <= j <= hi_i, lo_i = i + offset - left (left >= 0, else 0), hi_i = i + offset +
+    right (right >= 0, else n - 1). ``None`` stands for no mask at all."""
+
+    def __init__(self, offset: int, left: int, right: int):
+        self.offset, self.left, self.right = offset, left, right
+
+    @classmethod
+    def make(cls, m: int, n: int, causal: bool, align: str, window_left: int = -1, window_right: int = -1):
+        """The Window of these parameters (``None`` when every row sees every key)."""
+        offset = causal_offset(m, n, align)  # checks align even when nothing is masked
+        if window_left < -1 or window_right < -1:
+            raise ValueError(f"window_left and window_right must be >= -1 (-1: unbounded), not {window_left}, {window_right}")
+        right = 0 if causal else window_right
+        if window_left < 0 and right < 0:
+            return None
+        return cls(offset, window_left, right)
+
+    def lo(self, i: int) -> int:
+        """First key row i may see (may be < 0 or >= n)."""
+        return i + self.offset - self.left if self.left >= 0 else 0
+
+    def hi(self, i: int, n: int) -> int:
+        """Last key row i may see, at most n - 1 (may be < 0)."""
+        return min(n - 1, i + self.offset + self.right) if self.right >= 0 else n - 1
+
+    def hidden(self, i0, i1, j0, j1, device):
+        """(i1 - i0, j1 - j0) bool: True where key j is outside query i's window."""
+        import torch
+
+        i = torch.arange(i0, i1, device=device)[:, None]
+        j = torch.arange(j0, j1, device=device)[None, :]
+        out = torch.zeros(i1 - i0, j1 - j0, dtype=torch.bool, device=device)
+        if self.right >= 0:
+            out |= j > i + self.offset + self.right
+        if self.left >= 0:
+            out |= j < i + self.offset - self.left
+        return out
+
+
+def visible_pairs(m: int, n: int, *, align: str = "top_left", window_left: int = -1, window_right: int = -1) -> int:
+    """How many (query, key) pairs the mask lets through (causal: window_right = 0)."""
+    w = Window.make(m, n, False, align, window_left, window_right)
+    if w is None:
+        return m * n
+    return sum(max(0, w.hi(i, n) - max(0, w.lo(i)) + 1) for i in range(m))
 
 
 def block_shape(batch: int, m: int, n: int, dv: int, elem_bytes: int) -> tuple[int, int]:
@@ -142,6 +198,9 @@ def attention(
     softmax: str = "exp",
     causal: bool = False,
     causal_align: str = "top-left",
+    align: Optional[str] = None,
+    window_left: int = -1,
+    window_right: int = -1,
     scale: Optional[float] = None,
     softcap: float = 0.0,
     block: Optional[tuple[int, int]] = None,
@@ -158,14 +217,18 @@ def attention(
     ``softmax="identity"``: O = (Q K^T scale) V (S in compute_dtype, PV accumulated in
     fp32 or wider), LSE = 0 in fp32.
 
+    Mask (the module docstring): ``align`` (top_left | bottom_right; ``causal_align``,
+    top-left | bottom-right, is its older name, used when ``align`` is None), ``causal``
+    (window_right = 0), ``window_left``, ``window_right`` (-1: unbounded). A row that sees
+    no key (bottom-right with m > n, a window outside [0, n)) gets O = 0 and LSE = -inf.
+    Low precision with a window or a non-top-left causal mask: SDPA per block of Q rows on the
+    keys that block can see, with an explicit boolean mask (never an m x n mask).
+
     ``softcap`` = c > 0: every logit s = Q K^T scale becomes c tanh(s / c) (before the mask;
     identity: O = capped(S) V). SDPA has no softcap, so the bf16/fp16 calibration of O is
     then flash attention's arithmetic in torch: capped logits and softmax in fp32, the
     unnormalised P rounded to the dtype before P V (fp32 accumulation), O rounded to the
     dtype (what SDPA's flash backend does without a softcap).
-
-    ``causal``: key j visible to query i iff j <= i + causal_offset(m, n, causal_align).
-    A row that sees no key (bottom-right with m > n) gets O = 0 and LSE = -inf.
     ``block``: (Q rows, K rows) of one S block; default ``block_shape``.
     """
     import torch
@@ -174,22 +237,21 @@ def attention(
         raise ValueError(f"softmax must be 'exp' or 'identity', not {softmax!r}")
     softcap = check_softcap(softcap)
     m, n = q.shape[-2], k.shape[-2]
-    offset = causal_offset(m, n, causal_align)  # checks causal_align even when not causal
-    offset = offset if causal else None
+    window = Window.make(m, n, causal, causal_align if align is None else align, window_left, window_right)
     scale = default_scale(q.shape[-1]) if scale is None else scale
     lowp = compute_dtype in (torch.bfloat16, torch.float16)
     acc_dtype = torch.float32 if lowp else compute_dtype
     with _no_tf32():
         if softmax == "identity":
-            o = _identity_stream(q, k, v, compute_dtype, acc_dtype, scale, offset, block, softcap)
+            o = _identity_stream(q, k, v, compute_dtype, acc_dtype, scale, window, block, softcap)
             return o.to(compute_dtype), torch.zeros(o.shape[:-1], dtype=torch.float32, device=o.device)
         if lowp and softcap:
-            o, lse = _online_softmax(q, k, v, torch.float32, scale, offset, block, softcap, p_dtype=compute_dtype)
+            o, lse = _online_softmax(q, k, v, torch.float32, scale, window, block, softcap, p_dtype=compute_dtype)
             return o.to(compute_dtype), lse
         if lowp:
-            _, lse = _online_softmax(q, k, None, torch.float32, scale, offset, block)
-            return _sdpa(q, k, v, compute_dtype, scale, offset), lse
-        return _online_softmax(q, k, v, compute_dtype, scale, offset, block, softcap)
+            _, lse = _online_softmax(q, k, None, torch.float32, scale, window, block)
+            return _sdpa(q, k, v, compute_dtype, scale, window), lse
+        return _online_softmax(q, k, v, compute_dtype, scale, window, block, softcap)
 
 
 def attention_bshd(
@@ -201,14 +263,17 @@ def attention_bshd(
     softmax: str = "exp",
     causal: bool = False,
     causal_align: str = "top-left",
+    align: Optional[str] = None,
+    window_left: int = -1,
+    window_right: int = -1,
     softcap: float = 0.0,
 ) -> "tuple[torch.Tensor, torch.Tensor]":
     """``attention`` for flash-attn-layout inputs: q (batch, m, heads, d), k and v (batch, n,
     kv_heads, d) -> (O (batch, m, heads, d), LSE (batch, heads, m)).
 
     GQA by repeating each kv head heads/kv_heads times (q head h <- kv head h // group, as
-    repeat_interleave and flash-attn do). Precision, memory, ``causal`` and ``softcap`` as
-    ``attention``.
+    repeat_interleave and flash-attn do). Precision, memory, the mask (``causal``,
+    ``align``, ``window_left``, ``window_right``) and ``softcap`` as ``attention``.
     """
     heads, kv_heads = q.shape[2], k.shape[2]
     group = heads // kv_heads
@@ -216,9 +281,8 @@ def attention_bshd(
     kt, vt = k.transpose(1, 2), v.transpose(1, 2)
     if group > 1:
         kt, vt = kt.repeat_interleave(group, dim=1), vt.repeat_interleave(group, dim=1)
-    o, lse = attention(
-        qt, kt, vt, compute_dtype, softmax=softmax, causal=causal, causal_align=causal_align, softcap=softcap
-    )
+    o, lse = attention(qt, kt, vt, compute_dtype, softmax=softmax, causal=causal, causal_align=causal_align,
+                       align=align, window_left=window_left, window_right=window_right, softcap=softcap)
     return o.transpose(1, 2), lse
 
 
@@ -229,27 +293,32 @@ def _heads(x: "torch.Tensor", dtype: "torch.dtype") -> "torch.Tensor":
     return x.to(dtype, memory_format=torch.contiguous_format).reshape(-1, *x.shape[-2:])
 
 
-def _blocks(m, n, dv, elem_bytes, batch, offset, block):
-    """(i0, i1, [(j0, j1, masked)]) for each Q block: KV blocks entirely above the causal
-    diagonal are left out, those crossing it are ``masked``; rows that see no key at all
-    (i + offset < 0) are in no block."""
+def _first_row(m, n, window):
+    """The first row that sees a key when rows before it see none (bottom-right, m > n);
+    rows that see none elsewhere are handled by the blocks themselves."""
+    if window is None or window.right < 0:
+        return 0
+    return min(m, max(0, -(window.offset + window.right)))
+
+
+def _blocks(m, n, dv, elem_bytes, batch, window, block):
+    """(i0, i1, [(j0, j1, masked)]) for each Q block: KV blocks no row of the block sees
+    are left out, those an edge of the window crosses are ``masked``; leading rows that see
+    no key at all (``_first_row``) are in no block, and a block whose rows see nothing has
+    no KV block."""
     bm, bn = block or block_shape(batch, m, n, dv, elem_bytes)
-    first = 0 if offset is None else min(m, max(0, -offset))
-    for i0 in range(first, m, bm):
+    for i0 in range(_first_row(m, n, window), m, bm):
         i1 = min(m, i0 + bm)
-        end = n if offset is None else min(n, i1 + offset)
-        kv = [(j0, min(end, j0 + bn), offset is not None and min(end, j0 + bn) - 1 > i0 + offset)
-              for j0 in range(0, end, bn)]
+        if window is None:
+            yield i0, i1, [(j0, min(n, j0 + bn), False) for j0 in range(0, n, bn)]
+            continue
+        start, end = max(0, window.lo(i0)), window.hi(i1 - 1, n) + 1
+        kv = []
+        for j0 in range(start, end, bn):
+            j1 = min(end, j0 + bn)
+            masked = (window.right >= 0 and j1 - 1 > window.hi(i0, n)) or (window.left >= 0 and j0 < window.lo(i1 - 1))
+            kv.append((j0, j1, masked))
         yield i0, i1, kv
-
-
-def _hidden(i0, i1, j0, j1, offset, device):
-    """(i1 - i0, j1 - j0) bool: True where key j is after query i's causal limit."""
-    import torch
-
-    i = torch.arange(i0, i1, device=device)[:, None]
-    j = torch.arange(j0, j1, device=device)[None, :]
-    return j > i + offset
 
 
 def _scores(q, k, scale):
@@ -260,7 +329,7 @@ def _scores(q, k, scale):
     return torch.baddbmm(q.new_zeros(()), q, k.mT, beta=0, alpha=scale)
 
 
-def _online_softmax(q, k, v, dtype, scale, offset, block, softcap=0.0, p_dtype=None):
+def _online_softmax(q, k, v, dtype, scale, window, block, softcap=0.0, p_dtype=None):
     """(O, LSE) in ``dtype`` (O is None when ``v`` is None: LSE only), one S block at a time.
     ``p_dtype``: the unnormalised P is rounded to it before P V (a kernel's PV operand)."""
     import torch
@@ -271,32 +340,38 @@ def _online_softmax(q, k, v, dtype, scale, offset, block, softcap=0.0, p_dtype=N
     batch, dv = q3.shape[0], (k3 if v3 is None else v3).shape[-1]
     o = None if v3 is None else torch.zeros(batch, m, dv, dtype=dtype, device=q.device)
     lse = torch.full((batch, m), float("-inf"), dtype=dtype, device=q.device)
-    for i0, i1, kv in _blocks(m, k3.shape[1], dv, q3.element_size(), batch, offset, block):
+    for i0, i1, kv in _blocks(m, k3.shape[1], dv, q3.element_size(), batch, window, block):
         row_max = torch.full((batch, i1 - i0), float("-inf"), dtype=dtype, device=q.device)
         row_sum = torch.zeros_like(row_max)
         acc = None if v3 is None else torch.zeros(batch, i1 - i0, dv, dtype=dtype, device=q.device)
         for j0, j1, masked in kv:
             s = capped(_scores(q3[:, i0:i1], k3[:, j0:j1], scale), softcap)
             if masked:
-                s.masked_fill_(_hidden(i0, i1, j0, j1, offset, q.device), float("-inf"))
-            # the first KV block holds key 0, which every row in a block sees: row_max is
-            # finite from then on, so no exp(-inf - -inf)
-            new_max = torch.maximum(row_max, s.amax(dim=-1))
-            alpha = (row_max - new_max).exp_()
-            p = s.sub_(new_max[..., None]).exp_()
+                s.masked_fill_(window.hidden(i0, i1, j0, j1, q.device), float("-inf"))
+                # a row may see nothing in this block (nor before it): subtract 0, not -inf,
+                # so that it gets p = 0 and alpha = exp(-inf) = 0 instead of NaN
+                new_max = torch.maximum(row_max, s.amax(dim=-1))
+                safe = torch.where(new_max == float("-inf"), torch.zeros_like(new_max), new_max)
+            else:
+                # a block without mask: every row sees each of its keys, row_max is finite
+                new_max = safe = torch.maximum(row_max, s.amax(dim=-1))
+            alpha = (row_max - safe).exp_()
+            p = s.sub_(safe[..., None]).exp_()
             row_sum.mul_(alpha).add_(p.sum(dim=-1))
             if acc is not None:
                 pv = p if p_dtype is None else p.to(p_dtype).to(dtype)
                 acc.mul_(alpha[..., None]).baddbmm_(pv, v3[:, j0:j1])
             row_max = new_max
-        lse[:, i0:i1] = row_max + row_sum.log()
+        lse[:, i0:i1] = row_max + row_sum.log()  # a row that saw no key: -inf + log 0 = -inf
         if o is not None:
+            if window is not None:
+                row_sum = torch.where(row_sum == 0, torch.ones_like(row_sum), row_sum)  # O = 0 / 1, not 0 / 0
             o[:, i0:i1] = acc.div_(row_sum[..., None])
     lse = lse.reshape(*lead, m)
     return (None if o is None else o.reshape(*lead, m, dv)), lse
 
 
-def _identity_stream(q, k, v, dtype, acc_dtype, scale, offset, block, softcap=0.0):
+def _identity_stream(q, k, v, dtype, acc_dtype, scale, window, block, softcap=0.0):
     """O = capped(Q K^T scale) V with S in ``dtype`` and the PV sums in ``acc_dtype``."""
     import torch
 
@@ -304,17 +379,21 @@ def _identity_stream(q, k, v, dtype, acc_dtype, scale, offset, block, softcap=0.
     q3, k3, v3 = _heads(q, dtype), _heads(k, dtype), _heads(v, acc_dtype)
     batch, dv = q3.shape[0], v3.shape[-1]
     o = torch.zeros(batch, m, dv, dtype=acc_dtype, device=q.device)
-    for i0, i1, kv in _blocks(m, k3.shape[1], dv, q3.element_size(), batch, offset, block):
+    for i0, i1, kv in _blocks(m, k3.shape[1], dv, q3.element_size(), batch, window, block):
         acc = o[:, i0:i1]
         for j0, j1, masked in kv:
             s = capped(_scores(q3[:, i0:i1], k3[:, j0:j1], scale), softcap)
             if masked:
-                s.masked_fill_(_hidden(i0, i1, j0, j1, offset, q.device), 0.0)
+                s.masked_fill_(window.hidden(i0, i1, j0, j1, q.device), 0.0)
             acc.baddbmm_(s.to(acc_dtype), v3[:, j0:j1])
     return o.reshape(*lead, m, dv)
 
 
-def _sdpa(q, k, v, dtype, scale, offset):
+#: Q rows per SDPA call of the windowed low-precision reference
+SDPA_WINDOW_ROWS = 512
+
+
+def _sdpa(q, k, v, dtype, scale, window):
     """O of torch's fused low-precision attention (4-D so that CUDA picks a fused backend,
     as a user's bf16 call would; 2-D inputs would fall back to the unfused math path).
     Rows that see no key are left out of the call and get O = 0."""
@@ -322,7 +401,10 @@ def _sdpa(q, k, v, dtype, scale, offset):
     import torch.nn.functional as F
 
     m, n = q.shape[-2], k.shape[-2]
-    first = 0 if offset is None else min(m, max(0, -offset))
+    if window is not None and (window.left >= 0 or window.right != 0):
+        return _sdpa_window(q, k, v, dtype, scale, window)
+    offset = None if window is None else window.offset
+    first = _first_row(m, n, window)
     q4, k4, v4 = (_as_4d(x.to(dtype)) for x in (q[..., first:, :], k, v))
     mask, is_causal = None, False
     if offset is not None:
@@ -337,6 +419,30 @@ def _sdpa(q, k, v, dtype, scale, offset):
         o[..., first:, :] = F.scaled_dot_product_attention(
             q4, k4, v4, attn_mask=mask, is_causal=is_causal, scale=scale
         ).reshape(*q.shape[:-2], m - first, v.shape[-1])
+    return o
+
+
+def _sdpa_window(q, k, v, dtype, scale, window):
+    """``_sdpa`` for a windowed mask: per block of SDPA_WINDOW_ROWS query rows, SDPA on the
+    keys that block can see with an explicit boolean mask; rows that see no key get O = 0."""
+    import torch
+    import torch.nn.functional as F
+
+    m, n = q.shape[-2], k.shape[-2]
+    o = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=dtype, device=q.device)
+    for i0 in range(0, m, SDPA_WINDOW_ROWS):
+        i1 = min(m, i0 + SDPA_WINDOW_ROWS)
+        start, end = max(0, window.lo(i0)), window.hi(i1 - 1, n) + 1
+        if start >= end:
+            continue
+        hidden = window.hidden(i0, i1, start, end, q.device)
+        seen = ~hidden.all(dim=1)  # rows that see some key of the block's range
+        if not bool(seen.any()):
+            continue
+        rows = torch.arange(i0, i1, device=q.device)[seen]
+        q4, k4, v4 = (_as_4d(x.to(dtype)) for x in (q[..., rows, :], k[..., start:end, :], v[..., start:end, :]))
+        out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=~hidden[seen], scale=scale)
+        o[..., rows, :] = out.reshape(*q.shape[:-2], len(rows), v.shape[-1])
     return o
 
 

@@ -1,4 +1,4 @@
-"""Stage D: full FMHA forward on Hopper: (batch, seqlen, heads, d), causal, GQA, tails.
+"""Stage D: full FMHA forward on Hopper: (batch, seqlen, heads, d), causal, windows, GQA, tails.
 
 Shapes (flash-attn layout): q (batch, m, heads, d), k and v (batch, n, kv_heads, d), all
 with d contiguous; o like q; lse (batch, heads, m) fp32 = logsumexp(S * scale) per row.
@@ -23,13 +23,20 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
 * Tails: Q rows >= m are computed on zero rows and never stored (TMA store clipping; LSE
   stores are predicated; a consumer WG whose 64 rows all lie past m skips its store). KV
   columns >= n are masked to -inf before the softmax.
-* Causal, top-left aligned exactly as torch SDPA ``is_causal=True`` (query i sees keys
-  j <= i, also when m != n; flash-attn would align bottom-right). KV tiles past the
-  diagonal are not loaded at all (``mask.kv_tile_range``).
-* KV order: tiles are visited from the last needed one down to tile 0. Only the first
-  visited tile (128-row Q tiles) or the first two (causal 192-row Q tiles) can need masking
-  (KV tail or diagonal, see ``mask``): the mask is applied on those steps only and the
-  steady-state loop runs mask-free.
+* Masks (``mask``, compiled in): ``align`` top_left (default; torch SDPA ``is_causal``,
+  offset 0) or bottom_right (flash-attn's, offset n - m), ``window_left`` and
+  ``window_right`` (-1 unbounded): query i sees key j < n iff j >= i + offset -
+  window_left and j <= i + offset + window_right; ``causal`` is window_right = 0 (top-left
+  causal: query i sees keys j <= i, also when m != n). Rows that see no key: O = 0,
+  LSE = -inf. KV tiles no row of the Q tile sees are not loaded at all
+  (``mask.kv_tile_range``: producer and consumers walk the same n_min .. n_max - 1, at
+  least one tile, fully masked when the Q tile sees nothing).
+* KV order: tiles are visited from the last needed one (n_max - 1) down to n_min. The
+  first visits can need the upper mask (KV tail, causal diagonal or right window: one
+  tile for square causal tiles, two for causal 192-row Q tiles) and, with a left window,
+  the last visits the left one (``mask.mask_steps``): the mask is applied on those steps
+  only and the steady-state loop in between runs mask-free. ``mask_bug`` (variant)
+  injects two mask bugs on purpose (mask.BUGS).
 * Softcap (Gemma 2; flash-attn's ``softcap``), parameter ``softcap`` = c >= 0, compile-time
   (0 = off: the kernel is the one without it, PTX identical): each logit s = scale (q . k)
   becomes c tanh(s / c) before the mask and the softmax, so P = softmax(c tanh(s / c)) and
@@ -90,7 +97,7 @@ from stages.fmha import softmax as sm
 from stages.fmha import tile_scheduler as ts
 from stages.fmha.fmha_base import FmhaForwardBase, trace_print
 from workbench.compile.probe import probe
-from workbench.kernels.stage import Params, Stage, TensorSpec
+from workbench.kernels.stage import Params, Stage, TensorSpec, param_value
 
 
 #: registers per thread (consumer, producer) by consumer WG count: 64K registers per SM
@@ -164,6 +171,10 @@ class FmhaForward(FmhaForwardBase):
         kv_heads: int,
         *,
         causal: bool = False,
+        align: str = "top_left",
+        window_left: int = -1,
+        window_right: int = -1,
+        mask_bug: str = "none",
         softmax: str = "exp",
         kv_stages=None,
         schedule: str = "auto",
@@ -207,8 +218,13 @@ class FmhaForward(FmhaForwardBase):
         self.lpt = tile_order == "lpt" or (tile_order == "auto" and causal)
         # round robin over the natural order: tile coordinates advance without division
         self.walk = self.persistent and not self.dynamic and not self.lpt
-        # causal 192-row Q tiles: the first two visited KV tiles may need the mask (mask.py)
-        self.two_masked = causal and self.tile_m != self.tile_n
+        # the mask (mask.py): alignment and window as compile-time constants; causal is
+        # window_right = 0. two_masked: more than the first visit may need the upper mask
+        # (causal 192-row Q tiles: two; bottom-right or a right window: the tiles the edge
+        # crosses); left_masked: the last visits need the left-window mask
+        self.mask = mk.MaskSpec.make(self.tile_m, self.tile_n, causal, align, window_left, window_right, mask_bug)
+        self.two_masked = self.mask.upper_loop
+        self.left_masked = self.mask.lower_loop
         # q_buffers=2: a second Q buffer lets the producer load the next work tile's Q
         # while this one's last steps run (persistent CTAs only; costs a Q tile of smem)
         assert q_buffers in (1, 2), q_buffers
@@ -398,14 +414,14 @@ class FmhaForward(FmhaForwardBase):
     ):
         """The producer's share of the work tile (m_block, head, batch); returns the ring
         states after it."""
-        n_max = mk.kv_tile_range(m_block, seqlen_k, self.tile_m, self.tile_n, self.causal)
+        n_min, n_max = mk.kv_tile_range(self.mask, m_block, mQ.shape[0], seqlen_k)
         head_kv = head // self.qhead_per_kvhead
         gQ = cute.local_tile(mQ[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
         gK = cute.local_tile(mK[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))  # (128, d, ceil(n/128))
         gV = cute.local_tile(mV[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))
         return self.produce_d(
             tma_atom_q, tma_atom_k, tma_atom_v, gQ, gK, gV, sQ, sK, sV,
-            pipeline_q, pipeline_k, pipeline_v, q_state, kv_state, m_block, n_max, stamp,
+            pipeline_q, pipeline_k, pipeline_v, q_state, kv_state, m_block, n_max, stamp, n_min,
         )
 
     @cute.jit
@@ -417,12 +433,12 @@ class FmhaForward(FmhaForwardBase):
     ) -> pipeline.PipelineState:
         """One consumer WG's share of the work tile (m_block, head, batch); returns the K/V
         ring state after it."""
-        n_max = mk.kv_tile_range(m_block, seqlen_k, self.tile_m, self.tile_n, self.causal)
+        n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
         gO = cute.local_tile(mO[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
         return self.consume_d(
             tiled_mma_qk, tiled_mma_pv, tma_atom_o, gO, mLSE[batch, head, None], sQ, sK, sV, sO,
             pipeline_q, pipeline_k, pipeline_v, kv_state, q_buf, q_phase, regs,
-            tidx, wg, m_block, n_max, seqlen_q, seqlen_k, stamp,
+            tidx, wg, m_block, n_max, seqlen_q, seqlen_k, stamp, n_min,
         )
 
     def consumer_registers(self, tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg):
@@ -457,9 +473,11 @@ class FmhaForward(FmhaForwardBase):
         m_block: Int32,
         n_max: Int32,
         stamp: cutlass.Constexpr = no_stamp,
+        n_min=0,
     ):
         """Warp 0 of WG0, one work tile: K_{n_max - 1}, the Q halves, then the other K_j,
-        V_j down to j = 0. Returns the ring states after it."""
+        V_j down to j = n_min (``mask.kv_tile_range``: the consumers visit the same
+        n_max - n_min >= 1 tiles). Returns the ring states after it."""
         tQsQ, tQgQ = common.tma_partition_tile(tma_atom_q, sQ, gQ)
         tKsK, tKgK = common.tma_partition_tile(tma_atom_k, sK, gK)
         tVsV, tVgV = common.tma_partition_tile(tma_atom_v, sV, gV)
@@ -487,22 +505,25 @@ class FmhaForward(FmhaForwardBase):
             )
             q_state.advance()
         stamp(2)
+        n_steps = n_max
+        if const_expr(self.left_masked):
+            n_steps = n_max - n_min
         if const_expr(self.kv_load == "paired"):
             load_v(kv_state, n_max - 1)
             kv_state.advance()
-            for i in cutlass.range(1, n_max, unroll=1):
+            for i in cutlass.range(1, n_steps, unroll=1):
                 load_k(kv_state, n_max - 1 - i)
                 load_v(kv_state, n_max - 1 - i)
                 kv_state.advance()
         else:
             # k_ahead: K of the next tile before V of this one, the order the overlap
             # schedules consume them in (S_i = Q K_i^T is issued with O += P_{i-1} V_{i-1})
-            for i in cutlass.range(n_max - 1, unroll=1):
+            for i in cutlass.range(n_steps - 1, unroll=1):
                 kv_prev = kv_state.clone()
                 kv_state.advance()
                 load_k(kv_state, n_max - 2 - i)
                 load_v(kv_prev, n_max - 1 - i)
-            load_v(kv_state, 0)
+            load_v(kv_state, n_min)
             kv_state.advance()
         stamp(3)
         return q_state, kv_state
@@ -547,9 +568,11 @@ class FmhaForward(FmhaForwardBase):
         seqlen_q: Int32,
         seqlen_k: Int32,
         stamp: cutlass.Constexpr = no_stamp,
+        n_min=0,
     ) -> pipeline.PipelineState:
-        """One consumer WG, one work tile (its 64 Q rows); returns the K/V ring state after
-        it. ``q_buf``, ``q_phase``: the Q buffer of this work tile (0 unless ``q_buffers=2``) and
+        """One consumer WG, one work tile (its 64 Q rows), KV tiles n_max - 1 down to n_min
+        (``mask``: the first n_up and, with a left window, the visits from n_lo on masked);
+        returns the K/V ring state after it. ``q_buf``, ``q_phase``: the Q buffer of this work tile (0 unless ``q_buffers=2``) and
         its phase (parity of the buffer's uses); ``regs``:
         ``consumer_registers``, made once per CTA."""
         tidx_wg = tidx % common.WG_THREADS
@@ -562,16 +585,35 @@ class FmhaForward(FmhaForwardBase):
         tScS = thr_qk.partition_C(cute.make_identity_tensor((self.wg_rows, self.tile_n)))
         probe("tScS", tScS)
         t0ScS = tiled_mma_qk.get_slice(0).partition_C(cute.make_identity_tensor((self.wg_rows, self.tile_n)))
-        # the first n_masked visited tiles (n_max - 1 downwards) need the tail / causal mask
-        n_masked = mk.masked_visits(m_block, n_max, self.tile_m, self.tile_n, self.causal)
+        # the first n_masked visited tiles (n_max - 1 downwards) need the tail / upper mask,
+        # with a left window the visits n_lo .. n_steps - 1 the left one (mask.mask_steps)
+        n_masked, n_lo = mk.mask_steps(self.mask, m_block, n_min, n_max, seqlen_q, seqlen_k)
+        n_steps = n_max
+        if const_expr(self.left_masked):
+            n_steps = n_max - n_min
+        # the upper edge of row r is r + row_offset (plain causal: row0, as ever), the left
+        # one r + lo_row_offset
+        row_offset = row0
+        lo_row_offset = None
+        if const_expr(not self.mask.plain_causal):
+            off = mk.diagonal_offset(self.mask, seqlen_q, seqlen_k)
+            if const_expr(self.mask.upper):
+                row_offset = row0 + off + self.mask.window_right
+            if const_expr(self.mask.lower):
+                lo_row_offset = row0 + off - self.mask.window_left
+        elif const_expr(self.mask.lower):
+            lo_row_offset = row0 - self.mask.window_left
+        if const_expr(self.mask.bug == "window_left_plus_one"):
+            lo_row_offset = lo_row_offset - 1  # a deliberate bug: one key too many on the left
         mask_fn = partial(
             mk.apply_mask,
             tScS=tScS,
             t0ScS=t0ScS,
-            row_offset=row0,
+            row_offset=row_offset,
             seqlen_k=seqlen_k,
-            causal=self.causal,
+            causal=self.mask.upper,
             fill=self.mask_fill,
+            lo_row_offset=lo_row_offset,
         )
 
         q_slot = wg
@@ -593,13 +635,20 @@ class FmhaForward(FmhaForwardBase):
                 for i in cutlass.range(1, n_masked, unroll=1):
                     col_offset = (n_max - 1 - i) * self.tile_n
                     kv_state = step(kv_state, is_first=False, mask_fn=partial(mask_fn, col_offset=col_offset))
-            for i in cutlass.range(n_masked, n_max, unroll=1):
-                kv_state = step(kv_state, is_first=False)
+            if const_expr(self.left_masked):
+                for i in cutlass.range(n_masked, n_lo, unroll=1):
+                    kv_state = step(kv_state, is_first=False)
+                for i in cutlass.range(n_lo, n_steps, unroll=1):
+                    col_offset = (n_max - 1 - i) * self.tile_n
+                    kv_state = step(kv_state, is_first=False, mask_fn=partial(mask_fn, col_offset=col_offset))
+            else:
+                for i in cutlass.range(n_masked, n_max, unroll=1):
+                    kv_state = step(kv_state, is_first=False)
         else:
             kv_state = self.consume_overlap(
                 kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
                 tOrP, acc_O, acc_S_shape, softmax, row_scale, mask_fn, wg, n_max, n_masked,
-                partial(pipeline_q.consumer_release, q_state), stamp,
+                partial(pipeline_q.consumer_release, q_state), stamp, n_lo=n_lo, n_steps=n_steps,
             )
         if const_expr(self.schedule == "serial"):
             pipeline_q.consumer_release(q_state)
@@ -692,8 +741,10 @@ class FmhaForward(FmhaForwardBase):
         i: Int32,
         n_max: Int32,
         mask_fn: cutlass.Constexpr = None,
+        n_steps=None,
     ) -> pipeline.PipelineState:
-        """Steady-state step i (1 <= i < n_max in visit order). On entry ``kv_state`` is
+        """Steady-state step i (1 <= i < n_steps in visit order: tile n_max - 1 - i; n_steps
+        = n_max - n_min, None: n_max). On entry ``kv_state`` is
         the ring slot of tile i - 1, whose P is in ``tOrP`` and alpha in ``row_scale``; on
         exit the slot of tile i, whose P is in ``tOrP`` and alpha in ``row_scale``.
 
@@ -725,7 +776,10 @@ class FmhaForward(FmhaForwardBase):
         wgmma_issue(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_prev.index], False)
         if const_expr(self.schedule == "pingpong"):
             # the last WG's last arrive would meet no sync (WG 0 started on its own arrive)
-            if wg < self.num_consumer_wg - 1 or i < n_max - 1:
+            last = n_max
+            if const_expr(n_steps is not None):
+                last = n_steps
+            if wg < self.num_consumer_wg - 1 or i < last - 1:
                 self.sched_arrive(wg)
         warpgroup.wait_group(1)  # S_i ready; the PV MMA may still run
         if const_expr(self.k_release == "early"):
@@ -779,15 +833,21 @@ class FmhaForward(FmhaForwardBase):
         n_masked: Int32,
         release_q: cutlass.Constexpr,
         stamp: cutlass.Constexpr = no_stamp,
+        n_lo=None,
+        n_steps=None,
     ) -> pipeline.PipelineState:
-        """All n_max KV tiles of one consumer WG, the QK^T MMA and the softmax of tile i
-        overlapping the PV MMA of tile i - 1 (see ``overlap_tile``). Prologue: the first
-        visited tile n_max - 1 (the only one that can need a mask): S, mask, softmax, P.
+        """All KV tiles of one consumer WG (n_steps of them from tile n_max - 1 down;
+        n_steps None: n_max), the QK^T MMA and the softmax of tile i overlapping the PV MMA
+        of tile i - 1 (see ``overlap_tile``). Prologue: the first visited tile n_max - 1
+        (always masked): S, mask, softmax, P. Then the other n_masked - 1 masked visits, the
+        mask-free ones and (left window) the masked ones from n_lo on.
         Epilogue: O = alpha O + P_last V_last. Returns the ring state after the last tile."""
+        if const_expr(n_steps is None):
+            n_steps = n_max
         # pingpong: consumer WG 0 goes first; only when some steady step runs (every
         # arrive on a scheduler barrier meets a sync)
         if const_expr(self.schedule == "pingpong"):
-            if wg == 0 and n_max > 1:
+            if wg == 0 and n_steps > 1:
                 cute.arch.barrier_arrive(barrier_id=SCHED_BARRIER_BASE, number_of_threads=2 * common.WG_THREADS)
 
         acc_S = cute.make_rmem_tensor(acc_S_shape, Float32)
@@ -806,16 +866,25 @@ class FmhaForward(FmhaForwardBase):
             tiled_mma_pv=tiled_mma_pv, tSrQ=tSrQ, tSrK=tSrK, tOrVt=tOrVt, acc_S_shape=acc_S_shape, tOrP=tOrP,
             acc_O=acc_O, softmax=softmax, row_scale=row_scale, wg=wg, n_max=n_max,
         )
+        if const_expr(self.left_masked):
+            step = partial(step, n_steps=n_steps)
         if const_expr(self.two_masked):
             for i in cutlass.range(1, n_masked, unroll=1):
                 kv_state = step(kv_state, i=i, mask_fn=mask_fn)
-        for i in cutlass.range(n_masked, n_max, unroll=1):
-            kv_state = step(kv_state, i=i)
+        if const_expr(self.left_masked):
+            for i in cutlass.range(n_masked, n_lo, unroll=1):
+                kv_state = step(kv_state, i=i)
+            # the left-window edge: the last visits (n_lo >= n_masked >= 1: never the peeled visit 0)
+            for i in cutlass.range(n_lo, n_steps, unroll=1):
+                kv_state = step(kv_state, i=i, mask_fn=mask_fn)
+        else:
+            for i in cutlass.range(n_masked, n_max, unroll=1):
+                kv_state = step(kv_state, i=i)
 
         stamp(4)
         release_q()  # every S of this Q tile is done: the producer may load the next Q
         if const_expr(self.is_exp and self.o_rescale == "mid"):
-            if n_max > 1:
+            if n_steps > 1:
                 sm.rescale_rows(acc_O, row_scale)  # alpha of the last tile
         pipeline_v.consumer_wait(kv_state)
         wgmma_issue(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_state.index], False)
@@ -869,13 +938,29 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "persistent": None if v["persistent"] == "auto" else v["persistent"],
         "q_buffers": int(v["q_buffers"]),
         "softcap_bug": v["softcap_bug"],
+        "mask_bug": v["mask_bug"],
     }
+
+
+def mask_params(p) -> dict:
+    """align, window_left, window_right of parameters ``p`` (defaults where p lacks them:
+    top_left, -1, -1), as FmhaForward and reference.attention_bshd take them."""
+    return {
+        "align": str(param_value(p, "align", "top_left")),
+        "window_left": int(param_value(p, "window_left", -1)),
+        "window_right": int(param_value(p, "window_right", -1)),
+    }
+
+
+def mask_window(p) -> dict:
+    """reference.visible_pairs's keywords for parameters ``p`` (causal is window_right 0)."""
+    mask = mask_params(p)
+    causal = host.truthy(param_value(p, "causal", False))
+    return {"align": mask["align"], "window_left": mask["window_left"], "window_right": 0 if causal else mask["window_right"]}
 
 
 def softcap_of(p: Params) -> float:
     """The ``softcap`` parameter (0.0 when the parameters lack it)."""
-    from workbench.kernels.stage import param_value
-
     return float(param_value(p, "softcap", 0.0) or 0.0)
 
 
@@ -883,15 +968,18 @@ class StageD(Stage):
     """wb stage D: full FMHA forward (batch, seqlen, heads, d), causal, GQA, tails."""
     proves = (
         "The full forward pass matches torch SDPA in fp32 for every Q tile of every head and "
-        "batch: causal (top-left, like SDPA is_causal) and not, GQA head mapping, sequence lengths "
+        "batch: causal (top-left, like SDPA is_causal, or bottom-right, flash-attn's) and not, "
+        "sliding windows (window_left, window_right; KV tiles outside the window are not loaded), "
+        "rows that see no key (O = 0, LSE = -inf), GQA head mapping, sequence lengths "
         "that are not multiples of 128 (masked KV tails, unstored Q tail rows), with the "
         "warp-specialized producer/consumer pipeline; with softcap c > 0, the logits capped as "
         "c tanh(s / c) before mask and softmax."
     )
     cannot_see = (
-        "Speed (wb bench measures it), and masks other than causal (no sliding window, no varlen)."
+        "Speed (wb bench measures it; a window's skipped tiles show only there), and varlen batches."
     )
-    compile_params = ("d", "dtype", "heads", "kv_heads", "causal", "softcap")  # batch, m, n: runtime
+    # batch, m, n: runtime; the mask (align, window) and the softcap are compiled in (mask.MaskSpec)
+    compile_params = ("d", "dtype", "heads", "kv_heads", "causal", "align", "window_left", "window_right", "softcap")
 
     def inputs(self, p: Params) -> dict:
         return {
@@ -901,9 +989,14 @@ class StageD(Stage):
         }
 
     def flops(self, p: Params) -> float:
-        """The standard count, as FlashAttention reports it: 4·b·h·m·n·d, halved for causal."""
-        total = 4.0 * p.batch * p.heads * p.m * p.n * p.d
-        return total / 2 if p.causal else total
+        """The standard count, as FlashAttention reports it: 4·b·h·m·n·d, halved for causal
+        (top-left, no window); with a window or bottom-right alignment 4·b·h·d times the
+        number of (query, key) pairs the mask lets through."""
+        mask = mask_params(p)
+        if mask["align"] == "top_left" and mask["window_left"] < 0 and mask["window_right"] < 0:
+            total = 4.0 * p.batch * p.heads * p.m * p.n * p.d
+            return total / 2 if p.causal else total
+        return 4.0 * p.batch * p.heads * p.d * reference.visible_pairs(p.m, p.n, **mask_window(p))
 
     def outputs(self, p: Params) -> dict:
         return {
@@ -918,7 +1011,7 @@ class StageD(Stage):
             raise UserError(f"softcap_bug={kernel_options(variants)['softcap_bug']} needs softcap > 0 (-p softcap=30)")
         return FmhaForward(
             common.cute_dtype(p.dtype), p.d, p.heads, p.kv_heads,
-            causal=host.truthy(p.causal), softmax=host.variants_of("d", variants)["softmax"],
+            causal=host.truthy(p.causal), **mask_params(p), softmax=host.variants_of("d", variants)["softmax"],
             softcap=softcap_of(p), **kernel_options(variants),
         )
 
@@ -953,6 +1046,6 @@ class StageD(Stage):
         softmax = host.variants_of("d", variants)["softmax"]
         o, lse = reference.attention_bshd(
             inputs["q"], inputs["k"], inputs["v"], compute_dtype, causal=host.truthy(p.causal), softmax=softmax,
-            softcap=softcap_of(p),
+            softcap=softcap_of(p), **mask_params(p),
         )
         return {"o": o.to(compute_dtype), "lse": lse.to(torch.float32)}
