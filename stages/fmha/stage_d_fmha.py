@@ -74,12 +74,13 @@ from cutlass._mlir.dialects import llvm
 from cutlass.cute.nvgpu import warpgroup
 from cutlass.cutlass_dsl import T, dsl_user_op
 
-from stages.fmha import common, host, reference
+from stages.fmha import common, geometry, host, reference
 from stages.fmha import mask as mk
 from stages.fmha import softmax as sm
 from stages.fmha import tile_scheduler as ts
 from stages.fmha.fmha_base import FmhaForwardBase, trace_print
 from workbench.compile.probe import probe
+from workbench.errors import UserError
 from workbench.kernels.stage import Params, Stage, TensorSpec
 
 
@@ -110,6 +111,11 @@ def trace_clock_word(ctas, cta):
 
 def no_stamp(event):
     """The stamp of an untraced kernel: nothing."""
+
+
+def no_release():
+    """``consume_overlap``'s Q release when O is staged in Q (``o_in_q``): none there, the
+    epilogue releases the slot after the O store has read it."""
 
 
 @dsl_user_op
@@ -166,22 +172,36 @@ class FmhaForward(FmhaForwardBase):
         q_buffers: int = 1,
         trace: bool = False,
     ):
-        # What ``auto`` means (kernel.yaml lists the choices): what measured fastest on an
-        # H200, docs/perf-notes.md. consumers: 3 (192-row Q tiles) for d = 64 non-causal, else 2
-        # (causal d = 64 with 3 measured 25% slower at s = 1024 on an H100, equal at 8192).
-        # schedule: pingpong (with 3 consumer WGs it fits 160 registers only with a fresh S
-        # accumulator per step, see ``overlap_tile``). persistent: dynamic when causal
-        # (longest-first tiles, greedily: +7%), else on (H200: +3-8% non-causal; causal lost
-        # 8-11% with round robin). tile_order: lpt when causal. kv_stages: the base's (2 for
-        # d = 128, 3 for d = 64).
+        # What ``auto`` means (kernel.yaml lists the choices): for d = 64 and 128 what measured
+        # fastest on an H200, docs/perf-notes.md; for d = 96, 192 and 256 chosen on the CPU by
+        # fitting (shared memory, 0 spills), not measured on a GPU. The tile shape per d is
+        # ``geometry.geometry``: tile_n (128; 112 for d = 192, 80 for d = 256), kv_stages (3 for
+        # d = 64 and 96, else 2), O staged in Q for d >= 192, consumers 3 (192-row Q tiles) for
+        # d = 64 non-causal, else 2 (causal d = 64 with 3 measured 25% slower at s = 1024 on an
+        # H100, equal at 8192). schedule: pingpong (with 3 consumer WGs it fits 160 registers
+        # only with a fresh S accumulator per step, see ``overlap_tile``). persistent: dynamic
+        # when causal (longest-first tiles, greedily: +7%), else on (H200: +3-8% non-causal;
+        # causal lost 8-11% with round robin). tile_order: lpt when causal.
+        geom = geometry.geometry(d, causal)
         if consumers is None:
-            consumers = 3 if d == 64 and not causal else 2
+            consumers = geom.consumers
         if schedule == "auto":
             schedule = "pingpong"
         assert consumers in REGISTERS, consumers
+        assert q_buffers in (1, 2), q_buffers
+        if kv_stages is None:
+            kv_stages = geom.kv_stages
+        # a configuration that cannot fit is the user's choice of variants: one line (ValueError)
+        geometry.check_fits(d, geom.tile_n, kv_stages, consumers, q_buffers, geom.o_in_q, dtype.width // 8)
+        if geom.o_in_q and q_buffers != 1:
+            raise ValueError(f"q_buffers={q_buffers} needs O staged apart from Q (d <= 128); d={d} stages O in Q")
+        if consumers == 3 and d not in (64, 128):
+            raise ValueError(f"consumers=3 (192-row Q tiles at 160 registers) is for d = 64 and 128, not d={d}")
         # instance attributes shadow the base's class-level 2-WG geometry
         self.num_consumer_wg = consumers
         self.tile_m = consumers * self.wg_rows
+        self.tile_n = geom.tile_n
+        self.o_in_q = geom.o_in_q
         self.num_threads = common.WG_THREADS * (1 + consumers)
         self.consumer_regs, self.producer_regs = REGISTERS[consumers]
         super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages)
@@ -199,7 +219,6 @@ class FmhaForward(FmhaForwardBase):
         self.two_masked = causal and self.tile_m != self.tile_n
         # q_buffers=2: a second Q buffer lets the producer load the next work tile's Q
         # while this one's last steps run (persistent CTAs only; costs a Q tile of smem)
-        assert q_buffers in (1, 2), q_buffers
         self.q_stages = q_buffers * self.num_consumer_wg
         assert heads % kv_heads == 0, (heads, kv_heads)
         self.heads = heads
@@ -556,6 +575,7 @@ class FmhaForward(FmhaForwardBase):
             q_slot = q_buf * self.num_consumer_wg + wg
         q_state = pipeline.PipelineState(self.q_stages, Int32(0), q_slot, q_phase)
         pipeline_q.consumer_wait(q_state)
+        release_q = partial(pipeline_q.consumer_release, q_state)
         stamp(1)
         tSrQ_wg = tSrQ[None, None, None, q_slot]
 
@@ -576,10 +596,10 @@ class FmhaForward(FmhaForwardBase):
             kv_state = self.consume_overlap(
                 kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
                 tOrP, acc_O, acc_S_shape, softmax, row_scale, mask_fn, wg, n_max, n_masked,
-                partial(pipeline_q.consumer_release, q_state), stamp,
+                no_release if self.o_in_q else release_q, stamp,
             )
-        if const_expr(self.schedule == "serial"):
-            pipeline_q.consumer_release(q_state)
+        if const_expr(self.schedule == "serial" and not self.o_in_q):
+            release_q()
 
         lse = cute.make_rmem_tensor(softmax.num_rows, Float32)
         self.finish(softmax, acc_O, lse, row_scale)
@@ -591,16 +611,21 @@ class FmhaForward(FmhaForwardBase):
                 if row < seqlen_q:
                     mLSE[row] = lse[r]
         stamp(6)
-        if const_expr(self.persistent):
+        if const_expr(self.persistent and not self.o_in_q):
             # the previous tile's O store, issued a whole tile ago, must have read sO before
             # anyone writes it: its issuing warp waits only now, then all may write
             if tidx_wg < 32:
                 cute.arch.cp_async_bulk_wait_group(0, read=True)
             cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)
+        # o_in_q: sO[wg] is this WG's Q slot, free since its last QK^T completed; the store
+        # is waited for at once and the slot handed back to the producer only after it
         self.store_o(
             acc_O, sO[None, None, wg], gO[None, None, m_block * self.num_consumer_wg + wg], tma_atom_o,
-            tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q, wait_read=not self.persistent,
+            tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q, wait_read=not self.persistent or self.o_in_q,
         )
+        if const_expr(self.o_in_q):
+            cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)  # the store has read sO
+            release_q()
         stamp(7)
         return kv_state
 
@@ -876,10 +901,13 @@ class StageD(Stage):
         }
 
     def make_kernel(self, p: Params, variants: Mapping[str, str]) -> FmhaForward:
-        return FmhaForward(
-            common.cute_dtype(p.dtype), p.d, p.heads, p.kv_heads,
-            causal=host.truthy(p.causal), softmax=host.variants_of("d", variants)["softmax"], **kernel_options(variants),
-        )
+        try:
+            return FmhaForward(
+                common.cute_dtype(p.dtype), p.d, p.heads, p.kv_heads,
+                causal=host.truthy(p.causal), softmax=host.variants_of("d", variants)["softmax"], **kernel_options(variants),
+            )
+        except ValueError as exc:  # a variant combination the geometry cannot serve: one line
+            raise UserError(f"{self.kernel or 'fmha'}/stage-d: {exc}") from None
 
     def compile(self, p: Params, variants: Mapping[str, str], arch: str) -> host.Compiled:
         """One compile per (d, dtype, heads, kv_heads, causal, softmax, schedule): batch, m
