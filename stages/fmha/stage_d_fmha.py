@@ -2,8 +2,18 @@
 
 Shapes (flash-attn layout): q (batch, m, heads, d), k and v (batch, n, kv_heads, d), all
 with d contiguous; o like q; lse (batch, heads, m) fp32 = logsumexp(S * scale) per row.
-scale = 1/sqrt(d), d in {64, 128}, heads a multiple of kv_heads (GQA: q head h reads kv
-head h // (heads / kv_heads)), any m, n >= 1.
+scale = 1/sqrt(d), d in {64, 96, 128, 192, 256}, heads a multiple of kv_heads (GQA: q head h
+reads kv head h // (heads / kv_heads)), any m, n >= 1.
+
+Head dims (``geometry.geometry``, one table for the kernel, the fixtures and the mutants):
+KV tiles of ``tile_n`` = 128 keys (112 for d = 192, 80 for d = 256), K/V rings of 3 stages
+(d = 64, 96) or 2, and for d = 192 and 256 the O epilogue staged in the consumer WG's own Q
+slot (``o_in_q``: without it they do not fit 227 KiB; the slot is handed back to the
+producer only after the O store has read it, so a persistent CTA loads the next tile's Q
+after this tile's epilogue, its first K before). d = 64 and 128 are tuned on an H200;
+d = 96, 192 and 256 -- their tile shapes and the persistent / q_buffers / kv_stages
+``auto`` choices, the same rules as d = 128 -- are chosen on the CPU by fitting (shared
+memory, 0 spills in ``wb compile``), not measured on a GPU.
 
 It is stage C's kernel grown to the full problem: both subclass ``fmha_base.FmhaForwardBase``
 (same warp-specialized CTA, same pipelines, same per-tile consumer step, same epilogue).
@@ -27,14 +37,15 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
   j <= i, also when m != n; flash-attn would align bottom-right). KV tiles past the
   diagonal are not loaded at all (``mask.kv_tile_range``).
 * KV order: tiles are visited from the last needed one down to tile 0. Only the first
-  visited tile (128-row Q tiles) or the first two (causal 192-row Q tiles) can need masking
-  (KV tail or diagonal, see ``mask``): the mask is applied on those steps only and the
-  steady-state loop runs mask-free.
+  visited tile (tile_m = tile_n) or, causal with tile_m != tile_n, the first few (two for
+  192-row Q tiles on 128-key tiles, up to three for 128-row Q tiles on 80-key tiles) can
+  need masking (KV tail or diagonal, see ``mask``): the mask is applied on those steps only
+  and the steady-state loop runs mask-free.
 * Warp specialization as C: WG0 producer (one warp issues the TMA: K of the first tile,
   Q, then the K/V ring), 2 consumer WGs (setmaxnreg 240/24) or 3 (``consumers=3``,
   192-row Q tiles, 160/32: the default for d=64 non-causal) of 64 rows each; K and V rings
-  of 2 (d=128) or 3 (d=64) stages; no global round trip and no synchronous load in the
-  main loop.
+  of 2 or 3 stages (see head dims above); no global round trip and no synchronous load in
+  the main loop.
 
 Variants (kernel.yaml; ``auto`` resolves to what measured fastest on an H200,
 docs/perf-notes.md): ``softmax=exp|identity`` (identity: O = masked (Q K^T scale) V,
@@ -873,9 +884,9 @@ class StageD(Stage):
     """wb stage D: full FMHA forward (batch, seqlen, heads, d), causal, GQA, tails."""
     proves = (
         "The full forward pass matches torch SDPA in fp32 for every Q tile of every head and "
-        "batch: causal (top-left, like SDPA is_causal) and not, GQA head mapping, sequence lengths "
-        "that are not multiples of 128 (masked KV tails, unstored Q tail rows), with the "
-        "warp-specialized producer/consumer pipeline."
+        "batch: causal (top-left, like SDPA is_causal) and not, GQA head mapping, head dims 64 to 256 "
+        "(KV tiles of 128, 112 or 80 keys), sequence lengths that are not multiples of the tiles "
+        "(masked KV tails, unstored Q tail rows), with the warp-specialized producer/consumer pipeline."
     )
     cannot_see = (
         "Speed (wb bench measures it), and masks other than causal (no sliding window, no varlen)."
