@@ -711,10 +711,11 @@ for _last, _which in ((False, "first"), (True, "last")):
 D_CAP = 128
 
 
-def _first_cols(P, n: int):
+def _first_cols(P, n: int, size: int):
+    """A mask over the last dim (``size`` columns) keeping the first ``n``."""
     import torch
 
-    keep = torch.zeros(P.D, dtype=torch.bool, device=P.device)
+    keep = torch.zeros(size, dtype=torch.bool, device=P.device)
     keep[:n] = True
     return keep
 
@@ -725,7 +726,7 @@ def qk_d_first_128(cx):
     P = problem(cx)
     _need(P.D > D_CAP, "d <= 128")
     _need(P.D != 2 * D_CAP, "d = 256: that is qk-d-first-half")
-    keep = _first_cols(P, D_CAP)
+    keep = _first_cols(P, D_CAP, P.D)
     opts = {"qg": P.qg() * keep, "kg": P.kvg(P.k) * keep}
     return P.predict(s_opts=opts, p_opts=opts, o_opts=opts)
 
@@ -735,7 +736,7 @@ def qk_d_first_128(cx):
 def o_d_first_128(cx):
     P = problem(cx)
     _need(P.D > D_CAP and P.v is not None and P.v.shape[-1] > D_CAP, "d <= 128")
-    keep = _first_cols(P, D_CAP)
+    keep = _first_cols(P, D_CAP, P.v.shape[-1])
     return P.predict(o_opts={"vg": P.kvg(P.v) * keep}, lse=False)
 
 
