@@ -26,6 +26,10 @@ CONFIGS = {
     # softcap (Gemma 2's attention cap 50; d=64, causal, a tail)
     "d-softcap": dict(kind="d", batch=1, m=200, n=333, heads=2, kv_heads=1, d=64, causal=True, softcap=50.0),
     "d-softcap5": dict(kind="d", batch=1, m=130, n=300, heads=2, kv_heads=2, d=128, causal=False, softcap=5.0),
+    # head dims above 128 (tests/test_fmha_headdims.py; not in STAGE_FIXTURES' sweep): KV tiles
+    # of 112 (n = 300: 3 tiles, a 76-key tail) and 80 keys (n = 250: 4 tiles, a 10-key tail)
+    "d-192": dict(kind="d", batch=1, m=130, n=300, heads=2, kv_heads=1, d=192, causal=False),
+    "d-256": dict(kind="d", batch=1, m=150, n=250, heads=2, kv_heads=1, d=256, causal=True),
 }
 
 STAGE_FIXTURES = {  # as in kernel.yaml, plus the fixtures this issue adds where they apply

@@ -9,7 +9,9 @@ Stage C (``stage_c_online.FmhaOnline``: one 128-row Q tile per CTA) and stage D
 add their ``__call__``, ``kernel``, producer and consumer loops.
 
 Geometry: the class constants are stage C's (2 consumer WGs of 64 rows, 128-row tiles,
-registers 240/24); D sets its own as instance attributes before calling ``__init__``.
+128-column KV tiles, registers 240/24, O staged in its own smem tile); D sets its own as
+instance attributes before calling ``__init__`` (``geometry.geometry`` per head dim: tile_n,
+kv_stages, ``o_in_q``: O staged in the WG's Q slot, for d = 192 and 256).
 ``rescale`` and ``bug`` are stage C's bug-injection hooks of ``consume_tile``; stage D
 keeps the class defaults (rescaled, no bug).
 
@@ -30,6 +32,7 @@ from cutlass import Float32, Int32, const_expr
 from cutlass.cute.nvgpu import OperandMajorMode, cpasync, warpgroup
 
 from stages.fmha import common
+from stages.fmha import geometry
 from stages.fmha import softmax as sm
 from workbench.compile.probe import probe
 
@@ -94,6 +97,8 @@ class FmhaForwardBase:
     num_threads = 128 * 3
     producer_regs = 24
     consumer_regs = 240
+    # O's epilogue staging tile: its own (False) or the WG's Q slot (True; stage D, d >= 192)
+    o_in_q = False
     # stage C's bug-injection hooks of ``consume_tile`` (FmhaOnline sets them per instance)
     rescale = True
     bug = "none"
@@ -109,11 +114,11 @@ class FmhaForwardBase:
         softmax: str = "exp",
         kv_stages: Optional[int] = None,
     ):
-        assert d in (64, 128), d
+        assert d in geometry.HEAD_DIMS, d
         self.dtype = dtype
         self.d = d
         self.is_exp = softmax == "exp"
-        self.kv_stages = kv_stages if kv_stages is not None else (2 if d == 128 else 3)
+        self.kv_stages = kv_stages if kv_stages is not None else geometry.geometry(d).kv_stages
         assert self.kv_stages >= 2
         self.scale = 1.0 / math.sqrt(d)
         self.scale_log2 = self.scale * common.LOG2_E
@@ -131,6 +136,8 @@ class FmhaForwardBase:
 
     def _shared_storage(self, sQ_layout, sK_layout, sV_layout, sO_layout):
         nq, nkv = self.q_stages, self.kv_stages
+        if const_expr(self.o_in_q):
+            return self._shared_storage_o_in_q(sQ_layout, sK_layout, sV_layout)
 
         @cute.struct
         class SharedStorage:
@@ -146,6 +153,26 @@ class FmhaForwardBase:
             mbar_tile: cute.struct.MemRange[cutlass.Int64, 4]
 
         return SharedStorage
+
+    def _shared_storage_o_in_q(self, sQ_layout, sK_layout, sV_layout):
+        """The storage without an O tile (O is staged in the Q slots, ``o_in_q``), tiles
+        first: the mbarriers after them need no 1 KiB alignment gap (d = 256 fits 227 KiB
+        with 1 KiB to spare)."""
+        nq, nkv = self.q_stages, self.kv_stages
+        assert nq == self.num_consumer_wg, "O staged in Q needs one Q slot per consumer WG"
+
+        @cute.struct
+        class SharedStorageOInQ:
+            sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024]
+            sK: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024]
+            sV: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sV_layout)], 1024]
+            mbar_q: cute.struct.MemRange[cutlass.Int64, 2 * nq]
+            mbar_k: cute.struct.MemRange[cutlass.Int64, 2 * nkv]
+            mbar_v: cute.struct.MemRange[cutlass.Int64, 2 * nkv]
+            tile_ids: cute.struct.MemRange[cutlass.Int32, 2]
+            mbar_tile: cute.struct.MemRange[cutlass.Int64, 4]
+
+        return SharedStorageOInQ
 
     # ---- host --------------------------------------------------------------------------
 
@@ -221,9 +248,13 @@ class FmhaForwardBase:
 
     def _smem_tensors(self, storage, sQ_layout, sK_layout, sV_layout, sO_layout):
         sQ = storage.sQ.get_tensor(sQ_layout.outer, swizzle=sQ_layout.inner)  # (64, d, 2)
-        sK = storage.sK.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)  # (128, d, S)
-        sV = storage.sV.get_tensor(sV_layout.outer, swizzle=sV_layout.inner)  # (128, d, S)
-        sO = storage.sO.get_tensor(sO_layout.outer, swizzle=sO_layout.inner)  # (64, d, 2)
+        sK = storage.sK.get_tensor(sK_layout.outer, swizzle=sK_layout.inner)  # (tile_n, d, S)
+        sV = storage.sV.get_tensor(sV_layout.outer, swizzle=sV_layout.inner)  # (tile_n, d, S)
+        if const_expr(self.o_in_q):
+            # the WG's Q slot doubles as its O staging tile (same layout: (64, d, consumers))
+            sO = storage.sQ.get_tensor(sO_layout.outer, swizzle=sO_layout.inner)
+        else:
+            sO = storage.sO.get_tensor(sO_layout.outer, swizzle=sO_layout.inner)  # (64, d, 2)
         return sQ, sK, sV, sO
 
     # ---- device ------------------------------------------------------------------------
@@ -236,8 +267,8 @@ class FmhaForwardBase:
         thr_pv = tiled_mma_pv.get_slice(tidx_wg)
         tSrQ = thr_qk.make_fragment_A(thr_qk.partition_A(sQ))  # (MMA, 1, d/16, 2) smem descriptors
         tSrK = thr_qk.make_fragment_B(thr_qk.partition_B(sK))  # (MMA, 1, d/16, S)
-        sVt = transpose_view(sV)  # (d, 128, S)
-        tOrVt = thr_pv.make_fragment_B(thr_pv.partition_B(sVt))  # (MMA, 1, 128/16, S)
+        sVt = transpose_view(sV)  # (d, tile_n, S)
+        tOrVt = thr_pv.make_fragment_B(thr_pv.partition_B(sVt))  # (MMA, 1, tile_n/16, S)
         acc_S_shape = thr_qk.partition_shape_C((self.wg_rows, self.tile_n))
         tOrP = cute.make_rmem_tensor(thr_pv.partition_shape_A((self.wg_rows, self.tile_n)), self.dtype)
         acc_O = cute.make_rmem_tensor(thr_pv.partition_shape_C((self.wg_rows, self.d)), Float32)

@@ -3,7 +3,7 @@
 Loaded by `workbench.diagnose.mutants_for(stages/fmha)`. Each mutant predicts the outputs
 the stage has, by role: S (stage A), P (stage B), O and LSE (stages C, D), from the same
 inputs as the kernel, simulating the kernel tile by tile where it matters (the online
-softmax loop runs exactly like a kernel: per 128-key tile, running max m, sum l, O
+softmax loop runs exactly like a kernel: per KV tile, running max m, sum l, O
 accumulator, rescale by exp(m_old - m_new)).
 
 Conventions are not assumed but CALIBRATED against the stage's reference: whether S
@@ -12,8 +12,9 @@ alignment (bottom-right or top-left), LSE base and layout. A role whose referenc
 module cannot reproduce (score > 2e-3) is not predicted, and a note says so.
 
 Geometry: q, k, v are (seq, d) or (batch, seq, heads, d) (GQA: query head h reads KV head
-h // (heads // kv_heads)); 4-D LSE is (batch, heads, m) or (batch, m, heads). KV tiles are
-128 keys; the last one may be partial (keys past n are masked, as TMA zero-fills them).
+h // (heads // kv_heads)); 4-D LSE is (batch, heads, m) or (batch, m, heads). KV tiles are the
+kernel's for the head dim, ``geometry.kv_tile(d)`` keys (128; 112 for d = 192, 80 for d = 256);
+the last one may be partial (keys past n are masked, as TMA zero-fills them).
 
 The P-layout model ("p-layout"): on Hopper the QKᵀ accumulator of a 64xN WGMMA holds, per
 thread, 8-column chunks c = 0..N/8-1 (registers 4c..4c+3: rows g, g+8, columns 8c + 2t,
@@ -22,7 +23,7 @@ j, the registers of two chunks: columns 16j..16j+7 then 16j+8..16j+15. Convertin
 place is correct when k-block j takes chunks (2j, 2j+1). The modelled bug divides the
 chunk mode the other way round, (N/16, 2) instead of (2, N/16): k-block j takes chunks
 (j, j + N/16). So the PV MMA sees, at P column 16j + 8h + e, the value of column
-8(j + 8h) + e (N = 128): a fixed permutation of P's columns within each 128-wide tile. For
+8(j + 8h) + e (N = 128): a fixed permutation of P's columns within each N-wide tile. For
 S/P stages the same permutation is applied to the stored tile (epilogue with the other
 register order). Rows are not mixed (both layouts agree on rows g and g + 8).
 """
@@ -34,7 +35,7 @@ import math
 from workbench.diagnose import NotApplicable, Pred, mutant
 from workbench.kernels.stage import param_value
 
-KV_TILE = 128
+KV_TILE = 128  # stages A-C; stage D's per head dim: ``Problem.kv_tile``
 LOG2E = math.log2(math.e)
 LN2 = math.log(2.0)
 CALIBRATION_MAX = 2e-3
@@ -78,7 +79,10 @@ class Problem:
             self.M, self.D = q.shape
             self.N = k.shape[0]
         self.group = max(1, self.H // max(1, self.Hk))
-        self.T = max(1, -(-self.N // KV_TILE))
+        from stages.fmha.geometry import kv_tile
+
+        self.kv_tile = kv_tile(self.D)  # the kernel's KV tile width for this d
+        self.T = max(1, -(-self.N // self.kv_tile))
         scale = param_value(cx.params, "scale", param_value(cx.params, "softmax_scale"))
         self.scale = float(scale) if scale is not None else 1.0 / math.sqrt(self.D)
         self.causal = _truthy(param_value(cx.params, "causal", False))
@@ -232,10 +236,11 @@ class Problem:
         """Per output column: source key row (or -1 unwritten) of the tile-mapped K."""
         import torch
 
+        tn = self.kv_tile
         pos = torch.arange(self.N)
-        t, c = pos // KV_TILE, pos % KV_TILE
+        t, c = pos // tn, pos % tn
         src_t = torch.tensor([(-1 if s is None else s) for s in kv_src])[t]
-        src = torch.where(src_t >= 0, src_t * KV_TILE + c, torch.full_like(pos, -1))
+        src = torch.where(src_t >= 0, src_t * tn + c, torch.full_like(pos, -1))
         return src
 
     def _logits(self, qg, kg, kv_src, rows=None):
@@ -255,9 +260,10 @@ class Problem:
         if perm is None:
             return x
         n = x.shape[-1]
+        tn = self.kv_tile
         pos = torch.arange(n)
-        t, c = pos // KV_TILE, pos % KV_TILE
-        src = t * KV_TILE + perm[c]
+        t, c = pos // tn, pos % tn
+        src = t * tn + perm[c]
         ok = src < n
         src = torch.where(ok, src, pos)
         return x[..., src.to(x.device)]
@@ -319,7 +325,7 @@ class Problem:
         gets O = 0 (LSE = -inf).
 
         perm: P columns the PV MMA reads within each tile (P_read[:, c] = P[:, perm[c]]);
-        p_read: any function (G, M, 128) -> (G, M, 128) of the tile's P (a register hand-over
+        p_read: any function (G, M, tile) -> (G, M, tile) of the tile's P (a register hand-over
         model that may mix rows)."""
         import torch
 
@@ -333,7 +339,8 @@ class Problem:
         kg = self.kvg(self.k) if kg is None else kg
         vg = self.kvg(self.v) if vg is None else vg
         G = qg.shape[0]
-        pad = T * KV_TILE - N
+        tn = self.kv_tile
+        pad = T * tn - N
         kp = torch.cat([kg, kg.new_zeros(G, pad, kg.shape[-1])], 1) if pad else kg
         vp = torch.cat([vg, vg.new_zeros(G, pad, vg.shape[-1])], 1) if pad else vg
         if causal_mode is None:
@@ -356,13 +363,13 @@ class Problem:
             s = kv_src[t]
             if s is None:
                 continue
-            kt = kp[:, s * KV_TILE:(s + 1) * KV_TILE]
+            kt = kp[:, s * tn:(s + 1) * tn]
             sv = v_src[t]
-            vt = vp[:, sv * KV_TILE:(sv + 1) * KV_TILE] if sv is not None else vp.new_zeros(G, KV_TILE, vp.shape[-1])
-            pos = t * KV_TILE + torch.arange(KV_TILE, device=self.device).view(1, KV_TILE)
+            vt = vp[:, sv * tn:(sv + 1) * tn] if sv is not None else vp.new_zeros(G, tn, vp.shape[-1])
+            pos = t * tn + torch.arange(tn, device=self.device).view(1, tn)
             valid = None  # None: every key of this tile is visible to every row
-            if mask_tail and (t + 1) * KV_TILE > N:
-                valid = (pos < N).expand(M, KV_TILE)
+            if mask_tail and (t + 1) * tn > N:
+                valid = (pos < N).expand(M, tn)
             if causal_mode != "off":
                 cm = (pos < rows + off) if strict else (pos <= rows + off)
                 valid = cm if valid is None else valid & cm
@@ -514,7 +521,7 @@ def v_tile_lag(cx):
         "logit 0 enters the softmax (with V = 0)", outputs=("o", "lse"), family="masking")
 def kv_tail_unmasked(cx):
     P = problem(cx)
-    _need(P.N % KV_TILE != 0, "n is a multiple of 128")
+    _need(P.N % P.kv_tile != 0, f"n is a multiple of the KV tile ({P.kv_tile})")
     return P.predict(o_opts={"mask_tail": False})
 
 
@@ -625,7 +632,7 @@ for _cap, _why in (
         outputs=("s", "p", "o"), family="layout")
 def p_layout(cx):
     P = problem(cx)
-    perm = p_layout_perm()
+    perm = p_layout_perm(P.kv_tile)
     return P.predict(s_opts={"perm": perm}, p_opts={"perm": perm}, o_opts={"perm": perm}, lse=False)
 
 
@@ -731,7 +738,7 @@ def window_ignored(cx):
 
 
 @mutant("window-left-tile-skipped", "the KV tile the left window edge crosses is skipped wholesale: the first "
-        "visited tile rounded up (n_min = ceil instead of floor of (first row + offset - window_left) / 128), so "
+        "visited tile rounded up (n_min = ceil instead of floor of (first row + offset - window_left) / tile_n), so "
         "each Q tile's rows lose the keys of that partial tile", outputs=("o", "lse"), family="masking")
 def window_left_tile_skipped(cx):
     import torch
@@ -747,9 +754,9 @@ def window_left_tile_skipped(cx):
     right = 0 if P.causal else P.window_right
     if right is not None:
         hi = r_first + P.tile_m + off + right
-        n_max = torch.minimum(n_max, (hi.clamp(min=1) + KV_TILE - 1) // KV_TILE)
-    n_min = torch.minimum((first.clamp(min=0) + KV_TILE - 1) // KV_TILE, n_max - 1)
-    return P.predict(o_opts={"key_floor": n_min * KV_TILE})
+        n_max = torch.minimum(n_max, (hi.clamp(min=1) + P.kv_tile - 1) // P.kv_tile)
+    n_min = torch.minimum((first.clamp(min=0) + P.kv_tile - 1) // P.kv_tile, n_max - 1)
+    return P.predict(o_opts={"key_floor": n_min * P.kv_tile})
 
 
 # --------------------------------------------------------------------------------------
@@ -831,6 +838,41 @@ for _last, _which in ((False, "first"), (True, "last")):
            outputs=("s", "p", "o", "lse"), family="layout")(_d_half(_last))
 
 
+# --------------------------------------------------------------------------------------
+# head dims above 128 (stage D, d = 192 and 256): code that still assumes d <= 128
+# --------------------------------------------------------------------------------------
+D_CAP = 128
+
+
+def _first_cols(P, n: int, size: int):
+    """A mask over the last dim (``size`` columns) keeping the first ``n``."""
+    import torch
+
+    keep = torch.zeros(size, dtype=torch.bool, device=P.device)
+    keep[:n] = True
+    return keep
+
+
+@mutant("qk-d-first-128", "QKᵀ sums over the first 128 columns of d only (d > 128): the K-block loop of the "
+        "QK MMA or the Q/K TMA boxes stop at 128", outputs=("s", "p", "o", "lse"), family="layout")
+def qk_d_first_128(cx):
+    P = problem(cx)
+    _need(P.D > D_CAP, "d <= 128")
+    _need(P.D != 2 * D_CAP, "d = 256: that is qk-d-first-half")
+    keep = _first_cols(P, D_CAP, P.D)
+    opts = {"qg": P.qg() * keep, "kg": P.kvg(P.k) * keep}
+    return P.predict(s_opts=opts, p_opts=opts, o_opts=opts)
+
+
+@mutant("o-d-first-128", "O's columns past 128 are 0 (d > 128): the PV MMA or the O store covers 128 "
+        "columns of d", outputs=("o",), family="layout")
+def o_d_first_128(cx):
+    P = problem(cx)
+    _need(P.D > D_CAP and P.v is not None and P.v.shape[-1] > D_CAP, "d <= 128")
+    keep = _first_cols(P, D_CAP, P.v.shape[-1])
+    return P.predict(o_opts={"vg": P.kvg(P.v) * keep}, lse=False)
+
+
 def _p_only(P, p):
     _need("p" in P.calibrated, "no calibrated P output")
     return {P.roles["p"]: P.mat_back(p)}
@@ -841,7 +883,7 @@ def _scaled_logits(P):
     return s * P.scale
 
 
-@mutant("softmax-per-tile", "softmax normalised per 128-column KV tile: the row max and row sum are reduced "
+@mutant("softmax-per-tile", "softmax normalised per KV tile: the row max and row sum are reduced "
         "within each tile and never combined across tiles (every tile of a P row sums to 1)",
         outputs=("p",), family="softmax")
 def softmax_per_tile(cx):
@@ -852,10 +894,11 @@ def softmax_per_tile(cx):
     _need(P.T >= 2, "one KV tile")
     z = _scaled_logits(P)
     G, M, N = z.shape
-    pad = P.T * KV_TILE - N
+    tn = P.kv_tile
+    pad = P.T * tn - N
     if pad:
         z = torch.cat([z, z.new_full((G, M, pad), float("-inf"))], -1)
-    p = torch.softmax(z.view(G, M, P.T, KV_TILE), -1).view(G, M, P.T * KV_TILE)[..., :N]
+    p = torch.softmax(z.view(G, M, P.T, tn), -1).view(G, M, P.T * tn)[..., :N]
     return _p_only(P, p)
 
 
@@ -869,7 +912,7 @@ def p_first_tile_only(cx):
     _need(P.T >= 2, "one KV tile")
     z = _scaled_logits(P)
     p = torch.zeros_like(z)
-    p[..., :KV_TILE] = torch.softmax(z[..., :KV_TILE], -1)
+    p[..., :P.kv_tile] = torch.softmax(z[..., :P.kv_tile], -1)
     return _p_only(P, p)
 
 

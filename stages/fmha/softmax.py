@@ -99,7 +99,17 @@ def convert_p(acc_S: cute.Tensor, tOrP: cute.Tensor, bug: cutlass.Constexpr[str]
         for i in cutlass.range_constexpr(cute.size(tOrP)):
             tOrP[i] = acc_mn[i].to(tOrP.element_type)
     else:
-        tOrP.store(p_operand_view(acc_S, bug).load().to(tOrP.element_type))
+        view = p_operand_view(acc_S, bug)
+        k_blocks = cute.size(tOrP, mode=[2])
+        if const_expr(k_blocks & (k_blocks - 1) == 0):
+            tOrP.store(view.load().to(tOrP.element_type))
+        else:
+            # KV tiles of 80 or 112 columns (d = 256, 192): one conversion of the whole
+            # (non-power-of-two) vector came out as scalar cvts plus 16-bit packing movs that
+            # LLVM sank between the PV wgmmas (ptxas then injected a warpgroup.arrive before
+            # each, C7519); per 16-column k-block it is paired cvts, all before the MMA
+            for j in cutlass.range_constexpr(k_blocks):
+                tOrP[None, None, j].store(view[None, None, j].load().to(tOrP.element_type))
 
 
 def _flat(t):

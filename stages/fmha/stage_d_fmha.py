@@ -2,8 +2,18 @@
 
 Shapes (flash-attn layout): q (batch, m, heads, d), k and v (batch, n, kv_heads, d), all
 with d contiguous; o like q; lse (batch, heads, m) fp32 = logsumexp(S * scale) per row.
-scale = 1/sqrt(d), d in {64, 128}, heads a multiple of kv_heads (GQA: q head h reads kv
-head h // (heads / kv_heads)), any m, n >= 1.
+scale = 1/sqrt(d), d in {64, 96, 128, 192, 256}, heads a multiple of kv_heads (GQA: q head h
+reads kv head h // (heads / kv_heads)), any m, n >= 1.
+
+Head dims (``geometry.geometry``, one table for the kernel, the fixtures and the mutants):
+KV tiles of ``tile_n`` = 128 keys (112 for d = 192, 80 for d = 256), K/V rings of 3 stages
+(d = 64, 96) or 2, and for d = 192 and 256 the O epilogue staged in the consumer WG's own Q
+slot (``o_in_q``: without it they do not fit 227 KiB; the slot is handed back to the
+producer only after the O store has read it, so a persistent CTA loads the next tile's Q
+after this tile's epilogue, its first K before). d = 64 and 128 are tuned on an H200;
+d = 96, 192 and 256 -- their tile shapes and the persistent / q_buffers / kv_stages
+``auto`` choices, the same rules as d = 128 -- are chosen on the CPU by fitting (shared
+memory, 0 spills in ``wb compile``), not measured on a GPU.
 
 It is stage C's kernel grown to the full problem: both subclass ``fmha_base.FmhaForwardBase``
 (same warp-specialized CTA, same pipelines, same per-tile consumer step, same epilogue).
@@ -33,7 +43,8 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
   least one tile, fully masked when the Q tile sees nothing).
 * KV order: tiles are visited from the last needed one (n_max - 1) down to n_min. The
   first visits can need the upper mask (KV tail, causal diagonal or right window: one
-  tile for square causal tiles, two for causal 192-row Q tiles) and, with a left window,
+  tile when tile_m = tile_n, causal with tile_m != tile_n the first few: two for 192-row Q
+  tiles on 128-key tiles, up to three for 128-row Q tiles on 80-key tiles) and, with a left window,
   the last visits the left one (``mask.mask_steps``): the mask is applied on those steps
   only and the steady-state loop in between runs mask-free. ``mask_bug`` (variant)
   injects two mask bugs on purpose (mask.BUGS).
@@ -50,8 +61,8 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
 * Warp specialization as C: WG0 producer (one warp issues the TMA: K of the first tile,
   Q, then the K/V ring), 2 consumer WGs (setmaxnreg 240/24) or 3 (``consumers=3``,
   192-row Q tiles, 160/32: the default for d=64 non-causal) of 64 rows each; K and V rings
-  of 2 (d=128) or 3 (d=64) stages; no global round trip and no synchronous load in the
-  main loop.
+  of 2 or 3 stages (see head dims above); no global round trip and no synchronous load in
+  the main loop.
 
 Variants (kernel.yaml; ``auto`` resolves to what measured fastest on an H200,
 docs/perf-notes.md): ``softmax=exp|identity`` (identity: O = masked (Q K^T scale) V,
@@ -91,12 +102,13 @@ from cutlass._mlir.dialects import llvm
 from cutlass.cute.nvgpu import warpgroup
 from cutlass.cutlass_dsl import T, dsl_user_op
 
-from stages.fmha import common, host, reference
+from stages.fmha import common, geometry, host, reference
 from stages.fmha import mask as mk
 from stages.fmha import softmax as sm
 from stages.fmha import tile_scheduler as ts
 from stages.fmha.fmha_base import FmhaForwardBase, trace_print
 from workbench.compile.probe import probe
+from workbench.errors import UserError
 from workbench.kernels.stage import Params, Stage, TensorSpec, param_value
 
 
@@ -127,6 +139,11 @@ def trace_clock_word(ctas, cta):
 
 def no_stamp(event):
     """The stamp of an untraced kernel: nothing."""
+
+
+def no_release():
+    """``consume_overlap``'s Q release when O is staged in Q (``o_in_q``): none there, the
+    epilogue releases the slot after the O store has read it."""
 
 
 @dsl_user_op
@@ -189,22 +206,36 @@ class FmhaForward(FmhaForwardBase):
         softcap_bug: str = "none",
         trace: bool = False,
     ):
-        # What ``auto`` means (kernel.yaml lists the choices): what measured fastest on an
-        # H200, docs/perf-notes.md. consumers: 3 (192-row Q tiles) for d = 64 non-causal, else 2
-        # (causal d = 64 with 3 measured 25% slower at s = 1024 on an H100, equal at 8192).
-        # schedule: pingpong (with 3 consumer WGs it fits 160 registers only with a fresh S
-        # accumulator per step, see ``overlap_tile``). persistent: dynamic when causal
-        # (longest-first tiles, greedily: +7%), else on (H200: +3-8% non-causal; causal lost
-        # 8-11% with round robin). tile_order: lpt when causal. kv_stages: the base's (2 for
-        # d = 128, 3 for d = 64).
+        # What ``auto`` means (kernel.yaml lists the choices): for d = 64 and 128 what measured
+        # fastest on an H200, docs/perf-notes.md; for d = 96, 192 and 256 chosen on the CPU by
+        # fitting (shared memory, 0 spills), not measured on a GPU. The tile shape per d is
+        # ``geometry.geometry``: tile_n (128; 112 for d = 192, 80 for d = 256), kv_stages (3 for
+        # d = 64 and 96, else 2), O staged in Q for d >= 192, consumers 3 (192-row Q tiles) for
+        # d = 64 non-causal, else 2 (causal d = 64 with 3 measured 25% slower at s = 1024 on an
+        # H100, equal at 8192). schedule: pingpong (with 3 consumer WGs it fits 160 registers
+        # only with a fresh S accumulator per step, see ``overlap_tile``). persistent: dynamic
+        # when causal (longest-first tiles, greedily: +7%), else on (H200: +3-8% non-causal;
+        # causal lost 8-11% with round robin). tile_order: lpt when causal.
+        geom = geometry.geometry(d, causal)
         if consumers is None:
-            consumers = 3 if d == 64 and not causal else 2
+            consumers = geom.consumers
         if schedule == "auto":
             schedule = "pingpong"
         assert consumers in REGISTERS, consumers
+        assert q_buffers in (1, 2), q_buffers
+        if kv_stages is None:
+            kv_stages = geom.kv_stages
+        # a configuration that cannot fit is the user's choice of variants: one line (ValueError)
+        geometry.check_fits(d, geom.tile_n, kv_stages, consumers, q_buffers, geom.o_in_q, dtype.width // 8)
+        if geom.o_in_q and q_buffers != 1:
+            raise ValueError(f"q_buffers={q_buffers} needs O staged apart from Q (d <= 128); d={d} stages O in Q")
+        if consumers == 3 and d not in (64, 128):
+            raise ValueError(f"consumers=3 (192-row Q tiles at 160 registers) is for d = 64 and 128, not d={d}")
         # instance attributes shadow the base's class-level 2-WG geometry
         self.num_consumer_wg = consumers
         self.tile_m = consumers * self.wg_rows
+        self.tile_n = geom.tile_n
+        self.o_in_q = geom.o_in_q
         self.num_threads = common.WG_THREADS * (1 + consumers)
         self.consumer_regs, self.producer_regs = REGISTERS[consumers]
         super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages)
@@ -227,7 +258,6 @@ class FmhaForward(FmhaForwardBase):
         self.left_masked = self.mask.lower_loop
         # q_buffers=2: a second Q buffer lets the producer load the next work tile's Q
         # while this one's last steps run (persistent CTAs only; costs a Q tile of smem)
-        assert q_buffers in (1, 2), q_buffers
         self.q_stages = q_buffers * self.num_consumer_wg
         assert heads % kv_heads == 0, (heads, kv_heads)
         self.heads = heads
@@ -621,6 +651,7 @@ class FmhaForward(FmhaForwardBase):
             q_slot = q_buf * self.num_consumer_wg + wg
         q_state = pipeline.PipelineState(self.q_stages, Int32(0), q_slot, q_phase)
         pipeline_q.consumer_wait(q_state)
+        release_q = partial(pipeline_q.consumer_release, q_state)
         stamp(1)
         tSrQ_wg = tSrQ[None, None, None, q_slot]
 
@@ -648,10 +679,10 @@ class FmhaForward(FmhaForwardBase):
             kv_state = self.consume_overlap(
                 kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
                 tOrP, acc_O, acc_S_shape, softmax, row_scale, mask_fn, wg, n_max, n_masked,
-                partial(pipeline_q.consumer_release, q_state), stamp, n_lo=n_lo, n_steps=n_steps,
+                no_release if self.o_in_q else release_q, stamp, n_lo=n_lo, n_steps=n_steps,
             )
-        if const_expr(self.schedule == "serial"):
-            pipeline_q.consumer_release(q_state)
+        if const_expr(self.schedule == "serial" and not self.o_in_q):
+            release_q()
 
         lse = cute.make_rmem_tensor(softmax.num_rows, Float32)
         self.finish(softmax, acc_O, lse, row_scale)
@@ -663,16 +694,21 @@ class FmhaForward(FmhaForwardBase):
                 if row < seqlen_q:
                     mLSE[row] = lse[r]
         stamp(6)
-        if const_expr(self.persistent):
+        if const_expr(self.persistent and not self.o_in_q):
             # the previous tile's O store, issued a whole tile ago, must have read sO before
             # anyone writes it: its issuing warp waits only now, then all may write
             if tidx_wg < 32:
                 cute.arch.cp_async_bulk_wait_group(0, read=True)
             cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)
+        # o_in_q: sO[wg] is this WG's Q slot, free since its last QK^T completed; the store
+        # is waited for at once and the slot handed back to the producer only after it
         self.store_o(
             acc_O, sO[None, None, wg], gO[None, None, m_block * self.num_consumer_wg + wg], tma_atom_o,
-            tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q, wait_read=not self.persistent,
+            tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q, wait_read=not self.persistent or self.o_in_q,
         )
+        if const_expr(self.o_in_q):
+            cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)  # the store has read sO
+            release_q()
         stamp(7)
         return kv_state
 
@@ -971,7 +1007,8 @@ class StageD(Stage):
         "batch: causal (top-left, like SDPA is_causal, or bottom-right, flash-attn's) and not, "
         "sliding windows (window_left, window_right; KV tiles outside the window are not loaded), "
         "rows that see no key (O = 0, LSE = -inf), GQA head mapping, sequence lengths "
-        "that are not multiples of 128 (masked KV tails, unstored Q tail rows), with the "
+        "that are not multiples of the tiles (masked KV tails, unstored Q tail rows), head dims "
+        "64 to 256 (KV tiles of 128, 112 or 80 keys), with the "
         "warp-specialized producer/consumer pipeline; with softcap c > 0, the logits capped as "
         "c tanh(s / c) before mask and softmax."
     )
@@ -1006,14 +1043,15 @@ class StageD(Stage):
 
     def make_kernel(self, p: Params, variants: Mapping[str, str]) -> FmhaForward:
         if kernel_options(variants)["softcap_bug"] != "none" and not softcap_of(p):
-            from workbench.errors import UserError
-
             raise UserError(f"softcap_bug={kernel_options(variants)['softcap_bug']} needs softcap > 0 (-p softcap=30)")
-        return FmhaForward(
-            common.cute_dtype(p.dtype), p.d, p.heads, p.kv_heads,
-            causal=host.truthy(p.causal), **mask_params(p), softmax=host.variants_of("d", variants)["softmax"],
-            softcap=softcap_of(p), **kernel_options(variants),
-        )
+        try:
+            return FmhaForward(
+                common.cute_dtype(p.dtype), p.d, p.heads, p.kv_heads,
+                causal=host.truthy(p.causal), **mask_params(p), softmax=host.variants_of("d", variants)["softmax"],
+                softcap=softcap_of(p), **kernel_options(variants),
+            )
+        except ValueError as exc:  # a variant combination the geometry or the mask cannot serve: one line
+            raise UserError(f"{self.kernel or 'fmha'}/stage-d: {exc}") from None
 
     def compile(self, p: Params, variants: Mapping[str, str], arch: str) -> host.Compiled:
         """One compile per (d, dtype, heads, kv_heads, causal, softmax, schedule): batch, m

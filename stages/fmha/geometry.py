@@ -1,0 +1,105 @@
+"""Tile geometry of the FMHA kernels per head dim: KV tile width, K/V ring depth, consumer
+warpgroups, where O is staged. Plain Python (no DSL, no torch): the kernels, the fixtures
+and the mutants all read it, so a fixture that builds a per-KV-tile pattern or a mutant
+that simulates the kernel tile by tile uses the tile width the kernel uses for that d.
+
+Shared memory of one CTA (sm_90: 227 KiB), elements of 2 bytes, ``tile_m = 64 x consumers``:
+Q ``tile_m x d`` (x 2 with ``q_buffers=2``), K and V ``tile_n x d`` per ring stage each, and
+the O staging tile ``tile_m x d`` unless it aliases Q (``o_in_q``: the epilogue writes O
+into the WG's own Q slot, which is free once its last QK^T is done; the Q slot is released
+to the producer only after the O store has read it). Registers per consumer thread: O
+d/2 fp32, S tile_n/2 fp32, P tile_n/4 32-bit.
+
+| d   | tile_n | kv_stages | consumers (non-causal / causal) | O staged  | smem     |
+|-----|--------|-----------|----------------------------------|-----------|----------|
+| 64  | 128    | 3         | 3 / 2                            | own tile  | 147 / 131 KiB |
+| 96  | 128    | 3         | 2                                | own tile  | 195 KiB  |
+| 128 | 128    | 2         | 2                                | own tile  | 195 KiB  |
+| 192 | 112    | 2         | 2                                | in Q      | 218 KiB  |
+| 256 | 80     | 2         | 2                                | in Q      | 226 KiB  |
+
+d = 64 and 128 are what measured fastest on an H200 (docs/perf-notes.md). d = 96, 192 and
+256 are chosen on the CPU by fitting (shared memory, 0 spills in ``wb compile``), not
+measured on a GPU: 96 is 128's shape with a third K/V stage (it fits, and at one CTA per SM
+the extra stage costs nothing); 192 and 256 take FlashAttention-3's KV tile widths (112,
+80) with 2 stages, which fit only with O staged in Q's shared memory. 192-row Q tiles
+(3 consumer WGs at 160 registers) are d = 64's alone: for d >= 96 the O accumulator
+does not leave room for S and P.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: head dims stage D compiles (kernel.yaml's d choices for stage D)
+HEAD_DIMS = (64, 96, 128, 192, 256)
+#: shared memory of one CTA on sm_90 (bytes)
+SMEM_CAPACITY = 227 * 1024
+#: Q rows per consumer warpgroup
+WG_ROWS = 64
+#: bytes a CTA's shared memory holds beside the tiles (as ``wb compile`` reports them): 1 KiB
+#: of static shared memory the DSL adds, the mbarriers and the dynamic scheduler's ring (under
+#: 1 KiB) rounded up to 1 KiB, and, when they come first (O staged in its own tile), the
+#: 1 KiB alignment of the first tile after them
+SMEM_OVERHEAD = {False: 3 * 1024, True: 2 * 1024}
+
+# d: (tile_n, kv_stages, o_in_q)
+_TABLE = {
+    64: (128, 3, False),
+    96: (128, 3, False),
+    128: (128, 2, False),
+    192: (112, 2, True),
+    256: (80, 2, True),
+}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """One head dim's tile shape (see the module docstring)."""
+
+    d: int
+    tile_n: int  # KV tile width (keys per tile)
+    kv_stages: int  # K and V ring depth (auto)
+    consumers: int  # consumer warpgroups of 64 Q rows (auto)
+    o_in_q: bool  # O staged in the Q slots' shared memory
+
+    @property
+    def tile_m(self) -> int:
+        return WG_ROWS * self.consumers
+
+
+def geometry(d: int, causal: bool = False) -> Geometry:
+    """Stage D's tile geometry for head dim ``d`` (ValueError for a d it does not serve)."""
+    if d not in _TABLE:
+        raise ValueError(f"d={d} is not a head dim of the FMHA kernel (it serves {', '.join(map(str, HEAD_DIMS))})")
+    tile_n, kv_stages, o_in_q = _TABLE[d]
+    # 3 consumer WGs (192-row Q tiles) for d = 64 non-causal only: causal d = 64 with 3
+    # measured 25% slower at s = 1024 on an H100, equal at 8192
+    consumers = 3 if d == 64 and not causal else 2
+    return Geometry(d, tile_n, kv_stages, consumers, o_in_q)
+
+
+def kv_tile(d: int) -> int:
+    """Keys per KV tile of the kernel for head dim ``d``; 128 for a d outside the table
+    (stages A-C are 128-wide for every d they take)."""
+    return _TABLE[d][0] if d in _TABLE else 128
+
+
+def smem_bytes(d: int, tile_n: int, kv_stages: int, consumers: int, q_buffers: int, o_in_q: bool, elem_bytes: int = 2) -> int:
+    """Shared memory of one stage D CTA, as ``wb compile`` reports it (fmha_base's shared
+    storage: tiles of whole KiB, see ``SMEM_OVERHEAD``)."""
+    tile_m = WG_ROWS * consumers
+    q = q_buffers * tile_m * d
+    kv = 2 * kv_stages * tile_n * d
+    o = 0 if o_in_q else tile_m * d
+    return (q + kv + o) * elem_bytes + SMEM_OVERHEAD[o_in_q]
+
+
+def check_fits(d: int, tile_n: int, kv_stages: int, consumers: int, q_buffers: int, o_in_q: bool, elem_bytes: int = 2) -> None:
+    """ValueError (one line) when the configuration cannot fit in shared memory."""
+    need = smem_bytes(d, tile_n, kv_stages, consumers, q_buffers, o_in_q, elem_bytes)
+    if need > SMEM_CAPACITY:
+        raise ValueError(
+            f"d={d} with kv_stages={kv_stages}, consumers={consumers}, q_buffers={q_buffers} needs "
+            f"{need / 1024:.0f} KiB of shared memory, more than the {SMEM_CAPACITY // 1024} KiB of a CTA"
+        )
