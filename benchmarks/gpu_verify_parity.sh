@@ -77,6 +77,9 @@ for part in ${@:-mask softcap headdim varlen}; do
       # O staged in Q without the persistent loop, and with the serial schedule's Q release
       wb sweep d --n 17,1000 --d 256 --dtype bf16 -p causal=true $H -V persistent=off --timeout "$T"
       wb sweep d --n 17,1000 --d 192 --dtype bf16 -p causal=false $H -V schedule=serial --timeout "$T"
+      # the features together: big head dims with a bottom-right local causal window and a softcap
+      wb sweep d --n 1000,4096 -p m=1000 --d 192,256 --dtype bf16 -p causal=true -p align=bottom_right \
+        -p window_left=512 -p softcap=30 $H --timeout "$T"
       ;;
     varlen)
       ;;
