@@ -17,6 +17,17 @@ for part in ${@:-mask softcap headdim varlen}; do
     headdim)
       ;;
     varlen)
+      # packed batches (varlen=true): q lengths 1 ... 32768 in one batch, a zero-length k
+      # sequence (O = 0, LSE = -inf rows), a zero-length q sequence, equal lengths; d 64/128,
+      # causal both (top-left per sequence), bf16 + fp16, GQA with k lengths != q lengths;
+      # every persistent mode. Then today's (non-varlen) kernel, unchanged.
+      timeout 150 wb sweep d -p varlen=true -p seqlens=1000,1:17:1000:0:4096,128:128:128:128,1:32768:7:300:0:129 \
+        --d 64,128 --dtype bf16 -p causal=false,true --timeout $T
+      timeout 60 wb sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 -p seqlens_k=5:0:1000:33:4000 \
+        -p heads=8 -p kv_heads=2 --d 64,128 --dtype fp16 -p causal=false,true --timeout $T
+      timeout 60 wb sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 --d 128 -p causal=true \
+        -V persistent=off,on,dynamic --timeout $T
+      timeout 60 wb sweep d --n 17,1000 --d 64,128 -p causal=false,true -p kv_heads=4,2 --timeout $T
       ;;
   esac
 done

@@ -422,14 +422,15 @@ class FmhaForward(FmhaForwardBase):
         m_block: Int32, head: Int32, batch: Int32,
     ):
         """varlen, a work tile without work: for a sequence with no keys, its rows get O = 0
-        and LSE = -inf (the logsumexp of nothing); rows past the sequence's end are left alone."""
+        and LSE = -inf (the logsumexp of nothing; softmax=identity: 0); rows past the
+        sequence's end are left alone."""
         thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale = regs
         off_q, len_q = seq_span(cu[0], batch)
         row0 = m_block * self.tile_m + wg * self.wg_rows
         if row0 < len_q:
             acc_O.fill(0.0)
             lse = cute.make_rmem_tensor(softmax.num_rows, Float32)
-            lse.fill(-math.inf)
+            lse.fill(-math.inf if self.is_exp else 0.0)  # identity: LSE is 0 everywhere
             gO = cute.local_tile(cute.domain_offset((off_q, 0), mO[None, None, head]), (self.wg_rows, self.d), (None, 0))
             self.store_lse_rows(lse, cute.domain_offset((off_q,), mLSE[head, None]), thr_pv, tidx, row0, len_q)
             self.store_o_rows(acc_O, gO[None, None, m_block * self.num_consumer_wg + wg], thr_pv, tidx, row0, len_q)
@@ -455,10 +456,18 @@ class FmhaForward(FmhaForwardBase):
         g_mn = common.acc_row_view(thr_pv.partition_C(gO_wg))
         c_mn = common.acc_row_view(thr_pv.partition_C(cute.make_identity_tensor((self.wg_rows, self.d))))
         probe("tOgO_rows", g_mn)
+        probe("tOrO_rows", r_mn)
         for r in cutlass.range_constexpr(cute.size(r_mn, mode=[0])):
             if row0 + c_mn[r, 0][0] < seqlen_q:
-                for c in cutlass.range_constexpr(cute.size(r_mn, mode=[1])):
-                    g_mn[r, c] = r_mn[r, c]
+                # adjacent column pairs as one 32-bit store each
+                # (a column pair starts at an even column of a row, and every row of the packed
+                # (total, heads, d) tensor at a multiple of d elements: 4-byte aligned)
+                g_row = g_mn[r, None]
+                ptr32 = cute.make_ptr(Int32, g_row.iterator.toint(), cute.AddressSpace.gmem, assumed_align=4)
+                dst = cute.make_tensor(ptr32, cute.recast_layout(32, self.dtype.width, g_row.layout))
+                src = cute.recast_tensor(r_mn[r, None], Int32)
+                for c in cutlass.range_constexpr(cute.size(src)):
+                    dst[c] = src[c]
 
     def _make_pipelines(self, storage):
         """Stage C's Q, K and V pipelines, plus (used by ``persistent=dynamic``) the 2-slot
