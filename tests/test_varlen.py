@@ -197,3 +197,25 @@ def test_wb_compile_rejects_seqlens_without_varlen(tmp_path):
     )
     assert r.returncode == 2, r.stdout + r.stderr
     assert "varlen=true" in (r.stdout + r.stderr) and "Traceback" not in r.stderr
+
+
+def test_varlen_compiles_for_sm90a_with_predicated_register_o_store():
+    """varlen=true compiles for sm_90a (one build: d=64, causal, GQA): Q/K/V are TMA loads of
+    the packed 3-D tensors, O is stored from registers in 32-bit column pairs (no TMA store,
+    which would write a whole 64-row box into the next sequence), rows of one thread's pair
+    chunks as the PV accumulator holds them."""
+    import os
+
+    from workbench.compile.probe import capture
+
+    os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
+    p = params(d=64, causal=True, heads=4, kv_heads=2)
+    with capture() as records:
+        compiled = StageD().compile(p, {}, "sm_90a")
+    probes = {r["name"]: r["layout"] for r in records}
+    assert compiled.varlen and "verified" in compiled.p_check
+    assert "tOsO_tma" not in probes  # no TMA store of O in the varlen build
+    # (row pairs +8, (2 adjacent columns, d/8 chunks)) per thread; gmem columns contiguous
+    assert probes["tOrO_rows"] == "((2,1),(2,8,1)):((2,0),(1,4,0))", probes["tOrO_rows"]
+    assert probes["tOgO_rows"].endswith("(1,8,0))"), probes["tOgO_rows"]
+    assert probes["tQgQ"].startswith("(((64,64),1),?)")  # 64-row Q boxes of the (total, d, heads) view
