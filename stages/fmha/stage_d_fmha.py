@@ -1,4 +1,4 @@
-"""Stage D: full FMHA forward on Hopper: (batch, seqlen, heads, d), causal, GQA, tails.
+"""Stage D: full FMHA forward on Hopper: (batch, seqlen, heads, d), causal, GQA, tails, varlen.
 
 Shapes (flash-attn layout): q (batch, m, heads, d), k and v (batch, n, kv_heads, d), all
 with d contiguous; o like q; lse (batch, heads, m) fp32 = logsumexp(S * scale) per row.
@@ -23,6 +23,22 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
 * Tails: Q rows >= m are computed on zero rows and never stored (TMA store clipping; LSE
   stores are predicated; a consumer WG whose 64 rows all lie past m skips its store). KV
   columns >= n are masked to -inf before the softmax.
+* Varlen (``varlen=true``, compile-time; flash-attn's varlen API): q (total_q, heads, d),
+  k and v (total_k, kv_heads, d), o like q, lse (heads, total_q), plus ``cu_seqlens_q/k``
+  (int32, batch + 1) and ``max_seqlen_q``. Work tiles are (Q tile, head, sequence) with
+  ceil(max_seqlen_q / tile_m) Q tiles per sequence; a tile that starts past its sequence's
+  end, or whose sequence has no keys, loads and computes nothing (``tile_has_work``: both
+  warp roles read the same two cu_seqlens entries, so no pipeline or Q phase moves for it).
+  The TMA loads address the packed (total, d, heads) views at the sequence's offset
+  (``cute.domain_offset``), so a box running past the sequence's end reads the next
+  sequence's rows: those keys are masked by the sequence's own length (``apply_mask``), those
+  Q rows compute garbage that is never stored -- O goes from registers to global memory in
+  32-bit column pairs, each row predicated (``store_o_rows``; a TMA store of the 64-row box
+  would overwrite the next sequence's first rows), LSE likewise. A sequence with no keys gets
+  O = 0 and LSE = -inf (0 with softmax=identity); one with no queries gets nothing. The
+  launch is sync-free after the first call (``max_seqlen_q`` is read from the host's
+  cu_seqlens once and cached on the tensor). varlen=false builds exactly today's kernel
+  (the same SASS).
 * Causal, top-left aligned exactly as torch SDPA ``is_causal=True`` (query i sees keys
   j <= i, also when m != n; flash-attn would align bottom-right). KV tiles past the
   diagonal are not loaded at all (``mask.kv_tile_range``).
