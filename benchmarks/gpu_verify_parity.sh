@@ -29,5 +29,16 @@ for part in ${@:-mask softcap headdim varlen}; do
         -V persistent=off,on,dynamic --timeout $T
       timeout 60 wb sweep d --n 17,1000 --d 64,128 -p causal=false,true -p kv_heads=4,2 --timeout $T
       ;;
+    varlen-speed)
+      # (not in the default list: `bash benchmarks/gpu_verify_parity.sh varlen-speed`) the issue's
+      # varlen goals: equal lengths within 3% of the fixed-length kernel (same tensors' sizes),
+      # and a mixed batch (128 ... 16k, 64k tokens) against FA4's varlen path
+      timeout 200 wb bench d -p n=4096 -p d=128 -p batch=4 -p heads=16 -p causal=false,true --peers fa4 --timeout 180
+      timeout 200 wb bench d -p varlen=true -p seqlens=4096:4096:4096:4096 -p d=128 -p heads=16 \
+        -p causal=false,true --peers fa4 --timeout 180
+      timeout 200 wb bench d -p varlen=true \
+        -p seqlens=16384:128:8000:3000:512:12000:777:4096:9000:2000:6000:3639 -p d=128 -p heads=16 \
+        -p causal=false,true --peers fa4 --timeout 180
+      ;;
   esac
 done
