@@ -28,6 +28,12 @@ for part in ${@:-mask softcap headdim varlen}; do
       timeout 60 wb sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 --d 128 -p causal=true \
         -V persistent=off,on,dynamic --timeout $T
       timeout 60 wb sweep d --n 17,1000 --d 64,128 -p causal=false,true -p kv_heads=4,2 --timeout $T
+      # injected bugs: each must FAIL with its mutant named first (varlen-next-offset,
+      # varlen-tail-unmasked, varlen-first-length); tests/test_varlen_gpu.py asserts the same
+      for bug in next_offset:300:1000:77:500 tail_unmasked:300:1000:77:500 first_length:77:1000:300:500; do
+        timeout 90 wb run d -p varlen=true -p seqlens=${bug#*:} -V varlen_bug=${bug%%:*} --fixture random --seeds 1 --timeout $T
+      done
+      timeout 300 python3 -m pytest -q -m gpu tests/test_varlen_gpu.py
       ;;
     varlen-speed)
       # (not in the default list: `bash benchmarks/gpu_verify_parity.sh varlen-speed`) the issue's

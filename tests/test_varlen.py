@@ -187,16 +187,15 @@ def test_varlen_mutants_are_distinct_and_named(causal):
     assert not d.explanations, d.headline
 
 
-def test_wb_compile_rejects_seqlens_without_varlen(tmp_path):
-    """seqlens without varlen=true: one line, exit 2, before any trace."""
-    import subprocess
+@pytest.mark.parametrize("args", [["-p", "seqlens=1:2"], ["-V", "varlen_bug=next_offset"], ["-p", "varlen=true", "-p", "seqlens=1:x"]])
+def test_wb_compile_rejects_varlen_mistakes_in_one_line(args):
+    """seqlens or a varlen bug injection without varlen=true, a malformed length: one line,
+    exit 2, before any trace."""
+    from conftest import run_wb
 
-    r = subprocess.run(
-        [sys.executable, "-m", "workbench", "compile", "d", "-p", "seqlens=1:2"],
-        cwd=A.ROOT, capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(A.ROOT)},
-    )
+    r = run_wb("compile", "d", *args, cwd=A.ROOT)
     assert r.returncode == 2, r.stdout + r.stderr
-    assert "varlen=true" in (r.stdout + r.stderr) and "Traceback" not in r.stderr
+    assert ("varlen=true" in r.stderr or "must be lengths" in r.stderr) and "Traceback" not in r.stderr
 
 
 def test_varlen_compiles_for_sm90a_with_predicated_register_o_store():
@@ -219,3 +218,26 @@ def test_varlen_compiles_for_sm90a_with_predicated_register_o_store():
     assert probes["tOrO_rows"] == "((2,1),(2,8,1)):((2,0),(1,4,0))", probes["tOrO_rows"]
     assert probes["tOgO_rows"].endswith("(1,8,0))"), probes["tOgO_rows"]
     assert probes["tQgQ"].startswith("(((64,64),1),?)")  # 64-row Q boxes of the (total, d, heads) view
+
+
+# the GPU bug-injection cases of tests/test_varlen_gpu.py, on the CPU: the mutant's own output
+# at those lengths (d=128, 4 heads, non-causal, random) is named first
+GPU_BUG_CASES = [("300:1000:77:500", "varlen-next-offset"), ("300:1000:77:500", "varlen-tail-unmasked"),
+                 ("77:1000:300:500", "varlen-first-length")]
+
+
+@pytest.mark.parametrize("seqlens, name", GPU_BUG_CASES, ids=[c[1] for c in GPU_BUG_CASES])
+def test_gpu_bug_cases_are_named_on_the_cpu(seqlens, name):
+    from workbench.diagnose import MutantContext, diagnose, views_for
+
+    fixtures, mutants = A.load()
+    p = params(d=128, heads=4, kv_heads=4, seqlens=seqlens, seqlens_k="")
+    st = StageD()
+    specs, outs = st.inputs(p), st.outputs(p)
+    inputs = get_fixture(fixtures, "random", specs).make(specs, p, 0, "cpu")
+    expected = st.reference(inputs, p, {}, torch.float32)
+    cx = MutantContext(inputs=inputs, expected={k: v.float() for k, v in expected.items()}, params=p, variants={},
+                       fixture="random", views=views_for(A.ROOT / "stages" / "fmha"))
+    out = A.kernel_like({**expected, **mutants[name].fn(cx)}, outs, seed=3)
+    d = diagnose(out, expected, inputs, p, {}, "random", mutants)
+    assert d.status == "explained" and d.best.name == name, d.headline

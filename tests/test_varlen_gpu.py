@@ -86,3 +86,29 @@ def test_launch_is_sync_free_and_neighbours_are_untouched():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+# each injected varlen bug FAILs and its mutant is the top explanation (lengths chosen so that
+# the buggy kernel is deterministic: first_length with the shortest sequence first never
+# writes a row twice)
+VARLEN_BUGS = [
+    ("next_offset", "300:1000:77:500", "varlen-next-offset"),
+    ("tail_unmasked", "300:1000:77:500", "varlen-tail-unmasked"),
+    ("first_length", "77:1000:300:500", "varlen-first-length"),
+]
+
+
+@pytest.mark.parametrize("bug, seqlens, mutant", VARLEN_BUGS, ids=[b[0] for b in VARLEN_BUGS])
+def test_injected_varlen_bug_is_the_top_explanation(fmha_ws, bug, seqlens, mutant):
+    import json
+
+    from conftest import run_wb
+
+    args = ["run", "d", "-p", "varlen=true", "-p", f"seqlens={seqlens}", "-V", f"varlen_bug={bug}",
+            "--fixture", "random", "--seeds", "1", "--timeout", "60", "--json"]
+    proc = run_wb(*args, cwd=fmha_ws, timeout=240)
+    record = json.loads(proc.stdout)
+    assert proc.returncode == 1 and record["verdict"] == "FAIL"
+    case = next(c for c in record["results"] if c["verdict"] == "FAIL")
+    explanations = case["diagnosis"]["explanations"]
+    assert explanations and explanations[0]["name"] == mutant, [e["name"] for e in explanations]

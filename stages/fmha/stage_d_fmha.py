@@ -99,6 +99,11 @@ from workbench.compile.probe import probe
 from workbench.kernels.stage import Params, Stage, TensorSpec
 
 
+#: varlen bug injections: none; next_offset = Q/K/V loaded from sequence b + 1's start;
+#: tail_unmasked = keys masked at the 128-key tile end, not at the sequence's length;
+#: first_length = every sequence given sequence 0's lengths
+VARLEN_BUGS = ("none", "next_offset", "tail_unmasked", "first_length")
+
 #: registers per thread (consumer, producer) by consumer WG count: 64K registers per SM
 REGISTERS = {2: (240, 24), 3: (160, 32)}
 MAX_CONSUMER_WG = max(REGISTERS)
@@ -195,6 +200,7 @@ class FmhaForward(FmhaForwardBase):
         q_buffers: int = 1,
         trace: bool = False,
         varlen: bool = False,
+        varlen_bug: str = "none",
     ):
         # What ``auto`` means (kernel.yaml lists the choices): what measured fastest on an
         # H200, docs/perf-notes.md. consumers: 3 (192-row Q tiles) for d = 64 non-causal, else 2
@@ -241,6 +247,10 @@ class FmhaForward(FmhaForwardBase):
         # varlen: packed (total, heads, d) tensors with cu_seqlens (``__call__``); O is stored
         # from registers with a per-row predicate (a TMA box would write the next sequence's rows)
         self.varlen = varlen
+        # varlen bug injections (wb variant varlen_bug; tests/test_varlen_gpu.py): none, or the
+        # bug of the mutant of the same name (stages/fmha/mutants.py, varlen-*)
+        assert varlen_bug in VARLEN_BUGS and (varlen or varlen_bug == "none"), (varlen, varlen_bug)
+        self.varlen_bug = varlen_bug
 
     @cute.jit
     def __call__(
@@ -424,12 +434,29 @@ class FmhaForward(FmhaForwardBase):
 
     # ---- varlen -------------------------------------------------------------------------
     @cute.jit
+    def seq_spans(self, cu: tuple, batch: Int32):
+        """(q offset, q length, k offset, k length) of sequence ``batch`` (``varlen_bug``:
+        first_length gives every sequence sequence 0's lengths)."""
+        off_q, len_q = seq_span(cu[0], batch)
+        off_k, len_k = seq_span(cu[1], batch)
+        if const_expr(self.varlen_bug == "first_length"):
+            _, len_q = seq_span(cu[0], Int32(0))
+            _, len_k = seq_span(cu[1], Int32(0))
+        return off_q, len_q, off_k, len_k
+
+    def store_limit(self, mO: cute.Tensor, off_q: Int32, len_q: Int32):
+        """Rows of the sequence the O/LSE stores may write: its length (first_length: also
+        clipped at the packed tensor's end, as the bug would write past it)."""
+        if const_expr(self.varlen_bug == "first_length"):
+            return cutlass.min(len_q, mO.shape[0] - off_q)
+        return len_q
+
+    @cute.jit
     def tile_has_work(self, cu: tuple, m_block: Int32, batch: Int32) -> cutlass.Boolean:
         """varlen: does work tile (m_block, batch) load and compute anything (its Q tile
         starts inside the sequence, which has keys)? Producer and consumers agree on it, so
         a skipped tile touches no pipeline (and no Q phase)."""
-        _, len_q = seq_span(cu[0], batch)
-        _, len_k = seq_span(cu[1], batch)
+        _, len_q, _, len_k = self.seq_spans(cu, batch)
         return (m_block * self.tile_m < len_q) & (len_k > 0)
 
     @cute.jit
@@ -441,7 +468,8 @@ class FmhaForward(FmhaForwardBase):
         and LSE = -inf (the logsumexp of nothing; softmax=identity: 0); rows past the
         sequence's end are left alone."""
         thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale = regs
-        off_q, len_q = seq_span(cu[0], batch)
+        off_q, len_q, _, _ = self.seq_spans(cu, batch)
+        len_q = self.store_limit(mO, off_q, len_q)
         row0 = m_block * self.tile_m + wg * self.wg_rows
         if row0 < len_q:
             acc_O.fill(0.0)
@@ -537,8 +565,9 @@ class FmhaForward(FmhaForwardBase):
         keys are masked, those Q rows never stored)."""
         head_kv = head // self.qhead_per_kvhead
         if const_expr(self.varlen):
-            off_q, _ = seq_span(cu[0], batch)
-            off_k, seqlen_k = seq_span(cu[1], batch)
+            off_q, _, off_k, seqlen_k = self.seq_spans(cu, batch)
+            if const_expr(self.varlen_bug == "next_offset"):
+                off_q, off_k = cu[0][batch + 1], cu[1][batch + 1]
             gQ = cute.local_tile(cute.domain_offset((off_q, 0), mQ[None, None, head]), (self.wg_rows, self.d), (None, 0))
             gK = cute.local_tile(cute.domain_offset((off_k, 0), mK[None, None, head_kv]), (self.tile_n, self.d), (None, 0))
             gV = cute.local_tile(cute.domain_offset((off_k, 0), mV[None, None, head_kv]), (self.tile_n, self.d), (None, 0))
@@ -562,14 +591,17 @@ class FmhaForward(FmhaForwardBase):
         """One consumer WG's share of the work tile (m_block, head, batch); returns the K/V
         ring state after it. varlen: the sequence's lengths, and mO the plain packed tensor."""
         if const_expr(self.varlen):
-            off_q, seqlen_q = seq_span(cu[0], batch)
-            _, seqlen_k = seq_span(cu[1], batch)
+            off_q, seqlen_q, _, seqlen_k = self.seq_spans(cu, batch)
             gO = cute.local_tile(cute.domain_offset((off_q, 0), mO[None, None, head]), (self.wg_rows, self.d), (None, 0))
             mLSE_row = cute.domain_offset((off_q,), mLSE[head, None])
+            n_max = mk.kv_tile_range(m_block, seqlen_k, self.tile_m, self.tile_n, self.causal)
+            seqlen_q = self.store_limit(mO, off_q, seqlen_q)  # (consume_d reads seqlen_q for the stores only)
+            if const_expr(self.varlen_bug == "tail_unmasked"):
+                seqlen_k = (seqlen_k + (self.tile_n - 1)) // self.tile_n * self.tile_n  # (and seqlen_k for the mask)
         else:
             gO = cute.local_tile(mO[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
             mLSE_row = mLSE[batch, head, None]
-        n_max = mk.kv_tile_range(m_block, seqlen_k, self.tile_m, self.tile_n, self.causal)
+            n_max = mk.kv_tile_range(m_block, seqlen_k, self.tile_m, self.tile_n, self.causal)
         return self.consume_d(
             tiled_mma_qk, tiled_mma_pv, tma_atom_o, gO, mLSE_row, sQ, sK, sV, sO,
             pipeline_q, pipeline_k, pipeline_v, kv_state, q_buf, q_phase, regs,
@@ -1018,6 +1050,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "k_release": v["k_release"],
         "persistent": None if v["persistent"] == "auto" else v["persistent"],
         "q_buffers": int(v["q_buffers"]),
+        "varlen_bug": v["varlen_bug"],
     }
 
 
@@ -1128,6 +1161,10 @@ class StageD(Stage):
 
         dtype = common.cute_dtype(p.dtype)
         seqlens_of(p)  # a varlen parameter mistake is the user's, before any trace
+        if host.variants_of("d", variants)["varlen_bug"] != "none" and not host.truthy(p.get("varlen", False)):
+            from workbench.errors import UserError
+
+            raise UserError("fmha/stage-d: varlen_bug needs varlen=true")
         kernel = self.make_kernel(p, variants)
         args = [host.fake_tensor(dtype, 4) for _ in range(4)] + [host.fake_tensor(Float32, 3), host.fake_tensor(Int32, 1), Int32(1), host.fake_stream()]
         if kernel.varlen:
