@@ -241,3 +241,34 @@ def test_gpu_bug_cases_are_named_on_the_cpu(seqlens, name):
     out = A.kernel_like({**expected, **mutants[name].fn(cx)}, outs, seed=3)
     d = diagnose(out, expected, inputs, p, {}, "random", mutants)
     assert d.status == "explained" and d.best.name == name, d.headline
+
+
+def test_launch_passes_max_seqlen_q_read_once_per_version(monkeypatch):
+    """The varlen launch passes cu_seqlens and max_seqlen_q (the grid's Q tiles per sequence)
+    after the stream; the length is read from cu_seqlens_q once and again only after an
+    in-place change of it (torch's version counter), so relaunches do not sync."""
+    from stages.fmha import host, stage_d_fmha
+
+    calls, reads = [], []
+    monkeypatch.setattr(stage_d_fmha, "sm_count", lambda device: 132)
+    monkeypatch.setattr(host, "to_cute", lambda t: t)
+    monkeypatch.setattr(host, "current_stream", lambda: "stream")
+    compiled = host.Compiled(fn=lambda *a: calls.append(a), d=64, heads=4, kv_heads=2, varlen=True)
+    cu_q = torch.tensor(cu_seqlens([70, 0, 129]), dtype=torch.int32)
+    real_cpu = torch.Tensor.cpu
+
+    def counting_cpu(t, *a, **k):
+        reads.append(1)
+        return real_cpu(t, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counting_cpu)
+    inputs = {"q": torch.zeros(199, 4, 64), "k": torch.zeros(10, 2, 64), "v": torch.zeros(10, 2, 64),
+              "cu_seqlens_q": cu_q, "cu_seqlens_k": torch.tensor([0, 5, 5, 10], dtype=torch.int32)}
+    outputs = {"o": torch.zeros(199, 4, 64), "lse": torch.zeros(4, 199)}
+    for _ in range(3):
+        StageD().launch(compiled, inputs, outputs)
+    assert len(reads) == 1 and [int(c[-1]) for c in calls] == [129] * 3
+    assert calls[0][7] == "stream" and calls[0][8] is cu_q
+    cu_q[3] = 270  # lengths 70, 0, 200
+    StageD().launch(compiled, inputs, outputs)
+    assert len(reads) == 2 and int(calls[-1][-1]) == 200

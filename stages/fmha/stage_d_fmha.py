@@ -1185,13 +1185,15 @@ class StageD(Stage):
             )
             cu_q, cu_k = inputs["cu_seqlens_q"], inputs["cu_seqlens_k"]
             # max_seqlen_q sizes the grid: flash-attn's API takes it from the caller (no device
-            # sync per launch); wb's inputs carry it as the largest q length, computed once here
-            # from the host copy the fixtures made (cached on the tensor)
-            max_q = getattr(cu_q, "_wb_max_seqlen", None)
-            if max_q is None:
+            # sync per launch); here it is read from cu_seqlens_q once (one device-to-host copy)
+            # and cached on the tensor, keyed by its version counter (an in-place change of
+            # the lengths reads them again)
+            cached = getattr(cu_q, "_wb_max_seqlen", None)
+            if cached is None or cached[0] != cu_q._version:
                 lens = cu_q.cpu().diff()
-                max_q = int(lens.max()) if lens.numel() else 0
-                cu_q._wb_max_seqlen = max_q
+                cached = (cu_q._version, int(lens.max()) if lens.numel() else 0)
+                cu_q._wb_max_seqlen = cached
+            max_q = cached[1]
             compiled.fn(
                 host.to_cute(q), host.to_cute(k), host.to_cute(inputs["v"]),
                 host.to_cute(outputs["o"]), host.to_cute(outputs["lse"]), host.to_cute(tile_counter(q.device)),
