@@ -36,9 +36,10 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
   32-bit column pairs, each row predicated (``store_o_rows``; a TMA store of the 64-row box
   would overwrite the next sequence's first rows), LSE likewise. A sequence with no keys gets
   O = 0 and LSE = -inf (0 with softmax=identity); one with no queries gets nothing. The
-  launch is sync-free after the first call (``max_seqlen_q`` is read from the host's
-  cu_seqlens once and cached on the tensor). varlen=false builds exactly today's kernel
-  (the same SASS).
+  launch is sync-free after the first call (``max_seqlen_q`` is read from cu_seqlens_q once,
+  one device-to-host copy, and cached on the tensor per version). ``varlen_bug`` injects the
+  bugs of the varlen mutants (tests/test_varlen_gpu.py). varlen=false builds exactly today's
+  kernel (the same SASS).
 * Causal, top-left aligned exactly as torch SDPA ``is_causal=True`` (query i sees keys
   j <= i, also when m != n; flash-attn would align bottom-right). KV tiles past the
   diagonal are not loaded at all (``mask.kv_tile_range``).
