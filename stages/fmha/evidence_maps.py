@@ -2,7 +2,8 @@
 tensors read as matrices, which rows a one-hot-P output reads, what its mutants cost.
 
 Layouts: 2-D stages (A-C) have (seq, d) Q/K/V, S and P (m, n), O (m, d), LSE (m,); stage D has
-(batch, seq, heads, d) Q/K/V/O and LSE (batch, heads, m), K/V with kv_heads heads (GQA).
+(batch, seq, heads, d) Q/K/V/O and LSE (batch, heads, m), K/V with kv_heads heads (GQA);
+varlen=true packs them: (total, heads, d) Q/K/V/O and LSE (heads, total_q), one matrix per head.
 """
 
 from __future__ import annotations
@@ -15,6 +16,15 @@ from workbench.kernels.stage import param_value
 def attention_matrices(name, t, params):
     """S/P: one matrix in (Q tile x KV tile) tiles; 4-D O: one (seq, d) matrix per (batch, head);
     3-D LSE: one column per (batch, head), (batch, heads, m) or (batch, m, heads)."""
+    if _varlen(params) and role_of(name) in ("o", "lse") and t.dim() in (2, 3):
+        # packed (total_q, heads, d) O / (heads, total_q) LSE: one matrix per head, the
+        # sequences one after another down its rows
+        h = t.shape[1] if t.dim() == 3 else t.shape[0]
+        if t.dim() == 3:
+            return Matrices(t.permute(1, 0, 2), lambda x: x.permute(1, 0, 2), labels=[f"h{j}" for j in range(h)],
+                            row_label="packed rows (all sequences)", col_label="head")
+        return Matrices(t.unsqueeze(-1), lambda x: x[..., 0], labels=[f"h{j}" for j in range(h)], tile=(64, 1),
+                        row_label="packed rows (all sequences)", col_label="head")
     if t.dim() == 2 and role_of(name) in ("s", "p"):
         return Matrices(t.unsqueeze(0), lambda x: x[0], tile=(128, 128), row_label="Q tile (128 rows)", col_label="KV tile (128 cols)")
     if t.dim() == 4:
@@ -33,6 +43,11 @@ def attention_matrices(name, t, params):
             labels = [f"b{i}h{j}" for i in range(a) for j in range(x)]
         return Matrices(mats, back, labels=labels, tile=(64, 1), col_label="(batch, head)")
     return None
+
+
+def _varlen(params) -> bool:
+    v = param_value(params, "varlen", False)
+    return v.strip().lower() in ("1", "true", "yes", "on") if isinstance(v, str) else bool(v)
 
 
 @read_source_hook
@@ -60,4 +75,8 @@ def logits(inputs):
     q, k = inputs.get("q"), inputs.get("k")
     if q is None or k is None or q.dim() != k.dim():
         return 0
+    if "cu_seqlens_q" in inputs and "cu_seqlens_k" in inputs and q.dim() == 3:  # varlen: per sequence
+        lq = inputs["cu_seqlens_q"].cpu().diff().long()
+        lk = inputs["cu_seqlens_k"].cpu().diff().long()
+        return int((lq * lk).sum()) * q.shape[1]
     return q.numel() // q.shape[-1] * k.shape[-3 if k.dim() == 4 else 0]

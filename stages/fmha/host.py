@@ -49,6 +49,7 @@ class Compiled:
     causal: bool = False
     p_check: str = ""  # the trace-time proof of the P hand-over (softmax.check_p_operand_mapping)
     compile_s: float = 0.0
+    varlen: bool = False  # stage D: packed (total, heads, d) tensors with cu_seqlens
 
 
 @functools.lru_cache(maxsize=1)

@@ -951,3 +951,176 @@ def bhsd_store(cx):
     if not out:
         raise NotApplicable("needs a 4-D output with more than one head")
     return out
+
+
+# --------------------------------------------------------------------------------------
+# varlen (stage D, varlen=true): packed (total, heads, d) q/k/v/o, lse (heads, total_q),
+# cu_seqlens_q/k. Each mutant models the kernel per sequence (the reference's own
+# attention per sequence, float32) with one bug in how the sequences are delimited.
+# --------------------------------------------------------------------------------------
+class Packed:
+    """A varlen problem: the packed tensors (float32), the sequences' spans, the output names."""
+
+    def __init__(self, cx):
+        import torch
+
+        from workbench.diagnose.registry import role_of
+
+        inputs = cx.inputs
+        _need("cu_seqlens_q" in inputs and "cu_seqlens_k" in inputs and inputs["q"].dim() == 3, "not a varlen stage")
+        self.cx = cx
+        self.q, self.k, self.v = (inputs[n].float() for n in ("q", "k", "v"))
+        self.cq = [int(x) for x in inputs["cu_seqlens_q"].cpu()]
+        self.ck = [int(x) for x in inputs["cu_seqlens_k"].cpu()]
+        self.B = len(self.cq) - 1
+        self.causal = _truthy(param_value(cx.params, "causal", False))
+        self.softmax = (cx.variants or {}).get("softmax", "exp")
+        self.roles = {role_of(n): n for n in cx.expected}
+        _need("o" in self.roles, "no O output")
+        self.device = self.q.device
+        self.torch = torch
+
+    def lq(self, b):
+        return self.cq[b + 1] - self.cq[b]
+
+    def lk(self, b):
+        return self.ck[b + 1] - self.ck[b]
+
+    @staticmethod
+    def rows(x, start, count):
+        """``count`` rows of packed ``x`` from ``start``, zero past its end (TMA zero-fill)."""
+        import torch
+
+        part = x[max(0, start):max(0, min(x.shape[0], start + count))]
+        if part.shape[0] < count:
+            part = torch.cat([part, x.new_zeros(count - part.shape[0], *x.shape[1:])])
+        return part
+
+    def attend(self, q, k, v, valid_k=None):
+        """(O (m, H, D), LSE (H, m)) of one sequence; ``valid_k``: keys past it are masked
+        (default all); no key at all: O = 0, LSE = -inf."""
+        from stages.fmha import reference
+
+        torch = self.torch
+        m, n = q.shape[0], k.shape[0]
+        lse_empty = 0.0 if self.softmax == "identity" else float("-inf")
+        if m == 0 or n == 0:
+            return q.new_zeros(m, q.shape[1], v.shape[-1]), q.new_full((q.shape[1], m), lse_empty)
+        o, lse = reference.attention_bshd(q[None], k[None], v[None], torch.float32, softmax=self.softmax, causal=self.causal)
+        return o[0], lse[0]
+
+    def outputs(self, o, lse, unwritten=None):
+        out = {}
+        if unwritten is not None and bool(unwritten.any()):
+            uo = unwritten.view(-1, 1, 1).expand_as(o)
+            out[self.roles["o"]] = Pred(self.torch.where(uo, self.torch.full_like(o, float("nan")), o), unwritten=uo)
+        else:
+            out[self.roles["o"]] = o
+        if "lse" in self.roles:
+            if unwritten is not None and bool(unwritten.any()):
+                ul = unwritten.view(1, -1).expand_as(lse)
+                out[self.roles["lse"]] = Pred(self.torch.where(ul, self.torch.full_like(lse, float("nan")), lse), unwritten=ul)
+            else:
+                out[self.roles["lse"]] = lse
+        return out
+
+    def empty(self):
+        torch = self.torch
+        H = self.q.shape[1]
+        lse_fill = 0.0 if self.softmax == "identity" else float("-inf")
+        o = torch.zeros(self.q.shape[0], H, self.v.shape[-1], device=self.device)
+        lse = torch.full((H, self.q.shape[0]), lse_fill, device=self.device)
+        return o, lse
+
+
+def packed(cx) -> Packed:
+    if "fmha-packed" not in cx.cache:
+        cx.cache["fmha-packed"] = Packed(cx)
+    return cx.cache["fmha-packed"]
+
+
+@mutant("varlen-next-offset", "cu_seqlens read one entry late: sequence b loads its Q, K and V rows from "
+        "sequence b + 1's start (cu_seqlens[b + 1]; the last one reads past the end: zeros) with its own lengths",
+        outputs=("o", "lse"), dims=(3,), family="varlen")
+def varlen_next_offset(cx):
+    P = packed(cx)
+    _need(P.B >= 2 or P.lq(0) > 0, "one empty sequence")
+    o, lse = P.empty()
+    for b in range(P.B):
+        m, n = P.lq(b), P.lk(b)
+        if m == 0:
+            continue
+        ob, lb = P.attend(P.rows(P.q, P.cq[b + 1], m), P.rows(P.k, P.ck[b + 1], n), P.rows(P.v, P.ck[b + 1], n))
+        o[P.cq[b]:P.cq[b + 1]], lse[:, P.cq[b]:P.cq[b + 1]] = ob, lb
+    return P.outputs(o, lse)
+
+
+@mutant("varlen-tail-unmasked", "keys past a sequence's end not masked: its last 128-key tile attends the next "
+        "sequence's first keys (the KV tail masked at the tile end instead of the sequence's length)",
+        outputs=("o", "lse"), dims=(3,), family="varlen")
+def varlen_tail_unmasked(cx):
+    P = packed(cx)
+    o, lse = P.empty()
+    any_tail = False
+    for b in range(P.B):
+        m, n = P.lq(b), P.lk(b)
+        if m == 0 or n == 0:
+            continue
+        n_pad = -(-n // KV_TILE) * KV_TILE
+        any_tail |= n_pad > n and (not P.causal or m > n)  # causal: only rows i >= n see keys past n
+        ob, lb = P.attend(P.q[P.cq[b]:P.cq[b + 1]], P.rows(P.k, P.ck[b], n_pad), P.rows(P.v, P.ck[b], n_pad))
+        o[P.cq[b]:P.cq[b + 1]], lse[:, P.cq[b]:P.cq[b + 1]] = ob, lb
+    _need(any_tail, "no row sees a key past its sequence's end (k lengths multiples of 128, or causal with m <= n)")
+    return P.outputs(o, lse)
+
+
+#: rows of one O store box (a consumer warpgroup's rows)
+O_BOX_ROWS = 64
+
+
+@mutant("varlen-q-tail-stored", "O stored in whole 64-row boxes (a TMA store): a sequence's rows past its end "
+        "(its next query rows' garbage) overwrite the first rows of the next sequence's O",
+        outputs=("o",), dims=(3,), family="varlen")
+def varlen_q_tail_stored(cx):
+    P = packed(cx)
+    o, lse = P.empty()
+    tails = []
+    for b in range(P.B):
+        m, n = P.lq(b), P.lk(b)
+        if m == 0:
+            continue
+        m_pad = -(-m // O_BOX_ROWS) * O_BOX_ROWS
+        ob, lb = P.attend(P.rows(P.q, P.cq[b], m_pad), P.k[P.ck[b]:P.ck[b + 1]], P.v[P.ck[b]:P.ck[b + 1]])
+        o[P.cq[b]:P.cq[b + 1]], lse[:, P.cq[b]:P.cq[b + 1]] = ob[:m], lb[:, :m]
+        if n > 0 and m_pad > m:
+            tails.append((P.cq[b + 1], ob[m:]))
+    end = P.q.shape[0]
+    for start, rows in tails:  # modelled as landing after the next sequence's own store
+        rows = rows[:max(0, end - start)]
+        o[start:start + rows.shape[0]] = rows
+    _need(any(r.shape[0] for _, r in tails), "every q length is a multiple of 64 (or the tails hit no row)")
+    return {P.roles["o"]: o}
+
+
+@mutant("varlen-first-length", "every sequence given the first sequence's lengths (seqlen from cu_seqlens[1] - "
+        "cu_seqlens[0] for all b): longer sequences are cut short (rows never written, keys dropped), shorter "
+        "ones run into the next", outputs=("o", "lse"), dims=(3,), family="varlen")
+def varlen_first_length(cx):
+    torch_ = __import__("torch")
+    P = packed(cx)
+    _need(P.B >= 2 and any((P.lq(b), P.lk(b)) != (P.lq(0), P.lk(0)) for b in range(P.B)), "all lengths equal")
+    m0, n0 = P.lq(0), P.lk(0)
+    total = P.q.shape[0]
+    H = P.q.shape[1]
+    o = torch_.zeros(total, H, P.v.shape[-1], device=P.device)
+    lse = torch_.zeros(H, total, device=P.device)
+    written = torch_.zeros(total, dtype=torch_.bool, device=P.device)
+    for b in range(P.B):  # in sequence order, a later store over an earlier one
+        if m0 == 0 or P.lq(b) == 0:
+            continue
+        start = P.cq[b]
+        rows = max(0, min(m0, total - start))
+        ob, lb = P.attend(P.rows(P.q, start, m0), P.rows(P.k, P.ck[b], n0), P.rows(P.v, P.ck[b], n0))
+        o[start:start + rows], lse[:, start:start + rows] = ob[:rows], lb[:, :rows]
+        written[start:start + rows] = True
+    return P.outputs(o, lse, unwritten=~written)

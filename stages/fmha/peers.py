@@ -56,6 +56,30 @@ def _mask(params, m: int, n: int):
     return align, wl, wr, plain
 
 
+def _varlen_peer(name: str, inputs, causal: bool, scale: float):
+    """varlen=true (packed q/k/v, cu_seqlens): FA4's varlen path (None when not installed);
+    the other peers take no packed batch (a ValueError: the bench row says so). FA4 aligns
+    causal bottom-right: the same as stage D's top-left where a sequence's q and k lengths
+    are equal."""
+    if name != "fa4":
+        raise ValueError(f"{name} takes no packed variable-length batch (varlen=true)")
+    try:
+        from flash_attn.cute import flash_attn_varlen_func
+    except ImportError:
+        return None
+    cu_q, cu_k = inputs["cu_seqlens_q"], inputs["cu_seqlens_k"]
+    max_q, max_k = int(cu_q.diff().max()), int(cu_k.diff().max())  # once, outside the timing
+
+    def run():
+        return flash_attn_varlen_func(
+            inputs["q"], inputs["k"], inputs["v"], cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+            max_seqlen_q=max_q, max_seqlen_k=max_k, softmax_scale=scale, causal=causal,
+        )
+
+    run()  # the first call compiles: keep it out of the timing
+    return run
+
+
 def make_peer(name: str, inputs, params):
     q, k, v = inputs["q"], inputs["k"], inputs["v"]
     causal = bool(params.get("causal", False))
@@ -63,6 +87,8 @@ def make_peer(name: str, inputs, params):
     softcap = float(params.get("softcap", 0.0) or 0.0)
     if softcap and name != "fa4":
         raise ValueError(f"peer {name} has no softcap (softcap={softcap}): only fa4 takes one")
+    if "cu_seqlens_q" in inputs:
+        return _varlen_peer(name, inputs, causal, scale)
     m, n = q.shape[-3] if q.dim() == 4 else q.shape[-2], k.shape[-3] if k.dim() == 4 else k.shape[-2]
     align, wl, wr, plain = _mask(params, m, n)
     if not plain and name != "fa4":

@@ -464,3 +464,64 @@ class _no_tf32:
         import torch
 
         torch.backends.cuda.matmul.allow_tf32 = self.saved
+
+
+# --------------------------------------------------------------------------------------
+# varlen (stage D, varlen=true): packed sequences, flash-attn's varlen layout
+# --------------------------------------------------------------------------------------
+def parse_seqlens(spec: str, name: str = "seqlens") -> list[int]:
+    """'1:17:1000:0:4096' (or comma-separated) -> [1, 17, 1000, 0, 4096]: one length >= 0 per
+    sequence. A malformed spec is a UserError (the user's mistake, one line)."""
+    from workbench.errors import UserError
+
+    parts = [x.strip() for x in str(spec).replace(",", ":").split(":")]
+    try:
+        lens = [int(x) for x in parts]
+    except ValueError:
+        raise UserError(f"fmha/stage-d: {name}={spec!r} must be lengths separated by ':' (e.g. 1:17:1000:0:4096)") from None
+    if not lens or any(n < 0 for n in lens):
+        raise UserError(f"fmha/stage-d: {name}={spec!r}: every length must be >= 0")
+    return lens
+
+
+def attention_varlen(
+    q: "torch.Tensor",
+    k: "torch.Tensor",
+    v: "torch.Tensor",
+    cu_seqlens_q: "torch.Tensor",
+    cu_seqlens_k: "torch.Tensor",
+    compute_dtype: "torch.dtype",
+    *,
+    softmax: str = "exp",
+    causal: bool = False,
+    causal_align: str = "top-left",
+    **mask_and_cap,
+) -> "tuple[torch.Tensor, torch.Tensor]":
+    """``attention_bshd`` per packed sequence: q (total_q, heads, d), k and v (total_k,
+    kv_heads, d), sequence b = rows cu_seqlens[b] .. cu_seqlens[b + 1] - 1 of each ->
+    (O (total_q, heads, d), LSE (heads, total_q)). Causal per sequence (its own m, n).
+    A sequence with no keys gets O = 0 and LSE = -inf (the logsumexp of nothing; identity:
+    LSE = 0); a sequence with no queries gets nothing. ``mask_and_cap``: ``attention_bshd``'s
+    align, window_left, window_right and softcap, applied per sequence."""
+    import torch
+
+    cq = [int(x) for x in cu_seqlens_q.cpu()]
+    ck = [int(x) for x in cu_seqlens_k.cpu()]
+    if len(cq) != len(ck):
+        raise ValueError(f"cu_seqlens_q has {len(cq)} entries, cu_seqlens_k {len(ck)}")
+    heads = q.shape[1]
+    lowp = compute_dtype in (torch.bfloat16, torch.float16)
+    o = torch.zeros(q.shape[0], heads, v.shape[-1], dtype=compute_dtype, device=q.device)
+    lse_fill = 0.0 if softmax == "identity" else float("-inf")
+    lse = torch.full((heads, q.shape[0]), lse_fill, dtype=torch.float32 if lowp else compute_dtype, device=q.device)
+    for b in range(len(cq) - 1):
+        q0, q1, k0, k1 = cq[b], cq[b + 1], ck[b], ck[b + 1]
+        if q1 <= q0 or k1 <= k0:
+            continue
+        ob, lb = attention_bshd(
+            q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], compute_dtype, softmax=softmax, causal=causal,
+            causal_align=causal_align, **mask_and_cap,
+        )
+        o[q0:q1] = ob[0].to(o.dtype)
+        lse[:, q0:q1] = lb[0].to(lse.dtype)
+    return o, lse

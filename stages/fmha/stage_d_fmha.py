@@ -1,4 +1,4 @@
-"""Stage D: full FMHA forward on Hopper: (batch, seqlen, heads, d), causal, windows, GQA, tails.
+"""Stage D: full FMHA forward on Hopper: (batch, seqlen, heads, d), causal, windows, GQA, tails, varlen.
 
 Shapes (flash-attn layout): q (batch, m, heads, d), k and v (batch, n, kv_heads, d), all
 with d contiguous; o like q; lse (batch, heads, m) fp32 = logsumexp(S * scale) per row.
@@ -58,6 +58,23 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
   on the masked tiles only). softmax=identity: P = c tanh(s / c) (masked: 0). Bug
   injection ``softcap_bug=before_scale``: c scale tanh(q . k / c) (mutant
   "softcap-before-scale").
+* Varlen (``varlen=true``, compile-time; flash-attn's varlen API): q (total_q, heads, d),
+  k and v (total_k, kv_heads, d), o like q, lse (heads, total_q), plus ``cu_seqlens_q/k``
+  (int32, batch + 1) and ``max_seqlen_q``. Work tiles are (Q tile, head, sequence) with
+  ceil(max_seqlen_q / tile_m) Q tiles per sequence; a tile that starts past its sequence's
+  end, or whose sequence has no keys, loads and computes nothing (``tile_has_work``: both
+  warp roles read the same two cu_seqlens entries, so no pipeline or Q phase moves for it).
+  The TMA loads address the packed (total, d, heads) views at the sequence's offset
+  (``cute.domain_offset``), so a box running past the sequence's end reads the next
+  sequence's rows: those keys are masked by the sequence's own length (``apply_mask``), those
+  Q rows compute garbage that is never stored -- O goes from registers to global memory in
+  32-bit column pairs, each row predicated (``store_o_rows``; a TMA store of the 64-row box
+  would overwrite the next sequence's first rows), LSE likewise. A sequence with no keys gets
+  O = 0 and LSE = -inf (0 with softmax=identity); one with no queries gets nothing. The
+  launch is sync-free after the first call (``max_seqlen_q`` is read from cu_seqlens_q once,
+  one device-to-host copy, and cached on the tensor per version). ``varlen_bug`` injects the
+  bugs of the varlen mutants (tests/test_varlen_gpu.py). varlen=false builds exactly today's
+  kernel (the same SASS).
 * Warp specialization as C: WG0 producer (one warp issues the TMA: K of the first tile,
   Q, then the K/V ring), 2 consumer WGs (setmaxnreg 240/24) or 3 (``consumers=3``,
   192-row Q tiles, 160/32: the default for d=64 non-causal) of 64 rows each; K and V rings
@@ -111,6 +128,11 @@ from workbench.compile.probe import probe
 from workbench.errors import UserError
 from workbench.kernels.stage import Params, Stage, TensorSpec, param_value
 
+
+#: varlen bug injections: none; next_offset = Q/K/V loaded from sequence b + 1's start;
+#: tail_unmasked = keys masked at the 128-key tile end, not at the sequence's length;
+#: first_length = every sequence given sequence 0's lengths
+VARLEN_BUGS = ("none", "next_offset", "tail_unmasked", "first_length")
 
 #: registers per thread (consumer, producer) by consumer WG count: 64K registers per SM
 REGISTERS = {2: (240, 24), 3: (160, 32)}
@@ -177,6 +199,19 @@ def seq_d_head_batch(t: cute.Tensor) -> cute.Tensor:
     return cute.make_tensor(t.iterator, cute.select(t.layout, mode=[1, 3, 2, 0]))
 
 
+def seq_d_head(t: cute.Tensor) -> cute.Tensor:
+    """varlen: (total, heads, d) -> (total, d, heads) view (no data movement)."""
+    return cute.make_tensor(t.iterator, cute.select(t.layout, mode=[0, 2, 1]))
+
+
+@cute.jit
+def seq_span(cu_seqlens: cute.Tensor, batch: Int32):
+    """(first row, length) of sequence ``batch`` of a packed tensor (cu_seqlens[batch],
+    cu_seqlens[batch + 1] - cu_seqlens[batch])."""
+    start = cu_seqlens[batch]
+    return start, cu_seqlens[batch + 1] - start
+
+
 class FmhaForward(FmhaForwardBase):
     """Stage D kernel (see the module docstring)."""
 
@@ -205,6 +240,8 @@ class FmhaForward(FmhaForwardBase):
         softcap: float = 0.0,
         softcap_bug: str = "none",
         trace: bool = False,
+        varlen: bool = False,
+        varlen_bug: str = "none",
     ):
         # What ``auto`` means (kernel.yaml lists the choices): for d = 64 and 128 what measured
         # fastest on an H200, docs/perf-notes.md; for d = 96, 192 and 256 chosen on the CPU by
@@ -275,6 +312,13 @@ class FmhaForward(FmhaForwardBase):
         self.softcap = softcap
         self.softcap_bug = softcap_bug
         self.trace = trace
+        # varlen: packed (total, heads, d) tensors with cu_seqlens (``__call__``); O is stored
+        # from registers with a per-row predicate (a TMA box would write the next sequence's rows)
+        self.varlen = varlen
+        # varlen bug injections (wb variant varlen_bug; tests/test_varlen_gpu.py): none, or the
+        # bug of the mutant of the same name (stages/fmha/mutants.py, varlen-*)
+        assert varlen_bug in VARLEN_BUGS and (varlen or varlen_bug == "none"), (varlen, varlen_bug)
+        self.varlen_bug = varlen_bug
 
     @cute.jit
     def __call__(
@@ -287,15 +331,30 @@ class FmhaForward(FmhaForwardBase):
         mTileCounter: cute.Tensor,  # (2,) int32 zeros, kept between launches (dynamic)
         max_ctas: Int32,  # persistent: CTAs to launch (the SM count); else unused
         stream,
+        mCuSeqlensQ: cute.Tensor = None,  # varlen: (batch + 1,) int32 offsets into total_q
+        mCuSeqlensK: cute.Tensor = None,  # varlen: (batch + 1,) int32 offsets into total_k
+        max_seqlen_q=None,  # Int32, varlen: the longest q length (the grid's Q tiles per (batch, head))
     ):
-        mQ, mK, mV, mO = [seq_d_head_batch(t) for t in (mQ, mK, mV, mO)]
-        tmas, mmas, layouts = self._host_setup(mQ, mK, mV, mO)
-        # one work tile = one Q tile of one (batch, head); a 1-D grid walks them (tile_scheduler)
-        num_tiles = cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m) * cute.size(mQ, mode=[2]) * cute.size(mQ, mode=[3])
+        """Non-varlen: q (batch, m, heads, d), lse (batch, heads, m). varlen: q (total_q, heads, d),
+        k, v (total_k, kv_heads, d), o like q, lse (heads, total_q), plus the cu_seqlens and
+        max_seqlen_q (sequence b is rows cu[b] .. cu[b + 1] - 1)."""
+        extra = ()
+        if const_expr(self.varlen):
+            mQ, mK, mV, mO = [seq_d_head(t) for t in (mQ, mK, mV, mO)]
+            tmas, mmas, layouts = self._host_setup(mQ, mK, mV, mO)
+            tmas = tmas[:-1] + (mO,)  # O is stored from registers (store_o_rows), not by TMA
+            batches = cute.size(mCuSeqlensQ, mode=[0]) - 1
+            num_tiles = cute.ceil_div(max_seqlen_q, self.tile_m) * cute.size(mQ, mode=[2]) * batches
+            extra = (mCuSeqlensQ, mCuSeqlensK, max_seqlen_q)
+        else:
+            mQ, mK, mV, mO = [seq_d_head_batch(t) for t in (mQ, mK, mV, mO)]
+            tmas, mmas, layouts = self._host_setup(mQ, mK, mV, mO)
+            # one work tile = one Q tile of one (batch, head); a 1-D grid walks them (tile_scheduler)
+            num_tiles = cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m) * cute.size(mQ, mode=[2]) * cute.size(mQ, mode=[3])
         grid = (num_tiles, 1, 1)
         if const_expr(self.persistent):
             grid = (cutlass.min(num_tiles, max_ctas), 1, 1)
-        self.kernel(*tmas, mLSE, mTileCounter, *mmas, *layouts).launch(
+        self.kernel(*tmas, mLSE, mTileCounter, *mmas, *layouts, *extra).launch(
             grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1
         )
 
@@ -318,6 +377,9 @@ class FmhaForward(FmhaForwardBase):
         sK_layout: cute.ComposedLayout,
         sV_layout: cute.ComposedLayout,
         sO_layout: cute.ComposedLayout,
+        mCuSeqlensQ: cute.Tensor = None,  # varlen only (mO is then the plain (total_q, d, heads) tensor)
+        mCuSeqlensK: cute.Tensor = None,
+        max_seqlen_q=None,  # Int32
     ):
         tidx, _, _ = cute.arch.thread_idx()
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
@@ -328,7 +390,15 @@ class FmhaForward(FmhaForwardBase):
 
         # work tiles (tile_scheduler): blockIdx.x, then, when persistent, the next ones (a
         # CTA per SM walks them; the next tile's loads overlap this epilogue)
-        sched = ts.make_tile_scheduler(self, mQ, mK, mTileCounter, tile_pipe, tile_ids)
+        cu = None
+        if const_expr(self.varlen):
+            cu = (mCuSeqlensQ, mCuSeqlensK)
+            sched = ts.make_tile_scheduler(
+                self, mQ, mK, mTileCounter, tile_pipe, tile_ids,
+                shape=(max_seqlen_q, max_seqlen_q, mQ.shape[2], cute.size(mCuSeqlensQ, mode=[0]) - 1),
+            )
+        else:
+            sched = ts.make_tile_scheduler(self, mQ, mK, mTileCounter, tile_pipe, tile_ids)
         seqlen_q, seqlen_k = mQ.shape[0], mK.shape[0]
         tile_step = sched.step
         if const_expr(self.trace):
@@ -336,7 +406,7 @@ class FmhaForward(FmhaForwardBase):
         tile, m_block, head, batch = sched.initial()
         load_tile = partial(
             self.produce_work_tile, tma_atom_q, tma_atom_k, tma_atom_v, mQ, mK, mV, sQ, sK, sV,
-            pipeline_q, pipeline_k, pipeline_v, seqlen_k,
+            pipeline_q, pipeline_k, pipeline_v, seqlen_k, cu=cu,
         )
         if wg_idx == 0:
             cute.arch.setmaxregister_decrease(self.producer_regs)
@@ -348,23 +418,33 @@ class FmhaForward(FmhaForwardBase):
                     j = Int32(0)
                     while tile < sched.tiles:
                         m_block, head, batch = sched.current(tile, m_block, head, batch)
-                        q_state, kv_state = load_tile(
-                            m_block, head, batch, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, j)
-                        )
+                        if const_expr(self.varlen):
+                            if self.tile_has_work(cu, m_block, batch):
+                                q_state, kv_state = load_tile(
+                                    m_block, head, batch, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, j)
+                                )
+                        else:
+                            q_state, kv_state = load_tile(
+                                m_block, head, batch, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, j)
+                            )
                         j += 1
                         tile, m_block, head, batch, tile_state = sched.advance(
                             tile, m_block, head, batch, tile_state, producer=True
                         )
                     sched.done()
                 else:
-                    load_tile(m_block, head, batch, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, Int32(0)))
+                    if const_expr(self.varlen):
+                        if self.tile_has_work(cu, m_block, batch):
+                            load_tile(m_block, head, batch, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, Int32(0)))
+                    else:
+                        load_tile(m_block, head, batch, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, Int32(0)))
         else:
             cute.arch.setmaxregister_increase(self.consumer_regs)
             regs = self.consumer_registers(tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx % common.WG_THREADS)
             kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.kv_stages)
             compute_tile = partial(
                 self.consume_work_tile, tiled_mma_qk, tiled_mma_pv, tma_atom_o, mO, mLSE, sQ, sK, sV, sO,
-                pipeline_q, pipeline_k, pipeline_v, regs, tidx, wg_idx - 1, seqlen_q, seqlen_k,
+                pipeline_q, pipeline_k, pipeline_v, regs, tidx, wg_idx - 1, seqlen_q, seqlen_k, cu=cu,
             )
             if const_expr(sched.persistent):
                 # (a loop around the pinned/mid overlap step makes ptxas serialize d=128's
@@ -374,27 +454,132 @@ class FmhaForward(FmhaForwardBase):
                 j = Int32(0)
                 while tile < sched.tiles:
                     m_block, head, batch = sched.current(tile, m_block, head, batch)
-                    kv_state = compute_tile(
-                        m_block, head, batch, kv_state, q_buf, q_phase, stamp=self.stamp_fn(mTileCounter, wg_idx, j)
-                    )
-                    j += 1
-                    if const_expr(self.q_stages == self.num_consumer_wg):
-                        q_phase = q_phase ^ 1
+                    if const_expr(self.varlen):
+                        # a Q tile past its sequence's end: nothing; a sequence without keys:
+                        # O = 0 and LSE = -inf rows, no pipeline touched (as the producer skips it)
+                        if self.tile_has_work(cu, m_block, batch):
+                            kv_state = compute_tile(
+                                m_block, head, batch, kv_state, q_buf, q_phase, stamp=self.stamp_fn(mTileCounter, wg_idx, j)
+                            )
+                            q_buf, q_phase = self.next_q_buffer(q_buf, q_phase)
+                        else:
+                            self.store_empty_rows(cu, mO, mLSE, regs, tidx, wg_idx - 1, m_block, head, batch)
                     else:
-                        q_buf = q_buf ^ 1
-                        q_phase = q_phase ^ (1 - q_buf)
+                        kv_state = compute_tile(
+                            m_block, head, batch, kv_state, q_buf, q_phase, stamp=self.stamp_fn(mTileCounter, wg_idx, j)
+                        )
+                        q_buf, q_phase = self.next_q_buffer(q_buf, q_phase)
+                    j += 1
                     tile, m_block, head, batch, tile_state = sched.advance(
                         tile, m_block, head, batch, tile_state, producer=False
                     )
                 if tidx % common.WG_THREADS < 32:
                     cute.arch.cp_async_bulk_wait_group(0, read=True)  # the last O store, before exit
             else:
-                compute_tile(
-                    m_block, head, batch, kv_state, Int32(0), Int32(0), stamp=self.stamp_fn(mTileCounter, wg_idx, Int32(0))
-                )
+                if const_expr(self.varlen):
+                    if self.tile_has_work(cu, m_block, batch):
+                        compute_tile(
+                            m_block, head, batch, kv_state, Int32(0), Int32(0), stamp=self.stamp_fn(mTileCounter, wg_idx, Int32(0))
+                        )
+                    else:
+                        self.store_empty_rows(cu, mO, mLSE, regs, tidx, wg_idx - 1, m_block, head, batch)
+                else:
+                    compute_tile(
+                        m_block, head, batch, kv_state, Int32(0), Int32(0), stamp=self.stamp_fn(mTileCounter, wg_idx, Int32(0))
+                    )
             if const_expr(self.trace):
                 if wg_idx == 1:
                     self.trace_clocks(mTileCounter, cute.arch.block_idx()[0], tile_step, 2)
+
+    def next_q_buffer(self, q_buf: Int32, q_phase: Int32):
+        """(Q buffer, phase) of a consumer's next work tile."""
+        if const_expr(self.q_stages == self.num_consumer_wg):
+            q_phase = q_phase ^ 1
+        else:
+            q_buf = q_buf ^ 1
+            q_phase = q_phase ^ (1 - q_buf)
+        return q_buf, q_phase
+
+    # ---- varlen -------------------------------------------------------------------------
+    @cute.jit
+    def seq_spans(self, cu: tuple, batch: Int32):
+        """(q offset, q length, k offset, k length) of sequence ``batch`` (``varlen_bug``:
+        first_length gives every sequence sequence 0's lengths)."""
+        off_q, len_q = seq_span(cu[0], batch)
+        off_k, len_k = seq_span(cu[1], batch)
+        if const_expr(self.varlen_bug == "first_length"):
+            _, len_q = seq_span(cu[0], Int32(0))
+            _, len_k = seq_span(cu[1], Int32(0))
+        return off_q, len_q, off_k, len_k
+
+    def store_limit(self, mO: cute.Tensor, off_q: Int32, len_q: Int32):
+        """Rows of the sequence the O/LSE stores may write: its length (first_length: also
+        clipped at the packed tensor's end, as the bug would write past it)."""
+        if const_expr(self.varlen_bug == "first_length"):
+            return cutlass.min(len_q, mO.shape[0] - off_q)
+        return len_q
+
+    @cute.jit
+    def tile_has_work(self, cu: tuple, m_block: Int32, batch: Int32) -> cutlass.Boolean:
+        """varlen: does work tile (m_block, batch) load and compute anything (its Q tile
+        starts inside the sequence, which has keys)? Producer and consumers agree on it, so
+        a skipped tile touches no pipeline (and no Q phase)."""
+        _, len_q, _, len_k = self.seq_spans(cu, batch)
+        return (m_block * self.tile_m < len_q) & (len_k > 0)
+
+    @cute.jit
+    def store_empty_rows(
+        self, cu: tuple, mO: cute.Tensor, mLSE: cute.Tensor, regs: tuple, tidx: Int32, wg: Int32,
+        m_block: Int32, head: Int32, batch: Int32,
+    ):
+        """varlen, a work tile without work: for a sequence with no keys, its rows get O = 0
+        and LSE = -inf (the logsumexp of nothing; softmax=identity: 0); rows past the
+        sequence's end are left alone."""
+        thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale = regs
+        off_q, len_q, _, _ = self.seq_spans(cu, batch)
+        len_q = self.store_limit(mO, off_q, len_q)
+        row0 = m_block * self.tile_m + wg * self.wg_rows
+        if row0 < len_q:
+            acc_O.fill(0.0)
+            lse = cute.make_rmem_tensor(softmax.num_rows, Float32)
+            lse.fill(-math.inf if self.is_exp else 0.0)  # identity: LSE is 0 everywhere
+            gO = cute.local_tile(cute.domain_offset((off_q, 0), mO[None, None, head]), (self.wg_rows, self.d), (None, 0))
+            self.store_lse_rows(lse, cute.domain_offset((off_q,), mLSE[head, None]), thr_pv, tidx, row0, len_q)
+            self.store_o_rows(acc_O, gO[None, None, m_block * self.num_consumer_wg + wg], thr_pv, tidx, row0, len_q)
+
+    @cute.jit
+    def store_lse_rows(self, lse: cute.Tensor, mLSE: cute.Tensor, thr_pv, tidx: Int32, row0: Int32, seqlen_q: Int32):
+        """LSE of this thread's rows (one lane of each quad writes), rows < seqlen_q only."""
+        tOcO = common.acc_row_view(thr_pv.partition_C(cute.make_identity_tensor((self.wg_rows, self.d))))
+        if tidx % 4 == 0:
+            for r in cutlass.range_constexpr(cute.size(lse)):
+                row = row0 + tOcO[r, 0][0]
+                if row < seqlen_q:
+                    mLSE[row] = lse[r]
+
+    @cute.jit
+    def store_o_rows(self, acc_O: cute.Tensor, gO_wg: cute.Tensor, thr_pv, tidx: Int32, row0: Int32, seqlen_q: Int32):
+        """varlen O store: acc_O (fp32) -> dtype -> global memory straight from registers, each
+        row predicated on row0 + row < seqlen_q (a TMA box of 64 rows would overwrite the next
+        sequence's first rows; FlashAttention-3 stores varlen O without TMA too)."""
+        rO = cute.make_rmem_tensor_like(acc_O, self.dtype)
+        rO.store(acc_O.load().to(self.dtype))
+        r_mn = common.acc_row_view(rO)
+        g_mn = common.acc_row_view(thr_pv.partition_C(gO_wg))
+        c_mn = common.acc_row_view(thr_pv.partition_C(cute.make_identity_tensor((self.wg_rows, self.d))))
+        probe("tOgO_rows", g_mn)
+        probe("tOrO_rows", r_mn)
+        for r in cutlass.range_constexpr(cute.size(r_mn, mode=[0])):
+            if row0 + c_mn[r, 0][0] < seqlen_q:
+                # adjacent column pairs as one 32-bit store each
+                # (a column pair starts at an even column of a row, and every row of the packed
+                # (total, heads, d) tensor at a multiple of d elements: 4-byte aligned)
+                g_row = g_mn[r, None]
+                ptr32 = cute.make_ptr(Int32, g_row.iterator.toint(), cute.AddressSpace.gmem, assumed_align=4)
+                dst = cute.make_tensor(ptr32, cute.recast_layout(32, self.dtype.width, g_row.layout))
+                src = cute.recast_tensor(r_mn[r, None], Int32)
+                for c in cutlass.range_constexpr(cute.size(src)):
+                    dst[c] = src[c]
 
     def _make_pipelines(self, storage):
         """Stage C's Q, K and V pipelines, plus (used by ``persistent=dynamic``) the 2-slot
@@ -440,15 +625,26 @@ class FmhaForward(FmhaForwardBase):
         self, tma_atom_q, tma_atom_k, tma_atom_v, mQ, mK, mV, sQ, sK, sV, pipeline_q, pipeline_k, pipeline_v,
         seqlen_k: Int32, m_block: Int32, head: Int32, batch: Int32,
         q_state: pipeline.PipelineState, kv_state: pipeline.PipelineState,
-        stamp: cutlass.Constexpr = no_stamp,
+        stamp: cutlass.Constexpr = no_stamp, cu: tuple = None,
     ):
         """The producer's share of the work tile (m_block, head, batch); returns the ring
-        states after it."""
-        n_min, n_max = mk.kv_tile_range(self.mask, m_block, mQ.shape[0], seqlen_k)
+        states after it. varlen (``cu`` = the cu_seqlens): the sequence's rows of the packed
+        tensors, its own KV length (a box past its end reads the next sequence's rows: those
+        keys are masked, those Q rows never stored)."""
         head_kv = head // self.qhead_per_kvhead
-        gQ = cute.local_tile(mQ[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
-        gK = cute.local_tile(mK[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))  # (128, d, ceil(n/128))
-        gV = cute.local_tile(mV[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))
+        seqlen_q = mQ.shape[0]
+        if const_expr(self.varlen):
+            off_q, seqlen_q, off_k, seqlen_k = self.seq_spans(cu, batch)
+            if const_expr(self.varlen_bug == "next_offset"):
+                off_q, off_k = cu[0][batch + 1], cu[1][batch + 1]
+            gQ = cute.local_tile(cute.domain_offset((off_q, 0), mQ[None, None, head]), (self.wg_rows, self.d), (None, 0))
+            gK = cute.local_tile(cute.domain_offset((off_k, 0), mK[None, None, head_kv]), (self.tile_n, self.d), (None, 0))
+            gV = cute.local_tile(cute.domain_offset((off_k, 0), mV[None, None, head_kv]), (self.tile_n, self.d), (None, 0))
+        else:
+            gQ = cute.local_tile(mQ[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
+            gK = cute.local_tile(mK[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))  # (128, d, ceil(n/128))
+            gV = cute.local_tile(mV[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))
+        n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
         return self.produce_d(
             tma_atom_q, tma_atom_k, tma_atom_v, gQ, gK, gV, sQ, sK, sV,
             pipeline_q, pipeline_k, pipeline_v, q_state, kv_state, m_block, n_max, stamp, n_min,
@@ -459,14 +655,24 @@ class FmhaForward(FmhaForwardBase):
         self, tiled_mma_qk, tiled_mma_pv, tma_atom_o, mO, mLSE, sQ, sK, sV, sO, pipeline_q, pipeline_k, pipeline_v,
         regs: tuple, tidx: Int32, wg: Int32, seqlen_q: Int32, seqlen_k: Int32,
         m_block: Int32, head: Int32, batch: Int32, kv_state: pipeline.PipelineState, q_buf: Int32, q_phase: Int32,
-        stamp: cutlass.Constexpr = no_stamp,
+        stamp: cutlass.Constexpr = no_stamp, cu: tuple = None,
     ) -> pipeline.PipelineState:
         """One consumer WG's share of the work tile (m_block, head, batch); returns the K/V
-        ring state after it."""
-        n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
-        gO = cute.local_tile(mO[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
+        ring state after it. varlen: the sequence's lengths, and mO the plain packed tensor."""
+        if const_expr(self.varlen):
+            off_q, seqlen_q, _, seqlen_k = self.seq_spans(cu, batch)
+            gO = cute.local_tile(cute.domain_offset((off_q, 0), mO[None, None, head]), (self.wg_rows, self.d), (None, 0))
+            mLSE_row = cute.domain_offset((off_q,), mLSE[head, None])
+            n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
+            seqlen_q = self.store_limit(mO, off_q, seqlen_q)  # (consume_d reads seqlen_q for the stores only)
+            if const_expr(self.varlen_bug == "tail_unmasked"):
+                seqlen_k = (seqlen_k + (self.tile_n - 1)) // self.tile_n * self.tile_n  # (and seqlen_k for the mask)
+        else:
+            gO = cute.local_tile(mO[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
+            mLSE_row = mLSE[batch, head, None]
+            n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
         return self.consume_d(
-            tiled_mma_qk, tiled_mma_pv, tma_atom_o, gO, mLSE[batch, head, None], sQ, sK, sV, sO,
+            tiled_mma_qk, tiled_mma_pv, tma_atom_o, gO, mLSE_row, sQ, sK, sV, sO,
             pipeline_q, pipeline_k, pipeline_v, kv_state, q_buf, q_phase, regs,
             tidx, wg, m_block, n_max, seqlen_q, seqlen_k, stamp, n_min,
         )
@@ -687,28 +893,35 @@ class FmhaForward(FmhaForwardBase):
         lse = cute.make_rmem_tensor(softmax.num_rows, Float32)
         self.finish(softmax, acc_O, lse, row_scale)
 
-        tOcO = common.acc_row_view(thr_pv.partition_C(cute.make_identity_tensor((self.wg_rows, self.d))))
-        if tidx_wg % 4 == 0:
-            for r in cutlass.range_constexpr(softmax.num_rows):
-                row = row0 + tOcO[r, 0][0]
-                if row < seqlen_q:
-                    mLSE[row] = lse[r]
-        stamp(6)
-        if const_expr(self.persistent and not self.o_in_q):
-            # the previous tile's O store, issued a whole tile ago, must have read sO before
-            # anyone writes it: its issuing warp waits only now, then all may write
-            if tidx_wg < 32:
-                cute.arch.cp_async_bulk_wait_group(0, read=True)
-            cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)
-        # o_in_q: sO[wg] is this WG's Q slot, free since its last QK^T completed; the store
-        # is waited for at once and the slot handed back to the producer only after it
-        self.store_o(
-            acc_O, sO[None, None, wg], gO[None, None, m_block * self.num_consumer_wg + wg], tma_atom_o,
-            tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q, wait_read=not self.persistent or self.o_in_q,
-        )
-        if const_expr(self.o_in_q):
-            cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)  # the store has read sO
-            release_q()
+        if const_expr(self.varlen):
+            self.store_lse_rows(lse, mLSE, thr_pv, tidx_wg, row0, seqlen_q)
+            stamp(6)
+            self.store_o_rows(acc_O, gO[None, None, m_block * self.num_consumer_wg + wg], thr_pv, tidx_wg, row0, seqlen_q)
+            if const_expr(self.o_in_q):
+                release_q()  # O went from registers: the Q slot is free since the last QK^T
+        else:
+            tOcO = common.acc_row_view(thr_pv.partition_C(cute.make_identity_tensor((self.wg_rows, self.d))))
+            if tidx_wg % 4 == 0:
+                for r in cutlass.range_constexpr(softmax.num_rows):
+                    row = row0 + tOcO[r, 0][0]
+                    if row < seqlen_q:
+                        mLSE[row] = lse[r]
+            stamp(6)
+            if const_expr(self.persistent and not self.o_in_q):
+                # the previous tile's O store, issued a whole tile ago, must have read sO before
+                # anyone writes it: its issuing warp waits only now, then all may write
+                if tidx_wg < 32:
+                    cute.arch.cp_async_bulk_wait_group(0, read=True)
+                cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)
+            # o_in_q: sO[wg] is this WG's Q slot, free since its last QK^T completed; the store
+            # is waited for at once and the slot handed back to the producer only after it
+            self.store_o(
+                acc_O, sO[None, None, wg], gO[None, None, m_block * self.num_consumer_wg + wg], tma_atom_o,
+                tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q, wait_read=not self.persistent or self.o_in_q,
+            )
+            if const_expr(self.o_in_q):
+                cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)  # the store has read sO
+                release_q()
         stamp(7)
         return kv_state
 
@@ -975,6 +1188,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "q_buffers": int(v["q_buffers"]),
         "softcap_bug": v["softcap_bug"],
         "mask_bug": v["mask_bug"],
+        "varlen_bug": v["varlen_bug"],
     }
 
 
@@ -999,6 +1213,40 @@ def softcap_of(p: Params) -> float:
     """The ``softcap`` parameter (0.0 when the parameters lack it)."""
     return float(param_value(p, "softcap", 0.0) or 0.0)
 
+def seqlens_of(p: Params) -> tuple[list[int], list[int]] | None:
+    """varlen: (q lengths, k lengths) from ``seqlens`` / ``seqlens_k`` (':' or ','-separated
+    ints >= 0; empty: ``batch`` sequences of m queries and n keys); None when not varlen.
+    A user's mistake is a UserError (one line, exit 2)."""
+    from workbench.errors import UserError
+
+    given = str(p.get("seqlens", "") or "").strip(), str(p.get("seqlens_k", "") or "").strip()
+    if not host.truthy(p.get("varlen", False)):
+        if any(given):
+            raise UserError("fmha/stage-d: seqlens and seqlens_k need varlen=true")
+        return None
+    q = reference.parse_seqlens(given[0], "seqlens") if given[0] else [p.m] * p.batch
+    k = reference.parse_seqlens(given[1], "seqlens_k") if given[1] else (q if given[0] else [p.n] * p.batch)
+    if len(k) != len(q):
+        raise UserError(f"fmha/stage-d: seqlens_k has {len(k)} lengths, seqlens {len(q)}: one per sequence")
+    if max(q) > MAX_VARLEN_SEQ or max(k) > MAX_VARLEN_SEQ:
+        raise UserError(f"fmha/stage-d: a sequence is longer than {MAX_VARLEN_SEQ}")
+    if sum(q) < 1 or sum(k) < 1:
+        raise UserError("fmha/stage-d: varlen needs at least one query and one key in all (total_q, total_k >= 1)")
+    return q, k
+
+
+#: varlen: the longest sequence a run may ask for (the grid gives every sequence
+#: ceil(max_seqlen_q / tile_m) Q tiles)
+MAX_VARLEN_SEQ = 65536
+
+
+def cu_seqlens(lengths) -> "list[int]":
+    """[0, l0, l0 + l1, ...] (the int32 offsets flash-attn's varlen API takes)."""
+    out = [0]
+    for n in lengths:
+        out.append(out[-1] + int(n))
+    return out
+
 
 class StageD(Stage):
     """wb stage D: full FMHA forward (batch, seqlen, heads, d), causal, GQA, tails."""
@@ -1013,12 +1261,24 @@ class StageD(Stage):
         "c tanh(s / c) before mask and softmax."
     )
     cannot_see = (
-        "Speed (wb bench measures it; a window's skipped tiles show only there), and varlen batches."
+        "Speed (wb bench measures it; a window's skipped tiles show only there). varlen=true "
+        "packs sequences of the given lengths (seqlens): every sequence is checked, a zero-length k "
+        "sequence gives O = 0 and LSE = -inf rows."
     )
-    # batch, m, n: runtime; the mask (align, window) and the softcap are compiled in (mask.MaskSpec)
-    compile_params = ("d", "dtype", "heads", "kv_heads", "causal", "align", "window_left", "window_right", "softcap")
+    # batch, m, n, seqlens: runtime; the mask (align, window), the softcap and varlen are compiled in
+    compile_params = ("d", "dtype", "heads", "kv_heads", "causal", "align", "window_left", "window_right", "softcap", "varlen")
 
     def inputs(self, p: Params) -> dict:
+        lens = seqlens_of(p)
+        if lens is not None:
+            q, k = lens
+            return {
+                "q": TensorSpec((sum(q), p.heads, p.d), p.dtype),
+                "k": TensorSpec((sum(k), p.kv_heads, p.d), p.dtype),
+                "v": TensorSpec((sum(k), p.kv_heads, p.d), p.dtype),
+                "cu_seqlens_q": TensorSpec((len(q) + 1,), "int32"),
+                "cu_seqlens_k": TensorSpec((len(k) + 1,), "int32"),
+            }
         return {
             "q": TensorSpec((p.batch, p.m, p.heads, p.d), p.dtype),
             "k": TensorSpec((p.batch, p.n, p.kv_heads, p.d), p.dtype),
@@ -1028,14 +1288,24 @@ class StageD(Stage):
     def flops(self, p: Params) -> float:
         """The standard count, as FlashAttention reports it: 4·b·h·m·n·d, halved for causal
         (top-left, no window); with a window or bottom-right alignment 4·b·h·d times the
-        number of (query, key) pairs the mask lets through."""
+        number of (query, key) pairs the mask lets through (varlen: summed over the sequences)."""
         mask = mask_params(p)
+        lens = seqlens_of(p)
+        if lens is not None:
+            return 4.0 * p.heads * p.d * sum(reference.visible_pairs(m, n, **mask_window(p)) for m, n in zip(*lens))
         if mask["align"] == "top_left" and mask["window_left"] < 0 and mask["window_right"] < 0:
             total = 4.0 * p.batch * p.heads * p.m * p.n * p.d
             return total / 2 if p.causal else total
         return 4.0 * p.batch * p.heads * p.d * reference.visible_pairs(p.m, p.n, **mask_window(p))
 
     def outputs(self, p: Params) -> dict:
+        lens = seqlens_of(p)
+        if lens is not None:
+            total_q = sum(lens[0])
+            return {
+                "o": TensorSpec((total_q, p.heads, p.d), p.dtype),
+                "lse": TensorSpec((p.heads, total_q), "fp32"),
+            }
         return {
             "o": TensorSpec((p.batch, p.m, p.heads, p.d), p.dtype),
             "lse": TensorSpec((p.batch, p.heads, p.m), "fp32"),
@@ -1048,7 +1318,7 @@ class StageD(Stage):
             return FmhaForward(
                 common.cute_dtype(p.dtype), p.d, p.heads, p.kv_heads,
                 causal=host.truthy(p.causal), **mask_params(p), softmax=host.variants_of("d", variants)["softmax"],
-                softcap=softcap_of(p), **kernel_options(variants),
+                softcap=softcap_of(p), varlen=host.truthy(p.get("varlen", False)), **kernel_options(variants),
             )
         except ValueError as exc:  # a variant combination the geometry or the mask cannot serve: one line
             raise UserError(f"{self.kernel or 'fmha'}/stage-d: {exc}") from None
@@ -1059,17 +1329,47 @@ class StageD(Stage):
         import time
 
         dtype = common.cute_dtype(p.dtype)
+        seqlens_of(p)  # a varlen parameter mistake is the user's, before any trace
+        if host.variants_of("d", variants)["varlen_bug"] != "none" and not host.truthy(p.get("varlen", False)):
+            from workbench.errors import UserError
+
+            raise UserError("fmha/stage-d: varlen_bug needs varlen=true")
         kernel = self.make_kernel(p, variants)
         args = [host.fake_tensor(dtype, 4) for _ in range(4)] + [host.fake_tensor(Float32, 3), host.fake_tensor(Int32, 1), Int32(1), host.fake_stream()]
+        if kernel.varlen:
+            args = [host.fake_tensor(dtype, 3) for _ in range(4)] + [host.fake_tensor(Float32, 2), host.fake_tensor(Int32, 1), Int32(1), host.fake_stream()]
+            args += [host.fake_tensor(Int32, 1), host.fake_tensor(Int32, 1), Int32(1)]
         t0 = time.perf_counter()
         fn = host.compile_for(arch, kernel, *args)
         return host.Compiled(
             fn=fn, d=p.d, heads=p.heads, kv_heads=p.kv_heads, causal=kernel.causal, p_check=kernel.p_check,
-            compile_s=time.perf_counter() - t0,
+            compile_s=time.perf_counter() - t0, varlen=kernel.varlen,
         )
 
     def launch(self, compiled: host.Compiled, inputs, outputs) -> None:
         q, k = inputs["q"], inputs["k"]
+        if compiled.varlen:
+            assert q.dim() == 3 and q.shape[-1] == compiled.d and q.shape[1] == compiled.heads and k.shape[1] == compiled.kv_heads, (
+                "the tensors do not match the compiled varlen (d, heads, kv_heads)"
+            )
+            cu_q, cu_k = inputs["cu_seqlens_q"], inputs["cu_seqlens_k"]
+            # max_seqlen_q sizes the grid: flash-attn's API takes it from the caller (no device
+            # sync per launch); here it is read from cu_seqlens_q once (one device-to-host copy)
+            # and cached on the tensor, keyed by its version counter (an in-place change of
+            # the lengths reads them again)
+            cached = getattr(cu_q, "_wb_max_seqlen", None)
+            if cached is None or cached[0] != cu_q._version:
+                lens = cu_q.cpu().diff()
+                cached = (cu_q._version, int(lens.max()) if lens.numel() else 0)
+                cu_q._wb_max_seqlen = cached
+            max_q = cached[1]
+            compiled.fn(
+                host.to_cute(q), host.to_cute(k), host.to_cute(inputs["v"]),
+                host.to_cute(outputs["o"]), host.to_cute(outputs["lse"]), host.to_cute(tile_counter(q.device)),
+                Int32(sm_count(q.device)), host.current_stream(),
+                host.to_cute(cu_q), host.to_cute(cu_k), Int32(max(max_q, 1)),
+            )
+            return
         assert q.shape[-1] == compiled.d and q.shape[2] == compiled.heads and k.shape[2] == compiled.kv_heads, (
             "the tensors do not match the compiled (d, heads, kv_heads)"
         )
@@ -1082,6 +1382,12 @@ class StageD(Stage):
         import torch
 
         softmax = host.variants_of("d", variants)["softmax"]
+        if "cu_seqlens_q" in inputs:
+            o, lse = reference.attention_varlen(
+                inputs["q"], inputs["k"], inputs["v"], inputs["cu_seqlens_q"], inputs["cu_seqlens_k"], compute_dtype,
+                causal=host.truthy(p.causal), softmax=softmax, softcap=softcap_of(p), **mask_params(p),
+            )
+            return {"o": o.to(compute_dtype), "lse": lse.to(torch.float32)}
         o, lse = reference.attention_bshd(
             inputs["q"], inputs["k"], inputs["v"], compute_dtype, causal=host.truthy(p.causal), softmax=softmax,
             softcap=softcap_of(p), **mask_params(p),

@@ -61,10 +61,16 @@ class WorkTiles:
     tile_ids: Optional[cute.Tensor] = None
 
     @classmethod
-    def create(cls, kernel, mQ: cute.Tensor, mK: cute.Tensor, walk: bool = False, **extra):
+    def create(cls, kernel, mQ: cute.Tensor, mK: cute.Tensor, walk: bool = False, shape: Optional[tuple] = None, **extra):
+        """``shape``: (seqlen_q, seqlen_k, heads, batches) when not read from mQ, mK's
+        (seq, d, heads, batch) views: varlen's (max_seqlen_q, max_seqlen_q, heads, batch) --
+        every sequence gets ceil(max_seqlen_q / tile_m) Q tiles, those past its end do nothing."""
         first, _, _ = cute.arch.block_idx()
-        seqlen_q, seqlen_k = mQ.shape[0], mK.shape[0]
-        heads, batches = mQ.shape[2], mQ.shape[3]
+        if const_expr(shape is None):
+            seqlen_q, seqlen_k = mQ.shape[0], mK.shape[0]
+            heads, batches = mQ.shape[2], mQ.shape[3]
+        else:
+            seqlen_q, seqlen_k, heads, batches = shape
         num_m = (seqlen_q + (kernel.tile_m - 1)) // kernel.tile_m
         tiles = num_m * heads * batches
         step, _, _ = cute.arch.grid_dim()
@@ -222,10 +228,11 @@ class DynamicCounter(WorkTiles):
                 mTileCounter[1] = Int32(0)
 
 
-def make_tile_scheduler(kernel, mQ: cute.Tensor, mK: cute.Tensor, mTileCounter: cute.Tensor, tile_pipe, tile_ids):
-    """The scheduler of ``kernel``'s ``persistent`` mode (``kernel.persistent``, ``.dynamic``)."""
+def make_tile_scheduler(kernel, mQ: cute.Tensor, mK: cute.Tensor, mTileCounter: cute.Tensor, tile_pipe, tile_ids, shape=None):
+    """The scheduler of ``kernel``'s ``persistent`` mode (``kernel.persistent``, ``.dynamic``);
+    ``shape`` as ``WorkTiles.create``'s."""
     if const_expr(kernel.dynamic):
-        return DynamicCounter.create(kernel, mQ, mK, counter=mTileCounter, tile_pipe=tile_pipe, tile_ids=tile_ids)
+        return DynamicCounter.create(kernel, mQ, mK, counter=mTileCounter, tile_pipe=tile_pipe, tile_ids=tile_ids, shape=shape)
     if const_expr(kernel.persistent):
-        return StaticPersistent.create(kernel, mQ, mK, walk=not kernel.lpt)
-    return SingleTile.create(kernel, mQ, mK)
+        return StaticPersistent.create(kernel, mQ, mK, walk=not kernel.lpt, shape=shape)
+    return SingleTile.create(kernel, mQ, mK, shape=shape)

@@ -1,0 +1,274 @@
+"""Stage D varlen=true on the CPU: the seqlens parameter (parsed, checked, one-line errors),
+the packed inputs and fixtures (cu_seqlens from the lengths, one-hot P per sequence), the
+torch reference against an independent float64 computation (zero-length sequences
+included), and the varlen mutants, each named by the diagnosis on its own output. The
+kernel itself is checked on a GPU (benchmarks/gpu_verify_parity.sh, section varlen)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import attention_cases as A  # noqa: E402
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+from stages.fmha import reference  # noqa: E402
+from stages.fmha.stage_d_fmha import StageD, cu_seqlens, seqlens_of  # noqa: E402
+from workbench.errors import UserError  # noqa: E402
+from workbench.kernels.fixtures import get_fixture  # noqa: E402
+from workbench.kernels.stage import Params  # noqa: E402
+
+# q lengths with an empty k sequence (index 3), an empty q sequence (index 1), lengths
+# that are not multiples of 64 or 128, a sequence longer than one 192-row Q tile
+SEQ_Q = "70:0:129:5:200"
+SEQ_K = "70:9:100:0:300"  # sequence 2 has more queries than keys
+FIXTURES_D = ["random", "identity-softmax", "ones-v", "single", "onehot-p", "iota"]
+
+
+def params(**kw):
+    base = dict(m=64, n=64, d=64, dtype="bf16", batch=2, heads=4, kv_heads=2, causal=False, varlen=True,
+                seqlens=SEQ_Q, seqlens_k=SEQ_K)
+    base.update(kw)
+    return Params(base)
+
+
+def dense_f64(q, k, v, cq, ck, causal):
+    """Independent float64 attention per packed sequence (explicit softmax, GQA by index)."""
+    q, k, v = q.double(), k.double(), v.double()
+    H, Hk = q.shape[1], k.shape[1]
+    o = torch.zeros(q.shape[0], H, v.shape[-1], dtype=torch.float64)
+    lse = torch.full((H, q.shape[0]), float("-inf"), dtype=torch.float64)
+    for b in range(len(cq) - 1):
+        for h in range(H):
+            qs, ks, vs = q[cq[b]:cq[b + 1], h], k[ck[b]:ck[b + 1], h // (H // Hk)], v[ck[b]:ck[b + 1], h // (H // Hk)]
+            if qs.shape[0] == 0 or ks.shape[0] == 0:
+                continue
+            s = qs @ ks.T / math.sqrt(q.shape[-1])
+            if causal:
+                i = torch.arange(s.shape[0])[:, None]
+                j = torch.arange(s.shape[1])[None, :]
+                s = s.masked_fill(j > i, float("-inf"))  # top-left, per sequence
+            lse[h, cq[b]:cq[b + 1]] = torch.logsumexp(s, -1)
+            o[cq[b]:cq[b + 1], h] = torch.softmax(s, -1) @ vs
+    return o, lse
+
+
+def test_seqlens_are_parsed_and_mistakes_are_one_line_errors():
+    """The lengths come from seqlens (':' or ','), seqlens_k defaults to them, and without
+    seqlens every sequence is m / n long; mistakes are UserErrors (wb: one line, exit 2)."""
+    assert seqlens_of(params()) == ([70, 0, 129, 5, 200], [70, 9, 100, 0, 300])
+    assert seqlens_of(params(seqlens="1,17,1000", seqlens_k="")) == ([1, 17, 1000], [1, 17, 1000])
+    assert seqlens_of(params(seqlens="", seqlens_k="", m=100, n=300, batch=3)) == ([100] * 3, [300] * 3)
+    assert seqlens_of(params(varlen=False, seqlens="", seqlens_k="")) is None
+    for bad in (dict(varlen=False), dict(seqlens="1:x"), dict(seqlens="4:-1"), dict(seqlens_k="1:2"),
+                dict(seqlens="0:0", seqlens_k="0:0"), dict(seqlens="70000")):
+        with pytest.raises(UserError):
+            seqlens_of(params(**bad))
+
+
+def test_packed_shapes_and_flops():
+    """Packed specs (total, heads, d), LSE (heads, total_q), int32 cu_seqlens of batch + 1;
+    flops count each sequence (causal: its visible pairs)."""
+    st = StageD()
+    ins, outs = st.inputs(params()), st.outputs(params())
+    assert ins["q"].shape == (404, 4, 64) and ins["k"].shape == ins["v"].shape == (479, 2, 64)
+    assert ins["cu_seqlens_q"] == ins["cu_seqlens_k"].__class__((6,), "int32")
+    assert outs["o"].shape == (404, 4, 64) and outs["lse"].shape == (4, 404)
+    assert cu_seqlens([70, 0, 129]) == [0, 70, 70, 199]
+    full = 4 * 4 * 64 * (70 * 70 + 129 * 100 + 200 * 300)
+    assert st.flops(params()) == full
+    causal = 4 * 4 * 64 * (70 * 71 // 2 + (100 * 101 // 2 + 29 * 100) + 200 * 201 // 2)
+    assert st.flops(params(causal=True)) == causal
+
+
+@pytest.mark.parametrize("fixture", FIXTURES_D)
+def test_fixtures_fill_packed_inputs_and_cu_seqlens(fixture):
+    """Every stage D fixture makes the packed q/k/v and the cu_seqlens of the lengths."""
+    fixtures, _ = A.load()
+    p = params()
+    specs = StageD().inputs(p)
+    fx = get_fixture(fixtures, fixture, specs)
+    inputs = fx.make(specs, p, 0, "cpu")
+    for name, spec in specs.items():
+        assert tuple(inputs[name].shape) == spec.shape and inputs[name].dtype == spec.torch_dtype(), name
+    assert inputs["cu_seqlens_q"].tolist() == [0, 70, 70, 199, 204, 404]
+    assert inputs["cu_seqlens_k"].tolist() == [0, 70, 79, 179, 179, 479]
+    assert torch.isfinite(inputs["q"].float()).all()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_onehot_p_is_one_hot_within_each_sequence(causal):
+    """onehot-p picks each query's key among its own sequence's visible keys: the reference
+    P (max weight per row) is one-hot in every sequence that has keys."""
+    fixtures, _ = A.load()
+    p = params(causal=causal)
+    specs = StageD().inputs(p)
+    x = get_fixture(fixtures, "onehot-p", specs).make(specs, p, 0, "cpu")
+    cq, ck = x["cu_seqlens_q"].tolist(), x["cu_seqlens_k"].tolist()
+    q, k = x["q"].double(), x["k"].double()
+    for b in range(len(cq) - 1):
+        if cq[b + 1] == cq[b] or ck[b + 1] == ck[b]:
+            continue
+        for h in range(q.shape[1]):
+            s = q[cq[b]:cq[b + 1], h] @ k[ck[b]:ck[b + 1], h // 2].T / 8.0
+            if causal:
+                s = s.masked_fill(torch.arange(s.shape[1])[None] > torch.arange(s.shape[0])[:, None], float("-inf"))
+            assert torch.softmax(s, -1).amax(-1).min() > 0.999, (b, h)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_reference_matches_float64_per_sequence(causal):
+    """attention_varlen (fp32) equals an independent float64 computation per sequence; the
+    sequence without keys has O = 0 and LSE = -inf; rows of the empty q sequence: none."""
+    g = torch.Generator().manual_seed(1)
+    lq, lk = [70, 0, 129, 5, 200], [70, 9, 100, 0, 300]
+    cq, ck = cu_seqlens(lq), cu_seqlens(lk)
+    q = torch.randn(sum(lq), 4, 64, generator=g).bfloat16()
+    k = torch.randn(sum(lk), 2, 64, generator=g).bfloat16()
+    v = torch.randn(sum(lk), 2, 64, generator=g).bfloat16()
+    o, lse = reference.attention_varlen(q, k, v, torch.tensor(cq), torch.tensor(ck), torch.float32, causal=causal)
+    o64, lse64 = dense_f64(q, k, v, cq, ck, causal)
+    assert (o.double() - o64).abs().max() < 1e-5
+    finite = torch.isfinite(lse64)
+    assert torch.equal(finite, torch.isfinite(lse)) and (lse.double()[finite] - lse64[finite]).abs().max() < 1e-5
+    empty_k = slice(cq[3], cq[4])
+    assert (o[empty_k] == 0).all() and (lse[:, empty_k] == float("-inf")).all()
+    # the calibration run (bf16) has the same shape and the same empty rows
+    ol, ll = reference.attention_varlen(q, k, v, torch.tensor(cq), torch.tensor(ck), torch.bfloat16, causal=causal)
+    assert ol.dtype == torch.bfloat16 and (ol[empty_k] == 0).all() and (ll[:, empty_k] == float("-inf")).all()
+    assert (ol.float() - o).abs().max() < 0.05
+
+
+VARLEN_MUTANTS = ["varlen-next-offset", "varlen-tail-unmasked", "varlen-q-tail-stored", "varlen-first-length"]
+
+
+def _varlen_case(fixture, causal, seed=0):
+    fixtures, mutants = A.load()
+    p = params(causal=causal)
+    st = StageD()
+    specs, outs = st.inputs(p), st.outputs(p)
+    fx = get_fixture(fixtures, fixture, specs)
+    variants = dict(fx.variants)
+    inputs = fx.make(specs, p, seed, "cpu")
+    expected = st.reference(inputs, p, variants, torch.float32)
+    return inputs, expected, outs, p, variants, mutants
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_varlen_mutants_are_distinct_and_named(causal):
+    """Each varlen bug model differs from the reference and from the others, and the diagnosis
+    of its (bf16-noised) output names it first; the correct output names none."""
+    from workbench.diagnose import MutantContext, Pred, diagnose, views_for
+
+    inputs, expected, outs, p, variants, mutants = _varlen_case("random", causal)
+    cx = MutantContext(inputs=inputs, expected={k: v.float() for k, v in expected.items()}, params=p, variants=variants,
+                       fixture="random", views=views_for(A.ROOT / "stages" / "fmha"))
+    preds = {name: mutants[name].fn(cx) for name in VARLEN_MUTANTS}
+    values = {name: {k: v.values if isinstance(v, Pred) else v for k, v in pr.items()} for name, pr in preds.items()}
+    for name, pr in values.items():
+        assert (pr["o"] - expected["o"].float()).nan_to_num(1.0).abs().max() > 0.1, name
+    for a in VARLEN_MUTANTS:
+        for b in VARLEN_MUTANTS:
+            if a < b:
+                assert not torch.allclose(values[a]["o"].nan_to_num(7.0), values[b]["o"].nan_to_num(7.0), atol=1e-3), (a, b)
+    for i, name in enumerate(VARLEN_MUTANTS):
+        out = A.kernel_like({**expected, **preds[name]}, outs, seed=i)
+        d = diagnose(out, expected, inputs, p, variants, "random", mutants)
+        assert d.status == "explained" and d.best.name == name, (name, d.headline)
+    ok = A.kernel_like(dict(expected), outs, seed=9)
+    d = diagnose(ok, expected, inputs, p, variants, "random", mutants)
+    assert not d.explanations, d.headline
+
+
+@pytest.mark.parametrize("args", [["-p", "seqlens=1:2"], ["-V", "varlen_bug=next_offset"], ["-p", "varlen=true", "-p", "seqlens=1:x"]])
+def test_wb_compile_rejects_varlen_mistakes_in_one_line(args):
+    """seqlens or a varlen bug injection without varlen=true, a malformed length: one line,
+    exit 2, before any trace."""
+    from conftest import run_wb
+
+    r = run_wb("compile", "d", *args, cwd=A.ROOT)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert ("varlen=true" in r.stderr or "must be lengths" in r.stderr) and "Traceback" not in r.stderr
+
+
+def test_varlen_compiles_for_sm90a_with_predicated_register_o_store():
+    """varlen=true compiles for sm_90a (one build: d=64, causal, GQA): Q/K/V are TMA loads of
+    the packed 3-D tensors, O is stored from registers in 32-bit column pairs (no TMA store,
+    which would write a whole 64-row box into the next sequence), rows of one thread's pair
+    chunks as the PV accumulator holds them."""
+    import os
+
+    from workbench.compile.probe import capture
+
+    os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
+    p = params(d=64, causal=True, heads=4, kv_heads=2)
+    with capture() as records:
+        compiled = StageD().compile(p, {}, "sm_90a")
+    probes = {r["name"]: r["layout"] for r in records}
+    assert compiled.varlen and "verified" in compiled.p_check
+    assert "tOsO_tma" not in probes  # no TMA store of O in the varlen build
+    # (row pairs +8, (2 adjacent columns, d/8 chunks)) per thread; gmem columns contiguous
+    assert probes["tOrO_rows"] == "((2,1),(2,8,1)):((2,0),(1,4,0))", probes["tOrO_rows"]
+    assert probes["tOgO_rows"].endswith("(1,8,0))"), probes["tOgO_rows"]
+    assert probes["tQgQ"].startswith("(((64,64),1),?)")  # 64-row Q boxes of the (total, d, heads) view
+
+
+# the GPU bug-injection cases of tests/test_varlen_gpu.py, on the CPU: the mutant's own output
+# at those lengths (d=128, 4 heads, non-causal, random) is named first
+GPU_BUG_CASES = [("300:1000:77:500", "varlen-next-offset"), ("300:1000:77:500", "varlen-tail-unmasked"),
+                 ("77:1000:300:500", "varlen-first-length")]
+
+
+@pytest.mark.parametrize("seqlens, name", GPU_BUG_CASES, ids=[c[1] for c in GPU_BUG_CASES])
+def test_gpu_bug_cases_are_named_on_the_cpu(seqlens, name):
+    from workbench.diagnose import MutantContext, diagnose, views_for
+
+    fixtures, mutants = A.load()
+    p = params(d=128, heads=4, kv_heads=4, seqlens=seqlens, seqlens_k="")
+    st = StageD()
+    specs, outs = st.inputs(p), st.outputs(p)
+    inputs = get_fixture(fixtures, "random", specs).make(specs, p, 0, "cpu")
+    expected = st.reference(inputs, p, {}, torch.float32)
+    cx = MutantContext(inputs=inputs, expected={k: v.float() for k, v in expected.items()}, params=p, variants={},
+                       fixture="random", views=views_for(A.ROOT / "stages" / "fmha"))
+    out = A.kernel_like({**expected, **mutants[name].fn(cx)}, outs, seed=3)
+    d = diagnose(out, expected, inputs, p, {}, "random", mutants)
+    assert d.status == "explained" and d.best.name == name, d.headline
+
+
+def test_launch_passes_max_seqlen_q_read_once_per_version(monkeypatch):
+    """The varlen launch passes cu_seqlens and max_seqlen_q (the grid's Q tiles per sequence)
+    after the stream; the length is read from cu_seqlens_q once and again only after an
+    in-place change of it (torch's version counter), so relaunches do not sync."""
+    from stages.fmha import host, stage_d_fmha
+
+    calls, reads = [], []
+    monkeypatch.setattr(stage_d_fmha, "sm_count", lambda device: 132)
+    monkeypatch.setattr(host, "to_cute", lambda t: t)
+    monkeypatch.setattr(host, "current_stream", lambda: "stream")
+    compiled = host.Compiled(fn=lambda *a: calls.append(a), d=64, heads=4, kv_heads=2, varlen=True)
+    cu_q = torch.tensor(cu_seqlens([70, 0, 129]), dtype=torch.int32)
+    real_cpu = torch.Tensor.cpu
+
+    def counting_cpu(t, *a, **k):
+        reads.append(1)
+        return real_cpu(t, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counting_cpu)
+    inputs = {"q": torch.zeros(199, 4, 64), "k": torch.zeros(10, 2, 64), "v": torch.zeros(10, 2, 64),
+              "cu_seqlens_q": cu_q, "cu_seqlens_k": torch.tensor([0, 5, 5, 10], dtype=torch.int32)}
+    outputs = {"o": torch.zeros(199, 4, 64), "lse": torch.zeros(4, 199)}
+    for _ in range(3):
+        StageD().launch(compiled, inputs, outputs)
+    assert len(reads) == 1 and [int(c[-1]) for c in calls] == [129] * 3
+    assert calls[0][7] == "stream" and calls[0][8] is cu_q
+    cu_q[3] = 270  # lengths 70, 0, 200
+    StageD().launch(compiled, inputs, outputs)
+    assert len(reads) == 2 and int(calls[-1][-1]) == 200
