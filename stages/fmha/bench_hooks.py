@@ -2,7 +2,6 @@
 
 case_params: DESIGN.md's convention for a benchmark shape: 16k tokens and a 2048-wide model,
 so batch = 16384 / s and heads = 2048 / d, with s = m = n. Values the user gave are kept.
-Feature parameters left at their defaults count as derived (FEATURE_DEFAULTS).
 """
 
 from __future__ import annotations
@@ -19,13 +18,5 @@ def case_params(given: dict) -> dict:
         out.setdefault("batch", max(1, TOKENS // s))
     if "d" in out:
         out.setdefault("heads", max(1, MODEL_DIM // int(out["d"])))
-    # stage D's feature switches at their defaults, when not given: derived, so a speed row
-    # of MEMORY.md names them only when a case sets them (rows recorded before they existed
-    # keep their names)
-    for key, default in FEATURE_DEFAULTS.items():
-        out.setdefault(key, default)
     return out
 
-
-#: parameters added by issue 18 that are off at their default (varlen; the other features add theirs)
-FEATURE_DEFAULTS = {"varlen": "false", "seqlens": "", "seqlens_k": ""}
