@@ -66,8 +66,9 @@ def test_p_axes_cross_the_kernel_cases_like_wb_sweep():
     assert len(planned({"dtype": ["bf16", "fp16"]}, sweep=True)) == 20
 
 
-def test_a_case_name_shows_a_parameter_outside_case_keys_only_when_it_is_not_its_default():
-    """A parameter added to a stage later (softcap) leaves recorded case names as they were."""
+def test_a_quiet_parameter_is_named_only_when_it_is_not_its_default():
+    """kernel.yaml `bench.quiet`: a parameter added to a stage later (softcap) leaves recorded
+    case names as they were."""
     plain = planned({"n": ["4096"]})[0]
     assert "softcap" not in plain["name"] and "softcap" not in plain["row"]
     assert plain["name"] == "d=128 m=4096 n=4096 batch=4 heads=16 kv_heads=16 causal=False dtype=bf16"

@@ -217,6 +217,8 @@ class BenchSpec:
     sweep: list[dict[str, Any]] = field(default_factory=list)  # `--sweep`'s cases
     columns: list[str] = field(default_factory=list)  # perf doc columns (default: the sweep's keys)
     case_keys: list[str] = field(default_factory=list)  # order of a case's name (default: the stage's)
+    # parameters a case's name leaves out while at their default (added after cases were recorded)
+    quiet: list[str] = field(default_factory=list)
     column: str = "n"  # the parameter whose values are MEMORY.md's speed columns
     perf_doc: str = ""  # default docs/perf-<kernel>.md
     title: str = ""
@@ -287,7 +289,7 @@ def _bench_spec(kernel: str, bench: Any) -> BenchSpec:
         sweep = [dict(zip(keys, combo)) for combo in itertools.product(*sweep.values())]
     return BenchSpec(
         stage=bench.stage, peers=list(bench.peers), yardsticks=list(bench.yardsticks), cases=[dict(c) for c in bench.cases], sweep=[dict(c) for c in sweep],
-        columns=list(bench.columns), case_keys=list(bench.case_keys), column=bench.column, perf_doc=bench.perf_doc or f"docs/perf-{kernel}.md",
+        columns=list(bench.columns), case_keys=list(bench.case_keys), quiet=list(bench.quiet), column=bench.column, perf_doc=bench.perf_doc or f"docs/perf-{kernel}.md",
         title=bench.title or "", note=bench.note,
     )
 

@@ -353,15 +353,14 @@ def speed_row(spec, resolved: dict[str, Any], case: BenchCase, name_keys: list[s
     return case_name({k: v for k, v in resolved.items() if k not in hidden}, name_keys)
 
 
-def named_params(spec, resolved: dict[str, Any], keys: list[str]) -> dict[str, Any]:
-    """The parameters a case's name shows: every `bench.case_keys` one, the others only when
-    they differ from their kernel.yaml default (so a parameter added to a stage later does not
-    rename every recorded case)."""
+def named_params(spec, resolved: dict[str, Any], quiet: list[str]) -> dict[str, Any]:
+    """The parameters a case's name shows: all but the kernel.yaml `bench.quiet` ones at their
+    default (so a parameter added to a stage later does not rename every recorded case)."""
     def at_default(k, v):
         p = spec.params.get(k)
-        return p is not None and not (isinstance(p.default, str) and p.default.startswith("=")) and v == p.default
+        return p is not None and v == p.default
 
-    return {k: v for k, v in resolved.items() if k in keys or not at_default(k, v)}
+    return {k: v for k, v in resolved.items() if k not in quiet or not at_default(k, v)}
 
 
 def resolve_cases(spec, kernel, cases: list[BenchCase]) -> list[dict[str, Any]]:
@@ -373,7 +372,7 @@ def resolve_cases(spec, kernel, cases: list[BenchCase]) -> list[dict[str, Any]]:
             params = spec.resolve_params({k: str(v) if not isinstance(v, bool) else str(v).lower() for k, v in case.params.items()})
         except UserError as exc:
             raise UserError(f"bench case {case_name(case.params)}: {exc}") from None
-        shown = named_params(spec, params, keys)
+        shown = named_params(spec, params, kernel.bench.quiet)
         out.append({"params": params, "name": case_name(shown, keys), "column": kernel.bench.column,
                     "row": speed_row(spec, shown, case, keys, kernel.bench.column)})
     return out

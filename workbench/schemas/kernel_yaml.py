@@ -217,6 +217,7 @@ class Bench(_Keys):
     ] = []
     columns: Annotated[list[Name], Field(max_length=MAX_ITEMS)] = []
     case_keys: Annotated[list[Name], Field(max_length=MAX_ITEMS)] = []
+    quiet: Annotated[list[Name], Field(max_length=MAX_ITEMS)] = []
     column: Name = "n"
     perf_doc: Optional[DocPath] = None
     title: Optional[Text] = None
