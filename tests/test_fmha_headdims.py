@@ -50,6 +50,8 @@ def test_geometry_fits_and_keeps_the_measured_dims():
             assert d // 2 + g.tile_n // 2 + g.tile_n // 4 <= regs - 32, (d, causal)
     assert G.geometry(64, False) == G.Geometry(64, 128, 3, 3, False)
     assert G.geometry(64, True) == G.Geometry(64, 128, 3, 2, False)
+    # a softcap with a sliding window spilled 28 B at 3 WGs' 160 registers: 2 WGs then
+    assert G.geometry(64, False, capped_window=True) == G.Geometry(64, 128, 3, 2, False)
     assert G.geometry(128, False) == G.geometry(128, True) == G.Geometry(128, 128, 2, 2, False)
     assert [G.kv_tile(d) for d in G.HEAD_DIMS] == [128, 128, 128, 112, 80]
     # what wb compile reported for the defaults (bytes, dynamic + static)

@@ -310,15 +310,18 @@ def test_injected_bug_emulated_from_the_kernels_tile_math_is_named(bug, mutant_n
 @pytest.mark.slow  # two cold sm_90a compiles of stage D
 @pytest.mark.parametrize("args", [
     ["--d", "128", "-p", "causal=true", "-p", "align=bottom_right", "-p", "window_left=4096"],  # the speed goal's kernel
-    ["--d", "64", "-p", "causal=true", "-p", "window_left=256", "-V", "consumers=3"],  # 192-row tiles, 160 registers
+    # 192-row tiles at 160 registers (d=64 non-causal's default), with the softcap's tanh on every
+    # logit (tests/test_softcap.py). Causal with consumers=3 (not a default) spills 28 B with both.
+    ["--d", "64", "-p", "window_left=256", "-p", "window_right=64", "-p", "softcap=30"],
 ])
 def test_windowed_kernels_compile_without_spills_or_serialized_wgmma(fmha_ws, wb, args):
     """A windowed stage D (masked steps at both ends of the KV walk) fits its registers and
     keeps ptxas's wgmma pipelining: no spill, and WARPGROUP syncs stay at one per four HGMMA
-    or fewer, as in the default kernels (serialization puts one behind every HGMMA)."""
+    or fewer, as in the default kernels (serialization puts one behind every HGMMA). With a
+    softcap the cap is in the SASS: one MUFU.RCP per logit (64 per S tile, 2 call sites at least)."""
     import json
 
-    proc = wb("compile", "d", *args, "--json", cwd=fmha_ws, timeout=600)
+    proc = wb("compile", "d", *args, "--keep", "sass", "--json", cwd=fmha_ws, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rec = json.loads(proc.stdout)
     (kernel,) = rec["resources"]["kernels"]
@@ -326,6 +329,9 @@ def test_windowed_kernels_compile_without_spills_or_serialized_wgmma(fmha_ws, wb
     found = rec["sass"]["instructions"]
     hgmma = sum(v for k, v in found.items() if k.startswith("HGMMA"))
     assert hgmma and found.get("WARPGROUP", 0) * 3 <= hgmma, found
+    if "softcap=30" in args:
+        (sass,) = [fmha_ws / v for k, v in rec["artifacts"].items() if k.endswith(".sass")]
+        assert sass.read_text().count("MUFU.RCP") >= 2 * 64, "the cap's rcp is missing"
 
 
 def test_peers_refuse_masks_they_cannot_express():

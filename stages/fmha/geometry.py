@@ -68,14 +68,16 @@ class Geometry:
         return WG_ROWS * self.consumers
 
 
-def geometry(d: int, causal: bool = False) -> Geometry:
-    """Stage D's tile geometry for head dim ``d`` (ValueError for a d it does not serve)."""
+def geometry(d: int, causal: bool = False, capped_window: bool = False) -> Geometry:
+    """Stage D's tile geometry for head dim ``d`` (ValueError for a d it does not serve).
+    ``capped_window``: a softcap and a sliding window together (their masked and capped
+    steps do not fit 160 registers: d = 64 with 3 WGs spilled 28 B, so 2 WGs)."""
     if d not in _TABLE:
         raise ValueError(f"d={d} is not a head dim of the FMHA kernel (it serves {', '.join(map(str, HEAD_DIMS))})")
     tile_n, kv_stages, o_in_q = _TABLE[d]
     # 3 consumer WGs (192-row Q tiles) for d = 64 non-causal only: causal d = 64 with 3
     # measured 25% slower at s = 1024 on an H100, equal at 8192
-    consumers = 3 if d == 64 and not causal else 2
+    consumers = 3 if d == 64 and not causal and not capped_window else 2
     return Geometry(d, tile_n, kv_stages, consumers, o_in_q)
 
 

@@ -79,7 +79,8 @@ class Problem:
             self.M, self.D = q.shape
             self.N = k.shape[0]
         self.group = max(1, self.H // max(1, self.Hk))
-        from stages.fmha.geometry import kv_tile
+        from stages.fmha.geometry import HEAD_DIMS, kv_tile
+        from stages.fmha.geometry import geometry as geometry_of
 
         self.kv_tile = kv_tile(self.D)  # the kernel's KV tile width for this d
         self.T = max(1, -(-self.N // self.kv_tile))
@@ -94,9 +95,10 @@ class Problem:
         self.window_right = wr if (wr >= 0 and not self.causal) else None
         self.windowed = self.window_left is not None or self.window_right is not None
         self.align_param = param_value(cx.params, "align")
-        # Q tile rows of stage D's kernel (64 per consumer WG; auto: 3 WGs for d = 64 non-causal)
+        # Q tile rows of stage D's kernel (64 per consumer WG; auto: stages/fmha/geometry.py)
         consumers = (cx.variants or {}).get("consumers", "auto")
-        self.tile_m = 64 * (int(consumers) if consumers in ("2", "3") else (3 if self.D == 64 and not self.causal else 2))
+        auto = geometry_of(self.D, self.causal, self.softcap > 0 and self.windowed).consumers if self.D in HEAD_DIMS else 2
+        self.tile_m = 64 * (int(consumers) if consumers in ("2", "3") else auto)
         self.softmax = (cx.variants or {}).get("softmax", "exp")
         self.rescale_variant = (cx.variants or {}).get("rescale", "on")
         self.device = q.device

@@ -248,12 +248,13 @@ class FmhaForward(FmhaForwardBase):
         # fitting (shared memory, 0 spills), not measured on a GPU. The tile shape per d is
         # ``geometry.geometry``: tile_n (128; 112 for d = 192, 80 for d = 256), kv_stages (3 for
         # d = 64 and 96, else 2), O staged in Q for d >= 192, consumers 3 (192-row Q tiles) for
-        # d = 64 non-causal, else 2 (causal d = 64 with 3 measured 25% slower at s = 1024 on an
-        # H100, equal at 8192). schedule: pingpong (with 3 consumer WGs it fits 160 registers
+        # d = 64 non-causal without a softcapped window, else 2 (causal d = 64 with 3 measured
+        # 25% slower at s = 1024 on an H100, equal at 8192; softcap + window spill at 160). schedule: pingpong (with 3 consumer WGs it fits 160 registers
         # only with a fresh S accumulator per step, see ``overlap_tile``). persistent: dynamic
         # when causal (longest-first tiles, greedily: +7%), else on (H200: +3-8% non-causal;
         # causal lost 8-11% with round robin). tile_order: lpt when causal.
-        geom = geometry.geometry(d, causal)
+        capped_window = float(softcap) > 0 and (window_left >= 0 or window_right >= 0)
+        geom = geometry.geometry(d, causal, capped_window)
         if consumers is None:
             consumers = geom.consumers
         if schedule == "auto":
