@@ -49,6 +49,7 @@ def new_kernel(ws: Workspace, name: str) -> list[Path]:
         kernel_dir / "kernel.yaml": "kernel.yaml.tmpl",
         kernel_dir / "stage_a_gemm.py": "stage_a_gemm.py.tmpl",
         kernel_dir / "reference.py": "reference.py.tmpl",
+        kernel_dir / "export_op.py": "export_op.py.tmpl",
         fixture_file: "fixture.py.tmpl",
     }
     try:
