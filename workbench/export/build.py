@@ -14,6 +14,7 @@ warns at import.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import itertools
@@ -159,9 +160,42 @@ def export_stage(
     on_event: Callable[[dict], None] | None = None,
 ) -> ExportResult:
     """Export the cartesian product ``given`` of ``spec``'s compile-time parameters."""
+    with _stage_imports(ws):
+        return _export(ws, spec, given, variants, arch, out, allow_unverified, force, on_event)
+
+
+@contextlib.contextmanager
+def _stage_imports(ws):
+    """Import ``stages.*`` from ``ws`` for the export, then put sys.path and the stage modules
+    back as they were (wb export runs in the CLI's process, not in a worker)."""
+    import sys
+
+    from workbench.kernels.registry import forget_stage_modules
+
+    path = list(sys.path)
+    saved = {n: m for n, m in sys.modules.items() if n == "stages" or n.startswith("stages.")}
+    ws.activate()
+    if sys.path[0] != str(ws.root):
+        sys.path.insert(0, str(ws.root))
+    forget_stage_modules()
+    try:
+        yield
+    finally:
+        forget_stage_modules()
+        sys.modules.update(saved)
+        sys.path[:] = path
+
+
+def _export(ws, spec, given, variants, arch, out, allow_unverified, force, on_event) -> ExportResult:
     from workbench.export.verified import current_sources, load_records, passing_runs
 
     emit = on_event or (lambda event: None)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not force:
+            raise UserError(f"--out {out} exists and is not empty (pass --force to replace it)")
+        if not (out / "pyproject.toml").is_file():
+            raise UserError(f"--out {out} is not a wb export (no pyproject.toml): refusing to replace it")
     stage = spec.load()
     export, op_path, op = load_op_module(spec, stage)
     variants = spec.resolve_variants(variants)
@@ -182,12 +216,6 @@ def export_stage(
             "or pass --allow-unverified (the package then warns at import)"
         )
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not force:
-            raise UserError(f"--out {out} exists and is not empty (pass --force to replace it)")
-        if not (out / "pyproject.toml").is_file():
-            raise UserError(f"--out {out} is not a wb export (no pyproject.toml): refusing to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     # built beside --out and moved there at the end: a failed export leaves nothing behind
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
