@@ -242,7 +242,7 @@ def test_export_refuses_configurations_no_gpu_run_verified(fmha_export, tmp_path
     [
         (["-p", "m=256"], "m is not a compile-time parameter"),
         (["-p", "varlen=true"], "varlen=true is not exportable yet"),
-        (["-p", "d=65"], "d"),
+        (["-p", "d=65"], "d=65 is not allowed: must be one of 64, 96, 128, 192, 256"),
         (["-p", "d="], "must look like key=value or key=v1,v2"),
         (["-V", "nope=1"], "has no variant 'nope'"),
     ],
