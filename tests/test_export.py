@@ -360,3 +360,45 @@ def test_the_scaffolded_kernel_exports_the_same_way(scaffold_export):
     assert "b.shape: expected (n, 64) (k of a), got (70, 32)" in out["k"]
     assert out["cpu"].startswith("gemmx::gemm: a.device: expected cuda, got cpu")
     assert out["tvm_ffi"] and "expected device_type=cuda" in out["tvm_ffi"]
+
+
+def _embedded_cubin(blob: bytes) -> bytes:
+    """The cubin inside an exported shared object: the second ELF image, cut where its last
+    table (section headers or program headers) ends."""
+    import struct
+
+    start = blob.find(b"\x7fELF", 1)
+    assert start > 0
+    e_phoff, e_shoff = struct.unpack_from("<QQ", blob, start + 0x20)
+    e_phentsize, e_phnum, e_shentsize, e_shnum = struct.unpack_from("<HHHH", blob, start + 0x36)
+    end = max(e_shoff + e_shentsize * e_shnum, e_phoff + e_phentsize * e_phnum)
+    return blob[start : start + end]
+
+
+@pytest.mark.slow
+def test_the_exported_kernel_is_the_in_tree_kernel_instruction_for_instruction(fmha_export, tmp_path):
+    """A third sm_90a compile (d=64: ~5 s; `slow`): `wb compile --keep cubin` of the same
+    configuration gives the same SASS as the cubin inside the exported object, instruction for
+    instruction, so what is exported is what `wb run` verifies (only the host side differs)."""
+    import re
+
+    from workbench.compile.resources import disassemble, find_nvdisasm
+
+    if find_nvdisasm() is None:
+        pytest.skip("nvdisasm not installed (pip install 'cute-wb[sass]')")
+    ws, env = fmha_export["ws"], fmha_export["env"]
+    done = run_wb("compile", "fmha/d", "-p", "d=64", "-p", "heads=2", "-p", "kv_heads=1", "--keep", "cubin", "--json", cwd=ws, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads(done.stdout)
+    in_tree = (ws / record["artifacts"]["fmha-stage-d.sm_90a.cubin"]).read_bytes()  # relative to the workspace
+    cfg = json.loads((fmha_export["out"] / "wb_fmha" / "manifest.json").read_text())["configs"][0]
+    exported = _embedded_cubin((fmha_export["out"] / "wb_fmha" / cfg["library"]).read_bytes())
+
+    def instructions(cubin: bytes, name: str) -> list[str]:
+        (tmp_path / name).mkdir()
+        text, why = disassemble(cubin, tmp_path / name)
+        assert text is not None, why
+        return [re.sub(r"/\*[0-9a-f]+\*/", "", line).split(";")[0].strip() for line in text.splitlines() if re.match(r"^\s*/\*[0-9a-f]{4}\*/", line)]
+
+    ours, theirs = instructions(exported, "exported"), instructions(in_tree, "in-tree")
+    assert len(ours) > 1000 and ours == theirs
