@@ -179,6 +179,20 @@ try:
     out["tvm_ffi"] = None
 except Exception as exc:
     out["tvm_ffi"] = f"{type(exc).__name__}: {exc}"
+# the per-signature memo of passed checks: a misaligned base with an accepted signature is still
+# refused, and an accepted signature is not checked again (devices waived here: no GPU)
+orig_check, orig_launch, calls = wb_fmha._op.check, wb_fmha._op.launch, {"check": 0, "launch": 0}
+def cpu_check(*args, fake=False, **kwargs):
+    calls["check"] += 1
+    return [p for p in orig_check(*args, fake=fake, **kwargs) if "device" not in p]
+def no_launch(fn, *args, **kwargs):
+    calls["launch"] += 1
+    return cq.new_empty(cq.shape), torch.empty(1, 2, 128)
+wb_fmha._op.check, wb_fmha._op.launch = cpu_check, no_launch
+wb_fmha._functions[wb_fmha.CONFIGS[0]["id"]] = fn
+memo = [refusal(cq, ck, ck), refusal(raw[1:].view(1, 128, 2, 64), ck, ck), refusal(cq, ck, ck), refusal(cq, ck, ck)]
+out["memo"] = {"refusals": memo, **calls}
+wb_fmha._op.check, wb_fmha._op.launch = orig_check, orig_launch
 out["loaded_after"] = sorted(m for m in sys.modules if m.split(".")[0] in ("cutlass", "workbench"))
 print(json.dumps(out))
 """
@@ -221,6 +235,14 @@ def test_each_refusal_is_one_line_naming_what_was_expected_and_given(fmha_checks
     assert expected in message, message
     if case in ("causal", "d96", "gqa", "fp16"):
         assert "exported: [d=64 dtype=bf16 heads=2 kv_heads=1 causal=False" in message
+
+
+def test_a_signature_that_passed_is_not_checked_again_but_a_misaligned_base_still_is(fmha_checks):
+    memo = fmha_checks["memo"]
+    assert memo["refusals"][0] is None and memo["refusals"][2] is None and memo["refusals"][3] is None
+    assert "q: expected a 16-byte aligned base address" in memo["refusals"][1]
+    # check ran for the first call and the misaligned one only; the kernel "ran" three times
+    assert memo["check"] == 2 and memo["launch"] == 3, memo
 
 
 def test_the_shared_object_loads_without_a_gpu_and_checks_its_own_arguments(fmha_checks):

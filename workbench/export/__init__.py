@@ -4,7 +4,7 @@
                   compile each for export (TVM-FFI, no GPU), link lib/<id>.so, write the package
     verified.py   the passing GPU runs of runs/ on the current sources, per configuration
     package/      what every exported package holds besides its objects: the runtime
-                  (__init__.py: manifest, refusal, custom_op + fake) and pyproject.toml
+                  (__init__.py: manifest, refusal, the torch.library op + its fake) and pyproject.toml
 
 What is kernel-specific (the op's name, schema, argument checks, fake outputs, launch) comes
 from the stage's ``export`` (workbench.kernels.stage.ExportSpec). docs/export.md.
