@@ -19,6 +19,7 @@ import hashlib
 import importlib.util
 import itertools
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -102,11 +103,22 @@ def link_flags() -> list[str]:
     return [f"-L{runtime_dir}", "-lcute_dsl_runtime", f"-L{tvm_dir}", "-ltvm_ffi"]
 
 
-def link(obj: Path, so: Path, flags: list[str]) -> None:
+def find_cc() -> str:
     cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("g++") or shutil.which("clang")
     if cc is None:
         raise UserError("wb export links each object into a shared library: no C compiler (cc, gcc, clang) on PATH")
-    done = subprocess.run([cc, "-shared", "-o", str(so), str(obj), *flags], capture_output=True, text=True)
+    return cc
+
+
+def check_tools() -> None:
+    """What an export needs besides the DSL, checked before anything is compiled."""
+    if importlib.util.find_spec("tvm_ffi") is None:
+        raise UserError("wb export needs apache-tvm-ffi (pip install 'cute-wb[export]', or apache-tvm-ffi>=0.1.11)")
+    find_cc()
+
+
+def link(obj: Path, so: Path, flags: list[str]) -> None:
+    done = subprocess.run([find_cc(), "-shared", "-o", str(so), str(obj), *flags], capture_output=True, text=True)
     if done.returncode != 0:
         raise UserError(f"linking {so.name} failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
 
@@ -114,6 +126,10 @@ def link(obj: Path, so: Path, flags: list[str]) -> None:
 def _config_id(key: dict, variants: dict) -> str:
     text = json.dumps({"key": key, "variants": variants}, sort_keys=True)
     return "c" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _describe(key: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in key.items())
 
 
 def _jsonable(value: Any) -> Any:
@@ -190,6 +206,7 @@ def _export(ws, spec, given, variants, arch, out, allow_unverified, force, on_ev
     from workbench.export.verified import current_sources, load_records, passing_runs
 
     emit = on_event or (lambda event: None)
+    check_tools()
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not force:
@@ -246,8 +263,19 @@ def _build(ws, spec, stage, export, op_path, op, configs, variants, arch, out: P
         for i, cfg in enumerate(configs):
             emit({"event": "compile", "index": i, "total": len(configs), "key": cfg["key"]})
             t0 = time.perf_counter()
-            with export_mode():
-                compiled = stage.compile(Params(cfg.pop("_all")), variants, arch)
+            try:
+                with export_mode():
+                    compiled = stage.compile(Params(cfg.pop("_all")), variants, arch)
+            except UserError:
+                raise
+            except Exception as exc:  # a trace or compile error: `wb compile` shows it in full
+                text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+                first = (text.splitlines() or [type(exc).__name__])[0]
+                given = " ".join(f"-p {k}={v}" for k, v in cfg["params"].items())
+                raise UserError(
+                    f"{spec.id}: compile failed for [{_describe(cfg['key'])}]: {first} "
+                    f"(wb compile {spec.id} --arch {arch} {given} shows it in full)"
+                ) from None
             fn = _tvm_function(compiled)
             symbol = f"{package}_{op.OP}_{cfg['id']}"
             obj = Path(tmp) / f"{cfg['id']}.o"
