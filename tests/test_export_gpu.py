@@ -169,3 +169,14 @@ def test_torch_compile_runs_the_op_without_a_graph_break(exported):
     want = step(q, k, k)
     torch.cuda.synchronize()
     assert torch.equal(got[1], want[1]) and torch.allclose(got[0], want[0])
+
+
+def test_opcheck_schema_and_fake_tensor_agree_with_the_real_op(exported):
+    import torch
+
+    q = torch.randn(2, 200, 4, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(2, 300, 2, 128, device="cuda", dtype=torch.bfloat16)
+    for kwargs in ({}, {"causal": True}):
+        torch.library.opcheck(
+            torch.ops.wb_fmha.fwd.default, (q, k, k), kwargs, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static")
+        )
