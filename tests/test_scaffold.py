@@ -40,7 +40,10 @@ def test_the_scaffold_compiles_for_sm90a_shows_its_probes_and_is_listed(toy_ws, 
 def test_names_come_from_NAME_and_the_files_agree(toy_ws, wb):
     assert wb("new", "kernel", "my_gemm2").returncode == 0
     kernel_dir = toy_ws / "stages" / "my_gemm2"
-    written = [kernel_dir / "kernel.yaml", kernel_dir / "stage_a_gemm.py", kernel_dir / "reference.py", toy_ws / "fixtures" / "my_gemm2.py"]
+    written = [
+        kernel_dir / "kernel.yaml", kernel_dir / "stage_a_gemm.py", kernel_dir / "reference.py", kernel_dir / "export_op.py",
+        toy_ws / "fixtures" / "my_gemm2.py",
+    ]
     for path in written:
         text = path.read_text()
         assert "$" not in text, f"{path.name} keeps a template placeholder"
@@ -51,7 +54,12 @@ def test_names_come_from_NAME_and_the_files_agree(toy_ws, wb):
     assert re.search(r"^class MyGemm2StageA\(Stage\):", stage_source, re.M)
     # self-contained: only the public stage-author API of wb, nothing of another kernel
     imports = set(re.findall(r"^(?:from|import) ([\w.]+)", stage_source, re.M))
-    assert {m for m in imports if m.startswith(("workbench", "stages"))} == {"workbench.compile.probe", "workbench.kernels.stage"}
+    assert {m for m in imports if m.startswith(("workbench", "stages"))} == {
+        "workbench.compile.probe", "workbench.kernels.cute_host", "workbench.kernels.stage",
+    }
+    # the export op module is copied into an exported package: torch only
+    op_imports = set(re.findall(r"^(?:from|import) ([\w.]+)", written[3].read_text(), re.M))
+    assert op_imports == {"__future__", "torch"}, op_imports
 
     kernel = load_kernel(kernel_dir / "kernel.yaml")
     stage = kernel.stage("a")

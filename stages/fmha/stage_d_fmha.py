@@ -126,7 +126,7 @@ from stages.fmha import tile_scheduler as ts
 from stages.fmha.fmha_base import FmhaForwardBase, trace_print
 from workbench.compile.probe import probe
 from workbench.errors import UserError
-from workbench.kernels.stage import Params, Stage, TensorSpec, param_value
+from workbench.kernels.stage import ExportSpec, Params, Stage, TensorSpec, param_value
 
 
 #: varlen bug injections: none; next_offset = Q/K/V loaded from sequence b + 1's start;
@@ -1268,6 +1268,9 @@ class StageD(Stage):
     )
     # batch, m, n, seqlens: runtime; the mask (align, window), the softcap and varlen are compiled in
     compile_params = ("d", "dtype", "heads", "kv_heads", "causal", "align", "window_left", "window_right", "softcap", "varlen")
+    # `wb export fmha/d`: the op wb_fmha::fwd(q, k, v, causal, ...) -> (o, lse) (export_op.py:
+    # its argument checks, fake implementation and launch; docs/export.md)
+    export = ExportSpec(namespace="wb_fmha", op_module="export_op.py")
 
     def inputs(self, p: Params) -> dict:
         lens = seqlens_of(p)

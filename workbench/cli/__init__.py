@@ -61,12 +61,12 @@ def _root(
 # `wb --help` lists commands in the order of a working day, not of module imports.
 COMMAND_ORDER = [
     "list", "shapes", "run", "sweep", "runs", "diff-run", "report", "explain", "bench", "compile",
-    "fixtures", "note", "new", "import", "hosts", "ps", "kill",
+    "fixtures", "export", "note", "new", "import", "hosts", "ps", "kill",
 ]
 
 
 def _register() -> None:
-    from workbench.cli import bench, compile, history, hosts, kernels, memory, run, shapes, sweep  # noqa: F401
+    from workbench.cli import bench, compile, export, history, hosts, kernels, memory, run, shapes, sweep  # noqa: F401
 
     rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
 

@@ -10,6 +10,30 @@ costs nothing for commands that never compile.
 
 from __future__ import annotations
 
+import contextlib
+
+# Set by ``export_mode()`` (wb export): compile_for builds a TVM-FFI function (it takes torch
+# tensors directly, and can be written out as an object file) and fake_stream stands for the
+# caller's current stream instead of an argument.
+_EXPORT_MODE = False
+
+
+@contextlib.contextmanager
+def export_mode():
+    """Within: ``compile_for`` compiles with ``--enable-tvm-ffi`` and ``fake_stream()`` is the
+    TVM-FFI environment stream (the launch takes no stream argument; the caller's current torch
+    stream is used). A stage compiles for export with its own ``compile`` unchanged."""
+    global _EXPORT_MODE
+    before, _EXPORT_MODE = _EXPORT_MODE, True
+    try:
+        yield
+    finally:
+        _EXPORT_MODE = before
+
+
+def in_export_mode() -> bool:
+    return _EXPORT_MODE
+
 
 def cute_dtype(name: str):
     """'bf16' | 'fp16' | 'fp32' -> the cutlass numeric type."""
@@ -27,6 +51,8 @@ def compile_for(arch: str, fn, *args, keep_ptx: bool = False):
     opts = [cute.GPUArch(arch)]
     if keep_ptx:
         opts += [cute.KeepPTX(), cute.KeepCUBIN()]
+    if _EXPORT_MODE:
+        opts.append(cute.EnableTVMFFI())
     return cute.compile[tuple(opts)](fn, *args)
 
 
@@ -49,7 +75,7 @@ def fake_tensor(dtype, ndim: int):
 def fake_stream():
     from cutlass.cute.runtime import make_fake_stream
 
-    return make_fake_stream()
+    return make_fake_stream(use_tvm_ffi_env_stream=_EXPORT_MODE)
 
 
 def to_cute(t):

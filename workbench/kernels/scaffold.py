@@ -2,7 +2,8 @@
 
 What it writes (templates/kernel/*.tmpl): stages/NAME/kernel.yaml (one stage, how to add
 the next), stages/NAME/stage_a_gemm.py (a TMA + WGMMA tile GEMM for sm_90a with probes),
-stages/NAME/reference.py and fixtures/NAME.py (diagnostic GEMM inputs). The templates use
+stages/NAME/reference.py, stages/NAME/export_op.py (the stage as the torch op NAME::gemm for
+`wb export`) and fixtures/NAME.py (diagnostic GEMM inputs). The templates use
 string.Template: $name is NAME, $Name its CamelCase for class names; NAME is checked first,
 so what is substituted is always a plain identifier."""
 
@@ -49,6 +50,7 @@ def new_kernel(ws: Workspace, name: str) -> list[Path]:
         kernel_dir / "kernel.yaml": "kernel.yaml.tmpl",
         kernel_dir / "stage_a_gemm.py": "stage_a_gemm.py.tmpl",
         kernel_dir / "reference.py": "reference.py.tmpl",
+        kernel_dir / "export_op.py": "export_op.py.tmpl",
         fixture_file: "fixture.py.tmpl",
     }
     try:

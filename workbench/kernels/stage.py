@@ -86,6 +86,33 @@ def param_value(params: Any, name: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+@dataclass(frozen=True)
+class ExportSpec:
+    """How `wb export` packages a stage as a torch op (the stage's optional ``export``).
+
+    namespace -- the op's library namespace and the exported package's import name
+                 (``wb_fmha`` gives ``torch.ops.wb_fmha.<OP>`` and ``import wb_fmha``)
+    op_module -- a file next to the stage module, copied into the package as ``_op.py``. It
+                 imports nothing but torch (the package needs neither wb nor cutlass) and
+                 defines:
+        OP: str                          the op's name in the namespace
+        SCHEMA: str                      its torch schema without the name,
+                                         e.g. "(Tensor a, Tensor b) -> Tensor"
+        exported_key(params) -> dict     at export: one configuration's compile-time
+                                         parameters -> the key a call selects it by (JSON values)
+        call_key(*args) -> dict          at a call: the key the arguments ask for
+        check(*args, fake) -> list[str]  what is wrong with the arguments, each "what: expected
+                                         X, got Y" (fake=True under FakeTensorMode / meta:
+                                         no data pointers, any device)
+        fake(*args) -> outputs           empty outputs of the right shapes (torch.compile)
+        launch(fn, *args) -> outputs     allocate the outputs and call the compiled function
+                                         (fn takes torch tensors; the stream is the caller's)
+    """
+
+    namespace: str
+    op_module: str
+
+
 class Stage:
     """Base class of a stage. Subclass it in stages/<kernel>/<module>.py.
 
@@ -103,6 +130,8 @@ class Stage:
     # Parameters that change the compiled code (the compile cache key); None: all of them.
     # A stage compiled with dynamic extents names the others out, e.g. ("d", "dtype").
     compile_params: ClassVar[tuple[str, ...] | None] = None
+    # `wb export`: the torch op this stage becomes (None: the stage cannot be exported).
+    export: ClassVar[ExportSpec | None] = None
 
     # Filled in by the registry from kernel.yaml.
     kernel: str = ""

@@ -1,0 +1,126 @@
+"""Stage D as a torch op: `wb export fmha/d` copies this file into the exported package as
+``_op.py`` (the contract: workbench.kernels.stage.ExportSpec). It imports nothing but torch:
+the package runs with neither wb nor cutlass installed.
+
+    o, lse = torch.ops.wb_fmha.fwd(q, k, v, causal=False)
+
+q (batch, m, heads, d), k and v (batch, n, kv_heads, d), all one dtype, on one CUDA device,
+last dim contiguous, 16-byte aligned; o like q, lse (batch, heads, m) fp32 (natural log of
+the softmax denominator of the scaled logits, scale 1/sqrt(d)). The mask and softcap
+arguments select one exported configuration (they are compiled in); a configuration that was
+not exported is refused before launch, as is any tensor the kernel was not compiled for.
+"""
+
+from __future__ import annotations
+
+import torch
+
+OP = "fwd"
+SCHEMA = (
+    "(Tensor q, Tensor k, Tensor v, bool causal=False, float softcap=0.0, int window_left=-1, "
+    'int window_right=-1, str align="top_left") -> (Tensor, Tensor)'
+)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+NAMES = {v: k for k, v in DTYPES.items()}
+
+
+def _truthy(x) -> bool:
+    if isinstance(x, str):
+        return x.strip().lower() in ("1", "true", "yes", "on")
+    return bool(x)
+
+
+def exported_key(params: dict) -> dict:
+    """Stage D's compile-time parameters -> what a call selects the configuration by."""
+    if _truthy(params.get("varlen", False)):
+        raise ValueError("varlen=true is not exportable yet (the op takes (batch, seqlen, heads, d) tensors)")
+    return {
+        "d": int(params["d"]),
+        "dtype": str(params["dtype"]),
+        "heads": int(params["heads"]),
+        "kv_heads": int(params["kv_heads"]),
+        "causal": _truthy(params.get("causal", False)),
+        "align": str(params.get("align", "top_left")),
+        "window_left": int(params.get("window_left", -1)),
+        "window_right": int(params.get("window_right", -1)),
+        "softcap": float(params.get("softcap", 0.0) or 0.0),
+    }
+
+
+def call_key(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left") -> dict:
+    return {
+        "d": int(q.shape[-1]) if q.dim() else 0,
+        "dtype": NAMES.get(q.dtype, str(q.dtype).replace("torch.", "")),
+        "heads": int(q.shape[2]) if q.dim() == 4 else 0,
+        "kv_heads": int(k.shape[2]) if k.dim() == 4 else 0,
+        "causal": bool(causal),
+        "align": str(align),
+        "window_left": int(window_left),
+        "window_right": int(window_right),
+        "softcap": float(softcap),
+    }
+
+
+def check(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left", *, fake=False) -> list[str]:
+    """What the compiled kernel would not refuse itself, each 'what: expected X, got Y'."""
+    problems = []
+    named = (("q", q), ("k", k), ("v", v))
+    for name, t in named:
+        if not isinstance(t, torch.Tensor):
+            return [f"{name}: expected a torch.Tensor, got {type(t).__name__}"]
+    for name, t in named:
+        if t.dim() != 4:
+            problems.append(f"{name}: expected rank 4 (batch, seqlen, heads, d), got rank {t.dim()} {tuple(t.shape)}")
+    if problems:
+        return problems
+    for name, t in named:
+        if t.dtype not in NAMES:
+            problems.append(f"{name}.dtype: expected bf16 or fp16, got {str(t.dtype).replace('torch.', '')}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        problems.append(f"dtypes: expected q, k, v of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not fake or q.device.type != "meta":
+        for name, t in named:
+            if t.device.type != "cuda":
+                problems.append(f"{name}.device: expected cuda, got {t.device}")
+    if len({str(t.device) for _, t in named}) > 1:
+        problems.append(f"devices: expected one device, got {q.device}, {k.device}, {v.device}")
+    b, m, h, d = q.shape
+    if tuple(k.shape) != tuple(v.shape):
+        problems.append(f"v.shape: expected k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
+    if k.shape[0] != b or k.shape[3] != d:
+        problems.append(f"k.shape: expected ({b}, n, kv_heads, {d}) like q {tuple(q.shape)}, got {tuple(k.shape)}")
+    for name, t in named:
+        if t.stride(-1) != 1:
+            problems.append(f"{name}.stride(-1): expected 1 (last dim contiguous), got {t.stride(-1)}")
+        elif any(s % 8 for s in t.stride()[:-1]):
+            problems.append(f"{name}.stride: expected multiples of 8 elements (16 B rows for TMA), got {tuple(t.stride())}")
+        if not fake and t.data_ptr() % 16:
+            problems.append(f"{name}: expected a 16-byte aligned base address, got {hex(t.data_ptr())} (offset {t.data_ptr() % 16} B)")
+    return problems
+
+
+def fake(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left"):
+    b, m, h, _ = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((b, h, m), dtype=torch.float32)
+
+
+_tile_counters: dict = {}
+_sm_counts: dict = {}
+
+
+def launch(fn, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left"):
+    """Allocate o and lse, launch on the current stream. The dynamic tile scheduler's (2,)
+    int32 counters go back to zero after every launch (the kernel's last CTA resets them),
+    so one buffer per device serves every call, CUDA graphs included."""
+    dev = q.device
+    key = dev.index if dev.index is not None else torch.cuda.current_device()
+    counter = _tile_counters.get(key)
+    if counter is None:
+        counter = _tile_counters[key] = torch.zeros(2, dtype=torch.int32, device=dev)
+        _sm_counts[key] = torch.cuda.get_device_properties(dev).multi_processor_count
+    b, m, h, _ = q.shape
+    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    lse = torch.empty((b, h, m), dtype=torch.float32, device=dev)
+    fn(q, k, v, o, lse, counter, _sm_counts[key], None, None, None)  # no cu_seqlens: not varlen
+    return o, lse

@@ -1,0 +1,426 @@
+"""`wb export` (docs/export.md), the CPU side: a stage's configuration becomes a package that
+pip installs; the installed package imports with neither cutlass nor wb importable (proved by
+an import blocker, not by their absence), registers the op with a fake implementation whose
+shapes are right under FakeTensorMode, on meta tensors and under torch.compile(fullgraph=True),
+loads its shared object (TVM-FFI, libcute_dsl_runtime) on a machine without a GPU, and refuses
+on the host, in one line naming what was expected and what was given, every argument the
+kernel was not compiled for. The same for the kernel `wb new kernel` scaffolds, so the road is
+not the fmha kernel's alone. Two sm_90a compiles in all (one per kernel, module-scoped).
+
+What only a GPU proves (same bits as `wb run`, CUDA graphs, launch cost) is in
+test_export_gpu.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import DATA, copy_repo_workspace, run_wb
+
+pytest.importorskip("tvm_ffi", reason="wb export needs apache-tvm-ffi (pip install 'wb[export]')")
+
+BLOCKER = """
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("cutlass", "workbench", "stages", "nvidia_cutlass_dsl", "cuda"):
+            raise ImportError("blocked by the test: " + name)
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def _pip_install(pkg: Path, site: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(site), str(pkg)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _run_checks(site: Path, body: str) -> dict:
+    """Run ``body`` (after the import blocker) in a new interpreter that sees the installed
+    package only through ``site``; it prints one JSON line, returned here."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "WB_WORKSPACE")}
+    env["PYTHONPATH"] = str(site)
+    script = BLOCKER + textwrap.dedent(body)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=str(site), timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def fmha_export(tmp_path_factory):
+    """fmha stage D, one configuration (d=64, 2 heads, 1 KV head, bf16), exported from a copy
+    of this workspace (no runs: --allow-unverified) and pip-installed into a target folder."""
+    root = tmp_path_factory.mktemp("export-ws")
+    ws = copy_repo_workspace(root / "ws")
+    env = {"WB_HOME": str(root / "home")}
+    out = root / "pkg"
+    done = run_wb(
+        "--workspace", ws, "export", "fmha/d", "-p", "d=64", "-p", "heads=2", "-p", "kv_heads=1",
+        "--out", out, "--allow-unverified", "--json", cwd=ws, env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    site = root / "site"
+    _pip_install(out, site)
+    return {"ws": ws, "env": env, "out": out, "site": site, "stdout": done.stdout, "stderr": done.stderr}
+
+
+@pytest.fixture(scope="module")
+def scaffold_export(tmp_path_factory):
+    """The kernel `wb new kernel gemmx` writes, exported and installed the same way."""
+    root = tmp_path_factory.mktemp("export-scaffold")
+    ws = root / "ws"
+    shutil.copytree(DATA / "toy_ws", ws)
+    env = {"WB_HOME": str(root / "home")}
+    assert run_wb("new", "kernel", "gemmx", cwd=ws, env=env).returncode == 0
+    refused = run_wb("export", "gemmx/a", "--out", root / "refused", cwd=ws, env=env)
+    out = root / "pkg"
+    done = run_wb("export", "gemmx/a", "-p", "out_dtype=bf16", "--out", out, "--allow-unverified", cwd=ws, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    site = root / "site"
+    _pip_install(out, site)
+    return {"ws": ws, "env": env, "out": out, "site": site, "refused": refused, "stdout": done.stdout}
+
+
+def test_the_manifest_names_stage_commit_dsl_arch_and_each_configuration(fmha_export):
+    from workbench.export.build import CONFIG_KEYS, SCHEMA_KEYS
+
+    manifest = json.loads((fmha_export["out"] / "wb_fmha" / "manifest.json").read_text())
+    assert set(manifest) == set(SCHEMA_KEYS)
+    assert manifest["stage"] == "fmha/stage-d" and manifest["namespace"] == "wb_fmha" and manifest["op"] == "fwd"
+    assert manifest["arch"] == "sm_90a" and manifest["dsl_version"] == "4.8.1"
+    assert manifest["commit"] is None or len(manifest["commit"]) == 40
+    [cfg] = manifest["configs"]
+    assert set(cfg) == set(CONFIG_KEYS)
+    assert cfg["key"] == {
+        "d": 64, "dtype": "bf16", "heads": 2, "kv_heads": 1, "causal": False, "align": "top_left",
+        "window_left": -1, "window_right": -1, "softcap": 0.0,
+    }
+    assert cfg["verified_by"] == []  # a copy of the workspace has no runs: --allow-unverified
+    assert (fmha_export["out"] / "wb_fmha" / cfg["library"]).is_file()
+    # --json prints the same manifest; the missing verification is said loudly on stderr
+    assert json.loads(fmha_export["stdout"])["configs"][0]["id"] == cfg["id"]
+    assert "UNVERIFIED" in fmha_export["stderr"]
+
+
+def test_the_shared_object_holds_the_kernel_and_needs_only_the_runtime_and_tvm_ffi(fmha_export):
+    cfg = json.loads((fmha_export["out"] / "wb_fmha" / "manifest.json").read_text())["configs"][0]
+    so = fmha_export["out"] / "wb_fmha" / cfg["library"]
+    dyn = subprocess.run(["readelf", "-d", str(so)], capture_output=True, text=True).stdout
+    needed = sorted(line.split("[")[1].rstrip("]") for line in dyn.splitlines() if "(NEEDED)" in line)
+    assert needed == ["libcute_dsl_runtime.so", "libtvm_ffi.so"], needed
+    exported = subprocess.run(["nm", "-D", "--defined-only", str(so)], capture_output=True, text=True).stdout
+    assert [line.split()[-1] for line in exported.splitlines() if " T " in line] == ["__tvm_ffi_" + cfg["symbol"]]
+    blob = so.read_bytes()
+    assert blob.find(b"\x7fELF", 1) > 0  # the cubin is inside
+
+
+FMHA_CHECKS = """
+import json, sys, warnings
+import torch
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import wb_fmha
+out = {"warned": [str(w.message) for w in caught], "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("cutlass", "workbench"))}
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+def refusal(*args, **kwargs):
+    try:
+        torch.ops.wb_fmha.fwd(*args, **kwargs)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+bf = torch.bfloat16
+with FakeTensorMode():  # fake CUDA tensors work in a CPU build of torch, but only made fresh (no .to, no views)
+    def cuda(*shape, dtype=bf, stride=None):
+        if stride is not None:
+            return torch.empty_strided(shape, stride, dtype=dtype, device="cuda")
+        return torch.empty(*shape, dtype=dtype, device="cuda")
+    q = cuda(3, 100, 2, 64); k = cuda(3, 70, 1, 64)
+    o, lse = torch.ops.wb_fmha.fwd(q, k, k)
+    out["fake"] = [list(o.shape), str(o.dtype), o.device.type, list(lse.shape), str(lse.dtype)]
+    out["causal"] = refusal(q, k, k, causal=True)
+    out["d96"] = refusal(cuda(3, 100, 2, 96), cuda(3, 70, 1, 96), cuda(3, 70, 1, 96))
+    out["gqa"] = refusal(cuda(3, 100, 4, 64), k, k)
+    h = torch.float16
+    out["fp16"] = refusal(cuda(3, 100, 2, 64, dtype=h), cuda(3, 70, 1, 64, dtype=h), cuda(3, 70, 1, 64, dtype=h))
+    f = torch.float32
+    out["fp32"] = refusal(cuda(3, 100, 2, 64, dtype=f), cuda(3, 70, 1, 64, dtype=f), cuda(3, 70, 1, 64, dtype=f))
+    out["rank"] = refusal(cuda(100, 2, 64), cuda(70, 1, 64), cuda(70, 1, 64))
+    out["lastdim"] = refusal(cuda(3, 100, 2, 64, stride=(25600, 256, 128, 2)), k, k)
+m_q = torch.empty(2, 33, 2, 64, dtype=bf, device="meta"); m_k = torch.empty(2, 17, 1, 64, dtype=bf, device="meta")
+o, lse = torch.ops.wb_fmha.fwd(m_q, m_k, m_k)
+out["meta"] = [list(o.shape), list(lse.shape)]
+
+def step(q, k, v):
+    o, lse = torch.ops.wb_fmha.fwd(q, k, v)
+    return o * 2, lse.exp()
+compiled = torch.compile(step, fullgraph=True, backend="eager")
+o2, l2 = compiled(m_q, m_k, m_k)
+out["compiled"] = [list(o2.shape), list(l2.shape)]
+
+cq = torch.zeros(1, 128, 2, 64, dtype=bf); ck = torch.zeros(1, 128, 1, 64, dtype=bf)
+out["cpu"] = refusal(cq, ck, ck)
+raw = torch.zeros(1 * 128 * 2 * 64 + 1, dtype=bf)
+out["misaligned"] = refusal(raw[1:].view(1, 128, 2, 64), ck, ck)
+# the shared object loads here (no GPU, no cutlass): its own TVM-FFI check refuses CPU tensors
+fn = wb_fmha.load(wb_fmha.CONFIGS[0])
+try:
+    fn(cq, ck, ck, cq, torch.zeros(1, 2, 128), torch.zeros(2, dtype=torch.int32), 1, None, None, None)
+    out["tvm_ffi"] = None
+except Exception as exc:
+    out["tvm_ffi"] = f"{type(exc).__name__}: {exc}"
+# the per-signature memo of passed checks: a misaligned base with an accepted signature is still
+# refused, and an accepted signature is not checked again (devices waived here: no GPU)
+orig_check, orig_launch, calls = wb_fmha._op.check, wb_fmha._op.launch, {"check": 0, "launch": 0}
+def cpu_check(*args, fake=False, **kwargs):
+    calls["check"] += 1
+    return [p for p in orig_check(*args, fake=fake, **kwargs) if "device" not in p]
+def no_launch(fn, *args, **kwargs):
+    calls["launch"] += 1
+    return cq.new_empty(cq.shape), torch.empty(1, 2, 128)
+wb_fmha._op.check, wb_fmha._op.launch = cpu_check, no_launch
+wb_fmha._functions[wb_fmha.CONFIGS[0]["id"]] = fn
+memo = [refusal(cq, ck, ck), refusal(raw[1:].view(1, 128, 2, 64), ck, ck), refusal(cq, ck, ck), refusal(cq, ck, ck)]
+out["memo"] = {"refusals": memo, **calls}
+wb_fmha._op.check, wb_fmha._op.launch = orig_check, orig_launch
+out["loaded_after"] = sorted(m for m in sys.modules if m.split(".")[0] in ("cutlass", "workbench"))
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def fmha_checks(fmha_export):
+    return _run_checks(fmha_export["site"], FMHA_CHECKS)
+
+
+def test_the_installed_package_imports_without_cutlass_or_wb_and_warns_it_is_unverified(fmha_checks):
+    assert fmha_checks["loaded"] == [] and fmha_checks["loaded_after"] == []
+    assert any("--allow-unverified" in w and "d=64" in w for w in fmha_checks["warned"]), fmha_checks["warned"]
+
+
+def test_fake_outputs_have_the_kernels_shapes_under_fake_mode_meta_and_torch_compile(fmha_checks):
+    assert fmha_checks["fake"] == [[3, 100, 2, 64], "torch.bfloat16", "cuda", [3, 2, 100], "torch.float32"]
+    assert fmha_checks["meta"] == [[2, 33, 2, 64], [2, 2, 33]]
+    assert fmha_checks["compiled"] == [[2, 33, 2, 64], [2, 2, 33]]  # fullgraph: no graph break
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("causal", "configuration not exported: got [d=64 dtype=bf16 heads=2 kv_heads=1 causal=True"),
+        ("d96", "got [d=96 "),
+        ("gqa", "heads=4 kv_heads=1"),
+        ("fp16", "got [d=64 dtype=fp16"),
+        ("fp32", "q.dtype: expected bf16 or fp16, got float32"),
+        ("rank", "q: expected rank 4 (batch, seqlen, heads, d), got rank 3"),
+        ("lastdim", "q.stride(-1): expected 1 (last dim contiguous), got 2"),
+        ("cpu", "q.device: expected cuda, got cpu"),
+        ("misaligned", "q: expected a 16-byte aligned base address"),
+    ],
+)
+def test_each_refusal_is_one_line_naming_what_was_expected_and_given(fmha_checks, case, expected):
+    message = fmha_checks[case]
+    assert message is not None, f"{case} was not refused"
+    assert message.startswith("wb_fmha::fwd: ") and "\n" not in message
+    assert expected in message, message
+    if case in ("causal", "d96", "gqa", "fp16"):
+        assert "exported: [d=64 dtype=bf16 heads=2 kv_heads=1 causal=False" in message
+
+
+def test_a_signature_that_passed_is_not_checked_again_but_a_misaligned_base_still_is(fmha_checks):
+    memo = fmha_checks["memo"]
+    assert memo["refusals"][0] is None and memo["refusals"][2] is None and memo["refusals"][3] is None
+    assert "q: expected a 16-byte aligned base address" in memo["refusals"][1]
+    # check ran for the first call and the misaligned one only; the kernel "ran" three times
+    assert memo["check"] == 2 and memo["launch"] == 3, memo
+
+
+def test_the_shared_object_loads_without_a_gpu_and_checks_its_own_arguments(fmha_checks):
+    assert fmha_checks["tvm_ffi"] and "expected device_type=cuda" in fmha_checks["tvm_ffi"], fmha_checks["tvm_ffi"]
+
+
+def test_export_refuses_configurations_no_gpu_run_verified(fmha_export, tmp_path):
+    done = run_wb(
+        "--workspace", fmha_export["ws"], "export", "fmha/d", "-p", "d=64,128", "--out", tmp_path / "x",
+        cwd=fmha_export["ws"], env=fmha_export["env"],
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") <= 1, done.stderr
+    assert "2 of 2 configuration(s) have no passing GPU run on the current sources" in done.stderr
+    assert "--allow-unverified" in done.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["-p", "m=256"], "m is not a compile-time parameter"),
+        (["-p", "varlen=true"], "varlen=true is not exportable yet"),
+        (["-p", "d=65"], "d=65 is not allowed: must be one of 64, 96, 128, 192, 256"),
+        (["-p", "d="], "must look like key=value or key=v1,v2"),
+        (["-V", "nope=1"], "has no variant 'nope'"),
+    ],
+)
+def test_export_mistakes_are_one_line_errors(fmha_export, tmp_path, args, expected):
+    done = run_wb(
+        "--workspace", fmha_export["ws"], "export", "fmha/d", *args, "--out", tmp_path / "x", "--allow-unverified",
+        cwd=fmha_export["ws"], env=fmha_export["env"],
+    )
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert expected in done.stderr, done.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_existing_out_folder_is_kept_unless_forced_and_only_an_export_is_replaced(fmha_export, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    args = ("--workspace", fmha_export["ws"], "export", "fmha/d", "-p", "varlen=true", "--allow-unverified")
+    kept = run_wb(*args, "--out", mine, cwd=fmha_export["ws"], env=fmha_export["env"])
+    assert kept.returncode == 2 and "exists and is not empty" in kept.stderr
+    forced = run_wb(*args, "--out", mine, "--force", cwd=fmha_export["ws"], env=fmha_export["env"])
+    assert forced.returncode == 2 and "is not a wb export" in forced.stderr
+    assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_the_product_of_the_lists_is_planned_once_per_distinct_configuration():
+    from workbench.export.build import expand, parse_lists
+
+    given = parse_lists(["d=64,128", "causal=false,true", "heads=4"])
+    assert expand(given) == [
+        {"d": "64", "causal": "false", "heads": "4"},
+        {"d": "64", "causal": "true", "heads": "4"},
+        {"d": "128", "causal": "false", "heads": "4"},
+        {"d": "128", "causal": "true", "heads": "4"},
+    ]
+
+
+def test_a_run_verifies_only_its_own_configuration_on_the_current_sources():
+    from types import SimpleNamespace
+
+    from workbench.export.verified import passing_runs
+
+    spec = SimpleNamespace(id="k/stage-a")
+    sources = {"stages/k/stage_a.py": "abc"}
+    good = {
+        "id": "r1", "kind": "run", "stage": "k/stage-a", "verdict": "PASS", "params": {"d": 64, "causal": True, "n": 999},
+        "variants": {"v": "x"}, "provenance": {"gpu": "NVIDIA H200", "sources": dict(sources)},
+    }
+
+    def variant(**changes):
+        rec = json.loads(json.dumps(good))
+        for key, value in changes.items():
+            target, _, field = key.partition("__")
+            if field:
+                rec[target][field] = value
+            else:
+                rec[target] = value
+        return rec
+
+    records = [
+        good,
+        variant(id="fail", verdict="FAIL"),
+        variant(id="cpu", provenance__gpu=None),
+        variant(id="edited", provenance__sources={"stages/k/stage_a.py": "old"}),
+        variant(id="d128", params__d=128),
+        variant(id="other-variant", variants__v="y"),
+        variant(id="bench", kind="bench"),
+        variant(id="other-stage", stage="k/stage-b"),
+        variant(id="text", params__causal="true"),  # a value spelled as text is the same value
+    ]
+    assert passing_runs(records, spec, {"d": 64, "causal": True}, {"v": "x"}, sources) == ["r1", "text"]
+
+
+SCAFFOLD_CHECKS = """
+import json, sys, warnings
+import torch
+warnings.simplefilter("ignore")
+import gemmx
+from torch._subclasses.fake_tensor import FakeTensorMode
+out = {"loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("cutlass", "workbench", "stages"))}
+def refusal(*args, **kwargs):
+    try:
+        torch.ops.gemmx.gemm(*args, **kwargs)
+    except ValueError as exc:
+        return str(exc)
+    return None
+with FakeTensorMode():
+    a = torch.empty(100, 64, dtype=torch.bfloat16, device="cuda"); b = torch.empty(70, 64, dtype=torch.bfloat16, device="cuda")
+    c = torch.ops.gemmx.gemm(a, b, out_dtype="bf16")
+    out["fake"] = [list(c.shape), str(c.dtype)]
+    out["fp32_out"] = refusal(a, b)
+    out["k"] = refusal(a, torch.empty(70, 32, dtype=torch.bfloat16, device="cuda"), out_dtype="bf16")
+out["cpu"] = refusal(torch.zeros(8, 8, dtype=torch.bfloat16), torch.zeros(8, 8, dtype=torch.bfloat16), out_dtype="bf16")
+fn = gemmx.load(gemmx.CONFIGS[0])
+try:
+    fn(torch.zeros(8, 8, dtype=torch.bfloat16), torch.zeros(8, 8, dtype=torch.bfloat16), torch.zeros(8, 8, dtype=torch.bfloat16))
+    out["tvm_ffi"] = None
+except Exception as exc:
+    out["tvm_ffi"] = str(exc)
+print(json.dumps(out))
+"""
+
+
+def test_the_scaffolded_kernel_exports_the_same_way(scaffold_export):
+    refused = scaffold_export["refused"]
+    assert refused.returncode == 2 and "no passing GPU run" in refused.stderr
+    manifest = json.loads((scaffold_export["out"] / "gemmx" / "manifest.json").read_text())
+    assert manifest["stage"] == "gemmx/stage-a" and manifest["op"] == "gemm"
+    assert [c["key"] for c in manifest["configs"]] == [{"dtype": "bf16", "out_dtype": "bf16"}]
+    out = _run_checks(scaffold_export["site"], SCAFFOLD_CHECKS)
+    assert out["loaded"] == []
+    assert out["fake"] == [[100, 70], "torch.bfloat16"]
+    assert "configuration not exported: got [dtype=bf16 out_dtype=fp32]" in out["fp32_out"]
+    assert "b.shape: expected (n, 64) (k of a), got (70, 32)" in out["k"]
+    assert out["cpu"].startswith("gemmx::gemm: a.device: expected cuda, got cpu")
+    assert out["tvm_ffi"] and "expected device_type=cuda" in out["tvm_ffi"]
+
+
+def _embedded_cubin(blob: bytes) -> bytes:
+    """The cubin inside an exported shared object: the second ELF image, cut where its last
+    table (section headers or program headers) ends."""
+    import struct
+
+    start = blob.find(b"\x7fELF", 1)
+    assert start > 0
+    e_phoff, e_shoff = struct.unpack_from("<QQ", blob, start + 0x20)
+    e_phentsize, e_phnum, e_shentsize, e_shnum = struct.unpack_from("<HHHH", blob, start + 0x36)
+    end = max(e_shoff + e_shentsize * e_shnum, e_phoff + e_phentsize * e_phnum)
+    return blob[start : start + end]
+
+
+@pytest.mark.slow
+def test_the_exported_kernel_is_the_in_tree_kernel_instruction_for_instruction(fmha_export, tmp_path):
+    """A third sm_90a compile (d=64: ~5 s; `slow`): `wb compile --keep cubin` of the same
+    configuration gives the same SASS as the cubin inside the exported object, instruction for
+    instruction, so what is exported is what `wb run` verifies (only the host side differs)."""
+    import re
+
+    from workbench.compile.resources import disassemble, find_nvdisasm
+
+    if find_nvdisasm() is None:
+        pytest.skip("nvdisasm not installed (pip install 'cute-wb[sass]')")
+    ws, env = fmha_export["ws"], fmha_export["env"]
+    done = run_wb("compile", "fmha/d", "-p", "d=64", "-p", "heads=2", "-p", "kv_heads=1", "--keep", "cubin", "--json", cwd=ws, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads(done.stdout)
+    in_tree = (ws / record["artifacts"]["fmha-stage-d.sm_90a.cubin"]).read_bytes()  # relative to the workspace
+    cfg = json.loads((fmha_export["out"] / "wb_fmha" / "manifest.json").read_text())["configs"][0]
+    exported = _embedded_cubin((fmha_export["out"] / "wb_fmha" / cfg["library"]).read_bytes())
+
+    def instructions(cubin: bytes, name: str) -> list[str]:
+        (tmp_path / name).mkdir()
+        text, why = disassemble(cubin, tmp_path / name)
+        assert text is not None, why
+        return [re.sub(r"/\*[0-9a-f]+\*/", "", line).split(";")[0].strip() for line in text.splitlines() if re.match(r"^\s*/\*[0-9a-f]{4}\*/", line)]
+
+    ours, theirs = instructions(exported, "exported"), instructions(in_tree, "in-tree")
+    assert len(ours) > 1000 and ours == theirs

@@ -1,0 +1,182 @@
+"""`wb export` on a GPU (docs/export.md): the configuration is first verified by `wb run` in a
+throw-away copy of this workspace, so it exports without --allow-unverified and the manifest
+names that run; the installed op then gives the in-tree kernel's bits exactly (o and lse,
+GQA, causal and not, tails, on a side stream), is captured in a CUDA graph and replays with new
+inputs, and refuses misaligned and unexported calls before any launch (the CUDA context stays
+usable after them). The launch-cost numbers come from benchmarks/export_launch_cost.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_repo_workspace, run_wb
+
+pytestmark = pytest.mark.gpu
+
+CONFIGS = [{"d": 128, "causal": "false"}, {"d": 128, "causal": "true"}]
+COMMON = {"heads": "4", "kv_heads": "2", "dtype": "bf16"}
+
+
+def _install(out: Path, site: Path) -> None:
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", "--target", str(site), str(out)],
+        capture_output=True, text=True,
+    )
+    if pip.returncode != 0:  # no setuptools on a bare GPU box: the package folder is all there is
+        shutil.copytree(out / "wb_fmha", site / "wb_fmha")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Verified by `wb run` in a copy of the workspace, then exported there (needs a C
+    compiler on this machine). WB_EXPORT_PREBUILT=DIR instead uses a package exported
+    elsewhere (the CPU box, --allow-unverified) of the same configurations."""
+    pytest.importorskip("tvm_ffi")
+    root = tmp_path_factory.mktemp("export-gpu")
+    ws = copy_repo_workspace(root / "ws")
+    env = {"WB_HOME": str(root / "home")}
+    site = root / "site"
+    prebuilt = os.environ.get("WB_EXPORT_PREBUILT")
+    if prebuilt:
+        _install(Path(prebuilt), site)
+        manifest = json.loads((site / "wb_fmha" / "manifest.json").read_text())
+    else:
+        for cfg in CONFIGS:
+            params = {**COMMON, **cfg}
+            ran = run_wb("run", "fmha/d", *[x for k, v in params.items() for x in ("-p", f"{k}={v}")], "--n", "1000", cwd=ws, env=env)
+            assert ran.returncode == 0, ran.stdout + ran.stderr
+        out = root / "pkg"
+        args = ["-p", "d=128", "-p", "causal=false,true"] + [x for k, v in COMMON.items() for x in ("-p", f"{k}={v}")]
+        done = run_wb("export", "fmha/d", *args, "--out", out, "--json", cwd=ws, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr  # verified: no --allow-unverified
+        manifest = json.loads(done.stdout)
+        _install(out, site)
+    sys.path.insert(0, str(site))
+    try:
+        import wb_fmha
+    finally:
+        sys.path.remove(str(site))
+    return {"ws": ws, "manifest": manifest, "module": wb_fmha, "prebuilt": bool(prebuilt)}
+
+
+_compiled: dict = {}
+
+
+def _in_tree(ws: Path, params: dict, q, k, v):
+    """Stage D as `wb run` launches it: the stage's own compile (once per configuration) and launch."""
+    import torch
+
+    from workbench.kernels.registry import load_kernels, resolve_stage
+    from workbench.kernels.stage import Params
+
+    key = json.dumps(params, sort_keys=True, default=str)
+    if key not in _compiled:
+        spec = resolve_stage(ws, "fmha/d", load_kernels(ws))
+        stage = spec.load()
+        resolved = spec.resolve_params({k_: str(v_).lower() for k_, v_ in params.items()})
+        _compiled[key] = (stage, stage.compile(Params(resolved), spec.resolve_variants({}), "sm_90a"))
+    stage, compiled = _compiled[key]
+    o = torch.full_like(q, float("nan"))
+    lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("nan"), device=q.device)
+    stage.launch(compiled, {"q": q, "k": k, "v": v}, {"o": o, "lse": lse})
+    return o, lse
+
+
+def test_the_manifest_names_the_runs_that_verified_each_configuration(exported):
+    if exported["prebuilt"]:
+        pytest.skip("WB_EXPORT_PREBUILT: exported elsewhere, unverified")
+    configs = exported["manifest"]["configs"]
+    assert len(configs) == 2 and all(cfg["verified_by"] for cfg in configs)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("batch, m, n", [(2, 1000, 1000), (1, 17, 4099), (3, 300, 77)])
+def test_the_exported_op_gives_the_in_tree_kernels_bits(exported, causal, batch, m, n):
+    import torch
+
+    g = torch.Generator(device="cuda").manual_seed(m * 7 + n)
+    q = torch.randn(batch, m, 4, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(batch, n, 2, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(batch, n, 2, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # the op launches on the caller's current stream
+        o, lse = torch.ops.wb_fmha.fwd(q, k, v, causal=causal)
+    torch.cuda.current_stream().wait_stream(side)
+    o_ref, lse_ref = _in_tree(exported["ws"], {**COMMON, "d": 128, "causal": causal}, q, k, v)
+    torch.cuda.synchronize()
+    assert torch.equal(o, o_ref), (o.float() - o_ref.float()).abs().max()
+    assert torch.equal(lse, lse_ref) or torch.equal(lse.nan_to_num(), lse_ref.nan_to_num())
+
+
+def test_the_op_is_captured_in_a_cuda_graph_and_replays_with_new_inputs(exported):
+    import torch
+
+    q = torch.randn(2, 512, 4, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(2, 700, 2, 128, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(2, 700, 2, 128, device="cuda", dtype=torch.bfloat16)
+    torch.ops.wb_fmha.fwd(q, k, v)  # loads the object, allocates the scheduler's counters
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o, lse = torch.ops.wb_fmha.fwd(q, k, v)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        for t in (q, k, v):
+            t.copy_(torch.randn_like(t))
+        graph.replay()
+        o_eager, lse_eager = torch.ops.wb_fmha.fwd(q, k, v)
+        torch.cuda.synchronize()
+        assert torch.equal(o, o_eager) and torch.equal(lse, lse_eager)
+
+
+def test_refusals_happen_before_launch_and_leave_the_device_usable(exported):
+    import torch
+
+    q = torch.randn(1, 128, 4, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, 128, 2, 128, device="cuda", dtype=torch.bfloat16)
+    raw = torch.zeros(q.numel() + 8, device="cuda", dtype=torch.bfloat16)
+    torch.ops.wb_fmha.fwd(raw[:q.numel()].view_as(q), k, k)  # accepted: its signature is remembered
+    with pytest.raises(ValueError, match="16-byte aligned base"):
+        torch.ops.wb_fmha.fwd(raw[1 : 1 + q.numel()].view_as(q), k, k)
+    with pytest.raises(ValueError, match="configuration not exported.*d=64"):
+        torch.ops.wb_fmha.fwd(q[..., :64].contiguous(), k[..., :64].contiguous(), k[..., :64].contiguous())
+    with pytest.raises(ValueError, match="configuration not exported.*kv_heads=4"):
+        torch.ops.wb_fmha.fwd(q, q, q)
+    o, _ = torch.ops.wb_fmha.fwd(q, k, k)
+    torch.cuda.synchronize()
+    assert torch.isfinite(o.float()).all()
+
+
+def test_torch_compile_runs_the_op_without_a_graph_break(exported):
+    import torch
+
+    q = torch.randn(1, 256, 4, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, 256, 2, 128, device="cuda", dtype=torch.bfloat16)
+
+    def step(q, k, v):
+        o, lse = torch.ops.wb_fmha.fwd(q, k, v, causal=True)
+        return o.float().sum(-1), lse
+
+    got = torch.compile(step, fullgraph=True)(q, k, k)
+    want = step(q, k, k)
+    torch.cuda.synchronize()
+    assert torch.equal(got[1], want[1]) and torch.allclose(got[0], want[0])
+
+
+def test_opcheck_schema_and_fake_tensor_agree_with_the_real_op(exported):
+    import torch
+
+    q = torch.randn(2, 200, 4, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(2, 300, 2, 128, device="cuda", dtype=torch.bfloat16)
+    for kwargs in ({}, {"causal": True}):
+        torch.library.opcheck(
+            torch.ops.wb_fmha.fwd.default, (q, k, k), kwargs, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static")
+        )
