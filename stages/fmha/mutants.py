@@ -68,8 +68,16 @@ class Problem:
         from workbench.diagnose.registry import role_of
 
         self.cx = cx
-        q, k = cx.inputs["q"], cx.inputs["k"]
-        v = cx.inputs.get("v")
+        q = cx.inputs["q"]
+        if "block_table" in cx.inputs:  # paged KV: the logical K/V through the block table
+            from stages.fmha import reference
+
+            k, v = reference.gather_pages(
+                cx.inputs["k"], cx.inputs["v"], cx.inputs["block_table"], int(cx.inputs["cache_seqlens"][0])
+            )
+        else:
+            k = cx.inputs["k"]
+            v = cx.inputs.get("v")
         self.four_d = q.dim() == 4
         if self.four_d:
             self.B, self.M, self.H, self.D = q.shape
