@@ -132,6 +132,9 @@ from workbench.kernels.stage import Params, Stage, TensorSpec, param_value
 #: paged KV: the page sizes (0 = off)
 PAGE_SIZES = (0, 16, 32, 64, 128, 256)
 
+#: paged bug injections: none, or the bug of the mutant paged-<name with - for _>
+PAGED_BUGS = ("none", "page_off_by_one", "offset_ignored", "batch0_table")
+
 #: varlen bug injections: none; next_offset = Q/K/V loaded from sequence b + 1's start;
 #: tail_unmasked = keys masked at the 128-key tile end, not at the sequence's length;
 #: first_length = every sequence given sequence 0's lengths
@@ -246,6 +249,7 @@ class FmhaForward(FmhaForwardBase):
         varlen: bool = False,
         varlen_bug: str = "none",
         page_size: int = 0,
+        paged_bug: str = "none",
     ):
         # What ``auto`` means (kernel.yaml lists the choices): for d = 64 and 128 what measured
         # fastest on an H200, docs/perf-notes.md; for d = 96, 192 and 256 chosen on the CPU by
@@ -340,6 +344,13 @@ class FmhaForward(FmhaForwardBase):
                 "(pages smaller than a tile are not implemented)"
             )
         self.page_size = page_size
+        # paged bug injections (wb variant paged_bug; tests/test_paged_gpu.py): none, or the bug
+        # of the mutant of the same name (stages/fmha/mutants.py, paged-*)
+        if paged_bug not in PAGED_BUGS:
+            raise ValueError(f"paged_bug must be one of {PAGED_BUGS}, not {paged_bug}")
+        if paged_bug != "none" and not page_size:
+            raise ValueError(f"paged_bug={paged_bug} needs page_size > 0")
+        self.paged_bug = paged_bug
 
     @cute.jit
     def __call__(
@@ -693,7 +704,7 @@ class FmhaForward(FmhaForwardBase):
         return self.produce_d(
             tma_atom_q, tma_atom_k, tma_atom_v, gQ, gK, gV, sQ, sK, sV,
             pipeline_q, pipeline_k, pipeline_v, q_state, kv_state, m_block, n_max, stamp, n_min,
-            block_table[batch, None] if const_expr(self.page_size > 0) else None,
+            self.paged_row(block_table, batch) if const_expr(self.page_size > 0) else None,
         )
 
     @cute.jit
@@ -828,6 +839,12 @@ class FmhaForward(FmhaForwardBase):
         pipe.producer_acquire(state)
         cute.copy(tma_atom, tXgX[None, tile], tXsX[None, state.index], tma_bar_ptr=pipe.producer_get_barrier(state))
 
+    def paged_row(self, block_table: cute.Tensor, batch: Int32) -> cute.Tensor:
+        """paged: the block table row of ``batch`` (``paged_bug=batch0_table``: row 0 for all)."""
+        if const_expr(self.paged_bug == "batch0_table"):
+            return block_table[0, None]
+        return block_table[batch, None]
+
     @cute.jit
     def load_paged_tile(
         self,
@@ -844,12 +861,18 @@ class FmhaForward(FmhaForwardBase):
         a multiple of tile_n: one box). The producer warp reads the table entry (a broadcast
         load), then TMAs the box like ``load_tile``."""
         row = tile * self.tile_n
-        page = pages[row // self.page_size]
+        entry = row // self.page_size
+        if const_expr(self.paged_bug == "page_off_by_one"):
+            entry = entry + 1  # (the row's last entry reads the next row's first: flat row-major table)
+        page = pages[entry]
+        sub = (row % self.page_size) // self.tile_n
+        if const_expr(self.paged_bug == "offset_ignored"):
+            sub = 0
         gX_page = cute.local_tile(gX[None, None, page], (self.tile_n, self.d), (None, 0))  # (tile_n, d, page_size / tile_n)
         tXsX, tXgX = common.tma_partition_tile(tma_atom, sX, gX_page)
         pipe.producer_acquire(state)
         cute.copy(
-            tma_atom, tXgX[None, (row % self.page_size) // self.tile_n], tXsX[None, state.index],
+            tma_atom, tXgX[None, sub], tXsX[None, state.index],
             tma_bar_ptr=pipe.producer_get_barrier(state),
         )
 
@@ -1264,6 +1287,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "softcap_bug": v["softcap_bug"],
         "mask_bug": v["mask_bug"],
         "varlen_bug": v["varlen_bug"],
+        "paged_bug": v["paged_bug"],
     }
 
 
