@@ -75,6 +75,14 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
   one device-to-host copy, and cached on the tensor per version). ``varlen_bug`` injects the
   bugs of the varlen mutants (tests/test_varlen_gpu.py). varlen=false builds exactly today's
   kernel (the same SASS).
+* Paged KV (``page_size`` > 0, compile-time; NOT verified on a GPU): k, v are caches
+  (num_pages, page_size, kv_heads, d) read through ``block_table`` (batch, pages per
+  sequence) int32; every sequence has n keys (``cache_seqlens``, all equal). The producer
+  reads each KV tile's table entry (``load_paged_tile``) and TMAs one (tile_n, d) box at
+  (page, row offset) of the cache's (page_size, d, kv_heads, num_pages) view, so page_size
+  must be a multiple of tile_n (128/256 for d <= 128; smaller pages and d = 192/256 are
+  refused, as is varlen). ``paged_bug`` injects the paged mutants' bugs. page_size=0 builds
+  exactly today's kernel.
 * Warp specialization as C: WG0 producer (one warp issues the TMA: K of the first tile,
   Q, then the K/V ring), 2 consumer WGs (setmaxnreg 240/24) or 3 (``consumers=3``,
   192-row Q tiles, 160/32: the default for d=64 non-causal) of 64 rows each; K and V rings
