@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Verify stage D's parity features (issue 18) on a GPU through wb itself (records in runs/,
 # MEMORY.md). On the device machine, after `bash .gpu/p2/install.sh`:
-#     bash benchmarks/gpu_verify_parity.sh [mask softcap headdim varlen]   (default: all)
+#     bash benchmarks/gpu_verify_parity.sh [mask softcap headdim varlen paged]   (default: all)
 # Each section is a set of wb sweeps (every case gets a verdict) plus the injected bugs of
 # that feature, which must FAIL and be named by their mutant.
 set -u
 . benchmarks/gpu_env.sh
 T=${T:-60}
-for part in ${@:-mask softcap headdim varlen}; do
+for part in ${@:-mask softcap headdim varlen paged}; do
   echo "=== $part"
   case $part in
     mask)
@@ -99,6 +99,28 @@ for part in ${@:-mask softcap headdim varlen}; do
         timeout 90 python3 -m workbench run d -p varlen=true -p seqlens=${bug#*:} -V varlen_bug=${bug%%:*} --fixture random --seeds 1 --timeout $T
       done
       timeout 300 python3 -m pytest -q -m gpu tests/test_varlen_gpu.py
+      ;;
+    paged)
+      # paged KV (page_size > 0; not verified on a GPU before this): k/v caches read through a
+      # block table; the run scatters each sequence's pages at random, poison in the rest.
+      # page_size 128 (one KV tile per page) and 256 (two); 16/32/64 are refused (one line).
+      # d 64/128, causal both, tails (n = 17, 1000), GQA, fp16; decode-like m < n bottom-right
+      timeout 200 python3 -m workbench sweep d -p page_size=128,256 --n 17,1000,4096 --d 64,128 --dtype bf16 \
+        -p causal=false,true -p kv_heads=2 --timeout $T
+      timeout 100 python3 -m workbench sweep d -p page_size=256 --n 1000 --d 64,128 --dtype fp16 -p causal=false,true --timeout $T
+      timeout 100 python3 -m workbench sweep d -p page_size=128,256 --n 4096 -p m=1,17,300 --d 64,128 --dtype bf16 \
+        -p causal=true -p align=bottom_right -p heads=8 -p kv_heads=2 --timeout $T
+      # with a window and a softcap, and every persistent mode
+      timeout 100 python3 -m workbench sweep d -p page_size=256 --n 4096 -p m=1000 --d 128 -p causal=true \
+        -p align=bottom_right -p window_left=512 -p softcap=30 --timeout $T
+      timeout 100 python3 -m workbench sweep d -p page_size=128 --n 1000 --d 128 -p causal=true -V persistent=off,on,dynamic --timeout $T
+      # injected bugs: each must FAIL with its mutant named first (paged-page-off-by-one,
+      # paged-offset-ignored, paged-batch0-table); tests/test_paged_gpu.py asserts the same
+      for bug in page_off_by_one offset_ignored batch0_table; do
+        timeout 90 python3 -m workbench run d -p page_size=256 --n 1000 -p m=700 --d 64 -p causal=true \
+          -V paged_bug=$bug --fixture random --seeds 1 --timeout $T || true
+      done
+      timeout 300 python3 -m pytest -q -m gpu tests/test_paged_gpu.py
       ;;
     varlen-speed)
       # (not in the default list: `bash benchmarks/gpu_verify_parity.sh varlen-speed`) the issue's

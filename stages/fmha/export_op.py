@@ -35,6 +35,8 @@ def exported_key(params: dict) -> dict:
     """Stage D's compile-time parameters -> what a call selects the configuration by."""
     if _truthy(params.get("varlen", False)):
         raise ValueError("varlen=true is not exportable yet (the op takes (batch, seqlen, heads, d) tensors)")
+    if int(params.get("page_size", 0) or 0):
+        raise ValueError("page_size > 0 (paged KV) is not exportable yet (the op takes (batch, seqlen, heads, d) tensors)")
     return {
         "d": int(params["d"]),
         "dtype": str(params["dtype"]),

@@ -50,6 +50,7 @@ class Compiled:
     p_check: str = ""  # the trace-time proof of the P hand-over (softmax.check_p_operand_mapping)
     compile_s: float = 0.0
     varlen: bool = False  # stage D: packed (total, heads, d) tensors with cu_seqlens
+    page_size: int = 0  # stage D: paged K/V caches read through a block table (0 = off)
 
 
 @functools.lru_cache(maxsize=1)

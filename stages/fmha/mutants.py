@@ -68,8 +68,16 @@ class Problem:
         from workbench.diagnose.registry import role_of
 
         self.cx = cx
-        q, k = cx.inputs["q"], cx.inputs["k"]
-        v = cx.inputs.get("v")
+        q = cx.inputs["q"]
+        if "block_table" in cx.inputs:  # paged KV: the logical K/V through the block table
+            from stages.fmha import reference
+
+            k, v = reference.gather_pages(
+                cx.inputs["k"], cx.inputs["v"], cx.inputs["block_table"], int(cx.inputs["cache_seqlens"][0])
+            )
+        else:
+            k = cx.inputs["k"]
+            v = cx.inputs.get("v")
         self.four_d = q.dim() == 4
         if self.four_d:
             self.B, self.M, self.H, self.D = q.shape
@@ -1126,3 +1134,82 @@ def varlen_first_length(cx):
         o[start:start + rows], lse[:, start:start + rows] = ob[:rows], lb[:, :rows]
         written[start:start + rows] = True
     return P.outputs(o, lse, unwritten=~written)
+
+
+# --------------------------------------------------------------------------------------
+# paged KV (stage D, page_size > 0): k, v are caches (num_pages, page_size, kv_heads, d)
+# read through block_table (batch, pages per sequence). Each mutant gathers the logical K/V
+# with one addressing bug, then attends like the reference (float32).
+# --------------------------------------------------------------------------------------
+def _paged_attend(cx, pages_of):
+    """{o, lse} of attention over K/V gathered by ``pages_of(block_table, r)`` -> (page
+    (batch, n), row in page (batch, n)) for logical key rows r (n,)."""
+    import torch
+
+    from stages.fmha import reference
+    from workbench.diagnose.registry import role_of
+
+    inputs = cx.inputs
+    _need("block_table" in inputs and inputs["q"].dim() == 4, "not a paged stage")
+    kc, vc, bt = inputs["k"].float(), inputs["v"].float(), inputs["block_table"].long()
+    n = int(inputs["cache_seqlens"][0])
+    r = torch.arange(n, device=bt.device)
+    page, row = pages_of(bt, r, kc.shape[1])
+    page = page.clamp(0, kc.shape[0] - 1)
+    k, v = kc[page, row], vc[page, row]
+    p = cx.params
+    o, lse = reference.attention_bshd(
+        inputs["q"].float(), k, v, torch.float32, causal=_truthy(param_value(p, "causal", False)),
+        softmax=(cx.variants or {}).get("softmax", "exp"), softcap=float(param_value(p, "softcap", 0.0) or 0.0),
+        align=str(param_value(p, "align", "top_left")), window_left=int(param_value(p, "window_left", -1)),
+        window_right=int(param_value(p, "window_right", -1)),
+    )
+    roles = {role_of(name): name for name in cx.expected}
+    out = {roles["o"]: o}
+    if "lse" in roles:
+        out[roles["lse"]] = lse
+    return out
+
+
+@mutant("paged-page-off-by-one", "block table read one entry late: key r of sequence b comes from page "
+        "block_table[b, r // page_size + 1] (the row's last entry reads the next row's first)",
+        outputs=("o", "lse"), dims=(4,), family="paged")
+def paged_page_off_by_one(cx):
+    def pages_of(bt, r, ps):
+        flat = bt.reshape(-1)
+        idx = (torch_mod().arange(bt.shape[0], device=bt.device)[:, None] * bt.shape[1] + (r // ps)[None, :] + 1)
+        return flat[idx.clamp(max=flat.numel() - 1)], (r % ps).expand(bt.shape[0], -1)
+
+    return _paged_attend(cx, pages_of)
+
+
+@mutant("paged-offset-ignored", "the row offset within a page ignored: every KV tile reads the start of its page "
+        "(key r from row r % tile_n of page block_table[b, r // page_size]; shows when a page holds several tiles)",
+        outputs=("o", "lse"), dims=(4,), family="paged")
+def paged_offset_ignored(cx):
+    from stages.fmha.geometry import kv_tile
+
+    tile_n = kv_tile(cx.inputs["q"].shape[-1])
+    _need(cx.inputs["k"].shape[1] > tile_n, "a page holds one KV tile (page_size <= tile_n)")
+
+    def pages_of(bt, r, ps):
+        return bt[:, r // ps], (r % tile_n).expand(bt.shape[0], -1)
+
+    return _paged_attend(cx, pages_of)
+
+
+@mutant("paged-batch0-table", "every sequence reads batch 0's block table row (block_table[0, p]): all batches "
+        "attend sequence 0's keys", outputs=("o", "lse"), dims=(4,), family="paged")
+def paged_batch0_table(cx):
+    _need(cx.inputs["q"].shape[0] >= 2, "batch 1")
+
+    def pages_of(bt, r, ps):
+        return bt[:1, r // ps].expand(bt.shape[0], -1), (r % ps).expand(bt.shape[0], -1)
+
+    return _paged_attend(cx, pages_of)
+
+
+def torch_mod():
+    import torch
+
+    return torch

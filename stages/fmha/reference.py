@@ -525,3 +525,18 @@ def attention_varlen(
         o[q0:q1] = ob[0].to(o.dtype)
         lse[:, q0:q1] = lb[0].to(lse.dtype)
     return o, lse
+
+
+def gather_pages(
+    k_cache: "torch.Tensor", v_cache: "torch.Tensor", block_table: "torch.Tensor", n: int
+) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Paged KV: the logical (batch, n, kv_heads, d) K and V of caches (num_pages, page_size,
+    kv_heads, d) through ``block_table`` (batch, max_pages_per_seq): key r of sequence b is
+    row r % page_size of page block_table[b, r // page_size] (one advanced index, no loop)."""
+    import torch
+
+    page_size = k_cache.shape[1]
+    r = torch.arange(n, device=block_table.device)
+    pages = block_table.long()[:, r // page_size]  # (batch, n)
+    rows = (r % page_size).expand_as(pages)
+    return k_cache[pages, rows], v_cache[pages, rows]

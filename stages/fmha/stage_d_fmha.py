@@ -75,6 +75,14 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
   one device-to-host copy, and cached on the tensor per version). ``varlen_bug`` injects the
   bugs of the varlen mutants (tests/test_varlen_gpu.py). varlen=false builds exactly today's
   kernel (the same SASS).
+* Paged KV (``page_size`` > 0, compile-time; NOT verified on a GPU): k, v are caches
+  (num_pages, page_size, kv_heads, d) read through ``block_table`` (batch, pages per
+  sequence) int32; every sequence has n keys (``cache_seqlens``, all equal). The producer
+  reads each KV tile's table entry (``load_paged_tile``) and TMAs one (tile_n, d) box at
+  (page, row offset) of the cache's (page_size, d, kv_heads, num_pages) view, so page_size
+  must be a multiple of tile_n (128/256 for d <= 128; smaller pages and d = 192/256 are
+  refused, as is varlen). ``paged_bug`` injects the paged mutants' bugs. page_size=0 builds
+  exactly today's kernel.
 * Warp specialization as C: WG0 producer (one warp issues the TMA: K of the first tile,
   Q, then the K/V ring), 2 consumer WGs (setmaxnreg 240/24) or 3 (``consumers=3``,
   192-row Q tiles, 160/32: the default for d=64 non-causal) of 64 rows each; K and V rings
@@ -128,6 +136,12 @@ from workbench.compile.probe import probe
 from workbench.errors import UserError
 from workbench.kernels.stage import ExportSpec, Params, Stage, TensorSpec, param_value
 
+
+#: paged KV: the page sizes (0 = off)
+PAGE_SIZES = (0, 16, 32, 64, 128, 256)
+
+#: paged bug injections: none, or the bug of the mutant paged-<name with - for _>
+PAGED_BUGS = ("none", "page_off_by_one", "offset_ignored", "batch0_table")
 
 #: varlen bug injections: none; next_offset = Q/K/V loaded from sequence b + 1's start;
 #: tail_unmasked = keys masked at the 128-key tile end, not at the sequence's length;
@@ -242,6 +256,8 @@ class FmhaForward(FmhaForwardBase):
         trace: bool = False,
         varlen: bool = False,
         varlen_bug: str = "none",
+        page_size: int = 0,
+        paged_bug: str = "none",
     ):
         # What ``auto`` means (kernel.yaml lists the choices): for d = 64 and 128 what measured
         # fastest on an H200, docs/perf-notes.md; for d = 96, 192 and 256 chosen on the CPU by
@@ -320,6 +336,29 @@ class FmhaForward(FmhaForwardBase):
         # bug of the mutant of the same name (stages/fmha/mutants.py, varlen-*)
         assert varlen_bug in VARLEN_BUGS and (varlen or varlen_bug == "none"), (varlen, varlen_bug)
         self.varlen_bug = varlen_bug
+        # paged KV (page_size > 0, compile-time; not verified on a GPU): k/v are caches
+        # (num_pages, page_size, kv_heads, d) addressed through a block table (batch,
+        # max_pages_per_seq) int32; every sequence has the same n keys. One TMA box per KV tile
+        # at (page, row offset in the page): page_size must be a multiple of tile_n (smaller
+        # pages, several boxes per tile, are not implemented)
+        page_size = int(page_size)
+        if page_size not in PAGE_SIZES:
+            raise ValueError(f"page_size must be one of {PAGE_SIZES} (0 = off), not {page_size}")
+        if page_size and varlen:
+            raise ValueError("page_size > 0 (paged KV) with varlen=true is not supported")
+        if page_size and page_size % self.tile_n:
+            raise ValueError(
+                f"page_size={page_size} is not a multiple of d={d}'s {self.tile_n}-key KV tile "
+                "(pages smaller than a tile are not implemented)"
+            )
+        self.page_size = page_size
+        # paged bug injections (wb variant paged_bug; tests/test_paged_gpu.py): none, or the bug
+        # of the mutant of the same name (stages/fmha/mutants.py, paged-*)
+        if paged_bug not in PAGED_BUGS:
+            raise ValueError(f"paged_bug must be one of {PAGED_BUGS}, not {paged_bug}")
+        if paged_bug != "none" and not page_size:
+            raise ValueError(f"paged_bug={paged_bug} needs page_size > 0")
+        self.paged_bug = paged_bug
 
     @cute.jit
     def __call__(
@@ -335,11 +374,14 @@ class FmhaForward(FmhaForwardBase):
         mCuSeqlensQ: cute.Tensor = None,  # varlen: (batch + 1,) int32 offsets into total_q
         mCuSeqlensK: cute.Tensor = None,  # varlen: (batch + 1,) int32 offsets into total_k
         max_seqlen_q=None,  # Int32, varlen: the longest q length (the grid's Q tiles per (batch, head))
+        mBlockTable: cute.Tensor = None,  # paged: (batch, max_pages_per_seq) int32 page indices
+        seqlen_k=None,  # Int32, paged: n, the KV length of every sequence
     ):
         """Non-varlen: q (batch, m, heads, d), lse (batch, heads, m). varlen: q (total_q, heads, d),
         k, v (total_k, kv_heads, d), o like q, lse (heads, total_q), plus the cu_seqlens and
         max_seqlen_q (sequence b is rows cu[b] .. cu[b + 1] - 1)."""
         extra = ()
+        extra_kw = {}
         if const_expr(self.varlen):
             mQ, mK, mV, mO = [seq_d_head(t) for t in (mQ, mK, mV, mO)]
             tmas, mmas, layouts = self._host_setup(mQ, mK, mV, mO)
@@ -347,6 +389,12 @@ class FmhaForward(FmhaForwardBase):
             batches = cute.size(mCuSeqlensQ, mode=[0]) - 1
             num_tiles = cute.ceil_div(max_seqlen_q, self.tile_m) * cute.size(mQ, mode=[2]) * batches
             extra = (mCuSeqlensQ, mCuSeqlensK, max_seqlen_q)
+        elif const_expr(self.page_size > 0):
+            # k/v caches (num_pages, page_size, kv_heads, d) -> (page_size, d, kv_heads, num_pages)
+            mQ, mK, mV, mO = [seq_d_head_batch(t) for t in (mQ, mK, mV, mO)]
+            tmas, mmas, layouts = self._host_setup(mQ, mK, mV, mO)
+            num_tiles = cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m) * cute.size(mQ, mode=[2]) * cute.size(mQ, mode=[3])
+            extra_kw = {"mBlockTable": mBlockTable, "seqlen_k_paged": seqlen_k}
         else:
             mQ, mK, mV, mO = [seq_d_head_batch(t) for t in (mQ, mK, mV, mO)]
             tmas, mmas, layouts = self._host_setup(mQ, mK, mV, mO)
@@ -355,7 +403,7 @@ class FmhaForward(FmhaForwardBase):
         grid = (num_tiles, 1, 1)
         if const_expr(self.persistent):
             grid = (cutlass.min(num_tiles, max_ctas), 1, 1)
-        self.kernel(*tmas, mLSE, mTileCounter, *mmas, *layouts, *extra).launch(
+        self.kernel(*tmas, mLSE, mTileCounter, *mmas, *layouts, *extra, **extra_kw).launch(
             grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1
         )
 
@@ -381,6 +429,8 @@ class FmhaForward(FmhaForwardBase):
         mCuSeqlensQ: cute.Tensor = None,  # varlen only (mO is then the plain (total_q, d, heads) tensor)
         mCuSeqlensK: cute.Tensor = None,
         max_seqlen_q=None,  # Int32
+        mBlockTable: cute.Tensor = None,  # paged only
+        seqlen_k_paged=None,  # Int32, paged only
     ):
         tidx, _, _ = cute.arch.thread_idx()
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
@@ -398,16 +448,23 @@ class FmhaForward(FmhaForwardBase):
                 self, mQ, mK, mTileCounter, tile_pipe, tile_ids,
                 shape=(max_seqlen_q, max_seqlen_q, mQ.shape[2], cute.size(mCuSeqlensQ, mode=[0]) - 1),
             )
+        elif const_expr(self.page_size > 0):
+            sched = ts.make_tile_scheduler(
+                self, mQ, mK, mTileCounter, tile_pipe, tile_ids,
+                shape=(mQ.shape[0], seqlen_k_paged, mQ.shape[2], mQ.shape[3]),
+            )
         else:
             sched = ts.make_tile_scheduler(self, mQ, mK, mTileCounter, tile_pipe, tile_ids)
         seqlen_q, seqlen_k = mQ.shape[0], mK.shape[0]
+        if const_expr(self.page_size > 0):
+            seqlen_k = seqlen_k_paged
         tile_step = sched.step
         if const_expr(self.trace):
             self.trace_clocks(mTileCounter, sched.first, tile_step, 0)
         tile, m_block, head, batch = sched.initial()
         load_tile = partial(
             self.produce_work_tile, tma_atom_q, tma_atom_k, tma_atom_v, mQ, mK, mV, sQ, sK, sV,
-            pipeline_q, pipeline_k, pipeline_v, seqlen_k, cu=cu,
+            pipeline_q, pipeline_k, pipeline_v, seqlen_k, cu=cu, block_table=mBlockTable,
         )
         if wg_idx == 0:
             cute.arch.setmaxregister_decrease(self.producer_regs)
@@ -626,7 +683,7 @@ class FmhaForward(FmhaForwardBase):
         self, tma_atom_q, tma_atom_k, tma_atom_v, mQ, mK, mV, sQ, sK, sV, pipeline_q, pipeline_k, pipeline_v,
         seqlen_k: Int32, m_block: Int32, head: Int32, batch: Int32,
         q_state: pipeline.PipelineState, kv_state: pipeline.PipelineState,
-        stamp: cutlass.Constexpr = no_stamp, cu: tuple = None,
+        stamp: cutlass.Constexpr = no_stamp, cu: tuple = None, block_table: cute.Tensor = None,
     ):
         """The producer's share of the work tile (m_block, head, batch); returns the ring
         states after it. varlen (``cu`` = the cu_seqlens): the sequence's rows of the packed
@@ -641,6 +698,12 @@ class FmhaForward(FmhaForwardBase):
             gQ = cute.local_tile(cute.domain_offset((off_q, 0), mQ[None, None, head]), (self.wg_rows, self.d), (None, 0))
             gK = cute.local_tile(cute.domain_offset((off_k, 0), mK[None, None, head_kv]), (self.tile_n, self.d), (None, 0))
             gV = cute.local_tile(cute.domain_offset((off_k, 0), mV[None, None, head_kv]), (self.tile_n, self.d), (None, 0))
+        elif const_expr(self.page_size > 0):
+            # paged: the whole cache of this KV head, (page_size, d, num_pages); load_paged_tile
+            # picks the page of each tile through the block table row of this batch
+            gQ = cute.local_tile(mQ[None, None, head, batch], (self.wg_rows, self.d), (None, 0))
+            gK = mK[None, None, head_kv, None]
+            gV = mV[None, None, head_kv, None]
         else:
             gQ = cute.local_tile(mQ[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
             gK = cute.local_tile(mK[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))  # (128, d, ceil(n/128))
@@ -649,6 +712,7 @@ class FmhaForward(FmhaForwardBase):
         return self.produce_d(
             tma_atom_q, tma_atom_k, tma_atom_v, gQ, gK, gV, sQ, sK, sV,
             pipeline_q, pipeline_k, pipeline_v, q_state, kv_state, m_block, n_max, stamp, n_min,
+            self.paged_row(block_table, batch) if const_expr(self.page_size > 0) else None,
         )
 
     @cute.jit
@@ -711,22 +775,26 @@ class FmhaForward(FmhaForwardBase):
         n_max: Int32,
         stamp: cutlass.Constexpr = no_stamp,
         n_min=0,
+        pages: cute.Tensor = None,  # paged: this batch's block table row
     ):
         """Warp 0 of WG0, one work tile: K_{n_max - 1}, the Q halves, then the other K_j,
         V_j down to j = n_min (``mask.kv_tile_range``: the consumers visit the same
         n_max - n_min >= 1 tiles). Returns the ring states after it."""
         tQsQ, tQgQ = common.tma_partition_tile(tma_atom_q, sQ, gQ)
-        tKsK, tKgK = common.tma_partition_tile(tma_atom_k, sK, gK)
-        tVsV, tVgV = common.tma_partition_tile(tma_atom_v, sV, gV)
         probe("tQsQ", tQsQ)
         probe("tQgQ", tQgQ)
-        probe("tKsK", tKsK)
-        probe("tKgK", tKgK)
-        probe("tVsV", tVsV)
-        probe("tVgV", tVgV)
-
-        load_k = partial(self.load_tile, pipeline_k, tma_atom_k, tKgK, tKsK)
-        load_v = partial(self.load_tile, pipeline_v, tma_atom_v, tVgV, tVsV)
+        if const_expr(self.page_size > 0):
+            load_k = partial(self.load_paged_tile, pipeline_k, tma_atom_k, gK, sK, pages)
+            load_v = partial(self.load_paged_tile, pipeline_v, tma_atom_v, gV, sV, pages)
+        else:
+            tKsK, tKgK = common.tma_partition_tile(tma_atom_k, sK, gK)
+            tVsV, tVgV = common.tma_partition_tile(tma_atom_v, sV, gV)
+            probe("tKsK", tKsK)
+            probe("tKgK", tKgK)
+            probe("tVsV", tVsV)
+            probe("tVgV", tVgV)
+            load_k = partial(self.load_tile, pipeline_k, tma_atom_k, tKgK, tKsK)
+            load_v = partial(self.load_tile, pipeline_v, tma_atom_v, tVgV, tVsV)
         # K of the first visited tile before Q: its ring slot frees earlier than the Q
         # slots, which a persistent CTA's consumers release only at the end of the last tile
         stamp(0)
@@ -778,6 +846,43 @@ class FmhaForward(FmhaForwardBase):
         """Wait for ring slot ``state`` to be free, then TMA tile ``tile`` into it."""
         pipe.producer_acquire(state)
         cute.copy(tma_atom, tXgX[None, tile], tXsX[None, state.index], tma_bar_ptr=pipe.producer_get_barrier(state))
+
+    def paged_row(self, block_table: cute.Tensor, batch: Int32) -> cute.Tensor:
+        """paged: the block table row of ``batch`` (``paged_bug=batch0_table``: row 0 for all)."""
+        if const_expr(self.paged_bug == "batch0_table"):
+            return block_table[0, None]
+        return block_table[batch, None]
+
+    @cute.jit
+    def load_paged_tile(
+        self,
+        pipe: pipeline.PipelineAsync,
+        tma_atom: cute.CopyAtom,
+        gX: cute.Tensor,  # (page_size, d, num_pages): one KV head of the cache
+        sX: cute.Tensor,
+        pages: cute.Tensor,  # (max_pages_per_seq,) int32: this batch's block table row
+        state: pipeline.PipelineState,
+        tile: Int32,
+    ):
+        """paged: logical KV tile ``tile`` (keys tile * tile_n ...) lies in page
+        pages[tile * tile_n // page_size] at row offset tile * tile_n % page_size (page_size
+        a multiple of tile_n: one box). The producer warp reads the table entry (a broadcast
+        load), then TMAs the box like ``load_tile``."""
+        row = tile * self.tile_n
+        entry = row // self.page_size
+        if const_expr(self.paged_bug == "page_off_by_one"):
+            entry = entry + 1  # (the row's last entry reads the next row's first: flat row-major table)
+        page = pages[entry]
+        sub = (row % self.page_size) // self.tile_n
+        if const_expr(self.paged_bug == "offset_ignored"):
+            sub = 0
+        gX_page = cute.local_tile(gX[None, None, page], (self.tile_n, self.d), (None, 0))  # (tile_n, d, page_size / tile_n)
+        tXsX, tXgX = common.tma_partition_tile(tma_atom, sX, gX_page)
+        pipe.producer_acquire(state)
+        cute.copy(
+            tma_atom, tXgX[None, sub], tXsX[None, state.index],
+            tma_bar_ptr=pipe.producer_get_barrier(state),
+        )
 
     @cute.jit
     def consume_d(
@@ -1190,6 +1295,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "softcap_bug": v["softcap_bug"],
         "mask_bug": v["mask_bug"],
         "varlen_bug": v["varlen_bug"],
+        "paged_bug": v["paged_bug"],
     }
 
 
@@ -1208,6 +1314,32 @@ def mask_window(p) -> dict:
     mask = mask_params(p)
     causal = host.truthy(param_value(p, "causal", False))
     return {"align": mask["align"], "window_left": mask["window_left"], "window_right": 0 if causal else mask["window_right"]}
+
+
+def page_size_of(p: Params) -> int:
+    """The ``page_size`` parameter (0 = not paged, also when the parameters lack it)."""
+    return int(param_value(p, "page_size", 0) or 0)
+
+
+def paged_n(cache_seqlens) -> int:
+    """paged: the KV length n, the same for every sequence: cache_seqlens[0], read once per
+    tensor version (one device-to-host copy; the launch stays sync-free after it)."""
+    cached = getattr(cache_seqlens, "_wb_paged_n", None)
+    if cached is None or cached[0] != cache_seqlens._version:
+        lens = cache_seqlens.cpu()
+        if lens.numel() and not bool((lens == lens[0]).all()):
+            raise ValueError("paged KV: every sequence must have the same KV length (cache_seqlens all equal)")
+        cached = (cache_seqlens._version, int(lens[0]) if lens.numel() else 0)
+        cache_seqlens._wb_paged_n = cached
+    return cached[1]
+
+
+def paged_geometry(batch: int, n: int, page_size: int) -> tuple:
+    """(num_pages, max_pages_per_seq) of the paged cache a run builds: each sequence's
+    ceil(n / page_size) pages plus one spare poison page per sequence (a wrong page read
+    lands on poison or on another sequence's keys)."""
+    per_seq = -(-n // page_size)
+    return batch * (per_seq + 1), per_seq
 
 
 def softcap_of(p: Params) -> float:
@@ -1267,12 +1399,23 @@ class StageD(Stage):
         "sequence gives O = 0 and LSE = -inf rows."
     )
     # batch, m, n, seqlens: runtime; the mask (align, window), the softcap and varlen are compiled in
-    compile_params = ("d", "dtype", "heads", "kv_heads", "causal", "align", "window_left", "window_right", "softcap", "varlen")
+    compile_params = ("d", "dtype", "heads", "kv_heads", "causal", "align", "window_left", "window_right", "softcap", "varlen", "page_size")
     # `wb export fmha/d`: the op wb_fmha::fwd(q, k, v, causal, ...) -> (o, lse) (export_op.py:
     # its argument checks, fake implementation and launch; docs/export.md)
     export = ExportSpec(namespace="wb_fmha", op_module="export_op.py")
 
     def inputs(self, p: Params) -> dict:
+        ps = page_size_of(p)
+        if ps:
+            pages = paged_geometry(p.batch, p.n, ps)
+            return {
+                "q": TensorSpec((p.batch, p.m, p.heads, p.d), p.dtype),
+                # k, v: the paged caches (num_pages, page_size, kv_heads, d) (the fixtures' names)
+                "k": TensorSpec((pages[0], ps, p.kv_heads, p.d), p.dtype),
+                "v": TensorSpec((pages[0], ps, p.kv_heads, p.d), p.dtype),
+                "block_table": TensorSpec((p.batch, pages[1]), "int32"),
+                "cache_seqlens": TensorSpec((p.batch,), "int32"),  # n for every sequence (flash-attn's name)
+            }
         lens = seqlens_of(p)
         if lens is not None:
             q, k = lens
@@ -1322,7 +1465,8 @@ class StageD(Stage):
             return FmhaForward(
                 common.cute_dtype(p.dtype), p.d, p.heads, p.kv_heads,
                 causal=host.truthy(p.causal), **mask_params(p), softmax=host.variants_of("d", variants)["softmax"],
-                softcap=softcap_of(p), varlen=host.truthy(p.get("varlen", False)), **kernel_options(variants),
+                softcap=softcap_of(p), varlen=host.truthy(p.get("varlen", False)), page_size=page_size_of(p),
+                **kernel_options(variants),
             )
         except ValueError as exc:  # a variant combination the geometry or the mask cannot serve: one line
             raise UserError(f"{self.kernel or 'fmha'}/stage-d: {exc}") from None
@@ -1343,15 +1487,30 @@ class StageD(Stage):
         if kernel.varlen:
             args = [host.fake_tensor(dtype, 3) for _ in range(4)] + [host.fake_tensor(Float32, 2), host.fake_tensor(Int32, 1), Int32(1), host.fake_stream()]
             args += [host.fake_tensor(Int32, 1), host.fake_tensor(Int32, 1), Int32(1)]
+        elif kernel.page_size:
+            args += [None, None, None, host.fake_tensor(Int32, 2), Int32(1)]
         t0 = time.perf_counter()
         fn = host.compile_for(arch, kernel, *args)
         return host.Compiled(
             fn=fn, d=p.d, heads=p.heads, kv_heads=p.kv_heads, causal=kernel.causal, p_check=kernel.p_check,
-            compile_s=time.perf_counter() - t0, varlen=kernel.varlen,
+            compile_s=time.perf_counter() - t0, varlen=kernel.varlen, page_size=kernel.page_size,
         )
 
     def launch(self, compiled: host.Compiled, inputs, outputs) -> None:
-        q, k = inputs["q"], inputs["k"]
+        q = inputs["q"]
+        if getattr(compiled, "page_size", 0):
+            kc, bt = inputs["k"], inputs["block_table"]
+            assert q.shape[-1] == compiled.d and q.shape[2] == compiled.heads and kc.shape[2] == compiled.kv_heads, (
+                "the tensors do not match the compiled (d, heads, kv_heads)"
+            )
+            compiled.fn(
+                host.to_cute(q), host.to_cute(kc), host.to_cute(inputs["v"]),
+                host.to_cute(outputs["o"]), host.to_cute(outputs["lse"]), host.to_cute(tile_counter(q.device)),
+                Int32(sm_count(q.device)), host.current_stream(), None, None, None,
+                host.to_cute(bt), Int32(paged_n(inputs["cache_seqlens"])),
+            )
+            return
+        k = inputs["k"]
         if compiled.varlen:
             assert q.dim() == 3 and q.shape[-1] == compiled.d and q.shape[1] == compiled.heads and k.shape[1] == compiled.kv_heads, (
                 "the tensors do not match the compiled varlen (d, heads, kv_heads)"
@@ -1386,6 +1545,13 @@ class StageD(Stage):
         import torch
 
         softmax = host.variants_of("d", variants)["softmax"]
+        if "block_table" in inputs:
+            k, v = reference.gather_pages(inputs["k"], inputs["v"], inputs["block_table"], p.n)
+            o, lse = reference.attention_bshd(
+                inputs["q"], k, v, compute_dtype, causal=host.truthy(p.causal), softmax=softmax,
+                softcap=softcap_of(p), **mask_params(p),
+            )
+            return {"o": o.to(compute_dtype), "lse": lse.to(torch.float32)}
         if "cu_seqlens_q" in inputs:
             o, lse = reference.attention_varlen(
                 inputs["q"], inputs["k"], inputs["v"], inputs["cu_seqlens_q"], inputs["cu_seqlens_k"], compute_dtype,

@@ -1,0 +1,140 @@
+"""Stage D page_size > 0 (paged KV) on the CPU: the paged inputs the fixtures build (each
+sequence's logical K/V scattered over random pages, the rest poison), the torch reference
+against an independent float64 gather, the paged mutants (each named by the diagnosis on a
+fixture that shows it), the one-line errors, and one sm_90a compile. The kernel itself is not
+verified on a GPU here (benchmarks/gpu_verify_parity.sh, section paged)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import attention_cases as A  # noqa: E402
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+from fixtures.attention import PAGE_POISON  # noqa: E402
+from stages.fmha.stage_d_fmha import StageD  # noqa: E402
+from workbench.kernels.fixtures import get_fixture  # noqa: E402
+from workbench.kernels.stage import Params  # noqa: E402
+
+PAGED_MUTANTS = ["paged-page-off-by-one", "paged-offset-ignored", "paged-batch0-table"]
+
+
+def params(**kw):
+    base = dict(m=200, n=300, d=64, dtype="bf16", batch=3, heads=4, kv_heads=2, causal=False, page_size=256)
+    base.update(kw)
+    return Params(base)
+
+
+def _case(fixture, p, seed=0):
+    fixtures, mutants = A.load()
+    st = StageD()
+    specs, outs = st.inputs(p), st.outputs(p)
+    fx = get_fixture(fixtures, fixture, specs)
+    variants = dict(fx.variants)
+    inputs = fx.make(specs, p, seed, "cpu")
+    expected = st.reference(inputs, p, variants, torch.float32)
+    return inputs, expected, outs, variants, mutants
+
+
+@pytest.mark.parametrize("page_size", [16, 128, 256])
+def test_paged_inputs_scatter_the_pages_and_poison_the_rest(page_size):
+    """The block table is a set of distinct pages per run (a permutation, not the identity),
+    every page not in it and every row past n of a sequence's last page holds the poison, so
+    a wrong page or row read changes O."""
+    p = params(page_size=page_size)
+    inputs, *_ = _case("random", p)
+    bt, k = inputs["block_table"].long(), inputs["k"].float()
+    per_seq = -(-300 // page_size)
+    assert bt.shape == (3, per_seq) and len(set(bt.flatten().tolist())) == bt.numel()
+    assert not torch.equal(bt.flatten(), torch.arange(bt.numel()))
+    unused = sorted(set(range(k.shape[0])) - set(bt.flatten().tolist()))
+    assert unused and bool((k[unused] == PAGE_POISON).all())
+    tail = 300 - (per_seq - 1) * page_size
+    assert bool((k[bt[:, -1], tail:] == PAGE_POISON).all())
+    assert inputs["cache_seqlens"].tolist() == [300] * 3
+
+
+def _dense_f64(q, kc, vc, bt, n, causal):
+    """Independent float64 attention: the logical K/V gathered row by row through the table."""
+    B, M, H, D = q.shape
+    Hk, ps = kc.shape[2], kc.shape[1]
+    o = torch.zeros(B, M, H, D, dtype=torch.float64)
+    lse = torch.zeros(B, H, M, dtype=torch.float64)
+    for b in range(B):
+        k = torch.stack([kc[int(bt[b, r // ps]), r % ps] for r in range(n)]).double()
+        v = torch.stack([vc[int(bt[b, r // ps]), r % ps] for r in range(n)]).double()
+        for h in range(H):
+            s = q[b, :, h].double() @ k[:, h // (H // Hk)].T / math.sqrt(D)
+            if causal:
+                s = s.masked_fill(torch.arange(n)[None, :] > torch.arange(M)[:, None], float("-inf"))
+            lse[b, h] = torch.logsumexp(s, -1)
+            o[b, :, h] = torch.softmax(s, -1) @ v[:, h // (H // Hk)]
+    return o, lse
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("page_size", [16, 256])
+def test_reference_matches_float64_gather(causal, page_size):
+    p = params(causal=causal, page_size=page_size)
+    inputs, expected, *_ = _case("random", p)
+    o, lse = _dense_f64(inputs["q"], inputs["k"], inputs["v"], inputs["block_table"], 300, causal)
+    assert torch.allclose(expected["o"].double(), o, atol=2e-5)
+    assert torch.allclose(expected["lse"].double(), lse, atol=2e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_paged_mutants_are_named(causal):
+    """Each paged bug model differs from the reference, and the diagnosis of its (bf16-noised)
+    output on the random fixture (page_size=256: two 128-key tiles per page) names it first;
+    the correct output names none."""
+    from workbench.diagnose import Pred, diagnose
+
+    p = params(causal=causal)
+    inputs, expected, outs, variants, mutants = _case("random", p)
+    from workbench.diagnose import MutantContext, views_for
+
+    cx = MutantContext(inputs=inputs, expected={k: v.float() for k, v in expected.items()}, params=p, variants=variants,
+                       fixture="random", views=views_for(A.ROOT / "stages" / "fmha"))
+    for i, name in enumerate(PAGED_MUTANTS):
+        pred = mutants[name].fn(cx)
+        o = pred["o"].values if isinstance(pred["o"], Pred) else pred["o"]
+        assert (o - expected["o"].float()).abs().max() > 0.1, name
+        out = A.kernel_like({**expected, **pred}, outs, seed=i)
+        d = diagnose(out, expected, inputs, p, variants, "random", mutants)
+        assert d.status == "explained" and d.best.name == name, (name, d.headline)
+    ok = A.kernel_like(dict(expected), outs, seed=9)
+    assert not diagnose(ok, expected, inputs, p, variants, "random", mutants).explanations
+
+
+@pytest.mark.parametrize("args", [["-p", "page_size=16"], ["-p", "page_size=128", "-p", "d=192"],
+                                  ["-p", "page_size=128", "-p", "varlen=true"], ["-p", "page_size=100"]])
+def test_wb_compile_rejects_paged_mistakes_in_one_line(args):
+    """Pages smaller than (or not a multiple of) the KV tile, paged + varlen, a page size
+    outside the choices: one line, exit 2, no traceback."""
+    from conftest import run_wb
+
+    r = run_wb("compile", "d", *args, cwd=A.ROOT)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "page_size" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_paged_compiles_for_sm90a_without_spills():
+    """page_size=256, d=64 causal (two KV tiles per page) compiles for sm_90a with 0 spill bytes."""
+    from conftest import run_wb
+
+    r = run_wb("compile", "d", "-p", "page_size=256", "-p", "d=64", "-p", "causal=true", "--json", cwd=A.ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    import json
+
+    rec = json.loads(r.stdout)
+    assert rec["params"]["page_size"] == 256
+    (kernel,) = rec["resources"]["kernels"]
+    assert kernel["spill_store_bytes"] == 0 and kernel["spill_load_bytes"] == 0

@@ -1,0 +1,85 @@
+"""On a GPU (not run on the CPU machine that wrote it; not yet verified on a GPU): what the
+paged sweeps (benchmarks/gpu_verify_parity.sh, paged) cannot show.
+
+* page_size > 0 with the identity block table over a cache laid out like the dense K/V is the
+  unpaged kernel bit for bit (same tiles, same order): paging adds only addressing;
+* each injected paging bug (``paged_bug``) FAILs against the reference and the diagnosis names
+  its mutant first (the wb run lines of the paged section show the same through wb).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.gpu
+
+if not torch.cuda.is_available():  # pragma: no cover - CPU machines
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import attention_cases as A  # noqa: E402
+
+from stages.fmha.stage_d_fmha import StageD  # noqa: E402
+from workbench.kernels.fixtures import get_fixture  # noqa: E402
+from workbench.kernels.stage import Params  # noqa: E402
+
+
+def _params(**kw):
+    base = dict(m=1000, n=1000, d=128, dtype="bf16", batch=3, heads=4, kv_heads=2, causal=False, page_size=0)
+    base.update(kw)
+    return Params(base)
+
+
+def _run(st, p, inputs, variants=None):
+    compiled = st.compile(p, dict(variants or {}), "sm_90a")
+    outs = {name: torch.full(spec.shape, float("nan"), dtype=spec.torch_dtype(), device="cuda")
+            for name, spec in st.outputs(p).items()}
+    st.launch(compiled, inputs, outs)
+    torch.cuda.synchronize()
+    return outs
+
+
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_identity_table_is_the_unpaged_kernel_bit_for_bit(d, causal):
+    st = StageD()
+    b, n, ps = 3, 1024, 256
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q = torch.randn(b, 1000, 4, d, generator=g).bfloat16().cuda()
+    k = torch.randn(b, n, 2, d, generator=g).bfloat16().cuda()
+    v = torch.randn(b, n, 2, d, generator=g).bfloat16().cuda()
+    dense = _run(st, _params(d=d, causal=causal, n=n), {"q": q, "k": k, "v": v})
+    per = n // ps
+    paged = {"q": q, "k": k.reshape(b * per, ps, 2, d), "v": v.reshape(b * per, ps, 2, d),
+             "block_table": torch.arange(b * per, dtype=torch.int32, device="cuda").view(b, per),
+             "cache_seqlens": torch.full((b,), n, dtype=torch.int32, device="cuda")}
+    out = _run(st, _params(d=d, causal=causal, n=n, page_size=ps), paged)
+    assert torch.equal(out["o"], dense["o"]) and torch.equal(out["lse"], dense["lse"])
+
+
+BUGS = [("page_off_by_one", "paged-page-off-by-one"), ("offset_ignored", "paged-offset-ignored"),
+        ("batch0_table", "paged-batch0-table")]
+
+
+@pytest.mark.parametrize("bug, name", BUGS, ids=[b for b, _ in BUGS])
+def test_injected_paging_bugs_fail_and_are_named(bug, name):
+    from workbench.diagnose import diagnose
+
+    fixtures, mutants = A.load()
+    st = StageD()
+    p = _params(d=64, n=1000, m=700, page_size=256, causal=True)
+    specs = st.inputs(p)
+    fx = get_fixture(fixtures, "random", specs)
+    inputs = fx.make(specs, p, 0, "cuda")
+    expected = st.reference(inputs, p, {}, torch.float32)
+    out = _run(st, p, inputs, {"paged_bug": bug})
+    assert (out["o"].float() - expected["o"].float()).nan_to_num(9.0).abs().max() > 0.1
+    d = diagnose(out, expected, inputs, p, dict(fx.variants), "random", mutants)
+    assert d.best is not None and d.best.name == name, d.headline
+    ok = _run(st, p, inputs)
+    assert (ok["o"].float() - expected["o"].float()).abs().max() < 0.05
