@@ -175,7 +175,7 @@ out["misaligned"] = refusal(raw[1:].view(1, 128, 2, 64), ck, ck)
 # the shared object loads here (no GPU, no cutlass): its own TVM-FFI check refuses CPU tensors
 fn = wb_fmha.load(wb_fmha.CONFIGS[0])
 try:
-    fn(cq, ck, ck, cq, torch.zeros(1, 2, 128), torch.zeros(2, dtype=torch.int32), 1, None, None, None)
+    fn(cq, ck, ck, cq, torch.zeros(1, 2, 128), torch.zeros(2, dtype=torch.int32), 1, None, None, None, None, None)
     out["tvm_ffi"] = None
 except Exception as exc:
     out["tvm_ffi"] = f"{type(exc).__name__}: {exc}"

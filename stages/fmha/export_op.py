@@ -124,5 +124,5 @@ def launch(fn, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=
     b, m, h, _ = q.shape
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty((b, h, m), dtype=torch.float32, device=dev)
-    fn(q, k, v, o, lse, counter, _sm_counts[key], None, None, None)  # no cu_seqlens: not varlen
+    fn(q, k, v, o, lse, counter, _sm_counts[key], None, None, None, None, None)  # not varlen, not paged
     return o, lse
