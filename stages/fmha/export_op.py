@@ -126,3 +126,17 @@ def launch(fn, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=
     lse = torch.empty((b, h, m), dtype=torch.float32, device=dev)
     fn(q, k, v, o, lse, counter, _sm_counts[key], None, None, None, None, None)  # not varlen, not paged
     return o, lse
+
+
+def stage_call(op, inputs: dict, params: dict) -> dict:
+    """`wb run fmha/d --exported DIR`: the stage's fixture inputs through the installed op ->
+    the stage's outputs by name."""
+    o, lse = op(
+        inputs["q"], inputs["k"], inputs["v"],
+        causal=_truthy(params.get("causal", False)),
+        softcap=float(params.get("softcap", 0.0) or 0.0),
+        window_left=int(params.get("window_left", -1)),
+        window_right=int(params.get("window_right", -1)),
+        align=str(params.get("align", "top_left")),
+    )
+    return {"o": o, "lse": lse}

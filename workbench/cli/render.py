@@ -85,6 +85,15 @@ def render_run(record: dict[str, Any]) -> None:
                 ],
             )
         )
+    exported = record.get("exported")
+    if exported:
+        cases = [c for c in record.get("results", []) if "exported_bit_differences" in c]
+        same = sum(1 for c in cases if not any(c["exported_bit_differences"].values()))
+        console.print(
+            f"exported op {escape(str(exported.get('qualname')))} from {escape(str(exported.get('path')))} "
+            f"(config {escape(str(exported.get('config')))}, commit {escape(str(exported.get('commit') or '?')[:10])}): "
+            f"{'[green]' if cases and same == len(cases) else '[red]'}bits equal to the in-tree kernel in {same}/{len(cases)} fixtures[/]"
+        )
     for case in record.get("results", []):
         if case.get("verdict") != "FAIL":
             continue

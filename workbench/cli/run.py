@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -47,6 +48,9 @@ def run(
     arch: Optional[str] = typer.Option(None, "--arch", help="Compile for this arch (default: kernel.yaml's)."),
     fresh: bool = typer.Option(False, "--fresh", help="Use a new worker process instead of the warm one."),
     host: Optional[str] = typer.Option(None, "--host", help="Run on a configured remote host (see `wb hosts`)."),
+    exported: Optional[Path] = typer.Option(
+        None, "--exported", help="Also run the fixtures through the op of this `wb export` folder: its outputs are judged and must equal the in-tree kernel's bit for bit (a new worker).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
 ) -> None:
     """Compile STAGE, run its fixtures against the reference, record and explain the run."""
@@ -62,6 +66,14 @@ def run(
         raise UserError("--timeout must be a positive number of seconds")
     if seeds is not None and seeds < 1:
         raise UserError("--seeds must be at least 1")
+    export_job = None
+    if exported is not None:
+        from workbench.export.exported import read_manifest
+
+        if host:
+            raise UserError("--exported runs on this machine only (copy the export to the host and run wb there)")
+        export_job = {"dir": str(exported.resolve()), "package": read_manifest(exported, spec)["package"]}
+        fresh = True
     if host:
         from workbench.remote.client import run_remote
 
@@ -83,7 +95,7 @@ def run(
 
             terminal.warn(orphan)
         warm = not fresh and os.environ.get("WB_WORKER", "warm") != "fresh"
-        record = _run_local(ws, spec, params, variants, fixture, seed, seeds, timeout, arch, warm, show=not as_json)
+        record = _run_local(ws, spec, params, variants, fixture, seed, seeds, timeout, arch, warm, show=not as_json, exported=export_job)
     if as_json:
         from workbench import terminal
 
@@ -95,12 +107,12 @@ def run(
     raise typer.Exit(EXIT.get(record["verdict"], 1))
 
 
-def _run_local(ws, spec, params, variants, fixtures, seed, seeds, timeout, arch, warm, show):
+def _run_local(ws, spec, params, variants, fixtures, seed, seeds, timeout, arch, warm, show, exported=None):
     from workbench.cli.render import progress
     from workbench.run.execute import run_stage
 
     with progress(spec.id, enabled=show) as on_event:
         return run_stage(
             ws, spec, params, variants, fixtures=list(fixtures or []), seed=seed, seeds=seeds,
-            timeout=timeout, warm=warm, arch=arch, on_event=on_event,
+            timeout=timeout, warm=warm, arch=arch, on_event=on_event, exported=exported,
         )

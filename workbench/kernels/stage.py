@@ -107,6 +107,9 @@ class ExportSpec:
         fake(*args) -> outputs           empty outputs of the right shapes (torch.compile)
         launch(fn, *args) -> outputs     allocate the outputs and call the compiled function
                                          (fn takes torch tensors; the stream is the caller's)
+        stage_call(op, inputs, params) -> dict   optional, for `wb run --exported`: the stage's
+                                         fixture inputs (by name) through the op -> the
+                                         stage's outputs by name
     """
 
     namespace: str

@@ -28,8 +28,10 @@ def run_stage(
     arch: str | None = None,
     on_event: Callable[[dict], None] = lambda e: None,
     env: dict[str, str] | None = None,
+    exported: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run a stage and return its record (already written, with report and MEMORY.md)."""
+    """Run a stage and return its record (already written, with report and MEMORY.md).
+    ``exported``: {"dir", "package"} of a `wb export` (the fixtures also run through its op)."""
     timeout = timeout or spec.timeout
     started_wall = time.perf_counter()
     started = utc_now()
@@ -48,6 +50,8 @@ def run_stage(
         "arch": arch,
         "run_dir": str(run_dir),
     }
+    if exported:
+        job["exported"] = exported
     try:
         outcome = run_job(ws, job, timeout, on_event, warm=warm, env=env)
     except KeyboardInterrupt:
@@ -72,6 +76,7 @@ def run_stage(
         shapes=result.get("shapes", []),
         about=result.get("about"),
         fixture_notes=result.get("fixture_notes", {}),
+        exported=result.get("exported"),
         timing={
             "compile_s": sum(c["seconds"] for c in compiles),
             "compile_cached": bool(compiles) and all(c["cached"] for c in compiles),

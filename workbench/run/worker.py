@@ -113,6 +113,7 @@ class Job:
         self.job = job
         self.emit = emit
         self.must_exit = False
+        self.exported = None  # wb run --exported: the exported op (workbench.export.exported)
 
     def execute(self) -> dict[str, Any]:
         if self.job.get("kind") == "compile":  # wb shapes / wb compile: compile only, no torch
@@ -149,6 +150,14 @@ class Job:
         registry = fixture_registry.load_fixtures(ws.fixtures_dir)
         params = Params(job["params"])
         in_specs, out_specs = stage.inputs(params), stage.outputs(params)
+        self.exported = None
+        if job.get("exported"):  # wb run --exported DIR: the fixtures also go through the exported op
+            from workbench.export.exported import ExportedOp
+
+            self.must_exit = True  # the op stays registered in this process: no reuse
+            self.exported = ExportedOp.load(job["exported"]["dir"], job["exported"]["package"])
+            config = self.exported.select(params)
+            result["exported"] = {**self.exported.describe(), "config": config.get("id"), "verified_by": config.get("verified_by")}
         plan = self.plan(spec, registry, in_specs, job)
         result["fixture_notes"] = {
             f.name: {"isolates": f.isolates, "hides": f.hides} for _, cases in plan for f, _ in cases
@@ -226,6 +235,9 @@ class Job:
         if device == "cuda":
             torch.cuda.synchronize()
         launch_seconds = time.perf_counter() - start
+        differing = None
+        if self.exported is not None:
+            outputs, differing = self.through_exported(inputs, params, outputs, out_specs)
         lowp_dtype = torch_dtype(params["dtype"]) if "dtype" in params else torch.float32
         with reference_memory(device) as peak:
             reference = stage.reference(inputs, params, variants, torch.float32)
@@ -234,6 +246,10 @@ class Job:
             name: compare.metrics(outputs[name], reference[name], reference_lowp[name], spec.tolerance)
             for name in out_specs
         }
+        for name, count in (differing or {}).items():
+            if count:
+                metrics[name]["verdict"] = "FAIL"
+                metrics[name]["reasons"] = [*metrics[name].get("reasons", []), f"the exported op's {name} differs from the in-tree kernel's in {count} elements (bits)"]
         case = {
             "fixture": fixture.name,
             "label": label,
@@ -244,9 +260,26 @@ class Job:
             "launch_s": launch_seconds,
             "reference_peak_bytes": peak.get("bytes"),
         }
+        if differing is not None:
+            case["exported_bit_differences"] = differing
         if case["verdict"] == "FAIL":
             case["diagnosis"] = self.diagnose(fixture, outputs, reference, inputs, params, variants, spec, label)
         return case
+
+    def through_exported(self, inputs, params, outputs, out_specs):
+        """The exported op's outputs on these inputs, and per output how many elements differ
+        in their bits from the in-tree kernel's (``outputs``)."""
+        import torch
+
+        from workbench.export.exported import bit_differences
+
+        got = self.exported(inputs, params)
+        if any(t.is_cuda for t in got.values()):
+            torch.cuda.synchronize()
+        missing = sorted(set(out_specs) - set(got))
+        if missing:
+            raise UserError(f"--exported: the op's stage_call returned no {', '.join(missing)}")
+        return got, {name: bit_differences(got[name], outputs[name]) for name in out_specs}
 
     def diagnose(self, fixture, outputs, reference, inputs, params, variants, spec, label):
         """Explain a failure with the diagnostics library."""

@@ -1,0 +1,111 @@
+"""`wb run STAGE --exported DIR` on the CPU test kernel: the fixtures go through the package's
+op, its outputs are judged, and a single bit of difference from the in-tree kernel fails the
+fixture. The package here is hand-made in the shape `wb export` writes (manifest.json,
+_op.py with stage_call, an __init__ that registers a torch.library op), with a CPU op: the
+real TVM-FFI package is checked on a GPU by tests/test_export_gpu.py."""
+
+import json
+import textwrap
+
+import pytest
+
+from test_run import record_of
+
+INIT = '''
+import json
+from pathlib import Path
+
+import torch
+
+from . import _op
+
+MANIFEST = json.loads((Path(__file__).parent / "manifest.json").read_text())
+QUALNAME = "toy_export::double"
+CONFIGS = MANIFEST["configs"]
+
+
+def select(key):
+    for cfg in CONFIGS:
+        if cfg["key"] == key:
+            return cfg
+    raise ValueError(f"{QUALNAME}: configuration not exported: got {key}")
+
+
+_lib = torch.library.Library("toy_export", "DEF")
+_lib.define("double(Tensor x) -> Tensor")
+_lib.impl("double", _op.double, "CompositeExplicitAutograd")
+'''
+
+OP = '''
+import torch
+
+SKEW = {skew}
+
+
+def exported_key(params):
+    return {{"dtype": str(params["dtype"])}}
+
+
+def double(x):
+    y = x * 2
+    if SKEW:
+        y.view(torch.int16).view(-1)[7] ^= 1  # one bit of one element
+    return y
+
+
+def stage_call(op, inputs, params):
+    return {{"y": op(inputs["x"])}}
+'''
+
+
+def make_export(root, stage="toy/stage-a", skew=False, dtypes=("bf16",)):
+    out = root / "export"
+    pkg = out / "toy_export"
+    pkg.mkdir(parents=True)
+    configs = [{"id": f"c{i}", "key": {"dtype": d}, "verified_by": []} for i, d in enumerate(dtypes)]
+    (pkg / "manifest.json").write_text(json.dumps({"stage": stage, "package": "toy_export", "commit": "abc", "configs": configs}))
+    (pkg / "__init__.py").write_text(textwrap.dedent(INIT))
+    (pkg / "_op.py").write_text(OP.format(skew=skew))
+    return out
+
+
+def test_the_fixtures_run_through_the_exported_op_and_match_the_in_tree_bits(toy_ws, wb):
+    out = make_export(toy_ws)
+    proc = wb("run", "a", "--exported", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rec = record_of(toy_ws, proc)
+    assert rec["verdict"] == "PASS"
+    assert rec["exported"]["qualname"] == "toy_export::double" and rec["exported"]["config"] == "c0"
+    assert [c["exported_bit_differences"] for c in rec["results"]] == [{"y": 0}] * 3
+    shown = wb("run", "a", "--exported", str(out))  # the table view says it too
+    assert "bits equal to the in-tree kernel in 3/3 fixtures" in " ".join(shown.stdout.split())
+
+
+def test_one_flipped_bit_in_the_exported_op_fails_the_fixture(toy_ws, wb):
+    out = make_export(toy_ws, skew=True)
+    proc = wb("run", "a", "--exported", str(out), "--fixture", "toy-random", "--seeds", "1", "--json")
+    assert proc.returncode == 1
+    rec = record_of(toy_ws, proc)
+    case = rec["results"][0]
+    assert rec["verdict"] == "FAIL" and case["exported_bit_differences"] == {"y": 1}
+    assert any("differs from the in-tree kernel's in 1 elements" in r for r in case["outputs"]["y"]["reasons"])
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda root: root / "nowhere", "no such folder"),
+        (lambda root: (root / "empty").mkdir() or root / "empty", "not an export"),
+        (lambda root: make_export(root, stage="toy/stage-b"), "it exports toy/stage-b, not toy/stage-a"),
+    ],
+)
+def test_a_folder_that_is_not_this_stages_export_is_refused_in_one_line(toy_ws, wb, setup, message):
+    proc = wb("run", "a", "--exported", str(setup(toy_ws)))
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (toy_ws / "runs").exists() or not any((toy_ws / "runs").iterdir())
+
+
+def test_a_configuration_that_was_not_exported_is_refused_in_one_line(toy_ws, wb):
+    out = make_export(toy_ws, dtypes=("fp16",))
+    proc = wb("run", "a", "--exported", str(out))
+    assert proc.returncode == 2 and "configuration not exported" in proc.stderr and "Traceback" not in proc.stderr

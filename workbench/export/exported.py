@@ -1,0 +1,99 @@
+"""`wb run STAGE --exported DIR`: a stage's fixtures through an exported package's op.
+
+The run compiles and launches the in-tree kernel as always, then calls the op of the package
+`wb export` wrote to DIR (imported from DIR, as pip would install it) on the same inputs. The
+op's outputs are what the run judges against the reference, and each must equal the in-tree
+kernel's bit for bit: the artifact is what was verified.
+
+    read_manifest(dir, spec)       in the CLI: DIR holds an export of this stage (no torch)
+    ExportedOp.load(dir, package)  in the worker: import the package, select the configuration
+    bit_differences(a, b)          how many elements of two outputs differ in their bits
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import UserError
+
+
+def read_manifest(out: Path, spec) -> dict[str, Any]:
+    """DIR's manifest, if DIR is an export of ``spec`` whose op module can run fixtures."""
+    out = Path(out)
+    if not out.is_dir():
+        raise UserError(f"--exported {out}: no such folder (the --out of `wb export {spec.id}`)")
+    found = sorted(out.glob("*/manifest.json"))
+    if not found:
+        raise UserError(f"--exported {out}: not an export (no <package>/manifest.json in it; `wb export {spec.id} --out {out}` writes one)")
+    path = found[0]
+    try:
+        manifest = json.loads(path.read_text())
+        stage, package = manifest["stage"], manifest["package"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--exported {out}: {path.name} is unreadable ({type(exc).__name__}: {exc}); export again") from None
+    if stage != spec.id:
+        raise UserError(f"--exported {out}: it exports {stage}, not {spec.id}")
+    if not (out / package / "__init__.py").is_file() or not (out / package / "_op.py").is_file():
+        raise UserError(f"--exported {out}: the package folder {package}/ is incomplete; export again")
+    if "def stage_call" not in (out / package / "_op.py").read_text():
+        raise UserError(f"--exported {out}: its op module has no stage_call(op, inputs, params) (ExportSpec), so fixtures cannot run through it")
+    return manifest
+
+
+@dataclass
+class ExportedOp:
+    package: Any  # the imported package module
+    op: Any  # torch.ops.<namespace>.<op>
+
+    @classmethod
+    def load(cls, out: str, package: str) -> "ExportedOp":
+        """Import ``package`` from the folder ``out`` (the worker is a fresh process: no other
+        copy of the package was imported before)."""
+        if package in sys.modules:
+            raise UserError(f"--exported: a package {package!r} is already imported in this worker; run with --fresh")
+        sys.path.insert(0, str(Path(out).resolve()))
+        try:
+            module = importlib.import_module(package)
+        finally:
+            sys.path.pop(0)
+        namespace, name = module.QUALNAME.split("::")
+        import torch
+
+        return cls(package=module, op=getattr(getattr(torch.ops, namespace), name))
+
+    def select(self, params: dict) -> dict:
+        """The exported configuration of these parameters; a one-line refusal if none."""
+        try:
+            return self.package.select(self.package._op.exported_key(dict(params)))
+        except ValueError as exc:  # ExportError, or a parameter the op cannot export
+            raise UserError(f"--exported: {exc}") from None
+
+    def __call__(self, inputs: dict, params: dict) -> dict:
+        return self.package._op.stage_call(self.op, inputs, dict(params))
+
+    def describe(self) -> dict[str, Any]:
+        m = self.package.MANIFEST
+        return {
+            "package": m["package"], "qualname": self.package.QUALNAME, "commit": m.get("commit"),
+            "dirty": m.get("dirty"), "dsl_version": m.get("dsl_version"), "arch": m.get("arch"),
+            "path": str(Path(self.package.__file__).resolve().parent.parent),
+        }
+
+
+_INT_OF_SIZE = {1: "uint8", 2: "int16", 4: "int32", 8: "int64"}
+
+
+def bit_differences(a, b) -> int:
+    """Elements of ``a`` and ``b`` (same shape and dtype) whose bits differ (NaN == NaN when
+    the bits are the same; -0.0 != 0.0)."""
+    import torch
+
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return max(a.numel(), b.numel())
+    as_int = getattr(torch, _INT_OF_SIZE[a.element_size()])
+    return int((a.contiguous().view(as_int) != b.contiguous().view(as_int)).sum())
