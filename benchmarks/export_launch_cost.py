@@ -10,7 +10,9 @@ the timed region), median over --calls calls after 50 warm-up calls. Rows:
 
   wb_fmha op             torch.ops.wb_fmha.fwd: dispatcher, host checks, output allocation,
                          TVM-FFI call (DLPack of 6 tensors, env stream), launch
-  wb_fmha unchecked      the same launch without the dispatcher and checks (what they cost)
+  wb_fmha.fwd entry      the package's eager entry: the same checks and launch, no dispatcher
+  wb_fmha unchecked      the launch alone (output allocation + TVM-FFI call), no checks
+  tvm-ffi call only      the TVM-FFI call with preallocated outputs
   in-tree (wb run)       stage D's own launch: from_dlpack per tensor + the JIT function
   fa4                    flash_attn.cute.flash_attn_func (when installed)
   sdpa                   F.scaled_dot_product_attention (flash backend, the default choice)
@@ -84,11 +86,25 @@ def main() -> None:
     def op():
         return torch.ops.wb_fmha.fwd(q, k, v, causal=args.causal)
 
+    def entry():
+        return wb_fmha.fwd(q, k, v, causal=args.causal)
+
+    fn = wb_fmha.load(wb_fmha.select(wb_fmha._op.call_key(q, k, v, causal=args.causal)))
+
     def unchecked():
-        return wb_fmha.launch_unchecked(q, k, v, causal=args.causal)
+        return wb_fmha._op.launch(fn, q, k, v, causal=args.causal)
+
+    o_pre, lse_pre = torch.empty_like(q), torch.empty(b, h, s, device="cuda")
+    counter = torch.zeros(2, dtype=torch.int32, device="cuda")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+
+    def ffi_only():
+        fn(q, k, v, o_pre, lse_pre, counter, sms, None, None, None, None, None)
 
     rows["wb_fmha op"] = op
+    rows["wb_fmha.fwd entry"] = entry
     rows["wb_fmha unchecked"] = unchecked
+    rows["tvm-ffi call only"] = ffi_only
 
     try:  # stage D as `wb run` launches it (needs cutlass and the repository)
         from workbench.kernels.registry import load_kernels, resolve_stage

@@ -167,6 +167,21 @@ def step(q, k, v):
 compiled = torch.compile(step, fullgraph=True, backend="eager")
 o2, l2 = compiled(m_q, m_k, m_k)
 out["compiled"] = [list(o2.shape), list(l2.shape)]
+# the package's eager entry wb_fmha.fwd: the op itself under torch.compile and for tensor
+# subclasses, the same checks as the op for plain tensors
+def step_entry(q, k, v):
+    o, lse = wb_fmha.fwd(q, k, v)
+    return o * 2, lse.exp()
+o3, l3 = torch.compile(step_entry, fullgraph=True, backend="eager")(m_q, m_k, m_k)
+out["entry_compiled"] = [list(o3.shape), list(l3.shape)]
+with FakeTensorMode():
+    o4, _ = wb_fmha.fwd(cuda(3, 100, 2, 64), cuda(3, 70, 1, 64), cuda(3, 70, 1, 64))
+    out["entry_fake"] = list(o4.shape)
+try:
+    wb_fmha.fwd(torch.zeros(1, 128, 2, 64, dtype=bf), torch.zeros(1, 128, 1, 64, dtype=bf), torch.zeros(1, 128, 1, 64, dtype=bf))
+    out["entry_cpu"] = None
+except ValueError as exc:
+    out["entry_cpu"] = str(exc)
 
 cq = torch.zeros(1, 128, 2, 64, dtype=bf); ck = torch.zeros(1, 128, 1, 64, dtype=bf)
 out["cpu"] = refusal(cq, ck, ck)
@@ -212,6 +227,12 @@ def test_fake_outputs_have_the_kernels_shapes_under_fake_mode_meta_and_torch_com
     assert fmha_checks["fake"] == [[3, 100, 2, 64], "torch.bfloat16", "cuda", [3, 2, 100], "torch.float32"]
     assert fmha_checks["meta"] == [[2, 33, 2, 64], [2, 2, 33]]
     assert fmha_checks["compiled"] == [[2, 33, 2, 64], [2, 2, 33]]  # fullgraph: no graph break
+
+
+def test_the_eager_entry_is_the_op_under_compile_and_fake_tensors_and_checks_plain_ones(fmha_checks):
+    assert fmha_checks["entry_compiled"] == [[2, 33, 2, 64], [2, 2, 33]]  # fullgraph: it traced the op
+    assert fmha_checks["entry_fake"] == [3, 100, 2, 64]
+    assert fmha_checks["entry_cpu"] and "q.device: expected cuda, got cpu" in fmha_checks["entry_cpu"]
 
 
 @pytest.mark.parametrize(
