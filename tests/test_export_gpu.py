@@ -78,7 +78,10 @@ def _in_tree(ws: Path, params: dict, q, k, v):
 
     key = json.dumps(params, sort_keys=True, default=str)
     if key not in _compiled:
-        spec = resolve_stage(ws, "fmha/d", load_kernels(ws))
+        from workbench.workspace import find_workspace
+
+        workspace = find_workspace(str(ws))
+        spec = resolve_stage(workspace, "fmha/d", load_kernels(workspace))
         stage = spec.load()
         resolved = spec.resolve_params({k_: str(v_).lower() for k_, v_ in params.items()})
         _compiled[key] = (stage, stage.compile(Params(resolved), spec.resolve_variants({}), "sm_90a"))

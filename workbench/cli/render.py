@@ -94,6 +94,8 @@ def render_run(record: dict[str, Any]) -> None:
             f"(config {escape(str(exported.get('config')))}, commit {escape(str(exported.get('commit') or '?')[:10])}): "
             f"{'[green]' if cases and same == len(cases) else '[red]'}bits equal to the in-tree kernel in {same}/{len(cases)} fixtures[/]"
         )
+        if exported.get("skipped_fixtures"):
+            console.print(f"[dim]not run through the export (they need another variant): {escape(', '.join(exported['skipped_fixtures']))}[/]")
     for case in record.get("results", []):
         if case.get("verdict") != "FAIL":
             continue

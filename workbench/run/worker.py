@@ -163,6 +163,13 @@ class Job:
             f.name: {"isolates": f.isolates, "hides": f.hides} for _, cases in plan for f, _ in cases
         }
 
+        if self.exported is not None:  # fixtures that need another compile (a variant) than the export's cannot go through it
+            exported_variants = self.exported.package.MANIFEST.get("variants") or job["variants"]
+            skipped = [f.name for v, cases in plan if v != exported_variants for f, _ in cases]
+            plan = [(v, cases) for v, cases in plan if v == exported_variants]
+            result["exported"]["skipped_fixtures"] = sorted(set(skipped))
+            if not plan:
+                raise UserError("--exported: every fixture asked for needs a variant the export was not compiled with")
         for variants, cases in plan:
             self.emit({"type": "progress", "phase": "compile", "variants": variants})
             try:
