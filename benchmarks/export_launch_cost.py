@@ -89,17 +89,17 @@ def main() -> None:
     def entry():
         return wb_fmha.fwd(q, k, v, causal=args.causal)
 
-    fn = wb_fmha.load(wb_fmha.select(wb_fmha._op.call_key(q, k, v, causal=args.causal)))
+    ffi_fn = wb_fmha.load(wb_fmha.select(wb_fmha._op.call_key(q, k, v, causal=args.causal)))
 
     def unchecked():
-        return wb_fmha._op.launch(fn, q, k, v, causal=args.causal)
+        return wb_fmha._op.launch(ffi_fn, q, k, v, causal=args.causal)
 
     o_pre, lse_pre = torch.empty_like(q), torch.empty(b, h, s, device="cuda")
     counter = torch.zeros(2, dtype=torch.int32, device="cuda")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
 
     def ffi_only():
-        fn(q, k, v, o_pre, lse_pre, counter, sms, None, None, None, None, None)
+        ffi_fn(q, k, v, o_pre, lse_pre, counter, sms, None, None, None, None, None)
 
     rows["wb_fmha op"] = op
     rows["wb_fmha.fwd entry"] = entry

@@ -107,24 +107,22 @@ def fake(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, al
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((b, h, m), dtype=torch.float32)
 
 
-_tile_counters: dict = {}
-_sm_counts: dict = {}
+_per_device: dict = {}  # torch.device -> (the tile scheduler's counters, the SM count)
 
 
 def launch(fn, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left"):
     """Allocate o and lse, launch on the current stream. The dynamic tile scheduler's (2,)
     int32 counters go back to zero after every launch (the kernel's last CTA resets them),
-    so one buffer per device serves every call, CUDA graphs included."""
+    so one buffer per device serves every call, CUDA graphs included. (Every Python step
+    here is a measurable part of the ~13 µs launch: benchmarks/export_launch_cost.py.)"""
     dev = q.device
-    key = dev.index if dev.index is not None else torch.cuda.current_device()
-    counter = _tile_counters.get(key)
-    if counter is None:
-        counter = _tile_counters[key] = torch.zeros(2, dtype=torch.int32, device=dev)
-        _sm_counts[key] = torch.cuda.get_device_properties(dev).multi_processor_count
-    b, m, h, _ = q.shape
-    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    state = _per_device.get(dev)
+    if state is None:
+        state = _per_device[dev] = (torch.zeros(2, dtype=torch.int32, device=dev), torch.cuda.get_device_properties(dev).multi_processor_count)
+    b, m, h, d = q.shape
+    o = torch.empty((b, m, h, d), dtype=q.dtype, device=dev)
     lse = torch.empty((b, h, m), dtype=torch.float32, device=dev)
-    fn(q, k, v, o, lse, counter, _sm_counts[key], None, None, None, None, None)  # not varlen, not paged
+    fn(q, k, v, o, lse, state[0], state[1], None, None, None, None, None)  # not varlen, not paged
     return o, lse
 
 
