@@ -144,6 +144,7 @@ def new_record(kind: str, spec: Any, params: dict[str, Any], variants: dict[str,
         "host_name": None,
         "remote": None,
         "sweep": None,
+        "exported": None,  # wb run --exported: the package, its configuration, skipped fixtures
     }
     record.update(fields)
     return record

@@ -155,3 +155,4 @@ class RunRecord(_Model):
     host_name: Optional[Name] = None
     remote: Optional[dict[str, Any]] = None
     sweep: Optional[dict[str, Any]] = None
+    exported: Optional[dict[str, Any]] = None
