@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from workbench.kernels.stage import Params, Stage, TensorSpec
+from workbench.kernels.stage import ExportSpec, Params, Stage, TensorSpec
 
 from stages.moe import pipeline
 
@@ -47,6 +47,9 @@ class StageD(Stage):
         "routing: give its top-k with routing=given), biases, and expert-parallel communication."
     )
     compile_params = ("h", "i", "dtype", "activation", "topk")  # t (tokens) and e are runtime
+    # `wb export moe/d`: the op wb_moe::ffn(x, w1, w2, topk_ids, topk_weights, activation) -> y
+    # (export_op.py: its checks, fake implementation, plan and three kernels' launches)
+    export = ExportSpec(namespace="wb_moe", op_module="export_op.py")
 
     def inputs(self, p: Params) -> dict[str, TensorSpec]:
         T, E, k = p.t, p.e, p.topk

@@ -37,7 +37,7 @@ SCHEMA_KEYS = (
     "schema", "namespace", "op", "schema_text", "distribution", "package", "kernel", "stage", "commit", "dirty",
     "diff_hash", "dsl_version", "tvm_ffi_version", "arch", "variants", "created", "configs",
 )
-CONFIG_KEYS = ("id", "key", "params", "library", "symbol", "verified_by", "compile_s")
+CONFIG_KEYS = ("id", "key", "params", "library", "symbol", "pieces", "verified_by", "compile_s")
 
 
 @dataclass
@@ -117,8 +117,8 @@ def check_tools() -> None:
     find_cc()
 
 
-def link(obj: Path, so: Path, flags: list[str]) -> None:
-    done = subprocess.run([find_cc(), "-shared", "-o", str(so), str(obj), *flags], capture_output=True, text=True)
+def link(objs: list[Path], so: Path, flags: list[str]) -> None:
+    done = subprocess.run([find_cc(), "-shared", "-o", str(so), *map(str, objs), *flags], capture_output=True, text=True)
     if done.returncode != 0:
         raise UserError(f"linking {so.name} failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
 
@@ -276,12 +276,24 @@ def _build(ws, spec, stage, export, op_path, op, configs, variants, arch, out: P
                     f"{spec.id}: compile failed for [{_describe(cfg['key'])}]: {first} "
                     f"(wb compile {spec.id} --arch {arch} {given} shows it in full)"
                 ) from None
-            fn = _tvm_function(compiled)
             symbol = f"{package}_{op.OP}_{cfg['id']}"
-            obj = Path(tmp) / f"{cfg['id']}.o"
-            fn.export_to_c(str(obj), symbol, export_only_tvm_ffi_symbols=True)
-            link(obj, pkg_dir / "lib" / f"{cfg['id']}.so", flags)
-            cfg.update(library=f"lib/{cfg['id']}.so", symbol=symbol, compile_s=round(time.perf_counter() - t0, 2))
+            objs, pieces = [], None
+            if getattr(op, "PIECES", None):  # several kernels per configuration: one symbol each, one .so
+                pieces = {}
+                for name in op.PIECES:
+                    part = getattr(compiled, name, None)
+                    if part is None:  # a piece this configuration's variants do not build
+                        continue
+                    objs.append(Path(tmp) / f"{cfg['id']}_{name}.o")
+                    _tvm_function(part).export_to_c(str(objs[-1]), f"{symbol}_{name}", export_only_tvm_ffi_symbols=True)
+                    info = op.piece_info(name, part) if hasattr(op, "piece_info") else {}
+                    pieces[name] = {"symbol": f"{symbol}_{name}", "info": {k: _jsonable(v) for k, v in info.items()}}
+            else:
+                objs.append(Path(tmp) / f"{cfg['id']}.o")
+                _tvm_function(compiled).export_to_c(str(objs[0]), symbol, export_only_tvm_ffi_symbols=True)
+            link(objs, pkg_dir / "lib" / f"{cfg['id']}.so", flags)
+            cfg.update(library=f"lib/{cfg['id']}.so", symbol=None if pieces else symbol, pieces=pieces,
+                       compile_s=round(time.perf_counter() - t0, 2))
             emit({"event": "compiled", "index": i, "total": len(configs), "key": cfg["key"], "seconds": cfg["compile_s"]})
 
     git = git_state(ws.root)

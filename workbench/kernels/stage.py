@@ -107,6 +107,12 @@ class ExportSpec:
         fake(*args) -> outputs           empty outputs of the right shapes (torch.compile)
         launch(fn, *args) -> outputs     allocate the outputs and call the compiled function
                                          (fn takes torch tensors; the stream is the caller's)
+        PIECES: tuple[str, ...]          optional: the stage's compile returns several kernels,
+                                         attributes of its result by these names (None: not
+                                         built); each gets its own symbol, launch(fn) then gets
+                                         {piece: (function, info)}
+        piece_info(name, piece) -> dict  optional with PIECES: JSON facts a piece's launch
+                                         needs (tile sizes...), kept in the manifest
         stage_call(op, inputs, params) -> dict   optional, for `wb run --exported`: the stage's
                                          fixture inputs (by name) through the op -> the
                                          stage's outputs by name
