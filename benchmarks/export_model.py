@@ -8,6 +8,12 @@ causal=true, bf16) and transformers installed (the `model` extra):
 
     python benchmarks/export_model.py [--layers 4] [--seqlens 1024,2048,4096,8192]
                                       [--batches 1,4,8] [--compile] [--json FILE]
+                                      [--moe | --moe-only] [--moe-seqlens 1024,4096] [--moe-batches 1,4]
+
+--moe / --moe-only: a Qwen3-MoE-shaped model (Qwen3-30B-A3B: hidden 2048, 128 experts of 768,
+top-8) whose experts run through wb_moe::ffn (an export of moe stage D with h=2048 i=768
+topk=8), registered with transformers' ExpertsInterface (`set_experts_implementation`),
+against transformers' grouped_mm experts, logits vs fp32 experts, the same tolerance rule.
 
 Backends, each a name for `model.set_attn_implementation`:
   sdpa       transformers' own (torch SDPA: flash / cuDNN / efficient as torch picks)
@@ -85,6 +91,68 @@ def fp32_attention(module, query, key, value, attention_mask, dropout=0.0, scali
     return o.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
+MOE_OP = ("wb_moe", "ffn")  # the op wb_experts calls (tests point it at a CPU stand-in)
+
+
+def moe_weights(module):
+    """transformers' expert weights in the layout of wb_moe::ffn, converted once per weight
+    version: gate_up_proj (E, 2I, H), [gate; up] along dim 1 -> w1 (E, H, 2I) with gate and up
+    interleaved (column 2c gate, 2c + 1 up); down_proj (E, H, I) -> w2 (E, I, H)."""
+    import torch
+
+    gu, down = module.gate_up_proj, module.down_proj
+    stamp = (gu.data_ptr(), gu._version, down.data_ptr(), down._version)
+    cached = getattr(module, "_wb_moe_weights", None)
+    if cached is None or cached[0] != stamp:
+        with torch.no_grad():
+            E, two_i, H = gu.shape
+            gate, up = gu[:, : two_i // 2].transpose(1, 2), gu[:, two_i // 2 :].transpose(1, 2)
+            w1 = torch.stack((gate, up), dim=-1).reshape(E, H, two_i).contiguous()
+            w2 = down.transpose(1, 2).contiguous()
+        cached = module._wb_moe_weights = (stamp, w1, w2)
+    return cached[1], cached[2]
+
+
+def wb_experts(module, hidden_states, top_k_index, top_k_weights):
+    """transformers experts function -> torch.ops.wb_moe.ffn: hidden_states (T, H), the
+    router's top_k_index (T, k) and top_k_weights (T, k); returns (T, H)."""
+    import torch
+
+    if getattr(module, "has_bias", False) or not getattr(module, "has_gate", True) or getattr(module, "is_transposed", False):
+        raise ValueError("wb_moe: only gated experts without biases in transformers' default layout are supported")
+    w1, w2 = moe_weights(module)
+    op = getattr(getattr(torch.ops, MOE_OP[0]), MOE_OP[1])
+    return op(hidden_states.contiguous(), w1, w2, top_k_index.to(torch.int32).contiguous(), top_k_weights.float().contiguous())
+
+
+def fp32_experts(module, hidden_states, top_k_index, top_k_weights):
+    """The reference experts: every expert's FFN in fp32, weights as the router gave them."""
+    import torch
+    import torch.nn.functional as F
+
+    x = hidden_states.float()
+    out = torch.zeros_like(x)
+    I = module.down_proj.shape[-1]
+    for e in torch.unique(top_k_index).tolist():
+        tok, j = torch.where(top_k_index == e)
+        gu = x[tok] @ module.gate_up_proj[e].float().t()
+        h = F.silu(gu[:, :I]) * gu[:, I:]
+        out.index_add_(0, tok, (h @ module.down_proj[e].float().t()) * top_k_weights[tok, j, None].float())
+    return out.to(hidden_states.dtype)
+
+
+def register_experts() -> dict[str, str]:
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    ALL_EXPERTS_FUNCTIONS.register("wb_moe", wb_experts)
+    ALL_EXPERTS_FUNCTIONS.register("fp32_ref", fp32_experts)
+    return {"grouped_mm": "grouped_mm", "fp32_ref": "fp32_ref", "wb_moe": "wb_moe"}
+
+
+def use_experts(model, name: str) -> None:
+    model.set_experts_implementation(name)
+
+
 def register(fa4_name: str | None) -> dict[str, str]:
     """Register the attention functions; -> backend label: attn_implementation name."""
     from transformers import AttentionInterface
@@ -151,6 +219,72 @@ def build_model(layers: int):
     return model
 
 
+def build_moe_model(layers: int):
+    """Qwen3-30B-A3B's shapes (hidden 2048, 32 heads, 4 KV heads, head dim 128, 128 experts of
+    768, top-8 with renormalised weights), random init, bf16; attention through SDPA."""
+    import torch
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    config = Qwen3MoeConfig(
+        hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8,
+        norm_topk_prob=True, num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_hidden_layers=layers,
+        vocab_size=151936, max_position_embeddings=16384, decoder_sparse_step=1, mlp_only_layers=[],
+        attn_implementation="sdpa",
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = Qwen3MoeForCausalLM(config).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        model.model.embed_tokens.weight.normal_(0, 1.0)
+        for layer in model.model.layers:  # a router that spreads tokens, as a trained one does
+            layer.mlp.gate.weight.normal_(0, 0.05)
+    return model
+
+
+def run_moe(args, g) -> list[dict]:
+    """The experts of a Qwen3-MoE-shaped model through wb_moe::ffn vs transformers' grouped_mm,
+    logits against fp32 experts (the same tolerance rule), prefill time."""
+    import torch
+
+    names = register_experts()
+    model = build_moe_model(args.layers)
+    print(f"moe model: Qwen3-30B-A3B shapes, {args.layers} layers, bf16, random init; experts {names}", flush=True)
+    rows = []
+    with torch.inference_mode():
+        for s in [int(x) for x in args.moe_seqlens.split(",")]:
+            for b in [int(x) for x in args.moe_batches.split(",")]:
+                ids = torch.randint(0, model.config.vocab_size, (b, s), device="cuda", generator=g)
+                hidden = {}
+                for label, name in names.items():
+                    use_experts(model, name)
+                    try:
+                        hidden[label] = model.model(input_ids=ids).last_hidden_state
+                    except Exception as exc:  # noqa: BLE001
+                        hidden[label] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                errors = {k: (logits_error(model, ids, hidden["fp32_ref"], h) if not isinstance(h, str) else h)
+                          for k, h in hidden.items() if k != "fp32_ref"}
+                del hidden
+                ms = {}
+                for label in ("grouped_mm", "wb_moe"):
+                    if isinstance(errors.get(label), str):
+                        continue
+                    use_experts(model, names[label])
+                    ms[label] = time_prefill(lambda: model(input_ids=ids, logits_to_keep=1), args.reps)
+                base = errors.get("grouped_mm")
+                budget = 2 * base + 1e-3 if isinstance(base, float) else None
+                verdict = "PASS" if isinstance(errors.get("wb_moe"), float) and budget is not None and errors["wb_moe"] <= budget else "FAIL"
+                row = {"seqlen": s, "batch": b, "errors": errors, "budget": budget, "verdict": verdict, "ms": ms,
+                       "grouped_mm_vs_wb": ms["grouped_mm"] / ms["wb_moe"] if len(ms) == 2 else None}
+                rows.append(row)
+                err_text = " ".join(f"{k}={v:.2e}" if isinstance(v, float) else f"{k}={v}" for k, v in errors.items())
+                print(f"moe s={s:5d} b={b}: {verdict} logits rel L2 vs fp32-experts ref: {err_text} (budget {budget}) | prefill ms: "
+                      + " ".join(f"{k}={v:.2f}" for k, v in ms.items())
+                      + (f" | grouped_mm/wb x{row['grouped_mm_vs_wb']:.3f}" if row["grouped_mm_vs_wb"] else ""), flush=True)
+    del model
+    torch.cuda.empty_cache()
+    return rows
+
+
 def use(model, name: str) -> None:
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(name)
@@ -213,10 +347,26 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--compile", action="store_true", help="also torch.compile(model) for sdpa and wb_fmha at the largest and smallest case")
     ap.add_argument("--json", default=None, help="write the rows here")
+    ap.add_argument("--moe", action="store_true", help="also a Qwen3-MoE-shaped model with its experts through wb_moe::ffn (import wb_moe)")
+    ap.add_argument("--moe-only", action="store_true", help="only the MoE model (no wb_fmha needed)")
+    ap.add_argument("--moe-seqlens", default="1024,4096")
+    ap.add_argument("--moe-batches", default="1,4")
     args = ap.parse_args()
 
     import torch
     import transformers
+
+    if args.moe_only:
+        import wb_moe
+
+        print(f"card: {torch.cuda.get_device_name()}; torch {torch.__version__}; transformers {transformers.__version__}; op {wb_moe.QUALNAME} "
+              f"(commit {str(wb_moe.MANIFEST.get('commit'))[:10]})", flush=True)
+        moe_rows = run_moe(args, torch.Generator(device="cuda").manual_seed(0))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"card": torch.cuda.get_device_name(), "transformers": transformers.__version__, "moe": moe_rows}, f, indent=2)
+        return 0 if moe_rows and all(r["verdict"] == "PASS" for r in moe_rows) else 1
+
     import wb_fmha
 
     card = torch.cuda.get_device_name()
@@ -290,11 +440,18 @@ def main() -> int:
                 compiled_rows.append(out)
                 print(f"torch.compile(model, fullgraph=True) s={s} b={b}: {out}", flush=True)
 
+    moe_rows = []
+    if args.moe:
+        del model
+        torch.cuda.empty_cache()
+        import wb_moe  # noqa: F401 - registers wb_moe::ffn
+
+        moe_rows = run_moe(args, g)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"card": card, "torch": torch.__version__, "transformers": transformers.__version__, "layout_check": check,
-                       "backends": names, "layers": args.layers, "rows": rows, "compiled": compiled_rows}, f, indent=2)
-    return 0 if rows and all(r["verdict"] == "PASS" for r in rows) else 1
+                       "backends": names, "layers": args.layers, "rows": rows, "compiled": compiled_rows, "moe": moe_rows}, f, indent=2)
+    return 0 if rows and all(r["verdict"] == "PASS" for r in rows + moe_rows) else 1
 
 
 if __name__ == "__main__":

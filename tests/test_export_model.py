@@ -78,3 +78,56 @@ def test_a_padded_batch_is_refused_not_silently_unmasked(tiny_llama):
     mask[0, :3] = 0  # left padding
     with torch.inference_mode(), pytest.raises(ValueError, match="padding / custom attention masks are not supported"):
         model(input_ids=ids, attention_mask=mask)
+
+
+_moe_lib = None
+
+
+def _stand_in_moe():
+    """wb_moe_standin::ffn: the op's contract in plain torch (w1 (E, H, 2I) with gate/up
+    interleaved, w2 (E, I, H), int32 ids, fp32 weights)."""
+    global _moe_lib
+    export_model.MOE_OP = ("wb_moe_standin", "ffn")
+    if _moe_lib is not None:
+        return
+    import torch.nn.functional as F
+
+    _moe_lib = torch.library.Library("wb_moe_standin", "DEF")
+    _moe_lib.define('ffn(Tensor x, Tensor w1, Tensor w2, Tensor topk_ids, Tensor topk_weights, str activation="swiglu") -> Tensor')
+
+    def ffn(x, w1, w2, topk_ids, topk_weights, activation="swiglu"):
+        assert topk_ids.dtype == torch.int32 and topk_weights.dtype == torch.float32 and x.is_contiguous()
+        y = torch.zeros_like(x, dtype=torch.float32)
+        for t in range(x.shape[0]):
+            for j in range(topk_ids.shape[1]):
+                e = int(topk_ids[t, j])
+                d = x[t].float() @ w1[e].float()
+                h = F.silu(d[0::2]) * d[1::2]
+                y[t] += topk_weights[t, j] * (h @ w2[e].float())
+        return y.to(x.dtype)
+
+    _moe_lib.impl("ffn", ffn, "CompositeExplicitAutograd")
+
+
+def test_the_experts_adapter_converts_transformers_weights_and_gives_eager_logits():
+    _stand_in_moe()
+    names = export_model.register_experts()
+    config = transformers.Qwen3MoeConfig(
+        hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_experts=8, num_experts_per_tok=2,
+        norm_topk_prob=True, num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_hidden_layers=2,
+        vocab_size=500, decoder_sparse_step=1, mlp_only_layers=[],
+    )
+    torch.manual_seed(0)
+    model = transformers.Qwen3MoeForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.gate.weight.normal_(0, 0.5)
+    ids = torch.randint(0, 500, (2, 12), generator=torch.Generator().manual_seed(2))
+    logits = {}
+    with torch.inference_mode():
+        for label in ("eager", "wb_moe", "fp32_ref"):
+            export_model.use_experts(model, names.get(label, label))
+            logits[label] = model(input_ids=ids).logits
+    assert logits["eager"].abs().max() > 0
+    torch.testing.assert_close(logits["wb_moe"], logits["eager"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits["fp32_ref"], logits["eager"], rtol=1e-4, atol=1e-4)
