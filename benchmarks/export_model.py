@@ -241,6 +241,32 @@ def build_moe_model(layers: int):
     return model
 
 
+def compare_case(model, ids, names: dict, select, baseline: str, candidate: str, reps: int) -> dict:
+    """One case, every backend in turn (``select(model, name)`` switches): logits rel L2 of each
+    against fp32_ref's (a backend that raised: its one-line error instead), the budget (2 x the
+    baseline's error + 1e-3), the candidate's verdict, and prefill ms of each backend that ran."""
+    hidden = {}
+    for label, name in names.items():
+        select(model, name)
+        try:
+            hidden[label] = model.model(input_ids=ids).last_hidden_state
+        except Exception as exc:  # noqa: BLE001 - one backend's failure is a row, not the end
+            hidden[label] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    ref = hidden.pop("fp32_ref")
+    errors = {k: (logits_error(model, ids, ref, h) if not isinstance(h, str) else h) for k, h in hidden.items()}
+    del hidden, ref
+    ms = {}
+    for label, name in names.items():
+        if label == "fp32_ref" or isinstance(errors.get(label), str):
+            continue
+        select(model, name)
+        ms[label] = time_prefill(lambda: model(input_ids=ids, logits_to_keep=1), reps)
+    base = errors.get(baseline)
+    budget = 2 * base + 1e-3 if isinstance(base, float) else None
+    verdict = "PASS" if isinstance(errors.get(candidate), float) and budget is not None and errors[candidate] <= budget else "FAIL"
+    return {"errors": errors, "budget": budget, "verdict": verdict, "ms": ms}
+
+
 def run_moe(args, g) -> list[dict]:
     """The experts of a Qwen3-MoE-shaped model through wb_moe::ffn vs transformers' grouped_mm,
     logits against fp32 experts (the same tolerance rule), prefill time."""
@@ -254,25 +280,8 @@ def run_moe(args, g) -> list[dict]:
         for s in [int(x) for x in args.moe_seqlens.split(",")]:
             for b in [int(x) for x in args.moe_batches.split(",")]:
                 ids = torch.randint(0, model.config.vocab_size, (b, s), device="cuda", generator=g)
-                hidden = {}
-                for label, name in names.items():
-                    use_experts(model, name)
-                    try:
-                        hidden[label] = model.model(input_ids=ids).last_hidden_state
-                    except Exception as exc:  # noqa: BLE001
-                        hidden[label] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                errors = {k: (logits_error(model, ids, hidden["fp32_ref"], h) if not isinstance(h, str) else h)
-                          for k, h in hidden.items() if k != "fp32_ref"}
-                del hidden
-                ms = {}
-                for label in ("grouped_mm", "wb_moe"):
-                    if isinstance(errors.get(label), str):
-                        continue
-                    use_experts(model, names[label])
-                    ms[label] = time_prefill(lambda: model(input_ids=ids, logits_to_keep=1), args.reps)
-                base = errors.get("grouped_mm")
-                budget = 2 * base + 1e-3 if isinstance(base, float) else None
-                verdict = "PASS" if isinstance(errors.get("wb_moe"), float) and budget is not None and errors["wb_moe"] <= budget else "FAIL"
+                case = compare_case(model, ids, names, use_experts, "grouped_mm", "wb_moe", args.reps)
+                errors, budget, verdict, ms = case["errors"], case["budget"], case["verdict"], case["ms"]
                 row = {"seqlen": s, "batch": b, "errors": errors, "budget": budget, "verdict": verdict, "ms": ms,
                        "grouped_mm_vs_wb": ms["grouped_mm"] / ms["wb_moe"] if len(ms) == 2 else None}
                 rows.append(row)
@@ -389,24 +398,8 @@ def main() -> int:
         for s in seqlens:
             for b in batches:
                 ids = torch.randint(0, model.config.vocab_size, (b, s), device="cuda", generator=g)
-                hidden = {}
-                for label, name in names.items():
-                    use(model, name)
-                    try:
-                        hidden[label] = model.model(input_ids=ids).last_hidden_state
-                    except Exception as exc:  # noqa: BLE001 - one backend's failure is a row, not the end
-                        hidden[label] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                ref = hidden["fp32_ref"]
-                errors = {k: (logits_error(model, ids, ref, h) if not isinstance(h, str) else h) for k, h in hidden.items() if k != "fp32_ref"}
-                del hidden
-                ms = {}
-                for label, name in names.items():
-                    if label == "fp32_ref" or isinstance(errors.get(label), str):
-                        continue
-                    use(model, name)
-                    ms[label] = time_prefill(lambda: model(input_ids=ids, logits_to_keep=1), args.reps)
-                budget = 2 * errors["sdpa"] + 1e-3 if isinstance(errors["sdpa"], float) else None
-                verdict = "PASS" if isinstance(errors.get("wb_fmha"), float) and budget is not None and errors["wb_fmha"] <= budget else "FAIL"
+                case = compare_case(model, ids, names, use, "sdpa", "wb_fmha", args.reps)
+                errors, budget, verdict, ms = case["errors"], case["budget"], case["verdict"], case["ms"]
                 row = {"seqlen": s, "batch": b, "errors": errors, "budget": budget, "verdict": verdict, "ms": ms,
                        "wb_vs_sdpa": ms["sdpa"] / ms["wb_fmha"] if "wb_fmha" in ms else None,
                        "wb_vs_fa4": ms["fa4"] / ms["wb_fmha"] if "wb_fmha" in ms and "fa4" in ms else None}
