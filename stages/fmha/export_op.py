@@ -108,7 +108,7 @@ def fake(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, al
 
 
 _per_device: dict = {}  # torch.device -> (the tile scheduler's counters, the SM count, a 1-element fp32 tensor)
-_lse_like: dict = {}  # (device, b, h, m) -> that tensor expanded to (b, h, m): no memory, a shape to allocate like
+_lse_like: dict = {}  # (device, b, h, m) -> (counters, SM count, that tensor expanded to (b, h, m): no memory, a shape to allocate like)
 
 
 def launch(fn, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left"):
@@ -120,21 +120,18 @@ def launch(fn, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=
     a zero-stride (b, h, m) view (empty_like of a non-dense tensor is contiguous)."""
     dev = q.device
     b, m, h, _ = q.shape
-    like = _lse_like.get((dev, b, h, m))
-    if like is None:
-        state = _per_device.get(dev)
-        if state is None:
-            state = _per_device[dev] = (
-                torch.zeros(2, dtype=torch.int32, device=dev),
-                torch.cuda.get_device_properties(dev).multi_processor_count,
-                torch.empty(1, dtype=torch.float32, device=dev),
-            )
+    state = _lse_like.get((dev, b, h, m))  # one lookup per call: (counters, SM count, lse's shape)
+    if state is None:
+        counters, sms, one = _per_device.get(dev) or _per_device.setdefault(dev, (
+            torch.zeros(2, dtype=torch.int32, device=dev),
+            torch.cuda.get_device_properties(dev).multi_processor_count,
+            torch.empty(1, dtype=torch.float32, device=dev),
+        ))
         if len(_lse_like) > 256:
             _lse_like.clear()
-        like = _lse_like[(dev, b, h, m)] = state[2].expand(b, h, m)
-    state = _per_device[dev]
+        state = _lse_like[(dev, b, h, m)] = (counters, sms, one.expand(b, h, m))
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
-    lse = torch.empty_like(like)
+    lse = torch.empty_like(state[2])
     fn(q, k, v, o, lse, state[0], state[1], None, None, None, None, None)  # not varlen, not paged
     return o, lse
 
