@@ -46,6 +46,19 @@ pipeline state never advances: it re-reads stage 0 with phase 0 and releases onl
 the producer then blocks forever on stage 1 once n >= (stages + 2) tiles, i.e. n >= 512
 for d = 128 -- a hang by design, for the watchdog; at n = 256 it just reads tile 0 twice).
 
+``o_store=tma|threads``: the O epilogue as above (``tma``), or staged through shared memory
+and stored by the 256 consumer threads with plain loads and stores (``threads``: after both
+WGs wrote their halves and met at a 256-thread named barrier, consumer thread t copies
+column half t // 128 of row t % 128 -- half of its rows were written by the other WG).
+Bugs for compute-sanitizer (``wb run c --sanitize TOOL``; docs/inside.md says which tool
+catches which): ``bug=lse_oob`` (the LSE store lands one row late, guarded on the right
+row: the last row's value is written one element past lse's end), ``bug=o_race`` (the
+threads epilogue without its 256-thread barrier: a WG reads rows of sO the other WG may
+not have written yet), ``bug=o_uninit`` (the threads epilogue where the second WG never
+stages its O: rows 64..127 are read from shared memory nobody wrote), ``bug=mbar_phase``
+(the consumers' K/V pipeline state starts at phase 1: every wait on a "full" barrier
+returns at once, before the TMA load it guards has landed).
+
 The CTA skeleton (host setup, prologue, pipelines, fragments, the per-tile step, the O
 store) is ``fmha_base.FmhaForwardBase``'s, shared with stage D; this module adds the
 one-tile-per-CTA kernel, its producer and consumer loops, the torch model of the tile loop
@@ -70,10 +83,14 @@ from workbench.kernels.stage import Params, Stage, TensorSpec
 class FmhaOnline(FmhaForwardBase):
     """Stage C kernel: see the module docstring. The CTA skeleton is ``FmhaForwardBase``'s."""
 
-    def __init__(self, dtype, d: int, *, softmax: str = "exp", rescale: bool = True, bug: str = "none", kv_stages=None):
+    def __init__(
+        self, dtype, d: int, *, softmax: str = "exp", rescale: bool = True, bug: str = "none", kv_stages=None,
+        o_store: str = "tma",
+    ):
         super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages)
         self.rescale = rescale
         self.bug = bug
+        self.o_by_threads = o_store == "threads" or bug in ("o_race", "o_uninit")
 
     # ---- host --------------------------------------------------------------------------
     @cute.jit
@@ -88,7 +105,7 @@ class FmhaOnline(FmhaForwardBase):
     ):
         tmas, mmas, layouts = self._host_setup(mQ, mK, mV, mO)
         grid = (cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m), 1, 1)
-        self.kernel(*tmas, mLSE, *mmas, *layouts).launch(
+        self.kernel(*tmas, mLSE, mO, *mmas, *layouts).launch(
             grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1
         )
 
@@ -105,6 +122,7 @@ class FmhaOnline(FmhaForwardBase):
         tma_atom_o: cute.CopyAtom,
         mO: cute.Tensor,
         mLSE: cute.Tensor,
+        mO_plain: cute.Tensor,  # O as a plain global tensor (mO is TMA's coordinate view): o_store=threads
         tiled_mma_qk: cute.TiledMma,
         tiled_mma_pv: cute.TiledMma,
         sQ_layout: cute.ComposedLayout,
@@ -129,6 +147,8 @@ class FmhaOnline(FmhaForwardBase):
         gK = cute.local_tile(mK, (self.tile_n, self.d), (None, 0))  # (128, d, n/128)
         gV = cute.local_tile(mV, (self.tile_n, self.d), (None, 0))  # (128, d, n/128)
         gO = cute.local_tile(mO, (self.wg_rows, self.d), (None, 0))  # (64, d, m/64)
+        if const_expr(self.o_by_threads):
+            gO = cute.local_tile(mO_plain, (self.wg_rows, self.d), (None, 0))  # (64, d, m/64) elements
 
         if wg_idx == 0:
             cute.arch.setmaxregister_decrease(self.producer_regs)
@@ -241,6 +261,8 @@ class FmhaOnline(FmhaForwardBase):
         tSrQ_wg = tSrQ[None, None, None, wg]
 
         kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.kv_stages)
+        if const_expr(self.bug == "mbar_phase"):
+            kv_state = pipeline.PipelineState(self.kv_stages, Int32(0), Int32(0), Int32(1))
         kv_state = self.consume_tile(
             kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
             tOrP, acc_O, acc_S_shape, softmax, row_scale, True,
@@ -262,11 +284,55 @@ class FmhaOnline(FmhaForwardBase):
             for r in cutlass.range_constexpr(softmax.num_rows):
                 row = row0 + tOcO[r, 0][0]
                 if row < seqlen_q:
-                    mLSE[row] = lse[r]
-        self.store_o(
-            acc_O, sO[None, None, wg], gO[None, None, m_block * self.num_consumer_wg + wg], tma_atom_o,
-            tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q,
-        )
+                    if const_expr(self.bug == "lse_oob"):
+                        mLSE[row + 1] = lse[r]
+                    else:
+                        mLSE[row] = lse[r]
+        if const_expr(self.o_by_threads):
+            self.store_o_by_threads(acc_O, sO, gO, tiled_mma_pv, tidx_wg, wg, m_block, seqlen_q)
+        else:
+            self.store_o(
+                acc_O, sO[None, None, wg], gO[None, None, m_block * self.num_consumer_wg + wg], tma_atom_o,
+                tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q,
+            )
+
+    @cute.jit
+    def store_o_by_threads(
+        self,
+        acc_O: cute.Tensor,
+        sO: cute.Tensor,  # (64, d, 2): one half per consumer WG
+        gO: cute.Tensor,  # (64, d, m/64)
+        tiled_mma_pv: cute.TiledMma,
+        tidx_wg: Int32,
+        wg: Int32,
+        m_block: Int32,
+        seqlen_q: Int32,
+    ):
+        """o_store=threads: acc_O -> dtype -> sO[wg] (stmatrix), a named barrier over both
+        consumer WGs, then consumer thread t copies column half t // 128 of the CTA's row
+        t % 128 from sO to gO with plain loads and stores."""
+        rO = cute.make_rmem_tensor_like(acc_O, self.dtype)
+        rO.store(acc_O.load().to(self.dtype))
+        store_atom = cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(transpose=False, num_matrices=4), self.dtype)
+        tiled_store = cute.make_tiled_copy_C(store_atom, tiled_mma_pv)
+        thr_store = tiled_store.get_slice(tidx_wg)
+        tOrO = thr_store.retile(rO)
+        tOsO = thr_store.partition_D(sO[None, None, wg])
+        if const_expr(self.bug == "o_uninit"):
+            if wg == 0:
+                cute.copy(tiled_store, tOrO, tOsO)
+        else:
+            cute.copy(tiled_store, tOrO, tOsO)
+        if const_expr(self.bug != "o_race"):
+            cute.arch.barrier(barrier_id=3, number_of_threads=self.num_consumer_wg * common.WG_THREADS)
+        t = wg * common.WG_THREADS + tidx_wg
+        row = t % self.tile_m
+        half_cols = self.d // 2
+        col0 = (t // self.tile_m) * half_cols
+        box = row // self.wg_rows
+        if m_block * self.tile_m + row < seqlen_q:
+            for c in cutlass.range_constexpr(half_cols):
+                gO[row % self.wg_rows, col0 + c, m_block * self.num_consumer_wg + box] = sO[row % self.wg_rows, col0 + c, box]
 
 
 
@@ -357,7 +423,8 @@ class StageC(Stage):
     def make_kernel(self, p: Params, variants: Mapping[str, str]) -> FmhaOnline:
         v = host.variants_of("c", variants)
         return FmhaOnline(
-            common.cute_dtype(p.dtype), p.d, softmax=v["softmax"], rescale=v["rescale"] == "on", bug=v["bug"]
+            common.cute_dtype(p.dtype), p.d, softmax=v["softmax"], rescale=v["rescale"] == "on", bug=v["bug"],
+            o_store=v["o_store"],
         )
 
     def compile(self, p: Params, variants: Mapping[str, str], arch: str) -> host.Compiled:

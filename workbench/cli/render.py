@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -43,6 +44,8 @@ def progress(title: str, enabled: bool = True) -> Iterator[Callable[[dict], None
             return f"fixture {event.get('fixture')}"
         if event.get("phase") == "env":
             return f"on {(event.get('env') or {}).get('gpu') or 'the CPU'}"
+        if event.get("phase") == "sanitize":
+            return f"starting worker under compute-sanitizer {event.get('tool')} (10-100x slower)"
         return str(event.get("phase", ""))
 
     if terminal.interactive():
@@ -96,6 +99,7 @@ def render_run(record: dict[str, Any]) -> None:
         )
         if exported.get("skipped_fixtures"):
             console.print(f"[dim]not run through the export (they need another variant): {escape(', '.join(exported['skipped_fixtures']))}[/]")
+    render_sanitizer(record.get("sanitizer"), record.get("id"))
     for case in record.get("results", []):
         if case.get("verdict") != "FAIL":
             continue
@@ -177,7 +181,19 @@ def render_diff(d: dict[str, Any]) -> None:
     for s in d.get("speed", []):
         style = "green" if s["ratio"] >= 1 else "red"
         console.print(f"[bold]speed[/] {escape(s['case'])}: {s['a']:.1f} → {s['b']:.1f} TFLOP/s [{style}]×{s['ratio']:.3f}[/]")
-    if not (flips or metric_rows or d["params"] or d["variants"] or d["provenance"] or d["shapes"] or d["sources_changed"]):
+    if d.get("sanitizer"):
+        z = d["sanitizer"]
+        console.print(
+            f"[bold]compute-sanitizer:[/] {escape(str(z['tool'][0] or '-'))} {escape(str(z['verdict'][0] or '-'))} "
+            f"({z['findings_in_stage'][0] if z['findings_in_stage'][0] is not None else '-'} in the stage's kernels) → "
+            f"{escape(str(z['tool'][1] or '-'))} {escape(str(z['verdict'][1] or '-'))} "
+            f"({z['findings_in_stage'][1] if z['findings_in_stage'][1] is not None else '-'})"
+        )
+        for line in z["new"]:
+            console.print(f"  [red]+ {escape(line)}[/]")
+        for line in z["gone"]:
+            console.print(f"  [green]- {escape(line)}[/]")
+    if not (flips or metric_rows or d["params"] or d["variants"] or d["provenance"] or d["shapes"] or d["sources_changed"] or d.get("sanitizer")):
         console.print("[dim]no differences in verdicts, metrics, parameters, provenance or shapes[/]")
     if d["regressed"]:
         console.print("[bold red]B regresses on at least one fixture[/]")
@@ -265,3 +281,28 @@ def render_sweep(summary: dict[str, Any]) -> None:
         rows.append([*(escape(row["label"].get(a, "")) for a in axes), run_cell, *cells, row["run"] or "-", escape(row["lane"])])
     title = f"sweep {summary['id']} · {summary['stage']} · cells: fixture verdict, min cos"
     console.print(terminal.table(title, [*axes, "run", *summary["fixtures"], "run id", "where"], rows))
+
+
+def render_sanitizer(found: dict | None, run_id: str | None, limit: int = 5) -> None:
+    """wb run --sanitize: the tool's verdict and its first findings, stage kernels first."""
+    if not found:
+        return
+    clean = found.get("verdict") == "CLEAN"
+    errors = found.get("errors")
+    console.print(
+        f"{'[green]' if clean else '[red]'}compute-sanitizer {escape(str(found.get('tool')))}: "
+        f"{'clean' if clean else escape(str(found.get('verdict')))}[/] · {found.get('findings_in_stage', 0)} finding(s) in the stage's kernels, "
+        f"{found.get('findings_total', 0) - found.get('findings_in_stage', 0)} elsewhere · tool summary: "
+        f"{'no summary (the worker did not exit cleanly)' if errors is None else f'{errors} error(s)'}"
+        f" · run verdict without it: {escape(str(found.get('run_verdict')))}"
+    )
+    for finding in (found.get("findings") or [])[:limit]:
+        where = f"{Path(str(finding['file'])).name}:{finding['line']}" if finding.get("file") else "no line info"
+        tag = "" if finding.get("stage_kernel") else " [dim](not the stage's kernel)[/]"
+        console.print(f"  [red]✗[/] {escape(where)}  {escape(str(finding.get('message')))}{tag}")
+        if finding.get("kernel"):
+            console.print(f"    [dim]{escape(str(finding['kernel'])[:120])}[/]")
+        for detail in (finding.get("details") or [])[:3]:
+            console.print(f"    [dim]{escape(detail[:200])}[/]")
+    if found.get("log"):
+        console.print(f"[dim]the tool's whole log: runs/{escape(str(run_id))}/{escape(str(found['log']))}[/]")

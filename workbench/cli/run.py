@@ -11,7 +11,7 @@ import typer
 from workbench.cli import app, state
 from workbench.errors import UserError
 
-EXIT = {"PASS": 0, "FAIL": 1, "COMPILE_ERROR": 1, "CRASH": 1, "HANG": 1, "LOST": 1, "INTERRUPTED": 130}
+EXIT = {"PASS": 0, "FAIL": 1, "COMPILE_ERROR": 1, "CRASH": 1, "HANG": 1, "LOST": 1, "INTERRUPTED": 130}  # others (RACE, MEMCHECK, ...): 1
 
 
 def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
@@ -51,6 +51,11 @@ def run(
     exported: Optional[Path] = typer.Option(
         None, "--exported", help="Also run the fixtures through the op of this `wb export` folder: its outputs are judged and must equal the in-tree kernel's bit for bit (a new worker).",
     ),
+    sanitize: Optional[str] = typer.Option(
+        None, "--sanitize", metavar="TOOL",
+        help="Run under NVIDIA compute-sanitizer: memcheck, racecheck, synccheck or initcheck (a new worker, line info on, "
+        "the stage's timeout x10); findings in the stage's kernels become the verdict (MEMCHECK, RACE, SYNCCHECK, INITCHECK).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
 ) -> None:
     """Compile STAGE, run its fixtures against the reference, record and explain the run."""
@@ -66,6 +71,12 @@ def run(
         raise UserError("--timeout must be a positive number of seconds")
     if seeds is not None and seeds < 1:
         raise UserError("--seeds must be at least 1")
+    if sanitize is not None:
+        from workbench.run.sanitize import check_tool
+
+        check_tool(sanitize)
+        if host:
+            raise UserError("--sanitize runs on this machine only (run wb on the host itself)")
     export_job = None
     if exported is not None:
         from workbench.export.exported import read_manifest
@@ -95,7 +106,9 @@ def run(
 
             terminal.warn(orphan)
         warm = not fresh and os.environ.get("WB_WORKER", "warm") != "fresh"
-        record = _run_local(ws, spec, params, variants, fixture, seed, seeds, timeout, arch, warm, show=not as_json, exported=export_job)
+        record = _run_local(
+            ws, spec, params, variants, fixture, seed, seeds, timeout, arch, warm, show=not as_json, exported=export_job, sanitize=sanitize
+        )
     if as_json:
         from workbench import terminal
 
@@ -107,12 +120,12 @@ def run(
     raise typer.Exit(EXIT.get(record["verdict"], 1))
 
 
-def _run_local(ws, spec, params, variants, fixtures, seed, seeds, timeout, arch, warm, show, exported=None):
+def _run_local(ws, spec, params, variants, fixtures, seed, seeds, timeout, arch, warm, show, exported=None, sanitize=None):
     from workbench.cli.render import progress
     from workbench.run.execute import run_stage
 
     with progress(spec.id, enabled=show) as on_event:
         return run_stage(
             ws, spec, params, variants, fixtures=list(fixtures or []), seed=seed, seeds=seeds,
-            timeout=timeout, warm=warm, arch=arch, on_event=on_event, exported=exported,
+            timeout=timeout, warm=warm, arch=arch, on_event=on_event, exported=exported, sanitize=sanitize,
         )

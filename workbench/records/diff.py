@@ -100,6 +100,7 @@ def diff_runs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "shapes": shapes,
         "timing": timing,
         "speed": speed,
+        "sanitizer": _sanitizer_diff(a, b),
         "regressed": regressed,
     }
 
@@ -114,3 +115,24 @@ def _speed_diff(a: dict, b: dict) -> list[dict[str, Any]]:
         if va and vb:
             out.append({"case": case, "a": va, "b": vb, "ratio": vb / va})
     return sorted(out, key=lambda x: x["case"])
+
+
+def _where(finding: dict) -> str:
+    return f"{str(finding.get('file') or '?').rpartition('/')[2]}:{finding.get('line') or '?'} {finding.get('message')}"
+
+
+def _sanitizer_diff(a: dict, b: dict) -> dict[str, Any] | None:
+    """wb run --sanitize in either run: the tools, their verdicts, and which findings (by
+    source line and message, stage kernels only) appeared or went away."""
+    sa, sb = a.get("sanitizer") or {}, b.get("sanitizer") or {}
+    if not sa and not sb:
+        return None
+    fa = {_where(f) for f in sa.get("findings") or [] if f.get("stage_kernel")}
+    fb = {_where(f) for f in sb.get("findings") or [] if f.get("stage_kernel")}
+    return {
+        "tool": [sa.get("tool"), sb.get("tool")],
+        "verdict": [sa.get("verdict"), sb.get("verdict")],
+        "findings_in_stage": [sa.get("findings_in_stage"), sb.get("findings_in_stage")],
+        "new": sorted(fb - fa),
+        "gone": sorted(fa - fb),
+    }

@@ -75,6 +75,7 @@ def run_markdown(record: dict[str, Any]) -> str:
         out += ["```", (error.get("message") or "").strip()[:4000], "```", ""]
         if error.get("log"):
             out += ["Worker output:", "", "```", error["log"][-3000:], "```", ""]
+    out += sanitizer_markdown(record.get("sanitizer"))
     rows = fixture_rows(record)
     if rows:
         out += [
@@ -125,6 +126,31 @@ def run_markdown(record: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(out)
+
+
+def sanitizer_markdown(found: dict[str, Any] | None) -> list[str]:
+    """wb run --sanitize: the tool's verdict and findings (stage kernels first)."""
+    if not found:
+        return []
+    out = [
+        f"## compute-sanitizer {found.get('tool')}: {found.get('verdict')}",
+        "",
+        f"{found.get('findings_in_stage', 0)} finding(s) in the stage's kernels, "
+        f"{(found.get('findings_total') or 0) - (found.get('findings_in_stage') or 0)} in other kernels; the tool's summary: "
+        + ("none (the worker did not exit cleanly)" if found.get("errors") is None else f"{found['errors']} error(s)")
+        + f"; the run's verdict without the tool: {found.get('run_verdict')}. Whole log: `{found.get('log')}` beside this report.",
+        "",
+    ]
+    findings = found.get("findings") or []
+    if findings:
+        out += ["| where | finding | kernel | first details |", "|---|---|---|---|"]
+        for f in findings:
+            where = f"{Path(str(f['file'])).name}:{f['line']}" if f.get("file") else "no line info"
+            details = "; ".join(f.get("details") or [])[:300].replace("|", "\\|")
+            kernel = str(f.get("kernel") or "?")[:80] + ("" if f.get("stage_kernel") else " (not the stage's)")
+            out.append(f"| `{where}` | {str(f.get('message')).replace('|', '/')} | `{kernel}` | {details} |")
+        out.append("")
+    return out
 
 
 def diagnosis_markdown(diagnosis: Any) -> str:

@@ -145,6 +145,7 @@ def new_record(kind: str, spec: Any, params: dict[str, Any], variants: dict[str,
         "remote": None,
         "sweep": None,
         "exported": None,  # wb run --exported: the package, its configuration, skipped fixtures
+        "sanitizer": None,  # wb run --sanitize: the tool, its findings (workbench.run.sanitize)
     }
     record.update(fields)
     return record

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from workbench.errors import NoGpuError, UserError
@@ -11,6 +12,7 @@ from workbench.records.provenance import git_state, record_provenance
 from workbench.records.publish import commit
 from workbench.records.store import new_record, new_run_dir, utc_now
 from workbench.kernels.registry import StageSpec
+from workbench.run import sanitize as sanitizer
 from workbench.run.supervisor import Outcome, run_job
 from workbench.workspace import Workspace
 
@@ -29,10 +31,16 @@ def run_stage(
     on_event: Callable[[dict], None] = lambda e: None,
     env: dict[str, str] | None = None,
     exported: dict[str, str] | None = None,
+    sanitize: str | None = None,
 ) -> dict[str, Any]:
     """Run a stage and return its record (already written, with report and MEMORY.md).
-    ``exported``: {"dir", "package"} of a `wb export` (the fixtures also run through its op)."""
-    timeout = timeout or spec.timeout
+    ``exported``: {"dir", "package"} of a `wb export` (the fixtures also run through its op).
+    ``sanitize``: a compute-sanitizer tool (workbench.run.sanitize) the worker runs under."""
+    wrap = None
+    if sanitize:
+        wrap = sanitizer.wrapper(sanitizer.check_tool(sanitize), Path("sanitizer.log"))  # refused before a run folder exists
+        env = {**(env or {}), **sanitizer.environment()}
+    timeout = timeout or spec.timeout * (sanitizer.TIMEOUT_FACTOR if sanitize else 1)
     started_wall = time.perf_counter()
     started = utc_now()
     git = git_state(ws.root)
@@ -52,13 +60,19 @@ def run_stage(
     }
     if exported:
         job["exported"] = exported
+    if wrap:
+        wrap[wrap.index("--log-file") + 1] = str(run_dir / sanitizer.LOG_NAME)
+        on_event({"type": "progress", "phase": "sanitize", "tool": sanitize})
     try:
-        outcome = run_job(ws, job, timeout, on_event, warm=warm, env=env)
+        outcome = run_job(ws, job, timeout, on_event, warm=warm, env=env, wrap=wrap)
     except KeyboardInterrupt:
         outcome = Outcome(status="INTERRUPTED", message="interrupted (Ctrl-C) before the worker answered")
     result = worker_result(outcome, run_dir)
 
     verdict = result.get("verdict") if outcome.status == "result" else outcome.status
+    sanitized = None
+    if sanitize:
+        verdict, sanitized = sanitizer.summarize(sanitize, run_dir / sanitizer.LOG_NAME, verdict)
     error = result.get("error")
     if outcome.status != "result":
         error = {"message": outcome.message, "log": outcome.log_tail}
@@ -77,6 +91,7 @@ def run_stage(
         about=result.get("about"),
         fixture_notes=result.get("fixture_notes", {}),
         exported=result.get("exported"),
+        sanitizer=sanitized,
         timing={
             "compile_s": sum(c["seconds"] for c in compiles),
             "compile_cached": bool(compiles) and all(c["cached"] for c in compiles),

@@ -27,6 +27,7 @@ from workbench.run import protocol
 from workbench.workspace import Workspace
 
 START_TIMEOUT = 120.0  # seconds for a new worker to bind its socket
+EXIT_WAIT = 120.0  # seconds a wrapped once-worker gets to exit after its job (the tool's summary)
 WARM_IDLE = float(os.environ.get("WB_WORKER_IDLE", 600))  # a warm worker exits after this long idle
 
 
@@ -75,7 +76,12 @@ class Worker:
         self.reused = reused
 
     @classmethod
-    def spawn(cls, ws: Workspace, socket_path: str, once: bool, idle: float = WARM_IDLE, env: dict[str, str] | None = None) -> "Worker":
+    def spawn(
+        cls, ws: Workspace, socket_path: str, once: bool, idle: float = WARM_IDLE, env: dict[str, str] | None = None,
+        wrap: list[str] | None = None,
+    ) -> "Worker":
+        """A new worker; ``wrap`` is a command line the worker's own is appended to (wb run
+        --sanitize: compute-sanitizer). It leads the worker's process group either way."""
         logs = ws.ensure_state_dir("logs")
         log_path = logs / f"worker-{Path(socket_path).stem}.log"
         log = open(log_path, "ab")
@@ -86,6 +92,7 @@ class Worker:
         args = [sys.executable, "-m", "workbench.run.worker", "--socket", socket_path, "--idle", str(idle), "--pidfile", str(pidfile)]
         if once:
             args.append("--once")
+        args = [*(wrap or []), *args]
         popen = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=ws.root
         )
@@ -147,6 +154,21 @@ class Worker:
             except FileNotFoundError:
                 pass
 
+    def wait_exit(self, timeout: float) -> bool:
+        """Wait for a once-worker to exit by itself (a wrapping tool writes its summary when
+        it does); kill it after ``timeout`` seconds. True when it exited by itself."""
+        if self.popen is None:
+            return False
+        try:
+            self.popen.wait(timeout=timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return False
+        except KeyboardInterrupt:
+            self.kill()
+            raise
+
     def log_tail(self, since: int = 0, limit: int = 4000) -> str:
         try:
             with open(self.log_path, "rb") as fh:
@@ -200,14 +222,19 @@ def run_job(
     on_event: Callable[[dict], None] = lambda e: None,
     warm: bool = True,
     env: dict[str, str] | None = None,
+    wrap: list[str] | None = None,
 ) -> Outcome:
     """Run one job in a worker and report what happened; never raises for kernel failures.
 
-    `env` overlays os.environ for the worker (and picks the warm worker of that setting)."""
+    `env` overlays os.environ for the worker (and picks the warm worker of that setting).
+    `wrap`: a fresh worker started under this command line (see Worker.spawn), waited for
+    until it exits after the job (at most EXIT_WAIT seconds) so the tool finishes its log."""
     from filelock import FileLock, Timeout
 
     lock = None
     worker = None
+    if wrap:
+        warm = False
     if warm:
         ws.ensure_state_dir()
         tag = warm_tag(ws, env)
@@ -221,8 +248,11 @@ def run_job(
     try:
         if worker is None:
             socket_path = str(_socket_dir() / f"once-{os.getpid()}-{time.monotonic_ns()}.sock")
-            worker = Worker.spawn(ws, socket_path, once=True, env=env)
-        return _drive(worker, job, timeout, on_event)
+            worker = Worker.spawn(ws, socket_path, once=True, env=env, wrap=wrap)
+        outcome = _drive(worker, job, timeout, on_event)
+        if wrap and outcome.status in ("result", "user_error"):
+            worker.wait_exit(EXIT_WAIT)
+        return outcome
     finally:
         if lock is not None:
             lock.release()

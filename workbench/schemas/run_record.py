@@ -156,3 +156,4 @@ class RunRecord(_Model):
     remote: Optional[dict[str, Any]] = None
     sweep: Optional[dict[str, Any]] = None
     exported: Optional[dict[str, Any]] = None
+    sanitizer: Optional[dict[str, Any]] = None

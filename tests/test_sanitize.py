@@ -1,0 +1,196 @@
+"""`wb run --sanitize TOOL`: compute-sanitizer's reports become verdicts (workbench/run/sanitize.py).
+
+On the CPU: the parser on logs in the tool's format, and the whole path through `wb run` with a
+stand-in for compute-sanitizer (a script that starts the worker under it, as the tool does, and
+writes a report into the log it was given). On the GPU the real tool runs the stage C bug
+variants (tests/test_sanitize_gpu.py)."""
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from workbench.run import sanitize
+
+STAGE_FILE = "/ws/stages/fmha/stage_c_online.py"
+KERNEL = "kernel_cutlass_kernel_stagesfmhastage_c_online_FmhaOnline_object_at__0"
+
+MEMCHECK_LOG = f"""========= COMPUTE-SANITIZER
+========= Invalid __global__ write of size 4 bytes
+=========     at {KERNEL}+0x2b40 in {STAGE_FILE}:268
+=========     by thread (128,0,0) in block (1,0,0)
+=========     Address 0x7f3a4c000400 is out of bounds
+=========     and is 1 bytes after the nearest allocation at 0x7f3a4c000000 of size 1024 bytes
+=========     Saved host backtrace up to driver entry point at kernel launch time
+=========         Host Frame: cuLaunchKernelEx [0x2f5f1b] in libcuda.so.1
+=========
+========= Invalid __global__ write of size 4 bytes
+=========     at {KERNEL}+0x2b40 in {STAGE_FILE}:268
+=========     by thread (132,0,0) in block (1,0,0)
+=========
+========= ERROR SUMMARY: 2 errors
+"""
+
+RACECHECK_LOG = f"""========= COMPUTE-SANITIZER
+========= Error: Race reported between Write access at {KERNEL}+0x1f30 in {STAGE_FILE}:322
+=========     and Read access at {KERNEL}+0x2010 in {STAGE_FILE}:333 [512 hazards]
+=========
+========= RACECHECK SUMMARY: 1 hazard displayed (1 error, 0 warnings)
+"""
+
+INITCHECK_TORCH_LOG = """========= COMPUTE-SANITIZER
+========= Uninitialized __global__ memory read of size 2 bytes
+=========     at void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>(int, T2, T3)+0x90
+=========     by thread (0,0,0) in block (0,0,0)
+=========
+========= ERROR SUMMARY: 1 error
+"""
+
+
+def test_memcheck_report_names_the_kernel_the_python_line_and_the_thread():
+    parsed = sanitize.parse_log(MEMCHECK_LOG)
+    assert parsed["errors"] == 2
+    assert len(parsed["findings"]) == 2
+    first = parsed["findings"][0]
+    assert first["message"] == "Invalid __global__ write of size 4 bytes"
+    assert first["kernel"] == KERNEL and first["stage_kernel"]
+    assert (first["file"], first["line"]) == (STAGE_FILE, 268)
+    assert "by thread (128,0,0) in block (1,0,0)" in first["details"]
+    assert not any("Host Frame" in d for d in first["details"])
+
+
+def test_racecheck_analysis_counts_errors_not_hazards_and_keeps_both_sides():
+    parsed = sanitize.parse_log(RACECHECK_LOG)
+    assert (parsed["errors"], parsed["warnings"]) == (1, 0)
+    (race,) = parsed["findings"]
+    assert race["message"].startswith("Error: Race reported between Write access")
+    assert (race["file"], race["line"]) == (STAGE_FILE, 322)
+    assert any(":333" in d for d in race["details"])
+
+
+def test_findings_in_torch_kernels_do_not_decide_the_verdict(tmp_path):
+    log = tmp_path / "sanitizer.log"
+    log.write_text(INITCHECK_TORCH_LOG)
+    verdict, field = sanitize.summarize("initcheck", log, "PASS")
+    assert verdict == "PASS" and field["verdict"] == "CLEAN"
+    assert field["findings_total"] == 1 and field["findings_in_stage"] == 0
+    assert field["findings"][0]["kernel"].startswith("void at::native::vectorized_elementwise_kernel")
+    log.write_text(MEMCHECK_LOG)
+    verdict, field = sanitize.summarize("memcheck", log, "CRASH")
+    assert verdict == "MEMCHECK" and field["run_verdict"] == "CRASH" and field["findings_in_stage"] == 2
+
+
+def test_a_log_without_summary_is_marked_incomplete(tmp_path):
+    log = tmp_path / "sanitizer.log"
+    log.write_text(MEMCHECK_LOG.rsplit("=========\n", 1)[0])  # the worker was killed before the tool's summary
+    _, field = sanitize.summarize("memcheck", log, "HANG")
+    assert field["completed"] is False and field["findings_in_stage"] == 2
+    _, field = sanitize.summarize("memcheck", tmp_path / "missing.log", "CRASH")
+    assert field["findings_total"] == 0 and field["log"] is None
+
+
+# ----------------------------------------------------------------------------- through wb run
+
+FAKE_TOOL = r'''#!{python}
+"""Stand-in for compute-sanitizer: the worker runs as its child; the report goes to --log-file."""
+import json, os, subprocess, sys
+args = sys.argv[1:]
+log = args[args.index("--log-file") + 1]
+worker = args[args.index("-m") - 1:]
+with open(os.environ["FAKE_SANITIZER_SEEN"], "w") as fh:
+    json.dump({{"options": args[:args.index("-m") - 1], "lineinfo": os.environ.get("CUTE_DSL_LINEINFO"),
+               "no_caching": os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING")}}, fh)
+report = open(os.environ["FAKE_SANITIZER_REPORT"]).read()
+findings, _, summary = report.rpartition("=========\n")
+with open(log, "w") as fh:
+    fh.write(findings)
+code = subprocess.call(worker)
+with open(log, "a") as fh:
+    fh.write("=========\n" + summary)
+sys.exit(code)
+'''
+
+
+@pytest.fixture
+def fake_sanitizer(tmp_path, monkeypatch):
+    tool = tmp_path / "compute-sanitizer"
+    tool.write_text(FAKE_TOOL.format(python=sys.executable))
+    tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+    seen = tmp_path / "seen.json"
+    report = tmp_path / "report.log"
+    monkeypatch.setenv("WB_COMPUTE_SANITIZER", str(tool))
+    monkeypatch.setenv("FAKE_SANITIZER_SEEN", str(seen))
+    monkeypatch.setenv("FAKE_SANITIZER_REPORT", str(report))
+    return report, seen
+
+
+def _record(ws: Path, proc) -> dict:
+    return json.loads((ws / "runs" / json.loads(proc.stdout)["id"] / "run.json").read_text())
+
+
+def test_a_race_report_becomes_the_verdict_recorded_rendered_and_diffed(toy_ws, wb, fake_sanitizer):
+    report, seen = fake_sanitizer
+    report.write_text(RACECHECK_LOG)
+    proc = wb("run", "a", "--fixture", "toy-ones", "--sanitize", "racecheck", "--json")
+    assert proc.returncode == 1, proc.stderr
+    rec = _record(toy_ws, proc)
+    assert rec["verdict"] == "RACE"
+    found = rec["sanitizer"]
+    assert found["tool"] == "racecheck" and found["run_verdict"] == "PASS" and found["completed"]
+    assert found["findings"][0]["line"] == 322 and found["errors"] == 1
+    options = json.loads(seen.read_text())
+    assert options["lineinfo"] == "1" and options["no_caching"] == "1"
+    assert options["options"][options["options"].index("--tool") + 1] == "racecheck"
+    run_dir = toy_ws / "runs" / rec["id"]
+    assert "Race reported" in (run_dir / "sanitizer.log").read_text()
+    assert "## compute-sanitizer racecheck: RACE" in (run_dir / "report.md").read_text()
+    assert "stage_c_online.py:322" in (run_dir / "report.md").read_text()
+
+    proc = wb("run", "a", "--fixture", "toy-ones", "--sanitize", "racecheck")
+    assert proc.returncode == 1
+    assert "compute-sanitizer racecheck: RACE" in proc.stdout and "stage_c_online.py:322" in proc.stdout
+
+    report.write_text("========= COMPUTE-SANITIZER\n=========\n========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)\n")
+    proc = wb("run", "a", "--fixture", "toy-ones", "--sanitize", "racecheck", "--json")
+    assert proc.returncode == 0, proc.stderr
+    clean = _record(toy_ws, proc)
+    assert clean["verdict"] == "PASS" and clean["sanitizer"]["verdict"] == "CLEAN" and clean["sanitizer"]["errors"] == 0
+
+    diff = wb("diff-run", rec["id"], clean["id"])
+    assert "compute-sanitizer: racecheck RACE (1 in the stage's kernels) → racecheck CLEAN (0)" in diff.stdout
+    assert "- stage_c_online.py:322 Error: Race reported" in diff.stdout
+
+
+def test_the_sanitized_worker_is_a_fresh_one_each_time(toy_ws, wb, fake_sanitizer):
+    report, _ = fake_sanitizer
+    report.write_text(MEMCHECK_LOG)
+    warm = _record(toy_ws, wb("run", "a", "--fixture", "toy-ones", "--json"))
+    first = _record(toy_ws, wb("run", "a", "--fixture", "toy-ones", "--sanitize", "memcheck", "--json"))
+    second = _record(toy_ws, wb("run", "a", "--fixture", "toy-ones", "--sanitize", "memcheck", "--json"))
+    assert first["verdict"] == second["verdict"] == "MEMCHECK"
+    pids = {warm["timing"]["worker_pid"], first["timing"]["worker_pid"], second["timing"]["worker_pid"]}
+    assert len(pids) == 3 and not first["timing"]["worker_reused"] and not second["timing"]["worker_reused"]
+    assert first["timing"]["timeout_s"] == 20 * sanitize.TIMEOUT_FACTOR  # the toy stage's 20 s, scaled
+
+
+def test_refusals_are_one_line_with_exit_2_and_leave_no_run(toy_ws, wb, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no compute-sanitizer anywhere
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    monkeypatch.delenv("WB_COMPUTE_SANITIZER", raising=False)
+    for args, expected in [
+        (("--sanitize", "memchek"), "--sanitize 'memchek': expected one of memcheck, racecheck, synccheck, initcheck"),
+        (("--sanitize", "racecheck", "--host", "h100"), "--sanitize runs on this machine only"),
+    ]:
+        proc = wb("run", "a", *args)
+        assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    if not os.access("/usr/local/cuda/bin/compute-sanitizer", os.X_OK):
+        proc = wb("run", "a", "--sanitize", "racecheck")
+        assert proc.returncode == 2 and "needs NVIDIA compute-sanitizer" in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    monkeypatch.setenv("WB_COMPUTE_SANITIZER", str(tmp_path / "nope"))
+    proc = wb("run", "a", "--sanitize", "racecheck")
+    assert proc.returncode == 2 and "WB_COMPUTE_SANITIZER=" in proc.stderr and "not an executable file" in proc.stderr
+    assert not (toy_ws / "runs").exists() or not any((toy_ws / "runs").iterdir())

@@ -1,0 +1,163 @@
+"""`wb run --sanitize TOOL`: the worker runs under NVIDIA compute-sanitizer, and what the
+tool reports about the stage's kernels becomes the run's verdict.
+
+The sanitized worker is a fresh one (never the warm worker) started as
+``compute-sanitizer --tool TOOL --log-file runs/<id>/sanitizer.log ... python -m
+workbench.run.worker``. Its environment asks the DSL for line info (CUTE_DSL_LINEINFO=1,
+so findings name the Python source line; the compile cache keys it) and turns off torch's
+caching allocator (PYTORCH_NO_CUDA_MEMORY_CACHING=1: every tensor is its own allocation,
+so memcheck sees a store past an output's end instead of into the next tensor of a pool).
+
+Findings in the stage's kernels (the DSL names them ``kernel_cutlass_...``) decide the
+verdict; findings in other kernels (torch's, in the reference) are kept in the record and
+shown, but do not.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import UserError
+
+TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
+VERDICTS = {"memcheck": "MEMCHECK", "racecheck": "RACE", "synccheck": "SYNCCHECK", "initcheck": "INITCHECK"}
+TIMEOUT_FACTOR = 10  # sanitized kernels (and torch's) run 10-100x slower: the stage's timeout is scaled
+EXECUTABLE_ENV = "WB_COMPUTE_SANITIZER"
+LOG_NAME = "sanitizer.log"
+MAX_FINDINGS = 20  # kept in the record (the log keeps everything the tool printed)
+STAGE_KERNEL = re.compile(r"kernel_cutlass|cutlass_kernel")
+
+_PREFIX = "========="
+_LOCATION = re.compile(r"\bin (\S+?):(\d+)(?::(\S+))?(?=\s|$)")
+_AT_KERNEL = re.compile(r"\bat (?:0x[0-9a-f]+ in )?([A-Za-z_][\w$.<>:,()\[\] ]*?)\+0x[0-9a-f]+", re.I)
+_SUMMARY = re.compile(r"(ERROR SUMMARY|RACECHECK SUMMARY): (\d+) (?:error|hazard)")
+_RACE_ERRORS = re.compile(r"\((\d+) errors?, (\d+) warnings?\)")
+_NOT_FINDINGS = (
+    "COMPUTE-SANITIZER", "ERROR SUMMARY", "RACECHECK SUMMARY", "LEAK SUMMARY", "Target application returned",
+    "Program hit", "Saved host backtrace", "Host Frame", "Device Frame", "Note:", "Warning: Detected overflow",
+)
+
+
+def check_tool(tool: str) -> str:
+    if tool not in TOOLS:
+        raise UserError(f"--sanitize {tool!r}: expected one of {', '.join(TOOLS)}")
+    return tool
+
+
+def executable() -> str:
+    """compute-sanitizer: $WB_COMPUTE_SANITIZER, PATH, $CUDA_HOME/bin, /usr/local/cuda/bin."""
+    given = os.environ.get(EXECUTABLE_ENV)
+    if given:
+        if not (os.path.isfile(given) and os.access(given, os.X_OK)):
+            raise UserError(f"{EXECUTABLE_ENV}={given}: not an executable file")
+        return given
+    found = shutil.which("compute-sanitizer")
+    if found:
+        return found
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and os.access(candidate := os.path.join(home, "bin", "compute-sanitizer"), os.X_OK):
+            return candidate
+    raise UserError(
+        "--sanitize needs NVIDIA compute-sanitizer (part of the CUDA toolkit) and this machine has none on PATH, "
+        f"in $CUDA_HOME/bin or /usr/local/cuda/bin (or set {EXECUTABLE_ENV})"
+    )
+
+
+def wrapper(tool: str, log_path: Path, exe: str | None = None) -> list[str]:
+    """The command line the worker's own is appended to."""
+    args = [
+        exe or executable(), "--tool", tool, "--log-file", str(log_path), "--print-limit", "100",
+        "--show-backtrace", "device", "--target-processes", "all", "--error-exitcode", "0",
+    ]
+    if tool == "memcheck":
+        args += ["--leak-check", "no"]
+    if tool == "racecheck":
+        args += ["--racecheck-report", "analysis"]
+    if tool == "initcheck":
+        args += ["--track-unused-memory", "no"]
+    return args
+
+
+def environment() -> dict[str, str]:
+    return {"CUTE_DSL_LINEINFO": "1", "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
+
+
+def parse_log(text: str) -> dict[str, Any]:
+    """compute-sanitizer's log -> {"findings": [...], "errors": N or None, "warnings": N or None}.
+
+    A finding is a report's first line (``Invalid __global__ write of size 4 bytes``, ``Error:
+    Race reported between Write access at ...``) with the indented lines under it: the
+    kernel, the source location (file, line) when the code has line info, the thread and
+    block, and the detail lines."""
+    findings: list[dict[str, Any]] = []
+    errors = warnings = None
+    current = None
+    for raw in text.splitlines():
+        if not raw.startswith(_PREFIX):
+            continue
+        body = raw[len(_PREFIX):]
+        stripped = body.strip()
+        if summary := _SUMMARY.search(stripped):
+            errors = int(summary.group(2)) if errors is None else errors + int(summary.group(2))
+            if race := _RACE_ERRORS.search(stripped):
+                errors = (errors - int(summary.group(2))) + int(race.group(1))
+                warnings = (warnings or 0) + int(race.group(2))
+            current = None
+            continue
+        if not stripped:
+            current = None
+            continue
+        indented = body.startswith(" " * 5)
+        if not indented:
+            if any(stripped.startswith(word) for word in _NOT_FINDINGS):
+                current = None
+                continue
+            current = {"message": stripped[:300], "kernel": None, "file": None, "line": None, "details": []}
+            findings.append(current)
+            _locate(current, stripped)
+            continue
+        if current is None or stripped.startswith(("Host Frame", "Device Frame", "Saved host backtrace")):
+            continue
+        if len(current["details"]) < 8:
+            current["details"].append(stripped[:300])
+        _locate(current, stripped)
+    for finding in findings:
+        finding["stage_kernel"] = bool(finding["kernel"] and STAGE_KERNEL.search(finding["kernel"]))
+    return {"findings": findings, "errors": errors, "warnings": warnings}
+
+
+def _locate(finding: dict, line: str) -> None:
+    if finding["kernel"] is None and (at := _AT_KERNEL.search(line)):
+        finding["kernel"] = at.group(1).strip()
+    if finding["file"] is None and (where := _LOCATION.search(line)):
+        finding["file"], finding["line"] = where.group(1), int(where.group(2))
+        if finding["kernel"] is None and where.group(3):
+            finding["kernel"] = where.group(3)
+
+
+def summarize(tool: str, log_path: Path, run_verdict: str) -> tuple[str, dict[str, Any]]:
+    """The run's verdict under the tool, and the record's ``sanitizer`` field."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        text = ""
+    parsed = parse_log(text)
+    findings = parsed["findings"]
+    in_stage = [f for f in findings if f["stage_kernel"]]
+    field = {
+        "tool": tool,
+        "verdict": VERDICTS[tool] if in_stage else "CLEAN",
+        "run_verdict": run_verdict,
+        "errors": parsed["errors"],
+        "warnings": parsed["warnings"],
+        "findings_total": len(findings),
+        "findings_in_stage": len(in_stage),
+        "findings": (in_stage + [f for f in findings if not f["stage_kernel"]])[:MAX_FINDINGS],
+        "log": LOG_NAME if text else None,
+        "completed": parsed["errors"] is not None,  # the tool printed its summary (the worker exited)
+    }
+    return (VERDICTS[tool] if in_stage else run_verdict), field
