@@ -194,3 +194,19 @@ def test_refusals_are_one_line_with_exit_2_and_leave_no_run(toy_ws, wb, monkeypa
     proc = wb("run", "a", "--sanitize", "racecheck")
     assert proc.returncode == 2 and "WB_COMPUTE_SANITIZER=" in proc.stderr and "not an executable file" in proc.stderr
     assert not (toy_ws / "runs").exists() or not any((toy_ws / "runs").iterdir())
+
+
+def test_a_tool_that_refuses_to_start_the_worker_is_a_recorded_crash(toy_ws, wb, tmp_path, monkeypatch):
+    tool = tmp_path / "compute-sanitizer"
+    tool.write_text(
+        f"#!{sys.executable}\nimport sys\nargs = sys.argv[1:]\n"
+        "open(args[args.index('--log-file') + 1], 'w').write('========= COMPUTE-SANITIZER\\n"
+        "========= Target application doesn\\'t exist or is not a valid executable\\n')\nsys.exit(1)\n"
+    )
+    tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("WB_COMPUTE_SANITIZER", str(tool))
+    proc = wb("run", "a", "--fixture", "toy-ones", "--sanitize", "initcheck", "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    rec = _record(toy_ws, proc)
+    assert rec["verdict"] == "CRASH" and "worker exited at start" in rec["error"]["message"]
+    assert rec["sanitizer"]["findings"][0]["message"].startswith("Target application doesn't exist")

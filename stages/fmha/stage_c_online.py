@@ -47,7 +47,7 @@ the producer then blocks forever on stage 1 once n >= (stages + 2) tiles, i.e. n
 for d = 128 -- a hang by design, for the watchdog; at n = 256 it just reads tile 0 twice).
 
 ``o_store=tma|threads``: the O epilogue as above (``tma``), or staged through shared memory
-and stored by the 256 consumer threads with plain loads and stores (``threads``: after both
+with plain stores and stored by the 256 consumer threads with plain loads and stores (``threads``: after both
 WGs wrote their halves and met at a 256-thread named barrier, consumer thread t copies
 column half t // 128 of row t % 128 -- half of its rows were written by the other WG).
 Bugs for compute-sanitizer (``wb run c --sanitize TOOL``; docs/inside.md says which tool
@@ -308,21 +308,19 @@ class FmhaOnline(FmhaForwardBase):
         m_block: Int32,
         seqlen_q: Int32,
     ):
-        """o_store=threads: acc_O -> dtype -> sO[wg] (stmatrix), a named barrier over both
-        consumer WGs, then consumer thread t copies column half t // 128 of the CTA's row
-        t % 128 from sO to gO with plain loads and stores."""
+        """o_store=threads: acc_O -> dtype -> sO[wg] with plain shared stores (each thread its
+        accumulator elements; plain, not stmatrix, so compute-sanitizer's racecheck tracks them),
+        a named barrier over both consumer WGs, then consumer thread t copies column half
+        t // 128 of the CTA's row t % 128 from sO to gO with plain loads and stores."""
         rO = cute.make_rmem_tensor_like(acc_O, self.dtype)
         rO.store(acc_O.load().to(self.dtype))
-        store_atom = cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(transpose=False, num_matrices=4), self.dtype)
-        tiled_store = cute.make_tiled_copy_C(store_atom, tiled_mma_pv)
-        thr_store = tiled_store.get_slice(tidx_wg)
-        tOrO = thr_store.retile(rO)
-        tOsO = thr_store.partition_D(sO[None, None, wg])
+        tOsO = tiled_mma_pv.get_slice(tidx_wg).partition_C(sO[None, None, wg])
+        probe("tOsO_threads", tOsO)
         if const_expr(self.bug == "o_uninit"):
             if wg == 0:
-                cute.copy(tiled_store, tOrO, tOsO)
+                cute.autovec_copy(rO, tOsO)
         else:
-            cute.copy(tiled_store, tOrO, tOsO)
+            cute.autovec_copy(rO, tOsO)
         if const_expr(self.bug != "o_race"):
             cute.arch.barrier(barrier_id=3, number_of_threads=self.num_consumer_wg * common.WG_THREADS)
         t = wg * common.WG_THREADS + tidx_wg

@@ -13,7 +13,7 @@ from workbench.records.publish import commit
 from workbench.records.store import new_record, new_run_dir, utc_now
 from workbench.kernels.registry import StageSpec
 from workbench.run import sanitize as sanitizer
-from workbench.run.supervisor import Outcome, run_job
+from workbench.run.supervisor import Outcome, WorkerStartError, run_job
 from workbench.workspace import Workspace
 
 
@@ -67,6 +67,8 @@ def run_stage(
         outcome = run_job(ws, job, timeout, on_event, warm=warm, env=env, wrap=wrap)
     except KeyboardInterrupt:
         outcome = Outcome(status="INTERRUPTED", message="interrupted (Ctrl-C) before the worker answered")
+    except WorkerStartError as exc:  # e.g. a wrapping tool that refused its options: recorded, with the tool's log
+        outcome = Outcome(status="CRASH", message=str(exc))
     result = worker_result(outcome, run_dir)
 
     verdict = result.get("verdict") if outcome.status == "result" else outcome.status

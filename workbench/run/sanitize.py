@@ -77,8 +77,6 @@ def wrapper(tool: str, log_path: Path, exe: str | None = None) -> list[str]:
         args += ["--leak-check", "no"]
     if tool == "racecheck":
         args += ["--racecheck-report", "analysis"]
-    if tool == "initcheck":
-        args += ["--track-unused-memory", "no"]
     return args
 
 

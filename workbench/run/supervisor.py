@@ -31,6 +31,10 @@ EXIT_WAIT = 120.0  # seconds a wrapped once-worker gets to exit after its job (t
 WARM_IDLE = float(os.environ.get("WB_WORKER_IDLE", 600))  # a warm worker exits after this long idle
 
 
+class WorkerStartError(RuntimeError):
+    """The worker process exited, or never bound its socket, before taking a job."""
+
+
 @dataclass
 class Outcome:
     """What happened to one job, seen from the supervisor."""
@@ -102,12 +106,12 @@ class Worker:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if popen.poll() is not None:
-                raise RuntimeError(f"worker exited at start (code {popen.returncode}): {worker.log_tail()}")
+                raise WorkerStartError(f"worker exited at start (code {popen.returncode}): {worker.log_tail()}")
             if os.path.exists(socket_path):
                 return worker
             time.sleep(0.02)
         worker.kill()
-        raise RuntimeError(f"worker did not start within {START_TIMEOUT:.0f} s")
+        raise WorkerStartError(f"worker did not start within {START_TIMEOUT:.0f} s")
 
     def connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
