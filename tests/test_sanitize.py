@@ -60,6 +60,16 @@ def test_memcheck_report_names_the_kernel_the_python_line_and_the_thread():
     assert (first["file"], first["line"]) == (STAGE_FILE, 268)
     assert "by thread (128,0,0) in block (1,0,0)" in first["details"]
     assert not any("Host Frame" in d for d in first["details"])
+    assert f"at {STAGE_FILE}:268" in first["details"]  # the kernel's symbol is kept once, not in every line
+
+
+def test_one_report_per_unrolled_instruction_is_grouped_into_one_finding(tmp_path):
+    log = tmp_path / "sanitizer.log"
+    log.write_text(RACECHECK_LOG.replace("=========\n", RACECHECK_LOG.split("\n", 1)[1].rsplit("=========\n", 1)[0].replace("0x1f30", "0x1f50") + "=========\n", 1))
+    verdict, field = sanitize.summarize("racecheck", log, "PASS")
+    assert verdict == "RACE" and field["findings_in_stage"] == 2
+    (race,) = field["findings"]
+    assert race["count"] == 2 and race["message"] == f"Error: Race reported between Write access at {STAGE_FILE}:322"
 
 
 def test_racecheck_analysis_counts_errors_not_hazards_and_keeps_both_sides():

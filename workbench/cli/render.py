@@ -299,7 +299,8 @@ def render_sanitizer(found: dict | None, run_id: str | None, limit: int = 5) -> 
     for finding in (found.get("findings") or [])[:limit]:
         where = f"{Path(str(finding['file'])).name}:{finding['line']}" if finding.get("file") else "no line info"
         tag = "" if finding.get("stage_kernel") else " [dim](not the stage's kernel)[/]"
-        console.print(f"  [red]✗[/] {escape(where)}  {escape(str(finding.get('message')))}{tag}")
+        times = f" [dim](×{finding['count']})[/]" if (finding.get("count") or 1) > 1 else ""
+        console.print(f"  [red]✗[/] {escape(where)}  {escape(str(finding.get('message')))}{times}{tag}")
         if finding.get("kernel"):
             console.print(f"    [dim]{escape(str(finding['kernel'])[:120])}[/]")
         for detail in (finding.get("details") or [])[:3]:

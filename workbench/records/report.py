@@ -143,12 +143,12 @@ def sanitizer_markdown(found: dict[str, Any] | None) -> list[str]:
     ]
     findings = found.get("findings") or []
     if findings:
-        out += ["| where | finding | kernel | first details |", "|---|---|---|---|"]
+        out += ["| where | finding | times | kernel | first details |", "|---|---|---|---|---|"]
         for f in findings:
             where = f"{Path(str(f['file'])).name}:{f['line']}" if f.get("file") else "no line info"
             details = "; ".join(f.get("details") or [])[:300].replace("|", "\\|")
             kernel = str(f.get("kernel") or "?")[:80] + ("" if f.get("stage_kernel") else " (not the stage's)")
-            out.append(f"| `{where}` | {str(f.get('message')).replace('|', '/')} | `{kernel}` | {details} |")
+            out.append(f"| `{where}` | {str(f.get('message')).replace('|', '/')} | {f.get('count', 1)} | `{kernel}` | {details} |")
         out.append("")
     return out
 

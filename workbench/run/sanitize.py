@@ -34,6 +34,7 @@ STAGE_KERNEL = re.compile(r"kernel_cutlass|cutlass_kernel")
 _PREFIX = "========="
 _LOCATION = re.compile(r"\bin (\S+?):(\d+)(?::(\S+))?(?=\s|$)")
 _AT_KERNEL = re.compile(r"\bat (?:0x[0-9a-f]+ in )?([A-Za-z_][\w$.<>:,()\[\] ]*?)\+0x[0-9a-f]+", re.I)
+_SYMBOL_AT = re.compile(r"\bat (?:0x[0-9a-f]+ in )?\S+?\+0x[0-9a-f]+ in ")  # "at <kernel>+0x4950 in f.py:323"
 _SUMMARY = re.compile(r"(ERROR SUMMARY|RACECHECK SUMMARY): (\d+) (?:error|hazard)")
 _RACE_ERRORS = re.compile(r"\((\d+) errors?, (\d+) warnings?\)")
 _NOT_FINDINGS = (
@@ -114,18 +115,37 @@ def parse_log(text: str) -> dict[str, Any]:
             if any(stripped.startswith(word) for word in _NOT_FINDINGS):
                 current = None
                 continue
-            current = {"message": stripped[:300], "kernel": None, "file": None, "line": None, "details": []}
+            current = {"message": _short(stripped), "kernel": None, "file": None, "line": None, "details": []}
             findings.append(current)
             _locate(current, stripped)
             continue
         if current is None or stripped.startswith(("Host Frame", "Device Frame", "Saved host backtrace")):
             continue
         if len(current["details"]) < 8:
-            current["details"].append(stripped[:300])
+            current["details"].append(_short(stripped))
         _locate(current, stripped)
     for finding in findings:
         finding["stage_kernel"] = bool(finding["kernel"] and STAGE_KERNEL.search(finding["kernel"]))
     return {"findings": findings, "errors": errors, "warnings": warnings}
+
+
+def _short(line: str) -> str:
+    """A report line without the kernel's symbol and PC offset where a source location follows
+    (the DSL's kernel names run to hundreds of characters; the finding keeps the kernel once)."""
+    return _SYMBOL_AT.sub("at ", line)[:300]
+
+
+def group(findings: list[dict]) -> list[dict]:
+    """Findings that read the same (message, details, kernel) once, with ``count``: an
+    unrolled loop reports one race per instruction."""
+    out: dict[tuple, dict] = {}
+    for f in findings:
+        key = (f["message"], tuple(d.split(" [")[0] for d in f["details"]), f["kernel"])
+        if key in out:
+            out[key]["count"] += 1
+        else:
+            out[key] = {**f, "count": 1}
+    return list(out.values())
 
 
 def _locate(finding: dict, line: str) -> None:
@@ -154,7 +174,7 @@ def summarize(tool: str, log_path: Path, run_verdict: str) -> tuple[str, dict[st
         "warnings": parsed["warnings"],
         "findings_total": len(findings),
         "findings_in_stage": len(in_stage),
-        "findings": (in_stage + [f for f in findings if not f["stage_kernel"]])[:MAX_FINDINGS],
+        "findings": group(in_stage + [f for f in findings if not f["stage_kernel"]])[:MAX_FINDINGS],
         "log": LOG_NAME if text else None,
         "completed": parsed["errors"] is not None,  # the tool printed its summary (the worker exited)
     }
