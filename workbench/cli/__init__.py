@@ -60,7 +60,7 @@ def _root(
 
 # `wb --help` lists commands in the order of a working day, not of module imports.
 COMMAND_ORDER = [
-    "list", "shapes", "run", "sweep", "runs", "diff-run", "report", "explain", "bench", "compile",
+    "list", "shapes", "run", "sweep", "runs", "diff-run", "report", "explain", "bench", "profile", "compile",
     "fixtures", "export", "note", "new", "import", "hosts", "ps", "kill",
 ]
 

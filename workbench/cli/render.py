@@ -44,8 +44,8 @@ def progress(title: str, enabled: bool = True) -> Iterator[Callable[[dict], None
             return f"fixture {event.get('fixture')}"
         if event.get("phase") == "env":
             return f"on {(event.get('env') or {}).get('gpu') or 'the CPU'}"
-        if event.get("phase") == "sanitize":
-            return f"starting worker under compute-sanitizer {event.get('tool')} (10-100x slower)"
+        if event.get("phase") == "instrument":
+            return f"starting worker under {event.get('tool')} (slower than a plain run)"
         return str(event.get("phase", ""))
 
     if terminal.interactive():
@@ -100,6 +100,7 @@ def render_run(record: dict[str, Any]) -> None:
         if exported.get("skipped_fixtures"):
             console.print(f"[dim]not run through the export (they need another variant): {escape(', '.join(exported['skipped_fixtures']))}[/]")
     render_sanitizer(record.get("sanitizer"), record.get("id"))
+    render_profile(record.get("profile"), record.get("id"))
     for case in record.get("results", []):
         if case.get("verdict") != "FAIL":
             continue
@@ -193,7 +194,14 @@ def render_diff(d: dict[str, Any]) -> None:
             console.print(f"  [red]+ {escape(line)}[/]")
         for line in z["gone"]:
             console.print(f"  [green]- {escape(line)}[/]")
-    if not (flips or metric_rows or d["params"] or d["variants"] or d["provenance"] or d["shapes"] or d["sources_changed"] or d.get("sanitizer")):
+    if d.get("counters"):
+        rows = [
+            [escape(c["counter"]), fmt(c["a"], ".4g"), fmt(c["b"], ".4g"), f"{c['delta']:+.4g}", fmt(c["ratio"], ".3f") if c["ratio"] is not None else "-"]
+            for c in d["counters"]
+        ]
+        console.print(terminal.table("ncu counters (wb profile)", ["counter", "A", "B", "Δ", "B/A"], rows))
+    if not (flips or metric_rows or d["params"] or d["variants"] or d["provenance"] or d["shapes"] or d["sources_changed"]
+            or d.get("sanitizer") or d.get("counters")):
         console.print("[dim]no differences in verdicts, metrics, parameters, provenance or shapes[/]")
     if d["regressed"]:
         console.print("[bold red]B regresses on at least one fixture[/]")
@@ -307,3 +315,34 @@ def render_sanitizer(found: dict | None, run_id: str | None, limit: int = 5) -> 
             console.print(f"    [dim]{escape(detail[:200])}[/]")
     if found.get("log"):
         console.print(f"[dim]the tool's whole log: runs/{escape(str(run_id))}/{escape(str(found['log']))}[/]")
+
+
+PROFILE_ROWS = (
+    ("duration_us", "kernel time (µs, the card's own clocks)", ".1f"),
+    ("tensor_pipe_pct", "tensor pipe (HGMMA) active, % of peak", ".1f"),
+    ("sm_throughput_pct", "SM throughput, % of peak", ".1f"),
+    ("memory_throughput_pct", "memory throughput, % of peak", ".1f"),
+    ("l2_throughput_pct", "L2 throughput, % of peak", ".1f"),
+    ("dram_throughput_pct", "DRAM throughput, % of peak", ".1f"),
+    ("achieved_occupancy_pct", "achieved occupancy, % of peak warps", ".1f"),
+    ("registers_per_thread", "registers per thread", ".0f"),
+    ("shared_mem_per_block", "shared memory per block (bytes)", ".0f"),
+    ("smem_bank_conflicts", "shared-memory bank conflicts (LSU)", ".0f"),
+)
+
+
+def render_profile(found: dict | None, run_id: str | None) -> None:
+    """wb profile: the headline counters of the profiled kernel and its top stall reasons."""
+    if not found:
+        return
+    counters = found.get("counters")
+    if not counters:
+        console.print(f"[red]ncu profiled no stage kernel[/] (kernels in its report: {found.get('kernels', 0)})")
+        for note in found.get("notes") or []:
+            console.print(f"  [dim]{escape(note)}[/]")
+        return
+    rows = [[label, fmt(counters.get(key), spec)] for key, label, spec in PROFILE_ROWS]
+    for stall in counters.get("stalls_top5") or []:
+        rows.append([f"stall: {escape(stall['reason'])}", fmt(stall["value"], ".2f")])
+    console.print(terminal.table(f"ncu: {escape(str(found.get('kernel'))[:70])} · grid {escape(str(found.get('grid')))} · block {escape(str(found.get('block')))}", ["counter", "value"], rows))
+    console.print(f"[dim]{found.get('metrics_count')} raw metrics in runs/{escape(str(run_id))}/{escape(str(found.get('log')))}[/]")

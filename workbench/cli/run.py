@@ -71,12 +71,14 @@ def run(
         raise UserError("--timeout must be a positive number of seconds")
     if seeds is not None and seeds < 1:
         raise UserError("--seeds must be at least 1")
+    instrument = None
     if sanitize is not None:
-        from workbench.run.sanitize import check_tool
+        from workbench.run import sanitize as sanitizer
 
-        check_tool(sanitize)
+        sanitizer.check_tool(sanitize)
         if host:
             raise UserError("--sanitize runs on this machine only (run wb on the host itself)")
+        instrument = sanitizer.instrument(sanitize)
     export_job = None
     if exported is not None:
         from workbench.export.exported import read_manifest
@@ -107,7 +109,7 @@ def run(
             terminal.warn(orphan)
         warm = not fresh and os.environ.get("WB_WORKER", "warm") != "fresh"
         record = _run_local(
-            ws, spec, params, variants, fixture, seed, seeds, timeout, arch, warm, show=not as_json, exported=export_job, sanitize=sanitize
+            ws, spec, params, variants, fixture, seed, seeds, timeout, arch, warm, show=not as_json, exported=export_job, instrument=instrument
         )
     if as_json:
         from workbench import terminal
@@ -120,12 +122,56 @@ def run(
     raise typer.Exit(EXIT.get(record["verdict"], 1))
 
 
-def _run_local(ws, spec, params, variants, fixtures, seed, seeds, timeout, arch, warm, show, exported=None, sanitize=None):
+def _run_local(ws, spec, params, variants, fixtures, seed, seeds, timeout, arch, warm, show, exported=None, instrument=None):
     from workbench.cli.render import progress
     from workbench.run.execute import run_stage
 
     with progress(spec.id, enabled=show) as on_event:
         return run_stage(
             ws, spec, params, variants, fixtures=list(fixtures or []), seed=seed, seeds=seeds,
-            timeout=timeout, warm=warm, arch=arch, on_event=on_event, exported=exported, sanitize=sanitize,
+            timeout=timeout, warm=warm, arch=arch, on_event=on_event, exported=exported, instrument=instrument,
         )
+
+
+@app.command()
+def profile(
+    stage: str = typer.Argument(..., help="Stage: stage-d, d, KERNEL/stage-d or its name."),
+    n: Optional[int] = typer.Option(None, "--n", help="The stage's size parameter, shorthand for -p <size>=...."),
+    d: Optional[int] = typer.Option(None, "--d", help="Parameter d, shorthand for -p d=...."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Element type: bf16 or fp16."),
+    param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Other parameter, key=value (repeatable)."),
+    fixture: Optional[str] = typer.Option(None, "--fixture", "-f", help="The fixture whose launch is profiled (default: the stage's first)."),
+    variant: Optional[List[str]] = typer.Option(None, "--variant", "-V", help="Compile-time variant key=value (repeatable)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds before the run is killed as HANG (default: the stage's x10)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
+) -> None:
+    """Run STAGE's first launch under Nsight Compute (ncu, the card's own clocks): throughput,
+    occupancy, tensor-pipe use, bank conflicts, registers, top stall reasons, in the run record."""
+    from workbench import gpu
+    from workbench.arches import check_arch
+    from workbench.errors import NoGpuError
+    from workbench.kernels.registry import load_kernels, resolve_stage
+    from workbench.run import profile as profiler
+
+    ws = state.workspace()
+    check_arch(None)
+    spec = resolve_stage(ws, stage, load_kernels(ws))
+    params = spec.resolve_params(stage_overrides(n, d, dtype, param, spec.size_param))
+    variants = spec.resolve_variants(parse_pairs(variant, "--variant"))
+    if timeout is not None and timeout <= 0:
+        raise UserError("--timeout must be a positive number of seconds")
+    if not gpu.reachable() and gpu.stage_needs_gpu(spec.module_path):
+        raise NoGpuError(f"{spec.id} needs a CUDA GPU and this machine has none (no NVIDIA device, or CUDA_VISIBLE_DEVICES hides them)")
+    instrument = profiler.instrument()
+    ws.ensure_state_dir()
+    fixtures = [fixture] if fixture else spec.fixtures[:1]
+    record = _run_local(ws, spec, params, variants, fixtures, 0, 1, timeout, None, False, show=not as_json, instrument=instrument)
+    if as_json:
+        from workbench import terminal
+
+        terminal.print_json({k: v for k, v in record.items() if not k.startswith("_")})
+    else:
+        from workbench.cli.render import render_run
+
+        render_run(record)
+    raise typer.Exit(EXIT.get(record["verdict"], 1))

@@ -101,6 +101,7 @@ def diff_runs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "timing": timing,
         "speed": speed,
         "sanitizer": _sanitizer_diff(a, b),
+        "counters": _counter_diff(a, b),
         "regressed": regressed,
     }
 
@@ -136,3 +137,16 @@ def _sanitizer_diff(a: dict, b: dict) -> dict[str, Any] | None:
         "new": sorted(fb - fa),
         "gone": sorted(fa - fb),
     }
+
+
+def _counter_diff(a: dict, b: dict) -> list[dict[str, Any]]:
+    """wb profile in both runs: each headline counter that changed, A -> B (ratio when both
+    are non-zero): "bank conflicts 4x fewer, tensor pipe +6 points"."""
+    ca = ((a.get("profile") or {}).get("counters")) or {}
+    cb = ((b.get("profile") or {}).get("counters")) or {}
+    out = []
+    for key in ca.keys() & cb.keys():
+        va, vb = ca[key], cb[key]
+        if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and not isinstance(va, bool) and va != vb:
+            out.append({"counter": key, "a": va, "b": vb, "delta": vb - va, "ratio": vb / va if va else None})
+    return sorted(out, key=lambda c: c["counter"])

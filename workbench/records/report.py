@@ -76,6 +76,7 @@ def run_markdown(record: dict[str, Any]) -> str:
         if error.get("log"):
             out += ["Worker output:", "", "```", error["log"][-3000:], "```", ""]
     out += sanitizer_markdown(record.get("sanitizer"))
+    out += profile_markdown(record.get("profile"))
     rows = fixture_rows(record)
     if rows:
         out += [
@@ -151,6 +152,27 @@ def sanitizer_markdown(found: dict[str, Any] | None) -> list[str]:
             out.append(f"| `{where}` | {str(f.get('message')).replace('|', '/')} | {f.get('count', 1)} | `{kernel}` | {details} |")
         out.append("")
     return out
+
+
+def profile_markdown(found: dict[str, Any] | None) -> list[str]:
+    """wb profile: ncu's headline counters of the profiled kernel."""
+    if not found:
+        return []
+    counters = found.get("counters")
+    if not counters:
+        return ["## Nsight Compute", "", f"ncu profiled no stage kernel ({found.get('kernels', 0)} kernels in its report).", ""]
+    out = [
+        "## Nsight Compute (ncu, the card's own clocks)",
+        "",
+        f"`{str(found.get('kernel'))[:120]}` · grid {found.get('grid')} · block {found.get('block')} · "
+        f"{found.get('metrics_count')} raw metrics in `{found.get('log')}`",
+        "",
+        "| counter | value |",
+        "|---|---|",
+    ]
+    out += [f"| {key} | {fmt(value, '.4g')} |" for key, value in counters.items() if key != "stalls_top5"]
+    out += [f"| stall: {s['reason']} | {fmt(s['value'], '.3g')} |" for s in counters.get("stalls_top5") or []]
+    return out + [""]
 
 
 def diagnosis_markdown(diagnosis: Any) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from workbench.errors import NoGpuError, UserError
@@ -12,7 +11,7 @@ from workbench.records.provenance import git_state, record_provenance
 from workbench.records.publish import commit
 from workbench.records.store import new_record, new_run_dir, utc_now
 from workbench.kernels.registry import StageSpec
-from workbench.run import sanitize as sanitizer
+from workbench.run.instrument import Instrument
 from workbench.run.supervisor import Outcome, WorkerStartError, run_job
 from workbench.workspace import Workspace
 
@@ -31,16 +30,14 @@ def run_stage(
     on_event: Callable[[dict], None] = lambda e: None,
     env: dict[str, str] | None = None,
     exported: dict[str, str] | None = None,
-    sanitize: str | None = None,
+    instrument: Instrument | None = None,
 ) -> dict[str, Any]:
     """Run a stage and return its record (already written, with report and MEMORY.md).
     ``exported``: {"dir", "package"} of a `wb export` (the fixtures also run through its op).
-    ``sanitize``: a compute-sanitizer tool (workbench.run.sanitize) the worker runs under."""
-    wrap = None
-    if sanitize:
-        wrap = sanitizer.wrapper(sanitizer.check_tool(sanitize), Path("sanitizer.log"))  # refused before a run folder exists
-        env = {**(env or {}), **sanitizer.environment()}
-    timeout = timeout or spec.timeout * (sanitizer.TIMEOUT_FACTOR if sanitize else 1)
+    ``instrument``: a tool the worker runs under (workbench.run.sanitize, workbench.run.profile)."""
+    if instrument is not None:
+        env = {**(env or {}), **instrument.environment}
+    timeout = timeout or spec.timeout * (instrument.timeout_factor if instrument else 1)
     started_wall = time.perf_counter()
     started = utc_now()
     git = git_state(ws.root)
@@ -60,9 +57,10 @@ def run_stage(
     }
     if exported:
         job["exported"] = exported
-    if wrap:
-        wrap[wrap.index("--log-file") + 1] = str(run_dir / sanitizer.LOG_NAME)
-        on_event({"type": "progress", "phase": "sanitize", "tool": sanitize})
+    wrap = None
+    if instrument is not None:
+        wrap = instrument.command(run_dir / instrument.log_name)
+        on_event({"type": "progress", "phase": "instrument", "tool": instrument.label})
     try:
         outcome = run_job(ws, job, timeout, on_event, warm=warm, env=env, wrap=wrap)
     except KeyboardInterrupt:
@@ -72,9 +70,10 @@ def run_stage(
     result = worker_result(outcome, run_dir)
 
     verdict = result.get("verdict") if outcome.status == "result" else outcome.status
-    sanitized = None
-    if sanitize:
-        verdict, sanitized = sanitizer.summarize(sanitize, run_dir / sanitizer.LOG_NAME, verdict)
+    instrumented = {}
+    if instrument is not None:
+        verdict, found = instrument.summarize(run_dir / instrument.log_name, verdict)
+        instrumented[instrument.record_field] = found
     error = result.get("error")
     if outcome.status != "result":
         error = {"message": outcome.message, "log": outcome.log_tail}
@@ -93,7 +92,7 @@ def run_stage(
         about=result.get("about"),
         fixture_notes=result.get("fixture_notes", {}),
         exported=result.get("exported"),
-        sanitizer=sanitized,
+        **instrumented,
         timing={
             "compile_s": sum(c["seconds"] for c in compiles),
             "compile_cached": bool(compiles) and all(c["cached"] for c in compiles),

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import UserError
+from workbench.run.instrument import Instrument
 
 TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
 VERDICTS = {"memcheck": "MEMCHECK", "racecheck": "RACE", "synccheck": "SYNCCHECK", "initcheck": "INITCHECK"}
@@ -83,6 +84,21 @@ def wrapper(tool: str, log_path: Path, exe: str | None = None) -> list[str]:
 
 def environment() -> dict[str, str]:
     return {"CUTE_DSL_LINEINFO": "1", "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
+
+
+def instrument(tool: str) -> Instrument:
+    """The worker under compute-sanitizer TOOL; refused in one line (UserError) when the tool
+    name is wrong or compute-sanitizer is not installed."""
+    exe = executable() if check_tool(tool) else None
+    return Instrument(
+        label=f"compute-sanitizer {tool}",
+        record_field="sanitizer",
+        log_name=LOG_NAME,
+        command=lambda log: wrapper(tool, log, exe),
+        summarize=lambda log, verdict: summarize(tool, log, verdict),
+        environment=environment(),
+        timeout_factor=TIMEOUT_FACTOR,
+    )
 
 
 def parse_log(text: str) -> dict[str, Any]:

@@ -157,3 +157,4 @@ class RunRecord(_Model):
     sweep: Optional[dict[str, Any]] = None
     exported: Optional[dict[str, Any]] = None
     sanitizer: Optional[dict[str, Any]] = None
+    profile: Optional[dict[str, Any]] = None

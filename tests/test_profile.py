@@ -1,0 +1,120 @@
+"""`wb profile STAGE`: Nsight Compute's raw CSV -> the record's counters (workbench/run/profile.py).
+
+On the CPU: the parser on a report in ncu's `--csv --page raw` format, and the whole command
+with a stand-in for ncu (it starts the worker as its child and writes the report into the log
+it was given). The real ncu runs on the GPU (tests/test_profile_gpu.py)."""
+
+import json
+import stat
+import sys
+
+import pytest
+
+from workbench.run import profile
+
+HEADER = [
+    "ID", "Process ID", "Process Name", "Host Name", "Kernel Name", "Context", "Stream", "Block Size", "Grid Size", "Device", "CC",
+    "gpu__time_duration.sum", "sm__throughput.avg.pct_of_peak_sustained_elapsed",
+    "gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed", "sm__warps_active.avg.pct_of_peak_sustained_active",
+    "launch__registers_per_thread", "l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum",
+    "sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active",
+    "smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio",
+    "smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio",
+    "smsp__average_warps_issue_stalled_wait_per_issue_active.ratio",
+    "smsp__average_warps_issue_stalled_not_selected_per_issue_active.ratio",
+]
+UNITS = ["", "", "", "", "", "", "", "", "", "", "", "usecond", "%", "%", "%", "register/thread", "", "%", "ratio", "ratio", "ratio", "ratio"]
+
+
+def report(duration="1,089.5", conflicts="4,096", kernel="kernel_cutlass_kernel_stagesfmhastage_d_fmhaFmhaForward_0") -> str:
+    row = ["0", "4242", "python3.12", "127.0.0.1", kernel, "1", "7", "(384, 1, 1)", "(132, 1, 1)", "0", "9.0",
+           duration, "71.2", "40.5", "18.7", "168", conflicts, "63.4", "0.41", "1.92", "0.88", "0.12"]
+    quote = lambda cells: ",".join(f'"{c}"' for c in cells)
+    return (
+        "==PROF== Connected to process 4242 (/usr/bin/python3.12)\n"
+        f'==PROF== Profiling "{kernel}" - 0: 0%....50%....100% - 38 passes\n'
+        f"{quote(HEADER)}\n{quote(UNITS)}\n{quote(row)}\n"
+    )
+
+
+def test_the_raw_csv_becomes_headline_counters_and_the_top_stalls():
+    (kernel,) = profile.parse_log(report())
+    assert kernel["grid"] == "(132, 1, 1)" and len(kernel["metrics"]) == 11
+    counters = profile.headline(kernel["metrics"])
+    assert counters["duration_us"] == pytest.approx(1089.5)  # "1,089.5" usecond
+    assert counters["tensor_pipe_pct"] == pytest.approx(63.4)
+    assert counters["tensor_pipe_metric"] == "sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active"
+    assert counters["smem_bank_conflicts"] == 4096 and counters["registers_per_thread"] == 168
+    assert counters["dram_throughput_pct"] is None  # not in this report: missing, not zero
+    assert [s["reason"] for s in counters["stalls_top5"]] == ["barrier", "wait", "long_scoreboard", "not_selected"]
+
+
+def test_nanoseconds_are_converted_and_a_report_without_kernels_says_so(tmp_path):
+    units = report().replace('"usecond"', '"nsecond"').replace('"1,089.5"', '"5,312"')
+    (kernel,) = profile.parse_log(units)
+    assert profile.headline(kernel["metrics"])["duration_us"] == pytest.approx(5.312)
+    log = tmp_path / "ncu.log"
+    log.write_text("==PROF== Connected to process 1\n==WARNING== No kernels were profiled.\n")
+    verdict, field = profile.summarize(log, "PASS")
+    assert verdict == "PASS" and field["kernels"] == 0 and field["counters"] is None
+    assert field["notes"] == ["==WARNING== No kernels were profiled."]
+
+
+FAKE_NCU = r'''#!{python}
+import os, subprocess, sys
+args = sys.argv[1:]
+log = args[args.index("--log-file") + 1]
+code = subprocess.call(args[args.index("--log-file") + 2:])
+with open(os.environ["FAKE_NCU_SEEN"], "w") as fh:
+    fh.write(" ".join(args[:args.index("--log-file") + 2]))
+with open(log, "w") as fh:
+    fh.write(open(os.environ["FAKE_NCU_REPORT"]).read())
+sys.exit(code)
+'''
+
+
+@pytest.fixture
+def fake_ncu(tmp_path, monkeypatch):
+    tool = tmp_path / "ncu"
+    tool.write_text(FAKE_NCU.format(python=sys.executable))
+    tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("WB_NCU", str(tool))
+    monkeypatch.setenv("FAKE_NCU_SEEN", str(tmp_path / "seen.txt"))
+    monkeypatch.setenv("FAKE_NCU_REPORT", str(tmp_path / "report.csv"))
+    return tmp_path
+
+
+def test_wb_profile_records_shows_and_diffs_the_counters(toy_ws, wb, fake_ncu):
+    (fake_ncu / "report.csv").write_text(report(conflicts="4,096"))
+    proc = wb("profile", "a", "--json")
+    assert proc.returncode == 0, proc.stderr
+    first = json.loads(proc.stdout)
+    assert first["verdict"] == "PASS" and [c["fixture"] for c in first["results"]] == ["toy-random"]  # the first fixture, one seed
+    assert first["profile"]["counters"]["smem_bank_conflicts"] == 4096
+    seen = (fake_ncu / "seen.txt").read_text()
+    assert "--clock-control none" in seen and "--kernel-name regex:kernel_cutlass" in seen and "--page raw" in seen
+    run_dir = toy_ws / "runs" / first["id"]
+    assert (run_dir / "ncu.log").exists() and "## Nsight Compute" in (run_dir / "report.md").read_text()
+
+    (fake_ncu / "report.csv").write_text(report(conflicts="1,024", duration="1,000.0"))
+    proc = wb("profile", "a")
+    assert proc.returncode == 0
+    assert "shared-memory bank conflicts (LSU)" in proc.stdout and "1024" in proc.stdout and "stall: barrier" in proc.stdout
+    diff = wb("diff-run")  # the last two runs of the stage: the two profiles
+    assert "ncu counters (wb profile)" in diff.stdout
+    assert "smem_bank_conflicts" in diff.stdout and "0.250" in diff.stdout  # 4x fewer conflicts
+
+
+def test_refusals_are_one_line_with_exit_2(toy_ws, wb, monkeypatch, tmp_path):
+    monkeypatch.setenv("WB_NCU", str(tmp_path / "missing"))
+    proc = wb("profile", "a")
+    assert proc.returncode == 2 and "WB_NCU=" in proc.stderr and "Traceback" not in proc.stderr
+    monkeypatch.delenv("WB_NCU")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))
+    import os
+
+    if not os.access("/usr/local/cuda/bin/ncu", os.X_OK):
+        proc = wb("profile", "a")
+        assert proc.returncode == 2 and "needs NVIDIA Nsight Compute's ncu" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,156 @@
+"""`wb profile STAGE`: the stage's kernel under Nsight Compute (the `ncu` CLI), its counters
+in the run record.
+
+The worker runs as ``ncu --target-processes all --clock-control none --kernel-name
+regex:kernel_cutlass --launch-count 1 --section ... --csv --page raw --log-file
+runs/<id>/ncu.log python -m workbench.run.worker``: the first launch of a stage kernel (the DSL
+names them ``kernel_cutlass_...``) is replayed and measured; torch's kernels are not. The
+sections are Nsight Compute's own (no metric is named here that a version might not have);
+from the raw metrics they print, ``summarize`` picks the headline counters by name, and keeps
+every metric in the log. ``--clock-control none``: the card runs at its own clocks, as in
+`wb bench` (locked base clocks would make every kernel look slower than it runs).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import UserError
+from workbench.run.instrument import Instrument
+
+EXECUTABLE_ENV = "WB_NCU"
+LOG_NAME = "ncu.log"
+SECTIONS = ("SpeedOfLight", "Occupancy", "LaunchStats", "MemoryWorkloadAnalysis", "ComputeWorkloadAnalysis", "WarpStateStats")
+TIMEOUT_FACTOR = 10  # one kernel replayed once per counter pass, on top of the worker's start
+STAGE_KERNEL = "regex:kernel_cutlass"
+
+# headline counter -> candidate raw metric names, first present wins (Nsight Compute 2025.x names)
+HEADLINES: dict[str, tuple[str, ...]] = {
+    "duration_us": ("gpu__time_duration.sum",),
+    "sm_throughput_pct": ("sm__throughput.avg.pct_of_peak_sustained_elapsed",),
+    "memory_throughput_pct": ("gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed",),
+    "dram_throughput_pct": ("gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed", "dram__throughput.avg.pct_of_peak_sustained_elapsed"),
+    "l2_throughput_pct": ("lts__throughput.avg.pct_of_peak_sustained_elapsed",),
+    "achieved_occupancy_pct": ("sm__warps_active.avg.pct_of_peak_sustained_active",),
+    "registers_per_thread": ("launch__registers_per_thread",),
+    "shared_mem_per_block": ("launch__shared_mem_per_block", "launch__shared_mem_per_block_dynamic"),
+    "smem_bank_conflicts": ("l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum", "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum"),
+    "dram_bytes": ("dram__bytes.sum", "dram__bytes_read.sum"),
+}
+# tensor-core (HGMMA) utilization: the pipe metric's name differs between versions
+_TENSOR_PIPE = re.compile(r"^sm__pipe_tensor_op_(?:h?gmma|hmma)\w*cycles_active\.avg\.pct_of_peak_sustained_(?:active|elapsed)$")
+_STALL = re.compile(r"^smsp__average_warp(?:s|_latency)_issue_stalled_(\w+?)_per_(?:issue|warp)_active\.(?:ratio|pct)$")
+_UNIT_SCALE = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "second": 1e6}
+
+
+def executable() -> str:
+    """ncu: $WB_NCU, PATH, $CUDA_HOME/bin, /usr/local/cuda/bin."""
+    given = os.environ.get(EXECUTABLE_ENV)
+    if given:
+        if not (os.path.isfile(given) and os.access(given, os.X_OK)):
+            raise UserError(f"{EXECUTABLE_ENV}={given}: not an executable file")
+        return given
+    found = shutil.which("ncu")
+    if found:
+        return found
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and os.access(candidate := os.path.join(home, "bin", "ncu"), os.X_OK):
+            return candidate
+    raise UserError(
+        "wb profile needs NVIDIA Nsight Compute's ncu (part of the CUDA toolkit) and this machine has none on PATH, "
+        f"in $CUDA_HOME/bin or /usr/local/cuda/bin (or set {EXECUTABLE_ENV})"
+    )
+
+
+def command(log_path: Path, exe: str | None = None) -> list[str]:
+    args = [
+        exe or executable(), "--target-processes", "all", "--clock-control", "none",
+        "--kernel-name", STAGE_KERNEL, "--launch-count", "1",
+    ]
+    for section in SECTIONS:
+        args += ["--section", section]
+    return args + ["--csv", "--page", "raw", "--log-file", str(log_path)]
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def parse_log(text: str) -> list[dict[str, Any]]:
+    """ncu's `--csv --page raw` output -> one dict per profiled kernel: its name, and every
+    metric as {name: (value, unit)}. Lines that are not CSV (==PROF== messages) are skipped."""
+    rows = list(csv.reader(io.StringIO("\n".join(line for line in text.splitlines() if line.startswith('"')))))
+    if len(rows) < 2:
+        return []
+    header, units, data = rows[0], rows[1], rows[2:]
+    if "Kernel Name" not in header:
+        return []
+    kernels = []
+    for row in data:
+        if len(row) != len(header):
+            continue
+        values = dict(zip(header, row))
+        metrics = {
+            name: (values[name], unit) for name, unit in zip(header, units) if "__" in name and values.get(name, "") != ""
+        }
+        kernels.append({"kernel": values["Kernel Name"], "grid": values.get("Grid Size"), "block": values.get("Block Size"), "metrics": metrics})
+    return kernels
+
+
+def headline(metrics: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """The counters `wb profile` shows, from the raw metrics (None where the version lacks them)."""
+    out: dict[str, Any] = {}
+    for key, names in HEADLINES.items():
+        found = next((metrics[n] for n in names if n in metrics), None)
+        value = _number(found[0]) if found else None
+        if key == "duration_us" and value is not None:
+            value *= _UNIT_SCALE.get(found[1], 1e-3)
+        out[key] = value
+    tensor = sorted(n for n in metrics if _TENSOR_PIPE.match(n))
+    out["tensor_pipe_pct"] = _number(metrics[tensor[0]][0]) if tensor else None
+    out["tensor_pipe_metric"] = tensor[0] if tensor else None
+    stalls = []
+    for name, (value, _unit) in metrics.items():
+        if (m := _STALL.match(name)) and (v := _number(value)) is not None and not m.group(1).endswith("_not_issued"):
+            stalls.append({"reason": m.group(1), "value": v, "metric": name})
+    out["stalls_top5"] = sorted(stalls, key=lambda s: -s["value"])[:5]
+    return out
+
+
+def summarize(log_path: Path, run_verdict: str) -> tuple[str, dict[str, Any]]:
+    """The record's ``profile`` field; the verdict stays the run's (counters judge nothing)."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        text = ""
+    kernels = parse_log(text)
+    notes = [line.strip() for line in text.splitlines() if line.startswith("==") and ("ERROR" in line or "WARNING" in line)][:10]
+    field: dict[str, Any] = {"tool": "ncu", "log": LOG_NAME if text else None, "kernels": len(kernels), "notes": notes}
+    if kernels:
+        first = kernels[0]
+        field.update(kernel=first["kernel"][:300], grid=first["grid"], block=first["block"], counters=headline(first["metrics"]),
+                     metrics_count=len(first["metrics"]))
+    else:
+        field.update(kernel=None, counters=None, metrics_count=0)
+    return run_verdict, field
+
+
+def instrument() -> Instrument:
+    exe = executable()
+    return Instrument(
+        label="Nsight Compute (ncu)",
+        record_field="profile",
+        log_name=LOG_NAME,
+        command=lambda log: command(log, exe),
+        summarize=summarize,
+        timeout_factor=TIMEOUT_FACTOR,
+    )
