@@ -49,6 +49,13 @@ def test_the_raw_csv_becomes_headline_counters_and_the_top_stalls():
     assert [s["reason"] for s in counters["stalls_top5"]] == ["barrier", "wait", "long_scoreboard", "not_selected"]
 
 
+def test_bank_conflicts_counted_apart_for_loads_and_stores_are_summed():
+    metrics = {"l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum": ("1,000", ""),
+               "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum": ("24", "")}
+    assert profile.headline(metrics)["smem_bank_conflicts"] == 1024
+    assert profile.headline({})["smem_bank_conflicts"] is None
+
+
 def test_nanoseconds_are_converted_and_a_report_without_kernels_says_so(tmp_path):
     units = report().replace('"usecond"', '"nsecond"').replace('"1,089.5"', '"5,312"')
     (kernel,) = profile.parse_log(units)

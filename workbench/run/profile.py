@@ -26,7 +26,10 @@ from workbench.run.instrument import Instrument
 
 EXECUTABLE_ENV = "WB_NCU"
 LOG_NAME = "ncu.log"
-SECTIONS = ("SpeedOfLight", "Occupancy", "LaunchStats", "MemoryWorkloadAnalysis", "ComputeWorkloadAnalysis", "WarpStateStats")
+SECTIONS = (
+    "SpeedOfLight", "Occupancy", "LaunchStats", "MemoryWorkloadAnalysis", "MemoryWorkloadAnalysis_Tables",
+    "ComputeWorkloadAnalysis", "WarpStateStats",
+)
 TIMEOUT_FACTOR = 10  # one kernel replayed once per counter pass, on top of the worker's start
 STAGE_KERNEL = "regex:kernel_cutlass"
 
@@ -40,7 +43,7 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "achieved_occupancy_pct": ("sm__warps_active.avg.pct_of_peak_sustained_active",),
     "registers_per_thread": ("launch__registers_per_thread",),
     "shared_mem_per_block": ("launch__shared_mem_per_block", "launch__shared_mem_per_block_dynamic"),
-    "smem_bank_conflicts": ("l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum", "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum"),
+    "smem_bank_conflicts": ("l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum",),
     "dram_bytes": ("dram__bytes.sum", "dram__bytes_read.sum"),
 }
 # tensor-core (HGMMA) utilization: the pipe metric's name differs between versions
@@ -115,12 +118,16 @@ def headline(metrics: dict[str, tuple[str, str]]) -> dict[str, Any]:
         if key == "duration_us" and value is not None:
             value *= _UNIT_SCALE.get(found[1], 1e-3)
         out[key] = value
+    if out["smem_bank_conflicts"] is None:  # some versions count loads and stores apart
+        parts = [_number(metrics[n][0]) for n in (f"l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_{op}.sum" for op in ("ld", "st")) if n in metrics]
+        out["smem_bank_conflicts"] = sum(v for v in parts if v is not None) if parts and None not in parts else None
     tensor = sorted(n for n in metrics if _TENSOR_PIPE.match(n))
-    out["tensor_pipe_pct"] = _number(metrics[tensor[0]][0]) if tensor else None
+    out["tensor_pipe_pct"] = _number(metrics[tensor[0]][0]) if tensor else None  # Hopper counts HGMMA on the hmma pipe
     out["tensor_pipe_metric"] = tensor[0] if tensor else None
     stalls = []
     for name, (value, _unit) in metrics.items():
-        if (m := _STALL.match(name)) and (v := _number(value)) is not None and not m.group(1).endswith("_not_issued"):
+        # "selected" is the issuing warp itself, not a stall
+        if (m := _STALL.match(name)) and (v := _number(value)) is not None and m.group(1) != "selected" and not m.group(1).endswith("_not_issued"):
             stalls.append({"reason": m.group(1), "value": v, "metric": name})
     out["stalls_top5"] = sorted(stalls, key=lambda s: -s["value"])[:5]
     return out
