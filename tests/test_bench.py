@@ -116,6 +116,39 @@ def test_speed_block_in_memory(tmp_path):
     assert [e["peers"] for e in saved.values()] == [{"fa4": 645.0, "sdpa-cudnn": 605.0, "sdpa-flash": None}]
 
 
+def test_the_speed_chart_beside_the_record_and_in_the_perf_doc(tmp_path):
+    """With matplotlib: the bench record's chart is written beside it (runs/<id>/speed.png), its
+    bars follow the numbers (wb's bar 600/645 of FA4's length), and the perf doc embeds the
+    chart it is given; without a timed case there is no chart."""
+    pytest.importorskip("matplotlib")
+    import numpy as np
+    import matplotlib.image
+
+    from workbench.records import charts
+
+    record = {**fake_bench_record(), "_dir": str(tmp_path / "run"), "id": "20261127-000000-000000"}
+    bench.record_speed(Workspace(tmp_path), record)
+    img = matplotlib.image.imread(record["_chart"])[..., :3]
+    assert record["_chart"].endswith("run/speed.png") and img.shape[0] >= 300 and img.shape[1] >= 900
+
+    def bar_length(rgb_hex):
+        rgb = np.array([int(rgb_hex[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+        mask = np.abs(img - rgb).max(axis=-1) < 0.02
+        longest = 0  # the longest unbroken run of that colour in a row: the bar (labels are broken glyphs)
+        for row in mask[mask.any(axis=1)]:
+            edges = np.diff(np.concatenate([[0], row.astype(int), [0]]))
+            starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+            longest = max(longest, int((ends - starts).max()))
+        return longest
+
+    assert bar_length(charts.WB_COLOUR) / bar_length(charts.PEER_COLOURS[0]) == pytest.approx(600 / 645, abs=0.02)
+    kernel, _ = fmha()
+    assert "![TFLOP/s per case beside the peers" in bench.perf_markdown(fake_bench_record(), kernel, "perf.png")
+    assert "![" not in bench.perf_markdown(fake_bench_record(), kernel)
+    empty = {**fake_bench_record(), "bench": [{**fake_bench_record()["bench"][0], "tflops": None}]}
+    assert charts.draw_speed_chart(tmp_path / "none.png", empty) is None
+
+
 def test_a_sweep_reads_as_one_row_per_d_causal_dtype_and_an_odd_case_gets_its_own():
     rows = [(c["row"], c["params"]["n"]) for c in planned({"n": ["1024", "4096"]})]
     assert rows == [("d=128 causal=False dtype=bf16", 1024), ("d=128 causal=False dtype=bf16", 4096)]

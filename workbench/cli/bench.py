@@ -73,8 +73,11 @@ def bench(
     if sweep and record["verdict"] in ("PASS", "FAIL") and record.get("bench"):
         from workbench.records.store import atomic_write_text
 
+        from workbench.records.charts import draw_speed_chart
+
         perf = ws.root / lib.perf_doc_path(kernel, spec)
-        atomic_write_text(perf, lib.perf_markdown(record, kernel))
+        chart = draw_speed_chart(perf.with_suffix(".png"), record, tuple(kernel.bench.yardsticks))
+        atomic_write_text(perf, lib.perf_markdown(record, kernel, chart.name if chart else None))
         record["perf_md"] = str(perf)
     if as_json:
         from workbench.terminal import print_json
@@ -112,5 +115,7 @@ def render_bench(record: dict) -> None:
         console.print(f"[dim]note: {escape(note)}[/]")
     if record.get("error"):
         console.print(f"[red]{escape(record['error'].get('message', ''))}[/]")
+    if record.get("_chart"):
+        console.print(f"[dim]chart: {escape(record['_chart'])}[/]")
     if record.get("perf_md"):
         console.print(f"wrote {record['perf_md']}")

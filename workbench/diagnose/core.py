@@ -43,7 +43,8 @@ from typing import Any, Iterable, Mapping
 
 from workbench.compare import unwritten_mask
 from workbench.diagnose.catalog import hooks_for, mutants_for, views_for
-from workbench.diagnose.errormap import draw_error_map, error_map
+from workbench.diagnose import pictures
+from workbench.diagnose.errormap import error_map
 from workbench.diagnose.evidence import build_evidence
 from workbench.diagnose.readmap import read_map
 from workbench.diagnose.registry import Mutant, MutantContext, NotApplicable, Pred, Views, role_of
@@ -226,11 +227,16 @@ def diagnose(
     diag.reference_score = max((f.score for f in diag.reference.values()), default=0.0)
 
     # error maps and pictures
+    if pdir is not None and not pictures.available():
+        diag.notes.append(f"no pictures: {pictures.INSTALL} draws them")
     for n in names:
         emap, drawing = error_map(n, actual[n][0], actual[n][1], refc[n][0], refc[n][1], eps_of(stage_outputs[n]), params, views)
-        if pdir is not None:
+        if pdir is not None and pictures.available():
             try:
-                path = draw_error_map(pdir / f"{stem}-{n}-error.png", drawing)
+                path = pictures.draw_error_map(
+                    pdir / f"{stem}-{n}-error.png", drawing, title=f"{n}: {emap.summary}", row_label=emap.row_label,
+                    col_label=emap.col_label, col_names=emap.col_names,
+                )
                 emap.picture = path.name
                 diag.pictures.append(path.name)
             except Exception as exc:  # a picture must never break the diagnosis

@@ -10,9 +10,6 @@ blocks.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from workbench.diagnose import png
 from workbench.diagnose.registry import Views
 from workbench.diagnose.result import ErrorMap
 
@@ -125,33 +122,3 @@ def error_map(name, actual_vals, actual_cls, ref_vals, ref_cls, eps: float, para
     )
     drawing = {"err": e2, "bad": b2, "unwritten": canvas(unwritten, name, params, views)[0], "scale": scale, "tile": (tr, tc), "group": group}
     return emap, drawing
-
-
-def draw_error_map(path: Path, drawing: dict) -> Path:
-    """Write the element-level heatmap of |err| / max|ref| (tiles outlined) to `path`."""
-    import torch
-
-    ratio = drawing["err"].float() / drawing["scale"]
-    pooled, fy, fx = png.pool_max(ratio)
-    bad = png.pool_any(drawing["bad"], fy, fx)
-    unw = png.pool_any(drawing["unwritten"], fy, fx)
-    img = png.error_rgb(torch.nan_to_num(pooled, nan=0.0), bad=bad & ~unw, unwritten=unw)
-    wx = max(1, -(-96 // img.shape[1]))  # narrow canvases (vectors): widen each column
-    if wx > 1:
-        img = img.repeat_interleave(wx, dim=1)
-    img, f = png.upscale(img)
-    tr, tc = drawing["tile"]
-    group = drawing["group"]
-    H, W = img.shape[:2]
-    ys = [int(k * tr / fy * f) for k in range(1, -(-ratio.shape[0] // tr))]
-    step_x = (group or tc)
-    xs = [int(k * step_x / fx * f * wx) for k in range(1, -(-ratio.shape[1] // step_x))]
-    if len(ys) > 1 and H / (len(ys) + 1) < 6:
-        ys = []
-    if len(xs) > 1 and W / (len(xs) + 1) < 6:
-        xs = []
-    png.draw_lines(img, rows=ys, cols=xs, color=png.GRID_MAJOR if group else png.GRID)
-    legend = png.legend_strip(W)
-    gap = torch.zeros((4, W, 3), dtype=torch.uint8)
-    img = torch.cat([img.cpu(), gap, legend], dim=0)
-    return png.tensor_to_png(path, img)

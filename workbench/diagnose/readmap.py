@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from workbench.diagnose import png
+from workbench.diagnose import pictures
 from workbench.diagnose.errormap import _ranges
 from workbench.diagnose.result import ReadMap
 
@@ -139,8 +139,8 @@ def read_map(name, og, eg, vg, labels: list[str] | None = None, picture: Path | 
     if not columns_moved:  # else every row was read, only its columns moved
         rm.tile_pairs = tile_pairs(confusion, T)
         rm.tile_summary = tile_rule(rm.tile_pairs, T, same_row)
-    if picture is not None:
-        draw_read_map(picture, exp_rows, got_rows, N)
+    if picture is not None and pictures.available():  # without matplotlib the diagnosis notes it once
+        pictures.draw_read_map(picture, exp_rows, got_rows, N, KV_TILE, labels, title=f"read map of {name}: {rm.summary}")
         rm.picture = picture.name
     return rm
 
@@ -224,46 +224,3 @@ def column_rule(cols: list[int] | None) -> str:
         rule = f"V column {n - 1}-c"
     rule = rule or "V column " + ", ".join(f"{i}<-{c}" for i, c in enumerate(cols) if i != c)[:300]
     return f"every query read its intended V row, but O's columns are {what} V's: O column c holds {rule}"
-
-
-def draw_read_map(path: Path, exp_rows, got_rows, n_keys: int) -> Path:
-    """x: queries (groups side by side: e.g. fmha's heads), y: key rows (KV tiles outlined); grey = intended row,
-    green = read the intended row, red = read another row, magenta tick at the top = read
-    no V row."""
-    import torch
-
-    G, M = exp_rows.shape
-    rows = G * M
-    fx = -(-rows // png.MAX_SIDE)
-    fy = -(-n_keys // 512)
-    W, H = -(-rows // fx), -(-n_keys // fy)
-    img = torch.full((H + 4, W, 3), 16, dtype=torch.uint8)
-    x = (torch.arange(rows) // fx).view(G, M)
-    exp_rows, got_rows = exp_rows.cpu(), got_rows.cpu()
-    valid = exp_rows >= 0
-    ys = [4 + int(k * KV_TILE / fy) for k in range(1, -(-n_keys // KV_TILE))]
-    if len(ys) < H / 4:
-        png.draw_lines(img, rows=ys, color=(60, 60, 60))
-    groups = [int(g * M / fx) for g in range(1, G)]
-    png.draw_lines(img, cols=groups, color=(140, 140, 140))
-    ok = valid & (got_rows == exp_rows)
-    wrong = valid & (got_rows >= 0) & ~ok
-    none = valid & (got_rows < 0)
-    _dots(img, 4 + exp_rows[valid] // fy, x[valid], (110, 110, 110))
-    _dots(img, 4 + got_rows[ok] // fy, x[ok], (60, 230, 60))
-    _dots(img, 4 + got_rows[wrong] // fy, x[wrong], (255, 60, 60))
-    for r in range(3):
-        img[r, x[none]] = torch.tensor(png.MAGENTA, dtype=torch.uint8)
-    img, _ = png.upscale(img)
-    return png.tensor_to_png(path, img)
-
-
-def _dots(img, ys, xs, color, r: int = 1):
-    """3x3 (radius r) dots at pixel (ys, xs), clipped to the image below the top band."""
-    import torch
-
-    H, W, _ = img.shape
-    c = torch.tensor(color, dtype=torch.uint8)
-    for dy in range(-r, r + 1):
-        for dx in range(-r, r + 1):
-            img[(ys + dy).clamp(4, H - 1), (xs + dx).clamp(0, W - 1)] = c

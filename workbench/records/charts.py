@@ -1,0 +1,84 @@
+"""The speed chart of a bench record, with matplotlib (the optional `pictures` extra): one
+group of bars per case (the stage's TFLOP/s and each peer's, timed in the same call), the
+card's measured dense matmul peak as a line with a %-of-peak axis above, and wb's ratio to the
+best peer (yardsticks left out) at the end of its bar. `wb bench` writes it to
+runs/<id>/speed.png; `wb bench --sweep` also beside the kernel's perf doc (docs/perf.png for
+fmha), which embeds it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from workbench.diagnose.pictures import available, pyplot
+
+WB_COLOUR = "#1f4e79"
+PEER_COLOURS = ["#e07b39", "#7a9e3a", "#9b59b6", "#c0392b", "#16a085", "#7f8c8d"]
+
+
+def case_label(case: dict[str, Any]) -> str:
+    """A short row label: the case's row and its column value (n=4096), else the case text."""
+    column = case.get("column") or "n"
+    value = (case.get("params") or {}).get(column)
+    if case.get("row") is not None and value is not None:
+        return f"{case['row']} · {column}={value}"
+    return str(case.get("case", "?"))
+
+
+def best_peer(case: dict[str, Any], yardsticks: tuple[str, ...] = ()) -> float | None:
+    values = [p.get("tflops") for name, p in (case.get("peers") or {}).items() if name not in yardsticks and p.get("tflops")]
+    return max(values) if values else None
+
+
+def draw_speed_chart(path: Path, record: dict[str, Any], yardsticks: tuple[str, ...] = ()) -> Path | None:
+    """The chart of ``record`` (a bench record) at ``path``; None when there is nothing timed or
+    matplotlib is not installed."""
+    cases = [c for c in record.get("bench") or [] if c.get("tflops")]
+    if not cases or not available():
+        return None
+    plt = pyplot()
+    peers = sorted({name for c in cases for name, p in (c.get("peers") or {}).items() if p.get("tflops")})
+    series = [f"wb {record['stage']}"] + peers
+    n = len(cases)
+    bar = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(10, max(3.4, 1.6 + n * (0.35 + 0.22 * len(series)))), constrained_layout=True)
+    for s, name in enumerate(series):
+        values = [c["tflops"] if s == 0 else ((c.get("peers") or {}).get(name) or {}).get("tflops") or 0.0 for c in cases]
+        ys = [i + (s - (len(series) - 1) / 2) * bar for i in range(n)]
+        ax.barh(ys, values, height=bar * 0.92, color=WB_COLOUR if s == 0 else PEER_COLOURS[(s - 1) % len(PEER_COLOURS)], label=name)
+        for y, value, c in zip(ys, values, cases):
+            if s == 0:
+                best = best_peer(c, yardsticks)
+                text = f"{c['tflops']:.0f}" + (f"  ×{c['tflops'] / best:.2f} of the best peer" if best else "")
+                ax.text(value, y, " " + text, va="center", fontsize=8, color=WB_COLOUR, fontweight="bold")
+            elif value:
+                ax.text(value, y, f" {value:.0f}", va="center", fontsize=7, color="0.35")
+    ax.set_yticks(range(n), [case_label(c) for c in cases], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("TFLOP/s (median, L2 flushed, every kernel checked first)")
+    peak = (record.get("peak") or {}).get("tflops")
+    right = max([c["tflops"] for c in cases] + [p.get("tflops") or 0 for c in cases for p in (c.get("peers") or {}).values()])
+    if peak:
+        ax.axvline(peak, color="0.3", linestyle="--", linewidth=1)
+        ax.text(peak, 0.02, f"peak {peak:.0f} ", transform=ax.get_xaxis_transform(), rotation=90,
+                fontsize=8, color="0.3", ha="right", va="bottom")
+        top = ax.secondary_xaxis("top", functions=(lambda x: 100 * x / peak, lambda p: p * peak / 100))
+        top.set_xlabel("% of the card's dense bf16 matmul")
+        right = max(right, peak)
+    ax.set_xlim(0, right * 1.25)
+    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    prov = record.get("provenance") or {}
+    ax.set_title(
+        f"{record['stage']} on {prov.get('gpu') or '?'} · run {record.get('id', '?')} · commit {(prov.get('commit') or '?')[:10]}"
+        + (" (dirty)" if prov.get("dirty") else ""), fontsize=9,
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    try:
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+    return path
