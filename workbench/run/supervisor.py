@@ -73,6 +73,7 @@ def pid_dir(ws: Workspace) -> Path:
 class Worker:
     def __init__(self, pid: int, socket_path: str, log_path: Path, popen: subprocess.Popen | None, reused: bool):
         self.pidfile: Path | None = None
+        self.pidfile_glob: tuple[Path, str] | None = None
         self.pid = pid
         self.socket_path = socket_path
         self.log_path = log_path
@@ -103,6 +104,8 @@ class Worker:
         log.close()
         worker = cls(popen.pid, socket_path, log_path, popen, reused=False)
         worker.pidfile = procs.pidfile_for(pidfile, popen.pid)  # the worker writes <stem>-<pid>.json
+        if wrap:  # the worker is the wrapping tool's child: its pid file carries the child's pid
+            worker.pidfile_glob = (pidfile.parent, f"{pidfile.stem}-*.json")
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if popen.poll() is not None:
@@ -150,7 +153,8 @@ class Worker:
             deadline = time.monotonic() + 10
             while self.alive() and time.monotonic() < deadline:
                 time.sleep(0.02)
-        for path in (self.socket_path, self.pidfile):
+        stale = sorted(self.pidfile_glob[0].glob(self.pidfile_glob[1])) if self.pidfile_glob else []
+        for path in (self.socket_path, self.pidfile, *stale):
             if path is None:
                 continue
             try:
