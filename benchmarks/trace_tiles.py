@@ -8,7 +8,12 @@ beside the untraced kernel, and prints the median duration of each part of a wor
                   -> last PV -> finish + LSE -> O store -> next tile's start
     producer:     start -> first K slot -> Q slots -> last V issued
 
-    python benchmarks/trace_tiles.py --d 64 --s 1024 [--causal] [-V name=value ...] [--json out.json]
+    python benchmarks/trace_tiles.py --d 64 --s 1024 [--causal] [-V name=value ...] [--json out.json] [--perfetto out.trace.json]
+    python benchmarks/trace_tiles.py --from-json out.json --perfetto out.trace.json     # no GPU: an earlier run's stamps
+
+--perfetto writes the launch as a tile timeline (one process per CTA, one thread per
+warpgroup, each work tile with its phases nested; workbench/run/timeline.py) that
+ui.perfetto.dev and chrome://tracing open.
 
 Run on the GPU machine from the repo root. The stamps add a few instructions per tile; the
 traced/untraced time ratio is printed so the reader knows how far to trust the figures.
@@ -19,6 +24,9 @@ import json
 import math
 import statistics
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # stages/ and workbench/ from this checkout
 
 CONSUMER_PARTS = [
     ("Q wait", 0, 1),
@@ -43,6 +51,8 @@ def parse_args(argv):
     ap.add_argument("-V", dest="variants", action="append", default=[], help="stage D variant name=value")
     ap.add_argument("--launches", type=int, default=1, help="traced launches; more than one prints one line per launch")
     ap.add_argument("--json", help="write the raw stamps and the summary here")
+    ap.add_argument("--perfetto", help="write the traced launch as a Perfetto / Chrome trace (JSON) here")
+    ap.add_argument("--from-json", help="no GPU: read the stamps an earlier --json wrote (for --perfetto)")
     return ap.parse_args(argv)
 
 
@@ -110,8 +120,55 @@ def summarize(words, ctas, wgs, n_steps):
     return summary
 
 
+def write_perfetto(path, words, ctas, wgs, title, meta):
+    """The stamps of one traced launch as a Perfetto / Chrome trace file; prints its summary."""
+    from stages.fmha import trace
+    from workbench.run import timeline
+
+    slices, clocks = trace.decode(words, ctas, wgs)
+    events = timeline.chrome_trace(slices, clocks, title, trace.lanes(wgs), meta)
+    problems = timeline.validate(events)
+    if problems:
+        sys.exit("trace_tiles: the trace would not load as intended: " + "; ".join(problems[:3]))
+    with open(path, "w") as f:
+        json.dump(events, f)
+    s = timeline.summarize(slices, clocks)
+    print(f"perfetto trace: {path} ({len(events['traceEvents'])} events, {s['ctas']} CTAs, tiles per CTA {s['tiles_per_cta']}; "
+          f"CTA start skew {s['cta_start_skew_ns'] / 1e3:.3f} us, CTA ends {s['cta_end_first_ns'] / 1e3:.1f} / "
+          f"{s['cta_end_median_ns'] / 1e3:.1f} / {s['cta_end_last_ns'] / 1e3:.1f} us (first / median / last))")
+
+
+def consumer_wgs_of(args) -> int:
+    """The consumer warpgroups stage D builds for these arguments (no compile, no GPU)."""
+    from stages.fmha import common
+    from stages.fmha import stage_d_fmha as sd
+
+    heads = args.heads or max(1, 2048 // args.d)
+    options = sd.kernel_options(dict(v.split("=", 1) for v in args.variants))
+    return sd.FmhaForward(common.cute_dtype(args.dtype), args.d, heads, heads, causal=args.causal, **options).num_consumer_wg
+
+
+def from_json(args) -> None:
+    with open(args.from_json) as f:
+        saved = json.load(f)
+    for key, value in saved["args"].items():
+        if key not in ("json", "perfetto", "from_json"):
+            setattr(args, key, value)
+    from stages.fmha.stage_d_fmha import trace_clock_word
+
+    words = saved["words"]
+    ctas = saved.get("ctas") or next(c for c in range(1, 100000) if trace_clock_word(c, c) == len(words))
+    wgs = saved.get("consumer_wgs") or consumer_wgs_of(args)
+    title = f"stage D d={args.d} s={args.s} causal={args.causal} {args.dtype} (stamps of {args.from_json})"
+    write_perfetto(args.perfetto, words, ctas, wgs, title, {"args": saved["args"], "untraced_us": saved.get("untraced_us")})
+
+
 def main(argv=None):
     args = parse_args(argv if argv is not None else sys.argv[1:])
+    if args.from_json:
+        if not args.perfetto:
+            sys.exit("trace_tiles: --from-json needs --perfetto FILE")
+        return from_json(args)
     import torch
     from cutlass import Int32
 
@@ -203,10 +260,14 @@ def main(argv=None):
             print(f"  {sm_['CTA end: last'] / 1e3:8.1f} {sm_['CTA start: last'] / 1e3:8.1f}"
                   f" {sm_['CTA end: first'] / 1e3:8.1f} {sm_['CTA end: median'] / 1e3:8.1f}"
                   f" {sm_['steady step (one)'] / 1e3:7.3f} {sm_['tile (start to start)'] / 1e3:7.3f}")
+    words = buf.cpu().tolist()
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "summary_ns": summary, "untraced_us": t_plain, "traced_us": t_traced,
-                       "max_err": err, "words": buf.cpu().tolist()}, f)
+                       "max_err": err, "ctas": ctas, "consumer_wgs": wgs, "words": words}, f)
+    if args.perfetto:
+        title = f"stage D d={d} s={s} batch={batch} heads={heads} causal={args.causal} {args.dtype} on {torch.cuda.get_device_name()}"
+        write_perfetto(args.perfetto, words, ctas, wgs, title, {"args": vars(args), "untraced_us": t_plain, "traced_us": t_traced})
 
 
 if __name__ == "__main__":
