@@ -22,13 +22,16 @@ HEADER = [
     "smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio",
     "smsp__average_warps_issue_stalled_wait_per_issue_active.ratio",
     "smsp__average_warps_issue_stalled_not_selected_per_issue_active.ratio",
+    "dram__bytes_read.sum", "dram__bytes_write.sum", "dram__bytes_read.sum.per_second", "dram__bytes_read.sum.pct_of_peak_sustained_elapsed",
 ]
-UNITS = ["", "", "", "", "", "", "", "", "", "", "", "usecond", "%", "%", "%", "register/thread", "", "%", "ratio", "ratio", "ratio", "ratio"]
+UNITS = ["", "", "", "", "", "", "", "", "", "", "", "usecond", "%", "%", "%", "register/thread", "", "%", "ratio", "ratio", "ratio", "ratio",
+         "byte", "byte", "byte/s", "%"]
 
 
 def report(duration="1,089.5", conflicts="4,096", kernel="kernel_cutlass_kernel_stagesfmhastage_d_fmhaFmhaForward_0") -> str:
     row = ["0", "4242", "python3.12", "127.0.0.1", kernel, "1", "7", "(384, 1, 1)", "(132, 1, 1)", "0", "9.0",
-           duration, "71.2", "40.5", "18.7", "168", conflicts, "63.4", "0.41", "1.92", "0.88", "0.12"]
+           duration, "71.2", "40.5", "18.7", "168", conflicts, "63.4", "0.41", "1.92", "0.88", "0.12",
+           "6,144", "2,048", "480,000,000,000", "10"]
     quote = lambda cells: ",".join(f'"{c}"' for c in cells)
     return (
         "==PROF== Connected to process 4242 (/usr/bin/python3.12)\n"
@@ -39,13 +42,17 @@ def report(duration="1,089.5", conflicts="4,096", kernel="kernel_cutlass_kernel_
 
 def test_the_raw_csv_becomes_headline_counters_and_the_top_stalls():
     (kernel,) = profile.parse_log(report())
-    assert kernel["grid"] == "(132, 1, 1)" and len(kernel["metrics"]) == 11
+    assert kernel["grid"] == "(132, 1, 1)" and len(kernel["metrics"]) == 15
     counters = profile.headline(kernel["metrics"])
     assert counters["duration_us"] == pytest.approx(1089.5)  # "1,089.5" usecond
     assert counters["tensor_pipe_pct"] == pytest.approx(63.4)
     assert counters["tensor_pipe_metric"] == "sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active"
     assert counters["smem_bank_conflicts"] == 4096 and counters["registers_per_thread"] == 168
     assert counters["dram_throughput_pct"] is None  # not in this report: missing, not zero
+    assert counters["dram_bytes"] == 8192 and counters["dram_peak_gbps"] == pytest.approx(4800)  # 480 GB/s is 10% of it
+    roof = profile.roofline(counters, 2.0e9)
+    assert roof["tflops"] == pytest.approx(2.0e9 / 1089.5e-6 / 1e12) and roof["intensity"] == pytest.approx(2.0e9 / 8192)
+    assert profile.roofline(counters, None) is None
     assert [s["reason"] for s in counters["stalls_top5"]] == ["barrier", "wait", "long_scoreboard", "not_selected"]
 
 
@@ -102,6 +109,10 @@ def test_wb_profile_records_shows_and_diffs_the_counters(toy_ws, wb, fake_ncu):
     assert "--clock-control none" in seen and "--kernel-name regex:kernel_cutlass" in seen and "--page raw" in seen
     run_dir = toy_ws / "runs" / first["id"]
     assert (run_dir / "ncu.log").exists() and "## Nsight Compute" in (run_dir / "report.md").read_text()
+    roof = first["profile"]["roofline"]  # the toy stage's flops(): one per element, 128 x 64
+    assert roof["flops"] == 128 * 64 and roof["intensity"] == pytest.approx(128 * 64 / 8192)
+    if first["profile"]["picture"]:  # matplotlib installed
+        assert (run_dir / "roofline.png").exists() and "![the kernel on the card's roofline](roofline.png)" in (run_dir / "report.md").read_text()
 
     (fake_ncu / "report.csv").write_text(report(conflicts="1,024", duration="1,000.0"))
     proc = wb("profile", "a")

@@ -345,4 +345,9 @@ def render_profile(found: dict | None, run_id: str | None) -> None:
     for stall in counters.get("stalls_top5") or []:
         rows.append([f"stall: {escape(stall['reason'])}", fmt(stall["value"], ".2f")])
     console.print(terminal.table(f"ncu: {escape(str(found.get('kernel'))[:70])} · grid {escape(str(found.get('grid')))} · block {escape(str(found.get('block')))}", ["counter", "value"], rows))
+    roof = found.get("roofline") or {}
+    if roof.get("tflops"):
+        where = f"{roof['intensity']:.0f} FLOP per DRAM byte" if roof.get("intensity") else "no DRAM byte count"
+        console.print(f"roofline: {roof['tflops']:.0f} TFLOP/s at {where} (the stage's FLOPs over ncu's kernel time)"
+                      + (f" · picture: runs/{escape(str(run_id))}/{escape(found['picture'])}" if found.get("picture") else ""))
     console.print(f"[dim]{found.get('metrics_count')} raw metrics in runs/{escape(str(run_id))}/{escape(str(found.get('log')))}[/]")

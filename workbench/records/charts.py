@@ -82,3 +82,49 @@ def draw_speed_chart(path: Path, record: dict[str, Any], yardsticks: tuple[str, 
     finally:
         plt.close(fig)
     return path
+
+
+def draw_roofline(path: Path, points: list[dict[str, Any]], dram_gbps: float | None, peak_tflops: float | None, title: str) -> Path | None:
+    """The card's roofline (DRAM bandwidth roof, dense matmul roof) with each kernel's point:
+    {"label", "intensity" (FLOP per DRAM byte), "tflops"}. None without matplotlib or points."""
+    points = [p for p in points if p.get("intensity") and p.get("tflops")]
+    if not points or not available():
+        return None
+    import numpy as np
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5), constrained_layout=True)
+    low = min(1.0, min(p["intensity"] for p in points) / 4)
+    high = max(1e4, max(p["intensity"] for p in points) * 4)
+    xs = np.logspace(np.log10(low), np.log10(high), 200)
+    top = max([p["tflops"] for p in points] + [peak_tflops or 0])
+    if dram_gbps:
+        roof = xs * dram_gbps / 1e3  # FLOP/byte x TB/s = TFLOP/s
+        if peak_tflops:
+            roof = np.minimum(roof, peak_tflops)
+        ax.plot(xs, roof, color="0.25", linewidth=1.5, label=f"DRAM {dram_gbps / 1e3:.2f} TB/s (ncu)" + (f", dense matmul {peak_tflops:.0f} TFLOP/s (wb bench)" if peak_tflops else ""))
+    elif peak_tflops:
+        ax.axhline(peak_tflops, color="0.25", linewidth=1.5, label=f"dense matmul {peak_tflops:.0f} TFLOP/s (wb bench)")
+    for i, p in enumerate(points):
+        colour = WB_COLOUR if i == 0 else PEER_COLOURS[(i - 1) % len(PEER_COLOURS)]
+        ceiling = min(peak_tflops or float("inf"), p["intensity"] * dram_gbps / 1e3 if dram_gbps else float("inf"))
+        share = f" ({100 * p['tflops'] / ceiling:.0f}% of the roof)" if ceiling != float("inf") else ""
+        ax.scatter([p["intensity"]], [p["tflops"]], s=60, color=colour, zorder=3, label=f"{p['label']}: {p['tflops']:.0f} TFLOP/s{share}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(low, high)
+    ax.set_ylim(max(0.1, min(p["tflops"] for p in points) / 20), top * 2)
+    ax.set_xlabel("arithmetic intensity (FLOP per DRAM byte, ncu's DRAM traffic)")
+    ax.set_ylabel("TFLOP/s (the stage's FLOP count / ncu's kernel time)")
+    ax.grid(True, which="both", color="0.92", linewidth=0.5)
+    ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    ax.set_title(title[:120], fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    try:
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
+    return path

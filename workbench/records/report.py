@@ -172,6 +172,13 @@ def profile_markdown(found: dict[str, Any] | None) -> list[str]:
     ]
     out += [f"| {key} | {fmt(value, '.4g')} |" for key, value in counters.items() if key != "stalls_top5"]
     out += [f"| stall: {s['reason']} | {fmt(s['value'], '.3g')} |" for s in counters.get("stalls_top5") or []]
+    roof = found.get("roofline") or {}
+    if roof.get("tflops"):
+        out += ["", f"Roofline: {roof['tflops']:.0f} TFLOP/s at "
+                + (f"{roof['intensity']:.0f} FLOP per DRAM byte" if roof.get("intensity") else "an unknown DRAM byte count")
+                + " (the stage's FLOP count over ncu's kernel time)."]
+    if found.get("picture"):
+        out += ["", f"![the kernel on the card's roofline]({found['picture']})"]
     return out + [""]
 
 

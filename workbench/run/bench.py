@@ -117,6 +117,15 @@ def _event_times(fn: Callable[[], Any], reps: int, scratch) -> list[float]:
     return [s.elapsed_time(e) for s, e in pairs]
 
 
+def known_peak_tflops(card: str | None) -> float | None:
+    """The dense bf16 matmul TFLOP/s `wb bench` measured on this card earlier (no GPU work)."""
+    try:
+        entry = json.loads((wb_home() / "peak.json").read_text()).get(card or "")
+        return float(entry["tflops"]) if entry else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def card_peak_tflops(refresh: bool = False) -> dict[str, Any]:
     """Dense bf16 matmul TFLOP/s of this card, measured once and cached per card name."""
     import torch

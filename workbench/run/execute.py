@@ -72,7 +72,7 @@ def run_stage(
     verdict = result.get("verdict") if outcome.status == "result" else outcome.status
     instrumented = {}
     if instrument is not None:
-        verdict, found = instrument.summarize(run_dir / instrument.log_name, verdict)
+        verdict, found = instrument.summarize(run_dir / instrument.log_name, verdict, result)
         instrumented[instrument.record_field] = found
     error = result.get("error")
     if outcome.status != "result":

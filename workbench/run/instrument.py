@@ -16,6 +16,7 @@ class Instrument:
     record_field: str  # the run record's field it fills: "sanitizer", "profile"
     log_name: str  # its log, in the run's folder
     command: Callable[[Path], list[str]]  # the log's path -> the command line the worker's is appended to
-    summarize: Callable[[Path, str], tuple[str, dict[str, Any]]]  # log, the run's verdict -> verdict, field
+    # log, the run's verdict, the worker's result (its "flops": one launch's) -> verdict, field
+    summarize: Callable[[Path, str, dict[str, Any]], tuple[str, dict[str, Any]]]
     environment: dict[str, str] = field(default_factory=dict)
     timeout_factor: float = 1.0  # the stage's own timeout is scaled by this (not a --timeout given)

@@ -44,7 +44,6 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "registers_per_thread": ("launch__registers_per_thread",),
     "shared_mem_per_block": ("launch__shared_mem_per_block", "launch__shared_mem_per_block_dynamic"),
     "smem_bank_conflicts": ("l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum",),
-    "dram_bytes": ("dram__bytes.sum", "dram__bytes_read.sum"),
 }
 # tensor-core (HGMMA) utilization: the pipe metric's name differs between versions
 _TENSOR_PIPE = re.compile(r"^sm__pipe_tensor_op_(?:h?gmma|hmma)\w*cycles_active\.avg\.pct_of_peak_sustained_(?:active|elapsed)$")
@@ -121,6 +120,11 @@ def headline(metrics: dict[str, tuple[str, str]]) -> dict[str, Any]:
     if out["smem_bank_conflicts"] is None:  # some versions count loads and stores apart
         parts = [_number(metrics[n][0]) for n in (f"l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_{op}.sum" for op in ("ld", "st")) if n in metrics]
         out["smem_bank_conflicts"] = sum(v for v in parts if v is not None) if parts and None not in parts else None
+    moved = [_number(metrics[n][0]) for n in ("dram__bytes_read.sum", "dram__bytes_write.sum") if n in metrics]
+    out["dram_bytes"] = _number(metrics["dram__bytes.sum"][0]) if "dram__bytes.sum" in metrics else (sum(moved) if moved and None not in moved else None)
+    rate, share = metrics.get("dram__bytes_read.sum.per_second"), metrics.get("dram__bytes_read.sum.pct_of_peak_sustained_elapsed")
+    peak = _number(rate[0]) / (_number(share[0]) / 100) if rate and share and _number(rate[0]) and _number(share[0]) else None
+    out["dram_peak_gbps"] = peak / 1e9 if peak else None  # the card's DRAM bandwidth, as ncu rates it
     tensor = sorted(n for n in metrics if _TENSOR_PIPE.match(n))
     out["tensor_pipe_pct"] = _number(metrics[tensor[0]][0]) if tensor else None  # Hopper counts HGMMA on the hmma pipe
     out["tensor_pipe_metric"] = tensor[0] if tensor else None
@@ -133,7 +137,21 @@ def headline(metrics: dict[str, tuple[str, str]]) -> dict[str, Any]:
     return out
 
 
-def summarize(log_path: Path, run_verdict: str) -> tuple[str, dict[str, Any]]:
+def roofline(counters: dict[str, Any], flops: float | None) -> dict[str, Any] | None:
+    """Where the kernel sits on the card's roofline: FLOPs per DRAM byte and TFLOP/s achieved
+    (the stage's own FLOP count over ncu's kernel time)."""
+    duration, moved = counters.get("duration_us"), counters.get("dram_bytes")
+    if not flops or not duration:
+        return None
+    return {
+        "flops": flops,
+        "tflops": flops / (duration * 1e-6) / 1e12,
+        "intensity": flops / moved if moved else None,  # FLOP per DRAM byte
+        "dram_peak_gbps": counters.get("dram_peak_gbps"),
+    }
+
+
+def summarize(log_path: Path, run_verdict: str, result: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
     """The record's ``profile`` field; the verdict stays the run's (counters judge nothing)."""
     try:
         text = log_path.read_text(errors="replace")
@@ -144,11 +162,34 @@ def summarize(log_path: Path, run_verdict: str) -> tuple[str, dict[str, Any]]:
     field: dict[str, Any] = {"tool": "ncu", "log": LOG_NAME if text else None, "kernels": len(kernels), "notes": notes}
     if kernels:
         first = kernels[0]
-        field.update(kernel=first["kernel"][:300], grid=first["grid"], block=first["block"], counters=headline(first["metrics"]),
-                     metrics_count=len(first["metrics"]))
+        counters = headline(first["metrics"])
+        field.update(kernel=first["kernel"][:300], grid=first["grid"], block=first["block"], counters=counters,
+                     metrics_count=len(first["metrics"]), roofline=roofline(counters, (result or {}).get("flops")))
+        field["picture"] = _draw_roofline(log_path.parent, field, result or {})
     else:
         field.update(kernel=None, counters=None, metrics_count=0)
     return run_verdict, field
+
+
+def _draw_roofline(run_dir: Path, field: dict[str, Any], result: dict[str, Any]) -> str | None:
+    """runs/<id>/roofline.png (matplotlib, optional): the kernel on the card's roofline; the
+    compute roof is the dense matmul rate `wb bench` measured on this card, when it has."""
+    point = field.get("roofline")
+    if not point or not point.get("intensity"):
+        return None
+    from workbench.records.charts import draw_roofline
+    from workbench.run.bench import known_peak_tflops
+
+    card = (result.get("env") or {}).get("gpu")
+    try:
+        path = draw_roofline(
+            run_dir / "roofline.png", [{"label": "stage kernel", **point}], point.get("dram_peak_gbps"), known_peak_tflops(card),
+            f"{field.get('kernel', '')[:60]} on {card or '?'}",
+        )
+    except Exception as exc:  # a picture must never lose the counters
+        field["notes"].append(f"roofline picture failed: {type(exc).__name__}: {exc}")
+        return None
+    return path.name if path else None
 
 
 def instrument() -> Instrument:

@@ -95,7 +95,7 @@ def instrument(tool: str) -> Instrument:
         record_field="sanitizer",
         log_name=LOG_NAME,
         command=lambda log: wrapper(tool, log, exe),
-        summarize=lambda log, verdict: summarize(tool, log, verdict),
+        summarize=lambda log, verdict, _result: summarize(tool, log, verdict),
         environment=environment(),
         timeout_factor=TIMEOUT_FACTOR,
     )

@@ -150,6 +150,11 @@ class Job:
         registry = fixture_registry.load_fixtures(ws.fixtures_dir)
         params = Params(job["params"])
         in_specs, out_specs = stage.inputs(params), stage.outputs(params)
+        if hasattr(stage, "flops"):  # one launch's FLOPs (wb profile's roofline)
+            try:
+                result["flops"] = float(stage.flops(params))
+            except Exception:
+                pass
         self.exported = None
         if job.get("exported"):  # wb run --exported DIR: the fixtures also go through the exported op
             from workbench.export.exported import ExportedOp

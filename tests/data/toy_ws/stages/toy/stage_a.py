@@ -18,6 +18,10 @@ class Double(Stage):
     def outputs(self, p):
         return {"y": TensorSpec((p.n, 64), p.dtype)}
 
+    def flops(self, p):
+        """One multiply per element (wb profile's roofline)."""
+        return float(p.n * 64)
+
     def compile(self, p, variants, arch):
         if variants["bug"] == "compile_error":
             raise ValueError("expects 'coord' and shape of view are weakly congruent")
