@@ -79,3 +79,32 @@ def test_trace_tiles_writes_a_perfetto_file_from_saved_stamps(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "8 CTAs" in proc.stdout and timeline.validate(json.loads(out.read_text())) == []
+
+
+# ----------------------------------------------------------------------------- wb run --trace
+
+
+def test_wb_run_trace_writes_the_timeline_beside_the_record(toy_ws, wb):
+    """The toy stage's trace hook times its CPU doubling in 64-row tiles on two 'CTAs': the
+    record, report.md and the terminal carry the summary, trace.json loads as a trace."""
+    proc = wb("run", "a", "--n", "512", "-f", "toy-ones", "--trace", "--json")
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    found = record["trace"]
+    assert found["file"] == "trace.json" and found["fixture"] == "toy-ones" and found["lanes"] == ["WG1"]
+    assert found["ctas"] == 2 and found["tiles_per_cta"] == [4, 4]  # 512 rows: 256 per CTA, 64-row tiles
+    assert set(found["phase_median_ns"]) == {"WG: load", "WG: compute"}
+    run_dir = toy_ws / "runs" / record["id"]
+    events = json.loads((run_dir / "trace.json").read_text())
+    assert timeline.validate(events) == [] and len([e for e in events["traceEvents"] if e.get("cat") == "tile"]) == 8
+    assert "## Tile timeline" in (run_dir / "report.md").read_text()
+    shown = wb("run", "a", "--n", "512", "-f", "toy-ones", "--trace")
+    assert "trace: runs/" in shown.stdout and "open in ui.perfetto.dev" in shown.stdout
+
+
+def test_trace_refusals_are_one_line_with_exit_2(toy_ws, wb):
+    proc = wb("run", "b", "--trace")
+    assert proc.returncode == 2 and "--trace: toy/stage-b has no trace hook" in proc.stderr and "Traceback" not in proc.stderr
+    proc = wb("run", "a", "--trace", "--host", "h100")
+    assert proc.returncode == 2 and "--trace runs on this machine only" in proc.stderr
+    assert not (toy_ws / "runs").exists() or not any(p.name != "reports" for p in (toy_ws / "runs").iterdir())

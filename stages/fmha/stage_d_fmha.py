@@ -1541,6 +1541,45 @@ class StageD(Stage):
             host.to_cute(outputs["o"]), host.to_cute(outputs["lse"]), host.to_cute(tile_counter(q.device)), Int32(sm_count(q.device)), host.current_stream(),
         )
 
+    def trace(self, p: Params, variants: Mapping[str, str], arch: str, inputs, outputs):
+        """wb run --trace: this configuration built with ``trace=True`` (clock stamps per CTA,
+        warpgroup and work tile, as benchmarks/trace_tiles.py builds it), launched once on
+        ``inputs``; its buffer decoded by stages/fmha/trace.py. Fixed-length, persistent only."""
+        import math
+
+        import torch
+
+        from stages.fmha import trace as fmha_trace
+        from workbench.errors import UserError
+        from workbench.run.timeline import Timeline
+
+        if host.truthy(p.get("varlen", False)) or page_size_of(p):
+            raise UserError("--trace: stage D's trace is laid out for fixed-length batches (not varlen, not paged)")
+        options = kernel_options(variants)
+        dtype = common.cute_dtype(p.dtype)
+        kernel = FmhaForward(
+            dtype, p.d, p.heads, p.kv_heads, causal=host.truthy(p.causal), **mask_params(p),
+            softmax=host.variants_of("d", variants)["softmax"], softcap=softcap_of(p), trace=True, **options,
+        )
+        if not kernel.persistent:
+            raise UserError("--trace: the trace is laid out per persistent CTA; persistent=off is not traced")
+        args = [host.fake_tensor(dtype, 4) for _ in range(4)] + [host.fake_tensor(Float32, 3), host.fake_tensor(Int32, 1), Int32(1), host.fake_stream()]
+        fn = host.compile_for(arch, kernel, *args)
+        q = inputs["q"]
+        ctas = sm_count(q.device)
+        buf = torch.zeros(trace_clock_word(ctas, ctas), dtype=torch.int32, device=q.device)  # words 0, 1: the scheduler's
+        fn(
+            host.to_cute(q), host.to_cute(inputs["k"]), host.to_cute(inputs["v"]), host.to_cute(outputs["o"]),
+            host.to_cute(outputs["lse"]), host.to_cute(buf), Int32(ctas), host.current_stream(),
+        )
+        torch.cuda.synchronize()
+        grid = min(ctas, math.ceil(q.shape[1] / kernel.tile_m) * p.heads * q.shape[0])
+        slices, clocks = fmha_trace.decode(buf.cpu().tolist(), grid, kernel.num_consumer_wg)
+        title = (f"fmha stage D d={p.d} m={q.shape[1]} n={inputs['k'].shape[1]} batch={q.shape[0]} heads={p.heads}/{p.kv_heads} "
+                 f"causal={p.causal} {p.dtype} · {kernel.tile_m}x{kernel.tile_n} tiles, {kernel.num_consumer_wg} consumer WGs "
+                 f"on {torch.cuda.get_device_name(q.device)}")
+        return Timeline(slices, clocks, fmha_trace.lanes(kernel.num_consumer_wg), title)
+
     def reference(self, inputs, p: Params, variants, compute_dtype):
         import torch
 

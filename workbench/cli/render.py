@@ -44,6 +44,8 @@ def progress(title: str, enabled: bool = True) -> Iterator[Callable[[dict], None
             return f"fixture {event.get('fixture')}"
         if event.get("phase") == "env":
             return f"on {(event.get('env') or {}).get('gpu') or 'the CPU'}"
+        if event.get("phase") == "trace":
+            return f"traced launch ({event.get('fixture')})"
         if event.get("phase") == "instrument":
             return f"starting worker under {event.get('tool')} (slower than a plain run)"
         return str(event.get("phase", ""))
@@ -101,6 +103,7 @@ def render_run(record: dict[str, Any]) -> None:
             console.print(f"[dim]not run through the export (they need another variant): {escape(', '.join(exported['skipped_fixtures']))}[/]")
     render_sanitizer(record.get("sanitizer"), record.get("id"))
     render_profile(record.get("profile"), record.get("id"))
+    render_trace(record.get("trace"), record.get("id"))
     for case in record.get("results", []):
         if case.get("verdict") != "FAIL":
             continue
@@ -351,3 +354,23 @@ def render_profile(found: dict | None, run_id: str | None) -> None:
         console.print(f"roofline: {roof['tflops']:.0f} TFLOP/s at {where} (the stage's FLOPs over ncu's kernel time)"
                       + (f" · picture: runs/{escape(str(run_id))}/{escape(found['picture'])}" if found.get("picture") else ""))
     console.print(f"[dim]{found.get('metrics_count')} raw metrics in runs/{escape(str(run_id))}/{escape(str(found.get('log')))}[/]")
+
+
+def render_trace(found: dict | None, run_id: str | None) -> None:
+    """wb run --trace: the timeline's file and its summary in one or two lines."""
+    if not found:
+        return
+    if found.get("error"):
+        console.print(f"[red]trace failed:[/] {escape(found['error'][:500])}")
+        return
+    us = lambda ns: f"{ns / 1e3:.1f}"  # noqa: E731
+    console.print(
+        f"trace: runs/{escape(str(run_id))}/{escape(found['file'])} ({found['events']} events; open in ui.perfetto.dev) · "
+        f"{found['ctas']} CTAs, start skew {found['cta_start_skew_ns'] / 1e3:.3f} µs, ends {us(found['cta_end_first_ns'])} / "
+        f"{us(found['cta_end_median_ns'])} / {us(found['cta_end_last_ns'])} µs (first / median / last), tiles per CTA "
+        f"{found['tiles_per_cta'][0]}–{found['tiles_per_cta'][1]}"
+    )
+    phases = found.get("phase_median_ns") or {}
+    if phases:
+        top = sorted(phases.items(), key=lambda kv: -kv[1])[:6]
+        console.print("[dim]phase medians: " + ", ".join(f"{escape(k)} {v / 1e3:.3f} µs" for k, v in top) + "[/]")

@@ -56,6 +56,11 @@ def run(
         help="Run under NVIDIA compute-sanitizer: memcheck, racecheck, synccheck or initcheck (a new worker, line info on, "
         "the stage's timeout x10); findings in the stage's kernels become the verdict (MEMCHECK, RACE, SYNCCHECK, INITCHECK).",
     ),
+    trace: bool = typer.Option(
+        False, "--trace",
+        help="Also launch the stage's traced build once (its trace hook: clock stamps per CTA, warpgroup and tile): "
+        "runs/<id>/trace.json opens in ui.perfetto.dev; CTA skew, wave tail and phase medians in the report.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
 ) -> None:
     """Compile STAGE, run its fixtures against the reference, record and explain the run."""
@@ -72,6 +77,8 @@ def run(
     if seeds is not None and seeds < 1:
         raise UserError("--seeds must be at least 1")
     instrument = None
+    if trace and host:
+        raise UserError("--trace runs on this machine only (run wb on the host itself)")
     if sanitize is not None:
         from workbench.run import sanitize as sanitizer
 
@@ -109,7 +116,7 @@ def run(
             terminal.warn(orphan)
         warm = not fresh and os.environ.get("WB_WORKER", "warm") != "fresh"
         record = _run_local(
-            ws, spec, params, variants, fixture, seed, seeds, timeout, arch, warm, show=not as_json, exported=export_job, instrument=instrument
+            ws, spec, params, variants, fixture, seed, seeds, timeout, arch, warm, show=not as_json, exported=export_job, instrument=instrument, trace=trace,
         )
     if as_json:
         from workbench import terminal
@@ -122,14 +129,14 @@ def run(
     raise typer.Exit(EXIT.get(record["verdict"], 1))
 
 
-def _run_local(ws, spec, params, variants, fixtures, seed, seeds, timeout, arch, warm, show, exported=None, instrument=None):
+def _run_local(ws, spec, params, variants, fixtures, seed, seeds, timeout, arch, warm, show, exported=None, instrument=None, trace=False):
     from workbench.cli.render import progress
     from workbench.run.execute import run_stage
 
     with progress(spec.id, enabled=show) as on_event:
         return run_stage(
             ws, spec, params, variants, fixtures=list(fixtures or []), seed=seed, seeds=seeds,
-            timeout=timeout, warm=warm, arch=arch, on_event=on_event, exported=exported, instrument=instrument,
+            timeout=timeout, warm=warm, arch=arch, on_event=on_event, exported=exported, instrument=instrument, trace=trace,
         )
 
 

@@ -169,6 +169,10 @@ class Stage:
     # Optional: floating-point operations of one launch, for `wb bench` (TFLOP/s).
     # def flops(self, p: Params) -> float: ...
 
+    # Optional: a tile timeline of one launch, for `wb run --trace`: build the kernel with clock
+    # stamps, launch it once on these inputs and outputs, decode the stamps.
+    # def trace(self, p, variants, arch, inputs, outputs) -> workbench.run.timeline.Timeline: ...
+
     def reference(
         self,
         inputs: Mapping[str, "torch.Tensor"],

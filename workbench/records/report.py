@@ -77,6 +77,7 @@ def run_markdown(record: dict[str, Any]) -> str:
             out += ["Worker output:", "", "```", error["log"][-3000:], "```", ""]
     out += sanitizer_markdown(record.get("sanitizer"))
     out += profile_markdown(record.get("profile"))
+    out += trace_markdown(record.get("trace"))
     rows = fixture_rows(record)
     if rows:
         out += [
@@ -150,6 +151,30 @@ def sanitizer_markdown(found: dict[str, Any] | None) -> list[str]:
             details = "; ".join(f.get("details") or [])[:300].replace("|", "\\|")
             kernel = str(f.get("kernel") or "?")[:80] + ("" if f.get("stage_kernel") else " (not the stage's)")
             out.append(f"| `{where}` | {str(f.get('message')).replace('|', '/')} | {f.get('count', 1)} | `{kernel}` | {details} |")
+        out.append("")
+    return out
+
+
+def trace_markdown(found: dict[str, Any] | None) -> list[str]:
+    """wb run --trace: the timeline file and its summary."""
+    if not found:
+        return []
+    if found.get("error"):
+        return ["## Tile timeline", "", f"The traced launch failed: {found['error']}", ""]
+    out = [
+        "## Tile timeline",
+        "",
+        f"[`{found['file']}`]({found['file']}) ({found['events']} events; open it in ui.perfetto.dev or chrome://tracing), "
+        f"fixture {found.get('fixture')}: {found['ctas']} CTAs, start skew {found['cta_start_skew_ns'] / 1e3:.3f} µs, "
+        f"CTA ends {found['cta_end_first_ns'] / 1e3:.1f} / {found['cta_end_median_ns'] / 1e3:.1f} / {found['cta_end_last_ns'] / 1e3:.1f} µs "
+        f"(first / median / last; the tail past the median is {found['tail_ns'] / 1e3:.1f} µs), tiles per CTA "
+        f"{found['tiles_per_cta'][0]}–{found['tiles_per_cta'][1]}.",
+        "",
+    ]
+    phases = found.get("phase_median_ns") or {}
+    if phases:
+        out += ["| phase (median over lanes and tiles) | µs |", "|---|---|"]
+        out += [f"| {name} | {value / 1e3:.3f} |" for name, value in phases.items()]
         out.append("")
     return out
 

@@ -31,6 +31,7 @@ def run_stage(
     env: dict[str, str] | None = None,
     exported: dict[str, str] | None = None,
     instrument: Instrument | None = None,
+    trace: bool = False,
 ) -> dict[str, Any]:
     """Run a stage and return its record (already written, with report and MEMORY.md).
     ``exported``: {"dir", "package"} of a `wb export` (the fixtures also run through its op).
@@ -57,6 +58,8 @@ def run_stage(
     }
     if exported:
         job["exported"] = exported
+    if trace:
+        job["trace"] = True
     wrap = None
     if instrument is not None:
         wrap = instrument.command(run_dir / instrument.log_name)
@@ -92,6 +95,7 @@ def run_stage(
         about=result.get("about"),
         fixture_notes=result.get("fixture_notes", {}),
         exported=result.get("exported"),
+        trace=result.get("trace"),
         **instrumented,
         timing={
             "compile_s": sum(c["seconds"] for c in compiles),

@@ -53,6 +53,34 @@ class Slice:
     tile: int = 0  # the lane's work-tile index on its CTA
 
 
+@dataclass
+class Timeline:
+    """What a stage's ``trace`` hook returns (wb run --trace): one launch's decoded stamps."""
+
+    slices: list[Slice]
+    clocks: dict[int, Clock]
+    lanes: list[str]  # thread names, in order: "producer", "WG1", ...
+    title: str
+    meta: dict[str, Any] | None = None
+
+
+def write(timeline: "Timeline", path) -> dict[str, Any]:
+    """Write the timeline's trace file (validated first) and return its summary, with the
+    file's name and event count; ValueError when the trace would not load as intended."""
+    import json
+    from pathlib import Path
+
+    events = chrome_trace(timeline.slices, timeline.clocks, timeline.title, timeline.lanes, timeline.meta)
+    problems = validate(events)
+    if problems:
+        raise ValueError("the trace would not load as intended: " + "; ".join(problems[:3]))
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(events))
+    tmp.replace(path)
+    return {"file": path.name, "events": len(events["traceEvents"]), "lanes": timeline.lanes, **summarize(timeline.slices, timeline.clocks)}
+
+
 def _offsets(clocks: dict[int, Clock]) -> tuple[int, dict[int, float]]:
     """The first CTA's start, and every CTA's start in ns after it."""
     first = min(c.start_ns for c in clocks.values())

@@ -163,6 +163,8 @@ class Job:
             self.exported = ExportedOp.load(job["exported"]["dir"], job["exported"]["package"])
             config = self.exported.select(params)
             result["exported"] = {**self.exported.describe(), "config": config.get("id"), "verified_by": config.get("verified_by")}
+        if job.get("trace") and not hasattr(stage, "trace"):
+            raise UserError(f"--trace: {spec.id} has no trace hook (Stage.trace: clock stamps per CTA, warpgroup and tile)")
         plan = self.plan(spec, registry, in_specs, job)
         result["fixture_notes"] = {
             f.name: {"isolates": f.isolates, "hides": f.hides} for _, cases in plan for f, _ in cases
@@ -199,10 +201,33 @@ class Job:
                     self.must_exit = True
                     return {**result, "verdict": "CRASH", "error": error_info(exc, roots), "crashed_on": fixture.name}
 
+        if job.get("trace"):
+            try:
+                result["trace"] = self.trace(stage, plan[0], params, in_specs, out_specs, device, job, job.get("arch") or spec.arch)
+            except UserError:
+                raise
+            except Exception as exc:  # the fixtures' verdicts stand; the trace says what went wrong
+                self.must_exit = True
+                result["trace"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
         add_run_evidence(result["fixtures"], spec.module_path.parent, params)  # what the other fixtures show
         verdicts = [f["verdict"] for f in result["fixtures"]]
         result["verdict"] = "PASS" if verdicts and all(v == "PASS" for v in verdicts) else "FAIL"
         return result
+
+    def trace(self, stage, first, params, in_specs, out_specs, device, job, arch) -> dict:
+        """wb run --trace: the stage's traced build launched once on the first fixture's inputs;
+        the timeline goes to runs/<id>/trace.json (Perfetto / Chrome trace), its summary back."""
+        import torch
+
+        from workbench.run import timeline
+
+        variants, cases = first
+        fixture, seed = cases[0]
+        self.emit({"type": "progress", "phase": "trace", "fixture": fixture.name})
+        inputs = fixture.make(in_specs, params, seed, device)
+        outputs = {name: torch.empty(ts.shape, dtype=ts.torch_dtype(), device=device) for name, ts in out_specs.items()}
+        line = stage.trace(params, variants, arch, inputs, outputs)
+        return {"fixture": fixture.name, **timeline.write(line, Path(job["run_dir"]) / "trace.json")}
 
     def plan(self, spec, registry, in_specs, job) -> list[tuple[dict, list]]:
         """Group (fixture, seed) cases by the variants they compile with."""

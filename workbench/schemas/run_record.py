@@ -158,3 +158,4 @@ class RunRecord(_Model):
     exported: Optional[dict[str, Any]] = None
     sanitizer: Optional[dict[str, Any]] = None
     profile: Optional[dict[str, Any]] = None
+    trace: Optional[dict[str, Any]] = None

@@ -48,3 +48,26 @@ class Double(Stage):
 
     def reference(self, inputs, p, variants, compute_dtype):
         return {"y": inputs["x"].to(compute_dtype) * 2}
+
+    def trace(self, p, variants, arch, inputs, outputs):
+        """A CPU timeline of the doubling (wb run --trace on the CPU): two 'CTAs' take the
+        halves of x, each in 64-row tiles, with a load and a compute phase per tile;
+        perf_counter_ns is both the clock and the timer (1 ns per tick)."""
+        from workbench.run.timeline import Clock, Slice, Timeline
+
+        x, y = inputs["x"], outputs["y"]
+        slices, clocks = [], {}
+        half = x.shape[0] // 2
+        for cta in range(2):
+            start = time.perf_counter_ns()
+            for j, row in enumerate(range(cta * half, (cta + 1) * half, 64)):
+                t0 = time.perf_counter_ns()
+                chunk = x[row: row + 64].clone()
+                t1 = time.perf_counter_ns()
+                y[row: row + 64].copy_(chunk * 2)
+                t2 = time.perf_counter_ns()
+                slices += [Slice(cta, "WG1", f"tile {j}", t0, t2, kind="tile", tile=j),
+                           Slice(cta, "WG1", "load", t0, t1, tile=j), Slice(cta, "WG1", "compute", t1, t2, tile=j)]
+            end = time.perf_counter_ns()
+            clocks[cta] = Clock(start, start, end, end)
+        return Timeline(slices, clocks, ["WG1"], f"toy doubling, n={p.n}")
