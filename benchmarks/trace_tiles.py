@@ -28,18 +28,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # stages/ and workbench/ from this checkout
 
-CONSUMER_PARTS = [
-    ("Q wait", 0, 1),
-    ("first S (issue + wait)", 1, 2),
-    ("first softmax + P", 2, 3),
-    ("steady steps (all)", 3, 4),
-    ("last PV", 4, 5),
-    ("finish + LSE stores", 5, 6),
-    ("O store (smem + TMA issue)", 6, 7),
-]
-PRODUCER_PARTS = [("first K slot", 0, 1), ("Q slots + Q issue", 1, 2), ("K/V ring (rest)", 2, 3)]
-
-
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--d", type=int, default=64)
@@ -69,6 +57,7 @@ def summarize(words, ctas, wgs, n_steps):
         trace_clock_word,
         trace_word,
     )
+    from stages.fmha.trace import CONSUMER_PARTS, PRODUCER_PARTS
 
     parts: dict[str, list[float]] = {}
     starts, ends = [], []

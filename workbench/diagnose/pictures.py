@@ -86,12 +86,18 @@ def _title(ax, text: str, width: int = 95) -> None:
     ax.set_title("\n".join(lines), fontsize=9)
 
 
-def _save(fig, path: Path) -> Path:
+def save(fig, path: Path) -> Path:
+    """Write the figure as a PNG atomically (a temporary file, then a rename) and close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(path)
+    try:
+        fig.savefig(tmp, dpi=100)
+        tmp.replace(path)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -141,10 +147,7 @@ def draw_error_map(path: Path, drawing: dict, title: str = "", row_label: str = 
     ax.legend(handles=[Patch(color=MAGENTA, label="NaN/Inf (reference finite)"), Patch(color=CYAN, label="never written")],
               loc="upper right", fontsize=8, framealpha=0.85)
     _title(ax, title)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return save(fig, path)
 
 
 def draw_read_map(path: Path, exp_rows, got_rows, n_keys: int, kv_tile: int, labels: list[str] | None = None, title: str = "") -> Path:
@@ -178,7 +181,4 @@ def draw_read_map(path: Path, exp_rows, got_rows, n_keys: int, kv_tile: int, lab
     ax.set_ylabel(f"key row read from V ({kv_tile}-row KV tiles outlined)")
     ax.legend(loc="upper right", fontsize=8, markerscale=3, framealpha=0.85)
     _title(ax, title)
-    try:
-        return _save(fig, path)
-    finally:
-        plt.close(fig)
+    return save(fig, path)

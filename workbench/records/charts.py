@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from workbench.diagnose.pictures import available, pyplot
+from workbench.diagnose.pictures import available, pyplot, save
 
 WB_COLOUR = "#1f4e79"
 PEER_COLOURS = ["#e07b39", "#7a9e3a", "#9b59b6", "#c0392b", "#16a085", "#7f8c8d"]
@@ -73,15 +73,7 @@ def draw_speed_chart(path: Path, record: dict[str, Any], yardsticks: tuple[str, 
         f"{record['stage']} on {prov.get('gpu') or '?'} · run {record.get('id', '?')} · commit {(prov.get('commit') or '?')[:10]}"
         + (" (dirty)" if prov.get("dirty") else ""), fontsize=9,
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    try:
-        fig.savefig(tmp, dpi=100)
-        tmp.replace(path)
-    finally:
-        plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def draw_roofline(path: Path, points: list[dict[str, Any]], dram_gbps: float | None, peak_tflops: float | None, title: str) -> Path | None:
@@ -119,12 +111,4 @@ def draw_roofline(path: Path, points: list[dict[str, Any]], dram_gbps: float | N
     ax.grid(True, which="both", color="0.92", linewidth=0.5)
     ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
     ax.set_title(title[:120], fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    try:
-        fig.savefig(tmp, dpi=100)
-        tmp.replace(path)
-    finally:
-        plt.close(fig)
-    return path
+    return save(fig, path)

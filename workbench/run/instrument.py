@@ -5,9 +5,13 @@ turns the tool's log into the record's field and, maybe, a new verdict."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from workbench.errors import UserError
 
 
 @dataclass
@@ -20,3 +24,23 @@ class Instrument:
     summarize: Callable[[Path, str, dict[str, Any]], tuple[str, dict[str, Any]]]
     environment: dict[str, str] = field(default_factory=dict)
     timeout_factor: float = 1.0  # the stage's own timeout is scaled by this (not a --timeout given)
+
+
+def cuda_tool(name: str, env: str, needed_by: str, what: str) -> str:
+    """A CUDA toolkit executable: $env, PATH, $CUDA_HOME/bin, $CUDA_PATH/bin, /usr/local/cuda/bin;
+    refused in one line (UserError) when none has it."""
+    given = os.environ.get(env)
+    if given:
+        if not (os.path.isfile(given) and os.access(given, os.X_OK)):
+            raise UserError(f"{env}={given}: not an executable file")
+        return given
+    found = shutil.which(name)
+    if found:
+        return found
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and os.access(candidate := os.path.join(home, "bin", name), os.X_OK):
+            return candidate
+    raise UserError(
+        f"{needed_by} needs NVIDIA {what} (part of the CUDA toolkit) and this machine has none on PATH, "
+        f"in $CUDA_HOME/bin or /usr/local/cuda/bin (or set {env})"
+    )

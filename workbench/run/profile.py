@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import UserError
-from workbench.run.instrument import Instrument
+from workbench.run.instrument import Instrument, cuda_tool
 
 EXECUTABLE_ENV = "WB_NCU"
 LOG_NAME = "ncu.log"
@@ -53,21 +50,7 @@ _UNIT_SCALE = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "second": 1e6}
 
 def executable() -> str:
     """ncu: $WB_NCU, PATH, $CUDA_HOME/bin, /usr/local/cuda/bin."""
-    given = os.environ.get(EXECUTABLE_ENV)
-    if given:
-        if not (os.path.isfile(given) and os.access(given, os.X_OK)):
-            raise UserError(f"{EXECUTABLE_ENV}={given}: not an executable file")
-        return given
-    found = shutil.which("ncu")
-    if found:
-        return found
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home and os.access(candidate := os.path.join(home, "bin", "ncu"), os.X_OK):
-            return candidate
-    raise UserError(
-        "wb profile needs NVIDIA Nsight Compute's ncu (part of the CUDA toolkit) and this machine has none on PATH, "
-        f"in $CUDA_HOME/bin or /usr/local/cuda/bin (or set {EXECUTABLE_ENV})"
-    )
+    return cuda_tool("ncu", EXECUTABLE_ENV, "wb profile", "Nsight Compute's ncu")
 
 
 def command(log_path: Path, exe: str | None = None) -> list[str]:

@@ -15,14 +15,12 @@ shown, but do not.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 from workbench.errors import UserError
-from workbench.run.instrument import Instrument
+from workbench.run.instrument import Instrument, cuda_tool
 
 TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
 VERDICTS = {"memcheck": "MEMCHECK", "racecheck": "RACE", "synccheck": "SYNCCHECK", "initcheck": "INITCHECK"}
@@ -52,21 +50,7 @@ def check_tool(tool: str) -> str:
 
 def executable() -> str:
     """compute-sanitizer: $WB_COMPUTE_SANITIZER, PATH, $CUDA_HOME/bin, /usr/local/cuda/bin."""
-    given = os.environ.get(EXECUTABLE_ENV)
-    if given:
-        if not (os.path.isfile(given) and os.access(given, os.X_OK)):
-            raise UserError(f"{EXECUTABLE_ENV}={given}: not an executable file")
-        return given
-    found = shutil.which("compute-sanitizer")
-    if found:
-        return found
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home and os.access(candidate := os.path.join(home, "bin", "compute-sanitizer"), os.X_OK):
-            return candidate
-    raise UserError(
-        "--sanitize needs NVIDIA compute-sanitizer (part of the CUDA toolkit) and this machine has none on PATH, "
-        f"in $CUDA_HOME/bin or /usr/local/cuda/bin (or set {EXECUTABLE_ENV})"
-    )
+    return cuda_tool("compute-sanitizer", EXECUTABLE_ENV, "--sanitize", "compute-sanitizer")
 
 
 def wrapper(tool: str, log_path: Path, exe: str | None = None) -> list[str]:
