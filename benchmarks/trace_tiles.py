@@ -1,7 +1,7 @@
 """Where a persistent stage-D CTA spends its time at the work-tile boundary (diagnostic).
 
 Builds stage D with ``trace=True`` (clock() stamps per CTA, warpgroup and work tile, see
-``TRACE_EVENTS`` in stages/fmha/stage_d_fmha.py), checks its output against SDPA, times it
+``TRACE_EVENTS`` in stages/fmha/trace.py), checks its output against SDPA, times it
 beside the untraced kernel, and prints the median duration of each part of a work tile:
 
     consumer WG:  start -> Q ready -> first S -> first softmax -> steady steps
@@ -51,13 +51,7 @@ def median(xs):
 def summarize(words, ctas, wgs, n_steps):
     """Durations (ns) of each part, median over CTAs and tiles (a CTA's first and last
     tile left out: they hold the launch and the drain)."""
-    from stages.fmha.stage_d_fmha import (
-        TRACE_EVENTS,
-        TRACE_TILES,
-        trace_clock_word,
-        trace_word,
-    )
-    from stages.fmha.trace import CONSUMER_PARTS, PRODUCER_PARTS
+    from stages.fmha.trace import CONSUMER_PARTS, PRODUCER_PARTS, TRACE_EVENTS, TRACE_TILES, trace_clock_word, trace_word
 
     parts: dict[str, list[float]] = {}
     starts, ends = [], []
@@ -143,7 +137,7 @@ def from_json(args) -> None:
     for key, value in saved["args"].items():
         if key not in ("json", "perfetto", "from_json"):
             setattr(args, key, value)
-    from stages.fmha.stage_d_fmha import trace_clock_word
+    from stages.fmha.trace import trace_clock_word
 
     words = saved["words"]
     ctas = saved.get("ctas") or next(c for c in range(1, 100000) if trace_clock_word(c, c) == len(words))
@@ -163,6 +157,7 @@ def main(argv=None):
 
     from stages.fmha import common, host
     from stages.fmha import stage_d_fmha as sd
+    from stages.fmha.trace import trace_clock_word
 
     s, d = args.s, args.d
     batch, heads = args.batch or max(1, 16384 // s), args.heads or max(1, 2048 // d)
@@ -189,7 +184,7 @@ def main(argv=None):
     kernel, traced = build(True)
     _, plain = build(False)
     wgs = kernel.num_consumer_wg
-    buf = torch.zeros(sd.trace_clock_word(ctas, ctas), dtype=torch.int32, device=dev)
+    buf = torch.zeros(trace_clock_word(ctas, ctas), dtype=torch.int32, device=dev)
     counter = sd.tile_counter(dev)
 
     cute_args = [host.to_cute(t) for t in (q, k, v, o, lse)]  # converted once: launches stay GPU-bound

@@ -131,6 +131,8 @@ from stages.fmha import common, geometry, host, reference
 from stages.fmha import mask as mk
 from stages.fmha import softmax as sm
 from stages.fmha import tile_scheduler as ts
+from stages.fmha import trace as fmha_trace
+from stages.fmha.trace import TRACE_LANES, TRACE_TILES, trace_clock_word, trace_word
 from stages.fmha.fmha_base import FmhaForwardBase, trace_print
 from workbench.compile.probe import probe
 from workbench.errors import UserError
@@ -153,24 +155,9 @@ REGISTERS = {2: (240, 24), 3: (160, 32)}
 MAX_CONSUMER_WG = max(REGISTERS)
 #: named barrier ids of the pingpong schedule (0: CTA barrier, 1..3: the epilogue's per-WG barrier)
 SCHED_BARRIER_BASE = 1 + MAX_CONSUMER_WG
-#: ``trace=True`` (diagnostic, benchmarks/trace_tiles.py): clock() stamps per (CTA, WG, work
-#: tile) -- TRACE_EVENTS of them for each of a CTA's first TRACE_TILES tiles -- written after
-#: the two dynamic-scheduler words of ``mTileCounter``, then (globaltimer, clock) at each
-#: CTA's start and end
-TRACE_EVENTS = 8
-TRACE_TILES = 32
-
-
-def trace_word(cta, wg, j, event=0):
-    """Index in the trace buffer of ``event`` of WG ``wg``'s ``j``-th work tile on CTA ``cta``
-    (the producer is WG 0); plain ints on the host, DSL integers in the kernel."""
-    return 2 + ((cta * (1 + MAX_CONSUMER_WG) + wg) * TRACE_TILES + j) * TRACE_EVENTS + event
-
-
-def trace_clock_word(ctas, cta):
-    """Index of CTA ``cta``'s start (globaltimer, clock) pair, its end pair right after;
-    ``trace_clock_word(ctas, ctas)`` is the buffer's length for a grid of ``ctas``."""
-    return trace_word(ctas, 0, 0) + 4 * cta
+# ``trace=True`` (wb run --trace, benchmarks/trace_tiles.py): the buffer layout is
+# stages/fmha/trace.py's (TRACE_EVENTS stamps per CTA, lane and work tile, then the clocks)
+assert TRACE_LANES == 1 + MAX_CONSUMER_WG, "stages/fmha/trace.py lays out one producer and MAX_CONSUMER_WG consumer lanes"
 
 
 def no_stamp(event):
@@ -1549,7 +1536,6 @@ class StageD(Stage):
 
         import torch
 
-        from stages.fmha import trace as fmha_trace
         from workbench.errors import UserError
         from workbench.run.timeline import Timeline
 

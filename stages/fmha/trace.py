@@ -1,14 +1,31 @@
-"""Stage D's trace buffer (``trace=True``) -> tile timeline slices (workbench/run/timeline.py).
+"""Stage D's trace buffer (``trace=True``): its layout, and its decoding into tile timeline
+slices (workbench/run/timeline.py).
 
-The buffer layout is stage_d_fmha's (``trace_word``, ``trace_clock_word``): per CTA, per lane
-(WG 0 the producer, WG 1.. the consumers) and per work tile (the CTA's first TRACE_TILES),
-TRACE_EVENTS clock() stamps; after them, each CTA's (globaltimer, clock) at start and end.
-A tile's stamps are all zero when the lane never reached it.
+Layout (int32 words): the two words of the dynamic tile scheduler; then per CTA, per lane
+(0 the producer, 1.. the consumer WGs; TRACE_LANES of them) and per work tile (the CTA's
+first TRACE_TILES), TRACE_EVENTS clock() stamps; then each CTA's (globaltimer, clock) at
+its start and its end. A tile's stamps are all zero when the lane never reached it.
 """
 
 from __future__ import annotations
 
 from workbench.run.timeline import Clock, Slice
+
+TRACE_EVENTS = 8  # stamps per lane and work tile
+TRACE_TILES = 32  # work tiles stamped per CTA (its first ones)
+TRACE_LANES = 4  # the producer and up to 3 consumer warpgroups
+
+
+def trace_word(cta, wg, j, event=0):
+    """Index in the trace buffer of ``event`` of WG ``wg``'s ``j``-th work tile on CTA ``cta``
+    (the producer is WG 0); plain ints on the host, DSL integers in the kernel."""
+    return 2 + ((cta * TRACE_LANES + wg) * TRACE_TILES + j) * TRACE_EVENTS + event
+
+
+def trace_clock_word(ctas, cta):
+    """Index of CTA ``cta``'s start (globaltimer, clock) pair, its end pair right after;
+    ``trace_clock_word(ctas, ctas)`` is the buffer's length for a grid of ``ctas``."""
+    return trace_word(ctas, 0, 0) + 4 * cta
 
 #: consumer WG stamps 0..7: tile start, Q ready, first S done, first P ready, last step done,
 #: last PV done, LSE stored, O store issued
@@ -31,8 +48,6 @@ def lanes(consumer_wgs: int) -> list[str]:
 
 def decode(words: list[int], ctas: int, consumer_wgs: int) -> tuple[list[Slice], dict[int, Clock]]:
     """The slices (each lane's tiles and their phases) and each CTA's clock of one traced launch."""
-    from stages.fmha.stage_d_fmha import TRACE_EVENTS, TRACE_TILES, trace_clock_word, trace_word
-
     slices: list[Slice] = []
     clocks: dict[int, Clock] = {}
     for cta in range(ctas):
