@@ -63,6 +63,18 @@ def test_bank_conflicts_counted_apart_for_loads_and_stores_are_summed():
     assert profile.headline({})["smem_bank_conflicts"] is None
 
 
+def test_a_stage_of_several_kernels_gets_each_kernels_counters_and_launch_totals(tmp_path):
+    one = report(duration="100.0", kernel="kernel_cutlass_up_0")
+    two = report(duration="50.0", kernel="kernel_cutlass_down_0").splitlines()[-1]  # its data row only
+    log = tmp_path / "ncu.log"
+    log.write_text(one + two + "\n")
+    _, field = profile.summarize(log, "PASS", {"flops": 3.0e9})
+    assert field["kernels"] == 2 and [e["kernel"] for e in field["each"]] == ["kernel_cutlass_up_0", "kernel_cutlass_down_0"]
+    assert field["counters"]["duration_us"] == pytest.approx(100.0)  # the headline stays the first kernel's
+    roof = field["roofline"]  # the launch: both kernels' time and DRAM bytes
+    assert roof["tflops"] == pytest.approx(3.0e9 / 150e-6 / 1e12) and roof["intensity"] == pytest.approx(3.0e9 / (2 * 8192))
+
+
 def test_nanoseconds_are_converted_and_a_report_without_kernels_says_so(tmp_path):
     units = report().replace('"usecond"', '"nsecond"').replace('"1,089.5"', '"5,312"')
     (kernel,) = profile.parse_log(units)

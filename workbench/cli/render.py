@@ -348,6 +348,12 @@ def render_profile(found: dict | None, run_id: str | None) -> None:
     for stall in counters.get("stalls_top5") or []:
         rows.append([f"stall: {escape(stall['reason'])}", fmt(stall["value"], ".2f")])
     console.print(terminal.table(f"ncu: {escape(str(found.get('kernel'))[:70])} · grid {escape(str(found.get('grid')))} · block {escape(str(found.get('block')))}", ["counter", "value"], rows))
+    for other in (found.get("each") or [])[1:]:
+        c = other["counters"]
+        console.print(
+            f"  and {escape(other['kernel'][:60])} · grid {escape(str(other['grid']))}: {fmt(c.get('duration_us'), '.1f')} µs, "
+            f"tensor pipe {fmt(c.get('tensor_pipe_pct'), '.1f')}%, DRAM {fmt(c.get('dram_throughput_pct'), '.1f')}%"
+        )
     roof = found.get("roofline") or {}
     if roof.get("tflops"):
         where = f"{roof['intensity']:.0f} FLOP per DRAM byte" if roof.get("intensity") else "no DRAM byte count"

@@ -197,6 +197,14 @@ def profile_markdown(found: dict[str, Any] | None) -> list[str]:
     ]
     out += [f"| {key} | {fmt(value, '.4g')} |" for key, value in counters.items() if key != "stalls_top5"]
     out += [f"| stall: {s['reason']} | {fmt(s['value'], '.3g')} |" for s in counters.get("stalls_top5") or []]
+    each = found.get("each") or []
+    if len(each) > 1:
+        out += ["", f"The launch ran {len(each)} stage kernels:", "", "| kernel | grid | µs | tensor pipe % | DRAM % |", "|---|---|---|---|---|"]
+        out += [
+            f"| `{e['kernel'][:80]}` | {e['grid']} | {fmt(e['counters'].get('duration_us'), '.1f')} | "
+            f"{fmt(e['counters'].get('tensor_pipe_pct'), '.1f')} | {fmt(e['counters'].get('dram_throughput_pct'), '.1f')} |"
+            for e in each
+        ]
     roof = found.get("roofline") or {}
     if roof.get("tflops"):
         out += ["", f"Roofline: {roof['tflops']:.0f} TFLOP/s at "

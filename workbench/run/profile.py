@@ -2,9 +2,10 @@
 in the run record.
 
 The worker runs as ``ncu --target-processes all --clock-control none --kernel-name
-regex:kernel_cutlass --launch-count 1 --section ... --csv --page raw --log-file
-runs/<id>/ncu.log python -m workbench.run.worker``: the first launch of a stage kernel (the DSL
-names them ``kernel_cutlass_...``) is replayed and measured; torch's kernels are not. The
+regex:kernel_cutlass --launch-count 8 --section ... --csv --page raw --log-file
+runs/<id>/ncu.log python -m workbench.run.worker``: the stage's kernels (the DSL names them
+``kernel_cutlass_...``) of the one fixture launch are replayed and measured, up to MAX_KERNELS
+(a stage made of several kernels gets one row each); torch's kernels are not. The
 sections are Nsight Compute's own (no metric is named here that a version might not have);
 from the raw metrics they print, ``summarize`` picks the headline counters by name, and keeps
 every metric in the log. ``--clock-control none``: the card runs at its own clocks, as in
@@ -29,6 +30,7 @@ SECTIONS = (
 )
 TIMEOUT_FACTOR = 10  # one kernel replayed once per counter pass, on top of the worker's start
 STAGE_KERNEL = "regex:kernel_cutlass"
+MAX_KERNELS = 8  # stage kernels profiled: all of one launch of a stage made of several (moe stage D: 4)
 
 # headline counter -> candidate raw metric names, first present wins (Nsight Compute 2025.x names)
 HEADLINES: dict[str, tuple[str, ...]] = {
@@ -56,7 +58,7 @@ def executable() -> str:
 def command(log_path: Path, exe: str | None = None) -> list[str]:
     args = [
         exe or executable(), "--target-processes", "all", "--clock-control", "none",
-        "--kernel-name", STAGE_KERNEL, "--launch-count", "1",
+        "--kernel-name", STAGE_KERNEL, "--launch-count", str(MAX_KERNELS),
     ]
     for section in SECTIONS:
         args += ["--section", section]
@@ -134,6 +136,10 @@ def roofline(counters: dict[str, Any], flops: float | None) -> dict[str, Any] | 
     }
 
 
+def _total(values: list) -> float | None:
+    return sum(values) if values and None not in values else None
+
+
 def summarize(log_path: Path, run_verdict: str, result: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
     """The record's ``profile`` field; the verdict stays the run's (counters judge nothing)."""
     try:
@@ -147,7 +153,16 @@ def summarize(log_path: Path, run_verdict: str, result: dict[str, Any] | None = 
         first = kernels[0]
         counters = headline(first["metrics"])
         field.update(kernel=first["kernel"][:300], grid=first["grid"], block=first["block"], counters=counters,
-                     metrics_count=len(first["metrics"]), roofline=roofline(counters, (result or {}).get("flops")))
+                     metrics_count=len(first["metrics"]))
+        if len(kernels) > 1:  # a stage of several kernels: each one's counters, and the launch's totals for the roofline
+            field["each"] = [
+                {"kernel": k["kernel"][:300], "grid": k["grid"], "block": k["block"], "counters": headline(k["metrics"])}
+                for k in kernels
+            ]
+            totals = {key: _total([e["counters"].get(key) for e in field["each"]]) for key in ("duration_us", "dram_bytes")}
+            field["roofline"] = roofline({**counters, **totals}, (result or {}).get("flops"))
+        else:
+            field["roofline"] = roofline(counters, (result or {}).get("flops"))
         field["picture"] = _draw_roofline(log_path.parent, field, result or {})
     else:
         field.update(kernel=None, counters=None, metrics_count=0)
