@@ -94,6 +94,7 @@ def test_wb_run_trace_writes_the_timeline_beside_the_record(toy_ws, wb):
     assert found["file"] == "trace.json" and found["fixture"] == "toy-ones" and found["lanes"] == ["WG1"]
     assert found["ctas"] == 2 and found["tiles_per_cta"] == [4, 4]  # 512 rows: 256 per CTA, 64-row tiles
     assert set(found["phase_median_ns"]) == {"WG: load", "WG: compute"}
+    assert found["bits_differing_from_untraced"] == {"y": 0}  # the traced build computes what the untraced does
     run_dir = toy_ws / "runs" / record["id"]
     events = json.loads((run_dir / "trace.json").read_text())
     assert timeline.validate(events) == [] and len([e for e in events["traceEvents"] if e.get("cat") == "tile"]) == 8

@@ -140,3 +140,17 @@ def _degenerate(o, r, tol: float) -> str | None:
 
 def fixture_verdict(outputs: dict[str, dict[str, Any]]) -> str:
     return "PASS" if all(m["verdict"] == "PASS" for m in outputs.values()) else "FAIL"
+
+
+_INT_OF_SIZE = {1: "uint8", 2: "int16", 4: "int32", 8: "int64"}
+
+
+def bit_differences(a, b) -> int:
+    """Elements of ``a`` and ``b`` (same shape and dtype) whose bits differ (NaN == NaN when
+    the bits are the same; -0.0 != 0.0): wb run --exported, and --trace's traced build."""
+    import torch
+
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return max(a.numel(), b.numel())
+    as_int = getattr(torch, _INT_OF_SIZE[a.element_size()])
+    return int((a.contiguous().view(as_int) != b.contiguous().view(as_int)).sum())

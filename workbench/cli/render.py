@@ -370,6 +370,9 @@ def render_trace(found: dict | None, run_id: str | None) -> None:
         console.print(f"[red]trace failed:[/] {escape(found['error'][:500])}")
         return
     us = lambda ns: f"{ns / 1e3:.1f}"  # noqa: E731
+    differing = {k: v for k, v in (found.get("bits_differing_from_untraced") or {}).items() if v}
+    if differing:
+        console.print(f"[red]the traced build's outputs differ from the untraced build's: {escape(str(differing))} elements[/]")
     console.print(
         f"trace: runs/{escape(str(run_id))}/{escape(found['file'])} ({found['events']} events; open in ui.perfetto.dev) · "
         f"{found['ctas']} CTAs, start skew {found['cta_start_skew_ns'] / 1e3:.3f} µs, ends {us(found['cta_end_first_ns'])} / "

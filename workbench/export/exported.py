@@ -7,7 +7,6 @@ kernel's bit for bit: the artifact is what was verified.
 
     read_manifest(dir, spec)       in the CLI: DIR holds an export of this stage (no torch)
     ExportedOp.load(dir, package)  in the worker: import the package, select the configuration
-    bit_differences(a, b)          how many elements of two outputs differ in their bits
 """
 
 from __future__ import annotations
@@ -85,15 +84,4 @@ class ExportedOp:
         }
 
 
-_INT_OF_SIZE = {1: "uint8", 2: "int16", 4: "int32", 8: "int64"}
 
-
-def bit_differences(a, b) -> int:
-    """Elements of ``a`` and ``b`` (same shape and dtype) whose bits differ (NaN == NaN when
-    the bits are the same; -0.0 != 0.0)."""
-    import torch
-
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return max(a.numel(), b.numel())
-    as_int = getattr(torch, _INT_OF_SIZE[a.element_size()])
-    return int((a.contiguous().view(as_int) != b.contiguous().view(as_int)).sum())

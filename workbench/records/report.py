@@ -168,7 +168,8 @@ def trace_markdown(found: dict[str, Any] | None) -> list[str]:
         f"fixture {found.get('fixture')}: {found['ctas']} CTAs, start skew {found['cta_start_skew_ns'] / 1e3:.3f} µs, "
         f"CTA ends {found['cta_end_first_ns'] / 1e3:.1f} / {found['cta_end_median_ns'] / 1e3:.1f} / {found['cta_end_last_ns'] / 1e3:.1f} µs "
         f"(first / median / last; the tail past the median is {found['tail_ns'] / 1e3:.1f} µs), tiles per CTA "
-        f"{found['tiles_per_cta'][0]}–{found['tiles_per_cta'][1]}.",
+        f"{found['tiles_per_cta'][0]}–{found['tiles_per_cta'][1]}. Output elements whose bits differ from the untraced "
+        f"build's on the same inputs: {found.get('bits_differing_from_untraced')}.",
         "",
     ]
     phases = found.get("phase_median_ns") or {}

@@ -177,6 +177,7 @@ class Job:
             result["exported"]["skipped_fixtures"] = sorted(set(skipped))
             if not plan:
                 raise UserError("--exported: every fixture asked for needs a variant the export was not compiled with")
+        first_build = None
         for variants, cases in plan:
             self.emit({"type": "progress", "phase": "compile", "variants": variants})
             try:
@@ -190,6 +191,7 @@ class Job:
             )
             if not result["shapes"]:
                 result["shapes"] = build.shapes
+            first_build = first_build or build
             for fixture, seed in cases:
                 try:
                     result["fixtures"].append(
@@ -203,7 +205,7 @@ class Job:
 
         if job.get("trace"):
             try:
-                result["trace"] = self.trace(stage, plan[0], params, in_specs, out_specs, device, job, job.get("arch") or spec.arch)
+                result["trace"] = self.trace(stage, first_build, plan[0], params, in_specs, out_specs, device, job, job.get("arch") or spec.arch)
             except UserError:
                 raise
             except Exception as exc:  # the fixtures' verdicts stand; the trace says what went wrong
@@ -214,11 +216,14 @@ class Job:
         result["verdict"] = "PASS" if verdicts and all(v == "PASS" for v in verdicts) else "FAIL"
         return result
 
-    def trace(self, stage, first, params, in_specs, out_specs, device, job, arch) -> dict:
+    def trace(self, stage, build, first, params, in_specs, out_specs, device, job, arch) -> dict:
         """wb run --trace: the stage's traced build launched once on the first fixture's inputs;
-        the timeline goes to runs/<id>/trace.json (Perfetto / Chrome trace), its summary back."""
+        the timeline goes to runs/<id>/trace.json (Perfetto / Chrome trace), its summary back,
+        with how many output elements differ in their bits from the untraced build's on the
+        same inputs (the stamps must not change what the kernel computes)."""
         import torch
 
+        from workbench.compare import bit_differences
         from workbench.run import timeline
 
         variants, cases = first
@@ -227,7 +232,13 @@ class Job:
         inputs = fixture.make(in_specs, params, seed, device)
         outputs = {name: torch.empty(ts.shape, dtype=ts.torch_dtype(), device=device) for name, ts in out_specs.items()}
         line = stage.trace(params, variants, arch, inputs, outputs)
-        return {"fixture": fixture.name, **timeline.write(line, Path(job["run_dir"]) / "trace.json")}
+        plain = {name: torch.empty(ts.shape, dtype=ts.torch_dtype(), device=device) for name, ts in out_specs.items()}
+        stage.launch(build.compiled, inputs, plain)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        differing = {name: bit_differences(outputs[name], plain[name]) for name in out_specs}
+        return {"fixture": fixture.name, "bits_differing_from_untraced": differing,
+                **timeline.write(line, Path(job["run_dir"]) / "trace.json")}
 
     def plan(self, spec, registry, in_specs, job) -> list[tuple[dict, list]]:
         """Group (fixture, seed) cases by the variants they compile with."""
@@ -308,7 +319,7 @@ class Job:
         in their bits from the in-tree kernel's (``outputs``)."""
         import torch
 
-        from workbench.export.exported import bit_differences
+        from workbench.compare import bit_differences
 
         got = self.exported(inputs, params)
         if any(t.is_cuda for t in got.values()):
