@@ -60,6 +60,24 @@ BASE = {
     "provenance": {"commit": "abcdef1234", "dirty": True, "diff_hash": "ff", "gpu": "NVIDIA H200", "arch": "sm_90a", "sources": {"stages/toy/stage_a.py": "abc"}},
     "started": "2026-12-03T10:00:00+00:00",
     "finished": "2026-12-03T10:00:01+00:00",
+    # wb run --sanitize / wb profile / wb run --trace
+    "sanitizer": {
+        "tool": "racecheck", "verdict": "RACE", "run_verdict": "FAIL", "errors": 1, "warnings": 0, "findings_total": 1,
+        "findings_in_stage": 1, "log": "sanitizer.log",
+        "findings": [{"message": "Error: Race reported", "kernel": "kernel_cutlass_x", "file": "s.py", "line": 3,
+                      "details": ["and Read access at s.py:4"], "stage_kernel": True, "count": 2}],
+    },
+    "profile": {
+        "tool": "ncu", "kernel": "kernel_cutlass_x", "grid": "(132, 1, 1)", "block": "(384, 1, 1)", "kernels": 1, "log": "ncu.log",
+        "counters": {"duration_us": 10.0, "tensor_pipe_pct": 50.0, "stalls_top5": [{"reason": "wait", "value": 1.5}]},
+        "roofline": {"flops": 1e9, "tflops": 100.0, "intensity": 10.0, "dram_peak_gbps": 4800.0}, "picture": "roofline.png",
+        "notes": [], "metrics_count": 10,
+    },
+    "trace": {
+        "file": "trace.json", "fixture": "toy-ones", "events": 10, "lanes": ["WG1"], "ctas": 2, "cta_start_skew_ns": 5,
+        "cta_end_first_ns": 100, "cta_end_median_ns": 110, "cta_end_last_ns": 120, "tail_ns": 10, "tiles_per_cta": [1, 2],
+        "phase_median_ns": {"WG: load": 3.0}, "bits_differing_from_untraced": {"y": 0},
+    },
 }
 
 BAD_VALUES = [

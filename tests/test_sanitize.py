@@ -213,3 +213,24 @@ def test_a_tool_that_refuses_to_start_the_worker_is_a_recorded_crash(toy_ws, wb,
     rec = _record(toy_ws, proc)
     assert rec["verdict"] == "CRASH" and "worker exited at start" in rec["error"]["message"]
     assert rec["sanitizer"]["findings"][0]["message"].startswith("Target application doesn't exist")
+
+
+def test_a_record_whose_tool_fields_are_broken_is_skipped_not_a_traceback(toy_ws, wb, fake_sanitizer):
+    """sanitizer, profile and trace are declared in the run record schema: a hand-edited or
+    damaged record (findings as text, counters as a list) is skipped with a warning by every
+    reader, as any other corrupt record."""
+    report, _ = fake_sanitizer
+    report.write_text(RACECHECK_LOG)
+    good = _record(toy_ws, wb("run", "a", "--fixture", "toy-ones", "--sanitize", "racecheck", "--json"))
+    bad = _record(toy_ws, wb("run", "a", "--fixture", "toy-ones", "--sanitize", "racecheck", "--json"))
+    path = toy_ws / "runs" / bad["id"] / "run.json"
+    damaged = json.loads(path.read_text())
+    damaged["sanitizer"]["findings"] = "race at line 3"
+    damaged["profile"] = {"tool": "ncu", "counters": [1, 2]}
+    path.write_text(json.dumps(damaged))
+    for args in (("runs",), ("diff-run", good["id"], bad["id"]), ("report", bad["id"])):
+        proc = wb(*args)
+        assert "Traceback" not in proc.stderr, (args, proc.stderr)
+    listed = wb("runs")
+    assert good["id"] in listed.stdout and bad["id"] not in listed.stdout
+    assert "skipping corrupt run record" in listed.stderr and "sanitizer.findings" in listed.stderr

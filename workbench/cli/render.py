@@ -349,9 +349,9 @@ def render_profile(found: dict | None, run_id: str | None) -> None:
         rows.append([f"stall: {escape(stall['reason'])}", fmt(stall["value"], ".2f")])
     console.print(terminal.table(f"ncu: {escape(str(found.get('kernel'))[:70])} · grid {escape(str(found.get('grid')))} · block {escape(str(found.get('block')))}", ["counter", "value"], rows))
     for other in (found.get("each") or [])[1:]:
-        c = other["counters"]
+        c = other.get("counters") or {}
         console.print(
-            f"  and {escape(other['kernel'][:60])} · grid {escape(str(other['grid']))}: {fmt(c.get('duration_us'), '.1f')} µs, "
+            f"  and {escape(str(other.get('kernel'))[:60])} · grid {escape(str(other.get('grid')))}: {fmt(c.get('duration_us'), '.1f')} µs, "
             f"tensor pipe {fmt(c.get('tensor_pipe_pct'), '.1f')}%, DRAM {fmt(c.get('dram_throughput_pct'), '.1f')}%"
         )
     roof = found.get("roofline") or {}
@@ -369,15 +369,16 @@ def render_trace(found: dict | None, run_id: str | None) -> None:
     if found.get("error"):
         console.print(f"[red]trace failed:[/] {escape(found['error'][:500])}")
         return
-    us = lambda ns: f"{ns / 1e3:.1f}"  # noqa: E731
+    us = lambda ns: fmt(ns / 1e3 if isinstance(ns, (int, float)) else None, ".1f")  # noqa: E731
     differing = {k: v for k, v in (found.get("bits_differing_from_untraced") or {}).items() if v}
     if differing:
         console.print(f"[red]the traced build's outputs differ from the untraced build's: {escape(str(differing))} elements[/]")
+    tiles = found.get("tiles_per_cta") or ["?", "?"]
     console.print(
-        f"trace: runs/{escape(str(run_id))}/{escape(found['file'])} ({found['events']} events; open in ui.perfetto.dev) · "
-        f"{found['ctas']} CTAs, start skew {found['cta_start_skew_ns'] / 1e3:.3f} µs, ends {us(found['cta_end_first_ns'])} / "
-        f"{us(found['cta_end_median_ns'])} / {us(found['cta_end_last_ns'])} µs (first / median / last), tiles per CTA "
-        f"{found['tiles_per_cta'][0]}–{found['tiles_per_cta'][1]}"
+        f"trace: runs/{escape(str(run_id))}/{escape(str(found.get('file')))} ({found.get('events')} events; open in ui.perfetto.dev) · "
+        f"{found.get('ctas')} CTAs, start skew {us(found.get('cta_start_skew_ns'))} µs, ends {us(found.get('cta_end_first_ns'))} / "
+        f"{us(found.get('cta_end_median_ns'))} / {us(found.get('cta_end_last_ns'))} µs (first / median / last), tiles per CTA "
+        f"{tiles[0]}–{tiles[1]}"
     )
     phases = found.get("phase_median_ns") or {}
     if phases:

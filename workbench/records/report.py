@@ -161,14 +161,16 @@ def trace_markdown(found: dict[str, Any] | None) -> list[str]:
         return []
     if found.get("error"):
         return ["## Tile timeline", "", f"The traced launch failed: {found['error']}", ""]
+    us = lambda ns: fmt(ns / 1e3 if isinstance(ns, (int, float)) else None, ".1f")  # noqa: E731
+    tiles = found.get("tiles_per_cta") or ["?", "?"]
     out = [
         "## Tile timeline",
         "",
-        f"[`{found['file']}`]({found['file']}) ({found['events']} events; open it in ui.perfetto.dev or chrome://tracing), "
-        f"fixture {found.get('fixture')}: {found['ctas']} CTAs, start skew {found['cta_start_skew_ns'] / 1e3:.3f} µs, "
-        f"CTA ends {found['cta_end_first_ns'] / 1e3:.1f} / {found['cta_end_median_ns'] / 1e3:.1f} / {found['cta_end_last_ns'] / 1e3:.1f} µs "
-        f"(first / median / last; the tail past the median is {found['tail_ns'] / 1e3:.1f} µs), tiles per CTA "
-        f"{found['tiles_per_cta'][0]}–{found['tiles_per_cta'][1]}. Output elements whose bits differ from the untraced "
+        f"[`{found.get('file')}`]({found.get('file')}) ({found.get('events')} events; open it in ui.perfetto.dev or chrome://tracing), "
+        f"fixture {found.get('fixture')}: {found.get('ctas')} CTAs, start skew {us(found.get('cta_start_skew_ns'))} µs, "
+        f"CTA ends {us(found.get('cta_end_first_ns'))} / {us(found.get('cta_end_median_ns'))} / {us(found.get('cta_end_last_ns'))} µs "
+        f"(first / median / last; the tail past the median is {us(found.get('tail_ns'))} µs), tiles per CTA "
+        f"{tiles[0]}–{tiles[1]}. Output elements whose bits differ from the untraced "
         f"build's on the same inputs: {found.get('bits_differing_from_untraced')}.",
         "",
     ]
@@ -202,8 +204,8 @@ def profile_markdown(found: dict[str, Any] | None) -> list[str]:
     if len(each) > 1:
         out += ["", f"The launch ran {len(each)} stage kernels:", "", "| kernel | grid | µs | tensor pipe % | DRAM % |", "|---|---|---|---|---|"]
         out += [
-            f"| `{e['kernel'][:80]}` | {e['grid']} | {fmt(e['counters'].get('duration_us'), '.1f')} | "
-            f"{fmt(e['counters'].get('tensor_pipe_pct'), '.1f')} | {fmt(e['counters'].get('dram_throughput_pct'), '.1f')} |"
+            f"| `{str(e.get('kernel'))[:80]}` | {e.get('grid')} | {fmt((e.get('counters') or {}).get('duration_us'), '.1f')} | "
+            f"{fmt((e.get('counters') or {}).get('tensor_pipe_pct'), '.1f')} | {fmt((e.get('counters') or {}).get('dram_throughput_pct'), '.1f')} |"
             for e in each
         ]
     roof = found.get("roofline") or {}

@@ -121,6 +121,85 @@ class BenchCase(_Model):
     peers: dict[Name, PeerTime] = {}
 
 
+class Finding(_Model):  # wb run --sanitize (workbench/run/sanitize.py)
+    message: Line
+    kernel: Optional[Text] = None
+    file: Optional[Line] = None
+    line: Optional[int] = None
+    details: list[Line] = []
+    stage_kernel: bool = False
+    count: Optional[int] = None
+
+
+class Sanitizer(_Model):
+    tool: Key
+    verdict: Word
+    run_verdict: Optional[Word] = None
+    errors: Optional[int] = None
+    warnings: Optional[int] = None
+    findings_total: int = 0
+    findings_in_stage: int = 0
+    findings: list[Finding] = []
+    log: Optional[Line] = None
+
+
+class Stall(_Model):
+    reason: Line
+    value: Number = None
+
+
+class Counters(_Model):  # wb profile's headline counters (workbench/run/profile.py); missing ones are None
+    duration_us: Number = None
+    tensor_pipe_pct: Number = None
+    stalls_top5: list[Stall] = []
+
+
+class KernelProfile(_Model):
+    kernel: Optional[Text] = None
+    grid: Optional[Line] = None
+    block: Optional[Line] = None
+    counters: Optional[Counters] = None
+
+
+class Roofline(_Model):
+    flops: Number = None
+    tflops: Number = None
+    intensity: Number = None
+    dram_peak_gbps: Number = None
+
+
+class Profile(_Model):
+    tool: Key
+    kernel: Optional[Text] = None
+    grid: Optional[Line] = None
+    block: Optional[Line] = None
+    kernels: int = 0
+    counters: Optional[Counters] = None
+    each: list[KernelProfile] = []
+    roofline: Optional[Roofline] = None
+    picture: Optional[Name] = None
+    log: Optional[Line] = None
+    notes: list[Line] = []
+    metrics_count: Optional[int] = None
+
+
+class TraceSummary(_Model):  # wb run --trace (workbench/run/timeline.py)
+    error: Optional[Text] = None
+    file: Optional[Name] = None
+    fixture: Optional[Name] = None
+    events: Optional[int] = None
+    lanes: list[Line] = []
+    ctas: Optional[int] = None
+    cta_start_skew_ns: Number = None
+    cta_end_first_ns: Number = None
+    cta_end_median_ns: Number = None
+    cta_end_last_ns: Number = None
+    tail_ns: Number = None
+    tiles_per_cta: Optional[Annotated[list[int], Field(min_length=2, max_length=2)]] = None
+    phase_median_ns: dict[Line, Union[int, float]] = {}
+    bits_differing_from_untraced: dict[Name, int] = {}
+
+
 class Peak(_Model):
     tflops: Number = None
 
@@ -156,6 +235,6 @@ class RunRecord(_Model):
     remote: Optional[dict[str, Any]] = None
     sweep: Optional[dict[str, Any]] = None
     exported: Optional[dict[str, Any]] = None
-    sanitizer: Optional[dict[str, Any]] = None
-    profile: Optional[dict[str, Any]] = None
-    trace: Optional[dict[str, Any]] = None
+    sanitizer: Optional[Sanitizer] = None
+    profile: Optional[Profile] = None
+    trace: Optional[TraceSummary] = None
