@@ -135,6 +135,18 @@ def test_wb_profile_records_shows_and_diffs_the_counters(toy_ws, wb, fake_ncu):
     assert "smem_bank_conflicts" in diff.stdout and "0.250" in diff.stdout  # 4x fewer conflicts
 
 
+def test_counters_ncu_cannot_read_are_one_line_with_exit_2(toy_ws, wb, fake_ncu):
+    """A runtime where ncu cannot read the device (no permission to the counters) leaves no
+    counters: one line naming ncu's error, exit 2, the run kept with the log."""
+    (fake_ncu / "report.csv").write_text(
+        "==PROF== Connected to process 1\n==ERROR== ERR_NVGPUCTRPERM - The user does not have permission to access NVIDIA GPU Performance Counters\n"
+    )
+    proc = wb("profile", "a")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "wb profile: ncu measured nothing (ERR_NVGPUCTRPERM - The user does not have permission" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_refusals_are_one_line_with_exit_2(toy_ws, wb, monkeypatch, tmp_path):
     monkeypatch.setenv("WB_NCU", str(tmp_path / "missing"))
     proc = wb("profile", "a")

@@ -173,6 +173,14 @@ def profile(
     ws.ensure_state_dir()
     fixtures = [fixture] if fixture else spec.fixtures[:1]
     record = _run_local(ws, spec, params, variants, fixtures, 0, 1, timeout, None, False, show=not as_json, instrument=instrument)
+    found = record.get("profile") or {}
+    if record["verdict"] not in ("CRASH", "HANG", "INTERRUPTED") and not found.get("counters"):
+        # ncu ran but measured nothing: no permission to read the counters, a device it does
+        # not support, or no stage kernel was launched; the run is recorded, the answer is no
+        why = next((n for n in found.get("notes") or [] if "ERROR" in n), None) or "no stage kernel (kernel_cutlass_*) was launched"
+        import re
+
+        raise UserError(f"wb profile: ncu measured nothing ({re.sub(r'^==[A-Z]+==\s*', '', why)}); run {record['id']} has its log")
     if as_json:
         from workbench import terminal
 
