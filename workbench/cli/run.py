@@ -180,7 +180,8 @@ def profile(
         why = next((n for n in found.get("notes") or [] if "ERROR" in n), None) or "no stage kernel (kernel_cutlass_*) was launched"
         import re
 
-        raise UserError(f"wb profile: ncu measured nothing ({re.sub(r'^==[A-Z]+==\s*', '', why)}); run {record['id']} has its log")
+        why = re.sub(r"^==[A-Z]+==\s*", "", why)
+        raise UserError(f"wb profile: ncu measured nothing ({why}); run {record['id']} has its log")
     if as_json:
         from workbench import terminal
 
