@@ -12,6 +12,8 @@ echo "=== GPU tests: sanitizer (stage C bugs), profile, trace"
 timeout 420 python3 -m pytest -q -m gpu tests/test_sanitize_gpu.py tests/test_profile_gpu.py tests/test_timeline_gpu.py -p no:cacheprovider
 echo "=== wb run d --trace (d=64 s=8192 causal, the gap cell of docs/perf-notes.md)"
 timeout 150 python3 -m workbench run d --d 64 --n 8192 -p batch=2 -p heads=32 -p causal=true -f random --seeds 1 --trace
+echo "=== wb profile d beside FA4 and cuDNN (d=128 s=4096 b=4 h=16: the bench shape)"
+timeout 240 python3 -m workbench profile d --n 4096 -p batch=4 -p heads=16 --peers fa4,sdpa-cudnn
 echo "=== wb profile moe/d (four kernels)"
 timeout 150 python3 -m workbench profile moe/d
 echo "=== stage D's default under memcheck and racecheck"

@@ -71,7 +71,7 @@ def test_float_parameters_are_range_checked_too(raw, fragment):
         (["-p", "n=128,"], "must be a comma-separated list of values"),
         (["-p", "n"], "--param 'n' must look like key=value"),
         (["-p", "nope=1"], "has no parameter 'nope'"),
-        (["--peers", "fa4"], "kernel toy lists no peers"),
+        (["--peers", "fa4"], "unknown peer 'fa4' of kernel toy: choose from torch-mul"),
         (["--sweep"], "kernel toy has no bench.sweep in its kernel.yaml"),
         (["--timeout", "-1"], "--timeout must be a positive number"),
         (["--timeout", "nan"], "--timeout must be a positive number"),
@@ -79,6 +79,17 @@ def test_float_parameters_are_range_checked_too(raw, fragment):
 )
 def test_bench_arguments_are_checked_before_anything_runs(toy_ws, capsys, args, fragment):
     assert fragment in one_line_error(capsys, "bench", "a", *args)
+
+
+def test_peers_of_a_kernel_without_peers_py_are_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from workbench.run import bench
+
+    kernel = SimpleNamespace(name="plain", dir=tmp_path)  # no peers.py
+    bench.check_peers(kernel, [])
+    with pytest.raises(UserError, match="kernel plain lists no peers"):
+        bench.check_peers(kernel, ["fa4"])
 
 
 # ---------------------------------------------------------------- wb new kernel

@@ -5,6 +5,7 @@ with a stand-in for ncu (it starts the worker as its child and writes the report
 it was given). The real ncu runs on the GPU (tests/test_profile_gpu.py)."""
 
 import json
+from pathlib import Path
 import stat
 import sys
 
@@ -160,3 +161,28 @@ def test_refusals_are_one_line_with_exit_2(toy_ws, wb, monkeypatch, tmp_path):
         proc = wb("profile", "a")
         assert proc.returncode == 2 and "needs NVIDIA Nsight Compute's ncu" in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_peers_are_profiled_first_and_stand_beside_the_stage(toy_ws, wb, fake_ncu):
+    """--peers: one ncu run per peer (its own kernel filter, the same inputs; not a run of the
+    stage: no MEMORY.md status line), then the stage's, whose record lists the peers' points."""
+    (fake_ncu / "report.csv").write_text(report())
+    proc = wb("profile", "a", "--peers", "torch-mul,absent", "--json")
+    assert proc.returncode == 0, proc.stderr
+    stage = json.loads(proc.stdout)
+    peers = stage["profile"]["peers"]
+    assert [(p["peer"], p["verdict"]) for p in peers] == [("torch-mul", "PASS"), ("absent", "SKIPPED")]
+    peer_run = json.loads((toy_ws / "runs" / peers[0]["run"] / "run.json").read_text())
+    assert peer_run["kind"] == "profile_peer" and peer_run["profile"]["peer"] == "torch-mul"
+    assert peers[0]["tflops"] == pytest.approx(128 * 64 / 1089.5e-6 / 1e12)  # the stage's FLOPs over the peer's time
+    missing = json.loads((toy_ws / "runs" / peers[1]["run"] / "run.json").read_text())
+    assert "it exists only to be missing" in missing["error"]["message"]
+    memory = (toy_ws / "MEMORY.md").read_text()
+    assert stage["id"] in memory and peers[0]["run"] not in memory
+    shown = wb("profile", "a", "--peers", "torch-mul")
+    assert "beside its peers" in shown.stdout and "torch-mul" in shown.stdout
+    assert profile.peer_kernel_filter(toy_ws / "stages" / "toy", "torch-mul") == "regex:mul"
+    assert profile.peer_kernel_filter(toy_ws / "stages" / "toy", "absent") == "regex:."  # no filter named: every kernel
+    assert profile.command(Path("ncu.log"), "ncu", "regex:mul")[5:7] == ["--kernel-name", "regex:mul"]
+    proc = wb("profile", "a", "--peers", "fa5")
+    assert proc.returncode == 2 and "unknown peer 'fa5' of kernel toy: choose from torch-mul" in proc.stderr

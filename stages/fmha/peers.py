@@ -34,6 +34,15 @@ PEERS = {
 }
 # settings the peers read in the worker: sent with each job (a warm worker may predate them)
 PEER_ENV = ("WB_CUTLASS_EXAMPLES",)
+# `wb profile --peers`: the ncu kernel-name filter of each peer's attention kernel (FA4 and the
+# CUTLASS example are CuTe DSL kernels, named like ours; SDPA's by its backend)
+PROFILE_KERNELS = {
+    "fa4": "regex:kernel_cutlass",
+    "cutlass-example": "regex:kernel_cutlass",
+    "sdpa-cudnn": "regex:cudnn",
+    "sdpa-flash": "regex:flash",
+    "sdpa-efficient": "regex:fmha|efficient|mem_eff",
+}
 
 SDPA_BACKENDS = {
     "sdpa-flash": "FLASH_ATTENTION",

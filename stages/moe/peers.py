@@ -128,6 +128,11 @@ def make_quack_peer(inputs, params):
     return peer_quack.make_quack_up_peer(inputs, params)
 
 
+# `wb profile --peers`: the ncu kernel-name filter of each peer's kernels (quack's are CuTe DSL
+# kernels, named like ours; the torch pipeline's grouped GEMMs are CUTLASS kernels of torch)
+PROFILE_KERNELS = {"quack": "regex:kernel_cutlass", "torch-grouped": "regex:gemm|cutlass", "dense": "regex:gemm|cutlass"}
+
+
 def make_peer(name: str, inputs, params):
     if name == "torch-grouped":
         if "w2" not in inputs or inputs["w1"].dim() != 3:

@@ -44,6 +44,8 @@ def progress(title: str, enabled: bool = True) -> Iterator[Callable[[dict], None
             return f"fixture {event.get('fixture')}"
         if event.get("phase") == "env":
             return f"on {(event.get('env') or {}).get('gpu') or 'the CPU'}"
+        if event.get("phase") == "peer":
+            return f"launching peer {event.get('peer')} ({event.get('fixture')})"
         if event.get("phase") == "trace":
             return f"traced launch ({event.get('fixture')})"
         if event.get("phase") == "instrument":
@@ -354,6 +356,17 @@ def render_profile(found: dict | None, run_id: str | None) -> None:
             f"  and {escape(str(other.get('kernel'))[:60])} · grid {escape(str(other.get('grid')))}: {fmt(c.get('duration_us'), '.1f')} µs, "
             f"tensor pipe {fmt(c.get('tensor_pipe_pct'), '.1f')}%, DRAM {fmt(c.get('dram_throughput_pct'), '.1f')}%"
         )
+    peer_rows = [
+        [escape(str(p.get("peer"))), escape(str(p.get("verdict"))), fmt(p.get("duration_us"), ".1f"), fmt(p.get("tensor_pipe_pct"), ".1f"),
+         fmt(p.get("tflops"), ".0f"), fmt(p.get("intensity"), ".0f"), escape(str(p.get("run")))]
+        for p in found.get("peers") or []
+    ]
+    if peer_rows:
+        mine = found.get("roofline") or {}
+        peer_rows.insert(0, ["this stage", "", fmt(counters.get("duration_us"), ".1f"), fmt(counters.get("tensor_pipe_pct"), ".1f"),
+                             fmt(mine.get("tflops"), ".0f"), fmt(mine.get("intensity"), ".0f"), escape(str(run_id))])
+        console.print(terminal.table("beside its peers (same inputs, one ncu run each)",
+                                     ["kernel", "run verdict", "µs", "tensor pipe %", "TFLOP/s", "FLOP/byte", "run"], peer_rows))
     roof = found.get("roofline") or {}
     if roof.get("tflops"):
         where = f"{roof['intensity']:.0f} FLOP per DRAM byte" if roof.get("intensity") else "no DRAM byte count"

@@ -129,14 +129,15 @@ def run(
     raise typer.Exit(EXIT.get(record["verdict"], 1))
 
 
-def _run_local(ws, spec, params, variants, fixtures, seed, seeds, timeout, arch, warm, show, exported=None, instrument=None, trace=False):
+def _run_local(ws, spec, params, variants, fixtures, seed, seeds, timeout, arch, warm, show, exported=None, instrument=None, trace=False,
+               profile_peer=None):
     from workbench.cli.render import progress
     from workbench.run.execute import run_stage
 
     with progress(spec.id, enabled=show) as on_event:
         return run_stage(
             ws, spec, params, variants, fixtures=list(fixtures or []), seed=seed, seeds=seeds,
-            timeout=timeout, warm=warm, arch=arch, on_event=on_event, exported=exported, instrument=instrument, trace=trace,
+            timeout=timeout, warm=warm, arch=arch, on_event=on_event, exported=exported, instrument=instrument, trace=trace, profile_peer=profile_peer,
         )
 
 
@@ -150,6 +151,10 @@ def profile(
     fixture: Optional[str] = typer.Option(None, "--fixture", "-f", help="The fixture whose launch is profiled (default: the stage's first)."),
     variant: Optional[List[str]] = typer.Option(None, "--variant", "-V", help="Compile-time variant key=value (repeatable)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds before the run is killed as HANG (default: the stage's x10)."),
+    peers: Optional[str] = typer.Option(
+        None, "--peers", help="Also profile these peers (comma-separated, the kernel's peers.py) on the same inputs, each in a run "
+        "of its own before the stage's; they stand beside the stage on its roofline.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
 ) -> None:
     """Run STAGE's first launch under Nsight Compute (ncu, the card's own clocks): throughput,
@@ -162,17 +167,30 @@ def profile(
 
     ws = state.workspace()
     check_arch(None)
-    spec = resolve_stage(ws, stage, load_kernels(ws))
+    kernels = load_kernels(ws)
+    spec = resolve_stage(ws, stage, kernels)
     params = spec.resolve_params(stage_overrides(n, d, dtype, param, spec.size_param))
     variants = spec.resolve_variants(parse_pairs(variant, "--variant"))
     if timeout is not None and timeout <= 0:
         raise UserError("--timeout must be a positive number of seconds")
     if not gpu.reachable() and gpu.stage_needs_gpu(spec.module_path):
         raise NoGpuError(f"{spec.id} needs a CUDA GPU and this machine has none (no NVIDIA device, or CUDA_VISIBLE_DEVICES hides them)")
-    instrument = profiler.instrument()
+    from workbench.run.bench import check_peers
+
+    peer_list = [p.strip() for p in (peers or "").split(",") if p.strip()]
+    check_peers(kernels[spec.kernel], peer_list)
+    profiler.executable()  # refused in one line before any run
     ws.ensure_state_dir()
     fixtures = [fixture] if fixture else spec.fixtures[:1]
-    record = _run_local(ws, spec, params, variants, fixtures, 0, 1, timeout, None, False, show=not as_json, instrument=instrument)
+    points = []
+    for peer in peer_list:
+        instrument = profiler.instrument(profiler.peer_kernel_filter(spec.module_path.parent, peer), peer=peer)
+        done = _run_local(ws, spec, params, variants, fixtures, 0, 1, timeout, None, False, show=not as_json, instrument=instrument, profile_peer=peer)
+        points.append(profiler.peer_point(done))
+    record = _run_local(
+        ws, spec, params, variants, fixtures, 0, 1, timeout, None, False, show=not as_json,
+        instrument=profiler.instrument(peer_points=points),
+    )
     found = record.get("profile") or {}
     if record["verdict"] not in ("CRASH", "HANG", "INTERRUPTED") and not found.get("counters"):
         # ncu ran but measured nothing: no permission to read the counters, a device it does

@@ -208,6 +208,16 @@ def profile_markdown(found: dict[str, Any] | None) -> list[str]:
             f"{fmt((e.get('counters') or {}).get('tensor_pipe_pct'), '.1f')} | {fmt((e.get('counters') or {}).get('dram_throughput_pct'), '.1f')} |"
             for e in each
         ]
+    if found.get("peers"):
+        out += ["", "Beside its peers (same inputs, one ncu run each):", "", "| peer | run | verdict | µs | tensor pipe % | TFLOP/s | FLOP/byte |",
+                "|---|---|---|---|---|---|---|"]
+        out += [
+            f"| {p.get('peer')} | `{p.get('run')}` | {p.get('verdict')} | {fmt(p.get('duration_us'), '.1f')} | "
+            f"{fmt(p.get('tensor_pipe_pct'), '.1f')} | {fmt(p.get('tflops'), '.0f')} | {fmt(p.get('intensity'), '.0f')} |"
+            for p in found["peers"]
+        ]
+    if found.get("peer"):
+        out += ["", f"This run measured the peer **{found['peer']}** (not the stage's kernel) on the stage's inputs."]
     roof = found.get("roofline") or {}
     if roof.get("tflops"):
         out += ["", f"Roofline: {roof['tflops']:.0f} TFLOP/s at "

@@ -8,7 +8,8 @@ from typing import Any, Callable
 
 from workbench.errors import NoGpuError, UserError
 from workbench.records.provenance import git_state, record_provenance
-from workbench.records.publish import commit
+from workbench.records.publish import commit, publish
+from workbench.records.report import write_run_report
 from workbench.records.store import new_record, new_run_dir, utc_now
 from workbench.kernels.registry import StageSpec
 from workbench.run.instrument import Instrument
@@ -32,6 +33,7 @@ def run_stage(
     exported: dict[str, str] | None = None,
     instrument: Instrument | None = None,
     trace: bool = False,
+    profile_peer: str | None = None,
 ) -> dict[str, Any]:
     """Run a stage and return its record (already written, with report and MEMORY.md).
     ``exported``: {"dir", "package"} of a `wb export` (the fixtures also run through its op).
@@ -60,6 +62,8 @@ def run_stage(
         job["exported"] = exported
     if trace:
         job["trace"] = True
+    if profile_peer:  # the worker launches this peer of the stage, not the stage (wb profile --peers)
+        job["profile_peer"] = profile_peer
     wrap = None
     if instrument is not None:
         wrap = instrument.command(run_dir / instrument.log_name)
@@ -85,7 +89,7 @@ def run_stage(
     compiles = result.get("compiles", [])
     env = result.get("env") or next((e["env"] for e in reversed(outcome.events) if e.get("phase") == "env"), {})
     record = new_record(
-        "run", spec, params, variants, verdict,
+        "profile_peer" if profile_peer else "run", spec, params, variants, verdict,
         fixtures_requested=fixtures or spec.fixtures,
         seed=seed,
         error=error,
@@ -111,7 +115,8 @@ def run_stage(
         started=started,
         finished=utc_now(),
     )
-    return commit(ws, run_dir, record)
+    # a peer's profile is not a run of the stage: its report, but no MEMORY.md status line
+    return commit(ws, run_dir, record, publish=write_run_report if profile_peer else publish)
 
 
 def worker_result(outcome: Outcome, run_dir) -> dict[str, Any]:

@@ -55,10 +55,10 @@ def executable() -> str:
     return cuda_tool("ncu", EXECUTABLE_ENV, "wb profile", "Nsight Compute's ncu")
 
 
-def command(log_path: Path, exe: str | None = None) -> list[str]:
+def command(log_path: Path, exe: str | None = None, kernel_filter: str = STAGE_KERNEL) -> list[str]:
     args = [
         exe or executable(), "--target-processes", "all", "--clock-control", "none",
-        "--kernel-name", STAGE_KERNEL, "--launch-count", str(MAX_KERNELS),
+        "--kernel-name", kernel_filter, "--launch-count", str(MAX_KERNELS),
     ]
     for section in SECTIONS:
         args += ["--section", section]
@@ -140,8 +140,13 @@ def _total(values: list) -> float | None:
     return sum(values) if values and None not in values else None
 
 
-def summarize(log_path: Path, run_verdict: str, result: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
-    """The record's ``profile`` field; the verdict stays the run's (counters judge nothing)."""
+def summarize(
+    log_path: Path, run_verdict: str, result: dict[str, Any] | None = None, *, peer: str | None = None,
+    peer_points: list[dict[str, Any]] | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The record's ``profile`` field; the verdict stays the run's (counters judge nothing).
+    ``peer``: this run measured that peer's kernels instead of the stage's. ``peer_points``:
+    the peers profiled before the stage on the same inputs (drawn beside it on the roofline)."""
     try:
         text = log_path.read_text(errors="replace")
     except OSError:
@@ -149,6 +154,10 @@ def summarize(log_path: Path, run_verdict: str, result: dict[str, Any] | None = 
     kernels = parse_log(text)
     notes = [line.strip() for line in text.splitlines() if line.startswith("==") and ("ERROR" in line or "WARNING" in line)][:10]
     field: dict[str, Any] = {"tool": "ncu", "log": LOG_NAME if text else None, "kernels": len(kernels), "notes": notes}
+    if peer:
+        field["peer"] = peer
+    if peer_points:
+        field["peers"] = peer_points
     if kernels:
         first = kernels[0]
         counters = headline(first["metrics"])
@@ -179,10 +188,12 @@ def _draw_roofline(run_dir: Path, field: dict[str, Any], result: dict[str, Any])
     from workbench.run.bench import known_peak_tflops
 
     card = (result.get("env") or {}).get("gpu")
+    points = [{"label": field.get("peer") or "the stage's kernel", **point}]
+    points += [{**p, "label": p["peer"]} for p in field.get("peers") or [] if p.get("intensity") and p.get("tflops")]
     try:
         path = draw_roofline(
-            run_dir / "roofline.png", [{"label": "stage kernel", **point}], point.get("dram_peak_gbps"), known_peak_tflops(card),
-            f"{field.get('kernel', '')[:60]} on {card or '?'}",
+            run_dir / "roofline.png", points, point.get("dram_peak_gbps"), known_peak_tflops(card),
+            f"{(field.get('kernel') or '')[:60]} on {card or '?'}",
         )
     except Exception as exc:  # a picture must never lose the counters
         field["notes"].append(f"roofline picture failed: {type(exc).__name__}: {exc}")
@@ -190,13 +201,36 @@ def _draw_roofline(run_dir: Path, field: dict[str, Any], result: dict[str, Any])
     return path.name if path else None
 
 
-def instrument() -> Instrument:
+def peer_point(record: dict[str, Any]) -> dict[str, Any]:
+    """What the stage's profile keeps of a peer's profile run: its run, kernel, time, tensor pipe
+    and roofline point."""
+    found = record.get("profile") or {}
+    counters, roof = found.get("counters") or {}, found.get("roofline") or {}
+    return {
+        "peer": found.get("peer"), "run": record.get("id"), "verdict": record.get("verdict"), "kernel": found.get("kernel"),
+        "kernels": found.get("kernels", 0), "duration_us": counters.get("duration_us"), "tensor_pipe_pct": counters.get("tensor_pipe_pct"),
+        "tflops": roof.get("tflops"), "intensity": roof.get("intensity"),
+    }
+
+
+def peer_kernel_filter(kernel_dir: Path, peer: str) -> str:
+    """The ncu kernel-name filter of ``peer`` (its kernel's peers.py PROFILE_KERNELS; every
+    kernel when the peer names none)."""
+    from workbench.run.bench import kernel_module
+
+    module = kernel_module(kernel_dir, "peers")
+    return (getattr(module, "PROFILE_KERNELS", None) or {}).get(peer, "regex:.")
+
+
+def instrument(kernel_filter: str = STAGE_KERNEL, peer: str | None = None, peer_points: list[dict[str, Any]] | None = None) -> Instrument:
+    """ncu around the worker; ``peer``: the worker launches that peer instead of the stage
+    (kernel_filter: its kernels); ``peer_points``: peers profiled before, drawn beside."""
     exe = executable()
     return Instrument(
-        label="Nsight Compute (ncu)",
+        label=f"Nsight Compute (ncu){f', peer {peer}' if peer else ''}",
         record_field="profile",
         log_name=LOG_NAME,
-        command=lambda log: command(log, exe),
-        summarize=summarize,
+        command=lambda log: command(log, exe, kernel_filter),
+        summarize=lambda log, verdict, result: summarize(log, verdict, result, peer=peer, peer_points=peer_points),
         timeout_factor=TIMEOUT_FACTOR,
     )

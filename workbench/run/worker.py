@@ -166,6 +166,8 @@ class Job:
         if job.get("trace") and not hasattr(stage, "trace"):
             raise UserError(f"--trace: {spec.id} has no trace hook (Stage.trace: clock stamps per CTA, warpgroup and tile)")
         plan = self.plan(spec, registry, in_specs, job)
+        if job.get("profile_peer"):  # wb profile --peers: the peer's kernels on the first fixture's inputs, not the stage's
+            return self.launch_peer(job["profile_peer"], spec, plan[0], params, in_specs, device, result)
         result["fixture_notes"] = {
             f.name: {"isolates": f.isolates, "hides": f.hides} for _, cases in plan for f, _ in cases
         }
@@ -215,6 +217,28 @@ class Job:
         verdicts = [f["verdict"] for f in result["fixtures"]]
         result["verdict"] = "PASS" if verdicts and all(v == "PASS" for v in verdicts) else "FAIL"
         return result
+
+    def launch_peer(self, peer, spec, first, params, in_specs, device, result) -> dict:
+        """One launch of a peer of the stage (its kernel's peers.py make_peer) on the first
+        fixture's inputs, for a tool around this worker (wb profile --peers): PASS when it ran,
+        SKIPPED when it is not installed here (the message says why)."""
+        import torch
+
+        from workbench.run.bench import load_peers
+
+        _variants, cases = first
+        fixture, seed = cases[0]
+        self.emit({"type": "progress", "phase": "peer", "fixture": fixture.name, "peer": peer})
+        inputs = fixture.make(in_specs, params, seed, device)
+        peers_module = load_peers(spec.module_path.parent)
+        fn = peers_module.make_peer(peer, inputs, params) if peers_module is not None else None
+        if fn is None:
+            note = getattr(peers_module, "missing_note", lambda _: None)(peer) if peers_module is not None else "the kernel has no peers.py"
+            return {**result, "verdict": "SKIPPED", "error": {"message": f"peer {peer} is not installed here" + (f": {note}" if note else "")}}
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return {**result, "verdict": "PASS", "peer": peer}
 
     def trace(self, stage, build, first, params, in_specs, out_specs, device, job, arch) -> dict:
         """wb run --trace: the stage's traced build launched once on the first fixture's inputs;

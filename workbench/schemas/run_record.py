@@ -168,8 +168,22 @@ class Roofline(_Model):
     dram_peak_gbps: Number = None
 
 
+class PeerPoint(_Model):
+    peer: Optional[Name] = None
+    run: Optional[Line] = None
+    verdict: Optional[Word] = None
+    kernel: Optional[Text] = None
+    kernels: Optional[int] = None
+    duration_us: Number = None
+    tensor_pipe_pct: Number = None
+    tflops: Number = None
+    intensity: Number = None
+
+
 class Profile(_Model):
     tool: Key
+    peer: Optional[Name] = None
+    peers: list[PeerPoint] = []
     kernel: Optional[Text] = None
     grid: Optional[Line] = None
     block: Optional[Line] = None
