@@ -369,3 +369,11 @@ def resolve_stage(ws: Workspace, text: str, kernels: dict[str, KernelSpec] | Non
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     listed = ", ".join(f"{s.short} ({s.name})" for s in kernel.stages)
     raise UserError(f"kernel {kernel.name} has no stage {text!r}{hint}; its stages: {listed}")
+
+
+def load_peers(kernel_dir: Path):
+    """The kernel's peers module (stages/<kernel>/peers.py, imported in the worker: `wb bench`,
+    `wb profile --peers`), or None."""
+    if not (kernel_dir / "peers.py").exists():
+        return None
+    return importlib.import_module(f"stages.{kernel_dir.name}.peers")

@@ -28,7 +28,7 @@ from workbench import compare
 from workbench.compile.compiler import compile_stage
 from workbench.errors import UserError
 from workbench.kernels import fixtures as fixture_registry
-from workbench.kernels.registry import forget_stage_modules, load_kernel
+from workbench.kernels.registry import forget_stage_modules, load_kernel, load_peers
 from workbench.kernels.stage import Params, torch_dtype
 from workbench.records import memory
 from workbench.records.provenance import git_state, record_provenance, short_commit
@@ -156,13 +156,6 @@ def case_name(params: dict[str, Any], keys: list[str] | None = None) -> str:
     """`k=v ...` of a case: the keys in `keys` order (kernel.yaml `bench.case_keys`), then the rest."""
     order = [k for k in keys or [] if k in params] + [k for k in params if k not in (keys or [])]
     return " ".join(f"{k}={params[k]}" for k in order)
-
-
-def load_peers(kernel_dir: Path):
-    """The kernel's peers module (stages/<kernel>/peers.py), or None."""
-    if not (kernel_dir / "peers.py").exists():
-        return None
-    return importlib.import_module(f"stages.{kernel_dir.name}.peers")
 
 
 class BenchJob:

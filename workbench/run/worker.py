@@ -224,7 +224,7 @@ class Job:
         SKIPPED when it is not installed here (the message says why)."""
         import torch
 
-        from workbench.run.bench import load_peers
+        from workbench.kernels.registry import load_peers
 
         _variants, cases = first
         fixture, seed = cases[0]
