@@ -16,7 +16,8 @@ echo "=== wb profile d beside FA4 and cuDNN (d=128 s=4096 b=4 h=16: the bench sh
 timeout 240 python3 -m workbench profile d --n 4096 -p batch=4 -p heads=16 --peers fa4,sdpa-cudnn
 echo "=== wb profile moe/d (four kernels)"
 timeout 150 python3 -m workbench profile moe/d
-echo "=== stage D's default under memcheck and racecheck"
-for tool in memcheck racecheck; do
+echo "=== stage D's and moe stage C's defaults under the four tools (clean?)"
+for tool in memcheck racecheck synccheck initcheck; do
   timeout 300 python3 -m workbench run d --n 256 -f random --seeds 1 --sanitize $tool --timeout 280
+  timeout 300 python3 -m workbench run moe/c --seeds 1 --sanitize $tool --timeout 280
 done
