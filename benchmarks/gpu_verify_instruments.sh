@@ -19,5 +19,5 @@ timeout 150 python3 -m workbench profile moe/d
 echo "=== stage D's and moe stage C's defaults under the four tools (clean?)"
 for tool in memcheck racecheck synccheck initcheck; do
   timeout 300 python3 -m workbench run d --n 256 -f random --seeds 1 --sanitize $tool --timeout 280
-  timeout 300 python3 -m workbench run moe/c --seeds 1 --sanitize $tool --timeout 280
+  timeout 300 python3 -m workbench run moe/c -f random --seeds 1 --sanitize $tool --timeout 280
 done
