@@ -174,6 +174,9 @@ def test_a_race_report_becomes_the_verdict_recorded_rendered_and_diffed(toy_ws, 
     assert rec["timing"]["worker_pid"] != clean["timing"]["worker_pid"]
     assert rec["timing"]["timeout_s"] == 20 * sanitize.TIMEOUT_FACTOR  # the toy stage's 20 s, scaled
 
+    explained = wb("explain", rec["id"])  # the fixtures passed: the findings are the explanation
+    assert "compute-sanitizer racecheck: RACE" in explained.stdout and "stage_c_online.py:322" in explained.stdout
+
     diff = wb("diff-run", rec["id"], clean["id"])
     assert "compute-sanitizer: racecheck RACE (1 in the stage's kernels) → racecheck CLEAN (0)" in diff.stdout
     assert "- stage_c_online.py:322 Error: Race reported" in diff.stdout

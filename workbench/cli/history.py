@@ -131,8 +131,9 @@ def explain(
     run_id: str = typer.Argument("last", help="The run to explain (id, prefix, last, stage-c@last)."),
     as_json: bool = typer.Option(False, "--json", help="Print the diagnoses as JSON."),
 ) -> None:
-    """Print a run's diagnosis: for each failing fixture, which known bug its output matches."""
-    from workbench.cli.render import render_diagnosis
+    """Print a run's diagnosis: for each failing fixture, which known bug its output matches (and,
+    for a run under --sanitize, the tool's findings)."""
+    from workbench.cli.render import render_diagnosis, render_sanitizer
     from workbench.terminal import console, escape, verdict
 
     ws = state.workspace()
@@ -141,12 +142,14 @@ def explain(
     if as_json:
         from workbench.terminal import print_json
 
-        print_json({"id": record["id"], "verdict": record["verdict"], "error": record.get("error"), "fixtures": [{"fixture": c.get("label"), "diagnosis": c.get("diagnosis")} for c in failed]})
+        print_json({"id": record["id"], "verdict": record["verdict"], "error": record.get("error"), "sanitizer": record.get("sanitizer"),
+                    "fixtures": [{"fixture": c.get("label"), "diagnosis": c.get("diagnosis")} for c in failed]})
         return
     console.print(f"{verdict(record['verdict'])} {escape(record['stage'])} run {record['id']}")
     if record.get("error"):
         err = record["error"]
         console.print(f"{escape(err.get('message', '')[:2000])}" + (f"\n  at {escape(err['location'])}" if err.get("location") else ""))
+    render_sanitizer(record.get("sanitizer"), record["id"], limit=20)
     if not failed:
         if record["verdict"] == "PASS":
             console.print("every fixture passed: nothing to explain")
