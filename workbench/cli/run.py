@@ -33,6 +33,40 @@ def stage_overrides(n, d, dtype, params: list[str] | None, size: str = "n") -> d
     return overrides
 
 
+def resolve_request(ws, stage, n, d, dtype, param, variant, timeout, kernels=None):
+    """STAGE and its parameters and variants as the user gave them, checked (exit 2 on a
+    mistake): (spec, params, variants)."""
+    from workbench.kernels.registry import load_kernels, resolve_stage
+
+    spec = resolve_stage(ws, stage, kernels if kernels is not None else load_kernels(ws))
+    params = spec.resolve_params(stage_overrides(n, d, dtype, param, spec.size_param))
+    variants = spec.resolve_variants(parse_pairs(variant, "--variant"))
+    if timeout is not None and timeout <= 0:
+        raise UserError("--timeout must be a positive number of seconds")
+    return spec, params, variants
+
+
+def require_gpu_here(spec) -> None:
+    from workbench import gpu
+    from workbench.errors import NoGpuError
+
+    if not gpu.reachable() and gpu.stage_needs_gpu(spec.module_path):
+        raise NoGpuError(f"{spec.id} needs a CUDA GPU and this machine has none (no NVIDIA device, or CUDA_VISIBLE_DEVICES hides them)")
+
+
+def show_record(record: dict, as_json: bool) -> None:
+    """The record as JSON, or rendered; then the exit status of its verdict."""
+    if as_json:
+        from workbench import terminal
+
+        terminal.print_json({k: v for k, v in record.items() if not k.startswith("_")})
+    else:
+        from workbench.cli.render import render_run
+
+        render_run(record)
+    raise typer.Exit(EXIT.get(record["verdict"], 1))
+
+
 @app.command()
 def run(
     stage: str = typer.Argument(..., help="Stage: stage-c, c, KERNEL/stage-c or its name."),
@@ -65,15 +99,10 @@ def run(
 ) -> None:
     """Compile STAGE, run its fixtures against the reference, record and explain the run."""
     from workbench.arches import check_arch
-    from workbench.kernels.registry import load_kernels, resolve_stage
 
     ws = state.workspace()
     check_arch(arch)
-    spec = resolve_stage(ws, stage, load_kernels(ws))
-    params = spec.resolve_params(stage_overrides(n, d, dtype, param, spec.size_param))
-    variants = spec.resolve_variants(parse_pairs(variant, "--variant"))
-    if timeout is not None and timeout <= 0:
-        raise UserError("--timeout must be a positive number of seconds")
+    spec, params, variants = resolve_request(ws, stage, n, d, dtype, param, variant, timeout)
     if seeds is not None and seeds < 1:
         raise UserError("--seeds must be at least 1")
     instrument = None
@@ -102,12 +131,9 @@ def run(
         with progress(f"{spec.id} on {host}", enabled=not as_json) as on_event:
             record = run_remote(ws, host, spec, params, variants, fixture, seed, seeds, timeout, arch, show=not as_json, on_event=on_event)
     else:
-        from workbench import gpu
-        from workbench.errors import NoGpuError
         from workbench.run.procs import orphan_warning
 
-        if not gpu.reachable() and gpu.stage_needs_gpu(spec.module_path):
-            raise NoGpuError(f"{spec.id} needs a CUDA GPU and this machine has none (no NVIDIA device, or CUDA_VISIBLE_DEVICES hides them)")
+        require_gpu_here(spec)
         ws.ensure_state_dir()
 
         if (orphan := orphan_warning(ws)) is not None:
@@ -118,15 +144,7 @@ def run(
         record = _run_local(
             ws, spec, params, variants, fixture, seed, seeds, timeout, arch, warm, show=not as_json, exported=export_job, instrument=instrument, trace=trace,
         )
-    if as_json:
-        from workbench import terminal
-
-        terminal.print_json({k: v for k, v in record.items() if not k.startswith("_")})
-    else:
-        from workbench.cli.render import render_run
-
-        render_run(record)
-    raise typer.Exit(EXIT.get(record["verdict"], 1))
+    show_record(record, as_json)
 
 
 def _run_local(ws, spec, params, variants, fixtures, seed, seeds, timeout, arch, warm, show, exported=None, instrument=None, trace=False,
@@ -159,23 +177,16 @@ def profile(
 ) -> None:
     """Run STAGE's first launch under Nsight Compute (ncu, the card's own clocks): throughput,
     occupancy, tensor-pipe use, bank conflicts, registers, top stall reasons, in the run record."""
-    from workbench import gpu
     from workbench.arches import check_arch
-    from workbench.errors import NoGpuError
-    from workbench.kernels.registry import load_kernels, resolve_stage
+    from workbench.kernels.registry import load_kernels
     from workbench.run import profile as profiler
+    from workbench.run.bench import check_peers
 
     ws = state.workspace()
     check_arch(None)
     kernels = load_kernels(ws)
-    spec = resolve_stage(ws, stage, kernels)
-    params = spec.resolve_params(stage_overrides(n, d, dtype, param, spec.size_param))
-    variants = spec.resolve_variants(parse_pairs(variant, "--variant"))
-    if timeout is not None and timeout <= 0:
-        raise UserError("--timeout must be a positive number of seconds")
-    if not gpu.reachable() and gpu.stage_needs_gpu(spec.module_path):
-        raise NoGpuError(f"{spec.id} needs a CUDA GPU and this machine has none (no NVIDIA device, or CUDA_VISIBLE_DEVICES hides them)")
-    from workbench.run.bench import check_peers
+    spec, params, variants = resolve_request(ws, stage, n, d, dtype, param, variant, timeout, kernels)
+    require_gpu_here(spec)
 
     peer_list = [p.strip() for p in (peers or "").split(",") if p.strip()]
     check_peers(kernels[spec.kernel], peer_list)
@@ -200,12 +211,4 @@ def profile(
 
         why = re.sub(r"^==[A-Z]+==\s*", "", why)
         raise UserError(f"wb profile: ncu measured nothing ({why}); run {record['id']} has its log")
-    if as_json:
-        from workbench import terminal
-
-        terminal.print_json({k: v for k, v in record.items() if not k.startswith("_")})
-    else:
-        from workbench.cli.render import render_run
-
-        render_run(record)
-    raise typer.Exit(EXIT.get(record["verdict"], 1))
+    show_record(record, as_json)

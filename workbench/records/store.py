@@ -146,8 +146,8 @@ def new_record(kind: str, spec: Any, params: dict[str, Any], variants: dict[str,
         "sweep": None,
         "exported": None,  # wb run --exported: the package, its configuration, skipped fixtures
         "sanitizer": None,  # wb run --sanitize: the tool, its findings (workbench.run.sanitize)
-        "profile": None,
-        "trace": None,  # wb run --trace: the tile timeline's file and summary (workbench.run.timeline)  # wb profile: ncu's headline counters of the stage's kernel (workbench.run.profile)
+        "profile": None,  # wb profile: ncu's headline counters of the stage's kernel (workbench.run.profile)
+        "trace": None,  # wb run --trace: the tile timeline's file and summary (workbench.run.timeline)
     }
     record.update(fields)
     return record
