@@ -189,3 +189,10 @@ def test_a_failing_peer_keeps_its_whole_error_in_the_record():
     assert long_path in made["skipped"] and "FileNotFoundError" in made["error"]["traceback"] and "make_peer" in made["error"]["traceback"]
     timed = job.time_peer(peers, "broken-when-timed", {}, {}, 1.0, {"graph": "off", "reps": 1})
     assert "y" * 300 in timed["skipped"] and "RuntimeError" in timed["error"]["type"]
+
+
+def test_the_run_chart_leaves_the_kernels_yardsticks_out_of_the_best_peer_as_the_perf_doc_does(tmp_path):
+    ws = Workspace(REPO)
+    assert bench._yardsticks(ws, {"kernel": "moe"}) == ("dense",)  # moe's kernel.yaml: dense is a yardstick
+    assert bench._yardsticks(ws, {"kernel": "fmha"}) == ()
+    assert bench._yardsticks(Workspace(tmp_path), {"kernel": "moe"}) == ()  # no kernel.yaml here: every peer counts

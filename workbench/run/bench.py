@@ -425,12 +425,21 @@ def record_speed(ws, record: dict[str, Any]) -> None:
         from workbench.records.charts import draw_speed_chart
 
         try:
-            chart = draw_speed_chart(Path(record["_dir"]) / "speed.png", record)
+            chart = draw_speed_chart(Path(record["_dir"]) / "speed.png", record, _yardsticks(ws, record))
         except Exception as exc:  # a picture must never lose a measurement
             record.setdefault("notes", []).append(f"speed chart failed: {type(exc).__name__}: {exc}")
             chart = None
         if chart is not None:
             record["_chart"] = str(chart)
+
+
+def _yardsticks(ws, record: dict[str, Any]) -> tuple[str, ...]:
+    """The record's kernel's bench.yardsticks (left out of "the best peer", as in the perf
+    doc); none when its kernel.yaml cannot be read (a record imported from elsewhere)."""
+    try:
+        return tuple(load_kernel(ws.stages_dir / str(record.get("kernel")) / "kernel.yaml").bench.yardsticks)
+    except (OSError, UserError, ValueError):
+        return ()
 
 
 def speed_edit(records: list[dict[str, Any]], ws=None):
