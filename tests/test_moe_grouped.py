@@ -553,3 +553,44 @@ def test_tail_from_next_is_the_mutants_model():
         expert = torch.tensor([e for e, c in enumerate(counts) for _ in range(c)], dtype=torch.long)
         P = SimpleNamespace(cu=cu, E=len(counts), R=cu[-1], expert=expert, device="cpu")
         assert mutants.tail_spill(P).tolist() == writer, counts
+
+
+@needs_dsl
+def test_the_traced_build_reads_the_clock_and_the_untraced_build_not_at_all():
+    """wb run moe/c --trace: stamps only in the traced build (the untraced one has no clock
+    read, so tracing costs the real kernel nothing); 4 per consumer tile, 3 per producer tile
+    (the first-slot stamp once per tile), the CTA's start and end clocks."""
+    from stages.moe import stage_c_grouped as sc
+
+    _, plain, _ = _compile()
+    _, traced = sc.compile_grouped("bf16", 2048, 2 * 768, "swiglu", True, "none", ARCH, keep_ptx=True, trace=True)
+    assert "%clock" not in plain and "globaltimer" not in plain
+    ptx = traced.fn.__ptx__
+    assert len(re.findall(r"%clock\b", ptx)) == 3 + 4 + 2 and len(re.findall(r"%globaltimer_lo", ptx)) == 2
+
+
+def test_moe_trace_decodes_each_warpgroups_tiles_and_phases():
+    """stages/moe/trace.py on a buffer written as the kernel lays it out: two CTAs, the second
+    with two tiles; WG2 of the short tile only drained the ring (no stamp 1 or 2)."""
+    from stages.moe import trace
+    from workbench.run import timeline
+
+    L, ctas = trace.LAYOUT, 2
+    words = [0] * L.length(ctas)
+    for cta in range(ctas):
+        words[L.clock_word(ctas, cta): L.clock_word(ctas, cta) + 4] = [1000 + cta, 100, 5000 + cta, 4100]  # 1 ns per clock
+    stamps = {(0, 0, 0): [110, 120, 400], (0, 1, 0): [110, 300, 900, 1000], (0, 2, 0): [110, 300, 910, 1000],
+              (1, 0, 0): [105, 130, 500], (1, 1, 0): [105, 310, 800, 900], (1, 2, 0): [105, 0, 0, 950],
+              (1, 0, 1): [500, 520, 700], (1, 1, 1): [950, 960, 1500, 1600], (1, 2, 1): [950, 960, 1510, 1620]}
+    for (cta, lane, j), ev in stamps.items():
+        words[L.word(cta, lane, j): L.word(cta, lane, j) + len(ev)] = ev
+    slices, clocks = trace.decode(words, ctas, 2)
+    tiles = sorted((s.cta, s.lane, s.tile, s.end - s.start) for s in slices if s.kind == "tile")
+    assert tiles == [(0, "WG1", 0, 890), (0, "WG2", 0, 890), (0, "producer", 0, 290), (1, "WG1", 0, 795),
+                     (1, "WG1", 1, 650), (1, "WG2", 0, 845), (1, "WG2", 1, 670), (1, "producer", 0, 395), (1, "producer", 1, 200)]
+    drained = [s.name for s in slices if (s.cta, s.lane, s.tile, s.kind) == (1, "WG2", 0, "phase")]
+    assert drained == []  # its wait and mainloop were never stamped; its epilogue span has no start
+    events = timeline.chrome_trace(slices, clocks, "moe", trace.lanes(2))
+    assert timeline.validate(events) == []
+    summary = timeline.summarize(slices, clocks)
+    assert summary["tiles_per_cta"] == [1, 2] and summary["phase_median_ns"]["WG: mainloop (MMA over k)"] == 550  # of 600, 610, 490, 540, 550

@@ -184,5 +184,9 @@ def test_peers_are_profiled_first_and_stand_beside_the_stage(toy_ws, wb, fake_nc
     assert profile.peer_kernel_filter(toy_ws / "stages" / "toy", "torch-mul") == "regex:mul"
     assert profile.peer_kernel_filter(toy_ws / "stages" / "toy", "absent") == "regex:."  # no filter named: every kernel
     assert profile.command(Path("ncu.log"), "ncu", "regex:mul")[5:7] == ["--kernel-name", "regex:mul"]
+    # a peer's warm-up call launches its kernel too: ncu measures only the worker's profiler range
+    peer_args = " ".join(profile.instrument("regex:mul", peer="torch-mul").command(Path("ncu.log")))
+    stage_args = " ".join(profile.instrument().command(Path("ncu.log")))
+    assert "--profile-from-start off" in peer_args and "--profile-from-start" not in stage_args
     proc = wb("profile", "a", "--peers", "fa5")
     assert proc.returncode == 2 and "unknown peer 'fa5' of kernel toy: choose from torch-mul" in proc.stderr

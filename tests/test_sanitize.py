@@ -112,7 +112,7 @@ log = args[args.index("--log-file") + 1]
 worker = args[args.index("-m") - 1:]
 with open(os.environ["FAKE_SANITIZER_SEEN"], "w") as fh:
     json.dump({{"options": args[:args.index("-m") - 1], "lineinfo": os.environ.get("CUTE_DSL_LINEINFO"),
-               "no_caching": os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING")}}, fh)
+               "no_caching": os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING"), "no_poison": os.environ.get("WB_NO_POISON")}}, fh)
 report = open(os.environ["FAKE_SANITIZER_REPORT"]).read()
 findings, _, summary = report.rpartition("=========\n")
 with open(log, "w") as fh:
@@ -237,3 +237,33 @@ def test_a_record_whose_tool_fields_are_broken_is_skipped_not_a_traceback(toy_ws
     listed = wb("runs")
     assert good["id"] in listed.stdout and bad["id"] not in listed.stdout
     assert "skipping corrupt run record" in listed.stderr and "sanitizer.findings" in listed.stderr
+
+
+def test_a_sanitized_run_out_of_time_is_a_hang_that_says_how_to_tell_slow_from_hung(toy_ws, wb, fake_sanitizer):
+    """Under the tool every kernel runs 10-100x slower: the HANG says what to try, and the
+    tool's log so far is kept."""
+    report, _ = fake_sanitizer
+    report.write_text("=========\n========= ERROR SUMMARY: 0 errors\n")
+    proc = wb("run", "a", "--fixture", "toy-ones", "-V", "bug=sleep", "--sanitize", "memcheck", "--timeout", "3", "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    rec = _record(toy_ws, proc)
+    assert rec["verdict"] == "HANG"
+    assert "no result after 3 s" in rec["error"]["message"] and "a longer --timeout" in rec["error"]["message"]
+    assert rec["sanitizer"]["completed"] is False
+
+
+def test_under_initcheck_the_outputs_are_left_unpoisoned_so_a_read_before_write_is_seen(toy_ws, wb, fake_sanitizer):
+    """The worker's poison fill initializes every output: under initcheck it is skipped, so a
+    kernel that reads an output it never wrote is an uninitialized read; under the other
+    tools the poison stays and the toy's partial store shows unwritten elements."""
+    report, seen = fake_sanitizer
+    report.write_text("=========\n========= ERROR SUMMARY: 0 errors\n")
+    unwritten = {}
+    for tool in ("memcheck", "initcheck"):
+        proc = wb("run", "a", "--fixture", "toy-ones", "-V", "bug=partial", "--sanitize", tool, "--json")
+        assert "Traceback" not in proc.stderr, proc.stderr
+        rec = _record(toy_ws, proc)
+        unwritten[tool] = sum(f["outputs"][name]["unwritten"] for f in rec["results"] for name in f["outputs"])
+        unwritten[tool + " env"] = json.loads(seen.read_text())["no_poison"]
+    assert unwritten["memcheck"] > 0 and unwritten["initcheck"] == 0
+    assert (unwritten["memcheck env"], unwritten["initcheck env"]) == (None, "1")

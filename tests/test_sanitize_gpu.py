@@ -1,9 +1,9 @@
 """On a GPU with NVIDIA compute-sanitizer: `wb run c --sanitize TOOL` catches stage C's injected
 bugs at their source line, and the correct stage C epilogues are clean under all four tools.
 
-What the tools do not see is proven too (docs/inside.md): an uninitialized shared-memory read
-(initcheck checks global memory only) and a "full" mbarrier waited with the wrong phase (the
-kernel hangs under every tool, and wb's watchdog records HANG)."""
+What the tools do not see is in docs/inside.md: an uninitialized shared-memory read (initcheck
+checks global memory only) and a "full" mbarrier waited with the wrong phase (the kernel hangs
+under every tool, and wb's watchdog records HANG)."""
 
 import json
 import shutil
@@ -55,6 +55,19 @@ def test_missing_barrier_between_warpgroups_is_a_race_between_its_two_lines(fmha
     assert first["line"] in lines_of("cute.autovec_copy(rO, tOsO)")  # the write: O staged in smem
     (read,) = lines_of("= sO[row % self.wg_rows")  # the read: the copy-out, before the barrier that is not there
     assert any(f"stage_c_online.py:{read}" in d for d in first["details"])
+
+
+def test_reading_the_never_zeroed_output_is_initcheck_at_the_read(fmha_ws):
+    proc, record = sanitized(fmha_ws, "initcheck", "bug=o_accumulate")
+    assert record["verdict"] == "INITCHECK", (record["sanitizer"], record.get("error"))
+    assert {("stage_c_online.py", n) for n in lines_of("previous = gO[")} <= stage_lines(record)
+    assert "Uninitialized __global__ memory read" in record["sanitizer"]["findings"][0]["message"]
+
+
+def test_a_full_mask_syncwarp_in_a_branch_of_8_lanes_is_synccheck_at_its_line(fmha_ws):
+    proc, record = sanitized(fmha_ws, "synccheck", "bug=lse_syncwarp")
+    assert record["verdict"] == "SYNCCHECK", (record["sanitizer"], record.get("error"))
+    assert {("stage_c_online.py", n) for n in lines_of("cute.arch.sync_warp()")} <= stage_lines(record)
 
 
 @pytest.mark.parametrize("tool", ["memcheck", "racecheck", "synccheck", "initcheck"])

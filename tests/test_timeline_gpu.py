@@ -1,5 +1,6 @@
-"""On a GPU: `wb run d --trace` builds stage D with clock stamps, launches it once, writes a
-trace file Perfetto loads, and the traced build computes the untraced build's bits."""
+"""On a GPU: `wb run d --trace` and `wb run moe/c --trace` build the kernel with clock stamps,
+launch it once, write a trace file Perfetto loads, and the traced build computes the
+untraced build's bits."""
 
 import json
 
@@ -22,5 +23,21 @@ def test_wb_run_trace_of_stage_d(fmha_ws, causal, wgs):
     assert all(v == 0 for v in found["bits_differing_from_untraced"].values()), found["bits_differing_from_untraced"]
     assert found["ctas"] > 0 and found["tiles_per_cta"][0] >= 1
     assert 0 < found["cta_end_first_ns"] <= found["cta_end_last_ns"] < 1e8
+    events = json.loads((fmha_ws / "runs" / record["id"] / "trace.json").read_text())
+    assert timeline.validate(events) == []
+
+
+def test_wb_run_trace_of_moe_stage_c(fmha_ws):
+    """The moe grouped GEMM traced: 768 work tiles over the card's CTAs (several per CTA), the
+    producer's and both consumer warpgroups' phases, the same bits as the untraced build."""
+    proc = run_wb("run", "moe/c", "-p", "t=8192", "-f", "random", "--seeds", "1", "--trace", "--json", cwd=fmha_ws)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads(proc.stdout)
+    found = record["trace"]
+    assert "error" not in found, found
+    assert found["lanes"] == ["producer", "WG1", "WG2"]
+    assert all(v == 0 for v in found["bits_differing_from_untraced"].values()), found["bits_differing_from_untraced"]
+    assert found["tiles_per_cta"][1] >= 5  # 768 tiles on at most 132 CTAs
+    assert {"WG: mainloop (MMA over k)", "producer: load the k slabs"} <= set(found["phase_median_ns"])
     events = json.loads((fmha_ws / "runs" / record["id"] / "trace.json").read_text())
     assert timeline.validate(events) == []

@@ -57,7 +57,11 @@ threads epilogue without its 256-thread barrier: a WG reads rows of sO the other
 not have written yet), ``bug=o_uninit`` (the threads epilogue where the second WG never
 stages its O: rows 64..127 are read from shared memory nobody wrote), ``bug=mbar_phase``
 (the consumers' K/V pipeline state starts at phase 1: every wait on a "full" barrier
-returns at once, before the TMA load it guards has landed).
+returns at once, before the TMA load it guards has landed), ``bug=o_accumulate`` (the threads
+epilogue adds O to what is already in global O, as a split-KV kernel would, but nobody
+zeroed O: a read of uninitialized global memory), ``bug=lse_syncwarp`` (a ``__syncwarp``
+with the full mask inside the LSE branch that only lanes t % 4 == 0 take: 24 lanes never
+arrive).
 
 The CTA skeleton (host setup, prologue, pipelines, fragments, the per-tile step, the O
 store) is ``fmha_base.FmhaForwardBase``'s, shared with stage D; this module adds the
@@ -90,7 +94,7 @@ class FmhaOnline(FmhaForwardBase):
         super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages)
         self.rescale = rescale
         self.bug = bug
-        self.o_by_threads = o_store == "threads" or bug in ("o_race", "o_uninit")
+        self.o_by_threads = o_store == "threads" or bug in ("o_race", "o_uninit", "o_accumulate")
 
     # ---- host --------------------------------------------------------------------------
     @cute.jit
@@ -288,6 +292,8 @@ class FmhaOnline(FmhaForwardBase):
                         mLSE[row + 1] = lse[r]
                     else:
                         mLSE[row] = lse[r]
+            if const_expr(self.bug == "lse_syncwarp"):
+                cute.arch.sync_warp()
         if const_expr(self.o_by_threads):
             self.store_o_by_threads(acc_O, sO, gO, tiled_mma_pv, tidx_wg, wg, m_block, seqlen_q)
         else:
@@ -330,7 +336,13 @@ class FmhaOnline(FmhaForwardBase):
         box = row // self.wg_rows
         if m_block * self.tile_m + row < seqlen_q:
             for c in cutlass.range_constexpr(half_cols):
-                gO[row % self.wg_rows, col0 + c, m_block * self.num_consumer_wg + box] = sO[row % self.wg_rows, col0 + c, box]
+                if const_expr(self.bug == "o_accumulate"):
+                    previous = gO[row % self.wg_rows, col0 + c, m_block * self.num_consumer_wg + box]
+                    gO[row % self.wg_rows, col0 + c, m_block * self.num_consumer_wg + box] = self.dtype(
+                        Float32(previous) + Float32(sO[row % self.wg_rows, col0 + c, box])
+                    )
+                else:
+                    gO[row % self.wg_rows, col0 + c, m_block * self.num_consumer_wg + box] = sO[row % self.wg_rows, col0 + c, box]
 
 
 

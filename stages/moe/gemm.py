@@ -76,6 +76,7 @@ from cutlass.cute.nvgpu import OperandMajorMode, cpasync, warpgroup
 from cutlass.tensor_utils import LayoutEnum
 
 from stages.moe import activation as act
+from stages.moe.trace import no_stamp
 from workbench.compile.probe import probe
 
 #: threads in one warpgroup
@@ -445,12 +446,15 @@ class MoeGemmSm90:
         state: pipeline.PipelineState,
         k_tiles: Int32,
         mcast_b=None,
+        stamp: cutlass.Constexpr = no_stamp,
     ) -> pipeline.PipelineState:
         """Producer, one output tile (warp 0 of WG0, whole warp: the pipeline elects the lane
         that posts the byte count; a TMA copy is issued by one lane): its k tiles of A
-        (tAgA: (TMA, k tiles)) and B into the ring. Returns the advanced state."""
+        (tAgA: (TMA, k tiles)) and B into the ring. Returns the advanced state. ``stamp``
+        (a traced kernel's, stages/moe/trace.py): event 1 once the first slot is acquired."""
         for k in cutlass.range(k_tiles, unroll=1):
             pipe.producer_acquire(state)
+            stamp(1, k == 0)
             bar = pipe.producer_get_barrier(state)
             cute.copy(tma_atom_a, tAgA[None, k], tAsA[None, state.index], tma_bar_ptr=bar)
             if const_expr(mcast_b is None):
@@ -487,15 +491,18 @@ class MoeGemmSm90:
         pipe: pipeline.PipelineAsync,
         state: pipeline.PipelineState,
         k_tiles: Int32,
+        stamp: cutlass.Constexpr = no_stamp,
     ) -> pipeline.PipelineState:
         """A consumer WG's mainloop for one output tile: acc = A · B over the k tiles
-        (k_tiles >= 1). Returns the advanced state; every stage it read is released."""
+        (k_tiles >= 1). Returns the advanced state; every stage it read is released.
+        ``stamp`` (a traced kernel's): event 1 once the first k slab has landed."""
         num_k_blocks = cute.size(tCrA, mode=[2])
         release = state.clone()
         acc.fill(0.0)
         tiled_mma.set(warpgroup.Field.ACCUMULATE, True)
         # k tile 0: issue, nothing to release yet
         pipe.consumer_wait(state)
+        stamp(1)
         warpgroup.fence()
         for kb in cutlass.range_constexpr(num_k_blocks):
             cute.gemm(tiled_mma, acc, tCrA[None, None, kb, state.index], tCrB[None, None, kb, state.index], acc)

@@ -70,6 +70,7 @@ from stages.moe import activation as act
 from stages.moe import host
 from stages.moe.gemm import AUTO_STAGES, EPILOGUES, WG_THREADS, MoeGemmSm90, auto_stages
 from stages.moe.tile_scheduler import GroupedTiles, grid_size
+from stages.moe.trace import LAYOUT as TRACE_LAYOUT, TRACE_SLOTS, TRACE_TILES, no_stamp
 from workbench.compile.probe import probe
 from workbench.kernels.stage import Params, Stage, TensorSpec
 
@@ -119,6 +120,7 @@ class GroupedGemm(MoeGemmSm90):
         a_load: str = "auto",
         tile_m: int = 128,
         epilogue: str = "direct",
+        trace: bool = False,
     ):
         assert activation in ACTIVATIONS, activation
         assert bug in BUGS, bug
@@ -133,6 +135,10 @@ class GroupedGemm(MoeGemmSm90):
         if epilogue == "smem":  # whole 16-byte chunks of an output row
             assert self.n_out % self.chunk_elems == 0, f"epilogue=smem needs {self.chunk_elems} | {self.n_out}"
         self.gather, self.bug = gather, bug
+        # trace (wb run --trace): clock stamps per CTA, warpgroup and work tile into the
+        # launch's trace buffer, laid out by stages/moe/trace.py
+        self.trace = trace
+        assert not trace or 1 + self.num_consumer_wg <= TRACE_SLOTS, "the trace layout has a slot per warpgroup"
         # "none" is the down-projection's plain GEMM: no gate/up, so the two activation bugs
         # do not apply to it (stage D passes one bug to both of its GEMMs)
         self.plain = activation == "none"
@@ -168,6 +174,7 @@ class GroupedGemm(MoeGemmSm90):
         mCu: cute.Tensor,  # (E + 1,) int32
         grid_x: Int32,
         stream,
+        mTrace: Optional[cute.Tensor] = None,  # trace=True: the int32 stamp buffer (stages/moe/trace.py)
     ):
         # Static strides (K and N are compile-time): row offsets are then provably 16-byte
         # aligned, as the 16-byte cp.async needs; the launch checks the tensors are contiguous.
@@ -194,7 +201,9 @@ class GroupedGemm(MoeGemmSm90):
             )
             self.tx_bytes += cute.size_in_bytes(self.dtype, sA_one)
         self.shared_storage = self.make_shared_storage(sA_layout, sB_layout)
-        self.kernel(mA, tma_atom_a, tma_atom_b, tma_b, mOut, mRows, mCu, tiled_mma, sA_layout, sB_layout).launch(
+        if const_expr(not self.trace):
+            mTrace = None
+        self.kernel(mA, tma_atom_a, tma_atom_b, tma_b, mOut, mRows, mCu, tiled_mma, sA_layout, sB_layout, mTrace).launch(
             grid=(grid_x, 1, 1), block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1
         )
 
@@ -214,10 +223,13 @@ class GroupedGemm(MoeGemmSm90):
         tiled_mma: cute.TiledMma,
         sA_layout: cute.ComposedLayout,
         sB_layout: cute.ComposedLayout,
+        mTrace: Optional[cute.Tensor],
     ):
         tidx, _, _ = cute.arch.thread_idx()
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg_idx = cute.arch.make_warp_uniform(tidx // WG_THREADS)
+        if wg_idx == 0:
+            self.trace_clocks(mTrace, 0)
         atoms = (tma_atom_a, tma_atom_b) if const_expr(self.tma_a) else (tma_atom_b,)
         pipe, sA, sB = self._prologue(warp_idx, atoms, sA_layout, sB_layout)
         probe("sA", sA)
@@ -228,12 +240,50 @@ class GroupedGemm(MoeGemmSm90):
             cute.arch.setmaxregister_decrease(self.producer_regs)
             if const_expr(self.tma_a):
                 if warp_idx == 0:
-                    self.produce_tma(mA, tma_atom_a, tma_atom_b, mB, sA, sB, pipe, tiles)
+                    self.produce_tma(mA, tma_atom_a, tma_atom_b, mB, sA, sB, pipe, tiles, mTrace)
             else:
-                self.produce_grouped(mA, tma_atom_b, mB, mRows, sA, sB, pipe, tiles, tidx)
+                self.produce_grouped(mA, tma_atom_b, mB, mRows, sA, sB, pipe, tiles, tidx, mTrace)
         else:
             cute.arch.setmaxregister_increase(self.consumer_regs)
-            self.consume_grouped(mOut, sA, sB, pipe, tiled_mma, tiles, tidx - WG_THREADS, wg_idx - 1)
+            self.consume_grouped(mOut, sA, sB, pipe, tiled_mma, tiles, tidx - WG_THREADS, wg_idx - 1, mTrace)
+            if wg_idx == 1:
+                self.trace_clocks(mTrace, 2)
+
+    # ---- trace (wb run --trace) ----------------------------------------------------------
+    def stamp_fn(self, mTrace: Optional[cute.Tensor], lane: Int32, j: Int32):
+        """``stamp(event, when=True)`` for ``lane``'s ``j``-th work tile of this CTA:
+        ``no_stamp`` (no code at all) unless tracing."""
+        if const_expr(mTrace is None):
+            return no_stamp
+        return functools.partial(self.stamp, mTrace, lane, j)
+
+    def tick(self, mTrace: Optional[cute.Tensor], lane: Int32, j: Int32, event: int, when=True):
+        """``stamp_fn(mTrace, lane, j)(event, when)``: nothing unless tracing."""
+        self.stamp_fn(mTrace, lane, j)(event, when)
+
+    @cute.jit
+    def stamp(self, mTrace: cute.Tensor, lane: Int32, j: Int32, event: cutlass.Constexpr[int], when=True):
+        """Thread 0 of the calling warpgroup writes clock() as ``event`` of its tile's words
+        (the CTA's first TRACE_TILES tiles only; ``when``: a condition of the caller's)."""
+        tidx, _, _ = cute.arch.thread_idx()
+        bidx, _, _ = cute.arch.block_idx()
+        if tidx % WG_THREADS == 0:
+            if j < TRACE_TILES:
+                if when:
+                    mTrace[TRACE_LAYOUT.word(bidx, lane, j, event)] = cute.arch.clock()
+
+    @cute.jit
+    def trace_clocks(self, mTrace: Optional[cute.Tensor], at: cutlass.Constexpr[int]):
+        """(globaltimer_lo, clock) of this CTA at its start (at=0) or end (at=2), written by
+        the calling warpgroup's thread 0 (they convert clocks to nanoseconds)."""
+        if const_expr(mTrace is not None):
+            tidx, _, _ = cute.arch.thread_idx()
+            bidx, _, _ = cute.arch.block_idx()
+            gdim, _, _ = cute.arch.grid_dim()
+            if tidx % WG_THREADS == 0:
+                base = TRACE_LAYOUT.clock_word(gdim, bidx) + at
+                mTrace[base] = cute.arch.globaltimer_lo()
+                mTrace[base + 1] = cute.arch.clock()
 
     # ---- producer warpgroup --------------------------------------------------------------
     @cute.jit
@@ -248,6 +298,7 @@ class GroupedGemm(MoeGemmSm90):
         pipe: pipeline.PipelineTmaAsync,
         tiles: GroupedTiles,
         ptid: Int32,
+        mTrace: Optional[cute.Tensor] = None,
     ):
         """WG0: B by TMA (warp 0), A rows by cp.async (all 128 threads), tile after tile."""
         is_tma_warp = cute.arch.make_warp_uniform(cute.arch.warp_idx()) == 0
@@ -274,7 +325,9 @@ class GroupedGemm(MoeGemmSm90):
         tile, e, base, mt = tiles.first()
         step = tiles.step()
         e, base, mt = tiles.locate(tile, e, base, mt)
+        j = Int32(0)  # this CTA's work tiles so far (the trace's tile index)
         while e < tiles.num_experts:
+            self.tick(mTrace, Int32(0), j, 0)
             m_tile, n_tile, row_start, rows = tiles.coords(tile, e, base, mt)
             # the A row of each of this thread's tile rows; -1: past the expert's end
             a_idx = cute.make_rmem_tensor((rows_per_thread,), Int32)
@@ -301,6 +354,7 @@ class GroupedGemm(MoeGemmSm90):
                 # every producer thread waits for the slot; the TMA warp also posts B's bytes
                 if is_tma_warp:
                     pipe.producer_acquire(state)
+                    self.tick(mTrace, Int32(0), j, 1, k_tile == 0)
                     cute.copy(tma_atom_b, tBgB[None, k_tile], tBsB[None, state.index],
                               tma_bar_ptr=pipe.producer_get_barrier(state))
                 else:
@@ -323,7 +377,9 @@ class GroupedGemm(MoeGemmSm90):
                 # fires once this thread's cp.asyncs into the stage have landed
                 cute.arch.cp_async_mbarrier_arrive_noinc(pipe.producer_get_barrier(state))
                 state.advance()
+            self.tick(mTrace, Int32(0), j, 2)
             tile = tile + step
+            j = j + 1
             e, base, mt = tiles.locate(tile, e, base, mt)
         # no thread leaves with its copies in flight
         cute.arch.cp_async_commit_group()
@@ -340,6 +396,7 @@ class GroupedGemm(MoeGemmSm90):
         sB: cute.Tensor,
         pipe: pipeline.PipelineTmaAsync,
         tiles: GroupedTiles,
+        mTrace: Optional[cute.Tensor] = None,
     ):
         """Warp 0 of WG0, A in row order (no gather): A and B of every tile by TMA (the shared
         ``load_tile``); A's box starts at the tile's first sorted row."""
@@ -347,7 +404,9 @@ class GroupedGemm(MoeGemmSm90):
         tile, e, base, mt = tiles.first()
         step = tiles.step()
         e, base, mt = tiles.locate(tile, e, base, mt)
+        j = Int32(0)
         while e < tiles.num_experts:
+            self.tick(mTrace, Int32(0), j, 0)
             m_tile, n_tile, row_start, rows = tiles.coords(tile, e, base, mt)
             gA = cute.local_tile(cute.domain_offset((row_start, 0), mA), (self.tile_m, self.tile_k), (0, None))
             gB = cute.local_tile(mB[None, None, e], (self.tile_n, self.tile_k), (n_tile, None))
@@ -362,8 +421,13 @@ class GroupedGemm(MoeGemmSm90):
             probe("tAsA", tAsA)
             probe("gB", gB)
             probe("tBgB", tBgB)
-            state = self.load_tile(tma_atom_a, tma_atom_b, tAgA, tBgB, tAsA, tBsB, pipe, state, Int32(self.k_tiles))
+            state = self.load_tile(
+                tma_atom_a, tma_atom_b, tAgA, tBgB, tAsA, tBsB, pipe, state, Int32(self.k_tiles),
+                stamp=self.stamp_fn(mTrace, Int32(0), j),
+            )
+            self.tick(mTrace, Int32(0), j, 2)
             tile = tile + step
+            j = j + 1
             e, base, mt = tiles.locate(tile, e, base, mt)
 
     # ---- consumer warpgroups ------------------------------------------------------------
@@ -378,6 +442,7 @@ class GroupedGemm(MoeGemmSm90):
         tiles: GroupedTiles,
         tidx_c: Int32,
         wg: Int32,
+        mTrace: Optional[cute.Tensor] = None,
     ):
         """WG1, WG2: the shared mainloop and epilogue, tile after tile (the ring's state
         carried from one tile to the next)."""
@@ -386,10 +451,15 @@ class GroupedGemm(MoeGemmSm90):
         tile, e, base, mt = tiles.first()
         step = tiles.step()
         e, base, mt = tiles.locate(tile, e, base, mt)
+        j = Int32(0)
         while e < tiles.num_experts:
+            self.tick(mTrace, wg + 1, j, 0)
             m_tile, n_tile, row_start, rows = tiles.coords(tile, e, base, mt)
             if rows > wg * 64:
-                read = self.mma_tile(tiled_mma, tCrA, tCrB, acc, pipe, read, Int32(self.k_tiles))
+                read = self.mma_tile(
+                    tiled_mma, tCrA, tCrB, acc, pipe, read, Int32(self.k_tiles), stamp=self.stamp_fn(mTrace, wg + 1, j)
+                )
+                self.tick(mTrace, wg + 1, j, 2)
             else:
                 # none of this WG's 64 rows is the expert's (a short last tile): its MMAs
                 # would only multiply zero rows, so it just passes the stages on (the
@@ -399,7 +469,9 @@ class GroupedGemm(MoeGemmSm90):
                 if rows < self.tile_m:
                     rows = Int32(0)
             self.epilogue(acc, tCcAcc, mOut, row_start, n_tile * self.tile_n, row_start + rows, Int32(self.n))
+            self.tick(mTrace, wg + 1, j, 3)
             tile = tile + step
+            j = j + 1
             e, base, mt = tiles.locate(tile, e, base, mt)
 
     @cute.jit
@@ -459,11 +531,12 @@ def _num_sms(device_index: int) -> int:
     return host.sm_count(device_index)
 
 
-def run_grouped(compiled: Compiled, a, w, out, rows, cu_seqlens, num_sms: int | None = None) -> None:
+def run_grouped(compiled: Compiled, a, w, out, rows, cu_seqlens, num_sms: int | None = None, trace_buf=None) -> None:
     """Launch a compiled grouped GEMM: out[p] = act(a[rows[p]] @ w[e(p)]) (gather) or
     act(a[p] @ w[e(p)]) (no gather). a (rows of A, K), w (E, K, N), out (R, n_out), rows (R,)
     int32, cu_seqlens (E + 1,) int32, all contiguous CUDA tensors. No host synchronisation:
-    the grid comes from R and E only (tile_scheduler.grid_size). Stage D calls this too."""
+    the grid comes from R and E only (tile_scheduler.grid_size). Stage D calls this too.
+    ``trace_buf``: a traced build's int32 stamp buffer (stages/moe/trace.py)."""
     problems = []
     if a.shape[1] != compiled.k or w.shape[1] != compiled.k:
         problems.append(f"K: a {tuple(a.shape)}, w {tuple(w.shape)}, compiled for K={compiled.k}")
@@ -491,26 +564,26 @@ def run_grouped(compiled: Compiled, a, w, out, rows, cu_seqlens, num_sms: int | 
     if num_sms is None:
         num_sms = _num_sms(a.device.index if a.device.index is not None else 0)
     grid = grid_size(R, E, compiled.n_tiles, compiled.tile_m, num_sms)
-    compiled.fn(
-        host.to_cute(a), host.to_cute(w), host.to_cute(out), host.to_cute(rows), host.to_cute(cu_seqlens),
-        Int32(grid), host.current_stream(),
-    )
+    args = [host.to_cute(a), host.to_cute(w), host.to_cute(out), host.to_cute(rows), host.to_cute(cu_seqlens), Int32(grid), host.current_stream()]
+    compiled.fn(*args, *([host.to_cute(trace_buf)] if trace_buf is not None else []))
 
 
 def compile_grouped(dtype_name: str, k: int, n: int, activation: str, gather: bool, bug: str = "none",
                     arch: str = "sm_90a", tile_n: int = TILE_N, stages: int | None = None, a_load: str = "auto",
-                    keep_ptx: bool = False, tile_m: int = TILE_M, epilogue: str = "direct"):
+                    keep_ptx: bool = False, tile_m: int = TILE_M, epilogue: str = "direct", trace: bool = False):
     """(kernel object, Compiled) for one static configuration (no GPU needed); ``keep_ptx``
     keeps the PTX on ``Compiled.fn.__ptx__``. Stage D compiles its two GEMMs with this.
-    ``stages=None``: the auto ring depth for the tile and ``epilogue`` (``grouped_stages``)."""
+    ``stages=None``: the auto ring depth for the tile and ``epilogue`` (``grouped_stages``).
+    ``trace``: the clock-stamped build (launched with a trace buffer; wb run --trace)."""
     if stages is None:
         stages = grouped_stages(tile_m, tile_n, activation, epilogue)
     dtype = host.cute_dtype(dtype_name)
     kernel = GroupedGemm(dtype, k, n, activation, gather, bug, tile_n=tile_n, stages=stages, a_load=a_load,
-                         tile_m=tile_m, epilogue=epilogue)
+                         tile_m=tile_m, epilogue=epilogue, trace=trace)
     a, w, out = host.fake_tensor(dtype, 2), host.fake_tensor(dtype, 3), host.fake_tensor(dtype, 2)
     rows, cu = host.fake_tensor(Int32, 1), host.fake_tensor(Int32, 1)
-    fn = host.compile_for(arch, kernel, a, w, out, rows, cu, Int32(1), host.fake_stream(), keep_ptx=keep_ptx)
+    extra = [host.fake_tensor(Int32, 1)] if trace else []
+    fn = host.compile_for(arch, kernel, a, w, out, rows, cu, Int32(1), host.fake_stream(), *extra, keep_ptx=keep_ptx)
     return kernel, Compiled(fn, k, n, kernel.n_out, gather, kernel.n_tiles, kernel.tile_m)
 
 
@@ -544,7 +617,7 @@ class StageC(Stage):
     def flops(self, p: Params) -> float:
         return 2.0 * p.t * p.topk * p.h * 2 * p.i
 
-    def compile(self, p: Params, variants: Mapping[str, str], arch: str):
+    def compile(self, p: Params, variants: Mapping[str, str], arch: str, trace: bool = False):
         v = {k: str(x) for k, x in dict(variants or {}).items()}
         tile_m, tile_n = int(v.get("tile_m", TILE_M)), int(v.get("tile_n", TILE_N))
         epilogue = v.get("epilogue", "smem")
@@ -553,7 +626,7 @@ class StageC(Stage):
         stages = None if v.get("stages", "auto") == "auto" else int(v["stages"])
         self.kernel_obj, compiled = compile_grouped(
             p.dtype, p.h, 2 * p.i, p.activation, v.get("gather", "on") == "on", v.get("bug", "none"), arch,
-            tile_n=tile_n, stages=stages, a_load=v.get("a_load", "auto"), tile_m=tile_m, epilogue=epilogue,
+            tile_n=tile_n, stages=stages, a_load=v.get("a_load", "auto"), tile_m=tile_m, epilogue=epilogue, trace=trace,
         )
         return compiled
 
@@ -564,6 +637,29 @@ class StageC(Stage):
         plan = make_plan(ids, w1.shape[0])
         a = x if compiled.gather else x[plan.rows.long()].contiguous()
         run_grouped(compiled, a, w1, out, plan.rows, plan.cu_seqlens)
+
+    def trace(self, p: Params, variants: Mapping[str, str], arch: str, inputs, outputs):
+        """wb run --trace: this configuration built with clock stamps (stages/moe/trace.py),
+        launched once on ``inputs``; per CTA, warpgroup and work tile of the grouped walk."""
+        import torch
+
+        from stages.moe import trace as moe_trace
+        from stages.moe.plan import make_plan
+        from workbench.run.timeline import Timeline
+
+        compiled = self.compile(p, variants, arch, trace=True)
+        kernel = self.kernel_obj
+        x, ids, w1 = inputs["x"], inputs["topk_ids"], inputs["w1"]
+        plan = make_plan(ids, w1.shape[0])
+        a = x if compiled.gather else x[plan.rows.long()].contiguous()
+        grid = grid_size(plan.num_rows, w1.shape[0], compiled.n_tiles, compiled.tile_m, _num_sms(x.device.index or 0))
+        buf = torch.zeros(moe_trace.LAYOUT.length(grid), dtype=torch.int32, device=x.device)
+        run_grouped(compiled, a, w1, outputs["h"], plan.rows, plan.cu_seqlens, trace_buf=buf)
+        torch.cuda.synchronize()
+        slices, clocks = moe_trace.decode(buf.cpu().tolist(), grid, kernel.num_consumer_wg)
+        title = (f"moe stage C grouped GEMM t={p.t} h={p.h} i={p.i} e={p.e} topk={p.topk} {p.activation} {p.dtype} · "
+                 f"{kernel.tile_m}x{kernel.tile_n} tiles, {kernel.stages} stages, {grid} CTAs on {torch.cuda.get_device_name(x.device)}")
+        return Timeline(slices, clocks, moe_trace.lanes(kernel.num_consumer_wg), title)
 
     def reference(self, inputs, p: Params, variants, compute_dtype):
         return {"h": grouped_reference(inputs["x"], inputs["topk_ids"], inputs["w1"], p.activation, compute_dtype)}

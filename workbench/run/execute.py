@@ -74,6 +74,11 @@ def run_stage(
         outcome = Outcome(status="INTERRUPTED", message="interrupted (Ctrl-C) before the worker answered")
     except WorkerStartError as exc:  # e.g. a wrapping tool that refused its options: recorded, with the tool's log
         outcome = Outcome(status="CRASH", message=str(exc))
+    if outcome.status == "HANG" and instrument is not None and instrument.timeout_factor > 1:
+        outcome.message += (
+            f" (under {instrument.label} kernels run 10-100x slower: a smaller problem, e.g. -p with fewer"
+            " tokens, or a longer --timeout tells a slow run from a hung kernel)"
+        )
     result = worker_result(outcome, run_dir)
 
     verdict = result.get("verdict") if outcome.status == "result" else outcome.status

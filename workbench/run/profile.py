@@ -55,11 +55,15 @@ def executable() -> str:
     return cuda_tool("ncu", EXECUTABLE_ENV, "wb profile", "Nsight Compute's ncu")
 
 
-def command(log_path: Path, exe: str | None = None, kernel_filter: str = STAGE_KERNEL) -> list[str]:
+def command(log_path: Path, exe: str | None = None, kernel_filter: str = STAGE_KERNEL, from_start: bool = True) -> list[str]:
+    """``from_start=False``: only kernels inside the worker's profiler range are measured (a
+    peer's one timed call, not its warm-up call, which launches the same kernel)."""
     args = [
         exe or executable(), "--target-processes", "all", "--clock-control", "none",
         "--kernel-name", kernel_filter, "--launch-count", str(MAX_KERNELS),
     ]
+    if not from_start:
+        args += ["--profile-from-start", "off"]
     for section in SECTIONS:
         args += ["--section", section]
     return args + ["--csv", "--page", "raw", "--log-file", str(log_path)]
@@ -230,7 +234,7 @@ def instrument(kernel_filter: str = STAGE_KERNEL, peer: str | None = None, peer_
         label=f"Nsight Compute (ncu){f', peer {peer}' if peer else ''}",
         record_field="profile",
         log_name=LOG_NAME,
-        command=lambda log: command(log, exe, kernel_filter),
+        command=lambda log: command(log, exe, kernel_filter, from_start=peer is None),
         summarize=lambda log, verdict, result: summarize(log, verdict, result, peer=peer, peer_points=peer_points),
         timeout_factor=TIMEOUT_FACTOR,
     )

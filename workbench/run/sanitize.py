@@ -7,6 +7,9 @@ workbench.run.worker``. Its environment asks the DSL for line info (CUTE_DSL_LIN
 so findings name the Python source line; the compile cache keys it) and turns off torch's
 caching allocator (PYTORCH_NO_CUDA_MEMORY_CACHING=1: every tensor is its own allocation,
 so memcheck sees a store past an output's end instead of into the next tensor of a pool).
+Under initcheck the worker also leaves the outputs unpoisoned (WB_NO_POISON=1): its poison fill
+would initialize them, and a kernel that reads an output before writing it would go unseen
+(the fixtures' "unwritten" count is then 0 by construction).
 
 Findings in the stage's kernels (the DSL names them ``kernel_cutlass_...``) decide the
 verdict; findings in other kernels (torch's, in the reference) are kept in the record and
@@ -27,6 +30,7 @@ VERDICTS = {"memcheck": "MEMCHECK", "racecheck": "RACE", "synccheck": "SYNCCHECK
 TIMEOUT_FACTOR = 10  # sanitized kernels (and torch's) run 10-100x slower: the stage's timeout is scaled
 EXECUTABLE_ENV = "WB_COMPUTE_SANITIZER"
 LOG_NAME = "sanitizer.log"
+NO_POISON_ENV = "WB_NO_POISON"  # set: the worker leaves outputs as allocated (initcheck sees a kernel read them)
 MAX_FINDINGS = 20  # kept in the record (the log keeps everything the tool printed)
 STAGE_KERNEL = re.compile(r"kernel_cutlass|cutlass_kernel")
 
@@ -66,8 +70,11 @@ def wrapper(tool: str, log_path: Path, exe: str | None = None) -> list[str]:
     return args
 
 
-def environment() -> dict[str, str]:
-    return {"CUTE_DSL_LINEINFO": "1", "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
+def environment(tool: str = "memcheck") -> dict[str, str]:
+    env = {"CUTE_DSL_LINEINFO": "1", "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
+    if tool == "initcheck":  # the worker's poison fill would initialize every output before the kernel runs
+        env[NO_POISON_ENV] = "1"
+    return env
 
 
 def instrument(tool: str) -> Instrument:
@@ -80,7 +87,7 @@ def instrument(tool: str) -> Instrument:
         log_name=LOG_NAME,
         command=lambda log: wrapper(tool, log, exe),
         summarize=lambda log, verdict, _result: summarize(tool, log, verdict),
-        environment=environment(),
+        environment=environment(tool),
         timeout_factor=TIMEOUT_FACTOR,
     )
 

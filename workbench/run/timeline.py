@@ -1,10 +1,11 @@
 """Tile timelines from in-kernel clock stamps: a Chrome/Perfetto trace file and its summary.
 
 A traced kernel writes clock() stamps per CTA, warpgroup ("lane") and work tile, and each
-CTA's (globaltimer, clock) at its start and end. The kernel's own decoder (e.g.
-stages/fmha/trace.py) turns its buffer into ``Slice``s (a lane's span between two stamps:
-a whole work tile, or one phase of it) and ``Clock``s (one per CTA, to convert its clock to
-nanoseconds). This module is kernel-agnostic:
+CTA's (globaltimer, clock) at its start and end, into an int32 buffer laid out by a
+``StampLayout``. ``decode`` turns the buffer into ``Slice``s (a lane's span between two
+stamps: a whole work tile, or one phase of it) and ``Clock``s (one per CTA, to convert its
+clock to nanoseconds), given the kernel's phases (which stamps bound which part of a tile:
+stages/fmha/trace.py, stages/moe/trace.py). This module is kernel-agnostic:
 
 - ``chrome_trace``: the Trace Event Format JSON that ui.perfetto.dev and chrome://tracing
   open: one process per CTA, one thread per lane, tiles as complete ("X") events with their
@@ -62,6 +63,60 @@ class Timeline:
     lanes: list[str]  # thread names, in order: "producer", "WG1", ...
     title: str
     meta: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class StampLayout:
+    """An int32 trace buffer: ``base`` words of the kernel's own first; then per CTA, lane
+    slot (``slots`` of them: the producer and the consumer warpgroups) and work tile (the
+    CTA's first ``tiles``), ``events`` clock() stamps; then each CTA's (globaltimer, clock)
+    at its start and at its end. The index methods take plain ints on the host and DSL
+    integers in the kernel."""
+
+    slots: int
+    tiles: int
+    events: int
+    base: int = 0
+
+    def word(self, cta, lane, j, event=0):
+        """Index of ``event`` of lane ``lane``'s ``j``-th work tile on CTA ``cta``."""
+        return self.base + ((cta * self.slots + lane) * self.tiles + j) * self.events + event
+
+    def clock_word(self, ctas, cta):
+        """Index of CTA ``cta``'s start (globaltimer, clock) pair, its end pair right after."""
+        return self.word(ctas, 0, 0) + 4 * cta
+
+    def length(self, ctas: int) -> int:
+        """The buffer's length (words) for a grid of ``ctas``."""
+        return self.clock_word(ctas, ctas)
+
+
+Phases = list[tuple[str, int, int]]  # (name, first stamp, last stamp) of one part of a work tile
+
+
+def decode(words: list[int], ctas: int, layout: StampLayout, lanes: list[tuple[str, Phases]]) -> tuple[list[Slice], dict[int, Clock]]:
+    """One traced launch's buffer -> the slices and each CTA's clock. ``lanes``: per slot in
+    order, its name and phases; a tile's span runs from its stamp 0 to the last phase's end.
+    A tile whose stamps are all zero was never reached; a phase with a zero stamp was not
+    stamped on that path (e.g. a warpgroup with no rows in the tile), and is left out."""
+    slices: list[Slice] = []
+    clocks: dict[int, Clock] = {}
+    for cta in range(ctas):
+        base = layout.clock_word(ctas, cta)
+        gt0, ck0, gt1, ck1 = (w % WRAP for w in words[base: base + 4])
+        if not (gt0 or gt1):
+            continue  # a CTA of the grid that never ran (a smaller launch than the buffer)
+        clocks[cta] = Clock(gt0, ck0, gt1, ck1)
+        for slot, (lane, parts) in enumerate(lanes):
+            last = parts[-1][2]
+            for j in range(layout.tiles):
+                at = layout.word(cta, slot, j)
+                ev = [w % WRAP for w in words[at: at + layout.events]]
+                if not (ev[0] and ev[last]):
+                    continue
+                slices.append(Slice(cta, lane, f"tile {j}", ev[0], ev[last], kind="tile", tile=j))
+                slices += [Slice(cta, lane, name, ev[a], ev[b], tile=j) for name, a, b in parts if ev[a] and ev[b]]
+    return slices, clocks
 
 
 def write(timeline: "Timeline", path) -> dict[str, Any]:
