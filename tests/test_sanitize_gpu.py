@@ -64,10 +64,10 @@ def test_reading_the_never_zeroed_output_is_initcheck_at_the_read(fmha_ws):
     assert "Uninitialized __global__ memory read" in record["sanitizer"]["findings"][0]["message"]
 
 
-def test_a_barrier_in_a_branch_of_8_lanes_per_warp_is_synccheck_at_its_line(fmha_ws):
-    proc, record = sanitized(fmha_ws, "synccheck", "bug=lse_barrier")
+def test_a_syncwarp_whose_mask_leaves_out_a_calling_lane_is_synccheck_at_its_line(fmha_ws):
+    proc, record = sanitized(fmha_ws, "synccheck", "bug=warp_mask")
     assert record["verdict"] == "SYNCCHECK", (record["sanitizer"], record.get("error"))
-    assert {("stage_c_online.py", n) for n in lines_of("cute.arch.barrier(barrier_id=4")} <= stage_lines(record)
+    assert {("stage_c_online.py", n) for n in lines_of("cute.arch.sync_warp(mask=0x7FFFFFFF)")} <= stage_lines(record)
 
 
 @pytest.mark.parametrize("tool", ["memcheck", "racecheck", "synccheck", "initcheck"])
