@@ -113,7 +113,9 @@ def test_compile_error_points_at_the_users_line(toy_ws, wb):
     assert rec["error"]["location"].endswith(f"stages/toy/stage_a.py:{line}")
 
 
-def test_ctrl_c_leaves_an_interrupted_record_and_kills_the_worker(toy_ws):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_leaves_an_interrupted_record_and_kills_the_worker(toy_ws, sig):
+    """SIGTERM (`timeout`, `kill`, a batch system ending the job) is handled as Ctrl-C."""
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "workbench", "run", "a", "-V", "bug=sleep"],
@@ -124,7 +126,7 @@ def test_ctrl_c_leaves_an_interrupted_record_and_kills_the_worker(toy_ws):
     while "fixture" not in seen and time.time() < deadline:
         seen += proc.stdout.readline()
     time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 130, seen + out
     runs = sorted((toy_ws / "runs").glob("2*/run.json"))

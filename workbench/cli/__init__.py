@@ -6,7 +6,9 @@ loads only for the command that runs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -83,10 +85,18 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     terminal.warn(str(message))
 
 
+def _terminated(signum, frame):
+    """SIGTERM (`timeout`, `kill`, a batch system ending the job) ends wb as Ctrl-C does: the
+    worker's process group is killed and the run is recorded as INTERRUPTED."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     from workbench import terminal
 
     warnings.showwarning = _show_warning
+    with contextlib.suppress(ValueError):  # not the main thread (wb called inside another program)
+        signal.signal(signal.SIGTERM, _terminated)
     _register()
     try:
         state.argv = list(argv) if argv is not None else sys.argv[1:]
