@@ -190,3 +190,19 @@ def test_peers_are_profiled_first_and_stand_beside_the_stage(toy_ws, wb, fake_nc
     assert "--profile-from-start off" in peer_args and "--profile-from-start" not in stage_args
     proc = wb("profile", "a", "--peers", "fa5")
     assert proc.returncode == 2 and "unknown peer 'fa5' of kernel toy: choose from torch-mul" in proc.stderr
+
+
+def test_the_roofline_gives_a_share_of_the_roof_only_against_a_compute_roof(tmp_path, monkeypatch):
+    """Without a compute roof (no `wb bench` on this machine, a card not in the datasheet
+    table) the DRAM line is no ceiling for a compute-bound kernel: no "% of the roof"."""
+    pytest.importorskip("matplotlib")
+    from workbench.records import charts
+
+    legends = []
+    monkeypatch.setattr(charts, "save", lambda fig, path: legends.append([t.get_text() for t in fig.axes[0].get_legend().get_texts()]) or path)
+    point = [{"label": "k", "intensity": 2000.0, "tflops": 700.0}]
+    charts.draw_roofline(tmp_path / "a.png", point, 4800.0, None, "t")
+    charts.draw_roofline(tmp_path / "b.png", point, 4800.0, 1000.0, "t", peak_source="datasheet")
+    assert legends[0][1] == "k: 700 TFLOP/s" and "no compute roof known" in legends[0][0]
+    assert legends[1][1] == "k: 700 TFLOP/s (70% of the roof)" and legends[1][0].endswith("1000 TFLOP/s (datasheet)")
+    assert profile.short_kernel_name("kernel_cutlass_kernel_stagesfmhastage_d_fmhaFmhaForward_object_at__CopyAtom_1") == "stagesfmhastage_d_fmhaFmhaForward"

@@ -59,10 +59,8 @@ stages its O: rows 64..127 are read from shared memory nobody wrote), ``bug=mbar
 (the consumers' K/V pipeline state starts at phase 1: every wait on a "full" barrier
 returns at once, before the TMA load it guards has landed), ``bug=o_accumulate`` (the threads
 epilogue adds O to what is already in global O, as a split-KV kernel would, but nobody
-zeroed O: a read of uninitialized global memory), ``bug=lse_barrier`` (a named barrier over
-both consumer WGs inside the LSE branch that only lanes t % 4 == 0 take: ``__syncthreads``
-in divergent code), ``bug=warp_mask`` (every consumer thread calls ``__syncwarp`` with a mask
-that leaves out lane 31, which calls it too).
+zeroed O: a read of uninitialized global memory), ``bug=warp_mask`` (every consumer thread
+calls ``__syncwarp`` with a mask that leaves out lane 31, which calls it too).
 
 The CTA skeleton (host setup, prologue, pipelines, fragments, the per-tile step, the O
 store) is ``fmha_base.FmhaForwardBase``'s, shared with stage D; this module adds the
@@ -293,8 +291,6 @@ class FmhaOnline(FmhaForwardBase):
                         mLSE[row + 1] = lse[r]
                     else:
                         mLSE[row] = lse[r]
-            if const_expr(self.bug == "lse_barrier"):
-                cute.arch.barrier(barrier_id=4, number_of_threads=self.num_consumer_wg * common.WG_THREADS)
         if const_expr(self.bug == "warp_mask"):
             cute.arch.sync_warp(mask=0x7FFFFFFF)
         if const_expr(self.o_by_threads):

@@ -118,7 +118,7 @@ def test_remote_run_end_to_end(remote_ws, wb):
     (ws / "secret.txt").write_text("ignored\n")
     (ws / "runs" / "old").mkdir(parents=True)
     (ws / "runs" / "old" / "junk.txt").write_text("local records stay local\n")
-    (ws / "stages" / "toy" / "__pycache__").mkdir()
+    (ws / "stages" / "toy" / "__pycache__").mkdir(exist_ok=True)  # the copied workspace may have one
     (ws / "stages" / "toy" / "__pycache__" / "x.pyc").write_text("cache")
     with open(ws / "stages" / "toy" / "stage_a.py", "a") as fh:
         fh.write("\n# a local edit, not committed\n")

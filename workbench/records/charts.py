@@ -76,9 +76,12 @@ def draw_speed_chart(path: Path, record: dict[str, Any], yardsticks: tuple[str, 
     return save(fig, path)
 
 
-def draw_roofline(path: Path, points: list[dict[str, Any]], dram_gbps: float | None, peak_tflops: float | None, title: str) -> Path | None:
+def draw_roofline(path: Path, points: list[dict[str, Any]], dram_gbps: float | None, peak_tflops: float | None, title: str,
+                  peak_source: str = "wb bench") -> Path | None:
     """The card's roofline (DRAM bandwidth roof, dense matmul roof) with each kernel's point:
-    {"label", "intensity" (FLOP per DRAM byte), "tflops"}. None without matplotlib or points."""
+    {"label", "intensity" (FLOP per DRAM byte), "tflops"}. None without matplotlib or points.
+    ``peak_source`` names where the compute roof comes from; without one, no point gets a
+    share of "the roof" (the DRAM line alone is no ceiling for a compute-bound kernel)."""
     points = [p for p in points if p.get("intensity") and p.get("tflops")]
     if not points or not available():
         return None
@@ -94,13 +97,13 @@ def draw_roofline(path: Path, points: list[dict[str, Any]], dram_gbps: float | N
         roof = xs * dram_gbps / 1e3  # FLOP/byte x TB/s = TFLOP/s
         if peak_tflops:
             roof = np.minimum(roof, peak_tflops)
-        ax.plot(xs, roof, color="0.25", linewidth=1.5, label=f"DRAM {dram_gbps / 1e3:.2f} TB/s (ncu)" + (f", dense matmul {peak_tflops:.0f} TFLOP/s (wb bench)" if peak_tflops else ""))
+        ax.plot(xs, roof, color="0.25", linewidth=1.5, label=f"DRAM {dram_gbps / 1e3:.2f} TB/s (ncu)" + (f", dense matmul {peak_tflops:.0f} TFLOP/s ({peak_source})" if peak_tflops else ", no compute roof known (wb bench measures it)"))
     elif peak_tflops:
-        ax.axhline(peak_tflops, color="0.25", linewidth=1.5, label=f"dense matmul {peak_tflops:.0f} TFLOP/s (wb bench)")
+        ax.axhline(peak_tflops, color="0.25", linewidth=1.5, label=f"dense matmul {peak_tflops:.0f} TFLOP/s ({peak_source})")
     for i, p in enumerate(points):
         colour = WB_COLOUR if i == 0 else PEER_COLOURS[(i - 1) % len(PEER_COLOURS)]
-        ceiling = min(peak_tflops or float("inf"), p["intensity"] * dram_gbps / 1e3 if dram_gbps else float("inf"))
-        share = f" ({100 * p['tflops'] / ceiling:.0f}% of the roof)" if ceiling != float("inf") else ""
+        ceiling = min(peak_tflops, p["intensity"] * dram_gbps / 1e3 if dram_gbps else float("inf")) if peak_tflops else None
+        share = f" ({100 * p['tflops'] / ceiling:.0f}% of the roof)" if ceiling else ""
         ax.scatter([p["intensity"]], [p["tflops"]], s=60, color=colour, zorder=3, label=f"{p['label']}: {p['tflops']:.0f} TFLOP/s{share}")
     ax.set_xscale("log")
     ax.set_yscale("log")

@@ -457,6 +457,16 @@ def log_block(new_lines: list[str]) -> BlockEdit:
     return BlockEdit(update, owned)
 
 
+# A variant named `bug` or `*_bug` with another value than "none" injects a bug on purpose (a
+# kernel.yaml convention): such a run is expected to fail, so it is a case apart in the status
+# and never the stage's "last run".
+_INJECTED = re.compile(r"(?:^| )(?:\w+_)?bug=(?!none(?: |$))\S")
+
+
+def injects_a_bug(record: dict[str, Any]) -> bool:
+    return any((k == "bug" or k.endswith("_bug")) and str(v) != "none" for k, v in (record.get("variants_changed") or {}).items())
+
+
 def run_edits(records: list[dict[str, Any]]) -> dict[str, Any]:
     """The `status` and `log` edits that fold these runs (oldest first) into MEMORY.md."""
 
@@ -465,13 +475,14 @@ def run_edits(records: list[dict[str, Any]]) -> dict[str, Any]:
         for record in records:
             entry = data.setdefault(record["stage"], {})
             prov = record.get("provenance", {})
-            entry.update(
-                verdict=record["verdict"],
-                last_run=record["id"],
-                commit=short_commit(prov) or None,
-                date=(record.get("started") or "")[:10],
-                card=prov.get("gpu"),
-            )
+            if not injects_a_bug(record) or "last_run" not in entry:
+                entry.update(
+                    verdict=record["verdict"],
+                    last_run=record["id"],
+                    commit=short_commit(prov) or None,
+                    date=(record.get("started") or "")[:10],
+                    card=prov.get("gpu"),
+                )
             n = record.get("params", {}).get("n")
             per_key = entry.setdefault("cases", {}).setdefault(_params_key(record), {})
             per_key[str(n) if isinstance(n, int) and not isinstance(n, bool) else ""] = record["verdict"]  # "": a stage without n
@@ -495,18 +506,23 @@ def _n_key(n: str) -> tuple:
 
 
 def render_status(data: dict[str, Any]) -> str:
-    """One line per stage: its last run, how many cases (latest verdict per parameter set
-    and n) pass, the worst failing one."""
+    """One line per stage: its last run (not one of an injected bug), how many cases (latest
+    verdict per parameter set and n) pass, the worst failing one, and how many of the cases
+    with an injected bug did not pass (the bug was caught)."""
     rows = [
-        "The last run of every stage; cases: the latest verdict per parameter set and n. The cases and runs"
+        "The last run of every stage; cases: the latest verdict per parameter set and n, apart from the"
+        " cases with an injected bug (a `bug` or `*_bug` variant), which should not pass. The cases and runs"
         " of a stage: `wb report STAGE`; this block's data: MEMORY.json.",
         "",
-        "| stage | last run | verdict | cases passing | worst failing case | date · commit · card |",
-        "|---|---|---|---|---|---|",
+        "| stage | last run | verdict | cases passing | worst failing case | injected bugs caught | date · commit · card |",
+        "|---|---|---|---|---|---|---|",
     ]
     for stage in sorted(data):
         entry = data[stage]
-        cases = [(key, n, v) for key, per_n in sorted(entry.get("cases", {}).items()) for n, v in sorted(per_n.items(), key=lambda i: _n_key(i[0]))]
+        every = [(key, n, v) for key, per_n in sorted(entry.get("cases", {}).items()) for n, v in sorted(per_n.items(), key=lambda i: _n_key(i[0]))]
+        cases = [c for c in every if not _INJECTED.search(c[0])]
+        bugs = [c for c in every if _INJECTED.search(c[0])]
+        caught = f"{sum(1 for c in bugs if c[2] != 'PASS')}/{len(bugs)}" if bugs else "-"
         failing = [c for c in cases if c[2] != "PASS"]
         worst = "-"
         if failing:
@@ -515,7 +531,7 @@ def render_status(data: dict[str, Any]) -> str:
             worst = cell(f"{verdict} {key}{f' n={n}' if n else ''}".replace("  ", " ").strip(), 160) + (f" (+{len(failing) - 1} more)" if len(failing) > 1 else "")
         passing = f"{len(cases) - len(failing)}/{len(cases)}" if cases else "-"
         when = " · ".join(cell(entry.get(k) or "-", 60) for k in ("date", "commit", "card"))
-        rows.append(f"| {cell(stage, 100)} | {cell(entry.get('last_run'), 40)} | {cell(entry.get('verdict'), 32)} | {passing} | {worst} | {when} |")
+        rows.append(f"| {cell(stage, 100)} | {cell(entry.get('last_run'), 40)} | {cell(entry.get('verdict'), 32)} | {passing} | {worst} | {caught} | {when} |")
     return "\n".join(rows)
 
 

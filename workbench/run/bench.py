@@ -117,6 +117,11 @@ def _event_times(fn: Callable[[], Any], reps: int, scratch) -> list[float]:
     return [s.elapsed_time(e) for s, e in pairs]
 
 
+# dense bf16 tensor-core TFLOP/s on NVIDIA's datasheets (boost clocks; `wb bench` measures
+# what a card sustains: 814 on an H200): the roofline's compute roof where none was measured
+DATASHEET_BF16_TFLOPS = {"NVIDIA H100 80GB HBM3": 989.4, "NVIDIA H200": 989.4, "NVIDIA H100 PCIe": 756.0}
+
+
 def known_peak_tflops(card: str | None) -> float | None:
     """The dense bf16 matmul TFLOP/s `wb bench` measured on this card earlier (no GPU work)."""
     try:

@@ -189,20 +189,30 @@ def _draw_roofline(run_dir: Path, field: dict[str, Any], result: dict[str, Any])
     if not point or not point.get("intensity"):
         return None
     from workbench.records.charts import draw_roofline
-    from workbench.run.bench import known_peak_tflops
+    from workbench.run.bench import DATASHEET_BF16_TFLOPS, known_peak_tflops
 
     card = (result.get("env") or {}).get("gpu")
     points = [{"label": field.get("peer") or "the stage's kernel", **point}]
     points += [{**p, "label": p["peer"]} for p in field.get("peers") or [] if p.get("intensity") and p.get("tflops")]
+    peak, source = known_peak_tflops(card), "wb bench"
+    if peak is None:
+        peak, source = DATASHEET_BF16_TFLOPS.get(card or ""), "datasheet"
     try:
         path = draw_roofline(
-            run_dir / "roofline.png", points, point.get("dram_peak_gbps"), known_peak_tflops(card),
-            f"{(field.get('kernel') or '')[:60]} on {card or '?'}",
+            run_dir / "roofline.png", points, point.get("dram_peak_gbps"), peak,
+            f"{short_kernel_name(field.get('kernel') or '')} on {card or '?'}", peak_source=source,
         )
     except Exception as exc:  # a picture must never lose the counters
         field["notes"].append(f"roofline picture failed: {type(exc).__name__}: {exc}")
         return None
     return path.name if path else None
+
+
+def short_kernel_name(name: str) -> str:
+    """A DSL kernel's name without its generated parts: ``kernel_cutlass_kernel_stagesfmha
+    stage_d_fmhaFmhaForward_object_at__...`` -> ``stagesfmhastage_d_fmhaFmhaForward``."""
+    name = name.removeprefix("kernel_cutlass_kernel_").removeprefix("kernel_cutlass_")
+    return name.split("_object_at_")[0][:80]
 
 
 def peer_point(record: dict[str, Any]) -> dict[str, Any]:
