@@ -109,3 +109,14 @@ def test_trace_refusals_are_one_line_with_exit_2(toy_ws, wb):
     proc = wb("run", "a", "--trace", "--host", "h100")
     assert proc.returncode == 2 and "--trace runs on this machine only" in proc.stderr
     assert not (toy_ws / "runs").exists() or not any(p.name != "reports" for p in (toy_ws / "runs").iterdir())
+
+
+def test_a_cta_at_the_stamp_limit_is_said_to_have_tiles_missing(stamps, tmp_path):
+    """stage D stamps each CTA's first 32 tiles: a trace whose busiest CTA reached 32 says its
+    later tiles are not in it; one below the limit says nothing."""
+    saved, slices, clocks, lanes = stamps
+    found = timeline.write(timeline.Timeline(slices, clocks, lanes, "stage D", tiles_stamped=32), tmp_path / "t.json")
+    assert found["tiles_stamped_per_cta"] == 32
+    assert timeline.stamped_note({**found, "tiles_per_cta": [28, 32]}).startswith(" (only each CTA's first 32 tiles are stamped")
+    assert timeline.stamped_note({**found, "tiles_per_cta": [5, 6]}) == ""
+    assert timeline.stamped_note({"tiles_per_cta": [5, 40]}) == ""  # a hook that names no limit

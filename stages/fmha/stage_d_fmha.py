@@ -1564,7 +1564,7 @@ class StageD(Stage):
         title = (f"fmha stage D d={p.d} m={q.shape[1]} n={inputs['k'].shape[1]} batch={q.shape[0]} heads={p.heads}/{p.kv_heads} "
                  f"causal={p.causal} {p.dtype} · {kernel.tile_m}x{kernel.tile_n} tiles, {kernel.num_consumer_wg} consumer WGs "
                  f"on {torch.cuda.get_device_name(q.device)}")
-        return Timeline(slices, clocks, fmha_trace.lanes(kernel.num_consumer_wg), title)
+        return Timeline(slices, clocks, fmha_trace.lanes(kernel.num_consumer_wg), title, tiles_stamped=TRACE_TILES)
 
     def reference(self, inputs, p: Params, variants, compute_dtype):
         import torch

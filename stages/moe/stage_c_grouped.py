@@ -659,7 +659,7 @@ class StageC(Stage):
         slices, clocks = moe_trace.decode(buf.cpu().tolist(), grid, kernel.num_consumer_wg)
         title = (f"moe stage C grouped GEMM t={p.t} h={p.h} i={p.i} e={p.e} topk={p.topk} {p.activation} {p.dtype} · "
                  f"{kernel.tile_m}x{kernel.tile_n} tiles, {kernel.stages} stages, {grid} CTAs on {torch.cuda.get_device_name(x.device)}")
-        return Timeline(slices, clocks, moe_trace.lanes(kernel.num_consumer_wg), title)
+        return Timeline(slices, clocks, moe_trace.lanes(kernel.num_consumer_wg), title, tiles_stamped=TRACE_TILES)
 
     def reference(self, inputs, p: Params, variants, compute_dtype):
         return {"h": grouped_reference(inputs["x"], inputs["topk_ids"], inputs["w1"], p.activation, compute_dtype)}

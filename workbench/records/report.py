@@ -10,6 +10,7 @@ from typing import Any
 
 from workbench.diagnose import diagnosis_markdown as render
 from workbench.records.store import atomic_write_text, list_records
+from workbench.run import timeline
 from workbench.text import fmt
 from workbench.workspace import Workspace
 
@@ -170,7 +171,7 @@ def trace_markdown(found: dict[str, Any] | None) -> list[str]:
         f"fixture {found.get('fixture')}: {found.get('ctas')} CTAs, start skew {us(found.get('cta_start_skew_ns'))} µs, "
         f"CTA ends {us(found.get('cta_end_first_ns'))} / {us(found.get('cta_end_median_ns'))} / {us(found.get('cta_end_last_ns'))} µs "
         f"(first / median / last; the tail past the median is {us(found.get('tail_ns'))} µs), tiles per CTA "
-        f"{tiles[0]}–{tiles[1]}. Output elements whose bits differ from the untraced "
+        f"{tiles[0]}–{tiles[1]}{timeline.stamped_note(found)}. Output elements whose bits differ from the untraced "
         f"build's on the same inputs: {found.get('bits_differing_from_untraced')}.",
         "",
     ]

@@ -63,6 +63,7 @@ class Timeline:
     lanes: list[str]  # thread names, in order: "producer", "WG1", ...
     title: str
     meta: dict[str, Any] | None = None
+    tiles_stamped: int | None = None  # the layout's limit: each CTA's first so many tiles are stamped
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,17 @@ def write(timeline: "Timeline", path) -> dict[str, Any]:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(events))
     tmp.replace(path)
-    return {"file": path.name, "events": len(events["traceEvents"]), "lanes": timeline.lanes, **summarize(timeline.slices, timeline.clocks)}
+    return {"file": path.name, "events": len(events["traceEvents"]), "lanes": timeline.lanes,
+            "tiles_stamped_per_cta": timeline.tiles_stamped, **summarize(timeline.slices, timeline.clocks)}
+
+
+def stamped_note(found: dict[str, Any]) -> str:
+    """' (each CTA's first N tiles stamped: ...)' when a CTA reached the layout's limit (its
+    later tiles are not in the trace; the CTA's end time still is)."""
+    limit, tiles = found.get("tiles_stamped_per_cta"), found.get("tiles_per_cta") or []
+    if isinstance(limit, int) and len(tiles) == 2 and isinstance(tiles[1], int) and tiles[1] >= limit:
+        return f" (only each CTA's first {limit} tiles are stamped: CTAs with more have later tiles missing from the trace)"
+    return ""
 
 
 def _offsets(clocks: dict[int, Clock]) -> tuple[int, dict[int, float]]:

@@ -210,6 +210,7 @@ class TraceSummary(_Model):  # wb run --trace (workbench/run/timeline.py)
     cta_end_last_ns: Number = None
     tail_ns: Number = None
     tiles_per_cta: Optional[Annotated[list[int], Field(min_length=2, max_length=2)]] = None
+    tiles_stamped_per_cta: Optional[int] = None  # the stamp layout's limit (a CTA's first tiles)
     phase_median_ns: dict[Line, Union[int, float]] = {}
     bits_differing_from_untraced: dict[Name, int] = {}
 
