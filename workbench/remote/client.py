@@ -549,7 +549,7 @@ def import_record(
 def lost_record(spec, params, variants, fixtures, seed, host, local_git, sources, remote, res, started, timeout) -> dict[str, Any]:
     """The record of a remote run whose answer never came back."""
     if res.interrupted:
-        why = "interrupted (Ctrl-C) before the remote run answered"
+        why = "interrupted (Ctrl-C or SIGTERM) before the remote run answered"
     elif res.lost:
         why = res.lost
     elif res.returncode is not None and res.returncode != 0:

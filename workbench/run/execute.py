@@ -71,7 +71,7 @@ def run_stage(
     try:
         outcome = run_job(ws, job, timeout, on_event, warm=warm, env=env, wrap=wrap)
     except KeyboardInterrupt:
-        outcome = Outcome(status="INTERRUPTED", message="interrupted (Ctrl-C) before the worker answered")
+        outcome = Outcome(status="INTERRUPTED", message="interrupted (Ctrl-C or SIGTERM) before the worker answered")
     except WorkerStartError as exc:  # e.g. a wrapping tool that refused its options: recorded, with the tool's log
         outcome = Outcome(status="CRASH", message=str(exc))
     if outcome.status == "HANG" and instrument is not None and instrument.timeout_factor > 1:

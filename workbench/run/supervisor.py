@@ -336,7 +336,7 @@ def _drive(worker: Worker, job: dict, timeout: float, on_event) -> Outcome:
     except KeyboardInterrupt:
         worker.kill()
         outcome.status = "INTERRUPTED"
-        outcome.message = "interrupted (Ctrl-C): the worker's process group was killed"
+        outcome.message = "interrupted (Ctrl-C or SIGTERM): the worker's process group was killed"
         return outcome
     finally:
         try:
