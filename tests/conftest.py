@@ -44,12 +44,20 @@ def _isolated_user_state(tmp_path_factory, monkeypatch):
 
 # ---------------------------------------------------------------- shared helpers for CLI tests
 import shutil  # noqa: E402
+import stat  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 REPO = Path(__file__).resolve().parents[1]
+
+
+def executable(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` and make it executable (a stand-in for a tool on PATH)."""
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
 
 
 @pytest.fixture

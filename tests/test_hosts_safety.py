@@ -9,12 +9,12 @@ shows it."""
 from __future__ import annotations
 
 import shutil
-import stat
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import executable
 from workbench.errors import UserError
 from workbench.remote.hosts import Host, load_hosts
 from workbench.remote import transport
@@ -42,9 +42,7 @@ def fake_remote(tmp_path, monkeypatch, request):
     makes; once with rsync's default arguments and once with those of rsync before 3.2.4."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    ssh = bin_dir / "ssh"
-    ssh.write_text(FAKE_SSH)
-    ssh.chmod(ssh.stat().st_mode | stat.S_IXUSR)
+    executable(bin_dir / "ssh", FAKE_SSH)
     home = tmp_path / "remote-home"
     home.mkdir()
     monkeypatch.setenv("PATH", f"{bin_dir}:{Path(shutil.which('rsync') or '/').parent}:/usr/bin:/bin")

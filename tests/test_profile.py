@@ -6,10 +6,11 @@ it was given). The real ncu runs on the GPU (tests/test_profile_gpu.py)."""
 
 import json
 from pathlib import Path
-import stat
 import sys
 
 import pytest
+
+from conftest import executable
 
 from workbench.run import profile
 
@@ -102,9 +103,7 @@ sys.exit(code)
 
 @pytest.fixture
 def fake_ncu(tmp_path, monkeypatch):
-    tool = tmp_path / "ncu"
-    tool.write_text(FAKE_NCU.format(python=sys.executable))
-    tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+    tool = executable(tmp_path / "ncu", FAKE_NCU.format(python=sys.executable))
     monkeypatch.setenv("WB_NCU", str(tool))
     monkeypatch.setenv("FAKE_NCU_SEEN", str(tmp_path / "seen.txt"))
     monkeypatch.setenv("FAKE_NCU_REPORT", str(tmp_path / "report.csv"))

@@ -7,12 +7,12 @@ variants (tests/test_sanitize_gpu.py)."""
 
 import json
 import os
-import stat
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import executable
 from workbench.run import sanitize
 
 STAGE_FILE = "/ws/stages/fmha/stage_c_online.py"
@@ -126,9 +126,7 @@ sys.exit(code)
 
 @pytest.fixture
 def fake_sanitizer(tmp_path, monkeypatch):
-    tool = tmp_path / "compute-sanitizer"
-    tool.write_text(FAKE_TOOL.format(python=sys.executable))
-    tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
+    tool = executable(tmp_path / "compute-sanitizer", FAKE_TOOL.format(python=sys.executable))
     seen = tmp_path / "seen.json"
     report = tmp_path / "report.log"
     monkeypatch.setenv("WB_COMPUTE_SANITIZER", str(tool))
@@ -203,13 +201,12 @@ def test_refusals_are_one_line_with_exit_2_and_leave_no_run(toy_ws, wb, monkeypa
 
 
 def test_a_tool_that_refuses_to_start_the_worker_is_a_recorded_crash(toy_ws, wb, tmp_path, monkeypatch):
-    tool = tmp_path / "compute-sanitizer"
-    tool.write_text(
+    tool = executable(
+        tmp_path / "compute-sanitizer",
         f"#!{sys.executable}\nimport sys\nargs = sys.argv[1:]\n"
         "open(args[args.index('--log-file') + 1], 'w').write('========= COMPUTE-SANITIZER\\n"
-        "========= Target application doesn\\'t exist or is not a valid executable\\n')\nsys.exit(1)\n"
+        "========= Target application doesn\\'t exist or is not a valid executable\\n')\nsys.exit(1)\n",
     )
-    tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("WB_COMPUTE_SANITIZER", str(tool))
     proc = wb("run", "a", "--fixture", "toy-ones", "--sanitize", "initcheck", "--json")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
