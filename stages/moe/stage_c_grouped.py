@@ -120,7 +120,6 @@ class GroupedGemm(MoeGemmSm90):
         a_load: str = "auto",
         tile_m: int = 128,
         epilogue: str = "direct",
-        trace: bool = False,
     ):
         assert activation in ACTIVATIONS, activation
         assert bug in BUGS, bug
@@ -135,10 +134,6 @@ class GroupedGemm(MoeGemmSm90):
         if epilogue == "smem":  # whole 16-byte chunks of an output row
             assert self.n_out % self.chunk_elems == 0, f"epilogue=smem needs {self.chunk_elems} | {self.n_out}"
         self.gather, self.bug = gather, bug
-        # trace (wb run --trace): clock stamps per CTA, warpgroup and work tile into the
-        # launch's trace buffer, laid out by stages/moe/trace.py
-        self.trace = trace
-        assert not trace or 1 + self.num_consumer_wg <= TRACE_SLOTS, "the trace layout has a slot per warpgroup"
         # "none" is the down-projection's plain GEMM: no gate/up, so the two activation bugs
         # do not apply to it (stage D passes one bug to both of its GEMMs)
         self.plain = activation == "none"
@@ -174,7 +169,7 @@ class GroupedGemm(MoeGemmSm90):
         mCu: cute.Tensor,  # (E + 1,) int32
         grid_x: Int32,
         stream,
-        mTrace: Optional[cute.Tensor] = None,  # trace=True: the int32 stamp buffer (stages/moe/trace.py)
+        mTrace: Optional[cute.Tensor] = None,  # the int32 stamp buffer of a traced build (stages/moe/trace.py)
     ):
         # Static strides (K and N are compile-time): row offsets are then provably 16-byte
         # aligned, as the 16-byte cp.async needs; the launch checks the tensors are contiguous.
@@ -201,8 +196,9 @@ class GroupedGemm(MoeGemmSm90):
             )
             self.tx_bytes += cute.size_in_bytes(self.dtype, sA_one)
         self.shared_storage = self.make_shared_storage(sA_layout, sB_layout)
-        if const_expr(not self.trace):
-            mTrace = None
+        # with mTrace (wb run --trace): clock stamps per CTA, warpgroup and work tile, laid out
+        # by stages/moe/trace.py; without it the kernel has no stamp code at all
+        assert mTrace is None or 1 + self.num_consumer_wg <= TRACE_SLOTS, "the trace layout has a slot per warpgroup"
         self.kernel(mA, tma_atom_a, tma_atom_b, tma_b, mOut, mRows, mCu, tiled_mma, sA_layout, sB_layout, mTrace).launch(
             grid=(grid_x, 1, 1), block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1
         )
@@ -531,12 +527,13 @@ def _num_sms(device_index: int) -> int:
     return host.sm_count(device_index)
 
 
-def run_grouped(compiled: Compiled, a, w, out, rows, cu_seqlens, num_sms: int | None = None, trace_buf=None) -> None:
+def run_grouped(compiled: Compiled, a, w, out, rows, cu_seqlens, num_sms: int | None = None, trace_buf=None) -> int:
     """Launch a compiled grouped GEMM: out[p] = act(a[rows[p]] @ w[e(p)]) (gather) or
     act(a[p] @ w[e(p)]) (no gather). a (rows of A, K), w (E, K, N), out (R, n_out), rows (R,)
     int32, cu_seqlens (E + 1,) int32, all contiguous CUDA tensors. No host synchronisation:
     the grid comes from R and E only (tile_scheduler.grid_size). Stage D calls this too.
-    ``trace_buf``: a traced build's int32 stamp buffer (stages/moe/trace.py)."""
+    ``trace_buf``: a traced build's int32 stamp buffer (stages/moe/trace.py), sized for
+    ``num_sms`` CTAs (the grid is never larger). Returns the grid (0: nothing launched)."""
     problems = []
     if a.shape[1] != compiled.k or w.shape[1] != compiled.k:
         problems.append(f"K: a {tuple(a.shape)}, w {tuple(w.shape)}, compiled for K={compiled.k}")
@@ -560,12 +557,13 @@ def run_grouped(compiled: Compiled, a, w, out, rows, cu_seqlens, num_sms: int | 
         raise ValueError("moe grouped launch: " + "; ".join(problems))
     R, E = int(rows.shape[0]), int(w.shape[0])
     if R == 0:
-        return
+        return 0
     if num_sms is None:
         num_sms = _num_sms(a.device.index if a.device.index is not None else 0)
     grid = grid_size(R, E, compiled.n_tiles, compiled.tile_m, num_sms)
     args = [host.to_cute(a), host.to_cute(w), host.to_cute(out), host.to_cute(rows), host.to_cute(cu_seqlens), Int32(grid), host.current_stream()]
     compiled.fn(*args, *([host.to_cute(trace_buf)] if trace_buf is not None else []))
+    return grid
 
 
 def compile_grouped(dtype_name: str, k: int, n: int, activation: str, gather: bool, bug: str = "none",
@@ -579,7 +577,7 @@ def compile_grouped(dtype_name: str, k: int, n: int, activation: str, gather: bo
         stages = grouped_stages(tile_m, tile_n, activation, epilogue)
     dtype = host.cute_dtype(dtype_name)
     kernel = GroupedGemm(dtype, k, n, activation, gather, bug, tile_n=tile_n, stages=stages, a_load=a_load,
-                         tile_m=tile_m, epilogue=epilogue, trace=trace)
+                         tile_m=tile_m, epilogue=epilogue)
     a, w, out = host.fake_tensor(dtype, 2), host.fake_tensor(dtype, 3), host.fake_tensor(dtype, 2)
     rows, cu = host.fake_tensor(Int32, 1), host.fake_tensor(Int32, 1)
     extra = [host.fake_tensor(Int32, 1)] if trace else []
@@ -630,13 +628,14 @@ class StageC(Stage):
         )
         return compiled
 
-    def launch(self, compiled, inputs, outputs) -> None:
+    def launch(self, compiled, inputs, outputs, trace_buf=None) -> int:
+        """Plan the routing, launch; returns the grid. ``trace_buf``: a traced build's stamps."""
         from stages.moe.plan import make_plan
 
         x, ids, w1, out = inputs["x"], inputs["topk_ids"], inputs["w1"], outputs["h"]
         plan = make_plan(ids, w1.shape[0])
         a = x if compiled.gather else x[plan.rows.long()].contiguous()
-        run_grouped(compiled, a, w1, out, plan.rows, plan.cu_seqlens)
+        return run_grouped(compiled, a, w1, out, plan.rows, plan.cu_seqlens, trace_buf=trace_buf)
 
     def trace(self, p: Params, variants: Mapping[str, str], arch: str, inputs, outputs):
         """wb run --trace: this configuration built with clock stamps (stages/moe/trace.py),
@@ -644,17 +643,13 @@ class StageC(Stage):
         import torch
 
         from stages.moe import trace as moe_trace
-        from stages.moe.plan import make_plan
         from workbench.run.timeline import Timeline
 
         compiled = self.compile(p, variants, arch, trace=True)
         kernel = self.kernel_obj
-        x, ids, w1 = inputs["x"], inputs["topk_ids"], inputs["w1"]
-        plan = make_plan(ids, w1.shape[0])
-        a = x if compiled.gather else x[plan.rows.long()].contiguous()
-        grid = grid_size(plan.num_rows, w1.shape[0], compiled.n_tiles, compiled.tile_m, _num_sms(x.device.index or 0))
-        buf = torch.zeros(moe_trace.LAYOUT.length(grid), dtype=torch.int32, device=x.device)
-        run_grouped(compiled, a, w1, outputs["h"], plan.rows, plan.cu_seqlens, trace_buf=buf)
+        x = inputs["x"]
+        buf = torch.zeros(moe_trace.LAYOUT.length(_num_sms(x.device.index or 0)), dtype=torch.int32, device=x.device)
+        grid = self.launch(compiled, inputs, outputs, trace_buf=buf)
         torch.cuda.synchronize()
         slices, clocks = moe_trace.decode(buf.cpu().tolist(), grid, kernel.num_consumer_wg)
         title = (f"moe stage C grouped GEMM t={p.t} h={p.h} i={p.i} e={p.e} topk={p.topk} {p.activation} {p.dtype} · "
