@@ -464,7 +464,7 @@ _INJECTED = re.compile(r"(?:^| )(?:\w+_)?bug=(?!none(?: |$))\S")
 
 
 def injects_a_bug(record: dict[str, Any]) -> bool:
-    return any((k == "bug" or k.endswith("_bug")) and str(v) != "none" for k, v in (record.get("variants_changed") or {}).items())
+    return bool(_INJECTED.search(_params_key(record)))
 
 
 def run_edits(records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from workbench.kernels import fixtures as fixture_registry
 from workbench.kernels.registry import forget_stage_modules, load_kernel
 from workbench.kernels.stage import Params, torch_dtype
 from workbench.run import procs, protocol
+from workbench.run.sanitize import NO_POISON_ENV
 from workbench.workspace import Workspace
 
 Emit = Callable[[dict[str, Any]], None]
@@ -304,7 +305,7 @@ class Job:
                 shape = None if got is None else (tuple(got.shape), got.dtype)
                 raise UserError(f"fixture {fixture.name!r} made {name}={shape}, the stage expects {(ts.shape, ts.dtype)}")
         outputs = {name: torch.empty(ts.shape, dtype=ts.torch_dtype(), device=device) for name, ts in out_specs.items()}
-        if not os.environ.get("WB_NO_POISON"):  # set under compute-sanitizer initcheck (run/sanitize.py)
+        if not os.environ.get(NO_POISON_ENV):  # set under compute-sanitizer initcheck
             for tensor in outputs.values():
                 compare.poison(tensor)
         start = time.perf_counter()
