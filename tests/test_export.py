@@ -118,7 +118,9 @@ def test_the_shared_object_holds_the_kernel_and_needs_only_the_runtime_and_tvm_f
     needed = sorted(line.split("[")[1].rstrip("]") for line in dyn.splitlines() if "(NEEDED)" in line)
     assert needed == ["libcute_dsl_runtime.so", "libtvm_ffi.so"], needed
     exported = subprocess.run(["nm", "-D", "--defined-only", str(so)], capture_output=True, text=True).stdout
-    assert [line.split()[-1] for line in exported.splitlines() if " T " in line] == ["__tvm_ffi_" + cfg["symbol"]]
+    # one piece: the non-causal d=64 configuration builds one kernel (no fn_long)
+    assert cfg["symbol"] is None and list(cfg["pieces"]) == ["fn"], cfg
+    assert [line.split()[-1] for line in exported.splitlines() if " T " in line] == ["__tvm_ffi_" + cfg["pieces"]["fn"]["symbol"]]
     blob = so.read_bytes()
     assert blob.find(b"\x7fELF", 1) > 0  # the cubin is inside
 
@@ -188,7 +190,9 @@ out["cpu"] = refusal(cq, ck, ck)
 raw = torch.zeros(1 * 128 * 2 * 64 + 1, dtype=bf)
 out["misaligned"] = refusal(raw[1:].view(1, 128, 2, 64), ck, ck)
 # the shared object loads here (no GPU, no cutlass): its own TVM-FFI check refuses CPU tensors
-fn = wb_fmha.load(wb_fmha.CONFIGS[0])
+fns = wb_fmha.load(wb_fmha.CONFIGS[0])  # {piece: (function, info)}: fn alone, not causal d=64
+out["pieces"] = {name: info for name, (_, info) in fns.items()}
+fn = fns["fn"][0]
 try:
     fn(cq, ck, ck, cq, torch.zeros(1, 2, 128), torch.zeros(2, dtype=torch.int32), 1, None, None, None, None, None)
     out["tvm_ffi"] = None
@@ -204,7 +208,7 @@ def no_launch(fn, *args, **kwargs):
     calls["launch"] += 1
     return cq.new_empty(cq.shape), torch.empty(1, 2, 128)
 wb_fmha._op.check, wb_fmha._op.launch = cpu_check, no_launch
-wb_fmha._functions[wb_fmha.CONFIGS[0]["id"]] = fn
+wb_fmha._functions[wb_fmha.CONFIGS[0]["id"]] = fns
 memo = [refusal(cq, ck, ck), refusal(raw[1:].view(1, 128, 2, 64), ck, ck), refusal(cq, ck, ck), refusal(cq, ck, ck)]
 out["memo"] = {"refusals": memo, **calls}
 wb_fmha._op.check, wb_fmha._op.launch = orig_check, orig_launch

@@ -16,6 +16,9 @@ from __future__ import annotations
 import torch
 
 OP = "fwd"
+# the compiled kernels of one configuration: fn, and for causal d = 64 fn_long, the 192-row
+# kernel launched from info["min_m"] query rows on (stages/fmha/geometry.long_consumers)
+PIECES = ("fn", "fn_long")
 SCHEMA = (
     "(Tensor q, Tensor k, Tensor v, bool causal=False, float softcap=0.0, int window_left=-1, "
     'int window_right=-1, str align="top_left") -> (Tensor, Tensor)'
@@ -102,6 +105,11 @@ def check(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, a
     return problems
 
 
+def piece_info(name: str, piece, compiled) -> dict:
+    """At export: the query rows from which a piece runs (the stage's Compiled.long_m)."""
+    return {"min_m": int(compiled.long_m)} if name == "fn_long" else {}
+
+
 def fake(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left"):
     b, m, h, _ = q.shape
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((b, h, m), dtype=torch.float32)
@@ -111,8 +119,9 @@ _per_device: dict = {}  # torch.device -> (the tile scheduler's counters, the SM
 _lse_like: dict = {}  # (device, b, h, m) -> (counters, SM count, that tensor expanded to (b, h, m): no memory, a shape to allocate like)
 
 
-def launch(fn, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left"):
-    """Allocate o and lse, launch on the current stream. The dynamic tile scheduler's (2,)
+def launch(fns, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left"):
+    """Allocate o and lse, launch the configuration's kernel for m (``fns``: piece -> (function,
+    info)) on the current stream. The dynamic tile scheduler's (2,)
     int32 counters go back to zero after every launch (the kernel's last CTA resets them),
     so one buffer per device serves every call, CUDA graphs included. Every Python step here
     is a measurable part of the launch (H200 host: torch.empty(shape, dtype=, device=) 6.5 µs,
@@ -132,6 +141,8 @@ def launch(fn, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=
         state = _lse_like[(dev, b, h, m)] = (counters, sms, one.expand(b, h, m))
     o = torch.empty_like(q, memory_format=torch.contiguous_format)
     lse = torch.empty_like(state[2])
+    long = fns.get("fn_long")
+    fn = long[0] if long is not None and m >= long[1]["min_m"] else fns["fn"][0]
     fn(q, k, v, o, lse, state[0], state[1], None, None, None, None, None)  # not varlen, not paged
     return o, lse
 

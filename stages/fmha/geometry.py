@@ -81,6 +81,21 @@ def geometry(d: int, causal: bool = False, capped_window: bool = False) -> Geome
     return Geometry(d, tile_n, kv_stages, consumers, o_in_q)
 
 
+#: causal d = 64 (consumers=auto): the 192-row kernel (3 consumer WGs) runs from this many
+#: query rows on, the 128-row one below. H200, bf16, one call, TFLOP/s 128-row / 192-row:
+#: s = 1024 353 / 314, 4096 479 / 490, 8192 505 / 547, 16384 517 / 567 (docs/perf-notes.md)
+LONG_M = 4096
+
+
+def long_consumers(d: int, causal: bool, windowed: bool, varlen: bool, paged: bool) -> int | None:
+    """Consumer WGs of the second kernel compiled beside the geometry's for m >= ``LONG_M``
+    (None: one kernel serves every m). Causal d = 64 without a window, fixed-length and not
+    paged: its short causal tiles leave the softmax less hidden with 2 WGs, but the 192-row
+    tile's extra masked visit costs more than that at short m. (Varlen and paged would
+    choose by max_seqlen_q and are not measured: one kernel.)"""
+    return 3 if d == 64 and causal and not windowed and not varlen and not paged else None
+
+
 def kv_tile(d: int) -> int:
     """Keys per KV tile of the kernel for head dim ``d``; 128 for a d outside the table
     (stages A-C are 128-wide for every d they take)."""

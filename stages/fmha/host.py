@@ -51,6 +51,13 @@ class Compiled:
     compile_s: float = 0.0
     varlen: bool = False  # stage D: packed (total, heads, d) tensors with cu_seqlens
     page_size: int = 0  # stage D: paged K/V caches read through a block table (0 = off)
+    # stage D: a second kernel (more consumer WGs) launched when m >= long_m (geometry.long_consumers)
+    fn_long: Any = None
+    long_m: int = 0
+
+    def for_rows(self, m: int):
+        """The function to launch for ``m`` query rows."""
+        return self.fn_long if self.fn_long is not None and m >= self.long_m else self.fn
 
 
 @functools.lru_cache(maxsize=1)

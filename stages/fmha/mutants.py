@@ -87,7 +87,7 @@ class Problem:
             self.M, self.D = q.shape
             self.N = k.shape[0]
         self.group = max(1, self.H // max(1, self.Hk))
-        from stages.fmha.geometry import HEAD_DIMS, kv_tile
+        from stages.fmha.geometry import HEAD_DIMS, LONG_M, kv_tile, long_consumers
         from stages.fmha.geometry import geometry as geometry_of
 
         self.kv_tile = kv_tile(self.D)  # the kernel's KV tile width for this d
@@ -106,6 +106,12 @@ class Problem:
         # Q tile rows of stage D's kernel (64 per consumer WG; auto: stages/fmha/geometry.py)
         consumers = (cx.variants or {}).get("consumers", "auto")
         auto = geometry_of(self.D, self.causal, self.softcap > 0 and self.windowed).consumers if self.D in HEAD_DIMS else 2
+        long = long_consumers(
+            self.D, self.causal, self.windowed or (wr >= 0 and self.causal), _truthy(param_value(cx.params, "varlen", False)),
+            bool(int(param_value(cx.params, "page_size", 0) or 0)),
+        )
+        if long is not None and self.M >= LONG_M:  # the kernel stage D launches for this many rows
+            auto = long
         self.tile_m = 64 * (int(consumers) if consumers in ("2", "3") else auto)
         self.softmax = (cx.variants or {}).get("softmax", "exp")
         self.rescale_variant = (cx.variants or {}).get("rescale", "on")

@@ -134,7 +134,7 @@ from stages.fmha import tile_scheduler as ts
 from stages.fmha import trace as fmha_trace
 from stages.fmha.trace import TRACE_LANES, TRACE_TILES, trace_clock_word, trace_word
 from stages.fmha.fmha_base import FmhaForwardBase, trace_print
-from workbench.compile.probe import probe
+from workbench.compile.probe import paused, probe
 from workbench.errors import UserError
 from workbench.kernels.stage import ExportSpec, Params, Stage, TensorSpec, param_value
 
@@ -346,6 +346,12 @@ class FmhaForward(FmhaForwardBase):
         if paged_bug != "none" and not page_size:
             raise ValueError(f"paged_bug={paged_bug} needs page_size > 0")
         self.paged_bug = paged_bug
+
+    def __str__(self) -> str:
+        # the DSL names a kernel after str(self) and its arguments: with the tile shape in it,
+        # two builds of one configuration (geometry.long_consumers) get two kernel names, and
+        # ptxas's report, the cubins and a profiler tell them apart
+        return f"{type(self).__module__}.{type(self).__name__}_{self.tile_m}x{self.tile_n}"
 
     @cute.jit
     def __call__(
@@ -1470,18 +1476,43 @@ class StageD(Stage):
 
             raise UserError("fmha/stage-d: varlen_bug needs varlen=true")
         kernel = self.make_kernel(p, variants)
+        args = self._fake_args(kernel, dtype)
+        t0 = time.perf_counter()
+        fn = host.compile_for(arch, kernel, *args)
+        fn_long, long_m = None, 0
+        long = self.long_consumers(p, variants)
+        if long is not None:
+            with paused():  # the same code again: `wb shapes` lists the first build's probes only
+                fn_long = host.compile_for(arch, self.make_kernel(p, {**variants, "consumers": str(long)}), *args)
+            long_m = geometry.LONG_M
+        return host.Compiled(
+            fn=fn, d=p.d, heads=p.heads, kv_heads=p.kv_heads, causal=kernel.causal, p_check=kernel.p_check,
+            compile_s=time.perf_counter() - t0, varlen=kernel.varlen, page_size=kernel.page_size,
+            fn_long=fn_long, long_m=long_m,
+        )
+
+    @staticmethod
+    def long_consumers(p: Params, variants: Mapping[str, str]) -> int | None:
+        """With consumers=auto, the consumer WGs of the kernel compiled beside the default one
+        and launched from ``geometry.LONG_M`` query rows on (None: one kernel)."""
+        if host.variants_of("d", variants)["consumers"] != "auto":
+            return None
+        mask = mask_params(p)
+        return geometry.long_consumers(
+            int(p.d), host.truthy(p.causal), mask["window_left"] >= 0 or mask["window_right"] >= 0,
+            host.truthy(p.get("varlen", False)), bool(page_size_of(p)),
+        )
+
+    @staticmethod
+    def _fake_args(kernel: FmhaForward, dtype) -> list:
+        """What ``compile_for`` traces the kernel with: fake tensors of the launch's types."""
         args = [host.fake_tensor(dtype, 4) for _ in range(4)] + [host.fake_tensor(Float32, 3), host.fake_tensor(Int32, 1), Int32(1), host.fake_stream()]
         if kernel.varlen:
             args = [host.fake_tensor(dtype, 3) for _ in range(4)] + [host.fake_tensor(Float32, 2), host.fake_tensor(Int32, 1), Int32(1), host.fake_stream()]
             args += [host.fake_tensor(Int32, 1), host.fake_tensor(Int32, 1), Int32(1)]
         elif kernel.page_size:
             args += [None, None, None, host.fake_tensor(Int32, 2), Int32(1)]
-        t0 = time.perf_counter()
-        fn = host.compile_for(arch, kernel, *args)
-        return host.Compiled(
-            fn=fn, d=p.d, heads=p.heads, kv_heads=p.kv_heads, causal=kernel.causal, p_check=kernel.p_check,
-            compile_s=time.perf_counter() - t0, varlen=kernel.varlen, page_size=kernel.page_size,
-        )
+        return args
 
     def launch(self, compiled: host.Compiled, inputs, outputs) -> None:
         q = inputs["q"]
@@ -1523,7 +1554,7 @@ class StageD(Stage):
         assert q.shape[-1] == compiled.d and q.shape[2] == compiled.heads and k.shape[2] == compiled.kv_heads, (
             "the tensors do not match the compiled (d, heads, kv_heads)"
         )
-        compiled.fn(
+        compiled.for_rows(q.shape[1])(
             host.to_cute(q), host.to_cute(k), host.to_cute(inputs["v"]),
             host.to_cute(outputs["o"]), host.to_cute(outputs["lse"]), host.to_cute(tile_counter(q.device)), Int32(sm_count(q.device)), host.current_stream(),
         )
@@ -1542,6 +1573,9 @@ class StageD(Stage):
         if host.truthy(p.get("varlen", False)) or page_size_of(p):
             raise UserError("--trace: stage D's trace is laid out for fixed-length batches (not varlen, not paged)")
         options = kernel_options(variants)
+        long = self.long_consumers(p, variants)
+        if long is not None and inputs["q"].shape[1] >= geometry.LONG_M:
+            options["consumers"] = long  # the kernel launch() would pick for these rows
         dtype = common.cute_dtype(p.dtype)
         kernel = FmhaForward(
             dtype, p.d, p.heads, p.kv_heads, causal=host.truthy(p.causal), **mask_params(p),

@@ -47,7 +47,7 @@ def call_key(x, w1, w2, topk_ids, topk_weights, activation="swiglu") -> dict:
     }
 
 
-def piece_info(name: str, piece) -> dict:
+def piece_info(name: str, piece, compiled=None) -> dict:
     """At export: what a piece's launch needs besides its function (the grid of a grouped GEMM)."""
     if name == "combine":
         return {}

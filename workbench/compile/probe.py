@@ -228,6 +228,18 @@ def with_keys(records: list[dict]) -> list[dict]:
 
 
 @contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """No probe records inside this block (a stage's second build of the same code, whose
+    probes would list every tensor twice in `wb shapes`)."""
+    global _active
+    saved, _active = _active, None
+    try:
+        yield
+    finally:
+        _active = saved
+
+
+@contextlib.contextmanager
 def capture(stage: str | None = None) -> Iterator[list[dict]]:
     """Collect every probe hit while tracing inside this block (records tagged with `stage`)."""
     global _active

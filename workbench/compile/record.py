@@ -38,23 +38,30 @@ def compile_stage_record(
         keep=tuple(k for k in keep if k in ("ptx", "cubin")) + ("cubin",), artifact_dir=artifacts_dir,
     )[0]
     artifacts = {}
+    per_suffix: dict[str, int] = {}
     for name, p in (result.get("artifacts") or {}).items():  # the DSL's names run to 200 characters
         path = Path(p)
-        short = path.with_name(f"{spec.kernel}-{spec.short}.{arch}{path.suffix}")
+        # a stage that compiles several kernels (moe D, fmha D's two tile heights): .2, .3 ...
+        n = per_suffix[path.suffix] = per_suffix.get(path.suffix, 0) + 1
+        short = path.with_name(f"{spec.kernel}-{spec.short}.{arch}{'' if n == 1 else f'.{n}'}{path.suffix}")
         if path.exists() and path != short:
             path.replace(short)
         artifacts[short.name] = str(short)
     sass: dict[str, Any] = {}
     cubins = [Path(p) for name, p in artifacts.items() if name.endswith(".cubin")]
     if cubins:
-        text, why = res.disassemble(cubins[0].read_bytes(), artifacts_dir)
-        (artifacts_dir / "kernel.cubin").unlink(missing_ok=True)  # disassemble's scratch copy
-        if text is None:
-            sass = {"instructions": None, "note": why}
-        else:
-            sass = {"instructions": res.sass_instructions(text), "tool": res.find_nvdisasm()}
-            if "sass" in keep:
-                path = cubins[0].with_suffix(".sass")
+        # the instruction counts are the first kernel's (a stage's default build); --keep sass
+        # writes every cubin's
+        for i, cubin in enumerate(cubins if "sass" in keep else cubins[:1]):
+            text, why = res.disassemble(cubin.read_bytes(), artifacts_dir)
+            (artifacts_dir / "kernel.cubin").unlink(missing_ok=True)  # disassemble's scratch copy
+            if i == 0:
+                sass = {"instructions": None, "note": why} if text is None else {
+                    "instructions": res.sass_instructions(text), "tool": res.find_nvdisasm()}
+                if text is not None and len(cubins) > 1:
+                    sass["note"] = f"the first of {len(cubins)} cubins ({cubin.name})"
+            if text is not None and "sass" in keep:
+                path = cubin.with_suffix(".sass")
                 path.write_text(text)
                 artifacts[path.name] = str(path)
     else:

@@ -286,7 +286,7 @@ def _build(ws, spec, stage, export, op_path, op, configs, variants, arch, out: P
                         continue
                     objs.append(Path(tmp) / f"{cfg['id']}_{name}.o")
                     _tvm_function(part).export_to_c(str(objs[-1]), f"{symbol}_{name}", export_only_tvm_ffi_symbols=True)
-                    info = op.piece_info(name, part) if hasattr(op, "piece_info") else {}
+                    info = op.piece_info(name, part, compiled) if hasattr(op, "piece_info") else {}
                     pieces[name] = {"symbol": f"{symbol}_{name}", "info": {k: _jsonable(v) for k, v in info.items()}}
             else:
                 objs.append(Path(tmp) / f"{cfg['id']}.o")

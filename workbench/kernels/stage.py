@@ -111,8 +111,10 @@ class ExportSpec:
                                          attributes of its result by these names (None: not
                                          built); each gets its own symbol, launch(fn) then gets
                                          {piece: (function, info)}
-        piece_info(name, piece) -> dict  optional with PIECES: JSON facts a piece's launch
-                                         needs (tile sizes...), kept in the manifest
+        piece_info(name, piece, compiled) -> dict  optional with PIECES: JSON facts a piece's
+                                         launch needs (tile sizes, the rows from which it
+                                         runs...) from the piece or the whole compile result,
+                                         kept in the manifest
         stage_call(op, inputs, params) -> dict   optional, for `wb run --exported`: the stage's
                                          fixture inputs (by name) through the op -> the
                                          stage's outputs by name
