@@ -50,6 +50,30 @@ def test_update_keeps_hand_text_byte_for_byte(tmp_path):
     assert log.index(fake_record(2)["id"]) < log.index(fake_record(1)["id"])
 
 
+def test_a_case_has_one_key_whatever_the_parameter_order_and_parameters_added_since(tmp_path):
+    """Status cases are keyed by the parameters that differ from kernel.yaml's defaults, in its
+    order: -p given in another order, or a parameter the stage gained later (at its default),
+    is the same case, and a key written before folds into it (its later verdict wins)."""
+    ws = Workspace(tmp_path)
+    defaults = {"toy/stage-d": {"m": "=n", "n": 128, "d": 128, "heads": 4, "kv_heads": "=heads", "causal": False, "softcap": 0.0}}
+
+    def run(i, params, verdict):
+        return {**fake_record(i, stage="toy/stage-d", verdict=verdict), "params": params}
+
+    old = {"toy/stage-d": {"verdict": "FAIL", "last_run": "20261127-110000-000000", "cases": {
+        "d=64 heads=4 causal=True kv_heads=4": {"4096": "FAIL"},  # written before softcap existed, kv_heads last
+        "d=64 heads=8 kv_heads=2 causal=False softcap=0.0": {"1024": "PASS"},
+    }}}
+    memory.update_data_block(ws, "status", lambda _: old)
+    memory.update_blocks(ws, memory.run_edits([
+        run(1, {"n": 4096, "kv_heads": 4, "causal": True, "d": 64, "softcap": 0.0, "heads": 4}, "PASS"),
+        run(2, {"heads": 8, "d": 64, "kv_heads": 2, "n": 1024, "softcap": 0.0, "causal": False}, "PASS"),
+    ], defaults))
+    cases = memory.read_data(ws.root / "MEMORY.json")["status"]["toy/stage-d"]["cases"]
+    assert cases == {"d=64 causal=True": {"4096": "PASS"}, "d=64 heads=8 kv_heads=2": {"1024": "PASS"}}
+    assert "| 2/2 | - |" in memory.block_content(ws.memory_path.read_text(), "status")
+
+
 def test_log_is_capped_newest_first(tmp_path):
     ws = Workspace(tmp_path)
     for i in range(memory.LOG_CAP + 20):

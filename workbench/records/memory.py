@@ -432,13 +432,63 @@ def _table_row(line: str) -> list[str] | None:
     return [c.strip() for c in re.split(r"(?<!\\)\|", text[1:-1])]
 
 
-def _params_key(record: dict[str, Any]) -> str:
+def _params_key(record: dict[str, Any], defaults: dict[str, Any] | None = None) -> str:
     """The parameter set a run's n belongs to: every parameter but n (and m when m = n),
-    plus the variants that differ from the stage's defaults (a bug variant is its own row)."""
+    plus the variants that differ from the stage's defaults (a bug variant is its own row).
+    With the stage's parameter ``defaults`` (kernel.yaml's, in its order): the parameters
+    that differ from them, in kernel.yaml's order, so a case has one key whatever the order
+    its parameters were given in and whichever parameters the stage has gained since."""
     params = record.get("params", {})
-    parts = [f"{k}={v}" for k, v in params.items() if k != "n" and not (k == "m" and v == params.get("n"))]
-    parts += [f"{k}={v}" for k, v in (record.get("variants_changed") or {}).items()]
-    return cell(" ".join(parts), 300)
+    pairs = [(k, str(v)) for k, v in params.items() if k != "n" and not (k == "m" and v == params.get("n"))]
+    pairs += [(k, str(v)) for k, v in (record.get("variants_changed") or {}).items()]
+    return cell(_case_key(pairs, defaults), 300)
+
+
+def _case_key(pairs: list[tuple[str, str]], defaults: dict[str, Any] | None) -> str:
+    if defaults is None:
+        return " ".join(f"{k}={v}" for k, v in pairs)
+    given = dict(pairs)
+
+    def at_default(k: str, v: str) -> bool:
+        if k not in defaults:
+            return False
+        d = defaults[k]
+        if isinstance(d, str) and d.startswith("="):  # kv_heads "=heads"; m "=n" (n is never in a key)
+            return v == given.get(d[1:])
+        return v == str(d)
+
+    order = {k: i for i, k in enumerate(defaults)}
+    kept = sorted((kv for kv in pairs if not at_default(*kv)), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+    return " ".join(f"{k}={v}" for k, v in kept)
+
+
+def canonical_cases(cases: dict[str, dict], defaults: dict[str, Any] | None) -> dict[str, dict]:
+    """A stage's status cases keyed as ``_params_key`` keys them now: keys written before (all
+    parameters, in the order they were given) fold into the canonical one; where two held the
+    same n, the later key's verdict wins. A key cut short by ``cell`` is kept as it is."""
+    if defaults is None:
+        return cases
+    out: dict[str, dict] = {}
+    for key, per_n in cases.items():
+        words = key.split(" ") if key else []
+        if "…" in key or not all("=" in w for w in words):
+            out.setdefault(key, {}).update(per_n)
+            continue
+        canonical = _case_key([tuple(w.split("=", 1)) for w in words], defaults)
+        out.setdefault(canonical, {}).update(per_n)
+    return out
+
+
+def stage_defaults(ws: Workspace) -> dict[str, dict[str, Any]]:
+    """Per stage id, its parameters' defaults in kernel.yaml's order ("=other" as written);
+    {} when the kernels cannot be read (MEMORY.md then keys cases by every parameter)."""
+    from workbench.kernels.registry import load_kernels
+
+    try:
+        kernels = load_kernels(ws)
+    except Exception:  # a broken kernel.yaml must not lose a run's MEMORY.md line
+        return {}
+    return {s.id: {k: p.default for k, p in s.params.items()} for spec in kernels.values() for s in spec.stages}
 
 
 LOG_LINE_RE = re.compile(r"^- \d{4}-\d{2}-\d{2} \d{2}:\d{2} \S+ \*\*[A-Z_]+\*\*.* · \d{8}-\d{6}-\d{6} · ")
@@ -467,11 +517,16 @@ def injects_a_bug(record: dict[str, Any]) -> bool:
     return bool(_INJECTED.search(_params_key(record)))
 
 
-def run_edits(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The `status` and `log` edits that fold these runs (oldest first) into MEMORY.md."""
+def run_edits(records: list[dict[str, Any]], defaults: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The `status` and `log` edits that fold these runs (oldest first) into MEMORY.md.
+    ``defaults`` (``stage_defaults``): each stage's parameter defaults, which key its cases."""
+    defaults = defaults or {}
 
     def merge(data: Any) -> dict:
         data = data if isinstance(data, dict) else {}
+        for stage in set(defaults) & set(data):  # keys written before: folded into today's
+            if "cases" in data[stage]:
+                data[stage]["cases"] = canonical_cases(data[stage]["cases"], defaults.get(stage))
         for record in records:
             entry = data.setdefault(record["stage"], {})
             prov = record.get("provenance", {})
@@ -484,7 +539,7 @@ def run_edits(records: list[dict[str, Any]]) -> dict[str, Any]:
                     card=prov.get("gpu"),
                 )
             n = record.get("params", {}).get("n")
-            per_key = entry.setdefault("cases", {}).setdefault(_params_key(record), {})
+            per_key = entry.setdefault("cases", {}).setdefault(_params_key(record, defaults.get(record["stage"])), {})
             per_key[str(n) if isinstance(n, int) and not isinstance(n, bool) else ""] = record["verdict"]  # "": a stage without n
         return data
 
@@ -494,7 +549,7 @@ def run_edits(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def record_run(ws: Workspace, record: dict[str, Any]) -> None:
     """Fold one run into the `status` and `log` blocks."""
-    update_blocks(ws, run_edits([record]))
+    update_blocks(ws, run_edits([record], stage_defaults(ws)))
 
 
 # The order "worst failing case" picks by: a crash or hang before an error before wrong numbers.

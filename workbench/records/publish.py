@@ -31,7 +31,7 @@ def publish(ws: Workspace, record: dict[str, Any]) -> None:
     """Write the run's report.md and update MEMORY.md's wb-owned blocks (a warning when
     MEMORY.md cannot be updated: the record is already safe in runs/)."""
     report.write_run_report(ws, record)
-    memory.update_blocks_or_warn(ws, memory.run_edits([record]))
+    memory.update_blocks_or_warn(ws, memory.run_edits([record], memory.stage_defaults(ws)))
 
 
 def commit(
