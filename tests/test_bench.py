@@ -56,14 +56,16 @@ def test_fmha_bench_hook_follows_design_md_convention_and_keeps_given_values():
     odd = planned({"n": ["1024"], "batch": ["64"]})[0]["params"]
     assert (odd["batch"], odd["heads"]) == (64, 16)
     kernel, _ = fmha()
-    assert len(planned({}, sweep=True)) == len(kernel.bench.sweep) == 10
+    swept = planned({}, sweep=True)  # every row of the perf doc resolves under the stage's rules
+    assert len(swept) == len(kernel.bench.sweep) and len({c["name"] for c in swept}) == len(swept)
 
 
 def test_p_axes_cross_the_kernel_cases_like_wb_sweep():
     cases = planned({"d": ["64", "128"], "dtype": ["bf16", "fp16"]})
     assert [(c["params"]["d"], c["params"]["dtype"], c["params"]["n"]) for c in cases] == [
         (64, "bf16", 4096), (64, "fp16", 4096), (128, "bf16", 4096), (128, "fp16", 4096)]
-    assert len(planned({"dtype": ["bf16", "fp16"]}, sweep=True)) == 20
+    kernel, _ = fmha()
+    assert len(planned({"dtype": ["bf16", "fp16"]}, sweep=True)) == 2 * len(kernel.bench.sweep)
 
 
 def test_a_quiet_parameter_is_named_only_when_it_is_not_its_default():
@@ -78,7 +80,11 @@ def test_a_quiet_parameter_is_named_only_when_it_is_not_its_default():
 
 def test_a_smaller_stage_drops_what_the_kernel_gives_but_not_what_the_user_gave():
     assert [c["name"] for c in planned({}, stage="c")] == ["d=128 m=4096 n=4096 dtype=bf16"]
-    assert len(planned({}, sweep=True, stage="c")) == 6  # causal dropped: the ten shapes are six for stage C
+    # stage C takes d 64 and 128 and no causal, varlen or window: the kernel's rows fold into its (d, n)
+    kernel, _ = fmha()
+    swept = planned({}, sweep=True, stage="c")
+    assert sorted((c["params"]["d"], c["params"]["n"]) for c in swept) == sorted(
+        {(row["d"], row["n"]) for row in kernel.bench.sweep if row["d"] in (64, 128)})
     with pytest.raises(UserError, match="has no parameter 'batch'"):
         planned({"batch": ["4"]}, stage="c")
 
@@ -102,6 +108,20 @@ def test_perf_md_has_the_kernels_columns_and_wb_as_a_column_and_names_the_card()
     assert "| d | n | causal | dtype | fa4 | sdpa-cudnn | sdpa-flash | wb fmha/stage-d | wb / best peer |" in text
     assert "| 128 | 4096 | no | bf16 | 645 | 605 | skipped | 600 | ×0.93 |" in text
     assert "sdpa-flash: not installed" in text and kernel.bench.perf_doc == "docs/perf.md"
+
+
+def test_perf_md_names_the_quiet_parameters_a_row_sets_in_an_other_column():
+    """A row that sets a bench.quiet parameter away from its default (varlen, a window) would
+    read like a plain row in the kernel's columns: the perf doc adds a column naming them."""
+    kernel, _ = fmha()
+    record = fake_bench_record()
+    varlen = planned({"n": ["4096"], "varlen": ["true"], "seqlens": ["4096:4096"]})[0]
+    record["bench"].append({**record["bench"][0], "case": varlen["name"], "params": varlen["params"]})
+    text = bench.perf_markdown(record, kernel)
+    assert "| d | n | causal | dtype | other | fa4 |" in text
+    assert "| 128 | 4096 | no | bf16 | - | 645 |" in text
+    assert "| 128 | 4096 | no | bf16 | varlen=True seqlens=4096:4096 | 645 |" in text
+    assert "| other |" not in bench.perf_markdown(fake_bench_record(), kernel)
 
 
 def test_speed_block_in_memory(tmp_path):

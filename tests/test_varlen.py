@@ -243,32 +243,59 @@ def test_gpu_bug_cases_are_named_on_the_cpu(seqlens, name):
     assert d.status == "explained" and d.best.name == name, d.headline
 
 
-def test_launch_passes_max_seqlen_q_read_once_per_version(monkeypatch):
-    """The varlen launch passes cu_seqlens and max_seqlen_q (the grid's Q tiles per sequence)
-    after the stream; the length is read from cu_seqlens_q once and again only after an
-    in-place change of it (torch's version counter), so relaunches do not sync."""
+@pytest.mark.parametrize("causal, bottom_right", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("tile_m", [128, 192])
+def test_tile_table_lists_every_q_tile_with_rows_once_most_work_first(causal, bottom_right, tile_m):
+    """varlen_tile_table against a brute-force list: every (sequence, Q tile) with rows once,
+    sequences without queries none, the rest of the table no-work entries; sorted by the keys
+    a tile sees (causal: up to its last row under the alignment), most first."""
+    from stages.fmha.stage_d_fmha import NO_WORK_BLOCK, varlen_tile_table
+
+    lq, lk = [70, 0, 129, 5, 200, 1000, 1], [70, 9, 100, 0, 300, 1000, 4000]
+    cu_q = torch.tensor(cu_seqlens(lq), dtype=torch.int32)
+    cu_k = torch.tensor(cu_seqlens(lk), dtype=torch.int32)
+    table = varlen_tile_table(cu_q, cu_k, sum(lq), tile_m, causal, bottom_right)
+    assert table.dtype == torch.int32 and table.numel() == sum(lq) // tile_m + len(lq)
+
+    def work(b, m):
+        if not causal:
+            return lk[b]
+        return min(lk[b], max(0, (m + 1) * tile_m + (lk[b] - lq[b] if bottom_right else 0)))
+
+    expected = [(b, m) for b in range(len(lq)) for m in range(-(-lq[b] // tile_m))]
+    entries = [(int(x) >> 16, int(x) & 0xFFFF) for x in table]
+    real = [e for e in entries if e[1] != NO_WORK_BLOCK]
+    assert sorted(real) == expected  # each once
+    assert entries[: len(real)] == real and all(e == (0, NO_WORK_BLOCK) for e in entries[len(real):])
+    works = [work(b, m) for b, m in real]
+    assert works == sorted(works, reverse=True)
+
+
+def test_launch_passes_the_tile_table_built_once_per_version_without_a_sync(monkeypatch):
+    """The varlen launch passes cu_seqlens and the tile table after the stream; the table is
+    built by torch ops (no .cpu(), no .item(): no host sync) once, and again only after an
+    in-place change of cu_seqlens_q or cu_seqlens_k (torch's version counters)."""
     from stages.fmha import host, stage_d_fmha
 
     calls, reads = [], []
     monkeypatch.setattr(stage_d_fmha, "sm_count", lambda device: 132)
     monkeypatch.setattr(host, "to_cute", lambda t: t)
     monkeypatch.setattr(host, "current_stream", lambda: "stream")
-    compiled = host.Compiled(fn=lambda *a: calls.append(a), d=64, heads=4, kv_heads=2, varlen=True)
+    compiled = host.Compiled(fn=lambda *a: calls.append(a), d=64, heads=4, kv_heads=2, varlen=True, tile_m=128)
     cu_q = torch.tensor(cu_seqlens([70, 0, 129]), dtype=torch.int32)
-    real_cpu = torch.Tensor.cpu
-
-    def counting_cpu(t, *a, **k):
-        reads.append(1)
-        return real_cpu(t, *a, **k)
-
-    monkeypatch.setattr(torch.Tensor, "cpu", counting_cpu)
+    cu_k = torch.tensor([0, 5, 5, 10], dtype=torch.int32)
+    for name in ("cpu", "item", "tolist", "__int__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda t, *a, _real=real, **k: (reads.append(name), _real(t, *a, **k))[1])
     inputs = {"q": torch.zeros(199, 4, 64), "k": torch.zeros(10, 2, 64), "v": torch.zeros(10, 2, 64),
-              "cu_seqlens_q": cu_q, "cu_seqlens_k": torch.tensor([0, 5, 5, 10], dtype=torch.int32)}
+              "cu_seqlens_q": cu_q, "cu_seqlens_k": cu_k}
     outputs = {"o": torch.zeros(199, 4, 64), "lse": torch.zeros(4, 199)}
     for _ in range(3):
         StageD().launch(compiled, inputs, outputs)
-    assert len(reads) == 1 and [int(c[-1]) for c in calls] == [129] * 3
-    assert calls[0][7] == "stream" and calls[0][8] is cu_q
-    cu_q[3] = 270  # lengths 70, 0, 200
+    assert reads == []
+    assert calls[0][7] == "stream" and calls[0][8] is cu_q and calls[0][9] is cu_k
+    assert calls[0][10] is calls[1][10] is calls[2][10]  # built once
+    assert sorted(int(x) & 0xFFFF for x in calls[0][10])[:3] == [0, 0, 1]  # seq 0: one tile, seq 2: two
+    cu_k[3] = 12  # lengths 5, 0, 7: a new table
     StageD().launch(compiled, inputs, outputs)
-    assert len(reads) == 2 and int(calls[-1][-1]) == 200
+    assert calls[-1][10] is not calls[0][10]

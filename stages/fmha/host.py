@@ -54,6 +54,8 @@ class Compiled:
     # stage D: a second kernel (more consumer WGs) launched when m >= long_m (geometry.long_consumers)
     fn_long: Any = None
     long_m: int = 0
+    tile_m: int = 128  # stage D varlen: Q rows per work tile (the tile table's)
+    bottom_right: bool = False  # stage D varlen: the mask's alignment (the tile table's causal work)
 
     def for_rows(self, m: int):
         """The function to launch for ``m`` query rows."""

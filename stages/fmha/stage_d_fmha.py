@@ -60,10 +60,13 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
   "softcap-before-scale").
 * Varlen (``varlen=true``, compile-time; flash-attn's varlen API): q (total_q, heads, d),
   k and v (total_k, kv_heads, d), o like q, lse (heads, total_q), plus ``cu_seqlens_q/k``
-  (int32, batch + 1) and ``max_seqlen_q``. Work tiles are (Q tile, head, sequence) with
-  ceil(max_seqlen_q / tile_m) Q tiles per sequence; a tile that starts past its sequence's
-  end, or whose sequence has no keys, loads and computes nothing (``tile_has_work``: both
-  warp roles read the same two cu_seqlens entries, so no pipeline or Q phase moves for it).
+  (int32, batch + 1). Work tiles are (entry, head) over a tile table (``varlen_tile_table``,
+  built on the device from cu_seqlens, no host sync): one entry per (sequence, Q tile) that
+  has rows, longest first (keys it sees), then no-work entries up to total_q // tile_m +
+  batch; the dynamic scheduler hands them out (greedy longest-first across very unequal
+  sequences). An entry whose sequence has no keys, or a padding one, loads and computes
+  nothing (``tile_has_work``: both warp roles read the same two cu_seqlens entries, so no
+  pipeline or Q phase moves for it).
   The TMA loads address the packed (total, d, heads) views at the sequence's offset
   (``cute.domain_offset``), so a box running past the sequence's end reads the next
   sequence's rows: those keys are masked by the sequence's own length (``apply_mask``), those
@@ -71,8 +74,8 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
   32-bit column pairs, each row predicated (``store_o_rows``; a TMA store of the 64-row box
   would overwrite the next sequence's first rows), LSE likewise. A sequence with no keys gets
   O = 0 and LSE = -inf (0 with softmax=identity); one with no queries gets nothing. The
-  launch is sync-free after the first call (``max_seqlen_q`` is read from cu_seqlens_q once,
-  one device-to-host copy, and cached on the tensor per version). ``varlen_bug`` injects the
+  launch is sync-free (the table is built by torch ops on the device, and cached on
+  cu_seqlens_q per version of both cu_seqlens). ``varlen_bug`` injects the
   bugs of the varlen mutants (tests/test_varlen_gpu.py). varlen=false builds exactly today's
   kernel (the same SASS).
 * Paged KV (``page_size`` > 0, compile-time; NOT verified on a GPU): k, v are caches
@@ -284,7 +287,8 @@ class FmhaForward(FmhaForwardBase):
         self.o_rescale = o_rescale
         self.kv_load = kv_load
         self.k_release = k_release
-        persistent = ("dynamic" if causal else "on") if persistent is None else persistent
+        # varlen: dynamic too (its tiles differ in work as much as the sequences in length)
+        persistent = ("dynamic" if causal or varlen else "on") if persistent is None else persistent
         self.persistent = persistent != "off"
         self.dynamic = persistent == "dynamic"
         self.lpt = tile_order == "lpt" or (tile_order == "auto" and causal)
@@ -366,22 +370,21 @@ class FmhaForward(FmhaForwardBase):
         stream,
         mCuSeqlensQ: cute.Tensor = None,  # varlen: (batch + 1,) int32 offsets into total_q
         mCuSeqlensK: cute.Tensor = None,  # varlen: (batch + 1,) int32 offsets into total_k
-        max_seqlen_q=None,  # Int32, varlen: the longest q length (the grid's Q tiles per (batch, head))
+        mTileTable: cute.Tensor = None,  # varlen: (entries,) int32 work tiles, batch << 16 | m_block (varlen_tile_table)
         mBlockTable: cute.Tensor = None,  # paged: (batch, max_pages_per_seq) int32 page indices
         seqlen_k=None,  # Int32, paged: n, the KV length of every sequence
     ):
         """Non-varlen: q (batch, m, heads, d), lse (batch, heads, m). varlen: q (total_q, heads, d),
-        k, v (total_k, kv_heads, d), o like q, lse (heads, total_q), plus the cu_seqlens and
-        max_seqlen_q (sequence b is rows cu[b] .. cu[b + 1] - 1)."""
+        k, v (total_k, kv_heads, d), o like q, lse (heads, total_q), plus the cu_seqlens
+        (sequence b is rows cu[b] .. cu[b + 1] - 1) and the tile table."""
         extra = ()
         extra_kw = {}
         if const_expr(self.varlen):
             mQ, mK, mV, mO = [seq_d_head(t) for t in (mQ, mK, mV, mO)]
             tmas, mmas, layouts = self._host_setup(mQ, mK, mV, mO)
             tmas = tmas[:-1] + (mO,)  # O is stored from registers (store_o_rows), not by TMA
-            batches = cute.size(mCuSeqlensQ, mode=[0]) - 1
-            num_tiles = cute.ceil_div(max_seqlen_q, self.tile_m) * cute.size(mQ, mode=[2]) * batches
-            extra = (mCuSeqlensQ, mCuSeqlensK, max_seqlen_q)
+            num_tiles = cute.size(mTileTable, mode=[0]) * cute.size(mQ, mode=[2])
+            extra = (mCuSeqlensQ, mCuSeqlensK, mTileTable)
         elif const_expr(self.page_size > 0):
             # k/v caches (num_pages, page_size, kv_heads, d) -> (page_size, d, kv_heads, num_pages)
             mQ, mK, mV, mO = [seq_d_head_batch(t) for t in (mQ, mK, mV, mO)]
@@ -421,7 +424,7 @@ class FmhaForward(FmhaForwardBase):
         sO_layout: cute.ComposedLayout,
         mCuSeqlensQ: cute.Tensor = None,  # varlen only (mO is then the plain (total_q, d, heads) tensor)
         mCuSeqlensK: cute.Tensor = None,
-        max_seqlen_q=None,  # Int32
+        mTileTable: cute.Tensor = None,  # varlen only
         mBlockTable: cute.Tensor = None,  # paged only
         seqlen_k_paged=None,  # Int32, paged only
     ):
@@ -437,10 +440,7 @@ class FmhaForward(FmhaForwardBase):
         cu = None
         if const_expr(self.varlen):
             cu = (mCuSeqlensQ, mCuSeqlensK)
-            sched = ts.make_tile_scheduler(
-                self, mQ, mK, mTileCounter, tile_pipe, tile_ids,
-                shape=(max_seqlen_q, max_seqlen_q, mQ.shape[2], cute.size(mCuSeqlensQ, mode=[0]) - 1),
-            )
+            sched = ts.make_tile_scheduler(self, mQ, mK, mTileCounter, tile_pipe, tile_ids, table=mTileTable)
         elif const_expr(self.page_size > 0):
             sched = ts.make_tile_scheduler(
                 self, mQ, mK, mTileCounter, tile_pipe, tile_ids,
@@ -1356,14 +1356,50 @@ def seqlens_of(p: Params) -> tuple[list[int], list[int]] | None:
         raise UserError(f"fmha/stage-d: seqlens_k has {len(k)} lengths, seqlens {len(q)}: one per sequence")
     if max(q) > MAX_VARLEN_SEQ or max(k) > MAX_VARLEN_SEQ:
         raise UserError(f"fmha/stage-d: a sequence is longer than {MAX_VARLEN_SEQ}")
+    if len(q) > MAX_VARLEN_BATCH:
+        raise UserError(f"fmha/stage-d: {len(q)} sequences; varlen takes at most {MAX_VARLEN_BATCH}")
     if sum(q) < 1 or sum(k) < 1:
         raise UserError("fmha/stage-d: varlen needs at least one query and one key in all (total_q, total_k >= 1)")
     return q, k
 
 
-#: varlen: the longest sequence a run may ask for (the grid gives every sequence
-#: ceil(max_seqlen_q / tile_m) Q tiles)
+#: varlen: the longest sequence a run may ask for (m_block < 2^16 in the tile table)
 MAX_VARLEN_SEQ = 65536
+#: varlen: the most sequences in one batch (the tile table packs batch << 16 | m_block in int32)
+MAX_VARLEN_BATCH = 32767
+#: varlen_tile_table's m_block of an entry without work (its rows lie past every sequence)
+NO_WORK_BLOCK = 0x7FFF
+
+
+def varlen_tile_table(cu_q, cu_k, total_q: int, tile_m: int, causal: bool, bottom_right: bool):
+    """varlen's work tiles, (total_q // tile_m + batch,) int32 on cu_q's device, each
+    batch << 16 | m_block: every (sequence, Q tile) that has rows, the most keys seen first
+    (causal: the keys up to the tile's last row), then entries without work (batch 0,
+    m_block NO_WORK_BLOCK) filling the size, which bounds sum(ceil(len / tile_m)) and is
+    known from the shapes. Torch ops only: no host sync, so a launch with new cu_seqlens
+    does not wait for the GPU."""
+    import torch
+
+    batch = cu_q.numel() - 1
+    if batch > MAX_VARLEN_BATCH:
+        raise ValueError(f"varlen: {batch} sequences; the kernel takes at most {MAX_VARLEN_BATCH}")
+    entries = total_q // tile_m + batch
+    cu_q, cu_k = cu_q.long(), cu_k.long()
+    len_q, len_k = cu_q[1:] - cu_q[:-1], cu_k[1:] - cu_k[:-1]
+    counts = (len_q + tile_m - 1) // tile_m
+    ends = counts.cumsum(0)
+    t = torch.arange(entries, device=cu_q.device)
+    seq = torch.searchsorted(ends, t, right=True)
+    valid = seq < batch
+    seq = seq.clamp(max=batch - 1)
+    m_block = t - (ends - counts)[seq]
+    work = len_k[seq]
+    if causal:
+        reach = (m_block + 1) * tile_m + ((len_k - len_q)[seq] if bottom_right else 0)
+        work = torch.minimum(work, reach.clamp(min=0))
+    order = torch.argsort(torch.where(valid, work, -1), descending=True, stable=True)
+    packed = torch.where(valid, (seq << 16) | m_block, NO_WORK_BLOCK)
+    return packed[order].to(torch.int32)
 
 
 def cu_seqlens(lengths) -> "list[int]":
@@ -1488,7 +1524,7 @@ class StageD(Stage):
         return host.Compiled(
             fn=fn, d=p.d, heads=p.heads, kv_heads=p.kv_heads, causal=kernel.causal, p_check=kernel.p_check,
             compile_s=time.perf_counter() - t0, varlen=kernel.varlen, page_size=kernel.page_size,
-            fn_long=fn_long, long_m=long_m,
+            fn_long=fn_long, long_m=long_m, tile_m=kernel.tile_m, bottom_right=mask_params(p)["align"] == "bottom_right",
         )
 
     @staticmethod
@@ -1509,7 +1545,7 @@ class StageD(Stage):
         args = [host.fake_tensor(dtype, 4) for _ in range(4)] + [host.fake_tensor(Float32, 3), host.fake_tensor(Int32, 1), Int32(1), host.fake_stream()]
         if kernel.varlen:
             args = [host.fake_tensor(dtype, 3) for _ in range(4)] + [host.fake_tensor(Float32, 2), host.fake_tensor(Int32, 1), Int32(1), host.fake_stream()]
-            args += [host.fake_tensor(Int32, 1), host.fake_tensor(Int32, 1), Int32(1)]
+            args += [host.fake_tensor(Int32, 1), host.fake_tensor(Int32, 1), host.fake_tensor(Int32, 1)]
         elif kernel.page_size:
             args += [None, None, None, host.fake_tensor(Int32, 2), Int32(1)]
         return args
@@ -1534,21 +1570,19 @@ class StageD(Stage):
                 "the tensors do not match the compiled varlen (d, heads, kv_heads)"
             )
             cu_q, cu_k = inputs["cu_seqlens_q"], inputs["cu_seqlens_k"]
-            # max_seqlen_q sizes the grid: flash-attn's API takes it from the caller (no device
-            # sync per launch); here it is read from cu_seqlens_q once (one device-to-host copy)
-            # and cached on the tensor, keyed by its version counter (an in-place change of
-            # the lengths reads them again)
-            cached = getattr(cu_q, "_wb_max_seqlen", None)
-            if cached is None or cached[0] != cu_q._version:
-                lens = cu_q.cpu().diff()
-                cached = (cu_q._version, int(lens.max()) if lens.numel() else 0)
-                cu_q._wb_max_seqlen = cached
-            max_q = cached[1]
+            # the work-tile table (torch ops on the device, no sync), cached on cu_seqlens_q
+            # and rebuilt after an in-place change of either (torch's version counters)
+            key = (cu_q._version, cu_k.data_ptr(), cu_k._version, q.shape[0], compiled.tile_m, compiled.causal)
+            cached = getattr(cu_q, "_wb_tile_table", None)
+            if cached is None or cached[0] != key:
+                table = varlen_tile_table(cu_q, cu_k, q.shape[0], compiled.tile_m, compiled.causal, compiled.bottom_right)
+                cached = (key, table)
+                cu_q._wb_tile_table = cached
             compiled.fn(
                 host.to_cute(q), host.to_cute(k), host.to_cute(inputs["v"]),
                 host.to_cute(outputs["o"]), host.to_cute(outputs["lse"]), host.to_cute(tile_counter(q.device)),
                 Int32(sm_count(q.device)), host.current_stream(),
-                host.to_cute(cu_q), host.to_cute(cu_k), Int32(max(max_q, 1)),
+                host.to_cute(cu_q), host.to_cute(cu_k), host.to_cute(cached[1]),
             )
             return
         assert q.shape[-1] == compiled.d and q.shape[2] == compiled.heads and k.shape[2] == compiled.kv_heads, (

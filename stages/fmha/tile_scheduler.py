@@ -59,19 +59,25 @@ class WorkTiles:
     counter: Optional[cute.Tensor] = None  # DynamicCounter's
     tile_pipe: Any = None
     tile_ids: Optional[cute.Tensor] = None
+    table: Optional[cute.Tensor] = None  # varlen: (entries,) int32, batch << 16 | m_block
 
     @classmethod
     def create(cls, kernel, mQ: cute.Tensor, mK: cute.Tensor, walk: bool = False, shape: Optional[tuple] = None, **extra):
         """``shape``: (seqlen_q, seqlen_k, heads, batches) when not read from mQ, mK's
-        (seq, d, heads, batch) views: varlen's (max_seqlen_q, max_seqlen_q, heads, batch) --
-        every sequence gets ceil(max_seqlen_q / tile_m) Q tiles, those past its end do nothing."""
+        (seq, d, heads, batch) views (paged: the cache's n). ``table`` (varlen, in ``extra``):
+        the work tiles are (entry, head), head outer, entry e -> (batch, m_block) = table[e]."""
         first, _, _ = cute.arch.block_idx()
-        if const_expr(shape is None):
+        table = extra.get("table")
+        if const_expr(table is not None):
+            seqlen_q, seqlen_k, heads, batches = Int32(0), Int32(0), mQ.shape[2], Int32(1)
+        elif const_expr(shape is None):
             seqlen_q, seqlen_k = mQ.shape[0], mK.shape[0]
             heads, batches = mQ.shape[2], mQ.shape[3]
         else:
             seqlen_q, seqlen_k, heads, batches = shape
         num_m = (seqlen_q + (kernel.tile_m - 1)) // kernel.tile_m
+        if const_expr(table is not None):
+            num_m = cute.size(table, mode=[0])  # entries per head
         tiles = num_m * heads * batches
         step, _, _ = cute.arch.grid_dim()
         sched = cls(kernel.tile_m, kernel.d, kernel.dtype, kernel.lpt, walk, first, seqlen_k, heads, batches,
@@ -93,7 +99,11 @@ class WorkTiles:
     @cute.jit
     def coords(self, tile: Int32):
         """(m_block, head, batch) of work tile ``tile``: m_block fastest, or the
-        longest-first order (``lpt_tile``)."""
+        longest-first order (``lpt_tile``), or (varlen) the table's entry, head outer."""
+        if const_expr(self.table is not None):
+            head = tile // self.num_m
+            packed = self.table[tile - head * self.num_m]
+            return packed & 0xFFFF, head, packed >> 16
         if const_expr(self.lpt):
             return self.lpt_tile(tile)
         hb = tile // self.num_m
@@ -228,11 +238,11 @@ class DynamicCounter(WorkTiles):
                 mTileCounter[1] = Int32(0)
 
 
-def make_tile_scheduler(kernel, mQ: cute.Tensor, mK: cute.Tensor, mTileCounter: cute.Tensor, tile_pipe, tile_ids, shape=None):
+def make_tile_scheduler(kernel, mQ: cute.Tensor, mK: cute.Tensor, mTileCounter: cute.Tensor, tile_pipe, tile_ids, shape=None, table=None):
     """The scheduler of ``kernel``'s ``persistent`` mode (``kernel.persistent``, ``.dynamic``);
-    ``shape`` as ``WorkTiles.create``'s."""
+    ``shape`` and ``table`` as ``WorkTiles.create``'s."""
     if const_expr(kernel.dynamic):
-        return DynamicCounter.create(kernel, mQ, mK, counter=mTileCounter, tile_pipe=tile_pipe, tile_ids=tile_ids, shape=shape)
+        return DynamicCounter.create(kernel, mQ, mK, counter=mTileCounter, tile_pipe=tile_pipe, tile_ids=tile_ids, shape=shape, table=table)
     if const_expr(kernel.persistent):
-        return StaticPersistent.create(kernel, mQ, mK, walk=not kernel.lpt, shape=shape)
-    return SingleTile.create(kernel, mQ, mK, shape=shape)
+        return StaticPersistent.create(kernel, mQ, mK, walk=not kernel.lpt and table is None, shape=shape, table=table)
+    return SingleTile.create(kernel, mQ, mK, shape=shape, table=table)
