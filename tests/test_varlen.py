@@ -198,11 +198,12 @@ def test_wb_compile_rejects_varlen_mistakes_in_one_line(args):
     assert ("varlen=true" in r.stderr or "must be lengths" in r.stderr) and "Traceback" not in r.stderr
 
 
-def test_varlen_compiles_for_sm90a_with_predicated_register_o_store():
+def test_varlen_compiles_for_sm90a_with_tma_boxes_and_predicated_row_stores_of_o():
     """varlen=true compiles for sm_90a (one build: d=64, causal, GQA): Q/K/V are TMA loads of
-    the packed 3-D tensors, O is stored from registers in 32-bit column pairs (no TMA store,
-    which would write a whole 64-row box into the next sequence), rows of one thread's pair
-    chunks as the PV accumulator holds them."""
+    the packed 3-D tensors; O goes by one TMA store per WG where its 64-row box lies inside the
+    sequence, and from registers in 32-bit column pairs for a sequence's last rows (a box there
+    would write into the next sequence), rows of one thread's pair chunks as the PV
+    accumulator holds them."""
     import os
 
     from workbench.compile.probe import capture
@@ -213,7 +214,7 @@ def test_varlen_compiles_for_sm90a_with_predicated_register_o_store():
         compiled = StageD().compile(p, {}, "sm_90a")
     probes = {r["name"]: r["layout"] for r in records}
     assert compiled.varlen and "verified" in compiled.p_check
-    assert "tOsO_tma" not in probes  # no TMA store of O in the varlen build
+    assert probes["tOgO_tma"].startswith("(((64,64),1)")  # a (64, d) box of the packed (total, d, heads) view
     # (row pairs +8, (2 adjacent columns, d/8 chunks)) per thread; gmem columns contiguous
     assert probes["tOrO_rows"] == "((2,1),(2,8,1)):((2,0),(1,4,0))", probes["tOrO_rows"]
     assert probes["tOgO_rows"].endswith("(1,8,0))"), probes["tOgO_rows"]

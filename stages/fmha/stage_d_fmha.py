@@ -70,9 +70,10 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
   The TMA loads address the packed (total, d, heads) views at the sequence's offset
   (``cute.domain_offset``), so a box running past the sequence's end reads the next
   sequence's rows: those keys are masked by the sequence's own length (``apply_mask``), those
-  Q rows compute garbage that is never stored -- O goes from registers to global memory in
-  32-bit column pairs, each row predicated (``store_o_rows``; a TMA store of the 64-row box
-  would overwrite the next sequence's first rows), LSE likewise. A sequence with no keys gets
+  Q rows compute garbage that is never stored -- a WG's O goes by one TMA store when its
+  64-row box lies inside the sequence, else (the sequence's last rows) from registers to
+  global memory in 32-bit column pairs, each row predicated (``store_o_rows``; the box would
+  overwrite the next sequence's first rows); LSE always row by row. A sequence with no keys gets
   O = 0 and LSE = -inf (0 with softmax=identity); one with no queries gets nothing. The
   launch is sync-free (the table is built by torch ops on the device, and cached on
   cu_seqlens_q per version of both cu_seqlens). ``varlen_bug`` injects the
@@ -382,9 +383,10 @@ class FmhaForward(FmhaForwardBase):
         if const_expr(self.varlen):
             mQ, mK, mV, mO = [seq_d_head(t) for t in (mQ, mK, mV, mO)]
             tmas, mmas, layouts = self._host_setup(mQ, mK, mV, mO)
-            tmas = tmas[:-1] + (mO,)  # O is stored from registers (store_o_rows), not by TMA
             num_tiles = cute.size(mTileTable, mode=[0]) * cute.size(mQ, mode=[2])
-            extra = (mCuSeqlensQ, mCuSeqlensK, mTileTable)
+            # O: by TMA where a WG's 64-row box lies inside its sequence, else from registers
+            # (store_o_rows) into the plain packed tensor
+            extra = (mCuSeqlensQ, mCuSeqlensK, mTileTable, mO)
         elif const_expr(self.page_size > 0):
             # k/v caches (num_pages, page_size, kv_heads, d) -> (page_size, d, kv_heads, num_pages)
             mQ, mK, mV, mO = [seq_d_head_batch(t) for t in (mQ, mK, mV, mO)]
@@ -422,9 +424,10 @@ class FmhaForward(FmhaForwardBase):
         sK_layout: cute.ComposedLayout,
         sV_layout: cute.ComposedLayout,
         sO_layout: cute.ComposedLayout,
-        mCuSeqlensQ: cute.Tensor = None,  # varlen only (mO is then the plain (total_q, d, heads) tensor)
+        mCuSeqlensQ: cute.Tensor = None,  # varlen only
         mCuSeqlensK: cute.Tensor = None,
         mTileTable: cute.Tensor = None,  # varlen only
+        mO_rows: cute.Tensor = None,  # varlen: the plain (total_q, d, heads) O, for predicated row stores
         mBlockTable: cute.Tensor = None,  # paged only
         seqlen_k_paged=None,  # Int32, paged only
     ):
@@ -495,7 +498,7 @@ class FmhaForward(FmhaForwardBase):
             kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.kv_stages)
             compute_tile = partial(
                 self.consume_work_tile, tiled_mma_qk, tiled_mma_pv, tma_atom_o, mO, mLSE, sQ, sK, sV, sO,
-                pipeline_q, pipeline_k, pipeline_v, regs, tidx, wg_idx - 1, seqlen_q, seqlen_k, cu=cu,
+                pipeline_q, pipeline_k, pipeline_v, regs, tidx, wg_idx - 1, seqlen_q, seqlen_k, cu=cu, mO_rows=mO_rows,
             )
             if const_expr(sched.persistent):
                 # (a loop around the pinned/mid overlap step makes ptxas serialize d=128's
@@ -514,7 +517,7 @@ class FmhaForward(FmhaForwardBase):
                             )
                             q_buf, q_phase = self.next_q_buffer(q_buf, q_phase)
                         else:
-                            self.store_empty_rows(cu, mO, mLSE, regs, tidx, wg_idx - 1, m_block, head, batch)
+                            self.store_empty_rows(cu, mO_rows, mLSE, regs, tidx, wg_idx - 1, m_block, head, batch)
                     else:
                         kv_state = compute_tile(
                             m_block, head, batch, kv_state, q_buf, q_phase, stamp=self.stamp_fn(mTileCounter, wg_idx, j)
@@ -533,7 +536,7 @@ class FmhaForward(FmhaForwardBase):
                             m_block, head, batch, kv_state, Int32(0), Int32(0), stamp=self.stamp_fn(mTileCounter, wg_idx, Int32(0))
                         )
                     else:
-                        self.store_empty_rows(cu, mO, mLSE, regs, tidx, wg_idx - 1, m_block, head, batch)
+                        self.store_empty_rows(cu, mO_rows, mLSE, regs, tidx, wg_idx - 1, m_block, head, batch)
                 else:
                     compute_tile(
                         m_block, head, batch, kv_state, Int32(0), Int32(0), stamp=self.stamp_fn(mTileCounter, wg_idx, Int32(0))
@@ -713,16 +716,19 @@ class FmhaForward(FmhaForwardBase):
         self, tiled_mma_qk, tiled_mma_pv, tma_atom_o, mO, mLSE, sQ, sK, sV, sO, pipeline_q, pipeline_k, pipeline_v,
         regs: tuple, tidx: Int32, wg: Int32, seqlen_q: Int32, seqlen_k: Int32,
         m_block: Int32, head: Int32, batch: Int32, kv_state: pipeline.PipelineState, q_buf: Int32, q_phase: Int32,
-        stamp: cutlass.Constexpr = no_stamp, cu: tuple = None,
+        stamp: cutlass.Constexpr = no_stamp, cu: tuple = None, mO_rows: cute.Tensor = None,
     ) -> pipeline.PipelineState:
         """One consumer WG's share of the work tile (m_block, head, batch); returns the K/V
-        ring state after it. varlen: the sequence's lengths, and mO the plain packed tensor."""
+        ring state after it. varlen: the sequence's lengths; mO is O's TMA tensor over the
+        packed rows, ``mO_rows`` the plain packed tensor."""
+        gO_rows = None
         if const_expr(self.varlen):
             off_q, seqlen_q, _, seqlen_k = self.seq_spans(cu, batch)
             gO = cute.local_tile(cute.domain_offset((off_q, 0), mO[None, None, head]), (self.wg_rows, self.d), (None, 0))
+            gO_rows = cute.local_tile(cute.domain_offset((off_q, 0), mO_rows[None, None, head]), (self.wg_rows, self.d), (None, 0))
             mLSE_row = cute.domain_offset((off_q,), mLSE[head, None])
             n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
-            seqlen_q = self.store_limit(mO, off_q, seqlen_q)  # (consume_d reads seqlen_q for the stores only)
+            seqlen_q = self.store_limit(mO_rows, off_q, seqlen_q)  # (consume_d reads seqlen_q for the stores only)
             if const_expr(self.varlen_bug == "tail_unmasked"):
                 seqlen_k = (seqlen_k + (self.tile_n - 1)) // self.tile_n * self.tile_n  # (and seqlen_k for the mask)
         else:
@@ -732,7 +738,7 @@ class FmhaForward(FmhaForwardBase):
         return self.consume_d(
             tiled_mma_qk, tiled_mma_pv, tma_atom_o, gO, mLSE_row, sQ, sK, sV, sO,
             pipeline_q, pipeline_k, pipeline_v, kv_state, q_buf, q_phase, regs,
-            tidx, wg, m_block, n_max, seqlen_q, seqlen_k, stamp, n_min,
+            tidx, wg, m_block, n_max, seqlen_q, seqlen_k, stamp, n_min, gO_rows,
         )
 
     def consumer_registers(self, tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg):
@@ -904,6 +910,7 @@ class FmhaForward(FmhaForwardBase):
         seqlen_k: Int32,
         stamp: cutlass.Constexpr = no_stamp,
         n_min=0,
+        gO_rows: cute.Tensor = None,  # varlen: the plain packed O's (64, d, m tiles) of this sequence
     ) -> pipeline.PipelineState:
         """One consumer WG, one work tile (its 64 Q rows), KV tiles n_max - 1 down to n_min
         (``mask``: the first n_up and, with a left window, the visits from n_lo on masked);
@@ -992,12 +999,16 @@ class FmhaForward(FmhaForwardBase):
         lse = cute.make_rmem_tensor(softmax.num_rows, Float32)
         self.finish(softmax, acc_O, lse, row_scale)
 
+        o_box = m_block * self.num_consumer_wg + wg
         if const_expr(self.varlen):
             self.store_lse_rows(lse, mLSE, thr_pv, tidx_wg, row0, seqlen_q)
             stamp(6)
-            self.store_o_rows(acc_O, gO[None, None, m_block * self.num_consumer_wg + wg], thr_pv, tidx_wg, row0, seqlen_q)
-            if const_expr(self.o_in_q):
-                release_q()  # O went from registers: the Q slot is free since the last QK^T
+            if row0 + self.wg_rows <= seqlen_q:  # the WG's whole box lies inside its sequence
+                self.store_o_box(acc_O, sO, gO[None, None, o_box], tma_atom_o, tiled_mma_pv, tidx_wg, wg, True, release_q)
+            else:  # the sequence's last rows: a box would write the next sequence's first rows
+                self.store_o_rows(acc_O, gO_rows[None, None, o_box], thr_pv, tidx_wg, row0, seqlen_q)
+                if const_expr(self.o_in_q):
+                    release_q()  # O went from registers: the Q slot is free since the last QK^T
         else:
             tOcO = common.acc_row_view(thr_pv.partition_C(cute.make_identity_tensor((self.wg_rows, self.d))))
             if tidx_wg % 4 == 0:
@@ -1006,23 +1017,29 @@ class FmhaForward(FmhaForwardBase):
                     if row < seqlen_q:
                         mLSE[row] = lse[r]
             stamp(6)
-            if const_expr(self.persistent and not self.o_in_q):
-                # the previous tile's O store, issued a whole tile ago, must have read sO before
-                # anyone writes it: its issuing warp waits only now, then all may write
-                if tidx_wg < 32:
-                    cute.arch.cp_async_bulk_wait_group(0, read=True)
-                cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)
-            # o_in_q: sO[wg] is this WG's Q slot, free since its last QK^T completed; the store
-            # is waited for at once and the slot handed back to the producer only after it
-            self.store_o(
-                acc_O, sO[None, None, wg], gO[None, None, m_block * self.num_consumer_wg + wg], tma_atom_o,
-                tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q, wait_read=not self.persistent or self.o_in_q,
-            )
-            if const_expr(self.o_in_q):
-                cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)  # the store has read sO
-                release_q()
+            self.store_o_box(acc_O, sO, gO[None, None, o_box], tma_atom_o, tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q, release_q)
         stamp(7)
         return kv_state
+
+    @cute.jit
+    def store_o_box(self, acc_O, sO, gO_box, tma_atom_o, tiled_mma_pv, tidx_wg: Int32, wg: Int32, do_store, release_q):
+        """The WG's O through shared memory and one TMA store of its (64, d) box (rows past the
+        tensor's end clipped by TMA; ``do_store``: warp-uniform, False skips the box)."""
+        if const_expr(self.persistent and not self.o_in_q):
+            # the previous tile's O store, issued a whole tile ago, must have read sO before
+            # anyone writes it: its issuing warp waits only now, then all may write
+            if tidx_wg < 32:
+                cute.arch.cp_async_bulk_wait_group(0, read=True)
+            cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)
+        # o_in_q: sO[wg] is this WG's Q slot, free since its last QK^T completed; the store
+        # is waited for at once and the slot handed back to the producer only after it
+        self.store_o(
+            acc_O, sO[None, None, wg], gO_box, tma_atom_o, tiled_mma_pv, tidx_wg, wg, do_store,
+            wait_read=not self.persistent or self.o_in_q,
+        )
+        if const_expr(self.o_in_q):
+            cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)  # the store has read sO
+            release_q()
 
 
     # ---- overlap / pingpong schedules ---------------------------------------------------
