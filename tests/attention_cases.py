@@ -30,6 +30,7 @@ CONFIGS = {
     # of 112 (n = 300: 3 tiles, a 76-key tail) and 80 keys (n = 250: 4 tiles, a 10-key tail)
     "d-192": dict(kind="d", batch=1, m=130, n=300, heads=2, kv_heads=1, d=192, causal=False),
     "d-256": dict(kind="d", batch=1, m=150, n=250, heads=2, kv_heads=1, d=256, causal=True),
+    "d-192-dv128": dict(kind="d", batch=1, m=130, n=300, heads=2, kv_heads=1, d=192, dv=128, causal=True),
 }
 
 STAGE_FIXTURES = {  # as in kernel.yaml, plus the fixtures this issue adds where they apply
@@ -48,10 +49,10 @@ def specs_for(cfg):
 
     kind, m, n, d = cfg["kind"], cfg["m"], cfg["n"], cfg["d"]
     if kind == "d":
-        b, h, hk = cfg["batch"], cfg["heads"], cfg["kv_heads"]
-        ins = {"q": TensorSpec((b, m, h, d), "bf16"), "k": TensorSpec((b, n, hk, d), "bf16"), "v": TensorSpec((b, n, hk, d), "bf16")}
-        outs = {"o": TensorSpec((b, m, h, d), "bf16"), "lse": TensorSpec((b, h, m), "fp32")}
-        params = {"m": m, "n": n, "d": d, "dtype": "bf16", "batch": b, "heads": h, "kv_heads": hk, "causal": cfg["causal"]}
+        b, h, hk, dv = cfg["batch"], cfg["heads"], cfg["kv_heads"], cfg.get("dv", d)
+        ins = {"q": TensorSpec((b, m, h, d), "bf16"), "k": TensorSpec((b, n, hk, d), "bf16"), "v": TensorSpec((b, n, hk, dv), "bf16")}
+        outs = {"o": TensorSpec((b, m, h, dv), "bf16"), "lse": TensorSpec((b, h, m), "fp32")}
+        params = {"m": m, "n": n, "d": d, "dv": dv, "dtype": "bf16", "batch": b, "heads": h, "kv_heads": hk, "causal": cfg["causal"]}
         if "softcap" in cfg:
             params["softcap"] = cfg["softcap"]
         return ins, outs, Params(params)

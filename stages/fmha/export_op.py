@@ -40,6 +40,8 @@ def exported_key(params: dict) -> dict:
         raise ValueError("varlen=true is not exportable yet (the op takes (batch, seqlen, heads, d) tensors)")
     if int(params.get("page_size", 0) or 0):
         raise ValueError("page_size > 0 (paged KV) is not exportable yet (the op takes (batch, seqlen, heads, d) tensors)")
+    if int(params.get("dv") or params["d"]) != int(params["d"]):
+        raise ValueError(f"dv={params['dv']} != d={params['d']} is not exportable yet (the op's o is allocated like q)")
     return {
         "d": int(params["d"]),
         "dtype": str(params["dtype"]),

@@ -113,10 +113,12 @@ class FmhaForwardBase:
         *,
         softmax: str = "exp",
         kv_stages: Optional[int] = None,
+        dv: Optional[int] = None,
     ):
         assert d in geometry.HEAD_DIMS, d
         self.dtype = dtype
-        self.d = d
+        self.d = d  # head dim of Q and K
+        self.dv = d if dv is None else dv  # head dim of V and O (stage D's dv; else d)
         self.is_exp = softmax == "exp"
         self.kv_stages = kv_stages if kv_stages is not None else geometry.geometry(d).kv_stages
         assert self.kv_stages >= 2
@@ -130,8 +132,8 @@ class FmhaForwardBase:
     def _smem_layouts(self):
         sQ = common.make_kmajor_smem_layout(self.dtype, self.wg_rows, self.d, self.q_stages)
         sK = common.make_kmajor_smem_layout(self.dtype, self.tile_n, self.d, self.kv_stages)
-        sV = common.make_kmajor_smem_layout(self.dtype, self.tile_n, self.d, self.kv_stages)
-        sO = common.make_kmajor_smem_layout(self.dtype, self.wg_rows, self.d, self.num_consumer_wg)
+        sV = common.make_kmajor_smem_layout(self.dtype, self.tile_n, self.dv, self.kv_stages)
+        sO = common.make_kmajor_smem_layout(self.dtype, self.wg_rows, self.dv, self.num_consumer_wg)
         return sQ, sK, sV, sO
 
     def _shared_storage(self, sQ_layout, sK_layout, sV_layout, sO_layout):
@@ -183,18 +185,19 @@ class FmhaForwardBase:
         assert mQ.element_type == self.dtype and mK.element_type == self.dtype
         assert mV.element_type == self.dtype and mO.element_type == self.dtype
         tiled_mma_qk = common.make_qk_tiled_mma(self.dtype, self.tile_n, 1)
-        tiled_mma_pv = make_pv_tiled_mma(self.dtype, self.d)
+        tiled_mma_pv = make_pv_tiled_mma(self.dtype, self.dv)
         sQ_layout, sK_layout, sV_layout, sO_layout = self._smem_layouts()
         tma_atom_q, tma_q = common.make_tma_load(mQ, sQ_layout, (self.wg_rows, self.d))
         tma_atom_k, tma_k = common.make_tma_load(mK, sK_layout, (self.tile_n, self.d))
-        tma_atom_v, tma_v = common.make_tma_load(mV, sV_layout, (self.tile_n, self.d))
+        tma_atom_v, tma_v = common.make_tma_load(mV, sV_layout, (self.tile_n, self.dv))
         tma_atom_o, tma_o = cpasync.make_tiled_tma_atom(
-            cpasync.CopyBulkTensorTileS2GOp(), mO, cute.select(sO_layout, mode=[0, 1]), (self.wg_rows, self.d)
+            cpasync.CopyBulkTensorTileS2GOp(), mO, cute.select(sO_layout, mode=[0, 1]), (self.wg_rows, self.dv)
         )
         # mbarrier transaction counts = bytes one TMA box delivers (full box, even when
         # part of it is out of bounds and zero-filled).
         self.q_bytes = common.tma_tile_bytes(self.dtype, sQ_layout)
         self.kv_bytes = common.tma_tile_bytes(self.dtype, sK_layout)
+        self.v_bytes = common.tma_tile_bytes(self.dtype, sV_layout)  # kv_bytes unless dv != d
         self.shared_storage = self._shared_storage(sQ_layout, sK_layout, sV_layout, sO_layout)
         tmas = (tma_atom_q, tma_q, tma_atom_k, tma_k, tma_atom_v, tma_v, tma_atom_o, tma_o)
         return tmas, (tiled_mma_qk, tiled_mma_pv), (sQ_layout, sK_layout, sV_layout, sO_layout)
@@ -241,7 +244,7 @@ class FmhaForwardBase:
             num_stages=self.kv_stages,
             producer_group=one_thread,
             consumer_group=consumers,
-            tx_count=self.kv_bytes,
+            tx_count=self.v_bytes,
             defer_sync=True,
         )
         return pipeline_q, pipeline_k, pipeline_v
@@ -271,7 +274,7 @@ class FmhaForwardBase:
         tOrVt = thr_pv.make_fragment_B(thr_pv.partition_B(sVt))  # (MMA, 1, tile_n/16, S)
         acc_S_shape = thr_qk.partition_shape_C((self.wg_rows, self.tile_n))
         tOrP = cute.make_rmem_tensor(thr_pv.partition_shape_A((self.wg_rows, self.tile_n)), self.dtype)
-        acc_O = cute.make_rmem_tensor(thr_pv.partition_shape_C((self.wg_rows, self.d)), Float32)
+        acc_O = cute.make_rmem_tensor(thr_pv.partition_shape_C((self.wg_rows, self.dv)), Float32)
         probe("tSrQ", tSrQ)
         probe("tSrK", tSrK)
         probe("tOrVt", tOrVt)

@@ -102,21 +102,25 @@ def kv_tile(d: int) -> int:
     return _TABLE[d][0] if d in _TABLE else 128
 
 
-def smem_bytes(d: int, tile_n: int, kv_stages: int, consumers: int, q_buffers: int, o_in_q: bool, elem_bytes: int = 2) -> int:
+def smem_bytes(d: int, tile_n: int, kv_stages: int, consumers: int, q_buffers: int, o_in_q: bool, elem_bytes: int = 2,
+               dv: int | None = None) -> int:
     """Shared memory of one stage D CTA, as ``wb compile`` reports it (fmha_base's shared
-    storage: tiles of whole KiB, see ``SMEM_OVERHEAD``)."""
+    storage: tiles of whole KiB, see ``SMEM_OVERHEAD``); ``dv``: V's and O's head dim (d)."""
+    dv = d if dv is None else dv
     tile_m = WG_ROWS * consumers
     q = q_buffers * tile_m * d
-    kv = 2 * kv_stages * tile_n * d
-    o = 0 if o_in_q else tile_m * d
+    kv = kv_stages * tile_n * (d + dv)
+    o = 0 if o_in_q else tile_m * dv
     return (q + kv + o) * elem_bytes + SMEM_OVERHEAD[o_in_q]
 
 
-def check_fits(d: int, tile_n: int, kv_stages: int, consumers: int, q_buffers: int, o_in_q: bool, elem_bytes: int = 2) -> None:
+def check_fits(d: int, tile_n: int, kv_stages: int, consumers: int, q_buffers: int, o_in_q: bool, elem_bytes: int = 2,
+               dv: int | None = None) -> None:
     """ValueError (one line) when the configuration cannot fit in shared memory."""
-    need = smem_bytes(d, tile_n, kv_stages, consumers, q_buffers, o_in_q, elem_bytes)
+    need = smem_bytes(d, tile_n, kv_stages, consumers, q_buffers, o_in_q, elem_bytes, dv)
     if need > SMEM_CAPACITY:
+        dv_text = "" if dv in (None, d) else f", dv={dv}"
         raise ValueError(
-            f"d={d} with kv_stages={kv_stages}, consumers={consumers}, q_buffers={q_buffers} needs "
+            f"d={d}{dv_text} with kv_stages={kv_stages}, consumers={consumers}, q_buffers={q_buffers} needs "
             f"{need / 1024:.0f} KiB of shared memory, more than the {SMEM_CAPACITY // 1024} KiB of a CTA"
         )

@@ -1,6 +1,7 @@
 """Stage D: full FMHA forward on Hopper: (batch, seqlen, heads, d), causal, windows, GQA, tails, varlen.
 
-Shapes (flash-attn layout): q (batch, m, heads, d), k and v (batch, n, kv_heads, d), all
+Shapes (flash-attn layout): q (batch, m, heads, d), k and v (batch, n, kv_heads, d) (v and o
+with ``dv`` < d: (.., dv); V tiles, the PV MMA, O's tiles and stores at dv; not run on a GPU), all
 with d contiguous; o like q; lse (batch, heads, m) fp32 = logsumexp(S * scale) per row.
 scale = 1/sqrt(d), d in {64, 96, 128, 192, 256}, heads a multiple of kv_heads (GQA: q head h
 reads kv head h // (heads / kv_heads)), any m, n >= 1.
@@ -249,6 +250,7 @@ class FmhaForward(FmhaForwardBase):
         varlen_bug: str = "none",
         page_size: int = 0,
         paged_bug: str = "none",
+        dv: int | None = None,
     ):
         # What ``auto`` means (kernel.yaml lists the choices): for d = 64 and 128 what measured
         # fastest on an H200, docs/perf-notes.md; for d = 96, 192 and 256 chosen on the CPU by
@@ -270,9 +272,15 @@ class FmhaForward(FmhaForwardBase):
         assert q_buffers in (1, 2), q_buffers
         if kv_stages is None:
             kv_stages = geom.kv_stages
+        # dv: V's and O's head dim (FlashAttention-3's hdim_v, e.g. 192/128); O then has its own
+        # staging tile (a (64, dv) tile in a (64, d) Q slot would not be the WG's own slot)
+        dv = d if dv is None else int(dv)
+        if dv not in geometry.HEAD_DIMS or dv > d:
+            raise ValueError(f"dv={dv}: V's head dim must be one of {', '.join(map(str, geometry.HEAD_DIMS))} and at most d={d}")
+        o_in_q = geom.o_in_q and dv == d
         # a configuration that cannot fit is the user's choice of variants: one line (ValueError)
-        geometry.check_fits(d, geom.tile_n, kv_stages, consumers, q_buffers, geom.o_in_q, dtype.width // 8)
-        if geom.o_in_q and q_buffers != 1:
+        geometry.check_fits(d, geom.tile_n, kv_stages, consumers, q_buffers, o_in_q, dtype.width // 8, dv)
+        if o_in_q and q_buffers != 1:
             raise ValueError(f"q_buffers={q_buffers} needs O staged apart from Q (d <= 128); d={d} stages O in Q")
         if consumers == 3 and d not in (64, 128):
             raise ValueError(f"consumers=3 (192-row Q tiles at 160 registers) is for d = 64 and 128, not d={d}")
@@ -280,10 +288,10 @@ class FmhaForward(FmhaForwardBase):
         self.num_consumer_wg = consumers
         self.tile_m = consumers * self.wg_rows
         self.tile_n = geom.tile_n
-        self.o_in_q = geom.o_in_q
+        self.o_in_q = o_in_q
         self.num_threads = common.WG_THREADS * (1 + consumers)
         self.consumer_regs, self.producer_regs = REGISTERS[consumers]
-        super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages)
+        super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages, dv=dv)
         self.schedule = schedule
         self.o_rescale = o_rescale
         self.kv_load = kv_load
@@ -597,14 +605,14 @@ class FmhaForward(FmhaForwardBase):
             acc_O.fill(0.0)
             lse = cute.make_rmem_tensor(softmax.num_rows, Float32)
             lse.fill(-math.inf if self.is_exp else 0.0)  # identity: LSE is 0 everywhere
-            gO = cute.local_tile(cute.domain_offset((off_q, 0), mO[None, None, head]), (self.wg_rows, self.d), (None, 0))
+            gO = cute.local_tile(cute.domain_offset((off_q, 0), mO[None, None, head]), (self.wg_rows, self.dv), (None, 0))
             self.store_lse_rows(lse, cute.domain_offset((off_q,), mLSE[head, None]), thr_pv, tidx, row0, len_q)
             self.store_o_rows(acc_O, gO[None, None, m_block * self.num_consumer_wg + wg], thr_pv, tidx, row0, len_q)
 
     @cute.jit
     def store_lse_rows(self, lse: cute.Tensor, mLSE: cute.Tensor, thr_pv, tidx: Int32, row0: Int32, seqlen_q: Int32):
         """LSE of this thread's rows (one lane of each quad writes), rows < seqlen_q only."""
-        tOcO = common.acc_row_view(thr_pv.partition_C(cute.make_identity_tensor((self.wg_rows, self.d))))
+        tOcO = common.acc_row_view(thr_pv.partition_C(cute.make_identity_tensor((self.wg_rows, self.dv))))
         if tidx % 4 == 0:
             for r in cutlass.range_constexpr(cute.size(lse)):
                 row = row0 + tOcO[r, 0][0]
@@ -620,7 +628,7 @@ class FmhaForward(FmhaForwardBase):
         rO.store(acc_O.load().to(self.dtype))
         r_mn = common.acc_row_view(rO)
         g_mn = common.acc_row_view(thr_pv.partition_C(gO_wg))
-        c_mn = common.acc_row_view(thr_pv.partition_C(cute.make_identity_tensor((self.wg_rows, self.d))))
+        c_mn = common.acc_row_view(thr_pv.partition_C(cute.make_identity_tensor((self.wg_rows, self.dv))))
         probe("tOgO_rows", g_mn)
         probe("tOrO_rows", r_mn)
         for r in cutlass.range_constexpr(cute.size(r_mn, mode=[0])):
@@ -693,7 +701,7 @@ class FmhaForward(FmhaForwardBase):
                 off_q, off_k = cu[0][batch + 1], cu[1][batch + 1]
             gQ = cute.local_tile(cute.domain_offset((off_q, 0), mQ[None, None, head]), (self.wg_rows, self.d), (None, 0))
             gK = cute.local_tile(cute.domain_offset((off_k, 0), mK[None, None, head_kv]), (self.tile_n, self.d), (None, 0))
-            gV = cute.local_tile(cute.domain_offset((off_k, 0), mV[None, None, head_kv]), (self.tile_n, self.d), (None, 0))
+            gV = cute.local_tile(cute.domain_offset((off_k, 0), mV[None, None, head_kv]), (self.tile_n, self.dv), (None, 0))
         elif const_expr(self.page_size > 0):
             # paged: the whole cache of this KV head, (page_size, d, num_pages); load_paged_tile
             # picks the page of each tile through the block table row of this batch
@@ -703,7 +711,7 @@ class FmhaForward(FmhaForwardBase):
         else:
             gQ = cute.local_tile(mQ[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
             gK = cute.local_tile(mK[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))  # (128, d, ceil(n/128))
-            gV = cute.local_tile(mV[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))
+            gV = cute.local_tile(mV[None, None, head_kv, batch], (self.tile_n, self.dv), (None, 0))
         n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
         return self.produce_d(
             tma_atom_q, tma_atom_k, tma_atom_v, gQ, gK, gV, sQ, sK, sV,
@@ -724,15 +732,15 @@ class FmhaForward(FmhaForwardBase):
         gO_rows = None
         if const_expr(self.varlen):
             off_q, seqlen_q, _, seqlen_k = self.seq_spans(cu, batch)
-            gO = cute.local_tile(cute.domain_offset((off_q, 0), mO[None, None, head]), (self.wg_rows, self.d), (None, 0))
-            gO_rows = cute.local_tile(cute.domain_offset((off_q, 0), mO_rows[None, None, head]), (self.wg_rows, self.d), (None, 0))
+            gO = cute.local_tile(cute.domain_offset((off_q, 0), mO[None, None, head]), (self.wg_rows, self.dv), (None, 0))
+            gO_rows = cute.local_tile(cute.domain_offset((off_q, 0), mO_rows[None, None, head]), (self.wg_rows, self.dv), (None, 0))
             mLSE_row = cute.domain_offset((off_q,), mLSE[head, None])
             n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
             seqlen_q = self.store_limit(mO_rows, off_q, seqlen_q)  # (consume_d reads seqlen_q for the stores only)
             if const_expr(self.varlen_bug == "tail_unmasked"):
                 seqlen_k = (seqlen_k + (self.tile_n - 1)) // self.tile_n * self.tile_n  # (and seqlen_k for the mask)
         else:
-            gO = cute.local_tile(mO[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
+            gO = cute.local_tile(mO[None, None, head, batch], (self.wg_rows, self.dv), (None, 0))  # (64, dv, ceil(m/64))
             mLSE_row = mLSE[batch, head, None]
             n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
         return self.consume_d(
@@ -783,8 +791,8 @@ class FmhaForward(FmhaForwardBase):
         probe("tQsQ", tQsQ)
         probe("tQgQ", tQgQ)
         if const_expr(self.page_size > 0):
-            load_k = partial(self.load_paged_tile, pipeline_k, tma_atom_k, gK, sK, pages)
-            load_v = partial(self.load_paged_tile, pipeline_v, tma_atom_v, gV, sV, pages)
+            load_k = partial(self.load_paged_tile, pipeline_k, tma_atom_k, gK, sK, pages, self.d)
+            load_v = partial(self.load_paged_tile, pipeline_v, tma_atom_v, gV, sV, pages, self.dv)
         else:
             tKsK, tKgK = common.tma_partition_tile(tma_atom_k, sK, gK)
             tVsV, tVgV = common.tma_partition_tile(tma_atom_v, sV, gV)
@@ -860,6 +868,7 @@ class FmhaForward(FmhaForwardBase):
         gX: cute.Tensor,  # (page_size, d, num_pages): one KV head of the cache
         sX: cute.Tensor,
         pages: cute.Tensor,  # (max_pages_per_seq,) int32: this batch's block table row
+        width: cutlass.Constexpr[int],  # d for K, dv for V
         state: pipeline.PipelineState,
         tile: Int32,
     ):
@@ -875,7 +884,7 @@ class FmhaForward(FmhaForwardBase):
         sub = (row % self.page_size) // self.tile_n
         if const_expr(self.paged_bug == "offset_ignored"):
             sub = 0
-        gX_page = cute.local_tile(gX[None, None, page], (self.tile_n, self.d), (None, 0))  # (tile_n, d, page_size / tile_n)
+        gX_page = cute.local_tile(gX[None, None, page], (self.tile_n, width), (None, 0))  # (tile_n, width, page_size / tile_n)
         tXsX, tXgX = common.tma_partition_tile(tma_atom, sX, gX_page)
         pipe.producer_acquire(state)
         cute.copy(
@@ -1010,7 +1019,7 @@ class FmhaForward(FmhaForwardBase):
                 if const_expr(self.o_in_q):
                     release_q()  # O went from registers: the Q slot is free since the last QK^T
         else:
-            tOcO = common.acc_row_view(thr_pv.partition_C(cute.make_identity_tensor((self.wg_rows, self.d))))
+            tOcO = common.acc_row_view(thr_pv.partition_C(cute.make_identity_tensor((self.wg_rows, self.dv))))
             if tidx_wg % 4 == 0:
                 for r in cutlass.range_constexpr(softmax.num_rows):
                     row = row0 + tOcO[r, 0][0]
@@ -1352,6 +1361,11 @@ def paged_geometry(batch: int, n: int, page_size: int) -> tuple:
     return batch * (per_seq + 1), per_seq
 
 
+def dv_of(p: Params) -> int:
+    """V's and O's head dim: the ``dv`` parameter, d when the parameters lack it."""
+    return int(param_value(p, "dv", None) or p.d)
+
+
 def softcap_of(p: Params) -> float:
     """The ``softcap`` parameter (0.0 when the parameters lack it)."""
     return float(param_value(p, "softcap", 0.0) or 0.0)
@@ -1445,7 +1459,7 @@ class StageD(Stage):
         "sequence gives O = 0 and LSE = -inf rows."
     )
     # batch, m, n, seqlens: runtime; the mask (align, window), the softcap and varlen are compiled in
-    compile_params = ("d", "dtype", "heads", "kv_heads", "causal", "align", "window_left", "window_right", "softcap", "varlen", "page_size")
+    compile_params = ("d", "dv", "dtype", "heads", "kv_heads", "causal", "align", "window_left", "window_right", "softcap", "varlen", "page_size")
     # `wb export fmha/d`: the op wb_fmha::fwd(q, k, v, causal, ...) -> (o, lse) (export_op.py:
     # its argument checks, fake implementation and launch; docs/export.md)
     export = ExportSpec(namespace="wb_fmha", op_module="export_op.py")
@@ -1458,7 +1472,7 @@ class StageD(Stage):
                 "q": TensorSpec((p.batch, p.m, p.heads, p.d), p.dtype),
                 # k, v: the paged caches (num_pages, page_size, kv_heads, d) (the fixtures' names)
                 "k": TensorSpec((pages[0], ps, p.kv_heads, p.d), p.dtype),
-                "v": TensorSpec((pages[0], ps, p.kv_heads, p.d), p.dtype),
+                "v": TensorSpec((pages[0], ps, p.kv_heads, dv_of(p)), p.dtype),
                 "block_table": TensorSpec((p.batch, pages[1]), "int32"),
                 "cache_seqlens": TensorSpec((p.batch,), "int32"),  # n for every sequence (flash-attn's name)
             }
@@ -1468,39 +1482,41 @@ class StageD(Stage):
             return {
                 "q": TensorSpec((sum(q), p.heads, p.d), p.dtype),
                 "k": TensorSpec((sum(k), p.kv_heads, p.d), p.dtype),
-                "v": TensorSpec((sum(k), p.kv_heads, p.d), p.dtype),
+                "v": TensorSpec((sum(k), p.kv_heads, dv_of(p)), p.dtype),
                 "cu_seqlens_q": TensorSpec((len(q) + 1,), "int32"),
                 "cu_seqlens_k": TensorSpec((len(k) + 1,), "int32"),
             }
         return {
             "q": TensorSpec((p.batch, p.m, p.heads, p.d), p.dtype),
             "k": TensorSpec((p.batch, p.n, p.kv_heads, p.d), p.dtype),
-            "v": TensorSpec((p.batch, p.n, p.kv_heads, p.d), p.dtype),
+            "v": TensorSpec((p.batch, p.n, p.kv_heads, dv_of(p)), p.dtype),
         }
 
     def flops(self, p: Params) -> float:
         """The standard count, as FlashAttention reports it: 4·b·h·m·n·d, halved for causal
         (top-left, no window); with a window or bottom-right alignment 4·b·h·d times the
-        number of (query, key) pairs the mask lets through (varlen: summed over the sequences)."""
+        number of (query, key) pairs the mask lets through (varlen: summed over the sequences).
+        With dv != d, 2·(d + dv) in place of 4·d (QK^T and PV)."""
+        per_pair = 2.0 * (p.d + dv_of(p))  # QK^T and PV: 4·d when dv = d
         mask = mask_params(p)
         lens = seqlens_of(p)
         if lens is not None:
-            return 4.0 * p.heads * p.d * sum(reference.visible_pairs(m, n, **mask_window(p)) for m, n in zip(*lens))
+            return per_pair * p.heads * sum(reference.visible_pairs(m, n, **mask_window(p)) for m, n in zip(*lens))
         if mask["align"] == "top_left" and mask["window_left"] < 0 and mask["window_right"] < 0:
-            total = 4.0 * p.batch * p.heads * p.m * p.n * p.d
+            total = per_pair * p.batch * p.heads * p.m * p.n
             return total / 2 if p.causal else total
-        return 4.0 * p.batch * p.heads * p.d * reference.visible_pairs(p.m, p.n, **mask_window(p))
+        return per_pair * p.batch * p.heads * reference.visible_pairs(p.m, p.n, **mask_window(p))
 
     def outputs(self, p: Params) -> dict:
         lens = seqlens_of(p)
         if lens is not None:
             total_q = sum(lens[0])
             return {
-                "o": TensorSpec((total_q, p.heads, p.d), p.dtype),
+                "o": TensorSpec((total_q, p.heads, dv_of(p)), p.dtype),
                 "lse": TensorSpec((p.heads, total_q), "fp32"),
             }
         return {
-            "o": TensorSpec((p.batch, p.m, p.heads, p.d), p.dtype),
+            "o": TensorSpec((p.batch, p.m, p.heads, dv_of(p)), p.dtype),
             "lse": TensorSpec((p.batch, p.heads, p.m), "fp32"),
         }
 
@@ -1512,7 +1528,7 @@ class StageD(Stage):
                 common.cute_dtype(p.dtype), p.d, p.heads, p.kv_heads,
                 causal=host.truthy(p.causal), **mask_params(p), softmax=host.variants_of("d", variants)["softmax"],
                 softcap=softcap_of(p), varlen=host.truthy(p.get("varlen", False)), page_size=page_size_of(p),
-                **kernel_options(variants),
+                dv=dv_of(p), **kernel_options(variants),
             )
         except ValueError as exc:  # a variant combination the geometry or the mask cannot serve: one line
             raise UserError(f"{self.kernel or 'fmha'}/stage-d: {exc}") from None
@@ -1630,7 +1646,7 @@ class StageD(Stage):
         dtype = common.cute_dtype(p.dtype)
         kernel = FmhaForward(
             dtype, p.d, p.heads, p.kv_heads, causal=host.truthy(p.causal), **mask_params(p),
-            softmax=host.variants_of("d", variants)["softmax"], softcap=softcap_of(p), trace=True, **options,
+            softmax=host.variants_of("d", variants)["softmax"], softcap=softcap_of(p), trace=True, dv=dv_of(p), **options,
         )
         if not kernel.persistent:
             raise UserError("--trace: the trace is laid out per persistent CTA; persistent=off is not traced")

@@ -372,14 +372,20 @@ def speed_row(spec, resolved: dict[str, Any], case: BenchCase, name_keys: list[s
     return case_name({k: v for k, v in resolved.items() if k not in hidden}, name_keys)
 
 
+def at_default(spec, resolved: dict[str, Any], key: str) -> bool:
+    """Is ``resolved[key]`` the stage's default for it (an "=other" default: other's value)?"""
+    p = spec.params.get(key)
+    if p is None or key not in resolved:
+        return False
+    if isinstance(p.default, str) and p.default.startswith("="):
+        return resolved[key] == resolved.get(p.default[1:])
+    return resolved[key] == p.default
+
+
 def named_params(spec, resolved: dict[str, Any], quiet: list[str]) -> dict[str, Any]:
     """The parameters a case's name shows: all but the kernel.yaml `bench.quiet` ones at their
     default (so a parameter added to a stage later does not rename every recorded case)."""
-    def at_default(k, v):
-        p = spec.params.get(k)
-        return p is not None and v == p.default
-
-    return {k: v for k, v in resolved.items() if k not in quiet or not at_default(k, v)}
+    return {k: v for k, v in resolved.items() if k not in quiet or not at_default(spec, resolved, k)}
 
 
 def resolve_cases(spec, kernel, cases: list[BenchCase]) -> list[dict[str, Any]]:
@@ -550,8 +556,7 @@ def perf_markdown(record: dict[str, Any], kernel, chart: str | None = None) -> s
     spec = kernel.stage(record.get("letter") or kernel.bench.stage)
 
     def other(p: dict) -> str:  # the bench.quiet parameters a case sets away from their default
-        return " ".join(f"{k}={p[k]}" for k in kernel.bench.quiet
-                        if k in p and spec is not None and k in spec.params and p[k] != spec.params[k].default)
+        return " ".join(f"{k}={p[k]}" for k in kernel.bench.quiet if spec is not None and k in p and not at_default(spec, p, k))
 
     extra = ["other"] if any(other(c.get("params", {})) for c in cases) else []
     out = [

@@ -1,0 +1,132 @@
+"""Stage D with dv != d (V's and O's head dim, FlashAttention-3's hdim_v; e.g. 192/128 as
+DeepSeek's MLA prefill uses), on the CPU: the stage's tensors and FLOP count, every fixture and
+the reference against a dense softmax(QKᵀ/sqrt(d))V whose V is narrower than Q, the kernel's
+refusals, an sm_90a compile without spills whose PV accumulator and V/O boxes have dv's width,
+and the export's refusal. The kernel on a GPU is not verified here (docs/fmha.md)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import attention_cases as A  # noqa: E402
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+from stages.fmha import geometry as G  # noqa: E402
+from stages.fmha.stage_d_fmha import StageD  # noqa: E402
+from workbench.errors import UserError  # noqa: E402
+from workbench.kernels.stage import Params  # noqa: E402
+
+FIXTURES = ["random", "identity-softmax", "ones-v", "single", "onehot-p", "iota", "softcap-logits", "window-edges"]
+
+
+def params(**kw):
+    base = dict(m=90, n=170, d=192, dv=128, dtype="bf16", batch=1, heads=2, kv_heads=1, causal=False)
+    base.update(kw)
+    return Params(base)
+
+
+def test_the_stage_s_tensors_and_flops_take_dv():
+    p = params()
+    st = StageD()
+    ins, outs = st.inputs(p), st.outputs(p)
+    assert ins["q"].shape == (1, 90, 2, 192) and ins["k"].shape == (1, 170, 1, 192) and ins["v"].shape == (1, 170, 1, 128)
+    assert outs["o"].shape == (1, 90, 2, 128) and outs["lse"].shape == (1, 2, 90)
+    # QK^T costs 2·d and PV 2·dv per (query, key) pair: 4·d when dv = d
+    assert st.flops(p) == pytest.approx(2 * (192 + 128) * 1 * 2 * 90 * 170)
+    assert st.flops(params(dv=192)) == pytest.approx(4 * 192 * 1 * 2 * 90 * 170)
+    varlen = params(varlen=True, seqlens="30:60", seqlens_k="")
+    assert st.inputs(varlen)["v"].shape == (90, 1, 128) and st.outputs(varlen)["o"].shape == (90, 2, 128)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_every_fixture_and_the_reference_work_with_a_narrower_v(causal):
+    from workbench.kernels.fixtures import get_fixture
+
+    fixtures, _ = A.load()
+    p = params(causal=causal)
+    stage = StageD()
+    ins = stage.inputs(p)
+    for name in FIXTURES:
+        fx = get_fixture(fixtures, name, ins)
+        variants = dict(fx.variants)
+        x = fx.make(ins, p, 0, "cpu")
+        assert x["v"].shape == (1, 170, 1, 128), name
+        ref = stage.reference(x, p, variants, torch.float32)
+        assert ref["o"].shape == (1, 90, 2, 128) and torch.isfinite(ref["o"]).all(), name
+        q = x["q"].float().permute(0, 2, 1, 3)
+        k = x["k"].float().permute(0, 2, 1, 3).repeat_interleave(2, 1)
+        v = x["v"].float().permute(0, 2, 1, 3).repeat_interleave(2, 1)
+        s = q @ k.transpose(-1, -2) / math.sqrt(192)  # the scale is Q's head dim
+        mask = torch.ones(90, 170, dtype=torch.bool).tril() if causal else torch.ones(90, 170, dtype=torch.bool)
+        if variants.get("softmax") == "identity":
+            o = s.masked_fill(~mask, 0.0) @ v
+        else:
+            o = torch.softmax(s.masked_fill(~mask, float("-inf")), -1) @ v
+        torch.testing.assert_close(ref["o"].permute(0, 2, 1, 3), o, atol=2e-4, rtol=2e-4)
+
+
+def test_dv_wider_than_d_or_off_the_list_is_one_line():
+    for dv in (256, 100):
+        with pytest.raises(UserError, match="at most d=192|dv=100"):
+            StageD().make_kernel(params(dv=dv), {})
+    # the geometry counts V's and O's tiles at dv: 192/128 fits with O in its own tile
+    assert G.smem_bytes(192, 112, 2, 2, 1, False, dv=128) <= G.SMEM_CAPACITY
+    assert G.smem_bytes(192, 112, 2, 2, 1, False) > G.SMEM_CAPACITY  # (why d = dv = 192 stages O in Q)
+
+
+def test_192_by_128_compiles_for_sm90a_without_spills_at_dv_s_width():
+    pytest.importorskip("cutlass")
+    from workbench.compile.probe import capture
+    from workbench.compile.trace import tracing
+
+    with capture() as records, tracing("d", "sm_90a") as state:
+        compiled = StageD().compile(params(causal=True), {}, "sm_90a")
+    probes = {r["name"]: r["layout"] for r in records}
+    assert compiled.fn is not None and "verified" in compiled.p_check
+    assert probes["tOrO_acc"].startswith("((2,2,16),1,1)")  # the PV accumulator: 64 x 128 over a WG
+    assert probes["tSrS"].startswith("((2,2,14),1,1)")  # S: 64 x 112 (d = 192's KV tile)
+    fields = dict(f.split(":")[:2] for f in state.kernels[0].smem_fields)
+    assert int(fields["sV"]) == 2 * 112 * 128 * 2 and int(fields["sO"]) == 2 * 64 * 128 * 2  # V and O at dv
+
+
+def test_the_export_refuses_dv_not_equal_d():
+    from stages.fmha import export_op
+
+    with pytest.raises(ValueError, match="dv=128 != d=192 is not exportable"):
+        export_op.exported_key({"d": 192, "dv": 128, "dtype": "bf16", "heads": 2, "kv_heads": 1})
+    assert export_op.exported_key({"d": 128, "dv": 128, "dtype": "bf16", "heads": 2, "kv_heads": 1})["d"] == 128
+
+
+def test_correct_outputs_with_a_narrower_v_get_no_explanation_and_a_bug_is_named():
+    """The diagnosis at d = 192, dv = 128: a correct kernel's outputs (bf16 P before P·V, one-ulp
+    noise) are 'ok' for every fixture, and a kernel that reads K's tiles as V's (the kv-tile0
+    bug) is still named."""
+    from workbench.diagnose import diagnose
+    from workbench.kernels.fixtures import get_fixture
+
+    fixtures, mutants = A.load()
+    cfg = A.CONFIGS["d-192-dv128"]
+    ins, outs, p = A.specs_for(cfg)
+    assert ins["v"].shape[-1] == outs["o"].shape[-1] == 128
+    for name in FIXTURES[:6]:
+        fx = get_fixture(fixtures, name, ins)
+        variants = dict(fx.variants)
+        for seed in (0, 1):
+            inputs = fx.make(ins, p, seed, "cpu")
+            expected = A.reference(cfg, inputs, variants)
+            values = expected if seed == 0 else A.lowp_kernel(cfg, inputs, variants, outs)
+            d = diagnose(A.kernel_like(values, outs, seed), expected, inputs, p, variants, name, mutants)
+            assert d.status == "ok" and not d.explanations, f"{name} seed {seed}: {d.headline}"
+    cfg_, inputs, expected, outs, p, variants = A.case("d-192-dv128", "random")
+    preds, _ = A.predictions("d-192-dv128", "random")
+    out = A.kernel_like({**expected, **preds["kv-tile0"]}, outs, 0)
+    d = diagnose(out, expected, inputs, p, variants, "random", mutants)
+    assert d.status == "explained" and (d.best.name == "kv-tile0" or "kv-tile0" in d.best.same_as), d.headline
