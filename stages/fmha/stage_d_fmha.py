@@ -1,7 +1,7 @@
 """Stage D: full FMHA forward on Hopper: (batch, seqlen, heads, d), causal, windows, GQA, tails, varlen.
 
 Shapes (flash-attn layout): q (batch, m, heads, d), k and v (batch, n, kv_heads, d) (v and o
-with ``dv`` < d: (.., dv); V tiles, the PV MMA, O's tiles and stores at dv; not run on a GPU), all
+with ``dv`` < d: (.., dv); V tiles, the PV MMA, O's tiles and stores at dv; 192/128 verified on an H200), all
 with d contiguous; o like q; lse (batch, heads, m) fp32 = logsumexp(S * scale) per row.
 scale = 1/sqrt(d), d in {64, 96, 128, 192, 256}, heads a multiple of kv_heads (GQA: q head h
 reads kv head h // (heads / kv_heads)), any m, n >= 1.
