@@ -243,10 +243,11 @@ def test_diff_run_shows_shape_changes_by_key():
     assert change["probe"] == "tXgX@stage_a.py" and change["change"] == "modes" and (change["rank_a"], change["rank_b"]) == (2, 1)
 
 
-def test_accept_drops_snapshots_of_a_superseded_variant_set(tma_ws, wb):
-    """A snapshot taken under variant names the stage no longer has can never be checked
-    again: --accept drops it (stage D's variant set grew in tuning and left stale keys);
-    snapshots of other parameters under the current names stay."""
+def test_accept_drops_snapshots_of_a_superseded_variant_or_parameter_set(tma_ws, wb):
+    """A snapshot taken under variant or parameter names the stage no longer has can never be
+    checked again: --accept drops it (stage D's variant set grew in tuning and its parameters
+    with issue 18, and left stale keys); snapshots of other parameter values under the
+    current names stay."""
     import yaml
 
     proc = wb("shapes", "--accept")
@@ -257,9 +258,11 @@ def test_accept_drops_snapshots_of_a_superseded_variant_set(tma_ws, wb):
     (label,) = lock["stages"][letter]
     arch, params, variants = label.split(" · ")
     stale = f"{arch} · {params} · retired=1"
-    other_params = f"{arch} · {params} extra=1 · {variants}"
+    renamed = f"{arch} · {params} extra=1 · {variants}"  # a parameter the stage does not have
+    first, value = params.split(" ")[0].split("=", 1)
+    other_params = f"{arch} · {params.replace(f'{first}={value}', f'{first}={value}0', 1)} · {variants}"
     entry = lock["stages"][letter][label]
-    lock["stages"][letter].update({stale: entry, other_params: entry})
+    lock["stages"][letter].update({stale: entry, renamed: entry, other_params: entry})
     path.write_text(yaml.safe_dump(lock))
 
     proc = wb("shapes", "--accept")
@@ -276,3 +279,6 @@ def test_superseded_compares_variant_names_of_the_same_arch():
     assert not superseded("sm_100a · d=64 · a=1", "sm_90a", {"b": "1"})  # another arch: not ours to judge
     assert superseded("sm_90a · d=64", "sm_90a", {"a": "1"})
     assert not superseded("sm_90a · d=64", "sm_90a", {})
+    # with the stage's parameters: a label of other parameter names is superseded, other values are not
+    assert superseded("sm_90a · d=64 · a=1", "sm_90a", {"a": "1"}, {"d": 64, "dv": 64})
+    assert not superseded("sm_90a · d=64 dv=32 · a=1", "sm_90a", {"a": "1"}, {"d": 128, "dv": 128})

@@ -61,13 +61,16 @@ def label_of(arch: str, params: dict, variants: dict) -> str:
     return " · ".join(x for x in (arch, p, v) if x)
 
 
-def superseded(label: str, arch: str, variants: dict) -> bool:
-    """A snapshot label of ``arch`` taken under another set of variant names than the
-    stage has now: it can never be checked again (``accept`` drops it)."""
+def superseded(label: str, arch: str, variants: dict, params: dict | None = None) -> bool:
+    """A snapshot label of ``arch`` taken under another set of variant names, or of
+    parameter names (``params``: the stage's now; a parameter added to a stage renames every
+    label), than the stage has now: it can never be checked again (``accept`` drops it)."""
     parts = label.split(" · ")
     if parts[0] != arch:
         return False
     names = {kv.split("=", 1)[0] for kv in parts[2].split()} if len(parts) > 2 else set()
+    if params is not None and len(parts) > 1 and {kv.split("=", 1)[0] for kv in parts[1].split()} != set(params):
+        return True
     return names != set(variants)
 
 
@@ -404,7 +407,7 @@ def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = Fals
     for res in results:
         label = label_of(res["arch"], res["params"], res["variants"])
         per_stage = {
-            k: v for k, v in (lock["stages"].get(res["letter"]) or {}).items() if not superseded(k, res["arch"], res["variants"])
+            k: v for k, v in (lock["stages"].get(res["letter"]) or {}).items() if not superseded(k, res["arch"], res["variants"], res["params"])
         }
         with_ops = lock_all_ops(res["shapes"], all_ops)
         per_stage[label] = {
@@ -426,7 +429,7 @@ def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = Fals
         data = old if isinstance(old, dict) else {}
         for res in results:
             label = label_of(res["arch"], res["params"], res["variants"])
-            kept = {k: v for k, v in (data.get(res["stage"]) or {}).items() if not superseded(k, res["arch"], res["variants"])}
+            kept = {k: v for k, v in (data.get(res["stage"]) or {}).items() if not superseded(k, res["arch"], res["variants"], res["params"])}
             data[res["stage"]] = kept
             kept[label] = {
                 "commit": commit or None,
