@@ -277,3 +277,24 @@ def _groups(pairs):
 
 if __name__ == "__main__":
     main()
+
+
+def assert_no_false_alarm(cfg_name: str, fixture_names, seeds=(0, 1)) -> None:
+    """A correct kernel's outputs at CONFIGS[cfg_name] (seed 0: the reference itself; later
+    seeds: bf16 P before P·V, fp32 accumulation, one-ulp noise) are 'ok' with no explanation
+    for every named fixture."""
+    from workbench.diagnose import diagnose
+    from workbench.kernels.fixtures import get_fixture
+
+    fixtures, mutants = load()
+    cfg = CONFIGS[cfg_name]
+    ins, outs, params = specs_for(cfg)
+    for name in fixture_names:
+        fx = get_fixture(fixtures, name, ins)
+        variants = dict(fx.variants)
+        for seed in seeds:
+            inputs = fx.make(ins, params, seed, "cpu")
+            expected = reference(cfg, inputs, variants)
+            values = expected if seed == seeds[0] else lowp_kernel(cfg, inputs, variants, outs)
+            d = diagnose(kernel_like(values, outs, seed), expected, inputs, params, variants, name, mutants)
+            assert d.status == "ok" and not d.explanations, f"{name} seed {seed}: {d.headline}"

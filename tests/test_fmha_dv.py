@@ -110,21 +110,11 @@ def test_correct_outputs_with_a_narrower_v_get_no_explanation_and_a_bug_is_named
     noise) are 'ok' for every fixture, and a kernel that reads K's tiles as V's (the kv-tile0
     bug) is still named."""
     from workbench.diagnose import diagnose
-    from workbench.kernels.fixtures import get_fixture
 
-    fixtures, mutants = A.load()
-    cfg = A.CONFIGS["d-192-dv128"]
-    ins, outs, p = A.specs_for(cfg)
+    ins, outs, _ = A.specs_for(A.CONFIGS["d-192-dv128"])
     assert ins["v"].shape[-1] == outs["o"].shape[-1] == 128
-    for name in FIXTURES[:6]:
-        fx = get_fixture(fixtures, name, ins)
-        variants = dict(fx.variants)
-        for seed in (0, 1):
-            inputs = fx.make(ins, p, seed, "cpu")
-            expected = A.reference(cfg, inputs, variants)
-            values = expected if seed == 0 else A.lowp_kernel(cfg, inputs, variants, outs)
-            d = diagnose(A.kernel_like(values, outs, seed), expected, inputs, p, variants, name, mutants)
-            assert d.status == "ok" and not d.explanations, f"{name} seed {seed}: {d.headline}"
+    A.assert_no_false_alarm("d-192-dv128", FIXTURES[:6])
+    _, mutants = A.load()
     cfg_, inputs, expected, outs, p, variants = A.case("d-192-dv128", "random")
     preds, _ = A.predictions("d-192-dv128", "random")
     out = A.kernel_like({**expected, **preds["kv-tile0"]}, outs, 0)

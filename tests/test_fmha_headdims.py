@@ -238,21 +238,7 @@ def test_bugs_of_code_that_assumes_d_up_to_128_are_named(cfg_name, mutant):
 def test_correct_outputs_at_large_d_get_no_explanation(cfg_name):
     """No false alarm at d = 192 / 256: a correct kernel's outputs (bf16 P before P·V, fp32
     accumulation, one-ulp noise) are 'ok' for every stage D fixture."""
-    from workbench.diagnose import diagnose
-    from workbench.kernels.fixtures import get_fixture
-
-    fixtures, mutants = A.load()
-    cfg = A.CONFIGS[cfg_name]
-    ins, outs, params = A.specs_for(cfg)
-    for name in D_FIXTURES:
-        fx = get_fixture(fixtures, name, ins)
-        variants = dict(fx.variants)
-        for seed in (0, 1):
-            inputs = fx.make(ins, params, seed, "cpu")
-            expected = A.reference(cfg, inputs, variants)
-            values = expected if seed == 0 else A.lowp_kernel(cfg, inputs, variants, outs)
-            d = diagnose(A.kernel_like(values, outs, seed), expected, inputs, params, variants, name, mutants)
-            assert d.status == "ok" and not d.explanations, f"{name} seed {seed}: {d.headline}"
+    A.assert_no_false_alarm(cfg_name, D_FIXTURES)
 
 
 # --------------------------------------------------------------------------------------
