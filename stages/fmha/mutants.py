@@ -582,6 +582,19 @@ def no_scale(cx):
     return P.predict(s_opts=s, p_opts={"mult": 1.0 / P.scale}, o_opts={"mult": 1.0 / P.scale})
 
 
+@mutant("scale-of-dv", "softmax scale 1/sqrt(dv) instead of 1/sqrt(d): the scale taken from V's head dim, "
+        "not Q's and K's (dv != d)", outputs=("s", "p", "o", "lse"), family="softmax")
+def scale_of_dv(cx):
+    P = problem(cx)
+    dv = P.v.shape[-1] if P.v is not None else P.D
+    _need(dv != P.D, "dv = d")
+    ratio = math.sqrt(P.D / dv)  # 1/sqrt(dv) = ratio / sqrt(d)
+    s = {"s_mult": ratio}
+    if P.softmax == "identity":
+        return P.predict(s_opts=s)
+    return P.predict(s_opts=s, p_opts={"mult": ratio}, o_opts={"mult": ratio})
+
+
 @mutant("no-max", "row max not subtracted before exp: exp overflows to inf (rows with logits above ~88: "
         "inf/inf = NaN) or underflows to 0 (0/0 = NaN); exact elsewhere", outputs=("p", "o", "lse"), family="softmax")
 def no_max(cx):
