@@ -2,3 +2,4 @@
 . /tmp/site/env.sh
 export PYTHONPATH="$PWD:$PYTHONPATH" PYTHONUNBUFFERED=1 WB_HOME=/tmp/wb-home
 wb() { python3 -m workbench "$@"; }
+export -f wb  # scripts run with bash -c see it too

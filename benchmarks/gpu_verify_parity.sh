@@ -7,7 +7,7 @@
 set -u
 . benchmarks/gpu_env.sh
 T=${T:-60}
-for part in ${@:-mask softcap headdim varlen paged}; do
+for part in ${@:-mask softcap headdim dv longtile varlen paged}; do
   echo "=== $part"
   case $part in
     mask)
@@ -66,6 +66,20 @@ for part in ${@:-mask softcap headdim varlen paged}; do
         -V softcap_bug=before_scale --fixture softcap-logits --timeout "$T" || true
       python3 -m pytest -q -m gpu tests/test_softcap.py
       ;;
+    dv)
+      # dv != d (V's and O's head dim): 192/128 (verified 2026-12-04), and the pairs that compile
+      # but have not run yet: 256/128, 128/64; the export refuses dv != d
+      wb sweep d --d 192 -p dv=128 --n 17,1000,4096 -p causal=false,true -p heads=4 -p kv_heads=2 --timeout "$T"
+      wb sweep d --d 256 -p dv=128 --n 17,1000 -p causal=false,true -p heads=4 -p kv_heads=2 --timeout "$T"
+      wb sweep d --d 128 -p dv=64 --n 17,1000 --dtype bf16,fp16 -p causal=false,true --timeout "$T"
+      ;;
+    longtile)
+      # causal d = 64 builds a 128-row and a 192-row kernel and launches the latter from m >= 4096
+      # (geometry.long_consumers): m on both sides of 4096, both dtypes, GQA, bottom-right, softcap
+      wb sweep d --n 1000,4096,8192 --d 64 --dtype bf16,fp16 -p causal=true -p kv_heads=2 --timeout "$T"
+      wb sweep d --n 8192 -p m=4096,5000 --d 64 --dtype bf16 -p causal=true -p align=bottom_right --timeout "$T"
+      wb sweep d --n 4096 --d 64 --dtype bf16 -p causal=true -p softcap=30 -p batch=1 -p heads=2 --timeout "$T"
+      ;;
     headdim)
       # d = 96, 192, 256 (KV tiles of 128, 112, 80 keys; O staged in Q's smem for 192/256):
       # 14 compiles, 58 cases, batch 2 x 2 query heads on 1 KV head (GQA 2:1)
@@ -90,6 +104,9 @@ for part in ${@:-mask softcap headdim varlen paged}; do
         --d 64,128 --dtype bf16 -p causal=false,true --timeout $T
       timeout 60 python3 -m workbench sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 -p seqlens_k=5:0:1000:33:4000 \
         -p heads=8 -p kv_heads=2 --d 64,128 --dtype fp16 -p causal=false,true --timeout $T
+      # the tile table's mixed batch (13 sequences, 128 ... 16000): every tile of a 16k sequence beside 128-row ones
+      timeout 90 python3 -m workbench sweep d -p varlen=true -p seqlens=16000:12345:8192:6000:5120:4096:3500:3072:2600:2048:1500:931:128 \
+        --d 128 -p causal=false,true -p heads=4 --timeout $T
       timeout 60 python3 -m workbench sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 --d 128 -p causal=true \
         -V persistent=off,on,dynamic --timeout $T
       timeout 60 python3 -m workbench sweep d --n 17,1000 --d 64,128 -p causal=false,true -p kv_heads=4,2 --timeout $T
@@ -130,7 +147,7 @@ for part in ${@:-mask softcap headdim varlen paged}; do
       timeout 200 python3 -m workbench bench d -p varlen=true -p seqlens=4096:4096:4096:4096 -p d=128 -p heads=16 \
         -p causal=false,true --peers fa4 --timeout 180
       timeout 200 python3 -m workbench bench d -p varlen=true \
-        -p seqlens=16384:128:8000:3000:512:12000:777:4096:9000:2000:6000:3639 -p d=128 -p heads=16 \
+        -p seqlens=16000:12345:8192:6000:5120:4096:3500:3072:2600:2048:1500:931:128 -p d=128 -p heads=16 \
         -p causal=false,true --peers fa4 --timeout 180
       ;;
   esac
