@@ -300,3 +300,6 @@ def test_launch_passes_the_tile_table_built_once_per_version_without_a_sync(monk
     cu_k[3] = 12  # lengths 5, 0, 7: a new table
     StageD().launch(compiled, inputs, outputs)
     assert calls[-1][10] is not calls[0][10]
+    again = calls[-1][10]
+    StageD().launch(compiled, {**inputs, "cu_seqlens_k": cu_k.clone()}, outputs)  # another k tensor, same values
+    assert calls[-1][10] is not again

@@ -120,6 +120,7 @@ constants below); and ``schedule``, the consumer's per-tile order (auto: pingpon
 """
 
 import math
+import weakref
 from functools import partial
 from typing import Mapping, Type
 
@@ -1604,18 +1605,19 @@ class StageD(Stage):
             )
             cu_q, cu_k = inputs["cu_seqlens_q"], inputs["cu_seqlens_k"]
             # the work-tile table (torch ops on the device, no sync), cached on cu_seqlens_q
-            # and rebuilt after an in-place change of either (torch's version counters)
-            key = (cu_q._version, cu_k.data_ptr(), cu_k._version, q.shape[0], compiled.tile_m, compiled.causal)
+            # for this cu_seqlens_k object (a weak reference: no id or address reuse) and
+            # rebuilt after an in-place change of either (torch's version counters)
+            key = (cu_q._version, cu_k._version, q.shape[0], compiled.tile_m, compiled.causal, compiled.bottom_right)
             cached = getattr(cu_q, "_wb_tile_table", None)
-            if cached is None or cached[0] != key:
+            if cached is None or cached[0] != key or cached[1]() is not cu_k:
                 table = varlen_tile_table(cu_q, cu_k, q.shape[0], compiled.tile_m, compiled.causal, compiled.bottom_right)
-                cached = (key, table)
+                cached = (key, weakref.ref(cu_k), table)
                 cu_q._wb_tile_table = cached
             compiled.fn(
                 host.to_cute(q), host.to_cute(k), host.to_cute(inputs["v"]),
                 host.to_cute(outputs["o"]), host.to_cute(outputs["lse"]), host.to_cute(tile_counter(q.device)),
                 Int32(sm_count(q.device)), host.current_stream(),
-                host.to_cute(cu_q), host.to_cute(cu_k), host.to_cute(cached[1]),
+                host.to_cute(cu_q), host.to_cute(cu_k), host.to_cute(cached[2]),
             )
             return
         assert q.shape[-1] == compiled.d and q.shape[2] == compiled.heads and k.shape[2] == compiled.kv_heads, (
