@@ -120,8 +120,13 @@ for part in ${@:-mask softcap headdim dv longtile varlen paged}; do
     paged)
       # paged KV (page_size > 0; not verified on a GPU before this): k/v caches read through a
       # block table; the run scatters each sequence's pages at random, poison in the rest.
-      # page_size 128 (one KV tile per page) and 256 (two); 16/32/64 are refused (one line).
+      # page_size 128 (one KV tile per page) and 256 (two); 16/32/64 (one box per page, several per
+      # tile; first, they have not run yet; 16 also for d = 192 and 256's 112/80-key tiles).
       # d 64/128, causal both, tails (n = 17, 1000), GQA, fp16; decode-like m < n bottom-right
+      timeout 200 python3 -m workbench sweep d -p page_size=16,32,64 --n 17,1000 --d 64,128 --dtype bf16 \
+        -p causal=false,true -p kv_heads=2 --timeout $T
+      timeout 100 python3 -m workbench sweep d -p page_size=16 --n 17,1000 --d 192,256 -p causal=false,true \
+        -p heads=2 -p kv_heads=1 --timeout $T
       timeout 200 python3 -m workbench sweep d -p page_size=128,256 --n 17,1000,4096 --d 64,128 --dtype bf16 \
         -p causal=false,true -p kv_heads=2 --timeout $T
       timeout 100 python3 -m workbench sweep d -p page_size=256 --n 1000 --d 64,128 --dtype fp16 -p causal=false,true --timeout $T

@@ -114,11 +114,13 @@ def test_paged_mutants_are_named(causal):
     assert not diagnose(ok, expected, inputs, p, variants, "random", mutants).explanations
 
 
-@pytest.mark.parametrize("args", [["-p", "page_size=16"], ["-p", "page_size=128", "-p", "d=192"],
-                                  ["-p", "page_size=128", "-p", "varlen=true"], ["-p", "page_size=100"]])
+@pytest.mark.parametrize("args", [["-p", "page_size=32", "-p", "d=192"], ["-p", "page_size=128", "-p", "d=192"],
+                                  ["-p", "page_size=128", "-p", "varlen=true"], ["-p", "page_size=100"],
+                                  ["-p", "page_size=64", "-V", "paged_bug=offset_ignored"]])
 def test_wb_compile_rejects_paged_mistakes_in_one_line(args):
-    """Pages smaller than (or not a multiple of) the KV tile, paged + varlen, a page size
-    outside the choices: one line, exit 2, no traceback."""
+    """A page size that neither divides nor is a multiple of the KV tile (d=192's 112 keys),
+    paged + varlen, a page size outside the choices, the offset bug with pages smaller than a
+    tile (no offset to ignore): one line, exit 2, no traceback."""
     from conftest import run_wb
 
     r = run_wb("compile", "d", *args, cwd=A.ROOT)
@@ -138,3 +140,27 @@ def test_paged_compiles_for_sm90a_without_spills():
     assert rec["params"]["page_size"] == 256
     (kernel,) = rec["resources"]["kernels"]
     assert kernel["spill_store_bytes"] == 0 and kernel["spill_load_bytes"] == 0
+
+
+@pytest.mark.parametrize("args, tile", [(["-p", "page_size=16", "-p", "d=64", "-p", "causal=true"], 128),
+                                        (["-p", "page_size=64", "-p", "dtype=fp16", "-p", "kv_heads=2"], 128),
+                                        (["-p", "page_size=16", "-p", "d=192"], 112)])
+def test_pages_smaller_than_a_kv_tile_compile_one_box_per_page_without_spills(args, tile):
+    """page_size dividing the KV tile: one TMA box of (page_size, d) per page, each into its
+    rows of the tile's swizzled smem stage, every one signalling the tile's mbarrier; 0 spills
+    (the producer's page loop is not unrolled: unrolled, its 24 registers spilled)."""
+    from conftest import run_wb
+    import json
+
+    r = run_wb("compile", "d", *args, "--json", cwd=A.ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rec = json.loads(r.stdout)
+    (kernel,) = rec["resources"]["kernels"]
+    assert kernel["spill_store_bytes"] == 0 and kernel["spill_load_bytes"] == 0, kernel
+    ps, d = rec["params"]["page_size"], rec["params"]["d"]
+    probes = {(s["name"], s["location"].rsplit(":", 1)[0].rsplit("/", 1)[-1]): s["layout"] for s in rec["shapes"]}
+    page = probes[("sX_page", "stage_d_fmha.py")]
+    # the page's rows of one stage: page_size rows of the tile's layout (row stride and column panels kept)
+    assert page.startswith(f"({ps},") and tile % ps == 0, page
+    box = probes[("gX_page", "stage_d_fmha.py")]
+    assert box.startswith(f"({ps},{d})"), box

@@ -84,10 +84,11 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
   (num_pages, page_size, kv_heads, d) read through ``block_table`` (batch, pages per
   sequence) int32; every sequence has n keys (``cache_seqlens``, all equal). The producer
   reads each KV tile's table entry (``load_paged_tile``) and TMAs one (tile_n, d) box at
-  (page, row offset) of the cache's (page_size, d, kv_heads, num_pages) view, so page_size
-  must be a multiple of tile_n (128/256 for d <= 128; smaller pages and d = 192/256 are
-  refused, as is varlen). ``paged_bug`` injects the paged mutants' bugs. page_size=0 builds
-  exactly today's kernel.
+  (page, row offset) of the cache's (page_size, d, kv_heads, num_pages) view when page_size
+  is a multiple of tile_n (128/256 for d <= 128); when it divides tile_n (16/32/64; 16 for
+  d = 192/256) one (page_size, d) box per page into that page's rows of the stage
+  (``page_rows``; compiled, not verified on a GPU). Other sizes and varlen are refused.
+  ``paged_bug`` injects the paged mutants' bugs. page_size=0 builds exactly today's kernel.
 * Warp specialization as C: WG0 producer (one warp issues the TMA: K of the first tile,
   Q, then the K/V ring), 2 consumer WGs (setmaxnreg 240/24) or 3 (``consumers=3``,
   192-row Q tiles, 160/32: the default for d=64 non-causal) of 64 rows each; K and V rings
@@ -340,17 +341,17 @@ class FmhaForward(FmhaForwardBase):
         # paged KV (page_size > 0, compile-time; verified on an H200 at 128 and 256): k/v are caches
         # (num_pages, page_size, kv_heads, d) addressed through a block table (batch,
         # max_pages_per_seq) int32; every sequence has the same n keys. One TMA box per KV tile
-        # at (page, row offset in the page): page_size must be a multiple of tile_n (smaller
-        # pages, several boxes per tile, are not implemented)
+        # at (page, row offset in the page) when page_size is a multiple of tile_n; one box per
+        # page into its rows of the tile when page_size divides tile_n (16/32/64: compiled,
+        # not verified on a GPU)
         page_size = int(page_size)
         if page_size not in PAGE_SIZES:
             raise ValueError(f"page_size must be one of {PAGE_SIZES} (0 = off), not {page_size}")
         if page_size and varlen:
             raise ValueError("page_size > 0 (paged KV) with varlen=true is not supported")
-        if page_size and page_size % self.tile_n:
+        if page_size and page_size % self.tile_n and self.tile_n % page_size:
             raise ValueError(
-                f"page_size={page_size} is not a multiple of d={d}'s {self.tile_n}-key KV tile "
-                "(pages smaller than a tile are not implemented)"
+                f"page_size={page_size} neither divides nor is a multiple of d={d}'s {self.tile_n}-key KV tile"
             )
         self.page_size = page_size
         # paged bug injections (wb variant paged_bug; tests/test_paged_gpu.py): none, or the bug
@@ -359,6 +360,8 @@ class FmhaForward(FmhaForwardBase):
             raise ValueError(f"paged_bug must be one of {PAGED_BUGS}, not {paged_bug}")
         if paged_bug != "none" and not page_size:
             raise ValueError(f"paged_bug={paged_bug} needs page_size > 0")
+        if paged_bug == "offset_ignored" and page_size < self.tile_n:
+            raise ValueError(f"paged_bug=offset_ignored needs pages of whole KV tiles (page_size={page_size} < {self.tile_n}: no offset in a page)")
         self.paged_bug = paged_bug
 
     def __str__(self) -> str:
@@ -400,6 +403,12 @@ class FmhaForward(FmhaForwardBase):
             # k/v caches (num_pages, page_size, kv_heads, d) -> (page_size, d, kv_heads, num_pages)
             mQ, mK, mV, mO = [seq_d_head_batch(t) for t in (mQ, mK, mV, mO)]
             tmas, mmas, layouts = self._host_setup(mQ, mK, mV, mO)
+            if const_expr(self.page_size < self.tile_n):
+                # pages smaller than a KV tile: one TMA box per page, into its rows of the tile
+                # (the K/V mbarriers still expect the whole tile's bytes)
+                atom_k, tma_k = common.make_tma_load(mK, self.page_rows(layouts[1], self.d), (self.page_size, self.d))
+                atom_v, tma_v = common.make_tma_load(mV, self.page_rows(layouts[2], self.dv), (self.page_size, self.dv))
+                tmas = tmas[:2] + (atom_k, tma_k, atom_v, tma_v) + tmas[6:]
             num_tiles = cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m) * cute.size(mQ, mode=[2]) * cute.size(mQ, mode=[3])
             extra_kw = {"mBlockTable": mBlockTable, "seqlen_k_paged": seqlen_k}
         else:
@@ -861,6 +870,13 @@ class FmhaForward(FmhaForwardBase):
             return block_table[0, None]
         return block_table[batch, None]
 
+    def page_rows(self, smem_layout, width: int):
+        """The (page_size, width) rows 0 .. page_size - 1 of one stage of a K or V tile's
+        swizzled smem layout: the smem layout of one page's TMA box (page_size < tile_n; a
+        multiple of 8 rows, so each box starts on a swizzle atom)."""
+        stage = cute.select(smem_layout, mode=[0, 1])
+        return cute.composition(stage, cute.make_layout((self.page_size, width), stride=(1, self.tile_n)))
+
     @cute.jit
     def load_paged_tile(
         self,
@@ -876,7 +892,21 @@ class FmhaForward(FmhaForwardBase):
         """paged: logical KV tile ``tile`` (keys tile * tile_n ...) lies in page
         pages[tile * tile_n // page_size] at row offset tile * tile_n % page_size (page_size
         a multiple of tile_n: one box). The producer warp reads the table entry (a broadcast
-        load), then TMAs the box like ``load_tile``."""
+        load), then TMAs the box like ``load_tile``. Pages smaller than a tile: one box per
+        page, pages[tile * tile_n / page_size + j] into rows j * page_size ... of the stage."""
+        if const_expr(self.page_size < self.tile_n):
+            per_tile = self.tile_n // self.page_size
+            pipe.producer_acquire(state)
+            sX_stage = sX[None, None, state.index]
+            for j in cutlass.range(per_tile, unroll=1):  # (unrolled, the producer's 24 registers spill)
+                entry = tile * per_tile + j
+                if const_expr(self.paged_bug == "page_off_by_one"):
+                    entry = entry + 1
+                sX_page = cute.local_tile(sX_stage, (self.page_size, width), (j, 0))
+                gX_page = cute.local_tile(gX[None, None, pages[entry]], (self.page_size, width), (0, 0))
+                tXsX, tXgX = common.tma_partition_tile(tma_atom, sX_page, gX_page)
+                cute.copy(tma_atom, tXgX, tXsX, tma_bar_ptr=pipe.producer_get_barrier(state))
+            return
         row = tile * self.tile_n
         entry = row // self.page_size
         if const_expr(self.paged_bug == "page_off_by_one"):
