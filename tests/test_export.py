@@ -102,7 +102,7 @@ def test_the_manifest_names_stage_commit_dsl_arch_and_each_configuration(fmha_ex
     assert set(cfg) == set(CONFIG_KEYS)
     assert cfg["key"] == {
         "d": 64, "dtype": "bf16", "heads": 2, "kv_heads": 1, "causal": False, "align": "top_left",
-        "window_left": -1, "window_right": -1, "softcap": 0.0,
+        "window_left": -1, "window_right": -1, "softcap": 0.0, "dv": 64,
     }
     assert cfg["verified_by"] == []  # a copy of the workspace has no runs: --allow-unverified
     assert (fmha_export["out"] / "wb_fmha" / cfg["library"]).is_file()

@@ -2,7 +2,7 @@
 DeepSeek's MLA prefill uses), on the CPU: the stage's tensors and FLOP count, every fixture and
 the reference against a dense softmax(QKᵀ/sqrt(d))V whose V is narrower than Q, the kernel's
 refusals, an sm_90a compile without spills whose PV accumulator and V/O boxes have dv's width,
-and the export's refusal. The kernel on a GPU is not verified here (docs/fmha.md)."""
+and the export's op module with a narrower V. The kernel itself ran on an H200 (docs/fmha.md)."""
 
 from __future__ import annotations
 
@@ -97,12 +97,31 @@ def test_192_by_128_compiles_for_sm90a_without_spills_at_dv_s_width():
     assert int(fields["sV"]) == 2 * 112 * 128 * 2 and int(fields["sO"]) == 2 * 64 * 128 * 2  # V and O at dv
 
 
-def test_the_export_refuses_dv_not_equal_d():
+def test_the_exported_op_keys_allocates_and_fakes_o_at_dv():
+    """The export's op module (torch only, run here with a stand-in kernel): V's head dim is
+    part of the configuration key, a call's v selects it, o is (b, m, h, dv) under fake
+    tensors and at launch, and k and v may differ in their last dim only."""
     from stages.fmha import export_op
 
-    with pytest.raises(ValueError, match="dv=128 != d=192 is not exportable"):
-        export_op.exported_key({"d": 192, "dv": 128, "dtype": "bf16", "heads": 2, "kv_heads": 1})
-    assert export_op.exported_key({"d": 128, "dv": 128, "dtype": "bf16", "heads": 2, "kv_heads": 1})["d"] == 128
+    key = export_op.exported_key({"d": 192, "dv": 128, "dtype": "bf16", "heads": 2, "kv_heads": 1})
+    assert key["dv"] == 128 and export_op.exported_key({"d": 128, "dtype": "bf16", "heads": 2, "kv_heads": 1})["dv"] == 128
+    q = torch.empty(1, 40, 2, 192, dtype=torch.bfloat16)
+    k = torch.empty(1, 70, 1, 192, dtype=torch.bfloat16)
+    v = torch.empty(1, 70, 1, 128, dtype=torch.bfloat16)
+    assert export_op.call_key(q, k, v) == key
+    o, lse = export_op.fake(q, k, v)
+    assert o.shape == (1, 40, 2, 128) and lse.shape == (1, 2, 40)
+    assert not [p for p in export_op.check(q, k, v, fake=True) if "shape" in p]
+    assert any("v.shape" in p for p in export_op.check(q, k, v[:, :60], fake=True))
+    dev = torch.device("cpu")
+    export_op._per_device[dev] = (torch.zeros(2, dtype=torch.int32), 132, torch.empty(1))  # no CUDA here
+    try:
+        seen = []
+        o, lse = export_op.launch({"fn": (lambda q, k, v, o, *rest: seen.append(o.shape), {})}, q, k, v)
+        assert seen == [(1, 40, 2, 128)] and o.shape == (1, 40, 2, 128) and lse.shape == (1, 2, 40)
+    finally:
+        export_op._per_device.pop(dev, None)
+        export_op._lse_like.clear()
 
 
 def test_correct_outputs_with_a_narrower_v_get_no_explanation_and_a_bug_is_named():

@@ -4,10 +4,11 @@ the package runs with neither wb nor cutlass installed.
 
     o, lse = torch.ops.wb_fmha.fwd(q, k, v, causal=False)
 
-q (batch, m, heads, d), k and v (batch, n, kv_heads, d), all one dtype, on one CUDA device,
-last dim contiguous, 16-byte aligned; o like q, lse (batch, heads, m) fp32 (natural log of
-the softmax denominator of the scaled logits, scale 1/sqrt(d)). The mask and softcap
-arguments select one exported configuration (they are compiled in); a configuration that was
+q (batch, m, heads, d), k (batch, n, kv_heads, d), v (batch, n, kv_heads, dv) (dv = d, or
+a narrower V as exported, e.g. 192/128), all one dtype, on one CUDA device, last dim
+contiguous, 16-byte aligned; o (batch, m, heads, dv), lse (batch, heads, m) fp32 (natural log
+of the softmax denominator of the scaled logits, scale 1/sqrt(d)). V's head dim, the mask and
+the softcap select one exported configuration (they are compiled in); a configuration that was
 not exported is refused before launch, as is any tensor the kernel was not compiled for.
 """
 
@@ -40,8 +41,6 @@ def exported_key(params: dict) -> dict:
         raise ValueError("varlen=true is not exportable yet (the op takes (batch, seqlen, heads, d) tensors)")
     if int(params.get("page_size", 0) or 0):
         raise ValueError("page_size > 0 (paged KV) is not exportable yet (the op takes (batch, seqlen, heads, d) tensors)")
-    if int(params.get("dv") or params["d"]) != int(params["d"]):
-        raise ValueError(f"dv={params['dv']} != d={params['d']} is not exportable yet (the op's o is allocated like q)")
     return {
         "d": int(params["d"]),
         "dtype": str(params["dtype"]),
@@ -52,6 +51,7 @@ def exported_key(params: dict) -> dict:
         "window_left": int(params.get("window_left", -1)),
         "window_right": int(params.get("window_right", -1)),
         "softcap": float(params.get("softcap", 0.0) or 0.0),
+        "dv": int(params.get("dv") or params["d"]),  # V's and O's head dim (d unless a narrower V)
     }
 
 
@@ -66,6 +66,7 @@ def call_key(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1
         "window_left": int(window_left),
         "window_right": int(window_right),
         "softcap": float(softcap),
+        "dv": int(v.shape[-1]) if v.dim() else 0,
     }
 
 
@@ -93,8 +94,8 @@ def check(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, a
     if len({str(t.device) for _, t in named}) > 1:
         problems.append(f"devices: expected one device, got {q.device}, {k.device}, {v.device}")
     b, m, h, d = q.shape
-    if tuple(k.shape) != tuple(v.shape):
-        problems.append(f"v.shape: expected k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
+    if tuple(k.shape[:3]) != tuple(v.shape[:3]):
+        problems.append(f"v.shape: expected k's (batch, n, kv_heads) {tuple(k.shape[:3])} and a head dim, got {tuple(v.shape)}")
     if k.shape[0] != b or k.shape[3] != d:
         problems.append(f"k.shape: expected ({b}, n, kv_heads, {d}) like q {tuple(q.shape)}, got {tuple(k.shape)}")
     for name, t in named:
@@ -113,8 +114,9 @@ def piece_info(name: str, piece, compiled) -> dict:
 
 
 def fake(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left"):
-    b, m, h, _ = q.shape
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((b, h, m), dtype=torch.float32)
+    b, m, h, d = q.shape
+    o = torch.empty_like(q, memory_format=torch.contiguous_format) if v.shape[-1] == d else q.new_empty((b, m, h, v.shape[-1]))
+    return o, q.new_empty((b, h, m), dtype=torch.float32)
 
 
 _per_device: dict = {}  # torch.device -> (the tile scheduler's counters, the SM count, a 1-element fp32 tensor)
@@ -141,7 +143,8 @@ def launch(fns, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right
         if len(_lse_like) > 256:
             _lse_like.clear()
         state = _lse_like[(dev, b, h, m)] = (counters, sms, one.expand(b, h, m))
-    o = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dv = v.shape[3]
+    o = torch.empty_like(q, memory_format=torch.contiguous_format) if dv == q.shape[3] else q.new_empty((b, m, h, dv))
     lse = torch.empty_like(state[2])
     long = fns.get("fn_long")
     fn = long[0] if long is not None and m >= long[1]["min_m"] else fns["fn"][0]
