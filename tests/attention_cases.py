@@ -279,6 +279,18 @@ if __name__ == "__main__":
     main()
 
 
+def diagnose_mutant(cfg_name: str, fixture: str, mutant: str, picture_dir=None, seed: int = 0):
+    """The diagnosis of a kernel whose output is ``mutant``'s prediction at CONFIGS[cfg_name]
+    on ``fixture`` (plus bf16-like noise)."""
+    from workbench.diagnose import diagnose
+
+    _, mutants = load()
+    _, inputs, expected, outs, params, variants = case(cfg_name, fixture, seed)
+    preds, _ = predictions(cfg_name, fixture, seed)
+    out = kernel_like({**expected, **preds[mutant]}, outs, seed)
+    return diagnose(out, expected, inputs, params, variants, fixture, mutants, picture_dir=picture_dir)
+
+
 def assert_no_false_alarm(cfg_name: str, fixture_names, seeds=(0, 1)) -> None:
     """A correct kernel's outputs at CONFIGS[cfg_name] (seed 0: the reference itself; later
     seeds: bf16 P before P·V, fp32 accumulation, one-ulp noise) are 'ok' with no explanation

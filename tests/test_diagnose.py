@@ -170,13 +170,6 @@ def test_explanations_need_a_failing_reference_even_when_forced():
 
 
 # ---- specific diagnoses ---------------------------------------------------------------------
-def _diagnose_mutant(cfg_name, fixture, mutant, tmp_path=None, seed=0):
-    fixtures, mutants = A.load()
-    cfg, inputs, expected, outs, params, variants = A.case(cfg_name, fixture, seed)
-    preds, _ = A.predictions(cfg_name, fixture, seed)
-    out = A.kernel_like({**expected, **preds[mutant]}, outs, seed)
-    return diagnose(out, expected, inputs, params, variants, fixture, mutants, picture_dir=tmp_path)
-
 
 # The hypotheses the retired benchmarks/gpu_check_ab.py tested by hand, as mutants (the others
 # were mutants already: kv-tile0, q-tile0, transposed, no-scale, scale-twice, no-final-div).
@@ -195,12 +188,12 @@ def test_gpu_check_hypotheses_are_named(cfg_name, fixture, name):
     """Each bug model carried over from the retired GPU check script is the top explanation of
     its own output (correct outputs get none: test_correct_outputs_get_no_bug_explanation runs
     every mutant, these included)."""
-    d = _diagnose_mutant(cfg_name, fixture, name)
+    d = A.diagnose_mutant(cfg_name, fixture, name)
     assert d.status == "explained" and d.best.name == name, d.headline
 
 
 def test_headline_names_the_bug_and_the_reference_fit():
-    d = _diagnose_mutant("c", "random", "kv-tile0")
+    d = A.diagnose_mutant("c", "random", "kv-tile0")
     assert d.status == "explained" and d.best.name == "kv-tile0"
     assert "'kv-tile0'" in d.headline and "true reference gives cos" in d.headline
     assert d.best.cos > 0.9999 and d.reference["o"].cos < 0.9
@@ -208,7 +201,7 @@ def test_headline_names_the_bug_and_the_reference_fit():
 
 def test_nan_rows_of_a_missing_max_are_explained():
     """no-max on large-logits: NaN rows (inf/inf, 0/0) are matched class by class."""
-    d = _diagnose_mutant("c", "large-logits", "no-max")
+    d = A.diagnose_mutant("c", "large-logits", "no-max")
     assert d.best.name == "no-max"
     assert d.reference["o"].mismatch > 0.3 and d.best.mismatch == 0.0
 
@@ -216,7 +209,7 @@ def test_nan_rows_of_a_missing_max_are_explained():
 def test_unwritten_rows_are_matched_against_poison(tmp_path):
     """Rows 64-127 of each tile left as poison: explained, and the error map points at the
     second warpgroup."""
-    d = _diagnose_mutant("c", "random", "half-rows-unwritten", tmp_path)
+    d = A.diagnose_mutant("c", "random", "half-rows-unwritten", tmp_path)
     assert d.best.name == "half-rows-unwritten"
     emap = next(e for e in d.error_maps if e.output == "o")
     assert "second warpgroup" in emap.summary
@@ -225,7 +218,7 @@ def test_unwritten_rows_are_matched_against_poison(tmp_path):
 
 def test_read_map_shows_the_lagging_v_tile(tmp_path):
     """onehot-p with V one tile behind: each query read the same row one KV tile earlier."""
-    d = _diagnose_mutant("c", "onehot-p", "v-tile-lag", tmp_path)
+    d = A.diagnose_mutant("c", "onehot-p", "v-tile-lag", tmp_path)
     rm = d.readmap
     assert rm is not None and rm.correct == 0
     assert "exactly -1 tile(s) away" in rm.summary
@@ -331,7 +324,7 @@ def test_import_is_cheap():
 
 # ---- data, rendering, pictures --------------------------------------------------------------
 def test_to_dict_from_dict_roundtrip(tmp_path):
-    d = _diagnose_mutant("c", "onehot-p", "v-tile-lag", tmp_path)
+    d = A.diagnose_mutant("c", "onehot-p", "v-tile-lag", tmp_path)
     data = d.to_dict()
     text = json.dumps(data, allow_nan=False)  # JSON-safe: no NaN/inf anywhere
     back = Diagnosis.from_dict(json.loads(text))
@@ -343,7 +336,7 @@ def test_to_dict_from_dict_roundtrip(tmp_path):
 def test_render_short_full_and_markdown(tmp_path):
     from rich.console import Console
 
-    d = _diagnose_mutant("d", "random", "gqa-mod", tmp_path)
+    d = A.diagnose_mutant("d", "random", "gqa-mod", tmp_path)
     assert d.best.name == "gqa-mod"
     for full in (False, True):
         console = Console(record=True, width=140)
@@ -363,7 +356,7 @@ def test_render_short_full_and_markdown(tmp_path):
 def test_error_map_grid_for_4d_is_per_head():
     """4-D O: one grid column per (batch, head), 64-row blocks; heads-head0 leaves head 0
     correct and every other head wrong."""
-    d = _diagnose_mutant("d-plain", "random", "heads-head0")
+    d = A.diagnose_mutant("d-plain", "random", "heads-head0")
     emap = next(e for e in d.error_maps if e.output == "o")
     assert emap.col_names == ["b0h0", "b0h1", "b1h0", "b1h1"]
     assert len(emap.grid) == -(-256 // 64) and len(emap.grid[0]) == 4
@@ -391,7 +384,7 @@ def test_pictures_show_what_the_data_says(tmp_path):
     pytest.importorskip("matplotlib")
     from workbench.diagnose import pictures
 
-    d = _diagnose_mutant("c", "onehot-p", "p-layout", tmp_path)
+    d = A.diagnose_mutant("c", "onehot-p", "p-layout", tmp_path)
     assert len(d.pictures) == 3  # o and lse error maps, read map
     for name in d.pictures:
         img = _pixels(tmp_path / name)
@@ -424,7 +417,7 @@ def test_without_matplotlib_the_diagnosis_says_so_and_draws_nothing(tmp_path, mo
     from workbench.diagnose import pictures
 
     monkeypatch.setattr(pictures, "available", lambda: False)
-    d = _diagnose_mutant("c", "onehot-p", "p-layout", tmp_path)
+    d = A.diagnose_mutant("c", "onehot-p", "p-layout", tmp_path)
     assert d.pictures == [] and d.best.name == "p-layout"  # the diagnosis itself is whole
     assert any("matplotlib" in note for note in d.notes)
     assert not list(tmp_path.glob("*.png"))

@@ -128,28 +128,16 @@ def test_correct_outputs_with_a_narrower_v_get_no_explanation_and_a_bug_is_named
     """The diagnosis at d = 192, dv = 128: a correct kernel's outputs (bf16 P before P·V, one-ulp
     noise) are 'ok' for every fixture, and a kernel that reads K's tiles as V's (the kv-tile0
     bug) is still named."""
-    from workbench.diagnose import diagnose
-
     ins, outs, _ = A.specs_for(A.CONFIGS["d-192-dv128"])
     assert ins["v"].shape[-1] == outs["o"].shape[-1] == 128
     A.assert_no_false_alarm("d-192-dv128", FIXTURES[:6])
-    _, mutants = A.load()
-    cfg_, inputs, expected, outs, p, variants = A.case("d-192-dv128", "random")
-    preds, _ = A.predictions("d-192-dv128", "random")
-    out = A.kernel_like({**expected, **preds["kv-tile0"]}, outs, 0)
-    d = diagnose(out, expected, inputs, p, variants, "random", mutants)
+    d = A.diagnose_mutant("d-192-dv128", "random", "kv-tile0")
     assert d.status == "explained" and (d.best.name == "kv-tile0" or "kv-tile0" in d.best.same_as), d.headline
 
 
 def test_a_scale_taken_from_dv_is_named():
     """The typical dv bug, 1/sqrt(dv) where 1/sqrt(d) belongs, is its own mutant and names a
     kernel's output that has it; with dv = d it does not apply."""
-    from workbench.diagnose import diagnose
-
-    _, mutants = A.load()
-    _, inputs, expected, outs, p, variants = A.case("d-192-dv128", "random")
-    preds, _ = A.predictions("d-192-dv128", "random")
-    out = A.kernel_like({**expected, **preds["scale-of-dv"]}, outs, 0)
-    d = diagnose(out, expected, inputs, p, variants, "random", mutants)
+    d = A.diagnose_mutant("d-192-dv128", "random", "scale-of-dv")
     assert d.status == "explained" and (d.best.name == "scale-of-dv" or "scale-of-dv" in d.best.same_as), d.headline
     assert "scale-of-dv" not in A.predictions("d-192", "random")[0]

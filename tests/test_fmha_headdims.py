@@ -224,13 +224,7 @@ def test_mutants_simulate_the_kernels_kv_tile():
 def test_bugs_of_code_that_assumes_d_up_to_128_are_named(cfg_name, mutant):
     """A kernel that still computes QKᵀ (or O) over the first 128 columns of d only is named
     by its mutant on the random fixture (its output plus bf16-like noise)."""
-    from workbench.diagnose import diagnose
-
-    fixtures, mutants = A.load()
-    cfg, inputs, expected, outs, params, variants = A.case(cfg_name, "random")
-    preds, _ = A.predictions(cfg_name, "random")
-    out = A.kernel_like({**expected, **preds[mutant]}, outs, 0)
-    d = diagnose(out, expected, inputs, params, variants, "random", mutants)
+    d = A.diagnose_mutant(cfg_name, "random", mutant)
     assert d.status == "explained" and (d.best.name == mutant or mutant in d.best.same_as), d.headline
 
 
