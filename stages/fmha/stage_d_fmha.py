@@ -1606,10 +1606,10 @@ class StageD(Stage):
     @staticmethod
     def _fake_args(kernel: FmhaForward, dtype) -> list:
         """What ``compile_for`` traces the kernel with: fake tensors of the launch's types."""
-        args = [host.fake_tensor(dtype, 4) for _ in range(4)] + [host.fake_tensor(Float32, 3), host.fake_tensor(Int32, 1), Int32(1), host.fake_stream()]
+        rank = 3 if kernel.varlen else 4  # q, k, v, o packed (total, heads, d) or (batch, seq, heads, d)
+        args = [host.fake_tensor(dtype, rank) for _ in range(4)] + [host.fake_tensor(Float32, rank - 1), host.fake_tensor(Int32, 1), Int32(1), host.fake_stream()]
         if kernel.varlen:
-            args = [host.fake_tensor(dtype, 3) for _ in range(4)] + [host.fake_tensor(Float32, 2), host.fake_tensor(Int32, 1), Int32(1), host.fake_stream()]
-            args += [host.fake_tensor(Int32, 1), host.fake_tensor(Int32, 1), host.fake_tensor(Int32, 1)]
+            args += [host.fake_tensor(Int32, 1) for _ in range(3)]  # cu_seqlens_q, cu_seqlens_k, the tile table
         elif kernel.page_size:
             args += [None, None, None, host.fake_tensor(Int32, 2), Int32(1)]
         return args
@@ -1682,8 +1682,7 @@ class StageD(Stage):
         )
         if not kernel.persistent:
             raise UserError("--trace: the trace is laid out per persistent CTA; persistent=off is not traced")
-        args = [host.fake_tensor(dtype, 4) for _ in range(4)] + [host.fake_tensor(Float32, 3), host.fake_tensor(Int32, 1), Int32(1), host.fake_stream()]
-        fn = host.compile_for(arch, kernel, *args)
+        fn = host.compile_for(arch, kernel, *self._fake_args(kernel, dtype))
         q = inputs["q"]
         ctas = sm_count(q.device)
         buf = torch.zeros(trace_clock_word(ctas, ctas), dtype=torch.int32, device=q.device)  # words 0, 1: the scheduler's

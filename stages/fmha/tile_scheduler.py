@@ -68,16 +68,15 @@ class WorkTiles:
         the work tiles are (entry, head), head outer, entry e -> (batch, m_block) = table[e]."""
         first, _, _ = cute.arch.block_idx()
         table = extra.get("table")
-        if const_expr(table is not None):
-            seqlen_q, seqlen_k, heads, batches = Int32(0), Int32(0), mQ.shape[2], Int32(1)
-        elif const_expr(shape is None):
-            seqlen_q, seqlen_k = mQ.shape[0], mK.shape[0]
-            heads, batches = mQ.shape[2], mQ.shape[3]
+        if const_expr(table is not None):  # entries per head in place of Q tiles per (batch, head)
+            num_m, seqlen_k, heads, batches = cute.size(table, mode=[0]), Int32(0), mQ.shape[2], Int32(1)
         else:
-            seqlen_q, seqlen_k, heads, batches = shape
-        num_m = (seqlen_q + (kernel.tile_m - 1)) // kernel.tile_m
-        if const_expr(table is not None):
-            num_m = cute.size(table, mode=[0])  # entries per head
+            if const_expr(shape is None):
+                seqlen_q, seqlen_k = mQ.shape[0], mK.shape[0]
+                heads, batches = mQ.shape[2], mQ.shape[3]
+            else:
+                seqlen_q, seqlen_k, heads, batches = shape
+            num_m = (seqlen_q + (kernel.tile_m - 1)) // kernel.tile_m
         tiles = num_m * heads * batches
         step, _, _ = cute.arch.grid_dim()
         sched = cls(kernel.tile_m, kernel.d, kernel.dtype, kernel.lpt, walk, first, seqlen_k, heads, batches,

@@ -104,6 +104,18 @@ def _nearest_multiple(value: int, step: int) -> int:
     return max(step, round(value / step) * step)
 
 
+
+def at_default(defaults: dict[str, Any], values: dict[str, Any], key: str) -> bool:
+    """Is ``values[key]`` its kernel.yaml default (``defaults``: StageSpec.defaults)? An
+    "=other" default is met by other's value. Compared as text: MEMORY's case keys hold text,
+    resolved parameters their types, and both print alike."""
+    if key not in defaults or key not in values:
+        return False
+    d = defaults[key]
+    if isinstance(d, str) and d.startswith("="):
+        return d[1:] in values and str(values[key]) == str(values[d[1:]])
+    return str(values[key]) == str(d)
+
 @dataclass
 class StageSpec:
     kernel: str
@@ -128,6 +140,11 @@ class StageSpec:
     @property
     def short(self) -> str:
         return f"stage-{self.letter}"
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Each parameter's kernel.yaml default, in kernel.yaml's order ("=other" as written)."""
+        return {k: p.default for k, p in self.params.items()}
 
     def resolve_params(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Defaults overlaid with `overrides`, each checked; "=other" defaults copy a value."""

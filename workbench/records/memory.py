@@ -447,18 +447,11 @@ def _params_key(record: dict[str, Any], defaults: dict[str, Any] | None = None) 
 def _case_key(pairs: list[tuple[str, str]], defaults: dict[str, Any] | None) -> str:
     if defaults is None:
         return " ".join(f"{k}={v}" for k, v in pairs)
-    given = dict(pairs)
+    from workbench.kernels.registry import at_default
 
-    def at_default(k: str, v: str) -> bool:
-        if k not in defaults:
-            return False
-        d = defaults[k]
-        if isinstance(d, str) and d.startswith("="):  # kv_heads "=heads"; m "=n" (n is never in a key)
-            return v == given.get(d[1:])
-        return v == str(d)
-
+    given = dict(pairs)  # (m "=n" is never at default here: n is never in a key)
     order = {k: i for i, k in enumerate(defaults)}
-    kept = sorted((kv for kv in pairs if not at_default(*kv)), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+    kept = sorted((kv for kv in pairs if not at_default(defaults, given, kv[0])), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
     return " ".join(f"{k}={v}" for k, v in kept)
 
 
@@ -488,7 +481,7 @@ def stage_defaults(ws: Workspace) -> dict[str, dict[str, Any]]:
         kernels = load_kernels(ws)
     except Exception:  # a broken kernel.yaml must not lose a run's MEMORY.md line
         return {}
-    return {s.id: {k: p.default for k, p in s.params.items()} for spec in kernels.values() for s in spec.stages}
+    return {s.id: s.defaults for spec in kernels.values() for s in spec.stages}
 
 
 LOG_LINE_RE = re.compile(r"^- \d{4}-\d{2}-\d{2} \d{2}:\d{2} \S+ \*\*[A-Z_]+\*\*.* · \d{8}-\d{6}-\d{6} · ")

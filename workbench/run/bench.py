@@ -28,7 +28,7 @@ from workbench import compare
 from workbench.compile.compiler import compile_stage
 from workbench.errors import UserError
 from workbench.kernels import fixtures as fixture_registry
-from workbench.kernels.registry import forget_stage_modules, load_kernel, load_peers
+from workbench.kernels.registry import at_default, forget_stage_modules, load_kernel, load_peers
 from workbench.kernels.stage import Params, torch_dtype
 from workbench.records import memory
 from workbench.records.provenance import git_state, record_provenance, short_commit
@@ -372,20 +372,11 @@ def speed_row(spec, resolved: dict[str, Any], case: BenchCase, name_keys: list[s
     return case_name({k: v for k, v in resolved.items() if k not in hidden}, name_keys)
 
 
-def at_default(spec, resolved: dict[str, Any], key: str) -> bool:
-    """Is ``resolved[key]`` the stage's default for it (an "=other" default: other's value)?"""
-    p = spec.params.get(key)
-    if p is None or key not in resolved:
-        return False
-    if isinstance(p.default, str) and p.default.startswith("="):
-        return resolved[key] == resolved.get(p.default[1:])
-    return resolved[key] == p.default
-
-
 def named_params(spec, resolved: dict[str, Any], quiet: list[str]) -> dict[str, Any]:
     """The parameters a case's name shows: all but the kernel.yaml `bench.quiet` ones at their
     default (so a parameter added to a stage later does not rename every recorded case)."""
-    return {k: v for k, v in resolved.items() if k not in quiet or not at_default(spec, resolved, k)}
+    defaults = spec.defaults
+    return {k: v for k, v in resolved.items() if k not in quiet or not at_default(defaults, resolved, k)}
 
 
 def resolve_cases(spec, kernel, cases: list[BenchCase]) -> list[dict[str, Any]]:
@@ -556,7 +547,7 @@ def perf_markdown(record: dict[str, Any], kernel, chart: str | None = None) -> s
     spec = kernel.stage(record.get("letter") or kernel.bench.stage)
 
     def other(p: dict) -> str:  # the bench.quiet parameters a case sets away from their default
-        return " ".join(f"{k}={p[k]}" for k in kernel.bench.quiet if spec is not None and k in p and not at_default(spec, p, k))
+        return " ".join(f"{k}={p[k]}" for k in kernel.bench.quiet if spec is not None and k in p and not at_default(spec.defaults, p, k))
 
     extra = ["other"] if any(other(c.get("params", {})) for c in cases) else []
     out = [
