@@ -1,8 +1,8 @@
 """Stage D page_size > 0 (paged KV) on the CPU: the paged inputs the fixtures build (each
 sequence's logical K/V scattered over random pages, the rest poison), the torch reference
 against an independent float64 gather, the paged mutants (each named by the diagnosis on a
-fixture that shows it), the one-line errors, and one sm_90a compile. The kernel itself is not
-verified on a GPU here (benchmarks/gpu_verify_parity.sh, section paged)."""
+fixture that shows it), the one-line errors, one sm_90a compile and the bench peers' refusal.
+The kernel itself is verified on a GPU by benchmarks/gpu_verify_parity.sh, section paged."""
 
 from __future__ import annotations
 
@@ -42,6 +42,17 @@ def _case(fixture, p, seed=0):
     inputs = fx.make(specs, p, seed, "cpu")
     expected = st.reference(inputs, p, variants, torch.float32)
     return inputs, expected, outs, variants, mutants
+
+
+def test_bench_peers_without_a_block_table_refuse_paged_inputs():
+    """`wb bench` on a paged case: SDPA reads contiguous K/V only, so it refuses (the bench shows
+    why) rather than time another layout; FA4 takes the same caches and table."""
+    from stages.fmha import peers
+
+    inputs, *_ = _case("random", params(page_size=64))
+    for name in ("sdpa-math", "sdpa-cudnn", "cutlass-example"):
+        with pytest.raises(ValueError, match="no paged KV cache"):
+            peers.make_peer(name, inputs, {"page_size": 64})
 
 
 @pytest.mark.parametrize("page_size", [16, 128, 256])

@@ -98,7 +98,11 @@ def make_peer(name: str, inputs, params):
         raise ValueError(f"peer {name} has no softcap (softcap={softcap}): only fa4 takes one")
     if "cu_seqlens_q" in inputs:
         return _varlen_peer(name, inputs, causal, scale)
-    m, n = q.shape[-3] if q.dim() == 4 else q.shape[-2], k.shape[-3] if k.dim() == 4 else k.shape[-2]
+    paged = "block_table" in inputs
+    if paged and name != "fa4":
+        raise ValueError(f"{name} reads no paged KV cache (page_size={params.get('page_size')}): only fa4 takes a block table")
+    m = q.shape[-3] if q.dim() == 4 else q.shape[-2]
+    n = int(inputs["cache_seqlens"].max()) if paged else (k.shape[-3] if k.dim() == 4 else k.shape[-2])
     align, wl, wr, plain = _mask(params, m, n)
     if not plain and name != "fa4":
         # timing a peer on another (full or top-left) mask would compare unequal work
@@ -132,8 +136,17 @@ def make_peer(name: str, inputs, params):
 
         extra = {"softcap": softcap} if softcap else {}  # flash-attn's softcap: c tanh(s / c), s scaled
 
-        def run():
-            return flash_attn_func(qb, kb, vb, softmax_scale=scale, causal=causal, **window, **extra)
+        if paged:  # k, v are FA4's paged caches too: (num_pages, page_size, kv_heads, d)
+            from flash_attn.cute import flash_attn_varlen_func
+
+            table, used = inputs["block_table"], inputs["cache_seqlens"]
+
+            def run():
+                return flash_attn_varlen_func(qb, k, v, page_table=table, seqused_k=used, softmax_scale=scale,
+                                              causal=causal, **window, **extra)
+        else:
+            def run():
+                return flash_attn_func(qb, kb, vb, softmax_scale=scale, causal=causal, **window, **extra)
 
         run()  # the first call compiles (1-2 s): keep it out of the timing
         return run

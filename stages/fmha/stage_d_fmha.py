@@ -80,14 +80,14 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
   cu_seqlens_q per version of both cu_seqlens). ``varlen_bug`` injects the
   bugs of the varlen mutants (tests/test_varlen_gpu.py). varlen=false builds exactly today's
   kernel (the same SASS).
-* Paged KV (``page_size`` > 0, compile-time; verified on an H200 at 128 and 256): k, v are caches
+* Paged KV (``page_size`` > 0, compile-time; verified on an H200 at 16, 32, 64, 128 and 256): k, v are caches
   (num_pages, page_size, kv_heads, d) read through ``block_table`` (batch, pages per
   sequence) int32; every sequence has n keys (``cache_seqlens``, all equal). The producer
   reads each KV tile's table entry (``load_paged_tile``) and TMAs one (tile_n, d) box at
   (page, row offset) of the cache's (page_size, d, kv_heads, num_pages) view when page_size
   is a multiple of tile_n (128/256 for d <= 128); when it divides tile_n (16/32/64; 16 for
   d = 192/256) one (page_size, d) box per page into that page's rows of the stage
-  (``page_rows``; compiled, not verified on a GPU). Other sizes and varlen are refused.
+  (``page_rows``). Other sizes and varlen are refused.
   ``paged_bug`` injects the paged mutants' bugs. page_size=0 builds exactly today's kernel.
 * Warp specialization as C: WG0 producer (one warp issues the TMA: K of the first tile,
   Q, then the K/V ring), 2 consumer WGs (setmaxnreg 240/24) or 3 (``consumers=3``,
@@ -338,12 +338,11 @@ class FmhaForward(FmhaForwardBase):
         # bug of the mutant of the same name (stages/fmha/mutants.py, varlen-*)
         assert varlen_bug in VARLEN_BUGS and (varlen or varlen_bug == "none"), (varlen, varlen_bug)
         self.varlen_bug = varlen_bug
-        # paged KV (page_size > 0, compile-time; verified on an H200 at 128 and 256): k/v are caches
+        # paged KV (page_size > 0, compile-time; verified on an H200 at every size): k/v are caches
         # (num_pages, page_size, kv_heads, d) addressed through a block table (batch,
         # max_pages_per_seq) int32; every sequence has the same n keys. One TMA box per KV tile
         # at (page, row offset in the page) when page_size is a multiple of tile_n; one box per
-        # page into its rows of the tile when page_size divides tile_n (16/32/64: compiled,
-        # not verified on a GPU)
+        # page into its rows of the tile when page_size divides tile_n (16/32/64)
         page_size = int(page_size)
         if page_size not in PAGE_SIZES:
             raise ValueError(f"page_size must be one of {PAGE_SIZES} (0 = off), not {page_size}")
