@@ -77,9 +77,12 @@ def test_dv_wider_than_d_or_off_the_list_is_one_line():
     for dv in (256, 100):
         with pytest.raises(UserError, match="at most d=192|dv=100"):
             StageD().make_kernel(params(dv=dv), {})
-    # the geometry counts V's and O's tiles at dv: 192/128 fits with O in its own tile
-    assert G.smem_bytes(192, 112, 2, 2, 1, False, dv=128) <= G.SMEM_CAPACITY
-    assert G.smem_bytes(192, 112, 2, 2, 1, False) > G.SMEM_CAPACITY  # (why d = dv = 192 stages O in Q)
+    # the geometry counts V's and O's tiles at dv: 192/128 takes FA3's 128-key tiles, which fit
+    # only with O staged in Q, as d = dv = 192's 112-key tiles do
+    assert G.kv_tile(192, 128) == 128 and G.kv_tile(192) == G.kv_tile(192, 192) == 112
+    assert G.smem_bytes(192, 128, 2, 2, 1, True, dv=128) <= G.SMEM_CAPACITY
+    assert G.smem_bytes(192, 128, 2, 2, 1, False, dv=128) > G.SMEM_CAPACITY
+    assert G.smem_bytes(192, 112, 2, 2, 1, False) > G.SMEM_CAPACITY
 
 
 def test_192_by_128_compiles_for_sm90a_without_spills_at_dv_s_width():
@@ -92,9 +95,36 @@ def test_192_by_128_compiles_for_sm90a_without_spills_at_dv_s_width():
     probes = {r["name"]: r["layout"] for r in records}
     assert compiled.fn is not None and "verified" in compiled.p_check
     assert probes["tOrO_acc"].startswith("((2,2,16),1,1)")  # the PV accumulator: 64 x 128 over a WG
-    assert probes["tSrS"].startswith("((2,2,14),1,1)")  # S: 64 x 112 (d = 192's KV tile)
+    assert probes["tSrS"].startswith("((2,2,16),1,1)")  # S: 64 x 128 (192/128's KV tile)
     fields = dict(f.split(":")[:2] for f in state.kernels[0].smem_fields)
-    assert int(fields["sV"]) == 2 * 112 * 128 * 2 and int(fields["sO"]) == 2 * 64 * 128 * 2  # V and O at dv
+    assert int(fields["sV"]) == 2 * 128 * 128 * 2 and "sO" not in fields  # V at dv; O staged in Q
+
+
+def test_o_staged_in_q_starts_each_wgs_tile_at_its_own_q_slot():
+    """With dv < d, O's (64, dv) tiles live in Q's (64, d) slots: WG w's O tile must start at
+    WG w's Q slot (consumer-mode stride 64 d, not 64 dv, which would put WG 1's O inside WG 0's
+    Q while WG 0 may still read it), with the same swizzle."""
+    pytest.importorskip("cutlass")
+    import cutlass
+    import cutlass.cute as cute
+
+    from stages.fmha.stage_d_fmha import FmhaForward
+
+    kernel = FmhaForward(cutlass.BFloat16, 192, 4, 4, dv=128)
+    assert kernel.o_in_q and kernel.tile_n == 128
+    seen = {}
+
+    @cute.jit
+    def layouts():
+        sQ, _, _, sO = kernel._smem_layouts()
+        seen["sQ"], seen["sO"] = str(sQ), str(sO)
+
+    cute.compile[cute.GPUArch("sm_90a")](layouts)
+    swizzle_q, _, q = seen["sQ"].partition(" o 0 o ")
+    swizzle_o, _, o = seen["sO"].partition(" o 0 o ")
+    assert swizzle_o == swizzle_q
+    assert q.endswith("(0,12288))") and o.endswith("(0,12288))"), seen  # 64 x 192 elements per WG
+    assert "(64,2),(1,2)" in o  # (64, 128) per WG: two 64-column swizzle atoms
 
 
 def test_the_exported_op_keys_allocates_and_fakes_o_at_dv():

@@ -134,6 +134,13 @@ class FmhaForwardBase:
         sK = common.make_kmajor_smem_layout(self.dtype, self.tile_n, self.d, self.kv_stages)
         sV = common.make_kmajor_smem_layout(self.dtype, self.tile_n, self.dv, self.kv_stages)
         sO = common.make_kmajor_smem_layout(self.dtype, self.wg_rows, self.dv, self.num_consumer_wg)
+        if const_expr(self.o_in_q and self.dv != self.d):
+            # O staged in Q with dv < d: WG w's O tile starts at its Q slot, (64 x d) elements
+            # in (a whole number of swizzle atoms, so the swizzle is the same)
+            outer = sO.outer
+            sO = cute.make_composed_layout(
+                sO.inner, 0, cute.make_layout(outer.shape, stride=(*outer.stride[:2], (0, self.wg_rows * self.d)))
+            )
         return sQ, sK, sV, sO
 
     def _shared_storage(self, sQ_layout, sK_layout, sV_layout, sO_layout):

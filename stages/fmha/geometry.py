@@ -68,13 +68,15 @@ class Geometry:
         return WG_ROWS * self.consumers
 
 
-def geometry(d: int, causal: bool = False, capped_window: bool = False) -> Geometry:
+def geometry(d: int, causal: bool = False, capped_window: bool = False, dv: int | None = None) -> Geometry:
     """Stage D's tile geometry for head dim ``d`` (ValueError for a d it does not serve).
     ``capped_window``: a softcap and a sliding window together (their masked and capped
-    steps do not fit 160 registers: d = 64 with 3 WGs spilled 28 B, so 2 WGs)."""
+    steps do not fit 160 registers: d = 64 with 3 WGs spilled 28 B, so 2 WGs). ``dv``: V's
+    head dim (default d); see ``kv_tile``."""
     if d not in _TABLE:
         raise ValueError(f"d={d} is not a head dim of the FMHA kernel (it serves {', '.join(map(str, HEAD_DIMS))})")
-    tile_n, kv_stages, o_in_q = _TABLE[d]
+    _, kv_stages, o_in_q = _TABLE[d]
+    tile_n = kv_tile(d, dv)
     # 3 consumer WGs (192-row Q tiles) for d = 64 non-causal only: causal d = 64 with 3
     # measured 25% slower at s = 1024 on an H100, equal at 8192
     consumers = 3 if d == 64 and not causal and not capped_window else 2
@@ -96,9 +98,13 @@ def long_consumers(d: int, causal: bool, windowed: bool, varlen: bool, paged: bo
     return 3 if d == 64 and causal and not windowed and not varlen and not paged else None
 
 
-def kv_tile(d: int) -> int:
-    """Keys per KV tile of the kernel for head dim ``d``; 128 for a d outside the table
-    (stages A-C are 128-wide for every d they take)."""
+def kv_tile(d: int, dv: int | None = None) -> int:
+    """Keys per KV tile of the kernel for head dim ``d`` (and V's ``dv``, default d); 128 for a
+    d outside the table (stages A-C are 128-wide for every d they take). d = 192 with dv <= 128
+    (192/128, MLA's prefill) takes 128-key tiles, as FlashAttention-3 does: a narrower V
+    leaves room for them, with O staged in Q."""
+    if d == 192 and dv is not None and dv <= 128:
+        return 128
     return _TABLE[d][0] if d in _TABLE else 128
 
 

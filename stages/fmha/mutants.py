@@ -90,7 +90,7 @@ class Problem:
         from stages.fmha.geometry import HEAD_DIMS, LONG_M, kv_tile, long_consumers
         from stages.fmha.geometry import geometry as geometry_of
 
-        self.kv_tile = kv_tile(self.D)  # the kernel's KV tile width for this d
+        self.kv_tile = kv_tile(self.D, v.shape[-1] if v is not None else None)  # the kernel's KV tile width
         self.T = max(1, -(-self.N // self.kv_tile))
         scale = param_value(cx.params, "scale", param_value(cx.params, "softmax_scale"))
         self.scale = float(scale) if scale is not None else 1.0 / math.sqrt(self.D)
@@ -1208,7 +1208,7 @@ def paged_page_off_by_one(cx):
 def paged_offset_ignored(cx):
     from stages.fmha.geometry import kv_tile
 
-    tile_n = kv_tile(cx.inputs["q"].shape[-1])
+    tile_n = kv_tile(cx.inputs["q"].shape[-1], cx.inputs["v"].shape[-1])
     _need(cx.inputs["k"].shape[1] > tile_n, "a page holds one KV tile (page_size <= tile_n)")
 
     def pages_of(bt, r, ps):

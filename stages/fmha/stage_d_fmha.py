@@ -237,6 +237,7 @@ class FmhaForward(FmhaForwardBase):
         mask_bug: str = "none",
         softmax: str = "exp",
         kv_stages=None,
+        kv_tile: int | None = None,
         schedule: str = "auto",
         consumers: int | None = None,
         tile_order: str = "auto",
@@ -265,7 +266,8 @@ class FmhaForward(FmhaForwardBase):
         # when causal (longest-first tiles, greedily: +7%), else on (H200: +3-8% non-causal;
         # causal lost 8-11% with round robin). tile_order: lpt when causal.
         capped_window = float(softcap) > 0 and (window_left >= 0 or window_right >= 0)
-        geom = geometry.geometry(d, causal, capped_window)
+        dv = d if dv is None else int(dv)
+        geom = geometry.geometry(d, causal, capped_window, dv)
         if consumers is None:
             consumers = geom.consumers
         if schedule == "auto":
@@ -274,14 +276,16 @@ class FmhaForward(FmhaForwardBase):
         assert q_buffers in (1, 2), q_buffers
         if kv_stages is None:
             kv_stages = geom.kv_stages
-        # dv: V's and O's head dim (FlashAttention-3's hdim_v, e.g. 192/128); O then has its own
-        # staging tile (a (64, dv) tile in a (64, d) Q slot would not be the WG's own slot)
-        dv = d if dv is None else int(dv)
+        # dv: V's and O's head dim (FlashAttention-3's hdim_v, e.g. 192/128); staged in Q, WG w's
+        # (64, dv) O tile starts at its own (64, d) Q slot (fmha_base._smem_layouts)
         if dv not in geometry.HEAD_DIMS or dv > d:
             raise ValueError(f"dv={dv}: V's head dim must be one of {', '.join(map(str, geometry.HEAD_DIMS))} and at most d={d}")
-        o_in_q = geom.o_in_q and dv == d
+        o_in_q = geom.o_in_q
         # a configuration that cannot fit is the user's choice of variants: one line (ValueError)
-        geometry.check_fits(d, geom.tile_n, kv_stages, consumers, q_buffers, o_in_q, dtype.width // 8, dv)
+        tile_n = geom.tile_n if kv_tile is None else int(kv_tile)
+        if tile_n % 16 or not 16 <= tile_n <= 256:
+            raise ValueError(f"kv_tile={tile_n}: a KV tile is a multiple of 16 keys, 16 ... 256 (the PV MMA's K steps)")
+        geometry.check_fits(d, tile_n, kv_stages, consumers, q_buffers, o_in_q, dtype.width // 8, dv)
         if o_in_q and q_buffers != 1:
             raise ValueError(f"q_buffers={q_buffers} needs O staged apart from Q (d <= 128); d={d} stages O in Q")
         if consumers == 3 and d not in (64, 128):
@@ -289,7 +293,7 @@ class FmhaForward(FmhaForwardBase):
         # instance attributes shadow the base's class-level 2-WG geometry
         self.num_consumer_wg = consumers
         self.tile_m = consumers * self.wg_rows
-        self.tile_n = geom.tile_n
+        self.tile_n = tile_n
         self.o_in_q = o_in_q
         self.num_threads = common.WG_THREADS * (1 + consumers)
         self.consumer_regs, self.producer_regs = REGISTERS[consumers]
@@ -1333,6 +1337,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
 
     return {
         "kv_stages": number("kv_stages"),
+        "kv_tile": number("kv_tile"),
         "schedule": v["schedule"],
         "consumers": number("consumers"),
         "tile_order": v["tile_order"],
