@@ -93,7 +93,9 @@ def test_kernel_takes_the_geometry_and_refuses_what_cannot_fit():
             # causal: more than one visited KV tile may need the mask whenever tile_m != tile_n
             assert k.two_masked == (causal and k.tile_m != k.tile_n)
     assert _kernel(96, q_buffers="2").q_stages == 4  # fits (219 KiB)
-    assert _kernel(96, kv_tile="176", kv_stages="2").tile_n == 176  # the tuning variant's width
+    # the tuning variant's width; kv_stages=auto takes the deepest ring that fits beside it
+    assert (_kernel(96, kv_tile="176").tile_n, _kernel(96, kv_tile="176").kv_stages) == (176, 2)
+    assert _kernel(96, kv_tile="144").kv_stages == 3
     with pytest.raises(UserError, match="kv_tile"):
         _kernel(96, kv_tile="88")  # not a choice of kernel.yaml
     for d, variants, words in [

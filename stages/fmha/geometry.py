@@ -16,13 +16,14 @@ d/2 fp32, S tile_n/2 fp32, P tile_n/4 32-bit.
 | 96  | 128    | 3         | 2                                | own tile  | 195 KiB  |
 | 128 | 128    | 2         | 2                                | own tile  | 195 KiB  |
 | 192 | 112    | 2         | 2                                | in Q      | 218 KiB  |
+| 192, dv <= 128 | 128 | 2   | 2                                | in Q      | 209 KiB  |
 | 256 | 80     | 2         | 2                                | in Q      | 226 KiB  |
 
 d = 64 and 128 are what measured fastest on an H200 (docs/perf-notes.md). d = 96, 192 and
 256 were chosen on the CPU by fitting (shared memory, 0 spills in ``wb compile``) and are
 verified on an H200 but not tuned (docs/fmha.md: 192 matches FA4, 256 and 96 trail it): 96 is 128's shape with a third K/V stage (it fits, and at one CTA per SM
 the extra stage costs nothing); 192 and 256 take FlashAttention-3's KV tile widths (112,
-80) with 2 stages, which fit only with O staged in Q's shared memory. 192-row Q tiles
+80; 128 for d = 192 with dv <= 128, as FA3) with 2 stages, which fit only with O staged in Q's shared memory. 192-row Q tiles
 (3 consumer WGs at 160 registers) are d = 64's alone: for d >= 96 the O accumulator
 does not leave room for S and P.
 """

@@ -7,7 +7,7 @@ scale = 1/sqrt(d), d in {64, 96, 128, 192, 256}, heads a multiple of kv_heads (G
 reads kv head h // (heads / kv_heads)), any m, n >= 1.
 
 Head dims (``geometry.geometry``, one table for the kernel, the fixtures and the mutants):
-KV tiles of ``tile_n`` = 128 keys (112 for d = 192, 80 for d = 256), K/V rings of 3 stages
+KV tiles of ``tile_n`` = 128 keys (112 for d = 192 unless dv <= 128, 80 for d = 256), K/V rings of 3 stages
 (d = 64, 96) or 2, and for d = 192 and 256 the O epilogue staged in the consumer WG's own Q
 slot (``o_in_q``: without it they do not fit 227 KiB; the slot is handed back to the
 producer only after the O store has read it, so a persistent CTA loads the next tile's Q
@@ -274,15 +274,18 @@ class FmhaForward(FmhaForwardBase):
             schedule = "pingpong"
         assert consumers in REGISTERS, consumers
         assert q_buffers in (1, 2), q_buffers
-        if kv_stages is None:
+        tile_n = geom.tile_n if kv_tile is None else int(kv_tile)
+        if kv_stages is None:  # auto: the geometry's ring, shallower when a wider kv_tile needs it
             kv_stages = geom.kv_stages
+            while kv_stages > 2 and geometry.smem_bytes(d, tile_n, kv_stages, consumers, q_buffers, geom.o_in_q,
+                                                        dtype.width // 8, dv) > geometry.SMEM_CAPACITY:
+                kv_stages -= 1
         # dv: V's and O's head dim (FlashAttention-3's hdim_v, e.g. 192/128); staged in Q, WG w's
         # (64, dv) O tile starts at its own (64, d) Q slot (fmha_base._smem_layouts)
         if dv not in geometry.HEAD_DIMS or dv > d:
             raise ValueError(f"dv={dv}: V's head dim must be one of {', '.join(map(str, geometry.HEAD_DIMS))} and at most d={d}")
         o_in_q = geom.o_in_q
         # a configuration that cannot fit is the user's choice of variants: one line (ValueError)
-        tile_n = geom.tile_n if kv_tile is None else int(kv_tile)
         if tile_n % 16 or not 16 <= tile_n <= 256:
             raise ValueError(f"kv_tile={tile_n}: a KV tile is a multiple of 16 keys, 16 ... 256 (the PV MMA's K steps)")
         geometry.check_fits(d, tile_n, kv_stages, consumers, q_buffers, o_in_q, dtype.width // 8, dv)
