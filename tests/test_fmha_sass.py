@@ -104,3 +104,23 @@ def test_stage_d_trace_stamps_only_when_asked(tmp_path):
     assert len(clock_reads.findall(traced)) >= 8 + 4 + 2
     assert "SR_GLOBALTIMER" in traced
     assert not clock_reads.findall(plain) and "SR_GLOBALTIMER" not in plain
+
+
+def test_p_through_shared_memory_frees_the_registers_of_192_row_tiles_at_d96(fmha_ws, wb):
+    """p_operand=smem: P goes to the PV MMA through the WG's shared-memory tile (stmatrix, then
+    descriptors), so d = 96 fits 3 consumer WGs (192-row Q tiles) at 160 registers; with P in
+    registers the same tile spills (96 B)."""
+    args = ["compile", "d", "--d", "96", "-V", "consumers=3", "--keep", "sass", "--json"]
+    proc = wb(*args, "-V", "p_operand=smem", cwd=fmha_ws, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rec = json.loads(proc.stdout)
+    (kernel,) = rec["resources"]["kernels"]
+    assert "FmhaForward_192x128" in kernel["name"]
+    assert (kernel["spill_store_bytes"], kernel["spill_load_bytes"]) == (0, 0), kernel
+    (sass,) = [(fmha_ws / p).read_text() for name, p in rec["artifacts"].items() if name.endswith(".sass")]
+    pv = re.findall(r"HGMMA\.64x96x16\S* R\d+, (\S+),", sass)
+    assert pv and all(a.startswith("gdesc[") for a in pv), pv  # A (P) read by descriptor, never registers
+    assert len(re.findall(r"\bSTSM\b", sass)) >= 8  # P stored with stmatrix
+    assert all(n <= 12 for n in opcode_counts(rec, fmha_ws, "WARPGROUP"))
+    refused = wb(*args, cwd=fmha_ws, timeout=600)
+    assert refused.returncode == 2 and "p_operand=smem" in refused.stderr

@@ -54,9 +54,10 @@ P_BUG = {"pv_layout": "chunk", "pv_rowmajor": "rowmajor"}
 # --------------------------------------------------------------------------------------
 # Host-side pieces
 # --------------------------------------------------------------------------------------
-def make_pv_tiled_mma(dtype: Type[cutlass.Numeric], d: int) -> cute.TiledMma:
-    """WGMMA for O += P V of one warpgroup: A = P from registers (K-major), B = V^T viewed
-    from V's row-major (n, d) smem tile (so B is MN-major), fp32 accumulator, 64 x d x 16."""
+def make_pv_tiled_mma(dtype: Type[cutlass.Numeric], d: int, p_smem: bool = False) -> cute.TiledMma:
+    """WGMMA for O += P V of one warpgroup: A = P from registers (K-major; ``p_smem``: from
+    the WG's P tile in shared memory), B = V^T viewed from V's row-major (n, d) smem tile (so
+    B is MN-major), fp32 accumulator, 64 x d x 16."""
     return sm90_utils.make_trivial_tiled_mma(
         dtype,
         dtype,
@@ -65,7 +66,7 @@ def make_pv_tiled_mma(dtype: Type[cutlass.Numeric], d: int) -> cute.TiledMma:
         Float32,
         atom_layout_mnk=(1, 1, 1),
         tiler_mn=(64, d),
-        a_source=warpgroup.OperandSource.RMEM,
+        a_source=warpgroup.OperandSource.SMEM if p_smem else warpgroup.OperandSource.RMEM,
     )
 
 
@@ -99,6 +100,9 @@ class FmhaForwardBase:
     consumer_regs = 240
     # O's epilogue staging tile: its own (False) or the WG's Q slot (True; stage D, d >= 192)
     o_in_q = False
+    # P to the PV MMA through a (64, tile_n) shared-memory tile per consumer WG (stage D's
+    # p_operand=smem) instead of registers
+    p_smem = False
     # stage C's bug-injection hooks of ``consume_tile`` (FmhaOnline sets them per instance)
     rescale = True
     bug = "none"
@@ -143,8 +147,15 @@ class FmhaForwardBase:
             )
         return sQ, sK, sV, sO
 
+    def _sP_layout(self):
+        """(64, tile_n, consumers), K-major: each consumer WG's P, the PV MMA's A operand
+        (``p_smem``)."""
+        return common.make_kmajor_smem_layout(self.dtype, self.wg_rows, self.tile_n, self.num_consumer_wg)
+
     def _shared_storage(self, sQ_layout, sK_layout, sV_layout, sO_layout):
         nq, nkv = self.q_stages, self.kv_stages
+        if const_expr(self.p_smem):
+            return self._shared_storage_p(sQ_layout, sK_layout, sV_layout, sO_layout)
         if const_expr(self.o_in_q):
             return self._shared_storage_o_in_q(sQ_layout, sK_layout, sV_layout)
 
@@ -183,6 +194,29 @@ class FmhaForwardBase:
 
         return SharedStorageOInQ
 
+    def _shared_storage_p(self, sQ_layout, sK_layout, sV_layout, sO_layout):
+        """The storage with a P tile per consumer WG (``p_smem``): mbarriers, Q, K, V, O
+        (unless staged in Q), P, the scheduler's ring."""
+        nq, nkv = self.q_stages, self.kv_stages
+
+        def tile(layout):
+            return cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(layout)], 1024]
+
+        fields = {
+            "mbar_q": cute.struct.MemRange[cutlass.Int64, 2 * nq],
+            "mbar_k": cute.struct.MemRange[cutlass.Int64, 2 * nkv],
+            "mbar_v": cute.struct.MemRange[cutlass.Int64, 2 * nkv],
+            "sQ": tile(sQ_layout),
+            "sK": tile(sK_layout),
+            "sV": tile(sV_layout),
+        }
+        if const_expr(not self.o_in_q):
+            fields["sO"] = tile(sO_layout)
+        fields["sP"] = tile(self._sP_layout())
+        fields["tile_ids"] = cute.struct.MemRange[cutlass.Int32, 2]
+        fields["mbar_tile"] = cute.struct.MemRange[cutlass.Int64, 4]
+        return cute.struct(type("SharedStorageP", (), {"__annotations__": fields}))
+
     # ---- host --------------------------------------------------------------------------
 
     def _host_setup(self, mQ, mK, mV, mO):
@@ -192,7 +226,7 @@ class FmhaForwardBase:
         assert mQ.element_type == self.dtype and mK.element_type == self.dtype
         assert mV.element_type == self.dtype and mO.element_type == self.dtype
         tiled_mma_qk = common.make_qk_tiled_mma(self.dtype, self.tile_n, 1)
-        tiled_mma_pv = make_pv_tiled_mma(self.dtype, self.dv)
+        tiled_mma_pv = make_pv_tiled_mma(self.dtype, self.dv, self.p_smem)
         sQ_layout, sK_layout, sV_layout, sO_layout = self._smem_layouts()
         tma_atom_q, tma_q = common.make_tma_load(mQ, sQ_layout, (self.wg_rows, self.d))
         tma_atom_k, tma_k = common.make_tma_load(mK, sK_layout, (self.tile_n, self.d))
@@ -214,7 +248,8 @@ class FmhaForwardBase:
     def _prologue(self, warp_idx: Int32, tma_atoms: tuple, layouts: tuple):
         """A CTA's start: TMA descriptors prefetched, the shared storage, the pipelines
         (``_make_pipelines``, their mbarrier inits fenced and visible CTA-wide before any
-        wait or arrive) and the smem tensors. Returns (pipelines, (sQ, sK, sV, sO))."""
+        wait or arrive) and the smem tensors. Returns (pipelines, (sQ, sK, sV, sO, sP)); sP is
+        None unless ``p_smem``."""
         if warp_idx == 0:
             for atom in tma_atoms:
                 cpasync.prefetch_descriptor(atom)
@@ -265,14 +300,20 @@ class FmhaForwardBase:
             sO = storage.sQ.get_tensor(sO_layout.outer, swizzle=sO_layout.inner)
         else:
             sO = storage.sO.get_tensor(sO_layout.outer, swizzle=sO_layout.inner)  # (64, d, 2)
-        return sQ, sK, sV, sO
+        sP = None
+        if const_expr(self.p_smem):
+            sP_layout = self._sP_layout()
+            sP = storage.sP.get_tensor(sP_layout.outer, swizzle=sP_layout.inner)  # (64, tile_n, consumers)
+        return sQ, sK, sV, sO, sP
 
     # ---- device ------------------------------------------------------------------------
 
     # ---- consumer pieces ---------------------------------------------------------------
-    def _consumer_fragments(self, tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg):
+    def _consumer_fragments(self, tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg, sP=None):
         """A consumer WG's MMA slices, smem-descriptor fragments and register tensors, each
-        probed, and the trace-time proof of the P hand-over (``self.p_check``)."""
+        probed, and the trace-time proof of the P hand-over (``self.p_check``). ``sP``
+        (``p_smem``): tOrP is then the PV MMA's A descriptors of every WG's P tile, (MMA, 1,
+        tile_n/16, consumers)."""
         thr_qk = tiled_mma_qk.get_slice(tidx_wg)
         thr_pv = tiled_mma_pv.get_slice(tidx_wg)
         tSrQ = thr_qk.make_fragment_A(thr_qk.partition_A(sQ))  # (MMA, 1, d/16, 2) smem descriptors
@@ -280,7 +321,10 @@ class FmhaForwardBase:
         sVt = transpose_view(sV)  # (d, tile_n, S)
         tOrVt = thr_pv.make_fragment_B(thr_pv.partition_B(sVt))  # (MMA, 1, tile_n/16, S)
         acc_S_shape = thr_qk.partition_shape_C((self.wg_rows, self.tile_n))
-        tOrP = cute.make_rmem_tensor(thr_pv.partition_shape_A((self.wg_rows, self.tile_n)), self.dtype)
+        if const_expr(self.p_smem):
+            tOrP = thr_pv.make_fragment_A(thr_pv.partition_A(sP))
+        else:
+            tOrP = cute.make_rmem_tensor(thr_pv.partition_shape_A((self.wg_rows, self.tile_n)), self.dtype)
         acc_O = cute.make_rmem_tensor(thr_pv.partition_shape_C((self.wg_rows, self.dv)), Float32)
         probe("tSrQ", tSrQ)
         probe("tSrK", tSrK)
@@ -288,7 +332,11 @@ class FmhaForwardBase:
         probe("tSrS", cute.make_rmem_tensor(acc_S_shape, Float32))
         probe("tOrP", tOrP)
         probe("tOrO_acc", acc_O)
-        self.p_check = sm.check_p_operand_mapping(tiled_mma_qk, tiled_mma_pv, acc_S_shape, tOrP.shape)
+        if const_expr(self.p_smem):
+            # stmatrix stores S's accumulator layout by coordinate: no register order to prove
+            self.p_check = "P through shared memory (stored by coordinate, read by descriptor): verified by layout"
+        else:
+            self.p_check = sm.check_p_operand_mapping(tiled_mma_qk, tiled_mma_pv, acc_S_shape, tOrP.shape)
         return thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O
 
     @cute.jit

@@ -110,21 +110,23 @@ def kv_tile(d: int, dv: int | None = None) -> int:
 
 
 def smem_bytes(d: int, tile_n: int, kv_stages: int, consumers: int, q_buffers: int, o_in_q: bool, elem_bytes: int = 2,
-               dv: int | None = None) -> int:
+               dv: int | None = None, p_smem: bool = False) -> int:
     """Shared memory of one stage D CTA, as ``wb compile`` reports it (fmha_base's shared
-    storage: tiles of whole KiB, see ``SMEM_OVERHEAD``); ``dv``: V's and O's head dim (d)."""
+    storage: tiles of whole KiB, see ``SMEM_OVERHEAD``); ``dv``: V's and O's head dim (d);
+    ``p_smem``: a (64, tile_n) P tile per consumer WG."""
     dv = d if dv is None else dv
     tile_m = WG_ROWS * consumers
     q = q_buffers * tile_m * d
     kv = kv_stages * tile_n * (d + dv)
     o = 0 if o_in_q else tile_m * dv
-    return (q + kv + o) * elem_bytes + SMEM_OVERHEAD[o_in_q]
+    p = tile_m * tile_n if p_smem else 0
+    return (q + kv + o + p) * elem_bytes + SMEM_OVERHEAD[o_in_q]
 
 
 def check_fits(d: int, tile_n: int, kv_stages: int, consumers: int, q_buffers: int, o_in_q: bool, elem_bytes: int = 2,
-               dv: int | None = None) -> None:
+               dv: int | None = None, p_smem: bool = False) -> None:
     """ValueError (one line) when the configuration cannot fit in shared memory."""
-    need = smem_bytes(d, tile_n, kv_stages, consumers, q_buffers, o_in_q, elem_bytes, dv)
+    need = smem_bytes(d, tile_n, kv_stages, consumers, q_buffers, o_in_q, elem_bytes, dv, p_smem)
     if need > SMEM_CAPACITY:
         dv_text = "" if dv in (None, d) else f", dv={dv}"
         raise ValueError(

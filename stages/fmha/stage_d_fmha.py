@@ -238,6 +238,7 @@ class FmhaForward(FmhaForwardBase):
         softmax: str = "exp",
         kv_stages=None,
         kv_tile: int | None = None,
+        p_operand: str = "auto",
         schedule: str = "auto",
         consumers: int | None = None,
         tile_order: str = "auto",
@@ -278,26 +279,31 @@ class FmhaForward(FmhaForwardBase):
         if kv_stages is None:  # auto: the geometry's ring, shallower when a wider kv_tile needs it
             kv_stages = geom.kv_stages
             while kv_stages > 2 and geometry.smem_bytes(d, tile_n, kv_stages, consumers, q_buffers, geom.o_in_q,
-                                                        dtype.width // 8, dv) > geometry.SMEM_CAPACITY:
+                                                        dtype.width // 8, dv, p_operand == "smem") > geometry.SMEM_CAPACITY:
                 kv_stages -= 1
         # dv: V's and O's head dim (FlashAttention-3's hdim_v, e.g. 192/128); staged in Q, WG w's
         # (64, dv) O tile starts at its own (64, d) Q slot (fmha_base._smem_layouts)
         if dv not in geometry.HEAD_DIMS or dv > d:
             raise ValueError(f"dv={dv}: V's head dim must be one of {', '.join(map(str, geometry.HEAD_DIMS))} and at most d={d}")
         o_in_q = geom.o_in_q
+        # P to the PV MMA from registers (RS, FA3's default) or through shared memory (SS)
+        p_smem = p_operand == "smem"
+        if p_smem and schedule == "serial":
+            raise ValueError("p_operand=smem is built for the overlap and pingpong schedules, not serial")
         # a configuration that cannot fit is the user's choice of variants: one line (ValueError)
         if tile_n % 16 or not 16 <= tile_n <= 256:
             raise ValueError(f"kv_tile={tile_n}: a KV tile is a multiple of 16 keys, 16 ... 256 (the PV MMA's K steps)")
-        geometry.check_fits(d, tile_n, kv_stages, consumers, q_buffers, o_in_q, dtype.width // 8, dv)
+        geometry.check_fits(d, tile_n, kv_stages, consumers, q_buffers, o_in_q, dtype.width // 8, dv, p_smem)
         if o_in_q and q_buffers != 1:
             raise ValueError(f"q_buffers={q_buffers} needs O staged apart from Q (d <= 128); d={d} stages O in Q")
-        if consumers == 3 and d not in (64, 128):
-            raise ValueError(f"consumers=3 (192-row Q tiles at 160 registers) is for d = 64 and 128, not d={d}")
+        if consumers == 3 and d not in (64, 128) and not (d == 96 and p_smem):
+            raise ValueError(f"consumers=3 (192-row Q tiles at 160 registers) is for d = 64 and 128 (96 with p_operand=smem), not d={d}")
         # instance attributes shadow the base's class-level 2-WG geometry
         self.num_consumer_wg = consumers
         self.tile_m = consumers * self.wg_rows
         self.tile_n = tile_n
         self.o_in_q = o_in_q
+        self.p_smem = p_smem
         self.num_threads = common.WG_THREADS * (1 + consumers)
         self.consumer_regs, self.producer_regs = REGISTERS[consumers]
         super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages, dv=dv)
@@ -458,7 +464,7 @@ class FmhaForward(FmhaForwardBase):
         tidx, _, _ = cute.arch.thread_idx()
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg_idx = cute.arch.make_warp_uniform(tidx // common.WG_THREADS)
-        (pipeline_q, pipeline_k, pipeline_v, tile_pipe, tile_ids), (sQ, sK, sV, sO) = self._prologue(
+        (pipeline_q, pipeline_k, pipeline_v, tile_pipe, tile_ids), (sQ, sK, sV, sO, sP) = self._prologue(
             warp_idx, (tma_atom_q, tma_atom_k, tma_atom_v, tma_atom_o), (sQ_layout, sK_layout, sV_layout, sO_layout)
         )
 
@@ -518,7 +524,7 @@ class FmhaForward(FmhaForwardBase):
                         load_tile(m_block, head, batch, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, Int32(0)))
         else:
             cute.arch.setmaxregister_increase(self.consumer_regs)
-            regs = self.consumer_registers(tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx % common.WG_THREADS)
+            regs = self.consumer_registers(tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx % common.WG_THREADS, sP, wg_idx - 1)
             kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.kv_stages)
             compute_tile = partial(
                 self.consume_work_tile, tiled_mma_qk, tiled_mma_pv, tma_atom_o, mO, mLSE, sQ, sK, sV, sO,
@@ -613,7 +619,7 @@ class FmhaForward(FmhaForwardBase):
         """varlen, a work tile without work: for a sequence with no keys, its rows get O = 0
         and LSE = -inf (the logsumexp of nothing; softmax=identity: 0); rows past the
         sequence's end are left alone."""
-        thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale = regs
+        thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale, _ = regs
         off_q, len_q, _, _ = self.seq_spans(cu, batch)
         len_q = self.store_limit(mO, off_q, len_q)
         row0 = m_block * self.tile_m + wg * self.wg_rows
@@ -765,17 +771,43 @@ class FmhaForward(FmhaForwardBase):
             tidx, wg, m_block, n_max, seqlen_q, seqlen_k, stamp, n_min, gO_rows,
         )
 
-    def consumer_registers(self, tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg):
-        """A consumer WG's MMA fragments and register tensors (accumulators, P, softmax state)."""
+    def consumer_registers(self, tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg, sP=None, wg=None):
+        """A consumer WG's MMA fragments and register tensors (accumulators, P, softmax state)
+        and, with ``p_smem``, the stmatrix copy of P into the WG's P tile (``hand_over_p``;
+        tOrP is then that tile's A descriptors)."""
         thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O = self._consumer_fragments(
-            tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg
+            tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg, sP
         )
+        p_store = None
+        if const_expr(self.p_smem):
+            tOrP = tOrP[None, None, None, wg]
+            store_atom = cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(transpose=False, num_matrices=4), self.dtype)
+            tiled_store = cute.make_tiled_copy_C(store_atom, tiled_mma_qk)  # P has S's accumulator layout
+            tPsP = tiled_store.get_slice(tidx_wg).partition_D(sP[None, None, wg])
+            probe("tPsP", tPsP)
+            p_store = (tiled_store, tiled_store.get_slice(tidx_wg), tPsP)
         trace_print(tSrS=acc_S_shape, tOrP=tOrP, tOrO=acc_O, p_check=self.p_check)
         softmax = sm.OnlineSoftmax(
             self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]), softcap=self.softcap_constants()
         )
         row_scale = cute.make_rmem_tensor(softmax.num_rows, Float32)
-        return thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale
+        return thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale, p_store
+
+    @cute.jit
+    def hand_over_p(self, acc_S: cute.Tensor, tOrP: cute.Tensor, p_store: cutlass.Constexpr, wg: Int32):
+        """P = acc_S as the PV MMA's A operand: converted into tOrP's registers, or (``p_smem``)
+        converted and stored with stmatrix into the WG's P tile, fenced for the async proxy
+        and the WG's 128 threads synced (the MMA reads the whole tile). The caller has waited
+        for the previous PV MMA, which read the tile."""
+        if const_expr(p_store is None):
+            sm.convert_p(acc_S, tOrP)
+        else:
+            tiled_store, thr_store, tPsP = p_store
+            rP = cute.make_rmem_tensor_like(acc_S, self.dtype)
+            rP.store(acc_S.load().to(self.dtype))
+            cute.copy(tiled_store, thr_store.retile(rP), tPsP)
+            cute.arch.fence_view_async_shared()
+            cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)
 
     @cute.jit
     def produce_d(
@@ -965,7 +997,7 @@ class FmhaForward(FmhaForwardBase):
         ``consumer_registers``, made once per CTA."""
         tidx_wg = tidx % common.WG_THREADS
         stamp(0)
-        thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale = regs
+        thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale, p_store = regs
         softmax.reset()
         acc_O.fill(0.0)
 
@@ -1037,7 +1069,7 @@ class FmhaForward(FmhaForwardBase):
             kv_state = self.consume_overlap(
                 kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
                 tOrP, acc_O, acc_S_shape, softmax, row_scale, mask_fn, wg, n_max, n_masked,
-                no_release if self.o_in_q else release_q, stamp, n_lo=n_lo, n_steps=n_steps,
+                no_release if self.o_in_q else release_q, stamp, n_lo=n_lo, n_steps=n_steps, p_store=p_store,
             )
         if const_expr(self.schedule == "serial" and not self.o_in_q):
             release_q()
@@ -1153,6 +1185,7 @@ class FmhaForward(FmhaForwardBase):
         n_max: Int32,
         mask_fn: cutlass.Constexpr = None,
         n_steps=None,
+        p_store: cutlass.Constexpr = None,
     ) -> pipeline.PipelineState:
         """Steady-state step i (1 <= i < n_steps in visit order: tile n_max - 1 - i; n_steps
         = n_max - n_min, None: n_max). On entry ``kv_state`` is
@@ -1217,7 +1250,7 @@ class FmhaForward(FmhaForwardBase):
         # P_i into the PV operand registers only now: LLVM does not know the PV MMA reads
         # them asynchronously, and a conversion before the wait was coalesced into them
         # (fp16), which made ptxas serialize every wgmma (C7513)
-        sm.convert_p(acc_S, tOrP)
+        self.hand_over_p(acc_S, tOrP, p_store, wg)
         if const_expr(self.is_exp and self.o_rescale == "end"):
             sm.rescale_rows(acc_O, row_scale)  # alpha_i, now that O holds P_{i-1} V_{i-1}
         return kv_state
@@ -1246,6 +1279,7 @@ class FmhaForward(FmhaForwardBase):
         stamp: cutlass.Constexpr = no_stamp,
         n_lo=None,
         n_steps=None,
+        p_store: cutlass.Constexpr = None,
     ) -> pipeline.PipelineState:
         """All KV tiles of one consumer WG (n_steps of them from tile n_max - 1 down;
         n_steps None: n_max), the QK^T MMA and the softmax of tile i overlapping the PV MMA
@@ -1269,13 +1303,13 @@ class FmhaForward(FmhaForwardBase):
         pipeline_k.consumer_release(kv_state)
         mask_fn(acc_S, col_offset=(n_max - 1) * self.tile_n)
         self.softmax_tile(acc_S, softmax, row_scale, True)
-        sm.convert_p(acc_S, tOrP)
+        self.hand_over_p(acc_S, tOrP, p_store, wg)
         stamp(3)
 
         step = partial(
             self.overlap_tile, pipeline_k=pipeline_k, pipeline_v=pipeline_v, tiled_mma_qk=tiled_mma_qk,
             tiled_mma_pv=tiled_mma_pv, tSrQ=tSrQ, tSrK=tSrK, tOrVt=tOrVt, acc_S_shape=acc_S_shape, tOrP=tOrP,
-            acc_O=acc_O, softmax=softmax, row_scale=row_scale, wg=wg, n_max=n_max,
+            acc_O=acc_O, softmax=softmax, row_scale=row_scale, wg=wg, n_max=n_max, p_store=p_store,
         )
         if const_expr(self.left_masked):
             step = partial(step, n_steps=n_steps)
@@ -1341,6 +1375,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
     return {
         "kv_stages": number("kv_stages"),
         "kv_tile": number("kv_tile"),
+        "p_operand": v["p_operand"],
         "schedule": v["schedule"],
         "consumers": number("consumers"),
         "tile_order": v["tile_order"],
