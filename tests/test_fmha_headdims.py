@@ -47,12 +47,19 @@ def test_geometry_fits_and_keeps_the_measured_dims():
             assert g.tile_n % 16 == 0 and g.tile_n <= 256
             assert G.smem_bytes(d, g.tile_n, g.kv_stages, g.consumers, 1, g.o_in_q) <= G.SMEM_CAPACITY
             regs = {2: 240, 3: 160}[g.consumers]
-            assert d // 2 + g.tile_n // 2 + g.tile_n // 4 <= regs - 32, (d, causal)
+            p_regs = 0 if g.p_smem else g.tile_n // 4  # P through shared memory holds no registers
+            assert d // 2 + g.tile_n // 2 + p_regs <= regs - 32, (d, causal)
+            assert G.smem_bytes(d, g.tile_n, g.kv_stages, g.consumers, 1, g.o_in_q, p_smem=g.p_smem) <= G.SMEM_CAPACITY
     assert G.geometry(64, False) == G.Geometry(64, 128, 3, 3, False)
     assert G.geometry(64, True) == G.Geometry(64, 128, 3, 2, False)
     # a softcap with a sliding window spilled 28 B at 3 WGs' 160 registers: 2 WGs then
     assert G.geometry(64, False, capped_window=True) == G.Geometry(64, 128, 3, 2, False)
     assert G.geometry(128, False) == G.geometry(128, True) == G.Geometry(128, 128, 2, 2, False)
+    # d = 96 non-causal: 192-row tiles with P through shared memory, 2 stages beside its tiles
+    # (measured +3-5%); causal, or P kept in registers: 128's shape with a third stage
+    assert G.geometry(96, False) == G.Geometry(96, 128, 2, 3, False, p_smem=True)
+    assert G.geometry(96, True) == G.geometry(96, False, p_smem_ok=False) == G.Geometry(96, 128, 3, 2, False)
+    assert G.smem_bytes(96, 128, 2, 3, 1, False, p_smem=True) == 223232 + 1024
     assert [G.kv_tile(d) for d in G.HEAD_DIMS] == [128, 128, 128, 112, 80]
     # what wb compile reported for the defaults (bytes, dynamic + static)
     assert G.smem_bytes(128, 128, 2, 2, 1, False) == 199680
@@ -92,10 +99,17 @@ def test_kernel_takes_the_geometry_and_refuses_what_cannot_fit():
             assert (k.tile_n, k.kv_stages, k.num_consumer_wg, k.o_in_q) == (g.tile_n, g.kv_stages, g.consumers, g.o_in_q)
             # causal: more than one visited KV tile may need the mask whenever tile_m != tile_n
             assert k.two_masked == (causal and k.tile_m != k.tile_n)
-    assert _kernel(96, q_buffers="2").q_stages == 4  # fits (219 KiB)
+    assert _kernel(96, True, q_buffers="2").q_stages == 4  # fits (219 KiB)
+    assert _kernel(96, q_buffers="2").q_stages == 4  # non-causal too, with 2 WGs (below)
     # the tuning variant's width; kv_stages=auto takes the deepest ring that fits beside it
-    assert (_kernel(96, kv_tile="176").tile_n, _kernel(96, kv_tile="176").kv_stages) == (176, 2)
-    assert _kernel(96, kv_tile="144").kv_stages == 3
+    assert (_kernel(96, True, kv_tile="176").tile_n, _kernel(96, True, kv_tile="176").kv_stages) == (176, 2)
+    assert _kernel(96, True, kv_tile="144").kv_stages == 3
+    # consumers=auto: where d = 96's 192-row tiles with P's tiles do not fit, 2 WGs with P in registers
+    wide = _kernel(96, kv_tile="176")
+    assert (wide.num_consumer_wg, wide.p_smem, wide.kv_stages) == (2, False, 2)
+    assert _kernel(96, q_buffers="2").num_consumer_wg == 2
+    # O staged in Q (o_staging=q) makes room for d = 96's 192 x 144 tile with P in shared memory
+    assert _kernel(96, kv_tile="144", o_staging="q").kv_stages == 2
     with pytest.raises(UserError, match="kv_tile"):
         _kernel(96, kv_tile="88")  # not a choice of kernel.yaml
     for d, variants, words in [
@@ -103,8 +117,9 @@ def test_kernel_takes_the_geometry_and_refuses_what_cannot_fit():
         (192, {"kv_stages": "3"}, "shared memory"),
         (96, {"kv_stages": "4"}, "shared memory"),
         (192, {"consumers": "3"}, "shared memory"),
-        (96, {"consumers": "3"}, "consumers=3"),
+        (96, {"consumers": "3", "p_operand": "regs"}, "consumers=3"),
         (96, {"kv_tile": "192", "kv_stages": "3"}, "shared memory"),
+        (96, {"kv_tile": "144", "consumers": "3"}, "shared memory"),  # 192 x 144, O in its own tile: 237 KiB
     ]:
         with pytest.raises(UserError, match=words):
             _kernel(d, **variants)
@@ -246,7 +261,10 @@ def test_correct_outputs_at_large_d_get_no_explanation(cfg_name):
 # --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("d,causal,tsrs,torp", [
     (256, True, "((2,2,10),1,1):((1,2,4),0,0)", "((2,2,2),1,5):((1,2,4),0,8)"),
-    (96, False, "((2,2,16),1,1):((1,2,4),0,0)", "((2,2,2),1,8):((1,2,4),0,8)"),
+    # d = 96 non-causal: 192-row tiles, P through shared memory: tOrP is the A descriptors of
+    # the 3 WGs' P tiles (MMA, 1, 128 keys / 16, 3)
+    (96, False, "((2,2,16),1,1):((1,2,4),0,0)", "(1,1,(4,2),(1,3)):(0,0,(2,512),(0,1024))"),
+    (96, True, "((2,2,16),1,1):((1,2,4),0,0)", "((2,2,2),1,8):((1,2,4),0,8)"),
 ])
 def test_new_head_dims_compile(d, causal, tsrs, torp):
     """d = 256 causal (80-key tiles, up to three masked visits, O staged in Q, dynamic

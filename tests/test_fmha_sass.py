@@ -122,5 +122,5 @@ def test_p_through_shared_memory_frees_the_registers_of_192_row_tiles_at_d96(fmh
     assert pv and all(a.startswith("gdesc[") for a in pv), pv  # A (P) read by descriptor, never registers
     assert len(re.findall(r"\bSTSM\b", sass)) >= 8  # P stored with stmatrix
     assert all(n <= 12 for n in opcode_counts(rec, fmha_ws, "WARPGROUP"))
-    refused = wb(*args, cwd=fmha_ws, timeout=600)
+    refused = wb(*args, "-V", "p_operand=regs", cwd=fmha_ws, timeout=600)
     assert refused.returncode == 2 and "p_operand=smem" in refused.stderr

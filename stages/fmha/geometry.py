@@ -13,7 +13,7 @@ d/2 fp32, S tile_n/2 fp32, P tile_n/4 32-bit.
 | d   | tile_n | kv_stages | consumers (non-causal / causal) | O staged  | smem     |
 |-----|--------|-----------|----------------------------------|-----------|----------|
 | 64  | 128    | 3         | 3 / 2                            | own tile  | 147 / 131 KiB |
-| 96  | 128    | 3         | 2                                | own tile  | 195 KiB  |
+| 96  | 128    | 2 / 3     | 3 (P in smem) / 2                | own tile  | 218 / 195 KiB |
 | 128 | 128    | 2         | 2                                | own tile  | 195 KiB  |
 | 192 | 112    | 2         | 2                                | in Q      | 218 KiB  |
 | 192, dv <= 128 | 128 | 2   | 2                                | in Q      | 209 KiB  |
@@ -21,11 +21,13 @@ d/2 fp32, S tile_n/2 fp32, P tile_n/4 32-bit.
 
 d = 64 and 128 are what measured fastest on an H200 (docs/perf-notes.md). d = 96, 192 and
 256 were chosen on the CPU by fitting (shared memory, 0 spills in ``wb compile``) and are
-verified on an H200 but not tuned (docs/fmha.md: 192 matches FA4, 256 and 96 trail it): 96 is 128's shape with a third K/V stage (it fits, and at one CTA per SM
-the extra stage costs nothing); 192 and 256 take FlashAttention-3's KV tile widths (112,
+verified on an H200 but only partly tuned (docs/fmha.md: 192 matches FA4, 256 and 96 trail it): 96 causal is 128's shape with a third K/V stage (it fits, and
+at one CTA per SM the extra stage costs nothing); 96 non-causal takes 192-row Q tiles with P
+through shared memory (``p_smem``: 3 WGs at 160 registers hold O 48 + S 64 but not P's 32
+more), 2 stages beside P's tiles, +3-5% on an H200; 192 and 256 take FlashAttention-3's KV tile widths (112,
 80; 128 for d = 192 with dv <= 128, as FA3) with 2 stages, which fit only with O staged in Q's shared memory. 192-row Q tiles
-(3 consumer WGs at 160 registers) are d = 64's alone: for d >= 96 the O accumulator
-does not leave room for S and P.
+(3 consumer WGs at 160 registers) with P in registers are d = 64's alone: for d >= 96 the O
+accumulator does not leave room for S and P.
 """
 
 from __future__ import annotations
@@ -63,25 +65,42 @@ class Geometry:
     kv_stages: int  # K and V ring depth (auto)
     consumers: int  # consumer warpgroups of 64 Q rows (auto)
     o_in_q: bool  # O staged in the Q slots' shared memory
+    p_smem: bool = False  # P to the PV MMA through shared memory (auto)
 
     @property
     def tile_m(self) -> int:
         return WG_ROWS * self.consumers
 
 
-def geometry(d: int, causal: bool = False, capped_window: bool = False, dv: int | None = None) -> Geometry:
+def geometry(d: int, causal: bool = False, capped_window: bool = False, dv: int | None = None,
+             p_smem_ok: bool = True) -> Geometry:
     """Stage D's tile geometry for head dim ``d`` (ValueError for a d it does not serve).
     ``capped_window``: a softcap and a sliding window together (their masked and capped
     steps do not fit 160 registers: d = 64 with 3 WGs spilled 28 B, so 2 WGs). ``dv``: V's
-    head dim (default d); see ``kv_tile``."""
+    head dim (default d); see ``kv_tile``. ``p_smem_ok``: False when P must stay in
+    registers (the serial schedule, or p_operand=regs): d = 96 then takes 2 WGs."""
     if d not in _TABLE:
         raise ValueError(f"d={d} is not a head dim of the FMHA kernel (it serves {', '.join(map(str, HEAD_DIMS))})")
     _, kv_stages, o_in_q = _TABLE[d]
     tile_n = kv_tile(d, dv)
-    # 3 consumer WGs (192-row Q tiles) for d = 64 non-causal only: causal d = 64 with 3
-    # measured 25% slower at s = 1024 on an H100, equal at 8192
-    consumers = 3 if d == 64 and not causal and not capped_window else 2
-    return Geometry(d, tile_n, kv_stages, consumers, o_in_q)
+    # 3 consumer WGs (192-row Q tiles) for d = 64 and 96 non-causal: causal d = 64 with 3
+    # measured 25% slower at s = 1024 on an H100, equal at 8192; d = 96 fits them only with P
+    # through shared memory (O 48 + S 64 + P 32 registers do not fit 160), +3-5% non-causal
+    # and 1-2% slower causal on an H200 (docs/perf-notes.md, round 6)
+    consumers = 3 if (d == 64 or (d == 96 and p_smem_ok)) and not causal and not capped_window else 2
+    p_smem = d == 96 and consumers == 3
+    kv_stages = fitting_kv_stages(d, tile_n, consumers, 1, o_in_q, 2, dv, p_smem)
+    return Geometry(d, tile_n, kv_stages, consumers, o_in_q, p_smem)
+
+
+def fitting_kv_stages(d: int, tile_n: int, consumers: int, q_buffers: int, o_in_q: bool, elem_bytes: int = 2,
+                      dv: int | None = None, p_smem: bool = False) -> int:
+    """The K/V ring depth of ``kv_stages=auto``: the table's for d (3 for 64 and 96, else 2),
+    shallower (down to 2) while the tiles beside it do not fit."""
+    stages = _TABLE[d][1]
+    while stages > 2 and smem_bytes(d, tile_n, stages, consumers, q_buffers, o_in_q, elem_bytes, dv, p_smem) > SMEM_CAPACITY:
+        stages -= 1
+    return stages
 
 
 #: causal d = 64 (consumers=auto): the 192-row kernel (3 consumer WGs) runs from this many

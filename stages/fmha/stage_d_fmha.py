@@ -8,13 +8,14 @@ reads kv head h // (heads / kv_heads)), any m, n >= 1.
 
 Head dims (``geometry.geometry``, one table for the kernel, the fixtures and the mutants):
 KV tiles of ``tile_n`` = 128 keys (112 for d = 192 unless dv <= 128, 80 for d = 256), K/V rings of 3 stages
-(d = 64, 96) or 2, and for d = 192 and 256 the O epilogue staged in the consumer WG's own Q
+(d = 64, causal 96) or 2, 192-row Q tiles for d = 64 and 96 non-causal (96 with P through shared
+memory, ``p_smem``: stmatrix into a (64, tile_n) tile per WG, read by descriptor), and for d = 192 and 256 the O epilogue staged in the consumer WG's own Q
 slot (``o_in_q``: without it they do not fit 227 KiB; the slot is handed back to the
 producer only after the O store has read it, so a persistent CTA loads the next tile's Q
-after this tile's epilogue, its first K before). d = 64 and 128 are tuned on an H200;
-d = 96, 192 and 256 -- their tile shapes and the persistent / q_buffers / kv_stages
-``auto`` choices, the same rules as d = 128 -- are chosen on the CPU by fitting (shared
-memory, 0 spills in ``wb compile``), not measured on a GPU.
+after this tile's epilogue, its first K before). d = 64 and 128 are tuned on an H200, d = 96
+and 192/128's tiles measured there (docs/perf-notes.md, round 6); d = 192 and 256's tile
+shapes and the persistent / q_buffers / kv_stages ``auto`` choices, the same rules as d = 128,
+are chosen on the CPU by fitting (shared memory, 0 spills in ``wb compile``).
 
 It is stage C's kernel grown to the full problem: both subclass ``fmha_base.FmhaForwardBase``
 (same warp-specialized CTA, same pipelines, same per-tile consumer step, same epilogue).
@@ -239,6 +240,7 @@ class FmhaForward(FmhaForwardBase):
         kv_stages=None,
         kv_tile: int | None = None,
         p_operand: str = "auto",
+        o_staging: str = "auto",
         schedule: str = "auto",
         consumers: int | None = None,
         tile_order: str = "auto",
@@ -260,34 +262,37 @@ class FmhaForward(FmhaForwardBase):
         # fastest on an H200, docs/perf-notes.md; for d = 96, 192 and 256 chosen on the CPU by
         # fitting (shared memory, 0 spills), not measured on a GPU. The tile shape per d is
         # ``geometry.geometry``: tile_n (128; 112 for d = 192, 80 for d = 256), kv_stages (3 for
-        # d = 64 and 96, else 2), O staged in Q for d >= 192, consumers 3 (192-row Q tiles) for
-        # d = 64 non-causal without a softcapped window, else 2 (causal d = 64 with 3 measured
+        # d = 64 and 96, else 2; shallower when the tiles beside need it), O staged in Q for d >= 192,
+        # consumers 3 (192-row Q tiles) for d = 64 and 96 (P through shared memory) non-causal
+        # without a softcapped window, else 2 (causal d = 64 with 3 measured
         # 25% slower at s = 1024 on an H100, equal at 8192; softcap + window spill at 160). schedule: pingpong (with 3 consumer WGs it fits 160 registers
         # only with a fresh S accumulator per step, see ``overlap_tile``). persistent: dynamic
         # when causal (longest-first tiles, greedily: +7%), else on (H200: +3-8% non-causal;
         # causal lost 8-11% with round robin). tile_order: lpt when causal.
         capped_window = float(softcap) > 0 and (window_left >= 0 or window_right >= 0)
         dv = d if dv is None else int(dv)
-        geom = geometry.geometry(d, causal, capped_window, dv)
-        if consumers is None:
-            consumers = geom.consumers
         if schedule == "auto":
             schedule = "pingpong"
+        geom = geometry.geometry(d, causal, capped_window, dv, p_smem_ok=schedule != "serial" and p_operand != "regs")
+        tile_n = geom.tile_n if kv_tile is None else int(kv_tile)
+        # O's epilogue tile: the geometry's choice (in Q for d >= 192), or its own / the WG's Q slot
+        o_in_q = geom.o_in_q if o_staging == "auto" else o_staging == "q"
+        if consumers is None:
+            consumers = geom.consumers
+            if geom.p_smem and geometry.smem_bytes(d, tile_n, 2, consumers, q_buffers, o_in_q, dtype.width // 8, dv,
+                                                   True) > geometry.SMEM_CAPACITY:
+                consumers = 2  # d = 96's 192-row tiles and P's tiles leave no room for this kv_tile / q_buffers
         assert consumers in REGISTERS, consumers
         assert q_buffers in (1, 2), q_buffers
-        tile_n = geom.tile_n if kv_tile is None else int(kv_tile)
-        if kv_stages is None:  # auto: the geometry's ring, shallower when a wider kv_tile needs it
-            kv_stages = geom.kv_stages
-            while kv_stages > 2 and geometry.smem_bytes(d, tile_n, kv_stages, consumers, q_buffers, geom.o_in_q,
-                                                        dtype.width // 8, dv, p_operand == "smem") > geometry.SMEM_CAPACITY:
-                kv_stages -= 1
+        # P to the PV MMA from registers (RS, FA3's default) or through shared memory (SS; auto:
+        # d = 96 with 3 consumer WGs, which need it)
+        p_smem = p_operand == "smem" or (p_operand == "auto" and d == 96 and consumers == 3)
+        if kv_stages is None:  # auto: the deepest ring (up to the geometry's) that fits beside the tiles
+            kv_stages = geometry.fitting_kv_stages(d, tile_n, consumers, q_buffers, o_in_q, dtype.width // 8, dv, p_smem)
         # dv: V's and O's head dim (FlashAttention-3's hdim_v, e.g. 192/128); staged in Q, WG w's
         # (64, dv) O tile starts at its own (64, d) Q slot (fmha_base._smem_layouts)
         if dv not in geometry.HEAD_DIMS or dv > d:
             raise ValueError(f"dv={dv}: V's head dim must be one of {', '.join(map(str, geometry.HEAD_DIMS))} and at most d={d}")
-        o_in_q = geom.o_in_q
-        # P to the PV MMA from registers (RS, FA3's default) or through shared memory (SS)
-        p_smem = p_operand == "smem"
         if p_smem and schedule == "serial":
             raise ValueError("p_operand=smem is built for the overlap and pingpong schedules, not serial")
         # a configuration that cannot fit is the user's choice of variants: one line (ValueError)
@@ -1376,6 +1381,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "kv_stages": number("kv_stages"),
         "kv_tile": number("kv_tile"),
         "p_operand": v["p_operand"],
+        "o_staging": v["o_staging"],
         "schedule": v["schedule"],
         "consumers": number("consumers"),
         "tile_order": v["tile_order"],
