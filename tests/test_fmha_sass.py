@@ -108,14 +108,14 @@ def test_stage_d_trace_stamps_only_when_asked(tmp_path):
 
 def test_p_through_shared_memory_frees_the_registers_of_192_row_tiles_at_d96(fmha_ws, wb):
     """p_operand=smem: P goes to the PV MMA through the WG's shared-memory tile (stmatrix, then
-    descriptors), so d = 96 fits 3 consumer WGs (192-row Q tiles) at 160 registers; with P in
-    registers the same tile spills (96 B)."""
+    descriptors), so d = 96 fits 3 consumer WGs (192 x 144 tiles, d = 96's default) at 160
+    registers; with P in registers 192-row tiles spill (96 B at 192 x 128)."""
     args = ["compile", "d", "--d", "96", "-V", "consumers=3", "--keep", "sass", "--json"]
     proc = wb(*args, "-V", "p_operand=smem", cwd=fmha_ws, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rec = json.loads(proc.stdout)
     (kernel,) = rec["resources"]["kernels"]
-    assert "FmhaForward_192x128" in kernel["name"]
+    assert "FmhaForward_192x144" in kernel["name"]
     assert (kernel["spill_store_bytes"], kernel["spill_load_bytes"]) == (0, 0), kernel
     (sass,) = [(fmha_ws / p).read_text() for name, p in rec["artifacts"].items() if name.endswith(".sass")]
     pv = re.findall(r"HGMMA\.64x96x16\S* R\d+, (\S+),", sass)

@@ -13,7 +13,7 @@ d/2 fp32, S tile_n/2 fp32, P tile_n/4 32-bit.
 | d   | tile_n | kv_stages | consumers (non-causal / causal) | O staged  | smem     |
 |-----|--------|-----------|----------------------------------|-----------|----------|
 | 64  | 128    | 3         | 3 / 2                            | own tile  | 147 / 131 KiB |
-| 96  | 128    | 2 / 3     | 3 (P in smem) / 2                | own tile  | 218 / 195 KiB |
+| 96  | 144 / 128 | 2 / 3  | 3 (P in smem) / 2                | in Q / own tile | 201 / 195 KiB |
 | 128 | 128    | 2         | 2                                | own tile  | 195 KiB  |
 | 192 | 112    | 2         | 2                                | in Q      | 218 KiB  |
 | 192, dv <= 128 | 128 | 2   | 2                                | in Q      | 209 KiB  |
@@ -22,9 +22,10 @@ d/2 fp32, S tile_n/2 fp32, P tile_n/4 32-bit.
 d = 64 and 128 are what measured fastest on an H200 (docs/perf-notes.md). d = 96, 192 and
 256 were chosen on the CPU by fitting (shared memory, 0 spills in ``wb compile``) and are
 verified on an H200 but only partly tuned (docs/fmha.md: 192 matches FA4, 256 and 96 trail it): 96 causal is 128's shape with a third K/V stage (it fits, and
-at one CTA per SM the extra stage costs nothing); 96 non-causal takes 192-row Q tiles with P
-through shared memory (``p_smem``: 3 WGs at 160 registers hold O 48 + S 64 but not P's 32
-more), 2 stages beside P's tiles, +3-5% on an H200; 192 and 256 take FlashAttention-3's KV tile widths (112,
+at one CTA per SM the extra stage costs nothing); 96 non-causal takes FlashAttention-4's
+192 x 144 tile with P through shared memory (``p_smem``: 3 WGs at 160 registers hold O 48 + S
+72 but not P's 36 more) and O staged in Q, 2 stages (paged: 192 x 128, O in its own tile),
++4-6% on an H200; 192 and 256 take FlashAttention-3's KV tile widths (112,
 80; 128 for d = 192 with dv <= 128, as FA3) with 2 stages, which fit only with O staged in Q's shared memory. 192-row Q tiles
 (3 consumer WGs at 160 registers) with P in registers are d = 64's alone: for d >= 96 the O
 accumulator does not leave room for S and P.
@@ -73,22 +74,27 @@ class Geometry:
 
 
 def geometry(d: int, causal: bool = False, capped_window: bool = False, dv: int | None = None,
-             p_smem_ok: bool = True) -> Geometry:
+             p_smem_ok: bool = True, paged: bool = False) -> Geometry:
     """Stage D's tile geometry for head dim ``d`` (ValueError for a d it does not serve).
     ``capped_window``: a softcap and a sliding window together (their masked and capped
     steps do not fit 160 registers: d = 64 with 3 WGs spilled 28 B, so 2 WGs). ``dv``: V's
-    head dim (default d); see ``kv_tile``. ``p_smem_ok``: False when P must stay in
-    registers (the serial schedule, or p_operand=regs): d = 96 then takes 2 WGs."""
+    head dim (default d); see ``_table_tile``. ``p_smem_ok``: False when P must stay in
+    registers (the serial schedule, or p_operand=regs): d = 96 then takes 2 WGs. ``paged``:
+    a paged KV cache, whose pages (16 ... 256 keys) need a 128-key tile at d = 96."""
     if d not in _TABLE:
         raise ValueError(f"d={d} is not a head dim of the FMHA kernel (it serves {', '.join(map(str, HEAD_DIMS))})")
     _, kv_stages, o_in_q = _TABLE[d]
-    tile_n = kv_tile(d, dv)
+    tile_n = _table_tile(d, dv)
     # 3 consumer WGs (192-row Q tiles) for d = 64 and 96 non-causal: causal d = 64 with 3
     # measured 25% slower at s = 1024 on an H100, equal at 8192; d = 96 fits them only with P
     # through shared memory (O 48 + S 64 + P 32 registers do not fit 160), +3-5% non-causal
     # and 1-2% slower causal on an H200 (docs/perf-notes.md, round 6)
     consumers = 3 if (d == 64 or (d == 96 and p_smem_ok)) and not causal and not capped_window else 2
     p_smem = d == 96 and consumers == 3
+    if p_smem and not paged:
+        # FlashAttention-4's d = 96 tile, 192 x 144, fits beside P's tiles with O staged in Q:
+        # +4% bf16, +1% fp16 over 192 x 128 on an H200 (docs/perf-notes.md, round 6)
+        tile_n, o_in_q = 144, True
     kv_stages = fitting_kv_stages(d, tile_n, consumers, 1, o_in_q, 2, dv, p_smem)
     return Geometry(d, tile_n, kv_stages, consumers, o_in_q, p_smem)
 
@@ -118,14 +124,22 @@ def long_consumers(d: int, causal: bool, windowed: bool, varlen: bool, paged: bo
     return 3 if d == 64 and causal and not windowed and not varlen and not paged else None
 
 
-def kv_tile(d: int, dv: int | None = None) -> int:
-    """Keys per KV tile of the kernel for head dim ``d`` (and V's ``dv``, default d); 128 for a
-    d outside the table (stages A-C are 128-wide for every d they take). d = 192 with dv <= 128
-    (192/128, MLA's prefill) takes 128-key tiles, as FlashAttention-3 does: a narrower V
+def kv_tile(d: int, dv: int | None = None, causal: bool = False, capped_window: bool = False,
+            paged: bool = False) -> int:
+    """Keys per KV tile of stage D's default kernel for these parameters (``geometry``); 128
+    for a d outside the table (stages A-C are 128-wide for every d they take)."""
+    if d not in _TABLE:
+        return 128
+    return geometry(d, causal, capped_window, dv, paged=paged).tile_n
+
+
+def _table_tile(d: int, dv: int | None = None) -> int:
+    """The table's KV tile for head dim ``d`` (and V's ``dv``, default d). d = 192 with dv <=
+    128 (192/128, MLA's prefill) takes 128-key tiles, as FlashAttention-3 does: a narrower V
     leaves room for them, with O staged in Q."""
     if d == 192 and dv is not None and dv <= 128:
         return 128
-    return _TABLE[d][0] if d in _TABLE else 128
+    return _TABLE[d][0]
 
 
 def smem_bytes(d: int, tile_n: int, kv_stages: int, consumers: int, q_buffers: int, o_in_q: bool, elem_bytes: int = 2,
@@ -139,7 +153,8 @@ def smem_bytes(d: int, tile_n: int, kv_stages: int, consumers: int, q_buffers: i
     kv = kv_stages * tile_n * (d + dv)
     o = 0 if o_in_q else tile_m * dv
     p = tile_m * tile_n if p_smem else 0
-    return (q + kv + o + p) * elem_bytes + SMEM_OVERHEAD[o_in_q]
+    # (the storage with P's tiles puts the mbarriers first, as the one with O's own tile)
+    return (q + kv + o + p) * elem_bytes + SMEM_OVERHEAD[o_in_q and not p_smem]
 
 
 def check_fits(d: int, tile_n: int, kv_stages: int, consumers: int, q_buffers: int, o_in_q: bool, elem_bytes: int = 2,

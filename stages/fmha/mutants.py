@@ -90,8 +90,6 @@ class Problem:
         from stages.fmha.geometry import HEAD_DIMS, LONG_M, kv_tile, long_consumers
         from stages.fmha.geometry import geometry as geometry_of
 
-        self.kv_tile = kv_tile(self.D, v.shape[-1] if v is not None else None)  # the kernel's KV tile width
-        self.T = max(1, -(-self.N // self.kv_tile))
         scale = param_value(cx.params, "scale", param_value(cx.params, "softmax_scale"))
         self.scale = float(scale) if scale is not None else 1.0 / math.sqrt(self.D)
         self.causal = _truthy(param_value(cx.params, "causal", False))
@@ -103,6 +101,11 @@ class Problem:
         self.window_right = wr if (wr >= 0 and not self.causal) else None
         self.windowed = self.window_left is not None or self.window_right is not None
         self.align_param = param_value(cx.params, "align")
+        paged = bool(int(param_value(cx.params, "page_size", 0) or 0))
+        # the kernel's KV tile width (stages/fmha/geometry.py; d = 96 non-causal: 144)
+        self.kv_tile = kv_tile(self.D, v.shape[-1] if v is not None else None, self.causal,
+                               self.softcap > 0 and self.windowed, paged)
+        self.T = max(1, -(-self.N // self.kv_tile))
         # Q tile rows of stage D's kernel (64 per consumer WG; auto: stages/fmha/geometry.py)
         consumers = (cx.variants or {}).get("consumers", "auto")
         auto = geometry_of(self.D, self.causal, self.softcap > 0 and self.windowed).consumers if self.D in HEAD_DIMS else 2
@@ -1208,7 +1211,7 @@ def paged_page_off_by_one(cx):
 def paged_offset_ignored(cx):
     from stages.fmha.geometry import kv_tile
 
-    tile_n = kv_tile(cx.inputs["q"].shape[-1], cx.inputs["v"].shape[-1])
+    tile_n = kv_tile(cx.inputs["q"].shape[-1], cx.inputs["v"].shape[-1], paged=True)  # (a paged tile depends on d, dv only)
     _need(cx.inputs["k"].shape[1] > tile_n, "a page holds one KV tile (page_size <= tile_n)")
 
     def pages_of(bt, r, ps):

@@ -7,9 +7,10 @@ scale = 1/sqrt(d), d in {64, 96, 128, 192, 256}, heads a multiple of kv_heads (G
 reads kv head h // (heads / kv_heads)), any m, n >= 1.
 
 Head dims (``geometry.geometry``, one table for the kernel, the fixtures and the mutants):
-KV tiles of ``tile_n`` = 128 keys (112 for d = 192 unless dv <= 128, 80 for d = 256), K/V rings of 3 stages
-(d = 64, causal 96) or 2, 192-row Q tiles for d = 64 and 96 non-causal (96 with P through shared
-memory, ``p_smem``: stmatrix into a (64, tile_n) tile per WG, read by descriptor), and for d = 192 and 256 the O epilogue staged in the consumer WG's own Q
+KV tiles of ``tile_n`` = 128 keys (144 for d = 96 non-causal, 112 for d = 192 unless dv <= 128, 80 for
+d = 256), K/V rings of 3 stages (d = 64, causal 96) or 2, 192-row Q tiles for d = 64 and 96
+non-causal (96 with P through shared memory, ``p_smem``: stmatrix into a (64, tile_n) tile per
+WG, read by descriptor, and O staged in Q), and for d = 192 and 256 the O epilogue staged in the consumer WG's own Q
 slot (``o_in_q``: without it they do not fit 227 KiB; the slot is handed back to the
 producer only after the O store has read it, so a persistent CTA loads the next tile's Q
 after this tile's epilogue, its first K before). d = 64 and 128 are tuned on an H200, d = 96
@@ -273,15 +274,21 @@ class FmhaForward(FmhaForwardBase):
         dv = d if dv is None else int(dv)
         if schedule == "auto":
             schedule = "pingpong"
-        geom = geometry.geometry(d, causal, capped_window, dv, p_smem_ok=schedule != "serial" and p_operand != "regs")
+        # d = 96's 192-row tiles need P through shared memory and one Q buffer (O staged in Q)
+        p_smem_ok = schedule != "serial" and p_operand != "regs" and q_buffers == 1 and consumers in (None, 3)
+        geom = geometry.geometry(d, causal, capped_window, dv, p_smem_ok=p_smem_ok, paged=int(page_size) > 0)
         tile_n = geom.tile_n if kv_tile is None else int(kv_tile)
         # O's epilogue tile: the geometry's choice (in Q for d >= 192), or its own / the WG's Q slot
         o_in_q = geom.o_in_q if o_staging == "auto" else o_staging == "q"
+        if consumers is None and geom.p_smem and geometry.smem_bytes(
+            d, tile_n, 2, geom.consumers, q_buffers, o_in_q, dtype.width // 8, dv, True
+        ) > geometry.SMEM_CAPACITY:
+            # no room beside P's tiles for this kv_tile: the 2-WG geometry, P in registers
+            geom = geometry.geometry(d, causal, capped_window, dv, p_smem_ok=False, paged=int(page_size) > 0)
+            tile_n = geom.tile_n if kv_tile is None else int(kv_tile)
+            o_in_q = geom.o_in_q if o_staging == "auto" else o_staging == "q"
         if consumers is None:
             consumers = geom.consumers
-            if geom.p_smem and geometry.smem_bytes(d, tile_n, 2, consumers, q_buffers, o_in_q, dtype.width // 8, dv,
-                                                   True) > geometry.SMEM_CAPACITY:
-                consumers = 2  # d = 96's 192-row tiles and P's tiles leave no room for this kv_tile / q_buffers
         assert consumers in REGISTERS, consumers
         assert q_buffers in (1, 2), q_buffers
         # P to the PV MMA from registers (RS, FA3's default) or through shared memory (SS; auto:
