@@ -201,8 +201,7 @@ def test_stage_a_variants_compile(variants):
 
 @needs_dsl
 @pytest.mark.parametrize("activation", ["identity", "swiglu"])
-def test_ptx_has_the_designed_instructions(activation, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # KeepPTX writes the .ptx and .cubin into the working directory
+def test_ptx_has_the_designed_instructions(activation):
     import cutlass
 
     from stages.moe import host
@@ -224,12 +223,11 @@ def test_ptx_has_the_designed_instructions(activation, tmp_path, monkeypatch):
 
 
 @needs_dsl
-def test_cluster_variant_multicasts_half_of_each_w_box(tmp_path, monkeypatch):
+def test_cluster_variant_multicasts_half_of_each_w_box():
     """cluster_m=2: W's four 64-column boxes per stage go out as multicast copies (mask 0b11)
     from both CTAs, each of a half box (k rows 32·rank..: smem offsets 8 KiB apart, the
     rank's 4 KiB shift), A stays a plain copy, each CTA's "full" barrier still expects the
     whole stage (A 16 KiB + W 32 KiB) and consumers also arrive on the peer's "empty" barrier."""
-    monkeypatch.chdir(tmp_path)  # KeepPTX writes the .ptx and .cubin into the working directory
     import cutlass
 
     from stages.moe import host

@@ -176,8 +176,10 @@ def _ptx(letter, d, dtype, softmax="exp"):
     return c.__ptx__
 
 
-def test_stage_a_ptx():
+def test_stage_a_ptx(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     ptx = _ptx("a", 128, "bf16")
+    assert not list(tmp_path.iterdir())  # the PTX is kept on the result, no files left in the working directory
     assert ptx.count("cp.async.bulk.tensor.2d") == 4  # Q and K, two 64-wide boxes each
     assert re.findall(r"mov.b32\s+%r\d+, (\d+);\s+mbarrier.arrive.expect_tx", ptx) == ["65536"]
     assert ptx.count("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16") == 8  # d/16
