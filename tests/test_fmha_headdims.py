@@ -80,6 +80,26 @@ def test_geometry_fits_and_keeps_the_measured_dims():
         G.geometry(12)
 
 
+def test_tiles_resolves_each_auto_to_what_fits():
+    """geometry.tiles (plain Python): the variants' autos for d = 96, where the 192 x 144 tile
+    needs P in shared memory, O staged in Q and one Q buffer, and falls back to 128's shape
+    whenever one of those is taken away; an explicit choice that cannot be built is refused."""
+    t = G.tiles
+    assert t(96) == G.Geometry(96, 144, 2, 3, True, True)
+    assert t(96, paged=True) == G.Geometry(96, 128, 2, 3, False, True)
+    two_wgs = G.Geometry(96, 128, 3, 2, False, False)
+    for kw in ({"causal": True}, {"schedule": "serial"}, {"p_operand": "regs"}, {"q_buffers": 2}, {"consumers": 2},
+               {"o_staging": "own"}):
+        assert t(96, **kw) == two_wgs, kw
+    assert t(96, kv_tile=176) == G.Geometry(96, 176, 2, 2, False, False)  # no room beside P's tiles
+    assert t(192, dv=128) == G.Geometry(192, 128, 2, 2, True, False)
+    assert t(64) == G.Geometry(64, 128, 3, 3, False, False) and t(128, p_operand="smem").p_smem
+    for kw, words in [({"consumers": 3, "p_operand": "regs"}, "consumers=3"), ({"p_operand": "smem", "schedule": "serial"}, "serial"),
+                      ({"kv_tile": 88}, "multiple of 16"), ({"consumers": 3, "o_staging": "own", "kv_tile": 144}, "shared memory")]:
+        with pytest.raises(ValueError, match=words):
+            t(96, **kw)
+
+
 def test_kernel_yaml_d_choices():
     """Stage D offers every head dim of the geometry; stages A-C keep d in (64, 128)."""
     from workbench.kernels.registry import load_kernel

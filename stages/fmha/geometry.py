@@ -99,6 +99,52 @@ def geometry(d: int, causal: bool = False, capped_window: bool = False, dv: int 
     return Geometry(d, tile_n, kv_stages, consumers, o_in_q, p_smem)
 
 
+def tiles(
+    d: int, *, causal: bool = False, capped_window: bool = False, dv: int | None = None, paged: bool = False,
+    schedule: str = "pingpong", consumers: int | None = None, kv_tile: int | None = None, kv_stages: int | None = None,
+    p_operand: str = "auto", o_staging: str = "auto", q_buffers: int = 1, elem_bytes: int = 2,
+) -> Geometry:
+    """The tile shape of one stage D kernel: ``geometry``'s for these parameters with the
+    variants' choices (None / "auto": resolved here to what fits and measured fastest).
+    ValueError (one line) for a combination that cannot be built. ``schedule`` is resolved
+    (not "auto")."""
+    dv = d if dv is None else int(dv)
+    if d in _TABLE and (dv not in HEAD_DIMS or dv > d):
+        raise ValueError(f"dv={dv}: V's head dim must be one of {', '.join(map(str, HEAD_DIMS))} and at most d={d}")
+    # d = 96's 192-row tiles need P through shared memory and one Q buffer (O staged in Q)
+    p_smem_ok = schedule != "serial" and p_operand != "regs" and q_buffers == 1 and consumers in (None, 3)
+    geom = geometry(d, causal, capped_window, dv, p_smem_ok=p_smem_ok, paged=paged)
+
+    def shape_of(g: Geometry) -> tuple[int, bool]:
+        # the KV tile (the kv_tile variant's, or the geometry's) and where O is staged
+        return (g.tile_n if kv_tile is None else int(kv_tile)), (g.o_in_q if o_staging == "auto" else o_staging == "q")
+
+    tile_n, o_in_q = shape_of(geom)
+    if consumers is None and geom.p_smem and smem_bytes(
+        d, tile_n, 2, geom.consumers, q_buffers, o_in_q, elem_bytes, dv, True
+    ) > SMEM_CAPACITY:
+        # no room beside P's tiles for this kv_tile / O staging: the 2-WG geometry, P in registers
+        geom = geometry(d, causal, capped_window, dv, p_smem_ok=False, paged=paged)
+        tile_n, o_in_q = shape_of(geom)
+    if consumers is None:
+        consumers = geom.consumers
+    # P to the PV MMA from registers (RS, FA3's default) or through shared memory (SS; auto:
+    # d = 96 with 3 consumer WGs, which need it)
+    p_smem = p_operand == "smem" or (p_operand == "auto" and d == 96 and consumers == 3)
+    if kv_stages is None:
+        kv_stages = fitting_kv_stages(d, tile_n, consumers, q_buffers, o_in_q, elem_bytes, dv, p_smem)
+    if p_smem and schedule == "serial":
+        raise ValueError("p_operand=smem is built for the overlap and pingpong schedules, not serial")
+    if tile_n % 16 or not 16 <= tile_n <= 256:
+        raise ValueError(f"kv_tile={tile_n}: a KV tile is a multiple of 16 keys, 16 ... 256 (the PV MMA's K steps)")
+    check_fits(d, tile_n, kv_stages, consumers, q_buffers, o_in_q, elem_bytes, dv, p_smem)
+    if o_in_q and q_buffers != 1:
+        raise ValueError(f"q_buffers={q_buffers} needs O staged apart from Q (d <= 128); d={d} stages O in Q")
+    if consumers == 3 and d not in (64, 128) and not (d == 96 and p_smem):
+        raise ValueError(f"consumers=3 (192-row Q tiles at 160 registers) is for d = 64 and 128 (96 with p_operand=smem), not d={d}")
+    return Geometry(d, tile_n, kv_stages, consumers, o_in_q, p_smem)
+
+
 def fitting_kv_stages(d: int, tile_n: int, consumers: int, q_buffers: int, o_in_q: bool, elem_bytes: int = 2,
                       dv: int | None = None, p_smem: bool = False) -> int:
     """The K/V ring depth of ``kv_stages=auto``: the table's for d (3 for 64 and 96, else 2),

@@ -259,57 +259,26 @@ class FmhaForward(FmhaForwardBase):
         paged_bug: str = "none",
         dv: int | None = None,
     ):
-        # What ``auto`` means (kernel.yaml lists the choices): for d = 64 and 128 what measured
-        # fastest on an H200, docs/perf-notes.md; for d = 96, 192 and 256 chosen on the CPU by
-        # fitting (shared memory, 0 spills), not measured on a GPU. The tile shape per d is
-        # ``geometry.geometry``: tile_n (128; 112 for d = 192, 80 for d = 256), kv_stages (3 for
-        # d = 64 and 96, else 2; shallower when the tiles beside need it), O staged in Q for d >= 192,
-        # consumers 3 (192-row Q tiles) for d = 64 and 96 (P through shared memory) non-causal
-        # without a softcapped window, else 2 (causal d = 64 with 3 measured
-        # 25% slower at s = 1024 on an H100, equal at 8192; softcap + window spill at 160). schedule: pingpong (with 3 consumer WGs it fits 160 registers
-        # only with a fresh S accumulator per step, see ``overlap_tile``). persistent: dynamic
-        # when causal (longest-first tiles, greedily: +7%), else on (H200: +3-8% non-causal;
-        # causal lost 8-11% with round robin). tile_order: lpt when causal.
+        # What ``auto`` means (kernel.yaml lists the choices; docs/perf-notes.md the measurements).
+        # The tile shape (KV tile, ring depth, consumer WGs, O staged in Q, P through shared
+        # memory) is ``geometry.tiles``, its table and reasons in stages/fmha/geometry.py.
+        # schedule: pingpong (with 3 consumer WGs it fits 160 registers only with a fresh S
+        # accumulator per step, see ``overlap_tile``). persistent: dynamic when causal
+        # (longest-first tiles, greedily: +7%), else on (H200: +3-8% non-causal; causal lost
+        # 8-11% with round robin). tile_order: lpt when causal.
         capped_window = float(softcap) > 0 and (window_left >= 0 or window_right >= 0)
-        dv = d if dv is None else int(dv)
         if schedule == "auto":
             schedule = "pingpong"
-        # d = 96's 192-row tiles need P through shared memory and one Q buffer (O staged in Q)
-        p_smem_ok = schedule != "serial" and p_operand != "regs" and q_buffers == 1 and consumers in (None, 3)
-        geom = geometry.geometry(d, causal, capped_window, dv, p_smem_ok=p_smem_ok, paged=int(page_size) > 0)
-        tile_n = geom.tile_n if kv_tile is None else int(kv_tile)
-        # O's epilogue tile: the geometry's choice (in Q for d >= 192), or its own / the WG's Q slot
-        o_in_q = geom.o_in_q if o_staging == "auto" else o_staging == "q"
-        if consumers is None and geom.p_smem and geometry.smem_bytes(
-            d, tile_n, 2, geom.consumers, q_buffers, o_in_q, dtype.width // 8, dv, True
-        ) > geometry.SMEM_CAPACITY:
-            # no room beside P's tiles for this kv_tile: the 2-WG geometry, P in registers
-            geom = geometry.geometry(d, causal, capped_window, dv, p_smem_ok=False, paged=int(page_size) > 0)
-            tile_n = geom.tile_n if kv_tile is None else int(kv_tile)
-            o_in_q = geom.o_in_q if o_staging == "auto" else o_staging == "q"
-        if consumers is None:
-            consumers = geom.consumers
+        # every auto of the tile shape resolved, and a combination that cannot be built refused
+        # in one line (ValueError): geometry.tiles
+        geom = geometry.tiles(
+            d, causal=causal, capped_window=capped_window, dv=dv, paged=int(page_size) > 0, schedule=schedule,
+            consumers=consumers, kv_tile=kv_tile, kv_stages=kv_stages, p_operand=p_operand, o_staging=o_staging,
+            q_buffers=q_buffers, elem_bytes=dtype.width // 8,
+        )
+        consumers, tile_n, kv_stages, o_in_q, p_smem = geom.consumers, geom.tile_n, geom.kv_stages, geom.o_in_q, geom.p_smem
+        dv = d if dv is None else int(dv)
         assert consumers in REGISTERS, consumers
-        assert q_buffers in (1, 2), q_buffers
-        # P to the PV MMA from registers (RS, FA3's default) or through shared memory (SS; auto:
-        # d = 96 with 3 consumer WGs, which need it)
-        p_smem = p_operand == "smem" or (p_operand == "auto" and d == 96 and consumers == 3)
-        if kv_stages is None:  # auto: the deepest ring (up to the geometry's) that fits beside the tiles
-            kv_stages = geometry.fitting_kv_stages(d, tile_n, consumers, q_buffers, o_in_q, dtype.width // 8, dv, p_smem)
-        # dv: V's and O's head dim (FlashAttention-3's hdim_v, e.g. 192/128); staged in Q, WG w's
-        # (64, dv) O tile starts at its own (64, d) Q slot (fmha_base._smem_layouts)
-        if dv not in geometry.HEAD_DIMS or dv > d:
-            raise ValueError(f"dv={dv}: V's head dim must be one of {', '.join(map(str, geometry.HEAD_DIMS))} and at most d={d}")
-        if p_smem and schedule == "serial":
-            raise ValueError("p_operand=smem is built for the overlap and pingpong schedules, not serial")
-        # a configuration that cannot fit is the user's choice of variants: one line (ValueError)
-        if tile_n % 16 or not 16 <= tile_n <= 256:
-            raise ValueError(f"kv_tile={tile_n}: a KV tile is a multiple of 16 keys, 16 ... 256 (the PV MMA's K steps)")
-        geometry.check_fits(d, tile_n, kv_stages, consumers, q_buffers, o_in_q, dtype.width // 8, dv, p_smem)
-        if o_in_q and q_buffers != 1:
-            raise ValueError(f"q_buffers={q_buffers} needs O staged apart from Q (d <= 128); d={d} stages O in Q")
-        if consumers == 3 and d not in (64, 128) and not (d == 96 and p_smem):
-            raise ValueError(f"consumers=3 (192-row Q tiles at 160 registers) is for d = 64 and 128 (96 with p_operand=smem), not d={d}")
         # instance attributes shadow the base's class-level 2-WG geometry
         self.num_consumer_wg = consumers
         self.tile_m = consumers * self.wg_rows
