@@ -21,13 +21,14 @@ d/2 fp32, S tile_n/2 fp32, P tile_n/4 32-bit.
 
 d = 64 and 128 are what measured fastest on an H200 (docs/perf-notes.md). d = 96, 192 and
 256 were chosen on the CPU by fitting (shared memory, 0 spills in ``wb compile``) and are
-verified on an H200 but only partly tuned (docs/fmha.md: 192 matches FA4, 256 and 96 trail it): 96 causal is 128's shape with a third K/V stage (it fits, and
-at one CTA per SM the extra stage costs nothing); 96 non-causal takes FlashAttention-4's
-192 x 144 tile with P through shared memory (``p_smem``: 3 WGs at 160 registers hold O 48 + S
-72 but not P's 36 more) and O staged in Q, 2 stages (paged: 192 x 128, O in its own tile),
-+4-6% on an H200; 192 and 256 take FlashAttention-3's KV tile widths (112,
-80; 128 for d = 192 with dv <= 128, as FA3) with 2 stages, which fit only with O staged in Q's shared memory. 192-row Q tiles
-(3 consumer WGs at 160 registers) with P in registers are d = 64's alone: for d >= 96 the O
+verified on an H200 but only partly tuned (docs/fmha.md: 192 matches FA4, 256 and 96 trail
+it by 1-4%): 96 causal is 128's shape with a third K/V stage (it fits, and at one CTA per SM
+the extra stage costs nothing); 96 non-causal takes FlashAttention-4's 192 x 144 tile with P
+through shared memory (``p_smem``: 3 WGs at 160 registers hold O 48 + S 72 but not P's 36
+more) and O staged in Q, 2 stages (paged: 192 x 128, O in its own tile), +4-6% on an H200;
+192 and 256 take FlashAttention-3's KV tile widths (112, 80; 128 for d = 192 with dv <= 128,
+as FA3) with 2 stages, which fit only with O staged in Q's shared memory. 192-row Q tiles (3
+consumer WGs at 160 registers) with P in registers are d = 64's alone: for d >= 96 the O
 accumulator does not leave room for S and P.
 """
 
