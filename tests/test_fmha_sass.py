@@ -36,18 +36,22 @@ def opcode_counts(rec: dict, ws: Path, opcode: str) -> list[int]:
     return [len(re.findall(pattern, (ws / path).read_text(), re.M)) for path in paths]
 
 
-@pytest.mark.parametrize("d,causal", [(64, "false"), (64, "true"), (128, "false"), (128, "true")])
+@pytest.mark.parametrize("d,causal", [(64, "false"), (64, "true"), (128, "false"), (128, "true"), (96, "false"),
+                                     (96, "true"), (192, "true"), (256, "false")])
 def test_stage_d_defaults_do_not_spill(fmha_ws, wb, d, causal):
     """Each default stage-D configuration fits its registers, every kernel of it (causal d=64
-    builds a 128-row and a 192-row kernel). A spilling schedule ran at a third of the speed on
-    an H200 (d=64 with 3 consumer WGs and pingpong: 124 vs 315 TFLOP/s)."""
+    builds a 128-row and a 192-row kernel), each named by the geometry's tile. A spilling
+    schedule ran at a third of the speed on an H200 (d=64 with 3 consumer WGs and pingpong:
+    124 vs 315 TFLOP/s)."""
+    from stages.fmha import geometry as G
+
     proc = wb("compile", "d", "--d", str(d), "-p", f"causal={causal}", "--keep", "sass", "--json", cwd=fmha_ws, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rec = json.loads(proc.stdout)
     kernels = rec["resources"]["kernels"]
-    assert [k["name"].split("FmhaForward_")[1][:7] for k in kernels] == (
-        ["128x128", "192x128"] if (d, causal) == (64, "true") else [f"{64 * (3 if d == 64 else 2)}x128"]
-    ), [k["name"] for k in kernels]
+    tiles = G.tiles(d, causal=causal == "true")
+    expected = [f"{tiles.consumers * 64}x{tiles.tile_n}_"] + (["192x128_"] if (d, causal) == (64, "true") else [])
+    assert [k["name"].split("FmhaForward_")[1].split("_")[0] + "_" for k in kernels] == expected, [k["name"] for k in kernels]
     for kernel in kernels:
         assert (kernel["spill_store_bytes"], kernel["spill_load_bytes"]) == (0, 0), kernel
     # no wgmma serialization (ptxas C7512/C7513 put a WARPGROUP.DEPBAR behind every HGMMA: 32;
