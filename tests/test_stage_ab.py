@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -177,9 +178,14 @@ def _ptx(letter, d, dtype, softmax="exp"):
 
 
 def test_stage_a_ptx(tmp_path, monkeypatch):
+    from cutlass.cutlass_dsl import CuTeDSL
+
+    # the DSL's default folder for kept files (the working directory at its import): none land there
+    dump_default = Path(CuTeDSL._get_dsl().envar.dump_dir)
+    before = set(dump_default.glob("cutlass___*"))
     monkeypatch.chdir(tmp_path)
     ptx = _ptx("a", 128, "bf16")
-    assert not list(tmp_path.iterdir())  # the PTX is kept on the result, no files left in the working directory
+    assert not list(tmp_path.iterdir()) and set(dump_default.glob("cutlass___*")) == before
     assert ptx.count("cp.async.bulk.tensor.2d") == 4  # Q and K, two 64-wide boxes each
     assert re.findall(r"mov.b32\s+%r\d+, (\d+);\s+mbarrier.arrive.expect_tx", ptx) == ["65536"]
     assert ptx.count("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16") == 8  # d/16

@@ -45,9 +45,10 @@ def cute_dtype(name: str):
 def compile_for(arch: str, fn, *args, keep_ptx: bool = False):
     """cute.compile for ``arch`` (e.g. 'sm_90a'); needs no GPU. The arch is passed as a
     compile option, so CUTE_DSL_ARCH need not be set (it is read once, at import).
-    ``keep_ptx``: keep the PTX and cubin on the result (``.__ptx__``, ``.__cubin__``); the DSL
-    also writes them as files, into a temporary folder here (its default is the working
-    directory) unless a ``wb compile`` trace named the folder."""
+    ``keep_ptx``: keep the PTX and cubin on the result (``.__ptx__``, ``.__cubin__``), for
+    tests and tools that read them; the DSL also writes them as files, here into a temporary
+    folder (its default is the working directory at import). ``wb compile`` keeps a stage's
+    files through its own trace (workbench.compile.trace), with keep_ptx off."""
     import cutlass.cute as cute
 
     opts = [cute.GPUArch(arch)]
@@ -56,14 +57,10 @@ def compile_for(arch: str, fn, *args, keep_ptx: bool = False):
     if not keep_ptx:
         return cute.compile[tuple(opts)](fn, *args)
     import tempfile
-    from pathlib import Path
 
     from cutlass.base_dsl.compiler import DumpDir
-    from cutlass.cutlass_dsl import CuTeDSL
 
     opts += [cute.KeepPTX(), cute.KeepCUBIN()]
-    if Path(CuTeDSL._get_dsl().envar.dump_dir).resolve() != Path.cwd().resolve():
-        return cute.compile[tuple(opts)](fn, *args)  # tracing(dump_dir=...) chose the folder
     with tempfile.TemporaryDirectory(prefix="wb-ptx-") as folder:
         return cute.compile[tuple(opts + [DumpDir(folder)])](fn, *args)
 
