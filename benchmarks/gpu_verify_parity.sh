@@ -81,8 +81,9 @@ for part in ${@:-mask softcap headdim dv longtile varlen paged}; do
       wb sweep d --n 4096 --d 64 --dtype bf16 -p causal=true -p softcap=30 -p batch=1 -p heads=2 --timeout "$T"
       ;;
     headdim)
-      # d = 96, 192, 256 (KV tiles of 128, 112, 80 keys; O staged in Q's smem for 192/256):
-      # 14 compiles, 58 cases, batch 2 x 2 query heads on 1 KV head (GQA 2:1)
+      # d = 96, 192, 256 (KV tiles of 128, 112, 80 keys; d = 96 non-causal 192 x 144 with P through
+      # shared memory; O staged in Q's smem for 192/256 and d = 96 non-causal): 14 compiles, 58 cases,
+      # batch 2 x 2 query heads on 1 KV head (GQA 2:1)
       H="-p batch=2 -p heads=2 -p kv_heads=1"
       wb sweep d --n 1,17,128,1000,4096 --d 96,192,256 --dtype bf16 -p causal=false,true $H --timeout "$T"
       wb sweep d --n 17,1000 --d 96,192,256 --dtype fp16 -p causal=false,true $H --timeout "$T"
@@ -91,6 +92,9 @@ for part in ${@:-mask softcap headdim dv longtile varlen paged}; do
       # O staged in Q without the persistent loop, and with the serial schedule's Q release
       wb sweep d --n 17,1000 --d 256 --dtype bf16 -p causal=true $H -V persistent=off --timeout "$T"
       wb sweep d --n 17,1000 --d 192 --dtype bf16 -p causal=false $H -V schedule=serial --timeout "$T"
+      # d = 96 non-causal's fallbacks to 2 WGs with P in registers (serial), and 192 x 128 (paged)
+      wb sweep d --n 17,1000 --d 96 --dtype bf16 -p causal=false $H -V schedule=serial --timeout "$T"
+      wb sweep d --n 17,1000 --d 96 --dtype bf16 -p causal=false -p page_size=32 $H --timeout "$T"
       # the features together: big head dims with a bottom-right local causal window and a softcap
       wb sweep d --n 1000,4096 -p m=1000 --d 192,256 --dtype bf16 -p causal=true -p align=bottom_right \
         -p window_left=512 -p softcap=30 $H --timeout "$T"
