@@ -32,6 +32,10 @@
 #               then default vs q_buffers=2 interleaved twice (about 3 minutes)
 # PHASE perf:   `wb bench d --sweep` over DESIGN.md's table, both dtypes, every peer:
 #               writes docs/perf.md (about 5 minutes)
+# PHASE d96:    d = 96 causal, the largest gap left (x0.96 of FA4, which runs 192 x 128 with P in
+#               shared memory there): 192-row causal candidates checked by a sweep, then timed
+#               beside the default and FA4 twice, interleaved, and a trace of the default and of
+#               the 3-WG kernel (about 5 minutes)
 # Every command has its own hang timeout; `timeout` bounds each step as a backstop.
 set -u
 export COLUMNS=${COLUMNS:-220}
@@ -212,12 +216,31 @@ verify)
   step "bench the defaults, d=64 and d=128, s 1024/4096/8192 (fa4 beside)"
   timeout 200 wb bench d -p n=1024,4096,8192 -p d=64,128 --peers fa4 --timeout 190 | table_rows 170
   ;;
+d96)
+  C3="-V consumers=3"  # with p_operand=auto: P through shared memory, 192 x 128, O in its own tile
+  step "sweep of the 192-row causal candidates (n with tails, GQA; 16 cases)"
+  for v in "$C3" "$C3 -V o_staging=q" "$C3 -V o_staging=q -V kv_tile=144" "$C3 -V tile_order=natural"; do
+    timeout 120 wb sweep d --n 17,1000,4096,8192 --d 96 -p causal=true -p kv_heads=2 $v --timeout 40 | sweep_verdicts
+  done
+  for round in 1 2; do
+    step "round $round: default (2 WGs, P in registers) and FA4, then each candidate (s 4096/8192)"
+    timeout 150 wb bench d -p d=96 -p n=4096,8192 -p causal=true -p dtype=bf16,fp16 --peers fa4 --timeout 140 | table_rows 170
+    for v in "$C3" "$C3 -V o_staging=q" "$C3 -V o_staging=q -V kv_tile=144" "$C3 -V tile_order=natural"; do
+      echo "--- $v"
+      timeout 120 wb bench d -p d=96 -p n=4096,8192 -p causal=true -p dtype=bf16 $v --peers "" --timeout 110 | table_rows 170
+    done
+  done
+  step "traces: where the 3-WG causal kernel's time goes (per-tile stamps, docs/perf-notes.md round 4)"
+  for v in "" "$C3"; do
+    timeout 120 wb run d --d 96 --n 8192 -p batch=2 -p heads=21 -p causal=true -f random --seeds 1 --trace $v | grep -a -A6 "^trace:"
+  done
+  ;;
 perf)
   step "wb bench d --sweep (docs/perf.md) with every peer"
   cpeers="fa4,sdpa-cudnn,sdpa-flash"; [ -n "${WB_CUTLASS_EXAMPLES:-}" ] && cpeers="$cpeers,cutlass-example"
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96" >&2; exit 2 ;;
 esac
 step done
