@@ -26,6 +26,8 @@ def assert_one_line_error(proc, *fragments):
         (["run", "a", "--n", "8192"], ["above the maximum 4096"]),
         (["run", "a", "--dtype", "fp8"], ["dtype=fp8 is not allowed", "bf16, fp16"]),
         (["run", "a", "-p", "m=3"], ["has no parameter 'm'"]),
+        (["run", "a", "--n", "256", "-p", "n=512"], ["parameter n is given twice (--n and -p n=...)"]),
+        (["compile", "a", "--n", "256", "-p", "n=128"], ["parameter n is given twice"]),
         (["run", "a", "-p", "n"], ["must look like key=value"]),
         (["run", "a", "-V", "bug=maybe"], ["variant bug=maybe is not allowed"]),
         (["run", "a", "-V", "sofmax=exp"], ["has no variant 'sofmax'"]),

@@ -27,8 +27,10 @@ def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
 def stage_overrides(n, d, dtype, params: list[str] | None, size: str = "n") -> dict[str, str]:
     """-p pairs plus the shorthands; --n sets the stage's size parameter (kernel.yaml `size:`)."""
     overrides = parse_pairs(params, "--param")
-    for key, value in ((size, n), ("d", d), ("dtype", dtype)):
+    for key, flag, value in ((size, "n", n), ("d", "d", d), ("dtype", "dtype", dtype)):
         if value is not None:
+            if key in overrides:  # as `wb sweep`: which one was meant is the user's to say
+                raise UserError(f"parameter {key} is given twice (--{flag} and -p {key}=...)")
             overrides[key] = str(value)
     return overrides
 
