@@ -92,6 +92,14 @@ def make_tma_load(gmem: cute.Tensor, smem_layout, tile: tuple):
     )
 
 
+def make_stmatrix_store(dtype: Type[cutlass.Numeric], tiled_mma: cute.TiledMma) -> cute.TiledCopy:
+    """stmatrix (8x8 16-bit matrices, four per instruction) laid out as ``tiled_mma``'s
+    accumulator: stores a converted accumulator (O, or P in S's layout) into shared memory by
+    coordinate, so the smem tile's own (swizzled) layout decides where each element lands."""
+    atom = cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(transpose=False, num_matrices=4), dtype)
+    return cute.make_tiled_copy_C(atom, tiled_mma)
+
+
 def tma_tile_bytes(dtype: Type[cutlass.Numeric], smem_layout) -> int:
     """Bytes one TMA load of one stage of ``smem_layout`` delivers (the mbarrier tx count)."""
     if const_expr(cute.rank(smem_layout) == 3):

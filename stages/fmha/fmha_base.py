@@ -153,69 +153,37 @@ class FmhaForwardBase:
         return common.make_kmajor_smem_layout(self.dtype, self.wg_rows, self.tile_n, self.num_consumer_wg)
 
     def _shared_storage(self, sQ_layout, sK_layout, sV_layout, sO_layout):
+        """The CTA's shared storage: the Q/K/V mbarriers, the Q, K, V tiles, O's own tile
+        (unless staged in Q), P's tiles (``p_smem``), and stage D's dynamic tile scheduler's
+        2-slot ring of work-tile ids with its mbarriers. With O staged in Q and no P tiles the
+        tiles come first: the mbarriers after them need no 1 KiB alignment gap (d = 256 fits
+        227 KiB with 1 KiB to spare; geometry.SMEM_OVERHEAD)."""
         nq, nkv = self.q_stages, self.kv_stages
-        if const_expr(self.p_smem):
-            return self._shared_storage_p(sQ_layout, sK_layout, sV_layout, sO_layout)
         if const_expr(self.o_in_q):
-            return self._shared_storage_o_in_q(sQ_layout, sK_layout, sV_layout)
-
-        @cute.struct
-        class SharedStorage:
-            mbar_q: cute.struct.MemRange[cutlass.Int64, 2 * nq]
-            mbar_k: cute.struct.MemRange[cutlass.Int64, 2 * nkv]
-            mbar_v: cute.struct.MemRange[cutlass.Int64, 2 * nkv]
-            sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024]
-            sK: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024]
-            sV: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sV_layout)], 1024]
-            sO: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sO_layout)], 1024]
-            # stage D's dynamic tile scheduler: a 2-slot ring of work-tile ids and its mbarriers
-            tile_ids: cute.struct.MemRange[cutlass.Int32, 2]
-            mbar_tile: cute.struct.MemRange[cutlass.Int64, 4]
-
-        return SharedStorage
-
-    def _shared_storage_o_in_q(self, sQ_layout, sK_layout, sV_layout):
-        """The storage without an O tile (O is staged in the Q slots, ``o_in_q``), tiles
-        first: the mbarriers after them need no 1 KiB alignment gap (d = 256 fits 227 KiB
-        with 1 KiB to spare)."""
-        nq, nkv = self.q_stages, self.kv_stages
-        assert nq == self.num_consumer_wg, "O staged in Q needs one Q slot per consumer WG"
-
-        @cute.struct
-        class SharedStorageOInQ:
-            sQ: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sQ_layout)], 1024]
-            sK: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sK_layout)], 1024]
-            sV: cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(sV_layout)], 1024]
-            mbar_q: cute.struct.MemRange[cutlass.Int64, 2 * nq]
-            mbar_k: cute.struct.MemRange[cutlass.Int64, 2 * nkv]
-            mbar_v: cute.struct.MemRange[cutlass.Int64, 2 * nkv]
-            tile_ids: cute.struct.MemRange[cutlass.Int32, 2]
-            mbar_tile: cute.struct.MemRange[cutlass.Int64, 4]
-
-        return SharedStorageOInQ
-
-    def _shared_storage_p(self, sQ_layout, sK_layout, sV_layout, sO_layout):
-        """The storage with a P tile per consumer WG (``p_smem``): mbarriers, Q, K, V, O
-        (unless staged in Q), P, the scheduler's ring."""
-        nq, nkv = self.q_stages, self.kv_stages
+            assert nq == self.num_consumer_wg, "O staged in Q needs one Q slot per consumer WG"
 
         def tile(layout):
             return cute.struct.Align[cute.struct.MemRange[self.dtype, cute.cosize(layout)], 1024]
 
-        fields = {
+        barriers = {
             "mbar_q": cute.struct.MemRange[cutlass.Int64, 2 * nq],
             "mbar_k": cute.struct.MemRange[cutlass.Int64, 2 * nkv],
             "mbar_v": cute.struct.MemRange[cutlass.Int64, 2 * nkv],
-            "sQ": tile(sQ_layout),
-            "sK": tile(sK_layout),
-            "sV": tile(sV_layout),
         }
+        tiles = {"sQ": tile(sQ_layout), "sK": tile(sK_layout), "sV": tile(sV_layout)}
         if const_expr(not self.o_in_q):
-            fields["sO"] = tile(sO_layout)
-        fields["sP"] = tile(self._sP_layout())
-        fields["tile_ids"] = cute.struct.MemRange[cutlass.Int32, 2]
-        fields["mbar_tile"] = cute.struct.MemRange[cutlass.Int64, 4]
-        return cute.struct(type("SharedStorageP", (), {"__annotations__": fields}))
+            tiles["sO"] = tile(sO_layout)
+        if const_expr(self.p_smem):
+            tiles["sP"] = tile(self._sP_layout())
+        scheduler = {
+            "tile_ids": cute.struct.MemRange[cutlass.Int32, 2],
+            "mbar_tile": cute.struct.MemRange[cutlass.Int64, 4],
+        }
+        if const_expr(self.o_in_q and not self.p_smem):
+            fields = {**tiles, **barriers, **scheduler}
+        else:
+            fields = {**barriers, **tiles, **scheduler}
+        return cute.struct(type("SharedStorage", (), {"__annotations__": fields}))
 
     # ---- host --------------------------------------------------------------------------
 
@@ -427,8 +395,7 @@ class FmhaForwardBase:
         caller waits before sO_wg is written again, and before the CTA exits)."""
         rO = cute.make_rmem_tensor_like(acc_O, self.dtype)
         rO.store(acc_O.load().to(self.dtype))
-        store_atom = cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(transpose=False, num_matrices=4), self.dtype)
-        tiled_store = cute.make_tiled_copy_C(store_atom, tiled_mma_pv)
+        tiled_store = common.make_stmatrix_store(self.dtype, tiled_mma_pv)
         thr_store = tiled_store.get_slice(tidx_wg)
         tOrO = thr_store.retile(rO)
         tOsO = thr_store.partition_D(sO_wg)

@@ -91,7 +91,7 @@ def geometry(d: int, causal: bool = False, capped_window: bool = False, dv: int 
     # through shared memory (O 48 + S 64 + P 32 registers do not fit 160), +3-5% non-causal
     # and 1-2% slower causal on an H200 (docs/perf-notes.md, round 6)
     consumers = 3 if (d == 64 or (d == 96 and p_smem_ok)) and not causal and not capped_window else 2
-    p_smem = d == 96 and consumers == 3
+    p_smem = needs_p_smem(d, consumers)
     if p_smem and not paged:
         # FlashAttention-4's d = 96 tile, 192 x 144, fits beside P's tiles with O staged in Q:
         # +4% bf16, +1% fp16 over 192 x 128 on an H200 (docs/perf-notes.md, round 6)
@@ -131,7 +131,7 @@ def tiles(
         consumers = geom.consumers
     # P to the PV MMA from registers (RS, FA3's default) or through shared memory (SS; auto:
     # d = 96 with 3 consumer WGs, which need it)
-    p_smem = p_operand == "smem" or (p_operand == "auto" and d == 96 and consumers == 3)
+    p_smem = p_operand == "smem" or (p_operand == "auto" and needs_p_smem(d, consumers))
     if kv_stages is None:
         kv_stages = fitting_kv_stages(d, tile_n, consumers, q_buffers, o_in_q, elem_bytes, dv, p_smem)
     if p_smem and schedule == "serial":
@@ -144,6 +144,12 @@ def tiles(
     if consumers == 3 and d not in (64, 128) and not (d == 96 and p_smem):
         raise ValueError(f"consumers=3 (192-row Q tiles at 160 registers) is for d = 64 and 128 (96 with p_operand=smem), not d={d}")
     return Geometry(d, tile_n, kv_stages, consumers, o_in_q, p_smem)
+
+
+def needs_p_smem(d: int, consumers: int) -> bool:
+    """d = 96's 192-row Q tiles: 3 WGs at 160 registers hold O and S, not P as well, so P goes
+    to the PV MMA through shared memory."""
+    return d == 96 and consumers == 3
 
 
 def fitting_kv_stages(d: int, tile_n: int, consumers: int, q_buffers: int, o_in_q: bool, elem_bytes: int = 2,

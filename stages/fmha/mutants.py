@@ -102,16 +102,20 @@ class Problem:
         self.windowed = self.window_left is not None or self.window_right is not None
         self.align_param = param_value(cx.params, "align")
         paged = bool(int(param_value(cx.params, "page_size", 0) or 0))
-        # the kernel's KV tile width (stages/fmha/geometry.py; d = 96 non-causal: 144)
-        self.kv_tile = kv_tile(self.D, v.shape[-1] if v is not None else None, self.causal,
-                               self.softcap > 0 and self.windowed, paged)
+        # the kernel's KV tile width and Q tile rows (64 per consumer WG), as stage D's default
+        # kernel has them (stages/fmha/geometry.py; d = 96 non-causal: 192 x 144); a d outside
+        # its table: 128-key tiles, 2 WGs
+        geom = None
+        if self.D in HEAD_DIMS:
+            geom = geometry_of(self.D, self.causal, self.softcap > 0 and self.windowed,
+                               v.shape[-1] if v is not None else None, paged=paged)
+        self.kv_tile = geom.tile_n if geom else kv_tile(self.D)
         self.T = max(1, -(-self.N // self.kv_tile))
-        # Q tile rows of stage D's kernel (64 per consumer WG; auto: stages/fmha/geometry.py)
         consumers = (cx.variants or {}).get("consumers", "auto")
-        auto = geometry_of(self.D, self.causal, self.softcap > 0 and self.windowed).consumers if self.D in HEAD_DIMS else 2
+        auto = geom.consumers if geom else 2
         long = long_consumers(
             self.D, self.causal, self.windowed or (wr >= 0 and self.causal), _truthy(param_value(cx.params, "varlen", False)),
-            bool(int(param_value(cx.params, "page_size", 0) or 0)),
+            paged,
         )
         if long is not None and self.M >= LONG_M:  # the kernel stage D launches for this many rows
             auto = long

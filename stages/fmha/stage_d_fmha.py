@@ -762,11 +762,11 @@ class FmhaForward(FmhaForwardBase):
         p_store = None
         if const_expr(self.p_smem):
             tOrP = tOrP[None, None, None, wg]
-            store_atom = cute.make_copy_atom(cute.nvgpu.warp.StMatrix8x8x16bOp(transpose=False, num_matrices=4), self.dtype)
-            tiled_store = cute.make_tiled_copy_C(store_atom, tiled_mma_qk)  # P has S's accumulator layout
-            tPsP = tiled_store.get_slice(tidx_wg).partition_D(sP[None, None, wg])
+            tiled_store = common.make_stmatrix_store(self.dtype, tiled_mma_qk)  # P has S's accumulator layout
+            thr_store = tiled_store.get_slice(tidx_wg)
+            tPsP = thr_store.partition_D(sP[None, None, wg])
             probe("tPsP", tPsP)
-            p_store = (tiled_store, tiled_store.get_slice(tidx_wg), tPsP)
+            p_store = (tiled_store, thr_store, tPsP)
         trace_print(tSrS=acc_S_shape, tOrP=tOrP, tOrO=acc_O, p_check=self.p_check)
         softmax = sm.OnlineSoftmax(
             self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]), softcap=self.softcap_constants()
@@ -1575,7 +1575,9 @@ class StageD(Stage):
             "lse": TensorSpec((p.batch, p.heads, p.m), "fp32"),
         }
 
-    def make_kernel(self, p: Params, variants: Mapping[str, str]) -> FmhaForward:
+    def make_kernel(self, p: Params, variants: Mapping[str, str], trace: bool = False) -> FmhaForward:
+        """The kernel object of parameters ``p`` and ``variants`` (``trace``: with wb run
+        --trace's clock stamps); a combination it cannot build is a one-line UserError."""
         if kernel_options(variants)["softcap_bug"] != "none" and not softcap_of(p):
             raise UserError(f"softcap_bug={kernel_options(variants)['softcap_bug']} needs softcap > 0 (-p softcap=30)")
         try:
@@ -1583,7 +1585,7 @@ class StageD(Stage):
                 common.cute_dtype(p.dtype), p.d, p.heads, p.kv_heads,
                 causal=host.truthy(p.causal), **mask_params(p), softmax=host.variants_of("d", variants)["softmax"],
                 softcap=softcap_of(p), varlen=host.truthy(p.get("varlen", False)), page_size=page_size_of(p),
-                dv=dv_of(p), **kernel_options(variants),
+                dv=dv_of(p), trace=trace, **kernel_options(variants),
             )
         except ValueError as exc:  # a variant combination the geometry or the mask cannot serve: one line
             raise UserError(f"{self.kernel or 'fmha'}/stage-d: {exc}") from None
@@ -1695,15 +1697,11 @@ class StageD(Stage):
 
         if host.truthy(p.get("varlen", False)) or page_size_of(p):
             raise UserError("--trace: stage D's trace is laid out for fixed-length batches (not varlen, not paged)")
-        options = kernel_options(variants)
         long = self.long_consumers(p, variants)
         if long is not None and inputs["q"].shape[1] >= geometry.LONG_M:
-            options["consumers"] = long  # the kernel launch() would pick for these rows
+            variants = {**variants, "consumers": str(long)}  # the kernel launch() would pick for these rows
         dtype = common.cute_dtype(p.dtype)
-        kernel = FmhaForward(
-            dtype, p.d, p.heads, p.kv_heads, causal=host.truthy(p.causal), **mask_params(p),
-            softmax=host.variants_of("d", variants)["softmax"], softcap=softcap_of(p), trace=True, dv=dv_of(p), **options,
-        )
+        kernel = self.make_kernel(p, variants, trace=True)
         if not kernel.persistent:
             raise UserError("--trace: the trace is laid out per persistent CTA; persistent=off is not traced")
         fn = host.compile_for(arch, kernel, *self._fake_args(kernel, dtype))
