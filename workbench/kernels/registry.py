@@ -104,7 +104,6 @@ def _nearest_multiple(value: int, step: int) -> int:
     return max(step, round(value / step) * step)
 
 
-
 def at_default(defaults: dict[str, Any], values: dict[str, Any], key: str) -> bool:
     """Is ``values[key]`` its kernel.yaml default (``defaults``: StageSpec.defaults)? An
     "=other" default is met by other's value. Compared as text: MEMORY's case keys hold text,
@@ -115,6 +114,7 @@ def at_default(defaults: dict[str, Any], values: dict[str, Any], key: str) -> bo
     if isinstance(d, str) and d.startswith("="):
         return d[1:] in values and str(values[key]) == str(values[d[1:]])
     return str(values[key]) == str(d)
+
 
 @dataclass
 class StageSpec:
