@@ -131,7 +131,9 @@ class WorkTiles:
         for the end are the short ones (less idle time in the last wave). The (head, batch)
         pairs are taken in sections of ``sw`` heads whose K and V fit in L2 together
         (``L2_PLAN_BYTES``; ``sw`` a power of two): within a section the order is m_block
-        descending, then head, so the CTAs in flight share few K/V tensors."""
+        descending, then head, so the CTAs in flight share few K/V tensors. When ``sw`` does
+        not divide the pairs, the partial section goes first: taken last, its long tiles
+        would start in the final wave and end after everything else (d = 96's 21 heads)."""
         num_m, heads = self.num_m, self.heads
         kv_bytes_per_head = 2 * self.seqlen_k * self.d * (self.dtype.width // 8)
         heads_fit = L2_PLAN_BYTES // cutlass.max(kv_bytes_per_head, 1)
@@ -140,14 +142,15 @@ class WorkTiles:
             if heads_fit >= (1 << b):
                 sw = Int32(1 << b)
         hb_total = heads * self.batches
-        section = bid // (sw * num_m)
-        r = bid - section * (sw * num_m)
-        full_sections = hb_total // sw
-        sw_here = sw
-        if section >= full_sections:
-            sw_here = hb_total - full_sections * sw  # the last, partial section
+        partial = hb_total - (hb_total // sw) * sw  # pairs of the partial section (0: none)
+        lead = partial * num_m  # its tiles, numbered first
+        sw_here, hb_base, r = sw, partial, bid - lead
+        if bid < lead:
+            sw_here, hb_base, r = partial, Int32(0), bid
+        section = r // (sw_here * num_m)
+        r = r - section * (sw_here * num_m)
         m_rev = r // sw_here
-        hb = section * sw + (r - m_rev * sw_here)
+        hb = hb_base + section * sw_here + (r - m_rev * sw_here)
         batch = hb // heads
         return num_m - 1 - m_rev, hb - batch * heads, batch
 
