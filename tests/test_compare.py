@@ -23,6 +23,16 @@ def test_poison_is_counted_as_unwritten_not_as_nan():
     assert m2["nan"] == 1 and m2["unwritten"] == 0
 
 
+def test_an_output_left_unpoisoned_has_no_unwritten_elements_even_if_its_bytes_match_the_poison():
+    """Under initcheck the worker skips the poison fill: a reused allocation may still hold
+    an earlier run's poison bytes, which must not be reported as this run's unwritten."""
+    out = torch.randn(64, 64).to(torch.bfloat16)
+    ref = out.float()
+    compare.poison(out[:8])  # leftovers of an earlier allocation
+    m = compare.metrics(out, ref, lowp(ref), TOL, poisoned=False)
+    assert m["unwritten"] == 0 and m["nan"] == 8 * 64 and m["verdict"] == "FAIL"
+
+
 def test_poison_patterns_for_every_float_dtype():
     for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         t = torch.zeros(10, dtype=dtype)

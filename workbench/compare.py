@@ -51,11 +51,13 @@ def unwritten_mask(tensor):
     return tensor == torch.iinfo(tensor.dtype).min
 
 
-def metrics(out, ref, ref_lowp, tolerance: dict[str, float]) -> dict[str, Any]:
-    """All metrics of one output tensor and its verdict (PASS/FAIL with reasons)."""
+def metrics(out, ref, ref_lowp, tolerance: dict[str, float], poisoned: bool = True) -> dict[str, Any]:
+    """All metrics of one output tensor and its verdict (PASS/FAIL with reasons). ``poisoned``:
+    False when ``out`` was left as allocated (under initcheck): no element counts as unwritten,
+    since leftover bytes of the allocation may happen to match the poison."""
     import torch
 
-    unwritten = unwritten_mask(out)
+    unwritten = unwritten_mask(out) if poisoned else torch.zeros(out.shape, dtype=torch.bool, device=out.device)
     o = out.detach().to(torch.float64)
     r = ref.detach().to(torch.float64)
     lp = ref_lowp.detach().to(torch.float64)

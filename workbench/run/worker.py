@@ -305,7 +305,8 @@ class Job:
                 shape = None if got is None else (tuple(got.shape), got.dtype)
                 raise UserError(f"fixture {fixture.name!r} made {name}={shape}, the stage expects {(ts.shape, ts.dtype)}")
         outputs = {name: torch.empty(ts.shape, dtype=ts.torch_dtype(), device=device) for name, ts in out_specs.items()}
-        if not os.environ.get(NO_POISON_ENV):  # set under compute-sanitizer initcheck
+        poisoned = not os.environ.get(NO_POISON_ENV)  # set under compute-sanitizer initcheck
+        if poisoned:
             for tensor in outputs.values():
                 compare.poison(tensor)
         start = time.perf_counter()
@@ -321,7 +322,7 @@ class Job:
             reference = stage.reference(inputs, params, variants, torch.float32)
             reference_lowp = stage.reference(inputs, params, variants, lowp_dtype)
         metrics = {
-            name: compare.metrics(outputs[name], reference[name], reference_lowp[name], spec.tolerance)
+            name: compare.metrics(outputs[name], reference[name], reference_lowp[name], spec.tolerance, poisoned)
             for name in out_specs
         }
         for name, count in (differing or {}).items():
