@@ -29,11 +29,14 @@ more) and O staged in Q, 2 stages (paged: 192 x 128, O in its own tile), +4-6% o
 192 and 256 take FlashAttention-3's KV tile widths (112, 80; 128 for d = 192 with dv <= 128,
 as FA3) with 2 stages, which fit only with O staged in Q's shared memory. 192-row Q tiles (3
 consumer WGs at 160 registers) with P in registers are d = 64's alone: for d >= 96 the O
-accumulator does not leave room for S and P.
+accumulator does not leave room for S and P. Causal d = 64 and 96 launch a second kernel for
+long queries (``long_kernel``): 3 WGs from m = 4096 (d = 64), non-causal's 192 x 144 tile from
+m = 8192 (d = 96).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 #: head dims stage D compiles (kernel.yaml's d choices for stage D)
@@ -162,28 +165,82 @@ def fitting_kv_stages(d: int, tile_n: int, consumers: int, q_buffers: int, o_in_
     return stages
 
 
-#: causal d = 64 (consumers=auto): the 192-row kernel (3 consumer WGs) runs from this many
-#: query rows on, the 128-row one below. H200, bf16, one call, TFLOP/s 128-row / 192-row:
-#: s = 1024 353 / 314, 4096 479 / 490, 8192 505 / 547, 16384 517 / 567 (docs/perf-notes.md)
-LONG_M = 4096
+@dataclass(frozen=True)
+class LongKernel:
+    """A second kernel stage D compiles beside its default one and launches from ``min_m``
+    query rows on: 192-row causal tiles lose at short m (their extra masked visits cost more
+    than the better-hidden softmax gains) and win at long m. Its variants over the default's:
+    ``consumers`` and, where set, ``kv_tile`` and ``o_staging``."""
+
+    min_m: int
+    consumers: int
+    kv_tile: int | None = None
+    o_staging: str = "auto"
+
+    def variants(self) -> dict[str, str]:
+        """The kernel's variants as kernel.yaml spells them (over the default kernel's)."""
+        given = {"consumers": str(self.consumers), "kv_tile": str(self.kv_tile or "auto"), "o_staging": self.o_staging}
+        return {k: v for k, v in given.items() if v != "auto"}
+
+    def tiles(self, d: int, **kwargs) -> Geometry:
+        """Its tile shape (``tiles`` with this kernel's choices; kwargs as ``tiles`` takes)."""
+        return tiles(d, consumers=self.consumers, kv_tile=self.kv_tile, o_staging=self.o_staging, **kwargs)
 
 
-def long_consumers(d: int, causal: bool, windowed: bool, varlen: bool, paged: bool) -> int | None:
-    """Consumer WGs of the second kernel compiled beside the geometry's for m >= ``LONG_M``
-    (None: one kernel serves every m). Causal d = 64 without a window, fixed-length and not
-    paged: its short causal tiles leave the softmax less hidden with 2 WGs, but the 192-row
-    tile's extra masked visit costs more than that at short m. (Varlen and paged would
-    choose by max_seqlen_q and are not measured: one kernel.)"""
-    return 3 if d == 64 and causal and not windowed and not varlen and not paged else None
+def long_kernel(d: int, causal: bool, windowed: bool, varlen: bool, paged: bool,
+                variants: Mapping[str, str] | None = None) -> LongKernel | None:
+    """The kernel launched for long queries beside the default (None: one kernel serves every
+    m). Causal, fixed-length, not paged, without a window (varlen and paged would choose by
+    max_seqlen_q; not measured), and only where every variant it sets is auto in ``variants``
+    (an explicit choice is the user's experiment):
+
+    * d = 64: 3 consumer WGs from m = 4096 (H200, bf16, TFLOP/s 128-row / 192-row: s = 1024
+      353 / 314, 4096 479 / 490, 8192 505 / 547, 16384 517 / 567);
+    * d = 96: non-causal's 192 x 144 tile, P through shared memory, O in Q, from m = 8192
+      (H200, bf16 / fp16, one call: s = 4096 597 / 577 against 578 / 562; s = 8192 631 / 608
+      against 645 / 623). docs/perf-notes.md, rounds 5 and 7."""
+    if not causal or windowed or varlen or paged:
+        return None
+    long = {64: LongKernel(min_m=4096, consumers=3),
+            96: LongKernel(min_m=8192, consumers=3, kv_tile=144, o_staging="q")}.get(d)
+    variants = variants or {}
+    if long is None or any(variants.get(key, "auto") != "auto" for key in long.variants()):
+        return None
+    # the other variants must allow it (d = 96's needs P through shared memory: not serial, ...)
+    chosen = {**variants, **long.variants()}
+
+    def number(key: str) -> int | None:
+        return None if chosen.get(key, "auto") == "auto" else int(chosen[key])
+
+    try:
+        tiles(d, causal=causal, schedule=chosen.get("schedule", "auto"), consumers=number("consumers"),
+              kv_tile=number("kv_tile"), kv_stages=number("kv_stages"), p_operand=chosen.get("p_operand", "auto"),
+              o_staging=chosen.get("o_staging", "auto"), q_buffers=int(chosen.get("q_buffers", 1)))
+    except ValueError:
+        return None
+    return long
+
+
+def launched(d: int, m: int = 0, *, causal: bool = False, windowed: bool = False, capped_window: bool = False,
+             varlen: bool = False, dv: int | None = None, paged: bool = False,
+             variants: Mapping[str, str] | None = None) -> Geometry:
+    """The tile shape of the kernel stage D launches for ``m`` query rows: ``geometry``'s, or
+    ``long_kernel``'s from its min_m on. ``windowed``: a sliding window of either edge (the
+    long kernel is not built for one)."""
+    long = long_kernel(d, causal, windowed, varlen, paged, variants)
+    if long is not None and m >= long.min_m:
+        return long.tiles(d, causal=causal, dv=dv, paged=paged)
+    return geometry(d, causal, capped_window, dv, paged=paged)
 
 
 def kv_tile(d: int, dv: int | None = None, causal: bool = False, capped_window: bool = False,
-            paged: bool = False) -> int:
-    """Keys per KV tile of stage D's default kernel for these parameters (``geometry``); 128
-    for a d outside the table (stages A-C are 128-wide for every d they take)."""
+            paged: bool = False, m: int = 0, windowed: bool = False, varlen: bool = False) -> int:
+    """Keys per KV tile of the kernel stage D launches for these parameters (``launched``);
+    128 for a d outside the table (stages A-C are 128-wide for every d they take)."""
     if d not in _TABLE:
         return 128
-    return geometry(d, causal, capped_window, dv, paged=paged).tile_n
+    return launched(d, m, causal=causal, windowed=windowed, capped_window=capped_window, varlen=varlen,
+                    dv=dv, paged=paged).tile_n
 
 
 def _table_tile(d: int, dv: int | None = None) -> int:

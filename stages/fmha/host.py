@@ -51,7 +51,7 @@ class Compiled:
     compile_s: float = 0.0
     varlen: bool = False  # stage D: packed (total, heads, d) tensors with cu_seqlens
     page_size: int = 0  # stage D: paged K/V caches read through a block table (0 = off)
-    # stage D: a second kernel (more consumer WGs) launched when m >= long_m (geometry.long_consumers)
+    # stage D: a second kernel (more consumer WGs) launched when m >= long_m (geometry.long_kernel)
     fn_long: Any = None
     long_m: int = 0
     tile_m: int = 128  # stage D varlen: Q rows per work tile (the tile table's)

@@ -87,8 +87,7 @@ class Problem:
             self.M, self.D = q.shape
             self.N = k.shape[0]
         self.group = max(1, self.H // max(1, self.Hk))
-        from stages.fmha.geometry import HEAD_DIMS, LONG_M, kv_tile, long_consumers
-        from stages.fmha.geometry import geometry as geometry_of
+        from stages.fmha.geometry import HEAD_DIMS, kv_tile, launched
 
         scale = param_value(cx.params, "scale", param_value(cx.params, "softmax_scale"))
         self.scale = float(scale) if scale is not None else 1.0 / math.sqrt(self.D)
@@ -103,22 +102,21 @@ class Problem:
         self.align_param = param_value(cx.params, "align")
         paged = bool(int(param_value(cx.params, "page_size", 0) or 0))
         # the kernel's KV tile width and Q tile rows (64 per consumer WG), as stage D's default
-        # kernel has them (stages/fmha/geometry.py; d = 96 non-causal: 192 x 144); a d outside
-        # its table: 128-key tiles, 2 WGs
+        # kernel has them for m rows (stages/fmha/geometry.py; d = 96 non-causal: 192 x 144;
+        # causal d = 64 and 96 from long_kernel's min_m on: its tile); a d outside its table:
+        # 128-key tiles, 2 WGs
+        variants = cx.variants or {}
         geom = None
         if self.D in HEAD_DIMS:
-            geom = geometry_of(self.D, self.causal, self.softcap > 0 and self.windowed,
-                               v.shape[-1] if v is not None else None, paged=paged)
+            geom = launched(
+                self.D, self.M, causal=self.causal, windowed=self.windowed or (wr >= 0 and self.causal),
+                capped_window=self.softcap > 0 and self.windowed, varlen=_truthy(param_value(cx.params, "varlen", False)),
+                dv=v.shape[-1] if v is not None else None, paged=paged, variants=variants,
+            )
         self.kv_tile = geom.tile_n if geom else kv_tile(self.D)
         self.T = max(1, -(-self.N // self.kv_tile))
-        consumers = (cx.variants or {}).get("consumers", "auto")
+        consumers = variants.get("consumers", "auto")
         auto = geom.consumers if geom else 2
-        long = long_consumers(
-            self.D, self.causal, self.windowed or (wr >= 0 and self.causal), _truthy(param_value(cx.params, "varlen", False)),
-            paged,
-        )
-        if long is not None and self.M >= LONG_M:  # the kernel stage D launches for this many rows
-            auto = long
         self.tile_m = 64 * (int(consumers) if consumers in ("2", "3") else auto)
         self.softmax = (cx.variants or {}).get("softmax", "exp")
         self.rescale_variant = (cx.variants or {}).get("rescale", "on")

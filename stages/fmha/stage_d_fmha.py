@@ -359,7 +359,7 @@ class FmhaForward(FmhaForwardBase):
 
     def __str__(self) -> str:
         # the DSL names a kernel after str(self) and its arguments: with the tile shape in it,
-        # two builds of one configuration (geometry.long_consumers) get two kernel names, and
+        # two builds of one configuration (geometry.long_kernel) get two kernel names, and
         # ptxas's report, the cubins and a profiler tell them apart
         return f"{type(self).__module__}.{type(self).__name__}_{self.tile_m}x{self.tile_n}"
 
@@ -1606,11 +1606,11 @@ class StageD(Stage):
         t0 = time.perf_counter()
         fn = host.compile_for(arch, kernel, *args)
         fn_long, long_m = None, 0
-        long = self.long_consumers(p, variants)
+        long = self.long_kernel(p, variants)
         if long is not None:
             with paused():  # the same code again: `wb shapes` lists the first build's probes only
-                fn_long = host.compile_for(arch, self.make_kernel(p, {**variants, "consumers": str(long)}), *args)
-            long_m = geometry.LONG_M
+                fn_long = host.compile_for(arch, self.make_kernel(p, {**variants, **long.variants()}), *args)
+            long_m = long.min_m
         return host.Compiled(
             fn=fn, d=p.d, heads=p.heads, kv_heads=p.kv_heads, causal=kernel.causal, p_check=kernel.p_check,
             compile_s=time.perf_counter() - t0, varlen=kernel.varlen, page_size=kernel.page_size,
@@ -1618,15 +1618,13 @@ class StageD(Stage):
         )
 
     @staticmethod
-    def long_consumers(p: Params, variants: Mapping[str, str]) -> int | None:
-        """With consumers=auto, the consumer WGs of the kernel compiled beside the default one
-        and launched from ``geometry.LONG_M`` query rows on (None: one kernel)."""
-        if host.variants_of("d", variants)["consumers"] != "auto":
-            return None
+    def long_kernel(p: Params, variants: Mapping[str, str]) -> geometry.LongKernel | None:
+        """The kernel compiled beside the default one and launched from its ``min_m`` query
+        rows on (geometry.long_kernel; None: one kernel)."""
         mask = mask_params(p)
-        return geometry.long_consumers(
+        return geometry.long_kernel(
             int(p.d), host.truthy(p.causal), mask["window_left"] >= 0 or mask["window_right"] >= 0,
-            host.truthy(p.get("varlen", False)), bool(page_size_of(p)),
+            host.truthy(p.get("varlen", False)), bool(page_size_of(p)), host.variants_of("d", variants),
         )
 
     @staticmethod
@@ -1697,9 +1695,9 @@ class StageD(Stage):
 
         if host.truthy(p.get("varlen", False)) or page_size_of(p):
             raise UserError("--trace: stage D's trace is laid out for fixed-length batches (not varlen, not paged)")
-        long = self.long_consumers(p, variants)
-        if long is not None and inputs["q"].shape[1] >= geometry.LONG_M:
-            variants = {**variants, "consumers": str(long)}  # the kernel launch() would pick for these rows
+        long = self.long_kernel(p, variants)
+        if long is not None and inputs["q"].shape[1] >= long.min_m:
+            variants = {**variants, **long.variants()}  # the kernel launch() would pick for these rows
         dtype = common.cute_dtype(p.dtype)
         kernel = self.make_kernel(p, variants, trace=True)
         if not kernel.persistent:
