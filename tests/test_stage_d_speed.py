@@ -66,6 +66,9 @@ def test_stage_d_defaults_follow_the_measurements():
     k = kernel(128, True, persistent="off")
     assert (k.persistent, k.dynamic) == (False, False)
     assert kernel(128, False).dynamic is False
+    # d = 96 and 256 non-causal: one CTA per tile (persistent=off measured faster there)
+    assert [kernel(d, False).persistent for d in (64, 96, 128, 192, 256)] == [True, False, True, True, False]
+    assert kernel(96, True).dynamic and kernel(256, False, persistent="on").persistent
     k = kernel(64, False)
     assert (k.schedule, k.num_consumer_wg, k.tile_m, k.num_threads, k.consumer_regs) == ("pingpong", 3, 192, 512, 160)
     assert k.two_masked is False

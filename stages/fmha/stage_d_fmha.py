@@ -24,7 +24,7 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
 * Work tiles: one per (Q tile of 64 x consumer-WG rows, head, batch), numbered with the
   Q tile fastest or longest-first when causal; ``tile_scheduler`` hands them out, the
   same scheduler driving the producer warp and the consumer WGs. Persistent (the
-  default): one CTA per SM walks the tiles -- every gridDim-th one (non-causal,
+  default, but for d = 96 and 256 non-causal: ``tile_scheduler.persistence``): one CTA per SM walks the tiles -- every gridDim-th one (non-causal,
   ``StaticPersistent``), or the next one from a global counter (``persistent=dynamic``, the
   causal default, ``DynamicCounter``: the producer warp takes it and posts it to the
   consumers through a 2-slot smem ring) -- so the next tile's K, Q and V loads overlap this
@@ -263,9 +263,8 @@ class FmhaForward(FmhaForwardBase):
         # The tile shape (KV tile, ring depth, consumer WGs, O staged in Q, P through shared
         # memory) is ``geometry.tiles``, its table and reasons in stages/fmha/geometry.py.
         # schedule: pingpong (with 3 consumer WGs it fits 160 registers only with a fresh S
-        # accumulator per step, see ``overlap_tile``). persistent: dynamic when causal
-        # (longest-first tiles, greedily: +7%), else on (H200: +3-8% non-causal; causal lost
-        # 8-11% with round robin). tile_order: lpt when causal.
+        # accumulator per step, see ``overlap_tile``). persistent: ts.persistence.
+        # tile_order: lpt when causal.
         capped_window = float(softcap) > 0 and (window_left >= 0 or window_right >= 0)
         if schedule == "auto":
             schedule = "pingpong"
@@ -293,7 +292,7 @@ class FmhaForward(FmhaForwardBase):
         self.kv_load = kv_load
         self.k_release = k_release
         # varlen: dynamic too (its tiles differ in work as much as the sequences in length)
-        persistent = ("dynamic" if causal or varlen else "on") if persistent is None else persistent
+        persistent = ts.persistence(d, causal, varlen) if persistent is None else persistent
         self.persistent = persistent != "off"
         self.dynamic = persistent == "dynamic"
         self.lpt = tile_order == "lpt" or (tile_order == "auto" and causal)
@@ -1700,8 +1699,13 @@ class StageD(Stage):
             variants = {**variants, **long.variants()}  # the kernel launch() would pick for these rows
         dtype = common.cute_dtype(p.dtype)
         kernel = self.make_kernel(p, variants, trace=True)
+        traced_as = ""
         if not kernel.persistent:
-            raise UserError("--trace: the trace is laid out per persistent CTA; persistent=off is not traced")
+            if host.variants_of("d", variants)["persistent"] != "auto":
+                raise UserError("--trace: the trace is laid out per persistent CTA; persistent=off is not traced")
+            # this configuration's default is off: the timeline is its persistent twin's
+            kernel = self.make_kernel(p, {**variants, "persistent": "on"}, trace=True)
+            traced_as = " (persistent=on: the default, off, has no per-CTA timeline)"
         fn = host.compile_for(arch, kernel, *self._fake_args(kernel, dtype))
         q = inputs["q"]
         ctas = sm_count(q.device)
@@ -1715,7 +1719,7 @@ class StageD(Stage):
         slices, clocks = fmha_trace.decode(buf.cpu().tolist(), grid, kernel.num_consumer_wg)
         title = (f"fmha stage D d={p.d} m={q.shape[1]} n={inputs['k'].shape[1]} batch={q.shape[0]} heads={p.heads}/{p.kv_heads} "
                  f"causal={p.causal} {p.dtype} · {kernel.tile_m}x{kernel.tile_n} tiles, {kernel.num_consumer_wg} consumer WGs "
-                 f"on {torch.cuda.get_device_name(q.device)}")
+                 f"on {torch.cuda.get_device_name(q.device)}{traced_as}")
         return Timeline(slices, clocks, fmha_trace.lanes(kernel.num_consumer_wg), title, tiles_stamped=TRACE_TILES)
 
     def reference(self, inputs, p: Params, variants, compute_dtype):
