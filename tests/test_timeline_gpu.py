@@ -27,6 +27,23 @@ def test_wb_run_trace_of_stage_d(fmha_ws, causal, wgs):
     assert timeline.validate(events) == []
 
 
+def test_a_configuration_whose_default_is_not_persistent_traces_its_persistent_twin(fmha_ws):
+    """d=256 non-causal runs one CTA per tile by default (tile_scheduler.persistence); the
+    per-CTA timeline is laid out for persistent CTAs, so --trace builds persistent=on, computes
+    the untraced default's bits and says which build it traced."""
+    proc = run_wb("run", "d", "--d", "256", "--n", "1024", "-f", "random", "--seeds", "1", "--trace", "--json", cwd=fmha_ws)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads(proc.stdout)
+    found = record["trace"]
+    assert "error" not in found, found
+    assert all(v == 0 for v in found["bits_differing_from_untraced"].values()), found["bits_differing_from_untraced"]
+    events = json.loads((fmha_ws / "runs" / record["id"] / "trace.json").read_text())
+    assert "persistent=on: the default, off, has no per-CTA timeline" in events["otherData"]["title"]
+    assert timeline.validate(events) == []
+    proc = run_wb("run", "d", "--d", "256", "--n", "1024", "-V", "persistent=off", "--trace", cwd=fmha_ws)
+    assert proc.returncode == 2 and "persistent=off is not traced" in proc.stderr
+
+
 def test_wb_run_trace_of_moe_stage_c(fmha_ws):
     """The moe grouped GEMM traced: 768 work tiles over the card's CTAs (several per CTA), the
     producer's and both consumer warpgroups' phases, the same bits as the untraced build."""
