@@ -44,9 +44,13 @@ def test_bad_sweep_arguments_are_one_line_errors(toy_ws, wb):
     assert proc.returncode == 2 and "--gpus" in proc.stderr
 
 
-@pytest.mark.slow  # six cases in real workers; each HANG case waits out --timeout 8
+# The job's timeout runs from when the worker accepts it (a new worker's start has its own
+# limit), so a `sleep` case is HANG at any --timeout; 4 s leaves the other cases a wide margin
+# (a nan case, diagnosis included, takes about 1 s of it on a loaded 2-core machine; a first
+# job on a GPU machine also starts CUDA).
+@pytest.mark.slow  # six cases in real workers; each HANG case waits out --timeout 4
 def test_sweep_runs_every_case_reuses_the_warm_worker_and_survives_a_hang(toy_ws, wb):
-    proc = wb("sweep", "a", "--n", "128,256", "-V", "bug=none,nan,sleep", "--timeout", "8", "--gpus", "none", "--json", timeout=400)
+    proc = wb("sweep", "a", "--n", "128,256", "-V", "bug=none,nan,sleep", "--timeout", "4", "--gpus", "none", "--json", timeout=400)
     assert proc.returncode == 1, proc.stderr
     summary = json.loads(proc.stdout)
     rows = summary["rows"]
@@ -66,7 +70,7 @@ def test_sweep_runs_every_case_reuses_the_warm_worker_and_survives_a_hang(toy_ws
     # The summary is in the stage report.
     sweep_md = (toy_ws / "runs" / "reports" / "toy-stage-a.sweep.md").read_text()
     assert f"## Sweep {summary['id']}" in sweep_md and "| n | bug | run | toy-random | toy-ones |" in sweep_md
-    assert "| 128 | sleep | HANG: no result after 8 s" in sweep_md
+    assert "| 128 | sleep | HANG: no result after 4 s" in sweep_md
     stage_md = (toy_ws / "runs" / "reports" / "toy-stage-a.md").read_text()
     assert sweep_md.strip() in stage_md
     listed = wb("runs", "-n", "10")
@@ -90,11 +94,13 @@ def test_sweep_lanes_each_have_their_own_gpu_and_warm_worker(toy_ws, wb):
     procs.kill(Workspace(toy_ws), everything=True)
 
 
-@pytest.mark.slow  # two submitit jobs, each a process with its own worker; HANG cases wait out --timeout 8
+# --timeout 4, as above: the PASS cases take well under a second once their worker accepts them
+# (on a CPU machine; a GPU machine's first job also starts CUDA).
+@pytest.mark.slow  # two submitit jobs, each a process with its own worker; HANG cases wait out --timeout 4
 def test_slurm_path_through_submitit_local_executor(toy_ws, wb):
     pytest.importorskip("submitit")
     proc = wb(
-        "sweep", "a", "--n", "128,256", "-V", "bug=none,sleep", "--timeout", "8", "--slurm", "@local", "--slurm-jobs", "2", "--json",
+        "sweep", "a", "--n", "128,256", "-V", "bug=none,sleep", "--timeout", "4", "--slurm", "@local", "--slurm-jobs", "2", "--json",
         timeout=400,
     )
     assert proc.returncode == 1, proc.stderr
@@ -125,7 +131,11 @@ def test_slurm_job_that_dies_leaves_lost_records(toy_ws):
         def submit(self, fn, *args, **kwargs):  # the job's process dies before running any case
             import os
 
-            return super().submit(os._exit, 3)
+            job = super().submit(os._exit, 3)
+            # submitit waits up to 15 s for a result file that a slow shared filesystem may not
+            # show yet; a process that os._exit()s writes none, and this folder is local.
+            job._results_timeout_s = 1
+            return job
 
     ws = Workspace(toy_ws, {"default_kernel": "toy"})
     spec = resolve_stage(ws, "a", load_kernels(ws))
