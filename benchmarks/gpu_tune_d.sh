@@ -36,6 +36,10 @@
 #               shared memory there): 192-row causal candidates checked by a sweep, then timed
 #               beside the default and FA4 twice, interleaved, and a trace of the default and of
 #               the 3-WG kernel (about 5 minutes)
+# PHASE d128q:  d = 128 non-causal, short of 1.03x FA4 at s 4096/8192 (x1.01-1.02): O staged
+#               in Q frees 32 KiB, room for a third K/V stage (225 KiB) or 144/160-key tiles
+#               (each compiles without spills): a sweep of each, then two interleaved rounds
+#               of benches beside the default and FA4 (about 5 minutes; not yet run)
 # Every command has its own hang timeout; `timeout` bounds each step as a backstop.
 set -u
 export COLUMNS=${COLUMNS:-220}
@@ -233,6 +237,21 @@ d96)
   step "traces: where the 3-WG causal kernel's time goes (per-tile stamps, docs/perf-notes.md round 4)"
   for v in "" "$C3"; do
     timeout 120 wb run d --d 96 --n 8192 -p batch=2 -p heads=21 -p causal=true -f random --seeds 1 --trace $v | grep -a -A6 "^trace:"
+  done
+  ;;
+d128q)
+  CANDIDATES=("o_staging=q -V kv_stages=3" "o_staging=q -V kv_tile=144" "o_staging=q -V kv_tile=160")
+  step "sweep of the O-in-Q candidates at d=128 (n with tails, causal both, GQA; 12 cases each)"
+  for v in "${CANDIDATES[@]}"; do
+    timeout 120 wb sweep d --n 17,1000,4096 --d 128 -p causal=false,true -p kv_heads=4,2 -V $v --timeout 40 | sweep_verdicts
+  done
+  for round in 1 2; do
+    step "round $round: default and FA4, then each candidate (d=128, s 4096/8192, both dtypes)"
+    timeout 150 wb bench d -p d=128 -p n=4096,8192 -p dtype=bf16,fp16 --peers fa4 --timeout 140 | table_rows 170
+    for v in "${CANDIDATES[@]}"; do
+      echo "--- $v"
+      timeout 100 wb bench d -p d=128 -p n=4096,8192 -p dtype=bf16,fp16 -V $v --peers "" --timeout 90 | table_rows 170
+    done
   done
   ;;
 perf)
