@@ -36,6 +36,7 @@ evidence instead (workbench/diagnose/evidence.py).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from pathlib import Path
@@ -88,12 +89,16 @@ def classify_actual(t):
 def classify(values, unwritten=None):
     import torch
 
-    v = values.detach().to(torch.float64)
+    v = values.detach().to(torch.float64, copy=True)
     cls = torch.zeros(v.shape, dtype=torch.int8, device=v.device)
-    cls[~torch.isfinite(v)] = 1
+    # isfinite is slow on the CPU; a finite float64 sum means every element is finite (a sum
+    # of bf16/fp16/fp32 values cannot overflow float64; an overflowing one takes the slow path)
+    if not math.isfinite(float(v.sum())):
+        cls[~torch.isfinite(v)] = 1
     if unwritten is not None:
         cls[unwritten.to(v.device)] = 2
-    v = torch.where(cls == 0, v, torch.zeros_like(v))
+    if _any_special(cls):
+        v = torch.where(cls == 0, v, torch.zeros_like(v))
     return v, cls
 
 
@@ -103,22 +108,25 @@ def fit(a_vals, a_cls, c_vals, c_cls, care=None, chunk: int = 1 << 22) -> Fit:
 
     a_vals, a_cls, c_vals, c_cls = (x.reshape(-1) for x in (a_vals, a_cls, c_vals, c_cls))
     care = None if care is None else care.reshape(-1)
+    zero = torch.zeros((), dtype=torch.float64, device=a_vals.device)
     dot = na = nc = nd = 0.0
     mism = total = 0
     for s in range(0, a_vals.numel(), chunk):
         sl = slice(s, s + chunk)
         ac, cc = a_cls[sl], c_cls[sl]
-        both = (ac == 0) & (cc == 0)
-        diff = ac != cc
-        if care is not None:
-            k = care[sl]
-            both, diff = both & k, diff & k
-            total += int(k.sum())
-        else:
-            total += ac.numel()
-        mism += int(diff.sum())
-        a = torch.where(both, a_vals[sl], torch.zeros((), dtype=torch.float64, device=a_vals.device))
-        c = torch.where(both, c_vals[sl].to(torch.float64), torch.zeros((), dtype=torch.float64, device=a_vals.device))
+        k = None if care is None else care[sl]
+        a_special, c_special = _any_special(ac), _any_special(cc)
+        total += ac.numel() if k is None else int(k.sum())
+        if a_special or c_special or k is not None:
+            diff = ac != cc
+            mism += int((diff if k is None else diff & k).sum())
+        # classify zeroed each side where its own class is not 0: mask it only where the
+        # other side's is not (or care is off)
+        a, c = a_vals[sl], c_vals[sl].to(torch.float64)
+        if c_special or k is not None:
+            a = torch.where(_ordinary(cc, k), a, zero)
+        if a_special or k is not None:
+            c = torch.where(_ordinary(ac, k), c, zero)
         dot += float(a @ c)
         na += float(a @ a)
         nc += float(c @ c)
@@ -133,6 +141,16 @@ def fit(a_vals, a_cls, c_vals, c_cls, care=None, chunk: int = 1 << 22) -> Fit:
         cos = 1.0 if na == nc else 0.0
     mismatch = mism / total if total else 0.0
     return Fit(cos=cos, rel=rel, mismatch=mismatch, score=math.sqrt(rel * rel + mismatch))
+
+
+def _any_special(cls) -> bool:
+    """Whether any element is of class 1 or 2 (max() is much cheaper than any() on int8)."""
+    return cls.numel() > 0 and int(cls.max()) > 0
+
+
+def _ordinary(cls, care=None):
+    """Mask of the elements of class 0 (and in care)."""
+    return cls == 0 if care is None else (cls == 0) & care
 
 
 def _as_pred(x) -> Pred:
@@ -418,7 +436,12 @@ def diagnose(
 
 
 def _folders(mutants: list[Mutant]) -> list[str]:
-    return sorted({str(Path(m.source).parent) for m in mutants if m.source and not m.generic})
+    return sorted({_folder_of(m.source) for m in mutants if m.source and not m.generic})
+
+
+@functools.lru_cache(maxsize=None)
+def _folder_of(source: str) -> str:
+    return str(Path(source).parent)  # Path parsing, for every mutant of every diagnosis, adds up
 
 
 def _hooks_of(mutants: list[Mutant]) -> list:
