@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,6 +153,28 @@ def test_warm_worker_is_reused_and_sees_edited_sources(toy_ws, wb):
     assert third.returncode == 1 and rec["verdict"] == "FAIL" and rec["timing"]["worker_reused"] is True
     assert rec["provenance"]["sources"]["stages/toy/stage_a.py"] != first["provenance"]["sources"]["stages/toy/stage_a.py"]
     os.kill(first["timing"]["worker_pid"], signal.SIGKILL)
+
+
+def test_a_workspace_made_again_at_its_path_does_not_get_the_old_workspaces_worker(toy_ws, wb):
+    """A fresh clone where the last one was (`rm -rf ws && git clone ... ws`): the warm worker
+    of the deleted folder, same path and same wb code, runs in a folder that no longer exists
+    (its cwd, its Python) and served the new clone with the old one's loaded modules. It is
+    replaced; the first clone's worker does not outlive the check."""
+    first = record_of(toy_ws, wb("run", "a", "--json"))
+    old = toy_ws.with_name("ws-deleted")
+    toy_ws.rename(old)
+    shutil.copytree(old, toy_ws, ignore=shutil.ignore_patterns(".wb", "runs"))
+    os.chdir(toy_ws)
+    second = record_of(toy_ws, wb("run", "a", "--json"))
+    assert second["verdict"] == "PASS" and second["timing"]["worker_reused"] is False
+    assert second["timing"]["worker_pid"] != first["timing"]["worker_pid"]
+    deadline = time.time() + 5
+    while not gone(first["timing"]["worker_pid"]) and time.time() < deadline:
+        time.sleep(0.05)
+    assert gone(first["timing"]["worker_pid"])
+    third = record_of(toy_ws, wb("run", "a", "--json"))  # the new clone's own worker is warm
+    assert third["timing"]["worker_reused"] is True and third["timing"]["worker_pid"] == second["timing"]["worker_pid"]
+    os.kill(second["timing"]["worker_pid"], signal.SIGKILL)
 
 
 def test_fresh_flag_uses_a_new_worker_each_time(toy_ws, wb):

@@ -4,13 +4,14 @@ supervisor -> worker: {"op": "run" | "ping" | "exit", ...job fields}
 worker -> supervisor: {"type": "progress", "phase": ..., ...}
                       {"type": "result", "result": {...}}      (last message of a job)
                       {"type": "user_error", "message": "..."}  (bad job: nothing ran)
-                      {"type": "pong", "pid": ..., "code": wb_code_version()}
+                      {"type": "pong", "pid": ..., "code": wb_code_version(), "home": folder_identity(cwd)}
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +27,14 @@ def wb_code_version() -> str:
         h.update(str(path.relative_to(package)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def folder_identity(path: str | Path) -> str:
+    """device:inode of a folder: a workspace deleted and made again at the same path (a fresh
+    clone) is another folder, whose warm worker must not be the old one (its cwd, Python and
+    modules are gone)."""
+    st = os.stat(path)
+    return f"{st.st_dev}:{st.st_ino}"
 
 
 def send(sock: socket.socket, message: dict[str, Any]) -> None:

@@ -205,8 +205,11 @@ def _find_warm(ws: Workspace, socket_path: str) -> Worker | None:
             reply = next(protocol.receive(sock), None)
     except (OSError, ValueError):
         reply = None
-    if reply and reply.get("type") == "pong" and reply.get("code") != protocol.wb_code_version():
-        # Started before wb itself was edited: it would run the old code. Replace it.
+    if reply and reply.get("type") == "pong" and (
+        reply.get("code") != protocol.wb_code_version() or reply.get("home") != protocol.folder_identity(ws.root)
+    ):
+        # Started before wb itself was edited (it would run the old code), or for a workspace
+        # since deleted and made again at this path (a fresh clone): replace it.
         stale = Worker(int(reply["pid"]), socket_path, Path(os.devnull), None, reused=False)
         stale.pidfile = procs.pidfile_for(pid_dir(ws) / f"{Path(socket_path).stem}.json", stale.pid)
         stale.kill()

@@ -420,7 +420,7 @@ def handle(conn: socket.socket) -> bool:
     for message in protocol.receive(conn):
         op = message.get("op")
         if op == "ping":
-            protocol.send(conn, {"type": "pong", "pid": os.getpid(), "code": _CODE_VERSION})
+            protocol.send(conn, {"type": "pong", "pid": os.getpid(), "code": _CODE_VERSION, "home": _HOME})
         elif op == "exit":
             return False
         elif op in JOB_TYPES:
@@ -520,6 +520,7 @@ def _set_parent_death_signal(sig: int) -> None:
 
 
 _CODE_VERSION = ""
+_HOME = ""
 
 
 def serve(socket_path: str, idle: float, once: bool, pidfile: str | None) -> None:
@@ -527,8 +528,9 @@ def serve(socket_path: str, idle: float, once: bool, pidfile: str | None) -> Non
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     if os.path.exists(socket_path):
         os.unlink(socket_path)
-    global _CODE_VERSION
+    global _CODE_VERSION, _HOME
     _CODE_VERSION = protocol.wb_code_version()  # the code this process runs, read before any job
+    _HOME = protocol.folder_identity(os.getcwd())  # the workspace it serves (spawned there)
     # Bind and listen under a private name, then rename: the socket appears only when it
     # accepts connections (the supervisor waits for the path to exist).
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
