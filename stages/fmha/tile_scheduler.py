@@ -37,8 +37,10 @@ L2_PLAN_BYTES = 40 * 1024 * 1024
 def persistence(d: int, causal: bool, varlen: bool) -> str:
     """``persistent=auto``: dynamic when causal or varlen (longest-first tiles taken greedily:
     +7%; causal lost 8-11% with round robin); else on (H200: +3-8% non-causal at d = 64 and
-    128), except d = 96 and 256: off, +1.5% on an H200 at s = 8192 (docs/perf-notes.md, round
-    7). Both stage O in Q there, so a persistent CTA's next Q waits for this tile's O store."""
+    128), except d = 96 and 256: off. H200, s = 8192, two calls each: d = 256 +1.6% both
+    times; d = 96 +1.5% then -0.7%, a wash, off as the perf sweep measured it
+    (docs/perf-notes.md, round 7). Both stage O in Q there, so a persistent CTA's next Q
+    waits for this tile's O store."""
     if causal or varlen:
         return "dynamic"
     return "off" if d in (96, 256) else "on"
