@@ -40,6 +40,11 @@
 #               in Q frees 32 KiB, room for a third K/V stage (225 KiB) or 144/160-key tiles
 #               (each compiles without spills): a sweep of each, then two interleaved rounds
 #               of benches beside the default and FA4 (about 5 minutes; not yet run)
+# PHASE psync:  p_sync=warp (the PV MMA waits for the warp's own P stores, not the WG's 128
+#               threads; FlashAttention-3/4's choice) where P goes through shared memory: d = 96
+#               non-causal and the causal long kernel. A sweep first (a race shows as wrong
+#               rows), then two interleaved rounds beside the default and FA4 (about 4 minutes;
+#               not yet run)
 # Every command has its own hang timeout; `timeout` bounds each step as a backstop.
 set -u
 export COLUMNS=${COLUMNS:-220}
@@ -254,12 +259,25 @@ d128q)
     done
   done
   ;;
+psync)
+  step "sweep p_sync=warp: d=96 non-causal and causal (the long kernel from m=8192), tails, GQA, softcap, both dtypes"
+  timeout 200 wb sweep d --n 17,1000,8192,9000 --d 96 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2,1 \
+    -V p_sync=warp --timeout 40 | sweep_verdicts
+  timeout 60 wb sweep d --n 1000,8192 --d 96 -p causal=false -p softcap=30 -V p_sync=warp --timeout 40 | sweep_verdicts
+  for round in 1 2; do
+    step "round $round: default (p_sync=wg) and FA4, then p_sync=warp (d=96 s 8192, both masks, both dtypes)"
+    for c in "false" "true"; do
+      timeout 120 wb bench d -p d=96 -p n=8192 -p causal=$c -p dtype=bf16,fp16 --peers fa4 --timeout 110 | table_rows 170
+      timeout 100 wb bench d -p d=96 -p n=8192 -p causal=$c -p dtype=bf16,fp16 -V p_sync=warp --peers "" --timeout 90 | table_rows 170 "warp"
+    done
+  done
+  ;;
 perf)
   step "wb bench d --sweep (docs/perf.md) with every peer"
   cpeers="fa4,sdpa-cudnn,sdpa-flash"; [ -n "${WB_CUTLASS_EXAMPLES:-}" ] && cpeers="$cpeers,cutlass-example"
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|psync" >&2; exit 2 ;;
 esac
 step done

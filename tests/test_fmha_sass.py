@@ -130,3 +130,12 @@ def test_p_through_shared_memory_frees_the_registers_of_192_row_tiles_at_d96(fmh
     assert all(n <= 12 for n in opcode_counts(rec, fmha_ws, "WARPGROUP"))
     refused = wb(*args, "-V", "p_operand=regs", cwd=fmha_ws, timeout=600)
     assert refused.returncode == 2 and "p_operand=smem" in refused.stderr
+    # p_sync=warp: the PV MMA waits for the warp's own P stores only, so the WG's named barrier
+    # after each P store (the peeled first tile's and the loop's) is gone
+    warp = wb(*args, "-V", "p_operand=smem", "-V", "p_sync=warp", cwd=fmha_ws, timeout=600)
+    assert warp.returncode == 0, warp.stdout[-2000:] + warp.stderr[-2000:]
+    warp_rec = json.loads(warp.stdout)
+    (warp_kernel,) = warp_rec["resources"]["kernels"]
+    assert (warp_kernel["spill_store_bytes"], warp_kernel["spill_load_bytes"]) == (0, 0), warp_kernel
+    (wg_bars,), (warp_bars,) = opcode_counts(rec, fmha_ws, "BAR"), opcode_counts(warp_rec, fmha_ws, "BAR")
+    assert warp_bars == wg_bars - 2, (wg_bars, warp_bars)

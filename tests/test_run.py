@@ -114,6 +114,19 @@ def test_compile_error_points_at_the_users_line(toy_ws, wb):
     assert rec["error"]["location"].endswith(f"stages/toy/stage_a.py:{line}")
 
 
+def _signal_dispositions(pid: int) -> str:
+    """Whether process ``pid`` ignores, blocks or catches SIGINT and SIGTERM (Linux)."""
+    try:
+        fields = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+    except OSError:
+        return "signal dispositions: unknown"
+    said = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        states = [name for name in ("SigIgn", "SigBlk", "SigCgt") if int(fields.get(name, "0"), 16) >> (sig - 1) & 1]
+        said.append(f"{sig.name} {'/'.join(states) or 'default'}")
+    return "wb's signal dispositions before the signal: " + ", ".join(said)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_leaves_an_interrupted_record_and_kills_the_worker(toy_ws, sig):
     """SIGTERM (`timeout`, `kill`, a batch system ending the job) is handled as Ctrl-C."""
@@ -127,9 +140,10 @@ def test_ctrl_c_or_sigterm_leaves_an_interrupted_record_and_kills_the_worker(toy
     while "fixture" not in seen and time.time() < deadline:
         seen += proc.stdout.readline()
     time.sleep(0.3)
+    dispositions = _signal_dispositions(proc.pid)  # for the message: a SIGINT wb ignores is lost
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 130, seen + out
+    assert proc.returncode == 130, f"{dispositions}\n{seen}{out}"
     runs = sorted((toy_ws / "runs").glob("2*/run.json"))
     rec = json.loads(runs[-1].read_text())
     assert rec["verdict"] == "INTERRUPTED"

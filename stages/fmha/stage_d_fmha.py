@@ -100,8 +100,8 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
 Variants (kernel.yaml; ``auto`` resolves to what measured fastest on an H200,
 docs/perf-notes.md): ``softmax=exp|identity`` (identity: O = masked (Q K^T scale) V,
 masked logits contribute 0; LSE written as 0); ``consumers``, ``tile_order``,
-``persistent``, ``kv_stages``, ``kv_load``, ``k_release``, ``o_rescale`` (see the
-constants below); and ``schedule``, the consumer's per-tile order (auto: pingpong):
+``persistent``, ``kv_stages``, ``kv_load``, ``k_release``, ``o_rescale``, ``p_sync``
+(``hand_over_p``; see the constants below); and ``schedule``, the consumer's per-tile order (auto: pingpong):
 
 * ``serial`` (the first verified kernel): per tile S = QK^T, wait, softmax, O += PV,
   wait (the base's ``consume_tile``, stage C's step): a WG's tensor-core work idles during its softmax.
@@ -241,6 +241,7 @@ class FmhaForward(FmhaForwardBase):
         kv_stages=None,
         kv_tile: int | None = None,
         p_operand: str = "auto",
+        p_sync: str = "wg",
         o_staging: str = "auto",
         schedule: str = "auto",
         consumers: int | None = None,
@@ -284,6 +285,7 @@ class FmhaForward(FmhaForwardBase):
         self.tile_n = tile_n
         self.o_in_q = o_in_q
         self.p_smem = p_smem
+        self.p_sync = p_sync
         self.num_threads = common.WG_THREADS * (1 + consumers)
         self.consumer_regs, self.producer_regs = REGISTERS[consumers]
         super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages, dv=dv)
@@ -777,8 +779,9 @@ class FmhaForward(FmhaForwardBase):
     def hand_over_p(self, acc_S: cute.Tensor, tOrP: cute.Tensor, p_store: cutlass.Constexpr, wg: Int32):
         """P = acc_S as the PV MMA's A operand: converted into tOrP's registers, or (``p_smem``)
         converted and stored with stmatrix into the WG's P tile, fenced for the async proxy
-        and the WG's 128 threads synced (the MMA reads the whole tile). The caller has waited
-        for the previous PV MMA, which read the tile."""
+        and synced: the WG's 128 threads (``p_sync=wg``), or the warp alone (``warp``: a
+        warp's rows of the PV MMA are the rows of P it stored, as P has S's accumulator
+        layout). The caller has waited for the previous PV MMA, which read the tile."""
         if const_expr(p_store is None):
             sm.convert_p(acc_S, tOrP)
         else:
@@ -787,7 +790,10 @@ class FmhaForward(FmhaForwardBase):
             rP.store(acc_S.load().to(self.dtype))
             cute.copy(tiled_store, thr_store.retile(rP), tPsP)
             cute.arch.fence_view_async_shared()
-            cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)
+            if const_expr(self.p_sync == "warp"):
+                cute.arch.sync_warp()
+            else:
+                cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)
 
     @cute.jit
     def produce_d(
@@ -1356,6 +1362,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "kv_stages": number("kv_stages"),
         "kv_tile": number("kv_tile"),
         "p_operand": v["p_operand"],
+        "p_sync": v["p_sync"],
         "o_staging": v["o_staging"],
         "schedule": v["schedule"],
         "consumers": number("consumers"),
