@@ -216,6 +216,21 @@ def test_unwritten_rows_are_matched_against_poison(tmp_path):
     assert [row[0] > 0 for row in emap.bad] == [i % 2 == 1 for i in range(len(emap.bad))]
 
 
+def test_under_initcheck_leftover_poison_bytes_are_not_read_as_unwritten_rows():
+    """poisoned=False (the worker under initcheck leaves outputs as allocated): bytes that
+    happen to match the poison are NaN, not 'unwritten', so the unwritten-rows mutant no
+    longer explains them; the same output poisoned by the worker is that mutant's."""
+    _, mutants = A.load()
+    _, inputs, expected, outs, params, variants = A.case("c", "random")
+    preds, _ = A.predictions("c", "random")
+    out = A.kernel_like({**expected, **preds["half-rows-unwritten"]}, outs)
+    poisoned = diagnose(out, expected, inputs, params, variants, "random", mutants)
+    assert poisoned.best is not None and poisoned.best.name == "half-rows-unwritten"
+    left = diagnose(out, expected, inputs, params, variants, "random", mutants, poisoned=False)
+    assert left.best is None or left.best.name != "half-rows-unwritten", left.headline
+    assert left.reference["o"].mismatch == poisoned.reference["o"].mismatch > 0  # still seen, as NaN
+
+
 def test_read_map_shows_the_lagging_v_tile(tmp_path):
     """onehot-p with V one tile behind: each query read the same row one KV tile earlier."""
     d = A.diagnose_mutant("c", "onehot-p", "v-tile-lag", tmp_path)

@@ -74,11 +74,13 @@ def fail_min(eps: float) -> float:
 # --------------------------------------------------------------------------------------
 # element classes and fits
 # --------------------------------------------------------------------------------------
-def classify_actual(t):
-    """(float64 values with specials zeroed, int8 classes) of a kernel output."""
+def classify_actual(t, poisoned: bool = True):
+    """(float64 values with specials zeroed, int8 classes) of a kernel output. ``poisoned``:
+    False when the output was left as allocated (under initcheck): no element is classed as
+    unwritten, since leftover bytes may happen to match the poison (compare.metrics too)."""
 
     unwritten = None
-    if t.dtype.is_floating_point:
+    if poisoned and t.dtype.is_floating_point:
         try:
             unwritten = unwritten_mask(t)
         except Exception:  # the dtype has no poison pattern
@@ -203,10 +205,12 @@ def diagnose(
     force: bool = False,
     hooks: Iterable | None = None,
     views: Views | None = None,
+    poisoned: bool = True,
 ) -> Diagnosis:
     """Explain a kernel's outputs: rank mutant references by how well they reproduce them.
 
-    stage_outputs: the kernel's outputs (poison where unwritten); expected: the true
+    stage_outputs: the kernel's outputs (poison where unwritten; ``poisoned=False``: left
+    as allocated, so nothing reads as unwritten -- the worker under initcheck); expected: the true
     reference (same names); mutants: a registry (e.g. mutants_for(kernel_dir)) or None for
     the generic ones. picture_dir: write PNG error maps (and the read map) there; the
     Diagnosis lists them relative to picture_dir. label names the case in file names
@@ -232,7 +236,7 @@ def diagnose(
     actual, refc, eps = {}, {}, 0.0
     for n in names:
         a = stage_outputs[n]
-        actual[n] = classify_actual(a)
+        actual[n] = classify_actual(a, poisoned)
         r = expected[n]
         refc[n] = classify(r.to(a.device))
         eps = max(eps, eps_of(a))

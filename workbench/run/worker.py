@@ -342,7 +342,7 @@ class Job:
         if differing is not None:
             case["exported_bit_differences"] = differing
         if case["verdict"] == "FAIL":
-            case["diagnosis"] = self.diagnose(fixture, outputs, reference, inputs, params, variants, spec, label)
+            case["diagnosis"] = self.diagnose(fixture, outputs, reference, inputs, params, variants, spec, label, poisoned)
         return case
 
     def through_exported(self, inputs, params, outputs, out_specs):
@@ -360,8 +360,8 @@ class Job:
             raise UserError(f"--exported: the op's stage_call returned no {', '.join(missing)}")
         return got, {name: bit_differences(got[name], outputs[name]) for name in out_specs}
 
-    def diagnose(self, fixture, outputs, reference, inputs, params, variants, spec, label):
-        """Explain a failure with the diagnostics library."""
+    def diagnose(self, fixture, outputs, reference, inputs, params, variants, spec, label, poisoned=True):
+        """Explain a failure with the diagnostics library (``poisoned``: as compare.metrics)."""
         try:
             return run_diagnosis(
                 outputs=outputs,
@@ -373,6 +373,7 @@ class Job:
                 kernel_dir=spec.module_path.parent,
                 picture_dir=Path(self.job["run_dir"]) if self.job.get("run_dir") else None,
                 label=label,
+                poisoned=poisoned,
             )
         except Exception as exc:  # a broken diagnosis must not hide the verdict
             return {"error": f"diagnosis failed: {type(exc).__name__}: {exc}"}
