@@ -191,6 +191,19 @@ def test_a_workspace_made_again_at_its_path_does_not_get_the_old_workspaces_work
     os.kill(second["timing"]["worker_pid"], signal.SIGKILL)
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/PID/maps (Linux)")
+def test_a_cpu_stages_worker_starts_without_the_dsl(toy_ws, wb):
+    """A plain PyTorch stage (needs_gpu = False) gets a worker that preloads torch but not the
+    CuTe DSL (half a second of a new worker's start): no library of the DSL is mapped in it."""
+    rec = record_of(toy_ws, wb("run", "a", "--json"))
+    pid = rec["timing"]["worker_pid"]
+    assert rec["verdict"] == "PASS" and rec["timing"]["worker_reused"] is False
+    libraries = {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if "/" in line}
+    os.kill(pid, signal.SIGKILL)
+    assert any("/torch/" in path for path in libraries)
+    assert not any("cutlass" in path for path in libraries), sorted(p for p in libraries if "cutlass" in p)
+
+
 def test_fresh_flag_uses_a_new_worker_each_time(toy_ws, wb):
     a = record_of(toy_ws, wb("run", "a", "--fresh", "--json"))
     b = record_of(toy_ws, wb("run", "a", "--fresh", "--json"))

@@ -572,10 +572,16 @@ def serve(socket_path: str, idle: float, once: bool, pidfile: str | None) -> Non
 
 
 def _preload() -> None:
-    """Import the heavy libraries while the supervisor is still sending the job."""
-    if os.environ.get("WB_WORKER_PRELOAD") != "dsl":  # compile-only jobs (wb shapes) need no torch
+    """Import the heavy libraries while the supervisor is still sending the job:
+    WB_WORKER_PRELOAD=dsl for compile-only jobs (wb shapes: no torch), torch for a stage
+    that runs on the CPU (plain PyTorch: no DSL), else both. A later job that needs what was
+    not preloaded imports it then."""
+    preload = os.environ.get("WB_WORKER_PRELOAD", "all")
+    if preload != "dsl":
         import torch  # noqa: F401
 
+    if preload == "torch":
+        return
     try:
         import cutlass  # noqa: F401
         import cutlass.cute  # noqa: F401
