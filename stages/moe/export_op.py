@@ -6,7 +6,8 @@ nothing but torch: the package runs with neither wb nor cutlass installed.
 
 x (T, H); w1 (E, H, 2I) with gate and up interleaved along the last dim (column 2c is the
 gate, 2c + 1 the up projection of output column c); w2 (E, I, H); topk_ids (T, k) int32 in
-[0, E); topk_weights (T, k) fp32; one dtype (bf16 or fp16) for x, w1, w2, all on one CUDA
+[0, E) (unchecked: a check needs a device-to-host copy per call; a token routed outside gets
+an undefined row); topk_weights (T, k) fp32; one dtype (bf16 or fp16) for x, w1, w2, all on one CUDA
 device, contiguous, 16-byte aligned. y (T, H) = sum_j w[t, j] * (act(x[t] W1[e]) W2[e]) with
 e = topk_ids[t, j]. Routing is the caller's (stage D's top-k + softmax is ``route`` below).
 
