@@ -37,3 +37,26 @@ def test_no_git_and_no_sender_word_is_unknown(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     assert git_state(tmp_path) == {"commit": None, "dirty": None, "diff_hash": None}
+
+
+def test_a_record_names_its_card_among_several():
+    """Which card, not only which model: the worker reads the UUID from torch's device
+    properties (whatever CUDA_VISIBLE_DEVICES renumbered), the record keeps it beside
+    CUDA_VISIBLE_DEVICES, and the label wb prints carries both; a CPU run stays "cpu"."""
+    from types import SimpleNamespace
+
+    from workbench.records.provenance import card_label
+    from workbench.run.worker import gpu_uuid
+    from workbench.schemas.run_record import Provenance
+
+    assert gpu_uuid(SimpleNamespace(uuid="8f3c1a2b-0000-1111-2222-333344445555")) == "GPU-8f3c1a2b-0000-1111-2222-333344445555"
+    assert gpu_uuid(SimpleNamespace(uuid="GPU-8f3c1a2b-0000")) == "GPU-8f3c1a2b-0000"
+    assert gpu_uuid(SimpleNamespace()) is None
+    prov = {"gpu": "NVIDIA H200", "gpu_uuid": "GPU-8f3c1a2b-0000-1111", "cuda_visible_devices": "1"}
+    Provenance.model_validate(prov)
+    assert card_label(prov) == "NVIDIA H200 GPU-8f3c1a2b (CUDA_VISIBLE_DEVICES=1)"
+    assert card_label({"gpu": "NVIDIA H200"}) == "NVIDIA H200"
+    assert card_label({"gpu": None, "cuda_visible_devices": "0"}) == "cpu"
+    assert card_label({"gpu": "NVIDIA H200", "gpu_uuid": "GPU-b", "cuda_visible_devices": "2"}) != card_label(
+        {"gpu": "NVIDIA H200", "gpu_uuid": "GPU-c", "cuda_visible_devices": "3"}
+    )

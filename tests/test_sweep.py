@@ -89,6 +89,12 @@ def test_sweep_lanes_each_have_their_own_gpu_and_warm_worker(toy_ws, wb):
     assert sorted(p.data["cuda_visible_devices"] for p in workers) == ["0", "1"]
     recs = [record(toy_ws, r["run"]) for r in summary["rows"]]
     assert sum(r["timing"]["worker_reused"] for r in recs) == 2
+    # each lane's records name its device and its worker, and no two lanes share either
+    by_lane = {}
+    for row, rec in zip(summary["rows"], recs):
+        by_lane.setdefault(row["lane"], set()).add((rec["provenance"]["cuda_visible_devices"], rec["timing"]["worker_pid"]))
+    assert sorted(by_lane) == ["gpu0", "gpu1"] and all(len(seen) == 1 for seen in by_lane.values()), by_lane
+    assert by_lane["gpu0"] != by_lane["gpu1"] and {next(iter(s))[0] for s in by_lane.values()} == {"0", "1"}
     plain = wb("sweep", "a", "--n", "128,256", "--gpus", "0,1")
     assert plain.returncode == 0 and "sweep sweep-" in plain.stdout and "PASS 1.000000" in plain.stdout
     procs.kill(Workspace(toy_ws), everything=True)

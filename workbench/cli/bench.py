@@ -89,12 +89,13 @@ def bench(
 
 
 def render_bench(record: dict) -> None:
+    from workbench.records.provenance import card_label
     from workbench.run import bench as lib
     from workbench.terminal import console, escape, fmt, table, verdict
 
     peak = record.get("peak") or {}
     console.print(
-        f"{verdict(record['verdict'])} bench {escape(record['stage'])} on {escape(record['provenance'].get('gpu') or '?')}"
+        f"{verdict(record['verdict'])} bench {escape(record['stage'])} on {escape(card_label(record['provenance']))}"
         f" · card peak {fmt(peak.get('tflops'), '.0f')} TFLOP/s (bf16 matmul{', cached' if peak.get('cached') else ''}) · run {record['id']}"
     )
     peers = sorted({p for c in record.get("bench", []) for p in (c.get("peers") or {})})

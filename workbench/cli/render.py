@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from workbench import terminal
+from workbench.records.provenance import card_label
 from workbench.records.report import fixture_rows, params_text, variants_text
 from workbench.remote.sweep import CaseResult, SweepEvent, first_line
 from workbench.run import timeline
@@ -76,7 +77,7 @@ def render_run(record: dict[str, Any]) -> None:
     )
     console.print(
         f"[dim]run {record['id']} · {compile_text} · kernels {fmt(timing.get('run_s'), '.3f')} s · total "
-        f"{fmt(timing.get('total_s'), '.2f')} s · {escape(prov.get('gpu') or 'cpu')} · {'warm' if timing.get('worker_reused') else 'new'} worker[/]"
+        f"{fmt(timing.get('total_s'), '.2f')} s · {escape(card_label(prov))} · {'warm' if timing.get('worker_reused') else 'new'} worker[/]"
     )
     rows = fixture_rows(record)
     if rows:
@@ -151,7 +152,7 @@ def render_runs(records: list[dict[str, Any]]) -> None:
                 r["id"], escape(r["stage"]), verdict(r["verdict"]), escape(params_text(r)),
                 escape(variants_text({k: v for k, v in r.get("variants", {}).items()})),
                 (prov.get("commit") or "-")[:8] + ("+" if prov.get("dirty") else ""),
-                escape(prov.get("gpu") or "cpu"), escape(r.get("host_name") or prov.get("host") or ""),
+                escape(card_label(prov)), escape(r.get("host_name") or prov.get("host") or ""),
             ]
         )
     console.print(terminal.table(None, ["run", "stage", "verdict", "params", "variants", "commit", "card", "host"], rows))

@@ -72,12 +72,26 @@ def record_provenance(ws, spec, git: dict[str, Any], env: dict[str, Any], arch: 
         "torch": env.get("torch"),
         "python": env.get("python"),
         "gpu": env.get("gpu"),
+        "gpu_uuid": env.get("gpu_uuid"),  # which card, among several
+        "cuda_visible_devices": env.get("cuda_visible_devices"),
         "compute_capability": env.get("compute_capability"),
         "driver": env.get("driver"),
         "cuda_runtime": env.get("cuda_runtime"),
         "arch": arch,
         "host": host(),
     }
+
+
+def card_label(prov: dict[str, Any]) -> str:
+    """The card a record ran on, named among several when the record says which: "NVIDIA H200
+    GPU-8f3c1a2b (CUDA_VISIBLE_DEVICES=1)"; "cpu" without one."""
+    label = prov.get("gpu") or "cpu"
+    uuid = prov.get("gpu_uuid")
+    if uuid:
+        label += f" {str(uuid)[:12]}"
+    if prov.get("gpu") and prov.get("cuda_visible_devices") not in (None, ""):
+        label += f" (CUDA_VISIBLE_DEVICES={prov['cuda_visible_devices']})"
+    return label
 
 
 def short_commit(prov: dict[str, Any], width: int = 10) -> str:

@@ -46,7 +46,8 @@ def environment() -> dict[str, Any]:
     """Versions and the GPU this worker sees (for the run record's provenance)."""
     import torch
 
-    info: dict[str, Any] = {"torch": torch.__version__, "python": sys.version.split()[0], "gpu": None}
+    info: dict[str, Any] = {"torch": torch.__version__, "python": sys.version.split()[0], "gpu": None,
+                            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     try:
         from importlib.metadata import version
 
@@ -59,10 +60,22 @@ def environment() -> dict[str, Any]:
         info["gpu"] = props.name
         info["compute_capability"] = f"{props.major}.{props.minor}"
         info["sm_count"] = props.multi_processor_count
-        info["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+        info["gpu_uuid"] = gpu_uuid(props)
+        info["gpu_count"] = torch.cuda.device_count()
         info["driver"] = _nvidia_driver_version()
         info["cuda_runtime"] = torch.version.cuda
     return info
+
+
+def gpu_uuid(props) -> str | None:
+    """The card's UUID as nvidia-smi -L prints it (GPU-xxxxxxxx-...), from torch's device
+    properties; None where torch does not give one. It names the card among several, whatever
+    CUDA_VISIBLE_DEVICES renumbered."""
+    uuid = getattr(props, "uuid", None)
+    if uuid is None:
+        return None
+    text = str(uuid)
+    return text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
 
 
 def _nvidia_driver_version() -> str | None:

@@ -94,6 +94,8 @@ class Provenance(_Model):
     dirty: Optional[bool] = None
     diff_hash: Optional[Line] = None
     gpu: Optional[Line] = None
+    gpu_uuid: Optional[Line] = None
+    cuda_visible_devices: Optional[Line] = None
     dsl: Optional[Line] = None
     torch: Optional[Line] = None
     arch: Optional[Line] = None
