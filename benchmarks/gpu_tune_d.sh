@@ -45,6 +45,10 @@
 #               non-causal and the causal long kernel. A sweep first (a race shows as wrong
 #               rows), then two interleaved rounds beside the default and FA4 (about 4 minutes;
 #               not yet run)
+# PHASE varlen: the mixed varlen batch (13 sequences, 64k tokens) and its equal-length twin,
+#               causal and not, both dtypes, beside FA4, each timed in 5 worker processes
+#               (--processes: the median of their medians; one process's level moves by 10%)
+#               (about 5 minutes; not yet run)
 # Every command has its own hang timeout; `timeout` bounds each step as a backstop.
 set -u
 export COLUMNS=${COLUMNS:-220}
@@ -272,12 +276,22 @@ psync)
     done
   done
   ;;
+varlen)
+  MIXED="16000:12345:8192:6000:5120:4096:3500:3072:2600:2048:1500:931:128"
+  for c in false true; do
+    step "varlen causal=$c: mixed batch and 4 x 4096, bf16 and fp16, fa4 beside, 5 processes each"
+    timeout 260 wb bench d -p d=128 -p n=16000 -p causal=$c -p varlen=true -p seqlens=$MIXED -p dtype=bf16,fp16 \
+      --peers fa4 --processes 5 --timeout 50 | table_rows 170
+    timeout 200 wb bench d -p d=128 -p n=4096 -p causal=$c -p varlen=true -p seqlens=4096:4096:4096:4096 -p dtype=bf16,fp16 \
+      --peers fa4 --processes 3 --timeout 50 | table_rows 170
+  done
+  ;;
 perf)
   step "wb bench d --sweep (docs/perf.md) with every peer"
   cpeers="fa4,sdpa-cudnn,sdpa-flash"; [ -n "${WB_CUTLASS_EXAMPLES:-}" ] && cpeers="$cpeers,cutlass-example"
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|psync" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|psync|varlen" >&2; exit 2 ;;
 esac
 step done

@@ -216,3 +216,61 @@ def test_the_run_chart_leaves_the_kernels_yardsticks_out_of_the_best_peer_as_the
     assert bench._yardsticks(ws, {"kernel": "moe"}) == ("dense",)  # moe's kernel.yaml: dense is a yardstick
     assert bench._yardsticks(ws, {"kernel": "fmha"}) == ()
     assert bench._yardsticks(Workspace(tmp_path), {"kernel": "moe"}) == ()  # no kernel.yaml here: every peer counts
+
+
+def _process_result(wb_ms, fa4_ms, verdict="PASS", flops=4e12):
+    """One worker process's bench result for one case (as BenchJob returns it)."""
+    case = {"case": "n=4096", "row": "d=128", "verdict": verdict, "flops": flops, "fraction_of_peak": 0.9,
+            "peers": {"fa4": {"median_ms": fa4_ms, "p10_ms": fa4_ms, "p90_ms": fa4_ms, "tflops": flops / fa4_ms / 1e9},
+                      "sdpa-flash": {"skipped": "not installed"}}}
+    if verdict == "PASS":
+        case.update(median_ms=wb_ms, p10_ms=wb_ms * 0.99, p90_ms=wb_ms * 1.02, min_ms=wb_ms * 0.98, reps=30,
+                    tflops=flops / wb_ms / 1e9)
+    return {"env": {"gpu": "NVIDIA H200"}, "peak": {"tflops": 790.0}, "notes": [], "cases": [case], "verdict": verdict}
+
+
+def test_several_processes_merge_into_the_median_of_their_medians():
+    """--processes: each process's median counts once; TFLOP/s comes from the median of the
+    medians, for wb and each peer alike, and the record keeps every process's median."""
+    merged = bench.merge_processes([_process_result(5.0, 6.0), _process_result(6.0, 5.5), _process_result(5.2, 9.0)])
+    (case,) = merged["cases"]
+    assert case["median_ms"] == 5.2 and case["process_medians_ms"] == [5.0, 6.0, 5.2] and case["reps"] == 90
+    assert case["tflops"] == pytest.approx(4e12 / 5.2e-3 / 1e12)
+    assert case["peers"]["fa4"]["median_ms"] == 6.0 and case["peers"]["fa4"]["tflops"] == pytest.approx(4e12 / 6e-3 / 1e12)
+    assert case["peers"]["sdpa-flash"] == {"skipped": "not installed"}
+    assert case["fraction_of_peak"] == pytest.approx(0.9 * 5.0 / 5.2)  # process 1's, scaled to the merged time
+    assert merged["verdict"] == "PASS" and merged["processes"] == 3 and "3 worker processes" in merged["notes"][-1]
+    failed = bench.merge_processes([_process_result(5.0, 6.0), _process_result(5.0, 6.0, verdict="FAIL")])
+    assert failed["verdict"] == "FAIL" and failed["cases"][0]["verdict"] == "FAIL" and "median_ms" not in failed["cases"][0]
+
+
+def test_run_bench_with_processes_starts_a_new_worker_for_each_and_keeps_them_past_a_hang(tmp_path, monkeypatch):
+    """Each process is a new worker (warm=False); a process that hangs is the record's verdict,
+    and the processes timed before it stay in the record."""
+    import shutil
+
+    from workbench.run.supervisor import Outcome
+
+    for name in ("stages", "fixtures", "pyproject.toml"):
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, tmp_path / name)
+    ws = Workspace(tmp_path)
+    kernel = load_kernels(ws)["fmha"]
+    spec = kernel.stage("d")
+    cases = bench.plan_cases(spec, kernel, {"n": ["4096"]}, False)
+    calls = []
+
+    def fake_run_job(ws_, job, timeout, on_event, warm=True, **kwargs):
+        calls.append(warm)
+        if len(calls) == 3:
+            return Outcome(status="HANG", message="no result after 9 s", worker_pid=len(calls))
+        return Outcome(status="result", result=_process_result(5.0 + len(calls), 6.0), worker_pid=len(calls))
+
+    monkeypatch.setattr(bench, "run_job", fake_run_job)
+    done = bench.run_bench(ws, spec, kernel, cases, {}, ["fa4"], processes=2)
+    assert calls == [False, False] and done["verdict"] == "PASS"
+    assert done["bench"][0]["process_medians_ms"] == [6.0, 7.0] and done["bench"][0]["median_ms"] == 6.5
+    calls.clear()
+    calls.append(False)  # the next call is the third: it hangs
+    hung = bench.run_bench(ws, spec, kernel, cases, {}, ["fa4"], processes=3)
+    assert hung["verdict"] == "HANG" and hung["bench"][0]["process_medians_ms"] == [7.0]
+    assert "process 2 of 3: HANG" in hung["notes"][-1]

@@ -75,6 +75,8 @@ def test_float_parameters_are_range_checked_too(raw, fragment):
         (["--sweep"], "kernel toy has no bench.sweep in its kernel.yaml"),
         (["--timeout", "-1"], "--timeout must be a positive number"),
         (["--timeout", "nan"], "--timeout must be a positive number"),
+        (["--processes", "0"], "--processes must be between 1 and 50"),
+        (["--processes", "51"], "--processes must be between 1 and 50"),
     ],
 )
 def test_bench_arguments_are_checked_before_anything_runs(toy_ws, capsys, args, fragment):

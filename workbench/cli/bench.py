@@ -36,6 +36,10 @@ def bench(
     variant: Optional[List[str]] = typer.Option(None, "--variant", "-V", help="Compile-time variant key=value."),
     reps: int = typer.Option(30, "--reps", help="Timed repeats per kernel."),
     graph: str = typer.Option("auto", "--graph", help="CUDA-graph replay: auto (short kernels), on, off."),
+    processes: int = typer.Option(
+        1, "--processes", help="Time in N new worker processes, one after another, and take the median of their medians "
+        "(for a case whose speed moves with where a process's tensors land, e.g. a mixed varlen batch).",
+    ),
     sweep: bool = typer.Option(False, "--sweep", help="Time the kernel's bench.sweep cases and write its perf doc (bench.perf_doc)."),
     timeout: float = typer.Option(900.0, "--timeout", help="Seconds before the bench is killed as HANG."),
     host: Optional[str] = typer.Option(None, "--host", help="Run on a configured remote host (see `wb hosts`); the record comes back here."),
@@ -54,6 +58,8 @@ def bench(
         raise UserError("--graph must be auto, on or off")
     if reps < 3:
         raise UserError("--reps must be at least 3")
+    if not 1 <= processes <= 50:
+        raise UserError("--processes must be between 1 and 50")
     if not 0 < timeout < float("inf"):
         raise UserError("--timeout must be a positive number of seconds")
     cases = lib.plan_cases(spec, kernel, parse_axes(param, "--param"), sweep)
@@ -69,7 +75,8 @@ def bench(
         record = run_and_import(ws, host, state.argv, spec=spec, publish=lib.record_speed, show=not as_json, deadline_s=timeout + 300)
     else:
         with progress(f"bench {spec.id}", enabled=not as_json) as on_event:
-            record = lib.run_bench(ws, spec, kernel, cases, variants, peer_list, reps=reps, graph=graph, timeout=timeout, on_event=on_event)
+            record = lib.run_bench(ws, spec, kernel, cases, variants, peer_list, reps=reps, graph=graph, timeout=timeout,
+                                   on_event=on_event, processes=processes)
     if sweep and record["verdict"] in ("PASS", "FAIL") and record.get("bench"):
         from workbench.records.store import atomic_write_text
 

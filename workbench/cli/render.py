@@ -50,6 +50,8 @@ def progress(title: str, enabled: bool = True) -> Iterator[Callable[[dict], None
             return f"launching peer {event.get('peer')} ({event.get('fixture')})"
         if event.get("phase") == "trace":
             return f"traced launch ({event.get('fixture')})"
+        if event.get("phase") == "process":
+            return f"worker process {event.get('process')} of {event.get('of')} (a new one each)"
         if event.get("phase") == "instrument":
             return f"starting worker under {event.get('tool')} (slower than a plain run)"
         return str(event.get("phase", ""))

@@ -395,8 +395,11 @@ def resolve_cases(spec, kernel, cases: list[BenchCase]) -> list[dict[str, Any]]:
 
 
 def run_bench(ws, spec, kernel, cases: list[BenchCase], variants: dict[str, str], peers: list[str], reps: int = 30,
-              graph: str = "auto", timeout: float = 600.0, on_event=lambda e: None, warm: bool = True) -> dict[str, Any]:
-    """Benchmark `cases` of a stage in a worker; write the record (kind "bench") and MEMORY.md."""
+              graph: str = "auto", timeout: float = 600.0, on_event=lambda e: None, warm: bool = True,
+              processes: int = 1) -> dict[str, Any]:
+    """Benchmark `cases` of a stage in a worker; write the record (kind "bench") and MEMORY.md.
+    ``processes`` > 1: the same job in that many new workers, one after another, merged by
+    ``merge_processes`` (a case whose speed depends on where a process's tensors land)."""
     resolved = resolve_cases(spec, kernel, cases)
     git = git_state(ws.root)
     run_dir = new_run_dir(ws.runs_dir)
@@ -404,8 +407,23 @@ def run_bench(ws, spec, kernel, cases: list[BenchCase], variants: dict[str, str]
     job = {"op": "bench", "workspace": str(ws.root), "kernel": spec.kernel, "letter": spec.letter, "cases": resolved,
            "variants": variants, "peers": peers, "reps": reps, "graph": graph, "run_dir": str(run_dir),
            "peer_env": peer_env(kernel.dir)}
-    outcome = run_job(ws, job, timeout, on_event, warm=warm)
-    result = worker_result(outcome, run_dir)
+    if processes <= 1:
+        outcome = run_job(ws, job, timeout, on_event, warm=warm)
+        result = worker_result(outcome, run_dir)
+    else:
+        results = []
+        for index in range(processes):
+            on_event({"type": "progress", "phase": "process", "process": index + 1, "of": processes})
+            outcome = run_job(ws, job, timeout, on_event, warm=False)
+            result = worker_result(outcome, run_dir)
+            if outcome.status != "result":  # a HANG or CRASH is the record's verdict, as with one process;
+                if results:  # the processes timed before it stay in the record
+                    result = merge_processes(results)
+                    result["notes"].append(f"process {index + 1} of {processes}: {outcome.status}")
+                break
+            results.append(result)
+        else:
+            result = merge_processes(results)
     env = result.get("env", {})
     record = new_record(
         "bench", spec, {}, variants, result.get("verdict") if outcome.status == "result" else outcome.status,
@@ -419,6 +437,51 @@ def run_bench(ws, spec, kernel, cases: list[BenchCase], variants: dict[str, str]
         finished=utc_now(),
     )
     return commit(ws, run_dir, record, publish=record_speed)
+
+
+def merge_processes(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One bench result from the results of the same job in several worker processes: per case
+    and per peer the median of the processes' medians (TFLOP/s from it), p10/p90 the medians of
+    theirs, and ``process_medians_ms`` the list; a case that did not PASS in every process is
+    that process's case (its verdict and error), untimed. Env and peak are the first's."""
+    first = results[0]
+    merged: dict[str, Any] = {**first, "cases": [], "notes": list(first.get("notes", []))}
+    spreads = []
+    for index, case in enumerate(first.get("cases", [])):
+        runs = [r["cases"][index] for r in results if index < len(r.get("cases", []))]
+        failed = next((c for c in runs if c.get("verdict") != "PASS" or not c.get("median_ms")), None)
+        if failed is not None or len(runs) < len(results):
+            merged["cases"].append(failed or case)
+            continue
+        out = {**case, **_median_timing(runs, case["flops"])}
+        if case.get("fraction_of_peak") and case.get("tflops"):
+            out["fraction_of_peak"] = case["fraction_of_peak"] * out["tflops"] / case["tflops"]
+        out["peers"] = {}
+        for name, peer in (case.get("peers") or {}).items():
+            timed = [c["peers"][name] for c in runs if (c.get("peers") or {}).get(name, {}).get("median_ms")]
+            out["peers"][name] = {**peer, **_median_timing(timed, case["flops"])} if len(timed) == len(runs) else peer
+        spreads.append(f"{case['case']}: wb {min(out['process_medians_ms']):.3f}-{max(out['process_medians_ms']):.3f} ms")
+        merged["cases"].append(out)
+    verdicts = [c.get("verdict") for c in merged["cases"]]
+    merged["verdict"] = "PASS" if verdicts and all(v == "PASS" for v in verdicts) else "FAIL"
+    merged["processes"] = len(results)
+    merged["notes"].append(f"timed in {len(results)} worker processes, the median of their medians; "
+                           "each process's median, lowest-highest: " + "; ".join(spreads))
+    return merged
+
+
+def _median_timing(runs: list[dict[str, Any]], flops: float) -> dict[str, Any]:
+    medians = [float(r["median_ms"]) for r in runs]
+    median_ms = statistics.median(medians)
+    return {
+        "median_ms": median_ms,
+        "p10_ms": statistics.median(float(r.get("p10_ms", r["median_ms"])) for r in runs),
+        "p90_ms": statistics.median(float(r.get("p90_ms", r["median_ms"])) for r in runs),
+        "min_ms": min(float(r.get("min_ms", r["median_ms"])) for r in runs),
+        "reps": sum(int(r.get("reps", 0)) for r in runs),
+        "process_medians_ms": medians,
+        "tflops": flops / (median_ms * 1e-3) / 1e12,
+    }
 
 
 def peer_ratios(case: dict[str, Any]) -> dict[str, float]:
