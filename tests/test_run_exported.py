@@ -58,6 +58,13 @@ def stage_call(op, inputs, params):
 '''
 
 
+def _with_op(out, edit):
+    """The export at ``out`` with its op module's text edited by ``edit``."""
+    op = out / "toy_export" / "_op.py"
+    op.write_text(edit(op.read_text()))
+    return out
+
+
 def make_export(root, stage="toy/stage-a", skew=False, dtypes=("bf16",)):
     out = root / "export"
     pkg = out / "toy_export"
@@ -97,6 +104,9 @@ def test_one_flipped_bit_in_the_exported_op_fails_the_fixture(toy_ws, wb):
         (lambda root: root / "nowhere", "no such folder"),
         (lambda root: (root / "empty").mkdir() or root / "empty", "not an export"),
         (lambda root: make_export(root, stage="toy/stage-b"), "it exports toy/stage-b, not toy/stage-a"),
+        (lambda root: _with_op(make_export(root), lambda text: text.replace("def stage_call", "# def stage_call\ndef call")),
+         "its op module has no stage_call(op, inputs, params)"),  # a comment that names it is not it
+        (lambda root: _with_op(make_export(root), lambda text: text + "\ndef broken(:\n"), "_op.py cannot be read as Python (line"),
     ],
 )
 def test_a_folder_that_is_not_this_stages_export_is_refused_in_one_line(toy_ws, wb, setup, message):

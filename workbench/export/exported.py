@@ -39,9 +39,32 @@ def read_manifest(out: Path, spec) -> dict[str, Any]:
         raise UserError(f"--exported {out}: it exports {stage}, not {spec.id}")
     if not (out / package / "__init__.py").is_file() or not (out / package / "_op.py").is_file():
         raise UserError(f"--exported {out}: the package folder {package}/ is incomplete; export again")
-    if "def stage_call" not in (out / package / "_op.py").read_text():
+    op_module = out / package / "_op.py"
+    try:
+        defined = top_level_names(op_module)
+    except (OSError, SyntaxError, ValueError) as exc:
+        where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+        raise UserError(f"--exported {out}: {package}/_op.py cannot be read as Python{where}: {type(exc).__name__}; export again") from None
+    if "stage_call" not in defined:
         raise UserError(f"--exported {out}: its op module has no stage_call(op, inputs, params) (ExportSpec), so fixtures cannot run through it")
     return manifest
+
+
+def top_level_names(path: Path) -> set[str]:
+    """The names a Python file defines at its top level (functions, classes, assignments,
+    imports), read without running it."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8"), filename=str(path)).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
 
 
 @dataclass
