@@ -5,6 +5,7 @@ _op.py with stage_call, an __init__ that registers a torch.library op), with a C
 real TVM-FFI package is checked on a GPU by tests/test_export_gpu.py."""
 
 import json
+import shutil
 import textwrap
 
 import pytest
@@ -65,6 +66,20 @@ def _with_op(out, edit):
     return out
 
 
+def _with_manifest(out, **fields):
+    """The export at ``out`` with ``fields`` overwritten in its manifest."""
+    path = out / "toy_export" / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+    return out
+
+
+def _twice(root):
+    """One folder holding two exports of the same stage."""
+    out = make_export(root)
+    shutil.copytree(out / "toy_export", out / "toy_export2")
+    return out
+
+
 def make_export(root, stage="toy/stage-a", skew=False, dtypes=("bf16",)):
     out = root / "export"
     pkg = out / "toy_export"
@@ -107,6 +122,9 @@ def test_one_flipped_bit_in_the_exported_op_fails_the_fixture(toy_ws, wb):
         (lambda root: _with_op(make_export(root), lambda text: text.replace("def stage_call", "# def stage_call\ndef call")),
          "its op module has no stage_call(op, inputs, params)"),  # a comment that names it is not it
         (lambda root: _with_op(make_export(root), lambda text: text + "\ndef broken(:\n"), "_op.py cannot be read as Python (line"),
+        (lambda root: _with_manifest(make_export(root), package="../../x"), "manifest.json is unreadable"),
+        (lambda root: _with_manifest(make_export(root), stage=["toy/stage-a"]), "manifest.json is unreadable"),
+        (lambda root: _twice(root), "several packages export toy/stage-a (toy_export, toy_export2)"),
     ],
 )
 def test_a_folder_that_is_not_this_stages_export_is_refused_in_one_line(toy_ws, wb, setup, message):

@@ -29,14 +29,22 @@ def read_manifest(out: Path, spec) -> dict[str, Any]:
     found = sorted(out.glob("*/manifest.json"))
     if not found:
         raise UserError(f"--exported {out}: not an export (no <package>/manifest.json in it; `wb export {spec.id} --out {out}` writes one)")
-    path = found[0]
-    try:
-        manifest = json.loads(path.read_text())
-        stage, package = manifest["stage"], manifest["package"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"--exported {out}: {path.name} is unreadable ({type(exc).__name__}: {exc}); export again") from None
-    if stage != spec.id:
-        raise UserError(f"--exported {out}: it exports {stage}, not {spec.id}")
+    manifests = []
+    for path in found:
+        try:
+            manifest = json.loads(path.read_text())
+            stage, package = manifest["stage"], manifest["package"]
+            if not isinstance(stage, str) or not isinstance(package, str) or not package.isidentifier():
+                raise ValueError("stage and package must be a name each")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"--exported {out}: {path.parent.name}/{path.name} is unreadable ({type(exc).__name__}: {exc}); export again") from None
+        manifests.append((path, manifest, stage, package))
+    mine = [m for m in manifests if m[2] == spec.id]
+    if not mine:
+        raise UserError(f"--exported {out}: it exports {', '.join(sorted({m[2] for m in manifests}))}, not {spec.id}")
+    if len(mine) > 1:
+        raise UserError(f"--exported {out}: several packages export {spec.id} ({', '.join(m[0].parent.name for m in mine)}): keep one export of a stage per folder")
+    path, manifest, stage, package = mine[0]
     if not (out / package / "__init__.py").is_file() or not (out / package / "_op.py").is_file():
         raise UserError(f"--exported {out}: the package folder {package}/ is incomplete; export again")
     op_module = out / package / "_op.py"
