@@ -139,3 +139,28 @@ def test_p_through_shared_memory_frees_the_registers_of_192_row_tiles_at_d96(fmh
     assert (warp_kernel["spill_store_bytes"], warp_kernel["spill_load_bytes"]) == (0, 0), warp_kernel
     (wg_bars,), (warp_bars,) = opcode_counts(rec, fmha_ws, "BAR"), opcode_counts(warp_rec, fmha_ws, "BAR")
     assert warp_bars == wg_bars - 2, (wg_bars, warp_bars)
+
+
+def test_lazy_rescale_puts_the_o_multiply_behind_a_warp_vote(fmha_ws, wb):
+    """lazy_rescale=on (d = 256: 128 FMULs of O per thread per KV tile): the warp votes whether
+    any of its rows moved its max and branches around the whole multiply; no spill, and the
+    branch does not make ptxas serialize the wgmma."""
+    proc = wb("compile", "d", "--d", "256", "-V", "lazy_rescale=on", "--keep", "sass", "--json", cwd=fmha_ws, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rec = json.loads(proc.stdout)
+    (kernel,) = rec["resources"]["kernels"]
+    assert (kernel["spill_store_bytes"], kernel["spill_load_bytes"]) == (0, 0), kernel
+    assert all(n <= 12 for n in opcode_counts(rec, fmha_ws, "WARPGROUP"))
+    (sass,) = [(fmha_ws / p).read_text() for name, p in rec["artifacts"].items() if name.endswith(".sass")]
+    ops = [m.group(1) for m in re.finditer(r"^\s+/\*[0-9a-f]{4,}\*/\s+((?:@!?U?P\w+\s+)?[A-Z][A-Z0-9_.]*)", sass, re.M)]
+    votes = [i for i, op in enumerate(ops) if op.startswith("VOTE.ANY")]
+    assert votes, "no warp vote"
+    guarded = []
+    for v in votes:
+        branch = next(i for i in range(v + 1, len(ops)) if "BRA" in ops[i])
+        assert ops[branch].startswith("@"), ops[branch]  # a conditional branch: the skip
+        run = 0
+        while branch + 1 + run < len(ops) and ops[branch + 1 + run] == "FMUL":
+            run += 1
+        guarded.append(run)
+    assert max(guarded) >= 128, guarded  # O's 128 fp32 values per thread, all behind the branch

@@ -225,9 +225,10 @@ class OnlineSoftmax:
     ``step`` caps S first and works on the capped logits in log2 units.
     """
 
-    def __init__(self, scale_log2: float, num_rows: int, softcap: tuple | None = None):
+    def __init__(self, scale_log2: float, num_rows: int, softcap: tuple | None = None, lazy: float | None = None):
         self.scale_log2 = scale_log2
         self.softcap = softcap
+        self.lazy = lazy
         self.num_rows = num_rows
         self.row_max = cute.make_rmem_tensor(num_rows, Float32)
         self.row_sum = cute.make_rmem_tensor(num_rows, Float32)
@@ -250,6 +251,10 @@ class OnlineSoftmax:
         """acc_S <- P = 2^(S c - m_new c) in place; row_scale[r] <- alpha (1 on the first
         tile); updates row_max and this lane's partial row_sum. ``rescale_sum=False`` skips
         multiplying the running sum by alpha (the deliberately wrong ``rescale=off``).
+        ``lazy`` (a threshold t in log2 units, from the constructor): a row's running max
+        moves only when the tile's exceeds it by more than t, else it stays, alpha is exactly
+        1 and P stays below 2^t (O, the sum and the LSE all refer to the same max, so the
+        result is the same); the caller may then skip O *= alpha (``any_moved``).
         Softcap: S is capped first (log2 units, c = 1); ``masked``: the tile may hold -inf
         (it went through a mask), which the cap must keep (no effect without softcap)."""
         c = self.scale_log2
@@ -263,6 +268,10 @@ class OnlineSoftmax:
             m_prev = self.row_max[r]
             m_tile = row.reduce(cute.ReductionOp.MAX, Float32(-math.inf), 0)
             m_new = common.quad_allreduce(cute.arch.fmax(m_tile, m_prev), common.fmax)
+            if const_expr(self.lazy is not None and not is_first):
+                # a row that saw only -inf so far: -inf - -inf is NaN, so it keeps -inf either way
+                if (m_new - m_prev) * c <= Float32(self.lazy):
+                    m_new = m_prev
             self.row_max[r] = m_new
             m_safe = m_new
             if m_new == Float32(-math.inf):
@@ -281,11 +290,23 @@ class OnlineSoftmax:
                     alpha = cute.math.exp2(m_prev - m_safe, fastmath=True)
                 else:
                     alpha = cute.math.exp2((m_prev - m_safe) * c, fastmath=True)
+                if const_expr(self.lazy is not None):
+                    if m_new == m_prev:
+                        alpha = Float32(1.0)  # exactly: the O multiply can be skipped
                 row_scale[r] = alpha
                 if const_expr(rescale_sum):
                     self.row_sum[r] = self.row_sum[r] * alpha + tile_sum
                 else:
                     self.row_sum[r] = self.row_sum[r] + tile_sum
+
+    @cute.jit
+    def any_moved(self, row_scale: cute.Tensor) -> cutlass.Boolean:
+        """Whether any row of this warp got an alpha other than 1 in the last ``step``: a
+        warp-uniform answer, so the O multiply it guards does not diverge."""
+        product = Float32(1.0)  # every alpha is in [0, 1]: the product is 1 only if each is
+        for r in cutlass.range_constexpr(self.num_rows):
+            product = product * row_scale[r]
+        return cute.arch.vote_any_sync(product != Float32(1.0))
 
     @cute.jit
     def finalize(self, row_scale: cute.Tensor, lse: cute.Tensor, scale: float):

@@ -164,6 +164,9 @@ REGISTERS = {2: (240, 24), 3: (160, 32)}
 MAX_CONSUMER_WG = max(REGISTERS)
 #: named barrier ids of the pingpong schedule (0: CTA barrier, 1..3: the epilogue's per-WG barrier)
 SCHED_BARRIER_BASE = 1 + MAX_CONSUMER_WG
+#: lazy_rescale=on: a row's running max moves only when a tile's exceeds it by more than this
+#: (log2 units, FlashAttention-4's threshold on Blackwell): P stays below 2^8, fine in bf16/fp16
+LAZY_RESCALE_LOG2 = 8.0
 # ``trace=True`` (wb run --trace, benchmarks/trace_tiles.py): the buffer layout is
 # stages/fmha/trace.py's (TRACE_EVENTS stamps per CTA, lane and work tile, then the clocks)
 assert TRACE_LANES == 1 + MAX_CONSUMER_WG, "stages/fmha/trace.py lays out one producer and MAX_CONSUMER_WG consumer lanes"
@@ -242,6 +245,7 @@ class FmhaForward(FmhaForwardBase):
         kv_tile: int | None = None,
         p_operand: str = "auto",
         p_sync: str = "wg",
+        lazy_rescale: str = "off",
         o_staging: str = "auto",
         schedule: str = "auto",
         consumers: int | None = None,
@@ -286,6 +290,7 @@ class FmhaForward(FmhaForwardBase):
         self.o_in_q = o_in_q
         self.p_smem = p_smem
         self.p_sync = p_sync
+        self.lazy_rescale = lazy_rescale == "on"
         self.num_threads = common.WG_THREADS * (1 + consumers)
         self.consumer_regs, self.producer_regs = REGISTERS[consumers]
         super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages, dv=dv)
@@ -770,7 +775,8 @@ class FmhaForward(FmhaForwardBase):
             p_store = (tiled_store, thr_store, tPsP)
         trace_print(tSrS=acc_S_shape, tOrP=tOrP, tOrO=acc_O, p_check=self.p_check)
         softmax = sm.OnlineSoftmax(
-            self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]), softcap=self.softcap_constants()
+            self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]), softcap=self.softcap_constants(),
+            lazy=LAZY_RESCALE_LOG2 if self.lazy_rescale else None,
         )
         row_scale = cute.make_rmem_tensor(softmax.num_rows, Float32)
         return thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale, p_store
@@ -1126,6 +1132,16 @@ class FmhaForward(FmhaForwardBase):
             self.identity_logits(acc_S)
 
     @cute.jit
+    def rescale_o(self, acc_O: cute.Tensor, row_scale: cute.Tensor, softmax: sm.OnlineSoftmax):
+        """O *= alpha per row; with ``lazy_rescale`` only when some row of the warp moved its
+        max (a warp-uniform branch: most tiles after the first few skip the multiplies)."""
+        if const_expr(softmax.lazy is not None):
+            if softmax.any_moved(row_scale):
+                sm.rescale_rows(acc_O, row_scale)
+        else:
+            sm.rescale_rows(acc_O, row_scale)
+
+    @cute.jit
     def softmax_done(self, softmax: sm.OnlineSoftmax, acc_S: cute.Tensor) -> cutlass.Boolean:
         """A predicate that is always true but reads every P value of the tile (through
         the row sums: a sum of exp2 results is +0, positive or the canonical NaN
@@ -1201,7 +1217,7 @@ class FmhaForward(FmhaForwardBase):
         wgmma_issue(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], True)
         if const_expr(self.is_exp and self.o_rescale == "mid"):
             if i > 1:
-                sm.rescale_rows(acc_O, row_scale)  # alpha_{i-1}
+                self.rescale_o(acc_O, row_scale, softmax)  # alpha_{i-1}
         pipeline_v.consumer_wait(kv_prev)
         wgmma_issue(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_prev.index], False)
         if const_expr(self.schedule == "pingpong"):
@@ -1238,7 +1254,7 @@ class FmhaForward(FmhaForwardBase):
         # (fp16), which made ptxas serialize every wgmma (C7513)
         self.hand_over_p(acc_S, tOrP, p_store, wg)
         if const_expr(self.is_exp and self.o_rescale == "end"):
-            sm.rescale_rows(acc_O, row_scale)  # alpha_i, now that O holds P_{i-1} V_{i-1}
+            self.rescale_o(acc_O, row_scale, softmax)  # alpha_i, now that O holds P_{i-1} V_{i-1}
         return kv_state
 
     @cute.jit
@@ -1316,7 +1332,7 @@ class FmhaForward(FmhaForwardBase):
         release_q()  # every S of this Q tile is done: the producer may load the next Q
         if const_expr(self.is_exp and self.o_rescale == "mid"):
             if n_steps > 1:
-                sm.rescale_rows(acc_O, row_scale)  # alpha of the last tile
+                self.rescale_o(acc_O, row_scale, softmax)  # alpha of the last tile
         pipeline_v.consumer_wait(kv_state)
         wgmma_issue(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_state.index], False)
         warpgroup.wait_group(0)
@@ -1363,6 +1379,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "kv_tile": number("kv_tile"),
         "p_operand": v["p_operand"],
         "p_sync": v["p_sync"],
+        "lazy_rescale": v["lazy_rescale"],
         "o_staging": v["o_staging"],
         "schedule": v["schedule"],
         "consumers": number("consumers"),
