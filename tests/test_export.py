@@ -312,8 +312,40 @@ def test_an_existing_out_folder_is_kept_unless_forced_and_only_an_export_is_repl
     kept = run_wb(*args, "--out", mine, cwd=fmha_export["ws"], env=fmha_export["env"])
     assert kept.returncode == 2 and "exists and is not empty" in kept.stderr
     forced = run_wb(*args, "--out", mine, "--force", cwd=fmha_export["ws"], env=fmha_export["env"])
-    assert forced.returncode == 2 and "is not a wb export" in forced.stderr
+    assert forced.returncode == 2 and "is not an earlier wb export (notes.txt)" in forced.stderr
     assert (mine / "notes.txt").read_text() == "mine"
+    # a pyproject.toml beside other things is not an export either (a project, a workspace)
+    (mine / "pyproject.toml").write_text("[project]\nname = 'mine'\n")
+    forced = run_wb(*args, "--out", mine, "--force", cwd=fmha_export["ws"], env=fmha_export["env"])
+    assert forced.returncode == 2 and "(notes.txt)" in forced.stderr and (mine / "notes.txt").exists()
+
+
+def test_force_never_replaces_the_workspace_or_a_folder_holding_it(fmha_export, tmp_path):
+    """`wb export -o . --force` inside the workspace once deleted stages/, fixtures/ and runs/
+    (the workspace has a pyproject.toml, the old test of an export)."""
+    ws = fmha_export["ws"]
+    args = ("export", "fmha/d", "-p", "d=64", "--allow-unverified", "--force")
+    before = sorted(p.name for p in ws.iterdir())
+    for out in (ws, ws.parent, "."):
+        done = run_wb(*args, "--out", out, cwd=ws, env=fmha_export["env"])
+        assert done.returncode == 2 and "is the workspace or holds it" in done.stderr, done.stderr
+    assert sorted(p.name for p in ws.iterdir()) == before
+    here = tmp_path / "here"
+    here.mkdir()
+    done = run_wb("--workspace", ws, *args, "--out", here, cwd=here, env=fmha_export["env"])
+    assert done.returncode == 2 and "is the current folder or holds it" in done.stderr, done.stderr
+
+
+def test_force_replaces_an_earlier_export(fmha_export, tmp_path):
+    earlier = tmp_path / "earlier"
+    shutil.copytree(fmha_export["out"], earlier)
+    (earlier / "build").mkdir(exist_ok=True)  # what pip leaves when it builds it there is part of it
+    done = run_wb(
+        "--workspace", fmha_export["ws"], "export", "fmha/d", "-p", "d=64", "-p", "heads=2", "-p", "kv_heads=1",
+        "--out", earlier, "--allow-unverified", "--force", cwd=fmha_export["ws"], env=fmha_export["env"],
+    )
+    assert done.returncode == 0, done.stderr
+    assert (earlier / "pyproject.toml").is_file() and not (earlier / "build").exists()
 
 
 def test_the_product_of_the_lists_is_planned_once_per_distinct_configuration():

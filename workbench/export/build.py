@@ -208,11 +208,7 @@ def _export(ws, spec, given, variants, arch, out, allow_unverified, force, on_ev
     emit = on_event or (lambda event: None)
     check_tools()
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not force:
-            raise UserError(f"--out {out} exists and is not empty (pass --force to replace it)")
-        if not (out / "pyproject.toml").is_file():
-            raise UserError(f"--out {out} is not a wb export (no pyproject.toml): refusing to replace it")
+    check_out(ws, out, force)
     stage = spec.load()
     export, op_path, op = load_op_module(spec, stage)
     variants = spec.resolve_variants(variants)
@@ -245,6 +241,36 @@ def _export(ws, spec, given, variants, arch, out, allow_unverified, force, on_ev
         shutil.rmtree(out)
     staging.rename(out)
     return ExportResult(out=out, manifest=manifest, unverified=unverified)
+
+
+#: what an earlier export's folder may hold besides its packages (folders with a manifest.json):
+#: its pyproject.toml and what building or installing it from there leaves
+_EXPORT_LEFTOVERS = ("pyproject.toml", "build", "dist", "__pycache__")
+
+
+def check_out(ws, out: Path, force: bool) -> None:
+    """Refuse an --out that is not empty, unless --force and it holds an earlier export and
+    nothing else; never the workspace, a folder holding it, or the current folder."""
+    where = out.resolve()
+    for inside, what in ((ws.root.resolve(), "the workspace"), (Path.cwd().resolve(), "the current folder")):
+        if where == inside or where in inside.parents:
+            raise UserError(f"--out {out} is {what} or holds it: choose a folder of its own for the export")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise UserError(f"--out {out} exists and is not a folder: choose another path")
+    entries = sorted(out.iterdir())
+    if not entries:
+        return
+    if not force:
+        raise UserError(f"--out {out} exists and is not empty (pass --force to replace an earlier export)")
+    foreign = [e.name for e in entries if not (
+        (e.is_dir() and not e.is_symlink() and (e / "manifest.json").is_file())
+        or e.name in _EXPORT_LEFTOVERS or e.name.endswith(".egg-info")
+    )]
+    if foreign or not (out / "pyproject.toml").is_file():
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "") if foreign else "no pyproject.toml"
+        raise UserError(f"--out {out} is not an earlier wb export ({shown}): refusing to replace it; remove it yourself or choose another folder")
 
 
 def _build(ws, spec, stage, export, op_path, op, configs, variants, arch, out: Path, emit) -> dict:
