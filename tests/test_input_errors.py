@@ -56,6 +56,15 @@ def test_a_value_out_of_range_says_so_before_the_multiple(toy_ws, capsys, n, fra
     assert fragment in one_line_error(capsys, "shapes", "toy", "a", "--n", n, "--in-process")
 
 
+@pytest.mark.parametrize("command", [["run", "a"], ["sweep", "a", "--gpus", "none"], ["bench", "a"]])
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-5"])
+def test_a_timeout_that_is_not_a_positive_finite_number_is_refused_before_anything_runs(toy_ws, capsys, command, value):
+    """--timeout nan once reached the socket (a traceback, the warm worker killed, an empty
+    run folder left); inf wrote `Infinity` into the record's JSON."""
+    assert "--timeout must be a positive, finite number of seconds" in one_line_error(capsys, *command, "--timeout", value)
+    assert not (toy_ws / "runs").exists() or not any((toy_ws / "runs").iterdir())
+
+
 @pytest.mark.parametrize("raw, fragment", [("nan", "finite"), ("inf", "finite"), ("-1", "below the minimum 0"), ("11", "above the maximum 10")])
 def test_float_parameters_are_range_checked_too(raw, fragment):
     spec = registry.ParamSpec("scale", 1.0, min=0, max=10)
@@ -73,8 +82,8 @@ def test_float_parameters_are_range_checked_too(raw, fragment):
         (["-p", "nope=1"], "has no parameter 'nope'"),
         (["--peers", "fa4"], "unknown peer 'fa4' of kernel toy: choose from torch-mul"),
         (["--sweep"], "kernel toy has no bench.sweep in its kernel.yaml"),
-        (["--timeout", "-1"], "--timeout must be a positive number"),
-        (["--timeout", "nan"], "--timeout must be a positive number"),
+        (["--timeout", "-1"], "--timeout must be a positive, finite number"),
+        (["--timeout", "nan"], "--timeout must be a positive, finite number"),
         (["--processes", "0"], "--processes must be between 1 and 50"),
         (["--processes", "51"], "--processes must be between 1 and 50"),
     ],

@@ -48,7 +48,7 @@ def bench(
     """Time STAGE with CUDA events (L2 flushed, median and spread) after checking it on the same inputs,
     beside the kernel's peers; record it, update MEMORY.md's speed block."""
     from workbench.run import bench as lib
-    from workbench.cli.run import parse_pairs
+    from workbench.cli.run import check_timeout, parse_pairs
     from workbench.remote.sweep import parse_axes
 
     ws = state.workspace()
@@ -60,8 +60,7 @@ def bench(
         raise UserError("--reps must be at least 3")
     if not 1 <= processes <= 50:
         raise UserError("--processes must be between 1 and 50")
-    if not 0 < timeout < float("inf"):
-        raise UserError("--timeout must be a positive number of seconds")
+    check_timeout(timeout)
     cases = lib.plan_cases(spec, kernel, parse_axes(param, "--param"), sweep)
     peer_list = list(kernel.bench.peers) if peers is None else [p.strip() for p in peers.split(",") if p.strip()]
     lib.check_peers(kernel, peer_list)

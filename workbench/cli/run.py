@@ -43,9 +43,14 @@ def resolve_request(ws, stage, n, d, dtype, param, variant, timeout, kernels=Non
     spec = resolve_stage(ws, stage, kernels if kernels is not None else load_kernels(ws))
     params = spec.resolve_params(stage_overrides(n, d, dtype, param, spec.size_param))
     variants = spec.resolve_variants(parse_pairs(variant, "--variant"))
-    if timeout is not None and timeout <= 0:
-        raise UserError("--timeout must be a positive number of seconds")
+    check_timeout(timeout)
     return spec, params, variants
+
+
+def check_timeout(timeout: float | None) -> None:
+    """--timeout: a positive, finite number of seconds (nan and inf refused), or not given."""
+    if timeout is not None and not 0 < timeout < float("inf"):
+        raise UserError("--timeout must be a positive, finite number of seconds")
 
 
 def require_gpu_here(spec) -> None:

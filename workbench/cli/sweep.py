@@ -37,7 +37,7 @@ def sweep(
     of each --host), or go to Slurm; a hung or crashed case does not stop the sweep. The summary
     table is printed and written into the stage report (runs/reports/<kernel>-stage-<x>.sweep.md)."""
     from workbench.remote import sweep as sweeps
-    from workbench.cli.run import parse_pairs
+    from workbench.cli.run import check_timeout, parse_pairs
     from workbench.remote.hosts import get_host
     from workbench.schemas.hosts import parse_gpus
     from workbench.arches import check_arch
@@ -56,8 +56,7 @@ def sweep(
             raise UserError(f"parameter {key} is given twice (--{key} and -p {key}=...)")
         axes[key] = values
     cases = sweeps.plan(spec, axes, sweeps.parse_axes(variant, "--variant"))
-    if timeout is not None and timeout <= 0:
-        raise UserError("--timeout must be a positive number of seconds")
+    check_timeout(timeout)
     if seeds is not None and seeds < 1:
         raise UserError("--seeds must be at least 1")
     if host and slurm:
