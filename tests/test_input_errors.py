@@ -275,3 +275,12 @@ def test_an_accepted_lock_reads_back_and_compares_same(toy_ws):
     shapes.accept(ws, "toy", [_compiled()])
     lock = shapes.read_lock(ws, "toy")
     assert [d["status"] for d in shapes.compare([_compiled(), _compiled("b")], lock)] == ["same", "unaccepted"]
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda ws: (ws / "wb.yaml").write_bytes(b"kernels: \xff\xfe\n"), "wb.yaml: is not UTF-8 text"),
+    (lambda ws: (ws / "wb.yaml").write_bytes(b"#" * (5 * 1024 * 1024)), "wb.yaml: is 5.0 MiB, over wb's limit"),
+])
+def test_a_workspace_config_that_is_not_sane_text_is_one_line(toy_ws, capsys, damage, fragment):
+    damage(toy_ws)
+    assert fragment in one_line_error(capsys, "list")

@@ -192,3 +192,22 @@ def test_after_a_run_a_memory_wb_cannot_update_is_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="MEMORY.md not updated: .*not UTF-8"):
         memory.update_blocks_or_warn(ws, memory.run_edits([record(1)]))
     assert ws.memory_path.read_bytes() == b"\xff\n"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero"])
+def test_a_memory_data_file_that_never_ends_is_refused_not_read(toy_ws, kind):
+    """MEMORY.json as a FIFO blocked `wb run` for ever after its fixtures; as a link to an
+    endless device it was read until the kernel killed wb (18 GB). The run is recorded and
+    MEMORY.md is left alone with one warning naming the file."""
+    from conftest import run_wb_process
+
+    data = toy_ws / "MEMORY.json"
+    data.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(data)
+    else:
+        data.symlink_to("/dev/zero")
+    done = run_wb_process("run", "b", "--json", cwd=toy_ws, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "MEMORY.json: is not a regular file" in done.stderr
+    assert (toy_ws / "runs" / __import__("json").loads(done.stdout)["id"] / "run.json").is_file()

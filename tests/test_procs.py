@@ -250,3 +250,20 @@ def test_worker_pid_file_records_identity_and_job(toy_ws, wb):
     assert data["starttime"] == procs.starttime(data["pid"]) and data["boot_id"] == procs.boot_id()
     procs.kill(Workspace(toy_ws), everything=True)
     wait_until(lambda: not alive(data["pid"]), what="the worker to end")
+
+
+def test_pid_files_that_are_not_files_are_listed_as_unreadable_and_never_block(toy_ws):
+    """A FIFO among the pid files blocked `wb ps` and `wb kill --all` for ever, a link to
+    /dev/zero read until memory ran out."""
+    from conftest import run_wb_process
+
+    pids = toy_ws / ".wb" / "pids"
+    pids.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(pids / "zz-1.json")
+    (pids / "zz-2.json").symlink_to("/dev/zero")
+    listed = run_wb_process("ps", "--all", "--json", cwd=toy_ws, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    notes = {Path(p["pidfile"]).name: p["note"] for p in json.loads(listed.stdout)}
+    assert notes == {"zz-1.json": "unreadable pid file", "zz-2.json": "unreadable pid file"}
+    killed = run_wb_process("kill", "--all", cwd=toy_ws, timeout=60)
+    assert killed.returncode == 0, killed.stderr

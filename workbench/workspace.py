@@ -71,12 +71,18 @@ def _state_dir_problem(state_dir: Path, parts: tuple[str, ...], exc: OSError) ->
     return f"cannot create {state_dir.joinpath(*parts)}: {exc.strerror or exc}"
 
 
+#: wb.yaml and pyproject.toml are a few KiB; a larger one is refused, not read into memory
+CONFIG_MAX_BYTES = 4 * 1024 * 1024
+
+
 def _config_of(folder: Path) -> dict[str, Any] | None:
     """The wb config of `folder`, or None when it is not a workspace."""
+    from workbench.schemas import read_text
+
     wb_yaml = folder / "wb.yaml"
     if wb_yaml.is_file():
         try:
-            data = yaml.safe_load(wb_yaml.read_text()) or {}
+            data = yaml.safe_load(read_text(wb_yaml, CONFIG_MAX_BYTES)) or {}
         except yaml.YAMLError as exc:
             raise UserError(f"{wb_yaml}: not valid YAML: {_first_line(exc)}") from exc
         if not isinstance(data, dict):
@@ -85,7 +91,7 @@ def _config_of(folder: Path) -> dict[str, Any] | None:
     pyproject = folder / "pyproject.toml"
     if pyproject.is_file():
         try:
-            data = tomllib.loads(pyproject.read_text())
+            data = tomllib.loads(read_text(pyproject, CONFIG_MAX_BYTES))
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"{pyproject}: not valid TOML: {exc}") from exc
         tool_wb = data.get("tool", {}).get("wb")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -15,6 +16,17 @@ def _stage_id_of(ws):
 
     kernels = load_kernels(ws)
     return lambda text: resolve_stage(ws, text, kernels).id
+
+
+def _saved_report(path: Path) -> str | None:
+    """A run's report.md as wb wrote it; None when it is missing or not a readable text file
+    of sane size (the report is then made again from the record)."""
+    from workbench.schemas import SchemaError, read_text
+
+    try:
+        return read_text(path, 16 * 1024 * 1024)
+    except (FileNotFoundError, SchemaError):
+        return None
 
 
 def select_run(ws, selector: str) -> dict:
@@ -99,7 +111,6 @@ def report(
     raw: bool = typer.Option(False, "--raw", help="Print the Markdown source instead of rendering it."),
 ) -> None:
     """Show a run's report, or a stage's report (its history)."""
-    from pathlib import Path
 
     from workbench.records import report as reports
     from workbench.records.store import select
@@ -109,13 +120,13 @@ def report(
     kernels = load_kernels(ws)
     try:
         record = select(ws.runs_dir, target, _stage_id_of(ws))
-        text = (Path(record["_dir"]) / "report.md").read_text() if (Path(record["_dir"]) / "report.md").exists() else reports.run_markdown(record)
+        text = _saved_report(Path(record["_dir"]) / "report.md") or reports.run_markdown(record)
     except UserError as run_error:
         try:
             spec = resolve_stage(ws, target, kernels)
         except UserError:
             raise run_error from None
-        text = reports.write_stage_report(ws, spec.id).read_text()
+        text = reports.write_stage_report(ws, spec.id).read_text(encoding="utf-8")
     if raw:
         print(text)
         return
@@ -167,7 +178,6 @@ def import_(
     source: str = typer.Argument(..., help="A runs/ folder, a folder holding runs/, or a .tgz of one (e.g. fetched from a GPU box)."),
 ) -> None:
     """Bring run records made elsewhere into this workspace: runs/, MEMORY.md, stage reports."""
-    from pathlib import Path
 
     from workbench.records.importer import import_runs
     from workbench.terminal import console

@@ -213,7 +213,11 @@ def data_path(path: Path) -> Path:
 def _read_raw(path: Path) -> bytes | None:
     """The file's bytes (to put back or to notice a change); None when there are none to
     read (read_data then says why, in one line, when it is not simply missing)."""
-    try:
+    from workbench.schemas.memory_data import MAX_BYTES as DATA_MAX
+
+    try:  # a FIFO would block, a link to /dev/urandom never end: only a regular file of bounded size
+        if not path.is_file() or path.stat().st_size > DATA_MAX:
+            return None
         return path.read_bytes()
     except OSError:
         return None

@@ -329,9 +329,20 @@ def stage_report_path(ws: Workspace, stage_id: str) -> Path:
     return ws.runs_dir / "reports" / (stage_id.replace("/", "-") + ".md")
 
 
+def _read_sweep_table(path: Path) -> str | None:
+    """The stage's last sweep table (wb writes it), None when there is none or it is not a
+    readable text file of sane size (the report then goes without it)."""
+    from workbench.schemas import SchemaError, read_text
+
+    try:
+        return read_text(path, 16 * 1024 * 1024)
+    except (FileNotFoundError, SchemaError):
+        return None
+
+
 def write_stage_report(ws: Workspace, stage_id: str) -> Path:
     path = stage_report_path(ws, stage_id)
     sweep = path.with_suffix(".sweep.md")
-    sweep_table = sweep.read_text() if sweep.exists() else None
+    sweep_table = _read_sweep_table(sweep)
     atomic_write_text(path, stage_markdown(stage_history(ws, stage_id), sweep_table))
     return path

@@ -29,6 +29,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -45,6 +46,23 @@ KILL_GRACE = 5.0
 
 
 # ----------------------------------------------------------------------------- /proc
+
+
+
+#: a pid file is a few hundred bytes; anything larger, or not a regular file, is not one of wb's
+PIDFILE_MAX = 64 * 1024
+
+
+def read_pidfile(path: Path) -> dict[str, Any]:
+    """A pid file's data; ValueError when it is not a small regular file holding a JSON object
+    (a FIFO would block the read, a link to /dev/zero would never end)."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode) or st.st_size > PIDFILE_MAX:
+        raise ValueError(f"{path.name} is not a pid file of wb")
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name} holds no JSON object")
+    return data
 
 
 def boot_id() -> str | None:
@@ -150,7 +168,7 @@ class PidFile:
 
     def remove(self) -> None:
         try:
-            data = json.loads(self.path.read_text())
+            data = read_pidfile(self.path)
             if data.get("pid") != self.data["pid"]:
                 return  # not ours (any more)
             self.path.unlink()
@@ -281,9 +299,7 @@ def scan(ws: Workspace, clean: bool = True, gpu: bool = False) -> list[ProcInfo]
     out = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            data = json.loads(path.read_text())
-            if not isinstance(data, dict):
-                raise ValueError
+            data = read_pidfile(path)
         except FileNotFoundError:
             continue
         except (OSError, ValueError):
@@ -292,7 +308,7 @@ def scan(ws: Workspace, clean: bool = True, gpu: bool = False) -> list[ProcInfo]
         if info.state in ("gone", "reused") and clean:
             # Re-check before removing: the file may have been rewritten meanwhile.
             try:
-                if json.loads(path.read_text()) == data:
+                if read_pidfile(path) == data:
                     path.unlink()
             except (OSError, ValueError):
                 pass
@@ -414,7 +430,7 @@ def kill_proc(info: ProcInfo, grace: float = KILL_GRACE) -> KillResult:
         _signal_group(info, signal.SIGKILL)
         _wait_gone(info, 5.0)
     try:
-        if json.loads(info.path.read_text()).get("pid") == pid:
+        if read_pidfile(info.path).get("pid") == pid:
             info.path.unlink()
     except (OSError, ValueError):
         pass
