@@ -92,3 +92,31 @@ def test_every_command_has_help(wb, toy_ws):
         proc = wb(command, "--help")
         assert proc.returncode == 0 and "Usage:" in proc.stdout, command
         assert command in top.stdout
+
+
+def test_json_output_is_strict_json_even_when_a_metric_is_nan(toy_ws, wb):
+    """`wb run -V bug=nan --json` printed `"out_at_max": NaN` (and `wb runs --json` after it),
+    which JSON.parse and other strict parsers refuse: --json spells them null."""
+    import json as _json
+
+    def strict(text):
+        return _json.loads(text, parse_constant=lambda name: (_ for _ in ()).throw(ValueError(f"{name} is not JSON")))
+
+    ran = wb("run", "a", "-V", "bug=nan", "--json")
+    assert ran.returncode == 1, ran.stderr
+    record = strict(ran.stdout)
+    assert record["verdict"] == "FAIL"
+    on_disk = _json.loads((toy_ws / "runs" / record["id"] / "run.json").read_text())
+    assert any(v != v for v in _walk(on_disk))  # the record itself keeps its NaN
+    strict(wb("runs", "--json").stdout)
+
+
+def _walk(data):
+    if isinstance(data, dict):
+        for v in data.values():
+            yield from _walk(v)
+    elif isinstance(data, list):
+        for v in data:
+            yield from _walk(v)
+    else:
+        yield data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Any, Iterable
@@ -76,4 +77,21 @@ def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    """``data`` as strict JSON (what every parser takes): NaN and infinities become null.
+    Under the remote agent (WB_EVENTS=stderr: a wb reading another wb's record) they stay, so
+    an imported record keeps its NaN metrics."""
+    if os.environ.get("WB_EVENTS") == "stderr":
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        return
+    sys.stdout.write(json.dumps(strict_json(data), indent=2, default=str, allow_nan=False) + "\n")
+
+
+def strict_json(data: Any) -> Any:
+    """``data`` with every float that JSON cannot spell (NaN, +-inf) as None."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: strict_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict_json(v) for v in data]
+    return data
