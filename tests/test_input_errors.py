@@ -284,3 +284,14 @@ def test_an_accepted_lock_reads_back_and_compares_same(toy_ws):
 def test_a_workspace_config_that_is_not_sane_text_is_one_line(toy_ws, capsys, damage, fragment):
     damage(toy_ws)
     assert fragment in one_line_error(capsys, "list")
+
+
+def test_compile_of_a_stage_that_is_not_cute_is_one_line_and_records_nothing(toy_ws, capsys):
+    """`wb compile` of a plain PyTorch stage recorded a COMPILE_ERROR run ("no cubin was
+    produced") each time; `wb shapes` already said what it is."""
+    with pytest.raises(SystemExit) as exc:
+        main(["compile", "a", "--in-process"])
+    err = capsys.readouterr().err.strip().splitlines()  # the compile's progress lines, then the error
+    assert exc.value.code == 2
+    assert err[-1] == "wb: error: toy/stage-a is not a CuTe DSL stage (is_cute = False): wb compile builds CuTe DSL stages"
+    assert not (toy_ws / "runs").exists() or not any(p.is_dir() and p.name[:1].isdigit() for p in (toy_ws / "runs").iterdir())

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from workbench.compile import resources as res, shapes
+from workbench.errors import UserError
 from workbench.kernels.registry import StageSpec
 from workbench.records.provenance import git_state, record_provenance
 from workbench.records.publish import commit
@@ -37,6 +38,9 @@ def compile_stage_record(
         ws, [target], on_event=on_event, use_cache=True, in_process=in_process,
         keep=tuple(k for k in keep if k in ("ptx", "cubin")) + ("cubin",), artifact_dir=artifacts_dir,
     )[0]
+    if result.get("status") == "skipped":  # nothing to compile: a plain PyTorch stage (is_cute = False)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise UserError(f"{result.get('note') or spec.id + ' was skipped'}: wb compile builds CuTe DSL stages")
     artifacts = {}
     per_suffix: dict[str, int] = {}
     for name, p in (result.get("artifacts") or {}).items():  # the DSL's names run to 200 characters
