@@ -179,6 +179,10 @@ def _write(path, text_or_bytes):
         (lambda t: t.replace("    timeout: 5", "    timout: 5"), ["stages[1].timout: expected one of the known keys", "did you mean timeout?"]),
         (lambda t: t.replace("    timeout: 5", "    timeout: 5\n    parameters: {n: {default: '=nn'}}"), ["stages[1].parameters.n.default: expected '=NAME' naming a parameter"]),
         (lambda t: t.replace("letter: b", "letter: a"), ["stages[1].letter: expected a letter not used before"]),
+        # a default its own rules refuse reached the kernel (a CRASH record) before
+        (lambda t: t.replace("{default: 128,", "{default: abc,"), ["parameters.n.default (stage a): expected a value its own rules allow", "n='abc' must be an integer"]),
+        (lambda t: t.replace("{default: 128,", "{default: 200,"), ["parameters.n.default (stage a)", "n=200 must be a multiple of 128"]),
+        (lambda t: t.replace("{default: bf16,", "{default: fp8,"), ["parameters.dtype.default (stage a)", "dtype=fp8 is not allowed"]),
     ],
 )
 def test_malformed_kernel_yaml_is_one_line_naming_file_and_key(toy_ws, capsys, edit, fragments):

@@ -26,7 +26,7 @@ import itertools
 import math
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -283,7 +283,7 @@ def load_kernel(kernel_yaml: Path) -> KernelSpec:
                 name=stage.name or f"stage-{stage.letter}",
                 title=stage.title,
                 module_path=kernel_yaml.parent / stage.module,
-                params={k: _param_spec(k, p) for k, p in stage.params.items()},
+                params={k: _param_spec(k, p, str(kernel_yaml), stage.letter) for k, p in stage.params.items()},
                 variants={k: tuple(v) for k, v in stage.variants.items()},
                 fixtures=list(stage.fixtures),
                 tolerance={**tolerance, **_given(stage.tolerance)},
@@ -315,8 +315,10 @@ def _given(model: Any) -> dict[str, Any]:
     return {k: v for k, v in model.model_dump().items() if v is not None} if model is not None else {}
 
 
-def _param_spec(name: str, param: Any) -> ParamSpec:
-    return ParamSpec(
+def _param_spec(name: str, param: Any, source: str, letter: str) -> ParamSpec:
+    """A parameter of kernel.yaml, its default held to its own rules (a default the stage's
+    own checks would refuse reached the kernel: `default: abc` for an integer was a CRASH)."""
+    spec = ParamSpec(
         name=name,
         default=param.default,
         choices=tuple(param.choices) if param.choices is not None else None,
@@ -325,6 +327,14 @@ def _param_spec(name: str, param: Any) -> ParamSpec:
         multiple_of=param.multiple_of,
         help=param.help or "",
     )
+    copied = isinstance(param.default, str) and param.default.startswith("=")  # "=n": n's value, checked then
+    if param.default is not None and not copied:
+        try:
+            spec = replace(spec, default=spec.coerce(param.default, "default"))
+        except UserError as exc:
+            problem = str(exc).removeprefix("default: ")
+            raise SchemaError(source, f"parameters.{name}.default (stage {letter}): expected a value its own rules allow; {problem}") from None
+    return spec
 
 
 def load_kernels(ws: Workspace) -> dict[str, KernelSpec]:
