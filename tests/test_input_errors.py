@@ -299,3 +299,10 @@ def test_compile_of_a_stage_that_is_not_cute_is_one_line_and_records_nothing(toy
     assert exc.value.code == 2
     assert err[-1] == "wb: error: toy/stage-a is not a CuTe DSL stage (is_cute = False): wb compile builds CuTe DSL stages"
     assert not (toy_ws / "runs").exists() or not any(p.is_dir() and p.name[:1].isdigit() for p in (toy_ws / "runs").iterdir())
+
+
+@pytest.mark.parametrize("gpus", ["abc", "-1", "0,0", "0,,1", "GPU"])
+def test_a_gpu_list_that_names_no_card_or_one_card_twice_is_refused(toy_ws, capsys, gpus):
+    """--gpus abc and -1 ran lanes named gpuabc and gpu-1 that no GPU backs; 0,0 would put two
+    lanes on one card."""
+    assert f"--gpus {gpus!r}: expected all, none, or distinct GPU indices or UUIDs" in one_line_error(capsys, "sweep", "a", "--gpus", gpus)

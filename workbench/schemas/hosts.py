@@ -40,7 +40,8 @@ _LABEL = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}"
 _TARGET = re.compile(rf"^(?:{_USER}@)?(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?\])$")
 _OPTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-_GPU = re.compile(r"^[A-Za-z0-9_/:.-]{1,128}$")
+#: a CUDA_VISIBLE_DEVICES entry: an index, or a card's UUID as nvidia-smi -L prints it (GPU-..., MIG-...)
+_GPU = re.compile(r"^(?:[0-9]{1,4}|(?:GPU|MIG)-[A-Za-z0-9_/:.-]{1,124})$")
 
 def character(c: str) -> str:
     """A character as a message names it."""
@@ -240,11 +241,7 @@ class HostEntry(BaseModel):
     @field_validator("gpus", mode="before")
     @classmethod
     def _gpus(cls, value: Any) -> Optional[tuple[str, ...]]:
-        gpus = parse_gpus(value, lambda: ValueError(""))
-        bad = next((g for g in gpus or () if not _GPU.match(g)), None)
-        if bad is not None:
-            raise ValueError(f"{bad!r} is neither an index nor a GPU UUID (letters, digits, _ / : . -)")
-        return gpus
+        return parse_gpus(value, lambda: ValueError(""))
 
 
 def parse_gpus(value: Any, error) -> tuple[str, ...] | None:
@@ -263,7 +260,9 @@ def parse_gpus(value: Any, error) -> tuple[str, ...] | None:
         raise error()
     out = []
     for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).strip() or "," in str(v):
+        if isinstance(v, bool) or not isinstance(v, (int, str)) or not _GPU.match(str(v).strip()):
             raise error()
         out.append(str(v).strip())
+    if len(set(out)) < len(out):  # two lanes on one card
+        raise error()
     return tuple(out)
