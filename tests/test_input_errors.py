@@ -306,3 +306,22 @@ def test_a_gpu_list_that_names_no_card_or_one_card_twice_is_refused(toy_ws, caps
     """--gpus abc and -1 ran lanes named gpuabc and gpu-1 that no GPU backs; 0,0 would put two
     lanes on one card."""
     assert f"--gpus {gpus!r}: expected all, none, or distinct GPU indices or UUIDs" in one_line_error(capsys, "sweep", "a", "--gpus", gpus)
+
+
+def test_a_fixture_module_that_exits_on_import_is_one_line_exit_2(toy_ws, capsys):
+    """`raise SystemExit("boom")` in a fixture module made `wb fixtures` print boom and exit 1."""
+    (toy_ws / "fixtures" / "zz_exits.py").write_text('raise SystemExit("boom")\n')
+    err = one_line_error(capsys, "fixtures")
+    assert "zz_exits.py: fixture module failed to import: SystemExit: boom" in err
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["import", "."], ". holds this workspace's own state (.wb): import its runs/ folder"),
+    (["report", ""], "an empty run selector"),
+    (["-w", "stages/toy/kernel.yaml", "list"], "kernel.yaml is not a folder"),
+])
+def test_odd_targets_are_one_line(toy_ws, capsys, args, fragment):
+    """wb import . copied the copy being made (a 4 KB 'File name too long' line); '' was an
+    'ambiguous' selector; a file given as the workspace 'did not exist'."""
+    (toy_ws / ".wb").mkdir(exist_ok=True)
+    assert fragment in one_line_error(capsys, *args)

@@ -112,7 +112,7 @@ def find_workspace(explicit: str | os.PathLike | None = None, start: Path | None
     if chosen:
         root = Path(chosen).expanduser().resolve()
         if not root.is_dir():
-            raise UserError(f"workspace {root} does not exist")
+            raise UserError(f"workspace {root} {'is not a folder' if root.exists() else 'does not exist'}")
         config = _config_of(root)
         if config is None and not (root / "stages").is_dir():
             raise UserError(

@@ -74,7 +74,10 @@ def load_op_module(spec, stage):
         raise UserError(f"{spec.id}: export op module {path} does not exist")
     mod_spec = importlib.util.spec_from_file_location(f"_wb_export_op_{spec.kernel}_{spec.letter}", path)
     module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
+    try:
+        mod_spec.loader.exec_module(module)
+    except (Exception, SystemExit) as exc:
+        raise UserError(f"{path}: the export op module failed to import: {type(exc).__name__}: {exc}") from None
     missing = [n for n in ("OP", "SCHEMA", "exported_key", "call_key", "check", "fake", "launch") if not hasattr(module, n)]
     if missing:
         raise UserError(f"{path}: the export op module lacks {', '.join(missing)} (see workbench.kernels.stage.ExportSpec)")

@@ -201,12 +201,12 @@ def _import(mod_name: str, path: Path) -> None:
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module that calls sys.exit() on import is broken, not a way out of wb
         del sys.modules[mod_name]
         _by_module.pop(mod_name, None)
         if isinstance(exc, UserError):
             raise
-        raise UserError(f"{path}: fixture module failed to import: {exc}") from exc
+        raise UserError(f"{path}: fixture module failed to import: {type(exc).__name__}: {exc}") from None
 
 
 def forget_modules() -> None:

@@ -139,6 +139,9 @@ def import_runs(ws: Workspace, source: Path, limits: Limits | None = None) -> Im
         raise UserError(f"{source} does not exist")
     if source.is_symlink() and not source.exists():
         raise UserError(f"{source} is a link to nothing")
+    if source.is_dir() and ws.state_dir.resolve().is_relative_to(source.resolve()):
+        # copying it would copy the copy being made (.wb/import-*/source/.wb/import-*/...)
+        raise UserError(f"{source} holds this workspace's own state (.wb): import its runs/ folder, or another workspace")
     limits = limits or Limits.from_env()
     ws.ensure_state_dir()
     with FileLock(str(ws.state_dir / "import.lock"), timeout=600), tempfile.TemporaryDirectory(prefix="import-", dir=ws.state_dir) as tmp:

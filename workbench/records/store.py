@@ -224,6 +224,8 @@ _SELECTOR_RE = re.compile(r"^(?:(?P<stage>[^@]+)@)?last(?:~(?P<back>\d+))?$")
 def select(runs_dir: Path, selector: str, stage_of: Callable[[str], str] | None = None) -> dict[str, Any]:
     """Resolve a selector to one record (see the module doc). `stage_of` maps STAGE to a stage id."""
     selector = selector.strip()
+    if not selector:
+        raise UserError("an empty run selector: give a run id (or its start), last, last~N or STAGE@last")
     match = _SELECTOR_RE.match(selector)
     if match:
         back = int(match["back"] or 0)
