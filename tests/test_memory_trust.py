@@ -211,3 +211,16 @@ def test_a_memory_data_file_that_never_ends_is_refused_not_read(toy_ws, kind):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "MEMORY.json: is not a regular file" in done.stderr
     assert (toy_ws / "runs" / __import__("json").loads(done.stdout)["id"] / "run.json").is_file()
+
+
+def test_a_stage_report_wb_cannot_write_is_a_warning_and_memory_is_still_updated(toy_ws, wb):
+    """runs/reports/<stage>.md replaced by a FIFO: the run is recorded, its verdict is the exit
+    status, MEMORY.md is updated, and the report is one warning (it was exit 2 and no MEMORY.md)."""
+    import json as _json
+
+    (toy_ws / "runs" / "reports").mkdir(parents=True)
+    os.mkfifo(toy_ws / "runs" / "reports" / "toy-stage-a.md")
+    done = wb("run", "a", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "report not written: cannot write" in done.stderr and "not a regular file" in done.stderr
+    assert _json.loads(done.stdout)["id"] in (toy_ws / "MEMORY.md").read_text()

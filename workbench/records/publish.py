@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 from typing import Any, Callable
 
+from workbench.errors import UserError
 from workbench.records import memory, report
 from workbench.records.store import write_record
 from workbench.workspace import Workspace
@@ -28,9 +29,15 @@ def no_interrupts():
 
 
 def publish(ws: Workspace, record: dict[str, Any]) -> None:
-    """Write the run's report.md and update MEMORY.md's wb-owned blocks (a warning when
-    MEMORY.md cannot be updated: the record is already safe in runs/)."""
-    report.write_run_report(ws, record)
+    """Write the run's report.md and update MEMORY.md's wb-owned blocks; a report or a
+    MEMORY.md wb cannot write is a warning (the record is already safe in runs/), and the
+    one does not keep the other from being written."""
+    import warnings
+
+    try:
+        report.write_run_report(ws, record)
+    except UserError as exc:
+        warnings.warn(f"report not written: {exc}")
     memory.update_blocks_or_warn(ws, memory.run_edits([record], memory.stage_defaults(ws)))
 
 
