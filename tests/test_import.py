@@ -220,3 +220,25 @@ def test_cli_import_errors_are_one_line(ws, tmp_path, capsys, monkeypatch):
             main(argv)
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_a_ctrl_c_while_runs_move_into_runs_waits_until_the_import_is_whole(ws, tmp_path, monkeypatch):
+    """A Ctrl-C between a run's rename into runs/ and its note in the undo list left that run in
+    runs/ but not in MEMORY.md, and no later import would publish it. Now the signal waits for
+    the import to finish (every run in runs/ and MEMORY.md), then stops wb."""
+    import signal
+
+    from workbench.records import importer
+
+    ids = make_runs(tmp_path / "src")
+    real_rename = os.rename
+
+    def rename_then_ctrl_c(src, dst):
+        real_rename(src, dst)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(importer.os, "rename", rename_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        import_runs(ws, tmp_path / "src")
+    text = ws.memory_path.read_text()
+    assert all((ws.runs_dir / i / "run.json").is_file() and i in text for i in ids)

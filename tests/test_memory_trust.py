@@ -224,3 +224,50 @@ def test_a_stage_report_wb_cannot_write_is_a_warning_and_memory_is_still_updated
     assert done.returncode == 0, done.stderr
     assert "report not written: cannot write" in done.stderr and "not a regular file" in done.stderr
     assert _json.loads(done.stdout)["id"] in (toy_ws / "MEMORY.md").read_text()
+
+
+def test_held_signals_defer_ctrl_c_and_sigterm_to_the_end_of_the_outermost_hold():
+    """Ctrl-C was ignored (SIG_IGN: lost) while a record was written, and SIGTERM not held at
+    all: a TERM during the write left a record without report or MEMORY.md line."""
+    import signal
+
+    from workbench.records.publish import held_signals
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with held_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            with held_signals():  # a nested hold does not end the outer one
+                os.kill(os.getpid(), signal.SIGINT)
+            done.append("inner")
+            done.append("outer")
+    assert done == ["inner", "outer"]
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    with held_signals():
+        pass  # nothing came: nothing raised
+
+
+def test_a_sigterm_while_the_record_is_made_lands_after_it_is_written(toy_ws, monkeypatch):
+    """The second signal of a Ctrl-C then TERM (a batch system's kill) came while run_stage
+    made the INTERRUPTED record: an empty run folder, or a record with no report and no
+    MEMORY.md line. Now the record is whole, then wb stops."""
+    import signal
+
+    from workbench.kernels.registry import load_kernels
+    from workbench.run import execute
+
+    real = execute.worker_result
+
+    def result_then_sigterm(outcome, run_dir):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(outcome, run_dir)
+
+    monkeypatch.setattr(execute, "worker_result", result_then_sigterm)
+    ws = Workspace(toy_ws)
+    spec = load_kernels(ws)["toy"].stage("a")
+    with pytest.raises(KeyboardInterrupt):
+        execute.run_stage(ws, spec, spec.resolve_params({}), spec.resolve_variants({}), warm=False)
+    (run_dir,) = [p for p in (toy_ws / "runs").iterdir() if p.name[:1].isdigit()]
+    assert (run_dir / "run.json").is_file() and (run_dir / "report.md").is_file()
+    assert run_dir.name in (toy_ws / "MEMORY.md").read_text()

@@ -253,3 +253,34 @@ def test_gpu_need_is_read_from_the_stage_source(tmp_path):
         path = tmp_path / "stage.py"
         path.write_text(source)
         assert stage_needs_gpu(path) is expected, source
+
+
+def test_ctrl_c_while_a_worker_starts_ends_that_worker(toy_ws, monkeypatch):
+    """Ctrl-C in the seconds a new worker imports torch (and the DSL) left it running as an
+    orphan until its idle limit (600 s by default)."""
+    from workbench.run import supervisor
+    from workbench.workspace import Workspace
+
+    spawned = []
+    real_popen = supervisor.subprocess.Popen
+
+    def popen(*args, **kwargs):
+        spawned.append(real_popen(*args, **kwargs))
+        return spawned[-1]
+
+    real_sleep = time.sleep
+    pressed = []
+
+    def ctrl_c(seconds):  # the first wait for the socket meets Ctrl-C; later sleeps (the kill's wait) are real
+        if not pressed:
+            pressed.append(True)
+            raise KeyboardInterrupt
+        real_sleep(seconds)
+
+    monkeypatch.setattr(supervisor.subprocess, "Popen", popen)
+    monkeypatch.setattr(supervisor.time, "sleep", ctrl_c)
+    socket_path = str(supervisor._socket_dir() / f"once-test-{os.getpid()}-{time.monotonic_ns()}.sock")
+    with pytest.raises(KeyboardInterrupt):
+        supervisor.Worker.spawn(Workspace(toy_ws), socket_path, once=True)
+    (proc,) = spawned
+    assert proc.poll() is not None and gone(proc.pid)

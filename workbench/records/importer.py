@@ -26,6 +26,7 @@ from pathlib import Path
 from workbench.errors import UserError
 from workbench.kernels.registry import load_kernels
 from workbench.records import memory, report
+from workbench.records.publish import held_signals
 from workbench.records.store import RECORD, load_record, run_ids
 from workbench.run import bench
 from workbench.workspace import Workspace
@@ -199,18 +200,21 @@ def _commit(ws: Workspace, staged_runs: Path, records: list[dict]) -> None:
         memory.render_blocks(ws, edits)  # fails here, before anything moved, on a MEMORY.md or MEMORY.json wb cannot update
     ws.runs_dir.mkdir(parents=True, exist_ok=True)
     moved: list[Path] = []
-    try:
-        for record in records:
-            target = ws.runs_dir / record["id"]
-            os.rename(staged_runs / record["id"], target)
-            moved.append(target)
-        if edits:
-            memory.update_blocks(ws, edits)
-    except BaseException as exc:
-        for target in moved:
-            shutil.rmtree(target, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise UserError(f"import failed and was undone: {exc.strerror or exc}") from None
-        raise
+    # a Ctrl-C or SIGTERM here waits until every run is in runs/ and in MEMORY.md (one landing
+    # between a rename and its note in `moved` left a run that no later import would publish)
+    with held_signals():
+        try:
+            for record in records:
+                target = ws.runs_dir / record["id"]
+                os.rename(staged_runs / record["id"], target)
+                moved.append(target)
+            if edits:
+                memory.update_blocks(ws, edits)
+        except BaseException as exc:
+            for target in moved:
+                shutil.rmtree(target, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise UserError(f"import failed and was undone: {exc.strerror or exc}") from None
+            raise
     for stage in sorted({r["stage"] for r in records if r.get("kind", "run") == "run"}):
         report.write_stage_report(ws, stage)

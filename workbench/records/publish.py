@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,18 +15,39 @@ from workbench.records.store import write_record
 from workbench.workspace import Workspace
 
 
+_held: list[int] = []  # signals that came while held (the outermost hold raises for them)
+_depth = 0
+
+
 @contextlib.contextmanager
-def no_interrupts():
-    """Hold Ctrl-C off while a record is written, so it is never half-done."""
-    try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread
+def held_signals():
+    """Hold Ctrl-C and SIGTERM off while a record is made and written, so it is never half
+    done: one that comes meanwhile is raised as KeyboardInterrupt when the outermost hold
+    ends (nothing is lost, and wb still stops). Off the main thread it holds nothing."""
+    global _depth
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = {}
+    if _depth == 0:
+        _held.clear()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            before = signal.getsignal(sig)
+            if before is signal.SIG_IGN:
+                continue  # ignored by whoever started wb: stays ignored
+            previous[sig] = before if before is not None else signal.SIG_DFL
+            signal.signal(sig, lambda signum, frame: _held.append(signum))
+    _depth += 1
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        _depth -= 1
+        if _depth == 0:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    if _depth == 0 and _held:
+        _held.clear()
+        raise KeyboardInterrupt
 
 
 def publish(ws: Workspace, record: dict[str, Any]) -> None:
@@ -47,7 +69,7 @@ def commit(
 ) -> dict[str, Any]:
     """Write `record` to run_dir/run.json, give it its id (the folder's name), then publish it
     (`publish=None`: a record no report or MEMORY.md block shows, e.g. `wb compile`)."""
-    with no_interrupts():
+    with held_signals():
         write_record(run_dir, record)
         record["id"] = run_dir.name
         record["_dir"] = str(run_dir)

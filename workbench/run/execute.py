@@ -9,7 +9,7 @@ from typing import Any, Callable
 from workbench.errors import NoGpuError, UserError
 from workbench.gpu import stage_needs_gpu
 from workbench.records.provenance import git_state, record_provenance
-from workbench.records.publish import commit, publish
+from workbench.records.publish import commit, held_signals, publish
 from workbench.records.report import write_run_report
 from workbench.records.store import new_record, new_run_dir, utc_now
 from workbench.kernels.registry import StageSpec
@@ -77,54 +77,57 @@ def run_stage(
         outcome = Outcome(status="INTERRUPTED", message="interrupted (Ctrl-C or SIGTERM) before the worker answered")
     except WorkerStartError as exc:  # e.g. a wrapping tool that refused its options: recorded, with the tool's log
         outcome = Outcome(status="CRASH", message=str(exc))
-    if outcome.status == "HANG" and instrument is not None and instrument.timeout_factor > 1:
-        outcome.message += (
-            f" (under {instrument.label} kernels run 10-100x slower: a smaller problem, e.g. -p with fewer"
-            " tokens, or a longer --timeout tells a slow run from a hung kernel)"
-        )
-    result = worker_result(outcome, run_dir)
+    # from here the record is made and written whatever comes: a second Ctrl-C or a SIGTERM
+    # waits until it is on disk (publish.held_signals), then stops wb
+    with held_signals():
+        if outcome.status == "HANG" and instrument is not None and instrument.timeout_factor > 1:
+            outcome.message += (
+                f" (under {instrument.label} kernels run 10-100x slower: a smaller problem, e.g. -p with fewer"
+                " tokens, or a longer --timeout tells a slow run from a hung kernel)"
+            )
+        result = worker_result(outcome, run_dir)
 
-    verdict = result.get("verdict") if outcome.status == "result" else outcome.status
-    instrumented = {}
-    if instrument is not None:
-        verdict, found = instrument.summarize(run_dir / instrument.log_name, verdict, result)
-        instrumented[instrument.record_field] = found
-    error = result.get("error")
-    if outcome.status != "result":
-        error = {"message": outcome.message, "log": outcome.log_tail}
-    elif verdict == "CRASH" and outcome.log_tail:
-        error = {**(error or {}), "log": outcome.log_tail}
-    compiles = result.get("compiles", [])
-    env = result.get("env") or next((e["env"] for e in reversed(outcome.events) if e.get("phase") == "env"), {})
-    record = new_record(
-        "profile_peer" if profile_peer else "run", spec, params, variants, verdict,
-        fixtures_requested=fixtures or spec.fixtures,
-        seed=seed,
-        error=error,
-        crashed_on=result.get("crashed_on"),
-        results=result.get("fixtures", []),
-        shapes=result.get("shapes", []),
-        about=result.get("about"),
-        fixture_notes=result.get("fixture_notes", {}),
-        exported=result.get("exported"),
-        trace=result.get("trace"),
-        **instrumented,
-        timing={
-            "compile_s": sum(c["seconds"] for c in compiles),
-            "compile_cached": bool(compiles) and all(c["cached"] for c in compiles),
-            "compiles": compiles,
-            "run_s": sum(f.get("launch_s", 0.0) for f in result.get("fixtures", [])),
-            "total_s": time.perf_counter() - started_wall,
-            "timeout_s": timeout,
-            "worker_reused": outcome.worker_reused,
-            "worker_pid": outcome.worker_pid,
-        },
-        provenance=record_provenance(ws, spec, git, env, compiles[0]["arch"] if compiles else arch or spec.arch),
-        started=started,
-        finished=utc_now(),
-    )
-    # a peer's profile is not a run of the stage: its report, but no MEMORY.md status line
-    return commit(ws, run_dir, record, publish=write_run_report if profile_peer else publish)
+        verdict = result.get("verdict") if outcome.status == "result" else outcome.status
+        instrumented = {}
+        if instrument is not None:
+            verdict, found = instrument.summarize(run_dir / instrument.log_name, verdict, result)
+            instrumented[instrument.record_field] = found
+        error = result.get("error")
+        if outcome.status != "result":
+            error = {"message": outcome.message, "log": outcome.log_tail}
+        elif verdict == "CRASH" and outcome.log_tail:
+            error = {**(error or {}), "log": outcome.log_tail}
+        compiles = result.get("compiles", [])
+        env = result.get("env") or next((e["env"] for e in reversed(outcome.events) if e.get("phase") == "env"), {})
+        record = new_record(
+            "profile_peer" if profile_peer else "run", spec, params, variants, verdict,
+            fixtures_requested=fixtures or spec.fixtures,
+            seed=seed,
+            error=error,
+            crashed_on=result.get("crashed_on"),
+            results=result.get("fixtures", []),
+            shapes=result.get("shapes", []),
+            about=result.get("about"),
+            fixture_notes=result.get("fixture_notes", {}),
+            exported=result.get("exported"),
+            trace=result.get("trace"),
+            **instrumented,
+            timing={
+                "compile_s": sum(c["seconds"] for c in compiles),
+                "compile_cached": bool(compiles) and all(c["cached"] for c in compiles),
+                "compiles": compiles,
+                "run_s": sum(f.get("launch_s", 0.0) for f in result.get("fixtures", [])),
+                "total_s": time.perf_counter() - started_wall,
+                "timeout_s": timeout,
+                "worker_reused": outcome.worker_reused,
+                "worker_pid": outcome.worker_pid,
+            },
+            provenance=record_provenance(ws, spec, git, env, compiles[0]["arch"] if compiles else arch or spec.arch),
+            started=started,
+            finished=utc_now(),
+        )
+        # a peer's profile is not a run of the stage: its report, but no MEMORY.md status line
+        return commit(ws, run_dir, record, publish=write_run_report if profile_peer else publish)
 
 
 def worker_result(outcome: Outcome, run_dir) -> dict[str, Any]:

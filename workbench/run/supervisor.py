@@ -107,12 +107,16 @@ class Worker:
         if wrap:  # the worker is the wrapping tool's child: its pid file carries the child's pid
             worker.pidfile_glob = (pidfile.parent, f"{pidfile.stem}-*.json")
         deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if popen.poll() is not None:
-                raise WorkerStartError(f"worker exited at start (code {popen.returncode}): {worker.log_tail()}")
-            if os.path.exists(socket_path):
-                return worker
-            time.sleep(0.02)
+        try:
+            while time.monotonic() < deadline:
+                if popen.poll() is not None:
+                    raise WorkerStartError(f"worker exited at start (code {popen.returncode}): {worker.log_tail()}")
+                if os.path.exists(socket_path):
+                    return worker
+                time.sleep(0.02)
+        except KeyboardInterrupt:  # Ctrl-C while it starts: it would outlive this wb as an orphan
+            worker.kill()
+            raise
         worker.kill()
         raise WorkerStartError(f"worker did not start within {START_TIMEOUT:.0f} s")
 
