@@ -5,9 +5,11 @@ through submitit's LocalExecutor."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from workbench.run import procs
 from workbench.errors import UserError
@@ -176,3 +178,33 @@ def test_lost_record_has_the_fields_of_a_normal_run_record(toy_ws, monkeypatch):
     assert set(on_disk[0]) == set(on_disk[1])
     schema = {f.alias or name for name, f in RunRecord.model_fields.items()}
     assert schema <= set(on_disk[1]), schema - set(on_disk[1])
+
+
+@pytest.mark.slow  # a real sweep in its own process, interrupted while a case hangs in its worker
+def test_ctrl_c_ends_a_sweep_with_130_and_the_running_case_recorded_interrupted(toy_ws):
+    """Ctrl-C used to exit 1 at once, the lane (a daemon thread; a Ctrl-C inside Thread.join
+    marked it stopped) cut off mid-record: empty run folders, a record CRASH with no sweep tag.
+    Now the lanes write their records first: the hanging case says INTERRUPTED, tagged."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", COLUMNS="200")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "sweep", "a", "--n", "128", "-V", "bug=none,sleep", "--timeout", "60", "--gpus", "none"],
+        cwd=toy_ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    seen = ""
+    deadline = time.time() + 120
+    while "[1/2]" not in seen and time.time() < deadline:  # the first case is done: the second hangs
+        seen += proc.stdout.readline()
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, seen + out
+    assert "wb: error: interrupted: the sweep stopped early" in out
+    runs = [p for p in (toy_ws / "runs").iterdir() if p.name[:1].isdigit()]
+    recs = sorted((record(toy_ws, p.name) for p in runs), key=lambda r: r["sweep"]["case"])
+    assert [(r["sweep"]["case"], r["verdict"]) for r in recs] == [(0, "PASS"), (1, "INTERRUPTED")], recs
+    assert not list((toy_ws / "runs").glob("*/.run.json.*.tmp"))

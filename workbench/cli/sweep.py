@@ -96,4 +96,9 @@ def sweep(
 
         render_sweep(summary)
         console.print(f"[dim]summary: {summary['sweep_report']} (part of the stage report {summary['report']})[/]")
+    if summary.get("interrupted"):
+        from workbench import terminal
+
+        terminal.error("interrupted: the sweep stopped early (its summary above; the running cases' records say INTERRUPTED)")
+        raise typer.Exit(130)
     raise typer.Exit(0 if all(r["verdict"] == "PASS" for r in summary["rows"]) else 1)

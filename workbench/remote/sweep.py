@@ -50,7 +50,7 @@ from workbench.records.publish import commit
 from workbench.records.store import atomic_write_text, new_record, new_run_dir, read_record, utc_now
 from workbench.remote import transport
 from workbench.remote.client import cancel_all, run_remote
-from workbench.run import procs, protocol
+from workbench.run import procs, protocol, supervisor
 from workbench.run.execute import run_stage
 from workbench.run.supervisor import _socket_dir, warm_tag
 from workbench.workspace import Workspace, find_workspace
@@ -185,6 +185,7 @@ class CaseResult:
     record: dict[str, Any] | None = None
     error: str | None = None
     seconds: float = 0.0
+    interrupted: bool = False  # the sweep was stopped (Ctrl-C, SIGTERM) before it ended
 
     @property
     def verdict(self) -> str:
@@ -279,7 +280,15 @@ def run_lanes(
     lock = threading.Lock()
     abort: list[BaseException] = []
 
+    lanes_done = threading.Semaphore(0)
+
     def work(lane: Lane) -> None:
+        try:
+            run_cases(lane)
+        finally:
+            lanes_done.release()
+
+    def run_cases(lane: Lane) -> None:
         while True:
             with lock:
                 if abort or lane.retired or not pending:
@@ -313,25 +322,41 @@ def run_lanes(
     threads = [threading.Thread(target=work, args=(lane,), name=f"wb-lane-{lane.name}", daemon=True) for lane in lanes]
     for t in threads:
         t.start()
+    # Waited for with a semaphore, not Thread.join: a Ctrl-C that lands in join() on Python
+    # 3.11 marks the running thread stopped (bpo-45274's fix), join() then returns at once,
+    # and wb exited while a lane was still writing its record (empty run folders).
+    finished = 0
+
+    def wait_lanes(seconds: float) -> None:
+        nonlocal finished
+        deadline = time.monotonic() + seconds
+        while finished < len(threads) and time.monotonic() < deadline:
+            if lanes_done.acquire(timeout=0.2):
+                finished += 1
+
     try:
-        for t in threads:
-            while t.is_alive():
-                t.join(timeout=0.2)
+        wait_lanes(float("inf"))
     except KeyboardInterrupt:
         with lock:
             abort.append(KeyboardInterrupt())
-        emit(SweepEvent("note", text="interrupted: ending the running cases (their records say INTERRUPTED or CRASH)"))
-        _end_running(ws)
-        if any(lane.host is not None for lane in lanes):
-            cancel_all()
-        for t in threads:
-            t.join(timeout=30)
+        emit(SweepEvent("note", text="interrupted: ending the running cases (their records say INTERRUPTED)"))
+        supervisor.STOPPING.set()  # the runs whose workers are ended now record INTERRUPTED
+        try:
+            _end_running(ws)
+            if any(lane.host is not None for lane in lanes):
+                cancel_all()
+            wait_lanes(60.0)  # each lane writes its record (a second Ctrl-C leaves at once)
+        finally:
+            supervisor.STOPPING.clear()
     for i, r in enumerate(results):
         if r is None:
             results[i] = CaseResult(cases[i], "-", error="not run" + (" (sweep interrupted)" if abort else " (no lane left)"))
     for exc in abort:
         if isinstance(exc, NoGpuError):
             raise exc
+    if any(isinstance(exc, KeyboardInterrupt) for exc in abort):
+        for r in results:
+            r.interrupted = True  # type: ignore[union-attr]
     return results  # type: ignore[return-value]
 
 
@@ -541,7 +566,7 @@ def summarize(ws: Workspace, spec, cases: list[Case], results: list[CaseResult],
     return {
         "kind": "sweep", "id": sweep_id, "stage": spec.id, "started": started, "finished": datetime.now().isoformat(timespec="seconds"),
         "axes": list(cases[0].label) if cases else [], "fixtures": fixtures, "lanes": lanes, "counts": counts, "rows": rows,
-        "commit": git.get("commit"), "dirty": git.get("dirty"),
+        "commit": git.get("commit"), "dirty": git.get("dirty"), "interrupted": any(r.interrupted for r in results),
     }
 
 

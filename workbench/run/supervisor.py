@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,9 @@ from workbench.run import procs
 from workbench.run import protocol
 from workbench.workspace import Workspace
 
+#: set while this process ends its own runs (an interrupted wb sweep): a run whose worker dies
+#: then is INTERRUPTED, not CRASH
+STOPPING = threading.Event()
 START_TIMEOUT = 120.0  # seconds for a new worker to bind its socket
 EXIT_WAIT = 120.0  # seconds a wrapped once-worker gets to exit after its job (the tool's summary)
 WARM_IDLE = float(os.environ.get("WB_WORKER_IDLE", 600))  # a warm worker exits after this long idle
@@ -304,6 +308,9 @@ def _drive(worker: Worker, job: dict, timeout: float, on_event) -> Outcome:
             if not chunk:
                 outcome.status = "CRASH"
                 outcome.message = "the worker process died"
+                if STOPPING.is_set():
+                    outcome.status = "INTERRUPTED"
+                    outcome.message = "interrupted (Ctrl-C or SIGTERM): the sweep ended the worker of this run"
                 outcome.log_tail = worker.log_tail(log_start)
                 worker.kill()
                 return outcome
