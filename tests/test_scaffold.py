@@ -6,6 +6,7 @@ The refusals of bad names and existing folders are in test_input_errors.py and
 test_cli_errors.py."""
 
 import importlib.util
+import os
 import json
 import re
 
@@ -76,6 +77,39 @@ def test_a_fixture_file_of_that_name_is_refused_and_nothing_is_written(toy_ws, w
     assert proc.returncode == 2 and "already exists" in proc.stderr and proc.stderr.strip().count("\n") == 0
     assert not (toy_ws / "stages" / "mine").exists()
     assert (toy_ws / "fixtures" / "mine.py").read_text() == "# mine\n"
+
+
+def test_an_interrupted_new_kernel_leaves_no_half_kernel(toy_ws, wb, monkeypatch):
+    """A Ctrl-C after kernel.yaml was written left stages/halfk/ with kernel.yaml alone: the
+    name was taken and `wb list` showed a kernel whose stage module did not exist. The files
+    are written aside and renamed in with the signals held; a write that fails leaves nothing;
+    a staging folder a SIGKILL left behind is not a kernel."""
+    import signal
+
+    from workbench.kernels import scaffold
+
+    real = scaffold.Template.substitute
+    calls = []
+
+    def substitute_then_ctrl_c(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # held until the kernel is whole
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(scaffold.Template, "substitute", substitute_then_ctrl_c)
+    assert wb("new", "kernel", "halfk").returncode == 130
+    assert sorted(p.name for p in (toy_ws / "stages" / "halfk").iterdir()) == ["export_op.py", "kernel.yaml", "reference.py", "stage_a_gemm.py"]
+    assert (toy_ws / "fixtures" / "halfk.py").is_file()
+    monkeypatch.setattr(scaffold.Template, "substitute", lambda self, *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    failed = wb("new", "kernel", "fullk")
+    assert failed.returncode == 2 and "No space left on device" in failed.stderr
+    assert not (toy_ws / "stages" / "fullk").exists() and not (toy_ws / "fixtures" / "fullk.py").exists()
+    assert not [p for p in (toy_ws / "stages").iterdir() if p.name.startswith(".")]
+    left = toy_ws / "stages" / ".new-cut.tmp"
+    left.mkdir()
+    (left / "kernel.yaml").write_text("kernel: cut\nstages: []\n")
+    assert wb("list").returncode == 0
 
 
 @pytest.fixture

@@ -341,6 +341,8 @@ def load_kernels(ws: Workspace) -> dict[str, KernelSpec]:
     kernels = {}
     if ws.stages_dir.is_dir():
         for kernel_yaml in sorted(ws.stages_dir.glob("*/kernel.yaml")):
+            if kernel_yaml.parent.name.startswith("."):  # hidden: e.g. a `wb new kernel` cut off by SIGKILL
+                continue
             spec = load_kernel(kernel_yaml)
             kernels[spec.name] = spec
     return kernels

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import keyword
 import re
+import shutil
 from pathlib import Path
 from string import Template
 
@@ -53,11 +54,30 @@ def new_kernel(ws: Workspace, name: str) -> list[Path]:
         kernel_dir / "export_op.py": "export_op.py.tmpl",
         fixture_file: "fixture.py.tmpl",
     }
+    # Written beside their places, then renamed in, with Ctrl-C and SIGTERM held: an
+    # interrupted or failed `wb new kernel` leaves no half kernel (it blocked the name and
+    # listed as a kernel whose stage module did not exist).
+    from workbench.records.publish import held_signals
+
+    staging = ws.stages_dir / f".new-{name}.tmp"
+    staged_fixture = ws.fixtures_dir / f".new-{name}.py.tmp"
     try:
-        kernel_dir.mkdir(parents=True)
-        ws.fixtures_dir.mkdir(exist_ok=True)
-        for path, template in files.items():
-            path.write_text(Template((TEMPLATES / template).read_text()).substitute(values))
+        with held_signals():
+            try:
+                shutil.rmtree(staging, ignore_errors=True)
+                staging.mkdir(parents=True)
+                ws.fixtures_dir.mkdir(exist_ok=True)
+                for path, template in files.items():
+                    target = staged_fixture if path == fixture_file else staging / path.name
+                    target.write_text(Template((TEMPLATES / template).read_text()).substitute(values))
+                staging.rename(kernel_dir)
+                staged_fixture.rename(fixture_file)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                if not fixture_file.exists():
+                    shutil.rmtree(kernel_dir, ignore_errors=True)
+                staged_fixture.unlink(missing_ok=True)
+                raise
     except OSError as exc:
         raise UserError(f"cannot write {exc.filename or kernel_dir}: {exc.strerror or exc}") from None
     return list(files)
