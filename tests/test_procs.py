@@ -267,3 +267,17 @@ def test_pid_files_that_are_not_files_are_listed_as_unreadable_and_never_block(t
     assert notes == {"zz-1.json": "unreadable pid file", "zz-2.json": "unreadable pid file"}
     killed = run_wb_process("kill", "--all", cwd=toy_ws, timeout=60)
     assert killed.returncode == 0, killed.stderr
+
+
+def test_a_pid_files_temporary_left_by_a_killed_write_is_removed_once_stale(toy_ws):
+    """A worker killed while writing its pid file left `.<stem>-<pid>.json.<rand>.tmp` that
+    neither `wb ps` nor `wb kill` ever removed; a fresh one (a write going on) stays."""
+    pids = toy_ws / ".wb" / "pids"
+    pids.mkdir(parents=True, exist_ok=True)
+    stale, fresh = pids / ".abc-1.json.x1.tmp", pids / ".abc-2.json.x2.tmp"
+    stale.write_text("{")
+    fresh.write_text("{")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    procs.scan(Workspace(toy_ws))
+    assert not stale.exists() and fresh.exists()

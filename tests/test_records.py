@@ -141,3 +141,25 @@ def test_a_limit_of_zero_lists_nothing_and_the_cli_says_so(tmp_path, capsys, mon
     with pytest.raises(SystemExit) as exit_:
         main(["runs", "-n", "0"])
     assert exit_.value.code == 2 and "1 or more" in capsys.readouterr().err
+
+
+def test_a_run_folder_without_a_record_says_whether_its_wb_runs_or_was_killed(tmp_path):
+    """A wb killed with SIGKILL left an empty runs/<id>/ that `wb report` called 'corrupt or
+    still running' for ever. The folder names its wb until the record is written."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from workbench.errors import UserError
+    from workbench.records.store import OWNER, new_run_dir, select, write_record
+
+    runs = tmp_path / "runs"
+    mine = new_run_dir(runs)
+    with pytest.raises(UserError, match=r"has no record yet: its wb \(pid \d+\) is still running it"):
+        select(runs, mine.name)
+    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from workbench.records.store import new_run_dir; print(new_run_dir(__import__('pathlib').Path({str(runs)!r})).name)"
+    theirs = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    with pytest.raises(UserError, match=r"has no record: its wb \(pid \d+\) ended before writing it \(killed\?\)"):
+        select(runs, theirs)
+    write_record(mine, {"kind": "run", "stage": "toy/stage-a", "verdict": "PASS", "params": {}, "variants": {}})
+    assert not (mine / OWNER).exists() and select(runs, mine.name)["verdict"] == "PASS"

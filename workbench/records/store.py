@@ -45,9 +45,41 @@ def new_run_dir(runs_dir: Path) -> Path:
         path = runs_dir / run_id
         try:
             path.mkdir()
-            return path
         except FileExistsError:
             time.sleep(0.000_01 + secrets.randbelow(100) / 1e6)
+            continue
+        _mark_owner(path)
+        return path
+
+
+#: in a run folder until its record is written: which wb made it (a folder left without a
+#: record says whether its wb still runs or was killed)
+OWNER = ".wb-owner.json"
+
+
+def _mark_owner(run_dir: Path) -> None:
+    from workbench.run import procs  # lazy: procs writes its pid files with this module
+
+    try:
+        (run_dir / OWNER).write_text(json.dumps(procs.identity(os.getpid())))
+    except OSError:
+        pass  # a hint only
+
+
+def unfinished_run(run_dir: Path) -> str:
+    """Why a run folder has no record: its wb still runs, or ended before writing it."""
+    from workbench.run import procs
+
+    try:
+        marker = run_dir / OWNER
+        owner = json.loads(marker.read_text()) if marker.is_file() and marker.stat().st_size < 4096 else None
+    except (OSError, ValueError):
+        owner = None
+    if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
+        return f"run {run_dir.name} has no readable record (corrupt, or written by a wb older than this one)"
+    if procs.same_process(owner["pid"], owner.get("starttime"), owner.get("boot_id")):
+        return f"run {run_dir.name} has no record yet: its wb (pid {owner['pid']}) is still running it"
+    return f"run {run_dir.name} has no record: its wb (pid {owner['pid']}) ended before writing it (killed?)"
 
 
 def utc_now() -> str:
@@ -157,6 +189,7 @@ def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
     record = {"schema": SCHEMA, "id": run_dir.name, **record}
     path = run_dir / RECORD
     atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    (run_dir / OWNER).unlink(missing_ok=True)
     return path
 
 
@@ -244,13 +277,13 @@ def select(runs_dir: Path, selector: str, stage_of: Callable[[str], str] | None 
     if selector in ids:
         record = read_record(runs_dir / selector)
         if record is None:
-            raise UserError(f"run {selector} has no readable record (corrupt or still running)")
+            raise UserError(unfinished_run(runs_dir / selector))
         return record
     matches = [i for i in ids if i.startswith(selector)]
     if len(matches) == 1:
         record = read_record(runs_dir / matches[0])
         if record is None:
-            raise UserError(f"run {matches[0]} has no readable record (corrupt or still running)")
+            raise UserError(unfinished_run(runs_dir / matches[0]))
         return record
     if len(matches) > 1:
         shown = ", ".join(matches[:4]) + (" ..." if len(matches) > 4 else "")

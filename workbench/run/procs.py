@@ -42,6 +42,7 @@ from workbench.records.store import atomic_write_text
 from workbench.workspace import Workspace
 
 IDLE_GRACE = 120.0  # seconds past its idle timeout before a live idle warm worker is an orphan
+STALE_TMP_S = 60.0  # a pid file's temporary older than this belongs to no write still going
 KILL_GRACE = 5.0
 
 
@@ -297,6 +298,13 @@ def scan(ws: Workspace, clean: bool = True, gpu: bool = False) -> list[ProcInfo]
     folder = pid_dir(ws)
     now = time.time()
     out = []
+    if clean and folder.is_dir():  # a pid file's atomic write cut off by SIGKILL (its .tmp stays)
+        for tmp in folder.glob(".*.tmp"):
+            try:
+                if now - tmp.lstat().st_mtime > STALE_TMP_S:
+                    tmp.unlink()
+            except OSError:
+                pass
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             data = read_pidfile(path)
