@@ -276,10 +276,13 @@ def test_launch_passes_the_tile_table_built_once_per_version_without_a_sync(monk
     """The varlen launch passes cu_seqlens and the tile table after the stream; the table is
     built by torch ops (no .cpu(), no .item(): no host sync) once, and again only after an
     in-place change of cu_seqlens_q or cu_seqlens_k (torch's version counters)."""
-    from stages.fmha import host, stage_d_fmha
+    # the modules StageD was defined in: an in-process wb call earlier in this test process
+    # (forget_stage_modules) makes `from stages.fmha import ...` import fresh copies
+    module = StageD.launch.__globals__
+    host = module["host"]
 
     calls, reads = [], []
-    monkeypatch.setattr(stage_d_fmha, "sm_count", lambda device: 132)
+    monkeypatch.setitem(module, "sm_count", lambda device: 132)
     monkeypatch.setattr(host, "to_cute", lambda t: t)
     monkeypatch.setattr(host, "current_stream", lambda: "stream")
     compiled = host.Compiled(fn=lambda *a: calls.append(a), d=64, heads=4, kv_heads=2, varlen=True, tile_m=128)
