@@ -294,6 +294,12 @@ def _drive(worker: Worker, job: dict, timeout: float, on_event) -> Outcome:
         protocol.send(sock, {"op": "run", **job})  # job["op"], when given, wins
         buffer = b""
         while True:
+            if STOPPING.is_set():  # this process is ending its runs (an interrupted sweep): this one too
+                worker.kill()
+                outcome.status = "INTERRUPTED"
+                outcome.message = "interrupted (Ctrl-C or SIGTERM): the sweep ended the worker of this run"
+                outcome.log_tail = worker.log_tail(log_start)
+                return outcome
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
