@@ -208,3 +208,21 @@ def test_ctrl_c_ends_a_sweep_with_130_and_the_running_case_recorded_interrupted(
     recs = sorted((record(toy_ws, p.name) for p in runs), key=lambda r: r["sweep"]["case"])
     assert [(r["sweep"]["case"], r["verdict"]) for r in recs] == [(0, "PASS"), (1, "INTERRUPTED")], recs
     assert not list((toy_ws / "runs").glob("*/.run.json.*.tmp"))
+
+
+def test_a_run_started_while_its_process_is_stopping_ends_interrupted(toy_ws):
+    """A case whose worker was still starting when the sweep was interrupted ran to its end:
+    only busy workers were ended. A run now checks STOPPING while it waits on its worker."""
+    from workbench.kernels.registry import load_kernels
+    from workbench.run import execute, supervisor
+
+    ws = Workspace(toy_ws)
+    spec = load_kernels(ws)["toy"].stage("a")
+    supervisor.STOPPING.set()
+    try:
+        rec = execute.run_stage(ws, spec, spec.resolve_params({}), spec.resolve_variants({"bug": "sleep"}), warm=False, timeout=60)
+    finally:
+        supervisor.STOPPING.clear()
+    assert rec["verdict"] == "INTERRUPTED" and "the sweep ended the worker" in rec["error"]["message"]
+    assert rec["timing"]["total_s"] < 30
+    assert procs.starttime(rec["timing"]["worker_pid"]) is None  # the worker is gone
