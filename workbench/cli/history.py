@@ -18,17 +18,6 @@ def _stage_id_of(ws):
     return lambda text: resolve_stage(ws, text, kernels).id
 
 
-def _saved_report(path: Path) -> str | None:
-    """A run's report.md as wb wrote it; None when it is missing or not a readable text file
-    of sane size (the report is then made again from the record)."""
-    from workbench.schemas import SchemaError, read_text
-
-    try:
-        return read_text(path, 16 * 1024 * 1024)
-    except (FileNotFoundError, SchemaError):
-        return None
-
-
 def select_run(ws, selector: str) -> dict:
     from workbench.records.store import select
 
@@ -120,7 +109,7 @@ def report(
     kernels = load_kernels(ws)
     try:
         record = select(ws.runs_dir, target, _stage_id_of(ws))
-        text = _saved_report(Path(record["_dir"]) / "report.md") or reports.run_markdown(record)
+        text = reports.read_saved(Path(record["_dir"]) / "report.md") or reports.run_markdown(record)
     except UserError as run_error:
         try:
             spec = resolve_stage(ws, target, kernels)

@@ -329,9 +329,10 @@ def stage_report_path(ws: Workspace, stage_id: str) -> Path:
     return ws.runs_dir / "reports" / (stage_id.replace("/", "-") + ".md")
 
 
-def _read_sweep_table(path: Path) -> str | None:
-    """The stage's last sweep table (wb writes it), None when there is none or it is not a
-    readable text file of sane size (the report then goes without it)."""
+def read_saved(path: Path) -> str | None:
+    """A report wb wrote (a run's report.md, a stage's sweep table); None when there is none or
+    it is not a readable text file of sane size (the caller then goes without it or makes it
+    again)."""
     from workbench.schemas import SchemaError, read_text
 
     try:
@@ -343,6 +344,6 @@ def _read_sweep_table(path: Path) -> str | None:
 def write_stage_report(ws: Workspace, stage_id: str) -> Path:
     path = stage_report_path(ws, stage_id)
     sweep = path.with_suffix(".sweep.md")
-    sweep_table = _read_sweep_table(sweep)
+    sweep_table = read_saved(sweep)
     atomic_write_text(path, stage_markdown(stage_history(ws, stage_id), sweep_table))
     return path

@@ -46,10 +46,6 @@ STALE_TMP_S = 60.0  # a pid file's temporary older than this belongs to no write
 KILL_GRACE = 5.0
 
 
-# ----------------------------------------------------------------------------- /proc
-
-
-
 #: a pid file is a few hundred bytes; anything larger, or not a regular file, is not one of wb's
 PIDFILE_MAX = 64 * 1024
 
@@ -64,6 +60,9 @@ def read_pidfile(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path.name} holds no JSON object")
     return data
+
+
+# ----------------------------------------------------------------------------- /proc
 
 
 def boot_id() -> str | None:

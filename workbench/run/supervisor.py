@@ -30,6 +30,7 @@ from workbench.workspace import Workspace
 #: set while this process ends its own runs (an interrupted wb sweep): a run whose worker dies
 #: then is INTERRUPTED, not CRASH
 STOPPING = threading.Event()
+STOPPED = "interrupted (Ctrl-C or SIGTERM): the sweep ended the worker of this run"
 START_TIMEOUT = 120.0  # seconds for a new worker to bind its socket
 EXIT_WAIT = 120.0  # seconds a wrapped once-worker gets to exit after its job (the tool's summary)
 WARM_IDLE = float(os.environ.get("WB_WORKER_IDLE", 600))  # a warm worker exits after this long idle
@@ -296,8 +297,7 @@ def _drive(worker: Worker, job: dict, timeout: float, on_event) -> Outcome:
         while True:
             if STOPPING.is_set():  # this process is ending its runs (an interrupted sweep): this one too
                 worker.kill()
-                outcome.status = "INTERRUPTED"
-                outcome.message = "interrupted (Ctrl-C or SIGTERM): the sweep ended the worker of this run"
+                outcome.status, outcome.message = "INTERRUPTED", STOPPED
                 outcome.log_tail = worker.log_tail(log_start)
                 return outcome
             remaining = deadline - time.monotonic()
@@ -315,8 +315,7 @@ def _drive(worker: Worker, job: dict, timeout: float, on_event) -> Outcome:
                 outcome.status = "CRASH"
                 outcome.message = "the worker process died"
                 if STOPPING.is_set():
-                    outcome.status = "INTERRUPTED"
-                    outcome.message = "interrupted (Ctrl-C or SIGTERM): the sweep ended the worker of this run"
+                    outcome.status, outcome.message = "INTERRUPTED", STOPPED
                 outcome.log_tail = worker.log_tail(log_start)
                 worker.kill()
                 return outcome
