@@ -231,7 +231,7 @@ def test_held_signals_defer_ctrl_c_and_sigterm_to_the_end_of_the_outermost_hold(
     all: a TERM during the write left a record without report or MEMORY.md line."""
     import signal
 
-    from workbench.records.publish import held_signals
+    from workbench.interrupts import held_signals
 
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     done = []

@@ -16,6 +16,7 @@ from pathlib import Path
 from string import Template
 
 from workbench.errors import UserError
+from workbench.interrupts import held_signals
 from workbench.schemas import short
 from workbench.workspace import Workspace
 
@@ -57,8 +58,6 @@ def new_kernel(ws: Workspace, name: str) -> list[Path]:
     # Written beside their places, then renamed in, with Ctrl-C and SIGTERM held: an
     # interrupted or failed `wb new kernel` leaves no half kernel (it blocked the name and
     # listed as a kernel whose stage module did not exist).
-    from workbench.records.publish import held_signals
-
     staging = ws.stages_dir / f".new-{name}.tmp"
     staged_fixture = ws.fixtures_dir / f".new-{name}.py.tmp"
     try:

@@ -26,7 +26,7 @@ from pathlib import Path
 from workbench.errors import UserError
 from workbench.kernels.registry import load_kernels
 from workbench.records import memory, report
-from workbench.records.publish import held_signals
+from workbench.interrupts import held_signals
 from workbench.records.store import RECORD, load_record, run_ids
 from workbench.run import bench
 from workbench.workspace import Workspace

@@ -1,53 +1,16 @@
-"""A finished record's way out: written atomically (Ctrl-C held off), given its id, then
+"""A finished record's way out: written atomically (Ctrl-C and SIGTERM held), given its id, then
 published (the run's report.md, the stage report and MEMORY.md's blocks)."""
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
 from workbench.errors import UserError
+from workbench.interrupts import held_signals
 from workbench.records import memory, report
 from workbench.records.store import write_record
 from workbench.workspace import Workspace
-
-
-_held: list[int] = []  # signals that came while held (the outermost hold raises for them)
-_depth = 0
-
-
-@contextlib.contextmanager
-def held_signals():
-    """Hold Ctrl-C and SIGTERM off while a record is made and written, so it is never half
-    done: one that comes meanwhile is raised as KeyboardInterrupt when the outermost hold
-    ends (nothing is lost, and wb still stops). Off the main thread it holds nothing."""
-    global _depth
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {}
-    if _depth == 0:
-        _held.clear()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            before = signal.getsignal(sig)
-            if before is signal.SIG_IGN:
-                continue  # ignored by whoever started wb: stays ignored
-            previous[sig] = before if before is not None else signal.SIG_DFL
-            signal.signal(sig, lambda signum, frame: _held.append(signum))
-    _depth += 1
-    try:
-        yield
-    finally:
-        _depth -= 1
-        if _depth == 0:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-    if _depth == 0 and _held:
-        _held.clear()
-        raise KeyboardInterrupt
 
 
 def publish(ws: Workspace, record: dict[str, Any]) -> None:

@@ -9,7 +9,8 @@ from typing import Any, Callable
 from workbench.errors import NoGpuError, UserError
 from workbench.gpu import stage_needs_gpu
 from workbench.records.provenance import git_state, record_provenance
-from workbench.records.publish import commit, held_signals, publish
+from workbench.interrupts import held_signals
+from workbench.records.publish import commit, publish
 from workbench.records.report import write_run_report
 from workbench.records.store import new_record, new_run_dir, utc_now
 from workbench.kernels.registry import StageSpec
@@ -78,7 +79,7 @@ def run_stage(
     except WorkerStartError as exc:  # e.g. a wrapping tool that refused its options: recorded, with the tool's log
         outcome = Outcome(status="CRASH", message=str(exc))
     # from here the record is made and written whatever comes: a second Ctrl-C or a SIGTERM
-    # waits until it is on disk (publish.held_signals), then stops wb
+    # waits until it is on disk (interrupts.held_signals), then stops wb
     with held_signals():
         if outcome.status == "HANG" and instrument is not None and instrument.timeout_factor > 1:
             outcome.message += (
