@@ -120,3 +120,17 @@ def _walk(data):
             yield from _walk(v)
     else:
         yield data
+
+
+def test_ctrl_c_while_wb_loads_its_commands_is_one_line_and_130(toy_ws, wb, monkeypatch):
+    """Loading the command modules sat outside main()'s handlers: a Ctrl-C in it (a slow disk,
+    a cold start) printed a traceback instead of wb's one line and exit status 130."""
+    import workbench.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_register", interrupted)
+    proc = wb("list")
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip() == "wb: error: interrupted" and "Traceback" not in proc.stderr

@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     warnings.showwarning = _show_warning
     with contextlib.suppress(ValueError):  # not the main thread (wb called inside another program)
         signal.signal(signal.SIGTERM, _terminated)
-    _register()
     try:
+        _register()  # imports every command module: a Ctrl-C here is an interrupt like any other
         state.argv = list(argv) if argv is not None else sys.argv[1:]
         app(args=argv, prog_name="wb", standalone_mode=True)
     except (UserError, NoGpuError) as exc:
