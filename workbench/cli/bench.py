@@ -77,7 +77,7 @@ def bench(
             record = lib.run_bench(ws, spec, kernel, cases, variants, peer_list, reps=reps, graph=graph, timeout=timeout,
                                    on_event=on_event, processes=processes)
     if sweep and record["verdict"] in ("PASS", "FAIL") and record.get("bench"):
-        from workbench.records.store import atomic_write_text
+        from workbench.files import atomic_write_text
 
         from workbench.records.charts import draw_speed_chart
 

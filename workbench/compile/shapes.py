@@ -34,7 +34,7 @@ from workbench.errors import UserError
 from workbench.kernels.registry import KernelSpec, StageSpec, default_kernel, get_kernel, load_kernels
 from workbench.records import memory
 from workbench.records.provenance import git_state
-from workbench.records.store import atomic_write_text
+from workbench.files import atomic_write_text
 from workbench.run.supervisor import run_job
 from workbench.schemas import SchemaError, load_yaml
 from workbench.workspace import Workspace

@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 from workbench.errors import UserError
 from workbench.records.provenance import short_commit
-from workbench.records.store import atomic_write_text
+from workbench.files import atomic_write_text
 from workbench.schemas import read_text
 from workbench.workspace import Workspace
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from workbench.diagnose import diagnosis_markdown as render
-from workbench.records.store import atomic_write_text, list_records
+from workbench.files import atomic_write_text
+from workbench.records.store import list_records
 from workbench.run import timeline
 from workbench.text import fmt
 from workbench.workspace import Workspace

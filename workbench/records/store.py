@@ -14,8 +14,6 @@ import json
 import os
 import re
 import secrets
-import stat
-import tempfile
 import time
 import warnings
 from datetime import datetime, timezone
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from workbench.errors import UserError
+from workbench.files import atomic_write_text
 from workbench.schemas import SchemaError, load_json
 
 SCHEMA = 1
@@ -58,7 +57,7 @@ OWNER = ".wb-owner.json"
 
 
 def _mark_owner(run_dir: Path) -> None:
-    from workbench.run import procs  # lazy: procs writes its pid files with this module
+    from workbench.run import procs  # lazy: most readers of records never need it
 
     try:
         (run_dir / OWNER).write_text(json.dumps(procs.identity(os.getpid())))
@@ -84,64 +83,6 @@ def unfinished_run(run_dir: Path) -> str:
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def atomic_write_text(path: Path, text: str, newline: str | None = None) -> None:
-    """Write `text` to `path` so that readers never see a partial file.
-
-    The file keeps its mode (a new one gets the umask's, as `open` would give it); a symlink
-    is written through (its target is replaced, the link stays); a read-only file, a folder
-    in the way or a read-only filesystem is one UserError. The temporary file lives beside
-    the target (a rename is atomic only within one folder) and is removed on any failure."""
-    target = Path(os.path.realpath(path))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    mode = _mode_for(target, path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError):
-            raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
-        raise
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux tells it (setting and
-    restoring it would race with threads creating files meanwhile, e.g. sweep lanes)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def _mode_for(target: Path, shown: Path) -> int:
-    """The mode a rewrite of `target` keeps: its own, or the umask's for a new file."""
-    try:
-        st = target.stat()
-    except FileNotFoundError:
-        return 0o666 & ~_umask()
-    if not stat.S_ISREG(st.st_mode):
-        raise UserError(f"cannot write {shown}: it is not a regular file")
-    if not st.st_mode & stat.S_IWUSR or not os.access(target, os.W_OK):  # root may write a 0444 file; wb does not
-        raise UserError(f"{shown} is read-only (mode {stat.S_IMODE(st.st_mode):04o}): wb does not replace it; make it writable")
-    return stat.S_IMODE(st.st_mode)
 
 
 def new_record(kind: str, spec: Any, params: dict[str, Any], variants: dict[str, str], verdict: str, **fields: Any) -> dict[str, Any]:

@@ -47,7 +47,8 @@ from workbench.kernels.registry import load_kernels, resolve_stage
 from workbench.records import report
 from workbench.records.provenance import file_hashes, git_state
 from workbench.records.publish import commit
-from workbench.records.store import atomic_write_text, new_record, new_run_dir, read_record, utc_now
+from workbench.files import atomic_write_text
+from workbench.records.store import new_record, new_run_dir, read_record, utc_now
 from workbench.remote import transport
 from workbench.remote.client import cancel_all, run_remote
 from workbench.run import procs, protocol, supervisor

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from workbench.errors import UserError
-from workbench.records.store import atomic_write_text
+from workbench.files import atomic_write_text
 from workbench.remote.hosts import Host
 from workbench.workspace import Workspace
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import UserError
-from workbench.records.store import atomic_write_text
+from workbench.files import atomic_write_text
 from workbench.workspace import Workspace
 
 IDLE_GRACE = 120.0  # seconds past its idle timeout before a live idle warm worker is an orphan
