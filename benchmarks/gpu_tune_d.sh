@@ -37,9 +37,10 @@
 #               beside the default and FA4 twice, interleaved, and a trace of the default and of
 #               the 3-WG kernel (about 5 minutes)
 # PHASE d128q:  d = 128 non-causal, short of 1.03x FA4 at s 4096/8192 (x1.01-1.02): O staged
-#               in Q frees 32 KiB, room for a third K/V stage (225 KiB) or 144/160-key tiles
-#               (each compiles without spills): a sweep of each, then two interleaved rounds
-#               of benches beside the default and FA4 (about 5 minutes; not yet run)
+#               in Q frees 32 KiB, room for a third K/V stage (225 KiB) or 144/160/176-key tiles
+#               (176: FlashAttention-3's d = 128 non-causal tile; each compiles without spills
+#               or serialized wgmma): a sweep of each, then two interleaved rounds of benches
+#               beside the default and FA4 (about 6 minutes; not yet run)
 # PHASE psync:  p_sync=warp (the PV MMA waits for the warp's own P stores, not the WG's 128
 #               threads; FlashAttention-3/4's choice) where P goes through shared memory: d = 96
 #               non-causal and the causal long kernel. A sweep first (a race shows as wrong
@@ -254,7 +255,7 @@ d96)
   done
   ;;
 d128q)
-  CANDIDATES=("o_staging=q -V kv_stages=3" "o_staging=q -V kv_tile=144" "o_staging=q -V kv_tile=160")
+  CANDIDATES=("o_staging=q -V kv_stages=3" "o_staging=q -V kv_tile=144" "o_staging=q -V kv_tile=160" "o_staging=q -V kv_tile=176")
   step "sweep of the O-in-Q candidates at d=128 (n with tails, causal both, GQA; 12 cases each)"
   for v in "${CANDIDATES[@]}"; do
     timeout 120 wb sweep d --n 17,1000,4096 --d 128 -p causal=false,true -p kv_heads=4,2 -V $v --timeout 40 | sweep_verdicts
