@@ -69,6 +69,10 @@ def test_workspace_flag_and_env_override_the_search(toy_ws, tmp_path, wb):
         (lambda t: t.replace("variants: {bug: [none, zero, nan, partial, sleep, crash, cuda_error, compile_error]}", "variants: {bug: []}"), ["stages[0].variants.bug: expected a non-empty list"]),
         (lambda t: t.replace("stages:", "stages: 3\nx:"), ["stages: expected a non-empty list"]),
         (lambda t: t.replace("variants: {bug: [none,", "variants: {bug: [off,"), ["stages[0].variants.bug: expected strings: quote on/off"]),
+        (lambda t: t.replace("variants: {bug: [none,", "wrong_on_purpose: {bugs: [zero]}\n    variants: {bug: [none,"),
+         ["stages[0].wrong_on_purpose.bugs: expected a variant of this stage (bug)"]),
+        (lambda t: t.replace("variants: {bug: [none,", "wrong_on_purpose: {bug: [none]}\n    variants: {bug: [none,"),
+         ["stages[0].wrong_on_purpose.bug: expected one of bug's values other than its default 'none'"]),
     ],
 )
 def test_malformed_kernel_yaml_names_file_key_and_expectation(toy_ws, wb, edit, fragments):

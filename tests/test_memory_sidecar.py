@@ -113,6 +113,43 @@ def test_a_run_with_an_injected_bug_is_never_the_stages_last_run():
     assert "| 1/1 | - | 2/2 |" in row  # the plain case passes; both injected bugs were caught
 
 
+def test_variant_values_declared_wrong_on_purpose_are_counted_with_the_injected_bugs(tmp_path):
+    """Stage C's rescale=off is wrong on purpose but not named a bug: its failing case was the
+    stage's "worst failing case" (34/35 above). With kernel.yaml's `wrong_on_purpose` the next
+    update counts it, and the case stored under its old key, with the injected bugs, and a run
+    of it never becomes the stage's last run."""
+    ws = legacy_ws(tmp_path)
+    on_purpose = {"fmha/stage-c": ["rescale=off"]}
+    broken = {**record(2, verdict="FAIL"), "variants_changed": {"rescale": "off"}}
+    edit = memory.run_edits([record(1), broken], {}, on_purpose)
+    memory.update_blocks(ws, edit)
+    data = memory.read_data(memory.data_path(ws.memory_path))["status"]["fmha/stage-c"]
+    assert data["wrong_on_purpose"] == ["rescale=off"] and data["last_run"] == record(1)["id"]
+    row = next(line for line in memory.block_content(ws.memory_path.read_text(), "status").splitlines() if line.startswith("| fmha/stage-c |"))
+    assert "| 35/35 | - | 10/11 |" in row, row  # + the new plain case; the stored and new rescale=off cases caught
+    assert "rescale=off" not in row
+    # declared no more (kernel.yaml edited): the case is an ordinary failing one again
+    memory.update_blocks(ws, memory.run_edits([record(3)], {}, {"fmha/stage-c": []}))
+    row = next(line for line in memory.block_content(ws.memory_path.read_text(), "status").splitlines() if line.startswith("| fmha/stage-c |"))
+    assert "rescale=off" in row and "| 35/37 |" in row, row
+
+
+def test_a_block_opening_sentence_written_by_an_older_wb_is_replaced_not_kept_as_hand_text(tmp_path):
+    """A status block whose opening sentence an older wb worded differently: the update kept
+    that sentence below the block as if a person had written it (seen when the sentence gained
+    `wrong_on_purpose`). It is wb's own line: replaced; a person's line there is still kept."""
+    ws = Workspace(tmp_path)
+    memory.record_run(ws, record(1))
+    text = ws.memory_path.read_text()
+    current = next(line for line in text.splitlines() if line.startswith("The last run of every stage;"))
+    older = "The last run of every stage; cases: the latest verdict per parameter set and n (an older wording)."
+    ws.memory_path.write_text(text.replace(current, older + "\nA person's line inside the block."))
+    memory.record_run(ws, record(2))
+    after = ws.memory_path.read_text()
+    assert older not in after and after.count(current) == 1
+    assert "A person's line inside the block." in after
+
+
 def test_migration_happens_once_and_updates_after_it_change_only_what_they_add(tmp_path):
     ws = legacy_ws(tmp_path)
     memory.update_blocks(ws, {})

@@ -131,6 +131,13 @@ class StageSpec:
     arch: str
     index: int
     size_param: str = "n"  # the parameter the CLI's --n sets (kernel.yaml `size:`)
+    wrong_on_purpose: dict[str, tuple[str, ...]] = field(default_factory=dict)  # variant -> values (kernel.yaml)
+
+    @property
+    def injections(self) -> list[str]:
+        """``variant=value`` words of the values declared wrong on purpose (MEMORY.md counts
+        their cases apart, as it does a ``bug`` variant's)."""
+        return [f"{k}={v}" for k, values in self.wrong_on_purpose.items() for v in values]
 
     @property
     def id(self) -> str:
@@ -291,6 +298,7 @@ def load_kernel(kernel_yaml: Path) -> KernelSpec:
                 arch=stage.arch or data.arch,
                 index=i,
                 size_param=stage.size or data.size,
+                wrong_on_purpose={k: tuple(v) for k, v in stage.wrong_on_purpose.items()},
             )
         )
     kernel.stages.sort(key=lambda s: s.letter)

@@ -182,7 +182,7 @@ def _complete(ws: Workspace, records: list[dict]) -> None:
 def memory_edits(records: list[dict], ws: Workspace | None = None) -> dict:
     """MEMORY.md's block edits for these records: runs into status/log, benches into speed."""
     runs = [r for r in records if r.get("kind", "run") == "run"]
-    edits = memory.run_edits(runs, memory.stage_defaults(ws) if ws is not None else None) if runs else {}
+    edits = memory.run_edits(runs, *(memory.stage_facts(ws) if ws is not None else ({}, {}))) if runs else {}
     benches = [r for r in records if r.get("kind") == "bench"]
     if benches:
         edits["speed"] = bench.speed_edit(benches, ws)

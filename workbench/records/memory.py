@@ -33,7 +33,7 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from workbench.errors import UserError
 from workbench.records.provenance import short_commit
@@ -415,11 +415,14 @@ def _render_edit(name: str, before: Any, after: Any, legacy: Any) -> BlockEdit:
 
     def owned(old: str) -> set[str]:
         mine = {title} | set(full(before).splitlines()) | set(full(after).splitlines())
+        intro = _INTROS.get(name)
         for line in old.splitlines():
             row = _table_row(line)
             if row is not None and (row[0] in firsts or row[0] in _HEADER_CELLS or set(line.strip()) <= {"|", "-", " "}):
                 mine.add(line)
             elif legacy is not None and DATA_RE.match(line.strip()):
+                mine.add(line)
+            elif intro and line.startswith(intro):  # the block's opening sentence as an older wb wrote it
                 mine.add(line)
         return mine
 
@@ -427,6 +430,9 @@ def _render_edit(name: str, before: Any, after: Any, legacy: Any) -> BlockEdit:
 
 
 _HEADER_CELLS = {"stage", "stage · case · card", "case"}
+# How each block's opening sentence starts: its wording changes between wb versions, and the
+# old sentence is wb's, not a person's line to keep below the block
+_INTROS = {"status": "The last run of every stage;", "speed": "wb's TFLOP/s, and ×:"}
 
 
 def _table_row(line: str) -> list[str] | None:
@@ -476,16 +482,18 @@ def canonical_cases(cases: dict[str, dict], defaults: dict[str, Any] | None) -> 
     return out
 
 
-def stage_defaults(ws: Workspace) -> dict[str, dict[str, Any]]:
-    """Per stage id, its parameters' defaults in kernel.yaml's order ("=other" as written);
-    {} when the kernels cannot be read (MEMORY.md then keys cases by every parameter)."""
+def stage_facts(ws: Workspace) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
+    """Per stage id: its parameters' defaults in kernel.yaml's order ("=other" as written),
+    and the ``variant=value`` words kernel.yaml declares wrong on purpose; ({}, {}) when the
+    kernels cannot be read (MEMORY.md then keys cases by every parameter)."""
     from workbench.kernels.registry import load_kernels
 
     try:
         kernels = load_kernels(ws)
     except Exception:  # a broken kernel.yaml must not lose a run's MEMORY.md line
-        return {}
-    return {s.id: s.defaults for spec in kernels.values() for s in spec.stages}
+        return {}, {}
+    stages = [s for spec in kernels.values() for s in spec.stages]
+    return {s.id: s.defaults for s in stages}, {s.id: s.injections for s in stages}
 
 
 LOG_LINE_RE = re.compile(r"^- \d{4}-\d{2}-\d{2} \d{2}:\d{2} \S+ \*\*[A-Z_]+\*\*.* · \d{8}-\d{6}-\d{6} · ")
@@ -505,29 +513,48 @@ def log_block(new_lines: list[str]) -> BlockEdit:
 
 
 # A variant named `bug` or `*_bug` with another value than "none" injects a bug on purpose (a
-# kernel.yaml convention): such a run is expected to fail, so it is a case apart in the status
-# and never the stage's "last run".
+# kernel.yaml convention), as does a value kernel.yaml lists under a stage's
+# `wrong_on_purpose`: such a run is expected to fail, so it is a case apart in the status and
+# never the stage's "last run".
 _INJECTED = re.compile(r"(?:^| )(?:\w+_)?bug=(?!none(?: |$))\S")
 
 
-def injects_a_bug(record: dict[str, Any]) -> bool:
-    return bool(_INJECTED.search(_params_key(record)))
+def is_injected(case_key: str, wrong_on_purpose: Iterable[str] = ()) -> bool:
+    """Does a status case (its ``_params_key``) inject a bug: a ``bug``/``*_bug`` variant,
+    or one of the stage's ``variant=value`` words declared wrong on purpose?"""
+    return bool(_INJECTED.search(case_key)) or not set(wrong_on_purpose).isdisjoint(case_key.split(" "))
 
 
-def run_edits(records: list[dict[str, Any]], defaults: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def injects_a_bug(record: dict[str, Any], wrong_on_purpose: Iterable[str] = ()) -> bool:
+    return is_injected(_params_key(record), wrong_on_purpose)
+
+
+def run_edits(
+    records: list[dict[str, Any]],
+    defaults: dict[str, dict[str, Any]] | None = None,
+    injections: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
     """The `status` and `log` edits that fold these runs (oldest first) into MEMORY.md.
-    ``defaults`` (``stage_defaults``): each stage's parameter defaults, which key its cases."""
+    ``defaults``, ``injections`` (``stage_facts``): each stage's parameter defaults, which key
+    its cases, and its variant values wrong on purpose, kept with the stage's status."""
     defaults = defaults or {}
+    injections = injections or {}
 
     def merge(data: Any) -> dict:
         data = data if isinstance(data, dict) else {}
         for stage in set(defaults) & set(data):  # keys written before: folded into today's
             if "cases" in data[stage]:
                 data[stage]["cases"] = canonical_cases(data[stage]["cases"], defaults.get(stage))
+        for stage in set(injections) & (set(data) | {r["stage"] for r in records}):
+            entry = data.setdefault(stage, {})
+            if injections[stage]:
+                entry["wrong_on_purpose"] = list(injections[stage])
+            else:
+                entry.pop("wrong_on_purpose", None)
         for record in records:
             entry = data.setdefault(record["stage"], {})
             prov = record.get("provenance", {})
-            if not injects_a_bug(record) or "last_run" not in entry:
+            if not injects_a_bug(record, entry.get("wrong_on_purpose") or ()) or "last_run" not in entry:
                 entry.update(
                     verdict=record["verdict"],
                     last_run=record["id"],
@@ -546,7 +573,7 @@ def run_edits(records: list[dict[str, Any]], defaults: dict[str, dict[str, Any]]
 
 def record_run(ws: Workspace, record: dict[str, Any]) -> None:
     """Fold one run into the `status` and `log` blocks."""
-    update_blocks(ws, run_edits([record], stage_defaults(ws)))
+    update_blocks(ws, run_edits([record], *stage_facts(ws)))
 
 
 # The order "worst failing case" picks by: a crash or hang before an error before wrong numbers.
@@ -563,7 +590,8 @@ def render_status(data: dict[str, Any]) -> str:
     with an injected bug did not pass (the bug was caught)."""
     rows = [
         "The last run of every stage; cases: the latest verdict per parameter set and n, apart from the"
-        " cases with an injected bug (a `bug` or `*_bug` variant), which should not pass. The cases and runs"
+        " cases with an injected bug (a `bug` or `*_bug` variant, or a variant value kernel.yaml declares"
+        " `wrong_on_purpose`), which should not pass. The cases and runs"
         " of a stage: `wb report STAGE`; this block's data: MEMORY.json.",
         "",
         "| stage | last run | verdict | cases passing | worst failing case | injected bugs caught | date · commit · card |",
@@ -572,8 +600,9 @@ def render_status(data: dict[str, Any]) -> str:
     for stage in sorted(data):
         entry = data[stage]
         every = [(key, n, v) for key, per_n in sorted(entry.get("cases", {}).items()) for n, v in sorted(per_n.items(), key=lambda i: _n_key(i[0]))]
-        cases = [c for c in every if not _INJECTED.search(c[0])]
-        bugs = [c for c in every if _INJECTED.search(c[0])]
+        on_purpose = entry.get("wrong_on_purpose") or ()
+        cases = [c for c in every if not is_injected(c[0], on_purpose)]
+        bugs = [c for c in every if is_injected(c[0], on_purpose)]
         caught = f"{sum(1 for c in bugs if c[2] != 'PASS')}/{len(bugs)}" if bugs else "-"
         failing = [c for c in cases if c[2] != "PASS"]
         worst = "-"

@@ -23,7 +23,7 @@ def publish(ws: Workspace, record: dict[str, Any]) -> None:
         report.write_run_report(ws, record)
     except UserError as exc:
         warnings.warn(f"report not written: {exc}")
-    memory.update_blocks_or_warn(ws, memory.run_edits([record], memory.stage_defaults(ws)))
+    memory.update_blocks_or_warn(ws, memory.run_edits([record], *memory.stage_facts(ws)))
 
 
 def commit(

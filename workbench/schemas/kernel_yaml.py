@@ -174,6 +174,13 @@ class Stage(_Keys):
         BeforeValidator(_none_is_empty),
         Field(max_length=MAX_ITEMS),
     ] = {}
+    # variant values that make the stage wrong on purpose (a teaching variant, kept to show what
+    # the right code prevents): counted like a `bug` variant's cases, apart from the real ones
+    wrong_on_purpose: Annotated[
+        dict[Name, Annotated[list[VariantValue], BeforeValidator(_variant_values), Field(min_length=1, max_length=MAX_ITEMS)]],
+        BeforeValidator(_none_is_empty),
+        Field(max_length=MAX_ITEMS),
+    ] = {}
     fixtures: Annotated[
         list[FixtureName], _rule(lambda v: isinstance(v, list), "a list of fixture names"), Field(max_length=MAX_ITEMS)
     ] = ["random"]
@@ -250,6 +257,7 @@ class KernelFile(_Keys):
                 raise _expected(f"a letter not used before ({stage.letter!r} repeats)", at=("stages", i, "letter"))
             seen.add(stage.letter)
             stage._params = self._merged_params(i, stage)
+            _check_wrong_on_purpose(i, stage)
         if self.bench is not None and self.bench.stage is not None and self.bench.stage not in seen:
             raise _expected(f"a letter of one of the stages ({', '.join(sorted(seen))})", at=("bench", "stage"), got=self.bench.stage)
         return self
@@ -271,6 +279,18 @@ class KernelFile(_Keys):
                 where = ("stages", i, "parameters", name, "default") if name in stage.parameters else ("parameters", name, "default")
                 raise _expected("'=NAME' naming a parameter of this stage", at=where, got=param.default)
         return params
+
+
+def _check_wrong_on_purpose(i: int, stage: Stage) -> None:
+    """Each name a variant of the stage; each value one of its values, never its default."""
+    for name, values in stage.wrong_on_purpose.items():
+        at = ("stages", i, "wrong_on_purpose", name)
+        choices = stage.variants.get(name)
+        if not choices:
+            raise _expected(f"a variant of this stage ({', '.join(stage.variants) or 'it has none'})", at=at, got=name)
+        for value in values:
+            if value not in choices[1:]:
+                raise _expected(f"one of {name}'s values other than its default {choices[0]!r} ({', '.join(choices[1:]) or 'none'})", at=at, got=value)
 
 
 def _check_bounds(param: Param, at: tuple) -> None:

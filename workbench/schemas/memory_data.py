@@ -39,6 +39,7 @@ class StageStatus(_Lenient):
     date: Optional[StrictStr] = None
     card: Optional[StrictStr] = None
     cases: dict[StrictStr, dict[StrictStr, StrictStr]] = Field(default_factory=dict)  # parameter set -> n -> verdict
+    wrong_on_purpose: list[StrictStr] = Field(default_factory=list)  # kernel.yaml's variant=value words
 
 
 class Speed(_Lenient):
