@@ -13,7 +13,8 @@ from workbench.diagnose.registry import EvidenceHook, Mutant, Views, _hooks, _re
 
 
 def all_mutants() -> dict[str, Mutant]:
-    return dict(_registry)
+    """Every registered mutant by name (where two kernels share a name, the later loaded)."""
+    return {m.name: m for m in _registry.values()}
 
 
 def hooks_for(kernel_dir: str | os.PathLike | None) -> list[EvidenceHook]:
@@ -53,8 +54,8 @@ def load_mutants(path: str | os.PathLike) -> None:
         mtime = file.stat().st_mtime
         if _loaded.get(str(file)) == mtime:
             continue
-        for name in [n for n, m in _registry.items() if m.source == str(file)]:
-            del _registry[name]
+        for key in [k for k, m in _registry.items() if m.source == str(file)]:
+            del _registry[key]
         for key in [k for k in _hooks if k[0] == str(file)]:
             del _hooks[key]
         for key in [k for k in _view_hooks if k[1] == str(file)]:
@@ -75,12 +76,10 @@ def mutants_for(kernel_dir: str | os.PathLike | None = None) -> dict[str, Mutant
     """The generic mutants plus those registered from files in `kernel_dir` (its
     mutants*.py is imported here; mutants a stage module registers count once that module
     has been imported)."""
+    generic = {m.name: m for m in _registry.values() if m.generic}
     if kernel_dir is None:
-        return {n: m for n, m in _registry.items() if m.generic}
+        return generic
     folder = Path(kernel_dir).resolve()
     load_mutants(folder)
-    return {
-        n: m
-        for n, m in _registry.items()
-        if m.generic or (m.source and Path(m.source).parent == folder)
-    }
+    own = {m.name: m for m in _registry.values() if not m.generic and m.source and Path(m.source).parent == folder}
+    return {**generic, **own}  # a kernel's mutant of a generic one's name is the kernel's

@@ -102,7 +102,9 @@ class Mutant:
         return "*" in self.outputs or (role is not None and role in self.outputs)
 
 
-_registry: dict[str, Mutant] = {}
+# keyed by (the file it was registered from, its name): two kernels (or two copies of one
+# workspace in one process) may each have a mutant of a name
+_registry: dict[tuple[str, str], Mutant] = {}
 
 
 def mutant(
@@ -113,14 +115,15 @@ def mutant(
     dims: tuple[int, ...] = (2, 4),
     family: str = "",
 ):
-    """Register a mutant reference under `name` (a later registration of a name replaces it)."""
+    """Register a mutant reference under `name` (a later registration of a name from the same
+    file replaces it)."""
 
     def register(fn):
         try:
             source = str(Path(inspect.getfile(fn)).resolve())
         except (TypeError, OSError):
             source = ""
-        _registry[name] = Mutant(
+        _registry[(source, name)] = Mutant(
             name=name,
             description=" ".join(description.split()),
             fn=fn,
