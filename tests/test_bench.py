@@ -2,6 +2,7 @@
 naming, speed block, docs/perf.md;
 and, on a GPU, the timer against a known amount of work."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,14 @@ def test_run_bench_with_processes_starts_a_new_worker_for_each_and_keeps_them_pa
     hung = bench.run_bench(ws, spec, kernel, cases, {}, ["fa4"], processes=3)
     assert hung["verdict"] == "HANG" and hung["bench"][0]["process_medians_ms"] == [7.0]
     assert "process 2 of 3: HANG" in hung["notes"][-1]
+
+
+def test_an_interrupted_bench_is_recorded_interrupted_and_exits_130(fmha_ws, wb, monkeypatch):
+    """Ctrl-C during `wb bench`: its worker ends (run_job's INTERRUPTED), the record says so,
+    and wb exits 130 as `wb run` does (it exited 1, as for a failing kernel)."""
+    from workbench.run.supervisor import Outcome
+
+    monkeypatch.setattr(bench, "run_job", lambda *a, **k: Outcome(status="INTERRUPTED", message="interrupted (Ctrl-C or SIGTERM)"))
+    proc = wb("bench", "d", "-p", "n=4096", "--peers", "", "--json", cwd=fmha_ws)
+    assert proc.returncode == 130, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["verdict"] == "INTERRUPTED"

@@ -282,3 +282,58 @@ def test_superseded_compares_variant_names_of_the_same_arch():
     # with the stage's parameters: a label of other parameter names is superseded, other values are not
     assert superseded("sm_90a · d=64 · a=1", "sm_90a", {"a": "1"}, {"d": 64, "dv": 64})
     assert not superseded("sm_90a · d=64 dv=32 · a=1", "sm_90a", {"a": "1"}, {"d": 128, "dv": 128})
+
+
+def _workers_of(ws: Path) -> list[str]:
+    """Command lines of the worker processes started for workspace `ws` (their pid files live in it)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "workbench.run.worker" in cmd and str(ws) in cmd:
+                found.append(cmd)
+    return found
+
+
+def _interrupted(ws: Path, home: Path, compiling: int, *args: str) -> tuple[int, str, float]:
+    """Run `wb ARGS` in its own process, Ctrl-C it once `compiling` compiles are under way;
+    (exit status, its output, seconds from Ctrl-C to exit)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", COLUMNS="200", WB_HOME=str(home), WB_COMPILE_JOBS="2")
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", *args], cwd=ws, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen, deadline = "", time.time() + 120
+    while seen.count("compiling ") < compiling and time.time() < deadline and proc.poll() is None:
+        seen += proc.stdout.readline()
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)
+    start = time.time()
+    out, _ = proc.communicate(timeout=60)
+    return proc.returncode, seen + out, time.time() - start
+
+
+@pytest.mark.slow  # cold compiles in a real wb process, interrupted
+def test_ctrl_c_during_a_parallel_compile_ends_every_worker_and_exits_130(fmha_ws, tmp_path):
+    """Ctrl-C during `wb shapes` (two compile workers) became 'compile failed' for the stages
+    of the interrupted worker, a stage that had compiled among them; wb waited for the other
+    worker's compile, printed the table and exited 1. `wb compile` wrote a COMPILE_ERROR
+    record. Now both end their workers within a second or two and exit 130, and nothing is
+    recorded."""
+    status, out, seconds = _interrupted(fmha_ws, tmp_path / "home", 2, "shapes", "fmha", "--no-cache")
+    assert status == 130, out
+    assert "compile failed" not in out and seconds < 10, (seconds, out)
+    assert not [w for w in _workers_of(fmha_ws) if "once-" in w], _workers_of(fmha_ws)
+
+    runs_before = set((fmha_ws / "runs").iterdir()) if (fmha_ws / "runs").is_dir() else set()
+    status, out, seconds = _interrupted(fmha_ws, tmp_path / "home2", 1, "compile", "d", "--d", "96", "-p", "causal=true")
+    assert status == 130 and seconds < 10, (seconds, out)
+    assert not _workers_of(fmha_ws), _workers_of(fmha_ws)  # the busy warm worker was ended too
+    runs_after = set((fmha_ws / "runs").iterdir()) if (fmha_ws / "runs").is_dir() else set()
+    assert runs_after == runs_before, runs_after - runs_before

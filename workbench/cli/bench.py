@@ -91,7 +91,7 @@ def bench(
         print_json({k: v for k, v in record.items() if not k.startswith("_")})
     else:
         render_bench(record)
-    raise typer.Exit(0 if record["verdict"] == "PASS" else 1)
+    raise typer.Exit({"PASS": 0, "INTERRUPTED": 130}.get(record["verdict"], 1))
 
 
 def render_bench(record: dict) -> None:

@@ -34,10 +34,14 @@ def compile_stage_record(
     run_dir = new_run_dir(ws.runs_dir)
     artifacts_dir = run_dir / "artifacts"
     target = shapes.Target(spec, params, variants, arch)
-    result = shapes.collect(
-        ws, [target], on_event=on_event, use_cache=True, in_process=in_process,
-        keep=tuple(k for k in keep if k in ("ptx", "cubin")) + ("cubin",), artifact_dir=artifacts_dir,
-    )[0]
+    try:
+        result = shapes.collect(
+            ws, [target], on_event=on_event, use_cache=True, in_process=in_process,
+            keep=tuple(k for k in keep if k in ("ptx", "cubin")) + ("cubin",), artifact_dir=artifacts_dir,
+        )[0]
+    except KeyboardInterrupt:  # nothing was compiled: no record, and no run folder left behind
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     if result.get("status") == "skipped":  # nothing to compile: a plain PyTorch stage (is_cute = False)
         shutil.rmtree(run_dir, ignore_errors=True)
         raise UserError(f"{result.get('note') or spec.id + ' was skipped'}: wb compile builds CuTe DSL stages")

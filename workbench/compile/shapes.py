@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -35,6 +36,7 @@ from workbench.kernels.registry import KernelSpec, StageSpec, default_kernel, ge
 from workbench.records import memory
 from workbench.records.provenance import git_state
 from workbench.files import atomic_write_text
+from workbench.run import supervisor
 from workbench.run.supervisor import run_job
 from workbench.schemas import SchemaError, load_yaml
 from workbench.workspace import Workspace
@@ -241,6 +243,8 @@ def _run_in_workers(ws: Workspace, job: dict, timeout: float, on_event, parallel
                 on_event(e)
 
         outcome = run_job(ws, sub, timeout, event, warm=warm)
+        if outcome.status == "INTERRUPTED":  # Ctrl-C (here, or in another group: STOPPING)
+            raise KeyboardInterrupt
         if outcome.status == "CRASH" and "could not reach the worker" in (outcome.message or ""):
             # a worker seen between its bind() and listen(): ask again, once
             outcome = run_job(ws, sub, timeout, event, warm=warm)
@@ -271,21 +275,45 @@ def _run_in_workers(ws: Workspace, job: dict, timeout: float, on_event, parallel
             }
 
     errors: list[BaseException] = []
+    done = [threading.Event() for _ in groups[1:]]
 
-    def guarded(group, warm):
+    def guarded(group, warm, finished: threading.Event | None = None):
         try:
             run(group, warm)
         except BaseException as exc:  # re-raised in the caller's thread
             errors.append(exc)
+            if isinstance(exc, KeyboardInterrupt):
+                supervisor.STOPPING.set()  # the other groups end their workers within a second
+        finally:
+            if finished is not None:
+                finished.set()
 
-    threads = [threading.Thread(target=guarded, args=(g, i == 0), daemon=True) for i, g in enumerate(groups[1:], 1)]
+    def wait_groups(seconds: float) -> None:
+        # Events, not Thread.join: a Ctrl-C landing in join() on Python 3.11 marks the
+        # thread stopped and join() returns while it still runs (see remote/sweep.py)
+        deadline = time.monotonic() + seconds
+        for finished in done:
+            while not finished.wait(0.2) and time.monotonic() < deadline:
+                pass
+
+    threads = [threading.Thread(target=guarded, args=(g, False, d), daemon=True) for g, d in zip(groups[1:], done)]
     for t in threads:
         t.start()
-    guarded(groups[0], True)
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    try:
+        try:
+            guarded(groups[0], True)
+            wait_groups(float("inf"))
+        except KeyboardInterrupt:  # while waiting for the other groups
+            errors.insert(0, KeyboardInterrupt())
+            supervisor.STOPPING.set()
+        if supervisor.STOPPING.is_set():
+            wait_groups(30.0)  # each ends its worker (a second Ctrl-C leaves at once)
+    finally:
+        if any(isinstance(e, KeyboardInterrupt) for e in errors):
+            supervisor.STOPPING.clear()
+    interrupted = next((e for e in errors if isinstance(e, KeyboardInterrupt)), None)
+    if interrupted is not None or errors:
+        raise interrupted or errors[0]
     return [outs[i] for i in range(len(items))]
 
 
