@@ -5,6 +5,7 @@ Each test reproduces an attack or accident seen on the issue "Trust nothing that
 """
 
 import errno
+import json
 import os
 import stat
 import tempfile
@@ -271,3 +272,39 @@ def test_a_sigterm_while_the_record_is_made_lands_after_it_is_written(toy_ws, mo
     (run_dir,) = [p for p in (toy_ws / "runs").iterdir() if p.name[:1].isdigit()]
     assert (run_dir / "run.json").is_file() and (run_dir / "report.md").is_file()
     assert run_dir.name in (toy_ws / "MEMORY.md").read_text()
+
+
+@pytest.mark.parametrize("blocker", ["a file where the reports folder goes", "a link to itself"])
+def test_a_report_path_that_cannot_be_written_is_a_warning_and_memory_still_updates(toy_ws, wb, blocker):
+    """runs/reports as a file (or the stage report a link loop) made `wb run` end in a
+    FileExistsError/ELOOP traceback from the atomic writer (its mkdir and stat sat outside its
+    error handling), after the record but before MEMORY.md; `wb sweep` lost its table the same
+    way. Now: one warning, the record and MEMORY.md written, the sweep's table printed."""
+    reports = toy_ws / "runs" / "reports"
+    if blocker.startswith("a file"):
+        reports.parent.mkdir(parents=True, exist_ok=True)
+        reports.write_text("not a folder\n")
+    else:
+        reports.mkdir(parents=True)
+        (reports / "toy-stage-a.md").symlink_to("toy-stage-a.md")
+    ran = wb("run", "a", "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert "Traceback" not in ran.stderr and "report not written" in ran.stderr
+    run_id = json.loads(ran.stdout)["id"]
+    assert run_id in (toy_ws / "MEMORY.md").read_text()
+    swept = wb("sweep", "a", "--n", "128", "--gpus", "none")
+    assert swept.returncode == 0, swept.stderr
+    assert "sweep report not written" in swept.stderr and "PASS" in swept.stdout
+
+
+def test_writing_through_a_dangling_link_makes_no_folders_elsewhere(tmp_path):
+    """A dangling link's target folder was made (anywhere on disk) before the write; open()
+    would refuse it. Now it is one UserError and nothing is made."""
+    from workbench.errors import UserError
+    from workbench.files import atomic_write_text
+
+    link = tmp_path / "report.md"
+    link.symlink_to(tmp_path / "nowhere" / "deeper" / "report.md")
+    with pytest.raises(UserError, match="cannot write"):
+        atomic_write_text(link, "x\n")
+    assert not (tmp_path / "nowhere").exists()

@@ -21,8 +21,12 @@ def atomic_write_text(path: Path, text: str, newline: str | None = None) -> None
     in the way or a read-only filesystem is one UserError. The temporary file lives beside
     the target (a rename is atomic only within one folder) and is removed on any failure."""
     target = Path(os.path.realpath(path))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    mode = _mode_for(target, path)
+    try:
+        if not os.path.islink(path):  # a dangling link's target folder is not made (open() would not either)
+            target.parent.mkdir(parents=True, exist_ok=True)
+        mode = _mode_for(target, path)
+    except OSError as exc:  # a file where a folder should be, a link loop, ...
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     except OSError as exc:

@@ -95,7 +95,8 @@ def sweep(
         from workbench.terminal import console
 
         render_sweep(summary)
-        console.print(f"[dim]summary: {summary['sweep_report']} (part of the stage report {summary['report']})[/]")
+        if summary["sweep_report"]:
+            console.print(f"[dim]summary: {summary['sweep_report']} (part of the stage report {summary['report']})[/]")
     if summary.get("interrupted"):
         from workbench import terminal
 

@@ -35,6 +35,7 @@ import os
 import subprocess
 import threading
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -647,6 +648,10 @@ def sweep(
         on_event(SweepEvent("note", text=f"{len(cases)} case(s) on {len(lanes)} lane(s): {', '.join(lanes_text)}"))
         results = run_lanes(ws, spec, cases, lanes, opts, sweep_id, on_event)
     summary = summarize(ws, spec, cases, results, sweep_id, lanes_text, started)
-    sweep_path, stage_path = write_summary(ws, spec, summary)
-    summary["sweep_report"], summary["report"] = str(sweep_path), str(stage_path)
+    try:
+        sweep_path, stage_path = write_summary(ws, spec, summary)
+        summary["sweep_report"], summary["report"] = str(sweep_path), str(stage_path)
+    except UserError as exc:  # the cases' records are written: the table still shows, a warning says why no report
+        warnings.warn(f"sweep report not written: {exc}")
+        summary["sweep_report"] = summary["report"] = None
     return summary
