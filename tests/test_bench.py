@@ -286,3 +286,80 @@ def test_an_interrupted_bench_is_recorded_interrupted_and_exits_130(fmha_ws, wb,
     proc = wb("bench", "d", "-p", "n=4096", "--peers", "", "--json", cwd=fmha_ws)
     assert proc.returncode == 130, proc.stdout + proc.stderr
     assert json.loads(proc.stdout)["verdict"] == "INTERRUPTED"
+
+
+def _two_cases(first_ms, second_ms=None, fa4_ms=6.0, crash_second=False, fa4_fails=False):
+    """A process's result for cases n=4096 and n=8192 (the second left out: the process
+    stopped before it; crash_second: it crashed on it)."""
+    out = _process_result(first_ms, fa4_ms)
+    if fa4_fails:
+        out["cases"][0]["peers"]["fa4"] = {"error": "RuntimeError: out of memory"}
+    if second_ms is not None or crash_second:
+        second = _process_result(second_ms or 1.0, fa4_ms, verdict="CRASH" if crash_second else "PASS")["cases"][0]
+        out["cases"].append({**second, "case": "n=8192"})
+    return out
+
+
+def test_processes_are_merged_by_case_name_and_what_some_did_not_time_is_untimed():
+    """merge_processes matched cases by position and took the first process's case list: a
+    case the first process never reached was dropped, one a later process never reached kept
+    the first's timing alone, unmarked, and a peer that failed in one process kept the
+    first's timing. Now cases are matched by name and what was not timed everywhere says so."""
+    merged = bench.merge_processes([_two_cases(5.0), _two_cases(5.2, 9.0), _two_cases(5.4, 9.2)])
+    first, second = merged["cases"]
+    assert first["case"] == "n=4096" and first["process_medians_ms"] == [5.0, 5.2, 5.4]
+    assert second["case"] == "n=8192" and second["verdict"] == "ERROR" and "median_ms" not in second
+    assert "timed in 2 of 3 worker processes" in second["error"] and merged["verdict"] == "FAIL"
+    crashed = bench.merge_processes([_two_cases(5.0, crash_second=True), _two_cases(5.2, 9.0)])
+    assert crashed["cases"][1]["verdict"] == "CRASH" and "median_ms" not in crashed["cases"][1]
+    peer = bench.merge_processes([_two_cases(5.0), _two_cases(5.2, fa4_fails=True)])["cases"][0]["peers"]["fa4"]
+    assert "median_ms" not in peer and "tflops" not in peer and peer["error"] == "RuntimeError: out of memory"
+    none_timed = bench.merge_processes([_process_result(5.0, 6.0, verdict="FAIL")])
+    assert none_timed["notes"][-1] == "timed in 1 worker process, the median of their medians; no case was timed in all of them"
+
+
+def test_an_incomplete_multi_process_bench_leaves_memorys_speed_alone(tmp_path, monkeypatch):
+    """Two processes timed, the third hung: the record keeps the two, but MEMORY.md's speed
+    block took them as a PASS measurement. It now keeps the last complete one."""
+    import shutil
+
+    from workbench.run.supervisor import Outcome
+
+    for name in ("stages", "fixtures", "pyproject.toml"):
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, tmp_path / name)
+    ws = Workspace(tmp_path)
+    kernel = load_kernels(ws)["fmha"]
+    spec = kernel.stage("d")
+    cases = bench.plan_cases(spec, kernel, {"n": ["4096"]}, False)
+    calls = []
+
+    def fake_run_job(ws_, job, timeout, on_event, warm=True, **kwargs):
+        calls.append(warm)
+        if len(calls) == 3:
+            return Outcome(status="HANG", message="no result after 9 s", worker_pid=len(calls))
+        return Outcome(status="result", result=_process_result(5.0 + len(calls), 6.0), worker_pid=len(calls))
+
+    monkeypatch.setattr(bench, "run_job", fake_run_job)
+    hung = bench.run_bench(ws, spec, kernel, cases, {}, ["fa4"], processes=3)
+    assert hung["verdict"] == "HANG" and hung["bench"][0]["process_medians_ms"] == [6.0, 7.0]
+    assert not memory.data_path(ws.memory_path).exists() or not memory.read_data(memory.data_path(ws.memory_path)).get("speed")
+
+
+def test_a_ctrl_c_while_the_bench_worker_starts_is_a_record_not_an_empty_run_folder(tmp_path, monkeypatch):
+    """run_job raises KeyboardInterrupt when Ctrl-C lands while its worker starts: wb bench
+    left runs/<id>/ with only its owner file. It records INTERRUPTED, as wb run does."""
+    import shutil
+
+    for name in ("stages", "fixtures", "pyproject.toml"):
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, tmp_path / name)
+    ws = Workspace(tmp_path)
+    kernel = load_kernels(ws)["fmha"]
+    spec = kernel.stage("d")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "run_job", interrupted)
+    rec = bench.run_bench(ws, spec, kernel, bench.plan_cases(spec, kernel, {"n": ["4096"]}, False), {}, [], processes=2)
+    assert rec["verdict"] == "INTERRUPTED"
+    assert (ws.runs_dir / rec["id"] / "run.json").is_file()

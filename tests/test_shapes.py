@@ -337,3 +337,25 @@ def test_ctrl_c_during_a_parallel_compile_ends_every_worker_and_exits_130(fmha_w
     assert not _workers_of(fmha_ws), _workers_of(fmha_ws)  # the busy warm worker was ended too
     runs_after = set((fmha_ws / "runs").iterdir()) if (fmha_ws / "runs").is_dir() else set()
     assert runs_after == runs_before, runs_after - runs_before
+
+
+def test_a_ctrl_c_after_the_compile_but_before_the_record_leaves_no_run_folder(fmha_ws, tmp_path, monkeypatch):
+    """The compile had finished and wb was reading its SASS (nvdisasm) when Ctrl-C came: wb
+    compile exited 130 and left runs/<id>/ with its owner file and artifacts, no record."""
+    from workbench.compile import record as compile_record
+    from workbench.kernels.registry import load_kernels
+    from workbench.workspace import Workspace
+
+    monkeypatch.setenv("WB_HOME", str(tmp_path / "home"))
+    ws = Workspace(fmha_ws)
+    spec = load_kernels(ws)["fmha"].stage("a")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compile_record.res, "disassemble", interrupted)
+    before = set((fmha_ws / "runs").iterdir()) if (fmha_ws / "runs").is_dir() else set()
+    with pytest.raises(KeyboardInterrupt):
+        compile_record.compile_stage_record(ws, spec, spec.resolve_params({}), {}, "sm_90a", ("sass",), in_process=True)
+    after = set((fmha_ws / "runs").iterdir()) if (fmha_ws / "runs").is_dir() else set()
+    assert after == before, after - before

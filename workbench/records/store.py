@@ -14,11 +14,13 @@ import json
 import os
 import re
 import secrets
+import shutil
 import time
 import warnings
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from workbench.errors import UserError
 from workbench.files import atomic_write_text
@@ -79,6 +81,18 @@ def unfinished_run(run_dir: Path) -> str:
     if procs.same_process(owner["pid"], owner.get("starttime"), owner.get("boot_id")):
         return f"run {run_dir.name} has no record yet: its wb (pid {owner['pid']}) is still running it"
     return f"run {run_dir.name} has no record: its wb (pid {owner['pid']}) ended before writing it (killed?)"
+
+
+@contextmanager
+def discarded_if_interrupted(run_dir: Path) -> Iterator[None]:
+    """A Ctrl-C (or SIGTERM) inside removes `run_dir` unless its record was written: a command
+    that records nothing when interrupted (wb compile) leaves no run folder behind."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not (run_dir / RECORD).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def utc_now() -> str:

@@ -35,7 +35,7 @@ from workbench.records.provenance import git_state, record_provenance, short_com
 from workbench.records.publish import commit
 from workbench.records.store import new_record, new_run_dir, utc_now
 from workbench.run.execute import worker_result
-from workbench.run.supervisor import run_job
+from workbench.run.supervisor import Outcome, run_job
 from workbench.run.worker import environment, error_info, forget_fixture_modules
 from workbench.workspace import Workspace
 
@@ -408,13 +408,13 @@ def run_bench(ws, spec, kernel, cases: list[BenchCase], variants: dict[str, str]
            "variants": variants, "peers": peers, "reps": reps, "graph": graph, "run_dir": str(run_dir),
            "peer_env": peer_env(kernel.dir)}
     if processes <= 1:
-        outcome = run_job(ws, job, timeout, on_event, warm=warm)
+        outcome = _run_job(ws, job, timeout, on_event, warm=warm)
         result = worker_result(outcome, run_dir)
     else:
         results = []
         for index in range(processes):
             on_event({"type": "progress", "phase": "process", "process": index + 1, "of": processes})
-            outcome = run_job(ws, job, timeout, on_event, warm=False)
+            outcome = _run_job(ws, job, timeout, on_event, warm=False)
             result = worker_result(outcome, run_dir)
             if outcome.status != "result":  # a HANG or CRASH is the record's verdict, as with one process;
                 if results:  # the processes timed before it stay in the record
@@ -436,38 +436,72 @@ def run_bench(ws, spec, kernel, cases: list[BenchCase], variants: dict[str, str]
         started=started,
         finished=utc_now(),
     )
-    return commit(ws, run_dir, record, publish=record_speed)
+    # an incomplete measurement (a later process hung, crashed or was interrupted) stays in its
+    # record; MEMORY.md's speed keeps the last complete one
+    return commit(ws, run_dir, record, publish=record_speed if outcome.status == "result" else None)
+
+
+def _run_job(ws: Workspace, job: dict, timeout: float, on_event, warm: bool) -> Outcome:
+    """run_job, with a Ctrl-C while its worker starts recorded as INTERRUPTED (as `wb run`
+    does), not a run folder left without a record."""
+    try:
+        return run_job(ws, job, timeout, on_event, warm=warm)
+    except KeyboardInterrupt:
+        return Outcome(status="INTERRUPTED", message="interrupted (Ctrl-C or SIGTERM) before the worker answered")
 
 
 def merge_processes(results: list[dict[str, Any]]) -> dict[str, Any]:
     """One bench result from the results of the same job in several worker processes: per case
     and per peer the median of the processes' medians (TFLOP/s from it), p10/p90 the medians of
-    theirs, and ``process_medians_ms`` the list; a case that did not PASS in every process is
-    that process's case (its verdict and error), untimed. Env and peak are the first's."""
+    theirs, and ``process_medians_ms`` the list. Cases are matched by name. A case that did
+    not PASS in some process is that process's case (its verdict and error), untimed; a case
+    or a peer that some process did not time (it stopped before it, or the peer failed there)
+    is left untimed with an error that says in how many processes it was timed. Env and peak
+    are the first's."""
     first = results[0]
     merged: dict[str, Any] = {**first, "cases": [], "notes": list(first.get("notes", []))}
+    names = list(dict.fromkeys(c["case"] for r in results for c in r.get("cases", [])))
     spreads = []
-    for index, case in enumerate(first.get("cases", [])):
-        runs = [r["cases"][index] for r in results if index < len(r.get("cases", []))]
+    for name in names:
+        runs = [c for r in results for c in r.get("cases", []) if c["case"] == name]
         failed = next((c for c in runs if c.get("verdict") != "PASS" or not c.get("median_ms")), None)
-        if failed is not None or len(runs) < len(results):
-            merged["cases"].append(failed or case)
+        if failed is not None:
+            merged["cases"].append(failed)
             continue
+        if len(runs) < len(results):
+            merged["cases"].append({**_untimed(runs[0]), "verdict": "ERROR",
+                                    "error": f"timed in {len(runs)} of {len(results)} worker processes (a process stopped before it)"})
+            continue
+        case = runs[0]
         out = {**case, **_median_timing(runs, case["flops"])}
         if case.get("fraction_of_peak") and case.get("tflops"):
             out["fraction_of_peak"] = case["fraction_of_peak"] * out["tflops"] / case["tflops"]
         out["peers"] = {}
-        for name, peer in (case.get("peers") or {}).items():
-            timed = [c["peers"][name] for c in runs if (c.get("peers") or {}).get(name, {}).get("median_ms")]
-            out["peers"][name] = {**peer, **_median_timing(timed, case["flops"])} if len(timed) == len(runs) else peer
+        for peer_name, peer in (case.get("peers") or {}).items():
+            timed = [c["peers"][peer_name] for c in runs if (c.get("peers") or {}).get(peer_name, {}).get("median_ms")]
+            if len(timed) == len(runs):
+                out["peers"][peer_name] = {**peer, **_median_timing(timed, case["flops"])}
+            elif not timed:  # skipped or failed in every process: as the first said
+                out["peers"][peer_name] = peer
+            else:
+                failure = next((c["peers"].get(peer_name) for c in runs if not (c.get("peers") or {}).get(peer_name, {}).get("median_ms")), None)
+                out["peers"][peer_name] = {**_untimed(peer), "error": (failure or {}).get("error")
+                                           or f"timed in {len(timed)} of {len(runs)} worker processes"}
         spreads.append(f"{case['case']}: wb {min(out['process_medians_ms']):.3f}-{max(out['process_medians_ms']):.3f} ms")
         merged["cases"].append(out)
     verdicts = [c.get("verdict") for c in merged["cases"]]
     merged["verdict"] = "PASS" if verdicts and all(v == "PASS" for v in verdicts) else "FAIL"
     merged["processes"] = len(results)
-    merged["notes"].append(f"timed in {len(results)} worker processes, the median of their medians; "
-                           "each process's median, lowest-highest: " + "; ".join(spreads))
+    told = f"timed in {len(results)} worker process{'es' if len(results) != 1 else ''}, the median of their medians"
+    merged["notes"].append(told + ("; each process's median, lowest-highest: " + "; ".join(spreads) if spreads else "; no case was timed in all of them"))
     return merged
+
+
+_TIMING = ("median_ms", "p10_ms", "p90_ms", "min_ms", "tflops", "fraction_of_peak", "process_medians_ms")
+
+
+def _untimed(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k not in _TIMING}
 
 
 def _median_timing(runs: list[dict[str, Any]], flops: float) -> dict[str, Any]:
