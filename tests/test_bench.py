@@ -343,6 +343,7 @@ def test_an_incomplete_multi_process_bench_leaves_memorys_speed_alone(tmp_path, 
     hung = bench.run_bench(ws, spec, kernel, cases, {}, ["fa4"], processes=3)
     assert hung["verdict"] == "HANG" and hung["bench"][0]["process_medians_ms"] == [6.0, 7.0]
     assert not memory.data_path(ws.memory_path).exists() or not memory.read_data(memory.data_path(ws.memory_path)).get("speed")
+    assert bench.speed_edit([hung], ws).merge(None) == {}  # nor does `wb import` of that record
 
 
 def test_a_ctrl_c_while_the_bench_worker_starts_is_a_record_not_an_empty_run_folder(tmp_path, monkeypatch):

@@ -71,7 +71,7 @@ def bench(
     if host:  # the same command there; its record comes back into runs/ (workbench.remote.client)
         from workbench.remote.client import run_and_import
 
-        record = run_and_import(ws, host, state.argv, spec=spec, publish=lib.record_speed, show=not as_json, deadline_s=timeout + 300)
+        record = run_and_import(ws, host, state.argv, spec=spec, publish=lib.record_speed, show=not as_json, deadline_s=timeout * processes + 300)
     else:
         with progress(f"bench {spec.id}", enabled=not as_json) as on_event:
             record = lib.run_bench(ws, spec, kernel, cases, variants, peer_list, reps=reps, graph=graph, timeout=timeout,

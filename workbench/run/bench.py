@@ -436,9 +436,7 @@ def run_bench(ws, spec, kernel, cases: list[BenchCase], variants: dict[str, str]
         started=started,
         finished=utc_now(),
     )
-    # an incomplete measurement (a later process hung, crashed or was interrupted) stays in its
-    # record; MEMORY.md's speed keeps the last complete one
-    return commit(ws, run_dir, record, publish=record_speed if outcome.status == "result" else None)
+    return commit(ws, run_dir, record, publish=record_speed)
 
 
 def _run_job(ws: Workspace, job: dict, timeout: float, on_event, warm: bool) -> Outcome:
@@ -531,6 +529,8 @@ def record_speed(ws, record: dict[str, Any]) -> None:
     """Fold a bench record into MEMORY.md's `speed` block (latest per case and card); the
     record is already in runs/, so a MEMORY.md wb cannot update is a warning. With
     matplotlib, the speed chart goes beside the record (runs/<id>/speed.png)."""
+    if not measured(record):
+        return
     memory.update_blocks_or_warn(ws, {"speed": speed_edit([record], ws)})
     if record.get("_dir"):
         from workbench.records.charts import draw_speed_chart
@@ -553,13 +553,20 @@ def _yardsticks(ws, record: dict[str, Any]) -> tuple[str, ...]:
         return ()
 
 
+def measured(record: dict[str, Any]) -> bool:
+    """A bench record whose measurement is complete: not one whose worker (or a later one of
+    --processes) hung, crashed or was interrupted. Only those reach MEMORY.md's speed block;
+    the others keep what they timed in their record."""
+    return record.get("verdict") not in ("HANG", "CRASH", "INTERRUPTED", "LOST")
+
+
 def speed_edit(records: list[dict[str, Any]], ws=None):
     """The `speed` edit that folds these bench records (oldest first) into MEMORY.json's
     speed data (latest per case and card) and MEMORY.md's speed block. With `ws`, entries
     from before `row` (a migrated MEMORY.md) get theirs from their kernel (legacy_row)."""
     def merge(old: Any) -> dict:
         data = old if isinstance(old, dict) else {}
-        for record in records:
+        for record in filter(measured, records):
             card = record["provenance"].get("gpu") or "?"
             for case in record.get("bench", []):
                 key = f"{record['stage']} · {case['case']} · {card}"
