@@ -2,6 +2,7 @@
 door: a mistake or a broken file is one line on stderr with exit code 2, never a traceback,
 and nothing the user wrote is overwritten. In-process calls of `wb` (no subprocess)."""
 
+import json
 import math
 
 import pytest
@@ -301,11 +302,31 @@ def test_compile_of_a_stage_that_is_not_cute_is_one_line_and_records_nothing(toy
     assert not (toy_ws / "runs").exists() or not any(p.is_dir() and p.name[:1].isdigit() for p in (toy_ws / "runs").iterdir())
 
 
-@pytest.mark.parametrize("gpus", ["abc", "-1", "0,0", "0,,1", "GPU"])
-def test_a_gpu_list_that_names_no_card_or_one_card_twice_is_refused(toy_ws, capsys, gpus):
+@pytest.mark.parametrize("gpus, why", [
+    ("abc", "'abc' is not a GPU index or UUID"), ("-1", "'-1' is not a GPU index or UUID"), ("0,,1", "an empty entry"),
+    ("GPU", "'GPU' is not a GPU index or UUID"), ("0,0", "'0' and '0' name one card"),
+    # CUDA reads 00 as card 0, and a UUID's prefix (any case) as that card
+    ("0,00", "'00' and '0' name one card"), ("GPU-8f3c12,GPU-8F3C", "'GPU-8F3C' and 'GPU-8f3c12' name one card"),
+])
+def test_a_gpu_list_that_names_no_card_or_one_card_twice_is_refused(toy_ws, capsys, gpus, why):
     """--gpus abc and -1 ran lanes named gpuabc and gpu-1 that no GPU backs; 0,0 would put two
-    lanes on one card."""
-    assert f"--gpus {gpus!r}: expected all, none, or distinct GPU indices or UUIDs" in one_line_error(capsys, "sweep", "a", "--gpus", gpus)
+    lanes on one card, and so did 0,00 and a UUID given twice in other forms."""
+    err = one_line_error(capsys, "sweep", "a", "--gpus", gpus)
+    assert f"--gpus {gpus!r}: {why}" in err and "expected all, none, or distinct GPU indices or UUIDs" in err
+
+
+def test_an_empty_gpu_list_means_none_as_in_wb_yaml(toy_ws, wb, monkeypatch):
+    """--gpus "" ran on every GPU while a host's `gpus: ""` means none: both mean none now
+    (two GPUs made visible here; without --gpus the sweep takes both)."""
+    from workbench.remote import sweep as sweep_lib
+    from workbench.schemas.hosts import parse_gpus
+
+    assert parse_gpus("", ValueError) == ()
+    monkeypatch.setattr(sweep_lib, "visible_gpus", lambda: ["0", "1"])
+    assert [lane.name for lane in sweep_lib.local_lanes(None)] == ["gpu0", "gpu1"]
+    ran = wb("sweep", "a", "--n", "128", "--gpus", "", "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["lanes"] == ["local"]
 
 
 def test_a_fixture_module_that_exits_on_import_is_one_line_exit_2(toy_ws, capsys):

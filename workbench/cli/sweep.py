@@ -61,7 +61,8 @@ def sweep(
         raise UserError("--seeds must be at least 1")
     if host and slurm:
         raise UserError("--host and --slurm do not mix: pick one")
-    gpu_list = parse_gpus(gpus, lambda: UserError(f"--gpus {gpus!r}: expected all, none, or distinct GPU indices or UUIDs like 0,1 or GPU-8f3c...")) if gpus else None
+    gpu_list = parse_gpus(gpus, lambda why: UserError(
+        f"--gpus {gpus!r}: {why}; expected all, none, or distinct GPU indices or UUIDs like 0,1 or GPU-8f3c...")) if gpus is not None else None
     hosts = [get_host(ws, h.strip()) for item in host or [] for h in item.split(",") if h.strip()]
     if slurm_jobs is not None and slurm_jobs < 1:
         raise UserError("--slurm-jobs must be at least 1")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
@@ -241,11 +241,14 @@ class HostEntry(BaseModel):
     @field_validator("gpus", mode="before")
     @classmethod
     def _gpus(cls, value: Any) -> Optional[tuple[str, ...]]:
-        return parse_gpus(value, lambda: ValueError(""))
+        return parse_gpus(value, ValueError)
 
 
-def parse_gpus(value: Any, error) -> tuple[str, ...] | None:
-    """'all'/None -> None (all visible); 'none' -> (); '0,1' / [0, 1] -> ('0', '1')."""
+def parse_gpus(value: Any, error: Callable[[str], Exception]) -> tuple[str, ...] | None:
+    """'all'/None -> None (all visible); 'none' or '' -> (); '0,1' / [0, 1] -> ('0', '1').
+    `error(why)` is raised for anything else: an entry that is no GPU index or UUID, or two
+    entries that name one card (0 and 00; one UUID and its prefix, in any case), which would
+    put two lanes on it."""
     if value is None or (isinstance(value, str) and value.strip().lower() == "all"):
         return None
     if isinstance(value, str) and value.strip().lower() in ("none", "cpu", ""):
@@ -255,14 +258,17 @@ def parse_gpus(value: Any, error) -> tuple[str, ...] | None:
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",")]
         if not all(value):
-            raise error()
+            raise error("an empty entry")
     if not isinstance(value, list) or not value:
-        raise error()
-    out = []
+        raise error("not a list of GPUs")
+    out: list[str] = []
     for v in value:
         if isinstance(v, bool) or not isinstance(v, (int, str)) or not _GPU.match(str(v).strip()):
-            raise error()
-        out.append(str(v).strip())
-    if len(set(out)) < len(out):  # two lanes on one card
-        raise error()
+            raise error(f"{v!r} is not a GPU index or UUID")
+        text = str(v).strip()
+        text = str(int(text)) if text.isdigit() else text
+        same = next((o for o in out if o.lower().startswith(text.lower()) or text.lower().startswith(o.lower())), None)
+        if same is not None and (same == text or not text.isdigit()):
+            raise error(f"{v!r} and {same!r} name one card: two lanes would share it")
+        out.append(text)
     return tuple(out)
