@@ -73,6 +73,8 @@ def test_workspace_flag_and_env_override_the_search(toy_ws, tmp_path, wb):
          ["stages[0].wrong_on_purpose.bugs: expected a variant of this stage (bug)"]),
         (lambda t: t.replace("variants: {bug: [none,", "wrong_on_purpose: {bug: [none]}\n    variants: {bug: [none,"),
          ["stages[0].wrong_on_purpose.bug: expected one of bug's values other than its default 'none'"]),
+        (lambda t: t.replace("variants: {bug: [none,", "wrong_on_purpose: {bug: zero}\n    variants: {bug: [none,"),
+         ["stages[0].wrong_on_purpose.bug: expected a non-empty list of the variant's values that are wrong on purpose"]),
     ],
 )
 def test_malformed_kernel_yaml_names_file_key_and_expectation(toy_ws, wb, edit, fragments):

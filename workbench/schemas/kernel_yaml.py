@@ -96,6 +96,12 @@ def _variant_values(v: Any) -> Any:
     return v
 
 
+def _wrong_values(v: Any) -> Any:
+    if not isinstance(v, list) or not v:
+        raise _expected("a non-empty list of the variant's values that are wrong on purpose")
+    return _variant_values(v)
+
+
 class _Keys(BaseModel):
     """A mapping with known keys: an unknown key is refused, once the known ones check out,
     with a did-you-mean; something other than a mapping is refused as `what`."""
@@ -177,7 +183,7 @@ class Stage(_Keys):
     # variant values that make the stage wrong on purpose (a teaching variant, kept to show what
     # the right code prevents): counted like a `bug` variant's cases, apart from the real ones
     wrong_on_purpose: Annotated[
-        dict[Name, Annotated[list[VariantValue], BeforeValidator(_variant_values), Field(min_length=1, max_length=MAX_ITEMS)]],
+        dict[Name, Annotated[list[VariantValue], BeforeValidator(_wrong_values), Field(min_length=1, max_length=MAX_ITEMS)]],
         BeforeValidator(_none_is_empty),
         Field(max_length=MAX_ITEMS),
     ] = {}
