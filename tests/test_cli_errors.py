@@ -140,3 +140,17 @@ def test_ctrl_c_while_wb_loads_its_commands_is_one_line_and_130(toy_ws, wb, monk
     proc = wb("list")
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr.strip() == "wb: error: interrupted" and "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_inside_a_command_says_interrupted_and_exits_130(toy_ws, wb, monkeypatch):
+    """typer turned a KeyboardInterrupt inside a command into a silent exit 130: wb shapes and
+    wb compile stopped with nothing on stderr. Now it is wb's one line."""
+    from workbench.kernels import registry
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(registry, "load_kernels", interrupted)
+    proc = wb("list")
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "wb: error: interrupted" and "Traceback" not in proc.stderr

@@ -111,3 +111,9 @@ def main(argv: list[str] | None = None) -> None:
             raise
         terminal.error("interrupted")
         sys.exit(130)
+    except SystemExit as exc:
+        # typer turns a Ctrl-C inside a command into a silent exit 130 (Exit(130) from the
+        # KeyboardInterrupt); a command that said why itself (wb sweep) exits 130 without one
+        if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
+            terminal.error("interrupted")
+        raise
