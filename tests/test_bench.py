@@ -364,3 +364,20 @@ def test_a_ctrl_c_while_the_bench_worker_starts_is_a_record_not_an_empty_run_fol
     rec = bench.run_bench(ws, spec, kernel, bench.plan_cases(spec, kernel, {"n": ["4096"]}, False), {}, [], processes=2)
     assert rec["verdict"] == "INTERRUPTED"
     assert (ws.runs_dir / rec["id"] / "run.json").is_file()
+
+
+def test_a_remote_bench_of_n_processes_waits_n_timeouts(fmha_ws, wb, monkeypatch):
+    """wb bench --host H --processes N gave the remote call timeout + 300 s in all, while each
+    of the N processes may take the timeout: a long bench came back as 'no answer from host'."""
+    from workbench.remote import client
+
+    seen = {}
+
+    def fake(ws, host, argv, **kwargs):
+        seen.update(kwargs, host=host)
+        raise UserError("stop here")
+
+    monkeypatch.setattr(client, "run_and_import", fake)
+    proc = wb("bench", "d", "-p", "n=4096", "--peers", "", "--processes", "3", "--timeout", "100", "--host", "h1", cwd=fmha_ws)
+    assert proc.returncode == 2 and "stop here" in proc.stderr
+    assert seen["host"] == "h1" and seen["deadline_s"] == 3 * 100 + 300
