@@ -1,8 +1,9 @@
 """Mutants of one name from two kernel folders: each folder keeps its own. The registry was
 keyed by name alone, so loading a second folder (another kernel in the same workspace, or a
-copy of this workspace in the same test process) took the name from the first, and the first
-folder's diagnosis went on without that mutant: test_diagnose_evidence once failed that way
-('unexplained') after an earlier test in its process had loaded a workspace copy's mutants."""
+copy of this workspace in the same process) took the name from the first, and the first
+folder's diagnosis went on without that mutant. (Found while chasing a test_diagnose_evidence
+failure seen once under `-n 3`, 'unexplained'; whether this was its cause is not known: it
+did not come back in the orders tried.)"""
 
 from __future__ import annotations
 
