@@ -127,9 +127,10 @@ def _signal_dispositions(pid: int) -> str:
     return "wb's signal dispositions before the signal: " + ", ".join(said)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"])
 def test_ctrl_c_or_sigterm_leaves_an_interrupted_record_and_kills_the_worker(toy_ws, sig):
-    """SIGTERM (`timeout`, `kill`, a batch system ending the job) is handled as Ctrl-C."""
+    """SIGTERM (`timeout`, `kill`, a batch system ending the job) is handled as Ctrl-C, and so
+    is SIGHUP (the terminal closed, ssh dropped: it killed wb before its record)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "workbench", "run", "a", "-V", "bug=sleep"],

@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM held off while wb writes something that must never be half done (a
+"""Ctrl-C, SIGTERM and SIGHUP held off while wb writes something that must never be half done (a
 record and its MEMORY.md line, an import's moves, a new kernel's files): a signal that comes
 meanwhile stops wb when the outermost hold ends."""
 
@@ -14,7 +14,7 @@ _depth = 0
 
 @contextlib.contextmanager
 def held_signals():
-    """Hold Ctrl-C and SIGTERM off for the block: one that comes meanwhile is raised as
+    """Hold Ctrl-C, SIGTERM and SIGHUP off for the block: one that comes meanwhile is raised as
     KeyboardInterrupt when the outermost hold ends (nothing is lost, and wb still stops).
     Off the main thread it holds nothing."""
     global _depth
@@ -24,7 +24,7 @@ def held_signals():
     previous = {}
     if _depth == 0:
         _held.clear()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             before = signal.getsignal(sig)
             if before is signal.SIG_IGN:
                 continue  # ignored by whoever started wb: stays ignored

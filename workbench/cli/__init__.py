@@ -86,8 +86,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def _terminated(signum, frame):
-    """SIGTERM (`timeout`, `kill`, a batch system ending the job) ends wb as Ctrl-C does: the
-    worker's process group is killed and the run is recorded as INTERRUPTED."""
+    """SIGTERM (`timeout`, `kill`, a batch system ending the job) and SIGHUP (the terminal
+    closed, the ssh connection dropped) end wb as Ctrl-C does: the worker's process group is
+    killed and the run is recorded as INTERRUPTED."""
     raise KeyboardInterrupt
 
 
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     warnings.showwarning = _show_warning
     with contextlib.suppress(ValueError):  # not the main thread (wb called inside another program)
         signal.signal(signal.SIGTERM, _terminated)
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup: stays ignored
+            signal.signal(signal.SIGHUP, _terminated)
     try:
         _register()  # imports every command module: a Ctrl-C here is an interrupt like any other
         state.argv = list(argv) if argv is not None else sys.argv[1:]
