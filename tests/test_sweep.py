@@ -226,3 +226,25 @@ def test_a_run_started_while_its_process_is_stopping_ends_interrupted(toy_ws):
     assert rec["verdict"] == "INTERRUPTED" and "the sweep ended the worker" in rec["error"]["message"]
     assert rec["timing"]["total_s"] < 30
     assert procs.starttime(rec["timing"]["worker_pid"]) is None  # the worker is gone
+
+
+def test_sweeps_started_in_one_second_get_their_own_ids(toy_ws, monkeypatch):
+    """The id was the start time to the second: two sweeps started together shared it, their
+    records' tags and a Slurm sweep's progress files (one sweep showed the other's rows)."""
+    from datetime import datetime as real_datetime
+
+    from workbench.remote import sweep as sweep_lib
+    from workbench.workspace import Workspace
+
+    class Frozen(real_datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return real_datetime(2026, 12, 5, 12, 0, 0, 123456)
+
+    monkeypatch.setattr(sweep_lib, "datetime", Frozen)
+    ws = Workspace(toy_ws)
+    first = sweep_lib.new_sweep_id(ws)
+    assert first == "sweep-20261205-120000-123456"
+    calls = iter([real_datetime(2026, 12, 5, 12, 0, 0, 123456), real_datetime(2026, 12, 5, 12, 0, 0, 123457)])
+    monkeypatch.setattr(Frozen, "now", classmethod(lambda cls, tz=None: next(calls)))
+    assert sweep_lib.new_sweep_id(ws) == "sweep-20261205-120000-123457"  # the same instant is taken: the next

@@ -617,8 +617,19 @@ def write_summary(ws: Workspace, spec, summary: dict[str, Any]) -> tuple[Path, P
 # ----------------------------------------------------------------------------- entry point
 
 
-def new_sweep_id() -> str:
-    return datetime.now().strftime("sweep-%Y%m%d-%H%M%S")
+def new_sweep_id(ws: Workspace) -> str:
+    """A sweep id no other sweep of the workspace has: to the microsecond, and claimed by
+    making .wb/sweeps/<id> (two sweeps started in one second shared an id, and through it
+    their records' tags and a Slurm sweep's progress files)."""
+    claims = ws.ensure_state_dir("sweeps")
+    while True:
+        now = datetime.now()
+        sweep_id = now.strftime("sweep-%Y%m%d-%H%M%S-") + f"{now.microsecond:06d}"
+        try:
+            (claims / sweep_id).mkdir()
+            return sweep_id
+        except FileExistsError:
+            time.sleep(0.000_01)
 
 
 def sweep(
@@ -637,7 +648,7 @@ def sweep(
 ) -> dict[str, Any]:
     """Run the cases, telling `on_event` what happens (SweepEvent); return the summary (also
     written beside the stage report)."""
-    sweep_id = new_sweep_id()
+    sweep_id = new_sweep_id(ws)
     started = datetime.now().isoformat(timespec="seconds")
     if slurm:
         lanes_text = [f"slurm:{slurm}"]
