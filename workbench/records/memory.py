@@ -256,11 +256,16 @@ def _locked_update(ws: Workspace, path: Path, compose_fn: Callable[[str, dict], 
     """MEMORY.md's text and MEMORY.json's data through `compose_fn`, under the lock: write
     MEMORY.json (when its data changed), then MEMORY.md; put MEMORY.json back if MEMORY.md
     cannot be written, so both change or neither does."""
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     dpath = data_path(path)
     ws.ensure_state_dir()
-    with FileLock(str(ws.state_dir / "memory.lock"), timeout=60):
+    lock = FileLock(str(ws.state_dir / "memory.lock"), timeout=LOCK_WAIT)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UserError(f"{path} is being updated by another wb (its lock {lock.lock_file} was held for {LOCK_WAIT:.0f} s): not updated") from None
+    try:
         _remove_stale_temps(path)
         _remove_stale_temps(dpath)
         for _ in range(20):
@@ -270,6 +275,8 @@ def _locked_update(ws: Workspace, path: Path, compose_fn: Callable[[str, dict], 
             after, new_data = compose_fn(before, data)
             if read_memory(path) == (before, bom) and (not with_data or _read_raw(dpath) == raw):
                 break
+        else:  # writing now would drop what changed since it was read (an editor saving it again and again)
+            raise UserError(f"{path} kept changing while wb read it (20 times): not updated, so that no hand edit is lost")
         if with_data and new_data != data:
             atomic_write_text(dpath, _dump_data(new_data))
         try:
@@ -278,6 +285,11 @@ def _locked_update(ws: Workspace, path: Path, compose_fn: Callable[[str, dict], 
             if with_data and new_data != data:
                 _put_back(dpath, raw)
             raise
+    finally:
+        lock.release()
+
+
+LOCK_WAIT = 60.0  # seconds another wb may hold MEMORY.md's lock before an update gives up
 
 
 def _put_back(path: Path, raw: bytes | None) -> None:
