@@ -285,3 +285,17 @@ def test_ctrl_c_while_a_worker_starts_ends_that_worker(toy_ws, monkeypatch):
         supervisor.Worker.spawn(Workspace(toy_ws), socket_path, once=True)
     (proc,) = spawned
     assert proc.poll() is not None and gone(proc.pid)
+
+
+def test_a_reader_that_leaves_the_pipe_does_not_cost_the_run(toy_ws):
+    """`wb run a | head -1`: the progress write to the closed pipe raised BrokenPipeError in the
+    middle of the run, which ended (exit 1, nothing on stderr) with no record and its worker
+    killed. Now wb carries on without its reader and writes the record."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "run", "a"], cwd=toy_ws, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader leaves, as head -1 does
+    assert proc.wait(timeout=120) == 0
+    (record,) = [json.loads(p.read_text()) for p in (toy_ws / "runs").glob("2*/run.json")]
+    assert record["verdict"] == "PASS"

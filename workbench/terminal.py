@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,6 +30,54 @@ VERDICT_STYLE = {
     "SKIP": "dim",
     None: "dim",
 }
+
+
+class _ReaderMayLeave:
+    """stdout/stderr for a command whose reader may leave (`wb run a | head -1`, quitting
+    less): a write to the closed pipe raised BrokenPipeError in the middle of a run, which
+    then ended without its record. The stream goes to /dev/null instead and wb carries on."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.reader_left = False
+
+    def write(self, text):
+        if not self.reader_left:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._gone()
+        return len(text)
+
+    def flush(self):
+        if not self.reader_left:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._gone()
+
+    def _gone(self) -> None:
+        self.reader_left = True
+        try:  # the interpreter's last flush at exit goes there too (no "Exception ignored" line)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def readers_may_leave():
+    """sys.stdout and sys.stderr wrapped for the block (see _ReaderMayLeave)."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
 
 
 def interactive() -> bool:

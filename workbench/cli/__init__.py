@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _register()  # imports every command module: a Ctrl-C here is an interrupt like any other
         state.argv = list(argv) if argv is not None else sys.argv[1:]
-        app(args=argv, prog_name="wb", standalone_mode=True)
+        with terminal.readers_may_leave():
+            app(args=argv, prog_name="wb", standalone_mode=True)
     except (UserError, NoGpuError) as exc:
         if os.environ.get("WB_DEBUG"):
             raise
