@@ -281,3 +281,24 @@ def test_a_pid_files_temporary_left_by_a_killed_write_is_removed_once_stale(toy_
     os.utime(stale, (old, old))
     procs.scan(Workspace(toy_ws))
     assert not stale.exists() and fresh.exists()
+
+
+def test_wb_kill_of_a_busy_worker_makes_its_run_interrupted_not_a_crash(toy_ws, wb):
+    """`wb kill PID` on a worker busy with another wb's run: that wb recorded "CRASH: the
+    worker process died", a crash MEMORY.md then showed that never happened. The kill leaves
+    a marker beside the pid file; the run reads it and records INTERRUPTED, naming wb kill."""
+    ws = Workspace(toy_ws)
+    proc = _start_sleeping_run(toy_ws)
+    try:
+        busy = wait_until(lambda: [p for p in procs.scan(ws) if p.state == "busy"], what="the busy worker")
+        killed = wb("kill", str(busy[0].pid))
+        assert killed.returncode == 0, killed.stderr
+        out, _ = proc.communicate(timeout=60)
+        (record,) = [json.loads(p.read_text()) for p in (toy_ws / "runs").glob("2*/run.json")]
+        assert record["verdict"] == "INTERRUPTED", out
+        assert f"killed by `wb kill`" in record["error"]["message"]
+        assert not list(procs.pid_dir(ws).glob("*.killed"))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        procs.kill(ws, everything=True)

@@ -297,8 +297,8 @@ def scan(ws: Workspace, clean: bool = True, gpu: bool = False) -> list[ProcInfo]
     folder = pid_dir(ws)
     now = time.time()
     out = []
-    if clean and folder.is_dir():  # a pid file's atomic write cut off by SIGKILL (its .tmp stays)
-        for tmp in folder.glob(".*.tmp"):
+    if clean and folder.is_dir():  # a pid file's atomic write cut off by SIGKILL (its .tmp stays), a kill marker no run read
+        for tmp in [*folder.glob(".*.tmp"), *folder.glob("*.killed")]:
             try:
                 if now - tmp.lstat().st_mtime > STALE_TMP_S:
                     tmp.unlink()
@@ -424,6 +424,31 @@ def _wait_gone(info: ProcInfo, seconds: float) -> bool:
     return not same_process(info.pid, info.data.get("starttime"), info.data.get("boot_id"))
 
 
+def _killed_marker(folder: Path, pid: int) -> Path:
+    return folder / f"{pid}.killed"  # not *.json: scan reads those as pid files
+
+
+def _mark_killed(folder: Path, pid: int) -> None:
+    try:
+        atomic_write_text(_killed_marker(folder, pid), json.dumps({"by": os.getpid(), "time": time.time()}) + "\n")
+    except UserError:
+        pass  # a hint only: the run then says the worker died
+
+
+def killed_by_wb_kill(pidfile: Path | None, pid: int) -> int | None:
+    """The pid of the `wb kill` that ended worker `pid` while it was busy (its marker beside
+    the worker's pid file, taken away here), or None."""
+    if pidfile is None:
+        return None
+    marker = _killed_marker(pidfile.parent, pid)
+    try:
+        data = json.loads(marker.read_text()) if marker.is_file() and marker.stat().st_size < 4096 else None
+        marker.unlink()
+    except (OSError, ValueError):
+        return None
+    return data.get("by") if isinstance(data, dict) and isinstance(data.get("by"), int) else 0
+
+
 def kill_proc(info: ProcInfo, grace: float = KILL_GRACE) -> KillResult:
     """End one of wb's processes: a polite signal, then SIGKILL; remove its pid file."""
     pid = info.pid
@@ -431,6 +456,8 @@ def kill_proc(info: ProcInfo, grace: float = KILL_GRACE) -> KillResult:
         return KillResult(pid, False, f"pid {pid}: not killed: {info.note or info.state}")
     # A remote run is a `wb run`: SIGINT lets it kill its worker and record INTERRUPTED.
     first = signal.SIGINT if info.data.get("kind") == "remote-run" else signal.SIGTERM
+    if info.state == "busy":  # the wb waiting on it records INTERRUPTED by this, not a CRASH
+        _mark_killed(info.path.parent, pid)
     if not _signal_group(info, first):
         return KillResult(pid, False, f"pid {pid}: already gone")
     if not _wait_gone(info, grace):
