@@ -163,3 +163,18 @@ def test_a_run_folder_without_a_record_says_whether_its_wb_runs_or_was_killed(tm
         select(runs, theirs)
     write_record(mine, {"kind": "run", "stage": "toy/stage-a", "verdict": "PASS", "params": {}, "variants": {}})
     assert not (mine / OWNER).exists() and select(runs, mine.name)["verdict"] == "PASS"
+
+
+def test_wb_runs_names_the_run_folders_whose_wb_was_killed(toy_ws, wb):
+    """After kill -9 of wb, `wb runs` said 'no runs recorded yet' (or listed the others) and
+    only `wb report <id>` told of the run. It now says what each such folder is, below the list."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    assert wb("run", "a").returncode == 0
+    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from workbench.records.store import new_run_dir; print(new_run_dir(__import__('pathlib').Path('runs')).name)"
+    killed = subprocess.run([sys.executable, "-c", code], cwd=toy_ws, capture_output=True, text=True, check=True).stdout.strip()
+    out = wb("runs").stdout
+    assert "toy/stage-a" in out and f"run {killed} has no record: its wb (pid" in out and "ended before writing it (killed?)" in out

@@ -46,14 +46,17 @@ def runs(
 
         print_json([{k: v for k, v in r.items() if k in ("id", "stage", "verdict", "params", "variants", "started", "provenance", "timing", "kind", "host_name", "remote")} for r in records])
         return
+    from workbench.records.store import unfinished_runs
+    from workbench.terminal import console, escape
+
     if not records:
-        from workbench.terminal import console
-
         console.print("no runs recorded yet" + (f" for {stage}" if stage else "") + ": `wb run STAGE` makes one")
-        return
-    from workbench.cli.render import render_runs
+    else:
+        from workbench.cli.render import render_runs
 
-    render_runs(records)
+        render_runs(records)
+    for line in unfinished_runs(ws.runs_dir, limit):  # a run whose wb was killed (kill -9) has no record to list
+        console.print(f"[yellow]{escape(line)}[/]")
 
 
 @app.command("diff-run")

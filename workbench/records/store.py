@@ -183,6 +183,16 @@ def run_ids(runs_dir: Path) -> list[str]:
     return sorted(p.name for p in runs_dir.iterdir() if _ID_RE.match(p.name) and p.is_dir())
 
 
+def unfinished_runs(runs_dir: Path, newest: int = 20) -> list[str]:
+    """What each of the `newest` run folders without a record says (its wb still runs it, or
+    was killed before writing it: unfinished_run), newest first."""
+    out = []
+    for run_id in reversed(run_ids(runs_dir)[-newest:]):
+        if not (runs_dir / run_id / RECORD).exists():
+            out.append(unfinished_run(runs_dir / run_id))
+    return out
+
+
 def iter_records(runs_dir: Path, newest_first: bool = True) -> Iterable[dict[str, Any]]:
     ids = run_ids(runs_dir)
     for run_id in reversed(ids) if newest_first else ids:
