@@ -154,3 +154,27 @@ def test_ctrl_c_inside_a_command_says_interrupted_and_exits_130(toy_ws, wb, monk
     proc = wb("list")
     assert proc.returncode == 130, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "wb: error: interrupted" and "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_while_python_loads_wb_is_one_line_and_130(monkeypatch, capsys):
+    """A Ctrl-C in wb's first ~50 ms (Python importing typer, rich and the command modules,
+    before main() had a handler) printed a traceback. The entry point loads the CLI under one."""
+    import importlib.abc
+    import signal
+    import sys
+
+    from workbench import entry
+
+    class Interrupting(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "workbench.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "workbench.cli", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # the test process keeps its own handlers
+    with pytest.raises(SystemExit) as exit_:
+        entry.main()
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err == "wb: error: interrupted\n"

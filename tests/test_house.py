@@ -99,7 +99,8 @@ def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_library_never_imports_the_cli():
     graph = import_graph()
     offenders = {m: sorted(d for d in deps if d.startswith("workbench.cli")) for m, deps in graph.items() if not m.startswith("workbench.cli")}
-    assert not {m: d for m, d in offenders.items() if d and m != "workbench.__main__"}
+    top = ("workbench.__main__", "workbench.entry")  # the `wb` command's way in: above the CLI
+    assert not {m: d for m, d in offenders.items() if d and m not in top}
 
 
 def test_no_import_circles():
