@@ -242,3 +242,28 @@ def test_a_ctrl_c_while_runs_move_into_runs_waits_until_the_import_is_whole(ws, 
         import_runs(ws, tmp_path / "src")
     text = ws.memory_path.read_text()
     assert all((ws.runs_dir / i / "run.json").is_file() and i in text for i in ids)
+
+
+def test_an_import_killed_between_its_renames_and_memory_md_is_finished_by_the_next(ws, tmp_path):
+    """kill -9 of `wb import` after some runs were renamed into runs/ but before MEMORY.md
+    (no handler runs for SIGKILL): those runs never reached MEMORY.md, since every later import
+    skipped them as already here, and the staging folder (tens of MB) stayed in .wb. The import
+    leaves a list of the runs it moves; the next one publishes them and removes the leftovers."""
+    ws.runs_dir.mkdir(parents=True)
+    killed = []
+    for rid in make_runs(tmp_path / "killed", count=2):  # where the killed import had renamed them
+        killed.append(rid.replace("-0900", "-0800"))
+        shutil.move(str(tmp_path / "killed" / "runs" / rid), str(ws.runs_dir / killed[-1]))
+    ws.ensure_state_dir()
+    (ws.state_dir / "import-pending.json").write_text(json.dumps(killed))
+    leftover = ws.state_dir / "import-abc123" / "source"
+    leftover.mkdir(parents=True)
+    (leftover / "big").write_bytes(b"x" * 1000)
+    later = make_runs(tmp_path / "later", count=3, stage="toy/stage-b")
+    with pytest.warns(UserWarning, match=r"an earlier import was killed before MEMORY.md: its 2 run\(s\)"):
+        done = import_runs(ws, tarball(tmp_path / "later", tmp_path / "later.tgz"))
+    assert [r["id"] for r in done.records] == later  # the new import, as usual
+    log = memory.block_content(ws.memory_path.read_text(), "log")
+    assert all(rid in log for rid in killed + later), log
+    assert log.count(killed[0]) == 1
+    assert not (ws.state_dir / "import-pending.json").exists() and not (ws.state_dir / "import-abc123").exists()

@@ -14,16 +14,19 @@ stops the import with one line and leaves the workspace as it was.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
 import tarfile
 import tempfile
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.errors import UserError
+from workbench.files import atomic_write_text
 from workbench.kernels.registry import load_kernels
 from workbench.records import memory, report
 from workbench.interrupts import held_signals
@@ -145,7 +148,13 @@ def import_runs(ws: Workspace, source: Path, limits: Limits | None = None) -> Im
         raise UserError(f"{source} holds this workspace's own state (.wb): import its runs/ folder, or another workspace")
     limits = limits or Limits.from_env()
     ws.ensure_state_dir()
-    with FileLock(str(ws.state_dir / "import.lock"), timeout=600), tempfile.TemporaryDirectory(prefix="import-", dir=ws.state_dir) as tmp:
+    with FileLock(str(ws.state_dir / "import.lock"), timeout=600):
+        _finish_killed_import(ws)
+        return _import_locked(ws, source, limits)
+
+
+def _import_locked(ws: Workspace, source: Path, limits: Limits) -> Imported:
+    with tempfile.TemporaryDirectory(prefix="import-", dir=ws.state_dir) as tmp:
         staged = Path(tmp) / "source"
         staged.mkdir()
         budget = _Budget(source, limits)
@@ -199,6 +208,9 @@ def _commit(ws: Workspace, staged_runs: Path, records: list[dict]) -> None:
     if edits:
         memory.render_blocks(ws, edits)  # fails here, before anything moved, on a MEMORY.md or MEMORY.json wb cannot update
     ws.runs_dir.mkdir(parents=True, exist_ok=True)
+    # a SIGKILL between the renames and MEMORY.md (no handler runs) left runs in runs/ that
+    # no later import publishes (they are "already here"): the next import finishes from this
+    atomic_write_text(_pending(ws), json.dumps([r["id"] for r in records]) + "\n")
     moved: list[Path] = []
     # a Ctrl-C or SIGTERM here waits until every run is in runs/ and in MEMORY.md (one landing
     # between a rename and its note in `moved` left a run that no later import would publish)
@@ -213,8 +225,48 @@ def _commit(ws: Workspace, staged_runs: Path, records: list[dict]) -> None:
         except BaseException as exc:
             for target in moved:
                 shutil.rmtree(target, ignore_errors=True)
+            _pending(ws).unlink(missing_ok=True)
             if isinstance(exc, OSError):
                 raise UserError(f"import failed and was undone: {exc.strerror or exc}") from None
             raise
+        _pending(ws).unlink(missing_ok=True)
     for stage in sorted({r["stage"] for r in records if r.get("kind", "run") == "run"}):
         report.write_stage_report(ws, stage)
+
+
+def _pending(ws: Workspace) -> Path:
+    return ws.state_dir / "import-pending.json"
+
+
+def _finish_killed_import(ws: Workspace) -> None:
+    """An import killed with SIGKILL (under the import lock, nothing else imports now): its
+    staging folders are removed, and the runs it had moved into runs/ are published."""
+    for stale in ws.state_dir.glob("import-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    pending = _pending(ws)
+    if not pending.is_file():
+        return
+    try:
+        ids = json.loads(pending.read_text())
+    except (OSError, ValueError):
+        ids = []
+    records = []
+    for run_id in ids if isinstance(ids, list) else []:
+        if isinstance(run_id, str) and (ws.runs_dir / run_id / RECORD).is_file():
+            try:
+                records.append(load_record(ws.runs_dir / run_id))
+            except UserError:
+                continue
+    try:  # killed after MEMORY.md was written: those runs are in its log already
+        logged = memory.block_content(memory.read_memory(ws.memory_path)[0], "log") or ""
+    except UserError:
+        logged = ""
+    records = [r for r in records if r["id"] not in logged]
+    if records:
+        with held_signals():
+            memory.update_blocks(ws, memory_edits(records, ws))
+        for stage in sorted({r["stage"] for r in records if r.get("kind", "run") == "run"}):
+            report.write_stage_report(ws, stage)
+        warnings.warn(f"an earlier import was killed before MEMORY.md: its {len(records)} run(s) in runs/ are published now")
+    pending.unlink(missing_ok=True)
