@@ -299,3 +299,22 @@ def test_a_reader_that_leaves_the_pipe_does_not_cost_the_run(toy_ws):
     assert proc.wait(timeout=120) == 0
     (record,) = [json.loads(p.read_text()) for p in (toy_ws / "runs").glob("2*/run.json")]
     assert record["verdict"] == "PASS"
+
+
+def test_one_run_workers_logs_are_pruned_to_the_newest(toy_ws, wb, monkeypatch):
+    """Every one-run worker (--fresh, a sweep's fresh lanes, compile groups) wrote a log to
+    .wb/logs that nothing removed: they piled up. The oldest beyond the newest few are removed."""
+    from workbench.run import supervisor
+
+    monkeypatch.setattr(supervisor, "KEEP_ONCE_LOGS", 3)
+    logs = toy_ws / ".wb" / "logs"
+    logs.mkdir(parents=True)
+    for i in range(5):
+        old = logs / f"worker-once-1-{i}.log"
+        old.write_text("old\n")
+        os.utime(old, (1000 + i, 1000 + i))
+    (logs / "worker-abc123.log").write_text("a warm worker's log\n")
+    assert wb("run", "a", "--fresh").returncode == 0
+    once = sorted(p.name for p in logs.glob("worker-once-*.log"))
+    assert len(once) == 3 and "worker-once-1-2.log" not in once and "worker-once-1-4.log" in once
+    assert (logs / "worker-abc123.log").exists()

@@ -94,6 +94,8 @@ class Worker:
         --sanitize: compute-sanitizer). It leads the worker's process group either way."""
         logs = ws.ensure_state_dir("logs")
         log_path = logs / f"worker-{Path(socket_path).stem}.log"
+        if once:
+            _prune_logs(logs, "worker-once-*.log", keep=KEEP_ONCE_LOGS - 1)  # and this one
         log = open(log_path, "ab")
         env = {**os.environ, **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
@@ -200,6 +202,23 @@ class Worker:
             return self.log_path.stat().st_size
         except OSError:
             return 0
+
+
+KEEP_ONCE_LOGS = 200  # one-run workers' logs kept in .wb/logs (each such worker writes one)
+
+
+def _prune_logs(folder: Path, pattern: str, keep: int) -> None:
+    """The oldest of `pattern`'s files beyond the newest `keep` removed (one-run workers left
+    one log each, for ever)."""
+    try:
+        logs = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime)
+    except OSError:
+        return
+    for old in logs[: max(0, len(logs) - keep)]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
 
 
 def _find_warm(ws: Workspace, socket_path: str) -> Worker | None:
