@@ -178,3 +178,20 @@ def test_ctrl_c_while_python_loads_wb_is_one_line_and_130(monkeypatch, capsys):
         entry.main()
     assert exit_.value.code == 130
     assert capsys.readouterr().err == "wb: error: interrupted\n"
+
+
+def test_one_broken_kernel_yaml_leaves_the_other_kernels_working(toy_ws, wb):
+    """A typo in one kernel's kernel.yaml (right after `wb new kernel`, say) made every
+    command fail for every kernel. Now the other kernels work, with one warning; asking for
+    the broken kernel, and `wb list` (which shows them all), is its one-line error."""
+    import shutil
+
+    shutil.copytree(toy_ws / "stages" / "toy", toy_ws / "stages" / "k")
+    (toy_ws / "stages" / "k" / "kernel.yaml").write_text("kernel: k\nstages: [\n")
+    ran = wb("run", "a", "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stderr.count("k/kernel.yaml: not valid YAML") == 1 and "kernel k is left out until this is fixed" in ran.stderr
+    assert_one_line_error(wb("run", "k/a"), "k/kernel.yaml: not valid YAML")
+    listed = wb("list")
+    assert listed.returncode == 2 and "toy" in listed.stdout
+    assert listed.stderr.strip().splitlines()[-1].startswith("wb: error:") and "k/kernel.yaml" in listed.stderr

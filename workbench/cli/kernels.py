@@ -14,7 +14,7 @@ app.add_typer(new_app, name="new")
 def list_kernels(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """Kernels and their stages in order, with each stage's last verdict."""
     from workbench.records.store import iter_records
-    from workbench.kernels.registry import load_kernels
+    from workbench.kernels.registry import load_kernels, refuse_broken
     from workbench.terminal import console, escape, table, verdict
 
     ws = state.workspace()
@@ -49,16 +49,15 @@ def list_kernels(as_json: bool = typer.Option(False, "--json", help="Print as JS
         from workbench.terminal import print_json
 
         print_json(data)
-        return
-    if not data:
+    elif not data and not kernels.broken:
         console.print("no kernels in stages/ yet: `wb new kernel NAME` makes one")
-        return
-    for k in data:
+    for k in [] if as_json else data:
         rows = [
             [f"stage-{s['letter']}", escape(s["name"]), escape(s["title"]), verdict(s["last_verdict"]), s["last_run"] or "-"]
             for s in k["stages"]
         ]
         console.print(table(f"{k['kernel']} — {k['title']} ({k['arch']})", ["stage", "name", "title", "last verdict", "last run"], rows))
+    refuse_broken(kernels)  # the good kernels are listed; the broken one is the command's error
 
 
 @app.command()

@@ -32,7 +32,7 @@ from workbench.compile import cache as compile_cache
 from workbench.compile.cache import _wb_code
 from workbench.compile.job import CompileJob
 from workbench.errors import UserError
-from workbench.kernels.registry import KernelSpec, StageSpec, default_kernel, get_kernel, load_kernels
+from workbench.kernels.registry import KernelSpec, StageSpec, default_kernel, get_kernel, load_kernels, warn_broken
 from workbench.records import memory
 from workbench.records.provenance import git_state
 from workbench.files import atomic_write_text
@@ -102,6 +102,7 @@ def plan(
             raise UserError("name the kernel: wb shapes KERNEL (kernels: " + (", ".join(kernels) or "none") + ")")
     else:
         kernel = get_kernel(ws, kernel_name, kernels)
+    warn_broken(kernels)
     specs = kernel.stages
     if stage:
         wanted = stage.lower().removeprefix("stage-")

@@ -26,6 +26,7 @@ import itertools
 import math
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -345,20 +346,56 @@ def _param_spec(name: str, param: Any, source: str, letter: str) -> ParamSpec:
     return spec
 
 
-def load_kernels(ws: Workspace) -> dict[str, KernelSpec]:
-    kernels = {}
+class Kernels(dict):
+    """Name -> KernelSpec of the workspace's kernels, and ``broken``: folder -> why its
+    kernel.yaml was refused. One kernel's broken kernel.yaml (a typo right after `wb new
+    kernel`) stopped wb for every kernel; now only asking for that kernel is its error."""
+
+    def __init__(self):
+        super().__init__()
+        self.broken: dict[str, str] = {}
+
+
+_warned: set[str] = set()
+
+
+def load_kernels(ws: Workspace) -> Kernels:
+    kernels = Kernels()
     if ws.stages_dir.is_dir():
         for kernel_yaml in sorted(ws.stages_dir.glob("*/kernel.yaml")):
             if kernel_yaml.parent.name.startswith("."):  # hidden: e.g. a `wb new kernel` cut off by SIGKILL
                 continue
-            spec = load_kernel(kernel_yaml)
+            try:
+                spec = load_kernel(kernel_yaml)
+            except UserError as exc:
+                kernels.broken[kernel_yaml.parent.name] = str(exc)
+                continue
             kernels[spec.name] = spec
     return kernels
+
+
+def warn_broken(kernels: dict) -> None:
+    """A warning per broken kernel.yaml, once per process, where a command goes on with the
+    other kernels (asking for the broken one is its error instead)."""
+    for folder, why in getattr(kernels, "broken", {}).items():
+        if why not in _warned:  # commands load the kernels several times
+            _warned.add(why)
+            warnings.warn(f"{why} (kernel {folder} is left out until this is fixed)")
+
+
+def refuse_broken(kernels: dict) -> None:
+    """A UserError naming the first broken kernel.yaml, if any (wb list, which shows them all)."""
+    broken = getattr(kernels, "broken", {})
+    if broken:
+        first = next(iter(broken.values()))
+        raise UserError(first + (f" (and {len(broken) - 1} more broken kernel.yaml)" if len(broken) > 1 else ""))
 
 
 def default_kernel(ws: Workspace, kernels: dict[str, KernelSpec]) -> KernelSpec | None:
     configured = ws.config.get("default_kernel")
     if configured:
+        if configured in getattr(kernels, "broken", {}):
+            raise UserError(kernels.broken[configured])
         if configured not in kernels:
             raise UserError(f"default_kernel {configured!r} in the workspace config names no kernel in stages/")
         return kernels[configured]
@@ -372,6 +409,8 @@ def get_kernel(ws: Workspace, name: str, kernels: dict[str, KernelSpec] | None =
     kernels = load_kernels(ws) if kernels is None else kernels
     if name in kernels:
         return kernels[name]
+    if name in getattr(kernels, "broken", {}):
+        raise UserError(kernels.broken[name])
     close = difflib.get_close_matches(name, list(kernels), n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     known = ", ".join(kernels) or "none: `wb new kernel NAME` makes one"
@@ -400,6 +439,7 @@ def resolve_stage(ws: Workspace, text: str, kernels: dict[str, KernelSpec] | Non
     wanted = match["stage"].lower()
     for stage in kernel.stages:
         if wanted in (stage.letter, stage.name.lower()):
+            warn_broken(kernels)
             return stage
     names = [s.short for s in kernel.stages] + [s.name for s in kernel.stages]
     close = difflib.get_close_matches(wanted, names + [s.letter for s in kernel.stages], n=3)
