@@ -359,3 +359,16 @@ def test_a_ctrl_c_after_the_compile_but_before_the_record_leaves_no_run_folder(f
         compile_record.compile_stage_record(ws, spec, spec.resolve_params({}), {}, "sm_90a", ("sass",), in_process=True)
     after = set((fmha_ws / "runs").iterdir()) if (fmha_ws / "runs").is_dir() else set()
     assert after == before, after - before
+
+
+def test_wb_compile_of_a_stage_whose_module_is_missing_leaves_no_run_folder(tmp_path, wb, monkeypatch):
+    """The one-line error was right, but runs/<id>/ stayed with only its owner file, and
+    `wb runs` then called it a run whose wb was killed."""
+    from conftest import copy_repo_workspace
+
+    ws = copy_repo_workspace(tmp_path / "ws")
+    monkeypatch.setenv("WB_HOME", str(tmp_path / "home"))
+    (ws / "stages" / "fmha" / "stage_a_qk.py").unlink()
+    proc = wb("compile", "a", cwd=ws)
+    assert proc.returncode == 2 and "stage_a_qk.py" in proc.stderr, proc.stderr
+    assert not (ws / "runs").exists() or not any(p.name[:1].isdigit() for p in (ws / "runs").iterdir())

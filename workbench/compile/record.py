@@ -13,7 +13,7 @@ from workbench.errors import UserError
 from workbench.kernels.registry import StageSpec
 from workbench.records.provenance import git_state, record_provenance
 from workbench.records.publish import commit
-from workbench.records.store import discarded_if_interrupted, new_record, new_run_dir, utc_now
+from workbench.records.store import discarded_unless_recorded, new_record, new_run_dir, utc_now
 from workbench.workspace import Workspace
 
 
@@ -32,7 +32,7 @@ def compile_stage_record(
     started = utc_now()
     git = git_state(ws.root)
     run_dir = new_run_dir(ws.runs_dir)
-    with discarded_if_interrupted(run_dir):  # a Ctrl-C before the record: no run folder left
+    with discarded_unless_recorded(run_dir):  # a Ctrl-C or a UserError before the record: no run folder left
         artifacts_dir = run_dir / "artifacts"
         target = shapes.Target(spec, params, variants, arch)
         result = shapes.collect(

@@ -84,12 +84,13 @@ def unfinished_run(run_dir: Path) -> str:
 
 
 @contextmanager
-def discarded_if_interrupted(run_dir: Path) -> Iterator[None]:
-    """A Ctrl-C (or SIGTERM) inside removes `run_dir` unless its record was written: a command
-    that records nothing when interrupted (wb compile) leaves no run folder behind."""
+def discarded_unless_recorded(run_dir: Path) -> Iterator[None]:
+    """A Ctrl-C (or SIGTERM) or a user's mistake (UserError: a stage module that is missing,
+    ...) inside removes `run_dir` unless its record was written: a command that records
+    nothing then (wb compile) leaves no run folder behind."""
     try:
         yield
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, UserError):
         if not (run_dir / RECORD).exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
