@@ -354,3 +354,15 @@ def test_a_memory_md_that_keeps_changing_is_not_written_over(toy_ws, monkeypatch
         memory_lib.add_note(ws, "a lesson")
     monkeypatch.setattr(memory_lib, "read_memory", real_read)
     assert path.read_text().startswith("# MEMORY\n\nhand text ") and "a lesson" not in path.read_text()
+
+
+def test_a_note_keeps_no_terminal_escapes_and_an_empty_stage_is_refused(toy_ws, wb):
+    """`wb note $'\\x1b[31mred\\x1b[0m'` wrote the escape bytes into MEMORY.md (and echoed all of a
+    20,000-character note); `--stage ''` was taken as no stage."""
+    added = wb("note", "\x1b[31mred\x1b[0m and " + "x" * 20000)
+    assert added.returncode == 0, added.stderr
+    text = (toy_ws / "MEMORY.md").read_text()
+    assert "\x1b" not in text and "[31mred [0m and xxx" in text and "x" * 20000 in text
+    assert len(added.stdout) < 1000
+    refused = wb("note", "y", "--stage", "")
+    assert refused.returncode == 2 and "--stage is empty" in refused.stderr

@@ -23,9 +23,12 @@ def note(
         raise UserError("the note is empty")
     ws = state.workspace()
     stage_id = None
+    if stage is not None and not stage.strip():
+        raise UserError("--stage is empty: give the stage the lesson is about (c, stage-c, KERNEL/stage-c), or leave it out")
     if stage:
         from workbench.kernels.registry import resolve_stage
 
         stage_id = resolve_stage(ws, stage).id
     line = memory.add_note(ws, text, stage_id)
-    console.print(f"added to {ws.memory_path.name}: {escape(line)}")
+    shown = line if len(line) <= 300 else line[:299] + "…"
+    console.print(f"added to {ws.memory_path.name}: {escape(shown)}")

@@ -754,7 +754,11 @@ def update_data_block(ws: Workspace, name: str, merge: Callable[[Any], Any]) -> 
 
 
 def add_note(ws: Workspace, text: str, stage: str | None = None, path: Path | None = None) -> str:
-    """Append a dated lesson to the Lessons section; returns the line added."""
+    """Append a dated lesson to the Lessons section; returns the line added. Control
+    characters (a terminal's escape sequences) become spaces: MEMORY.md is read in editors."""
+    import unicodedata
+
+    text = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in text)
     text = " ".join(text.split())
     line = f"- {datetime.now().strftime('%Y-%m-%d')}" + (f" [{stage}]" if stage else "") + f" {text}"
     path = path or ws.memory_path
