@@ -178,3 +178,22 @@ def test_wb_runs_names_the_run_folders_whose_wb_was_killed(toy_ws, wb):
     killed = subprocess.run([sys.executable, "-c", code], cwd=toy_ws, capture_output=True, text=True, check=True).stdout.strip()
     out = wb("runs").stdout
     assert "toy/stage-a" in out and f"run {killed} has no record: its wb (pid" in out and "ended before writing it (killed?)" in out
+
+
+def test_diff_run_of_a_verdict_only_flip_and_of_two_stages_says_so(toy_ws, wb):
+    """A run-level verdict flip with no fixture changed printed 'verdict flipped', then 'no
+    differences in verdicts', then 'B regresses on at least one fixture'; two runs of different
+    stages were compared without a word."""
+    import shutil
+
+    assert wb("run", "a").returncode == 0 and wb("run", "b").returncode == 0
+    ids = sorted(p.name for p in (toy_ws / "runs").iterdir() if p.name[:1].isdigit())
+    copy = ids[0][:-6] + "999999"
+    shutil.copytree(toy_ws / "runs" / ids[0], toy_ws / "runs" / copy)
+    record = json.loads((toy_ws / "runs" / copy / "run.json").read_text())
+    (toy_ws / "runs" / copy / "run.json").write_text(json.dumps({**record, "verdict": "MAYBE"}))
+    flipped = wb("diff-run", ids[0], copy)
+    assert flipped.returncode == 1
+    assert "no differences" not in flipped.stdout and "B regresses (its verdict is MAYBE)" in flipped.stdout
+    across = wb("diff-run", ids[0], ids[1])
+    assert "A and B are runs of different stages (toy/stage-a, toy/stage-b)" in across.stdout

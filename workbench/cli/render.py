@@ -163,6 +163,8 @@ def render_runs(records: list[dict[str, Any]]) -> None:
 def render_diff(d: dict[str, Any]) -> None:
     a, b = d["a"], d["b"]
     console.print(f"A {a['id']} {escape(a['stage'])} {verdict(a['verdict'])}  →  B {b['id']} {escape(b['stage'])} {verdict(b['verdict'])}")
+    if a["stage"] != b["stage"]:
+        console.print(f"[yellow]A and B are runs of different stages ({escape(a['stage'])}, {escape(b['stage'])}): their fixtures and metrics need not compare[/]")
     if d["verdict_flip"]:
         console.print(f"[bold]verdict flipped: {verdict(a['verdict'])} → {verdict(b['verdict'])}[/]")
     flips = [f for f in d["fixtures"] if f["a"] != f["b"]]
@@ -209,11 +211,12 @@ def render_diff(d: dict[str, Any]) -> None:
             for c in d["counters"]
         ]
         console.print(terminal.table("ncu counters (wb profile)", ["counter", "A", "B", "Δ", "B/A"], rows))
-    if not (flips or metric_rows or d["params"] or d["variants"] or d["provenance"] or d["shapes"] or d["sources_changed"]
-            or d.get("sanitizer") or d.get("counters")):
+    if not (d["verdict_flip"] or flips or metric_rows or d["params"] or d["variants"] or d["provenance"] or d["shapes"]
+            or d["sources_changed"] or d.get("sanitizer") or d.get("counters")):
         console.print("[dim]no differences in verdicts, metrics, parameters, provenance or shapes[/]")
     if d["regressed"]:
-        console.print("[bold red]B regresses on at least one fixture[/]")
+        where = "on at least one fixture" if any(f["regressed"] for f in d["fixtures"]) else f"(its verdict is {escape(b['verdict'])})"
+        console.print(f"[bold red]B regresses {where}[/]")
 
 
 # ----------------------------------------------------------------------------- wb sweep

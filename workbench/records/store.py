@@ -237,6 +237,8 @@ def select(runs_dir: Path, selector: str, stage_of: Callable[[str], str] | None 
         found = list_records(runs_dir, where, limit=back + 1)
         if len(found) <= back:
             have = len(found)
+            if have == 1:
+                label = label.replace("runs", "run", 1)
             raise UserError(f"{selector}: only {have} {label} recorded" if have else f"{selector}: no {label} recorded yet")
         return found[back]
     ids = run_ids(runs_dir)
