@@ -236,6 +236,10 @@ def test_run_needing_a_gpu_without_one_exits_2(toy_ws, wb):
     assert not [p for p in (toy_ws / "runs").glob("2*") if p.is_dir()]
     # decided before any worker started (it took 6 s: a worker importing torch and the DSL to say so)
     assert not (toy_ws / ".wb" / "logs").exists() and not list((toy_ws / ".wb").glob("pids/*.json"))
+    # wb sweep too: it printed its plan, a first case ERROR, then this line
+    swept = wb("sweep", "scaled/a", "--n", "128,256")
+    assert swept.returncode == 2 and swept.stderr.strip().count("\n") == 0 and "needs a CUDA GPU" in swept.stderr
+    assert "ERROR" not in swept.stdout and not [p for p in (toy_ws / "runs").glob("2*") if p.is_dir()]
 
 
 def test_gpu_need_is_read_from_the_stage_source(tmp_path):
