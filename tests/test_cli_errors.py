@@ -75,6 +75,9 @@ def test_workspace_flag_and_env_override_the_search(toy_ws, tmp_path, wb):
          ["stages[0].wrong_on_purpose.bug: expected one of bug's values other than its default 'none'"]),
         (lambda t: t.replace("variants: {bug: [none,", "wrong_on_purpose: {bug: zero}\n    variants: {bug: [none,"),
          ["stages[0].wrong_on_purpose.bug: expected a non-empty list of the variant's values that are wrong on purpose"]),
+        (lambda t: t.replace("variants: {bug: [none, zero,", "variants: {bug: [none, zero, none,"), ["stages[0].variants.bug: expected distinct values ('none' is given twice)"]),
+        (lambda t: t.replace("module: stage_b.py", "module: stage_a.py"), ["stages[1].module: expected a module of its own (stage a has stage_a.py)"]),
+        (lambda t: t.replace("fixtures: [toy-random, toy-ones]", "fixtures: []"), ["stages[0].fixtures: expected a non-empty list of fixture names"]),
     ],
 )
 def test_malformed_kernel_yaml_names_file_key_and_expectation(toy_ws, wb, edit, fragments):

@@ -93,6 +93,9 @@ def _variant_values(v: Any) -> Any:
         raise _expected("a non-empty list of values (first is the default)")
     if any(isinstance(x, bool) for x in v):
         raise _expected("strings: quote on/off/yes/no/true/false (YAML reads them as booleans)")
+    repeated = next((x for i, x in enumerate(v) if x in v[:i]), None)
+    if repeated is not None:
+        raise _expected(f"distinct values ({repeated!r} is given twice)")
     return v
 
 
@@ -188,7 +191,9 @@ class Stage(_Keys):
         Field(max_length=MAX_ITEMS),
     ] = {}
     fixtures: Annotated[
-        list[FixtureName], _rule(lambda v: isinstance(v, list), "a list of fixture names"), Field(max_length=MAX_ITEMS)
+        list[FixtureName],
+        _rule(lambda v: isinstance(v, list) and bool(v), "a non-empty list of fixture names (a stage is verified on its fixtures)"),
+        Field(max_length=MAX_ITEMS),
     ] = ["random"]
     tolerance: Optional[Tolerance] = None
     timeout: Optional[Seconds] = None
@@ -258,10 +263,14 @@ class KernelFile(_Keys):
     @model_validator(mode="after")
     def _stages_fit_together(self):
         seen: set[str] = set()
+        modules: dict[str, str] = {}
         for i, stage in enumerate(self.stages):
             if stage.letter in seen:
                 raise _expected(f"a letter not used before ({stage.letter!r} repeats)", at=("stages", i, "letter"))
             seen.add(stage.letter)
+            if stage.module in modules:  # a module defines one Stage: the second would run the first's
+                raise _expected(f"a module of its own (stage {modules[stage.module]} has {stage.module})", at=("stages", i, "module"))
+            modules[stage.module] = stage.letter
             stage._params = self._merged_params(i, stage)
             _check_wrong_on_purpose(i, stage)
         if self.bench is not None and self.bench.stage is not None and self.bench.stage not in seen:
