@@ -94,6 +94,17 @@ def test_note_goes_into_lessons(tmp_path):
     assert text.endswith("## Other\n\ntext\n")
 
 
+def test_a_lessons_heading_inside_a_code_fence_is_not_the_section(tmp_path):
+    """A fenced example holding `## Lessons` above the real section got the new lesson inside
+    the fence."""
+    ws = Workspace(tmp_path)
+    ws.memory_path.write_text("# M\n\nExample:\n\n```\n## Lessons\n- an example\n```\n\n## Lessons\n\n- first\n")
+    line = memory.add_note(ws, "a lesson")
+    text = ws.memory_path.read_text()
+    assert text.index("- first") < text.index(line) and text.count("```") == 2
+    assert text.index(line) > text.rindex("```")
+
+
 def test_text_typed_inside_a_block_is_kept_below_it(tmp_path):
     ws = Workspace(tmp_path)
     memory.record_run(ws, fake_record(1))

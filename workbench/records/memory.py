@@ -766,13 +766,30 @@ def add_note(ws: Workspace, text: str, stage: str | None = None, path: Path | No
     return line
 
 
+def _fenced(lines: list[str]) -> set[int]:
+    """Indices of the lines inside Markdown code fences (``` or ~~~), fences included: a
+    `## Lessons` in an example there is not the section."""
+    out, fence = set(), None
+    for i, line in enumerate(lines):
+        text = line.lstrip()
+        mark = text[:3] if text[:3] in ("```", "~~~") else None
+        if fence is None and mark:
+            fence = mark
+            out.add(i)
+        elif fence is not None:
+            out.add(i)
+            if mark == fence:
+                fence = None
+    return out
+
+
 def insert_lesson(current: str, line: str, source: str = "MEMORY.md") -> str:
     """`line` added at the end of the Lessons section (made at the end of the file if there is
     none); nothing else changes but the line ending the last line lacked, if it goes after it."""
     nl = newline_of(current)
     lines = split_lines(current)
     blocks = _scan(lines, source)
-    inside = {i for b in blocks.values() for i in range(b.begin, b.end + 1)}
+    inside = {i for b in blocks.values() for i in range(b.begin, b.end + 1)} | _fenced(lines)
     heading = next((i for i, l in enumerate(lines) if l.strip().lower() == "## lessons" and i not in inside), None)
     if heading is None:
         if lines and not lines[-1].endswith("\n"):
