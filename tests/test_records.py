@@ -197,3 +197,15 @@ def test_diff_run_of_a_verdict_only_flip_and_of_two_stages_says_so(toy_ws, wb):
     assert "no differences" not in flipped.stdout and "B regresses (its verdict is MAYBE)" in flipped.stdout
     across = wb("diff-run", ids[0], ids[1])
     assert "A and B are runs of different stages (toy/stage-a, toy/stage-b)" in across.stdout
+
+
+def test_a_record_without_parameters_says_so_in_its_report(toy_ws, wb):
+    """A record whose params were lost (edited by hand) showed 'parameters: ``'."""
+    from workbench.records import report
+
+    assert wb("run", "a").returncode == 0
+    (path,) = list((toy_ws / "runs").glob("2*/run.json"))
+    record = json.loads(path.read_text())
+    record.pop("params")
+    assert "- parameters: none recorded" in report.run_markdown(record)
+    assert "- parameters: `n=128" in report.run_markdown(json.loads(path.read_text()))

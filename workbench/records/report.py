@@ -60,7 +60,7 @@ def run_markdown(record: dict[str, Any]) -> str:
         "",
         f"**{record.get('stage_title', '')}**",
         "",
-        f"- parameters: `{params_text(record)}`",
+        f"- parameters: `{params_text(record)}`" if params_text(record) else "- parameters: none recorded",
         f"- variants: `{variants_text(record.get('variants', {}))}`",
         f"- compile: {fmt(timing.get('compile_s'), '.2f')} s" + (" (cached)" if timing.get("compile_cached") else "")
         + f" · kernel runs: {fmt(timing.get('run_s'), '.3f')} s · total: {fmt(timing.get('total_s'), '.2f')} s",
