@@ -113,10 +113,10 @@ def test_memory_md_failing_after_memory_json_was_written_undoes_both(ws, tmp_pat
     before = state(ws)
     real = memory.atomic_write_text
 
-    def disk_full_for_memory_md(path, text, newline=None):
+    def disk_full_for_memory_md(path, text, newline=None, **kwargs):
         if Path(path).name == "MEMORY.md":
             raise UserError(f"cannot write {path}: No space left on device")
-        real(path, text, newline)
+        real(path, text, newline, **kwargs)
 
     monkeypatch.setattr(memory, "atomic_write_text", disk_full_for_memory_md)
     with pytest.raises(UserError, match="No space left on device"):

@@ -230,10 +230,10 @@ def test_memory_json_is_put_back_when_memory_md_cannot_be_written(tmp_path, monk
     before = ws.memory_path.read_bytes(), sidecar.read_bytes()
     real = memory.atomic_write_text
 
-    def fail_on_memory_md(path, text, newline=None):
+    def fail_on_memory_md(path, text, newline=None, **kwargs):
         if Path(path).name == "MEMORY.md":
             raise UserError(f"cannot write {path}: No space left on device")
-        real(path, text, newline)
+        real(path, text, newline, **kwargs)
 
     monkeypatch.setattr(memory, "atomic_write_text", fail_on_memory_md)
     with pytest.raises(UserError, match="No space left"):

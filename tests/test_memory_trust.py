@@ -366,3 +366,28 @@ def test_a_note_keeps_no_terminal_escapes_and_an_empty_stage_is_refused(toy_ws, 
     assert len(added.stdout) < 1000
     refused = wb("note", "y", "--stage", "")
     assert refused.returncode == 2 and "--stage is empty" in refused.stderr
+
+
+def test_a_hand_edit_saved_while_wb_writes_memory_md_is_kept(toy_ws, monkeypatch):
+    """An editor's save that landed after wb's last read but before its rename was written
+    over (a helper's stress test lost 2-3 of ~600 appended lines). wb now checks again just
+    before the rename, and a changed file is read and composed again."""
+    from workbench.files import os as files_os
+    from workbench.records import memory as memory_lib
+    from workbench.workspace import Workspace
+
+    ws = Workspace(toy_ws)
+    ws.memory_path.write_text("# MEMORY\n\nhand text\n")
+    real_fsync = files_os.fsync
+    saved = []
+
+    def editor_saves_during_the_write(fd):
+        real_fsync(fd)
+        if not saved and ".MEMORY.md." in os.readlink(f"/proc/self/fd/{fd}"):
+            saved.append(True)
+            ws.memory_path.write_text(ws.memory_path.read_text() + "a line saved meanwhile\n")
+
+    monkeypatch.setattr(files_os, "fsync", editor_saves_during_the_write)
+    memory_lib.add_note(ws, "a lesson")
+    text = ws.memory_path.read_text()
+    assert saved and "a line saved meanwhile" in text and "a lesson" in text

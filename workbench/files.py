@@ -9,17 +9,24 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from workbench.errors import UserError
 
 
-def atomic_write_text(path: Path, text: str, newline: str | None = None) -> None:
+class Changed(Exception):
+    """atomic_write_text's `unless` said the target changed: nothing was written."""
+
+
+def atomic_write_text(path: Path, text: str, newline: str | None = None, unless: Callable[[], bool] | None = None) -> None:
     """Write `text` to `path` so that readers never see a partial file.
 
     The file keeps its mode (a new one gets the umask's, as `open` would give it); a symlink
     is written through (its target is replaced, the link stays); a read-only file, a folder
     in the way or a read-only filesystem is one UserError. The temporary file lives beside
-    the target (a rename is atomic only within one folder) and is removed on any failure."""
+    the target (a rename is atomic only within one folder) and is removed on any failure.
+    `unless`: asked just before the rename; True leaves the target as it is and raises
+    Changed (MEMORY.md: a hand edit saved since wb read the file)."""
     target = Path(os.path.realpath(path))
     try:
         if not os.path.islink(path):  # a dangling link's target folder is not made (open() would not either)
@@ -37,6 +44,8 @@ def atomic_write_text(path: Path, text: str, newline: str | None = None) -> None
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        if unless is not None and unless():
+            raise Changed(str(path))
         os.replace(tmp, target)
     except BaseException as exc:
         try:

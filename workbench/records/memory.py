@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable
 
 from workbench.errors import UserError
 from workbench.records.provenance import short_commit
-from workbench.files import atomic_write_text
+from workbench.files import Changed, atomic_write_text
 from workbench.schemas import read_text
 from workbench.workspace import Workspace
 
@@ -273,18 +273,23 @@ def _locked_update(ws: Workspace, path: Path, compose_fn: Callable[[str, dict], 
             raw = _read_raw(dpath) if with_data else None
             data = read_data(dpath) if with_data else {}
             after, new_data = compose_fn(before, data)
-            if read_memory(path) == (before, bom) and (not with_data or _read_raw(dpath) == raw):
-                break
-        else:  # writing now would drop what changed since it was read (an editor saving it again and again)
-            raise UserError(f"{path} kept changing while wb read it (20 times): not updated, so that no hand edit is lost")
-        if with_data and new_data != data:
-            atomic_write_text(dpath, _dump_data(new_data))
-        try:
-            atomic_write_text(path, (BOM if bom else "") + after, newline="")
-        except BaseException:
-            if with_data and new_data != data:
-                _put_back(dpath, raw)
-            raise
+            if read_memory(path) != (before, bom) or (with_data and _read_raw(dpath) != raw):
+                continue
+            writes_data = with_data and new_data != data
+            if writes_data:
+                atomic_write_text(dpath, _dump_data(new_data))
+            try:  # checked again just before the rename: a save that lands meanwhile is read again, not written over
+                atomic_write_text(path, (BOM if bom else "") + after, newline="", unless=lambda: read_memory(path) != (before, bom))
+                return
+            except Changed:
+                if writes_data:
+                    _put_back(dpath, raw)
+            except BaseException:
+                if writes_data:
+                    _put_back(dpath, raw)
+                raise
+        # writing now would drop what changed since it was read (an editor saving it again and again)
+        raise UserError(f"{path} kept changing while wb read it (20 times): not updated, so that no hand edit is lost")
     finally:
         lock.release()
 
