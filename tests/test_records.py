@@ -209,3 +209,17 @@ def test_a_record_without_parameters_says_so_in_its_report(toy_ws, wb):
     record.pop("params")
     assert "- parameters: none recorded" in report.run_markdown(record)
     assert "- parameters: `n=128" in report.run_markdown(json.loads(path.read_text()))
+
+
+def test_explain_of_a_failing_run_without_failed_fixtures_says_why_it_shows_nothing(toy_ws, wb):
+    """A record whose fixtures' verdicts are no FAIL (edited by hand, or a word wb does not
+    know) made `wb explain` print only its header line."""
+    assert wb("run", "a").returncode == 0
+    (run,) = [p for p in (toy_ws / "runs").iterdir() if p.name[:1].isdigit()]
+    record = json.loads((run / "run.json").read_text())
+    record["verdict"] = "FAIL"
+    for case in record["results"]:
+        case["verdict"] = "WEIRD"
+    (run / "run.json").write_text(json.dumps(record))
+    out = wb("explain", run.name).stdout
+    assert "no fixture FAILed, so none has a diagnosis (the fixtures' verdicts: WEIRD)" in out

@@ -156,6 +156,9 @@ def explain(
     if not failed:
         if record["verdict"] == "PASS":
             console.print("every fixture passed: nothing to explain")
+        elif not record.get("error") and not record.get("sanitizer"):
+            seen = sorted({str(c.get("verdict")) for c in record.get("results", [])})
+            console.print("no fixture FAILed, so none has a diagnosis" + (f" (the fixtures' verdicts: {escape(', '.join(seen))})" if seen else " (no fixture results)"))
         return
     for case in failed:
         console.print(f"\n[bold]{escape(case.get('label', case['fixture']))}[/]")
