@@ -245,28 +245,39 @@ def test_several_processes_merge_into_the_median_of_their_medians():
     assert failed["verdict"] == "FAIL" and failed["cases"][0]["verdict"] == "FAIL" and "median_ms" not in failed["cases"][0]
 
 
-def test_run_bench_with_processes_starts_a_new_worker_for_each_and_keeps_them_past_a_hang(tmp_path, monkeypatch):
-    """Each process is a new worker (warm=False); a process that hangs is the record's verdict,
-    and the processes timed before it stay in the record."""
+@pytest.fixture
+def stage_d(tmp_path):
+    """(workspace, kernel, stage D, its n=4096 bench case) in a copy of this repository's workspace."""
     import shutil
-
-    from workbench.run.supervisor import Outcome
 
     for name in ("stages", "fixtures", "pyproject.toml"):
         (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, tmp_path / name)
     ws = Workspace(tmp_path)
     kernel = load_kernels(ws)["fmha"]
     spec = kernel.stage("d")
-    cases = bench.plan_cases(spec, kernel, {"n": ["4096"]}, False)
-    calls = []
+    return ws, kernel, spec, bench.plan_cases(spec, kernel, {"n": ["4096"]}, False)
+
+
+def _processes_hanging_at(call: int, calls: list):
+    """A stand-in run_job: each call a process's result (wb's median 5 ms + the call's number),
+    the `call`-th a HANG; `calls` collects each call's warm flag."""
+    from workbench.run.supervisor import Outcome
 
     def fake_run_job(ws_, job, timeout, on_event, warm=True, **kwargs):
         calls.append(warm)
-        if len(calls) == 3:
+        if len(calls) == call:
             return Outcome(status="HANG", message="no result after 9 s", worker_pid=len(calls))
         return Outcome(status="result", result=_process_result(5.0 + len(calls), 6.0), worker_pid=len(calls))
 
-    monkeypatch.setattr(bench, "run_job", fake_run_job)
+    return fake_run_job
+
+
+def test_run_bench_with_processes_starts_a_new_worker_for_each_and_keeps_them_past_a_hang(stage_d, monkeypatch):
+    """Each process is a new worker (warm=False); a process that hangs is the record's verdict,
+    and the processes timed before it stay in the record."""
+    ws, kernel, spec, cases = stage_d
+    calls = []
+    monkeypatch.setattr(bench, "run_job", _processes_hanging_at(3, calls))
     done = bench.run_bench(ws, spec, kernel, cases, {}, ["fa4"], processes=2)
     assert calls == [False, False] and done["verdict"] == "PASS"
     assert done["bench"][0]["process_medians_ms"] == [6.0, 7.0] and done["bench"][0]["median_ms"] == 6.5
@@ -318,50 +329,30 @@ def test_processes_are_merged_by_case_name_and_what_some_did_not_time_is_untimed
     assert none_timed["notes"][-1] == "timed in 1 worker process, the median of their medians; no case was timed in all of them"
 
 
-def test_an_incomplete_multi_process_bench_leaves_memorys_speed_alone(tmp_path, monkeypatch):
+def test_an_incomplete_multi_process_bench_leaves_memorys_speed_alone(stage_d, monkeypatch):
     """Two processes timed, the third hung: the record keeps the two, but MEMORY.md's speed
     block took them as a PASS measurement. It now keeps the last complete one."""
-    import shutil
-
-    from workbench.run.supervisor import Outcome
-
-    for name in ("stages", "fixtures", "pyproject.toml"):
-        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, tmp_path / name)
-    ws = Workspace(tmp_path)
-    kernel = load_kernels(ws)["fmha"]
-    spec = kernel.stage("d")
-    cases = bench.plan_cases(spec, kernel, {"n": ["4096"]}, False)
-    calls = []
-
-    def fake_run_job(ws_, job, timeout, on_event, warm=True, **kwargs):
-        calls.append(warm)
-        if len(calls) == 3:
-            return Outcome(status="HANG", message="no result after 9 s", worker_pid=len(calls))
-        return Outcome(status="result", result=_process_result(5.0 + len(calls), 6.0), worker_pid=len(calls))
-
-    monkeypatch.setattr(bench, "run_job", fake_run_job)
+    ws, kernel, spec, cases = stage_d
+    monkeypatch.setattr(bench, "run_job", _processes_hanging_at(3, []))
     hung = bench.run_bench(ws, spec, kernel, cases, {}, ["fa4"], processes=3)
     assert hung["verdict"] == "HANG" and hung["bench"][0]["process_medians_ms"] == [6.0, 7.0]
     assert not memory.data_path(ws.memory_path).exists() or not memory.read_data(memory.data_path(ws.memory_path)).get("speed")
     assert bench.speed_edit([hung], ws).merge(None) == {}  # nor does `wb import` of that record
 
 
-def test_a_ctrl_c_while_the_bench_worker_starts_is_a_record_not_an_empty_run_folder(tmp_path, monkeypatch):
-    """run_job raises KeyboardInterrupt when Ctrl-C lands while its worker starts: wb bench
-    left runs/<id>/ with only its owner file. It records INTERRUPTED, as wb run does."""
-    import shutil
+def test_a_ctrl_c_while_the_bench_worker_starts_is_a_record_not_an_empty_run_folder(stage_d, monkeypatch):
+    """A Ctrl-C while a worker starts (Worker.spawn ends it and raises KeyboardInterrupt) left
+    runs/<id>/ of wb bench with only its owner file: run_job returned it to wb run as
+    INTERRUPTED only. run_job now returns INTERRUPTED itself, and wb bench records it."""
+    from workbench.run import supervisor
 
-    for name in ("stages", "fixtures", "pyproject.toml"):
-        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, tmp_path / name)
-    ws = Workspace(tmp_path)
-    kernel = load_kernels(ws)["fmha"]
-    spec = kernel.stage("d")
+    ws, kernel, spec, cases = stage_d
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bench, "run_job", interrupted)
-    rec = bench.run_bench(ws, spec, kernel, bench.plan_cases(spec, kernel, {"n": ["4096"]}, False), {}, [], processes=2)
+    monkeypatch.setattr(supervisor.Worker, "spawn", interrupted)
+    rec = bench.run_bench(ws, spec, kernel, cases, {}, [], processes=2)
     assert rec["verdict"] == "INTERRUPTED"
     assert (ws.runs_dir / rec["id"] / "run.json").is_file()
 

@@ -1,6 +1,7 @@
-"""Ctrl-C, SIGTERM and SIGHUP held off while wb writes something that must never be half done (a
-record and its MEMORY.md line, an import's moves, a new kernel's files): a signal that comes
-meanwhile stops wb when the outermost hold ends."""
+"""How signals end wb: SIGTERM and SIGHUP as Ctrl-C does (stop_on_termination), and all three
+held off while wb writes something that must never be half done (a record and its MEMORY.md
+line, an import's moves, a new kernel's files): a signal that comes meanwhile stops wb when
+the outermost hold ends."""
 
 from __future__ import annotations
 
@@ -41,3 +42,17 @@ def held_signals():
     if _depth == 0 and _held:
         _held.clear()
         raise KeyboardInterrupt
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
+def stop_on_termination() -> None:
+    """SIGTERM (`timeout`, `kill`, a batch system ending the job) and SIGHUP (the terminal
+    closed, the ssh connection dropped) end wb as Ctrl-C does: the worker's process group is
+    killed and the run is recorded as INTERRUPTED. A SIGHUP ignored by whoever started wb
+    (nohup) stays ignored. Main thread only (signal.signal raises ValueError elsewhere)."""
+    signal.signal(signal.SIGTERM, _stop)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _stop)

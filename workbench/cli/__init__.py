@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -18,6 +17,7 @@ import typer
 
 from workbench import __version__
 from workbench.errors import NoGpuError, UserError
+from workbench.interrupts import stop_on_termination
 
 app = typer.Typer(
     name="wb",
@@ -85,21 +85,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     terminal.warn(str(message))
 
 
-def _terminated(signum, frame):
-    """SIGTERM (`timeout`, `kill`, a batch system ending the job) and SIGHUP (the terminal
-    closed, the ssh connection dropped) end wb as Ctrl-C does: the worker's process group is
-    killed and the run is recorded as INTERRUPTED."""
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> None:
     from workbench import terminal
 
     warnings.showwarning = _show_warning
     with contextlib.suppress(ValueError):  # not the main thread (wb called inside another program)
-        signal.signal(signal.SIGTERM, _terminated)
-        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup: stays ignored
-            signal.signal(signal.SIGHUP, _terminated)
+        stop_on_termination()
     try:
         _register()  # imports every command module: a Ctrl-C here is an interrupt like any other
         state.argv = list(argv) if argv is not None else sys.argv[1:]

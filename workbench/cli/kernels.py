@@ -51,12 +51,13 @@ def list_kernels(as_json: bool = typer.Option(False, "--json", help="Print as JS
         print_json(data)
     elif not data and not kernels.broken:
         console.print("no kernels in stages/ yet: `wb new kernel NAME` makes one")
-    for k in [] if as_json else data:
-        rows = [
-            [f"stage-{s['letter']}", escape(s["name"]), escape(s["title"]), verdict(s["last_verdict"]), s["last_run"] or "-"]
-            for s in k["stages"]
-        ]
-        console.print(table(f"{k['kernel']} — {k['title']} ({k['arch']})", ["stage", "name", "title", "last verdict", "last run"], rows))
+    else:
+        for k in data:
+            rows = [
+                [f"stage-{s['letter']}", escape(s["name"]), escape(s["title"]), verdict(s["last_verdict"]), s["last_run"] or "-"]
+                for s in k["stages"]
+            ]
+            console.print(table(f"{k['kernel']} — {k['title']} ({k['arch']})", ["stage", "name", "title", "last verdict", "last run"], rows))
     refuse_broken(kernels)  # the good kernels are listed; the broken one is the command's error
 
 

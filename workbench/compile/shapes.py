@@ -310,10 +310,10 @@ def _run_in_workers(ws: Workspace, job: dict, timeout: float, on_event, parallel
         if supervisor.STOPPING.is_set():
             wait_groups(30.0)  # each ends its worker (a second Ctrl-C leaves at once)
     finally:
-        if any(isinstance(e, KeyboardInterrupt) for e in errors):
+        interrupted = next((e for e in errors if isinstance(e, KeyboardInterrupt)), None)
+        if interrupted is not None:
             supervisor.STOPPING.clear()
-    interrupted = next((e for e in errors if isinstance(e, KeyboardInterrupt)), None)
-    if interrupted is not None or errors:
+    if errors:
         raise interrupted or errors[0]
     return [outs[i] for i in range(len(items))]
 

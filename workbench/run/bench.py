@@ -35,7 +35,7 @@ from workbench.records.provenance import git_state, record_provenance, short_com
 from workbench.records.publish import commit
 from workbench.records.store import new_record, new_run_dir, utc_now
 from workbench.run.execute import worker_result
-from workbench.run.supervisor import Outcome, run_job
+from workbench.run.supervisor import run_job
 from workbench.run.worker import environment, error_info, forget_fixture_modules
 from workbench.workspace import Workspace
 
@@ -408,13 +408,13 @@ def run_bench(ws, spec, kernel, cases: list[BenchCase], variants: dict[str, str]
            "variants": variants, "peers": peers, "reps": reps, "graph": graph, "run_dir": str(run_dir),
            "peer_env": peer_env(kernel.dir)}
     if processes <= 1:
-        outcome = _run_job(ws, job, timeout, on_event, warm=warm)
+        outcome = run_job(ws, job, timeout, on_event, warm=warm)
         result = worker_result(outcome, run_dir)
     else:
         results = []
         for index in range(processes):
             on_event({"type": "progress", "phase": "process", "process": index + 1, "of": processes})
-            outcome = _run_job(ws, job, timeout, on_event, warm=False)
+            outcome = run_job(ws, job, timeout, on_event, warm=False)
             result = worker_result(outcome, run_dir)
             if outcome.status != "result":  # a HANG or CRASH is the record's verdict, as with one process;
                 if results:  # the processes timed before it stay in the record
@@ -437,15 +437,6 @@ def run_bench(ws, spec, kernel, cases: list[BenchCase], variants: dict[str, str]
         finished=utc_now(),
     )
     return commit(ws, run_dir, record, publish=record_speed)
-
-
-def _run_job(ws: Workspace, job: dict, timeout: float, on_event, warm: bool) -> Outcome:
-    """run_job, with a Ctrl-C while its worker starts recorded as INTERRUPTED (as `wb run`
-    does), not a run folder left without a record."""
-    try:
-        return run_job(ws, job, timeout, on_event, warm=warm)
-    except KeyboardInterrupt:
-        return Outcome(status="INTERRUPTED", message="interrupted (Ctrl-C or SIGTERM) before the worker answered")
 
 
 def merge_processes(results: list[dict[str, Any]]) -> dict[str, Any]:

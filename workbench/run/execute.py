@@ -74,8 +74,6 @@ def run_stage(
         on_event({"type": "progress", "phase": "instrument", "tool": instrument.label})
     try:
         outcome = run_job(ws, job, timeout, on_event, warm=warm, env=env, wrap=wrap)
-    except KeyboardInterrupt:
-        outcome = Outcome(status="INTERRUPTED", message="interrupted (Ctrl-C or SIGTERM) before the worker answered")
     except WorkerStartError as exc:  # e.g. a wrapping tool that refused its options: recorded, with the tool's log
         outcome = Outcome(status="CRASH", message=str(exc))
     # from here the record is made and written whatever comes: a second Ctrl-C or a SIGTERM

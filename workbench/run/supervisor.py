@@ -267,24 +267,26 @@ def run_job(
 
     `env` overlays os.environ for the worker (and picks the warm worker of that setting).
     `wrap`: a fresh worker started under this command line (see Worker.spawn), waited for
-    until it exits after the job (at most EXIT_WAIT seconds) so the tool finishes its log."""
+    until it exits after the job (at most EXIT_WAIT seconds) so the tool finishes its log.
+    A Ctrl-C (or SIGTERM) is the outcome INTERRUPTED, whether the worker was busy or still
+    starting (Worker.spawn ends a worker it was starting)."""
     from filelock import FileLock, Timeout
 
     lock = None
     worker = None
     if wrap:
         warm = False
-    if warm:
-        ws.ensure_state_dir()
-        tag = warm_tag(ws, env)
-        lock = FileLock(str(ws.state_dir / f"worker-{tag}.lock"))
-        try:
-            lock.acquire(timeout=0)
-            socket_path = str(_socket_dir() / f"{tag}.sock")
-            worker = _find_warm(ws, socket_path) or Worker.spawn(ws, socket_path, once=False, env=env)
-        except Timeout:
-            lock = None  # another run holds the warm worker: use a fresh one
     try:
+        if warm:
+            ws.ensure_state_dir()
+            tag = warm_tag(ws, env)
+            lock = FileLock(str(ws.state_dir / f"worker-{tag}.lock"))
+            try:
+                lock.acquire(timeout=0)
+                socket_path = str(_socket_dir() / f"{tag}.sock")
+                worker = _find_warm(ws, socket_path) or Worker.spawn(ws, socket_path, once=False, env=env)
+            except Timeout:
+                lock = None  # another run holds the warm worker: use a fresh one
         if worker is None:
             socket_path = str(_socket_dir() / f"once-{os.getpid()}-{time.monotonic_ns()}.sock")
             worker = Worker.spawn(ws, socket_path, once=True, env=env, wrap=wrap)
@@ -292,6 +294,8 @@ def run_job(
         if wrap and outcome.status in ("result", "user_error"):
             worker.wait_exit(EXIT_WAIT)
         return outcome
+    except KeyboardInterrupt:  # before a worker answered (_drive turns one during the job into INTERRUPTED itself)
+        return Outcome(status="INTERRUPTED", message="interrupted (Ctrl-C or SIGTERM) before the worker answered")
     finally:
         if lock is not None:
             lock.release()
