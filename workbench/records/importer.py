@@ -230,6 +230,10 @@ def _commit(ws: Workspace, staged_runs: Path, records: list[dict]) -> None:
                 raise UserError(f"import failed and was undone: {exc.strerror or exc}") from None
             raise
         _pending(ws).unlink(missing_ok=True)
+    _write_stage_reports(ws, records)
+
+
+def _write_stage_reports(ws: Workspace, records: list[dict]) -> None:
     for stage in sorted({r["stage"] for r in records if r.get("kind", "run") == "run"}):
         report.write_stage_report(ws, stage)
 
@@ -266,7 +270,6 @@ def _finish_killed_import(ws: Workspace) -> None:
     if records:
         with held_signals():
             memory.update_blocks(ws, memory_edits(records, ws))
-        for stage in sorted({r["stage"] for r in records if r.get("kind", "run") == "run"}):
-            report.write_stage_report(ws, stage)
+        _write_stage_reports(ws, records)
         warnings.warn(f"an earlier import was killed before MEMORY.md: its {len(records)} run(s) in runs/ are published now")
     pending.unlink(missing_ok=True)

@@ -68,9 +68,15 @@ def cell(value: Any, limit: int = 200) -> str:
     """A value from a record as one safe line of Markdown: control characters and line
     breaks become spaces, `<` and `|` cannot open a comment or a table cell, and it is cut
     at `limit` characters."""
-    text = "".join(" " if unicodedata.category(c)[0] in "CZ" and c != " " else c for c in str(value))
-    text = " ".join(text.split()).replace("<", "&lt;").replace("|", "\\|")
+    text = one_line(value).replace("<", "&lt;").replace("|", "\\|")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def one_line(value: Any) -> str:
+    """`value` as text on one line: control characters (a terminal's escape sequences), line
+    breaks and other separators become spaces, and runs of spaces one."""
+    text = "".join(" " if unicodedata.category(c)[0] in "CZ" and c != " " else c for c in str(value))
+    return " ".join(text.split())
 
 
 @dataclass
@@ -281,13 +287,11 @@ def _locked_update(ws: Workspace, path: Path, compose_fn: Callable[[str, dict], 
             try:  # checked again just before the rename: a save that lands meanwhile is read again, not written over
                 atomic_write_text(path, (BOM if bom else "") + after, newline="", unless=lambda: read_memory(path) != (before, bom))
                 return
-            except Changed:
+            except BaseException as exc:
                 if writes_data:
                     _put_back(dpath, raw)
-            except BaseException:
-                if writes_data:
-                    _put_back(dpath, raw)
-                raise
+                if not isinstance(exc, Changed):
+                    raise
         # writing now would drop what changed since it was read (an editor saving it again and again)
         raise UserError(f"{path} kept changing while wb read it (20 times): not updated, so that no hand edit is lost")
     finally:
@@ -759,12 +763,9 @@ def update_data_block(ws: Workspace, name: str, merge: Callable[[Any], Any]) -> 
 
 
 def add_note(ws: Workspace, text: str, stage: str | None = None, path: Path | None = None) -> str:
-    """Append a dated lesson to the Lessons section; returns the line added. Control
-    characters (a terminal's escape sequences) become spaces: MEMORY.md is read in editors."""
-    import unicodedata
-
-    text = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in text)
-    text = " ".join(text.split())
+    """Append a dated lesson to the Lessons section (one_line: MEMORY.md is read in editors);
+    returns the line added."""
+    text = one_line(text)
     line = f"- {datetime.now().strftime('%Y-%m-%d')}" + (f" [{stage}]" if stage else "") + f" {text}"
     path = path or ws.memory_path
     _locked_edit(ws, path, lambda current: insert_lesson(current, line, str(path)))
