@@ -70,12 +70,13 @@ def sweep(
     for key, value in parse_pairs(slurm_opt, "--slurm-opt").items():
         slurm_opts[key] = int(value) if value.isdigit() else value
     opts = sweeps.RunOptions(list(fixture or []), seed, seeds, timeout, arch, warm=not fresh)
-    if not hosts and not slurm:
+    local = not hosts and not slurm
+    if local:
         from workbench.cli.run import require_gpu_here
 
         require_gpu_here(spec)  # one line here, not a first case that fails and then the same line
     ws.ensure_state_dir()
-    if not hosts and not slurm:
+    if local:
         from workbench.run.procs import orphan_warning
 
         if (orphan := orphan_warning(ws)) is not None:
