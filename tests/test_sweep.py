@@ -248,3 +248,16 @@ def test_sweeps_started_in_one_second_get_their_own_ids(toy_ws, monkeypatch):
     calls = iter([real_datetime(2026, 12, 5, 12, 0, 0, 123456), real_datetime(2026, 12, 5, 12, 0, 0, 123457)])
     monkeypatch.setattr(Frozen, "now", classmethod(lambda cls, tz=None: next(calls)))
     assert sweep_lib.new_sweep_id(ws) == "sweep-20261205-120000-123457"  # the same instant is taken: the next
+
+
+def test_sweep_id_claims_over_a_day_old_are_dropped(toy_ws):
+    """Every sweep left a folder in .wb/sweeps/ for ever; a claim only has to outlive its instant."""
+    from workbench.remote import sweep as sweep_lib
+    from workbench.workspace import Workspace
+
+    ws = Workspace(toy_ws)
+    claims = ws.ensure_state_dir("sweeps")
+    (claims / "sweep-20200101-000000-000001").mkdir()
+    recent = sweep_lib.new_sweep_id(ws)
+    assert sorted(p.name for p in claims.iterdir()) == [recent]
+    assert sweep_lib.new_sweep_id(ws) != recent and (claims / recent).is_dir()  # a fresh claim stays

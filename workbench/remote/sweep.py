@@ -38,7 +38,7 @@ import time
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -627,9 +627,22 @@ def new_sweep_id(ws: Workspace) -> str:
         sweep_id = now.strftime("sweep-%Y%m%d-%H%M%S-") + f"{now.microsecond:06d}"
         try:
             (claims / sweep_id).mkdir()
-            return sweep_id
         except FileExistsError:
             time.sleep(0.000_01)
+            continue
+        _forget_old_claims(claims, now)
+        return sweep_id
+
+
+def _forget_old_claims(claims: Path, now: datetime) -> None:
+    """A claim only has to outlive the instant of its id: drop those over a day old."""
+    cutoff = (now - timedelta(days=1)).strftime("sweep-%Y%m%d-%H%M%S-")
+    for old in claims.glob("sweep-*"):
+        if old.name < cutoff:
+            try:
+                old.rmdir()
+            except OSError:
+                pass
 
 
 def sweep(
