@@ -158,3 +158,19 @@ def test_concurrent_processes_lose_no_update_and_no_hand_text(tmp_path):
     status = memory.block_content(text, "status")
     for w in range(4):
         assert f"k/stage-{'abcd'[w]}" in status
+
+
+def test_a_hand_typed_row_naming_a_stage_is_kept(tmp_path):
+    """A row was wb's when its first cell named a stage, so a person's two-cell row about that
+    stage vanished at the next run; wb's rows have its table's width."""
+    ws = Workspace(tmp_path)
+    memory.record_run(ws, fake_record(1))
+    text = ws.memory_path.read_text()
+    old_row = next(line for line in text.splitlines() if line.startswith("| toy/stage-a |"))
+    stale = old_row.replace("| PASS |", "| FAIL |", 1)  # as an older wb wrote it: still wb's
+    text = text.replace(old_row, f"{stale}\n| toy/stage-a | HAND-why it is slow |")
+    ws.memory_path.write_text(text)
+    memory.record_run(ws, fake_record(2))
+    after = ws.memory_path.read_text()
+    assert "| toy/stage-a | HAND-why it is slow |" in after
+    assert stale not in after

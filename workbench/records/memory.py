@@ -435,11 +435,19 @@ def _render_edit(name: str, before: Any, after: Any, legacy: Any) -> BlockEdit:
     firsts = first_cells(before or {}) | first_cells(after or {}) | first_cells(legacy or {})
 
     def owned(old: str) -> set[str]:
-        mine = {title} | set(full(before).splitlines()) | set(full(after).splitlines())
+        rendered = set(full(before).splitlines()) | set(full(after).splitlines())
+        mine = {title} | rendered
+        # a row is wb's by its first cell only with as many cells as wb's rows: a person's
+        # "| fmha/stage-d | my note |" under the table is theirs
+        widths = {len(row) for row in map(_table_row, rendered) if row is not None}
         intro = _INTROS.get(name)
         for line in old.splitlines():
             row = _table_row(line)
-            if row is not None and (row[0] in firsts or row[0] in _HEADER_CELLS or set(line.strip()) <= {"|", "-", " "}):
+            if row is not None and (
+                (row[0] in firsts and (len(row) in widths or not widths))
+                or row[0] in _HEADER_CELLS
+                or set(line.strip()) <= {"|", "-", " "}
+            ):
                 mine.add(line)
             elif legacy is not None and DATA_RE.match(line.strip()):
                 mine.add(line)
