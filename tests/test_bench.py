@@ -10,7 +10,7 @@ import pytest
 from workbench.errors import UserError
 from workbench.kernels.registry import load_kernels
 from workbench.run import bench
-from workbench.records import memory
+from workbench.records import memory, speed
 from workbench.workspace import Workspace
 
 
@@ -176,8 +176,8 @@ def test_a_sweep_reads_as_one_row_per_d_causal_dtype_and_an_odd_case_gets_its_ow
     odd = planned({"n": ["1024"], "batch": ["64"]})[0]
     assert odd["row"] == "d=128 batch=64 causal=False dtype=bf16"
     ws = Workspace(REPO)
-    assert bench.legacy_row(ws, "fmha/stage-d", "d=64 m=300 n=1000 batch=2 heads=4 kv_heads=2") == ("d=64 m=300 batch=2 heads=4 kv_heads=2", 1000)
-    assert bench.legacy_row(ws, "fmha/stage-d", "d=64 m=1024 n=1024 batch=16 heads=32 kv_heads=32 causal=True") == ("d=64 causal=True", 1024)
+    assert speed.legacy_row(ws, "fmha/stage-d", "d=64 m=300 n=1000 batch=2 heads=4 kv_heads=2") == ("d=64 m=300 batch=2 heads=4 kv_heads=2", 1000)
+    assert speed.legacy_row(ws, "fmha/stage-d", "d=64 m=1024 n=1024 batch=16 heads=32 kv_heads=32 causal=True") == ("d=64 causal=True", 1024)
 
 
 @pytest.mark.gpu
@@ -337,7 +337,7 @@ def test_an_incomplete_multi_process_bench_leaves_memorys_speed_alone(stage_d, m
     hung = bench.run_bench(ws, spec, kernel, cases, {}, ["fa4"], processes=3)
     assert hung["verdict"] == "HANG" and hung["bench"][0]["process_medians_ms"] == [6.0, 7.0]
     assert not memory.data_path(ws.memory_path).exists() or not memory.read_data(memory.data_path(ws.memory_path)).get("speed")
-    assert bench.speed_edit([hung], ws).merge(None) == {}  # nor does `wb import` of that record
+    assert speed.speed_edit([hung], ws).merge(None) == {}  # nor does `wb import` of that record
 
 
 def test_a_ctrl_c_while_the_bench_worker_starts_is_a_record_not_an_empty_run_folder(stage_d, monkeypatch):

@@ -1,13 +1,16 @@
-"""The house rules of docs/architecture.md that code can check: the library never imports the
-CLI, and no two modules of workbench/ import each other, directly or around a circle (lazy
-imports inside functions count: they tie the modules just the same)."""
+"""The house rules of docs/architecture.md that code can check: imports point down the
+architecture's list of folders and modules (so the library never imports the CLI), and no two
+modules of workbench/ import each other, directly or around a circle (lazy imports inside
+functions count: they tie the modules just the same)."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 
 
 def _module_name(path: Path) -> str:
@@ -101,6 +104,51 @@ def test_the_library_never_imports_the_cli():
     offenders = {m: sorted(d for d in deps if d.startswith("workbench.cli")) for m, deps in graph.items() if not m.startswith("workbench.cli")}
     top = ("workbench.__main__", "workbench.entry")  # the `wb` command's way in: above the CLI
     assert not {m: d for m, d in offenders.items() if d and m not in top}
+
+
+def architecture_order(text: str) -> list[str]:
+    """The package's folders and top-level modules in the order docs/architecture.md lists
+    them (its "Folders" block: the entries one level under workbench/)."""
+    block = text[text.index("    workbench/ "):]
+    block = block[: block.index("\n    stages/")]
+    return [m.group(1) for m in re.finditer(r"^      ([a-z_]+)(?:/|\.py)\s", block, re.M)]
+
+
+def upward_imports(graph: dict[str, set[str]], order: list[str]) -> list[str]:
+    """Imports from an entry of the list to one listed above it ("a -> b"); a module the
+    list does not name is one too (the list must name every room)."""
+    def place(module: str) -> int:
+        top = module.split(".")[1] if "." in module else ""
+        return order.index(top) if top in order else -1
+
+    out = []
+    for mod, deps in sorted(graph.items()):
+        if mod == "workbench.__main__" or mod == "workbench":  # `python -m workbench`, and the package's face
+            continue
+        if place(mod) < 0:
+            out.append(f"{mod}: not in docs/architecture.md's list")
+        out += [f"{mod} -> {d}" for d in sorted(deps) if place(d) < place(mod)]
+    return out
+
+
+def test_imports_point_down_the_architecture():
+    order = architecture_order(ARCHITECTURE.read_text(encoding="utf-8"))
+    assert order[:2] == ["entry", "cli"]
+    assert upward_imports(import_graph(), order) == []
+
+
+def test_the_layer_check_sees_an_upward_import_and_an_unlisted_module(tmp_path, monkeypatch):
+    pkg = tmp_path / "workbench"
+    for folder in ("records", "run"):
+        (pkg / folder).mkdir(parents=True)
+        (pkg / folder / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "records" / "importer.py").write_text("def f():\n    from workbench.run import bench\n")
+    (pkg / "run" / "bench.py").write_text("from workbench.records import importer\n")
+    (pkg / "extra.py").write_text("")
+    monkeypatch.setattr(__import__(__name__), "PACKAGE", pkg)
+    found = upward_imports(import_graph(), ["run", "records"])
+    assert found == ["workbench.extra: not in docs/architecture.md's list", "workbench.records.importer -> workbench.run.bench"]
 
 
 def test_no_import_circles():

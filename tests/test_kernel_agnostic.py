@@ -196,6 +196,7 @@ def test_memory_blocks_of_a_kernel_without_n(two_kernels):
     """Status counts the runs of a stage that has no parameter n (one column); the speed table's
     columns are the kernel's bench.column."""
     from workbench.records import memory
+    from workbench.records.speed import speed_edit
     from workbench.run import bench
 
     (two_kernels.stages_dir / "scale2" / "kernel.yaml").write_text(
@@ -209,7 +210,7 @@ def test_memory_blocks_of_a_kernel_without_n(two_kernels):
     speed = {"id": "20261204-100001-000000", "stage": "scale2/stage-b", "started": "2026-12-04T10:00:01+00:00", "provenance": {"gpu": "G"},
              "bench": [{"case": c["name"], "row": c["row"], "column": c["column"], "params": c["params"], "tflops": t, "verdict": "PASS"}
                        for c, t in zip(cases, (10.0, 20.0))]}
-    memory.update_blocks(two_kernels, {**memory.run_edits(runs), "speed": bench.speed_edit([speed], two_kernels)})
+    memory.update_blocks(two_kernels, {**memory.run_edits(runs), "speed": speed_edit([speed], two_kernels)})
     text = two_kernels.memory_path.read_text()
     status = next(line for line in memory.block_content(text, "status").splitlines() if line.startswith("| scale2/stage-a |"))
     assert "| 1/2 | FAIL rows=256 width=128 dtype=bf16 |" in status

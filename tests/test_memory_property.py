@@ -90,7 +90,7 @@ def wb_update(ws: Workspace, rng: random.Random, step: int) -> None:
         snapshot = {"sm_90a": {"probes": [["tQsQ", f"(64,{step})", 1]], "ops": 3}}
         memory.update_data_block(ws, "shapes", lambda old: {**(old or {}), f"k/stage-{'abcde'[step % 5]}": snapshot})
     elif op == 2:
-        from workbench.run.bench import speed_edit
+        from workbench.records.speed import speed_edit
 
         memory.update_blocks(ws, {"speed": speed_edit([{**record(step, "k/stage-d"), "kind": "bench", "bench": [{"case": f"s={step % 3}", "tflops": 100.0 + step}]}])})
     else:

@@ -75,16 +75,16 @@ def test_the_legacy_memory_moves_into_memory_json_and_loses_nothing(tmp_path):
 def test_the_legacy_speed_data_reads_as_one_table_per_card(tmp_path):
     """As this repo's MEMORY.md was migrated: with a speed edit of no records, which places
     every old entry in its row (the case without n) and column (n)."""
-    from workbench.run import bench
+    from workbench.records.speed import legacy_row, speed_edit
 
     ws = legacy_ws(tmp_path)
-    memory.update_blocks(ws, {"speed": bench.speed_edit([], Workspace(Path(__file__).resolve().parents[1]))})
+    memory.update_blocks(ws, {"speed": speed_edit([], Workspace(Path(__file__).resolve().parents[1]))})
     speed = memory.block_content(ws.memory_path.read_text(), "speed")
     tables = {title: body for title, body in zip(speed.split("**")[1::2], speed.split("**")[2::2])}
     blob = legacy_blobs()["speed"]
     assert sorted(tables) == sorted({f"fmha/stage-d · {key.rsplit(' · ', 1)[1]}" for key in blob})
     for key, entry in blob.items():
-        row, n = bench.legacy_row(Workspace(Path(__file__).resolve().parents[1]), *key.split(" · ")[:2])
+        row, n = legacy_row(Workspace(Path(__file__).resolve().parents[1]), *key.split(" · ")[:2])
         line = next(line for line in tables[f"fmha/stage-d · {key.rsplit(' · ', 1)[1]}"].splitlines() if line.startswith(f"| {row} |"))
         column = tables[f"fmha/stage-d · {key.rsplit(' · ', 1)[1]}"].splitlines()[2].split(" | ").index(f"n={n}")
         assert line.split(" | ")[column].startswith(f"{entry['tflops']:.0f}"), (key, line)

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from workbench import processes
 from workbench.run import procs
 from workbench.workspace import Workspace
 
 
 def alive(pid: int) -> bool:
-    return procs.starttime(pid) is not None
+    return processes.starttime(pid) is not None
 
 
 def wait_until(cond, timeout=20.0, what="condition"):
@@ -61,12 +62,12 @@ def reap(proc: subprocess.Popen) -> None:
 
 
 def test_starttime_distinguishes_processes():
-    me = procs.starttime(os.getpid())
+    me = processes.starttime(os.getpid())
     assert isinstance(me, int) and me > 0
-    assert procs.same_process(os.getpid(), me, procs.boot_id())
-    assert not procs.same_process(os.getpid(), me + 1)
-    assert not procs.same_process(os.getpid(), me, "another-boot")
-    assert procs.starttime(2 ** 22 + 12345) is None
+    assert processes.same_process(os.getpid(), me, processes.boot_id())
+    assert not processes.same_process(os.getpid(), me + 1)
+    assert not processes.same_process(os.getpid(), me, "another-boot")
+    assert processes.starttime(2 ** 22 + 12345) is None
 
 
 def test_ps_lists_and_kill_ends_an_orphan(toy_ws, wb):
@@ -108,7 +109,7 @@ def test_pid_reuse_guard_never_kills_a_stranger(toy_ws, wb):
         # A pid file naming the stranger's pid, as if an old worker had had it: other start time.
         fake = {
             "pid": stranger.pid, "pgid": stranger.pid, "kind": "warm-worker", "host": procs.socket.gethostname(),
-            "boot_id": procs.boot_id(), "starttime": procs.starttime(stranger.pid) - 1, "started": time.time() - 3600,
+            "boot_id": processes.boot_id(), "starttime": processes.starttime(stranger.pid) - 1, "started": time.time() - 3600,
             "socket": str(toy_ws / "gone.sock"), "idle": 600, "job": None,
         }
         stale = folder / f"old-{stranger.pid}.json"
@@ -125,7 +126,7 @@ def test_pid_reuse_guard_never_kills_a_stranger(toy_ws, wb):
         assert json.loads(wb("kill", "--all", "--json").stdout) == []
         assert alive(stranger.pid)
         # Same for a pid file from before a reboot (another boot id), and one without a start time.
-        (folder / f"boot-{stranger.pid}.json").write_text(json.dumps({**fake, "starttime": procs.starttime(stranger.pid), "boot_id": "x"}))
+        (folder / f"boot-{stranger.pid}.json").write_text(json.dumps({**fake, "starttime": processes.starttime(stranger.pid), "boot_id": "x"}))
         (folder / f"legacy-{stranger.pid}.json").write_text(json.dumps({"pid": stranger.pid, "pgid": stranger.pid, "started": 1}))
         assert wb("kill", str(stranger.pid)).returncode == 1
         assert alive(stranger.pid)
@@ -181,7 +182,7 @@ def test_a_worker_whose_wb_is_killed_ends_its_job_within_5_s(toy_ws, wb, worker)
         assert busy[0].data["job"]["supervisor"]["pid"] == proc.pid
         if warm is not None and pid != warm:
             pytest.skip("wb's own code changed between the two runs, so the warm worker was replaced")
-        assert (procs._stat_fields(pid)[1] == str(proc.pid)) == (warm is None)  # field 4: its parent
+        assert (processes._stat_fields(pid)[1] == str(proc.pid)) == (warm is None)  # field 4: its parent
         proc.kill()
         proc.wait()
         killed = time.monotonic()
@@ -247,7 +248,7 @@ def test_worker_pid_file_records_identity_and_job(toy_ws, wb):
     data = json.loads(files[0].read_text())
     assert files[0].name.endswith(f"-{data['pid']}.json")
     assert data["kind"] == "warm-worker" and data["job"] is None and data["host"]
-    assert data["starttime"] == procs.starttime(data["pid"]) and data["boot_id"] == procs.boot_id()
+    assert data["starttime"] == processes.starttime(data["pid"]) and data["boot_id"] == processes.boot_id()
     procs.kill(Workspace(toy_ws), everything=True)
     wait_until(lambda: not alive(data["pid"]), what="the worker to end")
 

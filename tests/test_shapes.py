@@ -342,7 +342,7 @@ def test_ctrl_c_during_a_parallel_compile_ends_every_worker_and_exits_130(fmha_w
 def test_a_ctrl_c_after_the_compile_but_before_the_record_leaves_no_run_folder(fmha_ws, tmp_path, monkeypatch):
     """The compile had finished and wb was reading its SASS (nvdisasm) when Ctrl-C came: wb
     compile exited 130 and left runs/<id>/ with its owner file and artifacts, no record."""
-    from workbench.compile import record as compile_record
+    from workbench.run import compile_record
     from workbench.kernels.registry import load_kernels
     from workbench.workspace import Workspace
 

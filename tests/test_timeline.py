@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from workbench.records import report
 from workbench.run import timeline
 
 DATA = Path(__file__).parent / "data" / "trace_stage_d_h200_8ctas.json"
@@ -117,6 +118,6 @@ def test_a_cta_at_the_stamp_limit_is_said_to_have_tiles_missing(stamps, tmp_path
     saved, slices, clocks, lanes = stamps
     found = timeline.write(timeline.Timeline(slices, clocks, lanes, "stage D", tiles_stamped=32), tmp_path / "t.json")
     assert found["tiles_stamped_per_cta"] == 32
-    assert timeline.stamped_note({**found, "tiles_per_cta": [28, 32]}).startswith(" (only each CTA's first 32 tiles are stamped")
-    assert timeline.stamped_note({**found, "tiles_per_cta": [5, 6]}) == ""
-    assert timeline.stamped_note({"tiles_per_cta": [5, 40]}) == ""  # a hook that names no limit
+    assert report.stamped_note({**found, "tiles_per_cta": [28, 32]}).startswith(" (only each CTA's first 32 tiles are stamped")
+    assert report.stamped_note({**found, "tiles_per_cta": [5, 6]}) == ""
+    assert report.stamped_note({"tiles_per_cta": [5, 40]}) == ""  # a hook that names no limit

@@ -27,7 +27,7 @@ def compile_cmd(
     registers, spills, shared memory against the arch's capacity, barriers and the tensor-core
     and TMA instructions in its SASS. Exit 1 when it does not compile or fails a check."""
     from workbench.cli.run import parse_pairs, stage_overrides
-    from workbench.compile.record import compile_stage_record
+    from workbench.run.compile_record import compile_stage_record
     from workbench.errors import UserError
     from workbench.arches import check_arch
     from workbench.kernels.registry import load_kernels, resolve_stage

@@ -15,9 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from workbench import terminal
 from workbench.records.provenance import card_label
-from workbench.records.report import fixture_rows, params_text, variants_text
+from workbench.records.report import fixture_rows, params_text, stamped_note, variants_text
 from workbench.remote.sweep import CaseResult, SweepEvent, first_line
-from workbench.run import timeline
 from workbench.terminal import console, escape, fmt, verdict
 
 
@@ -398,7 +397,7 @@ def render_trace(found: dict | None, run_id: str | None) -> None:
         f"trace: runs/{escape(str(run_id))}/{escape(str(found.get('file')))} ({found.get('events')} events; open in ui.perfetto.dev) · "
         f"{found.get('ctas')} CTAs, start skew {us(found.get('cta_start_skew_ns'))} µs, ends {us(found.get('cta_end_first_ns'))} / "
         f"{us(found.get('cta_end_median_ns'))} / {us(found.get('cta_end_last_ns'))} µs (first / median / last), tiles per CTA "
-        f"{tiles[0]}–{tiles[1]}{timeline.stamped_note(found)}"
+        f"{tiles[0]}–{tiles[1]}{stamped_note(found)}"
     )
     phases = found.get("phase_median_ns") or {}
     if phases:

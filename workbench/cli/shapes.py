@@ -67,6 +67,7 @@ def shapes(
     location, layout, modes and dynamic extents; what changed since the accepted snapshot is marked."""
     from workbench.compile import shapes as lib
     from workbench.cli.run import parse_pairs, stage_overrides
+    from workbench.run import compile_jobs
     from workbench.errors import UserError
     from workbench.arches import check_arch
 
@@ -84,7 +85,7 @@ def shapes(
     lock = lib.read_lock(ws, spec_kernel.name, accepting=accept)  # a broken lock stops us before compiling
     ws.ensure_state_dir()
     with compile_progress(enabled=True) as on_event:
-        results = lib.collect(ws, targets, on_event=on_event, use_cache=not no_cache, in_process=in_process)
+        results = compile_jobs.collect(ws, targets, on_event=on_event, use_cache=not no_cache, in_process=in_process)
     diffs = lib.compare(results, lock, all_ops=all_ops)
     failed = [r for r in results if r.get("status") == "error"]
     if accept:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib
+import importlib.util
 import inspect
 import itertools
 import math
@@ -446,6 +447,26 @@ def resolve_stage(ws: Workspace, text: str, kernels: dict[str, KernelSpec] | Non
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     listed = ", ".join(f"{s.short} ({s.name})" for s in kernel.stages)
     raise UserError(f"kernel {kernel.name} has no stage {text!r}{hint}; its stages: {listed}")
+
+
+def kernel_module(kernel_dir: Path, stem: str):
+    """stages/<kernel>/<stem>.py imported from its file (host side), or None when absent."""
+    path = kernel_dir / f"{stem}.py"
+    if not path.is_file():
+        return None
+    root = str(kernel_dir.resolve().parent.parent)  # the workspace: `from stages.<kernel> import ...` works
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    name = f"wb_{stem}_{kernel_dir.name}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as exc:  # sys.exit() on import is a broken module too
+        del sys.modules[name]
+        raise UserError(f"{path}: {type(exc).__name__}: {exc}") from None
+    return module
 
 
 def load_peers(kernel_dir: Path):

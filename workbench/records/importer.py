@@ -28,10 +28,9 @@ from pathlib import Path
 from workbench.errors import UserError
 from workbench.files import atomic_write_text
 from workbench.kernels.registry import load_kernels
-from workbench.records import memory, report
+from workbench.records import memory, report, speed
 from workbench.interrupts import held_signals
 from workbench.records.store import RECORD, load_record, run_ids
-from workbench.run import bench
 from workbench.workspace import Workspace
 
 MiB = 1 << 20
@@ -194,7 +193,7 @@ def memory_edits(records: list[dict], ws: Workspace | None = None) -> dict:
     edits = memory.run_edits(runs, *(memory.stage_facts(ws) if ws is not None else ({}, {}))) if runs else {}
     benches = [r for r in records if r.get("kind") == "bench"]
     if benches:
-        edits["speed"] = bench.speed_edit(benches, ws)
+        edits["speed"] = speed.speed_edit(benches, ws)
     return edits
 
 

@@ -11,7 +11,6 @@ from typing import Any
 from workbench.diagnose import diagnosis_markdown as render
 from workbench.files import atomic_write_text
 from workbench.records.store import list_records
-from workbench.run import timeline
 from workbench.text import fmt
 from workbench.workspace import Workspace
 
@@ -172,7 +171,7 @@ def trace_markdown(found: dict[str, Any] | None) -> list[str]:
         f"fixture {found.get('fixture')}: {found.get('ctas')} CTAs, start skew {us(found.get('cta_start_skew_ns'))} µs, "
         f"CTA ends {us(found.get('cta_end_first_ns'))} / {us(found.get('cta_end_median_ns'))} / {us(found.get('cta_end_last_ns'))} µs "
         f"(first / median / last; the tail past the median is {us(found.get('tail_ns'))} µs), tiles per CTA "
-        f"{tiles[0]}–{tiles[1]}{timeline.stamped_note(found)}. Output elements whose bits differ from the untraced "
+        f"{tiles[0]}–{tiles[1]}{stamped_note(found)}. Output elements whose bits differ from the untraced "
         f"build's on the same inputs: {found.get('bits_differing_from_untraced')}.",
         "",
     ]
@@ -348,3 +347,12 @@ def write_stage_report(ws: Workspace, stage_id: str) -> Path:
     sweep_table = read_saved(sweep)
     atomic_write_text(path, stage_markdown(stage_history(ws, stage_id), sweep_table))
     return path
+
+
+def stamped_note(found: dict[str, Any]) -> str:
+    """' (each CTA's first N tiles stamped: ...)' when a CTA reached the layout's limit (its
+    later tiles are not in the trace; the CTA's end time still is)."""
+    limit, tiles = found.get("tiles_stamped_per_cta"), found.get("tiles_per_cta") or []
+    if isinstance(limit, int) and len(tiles) == 2 and isinstance(tiles[1], int) and tiles[1] >= limit:
+        return f" (only each CTA's first {limit} tiles are stamped: CTAs with more have later tiles missing from the trace)"
+    return ""

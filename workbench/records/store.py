@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from workbench import processes
 from workbench.errors import UserError
 from workbench.files import atomic_write_text
 from workbench.schemas import SchemaError, load_json
@@ -59,18 +60,14 @@ OWNER = ".wb-owner.json"
 
 
 def _mark_owner(run_dir: Path) -> None:
-    from workbench.run import procs  # lazy: most readers of records never need it
-
     try:
-        (run_dir / OWNER).write_text(json.dumps(procs.identity(os.getpid())))
+        (run_dir / OWNER).write_text(json.dumps(processes.identity(os.getpid())))
     except OSError:
         pass  # a hint only
 
 
 def unfinished_run(run_dir: Path) -> str:
     """Why a run folder has no record: its wb still runs, or ended before writing it."""
-    from workbench.run import procs
-
     try:
         marker = run_dir / OWNER
         owner = json.loads(marker.read_text()) if marker.is_file() and marker.stat().st_size < 4096 else None
@@ -78,7 +75,7 @@ def unfinished_run(run_dir: Path) -> str:
         owner = None
     if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
         return f"run {run_dir.name} has no readable record (corrupt, or written by a wb older than this one)"
-    if procs.same_process(owner["pid"], owner.get("starttime"), owner.get("boot_id")):
+    if processes.same_process(owner["pid"], owner.get("starttime"), owner.get("boot_id")):
         return f"run {run_dir.name} has no record yet: its wb (pid {owner['pid']}) is still running it"
     return f"run {run_dir.name} has no record: its wb (pid {owner['pid']}) ended before writing it (killed?)"
 

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from workbench import processes
 from workbench.run import procs
 
 GRACE = float(os.environ.get("WB_AGENT_GRACE", 15))
@@ -62,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         pidfile = procs.PidFile(folder / f"remote-run-{child.pid}.json", "remote-run")
         pidfile.update(
-            pid=child.pid, pgid=child.pid, starttime=procs.starttime(child.pid),
+            pid=child.pid, pgid=child.pid, starttime=processes.starttime(child.pid),
             argv=[sys.executable, "-m", "workbench", *args],
-            agent={"pid": os.getpid(), "starttime": procs.starttime(os.getpid())},
+            agent={"pid": os.getpid(), "starttime": processes.starttime(os.getpid())},
         )
     except Exception:
         pidfile = None

@@ -12,13 +12,10 @@ bf16 matmul peak is measured once per card and cached in $WB_HOME.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import itertools
 import json
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +25,12 @@ from workbench import compare
 from workbench.compile.compiler import compile_stage
 from workbench.errors import UserError
 from workbench.kernels import fixtures as fixture_registry
-from workbench.kernels.registry import at_default, forget_stage_modules, load_kernel, load_peers
+from workbench.kernels.registry import at_default, forget_stage_modules, kernel_module, load_kernel, load_peers
 from workbench.kernels.stage import Params, torch_dtype
 from workbench.records import memory
-from workbench.records.provenance import git_state, record_provenance, short_commit
+from workbench.records.provenance import git_state, record_provenance
 from workbench.records.publish import commit
+from workbench.records.speed import measured, speed_edit
 from workbench.records.store import new_record, new_run_dir, utc_now
 from workbench.run.execute import worker_result
 from workbench.run.supervisor import run_job
@@ -280,26 +278,6 @@ class BenchCase:
     derived: tuple[str, ...] = ()
 
 
-def kernel_module(kernel_dir: Path, stem: str):
-    """stages/<kernel>/<stem>.py imported from its file (host side), or None when absent."""
-    path = kernel_dir / f"{stem}.py"
-    if not path.is_file():
-        return None
-    root = str(kernel_dir.resolve().parent.parent)  # the workspace: `from stages.<kernel> import ...` works
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    name = f"wb_{stem}_{kernel_dir.name}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except (Exception, SystemExit) as exc:  # sys.exit() on import is a broken module too
-        del sys.modules[name]
-        raise UserError(f"{path}: {type(exc).__name__}: {exc}") from None
-    return module
-
-
 def peer_names(kernel_dir: Path) -> dict[str, str] | None:
     """The kernel's peers (peers.py's PEERS: name -> one line of help), or None when it lists none."""
     module = kernel_module(kernel_dir, "peers")
@@ -542,78 +520,6 @@ def _yardsticks(ws, record: dict[str, Any]) -> tuple[str, ...]:
         return tuple(load_kernel(ws.stages_dir / str(record.get("kernel")) / "kernel.yaml").bench.yardsticks)
     except (OSError, UserError, ValueError):
         return ()
-
-
-def measured(record: dict[str, Any]) -> bool:
-    """A bench record whose measurement is complete: not one whose worker (or a later one of
-    --processes) hung, crashed or was interrupted. Only those reach MEMORY.md's speed block;
-    the others keep what they timed in their record."""
-    return record.get("verdict") not in ("HANG", "CRASH", "INTERRUPTED", "LOST")
-
-
-def speed_edit(records: list[dict[str, Any]], ws=None):
-    """The `speed` edit that folds these bench records (oldest first) into MEMORY.json's
-    speed data (latest per case and card) and MEMORY.md's speed block. With `ws`, entries
-    from before `row` (a migrated MEMORY.md) get theirs from their kernel (legacy_row)."""
-    def merge(old: Any) -> dict:
-        data = old if isinstance(old, dict) else {}
-        for record in filter(measured, records):
-            card = record["provenance"].get("gpu") or "?"
-            for case in record.get("bench", []):
-                key = f"{record['stage']} · {case['case']} · {card}"
-                data[key] = {
-                    "tflops": case.get("tflops"),
-                    "verdict": case.get("verdict"),
-                    "peers": {k: v.get("tflops") for k, v in (case.get("peers") or {}).items()},
-                    "run": record["id"],
-                    "commit": short_commit(record["provenance"]) or None,
-                    "date": (record.get("started") or "")[:10],
-                }
-                if case.get("row") is not None:
-                    column = case.get("column") or "n"
-                    data[key]["row"] = case["row"]
-                    n = (case.get("params") or {}).get(column)
-                    data[key]["n"] = n if isinstance(n, int) and not isinstance(n, bool) else None
-                    if column != "n":
-                        data[key]["column"] = column
-        if ws is not None:
-            for key, entry in data.items():
-                if entry.get("row") is None and key.count(" · ") >= 2:
-                    placed = legacy_row(ws, *key.split(" · ")[:2])
-                    if placed is not None:
-                        entry["row"], entry["n"] = placed
-        return data
-
-    return memory.data_block("speed", merge)  # rendered by memory.render_speed
-
-
-def legacy_row(ws, stage_id: str, case: str) -> tuple[str, int | None] | None:
-    """MEMORY.md's row and column of a case recorded before rows were (None: its stage is
-    gone): the case without n, without what the kernel's case_params hook derives from the
-    rest, and without parameters equal to the one their '=other' default copies."""
-    from workbench.kernels.registry import load_kernels
-
-    kernel_name, _, _ = stage_id.partition("/")
-    kernel = load_kernels(ws).get(kernel_name)
-    spec = next((s for s in kernel.stages if s.id == stage_id), None) if kernel is not None else None
-    if spec is None:
-        return None
-    words = [w.split("=", 1) for w in case.split() if "=" in w]
-    params = dict(words)
-    derive = getattr(kernel_module(kernel.dir, "bench_hooks"), "case_params", None)
-    hidden = {"n"}
-    for key, value in params.items():
-        others = {k: v for k, v in params.items() if k != key}
-        try:
-            if derive is not None and str(derive(dict(others)).get(key)) == value:
-                hidden.add(key)
-        except (ValueError, TypeError, ZeroDivisionError):  # an odd old case: keep the key
-            pass
-        default = spec.params[key].default if key in spec.params else None
-        if isinstance(default, str) and default.startswith("=") and params.get(default[1:]) == value:
-            hidden.add(key)
-    n = params.get("n", "")
-    return " ".join(f"{k}={v}" for k, v in words if k not in hidden), int(n) if n.isdigit() else None
 
 
 def perf_doc_path(kernel, spec) -> str:

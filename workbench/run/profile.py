@@ -232,7 +232,7 @@ def peer_point(record: dict[str, Any]) -> dict[str, Any]:
 def peer_kernel_filter(kernel_dir: Path, peer: str) -> str:
     """The ncu kernel-name filter of ``peer`` (its kernel's peers.py PROFILE_KERNELS; every
     kernel when the peer names none)."""
-    from workbench.run.bench import kernel_module
+    from workbench.kernels.registry import kernel_module
 
     module = kernel_module(kernel_dir, "peers")
     return (getattr(module, "PROFILE_KERNELS", None) or {}).get(peer, "regex:.")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from workbench import processes
 from workbench.run import procs
 from workbench.run import protocol
 from workbench.workspace import Workspace
@@ -140,7 +141,7 @@ class Worker:
         except ChildProcessError:
             pass
         if os.path.isdir("/proc"):  # a zombie answers kill(0) but runs nothing
-            return procs.starttime(self.pid) is not None
+            return processes.starttime(self.pid) is not None
         try:
             os.kill(self.pid, 0)
             return True

@@ -138,15 +138,6 @@ def write(timeline: "Timeline", path) -> dict[str, Any]:
             "tiles_stamped_per_cta": timeline.tiles_stamped, **summarize(timeline.slices, timeline.clocks)}
 
 
-def stamped_note(found: dict[str, Any]) -> str:
-    """' (each CTA's first N tiles stamped: ...)' when a CTA reached the layout's limit (its
-    later tiles are not in the trace; the CTA's end time still is)."""
-    limit, tiles = found.get("tiles_stamped_per_cta"), found.get("tiles_per_cta") or []
-    if isinstance(limit, int) and len(tiles) == 2 and isinstance(tiles[1], int) and tiles[1] >= limit:
-        return f" (only each CTA's first {limit} tiles are stamped: CTAs with more have later tiles missing from the trace)"
-    return ""
-
-
 def _offsets(clocks: dict[int, Clock]) -> tuple[int, dict[int, float]]:
     """The first CTA's start, and every CTA's start in ns after it."""
     first = min(c.start_ns for c in clocks.values())

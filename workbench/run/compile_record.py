@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from workbench.compile import resources as res, shapes
+from workbench.run import compile_jobs
 from workbench.errors import UserError
 from workbench.kernels.registry import StageSpec
 from workbench.records.provenance import git_state, record_provenance
@@ -35,7 +36,7 @@ def compile_stage_record(
     with discarded_unless_recorded(run_dir):  # a Ctrl-C or a UserError before the record: no run folder left
         artifacts_dir = run_dir / "artifacts"
         target = shapes.Target(spec, params, variants, arch)
-        result = shapes.collect(
+        result = compile_jobs.collect(
             ws, [target], on_event=on_event, use_cache=True, in_process=in_process,
             keep=tuple(k for k in keep if k in ("ptx", "cubin")) + ("cubin",), artifact_dir=artifacts_dir,
         )[0]
