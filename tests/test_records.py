@@ -223,3 +223,21 @@ def test_explain_of_a_failing_run_without_failed_fixtures_says_why_it_shows_noth
     (run / "run.json").write_text(json.dumps(record))
     out = wb("explain", run.name).stdout
     assert "no fixture FAILed, so none has a diagnosis (the fixtures' verdicts: WEIRD)" in out
+
+
+def test_fields_the_schema_lets_be_null_or_missing_render_without_a_traceback(toy_ws, wb):
+    """run_record.py lets error.message be null and a stall have no value (and `wb import`
+    takes such a record): wb explain crashed on the first, wb report on the second."""
+    assert wb("run", "a").returncode == 0
+    (run,) = [p for p in (toy_ws / "runs").iterdir() if p.name[:1].isdigit()]
+    record = json.loads((run / "run.json").read_text())
+    record["verdict"] = "ERROR"
+    record["error"] = {"message": None, "location": "stage_a.py:3"}
+    record["profile"] = {"tool": "ncu", "counters": {"stalls_top5": [{"reason": "long_scoreboard"}]}}
+    (run / "run.json").write_text(json.dumps(record))
+    (run / "report.md").unlink()  # else wb report shows the one written with the run
+    explained = wb("explain", run.name)
+    assert explained.returncode == 0 and "at stage_a.py:3" in explained.stdout
+    for raw in (["--raw"], []):
+        shown = wb("report", run.name, *raw)
+        assert shown.returncode == 0 and "stall: long_scoreboard" in shown.stdout and "Traceback" not in shown.stdout + shown.stderr

@@ -121,7 +121,7 @@ def render_bench(record: dict) -> None:
     for note in record.get("notes", []):
         console.print(f"[dim]note: {escape(note)}[/]")
     if record.get("error"):
-        console.print(f"[red]{escape(record['error'].get('message', ''))}[/]")
+        console.print(f"[red]{escape(str(record['error'].get('message') or ''))}[/]")
     if record.get("_chart"):
         console.print(f"[dim]chart: {escape(record['_chart'])}[/]")
     if record.get("perf_md"):

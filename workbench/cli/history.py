@@ -151,7 +151,7 @@ def explain(
     console.print(f"{verdict(record['verdict'])} {escape(record['stage'])} run {record['id']}")
     if record.get("error"):
         err = record["error"]
-        console.print(f"{escape(err.get('message', '')[:2000])}" + (f"\n  at {escape(err['location'])}" if err.get("location") else ""))
+        console.print(escape(str(err.get("message") or "")[:2000]) + (f"\n  at {escape(str(err['location']))}" if err.get("location") else ""))
     render_sanitizer(record.get("sanitizer"), record["id"], limit=20)
     if not failed:
         if record["verdict"] == "PASS":

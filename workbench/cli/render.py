@@ -354,7 +354,7 @@ def render_profile(found: dict | None, run_id: str | None) -> None:
         return
     rows = [[label, fmt(counters.get(key), spec)] for key, label, spec in PROFILE_ROWS]
     for stall in counters.get("stalls_top5") or []:
-        rows.append([f"stall: {escape(stall['reason'])}", fmt(stall["value"], ".2f")])
+        rows.append([f"stall: {escape(str(stall.get('reason') or '?'))}", fmt(stall.get("value"), ".2f")])
     console.print(terminal.table(f"ncu: {escape(str(found.get('kernel'))[:70])} · grid {escape(str(found.get('grid')))} · block {escape(str(found.get('block')))}", ["counter", "value"], rows))
     for other in (found.get("each") or [])[1:]:
         c = other.get("counters") or {}

@@ -200,7 +200,7 @@ def profile_markdown(found: dict[str, Any] | None) -> list[str]:
         "|---|---|",
     ]
     out += [f"| {key} | {fmt(value, '.4g')} |" for key, value in counters.items() if key != "stalls_top5"]
-    out += [f"| stall: {s['reason']} | {fmt(s['value'], '.3g')} |" for s in counters.get("stalls_top5") or []]
+    out += [f"| stall: {s.get('reason') or '?'} | {fmt(s.get('value'), '.3g')} |" for s in counters.get("stalls_top5") or []]
     each = found.get("each") or []
     if len(each) > 1:
         out += ["", f"The launch ran {len(each)} stage kernels:", "", "| kernel | grid | µs | tensor pipe % | DRAM % |", "|---|---|---|---|---|"]
