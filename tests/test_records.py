@@ -241,3 +241,21 @@ def test_fields_the_schema_lets_be_null_or_missing_render_without_a_traceback(to
     for raw in (["--raw"], []):
         shown = wb("report", run.name, *raw)
         assert shown.returncode == 0 and "stall: long_scoreboard" in shown.stdout and "Traceback" not in shown.stdout + shown.stderr
+
+
+def test_control_characters_in_a_record_never_reach_the_terminal(toy_ws, wb):
+    """A record (an imported one can hold anything) with ESC sequences in its title and error
+    message had wb report and wb explain print them raw: a retitled window, a cleared screen."""
+    assert wb("run", "a").returncode == 0
+    (run,) = [p for p in (toy_ws / "runs").iterdir() if p.name[:1].isdigit()]
+    record = json.loads((run / "run.json").read_text())
+    record["verdict"] = "ERROR"
+    record["stage_title"] = "QK\x1b]0;pwned\x07"
+    record["error"] = {"message": "boom\x1b[2J", "location": "stage_a.py:3\x9b"}
+    (run / "run.json").write_text(json.dumps(record))
+    (run / "report.md").unlink()
+    for args in (["explain", run.name], ["report", run.name], ["report", run.name, "--raw"]):
+        shown = wb(*args)
+        assert shown.returncode == 0, args
+        assert not any(c in shown.stdout for c in "\x1b\x07\x9b"), args
+        assert "boom\\x1b[2J" in shown.stdout, args

@@ -112,8 +112,19 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
+# C0 controls but tab and newline, DEL and C1: text from a record or a file must not move the
+# cursor, retitle the window or clear the screen (an imported record can carry anything)
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0)]}
+
+
+def printable(text: Any) -> str:
+    """str(text) with terminal control characters shown as \\xNN instead of acted on."""
+    return str(text).translate(_CONTROLS)
+
+
 def escape(text: Any) -> str:
-    return _escape(str(text))
+    """Text for rich markup: markup escaped, control characters made visible."""
+    return _escape(printable(text))
 
 
 def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]], **kwargs: Any) -> Table:
@@ -121,7 +132,7 @@ def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any
     for col in columns:
         t.add_column(col)
     for row in rows:
-        t.add_row(*(c if hasattr(c, "__rich_console__") else str(c) for c in row))
+        t.add_row(*(c if hasattr(c, "__rich_console__") else printable(c) for c in row))
     return t
 
 

@@ -119,14 +119,14 @@ def report(
         except UserError:
             raise run_error from None
         text = reports.write_stage_report(ws, spec.id).read_text(encoding="utf-8")
+    from workbench.terminal import console, printable
+
     if raw:
-        print(text)
+        print(printable(text))
         return
     from rich.markdown import Markdown
 
-    from workbench.terminal import console
-
-    console.print(Markdown(text))
+    console.print(Markdown(printable(text)))
 
 
 @app.command()
