@@ -198,3 +198,14 @@ def test_one_broken_kernel_yaml_leaves_the_other_kernels_working(toy_ws, wb):
     listed = wb("list")
     assert listed.returncode == 2 and "toy" in listed.stdout
     assert listed.stderr.strip().splitlines()[-1].startswith("wb: error:") and "k/kernel.yaml" in listed.stderr
+
+
+@pytest.mark.parametrize("args", [["--seed", "99999999999999999999"], ["--seed", "-1"], ["--seeds", "0"], ["--seeds", "99999999999"]])
+def test_a_seed_out_of_range_is_refused_before_anything_runs(toy_ws, wb, args):
+    """--seed 99999999999999999999 crashed the fixture and was recorded as the kernel's CRASH;
+    --seeds 99999999999 ran until the timeout and was recorded as a HANG."""
+    for command in (["run", "a"], ["sweep", "a", "--n", "128"]):
+        proc = wb(*command, *args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (command, args, proc.stderr)
+        assert "Invalid value for '--seed" in proc.stderr, proc.stderr
+    assert not [p for p in (toy_ws / "runs").glob("2*")]

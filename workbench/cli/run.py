@@ -11,6 +11,11 @@ import typer
 from workbench.cli import app, state
 from workbench.errors import UserError
 
+# Fixtures seed torch, numpy and random with seed + i: below 2^31 every one of them takes it
+# (a larger --seed crashed the fixture and was recorded as the kernel's CRASH)
+MAX_SEED = 2**31 - 1
+MAX_SEEDS = 1000
+
 EXIT = {"PASS": 0, "FAIL": 1, "COMPILE_ERROR": 1, "CRASH": 1, "HANG": 1, "LOST": 1, "INTERRUPTED": 130}  # others (RACE, MEMCHECK, ...): 1
 
 
@@ -83,8 +88,8 @@ def run(
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Other parameter, key=value (repeatable)."),
     fixture: Optional[List[str]] = typer.Option(None, "--fixture", "-f", help="Fixture to run (repeatable; default: the stage's list)."),
     variant: Optional[List[str]] = typer.Option(None, "--variant", "-V", help="Compile-time variant key=value (repeatable)."),
-    seed: int = typer.Option(0, "--seed", help="Base seed of the fixtures."),
-    seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per fixture (default: each fixture's own)."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Base seed of the fixtures."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, max=MAX_SEEDS, help="Seeds per fixture (default: each fixture's own)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds before the run is killed as HANG (default: the stage's)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Compile for this arch (default: kernel.yaml's)."),
     fresh: bool = typer.Option(False, "--fresh", help="Use a new worker process instead of the warm one."),
@@ -110,8 +115,6 @@ def run(
     ws = state.workspace()
     check_arch(arch)
     spec, params, variants = resolve_request(ws, stage, n, d, dtype, param, variant, timeout)
-    if seeds is not None and seeds < 1:
-        raise UserError("--seeds must be at least 1")
     instrument = None
     if trace and host:
         raise UserError("--trace runs on this machine only (run wb on the host itself)")

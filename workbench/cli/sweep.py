@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 
 from workbench.cli import app, state
+from workbench.cli.run import MAX_SEED, MAX_SEEDS
 from workbench.errors import UserError
 
 
@@ -19,8 +20,8 @@ def sweep(
     param: Optional[List[str]] = typer.Option(None, "--param", "-p", help="Other parameter, key=v1,v2 (repeatable)."),
     variant: Optional[List[str]] = typer.Option(None, "--variant", "-V", help="Compile-time variant, key=v1,v2 (repeatable; swept too)."),
     fixture: Optional[List[str]] = typer.Option(None, "--fixture", "-f", help="Fixture to run in every case (repeatable; default: the stage's list)."),
-    seed: int = typer.Option(0, "--seed", help="Base seed of the fixtures."),
-    seeds: Optional[int] = typer.Option(None, "--seeds", help="Seeds per fixture."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Base seed of the fixtures."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, max=MAX_SEEDS, help="Seeds per fixture."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per case before it is killed as HANG (default: the stage's)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Compile for this arch."),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="all (default: every visible GPU, one worker each), none, or a list: 0,1."),
@@ -57,8 +58,6 @@ def sweep(
         axes[key] = values
     cases = sweeps.plan(spec, axes, sweeps.parse_axes(variant, "--variant"))
     check_timeout(timeout)
-    if seeds is not None and seeds < 1:
-        raise UserError("--seeds must be at least 1")
     if host and slurm:
         raise UserError("--host and --slurm do not mix: pick one")
     gpu_list = parse_gpus(gpus, lambda why: UserError(
