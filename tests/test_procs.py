@@ -303,3 +303,43 @@ def test_wb_kill_of_a_busy_worker_makes_its_run_interrupted_not_a_crash(toy_ws, 
         if proc.poll() is None:
             proc.kill()
         procs.kill(ws, everything=True)
+
+
+def test_a_worker_this_wb_ended_is_not_reported_as_killed_by_wb_kill(tmp_path):
+    """A Ctrl-C'd sweep ends its busy workers through kill_proc, which leaves the `wb kill`
+    marker: when the lane saw the socket close before STOPPING, its record said "the worker was
+    killed by `wb kill` (pid <the sweep's own pid>)"."""
+    import socket as socket_lib
+
+    from workbench.run import supervisor
+
+    ours, theirs = socket_lib.socketpair()
+    pidfile = tmp_path / "pids" / "warm-1.json"
+    pidfile.parent.mkdir()
+    procs._mark_killed(pidfile.parent, 4242)
+
+    class EndedWorker:  # the worker has ended: recv returns b""
+        pid, reused = 4242, True
+
+        def __init__(self):
+            self.pidfile = pidfile
+
+        def connect(self):
+            theirs.shutdown(socket_lib.SHUT_WR)  # it answers nothing more; the job still goes in
+            return ours
+
+        def log_size(self):
+            return 0
+
+        def log_tail(self, since=0):
+            return ""
+
+        def alive(self):
+            return False
+
+        def kill(self):
+            pass
+
+    outcome = supervisor._drive(EndedWorker(), {"op": "run"}, 5.0, lambda e: None)
+    assert outcome.status == "INTERRUPTED" and outcome.message == supervisor.STOPPED
+    assert not list(pidfile.parent.glob("*.killed"))  # the marker is taken away

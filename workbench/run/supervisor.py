@@ -341,7 +341,9 @@ def _drive(worker: Worker, job: dict, timeout: float, on_event) -> Outcome:
                 if STOPPING.is_set():
                     outcome.status, outcome.message = "INTERRUPTED", STOPPED
                 killer = procs.killed_by_wb_kill(worker.pidfile, worker.pid)
-                if killer is not None:
+                if killer == os.getpid():  # this wb ended it: an interrupted sweep (STOPPING), not `wb kill`
+                    outcome.status, outcome.message = "INTERRUPTED", STOPPED
+                elif killer is not None:
                     outcome.status = "INTERRUPTED"
                     outcome.message = f"the worker was killed by `wb kill`{f' (pid {killer})' if killer else ''}"
                 outcome.log_tail = worker.log_tail(log_start)
