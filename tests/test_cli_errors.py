@@ -209,3 +209,10 @@ def test_a_seed_out_of_range_is_refused_before_anything_runs(toy_ws, wb, args):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (command, args, proc.stderr)
         assert "Invalid value for '--seed" in proc.stderr, proc.stderr
     assert not [p for p in (toy_ws / "runs").glob("2*")]
+
+
+def test_an_error_about_a_huge_argument_stays_a_readable_line(toy_ws, wb):
+    """wb runs <100k characters> repeated the whole argument in its one-line error."""
+    proc = wb("runs", "q" * 100_000)
+    assert_one_line_error(proc, "characters left out")
+    assert len(proc.stderr) < 2500

@@ -98,8 +98,16 @@ def warn(message: str) -> None:
     err_console.print(f"[yellow]wb: warning:[/] {_escape(_one_line(message))}", soft_wrap=True)
 
 
+#: an error or warning echoes what it was given: a 100k-character argument is cut in the middle
+ONE_LINE_MAX = 2000
+
+
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    line = " ".join(printable(text).split())
+    if len(line) > ONE_LINE_MAX:
+        half = ONE_LINE_MAX // 2
+        line = f"{line[:half]} … ({len(line) - 2 * half} characters left out) … {line[-half:]}"
+    return line
 
 
 def info(message: str) -> None:
