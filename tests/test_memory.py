@@ -174,3 +174,14 @@ def test_a_hand_typed_row_naming_a_stage_is_kept(tmp_path):
     after = ws.memory_path.read_text()
     assert "| toy/stage-a | HAND-why it is slow |" in after
     assert stale not in after
+
+
+def test_an_older_run_folded_in_later_does_not_become_the_last_run(tmp_path):
+    """`wb import` folds in runs made elsewhere, often before the newest local one: the stage's
+    status then named the imported, older run as its last (and its verdict)."""
+    ws = Workspace(tmp_path)
+    memory.record_run(ws, fake_record(50, verdict="PASS"))
+    memory.update_blocks(ws, memory.run_edits([fake_record(7, verdict="FAIL", n=256)]))
+    status = memory.read_data(memory.data_path(ws.memory_path))["status"]["toy/stage-a"]
+    assert status["last_run"] == fake_record(50)["id"] and status["verdict"] == "PASS"
+    assert status["cases"]["dtype=bf16"] == {"128": "PASS", "256": "FAIL"}  # its case still counts

@@ -583,7 +583,8 @@ def run_edits(
         for record in records:
             entry = data.setdefault(record["stage"], {})
             prov = record.get("provenance", {})
-            if not injects_a_bug(record, entry.get("wrong_on_purpose") or ()) or "last_run" not in entry:
+            newer = str(record["id"]) >= str(entry.get("last_run") or "")  # ids sort by start time; an import brings older runs
+            if (newer and not injects_a_bug(record, entry.get("wrong_on_purpose") or ())) or "last_run" not in entry:
                 entry.update(
                     verdict=record["verdict"],
                     last_run=record["id"],
