@@ -223,3 +223,63 @@ def test_explain_of_a_failing_run_without_failed_fixtures_says_why_it_shows_noth
     (run / "run.json").write_text(json.dumps(record))
     out = wb("explain", run.name).stdout
     assert "no fixture FAILed, so none has a diagnosis (the fixtures' verdicts: WEIRD)" in out
+
+
+def _no_worker(monkeypatch):
+    """Fail the test if a worker is asked to work (wb run, bench, compile)."""
+    import workbench.run.bench
+    import workbench.run.compile_jobs
+    import workbench.run.execute
+
+    for module in (workbench.run.execute, workbench.run.bench, workbench.run.compile_jobs):
+        monkeypatch.setattr(module, "run_job", lambda *a, **k: pytest.fail("a worker was asked to work"))
+
+
+def _break_runs(root, how):
+    """Put something that is no folder where runs/ goes: a file, a symlink loop, a link to /dev/null."""
+    runs = root / "runs"
+    if how == "file":
+        runs.write_text("not a folder\n")
+    elif how == "loop":
+        runs.symlink_to("runs")
+    else:
+        runs.symlink_to("/dev/null")
+    return runs
+
+
+@pytest.mark.parametrize("how", ["file", "loop", "devnull"])
+@pytest.mark.parametrize("command", [["run", "a"], ["compile", "a"], ["bench", "a"], ["sweep", "a", "--n", "128,256", "--gpus", "none"]])
+def test_a_runs_path_that_is_no_folder_is_one_line_before_any_work(toy_ws, wb, monkeypatch, how, command):
+    """`wb run`, `compile`, `bench` and `sweep` with runs/ a file, a symlink loop or a link to
+    /dev/null: one line naming runs and why (exit 2), no traceback, checked before a worker
+    starts or a sweep runs a case (it used to fail every case with an ERROR row), and what is
+    in the way is left as it was."""
+    runs = _break_runs(toy_ws, how)
+    before = runs.read_text() if how == "file" else __import__("os").readlink(runs)
+    _no_worker(monkeypatch)
+    proc = wb(*command)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "ERROR" not in proc.stdout
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("wb: error:")]
+    assert len(line) == 1 and f"{runs} is not a folder" in line[0], proc.stderr
+    assert {"file": "a file", "loop": "a symlink loop", "devnull": "a link to /dev/null"}[how] in line[0]
+    assert (runs.read_text() if how == "file" else __import__("os").readlink(runs)) == before
+
+
+def test_a_read_only_runs_folder_is_one_line_before_any_work(toy_ws, wb, monkeypatch):
+    """A runs/ wb may not write (root passes any mode check, so the access check is faked):
+    `wb run` and `wb sweep` say so in one line (exit 2) before a worker starts, not a
+    PermissionError traceback (run) or a PermissionError row per case (sweep)."""
+    import os
+
+    runs = toy_ws / "runs"
+    runs.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **k: False if os.fspath(path) == str(runs) else real_access(path, mode, **k))
+    _no_worker(monkeypatch)
+    for command in (["run", "a"], ["sweep", "a", "--n", "128,256", "--gpus", "none"]):
+        proc = wb(*command)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.strip() == f"wb: error: {runs} is not writable: wb records every run there (runs/<id>/run.json); make it writable"
+    assert list(runs.iterdir()) == []
+
