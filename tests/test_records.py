@@ -283,3 +283,17 @@ def test_a_read_only_runs_folder_is_one_line_before_any_work(toy_ws, wb, monkeyp
         assert proc.stderr.strip() == f"wb: error: {runs} is not writable: wb records every run there (runs/<id>/run.json); make it writable"
     assert list(runs.iterdir()) == []
 
+
+@pytest.mark.parametrize("how", ["file", "loop"])
+def test_listing_runs_says_a_broken_runs_path_is_no_folder(toy_ws, wb, how):
+    """`wb runs` and `wb report last` with runs/ a file or a symlink loop: one line saying it is
+    not a folder (exit 2), not "no runs recorded yet" with exit 0; a missing runs/ still
+    means no runs yet."""
+    proc = wb("runs")
+    assert proc.returncode == 0 and "no runs recorded yet" in proc.stdout
+    runs = _break_runs(toy_ws, how)
+    for command in (["runs"], ["report", "last"]):
+        proc = wb(*command)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "no runs recorded" not in proc.stdout + proc.stderr
+        assert proc.stderr.startswith(f"wb: error: {runs} is not a folder") and len(proc.stderr.splitlines()) == 1

@@ -213,9 +213,17 @@ _ID_RE = re.compile(r"^\d{8}-\d{6}-\d{6}$")
 
 
 def run_ids(runs_dir: Path) -> list[str]:
+    """The run ids in `runs_dir`, oldest first; none when it is not there yet. A file, a link
+    loop or a dangling link in its place is one line, not "no runs"."""
+    problem = not_a_folder(runs_dir)
+    if problem is not None:
+        raise UserError(problem)
     if not runs_dir.is_dir():
         return []
-    return sorted(p.name for p in runs_dir.iterdir() if _ID_RE.match(p.name) and p.is_dir())
+    try:
+        return sorted(p.name for p in runs_dir.iterdir() if _ID_RE.match(p.name) and p.is_dir())
+    except OSError as exc:
+        raise UserError(f"cannot read {runs_dir}: {exc.strerror or exc}") from None
 
 
 def unfinished_runs(runs_dir: Path, newest: int = 20) -> list[str]:
