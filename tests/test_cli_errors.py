@@ -198,3 +198,21 @@ def test_one_broken_kernel_yaml_leaves_the_other_kernels_working(toy_ws, wb):
     listed = wb("list")
     assert listed.returncode == 2 and "toy" in listed.stdout
     assert listed.stderr.strip().splitlines()[-1].startswith("wb: error:") and "k/kernel.yaml" in listed.stderr
+
+
+def test_a_path_too_long_for_the_os_is_one_line(toy_ws, wb):
+    """A path argument the OS refuses with ENAMETOOLONG (one name over 255 bytes, or a whole
+    path over PATH_MAX) was an OSError traceback from the first stat of it: --workspace,
+    WB_WORKSPACE, `wb import`, `wb run --exported`, `wb export -o`. Now each is one line naming
+    the option, the path cut short and the OS's reason, exit 2."""
+    for long in ("d" * 5000, "/".join(["e" * 200] * 30)):
+        cases = [
+            (wb("-w", long, "runs"), "workspace "),
+            (wb("runs", env={"WB_WORKSPACE": long}), "workspace "),
+            (wb("import", long), long[:100]),
+            (wb("run", "a", "--exported", long), "--exported "),
+            (wb("export", "a", "-o", long), "--out "),
+        ]
+        for proc, fragment in cases:
+            assert_one_line_error(proc, fragment, "characters): File name too long")
+            assert len(proc.stderr) < 300, proc.stderr
