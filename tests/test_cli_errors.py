@@ -216,3 +216,21 @@ def test_an_error_about_a_huge_argument_stays_a_readable_line(toy_ws, wb):
     proc = wb("runs", "q" * 100_000)
     assert_one_line_error(proc, "characters left out")
     assert len(proc.stderr) < 2500
+
+
+def test_a_path_too_long_for_the_os_is_one_line(toy_ws, wb):
+    """A path argument the OS refuses with ENAMETOOLONG (one name over 255 bytes, or a whole
+    path over PATH_MAX) was an OSError traceback from the first stat of it: --workspace,
+    WB_WORKSPACE, `wb import`, `wb run --exported`, `wb export -o`. Now each is one line naming
+    the option, the path cut short and the OS's reason, exit 2."""
+    for long in ("d" * 5000, "/".join(["e" * 200] * 30)):
+        cases = [
+            (wb("-w", long, "runs"), "workspace "),
+            (wb("runs", env={"WB_WORKSPACE": long}), "workspace "),
+            (wb("import", long), long[:100]),
+            (wb("run", "a", "--exported", long), "--exported "),
+            (wb("export", "a", "-o", long), "--out "),
+        ]
+        for proc, fragment in cases:
+            assert_one_line_error(proc, fragment, "characters): File name too long")
+            assert len(proc.stderr) < 300, proc.stderr

@@ -310,6 +310,29 @@ def test_writing_through_a_dangling_link_makes_no_folders_elsewhere(tmp_path):
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_a_dangling_memory_link_writes_nothing_outside_the_workspace(toy_ws, wb, tmp_path):
+    """MEMORY.md a link into a folder that does not exist: `wb run` made that folder (anywhere
+    on disk) and wrote MEMORY.md and MEMORY.json there, `wb note` then wrote on. Now the run is
+    recorded with a one-line warning naming the link, `wb note` is one line and exit 2, and no
+    folder is made; a link to an existing file is still written through."""
+    elsewhere = tmp_path / "nowhere" / "MEMORY.md"
+    (toy_ws / "MEMORY.md").symlink_to(elsewhere)
+    ran = wb("run", "a", "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["verdict"] == "PASS" and "Traceback" not in ran.stderr
+    assert "MEMORY.md not updated" in ran.stderr and "whose folder does not exist" in ran.stderr
+    noted = wb("note", "a lesson")
+    assert noted.returncode == 2 and noted.stderr.startswith("wb: error: ") and len(noted.stderr.splitlines()) == 1
+    assert "whose folder does not exist" in noted.stderr
+    assert not (tmp_path / "nowhere").exists() and not (toy_ws / "MEMORY.json").exists()
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("# Shared\n")
+    assert wb("run", "a").returncode == 0 and wb("note", "a lesson").returncode == 0
+    assert (toy_ws / "MEMORY.md").is_symlink() and (tmp_path / "nowhere" / "MEMORY.json").is_file()
+    text = elsewhere.read_text()
+    assert text.startswith("# Shared\n") and "<!-- wb:begin status -->" in text and "a lesson" in text
+
+
 def test_a_memory_lock_held_too_long_is_a_warning_after_the_record(toy_ws, wb, monkeypatch):
     """Another wb holding MEMORY.md's lock past the wait (suspended mid-update) made the run end
     in a filelock.Timeout traceback, its verdict never shown. Now: a one-line warning, the

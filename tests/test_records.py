@@ -259,3 +259,77 @@ def test_control_characters_in_a_record_never_reach_the_terminal(toy_ws, wb):
         assert shown.returncode == 0, args
         assert not any(c in shown.stdout for c in "\x1b\x07\x9b"), args
         assert "boom\\x1b[2J" in shown.stdout, args
+
+
+def _no_worker(monkeypatch):
+    """Fail the test if a worker is asked to work (wb run, bench, compile)."""
+    import workbench.run.bench
+    import workbench.run.compile_jobs
+    import workbench.run.execute
+
+    for module in (workbench.run.execute, workbench.run.bench, workbench.run.compile_jobs):
+        monkeypatch.setattr(module, "run_job", lambda *a, **k: pytest.fail("a worker was asked to work"))
+
+
+def _break_runs(root, how):
+    """Put something that is no folder where runs/ goes: a file, a symlink loop, a link to /dev/null."""
+    runs = root / "runs"
+    if how == "file":
+        runs.write_text("not a folder\n")
+    elif how == "loop":
+        runs.symlink_to("runs")
+    else:
+        runs.symlink_to("/dev/null")
+    return runs
+
+
+@pytest.mark.parametrize("how", ["file", "loop", "devnull"])
+@pytest.mark.parametrize("command", [["run", "a"], ["compile", "a"], ["bench", "a"], ["sweep", "a", "--n", "128,256", "--gpus", "none"]])
+def test_a_runs_path_that_is_no_folder_is_one_line_before_any_work(toy_ws, wb, monkeypatch, how, command):
+    """`wb run`, `compile`, `bench` and `sweep` with runs/ a file, a symlink loop or a link to
+    /dev/null: one line naming runs and why (exit 2), no traceback, checked before a worker
+    starts or a sweep runs a case (it used to fail every case with an ERROR row), and what is
+    in the way is left as it was."""
+    runs = _break_runs(toy_ws, how)
+    before = runs.read_text() if how == "file" else __import__("os").readlink(runs)
+    _no_worker(monkeypatch)
+    proc = wb(*command)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "ERROR" not in proc.stdout
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("wb: error:")]
+    assert len(line) == 1 and f"{runs} is not a folder" in line[0], proc.stderr
+    assert {"file": "a file", "loop": "a symlink loop", "devnull": "a link to /dev/null"}[how] in line[0]
+    assert (runs.read_text() if how == "file" else __import__("os").readlink(runs)) == before
+
+
+def test_a_read_only_runs_folder_is_one_line_before_any_work(toy_ws, wb, monkeypatch):
+    """A runs/ wb may not write (root passes any mode check, so the access check is faked):
+    `wb run` and `wb sweep` say so in one line (exit 2) before a worker starts, not a
+    PermissionError traceback (run) or a PermissionError row per case (sweep)."""
+    import os
+
+    runs = toy_ws / "runs"
+    runs.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **k: False if os.fspath(path) == str(runs) else real_access(path, mode, **k))
+    _no_worker(monkeypatch)
+    for command in (["run", "a"], ["sweep", "a", "--n", "128,256", "--gpus", "none"]):
+        proc = wb(*command)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.strip() == f"wb: error: {runs} is not writable: wb records every run there (runs/<id>/run.json); make it writable"
+    assert list(runs.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["file", "loop"])
+def test_listing_runs_says_a_broken_runs_path_is_no_folder(toy_ws, wb, how):
+    """`wb runs` and `wb report last` with runs/ a file or a symlink loop: one line saying it is
+    not a folder (exit 2), not "no runs recorded yet" with exit 0; a missing runs/ still
+    means no runs yet."""
+    proc = wb("runs")
+    assert proc.returncode == 0 and "no runs recorded yet" in proc.stdout
+    runs = _break_runs(toy_ws, how)
+    for command in (["runs"], ["report", "last"]):
+        proc = wb(*command)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "no runs recorded" not in proc.stdout + proc.stderr
+        assert proc.stderr.startswith(f"wb: error: {runs} is not a folder") and len(proc.stderr.splitlines()) == 1

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from workbench.errors import UserError
+from workbench.errors import UserError, path_error
 
 
 @dataclass
@@ -111,8 +111,13 @@ def find_workspace(explicit: str | os.PathLike | None = None, start: Path | None
     chosen = explicit or os.environ.get("WB_WORKSPACE")
     if chosen:
         root = Path(chosen).expanduser().resolve()
-        if not root.is_dir():
-            raise UserError(f"workspace {root} {'is not a folder' if root.exists() else 'does not exist'}")
+        try:
+            is_dir = root.is_dir()
+            exists = is_dir or root.exists()
+        except OSError as exc:  # a name too long for the OS, ...
+            raise path_error("workspace", root, exc) from None
+        if not is_dir:
+            raise UserError(f"workspace {root} {'is not a folder' if exists else 'does not exist'}")
         config = _config_of(root)
         if config is None and not (root / "stages").is_dir():
             raise UserError(

@@ -29,7 +29,7 @@ from pathlib import Path
 from string import Template
 from typing import Any, Callable
 
-from workbench.errors import UserError
+from workbench.errors import UserError, path_error
 
 PACKAGE_DIR = Path(__file__).parent / "package"
 MANIFEST_SCHEMA = 1
@@ -258,7 +258,11 @@ def check_out(ws, out: Path, force: bool) -> None:
     for inside, what in ((ws.root.resolve(), "the workspace"), (Path.cwd().resolve(), "the current folder")):
         if where == inside or where in inside.parents:
             raise UserError(f"--out {out} is {what} or holds it: choose a folder of its own for the export")
-    if not out.exists() and not out.is_symlink():
+    try:
+        exists = out.exists() or out.is_symlink()
+    except OSError as exc:  # a name too long for the OS, ...
+        raise path_error("--out", out, exc) from None
+    if not exists:
         return
     if not out.is_dir() or out.is_symlink():
         raise UserError(f"--out {out} exists and is not a folder: choose another path")

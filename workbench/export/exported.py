@@ -18,13 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.errors import UserError
+from workbench.errors import UserError, path_error
 
 
 def read_manifest(out: Path, spec) -> dict[str, Any]:
     """DIR's manifest, if DIR is an export of ``spec`` whose op module can run fixtures."""
     out = Path(out)
-    if not out.is_dir():
+    try:
+        is_dir = out.is_dir()
+    except OSError as exc:  # a name too long for the OS, ...
+        raise path_error("--exported", out, exc) from None
+    if not is_dir:
         raise UserError(f"--exported {out}: no such folder (the --out of `wb export {spec.id}`)")
     found = sorted(out.glob("*/manifest.json"))
     if not found:

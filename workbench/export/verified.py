@@ -46,6 +46,4 @@ def passing_runs(
 
 
 def load_records(runs_dir: Path) -> list[dict]:
-    if not runs_dir.is_dir():
-        return []
     return list(iter_records(runs_dir))

@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench.errors import UserError
+from workbench.errors import UserError, path_error
 from workbench.files import atomic_write_text
 from workbench.kernels.registry import load_kernels
 from workbench.records import memory, report, speed
@@ -138,11 +138,15 @@ def import_runs(ws: Workspace, source: Path, limits: Limits | None = None) -> Im
     from filelock import FileLock
 
     source = Path(source)
-    if not source.exists() and not source.is_symlink():
+    try:
+        exists, is_link, is_dir = source.exists(), source.is_symlink(), source.is_dir()
+    except OSError as exc:  # a name too long for the OS, ...
+        raise path_error("", source, exc) from None
+    if not exists and not is_link:
         raise UserError(f"{source} does not exist")
-    if source.is_symlink() and not source.exists():
+    if is_link and not exists:
         raise UserError(f"{source} is a link to nothing")
-    if source.is_dir() and ws.state_dir.resolve().is_relative_to(source.resolve()):
+    if is_dir and ws.state_dir.resolve().is_relative_to(source.resolve()):
         # copying it would copy the copy being made (.wb/import-*/source/.wb/import-*/...)
         raise UserError(f"{source} holds this workspace's own state (.wb): import its runs/ folder, or another workspace")
     limits = limits or Limits.from_env()

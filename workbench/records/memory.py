@@ -264,6 +264,7 @@ def _locked_update(ws: Workspace, path: Path, compose_fn: Callable[[str, dict], 
     cannot be written, so both change or neither does."""
     from filelock import FileLock, Timeout
 
+    _refuse_dangling_link(path)
     dpath = data_path(path)
     ws.ensure_state_dir()
     lock = FileLock(str(ws.state_dir / "memory.lock"), timeout=LOCK_WAIT)
@@ -296,6 +297,18 @@ def _locked_update(ws: Workspace, path: Path, compose_fn: Callable[[str, dict], 
         raise UserError(f"{path} kept changing while wb read it (20 times): not updated, so that no hand edit is lost")
     finally:
         lock.release()
+
+
+def _refuse_dangling_link(path: Path) -> None:
+    """A MEMORY.md link whose target's folder does not exist is refused: writing through it
+    would create that folder (outside the workspace) with MEMORY.md and MEMORY.json in it. A
+    link to an existing file, or to a new one in an existing folder, is written through."""
+    import os
+
+    if os.path.islink(path):
+        target = Path(os.path.realpath(path))
+        if not target.parent.is_dir():
+            raise UserError(f"{path} is a link to {os.readlink(path)}, whose folder does not exist: wb does not create it; restore the link's target or remove the link")
 
 
 LOCK_WAIT = 60.0  # seconds another wb may hold MEMORY.md's lock before an update gives up

@@ -10,11 +10,13 @@ Selectors: a full id, a unique id prefix, `last`, `last~N`, `STAGE@last`, `STAGE
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import secrets
 import shutil
+import stat
 import time
 import warnings
 from contextlib import contextmanager
@@ -38,9 +40,44 @@ class CorruptRecordWarning(UserWarning):
     pass
 
 
+def ensure_runs_dir(runs_dir: Path) -> Path:
+    """runs/, created and writable; else one line saying what is in the way (new_run_dir
+    checks it before a run starts; a sweep before its first case)."""
+    problem = not_a_folder(runs_dir)
+    if problem is None:
+        try:
+            runs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            problem = not_a_folder(runs_dir) or f"cannot create {runs_dir}: {exc.strerror or exc}"
+    if problem is None and not os.access(runs_dir, os.W_OK | os.X_OK):
+        problem = f"{runs_dir} is not writable: wb records every run there (runs/<id>/run.json); make it writable"
+    if problem is not None:
+        raise UserError(problem)
+    return runs_dir
+
+
+def not_a_folder(runs_dir: Path) -> str | None:
+    """Why `runs_dir` cannot hold runs (a file, a link loop, a link to a device or to nothing
+    is in the way), or None: it is a folder, or nothing is there yet (no runs recorded)."""
+    link = os.path.islink(runs_dir)
+    try:
+        st = runs_dir.stat()
+    except FileNotFoundError:
+        if not link:
+            return None
+        what = f"a link to {os.readlink(runs_dir)}, which does not exist"
+    except OSError as exc:  # a link loop (ELOOP), ...
+        what = "a symlink loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+    else:
+        if stat.S_ISDIR(st.st_mode):
+            return None
+        what = f"a link to {os.readlink(runs_dir)}" if link else "a file" if stat.S_ISREG(st.st_mode) else "a special file"
+    return f"{runs_dir} is not a folder ({what}): wb keeps the run records there; move it away"
+
+
 def new_run_dir(runs_dir: Path) -> Path:
     """Create and return a fresh, uniquely named run folder."""
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    ensure_runs_dir(runs_dir)
     while True:
         now = datetime.now()
         run_id = now.strftime("%Y%m%d-%H%M%S-") + f"{now.microsecond:06d}"
@@ -176,9 +213,17 @@ _ID_RE = re.compile(r"^\d{8}-\d{6}-\d{6}$")
 
 
 def run_ids(runs_dir: Path) -> list[str]:
+    """The run ids in `runs_dir`, oldest first; none when it is not there yet. A file, a link
+    loop or a dangling link in its place is one line, not "no runs"."""
+    problem = not_a_folder(runs_dir)
+    if problem is not None:
+        raise UserError(problem)
     if not runs_dir.is_dir():
         return []
-    return sorted(p.name for p in runs_dir.iterdir() if _ID_RE.match(p.name) and p.is_dir())
+    try:
+        return sorted(p.name for p in runs_dir.iterdir() if _ID_RE.match(p.name) and p.is_dir())
+    except OSError as exc:
+        raise UserError(f"cannot read {runs_dir}: {exc.strerror or exc}") from None
 
 
 def unfinished_runs(runs_dir: Path, newest: int = 20) -> list[str]:

@@ -40,7 +40,7 @@ from workbench import __version__, terminal
 from workbench.errors import UserError
 from workbench.records.provenance import file_hashes, git_state
 from workbench.records.publish import commit
-from workbench.records.store import new_record, new_run_dir, utc_now
+from workbench.records.store import ensure_runs_dir, new_record, new_run_dir, utc_now
 from workbench.remote import transport
 from workbench.remote.agent import GRACE
 from workbench.remote.hosts import Host, get_host
@@ -352,6 +352,7 @@ def run_and_import(
     run it on the host and bring the record into the local runs/ like `wb run --host` does
     (new local id, remote id under "remote", local git provenance); then `publish(ws, record)`."""
     host = host if isinstance(host, Host) else get_host(ws, host)
+    ensure_runs_dir(ws.runs_dir)  # where the record comes back to: checked before the host works
     local_git = git_state(ws.root)
     sources = file_hashes(spec.source_files(), ws.root) if spec is not None else {}
     sync_info = transport.sync(ws, host)
@@ -423,6 +424,7 @@ def run_remote(
     fixtures = list(fixtures or [])
     started = utc_now()
     wall = time.perf_counter()
+    ensure_runs_dir(ws.runs_dir)  # where the record comes back to: checked before the sync
     local_git = git_state(ws.root)
     sources = file_hashes(spec.source_files(), ws.root)
     sync_info = None

@@ -49,7 +49,7 @@ from workbench.records import report
 from workbench.records.provenance import file_hashes, git_state
 from workbench.records.publish import commit
 from workbench.files import atomic_write_text
-from workbench.records.store import new_record, new_run_dir, read_record, utc_now
+from workbench.records.store import ensure_runs_dir, new_record, new_run_dir, read_record, utc_now
 from workbench.remote import transport
 from workbench.remote.client import cancel_all, run_remote
 from workbench.run import procs, protocol, supervisor
@@ -661,6 +661,7 @@ def sweep(
 ) -> dict[str, Any]:
     """Run the cases, telling `on_event` what happens (SweepEvent); return the summary (also
     written beside the stage report)."""
+    ensure_runs_dir(ws.runs_dir)  # one line now, not every case failing on it
     sweep_id = new_sweep_id(ws)
     started = datetime.now().isoformat(timespec="seconds")
     if slurm:
