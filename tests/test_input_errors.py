@@ -424,3 +424,18 @@ def test_odd_targets_are_one_line(toy_ws, capsys, args, fragment):
     'ambiguous' selector; a file given as the workspace 'did not exist'."""
     (toy_ws / ".wb").mkdir(exist_ok=True)
     assert fragment in one_line_error(capsys, *args)
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "a", "--host", ""], ["run", "a", "--host", " "], ["bench", "a", "--host", ""], ["shapes", "toy", "--host", ""],
+    ["sweep", "a", "--n", "128", "--host", ""], ["sweep", "a", "--n", "128", "--host", "a,"],
+    ["sweep", "a", "--n", "128", "--slurm", ""], ["ps", "--host", ""], ["kill", "--host", ""],
+])
+def test_an_empty_host_or_partition_is_refused_not_taken_for_none(toy_ws, capsys, args):
+    """`--host ''` (run, bench, shapes, sweep, ps, kill), an empty entry in sweep's host list
+    and `--slurm ''` read as "not given": the work ran on this machine instead, without a
+    word. Each is one line naming the option, exit 2, and nothing ran."""
+    flag = "--slurm" if "--slurm" in args else "--host"
+    err = one_line_error(capsys, *args)
+    assert f"{flag} '" in err and "expected" in err, err
+    assert not list((toy_ws / "runs").glob("2*"))
