@@ -93,6 +93,8 @@ def _variant_values(v: Any) -> Any:
         raise _expected("a non-empty list of values (first is the default)")
     if any(isinstance(x, bool) for x in v):
         raise _expected("strings: quote on/off/yes/no/true/false (YAML reads them as booleans)")
+    if len(v) > MAX_ITEMS:  # refused for its length; the quadratic look for a repeat is not worth it
+        return v
     repeated = next((x for i, x in enumerate(v) if x in v[:i]), None)
     if repeated is not None:
         raise _expected(f"distinct values ({short(repeated)} is given twice)")
