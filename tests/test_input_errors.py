@@ -194,6 +194,17 @@ def test_malformed_kernel_yaml_is_one_line_naming_file_and_key(toy_ws, capsys, e
         assert fragment in err, err
 
 
+def test_a_variant_list_over_the_limit_is_refused_for_its_length_not_searched_for_repeats(toy_ws, capsys):
+    """A variant's list of values was searched for a repeat pair by pair before its length was
+    checked: 60000 values (a 400 KB kernel.yaml) took 50 s to be refused. Over the limit of 64
+    it is now refused for its length at once (a repeat in it is not what the message names)."""
+    path = toy_ws / "stages/toy/kernel.yaml"
+    values = ", ".join(f"v{i}" for i in range(2000)) + ", v0"
+    path.write_text(path.read_text().replace("variants: {bug: [none,", f"variants: {{bug: [{values}, none,"))
+    err = one_line_error(capsys, "list")
+    assert "stages[0].variants.bug: expected at most 64 entries" in err, err
+
+
 @pytest.mark.parametrize("command", [["list"], ["shapes", "toy", "--in-process"], ["run", "a"]])
 @pytest.mark.parametrize(
     "make, fragment",
@@ -282,6 +293,84 @@ def test_an_accepted_lock_reads_back_and_compares_same(toy_ws):
     assert [d["status"] for d in shapes.compare([_compiled(), _compiled("b")], lock)] == ["same", "unaccepted"]
 
 
+# ---------------------------------------------------------------- YAML aliases
+def alias_bomb(levels: int) -> str:
+    """'a: &a [x * 9]', then each next key a list of nine aliases of the one before: a few
+    hundred bytes that expand to 9 ** levels nodes."""
+    names = "abcdefghi"[:levels]
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    lines += [f"{n}: &{n} [{','.join([f'*{p}'] * 9)}]" for p, n in zip(names, names[1:])]
+    return "\n".join(lines) + "\n"
+
+
+# 9 ** 6 = 531441 nodes: past the guard, yet small enough that a wb without it answers (with
+# another message) instead of running out of memory, as the 9 ** 9 of the audit did
+BOMB = alias_bomb(6)
+
+
+@pytest.mark.parametrize("where, args", [
+    ("stages/toy/shapes.lock.yaml", ["shapes", "toy", "a", "--check", "--in-process"]),
+    ("wb.yaml", ["hosts"]),
+    ("stages/toy/kernel.yaml", ["run", "a"]),
+])
+def test_a_yaml_alias_bomb_is_refused_before_it_is_expanded(toy_ws, capsys, where, args):
+    """A few hundred bytes of aliases to aliases ("billion laughs") in any YAML file wb reads
+    (a shapes lock, wb.yaml's hosts, kernel.yaml) is refused by the one YAML reader for what
+    its aliases would expand to, in one line, exit 2; before, the expanded value reached
+    validation and a message's repr() and ran wb out of memory. The file is left as it was."""
+    path = toy_ws / where
+    if where == "stages/toy/shapes.lock.yaml":
+        content = BOMB + "kernel: toy\nstages: {a: {x: {records: {q: {layout: *f}}}}}\n"
+    elif where == "wb.yaml":
+        content = BOMB + "hosts: {a: {ssh: h, path: p, env: {A: *f}}}\n"
+    else:
+        content = BOMB + path.read_text().replace("\ntitle: Toy torch kernel (tests)", "\ntitle: *f", 1)
+    path.write_text(content)
+    err = one_line_error(capsys, *args)
+    assert str(path) in err and "aliases expand to over 100,000 nodes" in err and len(err) < 300, err[:300]
+    assert path.read_text() == content
+
+
+def test_aliases_a_file_may_use_still_work_and_an_alias_loop_is_refused(tmp_path):
+    """The guard counts what aliases add, so an ordinary anchor (a shared mapping) reads as
+    before; an alias inside the node it names (a loop, endless when expanded) is one
+    SchemaError; so is an integer longer than Python's int() takes (a ValueError before)."""
+    from workbench.schemas import SchemaError, safe_load_yaml
+
+    assert safe_load_yaml("p: &p {n: 1, m: 2}\nq: *p\n", "f") == {"p": {"n": 1, "m": 2}, "q": {"n": 1, "m": 2}}
+    with pytest.raises(SchemaError, match="alias bomb"):
+        safe_load_yaml(alias_bomb(6), "f")
+    assert len(safe_load_yaml(alias_bomb(5), "f")["e"]) == 9  # 9 ** 5 nodes: under the limit
+    with pytest.raises(SchemaError, match="refers to a node that holds it"):
+        safe_load_yaml("a: &a [1, *a]\n", "f")
+    with pytest.raises(SchemaError, match="not valid YAML: .*digits"):
+        safe_load_yaml("a: " + "1" * 5000 + "\n", "f")
+
+
+def test_a_message_shows_only_the_start_of_a_huge_value(toy_ws, capsys):
+    """`short` builds only the first characters of a value's repr: a list of 100000 items
+    costs a handful of their reprs, not all of them (before, the whole repr was built and then
+    cut, which is how a 9 ** 9 alias bomb ran wb out of memory); and a host's env value that
+    is a long list is a short line, not a 100 KB one (hosts' messages repr'd the value)."""
+    from workbench.schemas import short
+
+    calls = []
+
+    class Item:
+        def __repr__(self):
+            calls.append(1)
+            return "item"
+
+    text = short([[Item()] * 1000] * 100)
+    assert text.startswith("[[item, item") and text.endswith("…") and len(text) == 60
+    assert len(calls) < 60
+    assert short({"a": (1,), "b": ["x"]}) == repr({"a": (1,), "b": ["x"]})
+    assert short("y" * 10**6) == "'" + "y" * 58 + "…"
+    (toy_ws / "wb.yaml").write_text("hosts: {a: {ssh: h, path: p, env: {A: [" + ", ".join(["xx"] * 20000) + "]}}}\n")
+    err = one_line_error(capsys, "hosts")
+    assert "env" in err and len(err) < 400, err[:500]
+
+
 @pytest.mark.parametrize("damage, fragment", [
     (lambda ws: (ws / "wb.yaml").write_bytes(b"kernels: \xff\xfe\n"), "wb.yaml: is not UTF-8 text"),
     (lambda ws: (ws / "wb.yaml").write_bytes(b"#" * (5 * 1024 * 1024)), "wb.yaml: is 5.0 MiB, over wb's limit"),
@@ -346,3 +435,18 @@ def test_odd_targets_are_one_line(toy_ws, capsys, args, fragment):
     'ambiguous' selector; a file given as the workspace 'did not exist'."""
     (toy_ws / ".wb").mkdir(exist_ok=True)
     assert fragment in one_line_error(capsys, *args)
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "a", "--host", ""], ["run", "a", "--host", " "], ["bench", "a", "--host", ""], ["shapes", "toy", "--host", ""],
+    ["sweep", "a", "--n", "128", "--host", ""], ["sweep", "a", "--n", "128", "--host", "a,"],
+    ["sweep", "a", "--n", "128", "--slurm", ""], ["ps", "--host", ""], ["kill", "--host", ""],
+])
+def test_an_empty_host_or_partition_is_refused_not_taken_for_none(toy_ws, capsys, args):
+    """`--host ''` (run, bench, shapes, sweep, ps, kill), an empty entry in sweep's host list
+    and `--slurm ''` read as "not given": the work ran on this machine instead, without a
+    word. Each is one line naming the option, exit 2, and nothing ran."""
+    flag = "--slurm" if "--slurm" in args else "--host"
+    err = one_line_error(capsys, *args)
+    assert f"{flag} '" in err and "expected" in err, err
+    assert not list((toy_ws / "runs").glob("2*"))

@@ -343,3 +343,47 @@ def test_a_worker_this_wb_ended_is_not_reported_as_killed_by_wb_kill(tmp_path):
     outcome = supervisor._drive(EndedWorker(), {"op": "run"}, 5.0, lambda e: None)
     assert outcome.status == "INTERRUPTED" and outcome.message == supervisor.STOPPED
     assert not list(pidfile.parent.glob("*.killed"))  # the marker is taken away
+
+
+@pytest.mark.parametrize("content", [
+    {"pid": "x"}, {"pid": 0, "started": "x"}, {"pid": 1, "job": {"run_dir": 5}}, {"pid": 1, "started": 1e400},
+    {"pid": 2**22 + 7, "started": 1e400}, {"pid": 2**22 + 7, "job": "x"}, {"pid": 2**22 + 7, "parent": {"pid": "x"}},
+])
+def test_a_pid_file_with_wrong_typed_fields_is_listed_as_unreadable_and_kept(toy_ws, wb, content):
+    """`wb ps --all` ended in a traceback (ValueError, TypeError, OverflowError) on a pid file
+    whose fields have the wrong types; such a file is now a row "unreadable pid file (what is
+    wrong)", in text and JSON, and is left where it is (wb cannot tell whose it is)."""
+    pids = toy_ws / ".wb" / "pids"
+    pids.mkdir(parents=True, exist_ok=True)
+    path = pids / "zz-1.json"
+    path.write_text(json.dumps(content))
+    text = wb("ps", "--all")
+    assert text.returncode == 0 and "unreadable" in text.stdout, text.stdout + text.stderr
+    listed = wb("ps", "--all", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)
+    assert row["state"] == "unreadable" and row["note"].startswith("unreadable pid file (") and not row["age_s"]
+    assert wb("kill", "--all").returncode == 0
+    assert json.loads(path.read_text()) == content
+
+
+def test_wb_kill_never_signals_a_process_named_by_a_malformed_pid_file(toy_ws, wb):
+    """A pid file that names a live process with its right start time, but whose other fields
+    are of the wrong type, is no ground to signal it: `wb kill --all` and `wb kill PID` leave
+    the process running (before, both ended in a traceback; a type check that reads only
+    some fields could have acted on the rest)."""
+    proc = spawn_with_pidfile(toy_ws, socket=str(toy_ws / "gone.sock"))  # an orphan: its socket is gone
+    try:
+        (path,) = (toy_ws / ".wb" / "pids").glob(f"*-{proc.pid}.json")
+        data = json.loads(path.read_text())
+        assert procs.pidfile_problem(data) is None
+        path.write_text(json.dumps({**data, "job": {"run_dir": 5, "supervisor": None, "since": time.time()}}))
+        assert [p.state for p in procs.scan(Workspace(toy_ws))] == ["unreadable"]
+        assert wb("kill", "--all").returncode == 0
+        refused = wb("kill", str(proc.pid))
+        assert refused.returncode == 1 and "unreadable pid file (job.run_dir is not text)" in refused.stdout
+        time.sleep(0.2)
+        assert alive(proc.pid) and path.exists()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        reap(proc)

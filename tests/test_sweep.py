@@ -46,6 +46,42 @@ def test_bad_sweep_arguments_are_one_line_errors(toy_ws, wb):
     assert proc.returncode == 2 and "--gpus" in proc.stderr
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (["--slurm", "p"], "--slurm p: Slurm's srun is not on this machine's PATH"),
+    (["--slurm", "@local", "--slurm-opt", "timeout_min=abc"], "--slurm-opt timeout_min=abc: expected a whole number"),
+    (["--slurm", "@local", "--slurm-opt", "mem_gb=-1"], "--slurm-opt mem_gb=-1: expected a positive number"),
+    (["--slurm", "@local", "--slurm-opt", "bogus=1"], "--slurm-opt bogus: not a submitit parameter; known: timeout_min, mem_gb"),
+    (["--slurm", "@local", "--slurm-opt", "slurm_acount=abc"], "(did you mean slurm_account?)"),
+    (["--slurm-opt", "slurm_account=abc"], "--slurm-opt goes with --slurm"),
+])
+def test_slurm_mistakes_are_one_line_before_anything_is_submitted(toy_ws, wb, tmp_path, monkeypatch, args, fragment):
+    """`--slurm p` where Slurm is not installed was submitit's RuntimeError traceback ("Could
+    not detect srun"), `--slurm-opt timeout_min=abc` a ValueError from inside submitit, an
+    unknown --slurm-opt key was dropped without a word (submitit's LocalExecutor ignores
+    what it does not know), and --slurm-opt without --slurm was ignored too. Each is now one
+    line, exit 2, before a sweep folder or a record exists."""
+    pytest.importorskip("submitit")
+    empty = tmp_path / "no-slurm-here"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # no srun, wherever the tests run
+    proc = wb("sweep", "a", "--n", "128", *args)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and err.startswith("wb: error:") and "\n" not in err and fragment in err, err
+    assert not (toy_ws / ".wb" / "slurm").exists() and not list((toy_ws / "runs").glob("2*"))
+
+
+def test_known_slurm_options_are_typed_for_submitit():
+    """What passes the check reaches submitit typed: whole numbers as int, yes/no as bool, a
+    slurm_ value of digits as a number and other text as given."""
+    pytest.importorskip("submitit")
+    from workbench.remote.sweep import slurm_options
+
+    opts = slurm_options("@local", {"timeout_min": "30", "mem_gb": "7.5", "stderr_to_stdout": "yes",
+                                    "slurm_account": "abc", "slurm_array_parallelism": "4"})
+    assert opts == {"timeout_min": 30, "mem_gb": 7.5, "stderr_to_stdout": True, "slurm_account": "abc",
+                    "slurm_array_parallelism": 4}
+
+
 # The job's timeout runs from when the worker accepts it (a new worker's start has its own
 # limit), so a `sleep` case is HANG at any --timeout; 4 s leaves the other cases a wide margin
 # (a nan case, diagnosis included, takes about 1 s of it on a loaded 2-core machine; a first

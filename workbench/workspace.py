@@ -77,12 +77,12 @@ CONFIG_MAX_BYTES = 4 * 1024 * 1024
 
 def _config_of(folder: Path) -> dict[str, Any] | None:
     """The wb config of `folder`, or None when it is not a workspace."""
-    from workbench.schemas import read_text
+    from workbench.schemas import read_text, safe_load_yaml
 
     wb_yaml = folder / "wb.yaml"
     if wb_yaml.is_file():
         try:
-            data = yaml.safe_load(read_text(wb_yaml, CONFIG_MAX_BYTES)) or {}
+            data = safe_load_yaml(read_text(wb_yaml, CONFIG_MAX_BYTES), str(wb_yaml)) or {}
         except yaml.YAMLError as exc:
             raise UserError(f"{wb_yaml}: not valid YAML: {_first_line(exc)}") from exc
         if not isinstance(data, dict):

@@ -44,6 +44,20 @@ class State:
 state = State()
 
 
+def a_name(flag: str, what: str, comma_list: bool = False):
+    """An option callback refusing an empty name (`--host ''`, and `--host a,` where the value is
+    a comma list): left alone, an empty value reads as "not given" and the work silently runs
+    here instead."""
+
+    def check(value):
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None and not all(part.strip() for part in (item.split(",") if comma_list else [item])):
+                raise UserError(f"{flag} {item!r}: expected {what}")
+        return value
+
+    return check
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"wb {__version__}")

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from workbench.cli import app, state
+from workbench.cli import a_name, app, state
 from workbench.cli.run import MAX_SEED, MAX_SEEDS
 from workbench.errors import UserError
 
@@ -25,8 +25,8 @@ def sweep(
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds per case before it is killed as HANG (default: the stage's)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Compile for this arch."),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="all (default: every visible GPU, one worker each), none, or a list: 0,1."),
-    host: Optional[List[str]] = typer.Option(None, "--host", help="Run on configured remote host(s): --host a --host b, or a,b."),
-    slurm: Optional[str] = typer.Option(None, "--slurm", help="Submit to this Slurm partition through submitit (@local: submitit's LocalExecutor)."),
+    host: Optional[List[str]] = typer.Option(None, "--host", callback=a_name("--host", "names of configured hosts (`wb hosts` lists them)", comma_list=True), help="Run on configured remote host(s): --host a --host b, or a,b."),
+    slurm: Optional[str] = typer.Option(None, "--slurm", callback=a_name("--slurm", "a Slurm partition name (or @local)"), help="Submit to this Slurm partition through submitit (@local: submitit's LocalExecutor)."),
     slurm_jobs: Optional[int] = typer.Option(None, "--slurm-jobs", help="How many Slurm jobs share the cases (default: up to 4)."),
     slurm_opt: Optional[List[str]] = typer.Option(None, "--slurm-opt", help="submitit parameter key=value, e.g. slurm_account=abc (repeatable)."),
     fresh: bool = typer.Option(False, "--fresh", help="A new worker per case (slow: for debugging worker reuse)."),
@@ -65,9 +65,9 @@ def sweep(
     hosts = [get_host(ws, h.strip()) for item in host or [] for h in item.split(",") if h.strip()]
     if slurm_jobs is not None and slurm_jobs < 1:
         raise UserError("--slurm-jobs must be at least 1")
-    slurm_opts = {}
-    for key, value in parse_pairs(slurm_opt, "--slurm-opt").items():
-        slurm_opts[key] = int(value) if value.isdigit() else value
+    if slurm_opt and not slurm:
+        raise UserError("--slurm-opt goes with --slurm PARTITION")
+    slurm_opts = sweeps.slurm_options(slurm, parse_pairs(slurm_opt, "--slurm-opt")) if slurm else {}
     opts = sweeps.RunOptions(list(fixture or []), seed, seeds, timeout, arch, warm=not fresh)
     local = not hosts and not slurm
     if local:

@@ -145,7 +145,7 @@ def _parse(fname: str, label: str, entry: dict, keyed_name: str | None) -> Host:
             raise SchemaError(source, f"keys '{key}' and '{alias}' are the same key: give one of them")
     if keyed_name is not None:
         if "name" in entry and entry["name"] != keyed_name:
-            raise SchemaError(source, f"key 'name' ({entry['name']!r}) differs from the entry's key {keyed_name!r}")
+            raise SchemaError(source, f"key 'name' ({short(entry['name'])}) differs from the entry's key {keyed_name!r}")
         entry = {**entry, "name": keyed_name}
     try:
         valid = HostEntry.model_validate(entry)

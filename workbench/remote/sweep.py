@@ -28,10 +28,12 @@ runs/reports/<kernel>-stage-<x>.sweep.md, which the stage report includes.
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 import math
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -414,15 +416,83 @@ def _retire_warm_worker(ws: Workspace, env: dict[str, str]) -> None:
         pass
 
 
-def run_slurm(
-    ws: Workspace, spec, cases: list[Case], opts: RunOptions, sweep_id: str, emit: Emit,
-    partition: str, jobs: int | None = None, slurm_opts: dict[str, Any] | None = None, executor=None,
-) -> list[CaseResult]:
-    """Run the cases as submitit jobs (Slurm, or submitit's LocalExecutor for `@local`)."""
+def _submitit():
     try:
         import submitit
     except ImportError:
         raise UserError("--slurm needs submitit: pip install 'cute-wb[slurm]' (or pip install submitit)") from None
+    return submitit
+
+
+#: submitit's shared parameters (AutoExecutor translates them for Slurm; @local's LocalExecutor
+#: reads timeout_min, gpus_per_node, tasks_per_node and nodes) and what each takes. Any other
+#: --slurm-opt is slurm_<one of sbatch's parameters that submitit knows>.
+SLURM_SHARED = {
+    "timeout_min": "whole number of minutes, at least 1", "mem_gb": "positive number", "nodes": "whole number, at least 1",
+    "cpus_per_task": "whole number, at least 1", "gpus_per_node": "whole number", "tasks_per_node": "whole number, at least 1",
+    "name": "text", "stderr_to_stdout": "yes or no",
+}
+
+
+def _shared_value(key: str, value: str) -> Any:
+    what = SLURM_SHARED[key]
+    if what.startswith("whole number"):
+        if value.isdigit() and int(value) >= (0 if key == "gpus_per_node" else 1):
+            return int(value)
+    elif what == "positive number":
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if math.isfinite(number) and number > 0:
+            return number
+    elif what == "yes or no":
+        if value.lower() in ("yes", "true", "1", "no", "false", "0"):
+            return value.lower() in ("yes", "true", "1")
+    else:
+        return value
+    raise UserError(f"--slurm-opt {key}={value}: expected a {what}")
+
+
+def slurm_options(partition: str, pairs: dict[str, str]) -> dict[str, Any]:
+    """`--slurm PARTITION` and its `--slurm-opt key=value` pairs, checked before anything is
+    submitted (UserError, one line): submitit is installed; a partition (not @local) needs
+    Slurm's srun here; each key is submitit's (SLURM_SHARED, or slurm_ and a parameter of
+    sbatch that submitit knows) and a shared key's value has its type. The options as
+    submitit's update_parameters takes them (a slurm_ value of digits as a number)."""
+    submitit = _submitit()
+    if partition != "@local" and shutil.which("srun") is None:
+        raise UserError(
+            f"--slurm {partition}: Slurm's srun is not on this machine's PATH: run wb sweep on a Slurm login node "
+            "(--slurm @local tries the Slurm path here, through submitit's LocalExecutor)"
+        )
+    try:
+        sbatch = sorted(submitit.SlurmExecutor._valid_parameters())
+    except Exception:  # a submitit without it: its own check at update_parameters is the one
+        sbatch = []
+    known = [*SLURM_SHARED, *(f"slurm_{k}" for k in sbatch)]
+    out: dict[str, Any] = {}
+    for key, value in pairs.items():
+        if key in SLURM_SHARED:
+            out[key] = _shared_value(key, value)
+        elif key.startswith("slurm_") and (not sbatch or key[len("slurm_"):] in sbatch):
+            out[key] = int(value) if value.isdigit() else value
+        else:
+            close = difflib.get_close_matches(key, known, n=1)
+            raise UserError(
+                f"--slurm-opt {key}: not a submitit parameter{f' (did you mean {close[0]}?)' if close else ''}; "
+                f"known: {', '.join(SLURM_SHARED)}" + (f", and slurm_ with one of {', '.join(sbatch)}" if sbatch else ", and slurm_<sbatch parameter>")
+            )
+    return out
+
+
+def run_slurm(
+    ws: Workspace, spec, cases: list[Case], opts: RunOptions, sweep_id: str, emit: Emit,
+    partition: str, jobs: int | None = None, slurm_opts: dict[str, Any] | None = None, executor=None,
+) -> list[CaseResult]:
+    """Run the cases as submitit jobs (Slurm, or submitit's LocalExecutor for `@local`);
+    `slurm_opts` as slurm_options returns them."""
+    submitit = _submitit()
 
     folder = ws.ensure_state_dir("slurm", sweep_id)
     per_case = (opts.timeout or spec.timeout) + 60
@@ -440,7 +510,10 @@ def run_slurm(
                 timeout_min=timeout_min, name=f"wb-{spec.kernel}-{spec.letter}",
             )
     if slurm_opts:
-        executor.update_parameters(**slurm_opts)
+        try:
+            executor.update_parameters(**slurm_opts)
+        except (ValueError, TypeError, NameError, AssertionError) as exc:  # submitit's own checks; nothing submitted yet
+            raise UserError(f"--slurm-opt: submitit refused them: {_job_error(exc)}") from None
     payload_opts = {"fixtures": opts.fixtures, "seed": opts.seed, "seeds": opts.seeds, "timeout": opts.timeout, "arch": opts.arch}
     submitted = []
     for k, chunk in enumerate(chunks):

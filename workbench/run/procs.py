@@ -26,6 +26,7 @@ still alive well past its idle timeout, a remote run whose ssh session (agent) i
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -61,6 +62,60 @@ def read_pidfile(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path.name} holds no JSON object")
     return data
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_time(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _identity_problem(v: Any, key: str) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        return f"{key} is not a mapping"
+    if v.get("pid") is not None and not _is_int(v["pid"]):
+        return f"{key}.pid is not a process id"
+    if v.get("starttime") is not None and not _is_int(v["starttime"]):
+        return f"{key}.starttime is not a whole number"
+    return None
+
+
+#: what each field of a pid file must be when it is there (None is "not there")
+_FIELDS: dict[str, tuple[Any, str]] = {
+    "pgid": (_is_int, "a process group id"),
+    "starttime": (_is_int, "a whole number"),
+    **{k: (_is_time, "a finite number") for k in ("started", "last_active", "idle")},
+    **{k: (lambda v: isinstance(v, str), "text") for k in ("kind", "host", "boot_id", "socket", "cuda_visible_devices")},
+    "argv": (lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v), "a list of text"),
+}
+
+
+def pidfile_problem(data: dict[str, Any]) -> str | None:
+    """What makes `data` no pid file wb can act on (a field of the wrong type: a hand edit,
+    another program), or None. ps, kill and the orphan warning use only checked fields."""
+    pid = data.get("pid")
+    if not _is_int(pid) or pid <= 1:
+        return "pid is not a process id"
+    for key, (ok, what) in _FIELDS.items():
+        if data.get(key) is not None and not ok(data[key]):
+            return f"{key} is not {what}"
+    problem = _identity_problem(data.get("parent"), "parent") or _identity_problem(data.get("agent"), "agent")
+    if problem:
+        return problem
+    job = data.get("job")
+    if job is None:
+        return None
+    if not isinstance(job, dict):
+        return "job is not a mapping"
+    if job.get("run_dir") is not None and not isinstance(job["run_dir"], str):
+        return "job.run_dir is not text"
+    if job.get("since") is not None and not _is_time(job["since"]):
+        return "job.since is not a finite number"
+    return _identity_problem(job.get("supervisor"), "job.supervisor")
 
 
 # ----------------------------------------------------------------------------- pid files
@@ -153,14 +208,15 @@ def peer_pid(conn: socket.socket) -> int | None:
 class ProcInfo:
     path: Path
     data: dict[str, Any]
-    state: str  # idle | busy | running | starting | orphan | dying | untracked | gone | reused | unverified | foreign
+    state: str  # idle | busy | running | starting | orphan | dying | untracked | gone | reused | unverified | foreign | unreadable
     note: str = ""
     gpu_mib: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
-        return int(self.data.get("pid") or 0)
+        pid = self.data.get("pid")
+        return pid if _is_int(pid) else 0
 
     @property
     def alive(self) -> bool:
@@ -200,10 +256,16 @@ def _gpu_memory() -> dict[int, int]:
     return out
 
 
-def _classify(path: Path, data: dict[str, Any], now: float) -> ProcInfo:
-    pid = data.get("pid")
-    if not isinstance(pid, int) or pid <= 1:
-        return ProcInfo(path, data, "gone", "unreadable pid file")
+def _classify(path: Path, data: dict[str, Any] | None, now: float) -> ProcInfo:
+    """What the pid file at `path` says (`data`: None when it could not be read). A file wb
+    cannot read or whose fields have the wrong types is "unreadable": listed, never acted on
+    (never signalled, never removed: wb cannot tell whose it is)."""
+    problem = "not a JSON object" if data is None else pidfile_problem(data)
+    if problem:
+        pid = (data or {}).get("pid")
+        return ProcInfo(path, {"pid": pid} if _is_int(pid) else {}, "unreadable",
+                        "unreadable pid file" + (f" ({problem})" if data else ""))
+    pid = data["pid"]
     if data.get("host") and data["host"] != socket.gethostname():
         return ProcInfo(path, data, "foreign", f"written on host {data['host']}")
     live_start = starttime(pid)
@@ -225,7 +287,7 @@ def _classify(path: Path, data: dict[str, Any], now: float) -> ProcInfo:
     if job:
         sup = job.get("supervisor") or {}
         run = Path(job["run_dir"]).name if job.get("run_dir") else "?"
-        busy = now - job.get("since", now)
+        busy = now - (job["since"] if job.get("since") is not None else now)
         if sup.get("pid") and not same_process(sup.get("pid"), sup.get("starttime")):
             return ProcInfo(path, data, "orphan", f"busy {busy:.0f} s with run {run}, but its wb (pid {sup['pid']}) is gone")
         return ProcInfo(path, data, "busy", f"run {run} for wb pid {sup.get('pid', '?')}, {busy:.0f} s")
@@ -263,7 +325,7 @@ def scan(ws: Workspace, clean: bool = True, gpu: bool = False) -> list[ProcInfo]
         except FileNotFoundError:
             continue
         except (OSError, ValueError):
-            data = {}
+            data = None
         info = _classify(path, data, now)
         if info.state in ("gone", "reused") and clean:
             # Re-check before removing: the file may have been rewritten meanwhile.

@@ -45,9 +45,52 @@ class SchemaError(UserError):
 
 
 def short(value: Any, limit: int = 60) -> str:
-    """A value as a message shows it: repr, one line, cut at `limit` characters."""
-    text = " ".join(repr(value).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """A value as a message shows it: repr, one line, cut at `limit` characters. Only the
+    start of the repr is ever built: a value of millions of items costs what its first
+    `limit` characters do."""
+    text, cut = _repr_start(value, 4 * limit)
+    text = " ".join(text.split())
+    return text if len(text) <= limit and not cut else text[: limit - 1] + "…"
+
+
+def _repr_start(value: Any, budget: int) -> tuple[str, bool]:
+    """(repr(value) or its start of at least `budget` characters, whether it was cut)."""
+    parts: list[str] = []
+    left = budget
+
+    def put(text: str) -> bool:
+        nonlocal left
+        parts.append(text)
+        left -= len(text)
+        return left > 0
+
+    def walk(v: Any, depth: int) -> bool:  # False once the budget is spent
+        if type(v) in (list, tuple, dict):
+            if depth >= 100:
+                return put("…")
+            items = list(v.items()) if type(v) is dict else v
+            if type(v) is tuple and len(v) == 1:
+                return put("(") and walk(v[0], depth + 1) and put(",)")
+            if not put({list: "[", tuple: "(", dict: "{"}[type(v)]):
+                return False
+            for i, item in enumerate(items):
+                if i and not put(", "):
+                    return False
+                if type(v) is dict:
+                    if not (walk(item[0], depth + 1) and put(": ") and walk(item[1], depth + 1)):
+                        return False
+                elif not walk(item, depth + 1):
+                    return False
+            return put({list: "]", tuple: ")", dict: "}"}[type(v)])
+        if isinstance(v, (str, bytes)) and len(v) > budget:
+            return put(repr(v[: budget + 1])[:-1])
+        try:
+            return put(repr(v))
+        except (ValueError, RecursionError):  # an int past str()'s digit limit, ...
+            return put(f"<{type(v).__name__}>")
+
+    whole = walk(value, 0)
+    return "".join(parts), not whole and left <= 0
 
 
 def _first_problem(exc: Any) -> str:
@@ -117,17 +160,74 @@ def load_json(path: Path, model: type[T], max_bytes: int, source: str | None = N
     return data, check(model, data, source)
 
 
+#: what YAML aliases may add to a document, in nodes: an alias is a reference, so a few
+#: hundred bytes of aliases to aliases ("billion laughs") expand to billions of nodes for
+#: anything that walks the data (validation, repr); wb's own files use none or a few
+MAX_ALIAS_NODES = 100_000
+
+
+def safe_load_yaml(text: str, source: str) -> Any:
+    """yaml.safe_load(text), refusing a document whose aliases expand past MAX_ALIAS_NODES
+    nodes or refer to a node that holds them (SchemaError), before anything is built from
+    it. Every YAML file wb reads goes through here. yaml.YAMLError passes to the caller."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        return _load_checked(loader, source)
+    except RecursionError:
+        raise SchemaError(source, "YAML nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _load_checked(loader: Any, source: str) -> Any:
+    node = loader.get_single_node()  # the node graph: an alias is the same node again
+    if node is None:
+        return None
+    sizes: dict[int, int] = {}
+    expanded = _expanded_nodes(node, sizes, set())
+    if expanded is None:
+        raise SchemaError(source, "a YAML alias refers to a node that holds it (a loop); wb refuses it")
+    if expanded - len(sizes) > MAX_ALIAS_NODES:
+        raise SchemaError(source, f"its YAML aliases expand to over {MAX_ALIAS_NODES:,} nodes (an alias bomb?); wb refuses it")
+    try:
+        return loader.construct_document(node)
+    except ValueError as exc:  # e.g. an integer of more digits than int() takes
+        raise SchemaError(source, f"not valid YAML: {' '.join(str(exc).split())[:160]}") from None
+
+
+def _expanded_nodes(node: Any, sizes: dict[int, int], open_: set[int]) -> int | None:
+    """How many nodes `node` is with every alias expanded (None: an alias loop). Each
+    distinct node is counted once (`sizes`), so the cost is the document's size."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        return None
+    total = 1
+    if isinstance(node.value, list):  # a sequence (nodes) or a mapping ((key, value) pairs)
+        open_.add(key)
+        for child in node.value:
+            for part in child if isinstance(child, tuple) else (child,):
+                size = _expanded_nodes(part, sizes, open_)
+                if size is None:
+                    return None
+                total += size
+        open_.discard(key)
+    sizes[key] = total
+    return total
+
+
 def load_yaml(path: Path, model: type[T], max_bytes: int, source: str | None = None) -> tuple[Any, T]:
-    """(the parsed YAML, the validated model) of a YAML file (safe_load only)."""
+    """(the parsed YAML, the validated model) of a YAML file (safe_load_yaml)."""
     import yaml
 
     source = source or str(path)
     text = read_text(path, max_bytes, source)
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_yaml(text, source)
     except yaml.YAMLError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SchemaError(source, f"not valid YAML: {first}") from None
-    except RecursionError:
-        raise SchemaError(source, "YAML nested too deeply") from None
     return data, check(model, data, source)

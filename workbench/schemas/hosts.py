@@ -26,6 +26,8 @@ from typing import Any, Callable, Optional
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
+from workbench.schemas import short
+
 ALIASES = {"target": "ssh", "identity_file": "identity", "workspace": "path", "options": "ssh_options"}
 
 MAX_PATH = 1024
@@ -177,7 +179,7 @@ class HostEntry(BaseModel):
             options = []
             for key, item in value.items():
                 if not isinstance(key, str) or not _OPTION_NAME.match(key) or isinstance(item, (dict, list)) or item is None:
-                    raise ValueError(f"{key!r}: {item!r} is not an option name and a value")
+                    raise ValueError(f"{short(key)}: {short(item)} is not an option name and a value")
                 options += ["-o", f"{key}={_scalar(item)}"]
         elif isinstance(value, list) and all(isinstance(o, str) for o in value):
             options = list(value)
@@ -231,7 +233,7 @@ class HostEntry(BaseModel):
         env = []
         for key, item in value.items():
             if not isinstance(key, str) or not _ENV_NAME.match(key) or isinstance(item, (dict, list)) or item is None:
-                raise ValueError(f"{key!r}: {item!r} is not a variable name and a value")
+                raise ValueError(f"{short(key)}: {short(item)} is not a variable name and a value")
             text = _scalar(item)
             if len(text) > MAX_ENV_VALUE:
                 raise ValueError(f"the value of {key} is {len(text)} characters long, over {MAX_ENV_VALUE}")
@@ -264,7 +266,7 @@ def parse_gpus(value: Any, error: Callable[[str], Exception]) -> tuple[str, ...]
     out: list[str] = []
     for v in value:
         if isinstance(v, bool) or not isinstance(v, (int, str)) or not _GPU.match(str(v).strip()):
-            raise error(f"{v!r} is not a GPU index or UUID")
+            raise error(f"{short(v)} is not a GPU index or UUID")
         text = str(v).strip()
         text = str(int(text)) if text.isdigit() else text
         same = next((o for o in out if o.lower().startswith(text.lower()) or text.lower().startswith(o.lower())), None)

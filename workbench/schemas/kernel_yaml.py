@@ -21,7 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 from pydantic_core import PydanticCustomError
 
 from workbench.arches import ARCHES, DEFAULT_ARCH, known_arch
-from workbench.schemas import MiB, SchemaError, read_text, short
+from workbench.schemas import MiB, SchemaError, read_text, safe_load_yaml, short
 
 DEFAULT_TIMEOUT = 120.0  # seconds before a run is HANG, when kernel.yaml gives none
 
@@ -93,9 +93,11 @@ def _variant_values(v: Any) -> Any:
         raise _expected("a non-empty list of values (first is the default)")
     if any(isinstance(x, bool) for x in v):
         raise _expected("strings: quote on/off/yes/no/true/false (YAML reads them as booleans)")
+    if len(v) > MAX_ITEMS:  # refused for its length; the quadratic look for a repeat is not worth it
+        return v
     repeated = next((x for i, x in enumerate(v) if x in v[:i]), None)
     if repeated is not None:
-        raise _expected(f"distinct values ({repeated!r} is given twice)")
+        raise _expected(f"distinct values ({short(repeated)} is given twice)")
     return v
 
 
@@ -326,13 +328,11 @@ def load(path: Path) -> KernelFile:
     except FileNotFoundError:
         raise SchemaError(source, "does not exist (a dangling link?)") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_yaml(text, source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
         raise SchemaError(source, f"not valid YAML{where}: {getattr(exc, 'problem', None) or type(exc).__name__}") from None
-    except RecursionError:
-        raise SchemaError(source, "YAML nested too deeply") from None
     try:
         return KernelFile.model_validate(data)
     except ValidationError as exc:
