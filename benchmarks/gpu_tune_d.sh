@@ -40,7 +40,7 @@
 #               in Q frees 32 KiB, room for a third K/V stage (225 KiB) or 144/160/176-key tiles
 #               (176: FlashAttention-3's d = 128 non-causal tile; each compiles without spills
 #               or serialized wgmma): a sweep of each, then two interleaved rounds of benches
-#               beside the default and FA4 (about 6 minutes; not yet run)
+#               beside the default and FA4 (5 minutes; run 2026-12-05: perf-notes round 8)
 # PHASE psync:  p_sync=warp (the PV MMA waits for the warp's own P stores, not the WG's 128
 #               threads; FlashAttention-3/4's choice) where P goes through shared memory: d = 96
 #               non-causal and the causal long kernel. A sweep first (a race shows as wrong
@@ -53,8 +53,8 @@
 # PHASE lazy:   lazy_rescale=on (a row's max moves only past 2^8; a warp skips O *= alpha when
 #               none of its rows moved: FlashAttention-4's conditional rescale): sweeps of every
 #               head dim, both masks, both dtypes, softcap and a window, then d = 128 and 256
-#               (LAZY_DIMS) at s = 8192 timed against off beside FA4, twice interleaved (about
-#               6 minutes; not yet run)
+#               (LAZY_DIMS) at s = 8192 timed against off beside FA4, twice interleaved (over
+#               7 minutes: the 2026-12-05 run was cut at 400 s before d = 256; round 8)
 # Every command has its own hang timeout; `timeout` bounds each step as a backstop.
 set -u
 export COLUMNS=${COLUMNS:-220}
