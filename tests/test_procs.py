@@ -387,3 +387,33 @@ def test_wb_kill_never_signals_a_process_named_by_a_malformed_pid_file(toy_ws, w
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         reap(proc)
+
+
+def test_sockets_no_worker_listens_on_are_pruned_and_live_ones_kept(tmp_path):
+    """A worker ended by SIGKILL (its parent-death signal, `wb kill`) leaves its socket: the
+    socket folder held over a thousand of them. A live one (bound under its staging name and
+    renamed, as the worker does) stays; so does a fresh one (its worker may be starting)."""
+    import socket as socket_lib
+
+    from workbench.run import supervisor
+
+    folder = tmp_path / "s"
+    folder.mkdir()
+    dead = socket_lib.socket(socket_lib.AF_UNIX, socket_lib.SOCK_STREAM)
+    dead.bind(str(folder / "dead.sock"))
+    dead.close()  # the file stays, nobody listens
+    live = socket_lib.socket(socket_lib.AF_UNIX, socket_lib.SOCK_STREAM)
+    live.bind(str(folder / "live.sock.123.tmp"))
+    live.listen(1)
+    os.replace(folder / "live.sock.123.tmp", folder / "live.sock")
+    fresh = socket_lib.socket(socket_lib.AF_UNIX, socket_lib.SOCK_STREAM)
+    fresh.bind(str(folder / "fresh.sock"))
+    fresh.close()
+    old = time.time() - 2 * supervisor.DEAD_SOCKET_AGE_S
+    for name in ("dead.sock", "live.sock"):
+        os.utime(folder / name, (old, old), follow_symlinks=False)
+    try:
+        supervisor._prune_dead_sockets(folder)
+        assert sorted(p.name for p in folder.iterdir()) == ["fresh.sock", "live.sock"]
+    finally:
+        live.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -97,6 +98,7 @@ class Worker:
         log_path = logs / f"worker-{Path(socket_path).stem}.log"
         if once:
             _prune_logs(logs, "worker-once-*.log", keep=KEEP_ONCE_LOGS - 1)  # and this one
+        _prune_dead_sockets(Path(socket_path).parent)
         log = open(log_path, "ab")
         env = {**os.environ, **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
@@ -206,6 +208,40 @@ class Worker:
 
 
 KEEP_ONCE_LOGS = 200  # one-run workers' logs kept in .wb/logs (each such worker writes one)
+
+
+#: a socket file younger than this may belong to a worker still starting: never pruned
+DEAD_SOCKET_AGE_S = 60.0
+
+
+def _listening_sockets() -> set[str] | None:
+    """The paths of the Unix sockets listening on this machine (/proc/net/unix names the path
+    a socket was bound to: a worker binds <name>.<pid>.tmp and renames it), or None."""
+    try:
+        lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    out = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 8 and fields[3] == "00010000":  # __SO_ACCEPTCON: listening
+            out.add(re.sub(r"\.\d+\.tmp$", "", fields[7]))
+    return out
+
+
+def _prune_dead_sockets(folder: Path) -> None:
+    """Remove the sockets in wb's socket folder that no process listens on any more (a
+    worker ended by SIGKILL, its parent-death signal or `wb kill`, cannot remove its own)."""
+    listening = _listening_sockets()
+    if listening is None:
+        return
+    now = time.time()
+    for path in folder.glob("*.sock"):
+        try:
+            if str(path) not in listening and now - path.lstat().st_mtime > DEAD_SOCKET_AGE_S:
+                path.unlink()
+        except OSError:
+            pass
 
 
 def _prune_logs(folder: Path, pattern: str, keep: int) -> None:
