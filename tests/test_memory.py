@@ -185,3 +185,22 @@ def test_an_older_run_folded_in_later_does_not_become_the_last_run(tmp_path):
     status = memory.read_data(memory.data_path(ws.memory_path))["status"]["toy/stage-a"]
     assert status["last_run"] == fake_record(50)["id"] and status["verdict"] == "PASS"
     assert status["cases"]["dtype=bf16"] == {"128": "PASS", "256": "FAIL"}  # its case still counts
+
+
+def test_a_nan_typed_into_memory_json_is_written_back_as_null(tmp_path):
+    """MEMORY.json with a hand-typed NaN was read and written back with NaN, which is not JSON."""
+    import json
+
+    ws = Workspace(tmp_path)
+    memory.record_run(ws, fake_record(1))
+    data_file = memory.data_path(ws.memory_path)
+    data = json.loads(data_file.read_text())
+    data["speed"] = {"toy/stage-a · n=128 · G": {"tflops": float("nan"), "run": "x"}}
+    data_file.write_text(json.dumps(data))
+    memory.record_run(ws, fake_record(2))
+
+    def refuse(name):
+        raise AssertionError(f"{name} in MEMORY.json")
+
+    written = json.loads(data_file.read_text(), parse_constant=refuse)
+    assert written["speed"]["toy/stage-a · n=128 · G"]["tflops"] is None

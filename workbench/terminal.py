@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import sys
 from typing import Any, Iterable
@@ -12,7 +11,7 @@ from typing import Any, Iterable
 from rich.console import Console
 from rich.table import Table
 
-from workbench.text import fmt  # noqa: F401  (re-exported for the CLI)
+from workbench.text import fmt, strict_json  # noqa: F401  (fmt re-exported for the CLI)
 
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns; tables read better wider.
 _width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
@@ -152,14 +151,3 @@ def print_json(data: Any) -> None:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         return
     sys.stdout.write(json.dumps(strict_json(data), indent=2, default=str, allow_nan=False) + "\n")
-
-
-def strict_json(data: Any) -> Any:
-    """``data`` with every float that JSON cannot spell (NaN, +-inf) as None."""
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {k: strict_json(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [strict_json(v) for v in data]
-    return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -12,3 +13,14 @@ def fmt(x: Any, spec: str = ".4g") -> str:
     if isinstance(x, float):
         return format(x, spec)
     return str(x)
+
+
+def strict_json(data: Any) -> Any:
+    """``data`` with every float that JSON cannot spell (NaN, +-inf) as None."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: strict_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict_json(v) for v in data]
+    return data

@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable
 
 from workbench.errors import UserError
 from workbench.records.provenance import short_commit
+from workbench.text import strict_json
 from workbench.files import Changed, atomic_write_text
 from workbench.schemas import read_text
 from workbench.workspace import Workspace
@@ -248,7 +249,8 @@ def _dump_data(data: dict[str, Any]) -> str:
     from workbench.schemas.memory_data import VERSION
 
     out = {"version": VERSION, **{k: v for k, v in data.items() if k != "version"}}
-    return json.dumps(out, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    # a NaN typed into MEMORY.json is read back, but written as null: the file stays strict JSON
+    return json.dumps(strict_json(out), indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def _locked_edit(ws: Workspace, path: Path, edit: Callable[[str], str]) -> None:
