@@ -234,3 +234,11 @@ def test_a_path_too_long_for_the_os_is_one_line(toy_ws, wb):
         for proc, fragment in cases:
             assert_one_line_error(proc, fragment, "characters): File name too long")
             assert len(proc.stderr) < 300, proc.stderr
+
+
+def test_a_wb_home_that_is_no_folder_is_named_in_a_warning(toy_ws, wb, monkeypatch):
+    """WB_HOME=/dev/null silently turned the compile cache off."""
+    monkeypatch.setenv("WB_HOME", "/dev/null")
+    proc = wb("list")
+    assert proc.returncode == 0
+    assert "wb: warning: WB_HOME=/dev/null is not a folder" in proc.stderr

@@ -72,6 +72,9 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print wb's version."),
 ) -> None:
     state.workspace_path = str(workspace) if workspace else None
+    home = os.environ.get("WB_HOME")
+    if home and os.path.exists(home) and not os.path.isdir(home):
+        warnings.warn(f"WB_HOME={home} is not a folder: compiled kernels and the card's measured peak are not kept between runs")
 
 
 # `wb --help` lists commands in the order of a working day, not of module imports.
