@@ -267,3 +267,12 @@ def test_an_import_killed_between_its_renames_and_memory_md_is_finished_by_the_n
     assert all(rid in log for rid in killed + later), log
     assert log.count(killed[0]) == 1
     assert not (ws.state_dir / "import-pending.json").exists() and not (ws.state_dir / "import-abc123").exists()
+
+
+def test_folders_whose_names_are_no_run_ids_are_named_not_silently_dropped(ws, tmp_path):
+    """A tarball with runs/notanid/run.json said "imported 0 run(s) … nothing new"."""
+    ids = make_runs(tmp_path / "src", count=1)
+    shutil.copytree(tmp_path / "src" / "runs" / ids[0], tmp_path / "src" / "runs" / "notanid")
+    (tmp_path / "src" / "runs" / "reports").mkdir()  # wb's own stage reports: not a run, not news
+    done = import_runs(ws, tmp_path / "src")
+    assert [r["id"] for r in done.records] == ids and done.not_runs == ["notanid"]

@@ -175,7 +175,7 @@ def import_(
     """Bring run records made elsewhere into this workspace: runs/, MEMORY.md, stage reports."""
 
     from workbench.records.importer import import_runs
-    from workbench.terminal import console
+    from workbench.terminal import console, escape
 
     ws = state.workspace()
     done = import_runs(ws, Path(source))
@@ -187,3 +187,6 @@ def import_(
     if done.without_record:
         console.print(f"skipped {len(done.without_record)} run folder(s) without a run.json (unfinished where they were made): "
                       + ", ".join(done.without_record[:5]) + (" ..." if len(done.without_record) > 5 else ""))
+    if done.not_runs:
+        console.print(f"left out {len(done.not_runs)} folder(s) of runs/ whose names are no run ids: "
+                      + escape(", ".join(done.not_runs[:5])) + (" ..." if len(done.not_runs) > 5 else ""))

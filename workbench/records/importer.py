@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench.errors import UserError, path_error
@@ -30,7 +30,7 @@ from workbench.files import atomic_write_text
 from workbench.kernels.registry import load_kernels
 from workbench.records import memory, report, speed
 from workbench.interrupts import held_signals
-from workbench.records.store import RECORD, load_record, run_ids
+from workbench.records.store import RECORD, is_run_id, load_record, run_ids
 from workbench.workspace import Workspace
 
 MiB = 1 << 20
@@ -130,6 +130,7 @@ def _runs_dir_in(folder: Path, source: Path) -> Path:
 class Imported:
     records: list[dict]  # oldest first
     without_record: list[str]  # run folders that had no run.json (still running or killed where they were made)
+    not_runs: list[str] = field(default_factory=list)  # folders in runs/ whose names are no run ids: left out
 
 
 def import_runs(ws: Workspace, source: Path, limits: Limits | None = None) -> Imported:
@@ -177,9 +178,11 @@ def _import_locked(ws: Workspace, source: Path, limits: Limits) -> Imported:
             record = load_record(runs / run_id)  # SchemaError names the file and the key
             record["_dir"] = str(ws.runs_dir / run_id)
             records.append(record)
+        # wb's own stage reports live in runs/reports; any other folder is not wb's to import
+        not_runs = sorted(p.name for p in runs.iterdir() if p.is_dir() and not is_run_id(p.name) and p.name != "reports")
         _complete(ws, records)
         _commit(ws, runs, records)
-    return Imported(records, without)
+    return Imported(records, without, not_runs)
 
 
 def _complete(ws: Workspace, records: list[dict]) -> None:

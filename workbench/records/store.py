@@ -212,6 +212,10 @@ def load_record(run_dir: Path) -> dict[str, Any]:
 _ID_RE = re.compile(r"^\d{8}-\d{6}-\d{6}$")
 
 
+def is_run_id(name: str) -> bool:
+    return bool(_ID_RE.match(name))
+
+
 def run_ids(runs_dir: Path) -> list[str]:
     """The run ids in `runs_dir`, oldest first; none when it is not there yet. A file, a link
     loop or a dangling link in its place is one line, not "no runs"."""
