@@ -363,6 +363,8 @@ def test_a_pid_file_with_wrong_typed_fields_is_listed_as_unreadable_and_kept(toy
     assert listed.returncode == 0, listed.stderr
     (row,) = json.loads(listed.stdout)
     assert row["state"] == "unreadable" and row["note"].startswith("unreadable pid file (") and not row["age_s"]
+    if not isinstance(content.get("pid"), int):  # no pid to show: not a made-up 0
+        assert row["pid"] is None and "│ 0 " not in text.stdout
     assert wb("kill", "--all").returncode == 0
     assert json.loads(path.read_text()) == content
 

@@ -82,7 +82,7 @@ def _render_procs(rows: list[dict], title: str | None = None) -> None:
     for r in rows:
         state_text = r["state"]
         table_rows.append([
-            str(r["pid"]), r.get("kind") or "-", f"[{style.get(state_text, 'dim')}]{state_text}[/]",
+            str(r.get("pid") or "?"), r.get("kind") or "-", f"[{style.get(state_text, 'dim')}]{state_text}[/]",
             fmt(round(r["age_s"]) if r.get("age_s") is not None else None) + ("s" if r.get("age_s") is not None else ""),
             escape(r.get("cuda_visible_devices") or "-"), fmt(r.get("gpu_mib")), escape(r.get("run") or "-"), escape(r.get("note") or ""),
         ])

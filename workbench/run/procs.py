@@ -230,7 +230,8 @@ class ProcInfo:
         d = self.data
         job = d.get("job") or {}
         return {
-            "pid": self.pid, "pgid": d.get("pgid"), "kind": d.get("kind", "worker"), "state": self.state, "note": self.note,
+            # pid None: a pid file whose pid is no number (not a made-up 0)
+            "pid": self.pid or None, "pgid": d.get("pgid"), "kind": d.get("kind", "worker"), "state": self.state, "note": self.note,
             "host": d.get("host"), "age_s": (time.time() - d["started"]) if d.get("started") else None,
             "cuda_visible_devices": d.get("cuda_visible_devices"), "gpu_mib": self.gpu_mib,
             "run": Path(job["run_dir"]).name if job.get("run_dir") else None,
