@@ -276,3 +276,14 @@ def test_folders_whose_names_are_no_run_ids_are_named_not_silently_dropped(ws, t
     (tmp_path / "src" / "runs" / "reports").mkdir()  # wb's own stage reports: not a run, not news
     done = import_runs(ws, tmp_path / "src")
     assert [r["id"] for r in done.records] == ids and done.not_runs == ["notanid"]
+
+
+def test_an_import_into_a_runs_folder_wb_cannot_write_names_it(ws, tmp_path, monkeypatch):
+    """It said only "import failed and was undone: Permission denied"."""
+    make_runs(tmp_path / "src", count=1)
+    ws.runs_dir.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == ws.runs_dir else real_access(path, mode, **kw))
+    with pytest.raises(UserError, match=r"runs is not writable"):
+        import_runs(ws, tmp_path / "src")
+    assert run_ids(ws.runs_dir) == []

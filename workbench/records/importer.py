@@ -30,7 +30,7 @@ from workbench.files import atomic_write_text
 from workbench.kernels.registry import load_kernels
 from workbench.records import memory, report, speed
 from workbench.interrupts import held_signals
-from workbench.records.store import RECORD, is_run_id, load_record, run_ids
+from workbench.records.store import RECORD, ensure_runs_dir, is_run_id, load_record, run_ids
 from workbench.workspace import Workspace
 
 MiB = 1 << 20
@@ -158,6 +158,7 @@ def import_runs(ws: Workspace, source: Path, limits: Limits | None = None) -> Im
 
 
 def _import_locked(ws: Workspace, source: Path, limits: Limits) -> Imported:
+    ensure_runs_dir(ws.runs_dir)  # a read-only or broken runs/ is named, not "Permission denied" after the copy
     with tempfile.TemporaryDirectory(prefix="import-", dir=ws.state_dir) as tmp:
         staged = Path(tmp) / "source"
         staged.mkdir()
