@@ -481,3 +481,16 @@ def test_the_exported_kernel_is_the_in_tree_kernel_instruction_for_instruction(f
 
     ours, theirs = instructions(exported, "exported"), instructions(in_tree, "in-tree")
     assert len(ours) > 1000 and ours == theirs
+
+
+def test_an_out_under_a_file_is_refused_before_compiling(tmp_path):
+    """`wb export -o FILE/sub` compiled every configuration, then failed at the mkdir."""
+    from workbench.errors import UserError
+    from workbench.export.build import check_out
+    from workbench.workspace import Workspace
+
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UserError, match="a-file is not a folder"):
+        check_out(Workspace(tmp_path / "ws"), tmp_path / "a-file" / "sub" / "pkg", force=False)
+    check_out(Workspace(tmp_path / "ws"), tmp_path / "new" / "pkg", force=False)  # folders to be made: fine

@@ -263,6 +263,10 @@ def check_out(ws, out: Path, force: bool) -> None:
     except OSError as exc:  # a name too long for the OS, ...
         raise path_error("--out", out, exc) from None
     if not exists:
+        # what will hold it: a file on the way would fail the mkdir after minutes of compiling
+        above = next((p for p in out.absolute().parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise UserError(f"--out {out}: {above} is not a folder, so the export cannot go under it")
         return
     if not out.is_dir() or out.is_symlink():
         raise UserError(f"--out {out} exists and is not a folder: choose another path")
