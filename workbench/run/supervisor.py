@@ -372,16 +372,14 @@ def _drive(worker: Worker, job: dict, timeout: float, on_event) -> Outcome:
                 else:
                     continue
             if not chunk:
-                outcome.status = "CRASH"
-                outcome.message = "the worker process died"
-                if STOPPING.is_set():
-                    outcome.status, outcome.message = "INTERRUPTED", STOPPED
                 killer = procs.killed_by_wb_kill(worker.pidfile, worker.pid)
-                if killer == os.getpid():  # this wb ended it: an interrupted sweep (STOPPING), not `wb kill`
-                    outcome.status, outcome.message = "INTERRUPTED", STOPPED
-                elif killer is not None:
+                if killer is not None and killer != os.getpid():
                     outcome.status = "INTERRUPTED"
                     outcome.message = f"the worker was killed by `wb kill`{f' (pid {killer})' if killer else ''}"
+                elif STOPPING.is_set() or killer is not None:  # this wb ended it (an interrupted sweep's kill leaves the marker too)
+                    outcome.status, outcome.message = "INTERRUPTED", STOPPED
+                else:
+                    outcome.status, outcome.message = "CRASH", "the worker process died"
                 outcome.log_tail = worker.log_tail(log_start)
                 worker.kill()
                 return outcome
