@@ -58,6 +58,10 @@ def a_name(flag: str, what: str, comma_list: bool = False):
     return check
 
 
+#: --host of the commands that take one configured host
+host_name = a_name("--host", "the name of a configured host (`wb hosts` lists them)")
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"wb {__version__}")

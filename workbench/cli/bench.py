@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from workbench.cli import a_name, app, state
+from workbench.cli import app, host_name, state
 from workbench.errors import UserError
 
 
@@ -42,7 +42,7 @@ def bench(
     ),
     sweep: bool = typer.Option(False, "--sweep", help="Time the kernel's bench.sweep cases and write its perf doc (bench.perf_doc)."),
     timeout: float = typer.Option(900.0, "--timeout", help="Seconds before the bench is killed as HANG."),
-    host: Optional[str] = typer.Option(None, "--host", callback=a_name("--host", "the name of a configured host (`wb hosts` lists them)"), help="Run on a configured remote host (see `wb hosts`); the record comes back here."),
+    host: Optional[str] = typer.Option(None, "--host", callback=host_name, help="Run on a configured remote host (see `wb hosts`); the record comes back here."),
     as_json: bool = typer.Option(False, "--json", help="Print the bench record as JSON."),
 ) -> None:
     """Time STAGE with CUDA events (L2 flushed, median and spread) after checking it on the same inputs,

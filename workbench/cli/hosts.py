@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from workbench.cli import a_name, app, state
+from workbench.cli import app, host_name, state
 
 
 @app.command()
@@ -93,7 +93,7 @@ def _render_procs(rows: list[dict], title: str | None = None) -> None:
 
 @app.command()
 def ps(
-    host: Optional[str] = typer.Option(None, "--host", callback=a_name("--host", "the name of a configured host (`wb hosts` lists them)"), help="List them on a configured remote host."),
+    host: Optional[str] = typer.Option(None, "--host", callback=host_name, help="List them on a configured remote host."),
     all_files: bool = typer.Option(False, "--all", help="Also show pid files of processes that are gone."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
@@ -119,7 +119,7 @@ def ps(
 def kill(
     pids: Optional[List[int]] = typer.Argument(None, help="Pids to end (from `wb ps`). Default: every orphan."),
     everything: bool = typer.Option(False, "--all", help="End every wb worker of this workspace, idle ones too."),
-    host: Optional[str] = typer.Option(None, "--host", callback=a_name("--host", "the name of a configured host (`wb hosts` lists them)"), help="On a configured remote host."),
+    host: Optional[str] = typer.Option(None, "--host", callback=host_name, help="On a configured remote host."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """End wb's own stale processes by pid: orphans by default. Never anything wb did not start:

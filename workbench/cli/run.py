@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from workbench.cli import a_name, app, state
+from workbench.cli import app, host_name, state
 from workbench.errors import UserError
 
 # Fixtures seed torch, numpy and random with seed + i: below 2^31 every one of them takes it
@@ -93,7 +93,7 @@ def run(
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds before the run is killed as HANG (default: the stage's)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Compile for this arch (default: kernel.yaml's)."),
     fresh: bool = typer.Option(False, "--fresh", help="Use a new worker process instead of the warm one."),
-    host: Optional[str] = typer.Option(None, "--host", callback=a_name("--host", "the name of a configured host (`wb hosts` lists them)"), help="Run on a configured remote host (see `wb hosts`)."),
+    host: Optional[str] = typer.Option(None, "--host", callback=host_name, help="Run on a configured remote host (see `wb hosts`)."),
     exported: Optional[Path] = typer.Option(
         None, "--exported", help="Also run the fixtures through the op of this `wb export` folder: its outputs are judged and must equal the in-tree kernel's bit for bit (a new worker).",
     ),

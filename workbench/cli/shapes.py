@@ -8,7 +8,7 @@ from typing import Callable, Iterator, List, Optional
 
 import typer
 
-from workbench.cli import a_name, app, state
+from workbench.cli import app, host_name, state
 
 
 @contextlib.contextmanager
@@ -60,7 +60,7 @@ def shapes(
     check: bool = typer.Option(False, "--check", help="Exit 1 when a layout or mode count differs from the accepted snapshot (CI, pre-commit)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Compile even when the compile cache has the stage."),
     in_process: bool = typer.Option(False, "--in-process", help="Compile in this process instead of a worker (debugging)."),
-    host: Optional[str] = typer.Option(None, "--host", callback=a_name("--host", "the name of a configured host (`wb hosts` lists them)"), help="Run it on a configured remote host (output streamed; --accept writes the lock there)."),
+    host: Optional[str] = typer.Option(None, "--host", callback=host_name, help="Run it on a configured remote host (output streamed; --accept writes the lock there)."),
     as_json: bool = typer.Option(False, "--json", help="Print the records and differences as JSON."),
 ) -> None:
     """Compile KERNEL's stages for ARCH with fake tensors (no GPU needed) and show each probe's
