@@ -214,7 +214,6 @@ def _commit(ws: Workspace, staged_runs: Path, records: list[dict]) -> None:
     edits = memory_edits(records, ws)
     if edits:
         memory.render_blocks(ws, edits)  # fails here, before anything moved, on a MEMORY.md or MEMORY.json wb cannot update
-    ws.runs_dir.mkdir(parents=True, exist_ok=True)
     # a SIGKILL between the renames and MEMORY.md (no handler runs) left runs in runs/ that
     # no later import publishes (they are "already here"): the next import finishes from this
     atomic_write_text(_pending(ws), json.dumps([r["id"] for r in records]) + "\n")

@@ -52,6 +52,7 @@ def run_markdown(record: dict[str, Any]) -> str:
     timing = record.get("timing", {})
     card = prov.get("gpu") or "no GPU"
     commit = (prov.get("commit") or "no git")[:10] + (" (dirty, diff " + str(prov.get("diff_hash")) + ")" if prov.get("dirty") else "")
+    params = params_text(record)
     out = [
         f"# {record['stage']} — {record['verdict']}",
         "",
@@ -59,7 +60,7 @@ def run_markdown(record: dict[str, Any]) -> str:
         "",
         f"**{record.get('stage_title', '')}**",
         "",
-        f"- parameters: `{params_text(record)}`" if params_text(record) else "- parameters: none recorded",
+        f"- parameters: `{params}`" if params else "- parameters: none recorded",
         f"- variants: `{variants_text(record.get('variants', {}))}`",
         f"- compile: {fmt(timing.get('compile_s'), '.2f')} s" + (" (cached)" if timing.get("compile_cached") else "")
         + f" · kernel runs: {fmt(timing.get('run_s'), '.3f')} s · total: {fmt(timing.get('total_s'), '.2f')} s",
