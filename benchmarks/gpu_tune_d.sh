@@ -21,7 +21,9 @@
 #               environment), d=128 and d=64 (AB_D64_VARIANTS: -V options) timed interleaved, after a
 #               correctness sweep of AFTER (about 5 minutes)
 # PHASE dynamic: persistent=dynamic (global tile counter) checked and timed against off/on
-# PHASE verify: the whole default sweep (112 cases) and a bench of the defaults (about 6 minutes)
+# PHASE verify: the whole default sweep (112 cases), d=128 non-causal's long kernel with tails and
+#               softcap (10 cases), and a bench of the defaults (about 7 minutes; VERIFY_NO_BENCH=1:
+#               the sweeps alone)
 # PHASE round3: a fresh S accumulator per overlap step (no spills at 160 registers) and causal
 #               192-row Q tiles: sweeps of consumers=3 with every schedule, both masks, and of
 #               the d=128 defaults, then d=64 benches (about 6 minutes)
@@ -232,8 +234,13 @@ verify)
   step "sweep of every default configuration (d 64/128, causal, bf16/fp16, MHA/GQA; 112 cases)"
   timeout 330 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 64,128 --dtype bf16,fp16 -p causal=false,true \
     -p kv_heads=4,2 --timeout 40 | sweep_verdicts
-  step "bench the defaults, d=64 and d=128, s 1024/4096/8192 (fa4 beside)"
-  timeout 200 wb bench d -p n=1024,4096,8192 -p d=64,128 --peers fa4 --timeout 190 | table_rows 170
+  step "sweep d=128 non-causal's long kernel (128 x 176, O in Q, from m=8192): tails, GQA, softcap (10 cases)"
+  timeout 150 wb sweep d --n 8200,9000 --d 128 --dtype bf16,fp16 -p causal=false -p kv_heads=4,2 --timeout 40 | sweep_verdicts
+  timeout 80 wb sweep d --n 8192,9000 --d 128 -p causal=false -p softcap=30 --timeout 40 | sweep_verdicts
+  if [ -z "${VERIFY_NO_BENCH:-}" ]; then  # (VERIFY_NO_BENCH=1 when the perf phase follows: it times these)
+    step "bench the defaults, d=64 and d=128, s 1024/4096/8192 (fa4 beside)"
+    timeout 200 wb bench d -p n=1024,4096,8192 -p d=64,128 --peers fa4 --timeout 190 | table_rows 170
+  fi
   ;;
 d96)
   C3="-V consumers=3"  # with p_operand=auto: P through shared memory, 192 x 128, O in its own tile

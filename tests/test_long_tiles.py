@@ -1,7 +1,7 @@
-"""Causal d=64 and d=96 build two kernels (stages/fmha/geometry.long_kernel): the 128-row one
-and, beside it, a 192-row one that runs from the long kernel's min_m query rows on (d=64: 3
-consumer WGs from 4096; d=96: non-causal's 192 x 144 tile, P in shared memory, O in Q, from
-8192). On the CPU: which configurations and variants get the second kernel, that the stage's
+"""Causal d=64 and d=96 and non-causal d=128 build two kernels (stages/fmha/geometry.long_kernel):
+the default one and, beside it, one that runs from the long kernel's min_m query rows on
+(causal d=64: 3 consumer WGs from 4096; causal d=96: non-causal's 192 x 144 tile, P in shared
+memory, O in Q, from 8192; non-causal d=128: a 128 x 176 tile, O in Q, from 8192). On the CPU: which configurations and variants get the second kernel, that the stage's
 compile returns both under two kernel names and picks by m, that `wb shapes` lists the first
 build's probes only, that the fixtures and the mutants take the launched kernel's tile, and
 that the exported op (stages/fmha/export_op.py, run here with stand-in functions) picks as
@@ -27,15 +27,21 @@ from stages.fmha import geometry  # noqa: E402
     [
         (64, True, False, False, False, (4096, {"consumers": "3"})),
         (96, True, False, False, False, (8192, {"consumers": "3", "kv_tile": "144", "o_staging": "q"})),
+        (128, False, False, False, False, (8192, {"consumers": "2", "kv_tile": "176", "o_staging": "q"})),
         (64, False, False, False, False, None),  # non-causal d=64 and 96 are 192-row already
         (96, False, False, False, False, None),
         (128, True, False, False, False, None),
+        (192, False, False, False, False, None),
+        (256, False, False, False, False, None),
+        (128, False, True, False, False, None),
+        (128, False, False, True, False, None),
+        (128, False, False, False, True, None),
         (64, True, True, False, False, None),  # a window: masked steps at both edges
         (96, True, False, True, False, None),  # varlen would choose by max_seqlen_q: not measured
         (96, True, False, False, True, None),
     ],
 )
-def test_only_causal_d64_and_d96_fixed_length_without_a_window_get_the_long_kernel(d, causal, windowed, varlen, paged, expected):
+def test_only_causal_d64_d96_and_non_causal_d128_fixed_length_without_a_window_get_the_long_kernel(d, causal, windowed, varlen, paged, expected):
     long = geometry.long_kernel(d, causal, windowed, varlen, paged)
     assert (None if long is None else (long.min_m, long.variants())) == expected
 
@@ -57,10 +63,31 @@ def test_the_long_kernel_is_built_only_where_the_other_variants_allow_it(d, vari
     assert (geometry.long_kernel(d, True, False, False, False, variants) is not None) == built
 
 
-def test_fixtures_and_mutants_take_the_tile_of_the_kernel_launched_for_m_rows():
-    """d=96 causal: 128-key tiles below 8192 query rows, 144 from there on (the single
-    fixture's V element lands at row 9 of the last tile of that width; the mutants simulate
-    that width and 192-row Q tiles); with kv_tile chosen, the default kernel's for every m."""
+@pytest.mark.parametrize(
+    "variants, built",
+    [
+        ({}, True),
+        ({"schedule": "serial"}, True),  # P stays in registers: every schedule
+        ({"o_staging": "own"}, False),  # a variant the long kernel sets, chosen
+        ({"kv_tile": "128"}, False),
+        ({"consumers": "2"}, False),
+        ({"q_buffers": "2"}, False),  # O staged in Q takes the one Q buffer
+        ({"kv_stages": "3"}, False),  # 176-key K and V tiles, 3 deep: over a CTA's shared memory
+    ],
+)
+def test_d128s_non_causal_long_kernel_is_built_only_where_the_other_variants_allow_it(variants, built):
+    assert (geometry.long_kernel(128, False, False, False, False, variants) is not None) == built
+
+
+@pytest.mark.parametrize(
+    "d, causal, tiles_by_m",
+    [(96, True, ((4096, 128, 128), (8192, 144, 192))), (128, False, ((4096, 128, 128), (8192, 176, 128)))],
+)
+def test_fixtures_and_mutants_take_the_tile_of_the_kernel_launched_for_m_rows(d, causal, tiles_by_m):
+    """d=96 causal: 128-key tiles below 8192 query rows, 144 (and 192-row Q tiles) from there
+    on; d=128 non-causal: 176-key tiles from 8192 on. The single fixture's V element lands at
+    row 9 of the last tile of that width; the mutants simulate that width and Q tile; with
+    kv_tile chosen, the default kernel's for every m."""
     from workbench.diagnose import MutantContext
     from workbench.kernels.fixtures import get_fixture, load_fixtures
     from workbench.kernels.stage import TensorSpec
@@ -68,15 +95,15 @@ def test_fixtures_and_mutants_take_the_tile_of_the_kernel_launched_for_m_rows():
     from stages.fmha.mutants import problem
 
     fixtures = load_fixtures(ROOT / "fixtures")
-    n, d = 250, 96
-    for m, tile_n, tile_m in ((4096, 128, 128), (8192, 144, 192)):
-        assert geometry.kv_tile(d, causal=True, m=m) == tile_n
+    n = 250
+    for m, tile_n, tile_m in tiles_by_m:
+        assert geometry.kv_tile(d, causal=causal, m=m) == tile_n
         ins = {name: TensorSpec((1, rows, 1, d), "bf16") for name, rows in (("q", m), ("k", n), ("v", n))}
-        params = _params(d=d, m=m, n=n, batch=1, heads=1, kv_heads=1)
+        params = _params(d=d, m=m, n=n, batch=1, heads=1, kv_heads=1, causal=causal)
         inputs = get_fixture(fixtures, "single", ins).make(ins, params, 0, "cpu")
         (rows,) = torch.nonzero(inputs["v"][0, :, 0, 1], as_tuple=True)
         assert rows.tolist() == [((n - 1) // tile_n) * tile_n + 9]
-        for variants, tiles in (({}, (tile_n, tile_m)), ({"kv_tile": "144"}, (128, 128))):
+        for variants, tiles in (({}, (tile_n, tile_m)), ({"kv_tile": str(tile_n)}, (128, 128))):
             cx = MutantContext(inputs=inputs, expected={}, params=params, variants=variants, fixture="single", views={})
             P = problem(cx)
             assert (P.kv_tile, P.tile_m) == tiles
@@ -92,8 +119,10 @@ def _params(**over):
     return Params(p)
 
 
-@pytest.mark.parametrize("d, min_m, long_name", [(64, 4096, "192x128"), (96, 8192, "192x144")])
-def test_the_stage_compiles_both_kernels_under_two_names_and_picks_by_m(d, min_m, long_name):
+@pytest.mark.parametrize(
+    "d, causal, min_m, long_name", [(64, True, 4096, "192x128"), (96, True, 8192, "192x144"), (128, False, 8192, "128x176")]
+)
+def test_the_stage_compiles_both_kernels_under_two_names_and_picks_by_m(d, causal, min_m, long_name):
     pytest.importorskip("cutlass")
     from stages.fmha import host
     from stages.fmha.stage_d_fmha import StageD
@@ -102,14 +131,14 @@ def test_the_stage_compiles_both_kernels_under_two_names_and_picks_by_m(d, min_m
 
     stage = StageD()
     with capture("d") as both_probes, tracing("d", "sm_90a") as state:
-        both = stage.compile(_params(d=d), host.variants_of("d", {}), "sm_90a")
+        both = stage.compile(_params(d=d, causal=causal), host.variants_of("d", {}), "sm_90a")
     assert both.fn_long is not None and both.long_m == min_m
     assert both.for_rows(min_m - 1) is both.fn and both.for_rows(min_m) is both.fn_long
     names = [k.name for k in state.kernels]
     assert len(names) == 2 and "FmhaForward_128x128_" in names[0] and f"FmhaForward_{long_name}_" in names[1], names
     # the probes are the 128-row build's alone: the same keys and layouts as consumers=2 by itself
     with capture("d") as short_probes, tracing("d", "sm_90a"):
-        short = stage.compile(_params(d=d), host.variants_of("d", {"consumers": "2"}), "sm_90a")
+        short = stage.compile(_params(d=d, causal=causal), host.variants_of("d", {"consumers": "2"}), "sm_90a")
     assert short.fn_long is None and short.for_rows(8192) is short.fn
     assert [(r["key"], r["layout"]) for r in with_keys(list(both_probes))] == [
         (r["key"], r["layout"]) for r in with_keys(list(short_probes))

@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 
 OP = "fwd"
-# the compiled kernels of one configuration: fn, and for causal d = 64 and 96 fn_long, the
-# 192-row kernel launched from info["min_m"] query rows on (stages/fmha/geometry.long_kernel)
+# the compiled kernels of one configuration: fn, and where geometry.long_kernel builds one
+# (causal d = 64 and 96, non-causal d = 128) fn_long, launched from info["min_m"] query rows on
 PIECES = ("fn", "fn_long")
 SCHEMA = (
     "(Tensor q, Tensor k, Tensor v, bool causal=False, float softcap=0.0, int window_left=-1, "

@@ -29,9 +29,10 @@ more) and O staged in Q, 2 stages (paged: 192 x 128, O in its own tile), +4-6% o
 192 and 256 take FlashAttention-3's KV tile widths (112, 80; 128 for d = 192 with dv <= 128,
 as FA3) with 2 stages, which fit only with O staged in Q's shared memory. 192-row Q tiles (3
 consumer WGs at 160 registers) with P in registers are d = 64's alone: for d >= 96 the O
-accumulator does not leave room for S and P. Causal d = 64 and 96 launch a second kernel for
-long queries (``long_kernel``): 3 WGs from m = 4096 (d = 64), non-causal's 192 x 144 tile from
-m = 8192 (d = 96).
+accumulator does not leave room for S and P. Three configurations launch a second kernel for
+long queries (``long_kernel``): causal d = 64 with 3 WGs from m = 4096, causal d = 96 with
+non-causal's 192 x 144 tile from m = 8192, and non-causal d = 128 with FlashAttention-3's
+128 x 176 tile, O in Q, from m = 8192.
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ def fitting_kv_stages(d: int, tile_n: int, consumers: int, q_buffers: int, o_in_
 class LongKernel:
     """A second kernel stage D compiles beside its default one and launches from ``min_m``
     query rows on: 192-row causal tiles lose at short m (their extra masked visits cost more
-    than the better-hidden softmax gains) and win at long m. Its variants over the default's:
+    than the better-hidden softmax gains) and win at long m; d = 128's wider KV tile loses
+    1% at m = 4096 and wins 2% at 8192. Its variants over the default's:
     ``consumers`` and, where set, ``kv_tile`` and ``o_staging``."""
 
     min_m: int
@@ -187,22 +189,33 @@ class LongKernel:
         return tiles(d, consumers=self.consumers, kv_tile=self.kv_tile, o_staging=self.o_staging, **kwargs)
 
 
+#: (d, causal): the long kernel of that configuration (``long_kernel``)
+_LONG = {
+    (64, True): LongKernel(min_m=4096, consumers=3),
+    (96, True): LongKernel(min_m=8192, consumers=3, kv_tile=144, o_staging="q"),
+    (128, False): LongKernel(min_m=8192, consumers=2, kv_tile=176, o_staging="q"),
+}
+
+
 def long_kernel(d: int, causal: bool, windowed: bool, varlen: bool, paged: bool,
                 variants: Mapping[str, str] | None = None) -> LongKernel | None:
     """The kernel launched for long queries beside the default (None: one kernel serves every
-    m). Causal, fixed-length, not paged, without a window (varlen and paged would choose by
+    m). Fixed-length, not paged, without a window (varlen and paged would choose by
     max_seqlen_q; not measured), and only where every variant it sets is auto in ``variants``
-    (an explicit choice is the user's experiment):
+    (an explicit choice is the user's experiment). Chosen by query rows m: the bench measures
+    m = n, so a long query block over a short KV (m >> n) takes it too, unmeasured.
 
-    * d = 64: 3 consumer WGs from m = 4096 (H200, bf16, TFLOP/s 128-row / 192-row: s = 1024
-      353 / 314, 4096 479 / 490, 8192 505 / 547, 16384 517 / 567);
-    * d = 96: non-causal's 192 x 144 tile, P through shared memory, O in Q, from m = 8192
-      (H200, bf16 / fp16, one call: s = 4096 597 / 577 against 578 / 562; s = 8192 631 / 608
-      against 645 / 623). docs/perf-notes.md, rounds 5 and 7."""
-    if not causal or windowed or varlen or paged:
+    * causal d = 64: 3 consumer WGs from m = 4096 (H200, bf16, TFLOP/s 128-row / 192-row:
+      s = 1024 353 / 314, 4096 479 / 490, 8192 505 / 547, 16384 517 / 567);
+    * causal d = 96: non-causal's 192 x 144 tile, P through shared memory, O in Q, from
+      m = 8192 (H200, bf16 / fp16, one call: s = 4096 597 / 577 against 578 / 562; s = 8192
+      631 / 608 against 645 / 623). docs/perf-notes.md, rounds 5 and 7;
+    * non-causal d = 128: FlashAttention-3's 176-key tile with O staged in Q, from m = 8192
+      (H200, bf16 / fp16, two rounds in one call: s = 8192 745 / 720 and 744 / 721 against
+      734 / 706 and 720 / 705; s = 4096 713 / 691 against 722 / 698). Round 8."""
+    if windowed or varlen or paged:
         return None
-    long = {64: LongKernel(min_m=4096, consumers=3),
-            96: LongKernel(min_m=8192, consumers=3, kv_tile=144, o_staging="q")}.get(d)
+    long = _LONG.get((d, causal))
     variants = variants or {}
     if long is None or any(variants.get(key, "auto") != "auto" for key in long.variants()):
         return None

@@ -103,7 +103,7 @@ class Problem:
         paged = bool(int(param_value(cx.params, "page_size", 0) or 0))
         # the kernel's KV tile width and Q tile rows (64 per consumer WG), as stage D's default
         # kernel has them for m rows (stages/fmha/geometry.py; d = 96 non-causal: 192 x 144;
-        # causal d = 64 and 96 from long_kernel's min_m on: its tile); a d outside its table:
+        # from long_kernel's min_m on, that kernel's tile); a d outside its table:
         # 128-key tiles, 2 WGs
         variants = cx.variants or {}
         geom = None
