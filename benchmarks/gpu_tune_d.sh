@@ -43,6 +43,9 @@
 #               (176: FlashAttention-3's d = 128 non-causal tile; each compiles without spills
 #               or serialized wgmma): a sweep of each, then two interleaved rounds of benches
 #               beside the default and FA4 (5 minutes; run 2026-12-05: perf-notes round 8)
+# PHASE long128: d = 128 non-causal's long kernel (128 x 176 from m = 8192) against the one
+#               128 x 128 kernel (-V kv_tile=128), s 8192 and 16384, both dtypes, FA4 beside, two
+#               interleaved rounds (about 4 minutes)
 # PHASE psync:  p_sync=warp (the PV MMA waits for the warp's own P stores, not the WG's 128
 #               threads; FlashAttention-3/4's choice) where P goes through shared memory: d = 96
 #               non-causal and the causal long kernel. A sweep first (a race shows as wrong
@@ -276,6 +279,13 @@ d128q)
     done
   done
   ;;
+long128)
+  for round in 1 2; do
+    step "round $round: d=128 non-causal s 8192/16384, the default (its long kernel, 128 x 176) with FA4, then kv_tile=128 (one kernel)"
+    timeout 120 wb bench d -p d=128 -p n=8192,16384 -p dtype=bf16,fp16 --peers fa4 --timeout 110 | table_rows 170
+    timeout 100 wb bench d -p d=128 -p n=8192,16384 -p dtype=bf16,fp16 -V kv_tile=128 --peers "" --timeout 90 | table_rows 170 "kv128"
+  done
+  ;;
 psync)
   step "sweep p_sync=warp: d=96 non-causal and causal (the long kernel from m=8192), tails, GQA, softcap, both dtypes"
   timeout 200 wb sweep d --n 17,1000,8192,9000 --d 96 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2,1 \
@@ -319,6 +329,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|psync|varlen|lazy" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|psync|varlen|lazy" >&2; exit 2 ;;
 esac
 step done
