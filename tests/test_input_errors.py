@@ -450,3 +450,35 @@ def test_an_empty_host_or_partition_is_refused_not_taken_for_none(toy_ws, capsys
     err = one_line_error(capsys, *args)
     assert f"{flag} '" in err and "expected" in err, err
     assert not list((toy_ws / "runs").glob("2*"))
+
+
+# ---------------------------------------------------------------- a remote wb's ps / kill answer
+@pytest.mark.parametrize("command", [["ps"], ["kill", "--all"]])
+@pytest.mark.parametrize("answer", [{"rows": []}, "text", [1, 2], None])
+def test_a_remote_answer_that_is_not_a_list_of_objects_is_one_line(toy_ws, capsys, monkeypatch, command, answer):
+    """`wb ps --host` rendered whatever the remote wb printed: an object, or a list of
+    numbers, was a traceback (KeyError / TypeError) instead of one line."""
+    from workbench.remote import client
+
+    monkeypatch.setattr(client, "run_wb_json", lambda *a, **k: answer)
+    err = one_line_error(capsys, *command, "--host", "box")
+    assert "host box: `wb " in err and "not a list of objects" in err
+
+
+def test_remote_ps_rows_of_another_wb_version_render_without_a_traceback(toy_ws, capsys, monkeypatch):
+    """Rows missing fields or with fields of other types (another wb version there) show as
+    text, markup escaped; `wb kill` results likewise."""
+    from workbench.remote import client
+
+    rows = [{"pid": 12, "state": "idle", "age_s": "long", "gpu_mib": "[red]9[/]"}, {"kind": ["x"], "age_s": float("nan")}, {}]
+    monkeypatch.setattr(client, "run_wb_json", lambda *a, **k: rows)
+    with pytest.raises(SystemExit) as exc:
+        main(["ps", "--host", "box"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "12" in out and "idle" in out and "[red]9[/]" in out and "['x']" in out
+    monkeypatch.setattr(client, "run_wb_json", lambda *a, **k: [{"killed": "yes", "message": 5}, {}])
+    with pytest.raises(SystemExit) as exc:
+        main(["kill", "7", "--host", "box"])
+    assert exc.value.code == 1  # "yes" is not True: not counted as killed
+    assert "5" in capsys.readouterr().out

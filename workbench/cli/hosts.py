@@ -70,6 +70,19 @@ def hosts(
         raise typer.Exit(1)
 
 
+def _list_of_rows(host: str, command: str, data) -> list[dict]:
+    """A remote `wb ps` / `wb kill` answer: a list of objects, else a one-line error (a remote
+    wb of another version, or something that is not wb answering)."""
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        from workbench.errors import UserError
+
+        raise UserError(
+            f"host {host}: `wb {command} --json` answered {type(data).__name__}, not a list of objects "
+            "(another wb version there? `wb hosts` compares them)"
+        )
+    return data
+
+
 def _render_procs(rows: list[dict], title: str | None = None) -> None:
     from workbench import terminal
     from workbench.terminal import console, escape, fmt
@@ -78,16 +91,22 @@ def _render_procs(rows: list[dict], title: str | None = None) -> None:
         console.print("no wb worker processes" + (f" on {title}" if title else ""))
         return
     style = {"orphan": "bold red", "busy": "yellow", "idle": "green", "running": "yellow"}
+
+    def text(value, missing: str = "-") -> str:  # (a remote host's rows come from another wb)
+        return escape(str(value)) if value not in (None, "") else missing
+
     table_rows = []
     for r in rows:
-        state_text = r["state"]
+        state_text = text(r.get("state"), "?")
+        age = r.get("age_s")
+        age = age if isinstance(age, (int, float)) and not isinstance(age, bool) and age == age else None
         table_rows.append([
-            str(r.get("pid") or "?"), r.get("kind") or "-", f"[{style.get(state_text, 'dim')}]{state_text}[/]",
-            fmt(round(r["age_s"]) if r.get("age_s") is not None else None) + ("s" if r.get("age_s") is not None else ""),
-            escape(r.get("cuda_visible_devices") or "-"), fmt(r.get("gpu_mib")), escape(r.get("run") or "-"), escape(r.get("note") or ""),
+            text(r.get("pid"), "?"), text(r.get("kind")), f"[{style.get(state_text, 'dim')}]{state_text}[/]",
+            fmt(round(age) if age is not None else None) + ("s" if age is not None else ""),
+            text(r.get("cuda_visible_devices")), text(fmt(r.get("gpu_mib"))), text(r.get("run")), text(r.get("note"), ""),
         ])
     console.print(terminal.table(title, ["pid", "kind", "state", "age", "GPUs", "GPU MiB", "run", "note"], table_rows))
-    if any(r["state"] == "orphan" for r in rows):
+    if any(r.get("state") == "orphan" for r in rows):
         console.print("[dim]orphans: `wb kill` ends them (only processes whose pid file matches)[/]")
 
 
@@ -104,7 +123,7 @@ def ps(
     if host:
         from workbench.remote.client import run_wb_json
 
-        rows = run_wb_json(ws, host, ["ps"] + (["--all"] if all_files else []), sync=False, show=not as_json)
+        rows = _list_of_rows(host, "ps", run_wb_json(ws, host, ["ps"] + (["--all"] if all_files else []), sync=False, show=not as_json))
     else:
         from workbench.run import procs
 
@@ -131,7 +150,7 @@ def kill(
         from workbench.remote.client import run_wb_json
 
         argv = ["kill", *map(str, pids or [])] + (["--all"] if everything else [])
-        results = run_wb_json(ws, host, argv, sync=False, show=not as_json)
+        results = _list_of_rows(host, "kill", run_wb_json(ws, host, argv, sync=False, show=not as_json))
     else:
         from workbench.run import procs
 
@@ -142,6 +161,6 @@ def kill(
         if not results:
             console.print("nothing to kill: no orphaned wb processes" + (f" on {host}" if host else "") + (" (`wb kill --all` ends idle workers too)" if not everything else ""))
         for r in results:
-            console.print(("[green]✓[/] " if r["killed"] else "[red]✗[/] ") + escape(r["message"]))
-    if pids and not all(r["killed"] for r in results):
+            console.print(("[green]✓[/] " if r.get("killed") is True else "[red]✗[/] ") + escape(str(r.get("message", ""))))
+    if pids and not all(r.get("killed") is True for r in results):
         raise typer.Exit(1)
