@@ -372,3 +372,62 @@ def test_a_remote_bench_of_n_processes_waits_n_timeouts(fmha_ws, wb, monkeypatch
     proc = wb("bench", "d", "-p", "n=4096", "--peers", "", "--processes", "3", "--timeout", "100", "--host", "h1", cwd=fmha_ws)
     assert proc.returncode == 2 and "stop here" in proc.stderr
     assert seen["host"] == "h1" and seen["deadline_s"] == 3 * 100 + 300
+
+
+def test_a_recorded_sweep_writes_the_perf_doc_again_without_timing_anything(stage_d, wb, monkeypatch):
+    """A sweep timed on a GPU machine comes back as a record (`wb import`); `wb bench --sweep
+    --from RUN` writes the kernel's perf doc from it here, byte for byte as the timing run
+    wrote it there, and times nothing. A bench of other cases, a run of another kind, or
+    timing options beside --from are one-line errors; a record older than the bench_sweep
+    field is taken as the sweep its user names."""
+    ws, _, _, _ = stage_d
+    calls = []
+    monkeypatch.setattr(bench, "run_job", _processes_hanging_at(99, calls))
+    timed = wb("bench", "d", "--sweep", "--peers", "fa4", "--json", cwd=ws.root)
+    assert timed.returncode == 0, timed.stdout + timed.stderr
+    sweep = json.loads(timed.stdout)
+    assert sweep["bench_sweep"] is True and len(calls) == 1
+    doc = ws.root / "docs" / "perf.md"
+    written = doc.read_text()
+    doc.unlink()
+    plain = wb("bench", "d", "-p", "n=4096", "--peers", "fa4", "--json", cwd=ws.root)
+    assert json.loads(plain.stdout)["bench_sweep"] is False and not doc.exists()
+
+    again = wb("bench", "d", "--sweep", "--from", sweep["id"], "--json", cwd=ws.root)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout) == {"run": sweep["id"], "perf_md": str(doc)}
+    assert doc.read_text() == written and len(calls) == 2
+
+    for args, fragment in [
+        (["--sweep", "--from", "last"], "timed bench cases, not the kernel's sweep"),
+        (["--from", sweep["id"]], "give --sweep too"),
+        (["--sweep", "--from", sweep["id"], "-p", "n=1024", "--reps", "5"], "-p, --reps do not apply"),
+        (["--sweep", "--from", "20990101"], "no run matches"),
+    ]:
+        refused = wb("bench", "d", *args, cwd=ws.root)
+        assert refused.returncode == 2 and fragment in refused.stderr and "Traceback" not in refused.stderr, (args, refused.stderr)
+
+    from workbench.records.store import RECORD
+
+    record_file = ws.runs_dir / sweep["id"] / RECORD
+    older = json.loads(record_file.read_text())
+    del older["bench_sweep"]
+    record_file.write_text(json.dumps(older))
+    doc.unlink()
+    assert wb("bench", "d", "--sweep", "--from", sweep["id"], cwd=ws.root).returncode == 0 and doc.read_text() == written
+
+
+def test_wb_import_names_an_imported_sweep_and_the_command_that_writes_its_perf_doc(stage_d, wb, monkeypatch, tmp_path_factory):
+    import shutil
+
+    ws, _, _, _ = stage_d
+    monkeypatch.setattr(bench, "run_job", _processes_hanging_at(99, []))
+    sweep = json.loads(wb("bench", "d", "--sweep", "--peers", "fa4", "--json", cwd=ws.root).stdout)
+    here = tmp_path_factory.mktemp("here")
+    for name in ("stages", "fixtures", "pyproject.toml"):
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, here / name)
+    imported = wb("import", str(ws.runs_dir), cwd=here)
+    assert imported.returncode == 0, imported.stderr
+    assert f"`wb bench fmha --sweep --from {sweep['id']}` writes its perf doc here" in " ".join(imported.stdout.split())
+    assert wb("bench", "fmha", "--sweep", "--from", sweep["id"], cwd=here).returncode == 0
+    assert (here / "docs" / "perf.md").read_text() == (ws.root / "docs" / "perf.md").read_text()

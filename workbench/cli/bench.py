@@ -41,6 +41,10 @@ def bench(
         "(for a case whose speed moves with where a process's tensors land, e.g. a mixed varlen batch).",
     ),
     sweep: bool = typer.Option(False, "--sweep", help="Time the kernel's bench.sweep cases and write its perf doc (bench.perf_doc)."),
+    from_run: Optional[str] = typer.Option(
+        None, "--from", help="With --sweep: write the perf doc from this recorded sweep (a run id or selector, e.g. one "
+        "`wb import` brought from a GPU machine) instead of timing.",
+    ),
     timeout: float = typer.Option(900.0, "--timeout", help="Seconds before the bench is killed as HANG."),
     host: Optional[str] = typer.Option(None, "--host", callback=host_name, help="Run on a configured remote host (see `wb hosts`); the record comes back here."),
     as_json: bool = typer.Option(False, "--json", help="Print the bench record as JSON."),
@@ -53,6 +57,12 @@ def bench(
 
     ws = state.workspace()
     spec, kernel = bench_target(ws, stage)
+    if from_run is not None:
+        _perf_doc_from(ws, kernel, spec, from_run, sweep, as_json, timing_options={
+            "-p": param, "-V": variant, "--peers": peers is not None, "--reps": reps != 30, "--graph": graph != "auto",
+            "--processes": processes != 1, "--host": host,
+        })
+        return
     variants = spec.resolve_variants(parse_pairs(variant, "--variant"))
     if graph not in ("auto", "on", "off"):
         raise UserError("--graph must be auto, on or off")
@@ -75,16 +85,9 @@ def bench(
     else:
         with progress(f"bench {spec.id}", enabled=not as_json) as on_event:
             record = lib.run_bench(ws, spec, kernel, cases, variants, peer_list, reps=reps, graph=graph, timeout=timeout,
-                                   on_event=on_event, processes=processes)
+                                   on_event=on_event, processes=processes, sweep=sweep)
     if sweep and record["verdict"] in ("PASS", "FAIL") and record.get("bench"):
-        from workbench.files import atomic_write_text
-
-        from workbench.records.charts import draw_speed_chart
-
-        perf = ws.root / lib.perf_doc_path(kernel, spec)
-        chart = draw_speed_chart(perf.with_suffix(".png"), record, tuple(kernel.bench.yardsticks))
-        atomic_write_text(perf, lib.perf_markdown(record, kernel, chart.name if chart else None))
-        record["perf_md"] = str(perf)
+        record["perf_md"] = str(lib.write_perf_doc(ws, kernel, spec, record))
     if as_json:
         from workbench.terminal import print_json
 
@@ -92,6 +95,25 @@ def bench(
     else:
         render_bench(record)
     raise typer.Exit({"PASS": 0, "INTERRUPTED": 130}.get(record["verdict"], 1))
+
+
+def _perf_doc_from(ws, kernel, spec, selector: str, sweep: bool, as_json: bool, timing_options: dict) -> None:
+    """`wb bench --sweep --from RUN`: the perf doc written from a recorded sweep, nothing timed."""
+    from workbench.run import bench as lib
+    from workbench.terminal import console, escape, print_json
+
+    if not sweep:
+        raise UserError("--from writes the perf doc of a recorded `wb bench --sweep` run: give --sweep too")
+    given = [name for name, value in timing_options.items() if value]
+    if given:
+        raise UserError(f"--from times nothing, so {', '.join(given)} do not apply: leave them out")
+    record = lib.recorded_sweep(ws, spec, selector)
+    perf = lib.write_perf_doc(ws, kernel, spec, record)
+    if as_json:
+        print_json({"run": record.get("id"), "perf_md": str(perf)})
+    else:
+        console.print(f"wrote {escape(str(perf.relative_to(ws.root)))} from run {escape(str(record.get('id')))}"
+                      f" ({len(record.get('bench') or [])} cases, {escape(str((record.get('provenance') or {}).get('gpu')))})")
 
 
 def render_bench(record: dict) -> None:

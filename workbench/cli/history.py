@@ -184,6 +184,10 @@ def import_(
         by_verdict[r["verdict"]] = by_verdict.get(r["verdict"], 0) + 1
     summary = ", ".join(f"{v} {k}" for k, v in sorted(by_verdict.items())) or "nothing new"
     console.print(f"imported {len(done.records)} run(s) into {ws.runs_dir}: {summary}")
+    for r in done.records:
+        if r.get("kind") == "bench" and r.get("bench_sweep") is True:
+            console.print(f"run {escape(str(r.get('id')))} is a `wb bench --sweep` of {escape(str(r.get('stage')))}: "
+                          f"`wb bench {escape(str(r.get('kernel')))} --sweep --from {escape(str(r.get('id')))}` writes its perf doc here")
     if done.without_record:
         console.print(f"skipped {len(done.without_record)} run folder(s) without a run.json (unfinished where they were made): "
                       + ", ".join(done.without_record[:5]) + (" ..." if len(done.without_record) > 5 else ""))

@@ -246,6 +246,7 @@ class RunRecord(_Model):
     started: Optional[Annotated[str, Field(pattern=r"^\d{4}-\d\d-\d\d[T ][0-9:.+-]{0,40}Z?$")]] = None
     finished: Optional[Line] = None
     bench: list[BenchCase] = []
+    bench_sweep: Optional[bool] = None  # wb bench --sweep timed it (the kernel's perf doc comes from it)
     peak: Optional[Peak] = None
     notes: list[Text] = []
     host_name: Optional[Name] = None
