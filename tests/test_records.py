@@ -80,6 +80,28 @@ def test_wb_runs_lists_and_survives_a_corrupt_record(toy_ws, wb):
     assert len(json.loads(wb("runs", "-n", "1", "--json").stdout)) == 1
 
 
+def test_wb_runs_shows_what_sets_a_run_apart_and_full_shows_everything(toy_ws, wb):
+    """Stage D's runs listed every parameter and variant, 14 lines a run: the list now shows
+    the parameters away from kernel.yaml's defaults and the variants the run changed,
+    "defaults" when none, a bench by its cases; --full, all of them; a stage no longer
+    defined, every parameter."""
+    runs = toy_ws / "runs"
+    make(runs, params={"n": 128, "dtype": "bf16"}, variants={"bug": "none"}, variants_changed={})
+    make(runs, params={"n": 256, "dtype": "bf16"}, variants={"bug": "zero"}, variants_changed={"bug": "zero"})
+    make(runs, kind="bench", params={}, bench=[{"case": "n=128"}, {"case": "n=256"}], bench_sweep=True)
+    make(runs, stage="gone/stage-a", params={"n": 128, "dtype": "bf16"})
+    rows = [line for line in wb("runs").stdout.splitlines() if line.startswith("│ 2")]
+    cells = [[c.strip() for c in row.split("│")[2:6]] for row in rows]
+    assert cells == [
+        ["gone/stage-a", "PASS", "n=128 dtype=bf16", "defaults"],
+        ["toy/stage-a", "PASS", "bench: 2 cases (the sweep)", "defaults"],
+        ["toy/stage-a", "PASS", "n=256", "bug=zero"],
+        ["toy/stage-a", "PASS", "defaults", "defaults"],
+    ], rows
+    full = wb("runs", "--full").stdout
+    assert "n=128 dtype=bf16" in full and "bug=none" in full
+
+
 def test_diff_run_reports_a_regression_with_exit_1(toy_ws, wb):
     assert wb("run", "a", "--fixture", "toy-random").returncode == 0
     assert wb("run", "a", "--fixture", "toy-random", "-V", "bug=zero").returncode == 1

@@ -18,6 +18,18 @@ def _stage_id_of(ws):
     return lambda text: resolve_stage(ws, text, kernels).id
 
 
+def _stage_defaults(ws) -> dict[str, dict]:
+    """Each stage id's parameter defaults (kernel.yaml, today); none while a kernel.yaml is
+    broken (the runs are still listed, every parameter shown)."""
+    from workbench.kernels.registry import load_kernels
+
+    try:
+        kernels = load_kernels(ws)
+    except UserError:
+        return {}
+    return {spec.id: spec.defaults for kernel in kernels.values() for spec in kernel.stages}
+
+
 def select_run(ws, selector: str) -> dict:
     from workbench.records.store import select
 
@@ -28,9 +40,11 @@ def select_run(ws, selector: str) -> dict:
 def runs(
     stage: Optional[str] = typer.Argument(None, help="Only runs of this stage (c, stage-c, KERNEL/stage-c)."),
     limit: int = typer.Option(20, "-n", "--limit", help="How many runs to list, newest first."),
+    full: bool = typer.Option(False, "--full", help="Every parameter and variant, not only those away from their defaults."),
     as_json: bool = typer.Option(False, "--json", help="Print the runs as JSON."),
 ) -> None:
-    """List recent runs, newest first."""
+    """List recent runs, newest first: each with its parameters and variants away from their
+    defaults (parameters: kernel.yaml's today; variants: as the run recorded them)."""
     from workbench.records.store import list_records
 
     if limit < 1:
@@ -54,7 +68,7 @@ def runs(
     else:
         from workbench.cli.render import render_runs
 
-        render_runs(records)
+        render_runs(records, None if full else _stage_defaults(ws))
     for line in unfinished_runs(ws.runs_dir, limit):  # a run whose wb was killed (kill -9) has no record to list
         console.print(f"[yellow]{escape(line)}[/]")
 

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from workbench import terminal
 from workbench.records.provenance import card_label
-from workbench.records.report import fixture_rows, params_text, stamped_note, variants_text
+from workbench.records.report import changed_params_text, fixture_rows, params_text, stamped_note, variants_text
 from workbench.remote.sweep import CaseResult, SweepEvent, first_line
 from workbench.terminal import console, escape, fmt, verdict
 
@@ -144,14 +144,23 @@ def render_diagnosis(diagnosis: Any, full: bool) -> None:
         console.print(renderable)
 
 
-def render_runs(records: list[dict[str, Any]]) -> None:
+def render_runs(records: list[dict[str, Any]], defaults: dict[str, dict] | None = None) -> None:
+    """``defaults``: each stage id's parameter defaults; given, only the parameters away from
+    them and the variants the run changed are shown (None: every one)."""
     rows = []
     for r in records:
         prov = r.get("provenance", {})
+        if defaults is None:
+            params, variants = params_text(r), variants_text(r.get("variants", {}))
+        else:
+            params, variants = changed_params_text(r, defaults.get(r["stage"])), variants_text(r.get("variants_changed", {}))
+        if r.get("kind") == "bench":  # its parameters are per case
+            cases = len(r.get("bench") or [])
+            params = f"bench: {cases} case{'s' if cases != 1 else ''}" + (" (the sweep)" if r.get("bench_sweep") else "")
         rows.append(
             [
-                r["id"], escape(r["stage"]), verdict(r["verdict"]), escape(params_text(r)),
-                escape(variants_text({k: v for k, v in r.get("variants", {}).items()})),
+                r["id"], escape(r["stage"]), verdict(r["verdict"]), escape(params),
+                escape(variants),
                 (prov.get("commit") or "-")[:8] + ("+" if prov.get("dirty") else ""),
                 escape(card_label(prov)), escape(r.get("host_name") or prov.get("host") or ""),
             ]

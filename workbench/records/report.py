@@ -19,6 +19,18 @@ def params_text(record: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in record.get("params", {}).items())
 
 
+def changed_params_text(record: dict[str, Any], defaults: dict[str, Any] | None) -> str:
+    """The record's parameters that are not at their kernel.yaml default (``defaults``:
+    StageSpec.defaults of the stage today; None, a stage no longer defined: every parameter),
+    or "defaults"."""
+    from workbench.kernels.registry import at_default
+
+    params = record.get("params", {})
+    if defaults is None:
+        return params_text(record)
+    return " ".join(f"{k}={v}" for k, v in params.items() if not at_default(defaults, params, k)) or "defaults"
+
+
 def variants_text(variants: dict[str, str]) -> str:
     return " ".join(f"{k}={v}" for k, v in variants.items()) or "defaults"
 
