@@ -120,6 +120,26 @@ def test_diff_run_reports_a_regression_with_exit_1(toy_ws, wb):
     assert fixed.returncode == 0 and any(f["fixed"] for f in json.loads(fixed.stdout)["fixtures"])
 
 
+def test_a_stage_report_tells_parameter_sets_apart_by_what_is_away_from_the_defaults(toy_ws):
+    """Stage D's report listed every parameter and variant per row (1195 lines for 200 runs):
+    its rows show the parameters away from kernel.yaml's defaults and the variants the run
+    changed, one row per full parameter set, the trend likewise."""
+    from workbench.records.report import stage_history, stage_markdown
+    from workbench.workspace import Workspace
+
+    runs = toy_ws / "runs"
+    make(runs, params={"n": 128, "dtype": "bf16"}, variants={"bug": "none"}, variants_changed={})
+    make(runs, params={"n": 256, "dtype": "bf16"}, variants={"bug": "zero"}, variants_changed={"bug": "zero"}, verdict="FAIL")
+    make(runs, params={"n": 256, "dtype": "bf16"}, variants={"bug": "none"}, variants_changed={})
+    history = stage_history(Workspace(toy_ws), "toy/stage-a")
+    assert [(r["params"], r["variants"], r["verdict"]) for r in history["latest_per_params"]] == [
+        ("defaults", "defaults", "PASS"), ("n=256", "defaults", "PASS"), ("n=256", "bug=zero", "FAIL"),
+    ]
+    assert [t["params"] for t in history["trend"]] == ["n=256", "n=256", "defaults"]
+    text = stage_markdown(history)
+    assert "| `n=256` | `bug=zero` | FAIL |" in text and "dtype=bf16" not in text
+
+
 def test_diff_run_shows_changed_stage_source(toy_ws, wb):
     assert wb("run", "b").returncode == 0
     path = toy_ws / "stages/toy/stage_b.py"
@@ -138,7 +158,7 @@ def test_report_of_run_and_of_stage(toy_ws, wb):
     stage_report = wb("report", "stage-a", "--raw")
     assert stage_report.returncode == 0
     assert "Latest verdict per parameter set" in stage_report.stdout
-    assert "`n=256 dtype=bf16`" in stage_report.stdout and "| FAIL |" in stage_report.stdout
+    assert "| `n=256` | `defaults` | PASS |" in stage_report.stdout and "| `defaults` | `bug=nan` | FAIL |" in stage_report.stdout
     assert (toy_ws / "runs/reports/toy-stage-a.md").exists()
     rendered = wb("report", "a")
     assert rendered.returncode == 0 and "stage report" in rendered.stdout

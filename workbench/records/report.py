@@ -272,9 +272,25 @@ def write_run_report(ws: Workspace, record: dict[str, Any]) -> Path:
 # ---------------------------------------------------------------------------- stage history
 
 
+def stage_defaults(ws: Workspace, stage_id: str) -> dict[str, Any] | None:
+    """The stage's parameter defaults in its kernel.yaml today (StageSpec.defaults); None when
+    the stage is no longer defined or a kernel.yaml is broken."""
+    from workbench.errors import UserError
+    from workbench.kernels.registry import load_kernels
+
+    try:
+        kernels = load_kernels(ws)
+    except UserError:
+        return None
+    return next((spec.defaults for kernel in kernels.values() for spec in kernel.stages if spec.id == stage_id), None)
+
+
 def stage_history(ws: Workspace, stage_id: str, limit: int = 200) -> dict[str, Any]:
-    """Data for a stage's report: verdict per parameter set, first/last passing commit, trend."""
+    """Data for a stage's report: verdict per parameter set, first/last passing commit, trend.
+    Parameter sets are told apart by every parameter and variant, and shown by those away
+    from their defaults (``changed_params_text``; the variants the run changed)."""
     records = list_records(ws.runs_dir, lambda r: r.get("stage") == stage_id and r.get("kind", "run") == "run", limit)
+    defaults = stage_defaults(ws, stage_id)
     latest: dict[str, dict] = {}
     for r in records:  # newest first: the first seen per parameter set is the latest
         latest.setdefault(params_text(r) + " | " + variants_text(r.get("variants", {})), r)
@@ -286,7 +302,7 @@ def stage_history(ws: Workspace, stage_id: str, limit: int = 200) -> dict[str, A
             {
                 "id": r["id"],
                 "verdict": r["verdict"],
-                "params": params_text(r),
+                "params": changed_params_text(r, defaults),
                 "min_cos": min((x["cos"] for x in rows if x["cos"] is not None), default=None),
                 "max_err": max((x["max_abs_err"] for x in rows if x["max_abs_err"] is not None), default=None),
                 "compile_s": r.get("timing", {}).get("compile_s"),
@@ -298,7 +314,9 @@ def stage_history(ws: Workspace, stage_id: str, limit: int = 200) -> dict[str, A
         "stage": stage_id,
         "runs": len(records),
         "latest_per_params": [
-            {"params": key, "verdict": r["verdict"], "id": r["id"], "date": r.get("started", "")[:10]} for key, r in sorted(latest.items())
+            {"params": changed_params_text(r, defaults), "variants": variants_text(r.get("variants_changed", {})),
+             "verdict": r["verdict"], "id": r["id"], "date": str(r.get("started") or "")[:10]}
+            for _, r in sorted(latest.items())
         ],
         "first_passing_commit": (passing[-1].get("provenance", {}).get("commit") or "")[:10] if passing else None,
         "last_passing_commit": (passing[0].get("provenance", {}).get("commit") or "")[:10] if passing else None,
@@ -320,12 +338,13 @@ def stage_markdown(history: dict[str, Any], sweep_table: str | None = None) -> s
         "",
         "## Latest verdict per parameter set",
         "",
+        "Parameters away from kernel.yaml's defaults, and the variants each run changed.",
+        "",
         "| parameters | variants | verdict | run | date |",
         "|---|---|---|---|---|",
     ]
     for row in history["latest_per_params"]:
-        params, _, variants = row["params"].partition(" | ")
-        out.append(f"| `{params}` | `{variants}` | {row['verdict']} | {row['id']} | {row['date']} |")
+        out.append(f"| `{row['params']}` | `{row['variants']}` | {row['verdict']} | {row['id']} | {row['date']} |")
     out += ["", "## Trend (newest first)", "", "| run | verdict | params | min cos | max err | compile s | commit | card |", "|---|---|---|---|---|---|---|---|"]
     for t in history["trend"]:
         out.append(
