@@ -12,6 +12,7 @@ import pytest
 
 from conftest import executable
 
+from workbench.compile.resources import short_kernel_name
 from workbench.run import profile
 
 HEADER = [
@@ -204,4 +205,34 @@ def test_the_roofline_gives_a_share_of_the_roof_only_against_a_compute_roof(tmp_
     charts.draw_roofline(tmp_path / "b.png", point, 4800.0, 1000.0, "t", peak_source="datasheet")
     assert legends[0][1] == "k: 700 TFLOP/s" and "no compute roof known" in legends[0][0]
     assert legends[1][1] == "k: 700 TFLOP/s (70% of the roof)" and legends[1][0].endswith("1000 TFLOP/s (datasheet)")
-    assert profile.short_kernel_name("kernel_cutlass_kernel_stagesfmhastage_d_fmhaFmhaForward_object_at__CopyAtom_1") == "stagesfmhastage_d_fmhaFmhaForward"
+    assert short_kernel_name("kernel_cutlass_kernel_stagesfmhastage_d_fmhaFmhaForward_object_at__CopyAtom_1") == "stagesfmhastage_d_fmhaFmhaForward"
+
+
+def test_compile_and_shapes_name_each_kernel_of_a_stage_apart():
+    """Stage D's two kernels (the long one, geometry.long_kernel) differ only in their tile,
+    which `wb compile`'s middle cut of the generated name left out: both rows read
+    kernel_cutlass_kernel_stagesfmhastage_d_…youtSrc18…; `wb shapes` said only "kernel:"."""
+    import io
+
+    from rich.console import Console
+
+    from workbench import terminal
+    from workbench.cli import compile as compile_cli
+    from workbench.cli import shapes as shapes_cli
+
+    tail = "_CopyAtom_ThrID10_TVLayoutSrc1409601_TVLayoutDst1409601_Valuetypebf16_tensor0000o11101213_CopyAtom_ThrID10_TVLayoutSrc1819_0"
+    names = [f"kernel_cutlass_kernel_stagesfmhastage_d_fmhaFmhaForward_{tile}{tail}" for tile in ("128x128", "128x176")]
+    assert [compile_cli._short(n) for n in names] == [
+        "stagesfmhastage_d_fmhaFmhaForward_128x128", "stagesfmhastage_d_fmhaFmhaForward_128x176",
+    ]
+    out = io.StringIO()
+    saved = terminal.console
+    terminal.console = Console(file=out, width=200)
+    try:
+        shapes_cli.render_resources({"kernels": [{"name": n, "registers": 168} for n in names]}, brief=True)
+    finally:
+        terminal.console = saved
+    lines = out.getvalue().splitlines()
+    assert [line.split(":")[0].strip() for line in lines] == [
+        "kernel stagesfmhastage_d_fmhaFmhaForward_128x128", "kernel stagesfmhastage_d_fmhaFmhaForward_128x176",
+    ], lines

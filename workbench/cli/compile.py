@@ -101,4 +101,8 @@ def render_compile(ws, record: dict) -> None:
 
 
 def _short(name: str) -> str:
-    return name if len(name) <= 60 else name[:40] + "…" + name[-15:]
+    """A kernel's name without the DSL's generated tail (two builds of one stage, as stage D's
+    long kernel, differ in the part a middle cut left out)."""
+    from workbench.compile.resources import short_kernel_name
+
+    return short_kernel_name(name) or name[:60]

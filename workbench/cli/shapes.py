@@ -231,6 +231,7 @@ def render_stage(ws, res: dict, diff: dict, all_ops: bool, check: bool) -> None:
 
 
 def render_resources(resources: dict | None, brief: bool) -> None:
+    from workbench.compile.resources import short_kernel_name
     from workbench.terminal import console, escape
 
     if not resources:
@@ -244,7 +245,8 @@ def render_resources(resources: dict | None, brief: bool) -> None:
             f"smem {smem / 1024:.1f} KiB" + (f" of {capacity / 1024:.0f} KiB" if capacity else ""),
             f"{k.get('barriers')} barriers" if k.get("barriers") is not None else None,
         ]
-        console.print("  [dim]kernel: " + escape(", ".join(p for p in parts if p)) + "[/]")
+        name = short_kernel_name(k.get("name") or "")
+        console.print(f"  [dim]kernel{' ' + escape(name) if name else ''}: " + escape(", ".join(p for p in parts if p)) + "[/]")
     for c in resources.get("checks", []):
         color = "red" if c["level"] == "error" else "yellow"
         console.print(f"  [{color}]{c['level']}[/] {escape(c['message'])}")

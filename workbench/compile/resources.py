@@ -52,6 +52,15 @@ SASS_OF_INTEREST = (
 )
 
 
+def short_kernel_name(name: str) -> str:
+    """A DSL kernel's name without its generated parts: ``kernel_cutlass_kernel_stagesfmha
+    stage_d_fmhaFmhaForward_object_at__...`` -> ``stagesfmhastage_d_fmhaFmhaForward``; a
+    kernel object with its own ``__str__`` (``..FmhaForward_192x128_CopyAtom_...``) keeps it
+    up to its first argument's atom."""
+    name = name.removeprefix("kernel_cutlass_kernel_").removeprefix("kernel_cutlass_")
+    return re.split(r"_object_at_|_CopyAtom", name)[0][:80]
+
+
 def smem_capacity(arch: str) -> int | None:
     """Shared memory a block may use on `arch` (sm_90a -> sm_90), bytes."""
     base = re.sub(r"[af]$", "", arch)

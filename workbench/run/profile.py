@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from workbench.compile.resources import short_kernel_name
 from workbench.run.instrument import Instrument, cuda_tool
 
 EXECUTABLE_ENV = "WB_NCU"
@@ -206,15 +207,6 @@ def _draw_roofline(run_dir: Path, field: dict[str, Any], result: dict[str, Any])
         field["notes"].append(f"roofline picture failed: {type(exc).__name__}: {exc}")
         return None
     return path.name if path else None
-
-
-def short_kernel_name(name: str) -> str:
-    """A DSL kernel's name without its generated parts: ``kernel_cutlass_kernel_stagesfmha
-    stage_d_fmhaFmhaForward_object_at__...`` -> ``stagesfmhastage_d_fmhaFmhaForward``; a
-    kernel object with its own ``__str__`` (``..FmhaForward_192x128_CopyAtom_...``) keeps it
-    up to its first argument's atom."""
-    name = name.removeprefix("kernel_cutlass_kernel_").removeprefix("kernel_cutlass_")
-    return re.split(r"_object_at_|_CopyAtom", name)[0][:80]
 
 
 def peer_point(record: dict[str, Any]) -> dict[str, Any]:
