@@ -243,6 +243,17 @@ def test_fields_the_schema_lets_be_null_or_missing_render_without_a_traceback(to
         assert shown.returncode == 0 and "stall: long_scoreboard" in shown.stdout and "Traceback" not in shown.stdout + shown.stderr
 
 
+def test_a_stage_report_takes_a_record_whose_start_is_null(toy_ws, wb):
+    """run_record.py lets `started` be null (and `wb import` takes such a record): wb report
+    STAGE built its table's date with started[:10] and ended in a TypeError traceback."""
+    runs = toy_ws / "runs"
+    run_id = make(runs, started=None)
+    make(runs, started="2026-12-03T10:00:00+00:00", params={"n": 256})
+    shown = wb("report", "a", "--raw")
+    assert shown.returncode == 0, shown.stderr
+    assert f"| {run_id} |  |" in shown.stdout and "| 2026-12-03 |" in shown.stdout
+
+
 def test_control_characters_in_a_record_never_reach_the_terminal(toy_ws, wb):
     """A record (an imported one can hold anything) with ESC sequences in its title and error
     message had wb report and wb explain print them raw: a retitled window, a cleared screen."""

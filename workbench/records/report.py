@@ -286,7 +286,7 @@ def stage_history(ws: Workspace, stage_id: str, limit: int = 200) -> dict[str, A
         "stage": stage_id,
         "runs": len(records),
         "latest_per_params": [
-            {"params": key, "verdict": r["verdict"], "id": r["id"], "date": r.get("started", "")[:10]} for key, r in sorted(latest.items())
+            {"params": key, "verdict": r["verdict"], "id": r["id"], "date": (r.get("started") or "")[:10]} for key, r in sorted(latest.items())
         ],
         "first_passing_commit": (passing[-1].get("provenance", {}).get("commit") or "")[:10] if passing else None,
         "last_passing_commit": (passing[0].get("provenance", {}).get("commit") or "")[:10] if passing else None,
