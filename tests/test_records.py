@@ -254,6 +254,24 @@ def test_a_stage_report_takes_a_record_whose_start_is_null(toy_ws, wb):
     assert f"| {run_id} |  |" in shown.stdout and "| 2026-12-03 |" in shown.stdout
 
 
+def test_an_integer_past_a_floats_range_makes_a_record_corrupt_not_a_traceback(toy_ws, wb):
+    """JSON integers have no size limit: a record with max_abs_err 10**400 passed the schema
+    (an int is a Number) and wb diff-run, wb report and the run table ended in an
+    OverflowError traceback (int too large to convert to float). Such a file is now corrupt:
+    skipped with a warning, named when asked for."""
+    runs = toy_ws / "runs"
+    case = lambda err: [{"fixture": "toy-random", "verdict": "FAIL", "outputs": {"y": {"verdict": "FAIL", "max_abs_err": err}}}]  # noqa: E731
+    older = make(runs, verdict="FAIL", results=case(1.0))
+    huge = make(runs, verdict="FAIL", results=case(10**400))
+    assert str(10**400) in (runs / huge / "run.json").read_text()
+    for args in (["diff-run", older, huge], ["report", huge], ["explain", huge]):
+        proc = wb(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert "an integer of 401 digits" in proc.stderr and proc.stderr.rstrip().endswith("has no readable record (corrupt, or written by a wb older than this one)")
+    listed = wb("runs")
+    assert listed.returncode == 0 and older in listed.stdout and huge not in listed.stdout
+
+
 def test_control_characters_in_a_record_never_reach_the_terminal(toy_ws, wb):
     """A record (an imported one can hold anything) with ESC sequences in its title and error
     message had wb report and wb explain print them raw: a retitled window, a cleared screen."""
