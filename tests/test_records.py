@@ -122,6 +122,25 @@ def test_report_of_run_and_of_stage(toy_ws, wb):
     assert rendered.returncode == 0 and "stage report" in rendered.stdout
 
 
+@pytest.mark.parametrize("blocker", ["file", "folder"])
+def test_wb_report_of_a_stage_shows_it_when_its_file_cannot_be_written(toy_ws, wb, blocker):
+    """`wb report STAGE` writes runs/reports/<stage>.md and showed what it read back: with
+    runs/reports a file, or the stage's report a folder, it showed nothing ('wb: error:
+    cannot write ...', exit 2) although every record was readable. Now it warns and shows it."""
+    runs = toy_ws / "runs"
+    run_id = make(runs)
+    if blocker == "file":
+        (runs / "reports").write_text("in the way\n")
+    else:
+        (runs / "reports" / "toy-stage-a.md").mkdir(parents=True)
+    for raw in (["--raw"], []):
+        shown = wb("report", "a", *raw)
+        assert shown.returncode == 0, shown.stderr
+        assert "stage report" in shown.stdout and run_id in shown.stdout
+        assert shown.stderr.startswith("wb: warning: stage report not written: cannot write") and "Traceback" not in shown.stderr
+    assert blocker == "folder" or (runs / "reports").read_text() == "in the way\n"
+
+
 def test_list_shows_stages_in_order_with_last_verdict(toy_ws, wb):
     assert wb("run", "b").returncode == 0
     data = json.loads(wb("list", "--json").stdout)

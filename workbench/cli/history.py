@@ -118,7 +118,7 @@ def report(
             spec = resolve_stage(ws, target, kernels)
         except UserError:
             raise run_error from None
-        text = reports.write_stage_report(ws, spec.id).read_text(encoding="utf-8")
+        text = reports.stage_report(ws, spec.id)
     from workbench.terminal import console, printable
 
     if raw:
