@@ -302,3 +302,26 @@ def test_a_stage_report_wb_cannot_write_after_an_import_is_a_warning(ws, tmp_pat
     assert "wb: warning: stage report not written" in proc.stderr and "wb: error" not in proc.stderr
     assert run_ids(ws.runs_dir) == ids and ids[0] in ws.memory_path.read_text()
     assert (ws.runs_dir / "reports").read_text() == "in the way\n"
+
+
+def test_a_workspace_path_with_brackets_is_printed_as_it_is(tmp_path, wb):
+    """The paths wb import and wb run print were rich markup: a workspace under 'copy [wip]'
+    was named '.../copy /ws/runs', and one under 'x[' + '/y]' ended in a MarkupError
+    traceback after the runs were imported."""
+    from workbench.cli.render import render_run
+    from workbench.records.store import load_record
+    from workbench.terminal import console
+
+    for parent in ("copy [wip]", "x[/y]"):
+        root = tmp_path / parent / "ws"
+        root.mkdir(parents=True)
+        (root / "wb.yaml").write_text("{}\n")
+        source = tmp_path / f"src-{len(parent)}"
+        make_runs(source, count=1)
+        proc = wb("import", source, cwd=root)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"into {root / 'runs'}: 1 PASS" in proc.stdout, proc.stdout
+        (run_id,) = run_ids(root / "runs")
+        with console.capture() as shown:  # what wb run prints under its table
+            render_run(load_record(root / "runs" / run_id))
+        assert f"report: {root / 'runs' / run_id}/report.md" in shown.get().replace("\n", "")

@@ -183,7 +183,7 @@ def import_(
     for r in done.records:
         by_verdict[r["verdict"]] = by_verdict.get(r["verdict"], 0) + 1
     summary = ", ".join(f"{v} {k}" for k, v in sorted(by_verdict.items())) or "nothing new"
-    console.print(f"imported {len(done.records)} run(s) into {ws.runs_dir}: {summary}")
+    console.print(f"imported {len(done.records)} run(s) into {escape(str(ws.runs_dir))}: {summary}")
     if done.without_record:
         console.print(f"skipped {len(done.without_record)} run folder(s) without a run.json (unfinished where they were made): "
                       + ", ".join(done.without_record[:5]) + (" ..." if len(done.without_record) > 5 else ""))
