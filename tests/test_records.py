@@ -44,6 +44,8 @@ def test_selectors(tmp_path):
     assert select(tmp_path, "stage-b@last", stage_of)["id"] == b
     with pytest.raises(UserError, match="only 3 runs"):
         select(tmp_path, "last~3")
+    with pytest.raises(UserError, match="only 3 runs"):  # int() refuses 5000 digits: it was a ValueError traceback
+        select(tmp_path, "last~" + "9" * 5000)
     with pytest.raises(UserError, match="ambiguous"):
         select(tmp_path, "2")
     with pytest.raises(UserError, match="no run matches"):
