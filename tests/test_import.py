@@ -287,3 +287,41 @@ def test_an_import_into_a_runs_folder_wb_cannot_write_names_it(ws, tmp_path, mon
     with pytest.raises(UserError, match=r"runs is not writable"):
         import_runs(ws, tmp_path / "src")
     assert run_ids(ws.runs_dir) == []
+
+
+def test_a_stage_report_wb_cannot_write_after_an_import_is_a_warning(ws, tmp_path, wb):
+    """With runs/reports a file, wb import moved the runs in and updated MEMORY.md, then
+    ended with 'wb: error: cannot write .../reports/...' and exit 2: the user took the import
+    for failed, and the next import said "nothing new"."""
+    ids = make_runs(tmp_path / "src", count=1)
+    ws.runs_dir.mkdir()
+    (ws.runs_dir / "reports").write_text("in the way\n")
+    proc = wb("import", tmp_path / "src", cwd=ws.root)
+    assert proc.returncode == 0, proc.stderr
+    assert "imported 1 run(s)" in proc.stdout and "Traceback" not in proc.stderr
+    assert "wb: warning: stage report not written" in proc.stderr and "wb: error" not in proc.stderr
+    assert run_ids(ws.runs_dir) == ids and ids[0] in ws.memory_path.read_text()
+    assert (ws.runs_dir / "reports").read_text() == "in the way\n"
+
+
+def test_a_workspace_path_with_brackets_is_printed_as_it_is(tmp_path, wb):
+    """The paths wb import and wb run print were rich markup: a workspace under 'copy [wip]'
+    was named '.../copy /ws/runs', and one under 'x[' + '/y]' ended in a MarkupError
+    traceback after the runs were imported."""
+    from workbench.cli.render import render_run
+    from workbench.records.store import load_record
+    from workbench.terminal import console
+
+    for parent in ("copy [wip]", "x[/y]"):
+        root = tmp_path / parent / "ws"
+        root.mkdir(parents=True)
+        (root / "wb.yaml").write_text("{}\n")
+        source = tmp_path / f"src-{len(parent)}"
+        make_runs(source, count=1)
+        proc = wb("import", source, cwd=root)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"into {root / 'runs'}: 1 PASS" in proc.stdout, proc.stdout
+        (run_id,) = run_ids(root / "runs")
+        with console.capture() as shown:  # what wb run prints under its table
+            render_run(load_record(root / "runs" / run_id))
+        assert f"report: {root / 'runs' / run_id}/report.md" in shown.get().replace("\n", "")

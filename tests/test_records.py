@@ -44,6 +44,8 @@ def test_selectors(tmp_path):
     assert select(tmp_path, "stage-b@last", stage_of)["id"] == b
     with pytest.raises(UserError, match="only 3 runs"):
         select(tmp_path, "last~3")
+    with pytest.raises(UserError, match="only 3 runs"):  # int() refuses 5000 digits: it was a ValueError traceback
+        select(tmp_path, "last~" + "9" * 5000)
     with pytest.raises(UserError, match="ambiguous"):
         select(tmp_path, "2")
     with pytest.raises(UserError, match="no run matches"):
@@ -162,6 +164,25 @@ def test_report_of_run_and_of_stage(toy_ws, wb):
     assert (toy_ws / "runs/reports/toy-stage-a.md").exists()
     rendered = wb("report", "a")
     assert rendered.returncode == 0 and "stage report" in rendered.stdout
+
+
+@pytest.mark.parametrize("blocker", ["file", "folder"])
+def test_wb_report_of_a_stage_shows_it_when_its_file_cannot_be_written(toy_ws, wb, blocker):
+    """`wb report STAGE` writes runs/reports/<stage>.md and showed what it read back: with
+    runs/reports a file, or the stage's report a folder, it showed nothing ('wb: error:
+    cannot write ...', exit 2) although every record was readable. Now it warns and shows it."""
+    runs = toy_ws / "runs"
+    run_id = make(runs)
+    if blocker == "file":
+        (runs / "reports").write_text("in the way\n")
+    else:
+        (runs / "reports" / "toy-stage-a.md").mkdir(parents=True)
+    for raw in (["--raw"], []):
+        shown = wb("report", "a", *raw)
+        assert shown.returncode == 0, shown.stderr
+        assert "stage report" in shown.stdout and run_id in shown.stdout
+        assert shown.stderr.startswith("wb: warning: stage report not written: cannot write") and "Traceback" not in shown.stderr
+    assert blocker == "folder" or (runs / "reports").read_text() == "in the way\n"
 
 
 def test_list_shows_stages_in_order_with_last_verdict(toy_ws, wb):
@@ -283,6 +304,35 @@ def test_fields_the_schema_lets_be_null_or_missing_render_without_a_traceback(to
     for raw in (["--raw"], []):
         shown = wb("report", run.name, *raw)
         assert shown.returncode == 0 and "stall: long_scoreboard" in shown.stdout and "Traceback" not in shown.stdout + shown.stderr
+
+
+def test_a_stage_report_takes_a_record_whose_start_is_null(toy_ws, wb):
+    """run_record.py lets `started` be null (and `wb import` takes such a record): wb report
+    STAGE built its table's date with started[:10] and ended in a TypeError traceback."""
+    runs = toy_ws / "runs"
+    run_id = make(runs, started=None)
+    make(runs, started="2026-12-03T10:00:00+00:00", params={"n": 256})
+    shown = wb("report", "a", "--raw")
+    assert shown.returncode == 0, shown.stderr
+    assert f"| {run_id} |  |" in shown.stdout and "| 2026-12-03 |" in shown.stdout
+
+
+def test_an_integer_past_a_floats_range_makes_a_record_corrupt_not_a_traceback(toy_ws, wb):
+    """JSON integers have no size limit: a record with max_abs_err 10**400 passed the schema
+    (an int is a Number) and wb diff-run, wb report and the run table ended in an
+    OverflowError traceback (int too large to convert to float). Such a file is now corrupt:
+    skipped with a warning, named when asked for."""
+    runs = toy_ws / "runs"
+    case = lambda err: [{"fixture": "toy-random", "verdict": "FAIL", "outputs": {"y": {"verdict": "FAIL", "max_abs_err": err}}}]  # noqa: E731
+    older = make(runs, verdict="FAIL", results=case(1.0))
+    huge = make(runs, verdict="FAIL", results=case(10**400))
+    assert str(10**400) in (runs / huge / "run.json").read_text()
+    for args in (["diff-run", older, huge], ["report", huge], ["explain", huge]):
+        proc = wb(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert "an integer of 401 digits" in proc.stderr and proc.stderr.rstrip().endswith("has no readable record (corrupt, or written by a wb older than this one)")
+    listed = wb("runs")
+    assert listed.returncode == 0 and older in listed.stdout and huge not in listed.stdout
 
 
 def test_control_characters_in_a_record_never_reach_the_terminal(toy_ws, wb):

@@ -132,7 +132,7 @@ def report(
             spec = resolve_stage(ws, target, kernels)
         except UserError:
             raise run_error from None
-        text = reports.write_stage_report(ws, spec.id).read_text(encoding="utf-8")
+        text = reports.stage_report(ws, spec.id)
     from workbench.terminal import console, printable
 
     if raw:
@@ -197,7 +197,7 @@ def import_(
     for r in done.records:
         by_verdict[r["verdict"]] = by_verdict.get(r["verdict"], 0) + 1
     summary = ", ".join(f"{v} {k}" for k, v in sorted(by_verdict.items())) or "nothing new"
-    console.print(f"imported {len(done.records)} run(s) into {ws.runs_dir}: {summary}")
+    console.print(f"imported {len(done.records)} run(s) into {escape(str(ws.runs_dir))}: {summary}")
     for r in done.records:
         if r.get("kind") == "bench" and r.get("bench_sweep") is True:
             console.print(f"run {escape(str(r.get('id')))} is a `wb bench --sweep` of {escape(str(r.get('stage')))}: "

@@ -122,7 +122,7 @@ def render_run(record: dict[str, Any]) -> None:
         if error.get("log") and record["verdict"] in ("CRASH", "HANG"):
             console.print("[dim]worker output (tail):[/]")
             console.print(escape(error["log"][-1500:]), style="dim")
-    console.print(f"[dim]report: {record.get('_dir', '')}/report.md[/]")
+    console.print(f"[dim]report: {escape(str(record.get('_dir', '')))}/report.md[/]")
 
 
 def render_diagnosis(diagnosis: Any, full: bool) -> None:

@@ -5,10 +5,12 @@ Both are plain data in, text out; `wb report` renders them in the terminal with 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 from workbench.diagnose import diagnosis_markdown as render
+from workbench.errors import UserError
 from workbench.files import atomic_write_text
 from workbench.records.store import list_records
 from workbench.text import fmt
@@ -375,10 +377,24 @@ def read_saved(path: Path) -> str | None:
 
 def write_stage_report(ws: Workspace, stage_id: str) -> Path:
     path = stage_report_path(ws, stage_id)
-    sweep = path.with_suffix(".sweep.md")
-    sweep_table = read_saved(sweep)
-    atomic_write_text(path, stage_markdown(stage_history(ws, stage_id), sweep_table))
+    atomic_write_text(path, _stage_text(ws, path, stage_id))
     return path
+
+
+def stage_report(ws: Workspace, stage_id: str) -> str:
+    """The stage's report (`wb report STAGE`), written to runs/reports/ as well; a file wb
+    cannot write there is a warning: the report is still shown."""
+    path = stage_report_path(ws, stage_id)
+    text = _stage_text(ws, path, stage_id)
+    try:
+        atomic_write_text(path, text)
+    except UserError as exc:
+        warnings.warn(f"stage report not written: {exc}")
+    return text
+
+
+def _stage_text(ws: Workspace, path: Path, stage_id: str) -> str:
+    return stage_markdown(stage_history(ws, stage_id), read_saved(path.with_suffix(".sweep.md")))
 
 
 def stamped_note(found: dict[str, Any]) -> str:

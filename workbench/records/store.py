@@ -273,7 +273,8 @@ def select(runs_dir: Path, selector: str, stage_of: Callable[[str], str] | None 
         raise UserError("an empty run selector: give a run id (or its start), last, last~N or STAGE@last")
     match = _SELECTOR_RE.match(selector)
     if match:
-        back = int(match["back"] or 0)
+        digits = match["back"] or "0"
+        back = int(digits) if len(digits) <= 9 else 10**9  # past any runs/; int() refuses over 4300 digits
         where = None
         label = "runs"
         if match["stage"]:

@@ -147,14 +147,31 @@ def read_text(path: Path, max_bytes: int, source: str | None = None, keep_bom: b
     return text[1:] if text.startswith("\ufeff") and not keep_bom else text
 
 
+#: the most digits of an integer in a JSON file: more is past a float's range (1.8e308), and
+#: every reader that divides, formats or compares it with a float raises OverflowError
+MAX_INT_DIGITS = 308
+
+
+class _HugeInteger(Exception):
+    pass
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise _HugeInteger(digits)
+    return int(digits)
+
+
 def load_json(path: Path, model: type[T], max_bytes: int, source: str | None = None) -> tuple[Any, T]:
     """(the parsed JSON, the validated model) of a JSON file."""
     source = source or str(path)
     text = read_text(path, max_bytes, source)
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_int=_bounded_int)
     except RecursionError:
         raise SchemaError(source, "JSON nested too deeply") from None
+    except _HugeInteger as exc:
+        raise SchemaError(source, f"an integer of {len(str(exc).lstrip('-'))} digits, past what wb reads ({MAX_INT_DIGITS})") from None
     except ValueError as exc:
         raise SchemaError(source, f"not valid JSON: {exc}") from None
     return data, check(model, data, source)
