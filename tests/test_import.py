@@ -325,3 +325,21 @@ def test_a_workspace_path_with_brackets_is_printed_as_it_is(tmp_path, wb):
         with console.capture() as shown:  # what wb run prints under its table
             render_run(load_record(root / "runs" / run_id))
         assert f"report: {root / 'runs' / run_id}/report.md" in shown.get().replace("\n", "")
+
+
+def test_an_import_that_waits_past_its_limit_for_another_is_one_line_and_changes_nothing(ws, tmp_path, monkeypatch):
+    """A second wb import waiting on a running one ended, after 10 minutes, in filelock's
+    Timeout traceback; it says which lock it waited for now (the limit shortened here)."""
+    from filelock import FileLock
+
+    from workbench.records import importer
+
+    make_runs(tmp_path / "src", 1)
+    before = state(ws)
+    monkeypatch.setattr(importer, "LOCK_WAIT_S", 0.2)
+    ws.ensure_state_dir()
+    with FileLock(str(ws.state_dir / "import.lock")):  # another wb import holds it
+        with pytest.raises(UserError, match=r"another wb import into this workspace has held .*import\.lock for 0 s"):
+            import_runs(ws, tmp_path / "src")
+    assert state(ws) == before
+    assert [r["id"] for r in import_runs(ws, tmp_path / "src").records] == run_ids(tmp_path / "src" / "runs")

@@ -34,6 +34,8 @@ from workbench.records.store import RECORD, ensure_runs_dir, is_run_id, load_rec
 from workbench.workspace import Workspace
 
 MiB = 1 << 20
+#: how long an import waits for another import into the same workspace to finish
+LOCK_WAIT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -152,9 +154,21 @@ def import_runs(ws: Workspace, source: Path, limits: Limits | None = None) -> Im
         raise UserError(f"{source} holds this workspace's own state (.wb): import its runs/ folder, or another workspace")
     limits = limits or Limits.from_env()
     ws.ensure_state_dir()
-    with FileLock(str(ws.state_dir / "import.lock"), timeout=600):
+    from filelock import Timeout
+
+    lock = FileLock(str(ws.state_dir / "import.lock"), timeout=LOCK_WAIT_S)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UserError(
+            f"another wb import into this workspace has held {ws.state_dir / 'import.lock'} for {LOCK_WAIT_S:.0f} s: "
+            "let it finish (or end it), then import again"
+        ) from None
+    try:
         _finish_killed_import(ws)
         return _import_locked(ws, source, limits)
+    finally:
+        lock.release()
 
 
 def _import_locked(ws: Workspace, source: Path, limits: Limits) -> Imported:
