@@ -414,3 +414,19 @@ def test_a_hand_edit_saved_while_wb_writes_memory_md_is_kept(toy_ws, monkeypatch
     memory_lib.add_note(ws, "a lesson")
     text = ws.memory_path.read_text()
     assert saved and "a line saved meanwhile" in text and "a lesson" in text
+
+
+def test_characters_isdigit_takes_but_int_refuses_are_text_in_memorys_blocks():
+    """"²" is a digit to str.isdigit() but not to int(): a hand-edited MEMORY.json case key or
+    a bench case "n=²" gave a ValueError traceback in wb run and wb import; they sort and
+    place as text now, and real numbers as numbers."""
+    from workbench.records.memory import _case_sort_key, _n_key, _speed_place
+
+    assert _n_key("²") == (1, 0, "²") and _n_key("4096") == (0, 4096, "")
+    assert sorted(["n=4096", "n=²", "n=512"], key=_case_sort_key) == ["n=512", "n=4096", "n=²"]
+    assert _speed_place("fmha/stage-d · n=² d=128 · H200", {}) == ("d=128", None)
+    assert _speed_place("fmha/stage-d · n=4096 m=4096 d=128 · H200", {}) == ("d=128", 4096)
+    from workbench.schemas.hosts import parse_gpus
+
+    with pytest.raises(ValueError):
+        parse_gpus("²", ValueError)

@@ -181,7 +181,7 @@ def _lock_records(records: list[dict]) -> dict[str, dict]:
             "layout": r.get("layout"),
             "rank": r.get("rank"),
             "kind": r.get("kind", "probe"),
-            "line": int(line) if line.isdigit() else None,
+            "line": int(line) if line.isdecimal() else None,
         }
     return out
 

@@ -626,7 +626,7 @@ SEVERITY = ["CRASH", "HANG", "LOST", "ERROR", "COMPILE_ERROR", "FAIL"]
 
 
 def _n_key(n: str) -> tuple:
-    return (0, int(n), "") if n.isdigit() else (1, 0, n)
+    return (0, int(n), "") if n.isdecimal() else (1, 0, n)
 
 
 def render_status(data: dict[str, Any]) -> str:
@@ -667,7 +667,7 @@ def _status_firsts(data: dict[str, Any]) -> set[str]:
 
 def _case_sort_key(case: str) -> list:
     """Natural order of a case's `k=v` words (n=512 before n=4096)."""
-    return [(0, int(w), "") if w.isdigit() else (1, 0, w) for w in re.split(r"(\d+)", case)]
+    return [(0, int(w), "") if w.isdecimal() else (1, 0, w) for w in re.split(r"(\d+)", case)]
 
 
 def _speed_parts(key: str) -> tuple[str, str, str]:
@@ -685,7 +685,7 @@ def _speed_place(key: str, entry: dict[str, Any]) -> tuple[str, int | None]:
     params = dict(words)
     n = params.get("n", "")
     row = " ".join(f"{k}={v}" for k, v in words if k != "n" and not (k == "m" and v == n))
-    return row, int(n) if n.isdigit() else None
+    return row, int(n) if n.isdecimal() else None
 
 
 def render_speed(data: dict[str, Any]) -> str:

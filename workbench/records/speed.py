@@ -79,4 +79,4 @@ def legacy_row(ws, stage_id: str, case: str) -> tuple[str, int | None] | None:
         if isinstance(default, str) and default.startswith("=") and params.get(default[1:]) == value:
             hidden.add(key)
     n = params.get("n", "")
-    return " ".join(f"{k}={v}" for k, v in words if k not in hidden), int(n) if n.isdigit() else None
+    return " ".join(f"{k}={v}" for k, v in words if k not in hidden), int(n) if n.isdecimal() else None

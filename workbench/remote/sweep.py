@@ -437,7 +437,7 @@ SLURM_SHARED = {
 def _shared_value(key: str, value: str) -> Any:
     what = SLURM_SHARED[key]
     if what.startswith("whole number"):
-        if value.isdigit() and int(value) >= (0 if key == "gpus_per_node" else 1):
+        if value.isdecimal() and int(value) >= (0 if key == "gpus_per_node" else 1):
             return int(value)
     elif what == "positive number":
         try:
@@ -476,7 +476,7 @@ def slurm_options(partition: str, pairs: dict[str, str]) -> dict[str, Any]:
         if key in SLURM_SHARED:
             out[key] = _shared_value(key, value)
         elif key.startswith("slurm_") and (not sbatch or key[len("slurm_"):] in sbatch):
-            out[key] = int(value) if value.isdigit() else value
+            out[key] = int(value) if value.isdecimal() else value
         else:
             close = difflib.get_close_matches(key, known, n=1)
             raise UserError(

@@ -252,8 +252,8 @@ def _gpu_memory() -> dict[int, int]:
     out = {}
     for line in done.stdout.splitlines():
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 2 and parts[0].isdigit():
-            out[int(parts[0])] = int(parts[1]) if parts[1].isdigit() else 0
+        if len(parts) == 2 and parts[0].isdecimal():
+            out[int(parts[0])] = int(parts[1]) if parts[1].isdecimal() else 0
     return out
 
 

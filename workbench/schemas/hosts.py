@@ -152,7 +152,7 @@ class HostEntry(BaseModel):
     @field_validator("port", mode="before")
     @classmethod
     def _port(cls, value: Any) -> Optional[int]:
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().isdecimal():
             value = int(value)
         if value is None:
             return None
@@ -268,9 +268,9 @@ def parse_gpus(value: Any, error: Callable[[str], Exception]) -> tuple[str, ...]
         if isinstance(v, bool) or not isinstance(v, (int, str)) or not _GPU.match(str(v).strip()):
             raise error(f"{short(v)} is not a GPU index or UUID")
         text = str(v).strip()
-        text = str(int(text)) if text.isdigit() else text
+        text = str(int(text)) if text.isdecimal() else text
         same = next((o for o in out if o.lower().startswith(text.lower()) or text.lower().startswith(o.lower())), None)
-        if same is not None and (same == text or not text.isdigit()):
+        if same is not None and (same == text or not text.isdecimal()):
             raise error(f"{v!r} and {same!r} name one card: two lanes would share it")
         out.append(text)
     return tuple(out)
