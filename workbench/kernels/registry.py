@@ -216,7 +216,10 @@ class StageSpec:
         module_name = f"{package}.{self.module_path.stem}"
         if not self.module_path.is_file():
             raise UserError(f"{self.id}: module {self.module_path} does not exist")
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except SystemExit as exc:  # a broken module, not a way out of wb or of its worker (which died unexplained)
+            raise RuntimeError(f"{self.module_path.name} called sys.exit({exc.code!r}) on import") from exc
         found = [
             obj
             for obj in vars(module).values()
