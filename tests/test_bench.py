@@ -372,3 +372,15 @@ def test_a_remote_bench_of_n_processes_waits_n_timeouts(fmha_ws, wb, monkeypatch
     proc = wb("bench", "d", "-p", "n=4096", "--peers", "", "--processes", "3", "--timeout", "100", "--host", "h1", cwd=fmha_ws)
     assert proc.returncode == 2 and "stop here" in proc.stderr
     assert seen["host"] == "h1" and seen["deadline_s"] == 3 * 100 + 300
+
+
+def test_a_bench_that_fails_in_its_worker_says_why(toy_ws, wb):
+    """A stage module that raised on import (or any error of the bench job) made a CRASH bench
+    record with `error: null`: wb bench printed CRASH over an empty table and no reason."""
+    path = toy_ws / "stages/toy/stage_a.py"
+    path.write_text('raise RuntimeError("half written")\n' + path.read_text())
+    proc = wb("bench", "a", "--json")
+    record = json.loads(proc.stdout)
+    assert proc.returncode == 1 and record["verdict"] == "CRASH"
+    assert "half written" in record["error"]["message"]
+    assert "half written" in wb("bench", "a").stdout
