@@ -380,6 +380,15 @@ def test_a_workspace_config_that_is_not_sane_text_is_one_line(toy_ws, capsys, da
     assert fragment in one_line_error(capsys, "list")
 
 
+@pytest.mark.parametrize("value", ["[toy]", "{toy: 1}", "true"])
+def test_a_default_kernel_that_is_no_name_is_one_line(toy_ws, capsys, value):
+    """default_kernel: [toy] in wb.yaml was a TypeError traceback (unhashable list) for every
+    command that resolves a stage."""
+    (toy_ws / "wb.yaml").write_text(f"default_kernel: {value}\n")
+    err = one_line_error(capsys, "run", "a")
+    assert "default_kernel in the workspace config: expected the name of a kernel in stages/, got" in err, err
+
+
 def test_compile_of_a_stage_that_is_not_cute_is_one_line_and_records_nothing(toy_ws, capsys):
     """`wb compile` of a plain PyTorch stage recorded a COMPILE_ERROR run ("no cubin was
     produced") each time; `wb shapes` already said what it is."""
