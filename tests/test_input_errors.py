@@ -434,6 +434,29 @@ def test_a_fixture_module_that_exits_on_import_is_one_line_exit_2(toy_ws, capsys
     assert "zz_exits.py: fixture module failed to import: SystemExit: boom" in err
 
 
+@pytest.mark.parametrize("decorator, fragment", [
+    ("@fixture", '@fixture needs a name: write @fixture("zz_bad"'),  # registered nothing, silently
+    ("@fixture(3)", "@fixture(3): expected a name of letters"),  # a TypeError traceback in wb fixtures
+    ('@fixture("zz-bad", needs="x")', "needs: expected a tuple of input names"),  # read as needs x
+    ('@fixture("zz-bad", needs=("x",), seeds="2")', "seeds: expected a whole number of seeds"),  # a CRASH record at run
+])
+def test_a_fixture_registered_with_wrong_arguments_is_its_modules_one_line_error(toy_ws, capsys, decorator, fragment):
+    """@fixture's arguments were taken as given: a bare @fixture registered nothing, needs="xy"
+    meant inputs x and y, seeds="2" failed the run (recorded as the kernel's CRASH), a name that
+    is no text was a traceback. Each is now the module's import error, naming the file."""
+    from workbench.kernels.fixtures import forget_modules
+
+    (toy_ws / "fixtures" / "zz_bad.py").write_text(
+        f"from workbench.kernels.fixtures import fixture\n\n\n{decorator}\ndef zz_bad(specs, p, seed, device):\n    return {{}}\n")
+    try:
+        for args in (["fixtures"], ["run", "a"]):
+            err = one_line_error(capsys, *args)
+            assert "zz_bad.py: fixture module failed to import: TypeError: " in err and fragment in err, err
+    finally:
+        forget_modules()
+    assert not list((toy_ws / "runs").glob("2*"))
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["import", "."], ". holds this workspace's own state (.wb): import its runs/ folder"),
     (["report", ""], "an empty run selector"),
