@@ -125,6 +125,19 @@ def test_a_stage_module_that_exits_on_import_is_a_compile_error_naming_it(toy_ws
     assert rec["error"]["location"].endswith("stages/toy/stage_a.py:2")
 
 
+def test_a_stage_class_missing_a_method_a_run_calls_is_one_line_naming_it(toy_ws, wb):
+    """A Stage subclass without reference() (or inputs(), ...) ran into Stage's own
+    NotImplementedError: a CRASH record 'NotImplementedError' naming no method, and MEMORY.md
+    showed the kernel crashing. It is one line naming the file, the class and the method."""
+    path = toy_ws / "stages/toy/stage_b.py"
+    text = path.read_text()
+    path.write_text(text[: text.index("    def reference")])
+    proc = wb("run", "b")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "stage_b.py: Square does not define reference (a run calls inputs, outputs, compile, launch, reference" in proc.stderr
+    assert not list((toy_ws / "runs").glob("2*"))
+
+
 def _signal_dispositions(pid: int) -> str:
     """Whether process ``pid`` ignores, blocks or catches SIGINT and SIGTERM (Linux)."""
     try:
