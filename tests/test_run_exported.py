@@ -156,6 +156,27 @@ def test_a_package_that_fails_to_load_is_one_line_not_the_kernels_crash(toy_ws, 
     assert not list((toy_ws / "runs").glob("2*"))
 
 
+MISSING_LIBRARY = """
+
+def load(cfg):  # the runtime's loader (runtime.py.tmpl), as tvm_ffi fails on a lib/<id>.so that is gone
+    raise RuntimeError(f"Failed to load dynamic shared library {cfg['library']}: cannot open shared object file")
+"""
+
+
+def test_a_shared_object_that_does_not_load_is_one_line_before_any_fixture(toy_ws, wb):
+    """The package's lib/<id>.so was first loaded by the first fixture's call: a missing one
+    was a CRASH record of the stage. The configuration's object is loaded when it is selected."""
+    out = make_export(toy_ws)
+    configs = [{"id": "c0", "key": {"dtype": "bf16"}, "library": "lib/c0.so", "verified_by": []}]
+    _with_manifest(out, configs=configs)
+    init = out / "toy_export" / "__init__.py"
+    init.write_text(init.read_text() + MISSING_LIBRARY)
+    proc = wb("run", "a", "--exported", str(out))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert "--exported: the package's lib/c0.so cannot be loaded (RuntimeError: Failed to load dynamic shared library" in proc.stderr
+    assert not list((toy_ws / "runs").glob("2*"))
+
+
 def test_a_configuration_that_was_not_exported_is_refused_in_one_line(toy_ws, wb):
     out = make_export(toy_ws, dtypes=("fp16",))
     proc = wb("run", "a", "--exported", str(out))
