@@ -457,6 +457,16 @@ def test_a_fixture_registered_with_wrong_arguments_is_its_modules_one_line_error
     assert not list((toy_ws / "runs").glob("2*"))
 
 
+def test_an_unknown_fixture_in_kernel_yaml_names_kernel_yaml_and_the_stage(toy_ws, capsys):
+    """A typo in a stage's fixtures: list said only "unknown fixture 'toy-randon'", as if the
+    command line had named it."""
+    path = toy_ws / "stages/toy/kernel.yaml"
+    path.write_text(path.read_text().replace("fixtures: [toy-random]", "fixtures: [toy-randon]"))
+    err = one_line_error(capsys, "run", "b")
+    assert "kernel.yaml: stage b's fixtures: unknown fixture 'toy-randon' (did you mean toy-random" in err, err
+    assert not list((toy_ws / "runs").glob("2*"))
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["import", "."], ". holds this workspace's own state (.wb): import its runs/ folder"),
     (["report", ""], "an empty run selector"),

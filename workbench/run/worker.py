@@ -292,6 +292,11 @@ class Job:
         names = job.get("fixtures") or spec.fixtures
         groups: dict[str, tuple[dict, list]] = {}
         for name in names:
+            if not explicit and name not in registry:  # a name kernel.yaml gives: say where it is written
+                try:
+                    registry.variants(name)
+                except UserError as exc:
+                    raise UserError(f"{spec.module_path.parent / 'kernel.yaml'}: stage {spec.letter}'s fixtures: {exc}") from None
             fixture = registry.resolve(name, in_specs)
             unsupported = {} if fixture is None else {k: v for k, v in fixture.variants.items() if v not in spec.variants.get(k, ())}
             if fixture is None or unsupported:
