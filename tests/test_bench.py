@@ -431,3 +431,15 @@ def test_wb_import_names_an_imported_sweep_and_the_command_that_writes_its_perf_
     assert f"`wb bench fmha --sweep --from {sweep['id']}` writes its perf doc here" in " ".join(imported.stdout.split())
     assert wb("bench", "fmha", "--sweep", "--from", sweep["id"], cwd=here).returncode == 0
     assert (here / "docs" / "perf.md").read_text() == (ws.root / "docs" / "perf.md").read_text()
+
+
+def test_a_bench_that_fails_in_its_worker_says_why(toy_ws, wb):
+    """A stage module that raised on import (or any error of the bench job) made a CRASH bench
+    record with `error: null`: wb bench printed CRASH over an empty table and no reason."""
+    path = toy_ws / "stages/toy/stage_a.py"
+    path.write_text('raise RuntimeError("half written")\n' + path.read_text())
+    proc = wb("bench", "a", "--json")
+    record = json.loads(proc.stdout)
+    assert proc.returncode == 1 and record["verdict"] == "CRASH"
+    assert "half written" in record["error"]["message"]
+    assert "half written" in wb("bench", "a").stdout

@@ -494,3 +494,15 @@ def test_an_out_under_a_file_is_refused_before_compiling(tmp_path):
     with pytest.raises(UserError, match="a-file is not a folder"):
         check_out(Workspace(tmp_path / "ws"), tmp_path / "a-file" / "sub" / "pkg", force=False)
     check_out(Workspace(tmp_path / "ws"), tmp_path / "new" / "pkg", force=False)  # folders to be made: fine
+
+
+@pytest.mark.parametrize("line", ['raise RuntimeError("half written")', 'import sys; sys.exit("not ready")'])
+def test_a_stage_module_that_fails_to_import_is_one_line(toy_ws, line):
+    """`wb export` imports the stage in wb's own process: a stage module that raised on import
+    was a traceback there, and one that called sys.exit() ended wb with its text and status 1."""
+    path = toy_ws / "stages/toy/stage_a.py"
+    path.write_text(line + "\n" + path.read_text())
+    done = run_wb("export", "a", "--out", toy_ws.parent / "x", "--allow-unverified")
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "stage_a.py: the stage module failed to import: RuntimeError: " in done.stderr
+    assert not (toy_ws.parent / "x").exists()

@@ -380,6 +380,15 @@ def test_a_workspace_config_that_is_not_sane_text_is_one_line(toy_ws, capsys, da
     assert fragment in one_line_error(capsys, "list")
 
 
+@pytest.mark.parametrize("value", ["[toy]", "{toy: 1}", "true"])
+def test_a_default_kernel_that_is_no_name_is_one_line(toy_ws, capsys, value):
+    """default_kernel: [toy] in wb.yaml was a TypeError traceback (unhashable list) for every
+    command that resolves a stage."""
+    (toy_ws / "wb.yaml").write_text(f"default_kernel: {value}\n")
+    err = one_line_error(capsys, "run", "a")
+    assert "default_kernel in the workspace config: expected the name of a kernel in stages/, got" in err, err
+
+
 def test_compile_of_a_stage_that_is_not_cute_is_one_line_and_records_nothing(toy_ws, capsys):
     """`wb compile` of a plain PyTorch stage recorded a COMPILE_ERROR run ("no cubin was
     produced") each time; `wb shapes` already said what it is."""
@@ -423,6 +432,39 @@ def test_a_fixture_module_that_exits_on_import_is_one_line_exit_2(toy_ws, capsys
     (toy_ws / "fixtures" / "zz_exits.py").write_text('raise SystemExit("boom")\n')
     err = one_line_error(capsys, "fixtures")
     assert "zz_exits.py: fixture module failed to import: SystemExit: boom" in err
+
+
+@pytest.mark.parametrize("decorator, fragment", [
+    ("@fixture", '@fixture needs a name: write @fixture("zz_bad"'),  # registered nothing, silently
+    ("@fixture(3)", "@fixture(3): expected a name of letters"),  # a TypeError traceback in wb fixtures
+    ('@fixture("zz-bad", needs="x")', "needs: expected a tuple of input names"),  # read as needs x
+    ('@fixture("zz-bad", needs=("x",), seeds="2")', "seeds: expected a whole number of seeds"),  # a CRASH record at run
+])
+def test_a_fixture_registered_with_wrong_arguments_is_its_modules_one_line_error(toy_ws, capsys, decorator, fragment):
+    """@fixture's arguments were taken as given: a bare @fixture registered nothing, needs="xy"
+    meant inputs x and y, seeds="2" failed the run (recorded as the kernel's CRASH), a name that
+    is no text was a traceback. Each is now the module's import error, naming the file."""
+    from workbench.kernels.fixtures import forget_modules
+
+    (toy_ws / "fixtures" / "zz_bad.py").write_text(
+        f"from workbench.kernels.fixtures import fixture\n\n\n{decorator}\ndef zz_bad(specs, p, seed, device):\n    return {{}}\n")
+    try:
+        for args in (["fixtures"], ["run", "a"]):
+            err = one_line_error(capsys, *args)
+            assert "zz_bad.py: fixture module failed to import: TypeError: " in err and fragment in err, err
+    finally:
+        forget_modules()
+    assert not list((toy_ws / "runs").glob("2*"))
+
+
+def test_an_unknown_fixture_in_kernel_yaml_names_kernel_yaml_and_the_stage(toy_ws, capsys):
+    """A typo in a stage's fixtures: list said only "unknown fixture 'toy-randon'", as if the
+    command line had named it."""
+    path = toy_ws / "stages/toy/kernel.yaml"
+    path.write_text(path.read_text().replace("fixtures: [toy-random]", "fixtures: [toy-randon]"))
+    err = one_line_error(capsys, "run", "b")
+    assert "kernel.yaml: stage b's fixtures: unknown fixture 'toy-randon' (did you mean toy-random" in err, err
+    assert not list((toy_ws / "runs").glob("2*"))
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -114,6 +114,30 @@ def test_compile_error_points_at_the_users_line(toy_ws, wb):
     assert rec["error"]["location"].endswith(f"stages/toy/stage_a.py:{line}")
 
 
+def test_a_stage_module_that_exits_on_import_is_a_compile_error_naming_it(toy_ws, wb):
+    """sys.exit() at the top of a stage module ended the worker: a CRASH, 'the worker process
+    died', with nothing saying why. It is the module's COMPILE_ERROR at its line, as a raise is."""
+    path = toy_ws / "stages/toy/stage_a.py"
+    path.write_text('import sys\nsys.exit("not ready")\n' + path.read_text())
+    rec = record_of(toy_ws, wb("run", "a", "--json"))
+    assert rec["verdict"] == "COMPILE_ERROR", rec["error"]
+    assert "stage_a.py called sys.exit('not ready') on import" in rec["error"]["message"]
+    assert rec["error"]["location"].endswith("stages/toy/stage_a.py:2")
+
+
+def test_a_stage_class_missing_a_method_a_run_calls_is_one_line_naming_it(toy_ws, wb):
+    """A Stage subclass without reference() (or inputs(), ...) ran into Stage's own
+    NotImplementedError: a CRASH record 'NotImplementedError' naming no method, and MEMORY.md
+    showed the kernel crashing. It is one line naming the file, the class and the method."""
+    path = toy_ws / "stages/toy/stage_b.py"
+    text = path.read_text()
+    path.write_text(text[: text.index("    def reference")])
+    proc = wb("run", "b")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "stage_b.py: Square does not define reference (a run calls inputs, outputs, compile, launch, reference" in proc.stderr
+    assert not list((toy_ws / "runs").glob("2*"))
+
+
 def _signal_dispositions(pid: int) -> str:
     """Whether process ``pid`` ignores, blocks or catches SIGINT and SIGTERM (Linux)."""
     try:

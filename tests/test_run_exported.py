@@ -133,6 +133,50 @@ def test_a_folder_that_is_not_this_stages_export_is_refused_in_one_line(toy_ws, 
     assert not (toy_ws / "runs").exists() or not any((toy_ws / "runs").iterdir())
 
 
+def _without(out, key):
+    path = out / "toy_export" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest[key]
+    path.write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda out: _without(out, "configs"), "its package toy_export failed to import: KeyError: 'configs'; export again"),
+    (lambda out: [(out / "toy_export" / "__init__.py").write_text("import sys\nsys.exit(3)\n"), out][1],
+     "its package toy_export failed to import: SystemExit: 3"),
+    (lambda out: _with_manifest(out, configs=[{"id": "c0"}]), "the package's configurations cannot be read (KeyError: 'key')"),
+])
+def test_a_package_that_fails_to_load_is_one_line_not_the_kernels_crash(toy_ws, wb, damage, message):
+    """A manifest edited by hand (or a package that breaks on import) made the run a CRASH
+    record of the stage, and MEMORY.md showed the kernel crashing. It is the export's fault:
+    one line, exit 2, no run recorded."""
+    proc = wb("run", "a", "--exported", str(damage(make_export(toy_ws))))
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert not list((toy_ws / "runs").glob("2*"))
+
+
+MISSING_LIBRARY = """
+
+def load(cfg):  # the runtime's loader (runtime.py.tmpl), as tvm_ffi fails on a lib/<id>.so that is gone
+    raise RuntimeError(f"Failed to load dynamic shared library {cfg['library']}: cannot open shared object file")
+"""
+
+
+def test_a_shared_object_that_does_not_load_is_one_line_before_any_fixture(toy_ws, wb):
+    """The package's lib/<id>.so was first loaded by the first fixture's call: a missing one
+    was a CRASH record of the stage. The configuration's object is loaded when it is selected."""
+    out = make_export(toy_ws)
+    configs = [{"id": "c0", "key": {"dtype": "bf16"}, "library": "lib/c0.so", "verified_by": []}]
+    _with_manifest(out, configs=configs)
+    init = out / "toy_export" / "__init__.py"
+    init.write_text(init.read_text() + MISSING_LIBRARY)
+    proc = wb("run", "a", "--exported", str(out))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert "--exported: the package's lib/c0.so cannot be loaded (RuntimeError: Failed to load dynamic shared library" in proc.stderr
+    assert not list((toy_ws / "runs").glob("2*"))
+
+
 def test_a_configuration_that_was_not_exported_is_refused_in_one_line(toy_ws, wb):
     out = make_export(toy_ws, dtypes=("fp16",))
     proc = wb("run", "a", "--exported", str(out))

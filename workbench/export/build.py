@@ -212,7 +212,12 @@ def _export(ws, spec, given, variants, arch, out, allow_unverified, force, on_ev
     check_tools()
     out = Path(out)
     check_out(ws, out, force)
-    stage = spec.load()
+    try:
+        stage = spec.load()
+    except UserError:
+        raise
+    except Exception as exc:  # wb runs it in its own process: a broken stage module is a traceback here
+        raise UserError(f"{spec.module_path}: the stage module failed to import: {type(exc).__name__}: {exc}") from None
     export, op_path, op = load_op_module(spec, stage)
     variants = spec.resolve_variants(variants)
     configs = plan(spec, stage, op, expand(given), variants)

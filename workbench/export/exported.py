@@ -91,11 +91,13 @@ class ExportedOp:
         if package in sys.modules:
             raise UserError(f"--exported: a package {package!r} is already imported in this worker; run with --fresh")
         sys.path.insert(0, str(Path(out).resolve()))
-        try:
+        try:  # a manifest edited by hand, a lib/ or _op.py of another export: the package's fault, not the kernel's CRASH
             module = importlib.import_module(package)
+            namespace, name = module.QUALNAME.split("::")
+        except (Exception, SystemExit) as exc:
+            raise UserError(f"--exported {out}: its package {package} failed to import: {type(exc).__name__}: {exc}; export again") from None
         finally:
             sys.path.pop(0)
-        namespace, name = module.QUALNAME.split("::")
         import torch
 
         return cls(package=module, op=getattr(getattr(torch.ops, namespace), name))
@@ -103,9 +105,17 @@ class ExportedOp:
     def select(self, params: dict) -> dict:
         """The exported configuration of these parameters; a one-line refusal if none."""
         try:
-            return self.package.select(self.package._op.exported_key(dict(params)))
+            config = self.package.select(self.package._op.exported_key(dict(params)))
         except ValueError as exc:  # ExportError, or a parameter the op cannot export
             raise UserError(f"--exported: {exc}") from None
+        except (KeyError, TypeError, AttributeError) as exc:  # configs in the manifest without the fields wb writes
+            raise UserError(f"--exported: the package's configurations cannot be read ({type(exc).__name__}: {exc}); export again") from None
+        if hasattr(self.package, "load"):  # its shared object now, not at the first fixture: a missing or corrupted one was the kernel's CRASH
+            try:
+                self.package.load(config)
+            except Exception as exc:
+                raise UserError(f"--exported: the package's {config.get('library')} cannot be loaded ({type(exc).__name__}: {exc}); export again") from None
+        return config
 
     def __call__(self, inputs: dict, params: dict) -> dict:
         return self.package._op.stage_call(self.op, inputs, dict(params))

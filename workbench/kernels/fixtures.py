@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ def fixture(
     seeds: int = 1,
 ):
     """Register a fixture generator under `name` (for stages that have every input in `needs`)."""
+    _check_arguments(name, isolates, hides, needs, variants, seeds)
 
     def register(fn):
         _by_module.setdefault(fn.__module__, []).append(
@@ -83,6 +85,33 @@ def fixture(
         return fn
 
     return register
+
+
+#: a fixture's name as kernel.yaml and run records take it (schemas/kernel_yaml's FixtureName)
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+
+
+def _check_arguments(name, isolates, hides, needs, variants, seeds) -> None:
+    """@fixture's arguments, checked where the module registers them: a bare @fixture registered
+    nothing, a needs="q" or seeds="2" passed until a run used them and was recorded as the
+    kernel's CRASH, a name that is no text was a traceback in `wb fixtures`. A TypeError here is
+    the module's one-line import error (naming its file)."""
+    if callable(name):
+        raise TypeError(f"@fixture needs a name: write @fixture(\"{getattr(name, '__name__', 'name')}\", isolates=..., hides=..., needs=(...))")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise TypeError(f"@fixture({name!r:.60}): expected a name of letters, digits, _ . and -, at most 40 characters")
+    problems = [
+        what for what, bad in (
+            ("isolates and hides: expected text", not isinstance(isolates, str) or not isinstance(hides, str)),
+            ("needs: expected a tuple of input names", isinstance(needs, (str, bytes)) or not isinstance(needs, Iterable)
+             or not all(isinstance(n, str) for n in needs)),
+            ("variants: expected a mapping of variant name to value, both text", variants is not None and (
+                not isinstance(variants, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in variants.items()))),
+            ("seeds: expected a whole number of seeds, at least 1", isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1),
+        ) if bad
+    ]
+    if problems:
+        raise TypeError(f"@fixture({name!r}): " + "; ".join(problems))
 
 
 def fill_inputs(specs: Mapping[str, Any], made: Mapping[str, Any], generator, device) -> dict[str, Any]:

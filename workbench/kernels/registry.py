@@ -34,7 +34,7 @@ from typing import Any
 
 from workbench.errors import UserError
 from workbench.kernels.stage import Stage
-from workbench.schemas import SchemaError
+from workbench.schemas import SchemaError, short
 from workbench.workspace import Workspace
 
 DEFAULT_TOLERANCE = {"factor": 2.0, "atol": 1e-4}
@@ -216,7 +216,10 @@ class StageSpec:
         module_name = f"{package}.{self.module_path.stem}"
         if not self.module_path.is_file():
             raise UserError(f"{self.id}: module {self.module_path} does not exist")
-        module = importlib.import_module(module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except SystemExit as exc:  # a broken module, not a way out of wb or of its worker (which died unexplained)
+            raise RuntimeError(f"{self.module_path.name} called sys.exit({exc.code!r}) on import") from exc
         found = [
             obj
             for obj in vars(module).values()
@@ -394,6 +397,8 @@ def refuse_broken(kernels: dict) -> None:
 
 def default_kernel(ws: Workspace, kernels: dict[str, KernelSpec]) -> KernelSpec | None:
     configured = ws.config.get("default_kernel")
+    if configured is not None and not isinstance(configured, str):  # a list or mapping was a TypeError traceback
+        raise UserError(f"default_kernel in the workspace config: expected the name of a kernel in stages/, got {short(configured)}")
     if configured:
         if configured in getattr(kernels, "broken", {}):
             raise UserError(kernels.broken[configured])

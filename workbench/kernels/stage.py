@@ -184,3 +184,7 @@ class Stage:
     ) -> dict[str, "torch.Tensor"]:
         """The expected outputs, computed by PyTorch in `compute_dtype`."""
         raise NotImplementedError
+
+
+#: what a run calls of every stage (Stage's own versions raise NotImplementedError)
+RUN_METHODS = ("inputs", "outputs", "compile", "launch", "reference")

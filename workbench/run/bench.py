@@ -406,7 +406,7 @@ def run_bench(ws, spec, kernel, cases: list[BenchCase], variants: dict[str, str]
     env = result.get("env", {})
     record = new_record(
         "bench", spec, {}, variants, result.get("verdict") if outcome.status == "result" else outcome.status,
-        error=None if outcome.status == "result" else {"message": outcome.message, "log": outcome.log_tail},
+        error=result.get("error") if outcome.status == "result" else {"message": outcome.message, "log": outcome.log_tail},
         bench=result.get("cases", []),
         bench_sweep=sweep,
         peak=result.get("peak"),

@@ -33,7 +33,7 @@ from workbench.diagnose import add_run_evidence, run_diagnosis
 from workbench.errors import UserError
 from workbench.kernels import fixtures as fixture_registry
 from workbench.kernels.registry import forget_stage_modules, load_kernel
-from workbench.kernels.stage import Params, torch_dtype
+from workbench.kernels.stage import RUN_METHODS, Params, Stage, torch_dtype
 from workbench.run import procs, protocol
 from workbench.run.sanitize import NO_POISON_ENV
 from workbench.workspace import Workspace
@@ -156,6 +156,10 @@ class Job:
             raise
         except Exception as exc:
             return {**result, "verdict": "COMPILE_ERROR", "error": error_info(exc, roots)}
+        missing = [m for m in RUN_METHODS if getattr(type(stage), m, None) is getattr(Stage, m)]
+        if missing:  # Stage's own raises NotImplementedError: the run was the kernel's CRASH, naming nothing
+            raise UserError(f"{spec.module_path}: {type(stage).__name__} does not define {', '.join(missing)} "
+                            f"(a run calls {', '.join(RUN_METHODS)}: workbench.kernels.stage.Stage)")
         if stage.needs_gpu and not torch.cuda.is_available():
             return {**result, "verdict": "NO_GPU", "error": {"message": f"{spec.id} needs a CUDA GPU and this machine has none"}}
         device = "cuda" if stage.needs_gpu else "cpu"
@@ -288,6 +292,11 @@ class Job:
         names = job.get("fixtures") or spec.fixtures
         groups: dict[str, tuple[dict, list]] = {}
         for name in names:
+            if not explicit and name not in registry:  # a name kernel.yaml gives: say where it is written
+                try:
+                    registry.variants(name)
+                except UserError as exc:
+                    raise UserError(f"{spec.module_path.parent / 'kernel.yaml'}: stage {spec.letter}'s fixtures: {exc}") from None
             fixture = registry.resolve(name, in_specs)
             unsupported = {} if fixture is None else {k: v for k, v in fixture.variants.items() if v not in spec.variants.get(k, ())}
             if fixture is None or unsupported:
