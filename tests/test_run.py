@@ -125,6 +125,19 @@ def test_a_stage_module_that_exits_on_import_is_a_compile_error_naming_it(toy_ws
     assert rec["error"]["location"].endswith("stages/toy/stage_a.py:2")
 
 
+def test_a_stage_that_calls_sys_exit_while_it_runs_is_a_crash_saying_so(toy_ws, wb):
+    """sys.exit() inside launch() ended the worker: CRASH 'the worker process died' with no
+    reason. The run's CRASH now says the stage called sys.exit and where; the next run works."""
+    path = toy_ws / "stages/toy/stage_a.py"
+    text = path.read_text()
+    path.write_text("import sys\n" + text.replace("        bug = compiled\n", "        bug = compiled\n        if bug == 'zero':\n            sys.exit(3)\n"))
+    rec = record_of(toy_ws, wb("run", "a", "-V", "bug=zero", "--json"))
+    assert rec["verdict"] == "CRASH", rec["error"]
+    assert rec["error"]["message"] == "the stage's code called sys.exit(3)"
+    assert "stages/toy/stage_a.py:" in (rec["error"]["location"] or ""), rec["error"]
+    assert record_of(toy_ws, wb("run", "a", "--json"))["verdict"] == "PASS"
+
+
 def test_a_stage_class_missing_a_method_a_run_calls_is_one_line_naming_it(toy_ws, wb):
     """A Stage subclass without reference() (or inputs(), ...) ran into Stage's own
     NotImplementedError: a CRASH record 'NotImplementedError' naming no method, and MEMORY.md

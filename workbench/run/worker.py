@@ -461,6 +461,12 @@ def handle(conn: socket.socket) -> bool:
                     reply = {"type": "user_error", "message": str(exc)}
                 except Exception as exc:
                     reply = {"type": "result", "result": {"verdict": "CRASH", "error": error_info(exc, [])}}
+                except SystemExit as exc:  # the stage's code called sys.exit(): its run's verdict, not a dead worker
+                    ws = Workspace(Path(message.get("workspace") or "."))
+                    info = error_info(exc, [ws.stages_dir.resolve(), ws.fixtures_dir.resolve()])
+                    info["message"] = f"the stage's code called sys.exit({exc.code!r})"
+                    reply = {"type": "result", "result": {"verdict": "CRASH", "error": info}}
+                    job.must_exit = True
                 watch.done()  # from here a closed socket is the supervisor leaving after the answer
                 protocol.send(conn, reply)
             print(f"[wb-worker {os.getpid()}] job done", flush=True)
