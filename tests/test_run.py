@@ -138,6 +138,23 @@ def test_a_stage_that_calls_sys_exit_while_it_runs_is_a_crash_saying_so(toy_ws, 
     assert record_of(toy_ws, wb("run", "a", "--json"))["verdict"] == "PASS"
 
 
+@pytest.mark.parametrize("spec, says", [
+    ('TensorSpec((p.n, 64), "float")', "TensorSpec dtype 'float': expected one of bf16, fp16"),
+    ('TensorSpec((p.n, 6.4), p.dtype)', "TensorSpec shape (128, 6.4): expected a tuple of sizes"),
+])
+def test_a_tensor_spec_a_stage_gets_wrong_is_named_at_the_stages_line(toy_ws, wb, spec, says):
+    """TensorSpec((n, 64), "float") in a stage's inputs() was a KeyError 'float' at whatever
+    fixture first read it; the spec refuses it where the stage makes it."""
+    path = toy_ws / "stages/toy/stage_a.py"
+    text = path.read_text()
+    path.write_text(text.replace('return {"x": TensorSpec((p.n, 64), p.dtype)}', f'return {{"x": {spec}}}'))
+    rec = record_of(toy_ws, wb("run", "a", "--json"))
+    assert rec["verdict"] in ("CRASH", "ERROR"), rec
+    assert says in rec["error"]["message"], rec["error"]
+    line = 1 + text.splitlines().index('        return {"x": TensorSpec((p.n, 64), p.dtype)}')
+    assert (rec["error"]["location"] or "").endswith(f"stages/toy/stage_a.py:{line}"), rec["error"]
+
+
 def test_a_stage_class_missing_a_method_a_run_calls_is_one_line_naming_it(toy_ws, wb):
     """A Stage subclass without reference() (or inputs(), ...) ran into Stage's own
     NotImplementedError: a CRASH record 'NotImplementedError' naming no method, and MEMORY.md

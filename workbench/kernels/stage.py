@@ -15,6 +15,7 @@ the "PyTorch in low precision" run that calibrates the tolerance (see workbench.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping
 
@@ -30,6 +31,19 @@ class TensorSpec:
 
     shape: tuple[int, ...]
     dtype: str  # one of DTYPES
+
+    def __post_init__(self):
+        # a stage's typo ("float", a shape of floats) is named where the stage makes the spec,
+        # not a KeyError in whatever fixture first reads it
+        if self.dtype not in DTYPES:
+            raise ValueError(f"TensorSpec dtype {self.dtype!r}: expected one of {', '.join(DTYPES)}")
+        try:
+            shape = tuple(operator.index(size) for size in self.shape)
+        except TypeError:
+            shape = None
+        if shape is None or any(size < 0 for size in shape):
+            raise ValueError(f"TensorSpec shape {self.shape!r}: expected a tuple of sizes (whole numbers >= 0)")
+        object.__setattr__(self, "shape", shape)
 
     def torch_dtype(self) -> "torch.dtype":
         return torch_dtype(self.dtype)

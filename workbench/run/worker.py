@@ -437,6 +437,12 @@ def _job_class(op: str):
     return getattr(importlib.import_module(module), name)
 
 
+def _user_roots(message: dict[str, Any]) -> list[Path]:
+    """Where a job's user code lives (its workspace's stages/ and fixtures/), for error_info."""
+    ws = Workspace(Path(message.get("workspace") or "."))
+    return [ws.stages_dir.resolve(), ws.fixtures_dir.resolve()]
+
+
 def handle(conn: socket.socket) -> bool:
     """Serve one connection; return False when the worker should exit afterwards."""
     keep_going = True
@@ -459,11 +465,10 @@ def handle(conn: socket.socket) -> bool:
                     reply = {"type": "result", "result": result}
                 except UserError as exc:
                     reply = {"type": "user_error", "message": str(exc)}
-                except Exception as exc:
-                    reply = {"type": "result", "result": {"verdict": "CRASH", "error": error_info(exc, [])}}
+                except Exception as exc:  # outside the job's own handlers (a stage's inputs(), ...)
+                    reply = {"type": "result", "result": {"verdict": "CRASH", "error": error_info(exc, _user_roots(message))}}
                 except SystemExit as exc:  # the stage's code called sys.exit(): its run's verdict, not a dead worker
-                    ws = Workspace(Path(message.get("workspace") or "."))
-                    info = error_info(exc, [ws.stages_dir.resolve(), ws.fixtures_dir.resolve()])
+                    info = error_info(exc, _user_roots(message))
                     info["message"] = f"the stage's code called sys.exit({exc.code!r})"
                     reply = {"type": "result", "result": {"verdict": "CRASH", "error": info}}
                     job.must_exit = True
