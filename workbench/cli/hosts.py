@@ -32,7 +32,7 @@ def hosts(
         if as_json:
             print_json([])
             return
-        console.print(f"no hosts configured: add a `hosts:` list to {config_file(ws)}, e.g.\n"
+        console.print(f"no hosts configured: add a `hosts:` list to {escape(str(config_file(ws)))}, e.g.\n"
                       "  hosts:\n    - {name: h200, ssh: me@gpu-box, path: work/wb, python: ~/venv/bin/python}")
         return
     if not check:
