@@ -389,6 +389,20 @@ def test_a_default_kernel_that_is_no_name_is_one_line(toy_ws, capsys, value):
     assert "default_kernel in the workspace config: expected the name of a kernel in stages/, got" in err, err
 
 
+@pytest.mark.parametrize("write, says", [
+    (lambda ws: (ws / "wb.yaml").write_text("default-kernel: toy\n"),
+     "wb.yaml: unknown setting 'default-kernel' (did you mean default_kernel?); known: default_kernel, hosts"),
+    (lambda ws: ((ws / "wb.yaml").unlink(), (ws / "pyproject.toml").write_text('[tool.wb]\nhost = []\n')),
+     "pyproject.toml [tool.wb]: unknown setting 'host' (did you mean hosts?)"),
+])
+def test_an_unknown_setting_in_the_workspace_config_is_one_line_with_a_did_you_mean(toy_ws, capsys, write, says):
+    """default-kernel: toy in wb.yaml was ignored without a word (the default kernel silently
+    not set), while kernel.yaml refuses an unknown key."""
+    write(toy_ws)
+    err = one_line_error(capsys, "list")
+    assert says in err, err
+
+
 def test_compile_of_a_stage_that_is_not_cute_is_one_line_and_records_nothing(toy_ws, capsys):
     """`wb compile` of a plain PyTorch stage recorded a COMPILE_ERROR run ("no cubin was
     produced") each time; `wb shapes` already said what it is."""

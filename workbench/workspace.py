@@ -73,6 +73,21 @@ def _state_dir_problem(state_dir: Path, parts: tuple[str, ...], exc: OSError) ->
 
 #: wb.yaml and pyproject.toml are a few KiB; a larger one is refused, not read into memory
 CONFIG_MAX_BYTES = 4 * 1024 * 1024
+#: the settings wb.yaml / [tool.wb] may hold (the kernel registry and remote hosts read them)
+CONFIG_KEYS = ("default_kernel", "hosts")
+
+
+def _known_keys(config: dict[str, Any], where: str) -> dict[str, Any]:
+    """``config`` when every key is a setting wb reads; a misspelt one (default-kernel) was
+    silently ignored, unlike kernel.yaml's, which are refused with a did-you-mean."""
+    import difflib
+
+    for key in config:
+        if key not in CONFIG_KEYS:
+            close = difflib.get_close_matches(str(key).replace("-", "_"), CONFIG_KEYS, n=1)
+            raise UserError(f"{where}: unknown setting {str(key)[:80]!r}" + (f" (did you mean {close[0]}?)" if close else "")
+                            + f"; known: {', '.join(CONFIG_KEYS)}")
+    return config
 
 
 def _config_of(folder: Path) -> dict[str, Any] | None:
@@ -87,7 +102,7 @@ def _config_of(folder: Path) -> dict[str, Any] | None:
             raise UserError(f"{wb_yaml}: not valid YAML: {_first_line(exc)}") from exc
         if not isinstance(data, dict):
             raise UserError(f"{wb_yaml}: expected a mapping of settings at the top level")
-        return data
+        return _known_keys(data, str(wb_yaml))
     pyproject = folder / "pyproject.toml"
     if pyproject.is_file():
         try:
@@ -98,7 +113,7 @@ def _config_of(folder: Path) -> dict[str, Any] | None:
         if tool_wb is not None:
             if not isinstance(tool_wb, dict):
                 raise UserError(f"{pyproject}: [tool.wb] must be a table")
-            return tool_wb
+            return _known_keys(tool_wb, f"{pyproject} [tool.wb]")
     return None
 
 
