@@ -155,6 +155,25 @@ def test_a_tensor_spec_a_stage_gets_wrong_is_named_at_the_stages_line(toy_ws, wb
     assert (rec["error"]["location"] or "").endswith(f"stages/toy/stage_a.py:{line}"), rec["error"]
 
 
+@pytest.mark.parametrize("edit, says", [
+    (('return {"x": TensorSpec((p.n, 64), p.dtype)}', 'return [TensorSpec((p.n, 64), p.dtype)]'),
+     "Double.inputs() returned list: expected a dict of name -> TensorSpec"),
+    (('return {"y": TensorSpec((p.n, 64), p.dtype)}', 'return {"y": (p.n, 64)}'),
+     "Double.outputs() returned dict with an entry that is no name -> TensorSpec"),
+    (("    needs_gpu = False", '    needs_gpu = "no"'), "Double.needs_gpu = 'no': expected True or False"),
+])
+def test_a_stage_whose_specs_or_flags_are_of_the_wrong_kind_is_one_line_naming_it(toy_ws, wb, edit, says):
+    """inputs() returning a list read as "no fixture applies to toy/stage-a"; needs_gpu = "no"
+    counted as true (the run was NO_GPU on a machine without one)."""
+    path = toy_ws / "stages/toy/stage_a.py"
+    text = path.read_text()
+    assert edit[0] in text
+    path.write_text(text.replace(edit[0], edit[1]))
+    proc = wb("run", "a")
+    assert proc.returncode == 2 and says in proc.stderr, proc.stdout + proc.stderr
+    assert not list((toy_ws / "runs").glob("2*"))
+
+
 def test_a_stage_class_missing_a_method_a_run_calls_is_one_line_naming_it(toy_ws, wb):
     """A Stage subclass without reference() (or inputs(), ...) ran into Stage's own
     NotImplementedError: a CRASH record 'NotImplementedError' naming no method, and MEMORY.md

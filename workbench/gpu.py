@@ -67,5 +67,6 @@ def _needs_gpu_in(cls: ast.ClassDef):
         targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(stmt, ast.AnnAssign) else []
         if any(isinstance(t, ast.Name) and t.id == "needs_gpu" for t in targets):
             value = getattr(stmt, "value", None)
-            return bool(value.value) if isinstance(value, ast.Constant) else _COMPUTED
+            # a literal other than True/False ("no") is the import's to refuse (StageSpec.load)
+            return value.value if isinstance(value, ast.Constant) and isinstance(value.value, bool) else _COMPUTED
     return None

@@ -229,6 +229,10 @@ class StageSpec:
             raise UserError(
                 f"{self.module_path}: expected exactly one subclass of workbench.Stage, found {len(found)}"
             )
+        for flag in ("needs_gpu", "is_cute"):  # "no" would count as true
+            value = getattr(found[0], flag, False)
+            if not isinstance(value, bool):
+                raise UserError(f"{self.module_path}: {found[0].__name__}.{flag} = {str(value)[:40]!r}: expected True or False")
         stage = found[0]()
         stage.kernel, stage.letter, stage.name = self.kernel, self.letter, self.name
         return stage

@@ -33,7 +33,7 @@ from workbench.diagnose import add_run_evidence, run_diagnosis
 from workbench.errors import UserError
 from workbench.kernels import fixtures as fixture_registry
 from workbench.kernels.registry import forget_stage_modules, load_kernel
-from workbench.kernels.stage import RUN_METHODS, Params, Stage, torch_dtype
+from workbench.kernels.stage import RUN_METHODS, Params, Stage, TensorSpec, torch_dtype
 from workbench.run import procs, protocol
 from workbench.run.sanitize import NO_POISON_ENV
 from workbench.workspace import Workspace
@@ -168,6 +168,11 @@ class Job:
         registry = fixture_registry.load_fixtures(ws.fixtures_dir)
         params = Params(job["params"])
         in_specs, out_specs = stage.inputs(params), stage.outputs(params)
+        for method, specs in (("inputs", in_specs), ("outputs", out_specs)):
+            if not isinstance(specs, dict) or not all(isinstance(k, str) and isinstance(v, TensorSpec) for k, v in specs.items()):
+                raise UserError(f"{spec.module_path}: {type(stage).__name__}.{method}() returned {type(specs).__name__}"
+                                f"{'' if not isinstance(specs, dict) else ' with an entry that is no name -> TensorSpec'}: "
+                                "expected a dict of name -> TensorSpec")
         if hasattr(stage, "flops"):  # one launch's FLOPs (wb profile's roofline)
             try:
                 result["flops"] = float(stage.flops(params))
