@@ -338,6 +338,52 @@ def test_a_damaged_shared_object_is_an_import_error_not_a_bus_error(fmha_export,
     assert "reinstall the package or export it again" in message and out["path"] == str(so.resolve())
 
 
+DAMAGED_IMPORT = """
+import json, warnings
+warnings.simplefilter("ignore")
+try:
+    import wb_fmha
+    print(json.dumps({"refused": None}))
+except ImportError as exc:
+    print(json.dumps({"refused": str(exc), "path": exc.path}))
+"""
+
+
+def _drop_key_of_first_config(text: str) -> str:
+    manifest = json.loads(text)
+    del manifest["configs"][0]["key"]
+    return json.dumps(manifest)
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (None, "is missing"),
+        (lambda text: text[: len(text) // 2], "is not valid JSON (Expecting "),  # cut short by a copy
+        (lambda text: "", "is not valid JSON (Expecting value: line 1 column 1"),
+        (lambda text: "[]", "holds a JSON list, not an object"),
+        (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "configs"}), "has no list of configs"),
+        (lambda text: json.dumps({**json.loads(text), "namespace": "wb-fmha"}), "has namespace 'wb-fmha', not a Python name"),
+        (_drop_key_of_first_config, "has configs[0] without 'key'"),
+    ],
+)
+def test_a_missing_or_damaged_manifest_is_an_import_error_naming_it(fmha_export, tmp_path, damage, expected):
+    """Importing the package read manifest.json with a bare json.loads and indexing: a missing,
+    truncated or hand-edited manifest was a FileNotFoundError, JSONDecodeError or KeyError that
+    named neither the file nor the package."""
+    site = _installed_copy(fmha_export, tmp_path)
+    path = site / "wb_fmha" / "manifest.json"
+    if damage is None:
+        path.unlink()
+    else:
+        path.write_text(damage(path.read_text()))
+    out = _run_checks(site, DAMAGED_IMPORT)
+    message = out["refused"]
+    assert message is not None and "\n" not in message, message
+    assert message.startswith(f"wb_fmha: {path.resolve()} {expected}"), message
+    assert message.endswith("reinstall the package or export it again") and out["path"] == str(path.resolve())
+
+
 def test_export_refuses_configurations_no_gpu_run_verified(fmha_export, tmp_path):
     done = run_wb(
         "--workspace", fmha_export["ws"], "export", "fmha/d", "-p", "d=64,128", "--out", tmp_path / "x",
