@@ -12,6 +12,7 @@ test_export_gpu.py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -105,7 +106,11 @@ def test_the_manifest_names_stage_commit_dsl_arch_and_each_configuration(fmha_ex
         "window_left": -1, "window_right": -1, "softcap": 0.0, "dv": 64,
     }
     assert cfg["verified_by"] == []  # a copy of the workspace has no runs: --allow-unverified
-    assert (fmha_export["out"] / "wb_fmha" / cfg["library"]).is_file()
+    library = fmha_export["out"] / "wb_fmha" / cfg["library"]
+    assert library.is_file()
+    # what the package checks before it loads the object (test_a_damaged_shared_object_...)
+    assert cfg["library_size"] == library.stat().st_size
+    assert cfg["library_sha256"] == hashlib.sha256(library.read_bytes()).hexdigest()
     # --json prints the same manifest; the missing verification is said loudly on stderr
     assert json.loads(fmha_export["stdout"])["configs"][0]["id"] == cfg["id"]
     assert "UNVERIFIED" in fmha_export["stderr"]
@@ -272,6 +277,111 @@ def test_a_signature_that_passed_is_not_checked_again_but_a_misaligned_base_stil
 
 def test_the_shared_object_loads_without_a_gpu_and_checks_its_own_arguments(fmha_checks):
     assert fmha_checks["tvm_ffi"] and "expected device_type=cuda" in fmha_checks["tvm_ffi"], fmha_checks["tvm_ffi"]
+
+
+DAMAGED_LOAD = """
+import hashlib, json, warnings
+warnings.simplefilter("ignore")
+import wb_fmha
+cfg = wb_fmha.CONFIGS[0]
+try:
+    wb_fmha.load(cfg)
+except ImportError as exc:
+    print(json.dumps({"refused": str(exc), "path": exc.path}))
+    raise SystemExit(0)
+# loaded: a second load of the same library in this process does not hash it again
+wb_fmha._functions.clear()
+def no_hashing(*args, **kwargs):
+    raise AssertionError("hashed twice")
+hashlib.sha256 = no_hashing
+wb_fmha.load(cfg)
+print(json.dumps({"refused": None, "intact": sorted(wb_fmha._intact)}))
+"""
+
+
+def _installed_copy(fmha_export, tmp_path) -> Path:
+    """A copy of the installed package (site/wb_fmha) to damage."""
+    site = tmp_path / "site"
+    shutil.copytree(fmha_export["site"] / "wb_fmha", site / "wb_fmha", ignore=shutil.ignore_patterns("__pycache__"))
+    return site
+
+
+@pytest.mark.parametrize("damage", ["truncated", "one byte changed", "intact", "exported before checksums"])
+def test_a_damaged_shared_object_is_an_import_error_not_a_bus_error(fmha_export, tmp_path, damage):
+    """tvm_ffi.load_module of a truncated lib/<id>.so died with SIGBUS (the user's process, or
+    wb's worker as an unexplained CRASH), and one with a byte changed in its cubin loaded. The
+    manifest records each library's size and sha256; the package checks them before loading
+    (once per library per process) and raises an ImportError naming the file."""
+    site = _installed_copy(fmha_export, tmp_path)
+    manifest_path = site / "wb_fmha" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    so = site / "wb_fmha" / manifest["configs"][0]["library"]
+    blob = so.read_bytes()
+    if damage == "truncated":
+        so.write_bytes(blob[:4096])  # dlopen maps past the end of the file: SIGBUS
+    elif damage == "one byte changed":
+        at = blob.find(b"\x7fELF", 1) + 0x200  # inside the embedded cubin: dlopen does not notice
+        so.write_bytes(blob[:at] + bytes([blob[at] ^ 0xFF]) + blob[at + 1 :])
+    elif damage == "exported before checksums":  # an older package's manifest: loads unchecked
+        for cfg in manifest["configs"]:
+            del cfg["library_size"], cfg["library_sha256"]
+        manifest_path.write_text(json.dumps(manifest))
+    out = _run_checks(site, DAMAGED_LOAD)
+    if damage in ("intact", "exported before checksums"):
+        assert out["refused"] is None
+        assert out["intact"] == ([str(so.resolve())] if damage == "intact" else [])
+        return
+    message = out["refused"]
+    assert message.startswith("wb_fmha::fwd: ") and "\n" not in message, message
+    assert f"{so.resolve()} does not match what was exported" in message, message
+    assert ("4096 bytes, exported" if damage == "truncated" else "sha256 ") in message, message
+    assert "reinstall the package or export it again" in message and out["path"] == str(so.resolve())
+
+
+DAMAGED_IMPORT = """
+import json, warnings
+warnings.simplefilter("ignore")
+try:
+    import wb_fmha
+    print(json.dumps({"refused": None}))
+except ImportError as exc:
+    print(json.dumps({"refused": str(exc), "path": exc.path}))
+"""
+
+
+def _drop_key_of_first_config(text: str) -> str:
+    manifest = json.loads(text)
+    del manifest["configs"][0]["key"]
+    return json.dumps(manifest)
+
+
+@pytest.mark.parametrize(
+    "damage, expected",
+    [
+        (None, "is missing"),
+        (lambda text: text[: len(text) // 2], "is not valid JSON (Expecting "),  # cut short by a copy
+        (lambda text: "", "is not valid JSON (Expecting value: line 1 column 1"),
+        (lambda text: "[]", "holds a JSON list, not an object"),
+        (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "configs"}), "has no list of configs"),
+        (lambda text: json.dumps({**json.loads(text), "namespace": "wb-fmha"}), "has namespace 'wb-fmha', not a Python name"),
+        (_drop_key_of_first_config, "has configs[0] without 'key'"),
+    ],
+)
+def test_a_missing_or_damaged_manifest_is_an_import_error_naming_it(fmha_export, tmp_path, damage, expected):
+    """Importing the package read manifest.json with a bare json.loads and indexing: a missing,
+    truncated or hand-edited manifest was a FileNotFoundError, JSONDecodeError or KeyError that
+    named neither the file nor the package."""
+    site = _installed_copy(fmha_export, tmp_path)
+    path = site / "wb_fmha" / "manifest.json"
+    if damage is None:
+        path.unlink()
+    else:
+        path.write_text(damage(path.read_text()))
+    out = _run_checks(site, DAMAGED_IMPORT)
+    message = out["refused"]
+    assert message is not None and "\n" not in message, message
+    assert message.startswith(f"wb_fmha: {path.resolve()} {expected}"), message
+    assert message.endswith("reinstall the package or export it again") and out["path"] == str(path.resolve())
 
 
 def test_export_refuses_configurations_no_gpu_run_verified(fmha_export, tmp_path):

@@ -4,9 +4,12 @@ fixture. The package here is hand-made in the shape `wb export` writes (manifest
 _op.py with stage_call, an __init__ that registers a torch.library op), with a CPU op: the
 real TVM-FFI package is checked on a GPU by tests/test_export_gpu.py."""
 
+import hashlib
 import json
 import shutil
 import textwrap
+from pathlib import Path
+from string import Template
 
 import pytest
 
@@ -174,6 +177,70 @@ def test_a_shared_object_that_does_not_load_is_one_line_before_any_fixture(toy_w
     proc = wb("run", "a", "--exported", str(out))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
     assert "--exported: the package's lib/c0.so cannot be loaded (RuntimeError: Failed to load dynamic shared library" in proc.stderr
+    assert not list((toy_ws / "runs").glob("2*"))
+
+
+RUNTIME_OP = '''
+import torch
+
+OP, SCHEMA = "double", "(Tensor x) -> Tensor"
+
+
+def exported_key(params):
+    return {"dtype": str(params["dtype"])}
+
+
+def call_key(x):
+    return {"dtype": "bf16"}
+
+
+def check(x, fake):
+    return []
+
+
+def fake(x):
+    return torch.empty_like(x)
+
+
+def launch(fn, x):
+    return fn(x)
+
+
+def stage_call(op, inputs, params):
+    return {"y": op(inputs["x"])}
+'''
+
+
+def test_a_truncated_shared_object_is_one_line_not_the_workers_bus_error(toy_ws, wb):
+    """With the runtime `wb export` writes (runtime.py.tmpl): tvm_ffi.load_module of a truncated
+    lib/<id>.so killed the worker with SIGBUS, an unexplained CRASH of the stage. The manifest
+    records the library's size and sha256, the package refuses it before loading, and the run
+    is one line, exit 2, nothing recorded."""
+    import tvm_ffi.libinfo
+
+    from workbench.export.build import PACKAGE_DIR
+
+    out = toy_ws / "export"
+    pkg = out / "toy_export"
+    (pkg / "lib").mkdir(parents=True)
+    whole = Path(tvm_ffi.libinfo.find_libtvm_ffi()).read_bytes()  # any real shared object will do
+    (pkg / "lib" / "c0.so").write_bytes(whole[:4096])  # dlopen maps past its end: SIGBUS
+    config = {
+        "id": "c0", "key": {"dtype": "bf16"}, "library": "lib/c0.so", "library_size": len(whole),
+        "library_sha256": hashlib.sha256(whole).hexdigest(), "symbol": "double", "pieces": None, "verified_by": ["r"],
+    }
+    manifest = {
+        "schema": 1, "namespace": "toy_export", "op": "double", "distribution": "toy-export", "package": "toy_export",
+        "stage": "toy/stage-a", "commit": "abc", "dsl_version": "4.8.1", "configs": [config],
+    }
+    (pkg / "manifest.json").write_text(json.dumps(manifest))
+    (pkg / "_op.py").write_text(RUNTIME_OP)
+    values = {"package": "toy_export", "qualname": "toy_export::double", "opname": "double", "stage": "toy/stage-a"}
+    (pkg / "__init__.py").write_text(Template((PACKAGE_DIR / "runtime.py.tmpl").read_text()).safe_substitute(values))
+    proc = wb("run", "a", "--exported", str(out))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stdout + proc.stderr
+    assert "--exported: the package's lib/c0.so cannot be loaded (ImportError: toy_export::double: " in proc.stderr, proc.stderr
+    assert f"c0.so does not match what was exported (4096 bytes, exported {len(whole)})" in proc.stderr, proc.stderr
     assert not list((toy_ws / "runs").glob("2*"))
 
 

@@ -37,7 +37,9 @@ SCHEMA_KEYS = (
     "schema", "namespace", "op", "schema_text", "distribution", "package", "kernel", "stage", "commit", "dirty",
     "diff_hash", "dsl_version", "tvm_ffi_version", "arch", "variants", "created", "configs",
 )
-CONFIG_KEYS = ("id", "key", "params", "library", "symbol", "pieces", "verified_by", "compile_s")
+CONFIG_KEYS = (
+    "id", "key", "params", "library", "library_size", "library_sha256", "symbol", "pieces", "verified_by", "compile_s",
+)
 
 
 @dataclass
@@ -129,6 +131,14 @@ def link(objs: list[Path], so: Path, flags: list[str]) -> None:
 def _config_id(key: dict, variants: dict) -> str:
     text = json.dumps({"key": key, "variants": variants}, sort_keys=True)
     return "c" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _describe(key: dict) -> str:
@@ -333,8 +343,11 @@ def _build(ws, spec, stage, export, op_path, op, configs, variants, arch, out: P
             else:
                 objs.append(Path(tmp) / f"{cfg['id']}.o")
                 _tvm_function(compiled).export_to_c(str(objs[0]), symbol, export_only_tvm_ffi_symbols=True)
-            link(objs, pkg_dir / "lib" / f"{cfg['id']}.so", flags)
-            cfg.update(library=f"lib/{cfg['id']}.so", symbol=None if pieces else symbol, pieces=pieces,
+            so = pkg_dir / "lib" / f"{cfg['id']}.so"
+            link(objs, so, flags)
+            # the package checks these before it loads the object: a truncated .so kills dlopen's caller (SIGBUS)
+            cfg.update(library=f"lib/{cfg['id']}.so", library_size=so.stat().st_size, library_sha256=_sha256(so),
+                       symbol=None if pieces else symbol, pieces=pieces,
                        compile_s=round(time.perf_counter() - t0, 2))
             emit({"event": "compiled", "index": i, "total": len(configs), "key": cfg["key"], "seconds": cfg["compile_s"]})
 
