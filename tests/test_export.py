@@ -349,6 +349,14 @@ except ImportError as exc:
 """
 
 
+def _library_of_first_config(text: str, library: str) -> str:
+    """A manifest whose first configuration loads ``library`` (any .so on the machine was
+    loaded as the kernel)."""
+    manifest = json.loads(text)
+    manifest["configs"][0]["library"] = library
+    return json.dumps(manifest)
+
+
 def _drop_key_of_first_config(text: str) -> str:
     manifest = json.loads(text)
     del manifest["configs"][0]["key"]
@@ -365,6 +373,10 @@ def _drop_key_of_first_config(text: str) -> str:
         (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "configs"}), "has no list of configs"),
         (lambda text: json.dumps({**json.loads(text), "namespace": "wb-fmha"}), "has namespace 'wb-fmha', not a Python name"),
         (_drop_key_of_first_config, "has configs[0] without 'key'"),
+        (lambda text: _library_of_first_config(text, "/usr/lib/x86_64-linux-gnu/libc.so.6"),
+         "has configs[0].library '/usr/lib/x86_64-linux-gnu/libc.so.6', not a path inside the package"),
+        (lambda text: _library_of_first_config(text, "lib/../../elsewhere.so"),
+         "has configs[0].library 'lib/../../elsewhere.so', not a path inside the package"),
     ],
 )
 def test_a_missing_or_damaged_manifest_is_an_import_error_naming_it(fmha_export, tmp_path, damage, expected):
