@@ -241,6 +241,7 @@ def test_a_truncated_shared_object_is_one_line_not_the_workers_bus_error(toy_ws,
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stdout + proc.stderr
     assert "--exported: the package's lib/c0.so cannot be loaded (ImportError: toy_export::double: " in proc.stderr, proc.stderr
     assert f"c0.so does not match what was exported (4096 bytes, exported {len(whole)})" in proc.stderr, proc.stderr
+    assert proc.stderr.count("export it again") == 1 and "; export again" not in proc.stderr, proc.stderr  # the advice once
     assert not list((toy_ws / "runs").glob("2*"))
 
 

@@ -95,7 +95,8 @@ class ExportedOp:
             module = importlib.import_module(package)
             namespace, name = module.QUALNAME.split("::")
         except (Exception, SystemExit) as exc:
-            raise UserError(f"--exported {out}: its package {package} failed to import: {type(exc).__name__}: {exc}; export again") from None
+            advice = "" if "export it again" in str(exc) else "; export again"  # (the runtime's own message may say it)
+            raise UserError(f"--exported {out}: its package {package} failed to import: {type(exc).__name__}: {exc}{advice}") from None
         finally:
             sys.path.pop(0)
         import torch
@@ -114,7 +115,8 @@ class ExportedOp:
             try:
                 self.package.load(config)
             except Exception as exc:
-                raise UserError(f"--exported: the package's {config.get('library')} cannot be loaded ({type(exc).__name__}: {exc}); export again") from None
+                advice = "" if "export it again" in str(exc) else "; export again"  # (the runtime's own message may say it)
+                raise UserError(f"--exported: the package's {config.get('library')} cannot be loaded ({type(exc).__name__}: {exc}){advice}") from None
         return config
 
     def __call__(self, inputs: dict, params: dict) -> dict:
