@@ -161,6 +161,7 @@ def new_record(kind: str, spec: Any, params: dict[str, Any], variants: dict[str,
         "started": None,
         "finished": None,
         "bench": [],
+        "bench_sweep": None,  # wb bench: whether its cases are the kernel's bench.sweep (its perf doc's source)
         "peak": None,
         "notes": [],
         "host_name": None,
