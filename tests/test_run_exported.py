@@ -6,6 +6,7 @@ real TVM-FFI package is checked on a GPU by tests/test_export_gpu.py."""
 
 import hashlib
 import json
+import os
 import shutil
 import textwrap
 from pathlib import Path
@@ -128,12 +129,20 @@ def test_one_flipped_bit_in_the_exported_op_fails_the_fixture(toy_ws, wb):
         (lambda root: _with_manifest(make_export(root), package="../../x"), "manifest.json is unreadable"),
         (lambda root: _with_manifest(make_export(root), stage=["toy/stage-a"]), "manifest.json is unreadable"),
         (lambda root: _twice(root), "several packages export toy/stage-a (toy_export, toy_export2)"),
+        (lambda root: _fifo_manifest(make_export(root)), "toy_export/manifest.json is not a regular file; export again"),  # read, it blocked
     ],
 )
 def test_a_folder_that_is_not_this_stages_export_is_refused_in_one_line(toy_ws, wb, setup, message):
     proc = wb("run", "a", "--exported", str(setup(toy_ws)))
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert not (toy_ws / "runs").exists() or not any((toy_ws / "runs").iterdir())
+
+
+def _fifo_manifest(out):
+    path = out / "toy_export" / "manifest.json"
+    path.unlink()
+    os.mkfifo(path)
+    return out
 
 
 def _without(out, key):

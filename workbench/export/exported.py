@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import UserError, path_error
+from workbench.schemas import SchemaError, read_text
+
+#: an export's manifest.json is a few KiB per configuration
+MANIFEST_MAX_BYTES = 16 * 1024 * 1024
 
 
 def read_manifest(out: Path, spec) -> dict[str, Any]:
@@ -35,11 +39,13 @@ def read_manifest(out: Path, spec) -> dict[str, Any]:
         raise UserError(f"--exported {out}: not an export (no <package>/manifest.json in it; `wb export {spec.id} --out {out}` writes one)")
     manifests = []
     for path in found:
-        try:
-            manifest = json.loads(path.read_text())
+        try:  # (read_text refuses a FIFO, which would block, and a file of many MiB)
+            manifest = json.loads(read_text(path, MANIFEST_MAX_BYTES))
             stage, package = manifest["stage"], manifest["package"]
             if not isinstance(stage, str) or not isinstance(package, str) or not package.isidentifier():
                 raise ValueError("stage and package must be a name each")
+        except SchemaError as exc:
+            raise UserError(f"--exported {out}: {path.parent.name}/{path.name} {exc.problem}; export again") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"--exported {out}: {path.parent.name}/{path.name} is unreadable ({type(exc).__name__}: {exc}); export again") from None
         manifests.append((path, manifest, stage, package))
