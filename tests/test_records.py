@@ -288,6 +288,20 @@ def test_explain_of_a_failing_run_without_failed_fixtures_says_why_it_shows_noth
     assert "no fixture FAILed, so none has a diagnosis (the fixtures' verdicts: WEIRD)" in out
 
 
+def test_a_run_whose_compile_timings_are_of_other_types_renders(capsys):
+    """timing.compiles is any list under the schema (a remote host's record comes from another
+    wb): a string cold_seconds or an entry that is no object was a TypeError after the run."""
+    from workbench.cli.render import render_run
+
+    record = {"id": "20261205-000000-000000", "stage": "toy/stage-a", "verdict": "PASS", "params": {"n": 128},
+              "variants": {}, "results": [], "provenance": {},
+              "timing": {"compile_cached": True, "compile_s": 0.1,
+                         "compiles": [{"cache": "disk", "cold_seconds": "3"}, "odd", {"cache": 5, "cold_seconds": 2.5}, {"cold_seconds": True}]}}
+    render_run(record)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "compile 0.10 s (5/cache/disk hit; cold 2.50 s)" in out, out
+
+
 def test_fields_the_schema_lets_be_null_or_missing_render_without_a_traceback(toy_ws, wb):
     """run_record.py lets error.message be null and a stall have no value (and `wb import`
     takes such a record): wb explain crashed on the first, wb report on the second."""

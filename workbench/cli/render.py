@@ -65,10 +65,11 @@ def progress(title: str, enabled: bool = True) -> Iterator[Callable[[dict], None
 def render_run(record: dict[str, Any]) -> None:
     timing = record.get("timing", {})
     prov = record.get("provenance", {})
-    compiles = timing.get("compiles") or []
+    # (any JSON under the schema: a remote host's record comes from another wb)
+    compiles = [c for c in timing.get("compiles") or [] if isinstance(c, dict)]
     if timing.get("compile_cached"):
-        where = "/".join(sorted({c.get("cache") or "cache" for c in compiles})) or "cache"
-        cold = sum(c.get("cold_seconds") or 0.0 for c in compiles)
+        where = "/".join(sorted({str(c.get("cache") or "cache") for c in compiles})) or "cache"
+        cold = sum(s for c in compiles if isinstance(s := c.get("cold_seconds"), (int, float)) and not isinstance(s, bool))
         compile_text = f"compile {fmt(timing.get('compile_s'), '.2f')} s ({where} hit; cold {cold:.2f} s)"
     else:
         compile_text = f"compile {fmt(timing.get('compile_s'), '.2f')} s (cold)"
