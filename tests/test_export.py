@@ -338,17 +338,6 @@ def test_a_damaged_shared_object_is_an_import_error_not_a_bus_error(fmha_export,
     assert "reinstall the package or export it again" in message and out["path"] == str(so.resolve())
 
 
-DAMAGED_IMPORT = """
-import json, warnings
-warnings.simplefilter("ignore")
-try:
-    import wb_fmha
-    print(json.dumps({"refused": None}))
-except ImportError as exc:
-    print(json.dumps({"refused": str(exc), "path": exc.path}))
-"""
-
-
 def _library_of_first_config(text: str, library: str) -> str:
     """A manifest whose first configuration loads ``library`` (any .so on the machine was
     loaded as the kernel)."""
@@ -363,37 +352,65 @@ def _drop_key_of_first_config(text: str) -> str:
     return json.dumps(manifest)
 
 
-@pytest.mark.parametrize(
-    "damage, expected",
-    [
-        (None, "is missing"),
-        (lambda text: text[: len(text) // 2], "is not valid JSON (Expecting "),  # cut short by a copy
-        (lambda text: "", "is not valid JSON (Expecting value: line 1 column 1"),
-        (lambda text: "[]", "holds a JSON list, not an object"),
-        (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "configs"}), "has no list of configs"),
-        (lambda text: json.dumps({**json.loads(text), "namespace": "wb-fmha"}), "has namespace 'wb-fmha', not a Python name"),
-        (_drop_key_of_first_config, "has configs[0] without 'key'"),
-        (lambda text: _library_of_first_config(text, "/usr/lib/x86_64-linux-gnu/libc.so.6"),
-         "has configs[0].library '/usr/lib/x86_64-linux-gnu/libc.so.6', not a path inside the package"),
-        (lambda text: _library_of_first_config(text, "lib/../../elsewhere.so"),
-         "has configs[0].library 'lib/../../elsewhere.so', not a path inside the package"),
-    ],
-)
-def test_a_missing_or_damaged_manifest_is_an_import_error_naming_it(fmha_export, tmp_path, damage, expected):
+MANIFEST_DAMAGES = [
+    (None, "is missing"),
+    (lambda text: text[: len(text) // 2], "is not valid JSON (Expecting "),  # cut short by a copy
+    (lambda text: "", "is not valid JSON (Expecting value: line 1 column 1"),
+    (lambda text: "[]", "holds a JSON list, not an object"),
+    (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "configs"}), "has no list of configs"),
+    (lambda text: json.dumps({**json.loads(text), "namespace": "wb-fmha"}), "has namespace 'wb-fmha', not a Python name"),
+    (_drop_key_of_first_config, "has configs[0] without 'key'"),
+    (lambda text: _library_of_first_config(text, "/usr/lib/x86_64-linux-gnu/libc.so.6"),
+     "has configs[0].library '/usr/lib/x86_64-linux-gnu/libc.so.6', not a path inside the package"),
+    (lambda text: _library_of_first_config(text, "lib/../../elsewhere.so"),
+     "has configs[0].library 'lib/../../elsewhere.so', not a path inside the package"),
+]
+
+# each damaged copy imported in turn in one interpreter (the import stops at the manifest,
+# before the op is registered, so the next copy imports afresh)
+DAMAGED_IMPORTS = """
+import json, sys, warnings
+warnings.simplefilter("ignore")
+out = []
+for site in json.loads(sys.argv[1]):
+    sys.path.insert(0, site)
+    try:
+        import wb_fmha
+        out.append({"refused": None})
+    except ImportError as exc:
+        out.append({"refused": str(exc), "path": exc.path})
+    except Exception as exc:  # not refused at the manifest: what happened instead
+        out.append({"refused": None, "error": repr(exc)[:300]})
+    finally:
+        sys.path.remove(site)
+        for name in [n for n in sys.modules if n == "wb_fmha" or n.startswith("wb_fmha.")]:
+            del sys.modules[name]
+print(json.dumps(out))
+"""
+
+
+def test_a_missing_or_damaged_manifest_is_an_import_error_naming_it(fmha_export, tmp_path):
     """Importing the package read manifest.json with a bare json.loads and indexing: a missing,
     truncated or hand-edited manifest was a FileNotFoundError, JSONDecodeError or KeyError that
-    named neither the file nor the package."""
-    site = _installed_copy(fmha_export, tmp_path)
-    path = site / "wb_fmha" / "manifest.json"
-    if damage is None:
-        path.unlink()
-    else:
-        path.write_text(damage(path.read_text()))
-    out = _run_checks(site, DAMAGED_IMPORT)
-    message = out["refused"]
-    assert message is not None and "\n" not in message, message
-    assert message.startswith(f"wb_fmha: {path.resolve()} {expected}"), message
-    assert message.endswith("reinstall the package or export it again") and out["path"] == str(path.resolve())
+    named neither the file nor the package; a library path outside the package loaded any .so."""
+    paths = []
+    for i, (damage, _) in enumerate(MANIFEST_DAMAGES):
+        path = _installed_copy(fmha_export, tmp_path / str(i)) / "wb_fmha" / "manifest.json"
+        if damage is None:
+            path.unlink()
+        else:
+            path.write_text(damage(path.read_text()))
+        paths.append(path)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "WB_WORKSPACE")}
+    script = BLOCKER + textwrap.dedent(DAMAGED_IMPORTS)
+    sites = json.dumps([str(p.parent.parent) for p in paths])
+    done = subprocess.run([sys.executable, "-c", script, sites], capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for path, (_, expected), out in zip(paths, MANIFEST_DAMAGES, json.loads(done.stdout.strip().splitlines()[-1]), strict=True):
+        message = out["refused"]
+        assert message is not None and "\n" not in message, (expected, out)
+        assert message.startswith(f"wb_fmha: {path.resolve()} {expected}"), message
+        assert message.endswith("reinstall the package or export it again") and out["path"] == str(path.resolve())
 
 
 def test_export_refuses_configurations_no_gpu_run_verified(fmha_export, tmp_path):
