@@ -288,6 +288,25 @@ def test_explain_of_a_failing_run_without_failed_fixtures_says_why_it_shows_noth
     assert "no fixture FAILed, so none has a diagnosis (the fixtures' verdicts: WEIRD)" in out
 
 
+def test_wb_report_of_a_run_whose_record_changed_since_its_report_shows_the_record(toy_ws, wb):
+    """wb report RUN showed the report.md written with the run even after run.json changed (a
+    hand edit, an import over it); it is made again from the record when that is newer."""
+    import os
+
+    assert wb("run", "a").returncode == 0
+    (run,) = [p for p in (toy_ws / "runs").iterdir() if p.name[:1].isdigit()]
+    assert "# toy/stage-a — PASS" in wb("report", run.name, "--raw").stdout
+    record = json.loads((run / "run.json").read_text())
+    record["verdict"] = "FAIL"
+    (run / "run.json").write_text(json.dumps(record))
+    later = (run / "report.md").stat().st_mtime + 5
+    os.utime(run / "run.json", (later, later))
+    assert "# toy/stage-a — FAIL" in wb("report", run.name, "--raw").stdout
+    (run / "report.md").write_text("# hand-kept report\n")
+    os.utime(run / "report.md", (later + 5, later + 5))  # written after the record: shown as it is
+    assert wb("report", run.name, "--raw").stdout.startswith("# hand-kept report")
+
+
 def test_a_run_whose_compile_timings_are_of_other_types_renders(capsys):
     """timing.compiles is any list under the schema (a remote host's record comes from another
     wb): a string cold_seconds or an entry that is no object was a TypeError after the run."""

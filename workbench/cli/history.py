@@ -126,7 +126,7 @@ def report(
     kernels = load_kernels(ws)
     try:
         record = select(ws.runs_dir, target, _stage_id_of(ws))
-        text = reports.read_saved(Path(record["_dir"]) / "report.md") or reports.run_markdown(record)
+        text = reports.run_report_text(record)
     except UserError as run_error:
         try:
             spec = resolve_stage(ws, target, kernels)

@@ -12,7 +12,7 @@ from typing import Any
 from workbench.diagnose import diagnosis_markdown as render
 from workbench.errors import UserError
 from workbench.files import atomic_write_text
-from workbench.records.store import list_records
+from workbench.records.store import RECORD, list_records
 from workbench.text import fmt
 from workbench.workspace import Workspace
 
@@ -361,6 +361,18 @@ def stage_markdown(history: dict[str, Any], sweep_table: str | None = None) -> s
 
 def stage_report_path(ws: Workspace, stage_id: str) -> Path:
     return ws.runs_dir / "reports" / (stage_id.replace("/", "-") + ".md")
+
+
+def run_report_text(record: dict[str, Any]) -> str:
+    """A run's report: the report.md written with it, unless its record changed since (an
+    edit, an import over it): then made again from the record, as it is now."""
+    run_dir = Path(record["_dir"])
+    saved = run_dir / "report.md"
+    try:
+        current = saved.stat().st_mtime >= (run_dir / RECORD).stat().st_mtime
+    except OSError:
+        current = False
+    return (read_saved(saved) if current else None) or run_markdown(record)
 
 
 def read_saved(path: Path) -> str | None:
