@@ -134,3 +134,13 @@ def test_a_cta_whose_clock_did_not_advance_is_refused_not_written_as_nan(tmp_pat
     with pytest.raises(ValueError, match="would not load as intended"):
         timeline.write(line, tmp_path / "t.json")
     assert not (tmp_path / "t.json").exists()
+
+
+def test_a_buffer_without_clock_pairs_says_so(tmp_path):
+    """A buffer whose CTAs' clock words are all zero (the kernel never wrote them) decodes to
+    no CTA; the trace's error was min()'s 'arg is an empty sequence'."""
+    layout = timeline.StampLayout(slots=1, tiles=2, events=2)
+    slices, clocks = timeline.decode([0] * layout.length(2), 2, layout, [("WG1", [("work", 0, 1)])])
+    assert (slices, clocks) == ([], {})
+    with pytest.raises(ValueError, match="no CTA wrote its start and end"):
+        timeline.write(timeline.Timeline(slices, clocks, ["WG1"], "empty"), tmp_path / "t.json")

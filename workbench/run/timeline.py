@@ -127,6 +127,8 @@ def write(timeline: "Timeline", path) -> dict[str, Any]:
     import json
     from pathlib import Path
 
+    if not timeline.clocks:  # every CTA's clock words zero: min() of no start said only "empty sequence"
+        raise ValueError("no CTA wrote its start and end (globaltimer, clock) pairs: the buffer holds no timeline")
     events = chrome_trace(timeline.slices, timeline.clocks, timeline.title, timeline.lanes, timeline.meta)
     problems = validate(events)
     if problems:
