@@ -476,6 +476,7 @@ def test_a_fixture_module_that_exits_on_import_is_one_line_exit_2(toy_ws, capsys
     ("@fixture(3)", "@fixture(3): expected a name of letters"),  # a TypeError traceback in wb fixtures
     ('@fixture("zz-bad", needs="x")', "needs: expected a tuple of input names"),  # read as needs x
     ('@fixture("zz-bad", needs=("x",), seeds="2")', "seeds: expected a whole number of seeds"),  # a CRASH record at run
+    ('@fixture("zz-bad", needs=("x",), seeds=10**9)', "seeds: expected a whole number of seeds, 1 to 1000"),  # the worker listed 10**9 cases
 ])
 def test_a_fixture_registered_with_wrong_arguments_is_its_modules_one_line_error(toy_ws, capsys, decorator, fragment):
     """@fixture's arguments were taken as given: a bare @fixture registered nothing, needs="xy"
