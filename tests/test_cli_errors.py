@@ -38,6 +38,7 @@ def assert_one_line_error(proc, *fragments):
         (["explain", "last~3"], ["no runs recorded yet"]),
         (["runs", "q"], ["no stage 'q'"]),
         (["note", " "], ["the note is empty"]),
+        (["note", "\x1b\u200b\u2028"], ["the note is empty"]),  # an escape and invisible characters: spaces in MEMORY.md
         (["new", "kernel", "Bad-Name"], ["must be a lowercase Python identifier"]),
         (["new", "kernel", "toy"], ["already exists"]),
     ],

@@ -293,6 +293,29 @@ def test_an_accepted_lock_reads_back_and_compares_same(toy_ws):
     assert [d["status"] for d in shapes.compare([_compiled(), _compiled("b")], lock)] == ["same", "unaccepted"]
 
 
+def test_a_plain_pytorch_stage_is_neither_a_check_failure_nor_a_refused_accept(toy_ws, capsys):
+    """A stage with is_cute = False has no shapes (wb shapes says so): --check failed on it
+    with '0 change(s) since the accepted snapshot' (exit 1) and --accept refused the whole
+    kernel as 'did not compile'. It is left out of both; the other stages are checked and
+    accepted as before."""
+    from workbench.workspace import find_workspace
+
+    ws = find_workspace()
+    plain = {**_compiled("b"), "status": "skipped", "shapes": [], "note": "toy/stage-b is not a CuTe DSL stage (is_cute = False)"}
+    shapes.accept(ws, "toy", [_compiled(), plain])
+    lock = shapes.read_lock(ws, "toy")
+    assert set(lock["stages"]) == {"a"}
+    assert [d["status"] for d in shapes.compare([_compiled(), plain], lock)] == ["same", "skipped"]
+    with pytest.raises(UserError, match=r"nothing to accept: toy/stage-b is no CuTe DSL stage"):
+        shapes.accept(ws, "toy", [plain])
+    (toy_ws / "stages/toy/shapes.lock.yaml").unlink()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # both toy stages are plain PyTorch: nothing to hold to a snapshot
+        main(["shapes", "toy", "--check", "--in-process"])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and "since the accepted snapshot" not in out and "is not a CuTe DSL stage" in out
+
+
 # ---------------------------------------------------------------- YAML aliases
 def alias_bomb(levels: int) -> str:
     """'a: &a [x * 9]', then each next key a list of nine aliases of the one before: a few
@@ -453,6 +476,7 @@ def test_a_fixture_module_that_exits_on_import_is_one_line_exit_2(toy_ws, capsys
     ("@fixture(3)", "@fixture(3): expected a name of letters"),  # a TypeError traceback in wb fixtures
     ('@fixture("zz-bad", needs="x")', "needs: expected a tuple of input names"),  # read as needs x
     ('@fixture("zz-bad", needs=("x",), seeds="2")', "seeds: expected a whole number of seeds"),  # a CRASH record at run
+    ('@fixture("zz-bad", needs=("x",), seeds=10**9)', "seeds: expected a whole number of seeds, 1 to 1000"),  # the worker listed 10**9 cases
 ])
 def test_a_fixture_registered_with_wrong_arguments_is_its_modules_one_line_error(toy_ws, capsys, decorator, fragment):
     """@fixture's arguments were taken as given: a bare @fixture registered nothing, needs="xy"

@@ -89,6 +89,17 @@ def test_nanoseconds_are_converted_and_a_report_without_kernels_says_so(tmp_path
     assert field["notes"] == ["==WARNING== No kernels were profiled."]
 
 
+def test_a_log_csv_cannot_read_is_a_note_and_the_run_keeps_its_verdict(tmp_path):
+    """A CSV field past Python's csv limit (128 KiB: a tool printing garbage) was a csv.Error
+    traceback inside run_stage, after the run and before its record: the run folder stayed
+    with ncu.log alone. Now no counters, a note saying why, the run's verdict."""
+    log = tmp_path / "ncu.log"
+    log.write_text(f'"Kernel Name","gpu__time_duration.sum"\n"","usecond"\n"kernel_cutlass_x","{"9" * 200_000}"\n')
+    verdict, field = profile.summarize(log, "PASS")
+    assert verdict == "PASS" and field["kernels"] == 0 and field["counters"] is None
+    assert field["notes"] == ["ncu.log is not CSV that wb reads: field larger than field limit (131072)"]
+
+
 FAKE_NCU = r'''#!{python}
 import os, subprocess, sys
 args = sys.argv[1:]

@@ -81,6 +81,26 @@ def test_racecheck_analysis_counts_errors_not_hazards_and_keeps_both_sides():
     assert any(":333" in d for d in race["details"])
 
 
+@pytest.mark.parametrize("digits", [400, 5000])
+def test_a_count_or_line_no_tool_prints_is_left_out_and_the_record_reads_back(tmp_path, digits):
+    """A summary count or a line number of hundreds of digits (a log of garbage): over 4300
+    int() raised a ValueError after the run, leaving its folder without a record; over 308 the
+    record was written but refused when read back (wb runs skipped it as corrupt)."""
+    import json
+
+    from workbench.schemas import load_json
+    from workbench.schemas.run_record import Sanitizer
+
+    huge = "7" * digits
+    log = tmp_path / "sanitizer.log"
+    log.write_text(MEMCHECK_LOG.replace(":268", f":{huge}").replace("ERROR SUMMARY: 2 errors", f"ERROR SUMMARY: {huge} errors"))
+    verdict, field = sanitize.summarize("memcheck", log, "PASS")
+    assert verdict == "MEMCHECK" and field["errors"] is None and field["findings"][0]["line"] is None
+    saved = tmp_path / "field.json"
+    saved.write_text(json.dumps(field))
+    load_json(saved, Sanitizer, 1 << 20)  # no SchemaError
+
+
 def test_findings_in_torch_kernels_do_not_decide_the_verdict(tmp_path):
     log = tmp_path / "sanitizer.log"
     log.write_text(INITCHECK_TORCH_LOG)

@@ -176,3 +176,14 @@ def test_the_scaffolded_gemm_passes_on_a_gpu(toy_ws, wb, params):
         # one exact product per element, or small integer sums: bit for bit
         exact = [r for r in record["results"] if not r["fixture"].endswith("random")]
         assert all(r["outputs"]["c"]["max_abs_err"] == 0 for r in exact), [r["outputs"]["c"] for r in exact]
+
+
+@pytest.mark.parametrize("name", ["on", "no", "null"])
+def test_a_name_yaml_reads_as_a_boolean_or_null_is_still_the_kernels_name(toy_ws, wb, name):
+    """`kernel: on` is True in YAML 1.1 (no: False, null: None): the scaffold of such a name
+    wrote a kernel.yaml that wb then refused ('expected a name ..., got True'), and wb list
+    exited 2 for the whole workspace."""
+    assert wb("new", "kernel", name).returncode == 0
+    assert load_kernel(toy_ws / "stages" / name / "kernel.yaml").name == name
+    listed = wb("list")
+    assert listed.returncode == 0 and f"{name} — {name}: C = A·Bᵀ" in listed.stdout, listed.stderr

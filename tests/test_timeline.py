@@ -121,3 +121,26 @@ def test_a_cta_at_the_stamp_limit_is_said_to_have_tiles_missing(stamps, tmp_path
     assert report.stamped_note({**found, "tiles_per_cta": [28, 32]}).startswith(" (only each CTA's first 32 tiles are stamped")
     assert report.stamped_note({**found, "tiles_per_cta": [5, 6]}) == ""
     assert report.stamped_note({"tiles_per_cta": [5, 40]}) == ""  # a hook that names no limit
+
+
+def test_a_cta_whose_clock_did_not_advance_is_refused_not_written_as_nan(tmp_path):
+    """A CTA whose start and end clock() read the same (odd stamps) has no ns per cycle: its
+    events' ts and dur were NaN, validate passed them (NaN < 0 is false) and trace.json held
+    NaN, which is no JSON and no viewer opens. Now the trace is refused in one message."""
+    clocks = {0: timeline.Clock(start_ns=100, start_clk=5, end_ns=200, end_clk=5)}
+    line = timeline.Timeline([timeline.Slice(0, "WG1", "tile 0", 5, 9, kind="tile")], clocks, ["WG1"], "odd")
+    assert any("ts must be a number >= 0" in p for p in timeline.validate(
+        timeline.chrome_trace(line.slices, line.clocks, line.title, line.lanes)))
+    with pytest.raises(ValueError, match="would not load as intended"):
+        timeline.write(line, tmp_path / "t.json")
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_a_buffer_without_clock_pairs_says_so(tmp_path):
+    """A buffer whose CTAs' clock words are all zero (the kernel never wrote them) decodes to
+    no CTA; the trace's error was min()'s 'arg is an empty sequence'."""
+    layout = timeline.StampLayout(slots=1, tiles=2, events=2)
+    slices, clocks = timeline.decode([0] * layout.length(2), 2, layout, [("WG1", [("work", 0, 1)])])
+    assert (slices, clocks) == ([], {})
+    with pytest.raises(ValueError, match="no CTA wrote its start and end"):
+        timeline.write(timeline.Timeline(slices, clocks, ["WG1"], "empty"), tmp_path / "t.json")

@@ -19,7 +19,7 @@ def note(
     from workbench.records import memory
     from workbench.terminal import console, escape
 
-    if not text.strip():
+    if not memory.one_line(text):  # what MEMORY.md would get: control and invisible characters are spaces there
         raise UserError("the note is empty")
     ws = state.workspace()
     stage_id = None

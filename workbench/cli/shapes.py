@@ -109,11 +109,11 @@ def shapes(
         if accept:
             from workbench.terminal import console
 
-            console.print(f"accepted {len(results)} stage(s) into {path.relative_to(ws.root)} and MEMORY.md")
+            console.print(f"accepted {sum(r.get('status') == 'ok' for r in results)} stage(s) into {path.relative_to(ws.root)} and MEMORY.md")
     if failed:
         raise typer.Exit(1)
     if check:
-        bad = [d for d in diffs if d["status"] != "same"]
+        bad = [d for d in diffs if d["status"] not in ("same", "skipped")]
         if bad and not as_json:
             from workbench.terminal import console, escape
 

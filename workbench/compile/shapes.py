@@ -193,6 +193,10 @@ def compare(results: list[dict], lock: dict[str, Any], all_ops: bool = False) ->
     for res in results:
         label = label_of(res["arch"], res["params"], res["variants"])
         entry = {"stage": res["stage"], "label": label, "changes": []}
+        if res.get("status") == "skipped":  # a plain PyTorch stage (is_cute = False): no shapes to hold to a snapshot
+            entry["status"] = "skipped"
+            out.append(entry)
+            continue
         if res.get("status") != "ok":
             entry["status"] = "error"
             out.append(entry)
@@ -225,9 +229,13 @@ def compare(results: list[dict], lock: dict[str, Any], all_ops: bool = False) ->
 # --------------------------------------------------------------------------------------
 def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = False) -> Path:
     """Write the results into shapes.lock.yaml and MEMORY.md's `shapes` block."""
-    bad = [r["stage"] for r in results if r.get("status") != "ok"]
+    bad = [r["stage"] for r in results if r.get("status") not in ("ok", "skipped")]
     if bad:
         raise UserError(f"not accepting: {', '.join(bad)} did not compile (fix it first, or accept the other stages alone)")
+    skipped = [r["stage"] for r in results if r.get("status") == "skipped"]
+    results = [r for r in results if r.get("status") == "ok"]  # a plain PyTorch stage has no shapes to accept
+    if not results:
+        raise UserError(f"nothing to accept: {', '.join(skipped)} {'is no CuTe DSL stage' if len(skipped) == 1 else 'are no CuTe DSL stages'} (is_cute = False)")
     git = git_state(ws.root)
     commit = (git.get("commit") or "")[:10] + ("+dirty" if git.get("dirty") else "")
     today = date.today().isoformat()

@@ -91,6 +91,9 @@ def fixture(
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 
 
+MAX_SEEDS = 1000  # a fixture's own seeds, as wb run --seeds (cli/run.py): a million cases ran into a HANG
+
+
 def _check_arguments(name, isolates, hides, needs, variants, seeds) -> None:
     """@fixture's arguments, checked where the module registers them: a bare @fixture registered
     nothing, a needs="q" or seeds="2" passed until a run used them and was recorded as the
@@ -107,7 +110,8 @@ def _check_arguments(name, isolates, hides, needs, variants, seeds) -> None:
              or not all(isinstance(n, str) for n in needs)),
             ("variants: expected a mapping of variant name to value, both text", variants is not None and (
                 not isinstance(variants, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in variants.items()))),
-            ("seeds: expected a whole number of seeds, at least 1", isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1),
+            (f"seeds: expected a whole number of seeds, 1 to {MAX_SEEDS}",
+             isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS),
         ) if bad
     ]
     if problems:

@@ -156,8 +156,12 @@ def summarize(
         text = log_path.read_text(errors="replace")
     except OSError:
         text = ""
-    kernels = parse_log(text)
     notes = [line.strip() for line in text.splitlines() if line.startswith("==") and ("ERROR" in line or "WARNING" in line)][:10]
+    try:
+        kernels = parse_log(text)
+    except csv.Error as exc:  # not ncu's CSV (a field past csv's limit): no counters, but the run is still recorded
+        kernels = []
+        notes.append(f"{LOG_NAME} is not CSV that wb reads: {exc}")
     field: dict[str, Any] = {"tool": "ncu", "log": LOG_NAME if text else None, "kernels": len(kernels), "notes": notes}
     if peer:
         field["peer"] = peer

@@ -110,9 +110,9 @@ def parse_log(text: str) -> dict[str, Any]:
             continue
         body = raw[len(_PREFIX):]
         stripped = body.strip()
-        if summary := _SUMMARY.search(stripped):
+        if (summary := _SUMMARY.search(stripped)) and _count(summary.group(2)) is not None:
             errors = int(summary.group(2)) if errors is None else errors + int(summary.group(2))
-            if race := _RACE_ERRORS.search(stripped):
+            if (race := _RACE_ERRORS.search(stripped)) and None not in (_count(race.group(1)), _count(race.group(2))):
                 errors = (errors - int(summary.group(2))) + int(race.group(1))
                 warnings = (warnings or 0) + int(race.group(2))
             current = None
@@ -139,6 +139,12 @@ def parse_log(text: str) -> dict[str, Any]:
     return {"findings": findings, "errors": errors, "warnings": warnings}
 
 
+def _count(digits: str) -> int | None:
+    """A count or line number the log gives; None past 18 digits, which no tool prints (int()
+    refuses over 4300, and a record holding over 308 is refused when read back: the run lost)."""
+    return int(digits) if len(digits) <= 18 else None
+
+
 def _short(line: str) -> str:
     """A report line without the kernel's symbol and PC offset where a source location follows
     (the DSL's kernel names run to hundreds of characters; the finding keeps the kernel once)."""
@@ -162,7 +168,7 @@ def _locate(finding: dict, line: str) -> None:
     if finding["kernel"] is None and (at := _AT_KERNEL.search(line)):
         finding["kernel"] = at.group(1).strip()
     if finding["file"] is None and (where := _LOCATION.search(line)):
-        finding["file"], finding["line"] = where.group(1), int(where.group(2))
+        finding["file"], finding["line"] = where.group(1), _count(where.group(2))
         if finding["kernel"] is None and where.group(3):
             finding["kernel"] = where.group(3)
 

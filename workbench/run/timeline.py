@@ -17,6 +17,7 @@ stages/fmha/trace.py, stages/moe/trace.py). This module is kernel-agnostic:
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -126,13 +127,15 @@ def write(timeline: "Timeline", path) -> dict[str, Any]:
     import json
     from pathlib import Path
 
+    if not timeline.clocks:  # every CTA's clock words zero: min() of no start said only "empty sequence"
+        raise ValueError("no CTA wrote its start and end (globaltimer, clock) pairs: the buffer holds no timeline")
     events = chrome_trace(timeline.slices, timeline.clocks, timeline.title, timeline.lanes, timeline.meta)
     problems = validate(events)
     if problems:
         raise ValueError("the trace would not load as intended: " + "; ".join(problems[:3]))
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(events))
+    tmp.write_text(json.dumps(events, allow_nan=False))
     tmp.replace(path)
     return {"file": path.name, "events": len(events["traceEvents"]), "lanes": timeline.lanes,
             "tiles_stamped_per_cta": timeline.tiles_stamped, **summarize(timeline.slices, timeline.clocks)}
@@ -192,11 +195,11 @@ def validate(trace: Any) -> list[str]:
                 problems.append(f"event {i}: {e.get('name')} without args.name")
             continue
         ts, dur = e.get("ts"), e.get("dur")
-        if not isinstance(ts, (int, float)) or ts < 0:
+        if not _finite(ts) or ts < 0:
             problems.append(f"event {i}: ts must be a number >= 0")
             continue
         if e["ph"] == "X":
-            if not isinstance(dur, (int, float)) or dur < 0:
+            if not _finite(dur) or dur < 0:
                 problems.append(f"event {i}: dur must be a number >= 0")
                 continue
             spans.setdefault((e["pid"], e["tid"]), []).append((float(ts), float(ts) + float(dur), e["name"]))
@@ -211,6 +214,12 @@ def validate(trace: Any) -> list[str]:
                 break
             stack.append((start, end, name))
     return problems
+
+
+def _finite(value: Any) -> bool:
+    """A number JSON can hold: NaN (a CTA whose clock did not advance) is no JSON, and the
+    viewers refuse the file."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def summarize(slices: list[Slice], clocks: dict[int, Clock]) -> dict[str, Any]:
