@@ -284,3 +284,39 @@ def test_under_initcheck_the_outputs_are_left_unpoisoned_so_a_read_before_write_
         unwritten[tool + " env"] = json.loads(seen.read_text())["no_poison"]
     assert unwritten["memcheck"] > 0 and unwritten["initcheck"] == 0
     assert (unwritten["memcheck env"], unwritten["initcheck env"]) == (None, "1")
+
+
+def test_a_tool_log_that_is_no_regular_file_is_a_note_not_a_blocked_wb(tmp_path):
+    """The tool's log was read whatever it was: a FIFO left in its place blocked wb for ever
+    (and a link to /dev/zero read until memory ran out). It is a note now, ncu's likewise."""
+    import os
+    import threading
+
+    from workbench.run import profile, sanitize
+
+    fifo = tmp_path / "log"
+    os.mkfifo(fifo)
+    out = {}
+    reader = threading.Thread(target=lambda: out.update(
+        san=sanitize.summarize("racecheck", fifo, "PASS"), prof=profile.summarize(fifo, "PASS", {})), daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "reading the tool's log blocked"
+    verdict, field = out["san"]
+    assert verdict == "PASS" and field["notes"] == ["log is not a regular file: not read"] and field["log"] is None
+    assert "log is not a regular file: not read" in out["prof"][1]["notes"]
+
+
+def test_a_tool_log_that_beats_the_parser_leaves_the_run_recorded_with_its_own_verdict(toy_ws, wb, fake_sanitizer, monkeypatch):
+    """An exception while summarizing the tool's log ended wb run with a traceback and a run
+    folder without its record; the run is recorded, its verdict its own, the failure a note."""
+    from workbench.run import sanitize
+
+    report, _ = fake_sanitizer
+    report.write_text(RACECHECK_LOG)
+    monkeypatch.setattr(sanitize, "parse_log", lambda text: 1 / 0)
+    proc = wb("run", "a", "--fixture", "toy-ones", "--sanitize", "racecheck", "--json")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    rec = _record(toy_ws, proc)
+    assert rec["verdict"] == "PASS" and rec["sanitizer"]["tool"] == "racecheck"
+    assert rec["sanitizer"]["notes"] == ["wb could not read sanitizer.log: ZeroDivisionError: division by zero"], rec["sanitizer"]

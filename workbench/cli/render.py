@@ -334,6 +334,8 @@ def render_sanitizer(found: dict | None, run_id: str | None, limit: int = 5) -> 
             console.print(f"    [dim]{escape(str(finding['kernel'])[:120])}[/]")
         for detail in (finding.get("details") or [])[:3]:
             console.print(f"    [dim]{escape(detail[:200])}[/]")
+    for note in (found.get("notes") or [])[:3]:
+        console.print(f"[yellow]{escape(str(note))}[/]")
     if found.get("log"):
         console.print(f"[dim]the tool's whole log: runs/{escape(str(run_id))}/{escape(str(found['log']))}[/]")
 

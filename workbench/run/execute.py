@@ -89,7 +89,11 @@ def run_stage(
         verdict = result.get("verdict") if outcome.status == "result" else outcome.status
         instrumented = {}
         if instrument is not None:
-            verdict, found = instrument.summarize(run_dir / instrument.log_name, verdict, result)
+            try:
+                verdict, found = instrument.summarize(run_dir / instrument.log_name, verdict, result)
+            except Exception as exc:  # the tool's log beat the parser: the run is still recorded, its verdict its own
+                found = {"tool": instrument.tool, "verdict": verdict,
+                         "notes": [f"wb could not read {instrument.log_name}: {type(exc).__name__}: {exc}"[:500]]}
             instrumented[instrument.record_field] = found
         error = result.get("error")
         if outcome.status != "result":

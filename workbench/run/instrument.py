@@ -24,6 +24,26 @@ class Instrument:
     summarize: Callable[[Path, str, dict[str, Any]], tuple[str, dict[str, Any]]]
     environment: dict[str, str] = field(default_factory=dict)
     timeout_factor: float = 1.0  # the stage's own timeout is scaled by this (not a --timeout given)
+    tool: str = "tool"  # the record field's `tool` ("ncu", "racecheck", ...)
+
+
+#: a tool's log wb reads into memory at most (ncu's CSV of a long run is a few MiB)
+LOG_MAX_BYTES = 256 * 1024 * 1024
+
+
+def read_tool_log(path: Path) -> tuple[str, str | None]:
+    """The tool's log as text ("" when it wrote none), and a note when wb would not read it: not
+    a regular file (a FIFO would block wb, /dev/zero never end) or over LOG_MAX_BYTES."""
+    try:
+        if not path.exists():
+            return "", None
+        if not path.is_file():
+            return "", f"{path.name} is not a regular file: not read"
+        if path.stat().st_size > LOG_MAX_BYTES:
+            return "", f"{path.name} is over {LOG_MAX_BYTES >> 20} MiB: not read"
+        return path.read_text(errors="replace"), None
+    except OSError as exc:
+        return "", f"{path.name} cannot be read: {exc.strerror or exc}"
 
 
 def cuda_tool(name: str, env: str, needed_by: str, what: str) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.compile.resources import short_kernel_name
-from workbench.run.instrument import Instrument, cuda_tool
+from workbench.run.instrument import Instrument, cuda_tool, read_tool_log
 
 EXECUTABLE_ENV = "WB_NCU"
 LOG_NAME = "ncu.log"
@@ -152,11 +152,10 @@ def summarize(
     """The record's ``profile`` field; the verdict stays the run's (counters judge nothing).
     ``peer``: this run measured that peer's kernels instead of the stage's. ``peer_points``:
     the peers profiled before the stage on the same inputs (drawn beside it on the roofline)."""
-    try:
-        text = log_path.read_text(errors="replace")
-    except OSError:
-        text = ""
+    text, unread = read_tool_log(log_path)
     notes = [line.strip() for line in text.splitlines() if line.startswith("==") and ("ERROR" in line or "WARNING" in line)][:10]
+    if unread:
+        notes.append(unread)
     try:
         kernels = parse_log(text)
     except csv.Error as exc:  # not ncu's CSV (a field past csv's limit): no counters, but the run is still recorded
@@ -240,6 +239,7 @@ def instrument(kernel_filter: str = STAGE_KERNEL, peer: str | None = None, peer_
     exe = executable()
     return Instrument(
         label=f"Nsight Compute (ncu){f', peer {peer}' if peer else ''}",
+        tool="ncu",
         record_field="profile",
         log_name=LOG_NAME,
         command=lambda log: command(log, exe, kernel_filter, from_start=peer is None),

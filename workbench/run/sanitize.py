@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import UserError
-from workbench.run.instrument import Instrument, cuda_tool
+from workbench.run.instrument import Instrument, cuda_tool, read_tool_log
 
 TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
 VERDICTS = {"memcheck": "MEMCHECK", "racecheck": "RACE", "synccheck": "SYNCCHECK", "initcheck": "INITCHECK"}
@@ -86,6 +86,7 @@ def instrument(tool: str) -> Instrument:
     exe = executable() if check_tool(tool) else None
     return Instrument(
         label=f"compute-sanitizer {tool}",
+        tool=tool,
         record_field="sanitizer",
         log_name=LOG_NAME,
         command=lambda log: wrapper(tool, log, exe),
@@ -175,10 +176,7 @@ def _locate(finding: dict, line: str) -> None:
 
 def summarize(tool: str, log_path: Path, run_verdict: str) -> tuple[str, dict[str, Any]]:
     """The run's verdict under the tool, and the record's ``sanitizer`` field."""
-    try:
-        text = log_path.read_text(errors="replace")
-    except OSError:
-        text = ""
+    text, unread = read_tool_log(log_path)
     parsed = parse_log(text)
     findings = parsed["findings"]
     in_stage = [f for f in findings if f["stage_kernel"]]
@@ -193,5 +191,6 @@ def summarize(tool: str, log_path: Path, run_verdict: str) -> tuple[str, dict[st
         "findings": group(in_stage + [f for f in findings if not f["stage_kernel"]])[:MAX_FINDINGS],
         "log": LOG_NAME if text else None,
         "completed": parsed["errors"] is not None,  # the tool printed its summary (the worker exited)
+        "notes": [unread] if unread else [],
     }
     return (VERDICTS[tool] if in_stage else run_verdict), field

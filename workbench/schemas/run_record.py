@@ -143,6 +143,7 @@ class Sanitizer(_Model):
     findings_in_stage: int = 0
     findings: list[Finding] = []
     log: Optional[Line] = None
+    notes: list[Text] = []  # e.g. a log wb would not read (workbench.run.instrument.read_tool_log)
 
 
 class Stall(_Model):
