@@ -128,3 +128,28 @@ def test_run_host_errors_without_network(toy_ws, wb):
     (toy_ws / "wb.yaml").write_text(yaml.safe_dump(config))
     proc = wb("hosts")
     assert proc.returncode == 2 and "wb.yaml: hosts[0] (h): key 'port' must be an integer" in proc.stderr
+
+
+ANSWERING_SSH = """#!/bin/sh
+# a host whose answer is $FAKE_OUT (whatever the command was)
+printf '%s\\n' "$FAKE_OUT"
+"""
+
+
+@pytest.mark.parametrize("answer", [
+    'WB-PROBE {"python": "3.1',  # ssh dropped mid-line
+    "WB-PROBE [1]",
+    'WB-PROBE {"python": "3", "wb": 5, "gpus": 5}',
+    'WB-PROBE {"python": "3", "wb": "0.1", "torch": "2", "cuda": true, "gpus": [1, {"a": 2}]}',
+])
+def test_hosts_check_of_a_cut_or_garbled_probe_answer_is_one_line(toy_ws, wb, tmp_path, monkeypatch, answer):
+    from conftest import executable
+
+    (tmp_path / "bin").mkdir()
+    executable(tmp_path / "bin" / "ssh", ANSWERING_SSH)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_OUT", answer)
+    (toy_ws / "wb.yaml").write_text((toy_ws / "wb.yaml").read_text() + "hosts:\n  - {name: h, ssh: me@box, path: w}\n")
+    proc = wb("hosts")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "the probe's answer was cut off or is not wb's" in proc.stdout
