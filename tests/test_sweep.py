@@ -297,3 +297,17 @@ def test_sweep_id_claims_over_a_day_old_are_dropped(toy_ws):
     recent = sweep_lib.new_sweep_id(ws)
     assert sorted(p.name for p in claims.iterdir()) == [recent]
     assert sweep_lib.new_sweep_id(ws) != recent and (claims / recent).is_dir()  # a fresh claim stays
+
+
+@pytest.mark.parametrize("answer", ["WB-GPUS [0", "WB-GPUS 5", "WB-GPUS \"01\"", "WB-GPUS [\"a b;x\"]", "WB-GPUS [0, 0]"])
+def test_a_hosts_gpu_count_cut_off_or_not_wbs_is_one_line(toy_ws, monkeypatch, answer):
+    import subprocess
+
+    from workbench.remote import sweep as sweeps, transport
+    from workbench.remote.hosts import Host
+
+    monkeypatch.setattr(transport, "ssh_run", lambda host, script, timeout: subprocess.CompletedProcess([], 0, answer + "\n", ""))
+    with pytest.raises(UserError, match="host h: its GPU count is cut off or not wb's"):
+        sweeps.remote_gpus(Workspace(toy_ws, {}), Host("h", "me@box", "w"))
+    monkeypatch.setattr(transport, "ssh_run", lambda host, script, timeout: subprocess.CompletedProcess([], 0, "WB-GPUS [\"0\", 1]\n", ""))
+    assert sweeps.remote_gpus(Workspace(toy_ws, {}), Host("h", "me@box", "w")) == ["0", "1"]

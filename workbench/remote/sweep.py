@@ -57,6 +57,8 @@ from workbench.remote.client import cancel_all, run_remote
 from workbench.run import procs, protocol, supervisor
 from workbench.run.execute import run_stage
 from workbench.run.supervisor import _socket_dir, warm_tag
+from workbench.schemas import short
+from workbench.schemas.hosts import parse_gpus
 from workbench.workspace import Workspace, find_workspace
 
 LANE_FAILURES_TO_RETIRE = 2
@@ -163,7 +165,18 @@ def remote_gpus(ws: Workspace, host) -> list[str]:
     line = next((x for x in done.stdout.splitlines() if x.startswith("WB-GPUS ")), None)
     if line is None:
         raise UserError(f"host {host.name}: could not count its GPUs: {transport.last_line(done.stderr) or f'exit {done.returncode}'}")
-    return json.loads(line[len("WB-GPUS "):])
+    try:
+        found = json.loads(line[len("WB-GPUS "):])
+    except ValueError:
+        found = None
+    if found == []:
+        return []
+    # Each becomes a lane's CUDA_VISIBLE_DEVICES there: a cut-off answer, or one that is not a
+    # list of distinct GPUs, is one line (give the host `gpus:` or --gpus to skip the count).
+    problem = UserError(f"host {host.name}: its GPU count is cut off or not wb's: {short(line, 100)} (--gpus 0,1 names them)")
+    if not isinstance(found, list):
+        raise problem
+    return list(parse_gpus(found, lambda why: problem))
 
 
 # ----------------------------------------------------------------------------- lanes
