@@ -153,3 +153,47 @@ def test_hosts_check_of_a_cut_or_garbled_probe_answer_is_one_line(toy_ws, wb, tm
     proc = wb("hosts")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "the probe's answer was cut off or is not wb's" in proc.stdout
+
+
+SLOW_SSH = """#!/bin/sh
+# a remote wb that announces progress, then takes its time
+printf '%s\\n' "$FAKE_ERR" >&2
+exec sleep 30
+"""
+
+
+def test_a_remote_session_ends_with_the_call_that_gave_up_on_it(tmp_path, monkeypatch):
+    """A progress callback that raises (a display error) must not leave ssh running."""
+    from conftest import executable
+    from workbench.remote import client
+
+    (tmp_path / "bin").mkdir()
+    executable(tmp_path / "bin" / "ssh", SLOW_SSH)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_ERR", 'wb-event {"phase": "fixture", "fixture": "f#0"}')
+    started = []
+    popen = transport.ssh_popen
+    monkeypatch.setattr(transport, "ssh_popen", lambda *a: started.append(popen(*a)) or started[-1])
+
+    def boom(event):
+        raise RuntimeError("display broke")
+
+    with pytest.raises(RuntimeError):
+        client.invoke(Host("h", "me@box", "w"), ["run", "a"], on_event=boom, deadline_s=20)
+    assert started and started[0].poll() is not None  # ended, not left sleeping
+
+
+@pytest.mark.parametrize("line", ['wb-event {"phase": [1]}', 'wb-event {"phase": "start", "run_id": ["../x"]}'])
+def test_a_remote_event_not_shaped_like_wbs_is_a_line_not_an_event(tmp_path, monkeypatch, line):
+    from conftest import executable
+    from workbench.remote import client
+
+    (tmp_path / "bin").mkdir()
+    executable(tmp_path / "bin" / "ssh", ANSWERING_SSH.replace("'%s\\n' \"$FAKE_OUT\"", "'%s\\n' \"$FAKE_OUT\" >&2"))
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_OUT", line)
+    seen = []
+    res = client.invoke(Host("h", "me@box", "w"), ["run", "a"], on_event=seen.append, deadline_s=20)
+    assert client._announced_id(res) is None  # no remote id that is not text
+    if '"phase": [1]' in line:  # the sweep display looked a phase up in a dict: TypeError, the case an ERROR
+        assert seen == [] and res.stderr_lines == [line]

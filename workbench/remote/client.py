@@ -134,6 +134,9 @@ def invoke(
         _sessions.add(proc)
     try:
         return _follow(proc, host, on_event, on_line, on_stdout, deadline_s, start)
+    except BaseException:  # a callback that raised: the session must not outlive this call
+        _end(proc)
+        raise
     finally:
         with _sessions_lock:
             _sessions.discard(proc)
@@ -176,7 +179,7 @@ def _follow(proc, host, on_event, on_line, on_stdout, deadline_s, start) -> Remo
                     event = json.loads(line[len(EVENT_PREFIX):])
                 except ValueError:
                     event = None
-                if isinstance(event, dict):
+                if isinstance(event, dict) and isinstance(event.get("phase"), str):  # what wb's events are; else a line
                     result.events.append(event)
                     if on_event:
                         on_event(event)
@@ -496,7 +499,7 @@ def _check_remote_record(host: Host, data: dict) -> None:
 
 def _announced_id(res: RemoteResult) -> str | None:
     for event in res.events:
-        if event.get("phase") == "start" and event.get("run_id"):
+        if event.get("phase") == "start" and isinstance(event.get("run_id"), str) and event["run_id"]:
             return event["run_id"]
     return None
 
