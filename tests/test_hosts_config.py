@@ -197,3 +197,21 @@ def test_a_remote_event_not_shaped_like_wbs_is_a_line_not_an_event(tmp_path, mon
     assert client._announced_id(res) is None  # no remote id that is not text
     if '"phase": [1]' in line:  # the sweep display looked a phase up in a dict: TypeError, the case an ERROR
         assert seen == [] and res.stderr_lines == [line]
+
+
+@pytest.mark.parametrize("line", ["wb-agent [1]", 'wb-agent {"pid": 1, "cwd": 5}'])
+def test_a_remote_agent_line_not_shaped_like_wbs_is_no_traceback(toy_ws, tmp_path, monkeypatch, line):
+    """The agent's first line names the remote cwd (remote paths in the record are rewritten
+    from it): a list there was an AttributeError traceback of wb run --host."""
+    from conftest import executable
+    from workbench.kernels.registry import load_kernels, resolve_stage
+    from workbench.remote import client
+
+    (tmp_path / "bin").mkdir()
+    executable(tmp_path / "bin" / "ssh", ANSWERING_SSH.replace("'%s\\n' \"$FAKE_OUT\"", "'%s\\n' \"$FAKE_OUT\" >&2"))
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_OUT", line)
+    ws = find_workspace(toy_ws)
+    spec = resolve_stage(ws, "a", load_kernels(ws))
+    record = client.run_remote(ws, Host("h", "me@box", "w"), spec, spec.resolve_params({}), spec.resolve_variants({}), show=False, sync=False)
+    assert record["verdict"] == "LOST" and record["remote"]["cwd"] is None

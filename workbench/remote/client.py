@@ -186,10 +186,14 @@ def _follow(proc, host, on_event, on_line, on_stdout, deadline_s, start) -> Remo
                     continue
             if line.startswith(AGENT_PREFIX):
                 try:
-                    result.agent = json.loads(line[len(AGENT_PREFIX):])
-                    continue
+                    agent = json.loads(line[len(AGENT_PREFIX):])
                 except ValueError:
-                    pass
+                    agent = None
+                if isinstance(agent, dict):  # {"pid", "agent", "cwd"}; else a line
+                    if not isinstance(agent.get("cwd"), str):
+                        agent.pop("cwd", None)  # the remote paths rewritten in its record: text or nothing
+                    result.agent = agent
+                    continue
             result.stderr_lines.append(line)
             if on_line and line.strip():
                 on_line(line)
