@@ -419,3 +419,18 @@ def test_sockets_no_worker_listens_on_are_pruned_and_live_ones_kept(tmp_path):
         assert sorted(p.name for p in folder.iterdir()) == ["fresh.sock", "live.sock"]
     finally:
         live.close()
+
+
+def test_a_pid_file_or_kill_marker_nested_too_deeply_is_unreadable_not_a_traceback(toy_ws, wb):
+    """'[[[[...' (64 KiB fit under the pid file limit) made json's decoder raise RecursionError,
+    which `wb ps` and `wb kill` did not expect: a traceback; a `wb kill` marker like it would
+    have taken a run's outcome down the same way."""
+    pids = toy_ws / ".wb" / "pids"
+    pids.mkdir(parents=True, exist_ok=True)
+    (pids / "zz-1.json").write_text("[" * 60_000)
+    listed = wb("ps", "--all", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(r["state"], r["pid"]) for r in json.loads(listed.stdout)] == [("unreadable", None)]
+    assert wb("kill", "--all").returncode == 0
+    (pids / "77.killed").write_text("[" * 4000)
+    assert procs.killed_by_wb_kill(pids / "w-77.json", 77) is None
