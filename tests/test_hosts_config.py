@@ -141,6 +141,7 @@ printf '%s\\n' "$FAKE_OUT"
     "WB-PROBE [1]",
     'WB-PROBE {"python": "3", "wb": 5, "gpus": 5}',
     'WB-PROBE {"python": "3", "wb": "0.1", "torch": "2", "cuda": true, "gpus": [1, {"a": 2}]}',
+    "WB-PROBE " + "[" * 5000,  # nested past json's limit: RecursionError
 ])
 def test_hosts_check_of_a_cut_or_garbled_probe_answer_is_one_line(toy_ws, wb, tmp_path, monkeypatch, answer):
     from conftest import executable
@@ -215,3 +216,17 @@ def test_a_remote_agent_line_not_shaped_like_wbs_is_no_traceback(toy_ws, tmp_pat
     spec = resolve_stage(ws, "a", load_kernels(ws))
     record = client.run_remote(ws, Host("h", "me@box", "w"), spec, spec.resolve_params({}), spec.resolve_variants({}), show=False, sync=False)
     assert record["verdict"] == "LOST" and record["remote"]["cwd"] is None
+
+
+def test_remote_answers_nested_past_jsons_limit_are_no_answer(tmp_path, monkeypatch):
+    """'[[[[...' on the remote's stdout, or after wb-event / wb-agent on its stderr, made
+    json's decoder raise RecursionError, a traceback of wb run/ps/kill/bench --host."""
+    from conftest import executable
+    from workbench.remote import client
+
+    (tmp_path / "bin").mkdir()
+    executable(tmp_path / "bin" / "ssh", ANSWERING_SSH + "printf 'wb-event %s\\nwb-agent %s\\n' \"$FAKE_OUT\" \"$FAKE_OUT\" >&2\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_OUT", "[" * 5000)
+    res = client.invoke(Host("h", "me@box", "w"), ["ps"], deadline_s=20)
+    assert res.json() is None and res.events == [] and res.agent is None and len(res.stderr_lines) == 2

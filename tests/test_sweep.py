@@ -299,7 +299,7 @@ def test_sweep_id_claims_over_a_day_old_are_dropped(toy_ws):
     assert sweep_lib.new_sweep_id(ws) != recent and (claims / recent).is_dir()  # a fresh claim stays
 
 
-@pytest.mark.parametrize("answer", ["WB-GPUS [0", "WB-GPUS 5", "WB-GPUS \"01\"", "WB-GPUS [\"a b;x\"]", "WB-GPUS [0, 0]"])
+@pytest.mark.parametrize("answer", ["WB-GPUS [0", "WB-GPUS 5", "WB-GPUS " + "[" * 5000, "WB-GPUS \"01\"", "WB-GPUS [\"a b;x\"]", "WB-GPUS [0, 0]"])
 def test_a_hosts_gpu_count_cut_off_or_not_wbs_is_one_line(toy_ws, monkeypatch, answer):
     import subprocess
 

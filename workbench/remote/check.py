@@ -59,7 +59,7 @@ def _probe_info(text: str) -> dict[str, Any] | None:
     off (ssh dropped mid-line) or is not the probe's."""
     try:
         info = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(info, dict):
         return None

@@ -95,14 +95,20 @@ class RemoteResult:
         text = self.stdout.strip()
         if not text:
             return None
-        try:
-            return json.loads(text)
-        except ValueError:
+        data = _parsed(text)
+        if data is None:
             start = text.find("{") if "{" in text else text.find("[")
-            try:
-                return json.loads(text[start:]) if start >= 0 else None
-            except ValueError:
-                return None
+            return _parsed(text[start:]) if start >= 0 else None
+        return data
+
+
+def _parsed(text: str) -> Any:
+    """What the remote printed as JSON; None when it is none: cut off, not JSON, or nested
+    past the decoder's limit ('[[[[...' raises RecursionError, not ValueError)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _reader(stream, tag: str, out: "queue.Queue") -> None:
@@ -175,20 +181,14 @@ def _follow(proc, host, on_event, on_line, on_stdout, deadline_s, start) -> Remo
                 continue
             line = raw.decode(errors="replace").rstrip("\r\n")
             if line.startswith(EVENT_PREFIX):
-                try:
-                    event = json.loads(line[len(EVENT_PREFIX):])
-                except ValueError:
-                    event = None
+                event = _parsed(line[len(EVENT_PREFIX):])
                 if isinstance(event, dict) and isinstance(event.get("phase"), str):  # what wb's events are; else a line
                     result.events.append(event)
                     if on_event:
                         on_event(event)
                     continue
             if line.startswith(AGENT_PREFIX):
-                try:
-                    agent = json.loads(line[len(AGENT_PREFIX):])
-                except ValueError:
-                    agent = None
+                agent = _parsed(line[len(AGENT_PREFIX):])
                 if isinstance(agent, dict):  # {"pid", "agent", "cwd"}; else a line
                     if not isinstance(agent.get("cwd"), str):
                         agent.pop("cwd", None)  # the remote paths rewritten in its record: text or nothing

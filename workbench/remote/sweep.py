@@ -167,7 +167,7 @@ def remote_gpus(ws: Workspace, host) -> list[str]:
         raise UserError(f"host {host.name}: could not count its GPUs: {transport.last_line(done.stderr) or f'exit {done.returncode}'}")
     try:
         found = json.loads(line[len("WB-GPUS "):])
-    except ValueError:
+    except (ValueError, RecursionError):
         found = None
     if found == []:
         return []
