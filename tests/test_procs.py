@@ -434,3 +434,29 @@ def test_a_pid_file_or_kill_marker_nested_too_deeply_is_unreadable_not_a_traceba
     assert wb("kill", "--all").returncode == 0
     (pids / "77.killed").write_text("[" * 4000)
     assert procs.killed_by_wb_kill(pids / "w-77.json", 77) is None
+
+
+@pytest.mark.parametrize("kind", ["file", "others-may-write", "another-users"])
+def test_a_socket_folder_not_this_users_own_is_one_line_and_no_run_folder(toy_ws, wb, tmp_path, monkeypatch, kind):
+    """<tmp>/wb-<uid> is in a folder all users share: one made first by another user (or
+    writable by others) let them put a socket where wb looks for its warm worker, and wb sent
+    it its jobs; a file there was a FileExistsError traceback."""
+    import tempfile
+
+    if kind == "another-users" and os.getuid() != 0:
+        pytest.skip("making a folder of another user needs root")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    folder = tmp_path / f"wb-{os.getuid()}"
+    if kind == "file":
+        folder.write_text("x")
+    else:
+        folder.mkdir()
+        folder.chmod(0o777)
+        if kind == "another-users":
+            os.chown(folder, 65534, -1)
+    proc = wb("run", "a", "--fixture", "toy-ones", "--seeds", "1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"wb: error: wb's socket folder {folder} " in proc.stderr
+    assert not (toy_ws / "runs").exists() or not [p for p in (toy_ws / "runs").iterdir() if p.name != "reports"]
+    swept = wb("sweep", "a", "--n", "128,256")
+    assert swept.returncode == 2 and "wb's socket folder" in swept.stderr, swept.stdout + swept.stderr

@@ -748,6 +748,8 @@ def sweep(
     """Run the cases, telling `on_event` what happens (SweepEvent); return the summary (also
     written beside the stage report)."""
     ensure_runs_dir(ws.runs_dir)  # one line now, not every case failing on it
+    if not hosts and not slurm:
+        _socket_dir()  # where the lanes' workers listen: likewise
     sweep_id = new_sweep_id(ws)
     started = datetime.now().isoformat(timespec="seconds")
     if slurm:
