@@ -460,3 +460,16 @@ def test_a_socket_folder_not_this_users_own_is_one_line_and_no_run_folder(toy_ws
     assert not (toy_ws / "runs").exists() or not [p for p in (toy_ws / "runs").iterdir() if p.name != "reports"]
     swept = wb("sweep", "a", "--n", "128,256")
     assert swept.returncode == 2 and "wb's socket folder" in swept.stderr, swept.stdout + swept.stderr
+
+
+def test_a_folder_at_the_warm_workers_socket_path_is_one_line(toy_ws, tmp_path):
+    """_find_warm removes a socket no worker answers on: a folder there was an
+    IsADirectoryError traceback of wb run (and no worker could bind that path)."""
+    from workbench.errors import UserError
+    from workbench.run import supervisor
+
+    path = tmp_path / "tag.sock"
+    path.mkdir()
+    with pytest.raises(UserError, match=f"wb cannot remove what is at its warm worker's socket path {path}: Is a directory"):
+        supervisor._find_warm(Workspace(toy_ws), str(path))
+    assert path.is_dir()

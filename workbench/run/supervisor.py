@@ -302,6 +302,8 @@ def _find_warm(ws: Workspace, socket_path: str) -> Worker | None:
             os.unlink(socket_path)
         except FileNotFoundError:
             pass
+        except OSError as exc:  # a folder there: no worker could bind it either
+            raise path_error("wb cannot remove what is at its warm worker's socket path", socket_path, exc) from None
         return None
     log_path = ws.state_dir / "logs" / f"worker-{Path(socket_path).stem}.log"
     worker = Worker(int(reply["pid"]), socket_path, log_path, None, reused=True)
