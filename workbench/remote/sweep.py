@@ -536,6 +536,7 @@ def run_slurm(
         submitted.append((job, chunk, progress_path))
         emit(SweepEvent("note", text=f"submitted {len(chunk)} case(s) as job {job.job_id}"))
     results: dict[int, CaseResult] = {}
+    interrupted = False
     lane_of = {c.index: f"slurm:{job.job_id}" for job, chunk, _ in submitted for c in chunk}
 
     def collect(entry: dict) -> None:
@@ -569,6 +570,7 @@ def run_slurm(
                 break
             time.sleep(0.5)
     except KeyboardInterrupt:
+        interrupted = True
         for job, _, _ in submitted:
             try:
                 job.cancel(check=False)
@@ -585,7 +587,10 @@ def run_slurm(
                 if case.index not in results:
                     results[case.index] = _lost(ws, spec, case, opts, message, {"id": sweep_id, "case": case.index, "of": len(cases), "lane": lane_of[case.index]})
                     emit(SweepEvent("finish", lane=lane_of[case.index], case=case, result=results[case.index]))
-    return [results.get(c.index) or CaseResult(c, lane_of[c.index], error="no result") for c in cases]
+    out = [results.get(c.index) or CaseResult(c, lane_of[c.index], error="no result") for c in cases]
+    for r in out:
+        r.interrupted = interrupted  # as run_lanes: the summary says so and wb sweep exits 130
+    return out
 
 
 def _job_error(exc: BaseException) -> str:
