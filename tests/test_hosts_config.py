@@ -128,3 +128,105 @@ def test_run_host_errors_without_network(toy_ws, wb):
     (toy_ws / "wb.yaml").write_text(yaml.safe_dump(config))
     proc = wb("hosts")
     assert proc.returncode == 2 and "wb.yaml: hosts[0] (h): key 'port' must be an integer" in proc.stderr
+
+
+ANSWERING_SSH = """#!/bin/sh
+# a host whose answer is $FAKE_OUT (whatever the command was)
+printf '%s\\n' "$FAKE_OUT"
+"""
+
+
+@pytest.mark.parametrize("answer", [
+    'WB-PROBE {"python": "3.1',  # ssh dropped mid-line
+    "WB-PROBE [1]",
+    'WB-PROBE {"python": "3", "wb": 5, "gpus": 5}',
+    'WB-PROBE {"python": "3", "wb": "0.1", "torch": "2", "cuda": true, "gpus": [1, {"a": 2}]}',
+    "WB-PROBE " + "[" * 5000,  # nested past json's limit: RecursionError
+])
+def test_hosts_check_of_a_cut_or_garbled_probe_answer_is_one_line(toy_ws, wb, tmp_path, monkeypatch, answer):
+    from conftest import executable
+
+    (tmp_path / "bin").mkdir()
+    executable(tmp_path / "bin" / "ssh", ANSWERING_SSH)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_OUT", answer)
+    (toy_ws / "wb.yaml").write_text((toy_ws / "wb.yaml").read_text() + "hosts:\n  - {name: h, ssh: me@box, path: w}\n")
+    proc = wb("hosts")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "the probe's answer was cut off or is not wb's" in proc.stdout
+
+
+SLOW_SSH = """#!/bin/sh
+# a remote wb that announces progress, then takes its time
+printf '%s\\n' "$FAKE_ERR" >&2
+exec sleep 30
+"""
+
+
+def test_a_remote_session_ends_with_the_call_that_gave_up_on_it(tmp_path, monkeypatch):
+    """A progress callback that raises (a display error) must not leave ssh running."""
+    from conftest import executable
+    from workbench.remote import client
+
+    (tmp_path / "bin").mkdir()
+    executable(tmp_path / "bin" / "ssh", SLOW_SSH)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_ERR", 'wb-event {"phase": "fixture", "fixture": "f#0"}')
+    started = []
+    popen = transport.ssh_popen
+    monkeypatch.setattr(transport, "ssh_popen", lambda *a: started.append(popen(*a)) or started[-1])
+
+    def boom(event):
+        raise RuntimeError("display broke")
+
+    with pytest.raises(RuntimeError):
+        client.invoke(Host("h", "me@box", "w"), ["run", "a"], on_event=boom, deadline_s=20)
+    assert started and started[0].poll() is not None  # ended, not left sleeping
+
+
+@pytest.mark.parametrize("line", ['wb-event {"phase": [1]}', 'wb-event {"phase": "start", "run_id": ["../x"]}'])
+def test_a_remote_event_not_shaped_like_wbs_is_a_line_not_an_event(tmp_path, monkeypatch, line):
+    from conftest import executable
+    from workbench.remote import client
+
+    (tmp_path / "bin").mkdir()
+    executable(tmp_path / "bin" / "ssh", ANSWERING_SSH.replace("'%s\\n' \"$FAKE_OUT\"", "'%s\\n' \"$FAKE_OUT\" >&2"))
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_OUT", line)
+    seen = []
+    res = client.invoke(Host("h", "me@box", "w"), ["run", "a"], on_event=seen.append, deadline_s=20)
+    assert client._announced_id(res) is None  # no remote id that is not text
+    if '"phase": [1]' in line:  # the sweep display looked a phase up in a dict: TypeError, the case an ERROR
+        assert seen == [] and res.stderr_lines == [line]
+
+
+@pytest.mark.parametrize("line", ["wb-agent [1]", 'wb-agent {"pid": 1, "cwd": 5}'])
+def test_a_remote_agent_line_not_shaped_like_wbs_is_no_traceback(toy_ws, tmp_path, monkeypatch, line):
+    """The agent's first line names the remote cwd (remote paths in the record are rewritten
+    from it): a list there was an AttributeError traceback of wb run --host."""
+    from conftest import executable
+    from workbench.kernels.registry import load_kernels, resolve_stage
+    from workbench.remote import client
+
+    (tmp_path / "bin").mkdir()
+    executable(tmp_path / "bin" / "ssh", ANSWERING_SSH.replace("'%s\\n' \"$FAKE_OUT\"", "'%s\\n' \"$FAKE_OUT\" >&2"))
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_OUT", line)
+    ws = find_workspace(toy_ws)
+    spec = resolve_stage(ws, "a", load_kernels(ws))
+    record = client.run_remote(ws, Host("h", "me@box", "w"), spec, spec.resolve_params({}), spec.resolve_variants({}), show=False, sync=False)
+    assert record["verdict"] == "LOST" and record["remote"]["cwd"] is None
+
+
+def test_remote_answers_nested_past_jsons_limit_are_no_answer(tmp_path, monkeypatch):
+    """'[[[[...' on the remote's stdout, or after wb-event / wb-agent on its stderr, made
+    json's decoder raise RecursionError, a traceback of wb run/ps/kill/bench --host."""
+    from conftest import executable
+    from workbench.remote import client
+
+    (tmp_path / "bin").mkdir()
+    executable(tmp_path / "bin" / "ssh", ANSWERING_SSH + "printf 'wb-event %s\\nwb-agent %s\\n' \"$FAKE_OUT\" \"$FAKE_OUT\" >&2\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_OUT", "[" * 5000)
+    res = client.invoke(Host("h", "me@box", "w"), ["ps"], deadline_s=20)
+    assert res.json() is None and res.events == [] and res.agent is None and len(res.stderr_lines) == 2

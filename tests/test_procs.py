@@ -419,3 +419,57 @@ def test_sockets_no_worker_listens_on_are_pruned_and_live_ones_kept(tmp_path):
         assert sorted(p.name for p in folder.iterdir()) == ["fresh.sock", "live.sock"]
     finally:
         live.close()
+
+
+def test_a_pid_file_or_kill_marker_nested_too_deeply_is_unreadable_not_a_traceback(toy_ws, wb):
+    """'[[[[...' (64 KiB fit under the pid file limit) made json's decoder raise RecursionError,
+    which `wb ps` and `wb kill` did not expect: a traceback; a `wb kill` marker like it would
+    have taken a run's outcome down the same way."""
+    pids = toy_ws / ".wb" / "pids"
+    pids.mkdir(parents=True, exist_ok=True)
+    (pids / "zz-1.json").write_text("[" * 60_000)
+    listed = wb("ps", "--all", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [(r["state"], r["pid"]) for r in json.loads(listed.stdout)] == [("unreadable", None)]
+    assert wb("kill", "--all").returncode == 0
+    (pids / "77.killed").write_text("[" * 4000)
+    assert procs.killed_by_wb_kill(pids / "w-77.json", 77) is None
+
+
+@pytest.mark.parametrize("kind", ["file", "others-may-write", "another-users"])
+def test_a_socket_folder_not_this_users_own_is_one_line_and_no_run_folder(toy_ws, wb, tmp_path, monkeypatch, kind):
+    """<tmp>/wb-<uid> is in a folder all users share: one made first by another user (or
+    writable by others) let them put a socket where wb looks for its warm worker, and wb sent
+    it its jobs; a file there was a FileExistsError traceback."""
+    import tempfile
+
+    if kind == "another-users" and os.getuid() != 0:
+        pytest.skip("making a folder of another user needs root")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    folder = tmp_path / f"wb-{os.getuid()}"
+    if kind == "file":
+        folder.write_text("x")
+    else:
+        folder.mkdir()
+        folder.chmod(0o777)
+        if kind == "another-users":
+            os.chown(folder, 65534, -1)
+    proc = wb("run", "a", "--fixture", "toy-ones", "--seeds", "1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"wb: error: wb's socket folder {folder} " in proc.stderr
+    assert not (toy_ws / "runs").exists() or not [p for p in (toy_ws / "runs").iterdir() if p.name != "reports"]
+    swept = wb("sweep", "a", "--n", "128,256")
+    assert swept.returncode == 2 and "wb's socket folder" in swept.stderr, swept.stdout + swept.stderr
+
+
+def test_a_folder_at_the_warm_workers_socket_path_is_one_line(toy_ws, tmp_path):
+    """_find_warm removes a socket no worker answers on: a folder there was an
+    IsADirectoryError traceback of wb run (and no worker could bind that path)."""
+    from workbench.errors import UserError
+    from workbench.run import supervisor
+
+    path = tmp_path / "tag.sock"
+    path.mkdir()
+    with pytest.raises(UserError, match=f"wb cannot remove what is at its warm worker's socket path {path}: Is a directory"):
+        supervisor._find_warm(Workspace(toy_ws), str(path))
+    assert path.is_dir()

@@ -297,3 +297,50 @@ def test_sweep_id_claims_over_a_day_old_are_dropped(toy_ws):
     recent = sweep_lib.new_sweep_id(ws)
     assert sorted(p.name for p in claims.iterdir()) == [recent]
     assert sweep_lib.new_sweep_id(ws) != recent and (claims / recent).is_dir()  # a fresh claim stays
+
+
+@pytest.mark.parametrize("answer", ["WB-GPUS [0", "WB-GPUS 5", "WB-GPUS " + "[" * 5000, "WB-GPUS \"01\"", "WB-GPUS [\"a b;x\"]", "WB-GPUS [0, 0]"])
+def test_a_hosts_gpu_count_cut_off_or_not_wbs_is_one_line(toy_ws, monkeypatch, answer):
+    import subprocess
+
+    from workbench.remote import sweep as sweeps, transport
+    from workbench.remote.hosts import Host
+
+    monkeypatch.setattr(transport, "ssh_run", lambda host, script, timeout: subprocess.CompletedProcess([], 0, answer + "\n", ""))
+    with pytest.raises(UserError, match="host h: its GPU count is cut off or not wb's"):
+        sweeps.remote_gpus(Workspace(toy_ws, {}), Host("h", "me@box", "w"))
+    monkeypatch.setattr(transport, "ssh_run", lambda host, script, timeout: subprocess.CompletedProcess([], 0, "WB-GPUS [\"0\", 1]\n", ""))
+    assert sweeps.remote_gpus(Workspace(toy_ws, {}), Host("h", "me@box", "w")) == ["0", "1"]
+
+
+def test_a_slurm_sweep_interrupted_while_it_waits_is_an_interrupted_sweep(toy_ws):
+    """Ctrl-C (or SIGTERM) while wb waits on its Slurm jobs cancelled them, but the results
+    were not marked interrupted: wb sweep exited 1, not 130, without saying it stopped early."""
+    pytest.importorskip("submitit")
+    from workbench.kernels.registry import load_kernels, resolve_stage
+    from workbench.remote import sweep
+
+    class Job:
+        job_id = "7"
+        cancelled = False
+
+        def done(self):
+            raise KeyboardInterrupt
+
+        def cancel(self, check=True):
+            Job.cancelled = True
+
+        def result(self):
+            raise RuntimeError("job 7 was cancelled")
+
+    class Executor:
+        def submit(self, *args):
+            return Job()
+
+    ws = Workspace(toy_ws, {"default_kernel": "toy"})
+    spec = resolve_stage(ws, "a", load_kernels(ws))
+    cases = sweep.plan(spec, {"n": ["128"]}, {})
+    results = sweep.run_slurm(ws, spec, cases, sweep.RunOptions(), "sweep-x", lambda event: None, "p", jobs=1, executor=Executor())
+    assert Job.cancelled and [r.verdict for r in results] == ["LOST"] and all(r.interrupted for r in results)
+    summary = sweep.summarize(ws, spec, cases, results, "sweep-x", ["slurm:p"], "now")
+    assert summary["interrupted"] is True  # what makes wb sweep say so and exit 130

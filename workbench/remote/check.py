@@ -9,6 +9,7 @@ from typing import Any
 from workbench import __version__
 from workbench.remote import transport
 from workbench.remote.hosts import Host
+from workbench.schemas import short
 from workbench.workspace import Workspace
 
 
@@ -49,6 +50,27 @@ print("WB-PROBE " + json.dumps(out))
 """
 
 
+# What each field of the probe's answer holds (a cut or garbled answer is a problem, not a crash).
+_PROBE_FIELDS = {"cuda": (bool,), "gpus": (list,), "cuda_visible_devices": (str, type(None))}
+
+
+def _probe_info(text: str) -> dict[str, Any] | None:
+    """The probe's JSON line as a dict of the types wb shows, or None when the answer was cut
+    off (ssh dropped mid-line) or is not the probe's."""
+    try:
+        info = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(info, dict):
+        return None
+    for key, value in info.items():
+        if not isinstance(value, _PROBE_FIELDS.get(key, (str,))):
+            return None
+    if not all(isinstance(gpu, str) for gpu in info.get("gpus") or []):
+        return None
+    return info
+
+
 def check_host(ws: Workspace, host: Host, timeout: float = 60.0) -> HostCheck:
     """Reach the host, import wb and torch with its Python, list the GPUs torch sees."""
     check = HostCheck(host)
@@ -72,7 +94,10 @@ def check_host(ws: Workspace, host: Host, timeout: float = 60.0) -> HostCheck:
             why = f"the setup line or Python failed: {why}"
         check.problems.append(why)
         return check
-    info = json.loads(probe_line[len("WB-PROBE "):])
+    info = _probe_info(probe_line[len("WB-PROBE "):])
+    if info is None:
+        check.problems.append(f"the probe's answer was cut off or is not wb's: {short(probe_line, 100)}")
+        return check
     check.info = info
     if "wb_error" in info:
         check.problems.append(

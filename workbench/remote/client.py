@@ -95,14 +95,20 @@ class RemoteResult:
         text = self.stdout.strip()
         if not text:
             return None
-        try:
-            return json.loads(text)
-        except ValueError:
+        data = _parsed(text)
+        if data is None:
             start = text.find("{") if "{" in text else text.find("[")
-            try:
-                return json.loads(text[start:]) if start >= 0 else None
-            except ValueError:
-                return None
+            return _parsed(text[start:]) if start >= 0 else None
+        return data
+
+
+def _parsed(text: str) -> Any:
+    """What the remote printed as JSON; None when it is none: cut off, not JSON, or nested
+    past the decoder's limit ('[[[[...' raises RecursionError, not ValueError)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _reader(stream, tag: str, out: "queue.Queue") -> None:
@@ -134,6 +140,9 @@ def invoke(
         _sessions.add(proc)
     try:
         return _follow(proc, host, on_event, on_line, on_stdout, deadline_s, start)
+    except BaseException:  # a callback that raised: the session must not outlive this call
+        _end(proc)
+        raise
     finally:
         with _sessions_lock:
             _sessions.discard(proc)
@@ -172,21 +181,19 @@ def _follow(proc, host, on_event, on_line, on_stdout, deadline_s, start) -> Remo
                 continue
             line = raw.decode(errors="replace").rstrip("\r\n")
             if line.startswith(EVENT_PREFIX):
-                try:
-                    event = json.loads(line[len(EVENT_PREFIX):])
-                except ValueError:
-                    event = None
-                if isinstance(event, dict):
+                event = _parsed(line[len(EVENT_PREFIX):])
+                if isinstance(event, dict) and isinstance(event.get("phase"), str):  # what wb's events are; else a line
                     result.events.append(event)
                     if on_event:
                         on_event(event)
                     continue
             if line.startswith(AGENT_PREFIX):
-                try:
-                    result.agent = json.loads(line[len(AGENT_PREFIX):])
+                agent = _parsed(line[len(AGENT_PREFIX):])
+                if isinstance(agent, dict):  # {"pid", "agent", "cwd"}; else a line
+                    if not isinstance(agent.get("cwd"), str):
+                        agent.pop("cwd", None)  # the remote paths rewritten in its record: text or nothing
+                    result.agent = agent
                     continue
-                except ValueError:
-                    pass
             result.stderr_lines.append(line)
             if on_line and line.strip():
                 on_line(line)
@@ -496,7 +503,7 @@ def _check_remote_record(host: Host, data: dict) -> None:
 
 def _announced_id(res: RemoteResult) -> str | None:
     for event in res.events:
-        if event.get("phase") == "start" and event.get("run_id"):
+        if event.get("phase") == "start" and isinstance(event.get("run_id"), str) and event["run_id"]:
             return event["run_id"]
     return None
 

@@ -57,6 +57,8 @@ from workbench.remote.client import cancel_all, run_remote
 from workbench.run import procs, protocol, supervisor
 from workbench.run.execute import run_stage
 from workbench.run.supervisor import _socket_dir, warm_tag
+from workbench.schemas import short
+from workbench.schemas.hosts import parse_gpus
 from workbench.workspace import Workspace, find_workspace
 
 LANE_FAILURES_TO_RETIRE = 2
@@ -163,7 +165,18 @@ def remote_gpus(ws: Workspace, host) -> list[str]:
     line = next((x for x in done.stdout.splitlines() if x.startswith("WB-GPUS ")), None)
     if line is None:
         raise UserError(f"host {host.name}: could not count its GPUs: {transport.last_line(done.stderr) or f'exit {done.returncode}'}")
-    return json.loads(line[len("WB-GPUS "):])
+    try:
+        found = json.loads(line[len("WB-GPUS "):])
+    except (ValueError, RecursionError):
+        found = None
+    if found == []:
+        return []
+    # Each becomes a lane's CUDA_VISIBLE_DEVICES there: a cut-off answer, or one that is not a
+    # list of distinct GPUs, is one line (give the host `gpus:` or --gpus to skip the count).
+    problem = UserError(f"host {host.name}: its GPU count is cut off or not wb's: {short(line, 100)} (--gpus 0,1 names them)")
+    if not isinstance(found, list):
+        raise problem
+    return list(parse_gpus(found, lambda why: problem))
 
 
 # ----------------------------------------------------------------------------- lanes
@@ -523,6 +536,7 @@ def run_slurm(
         submitted.append((job, chunk, progress_path))
         emit(SweepEvent("note", text=f"submitted {len(chunk)} case(s) as job {job.job_id}"))
     results: dict[int, CaseResult] = {}
+    interrupted = False
     lane_of = {c.index: f"slurm:{job.job_id}" for job, chunk, _ in submitted for c in chunk}
 
     def collect(entry: dict) -> None:
@@ -556,6 +570,7 @@ def run_slurm(
                 break
             time.sleep(0.5)
     except KeyboardInterrupt:
+        interrupted = True
         for job, _, _ in submitted:
             try:
                 job.cancel(check=False)
@@ -572,7 +587,10 @@ def run_slurm(
                 if case.index not in results:
                     results[case.index] = _lost(ws, spec, case, opts, message, {"id": sweep_id, "case": case.index, "of": len(cases), "lane": lane_of[case.index]})
                     emit(SweepEvent("finish", lane=lane_of[case.index], case=case, result=results[case.index]))
-    return [results.get(c.index) or CaseResult(c, lane_of[c.index], error="no result") for c in cases]
+    out = [results.get(c.index) or CaseResult(c, lane_of[c.index], error="no result") for c in cases]
+    for r in out:
+        r.interrupted = interrupted  # as run_lanes: the summary says so and wb sweep exits 130
+    return out
 
 
 def _job_error(exc: BaseException) -> str:
@@ -735,6 +753,8 @@ def sweep(
     """Run the cases, telling `on_event` what happens (SweepEvent); return the summary (also
     written beside the stage report)."""
     ensure_runs_dir(ws.runs_dir)  # one line now, not every case failing on it
+    if not hosts and not slurm:
+        _socket_dir()  # where the lanes' workers listen: likewise
     sweep_id = new_sweep_id(ws)
     started = datetime.now().isoformat(timespec="seconds")
     if slurm:

@@ -76,6 +76,9 @@ def run_stage(
         outcome = run_job(ws, job, timeout, on_event, warm=warm, env=env, wrap=wrap)
     except WorkerStartError as exc:  # e.g. a wrapping tool that refused its options: recorded, with the tool's log
         outcome = Outcome(status="CRASH", message=str(exc))
+    except UserError:  # nothing ran (wb's socket folder unusable): no run folder left behind
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     # from here the record is made and written whatever comes: a second Ctrl-C or a SIGTERM
     # waits until it is on disk (interrupts.held_signals), then stops wb
     with held_signals():

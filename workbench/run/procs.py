@@ -58,7 +58,10 @@ def read_pidfile(path: Path) -> dict[str, Any]:
     st = os.lstat(path)
     if not stat.S_ISREG(st.st_mode) or st.st_size > PIDFILE_MAX:
         raise ValueError(f"{path.name} is not a pid file of wb")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except RecursionError:  # '[[[[...': 64 KiB of it nests past the decoder's limit
+        raise ValueError(f"{path.name} is nested too deeply for a pid file") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path.name} holds no JSON object")
     return data
@@ -460,7 +463,7 @@ def killed_by_wb_kill(pidfile: Path | None, pid: int) -> int | None:
     try:
         data = json.loads(marker.read_text()) if marker.is_file() and marker.stat().st_size < 4096 else None
         marker.unlink()
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data.get("by") if isinstance(data, dict) and isinstance(data.get("by"), int) else 0
 

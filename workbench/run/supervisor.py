@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from workbench import processes
+from workbench.errors import UserError, path_error
 from workbench.run import procs
 from workbench.run import protocol
 from workbench.workspace import Workspace
@@ -56,8 +58,24 @@ class Outcome:
 
 
 def _socket_dir() -> Path:
+    """wb's socket folder, <tmp>/wb-<uid>: a folder of this user that no one else may write.
+    /tmp is shared: a folder of that name made first by another user would let them put a
+    socket where wb looks for its warm worker, and wb would send it its jobs."""
     path = Path(tempfile.gettempdir()) / f"wb-{os.getuid()}"
-    path.mkdir(mode=0o700, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise path_error("wb's socket folder", path, exc) from None
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise path_error("wb's socket folder", path, exc) from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        what = ("is no folder" if not stat.S_ISDIR(st.st_mode) else f"belongs to uid {st.st_uid}" if st.st_uid != os.getuid()
+                else "may be written by other users")
+        raise UserError(f"wb's socket folder {path} {what}: remove it (or set TMPDIR to a folder of your own)")
     return path
 
 
@@ -284,6 +302,8 @@ def _find_warm(ws: Workspace, socket_path: str) -> Worker | None:
             os.unlink(socket_path)
         except FileNotFoundError:
             pass
+        except OSError as exc:  # a folder there: no worker could bind it either
+            raise path_error("wb cannot remove what is at its warm worker's socket path", socket_path, exc) from None
         return None
     log_path = ws.state_dir / "logs" / f"worker-{Path(socket_path).stem}.log"
     worker = Worker(int(reply["pid"]), socket_path, log_path, None, reused=True)
