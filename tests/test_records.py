@@ -228,6 +228,29 @@ def test_a_run_folder_without_a_record_says_whether_its_wb_runs_or_was_killed(tm
     assert not (mine / OWNER).exists() and select(runs, mine.name)["verdict"] == "PASS"
 
 
+def test_a_run_folders_owner_marker_nested_past_jsons_depth_is_unreadable_not_a_traceback(tmp_path):
+    """.wb-owner.json of 3000 '[' (under its 4 KiB limit) raised RecursionError in wb runs."""
+    from workbench.records.store import OWNER, unfinished_run
+
+    run = tmp_path / "runs" / "20261205-000000-000000"
+    run.mkdir(parents=True)
+    (run / OWNER).write_text("[" * 3000)
+    assert unfinished_run(run).endswith("has no readable record (corrupt, or written by a wb older than this one)")
+
+
+def test_plain_progress_lines_show_control_characters_instead_of_acting_on_them(capsys, monkeypatch):
+    """Off a terminal, progress lines printed an event's text as it came (a remote host's
+    fixture name with an escape sequence reached the terminal)."""
+    from workbench import terminal
+    from workbench.cli.render import progress
+
+    monkeypatch.setattr(terminal, "interactive", lambda: False)
+    with progress("run toy/stage-a") as emit:
+        emit({"type": "progress", "phase": "trace", "fixture": "x\x1b[2Jy"})
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "x\\x1b[2Jy" in out, repr(out)
+
+
 def test_wb_runs_names_the_run_folders_whose_wb_was_killed(toy_ws, wb):
     """After kill -9 of wb, `wb runs` said 'no runs recorded yet' (or listed the others) and
     only `wb report <id>` told of the run. It now says what each such folder is, below the list."""

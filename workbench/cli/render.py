@@ -59,7 +59,8 @@ def progress(title: str, enabled: bool = True) -> Iterator[Callable[[dict], None
         with console.status(f"{title}: starting worker", spinner="dots") as status:
             yield lambda e: status.update(f"{title}: {escape(describe(e))}  [dim]{time.perf_counter() - start:.1f}s[/]")
     else:
-        yield lambda e: print(f"[{time.perf_counter() - start:6.1f}s] {title}: {describe(e)}", flush=True)
+        # (an event's text may come from a remote host: control characters shown, not acted on)
+        yield lambda e: print(f"[{time.perf_counter() - start:6.1f}s] {title}: {terminal.printable(describe(e))}", flush=True)
 
 
 def render_run(record: dict[str, Any]) -> None:

@@ -108,7 +108,7 @@ def unfinished_run(run_dir: Path) -> str:
     try:
         marker = run_dir / OWNER
         owner = json.loads(marker.read_text()) if marker.is_file() and marker.stat().st_size < 4096 else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # (RecursionError: JSON nested past the parser's depth)
         owner = None
     if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
         return f"run {run_dir.name} has no readable record (corrupt, or written by a wb older than this one)"
