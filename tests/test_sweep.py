@@ -44,6 +44,10 @@ def test_bad_sweep_arguments_are_one_line_errors(toy_ws, wb):
     assert proc.returncode == 2 and "no parameter 'nope'" in proc.stderr
     proc = wb("sweep", "a", "--gpus", "0,,1")
     assert proc.returncode == 2 and "--gpus" in proc.stderr
+    # a misspelt --fixture ran every case as an ERROR and overwrote the stage's sweep report
+    proc = wb("sweep", "a", "--n", "128,256", "--fixture", "toy-randon")
+    assert proc.returncode == 2 and "unknown fixture 'toy-randon' (did you mean toy-random" in proc.stderr, proc.stderr
+    assert not (toy_ws / "runs").exists() or not list((toy_ws / "runs").glob("2*"))
 
 
 @pytest.mark.parametrize("args, fragment", [

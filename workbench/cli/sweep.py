@@ -68,6 +68,12 @@ def sweep(
     if slurm_opt and not slurm:
         raise UserError("--slurm-opt goes with --slurm PARTITION")
     slurm_opts = sweeps.slurm_options(slurm, parse_pairs(slurm_opt, "--slurm-opt")) if slurm else {}
+    if fixture:  # a misspelt name was an ERROR in every case and overwrote the stage's sweep report
+        from workbench.kernels.fixtures import load_fixtures
+
+        registry = load_fixtures(ws.fixtures_dir)
+        for name in fixture:
+            registry.variants(name)
     opts = sweeps.RunOptions(list(fixture or []), seed, seeds, timeout, arch, warm=not fresh)
     local = not hosts and not slurm
     if local:
