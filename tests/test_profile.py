@@ -159,6 +159,15 @@ def test_counters_ncu_cannot_read_are_one_line_with_exit_2(toy_ws, wb, fake_ncu)
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_a_log_wb_cannot_read_is_the_reason_it_gives_for_no_counters(toy_ws, wb, fake_ncu):
+    """ncu's log that wb could not read (a CSV field past csv's limit) was reported as 'no stage
+    kernel (kernel_cutlass_*) was launched'; the one line gives wb's reason."""
+    (fake_ncu / "report.csv").write_text(f'"Kernel Name","gpu__time_duration.sum"\n"","usecond"\n"kernel_cutlass_x","{"9" * 200_000}"\n')
+    proc = wb("profile", "a")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "ncu measured nothing (ncu.log is not CSV that wb reads: field larger than field limit" in proc.stderr, proc.stderr
+
+
 def test_refusals_are_one_line_with_exit_2(toy_ws, wb, monkeypatch, tmp_path):
     monkeypatch.setenv("WB_NCU", str(tmp_path / "missing"))
     proc = wb("profile", "a")

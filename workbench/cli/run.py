@@ -216,7 +216,10 @@ def profile(
     if record["verdict"] not in ("CRASH", "HANG", "INTERRUPTED") and not found.get("counters"):
         # ncu ran but measured nothing: no permission to read the counters, a device it does
         # not support, or no stage kernel was launched; the run is recorded, the answer is no
-        why = next((n for n in found.get("notes") or [] if "ERROR" in n), None) or "no stage kernel (kernel_cutlass_*) was launched"
+        notes = found.get("notes") or []
+        why = (next((n for n in notes if "ERROR" in n), None)  # ncu's own error line
+               or next((n for n in notes if not n.startswith("==")), None)  # wb's: a log it could not read
+               or "no stage kernel (kernel_cutlass_*) was launched")
         import re
 
         why = re.sub(r"^==[A-Z]+==\s*", "", why)
