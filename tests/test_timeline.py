@@ -144,3 +144,10 @@ def test_a_buffer_without_clock_pairs_says_so(tmp_path):
     assert (slices, clocks) == ([], {})
     with pytest.raises(ValueError, match="no CTA wrote its start and end"):
         timeline.write(timeline.Timeline(slices, clocks, ["WG1"], "empty"), tmp_path / "t.json")
+
+
+def test_a_buffer_shorter_than_its_layout_says_so():
+    """A buffer shorter than the layout for the grid failed as 'not enough values to unpack'."""
+    layout = timeline.StampLayout(slots=1, tiles=2, events=2)
+    with pytest.raises(ValueError, match=r"the trace buffer holds 11 words, fewer than the 16 its layout needs for 2 CTAs"):
+        timeline.decode([0] * (layout.length(2) - 5), 2, layout, [("WG1", [("work", 0, 1)])])

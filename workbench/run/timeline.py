@@ -101,6 +101,9 @@ def decode(words: list[int], ctas: int, layout: StampLayout, lanes: list[tuple[s
     order, its name and phases; a tile's span runs from its stamp 0 to the last phase's end.
     A tile whose stamps are all zero was never reached; a phase with a zero stamp was not
     stamped on that path (e.g. a warpgroup with no rows in the tile), and is left out."""
+    if len(words) < layout.length(ctas):  # (it read as "not enough values to unpack")
+        raise ValueError(f"the trace buffer holds {len(words)} words, fewer than the {layout.length(ctas)} "
+                         f"its layout needs for {ctas} CTAs (a smaller buffer than the launch's grid)")
     slices: list[Slice] = []
     clocks: dict[int, Clock] = {}
     for cta in range(ctas):
