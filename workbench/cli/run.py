@@ -10,11 +10,7 @@ import typer
 
 from workbench.cli import app, host_name, state
 from workbench.errors import UserError
-
-# Fixtures seed torch, numpy and random with seed + i: below 2^31 every one of them takes it
-# (a larger --seed crashed the fixture and was recorded as the kernel's CRASH)
-MAX_SEED = 2**31 - 1
-MAX_SEEDS = 1000
+from workbench.kernels.fixtures import MAX_SEED, MAX_SEEDS
 
 EXIT = {"PASS": 0, "FAIL": 1, "COMPILE_ERROR": 1, "CRASH": 1, "HANG": 1, "LOST": 1, "INTERRUPTED": 130}  # others (RACE, MEMCHECK, ...): 1
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from workbench.cli import a_name, app, state
-from workbench.cli.run import MAX_SEED, MAX_SEEDS
+from workbench.kernels.fixtures import MAX_SEED, MAX_SEEDS
 from workbench.errors import UserError
 
 

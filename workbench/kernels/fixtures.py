@@ -91,7 +91,10 @@ def fixture(
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 
 
-MAX_SEEDS = 1000  # a fixture's own seeds, as wb run --seeds (cli/run.py): a million cases ran into a HANG
+# Fixtures seed torch, numpy and random with seed + i: below 2^31 every one of them takes it
+# (a larger --seed crashed the fixture and was recorded as the kernel's CRASH)
+MAX_SEED = 2**31 - 1
+MAX_SEEDS = 1000  # seeds of one fixture (its own, or wb run --seeds): a million cases ran into a HANG
 
 
 def _check_arguments(name, isolates, hides, needs, variants, seeds) -> None:
