@@ -18,18 +18,6 @@ def _stage_id_of(ws):
     return lambda text: resolve_stage(ws, text, kernels).id
 
 
-def _stage_defaults(ws) -> dict[str, dict]:
-    """Each stage id's parameter defaults (kernel.yaml, today); none while a kernel.yaml is
-    broken (the runs are still listed, every parameter shown)."""
-    from workbench.kernels.registry import load_kernels
-
-    try:
-        kernels = load_kernels(ws)
-    except UserError:
-        return {}
-    return {spec.id: spec.defaults for kernel in kernels.values() for spec in kernel.stages}
-
-
 def select_run(ws, selector: str) -> dict:
     from workbench.records.store import select
 
@@ -67,8 +55,9 @@ def runs(
         console.print("no runs recorded yet" + (f" for {stage}" if stage else "") + ": `wb run STAGE` makes one")
     else:
         from workbench.cli.render import render_runs
+        from workbench.records.report import stage_defaults
 
-        render_runs(records, None if full else _stage_defaults(ws))
+        render_runs(records, None if full else stage_defaults(ws))
     for line in unfinished_runs(ws.runs_dir, limit):  # a run whose wb was killed (kill -9) has no record to list
         console.print(f"[yellow]{escape(line)}[/]")
 

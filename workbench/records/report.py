@@ -274,17 +274,16 @@ def write_run_report(ws: Workspace, record: dict[str, Any]) -> Path:
 # ---------------------------------------------------------------------------- stage history
 
 
-def stage_defaults(ws: Workspace, stage_id: str) -> dict[str, Any] | None:
-    """The stage's parameter defaults in its kernel.yaml today (StageSpec.defaults); None when
-    the stage is no longer defined or a kernel.yaml is broken."""
-    from workbench.errors import UserError
+def stage_defaults(ws: Workspace) -> dict[str, dict[str, Any]]:
+    """Each stage id's parameter defaults in its kernel.yaml today (StageSpec.defaults); none
+    while a kernel.yaml is broken (the runs are still shown, every parameter with them)."""
     from workbench.kernels.registry import load_kernels
 
     try:
         kernels = load_kernels(ws)
     except UserError:
-        return None
-    return next((spec.defaults for kernel in kernels.values() for spec in kernel.stages if spec.id == stage_id), None)
+        return {}
+    return {spec.id: spec.defaults for kernel in kernels.values() for spec in kernel.stages}
 
 
 def stage_history(ws: Workspace, stage_id: str, limit: int = 200) -> dict[str, Any]:
@@ -292,7 +291,7 @@ def stage_history(ws: Workspace, stage_id: str, limit: int = 200) -> dict[str, A
     Parameter sets are told apart by every parameter and variant, and shown by those away
     from their defaults (``changed_params_text``; the variants the run changed)."""
     records = list_records(ws.runs_dir, lambda r: r.get("stage") == stage_id and r.get("kind", "run") == "run", limit)
-    defaults = stage_defaults(ws, stage_id)
+    defaults = stage_defaults(ws).get(stage_id)
     latest: dict[str, dict] = {}
     for r in records:  # newest first: the first seen per parameter set is the latest
         latest.setdefault(params_text(r) + " | " + variants_text(r.get("variants", {})), r)
