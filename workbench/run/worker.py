@@ -146,7 +146,7 @@ class Job:
         spec = kernel.stage(job["letter"])
         if spec is None:
             raise UserError(f"kernel {job['kernel']} has no stage {job['letter']!r}")
-        roots = [ws.stages_dir.resolve(), ws.fixtures_dir.resolve()]
+        roots = user_roots(ws.root)
         result: dict[str, Any] = {"env": environment(), "fixtures": [], "shapes": [], "compiles": []}
         self.emit({"type": "progress", "phase": "env", "env": result["env"]})  # a HANG record still names the card
 
@@ -442,9 +442,9 @@ def _job_class(op: str):
     return getattr(importlib.import_module(module), name)
 
 
-def _user_roots(message: dict[str, Any]) -> list[Path]:
-    """Where a job's user code lives (its workspace's stages/ and fixtures/), for error_info."""
-    ws = Workspace(Path(message.get("workspace") or "."))
+def user_roots(workspace: str | Path) -> list[Path]:
+    """Where a workspace's user code lives (stages/ and fixtures/), for error_info."""
+    ws = Workspace(Path(workspace))
     return [ws.stages_dir.resolve(), ws.fixtures_dir.resolve()]
 
 
@@ -471,9 +471,9 @@ def handle(conn: socket.socket) -> bool:
                 except UserError as exc:
                     reply = {"type": "user_error", "message": str(exc)}
                 except Exception as exc:  # outside the job's own handlers (a stage's inputs(), ...)
-                    reply = {"type": "result", "result": {"verdict": "CRASH", "error": error_info(exc, _user_roots(message))}}
+                    reply = {"type": "result", "result": {"verdict": "CRASH", "error": error_info(exc, user_roots(message.get("workspace") or "."))}}
                 except SystemExit as exc:  # the stage's code called sys.exit(): its run's verdict, not a dead worker
-                    info = error_info(exc, _user_roots(message))
+                    info = error_info(exc, user_roots(message.get("workspace") or "."))
                     info["message"] = f"the stage's code called sys.exit({exc.code!r})"
                     reply = {"type": "result", "result": {"verdict": "CRASH", "error": info}}
                     job.must_exit = True
