@@ -25,6 +25,11 @@ from workbench.schemas import SchemaError, read_text
 MANIFEST_MAX_BYTES = 16 * 1024 * 1024
 
 
+def _again(exc: BaseException) -> str:
+    """'; export again' unless the package's own message already says so."""
+    return "" if "export it again" in str(exc) else "; export again"
+
+
 def read_manifest(out: Path, spec) -> dict[str, Any]:
     """DIR's manifest, if DIR is an export of ``spec`` whose op module can run fixtures."""
     out = Path(out)
@@ -101,8 +106,7 @@ class ExportedOp:
             module = importlib.import_module(package)
             namespace, name = module.QUALNAME.split("::")
         except (Exception, SystemExit) as exc:
-            advice = "" if "export it again" in str(exc) else "; export again"  # (the runtime's own message may say it)
-            raise UserError(f"--exported {out}: its package {package} failed to import: {type(exc).__name__}: {exc}{advice}") from None
+            raise UserError(f"--exported {out}: its package {package} failed to import: {type(exc).__name__}: {exc}{_again(exc)}") from None
         finally:
             sys.path.pop(0)
         import torch
@@ -121,8 +125,7 @@ class ExportedOp:
             try:
                 self.package.load(config)
             except Exception as exc:
-                advice = "" if "export it again" in str(exc) else "; export again"  # (the runtime's own message may say it)
-                raise UserError(f"--exported: the package's {config.get('library')} cannot be loaded ({type(exc).__name__}: {exc}){advice}") from None
+                raise UserError(f"--exported: the package's {config.get('library')} cannot be loaded ({type(exc).__name__}: {exc}){_again(exc)}") from None
         return config
 
     def __call__(self, inputs: dict, params: dict) -> dict:
