@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -24,3 +25,13 @@ def strict_json(data: Any) -> Any:
     if isinstance(data, (list, tuple)):
         return [strict_json(v) for v in data]
     return data
+
+
+def json_or_none(text: str) -> Any:
+    """``text`` as JSON, or None when it is none: cut off, not JSON, or nested past the
+    decoder's limit ('[[[[...' raises RecursionError, not ValueError). For what another
+    process printed (a remote host's answers)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None

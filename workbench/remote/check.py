@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +9,7 @@ from workbench import __version__
 from workbench.remote import transport
 from workbench.remote.hosts import Host
 from workbench.schemas import short
+from workbench.text import json_or_none
 from workbench.workspace import Workspace
 
 
@@ -57,10 +57,7 @@ _PROBE_FIELDS = {"cuda": (bool,), "gpus": (list,), "cuda_visible_devices": (str,
 def _probe_info(text: str) -> dict[str, Any] | None:
     """The probe's JSON line as a dict of the types wb shows, or None when the answer was cut
     off (ssh dropped mid-line) or is not the probe's."""
-    try:
-        info = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
+    info = json_or_none(text)
     if not isinstance(info, dict):
         return None
     for key, value in info.items():

@@ -26,7 +26,6 @@ back with `import_remote_run(...)`.
 
 from __future__ import annotations
 
-import json
 import queue
 import shutil
 import subprocess
@@ -44,6 +43,7 @@ from workbench.records.store import ensure_runs_dir, new_record, new_run_dir, ut
 from workbench.remote import transport
 from workbench.remote.agent import GRACE
 from workbench.remote.hosts import Host, get_host
+from workbench.text import json_or_none
 from workbench.schemas import check
 from workbench.workspace import Workspace
 
@@ -95,20 +95,11 @@ class RemoteResult:
         text = self.stdout.strip()
         if not text:
             return None
-        data = _parsed(text)
+        data = json_or_none(text)
         if data is None:
             start = text.find("{") if "{" in text else text.find("[")
-            return _parsed(text[start:]) if start >= 0 else None
+            return json_or_none(text[start:]) if start >= 0 else None
         return data
-
-
-def _parsed(text: str) -> Any:
-    """What the remote printed as JSON; None when it is none: cut off, not JSON, or nested
-    past the decoder's limit ('[[[[...' raises RecursionError, not ValueError)."""
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return None
 
 
 def _reader(stream, tag: str, out: "queue.Queue") -> None:
@@ -181,14 +172,14 @@ def _follow(proc, host, on_event, on_line, on_stdout, deadline_s, start) -> Remo
                 continue
             line = raw.decode(errors="replace").rstrip("\r\n")
             if line.startswith(EVENT_PREFIX):
-                event = _parsed(line[len(EVENT_PREFIX):])
+                event = json_or_none(line[len(EVENT_PREFIX):])
                 if isinstance(event, dict) and isinstance(event.get("phase"), str):  # what wb's events are; else a line
                     result.events.append(event)
                     if on_event:
                         on_event(event)
                     continue
             if line.startswith(AGENT_PREFIX):
-                agent = _parsed(line[len(AGENT_PREFIX):])
+                agent = json_or_none(line[len(AGENT_PREFIX):])
                 if isinstance(agent, dict):  # {"pid", "agent", "cwd"}; else a line
                     if not isinstance(agent.get("cwd"), str):
                         agent.pop("cwd", None)  # the remote paths rewritten in its record: text or nothing

@@ -59,6 +59,7 @@ from workbench.run.execute import run_stage
 from workbench.run.supervisor import _socket_dir, warm_tag
 from workbench.schemas import short
 from workbench.schemas.hosts import parse_gpus
+from workbench.text import json_or_none
 from workbench.workspace import Workspace, find_workspace
 
 LANE_FAILURES_TO_RETIRE = 2
@@ -165,10 +166,7 @@ def remote_gpus(ws: Workspace, host) -> list[str]:
     line = next((x for x in done.stdout.splitlines() if x.startswith("WB-GPUS ")), None)
     if line is None:
         raise UserError(f"host {host.name}: could not count its GPUs: {transport.last_line(done.stderr) or f'exit {done.returncode}'}")
-    try:
-        found = json.loads(line[len("WB-GPUS "):])
-    except (ValueError, RecursionError):
-        found = None
+    found = json_or_none(line[len("WB-GPUS "):])
     if found == []:
         return []
     # Each becomes a lane's CUDA_VISIBLE_DEVICES there: a cut-off answer, or one that is not a
