@@ -1,6 +1,14 @@
 import os
 
+import signal
+
 import pytest
+
+# A suite started in the background by a shell without job control inherits SIGINT ignored,
+# and so would every wb it starts; the Ctrl-C tests need it delivered. (A handler, unlike an
+# ignored signal, is reset to the default in the children.)
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # wb runs in this process (run_wb below) read the warm workers' idle time once, at import: keep
 # idle workers from lingering for wb's default 10 minutes after the tests that started them.
