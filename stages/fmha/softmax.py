@@ -116,10 +116,11 @@ def _flat(t):
     return sum((_flat(x) for x in t), ()) if isinstance(t, tuple) else (t,)
 
 
-def _eval_mode(shape, stride, i: int) -> int:
-    """Offset of linear index ``i`` (colexicographic) in one mode of a static layout."""
+def _eval_mode(mode: tuple[tuple[int, int], ...], i: int) -> int:
+    """Offset of linear index ``i`` (colexicographic) in one mode, given as its flattened
+    (extent, stride) pairs."""
     off = 0
-    for sh, st in zip(_flat(shape), _flat(stride)):
+    for sh, st in mode:
         off += (i % sh) * st
         i //= sh
     return off
@@ -127,20 +128,22 @@ def _eval_mode(shape, stride, i: int) -> int:
 
 class _PyLayout:
     """A static CuTe layout copied into Python tuples once (reading .shape/.stride of a
-    cute.Layout goes through MLIR every time: far too slow for thousands of lookups)."""
+    cute.Layout goes through MLIR every time: far too slow for the ~60k lookups of one
+    compile's operand check), each mode flattened once."""
 
     def __init__(self, layout):
         self.shape = layout.shape
         self.stride = layout.stride
         self.text = str(layout)
+        self._whole = tuple(zip(_flat(self.shape), _flat(self.stride)))
+        pairs = zip(self.shape, self.stride) if isinstance(self.shape, tuple) else ()
+        self._modes = tuple(tuple(zip(_flat(sh), _flat(st))) for sh, st in pairs)
 
     def __call__(self, *idx: int) -> int:
         """Offset at one linear (colexicographic) index per top-level mode (or one index)."""
         if len(idx) == 1:
-            return _eval_mode(self.shape, self.stride, idx[0])
-        return sum(_eval_mode(self.shape[i], self.stride[i], x) for i, x in enumerate(idx))
-
-
+            return _eval_mode(self._whole, idx[0])
+        return sum(_eval_mode(self._modes[i], x) for i, x in enumerate(idx))
 
 
 def p_source_map(tiled_mma_qk: cute.TiledMma, tiled_mma_pv: cute.TiledMma, acc_shape, p_shape, bug: str = "none"):
