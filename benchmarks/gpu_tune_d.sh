@@ -46,6 +46,10 @@
 # PHASE long128: d = 128 non-causal's long kernel (128 x 176 from m = 8192) against the one
 #               128 x 128 kernel (-V kv_tile=128), s 8192 and 16384, both dtypes, FA4 beside, two
 #               interleaved rounds (about 4 minutes)
+# PHASE mn128:  is the 128 x 176 tile's gain a matter of m (the grid, what dispatches it today) or of
+#               n (the KV loop it shortens)? d = 128 non-causal bf16 at m/n 8192/4096 and
+#               4096/16384: the 176-key kernel forced (-V kv_tile=176 -V o_staging=q) against
+#               kv_tile=128, FA4 beside, two interleaved rounds (about 4 minutes; not yet run)
 # PHASE psync:  p_sync=warp (the PV MMA waits for the warp's own P stores, not the WG's 128
 #               threads; FlashAttention-3/4's choice) where P goes through shared memory: d = 96
 #               non-causal and the causal long kernel. A sweep first (a race shows as wrong
@@ -286,6 +290,19 @@ long128)
     timeout 100 wb bench d -p d=128 -p n=8192,16384 -p dtype=bf16,fp16 -V kv_tile=128 --peers "" --timeout 90 | table_rows 170 "kv128"
   done
   ;;
+mn128)
+  step "sweep the forced 176-key kernel at m != n (tails on both sides), both dtypes"
+  timeout 120 wb sweep d --n 4096,9000 --d 128 --dtype bf16,fp16 -p m=8192,1000 -p causal=false \
+    -V kv_tile=176 -V o_staging=q --timeout 40 | sweep_verdicts
+  for round in 1 2; do
+    for mn in "8192 4096" "4096 16384"; do
+      set -- $mn
+      step "round $round: m=$1 n=$2: 176-key tiles with FA4, then kv_tile=128"
+      timeout 100 wb bench d -p d=128 -p m=$1 -p n=$2 -p dtype=bf16 -V kv_tile=176 -V o_staging=q --peers fa4 --timeout 90 | table_rows 170 "kv176"
+      timeout 100 wb bench d -p d=128 -p m=$1 -p n=$2 -p dtype=bf16 -V kv_tile=128 --peers "" --timeout 90 | table_rows 170 "kv128"
+    done
+  done
+  ;;
 psync)
   step "sweep p_sync=warp: d=96 non-causal and causal (the long kernel from m=8192), tails, GQA, softcap, both dtypes"
   timeout 200 wb sweep d --n 17,1000,8192,9000 --d 96 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2,1 \
@@ -329,6 +346,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|psync|varlen|lazy" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy" >&2; exit 2 ;;
 esac
 step done
