@@ -79,6 +79,42 @@ def test_a_typed_in_marker_pair_inside_a_block_stops_wb_and_loses_nothing(tmp_pa
     assert ws.memory_path.read_text() == broken
 
 
+EXAMPLE = (
+    "# Team memory\n\nwb keeps its blocks between markers like these:\n\n"
+    "```markdown\n<!-- wb:begin status -->\n| stage | verdict |\n<!-- wb:end status -->\n```\n\n"
+    "~~~\n<!-- wb:begin log -->\n~~~\n"
+)
+
+
+def test_markers_shown_in_a_code_example_are_hand_text_not_blocks(tmp_path):
+    """A marker pair inside a closed code fence (a README-style example, or a lone marker in
+    one) is not a block: wb used to render its status into the example, or stop at the lone
+    begin. Now the example stays byte for byte and wb's blocks are appended after it."""
+    ws = Workspace(tmp_path)
+    ws.memory_path.write_text(EXAMPLE)
+    memory.record_run(ws, record(1))
+    memory.record_run(ws, record(2))
+    text = ws.memory_path.read_text()
+    assert text.startswith(EXAMPLE)
+    after = text[len(EXAMPLE):]
+    assert after.count("<!-- wb:begin status -->") == 1 and after.count("<!-- wb:begin log -->") == 1
+    assert "fmha/stage-d" in memory.block_content(after, "status")
+    assert len(log_entries(ws)) == 2
+
+
+def test_a_fence_never_closed_hides_no_block(tmp_path):
+    """A stray ``` (a fence never closed) before wb's blocks: the blocks are still found, so an
+    update renders them in place instead of appending a new set each time."""
+    ws = Workspace(tmp_path)
+    memory.record_run(ws, record(1))
+    ws.memory_path.write_text("Half an example:\n```\n" + ws.memory_path.read_text())
+    memory.record_run(ws, record(2))
+    memory.record_run(ws, record(3))
+    text = ws.memory_path.read_text()
+    assert text.count("<!-- wb:begin log -->") == 1 and text.count("<!-- wb:begin status -->") == 1
+    assert len(log_entries(ws)) == 3
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [

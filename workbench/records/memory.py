@@ -15,7 +15,8 @@ if MEMORY.md cannot be written, MEMORY.json is put back as it was. Every byte ou
 blocks is kept as it is; a new block is appended at the end.
 
 The markers must be well formed: each begin has its end, no block inside another, no block
-twice. When they are not (a hand edit broke them), wb stops with one line naming the lines
+twice. A marker inside a closed code fence (``` or ~~~) is an example in the hand text, not a
+marker. When they are not well formed (a hand edit broke them), wb stops with one line naming the lines
 and writes nothing: it never guesses which text is whose. A line typed *inside* a block (not
 wb's rendering) is kept, moved just below the block.
 
@@ -102,9 +103,10 @@ def _scan(lines: list[str], source: str = "MEMORY.md") -> dict[str, _Block]:
             f"{source}: wb's markers are broken: {problem}; fix those lines by hand (wb changes nothing until then)"
         )
 
+    quoted = _fenced(lines, closed_only=True)  # a marker shown in a code example is hand text
     for i, line in enumerate(lines):
         m = MARKER_RE.match(line)
-        if not m:
+        if not m or i in quoted:
             continue
         kind, name = m.group(1), m.group(2)
         if kind == "begin":
@@ -796,20 +798,25 @@ def add_note(ws: Workspace, text: str, stage: str | None = None, path: Path | No
     return line
 
 
-def _fenced(lines: list[str]) -> set[int]:
+def _fenced(lines: list[str], closed_only: bool = False) -> set[int]:
     """Indices of the lines inside Markdown code fences (``` or ~~~), fences included: a
-    `## Lessons` in an example there is not the section."""
-    out, fence = set(), None
+    `## Lessons` or a wb marker in an example there is not the section or a block.
+    ``closed_only``: leave out a fence never closed (Markdown runs it to the end of the file;
+    for wb's markers that would hide every block after a stray fence, and wb would append its
+    blocks again at every update)."""
+    out, fence, start = set(), None, 0
     for i, line in enumerate(lines):
         text = line.lstrip()
         mark = text[:3] if text[:3] in ("```", "~~~") else None
         if fence is None and mark:
-            fence = mark
+            fence, start = mark, i
             out.add(i)
         elif fence is not None:
             out.add(i)
             if mark == fence:
                 fence = None
+    if fence is not None and closed_only:
+        out -= set(range(start, len(lines)))
     return out
 
 
