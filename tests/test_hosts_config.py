@@ -3,6 +3,7 @@ and what `wb run --host` sends (no network needed)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -97,6 +98,24 @@ def test_stage_argv_reproduces_the_resolved_run(toy_ws):
     argv = stage_argv(spec, {"n": 256, "dtype": "fp16"}, {"bug": "nan"}, ["toy-ones"], 3, 2, 9.5, "sm_90a")
     assert argv == ["run", "toy/stage-a", "-p", "n=256", "-p", "dtype=fp16", "-V", "bug=nan", "--fixture", "toy-ones",
                     "--seed", "3", "--seeds", "2", "--timeout", "9.5", "--arch", "sm_90a", "--json"]
+
+
+def test_a_workspace_folder_that_cannot_be_listed_is_one_line_not_left_out(tmp_path, monkeypatch):
+    """Outside git, the files to send come from os.walk, which skipped a folder it could not
+    list: the remote would have run without (or with stale copies of) its files."""
+    root = tmp_path / "w"
+    (root / "stages" / "k").mkdir(parents=True)
+    (root / "stages" / "k" / "stage_a.py").write_text("x")
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == root / "stages" / "k":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(UserError, match=r"cannot read .*stages/k: Permission denied; wb would send the workspace without it"):
+        transport.workspace_files(root)
 
 
 def test_workspace_files_sent(tmp_path):

@@ -198,6 +198,29 @@ def test_links_are_refused_in_folders_and_archives(ws, tmp_path):
     assert run_ids(ws.runs_dir) == [] and not any(ws.root.rglob("notes.txt"))
 
 
+def unlistable(monkeypatch, folder: Path) -> None:
+    """os.scandir refuses `folder` as it would a folder of mode 000 for a user other than root
+    (the tests run as root, which permissions do not stop)."""
+    real = os.scandir
+
+    def scandir(path="."):
+        if isinstance(path, (str, os.PathLike)) and Path(path) == folder:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def test_a_folder_that_cannot_be_listed_refuses_the_import(ws, tmp_path, monkeypatch):
+    """os.walk skipped a folder it could not list, in silence: its run came in without its
+    files (or not at all). Now one line names it and nothing is imported."""
+    ids = make_runs(tmp_path / "src", 2)
+    unlistable(monkeypatch, (tmp_path / "src/runs" / ids[1]).resolve())
+    with pytest.raises(UserError, match=rf"cannot read runs/{ids[1]}: Permission denied; nothing was imported"):
+        import_runs(ws, tmp_path / "src")
+    assert run_ids(ws.runs_dir) == []
+
+
 def test_path_traversal_in_an_archive_is_refused(ws, tmp_path):
     evil = tmp_path / "evil.tgz"
     with tarfile.open(evil, "w:gz") as tar:

@@ -97,8 +97,15 @@ def _extract_tar(source: Path, into: Path, budget: _Budget) -> None:
 
 
 def _copy_folder(source: Path, into: Path, budget: _Budget) -> None:
-    """Copy regular files and folders; a link anywhere (to a file or folder, dangling or not) refuses."""
-    for folder, dirs, files in os.walk(source, followlinks=False):
+    """Copy regular files and folders; a link anywhere (to a file or folder, dangling or not)
+    refuses, and so does a folder that cannot be listed (os.walk would skip it in silence)."""
+
+    def unlistable(exc: OSError) -> None:
+        where = Path(exc.filename or source)
+        where = where.relative_to(source) if where.is_relative_to(source) and where != source else where
+        raise UserError(f"{source}: cannot read {where}: {exc.strerror or exc}; nothing was imported")
+
+    for folder, dirs, files in os.walk(source, onerror=unlistable, followlinks=False):
         rel = Path(folder).relative_to(source)
         (into / rel).mkdir(parents=True, exist_ok=True)
         for name in [*dirs, *files]:

@@ -153,7 +153,11 @@ def workspace_files(root: Path) -> list[str]:
         listed = None
     if listed is None:
         listed = []
-        for folder, dirs, files in os.walk(root):
+
+        def unlistable(exc: OSError) -> None:  # os.walk would skip the folder: the remote would run without its files
+            raise UserError(f"cannot read {exc.filename}: {exc.strerror or exc}; wb would send the workspace without it")
+
+        for folder, dirs, files in os.walk(root, onerror=unlistable):
             rel = Path(folder).relative_to(root)
             dirs[:] = [d for d in dirs if d not in FALLBACK_SKIP and not d.endswith(".egg-info")]
             listed += [str(rel / f) if str(rel) != "." else f for f in files]
