@@ -145,7 +145,7 @@ class Imported:
 def import_runs(ws: Workspace, source: Path, limits: Limits | None = None) -> Imported:
     """Copy runs from `source` (a runs/ folder, a folder holding runs/, or a .tgz of it) and
     publish them; all or nothing (see the module doc). Runs already here are skipped."""
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     source = Path(source)
     try:
@@ -161,8 +161,6 @@ def import_runs(ws: Workspace, source: Path, limits: Limits | None = None) -> Im
         raise UserError(f"{source} holds this workspace's own state (.wb): import its runs/ folder, or another workspace")
     limits = limits or Limits.from_env()
     ws.ensure_state_dir()
-    from filelock import Timeout
-
     lock = FileLock(str(ws.state_dir / "import.lock"), timeout=LOCK_WAIT_S)
     try:
         lock.acquire()

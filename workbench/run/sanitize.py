@@ -111,11 +111,14 @@ def parse_log(text: str) -> dict[str, Any]:
             continue
         body = raw[len(_PREFIX):]
         stripped = body.strip()
-        if (summary := _SUMMARY.search(stripped)) and _count(summary.group(2)) is not None:
-            errors = int(summary.group(2)) if errors is None else errors + int(summary.group(2))
-            if (race := _RACE_ERRORS.search(stripped)) and None not in (_count(race.group(1)), _count(race.group(2))):
-                errors = (errors - int(summary.group(2))) + int(race.group(1))
-                warnings = (warnings or 0) + int(race.group(2))
+        if (summary := _SUMMARY.search(stripped)) and (total := _count(summary.group(2))) is not None:
+            race = _RACE_ERRORS.search(stripped)
+            hazards = (_count(race.group(1)), _count(race.group(2))) if race else (None, None)
+            if None in hazards:
+                errors = (errors or 0) + total
+            else:  # racecheck: the total counts errors and warnings; the record keeps them apart
+                errors = (errors or 0) + hazards[0]
+                warnings = (warnings or 0) + hazards[1]
             current = None
             continue
         if not stripped:
