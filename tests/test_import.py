@@ -301,6 +301,21 @@ def test_folders_whose_names_are_no_run_ids_are_named_not_silently_dropped(ws, t
     assert [r["id"] for r in done.records] == ids and done.not_runs == ["notanid"]
 
 
+def test_import_json_names_each_imported_run_and_what_was_left_out(ws, tmp_path, wb):
+    """A script (the GPU round trip: import, then `wb bench --sweep --from RUN`) reads the run ids
+    from --json instead of scraping the summary line."""
+    ids = make_runs(tmp_path / "src", count=2)
+    (tmp_path / "src" / "runs" / "notanid").mkdir()
+    (tmp_path / "src" / "runs" / "20261203-095959-000009").mkdir()  # unfinished where it was made
+    proc = wb("import", str(tmp_path / "src"), "--json", cwd=ws.root)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [(r["id"], r["stage"], r["verdict"]) for r in out["imported"]] == [(i, "toy/stage-a", "PASS") for i in ids]
+    assert out["without_record"] == ["20261203-095959-000009"] and out["not_runs"] == ["notanid"]
+    again = json.loads(wb("import", str(tmp_path / "src"), "--json", cwd=ws.root).stdout)
+    assert again["imported"] == []  # runs already here are skipped
+
+
 def test_an_import_into_a_runs_folder_wb_cannot_write_names_it(ws, tmp_path, monkeypatch):
     """It said only "import failed and was undone: Permission denied"."""
     make_runs(tmp_path / "src", count=1)

@@ -174,14 +174,23 @@ def explain(
 @app.command("import")
 def import_(
     source: str = typer.Argument(..., help="A runs/ folder, a folder holding runs/, or a .tgz of one (e.g. fetched from a GPU box)."),
+    as_json: bool = typer.Option(False, "--json", help="Print what was imported as JSON: each run's id, stage, kind and verdict, and the folders left out."),
 ) -> None:
     """Bring run records made elsewhere into this workspace: runs/, MEMORY.md, stage reports."""
 
     from workbench.records.importer import import_runs
-    from workbench.terminal import console, escape
+    from workbench.terminal import console, escape, print_json
 
     ws = state.workspace()
     done = import_runs(ws, Path(source))
+    if as_json:
+        print_json({
+            "runs_dir": str(ws.runs_dir),
+            "imported": [{k: r.get(k) for k in ("id", "stage", "kind", "verdict", "bench_sweep")} for r in done.records],
+            "without_record": done.without_record,
+            "not_runs": done.not_runs,
+        })
+        return
     by_verdict: dict[str, int] = {}
     for r in done.records:
         by_verdict[r["verdict"]] = by_verdict.get(r["verdict"], 0) + 1
