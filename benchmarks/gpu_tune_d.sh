@@ -49,12 +49,13 @@
 # PHASE mn128:  is the 128 x 176 tile's gain a matter of m (the grid, what dispatches it today) or of
 #               n (the KV loop it shortens)? d = 128 non-causal bf16 at m/n 8192/4096 and
 #               4096/16384: the 176-key kernel forced (-V kv_tile=176 -V o_staging=q) against
-#               kv_tile=128, FA4 beside, two interleaved rounds (about 4 minutes; not yet run)
+#               kv_tile=128, FA4 beside, two interleaved rounds (about 1 minute on an H100; run
+#               2026-12-05: the gain follows n, perf-notes round 9)
 # PHASE psync:  p_sync=warp (the PV MMA waits for the warp's own P stores, not the WG's 128
 #               threads; FlashAttention-3/4's choice) where P goes through shared memory: d = 96
 #               non-causal and the causal long kernel. A sweep first (a race shows as wrong
-#               rows), then two interleaved rounds beside the default and FA4 (about 4 minutes;
-#               not yet run)
+#               rows), then two interleaved rounds beside the default and FA4 (about 3 minutes;
+#               run 2026-12-05 on an H100: correct, at most +1%, perf-notes round 9)
 # PHASE varlen: the mixed varlen batch (13 sequences, 64k tokens) and its equal-length twin,
 #               causal and not, both dtypes, beside FA4, each timed in 5 worker processes
 #               (--processes: the median of their medians; one process's level moves by 10%)
