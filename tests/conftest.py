@@ -68,6 +68,19 @@ def executable(path: Path, text: str) -> Path:
     return path
 
 
+def unlistable(monkeypatch, folder: Path) -> None:
+    """os.scandir refuses `folder` as it would a folder of mode 000 for a user other than root
+    (the tests run as root, which permissions do not stop)."""
+    real = os.scandir
+
+    def scandir(path="."):
+        if isinstance(path, (str, os.PathLike)) and Path(path) == folder:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
 @pytest.fixture
 def toy_ws(tmp_path, monkeypatch):
     """A fresh copy of the plain-PyTorch test workspace (tests/data/toy_ws), as the cwd."""

@@ -3,13 +3,13 @@ and what `wb run --host` sends (no network needed)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import unlistable
 from workbench.errors import UserError
 from workbench.remote.hosts import Host, load_hosts
 from workbench.remote.client import stage_argv
@@ -106,14 +106,7 @@ def test_a_workspace_folder_that_cannot_be_listed_is_one_line_not_left_out(tmp_p
     root = tmp_path / "w"
     (root / "stages" / "k").mkdir(parents=True)
     (root / "stages" / "k" / "stage_a.py").write_text("x")
-    real = os.scandir
-
-    def scandir(path="."):
-        if Path(path) == root / "stages" / "k":
-            raise PermissionError(13, "Permission denied", str(path))
-        return real(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
+    unlistable(monkeypatch, root / "stages" / "k")
     with pytest.raises(UserError, match=r"cannot read .*stages/k: Permission denied; wb would send the workspace without it"):
         transport.workspace_files(root)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import unlistable
 from workbench.records import memory
 from workbench.errors import UserError
 from workbench.records.importer import Limits, import_runs
@@ -196,19 +197,6 @@ def test_links_are_refused_in_folders_and_archives(ws, tmp_path):
     with pytest.raises(UserError, match=r"notes.txt is a link"):
         import_runs(ws, tmp_path / "links.tgz")
     assert run_ids(ws.runs_dir) == [] and not any(ws.root.rglob("notes.txt"))
-
-
-def unlistable(monkeypatch, folder: Path) -> None:
-    """os.scandir refuses `folder` as it would a folder of mode 000 for a user other than root
-    (the tests run as root, which permissions do not stop)."""
-    real = os.scandir
-
-    def scandir(path="."):
-        if isinstance(path, (str, os.PathLike)) and Path(path) == folder:
-            raise PermissionError(13, "Permission denied", str(path))
-        return real(path)
-
-    monkeypatch.setattr(os, "scandir", scandir)
 
 
 def test_a_folder_that_cannot_be_listed_refuses_the_import(ws, tmp_path, monkeypatch):
