@@ -1,8 +1,9 @@
 """Causal d=64 and d=96 and non-causal d=128 build two kernels (stages/fmha/geometry.long_kernel):
-the default one and, beside it, one that runs from the long kernel's min_m query rows on
-(causal d=64: 3 consumer WGs from 4096; causal d=96: non-causal's 192 x 144 tile, P in shared
-memory, O in Q, from 8192; non-causal d=128: a 128 x 176 tile, O in Q, from 8192). On the CPU: which configurations and variants get the second kernel, that the stage's
-compile returns both under two kernel names and picks by m, that `wb shapes` lists the first
+the default one and, beside it, one that runs from the long kernel's min_m query rows and
+min_n keys on (causal d=64: 3 consumer WGs from m = 4096; causal d=96: non-causal's 192 x 144
+tile, P in shared memory, O in Q, from m = 8192; non-causal d=128: a 128 x 176 tile, O in Q,
+from n = 8192 keys, whatever m). On the CPU: which configurations and variants get the second
+kernel, that the stage's compile returns both under two kernel names and picks by m and n, that `wb shapes` lists the first
 build's probes only, that the fixtures and the mutants take the launched kernel's tile, and
 that the exported op (stages/fmha/export_op.py, run here with stand-in functions) picks as
 the stage does. The speed that justifies it is measured on a GPU (docs/perf-notes.md)."""
@@ -25,9 +26,9 @@ from stages.fmha import geometry  # noqa: E402
 @pytest.mark.parametrize(
     "d, causal, windowed, varlen, paged, expected",
     [
-        (64, True, False, False, False, (4096, {"consumers": "3"})),
-        (96, True, False, False, False, (8192, {"consumers": "3", "kv_tile": "144", "o_staging": "q"})),
-        (128, False, False, False, False, (8192, {"consumers": "2", "kv_tile": "176", "o_staging": "q"})),
+        (64, True, False, False, False, ((4096, 0), {"consumers": "3"})),  # (min_m, min_n)
+        (96, True, False, False, False, ((8192, 0), {"consumers": "3", "kv_tile": "144", "o_staging": "q"})),
+        (128, False, False, False, False, ((0, 8192), {"consumers": "2", "kv_tile": "176", "o_staging": "q"})),
         (64, False, False, False, False, None),  # non-causal d=64 and 96 are 192-row already
         (96, False, False, False, False, None),
         (128, True, False, False, False, None),
@@ -43,7 +44,7 @@ from stages.fmha import geometry  # noqa: E402
 )
 def test_only_causal_d64_d96_and_non_causal_d128_fixed_length_without_a_window_get_the_long_kernel(d, causal, windowed, varlen, paged, expected):
     long = geometry.long_kernel(d, causal, windowed, varlen, paged)
-    assert (None if long is None else (long.min_m, long.variants())) == expected
+    assert (None if long is None else ((long.min_m, long.min_n), long.variants())) == expected
 
 
 @pytest.mark.parametrize(
@@ -80,14 +81,17 @@ def test_d128s_non_causal_long_kernel_is_built_only_where_the_other_variants_all
 
 
 @pytest.mark.parametrize(
-    "d, causal, tiles_by_m",
-    [(96, True, ((4096, 128, 128), (8192, 144, 192))), (128, False, ((4096, 128, 128), (8192, 176, 128)))],
+    "d, causal, tiles_by_mn",
+    [
+        (96, True, ((4096, 250, 128, 128), (8192, 250, 144, 192))),
+        (128, False, ((8192, 4096, 128, 128), (256, 8192, 176, 128), (8192, 8200, 176, 128))),
+    ],
 )
-def test_fixtures_and_mutants_take_the_tile_of_the_kernel_launched_for_m_rows(d, causal, tiles_by_m):
+def test_fixtures_and_mutants_take_the_tile_of_the_kernel_launched_for_m_rows_and_n_keys(d, causal, tiles_by_mn):
     """d=96 causal: 128-key tiles below 8192 query rows, 144 (and 192-row Q tiles) from there
-    on; d=128 non-causal: 176-key tiles from 8192 on. The single fixture's V element lands at
-    row 9 of the last tile of that width; the mutants simulate that width and Q tile; with
-    kv_tile chosen, the default kernel's for every m."""
+    on, whatever n; d=128 non-causal: 176-key tiles from 8192 keys on, whatever m. The single
+    fixture's V element lands at row 9 of the last tile of that width; the mutants simulate
+    that width and Q tile; with kv_tile chosen, the default kernel's for every m and n."""
     from workbench.diagnose import MutantContext
     from workbench.kernels.fixtures import get_fixture, load_fixtures
     from workbench.kernels.stage import TensorSpec
@@ -95,9 +99,8 @@ def test_fixtures_and_mutants_take_the_tile_of_the_kernel_launched_for_m_rows(d,
     from stages.fmha.mutants import problem
 
     fixtures = load_fixtures(ROOT / "fixtures")
-    n = 250
-    for m, tile_n, tile_m in tiles_by_m:
-        assert geometry.kv_tile(d, causal=causal, m=m) == tile_n
+    for m, n, tile_n, tile_m in tiles_by_mn:
+        assert geometry.kv_tile(d, causal=causal, m=m, n=n) == tile_n
         ins = {name: TensorSpec((1, rows, 1, d), "bf16") for name, rows in (("q", m), ("k", n), ("v", n))}
         params = _params(d=d, m=m, n=n, batch=1, heads=1, kv_heads=1, causal=causal)
         inputs = get_fixture(fixtures, "single", ins).make(ins, params, 0, "cpu")
@@ -120,9 +123,9 @@ def _params(**over):
 
 
 @pytest.mark.parametrize(
-    "d, causal, min_m, long_name", [(64, True, 4096, "192x128"), (96, True, 8192, "192x144"), (128, False, 8192, "128x176")]
+    "d, causal, min_mn, long_name", [(64, True, (4096, 0), "192x128"), (96, True, (8192, 0), "192x144"), (128, False, (0, 8192), "128x176")]
 )
-def test_the_stage_compiles_both_kernels_under_two_names_and_picks_by_m(d, causal, min_m, long_name):
+def test_the_stage_compiles_both_kernels_under_two_names_and_picks_by_m_and_n(d, causal, min_mn, long_name):
     pytest.importorskip("cutlass")
     from stages.fmha import host
     from stages.fmha.stage_d_fmha import StageD
@@ -132,14 +135,17 @@ def test_the_stage_compiles_both_kernels_under_two_names_and_picks_by_m(d, causa
     stage = StageD()
     with capture("d") as both_probes, tracing("d", "sm_90a") as state:
         both = stage.compile(_params(d=d, causal=causal), host.variants_of("d", {}), "sm_90a")
-    assert both.fn_long is not None and both.long_m == min_m
-    assert both.for_rows(min_m - 1) is both.fn and both.for_rows(min_m) is both.fn_long
+    min_m, min_n = min_mn
+    assert both.fn_long is not None and (both.long_m, both.long_n) == min_mn
+    assert both.for_shape(min_m, min_n) is both.fn_long and both.for_shape(min_m + 9000, min_n + 9000) is both.fn_long
+    # one short side is the default kernel's: m below min_m, or n below min_n
+    assert (min_m == 0 or both.for_shape(min_m - 1, 16384) is both.fn) and (min_n == 0 or both.for_shape(16384, min_n - 1) is both.fn)
     names = [k.name for k in state.kernels]
     assert len(names) == 2 and "FmhaForward_128x128_" in names[0] and f"FmhaForward_{long_name}_" in names[1], names
     # the probes are the 128-row build's alone: the same keys and layouts as consumers=2 by itself
     with capture("d") as short_probes, tracing("d", "sm_90a"):
         short = stage.compile(_params(d=d, causal=causal), host.variants_of("d", {"consumers": "2"}), "sm_90a")
-    assert short.fn_long is None and short.for_rows(8192) is short.fn
+    assert short.fn_long is None and short.for_shape(8192, 8192) is short.fn
     assert [(r["key"], r["layout"]) for r in with_keys(list(both_probes))] == [
         (r["key"], r["layout"]) for r in with_keys(list(short_probes))
     ]
@@ -149,31 +155,34 @@ def _fake_fns(with_long=True):
     calls = []
 
     def make(name):
-        def fn(q, *rest):
-            calls.append((name, q.shape[1]))
+        def fn(q, k, *rest):
+            calls.append((name, q.shape[1], k.shape[1]))
         return fn
 
     fns = {"fn": (make("fn"), {})}
     if with_long:
-        fns["fn_long"] = (make("fn_long"), export_op.piece_info("fn_long", None, type("C", (), {"long_m": 4096})()))
+        fns["fn_long"] = (make("fn_long"), export_op.piece_info("fn_long", None, type("C", (), {"long_m": 4096, "long_n": 1024})()))
     return fns, calls
 
 
-def test_the_exported_op_launches_the_long_kernel_from_min_m_rows_on():
+def test_the_exported_op_launches_the_long_kernel_from_min_m_rows_and_min_n_keys_on():
     dev = torch.device("cpu")
     export_op._per_device[dev] = (torch.zeros(2, dtype=torch.int32), 132, torch.empty(1))  # no CUDA here
     try:
         fns, calls = _fake_fns()
-        assert fns["fn_long"][1] == {"min_m": 4096} and export_op.piece_info("fn", None, None) == {}
-        for m in (1, 4095, 4096, 9000):
+        assert fns["fn_long"][1] == {"min_m": 4096, "min_n": 1024} and export_op.piece_info("fn", None, None) == {}
+        shapes = ((1, 2048), (4095, 2048), (4096, 2048), (9000, 2048), (9000, 1023), (9000, 1024))
+        for m, n in shapes:
             q = torch.empty(1, m, 2, 64, dtype=torch.bfloat16)
-            k = torch.empty(1, 64, 2, 64, dtype=torch.bfloat16)
+            k = torch.empty(1, n, 2, 64, dtype=torch.bfloat16)
             o, lse = export_op.launch(fns, q, k, k, causal=True)
             assert o.shape == q.shape and lse.shape == (1, 2, m)
-        assert calls == [("fn", 1), ("fn", 4095), ("fn_long", 4096), ("fn_long", 9000)]
-        only, calls = _fake_fns(with_long=False)  # every other configuration: fn for every m
+        picked = ["fn", "fn", "fn_long", "fn_long", "fn", "fn_long"]
+        assert calls == [(name, m, n) for name, (m, n) in zip(picked, shapes)]
+        only, calls = _fake_fns(with_long=False)  # every other configuration: fn for every m and n
+        k = torch.empty(1, 8192, 2, 64, dtype=torch.bfloat16)
         export_op.launch(only, torch.empty(1, 8192, 2, 64, dtype=torch.bfloat16), k, k)
-        assert calls == [("fn", 8192)]
+        assert calls == [("fn", 8192, 8192)]
     finally:
         export_op._per_device.pop(dev, None)
         export_op._lse_like.clear()

@@ -18,7 +18,7 @@ import torch
 
 OP = "fwd"
 # the compiled kernels of one configuration: fn, and where geometry.long_kernel builds one
-# (causal d = 64 and 96, non-causal d = 128) fn_long, launched from info["min_m"] query rows on
+# (causal d = 64 and 96, non-causal d = 128) fn_long, launched from info["min_m"] query rows and info["min_n"] keys on
 PIECES = ("fn", "fn_long")
 SCHEMA = (
     "(Tensor q, Tensor k, Tensor v, bool causal=False, float softcap=0.0, int window_left=-1, "
@@ -109,8 +109,8 @@ def check(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, a
 
 
 def piece_info(name: str, piece, compiled) -> dict:
-    """At export: the query rows from which a piece runs (the stage's Compiled.long_m)."""
-    return {"min_m": int(compiled.long_m)} if name == "fn_long" else {}
+    """At export: the query rows and keys from which a piece runs (the stage's Compiled.long_m, long_n)."""
+    return {"min_m": int(compiled.long_m), "min_n": int(compiled.long_n)} if name == "fn_long" else {}
 
 
 def fake(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left"):
@@ -147,7 +147,7 @@ def launch(fns, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right
     o = torch.empty_like(q, memory_format=torch.contiguous_format) if dv == q.shape[3] else q.new_empty((b, m, h, dv))
     lse = torch.empty_like(state[2])
     long = fns.get("fn_long")
-    fn = long[0] if long is not None and m >= long[1]["min_m"] else fns["fn"][0]
+    fn = long[0] if long is not None and m >= long[1]["min_m"] and k.shape[1] >= long[1]["min_n"] else fns["fn"][0]
     fn(q, k, v, o, lse, state[0], state[1], None, None, None, None, None)  # not varlen, not paged
     return o, lse
 

@@ -169,15 +169,21 @@ def fitting_kv_stages(d: int, tile_n: int, consumers: int, q_buffers: int, o_in_
 @dataclass(frozen=True)
 class LongKernel:
     """A second kernel stage D compiles beside its default one and launches from ``min_m``
-    query rows on: 192-row causal tiles lose at short m (their extra masked visits cost more
-    than the better-hidden softmax gains) and win at long m; d = 128's wider KV tile loses
-    1% at m = 4096 and wins 2% at 8192. Its variants over the default's:
-    ``consumers`` and, where set, ``kv_tile`` and ``o_staging``."""
+    query rows and ``min_n`` keys on: 192-row causal tiles lose at short m (their extra masked
+    visits cost more than the better-hidden softmax gains) and win at long m; d = 128's wider
+    KV tile shortens the loop over the keys: it loses 1% at n = 4096 and wins 2% from 8192,
+    whatever m. Its variants over the default's: ``consumers`` and, where set, ``kv_tile``
+    and ``o_staging``."""
 
-    min_m: int
     consumers: int
+    min_m: int = 0
+    min_n: int = 0
     kv_tile: int | None = None
     o_staging: str = "auto"
+
+    def serves(self, m: int, n: int) -> bool:
+        """Whether it is the kernel launched for ``m`` query rows and ``n`` keys."""
+        return m >= self.min_m and n >= self.min_n
 
     def variants(self) -> dict[str, str]:
         """The kernel's variants as kernel.yaml spells them (over the default kernel's)."""
@@ -193,7 +199,7 @@ class LongKernel:
 _LONG = {
     (64, True): LongKernel(min_m=4096, consumers=3),
     (96, True): LongKernel(min_m=8192, consumers=3, kv_tile=144, o_staging="q"),
-    (128, False): LongKernel(min_m=8192, consumers=2, kv_tile=176, o_staging="q"),
+    (128, False): LongKernel(min_n=8192, consumers=2, kv_tile=176, o_staging="q"),
 }
 
 
@@ -202,17 +208,19 @@ def long_kernel(d: int, causal: bool, windowed: bool, varlen: bool, paged: bool,
     """The kernel launched for long queries beside the default (None: one kernel serves every
     m). Fixed-length, not paged, without a window (varlen and paged would choose by
     max_seqlen_q; not measured), and only where every variant it sets is auto in ``variants``
-    (an explicit choice is the user's experiment). Chosen by query rows m: the bench measures
-    m = n, so a long query block over a short KV (m >> n) takes it too, unmeasured.
+    (an explicit choice is the user's experiment). Chosen by query rows m (the grid) where the
+    gain is the Q tile's, by keys n (the loop) where it is the KV tile's.
 
     * causal d = 64: 3 consumer WGs from m = 4096 (H200, bf16, TFLOP/s 128-row / 192-row:
       s = 1024 353 / 314, 4096 479 / 490, 8192 505 / 547, 16384 517 / 567);
     * causal d = 96: non-causal's 192 x 144 tile, P through shared memory, O in Q, from
       m = 8192 (H200, bf16 / fp16, one call: s = 4096 597 / 577 against 578 / 562; s = 8192
       631 / 608 against 645 / 623). docs/perf-notes.md, rounds 5 and 7;
-    * non-causal d = 128: FlashAttention-3's 176-key tile with O staged in Q, from m = 8192
-      (H200, bf16 / fp16, two rounds in one call: s = 8192 745 / 720 and 744 / 721 against
-      734 / 706 and 720 / 705; s = 4096 713 / 691 against 722 / 698). Round 8."""
+    * non-causal d = 128: FlashAttention-3's 176-key tile with O staged in Q, from n = 8192
+      keys (H200, bf16 / fp16, two rounds in one call: s = 8192 745 / 720 and 744 / 721 against
+      734 / 706 and 720 / 705; s = 4096 713 / 691 against 722 / 698. Round 8. H100, bf16:
+      m = 4096 n = 16384 744 / 742 against 729 / 728; m = 8192 n = 4096 705 / 704 against
+      699 / 713. Round 9)."""
     if windowed or varlen or paged:
         return None
     long = _LONG.get((d, causal))
@@ -234,25 +242,25 @@ def long_kernel(d: int, causal: bool, windowed: bool, varlen: bool, paged: bool,
     return long
 
 
-def launched(d: int, m: int = 0, *, causal: bool = False, windowed: bool = False, capped_window: bool = False,
+def launched(d: int, m: int = 0, *, n: int = 0, causal: bool = False, windowed: bool = False, capped_window: bool = False,
              varlen: bool = False, dv: int | None = None, paged: bool = False,
              variants: Mapping[str, str] | None = None) -> Geometry:
-    """The tile shape of the kernel stage D launches for ``m`` query rows: ``geometry``'s, or
-    ``long_kernel``'s from its min_m on. ``windowed``: a sliding window of either edge (the
+    """The tile shape of the kernel stage D launches for ``m`` query rows and ``n`` keys:
+    ``geometry``'s, or ``long_kernel``'s where it serves them. ``windowed``: a sliding window of either edge (the
     long kernel is not built for one)."""
     long = long_kernel(d, causal, windowed, varlen, paged, variants)
-    if long is not None and m >= long.min_m:
+    if long is not None and long.serves(m, n):
         return long.tiles(d, causal=causal, dv=dv, paged=paged)
     return geometry(d, causal, capped_window, dv, paged=paged)
 
 
 def kv_tile(d: int, dv: int | None = None, causal: bool = False, capped_window: bool = False,
-            paged: bool = False, m: int = 0, windowed: bool = False, varlen: bool = False) -> int:
+            paged: bool = False, m: int = 0, windowed: bool = False, varlen: bool = False, n: int = 0) -> int:
     """Keys per KV tile of the kernel stage D launches for these parameters (``launched``);
     128 for a d outside the table (stages A-C are 128-wide for every d they take)."""
     if d not in _TABLE:
         return 128
-    return launched(d, m, causal=causal, windowed=windowed, capped_window=capped_window, varlen=varlen,
+    return launched(d, m, n=n, causal=causal, windowed=windowed, capped_window=capped_window, varlen=varlen,
                     dv=dv, paged=paged).tile_n
 
 

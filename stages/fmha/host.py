@@ -51,15 +51,16 @@ class Compiled:
     compile_s: float = 0.0
     varlen: bool = False  # stage D: packed (total, heads, d) tensors with cu_seqlens
     page_size: int = 0  # stage D: paged K/V caches read through a block table (0 = off)
-    # stage D: a second kernel (more consumer WGs) launched when m >= long_m (geometry.long_kernel)
+    # stage D: a second kernel launched for m >= long_m query rows and n >= long_n keys (geometry.long_kernel)
     fn_long: Any = None
     long_m: int = 0
+    long_n: int = 0
     tile_m: int = 128  # stage D varlen: Q rows per work tile (the tile table's)
     bottom_right: bool = False  # stage D varlen: the mask's alignment (the tile table's causal work)
 
-    def for_rows(self, m: int):
-        """The function to launch for ``m`` query rows."""
-        return self.fn_long if self.fn_long is not None and m >= self.long_m else self.fn
+    def for_shape(self, m: int, n: int):
+        """The function to launch for ``m`` query rows and ``n`` keys."""
+        return self.fn_long if self.fn_long is not None and m >= self.long_m and n >= self.long_n else self.fn
 
 
 @functools.lru_cache(maxsize=1)

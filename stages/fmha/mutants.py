@@ -103,13 +103,13 @@ class Problem:
         paged = bool(int(param_value(cx.params, "page_size", 0) or 0))
         # the kernel's KV tile width and Q tile rows (64 per consumer WG), as stage D's default
         # kernel has them for m rows (stages/fmha/geometry.py; d = 96 non-causal: 192 x 144;
-        # from long_kernel's min_m on, that kernel's tile); a d outside its table:
+        # where long_kernel serves m and n, that kernel's tile); a d outside its table:
         # 128-key tiles, 2 WGs
         variants = cx.variants or {}
         geom = None
         if self.D in HEAD_DIMS:
             geom = launched(
-                self.D, self.M, causal=self.causal, windowed=self.windowed or (wr >= 0 and self.causal),
+                self.D, self.M, n=self.N, causal=self.causal, windowed=self.windowed or (wr >= 0 and self.causal),
                 capped_window=self.softcap > 0 and self.windowed, varlen=_truthy(param_value(cx.params, "varlen", False)),
                 dv=v.shape[-1] if v is not None else None, paged=paged, variants=variants,
             )

@@ -1628,16 +1628,16 @@ class StageD(Stage):
         args = self._fake_args(kernel, dtype)
         t0 = time.perf_counter()
         fn = host.compile_for(arch, kernel, *args)
-        fn_long, long_m = None, 0
+        fn_long, long_m, long_n = None, 0, 0
         long = self.long_kernel(p, variants)
         if long is not None:
             with paused():  # the same code again: `wb shapes` lists the first build's probes only
                 fn_long = host.compile_for(arch, self.make_kernel(p, {**variants, **long.variants()}), *args)
-            long_m = long.min_m
+            long_m, long_n = long.min_m, long.min_n
         return host.Compiled(
             fn=fn, d=p.d, heads=p.heads, kv_heads=p.kv_heads, causal=kernel.causal, p_check=kernel.p_check,
             compile_s=time.perf_counter() - t0, varlen=kernel.varlen, page_size=kernel.page_size,
-            fn_long=fn_long, long_m=long_m, tile_m=kernel.tile_m, bottom_right=mask_params(p)["align"] == "bottom_right",
+            fn_long=fn_long, long_m=long_m, long_n=long_n, tile_m=kernel.tile_m, bottom_right=mask_params(p)["align"] == "bottom_right",
         )
 
     @staticmethod
@@ -1700,7 +1700,7 @@ class StageD(Stage):
         assert q.shape[-1] == compiled.d and q.shape[2] == compiled.heads and k.shape[2] == compiled.kv_heads, (
             "the tensors do not match the compiled (d, heads, kv_heads)"
         )
-        compiled.for_rows(q.shape[1])(
+        compiled.for_shape(q.shape[1], k.shape[1])(
             host.to_cute(q), host.to_cute(k), host.to_cute(inputs["v"]),
             host.to_cute(outputs["o"]), host.to_cute(outputs["lse"]), host.to_cute(tile_counter(q.device)), Int32(sm_count(q.device)), host.current_stream(),
         )
@@ -1719,7 +1719,7 @@ class StageD(Stage):
         if host.truthy(p.get("varlen", False)) or page_size_of(p):
             raise UserError("--trace: stage D's trace is laid out for fixed-length batches (not varlen, not paged)")
         long = self.long_kernel(p, variants)
-        if long is not None and inputs["q"].shape[1] >= long.min_m:
+        if long is not None and long.serves(inputs["q"].shape[1], inputs["k"].shape[1]):
             variants = {**variants, **long.variants()}  # the kernel launch() would pick for these rows
         dtype = common.cute_dtype(p.dtype)
         kernel = self.make_kernel(p, variants, trace=True)
