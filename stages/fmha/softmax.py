@@ -132,11 +132,10 @@ class _PyLayout:
     compile's operand check), each mode flattened once."""
 
     def __init__(self, layout):
-        self.shape = layout.shape
-        self.stride = layout.stride
+        shape, stride = layout.shape, layout.stride
         self.text = str(layout)
-        self._whole = tuple(zip(_flat(self.shape), _flat(self.stride)))
-        pairs = zip(self.shape, self.stride) if isinstance(self.shape, tuple) else ()
+        self._whole = tuple(zip(_flat(shape), _flat(stride)))
+        pairs = zip(shape, stride) if isinstance(shape, tuple) else ()
         self._modes = tuple(tuple(zip(_flat(sh), _flat(st))) for sh, st in pairs)
 
     def __call__(self, *idx: int) -> int:
