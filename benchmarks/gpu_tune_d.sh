@@ -43,7 +43,7 @@
 #               (176: FlashAttention-3's d = 128 non-causal tile; each compiles without spills
 #               or serialized wgmma): a sweep of each, then two interleaved rounds of benches
 #               beside the default and FA4 (5 minutes; run 2026-12-05: perf-notes round 8)
-# PHASE long128: d = 128 non-causal's long kernel (128 x 176 from m = 8192) against the one
+# PHASE long128: d = 128 non-causal's long kernel (128 x 176 from n = 8192 keys) against the one
 #               128 x 128 kernel (-V kv_tile=128), s 8192 and 16384, both dtypes, FA4 beside, two
 #               interleaved rounds (about 4 minutes)
 # PHASE mn128:  is the 128 x 176 tile's gain a matter of m (the grid, what dispatches it today) or of
@@ -65,6 +65,15 @@
 #               head dim, both masks, both dtypes, softcap and a window, then d = 128 and 256
 #               (LAZY_DIMS) at s = 8192 timed against off beside FA4, twice interleaved (over
 #               7 minutes: the 2026-12-05 run was cut at 400 s before d = 256; round 8)
+# PHASE byn:    d = 128 non-causal's long kernel keyed on n (from n = 8192 keys, whatever m): the
+#               default swept at m != n (m 1000 / 4096 with n 8192 / 9000 take the 176-key kernel,
+#               m = 8192 with n = 4096 the 128-key one), then timed against kv_tile=128 at
+#               m / n 4096 / 16384 and 8192 / 4096, FA4 beside, two rounds (about 3 minutes)
+# PHASE wide:   d = 192 and 256 without the WGs' pingpong turns (schedule=overlap: FlashAttention-4's
+#               sm90 choice above d = 128), with and without o_rescale=mid (its O rescale before the
+#               PV MMA), and lazy_rescale=on at d = 256: sweeps of the schedules (n with tails, both
+#               masks, GQA), then s = 8192 benches beside the default and FA4, two rounds (about 6
+#               minutes)
 # Every command has its own hang timeout; `timeout` bounds each step as a backstop.
 set -u
 export COLUMNS=${COLUMNS:-220}
@@ -242,7 +251,7 @@ verify)
   step "sweep of every default configuration (d 64/128, causal, bf16/fp16, MHA/GQA; 112 cases)"
   timeout 330 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 64,128 --dtype bf16,fp16 -p causal=false,true \
     -p kv_heads=4,2 --timeout 40 | sweep_verdicts
-  step "sweep d=128 non-causal's long kernel (128 x 176, O in Q, from m=8192): tails, GQA, softcap (10 cases)"
+  step "sweep d=128 non-causal's long kernel (128 x 176, O in Q, from n=8192 keys): tails, GQA, softcap (10 cases)"
   timeout 150 wb sweep d --n 8200,9000 --d 128 --dtype bf16,fp16 -p causal=false -p kv_heads=4,2 --timeout 40 | sweep_verdicts
   timeout 80 wb sweep d --n 8192,9000 --d 128 -p causal=false -p softcap=30 --timeout 40 | sweep_verdicts
   if [ -z "${VERIFY_NO_BENCH:-}" ]; then  # (VERIFY_NO_BENCH=1 when the perf phase follows: it times these)
@@ -341,12 +350,43 @@ varlen)
       --peers fa4 --processes 3 --timeout 50 | table_rows 170
   done
   ;;
+byn)
+  step "sweep the default d=128 non-causal at m != n (the 176-key kernel from n = 8192 keys), both dtypes, GQA"
+  timeout 150 wb sweep d --n 8192,9000 --d 128 --dtype bf16,fp16 -p m=1000,4096 -p causal=false -p kv_heads=2 \
+    --timeout 40 | sweep_verdicts
+  timeout 60 wb sweep d --n 4096 --d 128 -p m=8192 -p causal=false --timeout 40 | sweep_verdicts
+  for round in 1 2; do
+    for mn in "4096 16384" "8192 4096"; do
+      set -- $mn
+      step "round $round: m=$1 n=$2: the default with FA4, then kv_tile=128"
+      timeout 100 wb bench d -p d=128 -p m=$1 -p n=$2 -p dtype=bf16 --peers fa4 --timeout 90 | table_rows 170
+      timeout 100 wb bench d -p d=128 -p m=$1 -p n=$2 -p dtype=bf16 -V kv_tile=128 --peers "" --timeout 90 | table_rows 170 "kv128"
+    done
+  done
+  ;;
+wide)
+  CANDIDATES=("schedule=overlap" "schedule=overlap -V o_rescale=mid")
+  step "sweep d=192 and 256 without pingpong turns (n with tails, both masks, GQA; 12 cases each)"
+  for v in "${CANDIDATES[@]}"; do
+    timeout 150 wb sweep d --n 17,1000,4096 --d 192,256 -p causal=false,true -p kv_heads=2 -V $v --timeout 40 | sweep_verdicts
+  done
+  for round in 1 2; do
+    for d in 256 192; do
+      step "round $round: d=$d s=8192 both masks bf16: the default (pingpong) with FA4, then each candidate"
+      timeout 120 wb bench d -p d=$d -p n=8192 -p causal=false,true -p dtype=bf16 --peers fa4 --timeout 110 | table_rows 170
+      for v in "${CANDIDATES[@]}"; do
+        timeout 100 wb bench d -p d=$d -p n=8192 -p causal=false,true -p dtype=bf16 -V $v --peers "" --timeout 90 | table_rows 170 "${v// -V /+}"
+      done
+      [ $d = 256 ] && timeout 100 wb bench d -p d=256 -p n=8192 -p causal=false,true -p dtype=bf16 -V lazy_rescale=on --peers "" --timeout 90 | table_rows 170 "lazy"
+    done
+  done
+  ;;
 perf)
   step "wb bench d --sweep (docs/perf.md) with every peer"
   cpeers="fa4,sdpa-cudnn,sdpa-flash"; [ -n "${WB_CUTLASS_EXAMPLES:-}" ] && cpeers="$cpeers,cutlass-example"
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide" >&2; exit 2 ;;
 esac
 step done

@@ -32,7 +32,7 @@ consumer WGs at 160 registers) with P in registers are d = 64's alone: for d >= 
 accumulator does not leave room for S and P. Three configurations launch a second kernel for
 long queries (``long_kernel``): causal d = 64 with 3 WGs from m = 4096, causal d = 96 with
 non-causal's 192 x 144 tile from m = 8192, and non-causal d = 128 with FlashAttention-3's
-128 x 176 tile, O in Q, from m = 8192.
+128 x 176 tile, O in Q, from n = 8192 keys (whatever m).
 """
 
 from __future__ import annotations
