@@ -111,6 +111,20 @@ def test_a_workspace_folder_that_cannot_be_listed_is_one_line_not_left_out(tmp_p
         transport.workspace_files(root)
 
 
+
+def test_an_unlistable_folder_deep_in_the_workspace_is_named_in_one_short_line(tmp_path, monkeypatch):
+    """The folder's path is cut at 100 characters, as every path error of wb's is: a deep
+    workspace's error stays one terminal line and still names the consequence."""
+    deep = tmp_path / "w" / "stages" / ("k" * 60) / ("sub" * 30)
+    deep.mkdir(parents=True)
+    (deep / "f.py").write_text("x")
+    unlistable(monkeypatch, deep)
+    with pytest.raises(UserError) as err:
+        transport.workspace_files(tmp_path / "w")
+    message = str(err.value)
+    assert f"({len(str(deep))} characters): Permission denied; wb would send the workspace without it" in message
+    assert len(message) < 100 + 120
+
 def test_workspace_files_sent(tmp_path):
     root = tmp_path / "w"
     (root / "stages").mkdir(parents=True)

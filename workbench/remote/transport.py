@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from workbench.errors import UserError
+from workbench.errors import UserError, path_error
 from workbench.files import atomic_write_text
 from workbench.remote.hosts import Host
 from workbench.workspace import Workspace
@@ -155,7 +155,7 @@ def workspace_files(root: Path) -> list[str]:
         listed = []
 
         def unlistable(exc: OSError) -> None:  # os.walk would skip the folder: the remote would run without its files
-            raise UserError(f"cannot read {exc.filename}: {exc.strerror or exc}; wb would send the workspace without it")
+            raise path_error("cannot read", exc.filename, exc, then="wb would send the workspace without it")
 
         for folder, dirs, files in os.walk(root, onerror=unlistable):
             rel = Path(folder).relative_to(root)
