@@ -81,3 +81,24 @@ def test_max_error_location_and_cosine():
     m = compare.metrics(out, ref, ref, TOL)
     assert m["max_err_at"] == [1, 4] and m["out_at_max"] == 0.5 and m["ref_at_max"] == 0.0
     assert 0.8 < m["cos"] < 0.9
+
+
+def test_rtol_lets_each_element_differ_by_a_fraction_of_its_own_reference():
+    """An fp32 output with no calibration error (an LSE near 60) may differ by rtol * |ref| per
+    element on top of atol; an element near 0 gets no share of a large neighbour's slack."""
+    ref = torch.zeros(4, 64)
+    ref[:, :32] = 60.0  # the LSE-sized half
+    tol = {**TOL, "rtol": 2.0**-20}  # at 60: 5.7e-5 more
+    near_big = ref.clone()
+    near_big[1, 3] += 1.5e-4  # under 1e-4 + 5.7e-5
+    assert compare.metrics(near_big, ref, ref.clone(), TOL)["verdict"] == "FAIL"  # without rtol it is over
+    assert compare.metrics(near_big, ref, ref.clone(), tol)["verdict"] == "PASS"
+    over_big = ref.clone()
+    over_big[1, 3] += 1.7e-4  # 60.000172 in fp32
+    bad = compare.metrics(over_big, ref, ref.clone(), tol)
+    assert bad["verdict"] == "FAIL" and bad["reasons"] == ["error 0.000172 at a reference of 60 > tolerance 0.0001 + 9.54e-07·|ref|"]
+    near_zero = ref.clone()
+    near_zero[2, 40] += 1.5e-4  # the same error where the reference is 0: atol alone
+    bad = compare.metrics(near_zero, ref, ref.clone(), tol)
+    assert bad["verdict"] == "FAIL" and "at a reference of 0 " in bad["reasons"][0]
+    assert bad["rtol"] == 2.0**-20 and compare.metrics(near_zero, ref, ref.clone(), TOL)["rtol"] == 0.0

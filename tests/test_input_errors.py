@@ -160,6 +160,7 @@ def _write(path, text_or_bytes):
         (lambda t: t + "#" + "x" * (10 * MiB) + "\n", ["over wb's limit of 1 MiB"]),
         (lambda t: "a: " + "[" * 5000 + "]" * 5000 + "\n", ["nested too deeply"]),
         (lambda t: t.replace("atol: 1.0e-4", "atol: 1e-4"), ["tolerance.atol: expected a number >= 0", "write 1.0e-4"]),
+        (lambda t: t.replace("atol: 1.0e-4", "atol: 1.0e-4, rtol: -1.0e-6"), ["tolerance.rtol: expected a number >= 0"]),
         (lambda t: t.replace("title: Toy", "default: 'yes'\ntitle: Toy"), ["default: expected true or false, got 'yes'"]),
         (lambda t: t.replace("title: Toy torch kernel (tests)", "title: [1, 2]"), ["title: expected a string"]),
         (lambda t: t.replace("variants: {bug: [none,", "variants: {bug: [{a: 1},"), ["stages[0].variants.bug[0]: expected a value of"]),
@@ -230,6 +231,16 @@ def test_the_checked_kernel_yaml_builds_the_same_stages(toy_ws):
     assert a.variants["bug"][0] == "none" and a.fixtures == ["toy-random", "toy-ones"]
     assert a.params["n"] == registry.ParamSpec("n", 128, None, 128, 4096, 128, "rows")
     assert a.tolerance == {"factor": 2.0, "atol": 1e-4}
+
+
+def test_a_kernels_rtol_reaches_its_stages_tolerance(toy_ws):
+    """`rtol` (the rule's relative term, compare.py) is read like factor and atol."""
+    from workbench.workspace import find_workspace
+
+    path = toy_ws / "stages" / "toy" / "kernel.yaml"
+    path.write_text(path.read_text().replace("atol: 1.0e-4", "atol: 1.0e-4, rtol: 9.5e-7"))
+    a = registry.get_kernel(find_workspace(), "toy").stages[0]
+    assert a.tolerance == {"factor": 2.0, "atol": 1e-4, "rtol": 9.5e-7}
 
 
 def test_stage_parameter_overrides_merge_with_the_kernels(fmha_ws):

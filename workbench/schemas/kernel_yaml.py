@@ -170,6 +170,7 @@ class Param(ParamOverride):
 class Tolerance(_Keys):
     factor: Optional[Factor] = None
     atol: Optional[Factor] = None
+    rtol: Optional[Factor] = None
 
 
 class Stage(_Keys):
