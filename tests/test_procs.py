@@ -241,6 +241,31 @@ def test_ps_lists_a_worker_without_its_pid_file_and_a_dying_one(toy_ws, wb):
     wait_until(lambda: not alive(info.pid), what="the untracked worker to end")
 
 
+
+def test_a_worker_without_socket_or_pid_file_is_starting_or_exiting_by_its_age(toy_ws, monkeypatch):
+    """A worker removes its pid file, then its socket, then tears torch down: `wb ps` in that
+    moment listed it as untracked (a worker someone else's pid file deletion hid). Without a
+    socket it is exiting, or starting when it is seconds old; with one it stays untracked."""
+    sock = toy_ws / ".wb" / "w.sock"
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "workbench.run.worker", "--socket", str(sock)],
+                            cwd=toy_ws, start_new_session=True)
+    ws = Workspace(toy_ws)
+
+    def state():
+        return [(p.state, p.alive) for p in procs.scan(ws) if p.pid == fake.pid]
+
+    try:
+        wait_until(lambda: state() != [], what="the fake worker to show in /proc")
+        assert state() == [("starting", True)]
+        monkeypatch.setattr(procs, "STARTING_S", 0.0)
+        assert state() == [("exiting", True)]
+        sock.parent.mkdir(exist_ok=True)
+        sock.write_text("")
+        assert state() == [("untracked", True)]
+    finally:
+        fake.kill()
+        fake.wait()
+
 def test_worker_pid_file_records_identity_and_job(toy_ws, wb):
     assert wb("run", "a").returncode == 0
     files = list((toy_ws / ".wb" / "pids").glob("*.json"))

@@ -211,7 +211,7 @@ def peer_pid(conn: socket.socket) -> int | None:
 class ProcInfo:
     path: Path
     data: dict[str, Any]
-    state: str  # idle | busy | running | starting | orphan | dying | untracked | gone | reused | unverified | foreign | unreadable
+    state: str  # idle | busy | running | starting | orphan | dying | untracked | exiting | gone | reused | unverified | foreign | unreadable
     note: str = ""
     gpu_mib: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -223,7 +223,7 @@ class ProcInfo:
 
     @property
     def alive(self) -> bool:
-        return self.state in ("idle", "busy", "running", "starting", "orphan", "dying", "untracked")
+        return self.state in ("idle", "busy", "running", "starting", "orphan", "dying", "untracked", "exiting")
 
     @property
     def orphan(self) -> bool:
@@ -348,6 +348,10 @@ def scan(ws: Workspace, clean: bool = True, gpu: bool = False) -> list[ProcInfo]
     return out
 
 
+#: a worker without socket or pid file younger than this is starting, older is exiting
+STARTING_S = 3.0
+
+
 def _untracked(ws: Workspace, known: set[int]) -> list[ProcInfo]:
     """Workers of this workspace that run without a pid file (it was deleted, or never
     written): `python -m workbench.run.worker` whose working folder is the workspace."""
@@ -369,8 +373,25 @@ def _untracked(ws: Workspace, known: set[int]) -> list[ProcInfo]:
             continue
         data = {"pid": pid, "pgid": pgid, "kind": "worker", "starttime": start, "boot_id": boot_id(),
                 "argv": [a.decode(errors="replace") for a in argv if a], "host": socket.gethostname()}
-        out.append(ProcInfo(Path(os.devnull), data, "untracked", "a wb worker of this workspace without a pid file"))
+        if not _socket_gone(data["argv"], root):
+            out.append(ProcInfo(Path(os.devnull), data, "untracked", "a wb worker of this workspace without a pid file"))
+        elif (process_age(start) or 0.0) < STARTING_S:
+            # it binds its socket, then writes its pid file, a fraction of a second after exec
+            out.append(ProcInfo(Path(os.devnull), data, "starting", "a wb worker of this workspace starting (no socket or pid file yet)"))
+        else:
+            # a worker removes its pid file and then its socket on the way out; the interpreter's
+            # teardown (torch's, the DSL's) takes a moment after that
+            out.append(ProcInfo(Path(os.devnull), data, "exiting", "a wb worker of this workspace shutting down (its socket and pid file are gone)"))
     return out
+
+
+def _socket_gone(argv: list[str], root: str) -> bool:
+    """True when the worker's --socket path (relative to its working folder) no longer exists."""
+    try:
+        path = argv[argv.index("--socket") + 1]
+    except (ValueError, IndexError):
+        return False
+    return not os.path.lexists(os.path.join(root, path))
 
 
 def orphans(ws: Workspace) -> list[ProcInfo]:
