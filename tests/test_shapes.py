@@ -261,7 +261,7 @@ def test_accept_drops_snapshots_of_a_superseded_variant_or_parameter_set(tma_ws,
     renamed = f"{arch} · {params} extra=1 · {variants}"  # a parameter the stage does not have
     first, value = params.split(" ")[0].split("=", 1)
     other_params = f"{arch} · {params.replace(f'{first}={value}', f'{first}={value}0', 1)} · {variants}"
-    entry = lock["stages"][letter][label]
+    entry = {k: v for k, v in lock["stages"][letter][label].items() if k != "defaults"}  # accepted with -p, say
     lock["stages"][letter].update({stale: entry, renamed: entry, other_params: entry})
     path.write_text(yaml.safe_dump(lock))
 
@@ -270,6 +270,41 @@ def test_accept_drops_snapshots_of_a_superseded_variant_or_parameter_set(tma_ws,
     kept = set(yaml.safe_load(path.read_text())["stages"][letter])
     assert kept == {label, other_params}
 
+
+
+def test_accepting_the_defaults_replaces_the_snapshot_of_the_earlier_defaults(tma_ws, wb):
+    """A changed default (a variant's auto, a parameter's default) gives the stage a new default
+    label: --accept without -p, -V or --n replaces the snapshot accepted as the default before,
+    in the lock and in MEMORY, and keeps one accepted deliberately for another configuration."""
+    import yaml
+
+    assert wb("shapes", "--accept").returncode == 0
+    path = tma_ws / "stages" / "tmacopy" / "shapes.lock.yaml"
+    lock = yaml.safe_load(path.read_text())
+    (letter,) = lock["stages"]
+    (label,) = lock["stages"][letter]
+    assert lock["stages"][letter][label]["defaults"] is True
+    arch, params, variants = label.split(" · ")
+    first, value = params.split(" ")[0].split("=", 1)
+    old_default = f"{arch} · {params.replace(f'{first}={value}', f'{first}={value}0', 1)} · {variants}"
+    chosen = f"{arch} · {params.replace(f'{first}={value}', f'{first}={value}1', 1)} · {variants}"
+    entry = lock["stages"][letter].pop(label)
+    lock["stages"][letter].update({old_default: entry, chosen: {**entry, "defaults": False}})
+    path.write_text(yaml.safe_dump(lock))
+    memory = json.loads((tma_ws / "MEMORY.json").read_text())
+    (stage_id,) = memory["shapes"]
+    memory["shapes"][stage_id][old_default] = memory["shapes"][stage_id].pop(label)
+    (tma_ws / "MEMORY.json").write_text(json.dumps(memory))
+
+    assert wb("shapes", "--accept").returncode == 0
+    assert set(yaml.safe_load(path.read_text())["stages"][letter]) == {label, chosen}
+    assert set(json.loads((tma_ws / "MEMORY.json").read_text())["shapes"][stage_id]) == {label}
+
+    # a configuration accepted with -p is no default: it replaces nothing
+    proc = wb("shapes", "--accept", "-p", f"{first}={value}")
+    assert proc.returncode == 0, proc.stderr
+    after = yaml.safe_load(path.read_text())["stages"][letter]
+    assert set(after) == {label, chosen} and after[label].get("defaults", False) is False
 
 def test_superseded_compares_variant_names_of_the_same_arch():
     from workbench.compile.shapes import superseded

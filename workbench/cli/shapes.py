@@ -80,8 +80,8 @@ def shapes(
 
         raise typer.Exit(passthrough(ws, host, state.argv))
     overrides = stage_overrides(None, d, None, param)
-    spec_kernel, targets = lib.plan(ws, kernel, stage, overrides, parse_pairs(variant, "--variant"), arch,
-                                    size=None if n is None else str(n))
+    chosen = parse_pairs(variant, "--variant")
+    spec_kernel, targets = lib.plan(ws, kernel, stage, overrides, chosen, arch, size=None if n is None else str(n))
     lock = lib.read_lock(ws, spec_kernel.name, accepting=accept)  # a broken lock stops us before compiling
     ws.ensure_state_dir()
     with compile_progress(enabled=True) as on_event:
@@ -89,7 +89,7 @@ def shapes(
     diffs = lib.compare(results, lock, all_ops=all_ops)
     failed = [r for r in results if r.get("status") == "error"]
     if accept:
-        path = lib.accept(ws, spec_kernel.name, results, all_ops=all_ops)
+        path = lib.accept(ws, spec_kernel.name, results, all_ops=all_ops, defaults=not (overrides or chosen or n is not None))
     if as_json:
         from workbench.terminal import print_json
 

@@ -67,6 +67,11 @@ def superseded(label: str, arch: str, variants: dict, params: dict | None = None
     return names != set(variants)
 
 
+def _old_default(label: str, snapshot: Any, arch: str) -> bool:
+    """A snapshot of ``arch`` accepted as a stage's default configuration (see ``accept``)."""
+    return isinstance(snapshot, dict) and snapshot.get("defaults") is True and label.split(" · ")[0] == arch
+
+
 def _fmt(v: Any) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
@@ -227,8 +232,11 @@ def compare(results: list[dict], lock: dict[str, Any], all_ops: bool = False) ->
 # --------------------------------------------------------------------------------------
 # Accepting
 # --------------------------------------------------------------------------------------
-def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = False) -> Path:
-    """Write the results into shapes.lock.yaml and MEMORY.md's `shapes` block."""
+def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = False, defaults: bool = False) -> Path:
+    """Write the results into shapes.lock.yaml and MEMORY.md's `shapes` block. ``defaults``:
+    the results are the stages' default configurations (no -p, -V or --n): each is marked so,
+    and replaces the snapshot marked so before it (a default that changed, e.g. a variant's
+    `auto`, would otherwise leave the old default's snapshot for ever beside the new one)."""
     bad = [r["stage"] for r in results if r.get("status") not in ("ok", "skipped")]
     if bad:
         raise UserError(f"not accepting: {', '.join(bad)} did not compile (fix it first, or accept the other stages alone)")
@@ -246,7 +254,8 @@ def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = Fals
     for res in results:
         label = label_of(res["arch"], res["params"], res["variants"])
         per_stage = {
-            k: v for k, v in (lock["stages"].get(res["letter"]) or {}).items() if not superseded(k, res["arch"], res["variants"], res["params"])
+            k: v for k, v in (lock["stages"].get(res["letter"]) or {}).items()
+            if not superseded(k, res["arch"], res["variants"], res["params"]) and not (defaults and _old_default(k, v, res["arch"]))
         }
         with_ops = lock_all_ops(res["shapes"], all_ops)
         per_stage[label] = {
@@ -255,6 +264,7 @@ def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = Fals
             "date": today,
             "all_ops": with_ops,
             "records": _lock_records(select(res["shapes"], with_ops)),
+            **({"defaults": True} if defaults else {}),
         }
         lock["stages"][res["letter"]] = per_stage
     path = _lock_path(ws, kernel)
@@ -268,13 +278,17 @@ def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = Fals
         data = old if isinstance(old, dict) else {}
         for res in results:
             label = label_of(res["arch"], res["params"], res["variants"])
-            kept = {k: v for k, v in (data.get(res["stage"]) or {}).items() if not superseded(k, res["arch"], res["variants"], res["params"])}
+            kept = {
+                k: v for k, v in (data.get(res["stage"]) or {}).items()
+                if not superseded(k, res["arch"], res["variants"], res["params"]) and not (defaults and _old_default(k, v, res["arch"]))
+            }
             data[res["stage"]] = kept
             kept[label] = {
                 "commit": commit or None,
                 "date": today,
                 "probes": [[r["name"], r.get("layout"), r.get("rank")] for r in select(res["shapes"], False)],
                 "ops": sum(1 for r in res["shapes"] if r.get("kind") == "op"),
+                **({"defaults": True} if defaults else {}),
             }
         return data
 

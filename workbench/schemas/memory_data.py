@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 from pydantic_core import PydanticCustomError
 
 from workbench.schemas import MiB
@@ -58,6 +58,7 @@ class Shapes(_Lenient):
     commit: Optional[StrictStr] = None
     date: Optional[StrictStr] = None
     ops: StrictInt = 0
+    defaults: StrictBool = False  # accepted as the stage's default configuration
     probes: list[tuple[StrictStr, Optional[StrictStr], Optional[StrictInt]]] = Field(default_factory=list)  # name, layout, modes
 
 

@@ -52,6 +52,7 @@ class Snapshot(_Lenient):
     commit: Optional[StrictStr] = None
     date: Annotated[Optional[StrictStr], BeforeValidator(_date_text)] = None
     all_ops: StrictBool = False
+    defaults: StrictBool = False  # accepted as the stage's default configuration (no -p, -V, --n)
     records: dict[StrictStr, Record] = Field(default_factory=dict)
 
 
