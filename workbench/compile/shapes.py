@@ -67,9 +67,14 @@ def superseded(label: str, arch: str, variants: dict, params: dict | None = None
     return names != set(variants)
 
 
-def _old_default(label: str, snapshot: Any, arch: str) -> bool:
-    """A snapshot of ``arch`` accepted as a stage's default configuration (see ``accept``)."""
-    return isinstance(snapshot, dict) and snapshot.get("defaults") is True and label.split(" · ")[0] == arch
+def _still_wanted(label: str, snapshot: Any, res: dict, defaults: bool) -> bool:
+    """Whether ``accept`` keeps an earlier snapshot beside ``res``'s: not one of a superseded
+    variant or parameter set and, when the defaults are accepted, not the earlier default of
+    the same arch (a snapshot marked ``defaults``)."""
+    if superseded(label, res["arch"], res["variants"], res["params"]):
+        return False
+    old_default = isinstance(snapshot, dict) and snapshot.get("defaults") is True and label.split(" · ")[0] == res["arch"]
+    return not (defaults and old_default)
 
 
 def _fmt(v: Any) -> str:
@@ -253,10 +258,7 @@ def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = Fals
     lock = {"version": VERSION, "kernel": kernel, "stages": dict(lock.get("stages") or {})}
     for res in results:
         label = label_of(res["arch"], res["params"], res["variants"])
-        per_stage = {
-            k: v for k, v in (lock["stages"].get(res["letter"]) or {}).items()
-            if not superseded(k, res["arch"], res["variants"], res["params"]) and not (defaults and _old_default(k, v, res["arch"]))
-        }
+        per_stage = {k: v for k, v in (lock["stages"].get(res["letter"]) or {}).items() if _still_wanted(k, v, res, defaults)}
         with_ops = lock_all_ops(res["shapes"], all_ops)
         per_stage[label] = {
             "stage": res["stage"],
@@ -278,10 +280,7 @@ def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = Fals
         data = old if isinstance(old, dict) else {}
         for res in results:
             label = label_of(res["arch"], res["params"], res["variants"])
-            kept = {
-                k: v for k, v in (data.get(res["stage"]) or {}).items()
-                if not superseded(k, res["arch"], res["variants"], res["params"]) and not (defaults and _old_default(k, v, res["arch"]))
-            }
+            kept = {k: v for k, v in (data.get(res["stage"]) or {}).items() if _still_wanted(k, v, res, defaults)}
             data[res["stage"]] = kept
             kept[label] = {
                 "commit": commit or None,
