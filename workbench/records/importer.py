@@ -103,7 +103,7 @@ def _copy_folder(source: Path, into: Path, budget: _Budget) -> None:
     def unlistable(exc: OSError) -> None:
         where = Path(exc.filename or source)
         where = where.relative_to(source) if where.is_relative_to(source) and where != source else where
-        raise UserError(f"{source}: cannot read {where}: {exc.strerror or exc}; nothing was imported")
+        raise path_error(f"{source}: cannot read", where, exc, then="nothing was imported")
 
     for folder, dirs, files in os.walk(source, onerror=unlistable, followlinks=False):
         rel = Path(folder).relative_to(source)

@@ -374,14 +374,15 @@ def _untracked(ws: Workspace, known: set[int]) -> list[ProcInfo]:
         data = {"pid": pid, "pgid": pgid, "kind": "worker", "starttime": start, "boot_id": boot_id(),
                 "argv": [a.decode(errors="replace") for a in argv if a], "host": socket.gethostname()}
         if not _socket_gone(data["argv"], root):
-            out.append(ProcInfo(Path(os.devnull), data, "untracked", "a wb worker of this workspace without a pid file"))
+            state, note = "untracked", "a wb worker of this workspace without a pid file"
         elif (process_age(start) or 0.0) < STARTING_S:
             # it binds its socket, then writes its pid file, a fraction of a second after exec
-            out.append(ProcInfo(Path(os.devnull), data, "starting", "a wb worker of this workspace starting (no socket or pid file yet)"))
+            state, note = "starting", "a wb worker of this workspace starting (no socket or pid file yet)"
         else:
             # a worker removes its pid file and then its socket on the way out; the interpreter's
             # teardown (torch's, the DSL's) takes a moment after that
-            out.append(ProcInfo(Path(os.devnull), data, "exiting", "a wb worker of this workspace shutting down (its socket and pid file are gone)"))
+            state, note = "exiting", "a wb worker of this workspace shutting down (its socket and pid file are gone)"
+        out.append(ProcInfo(Path(os.devnull), data, state, note))
     return out
 
 
