@@ -74,6 +74,11 @@
 #               PV MMA), and lazy_rescale=on at d = 256: sweeps of the schedules (n with tails, both
 #               masks, GQA), then s = 8192 benches beside the default and FA4, two rounds (about 6
 #               minutes)
+# PHASE lazy256: d = 256's default with lazy_rescale on (auto, dv = 256) and stage D's rtol:
+#               sweeps of fixed lengths (n 17 ... 8192, both masks, both dtypes, GQA), softcap and
+#               a window, varlen (a zero-length sequence, k lengths != q lengths), paged (16-key
+#               pages) and 256/128; then the default against -V lazy_rescale=off at s 4096 / 8192,
+#               both masks, both dtypes, FA4 beside, two rounds (about 6 minutes)
 # Every command has its own hang timeout; `timeout` bounds each step as a backstop.
 set -u
 export COLUMNS=${COLUMNS:-220}
@@ -381,12 +386,29 @@ wide)
     done
   done
   ;;
+lazy256)
+  step "sweep d=256's default (lazy_rescale on): fixed lengths, both masks, both dtypes, GQA (16 cases)"
+  timeout 150 wb sweep d --n 17,1000,4096,8192 --d 256 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 \
+    --timeout 40 | sweep_verdicts
+  step "softcap 30 and a 300-key window; varlen; paged 16-key pages; 256/128 (lazy off there)"
+  timeout 90 wb sweep d --n 1000,8192 --d 256 --dtype fp16 -p causal=true -p softcap=30,0 -p window_left=-1,300 \
+    --timeout 40 | sweep_verdicts
+  timeout 90 wb sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 -p seqlens_k=5:0:1000:33:4000 -p heads=8 -p kv_heads=2 \
+    --d 256 --dtype bf16,fp16 -p causal=false,true --timeout 40 | sweep_verdicts
+  timeout 90 wb sweep d -p page_size=16 --n 17,1000 --d 256 -p causal=false,true -p heads=2 -p kv_heads=1 --timeout 40 | sweep_verdicts
+  timeout 60 wb sweep d --n 1000,4096 --d 256 -p dv=128 -p causal=false,true --timeout 40 | sweep_verdicts
+  for round in 1 2; do
+    step "round $round: d=256 s 4096/8192 both masks both dtypes: the default (lazy on) with FA4, then lazy_rescale=off"
+    timeout 150 wb bench d -p d=256 -p n=4096,8192 -p causal=false,true -p dtype=bf16,fp16 --peers fa4 --timeout 140 | table_rows 170
+    timeout 120 wb bench d -p d=256 -p n=4096,8192 -p causal=false,true -p dtype=bf16,fp16 -V lazy_rescale=off --peers "" --timeout 110 | table_rows 170 "off"
+  done
+  ;;
 perf)
   step "wb bench d --sweep (docs/perf.md) with every peer"
   cpeers="fa4,sdpa-cudnn,sdpa-flash"; [ -n "${WB_CUTLASS_EXAMPLES:-}" ] && cpeers="$cpeers,cutlass-example"
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256" >&2; exit 2 ;;
 esac
 step done

@@ -149,10 +149,10 @@ def test_p_through_shared_memory_frees_the_registers_of_192_row_tiles_at_d96(fmh
 
 
 def test_lazy_rescale_puts_the_o_multiply_behind_a_warp_vote(fmha_ws, wb):
-    """lazy_rescale=on (d = 256: 128 FMULs of O per thread per KV tile): the warp votes whether
-    any of its rows moved its max and branches around the whole multiply; no spill, and the
-    branch does not make ptxas serialize the wgmma."""
-    proc = wb("compile", "d", "--d", "256", "-V", "lazy_rescale=on", "--keep", "sass", "--json", cwd=fmha_ws, timeout=600)
+    """d = 256's default (lazy_rescale auto: on where O is 256 wide, 128 FMULs of O per thread
+    per KV tile): the warp votes whether any of its rows moved its max and branches around the
+    whole multiply; no spill, and the branch does not make ptxas serialize the wgmma."""
+    proc = wb("compile", "d", "--d", "256", "--keep", "sass", "--json", cwd=fmha_ws, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rec = json.loads(proc.stdout)
     (kernel,) = rec["resources"]["kernels"]
@@ -171,3 +171,19 @@ def test_lazy_rescale_puts_the_o_multiply_behind_a_warp_vote(fmha_ws, wb):
             run += 1
         guarded.append(run)
     assert max(guarded) >= 128, guarded  # O's 128 fp32 values per thread, all behind the branch
+
+
+@pytest.mark.parametrize("d, dv, given, expected", [
+    (256, None, "auto", True),    # O 256 wide: the rescale is worth skipping
+    (256, 128, "auto", False),    # 256/128: O is d = 128's width, where it measured a wash
+    (128, None, "auto", False),
+    (64, None, "auto", False),
+    (256, None, "off", False),    # an explicit choice wins either way
+    (128, None, "on", True),
+])
+def test_lazy_rescale_auto_is_on_where_o_is_256_wide(d, dv, given, expected):
+    import cutlass
+
+    from stages.fmha.stage_d_fmha import FmhaForward
+
+    assert FmhaForward(cutlass.BFloat16, d, 4, 4, dv=dv, lazy_rescale=given).lazy_rescale is expected

@@ -245,7 +245,7 @@ class FmhaForward(FmhaForwardBase):
         kv_tile: int | None = None,
         p_operand: str = "auto",
         p_sync: str = "wg",
-        lazy_rescale: str = "off",
+        lazy_rescale: str = "auto",
         o_staging: str = "auto",
         schedule: str = "auto",
         consumers: int | None = None,
@@ -269,7 +269,7 @@ class FmhaForward(FmhaForwardBase):
         # memory) is ``geometry.tiles``, its table and reasons in stages/fmha/geometry.py.
         # schedule: pingpong (with 3 consumer WGs it fits 160 registers only with a fresh S
         # accumulator per step, see ``overlap_tile``). persistent: ts.persistence.
-        # tile_order: lpt when causal.
+        # tile_order: lpt when causal. lazy_rescale: on when dv = 256.
         capped_window = float(softcap) > 0 and (window_left >= 0 or window_right >= 0)
         if schedule == "auto":
             schedule = "pingpong"
@@ -290,7 +290,9 @@ class FmhaForward(FmhaForwardBase):
         self.o_in_q = o_in_q
         self.p_smem = p_smem
         self.p_sync = p_sync
-        self.lazy_rescale = lazy_rescale == "on"
+        # lazy_rescale: on where O is 256 wide (its rescale is 128 FMULs per thread per KV tile;
+        # +3-4% at d = 256 on an H200, a wash at d = 128: docs/perf-notes.md rounds 8 and 10)
+        self.lazy_rescale = lazy_rescale == "on" or (lazy_rescale == "auto" and dv == 256)
         self.num_threads = common.WG_THREADS * (1 + consumers)
         self.consumer_regs, self.producer_regs = REGISTERS[consumers]
         super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages, dv=dv)
