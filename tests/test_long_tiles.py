@@ -136,7 +136,7 @@ def test_the_stage_compiles_both_kernels_under_two_names_and_picks_by_m_and_n(d,
     with capture("d") as both_probes, tracing("d", "sm_90a") as state:
         both = stage.compile(_params(d=d, causal=causal), host.variants_of("d", {}), "sm_90a")
     min_m, min_n = min_mn
-    assert both.fn_long is not None and (both.long_m, both.long_n) == min_mn
+    assert both.fn_long is not None and (both.long.min_m, both.long.min_n) == min_mn
     assert both.for_shape(min_m, min_n) is both.fn_long and both.for_shape(min_m + 9000, min_n + 9000) is both.fn_long
     # one short side is the default kernel's: m below min_m, or n below min_n
     assert (min_m == 0 or both.for_shape(min_m - 1, 16384) is both.fn) and (min_n == 0 or both.for_shape(16384, min_n - 1) is both.fn)
@@ -161,7 +161,7 @@ def _fake_fns(with_long=True):
 
     fns = {"fn": (make("fn"), {})}
     if with_long:
-        fns["fn_long"] = (make("fn_long"), export_op.piece_info("fn_long", None, type("C", (), {"long_m": 4096, "long_n": 1024})()))
+        fns["fn_long"] = (make("fn_long"), export_op.piece_info("fn_long", None, type("C", (), {"long": geometry.LongKernel(consumers=2, min_m=4096, min_n=1024)})()))
     return fns, calls
 
 

@@ -109,8 +109,8 @@ def check(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, a
 
 
 def piece_info(name: str, piece, compiled) -> dict:
-    """At export: the query rows and keys from which a piece runs (the stage's Compiled.long_m, long_n)."""
-    return {"min_m": int(compiled.long_m), "min_n": int(compiled.long_n)} if name == "fn_long" else {}
+    """At export: the query rows and keys from which a piece runs (the stage's Compiled.long)."""
+    return {"min_m": int(compiled.long.min_m), "min_n": int(compiled.long.min_n)} if name == "fn_long" else {}
 
 
 def fake(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left"):

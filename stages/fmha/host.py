@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from stages.fmha.geometry import LongKernel
+
 from workbench.kernels.cute_host import compile_for, current_stream, fake_stream, fake_tensor, to_cute  # noqa: F401
 
 
@@ -51,16 +53,15 @@ class Compiled:
     compile_s: float = 0.0
     varlen: bool = False  # stage D: packed (total, heads, d) tensors with cu_seqlens
     page_size: int = 0  # stage D: paged K/V caches read through a block table (0 = off)
-    # stage D: a second kernel launched for m >= long_m query rows and n >= long_n keys (geometry.long_kernel)
+    # stage D: a second kernel, launched where ``long`` serves the shape (geometry.long_kernel)
     fn_long: Any = None
-    long_m: int = 0
-    long_n: int = 0
+    long: LongKernel | None = None
     tile_m: int = 128  # stage D varlen: Q rows per work tile (the tile table's)
     bottom_right: bool = False  # stage D varlen: the mask's alignment (the tile table's causal work)
 
     def for_shape(self, m: int, n: int):
         """The function to launch for ``m`` query rows and ``n`` keys."""
-        return self.fn_long if self.fn_long is not None and m >= self.long_m and n >= self.long_n else self.fn
+        return self.fn_long if self.fn_long is not None and self.long is not None and self.long.serves(m, n) else self.fn
 
 
 @functools.lru_cache(maxsize=1)

@@ -1630,16 +1630,15 @@ class StageD(Stage):
         args = self._fake_args(kernel, dtype)
         t0 = time.perf_counter()
         fn = host.compile_for(arch, kernel, *args)
-        fn_long, long_m, long_n = None, 0, 0
+        fn_long = None
         long = self.long_kernel(p, variants)
         if long is not None:
             with paused():  # the same code again: `wb shapes` lists the first build's probes only
                 fn_long = host.compile_for(arch, self.make_kernel(p, {**variants, **long.variants()}), *args)
-            long_m, long_n = long.min_m, long.min_n
         return host.Compiled(
             fn=fn, d=p.d, heads=p.heads, kv_heads=p.kv_heads, causal=kernel.causal, p_check=kernel.p_check,
             compile_s=time.perf_counter() - t0, varlen=kernel.varlen, page_size=kernel.page_size,
-            fn_long=fn_long, long_m=long_m, long_n=long_n, tile_m=kernel.tile_m, bottom_right=mask_params(p)["align"] == "bottom_right",
+            fn_long=fn_long, long=long if fn_long is not None else None, tile_m=kernel.tile_m, bottom_right=mask_params(p)["align"] == "bottom_right",
         )
 
     @staticmethod
