@@ -78,7 +78,8 @@
 #               sweeps of fixed lengths (n 17 ... 8192, both masks, both dtypes, GQA), softcap and
 #               a window, varlen (a zero-length sequence, k lengths != q lengths), paged (16-key
 #               pages) and 256/128; then the default against -V lazy_rescale=off at s 4096 / 8192,
-#               both masks, both dtypes, FA4 beside, two rounds (about 6 minutes)
+#               both masks, both dtypes, FA4 beside, two rounds (about 6 minutes; LAZY256_ROUNDS=0:
+#               the sweeps alone)
 # Every command has its own hang timeout; `timeout` bounds each step as a backstop.
 set -u
 export COLUMNS=${COLUMNS:-220}
@@ -397,7 +398,7 @@ lazy256)
     --d 256 --dtype bf16,fp16 -p causal=false,true --timeout 40 | sweep_verdicts
   timeout 90 wb sweep d -p page_size=16 --n 17,1000 --d 256 -p causal=false,true -p heads=2 -p kv_heads=1 --timeout 40 | sweep_verdicts
   timeout 60 wb sweep d --n 1000,4096 --d 256 -p dv=128 -p causal=false,true --timeout 40 | sweep_verdicts
-  for round in 1 2; do
+  for round in $(seq 1 "${LAZY256_ROUNDS:-2}"); do
     step "round $round: d=256 s 4096/8192 both masks both dtypes: the default (lazy on) with FA4, then lazy_rescale=off"
     timeout 150 wb bench d -p d=256 -p n=4096,8192 -p causal=false,true -p dtype=bf16,fp16 --peers fa4 --timeout 140 | table_rows 170
     timeout 120 wb bench d -p d=256 -p n=4096,8192 -p causal=false,true -p dtype=bf16,fp16 -V lazy_rescale=off --peers "" --timeout 110 | table_rows 170 "off"
