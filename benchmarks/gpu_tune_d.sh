@@ -80,6 +80,12 @@
 #               pages) and 256/128; then the default against -V lazy_rescale=off at s 4096 / 8192,
 #               both masks, both dtypes, FA4 beside, two rounds (about 6 minutes; LAZY256_ROUNDS=0:
 #               the sweeps alone)
+# PHASE d64wide: d = 64 non-causal (x1.01-1.02 of FA4 at s = 4096 on an H100, round 11) with wider KV
+#               tiles: 192 x 160 / 176 / 192 spill 240-496 B with P in registers (3 WGs at 160
+#               registers) and compile clean with P through shared memory (-V p_operand=smem); 192 x
+#               128 with P in shared memory isolates that cost. A sweep of each (n with tails, both
+#               dtypes, GQA; 6 cases each), then s 1024 / 4096 / 8192 beside the default and FA4, two
+#               rounds (about 5 minutes)
 # Every command has its own hang timeout; `timeout` bounds each step as a backstop.
 set -u
 export COLUMNS=${COLUMNS:-220}
@@ -404,12 +410,26 @@ lazy256)
     timeout 120 wb bench d -p d=256 -p n=4096,8192 -p causal=false,true -p dtype=bf16,fp16 -V lazy_rescale=off --peers "" --timeout 110 | table_rows 170 "off"
   done
   ;;
+d64wide)
+  CANDS=("-V p_operand=smem" "-V p_operand=smem -V kv_tile=160" "-V p_operand=smem -V kv_tile=176" "-V p_operand=smem -V kv_tile=192")
+  step "sweep the wider d=64 tiles, P through shared memory (n with tails, both dtypes, GQA; 6 cases each)"
+  for v in "${CANDS[@]}"; do
+    timeout 100 wb sweep d --n 17,1000,4096 --d 64 --dtype bf16,fp16 -p causal=false -p kv_heads=2 $v --timeout 40 | sweep_verdicts
+  done
+  for round in 1 2; do
+    step "round $round: d=64 non-causal s 1024/4096/8192: the default and FA4, then each candidate"
+    timeout 100 wb bench d -p d=64 -p n=1024,4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 90 | table_rows 170
+    for v in "${CANDS[@]}"; do
+      timeout 80 wb bench d -p d=64 -p n=1024,4096,8192 -p causal=false -p dtype=bf16,fp16 $v --peers "" --timeout 70 | table_rows 150 "$v"
+    done
+  done
+  ;;
 perf)
   step "wb bench d --sweep (docs/perf.md) with every peer"
   cpeers="fa4,sdpa-cudnn,sdpa-flash"; [ -n "${WB_CUTLASS_EXAMPLES:-}" ] && cpeers="$cpeers,cutlass-example"
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide" >&2; exit 2 ;;
 esac
 step done
