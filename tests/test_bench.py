@@ -288,11 +288,18 @@ def test_run_bench_with_processes_starts_a_new_worker_for_each_and_keeps_them_pa
     assert "process 2 of 3: HANG" in hung["notes"][-1]
 
 
+def as_if_a_gpu(monkeypatch):
+    """wb bench refuses a machine with no GPU driver before its worker starts; these tests
+    stand in for the worker's GPU work, so the machine is taken as having one."""
+    monkeypatch.setattr("workbench.gpu.reachable", lambda: True)
+
+
 def test_an_interrupted_bench_is_recorded_interrupted_and_exits_130(fmha_ws, wb, monkeypatch):
     """Ctrl-C during `wb bench`: its worker ends (run_job's INTERRUPTED), the record says so,
     and wb exits 130 as `wb run` does (it exited 1, as for a failing kernel)."""
     from workbench.run.supervisor import Outcome
 
+    as_if_a_gpu(monkeypatch)
     monkeypatch.setattr(bench, "run_job", lambda *a, **k: Outcome(status="INTERRUPTED", message="interrupted (Ctrl-C or SIGTERM)"))
     proc = wb("bench", "d", "-p", "n=4096", "--peers", "", "--json", cwd=fmha_ws)
     assert proc.returncode == 130, proc.stdout + proc.stderr
@@ -383,6 +390,7 @@ def test_a_recorded_sweep_writes_the_perf_doc_again_without_timing_anything(stag
     ws, _, _, _ = stage_d
     calls = []
     monkeypatch.setattr(bench, "run_job", _processes_hanging_at(99, calls))
+    as_if_a_gpu(monkeypatch)
     timed = wb("bench", "d", "--sweep", "--peers", "fa4", "--json", cwd=ws.root)
     assert timed.returncode == 0, timed.stdout + timed.stderr
     sweep = json.loads(timed.stdout)
@@ -422,6 +430,7 @@ def test_wb_import_names_an_imported_sweep_and_the_command_that_writes_its_perf_
 
     ws, _, _, _ = stage_d
     monkeypatch.setattr(bench, "run_job", _processes_hanging_at(99, []))
+    as_if_a_gpu(monkeypatch)
     sweep = json.loads(wb("bench", "d", "--sweep", "--peers", "fa4", "--json", cwd=ws.root).stdout)
     here = tmp_path_factory.mktemp("here")
     for name in ("stages", "fixtures", "pyproject.toml"):
@@ -433,13 +442,41 @@ def test_wb_import_names_an_imported_sweep_and_the_command_that_writes_its_perf_
     assert (here / "docs" / "perf.md").read_text() == (ws.root / "docs" / "perf.md").read_text()
 
 
-def test_a_bench_that_fails_in_its_worker_says_why(toy_ws, wb):
+def test_a_bench_that_fails_in_its_worker_says_why(toy_ws, wb, monkeypatch):
     """A stage module that raised on import (or any error of the bench job) made a CRASH bench
     record with `error: null`: wb bench printed CRASH over an empty table and no reason."""
     path = toy_ws / "stages/toy/stage_a.py"
     path.write_text('raise RuntimeError("half written")\n' + path.read_text())
+    as_if_a_gpu(monkeypatch)  # the worker fails on importing the stage, before its own GPU check
     proc = wb("bench", "a", "--json")
     record = json.loads(proc.stdout)
     assert proc.returncode == 1 and record["verdict"] == "CRASH"
     assert "half written" in record["error"]["message"]
     assert "half written" in wb("bench", "a").stdout
+
+
+def test_no_gpu_is_one_line_before_a_worker_starts(toy_ws, wb, monkeypatch):
+    """On a machine with no GPU driver `wb bench` started a warm worker (~350 MB, idle for
+    minutes) to learn there was no GPU; now it refuses in one line and leaves no record."""
+    monkeypatch.setattr("workbench.gpu.reachable", lambda: False)
+    monkeypatch.setattr(bench, "run_job", lambda *a, **k: pytest.fail("a worker was asked to work"))
+    proc = wb("bench", "a")
+    assert proc.returncode == 2 and proc.stderr.startswith("wb: error: wb bench needs a CUDA GPU"), proc.stderr
+    assert not list((toy_ws / "runs").glob("2*"))
+
+
+@pytest.mark.parametrize("axes, expected", [
+    ({"n": ["abc"]}, "bench case n=abc: fmha/stage-d: n='abc' must be an integer"),  # the hook's int() raised
+    ({"n": ["0"]}, "bench case n=0: fmha/stage-d: n=0 is below the minimum 1"),  # the hook divided by it
+    ({"n": ["-5"]}, "bench case n=-5: fmha/stage-d: n=-5 is below the minimum 1"),
+    ({"n": ["128"]}, "-p n=128 leaves no bench case: the kernel's bench_hooks.case_params derive batch=128 with it, "
+                     "and fmha/stage-d: batch=128 is above the maximum 64 (give -p batch=... too)"),
+])
+def test_a_bench_value_the_hook_cannot_take_or_that_leaves_no_case_is_named(axes, expected):
+    """-p n=abc and n=0 were tracebacks (fmha's bench hook computes 16384 // n); n=128 (batch
+    128 > 64) and n=-5 left no case and the bench timed nothing, silently."""
+    kernel, spec = fmha()
+    with pytest.raises(UserError) as err:
+        bench.plan_cases(spec, kernel, axes)
+    assert str(err.value) == expected
+    assert planned({"n": ["128"], "batch": ["64"]})[0]["params"]["batch"] == 64  # the way out it names

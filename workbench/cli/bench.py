@@ -9,6 +9,9 @@ import typer
 from workbench.cli import app, host_name, state
 from workbench.errors import UserError
 
+#: --reps: more than this many timed repeats per kernel is a typo, not a measurement
+MAX_REPS = 10000
+
 
 def bench_target(ws, text: str | None):
     """(stage, kernel) of `wb bench [STAGE]`: nothing -> the default kernel's bench stage; a
@@ -34,11 +37,11 @@ def bench(
     peers: Optional[str] = typer.Option(None, "--peers", help="Peers timed on the same inputs, comma-separated ('' for none; default: kernel.yaml bench.peers);"
                                         " stages/<kernel>/peers.py lists them (PEERS), and an unknown name prints them."),
     variant: Optional[List[str]] = typer.Option(None, "--variant", "-V", help="Compile-time variant key=value."),
-    reps: int = typer.Option(30, "--reps", help="Timed repeats per kernel."),
+    reps: int = typer.Option(30, "--reps", help="Timed repeats per kernel (3 to 10000)."),
     graph: str = typer.Option("auto", "--graph", help="CUDA-graph replay: auto (short kernels), on, off."),
     processes: int = typer.Option(
         1, "--processes", help="Time in N new worker processes, one after another, and take the median of their medians "
-        "(for a case whose speed moves with where a process's tensors land, e.g. a mixed varlen batch).",
+        "(for a case whose speed moves with where a process's tensors land, e.g. a mixed varlen batch; 1 to 50).",
     ),
     sweep: bool = typer.Option(False, "--sweep", help="Time the kernel's bench.sweep cases and write its perf doc (bench.perf_doc)."),
     from_run: Optional[str] = typer.Option(
@@ -66,8 +69,8 @@ def bench(
     variants = spec.resolve_variants(parse_pairs(variant, "--variant"))
     if graph not in ("auto", "on", "off"):
         raise UserError("--graph must be auto, on or off")
-    if reps < 3:
-        raise UserError("--reps must be at least 3")
+    if not 3 <= reps <= MAX_REPS:
+        raise UserError(f"--reps must be between 3 and {MAX_REPS}")
     if not 1 <= processes <= 50:
         raise UserError("--processes must be between 1 and 50")
     check_timeout(timeout)
@@ -78,6 +81,11 @@ def bench(
     from workbench.cli.render import progress
 
     ws.ensure_state_dir()
+    if not host:
+        from workbench.records.store import ensure_runs_dir
+
+        ensure_runs_dir(ws.runs_dir)  # what is in the way of the record, said even where no GPU is
+        _require_gpu()
     if host:  # the same command there; its record comes back into runs/ (workbench.remote.client)
         from workbench.remote.client import run_and_import
 
@@ -95,6 +103,16 @@ def bench(
     else:
         render_bench(record)
     raise typer.Exit({"PASS": 0, "INTERRUPTED": 130}.get(record["verdict"], 1))
+
+
+def _require_gpu() -> None:
+    """wb bench times on a GPU: refused here in one line, before a worker starts (the worker
+    checks again: this one only sees whether a driver is present)."""
+    from workbench import gpu
+    from workbench.errors import NoGpuError
+
+    if not gpu.reachable():
+        raise NoGpuError("wb bench needs a CUDA GPU and this machine has none (no NVIDIA device, or CUDA_VISIBLE_DEVICES hides them)")
 
 
 def _perf_doc_from(ws, kernel, spec, selector: str, sweep: bool, as_json: bool, timing_options: dict) -> None:

@@ -310,7 +310,8 @@ def plan_cases(spec, kernel, axes: dict[str, list[str]], sweep: bool = False) ->
     bench_hooks.case_params(given) -> params. Keys of kernel.yaml's cases or the hook that the
     stage does not take are dropped (a smaller stage of the same kernel), and a kernel.yaml case
     whose value the stage refuses (a head dim it does not serve) is left out; -p keys and
-    values must be the stage's."""
+    values must be the stage's (``resolve_cases`` names the case; a hook that fails on a
+    value it was given, or a combination that leaves no case, is named here)."""
     bases = kernel.bench.sweep if sweep else kernel.bench.cases
     if sweep and not bases:
         raise UserError(f"kernel {kernel.name} has no bench.sweep in its kernel.yaml: nothing for --sweep to time")
@@ -318,27 +319,53 @@ def plan_cases(spec, kernel, axes: dict[str, list[str]], sweep: bool = False) ->
     derive = getattr(hooks, "case_params", None)
     combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())] if axes else [{}]
     cases, seen = [], set()
-    for base in bases:
-        for combo in combos:
+    for combo in combos:
+        refused = None  # (key, value, reason) of the first base this combination left out
+        kept = False
+        for base in bases:
             given = {**base, **combo}
-            params = dict(derive(dict(given))) if derive else dict(given)
+            try:
+                params = dict(derive(dict(given))) if derive else dict(given)
+            except Exception as exc:  # the hook on a value the stage refuses (n=abc, n=0): say which
+                _check_combo(spec, combo)
+                raise UserError(f"bench case {case_name(given)}: stages/{kernel.name}/bench_hooks.py case_params failed: "
+                                f"{type(exc).__name__}: {exc}") from None
             derived = tuple(k for k in params if k not in given)
             params = {k: v for k, v in params.items() if k in combo or k in spec.params}
-            if not all(k in combo or _takes(spec, k, v) for k, v in params.items()):
+            reasons = [(k, v, _refusal(spec, k, v), k in derived) for k, v in params.items() if k not in combo]
+            reasons = [r for r in reasons if r[2] is not None]
+            if reasons:
+                refused = refused or reasons[0]
                 continue
+            kept = True
             key = json.dumps(params, sort_keys=True, default=str)
             if key not in seen:
                 seen.add(key)
                 cases.append(BenchCase(params, tuple(k for k in derived if k in params)))
+        if combo and bases and not kept and refused is not None:
+            _check_combo(spec, combo)  # a refused -p value is the reason, not what the hook made of it
+            key, value, reason, from_hook = refused
+            given = " ".join(f"{k}={v}" for k, v in combo.items())
+            how = "the kernel's bench_hooks.case_params derive" if from_hook else "kernel.yaml's bench cases give"
+            raise UserError(f"-p {given} leaves no bench case: {how} {key}={value} with it, and {reason} (give -p {key}=... too)")
     return cases
 
 
-def _takes(spec, key: str, value) -> bool:
+def _check_combo(spec, combo: dict) -> None:
+    """The -p values of one combination by the stage's rules, as ``resolve_cases`` names them."""
+    try:
+        spec.resolve_params(dict(combo))
+    except UserError as exc:
+        raise UserError(f"bench case {case_name(combo)}: {exc}") from None
+
+
+def _refusal(spec, key: str, value) -> str | None:
+    """Why the stage refuses ``value`` for parameter ``key`` (its one-line error), or None."""
     try:
         spec.params[key].coerce(str(value).lower() if isinstance(value, bool) else value, spec.id)
-    except UserError:
-        return False
-    return True
+    except UserError as exc:
+        return str(exc)
+    return None
 
 
 def speed_row(spec, resolved: dict[str, Any], case: BenchCase, name_keys: list[str], column: str = "n") -> str:
