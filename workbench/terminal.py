@@ -13,6 +13,25 @@ from rich.table import Table
 
 from workbench.text import fmt, strict_json  # noqa: F401  (fmt re-exported for the CLI)
 
+
+def _give_closed_streams_devnull() -> None:
+    """A standard stream the caller closed (`wb list >&-`) is None in Python and its file
+    descriptor is free: the next file wb opened would take it (and a worker would print into
+    it). Each such descriptor gets /dev/null, and sys's stream a file on it."""
+    for fd, name, flags in ((0, "stdin", os.O_RDONLY), (1, "stdout", os.O_WRONLY), (2, "stderr", os.O_WRONLY)):
+        if getattr(sys, name) is not None:
+            continue
+        try:
+            os.fstat(fd)
+        except OSError:
+            devnull = os.open(os.devnull, flags)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+        setattr(sys, name, open(fd, "r" if flags == os.O_RDONLY else "w", closefd=False))
+
+
+_give_closed_streams_devnull()
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns; tables read better wider.
 _width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
 console = Console(highlight=False, soft_wrap=False, width=_width)
@@ -34,29 +53,34 @@ VERDICT_STYLE = {
 class _ReaderMayLeave:
     """stdout/stderr for a command whose reader may leave (`wb run a | head -1`, quitting
     less): a write to the closed pipe raised BrokenPipeError in the middle of a run, which
-    then ended without its record. The stream goes to /dev/null instead and wb carries on."""
+    then ended without its record. The stream goes to /dev/null instead and wb carries on.
+    Any other failed write (a full disk, `> /dev/full`) does the same, and ``failed`` keeps
+    the reason: the command finishes, then says in one line that its output was lost."""
 
     def __init__(self, stream):
         self._stream = stream
         self.reader_left = False
+        self.failed: str | None = None
 
     def write(self, text):
         if not self.reader_left:
             try:
                 return self._stream.write(text)
-            except BrokenPipeError:
-                self._gone()
+            except OSError as exc:
+                self._gone(exc)
         return len(text)
 
     def flush(self):
         if not self.reader_left:
             try:
                 self._stream.flush()
-            except BrokenPipeError:
-                self._gone()
+            except OSError as exc:
+                self._gone(exc)
 
-    def _gone(self) -> None:
+    def _gone(self, exc: OSError) -> None:
         self.reader_left = True
+        if not isinstance(exc, BrokenPipeError):
+            self.failed = exc.strerror or str(exc)
         try:  # the interpreter's last flush at exit goes there too (no "Exception ignored" line)
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, self._stream.fileno())
@@ -70,11 +94,12 @@ class _ReaderMayLeave:
 
 @contextlib.contextmanager
 def readers_may_leave():
-    """sys.stdout and sys.stderr wrapped for the block (see _ReaderMayLeave)."""
+    """sys.stdout and sys.stderr wrapped for the block (see _ReaderMayLeave); yields the
+    stdout wrapper (its ``failed``: why the output could not be written, or None)."""
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
     try:
-        yield
+        yield sys.stdout
     finally:
         sys.stdout, sys.stderr = saved
 
@@ -89,8 +114,9 @@ def verdict(text: str | None) -> str:
 
 
 def error(message: str) -> None:
-    """One line on stderr, never wrapped (scripts grep it)."""
-    err_console.print(f"[bold red]wb: error:[/] {_escape(_one_line(message))}", soft_wrap=True)
+    """One line on stderr, never wrapped (scripts grep it); nothing when stderr cannot be written."""
+    with contextlib.suppress(OSError):
+        err_console.print(f"[bold red]wb: error:[/] {_escape(_one_line(message))}", soft_wrap=True)
 
 
 def warn(message: str) -> None:

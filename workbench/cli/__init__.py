@@ -106,6 +106,35 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     terminal.warn(str(message))
 
 
+@contextlib.contextmanager
+def _usage_errors_in_one_line():
+    """click (inside typer) shows a mistake on the command line (`--n abc`, an unknown option)
+    as the usage, a hint and `Error: ...`: four lines. wb's rule is one line, `wb: error:
+    <what>; see `wb run -h``. UsageError's show is swapped for the call (a subclass with its
+    own, no-arguments-is-help, keeps it): typer's vendored click (0.2x) or click itself."""
+    import importlib
+
+    from workbench import terminal
+
+    def one_line(self, file=None):
+        where = f"; see `{self.ctx.command_path} -h`" if self.ctx is not None else ""
+        terminal.error(f"{self.format_message().rstrip('.')}{where}")
+
+    swapped = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            cls = importlib.import_module(name).UsageError
+        except (ImportError, AttributeError):
+            continue
+        swapped.append((cls, cls.show))
+        cls.show = one_line
+    try:
+        yield
+    finally:
+        for cls, show in swapped:
+            cls.show = show
+
+
 def main(argv: list[str] | None = None) -> None:
     from workbench import terminal
 
@@ -115,8 +144,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _register()  # imports every command module: a Ctrl-C here is an interrupt like any other
         state.argv = list(argv) if argv is not None else sys.argv[1:]
-        with terminal.readers_may_leave():
-            app(args=argv, prog_name="wb", standalone_mode=True)
+        with terminal.readers_may_leave() as stdout, _usage_errors_in_one_line():
+            try:
+                app(args=argv, prog_name="wb", standalone_mode=True)
+            except SystemExit as exc:
+                if stdout.failed and exc.code in (0, None):
+                    raise UserError(f"the output could not be written to stdout ({stdout.failed}): the command ran, what it printed is lost") from None
+                raise
     except (UserError, NoGpuError) as exc:
         if os.environ.get("WB_DEBUG"):
             raise
