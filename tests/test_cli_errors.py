@@ -29,6 +29,17 @@ def assert_one_line_error(proc, *fragments):
         (["run", "a", "--n", "256", "-p", "n=512"], ["parameter n is given twice (--n and -p n=...)"]),
         (["compile", "a", "--n", "256", "-p", "n=128"], ["parameter n is given twice"]),
         (["run", "a", "-p", "n"], ["must look like key=value"]),
+        # a repeated key: the last one silently won (sweep and bench refused it already)
+        (["run", "a", "-p", "batch=1", "-p", "batch=2"], ["--param batch is given twice (1 and 2)"]),
+        (["compile", "a", "-V", "bug=none", "-V", "bug=kv_tile0"], ["--variant bug is given twice"]),
+        (["shapes", "toy", "a", "-p", "batch=1", "-p", "batch=2"], ["--param batch is given twice"]),
+        # -f is checked before the GPU check or a worker, as wb sweep checks it
+        (["run", "a", "-f", "nofixture"], ["unknown fixture 'nofixture'"]),
+        # click's own mistakes (a value of the wrong type, an unknown option or command): one line too
+        (["run", "a", "--n", "abc"], ["Invalid value for '--n'", "see `wb run -h`"]),
+        (["run", "a", "--no-such-option"], ["No such option: --no-such-option", "see `wb run -h`"]),
+        (["runz"], ["No such command 'runz'", "see `wb -h`"]),
+        (["run"], ["Missing argument 'stage'", "see `wb run -h`"]),
         (["run", "a", "-V", "bug=maybe"], ["variant bug=maybe is not allowed"]),
         (["run", "a", "-V", "sofmax=exp"], ["has no variant 'sofmax'"]),
         (["run", "a", "--timeout", "-1"], ["--timeout must be a positive"]),
@@ -243,3 +254,32 @@ def test_a_wb_home_that_is_no_folder_is_named_in_a_warning(toy_ws, wb, monkeypat
     proc = wb("list")
     assert proc.returncode == 0
     assert "wb: warning: WB_HOME=/dev/null is not a folder" in proc.stderr
+
+
+def test_a_closed_or_failing_stdout_is_not_a_traceback(toy_ws):
+    """`wb list >&-` crashed at import (sys.stdout is None); `wb list > /dev/full` was a
+    traceback after the command ran. Now: a closed stdout is /dev/null, and a failed write is
+    one line on stderr, exit 2, saying the command ran and its output is lost."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    closed = subprocess.run(f"{sys.executable} -m workbench --version >&-", shell=True, cwd=toy_ws, env=env,
+                            capture_output=False, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert closed.returncode == 0 and not closed.stderr, closed.stderr
+    with open("/dev/full", "w") as full:
+        failed = subprocess.run([sys.executable, "-m", "workbench", "list"], cwd=toy_ws, env=env, stdout=full,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr, failed.stderr
+    assert failed.stderr.strip().count("\n") == 0 and "the output could not be written to stdout" in failed.stderr
+
+
+def test_sweep_names_the_flag_a_parameter_came_from(toy_ws, wb):
+    """`wb sweep STAGE --n 128 -p <size>=256` for a stage whose size parameter is not n named a
+    flag that does not exist (--rows where --n was meant)."""
+    yaml = toy_ws / "stages/toy/kernel.yaml"
+    text = yaml.read_text().replace("  n: {default: 128", "  rows: {default: 128").replace("    name: double\n", "    name: double\n    size: rows\n")
+    yaml.write_text(text)
+    assert_one_line_error(wb("sweep", "a", "--n", "128", "-p", "rows=256"), "parameter rows is given twice (--n and -p rows=...)")

@@ -443,6 +443,17 @@ def test_export_mistakes_are_one_line_errors(fmha_export, tmp_path, args, expect
     assert not (tmp_path / "x").exists()
 
 
+def test_an_out_where_nothing_can_be_written_is_one_line(fmha_export):
+    """`--out` on a read-only file system (or under /proc) was an OSError traceback from the
+    staging folder made beside it; now one line naming --out, before anything compiles."""
+    done = run_wb(
+        "--workspace", fmha_export["ws"], "export", "fmha/d", "-p", "d=64", "--out", "/proc/wb-no-such/pkg", "--allow-unverified",
+        cwd=fmha_export["ws"], env=fmha_export["env"],
+    )
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert done.stderr.startswith("wb: error: --out /proc/wb-no-such/pkg: ") and "must be writable" in done.stderr
+
+
 def test_an_existing_out_folder_is_kept_unless_forced_and_only_an_export_is_replaced(fmha_export, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()

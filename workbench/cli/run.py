@@ -21,6 +21,8 @@ def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise UserError(f"{what} {item!r} must look like key=value")
+        if key.strip() in out:  # the last one silently winning would run what was not meant
+            raise UserError(f"{what} {key.strip()} is given twice ({out[key.strip()]} and {value.strip()}): give it once")
         out[key.strip()] = value.strip()
     return out
 
@@ -52,6 +54,17 @@ def check_timeout(timeout: float | None) -> None:
     """--timeout: a positive, finite number of seconds (nan and inf refused), or not given."""
     if timeout is not None and not 0 < timeout < float("inf"):
         raise UserError("--timeout must be a positive, finite number of seconds")
+
+
+def check_fixture_names(ws, names) -> None:
+    """Each -f name is a fixture of the workspace (a misspelt one is one line here, before a
+    GPU check or a worker, not an ERROR in every case)."""
+    if names:
+        from workbench.kernels.fixtures import load_fixtures
+
+        registry = load_fixtures(ws.fixtures_dir)
+        for name in names:
+            registry.variants(name)
 
 
 def require_gpu_here(spec) -> None:
@@ -111,6 +124,7 @@ def run(
     ws = state.workspace()
     check_arch(arch)
     spec, params, variants = resolve_request(ws, stage, n, d, dtype, param, variant, timeout)
+    check_fixture_names(ws, fixture)
     instrument = None
     if trace and host:
         raise UserError("--trace runs on this machine only (run wb on the host itself)")
@@ -192,10 +206,10 @@ def profile(
     check_arch(None)
     kernels = load_kernels(ws)
     spec, params, variants = resolve_request(ws, stage, n, d, dtype, param, variant, timeout, kernels)
-    require_gpu_here(spec)
-
+    check_fixture_names(ws, [fixture] if fixture is not None else [])
     peer_list = [p.strip() for p in (peers or "").split(",") if p.strip()]
     check_peers(kernels[spec.kernel], peer_list)
+    require_gpu_here(spec)
     profiler.executable()  # refused in one line before any run
     ws.ensure_state_dir()
     fixtures = [fixture] if fixture else spec.fixtures[:1]

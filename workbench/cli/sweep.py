@@ -48,13 +48,14 @@ def sweep(
     ws = state.workspace()
     spec = resolve_stage(ws, stage, load_kernels(ws))
     axes: dict[str, list[str]] = {}
+    flags: dict[str, str] = {}
     for key, flag, raw in ((spec.size_param, "n", n), ("d", "d", d), ("dtype", "dtype", dtype)):
         values = sweeps.split_values(raw, f"--{flag}")
         if values:
-            axes[key] = values
+            axes[key], flags[key] = values, flag
     for key, values in sweeps.parse_axes(param, "--param").items():
         if key in axes:
-            raise UserError(f"parameter {key} is given twice (--{key} and -p {key}=...)")
+            raise UserError(f"parameter {key} is given twice (--{flags[key]} and -p {key}=...)")
         axes[key] = values
     cases = sweeps.plan(spec, axes, sweeps.parse_axes(variant, "--variant"))
     check_timeout(timeout)
@@ -68,12 +69,9 @@ def sweep(
     if slurm_opt and not slurm:
         raise UserError("--slurm-opt goes with --slurm PARTITION")
     slurm_opts = sweeps.slurm_options(slurm, parse_pairs(slurm_opt, "--slurm-opt")) if slurm else {}
-    if fixture:  # a misspelt name was an ERROR in every case and overwrote the stage's sweep report
-        from workbench.kernels.fixtures import load_fixtures
+    from workbench.cli.run import check_fixture_names
 
-        registry = load_fixtures(ws.fixtures_dir)
-        for name in fixture:
-            registry.variants(name)
+    check_fixture_names(ws, fixture)  # a misspelt name was an ERROR in every case and overwrote the stage's sweep report
     opts = sweeps.RunOptions(list(fixture or []), seed, seeds, timeout, arch, warm=not fresh)
     local = not hosts and not slurm
     if local:

@@ -62,6 +62,8 @@ def parse_lists(items: list[str] | None) -> dict[str, list[str]]:
         vals = [v.strip() for v in value.split(",")]
         if not sep or not key.strip() or not all(vals):
             raise UserError(f"--param {item!r} must look like key=value or key=v1,v2")
+        if key.strip() in out:
+            raise UserError(f"--param {key.strip()} is given twice: list its values once, comma-separated (key=v1,v2)")
         out[key.strip()] = vals
     return out
 
@@ -247,9 +249,12 @@ def _export(ws, spec, given, variants, arch, out, allow_unverified, force, on_ev
             "or pass --allow-unverified (the package then warns at import)"
         )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     # built beside --out and moved there at the end: a failed export leaves nothing behind
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise path_error("--out", out, exc, then="the package is built beside it, so its folder must be writable") from None
     try:
         manifest = _build(ws, spec, stage, export, op_path, op, configs, variants, arch, staging, emit)
     except BaseException:
