@@ -18,7 +18,8 @@ def hosts(
     """List the remote hosts of wb.yaml (`hosts:`) and check each: reachable, wb importable, GPUs seen.
 
     A host entry: name, ssh (user@host), path (remote workspace), and optionally port,
-    identity, ssh_options, python (default python3), setup (a shell line), env, gpus."""
+    identity, ssh_options, python (default python3), setup (a shell line), env, gpus.
+    Exits 1 when a host fails its check."""
     from concurrent.futures import ThreadPoolExecutor
 
     from workbench.remote.check import check_host
@@ -142,7 +143,8 @@ def kill(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """End wb's own stale processes by pid: orphans by default. Never anything wb did not start:
-    each pid must match a pid file in .wb/pids whose recorded start time equals the live process's."""
+    each pid must match a pid file in .wb/pids whose recorded start time equals the live process's.
+    Exits 1 when a pid given was not ended (not wb's, or it would not stop)."""
     from workbench.terminal import console, escape, print_json
 
     ws = state.workspace()
