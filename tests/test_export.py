@@ -470,6 +470,28 @@ def test_an_existing_out_folder_is_kept_unless_forced_and_only_an_export_is_repl
     assert forced.returncode == 2 and "(notes.txt)" in forced.stderr and (mine / "notes.txt").exists()
 
 
+def test_force_never_replaces_a_folder_that_only_looks_like_an_export(tmp_path):
+    """A project with a pyproject.toml and a web app whose folder holds a manifest.json passed
+    as an earlier export, and --force deleted it; now the manifest must be an export's and the
+    pyproject.toml wb's."""
+    from workbench.errors import UserError
+    from workbench.export.build import check_out
+    from workbench.workspace import Workspace
+
+    (tmp_path / "ws").mkdir()
+    project = tmp_path / "project"
+    (project / "webapp").mkdir(parents=True)
+    (project / "pyproject.toml").write_text('[project]\nname = "my-own-project"\n')
+    (project / "webapp" / "manifest.json").write_text('{"name": "My PWA"}')
+    (project / "dist").mkdir()
+    with pytest.raises(UserError, match=r"is not an earlier wb export \(webapp\)"):
+        check_out(Workspace(tmp_path / "ws"), project, force=True)
+    (project / "webapp" / "manifest.json").write_text('{"schema": 1, "stage": "k/stage-a", "package": "wb_k", "configs": []}')
+    with pytest.raises(UserError, match=r"its pyproject.toml is not wb's"):
+        check_out(Workspace(tmp_path / "ws"), project, force=True)
+    assert (project / "webapp" / "manifest.json").exists() and (project / "dist").is_dir()
+
+
 def test_force_never_replaces_the_workspace_or_a_folder_holding_it(fmha_export, tmp_path):
     """`wb export -o . --force` inside the workspace once deleted stages/, fixtures/ and runs/
     (the workspace has a pyproject.toml, the old test of an export)."""

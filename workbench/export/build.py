@@ -296,12 +296,35 @@ def check_out(ws, out: Path, force: bool) -> None:
     if not force:
         raise UserError(f"--out {out} exists and is not empty (pass --force to replace an earlier export)")
     foreign = [e.name for e in entries if not (
-        (e.is_dir() and not e.is_symlink() and (e / "manifest.json").is_file())
+        (e.is_dir() and not e.is_symlink() and _is_export_manifest(e / "manifest.json"))
         or e.name in _EXPORT_LEFTOVERS or e.name.endswith(".egg-info")
     )]
-    if foreign or not (out / "pyproject.toml").is_file():
-        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "") if foreign else "no pyproject.toml"
+    if foreign or not _written_by_wb_export(out / "pyproject.toml"):
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "") if foreign else "its pyproject.toml is not wb's"
         raise UserError(f"--out {out} is not an earlier wb export ({shown}): refusing to replace it; remove it yourself or choose another folder")
+
+
+def _is_export_manifest(path: Path) -> bool:
+    """Whether ``path`` is the manifest.json of a wb export (not any file of that name: a web
+    app's manifest.json made --force delete the folder around it)."""
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > (8 << 20):
+            return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and {"schema", "stage", "package", "configs"} <= data.keys()
+
+
+def _written_by_wb_export(path: Path) -> bool:
+    """Whether ``path`` is the pyproject.toml an export writes (its first line says so)."""
+    try:
+        if not path.is_file() or path.is_symlink():
+            return False
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().startswith("# Written by `wb export ")
+    except OSError:
+        return False
 
 
 def _build(ws, spec, stage, export, op_path, op, configs, variants, arch, out: Path, emit) -> dict:
