@@ -386,7 +386,8 @@ def test_a_recorded_sweep_writes_the_perf_doc_again_without_timing_anything(stag
     --from RUN` writes the kernel's perf doc from it here, byte for byte as the timing run
     wrote it there, and times nothing. A bench of other cases, a run of another kind, or
     timing options beside --from are one-line errors; a record older than the bench_sweep
-    field is taken as the sweep its user names."""
+    field is taken as the sweep when its cases hold every row of it (an older record of four
+    cases replaced the 44-row doc)."""
     ws, _, _, _ = stage_d
     calls = []
     monkeypatch.setattr(bench, "run_job", _processes_hanging_at(99, calls))
@@ -420,9 +421,17 @@ def test_a_recorded_sweep_writes_the_perf_doc_again_without_timing_anything(stag
     record_file = ws.runs_dir / sweep["id"] / RECORD
     older = json.loads(record_file.read_text())
     del older["bench_sweep"]
+    case = older["bench"][0]  # (the stand-in worker timed one case: the older record gets every row of the sweep)
+    older["bench"] = [{**case, "case": c["name"], "params": c["params"]} for c in planned({}, sweep=True)]
     record_file.write_text(json.dumps(older))
     doc.unlink()
-    assert wb("bench", "d", "--sweep", "--from", sweep["id"], cwd=ws.root).returncode == 0 and doc.read_text() == written
+    assert wb("bench", "d", "--sweep", "--from", sweep["id"], cwd=ws.root).returncode == 0
+    written = doc.read_text()
+    assert written.count("\n| ") == 1 + len(older["bench"])  # the header and a row per case
+    older["bench"] = older["bench"][:4]
+    record_file.write_text(json.dumps(older))
+    refused = wb("bench", "d", "--sweep", "--from", sweep["id"], cwd=ws.root)
+    assert refused.returncode == 2 and "not the kernel's sweep" in refused.stderr and doc.read_text() == written
 
 
 def test_wb_import_names_an_imported_sweep_and_the_command_that_writes_its_perf_doc(stage_d, wb, monkeypatch, tmp_path_factory):
@@ -480,3 +489,24 @@ def test_a_bench_value_the_hook_cannot_take_or_that_leaves_no_case_is_named(axes
         bench.plan_cases(spec, kernel, axes)
     assert str(err.value) == expected
     assert planned({"n": ["128"], "batch": ["64"]})[0]["params"]["batch"] == 64  # the way out it names
+
+
+def test_a_perf_doc_from_a_record_with_impossible_speeds_or_no_provenance(tmp_path):
+    """A record brought from elsewhere may hold inf, NaN or 10**300 TFLOP/s (the schema reads
+    them) or lack provenance: matplotlib raised on the axis limits, the doc on the missing key
+    after the chart was already replaced. Such a speed is shown as not timed."""
+    from workbench.records.charts import draw_speed_chart
+
+    kernel, _ = fmha()
+    record = fake_bench_record()
+    record["bench"].append({**record["bench"][0], "case": "n=8192", "tflops": float("inf")})
+    record["bench"].append({**record["bench"][0], "case": "n=1024", "tflops": 10**300,
+                            "peers": {"fa4": {"tflops": float("nan")}}})
+    record["peak"] = {"tflops": float("nan")}
+    del record["provenance"]
+    doc = bench.perf_markdown(record, kernel)
+    rows = [line for line in doc.splitlines() if line.startswith("| 128 ")]
+    assert len(rows) == 3 and "inf" not in doc and "nan" not in doc.lower().replace("nanosec", "")
+    assert rows[1].endswith("| PASS | - |") and rows[2].endswith("| PASS | - |"), rows
+    assert "Card: unknown (the record names none)" in doc  # no provenance: not a KeyError
+    draw_speed_chart(tmp_path / "speed.png", record)  # no exception (None without matplotlib)

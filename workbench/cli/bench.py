@@ -125,7 +125,7 @@ def _perf_doc_from(ws, kernel, spec, selector: str, sweep: bool, as_json: bool, 
     given = [name for name, value in timing_options.items() if value]
     if given:
         raise UserError(f"--from times nothing, so {', '.join(given)} do not apply: leave them out")
-    record = lib.recorded_sweep(ws, spec, selector)
+    record = lib.recorded_sweep(ws, spec, selector, kernel)
     perf = lib.write_perf_doc(ws, kernel, spec, record)
     if as_json:
         print_json({"run": record.get("id"), "perf_md": str(perf)})

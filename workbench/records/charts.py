@@ -13,6 +13,21 @@ from typing import Any
 
 from workbench.diagnose.pictures import available, pyplot, save
 
+#: the most TFLOP/s a chart or perf doc shows as a speed: a record from elsewhere may hold inf,
+#: NaN or 10**300 (the schema reads them), which are no speed of any card
+MAX_TFLOPS = 1e6
+
+
+def speed(value: Any) -> float | None:
+    """``value`` as a TFLOP/s figure to show, or None: not a number, not finite, not above 0,
+    or past MAX_TFLOPS."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return v if 0 < v < MAX_TFLOPS else None  # (NaN fails both comparisons)
+
+
 WB_COLOUR = "#1f4e79"
 PEER_COLOURS = ["#e07b39", "#7a9e3a", "#9b59b6", "#c0392b", "#16a085", "#7f8c8d"]
 
@@ -27,24 +42,26 @@ def case_label(case: dict[str, Any]) -> str:
 
 
 def best_peer(case: dict[str, Any], yardsticks: tuple[str, ...] = ()) -> float | None:
-    values = [p.get("tflops") for name, p in (case.get("peers") or {}).items() if name not in yardsticks and p.get("tflops")]
+    values = [speed(p.get("tflops")) for name, p in (case.get("peers") or {}).items() if name not in yardsticks]
+    values = [v for v in values if v]
     return max(values) if values else None
 
 
 def draw_speed_chart(path: Path, record: dict[str, Any], yardsticks: tuple[str, ...] = ()) -> Path | None:
     """The chart of ``record`` (a bench record) at ``path``; None when there is nothing timed or
     matplotlib is not installed."""
-    cases = [c for c in record.get("bench") or [] if c.get("tflops")]
+    cases = [{**c, "tflops": speed(c.get("tflops"))} for c in record.get("bench") or []]
+    cases = [c for c in cases if c["tflops"]]
     if not cases or not available():
         return None
     plt = pyplot()
-    peers = sorted({name for c in cases for name, p in (c.get("peers") or {}).items() if p.get("tflops")})
+    peers = sorted({name for c in cases for name, p in (c.get("peers") or {}).items() if speed(p.get("tflops"))})
     series = [f"wb {record['stage']}"] + peers
     n = len(cases)
     bar = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(10, max(3.4, 1.6 + n * (0.35 + 0.22 * len(series)))), constrained_layout=True)
     for s, name in enumerate(series):
-        values = [c["tflops"] if s == 0 else ((c.get("peers") or {}).get(name) or {}).get("tflops") or 0.0 for c in cases]
+        values = [c["tflops"] if s == 0 else speed(((c.get("peers") or {}).get(name) or {}).get("tflops")) or 0.0 for c in cases]
         ys = [i + (s - (len(series) - 1) / 2) * bar for i in range(n)]
         ax.barh(ys, values, height=bar * 0.92, color=WB_COLOUR if s == 0 else PEER_COLOURS[(s - 1) % len(PEER_COLOURS)], label=name)
         for y, value, c in zip(ys, values, cases):
@@ -57,8 +74,8 @@ def draw_speed_chart(path: Path, record: dict[str, Any], yardsticks: tuple[str, 
     ax.set_yticks(range(n), [case_label(c) for c in cases], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("TFLOP/s (median, L2 flushed, every kernel checked first)")
-    peak = (record.get("peak") or {}).get("tflops")
-    right = max([c["tflops"] for c in cases] + [p.get("tflops") or 0 for c in cases for p in (c.get("peers") or {}).values()])
+    peak = speed((record.get("peak") or {}).get("tflops"))
+    right = max([c["tflops"] for c in cases] + [speed(p.get("tflops")) or 0 for c in cases for p in (c.get("peers") or {}).values()])
     if peak:
         ax.axvline(peak, color="0.3", linestyle="--", linewidth=1)
         ax.text(peak, 0.02, f"peak {peak:.0f} ", transform=ax.get_xaxis_transform(), rotation=90,
