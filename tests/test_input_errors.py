@@ -573,3 +573,30 @@ def test_remote_ps_rows_of_another_wb_version_render_without_a_traceback(toy_ws,
         main(["kill", "7", "--host", "box"])
     assert exc.value.code == 1  # "yes" is not True: not counted as killed
     assert "5" in capsys.readouterr().out
+
+
+def test_accept_keeps_the_locks_keys_it_does_not_know(toy_ws):
+    """docs/validation.md: unknown keys are kept. `wb shapes --accept` rebuilt the lock from
+    version, kernel and stages alone and dropped the rest (a team's `owner:`)."""
+    from workbench.workspace import find_workspace
+
+    ws = find_workspace()
+    shapes.accept(ws, "toy", [_compiled()])
+    lock = toy_ws / "stages/toy/shapes.lock.yaml"
+    lock.write_text(lock.read_text() + "owner: team-x\n")
+    shapes.accept(ws, "toy", [_compiled("b")])
+    assert "owner: team-x" in lock.read_text() and set(shapes.read_lock(ws, "toy")["stages"]) == {"a", "b"}
+
+
+def test_json_nested_past_the_decoder_is_no_traceback(toy_ws, tmp_path):
+    """'[' * 100000 raises RecursionError, not ValueError: a MEMORY.md data line, wb's own
+    pending-import list and an export's manifest.json each stopped wb with a traceback."""
+    from workbench.export.exported import read_manifest
+    from workbench.records import memory
+
+    deep = "[" * 100_000
+    assert memory._data_of(f"<!-- wb:data {deep} -->") is None  # read as no data, as other broken data lines are
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "manifest.json").write_text(deep)
+    with pytest.raises(UserError, match="JSON nested too deeply"):
+        read_manifest(tmp_path, type("Spec", (), {"id": "fmha/stage-d"})())

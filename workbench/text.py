@@ -16,6 +16,19 @@ def fmt(x: Any, spec: str = ".4g") -> str:
     return str(x)
 
 
+def signed(x: Any, spec: str = ".3g") -> str:
+    """A difference for a table, its sign always shown; "-" when missing. An integer too large
+    for a float (a record from elsewhere may hold 10**307 on one side and -10**307 on the
+    other) is shown by its leading digits and its length."""
+    if x is None:
+        return "-"
+    try:
+        return format(x, "+" + spec)
+    except (OverflowError, ValueError, TypeError):
+        text = str(x)
+        return text if len(text) <= 12 else f"{text[:6]}…({len(text.lstrip('+-'))} digits)"
+
+
 def strict_json(data: Any) -> Any:
     """``data`` with every float that JSON cannot spell (NaN, +-inf) as None."""
     if isinstance(data, float):

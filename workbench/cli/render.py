@@ -18,6 +18,7 @@ from workbench.records.provenance import card_label
 from workbench.records.report import changed_params_text, fixture_rows, params_text, stamped_note, variants_text
 from workbench.remote.sweep import CaseResult, SweepEvent, first_line
 from workbench.terminal import console, escape, fmt, verdict
+from workbench.text import signed
 
 
 @contextlib.contextmanager
@@ -186,7 +187,7 @@ def render_diff(d: dict[str, Any]) -> None:
         for m in f["metrics"]:
             style = "green" if m["better"] else "red"
             metric_rows.append(
-                [escape(f["fixture"]), m["output"], m["metric"], fmt(m["a"], ".4g"), fmt(m["b"], ".4g"), f"[{style}]{m['delta']:+.3g}[/]"]
+                [escape(f["fixture"]), m["output"], m["metric"], fmt(m["a"], ".4g"), fmt(m["b"], ".4g"), f"[{style}]{signed(m['delta'])}[/]"]
             )
     if metric_rows:
         console.print(terminal.table("metrics", ["fixture", "out", "metric", "A", "B", "Δ"], metric_rows))
@@ -199,7 +200,7 @@ def render_diff(d: dict[str, Any]) -> None:
         rows = [[escape(s["probe"]), s["change"], escape(s.get("a") or "-"), escape(s.get("b") or "-")] for s in d["shapes"]]
         console.print(terminal.table("shape changes", ["probe", "change", "A", "B"], rows))
     if d["timing"]:
-        console.print("[bold]timing:[/] " + ", ".join(f"{t['key']} {t['a']:.2f} → {t['b']:.2f} s ({t['delta']:+.2f})" for t in d["timing"]))
+        console.print("[bold]timing:[/] " + ", ".join(f"{t['key']} {fmt(t['a'], '.2f')} → {fmt(t['b'], '.2f')} s ({signed(t['delta'], '.2f')})" for t in d["timing"]))
     for s in d.get("speed", []):
         style = "green" if s["ratio"] >= 1 else "red"
         console.print(f"[bold]speed[/] {escape(s['case'])}: {s['a']:.1f} → {s['b']:.1f} TFLOP/s [{style}]×{s['ratio']:.3f}[/]")
@@ -217,7 +218,7 @@ def render_diff(d: dict[str, Any]) -> None:
             console.print(f"  [green]- {escape(line)}[/]")
     if d.get("counters"):
         rows = [
-            [escape(c["counter"]), fmt(c["a"], ".4g"), fmt(c["b"], ".4g"), f"{c['delta']:+.4g}", fmt(c["ratio"], ".3f") if c["ratio"] is not None else "-"]
+            [escape(c["counter"]), fmt(c["a"], ".4g"), fmt(c["b"], ".4g"), signed(c["delta"], ".4g"), fmt(c["ratio"], ".3f") if c["ratio"] is not None else "-"]
             for c in d["counters"]
         ]
         console.print(terminal.table("ncu counters (wb profile)", ["counter", "A", "B", "Δ", "B/A"], rows))

@@ -255,7 +255,8 @@ def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = Fals
     lock = read_lock(ws, kernel, accepting=True)
     from workbench.schemas.shapes_lock import VERSION  # lazy: pydantic loads when a file is read, not at start-up
 
-    lock = {"version": VERSION, "kernel": kernel, "stages": dict(lock.get("stages") or {})}
+    kept = {k: v for k, v in lock.items() if k not in ("version", "kernel", "stages")}  # keys of a newer wb or a person: kept
+    lock = {**kept, "version": VERSION, "kernel": kernel, "stages": dict(lock.get("stages") or {})}
     for res in results:
         label = label_of(res["arch"], res["params"], res["variants"])
         per_stage = {k: v for k, v in (lock["stages"].get(res["letter"]) or {}).items() if _still_wanted(k, v, res, defaults)}

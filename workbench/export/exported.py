@@ -51,6 +51,8 @@ def read_manifest(out: Path, spec) -> dict[str, Any]:
                 raise ValueError("stage and package must be a name each")
         except SchemaError as exc:
             raise UserError(f"--exported {out}: {path.parent.name}/{path.name} {exc.problem}; export again") from None
+        except RecursionError:
+            raise UserError(f"--exported {out}: {path.parent.name}/{path.name} is unreadable (JSON nested too deeply); export again") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UserError(f"--exported {out}: {path.parent.name}/{path.name} is unreadable ({type(exc).__name__}: {exc}); export again") from None
         manifests.append((path, manifest, stage, package))
@@ -65,7 +67,7 @@ def read_manifest(out: Path, spec) -> dict[str, Any]:
     op_module = out / package / "_op.py"
     try:
         defined = top_level_names(op_module)
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, RecursionError, MemoryError) as exc:  # (the last two: expressions nested past the parser)
         where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
         raise UserError(f"--exported {out}: {package}/_op.py cannot be read as Python{where}: {type(exc).__name__}; export again") from None
     if "stage_call" not in defined:

@@ -113,8 +113,9 @@ def _speed_diff(a: dict, b: dict) -> list[dict[str, Any]]:
     out = []
     for case in ba.keys() & bb.keys():
         va, vb = ba[case].get("tflops"), bb[case].get("tflops")
-        if va and vb:
-            out.append({"case": case, "a": va, "b": vb, "ratio": vb / va})
+        ratio = _ratio(vb, va) if va and vb else None
+        if ratio is not None:
+            out.append({"case": case, "a": va, "b": vb, "ratio": ratio})
     return sorted(out, key=lambda x: x["case"])
 
 
@@ -148,5 +149,13 @@ def _counter_diff(a: dict, b: dict) -> list[dict[str, Any]]:
     for key in ca.keys() & cb.keys():
         va, vb = ca[key], cb[key]
         if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and not isinstance(va, bool) and va != vb:
-            out.append({"counter": key, "a": va, "b": vb, "delta": vb - va, "ratio": vb / va if va else None})
+            out.append({"counter": key, "a": va, "b": vb, "delta": vb - va, "ratio": _ratio(vb, va)})
     return sorted(out, key=lambda c: c["counter"])
+
+
+def _ratio(b, a) -> float | None:
+    """b / a, or None where a is 0 or the quotient is past a float (integers of 300 digits)."""
+    try:
+        return b / a if a else None
+    except (OverflowError, ZeroDivisionError):
+        return None

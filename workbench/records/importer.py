@@ -283,7 +283,7 @@ def _finish_killed_import(ws: Workspace) -> None:
         return
     try:
         ids = json.loads(pending.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         ids = []
     records = []
     for run_id in ids if isinstance(ids, list) else []:

@@ -385,7 +385,7 @@ def _data_of(content: str | None) -> Any:
         if m:
             try:
                 return json.loads(m.group(1))
-            except ValueError:
+            except (ValueError, RecursionError):  # '[[[[...' nests past the decoder's limit
                 return None
     return None
 

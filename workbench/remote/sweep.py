@@ -267,7 +267,7 @@ def _tag(record: dict[str, Any], tag: dict[str, Any]) -> None:
         data = json.loads(path.read_text())
         data["sweep"] = tag
         atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-    except (OSError, ValueError, UserError):
+    except (OSError, ValueError, RecursionError, UserError):
         pass
 
 
