@@ -283,3 +283,26 @@ def test_sweep_names_the_flag_a_parameter_came_from(toy_ws, wb):
     text = yaml.read_text().replace("  n: {default: 128", "  rows: {default: 128").replace("    name: double\n", "    name: double\n    size: rows\n")
     yaml.write_text(text)
     assert_one_line_error(wb("sweep", "a", "--n", "128", "-p", "rows=256"), "parameter rows is given twice (--n and -p rows=...)")
+
+
+def test_equal_defaults_resolve_in_chains_and_a_loop_is_named(toy_ws, wb):
+    """kernel.yaml's '=other' defaults: one naming another '=' default said the other "is not a
+    parameter" (a chain) and so did a loop of two; a chain now resolves, a loop is named."""
+    yaml = toy_ws / "stages/toy/kernel.yaml"
+    text = yaml.read_text()
+    chain = "  rows2: {default: \"=rows1\", min: 1, max: 4096}\n  rows1: {default: \"=n\", min: 1, max: 4096}\n"
+    yaml.write_text(text.replace("  dtype: {", chain + "  dtype: {", 1))
+    from workbench.kernels.registry import load_kernel
+
+    assert load_kernel(yaml).stage("a").resolve_params({"n": "256"})["rows2"] == 256
+    loop = "  rows2: {default: \"=rows1\", min: 1, max: 4096}\n  rows1: {default: \"=rows2\", min: 1, max: 4096}\n"
+    yaml.write_text(text.replace("  dtype: {", loop + "  dtype: {", 1))
+    assert_one_line_error(wb("run", "a"), "the '=' defaults of rows2 -> rows1 -> rows2 name each other")
+
+
+def test_a_sweep_of_a_stage_whose_module_is_missing_is_one_line(toy_ws, wb):
+    """`wb run` said it in one line; `wb sweep` made an ERROR row per case, exited 1 and wrote
+    a sweep report of them."""
+    (toy_ws / "stages/toy/stage_b.py").unlink()
+    assert_one_line_error(wb("sweep", "b", "--n", "128,256", "--gpus", "none"), "toy/stage-b: module", "stage_b.py does not exist")
+    assert not list((toy_ws / "runs").glob("reports/*stage-b*"))

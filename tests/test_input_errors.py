@@ -600,3 +600,20 @@ def test_json_nested_past_the_decoder_is_no_traceback(toy_ws, tmp_path):
     (tmp_path / "pkg" / "manifest.json").write_text(deep)
     with pytest.raises(UserError, match="JSON nested too deeply"):
         read_manifest(tmp_path, type("Spec", (), {"id": "fmha/stage-d"})())
+
+
+def test_a_yaml_mistake_in_wb_yaml_names_its_line_and_a_newer_version_is_said_once(toy_ws, capsys):
+    """wb.yaml's YAML errors gave no line (kernel.yaml's did); a MEMORY.json of a newer wb said
+    "got 99 (written by a newer wb?), got 99"."""
+    (toy_ws / "wb.yaml").write_text("hosts:\n\t- name: x\n")
+    err = one_line_error(capsys, "list")
+    assert "wb.yaml: not valid YAML (line 2): found character '\\t'" in err
+    (toy_ws / "wb.yaml").write_text("")
+    (toy_ws / "MEMORY.json").write_text('{"version": 99}')
+    from workbench.records import memory
+    from workbench.schemas import SchemaError
+    from workbench.workspace import find_workspace
+
+    with pytest.raises((SchemaError, UserError)) as err:
+        memory.update_data_block(find_workspace(), "shapes", lambda old: old)
+    assert str(err.value).count("got 99") == 1, str(err.value)

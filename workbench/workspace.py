@@ -92,14 +92,14 @@ def _known_keys(config: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _config_of(folder: Path) -> dict[str, Any] | None:
     """The wb config of `folder`, or None when it is not a workspace."""
-    from workbench.schemas import read_text, safe_load_yaml
+    from workbench.schemas import read_text, safe_load_yaml, yaml_problem
 
     wb_yaml = folder / "wb.yaml"
     if wb_yaml.is_file():
         try:
             data = safe_load_yaml(read_text(wb_yaml, CONFIG_MAX_BYTES), str(wb_yaml)) or {}
         except yaml.YAMLError as exc:
-            raise UserError(f"{wb_yaml}: not valid YAML: {_first_line(exc)}") from exc
+            raise UserError(f"{wb_yaml}: {yaml_problem(exc)}") from exc
         if not isinstance(data, dict):
             raise UserError(f"{wb_yaml}: expected a mapping of settings at the top level")
         return _known_keys(data, str(wb_yaml))
@@ -115,10 +115,6 @@ def _config_of(folder: Path) -> dict[str, Any] | None:
                 raise UserError(f"{pyproject}: [tool.wb] must be a table")
             return _known_keys(tool_wb, f"{pyproject} [tool.wb]")
     return None
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def find_workspace(explicit: str | os.PathLike | None = None, start: Path | None = None) -> Workspace:

@@ -77,6 +77,8 @@ def sweep(
     if local:
         from workbench.cli.run import require_gpu_here
 
+        if not spec.module_path.is_file():  # (as `wb run` says it), not an ERROR row per case and a report of them
+            raise UserError(f"{spec.id}: module {spec.module_path} does not exist")
         require_gpu_here(spec)  # one line here, not a first case that fails and then the same line
     ws.ensure_state_dir()
     if local:

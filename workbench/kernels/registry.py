@@ -174,10 +174,20 @@ class StageSpec:
                 pending[name] = spec.default[1:]
             else:
                 values[name] = spec.default
-        for name, source in pending.items():
-            if source not in values:
-                raise UserError(f"{self.id}: parameter {name} defaults to '={source}', which is not a parameter")
-            values[name] = self.params[name].coerce(values[source], self.id)
+        while pending:  # in rounds: a default may name another '=' default that resolves first
+            ready = {name: source for name, source in pending.items() if source in values}
+            if not ready:
+                name, source = next(iter(pending.items()))
+                if source not in self.params:
+                    raise UserError(f"{self.id}: parameter {name} defaults to '={source}', which is not a parameter")
+                loop = [name]
+                while loop[-1] in pending and pending[loop[-1]] not in loop:
+                    loop.append(pending[loop[-1]])
+                raise UserError(f"{self.id}: the '=' defaults of {' -> '.join(loop + [pending[loop[-1]]])} name each other: "
+                                "give one of them a value (in kernel.yaml or with -p)")
+            for name, source in ready.items():
+                values[name] = self.params[name].coerce(values[source], self.id)
+                del pending[name]
         return values
 
     def resolve_variants(self, overrides: dict[str, str] | None = None) -> dict[str, str]:

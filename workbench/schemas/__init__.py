@@ -93,12 +93,19 @@ def _repr_start(value: Any, budget: int) -> tuple[str, bool]:
     return "".join(parts), not whole and left <= 0
 
 
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parser error in a line: where (line N) and what, as the file's reader names it."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1})" if mark else ""
+    return f"not valid YAML{where}: {getattr(exc, 'problem', None) or ' '.join(str(exc).split())[:160] or type(exc).__name__}"
+
+
 def _first_problem(exc: Any) -> str:
     errors = exc.errors(include_url=False)
     first = errors[0]
     where = ".".join(str(p) for p in first.get("loc", ())) or "(top level)"
     problem = f"{where}: {first.get('msg', 'invalid')}"
-    if "input" in first and first.get("type") != "missing":
+    if "input" in first and first.get("type") != "missing" and "got" not in (first.get("ctx") or {}):  # (a message of ours names it)
         problem += f", got {short(first['input'])}"
     if len(errors) > 1:
         problem += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"

@@ -21,7 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 from pydantic_core import PydanticCustomError
 
 from workbench.arches import ARCHES, DEFAULT_ARCH, known_arch
-from workbench.schemas import MiB, SchemaError, read_text, safe_load_yaml, short
+from workbench.schemas import MiB, SchemaError, read_text, safe_load_yaml, short, yaml_problem
 
 DEFAULT_TIMEOUT = 120.0  # seconds before a run is HANG, when kernel.yaml gives none
 
@@ -331,9 +331,7 @@ def load(path: Path) -> KernelFile:
     try:
         data = safe_load_yaml(text, source)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise SchemaError(source, f"not valid YAML{where}: {getattr(exc, 'problem', None) or type(exc).__name__}") from None
+        raise SchemaError(source, yaml_problem(exc)) from None
     try:
         return KernelFile.model_validate(data)
     except ValidationError as exc:
