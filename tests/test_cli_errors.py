@@ -207,6 +207,7 @@ def test_one_broken_kernel_yaml_leaves_the_other_kernels_working(toy_ws, wb):
     assert ran.returncode == 0, ran.stderr
     assert ran.stderr.count("k/kernel.yaml: not valid YAML") == 1 and "kernel k is left out until this is fixed" in ran.stderr
     assert_one_line_error(wb("run", "k/a"), "k/kernel.yaml: not valid YAML")
+    assert_one_line_error(wb("report", "k/a"), "k/kernel.yaml: not valid YAML")  # (it said "no run matches 'k/a'")
     listed = wb("list")
     assert listed.returncode == 2 and "toy" in listed.stdout
     assert listed.stderr.strip().splitlines()[-1].startswith("wb: error:") and "k/kernel.yaml" in listed.stderr
