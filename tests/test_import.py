@@ -137,9 +137,11 @@ def test_one_malformed_record_refuses_the_whole_import(ws, tmp_path, bad):
     shutil.copytree(tmp_path / "other/runs/20261203-090000-000000", tmp_path / "src/runs/20261203-090000-000000")
     before = state(ws)
     key = next(iter(bad))
-    with pytest.raises(UserError, match=rf"run\.json: {key}"):
+    with pytest.raises(UserError, match=rf"run\.json: {key}") as err:
         import_runs(ws, tmp_path / "src")
     assert state(ws) == before
+    # named where it is in the source (the staging folder under .wb is gone by then)
+    assert str(err.value).startswith(f"{tmp_path / 'src'}: runs/20261203-090000-000000/run.json: {key}"), str(err.value)
 
 
 def _zeros_bomb(path: Path, gib: int = 1) -> Path:

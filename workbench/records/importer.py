@@ -31,6 +31,7 @@ from workbench.kernels.registry import load_kernels
 from workbench.records import memory, report, speed
 from workbench.interrupts import held_signals
 from workbench.records.store import RECORD, ensure_runs_dir, is_run_id, load_record, run_ids
+from workbench.schemas import SchemaError
 from workbench.workspace import Workspace
 
 MiB = 1 << 20
@@ -195,7 +196,12 @@ def _import_locked(ws: Workspace, source: Path, limits: Limits) -> Imported:
             if not (runs / run_id / RECORD).is_file():
                 without.append(run_id)
                 continue
-            record = load_record(runs / run_id)  # SchemaError names the file and the key
+            try:
+                record = load_record(runs / run_id)
+            except SchemaError as exc:  # named inside the source, not in the staging folder that goes away
+                inside = Path(exc.source)
+                inside = inside.relative_to(staged) if inside.is_relative_to(staged) else inside
+                raise SchemaError(f"{source}: {inside}", f"{exc.problem}; nothing was imported") from None
             record["_dir"] = str(ws.runs_dir / run_id)
             records.append(record)
         # wb's own stage reports live in runs/reports; any other folder is not wb's to import
