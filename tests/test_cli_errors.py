@@ -307,3 +307,15 @@ def test_a_sweep_of_a_stage_whose_module_is_missing_is_one_line(toy_ws, wb):
     (toy_ws / "stages/toy/stage_b.py").unlink()
     assert_one_line_error(wb("sweep", "b", "--n", "128,256", "--gpus", "none"), "toy/stage-b: module", "stage_b.py does not exist")
     assert not list((toy_ws / "runs").glob("reports/*stage-b*"))
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["runs", ""], ["'' is not a stage"]),  # it listed every run
+    (["shapes", "toy", ""], ["kernel toy has no stage ''"]),  # it compiled every stage
+    (["shapes", "toy", "doubel"], ["(did you mean double?)"]),
+    (["compile", "a", "--keep", ""], ["--keep '': name what to keep"]),  # it kept nothing, silently
+    (["compile", "a", "--keep", "ptx,,sass"], ["--keep 'ptx,,sass'"]),
+])
+def test_names_are_read_alike_across_commands(toy_ws, wb, args, fragments):
+    """An empty name, a near miss or an empty list item, as `wb run` reads them."""
+    assert_one_line_error(wb(*args), *fragments)

@@ -75,7 +75,7 @@ def bench(
         raise UserError("--processes must be between 1 and 50")
     check_timeout(timeout)
     cases = lib.plan_cases(spec, kernel, parse_axes(param, "--param"), sweep)
-    peer_list = list(kernel.bench.peers) if peers is None else [p.strip() for p in peers.split(",") if p.strip()]
+    peer_list = list(kernel.bench.peers) if peers is None else list(dict.fromkeys(p.strip() for p in peers.split(",") if p.strip()))
     lib.check_peers(kernel, peer_list)
     lib.resolve_cases(spec, kernel, cases)  # every case checked here, before a worker starts
     from workbench.cli.render import progress

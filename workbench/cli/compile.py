@@ -32,7 +32,9 @@ def compile_cmd(
     from workbench.arches import check_arch
     from workbench.kernels.registry import load_kernels, resolve_stage
 
-    wanted = tuple(k.strip() for k in (keep or "").split(",") if k.strip())
+    if keep is not None and not all(k.strip() for k in keep.split(",")):  # '' or ptx,,sass: a slip, not "keep nothing"
+        raise UserError(f"--keep {keep!r}: name what to keep, comma-separated: {', '.join(KEEPABLE)}")
+    wanted = tuple(dict.fromkeys(k.strip() for k in keep.split(","))) if keep is not None else ()
     unknown = [k for k in wanted if k not in KEEPABLE]
     if unknown:
         raise UserError(f"--keep {unknown[0]!r}: choose from {', '.join(KEEPABLE)}")

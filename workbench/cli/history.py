@@ -39,7 +39,7 @@ def runs(
         raise UserError(f"-n {limit}: give how many runs to list, 1 or more")
     ws = state.workspace()
     where = None
-    if stage:
+    if stage is not None:  # (an empty name is refused as `wb run` refuses it, not read as "every stage")
         stage_id = _stage_id_of(ws)(stage)
         where = lambda r: r.get("stage") == stage_id  # noqa: E731
     records = list_records(ws.runs_dir, where, limit=limit)

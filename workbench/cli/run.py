@@ -208,7 +208,7 @@ def profile(
     kernels = load_kernels(ws)
     spec, params, variants = resolve_request(ws, stage, n, d, dtype, param, variant, timeout, kernels)
     check_fixture_names(ws, [fixture] if fixture is not None else [])
-    peer_list = [p.strip() for p in (peers or "").split(",") if p.strip()]
+    peer_list = list(dict.fromkeys(p.strip() for p in (peers or "").split(",") if p.strip()))  # (fa4,fa4: once)
     check_peers(kernels[spec.kernel], peer_list)
     require_gpu_here(spec)
     profiler.executable()  # refused in one line before any run

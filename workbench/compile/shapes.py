@@ -105,12 +105,16 @@ def plan(
         kernel = get_kernel(ws, kernel_name, kernels)
     warn_broken(kernels)
     specs = kernel.stages
-    if stage:
-        wanted = stage.lower().removeprefix("stage-")
-        specs = [s for s in kernel.stages if wanted in (s.letter, s.name.lower())]
+    if stage is not None:  # (as `wb run` reads a stage: spaces around it dropped, an empty one refused)
+        wanted = stage.strip().lower().removeprefix("stage-")
+        specs = [s for s in kernel.stages if wanted and wanted in (s.letter, s.name.lower())]
         if not specs:
+            import difflib
+
             listed = ", ".join(f"{s.short} ({s.name})" for s in kernel.stages)
-            raise UserError(f"kernel {kernel.name} has no stage {stage!r}; its stages: {listed}")
+            close = difflib.get_close_matches(wanted, [s.name.lower() for s in kernel.stages] + [s.short for s in kernel.stages], n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise UserError(f"kernel {kernel.name} has no stage {stage!r}{hint}; its stages: {listed}")
     for name in overrides:
         if not any(name in s.params for s in specs):
             raise UserError(f"no selected stage of {kernel.name} has a parameter {name!r}")
