@@ -20,7 +20,7 @@ MAX_SIDE = 768
 MAGENTA = (1.0, 0.0, 1.0)
 CYAN = (0.0, 0.9, 1.0)
 LOG_FLOOR = -6.0  # log10 of the smallest relative error shown; exactly 0 draws at the floor
-INSTALL = "pip install 'wb[pictures]' (matplotlib)"
+INSTALL = "pip install 'cute-wb[pictures]' (matplotlib)"
 
 
 class PicturesUnavailable(RuntimeError):
