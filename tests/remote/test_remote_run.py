@@ -108,6 +108,10 @@ def test_unreachable_host_is_one_clear_line(remote_ws, wb, sshd_server):
     assert "✗ down" in proc.stdout and "unreachable" in proc.stdout and "Connection refused" in proc.stdout
     run = wb("run", "a", "--host", "down")
     assert run.returncode == 2 and "host down unreachable" in run.stderr and "Traceback" not in run.stderr
+    for command in (["ps"], ["kill"]):  # ssh's own line was shown too, before wb's quoting it
+        listed = wb(*command, "--host", "down")
+        assert listed.returncode == 2 and listed.stderr.strip().count("\n") == 0, listed.stderr
+        assert listed.stderr.startswith("wb: error: host down unreachable") and "Connection refused" in listed.stderr
     assert not [p for p in (ws / "runs").glob("*") if p.name[0].isdigit()] if (ws / "runs").exists() else True
 
 

@@ -296,9 +296,10 @@ def run_wb_json(
 
 
 def _shower(host: Host) -> Callable[[str], None]:
-    """Show the remote's stderr lines here, except its final error (raised as ours)."""
+    """Show the remote's stderr lines here, except its final error (raised as ours) and ssh's
+    own complaints (`ssh: connect to host … refused`: the unreachable error quotes them)."""
     def show(line: str) -> None:
-        if not line.startswith("wb: error: "):
+        if not line.startswith(("wb: error: ", "ssh: ")):
             terminal.err_console.print(f"[dim]{host.name}:[/] {terminal.escape(line)}")
 
     return show
