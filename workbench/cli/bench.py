@@ -55,7 +55,7 @@ def bench(
     """Time STAGE with CUDA events (L2 flushed, median and spread) after checking it on the same inputs,
     beside the kernel's peers; record it, update MEMORY.md's speed block."""
     from workbench.run import bench as lib
-    from workbench.cli.run import check_timeout, parse_pairs
+    from workbench.cli.run import check_timeout, parse_pairs, require_gpu_here
     from workbench.remote.sweep import parse_axes
 
     ws = state.workspace()
@@ -85,7 +85,7 @@ def bench(
         from workbench.records.store import ensure_runs_dir
 
         ensure_runs_dir(ws.runs_dir)  # what is in the way of the record, said even where no GPU is
-        _require_gpu()
+        require_gpu_here(spec, "wb bench")  # (the worker checks again: this sees only whether a driver is present)
     if host:  # the same command there; its record comes back into runs/ (workbench.remote.client)
         from workbench.remote.client import run_and_import
 
@@ -103,16 +103,6 @@ def bench(
     else:
         render_bench(record)
     raise typer.Exit({"PASS": 0, "INTERRUPTED": 130}.get(record["verdict"], 1))
-
-
-def _require_gpu() -> None:
-    """wb bench times on a GPU: refused here in one line, before a worker starts (the worker
-    checks again: this one only sees whether a driver is present)."""
-    from workbench import gpu
-    from workbench.errors import NoGpuError
-
-    if not gpu.reachable():
-        raise NoGpuError("wb bench needs a CUDA GPU and this machine has none (no NVIDIA device, or CUDA_VISIBLE_DEVICES hides them)")
 
 
 def _perf_doc_from(ws, kernel, spec, selector: str, sweep: bool, as_json: bool, timing_options: dict) -> None:

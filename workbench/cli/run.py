@@ -67,12 +67,14 @@ def check_fixture_names(ws, names) -> None:
             registry.variants(name)
 
 
-def require_gpu_here(spec) -> None:
+def require_gpu_here(spec, command: str | None = None) -> None:
+    """No GPU driver here and the stage needs one: one line (exit 2) before any worker starts.
+    ``command`` (e.g. "wb bench") needs one whatever the stage, and is named in the line."""
     from workbench import gpu
     from workbench.errors import NoGpuError
 
-    if not gpu.reachable() and gpu.stage_needs_gpu(spec.module_path):
-        raise NoGpuError(f"{spec.id} needs a CUDA GPU and this machine has none (no NVIDIA device, or CUDA_VISIBLE_DEVICES hides them)")
+    if not gpu.reachable() and (command is not None or gpu.stage_needs_gpu(spec.module_path)):
+        raise NoGpuError(f"{command or spec.id} needs a CUDA GPU and this machine has none (no NVIDIA device, or CUDA_VISIBLE_DEVICES hides them)")
 
 
 def show_record(record: dict, as_json: bool) -> None:

@@ -306,23 +306,29 @@ def check_out(ws, out: Path, force: bool) -> None:
 
 def _is_export_manifest(path: Path) -> bool:
     """Whether ``path`` is the manifest.json of a wb export (not any file of that name: a web
-    app's manifest.json made --force delete the folder around it)."""
+    app's manifest.json made --force delete the folder around it); read as `wb run --exported`
+    reads one (exported.read_manifest)."""
+    from workbench.export.exported import MANIFEST_MAX_BYTES
+    from workbench.schemas import read_text
+
     try:
-        if not path.is_file() or path.is_symlink() or path.stat().st_size > (8 << 20):
+        if path.is_symlink():
             return False
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        data = json.loads(read_text(path, MANIFEST_MAX_BYTES))
+    except (UserError, OSError, ValueError, RecursionError):
         return False
     return isinstance(data, dict) and {"schema", "stage", "package", "configs"} <= data.keys()
 
 
 def _written_by_wb_export(path: Path) -> bool:
-    """Whether ``path`` is the pyproject.toml an export writes (its first line says so)."""
+    """Whether ``path`` is the pyproject.toml an export writes: its first line starts as the
+    template's does (up to the template's first $ field)."""
+    header = (PACKAGE_DIR / "pyproject.toml.tmpl").read_text(encoding="utf-8").splitlines()[0].partition("$")[0]
     try:
         if not path.is_file() or path.is_symlink():
             return False
         with open(path, encoding="utf-8", errors="replace") as f:
-            return f.readline().startswith("# Written by `wb export ")
+            return f.readline().startswith(header)
     except OSError:
         return False
 
