@@ -175,13 +175,16 @@ def test_lazy_rescale_puts_the_o_multiply_behind_a_warp_vote(fmha_ws, wb):
 
 @pytest.mark.parametrize("d, dv, given, expected", [
     (256, None, "auto", True),    # O 256 wide: the rescale is worth skipping
-    (256, 128, "auto", False),    # 256/128: O is d = 128's width, where it measured a wash
+    (192, None, "auto", True),
+    (96, None, "auto", True),
+    (256, 128, "auto", False),    # 256/128: O is d = 128's width, where it measured a loss
+    (192, 128, "auto", False),
     (128, None, "auto", False),
     (64, None, "auto", False),
     (256, None, "off", False),    # an explicit choice wins either way
     (128, None, "on", True),
 ])
-def test_lazy_rescale_auto_is_on_where_o_is_256_wide(d, dv, given, expected):
+def test_lazy_rescale_auto_is_on_at_the_o_widths_where_it_measured_faster(d, dv, given, expected):
     import cutlass
 
     from stages.fmha.stage_d_fmha import FmhaForward

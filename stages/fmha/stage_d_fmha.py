@@ -167,6 +167,10 @@ SCHED_BARRIER_BASE = 1 + MAX_CONSUMER_WG
 #: lazy_rescale=on: a row's running max moves only when a tile's exceeds it by more than this
 #: (log2 units, FlashAttention-4's threshold on Blackwell): P stays below 2^8, fine in bf16/fp16
 LAZY_RESCALE_LOG2 = 8.0
+#: lazy_rescale=auto: the O widths (dv) where it is on. It measured +3-4 % at dv = 256 (H100 and
+#: H200), +1-4 % at 96 and +1 % at 192 (H100), a loss of 1-3 % at 128 and a wash at 64
+#: (docs/perf-notes.md rounds 8, 10 and 11)
+LAZY_RESCALE_DV = (96, 192, 256)
 # ``trace=True`` (wb run --trace, benchmarks/trace_tiles.py): the buffer layout is
 # stages/fmha/trace.py's (TRACE_EVENTS stamps per CTA, lane and work tile, then the clocks)
 assert TRACE_LANES == 1 + MAX_CONSUMER_WG, "stages/fmha/trace.py lays out one producer and MAX_CONSUMER_WG consumer lanes"
@@ -269,7 +273,7 @@ class FmhaForward(FmhaForwardBase):
         # memory) is ``geometry.tiles``, its table and reasons in stages/fmha/geometry.py.
         # schedule: pingpong (with 3 consumer WGs it fits 160 registers only with a fresh S
         # accumulator per step, see ``overlap_tile``). persistent: ts.persistence.
-        # tile_order: lpt when causal. lazy_rescale: on when dv = 256.
+        # tile_order: lpt when causal. lazy_rescale: on where dv is in LAZY_RESCALE_DV.
         capped_window = float(softcap) > 0 and (window_left >= 0 or window_right >= 0)
         if schedule == "auto":
             schedule = "pingpong"
@@ -290,9 +294,7 @@ class FmhaForward(FmhaForwardBase):
         self.o_in_q = o_in_q
         self.p_smem = p_smem
         self.p_sync = p_sync
-        # lazy_rescale: on where O is 256 wide (its rescale is 128 FMULs per thread per KV tile;
-        # +3-4% at d = 256 on an H200, a wash at d = 128: docs/perf-notes.md rounds 8 and 10)
-        self.lazy_rescale = lazy_rescale == "on" or (lazy_rescale == "auto" and dv == 256)
+        self.lazy_rescale = lazy_rescale == "on" or (lazy_rescale == "auto" and dv in LAZY_RESCALE_DV)
         self.num_threads = common.WG_THREADS * (1 + consumers)
         self.consumer_regs, self.producer_regs = REGISTERS[consumers]
         super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages, dv=dv)
