@@ -250,6 +250,7 @@ class FmhaForward(FmhaForwardBase):
         p_operand: str = "auto",
         p_sync: str = "wg",
         lazy_rescale: str = "auto",
+        exp2_poly: str = "off",
         o_staging: str = "auto",
         schedule: str = "auto",
         consumers: int | None = None,
@@ -295,6 +296,7 @@ class FmhaForward(FmhaForwardBase):
         self.p_smem = p_smem
         self.p_sync = p_sync
         self.lazy_rescale = lazy_rescale == "on" or (lazy_rescale == "auto" and dv in LAZY_RESCALE_DV)
+        self.exp2_poly_every = 0 if exp2_poly == "off" else int(exp2_poly)
         self.num_threads = common.WG_THREADS * (1 + consumers)
         self.consumer_regs, self.producer_regs = REGISTERS[consumers]
         super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages, dv=dv)
@@ -780,7 +782,7 @@ class FmhaForward(FmhaForwardBase):
         trace_print(tSrS=acc_S_shape, tOrP=tOrP, tOrO=acc_O, p_check=self.p_check)
         softmax = sm.OnlineSoftmax(
             self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]), softcap=self.softcap_constants(),
-            lazy=LAZY_RESCALE_LOG2 if self.lazy_rescale else None,
+            lazy=LAZY_RESCALE_LOG2 if self.lazy_rescale else None, poly_every=self.exp2_poly_every,
         )
         row_scale = cute.make_rmem_tensor(softmax.num_rows, Float32)
         return thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale, p_store
@@ -1384,6 +1386,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "p_operand": v["p_operand"],
         "p_sync": v["p_sync"],
         "lazy_rescale": v["lazy_rescale"],
+        "exp2_poly": v["exp2_poly"],
         "o_staging": v["o_staging"],
         "schedule": v["schedule"],
         "consumers": number("consumers"),
