@@ -354,7 +354,9 @@ def _drop_key_of_first_config(text: str) -> str:
 
 MANIFEST_DAMAGES = [
     (None, "is missing"),
-    (lambda text: text[: len(text) // 2], "is not valid JSON (Expecting "),  # cut short by a copy
+    # cut short by a copy (at the last brace: a cut at a fixed fraction lands inside a string or not
+    # as the manifest grows, and the decoder's message differs)
+    (lambda text: text.rstrip()[:-1], "is not valid JSON (Expecting "),
     (lambda text: "", "is not valid JSON (Expecting value: line 1 column 1"),
     (lambda text: "[]", "holds a JSON list, not an object"),
     (lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "configs"}), "has no list of configs"),
