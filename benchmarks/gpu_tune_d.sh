@@ -86,16 +86,6 @@
 #               128 with P in shared memory isolates that cost. A sweep of each (n with tails, both
 #               dtypes, GQA; 6 cases each), then s 1024 / 4096 / 8192 beside the default and FA4, two
 #               rounds (about 5 minutes)
-# PHASE lazywide: the d = 96 and 192 defaults with lazy_rescale on (auto: dv 96, 192, 256): sweeps of
-#               fixed lengths (n 17 ... 8200, both masks, both dtypes, GQA; 8200 takes d = 96's causal
-#               long kernel), softcap and a window, varlen, paged (16-key pages); then the default
-#               against -V lazy_rescale=off at s = 8192 beside FA4, LAZYWIDE_ROUNDS rounds (default 1;
-#               about 5 minutes)
-# PHASE d64poly: exp2_poly (every k-th 2^x of a softmax row by a cubic on the FMA pipe, not MUFU.EX2:
-#               at d = 64 a KV tile's exponents take MUFU as long as its MMAs take the tensor cores)
-#               k = 4 / 3 / 2: sweeps (d 64 and 96, n with tails, both masks, both dtypes, GQA, and
-#               softcap), then d = 64 s 1024 / 4096 / 8192 and d = 96 s = 8192 beside the default and
-#               FA4, two rounds (about 6 minutes)
 # Every command has its own hang timeout; `timeout` bounds each step as a backstop.
 set -u
 export COLUMNS=${COLUMNS:-220}
@@ -434,48 +424,12 @@ d64wide)
     done
   done
   ;;
-d64poly)
-  step "sweep exp2_poly=4/3/2: d 64 and 96, n with tails, both masks, both dtypes, GQA (16 cases each), softcap (2 each)"
-  for k in 4 3 2; do
-    timeout 150 wb sweep d --n 17,1000,4096,8200 --d 64 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 -V exp2_poly=$k \
-      --timeout 40 | sweep_verdicts
-    timeout 60 wb sweep d --n 1000 --d 64,96 -p causal=false -p softcap=30 -V exp2_poly=$k --timeout 40 | sweep_verdicts
-  done
-  timeout 100 wb sweep d --n 1000,8192 --d 96 --dtype bf16,fp16 -p causal=false,true -V exp2_poly=4 --timeout 40 | sweep_verdicts
-  for round in 1 2; do
-    step "round $round: d=64 s 1024/4096/8192 (non-causal; causal 8192) and d=96 s=8192: the default and FA4, then k = 4, 3, 2"
-    timeout 100 wb bench d -p d=64 -p n=1024,4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 90 | table_rows 170
-    timeout 60 wb bench d -p d=64,96 -p n=8192 -p causal=true -p dtype=bf16 --peers fa4 --timeout 50 | table_rows 170
-    timeout 60 wb bench d -p d=96 -p n=8192 -p causal=false -p dtype=bf16 --peers fa4 --timeout 50 | table_rows 170
-    for k in 4 3 2; do
-      timeout 80 wb bench d -p d=64 -p n=1024,4096,8192 -p causal=false -p dtype=bf16,fp16 -V exp2_poly=$k --peers "" --timeout 70 | table_rows 150 "poly$k"
-      timeout 60 wb bench d -p d=64,96 -p n=8192 -p causal=true -p dtype=bf16 -V exp2_poly=$k --peers "" --timeout 50 | table_rows 150 "poly$k"
-      timeout 60 wb bench d -p d=96 -p n=8192 -p causal=false -p dtype=bf16 -V exp2_poly=$k --peers "" --timeout 50 | table_rows 150 "poly$k"
-    done
-  done
-  ;;
-lazywide)
-  step "sweep the d=96 and 192 defaults (lazy_rescale on): fixed lengths, both masks, both dtypes, GQA (40 cases)"
-  timeout 240 wb sweep d --n 17,1000,4096,8192,8200 --d 96,192 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 \
-    --timeout 40 | sweep_verdicts
-  step "softcap 30 and a 300-key window; varlen; paged 16-key pages"
-  timeout 90 wb sweep d --n 1000,8192 --d 96,192 --dtype fp16 -p causal=true -p softcap=30 -p window_left=-1,300 \
-    --timeout 40 | sweep_verdicts
-  timeout 90 wb sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 -p seqlens_k=5:0:1000:33:4000 -p heads=8 -p kv_heads=2 \
-    --d 96,192 --dtype bf16 -p causal=false,true --timeout 40 | sweep_verdicts
-  timeout 90 wb sweep d -p page_size=16 --n 17,1000 --d 96,192 -p causal=false,true -p heads=2 -p kv_heads=1 --timeout 40 | sweep_verdicts
-  for round in $(seq 1 "${LAZYWIDE_ROUNDS:-1}"); do
-    step "round $round: d=96 and 192 s=8192 both masks both dtypes: the default (lazy on) with FA4, then lazy_rescale=off"
-    timeout 150 wb bench d -p d=96,192 -p n=8192 -p causal=false,true -p dtype=bf16,fp16 --peers fa4 --timeout 140 | table_rows 170
-    timeout 120 wb bench d -p d=96,192 -p n=8192 -p causal=false,true -p dtype=bf16,fp16 -V lazy_rescale=off --peers "" --timeout 110 | table_rows 170 "off"
-  done
-  ;;
 perf)
   step "wb bench d --sweep (docs/perf.md) with every peer"
   cpeers="fa4,sdpa-cudnn,sdpa-flash"; [ -n "${WB_CUTLASS_EXAMPLES:-}" ] && cpeers="$cpeers,cutlass-example"
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazywide|d64poly" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide" >&2; exit 2 ;;
 esac
 step done

@@ -47,8 +47,6 @@ from typing import Type
 import cutlass
 import cutlass.cute as cute
 from cutlass import Float32, const_expr
-from cutlass._mlir.dialects import llvm
-from cutlass.cutlass_dsl import T, dsl_user_op
 
 from stages.fmha import common
 
@@ -218,51 +216,6 @@ def check_p_operand_mapping(tiled_mma_qk: cute.TiledMma, tiled_mma_pv: cute.Tile
 
 
 # --------------------------------------------------------------------------------------
-# 2^x on the FMA pipe (exp2_poly)
-# --------------------------------------------------------------------------------------
-#: p(f) = 1 + f (A1 + f (A2 + f A3)) ~ 2^f on [0, 1): our weighted least-squares fit for the
-#: smallest largest relative error (8.6e-5, against bf16's 2^-9 and fp16's 2^-11 rounding of P);
-#: p(0) = 1 exactly, so 2^k for an integer k is exact. As PTX fp32 literals.
-EXP2_POLY = ("0f3F31F32F", "0f3E691B93", "0f3D9DD5AF")  # A1 0.69511694, A2 0.22764425, A3 0.07706773
-
-# 2^x = 2^k p(f), k = floor(x), f = x - k: x clamped at -127 (2^-127 p(0) comes out as +0, so a
-# masked -inf gives 0 as MUFU.EX2 does); adding 1.5 * 2^23 rounding down leaves k in the sum's
-# low mantissa bits, which shifted up by 23 are k's exponent field, added to p's bits. One asm
-# block, so no fast-math rewrite can fold the add and subtract of 1.5 * 2^23 away.
-_EXP2_POLY_ASM = (
-    "{\n"
-    ".reg .f32 xc, xr, xk, fr, p;\n"
-    ".reg .b32 e, pb;\n"
-    "max.ftz.f32 xc, $1, 0fC2FE0000;\n"
-    "add.rm.ftz.f32 xr, xc, 0f4B400000;\n"
-    "sub.ftz.f32 xk, xr, 0f4B400000;\n"
-    "sub.ftz.f32 fr, xc, xk;\n"
-    f"fma.rn.ftz.f32 p, fr, {EXP2_POLY[2]}, {EXP2_POLY[1]};\n"
-    f"fma.rn.ftz.f32 p, p, fr, {EXP2_POLY[0]};\n"
-    "fma.rn.ftz.f32 p, p, fr, 0f3F800000;\n"
-    "mov.b32 e, xr;\n"
-    "shl.b32 e, e, 23;\n"
-    "mov.b32 pb, p;\n"
-    "add.s32 pb, pb, e;\n"
-    "mov.b32 $0, pb;\n"
-    "}"
-)
-
-
-@dsl_user_op
-def exp2_poly(x: Float32, *, loc=None, ip=None) -> Float32:
-    """2^x (x <= 127) by a cubic on the FMA and integer pipes instead of MUFU.EX2 (FlashAttention-4's
-    idea on Blackwell): at d = 64 a KV tile's 2^x take MUFU as long as its two MMAs take the
-    tensor cores. Relative error under 8.6e-5; NaN comes out as 0 (PTX max drops it)."""
-    return Float32(
-        llvm.inline_asm(
-            T.f32(), [Float32(x).ir_value(loc=loc, ip=ip)], _EXP2_POLY_ASM, "=f,f",
-            has_side_effects=False, is_align_stack=False, asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip,
-        )
-    )
-
-
-# --------------------------------------------------------------------------------------
 # Online softmax
 # --------------------------------------------------------------------------------------
 class OnlineSoftmax:
@@ -271,17 +224,13 @@ class OnlineSoftmax:
     Create it inside the kernel (it allocates register tensors). ``scale_log2`` is
     scale * log2(e); S stays in raw units, so every exponent is one FFMA away.
     ``softcap`` = (k_in, k_out) of ``cap_logits`` (``softcap_constants``) or None (off):
-    ``step`` caps S first and works on the capped logits in log2 units. ``poly_every`` = k > 0:
-    every k-th 2^x of a thread's row goes through ``exp2_poly`` (the FMA pipe), the rest
-    through MUFU.EX2.
+    ``step`` caps S first and works on the capped logits in log2 units.
     """
 
-    def __init__(self, scale_log2: float, num_rows: int, softcap: tuple | None = None, lazy: float | None = None,
-                 poly_every: int = 0):
+    def __init__(self, scale_log2: float, num_rows: int, softcap: tuple | None = None, lazy: float | None = None):
         self.scale_log2 = scale_log2
         self.softcap = softcap
         self.lazy = lazy
-        self.poly_every = poly_every
         self.num_rows = num_rows
         self.row_max = cute.make_rmem_tensor(num_rows, Float32)
         self.row_sum = cute.make_rmem_tensor(num_rows, Float32)
@@ -329,23 +278,11 @@ class OnlineSoftmax:
             m_safe = m_new
             if m_new == Float32(-math.inf):
                 m_safe = Float32(0.0)
-            if const_expr(self.poly_every > 0):
-                if const_expr(self.softcap is not None):
-                    s_mn[r, None].store(row - m_safe)
-                else:
-                    s_mn[r, None].store(row * c - m_safe * c)
-                for i in cutlass.range_constexpr(cute.size(s_mn, mode=[1])):
-                    if const_expr(i % self.poly_every == self.poly_every - 1):
-                        s_mn[r, i] = exp2_poly(s_mn[r, i])
-                    else:
-                        s_mn[r, i] = cute.math.exp2(s_mn[r, i], fastmath=True)
-                p = s_mn[r, None].load()
+            if const_expr(self.softcap is not None):
+                p = cute.math.exp2(row - m_safe, fastmath=True)
             else:
-                if const_expr(self.softcap is not None):
-                    p = cute.math.exp2(row - m_safe, fastmath=True)
-                else:
-                    p = cute.math.exp2(row * c - m_safe * c, fastmath=True)
-                s_mn[r, None].store(p)
+                p = cute.math.exp2(row * c - m_safe * c, fastmath=True)
+            s_mn[r, None].store(p)
             tile_sum = p.reduce(cute.ReductionOp.ADD, Float32(0.0), 0)
             if const_expr(is_first):
                 row_scale[r] = Float32(1.0)

@@ -167,10 +167,6 @@ SCHED_BARRIER_BASE = 1 + MAX_CONSUMER_WG
 #: lazy_rescale=on: a row's running max moves only when a tile's exceeds it by more than this
 #: (log2 units, FlashAttention-4's threshold on Blackwell): P stays below 2^8, fine in bf16/fp16
 LAZY_RESCALE_LOG2 = 8.0
-#: lazy_rescale=auto: the O widths (dv) where it is on. It measured +3-4 % at dv = 256 (H100 and
-#: H200), +1-4 % at 96 and +1 % at 192 (H100), a loss of 1-3 % at 128 and a wash at 64
-#: (docs/perf-notes.md rounds 8, 10 and 11)
-LAZY_RESCALE_DV = (96, 192, 256)
 # ``trace=True`` (wb run --trace, benchmarks/trace_tiles.py): the buffer layout is
 # stages/fmha/trace.py's (TRACE_EVENTS stamps per CTA, lane and work tile, then the clocks)
 assert TRACE_LANES == 1 + MAX_CONSUMER_WG, "stages/fmha/trace.py lays out one producer and MAX_CONSUMER_WG consumer lanes"
@@ -250,7 +246,6 @@ class FmhaForward(FmhaForwardBase):
         p_operand: str = "auto",
         p_sync: str = "wg",
         lazy_rescale: str = "auto",
-        exp2_poly: str = "off",
         o_staging: str = "auto",
         schedule: str = "auto",
         consumers: int | None = None,
@@ -274,7 +269,7 @@ class FmhaForward(FmhaForwardBase):
         # memory) is ``geometry.tiles``, its table and reasons in stages/fmha/geometry.py.
         # schedule: pingpong (with 3 consumer WGs it fits 160 registers only with a fresh S
         # accumulator per step, see ``overlap_tile``). persistent: ts.persistence.
-        # tile_order: lpt when causal. lazy_rescale: on where dv is in LAZY_RESCALE_DV.
+        # tile_order: lpt when causal. lazy_rescale: on when dv = 256.
         capped_window = float(softcap) > 0 and (window_left >= 0 or window_right >= 0)
         if schedule == "auto":
             schedule = "pingpong"
@@ -295,8 +290,9 @@ class FmhaForward(FmhaForwardBase):
         self.o_in_q = o_in_q
         self.p_smem = p_smem
         self.p_sync = p_sync
-        self.lazy_rescale = lazy_rescale == "on" or (lazy_rescale == "auto" and dv in LAZY_RESCALE_DV)
-        self.exp2_poly_every = 0 if exp2_poly == "off" else int(exp2_poly)
+        # lazy_rescale: on where O is 256 wide (its rescale is 128 FMULs per thread per KV tile;
+        # +3-4% at d = 256 on an H200, a wash at d = 128: docs/perf-notes.md rounds 8 and 10)
+        self.lazy_rescale = lazy_rescale == "on" or (lazy_rescale == "auto" and dv == 256)
         self.num_threads = common.WG_THREADS * (1 + consumers)
         self.consumer_regs, self.producer_regs = REGISTERS[consumers]
         super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages, dv=dv)
@@ -782,7 +778,7 @@ class FmhaForward(FmhaForwardBase):
         trace_print(tSrS=acc_S_shape, tOrP=tOrP, tOrO=acc_O, p_check=self.p_check)
         softmax = sm.OnlineSoftmax(
             self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]), softcap=self.softcap_constants(),
-            lazy=LAZY_RESCALE_LOG2 if self.lazy_rescale else None, poly_every=self.exp2_poly_every,
+            lazy=LAZY_RESCALE_LOG2 if self.lazy_rescale else None,
         )
         row_scale = cute.make_rmem_tensor(softmax.num_rows, Float32)
         return thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale, p_store
@@ -1386,7 +1382,6 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "p_operand": v["p_operand"],
         "p_sync": v["p_sync"],
         "lazy_rescale": v["lazy_rescale"],
-        "exp2_poly": v["exp2_poly"],
         "o_staging": v["o_staging"],
         "schedule": v["schedule"],
         "consumers": number("consumers"),
@@ -1643,7 +1638,7 @@ class StageD(Stage):
         return host.Compiled(
             fn=fn, d=p.d, heads=p.heads, kv_heads=p.kv_heads, causal=kernel.causal, p_check=kernel.p_check,
             compile_s=time.perf_counter() - t0, varlen=kernel.varlen, page_size=kernel.page_size,
-            fn_long=fn_long, long=long, tile_m=kernel.tile_m, bottom_right=mask_params(p)["align"] == "bottom_right",
+            fn_long=fn_long, long=long if fn_long is not None else None, tile_m=kernel.tile_m, bottom_right=mask_params(p)["align"] == "bottom_right",
         )
 
     @staticmethod
