@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU half of issue 14 ("Trust nothing that comes in"), through wb itself, in one call.
 # On the device machine, from the repository root, after the DSL (and peers) are installed
-# (`../shared/gpu/pack.sh --peers`, then `bash .gpu/p2/install.sh`):
+# (the shared team folder's `gpu/pack.sh --peers`, then `bash .gpu/p2/install.sh`):
 #     OUT=/some/folder bash benchmarks/gpu_trust.sh [tests] [bench] [sweep]   (default: all)
 #
 #   tests  the GPU tests of the issue: a killed `wb run` frees the GPU within 10 s, the
