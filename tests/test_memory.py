@@ -204,3 +204,17 @@ def test_a_nan_typed_into_memory_json_is_written_back_as_null(tmp_path):
 
     written = json.loads(data_file.read_text(), parse_constant=refuse)
     assert written["speed"]["toy/stage-a · n=128 · G"]["tflops"] is None
+
+
+def test_a_note_given_twice_is_kept_once(tmp_path):
+    """`wb note` whose output was lost (a full stdout: exit 2 after the lesson was written) is
+    retried: the retry duplicated the lesson. The section holds each line once; another lesson
+    still goes in after it."""
+    ws = Workspace(tmp_path)
+    ws.memory_path.write_text("# M\n\n## Lessons\n\n- first\n\n## Other\n\ntext\n")
+    line = memory.add_note(ws, "a lesson", "fmha/stage-c")
+    once = ws.memory_path.read_text()
+    assert memory.add_note(ws, "a  lesson", "fmha/stage-c") == line  # the same line once made one
+    assert ws.memory_path.read_text() == once and once.count(line) == 1
+    other = memory.add_note(ws, "a lesson")  # not about the stage: another line
+    assert ws.memory_path.read_text().count("a lesson") == 2 and other != line

@@ -790,12 +790,16 @@ def update_data_block(ws: Workspace, name: str, merge: Callable[[Any], Any]) -> 
 
 def add_note(ws: Workspace, text: str, stage: str | None = None, path: Path | None = None) -> str:
     """Append a dated lesson to the Lessons section (one_line: MEMORY.md is read in editors);
-    returns the line added."""
-    text = one_line(text)
-    line = f"- {datetime.now().strftime('%Y-%m-%d')}" + (f" [{stage}]" if stage else "") + f" {text}"
+    returns the line, which the section holds once (``insert_lesson``)."""
+    line = lesson_line(text, stage)
     path = path or ws.memory_path
     _locked_edit(ws, path, lambda current: insert_lesson(current, line, str(path)))
     return line
+
+
+def lesson_line(text: str, stage: str | None = None) -> str:
+    """The line ``add_note`` writes for ``text`` today."""
+    return f"- {datetime.now().strftime('%Y-%m-%d')}" + (f" [{stage}]" if stage else "") + f" {one_line(text)}"
 
 
 def _fenced(lines: list[str], closed_only: bool = False) -> set[int]:
@@ -822,7 +826,9 @@ def _fenced(lines: list[str], closed_only: bool = False) -> set[int]:
 
 def insert_lesson(current: str, line: str, source: str = "MEMORY.md") -> str:
     """`line` added at the end of the Lessons section (made at the end of the file if there is
-    none); nothing else changes but the line ending the last line lacked, if it goes after it."""
+    none); nothing else changes but the line ending the last line lacked, if it goes after it.
+    A line the section already holds is not added again (a `wb note` retried after its output
+    was lost, or run twice by a script)."""
     nl = newline_of(current)
     lines = split_lines(current)
     blocks = _scan(lines, source)
@@ -836,6 +842,8 @@ def insert_lesson(current: str, line: str, source: str = "MEMORY.md") -> str:
     end = heading + 1
     while end < len(lines) and not lines[end].startswith("## ") and end not in inside:
         end += 1
+    if any(l.rstrip("\r\n") == line for l in lines[heading + 1:end]):
+        return current
     insert_at = end
     while insert_at > heading + 1 and not lines[insert_at - 1].strip():
         insert_at -= 1
