@@ -11,15 +11,18 @@ A sweep's lane compiles its cases one after another in its one warm worker: on t
 
 Give the compile-time parameters only (not n: one compile serves every length), and the
 variants the stage's fixtures ask for (fmha D's identity-softmax fixture: softmax=identity).
-Prints one line per configuration and the wall time; exit 1 when one did not compile (the
-sweep's case then says why).
+Run from the workspace's root. Prints one line per configuration and the wall time; exit 1
+when one did not compile (the sweep's case then says why). The compile records are removed:
+the disk cache is what is wanted.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +38,17 @@ def combinations(pairs: list[str], flag: str) -> list[list[str]]:
             sys.exit(f"compile_ahead: {flag} {pair!r} must look like key=v1,v2")
         axes.append([f"{key}={v}" for v in values.split(",")])
     return [[x for kv in combo for x in (flag, kv)] for combo in itertools.product(*axes)]
+
+
+def forget_record(stdout: str) -> None:
+    """Remove the run folder `wb compile` wrote (its record and cubin): only the disk cache is
+    wanted here, and 30-odd cubins would crowd the runs/ a GPU call brings back."""
+    try:
+        run_id = json.loads(stdout)["id"]
+    except (ValueError, KeyError, TypeError):
+        return
+    if isinstance(run_id, str) and run_id and "/" not in run_id and not run_id.startswith("."):
+        shutil.rmtree(os.path.join("runs", run_id), ignore_errors=True)
 
 
 def main(argv=None) -> int:
@@ -58,6 +72,7 @@ def main(argv=None) -> int:
     def compile_one(command: list[str]) -> tuple[str, int, float]:
         t0 = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
+        forget_record(done.stdout)
         return " ".join(command[5:-2]), done.returncode, time.perf_counter() - t0
 
     failed = 0
