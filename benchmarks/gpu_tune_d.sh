@@ -99,10 +99,6 @@ LOG=${OUT:-/tmp}/sweeps.log
 sweep_verdicts() { tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"; }
 # a bench's case rows cut to WIDTH characters, each prefixed with LABEL when given
 table_rows() { grep -a -E "^│ d=" | cut -c1-"$1" | sed "s/^/${2:+$2 }/"; }
-# compile a sweep's configurations on every core first (its lane then loads them from the disk
-# cache; serial cold compiles were 65 % of round 12's sweep time): compile-time -p/-V lists only,
-# softmax=identity for the identity-softmax fixture
-ahead() { step "compile ahead: $*"; timeout 300 python3 benchmarks/compile_ahead.py d "$@" -V softmax=exp,identity | tail -1; }
 
 case "${1:-}" in
 d64)
@@ -264,8 +260,6 @@ qbuf)
   done
   ;;
 verify)
-  ahead -p d=64,128 -p dtype=bf16,fp16 -p causal=false,true -p kv_heads=4,2
-  ahead -p d=128 -p causal=false -p softcap=30
   step "sweep of every default configuration (d 64/128, causal, bf16/fp16, MHA/GQA; 112 cases)"
   timeout 330 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 64,128 --dtype bf16,fp16 -p causal=false,true \
     -p kv_heads=4,2 --timeout 40 | sweep_verdicts
@@ -400,11 +394,6 @@ wide)
   done
   ;;
 lazy256)
-  ahead -p d=256 -p dtype=bf16,fp16 -p causal=false,true -p kv_heads=2
-  ahead -p d=256 -p dtype=fp16 -p causal=true -p softcap=30,0 -p window_left=-1,300
-  ahead -p d=256 -p dtype=bf16,fp16 -p causal=false,true -p varlen=true -p heads=8 -p kv_heads=2
-  ahead -p d=256 -p page_size=16 -p causal=false,true -p heads=2 -p kv_heads=1
-  ahead -p d=256 -p dv=128 -p causal=false,true
   step "sweep d=256's default (lazy_rescale on): fixed lengths, both masks, both dtypes, GQA (16 cases)"
   timeout 150 wb sweep d --n 17,1000,4096,8192 --d 256 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 \
     --timeout 40 | sweep_verdicts

@@ -36,25 +36,3 @@ def test_every_variant_a_gpu_script_passes_is_declared():
     assert not unknown, unknown
 
 
-
-def test_compile_ahead_expands_the_product_into_one_wb_compile_each():
-    """benchmarks/compile_ahead.py (run before a sweep on the GPU machine, so the lanes load
-    compiled configurations from the disk cache instead of compiling them one by one): every
-    combination of the -p and -V lists becomes one `wb compile --in-process` command, none twice,
-    none missing."""
-    import subprocess
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "compile_ahead.py"), "d", "-p", "d=64,128", "-p", "causal=false,true",
-         "-V", "softmax=exp,identity", "--dry-run"],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
-    want = {f"workbench compile d -p d={d} -p causal={c} -V softmax={s} --in-process --json"
-            for d in (64, 128) for c in ("false", "true") for s in ("exp", "identity")}
-    assert len(lines) == 8 and set(lines) == want
-    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compile_ahead.py"), "d", "-p", "d"],
-                         capture_output=True, text=True, timeout=60)
-    assert bad.returncode != 0 and "must look like key=v1,v2" in bad.stderr

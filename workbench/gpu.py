@@ -16,6 +16,8 @@ import glob
 import os
 from pathlib import Path
 
+from workbench.kernels.stage_source import base_name as _name_of
+
 
 def reachable() -> bool:
     """False when no NVIDIA GPU can possibly be used by this process."""
@@ -48,14 +50,6 @@ def stage_needs_gpu(module_path: Path) -> bool | None:
         elif node.bases and all(_name_of(b) == "Stage" for b in node.bases):
             answers.add(True)  # Stage's default
     return answers.pop() if len(answers) == 1 else None
-
-
-def _name_of(node: ast.expr) -> str | None:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return node.attr
-    return None
 
 
 _COMPUTED = object()

@@ -734,6 +734,19 @@ def _forget_old_claims(claims: Path, now: datetime) -> None:
                 pass
 
 
+def _compile_ahead(ws: Workspace, spec, cases: list[Case], opts: RunOptions, on_event: Emit) -> None:
+    """The cases' configurations compiled on every core before the lanes start (local sweeps:
+    workbench.run.compile_ahead). Never stops the sweep: what fails here, each case compiles
+    and reports itself."""
+    from workbench.run.compile_ahead import compile_ahead
+
+    note = lambda text: on_event(SweepEvent("note", text=text))  # noqa: E731
+    try:
+        compile_ahead(ws, spec, cases, opts.fixtures, opts.arch, on_note=note)
+    except Exception as exc:  # (KeyboardInterrupt is no Exception: Ctrl-C ends the sweep as before)
+        note(f"compile ahead skipped: {first_line(str(exc)) or type(exc).__name__}")
+
+
 def sweep(
     ws: Workspace,
     spec,
@@ -762,6 +775,8 @@ def sweep(
         lanes = host_lanes(ws, hosts, gpus, lambda text: on_event(SweepEvent("note", text=text))) if hosts else local_lanes(gpus)
         lanes_text = [lane.name for lane in lanes]
         on_event(SweepEvent("note", text=f"{len(cases)} case(s) on {len(lanes)} lane(s): {', '.join(lanes_text)}"))
+        if not hosts:
+            _compile_ahead(ws, spec, cases, opts, on_event)
         results = run_lanes(ws, spec, cases, lanes, opts, sweep_id, on_event)
     summary = summarize(ws, spec, cases, results, sweep_id, lanes_text, started)
     try:

@@ -1,0 +1,102 @@
+"""A local sweep's configurations compiled on every core before its lanes start.
+
+A lane's warm worker compiles its cases one after another; on a 16-core GPU machine cold
+compiles were 640 s of 984 s of four stage-D sweeps (docs/perf-notes.md, round 12). Compiled
+here first by parallel workers (workbench.run.compile_jobs) into the disk cache, each case's
+worker loads its configuration instead. Only what changes the code counts: a stage's
+``compile_params`` (read from its source: workbench.kernels.stage_source) and the variants,
+with those the stage's fixtures compile with (an identity-softmax fixture's softmax=identity).
+Nothing here decides a verdict: a configuration that does not compile here is compiled, and
+reported, by its case as before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable
+
+from workbench import gpu
+from workbench.compile.shapes import Target
+from workbench.kernels.stage_source import UNKNOWN, class_literal
+from workbench.workspace import Workspace
+
+
+def fixture_variants(ws: Workspace, spec, fixtures: list[str]) -> list[dict[str, str]]:
+    """The variant overlays the cases' fixtures compile with: {} (the case's own variants) and
+    each fixture's variants the stage declares (``fixtures``: the sweep's -f, else kernel.yaml's)."""
+    from workbench.errors import UserError
+    from workbench.kernels.fixtures import load_fixtures
+
+    overlays: list[dict[str, str]] = [{}]
+    try:
+        registry = load_fixtures(ws.fixtures_dir)
+    except (UserError, OSError):  # the cases' workers say what is wrong with fixtures/
+        return overlays
+    for name in fixtures or spec.fixtures:
+        try:
+            found = registry.variants(name)
+        except UserError:
+            continue
+        for fixture in found:
+            extra = dict(fixture.variants)
+            if extra and extra not in overlays and all(v in spec.variants.get(k, ()) for k, v in extra.items()):
+                overlays.append(extra)
+    return overlays
+
+
+def targets(ws: Workspace, spec, cases: list, fixtures: list[str], arch: str | None) -> list[Target]:
+    """One target per distinct (compile parameters, variants) of the cases (``cases``: objects
+    with ``params`` and ``variants``), in the cases' order."""
+    names = class_literal(spec.module_path, "compile_params")
+    keep = None if names is UNKNOWN or names is None else set(names)
+    overlays = fixture_variants(ws, spec, fixtures)
+    seen: set[str] = set()
+    out: list[Target] = []
+    for case in cases:
+        code_params = {k: v for k, v in case.params.items() if keep is None or k in keep}
+        for extra in overlays:
+            variants = {**case.variants, **extra}
+            key = json.dumps([code_params, variants], sort_keys=True, default=str)
+            if key not in seen:
+                seen.add(key)
+                out.append(Target(spec, dict(case.params), variants, arch or spec.arch))
+    return out
+
+
+def worthwhile(spec, n_targets: int, cores: int) -> bool:
+    """Compile ahead only a CuTe stage that runs on a GPU (a CPU stage has no compile to
+    share), with several configurations and cores to spread them on."""
+    if class_literal(spec.module_path, "is_cute", True) is False:
+        return False
+    if gpu.stage_needs_gpu(spec.module_path) is False:
+        return False
+    return n_targets > 1 and cores > 1
+
+
+def compile_ahead(
+    ws: Workspace, spec, cases: list, fixtures: list[str], arch: str | None,
+    on_note: Callable[[str], None] = lambda text: None,
+) -> dict[str, Any] | None:
+    """Compile the cases' configurations into the disk cache in parallel; None when not
+    worthwhile, else {"configurations", "compiled", "cached", "failed", "seconds"}."""
+    from workbench.run import compile_jobs
+
+    cores = int(os.environ.get("WB_COMPILE_JOBS", "0")) or (os.cpu_count() or 1)
+    todo = targets(ws, spec, cases, fixtures, arch)
+    if not worthwhile(spec, len(todo), cores):
+        return None
+    on_note(f"compiling {len(todo)} configuration(s) ahead on {min(cores, len(todo))} core(s)")
+    start = time.perf_counter()
+    results = compile_jobs.collect(ws, todo, parallel=min(cores, len(todo)))
+    done = {
+        "configurations": len(todo),
+        "cached": sum(1 for r in results if r.get("cache") in ("disk", "memory") or r.get("cached")),
+        "failed": sum(1 for r in results if r.get("status") not in ("ok", None)),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    done["compiled"] = done["configurations"] - done["cached"] - done["failed"]
+    on_note(f"compiled ahead in {done['seconds']} s: {done['compiled']} compiled, {done['cached']} from the cache"
+            + (f", {done['failed']} failed (their cases compile and report them)" if done["failed"] else ""))
+    return done
