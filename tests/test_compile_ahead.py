@@ -2,6 +2,7 @@
 (workbench.run.compile_ahead): a lane's worker compiled its cases one by one, and on a 16-core
 GPU machine that was 65 % of four sweeps' time (docs/perf-notes.md, round 12)."""
 
+import os
 from pathlib import Path
 
 from conftest import REPO
@@ -59,12 +60,14 @@ def test_the_configurations_compiled_ahead_are_what_a_case_loads(fmha_ws, monkey
     from workbench.compile.compiler import compile_stage
 
     monkeypatch.setenv("WB_COMPILE_JOBS", "2")
+    monkeypatch.delenv("WB_WORKER_PRELOAD", raising=False)
     ws = Workspace(Path(fmha_ws))
     spec, cases = _cases(ws, "fmha/d", {"n": ["1000", "4096"], "d": ["64"], "causal": ["false", "true"]})
     notes = []
     done = compile_ahead.compile_ahead(ws, spec, cases, ["random"], None, on_note=notes.append)
     assert done["configurations"] == 2 and done["failed"] == 0 and done["compiled"] + done["cached"] == 2, done
     assert notes[0].startswith("compiling 2 configuration(s) ahead on 2 core(s)") and "compiled ahead in" in notes[1]
+    assert "WB_WORKER_PRELOAD" not in os.environ  # the lanes' workers, started next, preload torch as before
     stage = spec.load()
     for causal in ("false", "true"):
         params = spec.resolve_params({"n": "8192", "d": "64", "causal": causal})

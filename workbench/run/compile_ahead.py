@@ -89,7 +89,14 @@ def compile_ahead(
         return None
     on_note(f"compiling {len(todo)} configuration(s) ahead on {min(cores, len(todo))} core(s)")
     start = time.perf_counter()
-    results = compile_jobs.collect(ws, todo, parallel=min(cores, len(todo)))
+    preload = os.environ.get("WB_WORKER_PRELOAD")
+    try:
+        results = compile_jobs.collect(ws, todo, parallel=min(cores, len(todo)))
+    finally:  # collect sets it for its compile-only workers; the lanes' workers preload torch too
+        if preload is None:
+            os.environ.pop("WB_WORKER_PRELOAD", None)
+        else:
+            os.environ["WB_WORKER_PRELOAD"] = preload
     done = {
         "configurations": len(todo),
         "cached": sum(1 for r in results if r.get("cache") in ("disk", "memory") or r.get("cached")),
