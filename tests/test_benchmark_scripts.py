@@ -35,4 +35,3 @@ def test_every_variant_a_gpu_script_passes_is_declared():
     assert seen > 50, f"only {seen} -V values found: has the scripts' spelling changed?"
     assert not unknown, unknown
 
-

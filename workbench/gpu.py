@@ -16,7 +16,7 @@ import glob
 import os
 from pathlib import Path
 
-from workbench.kernels.stage_source import base_name as _name_of
+from workbench.kernels.stage_source import base_name
 
 
 def reachable() -> bool:
@@ -47,7 +47,7 @@ def stage_needs_gpu(module_path: Path) -> bool | None:
             return None
         if setting is not None:
             answers.add(setting)
-        elif node.bases and all(_name_of(b) == "Stage" for b in node.bases):
+        elif node.bases and all(base_name(b) == "Stage" for b in node.bases):
             answers.add(True)  # Stage's default
     return answers.pop() if len(answers) == 1 else None
 
