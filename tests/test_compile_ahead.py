@@ -51,7 +51,9 @@ def test_a_cpu_stage_or_a_single_configuration_is_not_compiled_ahead(toy_ws):
     ws = Workspace(toy_ws)
     spec, cases = _cases(ws, "a", {"n": ["128", "256"]})
     assert compile_ahead.compile_ahead(ws, spec, cases, [], None) is None
-    assert not compile_ahead.worthwhile(resolve_stage(Workspace(REPO), "fmha/d", load_kernels(Workspace(REPO))), 1, 16)
+    fmha_d = resolve_stage(Workspace(REPO), "fmha/d", load_kernels(Workspace(REPO)))
+    assert compile_ahead.worthwhile(fmha_d, 16) and not compile_ahead.worthwhile(fmha_d, 1)
+    assert not compile_ahead.worthwhile(spec, 16)
 
 
 def test_the_configurations_compiled_ahead_are_what_a_case_loads(fmha_ws, monkeypatch):

@@ -65,14 +65,12 @@ def targets(ws: Workspace, spec, cases: list, fixtures: list[str], arch: str | N
     return out
 
 
-def worthwhile(spec, n_targets: int, cores: int) -> bool:
+def worthwhile(spec, cores: int) -> bool:
     """Compile ahead only a CuTe stage that runs on a GPU (a CPU stage has no compile to
-    share), with several configurations and cores to spread them on."""
+    share), with cores to spread its configurations on."""
     if class_literal(spec.module_path, "is_cute", True) is False:
         return False
-    if gpu.stage_needs_gpu(spec.module_path) is False:
-        return False
-    return n_targets > 1 and cores > 1
+    return gpu.stage_needs_gpu(spec.module_path) is not False and cores > 1
 
 
 def compile_ahead(
@@ -84,8 +82,10 @@ def compile_ahead(
     from workbench.run import compile_jobs
 
     cores = int(os.environ.get("WB_COMPILE_JOBS", "0")) or (os.cpu_count() or 1)
+    if len(cases) < 2 or not worthwhile(spec, cores):
+        return None
     todo = targets(ws, spec, cases, fixtures, arch)
-    if not worthwhile(spec, len(todo), cores):
+    if len(todo) < 2:  # one configuration: its first case compiles it as fast
         return None
     on_note(f"compiling {len(todo)} configuration(s) ahead on {min(cores, len(todo))} core(s)")
     start = time.perf_counter()
