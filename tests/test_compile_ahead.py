@@ -88,5 +88,6 @@ def test_a_failing_compile_ahead_is_a_note_and_the_sweep_goes_on(toy_ws, monkeyp
     ws = Workspace(toy_ws)
     spec, cases = _cases(ws, "a", {"n": ["128"]})
     events = []
-    sweeps._compile_ahead(ws, spec, cases, sweeps.RunOptions(), events.append)
+    done = sweeps._compile_ahead(ws, spec, cases, sweeps.RunOptions(), events.append)
     assert [e.text for e in events] == ["compile ahead skipped: no room left on the cache's disk"]
+    assert done == {"skipped": "no room left on the cache's disk"}  # what wb sweep --json shows

@@ -734,17 +734,19 @@ def _forget_old_claims(claims: Path, now: datetime) -> None:
                 pass
 
 
-def _compile_ahead(ws: Workspace, spec, cases: list[Case], opts: RunOptions, on_event: Emit) -> None:
+def _compile_ahead(ws: Workspace, spec, cases: list[Case], opts: RunOptions, on_event: Emit) -> dict[str, Any] | None:
     """The cases' configurations compiled on every core before the lanes start (local sweeps:
-    workbench.run.compile_ahead). Never stops the sweep: what fails here, each case compiles
-    and reports itself."""
+    workbench.run.compile_ahead); what it did, for the summary (None: not worthwhile). Never
+    stops the sweep: what fails here, each case compiles and reports itself."""
     from workbench.run.compile_ahead import compile_ahead
 
     note = lambda text: on_event(SweepEvent("note", text=text))  # noqa: E731
     try:
-        compile_ahead(ws, spec, cases, opts.fixtures, opts.arch, on_note=note)
+        return compile_ahead(ws, spec, cases, opts.fixtures, opts.arch, on_note=note)
     except Exception as exc:  # (KeyboardInterrupt is no Exception: Ctrl-C ends the sweep as before)
-        note(f"compile ahead skipped: {first_line(str(exc)) or type(exc).__name__}")
+        why = first_line(str(exc)) or type(exc).__name__
+        note(f"compile ahead skipped: {why}")
+        return {"skipped": why}
 
 
 def sweep(
@@ -768,6 +770,7 @@ def sweep(
         _socket_dir()  # where the lanes' workers listen: likewise
     sweep_id = new_sweep_id(ws)
     started = datetime.now().isoformat(timespec="seconds")
+    ahead = None
     if slurm:
         lanes_text = [f"slurm:{slurm}"]
         results = run_slurm(ws, spec, cases, opts, sweep_id, on_event, slurm, slurm_jobs, slurm_opts, executor)
@@ -776,9 +779,10 @@ def sweep(
         lanes_text = [lane.name for lane in lanes]
         on_event(SweepEvent("note", text=f"{len(cases)} case(s) on {len(lanes)} lane(s): {', '.join(lanes_text)}"))
         if not hosts:
-            _compile_ahead(ws, spec, cases, opts, on_event)
+            ahead = _compile_ahead(ws, spec, cases, opts, on_event)
         results = run_lanes(ws, spec, cases, lanes, opts, sweep_id, on_event)
     summary = summarize(ws, spec, cases, results, sweep_id, lanes_text, started)
+    summary["compile_ahead"] = ahead  # (wb sweep --json)
     try:
         sweep_path, stage_path = write_summary(ws, spec, summary)
         summary["sweep_report"], summary["report"] = str(sweep_path), str(stage_path)
