@@ -16,8 +16,6 @@ import glob
 import os
 from pathlib import Path
 
-from workbench.kernels.stage_source import base_name
-
 
 def reachable() -> bool:
     """False when no NVIDIA GPU can possibly be used by this process."""
@@ -50,6 +48,15 @@ def stage_needs_gpu(module_path: Path) -> bool | None:
         elif node.bases and all(base_name(b) == "Stage" for b in node.bases):
             answers.add(True)  # Stage's default
     return answers.pop() if len(answers) == 1 else None
+
+
+def base_name(node: ast.expr) -> str | None:
+    """The name a class base is written with (``Stage`` or ``workbench.Stage``: Stage)."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None
 
 
 _COMPUTED = object()

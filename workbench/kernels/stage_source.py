@@ -8,6 +8,8 @@ import ast
 from pathlib import Path
 from typing import Any
 
+from workbench.gpu import base_name
+
 UNKNOWN = object()  #: not a literal, set differently by two Stage classes, or the module does not parse
 
 
@@ -36,11 +38,3 @@ def class_literal(module_path: Path, name: str, default: Any = None) -> Any:
     first = values[0]
     return first if all(v is not UNKNOWN and v == first for v in values) else UNKNOWN
 
-
-def base_name(node: ast.expr) -> str | None:
-    """The name a class base is written with (``Stage`` or ``workbench.Stage``: Stage)."""
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return node.attr
-    return None
