@@ -91,3 +91,25 @@ def test_a_failing_compile_ahead_is_a_note_and_the_sweep_goes_on(toy_ws, monkeyp
     done = sweeps._compile_ahead(ws, spec, cases, sweeps.RunOptions(), events.append)
     assert [e.text for e in events] == ["compile ahead skipped: no room left on the cache's disk"]
     assert done == {"skipped": "no room left on the cache's disk"}  # what wb sweep --json shows
+
+
+def test_wb_bench_compiles_its_cases_ahead_without_the_fixtures_variants(monkeypatch):
+    """wb bench times the stage's own build on random inputs: its cases' configurations are
+    compiled ahead, none with a fixture's variant; what happens shows as progress."""
+    from workbench.run import bench
+
+    ws = Workspace(REPO)
+    spec, cases = _cases(ws, "fmha/d", {"n": ["4096", "8192"], "causal": ["false", "true"]})
+    assert len(compile_ahead.targets(ws, spec, cases, None, None)) == 2  # no softmax=identity
+    seen = {}
+
+    def fake(ws_, spec_, cases_, fixtures, arch, on_note):
+        seen.update(cases=[dict(c.params) for c in cases_], fixtures=fixtures)
+        on_note("compiling 2 configuration(s) ahead on 2 core(s)")
+
+    monkeypatch.setattr(compile_ahead, "compile_ahead", fake)
+    events = []
+    resolved = [{"params": c.params} for c in cases]
+    bench._compile_ahead(ws, spec, resolved, {"softmax": "exp"}, events.append)
+    assert seen == {"cases": [c.params for c in cases], "fixtures": None}
+    assert events == [{"type": "progress", "phase": "compile ahead", "text": "compiling 2 configuration(s) ahead on 2 core(s)"}]

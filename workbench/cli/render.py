@@ -54,6 +54,8 @@ def progress(title: str, enabled: bool = True) -> Iterator[Callable[[dict], None
             return f"worker process {event.get('process')} of {event.get('of')} (a new one each)"
         if event.get("phase") == "instrument":
             return f"starting worker under {event.get('tool')} (slower than a plain run)"
+        if event.get("phase") == "compile ahead":
+            return str(event.get("text") or "compiling ahead")
         return str(event.get("phase", ""))
 
     if terminal.interactive():

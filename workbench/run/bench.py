@@ -399,6 +399,23 @@ def resolve_cases(spec, kernel, cases: list[BenchCase]) -> list[dict[str, Any]]:
     return out
 
 
+def _compile_ahead(ws, spec, resolved: list[dict[str, Any]], variants: dict[str, str], on_event) -> None:
+    """The cases' configurations compiled on every core before the worker times them one by one
+    (workbench.run.compile_ahead; a sweep of the perf doc's 44 rows compiles about 20). What
+    fails here, the case compiles and reports itself."""
+    from types import SimpleNamespace
+
+    from workbench.run.compile_ahead import compile_ahead
+
+    def note(text: str) -> None:
+        on_event({"type": "progress", "phase": "compile ahead", "text": text})
+
+    try:
+        compile_ahead(ws, spec, [SimpleNamespace(params=r["params"], variants=variants) for r in resolved], None, None, on_note=note)
+    except Exception as exc:  # (a Ctrl-C is no Exception: it ends wb bench as before)
+        note(f"skipped: {str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}")
+
+
 def run_bench(ws, spec, kernel, cases: list[BenchCase], variants: dict[str, str], peers: list[str], reps: int = 30,
               graph: str = "auto", timeout: float = 600.0, on_event=lambda e: None, warm: bool = True,
               processes: int = 1, sweep: bool = False) -> dict[str, Any]:
@@ -413,6 +430,7 @@ def run_bench(ws, spec, kernel, cases: list[BenchCase], variants: dict[str, str]
     job = {"op": "bench", "workspace": str(ws.root), "kernel": spec.kernel, "letter": spec.letter, "cases": resolved,
            "variants": variants, "peers": peers, "reps": reps, "graph": graph, "run_dir": str(run_dir),
            "peer_env": peer_env(kernel.dir)}
+    _compile_ahead(ws, spec, resolved, variants, on_event)
     if processes <= 1:
         outcome = run_job(ws, job, timeout, on_event, warm=warm)
         result = worker_result(outcome, run_dir)

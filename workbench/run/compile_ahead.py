@@ -1,4 +1,4 @@
-"""A local sweep's configurations compiled on every core before its lanes start.
+"""A local sweep's (or bench's) configurations compiled on every core before its cases run.
 
 A lane's warm worker compiles its cases one after another; on a 16-core GPU machine cold
 compiles were 640 s of 984 s of four stage-D sweeps (docs/perf-notes.md, round 12). Compiled
@@ -46,12 +46,13 @@ def fixture_variants(ws: Workspace, spec, fixtures: list[str]) -> list[dict[str,
     return overlays
 
 
-def targets(ws: Workspace, spec, cases: list, fixtures: list[str], arch: str | None) -> list[Target]:
+def targets(ws: Workspace, spec, cases: list, fixtures: list[str] | None, arch: str | None) -> list[Target]:
     """One target per distinct (compile parameters, variants) of the cases (``cases``: objects
-    with ``params`` and ``variants``), in the cases' order."""
+    with ``params`` and ``variants``), in the cases' order; ``fixtures`` None: the cases run no
+    fixture with variants of its own (wb bench times the stage's build on random inputs)."""
     names = class_literal(spec.module_path, "compile_params")
     keep = None if names is UNKNOWN or names is None else set(names)
-    overlays = fixture_variants(ws, spec, fixtures)
+    overlays = [{}] if fixtures is None else fixture_variants(ws, spec, fixtures)
     seen: set[str] = set()
     out: list[Target] = []
     for case in cases:
@@ -74,7 +75,7 @@ def worthwhile(spec, cores: int) -> bool:
 
 
 def compile_ahead(
-    ws: Workspace, spec, cases: list, fixtures: list[str], arch: str | None,
+    ws: Workspace, spec, cases: list, fixtures: list[str] | None, arch: str | None,
     on_note: Callable[[str], None] = lambda text: None,
 ) -> dict[str, Any] | None:
     """Compile the cases' configurations into the disk cache in parallel; None when not
