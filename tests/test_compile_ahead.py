@@ -46,14 +46,19 @@ def test_class_literals_come_from_the_source_and_a_computed_one_is_unknown(tmp_p
     assert class_literal(module, "compile_params") is None
 
 
-def test_a_cpu_stage_or_a_single_configuration_is_not_compiled_ahead(toy_ws):
-    """The toy stages are plain PyTorch on the CPU: nothing to compile, no workers started."""
+def test_a_cpu_stage_or_a_single_configuration_is_not_compiled_ahead(toy_ws, monkeypatch):
+    """The toy stages are plain PyTorch on the CPU: nothing to compile, no workers started; nor
+    with one configuration, or one core to compile on."""
     ws = Workspace(toy_ws)
     spec, cases = _cases(ws, "a", {"n": ["128", "256"]})
     assert compile_ahead.compile_ahead(ws, spec, cases, [], None) is None
-    fmha_d = resolve_stage(Workspace(REPO), "fmha/d", load_kernels(Workspace(REPO)))
-    assert compile_ahead.worthwhile(fmha_d, 16) and not compile_ahead.worthwhile(fmha_d, 1)
-    assert not compile_ahead.worthwhile(spec, 16)
+    repo = Workspace(REPO)
+    fmha_d, two = _cases(repo, "fmha/d", {"causal": ["false", "true"]})
+    assert compile_ahead.worthwhile(fmha_d) and not compile_ahead.worthwhile(spec)
+    _, same = _cases(repo, "fmha/d", {"n": ["1000", "4096"]})
+    assert compile_ahead.compile_ahead(repo, fmha_d, same, ["random"], None) is None  # one configuration
+    monkeypatch.setenv("WB_COMPILE_JOBS", "1")
+    assert compile_ahead.compile_ahead(repo, fmha_d, two, ["random"], None) is None  # one core
 
 
 def test_the_configurations_compiled_ahead_are_what_a_case_loads(fmha_ws, monkeypatch):
@@ -84,7 +89,7 @@ def test_a_failing_compile_ahead_is_a_note_and_the_sweep_goes_on(toy_ws, monkeyp
     def broken(*args, **kwargs):
         raise RuntimeError("no room left on the cache's disk\nsecond line")
 
-    monkeypatch.setattr(compile_ahead, "compile_ahead", broken)
+    monkeypatch.setattr(compile_ahead, "_compile_ahead", broken)
     ws = Workspace(toy_ws)
     spec, cases = _cases(ws, "a", {"n": ["128"]})
     events = []

@@ -48,3 +48,9 @@ def json_or_none(text: str) -> Any:
         return json.loads(text)
     except (ValueError, RecursionError):
         return None
+
+
+def first_line(text: str | None, limit: int = 80) -> str:
+    """The first line of ``text``, cut at ``limit`` characters (an ellipsis says so)."""
+    text = (text or "").strip().splitlines()[0] if text else ""
+    return text[:limit] + ("…" if len(text) > limit else "")

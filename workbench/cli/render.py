@@ -16,7 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from workbench import terminal
 from workbench.records.provenance import card_label
 from workbench.records.report import changed_params_text, fixture_rows, params_text, stamped_note, variants_text
-from workbench.remote.sweep import CaseResult, SweepEvent, first_line
+from workbench.remote.sweep import CaseResult, SweepEvent
+from workbench.text import first_line
 from workbench.terminal import console, escape, fmt, verdict
 from workbench.text import signed
 

@@ -58,6 +58,7 @@ from workbench.run import procs, protocol, supervisor
 from workbench.run.execute import run_stage
 from workbench.run.supervisor import _socket_dir, warm_tag
 from workbench.schemas import short
+from workbench.text import first_line
 from workbench.schemas.hosts import parse_gpus
 from workbench.text import json_or_none
 from workbench.workspace import Workspace, find_workspace
@@ -668,11 +669,6 @@ def _cell_text(cell: dict | None) -> str:
     return f"{cell['verdict']}{cos}"
 
 
-def first_line(text: str | None, limit: int = 80) -> str:
-    text = (text or "").strip().splitlines()[0] if text else ""
-    return text[:limit] + ("…" if len(text) > limit else "")
-
-
 def markdown(summary: dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {v}" for v, n in sorted(summary["counts"].items()))
     commit = (summary.get("commit") or "no git")[:10] + (" (dirty)" if summary.get("dirty") else "")
@@ -736,17 +732,10 @@ def _forget_old_claims(claims: Path, now: datetime) -> None:
 
 def _compile_ahead(ws: Workspace, spec, cases: list[Case], opts: RunOptions, on_event: Emit) -> dict[str, Any] | None:
     """The cases' configurations compiled on every core before the lanes start (local sweeps:
-    workbench.run.compile_ahead); what it did, for the summary (None: not worthwhile). Never
-    stops the sweep: what fails here, each case compiles and reports itself."""
+    workbench.run.compile_ahead), its notes as the sweep's; what it did, for the summary."""
     from workbench.run.compile_ahead import compile_ahead
 
-    note = lambda text: on_event(SweepEvent("note", text=text))  # noqa: E731
-    try:
-        return compile_ahead(ws, spec, cases, opts.fixtures, opts.arch, on_note=note)
-    except Exception as exc:  # (KeyboardInterrupt is no Exception: Ctrl-C ends the sweep as before)
-        why = first_line(str(exc)) or type(exc).__name__
-        note(f"compile ahead skipped: {why}")
-        return {"skipped": why}
+    return compile_ahead(ws, spec, cases, opts.fixtures, opts.arch, on_note=lambda text: on_event(SweepEvent("note", text=text)))
 
 
 def sweep(

@@ -401,19 +401,14 @@ def resolve_cases(spec, kernel, cases: list[BenchCase]) -> list[dict[str, Any]]:
 
 def _compile_ahead(ws, spec, resolved: list[dict[str, Any]], variants: dict[str, str], on_event) -> None:
     """The cases' configurations compiled on every core before the worker times them one by one
-    (workbench.run.compile_ahead; a sweep of the perf doc's 44 rows compiles about 20). What
-    fails here, the case compiles and reports itself."""
+    (workbench.run.compile_ahead; a sweep of the perf doc's 44 rows compiles about 20), its
+    notes as progress."""
     from types import SimpleNamespace
 
     from workbench.run.compile_ahead import compile_ahead
 
-    def note(text: str) -> None:
-        on_event({"type": "progress", "phase": "compile ahead", "text": text})
-
-    try:
-        compile_ahead(ws, spec, [SimpleNamespace(params=r["params"], variants=variants) for r in resolved], None, None, on_note=note)
-    except Exception as exc:  # (a Ctrl-C is no Exception: it ends wb bench as before)
-        note(f"skipped: {str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}")
+    compile_ahead(ws, spec, [SimpleNamespace(params=r["params"], variants=variants) for r in resolved], None, None,
+                  on_note=lambda text: on_event({"type": "progress", "phase": "compile ahead", "text": text}))
 
 
 def run_bench(ws, spec, kernel, cases: list[BenchCase], variants: dict[str, str], peers: list[str], reps: int = 30,

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from workbench import gpu
 from workbench.compile.shapes import Target
 from workbench.kernels.stage_source import UNKNOWN, class_literal
+from workbench.text import first_line
 from workbench.workspace import Workspace
 
 
@@ -66,12 +67,11 @@ def targets(ws: Workspace, spec, cases: list, fixtures: list[str] | None, arch: 
     return out
 
 
-def worthwhile(spec, cores: int) -> bool:
-    """Compile ahead only a CuTe stage that runs on a GPU (a CPU stage has no compile to
-    share), with cores to spread its configurations on."""
+def worthwhile(spec) -> bool:
+    """Compile ahead only a CuTe stage that runs on a GPU (a CPU stage has no compile to share)."""
     if class_literal(spec.module_path, "is_cute", True) is False:
         return False
-    return gpu.stage_needs_gpu(spec.module_path) is not False and cores > 1
+    return gpu.stage_needs_gpu(spec.module_path) is not False
 
 
 def compile_ahead(
@@ -79,20 +79,32 @@ def compile_ahead(
     on_note: Callable[[str], None] = lambda text: None,
 ) -> dict[str, Any] | None:
     """Compile the cases' configurations into the disk cache in parallel; None when not
-    worthwhile, else {"configurations", "compiled", "cached", "failed", "seconds"}."""
+    worthwhile (a CPU stage, one configuration, one core), else {"configurations", "compiled",
+    "cached", "failed", "seconds"}. Never raises for its callers' sake: a failure is a note and
+    {"skipped": why}, and each case compiles and reports for itself as before (a Ctrl-C is no
+    Exception: it goes on up)."""
+    try:
+        return _compile_ahead(ws, spec, cases, fixtures, arch, on_note)
+    except Exception as exc:
+        why = first_line(str(exc)) or type(exc).__name__
+        on_note(f"compile ahead skipped: {why}")
+        return {"skipped": why}
+
+
+def _compile_ahead(ws: Workspace, spec, cases: list, fixtures: list[str] | None, arch: str | None, on_note) -> dict[str, Any] | None:
     from workbench.run import compile_jobs
 
-    cores = int(os.environ.get("WB_COMPILE_JOBS", "0")) or (os.cpu_count() or 1)
-    if len(cases) < 2 or not worthwhile(spec, cores):
+    if len(cases) < 2 or not worthwhile(spec):
         return None
     todo = targets(ws, spec, cases, fixtures, arch)
-    if len(todo) < 2:  # one configuration: its first case compiles it as fast
+    workers = compile_jobs.workers_for(len(todo))
+    if workers < 2:  # one configuration (its first case compiles it as fast), or one core
         return None
-    on_note(f"compiling {len(todo)} configuration(s) ahead on {min(cores, len(todo))} core(s)")
+    on_note(f"compiling {len(todo)} configuration(s) ahead on {workers} core(s)")
     start = time.perf_counter()
     preload = os.environ.get("WB_WORKER_PRELOAD")
     try:
-        results = compile_jobs.collect(ws, todo, parallel=min(cores, len(todo)))
+        results = compile_jobs.collect(ws, todo, parallel=workers)
     finally:  # collect sets it for its compile-only workers; the lanes' workers preload torch too
         if preload is None:
             os.environ.pop("WB_WORKER_PRELOAD", None)
@@ -100,7 +112,7 @@ def compile_ahead(
             os.environ["WB_WORKER_PRELOAD"] = preload
     done = {
         "configurations": len(todo),
-        "cached": sum(1 for r in results if r.get("cache") in ("disk", "memory") or r.get("cached")),
+        "cached": sum(1 for r in results if r.get("cached")),
         "failed": sum(1 for r in results if r.get("status") not in ("ok", None)),
         "seconds": round(time.perf_counter() - start, 1),
     }

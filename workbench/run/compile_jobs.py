@@ -116,13 +116,17 @@ def _split(items: list, parts: int) -> list[list[int]]:
     return [g for g in groups if g]
 
 
+def workers_for(n_items: int) -> int:
+    """How many workers compile ``n_items`` stages: WB_COMPILE_JOBS, else one per core, and
+    never more than the stages (compiling is single-threaded)."""
+    return max(1, min(n_items, int(os.environ.get("WB_COMPILE_JOBS", "0")) or (os.cpu_count() or 1)))
+
+
 def _run_in_workers(ws: Workspace, job: dict, timeout: float, on_event, parallel: int | None) -> list[dict]:
     """Run the compile job in worker processes: the warm one, plus fresh ones in parallel
-    when there are several stages and cores to spare (compiling is single-threaded)."""
+    when there are several stages and cores to spare."""
     items = job["stages"]
-    if parallel is None:
-        parallel = int(os.environ.get("WB_COMPILE_JOBS", "0")) or min(len(items), max(1, (os.cpu_count() or 1)))
-    groups = _split(items, max(1, min(parallel, len(items))))
+    groups = _split(items, max(1, min(parallel or workers_for(len(items)), len(items))))
     os.environ.setdefault("WB_WORKER_PRELOAD", "dsl")  # workers started for this need no torch
     outs: dict[int, dict] = {}
     lock = threading.Lock()
