@@ -9,7 +9,12 @@ Prints, per dtype and row kind, the worst O error of each kernel variant as a mu
 PyTorch's worst error (stage D's tolerance allows 2):
   exact        the running max always moves (the default)
   lazy         it moves only when a tile's max exceeds it by more than 8 (log2 units)
-  lazy+rsum    lazy, and the row sum adds the rounded P, as the PV product sees it
+  lazy+rsum    lazy, and O is normalised by a second row sum of the rounded P, as the PV product
+               sees it (stage D's row_sum=rounded)
+and the worst LSE error of each (stage D's tolerance: 1e-4 absolute). The LSE comes from the fp32
+sum in every variant; "LSE of the rounded sum" shows why: taken from the rounded sum it carries P's
+rounding (3e-4 to 3e-3 in bf16; the first rounded-sum kernel did that and failed every sweep case
+on an H100, 2026-12-05).
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ def rounded(x, dtype: str):
 
 
 def kernel_row(s, v, tile: int, dtype: str, lazy: bool, rounded_sum: bool):
-    m, l, o = -np.inf, 0.0, np.zeros(v.shape[1])
+    """(O rounded to dtype, LSE from the fp32 sum, LSE from the rounded sum), natural log."""
+    m, l, l16, o = -np.inf, 0.0, 0.0, np.zeros(v.shape[1])
     for t0 in range(0, len(s), tile):
         st = s[t0:t0 + tile]
         m_new = max(m, st.max())
@@ -39,10 +45,16 @@ def kernel_row(s, v, tile: int, dtype: str, lazy: bool, rounded_sum: bool):
         alpha = 2.0 ** (m - m_new) if m > -np.inf else 0.0
         p = 2.0 ** (st - m_new)
         p16 = rounded(p, dtype)
-        l = l * alpha + (p16.sum() if rounded_sum else p.sum())
+        l = l * alpha + p.sum()
+        l16 = l16 * alpha + p16.sum()
         o = o * alpha + p16 @ v[t0:t0 + tile]
         m = m_new
-    return rounded(o / l, dtype)
+    lse = lambda total: (m + np.log2(total)) * np.log(2)  # noqa: E731
+    return rounded(o / (l16 if rounded_sum else l), dtype), lse(l), lse(l16)
+
+
+def reference_lse(s):
+    return (s.max() + np.log2((2.0 ** (s - s.max())).sum())) * np.log(2)
 
 
 def reference(s, v):
@@ -79,16 +91,25 @@ def main(argv=None) -> None:
     for dtype in ("bf16", "fp16"):
         for kind in ("late-peak", "random", "softcap"):
             worst = dict.fromkeys(variants, 0.0)
+            worst_lse = dict.fromkeys(variants, 0.0)
+            worst_lse16 = 0.0
             torch_worst = 0.0
             for _ in range(args.rows):
                 s = logits(kind, args.n, rng)
                 v = rounded(rng.standard_normal((args.n, 96)) * 2, dtype)
                 ref = reference(s, v)
                 torch_worst = max(torch_worst, np.abs(torch_like(s, v, dtype) - ref).max())
+                ref_lse = reference_lse(s)
                 for name, (lazy, rsum) in variants.items():
-                    worst[name] = max(worst[name], np.abs(kernel_row(s, v, args.tile, dtype, lazy, rsum) - ref).max())
+                    o, lse, lse16 = kernel_row(s, v, args.tile, dtype, lazy, rsum)
+                    worst[name] = max(worst[name], np.abs(o - ref).max())
+                    worst_lse[name] = max(worst_lse[name], abs(lse - ref_lse))
+                    if rsum:
+                        worst_lse16 = max(worst_lse16, abs(lse16 - ref_lse))
             ratios = "  ".join(f"{name} {w / torch_worst:.2f}" for name, w in worst.items())
-            print(f"{dtype} {kind:9s} PyTorch's error {torch_worst:.3g}   {ratios}")
+            lses = "  ".join(f"{name} {w:.1e}" for name, w in worst_lse.items())
+            print(f"{dtype} {kind:9s} PyTorch's error {torch_worst:.3g}   O: {ratios}   LSE: {lses}"
+                  f"   LSE of the rounded sum {worst_lse16:.1e}")
 
 
 if __name__ == "__main__":
