@@ -86,6 +86,13 @@
 #               128 with P in shared memory isolates that cost. A sweep of each (n with tails, both
 #               dtypes, GQA; 6 cases each), then s 1024 / 4096 / 8192 beside the default and FA4, two
 #               rounds (about 5 minutes)
+# PHASE lazyexact: lazy_rescale=on with row_sum=rounded (O normalised by the sum of P as rounded for the
+#               PV MMA; the LSE from the fp32 sum) at d = 96 and 192, and row_sum=rounded at d = 256 (lazy on
+#               there by default): sweeps of fixed lengths (n 17 ... 8200, both masks, both dtypes, GQA),
+#               softcap and a window, varlen, 16-key pages (round 12: lazy alone failed 2 of 58 at d = 96)
+#               (about 6 minutes)
+# PHASE lazyexact_bench: d = 96 / 192 / 256 at s = 8192, both masks and dtypes: lazy + rounded (FA4
+#               beside), lazy alone, lazy off (about 4 minutes)
 # Every command has its own hang timeout; `timeout` bounds each step as a backstop.
 set -u
 export COLUMNS=${COLUMNS:-220}
@@ -424,12 +431,37 @@ d64wide)
     done
   done
   ;;
+lazyexact)
+  V="-V lazy_rescale=on -V row_sum=rounded"
+  step "sweep d=96 and 192, lazy_rescale=on row_sum=rounded: fixed lengths, both masks, both dtypes, GQA (40 cases)"
+  timeout 240 wb sweep d --n 17,1000,4096,8192,8200 --d 96,192 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 \
+    $V --timeout 40 | sweep_verdicts
+  step "d=96 and 192: softcap 30 and a 300-key window; varlen; 16-key pages"
+  timeout 90 wb sweep d --n 1000,8192 --d 96,192 --dtype fp16 -p causal=true -p softcap=30 -p window_left=-1,300 \
+    $V --timeout 40 | sweep_verdicts
+  timeout 90 wb sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 -p seqlens_k=5:0:1000:33:4000 -p heads=8 -p kv_heads=2 \
+    --d 96,192 --dtype bf16 -p causal=false,true $V --timeout 40 | sweep_verdicts
+  timeout 90 wb sweep d -p page_size=16 --n 17,1000 --d 96,192 -p causal=false,true -p heads=2 -p kv_heads=1 $V \
+    --timeout 40 | sweep_verdicts
+  step "d=256 (lazy on by default) with row_sum=rounded: fixed lengths, both masks, both dtypes, GQA; softcap and a window"
+  timeout 150 wb sweep d --n 17,1000,4096,8192 --d 256 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 \
+    -V row_sum=rounded --timeout 40 | sweep_verdicts
+  timeout 90 wb sweep d --n 1000,8192 --d 256 --dtype fp16 -p causal=true -p softcap=30,0 -p window_left=-1,300 \
+    -V row_sum=rounded --timeout 40 | sweep_verdicts
+  ;;
+lazyexact_bench)
+  B="wb bench d -p d=96,192,256 -p n=8192 -p causal=false,true -p dtype=bf16,fp16"
+  step "d=96/192/256 s=8192: lazy_rescale=on row_sum=rounded with FA4, then lazy alone, then lazy off"
+  timeout 150 $B -V lazy_rescale=on -V row_sum=rounded --peers fa4 --timeout 140 | table_rows 170
+  timeout 100 $B -V lazy_rescale=on --peers "" --timeout 90 | table_rows 170 "lazy fp32"
+  timeout 100 $B -V lazy_rescale=off --peers "" --timeout 90 | table_rows 170 "off"
+  ;;
 perf)
   step "wb bench d --sweep (docs/perf.md) with every peer"
   cpeers="fa4,sdpa-cudnn,sdpa-flash"; [ -n "${WB_CUTLASS_EXAMPLES:-}" ] && cpeers="$cpeers,cutlass-example"
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench" >&2; exit 2 ;;
 esac
 step done

@@ -205,6 +205,26 @@ def test_p_mapping_check_rejects_a_wrong_view(monkeypatch):
     sm._maps.clear()
 
 
+def test_p_mapping_check_rejects_a_wrong_row_map(monkeypatch):
+    """The rounded row sum adds operand register i to the row ``p_rows`` names: the check
+    catches a map with two registers' rows swapped (row r and r + 8 of one thread)."""
+    from stages.fmha import softmax as sm
+
+    real = sm.p_rows
+
+    def swapped(acc_shape, operand):
+        rows = list(real(acc_shape, operand))
+        rows[2], rows[3] = rows[2] ^ 1, rows[3] ^ 1  # one packed word moved to the other row
+        return tuple(rows)
+
+    monkeypatch.setattr(sm, "p_rows", swapped)
+    sm._maps.clear()
+    with pytest.raises(Exception, match="p_rows says"):
+        _p_maps()
+    monkeypatch.undo()
+    sm._maps.clear()
+
+
 # --------------------------------------------------------------------------------------
 # Fake tensors for compile == the tensors passed at launch
 # --------------------------------------------------------------------------------------

@@ -345,6 +345,8 @@ class FmhaForwardBase:
         # O += P V_j
         pipeline_v.consumer_wait(kv_state)
         wgmma_accumulate(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_state.index])
+        if const_expr(softmax.rounded_sum):
+            softmax.add_rounded(tOrP, sm.p_rows(acc_S_shape, operand=True))
         pipeline_v.consumer_release(kv_state)
         if const_expr(self.bug != "stuck_pipeline"):
             kv_state.advance()

@@ -46,7 +46,9 @@ from typing import Type
 
 import cutlass
 import cutlass.cute as cute
-from cutlass import Float32, const_expr
+from cutlass import Float32, Int32, const_expr
+from cutlass._mlir.dialects import llvm
+from cutlass.cutlass_dsl import dsl_user_op
 
 from stages.fmha import common
 
@@ -145,6 +147,21 @@ class _PyLayout:
         return sum(_eval_mode(self._modes[i], x) for i, x in enumerate(idx))
 
 
+def p_rows(acc_shape, operand: bool) -> tuple[int, ...]:
+    """The row (of the thread's row view, ``common.acc_row_view``) of each register of P,
+    in linear order: of the PV MMA's A operand (``operand``: the ``p_operand_layout`` view,
+    tOrP's order) or of a 16-bit copy in the accumulator's own layout (P through shared
+    memory). Pure Python over static layouts (call inside @cute.jit); the operand's is
+    proven against the TV layouts by ``check_p_operand_mapping``."""
+    acc = cute.make_layout(acc_shape)
+    rows_l = common.acc_row_layout(acc)
+    row_view = _PyLayout(rows_l)
+    n_rows, n_cols = cute.size(rows_l, mode=[0]), cute.size(rows_l, mode=[1])
+    row_of = {row_view(r, c): r for r in range(n_rows) for c in range(n_cols)}
+    where = _PyLayout(p_operand_layout(acc)) if operand else (lambda i: i)
+    return tuple(row_of[where(i)] for i in range(cute.size(acc)))
+
+
 def p_source_map(tiled_mma_qk: cute.TiledMma, tiled_mma_pv: cute.TiledMma, acc_shape, p_shape, bug: str = "none"):
     """For every thread t and A-operand register of the PV MMA: ((row, k) the PV MMA
     expects there, (row, col) of S the conversion puts there). Pure Python over the static
@@ -202,17 +219,28 @@ def check_p_operand_mapping(tiled_mma_qk: cute.TiledMma, tiled_mma_pv: cute.Tile
     atom_m = tiled_mma_qk.shape_mnk[0]
     acc = cute.make_layout(acc_shape)
     s_rows = _PyLayout(common.acc_row_layout(acc))
+    # the rounded row sum (OnlineSoftmax.add_rounded) adds operand register i to row rows[i]
+    # of the thread's row view: that row must be the tile row the PV MMA multiplies it into
+    tv_c = _PyLayout(tiled_mma_qk.tv_layout_C)
+    rows = p_rows(acc_shape, operand=True)
+    per_thr = len(pairs) // n_thr
+    assert per_thr == len(rows), f"{per_thr} operand registers per thread, {len(rows)} row entries"
+    for t in range(n_thr):
+        for i, r in enumerate(rows):
+            want_row = pairs[t * per_thr + i][0][0]
+            got_row = tv_c(t, s_rows(r, 0)) % atom_m
+            assert want_row == got_row, f"thread {t}: operand register {i} is of row {want_row}, p_rows says {got_row}"
     o_rows = _PyLayout(
         common.acc_row_layout(cute.make_layout(tiled_mma_pv.partition_shape_C((atom_m, tiled_mma_pv.shape_mnk[1]))))
     )
-    tv_c, tv_o = _PyLayout(tiled_mma_qk.tv_layout_C), _PyLayout(tiled_mma_pv.tv_layout_C)
+    tv_o = _PyLayout(tiled_mma_pv.tv_layout_C)
     n_rows = cute.size(common.acc_row_layout(acc), mode=[0])
     for t in range(n_thr):
         for r in range(n_rows):
             rs = tv_c(t, s_rows(r, 0)) % atom_m
             ro = tv_o(t, o_rows(r, 0)) % atom_m
             assert rs == ro, f"thread {t}: S row view row {r} is tile row {rs}, O row view row {r} is {ro}"
-    return f"P operand view {text} verified: {n_thr} threads x {len(pairs) // n_thr} registers, rows of S == rows of O"
+    return f"P operand view {text} verified: {n_thr} threads x {per_thr} registers, rows of S == rows of O == rows of the rounded sum"
 
 
 # --------------------------------------------------------------------------------------
@@ -227,19 +255,29 @@ class OnlineSoftmax:
     ``step`` caps S first and works on the capped logits in log2 units.
     """
 
-    def __init__(self, scale_log2: float, num_rows: int, softcap: tuple | None = None, lazy: float | None = None):
+    def __init__(
+        self, scale_log2: float, num_rows: int, softcap: tuple | None = None, lazy: float | None = None,
+        rounded_sum: bool = False,
+    ):
         self.scale_log2 = scale_log2
         self.softcap = softcap
         self.lazy = lazy
+        self.rounded_sum = rounded_sum
         self.num_rows = num_rows
         self.row_max = cute.make_rmem_tensor(num_rows, Float32)
         self.row_sum = cute.make_rmem_tensor(num_rows, Float32)
+        # rounded_sum: a second sum, of P as rounded for the PV MMA, normalises O; the fp32
+        # row_sum still gives the LSE (the rounded one would carry P's rounding into it:
+        # 3e-4-3e-3 in bf16, against the LSE's 1e-4 tolerance)
+        self.row_sum_p16 = cute.make_rmem_tensor(num_rows, Float32) if rounded_sum else None
         self.reset()
 
     def reset(self):
         """Back to no rows seen (a new Q tile)."""
         self.row_max.fill(-math.inf)
         self.row_sum.fill(0.0)
+        if const_expr(self.rounded_sum):
+            self.row_sum_p16.fill(0.0)
 
     @cute.jit
     def step(
@@ -287,6 +325,8 @@ class OnlineSoftmax:
             if const_expr(is_first):
                 row_scale[r] = Float32(1.0)
                 self.row_sum[r] = tile_sum
+                if const_expr(self.rounded_sum):
+                    self.row_sum_p16[r] = Float32(0.0)  # the tile's P joins it in add_rounded
             else:
                 if const_expr(self.softcap is not None):
                     alpha = cute.math.exp2(m_prev - m_safe, fastmath=True)
@@ -296,10 +336,38 @@ class OnlineSoftmax:
                     if m_new == m_prev:
                         alpha = Float32(1.0)  # exactly: the O multiply can be skipped
                 row_scale[r] = alpha
+                if const_expr(self.rounded_sum):
+                    self.row_sum_p16[r] = self.row_sum_p16[r] * alpha
                 if const_expr(rescale_sum):
                     self.row_sum[r] = self.row_sum[r] * alpha + tile_sum
                 else:
                     self.row_sum[r] = self.row_sum[r] + tile_sum
+
+    @cute.jit
+    def add_rounded(self, p16: cute.Tensor, rows: cutlass.Constexpr):
+        """``rounded_sum``: row_sum_p16 += the tile's P as the PV MMA reads it (16-bit,
+        rounded), so that O's numerator and its normaliser see the same numbers. ``p16``: the PV operand
+        (tOrP) or P's 16-bit copy in the accumulator layout; ``rows``: ``p_rows`` for it.
+        Call once per tile, after ``step`` of that tile and before ``step`` of the next (the
+        PV MMA may be reading ``p16``: registers are only read here).
+
+        Why: with ``lazy`` a row's top P is 2^delta (delta in (0, t]) instead of exactly 1, so
+        its rounding no longer vanishes, and the fp32 sum over P before rounding disagrees
+        with the rounded P that O sums (benchmarks/lazy_rescale_error.py; perf-notes round 12).
+
+        P is read as the packed 32-bit words the MMA reads and widened in PTX that LLVM cannot
+        look through (``widen_half``): reading the 16-bit values let LLVM pack the operand
+        words late, between the PV wgmmas, and ptxas then put a warpgroup.arrive before each."""
+        words = cute.recast_tensor(p16, Int32)
+        assert cute.size(words) * 2 == len(rows)
+        terms = [[] for _ in range(self.num_rows)]
+        for j in cutlass.range_constexpr(cute.size(words)):
+            assert rows[2 * j] == rows[2 * j + 1], "a packed word holds two columns of one row"
+            w = words[j]
+            terms[rows[2 * j]].append(widen_half(w, p16.element_type, high=False))
+            terms[rows[2 * j]].append(widen_half(w, p16.element_type, high=True))
+        for r in cutlass.range_constexpr(self.num_rows):
+            self.row_sum_p16[r] = self.row_sum_p16[r] + _tree_sum(terms[r])
 
     @cute.jit
     def any_moved(self, row_scale: cute.Tensor) -> cutlass.Boolean:
@@ -314,21 +382,55 @@ class OnlineSoftmax:
     def finalize(self, row_scale: cute.Tensor, lse: cute.Tensor, scale: float):
         """row_scale[r] <- 1 / l (1 where l is 0 or NaN), lse[r] <- m * scale + ln l
         (softcap: (m + log2 l) ln 2, m in log2 units; -inf where l is 0 or NaN). Reduces
-        the partial sums across the quad first."""
+        the partial sums across the quad first. ``rounded_sum``: 1 / l of the rounded P's
+        sum, the LSE from the fp32 one."""
         for r in cutlass.range_constexpr(self.num_rows):
             l = common.quad_allreduce(self.row_sum[r], common.fadd)
             self.row_sum[r] = l
+            l_o = l
+            if const_expr(self.rounded_sum):
+                l_o = common.quad_allreduce(self.row_sum_p16[r], common.fadd)
             degenerate = l == Float32(0.0) or l != l
             inv = Float32(1.0)
             out = Float32(-math.inf)
             if not degenerate:
-                inv = cute.arch.rcp_approx(l)
+                inv = cute.arch.rcp_approx(l_o)
                 if const_expr(self.softcap is not None):
                     out = (self.row_max[r] + cute.math.log2(l, fastmath=True)) * LN2
                 else:
                     out = (self.row_max[r] * (scale * math.log2(math.e)) + cute.math.log2(l, fastmath=True)) * LN2
             row_scale[r] = inv
             lse[r] = out
+
+
+_WIDEN_PTX = {
+    # bf16 is fp32's top half: shift or mask, exact for every value
+    ("bf16", False): "{ .reg .b32 t; shl.b32 t, $1, 16; mov.b32 $0, t; }",
+    ("bf16", True): "{ .reg .b32 t; and.b32 t, $1, 0xFFFF0000; mov.b32 $0, t; }",
+    # fp16: the hardware conversion of one half (exact, subnormals included)
+    ("fp16", False): "{ .reg .b16 l, h; mov.b32 {l, h}, $1; cvt.f32.f16 $0, l; }",
+    ("fp16", True): "{ .reg .b16 l, h; mov.b32 {l, h}, $1; cvt.f32.f16 $0, h; }",
+}
+
+
+@dsl_user_op
+def widen_half(word: Int32, dtype, high: bool, *, loc=None, ip=None) -> Float32:
+    """One 16-bit half (low or ``high``) of a packed word as fp32, exactly, in inline PTX."""
+    kind = "bf16" if dtype is cutlass.BFloat16 else "fp16"
+    assert dtype in (cutlass.BFloat16, cutlass.Float16), dtype
+    out = llvm.inline_asm(
+        Float32.mlir_type, [Int32(word).ir_value(loc=loc, ip=ip)], _WIDEN_PTX[kind, high], "=f,r",
+        has_side_effects=False, is_align_stack=False, asm_dialect=llvm.AsmDialect.AD_ATT, loc=loc, ip=ip,
+    )
+    return Float32(out)
+
+
+def _tree_sum(terms: list):
+    """Sum in a pairwise tree (a short dependency chain). Plain Python, unrolled at trace time:
+    inside a @cute.jit body the DSL would turn the loop into device control flow."""
+    while len(terms) > 1:
+        terms = [terms[j] + terms[j + 1] if j + 1 < len(terms) else terms[j] for j in range(0, len(terms), 2)]
+    return terms[0]
 
 
 @cute.jit

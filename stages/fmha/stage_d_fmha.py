@@ -246,6 +246,7 @@ class FmhaForward(FmhaForwardBase):
         p_operand: str = "auto",
         p_sync: str = "wg",
         lazy_rescale: str = "auto",
+        row_sum: str = "fp32",
         o_staging: str = "auto",
         schedule: str = "auto",
         consumers: int | None = None,
@@ -293,6 +294,10 @@ class FmhaForward(FmhaForwardBase):
         # lazy_rescale: on where O is 256 wide (its rescale is 128 FMULs per thread per KV tile;
         # +3-4% at d = 256 on an H200, a wash at d = 128: docs/perf-notes.md rounds 8 and 10)
         self.lazy_rescale = lazy_rescale == "on" or (lazy_rescale == "auto" and dv == 256)
+        # row_sum=rounded: O is normalised by a second sum, of P as rounded for the PV MMA (with
+        # lazy_rescale the top P is not exactly 1, so the fp32 sum and O's numerator disagree by
+        # its rounding: perf-notes round 12); the LSE keeps the fp32 sum
+        self.rounded_sum = row_sum == "rounded"
         self.num_threads = common.WG_THREADS * (1 + consumers)
         self.consumer_regs, self.producer_regs = REGISTERS[consumers]
         super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages, dv=dv)
@@ -778,18 +783,24 @@ class FmhaForward(FmhaForwardBase):
         trace_print(tSrS=acc_S_shape, tOrP=tOrP, tOrO=acc_O, p_check=self.p_check)
         softmax = sm.OnlineSoftmax(
             self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]), softcap=self.softcap_constants(),
-            lazy=LAZY_RESCALE_LOG2 if self.lazy_rescale else None,
+            lazy=LAZY_RESCALE_LOG2 if self.lazy_rescale else None, rounded_sum=self.rounded_sum and self.is_exp,
         )
+        # which row of the thread each 16-bit P register adds to (softmax.add_rounded)
+        self.p_sum_rows = sm.p_rows(acc_S_shape, operand=not self.p_smem)
         row_scale = cute.make_rmem_tensor(softmax.num_rows, Float32)
         return thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale, p_store
 
     @cute.jit
-    def hand_over_p(self, acc_S: cute.Tensor, tOrP: cute.Tensor, p_store: cutlass.Constexpr, wg: Int32):
+    def hand_over_p(
+        self, acc_S: cute.Tensor, tOrP: cute.Tensor, p_store: cutlass.Constexpr, wg: Int32, softmax: sm.OnlineSoftmax
+    ):
         """P = acc_S as the PV MMA's A operand: converted into tOrP's registers, or (``p_smem``)
         converted and stored with stmatrix into the WG's P tile, fenced for the async proxy
         and synced: the WG's 128 threads (``p_sync=wg``), or the warp alone (``warp``: a
         warp's rows of the PV MMA are the rows of P it stored, as P has S's accumulator
-        layout). The caller has waited for the previous PV MMA, which read the tile."""
+        layout). The caller has waited for the previous PV MMA, which read the tile.
+        ``rounded_sum`` through shared memory: the row sums add the stored 16-bit P here
+        (in registers: ``add_p_sum`` after the PV MMA's issue)."""
         if const_expr(p_store is None):
             sm.convert_p(acc_S, tOrP)
         else:
@@ -797,11 +808,21 @@ class FmhaForward(FmhaForwardBase):
             rP = cute.make_rmem_tensor_like(acc_S, self.dtype)
             rP.store(acc_S.load().to(self.dtype))
             cute.copy(tiled_store, thr_store.retile(rP), tPsP)
+            if const_expr(softmax.rounded_sum):
+                softmax.add_rounded(rP, self.p_sum_rows)
             cute.arch.fence_view_async_shared()
             if const_expr(self.p_sync == "warp"):
                 cute.arch.sync_warp()
             else:
                 cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)
+
+    @cute.jit
+    def add_p_sum(self, softmax: sm.OnlineSoftmax, tOrP: cute.Tensor):
+        """``rounded_sum`` with P in registers: the tile's P (tOrP, as the PV MMA reads it) joins
+        the row sums. Called right after that PV MMA's issue, while the next S is computed:
+        the wgmma reads the same registers, which is allowed (only writing them is not)."""
+        if const_expr(softmax.rounded_sum and not self.p_smem):
+            softmax.add_rounded(tOrP, self.p_sum_rows)
 
     @cute.jit
     def produce_d(
@@ -1229,6 +1250,7 @@ class FmhaForward(FmhaForwardBase):
                 last = n_steps
             if wg < self.num_consumer_wg - 1 or i < last - 1:
                 self.sched_arrive(wg)
+        self.add_p_sum(softmax, tOrP)  # P_{i-1}, before step i scales the sums by alpha_i
         warpgroup.wait_group(1)  # S_i ready; the PV MMA may still run
         if const_expr(self.k_release == "early"):
             pipeline_k.consumer_release(kv_state)  # as FlashAttention-4: no pin
@@ -1254,7 +1276,7 @@ class FmhaForward(FmhaForwardBase):
         # P_i into the PV operand registers only now: LLVM does not know the PV MMA reads
         # them asynchronously, and a conversion before the wait was coalesced into them
         # (fp16), which made ptxas serialize every wgmma (C7513)
-        self.hand_over_p(acc_S, tOrP, p_store, wg)
+        self.hand_over_p(acc_S, tOrP, p_store, wg, softmax)
         if const_expr(self.is_exp and self.o_rescale == "end"):
             self.rescale_o(acc_O, row_scale, softmax)  # alpha_i, now that O holds P_{i-1} V_{i-1}
         return kv_state
@@ -1307,7 +1329,7 @@ class FmhaForward(FmhaForwardBase):
         pipeline_k.consumer_release(kv_state)
         mask_fn(acc_S, col_offset=(n_max - 1) * self.tile_n)
         self.softmax_tile(acc_S, softmax, row_scale, True)
-        self.hand_over_p(acc_S, tOrP, p_store, wg)
+        self.hand_over_p(acc_S, tOrP, p_store, wg, softmax)
         stamp(3)
 
         step = partial(
@@ -1337,6 +1359,7 @@ class FmhaForward(FmhaForwardBase):
                 self.rescale_o(acc_O, row_scale, softmax)  # alpha of the last tile
         pipeline_v.consumer_wait(kv_state)
         wgmma_issue(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_state.index], False)
+        self.add_p_sum(softmax, tOrP)
         warpgroup.wait_group(0)
         stamp(5)
         pipeline_v.consumer_release(kv_state)
@@ -1382,6 +1405,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "p_operand": v["p_operand"],
         "p_sync": v["p_sync"],
         "lazy_rescale": v["lazy_rescale"],
+        "row_sum": v["row_sum"],
         "o_staging": v["o_staging"],
         "schedule": v["schedule"],
         "consumers": number("consumers"),
