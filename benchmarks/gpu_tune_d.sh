@@ -93,6 +93,11 @@
 #               (about 6 minutes)
 # PHASE lazyexact_bench: d = 96 / 192 / 256 at s = 8192, both masks and dtypes: lazy + rounded (FA4
 #               beside), lazy alone, lazy off (about 4 minutes)
+# PHASE d64trace: where a d = 64 steady step's time goes (stamps inside steady step 2: K wait + MMA issue
+#               + S, softmax, previous PV wait, P hand-over + O rescale; stages/fmha/trace.py): traces of
+#               d = 64 s 4096 / 8192 both masks and d = 128 s 8192 for comparison, their stamps packed
+#               into $OUT/traces.tgz (benchmarks/trace_tiles.py --from-json ... --perfetto reads each)
+#               (about 3 minutes)
 # Every command has its own hang timeout; `timeout` bounds each step as a backstop.
 set -u
 export COLUMNS=${COLUMNS:-220}
@@ -456,12 +461,21 @@ lazyexact_bench)
   timeout 100 $B -V lazy_rescale=on --peers "" --timeout 90 | table_rows 170 "lazy fp32"
   timeout 100 $B -V lazy_rescale=off --peers "" --timeout 90 | table_rows 170 "off"
   ;;
+d64trace)
+  rm -rf /tmp/traces && mkdir -p /tmp/traces
+  for spec in "--d 64 --s 4096" "--d 64 --s 8192" "--d 64 --s 4096 --causal" "--d 64 --s 8192 --causal" "--d 128 --s 8192"; do
+    name=$(echo "$spec" | tr -d ' -')
+    step "trace $spec"
+    timeout 150 python3 benchmarks/trace_tiles.py $spec --json "/tmp/traces/$name.json"
+  done
+  tar czf "${OUT:-/tmp}/traces.tgz" -C /tmp traces
+  ;;
 perf)
   step "wb bench d --sweep (docs/perf.md) with every peer"
   cpeers="fa4,sdpa-cudnn,sdpa-flash"; [ -n "${WB_CUTLASS_EXAMPLES:-}" ] && cpeers="$cpeers,cutlass-example"
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace" >&2; exit 2 ;;
 esac
 step done

@@ -5,7 +5,9 @@ Builds stage D with ``trace=True`` (clock() stamps per CTA, warpgroup and work t
 beside the untraced kernel, and prints the median duration of each part of a work tile:
 
     consumer WG:  start -> Q ready -> first S -> first softmax -> steady steps
-                  -> last PV -> finish + LSE -> O store -> next tile's start
+                  -> last PV -> finish + LSE -> O store -> next tile's start, and inside
+                  steady step 2: K wait + MMA issue + S, softmax, previous PV wait,
+                  P hand-over + O rescale
     producer:     start -> first K slot -> Q slots -> last V issued
 
     python benchmarks/trace_tiles.py --d 64 --s 1024 [--causal] [-V name=value ...] [--json out.json] [--perfetto out.trace.json]
@@ -79,7 +81,8 @@ def summarize(words, ctas, wgs, n_steps):
             for wg in range(1, wgs + 1):
                 ev, nxt = stamps(wg, j), stamps(wg, j + 1)
                 for name, a, b in CONSUMER_PARTS:
-                    add(name, dt(ev[a], ev[b]))
+                    if ev[a] and ev[b]:  # a tile of fewer KV visits has no steady step 2 stamps
+                        add(name, dt(ev[a], ev[b]))
                 add("steady step (one)", dt(ev[3], ev[4]) / max(n_steps - 1, 1))
                 add("next tile's start", dt(ev[7], nxt[0]))
                 add("tile (start to start)", dt(ev[0], nxt[0]))
@@ -103,12 +106,13 @@ def summarize(words, ctas, wgs, n_steps):
     return summary
 
 
-def write_perfetto(path, words, ctas, wgs, title, meta):
-    """The stamps of one traced launch as a Perfetto / Chrome trace file; prints its summary."""
+def write_perfetto(path, words, ctas, wgs, title, meta, events=None):
+    """The stamps of one traced launch as a Perfetto / Chrome trace file; prints its summary.
+    ``events``: stamps per lane and tile of the buffer (None: today's layout)."""
     from stages.fmha import trace
     from workbench.run import timeline
 
-    slices, clocks = trace.decode(words, ctas, wgs)
+    slices, clocks = trace.decode(words, ctas, wgs, events or trace.TRACE_EVENTS)
     events = timeline.chrome_trace(slices, clocks, title, trace.lanes(wgs), meta)
     problems = timeline.validate(events)
     if problems:
@@ -137,13 +141,14 @@ def from_json(args) -> None:
     for key, value in saved["args"].items():
         if key not in ("json", "perfetto", "from_json"):
             setattr(args, key, value)
-    from stages.fmha.trace import trace_clock_word
+    from stages.fmha.trace import EVENTS_BEFORE_STEP_STAMPS, layout
 
     words = saved["words"]
-    ctas = saved.get("ctas") or next(c for c in range(1, 100000) if trace_clock_word(c, c) == len(words))
+    events = saved.get("events", EVENTS_BEFORE_STEP_STAMPS)  # saves before the step stamps name none
+    ctas = saved.get("ctas") or next(c for c in range(1, 100000) if layout(events).clock_word(c, c) == len(words))
     wgs = saved.get("consumer_wgs") or consumer_wgs_of(args)
     title = f"stage D d={args.d} s={args.s} causal={args.causal} {args.dtype} (stamps of {args.from_json})"
-    write_perfetto(args.perfetto, words, ctas, wgs, title, {"args": saved["args"], "untraced_us": saved.get("untraced_us")})
+    write_perfetto(args.perfetto, words, ctas, wgs, title, {"args": saved["args"], "untraced_us": saved.get("untraced_us")}, events)
 
 
 def main(argv=None):
@@ -157,7 +162,7 @@ def main(argv=None):
 
     from stages.fmha import common, host
     from stages.fmha import stage_d_fmha as sd
-    from stages.fmha.trace import trace_clock_word
+    from stages.fmha.trace import TRACE_EVENTS, trace_clock_word
 
     s, d = args.s, args.d
     batch, heads = args.batch or max(1, 16384 // s), args.heads or max(1, 2048 // d)
@@ -248,7 +253,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "summary_ns": summary, "untraced_us": t_plain, "traced_us": t_traced,
-                       "max_err": err, "ctas": ctas, "consumer_wgs": wgs, "words": words}, f)
+                       "max_err": err, "ctas": ctas, "consumer_wgs": wgs, "events": TRACE_EVENTS, "words": words}, f)
     if args.perfetto:
         title = f"stage D d={d} s={s} batch={batch} heads={heads} causal={args.causal} {args.dtype} on {torch.cuda.get_device_name()}"
         write_perfetto(args.perfetto, words, ctas, wgs, title, {"args": vars(args), "untraced_us": t_plain, "traced_us": t_traced})

@@ -21,7 +21,8 @@ def stamps():
     from stages.fmha import trace
 
     saved = json.loads(DATA.read_text())
-    slices, clocks = trace.decode(saved["words"], saved["ctas"], saved["consumer_wgs"])
+    assert "events" not in saved  # a save from before the steady step's stamps
+    slices, clocks = trace.decode(saved["words"], saved["ctas"], saved["consumer_wgs"], trace.EVENTS_BEFORE_STEP_STAMPS)
     return saved, slices, clocks, trace.lanes(saved["consumer_wgs"])
 
 
@@ -151,3 +152,34 @@ def test_a_buffer_shorter_than_its_layout_says_so():
     layout = timeline.StampLayout(slots=1, tiles=2, events=2)
     with pytest.raises(ValueError, match=r"the trace buffer holds 11 words, fewer than the 16 its layout needs for 2 CTAs"):
         timeline.decode([0] * (layout.length(2) - 5), 2, layout, [("WG1", [("work", 0, 1)])])
+
+
+def test_the_steady_step_stamps_decode_as_phases_inside_the_steady_steps():
+    """Stamps 8..12 (inside steady step TRACED_STEP) decode as four phases between that
+    step's start and end, inside "steady steps (all)"; the tile still ends at its O store; a
+    tile of fewer visits (step stamps zero) just has no step phases."""
+    from stages.fmha import trace
+
+    ctas, wgs = 1, 2
+    words = [0] * trace.LAYOUT.length(ctas)
+    clock = trace.LAYOUT.clock_word(ctas, 0)
+    words[clock: clock + 4] = [1000, 100, 9000, 900]
+    # tile 0 of WG1: the tile's 8 stamps, steady steps from 300 to 700, step 2 inside them
+    tile0 = [200, 220, 250, 300, 700, 750, 780, 800] + [400, 430, 480, 490, 520]
+    # tile 1 of WG1: two KV visits only, no step 2
+    tile1 = [810, 820, 830, 840, 860, 870, 880, 890] + [0] * 5
+    for j, stamps in enumerate((tile0, tile1)):
+        at = trace.trace_word(0, 1, j)
+        words[at: at + trace.TRACE_EVENTS] = stamps
+    slices, _ = trace.decode(words, ctas, wgs)
+    mine = [s for s in slices if s.lane == "WG1" and s.tile == 0]
+    (tile,) = [s for s in mine if s.kind == "tile"]
+    assert (tile.start, tile.end) == (200, 800)
+    (steady,) = [s for s in mine if s.name == "steady steps (all)"]
+    step = [s for s in mine if s.name.startswith(f"step {trace.TRACED_STEP}:")]
+    assert [(s.start, s.end) for s in step] == [(400, 430), (430, 480), (480, 490), (490, 520)]
+    assert all(steady.start <= s.start and s.end <= steady.end for s in step)
+    assert not [s for s in slices if s.lane == "WG1" and s.tile == 1 and s.name.startswith("step ")]
+    assert [s for s in slices if s.lane == "WG1" and s.tile == 1 and s.kind == "tile"]
+    # the same words read with the old 8-stamp layout land elsewhere: the layout matters
+    assert trace.layout(trace.EVENTS_BEFORE_STEP_STAMPS).length(ctas) < trace.LAYOUT.length(ctas)

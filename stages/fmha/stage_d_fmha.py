@@ -141,7 +141,7 @@ from stages.fmha import mask as mk
 from stages.fmha import softmax as sm
 from stages.fmha import tile_scheduler as ts
 from stages.fmha import trace as fmha_trace
-from stages.fmha.trace import TRACE_LANES, TRACE_TILES, trace_clock_word, trace_word
+from stages.fmha.trace import TRACE_LANES, TRACE_TILES, TRACED_STEP, trace_clock_word, trace_word
 from stages.fmha.fmha_base import FmhaForwardBase, trace_print
 from workbench.compile.probe import paused, probe
 from workbench.errors import UserError
@@ -689,6 +689,14 @@ class FmhaForward(FmhaForwardBase):
                 buf[word + event] = cute.arch.clock()
 
     @cute.jit
+    def stamp_step(self, stamp: cutlass.Constexpr, i: Int32, event: cutlass.Constexpr[int]):
+        """trace: ``event`` inside steady step ``TRACED_STEP`` only (stages/fmha/trace.py);
+        no code at all unless tracing."""
+        if const_expr(self.trace):
+            if i == TRACED_STEP:
+                stamp(event)
+
+    @cute.jit
     def trace_clocks(self, buf: cute.Tensor, cta: Int32, ctas: Int32, at: cutlass.Constexpr[int]):
         """trace: (globaltimer_lo, clock) of CTA ``cta`` at its start (at=0) or end (at=2),
         written by the calling WG's thread 0 (they convert clocks to nanoseconds)."""
@@ -1211,6 +1219,7 @@ class FmhaForward(FmhaForwardBase):
         mask_fn: cutlass.Constexpr = None,
         n_steps=None,
         p_store: cutlass.Constexpr = None,
+        stamp: cutlass.Constexpr = no_stamp,
     ) -> pipeline.PipelineState:
         """Steady-state step i (1 <= i < n_steps in visit order: tile n_max - 1 - i; n_steps
         = n_max - n_min, None: n_max). On entry ``kv_state`` is
@@ -1232,6 +1241,7 @@ class FmhaForward(FmhaForwardBase):
         # registers, and a reused tensor would keep the fp32 P of the previous step alive
         # across the QK^T issue (LLVM then sank P's conversion below it: 64 more live
         # registers, spills at 160)
+        self.stamp_step(stamp, i, 8)
         acc_S = cute.make_rmem_tensor(acc_S_shape, Float32)
         kv_prev = kv_state.clone()
         kv_state.advance()
@@ -1252,12 +1262,14 @@ class FmhaForward(FmhaForwardBase):
                 self.sched_arrive(wg)
         self.add_p_sum(softmax, tOrP)  # P_{i-1}, before step i scales the sums by alpha_i
         warpgroup.wait_group(1)  # S_i ready; the PV MMA may still run
+        self.stamp_step(stamp, i, 9)
         if const_expr(self.k_release == "early"):
             pipeline_k.consumer_release(kv_state)  # as FlashAttention-4: no pin
         if const_expr(mask_fn is not None):
             mask_fn(acc_S, col_offset=(n_max - 1 - i) * self.tile_n)
         # touches acc_S and the row statistics only, never acc_O / tOrP
         self.softmax_tile(acc_S, softmax, row_scale, False, masked=mask_fn is not None)
+        self.stamp_step(stamp, i, 10)
         if const_expr(self.k_release == "pinned"):
             # Release K_i *pinned behind the softmax*: ptxas keeps the wait below after this
             # mbarrier arrive, and the arrive's predicate reads the finished row sums (sign
@@ -1272,6 +1284,7 @@ class FmhaForward(FmhaForwardBase):
                 pipeline_k.sync_object_empty.arrive(kv_state.index, pipeline_k.consumer_mask)
         else:
             warpgroup.wait_group(0)
+        self.stamp_step(stamp, i, 11)
         pipeline_v.consumer_release(kv_prev)
         # P_i into the PV operand registers only now: LLVM does not know the PV MMA reads
         # them asynchronously, and a conversion before the wait was coalesced into them
@@ -1279,6 +1292,7 @@ class FmhaForward(FmhaForwardBase):
         self.hand_over_p(acc_S, tOrP, p_store, wg, softmax)
         if const_expr(self.is_exp and self.o_rescale == "end"):
             self.rescale_o(acc_O, row_scale, softmax)  # alpha_i, now that O holds P_{i-1} V_{i-1}
+        self.stamp_step(stamp, i, 12)
         return kv_state
 
     @cute.jit
@@ -1335,7 +1349,7 @@ class FmhaForward(FmhaForwardBase):
         step = partial(
             self.overlap_tile, pipeline_k=pipeline_k, pipeline_v=pipeline_v, tiled_mma_qk=tiled_mma_qk,
             tiled_mma_pv=tiled_mma_pv, tSrQ=tSrQ, tSrK=tSrK, tOrVt=tOrVt, acc_S_shape=acc_S_shape, tOrP=tOrP,
-            acc_O=acc_O, softmax=softmax, row_scale=row_scale, wg=wg, n_max=n_max, p_store=p_store,
+            acc_O=acc_O, softmax=softmax, row_scale=row_scale, wg=wg, n_max=n_max, p_store=p_store, stamp=stamp,
         )
         if const_expr(self.left_masked):
             step = partial(step, n_steps=n_steps)
