@@ -188,26 +188,47 @@ def test_a_stage_class_missing_a_method_a_run_calls_is_one_line_naming_it(toy_ws
 
 
 def _signal_dispositions(pid: int) -> str:
-    """Whether process ``pid`` ignores, blocks or catches SIGINT and SIGTERM (Linux)."""
+    """Whether process ``pid`` ignores, blocks or catches SIGINT, SIGTERM and SIGHUP (Linux)."""
     try:
         fields = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
     except OSError:
         return "signal dispositions: unknown"
     said = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         states = [name for name in ("SigIgn", "SigBlk", "SigCgt") if int(fields.get(name, "0"), 16) >> (sig - 1) & 1]
         said.append(f"{sig.name} {'/'.join(states) or 'default'}")
     return "wb's signal dispositions before the signal: " + ", ".join(said)
 
 
+@pytest.mark.parametrize("given, expected", [("ignored", "ignored"), ("default", "handled")])
+def test_a_sighup_ignored_by_whoever_started_wb_stays_ignored(given, expected):
+    """`nohup wb sweep ...` must survive the terminal closing: wb takes SIGHUP as Ctrl-C only
+    where its starter left it at the default (SIGTERM always)."""
+    from workbench import interrupts
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGTERM)}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN if given == "ignored" else signal.SIG_DFL)
+        interrupts.stop_on_termination()
+        now = signal.getsignal(signal.SIGHUP)
+        assert ("ignored" if now is signal.SIG_IGN else "handled" if callable(now) else "default") == expected
+        assert callable(signal.getsignal(signal.SIGTERM))
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"])
 def test_ctrl_c_or_sigterm_leaves_an_interrupted_record_and_kills_the_worker(toy_ws, sig):
     """SIGTERM (`timeout`, `kill`, a batch system ending the job) is handled as Ctrl-C, and so
-    is SIGHUP (the terminal closed, ssh dropped: it killed wb before its record)."""
+    is SIGHUP (the terminal closed, ssh dropped: it killed wb before its record). wb started
+    from a terminal: SIGHUP at its default, also when the suite itself runs under nohup (wb
+    then rightly keeps ignoring it, interrupts.stop_on_termination)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "workbench", "run", "a", "-V", "bug=sleep"],
         cwd=toy_ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
     )
     seen = ""
     deadline = time.time() + 60

@@ -53,7 +53,8 @@ class Compiled:
     compile_s: float = 0.0
     varlen: bool = False  # stage D: packed (total, heads, d) tensors with cu_seqlens
     page_size: int = 0  # stage D: paged K/V caches read through a block table (0 = off)
-    # stage D: a second kernel, launched where ``long`` serves the shape (geometry.long_kernel)
+    # stage D: a second kernel, launched where ``long`` serves the shape (geometry.long_kernel);
+    # both set or neither
     fn_long: Any = None
     long: LongKernel | None = None
     tile_m: int = 128  # stage D varlen: Q rows per work tile (the tile table's)
@@ -61,7 +62,7 @@ class Compiled:
 
     def for_shape(self, m: int, n: int):
         """The function to launch for ``m`` query rows and ``n`` keys."""
-        return self.fn_long if self.fn_long is not None and self.long is not None and self.long.serves(m, n) else self.fn
+        return self.fn_long if self.long is not None and self.long.serves(m, n) else self.fn
 
 
 @functools.lru_cache(maxsize=1)

@@ -1676,7 +1676,7 @@ class StageD(Stage):
         return host.Compiled(
             fn=fn, d=p.d, heads=p.heads, kv_heads=p.kv_heads, causal=kernel.causal, p_check=kernel.p_check,
             compile_s=time.perf_counter() - t0, varlen=kernel.varlen, page_size=kernel.page_size,
-            fn_long=fn_long, long=long if fn_long is not None else None, tile_m=kernel.tile_m, bottom_right=mask_params(p)["align"] == "bottom_right",
+            fn_long=fn_long, long=long, tile_m=kernel.tile_m, bottom_right=mask_params(p)["align"] == "bottom_right",
         )
 
     @staticmethod
