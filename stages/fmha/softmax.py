@@ -336,7 +336,7 @@ class OnlineSoftmax:
                     if m_new == m_prev:
                         alpha = Float32(1.0)  # exactly: the O multiply can be skipped
                 row_scale[r] = alpha
-                if const_expr(self.rounded_sum):
+                if const_expr(self.rounded_sum and rescale_sum):
                     self.row_sum_p16[r] = self.row_sum_p16[r] * alpha
                 if const_expr(rescale_sum):
                     self.row_sum[r] = self.row_sum[r] * alpha + tile_sum
