@@ -305,7 +305,18 @@ class FmhaForwardBase:
             self.p_check = "P through shared memory (stored by coordinate, read by descriptor): verified by layout"
         else:
             self.p_check = sm.check_p_operand_mapping(tiled_mma_qk, tiled_mma_pv, acc_S_shape, tOrP.shape)
+        # which row of the thread each 16-bit P register adds to (softmax.add_rounded)
+        self.p_sum_rows = sm.p_rows(acc_S_shape, operand=not self.p_smem)
         return thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O
+
+    @cute.jit
+    def add_p_sum(self, softmax: sm.OnlineSoftmax, tOrP: cute.Tensor):
+        """``rounded_sum`` with P in registers: the tile's P (tOrP, as the PV MMA reads it) joins
+        the row sums. Called right after that PV MMA's issue (in the overlap schedules while the
+        next S is computed): the wgmma reads the same registers, which is allowed (only writing
+        them is not). Through shared memory the hand-over adds P instead."""
+        if const_expr(softmax.rounded_sum and not self.p_smem):
+            softmax.add_rounded(tOrP, self.p_sum_rows)
 
     @cute.jit
     def consume_tile(
@@ -345,8 +356,7 @@ class FmhaForwardBase:
         # O += P V_j
         pipeline_v.consumer_wait(kv_state)
         wgmma_accumulate(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_state.index])
-        if const_expr(softmax.rounded_sum):
-            softmax.add_rounded(tOrP, sm.p_rows(acc_S_shape, operand=True))
+        self.add_p_sum(softmax, tOrP)
         pipeline_v.consumer_release(kv_state)
         if const_expr(self.bug != "stuck_pipeline"):
             kv_state.advance()

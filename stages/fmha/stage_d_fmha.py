@@ -793,8 +793,6 @@ class FmhaForward(FmhaForwardBase):
             self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]), softcap=self.softcap_constants(),
             lazy=LAZY_RESCALE_LOG2 if self.lazy_rescale else None, rounded_sum=self.rounded_sum and self.is_exp,
         )
-        # which row of the thread each 16-bit P register adds to (softmax.add_rounded)
-        self.p_sum_rows = sm.p_rows(acc_S_shape, operand=not self.p_smem)
         row_scale = cute.make_rmem_tensor(softmax.num_rows, Float32)
         return thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale, p_store
 
@@ -823,14 +821,6 @@ class FmhaForward(FmhaForwardBase):
                 cute.arch.sync_warp()
             else:
                 cute.arch.barrier(barrier_id=1 + wg, number_of_threads=common.WG_THREADS)
-
-    @cute.jit
-    def add_p_sum(self, softmax: sm.OnlineSoftmax, tOrP: cute.Tensor):
-        """``rounded_sum`` with P in registers: the tile's P (tOrP, as the PV MMA reads it) joins
-        the row sums. Called right after that PV MMA's issue, while the next S is computed:
-        the wgmma reads the same registers, which is allowed (only writing them is not)."""
-        if const_expr(softmax.rounded_sum and not self.p_smem):
-            softmax.add_rounded(tOrP, self.p_sum_rows)
 
     @cute.jit
     def produce_d(
