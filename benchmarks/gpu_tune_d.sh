@@ -111,6 +111,14 @@ LOG=${OUT:-/tmp}/sweeps.log
 sweep_verdicts() { tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"; }
 # a bench's case rows cut to WIDTH characters, each prefixed with LABEL when given
 table_rows() { grep -a -E "^│ d=" | cut -c1-"$1" | sed "s/^/${2:+$2 }/"; }
+# d = 256's fixed-length sweep (n with a tail, both masks and dtypes, GQA) and its softcap / window
+# sweep, with the -V options given (lazy256: none; lazyexact: row_sum=rounded)
+d256_sweeps() {
+  timeout 150 wb sweep d --n 17,1000,4096,8192 --d 256 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 \
+    "$@" --timeout 40 | sweep_verdicts
+  timeout 90 wb sweep d --n 1000,8192 --d 256 --dtype fp16 -p causal=true -p softcap=30,0 -p window_left=-1,300 \
+    "$@" --timeout 40 | sweep_verdicts
+}
 
 case "${1:-}" in
 d64)
@@ -406,12 +414,9 @@ wide)
   done
   ;;
 lazy256)
-  step "sweep d=256's default (lazy_rescale on): fixed lengths, both masks, both dtypes, GQA (16 cases)"
-  timeout 150 wb sweep d --n 17,1000,4096,8192 --d 256 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 \
-    --timeout 40 | sweep_verdicts
-  step "softcap 30 and a 300-key window; varlen; paged 16-key pages; 256/128 (lazy off there)"
-  timeout 90 wb sweep d --n 1000,8192 --d 256 --dtype fp16 -p causal=true -p softcap=30,0 -p window_left=-1,300 \
-    --timeout 40 | sweep_verdicts
+  step "sweep d=256's default (lazy_rescale on): fixed lengths, both masks, both dtypes, GQA (16 cases); softcap 30 and a 300-key window"
+  d256_sweeps
+  step "varlen; paged 16-key pages; 256/128 (lazy off there)"
   timeout 90 wb sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 -p seqlens_k=5:0:1000:33:4000 -p heads=8 -p kv_heads=2 \
     --d 256 --dtype bf16,fp16 -p causal=false,true --timeout 40 | sweep_verdicts
   timeout 90 wb sweep d -p page_size=16 --n 17,1000 --d 256 -p causal=false,true -p heads=2 -p kv_heads=1 --timeout 40 | sweep_verdicts
@@ -449,10 +454,7 @@ lazyexact)
   timeout 90 wb sweep d -p page_size=16 --n 17,1000 --d 96,192 -p causal=false,true -p heads=2 -p kv_heads=1 $V \
     --timeout 40 | sweep_verdicts
   step "d=256 (lazy on by default) with row_sum=rounded: fixed lengths, both masks, both dtypes, GQA; softcap and a window"
-  timeout 150 wb sweep d --n 17,1000,4096,8192 --d 256 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 \
-    -V row_sum=rounded --timeout 40 | sweep_verdicts
-  timeout 90 wb sweep d --n 1000,8192 --d 256 --dtype fp16 -p causal=true -p softcap=30,0 -p window_left=-1,300 \
-    -V row_sum=rounded --timeout 40 | sweep_verdicts
+  d256_sweeps -V row_sum=rounded
   ;;
 lazyexact_bench)
   B="wb bench d -p d=96,192,256 -p n=8192 -p causal=false,true -p dtype=bf16,fp16"

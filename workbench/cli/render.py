@@ -17,9 +17,8 @@ from workbench import terminal
 from workbench.records.provenance import card_label
 from workbench.records.report import changed_params_text, fixture_rows, params_text, stamped_note, variants_text
 from workbench.remote.sweep import CaseResult, SweepEvent
-from workbench.text import first_line
 from workbench.terminal import console, escape, fmt, verdict
-from workbench.text import signed
+from workbench.text import first_line, signed
 
 
 @contextlib.contextmanager

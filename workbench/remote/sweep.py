@@ -58,9 +58,8 @@ from workbench.run import procs, protocol, supervisor
 from workbench.run.execute import run_stage
 from workbench.run.supervisor import _socket_dir, warm_tag
 from workbench.schemas import short
-from workbench.text import first_line
 from workbench.schemas.hosts import parse_gpus
-from workbench.text import json_or_none
+from workbench.text import first_line, json_or_none
 from workbench.workspace import Workspace, find_workspace
 
 LANE_FAILURES_TO_RETIRE = 2
