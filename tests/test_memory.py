@@ -87,9 +87,10 @@ def test_log_is_capped_newest_first(tmp_path):
 def test_note_goes_into_lessons(tmp_path):
     ws = Workspace(tmp_path)
     ws.memory_path.write_text("# M\n\n## Lessons\n\n- first\n\n## Other\n\ntext\n")
-    line = memory.add_note(ws, "TMA coords:  mode 2 is the KV tile index", "fmha/stage-c")
+    line, added = memory.add_note(ws, "TMA coords:  mode 2 is the KV tile index", "fmha/stage-c")
     text = ws.memory_path.read_text()
     assert re.search(r"- \d{4}-\d{2}-\d{2} \[fmha/stage-c\] TMA coords: mode 2 is the KV tile index", line)
+    assert added
     assert text.index("- first") < text.index(line) < text.index("## Other")
     assert text.endswith("## Other\n\ntext\n")
 
@@ -99,7 +100,7 @@ def test_a_lessons_heading_inside_a_code_fence_is_not_the_section(tmp_path):
     the fence."""
     ws = Workspace(tmp_path)
     ws.memory_path.write_text("# M\n\nExample:\n\n```\n## Lessons\n- an example\n```\n\n## Lessons\n\n- first\n")
-    line = memory.add_note(ws, "a lesson")
+    line, _ = memory.add_note(ws, "a lesson")
     text = ws.memory_path.read_text()
     assert text.index("- first") < text.index(line) and text.count("```") == 2
     assert text.index(line) > text.rindex("```")
@@ -212,9 +213,23 @@ def test_a_note_given_twice_is_kept_once(tmp_path):
     still goes in after it."""
     ws = Workspace(tmp_path)
     ws.memory_path.write_text("# M\n\n## Lessons\n\n- first\n\n## Other\n\ntext\n")
-    line = memory.add_note(ws, "a lesson", "fmha/stage-c")
+    line, added = memory.add_note(ws, "a lesson", "fmha/stage-c")
     once = ws.memory_path.read_text()
-    assert memory.add_note(ws, "a  lesson", "fmha/stage-c") == line  # the same line once made one
+    assert added and memory.add_note(ws, "a  lesson", "fmha/stage-c") == (line, False)  # the same line once made one
     assert ws.memory_path.read_text() == once and once.count(line) == 1
-    other = memory.add_note(ws, "a lesson")  # not about the stage: another line
-    assert ws.memory_path.read_text().count("a lesson") == 2 and other != line
+    other, added = memory.add_note(ws, "a lesson")  # not about the stage: another line
+    assert ws.memory_path.read_text().count("a lesson") == 2 and other != line and added
+
+
+def test_wb_note_says_added_or_already_in_as_the_section_holds_it(toy_ws, wb):
+    """`wb note` decided "already in" from a read of the whole file before add_note read it again
+    under its lock: the lesson's line quoted elsewhere (a code example) made it say "already in"
+    while add_note added it to the Lessons section. The message now comes from the edit itself."""
+    line = memory.lesson_line("a lesson")
+    (toy_ws / "MEMORY.md").write_text(f"# M\n\n```\n{line}\n```\n\n## Lessons\n\n- first\n")
+    first = wb("note", "a lesson")
+    assert first.returncode == 0 and first.stdout.startswith("added to MEMORY.md: "), first.stdout
+    assert (toy_ws / "MEMORY.md").read_text().count(line) == 2
+    again = wb("note", "a lesson")
+    assert again.returncode == 0 and again.stdout.startswith("already in MEMORY.md: "), again.stdout
+    assert (toy_ws / "MEMORY.md").read_text().count(line) == 2

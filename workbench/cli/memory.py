@@ -29,8 +29,6 @@ def note(
         from workbench.kernels.registry import resolve_stage
 
         stage_id = resolve_stage(ws, stage).id
-    before = ws.memory_path.read_text(encoding="utf-8", errors="replace") if ws.memory_path.is_file() else ""
-    there = memory.lesson_line(text, stage_id) in before.splitlines()
-    line = memory.add_note(ws, text, stage_id)
+    line, added = memory.add_note(ws, text, stage_id)
     shown = line if len(line) <= 300 else line[:299] + "…"
-    console.print(f"{'already in' if there else 'added to'} {ws.memory_path.name}: {escape(shown)}")
+    console.print(f"{'added to' if added else 'already in'} {ws.memory_path.name}: {escape(shown)}")

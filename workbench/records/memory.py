@@ -788,13 +788,22 @@ def update_data_block(ws: Workspace, name: str, merge: Callable[[Any], Any]) -> 
     update_blocks(ws, {name: data_block(name, merge)})
 
 
-def add_note(ws: Workspace, text: str, stage: str | None = None, path: Path | None = None) -> str:
+def add_note(ws: Workspace, text: str, stage: str | None = None, path: Path | None = None) -> tuple[str, bool]:
     """Append a dated lesson to the Lessons section (one_line: MEMORY.md is read in editors);
-    returns the line, which the section holds once (``insert_lesson``)."""
+    returns the line and whether it was added: the section holds it once (``insert_lesson``),
+    so a line already there is not (as read under the lock, where the edit is made)."""
     line = lesson_line(text, stage)
     path = path or ws.memory_path
-    _locked_edit(ws, path, lambda current: insert_lesson(current, line, str(path)))
-    return line
+    added = False
+
+    def edit(current: str) -> str:
+        nonlocal added
+        after = insert_lesson(current, line, str(path))
+        added = after != current  # the last try's, the one written (_locked_update retries)
+        return after
+
+    _locked_edit(ws, path, edit)
+    return line, added
 
 
 def lesson_line(text: str, stage: str | None = None) -> str:
