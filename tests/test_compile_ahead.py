@@ -44,6 +44,11 @@ def test_class_literals_come_from_the_source_and_a_computed_one_is_unknown(tmp_p
     assert class_literal(module, "compile_params") is UNKNOWN  # then every parameter counts
     module.write_text("class X(Stage):\n    pass\n")
     assert class_literal(module, "compile_params") is None
+    # a subclass that sets it otherwise was not read (only classes naming Stage as a base were)
+    module.write_text("class X(Stage):\n    compile_params = ('d',)\nclass Y(X):\n    compile_params = ('d', 'n')\n")
+    assert class_literal(module, "compile_params") is UNKNOWN
+    module.write_text("class X(Stage):\n    compile_params = ('d',)\nclass Y(X):\n    compile_params = ('d',)\n")
+    assert class_literal(module, "compile_params") == ("d",)
 
 
 def test_a_cpu_stage_or_a_single_configuration_is_not_compiled_ahead(toy_ws, monkeypatch):

@@ -337,7 +337,7 @@ def test_run_needing_a_gpu_without_one_exits_2(toy_ws, wb):
 
 
 def test_gpu_need_is_read_from_the_stage_source(tmp_path):
-    from workbench.gpu import stage_needs_gpu
+    from workbench.kernels.stage_source import needs_gpu
 
     cases = {
         "class S(Stage):\n    needs_gpu = False\n": False,
@@ -351,7 +351,7 @@ def test_gpu_need_is_read_from_the_stage_source(tmp_path):
     for source, expected in cases.items():
         path = tmp_path / "stage.py"
         path.write_text(source)
-        assert stage_needs_gpu(path) is expected, source
+        assert needs_gpu(path) is expected, source
 
 
 def test_ctrl_c_while_a_worker_starts_ends_that_worker(toy_ws, monkeypatch):

@@ -72,8 +72,9 @@ def require_gpu_here(spec, command: str | None = None) -> None:
     ``command`` (e.g. "wb bench") needs one whatever the stage, and is named in the line."""
     from workbench import gpu
     from workbench.errors import NoGpuError
+    from workbench.kernels import stage_source
 
-    if not gpu.reachable() and (command is not None or gpu.stage_needs_gpu(spec.module_path)):
+    if not gpu.reachable() and (command is not None or stage_source.needs_gpu(spec.module_path)):
         raise NoGpuError(f"{command or spec.id} needs a CUDA GPU and this machine has none (no NVIDIA device, or CUDA_VISIBLE_DEVICES hides them)")
 
 

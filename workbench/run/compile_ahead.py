@@ -17,9 +17,8 @@ import os
 import time
 from typing import Any, Callable
 
-from workbench import gpu
 from workbench.compile.shapes import Target
-from workbench.kernels.stage_source import UNKNOWN, class_literal
+from workbench.kernels.stage_source import UNKNOWN, class_literal, needs_gpu
 from workbench.text import first_line
 from workbench.workspace import Workspace
 
@@ -71,7 +70,7 @@ def worthwhile(spec) -> bool:
     """Compile ahead only a CuTe stage that runs on a GPU (a CPU stage has no compile to share)."""
     if class_literal(spec.module_path, "is_cute", True) is False:
         return False
-    return gpu.stage_needs_gpu(spec.module_path) is not False
+    return needs_gpu(spec.module_path) is not False
 
 
 def compile_ahead(

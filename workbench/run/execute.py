@@ -7,7 +7,7 @@ import time
 from typing import Any, Callable
 
 from workbench.errors import NoGpuError, UserError
-from workbench.gpu import stage_needs_gpu
+from workbench.kernels.stage_source import needs_gpu
 from workbench.records.provenance import git_state, record_provenance
 from workbench.interrupts import held_signals
 from workbench.records.publish import commit, publish
@@ -42,7 +42,7 @@ def run_stage(
     ``instrument``: a tool the worker runs under (workbench.run.sanitize, workbench.run.profile)."""
     if instrument is not None:
         env = {**(env or {}), **instrument.environment}
-    if stage_needs_gpu(spec.module_path) is False:  # a plain PyTorch stage: a new worker skips the DSL's import
+    if needs_gpu(spec.module_path) is False:  # a plain PyTorch stage: a new worker skips the DSL's import
         env = {"WB_WORKER_PRELOAD": "torch", **(env or {})}
     timeout = timeout or spec.timeout * (instrument.timeout_factor if instrument else 1)
     started_wall = time.perf_counter()
