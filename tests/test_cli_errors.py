@@ -1,8 +1,12 @@
 """Every user mistake is one line on stderr, exit code 2, no traceback (WB_DEBUG=1 shows it)."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from conftest import run_wb_process
+from conftest import REPO, run_wb_process
 
 
 def assert_one_line_error(proc, *fragments):
@@ -319,3 +323,33 @@ def test_a_sweep_of_a_stage_whose_module_is_missing_is_one_line(toy_ws, wb):
 def test_names_are_read_alike_across_commands(toy_ws, wb, args, fragments):
     """An empty name, a near miss or an empty list item, as `wb run` reads them."""
     assert_one_line_error(wb(*args), *fragments)
+
+
+@pytest.mark.parametrize(
+    "name, value, args, fragments",
+    [
+        # a module-level float() of it broke every command importing the supervisor (wb runs too)
+        ("WB_WORKER_IDLE", "abc", ["run", "a"], ["WB_WORKER_IDLE='abc' must be a number of seconds, 0 or more"]),
+        ("WB_WORKER_IDLE", "-5", ["run", "a"], ["WB_WORKER_IDLE='-5' must be a number of seconds, 0 or more"]),
+        # int() of it: a traceback, and `wb compile` left a run folder with no record
+        ("WB_COMPILE_JOBS", "abc", ["compile", "a"], ["WB_COMPILE_JOBS='abc' must be a whole number of workers"]),
+        ("WB_COMPILE_JOBS", "2.5", ["shapes", "toy"], ["WB_COMPILE_JOBS='2.5' must be a whole number of workers"]),
+        # 0 MiB read as a limit: "run.json is 0 MiB, over the 0 MiB a file may have"
+        ("WB_IMPORT_MAX_MIB", "0", ["import", "stages"], ["WB_IMPORT_MAX_MIB='0' must be a whole number of MiB, above 0"]),
+        ("WB_IMPORT_MAX_MIB", "nan", ["import", "stages"], ["WB_IMPORT_MAX_MIB='nan' must be a whole number of MiB"]),
+    ],
+)
+def test_a_bad_numeric_setting_is_one_line_and_leaves_no_run_folder(toy_ws, wb, name, value, args, fragments):
+    assert_one_line_error(wb(*args, env={name: value}), *fragments)
+    assert not [p for p in (toy_ws / "runs").glob("2*")], "a run folder was left"
+    listed = wb("runs", env={name: value})  # read where used: a command that does not use it works
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+
+
+def test_a_bad_agent_grace_stops_the_agent_before_its_child_starts(toy_ws):
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench.remote.agent", "--", "list"], cwd=toy_ws, capture_output=True, text=True,
+        env={**os.environ, "WB_AGENT_GRACE": "soon", "PYTHONPATH": str(REPO)}, timeout=60,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip() == "wb: error: WB_AGENT_GRACE='soon' must be a number of seconds, 0 or more"
+    assert "wb-agent" not in proc.stderr and proc.stdout == ""

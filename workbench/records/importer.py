@@ -25,6 +25,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workbench import settings
 from workbench.errors import UserError, path_error
 from workbench.files import atomic_write_text
 from workbench.kernels.registry import load_kernels
@@ -49,13 +50,10 @@ class Limits:
 
     @classmethod
     def from_env(cls) -> "Limits":
-        raw = os.environ.get("WB_IMPORT_MAX_MIB")
-        if not raw:
+        mib = settings.import_max_mib()
+        if mib is None:
             return cls()
-        try:
-            total = int(raw) * MiB
-        except ValueError:
-            raise UserError(f"WB_IMPORT_MAX_MIB={raw!r} must be a whole number of MiB") from None
+        total = mib * MiB
         return cls(file_bytes=min(cls.file_bytes, total), total_bytes=total)
 
 

@@ -23,10 +23,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from workbench import processes
+from workbench import processes, settings
+from workbench.errors import UserError
 from workbench.run import procs
 
-GRACE = float(os.environ.get("WB_AGENT_GRACE", 15))
 GPU_COMMANDS = {"run", "bench", "sweep"}  # the commands whose processes get a pid file
 
 
@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         args = args[1:]
     if not args:
         print("usage: python -m workbench.remote.agent -- WB-ARGS...", file=sys.stderr)
+        return 2
+    try:
+        grace = settings.agent_grace()  # before the child starts: nothing to stop yet
+    except UserError as exc:
+        print(f"wb: error: {exc}", file=sys.stderr)
         return 2
     env = dict(os.environ, WB_EVENTS="stderr", PYTHONUNBUFFERED="1")
     child = subprocess.Popen(
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             if stopped_at is None:
                 stopped_at = time.monotonic()
                 _signal(child.pid, signal.SIGINT)
-            elif time.monotonic() - stopped_at > GRACE:
+            elif time.monotonic() - stopped_at > grace:
                 _signal(child.pid, signal.SIGKILL)
         time.sleep(0.1)
     for t in pumps:

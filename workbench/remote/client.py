@@ -35,13 +35,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from workbench import __version__, terminal
+from workbench import __version__, settings, terminal
 from workbench.errors import UserError
 from workbench.records.provenance import file_hashes, git_state
 from workbench.records.publish import commit
 from workbench.records.store import ensure_runs_dir, new_record, new_run_dir, utc_now
 from workbench.remote import transport
-from workbench.remote.agent import GRACE
 from workbench.remote.hosts import Host, get_host
 from workbench.text import json_or_none
 from workbench.schemas import check
@@ -225,7 +224,7 @@ def _follow(proc, host, on_event, on_line, on_stdout, deadline_s, start) -> Remo
 
 
 def _agent_grace() -> float:
-    return GRACE
+    return settings.agent_grace()
 
 
 def _end(proc: subprocess.Popen) -> None:

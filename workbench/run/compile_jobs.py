@@ -18,6 +18,7 @@ from workbench.compile import cache as compile_cache
 from workbench.compile.cache import _wb_code
 from workbench.compile.job import CompileJob
 from workbench.compile.shapes import Target
+from workbench import settings
 from workbench.errors import UserError
 from workbench.run import supervisor
 from workbench.run.supervisor import run_job
@@ -119,7 +120,7 @@ def _split(items: list, parts: int) -> list[list[int]]:
 def workers_for(n_items: int) -> int:
     """How many workers compile ``n_items`` stages: WB_COMPILE_JOBS, else one per core, and
     never more than the stages (compiling is single-threaded)."""
-    return max(1, min(n_items, int(os.environ.get("WB_COMPILE_JOBS", "0")) or (os.cpu_count() or 1)))
+    return max(1, min(n_items, settings.compile_jobs() or (os.cpu_count() or 1)))
 
 
 def _run_in_workers(ws: Workspace, job: dict, timeout: float, on_event, parallel: int | None) -> list[dict]:

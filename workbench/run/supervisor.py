@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from workbench import processes
+from workbench import processes, settings
 from workbench.errors import UserError, path_error
 from workbench.run import procs
 from workbench.run import protocol
@@ -37,7 +37,6 @@ STOPPING = threading.Event()
 STOPPED = "interrupted (Ctrl-C or SIGTERM): the sweep ended the worker of this run"
 START_TIMEOUT = 120.0  # seconds for a new worker to bind its socket
 EXIT_WAIT = 120.0  # seconds a wrapped once-worker gets to exit after its job (the tool's summary)
-WARM_IDLE = float(os.environ.get("WB_WORKER_IDLE", 600))  # a warm worker exits after this long idle
 
 
 class WorkerStartError(RuntimeError):
@@ -107,7 +106,7 @@ class Worker:
 
     @classmethod
     def spawn(
-        cls, ws: Workspace, socket_path: str, once: bool, idle: float = WARM_IDLE, env: dict[str, str] | None = None,
+        cls, ws: Workspace, socket_path: str, once: bool, idle: float | None = None, env: dict[str, str] | None = None,
         wrap: list[str] | None = None,
     ) -> "Worker":
         """A new worker; ``wrap`` is a command line the worker's own is appended to (wb run
@@ -122,7 +121,7 @@ class Worker:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
         env.setdefault("PYTHONUNBUFFERED", "1")
         pidfile = pid_dir(ws) / f"{Path(socket_path).stem}.json"
-        args = [sys.executable, "-m", "workbench.run.worker", "--socket", socket_path, "--idle", str(idle), "--pidfile", str(pidfile)]
+        args = [sys.executable, "-m", "workbench.run.worker", "--socket", socket_path, "--idle", str(settings.worker_idle() if idle is None else idle), "--pidfile", str(pidfile)]
         if once:
             args.append("--once")
         args = [*(wrap or []), *args]

@@ -1,0 +1,50 @@
+"""wb's numeric environment settings, read where they are used (not at import, so a bad value
+cannot break a command that never needs it) and refused in one line, exit 2, never a traceback:
+
+    WB_WORKER_IDLE     seconds a warm worker waits idle before it exits (600; 0: no limit)
+    WB_COMPILE_JOBS    compile workers of `wb shapes` / compile-ahead (0: one per core)
+    WB_AGENT_GRACE     seconds a remote agent waits after SIGINT before SIGKILL (15)
+    WB_IMPORT_MAX_MIB  the most `wb import` takes in, in MiB (records/importer.Limits)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from workbench.errors import UserError
+
+
+def number(name: str, default: float, *, unit: str, whole: bool = False, positive: bool = False) -> float:
+    """The value of environment variable ``name`` (``default`` when unset or empty): a finite
+    number >= 0 (> 0 when ``positive``), a whole one when ``whole``."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if whole else float(raw)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < 0 or (positive and value == 0):
+        kind = "a whole number" if whole else "a number"
+        floor = "above 0" if positive else "0 or more"
+        shown = raw if len(raw) <= 40 else raw[:40] + "..."
+        raise UserError(f"{name}={shown!r} must be {kind} of {unit}, {floor}")
+    return value
+
+
+def worker_idle() -> float:
+    return number("WB_WORKER_IDLE", 600.0, unit="seconds")
+
+
+def compile_jobs() -> int:
+    return int(number("WB_COMPILE_JOBS", 0, unit="workers", whole=True))
+
+
+def agent_grace() -> float:
+    return number("WB_AGENT_GRACE", 15.0, unit="seconds")
+
+
+def import_max_mib() -> int | None:
+    raw = os.environ.get("WB_IMPORT_MAX_MIB", "").strip()
+    return int(number("WB_IMPORT_MAX_MIB", 0, unit="MiB", whole=True, positive=True)) if raw else None
