@@ -253,3 +253,22 @@ def test_a_linked_memory_md_keeps_its_data_beside_its_target(tmp_path):
     ws.memory_path.symlink_to(tmp_path / "shared" / "MEMORY.md")
     memory.record_run(ws, record(1))
     assert (tmp_path / "shared" / "MEMORY.json").is_file() and not (ws.root / "MEMORY.json").exists()
+
+
+def test_numbers_too_long_for_int_in_memory_json_keys_do_not_stop_a_render(tmp_path):
+    """A hand-edited MEMORY.json with a status key (an n) of 5000 digits passed the schema and
+    then stopped every run and import with 'Exceeds the limit (4300 digits) for integer string
+    conversion', naming no file. Such a number now sorts as text."""
+    ws = Workspace(tmp_path)
+    memory.record_run(ws, record(1))
+    path = memory.data_path(ws.memory_path)
+    data = json.loads(path.read_text())
+    cases = data["status"]["fmha/stage-c"]["cases"]
+    row = next(iter(cases))
+    cases[row] = {**cases[row], "9" * 5000: "PASS", "12": "FAIL"}
+    data["speed"] = {f"fmha/stage-c · d=128 n={'7' * 5000} · NVIDIA H200": {"tflops": 1.0, "run": record(1)["id"]}}
+    path.write_text(json.dumps(data))
+    memory.record_run(ws, record(2))  # renders every block again
+    status = memory.block_content(ws.memory_path.read_text(), "status")
+    assert "| fmha/stage-c |" in status
+    assert memory._case_sort_key(f"n={'9' * 5000}") > memory._case_sort_key("n=12")

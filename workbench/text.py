@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 
@@ -54,3 +55,18 @@ def first_line(text: str | None, limit: int = 80) -> str:
     """The first line of ``text``, cut at ``limit`` characters (an ellipsis says so)."""
     text = (text or "").strip().splitlines()[0] if text else ""
     return text[:limit] + ("…" if len(text) > limit else "")
+
+
+def decimal_int(text: str) -> int | None:
+    """The whole number a string of decimal digits spells; None when it is not one, or is too
+    long for int() (Python refuses over 4300 digits: a hand-edited file may hold such a key)."""
+    return int(text) if text.isdecimal() and len(text) <= 4000 else None
+
+
+def natural_key(text: str) -> list:
+    """Sort key of natural order: runs of digits by value (n=512 before n=4096)."""
+    out = []
+    for word in re.split(r"(\d+)", text):
+        number = decimal_int(word)
+        out.append((0, number, "") if number is not None else (1, 0, word))
+    return out

@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable
 
 from workbench.errors import UserError
 from workbench.records.provenance import short_commit
-from workbench.text import strict_json
+from workbench.text import decimal_int, natural_key, strict_json
 from workbench.files import Changed, atomic_write_text
 from workbench.schemas import read_text
 from workbench.workspace import Workspace
@@ -628,7 +628,8 @@ SEVERITY = ["CRASH", "HANG", "LOST", "ERROR", "COMPILE_ERROR", "FAIL"]
 
 
 def _n_key(n: str) -> tuple:
-    return (0, int(n), "") if n.isdecimal() else (1, 0, n)
+    number = decimal_int(n)
+    return (0, number, "") if number is not None else (1, 0, n)
 
 
 def render_status(data: dict[str, Any]) -> str:
@@ -669,7 +670,7 @@ def _status_firsts(data: dict[str, Any]) -> set[str]:
 
 def _case_sort_key(case: str) -> list:
     """Natural order of a case's `k=v` words (n=512 before n=4096)."""
-    return [(0, int(w), "") if w.isdecimal() else (1, 0, w) for w in re.split(r"(\d+)", case)]
+    return natural_key(case)
 
 
 def _speed_parts(key: str) -> tuple[str, str, str]:
@@ -687,7 +688,7 @@ def _speed_place(key: str, entry: dict[str, Any]) -> tuple[str, int | None]:
     params = dict(words)
     n = params.get("n", "")
     row = " ".join(f"{k}={v}" for k, v in words if k != "n" and not (k == "m" and v == n))
-    return row, int(n) if n.isdecimal() else None
+    return row, decimal_int(n)
 
 
 def render_speed(data: dict[str, Any]) -> str:

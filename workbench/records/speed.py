@@ -10,6 +10,7 @@ from typing import Any
 from workbench.kernels.registry import kernel_module, load_kernels
 from workbench.records import memory
 from workbench.records.provenance import short_commit
+from workbench.text import decimal_int
 
 
 def measured(record: dict[str, Any]) -> bool:
@@ -79,4 +80,4 @@ def legacy_row(ws, stage_id: str, case: str) -> tuple[str, int | None] | None:
         if isinstance(default, str) and default.startswith("=") and params.get(default[1:]) == value:
             hidden.add(key)
     n = params.get("n", "")
-    return " ".join(f"{k}={v}" for k, v in words if k not in hidden), int(n) if n.isdecimal() else None
+    return " ".join(f"{k}={v}" for k, v in words if k not in hidden), decimal_int(n)

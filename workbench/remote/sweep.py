@@ -59,7 +59,7 @@ from workbench.run.execute import run_stage
 from workbench.run.supervisor import _socket_dir, warm_tag
 from workbench.schemas import short
 from workbench.schemas.hosts import parse_gpus
-from workbench.text import first_line, json_or_none
+from workbench.text import decimal_int, first_line, json_or_none
 from workbench.workspace import Workspace, find_workspace
 
 LANE_FAILURES_TO_RETIRE = 2
@@ -448,8 +448,9 @@ SLURM_SHARED = {
 def _shared_value(key: str, value: str) -> Any:
     what = SLURM_SHARED[key]
     if what.startswith("whole number"):
-        if value.isdecimal() and int(value) >= (0 if key == "gpus_per_node" else 1):
-            return int(value)
+        number = decimal_int(value)
+        if number is not None and number >= (0 if key == "gpus_per_node" else 1):
+            return number
     elif what == "positive number":
         try:
             number = float(value)
@@ -487,7 +488,7 @@ def slurm_options(partition: str, pairs: dict[str, str]) -> dict[str, Any]:
         if key in SLURM_SHARED:
             out[key] = _shared_value(key, value)
         elif key.startswith("slurm_") and (not sbatch or key[len("slurm_"):] in sbatch):
-            out[key] = int(value) if value.isdecimal() else value
+            out[key] = value if decimal_int(value) is None else decimal_int(value)
         else:
             close = difflib.get_close_matches(key, known, n=1)
             raise UserError(
