@@ -406,9 +406,13 @@ def test_a_recorded_sweep_writes_the_perf_doc_again_without_timing_anything(stag
     assert again.returncode == 0, again.stdout + again.stderr
     assert json.loads(again.stdout) == {"run": sweep["id"], "perf_md": str(doc)}
     assert doc.read_text() == written and len(calls) == 2
+    # a stage in the selector is the kernel's (it read "d@last: no runs of d recorded yet")
+    by_stage = wb("bench", "d", "--sweep", "--from", "d@last~1", "--json", cwd=ws.root)
+    assert by_stage.returncode == 0 and json.loads(by_stage.stdout)["run"] == sweep["id"], by_stage.stderr
 
     for args, fragment in [
         (["--sweep", "--from", "last"], "timed bench cases, not the kernel's sweep"),
+        (["--sweep", "--from", "d@last"], "timed bench cases, not the kernel's sweep"),
         (["--from", sweep["id"]], "give --sweep too"),
         (["--sweep", "--from", sweep["id"], "-p", "n=1024", "--reps", "5"], "-p, --reps do not apply"),
         (["--sweep", "--from", "20990101"], "no run matches"),

@@ -590,8 +590,14 @@ def _covers_the_sweep(record: dict[str, Any], kernel) -> bool:
 def recorded_sweep(ws, spec, selector: str, kernel) -> dict[str, Any]:
     """The record of a `wb bench --sweep` of ``spec`` (a run selector, e.g. a run imported from
     a GPU machine), to write the kernel's perf doc from; UserError (one line) when the run is
-    not one: another kind or stage, bench cases that are not the sweep, nothing timed."""
-    record = select(ws.runs_dir, selector)
+    not one: another kind or stage, bench cases that are not the sweep, nothing timed. A
+    stage in the selector (``d@last``) is one of ``kernel``'s unless it names another."""
+    from workbench.kernels.registry import resolve_stage
+
+    def stage_of(text: str) -> str:
+        return resolve_stage(ws, text if "/" in text else f"{kernel.name}/{text}").id
+
+    record = select(ws.runs_dir, selector, stage_of)
     run = f"run {record.get('id')}"
     if record.get("kind") != "bench":
         raise UserError(f"{run} is a `wb {record.get('kind')}` record, not a `wb bench --sweep` one")
