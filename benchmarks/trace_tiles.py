@@ -135,20 +135,50 @@ def consumer_wgs_of(args) -> int:
     return sd.FmhaForward(common.cute_dtype(args.dtype), args.d, heads, heads, causal=args.causal, **options).num_consumer_wg
 
 
+def read_saved(path: str) -> dict:
+    """A --json save, checked: exits with one line naming what is wrong (not a traceback)."""
+    def whole(x) -> bool:
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        sys.exit(f"trace_tiles: cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
+    problem = None
+    if not isinstance(saved, dict) or not isinstance(saved.get("args"), dict):
+        problem = "expected an object with 'args' (an object) and 'words' (whole numbers), as --json writes"
+    elif not isinstance(saved.get("words"), list) or not all(whole(w) for w in saved["words"]):
+        problem = "'words' must be a list of whole numbers (the trace buffer)"
+    else:
+        for key in ("events", "ctas", "consumer_wgs"):
+            if saved.get(key) is not None and not (whole(saved[key]) and saved[key] > 0):
+                problem = f"'{key}' must be a whole number above 0, got {saved[key]!r}"
+    if problem:
+        sys.exit(f"trace_tiles: {path}: {problem}")
+    return saved
+
+
 def from_json(args) -> None:
-    with open(args.from_json) as f:
-        saved = json.load(f)
+    saved = read_saved(args.from_json)
     for key, value in saved["args"].items():
         if key not in ("json", "perfetto", "from_json"):
             setattr(args, key, value)
     from stages.fmha.trace import EVENTS_BEFORE_STEP_STAMPS, layout
 
     words = saved["words"]
-    events = saved.get("events", EVENTS_BEFORE_STEP_STAMPS)  # saves before the step stamps name none
-    ctas = saved.get("ctas") or next(c for c in range(1, 100000) if layout(events).clock_word(c, c) == len(words))
-    wgs = saved.get("consumer_wgs") or consumer_wgs_of(args)
-    title = f"stage D d={args.d} s={args.s} causal={args.causal} {args.dtype} (stamps of {args.from_json})"
-    write_perfetto(args.perfetto, words, ctas, wgs, title, {"args": saved["args"], "untraced_us": saved.get("untraced_us")}, events)
+    events = saved.get("events") or EVENTS_BEFORE_STEP_STAMPS  # saves before the step stamps name none
+    ctas = saved.get("ctas") or next((c for c in range(1, 100000) if layout(events).clock_word(c, c) == len(words)), None)
+    if ctas is None:
+        sys.exit(f"trace_tiles: {args.from_json}: {len(words)} words are no whole number of CTAs' stamps (a cut-off save?)")
+    try:
+        wgs = saved.get("consumer_wgs") or consumer_wgs_of(args)
+        title = f"stage D d={args.d} s={args.s} causal={args.causal} {args.dtype} (stamps of {args.from_json})"
+        write_perfetto(args.perfetto, words, ctas, wgs, title, {"args": saved["args"], "untraced_us": saved.get("untraced_us")}, events)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:  # a save whose args or words do not decode
+        sys.exit(f"trace_tiles: {args.from_json}: {type(exc).__name__}: {exc}")
+    except OSError as exc:
+        sys.exit(f"trace_tiles: cannot write {args.perfetto}: {exc.strerror or exc}")
 
 
 def main(argv=None):

@@ -83,6 +83,37 @@ def test_trace_tiles_writes_a_perfetto_file_from_saved_stamps(tmp_path):
     assert "8 CTAs" in proc.stdout and timeline.validate(json.loads(out.read_text())) == []
 
 
+def test_trace_tiles_refuses_a_broken_save_in_one_line(tmp_path):
+    """Every kind of broken --from-json save was a traceback (JSONDecodeError, KeyError: 'args',
+    a bare StopIteration when the words were cut short, TypeError on odd values)."""
+    saved = json.loads(DATA.read_text())
+    saved.pop("ctas", None)
+    cases = {
+        "cut.json": ('{"args": {', "cannot read"),
+        "empty.json": ("{}", "expected an object with 'args'"),
+        "list.json": ("[]", "expected an object with 'args'"),
+        "short.json": (json.dumps({**saved, "words": saved["words"][:-7]}), "no whole number of CTAs' stamps"),
+        "events.json": (json.dumps({**saved, "events": "x"}), "'events' must be a whole number above 0"),
+        "words.json": (json.dumps({**saved, "words": ["a"]}), "'words' must be a list of whole numbers"),
+        "missing.json": (None, "cannot read"),
+    }
+    for name, (text, fragment) in cases.items():
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "benchmarks" / "trace_tiles.py"), "--from-json", str(path), "--perfetto", str(tmp_path / "o.json")],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, (name, proc.stderr)
+        assert proc.stderr.strip().count("\n") == 0 and fragment in proc.stderr, (name, proc.stderr)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "trace_tiles.py"), "--from-json", str(DATA), "--perfetto", str(tmp_path / "no" / "o.json")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1 and proc.stderr.strip().startswith("trace_tiles: cannot write"), proc.stderr
+
+
 # ----------------------------------------------------------------------------- wb run --trace
 
 
