@@ -35,6 +35,12 @@ def test_plan_is_the_checked_cartesian_product(toy_ws):
     with pytest.raises(UserError, match="comma-separated"):
         sweep.split_values("128,,256", "--n")
     assert len(sweep.plan(spec, {}, {})) == 1  # no axes: one case, the defaults
+    # millions of combinations were each checked, for minutes, before any answer; now the axes'
+    # sizes refuse it before a single case is (the toy stage has no variant x: checking a case
+    # would have said so)
+    many = [str(128 * i) for i in range(1, 1001)]
+    with pytest.raises(UserError, match=r"a sweep of 3600000 cases \(1000 x 60 x 60\): over the 10000"):
+        sweep.plan(spec, {"n": many, "batch": [str(i) for i in range(60)]}, {"x": [str(i) for i in range(60)]})
 
 
 def test_bad_sweep_arguments_are_one_line_errors(toy_ws, wb):
