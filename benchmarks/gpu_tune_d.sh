@@ -98,6 +98,14 @@
 #               d = 64 s 4096 / 8192 both masks and d = 128 s 8192 for comparison, their stamps packed
 #               into $OUT/traces.tgz (benchmarks/trace_tiles.py --from-json ... --perfetto reads each)
 #               (about 3 minutes)
+# PHASE sumalpha: -V sum_init=alpha (a tile's row sum starts from alpha l, FlashAttention-4's order: alpha's
+#               exp2 and O *= alpha issue among the P exps; d = 64's steady loop ends 7 instructions after
+#               its last P exp2 instead of 44, perf-notes round 14): sweeps of d = 64 / 128 (n with tails,
+#               both masks, both dtypes, GQA) and of d = 96 / 192 / 256, softcap and a window; then d = 64
+#               s 1024 / 4096 / 8192 both masks, the default and FA4 then sum_init=alpha, two rounds
+#               (about 7 minutes)
+# PHASE sumalpha_wide: d = 96 / 128 / 192 / 256 at s = 8192 both masks, bf16: the default and FA4, then
+#               sum_init=alpha, two rounds (about 4 minutes)
 # Every command has its own hang timeout; `timeout` bounds each step as a backstop.
 set -u
 export COLUMNS=${COLUMNS:-220}
@@ -463,6 +471,31 @@ lazyexact_bench)
   timeout 100 $B -V lazy_rescale=on --peers "" --timeout 90 | table_rows 170 "lazy fp32"
   timeout 100 $B -V lazy_rescale=off --peers "" --timeout 90 | table_rows 170 "off"
   ;;
+sumalpha)
+  V="-V sum_init=alpha"
+  step "sweep sum_init=alpha at d=64 and 128: n with tails, both masks, both dtypes, GQA (40 cases)"
+  timeout 200 wb sweep d --n 17,1000,4096,8192,8200 --d 64,128 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 \
+    $V --timeout 40 | sweep_verdicts
+  step "sweep sum_init=alpha at d=96, 192, 256 (lazy there by default), softcap 30 with a 300-key window"
+  timeout 150 wb sweep d --n 1000,8200 --d 96,192,256 --dtype bf16 -p causal=false,true -p kv_heads=2 $V --timeout 40 | sweep_verdicts
+  timeout 60 wb sweep d --n 1000,8192 --d 64,128 --dtype fp16 -p causal=true -p softcap=30 -p window_left=300 $V --timeout 40 \
+    | sweep_verdicts
+  for round in 1 2; do
+    step "round $round: d=64 s 1024/4096/8192 both masks both dtypes: the default with FA4, then sum_init=alpha"
+    timeout 120 wb bench d -p d=64 -p n=1024,4096,8192 -p causal=false,true -p dtype=bf16,fp16 --peers fa4 --timeout 110 \
+      | table_rows 170
+    timeout 90 wb bench d -p d=64 -p n=1024,4096,8192 -p causal=false,true -p dtype=bf16,fp16 $V --peers "" --timeout 80 \
+      | table_rows 150 "alpha"
+  done
+  ;;
+sumalpha_wide)
+  for round in 1 2; do
+    step "round $round: d=96/128/192/256 s=8192 both masks bf16: the default with FA4, then sum_init=alpha"
+    timeout 120 wb bench d -p d=96,128,192,256 -p n=8192 -p causal=false,true --peers fa4 --timeout 110 | table_rows 170
+    timeout 90 wb bench d -p d=96,128,192,256 -p n=8192 -p causal=false,true -V sum_init=alpha --peers "" --timeout 80 \
+      | table_rows 150 "alpha"
+  done
+  ;;
 d64trace)
   rm -rf /tmp/traces && mkdir -p /tmp/traces
   for spec in "--d 64 --s 4096" "--d 64 --s 8192" "--d 64 --s 4096 --causal" "--d 64 --s 8192 --causal" "--d 128 --s 8192"; do
@@ -478,6 +511,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done

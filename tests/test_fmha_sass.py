@@ -86,6 +86,44 @@ def test_three_consumer_wgs_with_overlap_fit_160_registers(fmha_ws, wb, schedule
         assert (kernel["spill_store_bytes"], kernel["spill_load_bytes"]) == (0, 0), kernel
 
 
+def tile_loop_tails(sass: str) -> list[int]:
+    """For each steady KV loop of the SASS (a loop whose body holds a KV tile's MMAs and
+    exponents and little else: at most 1.5 times the shortest such body, since the persistent
+    loops that hold one also hold a peeled tile or the epilogue): how many instructions follow
+    its last MUFU.EX2 up to the back-edge."""
+    lines = sass.splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^(\.L_x_\d+):", line))}
+    loops = []
+    for i, line in enumerate(lines):
+        m = re.search(r"BRA\s+`\((\.L_x_\d+)\)", line)
+        if not m or labels.get(m.group(1), i) >= i:
+            continue
+        body = [x for x in lines[labels[m.group(1)]:i + 1] if re.match(r"^\s+/\*[0-9a-f]{4,}\*/", x)]
+        ex2 = [k for k, x in enumerate(body) if "MUFU.EX2" in x]
+        if len(ex2) >= 32 and sum("HGMMA" in x for x in body) >= 8:
+            loops.append((len(body), len(body) - 1 - ex2[-1]))
+    shortest = min(size for size, _ in loops)
+    return [tail for size, tail in loops if size <= 1.5 * shortest]
+
+
+def test_sum_init_alpha_issues_the_o_rescale_among_the_exponents(fmha_ws, wb):
+    """-V sum_init=alpha (a tile's row sum starts from alpha l, FlashAttention-4's order). With
+    the sum from 0, d = 64's steady loop ended 39 instructions after its last exp2: alpha's two
+    exp2s came after the tile's 64, then the row sum and O's 32 multiplies waiting on them
+    (d = 128: 71). From alpha l, alpha is needed before the P exponents, and ptxas issues it and
+    O *= alpha among them: at most a dozen instructions follow the last. No spill, no wgmma
+    serialization."""
+    proc = wb("compile", "d", "--d", "64", "-V", "sum_init=alpha", "--keep", "sass", "--json", cwd=fmha_ws, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rec = json.loads(proc.stdout)
+    (kernel,) = rec["resources"]["kernels"]
+    assert (kernel["spill_store_bytes"], kernel["spill_load_bytes"]) == (0, 0), kernel
+    assert opcode_counts(rec, fmha_ws, "WARPGROUP") == [8]
+    (sass,) = [(fmha_ws / p).read_text() for name, p in rec["artifacts"].items() if name.endswith(".sass")]
+    tails = tile_loop_tails(sass)
+    assert tails and max(tails) <= 12, tails
+
+
 def _stage_d_sass(tmp_path: Path, **kernel_kwargs) -> str:
     """SASS of stage D (d=64, bf16, non-causal, 4 heads) built in-process with ``kernel_kwargs``."""
     import subprocess

@@ -253,16 +253,21 @@ class OnlineSoftmax:
     scale * log2(e); S stays in raw units, so every exponent is one FFMA away.
     ``softcap`` = (k_in, k_out) of ``cap_logits`` (``softcap_constants``) or None (off):
     ``step`` caps S first and works on the capped logits in log2 units.
+    ``sum_from_alpha``: a tile's row sum starts from alpha l (FlashAttention-4's order) instead
+    of 0 with alpha l added after it; the same sum up to fp32 rounding order, but alpha is
+    then needed before the P exponents, so ptxas issues its exp2 (and O *= alpha, which waits
+    only on it) among them instead of after the last (docs/perf-notes.md round 14).
     """
 
     def __init__(
         self, scale_log2: float, num_rows: int, softcap: tuple | None = None, lazy: float | None = None,
-        rounded_sum: bool = False,
+        rounded_sum: bool = False, sum_from_alpha: bool = False,
     ):
         self.scale_log2 = scale_log2
         self.softcap = softcap
         self.lazy = lazy
         self.rounded_sum = rounded_sum
+        self.sum_from_alpha = sum_from_alpha
         self.num_rows = num_rows
         self.row_max = cute.make_rmem_tensor(num_rows, Float32)
         self.row_sum = cute.make_rmem_tensor(num_rows, Float32)
@@ -321,27 +326,45 @@ class OnlineSoftmax:
             else:
                 p = cute.math.exp2(row * c - m_safe * c, fastmath=True)
             s_mn[r, None].store(p)
-            tile_sum = p.reduce(cute.ReductionOp.ADD, Float32(0.0), 0)
-            if const_expr(is_first):
-                row_scale[r] = Float32(1.0)
-                self.row_sum[r] = tile_sum
-                if const_expr(self.rounded_sum):
-                    self.row_sum_p16[r] = Float32(0.0)  # the tile's P joins it in add_rounded
-            else:
-                if const_expr(self.softcap is not None):
-                    alpha = cute.math.exp2(m_prev - m_safe, fastmath=True)
-                else:
-                    alpha = cute.math.exp2((m_prev - m_safe) * c, fastmath=True)
-                if const_expr(self.lazy is not None):
-                    if m_new == m_prev:
-                        alpha = Float32(1.0)  # exactly: the O multiply can be skipped
+            if const_expr(self.sum_from_alpha and not is_first):
+                alpha = self.alpha(m_prev, m_new, m_safe, c)
                 row_scale[r] = alpha
                 if const_expr(self.rounded_sum and rescale_sum):
                     self.row_sum_p16[r] = self.row_sum_p16[r] * alpha
+                start = self.row_sum[r]
                 if const_expr(rescale_sum):
-                    self.row_sum[r] = self.row_sum[r] * alpha + tile_sum
+                    start = start * alpha
+                self.row_sum[r] = p.reduce(cute.ReductionOp.ADD, start, 0)
+            else:
+                tile_sum = p.reduce(cute.ReductionOp.ADD, Float32(0.0), 0)
+                if const_expr(is_first):
+                    row_scale[r] = Float32(1.0)
+                    self.row_sum[r] = tile_sum
+                    if const_expr(self.rounded_sum):
+                        self.row_sum_p16[r] = Float32(0.0)  # the tile's P joins it in add_rounded
                 else:
-                    self.row_sum[r] = self.row_sum[r] + tile_sum
+                    alpha = self.alpha(m_prev, m_new, m_safe, c)
+                    row_scale[r] = alpha
+                    if const_expr(self.rounded_sum and rescale_sum):
+                        self.row_sum_p16[r] = self.row_sum_p16[r] * alpha
+                    if const_expr(rescale_sum):
+                        self.row_sum[r] = self.row_sum[r] * alpha + tile_sum
+                    else:
+                        self.row_sum[r] = self.row_sum[r] + tile_sum
+
+    @cute.jit
+    def alpha(self, m_prev: Float32, m_new: Float32, m_safe: Float32, c: cutlass.Constexpr):
+        """alpha = 2^((m_prev - m_new) c): what O and the row sum are multiplied by when the
+        row's max moves (m_safe: m_new, or 0 while the row has seen only -inf); exactly 1
+        under ``lazy`` when the max stayed, so that the O multiply can be skipped."""
+        if const_expr(self.softcap is not None):
+            alpha = cute.math.exp2(m_prev - m_safe, fastmath=True)
+        else:
+            alpha = cute.math.exp2((m_prev - m_safe) * c, fastmath=True)
+        if const_expr(self.lazy is not None):
+            if m_new == m_prev:
+                alpha = Float32(1.0)  # exactly: the O multiply can be skipped
+        return alpha
 
     @cute.jit
     def add_rounded(self, p16: cute.Tensor, rows: cutlass.Constexpr):

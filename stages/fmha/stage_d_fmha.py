@@ -247,6 +247,7 @@ class FmhaForward(FmhaForwardBase):
         p_sync: str = "wg",
         lazy_rescale: str = "auto",
         row_sum: str = "fp32",
+        sum_init: str = "zero",
         o_staging: str = "auto",
         schedule: str = "auto",
         consumers: int | None = None,
@@ -298,6 +299,9 @@ class FmhaForward(FmhaForwardBase):
         # lazy_rescale the top P is not exactly 1, so the fp32 sum and O's numerator disagree by
         # its rounding: perf-notes round 12); the LSE keeps the fp32 sum
         self.rounded_sum = row_sum == "rounded"
+        # sum_init=alpha: a tile's row sum starts from alpha l (FlashAttention-4's order), so
+        # alpha's exp2 and O *= alpha issue among the P exps, not after them (perf-notes round 14)
+        self.sum_from_alpha = sum_init == "alpha"
         self.num_threads = common.WG_THREADS * (1 + consumers)
         self.consumer_regs, self.producer_regs = REGISTERS[consumers]
         super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages, dv=dv)
@@ -792,6 +796,7 @@ class FmhaForward(FmhaForwardBase):
         softmax = sm.OnlineSoftmax(
             self.scale_log2, cute.size(common.acc_row_view(acc_O), mode=[0]), softcap=self.softcap_constants(),
             lazy=LAZY_RESCALE_LOG2 if self.lazy_rescale else None, rounded_sum=self.rounded_sum and self.is_exp,
+            sum_from_alpha=self.sum_from_alpha,
         )
         row_scale = cute.make_rmem_tensor(softmax.num_rows, Float32)
         return thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale, p_store
@@ -1410,6 +1415,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "p_sync": v["p_sync"],
         "lazy_rescale": v["lazy_rescale"],
         "row_sum": v["row_sum"],
+        "sum_init": v["sum_init"],
         "o_staging": v["o_staging"],
         "schedule": v["schedule"],
         "consumers": number("consumers"),
