@@ -484,6 +484,9 @@ def test_no_gpu_is_one_line_before_a_worker_starts(toy_ws, wb, monkeypatch):
     ({"n": ["-5"]}, "bench case n=-5: fmha/stage-d: n=-5 is below the minimum 1"),
     ({"n": ["128"]}, "-p n=128 leaves no bench case: the kernel's bench_hooks.case_params derive batch=128 with it, "
                      "and fmha/stage-d: batch=128 is above the maximum 64 (give -p batch=... too)"),
+    # millions of combinations were built and checked, for minutes, before any answer
+    ({"n": [str(i) for i in range(1, 1001)], "batch": [str(i) for i in range(1, 61)], "heads": [str(i) for i in range(1, 61)]},
+     "a bench of 3600000 cases (1000 x 60 x 60): over the 10000 one plan takes; split it into several"),
 ])
 def test_a_bench_value_the_hook_cannot_take_or_that_leaves_no_case_is_named(axes, expected):
     """-p n=abc and n=0 were tracebacks (fmha's bench hook computes 16384 // n); n=128 (batch

@@ -5,6 +5,8 @@ cannot break a command that never needs it) and refused in one line, exit 2, nev
     WB_COMPILE_JOBS    compile workers of `wb shapes` / compile-ahead (0: one per core)
     WB_AGENT_GRACE     seconds a remote agent waits after SIGINT before SIGKILL (15)
     WB_IMPORT_MAX_MIB  the most `wb import` takes in, in MiB (records/importer.Limits)
+
+and the fixed limit of a parameter product (`wb sweep`, `wb bench -p`): MAX_CASES.
 """
 
 from __future__ import annotations
@@ -31,6 +33,18 @@ def number(name: str, default: float, *, unit: str, whole: bool = False, positiv
         shown = raw if len(raw) <= 40 else raw[:40] + "..."
         raise UserError(f"{name}={shown!r} must be {kind} of {unit}, {floor}")
     return value
+
+
+#: the most cases one sweep or bench plans (at a second or more each, hours of GPU time); a
+#: product past it is a typo, and checking millions of combinations took minutes before a word
+MAX_CASES = 10_000
+
+
+def check_case_count(sizes: list[int], what: str) -> None:
+    """Refuse (one line) a product of axes of these sizes over MAX_CASES, before building it."""
+    total = math.prod(sizes)
+    if total > MAX_CASES:
+        raise UserError(f"{what} of {total} cases ({' x '.join(map(str, sizes))}): over the {MAX_CASES} one plan takes; split it into several")
 
 
 def worker_idle() -> float:

@@ -44,7 +44,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from workbench import __version__
+from workbench import __version__, settings
 from workbench.errors import NoGpuError, UserError
 from workbench.kernels.registry import load_kernels, resolve_stage
 from workbench.records import report
@@ -63,9 +63,6 @@ from workbench.text import decimal_int, first_line, json_or_none
 from workbench.workspace import Workspace, find_workspace
 
 LANE_FAILURES_TO_RETIRE = 2
-#: the most cases one sweep plans (at a second or more each, hours of GPU time); a product past
-#: it is a typo, and checking every combination of millions took minutes before a word
-MAX_CASES = 10_000
 
 
 # ----------------------------------------------------------------------------- plan
@@ -108,10 +105,7 @@ def plan(spec, param_axes: dict[str, list[str]], variant_axes: dict[str, list[st
     """Every combination, each checked by the stage's rules before anything runs."""
     keys = list(param_axes) + [f"variant:{k}" for k in variant_axes]
     values = list(param_axes.values()) + list(variant_axes.values())
-    total = math.prod(len(v) for v in values)
-    if total > MAX_CASES:
-        sizes = " x ".join(str(len(v)) for v in values)
-        raise UserError(f"a sweep of {total} cases ({sizes}): over the {MAX_CASES} one sweep plans; split it into several")
+    settings.check_case_count([len(v) for v in values], "a sweep")
     cases: list[Case] = []
     seen = set()
     for combo in itertools.product(*values) if values else [()]:

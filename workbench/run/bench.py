@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from workbench import compare
+from workbench import compare, settings
 from workbench.compile.compiler import compile_stage
 from workbench.errors import UserError
 from workbench.kernels import fixtures as fixture_registry
@@ -317,6 +317,7 @@ def plan_cases(spec, kernel, axes: dict[str, list[str]], sweep: bool = False) ->
         raise UserError(f"kernel {kernel.name} has no bench.sweep in its kernel.yaml: nothing for --sweep to time")
     hooks = kernel_module(kernel.dir, "bench_hooks")
     derive = getattr(hooks, "case_params", None)
+    settings.check_case_count([len(v) for v in axes.values()], "a bench")
     combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())] if axes else [{}]
     cases, seen = [], set()
     for combo in combos:
