@@ -105,7 +105,9 @@
 #               s 1024 / 4096 / 8192 both masks, the default and FA4 then sum_init=alpha, two rounds
 #               (about 7 minutes)
 # PHASE sumalpha_wide: d = 96 / 128 / 192 / 256 at s = 8192 both masks, bf16: the default and FA4, then
-#               sum_init=alpha, two rounds (about 4 minutes)
+#               sum_init=alpha, and d = 96 with p_sync=warp too (FA4's d = 96 loop: the same tile, P in
+#               shared memory, alpha first, no WG-wide barrier after P's store; perf-notes round 14), two
+#               rounds (about 5 minutes)
 # Every command has its own hang timeout; `timeout` bounds each step as a backstop.
 set -u
 export COLUMNS=${COLUMNS:-220}
@@ -478,6 +480,7 @@ sumalpha)
     $V --timeout 40 | sweep_verdicts
   step "sweep sum_init=alpha at d=96, 192, 256 (lazy there by default), softcap 30 with a 300-key window"
   timeout 150 wb sweep d --n 1000,8200 --d 96,192,256 --dtype bf16 -p causal=false,true -p kv_heads=2 $V --timeout 40 | sweep_verdicts
+  timeout 60 wb sweep d --n 1000,8200 --d 96 --dtype fp16 -p causal=false,true -p kv_heads=2 $V -V p_sync=warp --timeout 40 | sweep_verdicts
   timeout 60 wb sweep d --n 1000,8192 --d 64,128 --dtype fp16 -p causal=true -p softcap=30 -p window_left=300 $V --timeout 40 \
     | sweep_verdicts
   for round in 1 2; do
@@ -494,6 +497,8 @@ sumalpha_wide)
     timeout 120 wb bench d -p d=96,128,192,256 -p n=8192 -p causal=false,true --peers fa4 --timeout 110 | table_rows 170
     timeout 90 wb bench d -p d=96,128,192,256 -p n=8192 -p causal=false,true -V sum_init=alpha --peers "" --timeout 80 \
       | table_rows 150 "alpha"
+    timeout 60 wb bench d -p d=96 -p n=8192 -p causal=false,true -V sum_init=alpha -V p_sync=warp --peers "" --timeout 50 \
+      | table_rows 150 "alpha+warp"
   done
   ;;
 d64trace)
