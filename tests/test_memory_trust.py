@@ -310,19 +310,14 @@ def test_a_sigterm_while_the_record_is_made_lands_after_it_is_written(toy_ws, mo
     assert run_dir.name in (toy_ws / "MEMORY.md").read_text()
 
 
-@pytest.mark.parametrize("blocker", ["a file where the reports folder goes", "a link to itself"])
-def test_a_report_path_that_cannot_be_written_is_a_warning_and_memory_still_updates(toy_ws, wb, blocker):
-    """runs/reports as a file (or the stage report a link loop) made `wb run` end in a
-    FileExistsError/ELOOP traceback from the atomic writer (its mkdir and stat sat outside its
-    error handling), after the record but before MEMORY.md; `wb sweep` lost its table the same
-    way. Now: one warning, the record and MEMORY.md written, the sweep's table printed."""
+def test_a_report_path_that_cannot_be_written_is_a_warning_and_memory_still_updates(toy_ws, wb):
+    """runs/reports as a file made `wb run` end in a FileExistsError traceback from the atomic
+    writer (its mkdir and stat sat outside its error handling), after the record but before
+    MEMORY.md; `wb sweep` lost its table the same way. Now: one warning, the record and
+    MEMORY.md written, the sweep's table printed."""
     reports = toy_ws / "runs" / "reports"
-    if blocker.startswith("a file"):
-        reports.parent.mkdir(parents=True, exist_ok=True)
-        reports.write_text("not a folder\n")
-    else:
-        reports.mkdir(parents=True)
-        (reports / "toy-stage-a.md").symlink_to("toy-stage-a.md")
+    reports.parent.mkdir(parents=True, exist_ok=True)
+    reports.write_text("not a folder\n")
     ran = wb("run", "a", "--json")
     assert ran.returncode == 0, ran.stderr
     assert "Traceback" not in ran.stderr and "report not written" in ran.stderr
@@ -335,15 +330,37 @@ def test_a_report_path_that_cannot_be_written_is_a_warning_and_memory_still_upda
 
 def test_writing_through_a_dangling_link_makes_no_folders_elsewhere(tmp_path):
     """A dangling link's target folder was made (anywhere on disk) before the write; open()
-    would refuse it. Now it is one UserError and nothing is made."""
+    would refuse it. Now, where links are followed (MEMORY.md), it is one UserError and nothing
+    is made; elsewhere the link is replaced by the file."""
     from workbench.errors import UserError
     from workbench.files import atomic_write_text
 
     link = tmp_path / "report.md"
     link.symlink_to(tmp_path / "nowhere" / "deeper" / "report.md")
     with pytest.raises(UserError, match="cannot write"):
-        atomic_write_text(link, "x\n")
+        atomic_write_text(link, "x\n", follow_link=True)
     assert not (tmp_path / "nowhere").exists()
+    atomic_write_text(link, "x\n")
+    assert not link.is_symlink() and link.read_text() == "x\n" and not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("link_to", ["a file outside", "itself"])
+def test_a_link_in_wbs_own_folders_is_replaced_not_written_through(toy_ws, wb, tmp_path, link_to):
+    """runs/reports/toy-stage-a.md a link to a file elsewhere: every `wb run` overwrote that file
+    with the stage report (in a probe run as root, /etc/passwd). A link loop there was a warning
+    and no report. wb alone writes runs/: the link is replaced by the report, the file it
+    pointed to is left as it was; MEMORY.md, which a team may share by a link, is still written
+    through (test_a_symlinked_memory_stays_a_symlink)."""
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep me\n")
+    reports = toy_ws / "runs" / "reports"
+    reports.mkdir(parents=True)
+    report = reports / "toy-stage-a.md"
+    report.symlink_to(outside if link_to == "a file outside" else "toy-stage-a.md")
+    ran = wb("run", "a", "--json")
+    assert ran.returncode == 0 and "report not written" not in ran.stderr, ran.stderr
+    assert outside.read_text() == "keep me\n"
+    assert not report.is_symlink() and json.loads(ran.stdout)["id"] in report.read_text()
 
 
 def test_a_dangling_memory_link_writes_nothing_outside_the_workspace(toy_ws, wb, tmp_path):

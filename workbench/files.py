@@ -18,20 +18,27 @@ class Changed(Exception):
     """atomic_write_text's `unless` said the target changed: nothing was written."""
 
 
-def atomic_write_text(path: Path, text: str, newline: str | None = None, unless: Callable[[], bool] | None = None) -> None:
+def atomic_write_text(
+    path: Path, text: str, newline: str | None = None, unless: Callable[[], bool] | None = None, follow_link: bool = False,
+) -> None:
     """Write `text` to `path` so that readers never see a partial file.
 
-    The file keeps its mode (a new one gets the umask's, as `open` would give it); a symlink
-    is written through (its target is replaced, the link stays); a read-only file, a folder
-    in the way or a read-only filesystem is one UserError. The temporary file lives beside
-    the target (a rename is atomic only within one folder) and is removed on any failure.
-    `unless`: asked just before the rename; True leaves the target as it is and raises
-    Changed (MEMORY.md: a hand edit saved since wb read the file)."""
-    target = Path(os.path.realpath(path))
+    The file keeps its mode (a new one gets the umask's, as `open` would give it); a read-only
+    file, a folder in the way or a read-only filesystem is one UserError. The temporary file
+    lives beside the target (a rename is atomic only within one folder) and is removed on any
+    failure. A symlink at `path` is replaced by the file (a link in a folder of wb's own,
+    runs/reports/x.md -> /etc/passwd, had a run overwrite that file) unless ``follow_link``:
+    then it is written through, its target replaced and the link kept (MEMORY.md shared by
+    a link, a perf doc or shapes lock a person linked). Links among the folders above are
+    followed either way. `unless`: asked just before the rename; True leaves the target as
+    it is and raises Changed (MEMORY.md: a hand edit saved since wb read the file)."""
+    path = Path(path)
+    linked = os.path.islink(path)
+    target = Path(os.path.realpath(path)) if follow_link else Path(os.path.realpath(path.parent)) / path.name
     try:
-        if not os.path.islink(path):  # a dangling link's target folder is not made (open() would not either)
+        if not (linked and follow_link):  # a dangling link's target folder is not made (open() would not either)
             target.parent.mkdir(parents=True, exist_ok=True)
-        mode = _mode_for(target, path)
+        mode = 0o666 & ~_umask() if linked and not follow_link else _mode_for(target, path)
     except OSError as exc:  # a file where a folder should be, a link loop, ...
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:

@@ -279,7 +279,7 @@ def accept(ws: Workspace, kernel: str, results: list[dict], all_ops: bool = Fals
         "# Accepted shapes of this kernel's stages, per arch | parameters | variants.\n"
         "# Written by `wb shapes --accept`; `wb shapes --check` fails when a layout or mode count changes.\n"
     )
-    atomic_write_text(path, header + yaml.safe_dump(lock, sort_keys=True, width=200))
+    atomic_write_text(path, header + yaml.safe_dump(lock, sort_keys=True, width=200), follow_link=True)
 
     def merge(old: Any) -> Any:
         data = old if isinstance(old, dict) else {}

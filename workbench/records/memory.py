@@ -288,9 +288,9 @@ def _locked_update(ws: Workspace, path: Path, compose_fn: Callable[[str, dict], 
                 continue
             writes_data = with_data and new_data != data
             if writes_data:
-                atomic_write_text(dpath, _dump_data(new_data))
+                atomic_write_text(dpath, _dump_data(new_data), follow_link=True)
             try:  # checked again just before the rename: a save that lands meanwhile is read again, not written over
-                atomic_write_text(path, (BOM if bom else "") + after, newline="", unless=lambda: read_memory(path) != (before, bom))
+                atomic_write_text(path, (BOM if bom else "") + after, newline="", unless=lambda: read_memory(path) != (before, bom), follow_link=True)
                 return
             except BaseException as exc:
                 if writes_data:
@@ -322,7 +322,7 @@ def _put_back(path: Path, raw: bytes | None) -> None:
     if raw is None:
         path.unlink(missing_ok=True)
     else:
-        atomic_write_text(path, raw.decode("utf-8"), newline="")
+        atomic_write_text(path, raw.decode("utf-8"), newline="", follow_link=True)
 
 
 def _remove_stale_temps(path: Path) -> None:

@@ -621,7 +621,7 @@ def write_perf_doc(ws, kernel, spec, record: dict[str, Any]):
     perf = ws.root / perf_doc_path(kernel, spec)
     perf_markdown(record, kernel)  # what the record lacks fails here, before the chart is replaced
     chart = draw_speed_chart(perf.with_suffix(".png"), record, tuple(kernel.bench.yardsticks))
-    atomic_write_text(perf, perf_markdown(record, kernel, chart.name if chart else None))
+    atomic_write_text(perf, perf_markdown(record, kernel, chart.name if chart else None), follow_link=True)
     return perf
 
 
