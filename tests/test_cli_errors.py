@@ -353,3 +353,66 @@ def test_a_bad_agent_grace_stops_the_agent_before_its_child_starts(toy_ws):
     )
     assert proc.returncode == 2 and proc.stderr.strip() == "wb: error: WB_AGENT_GRACE='soon' must be a number of seconds, 0 or more"
     assert "wb-agent" not in proc.stderr and proc.stdout == ""
+
+
+def test_a_pipe_named_like_a_module_is_refused_not_read_forever(toy_ws):
+    """A FIFO named fixtures/x.py or stages/toy/stage_a.py: `wb fixtures` and `wb run a` waited
+    forever on its read (the YAML readers refused FIFOs, the module paths did not)."""
+    fifo = toy_ws / "fixtures" / "pipe.py"
+    os.mkfifo(fifo)
+    assert_one_line_error(run_wb_process("fixtures", cwd=toy_ws, timeout=60), "pipe.py: not a regular file")
+    fifo.unlink()
+    module = toy_ws / "stages" / "toy" / "stage_a.py"
+    module.unlink()
+    os.mkfifo(module)
+    assert_one_line_error(run_wb_process("run", "a", cwd=toy_ws, timeout=60), "stage_a.py is not a regular file")
+
+
+def test_markup_in_a_kernel_title_or_the_workspace_path_is_printed_as_text(toy_ws, wb, tmp_path):
+    """rich read '[/]' in a kernel's title (`wb list`) and in the workspace's path (`wb sweep`'s
+    last line, after the cases had run) as a closing tag: a MarkupError traceback."""
+    yaml_path = toy_ws / "stages" / "toy" / "kernel.yaml"
+    text = yaml_path.read_text()
+    title = next(line for line in text.splitlines() if line.startswith("title:"))
+    yaml_path.write_text(text.replace(title, 'title: "a [/] b"'))
+    listed = wb("list")
+    assert listed.returncode == 0 and "a [/] b" in listed.stdout, listed.stderr
+    yaml_path.write_text(text)
+    odd = tmp_path / "t[" / "]w"
+    odd.parent.mkdir()
+    import shutil
+
+    shutil.copytree(toy_ws, odd)
+    swept = wb("sweep", "a", "--n", "128", "--gpus", "none", cwd=odd)
+    assert swept.returncode == 0 and "Traceback" not in swept.stderr, swept.stderr
+    assert "t[/]w" in swept.stdout.replace("\n", "")
+
+
+def test_a_pyproject_whose_tool_is_not_a_table_is_not_a_workspace_config(toy_ws, wb):
+    """`tool = 5` in a pyproject.toml (here or in any folder above) was an AttributeError
+    traceback for every command."""
+    (toy_ws / "wb.yaml").unlink()
+    (toy_ws / "pyproject.toml").write_text("tool = 5\n")
+    assert_one_line_error(wb("list", cwd=toy_ws), "no wb workspace at or above")
+
+
+def test_a_second_ctrl_c_while_wb_says_interrupted_is_no_traceback(monkeypatch, capsys):
+    """A Ctrl-C that came while the last line was printed (rich imports lazily there), or after
+    it, was a traceback on top of it; one during rich's import at start-up was a traceback too
+    (the import sat before cli.main's handler: entry.py now takes it under its own)."""
+    from workbench import cli, entry, terminal
+
+    def interrupted_again(message):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(terminal, "error", interrupted_again)
+    cli._say_interrupted()  # the second Ctrl-C is swallowed: wb is stopping anyway
+
+    def escapes(argv=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "main", escapes)
+    monkeypatch.delenv("WB_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        entry.main()
+    assert stopped.value.code == 130

@@ -4,6 +4,7 @@ and exit status 130, not a traceback."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -12,8 +13,14 @@ def main() -> None:
         from workbench.interrupts import stop_on_termination
 
         stop_on_termination()
+        from workbench import terminal  # noqa: F401 (rich, the longest import; cli.main's first line took it unguarded)
         from workbench.cli import main as cli_main
     except KeyboardInterrupt:
         sys.stderr.write("wb: error: interrupted\n")
         sys.exit(130)
-    cli_main()
+    try:
+        cli_main()
+    except KeyboardInterrupt:  # one more Ctrl-C after cli_main said "interrupted": no traceback
+        if os.environ.get("WB_DEBUG"):
+            raise
+        sys.exit(130)

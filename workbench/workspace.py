@@ -109,7 +109,8 @@ def _config_of(folder: Path) -> dict[str, Any] | None:
             data = tomllib.loads(read_text(pyproject, CONFIG_MAX_BYTES))
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"{pyproject}: not valid TOML: {exc}") from exc
-        tool_wb = data.get("tool", {}).get("wb")
+        tool = data.get("tool", {})
+        tool_wb = tool.get("wb") if isinstance(tool, dict) else None  # `tool = 5`: no [tool.wb] here
         if tool_wb is not None:
             if not isinstance(tool_wb, dict):
                 raise UserError(f"{pyproject}: [tool.wb] must be a table")

@@ -159,11 +159,20 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         if os.environ.get("WB_DEBUG"):
             raise
-        terminal.error("interrupted")
+        _say_interrupted()
         sys.exit(130)
     except SystemExit as exc:
         # typer turns a Ctrl-C inside a command into a silent exit 130 (Exit(130) from the
         # KeyboardInterrupt); a command that said why itself (wb sweep) exits 130 without one
         if exc.code == 130 and isinstance(getattr(exc.__context__, "__cause__", None), KeyboardInterrupt):
-            terminal.error("interrupted")
+            _say_interrupted()
         raise
+
+
+def _say_interrupted() -> None:
+    """The last line of an interrupted wb. A second Ctrl-C (or SIGTERM, SIGHUP) while it is
+    printed (rich imports lazily there) was a traceback on top of it: wb is stopping anyway."""
+    from workbench import terminal
+
+    with contextlib.suppress(KeyboardInterrupt):
+        terminal.error("interrupted")

@@ -57,7 +57,7 @@ def list_kernels(as_json: bool = typer.Option(False, "--json", help="Print as JS
                 [f"stage-{s['letter']}", escape(s["name"]), escape(s["title"]), verdict(s["last_verdict"]), s["last_run"] or "-"]
                 for s in k["stages"]
             ]
-            console.print(table(f"{k['kernel']} — {k['title']} ({k['arch']})", ["stage", "name", "title", "last verdict", "last run"], rows))
+            console.print(table(escape(f"{k['kernel']} — {k['title']} ({k['arch']})"), ["stage", "name", "title", "last verdict", "last run"], rows))
     refuse_broken(kernels)  # the good kernels are listed; the broken one is the command's error
 
 

@@ -103,11 +103,11 @@ def sweep(
 
         print_json(summary)
     else:
-        from workbench.terminal import console
+        from workbench.terminal import console, escape
 
         render_sweep(summary)
         if summary["sweep_report"]:
-            console.print(f"[dim]summary: {summary['sweep_report']} (part of the stage report {summary['report']})[/]")
+            console.print(f"[dim]summary: {escape(str(summary['sweep_report']))} (part of the stage report {escape(str(summary['report']))})[/]")
     if summary.get("interrupted"):
         from workbench import terminal
 

@@ -222,6 +222,10 @@ def load_fixtures(fixtures_dir: Path) -> Fixtures:
     for path in sorted(Path(fixtures_dir).glob("*.py")):
         if path.name.startswith("_"):
             continue
+        if not path.is_file():  # a FIFO named *.py blocked the import forever; a folder, a dangling link
+            if path.is_dir() or not path.exists():
+                continue
+            raise UserError(f"{path}: not a regular file (a pipe or a device?): a fixture module must be a file")
         mod_name = f"wb_fixtures_{path.stem}"
         loaded = sys.modules.get(mod_name)
         if loaded is None or Path(getattr(loaded, "__file__", "") or "").resolve() != path.resolve():

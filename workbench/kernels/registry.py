@@ -224,8 +224,9 @@ class StageSpec:
         """Import the stage module and return an instance of its Stage subclass."""
         package = f"stages.{self.kernel}"
         module_name = f"{package}.{self.module_path.stem}"
-        if not self.module_path.is_file():
-            raise UserError(f"{self.id}: module {self.module_path} does not exist")
+        if not self.module_path.is_file():  # (a FIFO named .py: its import would wait forever)
+            what = "is not a regular file" if self.module_path.exists() else "does not exist"
+            raise UserError(f"{self.id}: module {self.module_path} {what}")
         try:
             module = importlib.import_module(module_name)
         except SystemExit as exc:  # a broken module, not a way out of wb or of its worker (which died unexplained)

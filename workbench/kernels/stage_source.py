@@ -17,7 +17,9 @@ def class_literal(module_path: Path, name: str, default: Any = None) -> Any:
     it and every class deriving from Stage alone that does not (it has Stage's ``default``)
     must agree; UNKNOWN when they do not, when a setting is not a literal, when no class
     tells (a class deriving from an imported base inherits what the source does not show),
-    or the module does not parse."""
+    or the module does not parse (or is no regular file: a FIFO's read would wait forever)."""
+    if not Path(module_path).is_file():
+        return UNKNOWN
     try:
         tree = ast.parse(Path(module_path).read_text(encoding="utf-8"))
     except (OSError, SyntaxError, ValueError):
