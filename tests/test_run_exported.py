@@ -145,6 +145,14 @@ def _fifo_manifest(out):
     return out
 
 
+def _replace(out, old, new):
+    path = out / "toy_export" / "__init__.py"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    return out
+
+
 def _without(out, key):
     path = out / "toy_export" / "manifest.json"
     manifest = json.loads(path.read_text())
@@ -158,6 +166,11 @@ def _without(out, key):
     (lambda out: [(out / "toy_export" / "__init__.py").write_text("import sys\nsys.exit(3)\n"), out][1],
      "its package toy_export failed to import: SystemExit: 3"),
     (lambda out: _with_manifest(out, configs=[{"id": "c0"}]), "the package's configurations cannot be read (KeyError: 'key')"),
+    # an op its import never registered, and a select() that fails otherwise: both were CRASH records of the stage
+    (lambda out: _replace(out, 'QUALNAME = "toy_export::double"', 'QUALNAME = "nons::nope"'),
+     "its package toy_export failed to import: AttributeError: "),
+    (lambda out: _replace(out, "def select(key):\n", "def select(key):\n    raise RuntimeError('sel')\n"),
+     "the package's configurations cannot be read (RuntimeError: sel)"),
 ])
 def test_a_package_that_fails_to_load_is_one_line_not_the_kernels_crash(toy_ws, wb, damage, message):
     """A manifest edited by hand (or a package that breaks on import) made the run a CRASH

@@ -107,13 +107,14 @@ class ExportedOp:
         try:  # a manifest edited by hand, a lib/ or _op.py of another export: the package's fault, not the kernel's CRASH
             module = importlib.import_module(package)
             namespace, name = module.QUALNAME.split("::")
+            import torch
+
+            op = getattr(getattr(torch.ops, namespace), name)  # a QUALNAME its import did not register
         except (Exception, SystemExit) as exc:
             raise UserError(f"--exported {out}: its package {package} failed to import: {type(exc).__name__}: {exc}{_again(exc)}") from None
         finally:
             sys.path.pop(0)
-        import torch
-
-        return cls(package=module, op=getattr(getattr(torch.ops, namespace), name))
+        return cls(package=module, op=op)
 
     def select(self, params: dict) -> dict:
         """The exported configuration of these parameters; a one-line refusal if none."""
@@ -121,7 +122,7 @@ class ExportedOp:
             config = self.package.select(self.package._op.exported_key(dict(params)))
         except ValueError as exc:  # ExportError, or a parameter the op cannot export
             raise UserError(f"--exported: {exc}") from None
-        except (KeyError, TypeError, AttributeError) as exc:  # configs in the manifest without the fields wb writes
+        except Exception as exc:  # configs in the manifest without the fields wb writes, a select() of another wb
             raise UserError(f"--exported: the package's configurations cannot be read ({type(exc).__name__}: {exc}); export again") from None
         if hasattr(self.package, "load"):  # its shared object now, not at the first fixture: a missing or corrupted one was the kernel's CRASH
             try:
