@@ -39,6 +39,8 @@ def assert_one_line_error(proc, *fragments):
         (["shapes", "toy", "a", "-p", "batch=1", "-p", "batch=2"], ["--param batch is given twice"]),
         # -f is checked before the GPU check or a worker, as wb sweep checks it
         (["run", "a", "-f", "nofixture"], ["unknown fixture 'nofixture'"]),
+        (["run", "a", "-f", "toy-ones", "-f", "toy-ones"], ["--fixture toy-ones is given twice"]),  # it ran twice, two rows
+        (["sweep", "a", "-f", "toy-ones", "-f", "toy-ones"], ["--fixture toy-ones is given twice"]),
         # click's own mistakes (a value of the wrong type, an unknown option or command): one line too
         (["run", "a", "--n", "abc"], ["Invalid value for '--n'", "see `wb run -h`"]),
         (["run", "a", "--no-such-option"], ["No such option: --no-such-option", "see `wb run -h`"]),

@@ -58,7 +58,11 @@ def check_timeout(timeout: float | None) -> None:
 
 def check_fixture_names(ws, names) -> None:
     """Each -f name is a fixture of the workspace (a misspelt one is one line here, before a
-    GPU check or a worker, not an ERROR in every case)."""
+    GPU check or a worker, not an ERROR in every case), given once (twice ran it twice, as
+    two rows of one name, where a repeated -p or -V is refused)."""
+    repeated = sorted({n for n in names or [] if list(names).count(n) > 1})
+    if repeated:
+        raise UserError(f"--fixture {repeated[0]} is given twice: list each fixture once")
     if names:
         from workbench.kernels.fixtures import load_fixtures
 
