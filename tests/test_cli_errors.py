@@ -418,3 +418,18 @@ def test_a_second_ctrl_c_while_wb_says_interrupted_is_no_traceback(monkeypatch, 
     with pytest.raises(SystemExit) as stopped:
         entry.main()
     assert stopped.value.code == 130
+
+
+def test_a_sweep_with_a_broken_fixture_module_is_one_line_before_any_case(toy_ws, wb):
+    """wb run said it in one line (exit 2); wb sweep made an ERROR row of it in every case and
+    exited 1: a fixture module that fails to import, or a name in kernel.yaml's fixture list
+    that no module defines."""
+    broken = toy_ws / "fixtures" / "zz_broken.py"
+    broken.write_text("raise RuntimeError('half-written')\n")
+    swept = wb("sweep", "a", "--n", "128,256", "--gpus", "none")
+    assert_one_line_error(swept, "zz_broken.py: fixture module failed to import: RuntimeError: half-written")
+    assert not [p for p in (toy_ws / "runs").glob("2*")]
+    broken.unlink()
+    yaml_path = toy_ws / "stages" / "toy" / "kernel.yaml"
+    yaml_path.write_text(yaml_path.read_text().replace("fixtures: [toy-random, toy-ones]", "fixtures: [toy-random, toy-nowhere]"))
+    assert_one_line_error(wb("sweep", "a", "--n", "128", "--gpus", "none"), "unknown fixture 'toy-nowhere'")

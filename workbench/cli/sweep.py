@@ -71,7 +71,10 @@ def sweep(
     slurm_opts = sweeps.slurm_options(slurm, parse_pairs(slurm_opt, "--slurm-opt")) if slurm else {}
     from workbench.cli.run import check_fixture_names
 
-    check_fixture_names(ws, fixture)  # a misspelt name was an ERROR in every case and overwrote the stage's sweep report
+    # a misspelt name was an ERROR in every case and overwrote the stage's sweep report; so was a
+    # fixture module that fails to import, or a name in kernel.yaml's list that no module has
+    # (a host runs its own workspace's fixtures: only -f is checked for it)
+    check_fixture_names(ws, fixture or ([] if hosts else spec.fixtures))
     opts = sweeps.RunOptions(list(fixture or []), seed, seeds, timeout, arch, warm=not fresh)
     local = not hosts and not slurm
     if local:
