@@ -265,8 +265,9 @@ def test_a_wb_home_that_is_no_folder_is_named_in_a_warning(toy_ws, wb, monkeypat
 
 def test_a_closed_or_failing_stdout_is_not_a_traceback(toy_ws):
     """`wb list >&-` crashed at import (sys.stdout is None); `wb list > /dev/full` was a
-    traceback after the command ran. Now: a closed stdout is /dev/null, and a failed write is
-    one line on stderr, exit 2, saying the command ran and its output is lost."""
+    traceback after the command ran; then a closed stdout became /dev/null and `wb list >&-`
+    exited 0 with its output silently gone. Now both are a failed write: one line on stderr,
+    exit 2, saying the command ran and its output is lost (as `ls >&-` says so)."""
     import subprocess
     import sys
 
@@ -275,7 +276,8 @@ def test_a_closed_or_failing_stdout_is_not_a_traceback(toy_ws):
     env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
     closed = subprocess.run(f"{sys.executable} -m workbench --version >&-", shell=True, cwd=toy_ws, env=env,
                             capture_output=False, stderr=subprocess.PIPE, text=True, timeout=120)
-    assert closed.returncode == 0 and not closed.stderr, closed.stderr
+    assert closed.returncode == 2 and "Traceback" not in closed.stderr, closed.stderr
+    assert closed.stderr.strip().count("\n") == 0 and "could not be written to stdout (Bad file descriptor)" in closed.stderr
     with open("/dev/full", "w") as full:
         failed = subprocess.run([sys.executable, "-m", "workbench", "list"], cwd=toy_ws, env=env, stdout=full,
                                 stderr=subprocess.PIPE, text=True, timeout=120)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -14,13 +15,18 @@ from rich.table import Table
 from workbench.text import fmt, strict_json  # noqa: F401  (fmt re-exported for the CLI)
 
 
+_CLOSED_BY_CALLER: set[str] = set()
+
+
 def _give_closed_streams_devnull() -> None:
     """A standard stream the caller closed (`wb list >&-`) is None in Python and its file
     descriptor is free: the next file wb opened would take it (and a worker would print into
-    it). Each such descriptor gets /dev/null, and sys's stream a file on it."""
+    it). Each such descriptor gets /dev/null, and sys's stream a file on it; the stream's
+    name is kept, so that a write to it still fails as the shell's closed descriptor would."""
     for fd, name, flags in ((0, "stdin", os.O_RDONLY), (1, "stdout", os.O_WRONLY), (2, "stderr", os.O_WRONLY)):
         if getattr(sys, name) is not None:
             continue
+        _CLOSED_BY_CALLER.add(name)
         try:
             os.fstat(fd)
         except OSError:
@@ -57,12 +63,15 @@ class _ReaderMayLeave:
     Any other failed write (a full disk, `> /dev/full`) does the same, and ``failed`` keeps
     the reason: the command finishes, then says in one line that its output was lost."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, closed_by_caller: bool = False):
         self._stream = stream
         self.reader_left = False
         self.failed: str | None = None
+        self._closed_by_caller = closed_by_caller
 
     def write(self, text):
+        if self._closed_by_caller and text and not self.reader_left:
+            self._gone(OSError(errno.EBADF, os.strerror(errno.EBADF)))
         if not self.reader_left:
             try:
                 return self._stream.write(text)
@@ -97,7 +106,7 @@ def readers_may_leave():
     """sys.stdout and sys.stderr wrapped for the block (see _ReaderMayLeave); yields the
     stdout wrapper (its ``failed``: why the output could not be written, or None)."""
     saved = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
+    sys.stdout, sys.stderr = (_ReaderMayLeave(getattr(sys, name), name in _CLOSED_BY_CALLER) for name in ("stdout", "stderr"))
     try:
         yield sys.stdout
     finally:
