@@ -60,5 +60,5 @@ def agent_grace() -> float:
 
 
 def import_max_mib() -> int | None:
-    raw = os.environ.get("WB_IMPORT_MAX_MIB", "").strip()
-    return int(number("WB_IMPORT_MAX_MIB", 0, unit="MiB", whole=True, positive=True)) if raw else None
+    mib = number("WB_IMPORT_MAX_MIB", 0, unit="MiB", whole=True, positive=True)  # 0 only when unset
+    return int(mib) or None

@@ -489,7 +489,8 @@ def slurm_options(partition: str, pairs: dict[str, str]) -> dict[str, Any]:
         if key in SLURM_SHARED:
             out[key] = _shared_value(key, value)
         elif key.startswith("slurm_") and (not sbatch or key[len("slurm_"):] in sbatch):
-            out[key] = value if decimal_int(value) is None else decimal_int(value)
+            number = decimal_int(value)
+            out[key] = value if number is None else number
         else:
             close = difflib.get_close_matches(key, known, n=1)
             raise UserError(
