@@ -326,31 +326,25 @@ class OnlineSoftmax:
             else:
                 p = cute.math.exp2(row * c - m_safe * c, fastmath=True)
             s_mn[r, None].store(p)
-            if const_expr(self.sum_from_alpha and not is_first):
+            if const_expr(is_first):
+                row_scale[r] = Float32(1.0)
+                self.row_sum[r] = p.reduce(cute.ReductionOp.ADD, Float32(0.0), 0)
+                if const_expr(self.rounded_sum):
+                    self.row_sum_p16[r] = Float32(0.0)  # the tile's P joins it in add_rounded
+            else:
+                if const_expr(not self.sum_from_alpha):
+                    tile_sum = p.reduce(cute.ReductionOp.ADD, Float32(0.0), 0)  # before alpha: ptxas's order of old
                 alpha = self.alpha(m_prev, m_new, m_safe, c)
                 row_scale[r] = alpha
                 if const_expr(self.rounded_sum and rescale_sum):
                     self.row_sum_p16[r] = self.row_sum_p16[r] * alpha
-                start = self.row_sum[r]
+                kept = self.row_sum[r]
                 if const_expr(rescale_sum):
-                    start = start * alpha
-                self.row_sum[r] = p.reduce(cute.ReductionOp.ADD, start, 0)
-            else:
-                tile_sum = p.reduce(cute.ReductionOp.ADD, Float32(0.0), 0)
-                if const_expr(is_first):
-                    row_scale[r] = Float32(1.0)
-                    self.row_sum[r] = tile_sum
-                    if const_expr(self.rounded_sum):
-                        self.row_sum_p16[r] = Float32(0.0)  # the tile's P joins it in add_rounded
+                    kept = kept * alpha
+                if const_expr(self.sum_from_alpha):
+                    self.row_sum[r] = p.reduce(cute.ReductionOp.ADD, kept, 0)
                 else:
-                    alpha = self.alpha(m_prev, m_new, m_safe, c)
-                    row_scale[r] = alpha
-                    if const_expr(self.rounded_sum and rescale_sum):
-                        self.row_sum_p16[r] = self.row_sum_p16[r] * alpha
-                    if const_expr(rescale_sum):
-                        self.row_sum[r] = self.row_sum[r] * alpha + tile_sum
-                    else:
-                        self.row_sum[r] = self.row_sum[r] + tile_sum
+                    self.row_sum[r] = kept + tile_sum
 
     @cute.jit
     def alpha(self, m_prev: Float32, m_new: Float32, m_safe: Float32, c: cutlass.Constexpr):
