@@ -498,3 +498,71 @@ def test_a_folder_at_the_warm_workers_socket_path_is_one_line(toy_ws, tmp_path):
     with pytest.raises(UserError, match=f"wb cannot remove what is at its warm worker's socket path {path}: Is a directory"):
         supervisor._find_warm(Workspace(toy_ws), str(path))
     assert path.is_dir()
+
+
+def test_a_one_run_worker_whose_wb_dies_before_its_job_exits_by_itself(toy_ws):
+    """A wb killed while its one-run worker was still starting left that worker waiting out
+    its 600 s idle limit, and its pid file named no parent (the worker took its parent from
+    getppid(), init by then), so `wb kill` did not call it an orphan. wb now names itself
+    (--parent PID:STARTTIME) and the worker exits within seconds of that wb's death."""
+    wb_stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    me = processes.identity(wb_stand_in.pid)
+    sock = toy_ws / "once.sock"
+    pids = toy_ws / ".wb" / "pids"
+    pids.mkdir(parents=True, exist_ok=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "workbench.run.worker", "--socket", str(sock), "--once", "--idle", "600",
+         "--pidfile", str(pids / "once-test.json"), "--parent", f"{me['pid']}:{me['starttime']}"],
+        cwd=toy_ws, env={**os.environ, "PYTHONPATH": str(REPO), "WB_WORKER_PRELOAD": "torch"}, start_new_session=True,
+    )
+    try:
+        pidfile = wait_until(lambda: list(pids.glob("once-test-*.json")), what="the worker's pid file")[0]
+        assert json.loads(pidfile.read_text())["parent"] == {"pid": me["pid"], "starttime": me["starttime"]}
+        wb_stand_in.kill()
+        wb_stand_in.wait()
+        assert worker.wait(timeout=60) == 0
+        assert not pidfile.exists() and not sock.exists()
+    finally:
+        for proc in (wb_stand_in, worker):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_the_parent_death_signal_is_disarmed_before_the_answer_is_sent(tmp_path):
+    """wb exits as soon as it has a job's answer; the SIGKILL armed for its death, still set
+    while the answer was sent, then killed the worker before it removed its pid file and
+    socket (2 of 5 `wb shapes` runs left both behind). ParentWatch.done() disarms it."""
+    sock = tmp_path / "w.sock"
+    code = textwrap.dedent(
+        f"""
+        import ctypes, socket, sys
+        from workbench.run.worker import ParentWatch
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind({str(sock)!r}); server.listen(1)
+        print("ready", flush=True)
+        conn, _ = server.accept()
+        libc = ctypes.CDLL(None, use_errno=True)
+        def armed():
+            value = ctypes.c_int(-1)
+            libc.prctl(2, ctypes.byref(value), 0, 0, 0)  # PR_GET_PDEATHSIG
+            return value.value
+        with ParentWatch(conn) as watch:
+            during = armed()
+            watch.done()
+            print(during, armed(), flush=True)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        import socket
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(sock))
+            during, after = map(int, child.stdout.readline().split())
+        assert during == signal.SIGKILL and after == 0
+    finally:
+        child.kill()
+        child.wait()

@@ -124,6 +124,10 @@ class Worker:
         args = [sys.executable, "-m", "workbench.run.worker", "--socket", socket_path, "--idle", str(settings.worker_idle() if idle is None else idle), "--pidfile", str(pidfile)]
         if once:
             args.append("--once")
+        # who the worker serves, named here: its own parent may be a wrapping tool, or already
+        # dead (and init) by the time it looks
+        me = processes.identity(os.getpid())
+        args += ["--parent", f"{me['pid']}:{me['starttime']}"]
         args = [*(wrap or []), *args]
         popen = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=ws.root

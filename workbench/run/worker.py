@@ -34,6 +34,7 @@ from workbench.errors import UserError
 from workbench.kernels import fixtures as fixture_registry
 from workbench.kernels.registry import forget_stage_modules, load_kernel
 from workbench.kernels.stage import RUN_METHODS, Params, Stage, TensorSpec, torch_dtype
+from workbench.processes import same_process
 from workbench.run import procs, protocol
 from workbench.run.sanitize import NO_POISON_ENV
 from workbench.workspace import Workspace
@@ -515,7 +516,10 @@ class ParentWatch:
         return self
 
     def done(self) -> None:
+        """The answer is ready. Disarmed before it is sent: wb exits as soon as it has it, and
+        the kernel's SIGKILL on that exit cut the worker's clean-up (its pid file, its socket)."""
         self.finished.set()
+        _set_parent_death_signal(0)
 
     def __exit__(self, *exc) -> None:
         self.finished.set()
@@ -560,9 +564,14 @@ def _set_parent_death_signal(sig: int) -> None:
 
 _CODE_VERSION = ""
 _HOME = ""
+ONCE_PARENT_POLL = 1.0  # seconds between a waiting one-run worker's looks at its wb
 
 
-def serve(socket_path: str, idle: float, once: bool, pidfile: str | None) -> None:
+def serve(socket_path: str, idle: float, once: bool, pidfile: str | None, parent: dict[str, Any] | None = None) -> None:
+    """Serve jobs on ``socket_path`` until ``idle`` seconds pass without one (0: no limit), or
+    after one job when ``once``. ``parent``: the wb that started the worker ({pid, starttime};
+    default: the process's parent). A one-run worker whose wb dies before its job arrives
+    has no one to serve: it exits within a second instead of waiting out ``idle``."""
     faulthandler.enable()
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     if os.path.exists(socket_path):
@@ -578,24 +587,36 @@ def serve(socket_path: str, idle: float, once: bool, pidfile: str | None) -> Non
     server.listen(4)
     os.replace(staging, socket_path)
     socket_inode = os.stat(socket_path).st_ino
+    parent = parent or procs.parent_identity()
     global _PIDFILE
     if pidfile:  # see workbench.run.procs: one file per process, with its start time
         _PIDFILE = procs.PidFile(
             procs.pidfile_for(pidfile, os.getpid()), "once-worker" if once else "warm-worker",
-            socket=socket_path, idle=idle, parent=procs.parent_identity(),
+            socket=socket_path, idle=idle, parent=parent,
         )
+    watch_parent = once and parent is not None and parent.get("starttime") is not None
     try:
         _preload()
-        server.settimeout(idle if idle > 0 else None)
+        idle_since = time.monotonic()
         while True:
+            wait = idle - (time.monotonic() - idle_since) if idle > 0 else None
+            if wait is not None and wait <= 0:
+                break
+            if watch_parent:
+                wait = ONCE_PARENT_POLL if wait is None else min(wait, ONCE_PARENT_POLL)
+            server.settimeout(wait)
             try:
                 conn, _ = server.accept()
             except socket.timeout:
-                break
+                if watch_parent and not same_process(parent["pid"], parent["starttime"]):
+                    print(f"[wb-worker {os.getpid()}] its wb (pid {parent['pid']}) died before sending the job: exiting", flush=True)
+                    break
+                continue
             with conn:
                 conn.settimeout(None)
                 if not handle(conn) or once:
                     break
+            idle_since = time.monotonic()
             if _PIDFILE is not None:
                 _PIDFILE.update(last_active=time.time())
     finally:
@@ -633,8 +654,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--idle", type=float, default=600.0)
     parser.add_argument("--once", action="store_true")
     parser.add_argument("--pidfile")
+    parser.add_argument("--parent", type=_parent_arg, help="PID:STARTTIME of the wb the worker serves")
     args = parser.parse_args(argv)
-    serve(args.socket, args.idle, args.once, args.pidfile)
+    serve(args.socket, args.idle, args.once, args.pidfile, args.parent)
+
+
+def _parent_arg(text: str) -> dict[str, Any]:
+    pid, _, start = text.partition(":")
+    return {"pid": int(pid), "starttime": int(start) if start.isdigit() else None}
 
 
 if __name__ == "__main__":
