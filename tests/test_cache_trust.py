@@ -198,3 +198,35 @@ def test_the_trace_names_every_source_file_in_its_locations(tma_ws):
         build = compile_in_process(tma_ws)
     meta = json.loads((_entry_for(tma_ws, build) / "meta.json").read_text())
     assert "stages/tmacopy/stage_a_copy.py" in meta["deps"]
+
+
+def test_an_entry_replaced_while_it_is_read_is_not_called_corrupt_or_deleted(tmp_path, monkeypatch):
+    """store() deleted the old entry file by file before renaming the new one in: a process
+    reading it then found fn0.o missing, called the entry corrupt and deleted whatever was at
+    the path, the new entry included (9 false warnings in 8 s of two processes). Now the old
+    entry leaves by one rename, and a reader whose entry changed under it just misses."""
+    from types import SimpleNamespace
+
+    from workbench.compile import cache
+    from workbench.workspace import Workspace
+
+    (tmp_path / "wb.yaml").write_text("")
+    ws = Workspace(tmp_path)
+    spec = SimpleNamespace(kernel="k", letter="a", id="stage-a")
+    key = cache.Key("0" * 24, {"n": 1})
+    store = lambda seconds: cache.store(ws, spec, key, None, shapes=[], resources=None, deps={}, seconds=seconds, arch="sm_90a")  # noqa: E731
+    store(1.0)
+    real_read = cache._read_entry
+
+    def read_while_another_process_stores(path):
+        real_read(path)  # read the old entry, then the other store lands before the check
+        store(2.0)
+        raise cache.CacheCorrupt("fn0.o missing")
+
+    monkeypatch.setattr(cache, "_read_entry", read_while_another_process_stores)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a "corrupt ... rebuilding it" warning fails the test
+        assert cache.lookup(ws, spec, key) is None
+    monkeypatch.setattr(cache, "_read_entry", real_read)
+    assert cache.lookup(ws, spec, key).seconds == 2.0
+    assert [p.name for p in cache.entry_dir(ws, spec, key).parent.iterdir()] == [key.digest]  # no .old-/.tmp- left

@@ -373,6 +373,13 @@ def _read_entry(path: Path) -> Entry:
     return Entry(path, meta)
 
 
+def _same_inode(path: Path, inode: int) -> bool:
+    try:
+        return path.stat().st_ino == inode
+    except OSError:
+        return False
+
+
 def _discard(path: Path, problem: str) -> None:
     warnings.warn(f"compile cache entry {path} is corrupt ({problem}): rebuilding it")
     if path.is_dir() and not path.is_symlink():
@@ -388,11 +395,14 @@ def lookup(ws: Workspace, spec: StageSpec, key: Key, need_kernel: bool = False) 
     if not path.is_dir():
         return None
     try:
+        inode = path.stat().st_ino
         entry = _read_entry(path)
     except FileNotFoundError:
         return None
     except CacheCorrupt as exc:
-        _discard(path, str(exc))
+        if _same_inode(path, inode):
+            _discard(path, str(exc))
+        # else another process replaced the entry while it was read (store): not corrupt
         return None
     if not deps_valid(ws, entry.meta["deps"]):
         return None
@@ -475,12 +485,17 @@ def store(
             "checksums": checksums,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, default=str))
-        if final.exists():
-            shutil.rmtree(final, ignore_errors=True)
+        # The old entry leaves by a rename, never file by file: a process reading it then sees
+        # it whole, or gone, or the new one whole (a half-deleted one read as corrupt, and that
+        # reader deleted whatever entry was there by then, this one included)
+        old = final.with_name(f".old-{final.name}-{os.getpid()}-{os.urandom(4).hex()}")
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(final, old)
         try:
             os.replace(tmp, final)
         except OSError:  # another process stored it meanwhile: theirs is as good
             shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
         return Entry(final, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
