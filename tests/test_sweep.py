@@ -256,6 +256,34 @@ def test_ctrl_c_ends_a_sweep_with_130_and_the_running_case_recorded_interrupted(
     assert not list((toy_ws / "runs").glob("*/.run.json.*.tmp"))
 
 
+@pytest.mark.slow  # a submitit job with its own worker, interrupted while its case hangs
+def test_ctrl_c_of_a_local_slurm_sweep_prints_no_traceback(toy_ws):
+    """`--slurm @local`: submitit's job controller shares wb's process group, so a terminal's
+    Ctrl-C reached it too, and its KeyboardInterrupt traceback (kill_tasks, time.sleep) went
+    into the middle of the sweep's output, every time. Its stderr is now a file of its own."""
+    pytest.importorskip("submitit")
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", COLUMNS="200")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workbench", "sweep", "a", "--n", "128", "-V", "bug=sleep", "--timeout", "60", "--slurm", "@local"],
+        cwd=toy_ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    seen = ""
+    deadline = time.time() + 120
+    while "submitted" not in seen and time.time() < deadline:
+        seen += proc.stdout.readline()
+    time.sleep(6.0)  # the job's process is running its case by now
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 130, seen + out
+    assert "Traceback" not in seen + out and "KeyboardInterrupt" not in seen + out, seen + out
+    assert list((toy_ws / ".wb" / "slurm").glob("*/controller-0.err"))
+
+
 def test_a_run_started_while_its_process_is_stopping_ends_interrupted(toy_ws):
     """A case whose worker was still starting when the sweep was interrupted ran to its end:
     only busy workers were ended. A run now checks STOPPING while it waits on its worker."""

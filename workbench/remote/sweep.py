@@ -28,6 +28,7 @@ runs/reports/<kernel>-stage-<x>.sweep.md, which the stage report includes.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import itertools
 import json
@@ -35,6 +36,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -533,7 +535,8 @@ def run_slurm(
     for k, chunk in enumerate(chunks):
         progress_path = folder / f"progress-{k}.jsonl"
         payload = [{"index": c.index, "params": c.params, "variants": c.variants} for c in chunk]
-        job = executor.submit(_slurm_chunk, str(ws.root), spec.id, payload, payload_opts, sweep_id, str(progress_path), len(cases))
+        with _stderr_into(folder / f"controller-{k}.err") if partition == "@local" else contextlib.nullcontext():
+            job = executor.submit(_slurm_chunk, str(ws.root), spec.id, payload, payload_opts, sweep_id, str(progress_path), len(cases))
         submitted.append((job, chunk, progress_path))
         emit(SweepEvent("note", text=f"submitted {len(chunk)} case(s) as job {job.job_id}"))
     results: dict[int, CaseResult] = {}
@@ -592,6 +595,23 @@ def run_slurm(
     for r in out:
         r.interrupted = interrupted  # as run_lanes: the summary says so and wb sweep exits 130
     return out
+
+
+@contextlib.contextmanager
+def _stderr_into(path: Path):
+    """File descriptor 2 on ``path`` for the block: @local's job controller, a process that
+    submit() starts, inherits it. It shares wb's process group, so a Ctrl-C reaches it too,
+    and its KeyboardInterrupt tracebacks went into the middle of the sweep's output."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(target, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(target)
 
 
 def _job_error(exc: BaseException) -> str:
