@@ -104,6 +104,9 @@
 #               both masks, both dtypes, GQA) and of d = 96 / 192 / 256, softcap and a window; then d = 64
 #               s 1024 / 4096 / 8192 both masks, the default and FA4 then sum_init=alpha, two rounds
 #               (about 7 minutes)
+# PHASE sumalpha_short: the one-call form of sumalpha for a short device budget: d = 64 s 1024 / 4096 /
+#               8192 both masks both dtypes (the default and FA4, then sum_init=alpha), d = 96 / 128 s = 8192
+#               both masks, then sweeps of d = 64 / 128 (24 cases) and d = 96 / 192 / 256 (12) (about 6 minutes)
 # PHASE sumalpha_wide: d = 96 / 128 / 192 / 256 at s = 8192 both masks, bf16: the default and FA4, then
 #               sum_init=alpha, and d = 96 with p_sync=warp too (FA4's d = 96 loop: the same tile, P in
 #               shared memory, alpha first, no WG-wide barrier after P's store; perf-notes round 14), two
@@ -491,6 +494,22 @@ sumalpha)
       | table_rows 150 "alpha"
   done
   ;;
+sumalpha_short)
+  V="-V sum_init=alpha"
+  step "d=64 s 1024/4096/8192 both masks both dtypes: the default with FA4, then sum_init=alpha (each checked first)"
+  timeout 120 wb bench d -p d=64 -p n=1024,4096,8192 -p causal=false,true -p dtype=bf16,fp16 --peers fa4 --timeout 110 \
+    | table_rows 170
+  timeout 90 wb bench d -p d=64 -p n=1024,4096,8192 -p causal=false,true -p dtype=bf16,fp16 $V --peers "" --timeout 80 \
+    | table_rows 150 "alpha"
+  step "d=96/128 s=8192 both masks bf16: the default, then sum_init=alpha"
+  timeout 60 wb bench d -p d=96,128 -p n=8192 -p causal=false,true --peers "" --timeout 50 | table_rows 150
+  timeout 60 wb bench d -p d=96,128 -p n=8192 -p causal=false,true $V --peers "" --timeout 50 | table_rows 150 "alpha"
+  step "sweep sum_init=alpha at d=64 and 128: n with tails, both masks, both dtypes, GQA (24 cases)"
+  timeout 150 wb sweep d --n 17,1000,8200 --d 64,128 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 $V --timeout 40 \
+    | sweep_verdicts
+  step "sweep sum_init=alpha at d=96, 192, 256 (12 cases)"
+  timeout 100 wb sweep d --n 1000,8200 --d 96,192,256 --dtype bf16 -p causal=false,true -p kv_heads=2 $V --timeout 40 | sweep_verdicts
+  ;;
 sumalpha_wide)
   for round in 1 2; do
     step "round $round: d=96/128/192/256 s=8192 both masks bf16: the default with FA4, then sum_init=alpha"
@@ -516,6 +535,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
