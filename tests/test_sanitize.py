@@ -320,3 +320,20 @@ def test_a_tool_log_that_beats_the_parser_leaves_the_run_recorded_with_its_own_v
     rec = _record(toy_ws, proc)
     assert rec["verdict"] == "PASS" and rec["sanitizer"]["tool"] == "racecheck"
     assert rec["sanitizer"]["notes"] == ["wb could not read sanitizer.log: ZeroDivisionError: division by zero"], rec["sanitizer"]
+
+
+def test_a_finding_without_a_line_or_count_renders(toy_ws, wb, fake_sanitizer):
+    """The run record schema lets a finding leave out its line (and its count), but wb report
+    and wb explain read finding['line'] and ended in a KeyError traceback, exit 1, for every
+    later look at the run (an imported record too)."""
+    report, _ = fake_sanitizer
+    report.write_text(RACECHECK_LOG)
+    rec = _record(toy_ws, wb("run", "a", "--fixture", "toy-ones", "--sanitize", "racecheck", "--json"))
+    path = toy_ws / "runs" / rec["id"] / "run.json"
+    data = json.loads(path.read_text())
+    data["sanitizer"]["findings"] = [{"message": "m", "file": "/x/kernel_file.py", "stage_kernel": True}]
+    path.write_text(json.dumps(data))
+    for args in (("report", rec["id"]), ("report", rec["id"], "--raw"), ("explain", rec["id"])):
+        proc = wb(*args)
+        assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert "kernel_file.py" in proc.stdout and "kernel_file.py:None" not in proc.stdout, (args, proc.stdout)

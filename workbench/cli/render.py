@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from workbench import terminal
 from workbench.records.provenance import card_label
-from workbench.records.report import changed_params_text, fixture_rows, params_text, stamped_note, variants_text
+from workbench.records.report import changed_params_text, fixture_rows, params_text, sanitizer_place, stamped_note, variants_text
 from workbench.remote.sweep import CaseResult, SweepEvent
 from workbench.terminal import console, escape, fmt, verdict
 from workbench.text import first_line, signed
@@ -330,9 +330,9 @@ def render_sanitizer(found: dict | None, run_id: str | None, limit: int = 5) -> 
         f" · run verdict without it: {escape(str(found.get('run_verdict')))}"
     )
     for finding in (found.get("findings") or [])[:limit]:
-        where = f"{Path(str(finding['file'])).name}:{finding['line']}" if finding.get("file") else "no line info"
+        where = sanitizer_place(finding)
         tag = "" if finding.get("stage_kernel") else " [dim](not the stage's kernel)[/]"
-        times = f" [dim](×{finding['count']})[/]" if (finding.get("count") or 1) > 1 else ""
+        times = f" [dim](×{finding.get('count')})[/]" if (finding.get("count") or 1) > 1 else ""
         console.print(f"  [red]✗[/] {escape(where)}  {escape(str(finding.get('message')))}{times}{tag}")
         if finding.get("kernel"):
             console.print(f"    [dim]{escape(str(finding['kernel'])[:120])}[/]")

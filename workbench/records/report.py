@@ -146,6 +146,14 @@ def run_markdown(record: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def sanitizer_place(finding: dict) -> str:
+    """file:line of a compute-sanitizer finding, as far as it says (both are optional)."""
+    if not finding.get("file"):
+        return "no line info"
+    line = finding.get("line")
+    return f"{Path(str(finding['file'])).name}" + (f":{line}" if line is not None else "")
+
+
 def sanitizer_markdown(found: dict[str, Any] | None) -> list[str]:
     """wb run --sanitize: the tool's verdict and findings (stage kernels first)."""
     if not found:
@@ -163,7 +171,7 @@ def sanitizer_markdown(found: dict[str, Any] | None) -> list[str]:
     if findings:
         out += ["| where | finding | times | kernel | first details |", "|---|---|---|---|---|"]
         for f in findings:
-            where = f"{Path(str(f['file'])).name}:{f['line']}" if f.get("file") else "no line info"
+            where = sanitizer_place(f)
             details = "; ".join(f.get("details") or [])[:300].replace("|", "\\|")
             kernel = str(f.get("kernel") or "?")[:80] + ("" if f.get("stage_kernel") else " (not the stage's)")
             out.append(f"| `{where}` | {str(f.get('message')).replace('|', '/')} | {f.get('count', 1)} | `{kernel}` | {details} |")
