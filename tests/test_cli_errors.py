@@ -138,6 +138,27 @@ def test_json_output_is_strict_json_even_when_a_metric_is_nan(toy_ws, wb):
     strict(wb("runs", "--json").stdout)
 
 
+def test_json_output_of_a_record_nested_deep_but_within_the_readers_limit(toy_ws, wb):
+    """A free-form field of a record (remote, a diagnosis) nested 800 deep passes the reader
+    (it refuses about 1000) but `wb runs --json` and `wb explain --json` ended in a
+    RecursionError traceback: the NaN-to-null pass recursed two frames a level."""
+    import json as _json
+
+    ran = wb("run", "a", "--json")
+    record_id = _json.loads(ran.stdout)["id"]
+    path = toy_ws / "runs" / record_id / "run.json"
+    data = _json.loads(path.read_text())
+    data["remote"] = {"k": _json.loads("[" * 800 + "1.5" + "]" * 800)}
+    path.write_text(_json.dumps(data))
+    for args in (("runs", "--json"), ("explain", record_id, "--json")):
+        proc = wb(*args)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, (args, proc.stderr[-400:])
+    deep = [r for r in _json.loads(wb("runs", "--json").stdout) if r["id"] == record_id][0]["remote"]["k"]
+    for _ in range(800):
+        (deep,) = deep
+    assert deep == 1.5
+
+
 def _walk(data):
     if isinstance(data, dict):
         for v in data.values():

@@ -31,14 +31,32 @@ def signed(x: Any, spec: str = ".3g") -> str:
 
 
 def strict_json(data: Any) -> Any:
-    """``data`` with every float that JSON cannot spell (NaN, +-inf) as None."""
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {k: strict_json(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [strict_json(v) for v in data]
-    return data
+    """``data`` with every float that JSON cannot spell (NaN, +-inf) as None. Without
+    recursion: a record's free-form fields may nest as deep as its reader allows (about a
+    thousand levels), past what Python's stack takes at two frames a level."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {}
+        if isinstance(value, (list, tuple)):
+            return []
+        return value
+
+    top = plain(data)
+    pending = [(data, top)] if isinstance(top, (dict, list)) else []
+    while pending:
+        source, copy = pending.pop()
+        items = source.items() if isinstance(source, dict) else enumerate(source)
+        for key, value in items:
+            new = plain(value)
+            if isinstance(copy, dict):
+                copy[key] = new
+            else:
+                copy.append(new)
+            if isinstance(new, (dict, list)):
+                pending.append((value, new))
+    return top
 
 
 def json_or_none(text: str) -> Any:
