@@ -456,3 +456,30 @@ def test_a_sweep_with_a_broken_fixture_module_is_one_line_before_any_case(toy_ws
     yaml_path = toy_ws / "stages" / "toy" / "kernel.yaml"
     yaml_path.write_text(yaml_path.read_text().replace("fixtures: [toy-random, toy-ones]", "fixtures: [toy-random, toy-nowhere]"))
     assert_one_line_error(wb("sweep", "a", "--n", "128", "--gpus", "none"), "unknown fixture 'toy-nowhere'")
+
+
+@pytest.mark.parametrize("where", ["WB_WORKSPACE loop", "--workspace ~user", "WB_HOME ~user"])
+def test_a_workspace_or_wb_home_that_cannot_be_resolved_is_one_line(toy_ws, wb, tmp_path, where):
+    """A symbolic link loop as the workspace, or ~nosuchuser in it or in WB_HOME, was a
+    RuntimeError traceback from pathlib (resolve, expanduser), exit 1."""
+    loop = tmp_path / "loop1"
+    loop.symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(loop)
+    if where == "WB_WORKSPACE loop":
+        proc = wb("runs", env={"WB_WORKSPACE": str(loop)})
+        fragment = "Symlink loop"
+    elif where == "--workspace ~user":
+        proc = wb("--workspace", "~wb-no-such-user/x", "runs")
+        fragment = "workspace ~wb-no-such-user/x"
+    else:
+        proc = wb("runs", cwd=toy_ws, env={"WB_HOME": "~wb-no-such-user/h"})
+        fragment = "WB_HOME='~wb-no-such-user/h'"
+    assert_one_line_error(proc, fragment)
+
+
+def test_wb_home_a_symlink_loop_is_a_warning_that_says_so(toy_ws, wb, tmp_path):
+    loop = tmp_path / "loop1"
+    loop.symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(loop)
+    proc = wb("list", cwd=toy_ws, env={"WB_HOME": str(loop)})
+    assert proc.returncode == 0 and "WB_HOME" in proc.stderr and "a symlink loop" in proc.stderr, proc.stderr

@@ -5,6 +5,7 @@ locks and remote transfer lists are all written with it."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -89,3 +90,22 @@ def _mode_for(target: Path, shown: Path) -> int:
     if not st.st_mode & stat.S_IWUSR or not os.access(target, os.W_OK):  # root may write a 0444 file; wb does not
         raise UserError(f"{shown} is read-only (mode {stat.S_IMODE(st.st_mode):04o}): wb does not replace it; make it writable")
     return stat.S_IMODE(st.st_mode)
+
+
+def folder_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a folder of wb's (a file, a link loop, a link to a device or to
+    nothing is in the way), or None: it is a folder, or nothing is there yet."""
+    link = os.path.islink(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if not link:
+            return None
+        what = f"a link to {os.readlink(path)}, which does not exist"
+    except OSError as exc:  # a link loop (ELOOP), ...
+        what = "a symlink loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
+    else:
+        if stat.S_ISDIR(st.st_mode):
+            return None
+        what = f"a link to {os.readlink(path)}" if link else "a file" if stat.S_ISREG(st.st_mode) else "a special file"
+    return f"{path} is not a folder ({what})"

@@ -6,6 +6,8 @@ cannot break a command that never needs it) and refused in one line, exit 2, nev
     WB_AGENT_GRACE     seconds a remote agent waits after SIGINT before SIGKILL (15)
     WB_IMPORT_MAX_MIB  the most `wb import` takes in, in MiB (records/importer.Limits)
 
+and WB_HOME, the folder of what outlives a workspace (the compile cache, a card's peak).
+
 and the fixed limit of a parameter product (`wb sweep`, `wb bench -p`): MAX_CASES.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 from workbench.errors import UserError
 
@@ -62,3 +65,14 @@ def agent_grace() -> float:
 def import_max_mib() -> int | None:
     mib = number("WB_IMPORT_MAX_MIB", 0, unit="MiB", whole=True, positive=True)  # 0 only when unset
     return int(mib) or None
+
+
+def wb_home() -> Path | None:
+    """$WB_HOME with ~ expanded, or None when it is unset or empty."""
+    raw = os.environ.get("WB_HOME", "")
+    if not raw:
+        return None
+    try:
+        return Path(raw).expanduser()
+    except RuntimeError as exc:  # ~nosuchuser
+        raise UserError(f"WB_HOME={raw!r}: {exc}") from None

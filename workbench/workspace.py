@@ -122,7 +122,10 @@ def find_workspace(explicit: str | os.PathLike | None = None, start: Path | None
     """Locate the workspace: explicit path, then $WB_WORKSPACE, then up from `start`/cwd."""
     chosen = explicit or os.environ.get("WB_WORKSPACE")
     if chosen:
-        root = Path(chosen).expanduser().resolve()
+        try:
+            root = Path(chosen).expanduser().resolve()
+        except RuntimeError as exc:  # ~nosuchuser, a symbolic link loop
+            raise UserError(f"workspace {chosen}: {exc}") from None
         try:
             is_dir = root.is_dir()
             exists = is_dir or root.exists()

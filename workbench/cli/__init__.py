@@ -15,7 +15,8 @@ from typing import Optional
 
 import typer
 
-from workbench import __version__
+from workbench import __version__, settings
+from workbench.files import folder_problem
 from workbench.errors import NoGpuError, UserError
 from workbench.interrupts import stop_on_termination
 
@@ -76,9 +77,10 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print wb's version."),
 ) -> None:
     state.workspace_path = str(workspace) if workspace else None
-    home = os.environ.get("WB_HOME")
-    if home and os.path.exists(home) and not os.path.isdir(home):
-        warnings.warn(f"WB_HOME={home} is not a folder: compiled kernels and the card's measured peak are not kept between runs")
+    home = settings.wb_home()
+    problem = folder_problem(home) if home else None
+    if problem:
+        warnings.warn(f"WB_HOME: {problem}: compiled kernels and the card's measured peak are not kept between runs")
 
 
 # `wb --help` lists commands in the order of a working day, not of module imports.

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from workbench import __version__
+from workbench import __version__, settings
 from workbench.kernels.registry import StageSpec
 from workbench.schemas import SchemaError, load_json
 from workbench.workspace import Workspace
@@ -72,8 +72,8 @@ class CacheCorrupt(Exception):
 
 
 def cache_root(ws: Workspace) -> Path:
-    home = os.environ.get("WB_HOME")
-    return Path(home).expanduser() / "cache" if home else ws.state_dir / "cache"
+    home = settings.wb_home()
+    return home / "cache" if home else ws.state_dir / "cache"
 
 
 def sha256_file(path: Path) -> str:

@@ -10,13 +10,11 @@ Selectors: a full id, a unique id prefix, `last`, `last~N`, `STAGE@last`, `STAGE
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
 import secrets
 import shutil
-import stat
 import time
 import warnings
 from contextlib import contextmanager
@@ -26,7 +24,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from workbench import processes
 from workbench.errors import UserError
-from workbench.files import atomic_write_text
+from workbench.files import atomic_write_text, folder_problem
 from workbench.schemas import SchemaError, load_json
 
 SCHEMA = 1
@@ -59,20 +57,8 @@ def ensure_runs_dir(runs_dir: Path) -> Path:
 def not_a_folder(runs_dir: Path) -> str | None:
     """Why `runs_dir` cannot hold runs (a file, a link loop, a link to a device or to nothing
     is in the way), or None: it is a folder, or nothing is there yet (no runs recorded)."""
-    link = os.path.islink(runs_dir)
-    try:
-        st = runs_dir.stat()
-    except FileNotFoundError:
-        if not link:
-            return None
-        what = f"a link to {os.readlink(runs_dir)}, which does not exist"
-    except OSError as exc:  # a link loop (ELOOP), ...
-        what = "a symlink loop" if exc.errno == errno.ELOOP else (exc.strerror or str(exc))
-    else:
-        if stat.S_ISDIR(st.st_mode):
-            return None
-        what = f"a link to {os.readlink(runs_dir)}" if link else "a file" if stat.S_ISREG(st.st_mode) else "a special file"
-    return f"{runs_dir} is not a folder ({what}): wb keeps the run records there; move it away"
+    problem = folder_problem(runs_dir)
+    return f"{problem}: wb keeps the run records there; move it away" if problem else None
 
 
 def new_run_dir(runs_dir: Path) -> Path:

@@ -43,7 +43,7 @@ SLEEP_CYCLES_PER_REP = 1_000_000  # GPU clocks queued ahead per repeat (~0.5 ms;
 
 
 def wb_home() -> Path:
-    return Path(os.environ.get("WB_HOME") or Path.home() / ".cache" / "wb")
+    return settings.wb_home() or Path.home() / ".cache" / "wb"
 
 
 def time_cuda(fn: Callable[[], Any], reps: int = 30, warmup: int = 5, flush: bool = True, graph: str = "auto") -> dict[str, Any]:
