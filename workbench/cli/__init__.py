@@ -80,7 +80,7 @@ def _root(
     home = settings.wb_home()
     problem = folder_problem(home) if home else None
     if problem:
-        warnings.warn(f"WB_HOME: {problem}: compiled kernels and the card's measured peak are not kept between runs")
+        warnings.warn(f"WB_HOME={problem}: compiled kernels and the card's measured peak are not kept between runs")
 
 
 # `wb --help` lists commands in the order of a working day, not of module imports.
