@@ -483,3 +483,30 @@ def test_wb_home_a_symlink_loop_is_a_warning_that_says_so(toy_ws, wb, tmp_path):
     (tmp_path / "loop2").symlink_to(loop)
     proc = wb("list", cwd=toy_ws, env={"WB_HOME": str(loop)})
     assert proc.returncode == 0 and "WB_HOME" in proc.stderr and "a symlink loop" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("command", ["note", "import", "run"])
+@pytest.mark.parametrize("thing", ["folder", "dangling link"])
+def test_something_at_the_path_of_wbs_own_lock_is_one_line(toy_ws, wb, tmp_path, command, thing):
+    """A folder or a link at .wb/memory.lock (wb note), .wb/import.lock (wb import) or a warm
+    worker's .wb/worker-TAG.lock (wb run) was filelock's IsADirectoryError or ELOOP traceback."""
+    state = toy_ws / ".wb"
+    state.mkdir(exist_ok=True)
+    if command == "run":
+        from workbench.run.supervisor import warm_tag
+        from workbench.workspace import Workspace
+
+        from conftest import REPO
+
+        as_wb_runs = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # run_wb's
+        name = f"worker-{warm_tag(Workspace(toy_ws), as_wb_runs)}.lock"
+        args = ("run", "a")
+    else:
+        name = f"{'memory' if command == 'note' else 'import'}.lock"
+        (tmp_path / "runs").mkdir()
+        args = ("note", "a lesson") if command == "note" else ("import", str(tmp_path / "runs"))
+    if thing == "folder":
+        (state / name).mkdir()
+    else:
+        (state / name).symlink_to(tmp_path / "nowhere")
+    assert_one_line_error(wb(*args, cwd=toy_ws), f"cannot take wb's lock {state / name}", "remove it")

@@ -109,3 +109,20 @@ def folder_problem(path: Path) -> str | None:
             return None
         what = f"a link to {os.readlink(path)}" if link else "a file" if stat.S_ISREG(st.st_mode) else "a special file"
     return f"{path} is not a folder ({what})"
+
+
+def held_lock(path: Path, timeout: float):
+    """The file lock at ``path``, acquired (a filelock.FileLock: release() it), or None when
+    another process held it for ``timeout`` seconds. Something else at the path (a folder, a
+    link that leads nowhere) is one line naming it, not filelock's OSError."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path), timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        return None
+    except OSError as exc:
+        what = "it is a symbolic link" if os.path.islink(path) else "it is a folder" if os.path.isdir(path) else exc.strerror or str(exc)
+        raise UserError(f"cannot take wb's lock {path}: {what}; remove it (wb makes the file again)") from None
+    return lock

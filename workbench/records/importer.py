@@ -27,7 +27,7 @@ from pathlib import Path
 
 from workbench import settings
 from workbench.errors import UserError, path_error
-from workbench.files import atomic_write_text
+from workbench.files import atomic_write_text, held_lock
 from workbench.kernels.registry import load_kernels
 from workbench.records import memory, report, speed
 from workbench.interrupts import held_signals
@@ -144,8 +144,6 @@ class Imported:
 def import_runs(ws: Workspace, source: Path, limits: Limits | None = None) -> Imported:
     """Copy runs from `source` (a runs/ folder, a folder holding runs/, or a .tgz of it) and
     publish them; all or nothing (see the module doc). Runs already here are skipped."""
-    from filelock import FileLock, Timeout
-
     source = Path(source)
     try:
         exists, is_link, is_dir = source.exists(), source.is_symlink(), source.is_dir()
@@ -160,10 +158,8 @@ def import_runs(ws: Workspace, source: Path, limits: Limits | None = None) -> Im
         raise UserError(f"{source} holds this workspace's own state (.wb): import its runs/ folder, or another workspace")
     limits = limits or Limits.from_env()
     ws.ensure_state_dir()
-    lock = FileLock(str(ws.state_dir / "import.lock"), timeout=LOCK_WAIT_S)
-    try:
-        lock.acquire()
-    except Timeout:
+    lock = held_lock(ws.state_dir / "import.lock", LOCK_WAIT_S)
+    if lock is None:
         raise UserError(
             f"another wb import into this workspace has held {ws.state_dir / 'import.lock'} for {LOCK_WAIT_S:.0f} s: "
             "let it finish (or end it), then import again"

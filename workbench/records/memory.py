@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable
 from workbench.errors import UserError
 from workbench.records.provenance import short_commit
 from workbench.text import decimal_int, natural_key, strict_json
-from workbench.files import Changed, atomic_write_text
+from workbench.files import Changed, atomic_write_text, held_lock
 from workbench.schemas import read_text
 from workbench.workspace import Workspace
 
@@ -266,16 +266,12 @@ def _locked_update(ws: Workspace, path: Path, compose_fn: Callable[[str, dict], 
     """MEMORY.md's text and MEMORY.json's data through `compose_fn`, under the lock: write
     MEMORY.json (when its data changed), then MEMORY.md; put MEMORY.json back if MEMORY.md
     cannot be written, so both change or neither does."""
-    from filelock import FileLock, Timeout
-
     _refuse_dangling_link(path)
     dpath = data_path(path)
     ws.ensure_state_dir()
-    lock = FileLock(str(ws.state_dir / "memory.lock"), timeout=LOCK_WAIT)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise UserError(f"{path} is being updated by another wb (its lock {lock.lock_file} was held for {LOCK_WAIT:.0f} s): not updated") from None
+    lock = held_lock(ws.state_dir / "memory.lock", LOCK_WAIT)
+    if lock is None:
+        raise UserError(f"{path} is being updated by another wb (its lock {ws.state_dir / 'memory.lock'} was held for {LOCK_WAIT:.0f} s): not updated")
     try:
         _remove_stale_temps(path)
         _remove_stale_temps(dpath)

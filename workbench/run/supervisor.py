@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from workbench import processes, settings
 from workbench.errors import UserError, path_error
+from workbench.files import held_lock
 from workbench.run import procs
 from workbench.run import protocol
 from workbench.workspace import Workspace
@@ -330,8 +331,6 @@ def run_job(
     until it exits after the job (at most EXIT_WAIT seconds) so the tool finishes its log.
     A Ctrl-C (or SIGTERM) is the outcome INTERRUPTED, whether the worker was busy or still
     starting (Worker.spawn ends a worker it was starting)."""
-    from filelock import FileLock, Timeout
-
     lock = None
     worker = None
     if wrap:
@@ -340,13 +339,10 @@ def run_job(
         if warm:
             ws.ensure_state_dir()
             tag = warm_tag(ws, env)
-            lock = FileLock(str(ws.state_dir / f"worker-{tag}.lock"))
-            try:
-                lock.acquire(timeout=0)
+            lock = held_lock(ws.state_dir / f"worker-{tag}.lock", 0)
+            if lock is not None:  # else another run holds the warm worker: use a fresh one
                 socket_path = str(_socket_dir() / f"{tag}.sock")
                 worker = _find_warm(ws, socket_path) or Worker.spawn(ws, socket_path, once=False, env=env)
-            except Timeout:
-                lock = None  # another run holds the warm worker: use a fresh one
         if worker is None:
             socket_path = str(_socket_dir() / f"once-{os.getpid()}-{time.monotonic_ns()}.sock")
             worker = Worker.spawn(ws, socket_path, once=True, env=env, wrap=wrap)
