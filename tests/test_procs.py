@@ -566,3 +566,18 @@ def test_the_parent_death_signal_is_disarmed_before_the_answer_is_sent(tmp_path)
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_warm_worker_is_shared_only_under_the_same_wb_home_and_dsl_settings(toy_ws, monkeypatch):
+    """A worker reads WB_HOME and CUTE_DSL_* once, at its start: `WB_HOME=X wb shapes` then a
+    plain `wb shapes` put the second run's compile cache in X (and the other way round)."""
+    from workbench.run.supervisor import warm_tag
+
+    ws = Workspace(toy_ws)
+    for name in ("WB_HOME", "CUTE_DSL_ARCH", "CUTE_DSL_KEEP_PTX", "WB_UNRELATED"):
+        monkeypatch.delenv(name, raising=False)
+    plain = warm_tag(ws)
+    assert warm_tag(ws, {"WB_UNRELATED": "1"}) == plain
+    tags = {warm_tag(ws, {"WB_HOME": "/tmp/x"}), warm_tag(ws, {"WB_HOME": "/tmp/y"}),
+            warm_tag(ws, {"CUTE_DSL_ARCH": "sm_90a"}), warm_tag(ws, {"CUTE_DSL_KEEP_PTX": "1"})}
+    assert len(tags) == 4 and plain not in tags

@@ -80,12 +80,17 @@ def _socket_dir() -> Path:
 
 
 def warm_tag(ws: Workspace, env: dict[str, str] | None = None) -> str:
-    """Workers are shared only between runs with the same workspace, Python and GPU choice.
+    """Workers are shared only between runs with the same workspace, Python, GPU choice and
+    the settings a worker reads once, at its start: WB_HOME (where the compile cache is) and
+    the DSL's CUTE_DSL_* variables (a warm worker kept the old ones: a cache in the wrong
+    place, a compile for the wrong arch).
 
     `env` overlays os.environ (wb sweep gives each lane its own CUDA_VISIBLE_DEVICES, and
     each Slurm job its own WB_LANE: jobs may share a workspace and see the same device ids)."""
     environ = {**os.environ, **(env or {})}
-    key = "|".join([str(ws.root), sys.executable, environ.get("CUDA_VISIBLE_DEVICES", ""), environ.get("PYTHONPATH", "")])
+    dsl = sorted(f"{k}={v}" for k, v in environ.items() if k.startswith("CUTE_DSL_"))
+    key = "|".join([str(ws.root), sys.executable, environ.get("CUDA_VISIBLE_DEVICES", ""), environ.get("PYTHONPATH", ""),
+                    environ.get("WB_HOME", ""), *dsl])
     if environ.get("WB_LANE"):
         key += "|" + environ["WB_LANE"]
     return hashlib.sha1(key.encode()).hexdigest()[:12]
