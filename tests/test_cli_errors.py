@@ -510,3 +510,34 @@ def test_something_at_the_path_of_wbs_own_lock_is_one_line(toy_ws, wb, tmp_path,
     else:
         (state / name).symlink_to(tmp_path / "nowhere")
     assert_one_line_error(wb(*args, cwd=toy_ws), f"cannot take wb's lock {state / name}", "remove it")
+
+
+@pytest.mark.parametrize("setting", ["WB_GIT_COMMIT=bad commit", "WB_GIT_COMMIT=" + "a" * 65, "WB_GIT_DIFF_HASH=" + "f" * 1200])
+def test_a_git_setting_the_record_cannot_keep_is_refused_before_the_run(toy_ws, wb, setting):
+    """WB_GIT_COMMIT='bad commit' (or over 64 characters) and a WB_GIT_DIFF_HASH over 1000
+    were written into the record, which its own schema then refused: `wb runs`, report,
+    diff-run and import skipped the run as corrupt after the verdict and exit 0."""
+    name, _, value = setting.partition("=")
+    assert_one_line_error(wb("run", "a", "--fixture", "toy-ones", env={name: value}), f"{name}=", "must be")
+    assert not [p for p in (toy_ws / "runs").glob("2*")]
+
+
+def test_text_parameters_are_kept_as_long_as_the_record_takes_them(toy_ws, wb):
+    """A text parameter of 300 characters (kernel.yaml took defaults up to 300, the record
+    200) or with a control character was written into a record that every reader then
+    skipped as corrupt. Now both limits are one (1000 characters, no control characters):
+    within it the run is recorded and read back, past it the value is refused up front."""
+    import json as _json
+
+    yaml = toy_ws / "stages/toy/kernel.yaml"
+    yaml.write_text(yaml.read_text().replace("  dtype: {", f"  tag: {{default: \"{'d' * 250}\"}}\n  dtype: {{"))
+    ran = wb("run", "a", "--fixture", "toy-ones", "-p", "tag=" + "t" * 999, "--json")
+    assert ran.returncode == 0, ran.stderr
+    run_id = _json.loads(ran.stdout)["id"]
+    assert wb("run", "a", "--fixture", "toy-ones", "--json").returncode == 0  # the 250-character default
+    listed = wb("runs", "--json")
+    assert "skipping corrupt" not in listed.stderr, listed.stderr
+    kept = {r["id"]: r["params"]["tag"] for r in _json.loads(listed.stdout)}
+    assert kept[run_id] == "t" * 999 and "d" * 250 in kept.values()
+    for bad in ("t" * 1001, "a\x01b"):
+        assert_one_line_error(wb("run", "a", "--fixture", "toy-ones", "-p", "tag=" + bad), "tag=", "at most 1000 characters without control characters")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 from workbench import __version__
+from workbench.errors import UserError
+from workbench.schemas import COMMIT_PATTERN, CONTROL_CHARS, LINE_MAX, short
 
 
 def _git(root: Path, *args: str) -> str | None:
@@ -29,9 +32,9 @@ def git_state(root: Path) -> dict[str, Any]:
     if commit is None:
         dirty = os.environ.get("WB_GIT_DIRTY")
         return {
-            "commit": os.environ.get("WB_GIT_COMMIT") or None,
+            "commit": _checked_env("WB_GIT_COMMIT", COMMIT_PATTERN, "a commit id: letters, digits and ._+-, at most 64"),
             "dirty": None if dirty is None else dirty == "1",
-            "diff_hash": os.environ.get("WB_GIT_DIFF_HASH") or None,
+            "diff_hash": _checked_env("WB_GIT_DIFF_HASH", f"^[^{CONTROL_CHARS}]{{1,{LINE_MAX}}}$", f"one line of at most {LINE_MAX} characters"),
         }
     status = _git(root, "status", "--porcelain", "--untracked-files=normal") or ""
     diff = _git(root, "diff", "HEAD") or ""
@@ -44,6 +47,15 @@ def git_state(root: Path) -> dict[str, Any]:
             h.update(path.read_bytes())
     dirty = bool(status.strip())
     return {"commit": commit.strip(), "dirty": dirty, "diff_hash": h.hexdigest()[:16] if dirty else None}
+
+
+def _checked_env(name: str, pattern: str, what: str) -> str | None:
+    """Variable ``name`` (None when unset or empty), refused in one line unless it is what
+    the run record keeps: a record its own reader refuses is a lost run."""
+    value = os.environ.get(name) or None
+    if value is not None and not re.match(pattern, value):
+        raise UserError(f"{name}={short(value)} must be {what}")
+    return value
 
 
 def file_hashes(paths: list[Path], root: Path) -> dict[str, str]:

@@ -34,6 +34,13 @@ T = TypeVar("T")
 
 MiB = 1 << 20
 
+# What a run record keeps, checked where the values come in too (a parameter on the command
+# line, WB_GIT_* from the environment): a record that its own reader refuses is a lost run.
+PARAM_TEXT_MAX = 1000  # a text parameter's value (run_record.Scalar; kernel.yaml's defaults and choices): a varlen batch's lengths
+CONTROL_CHARS = r"\x00-\x1f\x7f"
+COMMIT_PATTERN = r"^[0-9A-Za-z._+-]{1,64}$"  # provenance.commit
+LINE_MAX = 1000  # run_record.Line: one value shown in a table or MEMORY.md
+
 
 class SchemaError(UserError):
     """A file wb reads is malformed: wrong type, missing key, too large, not UTF-8, ..."""

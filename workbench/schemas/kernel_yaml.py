@@ -21,7 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 from pydantic_core import PydanticCustomError
 
 from workbench.arches import ARCHES, DEFAULT_ARCH, known_arch
-from workbench.schemas import MiB, SchemaError, read_text, safe_load_yaml, short, yaml_problem
+from workbench.schemas import CONTROL_CHARS, PARAM_TEXT_MAX, MiB, SchemaError, read_text, safe_load_yaml, short, yaml_problem
 
 DEFAULT_TIMEOUT = 120.0  # seconds before a run is HANG, when kernel.yaml gives none
 
@@ -58,7 +58,11 @@ def _number(v: Any) -> bool:
 
 
 def _scalar(v: Any) -> bool:
-    return _number(v) or isinstance(v, bool) or (isinstance(v, str) and len(v) <= MAX_TEXT)
+    """A parameter value as a run record keeps it (run_record.Scalar)."""
+    return _number(v) or isinstance(v, bool) or (isinstance(v, str) and len(v) <= PARAM_TEXT_MAX and not _CONTROL.search(v))
+
+
+_CONTROL = re.compile(f"[{CONTROL_CHARS}]")
 
 
 def _none_is_empty(v: Any) -> Any:
@@ -77,7 +81,7 @@ Int = Annotated[int, _rule(lambda v: isinstance(v, int) and not isinstance(v, bo
 Step = Annotated[int, _rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1")]
 Seconds = Annotated[float, _rule(lambda v: _number(v) and v > 0, "a positive number of seconds")]
 Factor = Annotated[float, _rule(lambda v: _number(v) and v >= 0, "a number >= 0 (YAML reads 1e-4 as text: write 1.0e-4)")]
-Scalar = Annotated[Any, _rule(_scalar, f"a number, a string or true/false (strings of at most {MAX_TEXT} characters)")]
+Scalar = Annotated[Any, _rule(_scalar, f"a number, a string or true/false (strings of at most {PARAM_TEXT_MAX} characters, no control characters)")]
 VariantValue = Annotated[
     str,
     _rule(

@@ -12,15 +12,17 @@ from typing import Annotated, Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from workbench.schemas import COMMIT_PATTERN, CONTROL_CHARS, LINE_MAX, PARAM_TEXT_MAX
+
 MAX_BYTES = 64 << 20  # a whole run.json (records with every probe and fixture are ~1 MB)
 
 Word = Annotated[str, Field(pattern=r"^[A-Z][A-Z_]{0,31}$")]  # PASS, FAIL, COMPILE_ERROR, ...
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.#@+-]{1,128}$")]  # fixture, output, probe keys
 StageId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}(/[A-Za-z0-9_.-]{1,64})?$")]
 Key = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
-Line = Annotated[str, Field(max_length=1000)]  # one value shown in a table or MEMORY.md
+Line = Annotated[str, Field(max_length=LINE_MAX)]  # one value shown in a table or MEMORY.md
 Text = Annotated[str, Field(max_length=4 << 20)]  # messages, logs, tracebacks
-Scalar = Union[None, bool, int, float, Annotated[str, Field(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]]
+Scalar = Union[None, bool, int, float, Annotated[str, Field(max_length=PARAM_TEXT_MAX, pattern=f"^[^{CONTROL_CHARS}]*$")]]
 Number = Optional[Union[int, float]]
 
 
@@ -90,7 +92,7 @@ class Timing(_Model):
 
 
 class Provenance(_Model):
-    commit: Optional[Annotated[str, Field(pattern=r"^[0-9A-Za-z._+-]{1,64}$")]] = None
+    commit: Optional[Annotated[str, Field(pattern=COMMIT_PATTERN)]] = None
     dirty: Optional[bool] = None
     diff_hash: Optional[Line] = None
     gpu: Optional[Line] = None
