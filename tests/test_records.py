@@ -166,6 +166,19 @@ def test_report_of_run_and_of_stage(toy_ws, wb):
     assert rendered.returncode == 0 and "stage report" in rendered.stdout
 
 
+@pytest.mark.parametrize("target, says", [
+    ("zz/a", "unknown kernel 'zz'"),
+    ("stage-zz", "kernel toy has no stage 'stage-zz'"),
+    ("2026", "no run matches '2026'"),
+    ("last~3", "last~3: no runs recorded yet"),
+])
+def test_wb_report_of_something_that_is_neither_run_nor_stage_says_why(toy_ws, wb, target, says):
+    """`wb report zz/a` and `wb report stage-zz` said "no run matches", hiding the unknown
+    kernel or stage; what the target looks like now picks the error that explains it."""
+    proc = wb("report", target)
+    assert proc.returncode == 2 and says in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
 @pytest.mark.parametrize("blocker", ["file", "folder"])
 def test_wb_report_of_a_stage_shows_it_when_its_file_cannot_be_written(toy_ws, wb, blocker):
     """`wb report STAGE` writes runs/reports/<stage>.md and showed what it read back: with

@@ -119,9 +119,9 @@ def report(
     except UserError as run_error:
         try:
             spec = resolve_stage(ws, target, kernels)
-        except UserError as stage_error:  # KERNEL/STAGE of a kernel whose kernel.yaml is broken: say that
-            named = target.strip().partition("/")[0] if "/" in target else None
-            raise (stage_error if named in getattr(kernels, "broken", {}) else run_error) from None
+        except UserError as stage_error:  # what was meant decides which error says why
+            looks_like_run = target.strip()[:1].isdigit() or "last" in target
+            raise (run_error if looks_like_run else stage_error) from None
         text = reports.stage_report(ws, spec.id)
     from workbench.terminal import console, printable
 
