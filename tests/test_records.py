@@ -494,3 +494,31 @@ def test_listing_runs_says_a_broken_runs_path_is_no_folder(toy_ws, wb, how):
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert "no runs recorded" not in proc.stdout + proc.stderr
         assert proc.stderr.startswith(f"wb: error: {runs} is not a folder") and len(proc.stderr.splitlines()) == 1
+
+
+def test_a_case_with_a_null_label_is_named_by_its_fixture_and_compiled_is_no_regression(toy_ws, wb):
+    """A FAIL case whose label is null (the schema allows it) was a heading 'None' in wb explain
+    and its report; and `wb diff-run PASS-run COMPILED-run` exited 1 as a regression, though
+    a compile record runs no fixture and says nothing of correctness."""
+    import json
+
+    assert wb("run", "a", "-V", "bug=nan", "--fixture", "toy-random").returncode == 1
+    failed = json.loads(wb("runs", "--json").stdout)[0]["id"]
+    path = toy_ws / "runs" / failed / "run.json"
+    data = json.loads(path.read_text())
+    for case in data["results"]:
+        case["label"] = None
+    path.write_text(json.dumps(data))
+    for args in (("explain", failed), ("report", failed, "--raw")):
+        out = wb(*args).stdout
+        assert "### None" not in out and "\nNone\n" not in out and "toy-random" in out, (args, out)
+
+    assert wb("run", "a", "--fixture", "toy-ones").returncode == 0
+    passed = json.loads(wb("runs", "--json").stdout)[0]["id"]
+    compiled = toy_ws / "runs" / (passed[:-6] + "999999")
+    compiled.mkdir()
+    data = json.loads((toy_ws / "runs" / passed / "run.json").read_text())
+    data.update(kind="compile", verdict="COMPILED", results=[])
+    (compiled / "run.json").write_text(json.dumps(data))
+    diff = wb("diff-run", passed, compiled.name)
+    assert diff.returncode == 0, diff.stdout + diff.stderr

@@ -141,6 +141,7 @@ def explain(
     """Print a run's diagnosis: for each failing fixture, which known bug its output matches (and,
     for a run under --sanitize, the tool's findings)."""
     from workbench.cli.render import render_diagnosis, render_sanitizer
+    from workbench.records.report import case_name
     from workbench.terminal import console, escape, verdict
 
     ws = state.workspace()
@@ -165,7 +166,7 @@ def explain(
             console.print("no fixture FAILed, so none has a diagnosis" + (f" (the fixtures' verdicts: {escape(', '.join(seen))})" if seen else " (no fixture results)"))
         return
     for case in failed:
-        console.print(f"\n[bold]{escape(case.get('label', case['fixture']))}[/]")
+        console.print(f"\n[bold]{escape(case_name(case))}[/]")
         for name, m in case.get("outputs", {}).items():
             if m.get("reasons"):
                 console.print(f"  {name}: " + escape("; ".join(m["reasons"])))

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from workbench import terminal
 from workbench.records.provenance import card_label
-from workbench.records.report import changed_params_text, fixture_rows, params_text, sanitizer_place, stamped_note, variants_text
+from workbench.records.report import case_name, changed_params_text, fixture_rows, params_text, sanitizer_place, stamped_note, variants_text
 from workbench.remote.sweep import CaseResult, SweepEvent
 from workbench.terminal import console, escape, fmt, verdict
 from workbench.text import first_line, signed
@@ -118,7 +118,7 @@ def render_run(record: dict[str, Any]) -> None:
         if case.get("verdict") != "FAIL":
             continue
         reasons = "; ".join(r for m in case.get("outputs", {}).values() for r in m.get("reasons", []))
-        console.print(f"[red]✗ {escape(case.get('label', case['fixture']))}[/]: {escape(reasons)}")
+        console.print(f"[red]✗ {escape(case_name(case))}[/]: {escape(reasons)}")
         render_diagnosis(case.get("diagnosis"), full=False)
     error = record.get("error")
     if error:

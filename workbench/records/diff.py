@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from workbench.records.report import case_name
 from workbench.records.store import list_records
 
 METRICS = ("cos", "rel_l2", "max_abs_err", "nan", "unwritten")
@@ -28,7 +29,7 @@ def default_pair(runs_dir) -> tuple[dict, dict]:
 
 
 def _cases(record: dict) -> dict[str, dict]:
-    return {c.get("label", c["fixture"]): c for c in record.get("results", [])}
+    return {case_name(c): c for c in record.get("results", [])}
 
 
 def _changed(a: dict, b: dict) -> list[dict[str, Any]]:
@@ -87,7 +88,8 @@ def diff_runs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if ta.get(k) is not None and tb.get(k) is not None
     ]
     speed = _speed_diff(a, b)
-    regressed = (a["verdict"] == "PASS" and b["verdict"] != "PASS") or any(f["regressed"] for f in fixtures)
+    # COMPILED (wb compile: no fixtures run) says nothing of correctness: no regression
+    regressed = (a["verdict"] == "PASS" and b["verdict"] not in ("PASS", "COMPILED")) or any(f["regressed"] for f in fixtures)
     return {
         "a": {"id": a["id"], "stage": a["stage"], "verdict": a["verdict"], "started": a.get("started")},
         "b": {"id": b["id"], "stage": b["stage"], "verdict": b["verdict"], "started": b.get("started")},

@@ -17,6 +17,11 @@ from workbench.text import fmt
 from workbench.workspace import Workspace
 
 
+
+def case_name(case: dict) -> str:
+    """What a fixture case is called in reports: its label (fixture and seed), else the fixture."""
+    return str(case.get("label") or case.get("fixture"))
+
 def params_text(record: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in record.get("params", {}).items())
 
@@ -44,7 +49,7 @@ def fixture_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
         for name, m in case.get("outputs", {}).items():
             rows.append(
                 {
-                    "fixture": case.get("label", case["fixture"]),
+                    "fixture": case_name(case),
                     "output": name,
                     "verdict": m["verdict"],
                     "cos": m.get("cos"),
@@ -121,7 +126,7 @@ def run_markdown(record: dict[str, Any]) -> str:
     if failed:
         out += ["## Failures explained", ""]
         for case in failed:
-            out += [f"### {case.get('label', case['fixture'])}", ""]
+            out += [f"### {case_name(case)}", ""]
             for name, m in case.get("outputs", {}).items():
                 if m.get("reasons"):
                     out.append(f"- `{name}`: " + "; ".join(m["reasons"]))
