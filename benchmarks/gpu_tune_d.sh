@@ -107,6 +107,8 @@
 # PHASE sumalpha_short: the one-call form of sumalpha for a short device budget: d = 64 s 1024 / 4096 /
 #               8192 both masks both dtypes (the default and FA4, then sum_init=alpha), d = 96 / 128 s = 8192
 #               both masks, then sweeps of d = 64 / 128 (24 cases) and d = 96 / 192 / 256 (12) (about 6 minutes)
+# PHASE sumalpha_d64: the least of sumalpha, for a device budget of minutes: d = 64 s 4096 / 8192 both
+#               masks bf16, the default and FA4 then sum_init=alpha (each checked first) (about 3 minutes)
 # PHASE sumalpha_wide: d = 96 / 128 / 192 / 256 at s = 8192 both masks, bf16: the default and FA4, then
 #               sum_init=alpha, and d = 96 with p_sync=warp too (FA4's d = 96 loop: the same tile, P in
 #               shared memory, alpha first, no WG-wide barrier after P's store; perf-notes round 14), two
@@ -510,6 +512,11 @@ sumalpha_short)
   step "sweep sum_init=alpha at d=96, 192, 256 (12 cases)"
   timeout 100 wb sweep d --n 1000,8200 --d 96,192,256 --dtype bf16 -p causal=false,true -p kv_heads=2 $V --timeout 40 | sweep_verdicts
   ;;
+sumalpha_d64)
+  step "d=64 s 4096/8192 both masks bf16 (the cells short of the goal): the default with FA4, then sum_init=alpha"
+  timeout 110 wb bench d -p d=64 -p n=4096,8192 -p causal=false,true --peers fa4 --timeout 100 | table_rows 170
+  timeout 80 wb bench d -p d=64 -p n=4096,8192 -p causal=false,true -V sum_init=alpha --peers "" --timeout 70 | table_rows 150 "alpha"
+  ;;
 sumalpha_wide)
   for round in 1 2; do
     step "round $round: d=96/128/192/256 s=8192 both masks bf16: the default with FA4, then sum_init=alpha"
@@ -535,6 +542,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
