@@ -541,3 +541,10 @@ def test_text_parameters_are_kept_as_long_as_the_record_takes_them(toy_ws, wb):
     assert kept[run_id] == "t" * 999 and "d" * 250 in kept.values()
     for bad in ("t" * 1001, "a\x01b"):
         assert_one_line_error(wb("run", "a", "--fixture", "toy-ones", "-p", "tag=" + bad), "tag=", "at most 1000 characters without control characters")
+
+
+@pytest.mark.parametrize("value, traceback", [("0", False), ("off", False), ("", False), ("1", True)])
+def test_wb_debug_0_is_off(toy_ws, wb, value, traceback):
+    """WB_DEBUG=0 turned the tracebacks of user errors on, as WB_DEBUG=1 does."""
+    proc = wb("run", "nosuchstage", env={"WB_DEBUG": value})
+    assert ("Traceback" in proc.stderr) is traceback, proc.stderr

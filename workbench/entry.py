@@ -4,7 +4,6 @@ and exit status 130, not a traceback."""
 
 from __future__ import annotations
 
-import os
 import sys
 
 
@@ -21,6 +20,8 @@ def main() -> None:
     try:
         cli_main()
     except KeyboardInterrupt:  # one more Ctrl-C after cli_main said "interrupted": no traceback
-        if os.environ.get("WB_DEBUG"):
+        from workbench import settings
+
+        if settings.debug():
             raise
         sys.exit(130)

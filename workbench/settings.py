@@ -6,7 +6,8 @@ cannot break a command that never needs it) and refused in one line, exit 2, nev
     WB_AGENT_GRACE     seconds a remote agent waits after SIGINT before SIGKILL (15)
     WB_IMPORT_MAX_MIB  the most `wb import` takes in, in MiB (records/importer.Limits)
 
-and WB_HOME, the folder of what outlives a workspace (the compile cache, a card's peak).
+and WB_HOME, the folder of what outlives a workspace (the compile cache, a card's peak), and
+WB_DEBUG, which lets a user's error end in its traceback (any value but empty, 0, false, no, off).
 
 and the fixed limit of a parameter product (`wb sweep`, `wb bench -p`): MAX_CASES.
 """
@@ -76,3 +77,8 @@ def wb_home() -> Path | None:
         return Path(raw).expanduser()
     except RuntimeError as exc:  # ~nosuchuser
         raise UserError(f"WB_HOME={raw!r}: {exc}") from None
+
+
+def debug() -> bool:
+    """WB_DEBUG is on: errors keep their traceback (WB_DEBUG=0 is off, not on)."""
+    return os.environ.get("WB_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")

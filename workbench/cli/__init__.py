@@ -154,12 +154,12 @@ def main(argv: list[str] | None = None) -> None:
                     raise UserError(f"the output could not be written to stdout ({stdout.failed}): the command ran, what it printed is lost") from None
                 raise
     except (UserError, NoGpuError) as exc:
-        if os.environ.get("WB_DEBUG"):
+        if settings.debug():
             raise
         terminal.error(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        if os.environ.get("WB_DEBUG"):
+        if settings.debug():
             raise
         _say_interrupted()
         sys.exit(130)
