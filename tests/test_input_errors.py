@@ -617,3 +617,14 @@ def test_a_yaml_mistake_in_wb_yaml_names_its_line_and_a_newer_version_is_said_on
     with pytest.raises((SchemaError, UserError)) as err:
         memory.update_data_block(find_workspace(), "shapes", lambda old: old)
     assert str(err.value).count("got 99") == 1, str(err.value)
+
+
+def test_stages_that_is_not_a_folder_is_named_not_taken_for_no_kernels(toy_ws, wb):
+    """`stages` a file (or a link loop) made `wb list` say "no kernels in stages/ yet", exit 0,
+    as if the folder were empty."""
+    import shutil
+
+    shutil.rmtree(toy_ws / "stages")
+    (toy_ws / "stages").write_text("notes\n")
+    proc = wb("list", cwd=toy_ws)
+    assert "stages is not a folder (a file)" in proc.stderr, proc.stderr

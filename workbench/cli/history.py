@@ -120,7 +120,7 @@ def report(
         try:
             spec = resolve_stage(ws, target, kernels)
         except UserError as stage_error:  # what was meant decides which error says why
-            looks_like_run = target.strip()[:1].isdigit() or "last" in target
+            looks_like_run = not target.strip() or target.strip()[:1].isdigit() or "last" in target
             raise (run_error if looks_like_run else stage_error) from None
         text = reports.stage_report(ws, spec.id)
     from workbench.terminal import console, printable

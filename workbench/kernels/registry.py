@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import UserError
+from workbench.files import folder_problem
 from workbench.kernels.stage import Stage
 from workbench.schemas import CONTROL_CHARS, PARAM_TEXT_MAX, SchemaError, short
 from workbench.workspace import Workspace
@@ -382,6 +383,10 @@ _warned: set[str] = set()
 
 def load_kernels(ws: Workspace) -> Kernels:
     kernels = Kernels()
+    problem = folder_problem(ws.stages_dir)
+    if problem and problem not in _warned:  # else "no kernels yet", as if it were empty
+        _warned.add(problem)
+        warnings.warn(f"{problem}: the kernels live in its subfolders; move it away")
     if ws.stages_dir.is_dir():
         for kernel_yaml in sorted(ws.stages_dir.glob("*/kernel.yaml")):
             if kernel_yaml.parent.name.startswith("."):  # hidden: e.g. a `wb new kernel` cut off by SIGKILL
