@@ -95,6 +95,16 @@ def test_note_goes_into_lessons(tmp_path):
     assert text.endswith("## Other\n\ntext\n")
 
 
+def test_a_note_cannot_open_an_html_comment_that_hides_the_rest_of_memory(tmp_path):
+    """`wb note "<!--"` went in as typed: rendered, MEMORY.md then showed nothing after it,
+    wb's own blocks included. The opening is written as an entity, which renders the same."""
+    ws = Workspace(tmp_path)
+    ws.memory_path.write_text("# M\n\n## Lessons\n\n## Other\n\n<!-- wb:begin speed -->\n<!-- wb:end speed -->\n")
+    line, _ = memory.add_note(ws, "use <!-- sparingly")
+    text = ws.memory_path.read_text()
+    assert line.endswith("use &lt;!-- sparingly") and text.count("<!--") == 2
+
+
 def test_a_lessons_heading_inside_a_code_fence_is_not_the_section(tmp_path):
     """A fenced example holding `## Lessons` above the real section got the new lesson inside
     the fence."""

@@ -804,8 +804,11 @@ def add_note(ws: Workspace, text: str, stage: str | None = None, path: Path | No
 
 
 def lesson_line(text: str, stage: str | None = None) -> str:
-    """The line ``add_note`` writes for ``text`` today."""
-    return f"- {datetime.now().strftime('%Y-%m-%d')}" + (f" [{stage}]" if stage else "") + f" {one_line(text)}"
+    """The line ``add_note`` writes for ``text`` today. An HTML comment's opening is written
+    as an entity (it renders the same): an unclosed `<!--` hid the rest of MEMORY.md, wb's
+    blocks included, wherever the file is rendered."""
+    lesson = one_line(text).replace("<!--", "&lt;!--")
+    return f"- {datetime.now().strftime('%Y-%m-%d')}" + (f" [{stage}]" if stage else "") + f" {lesson}"
 
 
 def _fenced(lines: list[str], closed_only: bool = False) -> set[int]:
