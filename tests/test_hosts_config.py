@@ -256,3 +256,12 @@ def test_remote_answers_nested_past_jsons_limit_are_no_answer(tmp_path, monkeypa
     monkeypatch.setenv("FAKE_OUT", "[" * 5000)
     res = client.invoke(Host("h", "me@box", "w"), ["ps"], deadline_s=20)
     assert res.json() is None and res.events == [] and res.agent is None and len(res.stderr_lines) == 2
+
+
+@pytest.mark.parametrize("key", ["null", "1", "yes"])
+def test_a_host_keyed_by_something_yaml_reads_as_no_name_is_refused(tmp_path, key):
+    """`hosts: {null: {...}}` became a host called "None" (and `1:` one called "1", `yes:`
+    "True"): YAML reads those keys as null, a number and a boolean."""
+    (tmp_path / "wb.yaml").write_text(f"hosts:\n  {key}: {{ssh: x@y, path: w}}\n")
+    with pytest.raises(UserError, match="a host's name must be text"):
+        load_hosts(find_workspace(tmp_path))

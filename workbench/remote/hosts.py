@@ -96,6 +96,8 @@ def load_hosts(ws: Workspace) -> dict[str, Host]:
     elif isinstance(raw, dict):
         for name, entry in raw.items():
             label = f"{where_root}.{_shown(str(name))}"
+            if not isinstance(name, str):  # YAML reads `null:`, `1:` and `yes:` as no name (a host called "None")
+                raise UserError(f"{fname}: {label}: a host's name must be text, got {_kind(name)} (quote it)")
             if not isinstance(entry, dict):
                 raise UserError(f"{fname}: {label}: expected a mapping with ssh and path, got {_kind(entry)}")
             entries.append((label, entry, str(name)))
