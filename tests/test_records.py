@@ -522,3 +522,25 @@ def test_a_case_with_a_null_label_is_named_by_its_fixture_and_compiled_is_no_reg
     (compiled / "run.json").write_text(json.dumps(data))
     diff = wb("diff-run", passed, compiled.name)
     assert diff.returncode == 0, diff.stdout + diff.stderr
+
+
+def test_a_report_too_large_to_render_quickly_is_printed_as_its_source(toy_ws, wb):
+    """A record within its limits but with thousands of fixture results took rich over a
+    minute to render as Markdown (13 MB: 66 s). Past RENDER_MAX_CHARS wb report prints the
+    source, as --raw does, and says so."""
+    import json
+
+    from workbench.cli.history import RENDER_MAX_CHARS
+
+    assert wb("run", "a", "--fixture", "toy-random").returncode == 0
+    run_id = json.loads(wb("runs", "--json").stdout)[0]["id"]
+    path = toy_ws / "runs" / run_id / "run.json"
+    data = json.loads(path.read_text())
+    one = data["results"][0]
+    data["results"] = [{**one, "label": f"{one['fixture']}#{i}"} for i in range(8000)]
+    path.write_text(json.dumps(data))
+    raw = wb("report", run_id, "--raw").stdout
+    assert len(raw) > RENDER_MAX_CHARS
+    shown = wb("report", run_id)
+    assert shown.returncode == 0 and "shown as its Markdown source" in shown.stderr
+    assert shown.stdout == raw

@@ -100,6 +100,9 @@ def diff_run(
     raise typer.Exit(1 if d["regressed"] else 0)
 
 
+RENDER_MAX_CHARS = 500_000  # wb report renders a report up to this size; past it, prints its source
+
+
 @app.command()
 def report(
     target: str = typer.Argument("last", help="A run (id, prefix, last, stage-c@last) or a stage (stage-c, c, KERNEL/stage-c)."),
@@ -123,9 +126,11 @@ def report(
             looks_like_run = not target.strip() or target.strip()[:1].isdigit() or "last" in target
             raise (run_error if looks_like_run else stage_error) from None
         text = reports.stage_report(ws, spec.id)
-    from workbench.terminal import console, printable
+    from workbench.terminal import console, printable, warn
 
-    if raw:
+    if raw or len(text) > RENDER_MAX_CHARS:
+        if not raw:  # rich's Markdown took a minute for 13 MB of fixture tables (the record limit is 64 MB)
+            warn(f"the report is {len(text) / 1e6:.1f} MB: shown as its Markdown source (--raw), not rendered")
         print(printable(text))
         return
     from rich.markdown import Markdown
