@@ -7,7 +7,6 @@ loads only for the command that runs."""
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import warnings
 from pathlib import Path
