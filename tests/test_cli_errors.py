@@ -51,7 +51,7 @@ def assert_one_line_error(proc, *fragments):
         (["run", "a", "--timeout", "-1"], ["--timeout must be a positive"]),
         (["run", "///"], ["is not a stage"]),
         (["diff-run", "nope"], ["no run matches 'nope'"]),
-        (["report", "zzz"], ["no run matches 'zzz'"]),
+        (["report", "zzz"], ["kernel toy has no stage 'zzz'", "nor is 'zzz' a run"]),
         (["explain", "last~3"], ["no runs recorded yet"]),
         (["runs", "q"], ["no stage 'q'"]),
         (["note", " "], ["the note is empty"]),
