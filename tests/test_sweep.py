@@ -226,28 +226,44 @@ def test_lost_record_has_the_fields_of_a_normal_run_record(toy_ws, monkeypatch):
     assert schema <= set(on_disk[1]), schema - set(on_disk[1])
 
 
-@pytest.mark.slow  # a real sweep in its own process, interrupted while a case hangs in its worker
-def test_ctrl_c_ends_a_sweep_with_130_and_the_running_case_recorded_interrupted(toy_ws):
-    """Ctrl-C used to exit 1 at once, the lane (a daemon thread; a Ctrl-C inside Thread.join
-    marked it stopped) cut off mid-record: empty run folders, a record CRASH with no sweep tag.
-    Now the lanes write their records first: the hanging case says INTERRUPTED, tagged."""
+def _sweep_until(toy_ws, args: list[str], line: str):
+    """`wb sweep a --n 128 --timeout 60 ARGS` in a process group of its own, read until its
+    output shows ``line``; (the process, what it printed so far)."""
     import os
-    import signal
     import subprocess
     import sys
 
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", COLUMNS="200")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workbench", "sweep", "a", "--n", "128", "-V", "bug=none,sleep", "--timeout", "60", "--gpus", "none"],
+        [sys.executable, "-m", "workbench", "sweep", "a", "--n", "128", "--timeout", "60", *args],
         cwd=toy_ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     seen = ""
     deadline = time.time() + 120
-    while "[1/2]" not in seen and time.time() < deadline:  # the first case is done: the second hangs
+    while line not in seen and time.time() < deadline:
         seen += proc.stdout.readline()
-    time.sleep(1.0)
+    return proc, seen
+
+
+def _ctrl_c(proc, wait: float) -> str:
+    """What a terminal's Ctrl-C does (SIGINT to the whole foreground group); the rest of the output."""
+    import os
+    import signal
+
     os.killpg(proc.pid, signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    out, _ = proc.communicate(timeout=wait)
+    return out
+
+
+@pytest.mark.slow  # a real sweep in its own process, interrupted while a case hangs in its worker
+def test_ctrl_c_ends_a_sweep_with_130_and_the_running_case_recorded_interrupted(toy_ws):
+    """Ctrl-C used to exit 1 at once, the lane (a daemon thread; a Ctrl-C inside Thread.join
+    marked it stopped) cut off mid-record: empty run folders, a record CRASH with no sweep tag.
+    Now the lanes write their records first: the hanging case says INTERRUPTED, tagged."""
+    # the first case is done: the second hangs
+    proc, seen = _sweep_until(toy_ws, ["-V", "bug=none,sleep", "--gpus", "none"], "[1/2]")
+    time.sleep(1.0)
+    out = _ctrl_c(proc, wait=60)
     assert proc.returncode == 130, seen + out
     assert "wb: error: interrupted: the sweep stopped early" in out
     runs = [p for p in (toy_ws / "runs").iterdir() if p.name[:1].isdigit()]
@@ -262,23 +278,9 @@ def test_ctrl_c_of_a_local_slurm_sweep_prints_no_traceback(toy_ws):
     Ctrl-C reached it too, and its KeyboardInterrupt traceback (kill_tasks, time.sleep) went
     into the middle of the sweep's output, every time. Its stderr is now a file of its own."""
     pytest.importorskip("submitit")
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", COLUMNS="200")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workbench", "sweep", "a", "--n", "128", "-V", "bug=sleep", "--timeout", "60", "--slurm", "@local"],
-        cwd=toy_ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    seen = ""
-    deadline = time.time() + 120
-    while "submitted" not in seen and time.time() < deadline:
-        seen += proc.stdout.readline()
+    proc, seen = _sweep_until(toy_ws, ["-V", "bug=sleep", "--slurm", "@local"], "submitted")
     time.sleep(6.0)  # the job's process is running its case by now
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
-    out, _ = proc.communicate(timeout=90)
+    out = _ctrl_c(proc, wait=90)
     assert proc.returncode == 130, seen + out
     assert "Traceback" not in seen + out and "KeyboardInterrupt" not in seen + out, seen + out
     assert list((toy_ws / ".wb" / "slurm").glob("*/controller-0.err"))

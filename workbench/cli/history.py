@@ -123,10 +123,10 @@ def report(
         try:
             spec = resolve_stage(ws, target, kernels)
         except UserError as stage_error:  # what was meant decides which error says why
-            looks_like_run = not target.strip() or target.strip()[:1].isdigit() or "last" in target
-            if looks_like_run:
+            name = target.strip()
+            if not name or name[:1].isdigit() or "last" in name:  # meant as a run
                 raise run_error from None
-            raise UserError(f"{stage_error}; nor is {target.strip()!r} a run (`wb runs` lists them)") from None
+            raise UserError(f"{stage_error}; nor is {name!r} a run (`wb runs` lists them)") from None
         text = reports.stage_report(ws, spec.id)
     from workbench.terminal import console, printable, warn
 

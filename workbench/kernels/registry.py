@@ -35,7 +35,7 @@ from typing import Any
 from workbench.errors import UserError
 from workbench.files import folder_problem
 from workbench.kernels.stage import Stage
-from workbench.schemas import CONTROL_CHARS, PARAM_TEXT_MAX, SchemaError, short
+from workbench.schemas import PARAM_TEXT_MAX, SchemaError, fits_param_text, short
 from workbench.workspace import Workspace
 
 DEFAULT_TOLERANCE = {"factor": 2.0, "atol": 1e-4}
@@ -81,7 +81,7 @@ class ParamSpec:
                     value = int(raw)
                 except ValueError:
                     raise UserError(f"{where}: {self.name}={raw!r} must be an integer") from None
-        if isinstance(value, str) and (len(value) > PARAM_TEXT_MAX or re.search(f"[{CONTROL_CHARS}]", value)):
+        if isinstance(value, str) and not fits_param_text(value):
             raise UserError(f"{where}: {self.name}={short(value)} must be text of at most {PARAM_TEXT_MAX} characters without control characters")
         if self.choices is not None and value not in self.choices:
             raise UserError(f"{where}: {self.name}={_fmt(value)} is not allowed: must be {self.describe()}")

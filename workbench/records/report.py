@@ -17,10 +17,10 @@ from workbench.text import fmt
 from workbench.workspace import Workspace
 
 
-
 def case_name(case: dict) -> str:
     """What a fixture case is called in reports: its label (fixture and seed), else the fixture."""
     return str(case.get("label") or case.get("fixture"))
+
 
 def params_text(record: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in record.get("params", {}).items())

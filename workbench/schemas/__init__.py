@@ -25,6 +25,7 @@ go on without the file (kernel.yaml, hosts) let it reach the user.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +41,12 @@ PARAM_TEXT_MAX = 1000  # a text parameter's value (run_record.Scalar; kernel.yam
 CONTROL_CHARS = r"\x00-\x1f\x7f"
 COMMIT_PATTERN = r"^[0-9A-Za-z._+-]{1,64}$"  # provenance.commit
 LINE_MAX = 1000  # run_record.Line: one value shown in a table or MEMORY.md
+_CONTROL_RE = re.compile(f"[{CONTROL_CHARS}]")
+
+
+def fits_param_text(text: str) -> bool:
+    """Can a run record keep ``text`` as a parameter's value (run_record.Scalar)?"""
+    return len(text) <= PARAM_TEXT_MAX and not _CONTROL_RE.search(text)
 
 
 class SchemaError(UserError):

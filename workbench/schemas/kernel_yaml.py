@@ -21,7 +21,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr,
 from pydantic_core import PydanticCustomError
 
 from workbench.arches import ARCHES, DEFAULT_ARCH, known_arch
-from workbench.schemas import CONTROL_CHARS, PARAM_TEXT_MAX, MiB, SchemaError, read_text, safe_load_yaml, short, yaml_problem
+from workbench.schemas import PARAM_TEXT_MAX, MiB, SchemaError, fits_param_text, read_text, safe_load_yaml, short, yaml_problem
 
 DEFAULT_TIMEOUT = 120.0  # seconds before a run is HANG, when kernel.yaml gives none
 
@@ -59,10 +59,7 @@ def _number(v: Any) -> bool:
 
 def _scalar(v: Any) -> bool:
     """A parameter value as a run record keeps it (run_record.Scalar)."""
-    return _number(v) or isinstance(v, bool) or (isinstance(v, str) and len(v) <= PARAM_TEXT_MAX and not _CONTROL.search(v))
-
-
-_CONTROL = re.compile(f"[{CONTROL_CHARS}]")
+    return _number(v) or isinstance(v, bool) or (isinstance(v, str) and fits_param_text(v))
 
 
 def _none_is_empty(v: Any) -> Any:
