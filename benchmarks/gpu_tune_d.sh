@@ -24,6 +24,8 @@
 # PHASE verify: the whole default sweep (112 cases), d=128 non-causal's long kernel with tails and
 #               softcap (10 cases), and a bench of the defaults (about 7 minutes; VERIFY_NO_BENCH=1:
 #               the sweeps alone)
+# PHASE verify96: d = 96's default sweep (16 cases) and d = 64 / 96 softcap with a window, varlen and
+#               16-key pages (sum_init=alpha is their default; about 3 minutes)
 # PHASE round3: a fresh S accumulator per overlap step (no spills at 160 registers) and causal
 #               192-row Q tiles: sweeps of consumers=3 with every schedule, both masks, and of
 #               the d=128 defaults, then d=64 benches (about 6 minutes)
@@ -306,6 +308,18 @@ verify)
     timeout 200 wb bench d -p n=1024,4096,8192 -p d=64,128 --peers fa4 --timeout 190 | table_rows 170
   fi
   ;;
+verify96)
+  step "sweep of d=96's defaults (sum_init=alpha from auto): n with tails, both masks, both dtypes, GQA (16 cases)"
+  timeout 150 wb sweep d --n 17,1000,4096,8192 --d 96 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 --timeout 40 \
+    | sweep_verdicts
+  step "d=64 and 96: softcap 30 with a 300-key window, varlen, 16-key pages"
+  timeout 90 wb sweep d --n 1000,8192 --d 64,96 --dtype fp16 -p causal=true -p softcap=30 -p window_left=300 --timeout 40 \
+    | sweep_verdicts
+  timeout 90 wb sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 -p seqlens_k=5:0:1000:33:4000 -p heads=8 -p kv_heads=2 \
+    --d 64,96 --dtype bf16 -p causal=false,true --timeout 40 | sweep_verdicts
+  timeout 90 wb sweep d -p page_size=16 --n 17,1000 --d 64,96 -p causal=false,true -p heads=2 -p kv_heads=1 --timeout 40 \
+    | sweep_verdicts
+  ;;
 d96)
   C3="-V consumers=3"  # with p_operand=auto: P through shared memory, 192 x 128, O in its own tile
   step "sweep of the 192-row causal candidates (n with tails, GQA; 16 cases)"
@@ -542,6 +556,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
