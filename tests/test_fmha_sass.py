@@ -107,13 +107,13 @@ def tile_loop_tails(sass: str) -> list[int]:
 
 
 def test_sum_init_alpha_issues_the_o_rescale_among_the_exponents(fmha_ws, wb):
-    """-V sum_init=alpha (a tile's row sum starts from alpha l, FlashAttention-4's order). With
-    the sum from 0, d = 64's steady loop ended 39 instructions after its last exp2: alpha's two
-    exp2s came after the tile's 64, then the row sum and O's 32 multiplies waiting on them
-    (d = 128: 71). From alpha l, alpha is needed before the P exponents, and ptxas issues it and
-    O *= alpha among them: at most a dozen instructions follow the last. No spill, no wgmma
+    """d = 64's default, sum_init=alpha (a tile's row sum starts from alpha l, FlashAttention-4's
+    order). With the sum from 0, d = 64's steady loop ended 39 instructions after its last exp2:
+    alpha's two exp2s came after the tile's 64, then the row sum and O's 32 multiplies waiting on
+    them (d = 128: 71). From alpha l, alpha is needed before the P exponents, and ptxas issues it
+    and O *= alpha among them: at most a dozen instructions follow the last. No spill, no wgmma
     serialization."""
-    proc = wb("compile", "d", "--d", "64", "-V", "sum_init=alpha", "--keep", "sass", "--json", cwd=fmha_ws, timeout=600)
+    proc = wb("compile", "d", "--d", "64", "--keep", "sass", "--json", cwd=fmha_ws, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rec = json.loads(proc.stdout)
     (kernel,) = rec["resources"]["kernels"]
@@ -214,6 +214,26 @@ def test_lazy_rescale_puts_the_o_multiply_behind_a_warp_vote(fmha_ws, wb, row_su
             run += 1
         guarded.append(run)
     assert max(guarded) >= 128, guarded  # O's 128 fp32 values per thread, all behind the branch
+
+
+@pytest.mark.parametrize("d, dv, causal, consumers, given, expected", [
+    (64, None, False, None, "auto", True),    # 192-row kernels (3 consumer WGs): +0-4 % on an H100
+    (96, None, False, None, "auto", True),
+    (64, None, True, 3, "auto", True),        # causal d = 64's long kernel (from m = 4096)
+    (64, None, True, None, "auto", False),    # its 128-row kernel: -1-2 % at s = 1024
+    (128, None, False, None, "auto", False),  # -3 % at d = 128 non-causal
+    (192, 128, False, None, "auto", False),
+    (256, None, False, None, "auto", False),
+    (128, None, False, None, "alpha", True),  # an explicit choice wins either way
+    (64, None, False, None, "zero", False),
+])
+def test_sum_init_auto_is_alpha_in_the_three_wg_kernels(d, dv, causal, consumers, given, expected):
+    import cutlass
+
+    from stages.fmha.stage_d_fmha import FmhaForward
+
+    kernel = FmhaForward(cutlass.BFloat16, d, 4, 4, dv=dv, causal=causal, consumers=consumers, sum_init=given)
+    assert kernel.sum_from_alpha is expected
 
 
 @pytest.mark.parametrize("d, dv, given, expected", [

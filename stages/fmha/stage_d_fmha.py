@@ -271,7 +271,7 @@ class FmhaForward(FmhaForwardBase):
         # memory) is ``geometry.tiles``, its table and reasons in stages/fmha/geometry.py.
         # schedule: pingpong (with 3 consumer WGs it fits 160 registers only with a fresh S
         # accumulator per step, see ``overlap_tile``). persistent: ts.persistence.
-        # tile_order: lpt when causal. lazy_rescale: on when dv = 256. sum_init: alpha up to d = 96.
+        # tile_order: lpt when causal. lazy_rescale: on when dv = 256. sum_init: alpha with 3 consumer WGs.
         capped_window = float(softcap) > 0 and (window_left >= 0 or window_right >= 0)
         if schedule == "auto":
             schedule = "pingpong"
@@ -300,10 +300,10 @@ class FmhaForward(FmhaForwardBase):
         # its rounding: perf-notes round 12); the LSE keeps the fp32 sum
         self.rounded_sum = row_sum == "rounded"
         # sum_init=alpha: a tile's row sum starts from alpha l (FlashAttention-4's order), so
-        # alpha's exp2 and O *= alpha issue among the P exps, not after them. auto: alpha at d = 64
-        # and 96 (H100: +1-4 % at s 4096 / 8192), zero from d = 128 (-3 % at d = 128 non-causal,
-        # a wash at 192 / 256): perf-notes round 15
-        self.sum_from_alpha = sum_init == "alpha" or (sum_init == "auto" and max(d, dv) <= 96)
+        # alpha's exp2 and O *= alpha issue among the P exps, not after them. auto: alpha in the
+        # 192-row kernels of 3 consumer WGs (d = 64 and 96; H100: +0-4 %), zero in the 128-row ones
+        # (d = 128 non-causal -3 %, d = 64 causal s 1024 -1-2 %, a wash at 192 / 256): perf-notes round 15
+        self.sum_from_alpha = sum_init == "alpha" or (sum_init == "auto" and consumers == 3)
         self.num_threads = common.WG_THREADS * (1 + consumers)
         self.consumer_regs, self.producer_regs = REGISTERS[consumers]
         super().__init__(dtype, d, softmax=softmax, kv_stages=kv_stages, dv=dv)
