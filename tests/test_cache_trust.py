@@ -230,3 +230,34 @@ def test_an_entry_replaced_while_it_is_read_is_not_called_corrupt_or_deleted(tmp
     monkeypatch.setattr(cache, "_read_entry", real_read)
     assert cache.lookup(ws, spec, key).seconds == 2.0
     assert [p.name for p in cache.entry_dir(ws, spec, key).parent.iterdir()] == [key.digest]  # no .old-/.tmp- left
+
+
+def test_what_a_killed_store_left_is_pruned_by_the_next_store_once_old(tmp_path):
+    """A store killed with SIGKILL leaves its .tmp- folder (a whole kernel's objects) or the
+    entry it moved aside (.old-), and a link's temp file; nothing removed them, so the cache
+    grew by an entry per kill. The next store in that stage's folder prunes those older than an
+    hour and keeps recent ones (a store in progress in another process)."""
+    import os
+    import time
+    from types import SimpleNamespace
+
+    from workbench.compile import cache
+    from workbench.workspace import Workspace
+
+    (tmp_path / "wb.yaml").write_text("")
+    ws = Workspace(tmp_path)
+    spec = SimpleNamespace(kernel="k", letter="a", id="stage-a")
+    folder = cache.entry_dir(ws, spec, cache.Key("0" * 24, {})).parent
+    folder.mkdir(parents=True)
+    stale = [folder / ".tmp-abc", folder / ".old-0123-99-ff", folder / ("1" * 24 + ".link.4242.tmp")]
+    fresh = folder / ".tmp-fresh"
+    for path in [*stale[:2], fresh]:
+        path.mkdir()
+        (path / "fn0.o").write_bytes(b"x" * 10)
+    stale[2].write_text("{}")
+    hour_ago = time.time() - cache.LEFTOVER_AGE_S - 60
+    for path in stale:
+        os.utime(path, (hour_ago, hour_ago))
+    key = cache.Key("0" * 24, {"n": 1})
+    cache.store(ws, spec, key, None, shapes=[], resources=None, deps={}, seconds=1.0, arch="sm_90a")
+    assert sorted(p.name for p in folder.iterdir()) == sorted([".tmp-fresh", key.digest])

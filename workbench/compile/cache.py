@@ -443,6 +443,34 @@ def remove(ws: Workspace, spec: StageSpec, key: Key) -> None:
     shutil.rmtree(entry_dir(ws, spec, key), ignore_errors=True)
 
 
+#: a store's temporary folder (.tmp-*), an entry it moved aside (.old-*) or a link's temp file
+#: (*.tmp) older than this was left by a process killed mid-store (a store takes seconds)
+LEFTOVER_AGE_S = 3600.0
+
+
+def prune_leftovers(folder: Path, now: float | None = None) -> int:
+    """Remove what stores killed with SIGKILL left in ``folder`` (a whole entry's size each);
+    returns how many were removed. Recent ones may belong to a store in progress: kept."""
+    now = time.time() if now is None else now
+    removed = 0
+    with contextlib.suppress(OSError):
+        for path in folder.iterdir():
+            name = path.name
+            if not (name.startswith((".tmp-", ".old-")) or (name.endswith(".tmp") and ".link." in name)):
+                continue
+            try:
+                if now - path.lstat().st_mtime < LEFTOVER_AGE_S:
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed += 1
+            except OSError:
+                continue
+    return removed
+
+
 def store(
     ws: Workspace,
     spec: StageSpec,
@@ -458,6 +486,7 @@ def store(
     """Write an entry atomically (a temp folder renamed into place)."""
     final = entry_dir(ws, spec, key)
     final.parent.mkdir(parents=True, exist_ok=True)
+    prune_leftovers(final.parent)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
     try:
         kernel_info, note = None, None
