@@ -53,6 +53,24 @@ def test_plan_invariants(T, k, E):
     assert (p.expert.long()[p.inverse.long()] == ids).all()
 
 
+@pytest.mark.parametrize("bad", [-1, 8])
+def test_the_exported_ops_plan_agrees_with_the_stages_and_refuses_ids_out_of_range(bad):
+    """The exported op (stages/moe/export_op, shipped without the stages) builds its own copy of
+    make_plan: same rows, cu_seqlens and inverse. An expert id outside [0, E) left routed rows
+    that no GEMM wrote, so y was silently garbage; a device-side assert (raised at once on the
+    CPU) now refuses it."""
+    from stages.moe import export_op
+
+    ids = _random_ids(33, 4, 8, seed=5).to(torch.int32)
+    rows, cu, inverse = export_op._plan(ids, 8)
+    p = make_plan(ids, 8)
+    assert rows.tolist() == p.rows.tolist() and cu.tolist() == p.cu_seqlens.tolist()
+    assert inverse.tolist() == p.inverse.tolist()
+    ids[3, 1] = bad
+    with pytest.raises(RuntimeError, match=r"topk_ids: expected expert ids in \[0, 8\)"):
+        export_op._plan(ids, 8)
+
+
 def test_plan_empty_and_all_to_one_expert():
     """Experts nobody picked own empty ranges (cu_seqlens repeats), also the first and last."""
     ids = torch.full((5, 1), 2)

@@ -111,10 +111,14 @@ def route(logits, topk: int):
 
 
 def _plan(topk_ids, num_experts: int):
-    """stages/moe/plan.make_plan: rows (R,), cu_seqlens (E + 1,), inverse (T, k), int32."""
+    """stages/moe/plan.make_plan: rows (R,), cu_seqlens (E + 1,), inverse (T, k), int32.
+    An id outside [0, E) would leave routed rows that no GEMM writes (y silently garbage): a
+    device-side assert refuses it, as torch's own indexing does, without a host sync."""
     T, k = topk_ids.shape
     dev = topk_ids.device
     flat = topk_ids.reshape(-1).to(torch.int64)
+    torch._assert_async(((flat >= 0) & (flat < num_experts)).all(),
+                        f"wb_moe.ffn: topk_ids: expected expert ids in [0, {num_experts})")
     order = torch.argsort(flat, stable=True)
     cu = torch.searchsorted(flat[order], torch.arange(num_experts + 1, device=dev, dtype=torch.int64))
     inverse = torch.empty_like(order)
