@@ -93,12 +93,13 @@ def test_known_slurm_options_are_typed_for_submitit():
 
 
 # The job's timeout runs from when the worker accepts it (a new worker's start has its own
-# limit), so a `sleep` case is HANG at any --timeout; 4 s leaves the other cases a wide margin
-# (a nan case, diagnosis included, takes about 1 s of it on a loaded 2-core machine; a first
-# job on a GPU machine also starts CUDA).
-@pytest.mark.slow  # six cases in real workers; each HANG case waits out --timeout 4
+# limit), so a `sleep` case is HANG at any --timeout; 8 s leaves the other cases a wide margin
+# (a nan case, diagnosis included, takes about 1 s on a 2-core machine, but over 4 s with four
+# test processes on those 2 cores: it once came back HANG; a first job on a GPU machine also
+# starts CUDA).
+@pytest.mark.slow  # six cases in real workers; each HANG case waits out --timeout 8
 def test_sweep_runs_every_case_reuses_the_warm_worker_and_survives_a_hang(toy_ws, wb):
-    proc = wb("sweep", "a", "--n", "128,256", "-V", "bug=none,nan,sleep", "--timeout", "4", "--gpus", "none", "--json", timeout=400)
+    proc = wb("sweep", "a", "--n", "128,256", "-V", "bug=none,nan,sleep", "--timeout", "8", "--gpus", "none", "--json", timeout=400)
     assert proc.returncode == 1, proc.stderr
     summary = json.loads(proc.stdout)
     rows = summary["rows"]
@@ -118,7 +119,7 @@ def test_sweep_runs_every_case_reuses_the_warm_worker_and_survives_a_hang(toy_ws
     # The summary is in the stage report.
     sweep_md = (toy_ws / "runs" / "reports" / "toy-stage-a.sweep.md").read_text()
     assert f"## Sweep {summary['id']}" in sweep_md and "| n | bug | run | toy-random | toy-ones |" in sweep_md
-    assert "| 128 | sleep | HANG: no result after 4 s" in sweep_md
+    assert "| 128 | sleep | HANG: no result after 8 s" in sweep_md
     stage_md = (toy_ws / "runs" / "reports" / "toy-stage-a.md").read_text()
     assert sweep_md.strip() in stage_md
     listed = wb("runs", "-n", "10")
