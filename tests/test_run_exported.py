@@ -271,3 +271,23 @@ def test_a_configuration_that_was_not_exported_is_refused_in_one_line(toy_ws, wb
     out = make_export(toy_ws, dtypes=("fp16",))
     proc = wb("run", "a", "--exported", str(out))
     assert proc.returncode == 2 and "configuration not exported" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_module_of_the_packages_name_imported_first_is_named_and_fresh_is_not_advised(tmp_path, monkeypatch):
+    """--exported always takes a new worker, yet the refusal of a package name already in
+    sys.modules advised "run with --fresh", which changes nothing. It now names the module
+    imported first (where it came from) and what to do about it."""
+    import sys
+    import types
+
+    from workbench.errors import UserError
+    from workbench.export.exported import ExportedOp
+
+    squatter = types.ModuleType("toy_export_pkg")
+    squatter.__file__ = "/site-packages/toy_export_pkg/__init__.py"
+    monkeypatch.setitem(sys.modules, "toy_export_pkg", squatter)
+    with pytest.raises(UserError) as info:
+        ExportedOp.load(str(tmp_path), "toy_export_pkg")
+    message = str(info.value)
+    assert "--fresh" not in message and "/site-packages/toy_export_pkg/__init__.py" in message, message
+    assert "\n" not in message

@@ -102,7 +102,10 @@ class ExportedOp:
         """Import ``package`` from the folder ``out`` (the worker is a fresh process: no other
         copy of the package was imported before)."""
         if package in sys.modules:
-            raise UserError(f"--exported: a package {package!r} is already imported in this worker; run with --fresh")
+            # --exported always runs in a new worker, so --fresh would not help: something imported
+            # another module of that name first (an installed copy, a sitecustomize)
+            raise UserError(f"--exported: a module named {package!r} was imported in the new worker before the export's "
+                            f"package ({getattr(sys.modules[package], '__file__', None) or 'built in'}): uninstall or rename that one")
         sys.path.insert(0, str(Path(out).resolve()))
         try:  # a manifest edited by hand, a lib/ or _op.py of another export: the package's fault, not the kernel's CRASH
             module = importlib.import_module(package)
