@@ -26,8 +26,8 @@
 #               the sweeps alone)
 # PHASE verify96: d = 96's default sweep (16 cases) and d = 64 / 96 softcap with a window, varlen and
 #               16-key pages (sum_init=alpha is their default; about 3 minutes)
-# PHASE alphafinal: for a device budget of one call: the sweep of the kernels whose default became
-#               sum_init=alpha (d = 64 / 96, 32 cases), then `perf` (about 7 minutes)
+# PHASE alphafinal: for a device budget of one call: `perf`, then the sweep of the kernels whose default
+#               became sum_init=alpha (d = 64 / 96, 32 cases) in what time is left (about 7 minutes)
 # PHASE round3: a fresh S accumulator per overlap step (no spills at 160 registers) and causal
 #               192-row Q tiles: sweeps of consumers=3 with every schedule, both masks, and of
 #               the d=128 defaults, then d=64 benches (about 6 minutes)
@@ -323,11 +323,11 @@ verify96)
     | sweep_verdicts
   ;;
 alphafinal)
+  step "wb bench d --sweep (docs/perf.md) with every peer"
+  timeout 420 wb bench d --sweep -p dtype=bf16,fp16 --peers fa4,sdpa-cudnn,sdpa-flash --timeout 400 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   step "sweep of the kernels whose default is sum_init=alpha (d=64/96, n with tails, both masks and dtypes, GQA; 32 cases)"
   timeout 200 wb sweep d --n 17,1000,4096,8192 --d 64,96 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 --timeout 40 \
     | sweep_verdicts
-  step "wb bench d --sweep (docs/perf.md) with every peer"
-  timeout 420 wb bench d --sweep -p dtype=bf16,fp16 --peers fa4,sdpa-cudnn,sdpa-flash --timeout 400 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 d96)
   C3="-V consumers=3"  # with p_operand=auto: P through shared memory, 192 x 128, O in its own tile
