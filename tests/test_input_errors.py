@@ -381,6 +381,40 @@ def test_aliases_a_file_may_use_still_work_and_an_alias_loop_is_refused(tmp_path
         safe_load_yaml("a: " + "1" * 5000 + "\n", "f")
 
 
+def test_a_key_given_twice_in_a_yaml_file_is_refused_with_its_line(toy_ws, capsys):
+    """YAML keeps the last of two equal keys without a word: a second `timeout:` in kernel.yaml
+    silently set every stage's timeout, a second parameter replaced the first's choices. Every
+    YAML file wb reads now refuses it in one line, exit 2, naming the line; an anchor merged
+    with `<<` and then overridden is not a repeat."""
+    from workbench.schemas import SchemaError, safe_load_yaml
+
+    path = toy_ws / "stages/toy/kernel.yaml"
+    text = path.read_text()
+    lines = text.splitlines()
+    title = next(i for i, line in enumerate(lines) if line.startswith("title:"))
+    path.write_text("\n".join(lines[:title + 1] + ["title: again"] + lines[title + 1:]) + "\n")
+    err = one_line_error(capsys, "run", "a")
+    assert str(path) in err and f"line {title + 2}: the key 'title' is given twice" in err, err
+    assert safe_load_yaml("b: &b {k: 1}\nc:\n  <<: *b\n  k: 2\n", "f") == {"b": {"k": 1}, "c": {"k": 2}}
+    with pytest.raises(SchemaError, match="line 3: the key 'y' is given twice"):
+        safe_load_yaml("x:\n  y: 1\n  y: 2\n", "f")
+
+
+def test_a_broken_shapes_lock_names_the_line_and_a_huge_integer_not_pythons_advice(toy_ws, capsys):
+    """A YAML syntax error in a shapes lock said only 'not valid YAML: while parsing a flow
+    node' (kernel.yaml's said where); an integer past int()'s digits ended in Python's advice
+    to call sys.set_int_max_str_digits()."""
+    from workbench.schemas import SchemaError, safe_load_yaml
+
+    path = toy_ws / "stages/toy/shapes.lock.yaml"
+    path.write_text("kernel: toy\nstages: {a: [\n")
+    err = one_line_error(capsys, "shapes", "toy", "a", "--check", "--in-process")
+    assert str(path) in err and "(line " in err, err
+    with pytest.raises(SchemaError) as info:
+        safe_load_yaml("a: " + "1" * 5000 + "\n", "f")
+    assert "digits" in str(info.value) and "set_int_max_str_digits" not in str(info.value)
+
+
 def test_a_message_shows_only_the_start_of_a_huge_value(toy_ws, capsys):
     """`short` builds only the first characters of a value's repr: a list of 100000 items
     costs a handful of their reprs, not all of them (before, the whole repr was built and then

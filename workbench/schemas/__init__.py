@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -229,10 +230,38 @@ def _load_checked(loader: Any, source: str) -> Any:
         raise SchemaError(source, "a YAML alias refers to a node that holds it (a loop); wb refuses it")
     if expanded - len(sizes) > MAX_ALIAS_NODES:
         raise SchemaError(source, f"its YAML aliases expand to over {MAX_ALIAS_NODES:,} nodes (an alias bomb?); wb refuses it")
+    twice = _key_given_twice(node, set())
+    if twice is not None:
+        raise SchemaError(source, twice)
     try:
         return loader.construct_document(node)
     except ValueError as exc:  # e.g. an integer of more digits than int() takes
+        if "int_max_str_digits" in str(exc):  # not Python's advice to the programmer
+            raise SchemaError(source, f"not valid YAML: an integer of over {sys.get_int_max_str_digits()} digits") from None
         raise SchemaError(source, f"not valid YAML: {' '.join(str(exc).split())[:160]}") from None
+
+
+def _key_given_twice(node: Any, seen: set[int]) -> str | None:
+    """'line N: the key K is given twice ...' for the first mapping that repeats a key (YAML
+    keeps the last one without a word: a second `timeout:` silently replaced the first), or
+    None. Each distinct node is visited once (aliases are the same node)."""
+    if id(node) in seen or not isinstance(node.value, list):
+        return None
+    seen.add(id(node))
+    if node.id == "mapping":
+        keys: set[tuple[str, Any]] = set()
+        for key, _ in node.value:
+            if key.id != "scalar" or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            if (key.tag, key.value) in keys:
+                return f"line {key.start_mark.line + 1}: the key {key.value!r} is given twice (YAML would keep only the last)"
+            keys.add((key.tag, key.value))
+    for child in node.value:
+        for part in child if isinstance(child, tuple) else (child,):
+            found = _key_given_twice(part, seen)
+            if found is not None:
+                return found
+    return None
 
 
 def _expanded_nodes(node: Any, sizes: dict[int, int], open_: set[int]) -> int | None:
@@ -266,6 +295,5 @@ def load_yaml(path: Path, model: type[T], max_bytes: int, source: str | None = N
     try:
         data = safe_load_yaml(text, source)
     except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SchemaError(source, f"not valid YAML: {first}") from None
+        raise SchemaError(source, yaml_problem(exc)) from None
     return data, check(model, data, source)
