@@ -662,3 +662,10 @@ def test_stages_that_is_not_a_folder_is_named_not_taken_for_no_kernels(toy_ws, w
     (toy_ws / "stages").write_text("notes\n")
     proc = wb("list", cwd=toy_ws)
     assert "stages is not a folder (a file)" in proc.stderr, proc.stderr
+
+
+def test_shapes_refuses_a_size_given_by_n_and_by_p(toy_ws, capsys):
+    """`wb shapes KERNEL STAGE --n 256 -p n=128` compiled n = 256 and dropped the -p value
+    without a word (wb run and wb sweep refuse it). One line, exit 2, before any compile."""
+    err = one_line_error(capsys, "shapes", "toy", "a", "--n", "256", "-p", "n=128", "--in-process")
+    assert "parameter n is given twice (--n and -p n=...)" in err, err

@@ -120,6 +120,10 @@ def plan(
             raise UserError(f"no selected stage of {kernel.name} has a parameter {name!r}")
     if size is not None and not any(s.size_param in s.params for s in specs):
         raise UserError(f"no selected stage of {kernel.name} has its size parameter (--n)")
+    if size is not None:  # --n would replace the -p value without a word
+        twice = sorted({s.size_param for s in specs if s.size_param in s.params and s.size_param in overrides})
+        if twice:
+            raise UserError(f"parameter {twice[0]} is given twice (--n and -p {twice[0]}=...)")
     for name in variants:
         if not any(name in s.variants for s in specs):
             raise UserError(f"no selected stage of {kernel.name} has a variant {name!r}")
