@@ -669,3 +669,16 @@ def test_shapes_refuses_a_size_given_by_n_and_by_p(toy_ws, capsys):
     without a word (wb run and wb sweep refuse it). One line, exit 2, before any compile."""
     err = one_line_error(capsys, "shapes", "toy", "a", "--n", "256", "-p", "n=128", "--in-process")
     assert "parameter n is given twice (--n and -p n=...)" in err, err
+
+
+@pytest.mark.parametrize("target, message", [("/nonexistent-wb-test", "does not exist (a dangling link?)"),
+                                             ("kernel.yaml", "Too many levels of symbolic links")])
+def test_a_kernel_yaml_that_is_a_broken_link_is_named_not_left_out(toy_ws, capsys, target, message):
+    """A stages/KERNEL/kernel.yaml that is a dangling or self-looping link was skipped by the
+    folder scan (a glob), so the kernel vanished without a word: `wb list` said "no kernels
+    yet" and exited 0. It is now that kernel.yaml's one-line error, exit 2."""
+    path = toy_ws / "stages/toy/kernel.yaml"
+    path.unlink()
+    path.symlink_to(target)
+    err = one_line_error(capsys, "list")
+    assert str(path) in err and message in err, err

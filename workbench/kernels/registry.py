@@ -25,6 +25,7 @@ import importlib.util
 import inspect
 import itertools
 import math
+import os
 import re
 import sys
 import warnings
@@ -388,7 +389,10 @@ def load_kernels(ws: Workspace) -> Kernels:
         _warned.add(problem)
         warnings.warn(f"{problem}: the kernels live in its subfolders; move it away")
     if ws.stages_dir.is_dir():
-        for kernel_yaml in sorted(ws.stages_dir.glob("*/kernel.yaml")):
+        # lexists, not glob: glob skips a kernel.yaml that is a dangling or looping link, and the
+        # kernel vanished without a word ("no kernels yet", "unknown kernel")
+        candidates = [sub / "kernel.yaml" for sub in ws.stages_dir.iterdir() if os.path.lexists(sub / "kernel.yaml")]
+        for kernel_yaml in sorted(candidates):
             if kernel_yaml.parent.name.startswith("."):  # hidden: e.g. a `wb new kernel` cut off by SIGKILL
                 continue
             try:
