@@ -494,6 +494,23 @@ def test_force_never_replaces_a_folder_that_only_looks_like_an_export(tmp_path):
     assert (project / "webapp" / "manifest.json").exists() and (project / "dist").is_dir()
 
 
+@pytest.mark.parametrize("inside", ["stages/k/exp", "stages", "runs/x", ".wb/pkg"])
+def test_out_inside_wbs_own_folders_is_refused(tmp_path, inside):
+    """--out under stages/KERNEL/ was taken: the export's .py files then joined the kernel's
+    source hash, so the compile cache and the very runs that verified the export went stale.
+    runs/ and .wb/ are wb's to write. Each is one line, before anything is written."""
+    from workbench.errors import UserError
+    from workbench.export.build import check_out
+    from workbench.workspace import Workspace
+
+    (tmp_path / "ws" / "stages" / "k").mkdir(parents=True)
+    (tmp_path / "ws" / "wb.yaml").write_text("")
+    with pytest.raises(UserError, match="which wb keeps"):
+        check_out(Workspace(tmp_path / "ws"), tmp_path / "ws" / inside, force=False)
+    assert not (tmp_path / "ws" / inside).exists() or inside == "stages"
+    check_out(Workspace(tmp_path / "ws"), tmp_path / "ws" / "dist", force=False)  # a folder of its own
+
+
 def test_force_never_replaces_the_workspace_or_a_folder_holding_it(fmha_export, tmp_path):
     """`wb export -o . --force` inside the workspace once deleted stages/, fixtures/ and runs/
     (the workspace has a pyproject.toml, the old test of an export)."""
