@@ -494,6 +494,18 @@ def test_force_never_replaces_a_folder_that_only_looks_like_an_export(tmp_path):
     assert (project / "webapp" / "manifest.json").exists() and (project / "dist").is_dir()
 
 
+def test_a_product_of_configurations_past_the_plan_limit_is_refused_before_it_is_built():
+    """-p heads=1..128 -p kv_heads=1..128 -p window_left=-1..200 (3.3 million configurations)
+    ran for minutes and took GBs before any check; `wb sweep` refuses such a product at once."""
+    from workbench.errors import UserError
+    from workbench.export.build import expand
+
+    axis = [str(i) for i in range(1, 129)]
+    with pytest.raises(UserError, match=r"of 3293184 cases \(128 x 128 x 201\)"):
+        expand({"heads": axis, "kv_heads": axis, "window_left": [str(i) for i in range(-1, 200)]})
+    assert len(expand({"d": ["64", "128"], "causal": ["false", "true"]})) == 4
+
+
 @pytest.mark.parametrize("inside", ["stages/k/exp", "stages", "runs/x", ".wb/pkg"])
 def test_out_inside_wbs_own_folders_is_refused(tmp_path, inside):
     """--out under stages/KERNEL/ was taken: the export's .py files then joined the kernel's

@@ -50,7 +50,11 @@ class ExportResult:
 
 
 def expand(values: dict[str, list[str]]) -> list[dict[str, str]]:
-    """-p k=v1,v2 ... -> the cartesian product, one dict per configuration (given order)."""
+    """-p k=v1,v2 ... -> the cartesian product, one dict per configuration (given order);
+    over settings.MAX_CASES is refused before it is built (each configuration is a compile)."""
+    from workbench.settings import check_case_count
+
+    check_case_count([len(v) for v in values.values()], "--param's product")
     keys = list(values)
     return [dict(zip(keys, combo)) for combo in itertools.product(*(values[k] for k in keys))]
 
