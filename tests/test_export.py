@@ -494,6 +494,25 @@ def test_force_never_replaces_a_folder_that_only_looks_like_an_export(tmp_path):
     assert (project / "webapp" / "manifest.json").exists() and (project / "dist").is_dir()
 
 
+@pytest.mark.parametrize("code", [0, 3, None])
+def test_a_stage_that_calls_sys_exit_during_the_export_is_one_line_not_a_silent_exit(toy_ws, monkeypatch, code):
+    """wb export runs the stage's code in its own process (not a worker): a stage whose import or
+    compile called sys.exit(0) ended wb with exit 0 and no output, as if the export were done."""
+    from workbench.errors import UserError
+    from workbench.export import build
+    from workbench.kernels.registry import load_kernels
+    from workbench.workspace import Workspace
+
+    def exits(*args):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(build, "_export", exits)
+    ws = Workspace(toy_ws)
+    spec = load_kernels(ws)["toy"].stages[0]
+    with pytest.raises(UserError, match=rf"called sys.exit\({code!r}\) during the export; nothing was exported"):
+        build.export_stage(ws, spec, {}, {}, "sm_90a", toy_ws.parent / "out")
+
+
 def test_a_product_of_configurations_past_the_plan_limit_is_refused_before_it_is_built():
     """-p heads=1..128 -p kv_heads=1..128 -p window_left=-1..200 (3.3 million configurations)
     ran for minutes and took GBs before any check; `wb sweep` refuses such a product at once."""

@@ -196,7 +196,10 @@ def export_stage(
 ) -> ExportResult:
     """Export the cartesian product ``given`` of ``spec``'s compile-time parameters."""
     with _stage_imports(ws):
-        return _export(ws, spec, given, variants, arch, out, allow_unverified, force, on_event)
+        try:
+            return _export(ws, spec, given, variants, arch, out, allow_unverified, force, on_event)
+        except SystemExit as exc:  # the stage's code runs in this process: its exit is not wb's success
+            raise UserError(f"{spec.id}: the stage's code called sys.exit({exc.code!r}) during the export; nothing was exported") from None
 
 
 @contextlib.contextmanager
