@@ -513,6 +513,30 @@ def test_a_stage_that_calls_sys_exit_during_the_export_is_one_line_not_a_silent_
         build.export_stage(ws, spec, {}, {}, "sm_90a", toy_ws.parent / "out")
 
 
+def test_a_failed_export_removes_the_folders_it_made_to_hold_out(toy_ws, monkeypatch, tmp_path):
+    """--out a/b/pkg: a failed build removed its staging folder but left a/b, made for it."""
+    from workbench.export import build
+
+    def fails(*args):
+        raise RuntimeError("the compile failed")
+
+    monkeypatch.setattr(build, "check_tools", lambda: None)
+    monkeypatch.setattr(build, "check_out", lambda *args: None)
+    monkeypatch.setattr(build, "load_op_module", lambda spec, stage: (None, None, None))
+    monkeypatch.setattr(build, "plan", lambda *args: [{"id": "c0", "key": {}, "params": {}, "_all": {}}])
+    monkeypatch.setattr(build, "_build", fails)
+    monkeypatch.setattr("workbench.export.verified.passing_runs", lambda *args: ["r"])
+    from workbench.kernels.registry import load_kernels
+    from workbench.workspace import Workspace
+
+    ws = Workspace(toy_ws)
+    spec = load_kernels(ws)["toy"].stages[0]
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RuntimeError, match="the compile failed"):
+        build.export_stage(ws, spec, {}, {}, "sm_90a", tmp_path / "kept" / "a" / "b" / "pkg")
+    assert list((tmp_path / "kept").iterdir()) == []
+
+
 def test_a_product_of_configurations_past_the_plan_limit_is_refused_before_it_is_built():
     """-p heads=1..128 -p kv_heads=1..128 -p window_left=-1..200 (3.3 million configurations)
     ran for minutes and took GBs before any check; `wb sweep` refuses such a product at once."""

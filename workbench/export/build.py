@@ -256,7 +256,9 @@ def _export(ws, spec, given, variants, arch, out, allow_unverified, force, on_ev
             "or pass --allow-unverified (the package then warns at import)"
         )
 
-    # built beside --out and moved there at the end: a failed export leaves nothing behind
+    # built beside --out and moved there at the end: a failed export leaves nothing behind,
+    # not even the folders made to hold it
+    made = [p for p in reversed(out.absolute().parents) if not p.exists()]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -266,6 +268,9 @@ def _export(ws, spec, given, variants, arch, out, allow_unverified, force, on_ev
         manifest = _build(ws, spec, stage, export, op_path, op, configs, variants, arch, staging, emit)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in reversed(made):  # deepest first; one another process filled stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     if out.exists():
         shutil.rmtree(out)
