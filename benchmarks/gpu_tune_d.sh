@@ -28,6 +28,7 @@
 #               16-key pages (sum_init=alpha is their default; about 3 minutes)
 # PHASE alphafinal: for a device budget of one call: `perf`, then the sweep of the kernels whose default
 #               became sum_init=alpha (d = 64 / 96, 32 cases) in what time is left (about 7 minutes)
+# PHASE alphamini: alphafinal cut to a device budget of 5 minutes: perf's bf16 rows, then 24 sweep cases
 # PHASE round3: a fresh S accumulator per overlap step (no spills at 160 registers) and causal
 #               192-row Q tiles: sweeps of consumers=3 with every schedule, both masks, and of
 #               the d=128 defaults, then d=64 benches (about 6 minutes)
@@ -329,6 +330,12 @@ alphafinal)
   timeout 200 wb sweep d --n 17,1000,4096,8192 --d 64,96 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 --timeout 40 \
     | sweep_verdicts
   ;;
+alphamini)
+  step "wb bench d --sweep, bf16 only, every peer"
+  timeout 200 wb bench d --sweep -p dtype=bf16 --peers fa4,sdpa-cudnn,sdpa-flash --timeout 190 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
+  step "sweep of the kernels whose default is sum_init=alpha (d=64/96, n 17/1000/8192, both masks and dtypes, GQA; 24 cases)"
+  timeout 120 wb sweep d --n 17,1000,8192 --d 64,96 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 --timeout 40 | sweep_verdicts
+  ;;
 d96)
   C3="-V consumers=3"  # with p_operand=auto: P through shared memory, 192 x 128, O in its own tile
   step "sweep of the 192-row causal candidates (n with tails, GQA; 16 cases)"
@@ -565,6 +572,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
