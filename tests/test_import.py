@@ -211,6 +211,43 @@ def test_a_folder_that_cannot_be_listed_refuses_the_import(ws, tmp_path, monkeyp
     assert run_ids(ws.runs_dir) == []
 
 
+def test_a_source_nested_past_the_depth_limit_is_refused_and_a_deep_leftover_is_removed(ws, tmp_path):
+    """A run folder holding 1500 nested folders (or an archive member that deep) raised
+    RecursionError in the walk and again in the staging folder's removal, a traceback; the
+    staging folder left in .wb/ then raised it in every later import. The depth is refused in one
+    line, and a deep leftover of an older wb is removed by the next import, which goes on."""
+    import os
+
+    ids = make_runs(tmp_path / "src", 1)
+
+    def nest(top: Path, levels: int) -> None:
+        here = os.getcwd()
+        os.chdir(top)
+        try:
+            for _ in range(levels):
+                os.mkdir("a")
+                os.chdir("a")
+            Path("f").write_text("x")
+        finally:
+            os.chdir(here)
+
+    nest(tmp_path / "src/runs" / ids[0], 1500)
+    with pytest.raises(UserError, match="is nested over 32 folders deep; nothing was imported"):
+        import_runs(ws, tmp_path / "src")
+    deep = tarfile.TarInfo("runs/" + ids[0] + "/" + "a/" * 1200 + "f")
+    with tarfile.open(tmp_path / "deep.tgz", "w:gz") as tar:
+        tar.addfile(deep, io.BytesIO(b""))
+    with pytest.raises(UserError, match="is nested over 32 folders deep; nothing was imported"):
+        import_runs(ws, tmp_path / "deep.tgz")
+    assert run_ids(ws.runs_dir) == []
+    ws.state_dir.mkdir(parents=True, exist_ok=True)
+    (ws.state_dir / "import-old").mkdir()
+    nest(ws.state_dir / "import-old", 1500)  # what an older wb left behind
+    good = make_runs(tmp_path / "good", 1)
+    import_runs(ws, tmp_path / "good")
+    assert run_ids(ws.runs_dir) == good and not (ws.state_dir / "import-old").exists()
+
+
 def test_path_traversal_in_an_archive_is_refused(ws, tmp_path):
     evil = tmp_path / "evil.tgz"
     with tarfile.open(evil, "w:gz") as tar:

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import tarfile
 import tempfile
 import warnings
@@ -79,10 +80,22 @@ def _refuse_link(source: Path, name: str) -> UserError:
     return UserError(f"{source}: {name} is a link: wb imports regular files and folders only; nothing was imported")
 
 
+#: folders a source may nest below its top: a run folder is runs/<id>/artifacts/<stage>/...; far
+#: deeper (1500 levels) made Python's recursive walk and removal raise RecursionError, and the
+#: staging folder left behind broke every later import
+MAX_DEPTH = 32
+
+
+def _refuse_depth(source: Path, name: str) -> UserError:
+    return UserError(f"{source}: {name[:120]} is nested over {MAX_DEPTH} folders deep; nothing was imported")
+
+
 def _extract_tar(source: Path, into: Path, budget: _Budget) -> None:
     try:
         with tarfile.open(source) as tar:
             for member in tar:
+                if len(Path(member.name).parts) > MAX_DEPTH + 1:
+                    raise _refuse_depth(source, member.name)
                 if member.issym() or member.islnk():
                     raise _refuse_link(source, member.name)
                 if not (member.isfile() or member.isdir()):
@@ -106,6 +119,8 @@ def _copy_folder(source: Path, into: Path, budget: _Budget) -> None:
 
     for folder, dirs, files in os.walk(source, onerror=unlistable, followlinks=False):
         rel = Path(folder).relative_to(source)
+        if len(rel.parts) >= MAX_DEPTH and dirs:  # top-down: refused before the walk goes deeper
+            raise _refuse_depth(source, str(rel / dirs[0]))
         (into / rel).mkdir(parents=True, exist_ok=True)
         for name in [*dirs, *files]:
             path = Path(folder) / name
@@ -272,12 +287,21 @@ def _pending(ws: Workspace) -> Path:
     return ws.state_dir / "import-pending.json"
 
 
+def _remove_tree(path: Path) -> None:
+    """shutil.rmtree, and rm -rf where the tree is deeper than Python's recursion (a staging
+    folder an older wb left from a source nested 1500 deep)."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:
+        subprocess.run(["rm", "-rf", "--", str(path)], check=False)
+
+
 def _finish_killed_import(ws: Workspace) -> None:
     """An import killed with SIGKILL (under the import lock, nothing else imports now): its
     staging folders are removed, and the runs it had moved into runs/ are published."""
     for stale in ws.state_dir.glob("import-*"):
         if stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove_tree(stale)
     pending = _pending(ws)
     if not pending.is_file():
         return
