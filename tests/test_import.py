@@ -8,6 +8,7 @@ from outside the imported folder (issue "Trust nothing that comes in", items 3 a
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 import zlib
@@ -246,6 +247,32 @@ def test_a_source_nested_past_the_depth_limit_is_refused_and_a_deep_leftover_is_
     good = make_runs(tmp_path / "good", 1)
     import_runs(ws, tmp_path / "good")
     assert run_ids(ws.runs_dir) == good and not (ws.state_dir / "import-old").exists()
+
+
+def test_bench_records_without_provenance_or_with_no_speed_import_without_nonsense(ws, tmp_path):
+    """A bench record without `provenance` raised KeyError (a traceback) in the speed block;
+    tflops of NaN, inf, -5 or 1e308 (the schema reads them) reached MEMORY.md as 'nan ×nan',
+    '-5 ×-0.01' or a 309-digit cell, and a peer of -1 gave '×-500.00'. Now the card is '?' and a
+    value that is no speed shows the case's verdict, as the perf doc does."""
+    bench = lambda t, peer: [{"case": "n=128", "verdict": "PASS", "tflops": t, "peers": {"p": {"tflops": peer}}}]  # noqa: E731
+    make_runs(tmp_path / "src", 1, kind="bench", bench=bench(float("nan"), -1.0))
+    record = tmp_path / "src/runs/20261203-090000-000000/run.json"
+    data = json.loads(record.read_text())
+    del data["provenance"]
+    record.write_text(json.dumps(data))
+    import_runs(ws, tmp_path / "src")
+    text = ws.memory_path.read_text()
+    assert "toy/stage-a · n=128 · ?" in memory.data_path(ws.memory_path).read_text()
+    assert "nan" not in text and "×-" not in text
+    for i, (t, peer) in enumerate([(float("inf"), 5.0), (-5.0, 5.0), (1e308, 5.0), (400.0, -1.0)]):
+        make_runs(tmp_path / f"src{i}", 1, kind="bench", bench=bench(t, peer),
+                  started=f"2026-12-03T09:0{i + 1}:00+00:00")
+        src = tmp_path / f"src{i}/runs"
+        src.joinpath("20261203-090000-000000").rename(src / f"20261203-0901{i:02d}-000000")
+        import_runs(ws, tmp_path / f"src{i}")
+        text = ws.memory_path.read_text()
+        assert "inf" not in text and "×-" not in text and "-5" not in text and not re.search(r"\d{12}", text), text
+    assert "| 400 |" in text, text  # a real speed beside a peer that is none: no ratio
 
 
 def test_path_traversal_in_an_archive_is_refused(ws, tmp_path):

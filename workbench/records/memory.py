@@ -724,10 +724,13 @@ def render_speed(data: dict[str, Any]) -> str:
 def _speed_text(entry: dict | None) -> str:
     if entry is None:
         return ""
-    tflops = entry.get("tflops")
-    if not tflops:
+    from workbench.records.charts import speed  # NaN, inf, 0, -5 or 1e308 from an imported record: no speed
+
+    tflops = speed(entry.get("tflops"))
+    if tflops is None:
         return cell(entry.get("verdict") or "-", 32)
-    timed = [t for t in (entry.get("peers") or {}).values() if t]
+    peers = entry.get("peers")
+    timed = [t for t in map(speed, (peers.values() if isinstance(peers, dict) else ())) if t is not None]
     return f"{tflops:.0f}" + (f" ×{tflops / max(timed):.2f}" if timed else "")
 
 

@@ -27,7 +27,8 @@ def speed_edit(records: list[dict[str, Any]], ws=None):
     def merge(old: Any) -> dict:
         data = old if isinstance(old, dict) else {}
         for record in filter(measured, records):
-            card = record["provenance"].get("gpu") or "?"
+            provenance = record.get("provenance") if isinstance(record.get("provenance"), dict) else {}
+            card = provenance.get("gpu") or "?"
             for case in record.get("bench", []):
                 key = f"{record['stage']} · {case['case']} · {card}"
                 data[key] = {
@@ -35,7 +36,7 @@ def speed_edit(records: list[dict[str, Any]], ws=None):
                     "verdict": case.get("verdict"),
                     "peers": {k: v.get("tflops") for k, v in (case.get("peers") or {}).items()},
                     "run": record["id"],
-                    "commit": short_commit(record["provenance"]) or None,
+                    "commit": short_commit(provenance) or None,
                     "date": (record.get("started") or "")[:10],
                 }
                 if case.get("row") is not None:
