@@ -517,3 +517,28 @@ def test_a_perf_doc_from_a_record_with_impossible_speeds_or_no_provenance(tmp_pa
     assert rows[1].endswith("| PASS | - |") and rows[2].endswith("| PASS | - |"), rows
     assert "Card: unknown (the record names none)" in doc  # no provenance: not a KeyError
     draw_speed_chart(tmp_path / "speed.png", record)  # no exception (None without matplotlib)
+
+
+def test_a_recorded_sweep_with_no_speed_in_any_case_is_refused(stage_d, wb, monkeypatch):
+    """`--from` refused a sweep whose cases have tflops 0 or none, but one of NaN, inf, -5 or
+    1e308 (the record's schema reads them) passed the truthiness test and replaced docs/perf.md
+    with a table of verdicts and '-' ratios. Each is refused now, the doc left as it was."""
+    ws, _, _, _ = stage_d
+    monkeypatch.setattr(bench, "run_job", _processes_hanging_at(99, []))
+    as_if_a_gpu(monkeypatch)
+    timed = wb("bench", "d", "--sweep", "--peers", "fa4", "--json", cwd=ws.root)
+    assert timed.returncode == 0, timed.stdout + timed.stderr
+    sweep = json.loads(timed.stdout)
+    doc = ws.root / "docs" / "perf.md"
+    written = doc.read_text()
+    from workbench.records.store import RECORD
+
+    record_file = ws.runs_dir / sweep["id"] / RECORD
+    record = json.loads(record_file.read_text())
+    for value in ("NaN", "Infinity", "-5", "1e308"):
+        for case in record["bench"]:
+            case["tflops"] = "@@"
+        record_file.write_text(json.dumps(record).replace('"@@"', value))
+        refused = wb("bench", "d", "--sweep", "--from", sweep["id"], cwd=ws.root)
+        assert refused.returncode == 2 and "timed no case" in refused.stderr, (value, refused.stderr)
+        assert doc.read_text() == written

@@ -607,7 +607,9 @@ def recorded_sweep(ws, spec, selector: str, kernel) -> dict[str, Any]:
     # a record of a wb before the bench_sweep field is the sweep when its cases hold every row of it
     if record.get("bench_sweep") is False or (record.get("bench_sweep") is None and not _covers_the_sweep(record, kernel)):
         raise UserError(f"{run} timed bench cases, not the kernel's sweep (`wb bench --sweep`): its perf doc would be partial")
-    if record.get("verdict") not in ("PASS", "FAIL") or not any(c.get("tflops") for c in record.get("bench") or []):
+    from workbench.records.charts import speed  # NaN, inf, -5, 1e308: read by the schema, no speed
+
+    if record.get("verdict") not in ("PASS", "FAIL") or not any(speed(c.get("tflops")) for c in record.get("bench") or []):
         raise UserError(f"{run} ({record.get('verdict')}) timed no case: no perf doc to write from it")
     return record
 
