@@ -448,11 +448,10 @@ def remove(ws: Workspace, spec: StageSpec, key: Key) -> None:
 LEFTOVER_AGE_S = 3600.0
 
 
-def prune_leftovers(folder: Path, now: float | None = None) -> int:
-    """Remove what stores killed with SIGKILL left in ``folder`` (a whole entry's size each);
-    returns how many were removed. Recent ones may belong to a store in progress: kept."""
-    now = time.time() if now is None else now
-    removed = 0
+def prune_leftovers(folder: Path) -> None:
+    """Remove what stores killed with SIGKILL left in ``folder`` (a whole entry's size each).
+    Recent ones may belong to a store in progress: kept."""
+    now = time.time()
     with contextlib.suppress(OSError):
         for path in folder.iterdir():
             name = path.name
@@ -465,10 +464,8 @@ def prune_leftovers(folder: Path, now: float | None = None) -> int:
                     shutil.rmtree(path)
                 else:
                     path.unlink()
-                removed += 1
             except OSError:
                 continue
-    return removed
 
 
 def store(

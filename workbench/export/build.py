@@ -293,7 +293,7 @@ def check_out(ws, out: Path, force: bool) -> None:
     # wb's own folders: .py files under stages/KERNEL/ change the kernel's source hash (the
     # compile cache and the runs that verify the export go stale); runs/ and .wb/ are wb's to write
     for owned in (ws.stages_dir, ws.runs_dir, ws.root / ".wb"):
-        if where == owned.resolve() or owned.resolve() in where.parents:
+        if owned.resolve() in (where, *where.parents):
             raise UserError(f"--out {out} is inside {owned.relative_to(ws.root)}/, which wb keeps: "
                             "choose a folder of its own for the export (e.g. dist/)")
     try:

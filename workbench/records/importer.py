@@ -94,7 +94,8 @@ def _extract_tar(source: Path, into: Path, budget: _Budget) -> None:
     try:
         with tarfile.open(source) as tar:
             for member in tar:
-                if len(Path(member.name).parts) > MAX_DEPTH + 1:
+                folders = len(Path(member.name).parts) - (0 if member.isdir() else 1)
+                if folders > MAX_DEPTH:  # as _copy_folder counts them
                     raise _refuse_depth(source, member.name)
                 if member.issym() or member.islnk():
                     raise _refuse_link(source, member.name)
@@ -119,7 +120,7 @@ def _copy_folder(source: Path, into: Path, budget: _Budget) -> None:
 
     for folder, dirs, files in os.walk(source, onerror=unlistable, followlinks=False):
         rel = Path(folder).relative_to(source)
-        if len(rel.parts) >= MAX_DEPTH and dirs:  # top-down: refused before the walk goes deeper
+        if len(rel.parts) + 1 > MAX_DEPTH and dirs:  # a subfolder past the limit; top-down: before the walk goes deeper
             raise _refuse_depth(source, str(rel / dirs[0]))
         (into / rel).mkdir(parents=True, exist_ok=True)
         for name in [*dirs, *files]:

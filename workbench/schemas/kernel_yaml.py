@@ -291,23 +291,25 @@ class KernelFile(_Keys):
             if "default" not in merged:
                 raise _expected(f"a default value (the kernel has no parameter {name})", at=(*at, "default"))
             params[name] = Param.model_construct(**merged)
+        def at(name: str) -> tuple:
+            return ("stages", i, "parameters", name) if name in stage.parameters else ("parameters", name)
+
+        copies: dict[str, str] = {}  # name -> the parameter its '=' default copies
         for name, param in params.items():
-            _check_bounds(param, ("stages", i, "parameters", name) if name in stage.parameters else ("parameters", name))
-            copied = param.default[1:] if isinstance(param.default, str) and param.default.startswith("=") else None
-            if copied is not None and copied not in params:
-                where = ("stages", i, "parameters", name, "default") if name in stage.parameters else ("parameters", name, "default")
-                raise _expected("'=NAME' naming a parameter of this stage", at=where, got=param.default)
+            _check_bounds(param, at(name))
+            if isinstance(param.default, str) and param.default.startswith("="):
+                copies[name] = param.default[1:]
+                if copies[name] not in params:
+                    raise _expected("'=NAME' naming a parameter of this stage", at=(*at(name), "default"), got=param.default)
         # '=' defaults that name each other in a ring resolve to nothing (the stage's defaults
         # would fail at its first compile, not here)
-        copies = {name: p.default[1:] for name, p in params.items() if isinstance(p.default, str) and p.default.startswith("=")}
         for start in copies:
             chain = [start]
             while chain[-1] in copies and copies[chain[-1]] not in chain:
                 chain.append(copies[chain[-1]])
             if chain[-1] in copies:  # the next one is already in the chain: a ring
-                where = ("stages", i, "parameters", start, "default") if start in stage.parameters else ("parameters", start, "default")
                 raise _expected(f"'=' defaults that resolve to a value ({' -> '.join(chain + [copies[chain[-1]]])} name each other)",
-                                at=where, got=params[start].default)
+                                at=(*at(start), "default"), got=params[start].default)
         return params
 
 
