@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tarfile
 import zlib
 from pathlib import Path
@@ -217,8 +218,6 @@ def test_a_source_nested_past_the_depth_limit_is_refused_and_a_deep_leftover_is_
     RecursionError in the walk and again in the staging folder's removal, a traceback; the
     staging folder left in .wb/ then raised it in every later import. The depth is refused in one
     line, and a deep leftover of an older wb is removed by the next import, which goes on."""
-    import os
-
     ids = make_runs(tmp_path / "src", 1)
 
     def nest(top: Path, levels: int) -> None:
@@ -232,21 +231,27 @@ def test_a_source_nested_past_the_depth_limit_is_refused_and_a_deep_leftover_is_
         finally:
             os.chdir(here)
 
-    nest(tmp_path / "src/runs" / ids[0], 1500)
-    with pytest.raises(UserError, match="is nested over 32 folders deep; nothing was imported"):
-        import_runs(ws, tmp_path / "src")
-    deep = tarfile.TarInfo("runs/" + ids[0] + "/" + "a/" * 1200 + "f")
-    with tarfile.open(tmp_path / "deep.tgz", "w:gz") as tar:
-        tar.addfile(deep, io.BytesIO(b""))
-    with pytest.raises(UserError, match="is nested over 32 folders deep; nothing was imported"):
-        import_runs(ws, tmp_path / "deep.tgz")
-    assert run_ids(ws.runs_dir) == []
-    ws.state_dir.mkdir(parents=True, exist_ok=True)
-    (ws.state_dir / "import-old").mkdir()
-    nest(ws.state_dir / "import-old", 1500)  # what an older wb left behind
-    good = make_runs(tmp_path / "good", 1)
-    import_runs(ws, tmp_path / "good")
-    assert run_ids(ws.runs_dir) == good and not (ws.state_dir / "import-old").exists()
+    try:
+        nest(tmp_path / "src/runs" / ids[0], 1500)
+        with pytest.raises(UserError, match="is nested over 32 folders deep; nothing was imported"):
+            import_runs(ws, tmp_path / "src")
+        deep = tarfile.TarInfo("runs/" + ids[0] + "/" + "a/" * 1200 + "f")
+        with tarfile.open(tmp_path / "deep.tgz", "w:gz") as tar:
+            tar.addfile(deep, io.BytesIO(b""))
+        with pytest.raises(UserError, match="is nested over 32 folders deep; nothing was imported"):
+            import_runs(ws, tmp_path / "deep.tgz")
+        assert run_ids(ws.runs_dir) == []
+        ws.state_dir.mkdir(parents=True, exist_ok=True)
+        (ws.state_dir / "import-old").mkdir()
+        nest(ws.state_dir / "import-old", 1500)  # what an older wb left behind
+        good = make_runs(tmp_path / "good", 1)
+        import_runs(ws, tmp_path / "good")
+        assert run_ids(ws.runs_dir) == good and not (ws.state_dir / "import-old").exists()
+    finally:
+        # pytest's own tmp cleanup (a recursive rmtree on Python 3.11) raises RecursionError on
+        # a tree this deep when it prunes old sessions, which failed a whole CI run.
+        for deep_tree in (tmp_path / "src", ws.state_dir / "import-old"):
+            subprocess.run(["rm", "-rf", "--", str(deep_tree)], check=True)
 
 
 def test_bench_records_without_provenance_or_with_no_speed_import_without_nonsense(ws, tmp_path):
