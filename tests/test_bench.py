@@ -542,3 +542,41 @@ def test_a_recorded_sweep_with_no_speed_in_any_case_is_refused(stage_d, wb, monk
         refused = wb("bench", "d", "--sweep", "--from", sweep["id"], cwd=ws.root)
         assert refused.returncode == 2 and "timed no case" in refused.stderr, (value, refused.stderr)
         assert doc.read_text() == written
+
+
+def test_a_perf_doc_or_chart_path_that_is_a_folder_is_one_line_and_leaves_nothing_behind(tmp_path):
+    """docs/perf.png being a folder raised IsADirectoryError from the chart's rename, a
+    traceback, and left docs/perf.png.tmp.png behind; perf.md being a folder failed only after
+    the chart had been replaced. Each is one UserError now, naming the path, before either
+    file is touched."""
+    from types import SimpleNamespace
+
+    kernel, spec = fmha()
+    ws = SimpleNamespace(root=tmp_path)
+    record = fake_bench_record()
+    docs = (tmp_path / bench.perf_doc_path(kernel, spec)).parent
+    written = bench.write_perf_doc(ws, kernel, spec, record)
+    for blocked in (written.name, written.with_suffix(".png").name):
+        before = {p.name: p.stat().st_mtime_ns for p in docs.iterdir() if p.is_file()}
+        target = docs / blocked
+        target.unlink()
+        target.mkdir()
+        with pytest.raises(UserError, match=f"cannot write {target.relative_to(tmp_path)}: it is a folder"):
+            bench.write_perf_doc(ws, kernel, spec, record)
+        after = {p.name: p.stat().st_mtime_ns for p in docs.iterdir() if p.is_file()}
+        assert after == {k: v for k, v in before.items() if k != blocked}, sorted(after)
+        target.rmdir()
+        bench.write_perf_doc(ws, kernel, spec, record)
+
+
+def test_a_picture_that_cannot_be_renamed_into_place_leaves_no_temporary_file(tmp_path):
+    """pictures.save renamed its temporary PNG over the target; a folder there raised
+    IsADirectoryError and left the .tmp.png behind. Now one UserError, and no leftover."""
+    pytest.importorskip("matplotlib")
+    from workbench.diagnose import pictures
+
+    plt = pictures.pyplot()
+    (tmp_path / "x.png").mkdir()
+    with pytest.raises(UserError, match="cannot write .*x.png"):
+        pictures.save(plt.figure(), tmp_path / "x.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]

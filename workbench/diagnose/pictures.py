@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from workbench.errors import UserError
+
 MAX_SIDE = 768
 MAGENTA = (1.0, 0.0, 1.0)
 CYAN = (0.0, 0.9, 1.0)
@@ -96,6 +98,9 @@ def save(fig, path: Path) -> Path:
     try:
         fig.savefig(tmp, dpi=100)
         tmp.replace(path)
+    except OSError as exc:  # a folder or a read-only file where the picture goes
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         plt.close(fig)
     return path

@@ -622,6 +622,9 @@ def write_perf_doc(ws, kernel, spec, record: dict[str, Any]):
 
     perf = ws.root / perf_doc_path(kernel, spec)
     perf_markdown(record, kernel)  # what the record lacks fails here, before the chart is replaced
+    for path in (perf, perf.with_suffix(".png")):  # checked before either is replaced
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise UserError(f"cannot write {path.relative_to(ws.root)}: it is a folder or no plain file; move it away")
     chart = draw_speed_chart(perf.with_suffix(".png"), record, tuple(kernel.bench.yardsticks))
     atomic_write_text(perf, perf_markdown(record, kernel, chart.name if chart else None), follow_link=True)
     return perf
