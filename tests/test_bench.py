@@ -580,3 +580,26 @@ def test_a_picture_that_cannot_be_renamed_into_place_leaves_no_temporary_file(tm
     with pytest.raises(UserError, match="cannot write .*x.png"):
         pictures.save(plt.figure(), tmp_path / "x.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+
+
+def test_a_perf_doc_from_a_hostile_record_keeps_its_table_and_lines(tmp_path):
+    """A record brought by `wb import` is another machine's text: a card name, note, peer
+    reason or case value holding '|', a line break or '<!--' split the perf doc's table rows,
+    opened a heading or hid the rest of the doc in a comment. MEMORY.md escaped such values;
+    the perf doc now does the same, so each row keeps its column count."""
+    kernel, _ = fmha()
+    record = fake_bench_record()
+    record["provenance"]["gpu"] = "H200 | evil\n# heading <!--"
+    record["notes"] = ["line one\n| a | b |\n<!-- hidden"]
+    case = record["bench"][0]
+    case["peers"]["sdpa-flash"] = {"skipped": "no\n\n# second heading"}
+    case["params"]["dtype"] = "bf16|x"
+    case["verdict"] = "PASS\n| forged |"
+    case["tflops"] = None
+    doc = bench.perf_markdown(record, kernel)
+    lines = doc.splitlines()
+    assert not [line for line in lines if line.startswith("#")][1:], doc  # the title is the only heading
+    assert "<!--" not in doc
+    table = [line for line in lines if line.startswith("|")]
+    widths = {len(line.replace("\\|", "").split("|")) for line in table}
+    assert len(table) == 3 and len(widths) == 1, table  # header, rule, one row: same width
