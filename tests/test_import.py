@@ -287,9 +287,22 @@ def test_path_traversal_in_an_archive_is_refused(ws, tmp_path):
         info = tarfile.TarInfo("runs/../../escaped.txt")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
-    with pytest.raises(UserError, match="refused: .*escaped.txt.* outside the destination; nothing was imported"):
+    with pytest.raises(UserError, match=r"runs/\.\./\.\./escaped.txt climbs out of its folder \('\.\.'\); nothing was imported"):
         import_runs(ws, evil)
     assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_an_archive_member_beside_runs_is_refused_not_silently_dropped(ws, tmp_path):
+    """`runs/../<id>/run.json` stayed inside the staging folder, so the tar filter let it
+    through, but no run is read beside runs/: the run was dropped and the import said
+    "nothing new". Any '..' in a member's name now refuses the import in one line."""
+    ids = make_runs(tmp_path / "src", 1)
+    with tarfile.open(tmp_path / "odd.tgz", "w:gz") as tar:
+        tar.add(tmp_path / "src/runs", arcname="runs")
+        tar.add(tmp_path / "src/runs" / ids[0], arcname=f"runs/../{ids[0][:-1]}9")
+    with pytest.raises(UserError, match=r"climbs out of its folder \('\.\.'\); nothing was imported"):
+        import_runs(ws, tmp_path / "odd.tgz")
+    assert run_ids(ws.runs_dir) == []
 
 
 def test_cli_import_errors_are_one_line(ws, tmp_path, capsys, monkeypatch):
@@ -372,7 +385,26 @@ def test_import_json_names_each_imported_run_and_what_was_left_out(ws, tmp_path,
     assert [(r["id"], r["stage"], r["verdict"]) for r in out["imported"]] == [(i, "toy/stage-a", "PASS") for i in ids]
     assert out["without_record"] == ["20261203-095959-000009"] and out["not_runs"] == ["notanid"]
     again = json.loads(wb("import", str(tmp_path / "src"), "--json", cwd=ws.root).stdout)
-    assert again["imported"] == []  # runs already here are skipped
+    assert again["imported"] == [] and again["already_here"] == ids and again["taken"] == []  # runs already here are skipped
+
+
+def test_a_run_whose_id_is_taken_here_by_another_run_is_named_not_silently_dropped(ws, tmp_path, wb):
+    """A run id this workspace holds for a different run (another machine's run of the same
+    microsecond, a record edited since) was skipped like a run already here, and the import
+    said "nothing new": the incoming run was lost without a word. The summary now tells the
+    two apart and names the ids it left out."""
+    ids = make_runs(tmp_path / "src", count=2)
+    assert wb("import", str(tmp_path / "src"), cwd=ws.root).returncode == 0
+    other = make_runs(tmp_path / "other", count=2, verdict="FAIL")
+    proc = wb("import", str(tmp_path / "other"), cwd=ws.root)
+    text = " ".join(proc.stdout.split())
+    assert proc.returncode == 0 and "imported 0 run(s)" in text, proc.stdout + proc.stderr
+    assert f"not imported: 2 run(s) whose ids runs/ holds for other runs" in text and other[0] in text, text
+    out = json.loads(wb("import", str(tmp_path / "src"), "--json", cwd=ws.root).stdout)
+    assert out["already_here"] == ids and out["taken"] == []
+    out = json.loads(wb("import", str(tmp_path / "other"), "--json", cwd=ws.root).stdout)
+    assert out["already_here"] == [] and out["taken"] == other
+    assert "(2 already here)" in " ".join(wb("import", str(tmp_path / "src"), cwd=ws.root).stdout.split())
 
 
 def test_an_import_into_a_runs_folder_wb_cannot_write_names_it(ws, tmp_path, monkeypatch):

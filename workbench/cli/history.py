@@ -198,13 +198,20 @@ def import_(
             "imported": [{k: r.get(k) for k in ("id", "stage", "kind", "verdict", "bench_sweep")} for r in done.records],
             "without_record": done.without_record,
             "not_runs": done.not_runs,
+            "already_here": done.already_here,
+            "taken": done.taken,
         })
         return
     by_verdict: dict[str, int] = {}
     for r in done.records:
         by_verdict[r["verdict"]] = by_verdict.get(r["verdict"], 0) + 1
     summary = ", ".join(f"{v} {k}" for k, v in sorted(by_verdict.items())) or "nothing new"
-    console.print(f"imported {len(done.records)} run(s) into {escape(str(ws.runs_dir))}: {summary}")
+    already = f" ({len(done.already_here)} already here)" if done.already_here else ""
+    console.print(f"imported {len(done.records)} run(s) into {escape(str(ws.runs_dir))}: {summary}{already}")
+    if done.taken:
+        console.print(f"[yellow]not imported: {len(done.taken)} run(s) whose ids runs/ holds for other runs[/] "
+                      "(rename the folder in the source to a free id to bring one in): "
+                      + ", ".join(done.taken[:5]) + (" ..." if len(done.taken) > 5 else ""))
     for r in done.records:
         if r.get("kind") == "bench" and r.get("bench_sweep") is True:
             console.print(f"run {escape(str(r.get('id')))} is a `wb bench --sweep` of {escape(str(r.get('stage')))}: "

@@ -97,6 +97,8 @@ def _extract_tar(source: Path, into: Path, budget: _Budget) -> None:
                 folders = len(Path(member.name).parts) - (0 if member.isdir() else 1)
                 if folders > MAX_DEPTH:  # as _copy_folder counts them
                     raise _refuse_depth(source, member.name)
+                if ".." in Path(member.name).parts:  # runs/../<id> lands beside runs/, where no run is read
+                    raise UserError(f"{source}: {member.name[:120]} climbs out of its folder ('..'); nothing was imported")
                 if member.issym() or member.islnk():
                     raise _refuse_link(source, member.name)
                 if not (member.isfile() or member.isdir()):
@@ -155,6 +157,8 @@ class Imported:
     records: list[dict]  # oldest first
     without_record: list[str]  # run folders that had no run.json (still running or killed where they were made)
     not_runs: list[str] = field(default_factory=list)  # folders in runs/ whose names are no run ids: left out
+    already_here: list[str] = field(default_factory=list)  # the same run.json is in runs/ already
+    taken: list[str] = field(default_factory=list)  # runs/ holds another run of this id: left out
 
 
 def import_runs(ws: Workspace, source: Path, limits: Limits | None = None) -> Imported:
@@ -199,9 +203,10 @@ def _import_locked(ws: Workspace, source: Path, limits: Limits) -> Imported:
             _copy_folder(source.resolve(), staged, budget)
         runs = _runs_dir_in(staged, source)
         have = set(run_ids(ws.runs_dir))
-        records, without = [], []
+        records, without, already, taken = [], [], [], []
         for run_id in run_ids(runs):
             if run_id in have:
+                (already if _same_record(runs / run_id, ws.runs_dir / run_id) else taken).append(run_id)
                 continue
             if not (runs / run_id / RECORD).is_file():
                 without.append(run_id)
@@ -218,7 +223,14 @@ def _import_locked(ws: Workspace, source: Path, limits: Limits) -> Imported:
         not_runs = sorted(p.name for p in runs.iterdir() if p.is_dir() and not is_run_id(p.name) and p.name != "reports")
         _complete(ws, records)
         _commit(ws, runs, records)
-    return Imported(records, without, not_runs)
+    return Imported(records, without, not_runs, already, taken)
+
+
+def _same_record(a: Path, b: Path) -> bool:
+    try:
+        return (a / RECORD).read_bytes() == (b / RECORD).read_bytes()
+    except OSError:  # one without a run.json: not the same run
+        return False
 
 
 def _complete(ws: Workspace, records: list[dict]) -> None:
