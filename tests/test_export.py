@@ -744,7 +744,7 @@ def test_an_out_under_a_file_is_refused_before_compiling(tmp_path):
 
 @pytest.mark.parametrize("line", ['raise RuntimeError("half written")', 'import sys; sys.exit("not ready")'])
 def test_a_stage_module_that_fails_to_import_is_one_line(toy_ws, line):
-    """`wb export` imports the stage in wb's own process: a stage module that raised on import
+    """`wb export` imported the stage in wb's own process: a stage module that raised on import
     was a traceback there, and one that called sys.exit() ended wb with its text and status 1."""
     path = toy_ws / "stages/toy/stage_a.py"
     path.write_text(line + "\n" + path.read_text())
@@ -752,3 +752,73 @@ def test_a_stage_module_that_fails_to_import_is_one_line(toy_ws, line):
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
     assert "stage_a.py: the stage module failed to import: RuntimeError: " in done.stderr
     assert not (toy_ws.parent / "x").exists()
+
+
+@pytest.mark.parametrize("line, args, expected", [
+    ("import os; os._exit(0)", [], r"toy/stage-a: the export failed in its worker \(the worker process died\)"),
+    ("import time; time.sleep(600)", ["--timeout", "2"], r"toy/stage-a: the export ran past 2 s, so its worker was killed"),
+])
+def test_a_stage_that_ends_or_hangs_the_process_is_one_line_and_no_export(toy_ws, line, args, expected):
+    """wb export ran the stage's code in wb's own process: a module that called os._exit(0)
+    ended wb with exit 0 and no output, as if the export were done, and one that hung held wb
+    for ever. The stage's code runs in a worker now: exit 2, one line, nothing exported."""
+    import re
+
+    path = toy_ws / "stages/toy/stage_a.py"
+    path.write_text(line + "\n" + path.read_text())
+    done = run_wb("export", "a", "--out", toy_ws.parent / "x", "--allow-unverified", *args)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stdout + done.stderr
+    assert re.search(expected, done.stderr), done.stderr
+    assert sorted(p.name for p in toy_ws.parent.iterdir()) == ["ws"]
+
+
+def test_what_a_killed_export_worker_began_beside_out_is_removed_and_nothing_else(tmp_path):
+    """A worker killed mid-build cannot remove its staging folder (.pkg.XXXX beside --out) or
+    the folders it made to hold --out; the supervisor removes them, and keeps a staging folder
+    that was there before (another export's) and every folder that already existed."""
+    from workbench.run.export_job import _beside, _remove_new
+
+    (tmp_path / "kept").mkdir()
+    out = tmp_path / "kept" / "a" / "b" / "pkg"
+    before = _beside(out)
+    assert before["missing"] == [out.parent, out.parent.parent]
+    out.parent.mkdir(parents=True)
+    (out.parent / ".pkg.older").mkdir()
+    before_staging = _beside(out)
+    (out.parent / ".pkg.abc123" / "wb_toy").mkdir(parents=True)
+    _remove_new(out, before_staging)
+    assert [p.name for p in out.parent.iterdir()] == [".pkg.older"]
+    (out.parent / ".pkg.older").rmdir()
+    _remove_new(out, before)
+    assert list((tmp_path / "kept").iterdir()) == []
+
+
+def test_a_ctrl_c_during_the_export_ends_its_worker_and_exits_130(toy_ws):
+    """A Ctrl-C while the stage's code runs (here: hangs in its import) ends the export's
+    worker with its process group, says so in one line and exits 130; no process is left."""
+    import signal
+    import time
+
+    from conftest import REPO
+
+    path = toy_ws / "stages/toy/stage_a.py"
+    path.write_text("import time; time.sleep(600)\n" + path.read_text())
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "export", "a", "--out", str(toy_ws.parent / "x"),
+                             "--allow-unverified"], cwd=toy_ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    pidfiles = toy_ws / ".wb" / "pids"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(pidfiles.glob("*")) and proc.poll() is None:
+        time.sleep(0.2)  # the worker is up once its pid file is written
+    time.sleep(1.0)
+    workers = [json.loads(p.read_text())["pid"] for p in pidfiles.glob("*")]
+    assert workers, "no export worker started"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    time.sleep(0.5)
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert sorted(p.name for p in toy_ws.parent.iterdir()) == ["ws"]

@@ -19,6 +19,7 @@ def export_cmd(
     arch: Optional[str] = typer.Option(None, "--arch", help="Compile for this arch (default: kernel.yaml's)."),
     allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Export configurations with no passing GPU run on the current sources (the package warns at import)."),
     force: bool = typer.Option(False, "--force", help="Replace an earlier export in --out."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=1, help="Seconds the whole export may take before its worker is killed (default: 600 per configuration)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Compile STAGE's compile-time configurations (the product of the -p lists) for ARCH with
@@ -27,9 +28,11 @@ def export_cmd(
     verified each configuration) and a module registering the stage's torch.library op with a
     fake implementation. Refuses configurations without a passing GPU run on the current
     sources unless --allow-unverified. The package needs torch, apache-tvm-ffi and
-    libcute_dsl_runtime.so; neither wb nor cutlass (docs/export.md)."""
+    libcute_dsl_runtime.so; neither wb nor cutlass (docs/export.md). The stage's code runs in
+    a worker process: one that exits, hangs or crashes is one line and leaves nothing."""
     from workbench.arches import check_arch
-    from workbench.export.build import export_stage, parse_lists
+    from workbench.export.build import parse_lists
+    from workbench.run.export_job import export_in_worker
     from workbench.cli.run import parse_pairs
     from workbench.kernels.registry import load_kernels, resolve_stage
     from workbench.terminal import console, escape, warn
@@ -49,8 +52,9 @@ def export_cmd(
         else:
             console.print(f"[dim]  done in {event['seconds']:.1f} s[/]")
 
-    result = export_stage(
-        ws, spec, given, variants, arch or spec.arch, out, allow_unverified=allow_unverified, force=force, on_event=on_event
+    result = export_in_worker(
+        ws, spec, given, variants, arch or spec.arch, out, allow_unverified=allow_unverified, force=force,
+        timeout=timeout, on_event=on_event,
     )
     for cfg in result.unverified:
         warn(f"UNVERIFIED: {' '.join(f'{k}={v}' for k, v in cfg['key'].items())} has no passing GPU run on the current sources")

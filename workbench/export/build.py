@@ -192,13 +192,16 @@ def export_stage(
     *,
     allow_unverified: bool = False,
     force: bool = False,
+    cwd: Path | None = None,
     on_event: Callable[[dict], None] | None = None,
 ) -> ExportResult:
-    """Export the cartesian product ``given`` of ``spec``'s compile-time parameters."""
+    """Export the cartesian product ``given`` of ``spec``'s compile-time parameters, in this
+    process (`wb export` runs it in a worker: workbench.export.job). ``cwd``: the folder the
+    user is in (--out may not be it), default this process's."""
     with _stage_imports(ws):
         try:
-            return _export(ws, spec, given, variants, arch, out, allow_unverified, force, on_event)
-        except SystemExit as exc:  # the stage's code runs in this process: its exit is not wb's success
+            return _export(ws, spec, given, variants, arch, out, allow_unverified, force, cwd, on_event)
+        except SystemExit as exc:  # the stage's code runs in this process: its exit is not the export's success
             raise UserError(f"{spec.id}: the stage's code called sys.exit({exc.code!r}) during the export; nothing was exported") from None
 
 
@@ -224,13 +227,13 @@ def _stage_imports(ws):
         sys.path[:] = path
 
 
-def _export(ws, spec, given, variants, arch, out, allow_unverified, force, on_event) -> ExportResult:
+def _export(ws, spec, given, variants, arch, out, allow_unverified, force, cwd, on_event) -> ExportResult:
     from workbench.export.verified import current_sources, load_records, passing_runs
 
     emit = on_event or (lambda event: None)
     check_tools()
     out = Path(out)
-    check_out(ws, out, force)
+    check_out(ws, out, force, cwd)
     try:
         stage = spec.load()
     except UserError:
@@ -283,11 +286,11 @@ def _export(ws, spec, given, variants, arch, out, allow_unverified, force, on_ev
 _EXPORT_LEFTOVERS = ("pyproject.toml", "build", "dist", "__pycache__")
 
 
-def check_out(ws, out: Path, force: bool) -> None:
+def check_out(ws, out: Path, force: bool, cwd: Path | None = None) -> None:
     """Refuse an --out that is not empty, unless --force and it holds an earlier export and
-    nothing else; never the workspace, a folder holding it, or the current folder."""
+    nothing else; never the workspace, a folder holding it, or the current folder (``cwd``)."""
     where = out.resolve()
-    for inside, what in ((ws.root.resolve(), "the workspace"), (Path.cwd().resolve(), "the current folder")):
+    for inside, what in ((ws.root.resolve(), "the workspace"), ((cwd or Path.cwd()).resolve(), "the current folder")):
         if where == inside or where in inside.parents:
             raise UserError(f"--out {out} is {what} or holds it: choose a folder of its own for the export")
     # wb's own folders: .py files under stages/KERNEL/ change the kernel's source hash (the

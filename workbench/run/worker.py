@@ -136,6 +136,12 @@ class Job:
             result = compile_job.execute()
             self.must_exit = compile_job.must_exit
             return result
+        if self.job.get("kind") == "export":  # wb export: the stage's code out of wb's process
+            from workbench.export.job import ExportJob
+
+            export_job = ExportJob(self.job, self.emit)
+            self.must_exit = export_job.must_exit
+            return export_job.execute()
         import torch
 
         job = self.job
