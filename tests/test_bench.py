@@ -290,8 +290,13 @@ def test_run_bench_with_processes_starts_a_new_worker_for_each_and_keeps_them_pa
 
 def as_if_a_gpu(monkeypatch):
     """wb bench refuses a machine with no GPU driver before its worker starts; these tests
-    stand in for the worker's GPU work, so the machine is taken as having one."""
+    stand in for the worker's GPU work, so the machine is taken as having one. The sweep's
+    compiles ahead (about 20 real stage D compiles, 80 s of a test; test_compile_ahead.py
+    proves them) are recorded, not run: the list of the configurations asked for."""
     monkeypatch.setattr("workbench.gpu.reachable", lambda: True)
+    asked: list = []
+    monkeypatch.setattr(bench, "_compile_ahead", lambda ws, spec, resolved, variants, on_event: asked.append(resolved))
+    return asked
 
 
 def test_an_interrupted_bench_is_recorded_interrupted_and_exits_130(fmha_ws, wb, monkeypatch):
@@ -391,11 +396,12 @@ def test_a_recorded_sweep_writes_the_perf_doc_again_without_timing_anything(stag
     ws, _, _, _ = stage_d
     calls = []
     monkeypatch.setattr(bench, "run_job", _processes_hanging_at(99, calls))
-    as_if_a_gpu(monkeypatch)
+    asked = as_if_a_gpu(monkeypatch)
     timed = wb("bench", "d", "--sweep", "--peers", "fa4", "--json", cwd=ws.root)
     assert timed.returncode == 0, timed.stdout + timed.stderr
     sweep = json.loads(timed.stdout)
     assert sweep["bench_sweep"] is True and len(calls) == 1
+    assert [r["name"] for r in asked[0]] == [c["name"] for c in planned({}, sweep=True)]  # every row compiled ahead
     doc = ws.root / "docs" / "perf.md"
     written = doc.read_text()
     doc.unlink()
