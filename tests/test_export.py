@@ -433,6 +433,8 @@ def test_export_refuses_configurations_no_gpu_run_verified(fmha_export, tmp_path
         (["-p", "d=65"], "d=65 is not allowed: must be one of 64, 96, 128, 192, 256"),
         (["-p", "d="], "must look like key=value or key=v1,v2"),
         (["-V", "nope=1"], "has no variant 'nope'"),
+        (["--timeout", "nan"], "--timeout must be a positive, finite number of seconds"),
+        (["--timeout", "0"], "--timeout must be a positive, finite number of seconds"),
     ],
 )
 def test_export_mistakes_are_one_line_errors(fmha_export, tmp_path, args, expected):

@@ -19,7 +19,7 @@ def export_cmd(
     arch: Optional[str] = typer.Option(None, "--arch", help="Compile for this arch (default: kernel.yaml's)."),
     allow_unverified: bool = typer.Option(False, "--allow-unverified", help="Export configurations with no passing GPU run on the current sources (the package warns at import)."),
     force: bool = typer.Option(False, "--force", help="Replace an earlier export in --out."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", min=1, help="Seconds the whole export may take before its worker is killed (default: 600 per configuration)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds the whole export may take before its worker is killed (default: 600 per configuration)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Compile STAGE's compile-time configurations (the product of the -p lists) for ARCH with
@@ -33,11 +33,12 @@ def export_cmd(
     from workbench.arches import check_arch
     from workbench.export.build import parse_lists
     from workbench.run.export_job import export_in_worker
-    from workbench.cli.run import parse_pairs
+    from workbench.cli.run import check_timeout, parse_pairs
     from workbench.kernels.registry import load_kernels, resolve_stage
     from workbench.terminal import console, escape, warn
 
     check_arch(arch)
+    check_timeout(timeout)
     ws = state.workspace()
     spec = resolve_stage(ws, stage, load_kernels(ws))
     given = parse_lists(param)

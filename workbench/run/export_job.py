@@ -42,8 +42,11 @@ def export_in_worker(
     check_tools()
     check_out(ws, Path(out), force)  # here, before a worker starts: the same refusals, without the wait
     out = Path(os.path.abspath(out))
-    configs = len(expand(given))
-    limit = timeout if timeout is not None else SECONDS_PER_CONFIG * configs
+    configs = expand(given)
+    spec.resolve_variants(variants)  # kernel.yaml's bounds and choices: a mistake needs no worker either
+    for config in configs:
+        spec.resolve_params(config)
+    limit = timeout if timeout is not None else SECONDS_PER_CONFIG * len(configs)
     job = {
         "op": "run", "kind": "export", "workspace": str(ws.root), "kernel": spec.kernel, "letter": spec.letter,
         "given": given, "variants": variants, "arch": arch, "out": str(out), "cwd": os.getcwd(),
