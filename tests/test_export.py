@@ -824,3 +824,12 @@ def test_a_ctrl_c_during_the_export_ends_its_worker_and_exits_130(toy_ws):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert sorted(p.name for p in toy_ws.parent.iterdir()) == ["ws"]
+
+
+def test_the_package_folder_has_the_umasks_mode_not_mkdtemps(fmha_export):
+    """The package is built in a staging folder made by mkdtemp (mode 0700) and renamed to
+    --out: the package was unreadable to every other user (a team's shared dist/). It has
+    the mode a mkdir would give it now."""
+    from workbench.files import current_umask
+
+    assert fmha_export["out"].stat().st_mode & 0o777 == 0o777 & ~current_umask()

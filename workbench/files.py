@@ -39,7 +39,7 @@ def atomic_write_text(
     try:
         if not (linked and follow_link):  # a dangling link's target folder is not made (open() would not either)
             target.parent.mkdir(parents=True, exist_ok=True)
-        mode = 0o666 & ~_umask() if linked and not follow_link else _mode_for(target, path)
+        mode = 0o666 & ~current_umask() if linked and not follow_link else _mode_for(target, path)
     except OSError as exc:  # a file where a folder should be, a link loop, ...
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
@@ -65,7 +65,7 @@ def atomic_write_text(
         raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process's umask, read without changing it where Linux tells it (setting and
     restoring it would race with threads creating files meanwhile, e.g. sweep lanes)."""
     try:
@@ -84,7 +84,7 @@ def _mode_for(target: Path, shown: Path) -> int:
     try:
         st = target.stat()
     except FileNotFoundError:
-        return 0o666 & ~_umask()
+        return 0o666 & ~current_umask()
     if not stat.S_ISREG(st.st_mode):
         raise UserError(f"cannot write {shown}: it is not a regular file")
     if not st.st_mode & stat.S_IWUSR or not os.access(target, os.W_OK):  # root may write a 0444 file; wb does not

@@ -30,6 +30,7 @@ from string import Template
 from typing import Any, Callable
 
 from workbench.errors import UserError, path_error
+from workbench.files import current_umask
 
 PACKAGE_DIR = Path(__file__).parent / "package"
 MANIFEST_SCHEMA = 1
@@ -265,6 +266,7 @@ def _export(ws, spec, given, variants, arch, out, allow_unverified, force, cwd, 
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would leave the package unreadable to others
     except OSError as exc:
         raise path_error("--out", out, exc, then="the package is built beside it, so its folder must be writable") from None
     try:

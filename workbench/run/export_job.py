@@ -40,7 +40,8 @@ def export_in_worker(
     or is interrupted leaves nothing beside --out; a Ctrl-C is re-raised after that."""
     emit = on_event or (lambda event: None)
     check_tools()
-    check_out(ws, Path(out), force)  # here, before a worker starts: the same refusals, without the wait
+    given_out = Path(out)  # as the user wrote it, for what wb prints
+    check_out(ws, given_out, force)  # here, before a worker starts: the same refusals, without the wait
     out = Path(os.path.abspath(out))
     configs = expand(given)
     spec.resolve_variants(variants)  # kernel.yaml's bounds and choices: a mistake needs no worker either
@@ -61,7 +62,7 @@ def export_in_worker(
     outcome = run_job(ws, job, limit, event, warm=False)
     if outcome.status == "result" and "manifest" in (outcome.result or {}):
         r = outcome.result
-        return ExportResult(out=Path(r["out"]), manifest=r["manifest"], unverified=[{"key": k} for k in r["unverified"]])
+        return ExportResult(out=given_out, manifest=r["manifest"], unverified=[{"key": k} for k in r["unverified"]])
     _remove_new(out, before)
     if outcome.status == "user_error":
         raise UserError(outcome.message)
