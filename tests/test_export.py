@@ -781,16 +781,16 @@ def test_what_a_killed_export_worker_began_beside_out_is_removed_and_nothing_els
     from workbench.run.export_job import _beside, _remove_new
 
     (tmp_path / "kept").mkdir()
-    out = tmp_path / "kept" / "a" / "b" / "pkg"
+    out = tmp_path / "kept" / "a" / "b" / "pkg[1]"  # not a glob: [1] is part of the name
     before = _beside(out)
     assert before["missing"] == [out.parent, out.parent.parent]
     out.parent.mkdir(parents=True)
-    (out.parent / ".pkg.older").mkdir()
+    (out.parent / ".pkg[1].older").mkdir()
     before_staging = _beside(out)
-    (out.parent / ".pkg.abc123" / "wb_toy").mkdir(parents=True)
+    (out.parent / ".pkg[1].abc123" / "wb_toy").mkdir(parents=True)
     _remove_new(out, before_staging)
-    assert [p.name for p in out.parent.iterdir()] == [".pkg.older"]
-    (out.parent / ".pkg.older").rmdir()
+    assert [p.name for p in out.parent.iterdir()] == [".pkg[1].older"]
+    (out.parent / ".pkg[1].older").rmdir()
     _remove_new(out, before)
     assert list((tmp_path / "kept").iterdir()) == []
 

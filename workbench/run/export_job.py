@@ -81,17 +81,24 @@ def export_in_worker(
 def _beside(out: Path) -> dict[str, Any]:
     """What is there before the export: the staging folders beside --out (.<name>.*) and the
     first folder above --out that exists (the export makes the ones below it)."""
-    staging = set(out.parent.glob(f".{out.name}.*")) if out.parent.is_dir() else set()
     missing = [p for p in out.parents if not p.exists()]
-    return {"staging": staging, "missing": missing}
+    return {"staging": _staging_beside(out), "missing": missing}
+
+
+def _staging_beside(out: Path) -> set[Path]:
+    """build.export_stage's staging folders for ``out`` (mkdtemp's .<name>.XXXXXXXX); by
+    prefix, not glob: a name may hold [ or *."""
+    try:
+        return {out.parent / n for n in os.listdir(out.parent) if n.startswith(f".{out.name}.")}
+    except OSError:
+        return set()
 
 
 def _remove_new(out: Path, before: dict[str, Any]) -> None:
     """A worker killed mid-build cannot remove its staging folder or the folders it made to
     hold --out: the supervisor does, leaving what was there before."""
-    if out.parent.is_dir():
-        for path in set(out.parent.glob(f".{out.name}.*")) - before["staging"]:
-            shutil.rmtree(path, ignore_errors=True)
+    for path in _staging_beside(out) - before["staging"]:
+        shutil.rmtree(path, ignore_errors=True)
     for folder in before["missing"]:  # deepest first; one another process filled stays
         with contextlib.suppress(OSError):
             folder.rmdir()
