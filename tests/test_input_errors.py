@@ -509,11 +509,17 @@ def test_an_empty_gpu_list_means_none_as_in_wb_yaml(toy_ws, wb, monkeypatch):
     assert json.loads(ran.stdout)["lanes"] == ["local"]
 
 
-def test_a_fixture_module_that_exits_on_import_is_one_line_exit_2(toy_ws, capsys):
-    """`raise SystemExit("boom")` in a fixture module made `wb fixtures` print boom and exit 1."""
-    (toy_ws / "fixtures" / "zz_exits.py").write_text('raise SystemExit("boom")\n')
+@pytest.mark.parametrize("line, shown", [
+    ('raise SystemExit("boom")', "SystemExit: boom"),
+    ("raise GeneratorExit", "GeneratorExit"),  # a BaseException, not an Exception: it was a traceback, exit 1
+    ("class Odd(BaseException): pass\nraise Odd('x')", "Odd: x"),
+])
+def test_a_fixture_module_that_exits_on_import_is_one_line_exit_2(toy_ws, capsys, line, shown):
+    """`raise SystemExit("boom")` in a fixture module made `wb fixtures` print boom and exit 1;
+    a BaseException of another kind (GeneratorExit, its own) was a traceback."""
+    (toy_ws / "fixtures" / "zz_exits.py").write_text(line + "\n")
     err = one_line_error(capsys, "fixtures")
-    assert "zz_exits.py: fixture module failed to import: SystemExit: boom" in err
+    assert f"zz_exits.py: fixture module failed to import: {shown}" in err
 
 
 @pytest.mark.parametrize("decorator, fragment", [
@@ -682,3 +688,14 @@ def test_a_kernel_yaml_that_is_a_broken_link_is_named_not_left_out(toy_ws, capsy
     path.symlink_to(target)
     err = one_line_error(capsys, "list")
     assert str(path) in err and message in err, err
+
+
+def test_wb_list_with_stages_a_file_is_one_line_exit_2(toy_ws, capsys):
+    """stages/ a file: `wb list` printed "no kernels in stages/ yet" beside a warning and exited
+    0, as for an empty workspace (`wb new kernel` in the same state already refused)."""
+    import shutil
+
+    shutil.rmtree(toy_ws / "stages")
+    (toy_ws / "stages").write_text("x\n")
+    err = one_line_error(capsys, "list")
+    assert "stages is not a folder (a file)" in err

@@ -394,6 +394,34 @@ def test_a_pid_file_with_wrong_typed_fields_is_listed_as_unreadable_and_kept(toy
     assert json.loads(path.read_text()) == content
 
 
+def test_a_pid_file_naming_a_program_that_is_not_wb_is_never_acted_on(toy_ws, wb):
+    """A pid file with a stranger's pid and its true start time (written by hand, or forged
+    into .wb/pids/) made `wb ps` list the stranger as an orphaned worker and `wb kill` end it,
+    its whole process group with it. A process whose command line is no wb process's is
+    listed as unverified now, and never signalled or its file removed."""
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        wait_until(lambda: alive(stranger.pid), what="the stranger to start")
+        folder = toy_ws / ".wb" / "pids"
+        folder.mkdir(parents=True, exist_ok=True)
+        forged = folder / f"forged-{stranger.pid}.json"
+        forged.write_text(json.dumps({
+            "pid": stranger.pid, "pgid": stranger.pid, "kind": "warm-worker", "host": procs.socket.gethostname(),
+            "boot_id": processes.boot_id(), "starttime": processes.starttime(stranger.pid), "started": time.time() - 3600,
+            "socket": str(toy_ws / "gone.sock"), "idle": 600, "job": None,
+        }))
+        rows = json.loads(wb("ps", "--all", "--json").stdout)
+        assert [r["state"] for r in rows] == ["unverified"] and "'sleep 300', not wb" in rows[0]["note"], rows
+        assert json.loads(wb("kill", "--json").stdout) == [] and json.loads(wb("kill", "--all", "--json").stdout) == []
+        refused = wb("kill", str(stranger.pid))
+        assert refused.returncode == 1 and "not wb's to kill" in refused.stdout
+        time.sleep(0.2)
+        assert alive(stranger.pid) and forged.exists()
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
 def test_wb_kill_never_signals_a_process_named_by_a_malformed_pid_file(toy_ws, wb):
     """A pid file that names a live process with its right start time, but whose other fields
     are of the wrong type, is no ground to signal it: `wb kill --all` and `wb kill PID` leave

@@ -13,11 +13,16 @@ app.add_typer(new_app, name="new")
 @app.command("list")
 def list_kernels(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """Kernels and their stages in order, with each stage's last verdict."""
+    from workbench.errors import UserError
+    from workbench.files import folder_problem
     from workbench.records.store import iter_records
     from workbench.kernels.registry import load_kernels, refuse_broken
     from workbench.terminal import console, escape, table, verdict
 
     ws = state.workspace()
+    problem = folder_problem(ws.stages_dir)
+    if problem:  # listing "no kernels yet" with exit 0 hid it
+        raise UserError(f"{problem}: the kernels live in its subfolders; move it away")
     kernels = load_kernels(ws)
     wanted = {s.id for k in kernels.values() for s in k.stages}
     last: dict[str, dict] = {}

@@ -85,7 +85,9 @@ def load_op_module(spec, stage):
     module = importlib.util.module_from_spec(mod_spec)
     try:
         mod_spec.loader.exec_module(module)
-    except (Exception, SystemExit) as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # sys.exit() or its own BaseException too: a broken module
         raise UserError(f"{path}: the export op module failed to import: {type(exc).__name__}: {exc}") from None
     missing = [n for n in ("OP", "SCHEMA", "exported_key", "call_key", "check", "fake", "launch") if not hasattr(module, n)]
     if missing:

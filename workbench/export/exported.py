@@ -113,7 +113,9 @@ class ExportedOp:
             import torch
 
             op = getattr(getattr(torch.ops, namespace), name)  # a QUALNAME its import did not register
-        except (Exception, SystemExit) as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # sys.exit() or its own BaseException too: a broken package
             raise UserError(f"--exported {out}: its package {package} failed to import: {type(exc).__name__}: {exc}{_again(exc)}") from None
         finally:
             sys.path.pop(0)

@@ -241,12 +241,14 @@ def _import(mod_name: str, path: Path) -> None:
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
-    except (Exception, SystemExit) as exc:  # a module that calls sys.exit() on import is broken, not a way out of wb
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # sys.exit(), GeneratorExit, its own BaseException: a broken module, not a way out of wb
         del sys.modules[mod_name]
         _by_module.pop(mod_name, None)
         if isinstance(exc, UserError):
             raise
-        raise UserError(f"{path}: fixture module failed to import: {type(exc).__name__}: {exc}") from None
+        raise UserError(f"{path}: fixture module failed to import: {type(exc).__name__}{f': {exc}' if str(exc) else ''}") from None
 
 
 def forget_modules() -> None:

@@ -494,7 +494,9 @@ def kernel_module(kernel_dir: Path, stem: str):
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except (Exception, SystemExit) as exc:  # sys.exit() on import is a broken module too
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # sys.exit(), GeneratorExit, its own BaseException: a broken module too
         del sys.modules[name]
         raise UserError(f"{path}: {type(exc).__name__}: {exc}") from None
     return module

@@ -260,6 +260,19 @@ def _gpu_memory() -> dict[int, int]:
     return out
 
 
+def _not_wb(pid: int) -> str | None:
+    """The program `pid` runs when its command line is no wb process's (a worker, `wb` or
+    `python -m workbench`, also under a wrapping tool such as compute-sanitizer); None when it
+    is wb's or /proc cannot tell."""
+    try:
+        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        return None
+    if not argv or any("workbench" in a or os.path.basename(a) == "wb" for a in argv):
+        return None
+    return " ".join(argv)
+
+
 def _classify(path: Path, data: dict[str, Any] | None, now: float) -> ProcInfo:
     """What the pid file at `path` says (`data`: None when it could not be read). A file wb
     cannot read or whose fields have the wrong types is "unreadable": listed, never acted on
@@ -279,6 +292,9 @@ def _classify(path: Path, data: dict[str, Any] | None, now: float) -> ProcInfo:
         return ProcInfo(path, data, "unverified", "old pid file without a start time: cannot prove it is wb's")
     if (data.get("boot_id") and boot_id() and data["boot_id"] != boot_id()) or live_start != data["starttime"]:
         return ProcInfo(path, data, "reused", f"pid {pid} now belongs to another process")
+    program = _not_wb(pid)
+    if program is not None:  # a pid file naming another program (written by hand, or forged): never signalled
+        return ProcInfo(path, data, "unverified", f"pid {pid} runs {program[:60]!r}, not wb: cannot prove the pid file is wb's")
     kind = data.get("kind", "warm-worker")
     job = data.get("job")
     if data.get("dying"):
