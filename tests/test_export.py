@@ -776,23 +776,28 @@ def test_a_stage_that_ends_or_hangs_the_process_is_one_line_and_no_export(toy_ws
 
 def test_what_a_killed_export_worker_began_beside_out_is_removed_and_nothing_else(tmp_path):
     """A worker killed mid-build cannot remove its staging folder (.pkg.XXXX beside --out) or
-    the folders it made to hold --out; the supervisor removes them, and keeps a staging folder
-    that was there before (another export's) and every folder that already existed."""
+    the folders it made to hold --out; the supervisor removes them: the staging folder the
+    worker reported, and nothing else beside --out (it removed every new .pkg.* folder: another
+    export's to the same --out, and with --out '*' any new dot folder there), and the folders
+    made above --out while they are empty."""
     from workbench.run.export_job import _beside, _remove_new
 
     (tmp_path / "kept").mkdir()
-    out = tmp_path / "kept" / "a" / "b" / "pkg[1]"  # not a glob: [1] is part of the name
+    out = tmp_path / "kept" / "a" / "b" / "*"
     before = _beside(out)
     assert before["missing"] == [out.parent, out.parent.parent]
     out.parent.mkdir(parents=True)
-    (out.parent / ".pkg[1].older").mkdir()
-    before_staging = _beside(out)
-    (out.parent / ".pkg[1].abc123" / "wb_toy").mkdir(parents=True)
-    _remove_new(out, before_staging)
-    assert [p.name for p in out.parent.iterdir()] == [".pkg[1].older"]
-    (out.parent / ".pkg[1].older").rmdir()
+    (out.parent / ".*.abc123" / "wb_toy").mkdir(parents=True)  # this export's
+    (out.parent / ".*.other").mkdir()  # another export's, to the same --out, begun meanwhile
+    (out.parent / ".my.project").mkdir()  # someone else's
+    before["staging_made"] = out.parent / ".*.abc123"
+    _remove_new(out, before)
+    assert sorted(p.name for p in out.parent.iterdir()) == [".*.other", ".my.project"]
+    for name in (".*.other", ".my.project"):
+        (out.parent / name).rmdir()
     _remove_new(out, before)
     assert list((tmp_path / "kept").iterdir()) == []
+
 
 
 def test_a_ctrl_c_during_the_export_ends_its_worker_and_exits_130(toy_ws):
@@ -833,3 +838,19 @@ def test_the_package_folder_has_the_umasks_mode_not_mkdtemps(fmha_export):
     from workbench.files import current_umask
 
     assert fmha_export["out"].stat().st_mode & 0o777 == 0o777 & ~current_umask()
+
+
+def test_a_worker_that_dies_mid_build_leaves_no_staging_folder_beside_out(toy_ws):
+    """The worker reports its staging folder (.<out>.XXXX beside --out) before it compiles; one
+    that dies in the stage's compile (here os._exit(0)) cannot remove it, so wb does: nothing
+    is left beside --out, and the folders made to hold it are gone too."""
+    assert run_wb("new", "kernel", "gemmx", cwd=toy_ws).returncode == 0
+    path = toy_ws / "stages/gemmx/stage_a_gemm.py"
+    text = path.read_text()
+    head = "    def compile(self, p: Params, variants, arch: str):\n"
+    assert head in text
+    path.write_text(text.replace(head, head + "        import os; os._exit(0)\n"))
+    (toy_ws.parent / "dist").mkdir()
+    done = run_wb("export", "gemmx/a", "-p", "out_dtype=bf16", "--allow-unverified", "--out", toy_ws.parent / "dist/a/pkg")
+    assert done.returncode == 2 and "the worker process died" in done.stderr, done.stdout + done.stderr
+    assert list((toy_ws.parent / "dist").iterdir()) == []

@@ -472,3 +472,20 @@ def test_an_import_that_waits_past_its_limit_for_another_is_one_line_and_changes
             import_runs(ws, tmp_path / "src")
     assert state(ws) == before
     assert [r["id"] for r in import_runs(ws, tmp_path / "src").records] == run_ids(tmp_path / "src" / "runs")
+
+
+def test_a_run_folder_whose_name_ends_in_a_newline_is_no_run_id(ws, tmp_path):
+    """The run id check ended in `$`, which matches before a final newline: an archive's
+    `runs/<id>\\n/run.json` passed as a run beside the real <id> (listed twice, the MEMORY.md
+    log holding the newline). Such a folder, or one of other scripts' digits, is no run id."""
+    from workbench.records.store import is_run_id
+
+    ids = make_runs(tmp_path / "src", 1)
+    assert is_run_id(ids[0]) and not is_run_id(ids[0] + "\n") and not is_run_id("٢٠٢٦١٢٠٣-090000-000000")
+    record = (tmp_path / "src/runs" / ids[0] / "run.json").read_bytes()
+    with tarfile.open(tmp_path / "nl.tgz", "w:gz") as tar:
+        member = tarfile.TarInfo(f"runs/{ids[0]}\n/run.json")
+        member.size = len(record)
+        tar.addfile(member, io.BytesIO(record))
+    done = import_runs(ws, tmp_path / "nl.tgz")
+    assert done.records == [] and done.not_runs == [ids[0] + "\n"] and run_ids(ws.runs_dir) == []

@@ -416,3 +416,25 @@ def test_one_run_workers_logs_are_pruned_to_the_newest(toy_ws, wb, monkeypatch):
     once = sorted(p.name for p in logs.glob("worker-once-*.log"))
     assert len(once) == 3 and "worker-once-1-2.log" not in once and "worker-once-1-4.log" in once
     assert (logs / "worker-abc123.log").exists()
+
+
+def test_a_warm_workers_log_is_trimmed_between_jobs_and_keeps_its_tail(toy_ws, wb, monkeypatch):
+    """A warm worker serves many runs and appended to one log for ever: a stage printing 20 MB
+    a run grew .wb/logs/worker-*.log by 20 MB each time. Past the limit, the next job starts
+    the log again (its last part kept in <log>.old), and the worker goes on writing to it."""
+    from workbench.run import supervisor
+
+    monkeypatch.setattr(supervisor, "MAX_LOG_BYTES", 200_000)
+    monkeypatch.setattr(supervisor, "KEEP_LOG_BYTES", 1000)
+    stage = toy_ws / "stages/toy/stage_a.py"
+    stage.write_text('print("x" * 300_000 + "\\nEND-OF-PRINT", flush=True)\n' + stage.read_text())
+    first = record_of(toy_ws, wb("run", "a", "--json"))
+    (log,) = (toy_ws / ".wb" / "logs").glob("worker-*.log")
+    assert log.stat().st_size > 300_000
+    second = record_of(toy_ws, wb("run", "a", "--json"))
+    assert second["timing"]["worker_pid"] == first["timing"]["worker_pid"] and second["verdict"] == "PASS"
+    old = log.with_name(log.name + ".old")
+    assert old.is_file() and old.stat().st_size == 1000
+    assert 300_000 < log.stat().st_size < 400_000, log.stat().st_size  # this run's print alone
+    assert log.read_bytes().count(b"END-OF-PRINT") == 1
+    os.kill(first["timing"]["worker_pid"], signal.SIGKILL)

@@ -215,7 +215,7 @@ def import_(
     for r in done.records:
         if r.get("kind") == "bench" and r.get("bench_sweep") is True:
             console.print(f"run {escape(str(r.get('id')))} is a `wb bench --sweep` of {escape(str(r.get('stage')))}: "
-                          f"`wb bench {escape(str(r.get('kernel')))} --sweep --from {escape(str(r.get('id')))}` writes its perf doc here")
+                          f"`wb bench {escape(str(r.get('kernel') or str(r.get('stage')).split('/')[0]))} --sweep --from {escape(str(r.get('id')))}` writes its perf doc here")
     if done.without_record:
         console.print(f"skipped {len(done.without_record)} run folder(s) without a run.json (unfinished where they were made): "
                       + ", ".join(done.without_record[:5]) + (" ..." if len(done.without_record) > 5 else ""))

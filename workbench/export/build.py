@@ -271,17 +271,20 @@ def _export(ws, spec, given, variants, arch, out, allow_unverified, force, cwd, 
         staging.chmod(0o777 & ~current_umask())  # mkdtemp's 0700 would leave the package unreadable to others
     except OSError as exc:
         raise path_error("--out", out, exc, then="the package is built beside it, so its folder must be writable") from None
+    # the supervisor of a worker killed from here on removes exactly this (workbench.run.export_job)
+    emit({"event": "staging", "path": str(staging)})
     try:
         manifest = _build(ws, spec, stage, export, op_path, op, configs, variants, arch, staging, emit)
+        check_out(ws, out, force, cwd)  # again: what another process put at --out during the compile
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         for folder in reversed(made):  # deepest first; one another process filled stays
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
     return ExportResult(out=out, manifest=manifest, unverified=unverified)
 
 

@@ -16,6 +16,10 @@ from workbench.diagnose.pictures import available, pyplot, save
 #: the most TFLOP/s a chart or perf doc shows as a speed: a record from elsewhere may hold inf,
 #: NaN or 10**300 (the schema reads them), which are no speed of any card
 MAX_TFLOPS = 1e6
+#: the most cases and series (wb and its peers) one chart draws: its height grows with the
+#: cases (a record of 4,400 took 3 minutes and 34 MB to draw; the perf doc's sweep has 44)
+MAX_CHART_CASES = 200
+MAX_CHART_SERIES = 12
 
 
 def speed(value: Any) -> float | None:
@@ -48,15 +52,17 @@ def best_peer(case: dict[str, Any], yardsticks: tuple[str, ...] = ()) -> float |
 
 
 def draw_speed_chart(path: Path, record: dict[str, Any], yardsticks: tuple[str, ...] = ()) -> Path | None:
-    """The chart of ``record`` (a bench record) at ``path``; None when there is nothing timed or
-    matplotlib is not installed."""
+    """The chart of ``record`` (a bench record) at ``path``; None when there is nothing timed,
+    more than MAX_CHART_CASES cases or MAX_CHART_SERIES series to draw, or no matplotlib."""
     cases = [{**c, "tflops": speed(c.get("tflops"))} for c in record.get("bench") or []]
     cases = [c for c in cases if c["tflops"]]
-    if not cases or not available():
+    if not cases or len(cases) > MAX_CHART_CASES or not available():
         return None
-    plt = pyplot()
     peers = sorted({name for c in cases for name, p in (c.get("peers") or {}).items() if speed(p.get("tflops"))})
     series = [f"wb {record['stage']}"] + peers
+    if len(series) > MAX_CHART_SERIES:
+        return None
+    plt = pyplot()
     n = len(cases)
     bar = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(10, max(3.4, 1.6 + n * (0.35 + 0.22 * len(series)))), constrained_layout=True)

@@ -196,11 +196,11 @@ def load_record(run_dir: Path) -> dict[str, Any]:
     return data
 
 
-_ID_RE = re.compile(r"^\d{8}-\d{6}-\d{6}$")
+_ID_RE = re.compile(r"[0-9]{8}-[0-9]{6}-[0-9]{6}")  # fullmatch, ASCII: "$" took "<id>\n", \d took other scripts' digits
 
 
 def is_run_id(name: str) -> bool:
-    return bool(_ID_RE.match(name))
+    return bool(_ID_RE.fullmatch(name))
 
 
 def run_ids(runs_dir: Path) -> list[str]:
@@ -212,7 +212,7 @@ def run_ids(runs_dir: Path) -> list[str]:
     if not runs_dir.is_dir():
         return []
     try:
-        return sorted(p.name for p in runs_dir.iterdir() if _ID_RE.match(p.name) and p.is_dir())
+        return sorted(p.name for p in runs_dir.iterdir() if _ID_RE.fullmatch(p.name) and p.is_dir())
     except OSError as exc:
         raise UserError(f"cannot read {runs_dir}: {exc.strerror or exc}") from None
 

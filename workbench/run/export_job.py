@@ -56,7 +56,11 @@ def export_in_worker(
     before = _beside(out)
 
     def event(message: dict) -> None:
-        if message.get("phase") == "export":
+        if message.get("phase") != "export":
+            return
+        if message["export"].get("event") == "staging":  # the worker's own folder beside --out
+            before["staging_made"] = Path(message["export"]["path"])
+        else:
             emit(message["export"])
 
     outcome = run_job(ws, job, limit, event, warm=False)
@@ -79,26 +83,18 @@ def export_in_worker(
 
 
 def _beside(out: Path) -> dict[str, Any]:
-    """What is there before the export: the staging folders beside --out (.<name>.*) and the
-    first folder above --out that exists (the export makes the ones below it)."""
-    missing = [p for p in out.parents if not p.exists()]
-    return {"staging": _staging_beside(out), "missing": missing}
-
-
-def _staging_beside(out: Path) -> set[Path]:
-    """build.export_stage's staging folders for ``out`` (mkdtemp's .<name>.XXXXXXXX); by
-    prefix, not glob: a name may hold [ or *."""
-    try:
-        return {out.parent / n for n in os.listdir(out.parent) if n.startswith(f".{out.name}.")}
-    except OSError:
-        return set()
+    """The folders above --out that are not there before the export (deepest first: the
+    worker makes them, and they are removed when it fails, if still empty)."""
+    return {"missing": [p for p in out.parents if not p.exists()], "staging_made": None}
 
 
 def _remove_new(out: Path, before: dict[str, Any]) -> None:
-    """A worker killed mid-build cannot remove its staging folder or the folders it made to
-    hold --out: the supervisor does, leaving what was there before."""
-    for path in _staging_beside(out) - before["staging"]:
-        shutil.rmtree(path, ignore_errors=True)
+    """A worker killed mid-build cannot remove its staging folder (the path it reported) or
+    the folders it made to hold --out: the supervisor does. Nothing else beside --out is
+    touched (another export's staging folder, a folder whose name looks like one)."""
+    staging = before.get("staging_made")
+    if staging is not None and staging.parent == out.parent and staging.name.startswith(f".{out.name}."):
+        shutil.rmtree(staging, ignore_errors=True)
     for folder in before["missing"]:  # deepest first; one another process filled stays
         with contextlib.suppress(OSError):
             folder.rmdir()

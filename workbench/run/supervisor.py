@@ -233,8 +233,28 @@ class Worker:
         except OSError:
             return 0
 
+    def trim_log(self, limit: int = None, keep: int = None) -> None:
+        """Between jobs: a log past ``limit`` bytes keeps its last ``keep`` in <log>.old and
+        starts again empty. A warm worker serves many runs and appended to one log for ever (a
+        stage printing 20 MB a run grew it by 20 MB each). The worker writes with O_APPEND, so
+        its next line lands at the new end."""
+        limit = MAX_LOG_BYTES if limit is None else limit
+        keep = KEEP_LOG_BYTES if keep is None else keep
+        try:
+            if self.log_path.stat().st_size <= limit:
+                return
+            with open(self.log_path, "rb") as fh:
+                fh.seek(-keep, os.SEEK_END)
+                tail = fh.read()
+            self.log_path.with_name(self.log_path.name + ".old").write_bytes(tail)
+            os.truncate(self.log_path, 0)
+        except OSError:
+            pass
+
 
 KEEP_ONCE_LOGS = 200  # one-run workers' logs kept in .wb/logs (each such worker writes one)
+MAX_LOG_BYTES = 16 << 20  # a worker's log is trimmed past this between jobs ...
+KEEP_LOG_BYTES = 1 << 20  # ... keeping its last MiB in <log>.old
 
 
 #: a socket file younger than this may belong to a worker still starting: never pruned
@@ -363,6 +383,7 @@ def run_job(
 
 
 def _drive(worker: Worker, job: dict, timeout: float, on_event) -> Outcome:
+    worker.trim_log()
     log_start = worker.log_size()
     outcome = Outcome(status="CRASH", worker_pid=worker.pid, worker_reused=worker.reused)
     # Until the worker accepts the job (a new one is still importing torch and the DSL) the

@@ -226,7 +226,7 @@ class Peak(_Model):
 
 class RunRecord(_Model):
     schema_: Optional[int] = Field(None, alias="schema")
-    id: Optional[Annotated[str, Field(pattern=r"^\d{8}-\d{6}-\d{6}$")]] = None
+    id: Optional[Annotated[str, Field(pattern=r"^[0-9]{8}-[0-9]{6}-[0-9]{6}$")]] = None
     kind: Optional[Annotated[str, Field(pattern=r"^[a-z_]{1,32}$")]] = None
     kernel: Optional[Name] = None
     stage: StageId
