@@ -356,6 +356,9 @@ def test_a_worker_this_wb_ended_is_not_reported_as_killed_by_wb_kill(tmp_path):
         def log_size(self):
             return 0
 
+        def trim_log(self):
+            pass
+
         def log_tail(self, since=0):
             return ""
 
