@@ -780,22 +780,23 @@ def test_what_a_killed_export_worker_began_beside_out_is_removed_and_nothing_els
     worker reported, and nothing else beside --out (it removed every new .pkg.* folder: another
     export's to the same --out, and with --out '*' any new dot folder there), and the folders
     made above --out while they are empty."""
-    from workbench.run.export_job import _beside, _remove_new
+    from workbench.export.build import missing_folders_above
+    from workbench.run.export_job import _Begun
 
     (tmp_path / "kept").mkdir()
     out = tmp_path / "kept" / "a" / "b" / "*"
-    before = _beside(out)
-    assert before["missing"] == [out.parent, out.parent.parent]
+    before = _Begun(missing_folders_above(out))
+    assert before.missing == [out.parent, out.parent.parent]
     out.parent.mkdir(parents=True)
     (out.parent / ".*.abc123" / "wb_toy").mkdir(parents=True)  # this export's
     (out.parent / ".*.other").mkdir()  # another export's, to the same --out, begun meanwhile
     (out.parent / ".my.project").mkdir()  # someone else's
-    before["staging_made"] = out.parent / ".*.abc123"
-    _remove_new(out, before)
+    before.staging = out.parent / ".*.abc123"
+    before.remove(out)
     assert sorted(p.name for p in out.parent.iterdir()) == [".*.other", ".my.project"]
     for name in (".*.other", ".my.project"):
         (out.parent / name).rmdir()
-    _remove_new(out, before)
+    before.remove(out)
     assert list((tmp_path / "kept").iterdir()) == []
 
 

@@ -264,7 +264,7 @@ def _export(ws, spec, given, variants, arch, out, allow_unverified, force, cwd, 
 
     # built beside --out and moved there at the end: a failed export leaves nothing behind,
     # not even the folders made to hold it
-    made = [p for p in reversed(out.absolute().parents) if not p.exists()]
+    made = missing_folders_above(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -281,11 +281,21 @@ def _export(ws, spec, given, variants, arch, out, allow_unverified, force, cwd, 
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        for folder in reversed(made):  # deepest first; one another process filled stays
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        remove_empty_folders(made)
         raise
     return ExportResult(out=out, manifest=manifest, unverified=unverified)
+
+
+def missing_folders_above(out: Path) -> list[Path]:
+    """The folders above ``out`` that do not exist yet, deepest first: an export makes them,
+    and a failed one removes them again (remove_empty_folders)."""
+    return [p for p in out.absolute().parents if not p.exists()]
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first; one another process filled stays
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 #: what an earlier export's folder may hold besides its packages (folders with a manifest.json):

@@ -8,14 +8,16 @@ had begun beside --out is removed.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from workbench.errors import UserError
-from workbench.export.build import ExportResult, check_out, check_tools, expand
+from workbench.export.build import (
+    ExportResult, check_out, check_tools, expand, missing_folders_above, remove_empty_folders,
+)
 from workbench.run.supervisor import run_job
 
 #: a job's time limit per configuration when --timeout is not given (a stage D compile: 10-40 s)
@@ -53,13 +55,13 @@ def export_in_worker(
         "given": given, "variants": variants, "arch": arch, "out": str(out), "cwd": os.getcwd(),
         "allow_unverified": allow_unverified, "force": force,
     }
-    before = _beside(out)
+    begun = _Begun(missing_folders_above(out))
 
     def event(message: dict) -> None:
         if message.get("phase") != "export":
             return
         if message["export"].get("event") == "staging":  # the worker's own folder beside --out
-            before["staging_made"] = Path(message["export"]["path"])
+            begun.staging = Path(message["export"]["path"])
         else:
             emit(message["export"])
 
@@ -67,7 +69,7 @@ def export_in_worker(
     if outcome.status == "result" and "manifest" in (outcome.result or {}):
         r = outcome.result
         return ExportResult(out=given_out, manifest=r["manifest"], unverified=[{"key": k} for k in r["unverified"]])
-    _remove_new(out, before)
+    begun.remove(out)
     if outcome.status == "user_error":
         raise UserError(outcome.message)
     if outcome.status == "INTERRUPTED":
@@ -82,19 +84,17 @@ def export_in_worker(
     raise UserError(f"{spec.id}: the export failed in its worker ({why}){seen}; nothing was exported")
 
 
-def _beside(out: Path) -> dict[str, Any]:
-    """The folders above --out that are not there before the export (deepest first: the
-    worker makes them, and they are removed when it fails, if still empty)."""
-    return {"missing": [p for p in out.parents if not p.exists()], "staging_made": None}
+@dataclass
+class _Begun:
+    """What a failed export's worker may leave: the folders above --out it makes (``missing``,
+    deepest first, known before it starts) and the staging folder beside --out it reports."""
 
+    missing: list[Path]
+    staging: Path | None = None
 
-def _remove_new(out: Path, before: dict[str, Any]) -> None:
-    """A worker killed mid-build cannot remove its staging folder (the path it reported) or
-    the folders it made to hold --out: the supervisor does. Nothing else beside --out is
-    touched (another export's staging folder, a folder whose name looks like one)."""
-    staging = before.get("staging_made")
-    if staging is not None and staging.parent == out.parent and staging.name.startswith(f".{out.name}."):
-        shutil.rmtree(staging, ignore_errors=True)
-    for folder in before["missing"]:  # deepest first; one another process filled stays
-        with contextlib.suppress(OSError):
-            folder.rmdir()
+    def remove(self, out: Path) -> None:
+        """A worker killed mid-build cannot remove these itself: the supervisor does. Nothing
+        else beside --out is touched (another export's staging folder, a name that looks like one)."""
+        if self.staging is not None and self.staging.parent == out.parent and self.staging.name.startswith(f".{out.name}."):
+            shutil.rmtree(self.staging, ignore_errors=True)
+        remove_empty_folders(self.missing)

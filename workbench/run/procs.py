@@ -260,12 +260,17 @@ def _gpu_memory() -> dict[int, int]:
     return out
 
 
+def _argv(pid: int) -> list[str]:
+    """The command line of `pid` from /proc (OSError when it cannot be read)."""
+    return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+
+
 def _not_wb(pid: int) -> str | None:
     """The program `pid` runs when its command line is no wb process's (a worker, `wb` or
     `python -m workbench`, also under a wrapping tool such as compute-sanitizer); None when it
     is wb's or /proc cannot tell."""
     try:
-        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+        argv = _argv(pid)
     except OSError:
         return None
     if not argv or any("workbench" in a or os.path.basename(a) == "wb" for a in argv):
@@ -378,8 +383,8 @@ def _untracked(ws: Workspace, known: set[int]) -> list[ProcInfo]:
         if pid in known or pid == os.getpid():
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            if b"workbench.run.worker" not in argv or os.readlink(entry / "cwd") != root:
+            argv = _argv(pid)
+            if "workbench.run.worker" not in argv or os.readlink(entry / "cwd") != root:
                 continue
             pgid = os.getpgid(pid)
         except OSError:
@@ -388,7 +393,7 @@ def _untracked(ws: Workspace, known: set[int]) -> list[ProcInfo]:
         if start is None:
             continue
         data = {"pid": pid, "pgid": pgid, "kind": "worker", "starttime": start, "boot_id": boot_id(),
-                "argv": [a.decode(errors="replace") for a in argv if a], "host": socket.gethostname()}
+                "argv": argv, "host": socket.gethostname()}
         if not _socket_gone(data["argv"], root):
             state, note = "untracked", "a wb worker of this workspace without a pid file"
         elif (process_age(start) or 0.0) < STARTING_S:
