@@ -126,7 +126,9 @@ def write_perfetto(path, words, ctas, wgs, title, meta, events=None):
 
 
 def consumer_wgs_of(args) -> int:
-    """The consumer warpgroups stage D builds for these arguments (no compile, no GPU)."""
+    """The consumer warpgroups of a save that does not name them (no compile, no GPU): the
+    default kernel's for these arguments, as the script built it then (before it followed
+    the long kernel and the persistent twin, and began to save ``consumer_wgs``)."""
     from stages.fmha import common
     from stages.fmha import stage_d_fmha as sd
 
@@ -198,9 +200,11 @@ def main(argv=None):
     batch, heads = args.batch or max(1, 16384 // s), args.heads or max(1, 2048 // d)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     variants = dict(v.split("=", 1) for v in args.variants)
-    options = sd.kernel_options(variants)
-    if options["persistent"] == "off":
-        sys.exit("trace_tiles: the trace is laid out per persistent CTA; persistent=off is not supported")
+    try:  # the kernel a launch of s rows runs (the long kernel where it serves them), persistent
+        chosen, note = sd.traced_variants(d, args.causal, False, variants, s, s)
+    except Exception as exc:  # an unknown variant or persistent=off: one line
+        sys.exit(f"trace_tiles: {exc}")
+    options = sd.kernel_options(chosen)
     dev = torch.device("cuda")
     ctas = sd.sm_count(dev)
 
@@ -263,7 +267,8 @@ def main(argv=None):
     span_ns = summary["CTA end: last"]
     flops = 4.0 * batch * heads * s * s * d / (2 if args.causal else 1)
     print(f"card: {torch.cuda.get_device_name()} · d={d} s={s} batch={batch} heads={heads} causal={args.causal} "
-          f"{args.dtype} · tile {kernel.tile_m}x{kernel.tile_n}, {wgs} consumer WGs, {n_steps} KV steps per tile · {variants or 'defaults'}")
+          f"{args.dtype} · tile {kernel.tile_m}x{kernel.tile_n}, {wgs} consumer WGs, {n_steps} KV steps per tile · {variants or 'defaults'}"
+          + (f" · {note} (traced and untraced)" if note else ""))
     print(f"max |o - sdpa| = {err:.3g} ({'ok' if err < 2e-2 else 'WRONG'})")
     q10, q90 = plain_times[len(plain_times) // 10], plain_times[-len(plain_times) // 10]
     slow = sum(t > 1.15 * plain_times[0] for t in plain_times)

@@ -186,3 +186,41 @@ def test_the_exported_op_launches_the_long_kernel_from_min_m_rows_and_min_n_keys
     finally:
         export_op._per_device.pop(dev, None)
         export_op._lse_like.clear()
+
+
+@pytest.mark.parametrize(
+    "d, causal, m, n, given, expected, note",
+    [
+        # the long kernel where it serves m and n, as the launch picks it
+        (128, False, 8192, 8192, {}, {"consumers": "2", "kv_tile": "176", "o_staging": "q"}, ""),
+        (128, False, 4096, 4096, {}, {}, ""),
+        (64, True, 4096, 4096, {}, {"consumers": "3"}, ""),
+        (64, True, 1024, 1024, {}, {}, ""),
+        # a default that is not persistent: its persistent twin, said so
+        (96, False, 8192, 8192, {}, {"persistent": "on"}, "persistent=on"),
+        (256, False, 1024, 1024, {}, {"persistent": "on"}, "persistent=on"),
+        (96, True, 8192, 8192, {}, {"consumers": "3", "kv_tile": "144", "o_staging": "q"}, ""),  # dynamic: persistent
+        # an explicit choice of the user's stays
+        (128, False, 8192, 8192, {"kv_tile": "128"}, {"kv_tile": "128"}, ""),
+        (96, False, 8192, 8192, {"persistent": "dynamic"}, {"persistent": "dynamic"}, ""),
+    ],
+)
+def test_the_trace_follows_the_kernel_a_launch_runs_and_makes_it_persistent(d, causal, m, n, given, expected, note):
+    """`wb run --trace` and benchmarks/trace_tiles.py trace the kernel a launch of m rows and n
+    keys runs (a trace of d = 128 s = 8192 once showed the 128 x 128 kernel, not the 128 x 176
+    one the bench times), and its persistent twin where the default is one CTA per tile: the
+    trace buffer has room for one grid of persistent CTAs, and d = 96's default grid of 1806
+    CTAs wrote past it (an illegal address on an H100)."""
+    from stages.fmha import stage_d_fmha as sd
+
+    chosen, said = sd.traced_variants(d, causal, False, given, m, n)
+    assert chosen == expected
+    assert said.startswith(note) and bool(said) == bool(note)
+
+
+def test_the_trace_refuses_persistent_off_in_one_line():
+    from stages.fmha import stage_d_fmha as sd
+    from workbench.errors import UserError
+
+    with pytest.raises(UserError, match="persistent=off is not traced"):
+        sd.traced_variants(128, False, False, {"persistent": "off"}, 4096, 4096)

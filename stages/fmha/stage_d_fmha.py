@@ -1434,6 +1434,25 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
     }
 
 
+def traced_variants(d: int, causal: bool, windowed: bool, variants: Mapping[str, str], m: int, n: int) -> tuple[dict, str]:
+    """The variants of the kernel a fixed-length launch of ``m`` query rows and ``n`` keys
+    runs (the long kernel where it serves them), made persistent where that kernel's
+    default is not: the trace is laid out per persistent CTA (a grid of one CTA per tile
+    would write past its buffer). Returns them and a note when the persistence changed;
+    an explicit ``persistent=off`` is a UserError."""
+    chosen = dict(variants)
+    long = geometry.long_kernel(d, causal, windowed, False, False, host.variants_of("d", chosen))
+    if long is not None and long.serves(m, n):
+        chosen.update(long.variants())
+    asked = host.variants_of("d", chosen)["persistent"]
+    if asked == "off":
+        raise UserError("--trace: the trace is laid out per persistent CTA; persistent=off is not traced")
+    if asked == "auto" and ts.persistence(d, causal, False) == "off":
+        chosen["persistent"] = "on"
+        return chosen, "persistent=on: the default, off, has no per-CTA timeline"
+    return chosen, ""
+
+
 def mask_params(p) -> dict:
     """align, window_left, window_right of parameters ``p`` (defaults where p lacks them:
     top_left, -1, -1), as FmhaForward and reference.attention_bshd take them."""
@@ -1755,18 +1774,14 @@ class StageD(Stage):
 
         if host.truthy(p.get("varlen", False)) or page_size_of(p):
             raise UserError("--trace: stage D's trace is laid out for fixed-length batches (not varlen, not paged)")
-        long = self.long_kernel(p, variants)
-        if long is not None and long.serves(inputs["q"].shape[1], inputs["k"].shape[1]):
-            variants = {**variants, **long.variants()}  # the kernel launch() would pick for these rows
+        mask = mask_params(p)
+        variants, traced_as = traced_variants(
+            int(p.d), host.truthy(p.causal), mask["window_left"] >= 0 or mask["window_right"] >= 0, variants,
+            inputs["q"].shape[1], inputs["k"].shape[1],
+        )
         dtype = common.cute_dtype(p.dtype)
         kernel = self.make_kernel(p, variants, trace=True)
-        traced_as = ""
-        if not kernel.persistent:
-            if host.variants_of("d", variants)["persistent"] != "auto":
-                raise UserError("--trace: the trace is laid out per persistent CTA; persistent=off is not traced")
-            # this configuration's default is off: the timeline is its persistent twin's
-            kernel = self.make_kernel(p, {**variants, "persistent": "on"}, trace=True)
-            traced_as = " (persistent=on: the default, off, has no per-CTA timeline)"
+        traced_as = f" ({traced_as})" if traced_as else ""
         fn = host.compile_for(arch, kernel, *self._fake_args(kernel, dtype))
         q = inputs["q"]
         ctas = sm_count(q.device)
