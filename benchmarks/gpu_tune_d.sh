@@ -28,6 +28,12 @@
 #               16-key pages (sum_init=alpha is their default; about 3 minutes)
 # PHASE alphafinal: for a device budget of one call: `perf`, then the sweep of the kernels whose default
 #               became sum_init=alpha (d = 64 / 96, 32 cases) in what time is left (about 7 minutes)
+# PHASE lazyexact96: d = 96 / 192 only, one call: lazy_rescale=on with row_sum=rounded swept (32 cases),
+#               then the default, that, and lazy alone timed at s = 8192 beside FA4, two rounds (about 7 min)
+# PHASE contested: the non-causal cells short of their goal (d = 128 s 4096 / 8192, d = 96 / 192 s 8192,
+#               d = 64 s 1024 against cuDNN), both dtypes, FA4 and cuDNN beside, ROUNDS (4) processes each
+# PHASE trace128: tile traces (trace_tiles.py) of d = 128 s = 4096 with sum_init zero and alpha,
+#               d = 128 s = 8192, d = 96 s = 8192 and d = 64 s = 4096, non-causal bf16 (about 4 minutes)
 # PHASE alphamini: alphafinal cut to a device budget of 5 minutes: perf's bf16 rows, then 24 sweep cases
 # PHASE round3: a fresh S accumulator per overlap step (no spills at 160 registers) and causal
 #               192-row Q tiles: sweeps of consumers=3 with every schedule, both masks, and of
@@ -501,6 +507,32 @@ lazyexact)
   step "d=256 (lazy on by default) with row_sum=rounded: fixed lengths, both masks, both dtypes, GQA; softcap and a window"
   d256_sweeps -V row_sum=rounded
   ;;
+lazyexact96)
+  V="-V lazy_rescale=on -V row_sum=rounded"
+  step "sweep d=96 and 192, lazy_rescale=on row_sum=rounded: n with tails, both masks, both dtypes, GQA (32 cases)"
+  timeout 200 wb sweep d --n 17,1000,4096,8200 --d 96,192 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 \
+    $V --timeout 40 | sweep_verdicts
+  for round in 1 2; do
+    step "round $round: d=96/192 s=8192 both masks both dtypes: the default with FA4, lazy with the rounded sum, lazy alone"
+    B="wb bench d -p d=96,192 -p n=8192 -p causal=false,true -p dtype=bf16,fp16"
+    timeout 90 $B --peers fa4 --timeout 80 | table_rows 170
+    timeout 70 $B $V --peers "" --timeout 60 | table_rows 150 "rounded"
+    timeout 70 $B -V lazy_rescale=on --peers "" --timeout 60 | table_rows 150 "lazy fp32"
+  done
+  ;;
+contested)
+  # the cells short of their goal, timed in fresh processes round after round: a median over
+  # ROUNDS processes says more than one process's ratio (a peer's level moves between processes)
+  for round in $(seq 1 "${ROUNDS:-4}"); do
+    step "round $round: d=128 s 4096/8192, d=96/192 s 8192, d=64 s 1024, non-causal, both dtypes, FA4 and cuDNN beside"
+    timeout 100 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4,sdpa-cudnn --timeout 90 \
+      | table_rows 200
+    timeout 100 wb bench d -p d=96,192 -p n=8192 -p causal=false -p dtype=bf16,fp16 --peers fa4,sdpa-cudnn --timeout 90 \
+      | table_rows 200
+    timeout 80 wb bench d -p d=64 -p n=1024 -p causal=false -p dtype=bf16,fp16 --peers fa4,sdpa-cudnn --timeout 70 \
+      | table_rows 200
+  done
+  ;;
 lazyexact_bench)
   B="wb bench d -p d=96,192,256 -p n=8192 -p causal=false,true -p dtype=bf16,fp16"
   step "d=96/192/256 s=8192: lazy_rescale=on row_sum=rounded with FA4, then lazy alone, then lazy off"
@@ -566,12 +598,23 @@ d64trace)
   done
   tar czf "${OUT:-/tmp}/traces.tgz" -C /tmp traces
   ;;
+trace128)
+  # d = 128 s = 4096 non-causal (x1.01-1.02 of FA4) beside s = 8192's long kernel, sum_init=alpha
+  # (a loss on the 128-row kernel) and the 3-WG kernels of d = 96 and 64
+  rm -rf /tmp/traces && mkdir -p /tmp/traces
+  for spec in "--d 128 --s 4096" "--d 128 --s 4096 -V sum_init=alpha" "--d 128 --s 8192" "--d 96 --s 8192" "--d 64 --s 4096"; do
+    name=$(echo "$spec" | tr -d ' -')
+    step "trace $spec"
+    timeout 120 python3 benchmarks/trace_tiles.py $spec --json "/tmp/traces/$name.json"
+  done
+  tar czf "${OUT:-/tmp}/traces.tgz" -C /tmp traces
+  ;;
 perf)
   step "wb bench d --sweep (docs/perf.md) with every peer"
   cpeers="fa4,sdpa-cudnn,sdpa-flash"; [ -n "${WB_CUTLASS_EXAMPLES:-}" ] && cpeers="$cpeers,cutlass-example"
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
