@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from workbench.errors import UserError, path_error
 from workbench.files import current_umask
+from workbench.kernels.user_code import import_file
 
 PACKAGE_DIR = Path(__file__).parent / "package"
 MANIFEST_SCHEMA = 1
@@ -81,14 +82,7 @@ def load_op_module(spec, stage):
     path = spec.module_path.parent / export.op_module
     if not path.is_file():
         raise UserError(f"{spec.id}: export op module {path} does not exist")
-    mod_spec = importlib.util.spec_from_file_location(f"_wb_export_op_{spec.kernel}_{spec.letter}", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    try:
-        mod_spec.loader.exec_module(module)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # sys.exit() or its own BaseException too: a broken module
-        raise UserError(f"{path}: the export op module failed to import: {type(exc).__name__}: {exc}") from None
+    module = import_file(f"_wb_export_op_{spec.kernel}_{spec.letter}", path, "the export op module")
     missing = [n for n in ("OP", "SCHEMA", "exported_key", "call_key", "check", "fake", "launch") if not hasattr(module, n)]
     if missing:
         raise UserError(f"{path}: the export op module lacks {', '.join(missing)} (see workbench.kernels.stage.ExportSpec)")

@@ -19,7 +19,6 @@ error at load.
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import re
 import sys
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from workbench.errors import UserError
+from workbench.kernels.user_code import import_file
 
 
 @dataclass(frozen=True)
@@ -236,19 +236,11 @@ def load_fixtures(fixtures_dir: Path) -> Fixtures:
 
 def _import(mod_name: str, path: Path) -> None:
     _by_module.pop(mod_name, None)
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
     try:
-        spec.loader.exec_module(module)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # sys.exit(), GeneratorExit, its own BaseException: a broken module, not a way out of wb
-        del sys.modules[mod_name]
+        import_file(mod_name, path, "fixture module")
+    except UserError:
         _by_module.pop(mod_name, None)
-        if isinstance(exc, UserError):
-            raise
-        raise UserError(f"{path}: fixture module failed to import: {type(exc).__name__}{f': {exc}' if str(exc) else ''}") from None
+        raise
 
 
 def forget_modules() -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib
-import importlib.util
 import inspect
 import itertools
 import math
@@ -36,6 +35,7 @@ from typing import Any
 from workbench.errors import UserError
 from workbench.files import folder_problem
 from workbench.kernels.stage import Stage
+from workbench.kernels.user_code import import_file
 from workbench.schemas import PARAM_TEXT_MAX, SchemaError, fits_param_text, short
 from workbench.workspace import Workspace
 
@@ -488,18 +488,7 @@ def kernel_module(kernel_dir: Path, stem: str):
     root = str(kernel_dir.resolve().parent.parent)  # the workspace: `from stages.<kernel> import ...` works
     if root not in sys.path:
         sys.path.insert(0, root)
-    name = f"wb_{stem}_{kernel_dir.name}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # sys.exit(), GeneratorExit, its own BaseException: a broken module too
-        del sys.modules[name]
-        raise UserError(f"{path}: {type(exc).__name__}: {exc}") from None
-    return module
+    return import_file(f"wb_{stem}_{kernel_dir.name}", path, f"the kernel's {stem} module")
 
 
 def load_peers(kernel_dir: Path):
