@@ -32,6 +32,8 @@
 #               then the default, that, and lazy alone timed at s = 8192 beside FA4, two rounds (about 7 min)
 # PHASE contested: the non-causal cells short of their goal (d = 128 s 4096 / 8192, d = 96 / 192 s 8192,
 #               d = 64 s 1024 against cuDNN), both dtypes, FA4 and cuDNN beside, ROUNDS (4) processes each
+# PHASE d64short: d = 64 s = 1024 non-causal, the default (192-row tiles) against consumers=2 (128-row),
+#               cuDNN and FA4 beside, three rounds (about 2 minutes)
 # PHASE trace128: tile traces (trace_tiles.py) of d = 128 s = 4096 with sum_init zero and alpha,
 #               d = 128 s = 8192, d = 96 s = 8192 and d = 64 s = 4096, non-causal bf16 (about 4 minutes)
 # PHASE alphamini: alphafinal cut to a device budget of 5 minutes: perf's bf16 rows, then 24 sweep cases
@@ -520,6 +522,16 @@ lazyexact96)
     timeout 70 $B -V lazy_rescale=on --peers "" --timeout 60 | table_rows 150 "lazy fp32"
   done
   ;;
+d64short)
+  # d = 64 s = 1024 non-causal, short of x1.05 cuDNN in fp16: 1024 rows are 5 1/3 192-row tiles
+  # (the last one a third full); 128-row tiles with 2 consumer WGs fit m exactly
+  for round in 1 2 3; do
+    step "round $round: d=64 s=1024 non-causal both dtypes: the default with cuDNN and FA4, then consumers=2"
+    timeout 80 wb bench d -p d=64 -p n=1024 -p causal=false -p dtype=bf16,fp16 --peers sdpa-cudnn,fa4 --timeout 70 | table_rows 200
+    timeout 60 wb bench d -p d=64 -p n=1024 -p causal=false -p dtype=bf16,fp16 -V consumers=2 --peers "" --timeout 50 \
+      | table_rows 150 "consumers=2"
+  done
+  ;;
 contested)
   # the cells short of their goal, timed in fresh processes round after round: a median over
   # ROUNDS processes says more than one process's ratio (a peer's level moves between processes)
@@ -615,6 +627,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
