@@ -74,6 +74,24 @@ def test_float_parameters_are_range_checked_too(raw, fragment):
     assert math.isclose(spec.coerce("2.5", "k/stage-a"), 2.5)
 
 
+@pytest.mark.parametrize("raw", ["１２８", "١٢٨", "1_28", "12 8", "0x80"])
+def test_a_number_is_ascii_digits(raw):
+    """int() and float() take full-width and other scripts' digits and underscores: `-p
+    n=１２８` ran n = 128 under a sweep label and a record that said "１２８"."""
+    whole = registry.ParamSpec("n", 128, min=1)
+    with pytest.raises(UserError, match="must be an integer"):
+        whole.coerce(raw, "k/stage-a")
+    real = registry.ParamSpec("scale", 1.0)
+    with pytest.raises(UserError, match="must be a number"):
+        real.coerce(raw.replace("0x80", "0x1p3"), "k/stage-a")
+    assert whole.coerce(" 128 ", "k/stage-a") == 128 and whole.coerce("+128", "k/stage-a") == 128
+    assert [real.coerce(x, "k/stage-a") for x in ("30", "-.5", "1e3", "2.5E-1")] == [30.0, -0.5, 1000.0, 0.25]
+
+
+def test_a_run_selector_counts_back_in_ascii_digits(toy_ws, capsys):
+    assert "no run matches 'last~٣'" in one_line_error(capsys, "report", "last~٣")
+
+
 @pytest.mark.parametrize(
     "args, fragment",
     [
@@ -699,3 +717,10 @@ def test_wb_list_with_stages_a_file_is_one_line_exit_2(toy_ws, capsys):
     (toy_ws / "stages").write_text("x\n")
     err = one_line_error(capsys, "list")
     assert "stages is not a folder (a file)" in err
+
+
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_empty_workspace_is_a_slip_not_the_cwd(toy_ws, capsys, value):
+    """`-w ""` (a variable that expanded to nothing) read as Path("") = "." and ran in whatever
+    workspace the cwd was in."""
+    assert f"--workspace {value!r}: expected a workspace folder" in one_line_error(capsys, "-w", value, "runs")

@@ -612,3 +612,12 @@ def test_a_warm_worker_is_shared_only_under_the_same_wb_home_and_dsl_settings(to
     tags = {warm_tag(ws, {"WB_HOME": "/tmp/x"}), warm_tag(ws, {"WB_HOME": "/tmp/y"}),
             warm_tag(ws, {"CUTE_DSL_ARCH": "sm_90a"}), warm_tag(ws, {"CUTE_DSL_KEEP_PTX": "1"})}
     assert len(tags) == 4 and plain not in tags
+
+
+@pytest.mark.parametrize("pid", ["0", "-1", "-4242"])
+def test_a_pid_below_one_is_a_slip_refused_in_one_line(toy_ws, wb, pid):
+    """kill(2) reads 0 as the caller's process group and -N as group N: `wb kill 0` said "not
+    wb's to kill" with exit 1, as if it had looked for a worker by that pid."""
+    proc = wb("kill", "--", pid)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == f"wb: error: pid {pid}: a process id is a whole number from 1 up (`wb ps` lists wb's)"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import warnings
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -70,12 +69,13 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    workspace: Optional[Path] = typer.Option(
-        None, "--workspace", "-w", help="Workspace folder (default: $WB_WORKSPACE, else found upward from the cwd)."
+    workspace: Optional[str] = typer.Option(  # text, not Path: Path("") is "." and -w "" meant the cwd
+        None, "--workspace", "-w", callback=a_name("--workspace", "a workspace folder"), metavar="<path>",
+        help="Workspace folder (default: $WB_WORKSPACE, else found upward from the cwd).",
     ),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print wb's version."),
 ) -> None:
-    state.workspace_path = str(workspace) if workspace else None
+    state.workspace_path = workspace
     home = settings.wb_home()
     problem = folder_problem(home) if home else None
     if problem:

@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 
 from workbench.cli import app, host_name, state
+from workbench.errors import UserError
 
 
 @app.command()
@@ -75,8 +76,6 @@ def _list_of_rows(host: str, command: str, data) -> list[dict]:
     """A remote `wb ps` / `wb kill` answer: a list of objects, else a one-line error (a remote
     wb of another version, or something that is not wb answering)."""
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        from workbench.errors import UserError
-
         raise UserError(
             f"host {host}: `wb {command} --json` answered {type(data).__name__}, not a list of objects "
             "(another wb version there? `wb hosts` compares them)"
@@ -148,6 +147,9 @@ def kill(
     from workbench.terminal import console, escape, print_json
 
     ws = state.workspace()
+    for pid in pids or []:  # kill(2) reads 0 and -N as process groups: a slip, not a pid
+        if pid < 1:
+            raise UserError(f"pid {pid}: a process id is a whole number from 1 up (`wb ps` lists wb's)")
     if host:
         from workbench.remote.client import run_wb_json
 

@@ -73,15 +73,13 @@ class ParamSpec:
                     raise UserError(f"{where}: {self.name}={raw!r} must be true or false")
                 value = low in ("true", "1", "yes", "on")
             elif isinstance(sample, float):
-                try:
-                    value = float(raw)
-                except ValueError:
-                    raise UserError(f"{where}: {self.name}={raw!r} must be a number") from None
+                if not (_FLOAT.fullmatch(raw.strip()) or raw.strip().lower().lstrip("+-") in ("inf", "infinity", "nan")):
+                    raise UserError(f"{where}: {self.name}={raw!r} must be a number")
+                value = float(raw)
             elif isinstance(sample, int) or self.multiple_of or self.min is not None or self.max is not None:
-                try:
-                    value = int(raw)
-                except ValueError:
-                    raise UserError(f"{where}: {self.name}={raw!r} must be an integer") from None
+                if not _INT.fullmatch(raw.strip()):
+                    raise UserError(f"{where}: {self.name}={raw!r} must be an integer")
+                value = int(raw)
         if isinstance(value, str) and not fits_param_text(value):
             raise UserError(f"{where}: {self.name}={short(value)} must be text of at most {PARAM_TEXT_MAX} characters without control characters")
         if self.choices is not None and value not in self.choices:
@@ -100,6 +98,12 @@ class ParamSpec:
                 f" (the stage's tile); nearest: {_nearest_multiple(value, self.multiple_of)}"
             )
         return value
+
+
+# what int() and float() take besides: "1_000", "１２８" (full-width), "٣" (Arabic-Indic): the
+# value ran as 128 under a label and a record that said "１２８"
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def _fmt(value: Any) -> str:

@@ -250,7 +250,7 @@ def list_records(
     return out
 
 
-_SELECTOR_RE = re.compile(r"^(?:(?P<stage>[^@]+)@)?last(?:~(?P<back>\d+))?$")
+_SELECTOR_RE = re.compile(r"^(?:(?P<stage>[^@]+)@)?last(?:~(?P<back>[0-9]+))?$")
 
 
 def select(runs_dir: Path, selector: str, stage_of: Callable[[str], str] | None = None) -> dict[str, Any]:
