@@ -32,6 +32,8 @@
 #               then the default, that, and lazy alone timed at s = 8192 beside FA4, two rounds (about 7 min)
 # PHASE contested: the non-causal cells short of their goal (d = 128 s 4096 / 8192, d = 96 / 192 s 8192,
 #               d = 64 s 1024 against cuDNN), both dtypes, FA4 and cuDNN beside, ROUNDS (4) processes each
+# PHASE scan128: d = 128 s = 4096 non-causal bf16, the default and FA4 against seven variants, two
+#               rounds (about 4 minutes)
 # PHASE d64short: d = 64 s = 1024 non-causal, the default (192-row tiles) against consumers=2 (128-row),
 #               cuDNN and FA4 beside, three rounds (about 2 minutes)
 # PHASE trace128: tile traces (trace_tiles.py) of d = 128 s = 4096 with sum_init zero and alpha,
@@ -522,6 +524,19 @@ lazyexact96)
     timeout 70 $B -V lazy_rescale=on --peers "" --timeout 60 | table_rows 150 "lazy fp32"
   done
   ;;
+scan128)
+  # d = 128 s = 4096 non-causal (x1.01-1.02 of FA4): the existing variants again on the H100, since
+  # round 3 (H200) scanned them before sum_init, the long kernel and O staged in Q
+  B="wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16"
+  for round in 1 2; do
+    step "round $round: d=128 s=4096 non-causal bf16: the default with FA4, then each variant"
+    timeout 40 $B --peers fa4 --timeout 35 | table_rows 170
+    for v in "q_buffers=2" "kv_load=k_ahead" "persistent=dynamic" "sum_init=alpha" "o_staging=q kv_stages=3" \
+             "kv_tile=144 o_staging=q" "kv_tile=160 o_staging=q"; do
+      timeout 40 $B $(printf -- '-V %s ' $v) --peers "" --timeout 35 | table_rows 150 "$v"
+    done
+  done
+  ;;
 d64short)
   # d = 64 s = 1024 non-causal, short of x1.05 cuDNN in fp16: 1024 rows are 5 1/3 192-row tiles
   # (the last one a third full); 128-row tiles with 2 consumer WGs fit m exactly
@@ -627,6 +642,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
