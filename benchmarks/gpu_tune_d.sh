@@ -32,6 +32,8 @@
 #               then the default, that, and lazy alone timed at s = 8192 beside FA4, two rounds (about 7 min)
 # PHASE contested: the non-causal cells short of their goal (d = 128 s 4096 / 8192, d = 96 / 192 s 8192,
 #               d = 64 s 1024 against cuDNN), both dtypes, FA4 and cuDNN beside, ROUNDS (4) processes each
+# PHASE dynfinal: one call for persistent auto = dynamic at d = 128 non-causal: its defaults' sweep (36 cases, the
+#               long kernel, softcap and a window: 4 more), then the perf sweep for docs/perf.md (about 9 minutes)
 # PHASE scan128: d = 128 s = 4096 non-causal bf16, the default and FA4 against seven variants, two
 #               rounds (about 4 minutes)
 # PHASE d64short: d = 64 s = 1024 non-causal, the default (192-row tiles) against consumers=2 (128-row),
@@ -524,6 +526,14 @@ lazyexact96)
     timeout 70 $B -V lazy_rescale=on --peers "" --timeout 60 | table_rows 150 "lazy fp32"
   done
   ;;
+dynfinal)
+  step "sweep of d=128 non-causal's defaults under the dynamic scheduler: n with tails, the long kernel, both dtypes, GQA (36 cases)"
+  timeout 200 wb sweep d --n 1,17,128,1000,1024,4096,8192,8200,9000 --d 128 --dtype bf16,fp16 -p causal=false -p kv_heads=4,2 \
+    --timeout 40 | sweep_verdicts
+  timeout 80 wb sweep d --n 8192,9000 --d 128 -p causal=false -p softcap=30 -p window_left=-1,300 --timeout 40 | sweep_verdicts
+  step "wb bench d --sweep (docs/perf.md) with every peer"
+  timeout 400 wb bench d --sweep -p dtype=bf16,fp16 --peers fa4,sdpa-cudnn,sdpa-flash --timeout 380 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
+  ;;
 scan128)
   # d = 128 s = 4096 non-causal (x1.01-1.02 of FA4): the existing variants again on the H100, since
   # round 3 (H200) scanned them before sum_init, the long kernel and O staged in Q
@@ -642,6 +652,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
