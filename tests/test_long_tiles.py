@@ -225,25 +225,3 @@ def test_the_trace_refuses_persistent_off_in_one_line():
     with pytest.raises(UserError, match="persistent=off is not traced"):
         sd.traced_variants(128, False, False, {"persistent": "off"}, 4096, 4096)
 
-
-@pytest.mark.parametrize(
-    "d, causal, varlen, expected",
-    [
-        (64, False, False, "on"),
-        (96, False, False, "off"),  # O staged in Q: the next tile's Q waits for the store
-        (128, False, False, "dynamic"),  # H100: +0.3-1.3 % over round robin (perf-notes round 16)
-        (192, False, False, "on"),
-        (256, False, False, "off"),
-        (64, True, False, "dynamic"),  # longest-first causal tiles taken greedily
-        (256, True, False, "dynamic"),
-        (96, False, True, "dynamic"),
-    ],
-)
-def test_persistent_auto_builds_the_scheduler_measured_fastest(d, causal, varlen, expected):
-    """`persistent=auto` as the kernel object resolves it (the scheduler the launch grid and
-    the tile loop follow), one row per measured choice."""
-    from stages.fmha import common
-    from stages.fmha import stage_d_fmha as sd
-
-    kernel = sd.FmhaForward(common.cute_dtype("bf16"), d, 4, 4, causal=causal, varlen=varlen, **sd.kernel_options({}))
-    assert (kernel.persistent, kernel.dynamic) == (expected != "off", expected == "dynamic")
