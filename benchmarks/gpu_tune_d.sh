@@ -34,6 +34,8 @@
 #               d = 64 s 1024 against cuDNN), both dtypes, FA4 and cuDNN beside, ROUNDS (4) processes each
 # PHASE dynfinal: one call for persistent auto = dynamic at d = 128 non-causal: its defaults' sweep (36 cases, the
 #               long kernel, softcap and a window: 4 more), then the perf sweep for docs/perf.md (about 9 minutes)
+# PHASE qbuf128: q_buffers=2 at d = 128 non-causal (s 1024 / 4096) over the dynamic scheduler: its sweep, then
+#               two rounds beside the default and FA4 (about 3 minutes)
 # PHASE scan128: d = 128 s = 4096 non-causal bf16, the default and FA4 against seven variants, two
 #               rounds (about 4 minutes)
 # PHASE d64short: d = 64 s = 1024 non-causal, the default (192-row tiles) against consumers=2 (128-row),
@@ -534,6 +536,19 @@ dynfinal)
   step "wb bench d --sweep (docs/perf.md) with every peer"
   timeout 400 wb bench d --sweep -p dtype=bf16,fp16 --peers fa4,sdpa-cudnn,sdpa-flash --timeout 380 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
+qbuf128)
+  # q_buffers=2 on top of d = 128 non-causal's dynamic scheduler (+0.5 % alone at s = 4096, round 16;
+  # at n >= 8192 it takes the 128 x 128 kernel: the 128 x 176 one has no room for a second Q)
+  step "sweep q_buffers=2 at d=128 non-causal: n with tails, both dtypes, GQA (8 cases)"
+  timeout 100 wb sweep d --n 17,1000,1024,4096 --d 128 --dtype bf16,fp16 -p causal=false -p kv_heads=2 -V q_buffers=2 \
+    --timeout 40 | sweep_verdicts
+  for round in 1 2; do
+    step "round $round: d=128 s 1024/4096 non-causal both dtypes: the default with FA4, then q_buffers=2"
+    timeout 60 wb bench d -p d=128 -p n=1024,4096 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 50 | table_rows 170
+    timeout 60 wb bench d -p d=128 -p n=1024,4096 -p causal=false -p dtype=bf16,fp16 -V q_buffers=2 --peers "" --timeout 50 \
+      | table_rows 150 "q_buffers=2"
+  done
+  ;;
 scan128)
   # d = 128 s = 4096 non-causal (x1.01-1.02 of FA4): the existing variants again on the H100, since
   # round 3 (H200) scanned them before sum_init, the long kernel and O staged in Q
@@ -652,6 +667,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
