@@ -138,6 +138,17 @@ def test_a_stage_that_calls_sys_exit_while_it_runs_is_a_crash_saying_so(toy_ws, 
     assert record_of(toy_ws, wb("run", "a", "--json"))["verdict"] == "PASS"
 
 
+def test_a_kernels_mutants_file_that_exits_leaves_the_failing_run_a_fail(toy_ws, wb):
+    """sys.exit() at the import of stages/toy/mutants_*.py (loaded for the diagnosis of a FAIL)
+    made the run a CRASH with no fixture results: the kernel's FAIL was lost to a broken
+    diagnosis file. The verdict and the fixtures stay; the diagnosis says why it is missing."""
+    (toy_ws / "stages/toy/mutants_x.py").write_text("import sys\nsys.exit(3)\n")
+    rec = record_of(toy_ws, wb("run", "a", "-f", "toy-random", "-V", "bug=zero", "--json"))
+    assert rec["verdict"] == "FAIL", rec.get("error")
+    said = f"diagnosis failed: {toy_ws / 'stages/toy/mutants_x.py'}: the kernel's diagnosis hooks file failed to import: SystemExit: 3"
+    assert rec["results"] and all(c["verdict"] == "FAIL" and c["diagnosis"] == {"error": said} for c in rec["results"])
+
+
 @pytest.mark.parametrize("spec, says", [
     ('TensorSpec((p.n, 64), "float")', "TensorSpec dtype 'float': expected one of bf16, fp16"),
     ('TensorSpec((p.n, 6.4), p.dtype)', "TensorSpec shape (128, 6.4): expected a tuple of sizes"),

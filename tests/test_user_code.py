@@ -1,4 +1,4 @@
-"""A user's Python file imported by wb (workbench/kernels/user_code.py: fixtures, a kernel's
+"""A user's Python file imported by wb (workbench/user_code.py: fixtures, a kernel's
 peers and bench hooks, a stage's export op): whatever its import raises short of Ctrl-C is one
 line naming the file, and a failed import leaves no half-made module in sys.modules."""
 
@@ -8,7 +8,7 @@ import pytest
 
 from workbench.errors import UserError
 from workbench.kernels.registry import kernel_module
-from workbench.kernels.user_code import import_file
+from workbench.user_code import import_file
 
 
 @pytest.mark.parametrize("line, shown", [

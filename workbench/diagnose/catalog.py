@@ -3,13 +3,12 @@ when this module is imported) plus those its folder's mutants*.py / evidence*.py
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 from workbench.diagnose import generic  # noqa: F401  (registers the generic mutants on import)
 from workbench.diagnose.registry import EvidenceHook, Mutant, Views, _hooks, _registry, _view_hooks
+from workbench.user_code import import_file
 
 
 def all_mutants() -> dict[str, Mutant]:
@@ -61,14 +60,9 @@ def load_mutants(path: str | os.PathLike) -> None:
         for key in [k for k in _view_hooks if k[1] == str(file)]:
             del _view_hooks[key]
         mod_name = "wb_mutants_" + "_".join(file.parts[-3:]).replace(".py", "").replace("-", "_").replace(".", "_")
-        spec = importlib.util.spec_from_file_location(mod_name, file)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception:
-            del sys.modules[mod_name]
-            raise
+        # a UserError for any failure (sys.exit() too): the diagnosis and the run's evidence
+        # catch it as a note, and the run's verdict stands
+        import_file(mod_name, file, "the kernel's diagnosis hooks file")
         _loaded[str(file)] = mtime
 
 

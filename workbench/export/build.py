@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from workbench.errors import UserError, path_error
 from workbench.files import current_umask
-from workbench.kernels.user_code import import_file
+from workbench.user_code import import_file
 
 PACKAGE_DIR = Path(__file__).parent / "package"
 MANIFEST_SCHEMA = 1

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from workbench.errors import UserError
-from workbench.kernels.user_code import import_file
+from workbench.user_code import import_file
 
 
 @dataclass(frozen=True)

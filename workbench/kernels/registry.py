@@ -35,7 +35,7 @@ from typing import Any
 from workbench.errors import UserError
 from workbench.files import folder_problem
 from workbench.kernels.stage import Stage
-from workbench.kernels.user_code import import_file
+from workbench.user_code import import_file
 from workbench.schemas import PARAM_TEXT_MAX, SchemaError, fits_param_text, short
 from workbench.workspace import Workspace
 

@@ -409,8 +409,12 @@ class Job:
                 label=label,
                 poisoned=poisoned,
             )
-        except Exception as exc:  # a broken diagnosis must not hide the verdict
-            return {"error": f"diagnosis failed: {type(exc).__name__}: {exc}"}
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a broken diagnosis (sys.exit() in a kernel's mutants file too) must not hide the verdict
+            from workbench.user_code import failure_text
+
+            return {"error": f"diagnosis failed: {exc if isinstance(exc, UserError) else failure_text(exc)}"}
 
 
 @contextlib.contextmanager
