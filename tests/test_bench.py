@@ -421,6 +421,7 @@ def test_a_recorded_sweep_writes_the_perf_doc_again_without_timing_anything(stag
         (["--sweep", "--from", "d@last"], "timed bench cases, not the kernel's sweep"),
         (["--from", sweep["id"]], "give --sweep too"),
         (["--sweep", "--from", sweep["id"], "-p", "n=1024", "--reps", "5"], "-p, --reps do not apply"),
+        (["--sweep", "--from", sweep["id"], "--timeout", "-1"], "--timeout do not apply"),  # was taken silently
         (["--sweep", "--from", "20990101"], "no run matches"),
     ]:
         refused = wb("bench", "d", *args, cwd=ws.root)

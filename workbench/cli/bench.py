@@ -63,7 +63,7 @@ def bench(
     if from_run is not None:
         _perf_doc_from(ws, kernel, spec, from_run, sweep, as_json, timing_options={
             "-p": param, "-V": variant, "--peers": peers is not None, "--reps": reps != 30, "--graph": graph != "auto",
-            "--processes": processes != 1, "--host": host,
+            "--processes": processes != 1, "--host": host, "--timeout": timeout != 900.0,
         })
         return
     variants = spec.resolve_variants(parse_pairs(variant, "--variant"))
