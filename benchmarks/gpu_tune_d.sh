@@ -153,6 +153,19 @@ d256_sweeps() {
   timeout 90 wb sweep d --n 1000,8192 --d 256 --dtype fp16 -p causal=true -p softcap=30,0 -p window_left=-1,300 \
     "$@" --timeout 40 | sweep_verdicts
 }
+# trace_tiles.py of each SPEC (its arguments), SECONDS at most each; the JSON saves go back in
+# $OUT/traces.tgz:  trace_specs SECONDS SPEC...
+trace_specs() {
+  local seconds=$1 spec name
+  shift
+  rm -rf /tmp/traces && mkdir -p /tmp/traces
+  for spec in "$@"; do
+    name=$(echo "$spec" | tr -d ' -')
+    step "trace $spec"
+    timeout "$seconds" python3 benchmarks/trace_tiles.py $spec --json "/tmp/traces/$name.json"
+  done
+  tar czf "${OUT:-/tmp}/traces.tgz" -C /tmp traces
+}
 
 case "${1:-}" in
 d64)
@@ -642,24 +655,12 @@ sumalpha_wide)
   done
   ;;
 d64trace)
-  rm -rf /tmp/traces && mkdir -p /tmp/traces
-  for spec in "--d 64 --s 4096" "--d 64 --s 8192" "--d 64 --s 4096 --causal" "--d 64 --s 8192 --causal" "--d 128 --s 8192"; do
-    name=$(echo "$spec" | tr -d ' -')
-    step "trace $spec"
-    timeout 150 python3 benchmarks/trace_tiles.py $spec --json "/tmp/traces/$name.json"
-  done
-  tar czf "${OUT:-/tmp}/traces.tgz" -C /tmp traces
+  trace_specs 150 "--d 64 --s 4096" "--d 64 --s 8192" "--d 64 --s 4096 --causal" "--d 64 --s 8192 --causal" "--d 128 --s 8192"
   ;;
 trace128)
   # d = 128 s = 4096 non-causal (x1.01-1.02 of FA4) beside s = 8192's long kernel, sum_init=alpha
   # (a loss on the 128-row kernel) and the 3-WG kernels of d = 96 and 64
-  rm -rf /tmp/traces && mkdir -p /tmp/traces
-  for spec in "--d 128 --s 4096" "--d 128 --s 4096 -V sum_init=alpha" "--d 128 --s 8192" "--d 96 --s 8192" "--d 64 --s 4096"; do
-    name=$(echo "$spec" | tr -d ' -')
-    step "trace $spec"
-    timeout 120 python3 benchmarks/trace_tiles.py $spec --json "/tmp/traces/$name.json"
-  done
-  tar czf "${OUT:-/tmp}/traces.tgz" -C /tmp traces
+  trace_specs 120 "--d 128 --s 4096" "--d 128 --s 4096 -V sum_init=alpha" "--d 128 --s 8192" "--d 96 --s 8192" "--d 64 --s 4096"
   ;;
 perf)
   step "wb bench d --sweep (docs/perf.md) with every peer"

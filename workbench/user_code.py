@@ -1,5 +1,5 @@
-"""Importing a user's Python file: a fixtures module, a kernel's peers or bench hooks, a stage's
-export op. The file is someone's work in progress, so whatever its import raises, short of
+"""Importing a user's Python file: a fixtures module, a kernel's peers or bench hooks, its
+mutants / evidence files, a stage's export op. The file is someone's work in progress, so whatever its import raises, short of
 Ctrl-C, is a broken file and one line (a UserError), never a traceback or a way out of wb:
 sys.exit() raises SystemExit, and a generator or a module may raise its own BaseException."""
 
