@@ -36,6 +36,8 @@
 #               long kernel, softcap and a window: 4 more), then the perf sweep for docs/perf.md (about 9 minutes)
 # PHASE qbuf128: q_buffers=2 at d = 128 non-causal (s 1024 / 4096) over the dynamic scheduler: its sweep, then
 #               two rounds beside the default and FA4 (about 3 minutes)
+# PHASE dynscan: persistent=dynamic at d = 64 / 96 / 192 / 256 non-causal: a sweep (16 cases), then two rounds
+#               beside the default and FA4 (about 5 minutes)
 # PHASE scan128: d = 128 s = 4096 non-causal bf16, the default and FA4 against seven variants, two
 #               rounds (about 4 minutes)
 # PHASE d64short: d = 64 s = 1024 non-causal, the default (192-row tiles) against consumers=2 (128-row),
@@ -583,6 +585,21 @@ d64short)
     timeout 80 wb bench d -p d=64 -p n=1024 -p causal=false -p dtype=bf16,fp16 --peers sdpa-cudnn,fa4 --timeout 70 | table_rows 200
     timeout 60 wb bench d -p d=64 -p n=1024 -p causal=false -p dtype=bf16,fp16 -V consumers=2 --peers "" --timeout 50 \
       | table_rows 150 "consumers=2"
+  done
+  ;;
+dynscan)
+  # the dynamic scheduler at the other head dims, non-causal (d = 128's default since round 16:
+  # +0.3-1.3 % against round robin); d = 96 and 256 run one CTA per tile by default
+  step "sweep persistent=dynamic at d=64/96/192/256 non-causal: n with tails, both dtypes, GQA (16 cases)"
+  timeout 150 wb sweep d --n 1000,8200 --d 64,96,192,256 --dtype bf16,fp16 -p causal=false -p kv_heads=2 \
+    -V persistent=dynamic --timeout 40 | sweep_verdicts
+  for round in 1 2; do
+    step "round $round: d=64 s 1024/8192, d=96/192/256 s 8192, non-causal, both dtypes: the default with FA4, then dynamic"
+    for spec in "-p d=64 -p n=1024,8192" "-p d=96,192,256 -p n=8192"; do
+      timeout 100 wb bench d $spec -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 90 | table_rows 170
+      timeout 100 wb bench d $spec -p causal=false -p dtype=bf16,fp16 -V persistent=dynamic --peers "" --timeout 90 \
+        | table_rows 150 "dynamic"
+    done
   done
   ;;
 contested)
