@@ -38,6 +38,8 @@
 #               two rounds beside the default and FA4 (about 3 minutes)
 # PHASE dynscan: persistent=dynamic at d = 64 / 96 / 192 / 256 non-causal: a sweep (16 cases), then two rounds
 #               beside the default and FA4 (about 5 minutes)
+# PHASE dyn96: d = 96 non-causal's default now dynamic: verify96, then two rounds beside FA4 and persistent=off
+#               (about 5 minutes)
 # PHASE scan128: d = 128 s = 4096 non-causal bf16, the default and FA4 against seven variants, two
 #               rounds (about 4 minutes)
 # PHASE d64short: d = 64 s = 1024 non-causal, the default (192-row tiles) against consumers=2 (128-row),
@@ -600,6 +602,17 @@ dynscan)
       timeout 100 wb bench d $spec -p causal=false -p dtype=bf16,fp16 -V persistent=dynamic --peers "" --timeout 90 \
         | table_rows 150 "dynamic"
     done
+  done
+  ;;
+dyn96)
+  # d = 96 non-causal's default became dynamic (round 17): verify96's sweeps, then the default
+  # beside FA4 and one CTA per tile (the old default), two rounds
+  bash "$0" verify96
+  for round in 1 2; do
+    step "round $round: d=96 s 4096/8192 non-causal, both dtypes: the default with FA4, then persistent=off"
+    timeout 100 wb bench d -p d=96 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 90 | table_rows 170
+    timeout 100 wb bench d -p d=96 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 -V persistent=off --peers "" --timeout 90 \
+      | table_rows 150 "off"
   done
   ;;
 contested)

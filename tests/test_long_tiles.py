@@ -197,8 +197,9 @@ def test_the_exported_op_launches_the_long_kernel_from_min_m_rows_and_min_n_keys
         (64, True, 4096, 4096, {}, {"consumers": "3"}, ""),
         (64, True, 1024, 1024, {}, {}, ""),
         # a default that is not persistent: its persistent twin, said so
-        (96, False, 8192, 8192, {}, {"persistent": "on"}, "persistent=on"),
         (256, False, 1024, 1024, {}, {"persistent": "on"}, "persistent=on"),
+        (256, False, 8192, 8192, {}, {"persistent": "on"}, "persistent=on"),
+        (96, False, 8192, 8192, {}, {}, ""),  # dynamic since round 17: persistent
         (96, True, 8192, 8192, {}, {"consumers": "3", "kv_tile": "144", "o_staging": "q"}, ""),  # dynamic: persistent
         # an explicit choice of the user's stays
         (128, False, 8192, 8192, {"kv_tile": "128"}, {"kv_tile": "128"}, ""),
@@ -209,8 +210,8 @@ def test_the_trace_follows_the_kernel_a_launch_runs_and_makes_it_persistent(d, c
     """`wb run --trace` and benchmarks/trace_tiles.py trace the kernel a launch of m rows and n
     keys runs (a trace of d = 128 s = 8192 once showed the 128 x 128 kernel, not the 128 x 176
     one the bench times), and its persistent twin where the default is one CTA per tile: the
-    trace buffer has room for one grid of persistent CTAs, and d = 96's default grid of 1806
-    CTAs wrote past it (an illegal address on an H100)."""
+    trace buffer has room for one grid of persistent CTAs, and d = 96's grid of 1806 CTAs
+    (one per tile, its default then) wrote past it (an illegal address on an H100)."""
     from stages.fmha import stage_d_fmha as sd
 
     chosen, said = sd.traced_variants(d, causal, False, given, m, n)

@@ -39,7 +39,7 @@ def test_stage_d_defaults_follow_the_measurements():
     """auto picks what measured fastest (docs/perf-notes.md, tuning rounds 2 and 3):
     pingpong; 3 consumer WGs (192-row Q tiles) for d=64 non-causal, 2 otherwise (3 were
     slower for causal d=64); longest-first tile order for causal; persistent, dynamic when
-    causal and at d=128; K released early and O rescaled at the step's end."""
+    causal and at d=96 and 128; K released early and O rescaled at the step's end."""
     import yaml
 
     from stages.fmha.stage_d_fmha import StageD, kernel_options
@@ -66,9 +66,10 @@ def test_stage_d_defaults_follow_the_measurements():
     k = kernel(128, True, persistent="off")
     assert (k.persistent, k.dynamic) == (False, False)
     # d = 128 non-causal: the global counter too (H100 +0.3-1.3 % over round robin, round 16)
-    assert kernel(128, False).dynamic is True and kernel(64, False).dynamic is False
-    # d = 96 and 256 non-causal: one CTA per tile (persistent=off measured faster there)
-    assert [kernel(d, False).persistent for d in (64, 96, 128, 192, 256)] == [True, False, True, True, False]
+    # d = 96 non-causal: the global counter against one CTA per tile, fp16 +2-4 % (round 17)
+    assert [kernel(d, False).dynamic for d in (64, 96, 128, 192, 256)] == [False, True, True, False, False]
+    # d = 256 non-causal: one CTA per tile (persistent=off measured faster there)
+    assert [kernel(d, False).persistent for d in (64, 96, 128, 192, 256)] == [True, True, True, True, False]
     assert kernel(96, True).dynamic and kernel(256, False, persistent="on").persistent
     k = kernel(64, False)
     assert (k.schedule, k.num_consumer_wg, k.tile_m, k.num_threads, k.consumer_regs) == ("pingpong", 3, 192, 512, 160)

@@ -36,16 +36,15 @@ L2_PLAN_BYTES = 40 * 1024 * 1024
 
 def persistence(d: int, causal: bool, varlen: bool) -> str:
     """``persistent=auto``: dynamic when causal or varlen (longest-first tiles taken greedily:
-    +7%; causal lost 8-11% with round robin), and for d = 128 non-causal (H100, against round
-    robin: +0.3-1.3 % at s = 1024 / 4096 / 8192, both dtypes, and +1.0-1.4 % at s = 4096 bf16 in
-    two more rounds; docs/perf-notes.md, round 16); else on (H200: +3-8% non-causal at d = 64
-    and 128 against off), except d = 96 and 256: off. H200, s = 8192, two calls each: d = 256
-    +1.6% both times; d = 96 +1.5% then -0.7%, a wash, off as the perf sweep measured it
-    (docs/perf-notes.md, round 7). Both stage O in Q there, so a persistent CTA's next Q
-    waits for this tile's O store."""
-    if causal or varlen or d == 128:
+    +7%; causal lost 8-11% with round robin), and for d = 128 and 96 non-causal. H100 against
+    round robin at d = 128: +0.3-1.3 % at s = 1024 / 4096 / 8192, both dtypes (round 16); against
+    one CTA per tile at d = 96 s = 8192, two rounds: fp16 +4.0 / +1.9 %, bf16 +0.4 / -0.1 %
+    (round 17). Else on (H200: +3-8% non-causal at d = 64 and 128 against off), except d = 256:
+    off (H200, s = 8192: +1.6% twice against on; dynamic a wash on the H100, round 17). d = 64
+    and 192 with dynamic: a wash (round 17). docs/perf-notes.md has the rounds."""
+    if causal or varlen or d in (96, 128):
         return "dynamic"
-    return "off" if d in (96, 256) else "on"
+    return "off" if d == 256 else "on"
 
 
 @dataclass(frozen=True)
