@@ -540,6 +540,21 @@ def test_a_fixture_module_that_exits_on_import_is_one_line_exit_2(toy_ws, capsys
     assert f"zz_exits.py: fixture module failed to import: {shown}" in err
 
 
+@pytest.mark.parametrize("command", [("fixtures",), ("run", "a", "--n", "128")])
+def test_a_fixture_module_that_calls_os_exit_is_one_line_exit_2(toy_ws, command):
+    """os._exit(0) in a fixture module ended wb itself with exit 0 and no word: `wb fixtures`
+    printed nothing, and `wb run` (which loads the fixtures to plan) seemed to succeed. In a
+    process of its own (os._exit would end the test's)."""
+    from conftest import run_wb_process
+
+    (toy_ws / "fixtures" / "zz_exits.py").write_text("import os\nos._exit(0)\n")
+    done = run_wb_process(*command, cwd=toy_ws)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        "zz_exits.py: fixture module failed to import: it called os._exit(0), which would end wb"
+    )
+
+
 @pytest.mark.parametrize("decorator, fragment", [
     ("@fixture", '@fixture needs a name: write @fixture("zz_bad"'),  # registered nothing, silently
     ("@fixture(3)", "@fixture(3): expected a name of letters"),  # a TypeError traceback in wb fixtures
