@@ -167,3 +167,15 @@ def test_the_checks_see_a_circle_and_a_lazy_import(tmp_path, monkeypatch):
     (pkg / "run" / "procs.py").write_text("from workbench.records.store import f\n")
     monkeypatch.setattr(__import__(__name__), "PACKAGE", pkg)
     assert _circles(import_graph()) == [["workbench.records.store", "workbench.run.procs"]]
+
+
+def test_the_cli_loads_no_pydantic_before_a_file_is_read():
+    """architecture.md: schemas/' pydantic models load when a file is read (about 0.15 s of
+    every start). remote/sweep.py imported schemas.hosts at its top, and cli/render.py (every
+    `wb run`'s progress) imports remote/sweep.py: pydantic loaded on each run."""
+    import subprocess
+    import sys
+
+    code = "import sys, workbench.cli, workbench.cli.render; print('pydantic' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -16,7 +16,7 @@ d/2 fp32, S tile_n/2 fp32, P tile_n/4 32-bit.
 | 96  | 144 / 128 | 2 / 3  | 3 (P in smem) / 2                | in Q / own tile | 201 / 195 KiB |
 | 128 | 128    | 2         | 2                                | own tile  | 195 KiB  |
 | 192 | 112    | 2         | 2                                | in Q      | 218 KiB  |
-| 192, dv <= 128 | 128 | 2   | 2                                | in Q      | 209 KiB  |
+| 192, dv <= 128 | 128 | 2   | 2                                | in Q      | 210 KiB  |
 | 256 | 80     | 2         | 2                                | in Q      | 226 KiB  |
 
 d = 64 and 128 are what measured fastest on an H200 (docs/perf-notes.md). d = 96, 192 and

@@ -60,7 +60,6 @@ from workbench.run import procs, protocol, supervisor
 from workbench.run.execute import run_stage
 from workbench.run.supervisor import _socket_dir, warm_tag
 from workbench.schemas import short
-from workbench.schemas.hosts import parse_gpus
 from workbench.text import decimal_int, first_line, json_or_none
 from workbench.workspace import Workspace, find_workspace
 
@@ -177,6 +176,8 @@ def remote_gpus(ws: Workspace, host) -> list[str]:
     problem = UserError(f"host {host.name}: its GPU count is cut off or not wb's: {short(line, 100)} (--gpus 0,1 names them)")
     if not isinstance(found, list):
         raise problem
+    from workbench.schemas.hosts import parse_gpus  # pydantic: loaded when a host's file is read
+
     return list(parse_gpus(found, lambda why: problem))
 
 
