@@ -206,6 +206,30 @@ def test_list_shows_stages_in_order_with_last_verdict(toy_ws, wb):
     assert stages[0]["last_verdict"] is None and stages[1]["last_verdict"] == "PASS"
 
 
+def test_list_falls_back_on_what_memory_remembers_in_a_fresh_clone(toy_ws, wb):
+    """A fresh clone has no runs/ (git-ignored) but MEMORY.json, committed, knows each stage's
+    last verdict: `wb list` showed "-" for every stage. runs/ still wins where it has a run, and
+    a MEMORY.json that does not read leaves the listing as it was."""
+    assert wb("run", "b").returncode == 0
+    memory_json = toy_ws / "MEMORY.json"
+    data = json.loads(memory_json.read_text())
+    data["status"]["toy/stage-a"] = {"verdict": "FAIL", "last_run": "20261201-000000-000001", "cases": {}}
+    data["status"]["toy/stage-b"]["verdict"] = "CRASH"  # older news than runs/' PASS
+    memory_json.write_text(json.dumps(data))
+
+    def listed():
+        done = wb("list", "--json")
+        assert done.returncode == 0, done.stderr
+        return [(s["last_verdict"], s["last_run"], s["last_from"]) for s in json.loads(done.stdout)[0]["stages"]]
+
+    run_b = json.loads(wb("runs", "--json").stdout)[0]["id"]
+    assert listed() == [("FAIL", "20261201-000000-000001", "MEMORY.json"), ("PASS", run_b, "runs")]
+    shown = wb("list")
+    assert "20261201-000000-000001 (MEMORY.md)" in shown.stdout and f"{run_b} (MEMORY.md)" not in shown.stdout
+    memory_json.write_text("{ broken")
+    assert listed() == [(None, None, None), ("PASS", run_b, "runs")]
+
+
 def test_a_limit_of_zero_lists_nothing_and_the_cli_says_so(tmp_path, capsys, monkeypatch):
     """`wb runs -n 0` used to show a row: list_records(limit=0) appended before checking."""
     from workbench.cli import main

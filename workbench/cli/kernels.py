@@ -12,10 +12,11 @@ app.add_typer(new_app, name="new")
 
 @app.command("list")
 def list_kernels(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
-    """Kernels and their stages in order, with each stage's last verdict."""
+    """Kernels and their stages in order, with each stage's last verdict (from runs/, else the
+    one MEMORY.md remembers, marked so)."""
     from workbench.errors import UserError
     from workbench.files import folder_problem
-    from workbench.records.store import iter_records
+    from workbench.records.memory import last_runs
     from workbench.kernels.registry import load_kernels, refuse_broken
     from workbench.terminal import console, escape, table, verdict
 
@@ -24,13 +25,7 @@ def list_kernels(as_json: bool = typer.Option(False, "--json", help="Print as JS
     if problem:  # listing "no kernels yet" with exit 0 hid it
         raise UserError(f"{problem}: the kernels live in its subfolders; move it away")
     kernels = load_kernels(ws)
-    wanted = {s.id for k in kernels.values() for s in k.stages}
-    last: dict[str, dict] = {}
-    for record in iter_records(ws.runs_dir):
-        if record.get("stage") in wanted and record["stage"] not in last and record.get("kind", "run") == "run":
-            last[record["stage"]] = record
-            if len(last) == len(wanted):
-                break
+    last = last_runs(ws, [s.id for k in kernels.values() for s in k.stages])
     data = [
         {
             "kernel": k.name,
@@ -44,6 +39,7 @@ def list_kernels(as_json: bool = typer.Option(False, "--json", help="Print as JS
                     "title": s.title,
                     "last_verdict": last.get(s.id, {}).get("verdict"),
                     "last_run": last.get(s.id, {}).get("id"),
+                    "last_from": last.get(s.id, {}).get("from"),  # runs, MEMORY.json (none here yet)
                 }
                 for s in k.stages
             ],
@@ -59,11 +55,19 @@ def list_kernels(as_json: bool = typer.Option(False, "--json", help="Print as JS
     else:
         for k in data:
             rows = [
-                [f"stage-{s['letter']}", escape(s["name"]), escape(s["title"]), verdict(s["last_verdict"]), s["last_run"] or "-"]
+                [f"stage-{s['letter']}", escape(s["name"]), escape(s["title"]), verdict(s["last_verdict"]), _last_run_cell(s)]
                 for s in k["stages"]
             ]
             console.print(table(escape(f"{k['kernel']} — {k['title']} ({k['arch']})"), ["stage", "name", "title", "last verdict", "last run"], rows))
     refuse_broken(kernels)  # the good kernels are listed; the broken one is the command's error
+
+
+def _last_run_cell(stage: dict) -> str:
+    from workbench.terminal import escape
+
+    if not stage["last_run"]:
+        return "-"
+    return escape(stage["last_run"]) + (" (MEMORY.md)" if stage["last_from"] == "MEMORY.json" else "")
 
 
 @app.command()

@@ -247,6 +247,32 @@ def read_data(path: Path) -> dict[str, Any]:
     return data
 
 
+def last_runs(ws: Workspace, stages: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Each stage's last run: {"verdict", "id", "from"} -- the newest record in runs/ ("runs"),
+    else the one MEMORY.json's status block remembers ("MEMORY.json": committed, so a fresh
+    clone knows what the team verified where). A MEMORY.json that does not read is left out
+    here (the commands that write it say what is wrong with it)."""
+    from workbench.records.store import iter_records
+
+    wanted = set(stages)
+    found: dict[str, dict[str, Any]] = {}
+    for record in iter_records(ws.runs_dir):
+        stage = record.get("stage")
+        if stage in wanted and stage not in found and record.get("kind", "run") == "run":
+            found[stage] = {"verdict": record.get("verdict"), "id": record.get("id"), "from": "runs"}
+            if len(found) == len(wanted):
+                return found
+    try:
+        remembered = read_data(data_path(ws.memory_path)).get("status") or {}
+    except UserError:
+        remembered = {}
+    for stage in wanted - set(found):
+        entry = remembered.get(stage)
+        if isinstance(entry, dict) and entry.get("verdict"):
+            found[stage] = {"verdict": entry["verdict"], "id": entry.get("last_run"), "from": "MEMORY.json"}
+    return found
+
+
 def _dump_data(data: dict[str, Any]) -> str:
     from workbench.schemas.memory_data import VERSION
 
