@@ -40,6 +40,8 @@
 #               beside the default and FA4 (about 5 minutes)
 # PHASE dyn96: d = 96 non-causal's default now dynamic: verify96, then two rounds beside FA4 and persistent=off
 #               (about 5 minutes)
+# PHASE paged_gaps: paged KV's gaps: fp16 (24 cases), softcap with a window (8), FA4's paged path as a peer
+#               (about 4 minutes)
 # PHASE scan128: d = 128 s = 4096 non-causal bf16, the default and FA4 against seven variants, two
 #               rounds (about 4 minutes)
 # PHASE d64short: d = 64 s = 1024 non-causal, the default (192-row tiles) against consumers=2 (128-row),
@@ -615,6 +617,19 @@ dyn96)
       | table_rows 150 "off"
   done
   ;;
+paged_gaps)
+  # docs/fmha.md "Not yet" of paged KV: fp16, a window and a softcap had not run on a GPU, nor
+  # FA4's paged path as a peer
+  step "sweep paged fp16: pages 16 / 128, n with tails, d 64 / 128, both masks, GQA (24 cases)"
+  timeout 150 wb sweep d -p page_size=16,128 --n 17,1000,4096 --d 64,128 --dtype fp16 -p causal=false,true -p kv_heads=2 \
+    --timeout 40 | sweep_verdicts
+  step "sweep paged with softcap 30 and a 300-key window: pages 32 / 128, n 1000 / 4096, d 128, both dtypes, causal (8 cases)"
+  timeout 100 wb sweep d -p page_size=32,128 --n 1000,4096 --d 128 --dtype bf16,fp16 -p causal=true -p softcap=30 \
+    -p window_left=300 -p kv_heads=2 --timeout 40 | sweep_verdicts
+  step "bench paged d=128 s=8192 non-causal bf16, pages 128 / 16, FA4 given the same caches and block table"
+  timeout 120 wb bench d -p d=128 -p n=8192 -p causal=false -p dtype=bf16 -p page_size=128,16 --peers fa4 --timeout 110 \
+    | grep -a -E "PASS|FAIL|ERROR|^│ d=" | cut -c1-220
+  ;;
 contested)
   # the cells short of their goal, timed in fresh processes round after round: a median over
   # ROUNDS processes says more than one process's ratio (a peer's level moves between processes)
@@ -698,6 +713,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
