@@ -102,3 +102,21 @@ def test_rtol_lets_each_element_differ_by_a_fraction_of_its_own_reference():
     bad = compare.metrics(near_zero, ref, ref.clone(), tol)
     assert bad["verdict"] == "FAIL" and "at a reference of 0 " in bad["reasons"][0]
     assert bad["rtol"] == 2.0**-20 and compare.metrics(near_zero, ref, ref.clone(), TOL)["rtol"] == 0.0
+
+
+def test_a_reference_that_is_not_finite_where_the_output_is_never_passes():
+    """Elements with a NaN or an infinity in the reference were left out of every check: an
+    all-NaN reference passed any output (and a run with a broken reference() read PASS)."""
+    out = torch.full((4, 4), 2.0).to(torch.bfloat16)
+    nan_ref = torch.full((4, 4), float("nan"))
+    m = compare.metrics(out, nan_ref, nan_ref, TOL)
+    assert m["verdict"] == "FAIL" and m["reasons"] == ["16 NaN in the reference itself (a broken reference, or inputs it cannot take)"]
+    ref = out.float().clone()
+    ref[1, 2] = float("inf")
+    ref[3, 0] = float("-inf")
+    m = compare.metrics(out, ref, lowp(ref), TOL)
+    assert m["verdict"] == "FAIL" and m["reasons"] == ["2 element(s) where the reference is ±Inf and the output is not that Inf"]
+    # the same infinity is a match: LSE = -inf of a row that sees no key
+    matched = out.clone()
+    matched[1, 2], matched[3, 0] = float("inf"), float("-inf")
+    assert compare.metrics(matched, ref, lowp(ref), TOL)["verdict"] == "PASS"

@@ -74,6 +74,10 @@ def metrics(out, ref, ref_lowp, tolerance: dict[str, float], poisoned: bool = Tr
     diff = torch.where(valid, (o - r).abs(), torch.zeros((), dtype=o.dtype, device=o.device))
     diff = torch.where(same_inf, torch.zeros_like(diff), diff)
     bad_elements = ~(valid | same_inf) | unwritten
+    # A NaN in the reference, or an infinity the output does not match, is never a pass: left
+    # out of the error above, it let an all-NaN reference pass any output.
+    ref_nan = int(torch.isnan(r).sum())
+    inf_missed = int((torch.isinf(r) & ~same_inf & ~unwritten).sum())
     max_err = float(diff.max()) if diff.numel() else 0.0
     where = _index_of_max(diff) if diff.numel() else []
     lp_valid = torch.isfinite(lp) & ref_finite
@@ -102,6 +106,10 @@ def metrics(out, ref, ref_lowp, tolerance: dict[str, float], poisoned: bool = Tr
         reasons.append(f"{nan} NaN")
     if inf:
         reasons.append(f"{inf} Inf where the reference is finite")
+    if ref_nan:
+        reasons.append(f"{ref_nan} NaN in the reference itself (a broken reference, or inputs it cannot take)")
+    if inf_missed:
+        reasons.append(f"{inf_missed} element(s) where the reference is ±Inf and the output is not that Inf")
     if over and rtol:
         reasons.append(f"error {over[0]:.3g} at a reference of {over[1]:.6g} > tolerance {tol:.3g} + {rtol:.3g}·|ref|")
     elif over:
