@@ -60,6 +60,30 @@ def test_unique_prefix_selects(tmp_path):
     assert select(tmp_path, "2020")["id"] == d.name
 
 
+def test_a_huge_error_message_leaves_a_record_wb_reads_back(tmp_path):
+    """A stage raising a message of megabytes: run.json held it whole, over the schema's 4 MiB,
+    so every later `wb runs` skipped it as corrupt (the run dropped out of history); with 50 MiB
+    the worker took so long to ship it that a --timeout read HANG. The worker cuts the error to
+    its head and tail, and the record cuts any string it would not read back."""
+    from workbench.records.store import read_record
+    from workbench.run.worker import ERROR_TEXT_MAX, error_info
+
+    try:
+        raise RuntimeError("head " + "A" * (5 << 20) + " tail")
+    except RuntimeError as exc:
+        info = error_info(exc, [])
+    assert info["message"].startswith("head AAA") and info["message"].endswith("AAA tail")
+    assert len(info["message"]) < ERROR_TEXT_MAX + 100 and "characters left out" in info["message"]
+    assert len(info["traceback"]) < 4 * ERROR_TEXT_MAX + 100 and info["traceback"].rstrip().endswith("AAA tail")
+
+    d = new_run_dir(tmp_path / "runs")
+    write_record(d, {"kind": "run", "stage": "k/stage-a", "verdict": "CRASH", "params": {}, "variants": {},
+                     "error": {"message": "B" * (5 << 20)}, "fixtures": [{"note": ["C" * (5 << 20)]}]})
+    back = read_record(d)
+    assert back is not None and back["verdict"] == "CRASH"
+    assert back["error"]["message"].startswith("BBB") and len(back["error"]["message"]) < (1 << 20) + 100
+
+
 def test_write_is_atomic_no_temp_left(tmp_path):
     d = new_run_dir(tmp_path)
     write_record(d, {"stage": "s", "verdict": "PASS", "big": "x" * 100000})

@@ -75,6 +75,15 @@ def first_line(text: str | None, limit: int = 80) -> str:
     return text[:limit] + ("…" if len(text) > limit else "")
 
 
+def cut_middle(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, its head and tail kept (where an error's
+    message and its last frames are) and a line saying how much was left out between."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n… ({len(text) - 2 * half} characters left out) …\n{text[-half:]}"
+
+
 def decimal_int(text: str) -> int | None:
     """The whole number a string of decimal digits spells; None when it is not one, or is too
     long for int() (Python refuses over 4300 digits: a hand-edited file may hold such a key)."""

@@ -26,6 +26,7 @@ from workbench import processes
 from workbench.errors import UserError
 from workbench.files import atomic_write_text, folder_problem
 from workbench.schemas import SchemaError, load_json
+from workbench.text import cut_middle
 
 SCHEMA = 1
 RECORD = "run.json"
@@ -162,8 +163,23 @@ def new_record(kind: str, spec: Any, params: dict[str, Any], variants: dict[str,
     return record
 
 
+#: the longest string a record keeps (the schema takes 4 MiB): whatever a stage's code put
+#: into an error, a note or a name, the record stays one wb reads back
+RECORD_TEXT_MAX = 1 << 20
+
+
+def _bounded(value: Any) -> Any:
+    if isinstance(value, str):
+        return cut_middle(value, RECORD_TEXT_MAX)
+    if isinstance(value, dict):
+        return {k: _bounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_bounded(v) for v in value]
+    return value
+
+
 def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
-    record = {"schema": SCHEMA, "id": run_dir.name, **record}
+    record = _bounded({"schema": SCHEMA, "id": run_dir.name, **record})
     path = run_dir / RECORD
     atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
     (run_dir / OWNER).unlink(missing_ok=True)

@@ -36,6 +36,7 @@ from workbench.kernels.registry import forget_stage_modules, load_kernel
 from workbench.kernels.stage import RUN_METHODS, Params, Stage, TensorSpec, torch_dtype
 from workbench.processes import same_process
 from workbench.run import procs, protocol
+from workbench.text import cut_middle
 from workbench.run.sanitize import NO_POISON_ENV
 from workbench.workspace import Workspace
 
@@ -110,14 +111,20 @@ def user_location(exc: BaseException, roots: list[Path]) -> str | None:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+#: an error's message and traceback as a record keeps them: a stage may raise a message of
+#: megabytes (run.json refused it, and the run dropped out of history; shipping it took so long
+#: that a --timeout read HANG)
+ERROR_TEXT_MAX = 64 << 10
+
+
 def error_info(exc: BaseException, roots: list[Path]) -> dict[str, Any]:
     # DSL errors render with terminal colours and a leading newline; records keep plain text.
-    message = _ANSI.sub("", str(exc)).strip() or type(exc).__name__
+    message = _ANSI.sub("", cut_middle(str(exc), ERROR_TEXT_MAX)).strip() or type(exc).__name__
     return {
         "type": type(exc).__name__,
         "message": message,
         "location": getattr(exc, "location", None) or user_location(exc, roots),
-        "traceback": _ANSI.sub("", "".join(traceback.format_exception(exc))),
+        "traceback": _ANSI.sub("", cut_middle("".join(traceback.format_exception(exc)), 4 * ERROR_TEXT_MAX)),
     }
 
 
