@@ -540,6 +540,28 @@ def test_a_fixture_module_that_exits_on_import_is_one_line_exit_2(toy_ws, capsys
     assert f"zz_exits.py: fixture module failed to import: {shown}" in err
 
 
+@pytest.mark.parametrize("body, shown", [
+    ("return None", "returned NoneType, not a dict of the stage's input tensors"),  # a forgotten return
+    ("return [torch.ones(4)]", "returned list, not a dict of the stage's input tensors"),
+    ("return {'x': [1.0, 2.0]}", "made x=list, the stage expects"),
+])
+def test_a_fixture_that_returns_no_dict_of_tensors_is_one_line_not_a_kernel_crash(toy_ws, wb, body, shown):
+    """A fixture returning None or a list was recorded as the kernel's CRASH ('NoneType' object
+    has no attribute 'get'), and MEMORY.md's status said the stage crashed; a dict of the wrong
+    shapes was already one line."""
+    (toy_ws / "fixtures" / "zz_bad.py").write_text(
+        "import torch\nfrom workbench.kernels.fixtures import fixture\n\n"
+        "@fixture('zz-bad', isolates='x', hides='y', needs=('x',))\n"
+        f"def zz_bad(specs, p, seed, device):\n    {body}\n"
+    )
+    done = wb("run", "a", "-f", "zz-bad")
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("wb: error: fixture 'zz-bad'") and shown in last, last
+    assert "Traceback" not in done.stderr and "CRASH" not in done.stdout + done.stderr
+    assert not (toy_ws / "MEMORY.md").exists() and json.loads(wb("runs", "--json").stdout) == []  # nothing recorded
+
+
 @pytest.mark.parametrize("command", [("fixtures",), ("run", "a", "--n", "128")])
 def test_a_fixture_module_that_calls_os_exit_is_one_line_exit_2(toy_ws, command):
     """os._exit(0) in a fixture module ended wb itself with exit 0 and no word: `wb fixtures`

@@ -340,10 +340,12 @@ class Job:
         label = fixture.name if fixture.seeds == 1 else f"{fixture.name}#{seed}"
         self.emit({"type": "progress", "phase": "fixture", "fixture": label})
         inputs = fixture.make(in_specs, params, seed, device)
+        if not isinstance(inputs, dict):  # None (a forgotten return), a list: the fixture's bug, not the kernel's crash
+            raise UserError(f"fixture {fixture.name!r} returned {type(inputs).__name__}, not a dict of the stage's input tensors")
         for name, ts in in_specs.items():
             got = inputs.get(name)
-            if got is None or tuple(got.shape) != tuple(ts.shape) or got.dtype != ts.torch_dtype():
-                shape = None if got is None else (tuple(got.shape), got.dtype)
+            if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(ts.shape) or got.dtype != ts.torch_dtype():
+                shape = (tuple(got.shape), got.dtype) if isinstance(got, torch.Tensor) else (None if got is None else type(got).__name__)
                 raise UserError(f"fixture {fixture.name!r} made {name}={shape}, the stage expects {(ts.shape, ts.dtype)}")
         outputs = {name: torch.empty(ts.shape, dtype=ts.torch_dtype(), device=device) for name, ts in out_specs.items()}
         poisoned = not os.environ.get(NO_POISON_ENV)  # set under compute-sanitizer initcheck
