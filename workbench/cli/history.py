@@ -113,6 +113,7 @@ def report(
     from workbench.records import report as reports
     from workbench.records.store import select
     from workbench.kernels.registry import load_kernels, resolve_stage
+    from workbench.schemas import short
 
     ws = state.workspace()
     kernels = load_kernels(ws)
@@ -126,7 +127,7 @@ def report(
             name = target.strip()
             if not name or name[:1].isdigit() or "last" in name:  # meant as a run
                 raise run_error from None
-            raise UserError(f"{stage_error}; nor is {name!r} a run (`wb runs` lists them)") from None
+            raise UserError(f"{stage_error}; nor is {short(name)} a run (`wb runs` lists them)") from None
         text = reports.stage_report(ws, spec.id)
     from workbench.terminal import console, printable, warn
 

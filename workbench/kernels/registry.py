@@ -461,7 +461,7 @@ def resolve_stage(ws: Workspace, text: str, kernels: dict[str, KernelSpec] | Non
     kernels = load_kernels(ws) if kernels is None else kernels
     match = _STAGE_RE.match(text.strip())
     if not match:
-        raise UserError(f"{text!r} is not a stage: write stage-c, c or KERNEL/stage-c")
+        raise UserError(f"{short(text)} is not a stage: write stage-c, c or KERNEL/stage-c")
     if match["kernel"]:
         kernel = get_kernel(ws, match["kernel"], kernels)
     else:
@@ -481,7 +481,7 @@ def resolve_stage(ws: Workspace, text: str, kernels: dict[str, KernelSpec] | Non
     close = difflib.get_close_matches(wanted, names + [s.letter for s in kernel.stages], n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     listed = ", ".join(f"{s.short} ({s.name})" for s in kernel.stages)
-    raise UserError(f"kernel {kernel.name} has no stage {text!r}{hint}; its stages: {listed}")
+    raise UserError(f"kernel {kernel.name} has no stage {short(text)}{hint}; its stages: {listed}")
 
 
 def kernel_module(kernel_dir: Path, stem: str):

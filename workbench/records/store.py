@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 from workbench import processes
 from workbench.errors import UserError
 from workbench.files import atomic_write_text, folder_problem
-from workbench.schemas import SchemaError, load_json
+from workbench.schemas import SchemaError, load_json, short
 from workbench.text import cut_middle
 
 SCHEMA = 1
@@ -305,7 +305,7 @@ def select(runs_dir: Path, selector: str, stage_of: Callable[[str], str] | None 
         return record
     if len(matches) > 1:
         shown = ", ".join(matches[:4]) + (" ..." if len(matches) > 4 else "")
-        raise UserError(f"run selector {selector!r} is ambiguous: {shown}")
+        raise UserError(f"run selector {short(selector)} is ambiguous: {shown}")
     raise UserError(
-        f"no run matches {selector!r}: use a run id (or a unique prefix), last, last~N or STAGE@last; `wb runs` lists them"
+        f"no run matches {short(selector)}: use a run id (or a unique prefix), last, last~N or STAGE@last; `wb runs` lists them"
     )
