@@ -42,6 +42,8 @@
 #               (about 5 minutes)
 # PHASE paged_gaps: paged KV's gaps: fp16 (24 cases), softcap with a window (8), FA4's paged path as a peer
 #               (about 4 minutes)
+# PHASE emptyrows: rows that see no key (LSE -inf) after compare.metrics' stricter rule: varlen with empty key
+#               sequences, bottom-right m > n, stages a-c (about 3 minutes)
 # PHASE scan128: d = 128 s = 4096 non-causal bf16, the default and FA4 against seven variants, two
 #               rounds (about 4 minutes)
 # PHASE d64short: d = 64 s = 1024 non-causal, the default (192-row tiles) against consumers=2 (128-row),
@@ -630,6 +632,20 @@ paged_gaps)
   timeout 120 wb bench d -p d=128 -p n=8192 -p causal=false -p dtype=bf16 -p page_size=128,16 --peers fa4 --timeout 110 \
     | grep -a -E "PASS|FAIL|ERROR|^│ d=" | cut -c1-220
   ;;
+emptyrows)
+  # rows that see no key (LSE = -inf in both the kernel and the reference) under compare.metrics'
+  # stricter rule for a reference that is not finite (an infinity the output misses is a FAIL):
+  # varlen with zero-length key sequences, bottom-right causal with m > n, both stage D and the
+  # stages A-C at their defaults
+  step "sweep varlen with zero-length key sequences, d 64 / 128, both masks (4 cases)"
+  timeout 90 wb sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 -p seqlens_k=5:0:1000:33:4000 -p heads=8 -p kv_heads=2 \
+    --d 64,128 --dtype bf16 -p causal=false,true --timeout 40 | sweep_verdicts
+  step "sweep bottom-right causal m = 1000 > n = 300 and a 0-key window, d 64 / 128, both dtypes (8 cases)"
+  timeout 90 wb sweep d -p m=1000 --n 300 -p align=bottom_right --d 64,128 --dtype bf16,fp16 -p causal=true -p window_left=-1,0 \
+    --timeout 40 | sweep_verdicts
+  step "stages a, b, c at their defaults (n 128 / 1024)"
+  for s in a b c; do timeout 60 wb sweep $s --n 128,1024 --timeout 40 | sweep_verdicts; done
+  ;;
 contested)
   # the cells short of their goal, timed in fresh processes round after round: a median over
   # ROUNDS processes says more than one process's ratio (a peer's level moves between processes)
@@ -713,6 +729,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
