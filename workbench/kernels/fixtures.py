@@ -44,6 +44,22 @@ class Fixture:
     def applies_to(self, input_names) -> bool:
         return set(self.needs) <= set(input_names)
 
+    def inputs(self, specs: Mapping[str, Any], params, seed: int, device) -> dict[str, Any]:
+        """The stage's inputs as this fixture makes them, each checked against its spec: what
+        else it returns (None from a forgotten return, a list, a tensor of another shape) is
+        the fixture's bug, one line, never the kernel's crash."""
+        import torch
+
+        made = self.make(specs, params, seed, device)
+        if not isinstance(made, dict):
+            raise UserError(f"fixture {self.name!r} returned {type(made).__name__}, not a dict of the stage's input tensors")
+        for name, spec in specs.items():
+            got = made.get(name)
+            if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(spec.shape) or got.dtype != spec.torch_dtype():
+                shape = (tuple(got.shape), got.dtype) if isinstance(got, torch.Tensor) else (None if got is None else type(got).__name__)
+                raise UserError(f"fixture {self.name!r} made {name}={shape}, the stage expects {(spec.shape, spec.dtype)}")
+        return made
+
     @property
     def where(self) -> str:
         """The registering file as fixtures/NAME.py (its folder and name)."""

@@ -213,7 +213,7 @@ class BenchJob:
             case["compile_s"], case["compile_cached"] = build.seconds, build.cached
             in_specs, out_specs = stage.inputs(params), stage.outputs(params)
             fixture = fixture_registry.get_fixture(registry, "random", in_specs)  # the stage's inputs pick the variant
-            inputs = fixture.make(in_specs, params, job.get("seed", 0), "cuda")
+            inputs = fixture.inputs(in_specs, params, job.get("seed", 0), "cuda")
             outputs = {k: torch.empty(ts.shape, dtype=ts.torch_dtype(), device="cuda") for k, ts in out_specs.items()}
             for t in outputs.values():
                 compare.poison(t)

@@ -266,7 +266,7 @@ class Job:
         _variants, cases = first
         fixture, seed = cases[0]
         self.emit({"type": "progress", "phase": "peer", "fixture": fixture.name, "peer": peer})
-        inputs = fixture.make(in_specs, params, seed, device)
+        inputs = fixture.inputs(in_specs, params, seed, device)
         peers_module = load_peers(spec.module_path.parent)
         fn = peers_module.make_peer(peer, inputs, params) if peers_module is not None else None
         if fn is None:
@@ -294,7 +294,7 @@ class Job:
         variants, cases = first
         fixture, seed = cases[0]
         self.emit({"type": "progress", "phase": "trace", "fixture": fixture.name})
-        inputs = fixture.make(in_specs, params, seed, device)
+        inputs = fixture.inputs(in_specs, params, seed, device)
         outputs = {name: torch.empty(ts.shape, dtype=ts.torch_dtype(), device=device) for name, ts in out_specs.items()}
         line = stage.trace(params, variants, arch, inputs, outputs)
         plain = {name: torch.empty(ts.shape, dtype=ts.torch_dtype(), device=device) for name, ts in out_specs.items()}
@@ -339,14 +339,7 @@ class Job:
 
         label = fixture.name if fixture.seeds == 1 else f"{fixture.name}#{seed}"
         self.emit({"type": "progress", "phase": "fixture", "fixture": label})
-        inputs = fixture.make(in_specs, params, seed, device)
-        if not isinstance(inputs, dict):  # None (a forgotten return), a list: the fixture's bug, not the kernel's crash
-            raise UserError(f"fixture {fixture.name!r} returned {type(inputs).__name__}, not a dict of the stage's input tensors")
-        for name, ts in in_specs.items():
-            got = inputs.get(name)
-            if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(ts.shape) or got.dtype != ts.torch_dtype():
-                shape = (tuple(got.shape), got.dtype) if isinstance(got, torch.Tensor) else (None if got is None else type(got).__name__)
-                raise UserError(f"fixture {fixture.name!r} made {name}={shape}, the stage expects {(ts.shape, ts.dtype)}")
+        inputs = fixture.inputs(in_specs, params, seed, device)
         outputs = {name: torch.empty(ts.shape, dtype=ts.torch_dtype(), device=device) for name, ts in out_specs.items()}
         poisoned = not os.environ.get(NO_POISON_ENV)  # set under compute-sanitizer initcheck
         if poisoned:
