@@ -1,6 +1,7 @@
 """Run records: atomic, corrupt ones skipped with a warning, selectors, listing, diff, reports."""
 
 import json
+import os
 
 import pytest
 
@@ -201,6 +202,19 @@ def test_wb_report_of_something_that_is_neither_run_nor_stage_says_why(toy_ws, w
     kernel or stage; what the target looks like now picks the error that explains it."""
     proc = wb("report", target)
     assert proc.returncode == 2 and says in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+@pytest.mark.parametrize("make_blocker, what", [
+    (lambda p: os.mkfifo(p), "a special file"),  # said 'File exists', as if the report were there
+    (lambda p: p.write_text("x\n"), "a file"),
+])
+def test_a_thing_in_the_way_of_the_reports_folder_is_named(toy_ws, wb, make_blocker, what):
+    runs = toy_ws / "runs"
+    make(runs)
+    make_blocker(runs / "reports")
+    shown = wb("report", "a")
+    assert shown.returncode == 0, shown.stderr
+    assert f"stage report not written: cannot write {runs / 'reports' / 'toy-stage-a.md'}: {runs / 'reports'} is not a folder ({what})" in shown.stderr
 
 
 @pytest.mark.parametrize("blocker", ["file", "folder"])

@@ -41,7 +41,8 @@ def atomic_write_text(
             target.parent.mkdir(parents=True, exist_ok=True)
         mode = 0o666 & ~current_umask() if linked and not follow_link else _mode_for(target, path)
     except OSError as exc:  # a file where a folder should be, a link loop, ...
-        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+        blocked = next(filter(None, map(folder_problem, reversed(target.parents))), None)
+        raise UserError(f"cannot write {path}: {blocked or exc.strerror or exc}") from None
     try:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     except OSError as exc:
