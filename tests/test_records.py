@@ -268,6 +268,16 @@ def test_list_falls_back_on_what_memory_remembers_in_a_fresh_clone(toy_ws, wb):
     assert listed() == [(None, None, None), ("PASS", run_b, "runs")]
 
 
+def test_list_does_not_take_a_run_of_an_injected_bug_for_the_stages_verdict(toy_ws, wb):
+    """`wb run a -V bug=zero` (a deliberate bug, caught: FAIL) made `wb list` show stage a as
+    FAIL, while MEMORY.md's status (the same "last run") leaves such runs out."""
+    assert wb("run", "a").returncode == 0
+    passed = json.loads(wb("runs", "--json").stdout)[0]["id"]
+    assert wb("run", "a", "-V", "bug=zero").returncode == 1
+    stage_a = json.loads(wb("list", "--json").stdout)[0]["stages"][0]
+    assert (stage_a["last_verdict"], stage_a["last_run"], stage_a["last_from"]) == ("PASS", passed, "runs")
+
+
 def test_a_limit_of_zero_lists_nothing_and_the_cli_says_so(tmp_path, capsys, monkeypatch):
     """`wb runs -n 0` used to show a row: list_records(limit=0) appended before checking."""
     from workbench.cli import main

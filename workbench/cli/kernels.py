@@ -13,7 +13,7 @@ app.add_typer(new_app, name="new")
 @app.command("list")
 def list_kernels(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     """Kernels and their stages in order, with each stage's last verdict (from runs/, else the
-    one MEMORY.md remembers, marked so)."""
+    one MEMORY.md remembers, marked so; a run of an injected bug is not the stage's verdict)."""
     from workbench.errors import UserError
     from workbench.files import folder_problem
     from workbench.records.memory import last_runs
@@ -25,7 +25,7 @@ def list_kernels(as_json: bool = typer.Option(False, "--json", help="Print as JS
     if problem:  # listing "no kernels yet" with exit 0 hid it
         raise UserError(f"{problem}: the kernels live in its subfolders; move it away")
     kernels = load_kernels(ws)
-    last = last_runs(ws, [s.id for k in kernels.values() for s in k.stages])
+    last = last_runs(ws, {s.id: s.injections for k in kernels.values() for s in k.stages})
     data = [
         {
             "kernel": k.name,

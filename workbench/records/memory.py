@@ -247,18 +247,23 @@ def read_data(path: Path) -> dict[str, Any]:
     return data
 
 
-def last_runs(ws: Workspace, stages: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Each stage's last run: {"verdict", "id", "from"} -- the newest record in runs/ ("runs"),
-    else the one MEMORY.json's status block remembers ("MEMORY.json": committed, so a fresh
-    clone knows what the team verified where). A MEMORY.json that does not read is left out
-    here (the commands that write it say what is wrong with it)."""
+def last_runs(ws: Workspace, stages: dict[str, Iterable[str]]) -> dict[str, dict[str, Any]]:
+    """Each stage's last run, as MEMORY.md's status counts it (not a run of an injected bug:
+    a ``bug`` variant or a value of ``stages[stage]``, the stage's wrong-on-purpose words):
+    {"verdict", "id", "from"} -- the newest such record in runs/ ("runs"), else the one
+    MEMORY.json's status block remembers ("MEMORY.json": committed, so a fresh clone knows
+    what the team verified where). A MEMORY.json that does not read is left out here (the
+    commands that write it say what is wrong with it)."""
     from workbench.records.store import iter_records
 
     wanted = set(stages)
     found: dict[str, dict[str, Any]] = {}
     for record in iter_records(ws.runs_dir):
         stage = record.get("stage")
-        if stage in wanted and stage not in found and record.get("kind", "run") == "run":
+        if (
+            stage in wanted and stage not in found and record.get("kind", "run") == "run"
+            and not injects_a_bug(record, stages[stage])
+        ):
             found[stage] = {"verdict": record.get("verdict"), "id": record.get("id"), "from": "runs"}
             if len(found) == len(wanted):
                 return found
