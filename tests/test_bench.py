@@ -640,3 +640,46 @@ def test_a_record_of_more_cases_than_a_chart_holds_gets_its_perf_doc_without_a_c
     record["bench"] = [{**case, "case": f"n={i}"} for i in range(charts.MAX_CHART_CASES + 1)]
     doc = bench.write_perf_doc(SimpleNamespace(root=tmp_path), kernel, spec, record)
     assert doc.read_text().count("\n| ") == 1 + charts.MAX_CHART_CASES + 1 and "![" not in doc.read_text()
+
+
+def _perf_doc_kernel(perf_doc: str):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(name="toy", bench=SimpleNamespace(perf_doc=perf_doc, stage="a", yardsticks=(), sweep=[]))
+
+
+@pytest.mark.parametrize("perf_doc, link_to", [
+    ("MEMORY.md", None),  # kernel.yaml may name any .md: the table replaced MEMORY.md, lessons and all, exit 0
+    ("runs/20261201-000000-000001/report.md", None),
+    ("stages/toy/notes.md", None),
+    ("docs/perf.md", "MEMORY.md"),  # a link whose target is wb's own
+])
+def test_a_perf_doc_that_is_wbs_own_file_is_refused(toy_ws, monkeypatch, perf_doc, link_to):
+    from types import SimpleNamespace
+
+    from workbench.errors import UserError
+    from workbench.workspace import Workspace
+
+    ws = Workspace(toy_ws)
+    (toy_ws / "MEMORY.md").write_text("# Team memory\n\nhand-written lessons\n")
+    if link_to:
+        (toy_ws / "docs").mkdir(exist_ok=True)
+        (toy_ws / perf_doc).symlink_to(toy_ws / link_to)
+    monkeypatch.setattr(bench, "perf_markdown", lambda *a, **k: "| table |\n")
+    with pytest.raises(UserError, match="bench.perf_doc: .* is wb's own"):
+        bench.write_perf_doc(ws, _perf_doc_kernel(perf_doc), SimpleNamespace(letter="a"), {"bench": []})
+    assert (toy_ws / "MEMORY.md").read_text() == "# Team memory\n\nhand-written lessons\n"
+
+
+def test_a_file_where_the_perf_docs_folder_should_be_is_one_line(toy_ws, monkeypatch):
+    """docs/ a file: the chart's mkdir was a FileExistsError traceback, exit 1."""
+    from types import SimpleNamespace
+
+    from workbench.errors import UserError
+    from workbench.workspace import Workspace
+
+    (toy_ws / "docs").write_text("x\n")
+    monkeypatch.setattr(bench, "perf_markdown", lambda *a, **k: "| table |\n")
+    record = {"bench": [{"case": "n=128", "tflops": 5.0, "params": {"n": 128}}], "stage": "toy/stage-a", "provenance": {}}
+    with pytest.raises(UserError, match=r"cannot write docs/perf\.md: .*docs is not a folder \(a file\)"):
+        bench.write_perf_doc(Workspace(toy_ws), _perf_doc_kernel("docs/perf.md"), SimpleNamespace(letter="a"), record)

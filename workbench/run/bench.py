@@ -620,14 +620,34 @@ def write_perf_doc(ws, kernel, spec, record: dict[str, Any]):
     from workbench.files import atomic_write_text
     from workbench.records.charts import draw_speed_chart
 
+    from workbench.files import folder_problem
+
     perf = ws.root / perf_doc_path(kernel, spec)
     perf_markdown(record, kernel)  # what the record lacks fails here, before the chart is replaced
     for path in (perf, perf.with_suffix(".png")):  # checked before either is replaced
+        _refuse_wb_owned(ws, path)
         if os.path.exists(path) and not os.path.isfile(path):
             raise UserError(f"cannot write {path.relative_to(ws.root)}: it is a folder or no plain file; move it away")
+    blocked = next(filter(None, map(folder_problem, reversed(perf.parents))), None)
+    if blocked:  # (docs a file: the chart's mkdir was a FileExistsError traceback)
+        raise UserError(f"cannot write {perf.relative_to(ws.root)}: {blocked}")
     chart = draw_speed_chart(perf.with_suffix(".png"), record, tuple(kernel.bench.yardsticks))
     atomic_write_text(perf, perf_markdown(record, kernel, chart.name if chart else None), follow_link=True)
     return perf
+
+
+def _refuse_wb_owned(ws, path: Path) -> None:
+    """kernel.yaml's bench.perf_doc may name any .md of the workspace: MEMORY.md, a run's
+    report.md or a stage module's folder would be overwritten by the table (MEMORY.md's
+    lessons were lost so, exit 0). The path and, through a link, its target are checked."""
+    owned_files = {os.path.realpath(p) for p in (ws.memory_path, memory.data_path(ws.memory_path))}
+    owned_dirs = [os.path.realpath(d) for d in (ws.runs_dir, ws.state_dir, ws.stages_dir)]
+    for where in {os.path.abspath(path), os.path.realpath(path)}:
+        if where in owned_files or any(where == d or where.startswith(d + os.sep) for d in owned_dirs):
+            raise UserError(
+                f"kernel.yaml bench.perf_doc: {path.relative_to(ws.root)} is wb's own (MEMORY.md, MEMORY.json,"
+                " runs/, .wb/, stages/): name a file of its own, e.g. docs/perf.md"
+            )
 
 
 def perf_markdown(record: dict[str, Any], kernel, chart: str | None = None) -> str:
