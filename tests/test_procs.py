@@ -135,6 +135,35 @@ def test_pid_reuse_guard_never_kills_a_stranger(toy_ws, wb):
         stranger.wait()
 
 
+def test_a_pid_file_copied_with_its_workspace_is_not_this_workspaces_to_kill(toy_ws, wb, tmp_path):
+    """`cp -r` of a workspace carries .wb/pids along: the copy's `wb ps` listed the original's
+    busy worker and `wb kill --all` ended it, and the original's run was recorded as a CRASH.
+    A pid file names where it was written; found elsewhere, it is foreign, never signalled."""
+    worker = subprocess.Popen(  # the original's worker: its cwd is the original workspace
+        [sys.executable, "-c", "import time; time.sleep(300)", "workbench.run.worker"], cwd=tmp_path, start_new_session=True
+    )
+    try:
+        wait_until(lambda: alive(worker.pid), what="the stand-in worker to start")
+        original = tmp_path / "original" / ".wb" / "pids" / f"worker-{worker.pid}.json"
+        data = {
+            "pid": worker.pid, "pgid": worker.pid, "kind": "warm-worker", "host": procs.socket.gethostname(),
+            "boot_id": processes.boot_id(), "starttime": processes.starttime(worker.pid), "started": time.time(),
+            "socket": str(tmp_path / "gone.sock"), "idle": 600, "job": None, "path": os.path.realpath(original),
+        }
+        copied = toy_ws / ".wb" / "pids" / original.name
+        copied.parent.mkdir(parents=True, exist_ok=True)
+        copied.write_text(json.dumps(data))
+        rows = json.loads(wb("ps", "--all", "--json").stdout)
+        assert [(r["state"], r["pid"]) for r in rows] == [("foreign", worker.pid)] and "copied with its workspace" in rows[0]["note"]
+        assert json.loads(wb("kill", "--all", "--json").stdout) == []
+        assert wb("kill", str(worker.pid)).returncode == 1 and alive(worker.pid)
+        # where it was written, the same file is the worker's (an orphan: its socket is gone)
+        assert procs._classify(original, data, time.time()).state == "orphan"
+    finally:
+        worker.kill()
+        worker.wait()
+
+
 def test_idle_past_timeout_and_once_worker_without_wb_are_orphans(toy_ws, wb):
     (toy_ws / "s.sock").write_text("")
     stuck = spawn_with_pidfile(toy_ws, socket=str(toy_ws / "s.sock"), idle=1, last_active=time.time() - 3600)

@@ -92,7 +92,7 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     "pgid": (_is_int, "a process group id"),
     "starttime": (_is_int, "a whole number"),
     **{k: (_is_time, "a finite number") for k in ("started", "last_active", "idle")},
-    **{k: (lambda v: isinstance(v, str), "text") for k in ("kind", "host", "boot_id", "socket", "cuda_visible_devices")},
+    **{k: (lambda v: isinstance(v, str), "text") for k in ("kind", "host", "boot_id", "socket", "cuda_visible_devices", "path")},
     "argv": (lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v), "a list of text"),
 }
 
@@ -155,6 +155,7 @@ class PidFile:
             "last_active": time.time(),
             "argv": [sys.executable, *sys.argv],
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "path": os.path.realpath(self.path),  # where it was written: a copied workspace carries it along
             "job": None,
             **extra,
         }
@@ -290,6 +291,9 @@ def _classify(path: Path, data: dict[str, Any] | None, now: float) -> ProcInfo:
     pid = data["pid"]
     if data.get("host") and data["host"] != socket.gethostname():
         return ProcInfo(path, data, "foreign", f"written on host {data['host']}")
+    if data.get("path") and data["path"] != os.path.realpath(path):
+        # a workspace copied (cp -r) with .wb/: its process is the other workspace's, never this one's to kill
+        return ProcInfo(path, data, "foreign", f"written as {data['path']}: a pid file copied with its workspace")
     live_start = starttime(pid)
     if live_start is None:  # a zombie too: it has exited and holds no memory, GPU memory included
         return ProcInfo(path, data, "gone", "the process has exited")
