@@ -187,3 +187,17 @@ def test_a_name_yaml_reads_as_a_boolean_or_null_is_still_the_kernels_name(toy_ws
     assert load_kernel(toy_ws / "stages" / name / "kernel.yaml").name == name
     listed = wb("list")
     assert listed.returncode == 0 and f"{name} — {name}: C = A·Bᵀ" in listed.stdout, listed.stderr
+
+
+def test_a_link_planted_at_the_staged_fixture_writes_nothing_through_it(toy_ws, wb, tmp_path):
+    """fixtures/.new-NAME.py.tmp as a symlink to a file outside the workspace: `wb new kernel`
+    wrote the fixture template through it (the victim's content replaced, and
+    fixtures/NAME.py a link to it), exit 0."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("ORIGINAL\n")
+    (toy_ws / "fixtures" / ".new-evil.py.tmp").symlink_to(victim)
+    done = wb("new", "kernel", "evil")
+    assert done.returncode == 0, done.stderr
+    assert victim.read_text() == "ORIGINAL\n"
+    made = toy_ws / "fixtures" / "evil.py"
+    assert made.is_file() and not made.is_symlink() and "@fixture" in made.read_text()

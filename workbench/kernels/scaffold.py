@@ -66,9 +66,11 @@ def new_kernel(ws: Workspace, name: str) -> list[Path]:
                 shutil.rmtree(staging, ignore_errors=True)
                 staging.mkdir(parents=True)
                 ws.fixtures_dir.mkdir(exist_ok=True)
+                staged_fixture.unlink(missing_ok=True)  # a leftover, or a link planted there: the link goes, not its target
                 for path, template in files.items():
                     target = staged_fixture if path == fixture_file else staging / path.name
-                    target.write_text(Template((TEMPLATES / template).read_text()).substitute(values))
+                    with open(target, "x", encoding="utf-8") as out:  # created here, never through a link
+                        out.write(Template((TEMPLATES / template).read_text()).substitute(values))
                 staging.rename(kernel_dir)
                 staged_fixture.rename(fixture_file)
             except BaseException:
