@@ -358,6 +358,8 @@ def test_names_are_read_alike_across_commands(toy_ws, wb, args, fragments):
         # a module-level float() of it broke every command importing the supervisor (wb runs too)
         ("WB_WORKER_IDLE", "abc", ["run", "a"], ["WB_WORKER_IDLE='abc' must be a number of seconds, 0 or more"]),
         ("WB_WORKER_IDLE", "-5", ["run", "a"], ["WB_WORKER_IDLE='-5' must be a number of seconds, 0 or more"]),
+        # past time_t in the worker's socket timeout: a ConnectionResetError traceback, a half-made run folder
+        ("WB_WORKER_IDLE", "1e10", ["run", "a"], ["WB_WORKER_IDLE='1e10' is over the 1e+08 seconds it can be"]),
         # int() of it: a traceback, and `wb compile` left a run folder with no record
         ("WB_COMPILE_JOBS", "abc", ["compile", "a"], ["WB_COMPILE_JOBS='abc' must be a whole number of workers"]),
         ("WB_COMPILE_JOBS", "2.5", ["shapes", "toy"], ["WB_COMPILE_JOBS='2.5' must be a whole number of workers"]),

@@ -21,9 +21,9 @@ from pathlib import Path
 from workbench.errors import UserError
 
 
-def number(name: str, default: float, *, unit: str, whole: bool = False, positive: bool = False) -> float:
+def number(name: str, default: float, *, unit: str, whole: bool = False, positive: bool = False, most: float | None = None) -> float:
     """The value of environment variable ``name`` (``default`` when unset or empty): a finite
-    number >= 0 (> 0 when ``positive``), a whole one when ``whole``."""
+    number >= 0 (> 0 when ``positive``), a whole one when ``whole``, at most ``most``."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -36,7 +36,14 @@ def number(name: str, default: float, *, unit: str, whole: bool = False, positiv
         floor = "above 0" if positive else "0 or more"
         shown = raw if len(raw) <= 40 else raw[:40] + "..."
         raise UserError(f"{name}={shown!r} must be {kind} of {unit}, {floor}")
+    if most is not None and value > most:
+        raise UserError(f"{name}={raw[:40]!r} is over the {most:g} {unit} it can be")
     return value
+
+
+#: the longest wait a setting of seconds may ask for (3 years): past ~9e9 s a socket's timeout
+#: overflows time_t, which was a traceback and a half-made run folder
+MOST_SECONDS = 1e8
 
 
 #: the most cases one sweep or bench plans (at a second or more each, hours of GPU time); a
@@ -52,7 +59,7 @@ def check_case_count(sizes: list[int], what: str) -> None:
 
 
 def worker_idle() -> float:
-    return number("WB_WORKER_IDLE", 600.0, unit="seconds")
+    return number("WB_WORKER_IDLE", 600.0, unit="seconds", most=MOST_SECONDS)
 
 
 def compile_jobs() -> int:
@@ -60,7 +67,7 @@ def compile_jobs() -> int:
 
 
 def agent_grace() -> float:
-    return number("WB_AGENT_GRACE", 15.0, unit="seconds")
+    return number("WB_AGENT_GRACE", 15.0, unit="seconds", most=MOST_SECONDS)
 
 
 def import_max_mib() -> int | None:
