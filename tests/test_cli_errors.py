@@ -560,3 +560,13 @@ def test_a_huge_stage_or_run_name_is_cut_in_its_one_line(toy_ws, wb, command):
     done = wb(command, "a" * 100_000)
     assert_one_line_error(done, "…")
     assert len(done.stderr) < 600, len(done.stderr)
+
+
+def test_columns_of_zero_is_no_width_not_an_empty_screen(toy_ws, wb):
+    """COLUMNS=0 made rich draw in 0 columns: `wb runs` printed nothing, exit 0, and `wb run`
+    no verdict. A new process: the console's width is set when wb starts."""
+    from conftest import run_wb_process
+
+    assert wb("run", "a").returncode == 0
+    shown = run_wb_process("runs", cwd=toy_ws, env={"COLUMNS": "0"})
+    assert shown.returncode == 0 and "toy/stage-a" in shown.stdout and "PASS" in shown.stdout, shown.stdout

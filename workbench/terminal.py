@@ -38,6 +38,9 @@ def _give_closed_streams_devnull() -> None:
 
 
 _give_closed_streams_devnull()
+# COLUMNS=0 (or junk) is no width: rich drew every table and line in 0 columns, i.e. printed nothing
+if "COLUMNS" in os.environ and not (os.environ["COLUMNS"].strip().isdigit() and int(os.environ["COLUMNS"]) > 0):
+    del os.environ["COLUMNS"]
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns; tables read better wider.
 _width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
 console = Console(highlight=False, soft_wrap=False, width=_width)
