@@ -171,6 +171,9 @@ def _without(out, key):
      "its package toy_export failed to import: AttributeError: "),
     (lambda out: _replace(out, "def select(key):\n", "def select(key):\n    raise RuntimeError('sel')\n"),
      "the package's configurations cannot be read (RuntimeError: sel)"),
+    # a stage_call that returns no dict of tensors: "CRASH: 'NoneType' object has no attribute 'values'"
+    (lambda out: _with_op(out, lambda t: t.replace('return {"y": op(inputs["x"])}', "return None")),
+     "--exported: the op's stage_call returned NoneType, not a dict of output tensors"),
 ])
 def test_a_package_that_fails_to_load_is_one_line_not_the_kernels_crash(toy_ws, wb, damage, message):
     """A manifest edited by hand (or a package that breaks on import) made the run a CRASH
@@ -179,6 +182,17 @@ def test_a_package_that_fails_to_load_is_one_line_not_the_kernels_crash(toy_ws, 
     proc = wb("run", "a", "--exported", str(damage(make_export(toy_ws))))
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
     assert not list((toy_ws / "runs").glob("2*"))
+
+
+def test_a_package_whose_manifest_was_emptied_by_hand_still_runs_and_says_its_name(toy_ws, wb):
+    """MANIFEST = {} after the package's import: the record's description read MANIFEST["package"]
+    and the run was the kernel's CRASH ('package'); the manifest only describes the op."""
+    out = make_export(toy_ws)
+    init = out / "toy_export" / "__init__.py"
+    init.write_text(init.read_text() + "\nMANIFEST = {}\n")
+    proc = wb("run", "a", "--exported", str(out), "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert record_of(toy_ws, proc)["exported"]["package"] == "toy_export"
 
 
 MISSING_LIBRARY = """

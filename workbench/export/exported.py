@@ -140,9 +140,10 @@ class ExportedOp:
         return self.package._op.stage_call(self.op, inputs, dict(params))
 
     def describe(self) -> dict[str, Any]:
-        m = self.package.MANIFEST
+        m = getattr(self.package, "MANIFEST", None)
+        m = m if isinstance(m, dict) else {}  # a package edited by hand: what it says, not the kernel's CRASH
         return {
-            "package": m["package"], "qualname": self.package.QUALNAME, "commit": m.get("commit"),
+            "package": m.get("package") or self.package.__name__, "qualname": self.package.QUALNAME, "commit": m.get("commit"),
             "dirty": m.get("dirty"), "dsl_version": m.get("dsl_version"), "arch": m.get("arch"),
             "path": str(Path(self.package.__file__).resolve().parent.parent),
         }

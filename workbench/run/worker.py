@@ -389,6 +389,8 @@ class Job:
         from workbench.compare import bit_differences
 
         got = self.exported(inputs, params)
+        if not isinstance(got, dict) or not all(isinstance(t, torch.Tensor) for t in got.values()):
+            raise UserError(f"--exported: the op's stage_call returned {type(got).__name__}, not a dict of output tensors")
         if any(t.is_cuda for t in got.values()):
             torch.cuda.synchronize()
         missing = sorted(set(out_specs) - set(got))
