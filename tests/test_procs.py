@@ -650,3 +650,22 @@ def test_a_pid_below_one_is_a_slip_refused_in_one_line(toy_ws, wb, pid):
     proc = wb("kill", "--", pid)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.strip() == f"wb: error: pid {pid}: a process id is a whole number from 1 up (`wb ps` lists wb's)"
+
+
+def test_the_words_for_no_idle_limit_and_for_nothing_at_all_to_kill(toy_ws, wb, tmp_path):
+    """WB_WORKER_IDLE=0 (no limit) read "exits after 0 s" in `wb ps`; `wb kill --all` with
+    nothing running said "no orphaned wb processes", as if it had looked at orphans only."""
+    done = wb("kill", "--all")
+    assert done.returncode == 0 and "nothing to kill: no wb processes" in done.stdout and "orphaned" not in done.stdout
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "workbench.run.worker"], cwd=tmp_path)
+    try:
+        wait_until(lambda: alive(worker.pid), what="the stand-in worker to start")
+        sock = tmp_path / "w.sock"
+        sock.write_text("")
+        data = {"pid": worker.pid, "kind": "warm-worker", "starttime": processes.starttime(worker.pid), "boot_id": processes.boot_id(),
+                "socket": str(sock), "idle": 0, "started": time.time(), "job": None}
+        info = procs._classify(tmp_path / "w.json", data, time.time())
+        assert info.state == "idle" and info.note.endswith("(no idle limit)"), info.note
+    finally:
+        worker.kill()
+        worker.wait()

@@ -163,7 +163,8 @@ def kill(
         print_json(results)
     else:
         if not results:
-            console.print("nothing to kill: no orphaned wb processes" + (f" on {host}" if host else "") + (" (`wb kill --all` ends idle workers too)" if not everything else ""))
+            what = "no wb processes" if everything else "no orphaned wb processes"
+            console.print(f"nothing to kill: {what}" + (f" on {host}" if host else "") + (" (`wb kill --all` ends idle workers too)" if not everything else ""))
         for r in results:
             console.print(("[green]✓[/] " if r.get("killed") is True else "[red]✗[/] ") + escape(str(r.get("message", ""))))
     if pids and not all(r.get("killed") is True for r in results):

@@ -332,7 +332,8 @@ def _classify(path: Path, data: dict[str, Any] | None, now: float) -> ProcInfo:
     idle_for = now - float(data.get("last_active") or data.get("started") or now)
     if idle > 0 and idle_for > idle + IDLE_GRACE:
         return ProcInfo(path, data, "orphan", f"idle {idle_for:.0f} s, past its idle timeout of {idle:.0f} s")
-    return ProcInfo(path, data, "idle", f"warm worker, idle {idle_for:.0f} s (exits after {idle:.0f} s)")
+    limit = f"exits after {idle:.0f} s" if idle > 0 else "no idle limit"  # WB_WORKER_IDLE=0
+    return ProcInfo(path, data, "idle", f"warm worker, idle {idle_for:.0f} s ({limit})")
 
 
 def scan(ws: Workspace, clean: bool = True, gpu: bool = False) -> list[ProcInfo]:
