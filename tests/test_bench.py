@@ -566,10 +566,9 @@ def test_a_perf_doc_or_chart_path_that_is_a_folder_is_one_line_and_leaves_nothin
     traceback, and left docs/perf.png.tmp.png behind; perf.md being a folder failed only after
     the chart had been replaced. Each is one UserError now, naming the path, before either
     file is touched."""
-    from types import SimpleNamespace
 
     kernel, spec = fmha()
-    ws = SimpleNamespace(root=tmp_path)
+    ws = Workspace(tmp_path)
     record = fake_bench_record()
     docs = (tmp_path / bench.perf_doc_path(kernel, spec)).parent
     written = bench.write_perf_doc(ws, kernel, spec, record)
@@ -635,10 +634,9 @@ def test_a_record_of_more_cases_than_a_chart_holds_gets_its_perf_doc_without_a_c
     assert charts.draw_speed_chart(tmp_path / "speed.png", record) is None and not (tmp_path / "speed.png").exists()
     record["bench"] = [{**case, "peers": {f"p{i}": {"tflops": 500.0} for i in range(charts.MAX_CHART_SERIES)}}]
     assert charts.draw_speed_chart(tmp_path / "speed.png", record) is None
-    from types import SimpleNamespace
 
     record["bench"] = [{**case, "case": f"n={i}"} for i in range(charts.MAX_CHART_CASES + 1)]
-    doc = bench.write_perf_doc(SimpleNamespace(root=tmp_path), kernel, spec, record)
+    doc = bench.write_perf_doc(Workspace(tmp_path), kernel, spec, record)
     assert doc.read_text().count("\n| ") == 1 + charts.MAX_CHART_CASES + 1 and "![" not in doc.read_text()
 
 
@@ -683,3 +681,20 @@ def test_a_file_where_the_perf_docs_folder_should_be_is_one_line(toy_ws, monkeyp
     record = {"bench": [{"case": "n=128", "tflops": 5.0, "params": {"n": 128}}], "stage": "toy/stage-a", "provenance": {}}
     with pytest.raises(UserError, match=r"cannot write docs/perf\.md: .*docs is not a folder \(a file\)"):
         bench.write_perf_doc(Workspace(toy_ws), _perf_doc_kernel("docs/perf.md"), SimpleNamespace(letter="a"), record)
+
+
+def test_the_perf_table_keeps_its_shape_without_parameter_columns_and_its_ratios_short():
+    """A sweep without parameter columns gave a header one cell wider than its rule (broken
+    markdown); a peer timed at 1e-300 TFLOP/s gave a ratio of 300 digits."""
+    from types import SimpleNamespace
+
+    kernel = SimpleNamespace(
+        name="toy", title="Toy", stage=lambda letter: None,
+        bench=SimpleNamespace(columns=[], sweep=[], quiet=[], title=None, note="", yardsticks=(), stage="a"),
+    )
+    record = fake_bench_record(fa4=1e-300, cudnn=1e-300)
+    record["bench"][0]["params"] = {}
+    lines = [line for line in bench.perf_markdown(record, kernel).splitlines() if line.startswith("|")]
+    header, rule, row = lines
+    assert header.count("|") == rule.count("|") == row.count("|")
+    assert row.split("|")[-2].strip() == "×6e+302"

@@ -681,7 +681,8 @@ def perf_markdown(record: dict[str, Any], kernel, chart: str | None = None) -> s
         (kernel.bench.note + " " if kernel.bench.note else "")
         + "Median of CUDA-event timings, L2 flushed before each repeat; every kernel checked against the stage's reference on the same inputs before timing.",
         "",
-        "| " + " | ".join(columns + extra) + " | " + " | ".join(map(cell, peers)) + (" | " if peers else "") + f"wb {cell(record['stage'])} | wb / best peer |",
+        # (one list of cells: a sweep without parameter columns gave a header one cell wider than its rule)
+        "| " + " | ".join([*columns, *extra, *map(cell, peers), f"wb {cell(record['stage'])}", "wb / best peer"]) + " |",
         "|" + "---|" * (len(columns) + len(extra) + len(peers) + 2),
     ]
     for c in cases:
@@ -693,10 +694,10 @@ def perf_markdown(record: dict[str, Any], kernel, chart: str | None = None) -> s
         best = best_peer(c, tuple(kernel.bench.yardsticks))
         mine = speed(c.get("tflops"))
         wb = f"{mine:.0f}" if mine else cell(c.get("verdict", "-"))
-        ratio = f"×{mine / best:.2f}" if mine and best else "-"
+        ratio = "-" if not (mine and best) else f"×{mine / best:.2f}" if mine / best < 1000 else f"×{mine / best:.3g}"  # (a peer at 1e-300: 300 digits)
         given = [("yes" if p[k] else "no") if isinstance(p.get(k), bool) else cell(p.get(k, "-")) for k in columns]
         given += [other(p) or "-"] if extra else []
-        out.append("| " + " | ".join(given + cells) + f" | {wb} | {ratio} |")
+        out.append("| " + " | ".join([*given, *cells, wb, ratio]) + " |")
     if chart:
         out += ["", f"![TFLOP/s per case beside the peers, and the card's dense matmul peak]({chart})"]
     notes = record.get("notes") or []
