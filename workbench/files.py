@@ -41,8 +41,7 @@ def atomic_write_text(
             target.parent.mkdir(parents=True, exist_ok=True)
         mode = 0o666 & ~current_umask() if linked and not follow_link else _mode_for(target, path)
     except OSError as exc:  # a file where a folder should be, a link loop, ...
-        blocked = next(filter(None, map(folder_problem, reversed(target.parents))), None)
-        raise UserError(f"cannot write {path}: {blocked or exc.strerror or exc}") from None
+        raise UserError(f"cannot write {path}: {blocked_folder(target) or exc.strerror or exc}") from None
     try:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     except OSError as exc:
@@ -110,6 +109,12 @@ def folder_problem(path: Path) -> str | None:
             return None
         what = f"a link to {os.readlink(path)}" if link else "a file" if stat.S_ISREG(st.st_mode) else "a special file"
     return f"{path} is not a folder ({what})"
+
+
+def blocked_folder(path: Path) -> str | None:
+    """Why the folders above ``path`` cannot all be made: folder_problem of the first one in
+    the way (a file where docs/ should be), or None."""
+    return next(filter(None, map(folder_problem, reversed(Path(path).parents))), None)
 
 
 def held_lock(path: Path, timeout: float):

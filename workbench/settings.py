@@ -31,13 +31,13 @@ def number(name: str, default: float, *, unit: str, whole: bool = False, positiv
         value = int(raw) if whole else float(raw)
     except ValueError:
         value = None
+    shown = raw if len(raw) <= 40 else raw[:40] + "..."
     if value is None or not math.isfinite(value) or value < 0 or (positive and value == 0):
         kind = "a whole number" if whole else "a number"
         floor = "above 0" if positive else "0 or more"
-        shown = raw if len(raw) <= 40 else raw[:40] + "..."
         raise UserError(f"{name}={shown!r} must be {kind} of {unit}, {floor}")
     if most is not None and value > most:
-        raise UserError(f"{name}={raw[:40]!r} is over the {most:g} {unit} it can be")
+        raise UserError(f"{name}={shown!r} is over the {most:g} {unit} it can be")
     return value
 
 

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 from rich.console import Console
 from rich.table import Table
 
-from workbench.text import fmt, strict_json  # noqa: F401  (fmt re-exported for the CLI)
+from workbench.text import cut_middle, fmt, strict_json  # noqa: F401  (fmt re-exported for the CLI)
 
 
 _CLOSED_BY_CALLER: set[str] = set()
@@ -140,11 +140,7 @@ ONE_LINE_MAX = 2000
 
 
 def _one_line(text: str) -> str:
-    line = " ".join(printable(text).split())
-    if len(line) > ONE_LINE_MAX:
-        half = ONE_LINE_MAX // 2
-        line = f"{line[:half]} … ({len(line) - 2 * half} characters left out) … {line[-half:]}"
-    return line
+    return cut_middle(" ".join(printable(text).split()), ONE_LINE_MAX, sep=" ")
 
 
 def info(message: str) -> None:

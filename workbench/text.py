@@ -75,13 +75,13 @@ def first_line(text: str | None, limit: int = 80) -> str:
     return text[:limit] + ("…" if len(text) > limit else "")
 
 
-def cut_middle(text: str, limit: int) -> str:
+def cut_middle(text: str, limit: int, sep: str = "\n") -> str:
     """``text`` cut to about ``limit`` characters, its head and tail kept (where an error's
-    message and its last frames are) and a line saying how much was left out between."""
+    message and its last frames are) and, between them after ``sep``, how much was left out."""
     if len(text) <= limit:
         return text
     half = limit // 2
-    return f"{text[:half]}\n… ({len(text) - 2 * half} characters left out) …\n{text[-half:]}"
+    return f"{text[:half]}{sep}… ({len(text) - 2 * half} characters left out) …{sep}{text[-half:]}"
 
 
 def decimal_int(text: str) -> int | None:

@@ -617,10 +617,8 @@ def recorded_sweep(ws, spec, selector: str, kernel) -> dict[str, Any]:
 def write_perf_doc(ws, kernel, spec, record: dict[str, Any]):
     """Write the kernel's perf doc (bench.perf_doc) and its speed chart beside it from a bench
     record; the doc's path."""
-    from workbench.files import atomic_write_text
+    from workbench.files import atomic_write_text, blocked_folder
     from workbench.records.charts import draw_speed_chart
-
-    from workbench.files import folder_problem
 
     perf = ws.root / perf_doc_path(kernel, spec)
     perf_markdown(record, kernel)  # what the record lacks fails here, before the chart is replaced
@@ -628,7 +626,7 @@ def write_perf_doc(ws, kernel, spec, record: dict[str, Any]):
         _refuse_wb_owned(ws, path)
         if os.path.exists(path) and not os.path.isfile(path):
             raise UserError(f"cannot write {path.relative_to(ws.root)}: it is a folder or no plain file; move it away")
-    blocked = next(filter(None, map(folder_problem, reversed(perf.parents))), None)
+    blocked = blocked_folder(perf)
     if blocked:  # (docs a file: the chart's mkdir was a FileExistsError traceback)
         raise UserError(f"cannot write {perf.relative_to(ws.root)}: {blocked}")
     chart = draw_speed_chart(perf.with_suffix(".png"), record, tuple(kernel.bench.yardsticks))

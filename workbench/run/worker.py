@@ -36,8 +36,8 @@ from workbench.kernels.registry import forget_stage_modules, load_kernel
 from workbench.kernels.stage import RUN_METHODS, Params, Stage, TensorSpec, torch_dtype
 from workbench.processes import same_process
 from workbench.run import procs, protocol
-from workbench.text import cut_middle
 from workbench.run.sanitize import NO_POISON_ENV
+from workbench.text import cut_middle
 from workbench.workspace import Workspace
 
 Emit = Callable[[dict[str, Any]], None]
