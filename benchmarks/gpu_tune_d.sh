@@ -44,6 +44,14 @@
 #               (about 4 minutes)
 # PHASE emptyrows: rows that see no key (LSE -inf) after compare.metrics' stricter rule: varlen with empty key
 #               sequences, bottom-right m > n, stages a-c (about 3 minutes)
+# PHASE split: -V split_tail=on (the last, partial wave's work tiles cut along the keys, combined by
+#               the last piece to finish; stages/fmha/split_kv.py): sweeps where 132 CTAs leave a
+#               tail (m = 4096 with 5 / 7 heads; n 17 ... 8192, both dtypes, GQA, softcap; d = 64 /
+#               96 with the dynamic scheduler) (about 3 minutes)
+# PHASE splitbench: d = 128 s 1024 / 4096 / 8192 non-causal both dtypes, the default and FA4 against
+#               split_tail=on, SPLIT_ROUNDS (2) rounds (about 4 minutes)
+# PHASE splittest: tests/test_split_kv_gpu.py (the planned pieces written, the counts reset, O / LSE
+#               against the unsplit kernel and the reference; 14 compiles, about 4 minutes)
 # PHASE scan128: d = 128 s = 4096 non-causal bf16, the default and FA4 against seven variants, two
 #               rounds (about 4 minutes)
 # PHASE d64short: d = 64 s = 1024 non-causal, the default (192-row tiles) against consumers=2 (128-row),
@@ -631,6 +639,28 @@ paged_gaps)
   step "bench paged d=128 s=8192 non-causal bf16, pages 128 / 16, FA4 given the same caches and block table"
   timeout 120 wb bench d -p d=128 -p n=8192 -p causal=false -p dtype=bf16 -p page_size=128,16 --peers fa4 --timeout 110 \
     | grep -a -E "PASS|FAIL|ERROR|^│ d=" | cut -c1-220
+  ;;
+split)
+  step "sweep split_tail=on at d=128, m=4096 heads=5 kv_heads=1 (160 tiles), n 17 ... 8192, both dtypes (12 cases)"
+  timeout 150 wb sweep d -V split_tail=on -p m=4096 --n 17,300,1000,4096,4100,8192 --d 128 --dtype bf16,fp16 -p heads=5 \
+    -p kv_heads=1 -p batch=1 --timeout 40 | sweep_verdicts
+  step "sweep split_tail=on with softcap 30, d=128 and d=64/96/256 (dynamic), n 1000 / 4100 (8 cases)"
+  timeout 100 wb sweep d -V split_tail=on -p m=4096 --n 1000,4100 --d 128 --dtype bf16,fp16 -p heads=5 -p kv_heads=1 -p batch=1 \
+    -p softcap=30 --timeout 40 | sweep_verdicts
+  timeout 120 wb sweep d -V split_tail=on -V persistent=dynamic -p m=4096 --n 1000,4100 --d 64,96 --dtype bf16 -p heads=7 \
+    -p kv_heads=1 -p batch=1 --timeout 40 | sweep_verdicts
+  ;;
+splitbench)
+  for round in $(seq 1 "${SPLIT_ROUNDS:-2}"); do
+    step "round $round: d=128 s 1024/4096/8192 non-causal, both dtypes: the default with FA4, then split_tail=on"
+    timeout 120 wb bench d -p d=128 -p n=1024,4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 110 | table_rows 170
+    timeout 120 wb bench d -p d=128 -p n=1024,4096,8192 -p causal=false -p dtype=bf16,fp16 -V split_tail=on --peers "" --timeout 110 \
+      | table_rows 150 "split"
+  done
+  ;;
+splittest)
+  step "tests/test_split_kv_gpu.py"
+  timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_split_kv_gpu.py 2>&1 | tail -15
   ;;
 emptyrows)
   # rows that see no key (LSE = -inf in both the kernel and the reference) under compare.metrics'

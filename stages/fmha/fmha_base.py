@@ -103,6 +103,8 @@ class FmhaForwardBase:
     # P to the PV MMA through a (64, tile_n) shared-memory tile per consumer WG (stage D's
     # p_operand=smem) instead of registers
     p_smem = False
+    # stage D's split-KV tail (split_kv): a flag word per consumer WG after the tile-id ring
+    split_tail = False
     # stage C's bug-injection hooks of ``consume_tile`` (FmhaOnline sets them per instance)
     rescale = True
     bug = "none"
@@ -176,7 +178,7 @@ class FmhaForwardBase:
         if const_expr(self.p_smem):
             tiles["sP"] = tile(self._sP_layout())
         scheduler = {
-            "tile_ids": cute.struct.MemRange[cutlass.Int32, 2],
+            "tile_ids": cute.struct.MemRange[cutlass.Int32, self.tile_id_words()],
             "mbar_tile": cute.struct.MemRange[cutlass.Int64, 4],
         }
         if const_expr(self.o_in_q and not self.p_smem):
@@ -184,6 +186,10 @@ class FmhaForwardBase:
         else:
             fields = {**barriers, **tiles, **scheduler}
         return cute.struct(type("SharedStorage", (), {"__annotations__": fields}))
+
+    def tile_id_words(self) -> int:
+        """Words of the tile-id ring (2), plus the split-KV tail's flag per consumer WG."""
+        return 2 + (self.num_consumer_wg if self.split_tail else 0)
 
     # ---- host --------------------------------------------------------------------------
 

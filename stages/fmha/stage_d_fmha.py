@@ -140,6 +140,7 @@ from cutlass.cutlass_dsl import T, dsl_user_op
 from stages.fmha import common, geometry, host, reference
 from stages.fmha import mask as mk
 from stages.fmha import softmax as sm
+from stages.fmha import split_kv
 from stages.fmha import tile_scheduler as ts
 from stages.fmha import trace as fmha_trace
 from stages.fmha.trace import TRACE_LANES, TRACE_TILES, TRACED_STEP, trace_clock_word, trace_word
@@ -266,6 +267,7 @@ class FmhaForward(FmhaForwardBase):
         page_size: int = 0,
         paged_bug: str = "none",
         dv: int | None = None,
+        split_tail: str = "off",
     ):
         # What ``auto`` means (kernel.yaml lists the choices; docs/perf-notes.md the measurements).
         # The tile shape (KV tile, ring depth, consumer WGs, O staged in Q, P through shared
@@ -376,6 +378,21 @@ class FmhaForward(FmhaForwardBase):
         if paged_bug == "offset_ignored" and page_size < self.tile_n:
             raise ValueError(f"paged_bug=offset_ignored needs pages of whole KV tiles (page_size={page_size} < {self.tile_n}: no offset in a page)")
         self.paged_bug = paged_bug
+        # split_tail=on: the last partial wave's work tiles cut along the keys (split_kv; the
+        # dynamic scheduler hands out the pieces, fixed-length non-causal without a window)
+        if split_tail not in ("off", "on"):
+            raise ValueError(f"split_tail must be off or on, not {split_tail}")
+        self.split_tail = split_tail == "on" and not trace
+        if self.split_tail:
+            why = [
+                reason for reason, bad in (
+                    ("persistent=dynamic", not self.dynamic), ("no causal mask or window", self.mask.upper or self.mask.lower),
+                    ("fixed lengths (not varlen)", varlen), ("no paged KV", page_size), ("softmax=exp", not self.is_exp),
+                    ("row_sum=fp32", self.rounded_sum),
+                ) if bad
+            ]
+            if why:
+                raise ValueError("split_tail=on needs " + ", ".join(why))
 
     def __str__(self) -> str:
         # the DSL names a kernel after str(self) and its arguments: with the tile shape in it,
@@ -480,6 +497,13 @@ class FmhaForward(FmhaForwardBase):
                 self, mQ, mK, mTileCounter, tile_pipe, tile_ids,
                 shape=(mQ.shape[0], seqlen_k_paged, mQ.shape[2], mQ.shape[3]),
             )
+        elif const_expr(self.split_tail):
+            # the last wave's tiles in pieces where the cost model gains and mTileCounter has room
+            plan = partial(
+                split_kv.plan, n_blocks=(mK.shape[0] + (self.tile_n - 1)) // self.tile_n, capacity=cute.size(mTileCounter),
+                wgs=self.num_consumer_wg, slot=self.split_slot_words(),
+            )
+            sched = ts.make_tile_scheduler(self, mQ, mK, mTileCounter, tile_pipe, tile_ids, split=plan)
         else:
             sched = ts.make_tile_scheduler(self, mQ, mK, mTileCounter, tile_pipe, tile_ids)
         seqlen_q, seqlen_k = mQ.shape[0], mK.shape[0]
@@ -508,6 +532,10 @@ class FmhaForward(FmhaForwardBase):
                                 q_state, kv_state = load_tile(
                                     m_block, head, batch, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, j)
                                 )
+                        elif const_expr(self.split_tail):
+                            q_state, kv_state = load_tile(
+                                m_block, head, batch, q_state, kv_state, piece=self.piece_of(sched, tile)
+                            )
                         else:
                             q_state, kv_state = load_tile(
                                 m_block, head, batch, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, j)
@@ -549,6 +577,12 @@ class FmhaForward(FmhaForwardBase):
                             q_buf, q_phase = self.next_q_buffer(q_buf, q_phase)
                         else:
                             self.store_empty_rows(cu, mO_rows, mLSE, regs, tidx, wg_idx - 1, m_block, head, batch)
+                    elif const_expr(self.split_tail):
+                        kv_state = compute_tile(
+                            m_block, head, batch, kv_state, q_buf, q_phase, piece=self.piece_of(sched, tile),
+                            split_io=(mTileCounter, tile_ids),
+                        )
+                        q_buf, q_phase = self.next_q_buffer(q_buf, q_phase)
                     else:
                         kv_state = compute_tile(
                             m_block, head, batch, kv_state, q_buf, q_phase, stamp=self.stamp_fn(mTileCounter, wg_idx, j)
@@ -575,6 +609,16 @@ class FmhaForward(FmhaForwardBase):
             if const_expr(self.trace):
                 if wg_idx == 1:
                     self.trace_clocks(mTileCounter, cute.arch.block_idx()[0], tile_step, 2)
+
+    def split_slot_words(self) -> int:
+        """split_tail: fp32 words of one partial's slot (split_kv.slot_words: acc_O's dv / 2
+        floats per thread of a 64-row WG, two rows)."""
+        return split_kv.slot_words(self.wg_rows * self.dv // common.WG_THREADS, 2)
+
+    def piece_of(self, sched, item: Int32):
+        """split_tail: (piece, pieces, tail tile, tail tiles) of work item ``item``."""
+        tile, split, pieces = sched.piece(item)
+        return split, pieces, tile - sched.whole, (sched.tiles - sched.whole) // sched.pieces
 
     def next_q_buffer(self, q_buf: Int32, q_phase: Int32):
         """(Q buffer, phase) of a consumer's next work tile."""
@@ -677,7 +721,7 @@ class FmhaForward(FmhaForwardBase):
             barrier_storage=storage.mbar_tile.data_ptr(),
             defer_sync=True,
         )
-        tile_ids = storage.tile_ids.get_tensor(cute.make_layout(2))
+        tile_ids = storage.tile_ids.get_tensor(cute.make_layout(self.tile_id_words()))
         return pipeline_q, pipeline_k, pipeline_v, tile_pipe, tile_ids
 
     def stamp_fn(self, buf: cute.Tensor, wg_idx, j: Int32):
@@ -718,12 +762,13 @@ class FmhaForward(FmhaForwardBase):
         self, tma_atom_q, tma_atom_k, tma_atom_v, mQ, mK, mV, sQ, sK, sV, pipeline_q, pipeline_k, pipeline_v,
         seqlen_k: Int32, m_block: Int32, head: Int32, batch: Int32,
         q_state: pipeline.PipelineState, kv_state: pipeline.PipelineState,
-        stamp: cutlass.Constexpr = no_stamp, cu: tuple = None, block_table: cute.Tensor = None,
+        stamp: cutlass.Constexpr = no_stamp, cu: tuple = None, block_table: cute.Tensor = None, piece: tuple = None,
     ):
         """The producer's share of the work tile (m_block, head, batch); returns the ring
         states after it. varlen (``cu`` = the cu_seqlens): the sequence's rows of the packed
         tensors, its own KV length (a box past its end reads the next sequence's rows: those
-        keys are masked, those Q rows never stored)."""
+        keys are masked, those Q rows never stored). ``piece`` (split_tail): ``piece_of``'s,
+        the KV tiles of that piece only."""
         head_kv = head // self.qhead_per_kvhead
         seqlen_q = mQ.shape[0]
         if const_expr(self.varlen):
@@ -744,6 +789,8 @@ class FmhaForward(FmhaForwardBase):
             gK = cute.local_tile(mK[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))  # (128, d, ceil(n/128))
             gV = cute.local_tile(mV[None, None, head_kv, batch], (self.tile_n, self.dv), (None, 0))
         n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
+        if const_expr(piece is not None):
+            n_min, n_max = split_kv.kv_range(n_max, piece[0], piece[1])
         return self.produce_d(
             tma_atom_q, tma_atom_k, tma_atom_v, gQ, gK, gV, sQ, sK, sV,
             pipeline_q, pipeline_k, pipeline_v, q_state, kv_state, m_block, n_max, stamp, n_min,
@@ -755,11 +802,13 @@ class FmhaForward(FmhaForwardBase):
         self, tiled_mma_qk, tiled_mma_pv, tma_atom_o, mO, mLSE, sQ, sK, sV, sO, pipeline_q, pipeline_k, pipeline_v,
         regs: tuple, tidx: Int32, wg: Int32, seqlen_q: Int32, seqlen_k: Int32,
         m_block: Int32, head: Int32, batch: Int32, kv_state: pipeline.PipelineState, q_buf: Int32, q_phase: Int32,
-        stamp: cutlass.Constexpr = no_stamp, cu: tuple = None, mO_rows: cute.Tensor = None,
+        stamp: cutlass.Constexpr = no_stamp, cu: tuple = None, mO_rows: cute.Tensor = None, piece: tuple = None,
+        split_io: tuple = None,
     ) -> pipeline.PipelineState:
         """One consumer WG's share of the work tile (m_block, head, batch); returns the K/V
         ring state after it. varlen: the sequence's lengths; mO is O's TMA tensor over the
-        packed rows, ``mO_rows`` the plain packed tensor."""
+        packed rows, ``mO_rows`` the plain packed tensor. split_tail: ``piece`` (``piece_of``)
+        and ``split_io`` (the workspace, the tile-id ring whose words 2 ... are the WGs' flags)."""
         gO_rows = None
         if const_expr(self.varlen):
             off_q, seqlen_q, _, seqlen_k = self.seq_spans(cu, batch)
@@ -774,10 +823,12 @@ class FmhaForward(FmhaForwardBase):
             gO = cute.local_tile(mO[None, None, head, batch], (self.wg_rows, self.dv), (None, 0))  # (64, dv, ceil(m/64))
             mLSE_row = mLSE[batch, head, None]
             n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
+            if const_expr(piece is not None):
+                n_min, n_max = split_kv.kv_range(n_max, piece[0], piece[1])
         return self.consume_d(
             tiled_mma_qk, tiled_mma_pv, tma_atom_o, gO, mLSE_row, sQ, sK, sV, sO,
             pipeline_q, pipeline_k, pipeline_v, kv_state, q_buf, q_phase, regs,
-            tidx, wg, m_block, n_max, seqlen_q, seqlen_k, stamp, n_min, gO_rows,
+            tidx, wg, m_block, n_max, seqlen_q, seqlen_k, stamp, n_min, gO_rows, piece, split_io,
         )
 
     def consumer_registers(self, tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg, sP=None, wg=None):
@@ -887,7 +938,7 @@ class FmhaForward(FmhaForwardBase):
             q_state.advance()
         stamp(2)
         n_steps = n_max
-        if const_expr(self.left_masked):
+        if const_expr(self.left_masked or self.split_tail):
             n_steps = n_max - n_min
         if const_expr(self.kv_load == "paired"):
             load_v(kv_state, n_max - 1)
@@ -1010,6 +1061,8 @@ class FmhaForward(FmhaForwardBase):
         stamp: cutlass.Constexpr = no_stamp,
         n_min=0,
         gO_rows: cute.Tensor = None,  # varlen: the plain packed O's (64, d, m tiles) of this sequence
+        piece: tuple = None,  # split_tail: consume_work_tile's
+        split_io: tuple = None,
     ) -> pipeline.PipelineState:
         """One consumer WG, one work tile (its 64 Q rows), KV tiles n_max - 1 down to n_min
         (``mask``: the first n_up and, with a left window, the visits from n_lo on masked);
@@ -1030,7 +1083,7 @@ class FmhaForward(FmhaForwardBase):
         # with a left window the visits n_lo .. n_steps - 1 the left one (mask.mask_steps)
         n_masked, n_lo = mk.mask_steps(self.mask, m_block, n_min, n_max, seqlen_q, seqlen_k)
         n_steps = n_max
-        if const_expr(self.left_masked):
+        if const_expr(self.left_masked or self.split_tail):
             n_steps = n_max - n_min
         # the upper edge of row r is r + row_offset (plain causal: row0, as ever), the left
         # one r + lo_row_offset
@@ -1084,7 +1137,7 @@ class FmhaForward(FmhaForwardBase):
                     col_offset = (n_max - 1 - i) * self.tile_n
                     kv_state = step(kv_state, is_first=False, mask_fn=partial(mask_fn, col_offset=col_offset))
             else:
-                for i in cutlass.range(n_masked, n_max, unroll=1):
+                for i in cutlass.range(n_masked, n_steps, unroll=1):
                     kv_state = step(kv_state, is_first=False)
         else:
             kv_state = self.consume_overlap(
@@ -1095,6 +1148,38 @@ class FmhaForward(FmhaForwardBase):
         if const_expr(self.schedule == "serial" and not self.o_in_q):
             release_q()
 
+        if const_expr(self.split_tail):
+            # a piece of a split tile: only the last of its pieces to arrive runs the epilogue,
+            # with the others' partials added in (split_kv.merge)
+            is_last = cutlass.Boolean(True)
+            if piece[1] > 1:
+                workspace, tile_ids = split_io
+                flags = cute.make_tensor(tile_ids.iterator + 2, cute.make_layout(self.num_consumer_wg))
+                is_last = split_kv.merge(
+                    acc_O, softmax.row_max, softmax.row_sum, 1.0 if self.softcap else self.scale_log2, workspace, flags,
+                    tidx_wg, wg, self.num_consumer_wg, piece[3], piece[2], piece[0], piece[1], 1 + wg,
+                )
+            if is_last:
+                self.epilogue(
+                    acc_O, softmax, row_scale, thr_pv, tma_atom_o, tiled_mma_pv, gO, gO_rows, mLSE, sO,
+                    tidx_wg, wg, m_block, row0, seqlen_q, release_q, stamp,
+                )
+            elif const_expr(self.o_in_q):
+                release_q()  # no O store: the Q slot is free since the last QK^T
+        else:
+            self.epilogue(
+                acc_O, softmax, row_scale, thr_pv, tma_atom_o, tiled_mma_pv, gO, gO_rows, mLSE, sO,
+                tidx_wg, wg, m_block, row0, seqlen_q, release_q, stamp,
+            )
+        return kv_state
+
+    @cute.jit
+    def epilogue(
+        self, acc_O, softmax: sm.OnlineSoftmax, row_scale, thr_pv, tma_atom_o, tiled_mma_pv, gO, gO_rows, mLSE, sO,
+        tidx_wg: Int32, wg: Int32, m_block: Int32, row0: Int32, seqlen_q: Int32, release_q, stamp: cutlass.Constexpr,
+    ):
+        """A consumer WG's end of a work tile: O / l and the LSE (``finish``), the LSE rows and the
+        O box stored (varlen: a box that would cross into the next sequence row by row)."""
         lse = cute.make_rmem_tensor(softmax.num_rows, Float32)
         self.finish(softmax, acc_O, lse, row_scale)
 
@@ -1118,7 +1203,6 @@ class FmhaForward(FmhaForwardBase):
             stamp(6)
             self.store_o_box(acc_O, sO, gO[None, None, o_box], tma_atom_o, tiled_mma_pv, tidx_wg, wg, row0 < seqlen_q, release_q)
         stamp(7)
-        return kv_state
 
     @cute.jit
     def store_o_box(self, acc_O, sO, gO_box, tma_atom_o, tiled_mma_pv, tidx_wg: Int32, wg: Int32, do_store, release_q):
@@ -1349,7 +1433,7 @@ class FmhaForward(FmhaForwardBase):
             tiled_mma_pv=tiled_mma_pv, tSrQ=tSrQ, tSrK=tSrK, tOrVt=tOrVt, acc_S_shape=acc_S_shape, tOrP=tOrP,
             acc_O=acc_O, softmax=softmax, row_scale=row_scale, wg=wg, n_max=n_max, p_store=p_store, stamp=stamp,
         )
-        if const_expr(self.left_masked):
+        if const_expr(self.left_masked or self.split_tail):
             step = partial(step, n_steps=n_steps)
         if const_expr(self.two_masked):
             for i in cutlass.range(1, n_masked, unroll=1):
@@ -1361,7 +1445,7 @@ class FmhaForward(FmhaForwardBase):
             for i in cutlass.range(n_lo, n_steps, unroll=1):
                 kv_state = step(kv_state, i=i, mask_fn=mask_fn)
         else:
-            for i in cutlass.range(n_masked, n_max, unroll=1):
+            for i in cutlass.range(n_masked, n_steps, unroll=1):
                 kv_state = step(kv_state, i=i)
 
         stamp(4)
@@ -1392,15 +1476,30 @@ def sm_count(device) -> int:
 _tile_counters: dict = {}
 
 
-def tile_counter(device):
-    """The (2,) int32 counters of ``persistent=dynamic`` on ``device``: zeros, and zero again
-    after every launch (the kernel's last CTA resets them), so one buffer serves all."""
+def tile_counter(device, words: int = split_kv.COUNTERS):
+    """The int32 counters of ``persistent=dynamic`` on ``device``, at least ``words`` long (the
+    split-KV tail's workspace follows them, ``split_kv.workspace_words``): zeros, and zero
+    again after every launch (the kernel's last CTA resets the counters, the last piece of
+    a split tile its arrival count), so one buffer serves all; it only grows."""
     import torch
 
     key = str(device)
-    if key not in _tile_counters:
-        _tile_counters[key] = torch.zeros(2, dtype=torch.int32, device=device)
+    if key not in _tile_counters or _tile_counters[key].numel() < words:
+        _tile_counters[key] = torch.zeros(words, dtype=torch.int32, device=device)
     return _tile_counters[key]
+
+
+def split_words(compiled, q, n: int, n_sms: int) -> int:
+    """The words ``tile_counter`` must hold for a fixed-length launch of ``compiled`` on ``q``
+    with ``n`` keys (the split-KV tail's workspace, where it cuts the last wave)."""
+    if not getattr(compiled, "split_tail", False):
+        return split_kv.COUNTERS
+    b, m, h = q.shape[0], q.shape[1], q.shape[2]
+    tiles = -(-m // compiled.tile_m) * h * b
+    long = compiled.long
+    tile_n = long.kv_tile if long is not None and long.serves(m, n) and long.kv_tile else compiled.tile_n
+    slot = split_kv.slot_words(64 * (compiled.dv or compiled.d) // common.WG_THREADS, 2)
+    return split_kv.workspace_words(tiles, min(tiles, n_sms), -(-n // tile_n), compiled.tile_m // 64, slot)
 
 
 def kernel_options(variants: Mapping[str, str]) -> dict:
@@ -1432,6 +1531,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "mask_bug": v["mask_bug"],
         "varlen_bug": v["varlen_bug"],
         "paged_bug": v["paged_bug"],
+        "split_tail": v["split_tail"],
     }
 
 
@@ -1695,6 +1795,7 @@ class StageD(Stage):
             fn=fn, d=p.d, heads=p.heads, kv_heads=p.kv_heads, causal=kernel.causal, p_check=kernel.p_check,
             compile_s=time.perf_counter() - t0, varlen=kernel.varlen, page_size=kernel.page_size,
             fn_long=fn_long, long=long, tile_m=kernel.tile_m, bottom_right=mask_params(p)["align"] == "bottom_right",
+            split_tail=kernel.split_tail, dv=kernel.dv, tile_n=kernel.tile_n,
         )
 
     @staticmethod
@@ -1757,9 +1858,11 @@ class StageD(Stage):
         assert q.shape[-1] == compiled.d and q.shape[2] == compiled.heads and k.shape[2] == compiled.kv_heads, (
             "the tensors do not match the compiled (d, heads, kv_heads)"
         )
+        n_sms = sm_count(q.device)
+        counters = tile_counter(q.device, split_words(compiled, q, k.shape[1], n_sms))
         compiled.for_shape(q.shape[1], k.shape[1])(
             host.to_cute(q), host.to_cute(k), host.to_cute(inputs["v"]),
-            host.to_cute(outputs["o"]), host.to_cute(outputs["lse"]), host.to_cute(tile_counter(q.device)), Int32(sm_count(q.device)), host.current_stream(),
+            host.to_cute(outputs["o"]), host.to_cute(outputs["lse"]), host.to_cute(counters), Int32(n_sms), host.current_stream(),
         )
 
     def trace(self, p: Params, variants: Mapping[str, str], arch: str, inputs, outputs):

@@ -73,14 +73,20 @@ class WorkTiles:
     tile_pipe: Any = None
     tile_ids: Optional[cute.Tensor] = None
     table: Optional[cute.Tensor] = None  # varlen: (entries,) int32, batch << 16 | m_block
+    # split-KV tail (split_kv; dynamic only): the first ``whole`` tiles run whole, each later one
+    # as ``pieces`` items; ``tiles`` then counts items
+    whole: Optional[Int32] = None
+    pieces: Optional[Int32] = None
 
     @classmethod
     def create(cls, kernel, mQ: cute.Tensor, mK: cute.Tensor, walk: bool = False, shape: Optional[tuple] = None, **extra):
         """``shape``: (seqlen_q, seqlen_k, heads, batches) when not read from mQ, mK's
         (seq, d, heads, batch) views (paged: the cache's n). ``table`` (varlen, in ``extra``):
-        the work tiles are (entry, head), head outer, entry e -> (batch, m_block) = table[e]."""
+        the work tiles are (entry, head), head outer, entry e -> (batch, m_block) = table[e].
+        ``split`` (in ``extra``): (tiles, grid) -> (whole, pieces), ``split_kv.plan``."""
         first, _, _ = cute.arch.block_idx()
         table = extra.get("table")
+        split = extra.pop("split", None)
         if const_expr(table is not None):  # entries per head in place of Q tiles per (batch, head)
             num_m, seqlen_k, heads, batches = cute.size(table, mode=[0]), Int32(0), mQ.shape[2], Int32(1)
         else:
@@ -92,6 +98,10 @@ class WorkTiles:
             num_m = (seqlen_q + (kernel.tile_m - 1)) // kernel.tile_m
         tiles = num_m * heads * batches
         step, _, _ = cute.arch.grid_dim()
+        if const_expr(split is not None):
+            whole, pieces = split(tiles, step)
+            extra = {**extra, "whole": whole, "pieces": pieces}
+            tiles = whole + pieces * (tiles - whole)
         sched = cls(kernel.tile_m, kernel.d, kernel.dtype, kernel.lpt, walk, first, seqlen_k, heads, batches,
                     num_m, tiles, step, **extra)
         first_coords = sched.coords(first)
@@ -111,7 +121,10 @@ class WorkTiles:
     @cute.jit
     def coords(self, tile: Int32):
         """(m_block, head, batch) of work tile ``tile``: m_block fastest, or the
-        longest-first order (``lpt_tile``), or (varlen) the table's entry, head outer."""
+        longest-first order (``lpt_tile``), or (varlen) the table's entry, head outer.
+        Split-KV tail: ``tile`` is an item (``piece``)."""
+        if const_expr(self.pieces is not None):
+            tile, _, _ = self.piece(tile)
         if const_expr(self.table is not None):
             head = tile // self.num_m
             packed = self.table[tile - head * self.num_m]
@@ -121,6 +134,16 @@ class WorkTiles:
         hb = tile // self.num_m
         batch = hb // self.heads
         return tile - hb * self.num_m, hb - batch * self.heads, batch
+
+    @cute.jit
+    def piece(self, item: Int32):
+        """Split-KV tail: (work tile, piece, pieces) of ``item``: a whole tile is its own
+        piece 0 of 1; tile whole + t is items whole + pieces t ... + pieces - 1."""
+        tile, split, pieces = item, Int32(0), Int32(1)
+        if item >= self.whole:
+            t = (item - self.whole) // self.pieces
+            tile, split, pieces = self.whole + t, item - self.whole - t * self.pieces, self.pieces
+        return tile, split, pieces
 
     @cute.jit
     def next_coords(self, m_block: Int32, head: Int32, batch: Int32):
@@ -253,11 +276,15 @@ class DynamicCounter(WorkTiles):
                 mTileCounter[1] = Int32(0)
 
 
-def make_tile_scheduler(kernel, mQ: cute.Tensor, mK: cute.Tensor, mTileCounter: cute.Tensor, tile_pipe, tile_ids, shape=None, table=None):
+def make_tile_scheduler(kernel, mQ: cute.Tensor, mK: cute.Tensor, mTileCounter: cute.Tensor, tile_pipe, tile_ids, shape=None, table=None, split=None):
     """The scheduler of ``kernel``'s ``persistent`` mode (``kernel.persistent``, ``.dynamic``);
-    ``shape`` and ``table`` as ``WorkTiles.create``'s."""
+    ``shape``, ``table`` and ``split`` (dynamic only) as ``WorkTiles.create``'s."""
     if const_expr(kernel.dynamic):
-        return DynamicCounter.create(kernel, mQ, mK, counter=mTileCounter, tile_pipe=tile_pipe, tile_ids=tile_ids, shape=shape, table=table)
+        extra = {} if split is None else {"split": split}
+        return DynamicCounter.create(
+            kernel, mQ, mK, counter=mTileCounter, tile_pipe=tile_pipe, tile_ids=tile_ids, shape=shape, table=table, **extra
+        )
+    assert split is None, "the split-KV tail needs the dynamic scheduler"
     if const_expr(kernel.persistent):
         return StaticPersistent.create(kernel, mQ, mK, walk=not kernel.lpt and table is None, shape=shape, table=table)
     return SingleTile.create(kernel, mQ, mK, shape=shape, table=table)

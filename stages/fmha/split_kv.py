@@ -1,0 +1,220 @@
+"""Stage D's split-KV tail: the last, partial wave of work tiles cut along the keys.
+
+T equal work tiles on G persistent CTAs run as T // G full waves and a last one of T mod G
+tiles while the other CTAs idle (d = 128 s = 4096: 2048 tiles on 132 SMs, 15.5 waves, 3 % of
+the launch; docs/perf-notes.md round 17). Cut in k pieces of about n_blocks / k KV tiles each,
+the last tiles spread over the idle CTAs. Each piece writes its partial O and row statistics
+to a workspace; the piece that arrives last adds the others' in and runs the usual epilogue
+(O / l, the LSE, the O store). Nobody waits on another CTA: no spin, no deadlock.
+
+The dynamic scheduler hands the pieces out after the whole tiles (``tile_scheduler``'s items):
+a tile's k pieces are items whole + k t ... whole + k t + k - 1, taken back to back.
+
+The workspace is the tile counters' int32 buffer (``workspace_words`` says how long it must be;
+with a shorter one, as the trace's or the exported op's, the kernel cuts less or not at all): words 0 and 1 the
+scheduler's counters, then one arrival count per (tail tile, consumer WG), zero between
+launches (the last arriver resets its own), then from ``partials_base`` one slot per (tail
+tile, piece, consumer WG) of ``slot_words``: per thread acc_O's floats then (row max, row sum)
+of its rows, the thread's 4 words at a time (element e of thread t at (e // 4) 512 + 4 t +
+e mod 4: v4 stores, a warp's 512 bytes contiguous). The WG of the same index in another CTA
+holds the same rows in the same layout, so pieces combine register by register.
+"""
+
+import math
+
+import cutlass
+import cutlass.cute as cute
+from cutlass import Float32, Int32, const_expr
+
+from stages.fmha import common
+
+#: the most pieces a tile is cut in
+MAX_PIECES = 4
+#: the cost model's units are half KV steps: a whole tile is 2 n_blocks + TILE_FIXED (the tile
+#: boundary, 1.5 steps in the H100 trace of round 16); a piece 2 ceil(n_blocks / k) + PIECE_FIXED
+#: (the boundary, its partial's stores and the count); the last arriver's combine COMBINE
+TILE_FIXED = 3
+PIECE_FIXED = 4
+COMBINE = 2
+#: words before the arrival counts: the dynamic scheduler's two counters
+COUNTERS = 2
+
+
+def slot_words(acc_floats: int, rows: int) -> int:
+    """fp32 words of one (tail tile, piece, WG) slot: 128 threads x (acc_O's floats + row max
+    and row sum of each of the thread's rows), a multiple of 4 per thread."""
+    per_thread = acc_floats + 2 * rows
+    assert per_thread % 4 == 0, per_thread
+    return common.WG_THREADS * per_thread
+
+
+def partials_base(tail, wgs: int):
+    """First word of the slots: after the counters and the tail's arrival counts, 16-byte
+    aligned (Python ints or DSL Int32)."""
+    return (COUNTERS + tail * wgs + 3) // 4 * 4
+
+
+def workspace_words(tiles: int, grid: int, n_blocks: int, wgs: int, slot: int) -> int:
+    """int32 words the buffer needs for the kernel to cut ``tiles`` work tiles on ``grid`` CTAs
+    as it would with room to spare (``pieces_for``): the counters alone where it would not cut."""
+    tail = tail_of(tiles, grid)
+    k = pieces_for(tiles, grid, n_blocks, 1 << 62, wgs, slot)
+    if k == 1:
+        return COUNTERS
+    return partials_base(tail, wgs) + tail * k * wgs * slot
+
+
+def tail_of(tiles: int, grid: int) -> int:
+    """Work tiles of the last, partial wave (0: the tiles fill whole waves or one partial one)."""
+    return tiles % grid if tiles > grid else 0
+
+
+def whole_cost(n_blocks):
+    """The cost model's time of one whole tile (half KV steps)."""
+    return 2 * n_blocks + TILE_FIXED
+
+
+def split_cost(tail, k: int, grid, n_blocks):
+    """The cost model's time of the last wave cut in ``k`` pieces: ceil(tail k / grid) waves of
+    pieces, then the combine (half KV steps; Python ints or DSL Int32)."""
+    waves = (tail * k + grid - 1) // grid
+    return waves * (2 * ((n_blocks + k - 1) // k) + PIECE_FIXED) + COMBINE
+
+
+def pieces_for(tiles: int, grid: int, n_blocks: int, capacity: int, wgs: int, slot: int) -> int:
+    """The k ``plan`` picks, in Python (the host's and the tests' view of the kernel's choice)."""
+    tail = tail_of(tiles, grid)
+    best_k, best = 1, whole_cost(n_blocks)
+    for k in range(2, MAX_PIECES + 1):
+        fits = partials_base(tail, wgs) + tail * k * wgs * slot <= capacity
+        cost = split_cost(tail, k, grid, n_blocks)
+        if tail > 0 and k <= n_blocks and fits and cost < best:
+            best, best_k = cost, k
+    return best_k
+
+
+@cute.jit
+def _tail_dsl(tiles: Int32, grid: Int32) -> Int32:
+    """``tail_of`` in the kernel."""
+    tail = Int32(0)
+    if tiles > grid:
+        tail = tiles - (tiles // grid) * grid
+    return tail
+
+
+@cute.jit
+def plan(tiles: Int32, grid: Int32, n_blocks: Int32, capacity: Int32, wgs: cutlass.Constexpr[int],
+         slot: cutlass.Constexpr[int]):
+    """(whole, k): the work tiles run whole (the first ``whole``) and the pieces each of the
+    others is cut in (1: no split), as ``pieces_for`` picks k: the least ``split_cost`` below
+    ``whole_cost``, k <= n_blocks (a piece visits at least one KV tile), the slots within
+    ``capacity`` words."""
+    tail = _tail_dsl(tiles, grid)
+    best_k = Int32(1)
+    best = whole_cost(n_blocks)
+    base = partials_base(tail, wgs)
+    for k in cutlass.range_constexpr(2, MAX_PIECES + 1):
+        cost = split_cost(tail, k, grid, n_blocks)
+        fits = base + tail * (k * wgs * slot) <= capacity
+        if tail > 0 and k <= n_blocks and fits and cost < best:
+            best, best_k = cost, Int32(k)
+    whole = tiles
+    if best_k > 1:
+        whole = tiles - tail
+    return whole, best_k
+
+
+def kv_range(n_max: Int32, split: Int32, pieces: Int32):
+    """(n_min, n_max) of piece ``split`` of ``pieces`` of a tile visiting KV tiles 0 .. n_max - 1:
+    balanced (each at least one tile while pieces <= n_max)."""
+    return split * n_max // pieces, (split + 1) * n_max // pieces
+
+
+def _slot_tensor(workspace: cute.Tensor, word: Int32, tidx_wg: Int32, per_thread: int) -> cute.Tensor:
+    """This thread's (4, per_thread / 4) fp32 view of the slot starting at ``word``."""
+    addr = workspace.iterator.toint() + (word + tidx_wg * 4) * 4
+    ptr = cute.make_ptr(Float32, addr, cute.AddressSpace.gmem, assumed_align=16)
+    return cute.make_tensor(ptr, cute.make_layout((4, per_thread // 4), stride=(1, 4 * common.WG_THREADS)))
+
+
+@cute.jit
+def merge(
+    acc_O: cute.Tensor,
+    row_max: cute.Tensor,
+    row_sum: cute.Tensor,
+    c: cutlass.Constexpr,
+    workspace: cute.Tensor,
+    flag: cute.Tensor,
+    tidx_wg: Int32,
+    wg: Int32,
+    wgs: cutlass.Constexpr[int],
+    tail: Int32,
+    tail_idx: Int32,
+    split: Int32,
+    pieces: Int32,
+    barrier_id: Int32,
+) -> cutlass.Boolean:
+    """One consumer WG's end of piece ``split`` of tail tile ``tail_idx``: store the partial
+    (acc_O, the rows' max in raw S units, c = the exponent's scale, and this lane's share of
+    their sums), count it in; the WG of the last piece to arrive adds the others' in (acc_O,
+    row_max, row_sum then stand as if it had visited every KV tile) and returns True, the
+    others False (their epilogue is skipped). ``flag``: a shared-memory int32 per WG."""
+    o_rows = common.acc_row_view(acc_O)
+    rows, cols = cute.size(o_rows, mode=[0]), cute.size(o_rows, mode=[1])
+    per_thread = rows * cols + 2 * rows
+    slot = common.WG_THREADS * per_thread
+    base = partials_base(tail, wgs)
+    first_slot = base + ((tail_idx * pieces) * wgs + wg) * slot  # piece j's: first_slot + j wgs slot
+    image = cute.make_rmem_tensor((4, per_thread // 4), Float32)
+    for r in cutlass.range_constexpr(rows):
+        for j in cutlass.range_constexpr(cols):
+            image[r * cols + j] = o_rows[r, j]
+        image[rows * cols + r] = row_max[r]
+        image[rows * cols + rows + r] = row_sum[r]
+    cute.autovec_copy(image, _slot_tensor(workspace, first_slot + split * (wgs * slot), tidx_wg, per_thread))
+    # every thread's stores, then the WG's one count: release by fence + barrier, acquire by the
+    # count's acq_rel and the last arriver's fence
+    cute.arch.fence_acq_rel_gpu()
+    cute.arch.barrier(barrier_id=barrier_id, number_of_threads=common.WG_THREADS)
+    if tidx_wg == 0:
+        count = workspace.iterator + (COUNTERS + tail_idx * wgs + wg)
+        arrived = cute.arch.atomic_add(count, Int32(1), sem="acq_rel", scope="gpu")
+        last = Int32(0)
+        if arrived == pieces - 1:
+            last = Int32(1)
+            workspace[COUNTERS + tail_idx * wgs + wg] = Int32(0)  # the next launch's
+        flag[wg] = last
+    cute.arch.barrier(barrier_id=barrier_id, number_of_threads=common.WG_THREADS)
+    is_last = flag[wg] != 0
+    if is_last:
+        cute.arch.fence_acq_rel_gpu()
+        # the rows' max over the pieces, then each piece scaled by 2^((m_j - M) c) (M read as 0
+        # for a row that saw only -inf everywhere: it keeps -inf, finalize's degenerate row)
+        top = cute.make_rmem_tensor(rows, Float32)
+        safe = cute.make_rmem_tensor(rows, Float32)
+        for r in cutlass.range_constexpr(rows):
+            top[r] = row_max[r]
+        other = cute.make_rmem_tensor((4, per_thread // 4), Float32)
+        for p in cutlass.range(pieces, unroll=1):
+            if p != split:
+                stats = _slot_tensor(workspace, first_slot + p * (wgs * slot), tidx_wg, per_thread)
+                for r in cutlass.range_constexpr(rows):
+                    top[r] = cute.arch.fmax(top[r], stats[rows * cols + r])
+        for r in cutlass.range_constexpr(rows):
+            safe[r] = top[r]
+            if top[r] == Float32(-math.inf):
+                safe[r] = Float32(0.0)
+            a = cute.math.exp2((row_max[r] - safe[r]) * c, fastmath=True)
+            row_sum[r] = row_sum[r] * a
+            for j in cutlass.range_constexpr(cols):
+                o_rows[r, j] = o_rows[r, j] * a
+            row_max[r] = top[r]
+        for p in cutlass.range(pieces, unroll=1):
+            if p != split:
+                cute.autovec_copy(_slot_tensor(workspace, first_slot + p * (wgs * slot), tidx_wg, per_thread), other)
+                for r in cutlass.range_constexpr(rows):
+                    a = cute.math.exp2((other[rows * cols + r] - safe[r]) * c, fastmath=True)
+                    row_sum[r] = row_sum[r] + a * other[rows * cols + rows + r]
+                    for j in cutlass.range_constexpr(cols):
+                        o_rows[r, j] = o_rows[r, j] + a * other[r * cols + j]
+    return is_last

@@ -1,0 +1,113 @@
+"""On a GPU: stage D's split-KV tail (``-V split_tail=on``, stages/fmha/split_kv.py).
+
+* Where a 132-CTA grid leaves a last, partial wave (m = 4096 with 5 heads: 160 work tiles of
+  128 rows; 7 heads for the 192-row tiles of d = 64 and 96), the kernel cuts it in exactly
+  the pieces ``split_kv.pieces_for`` predicts: every slot of the workspace sized for them is
+  written and every arrival count is back at zero after the launch (the next launch's).
+* Its O and LSE are the unsplit kernel's up to rounding, and as close to the fp32 reference.
+* Where the tiles fill whole waves, nothing past the scheduler's counters is asked for.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.gpu
+
+if not torch.cuda.is_available():  # pragma: no cover - CPU machines
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+from stages.fmha import reference, split_kv  # noqa: E402
+from stages.fmha import stage_d_fmha as sd  # noqa: E402
+from workbench.kernels.stage import Params  # noqa: E402
+
+
+def _params(**kw):
+    base = dict(m=4096, n=1000, d=128, dtype="bf16", batch=1, heads=5, kv_heads=1, causal=False)
+    base.update(kw)
+    return Params(base)
+
+
+def _inputs(p, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    dt = torch.bfloat16 if p.dtype == "bf16" else torch.float16
+    return {
+        "q": torch.randn(p.batch, p.m, p.heads, p.d, generator=g).to(dt).cuda(),
+        "k": torch.randn(p.batch, p.n, p.kv_heads, p.d, generator=g).to(dt).cuda(),
+        "v": torch.randn(p.batch, p.n, p.kv_heads, p.d, generator=g).to(dt).cuda(),
+    }
+
+
+def _launch(st, compiled, p, inputs):
+    outs = {name: torch.full(spec.shape, float("nan"), dtype=spec.torch_dtype(), device="cuda")
+            for name, spec in st.outputs(p).items()}
+    st.launch(compiled, inputs, outs)
+    torch.cuda.synchronize()
+    return outs
+
+
+CASES = [  # d, heads, n, dtype, extra variants, softcap
+    (128, 5, 1000, "bf16", {}, 0.0),
+    (128, 5, 300, "fp16", {}, 0.0),
+    (128, 5, 4100, "bf16", {}, 30.0),
+    (128, 5, 8192, "bf16", {}, 0.0),  # the 128 x 176 long kernel, O staged in Q
+    (64, 7, 1000, "bf16", {"persistent": "dynamic"}, 0.0),  # 3 consumer WGs
+    (96, 7, 1000, "fp16", {}, 0.0),  # P through shared memory
+    (256, 5, 1000, "bf16", {"persistent": "dynamic"}, 0.0),  # O staged in Q, lazy rescale
+]
+
+
+@pytest.mark.parametrize("d,heads,n,dtype,variants,softcap", CASES, ids=lambda x: str(x))
+def test_split_tail_cuts_as_planned_and_matches_the_unsplit_kernel(d, heads, n, dtype, variants, softcap):
+    st = sd.StageD()
+    p = _params(d=d, heads=heads, n=n, dtype=dtype, softcap=softcap)
+    inputs = _inputs(p)
+    plain = st.compile(p, dict(variants), "sm_90a")
+    split = st.compile(p, {**variants, "split_tail": "on"}, "sm_90a")
+    assert split.split_tail and not plain.split_tail
+
+    n_sms = sd.sm_count(inputs["q"].device)
+    words = sd.split_words(split, inputs["q"], n, n_sms)
+    tiles = -(-p.m // split.tile_m) * heads
+    tail = split_kv.tail_of(tiles, min(tiles, n_sms))
+    wgs = split.tile_m // 64
+    slot = split_kv.slot_words(64 * d // 128, 2)
+    assert tail > 0 and words > split_kv.COUNTERS, (tiles, n_sms)
+    k = (words - split_kv.partials_base(tail, wgs)) // (tail * wgs * slot)
+    assert k >= 2
+
+    buf = sd.tile_counter(inputs["q"].device, words)
+    buf.zero_()
+    want = _launch(st, plain, p, inputs)
+    got = _launch(st, split, p, inputs)
+
+    counts = buf[split_kv.COUNTERS: split_kv.COUNTERS + tail * wgs]
+    assert int(counts.abs().sum()) == 0, "an arrival count was left non-zero"
+    assert int(buf[0]) == 0 and int(buf[1]) == 0, "the scheduler's counters were left non-zero"
+    base = split_kv.partials_base(tail, wgs)
+    slots = buf[base: base + tail * k * wgs * slot].view(tail * k * wgs, slot)
+    unwritten = (slots == 0).all(dim=1).nonzero().flatten().tolist()
+    assert not unwritten, f"slots never written (the kernel cut in fewer than {k} pieces?): {unwritten[:8]}"
+
+    o_ref, lse_ref = reference.attention_bshd(
+        inputs["q"], inputs["k"], inputs["v"], torch.float32, causal=False, softcap=softcap,
+    )
+    for name, ref in (("o", o_ref), ("lse", lse_ref)):
+        a, b = got[name].float(), want[name].float()
+        assert torch.isfinite(a).all(), name
+        err_split = (a - ref.float()).abs().max().item()
+        err_plain = (b - ref.float()).abs().max().item()
+        assert err_split <= 1.5 * err_plain + 1e-3, (name, err_split, err_plain)
+        assert (a - b).abs().max().item() <= (2e-2 if name == "o" else 1e-3), name
+
+
+def test_whole_waves_ask_for_no_workspace():
+    st = sd.StageD()
+    p = _params(heads=4, m=4096, n=1000)  # 128 tiles: one partial wave, nothing to cut
+    inputs = _inputs(p)
+    split = st.compile(p, {"split_tail": "on"}, "sm_90a")
+    assert sd.split_words(split, inputs["q"], p.n, sd.sm_count(inputs["q"].device)) == split_kv.COUNTERS
+    out = _launch(st, split, p, inputs)
+    assert torch.isfinite(out["o"].float()).all()
