@@ -49,7 +49,8 @@
 #               tail (m = 4096 with 5 / 7 heads; n 17 ... 8192, both dtypes, GQA, softcap; d = 64 /
 #               96 with the dynamic scheduler) (about 3 minutes)
 # PHASE splitbench: d = 128 s 1024 / 4096 / 8192 non-causal both dtypes, the default and FA4 against
-#               split_tail=on, SPLIT_ROUNDS (2) rounds (about 4 minutes)
+#               split_tail=on, SPLIT_ROUNDS (2) rounds; then few waves (batch 1, 5 and 6 heads at
+#               s = 4096: 160 / 192 tiles on 132 CTAs) (about 4 minutes)
 # PHASE splittest: tests/test_split_kv_gpu.py (the planned pieces written, the counts reset, O / LSE
 #               against the unsplit kernel and the reference; 14 compiles, about 4 minutes)
 # PHASE scan128: d = 128 s = 4096 non-causal bf16, the default and FA4 against seven variants, two
@@ -657,6 +658,11 @@ splitbench)
     timeout 120 wb bench d -p d=128 -p n=1024,4096,8192 -p causal=false -p dtype=bf16,fp16 -V split_tail=on --peers "" --timeout 110 \
       | table_rows 150 "split"
   done
+  step "few waves: d=128 m=n=4096 batch=1, 5 and 6 heads (160 / 192 work tiles on 132 CTAs), both dtypes: the default with FA4, then split_tail=on"
+  timeout 100 wb bench d -p d=128 -p m=4096 -p n=4096 -p batch=1 -p heads=5,6 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 90 \
+    | table_rows 170
+  timeout 100 wb bench d -p d=128 -p m=4096 -p n=4096 -p batch=1 -p heads=5,6 -p causal=false -p dtype=bf16,fp16 -V split_tail=on --peers "" \
+    --timeout 90 | table_rows 150 "split"
   ;;
 splittest)
   step "tests/test_split_kv_gpu.py"

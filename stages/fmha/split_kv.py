@@ -124,10 +124,15 @@ def plan(tiles: Int32, grid: Int32, n_blocks: Int32, capacity: Int32, wgs: cutla
     return whole, best_k
 
 
-def kv_range(n_max: Int32, split: Int32, pieces: Int32):
-    """(n_min, n_max) of piece ``split`` of ``pieces`` of a tile visiting KV tiles 0 .. n_max - 1:
-    balanced (each at least one tile while pieces <= n_max)."""
-    return split * n_max // pieces, (split + 1) * n_max // pieces
+@cute.jit
+def kv_range(n_max: Int32, piece: tuple):
+    """(n_min, n_max) of ``piece`` (piece, pieces, ...) of a tile visiting KV tiles 0 .. n_max - 1:
+    balanced, each at least one tile while pieces <= n_max; a whole tile's without a division."""
+    split, pieces = piece[0], piece[1]
+    n_min = Int32(0)
+    if pieces > 1:
+        n_min, n_max = split * n_max // pieces, (split + 1) * n_max // pieces
+    return n_min, n_max
 
 
 def _slot_tensor(workspace: cute.Tensor, word: Int32, tidx_wg: Int32, per_thread: int) -> cute.Tensor:
@@ -153,12 +158,14 @@ def merge(
     split: Int32,
     pieces: Int32,
     barrier_id: Int32,
+    exp: cutlass.Constexpr[bool] = True,
 ) -> cutlass.Boolean:
     """One consumer WG's end of piece ``split`` of tail tile ``tail_idx``: store the partial
     (acc_O, the rows' max in raw S units, c = the exponent's scale, and this lane's share of
     their sums), count it in; the WG of the last piece to arrive adds the others' in (acc_O,
     row_max, row_sum then stand as if it had visited every KV tile) and returns True, the
-    others False (their epilogue is skipped). ``flag``: a shared-memory int32 per WG."""
+    others False (their epilogue is skipped). ``flag``: a shared-memory int32 per WG. ``exp``
+    False (softmax=identity): O is the plain sum of the pieces'."""
     o_rows = common.acc_row_view(acc_O)
     rows, cols = cute.size(o_rows, mode=[0]), cute.size(o_rows, mode=[1])
     per_thread = rows * cols + 2 * rows
@@ -188,33 +195,51 @@ def merge(
     is_last = flag[wg] != 0
     if is_last:
         cute.arch.fence_acq_rel_gpu()
-        # the rows' max over the pieces, then each piece scaled by 2^((m_j - M) c) (M read as 0
-        # for a row that saw only -inf everywhere: it keeps -inf, finalize's degenerate row)
-        top = cute.make_rmem_tensor(rows, Float32)
-        safe = cute.make_rmem_tensor(rows, Float32)
-        for r in cutlass.range_constexpr(rows):
-            top[r] = row_max[r]
-        other = cute.make_rmem_tensor((4, per_thread // 4), Float32)
-        for p in cutlass.range(pieces, unroll=1):
-            if p != split:
-                stats = _slot_tensor(workspace, first_slot + p * (wgs * slot), tidx_wg, per_thread)
-                for r in cutlass.range_constexpr(rows):
-                    top[r] = cute.arch.fmax(top[r], stats[rows * cols + r])
-        for r in cutlass.range_constexpr(rows):
-            safe[r] = top[r]
-            if top[r] == Float32(-math.inf):
-                safe[r] = Float32(0.0)
-            a = cute.math.exp2((row_max[r] - safe[r]) * c, fastmath=True)
-            row_sum[r] = row_sum[r] * a
-            for j in cutlass.range_constexpr(cols):
-                o_rows[r, j] = o_rows[r, j] * a
-            row_max[r] = top[r]
-        for p in cutlass.range(pieces, unroll=1):
-            if p != split:
-                cute.autovec_copy(_slot_tensor(workspace, first_slot + p * (wgs * slot), tidx_wg, per_thread), other)
-                for r in cutlass.range_constexpr(rows):
-                    a = cute.math.exp2((other[rows * cols + r] - safe[r]) * c, fastmath=True)
-                    row_sum[r] = row_sum[r] + a * other[rows * cols + rows + r]
-                    for j in cutlass.range_constexpr(cols):
-                        o_rows[r, j] = o_rows[r, j] + a * other[r * cols + j]
+        if const_expr(exp):
+            _add_rescaled(o_rows, row_max, row_sum, c, workspace, first_slot, tidx_wg, wgs, slot, split, pieces)
+        else:
+            other = cute.make_rmem_tensor((4, per_thread // 4), Float32)
+            for p in cutlass.range(pieces, unroll=1):
+                if p != split:
+                    cute.autovec_copy(_slot_tensor(workspace, first_slot + p * (wgs * slot), tidx_wg, per_thread), other)
+                    for i in cutlass.range_constexpr(rows * cols):
+                        o_rows[i // cols, i % cols] = o_rows[i // cols, i % cols] + other[i]
     return is_last
+
+
+@cute.jit
+def _add_rescaled(o_rows, row_max, row_sum, c: cutlass.Constexpr, workspace, first_slot: Int32, tidx_wg: Int32,
+                  wgs: cutlass.Constexpr[int], slot: cutlass.Constexpr[int], split: Int32, pieces: Int32):
+    """The last arriver's combine (``merge``): O and the row sums of every piece rescaled to the
+    rows' max over the pieces, added into this WG's."""
+    rows, cols = cute.size(o_rows, mode=[0]), cute.size(o_rows, mode=[1])
+    per_thread = rows * cols + 2 * rows
+    # the rows' max over the pieces, then each piece scaled by 2^((m_j - M) c) (M read as 0
+    # for a row that saw only -inf everywhere: it keeps -inf, finalize's degenerate row)
+    top = cute.make_rmem_tensor(rows, Float32)
+    safe = cute.make_rmem_tensor(rows, Float32)
+    for r in cutlass.range_constexpr(rows):
+        top[r] = row_max[r]
+    other = cute.make_rmem_tensor((4, per_thread // 4), Float32)
+    for p in cutlass.range(pieces, unroll=1):
+        if p != split:
+            stats = _slot_tensor(workspace, first_slot + p * (wgs * slot), tidx_wg, per_thread)
+            for r in cutlass.range_constexpr(rows):
+                top[r] = cute.arch.fmax(top[r], stats[rows * cols + r])
+    for r in cutlass.range_constexpr(rows):
+        safe[r] = top[r]
+        if top[r] == Float32(-math.inf):
+            safe[r] = Float32(0.0)
+        a = cute.math.exp2((row_max[r] - safe[r]) * c, fastmath=True)
+        row_sum[r] = row_sum[r] * a
+        for j in cutlass.range_constexpr(cols):
+            o_rows[r, j] = o_rows[r, j] * a
+        row_max[r] = top[r]
+    for p in cutlass.range(pieces, unroll=1):
+        if p != split:
+            cute.autovec_copy(_slot_tensor(workspace, first_slot + p * (wgs * slot), tidx_wg, per_thread), other)
+            for r in cutlass.range_constexpr(rows):
+                a = cute.math.exp2((other[rows * cols + r] - safe[r]) * c, fastmath=True)
+                row_sum[r] = row_sum[r] + a * other[rows * cols + rows + r]
+                for j in cutlass.range_constexpr(cols):
+                    o_rows[r, j] = o_rows[r, j] + a * other[r * cols + j]

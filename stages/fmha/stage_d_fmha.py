@@ -387,8 +387,7 @@ class FmhaForward(FmhaForwardBase):
             why = [
                 reason for reason, bad in (
                     ("persistent=dynamic", not self.dynamic), ("no causal mask or window", self.mask.upper or self.mask.lower),
-                    ("fixed lengths (not varlen)", varlen), ("no paged KV", page_size), ("softmax=exp", not self.is_exp),
-                    ("row_sum=fp32", self.rounded_sum),
+                    ("fixed lengths (not varlen)", varlen), ("no paged KV", page_size), ("row_sum=fp32", self.rounded_sum),
                 ) if bad
             ]
             if why:
@@ -618,7 +617,7 @@ class FmhaForward(FmhaForwardBase):
     def piece_of(self, sched, item: Int32):
         """split_tail: (piece, pieces, tail tile, tail tiles) of work item ``item``."""
         tile, split, pieces = sched.piece(item)
-        return split, pieces, tile - sched.whole, (sched.tiles - sched.whole) // sched.pieces
+        return split, pieces, tile - sched.whole, sched.split_tiles
 
     def next_q_buffer(self, q_buf: Int32, q_phase: Int32):
         """(Q buffer, phase) of a consumer's next work tile."""
@@ -790,7 +789,7 @@ class FmhaForward(FmhaForwardBase):
             gV = cute.local_tile(mV[None, None, head_kv, batch], (self.tile_n, self.dv), (None, 0))
         n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
         if const_expr(piece is not None):
-            n_min, n_max = split_kv.kv_range(n_max, piece[0], piece[1])
+            n_min, n_max = split_kv.kv_range(n_max, piece)
         return self.produce_d(
             tma_atom_q, tma_atom_k, tma_atom_v, gQ, gK, gV, sQ, sK, sV,
             pipeline_q, pipeline_k, pipeline_v, q_state, kv_state, m_block, n_max, stamp, n_min,
@@ -824,7 +823,7 @@ class FmhaForward(FmhaForwardBase):
             mLSE_row = mLSE[batch, head, None]
             n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
             if const_expr(piece is not None):
-                n_min, n_max = split_kv.kv_range(n_max, piece[0], piece[1])
+                n_min, n_max = split_kv.kv_range(n_max, piece)
         return self.consume_d(
             tiled_mma_qk, tiled_mma_pv, tma_atom_o, gO, mLSE_row, sQ, sK, sV, sO,
             pipeline_q, pipeline_k, pipeline_v, kv_state, q_buf, q_phase, regs,
@@ -1157,7 +1156,7 @@ class FmhaForward(FmhaForwardBase):
                 flags = cute.make_tensor(tile_ids.iterator + 2, cute.make_layout(self.num_consumer_wg))
                 is_last = split_kv.merge(
                     acc_O, softmax.row_max, softmax.row_sum, 1.0 if self.softcap else self.scale_log2, workspace, flags,
-                    tidx_wg, wg, self.num_consumer_wg, piece[3], piece[2], piece[0], piece[1], 1 + wg,
+                    tidx_wg, wg, self.num_consumer_wg, piece[3], piece[2], piece[0], piece[1], 1 + wg, exp=self.is_exp,
                 )
             if is_last:
                 self.epilogue(

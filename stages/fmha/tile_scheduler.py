@@ -77,6 +77,7 @@ class WorkTiles:
     # as ``pieces`` items; ``tiles`` then counts items
     whole: Optional[Int32] = None
     pieces: Optional[Int32] = None
+    split_tiles: Optional[Int32] = None  # the tiles cut (tiles - whole)
 
     @classmethod
     def create(cls, kernel, mQ: cute.Tensor, mK: cute.Tensor, walk: bool = False, shape: Optional[tuple] = None, **extra):
@@ -100,7 +101,7 @@ class WorkTiles:
         step, _, _ = cute.arch.grid_dim()
         if const_expr(split is not None):
             whole, pieces = split(tiles, step)
-            extra = {**extra, "whole": whole, "pieces": pieces}
+            extra = {**extra, "whole": whole, "pieces": pieces, "split_tiles": tiles - whole}
             tiles = whole + pieces * (tiles - whole)
         sched = cls(kernel.tile_m, kernel.d, kernel.dtype, kernel.lpt, walk, first, seqlen_k, heads, batches,
                     num_m, tiles, step, **extra)
