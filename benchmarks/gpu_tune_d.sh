@@ -53,6 +53,11 @@
 #               s = 4096: 160 / 192 tiles on 132 CTAs) (about 4 minutes)
 # PHASE splittest: tests/test_split_kv_gpu.py (the planned pieces written, the counts reset, O / LSE
 #               against the unsplit kernel and the reference; 14 compiles, about 4 minutes)
+# PHASE splitauto: split_tail=auto (on at d = 96 and 128 non-causal) as the default: its sweeps (n 17 ...
+#               9000 with tails, both dtypes, GQA, 5 / 7 heads at m = 4096 where the kernel cuts and the
+#               defaults' shapes where it does not), then the default and FA4 against -V split_tail=off
+#               at d = 128 s 1024 / 4096 / 8192 and d = 96 s 4096 / 8192 both dtypes, and batch 1 with
+#               few waves (d = 128 5 heads, d = 96 7 heads) (about 6 minutes)
 # PHASE scan128: d = 128 s = 4096 non-causal bf16, the default and FA4 against seven variants, two
 #               rounds (about 4 minutes)
 # PHASE d64short: d = 64 s = 1024 non-causal, the default (192-row tiles) against consumers=2 (128-row),
@@ -663,6 +668,30 @@ splitbench)
     | table_rows 170
   timeout 100 wb bench d -p d=128 -p m=4096 -p n=4096 -p batch=1 -p heads=5,6 -p causal=false -p dtype=bf16,fp16 -V split_tail=on --peers "" \
     --timeout 90 | table_rows 150 "split"
+  ;;
+splitauto)
+  step "sweep the defaults at d=96/128 non-causal where the kernel cuts (m=4096, 5 / 7 heads, batch 1) (16 cases)"
+  timeout 150 wb sweep d -p m=4096 --n 17,1000,4100,9000 --d 128 --dtype bf16,fp16 -p heads=5 -p kv_heads=1 -p batch=1 \
+    -p causal=false --timeout 40 | sweep_verdicts
+  timeout 150 wb sweep d -p m=4096 --n 17,1000,4100,9000 --d 96 --dtype bf16,fp16 -p heads=7 -p kv_heads=7 -p batch=1 \
+    -p causal=false --timeout 40 | sweep_verdicts
+  step "sweep the defaults at d=96/128 non-causal, n with tails, GQA (12 cases)"
+  timeout 150 wb sweep d --n 17,1000,4096,8200 --d 96,128 --dtype bf16 -p causal=false -p kv_heads=2 --timeout 40 | sweep_verdicts
+  timeout 100 wb sweep d --n 1000,8200 --d 96,128 --dtype fp16 -p causal=false -p softcap=30 --timeout 40 | sweep_verdicts
+  step "bench: the default (split auto) with FA4, then split_tail=off: d=128 s 1024/4096/8192, d=96 s 4096/8192, both dtypes"
+  timeout 120 wb bench d -p d=128 -p n=1024,4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 110 | table_rows 170
+  timeout 120 wb bench d -p d=128 -p n=1024,4096,8192 -p causal=false -p dtype=bf16,fp16 -V split_tail=off --peers "" --timeout 110 \
+    | table_rows 150 "off"
+  timeout 100 wb bench d -p d=96 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 90 | table_rows 170
+  timeout 100 wb bench d -p d=96 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 -V split_tail=off --peers "" --timeout 90 \
+    | table_rows 150 "off"
+  step "few waves, batch 1: d=128 5 heads, d=96 7 heads, m=n=4096, both dtypes"
+  for dh in 128:5 96:7; do
+    timeout 80 wb bench d -p d=${dh%:*} -p m=4096 -p n=4096 -p batch=1 -p heads=${dh#*:} -p causal=false -p dtype=bf16,fp16 --peers fa4 \
+      --timeout 70 | table_rows 170
+    timeout 80 wb bench d -p d=${dh%:*} -p m=4096 -p n=4096 -p batch=1 -p heads=${dh#*:} -p causal=false -p dtype=bf16,fp16 \
+      -V split_tail=off --peers "" --timeout 70 | table_rows 150 "off"
+  done
   ;;
 splittest)
   step "tests/test_split_kv_gpu.py"

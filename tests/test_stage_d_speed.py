@@ -39,7 +39,8 @@ def test_stage_d_defaults_follow_the_measurements():
     """auto picks what measured fastest (docs/perf-notes.md, tuning rounds 2 and 3):
     pingpong; 3 consumer WGs (192-row Q tiles) for d=64 non-causal, 2 otherwise (3 were
     slower for causal d=64); longest-first tile order for causal; persistent, dynamic when
-    causal and at d=96 and 128; K released early and O rescaled at the step's end."""
+    causal and at d=96 and 128, the last wave split along the keys where dynamic and non-causal;
+    K released early and O rescaled at the step's end."""
     import yaml
 
     from stages.fmha.stage_d_fmha import StageD, kernel_options
@@ -86,6 +87,13 @@ def test_stage_d_defaults_follow_the_measurements():
     # one Q slot per consumer WG unless q_buffers=2 (measured no faster: a variant)
     assert (kernel(128, False).q_stages, kernel(64, False).q_stages) == (2, 3)
     assert kernel(64, False, q_buffers="2").q_stages == 6
+    # the split-KV tail wherever the kernel is dynamic, non-causal and fixed-length: d = 96 and 128
+    # non-causal by default (H100: +34 % at d = 128 s = 4096 with 5 heads, batch 1; round 18)
+    assert [kernel(d, False).split_tail for d in (64, 96, 128, 192, 256)] == [False, True, True, False, False]
+    assert not kernel(128, True).split_tail and not kernel(128, False, persistent="on").split_tail
+    assert kernel(64, False, persistent="dynamic").split_tail and not kernel(128, False, split_tail="off").split_tail
+    with pytest.raises(UserError, match="split_tail=on needs persistent=dynamic, no causal mask or window"):
+        kernel(64, True, persistent="on", split_tail="on")
 
 
 D_COMPILES = [
@@ -104,6 +112,7 @@ D_COMPILES = [
     (64, "fp16", False, 4, 2, {"consumers": "3", "kv_load": "k_ahead"}),
     (128, "bf16", True, 4, 2, {"tile_order": "lpt", "o_rescale": "end", "kv_load": "k_ahead"}),
     (128, "bf16", False, 4, 2, {"persistent": "dynamic"}),
+    (64, "fp16", False, 4, 2, {"persistent": "dynamic", "split_tail": "on"}),  # 3 WGs' partials
     (64, "fp16", True, 4, 4, {"persistent": "off"}),
     (128, "bf16", True, 4, 2, {"softmax": "identity", "schedule": "overlap"}),
     (64, "fp16", False, 2, 1, {"softmax": "identity", "schedule": "pingpong"}),

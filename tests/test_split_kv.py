@@ -1,0 +1,70 @@
+"""The split-KV tail's plan on the CPU (stages/fmha/split_kv.py; the kernel's own choice of
+pieces and its result are checked on a GPU by tests/test_split_kv_gpu.py):
+
+* the cost model cuts only where the last wave gains: d = 128 s = 4096's 2048 tiles on 132 CTAs
+  in 3 (halves would still take a whole tile's time), s = 1024 not at all, batch 1 with 5 heads
+  (160 tiles) in 4, tiles that fill whole waves or one partial wave never;
+* a piece visits at least one KV tile (k <= n_blocks), and a workspace too short means no cut;
+* the host sizes the workspace for exactly the pieces the kernel will cut, with the long
+  kernel's KV tile where that kernel serves the shape."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from stages.fmha import split_kv
+from stages.fmha.geometry import LongKernel
+
+SLOT_D128 = split_kv.slot_words(64, 2)  # a 64-row WG's 64 fp32 of O per thread, two rows
+BIG = 1 << 62
+
+
+@pytest.mark.parametrize(
+    "tiles,grid,n_blocks,k",
+    [
+        (2048, 132, 32, 3),  # d = 128 s = 4096: 68 tiles left; halves make 136 > 132 pieces
+        (2048, 132, 47, 3),  # s = 8192 on the 176-key kernel
+        (2048, 132, 8, 1),  # s = 1024: a piece's fixed cost outweighs the wave it saves
+        (160, 132, 32, 4),  # batch 1, 5 heads: 28 tiles left, 112 pieces fit one wave
+        (192, 132, 32, 2),  # 6 heads: 60 left, halves fit one wave
+        (160, 132, 3, 3),  # at most one piece per KV tile
+        (160, 132, 1, 1),
+        (264, 132, 32, 1),  # whole waves
+        (100, 132, 32, 1),  # one partial wave: every tile already has its CTA
+    ],
+)
+def test_the_plan_cuts_only_where_the_last_wave_gains(tiles, grid, n_blocks, k):
+    assert split_kv.pieces_for(tiles, grid, n_blocks, BIG, 2, SLOT_D128) == k
+    if k > 1:
+        tail = split_kv.tail_of(tiles, grid)
+        assert split_kv.split_cost(tail, k, grid, n_blocks) < split_kv.whole_cost(n_blocks)
+
+
+def test_a_short_workspace_means_no_cut():
+    need = split_kv.workspace_words(2048, 132, 32, 2, SLOT_D128)
+    assert split_kv.pieces_for(2048, 132, 32, need, 2, SLOT_D128) == 3
+    # one word short of 3 pieces: 2 would fit but gain nothing (two rounds of halves)
+    assert split_kv.pieces_for(2048, 132, 32, need - 1, 2, SLOT_D128) == 1
+    assert split_kv.pieces_for(2048, 132, 32, split_kv.COUNTERS, 2, SLOT_D128) == 1  # the exported op's (2,) buffer
+
+
+def test_the_workspace_holds_the_counts_then_a_slot_per_tail_tile_piece_and_wg():
+    tail, k, wgs = 68, 3, 2
+    words = split_kv.workspace_words(2048, 132, 32, wgs, SLOT_D128)
+    base = split_kv.partials_base(tail, wgs)
+    assert base % 4 == 0 and base >= split_kv.COUNTERS + tail * wgs
+    assert words == base + tail * k * wgs * SLOT_D128
+    assert words * 4 / 2**20 == pytest.approx(13.6, abs=0.1)  # MiB at d = 128 s = 4096
+    assert split_kv.workspace_words(2048, 132, 8, wgs, SLOT_D128) == split_kv.COUNTERS  # nothing cut
+
+
+def test_the_host_sizes_for_the_kernel_it_launches():
+    from stages.fmha.stage_d_fmha import split_words
+
+    q = SimpleNamespace(shape=(4, 4096, 16, 128))
+    long = LongKernel(min_n=8192, consumers=2, kv_tile=176, o_staging="q")
+    compiled = SimpleNamespace(split_tail=True, tile_m=128, tile_n=128, d=128, dv=128, long=long)
+    assert split_words(compiled, q, 4096, 132) == split_kv.workspace_words(2048, 132, 32, 2, SLOT_D128)
+    q8 = SimpleNamespace(shape=(2, 8192, 16, 128))
+    assert split_words(compiled, q8, 8192, 132) == split_kv.workspace_words(2048, 132, 47, 2, SLOT_D128)
+    assert split_words(SimpleNamespace(split_tail=False), q, 4096, 132) == split_kv.COUNTERS
