@@ -58,6 +58,9 @@
 #               defaults' shapes where it does not), then the default and FA4 against -V split_tail=off
 #               at d = 128 s 1024 / 4096 / 8192 and d = 96 s 4096 / 8192 both dtypes, and batch 1 with
 #               few waves (d = 128 5 heads, d = 96 7 heads) (about 6 minutes)
+# PHASE splitab: the split-capable default against -V split_tail=off where nothing is cut or little
+#               gained (d = 128 s 1024 / 4096, both dtypes), each timed in 3 fresh processes
+#               (--processes 3), default, off, default again (about 3 minutes)
 # PHASE scan128: d = 128 s = 4096 non-causal bf16, the default and FA4 against seven variants, two
 #               rounds (about 4 minutes)
 # PHASE d64short: d = 64 s = 1024 non-causal, the default (192-row tiles) against consumers=2 (128-row),
@@ -693,6 +696,13 @@ splitauto)
       -V split_tail=off --peers "" --timeout 70 | table_rows 150 "off"
   done
   ;;
+splitab)
+  for v in auto off auto; do
+    step "d=128 s 1024/4096 non-causal, both dtypes, split_tail=$v, 3 processes"
+    timeout 150 wb bench d -p d=128 -p n=1024,4096 -p causal=false -p dtype=bf16,fp16 -V split_tail=$v --processes 3 --peers "" \
+      --timeout 140 | table_rows 150 "$v"
+  done
+  ;;
 splittest)
   step "tests/test_split_kv_gpu.py"
   timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_split_kv_gpu.py 2>&1 | tail -15
@@ -794,6 +804,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
