@@ -380,8 +380,8 @@ class FmhaForward(FmhaForwardBase):
         self.paged_bug = paged_bug
         # split_tail: the last partial wave's work tiles cut along the keys (split_kv; the dynamic
         # scheduler hands out the pieces; fixed-length, no causal mask or window). auto: on wherever
-        # it can be (H100, d = 128 s = 4096 and batch 1: 160 / 192 work tiles +34 / +18 %, s = 4096
-        # fp16 +1 %, elsewhere +-0; perf-notes round 18); never in the trace (its buffer is laid out
+        # it can be (H100, batch 1 at s = 4096: d = 128 with 5 heads and d = 96 with 7 +33 %; +-0.5 %
+        # on DESIGN.md's shapes; perf-notes round 18); never in the trace (its buffer is laid out
         # per CTA, not as the workspace)
         if split_tail not in ("auto", "off", "on"):
             raise ValueError(f"split_tail must be auto, off or on, not {split_tail}")
