@@ -5,14 +5,16 @@ tiles while the other CTAs idle (d = 128 s = 4096: 2048 tiles on 132 SMs, 15.5 w
 the launch; docs/perf-notes.md round 17). Cut in k pieces of about n_blocks / k KV tiles each,
 the last tiles spread over the idle CTAs. Each piece writes its partial O and row statistics
 to a workspace; the piece that arrives last adds the others' in and runs the usual epilogue
-(O / l, the LSE, the O store). Nobody waits on another CTA: no spin, no deadlock.
+(O / l, the LSE, the O store). Nobody waits on another CTA: no spin, no deadlock. Measured
+on an H100 (docs/perf-notes.md round 18): +33 % at batch 1 with 5 or 7 heads at s = 4096 (160
+or 154 tiles on 132 CTAs), within 0.5 % either way on DESIGN.md's shapes.
 
 The dynamic scheduler hands the pieces out after the whole tiles (``tile_scheduler``'s items):
 a tile's k pieces are items whole + k t ... whole + k t + k - 1, taken back to back.
 
-The workspace is the tile counters' int32 buffer (``workspace_words`` says how long it must be;
-with a shorter one, as the trace's or the exported op's, the kernel cuts less or not at all): words 0 and 1 the
-scheduler's counters, then one arrival count per (tail tile, consumer WG), zero between
+The workspace is the tile counters' int32 buffer (``workspace_words`` says how long it must
+be; with a shorter one, as the exported op's, the kernel cuts less or not at all): words 0 and
+1 the scheduler's counters, then one arrival count per (tail tile, consumer WG), zero between
 launches (the last arriver resets its own), then from ``partials_base`` one slot per (tail
 tile, piece, consumer WG) of ``slot_words``: per thread acc_O's floats then (row max, row sum)
 of its rows, the thread's 4 words at a time (element e of thread t at (e // 4) 512 + 4 t +
