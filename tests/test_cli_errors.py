@@ -284,6 +284,18 @@ def test_a_wb_home_that_is_no_folder_is_named_in_a_warning(toy_ws, wb, monkeypat
     assert "wb: warning: WB_HOME=/dev/null is not a folder" in proc.stderr
 
 
+def test_a_wb_home_cache_that_is_no_folder_is_named_in_a_warning(toy_ws, wb, monkeypatch, tmp_path):
+    """A file at WB_HOME/cache made every compile store fail and recompile, without a word."""
+    (tmp_path / "cache").write_text("")
+    monkeypatch.setenv("WB_HOME", str(tmp_path))
+    proc = wb("list")
+    assert proc.returncode == 0
+    assert f"wb: warning: WB_HOME: {tmp_path / 'cache'} is not a folder (a file): compiled kernels are not kept" in proc.stderr
+    (tmp_path / "cache").unlink()
+    (tmp_path / "cache").mkdir()
+    assert "warning" not in wb("list").stderr
+
+
 def test_a_closed_or_failing_stdout_is_not_a_traceback(toy_ws):
     """`wb list >&-` crashed at import (sys.stdout is None); `wb list > /dev/full` was a
     traceback after the command ran; then a closed stdout became /dev/null and `wb list >&-`

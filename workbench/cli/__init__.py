@@ -80,6 +80,8 @@ def _root(
     problem = folder_problem(home) if home else None
     if problem:
         warnings.warn(f"WB_HOME={problem}: compiled kernels and the card's measured peak are not kept between runs")
+    elif home and (problem := folder_problem(home / "cache")):
+        warnings.warn(f"WB_HOME: {problem}: compiled kernels are not kept between runs")
 
 
 # `wb --help` lists commands in the order of a working day, not of module imports.
