@@ -59,11 +59,15 @@ def test_the_workspace_holds_the_counts_then_a_slot_per_tail_tile_piece_and_wg()
 
 
 def test_the_host_sizes_for_the_kernel_it_launches():
-    from stages.fmha.stage_d_fmha import split_words
+    from stages.fmha.stage_d_fmha import StageD, split_words
+    from workbench.kernels.stage import Params
+
+    p = Params(dict(m=4096, n=4096, d=128, dtype="bf16", batch=4, heads=16, kv_heads=16, causal=False))
+    assert StageD().make_kernel(p, {}).split_slot_words() == SLOT_D128  # what compile stores as split_slot
 
     q = SimpleNamespace(shape=(4, 4096, 16, 128))
     long = LongKernel(min_n=8192, consumers=2, kv_tile=176, o_staging="q")
-    compiled = SimpleNamespace(split_tail=True, tile_m=128, tile_n=128, d=128, dv=128, long=long)
+    compiled = SimpleNamespace(split_tail=True, tile_m=128, tile_n=128, split_slot=SLOT_D128, long=long)
     assert split_words(compiled, q, 4096, 132) == split_kv.workspace_words(2048, 132, 32, 2, SLOT_D128)
     q8 = SimpleNamespace(shape=(2, 8192, 16, 128))
     assert split_words(compiled, q8, 8192, 132) == split_kv.workspace_words(2048, 132, 47, 2, SLOT_D128)

@@ -60,7 +60,7 @@ class Compiled:
     tile_m: int = 128  # stage D varlen: Q rows per work tile (the tile table's)
     bottom_right: bool = False  # stage D varlen: the mask's alignment (the tile table's causal work)
     split_tail: bool = False  # stage D: the split-KV tail's workspace follows the tile counters
-    dv: int = 0  # stage D: V's head dim (the split-KV tail's partials); 0: d
+    split_slot: int = 0  # stage D: fp32 words of one partial's slot (FmhaForward.split_slot_words)
     tile_n: int = 128  # stage D: keys per KV tile of ``fn`` (the split-KV tail's cost model)
 
     def for_shape(self, m: int, n: int):

@@ -1149,6 +1149,10 @@ class FmhaForward(FmhaForwardBase):
         if const_expr(self.schedule == "serial" and not self.o_in_q):
             release_q()
 
+        epilogue = partial(
+            self.epilogue, acc_O, softmax, row_scale, thr_pv, tma_atom_o, tiled_mma_pv, gO, gO_rows, mLSE, sO,
+            tidx_wg, wg, m_block, row0, seqlen_q, release_q, stamp,
+        )
         if const_expr(self.split_tail):
             # a piece of a split tile: only the last of its pieces to arrive runs the epilogue,
             # with the others' partials added in (split_kv.merge)
@@ -1161,17 +1165,11 @@ class FmhaForward(FmhaForwardBase):
                     tidx_wg, wg, self.num_consumer_wg, piece[3], piece[2], piece[0], piece[1], 1 + wg, exp=self.is_exp,
                 )
             if is_last:
-                self.epilogue(
-                    acc_O, softmax, row_scale, thr_pv, tma_atom_o, tiled_mma_pv, gO, gO_rows, mLSE, sO,
-                    tidx_wg, wg, m_block, row0, seqlen_q, release_q, stamp,
-                )
+                epilogue()
             elif const_expr(self.o_in_q):
                 release_q()  # no O store: the Q slot is free since the last QK^T
         else:
-            self.epilogue(
-                acc_O, softmax, row_scale, thr_pv, tma_atom_o, tiled_mma_pv, gO, gO_rows, mLSE, sO,
-                tidx_wg, wg, m_block, row0, seqlen_q, release_q, stamp,
-            )
+            epilogue()
         return kv_state
 
     @cute.jit
@@ -1493,14 +1491,13 @@ def tile_counter(device, words: int = split_kv.COUNTERS):
 def split_words(compiled, q, n: int, n_sms: int) -> int:
     """The words ``tile_counter`` must hold for a fixed-length launch of ``compiled`` on ``q``
     with ``n`` keys (the split-KV tail's workspace, where it cuts the last wave)."""
-    if not getattr(compiled, "split_tail", False):
+    if not compiled.split_tail:
         return split_kv.COUNTERS
     b, m, h = q.shape[0], q.shape[1], q.shape[2]
     tiles = -(-m // compiled.tile_m) * h * b
     long = compiled.long
     tile_n = long.kv_tile if long is not None and long.serves(m, n) and long.kv_tile else compiled.tile_n
-    slot = split_kv.slot_words(64 * (compiled.dv or compiled.d) // common.WG_THREADS, 2)
-    return split_kv.workspace_words(tiles, min(tiles, n_sms), -(-n // tile_n), compiled.tile_m // 64, slot)
+    return split_kv.workspace_words(tiles, min(tiles, n_sms), -(-n // tile_n), compiled.tile_m // 64, compiled.split_slot)
 
 
 def kernel_options(variants: Mapping[str, str]) -> dict:
@@ -1796,7 +1793,7 @@ class StageD(Stage):
             fn=fn, d=p.d, heads=p.heads, kv_heads=p.kv_heads, causal=kernel.causal, p_check=kernel.p_check,
             compile_s=time.perf_counter() - t0, varlen=kernel.varlen, page_size=kernel.page_size,
             fn_long=fn_long, long=long, tile_m=kernel.tile_m, bottom_right=mask_params(p)["align"] == "bottom_right",
-            split_tail=kernel.split_tail, dv=kernel.dv, tile_n=kernel.tile_n,
+            split_tail=kernel.split_tail, split_slot=kernel.split_slot_words(), tile_n=kernel.tile_n,
         )
 
     @staticmethod

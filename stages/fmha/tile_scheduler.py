@@ -77,7 +77,7 @@ class WorkTiles:
     # as ``pieces`` items; ``tiles`` then counts items
     whole: Optional[Int32] = None
     pieces: Optional[Int32] = None
-    split_tiles: Optional[Int32] = None  # the tiles cut (tiles - whole)
+    split_tiles: Optional[Int32] = None  # the tiles cut (the tail: the work tiles less ``whole``)
 
     @classmethod
     def create(cls, kernel, mQ: cute.Tensor, mK: cute.Tensor, walk: bool = False, shape: Optional[tuple] = None, **extra):
@@ -281,9 +281,8 @@ def make_tile_scheduler(kernel, mQ: cute.Tensor, mK: cute.Tensor, mTileCounter: 
     """The scheduler of ``kernel``'s ``persistent`` mode (``kernel.persistent``, ``.dynamic``);
     ``shape``, ``table`` and ``split`` (dynamic only) as ``WorkTiles.create``'s."""
     if const_expr(kernel.dynamic):
-        extra = {} if split is None else {"split": split}
         return DynamicCounter.create(
-            kernel, mQ, mK, counter=mTileCounter, tile_pipe=tile_pipe, tile_ids=tile_ids, shape=shape, table=table, **extra
+            kernel, mQ, mK, counter=mTileCounter, tile_pipe=tile_pipe, tile_ids=tile_ids, shape=shape, table=table, split=split
         )
     assert split is None, "the split-KV tail needs the dynamic scheduler"
     if const_expr(kernel.persistent):
