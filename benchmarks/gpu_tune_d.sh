@@ -721,6 +721,30 @@ emptyrows)
   step "stages a, b, c at their defaults (n 128 / 1024)"
   for s in a b c; do timeout 60 wb sweep $s --n 128,1024 --timeout 40 | sweep_verdicts; done
   ;;
+stale)
+  # round 19: a split launch whose arrival counts outnumber the last split launch's (d = 96's 3
+  # WGs after d = 128's 2) on the one grown buffer, then the perf sweep that first showed it
+  step "tests/test_split_kv_gpu.py (a launch with more counts after one that left partials)"
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_split_kv_gpu.py 2>&1 | tail -15
+  step "wb bench d --sweep (docs/perf.md) with every peer"
+  timeout 330 wb bench d --sweep -p dtype=bf16,fp16 --peers fa4,sdpa-cudnn,sdpa-flash --timeout 320 \
+    | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
+  ;;
+near)
+  # the cells nearest their goal, each the median of fresh processes (a peer's level moves
+  # between processes): d = 64 s = 1024 against cuDNN, d = 96 s = 8192 and d = 128 s = 4096
+  # against FA4, the mixed varlen batch against FA4's varlen path
+  step "near-goal cells, ${PROCS:-3} processes each"
+  timeout 150 wb bench d -p d=64 -p n=1024 -p causal=false -p dtype=bf16,fp16 --peers fa4,sdpa-cudnn \
+    --processes "${PROCS:-3}" --timeout 40 | table_rows 200
+  timeout 150 wb bench d -p d=96,128 -p n=8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 \
+    --processes "${PROCS:-3}" --timeout 60 | table_rows 200
+  timeout 120 wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16,fp16 --peers fa4 \
+    --processes "${PROCS:-3}" --timeout 40 | table_rows 200
+  timeout 150 wb bench d -p d=128 -p n=16000 -p causal=false -p varlen=true \
+    -p seqlens=16000:12345:8192:6000:5120:4096:3500:3072:2600:2048:1500:931:128 -p dtype=bf16,fp16 \
+    --peers fa4 --processes "${PROCS:-3}" --timeout 50 | table_rows 200
+  ;;
 contested)
   # the cells short of their goal, timed in fresh processes round after round: a median over
   # ROUNDS processes says more than one process's ratio (a peer's level moves between processes)
@@ -804,6 +828,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done

@@ -51,11 +51,27 @@ def test_a_short_workspace_means_no_cut():
 def test_the_workspace_holds_the_counts_then_a_slot_per_tail_tile_piece_and_wg():
     tail, k, wgs = 68, 3, 2
     words = split_kv.workspace_words(2048, 132, 32, wgs, SLOT_D128)
-    base = split_kv.partials_base(tail, wgs)
+    base = split_kv.PARTIALS_BASE
     assert base % 4 == 0 and base >= split_kv.COUNTERS + tail * wgs
     assert words == base + tail * k * wgs * SLOT_D128
     assert words * 4 / 2**20 == pytest.approx(13.6, abs=0.1)  # MiB at d = 128 s = 4096
     assert split_kv.workspace_words(2048, 132, 8, wgs, SLOT_D128) == split_kv.COUNTERS  # nothing cut
+
+
+def test_no_launch_counts_on_another_launchs_stale_partials():
+    # the buffer is shared and only grows: d = 128 s = 4096 (68 tail tiles, 2 WGs) leaves its
+    # partials behind, then d = 96 s = 8192 (90 tail tiles, 3 WGs, 192-row tiles) counts in
+    # 270 words. Every count a launch can use lies below every launch's first slot.
+    slot_d96 = split_kv.slot_words(48, 2)
+    for tiles, n_blocks, wgs, slot in ((2048, 32, 2, SLOT_D128), (43 * 42, 64, 3, slot_d96)):
+        assert split_kv.pieces_for(tiles, 132, n_blocks, BIG, wgs, slot) > 1
+        tail = split_kv.tail_of(tiles, 132)
+        assert split_kv.COUNTERS + tail * wgs <= split_kv.PARTIALS_BASE
+    # a tail whose counts fill the words reserved for them still cuts; one tile more, nothing
+    tail = split_kv.MAX_COUNTS // 3
+    grid = 5 * tail
+    assert split_kv.pieces_for(grid + tail, grid, 64, BIG, 3, slot_d96) == 4
+    assert split_kv.pieces_for(grid + tail + 1, grid, 64, BIG, 3, slot_d96) == 1
 
 
 def test_the_host_sizes_for_the_kernel_it_launches():

@@ -7,6 +7,8 @@ non-causal; stages/fmha/split_kv.py).
   written and every arrival count is back at zero after the launch (the next launch's).
 * Its O and LSE are the unsplit kernel's up to rounding, and as close to the fp32 reference.
 * Where the tiles fill whole waves, nothing past the scheduler's counters is asked for.
+* A launch whose arrival counts outnumber the last one's (d = 96's 3 WGs after d = 128's 2) is
+  right on the buffer that launch left its partials in.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def test_split_tail_cuts_as_planned_and_matches_the_unsplit_kernel(d, heads, n, 
     wgs = split.tile_m // 64
     slot = split_kv.slot_words(64 * d // 128, 2)
     assert tail > 0 and words > split_kv.COUNTERS, (tiles, n_sms)
-    k = (words - split_kv.partials_base(tail, wgs)) // (tail * wgs * slot)
+    k = (words - split_kv.PARTIALS_BASE) // (tail * wgs * slot)
     assert k >= 2
 
     buf = sd.tile_counter(inputs["q"].device, words)
@@ -87,7 +89,7 @@ def test_split_tail_cuts_as_planned_and_matches_the_unsplit_kernel(d, heads, n, 
     counts = buf[split_kv.COUNTERS: split_kv.COUNTERS + tail * wgs]
     assert int(counts.abs().sum()) == 0, "an arrival count was left non-zero"
     assert int(buf[0]) == 0 and int(buf[1]) == 0, "the scheduler's counters were left non-zero"
-    base = split_kv.partials_base(tail, wgs)
+    base = split_kv.PARTIALS_BASE
     slots = buf[base: base + tail * k * wgs * slot].view(tail * k * wgs, slot)
     unwritten = (slots == 0).all(dim=1).nonzero().flatten().tolist()
     assert not unwritten, f"slots never written (the kernel cut in fewer than {k} pieces?): {unwritten[:8]}"
@@ -112,3 +114,30 @@ def test_whole_waves_ask_for_no_workspace():
     assert sd.split_words(split, inputs["q"], p.n, sd.sm_count(inputs["q"].device)) == split_kv.COUNTERS
     out = _launch(st, split, p, inputs)
     assert torch.isfinite(out["o"].float()).all()
+
+
+def test_a_launch_with_more_counts_is_right_after_one_that_left_partials():
+    # the H100 perf sweep of 2026-12-06: d = 128 s = 4096 then d = 96 s = 8192 (fp16) on one
+    # grown buffer; d = 96's counts lay on d = 128's stale partials and 130 WGs never stored
+    st = sd.StageD()
+    first = _params(d=128, heads=5, n=4096)
+    second = _params(d=96, heads=7, n=4096)
+    a_in, b_in = _inputs(first), _inputs(second)
+    a = st.compile(first, {"split_tail": "on"}, "sm_90a")
+    b = st.compile(second, {"split_tail": "on"}, "sm_90a")
+    n_sms = sd.sm_count(a_in["q"].device)
+    words = max(sd.split_words(a, a_in["q"], first.n, n_sms), sd.split_words(b, b_in["q"], second.n, n_sms))
+    tiles_a = -(-first.m // a.tile_m) * first.heads
+    tiles_b = -(-second.m // b.tile_m) * second.heads
+    counts_a = split_kv.tail_of(tiles_a, n_sms) * (a.tile_m // 64)
+    counts_b = split_kv.tail_of(tiles_b, n_sms) * (b.tile_m // 64)
+    assert counts_b > counts_a, (counts_a, counts_b)  # the second counts past the first's counts
+    buf = sd.tile_counter(a_in["q"].device, words)
+    buf.zero_()
+    _launch(st, a, first, a_in)
+    assert int(buf[split_kv.PARTIALS_BASE:].abs().sum()) > 0  # partials were left behind
+    got = _launch(st, b, second, b_in)
+    o_ref, lse_ref = reference.attention_bshd(b_in["q"], b_in["k"], b_in["v"], torch.float32, causal=False)
+    assert torch.isfinite(got["lse"].float()).all(), "rows never written"
+    assert (got["o"].float() - o_ref.float()).abs().max().item() < 2e-2
+    assert int(buf[split_kv.COUNTERS: split_kv.PARTIALS_BASE].abs().sum()) == 0

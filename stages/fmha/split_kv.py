@@ -14,9 +14,13 @@ a tile's k pieces are items whole + k t ... whole + k t + k - 1, taken back to b
 
 The workspace is the tile counters' int32 buffer (``workspace_words`` says how long it must
 be; with a shorter one, as the exported op's, the kernel cuts less or not at all): words 0 and
-1 the scheduler's counters, then one arrival count per (tail tile, consumer WG), zero between
-launches (the last arriver resets its own), then from ``partials_base`` one slot per (tail
-tile, piece, consumer WG) of ``slot_words``: per thread acc_O's floats then (row max, row sum)
+1 the scheduler's counters, then one arrival count per (tail tile, consumer WG), then from
+``PARTIALS_BASE`` one slot per (tail tile, piece, consumer WG) of ``slot_words``. The counts
+have words of their own, as many as any launch can use: each launch's last arrivers reset the
+counts it used, so they are all zero between launches whatever the shape; had the slots begun
+right after one launch's counts, the next launch's counts (a larger tail, more WGs) would land
+on the stale partials of the last (an H100, d = 96 after d = 128: 130 WGs' rows never written).
+A slot holds per thread acc_O's floats then (row max, row sum)
 of its rows, the thread's 4 words at a time (element e of thread t at (e // 4) 512 + 4 t +
 e mod 4: v4 stores, a warp's 512 bytes contiguous). The WG of the same index in another CTA
 holds the same rows in the same layout, so pieces combine register by register.
@@ -40,6 +44,11 @@ PIECE_FIXED = 4
 COMBINE = 2
 #: words before the arrival counts: the dynamic scheduler's two counters
 COUNTERS = 2
+#: first word of the partials' slots: the arrival counts take the words between (one per tail
+#: tile and consumer WG: tail < grid <= the SMs, at most 3 WGs), 16-byte aligned
+PARTIALS_BASE = 2048
+#: the most (tail tile, WG) counts a launch may use; a launch with more cuts nothing
+MAX_COUNTS = PARTIALS_BASE - COUNTERS
 
 
 def slot_words(acc_floats: int, rows: int) -> int:
@@ -50,12 +59,6 @@ def slot_words(acc_floats: int, rows: int) -> int:
     return common.WG_THREADS * per_thread
 
 
-def partials_base(tail, wgs: int):
-    """First word of the slots: after the counters and the tail's arrival counts, 16-byte
-    aligned (Python ints or DSL Int32)."""
-    return (COUNTERS + tail * wgs + 3) // 4 * 4
-
-
 def workspace_words(tiles: int, grid: int, n_blocks: int, wgs: int, slot: int) -> int:
     """int32 words the buffer needs for the kernel to cut ``tiles`` work tiles on ``grid`` CTAs
     as it would with room to spare (``pieces_for``): the counters alone where it would not cut."""
@@ -63,7 +66,7 @@ def workspace_words(tiles: int, grid: int, n_blocks: int, wgs: int, slot: int) -
     k = pieces_for(tiles, grid, n_blocks, 1 << 62, wgs, slot)
     if k == 1:
         return COUNTERS
-    return partials_base(tail, wgs) + tail * k * wgs * slot
+    return PARTIALS_BASE + tail * k * wgs * slot
 
 
 def tail_of(tiles: int, grid: int) -> int:
@@ -88,7 +91,7 @@ def pieces_for(tiles: int, grid: int, n_blocks: int, capacity: int, wgs: int, sl
     tail = tail_of(tiles, grid)
     best_k, best = 1, whole_cost(n_blocks)
     for k in range(2, MAX_PIECES + 1):
-        fits = partials_base(tail, wgs) + tail * k * wgs * slot <= capacity
+        fits = tail * wgs <= MAX_COUNTS and PARTIALS_BASE + tail * k * wgs * slot <= capacity
         cost = split_cost(tail, k, grid, n_blocks)
         if tail > 0 and k <= n_blocks and fits and cost < best:
             best, best_k = cost, k
@@ -109,16 +112,15 @@ def plan(tiles: Int32, grid: Int32, n_blocks: Int32, capacity: Int32, wgs: cutla
          slot: cutlass.Constexpr[int]):
     """(whole, k): the work tiles run whole (the first ``whole``) and the pieces each of the
     others is cut in (1: no split), as ``pieces_for`` picks k: the least ``split_cost`` below
-    ``whole_cost``, k <= n_blocks (a piece visits at least one KV tile), the slots within
-    ``capacity`` words."""
+    ``whole_cost``, k <= n_blocks (a piece visits at least one KV tile), the counts within
+    ``MAX_COUNTS``, the slots within ``capacity`` words."""
     tail = _tail_dsl(tiles, grid)
     best_k = Int32(1)
     best = whole_cost(n_blocks)
-    base = partials_base(tail, wgs)
     for k in cutlass.range_constexpr(2, MAX_PIECES + 1):
         cost = split_cost(tail, k, grid, n_blocks)
-        fits = base + tail * (k * wgs * slot) <= capacity
-        if tail > 0 and k <= n_blocks and fits and cost < best:
+        fits = PARTIALS_BASE + tail * (k * wgs * slot) <= capacity
+        if tail > 0 and tail * wgs <= MAX_COUNTS and k <= n_blocks and fits and cost < best:
             best, best_k = cost, Int32(k)
     whole = tiles
     if best_k > 1:
@@ -172,8 +174,7 @@ def merge(
     rows, cols = cute.size(o_rows, mode=[0]), cute.size(o_rows, mode=[1])
     per_thread = rows * cols + 2 * rows
     slot = common.WG_THREADS * per_thread
-    base = partials_base(tail, wgs)
-    first_slot = base + ((tail_idx * pieces) * wgs + wg) * slot  # piece j's: first_slot + j wgs slot
+    first_slot = PARTIALS_BASE + ((tail_idx * pieces) * wgs + wg) * slot  # piece j's: first_slot + j wgs slot
     image = cute.make_rmem_tensor((4, per_thread // 4), Float32)
     for r in cutlass.range_constexpr(rows):
         for j in cutlass.range_constexpr(cols):
