@@ -729,6 +729,8 @@ stale)
   step "wb bench d --sweep (docs/perf.md) with every peer"
   timeout 330 wb bench d --sweep -p dtype=bf16,fp16 --peers fa4,sdpa-cudnn,sdpa-flash --timeout 320 \
     | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
+  step "tests/test_export_gpu.py (the exported op on two streams at once)"
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_export_gpu.py 2>&1 | tail -15
   ;;
 near)
   # the cells nearest their goal, each the median of fresh processes (a peer's level moves

@@ -1,8 +1,8 @@
 """`wb export` on a GPU (docs/export.md): the configuration is first verified by `wb run` in a
 throw-away copy of this workspace, so it exports without --allow-unverified and the manifest
 names that run; the installed op then gives the in-tree kernel's bits exactly (o and lse,
-GQA, causal and not, tails, on a side stream), is captured in a CUDA graph and replays with new
-inputs, and refuses misaligned and unexported calls before any launch (the CUDA context stays
+GQA, causal and not, tails, on a side stream; on two streams at once, each launch whole), is
+captured in a CUDA graph and replays with new inputs, and refuses misaligned and unexported calls before any launch (the CUDA context stays
 usable after them). The launch-cost numbers come from benchmarks/export_launch_cost.py."""
 
 from __future__ import annotations
@@ -117,6 +117,31 @@ def test_the_exported_op_gives_the_in_tree_kernels_bits(exported, causal, batch,
     torch.cuda.synchronize()
     assert torch.equal(o, o_ref), (o.float() - o_ref.float()).abs().max()
     assert torch.equal(lse, lse_ref) or torch.equal(lse.nan_to_num(), lse_ref.nan_to_num())
+
+
+def test_launches_on_two_streams_at_once_each_get_every_tile(exported):
+    # two micro-batches overlapped: each stream's launches take their work tiles from their
+    # own scheduler counters (one shared pair let a launch take the other's tiles)
+    import torch
+
+    g = torch.Generator(device="cuda").manual_seed(5)
+    qkv = [[torch.randn(8, 2048, h, 128, device="cuda", dtype=torch.bfloat16, generator=g) for h in (4, 2, 2)] for _ in range(2)]
+    want = [torch.ops.wb_fmha.fwd(*x)[0] for x in qkv]
+    torch.cuda.synchronize()
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    got = [[], []]
+    for s in streams:
+        s.wait_stream(torch.cuda.current_stream())
+    for _ in range(20):
+        for i, s in enumerate(streams):
+            with torch.cuda.stream(s):
+                got[i].append(torch.ops.wb_fmha.fwd(*qkv[i])[0])
+    for s in streams:
+        torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    for i in range(2):
+        bad = [j for j, o in enumerate(got[i]) if not torch.equal(o, want[i])]
+        assert not bad, f"stream {i}: launches {bad} differ from the launch alone"
 
 
 def test_the_op_is_captured_in_a_cuda_graph_and_replays_with_new_inputs(exported):

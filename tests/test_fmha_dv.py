@@ -144,13 +144,13 @@ def test_the_exported_op_keys_allocates_and_fakes_o_at_dv():
     assert not [p for p in export_op.check(q, k, v, fake=True) if "shape" in p]
     assert any("v.shape" in p for p in export_op.check(q, k, v[:, :60], fake=True))
     dev = torch.device("cpu")
-    export_op._per_device[dev] = (torch.zeros(2, dtype=torch.int32), 132, torch.empty(1))  # no CUDA here
+    export_op._per_stream[(dev, 0)] = (torch.zeros(2, dtype=torch.int32), 132, torch.empty(1))  # no CUDA here
     try:
         seen = []
         o, lse = export_op.launch({"fn": (lambda q, k, v, o, *rest: seen.append(o.shape), {})}, q, k, v)
         assert seen == [(1, 40, 2, 128)] and o.shape == (1, 40, 2, 128) and lse.shape == (1, 2, 40)
     finally:
-        export_op._per_device.pop(dev, None)
+        export_op._per_stream.pop((dev, 0), None)
         export_op._lse_like.clear()
 
 

@@ -167,7 +167,7 @@ def _fake_fns(with_long=True):
 
 def test_the_exported_op_launches_the_long_kernel_from_min_m_rows_and_min_n_keys_on():
     dev = torch.device("cpu")
-    export_op._per_device[dev] = (torch.zeros(2, dtype=torch.int32), 132, torch.empty(1))  # no CUDA here
+    export_op._per_stream[(dev, 0)] = (torch.zeros(2, dtype=torch.int32), 132, torch.empty(1))  # no CUDA here
     try:
         fns, calls = _fake_fns()
         assert fns["fn_long"][1] == {"min_m": 4096, "min_n": 1024} and export_op.piece_info("fn", None, None) == {}
@@ -184,7 +184,7 @@ def test_the_exported_op_launches_the_long_kernel_from_min_m_rows_and_min_n_keys
         export_op.launch(only, torch.empty(1, 8192, 2, 64, dtype=torch.bfloat16), k, k)
         assert calls == [("fn", 8192, 8192)]
     finally:
-        export_op._per_device.pop(dev, None)
+        export_op._per_stream.pop((dev, 0), None)
         export_op._lse_like.clear()
 
 
@@ -226,3 +226,26 @@ def test_the_trace_refuses_persistent_off_in_one_line():
     with pytest.raises(UserError, match="persistent=off is not traced"):
         sd.traced_variants(128, False, False, {"persistent": "off"}, 4096, 4096)
 
+
+
+def test_the_exported_op_gives_each_stream_its_own_scheduler_counters(monkeypatch):
+    # two launches at once on two streams (two micro-batches overlapped) sharing the dynamic
+    # scheduler's counters would take each other's work tiles
+    dev = torch.device("cpu")
+    stream = [7]
+    monkeypatch.setattr(export_op, "_stream_of", lambda d: stream[0])
+    seen = []
+    fns = {"fn": (lambda q, k, v, o, lse, counters, *rest: seen.append(counters), {})}
+    q = torch.empty(1, 64, 2, 64, dtype=torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: type("P", (), {"multi_processor_count": 132}))
+    try:
+        export_op.launch(fns, q, q, q)
+        export_op.launch(fns, q, q, q)
+        stream[0] = 9
+        export_op.launch(fns, q, q, q)
+        export_op.launch(fns, q[:, :32], q, q)  # another shape on stream 9: its counters still
+        assert seen[0] is seen[1] and seen[2] is seen[3] and seen[0] is not seen[2]
+    finally:
+        for s in (7, 9):
+            export_op._per_stream.pop((dev, s), None)
+        export_op._lse_like.clear()

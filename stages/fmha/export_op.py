@@ -119,30 +119,38 @@ def fake(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, al
     return o, q.new_empty((b, h, m), dtype=torch.float32)
 
 
-_per_device: dict = {}  # torch.device -> (the tile scheduler's counters, the SM count, a 1-element fp32 tensor)
-_lse_like: dict = {}  # (device, b, h, m) -> (counters, SM count, that tensor expanded to (b, h, m): no memory, a shape to allocate like)
+_per_stream: dict = {}  # (torch.device, stream) -> (the tile scheduler's counters, the SM count, a 1-element fp32 tensor)
+_lse_like: dict = {}  # (stream, device, b, h, m) -> (counters, SM count, that tensor expanded to (b, h, m): no memory, a shape to allocate like)
+
+
+def _stream_of(dev) -> int:
+    """The caller's current CUDA stream on ``dev`` as a raw handle (0 off CUDA)."""
+    return torch._C._cuda_getCurrentRawStream(dev.index) if dev.type == "cuda" else 0
 
 
 def launch(fns, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left"):
     """Allocate o and lse, launch the configuration's kernel for m (``fns``: piece -> (function,
     info)) on the current stream. The dynamic tile scheduler's (2,)
     int32 counters go back to zero after every launch (the kernel's last CTA resets them),
-    so one buffer per device serves every call, CUDA graphs included. Every Python step here
+    so one buffer per stream serves every call on it, CUDA graphs included; two streams
+    share none (launches on two streams at once, as two micro-batches overlapped, would take
+    each other's tiles). Every Python step here
     is a measurable part of the launch (H200 host: torch.empty(shape, dtype=, device=) 6.5 µs,
     torch.empty_like 3.8 µs, tensor.new_empty 4.7 µs; docs/export.md): lse is allocated like
     a zero-stride (b, h, m) view (empty_like of a non-dense tensor is contiguous)."""
     dev = q.device
     b, m, h, _ = q.shape
-    state = _lse_like.get((dev, b, h, m))  # one lookup per call: (counters, SM count, lse's shape)
+    stream = _stream_of(dev)
+    state = _lse_like.get((stream, dev, b, h, m))  # one lookup per call: (counters, SM count, lse's shape)
     if state is None:
-        counters, sms, one = _per_device.get(dev) or _per_device.setdefault(dev, (
+        counters, sms, one = _per_stream.get((dev, stream)) or _per_stream.setdefault((dev, stream), (
             torch.zeros(2, dtype=torch.int32, device=dev),
             torch.cuda.get_device_properties(dev).multi_processor_count,
             torch.empty(1, dtype=torch.float32, device=dev),
         ))
         if len(_lse_like) > 256:
             _lse_like.clear()
-        state = _lse_like[(dev, b, h, m)] = (counters, sms, one.expand(b, h, m))
+        state = _lse_like[(stream, dev, b, h, m)] = (counters, sms, one.expand(b, h, m))
     dv = v.shape[3]
     o = torch.empty_like(q, memory_format=torch.contiguous_format) if dv == q.shape[3] else q.new_empty((b, m, h, dv))
     lse = torch.empty_like(state[2])
