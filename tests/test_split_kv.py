@@ -88,3 +88,24 @@ def test_the_host_sizes_for_the_kernel_it_launches():
     q8 = SimpleNamespace(shape=(2, 8192, 16, 128))
     assert split_words(compiled, q8, 8192, 132) == split_kv.workspace_words(2048, 132, 47, 2, SLOT_D128)
     assert split_words(SimpleNamespace(split_tail=False), q, 4096, 132) == split_kv.COUNTERS
+
+
+def test_the_counter_buffer_is_per_stream_and_a_grown_one_keeps_the_old_alive(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from stages.fmha import stage_d_fmha as sd
+
+    stream = [SimpleNamespace(cuda_stream=11)]
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream[0])
+    monkeypatch.setattr(sd, "_tile_counters", {})
+    monkeypatch.setattr(sd, "_retired_counters", [])
+    dev = torch.device("cpu")
+    a = sd.tile_counter(dev)
+    assert sd.tile_counter(dev) is a and a.numel() == split_kv.COUNTERS
+    stream[0] = SimpleNamespace(cuda_stream=12)
+    b = sd.tile_counter(dev, 100)
+    assert b is not a and b.numel() == 100 and int(b.abs().sum()) == 0
+    grown = sd.tile_counter(dev, 101)  # a graph captured with b still names b: b stays allocated
+    assert grown.numel() == 200 and len(sd._retired_counters) == 1 and sd._retired_counters[0] is b
+    assert sd.tile_counter(dev, 150) is grown
+    stream[0] = SimpleNamespace(cuda_stream=11)
+    assert sd.tile_counter(dev) is a

@@ -1473,17 +1473,26 @@ def sm_count(device) -> int:
 
 
 _tile_counters: dict = {}
+#: buffers a larger one replaced: kept, since a CUDA graph captured with one still names it
+_retired_counters: list = []
 
 
 def tile_counter(device, words: int = split_kv.COUNTERS):
-    """The int32 counters of ``persistent=dynamic`` on ``device``, at least ``words`` long (the
-    split-KV tail's workspace follows them, ``split_kv.workspace_words``): zeros, and zero
-    again after every launch (the kernel's last CTA resets the counters, the last piece of
-    a split tile its arrival count), so one buffer serves all; it only grows."""
+    """The int32 counters of ``persistent=dynamic`` on ``device`` for the current stream, at
+    least ``words`` long (the split-KV tail's workspace follows them,
+    ``split_kv.workspace_words``): zeros, and zero again after every launch (the kernel's
+    last CTA resets the counters, the last piece of a split tile its arrival count), so one
+    buffer serves every launch on a stream; two streams share none (launches at once would
+    take each other's tiles). It only grows, at least twofold, and a replaced buffer stays
+    allocated: all of a stream's come to under twice the largest."""
     import torch
 
-    key = str(device)
-    if key not in _tile_counters or _tile_counters[key].numel() < words:
+    key = (str(device), torch.cuda.current_stream(device).cuda_stream)
+    old = _tile_counters.get(key)
+    if old is None or old.numel() < words:
+        if old is not None:
+            _retired_counters.append(old)
+            words = max(words, 2 * old.numel())
         _tile_counters[key] = torch.zeros(words, dtype=torch.int32, device=device)
     return _tile_counters[key]
 
