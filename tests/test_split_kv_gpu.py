@@ -9,6 +9,7 @@ non-causal; stages/fmha/split_kv.py).
 * Where the tiles fill whole waves, nothing past the scheduler's counters is asked for.
 * A launch whose arrival counts outnumber the last one's (d = 96's 3 WGs after d = 128's 2) is
   right on the buffer that launch left its partials in.
+* Launches on two streams at once (each stream its own buffer) give the launch alone's bits.
 """
 
 from __future__ import annotations
@@ -141,3 +142,30 @@ def test_a_launch_with_more_counts_is_right_after_one_that_left_partials():
     assert torch.isfinite(got["lse"].float()).all(), "rows never written"
     assert (got["o"].float() - o_ref.float()).abs().max().item() < 2e-2
     assert int(buf[split_kv.COUNTERS: split_kv.PARTIALS_BASE].abs().sum()) == 0
+
+
+def test_launches_on_two_streams_at_once_each_use_their_own_counters():
+    # wb's launcher keeps one counter buffer per (device, stream): two launches at once, each
+    # cutting its last wave, neither takes the other's tiles or counts on its partials
+    st = sd.StageD()
+    p = _params(d=128, heads=5, n=4096)
+    inputs = [_inputs(p, seed=s) for s in (1, 2)]
+    split = st.compile(p, {"split_tail": "on"}, "sm_90a")
+    want = [_launch(st, split, p, x) for x in inputs]
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    for s in streams:
+        s.wait_stream(torch.cuda.current_stream())
+    got = [[], []]
+    for _ in range(10):
+        for i, s in enumerate(streams):
+            with torch.cuda.stream(s):
+                outs = {name: torch.full(spec.shape, float("nan"), dtype=spec.torch_dtype(), device="cuda")
+                        for name, spec in st.outputs(p).items()}
+                st.launch(split, inputs[i], outs)
+                got[i].append(outs)
+    for s in streams:
+        torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    for i in range(2):
+        bad = [j for j, o in enumerate(got[i]) if not torch.equal(o["o"], want[i]["o"])]
+        assert not bad, f"stream {i}: launches {bad} differ from the launch alone"
