@@ -94,18 +94,18 @@ def test_the_counter_buffer_is_per_stream_and_a_grown_one_keeps_the_old_alive(mo
     torch = pytest.importorskip("torch")
     from stages.fmha import stage_d_fmha as sd
 
-    stream = [SimpleNamespace(cuda_stream=11)]
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream[0])
+    stream = [11]
+    monkeypatch.setattr(sd, "_stream_handle", lambda device: stream[0])
     monkeypatch.setattr(sd, "_tile_counters", {})
     monkeypatch.setattr(sd, "_retired_counters", [])
     dev = torch.device("cpu")
     a = sd.tile_counter(dev)
     assert sd.tile_counter(dev) is a and a.numel() == split_kv.COUNTERS
-    stream[0] = SimpleNamespace(cuda_stream=12)
+    stream[0] = 12
     b = sd.tile_counter(dev, 100)
     assert b is not a and b.numel() == 100 and int(b.abs().sum()) == 0
     grown = sd.tile_counter(dev, 101)  # a graph captured with b still names b: b stays allocated
     assert grown.numel() == 200 and len(sd._retired_counters) == 1 and sd._retired_counters[0] is b
     assert sd.tile_counter(dev, 150) is grown
-    stream[0] = SimpleNamespace(cuda_stream=11)
+    stream[0] = 11
     assert sd.tile_counter(dev) is a

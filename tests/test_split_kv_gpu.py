@@ -9,7 +9,8 @@ non-causal; stages/fmha/split_kv.py).
 * Where the tiles fill whole waves, nothing past the scheduler's counters is asked for.
 * A launch whose arrival counts outnumber the last one's (d = 96's 3 WGs after d = 128's 2) is
   right on the buffer that launch left its partials in.
-* Launches on two streams at once (each stream its own buffer) give the launch alone's bits.
+* Launches on two streams at once (each stream its own buffer) give the launch alone's
+  result, up to the order in which a split tile's pieces are added.
 """
 
 from __future__ import annotations
@@ -166,6 +167,10 @@ def test_launches_on_two_streams_at_once_each_use_their_own_counters():
     for s in streams:
         torch.cuda.current_stream().wait_stream(s)
     torch.cuda.synchronize()
+    # not bit-equal: which piece of a split tile arrives last (and adds the others in, in its
+    # own order) varies between launches; a tile the other launch took stays NaN
     for i in range(2):
-        bad = [j for j, o in enumerate(got[i]) if not torch.equal(o["o"], want[i]["o"])]
-        assert not bad, f"stream {i}: launches {bad} differ from the launch alone"
+        for j, o in enumerate(got[i]):
+            assert torch.isfinite(o["lse"]).all() and torch.isfinite(o["o"].float()).all(), (i, j, "rows never written")
+            assert (o["o"].float() - want[i]["o"].float()).abs().max().item() <= 2e-2, (i, j)
+            assert (o["lse"] - want[i]["lse"]).abs().max().item() <= 1e-3, (i, j)

@@ -1477,6 +1477,14 @@ _tile_counters: dict = {}
 _retired_counters: list = []
 
 
+def _stream_handle(device) -> int:
+    """The caller's current CUDA stream on ``device`` (0 off CUDA: the CPU tests' stand-in launches)."""
+    import torch
+
+    device = torch.device(device)
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+
+
 def tile_counter(device, words: int = split_kv.COUNTERS):
     """The int32 counters of ``persistent=dynamic`` on ``device`` for the current stream, at
     least ``words`` long (the split-KV tail's workspace follows them,
@@ -1487,7 +1495,7 @@ def tile_counter(device, words: int = split_kv.COUNTERS):
     allocated: all of a stream's come to under twice the largest."""
     import torch
 
-    key = (str(device), torch.cuda.current_stream(device).cuda_stream)
+    key = (str(device), _stream_handle(device))
     old = _tile_counters.get(key)
     if old is None or old.numel() < words:
         if old is not None:
