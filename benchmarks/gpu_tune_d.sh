@@ -740,6 +740,10 @@ streams)
   timeout 200 wb sweep d --n 1000,4096,8192 --d 64,96,128 --dtype fp16 -p causal=false,true -p kv_heads=2 --timeout 40 \
     | sweep_verdicts
   ;;
+streams2)
+  step "tests/test_split_kv_gpu.py: two streams at once, more counts after stale partials"
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_split_kv_gpu.py -k "two_streams or more_counts" 2>&1 | tail -4
+  ;;
 near)
   # the cells nearest their goal, each the median of fresh processes (a peer's level moves
   # between processes): d = 64 s = 1024 against cuDNN, d = 96 s = 8192 and d = 128 s = 4096
@@ -838,6 +842,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
