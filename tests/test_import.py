@@ -489,3 +489,26 @@ def test_a_run_folder_whose_name_ends_in_a_newline_is_no_run_id(ws, tmp_path):
         tar.addfile(member, io.BytesIO(record))
     done = import_runs(ws, tmp_path / "nl.tgz")
     assert done.records == [] and done.not_runs == [ids[0] + "\n"] and run_ids(ws.runs_dir) == []
+
+
+def test_runs_dated_ahead_of_this_clock_are_named_since_last_would_name_them(ws, tmp_path, wb):
+    """Run ids are this machine's local time. A GPU box on UTC imported into a workspace west
+    of it (or a clock ahead) gave runs that sorted after every run made here for hours, so
+    `wb last` kept naming the import. The import now says which runs are dated ahead."""
+    from datetime import datetime, timedelta
+
+    from workbench.records.importer import dated_ahead
+
+    now = datetime(2026, 12, 6, 9, 0, 0)
+    assert dated_ahead(["20261206-090500-000000", "20261206-091100-000000", "20261399-000000-000000"], now) == [
+        "20261206-091100-000000"
+    ]  # 5 minutes ahead is a clock's drift; 11 is not; a month 13 has no date to compare
+    make_runs(tmp_path / "src", count=1)
+    future = (datetime.now() + timedelta(hours=8)).strftime("%Y%m%d-%H%M%S-000001")
+    shutil.copytree(tmp_path / "src" / "runs" / "20261203-090000-000000", tmp_path / "src" / "runs" / future)
+    proc = wb("import", str(tmp_path / "src"), cwd=ws.root)
+    text = " ".join(proc.stdout.split())
+    assert proc.returncode == 0 and "1 imported run(s) are dated ahead of this machine's clock" in text and future in text, text
+    assert "20261203-090000-000000" not in text.split("dated ahead")[1]
+    again = json.loads(wb("import", str(tmp_path / "src"), "--json", cwd=ws.root).stdout)
+    assert again["ahead"] == []  # nothing new imported: nothing to warn of

@@ -201,6 +201,7 @@ def import_(
             "not_runs": done.not_runs,
             "already_here": done.already_here,
             "taken": done.taken,
+            "ahead": done.ahead,
         })
         return
     by_verdict: dict[str, int] = {}
@@ -213,6 +214,11 @@ def import_(
         console.print(f"[yellow]not imported: {len(done.taken)} run(s) whose ids runs/ holds for other runs[/] "
                       "(rename the folder in the source to a free id to bring one in): "
                       + ", ".join(done.taken[:5]) + (" ..." if len(done.taken) > 5 else ""))
+    if done.ahead:
+        console.print(f"[yellow]{len(done.ahead)} imported run(s) are dated ahead of this machine's clock "
+                      "(the machine that made them has its clock or time zone ahead): until then `last` names them, "
+                      "not the runs made here; give run ids instead: " + ", ".join(done.ahead[:5])
+                      + (" ..." if len(done.ahead) > 5 else "") + "[/]")
     for r in done.records:
         if r.get("kind") == "bench" and r.get("bench_sweep") is True:
             console.print(f"run {escape(str(r.get('id')))} is a `wb bench --sweep` of {escape(str(r.get('stage')))}: "

@@ -24,6 +24,7 @@ import tempfile
 import warnings
 import zlib
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from workbench import settings
@@ -159,6 +160,27 @@ class Imported:
     not_runs: list[str] = field(default_factory=list)  # folders in runs/ whose names are no run ids: left out
     already_here: list[str] = field(default_factory=list)  # the same run.json is in runs/ already
     taken: list[str] = field(default_factory=list)  # runs/ holds another run of this id: left out
+    ahead: list[str] = field(default_factory=list)  # imported runs dated ahead of this machine's clock
+
+
+#: how far past this machine's clock an imported run's id may be dated before the import says so
+AHEAD_SLACK = timedelta(minutes=10)
+
+
+def dated_ahead(run_ids_: list[str], now: datetime | None = None) -> list[str]:
+    """The ids dated more than ``AHEAD_SLACK`` past ``now`` (this machine's local clock, as run
+    ids are written): made on a machine whose clock or time zone is ahead of this one's, they
+    sort after every run made here until then, so `last` names them."""
+    now = now or datetime.now()
+    ahead = []
+    for run_id in run_ids_:
+        try:
+            made = datetime.strptime(run_id[:15], "%Y%m%d-%H%M%S")
+        except ValueError:  # an id of the right shape but no date (month 13): no clock to compare
+            continue
+        if made > now + AHEAD_SLACK:
+            ahead.append(run_id)
+    return ahead
 
 
 def import_runs(ws: Workspace, source: Path, limits: Limits | None = None) -> Imported:
@@ -223,7 +245,7 @@ def _import_locked(ws: Workspace, source: Path, limits: Limits) -> Imported:
         not_runs = sorted(p.name for p in runs.iterdir() if p.is_dir() and not is_run_id(p.name) and p.name != "reports")
         _complete(ws, records)
         _commit(ws, runs, records)
-    return Imported(records, without, not_runs, already, taken)
+    return Imported(records, without, not_runs, already, taken, dated_ahead([r["id"] for r in records]))
 
 
 def _same_record(a: Path, b: Path) -> bool:
