@@ -99,7 +99,7 @@ def main() -> None:
     sms = torch.cuda.get_device_properties(0).multi_processor_count
 
     def ffi_only():
-        ffi_fn(q, k, v, o_pre, lse_pre, counter, sms, None, None, None, None, None)
+        ffi_fn["fn"][0](q, k, v, o_pre, lse_pre, counter, sms, None, None, None, None, None)
 
     rows["wb_fmha op"] = op
     rows["wb_fmha.fwd entry"] = entry
