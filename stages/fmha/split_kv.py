@@ -59,6 +59,12 @@ def slot_words(acc_floats: int, rows: int) -> int:
     return common.WG_THREADS * per_thread
 
 
+def slots_end(tail, k, wgs: int, slot: int):
+    """The word after the last slot of ``tail`` tiles cut in ``k`` pieces (Python ints or DSL
+    Int32): the workspace's length, which ``capacity`` must reach."""
+    return PARTIALS_BASE + tail * (k * wgs * slot)
+
+
 def workspace_words(tiles: int, grid: int, n_blocks: int, wgs: int, slot: int) -> int:
     """int32 words the buffer needs for the kernel to cut ``tiles`` work tiles on ``grid`` CTAs
     as it would with room to spare (``pieces_for``): the counters alone where it would not cut."""
@@ -66,7 +72,7 @@ def workspace_words(tiles: int, grid: int, n_blocks: int, wgs: int, slot: int) -
     k = pieces_for(tiles, grid, n_blocks, 1 << 62, wgs, slot)
     if k == 1:
         return COUNTERS
-    return PARTIALS_BASE + tail * k * wgs * slot
+    return slots_end(tail, k, wgs, slot)
 
 
 def tail_of(tiles: int, grid: int) -> int:
@@ -91,7 +97,7 @@ def pieces_for(tiles: int, grid: int, n_blocks: int, capacity: int, wgs: int, sl
     tail = tail_of(tiles, grid)
     best_k, best = 1, whole_cost(n_blocks)
     for k in range(2, MAX_PIECES + 1):
-        fits = tail * wgs <= MAX_COUNTS and PARTIALS_BASE + tail * k * wgs * slot <= capacity
+        fits = tail * wgs <= MAX_COUNTS and slots_end(tail, k, wgs, slot) <= capacity
         cost = split_cost(tail, k, grid, n_blocks)
         if tail > 0 and k <= n_blocks and fits and cost < best:
             best, best_k = cost, k
@@ -119,7 +125,7 @@ def plan(tiles: Int32, grid: Int32, n_blocks: Int32, capacity: Int32, wgs: cutla
     best = whole_cost(n_blocks)
     for k in cutlass.range_constexpr(2, MAX_PIECES + 1):
         cost = split_cost(tail, k, grid, n_blocks)
-        fits = PARTIALS_BASE + tail * (k * wgs * slot) <= capacity
+        fits = slots_end(tail, k, wgs, slot) <= capacity
         if tail > 0 and tail * wgs <= MAX_COUNTS and k <= n_blocks and fits and cost < best:
             best, best_k = cost, Int32(k)
     whole = tiles
