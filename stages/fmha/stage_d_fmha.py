@@ -1514,7 +1514,7 @@ def split_words(compiled, q, n: int, n_sms: int) -> int:
     tiles = -(-m // compiled.tile_m) * h * b
     long = compiled.long
     tile_n = long.kv_tile if long is not None and long.serves(m, n) and long.kv_tile else compiled.tile_n
-    return split_kv.workspace_words(tiles, min(tiles, n_sms), -(-n // tile_n), compiled.tile_m // 64, compiled.split_slot)
+    return split_kv.workspace_words(tiles, min(tiles, n_sms), -(-n // tile_n), compiled.tile_m // geometry.WG_ROWS, compiled.split_slot)
 
 
 def kernel_options(variants: Mapping[str, str]) -> dict:
