@@ -744,6 +744,29 @@ streams2)
   step "tests/test_split_kv_gpu.py: two streams at once, more counts after stale partials"
   timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_split_kv_gpu.py -k "two_streams or more_counts" 2>&1 | tail -4
   ;;
+d64split)
+  # d = 64 non-causal under the dynamic scheduler with its split-KV tail (auto turns it on where
+  # the kernel is dynamic): s = 1024's 3072 tiles are 23.3 waves on 132 CTAs, and the cost model
+  # cuts the last wave's 36 tiles in 3 (12 half steps for 19), about 1.6 % of the launch
+  step "sweep d=64 non-causal, persistent=dynamic (split auto): batch 1, 7 heads, m 4096 (154 tiles: a tail), n 17/1000/4100/9000, both dtypes (8 cases)"
+  timeout 150 wb sweep d -p m=4096 --n 17,1000,4100,9000 --d 64 --dtype bf16,fp16 -p heads=7 -p kv_heads=7 -p batch=1 \
+    -p causal=false -V persistent=dynamic --timeout 40 | sweep_verdicts
+  step "sweep d=64 non-causal, persistent=dynamic: n with tails, GQA, softcap (6 cases)"
+  timeout 150 wb sweep d --n 1000,1024,8200 --d 64 --dtype bf16 -p causal=false -p kv_heads=2 -V persistent=dynamic --timeout 40 | sweep_verdicts
+  timeout 100 wb sweep d --n 1000,4100 --d 64 --dtype fp16 -p causal=false -p softcap=30 -V persistent=dynamic --timeout 40 | sweep_verdicts
+  for v in default dynamic dynoff; do
+    case $v in default) V="";; dynamic) V="-V persistent=dynamic";; dynoff) V="-V persistent=dynamic -V split_tail=off";; esac
+    peers=""; [ $v = default ] && peers="sdpa-cudnn,fa4"
+    step "d=64 s 1024/4096 non-causal, both dtypes, $v, ${PROCS:-3} processes"
+    timeout 200 wb bench d -p d=64 -p n=1024,4096 -p causal=false -p dtype=bf16,fp16 $V --peers "$peers" \
+      --processes "${PROCS:-3}" --timeout 60 | table_rows 200 "$v"
+  done
+  step "few waves, batch 1, 7 heads, m=n=4096, d=64, both dtypes: default with FA4, then dynamic"
+  timeout 80 wb bench d -p d=64 -p m=4096 -p n=4096 -p batch=1 -p heads=7 -p causal=false -p dtype=bf16,fp16 --peers fa4 \
+    --timeout 70 | table_rows 170
+  timeout 80 wb bench d -p d=64 -p m=4096 -p n=4096 -p batch=1 -p heads=7 -p causal=false -p dtype=bf16,fp16 -V persistent=dynamic \
+    --peers "" --timeout 70 | table_rows 170 "dynamic"
+  ;;
 near)
   # the cells nearest their goal, each the median of fresh processes (a peer's level moves
   # between processes): d = 64 s = 1024 against cuDNN, d = 96 s = 8192 and d = 128 s = 4096
@@ -842,6 +865,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|d64split|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
