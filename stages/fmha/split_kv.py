@@ -4,8 +4,9 @@ T equal work tiles on G persistent CTAs run as T // G full waves and a last one 
 tiles while the other CTAs idle (d = 128 s = 4096: 2048 tiles on 132 SMs, 15.5 waves, 3 % of
 the launch; docs/perf-notes.md round 17). Cut in k pieces of about n_blocks / k KV tiles each,
 the last tiles spread over the idle CTAs. Each piece writes its partial O and row statistics
-to a workspace; the piece that arrives last adds the others' in and runs the usual epilogue
-(O / l, the LSE, the O store). Nobody waits on another CTA: no spin, no deadlock. Measured
+to a workspace; the piece that arrives last adds them all in, in piece order (so a launch
+gives the same bits whichever piece is last), and runs the usual epilogue (O / l, the LSE, the
+O store). Nobody waits on another CTA: no spin, no deadlock. Measured
 on an H100 (docs/perf-notes.md round 18): +33 % at batch 1 with 5 or 7 heads at s = 4096 (160
 or 154 tiles on 132 CTAs), within 0.5 % either way on DESIGN.md's shapes.
 
@@ -13,7 +14,8 @@ The dynamic scheduler hands the pieces out after the whole tiles (``tile_schedul
 a tile's k pieces are items whole + k t ... whole + k t + k - 1, taken back to back.
 
 The workspace is the tile counters' int32 buffer (``workspace_words`` says how long it must
-be; with a shorter one, as the exported op's, the kernel cuts less or not at all): words 0 and
+be; with a shorter one the kernel cuts less or not at all; the exported op sizes its buffer by
+``workspace_bound``, enough for any launch): words 0 and
 1 the scheduler's counters, then one arrival count per (tail tile, consumer WG), then from
 ``PARTIALS_BASE`` one slot per (tail tile, piece, consumer WG) of ``slot_words``. The counts
 have words of their own, as many as any launch can use: each launch's last arrivers reset the
@@ -73,6 +75,20 @@ def workspace_words(tiles: int, grid: int, n_blocks: int, wgs: int, slot: int) -
     if k == 1:
         return COUNTERS
     return slots_end(tail, k, wgs, slot)
+
+
+def workspace_bound(grid: int, wgs: int, slot: int) -> int:
+    """The most int32 words any launch on ``grid`` CTAs can use, whatever its shape: the largest
+    tail (grid - 1 tiles) in ``MAX_PIECES`` pieces. The exported op sizes its buffer by it once
+    per stream, so it never replaces a buffer a CUDA graph captured."""
+    return slots_end(grid - 1, MAX_PIECES, wgs, slot)
+
+
+def room(wgs: int, slot: int) -> dict:
+    """How the exported op sizes a kernel's workspace (its piece info): ``split_base`` +
+    (SMs - 1) ``split_per_sm`` int32 words, ``workspace_bound`` on that many SMs."""
+    base = workspace_bound(1, wgs, slot)
+    return {"split_base": base, "split_per_sm": workspace_bound(2, wgs, slot) - base}
 
 
 def tail_of(tiles: int, grid: int) -> int:
@@ -172,9 +188,10 @@ def merge(
 ) -> cutlass.Boolean:
     """One consumer WG's end of piece ``split`` of tail tile ``tail_idx``: store the partial
     (acc_O, the rows' max in raw S units, c = the exponent's scale, and this lane's share of
-    their sums), count it in; the WG of the last piece to arrive adds the others' in (acc_O,
-    row_max, row_sum then stand as if it had visited every KV tile) and returns True, the
-    others False (their epilogue is skipped). ``flag``: a shared-memory int32 per WG. ``exp``
+    their sums), count it in; the WG of the last piece to arrive adds every piece's in, in piece order
+    (acc_O, row_max, row_sum then stand as if it had visited every KV tile, the same bits
+    whichever piece arrived last) and returns True, the others False (their epilogue is
+    skipped). ``flag``: a shared-memory int32 per WG. ``exp``
     False (softmax=identity): O is the plain sum of the pieces'."""
     o_rows = common.acc_row_view(acc_O)
     rows, cols = cute.size(o_rows, mode=[0]), cute.size(o_rows, mode=[1])
@@ -204,51 +221,43 @@ def merge(
     is_last = flag[wg] != 0
     if is_last:
         cute.arch.fence_acq_rel_gpu()
-        if const_expr(exp):
-            _add_rescaled(o_rows, row_max, row_sum, c, workspace, first_slot, tidx_wg, wgs, slot, split, pieces)
-        else:
-            other = cute.make_rmem_tensor((4, per_thread // 4), Float32)
-            for p in cutlass.range(pieces, unroll=1):
-                if p != split:
-                    cute.autovec_copy(_slot_tensor(workspace, first_slot + p * (wgs * slot), tidx_wg, per_thread), other)
-                    for i in cutlass.range_constexpr(rows * cols):
-                        o_rows[i // cols, i % cols] = o_rows[i // cols, i % cols] + other[i]
+        _sum_pieces(o_rows, row_max, row_sum, c, exp, workspace, first_slot, tidx_wg, wgs, slot, pieces)
     return is_last
 
 
 @cute.jit
-def _add_rescaled(o_rows, row_max, row_sum, c: cutlass.Constexpr, workspace, first_slot: Int32, tidx_wg: Int32,
-                  wgs: cutlass.Constexpr[int], slot: cutlass.Constexpr[int], split: Int32, pieces: Int32):
-    """The last arriver's combine (``merge``): O and the row sums of every piece rescaled to the
-    rows' max over the pieces, added into this WG's."""
+def _sum_pieces(o_rows, row_max, row_sum, c: cutlass.Constexpr, exp: cutlass.Constexpr[bool], workspace, first_slot: Int32,
+                tidx_wg: Int32, wgs: cutlass.Constexpr[int], slot: cutlass.Constexpr[int], pieces: Int32):
+    """The last arriver's combine (``merge``): every piece's O and row sums, this WG's own read
+    back from its slot like the others', rescaled to the rows' max over the pieces and added in
+    piece order. So the sum does not depend on which piece arrived last: a launch gives the
+    same bits every time (the exported op's against the in-tree kernel's, `wb run --exported`).
+    ``exp`` False (softmax=identity): O is the plain sum of the pieces'."""
     rows, cols = cute.size(o_rows, mode=[0]), cute.size(o_rows, mode=[1])
     per_thread = rows * cols + 2 * rows
-    # the rows' max over the pieces, then each piece scaled by 2^((m_j - M) c) (M read as 0
-    # for a row that saw only -inf everywhere: it keeps -inf, finalize's degenerate row)
-    top = cute.make_rmem_tensor(rows, Float32)
+    # the rows' max over the pieces (this WG's included: fmax is exact in any order), each piece
+    # then scaled by 2^((m_j - M) c) (M read as 0 for a row that saw only -inf everywhere: it
+    # keeps -inf, finalize's degenerate row)
     safe = cute.make_rmem_tensor(rows, Float32)
-    for r in cutlass.range_constexpr(rows):
-        top[r] = row_max[r]
-    other = cute.make_rmem_tensor((4, per_thread // 4), Float32)
-    for p in cutlass.range(pieces, unroll=1):
-        if p != split:
+    if const_expr(exp):
+        for p in cutlass.range(pieces, unroll=1):
             stats = _slot_tensor(workspace, first_slot + p * (wgs * slot), tidx_wg, per_thread)
             for r in cutlass.range_constexpr(rows):
-                top[r] = cute.arch.fmax(top[r], stats[rows * cols + r])
-    for r in cutlass.range_constexpr(rows):
-        safe[r] = top[r]
-        if top[r] == Float32(-math.inf):
-            safe[r] = Float32(0.0)
-        a = cute.math.exp2((row_max[r] - safe[r]) * c, fastmath=True)
-        row_sum[r] = row_sum[r] * a
-        for j in cutlass.range_constexpr(cols):
-            o_rows[r, j] = o_rows[r, j] * a
-        row_max[r] = top[r]
+                row_max[r] = cute.arch.fmax(row_max[r], stats[rows * cols + r])
+        for r in cutlass.range_constexpr(rows):
+            safe[r] = row_max[r]
+            if row_max[r] == Float32(-math.inf):
+                safe[r] = Float32(0.0)
+            row_sum[r] = Float32(0.0)
+    for i in cutlass.range_constexpr(rows * cols):
+        o_rows[i // cols, i % cols] = Float32(0.0)
+    other = cute.make_rmem_tensor((4, per_thread // 4), Float32)
     for p in cutlass.range(pieces, unroll=1):
-        if p != split:
-            cute.autovec_copy(_slot_tensor(workspace, first_slot + p * (wgs * slot), tidx_wg, per_thread), other)
-            for r in cutlass.range_constexpr(rows):
+        cute.autovec_copy(_slot_tensor(workspace, first_slot + p * (wgs * slot), tidx_wg, per_thread), other)
+        for r in cutlass.range_constexpr(rows):
+            a = Float32(1.0)
+            if const_expr(exp):
                 a = cute.math.exp2((other[rows * cols + r] - safe[r]) * c, fastmath=True)
                 row_sum[r] = row_sum[r] + a * other[rows * cols + rows + r]
-                for j in cutlass.range_constexpr(cols):
-                    o_rows[r, j] = o_rows[r, j] + a * other[r * cols + j]
+            for j in cutlass.range_constexpr(cols):
+                o_rows[r, j] = o_rows[r, j] + a * other[r * cols + j]
