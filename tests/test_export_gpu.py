@@ -119,6 +119,35 @@ def test_the_exported_op_gives_the_in_tree_kernels_bits(exported, causal, batch,
     assert torch.equal(lse, lse_ref) or torch.equal(lse.nan_to_num(), lse_ref.nan_to_num())
 
 
+def test_a_launch_with_a_partial_last_wave_is_cut_along_the_keys_with_the_in_tree_kernels_bits(exported):
+    # 160 work tiles (m = 5120, 4 heads) on a Hopper's 132 CTAs: the op's buffer holds the
+    # partials, so the kernel cuts the last 28 tiles as wb's own launcher lets it (the op used
+    # to pass its two counters alone, and cut nothing), and adds the pieces in piece order
+    import torch
+
+    from stages.fmha import split_kv
+
+    g = torch.Generator(device="cuda").manual_seed(11)
+    q = torch.randn(1, 5120, 4, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(1, 4096, 2, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(1, 4096, 2, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    torch.ops.wb_fmha.fwd(q, k, v)  # allocates the stream's buffer
+    torch.cuda.synchronize()
+    buf = exported["module"]._op._per_stream[(q.device, torch.cuda.current_stream().cuda_stream)][0]
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    tiles = 4 * 5120 // 128
+    assert split_kv.tail_of(tiles, min(tiles, sms)) > 0, sms
+    assert split_kv.pieces_for(tiles, min(tiles, sms), 4096 // 128, buf.numel(), 2, split_kv.slot_words(64, 2)) > 1
+    buf[split_kv.PARTIALS_BASE:].zero_()
+    o, lse = torch.ops.wb_fmha.fwd(q, k, v)
+    torch.cuda.synchronize()
+    assert int(buf[split_kv.PARTIALS_BASE:].abs().sum()) > 0, "no piece stored a partial: nothing was cut"
+    assert int(buf[: split_kv.PARTIALS_BASE].abs().sum()) == 0, "a counter was left non-zero"
+    o_ref, lse_ref = _in_tree(exported["ws"], {**COMMON, "d": 128, "causal": False}, q, k, v)
+    torch.cuda.synchronize()
+    assert torch.equal(o, o_ref) and torch.equal(lse, lse_ref), (o.float() - o_ref.float()).abs().max()
+
+
 def test_launches_on_two_streams_at_once_each_get_every_tile(exported):
     # two micro-batches overlapped: each stream's launches take their work tiles from their
     # own scheduler counters (one shared pair let a launch take the other's tiles)

@@ -109,3 +109,53 @@ def test_the_counter_buffer_is_per_stream_and_a_grown_one_keeps_the_old_alive(mo
     assert sd.tile_counter(dev, 150) is grown
     stream[0] = 11
     assert sd.tile_counter(dev) is a
+
+
+@pytest.mark.parametrize("wgs, slot", [(2, SLOT_D128), (3, split_kv.slot_words(48, 2))])  # d = 128, d = 96
+def test_the_exported_ops_buffer_lets_every_launch_cut_as_it_would_with_room_to_spare(wgs, slot):
+    pytest.importorskip("torch")
+    from stages.fmha import export_op
+    from stages.fmha.host import Compiled
+
+    long = LongKernel(min_n=8192, consumers=wgs, kv_tile=176, o_staging="q")
+    compiled = Compiled(fn=None, d=128, split_tail=True, split_slot=slot, tile_m=64 * wgs, long=long)
+    info = export_op.piece_info("fn", None, compiled)  # what the manifest keeps per piece
+    assert info == split_kv.room(wgs, slot)
+    assert export_op.piece_info("fn_long", None, compiled) == {"min_m": 0, "min_n": 8192, **info}
+    fns = {"fn": (None, info)}
+    for sms in (66, 114, 132):
+        words = export_op.workspace_words(fns, sms)  # one buffer per stream, whatever the shape
+        assert words == split_kv.workspace_bound(sms, wgs, slot)
+        for tiles in range(1, 12 * sms, 7):
+            for n_blocks in (1, 2, 3, 8, 32, 64):
+                grid = min(tiles, sms)
+                assert split_kv.workspace_words(tiles, grid, n_blocks, wgs, slot) <= words
+                assert split_kv.pieces_for(tiles, grid, n_blocks, words, wgs, slot) == split_kv.pieces_for(tiles, grid, n_blocks, BIG, wgs, slot)
+    # a kernel that never cuts (or a package exported before the op cut): the two counters
+    assert export_op.piece_info("fn", None, Compiled(fn=None, d=128)) == {}
+    assert export_op.workspace_words({"fn": (None, {})}, 132) == split_kv.COUNTERS
+
+
+def test_the_exported_op_grows_a_streams_buffer_once_for_a_configuration_that_cuts(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from stages.fmha import export_op
+
+    dev = torch.device("cpu")  # no CUDA here: the stream's entry is given, as the op makes it
+    monkeypatch.setattr(export_op, "_per_stream", {(dev, 0): (torch.zeros(2, dtype=torch.int32), 132, torch.empty(1))})
+    monkeypatch.setattr(export_op, "_lse_like", {})
+    monkeypatch.setattr(export_op, "_retired", [])
+    seen = []
+
+    def fn(q, k, v, o, lse, counters, sms, *rest):
+        seen.append(counters)
+
+    plain, cutting = {"fn": (fn, {})}, {"fn": (fn, split_kv.room(2, SLOT_D128))}
+    q, q2 = torch.empty(1, 256, 2, 128, dtype=torch.bfloat16), torch.empty(1, 512, 2, 128, dtype=torch.bfloat16)
+    export_op.launch(plain, q, q, q)
+    export_op.launch(cutting, q, q, q)  # the same shape: its own state, not the plain one's buffer
+    export_op.launch(cutting, q2, q2, q2)
+    export_op.launch(plain, q2, q2, q2)
+    assert seen[0].numel() == split_kv.COUNTERS
+    assert seen[1].numel() == split_kv.workspace_bound(132, 2, SLOT_D128) and int(seen[1].abs().sum()) == 0
+    assert seen[2] is seen[1] and seen[3] is seen[1]  # once per stream, not per shape
+    assert export_op._retired == [seen[0]]  # a CUDA graph may have captured the replaced one

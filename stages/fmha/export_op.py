@@ -109,8 +109,16 @@ def check(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, a
 
 
 def piece_info(name: str, piece, compiled) -> dict:
-    """At export: the query rows and keys from which a piece runs (the stage's Compiled.long)."""
-    return {"min_m": int(compiled.long.min_m), "min_n": int(compiled.long.min_n)} if name == "fn_long" else {}
+    """At export: the query rows and keys from which a piece runs (the stage's Compiled.long),
+    and where the kernel cuts its last wave along the keys, the words its workspace takes
+    (split_kv.room; stages.fmha is importable at export, not in the package)."""
+    info = {"min_m": int(compiled.long.min_m), "min_n": int(compiled.long.min_n)} if name == "fn_long" else {}
+    if getattr(compiled, "split_tail", False):
+        from stages.fmha import geometry, split_kv
+
+        wgs = compiled.long.consumers if name == "fn_long" else compiled.tile_m // geometry.WG_ROWS
+        info.update(split_kv.room(wgs, compiled.split_slot))
+    return info
 
 
 def fake(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left"):
@@ -120,7 +128,31 @@ def fake(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, al
 
 
 _per_stream: dict = {}  # (torch.device, stream) -> (the tile scheduler's counters, the SM count, a 1-element fp32 tensor)
-_lse_like: dict = {}  # (stream, device, b, h, m) -> (counters, SM count, that tensor expanded to (b, h, m): no memory, a shape to allocate like)
+_lse_like: dict = {}  # (stream, device, b, h, m, id(fns)) -> (counters, SM count, that tensor expanded to (b, h, m): no memory, a shape to allocate like)
+_retired: list = []  # counters a larger buffer replaced: kept, since a CUDA graph may have captured them
+
+
+def workspace_words(fns, sms: int) -> int:
+    """int32 words of a stream's buffer for ``fns``' launches on ``sms`` SMs: the scheduler's
+    two counters, and where a piece cuts its last wave along the keys, room for any launch's
+    arrival counts and partials (its info's split_base + (sms - 1) split_per_sm)."""
+    return max([2] + [info["split_base"] + (sms - 1) * info["split_per_sm"] for _, info in fns.values() if "split_per_sm" in info])
+
+
+def _counters(dev, stream: int, fns):
+    """The stream's (counters, SM count, 1-element tensor), the counters long enough for ``fns``."""
+    entry = _per_stream.get((dev, stream))
+    if entry is None:
+        entry = _per_stream[(dev, stream)] = (
+            torch.zeros(2, dtype=torch.int32, device=dev),
+            torch.cuda.get_device_properties(dev).multi_processor_count,
+            torch.empty(1, dtype=torch.float32, device=dev),
+        )
+    words = workspace_words(fns, entry[1])
+    if entry[0].numel() < words:
+        _retired.append(entry[0])
+        entry = _per_stream[(dev, stream)] = (torch.zeros(words, dtype=torch.int32, device=dev), *entry[1:])
+    return entry
 
 
 def _stream_of(dev) -> int:
@@ -130,27 +162,25 @@ def _stream_of(dev) -> int:
 
 def launch(fns, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left"):
     """Allocate o and lse, launch the configuration's kernel for m (``fns``: piece -> (function,
-    info)) on the current stream. The dynamic tile scheduler's (2,)
-    int32 counters go back to zero after every launch (the kernel's last CTA resets them),
-    so one buffer per stream serves every call on it, CUDA graphs included; two streams
-    share none (launches on two streams at once, as two micro-batches overlapped, would take
-    each other's tiles). Every Python step here
+    info)) on the current stream. The dynamic tile scheduler's two int32 counters go back to
+    zero after every launch (the kernel's last CTA resets them, the last piece of a tile cut
+    along the keys its arrival count), so one buffer per stream serves every call on it, CUDA
+    graphs included; two streams share none (launches on two streams at once, as two
+    micro-batches overlapped, would take each other's tiles). Where the configuration cuts its
+    last wave (split_room), the buffer holds any launch's partials (``workspace_words``, tens
+    of MB), allocated once per stream. Every Python step here
     is a measurable part of the launch (H200 host: torch.empty(shape, dtype=, device=) 6.5 µs,
     torch.empty_like 3.8 µs, tensor.new_empty 4.7 µs; docs/export.md): lse is allocated like
     a zero-stride (b, h, m) view (empty_like of a non-dense tensor is contiguous)."""
     dev = q.device
     b, m, h, _ = q.shape
     stream = _stream_of(dev)
-    state = _lse_like.get((stream, dev, b, h, m))  # one lookup per call: (counters, SM count, lse's shape)
+    state = _lse_like.get((stream, dev, b, h, m, id(fns)))  # one lookup per call: (counters, SM count, lse's shape)
     if state is None:
-        counters, sms, one = _per_stream.get((dev, stream)) or _per_stream.setdefault((dev, stream), (
-            torch.zeros(2, dtype=torch.int32, device=dev),
-            torch.cuda.get_device_properties(dev).multi_processor_count,
-            torch.empty(1, dtype=torch.float32, device=dev),
-        ))
+        counters, sms, one = _counters(dev, stream, fns)
         if len(_lse_like) > 256:
             _lse_like.clear()
-        state = _lse_like[(stream, dev, b, h, m)] = (counters, sms, one.expand(b, h, m))
+        state = _lse_like[(stream, dev, b, h, m, id(fns))] = (counters, sms, one.expand(b, h, m))
     dv = v.shape[3]
     o = torch.empty_like(q, memory_format=torch.contiguous_format) if dv == q.shape[3] else q.new_empty((b, m, h, dv))
     lse = torch.empty_like(state[2])
