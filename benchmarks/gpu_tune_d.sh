@@ -749,6 +749,9 @@ exportsplit)
   # buffer sized for its partials (the op cut nothing before)
   step "tests/test_split_kv_gpu.py and tests/test_export_gpu.py"
   timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_split_kv_gpu.py tests/test_export_gpu.py 2>&1 | tail -15
+  bash "$0" exportbench
+  ;;
+exportbench)
   step "export d=128 non-causal (4 heads, 2 KV heads), its fixtures through the op at m=5120 n=4096 (160 tiles: cut), then timed"
   rm -rf /tmp/xs && timeout 200 wb export d -p d=128 -p heads=4 -p kv_heads=2 -p causal=false --allow-unverified --out /tmp/xs/pkg >/dev/null \
     && { python3 -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/xs/site /tmp/xs/pkg 2>/dev/null \
@@ -877,6 +880,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|d64split|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
