@@ -53,3 +53,72 @@ def process_age(start_ticks: int) -> float | None:
         return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError):
         return None
+
+
+#: set in every worker's environment when it is started (a fresh random token per worker):
+#: whatever the worker starts inherits it, forked or exec'd, so its descendants are found after
+#: they left its process group (setsid, a daemon) or lost it as their parent
+TOKEN_ENV = "WB_WORKER_TOKEN"
+
+
+def new_token() -> str:
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+def _carries(pid: int, needle: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read()
+    except OSError:
+        return False
+    return needle in b"\0" + env + (b"" if env.endswith(b"\0") else b"\0")
+
+
+def with_token(token: str) -> list[int]:
+    """Live processes other than this one whose environment carries ``TOKEN_ENV=token``
+    (processes of other users, whose environment cannot be read, are not seen)."""
+    needle = b"\0" + f"{TOKEN_ENV}={token}".encode() + b"\0"
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    me = os.getpid()
+    return [int(name) for name in entries if name.isdigit() and int(name) != me and _carries(int(name), needle)]
+
+
+def kill_token(token: str | None, sig: int | None = None) -> int:
+    """Signal (default SIGKILL) every process ``with_token``, again while new ones appear (a
+    descendant may fork as it is signalled); how many were signalled. Each is pinned by a pidfd
+    while its environment is read, so a pid reused in between is never hit."""
+    import signal
+
+    if not token:
+        return 0
+    sig = signal.SIGKILL if sig is None else sig
+    needle = b"\0" + f"{TOKEN_ENV}={token}".encode() + b"\0"
+    hit: set[int] = set()
+    for _ in range(3):
+        pids = [pid for pid in with_token(token) if pid not in hit]
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                fd = os.pidfd_open(pid)
+            except (AttributeError, OSError):
+                fd = None
+            try:
+                if not _carries(pid, needle):
+                    continue
+                if fd is not None:
+                    signal.pidfd_send_signal(fd, sig)
+                else:
+                    os.kill(pid, sig)
+                hit.add(pid)
+            except (ProcessLookupError, PermissionError):
+                pass
+            finally:
+                if fd is not None:
+                    os.close(fd)
+    return len(hit)

@@ -40,7 +40,7 @@ from typing import Any
 
 from workbench.errors import UserError
 from workbench.files import atomic_write_text
-from workbench.processes import boot_id, identity, process_age, same_process, starttime
+from workbench.processes import boot_id, identity, kill_token, process_age, same_process, starttime
 from workbench.workspace import Workspace
 
 IDLE_GRACE = 120.0  # seconds past its idle timeout before a live idle warm worker is an orphan
@@ -476,6 +476,8 @@ def _signal_group(info: ProcInfo, sig: int) -> bool:
                 os.kill(pid, sig)
         except ProcessLookupError:
             return False
+        # a worker's descendants that left its group (setsid, daemons) carry its token
+        kill_token(data.get("token") if isinstance(data.get("token"), str) else None, sig)
         return True
     finally:
         if fd is not None:

@@ -109,6 +109,7 @@ class Worker:
         self.log_path = log_path
         self.popen = popen
         self.reused = reused
+        self.token: str | None = None  # processes.TOKEN_ENV in the worker's environment
 
     @classmethod
     def spawn(
@@ -126,6 +127,7 @@ class Worker:
         env = {**os.environ, **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env[processes.TOKEN_ENV] = token = processes.new_token()
         pidfile = pid_dir(ws) / f"{Path(socket_path).stem}.json"
         args = [sys.executable, "-m", "workbench.run.worker", "--socket", socket_path, "--idle", str(settings.worker_idle() if idle is None else idle), "--pidfile", str(pidfile)]
         if once:
@@ -140,6 +142,7 @@ class Worker:
         )
         log.close()
         worker = cls(popen.pid, socket_path, log_path, popen, reused=False)
+        worker.token = token
         worker.pidfile = procs.pidfile_for(pidfile, popen.pid)  # the worker writes <stem>-<pid>.json
         if wrap:  # the worker is the wrapping tool's child: its pid file carries the child's pid
             worker.pidfile_glob = (pidfile.parent, f"{pidfile.stem}-*.json")
@@ -180,11 +183,13 @@ class Worker:
             return True
 
     def kill(self) -> None:
-        """End the worker and everything in its process group."""
+        """End the worker, everything in its process group, and whatever it started that left
+        the group (a setsid child, a daemon: found by the worker's token in their environment)."""
         try:
             os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+        processes.kill_token(self.token)
         if self.popen is not None:
             try:
                 self.popen.wait(timeout=10)
@@ -323,6 +328,7 @@ def _find_warm(ws: Workspace, socket_path: str) -> Worker | None:
         # Started before wb itself was edited (it would run the old code), or for a workspace
         # since deleted and made again at this path (a fresh clone): replace it.
         stale = Worker(int(reply["pid"]), socket_path, Path(os.devnull), None, reused=False)
+        stale.token = reply.get("token")
         stale.pidfile = procs.pidfile_for(pid_dir(ws) / f"{Path(socket_path).stem}.json", stale.pid)
         stale.kill()
         return None
@@ -336,6 +342,7 @@ def _find_warm(ws: Workspace, socket_path: str) -> Worker | None:
         return None
     log_path = ws.state_dir / "logs" / f"worker-{Path(socket_path).stem}.log"
     worker = Worker(int(reply["pid"]), socket_path, log_path, None, reused=True)
+    worker.token = reply.get("token")
     worker.pidfile = procs.pidfile_for(pid_dir(ws) / f"{Path(socket_path).stem}.json", worker.pid)
     return worker
 

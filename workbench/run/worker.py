@@ -34,7 +34,7 @@ from workbench.errors import UserError
 from workbench.kernels import fixtures as fixture_registry
 from workbench.kernels.registry import forget_stage_modules, load_kernel
 from workbench.kernels.stage import RUN_METHODS, Params, Stage, TensorSpec, torch_dtype
-from workbench.processes import same_process
+from workbench.processes import TOKEN_ENV, kill_token, same_process
 from workbench.run import procs, protocol
 from workbench.run.sanitize import NO_POISON_ENV
 from workbench.text import cut_middle
@@ -469,7 +469,7 @@ def handle(conn: socket.socket) -> bool:
     for message in protocol.receive(conn):
         op = message.get("op")
         if op == "ping":
-            protocol.send(conn, {"type": "pong", "pid": os.getpid(), "code": _CODE_VERSION, "home": _HOME})
+            protocol.send(conn, {"type": "pong", "pid": os.getpid(), "code": _CODE_VERSION, "home": _HOME, "token": os.environ.get(TOKEN_ENV)})
         elif op == "exit":
             return False
         elif op in JOB_TYPES:
@@ -559,6 +559,7 @@ class ParentWatch:
         print(f"[wb-worker {os.getpid()}] {why}: ending the job and the worker", flush=True)
         if _PIDFILE is not None:
             _PIDFILE.update(dying=why)
+        kill_token(os.environ.get(TOKEN_ENV))  # what the job started outside this process group
         if os.getpgrp() == os.getpid():  # the supervisor starts each worker in a session of its own
             os.killpg(os.getpgrp(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -606,7 +607,7 @@ def serve(socket_path: str, idle: float, once: bool, pidfile: str | None, parent
     if pidfile:  # see workbench.run.procs: one file per process, with its start time
         _PIDFILE = procs.PidFile(
             procs.pidfile_for(pidfile, os.getpid()), "once-worker" if once else "warm-worker",
-            socket=socket_path, idle=idle, parent=parent,
+            socket=socket_path, idle=idle, parent=parent, token=os.environ.get(TOKEN_ENV),
         )
     watch_parent = once and parent is not None and parent.get("starttime") is not None
     try:
