@@ -696,17 +696,13 @@ def _escaping_stage(toy_ws: Path) -> Path:
     return toy_ws / "escaped.pids"
 
 
-@pytest.mark.parametrize("how", [
-    "hang", "wb-kill", "wb-killed-under-a-warm-worker",
-    # the worker that wb started dies by the kernel's parent-death SIGKILL, with no one left to
-    # sweep its group or its token (its plain children outlive it too): a known gap
-    pytest.param("wb-killed", marks=pytest.mark.xfail(strict=True, reason="the parent-death SIGKILL leaves no one to sweep")),
-])
+@pytest.mark.parametrize("how", ["hang", "wb-kill", "wb-killed", "wb-killed-under-a-warm-worker"])
 def test_what_a_job_started_outside_the_workers_process_group_ends_with_the_worker(toy_ws, wb, how):
     """Killing the worker's process group left a stage's setsid child or forked daemon running
     (on a GPU, holding its memory): the worker's token in their environment finds them on every
-    path where wb or the worker kills a worker: a HANG (and Ctrl-C, the same kill), `wb kill`, and
-    the wb of a job on a warm worker killed (the worker sees the hang-up and ends itself)."""
+    path where a worker ends abnormally: a HANG (and Ctrl-C, the same kill), `wb kill`, the wb
+    of the job killed (the worker it started dies by the parent-death SIGKILL: its sentinel
+    sweeps), and the wb of a job on a warm worker killed (the worker sees the hang-up)."""
     ws = Workspace(toy_ws)
     pids_file = _escaping_stage(toy_ws)
     escaped: list[int] = []
@@ -737,3 +733,47 @@ def test_what_a_job_started_outside_the_workers_process_group_ends_with_the_work
         if proc is not None and proc.poll() is None:
             proc.kill()
         procs.kill(ws, everything=True)
+
+
+def test_a_worker_that_exits_by_itself_stands_its_sentinel_down(toy_ws, wb):
+    """Each worker starts a sentinel (workbench/run/sentinel.py) that sweeps after a worker that
+    dies; a worker that ends normally (here a one-run worker after its job) ends its sentinel
+    first: what the job left running on purpose stays, and no sentinel is left behind."""
+    stage = toy_ws / "stages" / "toy" / "stage_a.py"
+    text = stage.read_text()
+    plain = '        bug = compiled\n'
+    assert plain in text
+    stage.write_text(text.replace(plain, plain + (
+        '        import subprocess, sys\n'
+        '        from pathlib import Path\n'
+        '        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)\n'
+        '        Path("left.pid").write_text(str(child.pid))\n'
+    )))
+    child = None
+    try:
+        ran = wb("run", "a", "--fresh", "--json")
+        assert ran.returncode == 0, ran.stderr
+        child = int((toy_ws / "left.pid").read_text())
+        run_id = json.loads(ran.stdout)["id"]
+        pid = json.loads((toy_ws / "runs" / run_id / "run.json").read_text())["timing"]["worker_pid"]
+        wait_until(lambda: not alive(pid), timeout=10.0, what="the one-run worker to exit")
+        time.sleep(0.5)  # a sentinel that swept would have by now
+        assert alive(child)
+
+        def sentinels():
+            found = []
+            for name in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if any(a.endswith(b"sentinel.py") for a in argv) and str(pid).encode() in argv and alive(int(name)):
+                    found.append(int(name))
+            return found
+
+        assert sentinels() == []
+    finally:
+        for path in toy_ws.glob("left.pid"):
+            pid_left = int(path.read_text())
+            if alive(pid_left):
+                os.kill(pid_left, signal.SIGKILL)

@@ -59,6 +59,8 @@ def process_age(start_ticks: int) -> float | None:
 #: whatever the worker starts inherits it, forked or exec'd, so its descendants are found after
 #: they left its process group (setsid, a daemon) or lost it as their parent
 TOKEN_ENV = "WB_WORKER_TOKEN"
+#: set for a worker under a wrapping tool: it starts no sentinel (workbench/run/sentinel.py)
+NO_SENTINEL_ENV = "WB_NO_SENTINEL"
 
 
 def new_token() -> str:

@@ -128,6 +128,8 @@ class Worker:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
         env.setdefault("PYTHONUNBUFFERED", "1")
         env[processes.TOKEN_ENV] = token = processes.new_token()
+        if wrap:
+            env[processes.NO_SENTINEL_ENV] = "1"
         pidfile = pid_dir(ws) / f"{Path(socket_path).stem}.json"
         args = [sys.executable, "-m", "workbench.run.worker", "--socket", socket_path, "--idle", str(settings.worker_idle() if idle is None else idle), "--pidfile", str(pidfile)]
         if once:

@@ -34,7 +34,7 @@ from workbench.errors import UserError
 from workbench.kernels import fixtures as fixture_registry
 from workbench.kernels.registry import forget_stage_modules, load_kernel
 from workbench.kernels.stage import RUN_METHODS, Params, Stage, TensorSpec, torch_dtype
-from workbench.processes import TOKEN_ENV, kill_token, same_process
+from workbench.processes import NO_SENTINEL_ENV, TOKEN_ENV, kill_token, same_process
 from workbench.run import procs, protocol
 from workbench.run.sanitize import NO_POISON_ENV
 from workbench.text import cut_middle
@@ -610,6 +610,7 @@ def serve(socket_path: str, idle: float, once: bool, pidfile: str | None, parent
             socket=socket_path, idle=idle, parent=parent, token=os.environ.get(TOKEN_ENV),
         )
     watch_parent = once and parent is not None and parent.get("starttime") is not None
+    sentinel = _start_sentinel()
     try:
         _preload()
         idle_since = time.monotonic()
@@ -635,6 +636,9 @@ def serve(socket_path: str, idle: float, once: bool, pidfile: str | None, parent
             if _PIDFILE is not None:
                 _PIDFILE.update(last_active=time.time())
     finally:
+        if sentinel is not None:  # a normal exit: nothing to sweep
+            sentinel.kill()
+            sentinel.wait()
         server.close()
         if _PIDFILE is not None:
             _PIDFILE.remove()
@@ -643,6 +647,25 @@ def serve(socket_path: str, idle: float, once: bool, pidfile: str | None, parent
                 os.unlink(socket_path)
         except FileNotFoundError:
             pass
+
+
+def _start_sentinel():
+    """The worker's sentinel (run/sentinel.py, a session of its own): it ends this process group
+    and what carries the worker's token should the worker die without doing so (the
+    parent-death SIGKILL, the OOM killer). None without a token or pidfds (not Linux >= 5.3), and under a
+    wrapping tool (compute-sanitizer, ncu: they follow child processes into their logs)."""
+    import subprocess
+
+    token = os.environ.get(TOKEN_ENV)
+    if not token or not hasattr(os, "pidfd_open") or os.environ.get(NO_SENTINEL_ENV):
+        return None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-I", "-S", str(Path(__file__).with_name("sentinel.py")), str(os.getpid()), token],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None, close_fds=True, start_new_session=True,
+        )
+    except OSError:
+        return None
 
 
 def _preload() -> None:
