@@ -744,6 +744,24 @@ def test_an_out_under_a_file_is_refused_before_compiling(tmp_path):
     check_out(Workspace(tmp_path / "ws"), tmp_path / "new" / "pkg", force=False)  # folders to be made: fine
 
 
+def test_an_out_that_is_a_link_or_a_file_is_refused_saying_which(tmp_path):
+    """A symbolic link to a folder (/proc/self, a link made by hand) was refused as "exists and
+    is not a folder", which it is; the refusal names the link."""
+    from workbench.errors import UserError
+    from workbench.export.build import check_out
+    from workbench.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UserError, match="link is a symbolic link: wb does not write an export through one"):
+        check_out(ws, tmp_path / "link", force=True)
+    with pytest.raises(UserError, match="a-file exists and is not a folder"):
+        check_out(ws, tmp_path / "a-file", force=True)
+
+
 @pytest.mark.parametrize("line", ['raise RuntimeError("half written")', 'import sys; sys.exit("not ready")'])
 def test_a_stage_module_that_fails_to_import_is_one_line(toy_ws, line):
     """`wb export` imported the stage in wb's own process: a stage module that raised on import

@@ -320,7 +320,9 @@ def check_out(ws, out: Path, force: bool, cwd: Path | None = None) -> None:
         if above is not None and not above.is_dir():
             raise UserError(f"--out {out}: {above} is not a folder, so the export cannot go under it")
         return
-    if not out.is_dir() or out.is_symlink():
+    if out.is_symlink():  # --force replaces what is in --out: never through a link
+        raise UserError(f"--out {out} is a symbolic link: wb does not write an export through one, choose a folder of its own")
+    if not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder: choose another path")
     entries = sorted(out.iterdir())
     if not entries:
