@@ -745,20 +745,19 @@ def test_a_worker_that_exits_by_itself_stands_its_sentinel_down(toy_ws, wb):
     assert plain in text
     stage.write_text(text.replace(plain, plain + (
         '        import subprocess, sys\n'
-        '        from pathlib import Path\n'
         '        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)\n'
-        '        Path("left.pid").write_text(str(child.pid))\n'
+        '        with open("left.pids", "a") as f:\n'
+        '            f.write(f"{child.pid}\\n")\n'
     )))
-    child = None
     try:
         ran = wb("run", "a", "--fresh", "--json")
         assert ran.returncode == 0, ran.stderr
-        child = int((toy_ws / "left.pid").read_text())
+        children = [int(x) for x in (toy_ws / "left.pids").read_text().split()]  # one per fixture launched
         run_id = json.loads(ran.stdout)["id"]
         pid = json.loads((toy_ws / "runs" / run_id / "run.json").read_text())["timing"]["worker_pid"]
         wait_until(lambda: not alive(pid), timeout=10.0, what="the one-run worker to exit")
         time.sleep(0.5)  # a sentinel that swept would have by now
-        assert alive(child)
+        assert children and all(alive(child) for child in children)
 
         def sentinels():
             found = []
@@ -773,7 +772,7 @@ def test_a_worker_that_exits_by_itself_stands_its_sentinel_down(toy_ws, wb):
 
         assert sentinels() == []
     finally:
-        for path in toy_ws.glob("left.pid"):
-            pid_left = int(path.read_text())
-            if alive(pid_left):
-                os.kill(pid_left, signal.SIGKILL)
+        for path in toy_ws.glob("left.pids"):
+            for pid_left in map(int, path.read_text().split()):
+                if alive(pid_left):
+                    os.kill(pid_left, signal.SIGKILL)
