@@ -776,3 +776,34 @@ def test_a_worker_that_exits_by_itself_stands_its_sentinel_down(toy_ws, wb):
             for pid_left in map(int, path.read_text().split()):
                 if alive(pid_left):
                     os.kill(pid_left, signal.SIGKILL)
+
+
+def test_thousands_of_pid_files_are_counted_not_drawn_and_running_processes_come_first(toy_ws, wb):
+    """`wb ps --all` over 20k pid files of processes on other hosts took 40 s, nearly all of it
+    drawing the table: past its first rows (the running processes first) the rest is counted by
+    state, and `--json` still lists every one."""
+    from workbench.cli.hosts import PS_ROWS
+
+    pids = procs.pid_dir(Workspace(toy_ws))
+    pids.mkdir(parents=True, exist_ok=True)
+    extra = PS_ROWS + 5
+    for i in range(extra):
+        pid = 4_000_000 + i
+        path = pids / f"w-{pid}.json"
+        path.write_text(json.dumps({
+            "pid": pid, "pgid": pid, "kind": "warm-worker", "host": "another-host", "boot_id": processes.boot_id(),
+            "starttime": 1, "started": time.time(), "last_active": time.time(), "argv": ["python"],
+            "cuda_visible_devices": None, "path": str(path), "job": None,
+        }))
+    live = spawn_with_pidfile(toy_ws)
+    try:
+        shown = wb("ps", "--all")
+        assert shown.returncode == 0, shown.stderr
+        rows = [line for line in shown.stdout.splitlines() if line.startswith("│")]
+        assert len(rows) == PS_ROWS
+        assert str(live.pid) in rows[0]  # the running process before the pid files of other hosts
+        assert "6 more not shown (foreign 6): `wb ps --all --json` lists every one" in shown.stdout
+        assert len(json.loads(wb("ps", "--all", "--json").stdout)) == extra + 1
+    finally:
+        live.kill()
+        reap(live)

@@ -83,6 +83,10 @@ def _list_of_rows(host: str, command: str, data) -> list[dict]:
     return data
 
 
+PS_ROWS = 200  # rows of `wb ps` drawn as a table; the rest are counted by state
+_NOT_RUNNING = ("gone", "foreign", "reused")
+
+
 def _render_procs(rows: list[dict], title: str | None = None) -> None:
     from workbench import terminal
     from workbench.terminal import console, escape, fmt
@@ -91,6 +95,11 @@ def _render_procs(rows: list[dict], title: str | None = None) -> None:
         console.print("no wb worker processes" + (f" on {title}" if title else ""))
         return
     style = {"orphan": "bold red", "busy": "yellow", "idle": "green", "running": "yellow"}
+    # a table of thousands of pid files takes rich seconds per thousand rows and helps no one:
+    # the processes that run come first, the rest is counted
+    rows = sorted(rows, key=lambda r: r.get("state") in _NOT_RUNNING)
+    hidden = rows[PS_ROWS:]
+    rows = rows[:PS_ROWS]
 
     def text(value, missing: str = "-") -> str:  # (a remote host's rows come from another wb)
         return escape(str(value)) if value not in (None, "") else missing
@@ -106,6 +115,12 @@ def _render_procs(rows: list[dict], title: str | None = None) -> None:
             text(r.get("cuda_visible_devices")), text(fmt(r.get("gpu_mib"))), text(r.get("run")), text(r.get("note"), ""),
         ])
     console.print(terminal.table(title, ["pid", "kind", "state", "age", "GPUs", "GPU MiB", "run", "note"], table_rows))
+    if hidden:
+        counts: dict[str, int] = {}
+        for r in hidden:
+            counts[str(r.get("state"))] = counts.get(str(r.get("state")), 0) + 1
+        shown = ", ".join(f"{escape(k)} {n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        console.print(f"[dim]{len(hidden)} more not shown ({shown}): `wb ps --all --json` lists every one[/]")
     if any(r.get("state") == "orphan" for r in rows):
         console.print("[dim]orphans: `wb kill` ends them (only processes whose pid file matches)[/]")
 
