@@ -69,6 +69,11 @@ def new_token() -> str:
     return uuid.uuid4().hex
 
 
+def _needle(token: str) -> bytes:
+    """``TOKEN_ENV=token`` as one whole entry of /proc/PID/environ."""
+    return b"\0" + f"{TOKEN_ENV}={token}".encode() + b"\0"
+
+
 def _carries(pid: int, needle: bytes) -> bool:
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
@@ -81,7 +86,7 @@ def _carries(pid: int, needle: bytes) -> bool:
 def with_token(token: str) -> list[int]:
     """Live processes other than this one whose environment carries ``TOKEN_ENV=token``
     (processes of other users, whose environment cannot be read, are not seen)."""
-    needle = b"\0" + f"{TOKEN_ENV}={token}".encode() + b"\0"
+    needle = _needle(token)
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -99,7 +104,7 @@ def kill_token(token: str | None, sig: int | None = None) -> int:
     if not token:
         return 0
     sig = signal.SIGKILL if sig is None else sig
-    needle = b"\0" + f"{TOKEN_ENV}={token}".encode() + b"\0"
+    needle = _needle(token)
     hit: set[int] = set()
     for _ in range(3):
         pids = [pid for pid in with_token(token) if pid not in hit]

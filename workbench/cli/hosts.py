@@ -116,10 +116,10 @@ def _render_procs(rows: list[dict], title: str | None = None) -> None:
         ])
     console.print(terminal.table(title, ["pid", "kind", "state", "age", "GPUs", "GPU MiB", "run", "note"], table_rows))
     if hidden:
-        counts: dict[str, int] = {}
-        for r in hidden:
-            counts[str(r.get("state"))] = counts.get(str(r.get("state")), 0) + 1
-        shown = ", ".join(f"{escape(k)} {n}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        from collections import Counter
+
+        counts = Counter(str(r.get("state")) for r in hidden)
+        shown = ", ".join(f"{escape(k)} {n}" for k, n in counts.most_common())
         console.print(f"[dim]{len(hidden)} more not shown ({shown}): `wb ps --all --json` lists every one[/]")
     if any(r.get("state") == "orphan" for r in rows):
         console.print("[dim]orphans: `wb kill` ends them (only processes whose pid file matches)[/]")
