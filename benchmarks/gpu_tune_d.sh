@@ -782,6 +782,24 @@ d64split)
   timeout 80 wb bench d -p d=64 -p m=4096 -p n=4096 -p batch=1 -p heads=7 -p causal=false -p dtype=bf16,fp16 -V persistent=dynamic \
     --peers "" --timeout 70 | table_rows 170 "dynamic"
   ;;
+fewwaves)
+  # the dynamic scheduler and its split-KV tail at the head dims whose default is not dynamic
+  # (64: round robin, 192: round robin, 256: one CTA per tile): round 17 found dynamic a wash at
+  # s = 8192; round 20 found +37 % at d = 64 with 1.17 waves and -3 % at 23 waves (s = 1024)
+  step "sweep d=192/256 non-causal, persistent=dynamic (split auto): batch 1, 5 heads, m 4096 (160 tiles), n 17/1000/4100/9000, both dtypes (16 cases)"
+  timeout 170 wb sweep d -p m=4096 --n 17,1000,4100,9000 --d 192,256 --dtype bf16,fp16 -p heads=5 -p kv_heads=5 -p batch=1 \
+    -p causal=false -V persistent=dynamic --timeout 40 | sweep_verdicts
+  step "d=192/256 s=8192 non-causal both dtypes: default with FA4, then dynamic"
+  timeout 100 wb bench d -p d=192,256 -p n=8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 90 | table_rows 170
+  timeout 100 wb bench d -p d=192,256 -p n=8192 -p causal=false -p dtype=bf16,fp16 -V persistent=dynamic --peers "" --timeout 90 \
+    | table_rows 150 "dynamic"
+  for hd in "-p d=192,256 -p heads=5" "-p d=64 -p heads=7,16,32"; do
+    step "few waves, batch 1, m=n=4096, $hd, bf16: default with FA4, then dynamic"
+    timeout 70 wb bench d $hd -p m=4096 -p n=4096 -p batch=1 -p causal=false -p dtype=bf16 --peers fa4 --timeout 60 | table_rows 170
+    timeout 70 wb bench d $hd -p m=4096 -p n=4096 -p batch=1 -p causal=false -p dtype=bf16 -V persistent=dynamic --peers "" \
+      --timeout 60 | table_rows 170 "dynamic"
+  done
+  ;;
 near)
   # the cells nearest their goal, each the median of fresh processes (a peer's level moves
   # between processes): d = 64 s = 1024 against cuDNN, d = 96 s = 8192 and d = 128 s = 4096
@@ -880,6 +898,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
