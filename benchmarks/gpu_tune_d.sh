@@ -789,6 +789,9 @@ fewwaves)
   step "sweep d=192/256 non-causal, persistent=dynamic (split auto): batch 1, 5 heads, m 4096 (160 tiles), n 17/1000/4100/9000, both dtypes (16 cases)"
   timeout 170 wb sweep d -p m=4096 --n 17,1000,4100,9000 --d 192,256 --dtype bf16,fp16 -p heads=5 -p kv_heads=5 -p batch=1 \
     -p causal=false -V persistent=dynamic --timeout 40 | sweep_verdicts
+  step "sweep d=192/256 non-causal, persistent=dynamic: n 1000/8200, GQA, softcap 0/30 (8 cases)"
+  timeout 120 wb sweep d --n 1000,8200 --d 192,256 --dtype bf16 -p causal=false -p kv_heads=2 -p softcap=0,30 \
+    -V persistent=dynamic --timeout 40 | sweep_verdicts
   step "d=192/256 s=8192 non-causal both dtypes: default with FA4, then dynamic"
   timeout 100 wb bench d -p d=192,256 -p n=8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 90 | table_rows 170
   timeout 100 wb bench d -p d=192,256 -p n=8192 -p causal=false -p dtype=bf16,fp16 -V persistent=dynamic --peers "" --timeout 90 \
