@@ -40,6 +40,23 @@ def test_the_plan_cuts_only_where_the_last_wave_gains(tiles, grid, n_blocks, k):
         assert split_kv.split_cost(tail, k, grid, n_blocks) < split_kv.whole_cost(n_blocks)
 
 
+def test_split_tail_few_cuts_only_launches_of_few_waves():
+    # d = 64 s = 1024: 3072 192-row tiles on 132 CTAs (23 waves, 36 left) of 8 KV tiles each: the
+    # model cuts them in 3, which lost 3 % on an H100; under `few` that launch cuts nothing and
+    # asks for no workspace, while batch 1 with 7 heads (154 tiles, 1.2 waves) cuts as before
+    slot_d64 = split_kv.slot_words(32, 2)
+    few = split_kv.FEW_WAVES
+    assert split_kv.pieces_for(3072, 132, 8, BIG, 3, slot_d64) == 3
+    assert split_kv.pieces_for(3072, 132, 8, BIG, 3, slot_d64, few) == 1
+    assert split_kv.workspace_words(3072, 132, 8, 3, slot_d64, few) == split_kv.COUNTERS
+    assert split_kv.pieces_for(154, 132, 32, BIG, 3, slot_d64, few) == split_kv.pieces_for(154, 132, 32, BIG, 3, slot_d64) == 4
+    # the limit: the same 36-tile tail after FEW_WAVES - 1 whole waves still cuts, after
+    # FEW_WAVES not
+    below, at = (few - 1) * 132 + 36, few * 132 + 36
+    assert split_kv.pieces_for(below, 132, 32, BIG, 3, slot_d64, few) == split_kv.pieces_for(below, 132, 32, BIG, 3, slot_d64) > 1
+    assert split_kv.pieces_for(at, 132, 32, BIG, 3, slot_d64) > 1 and split_kv.pieces_for(at, 132, 32, BIG, 3, slot_d64, few) == 1
+
+
 def test_a_short_workspace_means_no_cut():
     need = split_kv.workspace_words(2048, 132, 32, 2, SLOT_D128)
     assert split_kv.pieces_for(2048, 132, 32, need, 2, SLOT_D128) == 3

@@ -105,6 +105,7 @@ class FmhaForwardBase:
     p_smem = False
     # stage D's split-KV tail (split_kv): a flag word per consumer WG after the tile-id ring
     split_tail = False
+    split_max_waves = 0
     # stage C's bug-injection hooks of ``consume_tile`` (FmhaOnline sets them per instance)
     rescale = True
     bug = "none"

@@ -61,6 +61,7 @@ class Compiled:
     bottom_right: bool = False  # stage D varlen: the mask's alignment (the tile table's causal work)
     split_tail: bool = False  # stage D: the split-KV tail's workspace follows the tile counters
     split_slot: int = 0  # stage D: fp32 words of one partial's slot (FmhaForward.split_slot_words)
+    split_max_waves: int = 0  # stage D split_tail=few: launches of this many waves or more cut nothing
     tile_n: int = 128  # stage D: keys per KV tile of ``fn`` (the split-KV tail's cost model)
 
     def for_shape(self, m: int, n: int):

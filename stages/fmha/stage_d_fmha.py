@@ -382,18 +382,20 @@ class FmhaForward(FmhaForwardBase):
         # scheduler hands out the pieces; fixed-length, no causal mask or window). auto: on wherever
         # it can be (H100, batch 1 at s = 4096: d = 128 with 5 heads and d = 96 with 7 +33 %; +-0.5 %
         # on DESIGN.md's shapes; perf-notes round 18); never in the trace (its buffer is laid out
-        # per CTA, not as the workspace)
-        if split_tail not in ("auto", "off", "on"):
-            raise ValueError(f"split_tail must be auto, off or on, not {split_tail}")
+        # per CTA, not as the workspace); few: on, but a launch of split_kv.FEW_WAVES waves or more
+        # cuts nothing
+        if split_tail not in ("auto", "off", "on", "few"):
+            raise ValueError(f"split_tail must be auto, off, on or few, not {split_tail}")
         why = [
             reason for reason, bad in (
                 ("persistent=dynamic", not self.dynamic), ("no causal mask or window", self.mask.upper or self.mask.lower),
                 ("fixed lengths (not varlen)", varlen), ("no paged KV", page_size), ("row_sum=fp32", self.rounded_sum),
             ) if bad
         ]
-        if split_tail == "on" and why:
-            raise ValueError("split_tail=on needs " + ", ".join(why))
+        if split_tail in ("on", "few") and why:
+            raise ValueError(f"split_tail={split_tail} needs " + ", ".join(why))
         self.split_tail = split_tail != "off" and not why and not trace
+        self.split_max_waves = split_kv.FEW_WAVES if split_tail == "few" else 0
 
     def __str__(self) -> str:
         # the DSL names a kernel after str(self) and its arguments: with the tile shape in it,
@@ -502,7 +504,7 @@ class FmhaForward(FmhaForwardBase):
             # the last wave's tiles in pieces where the cost model gains and mTileCounter has room
             plan = partial(
                 split_kv.plan, n_blocks=(mK.shape[0] + (self.tile_n - 1)) // self.tile_n, capacity=cute.size(mTileCounter),
-                wgs=self.num_consumer_wg, slot=self.split_slot_words(),
+                wgs=self.num_consumer_wg, slot=self.split_slot_words(), max_waves=self.split_max_waves,
             )
             sched = ts.make_tile_scheduler(self, mQ, mK, mTileCounter, tile_pipe, tile_ids, split=plan)
         else:
@@ -1514,7 +1516,8 @@ def split_words(compiled, q, n: int, n_sms: int) -> int:
     tiles = -(-m // compiled.tile_m) * h * b
     long = compiled.long
     tile_n = long.kv_tile if long is not None and long.serves(m, n) and long.kv_tile else compiled.tile_n
-    return split_kv.workspace_words(tiles, min(tiles, n_sms), -(-n // tile_n), compiled.tile_m // geometry.WG_ROWS, compiled.split_slot)
+    return split_kv.workspace_words(tiles, min(tiles, n_sms), -(-n // tile_n), compiled.tile_m // geometry.WG_ROWS, compiled.split_slot,
+                                    getattr(compiled, "split_max_waves", 0))
 
 
 def kernel_options(variants: Mapping[str, str]) -> dict:
@@ -1810,7 +1813,8 @@ class StageD(Stage):
             fn=fn, d=p.d, heads=p.heads, kv_heads=p.kv_heads, causal=kernel.causal, p_check=kernel.p_check,
             compile_s=time.perf_counter() - t0, varlen=kernel.varlen, page_size=kernel.page_size,
             fn_long=fn_long, long=long, tile_m=kernel.tile_m, bottom_right=mask_params(p)["align"] == "bottom_right",
-            split_tail=kernel.split_tail, split_slot=kernel.split_slot_words(), tile_n=kernel.tile_n,
+            split_tail=kernel.split_tail, split_slot=kernel.split_slot_words(), split_max_waves=kernel.split_max_waves,
+            tile_n=kernel.tile_n,
         )
 
     @staticmethod
