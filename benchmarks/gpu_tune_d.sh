@@ -846,6 +846,20 @@ waves)
   timeout 120 wb sweep d -p m=4096 --n 17,1000,4100,9000 --d 192,256 --dtype bf16 -p heads=5 -p kv_heads=5 -p batch=1 \
     -p causal=false $F --timeout 40 | sweep_verdicts
   ;;
+export256)
+  # d = 192 and 256 non-causal are dynamic with split_tail=few by default (round 21): the exported
+  # op of each, its fixtures at batch 1 with 5 heads, m = n = 4096 (160 tiles: cut), against the
+  # in-tree kernel; then the defaults' sweep at that shape and with tails
+  for hd in 192 256; do
+    step "export d=$hd non-causal (5 heads), its fixtures through the op at m=n=4096 (160 tiles: cut)"
+    rm -rf /tmp/xs && timeout 200 wb export d -p d=$hd -p heads=5 -p kv_heads=5 -p causal=false --allow-unverified --out /tmp/xs/pkg >/dev/null \
+      && timeout 120 wb run d --d $hd -p heads=5 -p kv_heads=5 -p batch=1 -p m=4096 --n 4096 -p causal=false --exported /tmp/xs/pkg 2>&1 | tail -3
+  done
+  step "sweep d=192/256 defaults non-causal: batch 1, 5 heads, m 4096, n 1000/4100, fp16; n 17/8200 bf16 GQA"
+  timeout 120 wb sweep d -p m=4096 --n 1000,4100 --d 192,256 --dtype fp16 -p heads=5 -p kv_heads=5 -p batch=1 -p causal=false \
+    --timeout 40 | sweep_verdicts
+  timeout 120 wb sweep d --n 17,8200 --d 192,256 --dtype bf16 -p causal=false -p kv_heads=2 --timeout 40 | sweep_verdicts
+  ;;
 near)
   # the cells nearest their goal, each the median of fresh processes (a peer's level moves
   # between processes): d = 64 s = 1024 against cuDNN, d = 96 s = 8192 and d = 128 s = 4096
@@ -944,6 +958,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|d64few|waves|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|d64few|waves|export256|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done

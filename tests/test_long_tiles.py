@@ -189,24 +189,25 @@ def test_the_exported_op_launches_the_long_kernel_from_min_m_rows_and_min_n_keys
 
 
 @pytest.mark.parametrize(
-    "d, causal, m, n, given, expected, note",
+    "d, causal, windowed, m, n, given, expected, note",
     [
         # the long kernel where it serves m and n, as the launch picks it
-        (128, False, 8192, 8192, {}, {"consumers": "2", "kv_tile": "176", "o_staging": "q"}, ""),
-        (128, False, 4096, 4096, {}, {}, ""),
-        (64, True, 4096, 4096, {}, {"consumers": "3"}, ""),
-        (64, True, 1024, 1024, {}, {}, ""),
-        # a default that is not persistent: its persistent twin, said so
-        (256, False, 1024, 1024, {}, {"persistent": "on"}, "persistent=on"),
-        (256, False, 8192, 8192, {}, {"persistent": "on"}, "persistent=on"),
-        (96, False, 8192, 8192, {}, {}, ""),  # dynamic since round 17: persistent
-        (96, True, 8192, 8192, {}, {"consumers": "3", "kv_tile": "144", "o_staging": "q"}, ""),  # dynamic: persistent
+        (128, False, False, 8192, 8192, {}, {"consumers": "2", "kv_tile": "176", "o_staging": "q"}, ""),
+        (128, False, False, 4096, 4096, {}, {}, ""),
+        (64, True, False, 4096, 4096, {}, {"consumers": "3"}, ""),
+        (64, True, False, 1024, 1024, {}, {}, ""),
+        # a default that is not persistent (d = 256 with a window): its persistent twin, said so
+        (256, False, True, 1024, 1024, {}, {"persistent": "on"}, "persistent=on"),
+        (256, False, True, 8192, 8192, {}, {"persistent": "on"}, "persistent=on"),
+        (256, False, False, 8192, 8192, {}, {}, ""),  # dynamic without a window since round 21
+        (96, False, False, 8192, 8192, {}, {}, ""),  # dynamic since round 17: persistent
+        (96, True, False, 8192, 8192, {}, {"consumers": "3", "kv_tile": "144", "o_staging": "q"}, ""),  # dynamic: persistent
         # an explicit choice of the user's stays
-        (128, False, 8192, 8192, {"kv_tile": "128"}, {"kv_tile": "128"}, ""),
-        (96, False, 8192, 8192, {"persistent": "dynamic"}, {"persistent": "dynamic"}, ""),
+        (128, False, False, 8192, 8192, {"kv_tile": "128"}, {"kv_tile": "128"}, ""),
+        (96, False, False, 8192, 8192, {"persistent": "dynamic"}, {"persistent": "dynamic"}, ""),
     ],
 )
-def test_the_trace_follows_the_kernel_a_launch_runs_and_makes_it_persistent(d, causal, m, n, given, expected, note):
+def test_the_trace_follows_the_kernel_a_launch_runs_and_makes_it_persistent(d, causal, windowed, m, n, given, expected, note):
     """`wb run --trace` and benchmarks/trace_tiles.py trace the kernel a launch of m rows and n
     keys runs (a trace of d = 128 s = 8192 once showed the 128 x 128 kernel, not the 128 x 176
     one the bench times), and its persistent twin where the default is one CTA per tile: the
@@ -214,7 +215,7 @@ def test_the_trace_follows_the_kernel_a_launch_runs_and_makes_it_persistent(d, c
     (one per tile, its default then) wrote past it (an illegal address on an H100)."""
     from stages.fmha import stage_d_fmha as sd
 
-    chosen, said = sd.traced_variants(d, causal, False, given, m, n)
+    chosen, said = sd.traced_variants(d, causal, windowed, given, m, n)
     assert chosen == expected
     assert said.startswith(note) and bool(said) == bool(note)
 

@@ -43,6 +43,7 @@ def test_stage_d_defaults_follow_the_measurements():
     K released early and O rescaled at the step's end."""
     import yaml
 
+    from stages.fmha import split_kv
     from stages.fmha.stage_d_fmha import StageD, kernel_options
     from workbench.errors import UserError
 
@@ -55,8 +56,8 @@ def test_stage_d_defaults_follow_the_measurements():
     with pytest.raises(UserError, match="schedule=fast"):
         kernel_options({"schedule": "fast"})
 
-    def kernel(d, causal, **variants):
-        p = _params(m=100, n=100, d=d, dtype="bf16", batch=1, heads=2, kv_heads=1, causal=causal)
+    def kernel(d, causal, params=None, **variants):
+        p = _params(m=100, n=100, d=d, dtype="bf16", batch=1, heads=2, kv_heads=1, causal=causal, **(params or {}))
         return StageD().make_kernel(p, variants)
 
     k = kernel(128, False)
@@ -68,9 +69,9 @@ def test_stage_d_defaults_follow_the_measurements():
     assert (k.persistent, k.dynamic) == (False, False)
     # d = 128 non-causal: the global counter too (H100 +0.3-1.3 % over round robin, round 16)
     # d = 96 non-causal: the global counter against one CTA per tile, fp16 +2-4 % (round 17)
-    assert [kernel(d, False).dynamic for d in (64, 96, 128, 192, 256)] == [False, True, True, False, False]
-    # d = 256 non-causal: one CTA per tile (persistent=off measured faster there)
-    assert [kernel(d, False).persistent for d in (64, 96, 128, 192, 256)] == [True, True, True, True, False]
+    # d = 192 and 256 non-causal: the global counter for the split tail's few-wave gain (round 21)
+    assert [kernel(d, False).dynamic for d in (64, 96, 128, 192, 256)] == [False, True, True, True, True]
+    assert all(kernel(d, False).persistent for d in (64, 96, 128, 192, 256))
     assert kernel(96, True).dynamic and kernel(256, False, persistent="on").persistent
     k = kernel(64, False)
     assert (k.schedule, k.num_consumer_wg, k.tile_m, k.num_threads, k.consumer_regs) == ("pingpong", 3, 192, 512, 160)
@@ -87,9 +88,16 @@ def test_stage_d_defaults_follow_the_measurements():
     # one Q slot per consumer WG unless q_buffers=2 (measured no faster: a variant)
     assert (kernel(128, False).q_stages, kernel(64, False).q_stages) == (2, 3)
     assert kernel(64, False, q_buffers="2").q_stages == 6
-    # the split-KV tail wherever the kernel is dynamic, non-causal and fixed-length: d = 96 and 128
-    # non-causal by default (H100: +34 % at d = 128 s = 4096 with 5 heads, batch 1; round 18)
-    assert [kernel(d, False).split_tail for d in (64, 96, 128, 192, 256)] == [False, True, True, False, False]
+    # the split-KV tail wherever the kernel is dynamic, non-causal and fixed-length: d = 96 to 256
+    # non-causal by default (H100: +34 % at d = 128 s = 4096 with 5 heads, batch 1; round 18), cutting
+    # only launches of few waves at d = 192 and 256 (round 21); d = 64 stays round robin
+    assert [kernel(d, False).split_tail for d in (64, 96, 128, 192, 256)] == [False, True, True, True, True]
+    assert [kernel(d, False).split_max_waves for d in (96, 128, 192, 256)] == [0, 0, split_kv.FEW_WAVES, split_kv.FEW_WAVES]
+    # d = 192 and 256 stay as before where the launch is not plain: a window, paged, V narrower than K
+    # (d = 256 then one CTA per tile: persistent=off measured faster there)
+    windowed, paged = kernel(256, False, {"window_left": 300}), kernel(256, False, {"page_size": 16})
+    assert (windowed.persistent, paged.persistent, windowed.split_tail) == (False, False, False)
+    assert not kernel(192, False, {"dv": 128}).dynamic and kernel(192, False, {"page_size": 16}).walk
     assert not kernel(128, True).split_tail and not kernel(128, False, persistent="on").split_tail
     assert kernel(64, False, persistent="dynamic").split_tail and not kernel(128, False, split_tail="off").split_tail
     with pytest.raises(UserError, match="split_tail=on needs persistent=dynamic, no causal mask or window"):

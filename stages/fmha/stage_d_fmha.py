@@ -315,7 +315,8 @@ class FmhaForward(FmhaForwardBase):
         self.kv_load = kv_load
         self.k_release = k_release
         # varlen: dynamic too (its tiles differ in work as much as the sequences in length)
-        persistent = ts.persistence(d, causal, varlen) if persistent is None else persistent
+        plain = not varlen and not int(page_size) and window_left < 0 and window_right < 0 and dv in (None, d)
+        persistent = ts.persistence(d, causal, varlen, plain) if persistent is None else persistent
         self.persistent = persistent != "off"
         self.dynamic = persistent == "dynamic"
         self.lpt = tile_order == "lpt" or (tile_order == "auto" and causal)
@@ -395,7 +396,9 @@ class FmhaForward(FmhaForwardBase):
         if split_tail in ("on", "few") and why:
             raise ValueError(f"split_tail={split_tail} needs " + ", ".join(why))
         self.split_tail = split_tail != "off" and not why and not trace
-        self.split_max_waves = split_kv.FEW_WAVES if split_tail == "few" else 0
+        # auto at d >= 192 is few (H100, s = 8192 within 1 % of the variant off; round 21)
+        few = split_tail == "few" or (split_tail == "auto" and d >= 192)
+        self.split_max_waves = split_kv.FEW_WAVES if few else 0
 
     def __str__(self) -> str:
         # the DSL names a kernel after str(self) and its arguments: with the tile shape in it,
@@ -1566,7 +1569,7 @@ def traced_variants(d: int, causal: bool, windowed: bool, variants: Mapping[str,
     asked = host.variants_of("d", chosen)["persistent"]
     if asked == "off":
         raise UserError("--trace: the trace is laid out per persistent CTA; persistent=off is not traced")
-    if asked == "auto" and ts.persistence(d, causal, False) == "off":
+    if asked == "auto" and ts.persistence(d, causal, False, not windowed) == "off":
         chosen["persistent"] = "on"
         return chosen, "persistent=on: the default, off, has no per-CTA timeline"
     return chosen, ""
