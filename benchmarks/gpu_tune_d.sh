@@ -803,26 +803,8 @@ fewwaves)
       --timeout 60 | table_rows 170 "dynamic"
   done
   ;;
-d64few)
-  # d = 64 non-causal under the dynamic scheduler with split_tail=few: the split-capable kernel
-  # that cuts only launches of fewer than split_kv.FEW_WAVES waves (s = 1024's 23 waves: none)
-  F="-V persistent=dynamic -V split_tail=few"
-  step "sweep d=64 non-causal $F: batch 1, 7 heads, m 4096 (a tail, cut), n 17/1000/4100/9000 bf16; n 1000/1024 fp16 GQA softcap 30 (not cut)"
-  timeout 120 wb sweep d -p m=4096 --n 17,1000,4100,9000 --d 64 --dtype bf16 -p heads=7 -p kv_heads=7 -p batch=1 \
-    -p causal=false $F --timeout 40 | sweep_verdicts
-  timeout 100 wb sweep d --n 1000,1024 --d 64 --dtype fp16 -p causal=false -p kv_heads=2 -p softcap=30 $F --timeout 40 | sweep_verdicts
-  for v in default few; do
-    case $v in default) V=""; peers="sdpa-cudnn";; few) V="$F"; peers="";; esac
-    step "d=64 s=1024 non-causal, both dtypes, $v, ${PROCS:-3} processes"
-    timeout 150 wb bench d -p d=64 -p n=1024 -p causal=false -p dtype=bf16,fp16 $V --peers "$peers" \
-      --processes "${PROCS:-3}" --timeout 40 | table_rows 200 "$v"
-  done
-  step "few waves, batch 1, m=n=4096, d=64, 7/16/32 heads, bf16, $F"
-  timeout 70 wb bench d -p d=64 -p heads=7,16,32 -p m=4096 -p n=4096 -p batch=1 -p causal=false -p dtype=bf16 $F --peers "" \
-    --timeout 60 | table_rows 170 "few"
-  ;;
 waves)
-  # one call of d64few and fewwaves' essentials (the pool lends few machines): split_tail=few at
+  # fewwaves' essentials with split_tail=few in one call (the pool lends few machines): split_tail=few at
   # d = 64 (sweep, s = 1024 over processes, few waves), the dynamic scheduler at d = 192 / 256
   # with few waves (sweep, speed)
   F="-V persistent=dynamic -V split_tail=few"
@@ -958,6 +940,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|d64few|waves|export256|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
