@@ -23,12 +23,13 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
 
 * Work tiles: one per (Q tile of 64 x consumer-WG rows, head, batch), numbered with the
   Q tile fastest or longest-first when causal; ``tile_scheduler`` hands them out, the
-  same scheduler driving the producer warp and the consumer WGs. Persistent (the
-  default, but for d = 256 non-causal: ``tile_scheduler.persistence``): one CTA per SM
-  walks the tiles -- every gridDim-th one (``StaticPersistent``), or the next one from a
-  global counter (``persistent=dynamic``, the default when causal or varlen and at d = 96
-  and 128, ``DynamicCounter``: the producer warp takes it and posts it to the consumers
-  through a 2-slot smem ring) -- so the next tile's K, Q and V loads overlap this tile's
+  same scheduler driving the producer warp and the consumer WGs. Persistent (the default,
+  but for d = 256 non-causal with a window, paging or dv < d: ``tile_scheduler.persistence``):
+  one CTA per SM walks the tiles -- every gridDim-th one (``StaticPersistent``), or the next
+  one from a global counter (``persistent=dynamic``, the default when causal or varlen, at
+  d = 96 and 128, and at d = 192 and 256 without those, ``DynamicCounter``: the producer warp
+  takes it and posts it to the consumers through a 2-slot smem ring) -- so the next tile's K,
+  Q and V loads overlap this tile's
   last PV and epilogue; with ``persistent=off`` (``SingleTile``) each CTA of a 1-D
   grid does one tile. TMA descriptors are built over (seq, d, head, batch) views of the
   tensors, so a box that runs past m (or n) is clipped by TMA at that head's end: loads
