@@ -220,6 +220,22 @@ def test_the_trace_follows_the_kernel_a_launch_runs_and_makes_it_persistent(d, c
     assert said.startswith(note) and bool(said) == bool(note)
 
 
+def test_the_trace_makes_d256_persistent_wherever_its_kernel_would_run_one_cta_per_tile():
+    """d = 256 non-causal is dynamic only where the launch is plain (round 21): with V narrower
+    than K (dv = 128) its default is still one CTA per tile, so the trace must get the
+    persistent twin there, as FmhaForward would build the kernel (a grid of one CTA per tile
+    writes past the trace buffer)."""
+    from stages.fmha import stage_d_fmha as sd
+    from stages.fmha.stage_d_fmha import StageD
+    from workbench.kernels.stage import Params
+
+    chosen, said = sd.traced_variants(256, False, False, {}, 4096, 4096, dv=128)
+    assert chosen == {"persistent": "on"} and said.startswith("persistent=on")
+    p = Params(dict(m=100, n=100, d=256, dv=128, dtype="bf16", batch=1, heads=2, kv_heads=1, causal=False))
+    assert not StageD().make_kernel(p, {}).persistent and StageD().make_kernel(p, chosen).persistent
+    assert sd.traced_variants(256, False, False, {}, 4096, 4096, dv=256) == ({}, "")
+
+
 def test_the_trace_refuses_persistent_off_in_one_line():
     from stages.fmha import stage_d_fmha as sd
     from workbench.errors import UserError

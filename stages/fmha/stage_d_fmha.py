@@ -1557,12 +1557,13 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
     }
 
 
-def traced_variants(d: int, causal: bool, windowed: bool, variants: Mapping[str, str], m: int, n: int) -> tuple[dict, str]:
+def traced_variants(d: int, causal: bool, windowed: bool, variants: Mapping[str, str], m: int, n: int,
+                    dv: int | None = None) -> tuple[dict, str]:
     """The variants of the kernel a fixed-length launch of ``m`` query rows and ``n`` keys
     runs (the long kernel where it serves them), made persistent where that kernel's
     default is not: the trace is laid out per persistent CTA (a grid of one CTA per tile
     would write past its buffer). Returns them and a note when the persistence changed;
-    an explicit ``persistent=off`` is a UserError."""
+    an explicit ``persistent=off`` is a UserError. ``dv``: V's head dim (None: d)."""
     chosen = dict(variants)
     long = geometry.long_kernel(d, causal, windowed, False, False, host.variants_of("d", chosen))
     if long is not None and long.serves(m, n):
@@ -1570,7 +1571,8 @@ def traced_variants(d: int, causal: bool, windowed: bool, variants: Mapping[str,
     asked = host.variants_of("d", chosen)["persistent"]
     if asked == "off":
         raise UserError("--trace: the trace is laid out per persistent CTA; persistent=off is not traced")
-    if asked == "auto" and ts.persistence(d, causal, False, not windowed) == "off":
+    plain = not windowed and dv in (None, d)  # as FmhaForward decides (traces are fixed-length, unpaged)
+    if asked == "auto" and ts.persistence(d, causal, False, plain) == "off":
         chosen["persistent"] = "on"
         return chosen, "persistent=on: the default, off, has no per-CTA timeline"
     return chosen, ""
@@ -1904,7 +1906,7 @@ class StageD(Stage):
         mask = mask_params(p)
         variants, traced_as = traced_variants(
             int(p.d), host.truthy(p.causal), mask["window_left"] >= 0 or mask["window_right"] >= 0, variants,
-            inputs["q"].shape[1], inputs["k"].shape[1],
+            inputs["q"].shape[1], inputs["k"].shape[1], dv=dv_of(p),
         )
         dtype = common.cute_dtype(p.dtype)
         kernel = self.make_kernel(p, variants, trace=True)
