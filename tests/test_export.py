@@ -306,6 +306,34 @@ def _installed_copy(fmha_export, tmp_path) -> Path:
     return site
 
 
+SWAPPED_AFTER_CHECK = """
+import json, os, tempfile, warnings
+warnings.simplefilter("ignore")
+import tvm_ffi
+import wb_fmha
+tempfile.tempdir = private = tempfile.mkdtemp()  # the links the loads make, and only those
+cfg = wb_fmha.CONFIGS[0]
+so = wb_fmha.HERE / cfg["library"]
+wb_fmha.load(cfg)  # the runtime library, and the check's cache warmed the first time
+wb_fmha._functions.clear()
+fd = wb_fmha._intact[str(so)]
+so.write_bytes(so.read_bytes()[:4096])  # after the check: loading this file dies with SIGBUS
+module = wb_fmha._load_module(tvm_ffi, so, fd)
+left = os.listdir(private)
+print(json.dumps({"memfd": fd is not None, "loaded": module[cfg["pieces"]["fn"]["symbol"]] is not None if cfg.get("pieces") else True, "left": left}))
+"""
+
+
+def test_the_bytes_checked_are_the_bytes_loaded(fmha_export, tmp_path):
+    """The package checked lib/<id>.so's size and sha256, then tvm_ffi loaded the file again by
+    its path: a file changed in between (another install, a disk fault) loaded unchecked. The
+    checked bytes now load from a sealed memfd, so the file truncated after the check (which
+    would kill the process in dlopen) does not matter, and no temporary link is left."""
+    site = _installed_copy(fmha_export, tmp_path)
+    out = _run_checks(site, SWAPPED_AFTER_CHECK)
+    assert out == {"memfd": True, "loaded": True, "left": []}, out
+
+
 @pytest.mark.parametrize("damage", ["truncated", "one byte changed", "intact", "exported before checksums"])
 def test_a_damaged_shared_object_is_an_import_error_not_a_bus_error(fmha_export, tmp_path, damage):
     """tvm_ffi.load_module of a truncated lib/<id>.so died with SIGBUS (the user's process, or
