@@ -100,7 +100,7 @@ def test_the_host_sizes_for_the_kernel_it_launches():
 
     q = SimpleNamespace(shape=(4, 4096, 16, 128))
     long = LongKernel(min_n=8192, consumers=2, kv_tile=176, o_staging="q")
-    compiled = SimpleNamespace(split_tail=True, tile_m=128, tile_n=128, split_slot=SLOT_D128, long=long)
+    compiled = SimpleNamespace(split_tail=True, tile_m=128, tile_n=128, split_slot=SLOT_D128, split_max_waves=0, long=long)
     assert split_words(compiled, q, 4096, 132) == split_kv.workspace_words(2048, 132, 32, 2, SLOT_D128)
     q8 = SimpleNamespace(shape=(2, 8192, 16, 128))
     assert split_words(compiled, q8, 8192, 132) == split_kv.workspace_words(2048, 132, 47, 2, SLOT_D128)

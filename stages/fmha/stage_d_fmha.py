@@ -316,8 +316,9 @@ class FmhaForward(FmhaForwardBase):
         self.kv_load = kv_load
         self.k_release = k_release
         # varlen: dynamic too (its tiles differ in work as much as the sequences in length)
-        plain = not varlen and not int(page_size) and window_left < 0 and window_right < 0 and dv in (None, d)
-        persistent = ts.persistence(d, causal, varlen, plain) if persistent is None else persistent
+        if persistent is None:
+            persistent = ts.persistence(d, causal, varlen, windowed=window_left >= 0 or window_right >= 0,
+                                        paged=bool(int(page_size)), dv=dv)
         self.persistent = persistent != "off"
         self.dynamic = persistent == "dynamic"
         self.lpt = tile_order == "lpt" or (tile_order == "auto" and causal)
@@ -1522,7 +1523,7 @@ def split_words(compiled, q, n: int, n_sms: int) -> int:
     long = compiled.long
     tile_n = long.kv_tile if long is not None and long.serves(m, n) and long.kv_tile else compiled.tile_n
     return split_kv.workspace_words(tiles, min(tiles, n_sms), -(-n // tile_n), compiled.tile_m // geometry.WG_ROWS, compiled.split_slot,
-                                    getattr(compiled, "split_max_waves", 0))
+                                    compiled.split_max_waves)
 
 
 def kernel_options(variants: Mapping[str, str]) -> dict:
@@ -1572,8 +1573,7 @@ def traced_variants(d: int, causal: bool, windowed: bool, variants: Mapping[str,
     asked = host.variants_of("d", chosen)["persistent"]
     if asked == "off":
         raise UserError("--trace: the trace is laid out per persistent CTA; persistent=off is not traced")
-    plain = not windowed and dv in (None, d)  # as FmhaForward decides (traces are fixed-length, unpaged)
-    if asked == "auto" and ts.persistence(d, causal, False, plain) == "off":
+    if asked == "auto" and ts.persistence(d, causal, False, windowed=windowed, dv=dv) == "off":  # traces are unpaged
         chosen["persistent"] = "on"
         return chosen, "persistent=on: the default, off, has no per-CTA timeline"
     return chosen, ""

@@ -34,17 +34,19 @@ from cutlass import Int32, const_expr
 L2_PLAN_BYTES = 40 * 1024 * 1024
 
 
-def persistence(d: int, causal: bool, varlen: bool, plain: bool = False) -> str:
+def persistence(d: int, causal: bool, varlen: bool, windowed: bool = False, paged: bool = False,
+                dv: int | None = None) -> str:
     """``persistent=auto``: dynamic when causal or varlen (longest-first tiles taken greedily:
     +7%; causal lost 8-11% with round robin), and for d = 128 and 96 non-causal. H100 against
     round robin at d = 128: +0.3-1.3 % at s = 1024 / 4096 / 8192, both dtypes (round 16); against
     one CTA per tile at d = 96 s = 8192, two rounds: fp16 +4.0 / +1.9 %, bf16 +0.4 / -0.1 %
-    (round 17). d = 192 and 256 non-causal: dynamic where the launch is ``plain`` (fixed
-    length, not paged, no window, V as wide as K), for the split-KV tail it allows (H100, batch
+    (round 17). d = 192 and 256 non-causal: dynamic where the launch is plain (fixed length,
+    not paged, no window, V as wide as K: ``dv`` None or d), for the split-KV tail it allows (H100, batch
     1, 5 heads, s = 4096: +30 / +33 %; s = 8192 within 1 %, round 21). Else on (H200: +3-8%
     non-causal at d = 64 and 128 against off), except d = 256: off (H200, s = 8192: +1.6% twice
     against on). d = 64 stays round robin: its split-capable kernel lost 1.5 % at s = 1024
     (round 21). docs/perf-notes.md has the rounds."""
+    plain = not (varlen or windowed or paged) and dv in (None, d)
     if causal or varlen or d in (96, 128) or (plain and d in (192, 256)):
         return "dynamic"
     return "off" if d == 256 else "on"
