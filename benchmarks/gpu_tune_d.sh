@@ -828,6 +828,28 @@ waves)
   timeout 120 wb sweep d -p m=4096 --n 17,1000,4100,9000 --d 192,256 --dtype bf16 -p heads=5 -p kv_heads=5 -p batch=1 \
     -p causal=false $F --timeout 40 | sweep_verdicts
   ;;
+short)
+  # short_tile=split (stages/fmha/short_tile.py): d = 64 non-causal's last Q tile, whose real rows fit one
+  # WG at m = 1024 and 4096, shared by the three consumer WGs; needs the dynamic scheduler to balance
+  S="-V persistent=dynamic -V short_tile=split"
+  step "tests/test_short_tile_gpu.py (every row written, the whole tile's result, the same bits every launch)"
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_short_tile_gpu.py 2>&1 | tail -15
+  for v in default split dynwhole; do
+    case $v in
+      default) V=""; peers="sdpa-cudnn,fa4";;
+      split) V="$S"; peers="";;
+      dynwhole) V="-V persistent=dynamic -V split_tail=off -V short_tile=whole"; peers="";;
+    esac
+    step "d=64 s=1024/4096 non-causal, both dtypes, $v, ${PROCS:-3} processes"
+    timeout 170 wb bench d -p d=64 -p n=1024,4096 -p causal=false -p dtype=bf16,fp16 $V --peers "$peers" \
+      --processes "${PROCS:-3}" --timeout 50 | table_rows 200 "$v"
+  done
+  step "sweep d=64 non-causal $S: m 17/1000/1024 x n 128/384/1000/4100 bf16; m 4096 fp16 GQA softcap 0/30"
+  timeout 150 wb sweep d --d 64 -p causal=false -p m=17,1000,1024 --n 128,384,1000,4100 --dtype bf16 $S \
+    --timeout 40 | sweep_verdicts
+  timeout 100 wb sweep d --d 64 -p causal=false -p m=4096 --n 4096 --dtype fp16 -p kv_heads=2 -p softcap=0,30 $S \
+    --timeout 40 | sweep_verdicts
+  ;;
 export256)
   # d = 192 and 256 non-causal are dynamic with split_tail=few by default (round 21): the exported
   # op of each, its fixtures at batch 1 with 5 heads, m = n = 4096 (160 tiles: cut), against the

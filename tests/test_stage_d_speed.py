@@ -102,6 +102,17 @@ def test_stage_d_defaults_follow_the_measurements():
     assert kernel(64, False, persistent="dynamic").split_tail and not kernel(128, False, split_tail="off").split_tail
     with pytest.raises(UserError, match="split_tail=on needs persistent=dynamic, no causal mask or window"):
         kernel(64, True, persistent="on", split_tail="on")
+    # the short tile shared by the WGs (short_tile.py): d = 64 non-causal's 3 WGs and 3 ring stages
+    # only, never with the split-KV tail; auto keeps it whole (not measured yet)
+    assert not any(kernel(d, False).short_split for d in (64, 96, 128, 192, 256))
+    shared = kernel(64, False, persistent="dynamic", short_tile="split")
+    assert shared.short_split and not shared.split_tail and shared.kv_stages == shared.num_consumer_wg == 3
+    with pytest.raises(UserError, match="short_tile=split needs 3 consumer WGs"):
+        kernel(128, False, short_tile="split")
+    with pytest.raises(UserError, match="short_tile=split needs no causal mask or window"):
+        kernel(64, False, {"window_left": 300}, short_tile="split")
+    with pytest.raises(UserError, match="split_tail=on needs short_tile=whole"):
+        kernel(64, False, persistent="dynamic", short_tile="split", split_tail="on")
 
 
 D_COMPILES = [
@@ -121,6 +132,7 @@ D_COMPILES = [
     (128, "bf16", True, 4, 2, {"tile_order": "lpt", "o_rescale": "end", "kv_load": "k_ahead"}),
     (128, "bf16", False, 4, 2, {"persistent": "dynamic"}),
     (64, "fp16", False, 4, 2, {"persistent": "dynamic", "split_tail": "on"}),  # 3 WGs' partials
+    (64, "bf16", False, 4, 2, {"persistent": "dynamic", "short_tile": "split"}),  # the WGs share a short tile
     (64, "fp16", True, 4, 4, {"persistent": "off"}),
     (128, "bf16", True, 4, 2, {"softmax": "identity", "schedule": "overlap"}),
     (64, "fp16", False, 2, 1, {"softmax": "identity", "schedule": "pingpong"}),

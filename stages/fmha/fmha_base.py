@@ -34,6 +34,7 @@ from cutlass.cute.nvgpu import OperandMajorMode, cpasync, warpgroup
 from stages.fmha import common
 from stages.fmha import geometry
 from stages.fmha import softmax as sm
+from stages.fmha import short_tile
 from workbench.compile.probe import probe
 
 #: WB_FMHA_TRACE=1 prints the consumer's fragment layouts and the P-conversion proof while
@@ -106,6 +107,8 @@ class FmhaForwardBase:
     # stage D's split-KV tail (split_kv): a flag word per consumer WG after the tile-id ring
     split_tail = False
     split_max_waves = 0
+    # stage D's short tile shared by the consumer WGs (short_tile): a scratch for their partials
+    short_split = False
     # stage C's bug-injection hooks of ``consume_tile`` (FmhaOnline sets them per instance)
     rescale = True
     bug = "none"
@@ -178,6 +181,10 @@ class FmhaForwardBase:
             tiles["sO"] = tile(sO_layout)
         if const_expr(self.p_smem):
             tiles["sP"] = tile(self._sP_layout())
+        if const_expr(self.short_split):
+            tiles["sPart"] = cute.struct.Align[
+                cute.struct.MemRange[cutlass.Float32, short_tile.scratch_floats(self.num_consumer_wg, self.dv)], 16
+            ]
         scheduler = {
             "tile_ids": cute.struct.MemRange[cutlass.Int32, self.tile_id_words()],
             "mbar_tile": cute.struct.MemRange[cutlass.Int64, 4],
@@ -223,8 +230,8 @@ class FmhaForwardBase:
     def _prologue(self, warp_idx: Int32, tma_atoms: tuple, layouts: tuple):
         """A CTA's start: TMA descriptors prefetched, the shared storage, the pipelines
         (``_make_pipelines``, their mbarrier inits fenced and visible CTA-wide before any
-        wait or arrive) and the smem tensors. Returns (pipelines, (sQ, sK, sV, sO, sP)); sP is
-        None unless ``p_smem``."""
+        wait or arrive) and the smem tensors. Returns (pipelines, (sQ, sK, sV, sO, sP, sPart)); sP is
+        None unless ``p_smem``, sPart unless ``short_split``."""
         if warp_idx == 0:
             for atom in tma_atoms:
                 cpasync.prefetch_descriptor(atom)
@@ -279,7 +286,10 @@ class FmhaForwardBase:
         if const_expr(self.p_smem):
             sP_layout = self._sP_layout()
             sP = storage.sP.get_tensor(sP_layout.outer, swizzle=sP_layout.inner)  # (64, tile_n, consumers)
-        return sQ, sK, sV, sO, sP
+        sPart = None
+        if const_expr(self.short_split):
+            sPart = storage.sPart.get_tensor(cute.make_layout(short_tile.scratch_floats(self.num_consumer_wg, self.dv)))
+        return sQ, sK, sV, sO, sP, sPart
 
     # ---- device ------------------------------------------------------------------------
 

@@ -137,7 +137,7 @@ class FmhaOnline(FmhaForwardBase):
         m_block, _, _ = cute.arch.block_idx()
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg_idx = cute.arch.make_warp_uniform(tidx // common.WG_THREADS)
-        (pipeline_q, pipeline_k, pipeline_v), (sQ, sK, sV, sO, _) = self._prologue(
+        (pipeline_q, pipeline_k, pipeline_v), (sQ, sK, sV, sO, _, _) = self._prologue(
             warp_idx, (tma_atom_q, tma_atom_k, tma_atom_v, tma_atom_o), (sQ_layout, sK_layout, sV_layout, sO_layout)
         )
 

@@ -141,6 +141,7 @@ from cutlass.cutlass_dsl import T, dsl_user_op
 from stages.fmha import common, geometry, host, reference
 from stages.fmha import mask as mk
 from stages.fmha import softmax as sm
+from stages.fmha import short_tile as short_tile_mod
 from stages.fmha import split_kv
 from stages.fmha import tile_scheduler as ts
 from stages.fmha import trace as fmha_trace
@@ -167,6 +168,10 @@ REGISTERS = {2: (240, 24), 3: (160, 32)}
 MAX_CONSUMER_WG = max(REGISTERS)
 #: named barrier ids of the pingpong schedule (0: CTA barrier, 1..3: the epilogue's per-WG barrier)
 SCHED_BARRIER_BASE = 1 + MAX_CONSUMER_WG
+#: named barrier id of short_tile=split's meetings of the consumer WGs around the partials' scratch
+SHARED_ROWS_BARRIER = SCHED_BARRIER_BASE + MAX_CONSUMER_WG
+#: short_tile's choices: whole = the short tile as any other, split = its KV tiles shared by the WGs
+SHORT_TILES = ("auto", "whole", "split")
 #: lazy_rescale=on: a row's running max moves only when a tile's exceeds it by more than this
 #: (log2 units, FlashAttention-4's threshold on Blackwell): P stays below 2^8, fine in bf16/fp16
 LAZY_RESCALE_LOG2 = 8.0
@@ -269,6 +274,7 @@ class FmhaForward(FmhaForwardBase):
         paged_bug: str = "none",
         dv: int | None = None,
         split_tail: str = "auto",
+        short_tile: str = "auto",
     ):
         # What ``auto`` means (kernel.yaml lists the choices; docs/perf-notes.md the measurements).
         # The tile shape (KV tile, ring depth, consumer WGs, O staged in Q, P through shared
@@ -387,12 +393,34 @@ class FmhaForward(FmhaForwardBase):
         # on DESIGN.md's shapes; perf-notes round 18); never in the trace (its buffer is laid out
         # per CTA, not as the workspace); few: on, but a launch of split_kv.FEW_WAVES waves or more
         # cuts nothing
+        # short_tile=split: a last Q tile whose real rows fit one consumer WG is shared by all of
+        # them, each over every third KV tile (short_tile.py); auto: whole (not measured yet)
+        if short_tile not in SHORT_TILES:
+            raise ValueError(f"short_tile must be one of {', '.join(SHORT_TILES)}, not {short_tile}")
+        scratch = geometry.smem_bytes(d, tile_n, kv_stages, consumers, q_buffers, o_in_q, dtype.width // 8, dv, p_smem)
+        scratch += 4 * short_tile_mod.scratch_floats(consumers, dv)
+        short_why = [
+            reason for reason, bad in (
+                ("3 consumer WGs", consumers != 3), ("as many K/V ring stages as consumer WGs", kv_stages != consumers),
+                ("the overlap or pingpong schedule", schedule not in ("overlap", "pingpong")),
+                ("k_release=early", k_release != "early"), ("o_rescale=end", o_rescale != "end"),
+                ("no causal mask or window", self.mask.upper or self.mask.lower),
+                ("fixed lengths (not varlen)", varlen), ("no paged KV", page_size), ("row_sum=fp32", self.rounded_sum),
+                ("O staged in its own tile", o_in_q), ("P in registers", p_smem), ("no --trace", trace),
+                (f"{scratch // 1024} KiB of shared memory with its scratch (a CTA has {geometry.SMEM_CAPACITY // 1024})",
+                 scratch > geometry.SMEM_CAPACITY),
+            ) if bad
+        ]
+        if short_tile == "split" and short_why:
+            raise ValueError("short_tile=split needs " + ", ".join(short_why))
+        self.short_split = short_tile == "split" and not short_why
         if split_tail not in ("auto", "off", "on", "few"):
             raise ValueError(f"split_tail must be auto, off, on or few, not {split_tail}")
         why = [
             reason for reason, bad in (
                 ("persistent=dynamic", not self.dynamic), ("no causal mask or window", self.mask.upper or self.mask.lower),
                 ("fixed lengths (not varlen)", varlen), ("no paged KV", page_size), ("row_sum=fp32", self.rounded_sum),
+                ("short_tile=whole", self.short_split),
             ) if bad
         ]
         if split_tail in ("on", "few") and why:
@@ -491,7 +519,7 @@ class FmhaForward(FmhaForwardBase):
         tidx, _, _ = cute.arch.thread_idx()
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg_idx = cute.arch.make_warp_uniform(tidx // common.WG_THREADS)
-        (pipeline_q, pipeline_k, pipeline_v, tile_pipe, tile_ids), (sQ, sK, sV, sO, sP) = self._prologue(
+        (pipeline_q, pipeline_k, pipeline_v, tile_pipe, tile_ids), (sQ, sK, sV, sO, sP, sPart) = self._prologue(
             warp_idx, (tma_atom_q, tma_atom_k, tma_atom_v, tma_atom_o), (sQ_layout, sK_layout, sV_layout, sO_layout)
         )
 
@@ -567,6 +595,7 @@ class FmhaForward(FmhaForwardBase):
             compute_tile = partial(
                 self.consume_work_tile, tiled_mma_qk, tiled_mma_pv, tma_atom_o, mO, mLSE, sQ, sK, sV, sO,
                 pipeline_q, pipeline_k, pipeline_v, regs, tidx, wg_idx - 1, seqlen_q, seqlen_k, cu=cu, mO_rows=mO_rows,
+                scratch=sPart,
             )
             if const_expr(sched.persistent):
                 # (a loop around the pinned/mid overlap step makes ptxas serialize d=128's
@@ -800,10 +829,13 @@ class FmhaForward(FmhaForwardBase):
         n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
         if const_expr(piece is not None):
             n_min, n_max = split_kv.kv_range(n_max, piece)
+        shared_rows = None
+        if const_expr(self.short_split):
+            shared_rows = short_tile_mod.is_short(m_block, seqlen_q, self.tile_m, self.wg_rows)
         return self.produce_d(
             tma_atom_q, tma_atom_k, tma_atom_v, gQ, gK, gV, sQ, sK, sV,
             pipeline_q, pipeline_k, pipeline_v, q_state, kv_state, m_block, n_max, stamp, n_min,
-            self.paged_row(block_table, batch) if const_expr(self.page_size > 0) else None,
+            self.paged_row(block_table, batch) if const_expr(self.page_size > 0) else None, shared_rows,
         )
 
     @cute.jit
@@ -812,12 +844,13 @@ class FmhaForward(FmhaForwardBase):
         regs: tuple, tidx: Int32, wg: Int32, seqlen_q: Int32, seqlen_k: Int32,
         m_block: Int32, head: Int32, batch: Int32, kv_state: pipeline.PipelineState, q_buf: Int32, q_phase: Int32,
         stamp: cutlass.Constexpr = no_stamp, cu: tuple = None, mO_rows: cute.Tensor = None, piece: tuple = None,
-        split_io: tuple = None,
+        split_io: tuple = None, scratch: cute.Tensor = None,
     ) -> pipeline.PipelineState:
         """One consumer WG's share of the work tile (m_block, head, batch); returns the K/V
         ring state after it. varlen: the sequence's lengths; mO is O's TMA tensor over the
         packed rows, ``mO_rows`` the plain packed tensor. split_tail: ``piece`` (``piece_of``)
-        and ``split_io`` (the workspace, the tile-id ring whose words 2 ... are the WGs' flags)."""
+        and ``split_io`` (the workspace, the tile-id ring whose words 2 ... are the WGs' flags).
+        short_tile=split: ``scratch``, the shared memory of the WGs' partials."""
         gO_rows = None
         if const_expr(self.varlen):
             off_q, seqlen_q, _, seqlen_k = self.seq_spans(cu, batch)
@@ -834,10 +867,13 @@ class FmhaForward(FmhaForwardBase):
             n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
             if const_expr(piece is not None):
                 n_min, n_max = split_kv.kv_range(n_max, piece)
+        shared_rows = None
+        if const_expr(self.short_split):
+            shared_rows = (short_tile_mod.is_short(m_block, seqlen_q, self.tile_m, self.wg_rows), scratch)
         return self.consume_d(
             tiled_mma_qk, tiled_mma_pv, tma_atom_o, gO, mLSE_row, sQ, sK, sV, sO,
             pipeline_q, pipeline_k, pipeline_v, kv_state, q_buf, q_phase, regs,
-            tidx, wg, m_block, n_max, seqlen_q, seqlen_k, stamp, n_min, gO_rows, piece, split_io,
+            tidx, wg, m_block, n_max, seqlen_q, seqlen_k, stamp, n_min, gO_rows, piece, split_io, shared_rows,
         )
 
     def consumer_registers(self, tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx_wg, sP=None, wg=None):
@@ -912,10 +948,12 @@ class FmhaForward(FmhaForwardBase):
         stamp: cutlass.Constexpr = no_stamp,
         n_min=0,
         pages: cute.Tensor = None,  # paged: this batch's block table row
+        shared_rows=None,  # short_tile=split: whether the tile's real rows fit WG 0 (a Boolean)
     ):
         """Warp 0 of WG0, one work tile: K_{n_max - 1}, the Q halves, then the other K_j,
         V_j down to j = n_min (``mask.kv_tile_range``: the consumers visit the same
-        n_max - n_min >= 1 tiles). Returns the ring states after it."""
+        n_max - n_min >= 1 tiles). A short tile shared by the WGs (``shared_rows``): WG 0's
+        Q box into every WG's slot. Returns the ring states after it."""
         tQsQ, tQgQ = common.tma_partition_tile(tma_atom_q, sQ, gQ)
         probe("tQsQ", tQsQ)
         probe("tQgQ", tQgQ)
@@ -938,9 +976,13 @@ class FmhaForward(FmhaForwardBase):
         stamp(1)
         for w in cutlass.range_constexpr(self.num_consumer_wg):
             pipeline_q.producer_acquire(q_state)
+            q_box = m_block * self.num_consumer_wg + w
+            if const_expr(shared_rows is not None and w > 0):
+                if shared_rows:
+                    q_box = m_block * self.num_consumer_wg
             cute.copy(
                 tma_atom_q,
-                tQgQ[None, m_block * self.num_consumer_wg + w],
+                tQgQ[None, q_box],
                 tQsQ[None, q_state.index],
                 tma_bar_ptr=pipeline_q.producer_get_barrier(q_state),
             )
@@ -1072,6 +1114,7 @@ class FmhaForward(FmhaForwardBase):
         gO_rows: cute.Tensor = None,  # varlen: the plain packed O's (64, d, m tiles) of this sequence
         piece: tuple = None,  # split_tail: consume_work_tile's
         split_io: tuple = None,
+        shared_rows: tuple = None,  # short_tile=split: (whether the tile is short, the partials' scratch)
     ) -> pipeline.PipelineState:
         """One consumer WG, one work tile (its 64 Q rows), KV tiles n_max - 1 down to n_min
         (``mask``: the first n_up and, with a left window, the visits from n_lo on masked);
@@ -1149,11 +1192,24 @@ class FmhaForward(FmhaForwardBase):
                 for i in cutlass.range(n_masked, n_steps, unroll=1):
                     kv_state = step(kv_state, is_first=False)
         else:
-            kv_state = self.consume_overlap(
-                kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
+            overlap_args = (
+                pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt,
                 tOrP, acc_O, acc_S_shape, softmax, row_scale, mask_fn, wg, n_max, n_masked,
-                no_release if self.o_in_q else release_q, stamp, n_lo=n_lo, n_steps=n_steps, p_store=p_store,
+                no_release if self.o_in_q else release_q, stamp,
             )
+            overlap_kwargs = dict(n_lo=n_lo, n_steps=n_steps, p_store=p_store)
+
+            if const_expr(shared_rows is not None):
+                if shared_rows[0]:
+                    # a short tile: every WG on WG 0's rows, each over every third KV tile
+                    kv_state = self.consume_shared(
+                        kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ_wg, tSrK, tOrVt, tOrP, acc_O,
+                        acc_S_shape, softmax, row_scale, mask_fn, wg, n_max, n_steps, release_q, p_store,
+                    )
+                else:
+                    kv_state = self.consume_overlap(kv_state, *overlap_args, **overlap_kwargs)
+            else:
+                kv_state = self.consume_overlap(kv_state, *overlap_args, **overlap_kwargs)
         if const_expr(self.schedule == "serial" and not self.o_in_q):
             release_q()
 
@@ -1176,9 +1232,35 @@ class FmhaForward(FmhaForwardBase):
                 epilogue()
             elif const_expr(self.o_in_q):
                 release_q()  # no O store: the Q slot is free since the last QK^T
+        elif const_expr(shared_rows is not None):
+            if shared_rows[0]:
+                # WG 0 adds the others' partials in and alone stores the rows
+                if self.gather_shared_rows(acc_O, softmax, shared_rows[1], tidx_wg, wg):
+                    epilogue()
+            else:
+                epilogue()
         else:
             epilogue()
         return kv_state
+
+    @cute.jit
+    def gather_shared_rows(self, acc_O: cute.Tensor, softmax: sm.OnlineSoftmax, scratch: cute.Tensor, tidx_wg: Int32,
+                           wg: Int32) -> cutlass.Boolean:
+        """A short tile's end (short_tile.py): WGs 1 and 2 leave their partials in the scratch,
+        the consumer WGs meet, WG 0 adds them to its own, and they meet again (so the scratch
+        is read before anyone writes it for the next short tile). True for WG 0."""
+        o_rows = common.acc_row_view(acc_O)
+        if wg > 0:
+            short_tile_mod.leave(o_rows, softmax.row_max, softmax.row_sum, scratch, wg - 1, tidx_wg)
+        consumers = self.num_consumer_wg * common.WG_THREADS
+        cute.arch.barrier(barrier_id=SHARED_ROWS_BARRIER, number_of_threads=consumers)
+        if wg == 0:
+            short_tile_mod.add_in(
+                o_rows, softmax.row_max, softmax.row_sum, 1.0 if self.softcap else self.scale_log2, scratch,
+                self.num_consumer_wg - 1, tidx_wg, exp=self.is_exp,
+            )
+        cute.arch.barrier(barrier_id=SHARED_ROWS_BARRIER, number_of_threads=consumers)
+        return wg == 0
 
     @cute.jit
     def epilogue(
@@ -1309,6 +1391,7 @@ class FmhaForward(FmhaForwardBase):
         n_steps=None,
         p_store: cutlass.Constexpr = None,
         stamp: cutlass.Constexpr = no_stamp,
+        shared: cutlass.Constexpr[bool] = False,
     ) -> pipeline.PipelineState:
         """Steady-state step i (1 <= i < n_steps in visit order: tile n_max - 1 - i; n_steps
         = n_max - n_min, None: n_max). On entry ``kv_state`` is
@@ -1325,7 +1408,11 @@ class FmhaForward(FmhaForwardBase):
         the finished row sums, which keeps ptxas from hoisting ``wgmma.wait_group 0`` above
         the exp2s (without it ptxas puts 48-57 of the 66 exp2s of a tile after the wait;
         tests/test_stage_d_speed.py checks the pinned SASS). On an H200 the pinned order
-        was 2-3% slower all the same (docs/perf-notes.md)."""
+        was 2-3% slower all the same (docs/perf-notes.md).
+
+        ``shared`` (a short tile's visit, ``consume_shared``): the WG's previous visit was i -
+        (consumer WGs), the ring slot the same; each slot released for every WG; no pingpong
+        turns."""
         # a fresh S accumulator each step: the wgmma's accumulator operands are in/out
         # registers, and a reused tensor would keep the fp32 P of the previous step alive
         # across the QK^T issue (LLVM then sank P's conversion below it: 64 more live
@@ -1333,16 +1420,22 @@ class FmhaForward(FmhaForwardBase):
         self.stamp_step(stamp, i, 8)
         acc_S = cute.make_rmem_tensor(acc_S_shape, Float32)
         kv_prev = kv_state.clone()
-        kv_state.advance()
+        releases = 1
+        if const_expr(shared):
+            releases = self.num_consumer_wg
+            kv_state.advance(releases)
+        else:
+            kv_state.advance()
         pipeline_k.consumer_wait(kv_state)
-        self.sched_sync(wg)
+        if const_expr(not shared):
+            self.sched_sync(wg)
         wgmma_issue(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], True)
         if const_expr(self.is_exp and self.o_rescale == "mid"):
             if i > 1:
                 self.rescale_o(acc_O, row_scale, softmax)  # alpha_{i-1}
         pipeline_v.consumer_wait(kv_prev)
         wgmma_issue(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_prev.index], False)
-        if const_expr(self.schedule == "pingpong"):
+        if const_expr(self.schedule == "pingpong" and not shared):
             # the last WG's last arrive would meet no sync (WG 0 started on its own arrive)
             last = n_max
             if const_expr(n_steps is not None):
@@ -1353,7 +1446,8 @@ class FmhaForward(FmhaForwardBase):
         warpgroup.wait_group(1)  # S_i ready; the PV MMA may still run
         self.stamp_step(stamp, i, 9)
         if const_expr(self.k_release == "early"):
-            pipeline_k.consumer_release(kv_state)  # as FlashAttention-4: no pin
+            for _ in cutlass.range_constexpr(releases):
+                pipeline_k.consumer_release(kv_state)  # as FlashAttention-4: no pin
         if const_expr(mask_fn is not None):
             mask_fn(acc_S, col_offset=(n_max - 1 - i) * self.tile_n)
         # touches acc_S and the row statistics only, never acc_O / tOrP
@@ -1374,7 +1468,8 @@ class FmhaForward(FmhaForwardBase):
         else:
             warpgroup.wait_group(0)
         self.stamp_step(stamp, i, 11)
-        pipeline_v.consumer_release(kv_prev)
+        for _ in cutlass.range_constexpr(releases):
+            pipeline_v.consumer_release(kv_prev)
         # P_i into the PV operand registers only now: LLVM does not know the PV MMA reads
         # them asynchronously, and a conversion before the wait was coalesced into them
         # (fp16), which made ptxas serialize every wgmma (C7513)
@@ -1469,6 +1564,63 @@ class FmhaForward(FmhaForwardBase):
         kv_state.advance()
         return kv_state
 
+    @cute.jit
+    def consume_shared(
+        self,
+        kv_state: pipeline.PipelineState,
+        pipeline_k: pipeline.PipelineAsync,
+        pipeline_v: pipeline.PipelineAsync,
+        tiled_mma_qk: cute.TiledMma,
+        tiled_mma_pv: cute.TiledMma,
+        tSrQ: cute.Tensor,
+        tSrK: cute.Tensor,
+        tOrVt: cute.Tensor,
+        tOrP: cute.Tensor,
+        acc_O: cute.Tensor,
+        acc_S_shape: cutlass.Constexpr,
+        softmax: sm.OnlineSoftmax,
+        row_scale: cute.Tensor,
+        mask_fn: cutlass.Constexpr,
+        wg: Int32,
+        n_max: Int32,
+        n_steps: Int32,
+        release_q: cutlass.Constexpr,
+        p_store: cutlass.Constexpr = None,
+    ) -> pipeline.PipelineState:
+        """A short tile shared by the consumer WGs (short_tile.py): this WG's visits wg, wg + W,
+        ... of the tile's n_steps (W consumer WGs = ring stages, so all in one ring slot), as
+        ``consume_overlap``'s loop without the pingpong turns, each slot released for every WG;
+        the first visit of each WG masked (only the tile's first, n_max - 1, has masked keys:
+        non-causal, no window). Returns the common ring state after the tile's n_steps visits."""
+        wgs = self.num_consumer_wg
+        own = kv_state.clone()
+        own.advance(wg)
+        count = short_tile_mod.visits(n_steps, wg, wgs)
+        if count > 0:
+            acc_S = cute.make_rmem_tensor(acc_S_shape, Float32)
+            pipeline_k.consumer_wait(own)
+            wgmma_issue(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, own.index], True)
+            warpgroup.wait_group(0)
+            for _ in cutlass.range_constexpr(wgs):
+                pipeline_k.consumer_release(own)
+            mask_fn(acc_S, col_offset=(n_max - 1 - wg) * self.tile_n)
+            self.softmax_tile(acc_S, softmax, row_scale, True)
+            self.hand_over_p(acc_S, tOrP, p_store, wg, softmax)
+            for t in cutlass.range(1, count, unroll=1):
+                own = self.overlap_tile(
+                    own, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP,
+                    acc_O, softmax, row_scale, wg, wg + t * wgs, n_max, p_store=p_store, shared=True,
+                )
+            pipeline_v.consumer_wait(own)
+            wgmma_issue(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, own.index], False)
+            self.add_p_sum(softmax, tOrP)
+            warpgroup.wait_group(0)
+            for _ in cutlass.range_constexpr(wgs):
+                pipeline_v.consumer_release(own)
+        release_q()  # every S of this Q tile is done: the producer may load the next Q
+        kv_state.advance(n_steps)
+        return kv_state
+
 
 # --------------------------------------------------------------------------------------
 # wb stage
@@ -1556,6 +1708,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "varlen_bug": v["varlen_bug"],
         "paged_bug": v["paged_bug"],
         "split_tail": v["split_tail"],
+        "short_tile": v["short_tile"],
     }
 
 
