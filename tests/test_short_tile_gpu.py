@@ -26,6 +26,8 @@ from stages.fmha import reference, short_tile  # noqa: E402
 from stages.fmha import stage_d_fmha as sd  # noqa: E402
 from workbench.kernels.stage import Params  # noqa: E402
 
+from stage_d_gpu import launch, random_inputs  # noqa: E402
+
 #: the kernel it is measured against: the same scheduler, the short tile whole
 WHOLE = {"persistent": "dynamic", "split_tail": "off", "short_tile": "whole"}
 SPLIT = {"persistent": "dynamic", "short_tile": "split"}
@@ -35,24 +37,6 @@ def _params(**kw):
     base = dict(m=1024, n=1000, d=64, dtype="bf16", batch=2, heads=4, kv_heads=4, causal=False, softcap=0.0)
     base.update(kw)
     return Params(base)
-
-
-def _inputs(p, seed=0):
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    dt = torch.bfloat16 if p.dtype == "bf16" else torch.float16
-    return {
-        "q": torch.randn(p.batch, p.m, p.heads, p.d, generator=g).to(dt).cuda(),
-        "k": torch.randn(p.batch, p.n, p.kv_heads, p.d, generator=g).to(dt).cuda(),
-        "v": torch.randn(p.batch, p.n, p.kv_heads, p.d, generator=g).to(dt).cuda(),
-    }
-
-
-def _launch(st, compiled, p, inputs):
-    outs = {name: torch.full(spec.shape, float("nan"), dtype=spec.torch_dtype(), device="cuda")
-            for name, spec in st.outputs(p).items()}
-    st.launch(compiled, inputs, outs)
-    torch.cuda.synchronize()
-    return outs
 
 
 CASES = [  # m, n, batch, heads, kv_heads, dtype, softcap
@@ -73,13 +57,13 @@ def test_a_shared_short_tile_matches_the_whole_one(m, n, batch, heads, kv_heads,
     assert short_tile.is_short_rows(m, 192, 64)
     st = sd.StageD()
     p = _params(m=m, n=n, batch=batch, heads=heads, kv_heads=kv_heads, dtype=dtype, softcap=softcap)
-    inputs = _inputs(p)
+    inputs = random_inputs(p)
     whole = st.compile(p, WHOLE, "sm_90a")
     split = st.compile(p, SPLIT, "sm_90a")
-    want = _launch(st, whole, p, inputs)
-    got = _launch(st, split, p, inputs)
+    want = launch(st, whole, p, inputs)
+    got = launch(st, split, p, inputs)
     for _ in range(3):
-        again = _launch(st, split, p, inputs)
+        again = launch(st, split, p, inputs)
         assert all(torch.equal(again[name], got[name]) for name in got), "the bits changed between launches"
 
     o_ref, lse_ref = reference.attention_bshd(
@@ -97,9 +81,9 @@ def test_a_shared_short_tile_matches_the_whole_one(m, n, batch, heads, kv_heads,
 def test_identity_softmax_adds_the_partials_plainly():
     st = sd.StageD()
     p = _params(m=1024, n=1000)
-    inputs = _inputs(p)
-    want = _launch(st, st.compile(p, {**WHOLE, "softmax": "identity"}, "sm_90a"), p, inputs)
-    got = _launch(st, st.compile(p, {**SPLIT, "softmax": "identity"}, "sm_90a"), p, inputs)
+    inputs = random_inputs(p)
+    want = launch(st, st.compile(p, {**WHOLE, "softmax": "identity"}, "sm_90a"), p, inputs)
+    got = launch(st, st.compile(p, {**SPLIT, "softmax": "identity"}, "sm_90a"), p, inputs)
     a, b = got["o"].float(), want["o"].float()
     assert torch.isfinite(a).all()
     assert (a - b).abs().max().item() <= 1e-2 * b.abs().max().item() + 1e-3

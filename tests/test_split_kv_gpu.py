@@ -29,29 +29,13 @@ from stages.fmha import reference, split_kv  # noqa: E402
 from stages.fmha import stage_d_fmha as sd  # noqa: E402
 from workbench.kernels.stage import Params  # noqa: E402
 
+from stage_d_gpu import launch, nan_outputs, random_inputs  # noqa: E402
+
 
 def _params(**kw):
     base = dict(m=4096, n=1000, d=128, dtype="bf16", batch=1, heads=5, kv_heads=1, causal=False)
     base.update(kw)
     return Params(base)
-
-
-def _inputs(p, seed=0):
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    dt = torch.bfloat16 if p.dtype == "bf16" else torch.float16
-    return {
-        "q": torch.randn(p.batch, p.m, p.heads, p.d, generator=g).to(dt).cuda(),
-        "k": torch.randn(p.batch, p.n, p.kv_heads, p.d, generator=g).to(dt).cuda(),
-        "v": torch.randn(p.batch, p.n, p.kv_heads, p.d, generator=g).to(dt).cuda(),
-    }
-
-
-def _launch(st, compiled, p, inputs):
-    outs = {name: torch.full(spec.shape, float("nan"), dtype=spec.torch_dtype(), device="cuda")
-            for name, spec in st.outputs(p).items()}
-    st.launch(compiled, inputs, outs)
-    torch.cuda.synchronize()
-    return outs
 
 
 CASES = [  # d, heads, n, dtype, extra variants, softcap
@@ -69,7 +53,7 @@ CASES = [  # d, heads, n, dtype, extra variants, softcap
 def test_split_tail_cuts_as_planned_and_matches_the_unsplit_kernel(d, heads, n, dtype, variants, softcap):
     st = sd.StageD()
     p = _params(d=d, heads=heads, n=n, dtype=dtype, softcap=softcap)
-    inputs = _inputs(p)
+    inputs = random_inputs(p)
     plain = st.compile(p, {**variants, "split_tail": "off"}, "sm_90a")
     split = st.compile(p, {**variants, "split_tail": "on"}, "sm_90a")
     assert split.split_tail and not plain.split_tail
@@ -86,10 +70,10 @@ def test_split_tail_cuts_as_planned_and_matches_the_unsplit_kernel(d, heads, n, 
 
     buf = sd.tile_counter(inputs["q"].device, words)
     buf.zero_()
-    want = _launch(st, plain, p, inputs)
-    got = _launch(st, split, p, inputs)
+    want = launch(st, plain, p, inputs)
+    got = launch(st, split, p, inputs)
     for _ in range(5):  # the same bits every launch: the pieces are added in piece order
-        again = _launch(st, split, p, inputs)
+        again = launch(st, split, p, inputs)
         assert all(torch.equal(again[name], got[name]) for name in got), "a cutting launch's bits changed between launches"
 
     counts = buf[split_kv.COUNTERS: split_kv.COUNTERS + tail * wgs]
@@ -115,10 +99,10 @@ def test_split_tail_cuts_as_planned_and_matches_the_unsplit_kernel(d, heads, n, 
 def test_whole_waves_ask_for_no_workspace():
     st = sd.StageD()
     p = _params(heads=4, m=4096, n=1000)  # 128 tiles: one partial wave, nothing to cut
-    inputs = _inputs(p)
+    inputs = random_inputs(p)
     split = st.compile(p, {"split_tail": "on"}, "sm_90a")
     assert sd.split_words(split, inputs["q"], p.n, sd.sm_count(inputs["q"].device)) == split_kv.COUNTERS
-    out = _launch(st, split, p, inputs)
+    out = launch(st, split, p, inputs)
     assert torch.isfinite(out["o"].float()).all()
 
 
@@ -128,7 +112,7 @@ def test_a_launch_with_more_counts_is_right_after_one_that_left_partials():
     st = sd.StageD()
     first = _params(d=128, heads=5, n=4096)
     second = _params(d=96, heads=7, n=4096)
-    a_in, b_in = _inputs(first), _inputs(second)
+    a_in, b_in = random_inputs(first), random_inputs(second)
     a = st.compile(first, {"split_tail": "on"}, "sm_90a")
     b = st.compile(second, {"split_tail": "on"}, "sm_90a")
     n_sms = sd.sm_count(a_in["q"].device)
@@ -140,9 +124,9 @@ def test_a_launch_with_more_counts_is_right_after_one_that_left_partials():
     assert counts_b > counts_a, (counts_a, counts_b)  # the second counts past the first's counts
     buf = sd.tile_counter(a_in["q"].device, words)
     buf.zero_()
-    _launch(st, a, first, a_in)
+    launch(st, a, first, a_in)
     assert int(buf[split_kv.PARTIALS_BASE:].abs().sum()) > 0  # partials were left behind
-    got = _launch(st, b, second, b_in)
+    got = launch(st, b, second, b_in)
     o_ref, lse_ref = reference.attention_bshd(b_in["q"], b_in["k"], b_in["v"], torch.float32, causal=False)
     assert torch.isfinite(got["lse"].float()).all(), "rows never written"
     assert (got["o"].float() - o_ref.float()).abs().max().item() < 2e-2
@@ -154,9 +138,9 @@ def test_launches_on_two_streams_at_once_each_use_their_own_counters():
     # cutting its last wave, neither takes the other's tiles or counts on its partials
     st = sd.StageD()
     p = _params(d=128, heads=5, n=4096)
-    inputs = [_inputs(p, seed=s) for s in (1, 2)]
+    inputs = [random_inputs(p, seed=s) for s in (1, 2)]
     split = st.compile(p, {"split_tail": "on"}, "sm_90a")
-    want = [_launch(st, split, p, x) for x in inputs]
+    want = [launch(st, split, p, x) for x in inputs]
     streams = [torch.cuda.Stream(), torch.cuda.Stream()]
     for s in streams:
         s.wait_stream(torch.cuda.current_stream())
@@ -164,8 +148,7 @@ def test_launches_on_two_streams_at_once_each_use_their_own_counters():
     for _ in range(10):
         for i, s in enumerate(streams):
             with torch.cuda.stream(s):
-                outs = {name: torch.full(spec.shape, float("nan"), dtype=spec.torch_dtype(), device="cuda")
-                        for name, spec in st.outputs(p).items()}
+                outs = nan_outputs(st, p)
                 st.launch(split, inputs[i], outs)
                 got[i].append(outs)
     for s in streams:

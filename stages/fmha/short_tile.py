@@ -26,7 +26,7 @@ import cutlass
 import cutlass.cute as cute
 from cutlass import Float32, Int32, const_expr
 
-from stages.fmha import common, geometry
+from stages.fmha import common, geometry, split_kv
 
 
 def is_short_rows(m: int, tile_m: int, wg_rows: int) -> bool:
@@ -71,14 +71,8 @@ def _image_view(scratch: cute.Tensor, k: Int32, tidx_wg: Int32, per_thread: cutl
 def leave(o_rows: cute.Tensor, row_max: cute.Tensor, row_sum: cute.Tensor, scratch: cute.Tensor, k: Int32, tidx_wg: Int32):
     """A WG other than the first: its partial into image ``k`` of the scratch."""
     rows, cols = cute.size(o_rows, mode=[0]), cute.size(o_rows, mode=[1])
-    per_thread = rows * cols + 2 * rows
-    image = cute.make_rmem_tensor((4, per_thread // 4), Float32)
-    for r in cutlass.range_constexpr(rows):
-        for j in cutlass.range_constexpr(cols):
-            image[r * cols + j] = o_rows[r, j]
-        image[rows * cols + r] = row_max[r]
-        image[rows * cols + rows + r] = row_sum[r]
-    cute.autovec_copy(image, _image_view(scratch, k, tidx_wg, per_thread))
+    image = split_kv.register_image(o_rows, row_max, row_sum)
+    cute.autovec_copy(image, _image_view(scratch, k, tidx_wg, rows * cols + 2 * rows))
 
 
 @cute.jit

@@ -180,6 +180,21 @@ def _slot_tensor(workspace: cute.Tensor, word: Int32, tidx_wg: Int32, per_thread
 
 
 @cute.jit
+def register_image(o_rows: cute.Tensor, row_max: cute.Tensor, row_sum: cute.Tensor) -> cute.Tensor:
+    """A thread's partial as (4, per_thread / 4) floats: acc_O's rows, then the rows' max, then
+    this lane's share of their sums (the slot's layout; short_tile.py keeps the same image)."""
+    rows, cols = cute.size(o_rows, mode=[0]), cute.size(o_rows, mode=[1])
+    per_thread = rows * cols + 2 * rows
+    image = cute.make_rmem_tensor((4, per_thread // 4), Float32)
+    for r in cutlass.range_constexpr(rows):
+        for j in cutlass.range_constexpr(cols):
+            image[r * cols + j] = o_rows[r, j]
+        image[rows * cols + r] = row_max[r]
+        image[rows * cols + rows + r] = row_sum[r]
+    return image
+
+
+@cute.jit
 def merge(
     acc_O: cute.Tensor,
     row_max: cute.Tensor,
@@ -209,12 +224,7 @@ def merge(
     per_thread = rows * cols + 2 * rows
     slot = common.WG_THREADS * per_thread
     first_slot = PARTIALS_BASE + ((tail_idx * pieces) * wgs + wg) * slot  # piece j's: first_slot + j wgs slot
-    image = cute.make_rmem_tensor((4, per_thread // 4), Float32)
-    for r in cutlass.range_constexpr(rows):
-        for j in cutlass.range_constexpr(cols):
-            image[r * cols + j] = o_rows[r, j]
-        image[rows * cols + r] = row_max[r]
-        image[rows * cols + rows + r] = row_sum[r]
+    image = register_image(o_rows, row_max, row_sum)
     cute.autovec_copy(image, _slot_tensor(workspace, first_slot + split * (wgs * slot), tidx_wg, per_thread))
     # every thread's stores, then the WG's one count: release by fence + barrier, acquire by the
     # count's acq_rel and the last arriver's fence
