@@ -601,14 +601,27 @@ scan128)
   done
   ;;
 d64short)
-  # d = 64 s = 1024 non-causal, short of x1.05 cuDNN in fp16: 1024 rows are 5 1/3 192-row tiles
-  # (the last one a third full); 128-row tiles with 2 consumer WGs fit m exactly
-  for round in 1 2 3; do
-    step "round $round: d=64 s=1024 non-causal both dtypes: the default with cuDNN and FA4, then consumers=2"
-    timeout 80 wb bench d -p d=64 -p n=1024 -p causal=false -p dtype=bf16,fp16 --peers sdpa-cudnn,fa4 --timeout 70 | table_rows 200
-    timeout 60 wb bench d -p d=64 -p n=1024 -p causal=false -p dtype=bf16,fp16 -V consumers=2 --peers "" --timeout 50 \
-      | table_rows 150 "consumers=2"
+  # short_tile=split (stages/fmha/short_tile.py): d = 64 non-causal's last Q tile, whose real rows fit one
+  # WG at m = 1024 and 4096, shared by the three consumer WGs; needs the dynamic scheduler to balance.
+  # Most telling first (the pool lends few machines): correctness, then the speed beside the default
+  S="-V persistent=dynamic -V short_tile=split"
+  step "tests/test_short_tile_gpu.py (every row written, the whole tile's result, the same bits every launch)"
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_short_tile_gpu.py 2>&1 | tail -15
+  for v in default split dynwhole; do
+    case $v in
+      default) V=""; peers="sdpa-cudnn,fa4"; procs=${PROCS:-2};;
+      split) V="$S"; peers=""; procs=${PROCS:-2};;
+      dynwhole) V="-V persistent=dynamic -V split_tail=off -V short_tile=whole"; peers=""; procs=1;;
+    esac
+    step "d=64 s=1024/4096 non-causal, both dtypes, $v, $procs process(es)"
+    timeout 170 wb bench d -p d=64 -p n=1024,4096 -p causal=false -p dtype=bf16,fp16 $V --peers "$peers" \
+      --processes "$procs" --timeout 50 | table_rows 200 "$v"
   done
+  step "sweep d=64 non-causal $S: m 17/1000/1024 x n 128/384/1000/4100 bf16; m 4096 fp16 GQA softcap 0/30"
+  timeout 150 wb sweep d --d 64 -p causal=false -p m=17,1000,1024 --n 128,384,1000,4100 --dtype bf16 $S \
+    --timeout 40 | sweep_verdicts
+  timeout 100 wb sweep d --d 64 -p causal=false -p m=4096 --n 4096 --dtype fp16 -p kv_heads=2 -p softcap=0,30 $S \
+    --timeout 40 | sweep_verdicts
   ;;
 dynscan)
   # the dynamic scheduler at the other head dims, non-causal (d = 128's default since round 16:
