@@ -69,8 +69,9 @@ def test_stage_d_defaults_follow_the_measurements():
     assert (k.persistent, k.dynamic) == (False, False)
     # d = 128 non-causal: the global counter too (H100 +0.3-1.3 % over round robin, round 16)
     # d = 96 non-causal: the global counter against one CTA per tile, fp16 +2-4 % (round 17)
-    # d = 192 and 256 non-causal: the global counter for the split tail's few-wave gain (round 21)
-    assert [kernel(d, False).dynamic for d in (64, 96, 128, 192, 256)] == [False, True, True, True, True]
+    # d = 192 and 256 non-causal: the global counter for the split tail's few-wave gain (round 21);
+    # d = 64 non-causal for the short tile its WGs share (round 22)
+    assert [kernel(d, False).dynamic for d in (64, 96, 128, 192, 256)] == [True, True, True, True, True]
     assert all(kernel(d, False).persistent for d in (64, 96, 128, 192, 256))
     assert kernel(96, True).dynamic and kernel(256, False, persistent="on").persistent
     k = kernel(64, False)
@@ -90,7 +91,7 @@ def test_stage_d_defaults_follow_the_measurements():
     assert kernel(64, False, q_buffers="2").q_stages == 6
     # the split-KV tail wherever the kernel is dynamic, non-causal and fixed-length: d = 96 to 256
     # non-causal by default (H100: +34 % at d = 128 s = 4096 with 5 heads, batch 1; round 18), cutting
-    # only launches of few waves at d = 192 and 256 (round 21); d = 64 stays round robin
+    # only launches of few waves at d = 192 and 256 (round 21); d = 64 shares its short tile instead
     assert [kernel(d, False).split_tail for d in (64, 96, 128, 192, 256)] == [False, True, True, True, True]
     assert [kernel(d, False).split_max_waves for d in (96, 128, 192, 256)] == [0, 0, split_kv.FEW_WAVES, split_kv.FEW_WAVES]
     # d = 192 and 256 stay as before where the launch is not plain: a window, paged, V narrower than K
@@ -99,12 +100,13 @@ def test_stage_d_defaults_follow_the_measurements():
     assert (windowed.persistent, paged.persistent, windowed.split_tail) == (False, False, False)
     assert not kernel(192, False, {"dv": 128}).dynamic and kernel(192, False, {"page_size": 16}).walk
     assert not kernel(128, True).split_tail and not kernel(128, False, persistent="on").split_tail
-    assert kernel(64, False, persistent="dynamic").split_tail and not kernel(128, False, split_tail="off").split_tail
+    assert kernel(64, False, short_tile="whole").split_tail and not kernel(128, False, split_tail="off").split_tail
     with pytest.raises(UserError, match="split_tail=on needs persistent=dynamic, no causal mask or window"):
         kernel(64, True, persistent="on", split_tail="on")
     # the short tile shared by the WGs (short_tile.py): d = 64 non-causal's 3 WGs and 3 ring stages
-    # only, never with the split-KV tail; auto keeps it whole (not measured yet)
-    assert not any(kernel(d, False).short_split for d in (64, 96, 128, 192, 256))
+    # only, never with the split-KV tail; auto shares it wherever the scheduler is dynamic (round 22)
+    assert [kernel(d, False).short_split for d in (64, 96, 128, 192, 256)] == [True, False, False, False, False]
+    assert not kernel(64, False, persistent="on").short_split and not kernel(64, False, {"window_left": 300}).short_split
     shared = kernel(64, False, persistent="dynamic", short_tile="split")
     assert shared.short_split and not shared.split_tail and shared.kv_stages == shared.num_consumer_wg == 3
     with pytest.raises(UserError, match="short_tile=split needs 3 consumer WGs"):

@@ -44,10 +44,11 @@ def persistence(d: int, causal: bool, varlen: bool, windowed: bool = False, page
     not paged, no window, V as wide as K: ``dv`` None or d), for the split-KV tail it allows (H100, batch
     1, 5 heads, s = 4096: +30 / +33 %; s = 8192 within 1 %, round 21). Else on (H200: +3-8%
     non-causal at d = 64 and 128 against off), except d = 256: off (H200, s = 8192: +1.6% twice
-    against on). d = 64 stays round robin: its split-capable kernel lost 1.5 % at s = 1024
-    (round 21). docs/perf-notes.md has the rounds."""
+    against on). d = 64 non-causal: dynamic where the launch is fixed-length, not paged and
+    without a window, for the short tile its three WGs share (short_tile.py; round robin would
+    give the short tiles to the same CTAs; round 22). docs/perf-notes.md has the rounds."""
     plain = not (varlen or windowed or paged) and dv in (None, d)
-    if causal or varlen or d in (96, 128) or (plain and d in (192, 256)):
+    if causal or varlen or d in (96, 128) or (plain and d in (64, 192, 256)):
         return "dynamic"
     return "off" if d == 256 else "on"
 
