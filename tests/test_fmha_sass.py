@@ -64,8 +64,10 @@ def test_stage_d_defaults_do_not_spill(fmha_ws, wb, d, causal):
     for kernel in kernels:
         assert (kernel["spill_store_bytes"], kernel["spill_load_bytes"]) == (0, 0), kernel
     # no wgmma serialization (ptxas C7512/C7513 put a WARPGROUP.DEPBAR behind every HGMMA: 32;
-    # 12 with 3 consumer WGs)
-    assert all(n <= 12 for n in opcode_counts(rec, fmha_ws, "WARPGROUP")), opcode_counts(rec, fmha_ws, "WARPGROUP")
+    # 12 with 3 consumer WGs), per copy of the consumer loop: non-causal d = 64 has a second, the
+    # short tile its WGs share (short_tile.py)
+    loops = 2 if (d, causal) == (64, "false") else 1
+    assert all(n <= 12 * loops for n in opcode_counts(rec, fmha_ws, "WARPGROUP")), opcode_counts(rec, fmha_ws, "WARPGROUP")
     # the masked first visit costs one select per S element (64 per thread; causal 192-row
     # tiles mask two visits); an ``if`` around the store compiled to a chain of ~1000 FSEL,
     # 2.9 us of every 16 us d=64 work tile (H200)
@@ -118,7 +120,7 @@ def test_sum_init_alpha_issues_the_o_rescale_among_the_exponents(fmha_ws, wb):
     rec = json.loads(proc.stdout)
     (kernel,) = rec["resources"]["kernels"]
     assert (kernel["spill_store_bytes"], kernel["spill_load_bytes"]) == (0, 0), kernel
-    assert opcode_counts(rec, fmha_ws, "WARPGROUP") == [8]
+    assert opcode_counts(rec, fmha_ws, "WARPGROUP") == [16]  # 8 per consumer loop: whole tiles, the shared short tile
     (sass,) = [(fmha_ws / p).read_text() for name, p in rec["artifacts"].items() if name.endswith(".sass")]
     tails = tile_loop_tails(sass)
     assert tails and max(tails) <= 12, tails
