@@ -1421,12 +1421,8 @@ class FmhaForward(FmhaForwardBase):
         self.stamp_step(stamp, i, 8)
         acc_S = cute.make_rmem_tensor(acc_S_shape, Float32)
         kv_prev = kv_state.clone()
-        releases = 1
-        if const_expr(shared):
-            releases = self.num_consumer_wg
-            kv_state.advance(releases)
-        else:
-            kv_state.advance()
+        releases = self.num_consumer_wg if const_expr(shared) else 1
+        kv_state.advance(releases)
         pipeline_k.consumer_wait(kv_state)
         if const_expr(not shared):
             self.sched_sync(wg)
@@ -1520,16 +1516,10 @@ class FmhaForward(FmhaForwardBase):
             if wg == 0 and n_steps > 1:
                 cute.arch.barrier_arrive(barrier_id=SCHED_BARRIER_BASE, number_of_threads=2 * common.WG_THREADS)
 
-        acc_S = cute.make_rmem_tensor(acc_S_shape, Float32)
-        pipeline_k.consumer_wait(kv_state)
-        wgmma_issue(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], True)
-        warpgroup.wait_group(0)
-        stamp(2)
-        pipeline_k.consumer_release(kv_state)
-        mask_fn(acc_S, col_offset=(n_max - 1) * self.tile_n)
-        self.softmax_tile(acc_S, softmax, row_scale, True)
-        self.hand_over_p(acc_S, tOrP, p_store, wg, softmax)
-        stamp(3)
+        self.first_visit(
+            kv_state, pipeline_k, tiled_mma_qk, tSrQ, tSrK, acc_S_shape, tOrP, softmax, row_scale, mask_fn, wg, n_max,
+            p_store=p_store, stamp=stamp,
+        )
 
         step = partial(
             self.overlap_tile, pipeline_k=pipeline_k, pipeline_v=pipeline_v, tiled_mma_qk=tiled_mma_qk,
@@ -1556,14 +1546,51 @@ class FmhaForward(FmhaForwardBase):
         if const_expr(self.is_exp and self.o_rescale == "mid"):
             if n_steps > 1:
                 self.rescale_o(acc_O, row_scale, softmax)  # alpha of the last tile
+        self.last_pv(kv_state, pipeline_v, tiled_mma_pv, tOrVt, tOrP, acc_O, softmax, stamp=stamp)
+        kv_state.advance()
+        return kv_state
+
+    @cute.jit
+    def first_visit(
+        self, kv_state: pipeline.PipelineState, pipeline_k: pipeline.PipelineAsync, tiled_mma_qk: cute.TiledMma,
+        tSrQ: cute.Tensor, tSrK: cute.Tensor, acc_S_shape: cutlass.Constexpr, tOrP: cute.Tensor,
+        softmax: sm.OnlineSoftmax, row_scale: cute.Tensor, mask_fn: cutlass.Constexpr, wg: Int32, n_max: Int32,
+        visit=None, p_store: cutlass.Constexpr = None, stamp: cutlass.Constexpr = no_stamp,
+        releases: cutlass.Constexpr[int] = 1,
+    ):
+        """A WG's first visit of a work tile, masked: S, K released (``releases`` times: once
+        per WG that would have waited on the slot), the mask, the softmax, P handed over.
+        ``visit``: its index in the tile's visit order (None: 0, tile n_max - 1)."""
+        acc_S = cute.make_rmem_tensor(acc_S_shape, Float32)
+        pipeline_k.consumer_wait(kv_state)
+        wgmma_issue(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, kv_state.index], True)
+        warpgroup.wait_group(0)
+        stamp(2)
+        for _ in cutlass.range_constexpr(releases):
+            pipeline_k.consumer_release(kv_state)
+        last = n_max - 1
+        if const_expr(visit is not None):
+            last = last - visit
+        mask_fn(acc_S, col_offset=last * self.tile_n)
+        self.softmax_tile(acc_S, softmax, row_scale, True)
+        self.hand_over_p(acc_S, tOrP, p_store, wg, softmax)
+        stamp(3)
+
+    @cute.jit
+    def last_pv(
+        self, kv_state: pipeline.PipelineState, pipeline_v: pipeline.PipelineAsync, tiled_mma_pv: cute.TiledMma,
+        tOrVt: cute.Tensor, tOrP: cute.Tensor, acc_O: cute.Tensor, softmax: sm.OnlineSoftmax,
+        stamp: cutlass.Constexpr = no_stamp, releases: cutlass.Constexpr[int] = 1,
+    ):
+        """A WG's last PV MMA of a work tile, O += P V of its last visit, waited for; V released
+        (``releases`` times, as ``first_visit``'s K)."""
         pipeline_v.consumer_wait(kv_state)
         wgmma_issue(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_state.index], False)
         self.add_p_sum(softmax, tOrP)
         warpgroup.wait_group(0)
         stamp(5)
-        pipeline_v.consumer_release(kv_state)
-        kv_state.advance()
-        return kv_state
+        for _ in cutlass.range_constexpr(releases):
+            pipeline_v.consumer_release(kv_state)
 
     @cute.jit
     def consume_shared(
@@ -1598,26 +1625,16 @@ class FmhaForward(FmhaForwardBase):
         own.advance(wg)
         count = short_tile_mod.visits(n_steps, wg, wgs)
         if count > 0:
-            acc_S = cute.make_rmem_tensor(acc_S_shape, Float32)
-            pipeline_k.consumer_wait(own)
-            wgmma_issue(tiled_mma_qk, acc_S, tSrQ, tSrK[None, None, None, own.index], True)
-            warpgroup.wait_group(0)
-            for _ in cutlass.range_constexpr(wgs):
-                pipeline_k.consumer_release(own)
-            mask_fn(acc_S, col_offset=(n_max - 1 - wg) * self.tile_n)
-            self.softmax_tile(acc_S, softmax, row_scale, True)
-            self.hand_over_p(acc_S, tOrP, p_store, wg, softmax)
+            self.first_visit(
+                own, pipeline_k, tiled_mma_qk, tSrQ, tSrK, acc_S_shape, tOrP, softmax, row_scale, mask_fn, wg, n_max,
+                visit=wg, p_store=p_store, releases=wgs,
+            )
             for t in cutlass.range(1, count, unroll=1):
                 own = self.overlap_tile(
                     own, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP,
                     acc_O, softmax, row_scale, wg, wg + t * wgs, n_max, p_store=p_store, shared=True,
                 )
-            pipeline_v.consumer_wait(own)
-            wgmma_issue(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, own.index], False)
-            self.add_p_sum(softmax, tOrP)
-            warpgroup.wait_group(0)
-            for _ in cutlass.range_constexpr(wgs):
-                pipeline_v.consumer_release(own)
+            self.last_pv(own, pipeline_v, tiled_mma_pv, tOrVt, tOrP, acc_O, softmax, releases=wgs)
         release_q()  # every S of this Q tile is done: the producer may load the next Q
         kv_state.advance(n_steps)
         return kv_state
