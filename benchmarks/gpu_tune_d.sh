@@ -30,6 +30,8 @@
 #               became sum_init=alpha (d = 64 / 96, 32 cases) in what time is left (about 7 minutes)
 # PHASE lazyexact96: d = 96 / 192 only, one call: lazy_rescale=on with row_sum=rounded swept (32 cases),
 #               then the default, that, and lazy alone timed at s = 8192 beside FA4, two rounds (about 7 min)
+# PHASE default64: d = 64 non-causal under its round-22 default (dynamic, short_tile=split): sweeps (20 cases), then
+#               s 1024 / 4096 beside cuDNN and FA4 over PROCS (3) processes (about 5 minutes)
 # PHASE contested: the non-causal cells short of their goal (d = 128 s 4096 / 8192, d = 96 / 192 s 8192,
 #               d = 64 s 1024 against cuDNN), both dtypes, FA4 and cuDNN beside, ROUNDS (4) processes each
 # PHASE dynfinal: one call for persistent auto = dynamic at d = 128 non-causal: its defaults' sweep (36 cases, the
@@ -863,6 +865,18 @@ short)
   timeout 100 wb sweep d --d 64 -p causal=false -p m=4096 --n 4096 --dtype fp16 -p kv_heads=2 -p softcap=0,30 $S \
     --timeout 40 | sweep_verdicts
   ;;
+default64)
+  # d = 64 non-causal's default since round 22 (dynamic scheduler, short_tile=split where m mod 192 is 1 ... 64):
+  # its sweep with the defaults alone (no -V), then s 1024 / 4096 over fresh processes beside cuDNN and FA4
+  step "sweep d=64 non-causal defaults: m = n 1/17/128/1000/1024/4096/8192 both dtypes GQA; batch 1, 7 heads, m 1000/1024/4096"
+  timeout 150 wb sweep d --n 1,17,128,1000,1024,4096,8192 --d 64 --dtype bf16,fp16 -p causal=false -p kv_heads=2 \
+    --timeout 40 | sweep_verdicts
+  timeout 100 wb sweep d --d 64 -p causal=false -p m=1000,1024,4096 --n 384,4100 --dtype bf16 -p heads=7 -p kv_heads=7 \
+    -p batch=1 -p softcap=30 --timeout 40 | sweep_verdicts
+  step "d=64 s=1024/4096 non-causal, the default, both dtypes, cuDNN and FA4 beside, ${PROCS:-3} processes"
+  timeout 200 wb bench d -p d=64 -p n=1024,4096 -p causal=false -p dtype=bf16,fp16 --peers sdpa-cudnn,fa4 \
+    --processes "${PROCS:-3}" --timeout 60 | table_rows 200
+  ;;
 export256)
   # d = 192 and 256 non-causal are dynamic with split_tail=few by default (round 21): the exported
   # op of each, its fixtures at batch 1 with 5 heads, m = n = 4096 (160 tiles: cut), against the
@@ -976,6 +990,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
