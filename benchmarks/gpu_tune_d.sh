@@ -32,6 +32,8 @@
 #               then the default, that, and lazy alone timed at s = 8192 beside FA4, two rounds (about 7 min)
 # PHASE default64: d = 64 non-causal under its round-22 default (dynamic, short_tile=split): sweeps (20 cases), then
 #               s 1024 / 4096 beside cuDNN and FA4 over PROCS (3) processes (about 5 minutes)
+# PHASE lazy96: lazy_rescale=on at d = 96 non-causal, swept (9 cases) and timed beside the default and FA4
+#               over PROCS (3) processes (about 4 minutes); r23: default64 then lazy96, one call
 # PHASE contested: the non-causal cells short of their goal (d = 128 s 4096 / 8192, d = 96 / 192 s 8192,
 #               d = 64 s 1024 against cuDNN), both dtypes, FA4 and cuDNN beside, ROUNDS (4) processes each
 # PHASE dynfinal: one call for persistent auto = dynamic at d = 128 non-causal: its defaults' sweep (36 cases, the
@@ -877,6 +879,25 @@ default64)
   timeout 200 wb bench d -p d=64 -p n=1024,4096 -p causal=false -p dtype=bf16,fp16 --peers sdpa-cudnn,fa4 \
     --processes "${PROCS:-3}" --timeout 60 | table_rows 200
   ;;
+lazy96)
+  # lazy_rescale=on at d = 96 non-causal under today's defaults (dynamic scheduler, split tail): round 12
+  # passed every non-causal d = 96 case with it and measured +1.5-2.5 % before those defaults; swept, then
+  # timed beside the default and FA4 over PROCS (3) fresh processes
+  step "sweep d=96 non-causal -V lazy_rescale=on: n 17/1000/4096/8200 both dtypes GQA; softcap 30, batch 1 7 heads m 4096"
+  timeout 120 wb sweep d --n 17,1000,4096,8200 --d 96 --dtype bf16,fp16 -p causal=false -p kv_heads=2 -V lazy_rescale=on \
+    --timeout 40 | sweep_verdicts
+  timeout 60 wb sweep d --n 4100 --d 96 --dtype fp16 -p causal=false -p m=4096 -p heads=7 -p kv_heads=7 -p batch=1 \
+    -p softcap=30 -V lazy_rescale=on --timeout 40 | sweep_verdicts
+  step "d=96 s=8192 non-causal both dtypes: the default with FA4, then lazy_rescale=on, ${PROCS:-3} processes each"
+  timeout 150 wb bench d -p d=96 -p n=8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 \
+    --processes "${PROCS:-3}" --timeout 60 | table_rows 200 default
+  timeout 120 wb bench d -p d=96 -p n=8192 -p causal=false -p dtype=bf16,fp16 -V lazy_rescale=on --peers "" \
+    --processes "${PROCS:-3}" --timeout 60 | table_rows 200 lazy
+  ;;
+r23)
+  bash "$0" default64
+  bash "$0" lazy96
+  ;;
 export256)
   # d = 192 and 256 non-causal are dynamic with split_tail=few by default (round 21): the exported
   # op of each, its fixtures at batch 1 with 5 heads, m = n = 4096 (160 tiles: cut), against the
@@ -990,6 +1011,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|r23|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
