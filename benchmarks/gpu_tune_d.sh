@@ -33,7 +33,9 @@
 # PHASE default64: d = 64 non-causal under its round-22 default (dynamic, short_tile=split): sweeps (20 cases), then
 #               s 1024 / 4096 beside cuDNN and FA4 over PROCS (3) processes (about 5 minutes)
 # PHASE lazy96: lazy_rescale=on at d = 96 non-causal, swept (9 cases) and timed beside the default and FA4
-#               over PROCS (3) processes (about 4 minutes); r23: default64 then lazy96, one call
+#               over PROCS (3) processes (about 4 minutes)
+# PHASE rows128: d = 128 non-causal with 192-row Q tiles (3 WGs, P through shared memory, O in Q): 4 sweep cases,
+#               then timed beside the default and FA4 (about 3 minutes); r23: default64, lazy96, rows128 in one call
 # PHASE contested: the non-causal cells short of their goal (d = 128 s 4096 / 8192, d = 96 / 192 s 8192,
 #               d = 64 s 1024 against cuDNN), both dtypes, FA4 and cuDNN beside, ROUNDS (4) processes each
 # PHASE dynfinal: one call for persistent auto = dynamic at d = 128 non-causal: its defaults' sweep (36 cases, the
@@ -897,6 +899,17 @@ lazy96)
 r23)
   bash "$0" default64
   bash "$0" lazy96
+  bash "$0" rows128
+  ;;
+rows128)
+  # d = 128 non-causal with 192-row Q tiles: 3 consumer WGs at 160 registers, P through shared memory, O staged
+  # in Q (226 KiB, 0 spills on a CPU compile): d = 96's tile shape, never timed at 128
+  V="-V consumers=3 -V p_operand=smem -V o_staging=q"
+  step "sweep d=128 non-causal $V: n 17/1000/4100/8200, bf16 / fp16, GQA"
+  timeout 100 wb sweep d --n 17,1000,4100,8200 --d 128 --dtype bf16 -p causal=false -p kv_heads=2 $V --timeout 40 | sweep_verdicts
+  step "d=128 s=4096/8192 non-causal both dtypes: the default with FA4, then 192-row tiles (one process each)"
+  timeout 120 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 110 | table_rows 200 default
+  timeout 100 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 $V --peers "" --timeout 90 | table_rows 200 rows192
   ;;
 export256)
   # d = 192 and 256 non-causal are dynamic with split_tail=few by default (round 21): the exported
@@ -1011,6 +1024,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|r23|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|r23|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
