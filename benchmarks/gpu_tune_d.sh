@@ -36,6 +36,8 @@
 #               over PROCS (3) processes (about 4 minutes)
 # PHASE rows128: d = 128 non-causal with 192-row Q tiles (3 WGs, P through shared memory, O in Q): 4 sweep cases,
 #               then timed beside the default and FA4 (about 3 minutes); r23: default64, lazy96, rows128 in one call
+# PHASE bridge: tile_bridge=on at d = 128 non-causal: tests/test_tile_bridge_gpu.py, a sweep (8 cases), then timed
+#               beside the default, FA4 and q_buffers=2 alone, BRIDGE_ROUNDS (2) rounds (about 7 minutes)
 # PHASE contested: the non-causal cells short of their goal (d = 128 s 4096 / 8192, d = 96 / 192 s 8192,
 #               d = 64 s 1024 against cuDNN), both dtypes, FA4 and cuDNN beside, ROUNDS (4) processes each
 # PHASE dynfinal: one call for persistent auto = dynamic at d = 128 non-causal: its defaults' sweep (36 cases, the
@@ -911,6 +913,27 @@ rows128)
   timeout 120 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 110 | table_rows 200 default
   timeout 100 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 $V --peers "" --timeout 90 | table_rows 200 rows192
   ;;
+bridge)
+  # tile_bridge=on (stage_d_fmha.consume_stream): the next work tile's first QK^T issued with this tile's
+  # last PV MMA, the epilogue after the next tile's first softmax; needs q_buffers=2. Bit-equal to off
+  # (tests/test_tile_bridge_gpu.py), swept, then d = 128 s 1024 / 4096 / 8192 non-causal timed: the
+  # default with FA4, q_buffers=2 alone, the bridge, BRIDGE_ROUNDS (2) rounds
+  B="-V q_buffers=2 -V tile_bridge=on"
+  step "tests/test_tile_bridge_gpu.py (the same bits as without the bridge, every row written)"
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_tile_bridge_gpu.py 2>&1 | tail -15
+  step "sweep d=128 non-causal $B: n 17/1000/4100/8200 both dtypes GQA"
+  timeout 120 wb sweep d --n 17,1000,4100,8200 --d 128 --dtype bf16,fp16 -p causal=false -p kv_heads=2 $B \
+    --timeout 40 | sweep_verdicts
+  for round in $(seq 1 "${BRIDGE_ROUNDS:-2}"); do
+    step "round $round: d=128 s 1024/4096/8192 non-causal both dtypes: default + FA4, q_buffers=2, the bridge"
+    timeout 120 wb bench d -p d=128 -p n=1024,4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 110 \
+      | table_rows 200 default
+    timeout 90 wb bench d -p d=128 -p n=1024,4096,8192 -p causal=false -p dtype=bf16,fp16 -V q_buffers=2 --peers "" \
+      --timeout 80 | table_rows 200 qbuf2
+    timeout 90 wb bench d -p d=128 -p n=1024,4096,8192 -p causal=false -p dtype=bf16,fp16 $B --peers "" --timeout 80 \
+      | table_rows 200 bridge
+  done
+  ;;
 export256)
   # d = 192 and 256 non-causal are dynamic with split_tail=few by default (round 21): the exported
   # op of each, its fixtures at batch 1 with 5 heads, m = n = 4096 (160 tiles: cut), against the
@@ -1024,6 +1047,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|r23|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|bridge|r23|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done

@@ -74,6 +74,25 @@ def test_stage_d_defaults_do_not_spill(fmha_ws, wb, d, causal):
     assert all(n <= 3 * 64 + 32 for n in opcode_counts(rec, fmha_ws, "FSEL")), opcode_counts(rec, fmha_ws, "FSEL")
 
 
+def test_the_bridged_tile_boundary_fits_d128_without_spilling(fmha_ws, wb):
+    """``-V tile_bridge=on`` at d = 128 non-causal (consume_stream: the next tile's first QK^T
+    issued with this tile's last PV MMA, the epilogue after the next first softmax): the stream
+    holds the steady loop and the bridge, so S, P and O of two tiles and the epilogue share
+    240 registers; no spill and no wgmma serialization in either (8 WARPGROUP instructions per
+    loop at most). A long query no longer gets the 128 x 176 kernel (its O is staged in Q, which
+    a second Q buffer does not fit): one kernel."""
+    proc = wb("compile", "d", "--d", "128", "--n", "8192", "-p", "causal=false", "-V", "tile_bridge=on", "-V",
+              "q_buffers=2", "--keep", "sass", "--json", cwd=fmha_ws, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rec = json.loads(proc.stdout)
+    (kernel,) = rec["resources"]["kernels"]
+    assert "128x128_" in kernel["name"]
+    assert (kernel["spill_store_bytes"], kernel["spill_load_bytes"]) == (0, 0), kernel
+    assert opcode_counts(rec, fmha_ws, "WARPGROUP")[0] <= 2 * 8, opcode_counts(rec, fmha_ws, "WARPGROUP")
+    refused = wb("compile", "d", "--d", "128", "-V", "tile_bridge=on", cwd=fmha_ws, timeout=600)
+    assert refused.returncode == 2 and "tile_bridge=on needs q_buffers=2" in refused.stderr
+
+
 @pytest.mark.parametrize("schedule", ["overlap", "pingpong"])
 def test_three_consumer_wgs_with_overlap_fit_160_registers(fmha_ws, wb, schedule):
     """d=64 with 3 consumer WGs (160 registers each) and the overlap schedules: no spills.
