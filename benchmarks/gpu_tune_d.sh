@@ -916,7 +916,7 @@ rows128)
 bridge)
   # tile_bridge=on (stage_d_fmha.consume_stream): the next work tile's first QK^T issued with this tile's
   # last PV MMA, the epilogue after the next tile's first softmax; needs q_buffers=2. Bit-equal to off
-  # (tests/test_tile_bridge_gpu.py), swept, then d = 128 s 1024 / 4096 / 8192 non-causal timed: the
+  # (tests/test_tile_bridge_gpu.py), swept, then d = 128 s 4096 / 8192 non-causal timed: the
   # default with FA4, q_buffers=2 alone, the bridge, BRIDGE_ROUNDS (2) rounds
   B="-V q_buffers=2 -V tile_bridge=on"
   step "tests/test_tile_bridge_gpu.py (the same bits as without the bridge, every row written)"
@@ -925,12 +925,12 @@ bridge)
   timeout 120 wb sweep d --n 17,1000,4100,8200 --d 128 --dtype bf16,fp16 -p causal=false -p kv_heads=2 $B \
     --timeout 40 | sweep_verdicts
   for round in $(seq 1 "${BRIDGE_ROUNDS:-2}"); do
-    step "round $round: d=128 s 1024/4096/8192 non-causal both dtypes: default + FA4, q_buffers=2, the bridge"
-    timeout 120 wb bench d -p d=128 -p n=1024,4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 110 \
+    step "round $round: d=128 s 4096/8192 non-causal both dtypes: default + FA4, q_buffers=2, the bridge"
+    timeout 120 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 110 \
       | table_rows 200 default
-    timeout 90 wb bench d -p d=128 -p n=1024,4096,8192 -p causal=false -p dtype=bf16,fp16 -V q_buffers=2 --peers "" \
+    timeout 90 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 -V q_buffers=2 --peers "" \
       --timeout 80 | table_rows 200 qbuf2
-    timeout 90 wb bench d -p d=128 -p n=1024,4096,8192 -p causal=false -p dtype=bf16,fp16 $B --peers "" --timeout 80 \
+    timeout 90 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 $B --peers "" --timeout 80 \
       | table_rows 200 bridge
   done
   ;;
