@@ -887,7 +887,7 @@ lazy96)
   # lazy_rescale=on at d = 96 non-causal under today's defaults (dynamic scheduler, split tail): round 12
   # passed every non-causal d = 96 case with it and measured +1.5-2.5 % before those defaults; swept, then
   # timed beside the default and FA4 over PROCS (3) fresh processes
-  step "sweep d=96 non-causal -V lazy_rescale=on: n 17/1000/4096/8200 both dtypes GQA; softcap 30, batch 1 7 heads m 4096"
+  step "sweep d=96 non-causal with -V lazy_rescale=on (n 17/1000/4096/8200 both dtypes GQA; softcap 30, batch 1 7 heads m 4096)"
   timeout 120 wb sweep d --n 17,1000,4096,8200 --d 96 --dtype bf16,fp16 -p causal=false -p kv_heads=2 -V lazy_rescale=on \
     --timeout 40 | sweep_verdicts
   timeout 60 wb sweep d --n 4100 --d 96 --dtype fp16 -p causal=false -p m=4096 -p heads=7 -p kv_heads=7 -p batch=1 \
