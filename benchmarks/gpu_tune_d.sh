@@ -35,7 +35,8 @@
 # PHASE lazy96: lazy_rescale=on at d = 96 non-causal, swept (9 cases) and timed beside the default and FA4
 #               over PROCS (3) processes (about 4 minutes)
 # PHASE rows128: d = 128 non-causal with 192-row Q tiles (3 WGs, P through shared memory, O in Q): 4 sweep cases,
-#               then timed beside the default and FA4 (about 3 minutes); r23: default64, lazy96, rows128 in one call
+#               then timed beside the default and FA4 (about 3 minutes); r23: bridge (one round), default64, lazy96,
+#               rows128 in one call, as far as its budget goes
 # PHASE bridge: tile_bridge=on at d = 128 non-causal: tests/test_tile_bridge_gpu.py, a sweep (8 cases), then timed
 #               beside the default, FA4 and q_buffers=2 alone, BRIDGE_ROUNDS (2) rounds (about 7 minutes)
 # PHASE contested: the non-causal cells short of their goal (d = 128 s 4096 / 8192, d = 96 / 192 s 8192,
@@ -899,6 +900,8 @@ lazy96)
     --processes "${PROCS:-3}" --timeout 60 | table_rows 200 lazy
   ;;
 r23)
+  # in the order of their worth to issue 18; the call's budget cuts the tail
+  BRIDGE_ROUNDS=${BRIDGE_ROUNDS:-1} bash "$0" bridge
   bash "$0" default64
   bash "$0" lazy96
   bash "$0" rows128
