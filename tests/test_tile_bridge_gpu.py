@@ -40,7 +40,7 @@ CASES = [  # d, m, n, batch, heads, kv_heads, dtype, softcap, variants
     (128, 1024, 1000, 4, 32, 8, "bf16", 0.0, {}),  # a key tail, GQA, 8 tiles per CTA
     (128, 2048, 2048, 2, 16, 16, "fp16", 30.0, {}),  # softcap
     (128, 2048, 2048, 2, 16, 16, "bf16", 0.0, {"persistent": "on"}),  # round robin
-    (64, 4096, 4096, 2, 8, 8, "bf16", 0.0, {"short_tile": "whole"}),  # 3 consumer WGs
+    (64, 4096, 4096, 2, 8, 8, "bf16", 0.0, {"short_tile": "whole", "split_tail": "off"}),  # 3 consumer WGs
 ]
 
 

@@ -1723,12 +1723,12 @@ class FmhaForward(FmhaForwardBase):
                     kv_state, pipeline_q, q_next, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv,
                     tSrQ[None, None, None, q_next.index], tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, done,
                     row_scale, wg, n_max_next, mask_fn, p_store,
-                    self.stream_end(done, end_io, sched, tile, m_block, head, batch),
+                    partial(self.stream_end, done, end_io, sched, tile, m_block, head, batch),
                 )
             else:
                 kv_state = self.close_stream(
                     kv_state, pipeline_v, tiled_mma_pv, tOrVt, tOrP, acc_O, softmax,
-                    self.stream_end(softmax, end_io, sched, tile, m_block, head, batch),
+                    partial(self.stream_end, softmax, end_io, sched, tile, m_block, head, batch),
                 )
             tile, m_block, head, batch = nxt, m_next, h_next, b_next
             q_buf, q_phase = q_buf_next, q_phase_next
@@ -1752,17 +1752,17 @@ class FmhaForward(FmhaForwardBase):
 
     def stream_end(self, softmax_of_tile: sm.OnlineSoftmax, end_io: tuple, sched, tile: Int32, m_block: Int32,
                    head: Int32, batch: Int32):
-        """``end_tile`` of work tile ``tile`` in the stream, to call once its last PV MMA is done
-        (``softmax_of_tile``: its statistics)."""
+        """``end_tile`` of work tile ``tile`` in the stream, called once its last PV MMA is done
+        (``softmax_of_tile``: its statistics); the tile's addresses are made only then."""
         acc_O, row_scale, thr_pv, tma_atom_o, tiled_mma_pv, mO, mLSE, sO, tidx_wg, wg, seqlen_q, split_io = end_io
         gO = cute.local_tile(mO[None, None, head, batch], (self.wg_rows, self.dv), (None, 0))
         piece = None
         if const_expr(self.split_tail):
             piece = self.piece_of(sched, tile)
-        return partial(
-            self.end_tile, acc_O, softmax_of_tile, row_scale, thr_pv, tma_atom_o, tiled_mma_pv, gO, None,
-            mLSE[batch, head, None], sO, tidx_wg, wg, m_block, m_block * self.tile_m + wg * self.wg_rows, seqlen_q,
-            no_release, no_stamp, piece, split_io,
+        self.end_tile(
+            acc_O, softmax_of_tile, row_scale, thr_pv, tma_atom_o, tiled_mma_pv, gO, None, mLSE[batch, head, None], sO,
+            tidx_wg, wg, m_block, m_block * self.tile_m + wg * self.wg_rows, seqlen_q, no_release, no_stamp, piece,
+            split_io,
         )
 
     @cute.jit
