@@ -39,7 +39,8 @@
 #               rows128 in one call, as far as its budget goes
 # PHASE bridge: tile_bridge=on at d = 128 non-causal: tests/test_tile_bridge_gpu.py, a sweep (8 cases), then timed
 #               beside the default, FA4 and q_buffers=2 alone, BRIDGE_ROUNDS (2) rounds (about 7 minutes)
-# PHASE bridgemini: bridge cut to about 4 minutes (its GPU test, then s = 4096 beside the default and FA4)
+# PHASE bridgemini: bridge cut to about 4 minutes (its GPU test, BRIDGE_TESTS: a -k filter of it, then s = 4096
+#               beside the default and FA4)
 # PHASE contested: the non-causal cells short of their goal (d = 128 s 4096 / 8192, d = 96 / 192 s 8192,
 #               d = 64 s 1024 against cuDNN), both dtypes, FA4 and cuDNN beside, ROUNDS (4) processes each
 # PHASE dynfinal: one call for persistent auto = dynamic at d = 128 non-causal: its defaults' sweep (36 cases, the
@@ -941,7 +942,7 @@ bridge)
 bridgemini)
   # bridge cut to a device budget of about 4 minutes: its GPU test, then d = 128 s = 4096 beside the default and FA4
   step "tests/test_tile_bridge_gpu.py"
-  timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_tile_bridge_gpu.py 2>&1 | tail -8
+  timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_tile_bridge_gpu.py ${BRIDGE_TESTS:+-k "$BRIDGE_TESTS"} 2>&1 | tail -8
   step "d=128 s=4096 non-causal both dtypes: the default with FA4, then the bridge"
   timeout 60 wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 50 | table_rows 200 default
   timeout 50 wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16,fp16 -V q_buffers=2 -V tile_bridge=on --peers "" \
