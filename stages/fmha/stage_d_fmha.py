@@ -684,6 +684,22 @@ class FmhaForward(FmhaForwardBase):
         tile, split, pieces = sched.piece(item)
         return split, pieces, tile - sched.whole, sched.split_tiles
 
+    def kv_span(self, m_block: Int32, seqlen_q: Int32, seqlen_k: Int32, piece: tuple = None):
+        """(n_min, n_max): the KV tiles n_min .. n_max - 1 that work tile ``m_block`` visits
+        (``mask.kv_tile_range``), or those of its ``piece`` (split_tail, ``piece_of``)."""
+        n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
+        if const_expr(piece is not None):
+            n_min, n_max = split_kv.kv_range(n_max, piece)
+        return n_min, n_max
+
+    def q_state_of(self, q_buf: Int32, q_phase: Int32, wg: Int32) -> pipeline.PipelineState:
+        """The Q ring state of consumer WG ``wg``'s slot in Q buffer ``q_buf`` (always 0 with one
+        buffer) at ``q_phase``."""
+        q_slot = wg
+        if const_expr(self.q_stages != self.num_consumer_wg):
+            q_slot = q_buf * self.num_consumer_wg + wg
+        return pipeline.PipelineState(self.q_stages, Int32(0), q_slot, q_phase)
+
     def next_q_buffer(self, q_buf: Int32, q_phase: Int32):
         """(Q buffer, phase) of a consumer's next work tile."""
         if const_expr(self.q_stages == self.num_consumer_wg):
@@ -852,9 +868,7 @@ class FmhaForward(FmhaForwardBase):
             gQ = cute.local_tile(mQ[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
             gK = cute.local_tile(mK[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))  # (128, d, ceil(n/128))
             gV = cute.local_tile(mV[None, None, head_kv, batch], (self.tile_n, self.dv), (None, 0))
-        n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
-        if const_expr(piece is not None):
-            n_min, n_max = split_kv.kv_range(n_max, piece)
+        n_min, n_max = self.kv_span(m_block, seqlen_q, seqlen_k, piece)
         shared_rows = None
         if const_expr(self.short_split):
             shared_rows = short_tile_mod.is_short(m_block, seqlen_q, self.tile_m, self.wg_rows)
@@ -883,16 +897,14 @@ class FmhaForward(FmhaForwardBase):
             gO = cute.local_tile(cute.domain_offset((off_q, 0), mO[None, None, head]), (self.wg_rows, self.dv), (None, 0))
             gO_rows = cute.local_tile(cute.domain_offset((off_q, 0), mO_rows[None, None, head]), (self.wg_rows, self.dv), (None, 0))
             mLSE_row = cute.domain_offset((off_q,), mLSE[head, None])
-            n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
+            n_min, n_max = self.kv_span(m_block, seqlen_q, seqlen_k)
             seqlen_q = self.store_limit(mO_rows, off_q, seqlen_q)  # (consume_d reads seqlen_q for the stores only)
             if const_expr(self.varlen_bug == "tail_unmasked"):
                 seqlen_k = (seqlen_k + (self.tile_n - 1)) // self.tile_n * self.tile_n  # (and seqlen_k for the mask)
         else:
             gO = cute.local_tile(mO[None, None, head, batch], (self.wg_rows, self.dv), (None, 0))  # (64, dv, ceil(m/64))
             mLSE_row = mLSE[batch, head, None]
-            n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
-            if const_expr(piece is not None):
-                n_min, n_max = split_kv.kv_range(n_max, piece)
+            n_min, n_max = self.kv_span(m_block, seqlen_q, seqlen_k, piece)
         shared_rows = None
         if const_expr(self.short_split):
             shared_rows = (short_tile_mod.is_short(m_block, seqlen_q, self.tile_m, self.wg_rows), scratch)
@@ -1192,14 +1204,11 @@ class FmhaForward(FmhaForwardBase):
             lo_row_offset=lo_row_offset,
         )
 
-        q_slot = wg
-        if const_expr(self.q_stages != self.num_consumer_wg):
-            q_slot = q_buf * self.num_consumer_wg + wg
-        q_state = pipeline.PipelineState(self.q_stages, Int32(0), q_slot, q_phase)
+        q_state = self.q_state_of(q_buf, q_phase, wg)
         pipeline_q.consumer_wait(q_state)
         release_q = partial(pipeline_q.consumer_release, q_state)
         stamp(1)
-        tSrQ_wg = tSrQ[None, None, None, q_slot]
+        tSrQ_wg = tSrQ[None, None, None, q_state.index]
 
         if const_expr(self.schedule == "serial"):
             step = partial(
@@ -1689,7 +1698,7 @@ class FmhaForward(FmhaForwardBase):
         tile_state = sched.ring_state(producer=False)
         q_buf, q_phase = Int32(0), Int32(0)
         m_block, head, batch = sched.current(tile, m_block, head, batch)
-        _, n_max, _ = self.stream_range(sched, tile, m_block, seqlen_q, seqlen_k)
+        _, n_max = self.stream_range(sched, tile, m_block, seqlen_q, seqlen_k)
         softmax.reset()
         acc_O.fill(0.0)
         q_state = self.q_state_of(q_buf, q_phase, wg)
@@ -1702,7 +1711,7 @@ class FmhaForward(FmhaForwardBase):
             if wg == 0:
                 cute.arch.barrier_arrive(barrier_id=SCHED_BARRIER_BASE, number_of_threads=2 * common.WG_THREADS)
         while tile < sched.tiles:
-            n_min, n_max, _ = self.stream_range(sched, tile, m_block, seqlen_q, seqlen_k)
+            n_min, n_max = self.stream_range(sched, tile, m_block, seqlen_q, seqlen_k)
             q_state = self.q_state_of(q_buf, q_phase, wg)
             for i in cutlass.range(1, n_max - n_min, unroll=1):
                 kv_state = self.overlap_tile(
@@ -1715,7 +1724,7 @@ class FmhaForward(FmhaForwardBase):
                 tile, m_block, head, batch, tile_state, producer=False
             )
             m_next, h_next, b_next = sched.current(nxt, m_next, h_next, b_next)
-            _, n_max_next, _ = self.stream_range(sched, nxt, m_next, seqlen_q, seqlen_k)
+            _, n_max_next = self.stream_range(sched, nxt, m_next, seqlen_q, seqlen_k)
             q_buf_next, q_phase_next = self.next_q_buffer(q_buf, q_phase)
             q_next = self.q_state_of(q_buf_next, q_phase_next, wg)
             if nxt < sched.tiles:
@@ -1737,18 +1746,10 @@ class FmhaForward(FmhaForwardBase):
                 self.sched_sync(wg)  # the last WG's last arrive (or WG 0's own, with no turn taken)
 
     def stream_range(self, sched, tile: Int32, m_block: Int32, seqlen_q: Int32, seqlen_k: Int32):
-        """(n_min, n_max, piece) of work tile ``tile`` in the stream: its KV tiles, and its piece
-        (``piece_of``) when the tail is split (else None)."""
-        n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
-        piece = None
-        if const_expr(self.split_tail):
-            piece = self.piece_of(sched, tile)
-            n_min, n_max = split_kv.kv_range(n_max, piece)
-        return n_min, n_max, piece
-
-    def q_state_of(self, q_buf: Int32, q_phase: Int32, wg: Int32) -> pipeline.PipelineState:
-        """The Q ring state of consumer WG ``wg``'s slot in Q buffer ``q_buf`` at ``q_phase``."""
-        return pipeline.PipelineState(self.q_stages, Int32(0), q_buf * self.num_consumer_wg + wg, q_phase)
+        """(n_min, n_max): the KV tiles of work tile ``tile`` in the stream (its piece's, when the
+        tail is split)."""
+        piece = self.piece_of(sched, tile) if const_expr(self.split_tail) else None
+        return self.kv_span(m_block, seqlen_q, seqlen_k, piece)
 
     def stream_end(self, softmax_of_tile: sm.OnlineSoftmax, end_io: tuple, sched, tile: Int32, m_block: Int32,
                    head: Int32, batch: Int32):
