@@ -75,7 +75,7 @@ for part in ${@:-mask softcap headdim dv longtile varlen paged}; do
       ;;
     longtile)
       # causal d = 64 builds a 128-row and a 192-row kernel and launches the latter from m >= 4096
-      # (geometry.long_kernel; d = 96 from m >= 8192): m on both sides of 4096, both dtypes, GQA, bottom-right, softcap
+      # (geometry.long_kernels; d = 96 from m >= 8192): m on both sides of 4096, both dtypes, GQA, bottom-right, softcap
       wb sweep d --n 1000,4096,8192 --d 64 --dtype bf16,fp16 -p causal=true -p kv_heads=2 --timeout "$T"
       wb sweep d --n 8192 -p m=4096,5000 --d 64 --dtype bf16 -p causal=true -p align=bottom_right --timeout "$T"
       wb sweep d --n 4096 --d 64 --dtype bf16 -p causal=true -p softcap=30 -p batch=1 -p heads=2 --timeout "$T"

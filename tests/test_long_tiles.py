@@ -1,12 +1,14 @@
-"""Causal d=64 and d=96 and non-causal d=128 build two kernels (stages/fmha/geometry.long_kernel):
-the default one and, beside it, one that runs from the long kernel's min_m query rows and
-min_n keys on (causal d=64: 3 consumer WGs from m = 4096; causal d=96: non-causal's 192 x 144
-tile, P in shared memory, O in Q, from m = 8192; non-causal d=128: a 128 x 176 tile, O in Q,
-from n = 8192 keys, whatever m). On the CPU: which configurations and variants get the second
-kernel, that the stage's compile returns both under two kernel names and picks by m and n, that `wb shapes` lists the first
-build's probes only, that the fixtures and the mutants take the launched kernel's tile, and
-that the exported op (stages/fmha/export_op.py, run here with stand-in functions) picks as
-the stage does. The speed that justifies it is measured on a GPU (docs/perf-notes.md)."""
+"""Causal d=64 and d=96 and non-causal d=128 build long kernels (stages/fmha/geometry.long_kernels):
+the default one and, beside it, kernels that run from their min_m query rows and min_n keys
+on, the first that serves a shape (causal d=64: 3 consumer WGs from m = 4096; causal d=96:
+non-causal's 192 x 144 tile, P in shared memory, O in Q, from m = 8192; non-causal d=128:
+192-row tiles, P in shared memory, O in Q, from m = n = 8192, else a 128 x 176 tile, O in Q,
+from n = 8192 keys). On the CPU: which configurations and variants get them, that the stage's
+compile returns each under its own kernel name and picks by m and n, that `wb shapes` lists
+the first build's probes only, that the fixtures and the mutants take the launched kernel's
+tile, and that the exported op (stages/fmha/export_op.py, run here with stand-in functions)
+picks as the stage does. The speed that justifies them is measured on a GPU
+(docs/perf-notes.md)."""
 
 import sys
 from pathlib import Path
@@ -26,25 +28,38 @@ from stages.fmha import geometry  # noqa: E402
 @pytest.mark.parametrize(
     "d, causal, windowed, varlen, paged, expected",
     [
-        (64, True, False, False, False, ((4096, 0), {"consumers": "3"})),  # (min_m, min_n)
-        (96, True, False, False, False, ((8192, 0), {"consumers": "3", "kv_tile": "144", "o_staging": "q"})),
-        (128, False, False, False, False, ((0, 8192), {"consumers": "2", "kv_tile": "176", "o_staging": "q"})),
-        (64, False, False, False, False, None),  # non-causal d=64 and 96 are 192-row already
-        (96, False, False, False, False, None),
-        (128, True, False, False, False, None),
-        (192, False, False, False, False, None),
-        (256, False, False, False, False, None),
-        (128, False, True, False, False, None),
-        (128, False, False, True, False, None),
-        (128, False, False, False, True, None),
-        (64, True, True, False, False, None),  # a window: masked steps at both edges
-        (96, True, False, True, False, None),  # varlen would choose by max_seqlen_q: not measured
-        (96, True, False, False, True, None),
+        (64, True, False, False, False, [((4096, 0), {"consumers": "3"})]),  # (min_m, min_n)
+        (96, True, False, False, False, [((8192, 0), {"consumers": "3", "kv_tile": "144", "o_staging": "q"})]),
+        (128, False, False, False, False, [((8192, 8192), {"consumers": "3", "o_staging": "q", "p_operand": "smem"}),
+                                           ((0, 8192), {"consumers": "2", "kv_tile": "176", "o_staging": "q"})]),
+        (64, False, False, False, False, []),  # non-causal d=64 and 96 are 192-row already
+        (96, False, False, False, False, []),
+        (128, True, False, False, False, []),
+        (192, False, False, False, False, []),
+        (256, False, False, False, False, []),
+        (128, False, True, False, False, []),
+        (128, False, False, True, False, []),
+        (128, False, False, False, True, []),
+        (64, True, True, False, False, []),  # a window: masked steps at both edges
+        (96, True, False, True, False, []),  # varlen would choose by max_seqlen_q: not measured
+        (96, True, False, False, True, []),
     ],
 )
-def test_only_causal_d64_d96_and_non_causal_d128_fixed_length_without_a_window_get_the_long_kernel(d, causal, windowed, varlen, paged, expected):
-    long = geometry.long_kernel(d, causal, windowed, varlen, paged)
-    assert (None if long is None else ((long.min_m, long.min_n), long.variants())) == expected
+def test_only_causal_d64_d96_and_non_causal_d128_fixed_length_without_a_window_get_long_kernels(d, causal, windowed, varlen, paged, expected):
+    longs = geometry.long_kernels(d, causal, windowed, varlen, paged)
+    assert [((long.min_m, long.min_n), long.variants()) for long in longs] == expected
+
+
+def test_d128s_192_row_kernel_is_tried_before_the_176_key_one_and_only_from_8192_rows():
+    """The first long kernel that serves a shape is launched: 192-row tiles where m and n are
+    both 8192 or more, the 176-key tile where only n is, the default 128 x 128 below 8192
+    keys."""
+    longs = geometry.long_kernels(128, False, False, False, False)
+    picked = {(m, n): geometry.serving(longs, m, n) for m, n in ((8192, 8192), (16384, 8192), (8191, 16384), (256, 8192), (16384, 8191))}
+    assert [None if long is None else (long.consumers, long.kv_tile) for long in picked.values()] == [
+        (3, None), (3, None), (2, 176), (2, 176), None]
+    assert [(g.tile_m, g.tile_n, g.p_smem, g.o_in_q) for g in (geometry.launched(128, 8192, n=8192), geometry.launched(128, 256, n=8192))] == [
+        (192, 128, True, True), (128, 176, False, True)]
 
 
 @pytest.mark.parametrize(
@@ -61,35 +76,39 @@ def test_only_causal_d64_d96_and_non_causal_d128_fixed_length_without_a_window_g
     ],
 )
 def test_the_long_kernel_is_built_only_where_the_other_variants_allow_it(d, variants, built):
-    assert (geometry.long_kernel(d, True, False, False, False, variants) is not None) == built
+    assert bool(geometry.long_kernels(d, True, False, False, False, variants)) == built
 
 
 @pytest.mark.parametrize(
     "variants, built",
     [
-        ({}, True),
-        ({"schedule": "serial"}, True),  # P stays in registers: every schedule
-        ({"o_staging": "own"}, False),  # a variant the long kernel sets, chosen
-        ({"kv_tile": "128"}, False),
-        ({"consumers": "2"}, False),
-        ({"q_buffers": "2"}, False),  # O staged in Q takes the one Q buffer
-        ({"kv_stages": "3"}, False),  # 176-key K and V tiles, 3 deep: over a CTA's shared memory
+        ({}, [(3, None), (2, 176)]),  # (consumers, kv_tile) of each
+        ({"schedule": "serial"}, [(2, 176)]),  # P through shared memory is not built serial; the 176-key tile's P stays in registers
+        ({"schedule": "overlap"}, [(3, None), (2, 176)]),
+        ({"o_staging": "own"}, []),  # a variant of the tile's shape, chosen: that tile for every shape
+        ({"kv_tile": "128"}, []),
+        ({"consumers": "2"}, []),
+        ({"p_operand": "regs"}, []),
+        ({"q_buffers": "2"}, []),  # O staged in Q takes the one Q buffer
+        ({"kv_stages": "3"}, []),  # K and V tiles 3 deep beside them: over a CTA's shared memory
     ],
 )
-def test_d128s_non_causal_long_kernel_is_built_only_where_the_other_variants_allow_it(variants, built):
-    assert (geometry.long_kernel(128, False, False, False, False, variants) is not None) == built
+def test_d128s_non_causal_long_kernels_are_built_only_where_the_other_variants_allow_them(variants, built):
+    longs = geometry.long_kernels(128, False, False, False, False, variants)
+    assert [(long.consumers, long.kv_tile) for long in longs] == built
 
 
 @pytest.mark.parametrize(
     "d, causal, tiles_by_mn",
     [
         (96, True, ((4096, 250, 128, 128), (8192, 250, 144, 192))),
-        (128, False, ((8192, 4096, 128, 128), (256, 8192, 176, 128), (8192, 8200, 176, 128))),
+        (128, False, ((8192, 4096, 128, 128), (256, 8192, 176, 128), (8191, 8200, 176, 128), (8192, 8300, 128, 192))),
     ],
 )
 def test_fixtures_and_mutants_take_the_tile_of_the_kernel_launched_for_m_rows_and_n_keys(d, causal, tiles_by_mn):
     """d=96 causal: 128-key tiles below 8192 query rows, 144 (and 192-row Q tiles) from there
-    on, whatever n; d=128 non-causal: 176-key tiles from 8192 keys on, whatever m. The single
+    on, whatever n; d=128 non-causal: 192-row Q tiles from m = n = 8192, else 176-key tiles
+    from 8192 keys on. The single
     fixture's V element lands at row 9 of the last tile of that width; the mutants simulate
     that width and Q tile; with kv_tile chosen, the default kernel's for every m and n."""
     from workbench.diagnose import MutantContext
@@ -123,9 +142,14 @@ def _params(**over):
 
 
 @pytest.mark.parametrize(
-    "d, causal, min_mn, long_name", [(64, True, (4096, 0), "192x128"), (96, True, (8192, 0), "192x144"), (128, False, (0, 8192), "128x176")]
+    "d, causal, longs",
+    [
+        (64, True, [((4096, 0), "192x128")]),  # (min_m, min_n), the tile in the kernel's name
+        (96, True, [((8192, 0), "192x144")]),
+        (128, False, [((8192, 8192), "192x128"), ((0, 8192), "128x176")]),
+    ],
 )
-def test_the_stage_compiles_both_kernels_under_two_names_and_picks_by_m_and_n(d, causal, min_mn, long_name):
+def test_the_stage_compiles_each_kernel_under_its_own_name_and_picks_by_m_and_n(d, causal, longs):
     pytest.importorskip("cutlass")
     from stages.fmha import host
     from stages.fmha.stage_d_fmha import StageD
@@ -135,23 +159,26 @@ def test_the_stage_compiles_both_kernels_under_two_names_and_picks_by_m_and_n(d,
     stage = StageD()
     with capture("d") as both_probes, tracing("d", "sm_90a") as state:
         both = stage.compile(_params(d=d, causal=causal), host.variants_of("d", {}), "sm_90a")
-    min_m, min_n = min_mn
-    assert both.fn_long is not None and (both.long.min_m, both.long.min_n) == min_mn
-    assert both.for_shape(min_m, min_n) is both.fn_long and both.for_shape(min_m + 9000, min_n + 9000) is both.fn_long
-    # one short side is the default kernel's: m below min_m, or n below min_n
-    assert (min_m == 0 or both.for_shape(min_m - 1, 16384) is both.fn) and (min_n == 0 or both.for_shape(16384, min_n - 1) is both.fn)
+    assert [(long.min_m, long.min_n) for long in both.longs] == [mn for mn, _ in longs] and len(both.fns_long) == len(longs)
+    for (min_m, min_n), fn in zip([mn for mn, _ in longs], both.fns_long):
+        assert both.for_shape(min_m, min_n) is fn  # the first that serves
+    assert both.for_shape(16384 + 9000, 16384 + 9000) is both.fn_long
+    # a short side below every long kernel's is the default kernel's: m below min_m, or n below min_n
+    low_m, low_n = min(mn[0] for mn, _ in longs), min(mn[1] for mn, _ in longs)
+    assert (low_m == 0 or both.for_shape(low_m - 1, 16384) is both.fn) and (low_n == 0 or both.for_shape(16384, low_n - 1) is both.fn)
     names = [k.name for k in state.kernels]
-    assert len(names) == 2 and "FmhaForward_128x128_" in names[0] and f"FmhaForward_{long_name}_" in names[1], names
+    assert len(names) == 1 + len(longs) and "FmhaForward_128x128_" in names[0], names
+    assert all(f"FmhaForward_{tile}_" in name for (_, tile), name in zip(longs, names[1:])), names
     # the probes are the 128-row build's alone: the same keys and layouts as consumers=2 by itself
     with capture("d") as short_probes, tracing("d", "sm_90a"):
         short = stage.compile(_params(d=d, causal=causal), host.variants_of("d", {"consumers": "2"}), "sm_90a")
-    assert short.fn_long is None and short.for_shape(8192, 8192) is short.fn
+    assert short.fn_long is None and short.longs == () and short.for_shape(8192, 8192) is short.fn
     assert [(r["key"], r["layout"]) for r in with_keys(list(both_probes))] == [
         (r["key"], r["layout"]) for r in with_keys(list(short_probes))
     ]
 
 
-def _fake_fns(with_long=True):
+def _fake_fns(longs=()):
     calls = []
 
     def make(name):
@@ -160,26 +187,38 @@ def _fake_fns(with_long=True):
         return fn
 
     fns = {"fn": (make("fn"), {})}
-    if with_long:
-        fns["fn_long"] = (make("fn_long"), export_op.piece_info("fn_long", None, type("C", (), {"long": geometry.LongKernel(consumers=2, min_m=4096, min_n=1024)})()))
+    compiled = type("C", (), {"longs": longs})()
+    for name in export_op.LONG_PIECES[:len(longs)]:
+        fns[name] = (make(name), export_op.piece_info(name, None, compiled))
     return fns, calls
 
 
-def test_the_exported_op_launches_the_long_kernel_from_min_m_rows_and_min_n_keys_on():
+def _launch_each(fns, shapes):
+    for m, n in shapes:
+        q = torch.empty(1, m, 2, 64, dtype=torch.bfloat16)
+        k = torch.empty(1, n, 2, 64, dtype=torch.bfloat16)
+        o, lse = export_op.launch(fns, q, k, k, causal=True)
+        assert o.shape == q.shape and lse.shape == (1, 2, m)
+
+
+def test_the_exported_op_launches_the_first_long_kernel_that_serves_from_min_m_rows_and_min_n_keys_on():
     dev = torch.device("cpu")
     export_op._per_stream[(dev, 0)] = (torch.zeros(2, dtype=torch.int32), 132, torch.empty(1))  # no CUDA here
     try:
-        fns, calls = _fake_fns()
+        fns, calls = _fake_fns((geometry.LongKernel(consumers=2, min_m=4096, min_n=1024),))
         assert fns["fn_long"][1] == {"min_m": 4096, "min_n": 1024} and export_op.piece_info("fn", None, None) == {}
         shapes = ((1, 2048), (4095, 2048), (4096, 2048), (9000, 2048), (9000, 1023), (9000, 1024))
-        for m, n in shapes:
-            q = torch.empty(1, m, 2, 64, dtype=torch.bfloat16)
-            k = torch.empty(1, n, 2, 64, dtype=torch.bfloat16)
-            o, lse = export_op.launch(fns, q, k, k, causal=True)
-            assert o.shape == q.shape and lse.shape == (1, 2, m)
+        _launch_each(fns, shapes)
         picked = ["fn", "fn", "fn_long", "fn_long", "fn", "fn_long"]
         assert calls == [(name, m, n) for name, (m, n) in zip(picked, shapes)]
-        only, calls = _fake_fns(with_long=False)  # every other configuration: fn for every m and n
+        # two, as non-causal d = 128 builds them: 192-row tiles from m = n = 8192, else 176 keys from n = 8192
+        fns, calls = _fake_fns((geometry.LongKernel(consumers=3, min_m=8192, min_n=8192), geometry.LongKernel(consumers=2, min_n=8192)))
+        assert [fns[name][1] for name in export_op.LONG_PIECES] == [{"min_m": 8192, "min_n": 8192}, {"min_m": 0, "min_n": 8192}]
+        shapes = ((8192, 8191), (8191, 8192), (8192, 8192), (1, 16384), (16384, 16384))
+        _launch_each(fns, shapes)
+        picked = ["fn", "fn_long2", "fn_long", "fn_long2", "fn_long"]
+        assert calls == [(name, m, n) for name, (m, n) in zip(picked, shapes)]
+        only, calls = _fake_fns()  # every other configuration: fn for every m and n
         k = torch.empty(1, 8192, 2, 64, dtype=torch.bfloat16)
         export_op.launch(only, torch.empty(1, 8192, 2, 64, dtype=torch.bfloat16), k, k)
         assert calls == [("fn", 8192, 8192)]
@@ -192,7 +231,8 @@ def test_the_exported_op_launches_the_long_kernel_from_min_m_rows_and_min_n_keys
     "d, causal, windowed, m, n, given, expected, note",
     [
         # the long kernel where it serves m and n, as the launch picks it
-        (128, False, False, 8192, 8192, {}, {"consumers": "2", "kv_tile": "176", "o_staging": "q"}, ""),
+        (128, False, False, 8192, 8192, {}, {"consumers": "3", "o_staging": "q", "p_operand": "smem"}, ""),
+        (128, False, False, 4096, 8192, {}, {"consumers": "2", "kv_tile": "176", "o_staging": "q"}, ""),
         (128, False, False, 4096, 4096, {}, {}, ""),
         (64, True, False, 4096, 4096, {}, {"consumers": "3"}, ""),
         (64, True, False, 1024, 1024, {}, {}, ""),
@@ -209,7 +249,7 @@ def test_the_exported_op_launches_the_long_kernel_from_min_m_rows_and_min_n_keys
 )
 def test_the_trace_follows_the_kernel_a_launch_runs_and_makes_it_persistent(d, causal, windowed, m, n, given, expected, note):
     """`wb run --trace` and benchmarks/trace_tiles.py trace the kernel a launch of m rows and n
-    keys runs (a trace of d = 128 s = 8192 once showed the 128 x 128 kernel, not the 128 x 176
+    keys runs (a trace of d = 128 s = 8192 once showed the 128 x 128 kernel, not the long
     one the bench times), and its persistent twin where the default is one CTA per tile: the
     trace buffer has room for one grid of persistent CTAs, and d = 96's grid of 1806 CTAs
     (one per tile, its default then) wrote past it (an illegal address on an H100)."""

@@ -98,12 +98,17 @@ def test_the_host_sizes_for_the_kernel_it_launches():
     p = Params(dict(m=4096, n=4096, d=128, dtype="bf16", batch=4, heads=16, kv_heads=16, causal=False))
     assert StageD().make_kernel(p, {}).split_slot_words() == SLOT_D128  # what compile stores as split_slot
 
+    # non-causal d = 128's kernels: 128 x 128, 192 x 128 from m = n = 8192, 128 x 176 from n = 8192
+    from stages.fmha.host import Compiled
+
+    longs = (LongKernel(min_m=8192, min_n=8192, consumers=3, o_staging="q", p_operand="smem"),
+             LongKernel(min_n=8192, consumers=2, kv_tile=176, o_staging="q"))
+    compiled = Compiled(fn=None, d=128, split_tail=True, tile_m=128, tile_n=128, split_slot=SLOT_D128, longs=longs, fns_long=(1, 2))
     q = SimpleNamespace(shape=(4, 4096, 16, 128))
-    long = LongKernel(min_n=8192, consumers=2, kv_tile=176, o_staging="q")
-    compiled = SimpleNamespace(split_tail=True, tile_m=128, tile_n=128, split_slot=SLOT_D128, split_max_waves=0, long=long)
     assert split_words(compiled, q, 4096, 132) == split_kv.workspace_words(2048, 132, 32, 2, SLOT_D128)
+    assert split_words(compiled, q, 8192, 132) == split_kv.workspace_words(2048, 132, 47, 2, SLOT_D128)  # 176 keys
     q8 = SimpleNamespace(shape=(2, 8192, 16, 128))
-    assert split_words(compiled, q8, 8192, 132) == split_kv.workspace_words(2048, 132, 47, 2, SLOT_D128)
+    assert split_words(compiled, q8, 8192, 132) == split_kv.workspace_words(43 * 32, 132, 64, 3, SLOT_D128)  # 192 rows, 3 WGs
     assert split_words(SimpleNamespace(split_tail=False), q, 4096, 132) == split_kv.COUNTERS
 
 
@@ -135,7 +140,7 @@ def test_the_exported_ops_buffer_lets_every_launch_cut_as_it_would_with_room_to_
     from stages.fmha.host import Compiled
 
     long = LongKernel(min_n=8192, consumers=wgs, kv_tile=176, o_staging="q")
-    compiled = Compiled(fn=None, d=128, split_tail=True, split_slot=slot, tile_m=64 * wgs, long=long)
+    compiled = Compiled(fn=None, d=128, split_tail=True, split_slot=slot, tile_m=64 * wgs, longs=(long,), fns_long=(None,))
     info = export_op.piece_info("fn", None, compiled)  # what the manifest keeps per piece
     assert info == split_kv.room(wgs, slot)
     assert export_op.piece_info("fn_long", None, compiled) == {"min_m": 0, "min_n": 8192, **info}

@@ -17,9 +17,11 @@ from __future__ import annotations
 import torch
 
 OP = "fwd"
-# the compiled kernels of one configuration: fn, and where geometry.long_kernel builds one
-# (causal d = 64 and 96, non-causal d = 128) fn_long, launched from info["min_m"] query rows and info["min_n"] keys on
-PIECES = ("fn", "fn_long")
+# the compiled kernels of one configuration: fn, and where geometry.long_kernels builds them (causal
+# d = 64 and 96, non-causal d = 128) fn_long and fn_long2, each launched from its info["min_m"] query rows
+# and info["min_n"] keys on, the first that serves a call
+LONG_PIECES = ("fn_long", "fn_long2")
+PIECES = ("fn",) + LONG_PIECES
 SCHEMA = (
     "(Tensor q, Tensor k, Tensor v, bool causal=False, float softcap=0.0, int window_left=-1, "
     'int window_right=-1, str align="top_left") -> (Tensor, Tensor)'
@@ -109,14 +111,15 @@ def check(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, a
 
 
 def piece_info(name: str, piece, compiled) -> dict:
-    """At export: the query rows and keys from which a piece runs (the stage's Compiled.long),
+    """At export: the query rows and keys from which a piece runs (the stage's Compiled.longs),
     and where the kernel cuts its last wave along the keys, the words its workspace takes
     (split_kv.room; stages.fmha is importable at export, not in the package)."""
-    info = {"min_m": int(compiled.long.min_m), "min_n": int(compiled.long.min_n)} if name == "fn_long" else {}
+    long = compiled.longs[LONG_PIECES.index(name)] if name in LONG_PIECES else None
+    info = {} if long is None else {"min_m": int(long.min_m), "min_n": int(long.min_n)}
     if getattr(compiled, "split_tail", False):
         from stages.fmha import geometry, split_kv
 
-        wgs = compiled.long.consumers if name == "fn_long" else compiled.tile_m // geometry.WG_ROWS
+        wgs = compiled.tile_m // geometry.WG_ROWS if long is None else long.consumers
         info.update(split_kv.room(wgs, compiled.split_slot))
     return info
 
@@ -184,8 +187,12 @@ def launch(fns, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right
     dv = v.shape[3]
     o = torch.empty_like(q, memory_format=torch.contiguous_format) if dv == q.shape[3] else q.new_empty((b, m, h, dv))
     lse = torch.empty_like(state[2])
-    long = fns.get("fn_long")
-    fn = long[0] if long is not None and m >= long[1]["min_m"] and k.shape[1] >= long[1]["min_n"] else fns["fn"][0]
+    n, fn = k.shape[1], fns["fn"][0]
+    for name in LONG_PIECES:  # the first long kernel that serves m and n
+        piece = fns.get(name)
+        if piece is not None and m >= piece[1]["min_m"] and n >= piece[1]["min_n"]:
+            fn = piece[0]
+            break
     fn(q, k, v, o, lse, state[0], state[1], None, None, None, None, None)  # not varlen, not paged
     return o, lse
 

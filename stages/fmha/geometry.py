@@ -30,9 +30,10 @@ more) and O staged in Q, 2 stages (paged: 192 x 128, O in its own tile), +4-6% o
 as FA3) with 2 stages, which fit only with O staged in Q's shared memory. 192-row Q tiles (3
 consumer WGs at 160 registers) with P in registers are d = 64's alone: for d >= 96 the O
 accumulator does not leave room for S and P. Three configurations launch a second kernel for
-long queries (``long_kernel``): causal d = 64 with 3 WGs from m = 4096, causal d = 96 with
-non-causal's 192 x 144 tile from m = 8192, and non-causal d = 128 with FlashAttention-3's
-128 x 176 tile, O in Q, from n = 8192 keys (whatever m).
+long queries (``long_kernels``): causal d = 64 with 3 WGs from m = 4096, causal d = 96 with
+non-causal's 192 x 144 tile from m = 8192, and non-causal d = 128 with two: 192-row tiles (P
+through shared memory, O in Q) from m = n = 8192, else FlashAttention-3's 128 x 176 tile, O in
+Q, from n = 8192 keys.
 """
 
 from __future__ import annotations
@@ -168,18 +169,20 @@ def fitting_kv_stages(d: int, tile_n: int, consumers: int, q_buffers: int, o_in_
 
 @dataclass(frozen=True)
 class LongKernel:
-    """A second kernel stage D compiles beside its default one and launches from ``min_m``
-    query rows and ``min_n`` keys on: 192-row causal tiles lose at short m (their extra masked
-    visits cost more than the better-hidden softmax gains) and win at long m; d = 128's wider
-    KV tile shortens the loop over the keys: it loses 1% at n = 4096 and wins 2% from 8192,
-    whatever m. Its variants over the default's: ``consumers`` and, where set, ``kv_tile``
-    and ``o_staging``."""
+    """A kernel stage D compiles beside its default one and launches from ``min_m`` query rows
+    and ``min_n`` keys on: 192-row causal tiles lose at short m (their extra masked visits cost
+    more than the better-hidden softmax gains) and win at long m; d = 128's wider KV tile
+    shortens the loop over the keys: it loses 1% at n = 4096 and wins 2% from 8192, whatever m;
+    d = 128's 192-row tiles waste a third of a tile's rows at m = 4096 (-2%) and win 1% from
+    m = n = 8192 over the wider KV tile. Its variants over the default's: ``consumers`` and,
+    where set, ``kv_tile``, ``o_staging`` and ``p_operand``."""
 
     consumers: int
     min_m: int = 0
     min_n: int = 0
     kv_tile: int | None = None
     o_staging: str = "auto"
+    p_operand: str = "auto"
 
     def serves(self, m: int, n: int) -> bool:
         """Whether it is the kernel launched for ``m`` query rows and ``n`` keys."""
@@ -187,29 +190,50 @@ class LongKernel:
 
     def variants(self) -> dict[str, str]:
         """The kernel's variants as kernel.yaml spells them (over the default kernel's)."""
-        given = {"consumers": str(self.consumers), "kv_tile": str(self.kv_tile or "auto"), "o_staging": self.o_staging}
+        given = {"consumers": str(self.consumers), "kv_tile": str(self.kv_tile or "auto"), "o_staging": self.o_staging,
+                 "p_operand": self.p_operand}
         return {k: v for k, v in given.items() if v != "auto"}
+
+    @property
+    def tile_m(self) -> int:
+        return WG_ROWS * self.consumers
 
     def tiles(self, d: int, **kwargs) -> Geometry:
         """Its tile shape (``tiles`` with this kernel's choices; kwargs as ``tiles`` takes)."""
-        return tiles(d, consumers=self.consumers, kv_tile=self.kv_tile, o_staging=self.o_staging, **kwargs)
+        return tiles(d, consumers=self.consumers, kv_tile=self.kv_tile, o_staging=self.o_staging,
+                     p_operand=self.p_operand, **kwargs)
 
 
-#: (d, causal): the long kernel of that configuration (``long_kernel``)
+#: the variants that shape a tile (a LongKernel's choices)
+TILE_VARIANTS = ("consumers", "kv_tile", "o_staging", "p_operand")
+
+#: (d, causal): the long kernels of that configuration, the first that serves a shape launched
+#: (``long_kernels``)
 _LONG = {
-    (64, True): LongKernel(min_m=4096, consumers=3),
-    (96, True): LongKernel(min_m=8192, consumers=3, kv_tile=144, o_staging="q"),
-    (128, False): LongKernel(min_n=8192, consumers=2, kv_tile=176, o_staging="q"),
+    (64, True): (LongKernel(min_m=4096, consumers=3),),
+    (96, True): (LongKernel(min_m=8192, consumers=3, kv_tile=144, o_staging="q"),),
+    (128, False): (
+        LongKernel(min_m=8192, min_n=8192, consumers=3, o_staging="q", p_operand="smem"),
+        LongKernel(min_n=8192, consumers=2, kv_tile=176, o_staging="q"),
+    ),
 }
 
 
-def long_kernel(d: int, causal: bool, windowed: bool, varlen: bool, paged: bool,
-                variants: Mapping[str, str] | None = None) -> LongKernel | None:
-    """The kernel launched for long queries beside the default (None: one kernel serves every
-    m). Fixed-length, not paged, without a window (varlen and paged would choose by
-    max_seqlen_q; not measured), and only where every variant it sets is auto in ``variants``
-    (an explicit choice is the user's experiment). Chosen by query rows m (the grid) where the
-    gain is the Q tile's, by keys n (the loop) where it is the KV tile's.
+def serving(longs: tuple[LongKernel, ...], m: int, n: int) -> LongKernel | None:
+    """The long kernel launched for ``m`` query rows and ``n`` keys: the first of ``longs``
+    that serves them (None: the default kernel)."""
+    return next((long for long in longs if long.serves(m, n)), None)
+
+
+def long_kernels(d: int, causal: bool, windowed: bool, varlen: bool, paged: bool,
+                 variants: Mapping[str, str] | None = None) -> tuple[LongKernel, ...]:
+    """The kernels launched for long shapes beside the default, the first that serves a shape
+    launched (empty: one kernel serves every m and n). Fixed-length, not paged, without a
+    window (varlen and paged would choose by max_seqlen_q; not measured), none where a variant
+    of the tile's shape (``TILE_VARIANTS``) is chosen in ``variants`` (the user's experiment:
+    that tile for every m and n), and each only where the other variants allow it. Chosen by
+    query rows m (the grid) where the gain is the Q tile's, by keys n (the loop) where it is
+    the KV tile's.
 
     * causal d = 64: 3 consumer WGs from m = 4096 (H200, bf16, TFLOP/s 128-row / 192-row:
       s = 1024 353 / 314, 4096 479 / 490, 8192 505 / 547, 16384 517 / 567);
@@ -220,14 +244,20 @@ def long_kernel(d: int, causal: bool, windowed: bool, varlen: bool, paged: bool,
       keys (H200, bf16 / fp16, two rounds in one call: s = 8192 745 / 720 and 744 / 721 against
       734 / 706 and 720 / 705; s = 4096 713 / 691 against 722 / 698. Round 8. H100, bf16:
       m = 4096 n = 16384 744 / 742 against 729 / 728; m = 8192 n = 4096 705 / 704 against
-      699 / 713. Round 9)."""
-    if windowed or varlen or paged:
-        return None
-    long = _LONG.get((d, causal))
+      699 / 713. Round 9);
+    * non-causal d = 128 from m = n = 8192: 192-row tiles, 3 WGs, P through shared memory, O
+      in Q (226 KiB; H100, bf16 / fp16, three calls, the median of 3 processes in two: s = 8192
+      768 / 745 against the 176-key kernel's 758 / 736; s = 4096, where a third of the last
+      tile's rows is wasted, 721 / 703 against 735 / 712. Round 24)."""
     variants = variants or {}
-    if long is None or any(variants.get(key, "auto") != "auto" for key in long.variants()):
-        return None
-    # the other variants must allow it (d = 96's needs P through shared memory: not serial, ...)
+    if windowed or varlen or paged or any(variants.get(key, "auto") != "auto" for key in TILE_VARIANTS):
+        return ()
+    return tuple(long for long in _LONG.get((d, causal), ()) if _allowed(d, causal, long, variants))
+
+
+def _allowed(d: int, causal: bool, long: LongKernel, variants: Mapping[str, str]) -> bool:
+    """Whether the other variants let ``long`` be built (d = 96's needs P through shared
+    memory: not serial, ...)."""
     chosen = {**variants, **long.variants()}
 
     def number(key: str) -> int | None:
@@ -238,18 +268,18 @@ def long_kernel(d: int, causal: bool, windowed: bool, varlen: bool, paged: bool,
               kv_tile=number("kv_tile"), kv_stages=number("kv_stages"), p_operand=chosen.get("p_operand", "auto"),
               o_staging=chosen.get("o_staging", "auto"), q_buffers=int(chosen.get("q_buffers", 1)))
     except ValueError:
-        return None
-    return long
+        return False
+    return True
 
 
 def launched(d: int, m: int = 0, *, n: int = 0, causal: bool = False, windowed: bool = False, capped_window: bool = False,
              varlen: bool = False, dv: int | None = None, paged: bool = False,
              variants: Mapping[str, str] | None = None) -> Geometry:
     """The tile shape of the kernel stage D launches for ``m`` query rows and ``n`` keys:
-    ``geometry``'s, or ``long_kernel``'s where it serves them. ``windowed``: a sliding window of either edge (the
-    long kernel is not built for one)."""
-    long = long_kernel(d, causal, windowed, varlen, paged, variants)
-    if long is not None and long.serves(m, n):
+    ``geometry``'s, or that of the long kernel serving them (``long_kernels``). ``windowed``: a sliding window of
+    either edge (no long kernel is built for one)."""
+    long = serving(long_kernels(d, causal, windowed, varlen, paged, variants), m, n)
+    if long is not None:
         return long.tiles(d, causal=causal, dv=dv, paged=paged)
     return geometry(d, causal, capped_window, dv, paged=paged)
 

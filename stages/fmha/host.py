@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from stages.fmha.geometry import LongKernel
+from stages.fmha.geometry import LongKernel, serving
 
 from workbench.kernels.cute_host import compile_for, current_stream, fake_stream, fake_tensor, to_cute  # noqa: F401
 
@@ -53,10 +53,10 @@ class Compiled:
     compile_s: float = 0.0
     varlen: bool = False  # stage D: packed (total, heads, d) tensors with cu_seqlens
     page_size: int = 0  # stage D: paged K/V caches read through a block table (0 = off)
-    # stage D: a second kernel, launched where ``long`` serves the shape (geometry.long_kernel);
-    # both set or neither
-    fn_long: Any = None
-    long: LongKernel | None = None
+    # stage D: the kernels beside fn for long shapes (geometry.long_kernels), one per LongKernel
+    # of ``longs``: the first whose LongKernel serves a shape is launched for it
+    fns_long: tuple = ()
+    longs: tuple[LongKernel, ...] = ()
     tile_m: int = 128  # stage D varlen: Q rows per work tile (the tile table's)
     bottom_right: bool = False  # stage D varlen: the mask's alignment (the tile table's causal work)
     split_tail: bool = False  # stage D: the split-KV tail's workspace follows the tile counters
@@ -64,9 +64,23 @@ class Compiled:
     split_max_waves: int = 0  # stage D split_tail=few: launches of this many waves or more cut nothing
     tile_n: int = 128  # stage D: keys per KV tile of ``fn`` (the split-KV tail's cost model)
 
+    def long_for(self, m: int, n: int) -> LongKernel | None:
+        """The long kernel launched for ``m`` query rows and ``n`` keys (None: ``fn``)."""
+        return serving(self.longs, m, n)
+
     def for_shape(self, m: int, n: int):
         """The function to launch for ``m`` query rows and ``n`` keys."""
-        return self.fn_long if self.long is not None and self.long.serves(m, n) else self.fn
+        long = self.long_for(m, n)
+        return self.fn if long is None else self.fns_long[self.longs.index(long)]
+
+    # the exported pieces (export_op.PIECES) by name: the long kernels in the order tried
+    @property
+    def fn_long(self):
+        return self.fns_long[0] if self.fns_long else None
+
+    @property
+    def fn_long2(self):
+        return self.fns_long[1] if len(self.fns_long) > 1 else None
 
 
 @functools.lru_cache(maxsize=1)

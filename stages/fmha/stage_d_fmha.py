@@ -453,7 +453,7 @@ class FmhaForward(FmhaForwardBase):
 
     def __str__(self) -> str:
         # the DSL names a kernel after str(self) and its arguments: with the tile shape in it,
-        # two builds of one configuration (geometry.long_kernel) get two kernel names, and
+        # the builds of one configuration (geometry.long_kernels) get two kernel names, and
         # ptxas's report, the cubins and a profiler tell them apart
         return f"{type(self).__module__}.{type(self).__name__}_{self.tile_m}x{self.tile_n}"
 
@@ -1912,10 +1912,11 @@ def split_words(compiled, q, n: int, n_sms: int) -> int:
     if not compiled.split_tail:
         return split_kv.COUNTERS
     b, m, h = q.shape[0], q.shape[1], q.shape[2]
-    tiles = -(-m // compiled.tile_m) * h * b
-    long = compiled.long
-    tile_n = long.kv_tile if long is not None and long.serves(m, n) and long.kv_tile else compiled.tile_n
-    return split_kv.workspace_words(tiles, min(tiles, n_sms), -(-n // tile_n), compiled.tile_m // geometry.WG_ROWS, compiled.split_slot,
+    long = compiled.long_for(m, n)
+    tile_m = compiled.tile_m if long is None else long.tile_m
+    tile_n = long.kv_tile if long is not None and long.kv_tile else compiled.tile_n
+    tiles = -(-m // tile_m) * h * b
+    return split_kv.workspace_words(tiles, min(tiles, n_sms), -(-n // tile_n), tile_m // geometry.WG_ROWS, compiled.split_slot,
                                     compiled.split_max_waves)
 
 
@@ -1962,8 +1963,8 @@ def traced_variants(d: int, causal: bool, windowed: bool, variants: Mapping[str,
     would write past its buffer). Returns them and a note when the persistence changed;
     an explicit ``persistent=off`` is a UserError. ``dv``: V's head dim (None: d)."""
     chosen = dict(variants)
-    long = geometry.long_kernel(d, causal, windowed, False, False, host.variants_of("d", chosen))
-    if long is not None and long.serves(m, n):
+    long = geometry.serving(geometry.long_kernels(d, causal, windowed, False, False, host.variants_of("d", chosen)), m, n)
+    if long is not None:
         chosen.update(long.variants())
     asked = host.variants_of("d", chosen)["persistent"]
     if asked == "off":
@@ -2206,25 +2207,23 @@ class StageD(Stage):
         args = self._fake_args(kernel, dtype)
         t0 = time.perf_counter()
         fn = host.compile_for(arch, kernel, *args)
-        fn_long = None
-        long = self.long_kernel(p, variants)
-        if long is not None:
-            with paused():  # the same code again: `wb shapes` lists the first build's probes only
-                fn_long = host.compile_for(arch, self.make_kernel(p, {**variants, **long.variants()}), *args)
+        longs = self.long_kernels(p, variants)
+        with paused():  # the same code again: `wb shapes` lists the first build's probes only
+            fns_long = tuple(host.compile_for(arch, self.make_kernel(p, {**variants, **long.variants()}), *args) for long in longs)
         return host.Compiled(
             fn=fn, d=p.d, heads=p.heads, kv_heads=p.kv_heads, causal=kernel.causal, p_check=kernel.p_check,
             compile_s=time.perf_counter() - t0, varlen=kernel.varlen, page_size=kernel.page_size,
-            fn_long=fn_long, long=long, tile_m=kernel.tile_m, bottom_right=mask_params(p)["align"] == "bottom_right",
+            fns_long=fns_long, longs=longs, tile_m=kernel.tile_m, bottom_right=mask_params(p)["align"] == "bottom_right",
             split_tail=kernel.split_tail, split_slot=kernel.split_slot_words(), split_max_waves=kernel.split_max_waves,
             tile_n=kernel.tile_n,
         )
 
     @staticmethod
-    def long_kernel(p: Params, variants: Mapping[str, str]) -> geometry.LongKernel | None:
-        """The kernel compiled beside the default one and launched from its ``min_m`` query
-        rows on (geometry.long_kernel; None: one kernel)."""
+    def long_kernels(p: Params, variants: Mapping[str, str]) -> tuple[geometry.LongKernel, ...]:
+        """The kernels compiled beside the default one, each launched where it serves the
+        shape (geometry.long_kernels; empty: one kernel)."""
         mask = mask_params(p)
-        return geometry.long_kernel(
+        return geometry.long_kernels(
             int(p.d), host.truthy(p.causal), mask["window_left"] >= 0 or mask["window_right"] >= 0,
             host.truthy(p.get("varlen", False)), bool(page_size_of(p)), host.variants_of("d", variants),
         )
