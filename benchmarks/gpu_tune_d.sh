@@ -38,7 +38,7 @@
 #               then timed beside the default and FA4 (about 3 minutes); r23: bridge (one round), default64, lazy96,
 #               rows128 in one call, as far as its budget goes
 # PHASE long192: non-causal d = 128's 192 x 128 long kernel (from m = n = 8192) under the defaults: 18 sweep cases,
-#               the exported op at m = n = 8192 and m = 4096 n = 8192, timed beside FA4 over 3 processes (about 6 minutes)
+#               timed beside FA4 over 3 processes, the exported op at m = n = 8192 and m = 4096 n = 8192 (about 6 minutes)
 # PHASE bridge: tile_bridge=on at d = 128 non-causal: tests/test_tile_bridge_gpu.py, a sweep (8 cases), then timed
 #               beside the default, FA4 and q_buffers=2 alone, BRIDGE_ROUNDS (2) rounds (about 7 minutes)
 # PHASE bridgemini: bridge cut to about 4 minutes (its GPU test, BRIDGE_TESTS: a -k filter of it, then s = 4096
@@ -912,22 +912,22 @@ r23)
   ;;
 long192)
   # non-causal d = 128's 192 x 128 long kernel (geometry.long_kernels, from m = n = 8192; round 24) under the
-  # defaults: swept where it serves (tails of 1 and 129 rows in the last tile, GQA, softcap), the export's
-  # three pieces picked by m and n, then timed beside FA4 over PROCS (3) fresh processes
+  # defaults: swept where it serves (tails of 1 and 129 rows in the last tile, GQA, softcap),
+  # timed beside FA4 over PROCS (3) fresh processes, then the export's three pieces picked by m and n
   step "sweep d=128 non-causal defaults, m = n 8192 / 8200 / 16400 both dtypes GQA"
   timeout 150 wb sweep d --n 8192,8200,16400 --d 128 --dtype bf16,fp16 -p causal=false -p kv_heads=2 --timeout 40 | sweep_verdicts
   step "sweep d=128 non-causal defaults, n 8192, m 8193 / 8257 / 12000, batch 1, 7 heads, softcap 0 / 30"
   timeout 100 wb sweep d -p m=8193,8257,12000 --n 8192 --d 128 --dtype bf16 -p causal=false -p heads=7 -p kv_heads=7 -p batch=1 \
     -p softcap=0,30 --timeout 40 | sweep_verdicts
+  step "d=128 s 8192 / 16384 non-causal both dtypes, the defaults, FA4 beside, ${PROCS:-3} processes"
+  timeout 150 wb bench d -p d=128 -p n=8192,16384 -p causal=false -p dtype=bf16,fp16 --peers fa4 --processes "${PROCS:-3}" \
+    --timeout 60 | table_rows 200
   step "export d=128 non-causal bf16 (4 heads, 2 KV heads), its fixtures through the op at m = n = 8192 and m = 4096 n = 8192"
   rm -rf /tmp/x128 && timeout 240 wb export d -p d=128 -p dtype=bf16 -p heads=4 -p kv_heads=2 -p causal=false --allow-unverified \
     --out /tmp/x128/pkg >/dev/null && for mn in "8192 8192" "4096 8192"; do
     set -- $mn
     timeout 100 wb run d --d 128 --dtype bf16 -p heads=4 -p kv_heads=2 -p m=$1 --n $2 -p causal=false --exported /tmp/x128/pkg 2>&1 | tail -2
   done
-  step "d=128 s 8192 / 16384 non-causal both dtypes, the defaults, FA4 beside, ${PROCS:-3} processes"
-  timeout 150 wb bench d -p d=128 -p n=8192,16384 -p causal=false -p dtype=bf16,fp16 --peers fa4 --processes "${PROCS:-3}" \
-    --timeout 60 | table_rows 200
   ;;
 rows128)
   # d = 128 non-causal with 192-row Q tiles: 3 consumer WGs at 160 registers, P through shared memory, O staged
