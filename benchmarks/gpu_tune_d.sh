@@ -39,6 +39,7 @@
 #               rows128 in one call, as far as its budget goes
 # PHASE long192: non-causal d = 128's 192 x 128 long kernel (from m = n = 8192) under the defaults: 18 sweep cases,
 #               timed beside FA4 over 3 processes, the exported op at m = n = 8192 and m = 4096 n = 8192 (about 6 minutes)
+# PHASE r24: the bridge's GPU test (d = 128 cases) and s = 4096 beside the default (one process), then long192
 # PHASE bridge: tile_bridge=on at d = 128 non-causal: tests/test_tile_bridge_gpu.py, a sweep (8 cases), then timed
 #               beside the default, FA4 and q_buffers=2 alone, BRIDGE_ROUNDS (2) rounds (about 7 minutes)
 # PHASE bridgemini: bridge cut to about 4 minutes (its GPU test, BRIDGE_TESTS: a -k filter of it, then s = 4096
@@ -929,6 +930,16 @@ long192)
     timeout 100 wb run d --d 128 --dtype bf16 -p heads=4 -p kv_heads=2 -p m=$1 --n $2 -p causal=false --exported /tmp/x128/pkg 2>&1 | tail -2
   done
   ;;
+r24)
+  # the bridge's one-line fix (warp-uniform ring indices) measured, then long192 as far as the budget goes
+  step "tests/test_tile_bridge_gpu.py -k 128"
+  timeout 100 python3 -m pytest -q -x -p no:cacheprovider tests/test_tile_bridge_gpu.py -k 128 2>&1 | tail -3
+  step "d=128 s=4096 non-causal both dtypes: the default, then the bridge"
+  timeout 50 wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16,fp16 --peers "" --timeout 40 | table_rows 200 default
+  timeout 50 wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16,fp16 -V q_buffers=2 -V tile_bridge=on --peers "" \
+    --timeout 40 | table_rows 200 bridge
+  bash "$0" long192
+  ;;
 rows128)
   # d = 128 non-causal with 192-row Q tiles: 3 consumer WGs at 160 registers, P through shared memory, O staged
   # in Q (226 KiB, 0 spills on a CPU compile): d = 96's tile shape, never timed at 128
@@ -1082,6 +1093,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|bridge|bridgemini|r23|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|r24|bridge|bridgemini|r23|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
