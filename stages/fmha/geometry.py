@@ -248,7 +248,8 @@ def long_kernels(d: int, causal: bool, windowed: bool, varlen: bool, paged: bool
     * non-causal d = 128 from m = n = 8192: 192-row tiles, 3 WGs, P through shared memory, O
       in Q (226 KiB; H100, bf16 / fp16, three calls, the median of 3 processes in two: s = 8192
       768 / 745 against the 176-key kernel's 758 / 736; s = 4096, where a third of the last
-      tile's rows is wasted, 721 / 703 against 735 / 712. Round 24)."""
+      tile's rows is wasted, 721 / 703 against 735 / 712. H200, one call, two rounds: s = 8192
+      756 / 728 and 756 / 725 against 758 / 728 and 756 / 728, a wash. Round 24)."""
     variants = variants or {}
     if windowed or varlen or paged or any(variants.get(key, "auto") != "auto" for key in TILE_VARIANTS):
         return ()
