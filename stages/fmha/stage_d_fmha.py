@@ -1713,7 +1713,7 @@ class FmhaForward(FmhaForwardBase):
         while tile < sched.tiles:
             n_min, n_max = self.stream_range(sched, tile, m_block, seqlen_q, seqlen_k)
             # carried around this loop, the ring indices lost their warp-uniformity: ptxas built
-            # every wgmma descriptor in vector registers, an R2UR before each HGMMA (78 in all),
+            # every wgmma descriptor in vector registers, an R2UR before each HGMMA (80 in all),
             # and the bridge ran 6 % slower than without it (round 24)
             q_buf = cute.arch.make_warp_uniform(q_buf)
             q_phase = cute.arch.make_warp_uniform(q_phase)
