@@ -50,6 +50,13 @@ def test_only_causal_d64_d96_and_non_causal_d128_fixed_length_without_a_window_g
     assert [((long.min_m, long.min_n), long.variants()) for long in longs] == expected
 
 
+def test_every_long_kernel_has_an_export_piece():
+    """The exported op names its long kernels fn_long, fn_long2: a configuration with more
+    would export without the rest (launch would run another kernel for their shapes)."""
+    most = max(len(geometry.long_kernels(d, causal, False, False, False)) for d in geometry.HEAD_DIMS for causal in (False, True))
+    assert most == 2 and most <= len(export_op.LONG_PIECES)
+
+
 def test_d128s_192_row_kernel_is_tried_before_the_176_key_one_and_only_from_8192_rows():
     """The first long kernel that serves a shape is launched: 192-row tiles where m and n are
     both 8192 or more, the 176-key tile where only n is, the default 128 x 128 below 8192
