@@ -41,6 +41,8 @@
 #               timed beside FA4 over 3 processes, the exported op at m = n = 8192 and m = 4096 n = 8192 (about 6 minutes)
 # PHASE kv192: d = 128 non-causal with a 192-key tile, O in Q: 16 sweep cases, then s 8192 / 16384 beside the
 #               defaults, the 176-key kernel and FA4 over 3 processes (about 7 minutes)
+# PHASE d96k160: d = 96 non-causal's 192-row tile with 160 keys (P in shared memory, O in Q): 16 sweep cases, then
+#               s 4096 / 8192 beside the default and FA4 over 3 processes (about 5 minutes); r25: kv192, then d96k160
 # PHASE r24: the bridge's GPU test (d = 128 cases) and s = 4096 beside the default (one process), then long192
 # PHASE bridge: tile_bridge=on at d = 128 non-causal: tests/test_tile_bridge_gpu.py, a sweep (8 cases), then timed
 #               beside the default, FA4 and q_buffers=2 alone, BRIDGE_ROUNDS (2) rounds (about 7 minutes)
@@ -948,6 +950,24 @@ kv192)
   timeout 120 wb bench d -p d=128 -p n=8192,16384 -p causal=false -p dtype=bf16,fp16 $K --peers "" \
     --processes "${PROCS:-3}" --timeout 60 | table_rows 200 keys192
   ;;
+d96k160)
+  # d = 96 non-causal's 192-row tile with 160 keys (P through shared memory, O in Q: 0 spills on a CPU compile;
+  # round 6 moved 128 -> 144 keys, FA4's tile, and stopped there): swept, then s 8192 beside the default and FA4
+  K="-V kv_tile=160"
+  step "sweep d=96 non-causal $K: n 17/1000/4100/8200 both dtypes GQA, softcap 0 / 30"
+  timeout 120 wb sweep d --n 17,1000,4100,8200 --d 96 --dtype bf16,fp16 -p causal=false -p kv_heads=2 -p softcap=0,30 $K \
+    --timeout 40 | sweep_verdicts
+  step "d=96 s 4096 / 8192 non-causal both dtypes: the default with FA4, then 160 keys, ${PROCS:-3} processes"
+  timeout 150 wb bench d -p d=96 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --processes "${PROCS:-3}" \
+    --timeout 60 | table_rows 200 default
+  timeout 120 wb bench d -p d=96 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 $K --peers "" --processes "${PROCS:-3}" \
+    --timeout 60 | table_rows 200 keys160
+  ;;
+r25)
+  # the two wider KV tiles, one call each if the budget allows
+  bash "$0" kv192
+  bash "$0" d96k160
+  ;;
 r24)
   # the bridge's one-line fix (warp-uniform ring indices) measured, then long192 as far as the budget goes
   step "tests/test_tile_bridge_gpu.py -k 128"
@@ -1111,6 +1131,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|r24|kv192|bridge|bridgemini|r23|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|r24|kv192|d96k160|r25|bridge|bridgemini|r23|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
