@@ -194,6 +194,20 @@ def test_stage_d_trace_stamps_only_when_asked(tmp_path):
     assert not clock_reads.findall(plain) and "SR_GLOBALTIMER" not in plain
 
 
+def test_the_bridged_stream_is_traced_and_stamps_nothing_untraced(tmp_path):
+    """tile_bridge=on takes --trace: the stream stamps each work tile as consume_work_tile
+    does (its first four stamps in the bridge before it, its last PV and its end after), so a
+    trace shows where the bridge's time goes; untraced, no clock is read."""
+    clock_reads = re.compile(r"SR_CLOCKLO")
+    bridge = dict(q_buffers=2, tile_bridge="on", split_tail="off")
+    traced = _stage_d_sass(tmp_path / "on", trace=True, **bridge)
+    plain = _stage_d_sass(tmp_path / "off", **bridge)
+    # the first tile's 0-3, a steady step's 8-12, 4, the bridge's next 0-3 and this tile's 5,
+    # end_tile's 6 and 7, the stream's close (5, 6, 7), the producer's 4, the CTA's start and end
+    assert len(clock_reads.findall(traced)) >= 4 + 5 + 1 + 5 + 2 + 3 + 4 + 2
+    assert not clock_reads.findall(plain) and "SR_GLOBALTIMER" not in plain
+
+
 def test_p_through_shared_memory_frees_the_registers_of_192_row_tiles_at_d96(fmha_ws, wb):
     """p_operand=smem: P goes to the PV MMA through the WG's shared-memory tile (stmatrix, then
     descriptors), so d = 96 fits 3 consumer WGs (192 x 144 tiles, d = 96's default) at 160

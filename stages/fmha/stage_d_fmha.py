@@ -408,7 +408,7 @@ class FmhaForward(FmhaForwardBase):
                 ("k_release=early", k_release != "early"), ("o_rescale=end", o_rescale != "end"),
                 ("no causal mask or window", self.mask.upper or self.mask.lower),
                 ("fixed lengths (not varlen)", varlen), ("no paged KV", page_size), ("O staged in its own tile", o_in_q),
-                ("short_tile=whole", short_tile == "split"), ("no --trace", trace),
+                ("short_tile=whole", short_tile == "split"),
             ) if bad
         ]
         if tile_bridge == "on" and bridge_why:
@@ -622,6 +622,7 @@ class FmhaForward(FmhaForwardBase):
                     sched, tile, m_block, head, batch, tiled_mma_qk, tiled_mma_pv, tma_atom_o, mO, mLSE, sO,
                     pipeline_q, pipeline_k, pipeline_v, regs, tidx, wg_idx - 1, seqlen_q, seqlen_k,
                     split_io=(mTileCounter, tile_ids) if const_expr(self.split_tail) else None,
+                    stamp_of=partial(self.stamp_fn, mTileCounter, wg_idx),
                 )
             elif const_expr(sched.persistent):
                 # (a loop around the pinned/mid overlap step makes ptxas serialize d=128's
@@ -1655,6 +1656,7 @@ class FmhaForward(FmhaForwardBase):
         tiled_mma_pv: cute.TiledMma, tma_atom_o: cute.CopyAtom, mO: cute.Tensor, mLSE: cute.Tensor, sO: cute.Tensor,
         pipeline_q: pipeline.PipelineAsync, pipeline_k: pipeline.PipelineAsync, pipeline_v: pipeline.PipelineAsync,
         regs: tuple, tidx: Int32, wg: Int32, seqlen_q: Int32, seqlen_k: Int32, split_io: tuple = None,
+        stamp_of: cutlass.Constexpr = None,
     ):
         """tile_bridge=on: a persistent consumer WG's work tiles (fixed lengths, no causal mask or
         window) as one stream of KV visits. The first tile starts as ``consume_overlap`` does; at
@@ -1663,7 +1665,8 @@ class FmhaForward(FmhaForwardBase):
         merge) runs after the next tile's first softmax, from the statistics it left in a second
         ``OnlineSoftmax``. The pingpong turns run on from tile to tile: WG 0 starts the stream on
         its own arrive and takes the last WG's last arrive at its end. The last tile ends as
-        ``consume_overlap``'s."""
+        ``consume_overlap``'s. ``stamp_of(j)``: the stamp of the WG's j-th work tile (``stamp_fn``);
+        a tile's stamps are consume_work_tile's, its first four taken in the bridge before it."""
         tidx_wg = tidx % common.WG_THREADS
         thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale, p_store = regs
         done = self.online_softmax(acc_O)  # the finished tile's statistics, for its end
@@ -1680,7 +1683,7 @@ class FmhaForward(FmhaForwardBase):
         if tile < sched.tiles:
             self.run_stream(
                 sched, tile, m_block, head, batch, tiled_mma_qk, tiled_mma_pv, pipeline_q, pipeline_k, pipeline_v, regs,
-                done, mask_fn, end_io, wg, seqlen_q, seqlen_k,
+                done, mask_fn, end_io, wg, seqlen_q, seqlen_k, stamp_of,
             )
         if tidx_wg < 32:
             cute.arch.cp_async_bulk_wait_group(0, read=True)  # the last O store, before exit
@@ -1690,7 +1693,7 @@ class FmhaForward(FmhaForwardBase):
         self, sched, tile: Int32, m_block: Int32, head: Int32, batch: Int32, tiled_mma_qk: cute.TiledMma,
         tiled_mma_pv: cute.TiledMma, pipeline_q: pipeline.PipelineAsync, pipeline_k: pipeline.PipelineAsync,
         pipeline_v: pipeline.PipelineAsync, regs: tuple, done: sm.OnlineSoftmax, mask_fn: cutlass.Constexpr,
-        end_io: tuple, wg: Int32, seqlen_q: Int32, seqlen_k: Int32,
+        end_io: tuple, wg: Int32, seqlen_q: Int32, seqlen_k: Int32, stamp_of: cutlass.Constexpr,
     ):
         """``consume_stream``'s tiles, from the CTA's first (it has one)."""
         thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale, p_store = regs
@@ -1699,13 +1702,18 @@ class FmhaForward(FmhaForwardBase):
         q_buf, q_phase = Int32(0), Int32(0)
         m_block, head, batch = sched.current(tile, m_block, head, batch)
         _, n_max = self.stream_range(sched, tile, m_block, seqlen_q, seqlen_k)
+        j = Int32(0)  # the WG's work tiles so far (trace)
+        # (a stamp is a Python function: one name before the loop, another in it, none carried)
+        first_stamp = stamp_of(j)
+        first_stamp(0)
         softmax.reset()
         acc_O.fill(0.0)
         q_state = self.q_state_of(q_buf, q_phase, wg)
         pipeline_q.consumer_wait(q_state)
+        first_stamp(1)
         self.first_visit(
             kv_state, pipeline_k, tiled_mma_qk, tSrQ[None, None, None, q_state.index], tSrK, acc_S_shape, tOrP,
-            softmax, row_scale, mask_fn, wg, n_max, p_store=p_store,
+            softmax, row_scale, mask_fn, wg, n_max, p_store=p_store, stamp=first_stamp,
         )
         if const_expr(self.schedule == "pingpong"):
             if wg == 0:
@@ -1722,12 +1730,14 @@ class FmhaForward(FmhaForwardBase):
                 cute.arch.make_warp_uniform(kv_state.phase),
             )
             q_state = self.q_state_of(q_buf, q_phase, wg)
+            stamp = stamp_of(j)
             for i in cutlass.range(1, n_max - n_min, unroll=1):
                 kv_state = self.overlap_tile(
                     kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ[None, None, None, q_state.index],
                     tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale, wg, i, n_max, p_store=p_store,
-                    stream=True,
+                    stamp=stamp, stream=True,
                 )
+            stamp(4)
             pipeline_q.consumer_release(q_state)  # every S of this Q tile is done
             nxt, m_next, h_next, b_next, tile_state = sched.advance(
                 tile, m_block, head, batch, tile_state, producer=False
@@ -1741,15 +1751,17 @@ class FmhaForward(FmhaForwardBase):
                     kv_state, pipeline_q, q_next, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv,
                     tSrQ[None, None, None, q_next.index], tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, done,
                     row_scale, wg, n_max_next, mask_fn, p_store,
-                    partial(self.stream_end, done, end_io, sched, tile, m_block, head, batch),
+                    partial(self.stream_end, done, end_io, sched, tile, m_block, head, batch, stamp), stamp,
+                    stamp_of(j + 1),
                 )
             else:
                 kv_state = self.close_stream(
                     kv_state, pipeline_v, tiled_mma_pv, tOrVt, tOrP, acc_O, softmax,
-                    partial(self.stream_end, softmax, end_io, sched, tile, m_block, head, batch),
+                    partial(self.stream_end, softmax, end_io, sched, tile, m_block, head, batch, stamp), stamp,
                 )
             tile, m_block, head, batch = nxt, m_next, h_next, b_next
             q_buf, q_phase = q_buf_next, q_phase_next
+            j += 1
         if const_expr(self.schedule == "pingpong"):
             if wg == 0:
                 self.sched_sync(wg)  # the last WG's last arrive (or WG 0's own, with no turn taken)
@@ -1761,7 +1773,7 @@ class FmhaForward(FmhaForwardBase):
         return self.kv_span(m_block, seqlen_q, seqlen_k, piece)
 
     def stream_end(self, softmax_of_tile: sm.OnlineSoftmax, end_io: tuple, sched, tile: Int32, m_block: Int32,
-                   head: Int32, batch: Int32):
+                   head: Int32, batch: Int32, stamp=no_stamp):
         """``end_tile`` of work tile ``tile`` in the stream, called once its last PV MMA is done
         (``softmax_of_tile``: its statistics); the tile's addresses are made only then."""
         acc_O, row_scale, thr_pv, tma_atom_o, tiled_mma_pv, mO, mLSE, sO, tidx_wg, wg, seqlen_q, split_io = end_io
@@ -1771,7 +1783,7 @@ class FmhaForward(FmhaForwardBase):
             piece = self.piece_of(sched, tile)
         self.end_tile(
             acc_O, softmax_of_tile, row_scale, thr_pv, tma_atom_o, tiled_mma_pv, gO, None, mLSE[batch, head, None], sO,
-            tidx_wg, wg, m_block, m_block * self.tile_m + wg * self.wg_rows, seqlen_q, no_release, no_stamp, piece,
+            tidx_wg, wg, m_block, m_block * self.tile_m + wg * self.wg_rows, seqlen_q, no_release, stamp, piece,
             split_io,
         )
 
@@ -1782,17 +1794,22 @@ class FmhaForward(FmhaForwardBase):
         tiled_mma_pv: cute.TiledMma, tSrQ_next: cute.Tensor, tSrK: cute.Tensor, tOrVt: cute.Tensor,
         acc_S_shape: cutlass.Constexpr, tOrP: cute.Tensor, acc_O: cute.Tensor, softmax: sm.OnlineSoftmax,
         done: sm.OnlineSoftmax, row_scale: cute.Tensor, wg: Int32, n_max_next: Int32, mask_fn: cutlass.Constexpr,
-        p_store: cutlass.Constexpr, end: cutlass.Constexpr,
+        p_store: cutlass.Constexpr, end: cutlass.Constexpr, stamp: cutlass.Constexpr = no_stamp,
+        stamp_next: cutlass.Constexpr = no_stamp,
     ) -> pipeline.PipelineState:
         """The boundary of two work tiles as one steady step (``overlap_tile``'s order): issue the
         next tile's S_0 = Q' K_0^T (its Q in ``tSrQ_next``) and this tile's last O += P V; wait
         for S_0 only; the statistics to ``done``, the running ones reset; the next tile's mask
         and first softmax under the PV MMA; then, that MMA done, P_0 handed over, this tile's
-        ``end`` (reads ``done``) and O zeroed for the next tile. Returns the ring state of K_0."""
+        ``end`` (reads ``done``) and O zeroed for the next tile. Returns the ring state of K_0.
+        ``stamp``: this tile's (its last PV done), ``stamp_next``: the next one's (its start, Q
+        ready, S_0 ready, P_0 handed over)."""
+        stamp_next(0)
         acc_S = cute.make_rmem_tensor(acc_S_shape, Float32)
         kv_prev = kv_state.clone()
         kv_state.advance()
         pipeline_q.consumer_wait(q_next)
+        stamp_next(1)
         pipeline_k.consumer_wait(kv_state)
         self.sched_sync(wg)
         wgmma_issue(tiled_mma_qk, acc_S, tSrQ_next, tSrK[None, None, None, kv_state.index], True)
@@ -1801,14 +1818,17 @@ class FmhaForward(FmhaForwardBase):
         self.sched_arrive(wg)
         self.add_p_sum(softmax, tOrP)
         warpgroup.wait_group(1)  # S_0 ready; the last PV MMA may still run
+        stamp_next(2)
         pipeline_k.consumer_release(kv_state)
         done.take(softmax)
         softmax.reset()
         mask_fn(acc_S, col_offset=(n_max_next - 1) * self.tile_n)
         self.softmax_tile(acc_S, softmax, row_scale, True)
         warpgroup.wait_group(0)
+        stamp(5)
         pipeline_v.consumer_release(kv_prev)
         self.hand_over_p(acc_S, tOrP, p_store, wg, softmax)
+        stamp_next(3)
         end()
         acc_O.fill(0.0)
         return kv_state
@@ -1817,9 +1837,10 @@ class FmhaForward(FmhaForwardBase):
     def close_stream(
         self, kv_state: pipeline.PipelineState, pipeline_v: pipeline.PipelineAsync, tiled_mma_pv: cute.TiledMma,
         tOrVt: cute.Tensor, tOrP: cute.Tensor, acc_O: cute.Tensor, softmax: sm.OnlineSoftmax, end: cutlass.Constexpr,
+        stamp: cutlass.Constexpr = no_stamp,
     ) -> pipeline.PipelineState:
         """The stream's last tile: its last PV MMA alone, then its ``end``."""
-        self.last_pv(kv_state, pipeline_v, tiled_mma_pv, tOrVt, tOrP, acc_O, softmax)
+        self.last_pv(kv_state, pipeline_v, tiled_mma_pv, tOrVt, tOrP, acc_O, softmax, stamp=stamp)
         kv_state.advance()
         end()
         return kv_state
