@@ -2346,11 +2346,12 @@ class StageD(Stage):
         )
         torch.cuda.synchronize()
         grid = min(ctas, math.ceil(q.shape[1] / kernel.tile_m) * p.heads * q.shape[0])
-        slices, clocks = fmha_trace.decode(buf.cpu().tolist(), grid, kernel.num_consumer_wg)
+        slices, clocks = fmha_trace.decode(buf.cpu().tolist(), grid, kernel.num_consumer_wg, bridged=kernel.tile_bridge)
         title = (f"fmha stage D d={p.d} m={q.shape[1]} n={inputs['k'].shape[1]} batch={q.shape[0]} heads={p.heads}/{p.kv_heads} "
                  f"causal={p.causal} {p.dtype} · {kernel.tile_m}x{kernel.tile_n} tiles, {kernel.num_consumer_wg} consumer WGs "
                  f"on {torch.cuda.get_device_name(q.device)}{traced_as}")
-        return Timeline(slices, clocks, fmha_trace.lanes(kernel.num_consumer_wg), title, tiles_stamped=TRACE_TILES)
+        return Timeline(slices, clocks, fmha_trace.lanes(kernel.num_consumer_wg, kernel.tile_bridge), title,
+                        tiles_stamped=TRACE_TILES)
 
     def reference(self, inputs, p: Params, variants, compute_dtype):
         import torch
