@@ -42,7 +42,10 @@
 # PHASE kv192: d = 128 non-causal with a 192-key tile, O in Q: 16 sweep cases, then s 8192 / 16384 beside the
 #               defaults, the 176-key kernel and FA4 over 3 processes (about 7 minutes)
 # PHASE d96k160: d = 96 non-causal's 192-row tile with 160 keys (P in shared memory, O in Q): 16 sweep cases, then
-#               s 4096 / 8192 beside the default and FA4 over 3 processes (about 5 minutes); r25: kv192, then d96k160
+#               s 4096 / 8192 beside the default and FA4 over 3 processes (about 5 minutes); r25: kv192, d96k160,
+#               bridgetrace
+# PHASE bridgetrace: the bridge's GPU trace test, then d = 128 s = 4096 traced with q_buffers=2 alone and with the
+#               bridge (phase medians; about 2 minutes)
 # PHASE r24: the bridge's GPU test (d = 128 cases) and s = 4096 beside the default (one process), then long192
 # PHASE bridge: tile_bridge=on at d = 128 non-causal: tests/test_tile_bridge_gpu.py, a sweep (8 cases), then timed
 #               beside the default, FA4 and q_buffers=2 alone, BRIDGE_ROUNDS (2) rounds (about 7 minutes)
@@ -963,10 +966,22 @@ d96k160)
   timeout 120 wb bench d -p d=96 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 $K --peers "" --processes "${PROCS:-3}" \
     --timeout 60 | table_rows 200 keys160
   ;;
+bridgetrace)
+  # where the bridge's 2-3 % goes: d = 128 s = 4096 traced with q_buffers=2 alone and with the bridge (the phase
+  # medians side by side; the trace files come back in the runs)
+  step "tests/test_timeline_gpu.py -k bridged"
+  timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/test_timeline_gpu.py -k bridged 2>&1 | tail -3
+  for v in "-V q_buffers=2" "-V q_buffers=2 -V tile_bridge=on"; do
+    step "d=128 m=n=4096 batch 4 heads 16 non-causal bf16 $v, traced"
+    timeout 120 wb run d --d 128 --n 4096 -p batch=4 -p heads=16 -p kv_heads=16 -p causal=false $v -f random --seeds 1 \
+      --trace 2>&1 | grep -E "trace:|phase medians|start skew|WG:|producer:" | head -8
+  done
+  ;;
 r25)
-  # the two wider KV tiles, one call each if the budget allows
+  # the two wider KV tiles, one call each if the budget allows, then the bridge's trace
   bash "$0" kv192
   bash "$0" d96k160
+  bash "$0" bridgetrace
   ;;
 r24)
   # the bridge's one-line fix (warp-uniform ring indices) measured, then long192 as far as the budget goes
@@ -1131,6 +1146,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|r24|kv192|d96k160|r25|bridge|bridgemini|r23|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|r24|kv192|d96k160|r25|bridgetrace|bridge|bridgemini|r23|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
