@@ -453,7 +453,7 @@ class FmhaForward(FmhaForwardBase):
 
     def __str__(self) -> str:
         # the DSL names a kernel after str(self) and its arguments: with the tile shape in it,
-        # the builds of one configuration (geometry.long_kernels) get two kernel names, and
+        # the builds of one configuration (geometry.long_kernels) get kernel names of their own, and
         # ptxas's report, the cubins and a profiler tell them apart
         return f"{type(self).__module__}.{type(self).__name__}_{self.tile_m}x{self.tile_n}"
 
