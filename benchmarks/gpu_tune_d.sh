@@ -191,6 +191,24 @@ LOG=${OUT:-/tmp}/sweeps.log
 sweep_verdicts() { tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"; }
 # a bench's case rows cut to WIDTH characters, each prefixed with LABEL when given
 table_rows() { grep -a -E "^│ d=" | cut -c1-"$1" | sed "s/^/${2:+$2 }/"; }
+# tile_trial D NS SWEPT [LABEL VARIANTS ...]: a candidate tile at head dim D, non-causal: SWEPT's variants swept
+# (n with tails, both dtypes, GQA, softcap 0 / 30), then the sizes NS timed, the default with FA4, then each
+# LABEL's VARIANTS, PROCS (3) fresh processes each
+tile_trial() {
+  local d=$1 ns=$2 swept=$3
+  shift 3
+  step "sweep d=$d non-causal $swept, n 17/1000/4100/8200 both dtypes GQA, softcap 0 / 30"
+  timeout 120 wb sweep d --n 17,1000,4100,8200 --d "$d" --dtype bf16,fp16 -p causal=false -p kv_heads=2 -p softcap=0,30 \
+    $swept --timeout 40 | sweep_verdicts
+  step "d=$d s ${ns//,/ / } non-causal both dtypes, the default with FA4, then each candidate, ${PROCS:-3} processes"
+  timeout 150 wb bench d -p d="$d" -p n="$ns" -p causal=false -p dtype=bf16,fp16 --peers fa4 --processes "${PROCS:-3}" \
+    --timeout 60 | table_rows 200 default
+  while [ $# -ge 2 ]; do
+    timeout 120 wb bench d -p d="$d" -p n="$ns" -p causal=false -p dtype=bf16,fp16 $2 --peers "" \
+      --processes "${PROCS:-3}" --timeout 60 | table_rows 200 "$1"
+    shift 2
+  done
+}
 # d = 256's fixed-length sweep (n with a tail, both masks and dtypes, GQA) and its softcap / window
 # sweep, with the -V options given (lazy256: none; lazyexact: row_sum=rounded)
 d256_sweeps() {
@@ -939,32 +957,14 @@ long192)
   ;;
 kv192)
   # d = 128 non-causal with a 192-key tile, O in Q (2 WGs; 0 spills on a CPU compile; round 8 timed 144 / 160 / 176
-  # keys, not 192): swept, then s 8192 / 16384 beside the defaults (192 x 128 from m = n = 8192), the 176-key
-  # kernel and FA4, PROCS (3) processes each
-  K="-V kv_tile=192 -V o_staging=q"
-  step "sweep d=128 non-causal $K: n 17/1000/4100/8200 both dtypes GQA, softcap 30"
-  timeout 120 wb sweep d --n 17,1000,4100,8200 --d 128 --dtype bf16,fp16 -p causal=false -p kv_heads=2 -p softcap=0,30 $K \
-    --timeout 40 | sweep_verdicts
-  step "d=128 s 8192 / 16384 non-causal both dtypes: the defaults with FA4, the 176-key kernel, 192 keys, ${PROCS:-3} processes"
-  timeout 150 wb bench d -p d=128 -p n=8192,16384 -p causal=false -p dtype=bf16,fp16 --peers fa4 --processes "${PROCS:-3}" \
-    --timeout 60 | table_rows 200 default
-  timeout 120 wb bench d -p d=128 -p n=8192,16384 -p causal=false -p dtype=bf16,fp16 -V kv_tile=176 -V o_staging=q --peers "" \
-    --processes "${PROCS:-3}" --timeout 60 | table_rows 200 keys176
-  timeout 120 wb bench d -p d=128 -p n=8192,16384 -p causal=false -p dtype=bf16,fp16 $K --peers "" \
-    --processes "${PROCS:-3}" --timeout 60 | table_rows 200 keys192
+  # keys, not 192) beside the defaults (192 x 128 from m = n = 8192) and the 176-key kernel
+  tile_trial 128 8192,16384 "-V kv_tile=192 -V o_staging=q" keys176 "-V kv_tile=176 -V o_staging=q" \
+    keys192 "-V kv_tile=192 -V o_staging=q"
   ;;
 d96k160)
   # d = 96 non-causal's 192-row tile with 160 keys (P through shared memory, O in Q: 0 spills on a CPU compile;
-  # round 6 moved 128 -> 144 keys, FA4's tile, and stopped there): swept, then s 8192 beside the default and FA4
-  K="-V kv_tile=160"
-  step "sweep d=96 non-causal $K: n 17/1000/4100/8200 both dtypes GQA, softcap 0 / 30"
-  timeout 120 wb sweep d --n 17,1000,4100,8200 --d 96 --dtype bf16,fp16 -p causal=false -p kv_heads=2 -p softcap=0,30 $K \
-    --timeout 40 | sweep_verdicts
-  step "d=96 s 4096 / 8192 non-causal both dtypes: the default with FA4, then 160 keys, ${PROCS:-3} processes"
-  timeout 150 wb bench d -p d=96 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --processes "${PROCS:-3}" \
-    --timeout 60 | table_rows 200 default
-  timeout 120 wb bench d -p d=96 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 $K --peers "" --processes "${PROCS:-3}" \
-    --timeout 60 | table_rows 200 keys160
+  # round 6 moved 128 -> 144 keys, FA4's tile, and stopped there)
+  tile_trial 96 4096,8192 "-V kv_tile=160" keys160 "-V kv_tile=160"
   ;;
 bridgetrace)
   # where the bridge's 2-3 % goes: d = 128 s = 4096 traced with q_buffers=2 alone and with the bridge (the phase
