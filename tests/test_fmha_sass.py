@@ -32,11 +32,16 @@ def test_stage_sass_has_wgmma_and_tma(fmha_ws, wb, stage):
     assert_fast_path(json.loads(proc.stdout))
 
 
-def opcode_counts(rec: dict, ws: Path, opcode: str) -> list[int]:
-    """How many ``opcode`` instructions each kernel's kept SASS (``--keep sass``) of a compile
-    record has."""
+def sass_paths(rec: dict) -> list[str]:
+    """Each kernel's kept SASS (``--keep sass``) of a compile record, in kernel order."""
     paths = [p for name, p in sorted(rec["artifacts"].items()) if name.endswith(".sass")]
     assert paths, rec["artifacts"]
+    return paths
+
+
+def opcode_counts(rec: dict, ws: Path, opcode: str) -> list[int]:
+    """How many ``opcode`` instructions each kernel's kept SASS of a compile record has."""
+    paths = sass_paths(rec)
     pattern = rf"^\s+/\*[0-9a-f]{{4,}}\*/\s+(?:@!?U?P\w+\s+)?{opcode}\b"
     return [len(re.findall(pattern, (ws / path).read_text(), re.M)) for path in paths]
 
@@ -46,9 +51,8 @@ def descriptors_via_vector_registers(rec: dict, ws: Path) -> list[int]:
     each HGMMA, i.e. wgmma descriptors built in vector registers and moved to uniform ones one
     at a time (the bridge's stream did so while its ring indices were not
     warp-uniform: 80 R2UR, and it ran 6 % slower on an H100)."""
-    paths = [p for name, p in sorted(rec["artifacts"].items()) if name.endswith(".sass")]
     counts = []
-    for path in paths:
+    for path in sass_paths(rec):
         lines = [line for line in (ws / path).read_text().splitlines() if re.match(r"^\s+/\*[0-9a-f]{4,}\*/", line)]
         counts.append(sum(1 for i, line in enumerate(lines) if " HGMMA" in line
                           for nxt in lines[i + 1:i + 4] if re.search(r"\bR2UR\b", nxt)))

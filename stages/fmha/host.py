@@ -70,8 +70,7 @@ class Compiled:
 
     def for_shape(self, m: int, n: int):
         """The function to launch for ``m`` query rows and ``n`` keys."""
-        long = self.long_for(m, n)
-        return self.fn if long is None else self.fns_long[self.longs.index(long)]
+        return next((fn for long, fn in zip(self.longs, self.fns_long) if long.serves(m, n)), self.fn)
 
     # the exported pieces (export_op.PIECES) by name: the long kernels in the order tried
     @property

@@ -71,7 +71,12 @@ def lanes(consumer_wgs: int, bridged: bool = False) -> list[str]:
     one before it (its first stamps are taken in that tile's bridge) and a lane's slices must
     nest."""
     wgs = [f"WG{w}" for w in range(1, consumer_wgs + 1)]
-    return ["producer"] + ([f"{wg} {parity} tiles" for wg in wgs for parity in ("even", "odd")] if bridged else wgs)
+    return ["producer"] + ([_bridged_lane(wg, tile) for wg in wgs for tile in (0, 1)] if bridged else wgs)
+
+
+def _bridged_lane(wg: str, tile: int) -> str:
+    """The lane of consumer WG ``wg``'s work tile ``tile`` when bridged: "WG1 even tiles"."""
+    return f"{wg} {('even', 'odd')[tile % 2]} tiles"
 
 
 def decode(
@@ -85,6 +90,5 @@ def decode(
     parts = [PRODUCER_PARTS] + [consumer] * consumer_wgs
     slices, clocks = decode_stamps(words, ctas, layout(events), list(zip(lanes(consumer_wgs), parts)))
     if bridged:
-        slices = [s if s.lane == "producer" else replace(s, lane=f"{s.lane} {('even', 'odd')[s.tile % 2]} tiles")
-                  for s in slices]
+        slices = [s if s.lane == "producer" else replace(s, lane=_bridged_lane(s.lane, s.tile)) for s in slices]
     return slices, clocks
