@@ -35,22 +35,13 @@
 # PHASE lazy96: lazy_rescale=on at d = 96 non-causal, swept (9 cases) and timed beside the default and FA4
 #               over PROCS (3) processes (about 4 minutes)
 # PHASE rows128: d = 128 non-causal with 192-row Q tiles (3 WGs, P through shared memory, O in Q): 4 sweep cases,
-#               then timed beside the default and FA4 (about 3 minutes); r23: bridge (one round), default64, lazy96,
-#               rows128 in one call, as far as its budget goes
+#               then timed beside the default and FA4 (about 3 minutes)
 # PHASE long192: non-causal d = 128's 192 x 128 long kernel (from m = n = 8192) under the defaults: 18 sweep cases,
 #               timed beside FA4 over 3 processes, the exported op at m = n = 8192 and m = 4096 n = 8192 (about 6 minutes)
 # PHASE kv192: d = 128 non-causal with a 192-key tile, O in Q: 16 sweep cases, then s 8192 / 16384 beside the
 #               defaults, the 176-key kernel and FA4 over 3 processes (about 7 minutes)
 # PHASE d96k160: d = 96 non-causal's 192-row tile with 160 keys (P in shared memory, O in Q): 16 sweep cases, then
-#               s 4096 / 8192 beside the default and FA4 over 3 processes (about 5 minutes); r25: kv192, d96k160,
-#               bridgetrace
-# PHASE bridgetrace: the bridge's GPU trace test, then d = 128 s = 4096 traced with q_buffers=2 alone and with the
-#               bridge (phase medians; about 2 minutes)
-# PHASE r24: the bridge's GPU test (d = 128 cases) and s = 4096 beside the default (one process), then long192
-# PHASE bridge: tile_bridge=on at d = 128 non-causal: tests/test_tile_bridge_gpu.py, a sweep (8 cases), then timed
-#               beside the default, FA4 and q_buffers=2 alone, BRIDGE_ROUNDS (2) rounds (about 7 minutes)
-# PHASE bridgemini: bridge cut to about 4 minutes (its GPU test, BRIDGE_TESTS: a -k filter of it, then s = 4096
-#               beside the default and FA4)
+#               s 4096 / 8192 beside the default and FA4 over 3 processes (about 5 minutes)
 # PHASE contested: the non-causal cells short of their goal (d = 128 s 4096 / 8192, d = 96 / 192 s 8192,
 #               d = 64 s 1024 against cuDNN), both dtypes, FA4 and cuDNN beside, ROUNDS (4) processes each
 # PHASE dynfinal: one call for persistent auto = dynamic at d = 128 non-causal: its defaults' sweep (36 cases, the
@@ -929,13 +920,6 @@ lazy96)
   timeout 120 wb bench d -p d=96 -p n=8192 -p causal=false -p dtype=bf16,fp16 -V lazy_rescale=on --peers "" \
     --processes "${PROCS:-3}" --timeout 60 | table_rows 200 lazy
   ;;
-r23)
-  # in the order of their worth to issue 18; the call's budget cuts the tail
-  BRIDGE_ROUNDS=${BRIDGE_ROUNDS:-1} bash "$0" bridge
-  bash "$0" default64
-  bash "$0" lazy96
-  bash "$0" rows128
-  ;;
 long192)
   # non-causal d = 128's 192 x 128 long kernel (geometry.long_kernels, from m = n = 8192; round 24) under the
   # defaults: swept where it serves (tails of 1 and 129 rows in the last tile, GQA, softcap),
@@ -966,33 +950,6 @@ d96k160)
   # round 6 moved 128 -> 144 keys, FA4's tile, and stopped there)
   tile_trial 96 4096,8192 "-V kv_tile=160" keys160 "-V kv_tile=160"
   ;;
-bridgetrace)
-  # where the bridge's 2-3 % goes: d = 128 s = 4096 traced with q_buffers=2 alone and with the bridge (the phase
-  # medians side by side; the trace files come back in the runs)
-  step "tests/test_timeline_gpu.py -k bridged"
-  timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/test_timeline_gpu.py -k bridged 2>&1 | tail -3
-  for v in "-V q_buffers=2" "-V q_buffers=2 -V tile_bridge=on"; do
-    step "d=128 m=n=4096 batch 4 heads 16 non-causal bf16 $v, traced"
-    timeout 120 wb run d --d 128 --n 4096 -p batch=4 -p heads=16 -p kv_heads=16 -p causal=false $v -f random --seeds 1 \
-      --trace 2>&1 | grep -E "trace:|phase medians|start skew|WG:|producer:" | head -8
-  done
-  ;;
-r25)
-  # the two wider KV tiles, one call each if the budget allows, then the bridge's trace
-  bash "$0" kv192
-  bash "$0" d96k160
-  bash "$0" bridgetrace
-  ;;
-r24)
-  # the bridge's one-line fix (warp-uniform ring indices) measured, then long192 as far as the budget goes
-  step "tests/test_tile_bridge_gpu.py -k 128"
-  timeout 100 python3 -m pytest -q -x -p no:cacheprovider tests/test_tile_bridge_gpu.py -k 128 2>&1 | tail -3
-  step "d=128 s=4096 non-causal both dtypes: the default, then the bridge"
-  timeout 50 wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16,fp16 --peers "" --timeout 40 | table_rows 200 default
-  timeout 50 wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16,fp16 -V q_buffers=2 -V tile_bridge=on --peers "" \
-    --timeout 40 | table_rows 200 bridge
-  bash "$0" long192
-  ;;
 rows128)
   # d = 128 non-causal with 192-row Q tiles: 3 consumer WGs at 160 registers, P through shared memory, O staged
   # in Q (226 KiB, 0 spills on a CPU compile): d = 96's tile shape, never timed at 128
@@ -1002,36 +959,6 @@ rows128)
   step "d=128 s=4096/8192 non-causal both dtypes: the default with FA4, then 192-row tiles (one process each)"
   timeout 120 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 110 | table_rows 200 default
   timeout 100 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 $V --peers "" --timeout 90 | table_rows 200 rows192
-  ;;
-bridge)
-  # tile_bridge=on (stage_d_fmha.consume_stream): the next work tile's first QK^T issued with this tile's
-  # last PV MMA, the epilogue after the next tile's first softmax; needs q_buffers=2. Bit-equal to off
-  # (tests/test_tile_bridge_gpu.py), swept, then d = 128 s 4096 / 8192 non-causal timed: the
-  # default with FA4, q_buffers=2 alone, the bridge, BRIDGE_ROUNDS (2) rounds
-  B="-V q_buffers=2 -V tile_bridge=on"
-  step "tests/test_tile_bridge_gpu.py (the same bits as without the bridge, every row written)"
-  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_tile_bridge_gpu.py 2>&1 | tail -15
-  step "sweep d=128 non-causal $B: n 17/1000/4100/8200 both dtypes GQA"
-  timeout 120 wb sweep d --n 17,1000,4100,8200 --d 128 --dtype bf16,fp16 -p causal=false -p kv_heads=2 $B \
-    --timeout 40 | sweep_verdicts
-  for round in $(seq 1 "${BRIDGE_ROUNDS:-2}"); do
-    step "round $round: d=128 s 4096/8192 non-causal both dtypes: default + FA4, q_buffers=2, the bridge"
-    timeout 120 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 110 \
-      | table_rows 200 default
-    timeout 90 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 -V q_buffers=2 --peers "" \
-      --timeout 80 | table_rows 200 qbuf2
-    timeout 90 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 $B --peers "" --timeout 80 \
-      | table_rows 200 bridge
-  done
-  ;;
-bridgemini)
-  # bridge cut to a device budget of about 4 minutes: its GPU test, then d = 128 s = 4096 beside the default and FA4
-  step "tests/test_tile_bridge_gpu.py"
-  timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_tile_bridge_gpu.py ${BRIDGE_TESTS:+-k "$BRIDGE_TESTS"} 2>&1 | tail -8
-  step "d=128 s=4096 non-causal both dtypes: the default with FA4, then the bridge"
-  timeout 60 wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 50 | table_rows 200 default
-  timeout 50 wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16,fp16 -V q_buffers=2 -V tile_bridge=on --peers "" \
-    --timeout 40 | table_rows 200 bridge
   ;;
 export256)
   # d = 192 and 256 non-causal are dynamic with split_tail=few by default (round 21): the exported
@@ -1146,6 +1073,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|r24|kv192|d96k160|r25|bridgetrace|bridge|bridgemini|r23|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|kv192|d96k160|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done

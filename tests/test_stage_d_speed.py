@@ -115,21 +115,6 @@ def test_stage_d_defaults_follow_the_measurements():
         kernel(64, False, {"window_left": 300}, short_tile="split")
     with pytest.raises(UserError, match="split_tail=on needs short_tile=whole"):
         kernel(64, False, persistent="dynamic", short_tile="split", split_tail="on")
-    # the bridged tile boundary (consume_stream): off by default; needs the next tile's Q in a second
-    # buffer, a persistent scheduler and the whole-tile, unmasked, fixed-length kernels
-    assert not any(kernel(d, c).tile_bridge for d in (64, 96, 128, 192, 256) for c in (False, True))
-    bridged = kernel(128, False, q_buffers="2", tile_bridge="on")
-    assert bridged.tile_bridge and bridged.split_tail and bridged.q_stages == 4
-    assert not kernel(64, False, q_buffers="2", tile_bridge="on").short_split
-    with pytest.raises(UserError, match="tile_bridge=on needs q_buffers=2$"):
-        kernel(128, False, tile_bridge="on")
-    with pytest.raises(UserError, match="tile_bridge=on needs no causal mask or window"):
-        kernel(128, True, q_buffers="2", tile_bridge="on")
-    with pytest.raises(UserError, match="tile_bridge=on needs a persistent scheduler"):
-        kernel(128, False, q_buffers="2", persistent="off", tile_bridge="on")
-    with pytest.raises(UserError, match="tile_bridge=on needs short_tile=whole"):
-        kernel(64, False, q_buffers="2", short_tile="split", tile_bridge="on")
-
 
 D_COMPILES = [
     (128, "bf16", False, 4, 4, {"schedule": "overlap"}),

@@ -214,32 +214,3 @@ def test_the_steady_step_stamps_decode_as_phases_inside_the_steady_steps():
     assert [s for s in slices if s.lane == "WG1" and s.tile == 1 and s.kind == "tile"]
     # the same words read with the old 8-stamp layout land elsewhere: the layout matters
     assert trace.layout(trace.EVENTS_BEFORE_STEP_STAMPS).length(ctas) < trace.LAYOUT.length(ctas)
-
-
-def test_bridged_tiles_overlap_so_even_and_odd_tiles_get_lanes_of_their_own():
-    """tile_bridge=on: tile 1's start, Q wait, first S and first P are stamped in tile 0's
-    bridge, before tile 0's last PV and end, so the two tiles overlap. On one lane that
-    trace would not load (a lane's slices must nest); on even/odd lanes it does, and each
-    tile keeps its span."""
-    from stages.fmha import trace
-
-    ctas, wgs = 1, 2
-    words = [0] * trace.LAYOUT.length(ctas)
-    clock = trace.LAYOUT.clock_word(ctas, 0)
-    words[clock: clock + 4] = [1000, 100, 9000, 900]
-    tile0 = [200, 220, 250, 300, 500, 560, 600, 620] + [0] * 5
-    tile1 = [500, 510, 530, 580, 700, 760, 800, 820] + [0] * 5  # its 0-3 inside tile 0's 4-7
-    tile2 = [700, 710, 730, 780, 850, 860, 870, 880] + [0] * 5  # after tile 0's end
-    for j, stamps in enumerate((tile0, tile1, tile2)):
-        at = trace.trace_word(0, 1, j)
-        words[at: at + trace.TRACE_EVENTS] = stamps
-    one_lane, clocks = trace.decode(words, ctas, wgs)
-    assert timeline.validate(timeline.chrome_trace(one_lane, clocks, "bridge", trace.lanes(wgs)))
-    slices, clocks = trace.decode(words, ctas, wgs, bridged=True)
-    lanes = trace.lanes(wgs, bridged=True)
-    assert lanes == ["producer", "WG1 even tiles", "WG1 odd tiles", "WG2 even tiles", "WG2 odd tiles"]
-    assert timeline.validate(timeline.chrome_trace(slices, clocks, "bridge", lanes)) == []
-    tiles = {(s.lane, s.tile): (s.start, s.end) for s in slices if s.kind == "tile"}
-    assert tiles == {("WG1 even tiles", 0): (200, 620), ("WG1 odd tiles", 1): (500, 820), ("WG1 even tiles", 2): (700, 880)}
-    # the summary's phases are over the kind of lane, as unbridged: the last PV of tiles 0, 1, 2
-    assert timeline.summarize(slices, clocks)["phase_median_ns"]["WG: last PV"] == pytest.approx(60 * clocks[0].ns_per_clk)

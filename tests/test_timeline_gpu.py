@@ -27,23 +27,6 @@ def test_wb_run_trace_of_stage_d(fmha_ws, causal, wgs):
     assert timeline.validate(events) == []
 
 
-def test_wb_run_trace_of_the_bridged_stream(fmha_ws):
-    """tile_bridge=on (d = 128, 2 WGs): the stream's tiles traced (a tile's start, Q, first S
-    and P taken in the bridge before it), a trace that loads, the untraced bits."""
-    proc = run_wb("run", "d", "--d", "128", "--n", "4096", "-p", "causal=false", "-V", "q_buffers=2", "-V", "tile_bridge=on",
-                  "-f", "random", "--seeds", "1", "--trace", "--json", cwd=fmha_ws)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    record = json.loads(proc.stdout)
-    found = record["trace"]
-    assert "error" not in found, found
-    # a bridged tile starts inside the one before it: even and odd tiles on lanes of their own
-    assert found["lanes"] == ["producer"] + [f"WG{w} {parity} tiles" for w in (1, 2) for parity in ("even", "odd")]
-    assert all(v == 0 for v in found["bits_differing_from_untraced"].values()), found["bits_differing_from_untraced"]
-    assert found["ctas"] > 0 and found["tiles_per_cta"][0] >= 2  # a bridge ran
-    events = json.loads((fmha_ws / "runs" / record["id"] / "trace.json").read_text())
-    assert timeline.validate(events) == []
-
-
 def test_a_configuration_whose_default_is_not_persistent_traces_its_persistent_twin(fmha_ws):
     """d=256 non-causal runs one CTA per tile by default (tile_scheduler.persistence); the
     per-CTA timeline is laid out for persistent CTAs, so --trace builds persistent=on, computes

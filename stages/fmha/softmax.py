@@ -277,14 +277,6 @@ class OnlineSoftmax:
         self.row_sum_p16 = cute.make_rmem_tensor(num_rows, Float32) if rounded_sum else None
         self.reset()
 
-    def take(self, other: "OnlineSoftmax"):
-        """This state <- ``other``'s: a finished tile's statistics kept for its epilogue while
-        ``other`` starts the next tile (stage D's ``tile_bridge``)."""
-        self.row_max.store(other.row_max.load())
-        self.row_sum.store(other.row_sum.load())
-        if const_expr(self.rounded_sum):
-            self.row_sum_p16.store(other.row_sum_p16.load())
-
     def reset(self):
         """Back to no rows seen (a new Q tile)."""
         self.row_max.fill(-math.inf)

@@ -275,7 +275,6 @@ class FmhaForward(FmhaForwardBase):
         dv: int | None = None,
         split_tail: str = "auto",
         short_tile: str = "auto",
-        tile_bridge: str = "off",
     ):
         # What ``auto`` means (kernel.yaml lists the choices; docs/perf-notes.md the measurements).
         # The tile shape (KV tile, ring depth, consumer WGs, O staged in Q, P through shared
@@ -397,23 +396,6 @@ class FmhaForward(FmhaForwardBase):
         # short_tile=split: a last Q tile whose real rows fit one consumer WG is shared by all of
         # them, each over every third KV tile (short_tile.py); auto: split wherever it can be (d = 64
         # non-causal, fixed lengths, no window; measured in round 22)
-        # tile_bridge=on: the next work tile's first QK^T issued with this tile's last PV MMA, this
-        # tile's epilogue after the next one's first softmax (consume_stream)
-        if tile_bridge not in ("off", "on"):
-            raise ValueError(f"tile_bridge must be off or on, not {tile_bridge}")
-        bridge_why = [
-            reason for reason, bad in (
-                ("q_buffers=2", q_buffers != 2), ("a persistent scheduler (on or dynamic)", not self.persistent),
-                ("the overlap or pingpong schedule", schedule not in ("overlap", "pingpong")),
-                ("k_release=early", k_release != "early"), ("o_rescale=end", o_rescale != "end"),
-                ("no causal mask or window", self.mask.upper or self.mask.lower),
-                ("fixed lengths (not varlen)", varlen), ("no paged KV", page_size), ("O staged in its own tile", o_in_q),
-                ("short_tile=whole", short_tile == "split"),
-            ) if bad
-        ]
-        if tile_bridge == "on" and bridge_why:
-            raise ValueError("tile_bridge=on needs " + ", ".join(bridge_why))
-        self.tile_bridge = tile_bridge == "on"
         if short_tile not in SHORT_TILES:
             raise ValueError(f"short_tile must be one of {', '.join(SHORT_TILES)}, not {short_tile}")
         scratch = geometry.smem_bytes(d, tile_n, kv_stages, consumers, q_buffers, o_in_q, dtype.width // 8, dv, p_smem)
@@ -426,7 +408,6 @@ class FmhaForward(FmhaForwardBase):
                 ("no causal mask or window", self.mask.upper or self.mask.lower),
                 ("fixed lengths (not varlen)", varlen), ("no paged KV", page_size), ("row_sum=fp32", self.rounded_sum),
                 ("O staged in its own tile", o_in_q), ("P in registers", p_smem), ("no --trace", trace),
-                ("tile_bridge=off", self.tile_bridge),
                 (f"{scratch // 1024} KiB of shared memory with its scratch (a CTA has {geometry.SMEM_CAPACITY // 1024})",
                  scratch > geometry.SMEM_CAPACITY),
             ) if bad
@@ -617,14 +598,7 @@ class FmhaForward(FmhaForwardBase):
                 pipeline_q, pipeline_k, pipeline_v, regs, tidx, wg_idx - 1, seqlen_q, seqlen_k, cu=cu, mO_rows=mO_rows,
                 scratch=sPart,
             )
-            if const_expr(sched.persistent and self.tile_bridge):
-                self.consume_stream(
-                    sched, tile, m_block, head, batch, tiled_mma_qk, tiled_mma_pv, tma_atom_o, mO, mLSE, sO,
-                    pipeline_q, pipeline_k, pipeline_v, regs, tidx, wg_idx - 1, seqlen_q, seqlen_k,
-                    split_io=(mTileCounter, tile_ids) if const_expr(self.split_tail) else None,
-                    stamp_of=partial(self.stamp_fn, mTileCounter, wg_idx),
-                )
-            elif const_expr(sched.persistent):
+            if const_expr(sched.persistent):
                 # (a loop around the pinned/mid overlap step makes ptxas serialize d=128's
                 # wgmma, C7512: persistent wants k_release=early, o_rescale=end)
                 q_buf, q_phase = Int32(0), Int32(0)  # this tile's Q buffer and its phase
@@ -1446,7 +1420,6 @@ class FmhaForward(FmhaForwardBase):
         p_store: cutlass.Constexpr = None,
         stamp: cutlass.Constexpr = no_stamp,
         shared: cutlass.Constexpr[bool] = False,
-        stream: cutlass.Constexpr[bool] = False,
     ) -> pipeline.PipelineState:
         """Steady-state step i (1 <= i < n_steps in visit order: tile n_max - 1 - i; n_steps
         = n_max - n_min, None: n_max). On entry ``kv_state`` is
@@ -1467,8 +1440,7 @@ class FmhaForward(FmhaForwardBase):
 
         ``shared`` (a short tile's visit, ``consume_shared``): the WG's previous visit was i -
         (consumer WGs), the ring slot the same; each slot released for every WG; no pingpong
-        turns. ``stream`` (tile_bridge, ``consume_stream``): the turns run on across work tiles, so
-        every step passes its turn on."""
+        turns."""
         # a fresh S accumulator each step: the wgmma's accumulator operands are in/out
         # registers, and a reused tensor would keep the fp32 P of the previous step alive
         # across the QK^T issue (LLVM then sank P's conversion below it: 64 more live
@@ -1487,9 +1459,7 @@ class FmhaForward(FmhaForwardBase):
                 self.rescale_o(acc_O, row_scale, softmax)  # alpha_{i-1}
         pipeline_v.consumer_wait(kv_prev)
         wgmma_issue(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_prev.index], False)
-        if const_expr(self.schedule == "pingpong" and stream):
-            self.sched_arrive(wg)
-        elif const_expr(self.schedule == "pingpong" and not shared):
+        if const_expr(self.schedule == "pingpong" and not shared):
             # the last WG's last arrive would meet no sync (WG 0 started on its own arrive)
             last = n_max
             if const_expr(n_steps is not None):
@@ -1649,202 +1619,6 @@ class FmhaForward(FmhaForwardBase):
         for _ in cutlass.range_constexpr(releases):
             pipeline_v.consumer_release(kv_state)
 
-    # ---- tile_bridge: the work tiles of a persistent consumer WG as one stream ---------------
-    @cute.jit
-    def consume_stream(
-        self, sched, tile: Int32, m_block: Int32, head: Int32, batch: Int32, tiled_mma_qk: cute.TiledMma,
-        tiled_mma_pv: cute.TiledMma, tma_atom_o: cute.CopyAtom, mO: cute.Tensor, mLSE: cute.Tensor, sO: cute.Tensor,
-        pipeline_q: pipeline.PipelineAsync, pipeline_k: pipeline.PipelineAsync, pipeline_v: pipeline.PipelineAsync,
-        regs: tuple, tidx: Int32, wg: Int32, seqlen_q: Int32, seqlen_k: Int32, split_io: tuple = None,
-        stamp_of: cutlass.Constexpr = None,
-    ):
-        """tile_bridge=on: a persistent consumer WG's work tiles (fixed lengths, no causal mask or
-        window) as one stream of KV visits. The first tile starts as ``consume_overlap`` does; at
-        the end of each tile's steady steps the next tile's first QK^T is issued with this tile's
-        last PV MMA (``bridge``), and this tile's end (``end_tile``: epilogue, or a split piece's
-        merge) runs after the next tile's first softmax, from the statistics it left in a second
-        ``OnlineSoftmax``. The pingpong turns run on from tile to tile: WG 0 starts the stream on
-        its own arrive and takes the last WG's last arrive at its end. The last tile ends as
-        ``consume_overlap``'s. ``stamp_of(j)``: the stamp of the WG's j-th work tile (``stamp_fn``);
-        a tile's stamps are consume_work_tile's, its first four taken in the bridge before it."""
-        tidx_wg = tidx % common.WG_THREADS
-        thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale, p_store = regs
-        done = self.online_softmax(acc_O)  # the finished tile's statistics, for its end
-        tScS = thr_qk.partition_C(cute.make_identity_tensor((self.wg_rows, self.tile_n)))
-        t0ScS = tiled_mma_qk.get_slice(0).partition_C(cute.make_identity_tensor((self.wg_rows, self.tile_n)))
-        # only the first visit of a tile (its last KV tile) may hold keys past n: no other mask
-        mask_fn = partial(
-            mk.apply_mask, tScS=tScS, t0ScS=t0ScS, row_offset=Int32(0), seqlen_k=seqlen_k, causal=False,
-            fill=self.mask_fill,
-        )
-
-        # what a tile's end needs besides the tile (``stream_end``)
-        end_io = (acc_O, row_scale, thr_pv, tma_atom_o, tiled_mma_pv, mO, mLSE, sO, tidx_wg, wg, seqlen_q, split_io)
-        if tile < sched.tiles:
-            self.run_stream(
-                sched, tile, m_block, head, batch, tiled_mma_qk, tiled_mma_pv, pipeline_q, pipeline_k, pipeline_v, regs,
-                done, mask_fn, end_io, wg, seqlen_q, seqlen_k, stamp_of,
-            )
-        if tidx_wg < 32:
-            cute.arch.cp_async_bulk_wait_group(0, read=True)  # the last O store, before exit
-
-    @cute.jit
-    def run_stream(
-        self, sched, tile: Int32, m_block: Int32, head: Int32, batch: Int32, tiled_mma_qk: cute.TiledMma,
-        tiled_mma_pv: cute.TiledMma, pipeline_q: pipeline.PipelineAsync, pipeline_k: pipeline.PipelineAsync,
-        pipeline_v: pipeline.PipelineAsync, regs: tuple, done: sm.OnlineSoftmax, mask_fn: cutlass.Constexpr,
-        end_io: tuple, wg: Int32, seqlen_q: Int32, seqlen_k: Int32, stamp_of: cutlass.Constexpr,
-    ):
-        """``consume_stream``'s tiles, from the CTA's first (it has one)."""
-        thr_qk, thr_pv, tSrQ, tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale, p_store = regs
-        kv_state = pipeline.make_pipeline_state(pipeline.PipelineUserType.Consumer, self.kv_stages)
-        tile_state = sched.ring_state(producer=False)
-        q_buf, q_phase = Int32(0), Int32(0)
-        m_block, head, batch = sched.current(tile, m_block, head, batch)
-        _, n_max = self.stream_range(sched, tile, m_block, seqlen_q, seqlen_k)
-        j = Int32(0)  # the WG's work tiles so far (trace)
-        # (a stamp is a Python function: one name before the loop, another in it, none carried)
-        first_stamp = stamp_of(j)
-        first_stamp(0)
-        softmax.reset()
-        acc_O.fill(0.0)
-        q_state = self.q_state_of(q_buf, q_phase, wg)
-        pipeline_q.consumer_wait(q_state)
-        first_stamp(1)
-        self.first_visit(
-            kv_state, pipeline_k, tiled_mma_qk, tSrQ[None, None, None, q_state.index], tSrK, acc_S_shape, tOrP,
-            softmax, row_scale, mask_fn, wg, n_max, p_store=p_store, stamp=first_stamp,
-        )
-        if const_expr(self.schedule == "pingpong"):
-            if wg == 0:
-                cute.arch.barrier_arrive(barrier_id=SCHED_BARRIER_BASE, number_of_threads=2 * common.WG_THREADS)
-        while tile < sched.tiles:
-            n_min, n_max = self.stream_range(sched, tile, m_block, seqlen_q, seqlen_k)
-            # carried around this loop, the ring indices lost their warp-uniformity: ptxas built
-            # every wgmma descriptor in vector registers, an R2UR before each HGMMA (80 in all),
-            # and the bridge ran 6 % slower than without it (round 24)
-            q_buf = cute.arch.make_warp_uniform(q_buf)
-            q_phase = cute.arch.make_warp_uniform(q_phase)
-            kv_state = pipeline.PipelineState(
-                self.kv_stages, cute.arch.make_warp_uniform(kv_state.count), cute.arch.make_warp_uniform(kv_state.index),
-                cute.arch.make_warp_uniform(kv_state.phase),
-            )
-            q_state = self.q_state_of(q_buf, q_phase, wg)
-            stamp = stamp_of(j)
-            for i in cutlass.range(1, n_max - n_min, unroll=1):
-                kv_state = self.overlap_tile(
-                    kv_state, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv, tSrQ[None, None, None, q_state.index],
-                    tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, row_scale, wg, i, n_max, p_store=p_store,
-                    stamp=stamp, stream=True,
-                )
-            stamp(4)
-            pipeline_q.consumer_release(q_state)  # every S of this Q tile is done
-            nxt, m_next, h_next, b_next, tile_state = sched.advance(
-                tile, m_block, head, batch, tile_state, producer=False
-            )
-            m_next, h_next, b_next = sched.current(nxt, m_next, h_next, b_next)
-            _, n_max_next = self.stream_range(sched, nxt, m_next, seqlen_q, seqlen_k)
-            q_buf_next, q_phase_next = self.next_q_buffer(q_buf, q_phase)
-            q_next = self.q_state_of(q_buf_next, q_phase_next, wg)
-            if nxt < sched.tiles:
-                kv_state = self.bridge(
-                    kv_state, pipeline_q, q_next, pipeline_k, pipeline_v, tiled_mma_qk, tiled_mma_pv,
-                    tSrQ[None, None, None, q_next.index], tSrK, tOrVt, acc_S_shape, tOrP, acc_O, softmax, done,
-                    row_scale, wg, n_max_next, mask_fn, p_store,
-                    partial(self.stream_end, done, end_io, sched, tile, m_block, head, batch, stamp), stamp,
-                    stamp_of(j + 1),
-                )
-            else:
-                kv_state = self.close_stream(
-                    kv_state, pipeline_v, tiled_mma_pv, tOrVt, tOrP, acc_O, softmax,
-                    partial(self.stream_end, softmax, end_io, sched, tile, m_block, head, batch, stamp), stamp,
-                )
-            tile, m_block, head, batch = nxt, m_next, h_next, b_next
-            q_buf, q_phase = q_buf_next, q_phase_next
-            j += 1
-        if const_expr(self.schedule == "pingpong"):
-            if wg == 0:
-                self.sched_sync(wg)  # the last WG's last arrive (or WG 0's own, with no turn taken)
-
-    def stream_range(self, sched, tile: Int32, m_block: Int32, seqlen_q: Int32, seqlen_k: Int32):
-        """(n_min, n_max): the KV tiles of work tile ``tile`` in the stream (its piece's, when the
-        tail is split)."""
-        piece = self.piece_of(sched, tile) if const_expr(self.split_tail) else None
-        return self.kv_span(m_block, seqlen_q, seqlen_k, piece)
-
-    def stream_end(self, softmax_of_tile: sm.OnlineSoftmax, end_io: tuple, sched, tile: Int32, m_block: Int32,
-                   head: Int32, batch: Int32, stamp=no_stamp):
-        """``end_tile`` of work tile ``tile`` in the stream, called once its last PV MMA is done
-        (``softmax_of_tile``: its statistics); the tile's addresses are made only then."""
-        acc_O, row_scale, thr_pv, tma_atom_o, tiled_mma_pv, mO, mLSE, sO, tidx_wg, wg, seqlen_q, split_io = end_io
-        gO = cute.local_tile(mO[None, None, head, batch], (self.wg_rows, self.dv), (None, 0))
-        piece = None
-        if const_expr(self.split_tail):
-            piece = self.piece_of(sched, tile)
-        self.end_tile(
-            acc_O, softmax_of_tile, row_scale, thr_pv, tma_atom_o, tiled_mma_pv, gO, None, mLSE[batch, head, None], sO,
-            tidx_wg, wg, m_block, m_block * self.tile_m + wg * self.wg_rows, seqlen_q, no_release, stamp, piece,
-            split_io,
-        )
-
-    @cute.jit
-    def bridge(
-        self, kv_state: pipeline.PipelineState, pipeline_q: pipeline.PipelineAsync, q_next: pipeline.PipelineState,
-        pipeline_k: pipeline.PipelineAsync, pipeline_v: pipeline.PipelineAsync, tiled_mma_qk: cute.TiledMma,
-        tiled_mma_pv: cute.TiledMma, tSrQ_next: cute.Tensor, tSrK: cute.Tensor, tOrVt: cute.Tensor,
-        acc_S_shape: cutlass.Constexpr, tOrP: cute.Tensor, acc_O: cute.Tensor, softmax: sm.OnlineSoftmax,
-        done: sm.OnlineSoftmax, row_scale: cute.Tensor, wg: Int32, n_max_next: Int32, mask_fn: cutlass.Constexpr,
-        p_store: cutlass.Constexpr, end: cutlass.Constexpr, stamp: cutlass.Constexpr = no_stamp,
-        stamp_next: cutlass.Constexpr = no_stamp,
-    ) -> pipeline.PipelineState:
-        """The boundary of two work tiles as one steady step (``overlap_tile``'s order): issue the
-        next tile's S_0 = Q' K_0^T (its Q in ``tSrQ_next``) and this tile's last O += P V; wait
-        for S_0 only; the statistics to ``done``, the running ones reset; the next tile's mask
-        and first softmax under the PV MMA; then, that MMA done, P_0 handed over, this tile's
-        ``end`` (reads ``done``) and O zeroed for the next tile. Returns the ring state of K_0.
-        ``stamp``: this tile's (its last PV done), ``stamp_next``: the next one's (its start, Q
-        ready, S_0 ready, P_0 handed over)."""
-        stamp_next(0)
-        acc_S = cute.make_rmem_tensor(acc_S_shape, Float32)
-        kv_prev = kv_state.clone()
-        kv_state.advance()
-        pipeline_q.consumer_wait(q_next)
-        stamp_next(1)
-        pipeline_k.consumer_wait(kv_state)
-        self.sched_sync(wg)
-        wgmma_issue(tiled_mma_qk, acc_S, tSrQ_next, tSrK[None, None, None, kv_state.index], True)
-        pipeline_v.consumer_wait(kv_prev)
-        wgmma_issue(tiled_mma_pv, acc_O, tOrP, tOrVt[None, None, None, kv_prev.index], False)
-        self.sched_arrive(wg)
-        self.add_p_sum(softmax, tOrP)
-        warpgroup.wait_group(1)  # S_0 ready; the last PV MMA may still run
-        stamp_next(2)
-        pipeline_k.consumer_release(kv_state)
-        done.take(softmax)
-        softmax.reset()
-        mask_fn(acc_S, col_offset=(n_max_next - 1) * self.tile_n)
-        self.softmax_tile(acc_S, softmax, row_scale, True)
-        warpgroup.wait_group(0)
-        stamp(5)
-        pipeline_v.consumer_release(kv_prev)
-        self.hand_over_p(acc_S, tOrP, p_store, wg, softmax)
-        stamp_next(3)
-        end()
-        acc_O.fill(0.0)
-        return kv_state
-
-    @cute.jit
-    def close_stream(
-        self, kv_state: pipeline.PipelineState, pipeline_v: pipeline.PipelineAsync, tiled_mma_pv: cute.TiledMma,
-        tOrVt: cute.Tensor, tOrP: cute.Tensor, acc_O: cute.Tensor, softmax: sm.OnlineSoftmax, end: cutlass.Constexpr,
-        stamp: cutlass.Constexpr = no_stamp,
-    ) -> pipeline.PipelineState:
-        """The stream's last tile: its last PV MMA alone, then its ``end``."""
-        self.last_pv(kv_state, pipeline_v, tiled_mma_pv, tOrVt, tOrP, acc_O, softmax, stamp=stamp)
-        kv_state.advance()
-        end()
-        return kv_state
-
     @cute.jit
     def consume_shared(
         self,
@@ -1981,7 +1755,6 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "paged_bug": v["paged_bug"],
         "split_tail": v["split_tail"],
         "short_tile": v["short_tile"],
-        "tile_bridge": v["tile_bridge"],
     }
 
 
@@ -2346,11 +2119,11 @@ class StageD(Stage):
         )
         torch.cuda.synchronize()
         grid = min(ctas, math.ceil(q.shape[1] / kernel.tile_m) * p.heads * q.shape[0])
-        slices, clocks = fmha_trace.decode(buf.cpu().tolist(), grid, kernel.num_consumer_wg, bridged=kernel.tile_bridge)
+        slices, clocks = fmha_trace.decode(buf.cpu().tolist(), grid, kernel.num_consumer_wg)
         title = (f"fmha stage D d={p.d} m={q.shape[1]} n={inputs['k'].shape[1]} batch={q.shape[0]} heads={p.heads}/{p.kv_heads} "
                  f"causal={p.causal} {p.dtype} · {kernel.tile_m}x{kernel.tile_n} tiles, {kernel.num_consumer_wg} consumer WGs "
                  f"on {torch.cuda.get_device_name(q.device)}{traced_as}")
-        return Timeline(slices, clocks, fmha_trace.lanes(kernel.num_consumer_wg, kernel.tile_bridge), title,
+        return Timeline(slices, clocks, fmha_trace.lanes(kernel.num_consumer_wg), title,
                         tiles_stamped=TRACE_TILES)
 
     def reference(self, inputs, p: Params, variants, compute_dtype):

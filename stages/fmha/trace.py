@@ -9,8 +9,6 @@ its start and its end. A tile's stamps are all zero when the lane never reached 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from workbench.run.timeline import Clock, Slice, StampLayout, decode as decode_stamps
 
 TRACE_EVENTS = 13  # stamps per lane and work tile
@@ -65,30 +63,16 @@ CONSUMER_PARTS = [
 PRODUCER_PARTS = [("first K slot", 0, 1), ("Q slots + Q issue", 1, 2), ("K/V ring (rest)", 2, 3)]
 
 
-def lanes(consumer_wgs: int, bridged: bool = False) -> list[str]:
-    """The timeline's lanes: the producer, then each consumer WG; ``bridged`` (tile_bridge):
-    each consumer WG's even and odd work tiles apart, since a bridged tile starts inside the
-    one before it (its first stamps are taken in that tile's bridge) and a lane's slices must
-    nest."""
-    wgs = [f"WG{w}" for w in range(1, consumer_wgs + 1)]
-    return ["producer"] + ([_bridged_lane(wg, tile) for wg in wgs for tile in (0, 1)] if bridged else wgs)
-
-
-def _bridged_lane(wg: str, tile: int) -> str:
-    """The lane of consumer WG ``wg``'s work tile ``tile`` when bridged: "WG1 even tiles"."""
-    return f"{wg} {('even', 'odd')[tile % 2]} tiles"
+def lanes(consumer_wgs: int) -> list[str]:
+    return ["producer"] + [f"WG{w}" for w in range(1, consumer_wgs + 1)]
 
 
 def decode(
-    words: list[int], ctas: int, consumer_wgs: int, events: int = TRACE_EVENTS, bridged: bool = False
+    words: list[int], ctas: int, consumer_wgs: int, events: int = TRACE_EVENTS
 ) -> tuple[list[Slice], dict[int, Clock]]:
     """The slices (each lane's tiles and their phases) and each CTA's clock of one traced
     launch; ``events``: the stamps per lane and tile the buffer was written with (an older
-    save: EVENTS_BEFORE_STEP_STAMPS, without the steady step's phases); ``bridged``: on the
-    lanes ``lanes(consumer_wgs, bridged=True)`` names."""
+    save: EVENTS_BEFORE_STEP_STAMPS, without the steady step's phases)."""
     consumer = [part for part in CONSUMER_PARTS if part[2] < events]
     parts = [PRODUCER_PARTS] + [consumer] * consumer_wgs
-    slices, clocks = decode_stamps(words, ctas, layout(events), list(zip(lanes(consumer_wgs), parts)))
-    if bridged:
-        slices = [s if s.lane == "producer" else replace(s, lane=_bridged_lane(s.lane, s.tile)) for s in slices]
-    return slices, clocks
+    return decode_stamps(words, ctas, layout(events), list(zip(lanes(consumer_wgs), parts)))

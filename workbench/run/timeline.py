@@ -237,9 +237,7 @@ def summarize(slices: list[Slice], clocks: dict[int, Clock]) -> dict[str, Any]:
         if s.kind == "tile":
             tiles.setdefault(s.cta, set()).add((s.lane, s.tile))
         else:
-            # over a kind of lane: its name's first word without the number ("WG2 odd tiles": "WG")
-            group = s.lane.split()[0].rstrip("0123456789") or s.lane
-            phases.setdefault(f"{group}: {s.name}", []).append(((s.end - s.start) % WRAP) * clocks[s.cta].ns_per_clk)
+            phases.setdefault(f"{s.lane.rstrip('0123456789') or s.lane}: {s.name}", []).append(((s.end - s.start) % WRAP) * clocks[s.cta].ns_per_clk)
     per_cta = [len({t for lane, t in v}) for v in tiles.values()] or [0]
     return {
         "ctas": len(clocks),
