@@ -204,6 +204,9 @@ def main(argv=None):
         chosen, note = sd.traced_variants(d, args.causal, False, variants, s, s)
     except Exception as exc:  # an unknown variant or persistent=off: one line
         sys.exit(f"trace_tiles: {exc}")
+    if chosen.get("split_tail") != "off":  # the traced build has none (StageD.traced_without_split): both without
+        chosen["split_tail"] = "off"
+        note = "; ".join(filter(None, [note, "split_tail=off"]))
     options = sd.kernel_options(chosen)
     dev = torch.device("cuda")
     ctas = sd.sm_count(dev)

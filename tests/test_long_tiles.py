@@ -291,6 +291,25 @@ def test_the_trace_refuses_persistent_off_in_one_line():
         sd.traced_variants(128, False, False, {"persistent": "off"}, 4096, 4096)
 
 
+def test_the_trace_is_built_without_the_split_tail_and_says_so_where_the_launch_would_split():
+    """The trace buffer takes the place of the tile counters that the split-KV tail's
+    workspace follows, so the traced build never splits. Where the untraced one would (d = 128
+    non-causal by default), a trace's bits were compared with a differently summed build: an
+    H100 trace at 2048 work tiles reported 441993 O elements differing (round 25). Such a
+    trace now runs split_tail=off, says so, and is compared with an untraced twin of it."""
+    from stages.fmha.stage_d_fmha import StageD
+    from workbench.kernels.stage import Params
+
+    stage = StageD()
+    p = Params(dict(m=4096, n=4096, d=128, dv=128, dtype="bf16", batch=4, heads=16, kv_heads=16, causal=False))
+    assert stage.make_kernel(p, {}).split_tail
+    chosen, said = stage.traced_without_split(p, {"q_buffers": "2"})
+    assert chosen == {"q_buffers": "2", "split_tail": "off"} and said.startswith("split_tail=off")
+    assert not stage.make_kernel(p, chosen).split_tail
+    causal = Params({**dict(p), "causal": True})  # causal never splits: nothing to say
+    assert stage.traced_without_split(causal, {}) == ({}, "")
+
+
 
 def test_the_exported_op_gives_each_stream_its_own_scheduler_counters(monkeypatch):
     # two launches at once on two streams (two micro-batches overlapped) sharing the dynamic

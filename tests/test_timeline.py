@@ -136,6 +136,17 @@ def test_wb_run_trace_writes_the_timeline_beside_the_record(toy_ws, wb):
     assert "trace: runs/" in shown.stdout and "open in ui.perfetto.dev" in shown.stdout
 
 
+def test_the_bits_are_compared_with_the_untraced_build_the_trace_names(toy_ws, wb):
+    """A trace that had to change a variant names the untraced build its bits must equal
+    (Timeline.untraced; fmha stage D: split_tail=off). The toy's bug=nan run build writes a
+    NaN the traced doubling does not (the run FAILs on it); against the bug-free twin the
+    trace names, no element differs."""
+    proc = wb("run", "a", "--n", "512", "-f", "toy-ones", "-V", "bug=nan", "--trace", "--json")
+    record = json.loads(proc.stdout)
+    assert record["verdict"] == "FAIL" and record["results"][0]["outputs"]["y"]["nan"] == 1
+    assert record["trace"]["bits_differing_from_untraced"] == {"y": 0}, record["trace"]
+
+
 def test_trace_refusals_are_one_line_with_exit_2(toy_ws, wb):
     proc = wb("run", "b", "--trace")
     assert proc.returncode == 2 and "--trace: toy/stage-b has no trace hook" in proc.stderr and "Traceback" not in proc.stderr

@@ -27,6 +27,24 @@ def test_wb_run_trace_of_stage_d(fmha_ws, causal, wgs):
     assert timeline.validate(events) == []
 
 
+def test_a_launch_that_splits_its_last_wave_is_traced_unsplit_and_compared_with_its_unsplit_twin(fmha_ws):
+    """d = 128 non-causal at 2048 work tiles (15.5 per CTA on 132 SMs): the untraced default
+    splits the last wave along the keys, the traced build cannot; the trace says so and its
+    bits equal an untraced split_tail=off build's (against the run's own build, 441993 O and
+    553 LSE elements differed: round 25)."""
+    proc = run_wb("run", "d", "--d", "128", "--n", "4096", "-p", "batch=4", "-p", "heads=16", "-p", "causal=false",
+                  "-f", "random", "--seeds", "1", "--trace", "--json", cwd=fmha_ws)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads(proc.stdout)
+    found = record["trace"]
+    assert "error" not in found, found
+    assert all(v == 0 for v in found["bits_differing_from_untraced"].values()), found["bits_differing_from_untraced"]
+    assert found["tiles_per_cta"][1] >= 15
+    events = json.loads((fmha_ws / "runs" / record["id"] / "trace.json").read_text())
+    assert "split_tail=off: the split tail is not traced" in events["otherData"]["title"]
+    assert timeline.validate(events) == []
+
+
 def test_a_configuration_whose_default_is_not_persistent_traces_its_persistent_twin(fmha_ws):
     """d=256 non-causal runs one CTA per tile by default (tile_scheduler.persistence); the
     per-CTA timeline is laid out for persistent CTAs, so --trace builds persistent=on, computes

@@ -2106,8 +2106,10 @@ class StageD(Stage):
             int(p.d), host.truthy(p.causal), mask["window_left"] >= 0 or mask["window_right"] >= 0, variants,
             inputs["q"].shape[1], inputs["k"].shape[1], dv=dv_of(p),
         )
+        variants, unsplit = self.traced_without_split(p, variants)
         dtype = common.cute_dtype(p.dtype)
         kernel = self.make_kernel(p, variants, trace=True)
+        traced_as = "; ".join(filter(None, [traced_as, unsplit]))
         traced_as = f" ({traced_as})" if traced_as else ""
         fn = host.compile_for(arch, kernel, *self._fake_args(kernel, dtype))
         q = inputs["q"]
@@ -2123,8 +2125,33 @@ class StageD(Stage):
         title = (f"fmha stage D d={p.d} m={q.shape[1]} n={inputs['k'].shape[1]} batch={q.shape[0]} heads={p.heads}/{p.kv_heads} "
                  f"causal={p.causal} {p.dtype} · {kernel.tile_m}x{kernel.tile_n} tiles, {kernel.num_consumer_wg} consumer WGs "
                  f"on {torch.cuda.get_device_name(q.device)}{traced_as}")
-        return Timeline(slices, clocks, fmha_trace.lanes(kernel.num_consumer_wg), title,
-                        tiles_stamped=TRACE_TILES)
+        return Timeline(slices, clocks, fmha_trace.lanes(kernel.num_consumer_wg), title, tiles_stamped=TRACE_TILES,
+                        untraced=self.untraced_launch(p, variants, arch) if unsplit else None)
+
+    def traced_without_split(self, p: Params, variants: Mapping[str, str]) -> tuple[dict, str]:
+        """The traced build has no split-KV tail (the trace buffer takes the place of the tile
+        counters, which the split's workspace follows), so where the untraced build of
+        ``variants`` would split the last wave, the trace's bits are another build's: returns
+        the variants with ``split_tail=off`` and a note there, else them unchanged and ""."""
+        if not self.make_kernel(p, variants).split_tail:
+            return dict(variants), ""
+        return {**variants, "split_tail": "off"}, "split_tail=off: the split tail is not traced"
+
+    def untraced_launch(self, p: Params, variants: Mapping[str, str], arch: str):
+        """(inputs, outputs) -> None: a fixed-length launch of the untraced build of ``variants``
+        (the one kernel they name), for the trace's bit check where it is not the run's build."""
+        kernel = self.make_kernel(p, variants)
+        fn = host.compile_for(arch, kernel, *self._fake_args(kernel, common.cute_dtype(p.dtype)))
+
+        def launch(inputs, outputs):
+            q = inputs["q"]
+            fn(
+                host.to_cute(q), host.to_cute(inputs["k"]), host.to_cute(inputs["v"]), host.to_cute(outputs["o"]),
+                host.to_cute(outputs["lse"]), host.to_cute(tile_counter(q.device)), Int32(sm_count(q.device)),
+                host.current_stream(),
+            )
+
+        return launch
 
     def reference(self, inputs, p: Params, variants, compute_dtype):
         import torch

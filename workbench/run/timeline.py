@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,9 @@ class Timeline:
     title: str
     meta: dict[str, Any] | None = None
     tiles_stamped: int | None = None  # the layout's limit: each CTA's first so many tiles are stamped
+    # launches the untraced build whose output bits the traced one's must equal, (inputs,
+    # outputs) -> None, where that is not the run's own build (the trace changed a variant)
+    untraced: Callable[[Any, Any], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,9 @@ class Double(Stage):
     def trace(self, p, variants, arch, inputs, outputs):
         """A CPU timeline of the doubling (wb run --trace on the CPU): two 'CTAs' take the
         halves of x, each in 64-row tiles, with a load and a compute phase per tile;
-        perf_counter_ns is both the clock and the timer (1 ns per tick)."""
+        perf_counter_ns is both the clock and the timer (1 ns per tick). The traced doubling
+        has no bug; with bug=nan it says the untraced build to compare with is its bug-free
+        twin (as fmha stage D's trace, which cannot split, names a split_tail=off twin)."""
         from workbench.run.timeline import Clock, Slice, Timeline
 
         x, y = inputs["x"], outputs["y"]
@@ -70,4 +72,5 @@ class Double(Stage):
                            Slice(cta, "WG1", "load", t0, t1, tile=j), Slice(cta, "WG1", "compute", t1, t2, tile=j)]
             end = time.perf_counter_ns()
             clocks[cta] = Clock(start, start, end, end)
-        return Timeline(slices, clocks, ["WG1"], f"toy doubling, n={p.n}")
+        twin = (lambda i, o: self.launch("none", i, o)) if variants.get("bug") == "nan" else None
+        return Timeline(slices, clocks, ["WG1"], f"toy doubling, n={p.n}", untraced=twin)
