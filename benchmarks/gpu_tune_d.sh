@@ -38,6 +38,7 @@
 #               then timed beside the default and FA4 (about 3 minutes)
 # PHASE long192: non-causal d = 128's 192 x 128 long kernel (from m = n = 8192) under the defaults: 18 sweep cases,
 #               timed beside FA4 over 3 processes, the exported op at m = n = 8192 and m = 4096 n = 8192 (about 6 minutes)
+# PHASE tracecheck: tests/test_timeline_gpu.py (wb run --trace of stage D and moe stage C; about 1 minute)
 # PHASE kv192: d = 128 non-causal with a 192-key tile, O in Q: 16 sweep cases, then s 8192 / 16384 beside the
 #               defaults, the 176-key kernel and FA4 over 3 processes (about 7 minutes)
 # PHASE d96k160: d = 96 non-causal's 192-row tile with 160 keys (P in shared memory, O in Q): 16 sweep cases, then
@@ -1067,12 +1068,18 @@ trace128)
   # (a loss on the 128-row kernel) and the 3-WG kernels of d = 96 and 64
   trace_specs 120 "--d 128 --s 4096" "--d 128 --s 4096 -V sum_init=alpha" "--d 128 --s 8192" "--d 96 --s 8192" "--d 64 --s 4096"
   ;;
+tracecheck)
+  # wb run --trace's GPU tests: stage D (d = 64 both masks, d = 128 at 2048 work tiles, split_tail=off and its
+  # twin's bits), d = 256's persistent twin, moe stage C
+  step "tests/test_timeline_gpu.py"
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_timeline_gpu.py 2>&1 | tail -6
+  ;;
 perf)
   step "wb bench d --sweep (docs/perf.md) with every peer"
   cpeers="fa4,sdpa-cudnn,sdpa-flash"; [ -n "${WB_CUTLASS_EXAMPLES:-}" ] && cpeers="$cpeers,cutlass-example"
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|kv192|d96k160|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|kv192|d96k160|tracecheck|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
