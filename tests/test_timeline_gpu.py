@@ -46,10 +46,12 @@ def test_a_launch_that_splits_its_last_wave_is_traced_unsplit_and_compared_with_
 
 
 def test_a_configuration_whose_default_is_not_persistent_traces_its_persistent_twin(fmha_ws):
-    """d=256 non-causal runs one CTA per tile by default (tile_scheduler.persistence); the
-    per-CTA timeline is laid out for persistent CTAs, so --trace builds persistent=on, computes
-    the untraced default's bits and says which build it traced."""
-    proc = run_wb("run", "d", "--d", "256", "--n", "1024", "-f", "random", "--seeds", "1", "--trace", "--json", cwd=fmha_ws)
+    """d=256 with a sliding window runs one CTA per tile by default (tile_scheduler.persistence;
+    without a window it is dynamic since round 21); the per-CTA timeline is laid out for
+    persistent CTAs, so --trace builds persistent=on, computes the untraced default's bits and
+    says which build it traced."""
+    proc = run_wb("run", "d", "--d", "256", "--n", "1024", "-p", "window_left=300", "-f", "random", "--seeds", "1",
+                  "--trace", "--json", cwd=fmha_ws)
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads(proc.stdout)
     found = record["trace"]
