@@ -21,7 +21,7 @@ from workbench.schemas import short
 from workbench.workspace import Workspace
 
 TEMPLATES = Path(__file__).parent / "templates" / "kernel"
-MAX_NAME = 32
+MAX_NAME = 32  # its fixtures are NAME-random, NAME-onehot, ...: within kernel.yaml's 40 characters
 
 
 def check_name(name: str) -> None:
