@@ -39,6 +39,8 @@
 # PHASE long192: non-causal d = 128's 192 x 128 long kernel (from m = n = 8192) under the defaults: 18 sweep cases,
 #               timed beside FA4 over 3 processes, the exported op at m = n = 8192 and m = 4096 n = 8192 (about 6 minutes)
 # PHASE tracecheck: tests/test_timeline_gpu.py (wb run --trace of stage D and moe stage C; about 1 minute)
+# PHASE clocks: the mixed varlen batch both masks beside FA4 with nvidia-smi sampling the SM clock, power and
+#               throttle reasons (are its two timing modes the card's clocks? about 2 minutes)
 # PHASE kv192: d = 128 non-causal with a 192-key tile, O in Q: 16 sweep cases, then s 8192 / 16384 beside the
 #               defaults, the 176-key kernel and FA4 over 3 processes (about 7 minutes)
 # PHASE d96k160: d = 96 non-causal's 192-row tile with 160 keys (P in shared memory, O in Q): 16 sweep cases, then
@@ -991,6 +993,29 @@ near)
     -p seqlens=16000:12345:8192:6000:5120:4096:3500:3072:2600:2048:1500:931:128 -p dtype=bf16,fp16 \
     --peers fa4 --processes "${PROCS:-3}" --timeout 50 | table_rows 200
   ;;
+clocks)
+  # the mixed varlen batch's two timing modes, in FA4's timings and ours (round 25): the SM clock, the power
+  # drawn and the active clock-throttle reasons sampled every 50 ms while both are timed, then counted
+  mixed="16000:12345:8192:6000:5120:4096:3500:3072:2600:2048:1500:931:128"
+  step "mixed varlen batch (13 sequences, 64k tokens) both masks bf16 beside FA4, nvidia-smi sampling"
+  nvidia-smi --query-gpu=clocks.sm,power.draw,clocks_throttle_reasons.active --format=csv,noheader,nounits -lms 50 \
+    > /tmp/clocks.csv &
+  smi=$!
+  timeout 150 wb bench d -p d=128 -p n=16000 -p varlen=true -p seqlens=$mixed -p causal=true,false -p dtype=bf16 \
+    --peers fa4 --timeout 140 | table_rows 200
+  kill "$smi"
+  step "samples by SM clock (MHz), with the median power (W) and the throttle reasons seen"
+  python3 -c '
+import collections, statistics
+rows = [r.split(", ") for r in open("/tmp/clocks.csv").read().split("\n") if r.count(",") == 2]
+by = collections.defaultdict(list)
+for clock, power, why in rows:
+    by[clock].append((float(power), why))
+for clock in sorted(by, key=int):
+    powers = [p for p, _ in by[clock]]
+    print(f"{clock:>5} MHz: {len(powers):4d} samples, median {statistics.median(powers):.0f} W, reasons", sorted({w for _, w in by[clock]}))
+'
+  ;;
 contested)
   # the cells short of their goal, timed in fresh processes round after round: a median over
   # ROUNDS processes says more than one process's ratio (a peer's level moves between processes)
@@ -1080,6 +1105,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|kv192|d96k160|tracecheck|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|kv192|d96k160|tracecheck|clocks|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
