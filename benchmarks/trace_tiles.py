@@ -204,9 +204,11 @@ def main(argv=None):
         chosen, note = sd.traced_variants(d, args.causal, False, variants, s, s)
     except Exception as exc:  # an unknown variant or persistent=off: one line
         sys.exit(f"trace_tiles: {exc}")
-    if chosen.get("split_tail") != "off":  # the traced build has none (StageD.traced_without_split): both without
-        chosen["split_tail"] = "off"
-        note = "; ".join(filter(None, [note, "split_tail=off"]))
+    # the traced build never splits the tail nor shares a short tile (StageD.without_untraceable): time both without
+    for key, value in (("split_tail", "off"), ("short_tile", "whole")):
+        if chosen.get(key) != value:
+            chosen[key] = value
+            note = "; ".join(filter(None, [note, f"{key}={value}"]))
     options = sd.kernel_options(chosen)
     dev = torch.device("cuda")
     ctas = sd.sm_count(dev)

@@ -291,23 +291,32 @@ def test_the_trace_refuses_persistent_off_in_one_line():
         sd.traced_variants(128, False, False, {"persistent": "off"}, 4096, 4096)
 
 
-def test_the_trace_is_built_without_the_split_tail_and_says_so_where_the_launch_would_split():
-    """The trace buffer takes the place of the tile counters that the split-KV tail's
-    workspace follows, so the traced build never splits. Where the untraced one would (d = 128
-    non-causal by default), a trace's bits were compared with a differently summed build: an
-    H100 trace at 2048 work tiles reported 441993 O elements differing (round 25). Such a
-    trace now runs split_tail=off, says so, and is compared with an untraced twin of it."""
+@pytest.mark.parametrize(
+    "d, causal, n, expected, note",
+    [
+        # d = 128 non-causal splits its last wave: the trace buffer has no room for the split's workspace
+        (128, False, 4096, {"split_tail": "off"}, "split_tail=off: not traced"),
+        # d = 64 non-causal shares a short last tile between its WGs (not stamped per tile); whole,
+        # its tail would split
+        (64, False, 1000, {"short_tile": "whole", "split_tail": "off"}, "short_tile=whole split_tail=off: not traced"),
+        (128, True, 4096, {}, ""),  # causal does neither: nothing to say
+    ],
+)
+def test_the_trace_turns_off_what_its_build_cannot_do_and_says_so(d, causal, n, expected, note):
+    """The traced build never splits the KV tail nor shares a short tile (FmhaForward with
+    trace=True). Where the untraced build would, a trace's bits were compared with a
+    differently summed build: an H100 trace at 2048 work tiles reported 441993 O elements
+    differing (round 25). Such a trace now runs with them off, says so, and is compared
+    with an untraced twin of its own variants."""
     from stages.fmha.stage_d_fmha import StageD
     from workbench.kernels.stage import Params
 
     stage = StageD()
-    p = Params(dict(m=4096, n=4096, d=128, dv=128, dtype="bf16", batch=4, heads=16, kv_heads=16, causal=False))
-    assert stage.make_kernel(p, {}).split_tail
-    chosen, said = stage.traced_without_split(p, {"q_buffers": "2"})
-    assert chosen == {"q_buffers": "2", "split_tail": "off"} and said.startswith("split_tail=off")
-    assert not stage.make_kernel(p, chosen).split_tail
-    causal = Params({**dict(p), "causal": True})  # causal never splits: nothing to say
-    assert stage.traced_without_split(causal, {}) == ({}, "")
+    p = Params(dict(m=n, n=n, d=d, dv=d, dtype="bf16", batch=4, heads=16, kv_heads=16, causal=causal))
+    chosen, said = stage.without_untraceable(p, {"q_buffers": "2"} if d == 128 else {})
+    assert {k: v for k, v in chosen.items() if k != "q_buffers"} == expected and said == note
+    plain, traced = stage.make_kernel(p, chosen), stage.make_kernel(p, chosen, trace=True)
+    assert (plain.split_tail, plain.short_split) == (traced.split_tail, traced.short_split)
 
 
 

@@ -2106,10 +2106,10 @@ class StageD(Stage):
             int(p.d), host.truthy(p.causal), mask["window_left"] >= 0 or mask["window_right"] >= 0, variants,
             inputs["q"].shape[1], inputs["k"].shape[1], dv=dv_of(p),
         )
-        variants, unsplit = self.traced_without_split(p, variants)
+        variants, turned_off = self.without_untraceable(p, variants)
         dtype = common.cute_dtype(p.dtype)
         kernel = self.make_kernel(p, variants, trace=True)
-        traced_as = "; ".join(filter(None, [traced_as, unsplit]))
+        traced_as = "; ".join(filter(None, [traced_as, turned_off]))
         traced_as = f" ({traced_as})" if traced_as else ""
         fn = host.compile_for(arch, kernel, *self._fake_args(kernel, dtype))
         q = inputs["q"]
@@ -2126,16 +2126,25 @@ class StageD(Stage):
                  f"causal={p.causal} {p.dtype} · {kernel.tile_m}x{kernel.tile_n} tiles, {kernel.num_consumer_wg} consumer WGs "
                  f"on {torch.cuda.get_device_name(q.device)}{traced_as}")
         return Timeline(slices, clocks, fmha_trace.lanes(kernel.num_consumer_wg), title, tiles_stamped=TRACE_TILES,
-                        untraced=self.untraced_launch(p, variants, arch) if unsplit else None)
+                        untraced=self.untraced_launch(p, variants, arch) if turned_off else None)
 
-    def traced_without_split(self, p: Params, variants: Mapping[str, str]) -> tuple[dict, str]:
-        """The traced build has no split-KV tail (the trace buffer takes the place of the tile
-        counters, which the split's workspace follows), so where the untraced build of
-        ``variants`` would split the last wave, the trace's bits are another build's: returns
-        the variants with ``split_tail=off`` and a note there, else them unchanged and ""."""
-        if not self.make_kernel(p, variants).split_tail:
+    def without_untraceable(self, p: Params, variants: Mapping[str, str]) -> tuple[dict, str]:
+        """What the traced build never does, made explicit: the split-KV tail (the trace buffer
+        takes the place of the tile counters, which the split's workspace follows) and the
+        short tile shared by the WGs (its visits are not stamped per tile). Where the untraced
+        build of ``variants`` would use either, the trace's bits are another build's: returns
+        the variants with them off and a note saying so; else them unchanged and ""."""
+        off = {}
+        while True:  # a whole short tile lets the tail split (short_tile=whole is split_tail's need): look again
+            plain = self.make_kernel(p, {**variants, **off})
+            more = {k: v for k, v, used in (("short_tile", "whole", plain.short_split), ("split_tail", "off", plain.split_tail))
+                    if used and k not in off}
+            if not more:
+                break
+            off.update(more)
+        if not off:
             return dict(variants), ""
-        return {**variants, "split_tail": "off"}, "split_tail=off: the split tail is not traced"
+        return {**variants, **off}, " ".join(f"{k}={v}" for k, v in sorted(off.items())) + ": not traced"
 
     def untraced_launch(self, p: Params, variants: Mapping[str, str], arch: str):
         """(inputs, outputs) -> None: a fixed-length launch of the untraced build of ``variants``
