@@ -80,11 +80,21 @@ def unlistable(monkeypatch, folder: Path) -> None:
     monkeypatch.setattr(os, "scandir", scandir)
 
 
+#: what `wb` run by hand in a test workspace leaves there: never copied into a test's workspace
+WORKSPACE_STATE = (".wb", "runs", "MEMORY.md", "MEMORY.json", "__pycache__")
+
+
+def copy_toy_ws(root: Path, **kwargs) -> Path:
+    """tests/data/toy_ws copied to ``root`` without any state a hand-run `wb` left in it (a
+    stray .wb/ there once failed 11 tests that expect a workspace without one)."""
+    shutil.copytree(DATA / "toy_ws", root, ignore=shutil.ignore_patterns(*WORKSPACE_STATE), **kwargs)
+    return root
+
+
 @pytest.fixture
 def toy_ws(tmp_path, monkeypatch):
     """A fresh copy of the plain-PyTorch test workspace (tests/data/toy_ws), as the cwd."""
-    root = tmp_path / "ws"
-    shutil.copytree(DATA / "toy_ws", root)
+    root = copy_toy_ws(tmp_path / "ws")
     monkeypatch.chdir(root)
     monkeypatch.setenv("WB_WORKER_IDLE", "20")
     return root

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA, copy_repo_workspace, run_wb
+from conftest import copy_repo_workspace, copy_toy_ws, run_wb
 
 pytest.importorskip("tvm_ffi", reason="wb export needs apache-tvm-ffi (pip install 'wb[export]')")
 
@@ -79,7 +79,7 @@ def scaffold_export(tmp_path_factory):
     """The kernel `wb new kernel gemmx` writes, exported and installed the same way."""
     root = tmp_path_factory.mktemp("export-scaffold")
     ws = root / "ws"
-    shutil.copytree(DATA / "toy_ws", ws)
+    copy_toy_ws(ws)
     env = {"WB_HOME": str(root / "home")}
     assert run_wb("new", "kernel", "gemmx", cwd=ws, env=env).returncode == 0
     refused = run_wb("export", "gemmx/a", "--out", root / "refused", cwd=ws, env=env)

@@ -123,11 +123,9 @@ def mutate(rng: random.Random) -> str:
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz-ws")
-    from tests.conftest import DATA
+    from tests.conftest import copy_toy_ws
 
-    import shutil
-
-    shutil.copytree(DATA / "toy_ws", root, dirs_exist_ok=True)
+    copy_toy_ws(root, dirs_exist_ok=True)
     rng = random.Random(14)
     runs = root / "runs"
     for i in range(500):
