@@ -5,7 +5,7 @@ setup (TMA atoms, the QK^T and PV tiled MMAs, the swizzled smem layouts and the 
 storage), the CTA prologue (descriptor prefetch, pipelines, smem tensors), a consumer
 WG's fragments, the serial per-KV-tile step, the finish (O /= l, LSE) and the O store.
 Stage C (``stage_c_online.FmhaOnline``: one 128-row Q tile per CTA) and stage D
-(``stage_d_fmha.FmhaForward``: batch, heads, causal, persistent schedules) subclass it and
+(``fmha_forward.FmhaForward``: batch, heads, causal, persistent schedules) subclass it and
 add their ``__call__``, ``kernel``, producer and consumer loops.
 
 Geometry: the class constants are stage C's (2 consumer WGs of 64 rows, 128-row tiles,
