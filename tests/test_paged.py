@@ -170,8 +170,8 @@ def test_pages_smaller_than_a_kv_tile_compile_one_box_per_page_without_spills(ar
     assert kernel["spill_store_bytes"] == 0 and kernel["spill_load_bytes"] == 0, kernel
     ps, d = rec["params"]["page_size"], rec["params"]["d"]
     probes = {(s["name"], s["location"].rsplit(":", 1)[0].rsplit("/", 1)[-1]): s["layout"] for s in rec["shapes"]}
-    page = probes[("sX_page", "stage_d_fmha.py")]
+    page = probes[("sX_page", "fmha_forward.py")]
     # the page's rows of one stage: page_size rows of the tile's layout (row stride and column panels kept)
     assert page.startswith(f"({ps},") and tile % ps == 0, page
-    box = probes[("gX_page", "stage_d_fmha.py")]
+    box = probes[("gX_page", "fmha_forward.py")]
     assert box.startswith(f"({ps},{d})"), box
