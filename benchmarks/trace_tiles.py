@@ -195,20 +195,20 @@ def main(argv=None):
     from stages.fmha import common, host
     from stages.fmha import stage_d_fmha as sd
     from stages.fmha.trace import TRACE_EVENTS, trace_clock_word
+    from workbench.kernels.stage import Params
 
     s, d = args.s, args.d
     batch, heads = args.batch or max(1, 16384 // s), args.heads or max(1, 2048 // d)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     variants = dict(v.split("=", 1) for v in args.variants)
-    try:  # the kernel a launch of s rows runs (the long kernel where it serves them), persistent
+    p = Params(dict(m=s, n=s, d=d, dv=d, dtype=args.dtype, batch=batch, heads=heads, kv_heads=heads, causal=args.causal))
+    try:  # the kernel a launch of s rows runs (the long kernel where it serves them), persistent, and without
+        # what the traced build never does (a split tail, a shared short tile): the untraced one timed so too
         chosen, note = sd.traced_variants(d, args.causal, False, variants, s, s)
+        chosen, off = sd.StageD().without_untraceable(p, chosen)
     except Exception as exc:  # an unknown variant or persistent=off: one line
         sys.exit(f"trace_tiles: {exc}")
-    # the traced build never splits the tail nor shares a short tile (StageD.without_untraceable): time both without
-    for key, value in (("split_tail", "off"), ("short_tile", "whole")):
-        if chosen.get(key) != value:
-            chosen[key] = value
-            note = "; ".join(filter(None, [note, f"{key}={value}"]))
+    note = "; ".join(filter(None, [note, off]))
     options = sd.kernel_options(chosen)
     dev = torch.device("cuda")
     ctas = sd.sm_count(dev)

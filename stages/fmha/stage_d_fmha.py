@@ -79,6 +79,16 @@ def split_words(compiled, q, n: int, n_sms: int) -> int:
                                     compiled.split_max_waves)
 
 
+def launch_fixed(fn, inputs, outputs, counters, ctas: int) -> None:
+    """One fixed-length launch of a compiled stage-D function on ``inputs`` (q, k, v) into
+    ``outputs`` (o, lse): ``counters`` the tile counters (or a trace buffer, which begins with
+    them), ``ctas`` the persistent grid's size, on the current stream."""
+    fn(
+        host.to_cute(inputs["q"]), host.to_cute(inputs["k"]), host.to_cute(inputs["v"]), host.to_cute(outputs["o"]),
+        host.to_cute(outputs["lse"]), host.to_cute(counters), Int32(ctas), host.current_stream(),
+    )
+
+
 def kernel_options(variants: Mapping[str, str]) -> dict:
     """Stage D's own variants (kernel.yaml's, defaults filled in) as FmhaForward keyword
     arguments; ``auto`` passes on as None or "auto" for the kernel to resolve."""
@@ -438,10 +448,7 @@ class StageD(Stage):
         )
         n_sms = sm_count(q.device)
         counters = tile_counter(q.device, split_words(compiled, q, k.shape[1], n_sms))
-        compiled.for_shape(q.shape[1], k.shape[1])(
-            host.to_cute(q), host.to_cute(k), host.to_cute(inputs["v"]),
-            host.to_cute(outputs["o"]), host.to_cute(outputs["lse"]), host.to_cute(counters), Int32(n_sms), host.current_stream(),
-        )
+        launch_fixed(compiled.for_shape(q.shape[1], k.shape[1]), inputs, outputs, counters, n_sms)
 
     def trace(self, p: Params, variants: Mapping[str, str], arch: str, inputs, outputs):
         """wb run --trace: this configuration built with ``trace=True`` (clock stamps per CTA,
@@ -470,10 +477,7 @@ class StageD(Stage):
         q = inputs["q"]
         ctas = sm_count(q.device)
         buf = torch.zeros(trace_clock_word(ctas, ctas), dtype=torch.int32, device=q.device)  # words 0, 1: the scheduler's
-        fn(
-            host.to_cute(q), host.to_cute(inputs["k"]), host.to_cute(inputs["v"]), host.to_cute(outputs["o"]),
-            host.to_cute(outputs["lse"]), host.to_cute(buf), Int32(ctas), host.current_stream(),
-        )
+        launch_fixed(fn, inputs, outputs, buf, ctas)
         torch.cuda.synchronize()
         grid = min(ctas, math.ceil(q.shape[1] / kernel.tile_m) * p.heads * q.shape[0])
         slices, clocks = fmha_trace.decode(buf.cpu().tolist(), grid, kernel.num_consumer_wg)
@@ -490,13 +494,10 @@ class StageD(Stage):
         build of ``variants`` would use either, the trace's bits are another build's: returns
         the variants with them off and a note saying so; else them unchanged and ""."""
         off = {}
-        while True:  # a whole short tile lets the tail split (short_tile=whole is split_tail's need): look again
-            plain = self.make_kernel(p, {**variants, **off})
-            more = {k: v for k, v, used in (("short_tile", "whole", plain.short_split), ("split_tail", "off", plain.split_tail))
-                    if used and k not in off}
-            if not more:
-                break
-            off.update(more)
+        if self.make_kernel(p, variants).short_split:
+            off["short_tile"] = "whole"
+        if self.make_kernel(p, {**variants, "short_tile": "whole"}).split_tail:  # whole, the tail may split
+            off["split_tail"] = "off"
         if not off:
             return dict(variants), ""
         return {**variants, **off}, " ".join(f"{k}={v}" for k, v in sorted(off.items())) + ": not traced"
@@ -508,12 +509,8 @@ class StageD(Stage):
         fn = host.compile_for(arch, kernel, *self._fake_args(kernel, common.cute_dtype(p.dtype)))
 
         def launch(inputs, outputs):
-            q = inputs["q"]
-            fn(
-                host.to_cute(q), host.to_cute(inputs["k"]), host.to_cute(inputs["v"]), host.to_cute(outputs["o"]),
-                host.to_cute(outputs["lse"]), host.to_cute(tile_counter(q.device)), Int32(sm_count(q.device)),
-                host.current_stream(),
-            )
+            device = inputs["q"].device
+            launch_fixed(fn, inputs, outputs, tile_counter(device), sm_count(device))
 
         return launch
 
