@@ -41,6 +41,8 @@
 # PHASE tracecheck: tests/test_timeline_gpu.py (wb run --trace of stage D and moe stage C; about 1 minute)
 # PHASE clocks: the mixed varlen batch both masks beside FA4 with nvidia-smi sampling the SM clock, power and
 #               throttle reasons (are its two timing modes the card's clocks? about 2 minutes)
+# PHASE stalls: ncu's PC sampling per SASS instruction of d = 128 s = 4096 non-causal bf16, ours and FA4's,
+#               exported to $OUT (where the steady step's warps wait; about 2 minutes)
 # PHASE kv192: d = 128 non-causal with a 192-key tile, O in Q: 16 sweep cases, then s 8192 / 16384 beside the
 #               defaults, the 176-key kernel and FA4 over 3 processes (about 7 minutes)
 # PHASE d96k160: d = 96 non-causal's 192-row tile with 160 keys (P in shared memory, O in Q): 16 sweep cases, then
@@ -1099,12 +1101,41 @@ tracecheck)
   step "tests/test_timeline_gpu.py"
   timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_timeline_gpu.py 2>&1 | tail -6
   ;;
+stalls)
+  # where the steady step's warps wait (round 26): Nsight Compute's PC sampling (SourceCounters) of one
+  # launch of d = 128 s = 4096 non-causal bf16 (batch 4, 16 heads), ours and FA4's on the same shape,
+  # each exported per SASS instruction (source page) and per section (details page) into $OUT
+  ncu --version | tail -1
+  src="--section SourceCounters --section WarpStateStats --section LaunchStats --import-source no"
+  step "ours: wb run under ncu (one launch)"
+  timeout 200 ncu --target-processes all --clock-control none -k regex:kernel_cutlass --launch-count 1 $src \
+    -f -o /tmp/stall_ours python3 -m workbench run d --d 128 --n 4096 -p batch=4 -p heads=16 -p causal=false \
+    -f random --seeds 1 --fresh --timeout 150 2>&1 | tail -4
+  step "FA4: one call under ncu (after a warm-up call)"
+  timeout 150 ncu --target-processes all --clock-control none -k regex:kernel_cutlass --profile-from-start off $src \
+    -f -o /tmp/stall_fa4 python3 -c '
+import torch
+from flash_attn.cute import flash_attn_func
+torch.manual_seed(0)
+q, k, v = (torch.randn(4, 4096, 16, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+flash_attn_func(q, k, v); torch.cuda.synchronize()
+torch.cuda.profiler.start(); flash_attn_func(q, k, v); torch.cuda.synchronize(); torch.cuda.profiler.stop()
+' 2>&1 | tail -4
+  for who in ours fa4; do
+    [ -f /tmp/stall_$who.ncu-rep ] || { echo "no report for $who"; continue; }
+    ncu -i /tmp/stall_$who.ncu-rep --page source --csv --print-source sass > "$OUT/stall_$who.csv" 2> /tmp/err_$who \
+      || { cat /tmp/err_$who | head -5; ncu -i /tmp/stall_$who.ncu-rep --page source --csv > "$OUT/stall_$who.csv" 2>&1; }
+    ncu -i /tmp/stall_$who.ncu-rep --page details --csv > "$OUT/details_$who.csv" 2>&1
+    echo "$who: $(wc -l < "$OUT/stall_$who.csv") source lines, $(wc -l < "$OUT/details_$who.csv") detail lines"
+    head -c 600 "$OUT/stall_$who.csv"; echo
+  done
+  ;;
 perf)
   step "wb bench d --sweep (docs/perf.md) with every peer"
   cpeers="fa4,sdpa-cudnn,sdpa-flash"; [ -n "${WB_CUTLASS_EXAMPLES:-}" ] && cpeers="$cpeers,cutlass-example"
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|kv192|d96k160|tracecheck|clocks|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|kv192|d96k160|tracecheck|clocks|stalls|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
