@@ -41,8 +41,8 @@
 # PHASE tracecheck: tests/test_timeline_gpu.py (wb run --trace of stage D and moe stage C; about 1 minute)
 # PHASE clocks: the mixed varlen batch both masks beside FA4 with nvidia-smi sampling the SM clock, power and
 #               throttle reasons (are its two timing modes the card's clocks? about 2 minutes)
-# PHASE stalls: ncu's PC sampling per SASS instruction of d = 128 s = 4096 non-causal bf16, ours and FA4's,
-#               exported to $OUT (where the steady step's warps wait; about 2 minutes)
+# PHASE stalls: ncu's PC sampling per SASS instruction of one non-causal bf16 shape (STALL_D, STALL_S: d = 128
+#               s = 4096), ours and FA4's, exported to $OUT and summed by benchmarks/stall_map.py (about 1 minute)
 # PHASE kv192: d = 128 non-causal with a 192-key tile, O in Q: 16 sweep cases, then s 8192 / 16384 beside the
 #               defaults, the 176-key kernel and FA4 over 3 processes (about 7 minutes)
 # PHASE d96k160: d = 96 non-causal's 192-row tile with 160 keys (P in shared memory, O in Q): 16 sweep cases, then
@@ -1103,32 +1103,34 @@ tracecheck)
   ;;
 stalls)
   # where the steady step's warps wait (round 26): Nsight Compute's PC sampling (SourceCounters) of one
-  # launch of d = 128 s = 4096 non-causal bf16 (batch 4, 16 heads), ours and FA4's on the same shape,
-  # each exported per SASS instruction (source page) and per section (details page) into $OUT
+  # non-causal bf16 launch, ours and FA4's on the same shape (STALL_D, STALL_S; default d = 128 s = 4096,
+  # batch 16384 / s, heads 2048 / d as wb bench's sweep), each exported per SASS instruction (source
+  # page) and per section (details page) into $OUT, then benchmarks/stall_map.py side by side
+  D=${STALL_D:-128} S=${STALL_S:-4096}; B=$((16384 / S)) H=$((2048 / D))
   ncu --version | tail -1
   src="--section SourceCounters --section WarpStateStats --section LaunchStats --import-source no"
-  step "ours: wb run under ncu (one launch)"
+  step "ours: wb run under ncu (one launch), d=$D s=$S batch=$B heads=$H"
   timeout 200 ncu --target-processes all --clock-control none -k regex:kernel_cutlass --launch-count 1 $src \
-    -f -o /tmp/stall_ours python3 -m workbench run d --d 128 --n 4096 -p batch=4 -p heads=16 -p causal=false \
+    -f -o /tmp/stall_ours python3 -m workbench run d --d "$D" --n "$S" -p batch=$B -p heads=$H -p causal=false \
     -f random --seeds 1 --fresh --timeout 150 2>&1 | tail -4
   step "FA4: one call under ncu (after a warm-up call)"
   timeout 150 ncu --target-processes all --clock-control none -k regex:kernel_cutlass --profile-from-start off $src \
     -f -o /tmp/stall_fa4 python3 -c '
-import torch
+import sys, torch
 from flash_attn.cute import flash_attn_func
+b, s, h, d = map(int, sys.argv[1:])
 torch.manual_seed(0)
-q, k, v = (torch.randn(4, 4096, 16, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
 flash_attn_func(q, k, v); torch.cuda.synchronize()
 torch.cuda.profiler.start(); flash_attn_func(q, k, v); torch.cuda.synchronize(); torch.cuda.profiler.stop()
-' 2>&1 | tail -4
+' "$B" "$S" "$H" "$D" 2>&1 | tail -4
   for who in ours fa4; do
     [ -f /tmp/stall_$who.ncu-rep ] || { echo "no report for $who"; continue; }
-    ncu -i /tmp/stall_$who.ncu-rep --page source --csv --print-source sass > "$OUT/stall_$who.csv" 2> /tmp/err_$who \
-      || { cat /tmp/err_$who | head -5; ncu -i /tmp/stall_$who.ncu-rep --page source --csv > "$OUT/stall_$who.csv" 2>&1; }
-    ncu -i /tmp/stall_$who.ncu-rep --page details --csv > "$OUT/details_$who.csv" 2>&1
-    echo "$who: $(wc -l < "$OUT/stall_$who.csv") source lines, $(wc -l < "$OUT/details_$who.csv") detail lines"
-    head -c 600 "$OUT/stall_$who.csv"; echo
+    ncu -i /tmp/stall_$who.ncu-rep --page source --csv --print-source sass > "$OUT/stall_$who.csv"
+    ncu -i /tmp/stall_$who.ncu-rep --page details --csv > "$OUT/details_$who.csv"
   done
+  step "where each kernel's hot loop waits"
+  python3 benchmarks/stall_map.py ours="$OUT/stall_ours.csv" fa4="$OUT/stall_fa4.csv" --top 12
   ;;
 perf)
   step "wb bench d --sweep (docs/perf.md) with every peer"
