@@ -698,3 +698,55 @@ def test_the_perf_table_keeps_its_shape_without_parameter_columns_and_its_ratios
     header, rule, row = lines
     assert header.count("|") == rule.count("|") == row.count("|")
     assert row.split("|")[-2].strip() == "×6e+302"
+
+
+def _clocked(result, wb_mhz, fa4_mhz, wb_limits=(), fa4_limits=()):
+    """A process result whose wb and fa4 timings carry the SM clock they were timed at."""
+    (case,) = result["cases"]
+    case["clock"] = {"sm_mhz_median": wb_mhz, "sm_mhz_min": wb_mhz - 15, "sm_mhz_max": wb_mhz, "samples": 20, "limits": list(wb_limits)}
+    case["peers"]["fa4"]["clock"] = {"sm_mhz_median": fa4_mhz, "sm_mhz_min": fa4_mhz, "sm_mhz_max": fa4_mhz + 15, "samples": 20,
+                                     "limits": list(fa4_limits)}
+    return result
+
+
+def test_processes_merge_their_clocks_and_a_process_without_one_leaves_none():
+    merged = bench.merge_processes([_clocked(_process_result(5.0, 6.0), 1755, 1830, ["power cap"]),
+                                    _clocked(_process_result(5.1, 6.1), 1980, 1980),
+                                    _clocked(_process_result(5.2, 6.2), 1800, 1905)])
+    (case,) = merged["cases"]
+    assert case["clock"]["sm_mhz_median"] == 1800 and case["clock"]["process_sm_mhz_medians"] == [1755, 1980, 1800]
+    assert case["clock"]["sm_mhz_min"] == 1740 and case["clock"]["samples"] == 60 and case["clock"]["limits"] == ["power cap"]
+    assert case["peers"]["fa4"]["clock"]["sm_mhz_median"] == 1905 and case["peers"]["fa4"]["clock"]["sm_mhz_max"] == 1995
+    # the first process's clock is not passed off as all of them
+    partly = bench.merge_processes([_clocked(_process_result(5.0, 6.0), 1755, 1830), _process_result(5.1, 6.1)])
+    assert "clock" not in partly["cases"][0] and "clock" not in partly["cases"][0]["peers"]["fa4"]
+
+
+def test_a_case_timed_at_unequal_clocks_or_under_a_limit_is_named_and_a_hostile_clock_is_skipped():
+    apart = {"bench": [_clocked(_process_result(5.0, 6.0), 1755, 1830)["cases"][0]]}
+    assert bench.clock_notes(apart) == ["n=4096: SM clock wb 1755, fa4 1830 MHz (median while timed)"]
+    capped = {"bench": [_clocked(_process_result(5.0, 6.0), 1980, 1975, fa4_limits=["power cap"])["cases"][0]]}
+    assert bench.clock_notes(capped) == ["n=4096: SM clock wb 1980, fa4 1975 MHz (median while timed); limited by power cap"]
+    same = {"bench": [_clocked(_process_result(5.0, 6.0), 1980, 1970)["cases"][0]]}  # 0.5 % apart, no limit
+    assert bench.clock_notes(same) == []
+    hostile = [{"case": "a", "clock": "fast"}, {"case": "b", "clock": {"sm_mhz_median": True}},
+               {"case": "c", "clock": {"sm_mhz_median": 1900, "limits": "power"}, "peers": {"fa4": {"clock": [1]}, "x": 3}}]
+    assert bench.clock_notes({"bench": hostile}) == []
+
+
+def test_wb_bench_shows_the_clock_column_and_names_unequal_clocks(stage_d, wb, monkeypatch):
+    from workbench.run.supervisor import Outcome
+
+    ws, _, _, _ = stage_d
+    as_if_a_gpu(monkeypatch)
+
+    def fake_run_job(ws_, job, timeout, on_event, warm=True, **kwargs):
+        result = _clocked(_process_result(5.0, 6.0), 1755, 1830, ["power cap"])
+        result["cases"][0].update(case=job["cases"][0]["name"], params=job["cases"][0]["params"])
+        return Outcome(status="result", result=result, worker_pid=1)
+
+    monkeypatch.setattr(bench, "run_job", fake_run_job)
+    proc = wb("bench", "d", "-p", "n=4096", "--peers", "fa4", cwd=ws.root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "MHz" in proc.stdout and "1755" in proc.stdout
+    assert "SM clock wb 1755, fa4 1830 MHz" in proc.stdout and "limited by power cap" in proc.stdout

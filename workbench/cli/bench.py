@@ -135,6 +135,7 @@ def render_bench(record: dict) -> None:
         f" · card peak {fmt(peak.get('tflops'), '.0f')} TFLOP/s (bf16 matmul{', cached' if peak.get('cached') else ''}) · run {record['id']}"
     )
     peers = sorted({p for c in record.get("bench", []) for p in (c.get("peers") or {})})
+    clocked = any(lib.timed_clock(c) for c in record.get("bench", []))
     rows = []
     for c in record.get("bench", []):
         ratios = lib.peer_ratios(c)
@@ -143,11 +144,14 @@ def render_bench(record: dict) -> None:
             peer = (c.get("peers") or {}).get(p, {})
             cells.append(f"{peer['tflops']:.0f} (×{ratios[p]:.2f})" if p in ratios else escape(peer.get("skipped", "-"))[:30])
         timing = f"{c['median_ms']:.3f} ({c['p10_ms']:.3f}–{c['p90_ms']:.3f})" if c.get("median_ms") else "-"
+        mhz = [fmt((lib.timed_clock(c) or (None,))[0], ".0f")] if clocked else []
         rows.append(
             [escape(c["case"]), verdict(c.get("verdict")), fmt(c.get("tflops"), ".0f"), timing,
-             fmt(100 * c["fraction_of_peak"], ".0f") + "%" if c.get("fraction_of_peak") else "-", *cells]
+             fmt(100 * c["fraction_of_peak"], ".0f") + "%" if c.get("fraction_of_peak") else "-", *mhz, *cells]
         )
-    console.print(table(None, ["case", "check", "TFLOP/s", "ms median (p10–p90)", "of peak", *peers], rows))
+    console.print(table(None, ["case", "check", "TFLOP/s", "ms median (p10–p90)", "of peak", *(["MHz"] if clocked else []), *peers], rows))
+    for line in lib.clock_notes(record):
+        console.print(f"[dim]clock: {escape(line)}[/]")
     for note in record.get("notes", []):
         console.print(f"[dim]note: {escape(note)}[/]")
     if record.get("error"):

@@ -56,6 +56,7 @@ def time_cuda(fn: Callable[[], Any], reps: int = 30, warmup: int = 5, flush: boo
     scratch = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda") if flush else None
     probe_ms = _event_times(fn, 3, scratch)
     use_graph = graph == "on" or (graph == "auto" and statistics.median(probe_ms) < GRAPH_BELOW_MS)
+    clock: dict[str, Any] = {}  # the SM clock while the timed repeats ran (clocks.py), where NVML reads it
     if use_graph:
         per_graph = 20
         try:
@@ -69,15 +70,16 @@ def time_cuda(fn: Callable[[], Any], reps: int = 30, warmup: int = 5, flush: boo
                     for _ in range(per_graph):
                         fn()
             torch.cuda.current_stream().wait_stream(stream)
-            times = [t / per_graph for t in _event_times(g.replay, reps, scratch)]
+            times = [t / per_graph for t in _event_times(g.replay, reps, scratch, clock)]
         except Exception as exc:  # some launches cannot be captured; fall back to plain events
-            times = _event_times(fn, reps, scratch)
+            clock.clear()
+            times = _event_times(fn, reps, scratch, clock)
             use_graph = False
             graph_error = f"{type(exc).__name__}: {exc}"
         else:
             graph_error = None
     else:
-        times = _event_times(fn, reps, scratch)
+        times = _event_times(fn, reps, scratch, clock)
         graph_error = None
     times.sort()
     out = {
@@ -91,10 +93,14 @@ def time_cuda(fn: Callable[[], Any], reps: int = 30, warmup: int = 5, flush: boo
     }
     if graph_error:
         out["graph_error"] = graph_error
+    if clock:
+        out["clock"] = clock
     return out
 
 
-def _event_times(fn: Callable[[], Any], reps: int, scratch) -> list[float]:
+def _event_times(fn: Callable[[], Any], reps: int, scratch, clock: dict[str, Any] | None = None) -> list[float]:
+    """Each repeat's CUDA-event time (ms); ``clock``, when given, gets the SM clock's summary
+    over the repeats (clocks.summarize) where NVML reads it."""
     import torch
 
     # A GPU-side wait queued first lets the CPU enqueue every repeat before the GPU gets to
@@ -111,8 +117,31 @@ def _event_times(fn: Callable[[], Any], reps: int, scratch) -> list[float]:
         fn()
         end.record()
         pairs.append((start, end))
+    sampler = _clock_sampler(pairs) if clock is not None else None
     torch.cuda.synchronize()
+    if sampler is not None:
+        clock.update(sampler.stop() or {})
     return [s.elapsed_time(e) for s, e in pairs]
+
+
+def _clock_sampler(pairs):
+    """A started ClockSampler over the enqueued repeats (the GPU is still in the queued sleep:
+    the host enqueues faster than it runs), or None without NVML."""
+    import torch
+
+    from workbench.run import clocks
+
+    device = torch.cuda.current_device()
+    if device not in _NVML:
+        _NVML[device] = clocks.for_current_device()
+    nvml = _NVML[device]
+    if nvml is None:
+        return None
+    return clocks.ClockSampler(nvml, begun=pairs[0][0].query, ended=pairs[-1][1].query,
+                               setup=lambda: torch.cuda.set_device(device)).start()
+
+
+_NVML: dict[int, Any] = {}  # device index -> clocks.Nvml or None, once per worker process
 
 
 # dense bf16 tensor-core TFLOP/s on NVIDIA's datasheets (boost clocks; `wb bench` measures
@@ -483,14 +512,14 @@ def merge_processes(results: list[dict[str, Any]]) -> dict[str, Any]:
                                     "error": f"timed in {len(runs)} of {len(results)} worker processes (a process stopped before it)"})
             continue
         case = runs[0]
-        out = {**case, **_median_timing(runs, case["flops"])}
+        out = {**_without_clock(case), **_median_timing(runs, case["flops"]), **_merged_clock(runs)}
         if case.get("fraction_of_peak") and case.get("tflops"):
             out["fraction_of_peak"] = case["fraction_of_peak"] * out["tflops"] / case["tflops"]
         out["peers"] = {}
         for peer_name, peer in (case.get("peers") or {}).items():
             timed = [c["peers"][peer_name] for c in runs if (c.get("peers") or {}).get(peer_name, {}).get("median_ms")]
             if len(timed) == len(runs):
-                out["peers"][peer_name] = {**peer, **_median_timing(timed, case["flops"])}
+                out["peers"][peer_name] = {**_without_clock(peer), **_median_timing(timed, case["flops"]), **_merged_clock(timed)}
             elif not timed:  # skipped or failed in every process: as the first said
                 out["peers"][peer_name] = peer
             else:
@@ -507,7 +536,27 @@ def merge_processes(results: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-_TIMING = ("median_ms", "p10_ms", "p90_ms", "min_ms", "tflops", "fraction_of_peak", "process_medians_ms")
+_TIMING = ("median_ms", "p10_ms", "p90_ms", "min_ms", "tflops", "fraction_of_peak", "process_medians_ms", "clock")
+
+
+def _without_clock(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k != "clock"}
+
+
+def _merged_clock(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The processes' clocks as one (the median of their medians, the widest range, every
+    limit seen), or no ``clock`` unless every process has one."""
+    clocks = [r.get("clock") for r in runs]
+    if not clocks or not all(clocks):
+        return {}
+    return {"clock": {
+        "sm_mhz_median": statistics.median(c["sm_mhz_median"] for c in clocks),
+        "sm_mhz_min": min(c["sm_mhz_min"] for c in clocks),
+        "sm_mhz_max": max(c["sm_mhz_max"] for c in clocks),
+        "samples": sum(c["samples"] for c in clocks),
+        "limits": sorted({name for c in clocks for name in c.get("limits", [])}),
+        "process_sm_mhz_medians": [c["sm_mhz_median"] for c in clocks],
+    }}
 
 
 def _untimed(entry: dict[str, Any]) -> dict[str, Any]:
@@ -535,6 +584,39 @@ def peer_ratios(case: dict[str, Any]) -> dict[str, float]:
         if peer.get("tflops") and case.get("tflops"):
             out[name] = case["tflops"] / peer["tflops"]
     return out
+
+
+CLOCK_APART = 0.01  # a peer timed at an SM clock this far (relative) from wb's is named
+
+
+def timed_clock(entry: Any) -> tuple[float, list[str]] | None:
+    """(median MHz, limits) of a timing's ``clock``; None where it has none (or a record from
+    elsewhere holds something else there)."""
+    clock = entry.get("clock") if isinstance(entry, dict) else None
+    mhz = clock.get("sm_mhz_median") if isinstance(clock, dict) else None
+    if not isinstance(mhz, (int, float)) or isinstance(mhz, bool) or not mhz > 0:
+        return None
+    limits = clock.get("limits")
+    return float(mhz), [str(x) for x in limits] if isinstance(limits, list) else []
+
+
+def clock_notes(record: dict[str, Any]) -> list[str]:
+    """One line per case whose kernels were timed at different SM clocks (1 % or more apart)
+    or under a clock limit (the power cap ...): a ratio between them is partly the card's."""
+    lines = []
+    for case in record.get("bench") or []:
+        ours = timed_clock(case)
+        if ours is None:
+            continue
+        peers = case.get("peers") if isinstance(case.get("peers"), dict) else {}
+        theirs = {str(n): c for n, c in ((n, timed_clock(p)) for n, p in peers.items()) if c is not None}
+        apart = [n for n, c in theirs.items() if abs(c[0] - ours[0]) >= CLOCK_APART * ours[0]]
+        limits = sorted({*ours[1], *(x for c in theirs.values() for x in c[1])})
+        if not apart and not limits:
+            continue
+        each = ", ".join([f"wb {ours[0]:.0f}"] + [f"{n} {c[0]:.0f}" for n, c in theirs.items()])
+        lines.append(f"{case.get('case')}: SM clock {each} MHz (median while timed)" + (f"; limited by {', '.join(limits)}" if limits else ""))
+    return lines
 
 
 def record_speed(ws, record: dict[str, Any]) -> None:
@@ -700,7 +782,8 @@ def perf_markdown(record: dict[str, Any], kernel, chart: str | None = None) -> s
         out += ["", f"![TFLOP/s per case beside the peers, and the card's dense matmul peak]({chart})"]
     notes = record.get("notes") or []
     skipped = sorted({f"{name}: {peer['skipped']}" for c in cases for name, peer in (c.get("peers") or {}).items() if peer.get("skipped")})
-    if notes or skipped:
-        out += ["", "Notes:", ""] + [f"- {cell(n, 2000)}" for n in [*notes, *skipped]]
+    clocks = clock_notes(record)
+    if notes or skipped or clocks:
+        out += ["", "Notes:", ""] + [f"- {cell(n, 2000)}" for n in [*notes, *skipped, *clocks]]
     out.append("")
     return "\n".join(out)
