@@ -43,6 +43,8 @@
 #               throttle reasons (are its two timing modes the card's clocks? about 2 minutes)
 # PHASE clockbench: the contested cells (d = 128 s 4096 / 8192, d = 96 s 8192) in ROUNDS (3) fresh processes with the
 #               SM clock of every timing (wb bench's MHz column and clock notes; about 4 minutes)
+# PHASE interleave: the same cells one after the other and with wb bench --interleave, ROUNDS (3) processes each,
+#               after the GPU tests of the timer (about 6 minutes)
 # PHASE stalls: ncu's PC sampling per SASS instruction of one non-causal bf16 shape (STALL_D, STALL_S: d = 128
 #               s = 4096), ours and FA4's, exported to $OUT and summed by benchmarks/stall_map.py (about 1 minute)
 # PHASE kv192: d = 128 non-causal with a 192-key tile, O in Q: 16 sweep cases, then s 8192 / 16384 beside the
@@ -1116,6 +1118,21 @@ clockbench)
       | grep -a -E "^│ d=|clock" | cut -c1-230
   done
   ;;
+interleave)
+  # wb bench --interleave (round 26): FA4 timed right after our kernel met the card at lower clocks (clockbench);
+  # the same cells timed one after the other and repeat by repeat in turn, ROUNDS (3) fresh processes each
+  step "GPU tests: the timer, interleaved timing, the clock"
+  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_clocks.py tests/test_bench.py -k "timer or interleaved or clock" 2>&1 | tail -2
+  for round in $(seq 1 "${ROUNDS:-3}"); do
+    for how in "" "--interleave"; do
+      step "round $round ${how:-(one after the other)}: d=128 s 4096/8192, d=96 s 8192, non-causal, both dtypes, FA4 beside"
+      timeout 120 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 $how --timeout 110 \
+        | grep -a -E "^│ d=|clock" | cut -c1-230
+      timeout 80 wb bench d -p d=96 -p n=8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 $how --timeout 70 \
+        | grep -a -E "^│ d=|clock" | cut -c1-230
+    done
+  done
+  ;;
 stalls)
   # where the steady step's warps wait (round 26): Nsight Compute's PC sampling (SourceCounters) of one
   # non-causal bf16 launch, ours and FA4's on the same shape (STALL_D, STALL_S; default d = 128 s = 4096,
@@ -1153,6 +1170,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|kv192|d96k160|tracecheck|clocks|clockbench|stalls|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|kv192|d96k160|tracecheck|clocks|clockbench|interleave|stalls|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done

@@ -206,9 +206,9 @@ def test_a_failing_peer_keeps_its_whole_error_in_the_record():
 
     peers = types.SimpleNamespace(make_peer=make_peer)
     job = bench.BenchJob({}, lambda e: None)
-    made = job.time_peer(peers, "broken-at-make", {}, {}, 1.0, {})
+    made = job.make_peer(peers, "broken-at-make", {}, {})
     assert long_path in made["skipped"] and "FileNotFoundError" in made["error"]["traceback"] and "make_peer" in made["error"]["traceback"]
-    timed = job.time_peer(peers, "broken-when-timed", {}, {}, 1.0, {"graph": "off", "reps": 1})
+    timed = job.time_peer(job.make_peer(peers, "broken-when-timed", {}, {}), 1.0, {"graph": "off", "reps": 1})
     assert "y" * 300 in timed["skipped"] and "RuntimeError" in timed["error"]["type"]
 
 
@@ -750,3 +750,39 @@ def test_wb_bench_shows_the_clock_column_and_names_unequal_clocks(stage_d, wb, m
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "MHz" in proc.stdout and "1755" in proc.stdout
     assert "SM clock wb 1755, fa4 1830 MHz" in proc.stdout and "limited by power cap" in proc.stdout
+
+
+def test_interleave_reaches_the_worker_and_is_refused_beside_from(stage_d, wb, monkeypatch):
+    ws, _, _, _ = stage_d
+    as_if_a_gpu(monkeypatch)
+    jobs = []
+
+    def fake_run_job(ws_, job, timeout, on_event, warm=True, **kwargs):
+        from workbench.run.supervisor import Outcome
+
+        jobs.append(job)
+        return Outcome(status="result", result=_process_result(5.0, 6.0), worker_pid=1)
+
+    monkeypatch.setattr(bench, "run_job", fake_run_job)
+    assert wb("bench", "d", "-p", "n=4096", "--peers", "fa4", "--json", cwd=ws.root).returncode == 0
+    assert wb("bench", "d", "-p", "n=4096", "--peers", "fa4", "--interleave", "--json", cwd=ws.root).returncode == 0
+    assert [j["interleave"] for j in jobs] == [False, True]
+    refused = wb("bench", "d", "--sweep", "--from", "last", "--interleave", cwd=ws.root)
+    assert refused.returncode == 2 and "--interleave do not apply" in refused.stderr
+
+
+@pytest.mark.gpu
+def test_interleaved_timing_gives_each_kernel_its_own_time_and_one_clock():
+    """Two matmuls, the second 8 times the work, timed repeat by repeat in turn: each gets its
+    own median (not the pair's), both say so, and they share the clock sampled over both."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    small = torch.randn(2048, 2048, device="cuda", dtype=torch.bfloat16)
+    large = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
+    alone = bench.time_cuda(lambda: large @ large, reps=20, graph="off")["median_ms"]
+    both = bench.time_cuda_interleaved({"small": lambda: small @ small, "large": lambda: large @ large}, reps=20, graph="off")
+    assert list(both) == ["small", "large"] and all(t["interleaved"] and t["reps"] == 20 for t in both.values())
+    assert 4 < both["large"]["median_ms"] / both["small"]["median_ms"] < 12
+    assert both["large"]["median_ms"] == pytest.approx(alone, rel=0.2)
+    assert both["small"].get("clock") == both["large"].get("clock")

@@ -43,6 +43,10 @@ def bench(
         1, "--processes", help="Time in N new worker processes, one after another, and take the median of their medians "
         "(for a case whose speed moves with where a process's tensors land, e.g. a mixed varlen batch; 1 to 50).",
     ),
+    interleave: bool = typer.Option(
+        False, "--interleave", help="Time wb and its peers repeat by repeat in turn (A B A B ...), not one after the other: "
+        "a clock that drifts or a power cap that engages falls on each alike (the MHz column shows the clock).",
+    ),
     sweep: bool = typer.Option(False, "--sweep", help="Time the kernel's bench.sweep cases and write its perf doc (bench.perf_doc)."),
     from_run: Optional[str] = typer.Option(
         None, "--from", help="With --sweep: write the perf doc from this recorded sweep (a run id or selector, e.g. one "
@@ -63,7 +67,7 @@ def bench(
     if from_run is not None:
         _perf_doc_from(ws, kernel, spec, from_run, sweep, as_json, timing_options={
             "-p": param, "-V": variant, "--peers": peers is not None, "--reps": reps != 30, "--graph": graph != "auto",
-            "--processes": processes != 1, "--host": host, "--timeout": timeout != 900.0,
+            "--processes": processes != 1, "--host": host, "--timeout": timeout != 900.0, "--interleave": interleave,
         })
         return
     variants = spec.resolve_variants(parse_pairs(variant, "--variant"))
@@ -93,7 +97,7 @@ def bench(
     else:
         with progress(f"bench {spec.id}", enabled=not as_json) as on_event:
             record = lib.run_bench(ws, spec, kernel, cases, variants, peer_list, reps=reps, graph=graph, timeout=timeout,
-                                   on_event=on_event, processes=processes, sweep=sweep)
+                                   on_event=on_event, processes=processes, sweep=sweep, interleave=interleave)
     if sweep and record["verdict"] in ("PASS", "FAIL") and record.get("bench"):
         record["perf_md"] = str(lib.write_perf_doc(ws, kernel, spec, record))
     if as_json:

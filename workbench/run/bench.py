@@ -46,85 +46,131 @@ def wb_home() -> Path:
     return settings.wb_home() or Path.home() / ".cache" / "wb"
 
 
-def time_cuda(fn: Callable[[], Any], reps: int = 30, warmup: int = 5, flush: bool = True, graph: str = "auto") -> dict[str, Any]:
-    """Median/spread of `fn` in milliseconds, timed with CUDA events around each call."""
+@dataclass
+class Runner:
+    """One kernel made ready to time: what a repeat runs (``fn``, or a CUDA graph's replay of
+    ``per_call`` launches of it), and why no graph where one was tried."""
+
+    run: Callable[[], Any]
+    per_call: int = 1
+    graph: bool = False
+    graph_error: str | None = None
+
+
+def _warm(fn: Callable[[], Any], warmup: int) -> None:
     import torch
 
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    scratch = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda") if flush else None
-    probe_ms = _event_times(fn, 3, scratch)
-    use_graph = graph == "on" or (graph == "auto" and statistics.median(probe_ms) < GRAPH_BELOW_MS)
-    clock: dict[str, Any] = {}  # the SM clock while the timed repeats ran (clocks.py), where NVML reads it
-    if use_graph:
-        per_graph = 20
-        try:
-            g = torch.cuda.CUDAGraph()
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                fn()
-                torch.cuda.synchronize()
-                with torch.cuda.graph(g, stream=stream):
-                    for _ in range(per_graph):
-                        fn()
-            torch.cuda.current_stream().wait_stream(stream)
-            times = [t / per_graph for t in _event_times(g.replay, reps, scratch, clock)]
-        except Exception as exc:  # some launches cannot be captured; fall back to plain events
-            clock.clear()
-            times = _event_times(fn, reps, scratch, clock)
-            use_graph = False
-            graph_error = f"{type(exc).__name__}: {exc}"
-        else:
-            graph_error = None
-    else:
-        times = _event_times(fn, reps, scratch, clock)
-        graph_error = None
-    times.sort()
+
+
+def _prepare(fn: Callable[[], Any], scratch, graph: str) -> Runner:
+    """Short kernels (or ``graph="on"``) get a CUDA graph of several launches so launch
+    overhead does not hide the kernel."""
+    import torch
+
+    probe_ms = _event_times([fn], 3, scratch)[0]
+    if not (graph == "on" or (graph == "auto" and statistics.median(probe_ms) < GRAPH_BELOW_MS)):
+        return Runner(fn)
+    per_graph = 20
+    try:
+        g = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            fn()
+            torch.cuda.synchronize()
+            with torch.cuda.graph(g, stream=stream):
+                for _ in range(per_graph):
+                    fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        g.replay()  # a capture that cannot replay falls back here, not in the timed loop
+        torch.cuda.synchronize()
+    except Exception as exc:  # some launches cannot be captured; fall back to plain events
+        return Runner(fn, graph_error=f"{type(exc).__name__}: {exc}")
+    return Runner(g.replay, per_graph, True)
+
+
+def _timing(runner: Runner, times: list[float], flush: bool, clock: dict[str, Any]) -> dict[str, Any]:
+    times = sorted(t / runner.per_call for t in times)
     out = {
         "median_ms": statistics.median(times),
         "min_ms": times[0],
         "p10_ms": times[len(times) // 10],
         "p90_ms": times[(len(times) * 9) // 10],
         "reps": len(times),
-        "graph": use_graph,
+        "graph": runner.graph,
         "l2_flushed": flush,
     }
-    if graph_error:
-        out["graph_error"] = graph_error
+    if runner.graph_error:
+        out["graph_error"] = runner.graph_error
     if clock:
-        out["clock"] = clock
+        out["clock"] = dict(clock)
     return out
 
 
-def _event_times(fn: Callable[[], Any], reps: int, scratch, clock: dict[str, Any] | None = None) -> list[float]:
-    """Each repeat's CUDA-event time (ms); ``clock``, when given, gets the SM clock's summary
-    over the repeats (clocks.summarize) where NVML reads it."""
+def _scratch(flush: bool):
+    import torch
+
+    return torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.float32, device="cuda") if flush else None
+
+
+def time_cuda(fn: Callable[[], Any], reps: int = 30, warmup: int = 5, flush: bool = True, graph: str = "auto") -> dict[str, Any]:
+    """Median/spread of `fn` in milliseconds, timed with CUDA events around each call; ``clock``:
+    the SM clock while the repeats ran (clocks.py), where NVML reads it."""
+    _warm(fn, warmup)  # (a kernel that fails, fails here: before any GPU memory is taken)
+    scratch = _scratch(flush)
+    runner = _prepare(fn, scratch, graph)
+    clock: dict[str, Any] = {}
+    times = _event_times([runner.run], reps, scratch, clock)[0]
+    return _timing(runner, times, flush, clock)
+
+
+def time_cuda_interleaved(fns: dict[str, Callable[[], Any]], reps: int = 30, warmup: int = 5, flush: bool = True,
+                          graph: str = "auto") -> dict[str, dict[str, Any]]:
+    """``time_cuda`` of several kernels at once, repeat by repeat in turn (A B C A B C ...): a
+    clock that drifts or a power cap that engages while they are timed falls on each alike,
+    where timed one after the other the later ones met the card as the earlier ones left it.
+    Each gets the same ``clock`` (one sampling over all repeats)."""
+    for fn in fns.values():
+        _warm(fn, warmup)
+    scratch = _scratch(flush)
+    runners = {name: _prepare(fn, scratch, graph) for name, fn in fns.items()}
+    clock: dict[str, Any] = {}
+    times = _event_times([r.run for r in runners.values()], reps, scratch, clock)
+    return {name: {**_timing(r, t, flush, clock), "interleaved": True} for (name, r), t in zip(runners.items(), times)}
+
+
+def _event_times(fns: list[Callable[[], Any]], reps: int, scratch, clock: dict[str, Any] | None = None) -> list[list[float]]:
+    """Each repeat's CUDA-event time (ms) of each of ``fns``, run in turn within each repeat;
+    ``clock``, when given, gets the SM clock's summary over the repeats (clocks.summarize)
+    where NVML reads it."""
     import torch
 
     # A GPU-side wait queued first lets the CPU enqueue every repeat before the GPU gets to
     # them. Without it a kernel shorter than its own launch's CPU time (a Python DSL launch
     # of a short case) was timed with part of that CPU time in it, in some repeats and not
     # others: e.g. one of fmha's read 137 us or 170-220 us (kernel span 136 us).
-    torch.cuda._sleep(SLEEP_CYCLES_PER_REP * reps)
-    pairs = []
+    torch.cuda._sleep(SLEEP_CYCLES_PER_REP * reps * len(fns))
+    pairs: list[list[tuple[Any, Any]]] = [[] for _ in fns]
     for _ in range(reps):
-        if scratch is not None:
-            scratch.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        pairs.append((start, end))
-    sampler = _clock_sampler(pairs) if clock is not None else None
+        for fn, mine in zip(fns, pairs):
+            if scratch is not None:
+                scratch.zero_()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            mine.append((start, end))
+    sampler = _clock_sampler(pairs[0][0][0], pairs[-1][-1][1]) if clock is not None else None
     torch.cuda.synchronize()
     if sampler is not None:
         clock.update(sampler.stop() or {})
-    return [s.elapsed_time(e) for s, e in pairs]
+    return [[s.elapsed_time(e) for s, e in mine] for mine in pairs]
 
 
-def _clock_sampler(pairs):
+def _clock_sampler(first_start, last_end):
     """A started ClockSampler over the enqueued repeats (the GPU is still in the queued sleep:
     the host enqueues faster than it runs), or None without NVML."""
     import torch
@@ -137,7 +183,7 @@ def _clock_sampler(pairs):
     nvml = _NVML[device]
     if nvml is None:
         return None
-    return clocks.ClockSampler(nvml, begun=pairs[0][0].query, ended=pairs[-1][1].query,
+    return clocks.ClockSampler(nvml, begun=first_start.query, ended=last_end.query,
                                setup=lambda: torch.cuda.set_device(device)).start()
 
 
@@ -225,6 +271,8 @@ class BenchJob:
         self.emit({"type": "progress", "phase": "peak"})
         peak = card_peak_tflops()
         result: dict[str, Any] = {"env": environment(), "peak": peak, "cases": [], "notes": []}
+        if job.get("interleave") and wanted_peers:
+            result["notes"].append("wb and its peers timed repeat by repeat in turn (--interleave), each with the same L2 flush")
         if wanted_peers and peers_module is None:
             result["notes"].append(f"{spec.id} has no peers.py: no peer timed")
         for planned in job["cases"]:
@@ -263,13 +311,23 @@ class BenchJob:
                 case["note"] = "wrong output on the benchmarked inputs: not timed"
                 result["cases"].append(case)
                 continue
-            timing = time_cuda(lambda: stage.launch(build.compiled, inputs, outputs), reps=job.get("reps", 30), graph=job.get("graph", "auto"))
+            launch = lambda: stage.launch(build.compiled, inputs, outputs)  # noqa: E731
+            case["peers"] = {}
+            made = {}
+            for peer in wanted_peers:
+                fn = self.make_peer(peers_module, peer, inputs, params)
+                if callable(fn):
+                    made[peer] = fn
+                else:
+                    case["peers"][peer] = fn  # why it is not timed
+            timings = self.interleaved(launch, made, job) if job.get("interleave") and made else None
+            timing = timings.pop("wb") if timings else time_cuda(launch, reps=job.get("reps", 30), graph=job.get("graph", "auto"))
             case.update(timing)
             case["tflops"] = case["flops"] / (timing["median_ms"] * 1e-3) / 1e12
             case["fraction_of_peak"] = case["tflops"] / peak["tflops"]
-            case["peers"] = {}
-            for peer in wanted_peers:
-                case["peers"][peer] = self.time_peer(peers_module, peer, inputs, params, case["flops"], job)
+            for peer, fn in made.items():
+                case["peers"][peer] = self.speed(timings[peer], case["flops"]) if timings else self.time_peer(fn, case["flops"], job)
+            case["peers"] = {peer: case["peers"][peer] for peer in wanted_peers}  # in the order asked
             result["cases"].append(case)
             inputs = outputs = None  # free the case's tensors before empty_cache
             torch.cuda.empty_cache()
@@ -277,10 +335,11 @@ class BenchJob:
         result["verdict"] = "PASS" if verdicts and all(v == "PASS" for v in verdicts) else "FAIL"
         return result
 
-    def time_peer(self, peers_module, peer: str, inputs, params, flops: float, job) -> dict[str, Any]:
+    @staticmethod
+    def make_peer(peers_module, peer: str, inputs, params) -> Callable[[], Any] | dict[str, Any]:
+        """The peer's zero-argument run, or the record entry that says why it has none."""
         if peers_module is None:
             return {"skipped": "the kernel has no peers.py"}
-
         try:
             fn = peers_module.make_peer(peer, inputs, params)
         except Exception as exc:  # the whole story goes into the record: the table shows one line of it
@@ -288,11 +347,32 @@ class BenchJob:
         if fn is None:
             note = getattr(peers_module, "missing_note", lambda _: None)(peer)
             return {"skipped": f"not installed: {note}" if note else "not installed"}
+        return fn
+
+    @staticmethod
+    def speed(timing: dict[str, Any], flops: float) -> dict[str, Any]:
+        return {**timing, "tflops": flops / (timing["median_ms"] * 1e-3) / 1e12}
+
+    def time_peer(self, fn: Callable[[], Any], flops: float, job) -> dict[str, Any]:
         try:
             timing = time_cuda(fn, reps=job.get("reps", 30), graph=job.get("graph", "auto"))
         except Exception as exc:
             return {"skipped": f"failed: {type(exc).__name__}: {exc}", "error": error_info(exc, [])}
-        return {**timing, "tflops": flops / (timing["median_ms"] * 1e-3) / 1e12}
+        return self.speed(timing, flops)
+
+    def interleaved(self, launch: Callable[[], Any], peers: dict[str, Callable[[], Any]], job) -> dict[str, dict[str, Any]] | None:
+        """--interleave: wb and the peers timed repeat by repeat in turn; None (each then timed
+        on its own, as without it) when a peer fails there: its failure is its own entry then."""
+        try:
+            return time_cuda_interleaved({"wb": launch, **peers}, reps=job.get("reps", 30), graph=job.get("graph", "auto"))
+        except Exception:
+            import torch
+
+            try:
+                torch.cuda.synchronize()
+            except Exception:  # a sticky CUDA error: the peer's own timing will say it
+                pass
+            return None
 
 
 # ------------------------------------------------------------------ host side (the wb process)
@@ -443,8 +523,9 @@ def _compile_ahead(ws, spec, resolved: list[dict[str, Any]], variants: dict[str,
 
 def run_bench(ws, spec, kernel, cases: list[BenchCase], variants: dict[str, str], peers: list[str], reps: int = 30,
               graph: str = "auto", timeout: float = 600.0, on_event=lambda e: None, warm: bool = True,
-              processes: int = 1, sweep: bool = False) -> dict[str, Any]:
+              processes: int = 1, sweep: bool = False, interleave: bool = False) -> dict[str, Any]:
     """Benchmark `cases` of a stage in a worker; write the record (kind "bench") and MEMORY.md.
+    ``interleave``: wb and the peers timed repeat by repeat in turn (``time_cuda_interleaved``).
     ``processes`` > 1: the same job in that many new workers, one after another, merged by
     ``merge_processes`` (a case whose speed depends on where a process's tensors land).
     ``sweep``: the cases are the kernel's bench.sweep (the record says so: ``recorded_sweep``)."""
@@ -454,7 +535,7 @@ def run_bench(ws, spec, kernel, cases: list[BenchCase], variants: dict[str, str]
     started = utc_now()
     job = {"op": "bench", "workspace": str(ws.root), "kernel": spec.kernel, "letter": spec.letter, "cases": resolved,
            "variants": variants, "peers": peers, "reps": reps, "graph": graph, "run_dir": str(run_dir),
-           "peer_env": peer_env(kernel.dir)}
+           "peer_env": peer_env(kernel.dir), "interleave": interleave}
     _compile_ahead(ws, spec, resolved, variants, on_event)
     if processes <= 1:
         outcome = run_job(ws, job, timeout, on_event, warm=warm)
