@@ -1124,8 +1124,8 @@ interleave)
   step "GPU tests: the timer, interleaved timing, the clock"
   timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_clocks.py tests/test_bench.py -k "timer or interleaved or clock" 2>&1 | tail -2
   for round in $(seq 1 "${ROUNDS:-3}"); do
-    for how in "" "--interleave"; do
-      step "round $round ${how:-(one after the other)}: d=128 s 4096/8192, d=96 s 8192, non-causal, both dtypes, FA4 beside"
+    for how in "--no-interleave" ""; do
+      step "round $round ${how:-(in turn)}: d=128 s 4096/8192, d=96 s 8192, non-causal, both dtypes, FA4 beside"
       timeout 120 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 $how --timeout 110 \
         | grep -a -E "^│ d=|clock" | cut -c1-230
       timeout 80 wb bench d -p d=96 -p n=8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 $how --timeout 70 \

@@ -752,7 +752,7 @@ def test_wb_bench_shows_the_clock_column_and_names_unequal_clocks(stage_d, wb, m
     assert "SM clock wb 1755, fa4 1830 MHz" in proc.stdout and "limited by power cap" in proc.stdout
 
 
-def test_interleave_reaches_the_worker_and_is_refused_beside_from(stage_d, wb, monkeypatch):
+def test_bench_times_in_turn_by_default_and_no_interleave_reaches_the_worker(stage_d, wb, monkeypatch):
     ws, _, _, _ = stage_d
     as_if_a_gpu(monkeypatch)
     jobs = []
@@ -765,10 +765,10 @@ def test_interleave_reaches_the_worker_and_is_refused_beside_from(stage_d, wb, m
 
     monkeypatch.setattr(bench, "run_job", fake_run_job)
     assert wb("bench", "d", "-p", "n=4096", "--peers", "fa4", "--json", cwd=ws.root).returncode == 0
-    assert wb("bench", "d", "-p", "n=4096", "--peers", "fa4", "--interleave", "--json", cwd=ws.root).returncode == 0
-    assert [j["interleave"] for j in jobs] == [False, True]
-    refused = wb("bench", "d", "--sweep", "--from", "last", "--interleave", cwd=ws.root)
-    assert refused.returncode == 2 and "--interleave do not apply" in refused.stderr
+    assert wb("bench", "d", "-p", "n=4096", "--peers", "fa4", "--no-interleave", "--json", cwd=ws.root).returncode == 0
+    assert [j["interleave"] for j in jobs] == [True, False]  # in turn unless asked otherwise
+    refused = wb("bench", "d", "--sweep", "--from", "last", "--no-interleave", cwd=ws.root)
+    assert refused.returncode == 2 and "--no-interleave do not apply" in refused.stderr
 
 
 @pytest.mark.gpu
@@ -786,3 +786,15 @@ def test_interleaved_timing_gives_each_kernel_its_own_time_and_one_clock():
     assert 4 < both["large"]["median_ms"] / both["small"]["median_ms"] < 12
     assert both["large"]["median_ms"] == pytest.approx(alone, rel=0.2)
     assert both["small"].get("clock") == both["large"].get("clock")
+
+
+def test_the_perf_doc_says_when_its_kernels_were_timed_in_turn_and_names_unequal_clocks():
+    kernel, _ = fmha()
+    record = fake_bench_record()
+    assert "timed repeat by repeat in turn" not in bench.perf_markdown(record, kernel)  # an older, one-after-the-other record
+    case = record["bench"][0]
+    case.update(interleaved=True, clock={"sm_mhz_median": 1815, "limits": ["power cap"]})
+    case["peers"]["fa4"]["clock"] = {"sm_mhz_median": 1815, "limits": ["power cap"]}
+    text = bench.perf_markdown(record, kernel)
+    assert "wb and its peers timed repeat by repeat in turn" in text
+    assert "SM clock wb 1815, fa4 1815 MHz (median while timed); limited by power cap" in text

@@ -44,8 +44,9 @@ def bench(
         "(for a case whose speed moves with where a process's tensors land, e.g. a mixed varlen batch; 1 to 50).",
     ),
     interleave: bool = typer.Option(
-        False, "--interleave", help="Time wb and its peers repeat by repeat in turn (A B A B ...), not one after the other: "
-        "a clock that drifts or a power cap that engages falls on each alike (the MHz column shows the clock).",
+        True, "--interleave/--no-interleave", help="Time wb and its peers repeat by repeat in turn (A B A B ...), or one "
+        "after the other: timed after wb, a peer met the card at the power cap wb's repeats had reached (the MHz column "
+        "shows each timing's clock).",
     ),
     sweep: bool = typer.Option(False, "--sweep", help="Time the kernel's bench.sweep cases and write its perf doc (bench.perf_doc)."),
     from_run: Optional[str] = typer.Option(
@@ -67,7 +68,7 @@ def bench(
     if from_run is not None:
         _perf_doc_from(ws, kernel, spec, from_run, sweep, as_json, timing_options={
             "-p": param, "-V": variant, "--peers": peers is not None, "--reps": reps != 30, "--graph": graph != "auto",
-            "--processes": processes != 1, "--host": host, "--timeout": timeout != 900.0, "--interleave": interleave,
+            "--processes": processes != 1, "--host": host, "--timeout": timeout != 900.0, "--no-interleave": not interleave,
         })
         return
     variants = spec.resolve_variants(parse_pairs(variant, "--variant"))

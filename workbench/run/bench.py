@@ -840,7 +840,9 @@ def perf_markdown(record: dict[str, Any], kernel, chart: str | None = None) -> s
         f"Card's dense bf16 matmul: {speed((record.get('peak') or {}).get('tflops')) or 0:.0f} TFLOP/s (measured by wb, cached per card).",
         "",
         (kernel.bench.note + " " if kernel.bench.note else "")
-        + "Median of CUDA-event timings, L2 flushed before each repeat; every kernel checked against the stage's reference on the same inputs before timing.",
+        + "Median of CUDA-event timings, "
+        + ("wb and its peers timed repeat by repeat in turn (one power and clock state for all), " if any(c.get("interleaved") for c in cases) else "")
+        + "L2 flushed before each repeat; every kernel checked against the stage's reference on the same inputs before timing.",
         "",
         # (one list of cells: a sweep without parameter columns gave a header one cell wider than its rule)
         "| " + " | ".join([*columns, *extra, *map(cell, peers), f"wb {cell(record['stage'])}", "wb / best peer"]) + " |",
