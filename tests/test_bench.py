@@ -726,7 +726,7 @@ def test_a_case_timed_at_unequal_clocks_or_under_a_limit_is_named_and_a_hostile_
     apart = {"bench": [_clocked(_process_result(5.0, 6.0), 1755, 1830)["cases"][0]]}
     assert bench.clock_notes(apart) == ["n=4096: SM clock wb 1755, fa4 1830 MHz (median while timed)"]
     capped = {"bench": [_clocked(_process_result(5.0, 6.0), 1980, 1975, fa4_limits=["power cap"])["cases"][0]]}
-    assert bench.clock_notes(capped) == ["n=4096: SM clock wb 1980, fa4 1975 MHz (median while timed); limited by power cap"]
+    assert bench.clock_notes(capped) == ["n=4096: SM clock 1980 MHz for each kernel (median while timed); limited by power cap"]
     same = {"bench": [_clocked(_process_result(5.0, 6.0), 1980, 1970)["cases"][0]]}  # 0.5 % apart, no limit
     assert bench.clock_notes(same) == []
     hostile = [{"case": "a", "clock": "fast"}, {"case": "b", "clock": {"sm_mhz_median": True}},
@@ -797,4 +797,5 @@ def test_the_perf_doc_says_when_its_kernels_were_timed_in_turn_and_names_unequal
     case["peers"]["fa4"]["clock"] = {"sm_mhz_median": 1815, "limits": ["power cap"]}
     text = bench.perf_markdown(record, kernel)
     assert "wb and its peers timed repeat by repeat in turn" in text
-    assert "SM clock wb 1815, fa4 1815 MHz (median while timed); limited by power cap" in text
+    assert "power cap held its SM clock down while 1 of 1 cases were timed (their medians 1815-1815 MHz" in text
+    assert bench.clock_notes(record) == [f"{case['case']}: SM clock 1815 MHz for each kernel (median while timed); limited by power cap"]

@@ -272,7 +272,7 @@ class BenchJob:
         peak = card_peak_tflops()
         result: dict[str, Any] = {"env": environment(), "peak": peak, "cases": [], "notes": []}
         if job.get("interleave") and wanted_peers:
-            result["notes"].append("wb and its peers timed repeat by repeat in turn (--interleave), each with the same L2 flush")
+            result["notes"].append("wb and its peers timed repeat by repeat in turn, each after the same L2 flush (--no-interleave: one after the other)")
         if wanted_peers and peers_module is None:
             result["notes"].append(f"{spec.id} has no peers.py: no peer timed")
         for planned in job["cases"]:
@@ -681,10 +681,9 @@ def timed_clock(entry: Any) -> tuple[float, list[str]] | None:
     return float(mhz), [str(x) for x in limits] if isinstance(limits, list) else []
 
 
-def clock_notes(record: dict[str, Any]) -> list[str]:
-    """One line per case whose kernels were timed at different SM clocks (1 % or more apart)
-    or under a clock limit (the power cap ...): a ratio between them is partly the card's."""
-    lines = []
+def _case_clocks(record: dict[str, Any]):
+    """(case name, wb's (MHz, limits), the peers' {name: (MHz, limits)}, peers 1 % apart, limits)
+    of each case that has wb's clock."""
     for case in record.get("bench") or []:
         ours = timed_clock(case)
         if ours is None:
@@ -693,10 +692,39 @@ def clock_notes(record: dict[str, Any]) -> list[str]:
         theirs = {str(n): c for n, c in ((n, timed_clock(p)) for n, p in peers.items()) if c is not None}
         apart = [n for n, c in theirs.items() if abs(c[0] - ours[0]) >= CLOCK_APART * ours[0]]
         limits = sorted({*ours[1], *(x for c in theirs.values() for x in c[1])})
-        if not apart and not limits:
-            continue
-        each = ", ".join([f"wb {ours[0]:.0f}"] + [f"{n} {c[0]:.0f}" for n, c in theirs.items()])
-        lines.append(f"{case.get('case')}: SM clock {each} MHz (median while timed)" + (f"; limited by {', '.join(limits)}" if limits else ""))
+        yield str(case.get("case")), ours, theirs, apart, limits
+
+
+def clock_notes(record: dict[str, Any]) -> list[str]:
+    """One line per case whose kernels were timed at different SM clocks (1 % or more apart)
+    or under a clock limit (the power cap ...): a ratio between them is partly the card's."""
+    lines = []
+    for name, ours, theirs, apart, limits in _case_clocks(record):
+        limited = f"; limited by {', '.join(limits)}" if limits else ""
+        if apart:
+            each = ", ".join([f"wb {ours[0]:.0f}"] + [f"{n} {c[0]:.0f}" for n, c in theirs.items()])
+            lines.append(f"{name}: SM clock {each} MHz (median while timed){limited}")
+        elif limits:
+            lines.append(f"{name}: SM clock {ours[0]:.0f} MHz for {'each kernel' if theirs else 'wb'} (median while timed){limited}")
+    return lines
+
+
+def clock_summary(record: dict[str, Any]) -> list[str]:
+    """The perf doc's clock notes: each case whose kernels ran at clocks apart, then one line
+    for the cases timed under a limit."""
+    lines, limited = [], []
+    for name, ours, theirs, apart, limits in _case_clocks(record):
+        if apart:
+            each = ", ".join([f"wb {ours[0]:.0f}"] + [f"{n} {c[0]:.0f}" for n, c in theirs.items()])
+            lines.append(f"{name}: SM clock {each} MHz (median while timed)")
+        if limits:
+            limited.append((ours[0], limits))
+    if limited:
+        names = sorted({x for _, limits in limited for x in limits})
+        low, high = min(m for m, _ in limited), max(m for m, _ in limited)
+        total = sum(1 for _ in _case_clocks(record))
+        lines.append(f"The card's {', '.join(names)} held its SM clock down while {len(limited)} of {total} cases were timed "
+                     f"(their medians {low:.0f}-{high:.0f} MHz; each case's clock is in its record)")
     return lines
 
 
@@ -865,7 +893,7 @@ def perf_markdown(record: dict[str, Any], kernel, chart: str | None = None) -> s
         out += ["", f"![TFLOP/s per case beside the peers, and the card's dense matmul peak]({chart})"]
     notes = record.get("notes") or []
     skipped = sorted({f"{name}: {peer['skipped']}" for c in cases for name, peer in (c.get("peers") or {}).items() if peer.get("skipped")})
-    clocks = clock_notes(record)
+    clocks = clock_summary(record)
     if notes or skipped or clocks:
         out += ["", "Notes:", ""] + [f"- {cell(n, 2000)}" for n in [*notes, *skipped, *clocks]]
     out.append("")
