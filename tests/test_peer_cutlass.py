@@ -49,7 +49,7 @@ def test_wrong_path_means_not_installed(monkeypatch, tmp_path):
 
 def test_bench_records_the_note_as_a_skip(monkeypatch):
     monkeypatch.delenv("WB_CUTLASS_EXAMPLES", raising=False)
-    got = BenchJob({}, lambda e: None).time_peer(peers, "cutlass-example", _inputs(), {"causal": False}, 1.0, {})
+    got = BenchJob.make_peer(peers, "cutlass-example", _inputs(), {"causal": False})
     assert got == {"skipped": "not installed: set WB_CUTLASS_EXAMPLES to the examples/python/CuTeDSL folder of a CUTLASS checkout"}
 
 
