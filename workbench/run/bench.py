@@ -322,8 +322,7 @@ class BenchJob:
                     case["peers"][peer] = fn  # why it is not timed
             timings = self.interleaved(launch, made, job) if job.get("interleave") and made else None
             timing = timings.pop("wb") if timings else time_cuda(launch, reps=job.get("reps", 30), graph=job.get("graph", "auto"))
-            case.update(timing)
-            case["tflops"] = case["flops"] / (timing["median_ms"] * 1e-3) / 1e12
+            case.update(self.speed(timing, case["flops"]))
             case["fraction_of_peak"] = case["tflops"] / peak["tflops"]
             for peer, fn in made.items():
                 case["peers"][peer] = self.speed(timings[peer], case["flops"]) if timings else self.time_peer(fn, case["flops"], job)
@@ -523,9 +522,10 @@ def _compile_ahead(ws, spec, resolved: list[dict[str, Any]], variants: dict[str,
 
 def run_bench(ws, spec, kernel, cases: list[BenchCase], variants: dict[str, str], peers: list[str], reps: int = 30,
               graph: str = "auto", timeout: float = 600.0, on_event=lambda e: None, warm: bool = True,
-              processes: int = 1, sweep: bool = False, interleave: bool = False) -> dict[str, Any]:
+              processes: int = 1, sweep: bool = False, interleave: bool = True) -> dict[str, Any]:
     """Benchmark `cases` of a stage in a worker; write the record (kind "bench") and MEMORY.md.
-    ``interleave``: wb and the peers timed repeat by repeat in turn (``time_cuda_interleaved``).
+    ``interleave`` (as `wb bench`): wb and the peers timed repeat by repeat in turn
+    (``time_cuda_interleaved``); False: one after the other.
     ``processes`` > 1: the same job in that many new workers, one after another, merged by
     ``merge_processes`` (a case whose speed depends on where a process's tensors land).
     ``sweep``: the cases are the kernel's bench.sweep (the record says so: ``recorded_sweep``)."""
@@ -695,6 +695,11 @@ def _case_clocks(record: dict[str, Any]):
         yield str(case.get("case")), ours, theirs, apart, limits
 
 
+def _each_clock(name: str, ours: tuple[float, list[str]], theirs: dict[str, tuple[float, list[str]]]) -> str:
+    each = ", ".join([f"wb {ours[0]:.0f}"] + [f"{n} {c[0]:.0f}" for n, c in theirs.items()])
+    return f"{name}: SM clock {each} MHz (median while timed)"
+
+
 def clock_notes(record: dict[str, Any]) -> list[str]:
     """One line per case whose kernels were timed at different SM clocks (1 % or more apart)
     or under a clock limit (the power cap ...): a ratio between them is partly the card's."""
@@ -702,8 +707,7 @@ def clock_notes(record: dict[str, Any]) -> list[str]:
     for name, ours, theirs, apart, limits in _case_clocks(record):
         limited = f"; limited by {', '.join(limits)}" if limits else ""
         if apart:
-            each = ", ".join([f"wb {ours[0]:.0f}"] + [f"{n} {c[0]:.0f}" for n, c in theirs.items()])
-            lines.append(f"{name}: SM clock {each} MHz (median while timed){limited}")
+            lines.append(f"{_each_clock(name, ours, theirs)}{limited}")
         elif limits:
             lines.append(f"{name}: SM clock {ours[0]:.0f} MHz for {'each kernel' if theirs else 'wb'} (median while timed){limited}")
     return lines
@@ -712,18 +716,13 @@ def clock_notes(record: dict[str, Any]) -> list[str]:
 def clock_summary(record: dict[str, Any]) -> list[str]:
     """The perf doc's clock notes: each case whose kernels ran at clocks apart, then one line
     for the cases timed under a limit."""
-    lines, limited = [], []
-    for name, ours, theirs, apart, limits in _case_clocks(record):
-        if apart:
-            each = ", ".join([f"wb {ours[0]:.0f}"] + [f"{n} {c[0]:.0f}" for n, c in theirs.items()])
-            lines.append(f"{name}: SM clock {each} MHz (median while timed)")
-        if limits:
-            limited.append((ours[0], limits))
+    cases = list(_case_clocks(record))
+    lines = [_each_clock(name, ours, theirs) for name, ours, theirs, apart, _ in cases if apart]
+    limited = [(ours[0], limits) for _, ours, _, _, limits in cases if limits]
     if limited:
         names = sorted({x for _, limits in limited for x in limits})
         low, high = min(m for m, _ in limited), max(m for m, _ in limited)
-        total = sum(1 for _ in _case_clocks(record))
-        lines.append(f"The card's {', '.join(names)} held its SM clock down while {len(limited)} of {total} cases were timed "
+        lines.append(f"The card's {', '.join(names)} held its SM clock down while {len(limited)} of {len(cases)} cases were timed "
                      f"(their medians {low:.0f}-{high:.0f} MHz; each case's clock is in its record)")
     return lines
 
