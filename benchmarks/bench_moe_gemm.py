@@ -8,7 +8,7 @@ For each model shape (H, I) and each variant set (``;``-separated, each a ``,``-
 list of key=value stage variants; the empty set is the defaults): stage A (D = X·W1,
 (m, 2I) stored) and stage B (the activation fused, (m, I) stored) on one set of random
 bf16 tensors, and torch.matmul of the same (m, H) x (H, 2I). TFLOP/s = 2·m·H·2I / t; the
-goal is >= 75% of the dense matmul. Timing: wb's own (workbench.run.bench.time_cuda: L2
+goal is >= 75% of the dense matmul. Timing: wb's own (workbench.run.timing.time_cuda: L2
 flushed before each repeat, CUDA events, median). ``--check`` compares each variant's
 output with the fp32 reference first (max abs error next to the bf16 torch error).
 """
@@ -53,7 +53,7 @@ def main() -> int:
     from stages.moe.stage_a_gemm import StageA
     from stages.moe.stage_b_swiglu import StageB
     from workbench.kernels.stage import Params
-    from workbench.run.bench import time_cuda
+    from workbench.run.timing import time_cuda
 
     torch.manual_seed(0)
     for name in args.shapes.split(","):

@@ -12,7 +12,7 @@ For each model shape (H, I, E, top-k) and T tokens, routed by the top-k of rando
 
 TFLOP/s = 2·R·K·N / t; the goal (docs: the MoE brief) is >= 75% of the dense matmul at
 Mixtral and DeepSeek-V3 shapes at T = 8192, >= 60% at Qwen3-30B-A3B. Timing: wb's own
-(workbench.run.bench.time_cuda: L2 flushed, CUDA events, median). The plan is built once,
+(workbench.run.timing.time_cuda: L2 flushed, CUDA events, median). The plan is built once,
 outside the timed call (stage C's launch builds it per call; see the line "plan").
 ``--check`` also compares the up-projection with the torch reference at each shape.
 """
@@ -49,7 +49,7 @@ def main() -> int:
 
     from stages.moe import stage_c_grouped as sc
     from stages.moe.plan import make_plan
-    from workbench.run.bench import time_cuda
+    from workbench.run.timing import time_cuda
 
     stages = sc.AUTO_STAGES[args.tile_m, args.tile_n] if args.stages == "auto" else int(args.stages)
     dev = "cuda"

@@ -3,7 +3,7 @@
     python benchmarks/moe_breakdown.py [--t 8192] [--shapes qwen3,mixtral,gptoss,deepseek]
 
 Stage D compiled with its default variants (as `wb bench moe` runs it), on the `random`
-fixture's inputs. Each piece is timed alone with wb's timer (workbench.run.bench.time_cuda:
+fixture's inputs. Each piece is timed alone with wb's timer (workbench.run.timing.time_cuda:
 L2 flushed, CUDA events, median), on the tensors the whole launch would use:
 
     route    top-k + softmax of the logits (stages/moe/pipeline.route)
@@ -36,7 +36,7 @@ def breakdown(t: int, h: int, i: int, e: int, topk: int, variants: dict) -> dict
     from stages.moe.stage_d_moe import StageD
     from workbench.kernels.fixtures import get_fixture, load_fixtures
     from workbench.kernels.stage import Params
-    from workbench.run.bench import time_cuda
+    from workbench.run.timing import time_cuda
 
     stage = StageD()
     p = Params(dict(t=t, h=h, i=i, e=e, topk=topk, dtype="bf16", activation="swiglu", routing="logits"))

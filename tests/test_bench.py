@@ -9,7 +9,7 @@ import pytest
 
 from workbench.errors import UserError
 from workbench.kernels.registry import load_kernels
-from workbench.run import bench
+from workbench.run import bench, bench_report, timing
 from workbench.records import memory, speed
 from workbench.workspace import Workspace
 
@@ -98,13 +98,13 @@ def test_unknown_peer_lists_the_kernels_peers():
 
 
 def test_peer_ratio_is_wb_over_peer():
-    ratios = bench.peer_ratios(fake_bench_record()["bench"][0])
+    ratios = bench_report.peer_ratios(fake_bench_record()["bench"][0])
     assert ratios["fa4"] == pytest.approx(600 / 645) and "sdpa-flash" not in ratios
 
 
 def test_perf_md_has_the_kernels_columns_and_wb_as_a_column_and_names_the_card():
     kernel, _ = fmha()
-    text = bench.perf_markdown(fake_bench_record(), kernel)
+    text = bench_report.perf_markdown(fake_bench_record(), kernel)
     assert text.startswith("# FMHA forward speed") and "NVIDIA H200" in text
     assert "| d | n | causal | dtype | fa4 | sdpa-cudnn | sdpa-flash | wb fmha/stage-d | wb / best peer |" in text
     assert "| 128 | 4096 | no | bf16 | 645 | 605 | skipped | 600 | ×0.93 |" in text
@@ -118,16 +118,16 @@ def test_perf_md_names_the_quiet_parameters_a_row_sets_in_an_other_column():
     record = fake_bench_record()
     varlen = planned({"n": ["4096"], "varlen": ["true"], "seqlens": ["4096:4096"]})[0]
     record["bench"].append({**record["bench"][0], "case": varlen["name"], "params": varlen["params"]})
-    text = bench.perf_markdown(record, kernel)
+    text = bench_report.perf_markdown(record, kernel)
     assert "| d | n | causal | dtype | other | fa4 |" in text
     assert "| 128 | 4096 | no | bf16 | - | 645 |" in text
     assert "| 128 | 4096 | no | bf16 | varlen=True seqlens=4096:4096 | 645 |" in text
-    assert "| other |" not in bench.perf_markdown(fake_bench_record(), kernel)
+    assert "| other |" not in bench_report.perf_markdown(fake_bench_record(), kernel)
 
 
 def test_speed_block_in_memory(tmp_path):
     ws = Workspace(tmp_path)
-    bench.record_speed(ws, fake_bench_record())
+    bench_report.record_speed(ws, fake_bench_record())
     block = memory.block_content(ws.memory_path.read_text(), "speed")
     # a row per case without n (m, batch, heads derived by the kernel's hook), a column per n
     assert "**fmha/stage-d · NVIDIA H200**" in block and "| case | n=4096 | date |" in block
@@ -148,7 +148,7 @@ def test_the_speed_chart_beside_the_record_and_in_the_perf_doc(tmp_path):
     from workbench.records import charts
 
     record = {**fake_bench_record(), "_dir": str(tmp_path / "run"), "id": "20261127-000000-000000"}
-    bench.record_speed(Workspace(tmp_path), record)
+    bench_report.record_speed(Workspace(tmp_path), record)
     img = matplotlib.image.imread(record["_chart"])[..., :3]
     assert record["_chart"].endswith("run/speed.png") and img.shape[0] >= 300 and img.shape[1] >= 900
 
@@ -164,8 +164,8 @@ def test_the_speed_chart_beside_the_record_and_in_the_perf_doc(tmp_path):
 
     assert bar_length(charts.WB_COLOUR) / bar_length(charts.PEER_COLOURS[0]) == pytest.approx(600 / 645, abs=0.02)
     kernel, _ = fmha()
-    assert "![TFLOP/s per case beside the peers" in bench.perf_markdown(fake_bench_record(), kernel, "perf.png")
-    assert "![" not in bench.perf_markdown(fake_bench_record(), kernel)
+    assert "![TFLOP/s per case beside the peers" in bench_report.perf_markdown(fake_bench_record(), kernel, "perf.png")
+    assert "![" not in bench_report.perf_markdown(fake_bench_record(), kernel)
     empty = {**fake_bench_record(), "bench": [{**fake_bench_record()["bench"][0], "tflops": None}]}
     assert charts.draw_speed_chart(tmp_path / "none.png", empty) is None
 
@@ -185,10 +185,10 @@ def test_timer_measures_a_matmul_close_to_its_flop_rate():
     import torch
 
     a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
-    t = bench.time_cuda(lambda: a @ a, reps=20, graph="off")
+    t = timing.time_cuda(lambda: a @ a, reps=20, graph="off")
     tflops = 2 * 4096**3 / (t["median_ms"] * 1e-3) / 1e12
     assert 100 < tflops < 1200 and t["p10_ms"] <= t["median_ms"] <= t["p90_ms"]
-    small = bench.time_cuda(lambda: a[:8, :8].add_(0), reps=10, graph="auto")
+    small = timing.time_cuda(lambda: a[:8, :8].add_(0), reps=10, graph="auto")
     assert small["graph"] is True and small["median_ms"] < 0.05
 
 
@@ -214,9 +214,9 @@ def test_a_failing_peer_keeps_its_whole_error_in_the_record():
 
 def test_the_run_chart_leaves_the_kernels_yardsticks_out_of_the_best_peer_as_the_perf_doc_does(tmp_path):
     ws = Workspace(REPO)
-    assert bench._yardsticks(ws, {"kernel": "moe"}) == ("dense",)  # moe's kernel.yaml: dense is a yardstick
-    assert bench._yardsticks(ws, {"kernel": "fmha"}) == ()
-    assert bench._yardsticks(Workspace(tmp_path), {"kernel": "moe"}) == ()  # no kernel.yaml here: every peer counts
+    assert bench_report._yardsticks(ws, {"kernel": "moe"}) == ("dense",)  # moe's kernel.yaml: dense is a yardstick
+    assert bench_report._yardsticks(ws, {"kernel": "fmha"}) == ()
+    assert bench_report._yardsticks(Workspace(tmp_path), {"kernel": "moe"}) == ()  # no kernel.yaml here: every peer counts
 
 
 def _process_result(wb_ms, fa4_ms, verdict="PASS", flops=4e12):
@@ -528,7 +528,7 @@ def test_a_perf_doc_from_a_record_with_impossible_speeds_or_no_provenance(tmp_pa
                             "peers": {"fa4": {"tflops": float("nan")}}})
     record["peak"] = {"tflops": float("nan")}
     del record["provenance"]
-    doc = bench.perf_markdown(record, kernel)
+    doc = bench_report.perf_markdown(record, kernel)
     rows = [line for line in doc.splitlines() if line.startswith("| 128 ")]
     assert len(rows) == 3 and "inf" not in doc and "nan" not in doc.lower().replace("nanosec", "")
     assert rows[1].endswith("| PASS | - |") and rows[2].endswith("| PASS | - |"), rows
@@ -570,19 +570,19 @@ def test_a_perf_doc_or_chart_path_that_is_a_folder_is_one_line_and_leaves_nothin
     kernel, spec = fmha()
     ws = Workspace(tmp_path)
     record = fake_bench_record()
-    docs = (tmp_path / bench.perf_doc_path(kernel, spec)).parent
-    written = bench.write_perf_doc(ws, kernel, spec, record)
+    docs = (tmp_path / bench_report.perf_doc_path(kernel, spec)).parent
+    written = bench_report.write_perf_doc(ws, kernel, spec, record)
     for blocked in (written.name, written.with_suffix(".png").name):
         before = {p.name: p.stat().st_mtime_ns for p in docs.iterdir() if p.is_file()}
         target = docs / blocked
         target.unlink()
         target.mkdir()
         with pytest.raises(UserError, match=f"cannot write {target.relative_to(tmp_path)}: it is a folder"):
-            bench.write_perf_doc(ws, kernel, spec, record)
+            bench_report.write_perf_doc(ws, kernel, spec, record)
         after = {p.name: p.stat().st_mtime_ns for p in docs.iterdir() if p.is_file()}
         assert after == {k: v for k, v in before.items() if k != blocked}, sorted(after)
         target.rmdir()
-        bench.write_perf_doc(ws, kernel, spec, record)
+        bench_report.write_perf_doc(ws, kernel, spec, record)
 
 
 def test_a_picture_that_cannot_be_renamed_into_place_leaves_no_temporary_file(tmp_path):
@@ -612,7 +612,7 @@ def test_a_perf_doc_from_a_hostile_record_keeps_its_table_and_lines(tmp_path):
     case["params"]["dtype"] = "bf16|x"
     case["verdict"] = "PASS\n| forged |"
     case["tflops"] = None
-    doc = bench.perf_markdown(record, kernel)
+    doc = bench_report.perf_markdown(record, kernel)
     lines = doc.splitlines()
     assert not [line for line in lines if line.startswith("#")][1:], doc  # the title is the only heading
     assert "<!--" not in doc
@@ -636,7 +636,7 @@ def test_a_record_of_more_cases_than_a_chart_holds_gets_its_perf_doc_without_a_c
     assert charts.draw_speed_chart(tmp_path / "speed.png", record) is None
 
     record["bench"] = [{**case, "case": f"n={i}"} for i in range(charts.MAX_CHART_CASES + 1)]
-    doc = bench.write_perf_doc(Workspace(tmp_path), kernel, spec, record)
+    doc = bench_report.write_perf_doc(Workspace(tmp_path), kernel, spec, record)
     assert doc.read_text().count("\n| ") == 1 + charts.MAX_CHART_CASES + 1 and "![" not in doc.read_text()
 
 
@@ -663,9 +663,9 @@ def test_a_perf_doc_that_is_wbs_own_file_is_refused(toy_ws, monkeypatch, perf_do
     if link_to:
         (toy_ws / "docs").mkdir(exist_ok=True)
         (toy_ws / perf_doc).symlink_to(toy_ws / link_to)
-    monkeypatch.setattr(bench, "perf_markdown", lambda *a, **k: "| table |\n")
+    monkeypatch.setattr(bench_report, "perf_markdown", lambda *a, **k: "| table |\n")
     with pytest.raises(UserError, match="bench.perf_doc: .* is wb's own"):
-        bench.write_perf_doc(ws, _perf_doc_kernel(perf_doc), SimpleNamespace(letter="a"), {"bench": []})
+        bench_report.write_perf_doc(ws, _perf_doc_kernel(perf_doc), SimpleNamespace(letter="a"), {"bench": []})
     assert (toy_ws / "MEMORY.md").read_text() == "# Team memory\n\nhand-written lessons\n"
 
 
@@ -677,10 +677,10 @@ def test_a_file_where_the_perf_docs_folder_should_be_is_one_line(toy_ws, monkeyp
     from workbench.workspace import Workspace
 
     (toy_ws / "docs").write_text("x\n")
-    monkeypatch.setattr(bench, "perf_markdown", lambda *a, **k: "| table |\n")
+    monkeypatch.setattr(bench_report, "perf_markdown", lambda *a, **k: "| table |\n")
     record = {"bench": [{"case": "n=128", "tflops": 5.0, "params": {"n": 128}}], "stage": "toy/stage-a", "provenance": {}}
     with pytest.raises(UserError, match=r"cannot write docs/perf\.md: .*docs is not a folder \(a file\)"):
-        bench.write_perf_doc(Workspace(toy_ws), _perf_doc_kernel("docs/perf.md"), SimpleNamespace(letter="a"), record)
+        bench_report.write_perf_doc(Workspace(toy_ws), _perf_doc_kernel("docs/perf.md"), SimpleNamespace(letter="a"), record)
 
 
 def test_the_perf_table_keeps_its_shape_without_parameter_columns_and_its_ratios_short():
@@ -694,7 +694,7 @@ def test_the_perf_table_keeps_its_shape_without_parameter_columns_and_its_ratios
     )
     record = fake_bench_record(fa4=1e-300, cudnn=1e-300)
     record["bench"][0]["params"] = {}
-    lines = [line for line in bench.perf_markdown(record, kernel).splitlines() if line.startswith("|")]
+    lines = [line for line in bench_report.perf_markdown(record, kernel).splitlines() if line.startswith("|")]
     header, rule, row = lines
     assert header.count("|") == rule.count("|") == row.count("|")
     assert row.split("|")[-2].strip() == "×6e+302"
@@ -724,14 +724,14 @@ def test_processes_merge_their_clocks_and_a_process_without_one_leaves_none():
 
 def test_a_case_timed_at_unequal_clocks_or_under_a_limit_is_named_and_a_hostile_clock_is_skipped():
     apart = {"bench": [_clocked(_process_result(5.0, 6.0), 1755, 1830)["cases"][0]]}
-    assert bench.clock_notes(apart) == ["n=4096: SM clock wb 1755, fa4 1830 MHz (median while timed)"]
+    assert bench_report.clock_notes(apart) == ["n=4096: SM clock wb 1755, fa4 1830 MHz (median while timed)"]
     capped = {"bench": [_clocked(_process_result(5.0, 6.0), 1980, 1975, fa4_limits=["power cap"])["cases"][0]]}
-    assert bench.clock_notes(capped) == ["n=4096: SM clock 1980 MHz for each kernel (median while timed); limited by power cap"]
+    assert bench_report.clock_notes(capped) == ["n=4096: SM clock 1980 MHz for each kernel (median while timed); limited by power cap"]
     same = {"bench": [_clocked(_process_result(5.0, 6.0), 1980, 1970)["cases"][0]]}  # 0.5 % apart, no limit
-    assert bench.clock_notes(same) == []
+    assert bench_report.clock_notes(same) == []
     hostile = [{"case": "a", "clock": "fast"}, {"case": "b", "clock": {"sm_mhz_median": True}},
                {"case": "c", "clock": {"sm_mhz_median": 1900, "limits": "power"}, "peers": {"fa4": {"clock": [1]}, "x": 3}}]
-    assert bench.clock_notes({"bench": hostile}) == []
+    assert bench_report.clock_notes({"bench": hostile}) == []
 
 
 def test_wb_bench_shows_the_clock_column_and_names_unequal_clocks(stage_d, wb, monkeypatch):
@@ -780,8 +780,8 @@ def test_interleaved_timing_gives_each_kernel_its_own_time_and_one_clock():
         pytest.skip("no CUDA GPU")
     small = torch.randn(2048, 2048, device="cuda", dtype=torch.bfloat16)
     large = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
-    alone = bench.time_cuda(lambda: large @ large, reps=20, graph="off")["median_ms"]
-    both = bench.time_cuda_interleaved({"small": lambda: small @ small, "large": lambda: large @ large}, reps=20, graph="off")
+    alone = timing.time_cuda(lambda: large @ large, reps=20, graph="off")["median_ms"]
+    both = timing.time_cuda_interleaved({"small": lambda: small @ small, "large": lambda: large @ large}, reps=20, graph="off")
     assert list(both) == ["small", "large"] and all(t["interleaved"] and t["reps"] == 20 for t in both.values())
     assert 4 < both["large"]["median_ms"] / both["small"]["median_ms"] < 12
     assert both["large"]["median_ms"] == pytest.approx(alone, rel=0.2)
@@ -791,11 +791,11 @@ def test_interleaved_timing_gives_each_kernel_its_own_time_and_one_clock():
 def test_the_perf_doc_says_when_its_kernels_were_timed_in_turn_and_names_unequal_clocks():
     kernel, _ = fmha()
     record = fake_bench_record()
-    assert "timed repeat by repeat in turn" not in bench.perf_markdown(record, kernel)  # an older, one-after-the-other record
+    assert "timed repeat by repeat in turn" not in bench_report.perf_markdown(record, kernel)  # an older, one-after-the-other record
     case = record["bench"][0]
     case.update(interleaved=True, clock={"sm_mhz_median": 1815, "limits": ["power cap"]})
     case["peers"]["fa4"]["clock"] = {"sm_mhz_median": 1815, "limits": ["power cap"]}
-    text = bench.perf_markdown(record, kernel)
+    text = bench_report.perf_markdown(record, kernel)
     assert "wb and its peers timed repeat by repeat in turn" in text
     assert "power cap held its SM clock down while 1 of 1 cases were timed (their medians 1815-1815 MHz" in text
-    assert bench.clock_notes(record) == [f"{case['case']}: SM clock 1815 MHz for each kernel (median while timed); limited by power cap"]
+    assert bench_report.clock_notes(record) == [f"{case['case']}: SM clock 1815 MHz for each kernel (median while timed); limited by power cap"]

@@ -72,7 +72,7 @@ def test_a_timing_on_a_gpu_carries_the_clock_it_ran_at():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    from workbench.run.bench import time_cuda
+    from workbench.run.timing import time_cuda
 
     a = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
     timing = time_cuda(lambda: a @ a, reps=20, flush=False, graph="off")

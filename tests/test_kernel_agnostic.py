@@ -129,14 +129,14 @@ def two_kernels(toy_ws):
 
 def test_a_second_kernel_gets_its_cases_columns_peers_and_perf_doc_from_its_folder(two_kernels):
     from workbench.cli.bench import bench_target
-    from workbench.run import bench
+    from workbench.run import bench, bench_report
 
     spec, kernel = bench_target(two_kernels, "scale2")
     assert spec.id == "scale2/stage-b" and kernel.bench.peers == ["torch-mul"]
     assert kernel.bench.perf_doc == "docs/perf-scale2.md"  # the default: docs/perf-<kernel>.md
-    assert bench.perf_doc_path(kernel, spec) == "docs/perf-scale2.md"
+    assert bench_report.perf_doc_path(kernel, spec) == "docs/perf-scale2.md"
     other, _ = bench_target(two_kernels, "scale2/a")  # a sub-stage's sweep never overwrites the kernel's table
-    assert bench.perf_doc_path(kernel, other) == "docs/perf-scale2-stage-a.md"
+    assert bench_report.perf_doc_path(kernel, other) == "docs/perf-scale2-stage-a.md"
     cases = bench.resolve_cases(spec, kernel, bench.plan_cases(spec, kernel, {"factor": ["2", "4"], "dtype": ["fp16"]}))
     assert [(c["params"]["rows"], c["params"]["groups"], c["params"]["factor"], c["params"]["dtype"]) for c in cases] == [
         (1024, 4, 2, "fp16"), (1024, 4, 4, "fp16")]
@@ -146,7 +146,7 @@ def test_a_second_kernel_gets_its_cases_columns_peers_and_perf_doc_from_its_fold
         (64, 512, 8), (64, 2048, 2), (128, 512, 8), (128, 2048, 2)]
     record = {"id": "r1", "stage": spec.id, "started": "2026-12-01T00:00:00", "provenance": {"gpu": "G"}, "peak": {"tflops": 1.0},
               "bench": [{"params": c["params"], "tflops": 2.0, "peers": {"torch-mul": {"tflops": 1.0}}} for c in sweep]}
-    text = bench.perf_markdown(record, kernel)
+    text = bench_report.perf_markdown(record, kernel)
     assert "| width | rows | dtype | torch-mul | wb scale2/stage-b | wb / best peer |" in text
     assert "| 128 | 2048 | bf16 | 1 | 2 | ×2.00 |" in text
     bench.check_peers(kernel, ["torch-mul", "torch-compile"])

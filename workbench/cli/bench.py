@@ -59,7 +59,7 @@ def bench(
 ) -> None:
     """Time STAGE with CUDA events (L2 flushed, median and spread) after checking it on the same inputs,
     beside the kernel's peers; record it, update MEMORY.md's speed block."""
-    from workbench.run import bench as lib
+    from workbench.run import bench as lib, bench_report as report
     from workbench.cli.run import check_timeout, parse_pairs, require_gpu_here
     from workbench.remote.sweep import parse_axes
 
@@ -94,13 +94,13 @@ def bench(
     if host:  # the same command there; its record comes back into runs/ (workbench.remote.client)
         from workbench.remote.client import run_and_import
 
-        record = run_and_import(ws, host, state.argv, spec=spec, publish=lib.record_speed, show=not as_json, deadline_s=timeout * processes + 300)
+        record = run_and_import(ws, host, state.argv, spec=spec, publish=report.record_speed, show=not as_json, deadline_s=timeout * processes + 300)
     else:
         with progress(f"bench {spec.id}", enabled=not as_json) as on_event:
             record = lib.run_bench(ws, spec, kernel, cases, variants, peer_list, reps=reps, graph=graph, timeout=timeout,
                                    on_event=on_event, processes=processes, sweep=sweep, interleave=interleave)
     if sweep and record["verdict"] in ("PASS", "FAIL") and record.get("bench"):
-        record["perf_md"] = str(lib.write_perf_doc(ws, kernel, spec, record))
+        record["perf_md"] = str(report.write_perf_doc(ws, kernel, spec, record))
     if as_json:
         from workbench.terminal import print_json
 
@@ -112,7 +112,7 @@ def bench(
 
 def _perf_doc_from(ws, kernel, spec, selector: str, sweep: bool, as_json: bool, timing_options: dict) -> None:
     """`wb bench --sweep --from RUN`: the perf doc written from a recorded sweep, nothing timed."""
-    from workbench.run import bench as lib
+    from workbench.run import bench_report as report
     from workbench.terminal import console, escape, print_json
 
     if not sweep:
@@ -120,8 +120,8 @@ def _perf_doc_from(ws, kernel, spec, selector: str, sweep: bool, as_json: bool, 
     given = [name for name, value in timing_options.items() if value]
     if given:
         raise UserError(f"--from times nothing, so {', '.join(given)} do not apply: leave them out")
-    record = lib.recorded_sweep(ws, spec, selector, kernel)
-    perf = lib.write_perf_doc(ws, kernel, spec, record)
+    record = report.recorded_sweep(ws, spec, selector, kernel)
+    perf = report.write_perf_doc(ws, kernel, spec, record)
     if as_json:
         print_json({"run": record.get("id"), "perf_md": str(perf)})
     else:
@@ -131,7 +131,7 @@ def _perf_doc_from(ws, kernel, spec, selector: str, sweep: bool, as_json: bool, 
 
 def render_bench(record: dict) -> None:
     from workbench.records.provenance import card_label
-    from workbench.run import bench as lib
+    from workbench.run import bench_report as report
     from workbench.terminal import console, escape, fmt, table, verdict
 
     peak = record.get("peak") or {}
@@ -140,22 +140,22 @@ def render_bench(record: dict) -> None:
         f" · card peak {fmt(peak.get('tflops'), '.0f')} TFLOP/s (bf16 matmul{', cached' if peak.get('cached') else ''}) · run {record['id']}"
     )
     peers = sorted({p for c in record.get("bench", []) for p in (c.get("peers") or {})})
-    clocked = any(lib.timed_clock(c) for c in record.get("bench", []))
+    clocked = any(report.timed_clock(c) for c in record.get("bench", []))
     rows = []
     for c in record.get("bench", []):
-        ratios = lib.peer_ratios(c)
+        ratios = report.peer_ratios(c)
         cells = []
         for p in peers:
             peer = (c.get("peers") or {}).get(p, {})
             cells.append(f"{peer['tflops']:.0f} (×{ratios[p]:.2f})" if p in ratios else escape(peer.get("skipped", "-"))[:30])
         timing = f"{c['median_ms']:.3f} ({c['p10_ms']:.3f}–{c['p90_ms']:.3f})" if c.get("median_ms") else "-"
-        mhz = [fmt((lib.timed_clock(c) or (None,))[0], ".0f")] if clocked else []
+        mhz = [fmt((report.timed_clock(c) or (None,))[0], ".0f")] if clocked else []
         rows.append(
             [escape(c["case"]), verdict(c.get("verdict")), fmt(c.get("tflops"), ".0f"), timing,
              fmt(100 * c["fraction_of_peak"], ".0f") + "%" if c.get("fraction_of_peak") else "-", *mhz, *cells]
         )
     console.print(table(None, ["case", "check", "TFLOP/s", "ms median (p10–p90)", "of peak", *(["MHz"] if clocked else []), *peers], rows))
-    for line in lib.clock_notes(record):
+    for line in report.clock_notes(record):
         console.print(f"[dim]clock: {escape(line)}[/]")
     for note in record.get("notes", []):
         console.print(f"[dim]note: {escape(note)}[/]")

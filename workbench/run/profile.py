@@ -193,7 +193,7 @@ def _draw_roofline(run_dir: Path, field: dict[str, Any], result: dict[str, Any])
     if not point or not point.get("intensity"):
         return None
     from workbench.records.charts import draw_roofline
-    from workbench.run.bench import DATASHEET_BF16_TFLOPS, known_peak_tflops
+    from workbench.run.timing import DATASHEET_BF16_TFLOPS, known_peak_tflops
 
     card = (result.get("env") or {}).get("gpu")
     points = [{"label": field.get("peer") or "the stage's kernel", **point}]
