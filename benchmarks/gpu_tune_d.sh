@@ -45,6 +45,8 @@
 #               SM clock of every timing (wb bench's MHz column and clock notes; about 4 minutes)
 # PHASE interleave: the same cells one after the other and with wb bench --interleave, ROUNDS (3) processes each,
 #               after the GPU tests of the timer (about 6 minutes)
+# PHASE turnscan: the cells short of a goal timed in turn with FA4, ROUNDS (3) processes, then d = 96 p_sync=warp and
+#               d = 128 s = 4096 q_buffers=2 in turn, 2 rounds (about 7 minutes)
 # PHASE stalls: ncu's PC sampling per SASS instruction of one non-causal bf16 shape (STALL_D, STALL_S: d = 128
 #               s = 4096), ours and FA4's, exported to $OUT and summed by benchmarks/stall_map.py (about 1 minute)
 # PHASE kv192: d = 128 non-causal with a 192-key tile, O in Q: 16 sweep cases, then s 8192 / 16384 beside the
@@ -1131,6 +1133,22 @@ interleave)
       timeout 80 wb bench d -p d=96 -p n=8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 $how --timeout 70 \
         | grep -a -E "^│ d=|clock" | cut -c1-230
     done
+  done
+  ;;
+turnscan)
+  # round 27: the cells short of a goal on an H100 (d = 128 s = 4096, d = 96 s = 8192 fp16, d = 64 s = 8192) timed in
+  # turn with FA4 on this card, ROUNDS (3) fresh processes; then, also in turn (its noise is about 0.5 %), two
+  # candidates that measured within the one-after-the-other noise: d = 96 p_sync=warp, d = 128 q_buffers=2 (2 rounds)
+  rows() { grep -a -E "^│ d=|clock" | cut -c1-230; }
+  for round in $(seq 1 "${ROUNDS:-3}"); do
+    step "round $round (in turn): d=128 s 4096/8192, d=96 and 64 s 8192, non-causal, both dtypes, FA4 beside"
+    timeout 130 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 120 | rows
+    timeout 130 wb bench d -p d=96,64 -p n=8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 120 | rows
+  done
+  for round in 1 2; do
+    step "round $round (in turn): d=96 s=8192 -V p_sync=warp; d=128 s=4096 -V q_buffers=2"
+    timeout 100 wb bench d -p d=96 -p n=8192 -p causal=false -p dtype=bf16,fp16 -V p_sync=warp --peers fa4 --timeout 90 | rows
+    timeout 100 wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16,fp16 -V q_buffers=2 --peers fa4 --timeout 90 | rows
   done
   ;;
 stalls)
