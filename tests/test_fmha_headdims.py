@@ -152,6 +152,27 @@ def test_kernel_takes_the_geometry_and_refuses_what_cannot_fit():
             _kernel(d, **variants)
 
 
+
+def test_p_sync_auto_is_the_warp_only_in_d96_non_causal_tile():
+    """auto resolves per kernel: the warp's own sync in d = 96 non-causal's 192-row tile (P through
+    shared memory), the WG's barrier in causal d = 96's and wherever P stays in registers; an
+    explicit choice is kept."""
+    assert (_kernel(96).p_smem, _kernel(96).p_sync) == (True, "warp")
+    causal_long = _kernel(96, True, consumers="3", kv_tile="144", o_staging="q")  # the causal 192 x 144 kernel
+    assert (causal_long.p_smem, causal_long.p_sync) == (True, "wg")
+    assert _kernel(96, True).p_sync == "wg" and _kernel(128).p_sync == "wg" and _kernel(64).p_sync == "wg"
+    assert _kernel(96, p_sync="wg").p_sync == "wg" and _kernel(128, p_sync="warp").p_sync == "warp"
+
+def test_kv_heads_that_do_not_divide_heads_are_refused_in_words():
+    """A sweep's -p kv_heads=3 beside the default 4 heads was a bare `(4, 3)` assertion."""
+    from stages.fmha.stage_d_fmha import StageD
+    from workbench.errors import UserError
+
+    p = Params(dict(m=100, n=100, d=96, dtype="bf16", batch=1, heads=4, kv_heads=3, causal=True))
+    with pytest.raises(UserError, match=r"kv_heads=3 must divide heads=4"):
+        StageD().make_kernel(p, {})
+    assert StageD().make_kernel(p.replace(kv_heads=2), {}).qhead_per_kvhead == 2
+
 # --------------------------------------------------------------------------------------
 # fixtures and the reference at every d
 # --------------------------------------------------------------------------------------

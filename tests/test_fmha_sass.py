@@ -183,7 +183,7 @@ def test_p_through_shared_memory_frees_the_registers_of_192_row_tiles_at_d96(fmh
     descriptors), so d = 96 fits 3 consumer WGs (192 x 144 tiles, d = 96's default) at 160
     registers; with P in registers 192-row tiles spill (96 B at 192 x 128)."""
     args = ["compile", "d", "--d", "96", "-V", "consumers=3", "--keep", "sass", "--json"]
-    proc = wb(*args, "-V", "p_operand=smem", cwd=fmha_ws, timeout=600)
+    proc = wb(*args, "-V", "p_operand=smem", "-V", "p_sync=wg", cwd=fmha_ws, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rec = json.loads(proc.stdout)
     (kernel,) = rec["resources"]["kernels"]
@@ -196,9 +196,10 @@ def test_p_through_shared_memory_frees_the_registers_of_192_row_tiles_at_d96(fmh
     assert all(n <= 12 for n in opcode_counts(rec, fmha_ws, "WARPGROUP"))
     refused = wb(*args, "-V", "p_operand=regs", cwd=fmha_ws, timeout=600)
     assert refused.returncode == 2 and "p_operand=smem" in refused.stderr
-    # p_sync=warp: the PV MMA waits for the warp's own P stores only, so the WG's named barrier
-    # after each P store (the peeled first tile's and the loop's) is gone
-    warp = wb(*args, "-V", "p_operand=smem", "-V", "p_sync=warp", cwd=fmha_ws, timeout=600)
+    # p_sync=warp (d = 96 non-causal's default, p_sync=auto): the PV MMA waits for the warp's own
+    # P stores only, so the WG's named barrier after each P store (the peeled first tile's and the
+    # loop's) is gone
+    warp = wb(*args, "-V", "p_operand=smem", cwd=fmha_ws, timeout=600)
     assert warp.returncode == 0, warp.stdout[-2000:] + warp.stderr[-2000:]
     warp_rec = json.loads(warp.stdout)
     (warp_kernel,) = warp_rec["resources"]["kernels"]

@@ -249,7 +249,7 @@ class FmhaForward(FmhaForwardBase):
         kv_stages=None,
         kv_tile: int | None = None,
         p_operand: str = "auto",
-        p_sync: str = "wg",
+        p_sync: str = "auto",
         lazy_rescale: str = "auto",
         row_sum: str = "fp32",
         sum_init: str = "auto",
@@ -298,7 +298,11 @@ class FmhaForward(FmhaForwardBase):
         self.tile_n = tile_n
         self.o_in_q = o_in_q
         self.p_smem = p_smem
-        self.p_sync = p_sync
+        # p_sync: the WG's barrier after P's store (wg) or the warp's own (warp). auto: warp in d = 96
+        # non-causal's 192-row tile (H100, timed in turn: fp16 x0.98 -> x1.00-1.02 of FA4), wg in the
+        # other kernels with P in shared memory (d = 128's and causal d = 96's 192-row ones: equal or
+        # -1-2 %): perf-notes round 27
+        self.p_sync = ("warp" if p_smem and dv == 96 and not causal else "wg") if p_sync == "auto" else p_sync
         # lazy_rescale: on where O is 256 wide (its rescale is 128 FMULs per thread per KV tile;
         # +3-4% at d = 256 on an H200, a wash at d = 128: docs/perf-notes.md rounds 8 and 10)
         self.lazy_rescale = lazy_rescale == "on" or (lazy_rescale == "auto" and dv == 256)
@@ -337,7 +341,8 @@ class FmhaForward(FmhaForwardBase):
         # q_buffers=2: a second Q buffer lets the producer load the next work tile's Q
         # while this one's last steps run (persistent CTAs only; costs a Q tile of smem)
         self.q_stages = q_buffers * self.num_consumer_wg
-        assert heads % kv_heads == 0, (heads, kv_heads)
+        if kv_heads < 1 or heads % kv_heads:
+            raise ValueError(f"kv_heads={kv_heads} must divide heads={heads} (GQA: each K/V head serves heads / kv_heads query heads)")
         self.heads = heads
         self.kv_heads = kv_heads
         self.qhead_per_kvhead = heads // kv_heads
