@@ -1167,7 +1167,7 @@ turnscan)
     timeout 130 wb bench d -p d=96,64 -p n=8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 120 | rows
   done
   for round in 1 2; do
-    step "round $round (in turn): d=96 s=8192 -V p_sync=warp; d=128 s=4096 -V q_buffers=2"
+    step "round $round (in turn): p_sync=warp at d=96 s=8192, q_buffers=2 at d=128 s=4096"
     timeout 100 wb bench d -p d=96 -p n=8192 -p causal=false -p dtype=bf16,fp16 -V p_sync=warp --peers fa4 --timeout 90 | rows
     timeout 100 wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16,fp16 -V q_buffers=2 --peers fa4 --timeout 90 | rows
   done
