@@ -26,10 +26,9 @@
 #               the sweeps alone)
 # PHASE verify96: d = 96's default sweep (16 cases) and d = 64 / 96 softcap with a window, varlen and
 #               16-key pages (sum_init=alpha is their default; about 3 minutes)
-# PHASE psync96: p_sync=auto (warp at d = 96 non-causal): its sweeps (defaults, a two-sided window with softcap, varlen,
-#               16-key pages), then d = 96 s = 8192 in turn beside FA4, 2 rounds (about 4 minutes)
-# PHASE r27:    p_sync=auto's window / varlen / paged paths at d = 96 non-causal (12 cases), then d = 128 s = 4096 and
-#               d = 64 s = 8192 in turn beside FA4 under the default, kv_load=k_ahead and lazy_rescale=on (about 4 minutes)
+# PHASE r27:    d = 96's defaults swept (16 cases), p_sync=warp on its non-causal window / varlen / paged launches
+#               (12 cases), then d = 128 s = 4096 and d = 64 s = 8192 in turn beside FA4 under the default,
+#               kv_load=k_ahead and lazy_rescale=on (about 5 minutes)
 # PHASE alphafinal: for a device budget of one call: `perf`, then the sweep of the kernels whose default
 #               became sum_init=alpha (d = 64 / 96, 32 cases) in what time is left (about 7 minutes)
 # PHASE lazyexact96: d = 96 / 192 only, one call: lazy_rescale=on with row_sum=rounded swept (32 cases),
@@ -420,35 +419,20 @@ verify96)
   timeout 90 wb sweep d -p page_size=16 --n 17,1000 --d 64,96 -p causal=false,true -p heads=2 -p kv_heads=1 --timeout 40 \
     | sweep_verdicts
   ;;
-psync96)
-  # round 27: p_sync auto = warp at d = 96 non-causal; its sweeps (the defaults, a two-sided window with softcap,
-  # varlen, 16-key pages), then d = 96 s = 8192 beside FA4 in turn, 2 rounds (about 4 minutes)
-  step "sweep of d=96's defaults: n with tails, both masks, both dtypes, GQA (16 cases)"
+r27)
+  # round 27's last call: d = 96's defaults swept, p_sync=warp on the non-causal launches its auto leaves at
+  # wg until they are swept (a window, varlen, paged), then variants earlier rounds called noise, re-timed in
+  # turn beside FA4, one process each (about 5 minutes)
+  step "sweep of d=96's defaults (p_sync=auto): n with tails, both masks, both dtypes, GQA (16 cases)"
   timeout 150 wb sweep d --n 17,1000,4096,8192 --d 96 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 --timeout 40 \
     | sweep_verdicts
-  step "d=96 non-causal: softcap 30 with a window of 300 left and 100 right; varlen; 16-key pages"
-  timeout 90 wb sweep d --n 1000,8200 --d 96 --dtype bf16,fp16 -p causal=false -p softcap=30 -p window_left=300 \
-    -p window_right=100 --timeout 40 | sweep_verdicts
-  timeout 90 wb sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 -p seqlens_k=5:0:1000:33:4000 -p heads=8 -p kv_heads=2 \
-    --d 96 --dtype bf16,fp16 -p causal=false,true --timeout 40 | sweep_verdicts
-  timeout 90 wb sweep d -p page_size=16 --n 17,1000 --d 96 -p causal=false,true -p heads=2 -p kv_heads=1 --timeout 40 \
-    | sweep_verdicts
-  for round in 1 2; do
-    step "round $round (in turn): d=96 s=8192 non-causal, both dtypes, FA4 beside"
-    timeout 100 wb bench d -p d=96 -p n=8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 90 \
-      | grep -a -E "^│ d=|clock" | cut -c1-230
-  done
-  ;;
-r27)
-  # round 27's last call: p_sync=auto's (warp at d = 96 non-causal) paths the fixed-length sweeps did not take,
-  # then variants earlier rounds called noise, re-timed in turn beside FA4, one process each (about 4 minutes)
-  step "d=96 non-causal under p_sync=auto: softcap 30 with a 300 / 100 window, varlen, 16-key pages (12 cases)"
+  step "d=96 non-causal with p_sync=warp: softcap 30 with a 300 / 100 window, varlen, 16-key pages (12 cases)"
   timeout 80 wb sweep d --n 1000,8200 --d 96 --dtype bf16,fp16 -p causal=false -p softcap=30 -p window_left=300 \
-    -p window_right=100 --timeout 40 | sweep_verdicts
+    -p window_right=100 -V p_sync=warp --timeout 40 | sweep_verdicts
   timeout 80 wb sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 -p seqlens_k=5:0:1000:33:4000 -p heads=8 -p kv_heads=2 \
-    --d 96 --dtype bf16,fp16 -p causal=false --timeout 40 | sweep_verdicts
+    --d 96 --dtype bf16,fp16 -p causal=false -V p_sync=warp --timeout 40 | sweep_verdicts
   timeout 80 wb sweep d -p page_size=16 --n 17,1000 --d 96 --dtype bf16,fp16 -p causal=false -p heads=2 -p kv_heads=1 \
-    --timeout 40 | sweep_verdicts
+    -V p_sync=warp --timeout 40 | sweep_verdicts
   rows() { grep -a -E "^│ d=" | cut -c1-200; }
   for v in "" "-V kv_load=k_ahead" "-V lazy_rescale=on"; do
     step "in turn: d=128 s=4096 and d=64 s=8192 non-causal, both dtypes, FA4 beside: ${v:-default}"
