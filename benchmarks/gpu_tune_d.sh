@@ -196,6 +196,8 @@ LOG=${OUT:-/tmp}/sweeps.log
 sweep_verdicts() { tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20; echo "cases PASS so far: $(grep -ac '│ PASS │' "$LOG")"; }
 # a bench's case rows cut to WIDTH characters, each prefixed with LABEL when given
 table_rows() { grep -a -E "^│ d=" | cut -c1-"$1" | sed "s/^/${2:+$2 }/"; }
+# a bench's case rows and its clock notes (wb bench's `clock:` lines), cut to 230 characters
+clocked_rows() { grep -a -E "^│ d=|clock" | cut -c1-230; }
 # tile_trial D NS SWEPT [LABEL VARIANTS ...]: a candidate tile at head dim D, non-causal: SWEPT's variants swept
 # (n with tails, both dtypes, GQA, softcap 0 / 30), then the sizes NS timed, the default with FA4, then each
 # LABEL's VARIANTS, PROCS (3) fresh processes each
@@ -433,11 +435,10 @@ r27)
     --d 96 --dtype bf16,fp16 -p causal=false -V p_sync=warp --timeout 40 | sweep_verdicts
   timeout 80 wb sweep d -p page_size=16 --n 17,1000 --d 96 --dtype bf16,fp16 -p causal=false -p heads=2 -p kv_heads=1 \
     -V p_sync=warp --timeout 40 | sweep_verdicts
-  rows() { grep -a -E "^│ d=" | cut -c1-200; }
   for v in "" "-V kv_load=k_ahead" "-V lazy_rescale=on"; do
     step "in turn: d=128 s=4096 and d=64 s=8192 non-causal, both dtypes, FA4 beside: ${v:-default}"
-    timeout 60 wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16,fp16 $v --peers fa4 --timeout 50 | rows
-    timeout 60 wb bench d -p d=64 -p n=8192 -p causal=false -p dtype=bf16,fp16 $v --peers fa4 --timeout 50 | rows
+    timeout 60 wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16,fp16 $v --peers fa4 --timeout 50 | table_rows 200
+    timeout 60 wb bench d -p d=64 -p n=8192 -p causal=false -p dtype=bf16,fp16 $v --peers fa4 --timeout 50 | table_rows 200
   done
   ;;
 alphafinal)
@@ -1139,9 +1140,9 @@ clockbench)
   for round in $(seq 1 "${ROUNDS:-3}"); do
     step "round $round: d=128 s 4096/8192 and d=96 s 8192 non-causal, both dtypes, FA4 beside, with clocks"
     timeout 120 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 110 \
-      | grep -a -E "^│ d=|clock" | cut -c1-230
+      | clocked_rows
     timeout 80 wb bench d -p d=96 -p n=8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 70 \
-      | grep -a -E "^│ d=|clock" | cut -c1-230
+      | clocked_rows
   done
   ;;
 interleave)
@@ -1153,9 +1154,9 @@ interleave)
     for how in "--no-interleave" ""; do
       step "round $round ${how:-(in turn)}: d=128 s 4096/8192, d=96 s 8192, non-causal, both dtypes, FA4 beside"
       timeout 120 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 $how --timeout 110 \
-        | grep -a -E "^│ d=|clock" | cut -c1-230
+        | clocked_rows
       timeout 80 wb bench d -p d=96 -p n=8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 $how --timeout 70 \
-        | grep -a -E "^│ d=|clock" | cut -c1-230
+        | clocked_rows
     done
   done
   ;;
@@ -1163,16 +1164,15 @@ turnscan)
   # round 27: the cells short of a goal on an H100 (d = 128 s = 4096, d = 96 s = 8192 fp16, d = 64 s = 8192) timed in
   # turn with FA4 on this card, ROUNDS (3) fresh processes; then, also in turn (its noise is about 0.5 %), two
   # candidates that measured within the one-after-the-other noise: d = 96 p_sync=warp, d = 128 q_buffers=2 (2 rounds)
-  rows() { grep -a -E "^│ d=|clock" | cut -c1-230; }
   for round in $(seq 1 "${ROUNDS:-3}"); do
     step "round $round (in turn): d=128 s 4096/8192, d=96 and 64 s 8192, non-causal, both dtypes, FA4 beside"
-    timeout 130 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 120 | rows
-    timeout 130 wb bench d -p d=96,64 -p n=8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 120 | rows
+    timeout 130 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 120 | clocked_rows
+    timeout 130 wb bench d -p d=96,64 -p n=8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 120 | clocked_rows
   done
   for round in 1 2; do
     step "round $round (in turn): p_sync=warp at d=96 s=8192, q_buffers=2 at d=128 s=4096"
-    timeout 100 wb bench d -p d=96 -p n=8192 -p causal=false -p dtype=bf16,fp16 -V p_sync=warp --peers fa4 --timeout 90 | rows
-    timeout 100 wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16,fp16 -V q_buffers=2 --peers fa4 --timeout 90 | rows
+    timeout 100 wb bench d -p d=96 -p n=8192 -p causal=false -p dtype=bf16,fp16 -V p_sync=warp --peers fa4 --timeout 90 | clocked_rows
+    timeout 100 wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16,fp16 -V q_buffers=2 --peers fa4 --timeout 90 | clocked_rows
   done
   ;;
 stalls)

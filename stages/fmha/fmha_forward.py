@@ -279,13 +279,14 @@ class FmhaForward(FmhaForwardBase):
         # schedule: pingpong (with 3 consumer WGs it fits 160 registers only with a fresh S
         # accumulator per step, see ``overlap_tile``). persistent: ts.persistence.
         # tile_order: lpt when causal. lazy_rescale: on when dv = 256. sum_init: alpha with 3 consumer WGs.
-        capped_window = float(softcap) > 0 and (window_left >= 0 or window_right >= 0)
+        windowed, paged = window_left >= 0 or window_right >= 0, int(page_size) > 0
+        capped_window = float(softcap) > 0 and windowed
         if schedule == "auto":
             schedule = "pingpong"
         # every auto of the tile shape resolved, and a combination that cannot be built refused
         # in one line (ValueError): geometry.tiles
         geom = geometry.tiles(
-            d, causal=causal, capped_window=capped_window, dv=dv, paged=int(page_size) > 0, schedule=schedule,
+            d, causal=causal, capped_window=capped_window, dv=dv, paged=paged, schedule=schedule,
             consumers=consumers, kv_tile=kv_tile, kv_stages=kv_stages, p_operand=p_operand, o_staging=o_staging,
             q_buffers=q_buffers, elem_bytes=dtype.width // 8,
         )
@@ -303,7 +304,7 @@ class FmhaForward(FmhaForwardBase):
         # launch is plain (fixed length, not paged, no window: what warp was swept on), wg in the other
         # kernels with P in shared memory (d = 128's and causal d = 96's 192-row ones: equal or -1-2 %):
         # perf-notes round 27
-        plain = not varlen and not int(page_size) and window_left < 0 and window_right < 0
+        plain = not (varlen or windowed or paged)
         self.p_sync = ("warp" if p_smem and dv == 96 and not causal and plain else "wg") if p_sync == "auto" else p_sync
         # lazy_rescale: on where O is 256 wide (its rescale is 128 FMULs per thread per KV tile;
         # +3-4% at d = 256 on an H200, a wash at d = 128: docs/perf-notes.md rounds 8 and 10)
@@ -326,8 +327,7 @@ class FmhaForward(FmhaForwardBase):
         self.k_release = k_release
         # varlen: dynamic too (its tiles differ in work as much as the sequences in length)
         if persistent is None:
-            persistent = ts.persistence(d, causal, varlen, windowed=window_left >= 0 or window_right >= 0,
-                                        paged=bool(int(page_size)), dv=dv)
+            persistent = ts.persistence(d, causal, varlen, windowed=windowed, paged=paged, dv=dv)
         self.persistent = persistent != "off"
         self.dynamic = persistent == "dynamic"
         self.lpt = tile_order == "lpt" or (tile_order == "auto" and causal)
