@@ -155,14 +155,13 @@ def test_kernel_takes_the_geometry_and_refuses_what_cannot_fit():
 
 def test_p_sync_auto_is_the_warp_only_in_d96_non_causal_tile():
     """auto resolves per kernel: the warp's own sync in d = 96 non-causal's 192-row tile (P through
-    shared memory) on a plain launch, the WG's barrier in causal d = 96's, on varlen, paged and
-    windowed launches, and wherever P stays in registers; an explicit choice is kept."""
+    shared memory) on every launch (plain, varlen, paged, windowed: each swept and timed with warp),
+    the WG's barrier in causal d = 96's and wherever P stays in registers; an explicit choice is kept."""
     assert (_kernel(96).p_smem, _kernel(96).p_sync) == (True, "warp")
     causal_long = _kernel(96, True, consumers="3", kv_tile="144", o_staging="q")  # the causal 192 x 144 kernel
     assert (causal_long.p_smem, causal_long.p_sync) == (True, "wg")
     assert _kernel(96, True).p_sync == "wg" and _kernel(128).p_sync == "wg" and _kernel(64).p_sync == "wg"
     assert _kernel(96, p_sync="wg").p_sync == "wg" and _kernel(128, p_sync="warp").p_sync == "warp"
-    # warp was swept on plain launches only: varlen, paged and windowed ones keep the WG's barrier
     import cutlass
 
     from stages.fmha.fmha_forward import FmhaForward
@@ -170,8 +169,8 @@ def test_p_sync_auto_is_the_warp_only_in_d96_non_causal_tile():
     plain = dict(d=96, heads=2, kv_heads=1)
     for extra in ({"varlen": True}, {"page_size": 16}, {"window_left": 300}, {"window_right": 100}):
         kernel = FmhaForward(cutlass.BFloat16, **plain, **extra)
-        assert (kernel.p_smem, kernel.p_sync) == (True, "wg"), extra
-    assert FmhaForward(cutlass.BFloat16, **plain).p_sync == "warp"
+        assert (kernel.p_smem, kernel.p_sync) == (True, "warp"), extra
+        assert FmhaForward(cutlass.BFloat16, **plain, **extra, causal=True).p_sync == "wg", extra
 
 def test_kv_heads_that_do_not_divide_heads_are_refused_in_words():
     """A sweep's -p kv_heads=3 beside the default 4 heads was a bare `(4, 3)` assertion."""

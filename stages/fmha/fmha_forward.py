@@ -300,12 +300,10 @@ class FmhaForward(FmhaForwardBase):
         self.o_in_q = o_in_q
         self.p_smem = p_smem
         # p_sync: the WG's barrier after P's store (wg) or the warp's own (warp). auto: warp in d = 96
-        # non-causal's 192-row tile (H100, timed in turn: fp16 x0.98 -> x1.00-1.02 of FA4) where its
-        # launch is plain (fixed length, not paged, no window: what warp was swept on), wg in the other
-        # kernels with P in shared memory (d = 128's and causal d = 96's 192-row ones: equal or -1-2 %):
-        # perf-notes round 27
-        plain = not (varlen or windowed or paged)
-        self.p_sync = ("warp" if p_smem and dv == 96 and not causal and plain else "wg") if p_sync == "auto" else p_sync
+        # non-causal's 192-row tile (H100, timed in turn: fp16 x0.98 -> x1.00-1.02 of FA4; on varlen,
+        # paged and windowed launches equal or +1-5 %), wg in the other kernels with P in shared memory
+        # (d = 128's and causal d = 96's 192-row ones: equal or -1-2 %): perf-notes rounds 27 and 28
+        self.p_sync = ("warp" if p_smem and dv == 96 and not causal else "wg") if p_sync == "auto" else p_sync
         # lazy_rescale: on where O is 256 wide (its rescale is 128 FMULs per thread per KV tile;
         # +3-4% at d = 256 on an H200, a wash at d = 128: docs/perf-notes.md rounds 8 and 10)
         self.lazy_rescale = lazy_rescale == "on" or (lazy_rescale == "auto" and dv == 256)
