@@ -29,6 +29,9 @@
 # PHASE r27:    d = 96's defaults swept (16 cases), p_sync=warp on its non-causal window / varlen / paged launches
 #               (12 cases), then d = 128 s = 4096 and d = 64 s = 8192 in turn beside FA4 under the default,
 #               kv_load=k_ahead and lazy_rescale=on (about 5 minutes)
+# PHASE r28:    d = 96 non-causal's defaults (p_sync=auto, now warp on every launch) swept on window / varlen /
+#               paged launches (10 cases), then every schedule variant in turn beside FA4 at d = 64 s = 8192
+#               and d = 128 s = 4096, one process each (about 7 minutes)
 # PHASE alphafinal: for a device budget of one call: `perf`, then the sweep of the kernels whose default
 #               became sum_init=alpha (d = 64 / 96, 32 cases) in what time is left (about 7 minutes)
 # PHASE lazyexact96: d = 96 / 192 only, one call: lazy_rescale=on with row_sum=rounded swept (32 cases),
@@ -439,6 +442,24 @@ r27)
     step "in turn: d=128 s=4096 and d=64 s=8192 non-causal, both dtypes, FA4 beside: ${v:-default}"
     timeout 60 wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16,fp16 $v --peers fa4 --timeout 50 | table_rows 200
     timeout 60 wb bench d -p d=64 -p n=8192 -p causal=false -p dtype=bf16,fp16 $v --peers fa4 --timeout 50 | table_rows 200
+  done
+  ;;
+r28)
+  step "d=96 non-causal defaults on softcap 30 with a 300 / 100 window, varlen, 16-key pages (10 cases)"
+  timeout 80 wb sweep d --n 1000,8200 --d 96 --dtype bf16,fp16 -p causal=false -p softcap=30 -p window_left=300 \
+    -p window_right=100 --timeout 40 | sweep_verdicts
+  timeout 80 wb sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 -p seqlens_k=5:0:1000:33:4000 -p heads=8 -p kv_heads=2 \
+    --d 96 --dtype bf16,fp16 -p causal=false --timeout 40 | sweep_verdicts
+  timeout 80 wb sweep d -p page_size=16 --n 17,1000 --d 96 --dtype bf16,fp16 -p causal=false -p heads=2 -p kv_heads=1 \
+    --timeout 40 | sweep_verdicts
+  for v in "" "-V schedule=overlap" "-V persistent=off" "-V persistent=on" "-V kv_stages=2" "-V kv_stages=4" \
+    "-V o_rescale=mid" "-V k_release=pinned"; do
+    step "in turn, d=64 s=8192 non-causal beside FA4: ${v:-default}"
+    timeout 45 wb bench d -p d=64 -p n=8192 -p causal=false -p dtype=bf16,fp16 $v --peers fa4 --timeout 40 | clocked_rows
+  done
+  for v in "" "-V schedule=overlap" "-V persistent=off" "-V kv_stages=3" "-V o_rescale=mid" "-V sum_init=alpha"; do
+    step "in turn, d=128 s=4096 non-causal beside FA4: ${v:-default}"
+    timeout 40 wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16,fp16 $v --peers fa4 --timeout 35 | clocked_rows
   done
   ;;
 alphafinal)
@@ -1212,6 +1233,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|kv192|d96k160|tracecheck|clocks|clockbench|interleave|stalls|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|kv192|d96k160|tracecheck|clocks|clockbench|interleave|stalls|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|turnscan|r27|r28|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
