@@ -32,6 +32,9 @@
 # PHASE r28:    d = 96 non-causal's defaults (p_sync=auto, now warp on every launch) swept on window / varlen /
 #               paged launches (10 cases), then every schedule variant in turn beside FA4 at d = 64 s = 8192
 #               and d = 128 s = 4096, one process each (about 7 minutes)
+# PHASE r28b:   non-causal d = 64's round-robin long kernel (from m = 8192) under the defaults: swept (n 4096 /
+#               8192 / 9000, m 8192 against n 17 / 1000; 8 cases), then timed in turn beside FA4 against
+#               `-V persistent=dynamic` (the dynamic kernel for every m), two rounds (about 3 minutes)
 # PHASE alphafinal: for a device budget of one call: `perf`, then the sweep of the kernels whose default
 #               became sum_init=alpha (d = 64 / 96, 32 cases) in what time is left (about 7 minutes)
 # PHASE lazyexact96: d = 96 / 192 only, one call: lazy_rescale=on with row_sum=rounded swept (32 cases),
@@ -460,6 +463,17 @@ r28)
   for v in "" "-V schedule=overlap" "-V persistent=off" "-V kv_stages=3" "-V o_rescale=mid" "-V sum_init=alpha"; do
     step "in turn, d=128 s=4096 non-causal beside FA4: ${v:-default}"
     timeout 40 wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16,fp16 $v --peers fa4 --timeout 35 | clocked_rows
+  done
+  ;;
+r28b)
+  step "d=64 non-causal defaults, the round-robin kernel from m = 8192 (8 cases)"
+  timeout 90 wb sweep d --n 4096,8192,9000 --d 64 --dtype bf16,fp16 -p causal=false -p kv_heads=2 --timeout 40 | sweep_verdicts
+  timeout 60 wb sweep d -p m=8192 --n 17,1000 --d 64 --dtype bf16 -p causal=false --timeout 40 | sweep_verdicts
+  for round in 1 2; do
+    for v in "" "-V persistent=dynamic"; do
+      step "round $round, in turn, d=64 s=8192 non-causal beside FA4: ${v:-default}"
+      timeout 45 wb bench d -p d=64 -p n=8192 -p causal=false -p dtype=bf16,fp16 $v --peers fa4 --timeout 40 | table_rows 200
+    done
   done
   ;;
 alphafinal)
@@ -1233,6 +1247,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|kv192|d96k160|tracecheck|clocks|clockbench|interleave|stalls|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|turnscan|r27|r28|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|kv192|d96k160|tracecheck|clocks|clockbench|interleave|stalls|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|turnscan|r27|r28|r28b|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done

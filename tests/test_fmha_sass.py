@@ -63,7 +63,8 @@ def descriptors_via_vector_registers(rec: dict, ws: Path) -> list[int]:
                                      (96, "true"), (192, "true"), (256, "false")])
 def test_stage_d_defaults_do_not_spill(fmha_ws, wb, d, causal):
     """Each default stage-D configuration compiles to WGMMA and TMA and fits its registers, every kernel of it (causal d=64
-    and 96 build a 128-row and a 192-row kernel, non-causal d=128 a 128 x 128, a 192 x 128 and a
+    and 96 build a 128-row and a 192-row kernel, non-causal d=64 two 192 x 128 ones, the second
+    round robin, non-causal d=128 a 128 x 128, a 192 x 128 and a
     128 x 176 one), each named by the geometry's tile. A spilling
     schedule ran at a third of the speed on an H200 (d=64 with 3 consumer WGs and pingpong:
     124 vs 315 TFLOP/s)."""
@@ -77,7 +78,7 @@ def test_stage_d_defaults_do_not_spill(fmha_ws, wb, d, causal):
     tiles = G.tiles(d, causal=causal == "true")
     longs = G.long_kernels(d, causal == "true", False, False, False)
     expected = [f"{g.consumers * 64}x{g.tile_n}_" for g in [tiles] + [long.tiles(d, causal=causal == "true") for long in longs]]
-    assert len(expected) == {(64, "true"): 2, (96, "true"): 2, (128, "false"): 3}.get((d, causal), 1)
+    assert len(expected) == {(64, "true"): 2, (64, "false"): 2, (96, "true"): 2, (128, "false"): 3}.get((d, causal), 1)
     assert [k["name"].split("FmhaForward_")[1].split("_")[0] + "_" for k in kernels] == expected, [k["name"] for k in kernels]
     for kernel in kernels:
         assert (kernel["spill_store_bytes"], kernel["spill_load_bytes"]) == (0, 0), kernel

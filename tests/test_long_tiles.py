@@ -1,7 +1,8 @@
-"""Causal d=64 and d=96 and non-causal d=128 build long kernels (stages/fmha/geometry.long_kernels):
+"""Causal d=64 and d=96 and non-causal d=64 and d=128 build long kernels (stages/fmha/geometry.long_kernels):
 the default one and, beside it, kernels that run from their min_m query rows and min_n keys
 on, the first that serves a shape (causal d=64: 3 consumer WGs from m = 4096; causal d=96:
-non-causal's 192 x 144 tile, P in shared memory, O in Q, from m = 8192; non-causal d=128:
+non-causal's 192 x 144 tile, P in shared memory, O in Q, from m = 8192; non-causal d=64: the
+same tile under the round-robin scheduler from m = 8192; non-causal d=128:
 192-row tiles, P in shared memory, O in Q, from m = n = 8192, else a 128 x 176 tile, O in Q,
 from n = 8192 keys). On the CPU: which configurations and variants get them, that the stage's
 compile returns each under its own kernel name and picks by m and n, that `wb shapes` lists
@@ -32,8 +33,9 @@ from stages.fmha import geometry  # noqa: E402
         (96, True, False, False, False, [((8192, 0), {"consumers": "3", "kv_tile": "144", "o_staging": "q"})]),
         (128, False, False, False, False, [((8192, 8192), {"consumers": "3", "o_staging": "q", "p_operand": "smem"}),
                                            ((0, 8192), {"consumers": "2", "kv_tile": "176", "o_staging": "q"})]),
-        (64, False, False, False, False, []),  # non-causal d=64 and 96 are 192-row already
-        (96, False, False, False, False, []),
+        (64, False, False, False, False, [((8192, 0), {"consumers": "3", "persistent": "on"})]),  # round robin, no short tile
+        (96, False, False, False, False, []),  # 192-row already
+        (64, False, True, False, False, []),
         (128, True, False, False, False, []),
         (192, False, False, False, False, []),
         (256, False, False, False, False, []),
@@ -45,7 +47,7 @@ from stages.fmha import geometry  # noqa: E402
         (96, True, False, False, True, []),
     ],
 )
-def test_only_causal_d64_d96_and_non_causal_d128_fixed_length_without_a_window_get_long_kernels(d, causal, windowed, varlen, paged, expected):
+def test_only_causal_d64_d96_and_non_causal_d64_d128_fixed_length_without_a_window_get_long_kernels(d, causal, windowed, varlen, paged, expected):
     longs = geometry.long_kernels(d, causal, windowed, varlen, paged)
     assert [((long.min_m, long.min_n), long.variants()) for long in longs] == expected
 
@@ -84,6 +86,26 @@ def test_d128s_192_row_kernel_is_tried_before_the_176_key_one_and_only_from_8192
 )
 def test_the_long_kernel_is_built_only_where_the_other_variants_allow_it(d, variants, built):
     assert bool(geometry.long_kernels(d, True, False, False, False, variants)) == built
+
+
+@pytest.mark.parametrize(
+    "variants, built",
+    [
+        ({}, True),
+        ({"schedule": "serial"}, True),
+        ({"kv_stages": "2"}, True),
+        # the user's choice of scheduler is theirs for every m: no round-robin twin replaces it
+        ({"persistent": "dynamic"}, False),
+        ({"persistent": "off"}, False),
+        ({"short_tile": "split"}, False),
+        ({"short_tile": "whole"}, False),
+        ({"split_tail": "off"}, False),
+        ({"consumers": "3"}, False),  # a tile variant: that tile, its default scheduler, every m
+    ],
+)
+def test_non_causal_d64s_round_robin_kernel_yields_to_a_chosen_scheduler(variants, built):
+    longs = geometry.long_kernels(64, False, False, False, False, variants)
+    assert [long.variants() for long in longs] == ([{"consumers": "3", "persistent": "on"}] if built else [])
 
 
 @pytest.mark.parametrize(
@@ -149,14 +171,15 @@ def _params(**over):
 
 
 @pytest.mark.parametrize(
-    "d, causal, longs",
+    "d, causal, default, longs",
     [
-        (64, True, [((4096, 0), "192x128")]),  # (min_m, min_n), the tile in the kernel's name
-        (96, True, [((8192, 0), "192x144")]),
-        (128, False, [((8192, 8192), "192x128"), ((0, 8192), "128x176")]),
+        (64, True, "128x128", [((4096, 0), "192x128")]),  # (min_m, min_n), the tile in the kernel's name
+        (64, False, "192x128", [((8192, 0), "192x128_rr")]),  # the same tile, named apart by its scheduler
+        (96, True, "128x128", [((8192, 0), "192x144")]),
+        (128, False, "128x128", [((8192, 8192), "192x128"), ((0, 8192), "128x176")]),
     ],
 )
-def test_the_stage_compiles_each_kernel_under_its_own_name_and_picks_by_m_and_n(d, causal, longs):
+def test_the_stage_compiles_each_kernel_under_its_own_name_and_picks_by_m_and_n(d, causal, default, longs):
     pytest.importorskip("cutlass")
     from stages.fmha import host
     from stages.fmha.stage_d_fmha import StageD
@@ -174,11 +197,12 @@ def test_the_stage_compiles_each_kernel_under_its_own_name_and_picks_by_m_and_n(
     low_m, low_n = min(mn[0] for mn, _ in longs), min(mn[1] for mn, _ in longs)
     assert (low_m == 0 or both.for_shape(low_m - 1, 16384) is both.fn) and (low_n == 0 or both.for_shape(16384, low_n - 1) is both.fn)
     names = [k.name for k in state.kernels]
-    assert len(names) == 1 + len(longs) and "FmhaForward_128x128_" in names[0], names
+    assert len(names) == 1 + len(longs) and f"FmhaForward_{default}_" in names[0], names
     assert all(f"FmhaForward_{tile}_" in name for (_, tile), name in zip(longs, names[1:])), names
-    # the probes are the 128-row build's alone: the same keys and layouts as consumers=2 by itself
+    # the probes are the default build's alone: the same keys and layouts as its tile chosen by itself
     with capture("d") as short_probes, tracing("d", "sm_90a"):
-        short = stage.compile(_params(d=d, causal=causal), host.variants_of("d", {"consumers": "2"}), "sm_90a")
+        alone = {"consumers": str(int(default.split("x")[0]) // 64)}
+        short = stage.compile(_params(d=d, causal=causal), host.variants_of("d", alone), "sm_90a")
     assert short.fn_long is None and short.longs == () and short.for_shape(8192, 8192) is short.fn
     assert [(r["key"], r["layout"]) for r in with_keys(list(both_probes))] == [
         (r["key"], r["layout"]) for r in with_keys(list(short_probes))
@@ -243,6 +267,8 @@ def test_the_exported_op_launches_the_first_long_kernel_that_serves_from_min_m_r
         (128, False, False, 4096, 4096, {}, {}, ""),
         (64, True, False, 4096, 4096, {}, {"consumers": "3"}, ""),
         (64, True, False, 1024, 1024, {}, {}, ""),
+        (64, False, False, 8192, 8192, {}, {"consumers": "3", "persistent": "on"}, ""),
+        (64, False, False, 4096, 8192, {}, {}, ""),  # dynamic, the short tile shared
         # a default that is not persistent (d = 256 with a window): its persistent twin, said so
         (256, False, True, 1024, 1024, {}, {"persistent": "on"}, "persistent=on"),
         (256, False, True, 8192, 8192, {}, {"persistent": "on"}, "persistent=on"),

@@ -438,7 +438,8 @@ class FmhaForward(FmhaForwardBase):
         # the DSL names a kernel after str(self) and its arguments: with the tile shape in it,
         # the builds of one configuration (geometry.long_kernels) get kernel names of their own, and
         # ptxas's report, the cubins and a profiler tell them apart
-        return f"{type(self).__module__}.{type(self).__name__}_{self.tile_m}x{self.tile_n}"
+        # (and the round-robin scheduler's: non-causal d = 64's two builds share a tile)
+        return f"{type(self).__module__}.{type(self).__name__}_{self.tile_m}x{self.tile_n}" + ("_rr" if self.walk else "")
 
     @cute.jit
     def __call__(

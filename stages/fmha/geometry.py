@@ -174,8 +174,10 @@ class LongKernel:
     more than the better-hidden softmax gains) and win at long m; d = 128's wider KV tile
     shortens the loop over the keys: it loses 1% at n = 4096 and wins 2% from 8192, whatever m;
     d = 128's 192-row tiles waste a third of a tile's rows at m = 4096 (-2%) and win 1% from
-    m = n = 8192 over the wider KV tile. Its variants over the default's: ``consumers`` and,
-    where set, ``kv_tile``, ``o_staging`` and ``p_operand``."""
+    m = n = 8192 over the wider KV tile; non-causal d = 64's round-robin scheduler gains 2 % in
+    bf16 over the dynamic one from m = 8192, where the short tile the dynamic one shares
+    (short_tile.py) is one of 43 or more a head. Its variants over the default's: ``consumers``
+    and, where set, ``kv_tile``, ``o_staging``, ``p_operand`` and ``persistent``."""
 
     consumers: int
     min_m: int = 0
@@ -183,6 +185,7 @@ class LongKernel:
     kv_tile: int | None = None
     o_staging: str = "auto"
     p_operand: str = "auto"
+    persistent: str = "auto"
 
     def serves(self, m: int, n: int) -> bool:
         """Whether it is the kernel launched for ``m`` query rows and ``n`` keys."""
@@ -191,7 +194,7 @@ class LongKernel:
     def variants(self) -> dict[str, str]:
         """The kernel's variants as kernel.yaml spells them (over the default kernel's)."""
         given = {"consumers": str(self.consumers), "kv_tile": str(self.kv_tile or "auto"), "o_staging": self.o_staging,
-                 "p_operand": self.p_operand}
+                 "p_operand": self.p_operand, "persistent": self.persistent}
         return {k: v for k, v in given.items() if v != "auto"}
 
     @property
@@ -206,11 +209,14 @@ class LongKernel:
 
 #: the variants that shape a tile (a LongKernel's choices)
 TILE_VARIANTS = ("consumers", "kv_tile", "o_staging", "p_operand")
+#: the variants of the work-tile scheduler: chosen, no long kernel that sets ``persistent`` is built
+SCHEDULER_VARIANTS = ("persistent", "short_tile", "split_tail")
 
 #: (d, causal): the long kernels of that configuration, the first that serves a shape launched
 #: (``long_kernels``)
 _LONG = {
     (64, True): (LongKernel(min_m=4096, consumers=3),),
+    (64, False): (LongKernel(min_m=8192, consumers=3, persistent="on"),),
     (96, True): (LongKernel(min_m=8192, consumers=3, kv_tile=144, o_staging="q"),),
     (128, False): (
         LongKernel(min_m=8192, min_n=8192, consumers=3, o_staging="q", p_operand="smem"),
@@ -249,11 +255,18 @@ def long_kernels(d: int, causal: bool, windowed: bool, varlen: bool, paged: bool
       in Q (226 KiB; H100, bf16 / fp16, three calls, the median of 3 processes in two: s = 8192
       768 / 745 against the 176-key kernel's 758 / 736; s = 4096, where a third of the last
       tile's rows is wasted, 721 / 703 against 735 / 712. H200, one call, two rounds: s = 8192
-      756 / 728 and 756 / 725 against 758 / 728 and 756 / 728, a wash. Round 24)."""
+      756 / 728 and 756 / 725 against 758 / 728 and 756 / 728, a wash. Round 24);
+    * non-causal d = 64 from m = 8192: the same tile under the round-robin scheduler
+      (``persistent=on``) instead of the dynamic one with its shared short tile (H100, in turn
+      with FA4, s = 8192, six processes each: bf16 x1.02-1.06 against x1.00-1.01, fp16 x1.00-1.01
+      against x1.00; s = 4096, where the short tile is 1 of 22 a head, the same. Round 28).
+    Not where a scheduler variant (``SCHEDULER_VARIANTS``) is chosen and the long kernel sets one."""
     variants = variants or {}
     if windowed or varlen or paged or any(variants.get(key, "auto") != "auto" for key in TILE_VARIANTS):
         return ()
-    return tuple(long for long in _LONG.get((d, causal), ()) if _allowed(d, causal, long, variants))
+    scheduler_chosen = any(variants.get(key, "auto") != "auto" for key in SCHEDULER_VARIANTS)
+    return tuple(long for long in _LONG.get((d, causal), ())
+                 if _allowed(d, causal, long, variants) and not (scheduler_chosen and long.persistent != "auto"))
 
 
 def _allowed(d: int, causal: bool, long: LongKernel, variants: Mapping[str, str]) -> bool:

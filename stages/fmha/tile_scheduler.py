@@ -46,7 +46,8 @@ def persistence(d: int, causal: bool, varlen: bool, windowed: bool = False, page
     non-causal at d = 64 and 128 against off), except d = 256: off (H200, s = 8192: +1.6% twice
     against on). d = 64 non-causal: dynamic where the launch is fixed-length, not paged and
     without a window, for the short tile its three WGs share (short_tile.py; round robin would
-    give the short tiles to the same CTAs; round 22). docs/perf-notes.md has the rounds."""
+    give the short tiles to the same CTAs; round 22); its long kernel from m = 8192 is round
+    robin (geometry.long_kernels: +2 % bf16 there, round 28). docs/perf-notes.md has the rounds."""
     plain = not (varlen or windowed or paged) and dv in (None, d)
     if causal or varlen or d in (96, 128) or (plain and d in (64, 192, 256)):
         return "dynamic"
