@@ -33,8 +33,8 @@
 #               paged launches (10 cases), then every schedule variant in turn beside FA4 at d = 64 s = 8192
 #               and d = 128 s = 4096, one process each (about 7 minutes)
 # PHASE r28b:   non-causal d = 64's round-robin long kernel (from m = 8192) under the defaults: swept (n 4096 /
-#               8192 / 9000, m 8192 against n 17 / 1000; 8 cases), then timed in turn beside FA4 against
-#               `-V persistent=dynamic` (the dynamic kernel for every m), two rounds (about 3 minutes)
+#               8192 / 9000, m 8192 against n 17 / 1000; 8 cases), then timed in turn beside FA4 against the
+#               dynamic kernel for every m (-V persistent=dynamic), two rounds (about 3 minutes)
 # PHASE alphafinal: for a device budget of one call: `perf`, then the sweep of the kernels whose default
 #               became sum_init=alpha (d = 64 / 96, 32 cases) in what time is left (about 7 minutes)
 # PHASE lazyexact96: d = 96 / 192 only, one call: lazy_rescale=on with row_sum=rounded swept (32 cases),
