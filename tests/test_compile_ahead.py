@@ -85,7 +85,7 @@ def test_the_configurations_compiled_ahead_are_what_a_case_loads(fmha_ws, monkey
         params = spec.resolve_params({"n": "8192", "d": "64", "causal": causal})
         build = compile_stage(spec, stage, params, spec.resolve_variants({}), None, ws=ws)
         assert build.cached and build.cache == "disk", (causal, build.cache)
-        assert (build.compiled.fn_long is not None) == (causal == "true")  # causal d = 64 builds its long kernel
+        assert build.compiled.fn_long is not None  # d = 64 builds its long kernel (192-row causal, round-robin non-causal)
 
 
 def test_a_failing_compile_ahead_is_a_note_and_the_sweep_goes_on(toy_ws, monkeypatch):

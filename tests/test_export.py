@@ -123,9 +123,11 @@ def test_the_shared_object_holds_the_kernel_and_needs_only_the_runtime_and_tvm_f
     needed = sorted(line.split("[")[1].rstrip("]") for line in dyn.splitlines() if "(NEEDED)" in line)
     assert needed == ["libcute_dsl_runtime.so", "libtvm_ffi.so"], needed
     exported = subprocess.run(["nm", "-D", "--defined-only", str(so)], capture_output=True, text=True).stdout
-    # one piece: the non-causal d=64 configuration builds one kernel (no fn_long)
-    assert cfg["symbol"] is None and list(cfg["pieces"]) == ["fn"], cfg
-    assert [line.split()[-1] for line in exported.splitlines() if " T " in line] == ["__tvm_ffi_" + cfg["pieces"]["fn"]["symbol"]]
+    # two pieces: the non-causal d=64 configuration builds its round-robin kernel from m = 8192 beside the default
+    assert cfg["symbol"] is None and list(cfg["pieces"]) == ["fn", "fn_long"], cfg
+    assert cfg["pieces"]["fn_long"]["info"] == {"min_m": 8192, "min_n": 0}, cfg
+    assert sorted(line.split()[-1] for line in exported.splitlines() if " T " in line) == sorted(
+        "__tvm_ffi_" + piece["symbol"] for piece in cfg["pieces"].values())
     blob = so.read_bytes()
     assert blob.find(b"\x7fELF", 1) > 0  # the cubin is inside
 

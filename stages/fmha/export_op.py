@@ -18,7 +18,7 @@ import torch
 
 OP = "fwd"
 # the compiled kernels of one configuration: fn, and where geometry.long_kernels builds them (causal
-# d = 64 and 96, non-causal d = 128) fn_long and fn_long2, each launched from its info["min_m"] query rows
+# d = 64 and 96, non-causal d = 64 and 128) fn_long and fn_long2, each launched from its info["min_m"] query rows
 # and info["min_n"] keys on, the first that serves a call
 LONG_PIECES = ("fn_long", "fn_long2")
 PIECES = ("fn",) + LONG_PIECES
