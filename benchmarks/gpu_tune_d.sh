@@ -35,6 +35,10 @@
 # PHASE r28b:   non-causal d = 64's round-robin long kernel (from m = 8192) under the defaults: swept (n 4096 /
 #               8192 / 9000, m 8192 against n 17 / 1000; 8 cases), then timed in turn beside FA4 against the
 #               dynamic kernel for every m (-V persistent=dynamic), two rounds (about 3 minutes)
+# PHASE r29:    round robin (-V persistent=on) against each non-causal default scheduler in turn beside FA4,
+#               alternating over two rounds: d = 128 s = 4096 / 8192, d = 96 / 192 / 256 s = 8192 (round 28 found
+#               +2 % bf16 at d = 64 s = 8192, where earlier rounds timed one after the other read equal), then
+#               `perf` for docs/perf.md with d = 64's round-robin twin (about 9 minutes: two calls, PHASE r29 then perf)
 # PHASE alphafinal: for a device budget of one call: `perf`, then the sweep of the kernels whose default
 #               became sum_init=alpha (d = 64 / 96, 32 cases) in what time is left (about 7 minutes)
 # PHASE lazyexact96: d = 96 / 192 only, one call: lazy_rescale=on with row_sum=rounded swept (32 cases),
@@ -473,6 +477,17 @@ r28b)
     for v in "" "-V persistent=dynamic"; do
       step "round $round, in turn, d=64 s=8192 non-causal beside FA4: ${v:-default}"
       timeout 45 wb bench d -p d=64 -p n=8192 -p causal=false -p dtype=bf16,fp16 $v --peers fa4 --timeout 40 | table_rows 200
+    done
+  done
+  ;;
+r29)
+  for round in 1 2; do
+    for v in "" "-V persistent=on"; do
+      step "round $round, in turn beside FA4, non-causal: ${v:-default}"
+      timeout 70 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 $v --peers fa4 --timeout 65 | table_rows 200
+      for d in 96 192 256; do
+        timeout 50 wb bench d -p d=$d -p n=8192 -p causal=false -p dtype=bf16,fp16 $v --peers fa4 --timeout 45 | table_rows 200
+      done
     done
   done
   ;;
@@ -1247,6 +1262,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|kv192|d96k160|tracecheck|clocks|clockbench|interleave|stalls|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|turnscan|r27|r28|r28b|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|kv192|d96k160|tracecheck|clocks|clockbench|interleave|stalls|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|turnscan|r27|r28|r28b|r29|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
