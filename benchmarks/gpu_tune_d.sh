@@ -27,7 +27,7 @@
 # PHASE verify96: d = 96's default sweep (16 cases) and d = 64 / 96 softcap with a window, varlen and
 #               16-key pages (sum_init=alpha is their default; about 3 minutes)
 # PHASE r27:    d = 96's defaults swept (16 cases), p_sync=warp on its non-causal window / varlen / paged launches
-#               (12 cases), then d = 128 s = 4096 and d = 64 s = 8192 in turn beside FA4 under the default,
+#               (10 cases), then d = 128 s = 4096 and d = 64 s = 8192 in turn beside FA4 under the default,
 #               kv_load=k_ahead and lazy_rescale=on (about 5 minutes)
 # PHASE r28:    d = 96 non-causal's defaults (p_sync=auto, now warp on every launch) swept on window / varlen /
 #               paged launches (10 cases), then every schedule variant in turn beside FA4 at d = 64 s = 8192
@@ -208,6 +208,16 @@ sweep_verdicts() { tee -a "$LOG" | grep -a -E "FAIL|HANG|CRASH|ERROR" | head -20
 table_rows() { grep -a -E "^│ d=" | cut -c1-"$1" | sed "s/^/${2:+$2 }/"; }
 # a bench's case rows and its clock notes (wb bench's `clock:` lines), cut to 230 characters
 clocked_rows() { grep -a -E "^│ d=|clock" | cut -c1-230; }
+# d = 96 non-causal's launches beside the fixed-length one, swept with the variants given as arguments: softcap 30
+# with a 300 / 100 window at n 1000 / 8200, varlen with empty sequences on either side, 16-key pages (10 cases)
+d96_launch_sweeps() {
+  timeout 80 wb sweep d --n 1000,8200 --d 96 --dtype bf16,fp16 -p causal=false -p softcap=30 -p window_left=300 \
+    -p window_right=100 "$@" --timeout 40 | sweep_verdicts
+  timeout 80 wb sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 -p seqlens_k=5:0:1000:33:4000 -p heads=8 -p kv_heads=2 \
+    --d 96 --dtype bf16,fp16 -p causal=false "$@" --timeout 40 | sweep_verdicts
+  timeout 80 wb sweep d -p page_size=16 --n 17,1000 --d 96 --dtype bf16,fp16 -p causal=false -p heads=2 -p kv_heads=1 \
+    "$@" --timeout 40 | sweep_verdicts
+}
 # tile_trial D NS SWEPT [LABEL VARIANTS ...]: a candidate tile at head dim D, non-causal: SWEPT's variants swept
 # (n with tails, both dtypes, GQA, softcap 0 / 30), then the sizes NS timed, the default with FA4, then each
 # LABEL's VARIANTS, PROCS (3) fresh processes each
@@ -438,13 +448,8 @@ r27)
   step "sweep of d=96's defaults (p_sync=auto): n with tails, both masks, both dtypes, GQA (16 cases)"
   timeout 150 wb sweep d --n 17,1000,4096,8192 --d 96 --dtype bf16,fp16 -p causal=false,true -p kv_heads=2 --timeout 40 \
     | sweep_verdicts
-  step "d=96 non-causal with p_sync=warp: softcap 30 with a 300 / 100 window, varlen, 16-key pages (12 cases)"
-  timeout 80 wb sweep d --n 1000,8200 --d 96 --dtype bf16,fp16 -p causal=false -p softcap=30 -p window_left=300 \
-    -p window_right=100 -V p_sync=warp --timeout 40 | sweep_verdicts
-  timeout 80 wb sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 -p seqlens_k=5:0:1000:33:4000 -p heads=8 -p kv_heads=2 \
-    --d 96 --dtype bf16,fp16 -p causal=false -V p_sync=warp --timeout 40 | sweep_verdicts
-  timeout 80 wb sweep d -p page_size=16 --n 17,1000 --d 96 --dtype bf16,fp16 -p causal=false -p heads=2 -p kv_heads=1 \
-    -V p_sync=warp --timeout 40 | sweep_verdicts
+  step "d=96 non-causal with p_sync=warp: softcap 30 with a 300 / 100 window, varlen, 16-key pages (10 cases)"
+  d96_launch_sweeps -V p_sync=warp
   for v in "" "-V kv_load=k_ahead" "-V lazy_rescale=on"; do
     step "in turn: d=128 s=4096 and d=64 s=8192 non-causal, both dtypes, FA4 beside: ${v:-default}"
     timeout 60 wb bench d -p d=128 -p n=4096 -p causal=false -p dtype=bf16,fp16 $v --peers fa4 --timeout 50 | table_rows 200
@@ -453,12 +458,7 @@ r27)
   ;;
 r28)
   step "d=96 non-causal defaults on softcap 30 with a 300 / 100 window, varlen, 16-key pages (10 cases)"
-  timeout 80 wb sweep d --n 1000,8200 --d 96 --dtype bf16,fp16 -p causal=false -p softcap=30 -p window_left=300 \
-    -p window_right=100 --timeout 40 | sweep_verdicts
-  timeout 80 wb sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 -p seqlens_k=5:0:1000:33:4000 -p heads=8 -p kv_heads=2 \
-    --d 96 --dtype bf16,fp16 -p causal=false --timeout 40 | sweep_verdicts
-  timeout 80 wb sweep d -p page_size=16 --n 17,1000 --d 96 --dtype bf16,fp16 -p causal=false -p heads=2 -p kv_heads=1 \
-    --timeout 40 | sweep_verdicts
+  d96_launch_sweeps
   for v in "" "-V schedule=overlap" "-V persistent=off" "-V persistent=on" "-V kv_stages=2" "-V kv_stages=4" \
     "-V o_rescale=mid" "-V k_release=pinned"; do
     step "in turn, d=64 s=8192 non-causal beside FA4: ${v:-default}"

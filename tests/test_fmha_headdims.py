@@ -172,6 +172,7 @@ def test_p_sync_auto_is_the_warp_only_in_d96_non_causal_tile():
         assert (kernel.p_smem, kernel.p_sync) == (True, "warp"), extra
         assert FmhaForward(cutlass.BFloat16, **plain, **extra, causal=True).p_sync == "wg", extra
 
+
 def test_kv_heads_that_do_not_divide_heads_are_refused_in_words():
     """A sweep's -p kv_heads=3 beside the default 4 heads was a bare `(4, 3)` assertion."""
     from stages.fmha.stage_d_fmha import StageD

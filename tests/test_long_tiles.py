@@ -201,7 +201,7 @@ def test_the_stage_compiles_each_kernel_under_its_own_name_and_picks_by_m_and_n(
     assert all(f"FmhaForward_{tile}_" in name for (_, tile), name in zip(longs, names[1:])), names
     # the probes are the default build's alone: the same keys and layouts as its tile chosen by itself
     with capture("d") as short_probes, tracing("d", "sm_90a"):
-        alone = {"consumers": str(int(default.split("x")[0]) // 64)}
+        alone = {"consumers": str(int(default.split("x")[0]) // geometry.WG_ROWS)}
         short = stage.compile(_params(d=d, causal=causal), host.variants_of("d", alone), "sm_90a")
     assert short.fn_long is None and short.longs == () and short.for_shape(8192, 8192) is short.fn
     assert [(r["key"], r["layout"]) for r in with_keys(list(both_probes))] == [
