@@ -1,7 +1,8 @@
 """`wb export` on a GPU (docs/export.md): the configuration is first verified by `wb run` in a
 throw-away copy of this workspace, so it exports without --allow-unverified and the manifest
 names that run; the installed op then gives the in-tree kernel's bits exactly (o and lse,
-GQA, causal and not, tails, on a side stream; on two streams at once, each launch whole), is
+GQA, causal and not, tails, on a side stream; on two streams at once, each launch whole;
+every long kernel a configuration carries, at the shapes stage D launches it for), is
 captured in a CUDA graph and replays with new inputs, and refuses misaligned and unexported calls before any launch (the CUDA context stays
 usable after them). The launch-cost numbers come from benchmarks/export_launch_cost.py."""
 
@@ -20,7 +21,7 @@ from conftest import copy_repo_workspace, run_wb
 
 pytestmark = pytest.mark.gpu
 
-CONFIGS = [{"d": 128, "causal": "false"}, {"d": 128, "causal": "true"}]
+CONFIGS = [{"d": d, "causal": causal} for d in (64, 128) for causal in ("false", "true")]
 COMMON = {"heads": "4", "kv_heads": "2", "dtype": "bf16"}
 
 
@@ -53,7 +54,7 @@ def exported(tmp_path_factory):
             ran = run_wb("run", "fmha/d", *[x for k, v in params.items() for x in ("-p", f"{k}={v}")], "--n", "1000", cwd=ws, env=env)
             assert ran.returncode == 0, ran.stdout + ran.stderr
         out = root / "pkg"
-        args = ["-p", "d=128", "-p", "causal=false,true"] + [x for k, v in COMMON.items() for x in ("-p", f"{k}={v}")]
+        args = ["-p", "d=64,128", "-p", "causal=false,true"] + [x for k, v in COMMON.items() for x in ("-p", f"{k}={v}")]
         done = run_wb("export", "fmha/d", *args, "--out", out, "--json", cwd=ws, env=env)
         assert done.returncode == 0, done.stdout + done.stderr  # verified: no --allow-unverified
         manifest = json.loads(done.stdout)
@@ -69,8 +70,9 @@ def exported(tmp_path_factory):
 _compiled: dict = {}
 
 
-def _in_tree(ws: Path, params: dict, q, k, v):
-    """Stage D as `wb run` launches it: the stage's own compile (once per configuration) and launch."""
+def _in_tree(ws: Path, params: dict, q, k, v, pieces: list | None = None):
+    """Stage D as `wb run` launches it: the stage's own compile (once per configuration) and
+    launch; ``pieces`` gets the name of the kernel it launched (export_op.PIECES)."""
     import torch
 
     from workbench.kernels.registry import load_kernels, resolve_stage
@@ -86,6 +88,9 @@ def _in_tree(ws: Path, params: dict, q, k, v):
         resolved = spec.resolve_params({k_: str(v_).lower() for k_, v_ in params.items()})
         _compiled[key] = (stage, stage.compile(Params(resolved), spec.resolve_variants({}), "sm_90a"))
     stage, compiled = _compiled[key]
+    if pieces is not None:  # which of stage D's kernels the stage launches for these m and n
+        fn = compiled.for_shape(q.shape[1], k.shape[1])
+        pieces.append(next(name for name in ("fn", "fn_long", "fn_long2") if getattr(compiled, name) is fn))
     o = torch.full_like(q, float("nan"))
     lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("nan"), device=q.device)
     stage.launch(compiled, {"q": q, "k": k, "v": v}, {"o": o, "lse": lse})
@@ -96,7 +101,7 @@ def test_the_manifest_names_the_runs_that_verified_each_configuration(exported):
     if exported["prebuilt"]:
         pytest.skip("WB_EXPORT_PREBUILT: exported elsewhere, unverified")
     configs = exported["manifest"]["configs"]
-    assert len(configs) == 2 and all(cfg["verified_by"] for cfg in configs)
+    assert len(configs) == len(CONFIGS) and all(cfg["verified_by"] for cfg in configs)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -147,6 +152,38 @@ def test_a_launch_with_a_partial_last_wave_is_cut_along_the_keys_with_the_in_tre
     torch.cuda.synchronize()
     assert torch.equal(o, o_ref) and torch.equal(lse, lse_ref), (o.float() - o_ref.float()).abs().max()
 
+
+
+# (d, causal, m, n): where geometry.long_kernels launches each long kernel the exported
+# configurations carry (d = 64 non-causal's round-robin twin from m = 8192, its 192-row causal
+# kernel from m = 4096, d = 128's 192 x 128 kernel from m = n = 8192 and 128 x 176 one from
+# n = 8192), and a shape below them all
+LONG_SHAPES = [(64, False, 8192, 1000), (64, True, 4096, 4096), (128, False, 8192, 8192), (128, False, 1000, 8192), (64, False, 1000, 1000)]
+
+
+@pytest.mark.parametrize("d, causal, m, n", LONG_SHAPES)
+def test_the_op_launches_the_long_kernel_the_stage_launches_with_its_bits(exported, d, causal, m, n):
+    import torch
+
+    mod = exported["module"]
+    g = torch.Generator(device="cuda").manual_seed(d + m + n)
+    q = torch.randn(1, m, 4, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(1, n, 2, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(1, n, 2, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    fns = mod.load(mod.select(mod._op.call_key(q, k, v, causal=causal)))
+    launched = []
+    real = dict(fns)
+    try:  # each piece wrapped in place (the op keys its per-stream state on the dict's id)
+        for name, (fn, info) in real.items():
+            fns[name] = (lambda *a, _fn=fn, _name=name: (launched.append(_name), _fn(*a))[1], info)
+        o, lse = torch.ops.wb_fmha.fwd(q, k, v, causal=causal)
+    finally:
+        fns.update(real)
+    stage_launched = []
+    o_ref, lse_ref = _in_tree(exported["ws"], {**COMMON, "d": d, "causal": causal}, q, k, v, stage_launched)
+    torch.cuda.synchronize()
+    assert launched == stage_launched, (launched, stage_launched, {name: info for name, (_, info) in real.items()})
+    assert torch.equal(o, o_ref) and torch.equal(lse, lse_ref), (o.float() - o_ref.float()).abs().max()
 
 def test_launches_on_two_streams_at_once_each_get_every_tile(exported):
     # two micro-batches overlapped: each stream's launches take their work tiles from their
@@ -203,8 +240,8 @@ def test_refusals_happen_before_launch_and_leave_the_device_usable(exported):
     torch.ops.wb_fmha.fwd(raw[:q.numel()].view_as(q), k, k)  # accepted: its signature is remembered
     with pytest.raises(ValueError, match="16-byte aligned base"):
         torch.ops.wb_fmha.fwd(raw[1 : 1 + q.numel()].view_as(q), k, k)
-    with pytest.raises(ValueError, match="configuration not exported.*d=64"):
-        torch.ops.wb_fmha.fwd(q[..., :64].contiguous(), k[..., :64].contiguous(), k[..., :64].contiguous())
+    with pytest.raises(ValueError, match="configuration not exported.*d=96"):
+        torch.ops.wb_fmha.fwd(q[..., :96].contiguous(), k[..., :96].contiguous(), k[..., :96].contiguous())
     with pytest.raises(ValueError, match="configuration not exported.*kv_heads=4"):
         torch.ops.wb_fmha.fwd(q, q, q)
     o, _ = torch.ops.wb_fmha.fwd(q, k, k)
