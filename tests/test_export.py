@@ -58,14 +58,15 @@ def _run_checks(site: Path, body: str) -> dict:
 
 @pytest.fixture(scope="module")
 def fmha_export(tmp_path_factory):
-    """fmha stage D, one configuration (d=64, 2 heads, 1 KV head, bf16), exported from a copy
-    of this workspace (no runs: --allow-unverified) and pip-installed into a target folder."""
+    """fmha stage D, two configurations (d=64, 2 heads, 1 KV head, bf16; fixed lengths and
+    varlen), exported from a copy of this workspace (no runs: --allow-unverified) and
+    pip-installed into a target folder."""
     root = tmp_path_factory.mktemp("export-ws")
     ws = copy_repo_workspace(root / "ws")
     env = {"WB_HOME": str(root / "home")}
     out = root / "pkg"
     done = run_wb(
-        "--workspace", ws, "export", "fmha/d", "-p", "d=64", "-p", "heads=2", "-p", "kv_heads=1",
+        "--workspace", ws, "export", "fmha/d", "-p", "d=64", "-p", "heads=2", "-p", "kv_heads=1", "-p", "varlen=false,true",
         "--out", out, "--allow-unverified", "--json", cwd=ws, env=env,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -99,12 +100,16 @@ def test_the_manifest_names_stage_commit_dsl_arch_and_each_configuration(fmha_ex
     assert manifest["stage"] == "fmha/stage-d" and manifest["namespace"] == "wb_fmha" and manifest["op"] == "fwd"
     assert manifest["arch"] == "sm_90a" and manifest["dsl_version"] == "4.8.1"
     assert manifest["commit"] is None or len(manifest["commit"]) == 40
-    [cfg] = manifest["configs"]
+    cfg, varlen = manifest["configs"]
     assert set(cfg) == set(CONFIG_KEYS)
     assert cfg["key"] == {
         "d": 64, "dtype": "bf16", "heads": 2, "kv_heads": 1, "causal": False, "align": "top_left",
         "window_left": -1, "window_right": -1, "softcap": 0.0, "dv": 64,
     }
+    # varlen is in a key only where it is on: a fixed-length configuration keeps its old key
+    assert varlen["key"] == {**cfg["key"], "varlen": True}
+    # its one kernel, with what the op's tile table needs (d = 64 non-causal: 192-row tiles)
+    assert list(varlen["pieces"]) == ["fn"] and varlen["pieces"]["fn"]["info"] == {"tile_m": 192, "bottom_right": False}
     assert cfg["verified_by"] == []  # a copy of the workspace has no runs: --allow-unverified
     library = fmha_export["out"] / "wb_fmha" / cfg["library"]
     assert library.is_file()
@@ -166,9 +171,21 @@ with FakeTensorMode():  # fake CUDA tensors work in a CPU build of torch, but on
     out["fp32"] = refusal(cuda(3, 100, 2, 64, dtype=f), cuda(3, 70, 1, 64, dtype=f), cuda(3, 70, 1, 64, dtype=f))
     out["rank"] = refusal(cuda(100, 2, 64), cuda(70, 1, 64), cuda(70, 1, 64))
     out["lastdim"] = refusal(cuda(3, 100, 2, 64, stride=(25600, 256, 128, 2)), k, k)
+    # varlen: packed (total, heads, d) with cu_seqlens (batch + 1,) int32
+    vq, vk, cu = cuda(250, 2, 64), cuda(180, 1, 64), cuda(4, dtype=torch.int32)
+    o, lse = torch.ops.wb_fmha.fwd(vq, vk, vk, cu_seqlens_q=cu, cu_seqlens_k=cu)
+    out["varlen_fake"] = [list(o.shape), str(o.dtype), list(lse.shape), str(lse.dtype)]
+    out["varlen_one"] = refusal(vq, vk, vk, cu_seqlens_q=cu)
+    out["varlen_int64"] = refusal(vq, vk, vk, cu_seqlens_q=cuda(4, dtype=torch.int64), cu_seqlens_k=cu)
+    out["varlen_counts"] = refusal(vq, vk, vk, cu_seqlens_q=cu, cu_seqlens_k=cuda(3, dtype=torch.int32))
+    out["varlen_rank"] = refusal(q, k, k, cu_seqlens_q=cu, cu_seqlens_k=cu)
+    out["varlen_causal"] = refusal(vq, vk, vk, causal=True, cu_seqlens_q=cu, cu_seqlens_k=cu)
 m_q = torch.empty(2, 33, 2, 64, dtype=bf, device="meta"); m_k = torch.empty(2, 17, 1, 64, dtype=bf, device="meta")
 o, lse = torch.ops.wb_fmha.fwd(m_q, m_k, m_k)
 out["meta"] = [list(o.shape), list(lse.shape)]
+m_cu = torch.empty(3, dtype=torch.int32, device="meta")
+o, lse = torch.ops.wb_fmha.fwd(m_q[0], m_k[0], m_k[0], cu_seqlens_q=m_cu, cu_seqlens_k=m_cu)
+out["varlen_meta"] = [list(o.shape), list(lse.shape)]
 
 def step(q, k, v):
     o, lse = torch.ops.wb_fmha.fwd(q, k, v)
@@ -199,6 +216,14 @@ out["misaligned"] = refusal(raw[1:].view(1, 128, 2, 64), ck, ck)
 # the shared object loads here (no GPU, no cutlass): its own TVM-FFI check refuses CPU tensors
 fns = wb_fmha.load(wb_fmha.CONFIGS[0])  # {piece: (function, info)}: fn alone, not causal d=64
 out["pieces"] = {name: info for name, (_, info) in fns.items()}
+# the varlen configuration's object loads too, and refuses CPU tensors in its own check
+vfn = wb_fmha.load(wb_fmha.CONFIGS[1])["fn"][0]
+cu = torch.tensor([0, 128], dtype=torch.int32)
+try:
+    vfn(cq[0], ck[0], ck[0], cq[0], torch.zeros(2, 128), torch.zeros(2, dtype=torch.int32), 1, cu, cu, torch.zeros(2, dtype=torch.int32), None, None)
+    out["tvm_ffi_varlen"] = None
+except Exception as exc:
+    out["tvm_ffi_varlen"] = f"{type(exc).__name__}: {exc}"
 fn = fns["fn"][0]
 try:
     fn(cq, ck, ck, cq, torch.zeros(1, 2, 128), torch.zeros(2, dtype=torch.int32), 1, None, None, None, None, None)
@@ -238,6 +263,20 @@ def test_fake_outputs_have_the_kernels_shapes_under_fake_mode_meta_and_torch_com
     assert fmha_checks["fake"] == [[3, 100, 2, 64], "torch.bfloat16", "cuda", [3, 2, 100], "torch.float32"]
     assert fmha_checks["meta"] == [[2, 33, 2, 64], [2, 2, 33]]
     assert fmha_checks["compiled"] == [[2, 33, 2, 64], [2, 2, 33]]  # fullgraph: no graph break
+
+
+def test_a_varlen_configuration_takes_packed_sequences_and_cu_seqlens(fmha_checks):
+    assert fmha_checks["varlen_fake"] == [[250, 2, 64], "torch.bfloat16", [2, 250], "torch.float32"]
+    assert fmha_checks["varlen_meta"] == [[33, 2, 64], [2, 33]]
+    refused = {case: fmha_checks[case] for case in ("varlen_one", "varlen_int64", "varlen_counts", "varlen_rank", "varlen_causal")}
+    assert all(m is not None and m.startswith("wb_fmha::fwd: ") and "\n" not in m for m in refused.values()), refused
+    assert "cu_seqlens_k: expected a tensor beside the other (varlen takes both)" in refused["varlen_one"]
+    assert "cu_seqlens_q: expected int32 (batch + 1,) offsets, got int64 (4,)" in refused["varlen_int64"]
+    assert "cu_seqlens_k: expected cu_seqlens_q's 4 offsets (one sequence each), got 3" in refused["varlen_counts"]
+    assert "q: expected rank 3 (total, heads, d), got rank 4" in refused["varlen_rank"]
+    assert "configuration not exported: got [d=64 dtype=bf16 heads=2 kv_heads=1 causal=True" in refused["varlen_causal"]
+    assert "varlen=True" in refused["varlen_causal"]
+    assert fmha_checks["tvm_ffi_varlen"] and "expected device_type=cuda" in fmha_checks["tvm_ffi_varlen"], fmha_checks["tvm_ffi_varlen"]
 
 
 def test_the_eager_entry_is_the_op_under_compile_and_fake_tensors_and_checks_plain_ones(fmha_checks):
@@ -459,7 +498,7 @@ def test_export_refuses_configurations_no_gpu_run_verified(fmha_export, tmp_path
     "args, expected",
     [
         (["-p", "m=256"], "m is not a compile-time parameter"),
-        (["-p", "varlen=true"], "varlen=true is not exportable yet"),
+        (["-p", "page_size=16"], "page_size > 0 (paged KV) is not exportable yet"),
         (["-p", "d=65"], "d=65 is not allowed: must be one of 64, 96, 128, 192, 256"),
         (["-p", "d="], "must look like key=value or key=v1,v2"),
         (["-V", "nope=1"], "has no variant 'nope'"),
@@ -492,7 +531,7 @@ def test_an_existing_out_folder_is_kept_unless_forced_and_only_an_export_is_repl
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
-    args = ("--workspace", fmha_export["ws"], "export", "fmha/d", "-p", "varlen=true", "--allow-unverified")
+    args = ("--workspace", fmha_export["ws"], "export", "fmha/d", "-p", "page_size=16", "--allow-unverified")
     kept = run_wb(*args, "--out", mine, cwd=fmha_export["ws"], env=fmha_export["env"])
     assert kept.returncode == 2 and "exists and is not empty" in kept.stderr
     forced = run_wb(*args, "--out", mine, "--force", cwd=fmha_export["ws"], env=fmha_export["env"])

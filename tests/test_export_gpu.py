@@ -8,6 +8,7 @@ usable after them). The launch-cost numbers come from benchmarks/export_launch_c
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from conftest import copy_repo_workspace, run_wb
 
 pytestmark = pytest.mark.gpu
 
-CONFIGS = [{"d": d, "causal": causal} for d in (64, 128) for causal in ("false", "true")]
+CONFIGS = [{"d": d, "causal": causal, "varlen": varlen} for d in (64, 128) for causal in ("false", "true") for varlen in ("false", "true")]
 COMMON = {"heads": "4", "kv_heads": "2", "dtype": "bf16"}
 
 
@@ -54,7 +55,7 @@ def exported(tmp_path_factory):
             ran = run_wb("run", "fmha/d", *[x for k, v in params.items() for x in ("-p", f"{k}={v}")], "--n", "1000", cwd=ws, env=env)
             assert ran.returncode == 0, ran.stdout + ran.stderr
         out = root / "pkg"
-        args = ["-p", "d=64,128", "-p", "causal=false,true"] + [x for k, v in COMMON.items() for x in ("-p", f"{k}={v}")]
+        args = ["-p", "d=64,128", "-p", "causal=false,true", "-p", "varlen=false,true"] + [x for k, v in COMMON.items() for x in ("-p", f"{k}={v}")]
         done = run_wb("export", "fmha/d", *args, "--out", out, "--json", cwd=ws, env=env)
         assert done.returncode == 0, done.stdout + done.stderr  # verified: no --allow-unverified
         manifest = json.loads(done.stdout)
@@ -70,9 +71,10 @@ def exported(tmp_path_factory):
 _compiled: dict = {}
 
 
-def _in_tree(ws: Path, params: dict, q, k, v, pieces: list | None = None):
+def _in_tree(ws: Path, params: dict, q, k, v, pieces: list | None = None, cu_seqlens: tuple = ()):
     """Stage D as `wb run` launches it: the stage's own compile (once per configuration) and
-    launch; ``pieces`` gets the name of the kernel it launched (export_op.PIECES)."""
+    launch; ``pieces`` gets the name of the kernel it launched (export_op.PIECES);
+    ``cu_seqlens``: (cu_seqlens_q, cu_seqlens_k) of a varlen launch (params varlen=True)."""
     import torch
 
     from workbench.kernels.registry import load_kernels, resolve_stage
@@ -92,8 +94,13 @@ def _in_tree(ws: Path, params: dict, q, k, v, pieces: list | None = None):
         fn = compiled.for_shape(q.shape[1], k.shape[1])
         pieces.append(next(name for name in ("fn", "fn_long", "fn_long2") if getattr(compiled, name) is fn))
     o = torch.full_like(q, float("nan"))
-    lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("nan"), device=q.device)
-    stage.launch(compiled, {"q": q, "k": k, "v": v}, {"o": o, "lse": lse})
+    if cu_seqlens:
+        lse = torch.full((q.shape[1], q.shape[0]), float("nan"), device=q.device)
+        inputs = {"q": q, "k": k, "v": v, "cu_seqlens_q": cu_seqlens[0], "cu_seqlens_k": cu_seqlens[1]}
+    else:
+        lse = torch.full((q.shape[0], q.shape[2], q.shape[1]), float("nan"), device=q.device)
+        inputs = {"q": q, "k": k, "v": v}
+    stage.launch(compiled, inputs, {"o": o, "lse": lse})
     return o, lse
 
 
@@ -184,6 +191,64 @@ def test_the_op_launches_the_long_kernel_the_stage_launches_with_its_bits(export
     torch.cuda.synchronize()
     assert launched == stage_launched, (launched, stage_launched, {name: info for name, (_, info) in real.items()})
     assert torch.equal(o, o_ref) and torch.equal(lse, lse_ref), (o.float() - o_ref.float()).abs().max()
+
+
+def _packed(lens_q, lens_k, d, seed):
+    import torch
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(sum(lens_q), 4, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(sum(lens_k), 2, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(sum(lens_k), 2, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    cu = [torch.tensor([0] + list(itertools.accumulate(lens)), dtype=torch.int32, device="cuda") for lens in (lens_q, lens_k)]
+    return q, k, v, cu
+
+
+# very unequal lengths in one batch, an empty sequence, keys != queries (bottom-right is not
+# exported here: top-left causal, as the stage's default)
+VARLEN_LENS = [([1, 17, 1000, 0, 300, 4096], [1, 17, 1000, 5, 300, 4096]), ([700, 129], [900, 2000])]
+
+
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("lens_q, lens_k", VARLEN_LENS)
+def test_the_varlen_op_gives_the_in_tree_kernels_bits(exported, d, causal, lens_q, lens_k):
+    import torch
+
+    q, k, v, cu = _packed(lens_q, lens_k, d, sum(lens_q) + d)
+    o, lse = torch.ops.wb_fmha.fwd(q, k, v, causal=causal, cu_seqlens_q=cu[0], cu_seqlens_k=cu[1])
+    o_ref, lse_ref = _in_tree(exported["ws"], {**COMMON, "d": d, "causal": causal, "varlen": True}, q, k, v, cu_seqlens=tuple(cu))
+    torch.cuda.synchronize()
+    assert o.shape == q.shape and lse.shape == (4, q.shape[0])
+    assert torch.equal(o, o_ref), (o.float() - o_ref.float()).abs().max()
+    assert torch.equal(lse.nan_to_num(), lse_ref.nan_to_num())
+
+
+def test_the_varlen_op_follows_cu_seqlens_changed_in_place_and_in_a_cuda_graph(exported):
+    # the tile table is kept on cu_seqlens_q until either tensor changes in place; in a graph
+    # it is built by the captured ops, so a replay reads the offsets it is given then
+    import torch
+
+    q, k, v, cu = _packed([1000, 24], [1000, 24], 128, 3)
+    torch.ops.wb_fmha.fwd(q, k, v, cu_seqlens_q=cu[0], cu_seqlens_k=cu[1])
+    split = torch.tensor([0, 24, 1024], dtype=torch.int32, device="cuda")
+    for t in cu:
+        t.copy_(split)  # the same totals, other sequences
+    o, _ = torch.ops.wb_fmha.fwd(q, k, v, cu_seqlens_q=cu[0], cu_seqlens_k=cu[1])
+    want, _ = _in_tree(exported["ws"], {**COMMON, "d": 128, "causal": False, "varlen": True}, q, k, v, cu_seqlens=tuple(cu))
+    torch.cuda.synchronize()
+    assert torch.equal(o, want), "the op kept the tile table of the offsets before the change"
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o_graph, lse_graph = torch.ops.wb_fmha.fwd(q, k, v, causal=True, cu_seqlens_q=cu[0], cu_seqlens_k=cu[1])
+    for lens in ([512, 512], [1, 1023], [1023, 1]):
+        offsets = torch.tensor([0, lens[0], 1024], dtype=torch.int32, device="cuda")
+        for t in cu:
+            t.copy_(offsets)
+        graph.replay()
+        o_eager, lse_eager = torch.ops.wb_fmha.fwd(q, k, v, causal=True, cu_seqlens_q=cu[0], cu_seqlens_k=cu[1])
+        torch.cuda.synchronize()
+        assert torch.equal(o_graph, o_eager) and torch.equal(lse_graph.nan_to_num(), lse_eager.nan_to_num()), lens
 
 def test_launches_on_two_streams_at_once_each_get_every_tile(exported):
     # two micro-batches overlapped: each stream's launches take their work tiles from their

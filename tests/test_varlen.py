@@ -250,7 +250,7 @@ def test_tile_table_lists_every_q_tile_with_rows_once_most_work_first(causal, bo
     """varlen_tile_table against a brute-force list: every (sequence, Q tile) with rows once,
     sequences without queries none, the rest of the table no-work entries; sorted by the keys
     a tile sees (causal: up to its last row under the alignment), most first."""
-    from stages.fmha.stage_d_fmha import NO_WORK_BLOCK, varlen_tile_table
+    from stages.fmha.export_op import NO_WORK_BLOCK, varlen_tile_table
 
     lq, lk = [70, 0, 129, 5, 200, 1000, 1], [70, 9, 100, 0, 300, 1000, 4000]
     cu_q = torch.tensor(cu_seqlens(lq), dtype=torch.int32)

@@ -3,16 +3,23 @@
 the package runs with neither wb nor cutlass installed.
 
     o, lse = torch.ops.wb_fmha.fwd(q, k, v, causal=False)
+    o, lse = torch.ops.wb_fmha.fwd(q, k, v, causal=True, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)  # varlen
 
 q (batch, m, heads, d), k (batch, n, kv_heads, d), v (batch, n, kv_heads, dv) (dv = d, or
 a narrower V as exported, e.g. 192/128), all one dtype, on one CUDA device, last dim
 contiguous, 16-byte aligned; o (batch, m, heads, dv), lse (batch, heads, m) fp32 (natural log
-of the softmax denominator of the scaled logits, scale 1/sqrt(d)). V's head dim, the mask and
+of the softmax denominator of the scaled logits, scale 1/sqrt(d)). A configuration exported
+with varlen=true takes packed sequences, flash-attn's varlen layout: q (total_q, heads, d),
+k and v (total_k, kv_heads, d / dv), cu_seqlens_q and cu_seqlens_k int32 (batch + 1,) offsets
+[0, l0, l0 + l1, ...] (their values are the caller's contract: reading them would wait for
+the GPU); o (total_q, heads, dv), lse (heads, total_q). V's head dim, the mask and
 the softcap select one exported configuration (they are compiled in); a configuration that was
 not exported is refused before launch, as is any tensor the kernel was not compiled for.
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 
@@ -24,7 +31,7 @@ LONG_PIECES = ("fn_long", "fn_long2")
 PIECES = ("fn",) + LONG_PIECES
 SCHEMA = (
     "(Tensor q, Tensor k, Tensor v, bool causal=False, float softcap=0.0, int window_left=-1, "
-    'int window_right=-1, str align="top_left") -> (Tensor, Tensor)'
+    'int window_right=-1, str align="top_left", Tensor? cu_seqlens_q=None, Tensor? cu_seqlens_k=None) -> (Tensor, Tensor)'
 )
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -37,12 +44,47 @@ def _truthy(x) -> bool:
     return bool(x)
 
 
+#: varlen: the most sequences in one batch (the tile table packs batch << 16 | m_block in int32)
+MAX_VARLEN_BATCH = 32767
+#: varlen_tile_table's m_block of an entry without work (its rows lie past every sequence)
+NO_WORK_BLOCK = 0x7FFF
+
+
+def varlen_tile_table(cu_q, cu_k, total_q: int, tile_m: int, causal: bool, bottom_right: bool):
+    """varlen's work tiles, (total_q // tile_m + batch,) int32 on cu_q's device, each
+    batch << 16 | m_block: every (sequence, Q tile) that has rows, the most keys seen first
+    (causal: the keys up to the tile's last row), then entries without work (batch 0,
+    m_block NO_WORK_BLOCK) filling the size, which bounds sum(ceil(len / tile_m)) and is
+    known from the shapes. Torch ops only: no host sync, so a launch with new cu_seqlens
+    does not wait for the GPU. (Here, not in the stage module: the exported op builds it too.)"""
+    batch = cu_q.numel() - 1
+    if batch > MAX_VARLEN_BATCH:
+        raise ValueError(f"varlen: {batch} sequences; the kernel takes at most {MAX_VARLEN_BATCH}")
+    entries = total_q // tile_m + batch
+    cu_q, cu_k = cu_q.long(), cu_k.long()
+    len_q, len_k = cu_q[1:] - cu_q[:-1], cu_k[1:] - cu_k[:-1]
+    counts = (len_q + tile_m - 1) // tile_m
+    ends = counts.cumsum(0)
+    t = torch.arange(entries, device=cu_q.device)
+    seq = torch.searchsorted(ends, t, right=True)
+    valid = seq < batch
+    seq = seq.clamp(max=batch - 1)
+    m_block = t - (ends - counts)[seq]
+    work = len_k[seq]
+    if causal:
+        reach = (m_block + 1) * tile_m + ((len_k - len_q)[seq] if bottom_right else 0)
+        work = torch.minimum(work, reach.clamp(min=0))
+    order = torch.argsort(torch.where(valid, work, -1), descending=True, stable=True)
+    packed = torch.where(valid, (seq << 16) | m_block, NO_WORK_BLOCK)
+    return packed[order].to(torch.int32)
+
+
 def exported_key(params: dict) -> dict:
-    """Stage D's compile-time parameters -> what a call selects the configuration by."""
-    if _truthy(params.get("varlen", False)):
-        raise ValueError("varlen=true is not exportable yet (the op takes (batch, seqlen, heads, d) tensors)")
+    """Stage D's compile-time parameters -> what a call selects the configuration by (varlen
+    only where on, so a fixed-length configuration keeps the key it always had)."""
     if int(params.get("page_size", 0) or 0):
-        raise ValueError("page_size > 0 (paged KV) is not exportable yet (the op takes (batch, seqlen, heads, d) tensors)")
+        raise ValueError("page_size > 0 (paged KV) is not exportable yet (the op takes no block table)")
+    varlen = {"varlen": True} if _truthy(params.get("varlen", False)) else {}
     return {
         "d": int(params["d"]),
         "dtype": str(params["dtype"]),
@@ -54,34 +96,46 @@ def exported_key(params: dict) -> dict:
         "window_right": int(params.get("window_right", -1)),
         "softcap": float(params.get("softcap", 0.0) or 0.0),
         "dv": int(params.get("dv") or params["d"]),  # V's and O's head dim (d unless a narrower V)
+        **varlen,
     }
 
 
-def call_key(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left") -> dict:
+def call_key(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left",
+             cu_seqlens_q=None, cu_seqlens_k=None) -> dict:
+    varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
+    rank = 3 if varlen else 4
     return {
         "d": int(q.shape[-1]) if q.dim() else 0,
         "dtype": NAMES.get(q.dtype, str(q.dtype).replace("torch.", "")),
-        "heads": int(q.shape[2]) if q.dim() == 4 else 0,
-        "kv_heads": int(k.shape[2]) if k.dim() == 4 else 0,
+        "heads": int(q.shape[-2]) if q.dim() == rank else 0,
+        "kv_heads": int(k.shape[-2]) if k.dim() == rank else 0,
         "causal": bool(causal),
         "align": str(align),
         "window_left": int(window_left),
         "window_right": int(window_right),
         "softcap": float(softcap),
         "dv": int(v.shape[-1]) if v.dim() else 0,
+        **({"varlen": True} if varlen else {}),
     }
 
 
-def check(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left", *, fake=False) -> list[str]:
+def check(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left",
+          cu_seqlens_q=None, cu_seqlens_k=None, *, fake=False) -> list[str]:
     """What the compiled kernel would not refuse itself, each 'what: expected X, got Y'."""
     problems = []
     named = (("q", q), ("k", k), ("v", v))
     for name, t in named:
         if not isinstance(t, torch.Tensor):
             return [f"{name}: expected a torch.Tensor, got {type(t).__name__}"]
+    varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
+    if varlen:
+        if cu_seqlens_q is None or cu_seqlens_k is None:
+            return [f"{'cu_seqlens_q' if cu_seqlens_q is None else 'cu_seqlens_k'}: expected a tensor beside the other (varlen takes both)"]
+        problems += _varlen_problems(q, cu_seqlens_q, cu_seqlens_k, fake)
+    rank, layout = (3, "(total, heads, d)") if varlen else (4, "(batch, seqlen, heads, d)")
     for name, t in named:
-        if t.dim() != 4:
-            problems.append(f"{name}: expected rank 4 (batch, seqlen, heads, d), got rank {t.dim()} {tuple(t.shape)}")
+        if t.dim() != rank:
+            problems.append(f"{name}: expected rank {rank} {layout}, got rank {t.dim()} {tuple(t.shape)}")
     if problems:
         return problems
     for name, t in named:
@@ -95,11 +149,18 @@ def check(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, a
                 problems.append(f"{name}.device: expected cuda, got {t.device}")
     if len({str(t.device) for _, t in named}) > 1:
         problems.append(f"devices: expected one device, got {q.device}, {k.device}, {v.device}")
-    b, m, h, d = q.shape
-    if tuple(k.shape[:3]) != tuple(v.shape[:3]):
-        problems.append(f"v.shape: expected k's (batch, n, kv_heads) {tuple(k.shape[:3])} and a head dim, got {tuple(v.shape)}")
-    if k.shape[0] != b or k.shape[3] != d:
-        problems.append(f"k.shape: expected ({b}, n, kv_heads, {d}) like q {tuple(q.shape)}, got {tuple(k.shape)}")
+    if varlen:
+        d = q.shape[-1]
+        if tuple(k.shape[:2]) != tuple(v.shape[:2]):
+            problems.append(f"v.shape: expected k's (total_k, kv_heads) {tuple(k.shape[:2])} and a head dim, got {tuple(v.shape)}")
+        if k.shape[-1] != d:
+            problems.append(f"k.shape: expected (total_k, kv_heads, {d}) like q {tuple(q.shape)}, got {tuple(k.shape)}")
+    else:
+        b, m, h, d = q.shape
+        if tuple(k.shape[:3]) != tuple(v.shape[:3]):
+            problems.append(f"v.shape: expected k's (batch, n, kv_heads) {tuple(k.shape[:3])} and a head dim, got {tuple(v.shape)}")
+        if k.shape[0] != b or k.shape[3] != d:
+            problems.append(f"k.shape: expected ({b}, n, kv_heads, {d}) like q {tuple(q.shape)}, got {tuple(k.shape)}")
     for name, t in named:
         if t.stride(-1) != 1:
             problems.append(f"{name}.stride(-1): expected 1 (last dim contiguous), got {t.stride(-1)}")
@@ -110,12 +171,38 @@ def check(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, a
     return problems
 
 
+def _varlen_problems(q, cu_q, cu_k, fake: bool) -> list[str]:
+    """cu_seqlens_q / _k as the kernel reads them (their shapes and types; not their values,
+    which only a sync would show), and a total the tile table can address."""
+    problems = []
+    for name, t in (("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)):
+        if not isinstance(t, torch.Tensor):
+            return [f"{name}: expected a torch.Tensor, got {type(t).__name__}"]
+        if t.dtype != torch.int32 or t.dim() != 1 or t.numel() < 2:
+            problems.append(f"{name}: expected int32 (batch + 1,) offsets, got {str(t.dtype).replace('torch.', '')} {tuple(t.shape)}")
+        elif t.stride(0) != 1:
+            problems.append(f"{name}.stride: expected contiguous, got {tuple(t.stride())}")
+        if t.device != q.device and not (fake and q.device.type == "meta"):
+            problems.append(f"{name}.device: expected q's {q.device}, got {t.device}")
+    if problems:
+        return problems
+    if cu_q.numel() != cu_k.numel():
+        problems.append(f"cu_seqlens_k: expected cu_seqlens_q's {cu_q.numel()} offsets (one sequence each), got {cu_k.numel()}")
+    if cu_q.numel() - 1 > MAX_VARLEN_BATCH:
+        problems.append(f"cu_seqlens_q: expected at most {MAX_VARLEN_BATCH} sequences, got {cu_q.numel() - 1}")
+    if q.dim() == 3 and q.shape[0] >= NO_WORK_BLOCK * 64:
+        problems.append(f"q.shape[0]: expected fewer than {NO_WORK_BLOCK * 64} packed queries (the tile table's m_block), got {q.shape[0]}")
+    return problems
+
+
 def piece_info(name: str, piece, compiled) -> dict:
     """At export: the query rows and keys from which a piece runs (the stage's Compiled.longs),
     and where the kernel cuts its last wave along the keys, the words its workspace takes
     (split_kv.room; stages.fmha is importable at export, not in the package)."""
     long = compiled.longs[LONG_PIECES.index(name)] if name in LONG_PIECES else None
     info = {} if long is None else {"min_m": int(long.min_m), "min_n": int(long.min_n)}
+    if getattr(compiled, "varlen", False):  # the tile table's rows per work tile and causal alignment
+        info.update({"tile_m": int(compiled.tile_m), "bottom_right": bool(compiled.bottom_right)})
     if getattr(compiled, "split_tail", False):
         from stages.fmha import geometry, split_kv
 
@@ -124,7 +211,11 @@ def piece_info(name: str, piece, compiled) -> dict:
     return info
 
 
-def fake(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left"):
+def fake(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left",
+         cu_seqlens_q=None, cu_seqlens_k=None):
+    if cu_seqlens_q is not None:
+        total, h, d = q.shape
+        return q.new_empty((total, h, v.shape[-1])), q.new_empty((h, total), dtype=torch.float32)
     b, m, h, d = q.shape
     o = torch.empty_like(q, memory_format=torch.contiguous_format) if v.shape[-1] == d else q.new_empty((b, m, h, v.shape[-1]))
     return o, q.new_empty((b, h, m), dtype=torch.float32)
@@ -163,7 +254,8 @@ def _stream_of(dev) -> int:
     return torch._C._cuda_getCurrentRawStream(dev.index) if dev.type == "cuda" else 0
 
 
-def launch(fns, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left"):
+def launch(fns, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left",
+           cu_seqlens_q=None, cu_seqlens_k=None):
     """Allocate o and lse, launch the configuration's kernel for m (``fns``: piece -> (function,
     info)) on the current stream. The dynamic tile scheduler's two int32 counters go back to
     zero after every launch (the kernel's last CTA resets them, the last piece of a tile cut
@@ -176,6 +268,8 @@ def launch(fns, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right
     torch.empty_like 3.8 µs, tensor.new_empty 4.7 µs; docs/export.md): lse is allocated like
     a zero-stride (b, h, m) view (empty_like of a non-dense tensor is contiguous)."""
     dev = q.device
+    if cu_seqlens_q is not None:
+        return _launch_varlen(fns, q, k, v, causal, cu_seqlens_q, cu_seqlens_k)
     b, m, h, _ = q.shape
     stream = _stream_of(dev)
     state = _lse_like.get((stream, dev, b, h, m, id(fns)))  # one lookup per call: (counters, SM count, lse's shape)
@@ -197,6 +291,28 @@ def launch(fns, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right
     return o, lse
 
 
+def _launch_varlen(fns, q, k, v, causal, cu_q, cu_k):
+    """varlen: the work-tile table built on the device with torch ops (no sync) and kept on
+    cu_seqlens_q for this cu_seqlens_k until either changes in place (as the stage's launch
+    does); while a CUDA graph is being captured it is built every call, so the graph holds
+    the ops that build it and a replay reads the cu_seqlens it is given then."""
+    fn, info = fns["fn"]
+    total, h, _ = q.shape
+    counters, sms, _ = _counters(q.device, _stream_of(q.device), fns)
+    key = (cu_q._version, cu_k._version, total, info["tile_m"], bool(causal), id(fns))
+    cached = getattr(cu_q, "_wb_tile_table", None)
+    if torch.cuda.is_current_stream_capturing() or cached is None or cached[0] != key or cached[1]() is not cu_k:
+        table = varlen_tile_table(cu_q, cu_k, total, info["tile_m"], bool(causal), info["bottom_right"])
+        if not torch.cuda.is_current_stream_capturing():
+            cu_q._wb_tile_table = (key, weakref.ref(cu_k), table)
+    else:
+        table = cached[2]
+    o = q.new_empty((total, h, v.shape[-1]))
+    lse = q.new_empty((h, total), dtype=torch.float32)
+    fn(q, k, v, o, lse, counters, sms, cu_q, cu_k, table, None, None)
+    return o, lse
+
+
 def stage_call(op, inputs: dict, params: dict) -> dict:
     """`wb run fmha/d --exported DIR`: the stage's fixture inputs through the installed op ->
     the stage's outputs by name."""
@@ -207,5 +323,7 @@ def stage_call(op, inputs: dict, params: dict) -> dict:
         window_left=int(params.get("window_left", -1)),
         window_right=int(params.get("window_right", -1)),
         align=str(params.get("align", "top_left")),
+        cu_seqlens_q=inputs.get("cu_seqlens_q"),
+        cu_seqlens_k=inputs.get("cu_seqlens_k"),
     )
     return {"o": o, "lse": lse}

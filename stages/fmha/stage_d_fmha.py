@@ -212,6 +212,8 @@ def seqlens_of(p: Params) -> tuple[list[int], list[int]] | None:
         raise UserError(f"fmha/stage-d: seqlens_k has {len(k)} lengths, seqlens {len(q)}: one per sequence")
     if max(q) > MAX_VARLEN_SEQ or max(k) > MAX_VARLEN_SEQ:
         raise UserError(f"fmha/stage-d: a sequence is longer than {MAX_VARLEN_SEQ}")
+    from stages.fmha.export_op import MAX_VARLEN_BATCH  # (imports torch: only where varlen is on)
+
     if len(q) > MAX_VARLEN_BATCH:
         raise UserError(f"fmha/stage-d: {len(q)} sequences; varlen takes at most {MAX_VARLEN_BATCH}")
     if sum(q) < 1 or sum(k) < 1:
@@ -221,43 +223,8 @@ def seqlens_of(p: Params) -> tuple[list[int], list[int]] | None:
 
 #: varlen: the longest sequence a run may ask for (m_block < 2^16 in the tile table)
 MAX_VARLEN_SEQ = 65536
-#: varlen: the most sequences in one batch (the tile table packs batch << 16 | m_block in int32)
-MAX_VARLEN_BATCH = 32767
-#: varlen_tile_table's m_block of an entry without work (its rows lie past every sequence)
-NO_WORK_BLOCK = 0x7FFF
-
-
-def varlen_tile_table(cu_q, cu_k, total_q: int, tile_m: int, causal: bool, bottom_right: bool):
-    """varlen's work tiles, (total_q // tile_m + batch,) int32 on cu_q's device, each
-    batch << 16 | m_block: every (sequence, Q tile) that has rows, the most keys seen first
-    (causal: the keys up to the tile's last row), then entries without work (batch 0,
-    m_block NO_WORK_BLOCK) filling the size, which bounds sum(ceil(len / tile_m)) and is
-    known from the shapes. Torch ops only: no host sync, so a launch with new cu_seqlens
-    does not wait for the GPU."""
-    import torch
-
-    batch = cu_q.numel() - 1
-    if batch > MAX_VARLEN_BATCH:
-        raise ValueError(f"varlen: {batch} sequences; the kernel takes at most {MAX_VARLEN_BATCH}")
-    entries = total_q // tile_m + batch
-    cu_q, cu_k = cu_q.long(), cu_k.long()
-    len_q, len_k = cu_q[1:] - cu_q[:-1], cu_k[1:] - cu_k[:-1]
-    counts = (len_q + tile_m - 1) // tile_m
-    ends = counts.cumsum(0)
-    t = torch.arange(entries, device=cu_q.device)
-    seq = torch.searchsorted(ends, t, right=True)
-    valid = seq < batch
-    seq = seq.clamp(max=batch - 1)
-    m_block = t - (ends - counts)[seq]
-    work = len_k[seq]
-    if causal:
-        reach = (m_block + 1) * tile_m + ((len_k - len_q)[seq] if bottom_right else 0)
-        work = torch.minimum(work, reach.clamp(min=0))
-    order = torch.argsort(torch.where(valid, work, -1), descending=True, stable=True)
-    packed = torch.where(valid, (seq << 16) | m_block, NO_WORK_BLOCK)
-    return packed[order].to(torch.int32)
-
-
+# varlen's work-tile table (varlen_tile_table, MAX_VARLEN_BATCH) is export_op.py's: the exported
+# package carries that file alone, and its op builds the table as the stage's launch does
 def cu_seqlens(lengths) -> "list[int]":
     """[0, l0, l0 + l1, ...] (the int32 offsets flash-attn's varlen API takes)."""
     out = [0]
@@ -426,6 +393,8 @@ class StageD(Stage):
             assert q.dim() == 3 and q.shape[-1] == compiled.d and q.shape[1] == compiled.heads and k.shape[1] == compiled.kv_heads, (
                 "the tensors do not match the compiled varlen (d, heads, kv_heads)"
             )
+            from stages.fmha import export_op
+
             cu_q, cu_k = inputs["cu_seqlens_q"], inputs["cu_seqlens_k"]
             # the work-tile table (torch ops on the device, no sync), cached on cu_seqlens_q
             # for this cu_seqlens_k object (a weak reference: no id or address reuse) and
@@ -433,7 +402,7 @@ class StageD(Stage):
             key = (cu_q._version, cu_k._version, q.shape[0], compiled.tile_m, compiled.causal, compiled.bottom_right)
             cached = getattr(cu_q, "_wb_tile_table", None)
             if cached is None or cached[0] != key or cached[1]() is not cu_k:
-                table = varlen_tile_table(cu_q, cu_k, q.shape[0], compiled.tile_m, compiled.causal, compiled.bottom_right)
+                table = export_op.varlen_tile_table(cu_q, cu_k, q.shape[0], compiled.tile_m, compiled.causal, compiled.bottom_right)
                 cached = (key, weakref.ref(cu_k), table)
                 cu_q._wb_tile_table = cached
             compiled.fn(
