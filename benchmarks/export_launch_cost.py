@@ -2,7 +2,7 @@
 (issue 17's target: <= 15 µs median at a tiny shape). On the GPU machine, from the repo root,
 after `wb export` and `pip install` of the package (or PYTHONPATH=<site>):
 
-    python benchmarks/export_launch_cost.py [--calls 1000] [--shape 1,128,4,2,128] [--json]
+    python benchmarks/export_launch_cost.py [--calls 1000] [--shape 1,128,4,2,128] [--varlen] [--json]
 
 Host time = wall time of the Python call alone (perf_counter around each call; no
 synchronize inside the loop; the queue is kept short by a synchronize every 50 calls, outside
@@ -16,6 +16,12 @@ the timed region), median over --calls calls after 50 warm-up calls. Rows:
   in-tree (wb run)       stage D's own launch: from_dlpack per tensor + the JIT function
   fa4                    flash_attn.cute.flash_attn_func (when installed)
   sdpa                   F.scaled_dot_product_attention (flash backend, the default choice)
+
+--varlen (a package exported with varlen=true for heads, kv_heads, d): the same batch packed,
+(batch * seqlen, heads, d) with cu_seqlens, and rows for the varlen op with its work-tile
+table cached (the same cu_seqlens every call, as a model's layers share them), rebuilt (the
+offsets changed in place before every call: torch.autograd.graph.increment_version, no
+kernel), and FA4's flash_attn_varlen_func.
 
 Also a device-time row per op (CUDA events over 200 back-to-back calls) so a small host
 number is not mistaken for a fast kernel.
@@ -64,6 +70,36 @@ def device_us(fn, calls: int = 200) -> float:
     return start.elapsed_time(end) * 1e3 / calls
 
 
+def varlen_rows(q, k, v, b: int, s: int, causal: bool) -> dict:
+    """The varlen op's rows: the batch packed, its work-tile table cached or rebuilt, FA4's
+    varlen path beside (when installed)."""
+    import torch
+
+    pq, pk, pv = (t.reshape(b * s, *t.shape[2:]) for t in (q, k, v))
+    cu = torch.arange(0, b * s + 1, s, dtype=torch.int32, device="cuda")
+    cu_k = cu.clone()
+
+    def cached():
+        return torch.ops.wb_fmha.fwd(pq, pk, pv, causal=causal, cu_seqlens_q=cu, cu_seqlens_k=cu_k)
+
+    def rebuilt():
+        torch.autograd.graph.increment_version(cu)  # as an in-place change would: the op builds the table again
+        return torch.ops.wb_fmha.fwd(pq, pk, pv, causal=causal, cu_seqlens_q=cu, cu_seqlens_k=cu_k)
+
+    rows = {"varlen op, table cached": cached, "varlen op, table rebuilt": rebuilt}
+    try:
+        from flash_attn.cute import flash_attn_varlen_func
+
+        def fa4_varlen():
+            return flash_attn_varlen_func(pq, pk, pv, cu_seqlens_q=cu, cu_seqlens_k=cu_k, max_seqlen_q=s, max_seqlen_k=s, causal=causal)
+
+        fa4_varlen()
+        rows["fa4 varlen"] = fa4_varlen
+    except ImportError:
+        print("fa4 varlen row skipped: flash_attn.cute not installed", file=sys.stderr)
+    return rows
+
+
 def main() -> None:
     import torch
     import torch.nn.functional as F
@@ -72,6 +108,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=1000)
     ap.add_argument("--shape", default="1,128,4,2,128", help="batch,seqlen,heads,kv_heads,d (the export must hold heads, kv_heads, d)")
     ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--varlen", action="store_true", help="time the varlen op too (packed sequences, cu_seqlens)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     b, s, h, hk, d = (int(x) for x in args.shape.split(","))
@@ -144,6 +181,8 @@ def main() -> None:
         return F.scaled_dot_product_attention(qt, kt, vt, is_causal=args.causal, enable_gqa=h != hk)
 
     rows["sdpa"] = sdpa
+    if args.varlen:
+        rows.update(varlen_rows(q, k, v, b, s, args.causal))
 
     results = []
     for name, fn in rows.items():
