@@ -92,7 +92,9 @@ def _in_tree(ws: Path, params: dict, q, k, v, pieces: list | None = None, cu_seq
     stage, compiled = _compiled[key]
     if pieces is not None:  # which of stage D's kernels the stage launches for these m and n
         fn = compiled.for_shape(q.shape[1], k.shape[1])
-        pieces.append(next(name for name in ("fn", "fn_long", "fn_long2") if getattr(compiled, name) is fn))
+        from stages.fmha.export_op import PIECES
+
+        pieces.append(next(name for name in PIECES if getattr(compiled, name) is fn))
     o = torch.full_like(q, float("nan"))
     if cu_seqlens:
         lse = torch.full((q.shape[1], q.shape[0]), float("nan"), device=q.device)

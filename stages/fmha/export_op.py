@@ -79,6 +79,23 @@ def varlen_tile_table(cu_q, cu_k, total_q: int, tile_m: int, causal: bool, botto
     return packed[order].to(torch.int32)
 
 
+def tile_table(cu_q, cu_k, total_q: int, tile_m: int, causal: bool, bottom_right: bool, *, keep_in_capture: bool):
+    """``varlen_tile_table``, kept on cu_seqlens_q for this cu_seqlens_k (a weak reference: no
+    id or address reuse) and rebuilt after an in-place change of either (torch's version
+    counters). While a CUDA graph is being captured, ``keep_in_capture`` says whether the
+    table kept is used (the stage's launch: wb's timing graphs replay the same offsets, and
+    the build stays out of the timed graph) or built by captured ops (the exported op: a
+    model's graph is replayed with new offsets)."""
+    if not keep_in_capture and torch.cuda.is_current_stream_capturing():
+        return varlen_tile_table(cu_q, cu_k, total_q, tile_m, causal, bottom_right)
+    key = (cu_q._version, cu_k._version, total_q, tile_m, causal, bottom_right)
+    cached = getattr(cu_q, "_wb_tile_table", None)
+    if cached is None or cached[0] != key or cached[1]() is not cu_k:
+        cached = (key, weakref.ref(cu_k), varlen_tile_table(cu_q, cu_k, total_q, tile_m, causal, bottom_right))
+        cu_q._wb_tile_table = cached
+    return cached[2]
+
+
 def exported_key(params: dict) -> dict:
     """Stage D's compile-time parameters -> what a call selects the configuration by (varlen
     only where on, so a fixed-length configuration keeps the key it always had)."""
@@ -292,21 +309,13 @@ def launch(fns, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right
 
 
 def _launch_varlen(fns, q, k, v, causal, cu_q, cu_k):
-    """varlen: the work-tile table built on the device with torch ops (no sync) and kept on
-    cu_seqlens_q for this cu_seqlens_k until either changes in place (as the stage's launch
-    does); while a CUDA graph is being captured it is built every call, so the graph holds
-    the ops that build it and a replay reads the cu_seqlens it is given then."""
+    """varlen: the work-tile table from ``tile_table``, rebuilt under CUDA graph capture so
+    that the graph holds the ops that build it and a replay reads the cu_seqlens it is given
+    then."""
     fn, info = fns["fn"]
     total, h, _ = q.shape
     counters, sms, _ = _counters(q.device, _stream_of(q.device), fns)
-    key = (cu_q._version, cu_k._version, total, info["tile_m"], bool(causal), id(fns))
-    cached = getattr(cu_q, "_wb_tile_table", None)
-    if torch.cuda.is_current_stream_capturing() or cached is None or cached[0] != key or cached[1]() is not cu_k:
-        table = varlen_tile_table(cu_q, cu_k, total, info["tile_m"], bool(causal), info["bottom_right"])
-        if not torch.cuda.is_current_stream_capturing():
-            cu_q._wb_tile_table = (key, weakref.ref(cu_k), table)
-    else:
-        table = cached[2]
+    table = tile_table(cu_q, cu_k, total, info["tile_m"], bool(causal), info["bottom_right"], keep_in_capture=False)
     o = q.new_empty((total, h, v.shape[-1]))
     lse = q.new_empty((h, total), dtype=torch.float32)
     fn(q, k, v, o, lse, counters, sms, cu_q, cu_k, table, None, None)

@@ -9,7 +9,6 @@ work-tile table built on the device (``varlen_tile_table``), the variants as ker
 arguments (``kernel_options``) and the kernel a trace follows (``traced_variants``).
 """
 
-import weakref
 from typing import Mapping
 
 from cutlass import Float32, Int32
@@ -396,20 +395,13 @@ class StageD(Stage):
             from stages.fmha import export_op
 
             cu_q, cu_k = inputs["cu_seqlens_q"], inputs["cu_seqlens_k"]
-            # the work-tile table (torch ops on the device, no sync), cached on cu_seqlens_q
-            # for this cu_seqlens_k object (a weak reference: no id or address reuse) and
-            # rebuilt after an in-place change of either (torch's version counters)
-            key = (cu_q._version, cu_k._version, q.shape[0], compiled.tile_m, compiled.causal, compiled.bottom_right)
-            cached = getattr(cu_q, "_wb_tile_table", None)
-            if cached is None or cached[0] != key or cached[1]() is not cu_k:
-                table = export_op.varlen_tile_table(cu_q, cu_k, q.shape[0], compiled.tile_m, compiled.causal, compiled.bottom_right)
-                cached = (key, weakref.ref(cu_k), table)
-                cu_q._wb_tile_table = cached
+            # the work-tile table (torch ops on the device, no sync), kept on cu_seqlens_q
+            table = export_op.tile_table(cu_q, cu_k, q.shape[0], compiled.tile_m, compiled.causal, compiled.bottom_right, keep_in_capture=True)
             compiled.fn(
                 host.to_cute(q), host.to_cute(k), host.to_cute(inputs["v"]),
                 host.to_cute(outputs["o"]), host.to_cute(outputs["lse"]), host.to_cute(tile_counter(q.device)),
                 Int32(sm_count(q.device)), host.current_stream(),
-                host.to_cute(cu_q), host.to_cute(cu_k), host.to_cute(cached[2]),
+                host.to_cute(cu_q), host.to_cute(cu_k), host.to_cute(table),
             )
             return
         assert q.shape[-1] == compiled.d and q.shape[2] == compiled.heads and k.shape[2] == compiled.kv_heads, (
