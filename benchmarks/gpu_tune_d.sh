@@ -35,6 +35,11 @@
 # PHASE r28b:   non-causal d = 64's round-robin long kernel (from m = 8192) under the defaults: swept (n 4096 /
 #               8192 / 9000, m 8192 against n 17 / 1000; 8 cases), then timed in turn beside FA4 against the
 #               dynamic kernel for every m (-V persistent=dynamic), two rounds (about 3 minutes)
+# PHASE r30:    on an H200 (the goal table's card): every non-causal cell of the goal table, d = 64 / 128 at
+#               s = 4096 / 8192, both dtypes, in turn beside FA4, two rounds (about 4 minutes); then `perf`
+# PHASE exportvarlen: the varlen op from a CPU-exported package (WB_EXPORT_PREBUILT, default .gpu/export-pkg:
+#               d = 64 / 128 x causal x varlen, 4 heads / 2 KV heads, bf16): tests/test_export_gpu.py -k varlen,
+#               `wb run --exported` of a mixed varlen batch, and export_launch_cost.py --varlen (about 1 minute)
 # PHASE r29:    round robin (-V persistent=on) against each non-causal default scheduler in turn beside FA4,
 #               alternating over two rounds: d = 128 s = 4096 / 8192, d = 96 / 192 / 256 s = 8192 (round 28 found
 #               +2 % bf16 at d = 64 s = 8192, where earlier rounds timed one after the other read equal), then
@@ -479,6 +484,24 @@ r28b)
       timeout 45 wb bench d -p d=64 -p n=8192 -p causal=false -p dtype=bf16,fp16 $v --peers fa4 --timeout 40 | table_rows 200
     done
   done
+  ;;
+r30)
+  for round in 1 2; do
+    step "round $round (in turn beside FA4): d=128 and d=64, s 4096 / 8192, non-causal, both dtypes"
+    timeout 80 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 75 | clocked_rows
+    timeout 80 wb bench d -p d=64 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 --peers fa4 --timeout 75 | clocked_rows
+  done
+  ;;
+exportvarlen)
+  pkg=${WB_EXPORT_PREBUILT:-.gpu/export-pkg}
+  step "tests/test_export_gpu.py -k varlen from the package at $pkg"
+  WB_EXPORT_PREBUILT=$pkg timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_export_gpu.py -k varlen 2>&1 | tail -4
+  step "wb run --exported: a mixed varlen batch (1 / 17 / 1000 / 0 / 300 / 4096 rows), d=128 causal, through the op"
+  timeout 120 wb run d --d 128 -p heads=4 -p kv_heads=2 -p varlen=true -p seqlens=1:17:1000:0:300:4096 \
+    -p seqlens_k=5:40:1000:33:0:4000 -p causal=true --exported "$pkg" 2>&1 | tail -4
+  step "export_launch_cost.py --varlen (host time per call, cached and rebuilt tile table, FA4's varlen beside)"
+  rm -rf /tmp/xv && mkdir -p /tmp/xv && cp -r "$pkg/wb_fmha" /tmp/xv/
+  PYTHONPATH="/tmp/xv:${PYTHONPATH:-}" timeout 120 python3 benchmarks/export_launch_cost.py --varlen 2>&1 | tail -16
   ;;
 r29)
   for round in 1 2; do
@@ -1262,6 +1285,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|kv192|d96k160|tracecheck|clocks|clockbench|interleave|stalls|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|turnscan|r27|r28|r28b|r29|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|kv192|d96k160|tracecheck|clocks|clockbench|interleave|stalls|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|turnscan|r27|r28|r28b|r29|r30|exportvarlen|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done
