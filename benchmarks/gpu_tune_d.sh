@@ -35,6 +35,9 @@
 # PHASE r28b:   non-causal d = 64's round-robin long kernel (from m = 8192) under the defaults: swept (n 4096 /
 #               8192 / 9000, m 8192 against n 17 / 1000; 8 cases), then timed in turn beside FA4 against the
 #               dynamic kernel for every m (-V persistent=dynamic), two rounds (about 3 minutes)
+# PHASE pagedlens: paged KV with unequal lengths (cache_seqlens per sequence): tests/test_paged_gpu.py, then a
+#               sweep (n = 1000 room, lengths 0 / 17 / 1000 / 650, d = 64 / 128, pages 16 / 256, both masks and
+#               dtypes, GQA; 16 cases) (about 4 minutes)
 # PHASE r30:    on an H200 (the goal table's card): every non-causal cell of the goal table, d = 64 / 128 at
 #               s = 4096 / 8192, both dtypes, in turn beside FA4, two rounds (about 4 minutes); then `perf`
 # PHASE exportvarlen: the varlen op from a CPU-exported package (WB_EXPORT_PREBUILT, default .gpu/export-pkg:
@@ -484,6 +487,13 @@ r28b)
       timeout 45 wb bench d -p d=64 -p n=8192 -p causal=false -p dtype=bf16,fp16 $v --peers fa4 --timeout 40 | table_rows 200
     done
   done
+  ;;
+pagedlens)
+  step "tests/test_paged_gpu.py: the identity table, the bugs named, unequal KV lengths"
+  timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_paged_gpu.py 2>&1 | tail -6
+  step "sweep: paged, unequal KV lengths 0:17:1000:650 (room n = 1000), m 700, GQA (16 cases)"
+  timeout 200 wb sweep d --n 1000 --d 64,128 --dtype bf16,fp16 -p m=700 -p causal=false,true -p page_size=16,256 -p batch=4 \
+    -p seqlens_k=0:17:1000:650 -p kv_heads=2 --timeout 40 | sweep_verdicts
   ;;
 r30)
   for round in 1 2; do
@@ -1285,6 +1295,6 @@ perf)
   timeout 560 wb bench d --sweep -p dtype=bf16,fp16 --peers "$cpeers" ${PERF_VARIANTS:-} --timeout 540 | grep -a -E "PASS|FAIL|^│ d=" | cut -c1-200
   ;;
 *)
-  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|kv192|d96k160|tracecheck|clocks|clockbench|interleave|stalls|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|turnscan|r27|r28|r28b|r29|r30|exportvarlen|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
+  echo "usage: bash benchmarks/gpu_tune_d.sh d64|d128|defaults|probe|persist|causal|ab|dynamic|round3|idle|qbuf|verify|verify96|alphafinal|alphamini|lazyexact96|dynfinal|dynscan|dyn96|paged_gaps|emptyrows|split|splitbench|splittest|splitauto|splitab|stale|streams|streams2|exportsplit|exportbench|d64split|fewwaves|waves|export256|default64|lazy96|rows128|long192|kv192|d96k160|tracecheck|clocks|clockbench|interleave|stalls|near|qbuf128|scan128|d64short|contested|trace128|perf|d96|d128q|long128|mn128|psync|turnscan|r27|r28|r28b|r29|r30|exportvarlen|pagedlens|varlen|lazy|byn|wide|lazy256|d64wide|lazyexact|lazyexact_bench|d64trace|sumalpha|sumalpha_short|sumalpha_d64|sumalpha_wide" >&2; exit 2 ;;
 esac
 step done

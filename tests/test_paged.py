@@ -25,6 +25,9 @@ from workbench.kernels.fixtures import get_fixture  # noqa: E402
 from workbench.kernels.stage import Params  # noqa: E402
 
 PAGED_MUTANTS = ["paged-page-off-by-one", "paged-offset-ignored", "paged-batch0-table"]
+#: unequal KV lengths (seqlens_k) for batch 3, n = 300: a sequence with no keys, one past a page
+#: boundary, one full
+LENGTHS = "130:0:300"
 
 
 def params(**kw):
@@ -74,12 +77,17 @@ def test_paged_inputs_scatter_the_pages_and_poison_the_rest(page_size):
 
 
 def _dense_f64(q, kc, vc, bt, n, causal):
-    """Independent float64 attention: the logical K/V gathered row by row through the table."""
+    """Independent float64 attention: the logical K/V gathered row by row through the table;
+    ``n`` one length for every sequence or one per sequence (none: O = 0, LSE = -inf)."""
     B, M, H, D = q.shape
     Hk, ps = kc.shape[2], kc.shape[1]
     o = torch.zeros(B, M, H, D, dtype=torch.float64)
-    lse = torch.zeros(B, H, M, dtype=torch.float64)
+    lse = torch.full((B, H, M), float("-inf"), dtype=torch.float64)
+    lens = n if isinstance(n, list) else [n] * B
     for b in range(B):
+        n = lens[b]
+        if n == 0:
+            continue
         k = torch.stack([kc[int(bt[b, r // ps]), r % ps] for r in range(n)]).double()
         v = torch.stack([vc[int(bt[b, r // ps]), r % ps] for r in range(n)]).double()
         for h in range(H):
@@ -99,6 +107,80 @@ def test_reference_matches_float64_gather(causal, page_size):
     o, lse = _dense_f64(inputs["q"], inputs["k"], inputs["v"], inputs["block_table"], 300, causal)
     assert torch.allclose(expected["o"].double(), o, atol=2e-5)
     assert torch.allclose(expected["lse"].double(), lse, atol=2e-5)
+
+
+def test_unequal_lengths_fill_cache_seqlens_and_poison_every_row_past_them():
+    """seqlens_k gives each sequence its own KV length: cache_seqlens holds them, the table
+    keeps each sequence's room for n keys, and every cache row past a sequence's length holds
+    the poison (a kernel that reads one key too many shows in O)."""
+    inputs, *_ = _case("random", params(page_size=64, seqlens_k=LENGTHS))
+    bt, k = inputs["block_table"].long(), inputs["k"].float()
+    assert inputs["cache_seqlens"].dtype == torch.int32 and inputs["cache_seqlens"].tolist() == [130, 0, 300]
+    assert bt.shape == (3, 5)
+    for b, n in enumerate([130, 0, 300]):
+        rows = torch.cat([k[bt[b, p]] for p in range(5)])  # (5 * 64, kv_heads, d) in key order
+        assert bool((rows[n:] == PAGE_POISON).all()) and not bool((rows[:n] == PAGE_POISON).any())
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("page_size", [16, 256])
+def test_reference_with_unequal_lengths_matches_float64_gather(causal, page_size):
+    """Each sequence attends its own first cache_seqlens[b] keys (top-left causal); the one
+    with none gets O = 0 and LSE = -inf."""
+    p = params(causal=causal, page_size=page_size, seqlens_k=LENGTHS)
+    inputs, expected, *_ = _case("random", p)
+    o, lse = _dense_f64(inputs["q"], inputs["k"], inputs["v"], inputs["block_table"], [130, 0, 300], causal)
+    assert torch.allclose(expected["o"].double(), o, atol=2e-5)
+    assert torch.equal(torch.isinf(expected["lse"]), torch.isinf(lse))
+    assert torch.allclose(expected["lse"].double().nan_to_num(neginf=0), lse.nan_to_num(neginf=0), atol=2e-5)
+
+
+def test_reference_with_unequal_lengths_is_each_sequence_alone():
+    """Bottom-right causal, a window and a softcap with unequal lengths: sequence b's rows
+    equal attention over that sequence alone (its n_b keys, its own n_b - m offset)."""
+    from stages.fmha import reference
+
+    p = params(causal=True, align="bottom_right", window_left=50, softcap=30.0, page_size=64, seqlens_k=LENGTHS)
+    inputs, expected, *_ = _case("random", p)
+    k, v = reference.gather_pages(inputs["k"], inputs["v"], inputs["block_table"], 300)
+    for b, n in enumerate([130, 0, 300]):
+        if n == 0:
+            assert bool((expected["o"][b] == 0).all()) and bool(torch.isneginf(expected["lse"][b]).all())
+            continue
+        o, lse = reference.attention_bshd(inputs["q"][b:b + 1], k[b:b + 1, :n], v[b:b + 1, :n], torch.float32, causal=True,
+                                          align="bottom_right", window_left=50, window_right=-1, softcap=30.0)
+        assert torch.equal(expected["o"][b:b + 1], o) or torch.allclose(expected["o"][b:b + 1], o, atol=1e-6)
+        fin = torch.isfinite(lse)
+        assert torch.equal(fin, torch.isfinite(expected["lse"][b:b + 1]))
+        assert torch.allclose(expected["lse"][b:b + 1][fin], lse[fin], atol=1e-5)
+
+
+def test_flops_count_each_sequence_by_its_own_length():
+    st = StageD()
+    equal, unequal = params(page_size=64), params(page_size=64, seqlens_k=LENGTHS)
+    assert st.flops(unequal) == pytest.approx(st.flops(equal) * (130 + 0 + 300) / 900)
+
+
+def test_unequal_lengths_name_the_first_length_mutant():
+    """The kernel that gives every sequence sequence 0's KV length (paged_bug=first_length) is
+    named by the diagnosis; the generic model (one n for all) steps aside on such inputs; the
+    correct output names none."""
+    from workbench.diagnose import MutantContext, NotApplicable, Pred, diagnose, views_for
+
+    p = params(causal=True, seqlens_k="300:130:0")
+    inputs, expected, outs, variants, mutants = _case("random", p)
+    cx = MutantContext(inputs=inputs, expected={k: v.float() for k, v in expected.items()}, params=p, variants=variants,
+                       fixture="random", views=views_for(A.ROOT / "stages" / "fmha"))
+    with pytest.raises(NotApplicable):
+        mutants["kv-tail-unmasked"].fn(cx)
+    pred = mutants["paged-first-length"].fn(cx)
+    o = pred["o"].values if isinstance(pred["o"], Pred) else pred["o"]
+    assert (o - expected["o"].float()).abs().max() > 0.1
+    out = A.kernel_like({**expected, **pred}, outs, seed=3)
+    d = diagnose(out, expected, inputs, p, variants, "random", mutants)
+    assert d.status == "explained" and d.best.name == "paged-first-length", d.headline
+    ok = A.kernel_like(dict(expected), outs, seed=9)
+    assert not diagnose(ok, expected, inputs, p, variants, "random", mutants).explanations
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -127,16 +209,21 @@ def test_paged_mutants_are_named(causal):
 
 @pytest.mark.parametrize("args", [["-p", "page_size=32", "-p", "d=192"], ["-p", "page_size=128", "-p", "d=192"],
                                   ["-p", "page_size=128", "-p", "varlen=true"], ["-p", "page_size=100"],
-                                  ["-p", "page_size=64", "-V", "paged_bug=offset_ignored"]])
+                                  ["-p", "page_size=64", "-V", "paged_bug=offset_ignored"],
+                                  ["-p", "page_size=64", "-p", "batch=3", "-p", "seqlens_k=1:2"],
+                                  ["-p", "page_size=64", "-p", "n=300", "-p", "batch=2", "-p", "seqlens_k=1:301"],
+                                  ["-p", "page_size=64", "-p", "seqlens=1:2"]])
 def test_wb_compile_rejects_paged_mistakes_in_one_line(args):
     """A page size that neither divides nor is a multiple of the KV tile (d=192's 112 keys),
     paged + varlen, a page size outside the choices, the offset bug with pages smaller than a
-    tile (no offset to ignore): one line, exit 2, no traceback."""
+    tile (no offset to ignore), paged lengths not one per sequence or past n, q lengths
+    (seqlens) without varlen: one line, exit 2, no traceback."""
     from conftest import run_wb
 
     r = run_wb("compile", "d", *args, cwd=A.ROOT)
     assert r.returncode == 2, r.stdout + r.stderr
-    assert "page_size" in r.stderr and "Traceback" not in r.stderr
+    assert ("page_size" in r.stderr or "seqlens" in r.stderr) and "Traceback" not in r.stderr
+    assert [line.startswith("wb: error:") for line in r.stderr.splitlines() if not line.startswith("[")] == [True], r.stderr
 
 
 def test_paged_compiles_for_sm90a_without_spills():

@@ -4,7 +4,8 @@ paged sweeps (benchmarks/gpu_verify_parity.sh, paged) cannot show.
 * page_size > 0 with the identity block table over a cache laid out like the dense K/V is the
   unpaged kernel bit for bit (same tiles, same order): paging adds only addressing;
 * each injected paging bug (``paged_bug``) FAILs against the reference and the diagnosis names
-  its mutant first (the wb run lines of the paged section show the same through wb).
+  its mutant first (the wb run lines of the paged section show the same through wb);
+* sequences of unequal KV lengths (cache_seqlens, incl. none) each attend their own keys.
 """
 
 from __future__ import annotations
@@ -83,3 +84,41 @@ def test_injected_paging_bugs_fail_and_are_named(bug, name):
     assert d.best is not None and d.best.name == name, d.headline
     ok = _run(st, p, inputs)
     assert (ok["o"].float() - expected["o"].float()).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("d, page_size", [(64, 16), (128, 64), (128, 256), (192, 16)])
+@pytest.mark.parametrize("causal, align", [(False, "top_left"), (True, "top_left"), (True, "bottom_right")])
+def test_unequal_kv_lengths_are_each_sequences_own(d, page_size, causal, align):
+    """cache_seqlens of unequal lengths (none, one past a page, a tail inside the last tile,
+    the full room) read per work tile: each sequence matches the reference over its own keys
+    (the cache rows past its length hold poison), the one with none gets O = 0 and LSE = -inf."""
+    fixtures, _ = A.load()
+    st = StageD()
+    p = _params(d=d, n=1000, m=700, batch=4, page_size=page_size, causal=causal, align=align, seqlens_k="0:17:1000:650")
+    specs = st.inputs(p)
+    inputs = get_fixture(fixtures, "random", specs).make(specs, p, 0, "cuda")
+    expected = st.reference(inputs, p, {}, torch.float32)
+    out = _run(st, p, inputs)
+    assert (out["o"].float() - expected["o"].float()).abs().max() < 0.05
+    assert bool((out["o"][0] == 0).all()) and bool(torch.isneginf(out["lse"][0]).all())
+    fin = torch.isfinite(expected["lse"])
+    assert torch.equal(fin, torch.isfinite(out["lse"]))
+    assert (out["lse"][fin] - expected["lse"][fin]).abs().max() < 0.05
+
+
+def test_first_length_bug_fails_and_is_named():
+    """paged_bug=first_length (every sequence takes cache_seqlens[0]) FAILs on unequal lengths
+    and the diagnosis names paged-first-length first."""
+    from workbench.diagnose import diagnose
+
+    fixtures, mutants = A.load()
+    st = StageD()
+    p = _params(d=64, n=1000, m=700, page_size=64, causal=True, seqlens_k="1000:300:640")
+    specs = st.inputs(p)
+    fx = get_fixture(fixtures, "random", specs)
+    inputs = fx.make(specs, p, 0, "cuda")
+    expected = st.reference(inputs, p, {}, torch.float32)
+    out = _run(st, p, inputs, {"paged_bug": "first_length"})
+    assert (out["o"].float() - expected["o"].float()).nan_to_num(9.0).abs().max() > 0.1
+    d = diagnose(out, expected, inputs, p, dict(fx.variants), "random", mutants)
+    assert d.best is not None and d.best.name == "paged-first-length", d.headline

@@ -87,7 +87,8 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
   kernel (the same SASS).
 * Paged KV (``page_size`` > 0, compile-time; verified on an H200 at 16, 32, 64, 128 and 256): k, v are caches
   (num_pages, page_size, kv_heads, d) read through ``block_table`` (batch, pages per
-  sequence) int32; every sequence has n keys (``cache_seqlens``, all equal). The producer
+  sequence) int32; sequence b has ``cache_seqlens[b]`` keys (0 ... the table's pages; read per
+  work tile by both roles, ``paged_seqlen``; none: one fully masked visit). The producer
   reads each KV tile's table entry (``load_paged_tile``) and TMAs one (tile_n, d) box at
   (page, row offset) of the cache's (page_size, d, kv_heads, num_pages) view when page_size
   is a multiple of tile_n (128/256 for d <= 128); when it divides tile_n (16/32/64; 16 for
@@ -153,7 +154,7 @@ from workbench.compile.probe import probe
 PAGE_SIZES = (0, 16, 32, 64, 128, 256)
 
 #: paged bug injections: none, or the bug of the mutant paged-<name with - for _>
-PAGED_BUGS = ("none", "page_off_by_one", "offset_ignored", "batch0_table")
+PAGED_BUGS = ("none", "page_off_by_one", "offset_ignored", "batch0_table", "first_length")
 
 #: varlen bug injections: none; next_offset = Q/K/V loaded from sequence b + 1's start;
 #: tail_unmasked = keys masked at the 128-key tile end, not at the sequence's length;
@@ -367,7 +368,7 @@ class FmhaForward(FmhaForwardBase):
         self.varlen_bug = varlen_bug
         # paged KV (page_size > 0, compile-time; verified on an H200 at every size): k/v are caches
         # (num_pages, page_size, kv_heads, d) addressed through a block table (batch,
-        # max_pages_per_seq) int32; every sequence has the same n keys. One TMA box per KV tile
+        # max_pages_per_seq) int32, sequence b's KV length cache_seqlens[b]. One TMA box per KV tile
         # at (page, row offset in the page) when page_size is a multiple of tile_n; one box per
         # page into its rows of the tile when page_size divides tile_n (16/32/64)
         page_size = int(page_size)
@@ -456,7 +457,7 @@ class FmhaForward(FmhaForwardBase):
         mCuSeqlensK: cute.Tensor = None,  # varlen: (batch + 1,) int32 offsets into total_k
         mTileTable: cute.Tensor = None,  # varlen: (entries,) int32 work tiles, batch << 16 | m_block (varlen_tile_table)
         mBlockTable: cute.Tensor = None,  # paged: (batch, max_pages_per_seq) int32 page indices
-        seqlen_k=None,  # Int32, paged: n, the KV length of every sequence
+        mCacheSeqlens: cute.Tensor = None,  # paged: (batch,) int32, the KV length of each sequence
     ):
         """Non-varlen: q (batch, m, heads, d), lse (batch, heads, m). varlen: q (total_q, heads, d),
         k, v (total_k, kv_heads, d), o like q, lse (heads, total_q), plus the cu_seqlens
@@ -481,7 +482,7 @@ class FmhaForward(FmhaForwardBase):
                 atom_v, tma_v = common.make_tma_load(mV, self.page_rows(layouts[2], self.dv), (self.page_size, self.dv))
                 tmas = tmas[:2] + (atom_k, tma_k, atom_v, tma_v) + tmas[6:]
             num_tiles = cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m) * cute.size(mQ, mode=[2]) * cute.size(mQ, mode=[3])
-            extra_kw = {"mBlockTable": mBlockTable, "seqlen_k_paged": seqlen_k}
+            extra_kw = {"mBlockTable": mBlockTable, "mCacheSeqlens": mCacheSeqlens}
         else:
             mQ, mK, mV, mO = [seq_d_head_batch(t) for t in (mQ, mK, mV, mO)]
             tmas, mmas, layouts = self._host_setup(mQ, mK, mV, mO)
@@ -518,7 +519,7 @@ class FmhaForward(FmhaForwardBase):
         mTileTable: cute.Tensor = None,  # varlen only
         mO_rows: cute.Tensor = None,  # varlen: the plain (total_q, d, heads) O, for predicated row stores
         mBlockTable: cute.Tensor = None,  # paged only
-        seqlen_k_paged=None,  # Int32, paged only
+        mCacheSeqlens: cute.Tensor = None,  # paged only
     ):
         tidx, _, _ = cute.arch.thread_idx()
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
@@ -534,9 +535,10 @@ class FmhaForward(FmhaForwardBase):
             cu = (mCuSeqlensQ, mCuSeqlensK)
             sched = ts.make_tile_scheduler(self, mQ, mK, mTileCounter, tile_pipe, tile_ids, table=mTileTable)
         elif const_expr(self.page_size > 0):
+            # (the scheduler's n: the table's capacity, an upper bound of every sequence's)
             sched = ts.make_tile_scheduler(
                 self, mQ, mK, mTileCounter, tile_pipe, tile_ids,
-                shape=(mQ.shape[0], seqlen_k_paged, mQ.shape[2], mQ.shape[3]),
+                shape=(mQ.shape[0], mBlockTable.shape[1] * self.page_size, mQ.shape[2], mQ.shape[3]),
             )
         elif const_expr(self.split_tail):
             # the last wave's tiles in pieces where the cost model gains and mTileCounter has room
@@ -547,16 +549,14 @@ class FmhaForward(FmhaForwardBase):
             sched = ts.make_tile_scheduler(self, mQ, mK, mTileCounter, tile_pipe, tile_ids, split=plan)
         else:
             sched = ts.make_tile_scheduler(self, mQ, mK, mTileCounter, tile_pipe, tile_ids)
-        seqlen_q, seqlen_k = mQ.shape[0], mK.shape[0]
-        if const_expr(self.page_size > 0):
-            seqlen_k = seqlen_k_paged
+        seqlen_q, seqlen_k = mQ.shape[0], mK.shape[0]  # (paged: each tile reads its sequence's, paged_seqlen)
         tile_step = sched.step
         if const_expr(self.trace):
             self.trace_clocks(mTileCounter, sched.first, tile_step, 0)
         tile, m_block, head, batch = sched.initial()
         load_tile = partial(
             self.produce_work_tile, tma_atom_q, tma_atom_k, tma_atom_v, mQ, mK, mV, sQ, sK, sV,
-            pipeline_q, pipeline_k, pipeline_v, seqlen_k, cu=cu, block_table=mBlockTable,
+            pipeline_q, pipeline_k, pipeline_v, seqlen_k, cu=cu, block_table=mBlockTable, cache_seqlens=mCacheSeqlens,
         )
         if wg_idx == 0:
             cute.arch.setmaxregister_decrease(self.producer_regs)
@@ -599,7 +599,7 @@ class FmhaForward(FmhaForwardBase):
             compute_tile = partial(
                 self.consume_work_tile, tiled_mma_qk, tiled_mma_pv, tma_atom_o, mO, mLSE, sQ, sK, sV, sO,
                 pipeline_q, pipeline_k, pipeline_v, regs, tidx, wg_idx - 1, seqlen_q, seqlen_k, cu=cu, mO_rows=mO_rows,
-                scratch=sPart,
+                scratch=sPart, cache_seqlens=mCacheSeqlens,
             )
             if const_expr(sched.persistent):
                 # (a loop around the pinned/mid overlap step makes ptxas serialize d=128's
@@ -665,6 +665,10 @@ class FmhaForward(FmhaForwardBase):
     def kv_span(self, m_block: Int32, seqlen_q: Int32, seqlen_k: Int32, piece: tuple = None):
         """(n_min, n_max): the KV tiles n_min .. n_max - 1 that work tile ``m_block`` visits
         (``mask.kv_tile_range``), or those of its ``piece`` (split_tail, ``piece_of``)."""
+        if const_expr(self.page_size > 0):
+            # a paged sequence with no keys visits one fully masked tile (O = 0, LSE = -inf), as a
+            # Q tile that sees no key does (mask.py); the mask itself keeps the real length
+            seqlen_k = cutlass.max(seqlen_k, 1)
         n_min, n_max = mk.kv_tile_range(self.mask, m_block, seqlen_q, seqlen_k)
         if const_expr(piece is not None):
             n_min, n_max = split_kv.kv_range(n_max, piece)
@@ -821,12 +825,14 @@ class FmhaForward(FmhaForwardBase):
         seqlen_k: Int32, m_block: Int32, head: Int32, batch: Int32,
         q_state: pipeline.PipelineState, kv_state: pipeline.PipelineState,
         stamp: cutlass.Constexpr = no_stamp, cu: tuple = None, block_table: cute.Tensor = None, piece: tuple = None,
+        cache_seqlens: cute.Tensor = None,
     ):
         """The producer's share of the work tile (m_block, head, batch); returns the ring
         states after it. varlen (``cu`` = the cu_seqlens): the sequence's rows of the packed
         tensors, its own KV length (a box past its end reads the next sequence's rows: those
-        keys are masked, those Q rows never stored). ``piece`` (split_tail): ``piece_of``'s,
-        the KV tiles of that piece only."""
+        keys are masked, those Q rows never stored). paged: the sequence's KV length from
+        ``cache_seqlens`` (``paged_seqlen``). ``piece`` (split_tail): ``piece_of``'s, the KV
+        tiles of that piece only."""
         head_kv = head // self.qhead_per_kvhead
         seqlen_q = mQ.shape[0]
         if const_expr(self.varlen):
@@ -842,6 +848,7 @@ class FmhaForward(FmhaForwardBase):
             gQ = cute.local_tile(mQ[None, None, head, batch], (self.wg_rows, self.d), (None, 0))
             gK = mK[None, None, head_kv, None]
             gV = mV[None, None, head_kv, None]
+            seqlen_k = self.paged_seqlen(cache_seqlens, batch)
         else:
             gQ = cute.local_tile(mQ[None, None, head, batch], (self.wg_rows, self.d), (None, 0))  # (64, d, ceil(m/64))
             gK = cute.local_tile(mK[None, None, head_kv, batch], (self.tile_n, self.d), (None, 0))  # (128, d, ceil(n/128))
@@ -850,10 +857,12 @@ class FmhaForward(FmhaForwardBase):
         shared_rows = None
         if const_expr(self.short_split):
             shared_rows = short_tile_mod.is_short(m_block, seqlen_q, self.tile_m, self.wg_rows)
+        pages = None
+        if const_expr(self.page_size > 0):
+            pages = (self.paged_row(block_table, batch), self.last_page(seqlen_k))
         return self.produce_d(
             tma_atom_q, tma_atom_k, tma_atom_v, gQ, gK, gV, sQ, sK, sV,
-            pipeline_q, pipeline_k, pipeline_v, q_state, kv_state, m_block, n_max, stamp, n_min,
-            self.paged_row(block_table, batch) if const_expr(self.page_size > 0) else None, shared_rows,
+            pipeline_q, pipeline_k, pipeline_v, q_state, kv_state, m_block, n_max, stamp, n_min, pages, shared_rows,
         )
 
     @cute.jit
@@ -862,7 +871,7 @@ class FmhaForward(FmhaForwardBase):
         regs: tuple, tidx: Int32, wg: Int32, seqlen_q: Int32, seqlen_k: Int32,
         m_block: Int32, head: Int32, batch: Int32, kv_state: pipeline.PipelineState, q_buf: Int32, q_phase: Int32,
         stamp: cutlass.Constexpr = no_stamp, cu: tuple = None, mO_rows: cute.Tensor = None, piece: tuple = None,
-        split_io: tuple = None, scratch: cute.Tensor = None,
+        split_io: tuple = None, scratch: cute.Tensor = None, cache_seqlens: cute.Tensor = None,
     ) -> pipeline.PipelineState:
         """One consumer WG's share of the work tile (m_block, head, batch); returns the K/V
         ring state after it. varlen: the sequence's lengths; mO is O's TMA tensor over the
@@ -882,6 +891,8 @@ class FmhaForward(FmhaForwardBase):
         else:
             gO = cute.local_tile(mO[None, None, head, batch], (self.wg_rows, self.dv), (None, 0))  # (64, dv, ceil(m/64))
             mLSE_row = mLSE[batch, head, None]
+            if const_expr(self.page_size > 0):
+                seqlen_k = self.paged_seqlen(cache_seqlens, batch)
             n_min, n_max = self.kv_span(m_block, seqlen_q, seqlen_k, piece)
         shared_rows = None
         if const_expr(self.short_split):
@@ -967,7 +978,7 @@ class FmhaForward(FmhaForwardBase):
         n_max: Int32,
         stamp: cutlass.Constexpr = no_stamp,
         n_min=0,
-        pages: cute.Tensor = None,  # paged: this batch's block table row
+        pages: tuple = None,  # paged: (this batch's block table row, its last_page)
         shared_rows=None,  # short_tile=split: whether the tile's real rows fit WG 0 (a Boolean)
     ):
         """Warp 0 of WG0, one work tile: K_{n_max - 1}, the Q halves, then the other K_j,
@@ -1045,6 +1056,20 @@ class FmhaForward(FmhaForwardBase):
         pipe.producer_acquire(state)
         cute.copy(tma_atom, tXgX[None, tile], tXsX[None, state.index], tma_bar_ptr=pipe.producer_get_barrier(state))
 
+    def paged_seqlen(self, cache_seqlens: cute.Tensor, batch: Int32) -> Int32:
+        """paged: the KV length of sequence ``batch`` (``paged_bug=first_length``: sequence 0's
+        for every sequence)."""
+        if const_expr(self.paged_bug == "first_length"):
+            return cache_seqlens[0]
+        return cache_seqlens[batch]
+
+    def last_page(self, seqlen_k: Int32) -> Int32:
+        """paged: the last block table entry the sequence's keys fill (0 with no keys). Pages
+        smaller than a KV tile: the tail tile's entries past it are clamped to it (they hold
+        only masked keys), so no entry past the sequence's own pages is read -- the row may
+        end there (the table's last row: past the tensor)."""
+        return cutlass.max((seqlen_k + (self.page_size - 1)) // self.page_size - 1, 0)
+
     def paged_row(self, block_table: cute.Tensor, batch: Int32) -> cute.Tensor:
         """paged: the block table row of ``batch`` (``paged_bug=batch0_table``: row 0 for all)."""
         if const_expr(self.paged_bug == "batch0_table"):
@@ -1065,7 +1090,7 @@ class FmhaForward(FmhaForwardBase):
         tma_atom: cute.CopyAtom,
         gX: cute.Tensor,  # (page_size, d, num_pages): one KV head of the cache
         sX: cute.Tensor,
-        pages: cute.Tensor,  # (max_pages_per_seq,) int32: this batch's block table row
+        pages: tuple,  # (this batch's block table row (max_pages_per_seq,) int32, its last_page)
         width: cutlass.Constexpr[int],  # d for K, dv for V
         state: pipeline.PipelineState,
         tile: Int32,
@@ -1074,13 +1099,15 @@ class FmhaForward(FmhaForwardBase):
         pages[tile * tile_n // page_size] at row offset tile * tile_n % page_size (page_size
         a multiple of tile_n: one box). The producer warp reads the table entry (a broadcast
         load), then TMAs the box like ``load_tile``. Pages smaller than a tile: one box per
-        page, pages[tile * tile_n / page_size + j] into rows j * page_size ... of the stage."""
+        page, pages[tile * tile_n / page_size + j] into rows j * page_size ... of the stage,
+        j past the sequence's last page clamped to it (``last_page``)."""
+        pages, last = pages
         if const_expr(self.page_size < self.tile_n):
             per_tile = self.tile_n // self.page_size
             pipe.producer_acquire(state)
             sX_stage = sX[None, None, state.index]
             for j in cutlass.range(per_tile, unroll=1):  # (unrolled, the producer's 24 registers spill)
-                entry = tile * per_tile + j
+                entry = cutlass.min(tile * per_tile + j, last)
                 if const_expr(self.paged_bug == "page_off_by_one"):
                     entry = entry + 1
                 sX_page = cute.local_tile(sX_stage, (self.page_size, width), (j, 0))

@@ -72,9 +72,11 @@ class Problem:
         if "block_table" in cx.inputs:  # paged KV: the logical K/V through the block table
             from stages.fmha import reference
 
-            k, v = reference.gather_pages(
-                cx.inputs["k"], cx.inputs["v"], cx.inputs["block_table"], int(cx.inputs["cache_seqlens"][0])
-            )
+            lens = cx.inputs["cache_seqlens"].tolist()
+            # this model has one n for every (batch, head): sequences of unequal KV lengths are
+            # the paged mutants' alone (_paged_attend)
+            _need(len(set(lens)) == 1, "paged sequences of unequal KV lengths (the model has one n)")
+            k, v = reference.gather_pages(cx.inputs["k"], cx.inputs["v"], cx.inputs["block_table"], lens[0])
         else:
             k = cx.inputs["k"]
             v = cx.inputs.get("v")
@@ -1165,9 +1167,10 @@ def varlen_first_length(cx):
 # read through block_table (batch, pages per sequence). Each mutant gathers the logical K/V
 # with one addressing bug, then attends like the reference (float32).
 # --------------------------------------------------------------------------------------
-def _paged_attend(cx, pages_of):
+def _paged_attend(cx, pages_of, lens=None):
     """{o, lse} of attention over K/V gathered by ``pages_of(block_table, r)`` -> (page
-    (batch, n), row in page (batch, n)) for logical key rows r (n,)."""
+    (batch, n), row in page (batch, n)) for logical key rows r (n,), sequence b seeing its
+    first ``lens[b]`` keys (default: cache_seqlens)."""
     import torch
 
     from stages.fmha import reference
@@ -1176,14 +1179,15 @@ def _paged_attend(cx, pages_of):
     inputs = cx.inputs
     _need("block_table" in inputs and inputs["q"].dim() == 4, "not a paged stage")
     kc, vc, bt = inputs["k"].float(), inputs["v"].float(), inputs["block_table"].long()
-    n = int(inputs["cache_seqlens"][0])
+    lens = inputs["cache_seqlens"].tolist() if lens is None else lens
+    n = max(lens, default=0)
     r = torch.arange(n, device=bt.device)
     page, row = pages_of(bt, r, kc.shape[1])
     page = page.clamp(0, kc.shape[0] - 1)
     k, v = kc[page, row], vc[page, row]
     p = cx.params
-    o, lse = reference.attention_bshd(
-        inputs["q"].float(), k, v, torch.float32, causal=_truthy(param_value(p, "causal", False)),
+    o, lse = reference.attention_lengths(
+        inputs["q"].float(), k, v, lens, torch.float32, causal=_truthy(param_value(p, "causal", False)),
         softmax=(cx.variants or {}).get("softmax", "exp"), softcap=float(param_value(p, "softcap", 0.0) or 0.0),
         align=str(param_value(p, "align", "top_left")), window_left=int(param_value(p, "window_left", -1)),
         window_right=int(param_value(p, "window_right", -1)),
@@ -1231,6 +1235,15 @@ def paged_batch0_table(cx):
         return bt[:1, r // ps].expand(bt.shape[0], -1), (r % ps).expand(bt.shape[0], -1)
 
     return _paged_attend(cx, pages_of)
+
+
+@mutant("paged-first-length", "every sequence takes sequence 0's KV length (cache_seqlens[0]): a longer one "
+        "loses its last keys, a shorter one attends the cache rows past its end", outputs=("o", "lse"), dims=(4,),
+        family="paged")
+def paged_first_length(cx):
+    lens = cx.inputs["cache_seqlens"].tolist() if "cache_seqlens" in cx.inputs else []
+    _need(len(set(lens)) > 1, "every sequence has the same KV length")
+    return _paged_attend(cx, lambda bt, r, ps: (bt[:, r // ps], (r % ps).expand(bt.shape[0], -1)), [lens[0]] * len(lens))
 
 
 def torch_mod():

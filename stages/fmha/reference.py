@@ -527,6 +527,42 @@ def attention_varlen(
     return o, lse
 
 
+def attention_paged(
+    q: "torch.Tensor",
+    k_cache: "torch.Tensor",
+    v_cache: "torch.Tensor",
+    block_table: "torch.Tensor",
+    cache_seqlens: "torch.Tensor",
+    compute_dtype: "torch.dtype",
+    **kw,
+) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Paged KV: ``attention_bshd`` over the logical K/V of each sequence, sequence b's
+    first cache_seqlens[b] keys through the block table -> (O (batch, m, heads, dv), LSE
+    (batch, heads, m)). ``kw``: its causal, softmax, align, window and softcap."""
+    lens = [int(x) for x in cache_seqlens.cpu()]
+    k, v = gather_pages(k_cache, v_cache, block_table, max(lens, default=0))
+    return attention_lengths(q, k, v, lens, compute_dtype, **kw)
+
+
+def attention_lengths(
+    q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor", lens: "list[int]", compute_dtype: "torch.dtype", **kw,
+) -> "tuple[torch.Tensor, torch.Tensor]":
+    """``attention_bshd`` where sequence b sees only its first lens[b] keys of k, v (batch,
+    n, kv_heads, d), n >= every length: one batched call when every length is n, else
+    ``attention_varlen`` over the sequences packed (a sequence with no keys: O = 0, LSE =
+    -inf)."""
+    import torch
+
+    batch, m, heads = q.shape[0], q.shape[1], q.shape[2]
+    if all(x == k.shape[1] for x in lens):
+        return attention_bshd(q, k, v, compute_dtype, **kw)
+    keep = torch.arange(k.shape[1], device=k.device)[None, :] < torch.tensor(lens, device=k.device)[:, None]
+    cu_q = torch.arange(batch + 1, dtype=torch.int32) * m
+    cu_k = torch.tensor([0] + list(lens), dtype=torch.int32).cumsum(0).to(torch.int32)
+    o, lse = attention_varlen(q.reshape(batch * m, heads, q.shape[-1]), k[keep], v[keep], cu_q, cu_k, compute_dtype, **kw)
+    return o.view(batch, m, heads, o.shape[-1]), lse.view(heads, batch, m).transpose(0, 1).contiguous()
+
+
 def gather_pages(
     k_cache: "torch.Tensor", v_cache: "torch.Tensor", block_table: "torch.Tensor", n: int
 ) -> tuple["torch.Tensor", "torch.Tensor"]:

@@ -164,17 +164,23 @@ def page_size_of(p: Params) -> int:
     return int(param_value(p, "page_size", 0) or 0)
 
 
-def paged_n(cache_seqlens) -> int:
-    """paged: the KV length n, the same for every sequence: cache_seqlens[0], read once per
-    tensor version (one device-to-host copy; the launch stays sync-free after it)."""
-    cached = getattr(cache_seqlens, "_wb_paged_n", None)
-    if cached is None or cached[0] != cache_seqlens._version:
-        lens = cache_seqlens.cpu()
-        if lens.numel() and not bool((lens == lens[0]).all()):
-            raise ValueError("paged KV: every sequence must have the same KV length (cache_seqlens all equal)")
-        cached = (cache_seqlens._version, int(lens[0]) if lens.numel() else 0)
-        cache_seqlens._wb_paged_n = cached
-    return cached[1]
+def paged_lengths(p: Params) -> list[int] | None:
+    """paged: each sequence's KV length (the run's ``cache_seqlens``): ``seqlens_k``
+    (':' or ','-separated, one per batch, each 0 ... n: n is each sequence's room in the
+    cache), else n for every sequence; None when not paged. A user's mistake is a UserError."""
+    from workbench.errors import UserError
+
+    if not page_size_of(p):
+        return None
+    given = str(p.get("seqlens_k", "") or "").strip()
+    if not given:
+        return [p.n] * p.batch
+    lens = reference.parse_seqlens(given, "seqlens_k")
+    if len(lens) != p.batch:
+        raise UserError(f"fmha/stage-d: seqlens_k has {len(lens)} lengths for batch={p.batch}: one per sequence")
+    if max(lens) > p.n:
+        raise UserError(f"fmha/stage-d: seqlens_k: a length of {max(lens)} is past n={p.n}, each sequence's room in the paged cache")
+    return lens
 
 
 def paged_geometry(batch: int, n: int, page_size: int) -> tuple:
@@ -202,8 +208,8 @@ def seqlens_of(p: Params) -> tuple[list[int], list[int]] | None:
 
     given = str(p.get("seqlens", "") or "").strip(), str(p.get("seqlens_k", "") or "").strip()
     if not host.truthy(p.get("varlen", False)):
-        if any(given):
-            raise UserError("fmha/stage-d: seqlens and seqlens_k need varlen=true")
+        if given[0] or (given[1] and not page_size_of(p)):
+            raise UserError("fmha/stage-d: seqlens and seqlens_k need varlen=true (seqlens_k also takes page_size > 0)")
         return None
     q = reference.parse_seqlens(given[0], "seqlens") if given[0] else [p.m] * p.batch
     k = reference.parse_seqlens(given[1], "seqlens_k") if given[1] else (q if given[0] else [p.n] * p.batch)
@@ -265,7 +271,7 @@ class StageD(Stage):
                 "k": TensorSpec((pages[0], ps, p.kv_heads, p.d), p.dtype),
                 "v": TensorSpec((pages[0], ps, p.kv_heads, dv_of(p)), p.dtype),
                 "block_table": TensorSpec((p.batch, pages[1]), "int32"),
-                "cache_seqlens": TensorSpec((p.batch,), "int32"),  # n for every sequence (flash-attn's name)
+                "cache_seqlens": TensorSpec((p.batch,), "int32"),  # each sequence's KV length (flash-attn's name)
             }
         lens = seqlens_of(p)
         if lens is not None:
@@ -291,6 +297,8 @@ class StageD(Stage):
         per_pair = 2.0 * (p.d + dv_of(p))  # QK^T and PV: 4·d when dv = d
         mask = mask_params(p)
         lens = seqlens_of(p)
+        if lens is None and paged_lengths(p) is not None and len(set(paged_lengths(p))) > 1:
+            lens = ([p.m] * p.batch, paged_lengths(p))
         if lens is not None:
             return per_pair * p.heads * sum(reference.visible_pairs(m, n, **mask_window(p)) for m, n in zip(*lens))
         if mask["align"] == "top_left" and mask["window_left"] < 0 and mask["window_right"] < 0:
@@ -332,7 +340,8 @@ class StageD(Stage):
         import time
 
         dtype = common.cute_dtype(p.dtype)
-        seqlens_of(p)  # a varlen parameter mistake is the user's, before any trace
+        seqlens_of(p)  # a varlen (or paged lengths) parameter mistake is the user's, before any trace
+        paged_lengths(p)
         if host.variants_of("d", variants)["varlen_bug"] != "none" and not host.truthy(p.get("varlen", False)):
             from workbench.errors import UserError
 
@@ -370,7 +379,7 @@ class StageD(Stage):
         if kernel.varlen:
             args += [host.fake_tensor(Int32, 1) for _ in range(3)]  # cu_seqlens_q, cu_seqlens_k, the tile table
         elif kernel.page_size:
-            args += [None, None, None, host.fake_tensor(Int32, 2), Int32(1)]
+            args += [None, None, None, host.fake_tensor(Int32, 2), host.fake_tensor(Int32, 1)]  # block_table, cache_seqlens
         return args
 
     def launch(self, compiled: host.Compiled, inputs, outputs) -> None:
@@ -380,11 +389,15 @@ class StageD(Stage):
             assert q.shape[-1] == compiled.d and q.shape[2] == compiled.heads and kc.shape[2] == compiled.kv_heads, (
                 "the tensors do not match the compiled (d, heads, kv_heads)"
             )
+            lens = inputs["cache_seqlens"]
+            assert lens.shape == (q.shape[0],) and str(lens.dtype) == "torch.int32" and bt.shape[1] >= 1, (
+                "paged: cache_seqlens must be int32 (batch,) and the block table hold a page per sequence"
+            )
             compiled.fn(
                 host.to_cute(q), host.to_cute(kc), host.to_cute(inputs["v"]),
                 host.to_cute(outputs["o"]), host.to_cute(outputs["lse"]), host.to_cute(tile_counter(q.device)),
                 Int32(sm_count(q.device)), host.current_stream(), None, None, None,
-                host.to_cute(bt), Int32(paged_n(inputs["cache_seqlens"])),
+                host.to_cute(bt), host.to_cute(inputs["cache_seqlens"]),
             )
             return
         k = inputs["k"]
@@ -480,10 +493,9 @@ class StageD(Stage):
 
         softmax = host.variants_of("d", variants)["softmax"]
         if "block_table" in inputs:
-            k, v = reference.gather_pages(inputs["k"], inputs["v"], inputs["block_table"], p.n)
-            o, lse = reference.attention_bshd(
-                inputs["q"], k, v, compute_dtype, causal=host.truthy(p.causal), softmax=softmax,
-                softcap=softcap_of(p), **mask_params(p),
+            o, lse = reference.attention_paged(
+                inputs["q"], inputs["k"], inputs["v"], inputs["block_table"], inputs["cache_seqlens"], compute_dtype,
+                causal=host.truthy(p.causal), softmax=softmax, softcap=softcap_of(p), **mask_params(p),
             )
             return {"o": o.to(compute_dtype), "lse": lse.to(torch.float32)}
         if "cu_seqlens_q" in inputs:
