@@ -249,6 +249,83 @@ print(json.dumps(out))
 """
 
 
+PAGED_CHECKS = """
+import json
+import torch
+import wb_fmha
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+def refusal(*args, **kwargs):
+    try:
+        torch.ops.wb_fmha.fwd(*args, **kwargs)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+bf, i32 = torch.bfloat16, torch.int32
+out = {}
+with FakeTensorMode():
+    def cuda(*shape, dtype=bf):
+        return torch.empty(*shape, dtype=dtype, device="cuda")
+    q, kc, bt, lens = cuda(3, 100, 2, 64), cuda(40, 64, 1, 64), cuda(3, 5, dtype=i32), cuda(3, dtype=i32)
+    o, lse = torch.ops.wb_fmha.fwd(q, kc, kc, block_table=bt, cache_seqlens=lens)
+    out["fake"] = [list(o.shape), list(lse.shape), str(lse.dtype)]
+    out["one"] = refusal(q, kc, kc, block_table=bt)
+    out["int64"] = refusal(q, kc, kc, block_table=bt, cache_seqlens=cuda(3, dtype=torch.int64))
+    out["batch"] = refusal(q, kc, kc, block_table=cuda(2, 5, dtype=i32), cache_seqlens=lens)
+    out["no_pages"] = refusal(q, kc, kc, block_table=cuda(3, 0, dtype=i32), cache_seqlens=lens)
+    out["page16"] = refusal(q, cuda(160, 16, 1, 64), cuda(160, 16, 1, 64), block_table=bt, cache_seqlens=lens)
+    vq, vk = cuda(100, 2, 64), cuda(64, 1, 64)
+    out["with_cu"] = refusal(vq, vk, vk, cu_seqlens_q=lens, cu_seqlens_k=lens, block_table=bt, cache_seqlens=lens)
+    out["unpaged"] = refusal(q, cuda(3, 70, 1, 64), cuda(3, 70, 1, 64))
+# the object loads here (no GPU): its TVM-FFI check refuses CPU tensors in the paged signature
+fn = wb_fmha.load(wb_fmha.CONFIGS[0])["fn"][0]
+cq, ck = torch.zeros(1, 128, 2, 64, dtype=bf), torch.zeros(2, 64, 1, 64, dtype=bf)
+try:
+    fn(cq, ck, ck, cq, torch.zeros(1, 2, 128), torch.zeros(2, dtype=i32), 1, None, None, None,
+       torch.zeros(1, 2, dtype=i32), torch.zeros(1, dtype=i32))
+    out["tvm_ffi"] = None
+except Exception as exc:
+    out["tvm_ffi"] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def paged_checks(tmp_path_factory):
+    """fmha stage D with a paged KV cache (d=64, 2 heads, 1 KV head, 64-key pages), exported
+    and installed like fmha_export, then PAGED_CHECKS in a new interpreter."""
+    root = tmp_path_factory.mktemp("export-paged")
+    ws = copy_repo_workspace(root / "ws")
+    out = root / "pkg"
+    done = run_wb(
+        "--workspace", ws, "export", "fmha/d", "-p", "d=64", "-p", "heads=2", "-p", "kv_heads=1", "-p", "page_size=64",
+        "--out", out, "--allow-unverified", "--json", cwd=ws, env={"WB_HOME": str(root / "home")},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    _pip_install(out, root / "site")
+    return {"manifest": json.loads(done.stdout), **_run_checks(root / "site", PAGED_CHECKS)}
+
+
+def test_a_paged_configuration_takes_a_block_table_and_cache_seqlens(paged_checks):
+    """page_size is in the key where it is on; the op takes the caches with block_table and
+    cache_seqlens (int32, one row / length per sequence), its outputs shaped like a
+    fixed-length call's; a call without the pair, with wrong types or batch, other pages,
+    cu_seqlens beside it, or contiguous K/V is refused in one line; the object's own check
+    takes the paged signature."""
+    (cfg,) = paged_checks["manifest"]["configs"]
+    assert cfg["key"]["page_size"] == 64 and list(cfg["pieces"]) == ["fn"]
+    assert paged_checks["fake"] == [[3, 100, 2, 64], [3, 2, 100], "torch.float32"]
+    assert "cache_seqlens: expected a tensor beside the other (paged KV takes both)" in paged_checks["one"]
+    assert "cache_seqlens: expected int32 (batch,) with batch 3, got int64 (3,)" in paged_checks["int64"]
+    assert "block_table: expected int32 (batch, pages per sequence) with batch 3, got int32 (2, 5)" in paged_checks["batch"]
+    assert "got int32 (3, 0)" in paged_checks["no_pages"]
+    assert "configuration not exported" in paged_checks["page16"] and "page_size=16" in paged_checks["page16"]
+    assert "paged KV takes fixed-length q" in paged_checks["with_cu"]
+    assert "configuration not exported" in paged_checks["unpaged"]
+    assert paged_checks["tvm_ffi"] and "expected device_type=cuda" in paged_checks["tvm_ffi"], paged_checks["tvm_ffi"]
+
+
 @pytest.fixture(scope="module")
 def fmha_checks(fmha_export):
     return _run_checks(fmha_export["site"], FMHA_CHECKS)
@@ -498,7 +575,6 @@ def test_export_refuses_configurations_no_gpu_run_verified(fmha_export, tmp_path
     "args, expected",
     [
         (["-p", "m=256"], "m is not a compile-time parameter"),
-        (["-p", "page_size=16"], "page_size > 0 (paged KV) is not exportable yet"),
         (["-p", "d=65"], "d=65 is not allowed: must be one of 64, 96, 128, 192, 256"),
         (["-p", "d="], "must look like key=value or key=v1,v2"),
         (["-V", "nope=1"], "has no variant 'nope'"),

@@ -4,6 +4,7 @@ the package runs with neither wb nor cutlass installed.
 
     o, lse = torch.ops.wb_fmha.fwd(q, k, v, causal=False)
     o, lse = torch.ops.wb_fmha.fwd(q, k, v, causal=True, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)  # varlen
+    o, lse = torch.ops.wb_fmha.fwd(q, k_cache, v_cache, block_table=bt, cache_seqlens=lens)  # paged
 
 q (batch, m, heads, d), k (batch, n, kv_heads, d), v (batch, n, kv_heads, dv) (dv = d, or
 a narrower V as exported, e.g. 192/128), all one dtype, on one CUDA device, last dim
@@ -12,7 +13,11 @@ of the softmax denominator of the scaled logits, scale 1/sqrt(d)). A configurati
 with varlen=true takes packed sequences, flash-attn's varlen layout: q (total_q, heads, d),
 k and v (total_k, kv_heads, d / dv), cu_seqlens_q and cu_seqlens_k int32 (batch + 1,) offsets
 [0, l0, l0 + l1, ...] (their values are the caller's contract: reading them would wait for
-the GPU); o (total_q, heads, dv), lse (heads, total_q). V's head dim, the mask and
+the GPU); o (total_q, heads, dv), lse (heads, total_q). A configuration exported with
+page_size > 0 takes a paged KV cache: k and v (num_pages, page_size, kv_heads, d / dv),
+block_table int32 (batch, pages per sequence) and cache_seqlens int32 (batch,), sequence b's
+KV length (flash-attn's page_table / seqused_k; the values are the caller's contract); q, o
+and lse as fixed-length. V's head dim, the mask and
 the softcap select one exported configuration (they are compiled in); a configuration that was
 not exported is refused before launch, as is any tensor the kernel was not compiled for.
 """
@@ -31,7 +36,8 @@ LONG_PIECES = ("fn_long", "fn_long2")
 PIECES = ("fn",) + LONG_PIECES
 SCHEMA = (
     "(Tensor q, Tensor k, Tensor v, bool causal=False, float softcap=0.0, int window_left=-1, "
-    'int window_right=-1, str align="top_left", Tensor? cu_seqlens_q=None, Tensor? cu_seqlens_k=None) -> (Tensor, Tensor)'
+    'int window_right=-1, str align="top_left", Tensor? cu_seqlens_q=None, Tensor? cu_seqlens_k=None, '
+    "Tensor? block_table=None, Tensor? cache_seqlens=None) -> (Tensor, Tensor)"
 )
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -98,10 +104,11 @@ def tile_table(cu_q, cu_k, total_q: int, tile_m: int, causal: bool, bottom_right
 
 def exported_key(params: dict) -> dict:
     """Stage D's compile-time parameters -> what a call selects the configuration by (varlen
-    only where on, so a fixed-length configuration keeps the key it always had)."""
-    if int(params.get("page_size", 0) or 0):
-        raise ValueError("page_size > 0 (paged KV) is not exportable yet (the op takes no block table)")
+    and page_size only where on, so a fixed-length configuration keeps the key it always had)."""
     varlen = {"varlen": True} if _truthy(params.get("varlen", False)) else {}
+    page_size = int(params.get("page_size", 0) or 0)
+    if page_size:
+        varlen["page_size"] = page_size
     return {
         "d": int(params["d"]),
         "dtype": str(params["dtype"]),
@@ -118,8 +125,9 @@ def exported_key(params: dict) -> dict:
 
 
 def call_key(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left",
-             cu_seqlens_q=None, cu_seqlens_k=None) -> dict:
+             cu_seqlens_q=None, cu_seqlens_k=None, block_table=None, cache_seqlens=None) -> dict:
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
+    paged = block_table is not None or cache_seqlens is not None
     rank = 3 if varlen else 4
     return {
         "d": int(q.shape[-1]) if q.dim() else 0,
@@ -133,11 +141,12 @@ def call_key(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1
         "softcap": float(softcap),
         "dv": int(v.shape[-1]) if v.dim() else 0,
         **({"varlen": True} if varlen else {}),
+        **({"page_size": int(k.shape[1]) if k.dim() == 4 else 0} if paged else {}),
     }
 
 
 def check(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left",
-          cu_seqlens_q=None, cu_seqlens_k=None, *, fake=False) -> list[str]:
+          cu_seqlens_q=None, cu_seqlens_k=None, block_table=None, cache_seqlens=None, *, fake=False) -> list[str]:
     """What the compiled kernel would not refuse itself, each 'what: expected X, got Y'."""
     problems = []
     named = (("q", q), ("k", k), ("v", v))
@@ -149,6 +158,13 @@ def check(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, a
         if cu_seqlens_q is None or cu_seqlens_k is None:
             return [f"{'cu_seqlens_q' if cu_seqlens_q is None else 'cu_seqlens_k'}: expected a tensor beside the other (varlen takes both)"]
         problems += _varlen_problems(q, cu_seqlens_q, cu_seqlens_k, fake)
+    paged = block_table is not None or cache_seqlens is not None
+    if paged:
+        if varlen:
+            return ["block_table: paged KV takes fixed-length q (batch, m, heads, d), not cu_seqlens"]
+        if block_table is None or cache_seqlens is None:
+            return [f"{'block_table' if block_table is None else 'cache_seqlens'}: expected a tensor beside the other (paged KV takes both)"]
+        problems += _paged_problems(q, block_table, cache_seqlens, fake)
     rank, layout = (3, "(total, heads, d)") if varlen else (4, "(batch, seqlen, heads, d)")
     for name, t in named:
         if t.dim() != rank:
@@ -172,6 +188,12 @@ def check(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, a
             problems.append(f"v.shape: expected k's (total_k, kv_heads) {tuple(k.shape[:2])} and a head dim, got {tuple(v.shape)}")
         if k.shape[-1] != d:
             problems.append(f"k.shape: expected (total_k, kv_heads, {d}) like q {tuple(q.shape)}, got {tuple(k.shape)}")
+    elif paged:
+        d = q.shape[-1]
+        if tuple(k.shape[:3]) != tuple(v.shape[:3]):
+            problems.append(f"v.shape: expected k's (num_pages, page_size, kv_heads) {tuple(k.shape[:3])} and a head dim, got {tuple(v.shape)}")
+        if k.shape[3] != d:
+            problems.append(f"k.shape: expected (num_pages, page_size, kv_heads, {d}) like q {tuple(q.shape)}, got {tuple(k.shape)}")
     else:
         b, m, h, d = q.shape
         if tuple(k.shape[:3]) != tuple(v.shape[:3]):
@@ -212,6 +234,24 @@ def _varlen_problems(q, cu_q, cu_k, fake: bool) -> list[str]:
     return problems
 
 
+def _paged_problems(q, block_table, cache_seqlens, fake: bool) -> list[str]:
+    """block_table / cache_seqlens as the kernel reads them: int32, (batch, >= 1 pages) and
+    (batch,), on q's device (their values, the page indices and lengths, are the caller's)."""
+    problems = []
+    batch = q.shape[0] if q.dim() == 4 else None
+    for name, t, rank in (("block_table", block_table, 2), ("cache_seqlens", cache_seqlens, 1)):
+        if not isinstance(t, torch.Tensor):
+            return [f"{name}: expected a torch.Tensor, got {type(t).__name__}"]
+        want = "(batch, pages per sequence)" if rank == 2 else "(batch,)"
+        if t.dtype != torch.int32 or t.dim() != rank or (batch is not None and t.shape[0] != batch) or (rank == 2 and t.shape[1] < 1):
+            problems.append(f"{name}: expected int32 {want} with batch {batch}, got {str(t.dtype).replace('torch.', '')} {tuple(t.shape)}")
+        elif t.stride(-1) != 1:
+            problems.append(f"{name}.stride: expected the last dim contiguous, got {tuple(t.stride())}")
+        if t.device != q.device and not (fake and q.device.type == "meta"):
+            problems.append(f"{name}.device: expected q's {q.device}, got {t.device}")
+    return problems
+
+
 def piece_info(name: str, piece, compiled) -> dict:
     """At export: the query rows and keys from which a piece runs (the stage's Compiled.longs),
     and where the kernel cuts its last wave along the keys, the words its workspace takes
@@ -229,7 +269,7 @@ def piece_info(name: str, piece, compiled) -> dict:
 
 
 def fake(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left",
-         cu_seqlens_q=None, cu_seqlens_k=None):
+         cu_seqlens_q=None, cu_seqlens_k=None, block_table=None, cache_seqlens=None):
     if cu_seqlens_q is not None:
         total, h, d = q.shape
         return q.new_empty((total, h, v.shape[-1])), q.new_empty((h, total), dtype=torch.float32)
@@ -272,7 +312,7 @@ def _stream_of(dev) -> int:
 
 
 def launch(fns, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left",
-           cu_seqlens_q=None, cu_seqlens_k=None):
+           cu_seqlens_q=None, cu_seqlens_k=None, block_table=None, cache_seqlens=None):
     """Allocate o and lse, launch the configuration's kernel for m (``fns``: piece -> (function,
     info)) on the current stream. The dynamic tile scheduler's two int32 counters go back to
     zero after every launch (the kernel's last CTA resets them, the last piece of a tile cut
@@ -298,6 +338,9 @@ def launch(fns, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right
     dv = v.shape[3]
     o = torch.empty_like(q, memory_format=torch.contiguous_format) if dv == q.shape[3] else q.new_empty((b, m, h, dv))
     lse = torch.empty_like(state[2])
+    if block_table is not None:  # paged: one kernel (no long pieces), the lengths read on the device
+        fns["fn"][0](q, k, v, o, lse, state[0], state[1], None, None, None, block_table, cache_seqlens)
+        return o, lse
     n, fn = k.shape[1], fns["fn"][0]
     for name in LONG_PIECES:  # the first long kernel that serves m and n
         piece = fns.get(name)
@@ -334,5 +377,7 @@ def stage_call(op, inputs: dict, params: dict) -> dict:
         align=str(params.get("align", "top_left")),
         cu_seqlens_q=inputs.get("cu_seqlens_q"),
         cu_seqlens_k=inputs.get("cu_seqlens_k"),
+        block_table=inputs.get("block_table"),
+        cache_seqlens=inputs.get("cache_seqlens"),
     )
     return {"o": o, "lse": lse}
