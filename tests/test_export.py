@@ -137,6 +137,16 @@ def test_the_shared_object_holds_the_kernel_and_needs_only_the_runtime_and_tvm_f
     assert blob.find(b"\x7fELF", 1) > 0  # the cubin is inside
 
 
+# the op's refusal as a string (None when it ran), for the check scripts
+REFUSAL = """
+def refusal(*args, **kwargs):
+    try:
+        torch.ops.wb_fmha.fwd(*args, **kwargs)
+    except ValueError as exc:
+        return str(exc)
+    return None
+"""
+
 FMHA_CHECKS = """
 import json, sys, warnings
 import torch
@@ -145,14 +155,7 @@ with warnings.catch_warnings(record=True) as caught:
     import wb_fmha
 out = {"warned": [str(w.message) for w in caught], "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("cutlass", "workbench"))}
 from torch._subclasses.fake_tensor import FakeTensorMode
-
-def refusal(*args, **kwargs):
-    try:
-        torch.ops.wb_fmha.fwd(*args, **kwargs)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
+""" + REFUSAL + """
 bf = torch.bfloat16
 with FakeTensorMode():  # fake CUDA tensors work in a CPU build of torch, but only made fresh (no .to, no views)
     def cuda(*shape, dtype=bf, stride=None):
@@ -249,18 +252,11 @@ print(json.dumps(out))
 """
 
 
-PAGED_CHECKS = """
+PAGED_CHECKS = REFUSAL + """
 import json
 import torch
 import wb_fmha
 from torch._subclasses.fake_tensor import FakeTensorMode
-
-def refusal(*args, **kwargs):
-    try:
-        torch.ops.wb_fmha.fwd(*args, **kwargs)
-    except ValueError as exc:
-        return str(exc)
-    return None
 
 bf, i32 = torch.bfloat16, torch.int32
 out = {}
