@@ -58,6 +58,25 @@ def test_bench_peers_without_a_block_table_refuse_paged_inputs():
             peers.make_peer(name, inputs, {"page_size": 64})
 
 
+def test_fa4_refuses_top_left_causal_where_a_sequences_length_is_not_m():
+    """FA4 aligns causal bottom-right: a top-left causal case is another mask wherever n != m
+    (a fixed-length m != n, or a paged sequence whose n_b != m), so `wb bench` says so instead
+    of timing other work (it timed it before: plain causal passed the window-only check)."""
+    from stages.fmha import peers
+
+    fixed, *_ = _case("random", params(causal=True, page_size=0))  # m 200, n 300
+    with pytest.raises(ValueError, match="align=top_left with m != n"):
+        peers.make_peer("fa4", fixed, {"causal": True})
+    unequal, *_ = _case("random", params(causal=True, m=300, seqlens_k="300:200:300"))
+    with pytest.raises(ValueError, match="align=top_left with m != n"):
+        peers.make_peer("fa4", unequal, {"page_size": 256, "causal": True})
+    equal, *_ = _case("random", params(causal=True, m=300))
+    try:
+        peers.make_peer("fa4", equal, {"page_size": 256, "causal": True})  # None here (no flash_attn), or FA4's run
+    except ValueError as exc:
+        assert "m != n" not in str(exc)
+
+
 @pytest.mark.parametrize("page_size", [16, 128, 256])
 def test_paged_inputs_scatter_the_pages_and_poison_the_rest(page_size):
     """The block table is a set of distinct pages per run (a permutation, not the identity),

@@ -124,13 +124,14 @@ def make_peer(name: str, inputs, params):
             run()  # fails here (not inside the timing) when the backend does not take these inputs
         return run
     if name == "fa4":
+        ns = sorted(set(inputs["cache_seqlens"].tolist())) if paged else [n]  # paged: each sequence's own n
+        if (wl >= 0 or wr >= 0) and align == "top_left" and ns != [m]:  # (wr is 0 for causal)
+            raise ValueError("fa4 aligns causal and windows bottom-right: align=top_left with m != n is another mask")
         try:
             from flash_attn.cute import flash_attn_func
         except ImportError:
             return None
         qb, kb, vb = _as_bshd(q), _as_bshd(k), _as_bshd(v)
-        if not plain and align == "top_left" and m != n:
-            raise ValueError("fa4 aligns causal and windows bottom-right: align=top_left with m != n is another mask")
         # FA4's window_size: None is unbounded; causal keeps its own right edge (0)
         window = {} if plain else {"window_size": (wl if wl >= 0 else None, None if causal or wr < 0 else wr)}
 
