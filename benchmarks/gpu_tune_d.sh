@@ -37,8 +37,9 @@
 #               dynamic kernel for every m (-V persistent=dynamic), two rounds (about 3 minutes)
 # PHASE pagedlens: paged KV with unequal lengths (cache_seqlens per sequence): tests/test_paged_gpu.py, then a
 #               sweep (n = 1000 room, lengths 0 / 17 / 1000 / 650, d = 64 / 128, pages 16 / 256, both masks and
-#               dtypes, GQA; 16 cases), then `wb run --exported` through a CPU-exported paged package
-#               (WB_PAGED_PREBUILT, default .gpu/export-paged: d = 64 / 128 x causal, 64-key pages, 4 / 2 heads)
+#               dtypes, GQA; 16 cases), packed queries over pages (16 cases), then `wb run --exported` through a
+#               CPU-exported paged package
+#               (WB_PAGED_PREBUILT, default .gpu/export-paged: d = 64 / 128 x causal x varlen, 64-key pages, 4 / 2 heads)
 #               (about 4 minutes)
 # PHASE r30:    on an H200 (the goal table's card): every non-causal cell of the goal table, d = 64 / 128 at
 #               s = 4096 / 8192, both dtypes, in turn beside FA4, two rounds (about 4 minutes); then `perf`
@@ -496,12 +497,18 @@ pagedlens)
   step "sweep: paged, unequal KV lengths 0:17:1000:650 (room n = 1000), m 700, GQA (16 cases)"
   timeout 200 wb sweep d --n 1000 --d 64,128 --dtype bf16,fp16 -p m=700 -p causal=false,true -p page_size=16,256 -p batch=4 \
     -p seqlens_k=0:17:1000:650 -p kv_heads=2 --timeout 40 | sweep_verdicts
+  step "sweep: packed queries over a paged cache (varlen, q 1:700:0:300:4096, keys 5:1000:33:0:4000), GQA (16 cases)"
+  timeout 200 wb sweep d -p varlen=true -p seqlens=1:700:0:300:4096 -p seqlens_k=5:1000:33:0:4000 -p page_size=16,64 \
+    --d 64,128 --dtype bf16,fp16 -p causal=false,true -p heads=8 -p kv_heads=2 --timeout 40 | sweep_verdicts
   pkg=${WB_PAGED_PREBUILT:-.gpu/export-paged}
   if [ -d "$pkg" ]; then
     for causal in false true; do
       step "wb run --exported $pkg: paged (64-key pages), unequal lengths, d=128 causal=$causal, through the op"
       timeout 120 wb run d --d 128 -p heads=4 -p kv_heads=2 -p page_size=64 -p batch=4 -p m=700 --n 1000 \
         -p seqlens_k=0:17:1000:650 -p causal=$causal --exported "$pkg" 2>&1 | tail -3
+      step "wb run --exported $pkg: packed queries over 64-key pages, d=64 causal=$causal, through the op"
+      timeout 120 wb run d --d 64 -p heads=4 -p kv_heads=2 -p page_size=64 -p varlen=true -p seqlens=1:700:0:300:4096 \
+        -p seqlens_k=5:1000:33:0:4000 -p causal=$causal --exported "$pkg" 2>&1 | tail -3
     done
   fi
   ;;

@@ -271,8 +271,13 @@ with FakeTensorMode():
     out["batch"] = refusal(q, kc, kc, block_table=cuda(2, 5, dtype=i32), cache_seqlens=lens)
     out["no_pages"] = refusal(q, kc, kc, block_table=cuda(3, 0, dtype=i32), cache_seqlens=lens)
     out["page16"] = refusal(q, cuda(160, 16, 1, 64), cuda(160, 16, 1, 64), block_table=bt, cache_seqlens=lens)
-    vq, vk = cuda(100, 2, 64), cuda(64, 1, 64)
-    out["with_cu"] = refusal(vq, vk, vk, cu_seqlens_q=lens, cu_seqlens_k=lens, block_table=bt, cache_seqlens=lens)
+    # packed queries over the pages: cu_seqlens_q (batch + 1,) beside the table, no cu_seqlens_k
+    vq, cu = cuda(250, 2, 64), cuda(4, dtype=i32)
+    o, lse = torch.ops.wb_fmha.fwd(vq, kc, kc, cu_seqlens_q=cu, block_table=bt, cache_seqlens=lens)
+    out["varlen_fake"] = [list(o.shape), list(lse.shape)]
+    out["with_cu_k"] = refusal(vq, kc, kc, cu_seqlens_q=cu, cu_seqlens_k=cu, block_table=bt, cache_seqlens=lens)
+    out["varlen_batch"] = refusal(vq, kc, kc, cu_seqlens_q=cuda(3, dtype=i32), block_table=bt, cache_seqlens=lens)
+    out["varlen_causal"] = refusal(vq, kc, kc, causal=True, cu_seqlens_q=cu, block_table=bt, cache_seqlens=lens)
     out["unpaged"] = refusal(q, cuda(3, 70, 1, 64), cuda(3, 70, 1, 64))
 # the object loads here (no GPU): its TVM-FFI check refuses CPU tensors in the paged signature
 fn = wb_fmha.load(wb_fmha.CONFIGS[0])["fn"][0]
@@ -283,20 +288,29 @@ try:
     out["tvm_ffi"] = None
 except Exception as exc:
     out["tvm_ffi"] = f"{type(exc).__name__}: {exc}"
+vfn = wb_fmha.load(wb_fmha.CONFIGS[1])["fn"][0]
+cu = torch.tensor([0, 128], dtype=i32)
+try:
+    vfn(cq[0], ck, ck, cq[0], torch.zeros(2, 128), torch.zeros(2, dtype=i32), 1, cu, cu, torch.zeros(2, dtype=i32),
+        torch.zeros(1, 2, dtype=i32), None)
+    out["tvm_ffi_varlen"] = None
+except Exception as exc:
+    out["tvm_ffi_varlen"] = f"{type(exc).__name__}: {exc}"
 print(json.dumps(out))
 """
 
 
 @pytest.fixture(scope="module")
 def paged_checks(tmp_path_factory):
-    """fmha stage D with a paged KV cache (d=64, 2 heads, 1 KV head, 64-key pages), exported
-    and installed like fmha_export, then PAGED_CHECKS in a new interpreter."""
+    """fmha stage D with a paged KV cache (d=64, 2 heads, 1 KV head, 64-key pages; fixed-length
+    and packed queries), exported and installed like fmha_export, then PAGED_CHECKS in a new
+    interpreter."""
     root = tmp_path_factory.mktemp("export-paged")
     ws = copy_repo_workspace(root / "ws")
     out = root / "pkg"
     done = run_wb(
         "--workspace", ws, "export", "fmha/d", "-p", "d=64", "-p", "heads=2", "-p", "kv_heads=1", "-p", "page_size=64",
-        "--out", out, "--allow-unverified", "--json", cwd=ws, env={"WB_HOME": str(root / "home")},
+        "-p", "varlen=false,true", "--out", out, "--allow-unverified", "--json", cwd=ws, env={"WB_HOME": str(root / "home")},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     _pip_install(out, root / "site")
@@ -306,18 +320,23 @@ def paged_checks(tmp_path_factory):
 def test_a_paged_configuration_takes_a_block_table_and_cache_seqlens(paged_checks):
     """page_size is in the key where it is on; the op takes the caches with block_table and
     cache_seqlens (int32, one row / length per sequence), its outputs shaped like a
-    fixed-length call's; a call without the pair, with wrong types or batch, other pages,
-    cu_seqlens beside it, or contiguous K/V is refused in one line; the object's own check
-    takes the paged signature."""
-    (cfg,) = paged_checks["manifest"]["configs"]
+    fixed-length call's; packed queries over the pages take cu_seqlens_q alone; a call without
+    the pair, with wrong types or batch, other pages, cu_seqlens_k beside them, or contiguous
+    K/V is refused in one line; each object's own check takes its signature."""
+    cfg, varlen = paged_checks["manifest"]["configs"]
     assert cfg["key"]["page_size"] == 64 and list(cfg["pieces"]) == ["fn"]
+    assert varlen["key"] == {**cfg["key"], "varlen": True}
     assert paged_checks["fake"] == [[3, 100, 2, 64], [3, 2, 100], "torch.float32"]
     assert "cache_seqlens: expected a tensor beside the other (paged KV takes both)" in paged_checks["one"]
     assert "cache_seqlens: expected int32 (batch,) with batch 3, got int64 (3,)" in paged_checks["int64"]
     assert "block_table: expected int32 (batch, pages per sequence) with batch 3, got int32 (2, 5)" in paged_checks["batch"]
     assert "got int32 (3, 0)" in paged_checks["no_pages"]
     assert "configuration not exported" in paged_checks["page16"] and "page_size=16" in paged_checks["page16"]
-    assert "paged KV takes fixed-length q" in paged_checks["with_cu"]
+    assert paged_checks["varlen_fake"] == [[250, 2, 64], [2, 250]]
+    assert "cu_seqlens_k: a paged cache's key lengths are cache_seqlens" in paged_checks["with_cu_k"]
+    assert "block_table: expected int32 (batch, pages per sequence) with batch 2, got int32 (3, 5)" in paged_checks["varlen_batch"]
+    assert "configuration not exported" in paged_checks["varlen_causal"] and "varlen=True" in paged_checks["varlen_causal"]
+    assert paged_checks["tvm_ffi_varlen"] and "expected device_type=cuda" in paged_checks["tvm_ffi_varlen"], paged_checks["tvm_ffi_varlen"]
     assert "configuration not exported" in paged_checks["unpaged"]
     assert paged_checks["tvm_ffi"] and "expected device_type=cuda" in paged_checks["tvm_ffi"], paged_checks["tvm_ffi"]
 

@@ -227,14 +227,14 @@ def test_paged_mutants_are_named(causal):
 
 
 @pytest.mark.parametrize("args", [["-p", "page_size=32", "-p", "d=192"], ["-p", "page_size=128", "-p", "d=192"],
-                                  ["-p", "page_size=128", "-p", "varlen=true"], ["-p", "page_size=100"],
+                                  ["-p", "page_size=100"], ["-p", "page_size=64", "-p", "varlen=true", "-V", "paged_bug=first_length"],
                                   ["-p", "page_size=64", "-V", "paged_bug=offset_ignored"],
                                   ["-p", "page_size=64", "-p", "batch=3", "-p", "seqlens_k=1:2"],
                                   ["-p", "page_size=64", "-p", "n=300", "-p", "batch=2", "-p", "seqlens_k=1:301"],
                                   ["-p", "page_size=64", "-p", "seqlens=1:2"]])
 def test_wb_compile_rejects_paged_mistakes_in_one_line(args):
     """A page size that neither divides nor is a multiple of the KV tile (d=192's 112 keys),
-    paged + varlen, a page size outside the choices, the offset bug with pages smaller than a
+    a page size outside the choices, first_length with varlen (its lengths are cu_seqlens'), the offset bug with pages smaller than a
     tile (no offset to ignore), paged lengths not one per sequence or past n, q lengths
     (seqlens) without varlen: one line, exit 2, no traceback."""
     from conftest import run_wb
@@ -281,3 +281,64 @@ def test_pages_smaller_than_a_kv_tile_compile_one_box_per_page_without_spills(ar
     assert page.startswith(f"({ps},") and tile % ps == 0, page
     box = probes[("gX_page", "fmha_forward.py")]
     assert box.startswith(f"({ps},{d})"), box
+
+
+def varlen_params(**kw):
+    base = dict(varlen=True, seqlens="5:300:0:64", seqlens_k="70:0:300:129", page_size=64)
+    return params(**{**base, **kw})
+
+
+def test_packed_queries_over_a_paged_cache_take_cu_seqlens_q_and_the_table():
+    """varlen=true with page_size > 0 (flash-attn's cu_seqlens_q + page_table + seqused_k):
+    q packed (total_q, heads, d), the caches with one row of the table per sequence, sized
+    by the longest, cache_seqlens the k lengths, no cu_seqlens_k (the launch derives it);
+    every sequence's keys sit in its own pages, every row past its length is poison."""
+    p = varlen_params()
+    specs = StageD().inputs(p)
+    assert specs["q"].shape == (369, 4, 64) and "cu_seqlens_k" not in specs
+    assert specs["block_table"].shape == (4, 5) and specs["cache_seqlens"].shape == (4,)
+    inputs, expected, *_ = _case("random", p)
+    assert inputs["cu_seqlens_q"].tolist() == [0, 5, 305, 305, 369] and inputs["cache_seqlens"].tolist() == [70, 0, 300, 129]
+    bt, k = inputs["block_table"].long(), inputs["k"].float()
+    for b, n in enumerate([70, 0, 300, 129]):
+        rows = torch.cat([k[bt[b, j]] for j in range(5)])
+        assert bool((rows[n:] == PAGE_POISON).all()) and not bool((rows[:n] == PAGE_POISON).any())
+    assert expected["o"].shape == (369, 4, 64) and expected["lse"].shape == (4, 369)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_the_packed_paged_reference_is_each_sequence_over_its_own_keys(causal):
+    """Sequence b's query rows against the keys gathered from its pages (its first
+    cache_seqlens[b]), bottom-right causal with its own n_b - m_b; a sequence with no keys
+    gets O = 0, LSE = -inf; one with no queries nothing."""
+    from stages.fmha import reference
+
+    p = varlen_params(causal=causal, align="bottom_right")
+    inputs, expected, *_ = _case("random", p)
+    k, v = reference.gather_pages(inputs["k"], inputs["v"], inputs["block_table"], 300)
+    cq = inputs["cu_seqlens_q"].tolist()
+    for b, n in enumerate([70, 0, 300, 129]):
+        q = inputs["q"][cq[b]:cq[b + 1]]
+        if not len(q):
+            continue
+        if n == 0:
+            assert bool((expected["o"][cq[b]:cq[b + 1]] == 0).all())
+            assert bool(torch.isneginf(expected["lse"][:, cq[b]:cq[b + 1]]).all())
+            continue
+        o, lse = reference.attention_bshd(q[None], k[b:b + 1, :n], v[b:b + 1, :n], torch.float32, causal=causal, align="bottom_right")
+        assert torch.allclose(expected["o"][cq[b]:cq[b + 1]], o[0], atol=1e-6)
+        fin = torch.isfinite(lse[0])
+        assert torch.equal(fin, torch.isfinite(expected["lse"][:, cq[b]:cq[b + 1]]))
+        assert torch.allclose(expected["lse"][:, cq[b]:cq[b + 1]][fin], lse[0][fin], atol=1e-5)
+
+
+@pytest.mark.parametrize("args", [["-p", "page_size=16", "-p", "d=64"], ["-p", "page_size=128", "-p", "d=96"],
+                                  ["-p", "page_size=16", "-p", "d=192", "-p", "causal=true"]])
+def test_packed_queries_over_pages_compile_without_spills(args):
+    from conftest import run_wb
+    import json
+
+    r = run_wb("compile", "d", "-p", "varlen=true", "-p", "seqlens=5:300", "-p", "seqlens_k=70:900", *args, "--json", cwd=A.ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (kernel,) = json.loads(r.stdout)["resources"]["kernels"]
+    assert kernel["spill_store_bytes"] == 0 and kernel["spill_load_bytes"] == 0, kernel

@@ -122,3 +122,25 @@ def test_first_length_bug_fails_and_is_named():
     assert (out["o"].float() - expected["o"].float()).nan_to_num(9.0).abs().max() > 0.1
     d = diagnose(out, expected, inputs, p, dict(fx.variants), "random", mutants)
     assert d.best is not None and d.best.name == "paged-first-length", d.headline
+
+
+@pytest.mark.parametrize("d, page_size", [(64, 16), (128, 64), (128, 256)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_packed_queries_over_a_paged_cache(d, page_size, causal):
+    """varlen=true with page_size > 0: packed queries (lengths 1 / 700 / 0 / 300 / 4096) over
+    pages holding keys of other lengths (5 / 1000 / 33 / 0 / 4000), cu_seqlens_k derived from
+    cache_seqlens on the device: every sequence matches the reference; the one without keys
+    gets O = 0 and LSE = -inf."""
+    fixtures, _ = A.load()
+    st = StageD()
+    p = _params(d=d, page_size=page_size, causal=causal, varlen=True, seqlens="1:700:0:300:4096",
+                seqlens_k="5:1000:33:0:4000", align="bottom_right")
+    specs = st.inputs(p)
+    inputs = get_fixture(fixtures, "random", specs).make(specs, p, 0, "cuda")
+    expected = st.reference(inputs, p, {}, torch.float32)
+    out = _run(st, p, inputs)
+    assert (out["o"].float() - expected["o"].float()).abs().max() < 0.05
+    fin = torch.isfinite(expected["lse"])
+    assert torch.equal(fin, torch.isfinite(out["lse"]))
+    assert (out["lse"][fin] - expected["lse"][fin]).abs().max() < 0.05
+    assert bool((out["o"][701:1001] == 0).all())  # the sequence with no keys (rows 701 ... 1000)

@@ -102,6 +102,20 @@ def tile_table(cu_q, cu_k, total_q: int, tile_m: int, causal: bool, bottom_right
     return cached[2]
 
 
+def cu_seqlens_of(lengths, *, keep_in_capture: bool):
+    """[0, l0, l0 + l1, ...] int32 on the lengths' device (a cumsum: no host sync), the
+    cu_seqlens_k a varlen launch over a paged cache reads, kept on ``lengths`` until it
+    changes in place; built by captured ops under CUDA graph capture unless
+    ``keep_in_capture`` (as ``tile_table``)."""
+    if not keep_in_capture and torch.cuda.is_current_stream_capturing():
+        return torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+    cached = getattr(lengths, "_wb_cu_seqlens", None)
+    if cached is None or cached[0] != lengths._version:
+        cached = (lengths._version, torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0)))
+        lengths._wb_cu_seqlens = cached
+    return cached[1]
+
+
 def exported_key(params: dict) -> dict:
     """Stage D's compile-time parameters -> what a call selects the configuration by (varlen
     and page_size only where on, so a fixed-length configuration keeps the key it always had)."""
@@ -129,11 +143,12 @@ def call_key(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
     paged = block_table is not None or cache_seqlens is not None
     rank = 3 if varlen else 4
+    kv_rank = 4 if paged else rank
     return {
         "d": int(q.shape[-1]) if q.dim() else 0,
         "dtype": NAMES.get(q.dtype, str(q.dtype).replace("torch.", "")),
         "heads": int(q.shape[-2]) if q.dim() == rank else 0,
-        "kv_heads": int(k.shape[-2]) if k.dim() == rank else 0,
+        "kv_heads": int(k.shape[-2]) if k.dim() == kv_rank else 0,
         "causal": bool(causal),
         "align": str(align),
         "window_left": int(window_left),
@@ -154,21 +169,25 @@ def check(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, a
         if not isinstance(t, torch.Tensor):
             return [f"{name}: expected a torch.Tensor, got {type(t).__name__}"]
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
-    if varlen:
+    paged = block_table is not None or cache_seqlens is not None
+    if paged:
+        if block_table is None or cache_seqlens is None:
+            return [f"{'block_table' if block_table is None else 'cache_seqlens'}: expected a tensor beside the other (paged KV takes both)"]
+        if cu_seqlens_k is not None:
+            return ["cu_seqlens_k: a paged cache's key lengths are cache_seqlens (packed queries take cu_seqlens_q alone)"]
+        if varlen:
+            problems += _varlen_problems(q, cu_seqlens_q, None, fake)
+        if not problems:
+            problems += _paged_problems(q, block_table, cache_seqlens, fake, cu_seqlens_q.numel() - 1 if varlen else None)
+    elif varlen:
         if cu_seqlens_q is None or cu_seqlens_k is None:
             return [f"{'cu_seqlens_q' if cu_seqlens_q is None else 'cu_seqlens_k'}: expected a tensor beside the other (varlen takes both)"]
         problems += _varlen_problems(q, cu_seqlens_q, cu_seqlens_k, fake)
-    paged = block_table is not None or cache_seqlens is not None
-    if paged:
-        if varlen:
-            return ["block_table: paged KV takes fixed-length q (batch, m, heads, d), not cu_seqlens"]
-        if block_table is None or cache_seqlens is None:
-            return [f"{'block_table' if block_table is None else 'cache_seqlens'}: expected a tensor beside the other (paged KV takes both)"]
-        problems += _paged_problems(q, block_table, cache_seqlens, fake)
     rank, layout = (3, "(total, heads, d)") if varlen else (4, "(batch, seqlen, heads, d)")
     for name, t in named:
-        if t.dim() != rank:
-            problems.append(f"{name}: expected rank {rank} {layout}, got rank {t.dim()} {tuple(t.shape)}")
+        want, shape = (4, "(num_pages, page_size, kv_heads, d)") if paged and name != "q" else (rank, layout)
+        if t.dim() != want:
+            problems.append(f"{name}: expected rank {want} {shape}, got rank {t.dim()} {tuple(t.shape)}")
     if problems:
         return problems
     for name, t in named:
@@ -182,7 +201,7 @@ def check(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, a
                 problems.append(f"{name}.device: expected cuda, got {t.device}")
     if len({str(t.device) for _, t in named}) > 1:
         problems.append(f"devices: expected one device, got {q.device}, {k.device}, {v.device}")
-    if varlen:
+    if varlen and not paged:
         d = q.shape[-1]
         if tuple(k.shape[:2]) != tuple(v.shape[:2]):
             problems.append(f"v.shape: expected k's (total_k, kv_heads) {tuple(k.shape[:2])} and a head dim, got {tuple(v.shape)}")
@@ -212,9 +231,12 @@ def check(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, a
 
 def _varlen_problems(q, cu_q, cu_k, fake: bool) -> list[str]:
     """cu_seqlens_q / _k as the kernel reads them (their shapes and types; not their values,
-    which only a sync would show), and a total the tile table can address."""
+    which only a sync would show), and a total the tile table can address. cu_k None: a
+    paged cache's (cache_seqlens, checked by _paged_problems)."""
     problems = []
     for name, t in (("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)):
+        if t is None and name == "cu_seqlens_k":
+            continue
         if not isinstance(t, torch.Tensor):
             return [f"{name}: expected a torch.Tensor, got {type(t).__name__}"]
         if t.dtype != torch.int32 or t.dim() != 1 or t.numel() < 2:
@@ -225,7 +247,7 @@ def _varlen_problems(q, cu_q, cu_k, fake: bool) -> list[str]:
             problems.append(f"{name}.device: expected q's {q.device}, got {t.device}")
     if problems:
         return problems
-    if cu_q.numel() != cu_k.numel():
+    if cu_k is not None and cu_q.numel() != cu_k.numel():
         problems.append(f"cu_seqlens_k: expected cu_seqlens_q's {cu_q.numel()} offsets (one sequence each), got {cu_k.numel()}")
     if cu_q.numel() - 1 > MAX_VARLEN_BATCH:
         problems.append(f"cu_seqlens_q: expected at most {MAX_VARLEN_BATCH} sequences, got {cu_q.numel() - 1}")
@@ -234,11 +256,13 @@ def _varlen_problems(q, cu_q, cu_k, fake: bool) -> list[str]:
     return problems
 
 
-def _paged_problems(q, block_table, cache_seqlens, fake: bool) -> list[str]:
+def _paged_problems(q, block_table, cache_seqlens, fake: bool, batch: int | None = None) -> list[str]:
     """block_table / cache_seqlens as the kernel reads them: int32, (batch, >= 1 pages) and
-    (batch,), on q's device (their values, the page indices and lengths, are the caller's)."""
+    (batch,), on q's device (their values, the page indices and lengths, are the caller's).
+    ``batch``: packed queries' sequence count (cu_seqlens_q's); else q's first dim."""
     problems = []
-    batch = q.shape[0] if q.dim() == 4 else None
+    if batch is None:
+        batch = q.shape[0] if q.dim() == 4 else None
     for name, t, rank in (("block_table", block_table, 2), ("cache_seqlens", cache_seqlens, 1)):
         if not isinstance(t, torch.Tensor):
             return [f"{name}: expected a torch.Tensor, got {type(t).__name__}"]
@@ -326,7 +350,7 @@ def launch(fns, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right
     a zero-stride (b, h, m) view (empty_like of a non-dense tensor is contiguous)."""
     dev = q.device
     if cu_seqlens_q is not None:
-        return _launch_varlen(fns, q, k, v, causal, cu_seqlens_q, cu_seqlens_k)
+        return _launch_varlen(fns, q, k, v, causal, cu_seqlens_q, cu_seqlens_k, block_table, cache_seqlens)
     b, m, h, _ = q.shape
     stream = _stream_of(dev)
     state = _lse_like.get((stream, dev, b, h, m, id(fns)))  # one lookup per call: (counters, SM count, lse's shape)
@@ -351,17 +375,19 @@ def launch(fns, q, k, v, causal=False, softcap=0.0, window_left=-1, window_right
     return o, lse
 
 
-def _launch_varlen(fns, q, k, v, causal, cu_q, cu_k):
+def _launch_varlen(fns, q, k, v, causal, cu_q, cu_k, block_table=None, cache_seqlens=None):
     """varlen: the work-tile table from ``tile_table``, rebuilt under CUDA graph capture so
     that the graph holds the ops that build it and a replay reads the cu_seqlens it is given
-    then."""
+    then. Over a paged cache: cu_k from cache_seqlens (``cu_seqlens_of``, the same way)."""
     fn, info = fns["fn"]
+    if block_table is not None:
+        cu_k = cu_seqlens_of(cache_seqlens, keep_in_capture=False)
     total, h, _ = q.shape
     counters, sms, _ = _counters(q.device, _stream_of(q.device), fns)
     table = tile_table(cu_q, cu_k, total, info["tile_m"], bool(causal), info["bottom_right"], keep_in_capture=False)
     o = q.new_empty((total, h, v.shape[-1]))
     lse = q.new_empty((h, total), dtype=torch.float32)
-    fn(q, k, v, o, lse, counters, sms, cu_q, cu_k, table, None, None)
+    fn(q, k, v, o, lse, counters, sms, cu_q, cu_k, table, block_table, None)
     return o, lse
 
 

@@ -374,8 +374,6 @@ class FmhaForward(FmhaForwardBase):
         page_size = int(page_size)
         if page_size not in PAGE_SIZES:
             raise ValueError(f"page_size must be one of {PAGE_SIZES} (0 = off), not {page_size}")
-        if page_size and varlen:
-            raise ValueError("page_size > 0 (paged KV) with varlen=true is not supported")
         if page_size and page_size % self.tile_n and self.tile_n % page_size:
             raise ValueError(
                 f"page_size={page_size} neither divides nor is a multiple of d={d}'s {self.tile_n}-key KV tile"
@@ -387,6 +385,8 @@ class FmhaForward(FmhaForwardBase):
             raise ValueError(f"paged_bug must be one of {PAGED_BUGS}, not {paged_bug}")
         if paged_bug != "none" and not page_size:
             raise ValueError(f"paged_bug={paged_bug} needs page_size > 0")
+        if paged_bug == "first_length" and varlen:
+            raise ValueError("paged_bug=first_length needs varlen=false (with varlen the lengths come from cu_seqlens)")
         if paged_bug == "offset_ignored" and page_size < self.tile_n:
             raise ValueError(f"paged_bug=offset_ignored needs pages of whole KV tiles (page_size={page_size} < {self.tile_n}: no offset in a page)")
         self.paged_bug = paged_bug
@@ -465,8 +465,14 @@ class FmhaForward(FmhaForwardBase):
         extra = ()
         extra_kw = {}
         if const_expr(self.varlen):
-            mQ, mK, mV, mO = [seq_d_head(t) for t in (mQ, mK, mV, mO)]
+            mQ, mO = seq_d_head(mQ), seq_d_head(mO)
+            if const_expr(self.page_size > 0):  # packed queries over a paged cache
+                mK, mV = seq_d_head_batch(mK), seq_d_head_batch(mV)
+                extra_kw = {"mBlockTable": mBlockTable}
+            else:
+                mK, mV = seq_d_head(mK), seq_d_head(mV)
             tmas, mmas, layouts = self._host_setup(mQ, mK, mV, mO)
+            tmas = self.page_tmas(tmas, mK, mV, layouts)
             num_tiles = cute.size(mTileTable, mode=[0]) * cute.size(mQ, mode=[2])
             # O: by TMA where a WG's 64-row box lies inside its sequence, else from registers
             # (store_o_rows) into the plain packed tensor
@@ -475,12 +481,7 @@ class FmhaForward(FmhaForwardBase):
             # k/v caches (num_pages, page_size, kv_heads, d) -> (page_size, d, kv_heads, num_pages)
             mQ, mK, mV, mO = [seq_d_head_batch(t) for t in (mQ, mK, mV, mO)]
             tmas, mmas, layouts = self._host_setup(mQ, mK, mV, mO)
-            if const_expr(self.page_size < self.tile_n):
-                # pages smaller than a KV tile: one TMA box per page, into its rows of the tile
-                # (the K/V mbarriers still expect the whole tile's bytes)
-                atom_k, tma_k = common.make_tma_load(mK, self.page_rows(layouts[1], self.d), (self.page_size, self.d))
-                atom_v, tma_v = common.make_tma_load(mV, self.page_rows(layouts[2], self.dv), (self.page_size, self.dv))
-                tmas = tmas[:2] + (atom_k, tma_k, atom_v, tma_v) + tmas[6:]
+            tmas = self.page_tmas(tmas, mK, mV, layouts)
             num_tiles = cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m) * cute.size(mQ, mode=[2]) * cute.size(mQ, mode=[3])
             extra_kw = {"mBlockTable": mBlockTable, "mCacheSeqlens": mCacheSeqlens}
         else:
@@ -494,6 +495,16 @@ class FmhaForward(FmhaForwardBase):
         self.kernel(*tmas, mLSE, mTileCounter, *mmas, *layouts, *extra, **extra_kw).launch(
             grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1
         )
+
+    def page_tmas(self, tmas: tuple, mK: cute.Tensor, mV: cute.Tensor, layouts: tuple) -> tuple:
+        """``_host_setup``'s TMA atoms, K's and V's replaced where pages are smaller than a KV
+        tile: one box per page, into its rows of the tile (the K/V mbarriers still expect the
+        whole tile's bytes)."""
+        if const_expr(self.page_size == 0 or self.page_size >= self.tile_n):
+            return tmas
+        atom_k, tma_k = common.make_tma_load(mK, self.page_rows(layouts[1], self.d), (self.page_size, self.d))
+        atom_v, tma_v = common.make_tma_load(mV, self.page_rows(layouts[2], self.dv), (self.page_size, self.dv))
+        return tmas[:2] + (atom_k, tma_k, atom_v, tma_v) + tmas[6:]
 
     @cute.kernel
     def kernel(
@@ -840,8 +851,12 @@ class FmhaForward(FmhaForwardBase):
             if const_expr(self.varlen_bug == "next_offset"):
                 off_q, off_k = cu[0][batch + 1], cu[1][batch + 1]
             gQ = cute.local_tile(cute.domain_offset((off_q, 0), mQ[None, None, head]), (self.wg_rows, self.d), (None, 0))
-            gK = cute.local_tile(cute.domain_offset((off_k, 0), mK[None, None, head_kv]), (self.tile_n, self.d), (None, 0))
-            gV = cute.local_tile(cute.domain_offset((off_k, 0), mV[None, None, head_kv]), (self.tile_n, self.dv), (None, 0))
+            if const_expr(self.page_size > 0):  # the cache of this KV head, as the fixed-length paged launch
+                gK = mK[None, None, head_kv, None]
+                gV = mV[None, None, head_kv, None]
+            else:
+                gK = cute.local_tile(cute.domain_offset((off_k, 0), mK[None, None, head_kv]), (self.tile_n, self.d), (None, 0))
+                gV = cute.local_tile(cute.domain_offset((off_k, 0), mV[None, None, head_kv]), (self.tile_n, self.dv), (None, 0))
         elif const_expr(self.page_size > 0):
             # paged: the whole cache of this KV head, (page_size, d, num_pages); load_paged_tile
             # picks the page of each tile through the block table row of this batch

@@ -74,8 +74,9 @@ class Problem:
 
             lens = cx.inputs["cache_seqlens"].tolist()
             # this model has one n for every (batch, head): sequences of unequal KV lengths are
-            # the paged mutants' alone (_paged_attend)
+            # the paged mutants' alone (_paged_attend), packed queries over pages no model's
             _need(len(set(lens)) == 1, "paged sequences of unequal KV lengths (the model has one n)")
+            _need(q.dim() == 4, "packed queries over a paged cache (not modelled)")
             k, v = reference.gather_pages(cx.inputs["k"], cx.inputs["v"], cx.inputs["block_table"], lens[0])
         else:
             k = cx.inputs["k"]

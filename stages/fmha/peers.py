@@ -76,12 +76,18 @@ def _varlen_peer(name: str, inputs, causal: bool, scale: float):
         from flash_attn.cute import flash_attn_varlen_func
     except ImportError:
         return None
-    cu_q, cu_k = inputs["cu_seqlens_q"], inputs["cu_seqlens_k"]
-    max_q, max_k = int(cu_q.diff().max()), int(cu_k.diff().max())  # once, outside the timing
+    cu_q = inputs["cu_seqlens_q"]
+    if "block_table" in inputs:  # over a paged cache: flash-attn's page_table and seqused_k
+        keys = {"page_table": inputs["block_table"], "seqused_k": inputs["cache_seqlens"]}
+        max_k = int(inputs["cache_seqlens"].max())
+    else:
+        keys = {"cu_seqlens_k": inputs["cu_seqlens_k"]}
+        max_k = int(inputs["cu_seqlens_k"].diff().max())  # once, outside the timing
+    max_q = int(cu_q.diff().max())
 
     def run():
         return flash_attn_varlen_func(
-            inputs["q"], inputs["k"], inputs["v"], cu_seqlens_q=cu_q, cu_seqlens_k=cu_k,
+            inputs["q"], inputs["k"], inputs["v"], cu_seqlens_q=cu_q, **keys,
             max_seqlen_q=max_q, max_seqlen_k=max_k, softmax_scale=scale, causal=causal,
         )
 

@@ -544,6 +544,28 @@ def attention_paged(
     return attention_lengths(q, k, v, lens, compute_dtype, **kw)
 
 
+def attention_paged_varlen(
+    q: "torch.Tensor",
+    k_cache: "torch.Tensor",
+    v_cache: "torch.Tensor",
+    block_table: "torch.Tensor",
+    cache_seqlens: "torch.Tensor",
+    cu_seqlens_q: "torch.Tensor",
+    compute_dtype: "torch.dtype",
+    **kw,
+) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Packed queries (total_q, heads, d) with cu_seqlens_q over a paged cache: each
+    sequence's first cache_seqlens[b] keys through the block table, packed, then
+    ``attention_varlen`` -> (O (total_q, heads, dv), LSE (heads, total_q))."""
+    import torch
+
+    lens = [int(x) for x in cache_seqlens.cpu()]
+    k, v = gather_pages(k_cache, v_cache, block_table, max(lens, default=0))
+    keep = torch.arange(k.shape[1], device=k.device)[None, :] < torch.tensor(lens, device=k.device)[:, None]
+    cu_k = torch.tensor([0] + lens, dtype=torch.int32).cumsum(0).to(torch.int32)
+    return attention_varlen(q, k[keep], v[keep], cu_seqlens_q, cu_k, compute_dtype, **kw)
+
+
 def attention_lengths(
     q: "torch.Tensor", k: "torch.Tensor", v: "torch.Tensor", lens: "list[int]", compute_dtype: "torch.dtype", **kw,
 ) -> "tuple[torch.Tensor, torch.Tensor]":

@@ -170,7 +170,7 @@ def paged_lengths(p: Params) -> list[int] | None:
     cache), else n for every sequence; None when not paged. A user's mistake is a UserError."""
     from workbench.errors import UserError
 
-    if not page_size_of(p):
+    if not page_size_of(p) or host.truthy(p.get("varlen", False)):  # (varlen: seqlens_of's k lengths)
         return None
     given = str(p.get("seqlens_k", "") or "").strip()
     if not given:
@@ -263,6 +263,18 @@ class StageD(Stage):
 
     def inputs(self, p: Params) -> dict:
         ps = page_size_of(p)
+        lens = seqlens_of(p)
+        if ps and lens is not None:  # packed queries over a paged cache: each sequence's room its own length's pages
+            q, k = lens
+            pages = paged_geometry(len(q), max(k), ps)
+            return {
+                "q": TensorSpec((sum(q), p.heads, p.d), p.dtype),
+                "k": TensorSpec((pages[0], ps, p.kv_heads, p.d), p.dtype),
+                "v": TensorSpec((pages[0], ps, p.kv_heads, dv_of(p)), p.dtype),
+                "cu_seqlens_q": TensorSpec((len(q) + 1,), "int32"),
+                "block_table": TensorSpec((len(q), pages[1]), "int32"),
+                "cache_seqlens": TensorSpec((len(q),), "int32"),
+            }
         if ps:
             pages = paged_geometry(p.batch, p.n, ps)
             return {
@@ -273,7 +285,6 @@ class StageD(Stage):
                 "block_table": TensorSpec((p.batch, pages[1]), "int32"),
                 "cache_seqlens": TensorSpec((p.batch,), "int32"),  # each sequence's KV length (flash-attn's name)
             }
-        lens = seqlens_of(p)
         if lens is not None:
             q, k = lens
             return {
@@ -375,15 +386,22 @@ class StageD(Stage):
     def _fake_args(kernel: FmhaForward, dtype) -> list:
         """What ``compile_for`` traces the kernel with: fake tensors of the launch's types."""
         rank = 3 if kernel.varlen else 4  # q, k, v, o packed (total, heads, d) or (batch, seq, heads, d)
-        args = [host.fake_tensor(dtype, rank) for _ in range(4)] + [host.fake_tensor(Float32, rank - 1), host.fake_tensor(Int32, 1), Int32(1), host.fake_stream()]
+        kv_rank = 4 if kernel.page_size else rank  # paged: the caches (num_pages, page_size, kv_heads, d)
+        args = [host.fake_tensor(dtype, r) for r in (rank, kv_rank, kv_rank, rank)]
+        args += [host.fake_tensor(Float32, rank - 1), host.fake_tensor(Int32, 1), Int32(1), host.fake_stream()]
         if kernel.varlen:
             args += [host.fake_tensor(Int32, 1) for _ in range(3)]  # cu_seqlens_q, cu_seqlens_k, the tile table
+            if kernel.page_size:
+                args += [host.fake_tensor(Int32, 2)]  # the block table (the lengths: cu_seqlens_k, from cache_seqlens)
         elif kernel.page_size:
             args += [None, None, None, host.fake_tensor(Int32, 2), host.fake_tensor(Int32, 1)]  # block_table, cache_seqlens
         return args
 
     def launch(self, compiled: host.Compiled, inputs, outputs) -> None:
         q = inputs["q"]
+        if compiled.varlen:
+            self._launch_varlen(compiled, inputs, outputs)
+            return
         if getattr(compiled, "page_size", 0):
             kc, bt = inputs["k"], inputs["block_table"]
             assert q.shape[-1] == compiled.d and q.shape[2] == compiled.heads and kc.shape[2] == compiled.kv_heads, (
@@ -401,28 +419,35 @@ class StageD(Stage):
             )
             return
         k = inputs["k"]
-        if compiled.varlen:
-            assert q.dim() == 3 and q.shape[-1] == compiled.d and q.shape[1] == compiled.heads and k.shape[1] == compiled.kv_heads, (
-                "the tensors do not match the compiled varlen (d, heads, kv_heads)"
-            )
-            from stages.fmha import export_op
-
-            cu_q, cu_k = inputs["cu_seqlens_q"], inputs["cu_seqlens_k"]
-            # the work-tile table (torch ops on the device, no sync), kept on cu_seqlens_q
-            table = export_op.tile_table(cu_q, cu_k, q.shape[0], compiled.tile_m, compiled.causal, compiled.bottom_right, keep_in_capture=True)
-            compiled.fn(
-                host.to_cute(q), host.to_cute(k), host.to_cute(inputs["v"]),
-                host.to_cute(outputs["o"]), host.to_cute(outputs["lse"]), host.to_cute(tile_counter(q.device)),
-                Int32(sm_count(q.device)), host.current_stream(),
-                host.to_cute(cu_q), host.to_cute(cu_k), host.to_cute(table),
-            )
-            return
         assert q.shape[-1] == compiled.d and q.shape[2] == compiled.heads and k.shape[2] == compiled.kv_heads, (
             "the tensors do not match the compiled (d, heads, kv_heads)"
         )
         n_sms = sm_count(q.device)
         counters = tile_counter(q.device, split_words(compiled, q, k.shape[1], n_sms))
         launch_fixed(compiled.for_shape(q.shape[1], k.shape[1]), inputs, outputs, counters, n_sms)
+
+    @staticmethod
+    def _launch_varlen(compiled: host.Compiled, inputs, outputs) -> None:
+        """varlen: packed q with cu_seqlens_q; k, v packed with cu_seqlens_k, or (page_size > 0)
+        the paged caches with block_table, each sequence's length from cache_seqlens (made
+        into the cu_seqlens_k the kernel reads: a cumsum on the device, kept on the tensor)."""
+        from stages.fmha import export_op
+
+        q, k = inputs["q"], inputs["k"]
+        assert q.dim() == 3 and q.shape[-1] == compiled.d and q.shape[1] == compiled.heads and k.shape[-2] == compiled.kv_heads, (
+            "the tensors do not match the compiled varlen (d, heads, kv_heads)"
+        )
+        paged = getattr(compiled, "page_size", 0)
+        cu_q = inputs["cu_seqlens_q"]
+        cu_k = export_op.cu_seqlens_of(inputs["cache_seqlens"], keep_in_capture=True) if paged else inputs["cu_seqlens_k"]
+        # the work-tile table (torch ops on the device, no sync), kept on cu_seqlens_q
+        table = export_op.tile_table(cu_q, cu_k, q.shape[0], compiled.tile_m, compiled.causal, compiled.bottom_right, keep_in_capture=True)
+        compiled.fn(
+            host.to_cute(q), host.to_cute(k), host.to_cute(inputs["v"]),
+            host.to_cute(outputs["o"]), host.to_cute(outputs["lse"]), host.to_cute(tile_counter(q.device)),
+            Int32(sm_count(q.device)), host.current_stream(),
+            host.to_cute(cu_q), host.to_cute(cu_k), host.to_cute(table), *([host.to_cute(inputs["block_table"])] if paged else []),
+        )
 
     def trace(self, p: Params, variants: Mapping[str, str], arch: str, inputs, outputs):
         """wb run --trace: this configuration built with ``trace=True`` (clock stamps per CTA,
@@ -492,6 +517,12 @@ class StageD(Stage):
         import torch
 
         softmax = host.variants_of("d", variants)["softmax"]
+        if "block_table" in inputs and "cu_seqlens_q" in inputs:
+            o, lse = reference.attention_paged_varlen(
+                inputs["q"], inputs["k"], inputs["v"], inputs["block_table"], inputs["cache_seqlens"], inputs["cu_seqlens_q"],
+                compute_dtype, causal=host.truthy(p.causal), softmax=softmax, softcap=softcap_of(p), **mask_params(p),
+            )
+            return {"o": o.to(compute_dtype), "lse": lse.to(torch.float32)}
         if "block_table" in inputs:
             o, lse = reference.attention_paged(
                 inputs["q"], inputs["k"], inputs["v"], inputs["block_table"], inputs["cache_seqlens"], compute_dtype,
