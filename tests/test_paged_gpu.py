@@ -1,12 +1,14 @@
-"""On a GPU (2026-12-07, H100, commit 18dee9b: 25 of 26 passed; the identity-table case at d = 64
-non-causal failed against a dense launch that now shares its short last tile, fixed since, not
-re-run): what the paged sweeps (gpu_tune_d.sh pagedlens) cannot show.
+"""On a GPU (2026-12-07, H100: 25 of 26 at commit 18dee9b; the identity-table case at d = 64
+non-causal failed against a dense launch that now shares its short last tile; with that fixed,
+the identity and packed cases 10 of 10 at ca4a6f0): what the paged sweeps (gpu_tune_d.sh
+pagedlens) cannot show.
 
 * page_size > 0 with the identity block table over a cache laid out like the dense K/V is the
   unpaged kernel bit for bit (same tiles, same order): paging adds only addressing;
 * each injected paging bug (``paged_bug``) FAILs against the reference and the diagnosis names
   its mutant first (the wb run lines of the paged section show the same through wb);
-* sequences of unequal KV lengths (cache_seqlens, incl. none) each attend their own keys.
+* sequences of unequal KV lengths (cache_seqlens, incl. none) each attend their own keys, with
+  fixed-length or packed queries.
 """
 
 from __future__ import annotations
