@@ -93,7 +93,8 @@ It is stage C's kernel grown to the full problem: both subclass ``fmha_base.Fmha
   (page, row offset) of the cache's (page_size, d, kv_heads, num_pages) view when page_size
   is a multiple of tile_n (128/256 for d <= 128); when it divides tile_n (16/32/64; 16 for
   d = 192/256) one (page_size, d) box per page into that page's rows of the stage
-  (``page_rows``). Other sizes and varlen are refused.
+  (``page_rows``). Other sizes are refused. With varlen (packed queries over the pages) the
+  varlen path runs with these loads, its cu_seqlens_k made from cache_seqlens by the launch.
   ``paged_bug`` injects the paged mutants' bugs. page_size=0 builds exactly today's kernel.
 * Warp specialization as C: WG0 producer (one warp issues the TMA: K of the first tile,
   Q, then the K/V ring), 2 consumer WGs (setmaxnreg 240/24) or 3 (``consumers=3``,
@@ -461,7 +462,8 @@ class FmhaForward(FmhaForwardBase):
     ):
         """Non-varlen: q (batch, m, heads, d), lse (batch, heads, m). varlen: q (total_q, heads, d),
         k, v (total_k, kv_heads, d), o like q, lse (heads, total_q), plus the cu_seqlens
-        (sequence b is rows cu[b] .. cu[b + 1] - 1) and the tile table."""
+        (sequence b is rows cu[b] .. cu[b + 1] - 1) and the tile table. Paged: k, v the caches
+        and the block table, with cache_seqlens (fixed-length q) or cu_seqlens_k (varlen)."""
         extra = ()
         extra_kw = {}
         if const_expr(self.varlen):
