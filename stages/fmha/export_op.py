@@ -107,12 +107,14 @@ def cu_seqlens_of(lengths, *, keep_in_capture: bool):
     cu_seqlens_k a varlen launch over a paged cache reads, kept on ``lengths`` until it
     changes in place; built by captured ops under CUDA graph capture unless
     ``keep_in_capture`` (as ``tile_table``)."""
-    if not keep_in_capture and torch.cuda.is_current_stream_capturing():
+    def offsets():
         return torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+
+    if not keep_in_capture and torch.cuda.is_current_stream_capturing():
+        return offsets()
     cached = getattr(lengths, "_wb_cu_seqlens", None)
     if cached is None or cached[0] != lengths._version:
-        cached = (lengths._version, torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0)))
-        lengths._wb_cu_seqlens = cached
+        cached = lengths._wb_cu_seqlens = (lengths._version, offsets())
     return cached[1]
 
 
@@ -201,24 +203,15 @@ def check(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, a
                 problems.append(f"{name}.device: expected cuda, got {t.device}")
     if len({str(t.device) for _, t in named}) > 1:
         problems.append(f"devices: expected one device, got {q.device}, {k.device}, {v.device}")
-    if varlen and not paged:
-        d = q.shape[-1]
-        if tuple(k.shape[:2]) != tuple(v.shape[:2]):
-            problems.append(f"v.shape: expected k's (total_k, kv_heads) {tuple(k.shape[:2])} and a head dim, got {tuple(v.shape)}")
-        if k.shape[-1] != d:
-            problems.append(f"k.shape: expected (total_k, kv_heads, {d}) like q {tuple(q.shape)}, got {tuple(k.shape)}")
-    elif paged:
-        d = q.shape[-1]
-        if tuple(k.shape[:3]) != tuple(v.shape[:3]):
-            problems.append(f"v.shape: expected k's (num_pages, page_size, kv_heads) {tuple(k.shape[:3])} and a head dim, got {tuple(v.shape)}")
-        if k.shape[3] != d:
-            problems.append(f"k.shape: expected (num_pages, page_size, kv_heads, {d}) like q {tuple(q.shape)}, got {tuple(k.shape)}")
-    else:
-        b, m, h, d = q.shape
-        if tuple(k.shape[:3]) != tuple(v.shape[:3]):
-            problems.append(f"v.shape: expected k's (batch, n, kv_heads) {tuple(k.shape[:3])} and a head dim, got {tuple(v.shape)}")
-        if k.shape[0] != b or k.shape[3] != d:
-            problems.append(f"k.shape: expected ({b}, n, kv_heads, {d}) like q {tuple(q.shape)}, got {tuple(k.shape)}")
+    # k and v share every dim but the head dim (V's may be narrower); k's head dim is q's, and a
+    # fixed-length k has q's batch
+    d = q.shape[-1]
+    lead = "num_pages, page_size, kv_heads" if paged else ("total_k, kv_heads" if varlen else f"{q.shape[0]}, n, kv_heads")
+    if tuple(k.shape[:-1]) != tuple(v.shape[:-1]):
+        k_lead = "batch, n, kv_heads" if not (paged or varlen) else lead
+        problems.append(f"v.shape: expected k's ({k_lead}) {tuple(k.shape[:-1])} and a head dim, got {tuple(v.shape)}")
+    if k.shape[-1] != d or not (paged or varlen or k.shape[0] == q.shape[0]):
+        problems.append(f"k.shape: expected ({lead}, {d}) like q {tuple(q.shape)}, got {tuple(k.shape)}")
     for name, t in named:
         if t.stride(-1) != 1:
             problems.append(f"{name}.stride(-1): expected 1 (last dim contiguous), got {t.stride(-1)}")

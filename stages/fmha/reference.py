@@ -557,13 +557,19 @@ def attention_paged_varlen(
     """Packed queries (total_q, heads, d) with cu_seqlens_q over a paged cache: each
     sequence's first cache_seqlens[b] keys through the block table, packed, then
     ``attention_varlen`` -> (O (total_q, heads, dv), LSE (heads, total_q))."""
-    import torch
-
     lens = [int(x) for x in cache_seqlens.cpu()]
     k, v = gather_pages(k_cache, v_cache, block_table, max(lens, default=0))
+    kp, vp, cu_k = _packed_keys(k, v, lens)
+    return attention_varlen(q, kp, vp, cu_seqlens_q, cu_k, compute_dtype, **kw)
+
+
+def _packed_keys(k: "torch.Tensor", v: "torch.Tensor", lens: "list[int]"):
+    """(k, v packed (sum(lens), kv_heads, d), cu_seqlens_k int32) of sequence b's first
+    lens[b] rows of k, v (batch, n, kv_heads, d)."""
+    import torch
+
     keep = torch.arange(k.shape[1], device=k.device)[None, :] < torch.tensor(lens, device=k.device)[:, None]
-    cu_k = torch.tensor([0] + lens, dtype=torch.int32).cumsum(0).to(torch.int32)
-    return attention_varlen(q, k[keep], v[keep], cu_seqlens_q, cu_k, compute_dtype, **kw)
+    return k[keep], v[keep], torch.tensor([0] + list(lens), dtype=torch.int32).cumsum(0).to(torch.int32)
 
 
 def attention_lengths(
@@ -578,10 +584,9 @@ def attention_lengths(
     batch, m, heads = q.shape[0], q.shape[1], q.shape[2]
     if all(x == k.shape[1] for x in lens):
         return attention_bshd(q, k, v, compute_dtype, **kw)
-    keep = torch.arange(k.shape[1], device=k.device)[None, :] < torch.tensor(lens, device=k.device)[:, None]
+    kp, vp, cu_k = _packed_keys(k, v, lens)
     cu_q = torch.arange(batch + 1, dtype=torch.int32) * m
-    cu_k = torch.tensor([0] + list(lens), dtype=torch.int32).cumsum(0).to(torch.int32)
-    o, lse = attention_varlen(q.reshape(batch * m, heads, q.shape[-1]), k[keep], v[keep], cu_q, cu_k, compute_dtype, **kw)
+    o, lse = attention_varlen(q.reshape(batch * m, heads, q.shape[-1]), kp, vp, cu_q, cu_k, compute_dtype, **kw)
     return o.view(batch, m, heads, o.shape[-1]), lse.view(heads, batch, m).transpose(0, 1).contiguous()
 
 
