@@ -251,6 +251,28 @@ def test_read_map_of_a_correct_output_is_all_correct():
     assert d.readmap.correct == d.readmap.queries > 0 and d.status == "ok"
 
 
+def test_read_map_counts_only_rows_that_read_something_and_names_a_row_shift():
+    """The read map's own rules on made-up rows: a row the reference leaves all zero (a query
+    that sees no key) is not a query of the map, so a quarter of such rows still gives one;
+    every row read 5 rows late (not a whole KV tile) is stated as exactly +5 rows away."""
+    import torch
+
+    from workbench.diagnose.readmap import read_map
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(1, 300, 16, generator=g)
+    want = torch.randint(0, 290, (1, 200), generator=g)
+    exp = v[0, want[0]].unsqueeze(0).clone()
+    exp[:, 150:] = 0  # 50 queries that see no key
+    got = v[0, want[0] + 5].unsqueeze(0).clone()
+    got[:, 150:] = 0
+    rm = read_map("o", got, exp, v)
+    assert rm is not None and rm.queries == 150 and rm.correct == 0
+    assert "150/150 wrong reads are exactly +5 rows away" in rm.summary, rm.summary
+    assert read_map("o", exp, exp, v).correct == 150
+    assert read_map("o", exp[:, 150:], exp[:, 150:], v) is None  # no row read anything
+
+
 def test_p_layout_permutation_model():
     """p-layout: a permutation within each 128 tile that keeps 8-column chunks whole and
     pairs chunk j with chunk j + 8 in k-block j (documented model)."""

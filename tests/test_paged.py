@@ -203,6 +203,32 @@ def test_unequal_lengths_name_the_first_length_mutant():
 
 
 @pytest.mark.parametrize("causal", [False, True])
+def test_onehot_p_read_map_reads_v_through_the_block_table(causal):
+    """onehot-p over a paged cache (sequence lengths 300, 130 and 0): the read map matches O's
+    rows to V's rows through the block table, not to the cache's pages as if they were
+    sequences. The correct output: every query of a sequence with keys read its intended row
+    (the sequence without keys is not counted). Every sequence reading batch 0's table row
+    (paged-batch0-table): batch 0's queries read the right rows, the others no V row of theirs.
+    The mutant cost counts each sequence's own keys."""
+    from workbench.diagnose import MutantContext, Pred, diagnose, views_for
+
+    p = params(causal=causal, page_size=64, seqlens_k="300:130:0")
+    inputs, expected, outs, variants, mutants = _case("onehot-p", p)
+    per_seq = 200 * 4  # m x heads
+    d = diagnose(A.kernel_like(dict(expected), outs, seed=1), expected, inputs, p, variants, "onehot-p", mutants)
+    assert d.status == "ok" and not d.notes, d.notes
+    assert d.readmap.queries == d.readmap.correct == 2 * per_seq
+    views = views_for(A.ROOT / "stages" / "fmha")
+    assert views.cost(inputs) == (300 + 130) * per_seq
+    cx = MutantContext(inputs=inputs, expected={k: v.float() for k, v in expected.items()}, params=p, variants=variants,
+                       fixture="onehot-p", views=views)
+    pred = mutants["paged-batch0-table"].fn(cx)
+    out = A.kernel_like({**expected, **{k: v.values if isinstance(v, Pred) else v for k, v in pred.items()}}, outs, seed=2)
+    rm = diagnose(out, expected, inputs, p, variants, "onehot-p", mutants).readmap
+    assert rm.correct == per_seq and rm.queries == 2 * per_seq, rm.summary
+
+
+@pytest.mark.parametrize("causal", [False, True])
 def test_paged_mutants_are_named(causal):
     """Each paged bug model differs from the reference, and the diagnosis of its (bf16-noised)
     output on the random fixture (page_size=256: two 128-key tiles per page) names it first;

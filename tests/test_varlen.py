@@ -187,6 +187,31 @@ def test_varlen_mutants_are_distinct_and_named(causal):
     assert not d.explanations, d.headline
 
 
+def test_onehot_p_read_map_of_packed_sequences():
+    """onehot-p on packed sequences (one without keys, one without queries): the read map
+    matches each head's packed O rows to the packed V rows of its KV head. The correct output:
+    every query of a sequence with keys read its intended row; reading the next sequence's
+    keys (varlen-next-offset): none did."""
+    from workbench.diagnose import MutantContext, Pred, diagnose, views_for
+
+    inputs, expected, outs, p, variants, mutants = _varlen_case("onehot-p", False)
+    lq, lk = (_lengths_of(x) for x in (SEQ_Q, SEQ_K))
+    with_keys = sum(q for q, k in zip(lq, lk) if k) * 4  # heads
+    d = diagnose(A.kernel_like(dict(expected), outs, seed=1), expected, inputs, p, variants, "onehot-p", mutants)
+    assert d.status == "ok" and not d.notes, d.notes
+    assert d.readmap.queries == d.readmap.correct == with_keys
+    cx = MutantContext(inputs=inputs, expected={k: v.float() for k, v in expected.items()}, params=p, variants=variants,
+                       fixture="onehot-p", views=views_for(A.ROOT / "stages" / "fmha"))
+    pred = mutants["varlen-next-offset"].fn(cx)
+    out = A.kernel_like({**expected, **{k: v.values if isinstance(v, Pred) else v for k, v in pred.items()}}, outs, seed=2)
+    rm = diagnose(out, expected, inputs, p, variants, "onehot-p", mutants).readmap
+    assert rm.queries == with_keys and rm.correct == 0, rm.summary
+
+
+def _lengths_of(spec: str) -> list[int]:
+    return [int(x) for x in spec.split(":")]
+
+
 @pytest.mark.parametrize("args", [["-p", "seqlens=1:2"], ["-V", "varlen_bug=next_offset"], ["-p", "varlen=true", "-p", "seqlens=1:x"]])
 def test_wb_compile_rejects_varlen_mistakes_in_one_line(args):
     """seqlens or a varlen bug injection without varlen=true, a malformed length: one line,

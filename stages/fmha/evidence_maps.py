@@ -3,7 +3,8 @@ tensors read as matrices, which rows a one-hot-P output reads, what its mutants 
 
 Layouts: 2-D stages (A-C) have (seq, d) Q/K/V, S and P (m, n), O (m, d), LSE (m,); stage D has
 (batch, seq, heads, d) Q/K/V/O and LSE (batch, heads, m), K/V with kv_heads heads (GQA);
-varlen=true packs them: (total, heads, d) Q/K/V/O and LSE (heads, total_q), one matrix per head.
+varlen=true packs them: (total, heads, d) Q/K/V/O and LSE (heads, total_q), one matrix per head;
+page_size > 0 holds K/V in a paged cache, read here through its block table (reference.logical_kv).
 """
 
 from __future__ import annotations
@@ -53,20 +54,28 @@ def _varlen(params) -> bool:
 @read_source_hook
 def v_rows(name, inputs, params):
     """O's rows under one-hot P equal V rows: V grouped like O's matrices (the query head's KV
-    head under GQA)."""
-    v = inputs.get("v")
-    if role_of(name) != "o" or v is None or v.dim() not in (2, 4):
+    head under GQA; a paged cache's V through its block table; packed V one matrix per query
+    head, as packed O is)."""
+    if role_of(name) != "o" or inputs.get("v") is None:
         return None
-    if v.dim() == 2:
-        return v.unsqueeze(0)
     import torch
 
-    b, n, hk, d = v.shape
+    from stages.fmha.reference import logical_kv
+
+    v = logical_kv(inputs)[1]
+    if v.dim() == 2:
+        return v.unsqueeze(0)
+    if v.dim() not in (3, 4) or (v.dim() == 3) != _varlen(params):
+        return None
+    hk = v.shape[-2]
     q = inputs.get("q")
-    heads = q.shape[2] if q is not None and q.dim() == 4 else (param_value(params, "heads") or hk)
+    heads = q.shape[-2] if q is not None and q.dim() == v.dim() else (param_value(params, "heads") or hk)
     group = max(1, heads // max(1, hk))
-    kv_index = (torch.arange(heads) // group).clamp(max=hk - 1)
-    return v.permute(0, 2, 1, 3)[:, kv_index.to(v.device)].reshape(b * heads, n, d)
+    kv_index = (torch.arange(heads) // group).clamp(max=hk - 1).to(v.device)
+    if v.dim() == 3:  # (total_k, kv_heads, d) -> (heads, total_k, d)
+        return v.permute(1, 0, 2)[kv_index]
+    b, n, _, d = v.shape
+    return v.permute(0, 2, 1, 3)[:, kv_index].reshape(b * heads, n, d)
 
 
 @mutant_cost_hook
@@ -75,8 +84,14 @@ def logits(inputs):
     q, k = inputs.get("q"), inputs.get("k")
     if q is None or k is None or q.dim() != k.dim():
         return 0
-    if "cu_seqlens_q" in inputs and "cu_seqlens_k" in inputs and q.dim() == 3:  # varlen: per sequence
-        lq = inputs["cu_seqlens_q"].cpu().diff().long()
+    lk = None
+    if "cache_seqlens" in inputs:  # paged: each sequence's own key count
+        lk = inputs["cache_seqlens"].cpu().long()
+    elif "cu_seqlens_k" in inputs:
         lk = inputs["cu_seqlens_k"].cpu().diff().long()
+    if "cu_seqlens_q" in inputs and lk is not None and q.dim() == 3:  # varlen: per sequence
+        lq = inputs["cu_seqlens_q"].cpu().diff().long()
         return int((lq * lk).sum()) * q.shape[1]
+    if lk is not None and q.dim() == 4:  # (batch, m, heads, d) queries over paged keys
+        return int(lk.sum()) * q.shape[1] * q.shape[2]
     return q.numel() // q.shape[-1] * k.shape[-3 if k.dim() == 4 else 0]

@@ -590,6 +590,20 @@ def attention_lengths(
     return o.view(batch, m, heads, o.shape[-1]), lse.view(heads, batch, m).transpose(0, 1).contiguous()
 
 
+def logical_kv(inputs: dict) -> tuple["torch.Tensor", "torch.Tensor | None"]:
+    """The K and V the queries read: k, v as given, or a paged cache's through its block table
+    ((batch, longest length, kv_heads, d), rows past a sequence's length as the cache holds
+    them; packed (total_k, kv_heads, d) beside packed queries)."""
+    k, v = inputs["k"], inputs.get("v")
+    if "block_table" not in inputs or v is None:
+        return k, v
+    lens = [int(x) for x in inputs["cache_seqlens"].cpu()]
+    k, v = gather_pages(k, v, inputs["block_table"], max(lens, default=0))
+    if inputs["q"].dim() == 3:
+        k, v, _ = _packed_keys(k, v, lens)
+    return k, v
+
+
 def gather_pages(
     k_cache: "torch.Tensor", v_cache: "torch.Tensor", block_table: "torch.Tensor", n: int
 ) -> tuple["torch.Tensor", "torch.Tensor"]:

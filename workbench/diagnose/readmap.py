@@ -7,7 +7,8 @@ fmha: same batch, the query head's KV head under GQA); it "matches" when
 ||O[i] - V[j]|| <= MATCH_REL * ||V[j]||. The row the
 query SHOULD have read comes from matching the reference output the same way, so no
 knowledge of Q/K is needed; when fewer than 90% of the reference rows match a V row, P is
-not one-hot and there is no read map.
+not one-hot and there is no read map. A row the reference leaves all zero (a query that sees
+no key) is not counted.
 
 By tile: for each KV tile t, the tile most of the queries meant for it read; when that is
 not t for every tile, the pairs are stated as a rule ("queries meant for KV tile t read V
@@ -66,7 +67,9 @@ def read_map(name, og, eg, vg, labels: list[str] | None = None, picture: Path | 
     labels = labels or [f"m{g}" for g in range(og.shape[0])]
     exp_rows = nearest_rows(eg, vg)
     valid = exp_rows >= 0
-    if float(valid.float().mean()) < MIN_EXPECTED_MATCH:
+    # a row the reference leaves all zero read no source row (fmha: a query that sees no key)
+    read_any = eg.float().abs().amax(-1) > 0
+    if int(read_any.sum()) == 0 or int(valid.sum()) < MIN_EXPECTED_MATCH * int(read_any.sum()):
         return None
     got_rows = nearest_rows(og, vg)
     G, M = exp_rows.shape
@@ -123,6 +126,8 @@ def read_map(name, og, eg, vg, labels: list[str] | None = None, picture: Path | 
             parts.append(f"{n_wr} read another row of the right tile")
         if dn / share >= 0.5 and d % KV_TILE == 0:
             parts.append(f"{dn}/{share} wrong reads are exactly {d // KV_TILE:+d} tile(s) away (same row)")
+        elif dn / share >= 0.5:
+            parts.append(f"{dn}/{share} wrong reads are exactly {d:+d} rows away")
         elif tn / share >= 0.5:
             parts.append(f"{tn}/{share} wrong reads come from KV tile {tt}")
     columns = column_map(og, vg, exp_rows, valid) if n_un * 2 > total else None
