@@ -252,6 +252,37 @@ def test_paged_mutants_are_named(causal):
     assert not diagnose(ok, expected, inputs, p, variants, "random", mutants).explanations
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_paged_mutants_are_named_for_packed_queries(causal):
+    """varlen=true over a paged cache (three packed query sequences, KV lengths 300, 0 and
+    200, 256-key pages): each paged bug model applies to packed queries, and the diagnosis of
+    its output names it first wherever it changes the output (all four without causal; causal
+    bottom-right: every one that shows); the correct output names none."""
+    from workbench.diagnose import MutantContext, Pred, diagnose, views_for
+
+    extra = {"align": "bottom_right"} if causal else {}
+    p = params(m=64, n=64, batch=3, causal=causal, varlen=True, seqlens="70:130:5", seqlens_k="300:0:200",
+               n_max=300, **extra)
+    inputs, expected, outs, variants, mutants = _case("random", p)
+    assert inputs["q"].dim() == 3 and "block_table" in inputs
+    cx = MutantContext(inputs=inputs, expected={k: v.float() for k, v in expected.items()}, params=p, variants=variants,
+                       fixture="random", views=views_for(A.ROOT / "stages" / "fmha"))
+    named = []
+    for i, name in enumerate(PAGED_MUTANTS + ["paged-first-length"]):
+        pred = mutants[name].fn(cx)
+        o = pred["o"].values if isinstance(pred["o"], Pred) else pred["o"]
+        if (o - expected["o"].float()).abs().max() < 0.1:
+            assert causal, name
+            continue
+        out = A.kernel_like({**expected, **pred}, outs, seed=i)
+        d = diagnose(out, expected, inputs, p, variants, "random", mutants)
+        assert d.status == "explained" and d.best.name == name, (name, d.headline)
+        named.append(name)
+    assert len(named) >= (4 if not causal else 2), named
+    ok = A.kernel_like(dict(expected), outs, seed=9)
+    assert not diagnose(ok, expected, inputs, p, variants, "random", mutants).explanations
+
+
 @pytest.mark.parametrize("args", [["-p", "page_size=32", "-p", "d=192"], ["-p", "page_size=128", "-p", "d=192"],
                                   ["-p", "page_size=100"], ["-p", "page_size=64", "-p", "varlen=true", "-V", "paged_bug=first_length"],
                                   ["-p", "page_size=64", "-V", "paged_bug=offset_ignored"],

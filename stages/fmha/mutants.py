@@ -1171,14 +1171,15 @@ def varlen_first_length(cx):
 def _paged_attend(cx, pages_of, lens=None):
     """{o, lse} of attention over K/V gathered by ``pages_of(block_table, r)`` -> (page
     (batch, n), row in page (batch, n)) for logical key rows r (n,), sequence b seeing its
-    first ``lens[b]`` keys (default: cache_seqlens)."""
+    first ``lens[b]`` keys (default: cache_seqlens); packed queries (varlen) each sequence's
+    own rows of Q."""
     import torch
 
     from stages.fmha import reference
     from workbench.diagnose.registry import role_of
 
     inputs = cx.inputs
-    _need("block_table" in inputs and inputs["q"].dim() == 4, "not a paged stage")
+    _need("block_table" in inputs, "not a paged stage")
     kc, vc, bt = inputs["k"].float(), inputs["v"].float(), inputs["block_table"].long()
     lens = inputs["cache_seqlens"].tolist() if lens is None else lens
     n = max(lens, default=0)
@@ -1187,12 +1188,18 @@ def _paged_attend(cx, pages_of, lens=None):
     page = page.clamp(0, kc.shape[0] - 1)
     k, v = kc[page, row], vc[page, row]
     p = cx.params
-    o, lse = reference.attention_lengths(
-        inputs["q"].float(), k, v, lens, torch.float32, causal=_truthy(param_value(p, "causal", False)),
-        softmax=(cx.variants or {}).get("softmax", "exp"), softcap=float(param_value(p, "softcap", 0.0) or 0.0),
-        align=str(param_value(p, "align", "top_left")), window_left=int(param_value(p, "window_left", -1)),
-        window_right=int(param_value(p, "window_right", -1)),
+    kw = dict(
+        causal=_truthy(param_value(p, "causal", False)), softmax=(cx.variants or {}).get("softmax", "exp"),
+        softcap=float(param_value(p, "softcap", 0.0) or 0.0), align=str(param_value(p, "align", "top_left")),
+        window_left=int(param_value(p, "window_left", -1)), window_right=int(param_value(p, "window_right", -1)),
     )
+    q = inputs["q"].float()
+    if q.dim() == 3:  # packed queries over the pages: each sequence's keys packed after the last's
+        _need("cu_seqlens_q" in inputs, "packed queries without cu_seqlens_q")
+        kp, vp, cu_k = reference.packed_keys(k, v, lens)
+        o, lse = reference.attention_varlen(q, kp, vp, inputs["cu_seqlens_q"].cpu(), cu_k, torch.float32, **kw)
+    else:
+        o, lse = reference.attention_lengths(q, k, v, lens, torch.float32, **kw)
     roles = {role_of(name): name for name in cx.expected}
     out = {roles["o"]: o}
     if "lse" in roles:
@@ -1202,7 +1209,7 @@ def _paged_attend(cx, pages_of, lens=None):
 
 @mutant("paged-page-off-by-one", "block table read one entry late: key r of sequence b comes from page "
         "block_table[b, r // page_size + 1] (the row's last entry reads the next row's first)",
-        outputs=("o", "lse"), dims=(4,), family="paged")
+        outputs=("o", "lse"), dims=(3, 4), family="paged")
 def paged_page_off_by_one(cx):
     def pages_of(bt, r, ps):
         flat = bt.reshape(-1)
@@ -1214,10 +1221,11 @@ def paged_page_off_by_one(cx):
 
 @mutant("paged-offset-ignored", "the row offset within a page ignored: every KV tile reads the start of its page "
         "(key r from row r % tile_n of page block_table[b, r // page_size]; shows when a page holds several tiles)",
-        outputs=("o", "lse"), dims=(4,), family="paged")
+        outputs=("o", "lse"), dims=(3, 4), family="paged")
 def paged_offset_ignored(cx):
     from stages.fmha.geometry import kv_tile
 
+    _need("block_table" in cx.inputs, "not a paged stage")
     tile_n = kv_tile(cx.inputs["q"].shape[-1], cx.inputs["v"].shape[-1], paged=True)  # (a paged tile depends on d, dv only)
     _need(cx.inputs["k"].shape[1] > tile_n, "a page holds one KV tile (page_size <= tile_n)")
 
@@ -1228,9 +1236,10 @@ def paged_offset_ignored(cx):
 
 
 @mutant("paged-batch0-table", "every sequence reads batch 0's block table row (block_table[0, p]): all batches "
-        "attend sequence 0's keys", outputs=("o", "lse"), dims=(4,), family="paged")
+        "attend sequence 0's keys", outputs=("o", "lse"), dims=(3, 4), family="paged")
 def paged_batch0_table(cx):
-    _need(cx.inputs["q"].shape[0] >= 2, "batch 1")
+    _need("block_table" in cx.inputs, "not a paged stage")
+    _need(cx.inputs["block_table"].shape[0] >= 2, "batch 1")
 
     def pages_of(bt, r, ps):
         return bt[:1, r // ps].expand(bt.shape[0], -1), (r % ps).expand(bt.shape[0], -1)
@@ -1239,7 +1248,7 @@ def paged_batch0_table(cx):
 
 
 @mutant("paged-first-length", "every sequence takes sequence 0's KV length (cache_seqlens[0]): a longer one "
-        "loses its last keys, a shorter one attends the cache rows past its end", outputs=("o", "lse"), dims=(4,),
+        "loses its last keys, a shorter one attends the cache rows past its end", outputs=("o", "lse"), dims=(3, 4),
         family="paged")
 def paged_first_length(cx):
     lens = cx.inputs["cache_seqlens"].tolist() if "cache_seqlens" in cx.inputs else []

@@ -559,11 +559,11 @@ def attention_paged_varlen(
     ``attention_varlen`` -> (O (total_q, heads, dv), LSE (heads, total_q))."""
     lens = [int(x) for x in cache_seqlens.cpu()]
     k, v = gather_pages(k_cache, v_cache, block_table, max(lens, default=0))
-    kp, vp, cu_k = _packed_keys(k, v, lens)
+    kp, vp, cu_k = packed_keys(k, v, lens)
     return attention_varlen(q, kp, vp, cu_seqlens_q, cu_k, compute_dtype, **kw)
 
 
-def _packed_keys(k: "torch.Tensor", v: "torch.Tensor", lens: "list[int]"):
+def packed_keys(k: "torch.Tensor", v: "torch.Tensor", lens: "list[int]"):
     """(k, v packed (sum(lens), kv_heads, d), cu_seqlens_k int32) of sequence b's first
     lens[b] rows of k, v (batch, n, kv_heads, d)."""
     import torch
@@ -584,7 +584,7 @@ def attention_lengths(
     batch, m, heads = q.shape[0], q.shape[1], q.shape[2]
     if all(x == k.shape[1] for x in lens):
         return attention_bshd(q, k, v, compute_dtype, **kw)
-    kp, vp, cu_k = _packed_keys(k, v, lens)
+    kp, vp, cu_k = packed_keys(k, v, lens)
     cu_q = torch.arange(batch + 1, dtype=torch.int32) * m
     o, lse = attention_varlen(q.reshape(batch * m, heads, q.shape[-1]), kp, vp, cu_q, cu_k, compute_dtype, **kw)
     return o.view(batch, m, heads, o.shape[-1]), lse.view(heads, batch, m).transpose(0, 1).contiguous()
@@ -600,7 +600,7 @@ def logical_kv(inputs: dict) -> tuple["torch.Tensor", "torch.Tensor | None"]:
     lens = [int(x) for x in inputs["cache_seqlens"].cpu()]
     k, v = gather_pages(k, v, inputs["block_table"], max(lens, default=0))
     if inputs["q"].dim() == 3:
-        k, v, _ = _packed_keys(k, v, lens)
+        k, v, _ = packed_keys(k, v, lens)
     return k, v
 
 
