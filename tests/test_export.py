@@ -296,6 +296,53 @@ try:
     out["tvm_ffi_varlen"] = None
 except Exception as exc:
     out["tvm_ffi_varlen"] = f"{type(exc).__name__}: {exc}"
+
+# the package's boundary on plain CPU tensors, device checks and the launch stood in (no GPU)
+def caught(fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+orig_check = wb_fmha._op.check
+wb_fmha._op.check = lambda *a, fake=False, **k: [p for p in orig_check(*a, fake=fake, **k) if "device" not in p]
+wb_fmha._op.launch = lambda fn, q, *a, **k: (q.new_empty(q.shape), torch.empty(1))
+wb_fmha.load = lambda cfg: None
+q, kc = torch.zeros(3, 100, 2, 64, dtype=bf), torch.zeros(40, 64, 1, 64, dtype=bf)
+bt, lens = torch.arange(15, dtype=i32).view(3, 5), torch.tensor([10, 20, 30], dtype=i32)
+paged = dict(block_table=bt, cache_seqlens=lens)
+out["cpu_ok"] = caught(wb_fmha.fwd, q, kc, kc, **paged)
+qg = q.clone().requires_grad_()
+out["grad"] = [caught(wb_fmha.fwd, qg, kc, kc, **paged), caught(torch.ops.wb_fmha.fwd, qg, kc, kc, **paged)]
+with torch.no_grad():
+    out["grad"].append(caught(wb_fmha.fwd, qg, kc, kc, **paged))
+out["entry"] = {
+    "causal_str": caught(wb_fmha.fwd, q, kc, kc, causal="false", **paged),
+    "typo": caught(wb_fmha.fwd, q, kc, kc, block_tables=bt, cache_seqlens=lens),
+    "softcap_none": caught(wb_fmha.fwd, q, kc, kc, softcap=None, **paged),
+    "list": caught(wb_fmha.fwd, q, kc, kc, block_table=bt, cache_seqlens=[10, 20, 30]),
+    "heads8": caught(wb_fmha.fwd, torch.zeros(3, 100, 8, 64, dtype=bf), kc, kc, **paged),
+    "sliced_table": caught(wb_fmha.fwd, q, kc, kc, block_table=torch.arange(40, dtype=i32).view(8, 5)[1:4], cache_seqlens=lens),
+    "empty_q": caught(wb_fmha.fwd, torch.zeros(3, 0, 2, 64, dtype=bf), kc, kc, **paged),
+    "expanded_q": caught(wb_fmha.fwd, q[:1].expand(3, 100, 2, 64), kc, kc, **paged),
+}
+import weakref
+before, refs = len(wb_fmha._ready), []
+for _ in range(20):  # a fresh lengths tensor per call, as a serving loop makes them
+    fresh = lens.clone()
+    refs.append(weakref.ref(fresh))
+    wb_fmha.fwd(q, kc, kc, block_table=bt, cache_seqlens=fresh)
+    del fresh
+out["memo"] = {"grew": len(wb_fmha._ready) - before, "alive": sum(r() is not None for r in refs)}
+wrong = bt.clone()
+wrong[1, 3] = 57
+out["values"] = wb_fmha._op.check_values(q, kc, kc, block_table=wrong, cache_seqlens=torch.tensor([10, 400, -1], dtype=i32))
+vq = torch.zeros(250, 2, 64, dtype=bf)
+out["values_cu"] = wb_fmha._op.check_values(vq, kc, kc, cu_seqlens_q=torch.tensor([1, 100, 90, 300], dtype=i32), **paged)
+out["values_ok"] = wb_fmha._op.check_values(vq, kc, kc, cu_seqlens_q=torch.tensor([0, 100, 200, 250], dtype=i32), **paged)
+out["values_off"] = caught(wb_fmha.fwd, q, kc, kc, block_table=wrong, cache_seqlens=lens)
+wb_fmha.CHECK_VALUES = True  # as WB_EXPORT_CHECK_VALUES=1 at import
+out["values_on"] = caught(wb_fmha.fwd, q, kc, kc, block_table=wrong, cache_seqlens=lens)
 print(json.dumps(out))
 """
 
@@ -339,6 +386,66 @@ def test_a_paged_configuration_takes_a_block_table_and_cache_seqlens(paged_check
     assert paged_checks["tvm_ffi_varlen"] and "expected device_type=cuda" in paged_checks["tvm_ffi_varlen"], paged_checks["tvm_ffi_varlen"]
     assert "configuration not exported" in paged_checks["unpaged"]
     assert paged_checks["tvm_ffi"] and "expected device_type=cuda" in paged_checks["tvm_ffi"], paged_checks["tvm_ffi"]
+
+
+def test_an_input_that_requires_grad_is_refused_unless_grad_is_off(paged_checks):
+    """The op has no backward: an input that requires grad in grad mode is refused, through the
+    entry and through torch.ops (the gradient would silently stop at the op); under no_grad it
+    runs."""
+    entry, op, no_grad = paged_checks["grad"]
+    for message in (entry, op):
+        assert message and "q.requires_grad: expected no gradient (the op is forward only" in message and "\n" not in message
+    assert no_grad is None and paged_checks["cpu_ok"] is None
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("causal_str", "causal: expected bool, got str 'false'"),
+        ("typo", "block_tables: not an argument (expected one of q, k, v, causal,"),
+        ("softcap_none", "softcap: expected float, got NoneType"),
+        ("heads8", "(the closest exported differs in heads), exported:"),
+        ("sliced_table", "block_table: expected a 16-byte aligned base address, got 0x"),
+        ("empty_q", "q.shape: expected no empty dim, got (3, 0, 2, 64)"),
+        ("expanded_q", "q.stride: expected no zero stride (an expanded tensor: pass .contiguous()), got (0, 128, 64, 1)"),
+    ],
+)
+def test_the_eager_entry_refuses_what_the_schema_or_the_kernel_would_in_one_line(paged_checks, case, expected):
+    """The package's entry skips the dispatcher: its schema's refusals are its own (a string for a
+    bool was the causal kernel), and the check refuses what the compiled kernel was not built for
+    (a sliced int32 table off its 16-byte base, an empty or expanded tensor); a call of a
+    configuration not exported names the fields the closest one differs in."""
+    message = paged_checks["entry"][case]
+    assert message and message.startswith("ExportError: wb_fmha::fwd: ") and "\n" not in message, message
+    assert expected in message, message
+
+
+def test_a_list_through_the_entry_gets_the_schemas_error_not_an_internal_one(paged_checks):
+    message = paged_checks["entry"]["list"]
+    assert message.startswith("RuntimeError:") and "cache_seqlens" in message and "unhashable" not in message, message
+
+
+def test_keyword_tensors_are_memoised_by_signature_and_not_kept_alive(paged_checks):
+    """Twenty calls with a fresh lengths tensor each (a serving loop's): one memo entry for the
+    signature, and none of the tensors kept alive by it."""
+    assert paged_checks["memo"] == {"grew": 0, "alive": 0}
+
+
+def test_check_values_names_the_first_bad_offset_page_and_length_and_runs_only_when_asked(paged_checks):
+    """check_values (WB_EXPORT_CHECK_VALUES=1: a sync per call) reads the values the op leaves to
+    the caller: a page outside the cache, a length past its row's pages, offsets that do not start
+    at 0, decrease, or pass the packed rows; off by default."""
+    assert paged_checks["values"] == [
+        "block_table[1, 3] = 57: expected a page in [0, 40)",
+        "cache_seqlens[1] = 400: expected a length in [0, 320] (the table row's 5 pages of 64)",
+    ]
+    assert paged_checks["values_cu"] == [
+        "cu_seqlens_q[0] = 1: expected 0 (the first offset)",
+        "cu_seqlens_q[2] = 90: expected offsets that never decrease",
+        "cu_seqlens_q[3] = 300: expected at most the 250 packed rows",
+    ]
+    assert paged_checks["values_ok"] == [] and paged_checks["values_off"] is None
+    assert paged_checks["values_on"] == "ExportError: wb_fmha::fwd: block_table[1, 3] = 57: expected a page in [0, 40)"
 
 
 @pytest.fixture(scope="module")

@@ -297,6 +297,30 @@ def test_tile_table_lists_every_q_tile_with_rows_once_most_work_first(causal, bo
     assert works == sorted(works, reverse=True)
 
 
+def test_the_exported_ops_key_offsets_follow_lengths_written_behind_torchs_back():
+    """A serving engine's own kernel that advances cache_seqlens in place bumps no version
+    counter (here: a write through a DLPack alias). The exported op makes cu_seqlens_k from the
+    lengths on every call, so it reads the new lengths; wb's own launches keep theirs per
+    version (shown stale here, which is why the op does not). The tile table, whose tiles come
+    from cu_seqlens_q alone, stays kept across those fresh offsets, keyed on the lengths."""
+    from stages.fmha.export_op import cu_seqlens_of, tile_table
+
+    lens = torch.tensor([5, 7, 0], dtype=torch.int32)
+    cu_q = torch.tensor([0, 100, 300, 310], dtype=torch.int32)
+    assert cu_seqlens_of(lens, cached=True).tolist() == cu_seqlens_of(lens, cached=False).tolist() == [0, 5, 12, 12]
+    first = cu_seqlens_of(lens, cached=False)
+    table = tile_table(cu_q, first, 310, 128, False, False, keep_in_capture=False, order_of=lens)
+    torch.from_dlpack(lens).add_(1)  # lengths 6, 8, 1; lens._version unchanged
+    assert lens._version == 0 and lens.tolist() == [6, 8, 1]
+    assert cu_seqlens_of(lens, cached=True).tolist() == [0, 5, 12, 12]  # the kept one: stale
+    fresh = cu_seqlens_of(lens, cached=False)
+    assert fresh.tolist() == [0, 6, 14, 15]
+    assert tile_table(cu_q, fresh, 310, 128, False, False, keep_in_capture=False, order_of=lens) is table
+    lens.add_(1)  # an in-place change torch sees: the table's order is rebuilt
+    assert tile_table(cu_q, cu_seqlens_of(lens, cached=False), 310, 128, False, False, keep_in_capture=False,
+                      order_of=lens) is not table
+
+
 def test_launch_passes_the_tile_table_built_once_per_version_without_a_sync(monkeypatch):
     """The varlen launch passes cu_seqlens and the tile table after the stream; the table is
     built by torch ops (no .cpu(), no .item(): no host sync) once, and again only after an

@@ -85,37 +85,43 @@ def varlen_tile_table(cu_q, cu_k, total_q: int, tile_m: int, causal: bool, botto
     return packed[order].to(torch.int32)
 
 
-def tile_table(cu_q, cu_k, total_q: int, tile_m: int, causal: bool, bottom_right: bool, *, keep_in_capture: bool):
-    """``varlen_tile_table``, kept on cu_seqlens_q for this cu_seqlens_k (a weak reference: no
-    id or address reuse) and rebuilt after an in-place change of either (torch's version
-    counters). While a CUDA graph is being captured, ``keep_in_capture`` says whether the
+def tile_table(cu_q, cu_k, total_q: int, tile_m: int, causal: bool, bottom_right: bool, *, keep_in_capture: bool,
+               order_of=None):
+    """``varlen_tile_table``, kept on cu_seqlens_q for this ``order_of`` (default cu_k; a weak
+    reference: no id or address reuse) and rebuilt after an in-place change of either (torch's
+    version counters). Which tiles the table holds depends on cu_seqlens_q alone; the key
+    lengths only order them (the longest work first), so a stale ``order_of`` costs balance,
+    never a row. While a CUDA graph is being captured, ``keep_in_capture`` says whether the
     table kept is used (the stage's launch: wb's timing graphs replay the same offsets, and
     the build stays out of the timed graph) or built by captured ops (the exported op: a
     model's graph is replayed with new offsets)."""
-    if not keep_in_capture and torch.cuda.is_current_stream_capturing():
+    if not keep_in_capture and cu_q.is_cuda and torch.cuda.is_current_stream_capturing():
         return varlen_tile_table(cu_q, cu_k, total_q, tile_m, causal, bottom_right)
-    key = (cu_q._version, cu_k._version, total_q, tile_m, causal, bottom_right)
+    order_of = cu_k if order_of is None else order_of
+    key = (cu_q._version, order_of._version, total_q, tile_m, causal, bottom_right)
     cached = getattr(cu_q, "_wb_tile_table", None)
-    if cached is None or cached[0] != key or cached[1]() is not cu_k:
-        cached = (key, weakref.ref(cu_k), varlen_tile_table(cu_q, cu_k, total_q, tile_m, causal, bottom_right))
+    if cached is None or cached[0] != key or cached[1]() is not order_of:
+        cached = (key, weakref.ref(order_of), varlen_tile_table(cu_q, cu_k, total_q, tile_m, causal, bottom_right))
         cu_q._wb_tile_table = cached
     return cached[2]
 
 
-def cu_seqlens_of(lengths, *, keep_in_capture: bool):
+def cu_seqlens_of(lengths, *, cached: bool):
     """[0, l0, l0 + l1, ...] int32 on the lengths' device (a cumsum: no host sync), the
-    cu_seqlens_k a varlen launch over a paged cache reads, kept on ``lengths`` until it
-    changes in place; built by captured ops under CUDA graph capture unless
-    ``keep_in_capture`` (as ``tile_table``)."""
+    cu_seqlens_k a varlen launch over a paged cache reads. ``cached``: kept on ``lengths``
+    until it changes in place (wb's own launches; under capture too, so the build stays out of
+    a timed graph); else made on every call (the exported op: a serving engine's own kernel
+    that advances the lengths in place bumps no version counter, and the kernel must read
+    those lengths, not the ones of the call before)."""
     def offsets():
         return torch.nn.functional.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
 
-    if not keep_in_capture and torch.cuda.is_current_stream_capturing():
+    if not cached:
         return offsets()
-    cached = getattr(lengths, "_wb_cu_seqlens", None)
-    if cached is None or cached[0] != lengths._version:
-        cached = lengths._wb_cu_seqlens = (lengths._version, offsets())
-    return cached[1]
+    kept = getattr(lengths, "_wb_cu_seqlens", None)
+    if kept is None or kept[0] != lengths._version:
+        kept = lengths._wb_cu_seqlens = (lengths._version, offsets())
+    return kept[1]
 
 
 def exported_key(params: dict) -> dict:
@@ -213,12 +219,50 @@ def check(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, a
     if k.shape[-1] != d or not (paged or varlen or k.shape[0] == q.shape[0]):
         problems.append(f"k.shape: expected ({lead}, {d}) like q {tuple(q.shape)}, got {tuple(k.shape)}")
     for name, t in named:
+        if 0 in t.shape:
+            problems.append(f"{name}.shape: expected no empty dim, got {tuple(t.shape)}")
         if t.stride(-1) != 1:
             problems.append(f"{name}.stride(-1): expected 1 (last dim contiguous), got {t.stride(-1)}")
         elif any(s % 8 for s in t.stride()[:-1]):
             problems.append(f"{name}.stride: expected multiples of 8 elements (16 B rows for TMA), got {tuple(t.stride())}")
-        if not fake and t.data_ptr() % 16:
-            problems.append(f"{name}: expected a 16-byte aligned base address, got {hex(t.data_ptr())} (offset {t.data_ptr() % 16} B)")
+        elif any(s == 0 and n > 1 for s, n in zip(t.stride(), t.shape)):
+            problems.append(f"{name}.stride: expected no zero stride (an expanded tensor: pass .contiguous()), got {tuple(t.stride())}")
+    if not fake:  # every tensor argument was compiled 16-byte aligned, the int32 ones included
+        indices = (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k), ("block_table", block_table),
+                   ("cache_seqlens", cache_seqlens))
+        for name, t in (*named, *indices):
+            if isinstance(t, torch.Tensor) and t.data_ptr() % 16:
+                problems.append(f"{name}: expected a 16-byte aligned base address, got {hex(t.data_ptr())} "
+                                f"(offset {t.data_ptr() % 16} B{'' if name in ('q', 'k', 'v') else '; a slice of a larger tensor: pass a .clone()'})")
+    return problems
+
+
+def check_values(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1, align="top_left",
+                 cu_seqlens_q=None, cu_seqlens_k=None, block_table=None, cache_seqlens=None) -> list[str]:
+    """The values ``check`` leaves to the caller, read back from the device (a sync: the
+    package runs this on every call only with WB_EXPORT_CHECK_VALUES=1, a debugging aid):
+    offsets that start at 0, never decrease and end within the packed rows; page ids within
+    the cache; each sequence's length within its table row's pages. The first bad entry of
+    each, by index."""
+    problems = []
+
+    def first(name, bad, value, expected):
+        if bool(bad.any()):
+            i = tuple(int(x) for x in bad.nonzero()[0])
+            where = ", ".join(map(str, i))
+            problems.append(f"{name}[{where}] = {int(value[i])}: expected {expected}")
+
+    for name, cu, rows in (("cu_seqlens_q", cu_seqlens_q, q.shape[0]), ("cu_seqlens_k", cu_seqlens_k, k.shape[0])):
+        if cu is None:
+            continue
+        first(name, cu[:1] != 0, cu, "0 (the first offset)")
+        first(name, torch.cat([torch.zeros_like(cu[:1], dtype=torch.bool), cu[1:] < cu[:-1]]), cu, "offsets that never decrease")
+        first(name, cu > rows, cu, f"at most the {rows} packed rows")
+    if block_table is not None:
+        pages, room = k.shape[0], block_table.shape[1] * k.shape[1]
+        first("block_table", (block_table < 0) | (block_table >= pages), block_table, f"a page in [0, {pages})")
+        first("cache_seqlens", (cache_seqlens < 0) | (cache_seqlens > room), cache_seqlens,
+              f"a length in [0, {room}] (the table row's {block_table.shape[1]} pages of {k.shape[1]})")
     return problems
 
 
@@ -373,11 +417,13 @@ def _launch_varlen(fns, q, k, v, causal, cu_q, cu_k, block_table=None, cache_seq
     that the graph holds the ops that build it and a replay reads the cu_seqlens it is given
     then. Over a paged cache: cu_k from cache_seqlens (``cu_seqlens_of``, the same way)."""
     fn, info = fns["fn"]
-    if block_table is not None:
-        cu_k = cu_seqlens_of(cache_seqlens, keep_in_capture=False)
+    order_of = None
+    if block_table is not None:  # fresh offsets on every call; the table's order keyed on the lengths
+        cu_k, order_of = cu_seqlens_of(cache_seqlens, cached=False), cache_seqlens
     total, h, _ = q.shape
     counters, sms, _ = _counters(q.device, _stream_of(q.device), fns)
-    table = tile_table(cu_q, cu_k, total, info["tile_m"], bool(causal), info["bottom_right"], keep_in_capture=False)
+    table = tile_table(cu_q, cu_k, total, info["tile_m"], bool(causal), info["bottom_right"], keep_in_capture=False,
+                       order_of=order_of)
     o = q.new_empty((total, h, v.shape[-1]))
     lse = q.new_empty((h, total), dtype=torch.float32)
     fn(q, k, v, o, lse, counters, sms, cu_q, cu_k, table, block_table, None)

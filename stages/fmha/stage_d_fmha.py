@@ -439,7 +439,7 @@ class StageD(Stage):
         )
         paged = getattr(compiled, "page_size", 0)
         cu_q = inputs["cu_seqlens_q"]
-        cu_k = export_op.cu_seqlens_of(inputs["cache_seqlens"], keep_in_capture=True) if paged else inputs["cu_seqlens_k"]
+        cu_k = export_op.cu_seqlens_of(inputs["cache_seqlens"], cached=True) if paged else inputs["cu_seqlens_k"]
         # the work-tile table (torch ops on the device, no sync), kept on cu_seqlens_q
         table = export_op.tile_table(cu_q, cu_k, q.shape[0], compiled.tile_m, compiled.causal, compiled.bottom_right, keep_in_capture=True)
         compiled.fn(
