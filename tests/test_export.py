@@ -700,6 +700,8 @@ def test_export_refuses_configurations_no_gpu_run_verified(fmha_export, tmp_path
         (["-p", "d=65"], "d=65 is not allowed: must be one of 64, 96, 128, 192, 256"),
         (["-p", "d="], "must look like key=value or key=v1,v2"),
         (["-V", "nope=1"], "has no variant 'nope'"),
+        (["-p", "page_size=64", "-V", "paged_bug=first_length"], "-V paged_bug=first_length injects a bug on purpose"),
+        (["-p", "causal=true", "-p", "window_right=5"], "causal sets window_right = 0: window_right=5 would be ignored"),
         (["--timeout", "nan"], "--timeout must be a positive, finite number of seconds"),
         (["--timeout", "0"], "--timeout must be a positive, finite number of seconds"),
     ],

@@ -113,7 +113,9 @@ def test_default_masks_keep_todays_kernel_constants():
     assert mk.MaskSpec.make(192, 128, True).upper_loop
     assert mk.MaskSpec.make(128, 128, True, "bottom_right").upper_loop
     assert mk.MaskSpec.make(128, 128, False, "top_left", 64, -1).lower_loop
-    assert mk.MaskSpec.make(128, 128, True, "top_left", -1, 7).window_right == 0  # causal is window_right 0
+    assert mk.MaskSpec.make(128, 128, True, "top_left", -1, 0).window_right == 0  # causal is window_right 0
+    with pytest.raises(ValueError, match="causal sets window_right = 0: window_right=7 would be ignored"):
+        mk.MaskSpec.make(128, 128, True, "top_left", -1, 7)  # a wider right edge was dropped unseen
     with pytest.raises(ValueError, match="align"):
         mk.MaskSpec.make(128, 128, True, "top-right")
 

@@ -100,6 +100,9 @@ def test_negative_softcap_is_a_one_line_error(fmha_ws, wb):
     proc = wb("compile", "d", "-p", "softcap=-1", cwd=fmha_ws)
     err = proc.stderr.strip()
     assert proc.returncode == 2 and err.count("\n") == 0 and "softcap=-1.0 is below the minimum 0" in err, err
+    proc = wb("compile", "d", "-p", "softcap=1e39", cwd=fmha_ws)  # c log2(e) past fp32: NaN logits
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and err.count("\n") == 0 and "softcap=1e+39 is above the maximum 10000" in err, err
     proc = wb("compile", "d", "-V", "softcap_bug=before_scale", cwd=fmha_ws)  # a bug of a cap that is off
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and last.startswith("wb: error: softcap_bug=before_scale needs softcap > 0"), proc.stderr

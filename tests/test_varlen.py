@@ -212,7 +212,8 @@ def _lengths_of(spec: str) -> list[int]:
     return [int(x) for x in spec.split(":")]
 
 
-@pytest.mark.parametrize("args", [["-p", "seqlens=1:2"], ["-V", "varlen_bug=next_offset"], ["-p", "varlen=true", "-p", "seqlens=1:x"]])
+@pytest.mark.parametrize("args", [["-p", "seqlens=1:2"], ["-V", "varlen_bug=next_offset"], ["-p", "varlen=true", "-p", "seqlens=1:x"],
+                                  ["-p", "varlen=true", "-p", "seqlens=１２８:1_000"]])
 def test_wb_compile_rejects_varlen_mistakes_in_one_line(args):
     """seqlens or a varlen bug injection without varlen=true, a malformed length: one line,
     exit 2, before any trace."""

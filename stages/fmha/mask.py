@@ -89,6 +89,9 @@ class MaskSpec:
             raise ValueError(f"window_left and window_right must be >= -1 (-1: unbounded), not {window_left}, {window_right}")
         if bug != "none" and window_left < 0:
             raise ValueError(f"mask_bug={bug} needs a left window (window_left >= 0)")
+        if causal and window_right > 0:  # causal is the right edge: a wider one would be dropped unseen
+            raise ValueError(f"causal sets window_right = 0: window_right={window_right} would be ignored (give -1 or 0, "
+                             "or causal=false for a right window)")
         return cls(tile_m, tile_n, int(window_left), 0 if causal else int(window_right), align == "bottom_right", bug)
 
     @property

@@ -31,6 +31,7 @@ torch is imported lazily (inside functions) so that importing this module is che
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
@@ -475,10 +476,11 @@ def parse_seqlens(spec: str, name: str = "seqlens") -> list[int]:
     from workbench.errors import UserError
 
     parts = [x.strip() for x in str(spec).replace(",", ":").split(":")]
-    try:
-        lens = [int(x) for x in parts]
-    except ValueError:
-        raise UserError(f"fmha/stage-d: {name}={spec!r} must be lengths separated by ':' (e.g. 1:17:1000:0:4096)") from None
+    # ASCII digits only: int() also reads '１２８', '1_000' and '٣', which the record would keep
+    # as text beside the lengths that ran (the registry's integer parameters refuse them too)
+    if not all(re.fullmatch(r"[+-]?[0-9]+", x) for x in parts):
+        raise UserError(f"fmha/stage-d: {name}={spec!r} must be lengths separated by ':' (e.g. 1:17:1000:0:4096)")
+    lens = [int(x) for x in parts]
     if not lens or any(n < 0 for n in lens):
         raise UserError(f"fmha/stage-d: {name}={spec!r}: every length must be >= 0")
     return lens

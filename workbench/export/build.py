@@ -224,6 +224,18 @@ def _stage_imports(ws):
         sys.path[:] = path
 
 
+def refuse_injected_bugs(spec, variants: dict[str, str]) -> None:
+    """An export ships kernels as they should be: a variant that injects a bug on purpose (a
+    ``bug``/``*_bug`` variant or kernel.yaml's ``wrong_on_purpose``) is refused, verified or not
+    (a bug that hides on the fixtures of the verifying run would ship as verified)."""
+    from workbench.records.memory import injected_words
+
+    bugs = injected_words(variants, spec.injections)
+    if bugs:
+        raise UserError(f"{' '.join('-V ' + w for w in bugs)} injects a bug on purpose (kernel.yaml): "
+                        "an export ships the kernel as it should be; leave it out")
+
+
 def _export(ws, spec, given, variants, arch, out, allow_unverified, force, cwd, on_event) -> ExportResult:
     from workbench.export.verified import current_sources, load_records, passing_runs
 
@@ -239,6 +251,7 @@ def _export(ws, spec, given, variants, arch, out, allow_unverified, force, cwd, 
         raise UserError(f"{spec.module_path}: the stage module failed to import: {type(exc).__name__}: {exc}") from None
     export, op_path, op = load_op_module(spec, stage)
     variants = spec.resolve_variants(variants)
+    refuse_injected_bugs(spec, variants)
     configs = plan(spec, stage, op, expand(given), variants)
 
     sources = current_sources(ws, spec)

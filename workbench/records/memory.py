@@ -598,6 +598,11 @@ def is_injected(case_key: str, wrong_on_purpose: Iterable[str] = ()) -> bool:
     return bool(_INJECTED.search(case_key)) or not set(wrong_on_purpose).isdisjoint(case_key.split(" "))
 
 
+def injected_words(variants: dict[str, Any], wrong_on_purpose: Iterable[str] = ()) -> list[str]:
+    """The ``variant=value`` words of ``variants`` that inject a bug (the rule above)."""
+    return [w for w in (f"{k}={v}" for k, v in variants.items()) if is_injected(w, wrong_on_purpose)]
+
+
 def injects_a_bug(record: dict[str, Any], wrong_on_purpose: Iterable[str] = ()) -> bool:
     return is_injected(_params_key(record), wrong_on_purpose)
 

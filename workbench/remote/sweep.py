@@ -103,7 +103,8 @@ def parse_axes(items: list[str] | None, what: str) -> dict[str, list[str]]:
 
 
 def plan(spec, param_axes: dict[str, list[str]], variant_axes: dict[str, list[str]]) -> list[Case]:
-    """Every combination, each checked by the stage's rules before anything runs."""
+    """Every combination, each checked by kernel.yaml's rules before anything runs (the stage
+    module's own checks run in each case's worker: this process never imports it)."""
     keys = list(param_axes) + [f"variant:{k}" for k in variant_axes]
     values = list(param_axes.values()) + list(variant_axes.values())
     settings.check_case_count([len(v) for v in values], "a sweep")
