@@ -38,3 +38,15 @@ def test_wrapped_remark_with_spills():
 
 def test_facts_before_any_kernel_name_are_ignored():
     assert parse_ptxas("    8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads\n") == {}
+
+
+def test_a_spilling_kernel_is_a_warning_of_the_summary_and_a_clean_one_is_not():
+    """`wb compile` showed spills only as a table cell (d = 128 with a softcap spilled 24 B in its
+    192-row kernel unnoticed): the summary now warns, naming the kernel and the bytes."""
+    from workbench.compile.resources import summarize
+
+    spilling = summarize("sm_90a", [], [], WRAPPED)
+    (warning,) = [c for c in spilling["checks"] if c["check"] == "spills"]
+    assert warning["level"] == "warning" and "532 B stored / 636 B loaded" in warning["message"]
+    assert "128 registers at launch" in warning["message"] and "\n" not in warning["message"]
+    assert not [c for c in summarize("sm_90a", [], [], PLAIN)["checks"] if c["check"] == "spills"]

@@ -12,6 +12,7 @@ Sources, all available without a GPU:
 
 Checks (each a dict {level: error|warning, check, message, location}):
   * smem: dynamic + static shared memory over the arch's capacity (the launch would fail);
+  * spills: a kernel whose ptxas report has spill stores or loads (a warning: slower, not wrong);
   * tma: a TMA tensor whose base alignment, strides or contiguous box extent cannot meet
     TMA's 16-byte rules (the copy would fault or the descriptor creation would fail).
 """
@@ -283,6 +284,28 @@ def check_smem(kernels: list[dict], arch: str) -> list[dict]:
     return out
 
 
+def check_spills(kernels: list[dict]) -> list[dict]:
+    """A warning per kernel whose ptxas report has spill stores or loads: each spilled value
+    goes to local memory (through L1 to HBM) and back, usually inside the main loop."""
+    out = []
+    for k in kernels:
+        stores, loads = k.get("spill_store_bytes") or 0, k.get("spill_load_bytes") or 0
+        if stores or loads:
+            out.append(
+                {
+                    "level": "warning",
+                    "check": "spills",
+                    "kernel": k.get("name"),
+                    "location": k.get("location"),
+                    "message": (
+                        f"{short_kernel_name(str(k.get('name')))} spills {stores} B stored / {loads} B loaded to local "
+                        f"memory per thread (ptxas; {k.get('registers')} registers at launch): slower, not wrong"
+                    ),
+                }
+            )
+    return out
+
+
 def user_static_smem(kernel: dict, arch: str) -> int:
     """Static shared memory the kernel declares, less the 1 KiB that sm_90+ cubins reserve
     for the system (`.nv.shared.<kernel>` includes it; the 227 KiB limit excludes it)."""
@@ -459,7 +482,7 @@ def summarize(
             }
         )
     checks = []
-    for check in check_smem(kernels, arch) + check_tma(tma_atoms):
+    for check in check_smem(kernels, arch) + check_spills(kernels) + check_tma(tma_atoms):
         if not any(c["message"] == check["message"] for c in checks):  # K and V share a tensor type
             checks.append(check)
     return {"arch": arch, "smem_capacity_bytes": smem_capacity(arch), "kernels": kernels, "checks": checks}
