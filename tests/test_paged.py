@@ -285,14 +285,16 @@ def test_paged_mutants_are_named_for_packed_queries(causal):
 
 @pytest.mark.parametrize("args", [["-p", "page_size=32", "-p", "d=192"], ["-p", "page_size=128", "-p", "d=192"],
                                   ["-p", "page_size=100"], ["-p", "page_size=64", "-p", "varlen=true", "-V", "paged_bug=first_length"],
+                                  ["-p", "page_size=64", "-p", "varlen=true", "-V", "varlen_bug=next_offset"],
                                   ["-p", "page_size=64", "-V", "paged_bug=offset_ignored"],
                                   ["-p", "page_size=64", "-p", "batch=3", "-p", "seqlens_k=1:2"],
                                   ["-p", "page_size=64", "-p", "n=300", "-p", "batch=2", "-p", "seqlens_k=1:301"],
                                   ["-p", "page_size=64", "-p", "seqlens=1:2"]])
 def test_wb_compile_rejects_paged_mistakes_in_one_line(args):
     """A page size that neither divides nor is a multiple of the KV tile (d=192's 112 keys),
-    a page size outside the choices, first_length with varlen (its lengths are cu_seqlens'), the offset bug with pages smaller than a
-    tile (no offset to ignore), paged lengths not one per sequence or past n, q lengths
+    a page size outside the choices, first_length with varlen (its lengths are cu_seqlens'), a
+    varlen bug over pages (its model reads packed keys), the offset bug with pages smaller than
+    a tile (no offset to ignore), paged lengths not one per sequence or past n, q lengths
     (seqlens) without varlen: one line, exit 2, no traceback."""
     from conftest import run_wb
 

@@ -353,10 +353,16 @@ class StageD(Stage):
         dtype = common.cute_dtype(p.dtype)
         seqlens_of(p)  # a varlen (or paged lengths) parameter mistake is the user's, before any trace
         paged_lengths(p)
-        if host.variants_of("d", variants)["varlen_bug"] != "none" and not host.truthy(p.get("varlen", False)):
+        varlen_bug = host.variants_of("d", variants)["varlen_bug"]
+        if varlen_bug != "none" and not host.truthy(p.get("varlen", False)):
             from workbench.errors import UserError
 
             raise UserError("fmha/stage-d: varlen_bug needs varlen=true")
+        if varlen_bug != "none" and page_size_of(p):  # its mutant reads packed keys, not a paged cache's
+            from workbench.errors import UserError
+
+            raise UserError(f"fmha/stage-d: varlen_bug={varlen_bug} models packed keys (cu_seqlens_k); over a paged "
+                            "cache the keys come through the block table: inject paged_bug instead")
         kernel = self.make_kernel(p, variants)
         args = self._fake_args(kernel, dtype)
         t0 = time.perf_counter()
