@@ -807,3 +807,29 @@ def test_thousands_of_pid_files_are_counted_not_drawn_and_running_processes_come
     finally:
         live.kill()
         reap(live)
+
+
+def test_the_sentinel_never_signals_a_group_whose_leaders_pid_names_another_process():
+    """The sentinel knows its worker by pid and start time (the worker passes its own): a pid
+    that now names a process started at another time was recycled, so neither it nor the group
+    of that id is waited on or killed; the same pid and start time is the worker's group."""
+    import subprocess
+
+    from workbench.run import sentinel
+
+    stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)  # leads a group of its own pid
+    try:
+        born = sentinel.started(stranger.pid)
+        assert born is not None and sentinel.started(2**22 + 7) is None
+        assert sentinel.sweep_group(stranger.pid, born + 1) is False and stranger.poll() is None
+        # the sentinel as the worker starts it, given a start time that is not this process's: it
+        # neither waits on the stranger nor kills its group
+        script = Path(sentinel.__file__)
+        done = subprocess.run([sys.executable, "-I", "-S", str(script), str(stranger.pid), "no-such-token", str(born + 1)],
+                              timeout=20)
+        assert done.returncode == 0 and stranger.poll() is None
+        assert sentinel.sweep_group(stranger.pid, born) is True
+        assert stranger.wait(5) == -signal.SIGKILL
+    finally:
+        if stranger.poll() is None:
+            stranger.kill()

@@ -11,7 +11,8 @@ carrying the token (itself excepted), then what is left of the worker's process 
 exits. A worker that exits normally kills its sentinel first; wb's kills of a worker end it
 with the rest (it carries the token).
 
-Run as a script by the worker (`python -I -S sentinel.py PID TOKEN`): it loads
+Run as a script by the worker (`python -I -S sentinel.py PID TOKEN START`, START the worker's
+start time from /proc, so a recycled PID is told apart): it loads
 workbench/processes.py alone, not the wb package, so it starts in milliseconds.
 """
 
@@ -32,20 +33,48 @@ def _processes():
     return module
 
 
+def started(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat's 22nd field), None
+    when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(stat.rsplit(b")", 1)[1].split()[19])
+
+
+def sweep_group(pid: int, born: int | None) -> bool:
+    """SIGKILL what is left of the process group the worker (``pid``, started at ``born``)
+    led, unless ``pid`` now names a process that started at another time: the number was
+    recycled, which Linux does only once no process of the worker's group holds it, so a group
+    of that id is a stranger's. Whether it signalled."""
+    now = started(pid)
+    if now is not None and now != born:
+        return False
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    return True
+
+
 def main(argv: list[str]) -> None:
     pid, token = int(argv[1]), argv[2]
+    born = int(argv[3]) if len(argv) > 3 else None  # the worker's start, as it read it itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C at the terminal is the worker's to handle
     try:
         fd = os.pidfd_open(pid)
     except OSError:  # already gone
         fd = None
+    if fd is not None:  # the pidfd pins a process: the worker only if it started when the worker did
+        if born is None:
+            born = started(pid)
+        elif started(pid) != born:
+            fd = None  # gone and its pid taken already: nothing of the worker's to wait on
     if fd is not None:
         select.select([fd], [], [])  # readable once the worker has exited
     _processes().kill_token(token)
-    try:  # what is left of the group the worker led (a process that dropped the token)
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass
+    sweep_group(pid, born)  # what is left of the group the worker led (a process that dropped the token)
 
 
 if __name__ == "__main__":

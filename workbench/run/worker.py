@@ -652,6 +652,13 @@ def serve(socket_path: str, idle: float, once: bool, pidfile: str | None, parent
             pass
 
 
+def _started_at() -> int:
+    """This process's start time, clock ticks since boot (/proc/self/stat's 22nd field): with
+    the pid, what names this worker and no later process of the same pid."""
+    with open("/proc/self/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[19])
+
+
 def _start_sentinel():
     """The worker's sentinel (run/sentinel.py, a session of its own): it ends this process group
     and what carries the worker's token should the worker die without doing so (the
@@ -664,7 +671,8 @@ def _start_sentinel():
         return None
     try:
         return subprocess.Popen(
-            [sys.executable, "-I", "-S", str(Path(__file__).with_name("sentinel.py")), str(os.getpid()), token],
+            [sys.executable, "-I", "-S", str(Path(__file__).with_name("sentinel.py")), str(os.getpid()), token,
+             str(_started_at())],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None, close_fds=True, start_new_session=True,
         )
     except OSError:
