@@ -312,6 +312,8 @@ q, kc = torch.zeros(3, 100, 2, 64, dtype=bf), torch.zeros(40, 64, 1, 64, dtype=b
 bt, lens = torch.arange(15, dtype=i32).view(3, 5), torch.tensor([10, 20, 30], dtype=i32)
 paged = dict(block_table=bt, cache_seqlens=lens)
 out["cpu_ok"] = caught(wb_fmha.fwd, q, kc, kc, **paged)
+out["align_moot"] = caught(wb_fmha.fwd, q, kc, kc, align="bottom_right", **paged)  # no mask: no edge to move
+out["align_causal"] = caught(wb_fmha.fwd, q, kc, kc, causal=True, align="bottom_right", **paged)
 qg = q.clone().requires_grad_()
 out["grad"] = [caught(wb_fmha.fwd, qg, kc, kc, **paged), caught(torch.ops.wb_fmha.fwd, qg, kc, kc, **paged)]
 with torch.no_grad():
@@ -418,6 +420,13 @@ def test_the_eager_entry_refuses_what_the_schema_or_the_kernel_would_in_one_line
     message = paged_checks["entry"][case]
     assert message and message.startswith("ExportError: wb_fmha::fwd: ") and "\n" not in message, message
     assert expected in message, message
+
+
+def test_the_alignment_keys_a_configuration_only_where_a_mask_has_an_edge_to_move(paged_checks):
+    """Without a causal mask or a window either alignment is the same kernel: a call with
+    align="bottom_right" takes the top_left export; with causal it asks for another one."""
+    assert paged_checks["align_moot"] is None
+    assert "configuration not exported" in paged_checks["align_causal"] and "align=bottom_right" in paged_checks["align_causal"]
 
 
 def test_a_list_through_the_entry_gets_the_schemas_error_not_an_internal_one(paged_checks):

@@ -124,6 +124,13 @@ def cu_seqlens_of(lengths, *, cached: bool):
     return kept[1]
 
 
+def _acting_align(causal: bool, window_left: int, window_right: int, align) -> str:
+    """The alignment as it acts: without a causal mask or a window it moves no edge (the same
+    kernel), so either value keys as top_left; anything else is kept (and refused unexported)."""
+    masked = causal or window_left >= 0 or window_right >= 0
+    return str(align) if masked or align not in ("top_left", "bottom_right") else "top_left"
+
+
 def exported_key(params: dict) -> dict:
     """Stage D's compile-time parameters -> what a call selects the configuration by (varlen
     and page_size only where on, so a fixed-length configuration keeps the key it always had)."""
@@ -137,7 +144,8 @@ def exported_key(params: dict) -> dict:
         "heads": int(params["heads"]),
         "kv_heads": int(params["kv_heads"]),
         "causal": _truthy(params.get("causal", False)),
-        "align": str(params.get("align", "top_left")),
+        "align": _acting_align(_truthy(params.get("causal", False)), int(params.get("window_left", -1)),
+                               int(params.get("window_right", -1)), str(params.get("align", "top_left"))),
         "window_left": int(params.get("window_left", -1)),
         "window_right": int(params.get("window_right", -1)),
         "softcap": float(params.get("softcap", 0.0) or 0.0),
@@ -158,7 +166,7 @@ def call_key(q, k, v, causal=False, softcap=0.0, window_left=-1, window_right=-1
         "heads": int(q.shape[-2]) if q.dim() == rank else 0,
         "kv_heads": int(k.shape[-2]) if k.dim() == kv_rank else 0,
         "causal": bool(causal),
-        "align": str(align),
+        "align": _acting_align(bool(causal), int(window_left), int(window_right), align),
         "window_left": int(window_left),
         "window_right": int(window_right),
         "softcap": float(softcap),
