@@ -252,6 +252,39 @@ def test_paged_mutants_are_named(causal):
     assert not diagnose(ok, expected, inputs, p, variants, "random", mutants).explanations
 
 
+def test_a_first_sequence_without_keys_and_a_cache_without_any_are_modelled():
+    """Sequence 0 with no keys: paged-first-length gives every sequence none (it raised inside
+    the reference's one-n shortcut, a 'mutant failed' note on every diagnosis of such a case);
+    every length 0: the reference is O = 0 and LSE = -inf, not an error."""
+    from workbench.diagnose import MutantContext, views_for
+
+    p = params(page_size=64, seqlens_k="0:300:130")
+    inputs, expected, outs, variants, mutants = _case("random", p)
+    cx = MutantContext(inputs=inputs, expected={k: v.float() for k, v in expected.items()}, params=p, variants=variants,
+                       fixture="random", views=views_for(A.ROOT / "stages" / "fmha"))
+    pred = mutants["paged-first-length"].fn(cx)
+    assert (pred["o"] == 0).all() and (pred["lse"] == float("-inf")).all()
+    inputs, expected, *_ = _case("random", params(page_size=64, seqlens_k="0:0:0"))
+    assert (expected["o"] == 0).all() and (expected["lse"] == float("-inf")).all()
+
+
+def test_an_lse_wrong_by_more_than_fp32_allows_is_not_called_right_beside_a_right_o():
+    """Every sequence reading batch 0's table on ones-v: O stays right (V is ones), LSE is off by
+    up to 0.45, 1.4% relative, under bf16 O's failure bar (1.56%) but over fp32's (1%). Each output
+    is judged by its own dtype: the diagnosis names the bug on LSE (it said 'matches')."""
+    from workbench.diagnose import MutantContext, diagnose, views_for
+
+    p = params(page_size=64)
+    inputs, expected, outs, variants, mutants = _case("ones-v", p)
+    cx = MutantContext(inputs=inputs, expected={k: v.float() for k, v in expected.items()}, params=p, variants=variants,
+                       fixture="ones-v", views=views_for(A.ROOT / "stages" / "fmha"))
+    pred = mutants["paged-batch0-table"].fn(cx)
+    assert (pred["lse"] - expected["lse"]).abs().max() > 0.3
+    d = diagnose(A.kernel_like({**expected, **pred}, outs, seed=0), expected, inputs, p, variants, "ones-v", mutants)
+    assert d.status == "explained" and d.best.name == "paged-batch0-table" and d.best.evidence == ["lse"], d.headline
+    assert d.thresholds["fail_min_by_output"] == {"o": pytest.approx(0.015625), "lse": 0.01}
+
+
 @pytest.mark.parametrize("causal", [False, True])
 def test_paged_mutants_are_named_for_packed_queries(causal):
     """varlen=true over a paged cache (three packed query sequences, KV lengths 300, 0 and

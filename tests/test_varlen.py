@@ -208,6 +208,25 @@ def test_onehot_p_read_map_of_packed_sequences():
     assert rm.queries == with_keys and rm.correct == 0, rm.summary
 
 
+@pytest.mark.parametrize("mask", [dict(causal=True, align="bottom_right"), dict(window_left=50, window_right=20),
+                                  dict(causal=True, align="bottom_right", window_left=50)])
+def test_onehot_p_keeps_each_packed_sequences_window_and_alignment(mask):
+    """onehot-p picks each query's key inside its own sequence's window under its alignment
+    (it ignored both on packed sequences, so a third or more of the rows were soft mixtures
+    and no read map was drawn): every (head, row) that sees a key reads its intended V row."""
+    from workbench.diagnose import diagnose
+
+    fixtures, mutants = A.load()
+    p, st = params(**mask), StageD()
+    specs = st.inputs(p)
+    fx = get_fixture(fixtures, "onehot-p", specs)
+    inputs = fx.make(specs, p, 0, "cpu")
+    expected = st.reference(inputs, p, dict(fx.variants), torch.float32)
+    seeing = int(torch.isfinite(expected["lse"]).sum())  # (head, row)s with a visible key
+    d = diagnose(A.kernel_like(dict(expected), st.outputs(p), seed=1), expected, inputs, p, dict(fx.variants), "onehot-p", mutants)
+    assert d.readmap is not None and d.readmap.queries == d.readmap.correct == seeing > 0, d.readmap
+
+
 def _lengths_of(spec: str) -> list[int]:
     return [int(x) for x in spec.split(":")]
 

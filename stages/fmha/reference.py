@@ -584,7 +584,7 @@ def attention_lengths(
     import torch
 
     batch, m, heads = q.shape[0], q.shape[1], q.shape[2]
-    if all(x == k.shape[1] for x in lens):
+    if k.shape[1] > 0 and all(x == k.shape[1] for x in lens):  # (no keys at all: attention_varlen's empty sequences)
         return attention_bshd(q, k, v, compute_dtype, **kw)
     kp, vp, cu_k = packed_keys(k, v, lens)
     cu_q = torch.arange(batch + 1, dtype=torch.int32) * m

@@ -15,12 +15,14 @@ Thresholds (module constants, recorded in every Diagnosis):
 
   FAIL_MIN  = max(0.01, 4·eps(dtype))   The reference must fit worse than this before any
               bug is named. Correct bf16 kernels score ~0.002-0.006 (a few ulps of 2^-8);
-              4·eps = 0.0156 for bf16, 0.0039 -> 0.01 for fp16 and fp32.
+              4·eps = 0.0156 for bf16, 0.0039 -> 0.01 for fp16 and fp32. Each output is
+              held to its own dtype's (an fp32 LSE off by 1.4% fails beside a bf16 O).
   FIT_MAX   = 0.05   A mutant explains only if it fits this well: ~10x the bf16 noise, so a
               buggy bf16 kernel still matches its model, while two different bugs rarely do.
   RATIO     = 0.25   ... and at least 4x better than the true reference.
   DISTINCT  = 0.02   A mutant whose prediction is closer than this to the reference cannot
-              be seen by the fixture ("unseen"); two mutants closer than this to each other
+              be seen by the fixture ("unseen"; for an fp16 or fp32 output, scaled like
+              FAIL_MIN: 0.0128, distinct_for); two mutants closer than this to each other
               are "the same" on this fixture and are reported together.
   TIE       = 1.5·best + 0.003: explaining mutants with a different prediction scoring
               within this of the best are reported as "also fits".
@@ -69,6 +71,13 @@ def eps_of(t) -> float:
 
 def fail_min(eps: float) -> float:
     return max(FAIL_FLOOR, 4 * eps)
+
+
+def distinct_for(t) -> float:
+    """DISTINCT for an output of ``t``'s dtype: bf16's 0.02, scaled with the failure threshold
+    for a finer dtype (fp16, fp32: 0.0128), so a bug that fails an fp32 output is not called
+    unseen because its error is below bf16's."""
+    return DISTINCT * fail_min(eps_of(t)) / fail_min(2.0**-8)
 
 
 # --------------------------------------------------------------------------------------
@@ -234,19 +243,23 @@ def diagnose(
     stem = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in label)
 
     actual, refc, eps = {}, {}, 0.0
+    fmins = {}  # each output against its own dtype's threshold (an fp32 LSE is not judged by bf16 O's)
     for n in names:
         a = stage_outputs[n]
         actual[n] = classify_actual(a, poisoned)
         r = expected[n]
         refc[n] = classify(r.to(a.device))
         eps = max(eps, eps_of(a))
-    right_below = fail_min(eps)
-    fmin = 0.0 if force else right_below
+        fmins[n] = 0.0 if force else fail_min(eps_of(a))
+    fmin = 0.0 if force else fail_min(eps)
     diag.thresholds = {"fail_min": fmin, "fit_max": FIT_MAX, "ratio": RATIO, "distinct": DISTINCT}
+    if len(set(fmins.values())) > 1:
+        diag.thresholds["fail_min_by_output"] = fmins
 
     for n in names:
         diag.reference[n] = fit(*actual[n], *refc[n])
     diag.reference_score = max((f.score for f in diag.reference.values()), default=0.0)
+    fails = [n for n in names if diag.reference[n].score >= fmins[n]]
 
     # error maps and pictures
     if pdir is not None and not pictures.available():
@@ -282,7 +295,7 @@ def diagnose(
             diag.notes.append(f"read map failed: {type(exc).__name__}: {exc}")
         break
 
-    if diag.reference_score < fmin:
+    if not fails:
         diag.status = "ok"
         worst = max(names, key=lambda k: diag.reference[k].score) if names else None
         diag.headline = (
@@ -340,13 +353,14 @@ def diagnose(
         cand = Candidate(
             name=m.name, description=m.description, score=worst.score, cos=min(f.cos for f in per.values()),
             rel=max(f.rel for f in per.values()), mismatch=max(f.mismatch for f in per.values()),
-            outputs=per, distance_to_reference=dist, evidence=[n for n in names if out_dist.get(n, 0.0) >= DISTINCT],
+            outputs=per, distance_to_reference=dist,
+            evidence=[n for n in names if out_dist.get(n, 0.0) >= distinct_for(stage_outputs[n])],
         )
         cands.append(cand)
         if cand.score <= FIT_MAX or any(f.score <= FIT_MAX for f in per.values()):
             preds_kept[m.name] = preds
         if cand.mismatch > 0 and cand.rel <= FIT_MAX:
-            support = _masked_support(actual, preds, refc, names)
+            support = _masked_support(actual, preds, refc, names, stage_outputs)
             if support:
                 masked_support[m.name] = support
     if prediction_cache is not None:
@@ -402,7 +416,7 @@ def diagnose(
         # per output: a mutant that explains that output alone
         for n in names:
             rf = diag.reference[n]
-            if rf.score < fmin:
+            if n not in fails:
                 continue
             good = [c for c in cands if n in c.evidence and n in preds_kept.get(c.name, {})
                     and c.outputs[n].score <= FIT_MAX and c.outputs[n].score <= RATIO * rf.score]
@@ -433,7 +447,7 @@ def diagnose(
         if bad_maps:
             head += f"; {bad_maps[0].output}: {bad_maps[0].summary}"
         diag.headline = head
-    right = {n: diag.reference[n].score < right_below for n in names}
+    right = {n: diag.reference[n].score < fail_min(eps_of(stage_outputs[n])) for n in names}
     diag.evidence = build_evidence(diag, right, _hooks_of(mlist) if hooks is None else hooks, params, variants)
     diag.seconds = time.perf_counter() - t0
     return diag
@@ -461,7 +475,7 @@ def _views_of(mutants: list[Mutant]) -> Views:
     return views
 
 
-def _masked_support(actual, preds, refc, names) -> list[str]:
+def _masked_support(actual, preds, refc, names, stage_outputs) -> list[str]:
     """Outputs on which a mutant, where it and the kernel both hold numbers, matches the
     kernel AND differs from the reference; [] when any output contradicts it there."""
     support = []
@@ -480,7 +494,7 @@ def _masked_support(actual, preds, refc, names) -> list[str]:
             return []
         to_reference = fit(v, c, *refc[n], care=both)
         kernel_to_reference = fit(av, ac, *refc[n], care=both)
-        if to_reference.rel >= DISTINCT and to_kernel.rel <= RATIO * kernel_to_reference.rel:
+        if to_reference.rel >= distinct_for(stage_outputs[n]) and to_kernel.rel <= RATIO * kernel_to_reference.rel:
             support.append(n)
     return support
 
@@ -505,7 +519,8 @@ def _predict(m: Mutant, cx, names, stage_outputs, refc, notes):
         return ("n/a", {}, None, {})
     out_dist = {n: fit(v, c, *refc[n], care=care).score for n, (v, c, care) in preds.items()}
     dist = max(out_dist.values())
-    return ("unseen" if dist < DISTINCT else "ok", preds, dist, out_dist)
+    seen = any(d >= distinct_for(stage_outputs[n]) for n, d in out_dist.items())
+    return ("ok" if seen else "unseen", preds, dist, out_dist)
 
 
 def _pred_distance(pa: dict, pb: dict, refc: dict, names) -> float:
