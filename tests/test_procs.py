@@ -433,7 +433,9 @@ def test_a_pid_file_naming_a_program_that_is_not_wb_is_never_acted_on(toy_ws, wb
     listed as unverified now, and never signalled or its file removed."""
     stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
     try:
-        wait_until(lambda: alive(stranger.pid), what="the stranger to start")
+        # exec'd, not only forked: until then its command line is pytest's (a flake seen in CI)
+        wait_until(lambda: Path(f"/proc/{stranger.pid}/cmdline").read_bytes().startswith(b"sleep\0"),
+                   what="the stranger to exec sleep")
         folder = toy_ws / ".wb" / "pids"
         folder.mkdir(parents=True, exist_ok=True)
         forged = folder / f"forged-{stranger.pid}.json"
