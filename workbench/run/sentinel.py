@@ -16,6 +16,7 @@ start time from /proc, so a recycled PID is told apart): it loads
 workbench/processes.py alone, not the wb package, so it starts in milliseconds.
 """
 
+import functools
 import importlib.util
 import os
 import select
@@ -24,6 +25,7 @@ import sys
 from pathlib import Path
 
 
+@functools.cache
 def _processes():
     """workbench/processes.py loaded alone (standard library only): not the wb package, whose
     imports would cost the sentinel's start."""
@@ -34,13 +36,9 @@ def _processes():
 
 
 def started(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat's 22nd field), None
-    when there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return int(stat.rsplit(b")", 1)[1].split()[19])
+    """When process ``pid`` started (processes.starttime: clock ticks since boot), None when no
+    process of that pid runs."""
+    return _processes().starttime(pid)
 
 
 def sweep_group(pid: int, born: int | None) -> bool:

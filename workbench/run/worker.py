@@ -34,7 +34,7 @@ from workbench.errors import UserError
 from workbench.kernels import fixtures as fixture_registry
 from workbench.kernels.registry import forget_stage_modules, load_kernel
 from workbench.kernels.stage import RUN_METHODS, Params, Stage, TensorSpec, torch_dtype
-from workbench.processes import NO_SENTINEL_ENV, TOKEN_ENV, kill_token, same_process
+from workbench.processes import NO_SENTINEL_ENV, TOKEN_ENV, kill_token, same_process, starttime
 from workbench.run import procs, protocol
 from workbench.run.sanitize import NO_POISON_ENV
 from workbench.text import cut_middle
@@ -652,13 +652,6 @@ def serve(socket_path: str, idle: float, once: bool, pidfile: str | None, parent
             pass
 
 
-def _started_at() -> int:
-    """This process's start time, clock ticks since boot (/proc/self/stat's 22nd field): with
-    the pid, what names this worker and no later process of the same pid."""
-    with open("/proc/self/stat", "rb") as f:
-        return int(f.read().rsplit(b")", 1)[1].split()[19])
-
-
 def _start_sentinel():
     """The worker's sentinel (run/sentinel.py, a session of its own): it ends this process group
     and what carries the worker's token should the worker die without doing so (the
@@ -672,7 +665,7 @@ def _start_sentinel():
     try:
         return subprocess.Popen(
             [sys.executable, "-I", "-S", str(Path(__file__).with_name("sentinel.py")), str(os.getpid()), token,
-             str(_started_at())],
+             str(starttime(os.getpid()))],  # with the pid, what names this worker and no later process
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None, close_fds=True, start_new_session=True,
         )
     except OSError:
