@@ -43,6 +43,11 @@
 #               (about 4 minutes)
 # PHASE r30:    on an H200 (the goal table's card): every non-causal cell of the goal table, d = 64 / 128 at
 #               s = 4096 / 8192, both dtypes, in turn beside FA4, two rounds (about 4 minutes); then `perf`
+# PHASE cluster: -V cluster=2 (each K / V tile loaded half by each of two CTAs on neighbouring Q tiles and
+#               multicast into both; FlashAttention-3's cluster at d >= 128): sweeps (d = 128 n 17 ... 8200 both
+#               dtypes GQA round robin and one CTA per tile, d = 64 / 96 / 192 / 256, m != n, softcap), then the
+#               default against it in turn beside FA4, d = 128 s 4096 / 8192 and d = 64 / 192 / 256 s 8192, two rounds
+#               (about 8 minutes)
 # PHASE exportvarlen: the varlen op from a CPU-exported package (WB_EXPORT_PREBUILT, default .gpu/export-pkg:
 #               d = 64 / 128 x causal x varlen, 4 heads / 2 KV heads, bf16): tests/test_export_gpu.py -k varlen,
 #               `wb run --exported` of a mixed varlen batch, and export_launch_cost.py --varlen (about 1 minute)
@@ -511,6 +516,26 @@ pagedlens)
         -p seqlens_k=5:1000:33:0:4000 -p causal=$causal --exported "$pkg" 2>&1 | tail -3
     done
   fi
+  ;;
+cluster)
+  step "sweep -V cluster=2 (K and V multicast to a cluster of two CTAs): d=128 n 17/1000/4096/8192/8200 (long kernels from 8192), both dtypes, GQA, round robin and one CTA per tile"
+  timeout 170 wb sweep d --n 17,1000,4096,8192,8200 --d 128 --dtype bf16,fp16 -p causal=false -p kv_heads=2 -V cluster=2 \
+    -V persistent=on,off --timeout 40 | sweep_verdicts
+  step "sweep -V cluster=2: d=64 (43 Q tiles a head at 8192: one more), 96, 192, 256; m != n; softcap 30"
+  timeout 120 wb sweep d --n 1000,8192 --d 64,96,192,256 --dtype bf16 -p causal=false -p kv_heads=2 -V cluster=2 --timeout 40 | sweep_verdicts
+  timeout 60 wb sweep d -p m=1000,8192 --n 4096 --d 128 --dtype fp16 -p causal=false -p softcap=0,30 -V cluster=2 --timeout 40 | sweep_verdicts
+  for round in 1 2; do
+    for v in "" "-V cluster=2" "-V cluster=2 -V persistent=off"; do
+      step "round $round, in turn beside FA4, non-causal d=128 s 4096 / 8192: ${v:-default}"
+      timeout 80 wb bench d -p d=128 -p n=4096,8192 -p causal=false -p dtype=bf16,fp16 $v --peers fa4 --timeout 75 | clocked_rows
+    done
+    for v in "" "-V cluster=2"; do
+      step "round $round, in turn beside FA4, non-causal s 8192 d 64 / 192 / 256: ${v:-default}"
+      for d in 64 192 256; do
+        timeout 50 wb bench d -p d=$d -p n=8192 -p causal=false -p dtype=bf16,fp16 $v --peers fa4 --timeout 45 | clocked_rows
+      done
+    done
+  done
   ;;
 r30)
   for round in 1 2; do

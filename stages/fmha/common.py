@@ -82,11 +82,17 @@ def make_kmajor_smem_layout(
     return cute.tile_to_shape(atom, (rows, d, stages), order=(0, 1, 2))
 
 
-def make_tma_load(gmem: cute.Tensor, smem_layout, tile: tuple):
-    """TMA load atom (no multicast) for ``tile``-sized boxes of ``gmem`` into one stage of
-    ``smem_layout``. Returns (atom, tma_tensor); index the tma tensor like ``gmem``."""
+def make_tma_load(gmem: cute.Tensor, smem_layout, tile: tuple, multicast: int = 1):
+    """TMA load atom for ``tile``-sized boxes of ``gmem`` into one stage of ``smem_layout``
+    (``multicast`` > 1: each of that many CTAs of a cluster loads a slice of the box into
+    all of them, ``tma_partition_tile``'s ``cta``). Returns (atom, tma_tensor); index the tma
+    tensor like ``gmem``."""
     if const_expr(cute.rank(smem_layout) == 3):
         smem_layout = cute.select(smem_layout, mode=[0, 1])
+    if const_expr(multicast > 1):
+        return cpasync.make_tiled_tma_atom(
+            cpasync.CopyBulkTensorTileG2SMulticastOp(), gmem, smem_layout, tile, num_multicast=multicast
+        )
     return cpasync.make_tiled_tma_atom(
         cpasync.CopyBulkTensorTileG2SOp(), gmem, smem_layout, tile
     )
@@ -131,14 +137,15 @@ def qk_fragments(tiled_mma: cute.TiledMma, sQ: cute.Tensor, sK: cute.Tensor, tid
     return tiled_mma.get_slice(tidx), tSrQ, tSrK
 
 
-def tma_partition_tile(tma_atom: cute.CopyAtom, sX: cute.Tensor, gX: cute.Tensor):
+def tma_partition_tile(tma_atom: cute.CopyAtom, sX: cute.Tensor, gX: cute.Tensor, cta=(0, 1)):
     """Partition a (rows, d[, stages]) smem tensor and a (rows, d[, tiles]) gmem tile for a
-    non-multicast TMA atom. Returns (tXsX, tXgX): mode 0 is the TMA atom's data, the
-    remaining mode (if any) is the stage / tile index."""
+    TMA atom; ``cta`` = (this CTA's rank, CTAs) among those a multicast atom serves (its
+    slice of each box). Returns (tXsX, tXgX): mode 0 is the TMA atom's data, the remaining
+    mode (if any) is the stage / tile index."""
     s_res, g_res = cpasync.tma_partition(
         tma_atom,
-        0,
-        cute.make_layout(1),
+        cta[0],
+        cute.make_layout(cta[1]),
         cute.group_modes(sX, 0, 2),
         cute.group_modes(gX, 0, 2),
     )

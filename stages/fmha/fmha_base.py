@@ -115,6 +115,10 @@ class FmhaForwardBase:
     # stage D's softcap (0 = off) and its bug injection (softmax.softcap_constants)
     softcap = 0.0
     softcap_bug = "none"
+    # stage D's cluster of CTAs along the Q tiles (cluster=2): the CTAs of a cluster work on
+    # neighbouring Q tiles of one (batch, head), and each loads half of every K and V tile and
+    # multicasts it into both (half the L2 -> SM traffic of K and V)
+    cluster_m = 1
 
     def __init__(
         self,
@@ -211,8 +215,8 @@ class FmhaForwardBase:
         tiled_mma_pv = make_pv_tiled_mma(self.dtype, self.dv, self.p_smem)
         sQ_layout, sK_layout, sV_layout, sO_layout = self._smem_layouts()
         tma_atom_q, tma_q = common.make_tma_load(mQ, sQ_layout, (self.wg_rows, self.d))
-        tma_atom_k, tma_k = common.make_tma_load(mK, sK_layout, (self.tile_n, self.d))
-        tma_atom_v, tma_v = common.make_tma_load(mV, sV_layout, (self.tile_n, self.dv))
+        tma_atom_k, tma_k = common.make_tma_load(mK, sK_layout, (self.tile_n, self.d), self.cluster_m)
+        tma_atom_v, tma_v = common.make_tma_load(mV, sV_layout, (self.tile_n, self.dv), self.cluster_m)
         tma_atom_o, tma_o = cpasync.make_tiled_tma_atom(
             cpasync.CopyBulkTensorTileS2GOp(), mO, cute.select(sO_layout, mode=[0, 1]), (self.wg_rows, self.dv)
         )
@@ -237,14 +241,19 @@ class FmhaForwardBase:
                 cpasync.prefetch_descriptor(atom)
         storage = cutlass.memory.SmemAllocator().allocate(self.shared_storage)
         pipelines = self._make_pipelines(storage)
-        pipeline.pipeline_init_arrive()
+        # a cluster: every CTA's mbarriers initialised before a peer multicasts into them or
+        # releases a slot in them
+        cluster = cute.make_layout((self.cluster_m, 1)) if const_expr(self.cluster_m > 1) else None
+        pipeline.pipeline_init_arrive(cluster_shape_mn=cluster, is_relaxed=True)
         smem = self._smem_tensors(storage, *layouts)
-        pipeline.pipeline_init_wait()
+        pipeline.pipeline_init_wait(cluster_shape_mn=cluster)
         return pipelines, smem
 
     def _make_pipelines(self, storage):
         """Q: 2 stages (stage w = consumer WG w's half), consumed by the 4 warps of one WG.
-        K, V: kv_stages each, consumed by all 8 consumer warps (one arrive per warp)."""
+        K, V: kv_stages each, consumed by all 8 consumer warps (one arrive per warp); in a
+        cluster (``cluster_m``) by those of every CTA of it, each warp's lane r arriving on
+        CTA r's slot (a slot is refilled in every CTA at once by the multicast)."""
         one_thread = pipeline.CooperativeGroup(pipeline.Agent.Thread, 1)
         pipeline_q = pipeline.PipelineTmaAsync.create(
             barrier_storage=storage.mbar_q.data_ptr(),
@@ -254,7 +263,10 @@ class FmhaForwardBase:
             tx_count=self.q_bytes,
             defer_sync=True,
         )
-        consumers = pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.num_consumer_wg)
+        consumers = pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.num_consumer_wg * self.cluster_m)
+        cluster = {}
+        if const_expr(self.cluster_m > 1):
+            cluster = {"cta_layout_vmnk": cute.make_layout((1, self.cluster_m, 1, 1))}
         pipeline_k = pipeline.PipelineTmaAsync.create(
             barrier_storage=storage.mbar_k.data_ptr(),
             num_stages=self.kv_stages,
@@ -262,6 +274,7 @@ class FmhaForwardBase:
             consumer_group=consumers,
             tx_count=self.kv_bytes,
             defer_sync=True,
+            **cluster,
         )
         pipeline_v = pipeline.PipelineTmaAsync.create(
             barrier_storage=storage.mbar_v.data_ptr(),
@@ -270,6 +283,7 @@ class FmhaForwardBase:
             consumer_group=consumers,
             tx_count=self.v_bytes,
             defer_sync=True,
+            **cluster,
         )
         return pipeline_q, pipeline_k, pipeline_v
 

@@ -274,6 +274,7 @@ class FmhaForward(FmhaForwardBase):
         dv: int | None = None,
         split_tail: str = "auto",
         short_tile: str = "auto",
+        cluster: int = 1,
     ):
         # What ``auto`` means (kernel.yaml lists the choices; docs/perf-notes.md the measurements).
         # The tile shape (KV tile, ring depth, consumer WGs, O staged in Q, P through shared
@@ -325,6 +326,26 @@ class FmhaForward(FmhaForwardBase):
         self.o_rescale = o_rescale
         self.kv_load = kv_load
         self.k_release = k_release
+        # cluster=2: two CTAs on neighbouring Q tiles of a (batch, head) share each K and V
+        # tile (each loads half and multicasts it; FlashAttention-3's cluster at d >= 128
+        # non-causal): they must visit the same KV tiles in step, so no mask that depends on
+        # the Q tile, fixed lengths, and a scheduler that hands a cluster's CTAs neighbouring
+        # tiles (round robin over an even grid: auto is on; one CTA per tile: off)
+        cluster = int(cluster)
+        if cluster not in (1, 2):
+            raise ValueError(f"cluster must be 1 or 2, not {cluster}")
+        if cluster > 1:
+            cluster_why = [
+                reason for reason, bad in (
+                    ("no causal mask or window", causal or windowed), ("fixed lengths (not varlen)", varlen),
+                    ("no paged KV", paged), ("persistent=on or off", persistent == "dynamic"), ("no --trace", trace),
+                ) if bad
+            ]
+            if cluster_why:
+                raise ValueError(f"cluster={cluster} needs " + ", ".join(cluster_why))
+            if persistent is None:
+                persistent = "on"
+        self.cluster_m = cluster
         # varlen: dynamic too (its tiles differ in work as much as the sequences in length)
         if persistent is None:
             persistent = ts.persistence(d, causal, varlen, windowed=windowed, paged=paged, dv=dv)
@@ -441,7 +462,8 @@ class FmhaForward(FmhaForwardBase):
         # the builds of one configuration (geometry.long_kernels) get kernel names of their own, and
         # ptxas's report, the cubins and a profiler tell them apart
         # (and the round-robin scheduler's: non-causal d = 64's two builds share a tile)
-        return f"{type(self).__module__}.{type(self).__name__}_{self.tile_m}x{self.tile_n}" + ("_rr" if self.walk else "")
+        return (f"{type(self).__module__}.{type(self).__name__}_{self.tile_m}x{self.tile_n}" + ("_rr" if self.walk else "")
+                + (f"_c{self.cluster_m}" if self.cluster_m > 1 else ""))
 
     @cute.jit
     def __call__(
@@ -491,11 +513,19 @@ class FmhaForward(FmhaForwardBase):
             tmas, mmas, layouts = self._host_setup(mQ, mK, mV, mO)
             # one work tile = one Q tile of one (batch, head); a 1-D grid walks them (tile_scheduler)
             num_tiles = cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m) * cute.size(mQ, mode=[2]) * cute.size(mQ, mode=[3])
+        if const_expr(self.cluster_m > 1):
+            # the Q tiles of a (batch, head) rounded up to whole clusters (ts.WorkTiles.create:
+            # a tile past the rows loads its cluster's slices and stores nothing)
+            c = self.cluster_m
+            num_m = cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m)
+            num_tiles = (num_m + (c - 1)) // c * c * cute.size(mQ, mode=[2]) * cute.size(mQ, mode=[3])
+            max_ctas = max_ctas // c * c
         grid = (num_tiles, 1, 1)
         if const_expr(self.persistent):
             grid = (cutlass.min(num_tiles, max_ctas), 1, 1)
+        launch = {"cluster": [self.cluster_m, 1, 1]} if const_expr(self.cluster_m > 1) else {}
         self.kernel(*tmas, mLSE, mTileCounter, *mmas, *layouts, *extra, **extra_kw).launch(
-            grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1
+            grid=grid, block=[self.num_threads, 1, 1], stream=stream, min_blocks_per_mp=1, **launch
         )
 
     def page_tmas(self, tmas: tuple, mK: cute.Tensor, mV: cute.Tensor, layouts: tuple) -> tuple:
@@ -604,7 +634,14 @@ class FmhaForward(FmhaForwardBase):
                         if self.tile_has_work(cu, m_block, batch):
                             load_tile(m_block, head, batch, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, Int32(0)))
                     else:
-                        load_tile(m_block, head, batch, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, Int32(0)))
+                        q_state, kv_state = load_tile(
+                            m_block, head, batch, q_state, kv_state, stamp=self.stamp_fn(mTileCounter, 0, Int32(0))
+                        )
+                if const_expr(self.cluster_m > 1):
+                    # the peers' consumers release slots in this CTA's ring to the end: it
+                    # stays until every slot is free (no arrive on an exited CTA's mbarrier)
+                    pipeline_k.producer_tail(kv_state.clone())
+                    pipeline_v.producer_tail(kv_state.clone())
         else:
             cute.arch.setmaxregister_increase(self.consumer_regs)
             regs = self.consumer_registers(tiled_mma_qk, tiled_mma_pv, sQ, sK, sV, tidx % common.WG_THREADS, sP, wg_idx - 1)
@@ -1009,8 +1046,12 @@ class FmhaForward(FmhaForwardBase):
             load_k = partial(self.load_paged_tile, pipeline_k, tma_atom_k, gK, sK, pages, self.d)
             load_v = partial(self.load_paged_tile, pipeline_v, tma_atom_v, gV, sV, pages, self.dv)
         else:
-            tKsK, tKgK = common.tma_partition_tile(tma_atom_k, sK, gK)
-            tVsV, tVgV = common.tma_partition_tile(tma_atom_v, sV, gV)
+            # a cluster: this CTA's slice of each K and V box, multicast into every CTA of it
+            cta = (0, 1)
+            if const_expr(self.cluster_m > 1):
+                cta = (cute.arch.make_warp_uniform(cute.arch.block_idx_in_cluster()), self.cluster_m)
+            tKsK, tKgK = common.tma_partition_tile(tma_atom_k, sK, gK, cta)
+            tVsV, tVgV = common.tma_partition_tile(tma_atom_v, sV, gV, cta)
             probe("tKsK", tKsK)
             probe("tKgK", tKgK)
             probe("tVsV", tVsV)
@@ -1069,9 +1110,16 @@ class FmhaForward(FmhaForwardBase):
         state: pipeline.PipelineState,
         tile: Int32,
     ):
-        """Wait for ring slot ``state`` to be free, then TMA tile ``tile`` into it."""
+        """Wait for ring slot ``state`` to be free, then TMA tile ``tile`` into it (in a
+        cluster: this CTA's slice of it, into the slot of every CTA)."""
         pipe.producer_acquire(state)
-        cute.copy(tma_atom, tXgX[None, tile], tXsX[None, state.index], tma_bar_ptr=pipe.producer_get_barrier(state))
+        if const_expr(self.cluster_m > 1):
+            cute.copy(
+                tma_atom, tXgX[None, tile], tXsX[None, state.index], tma_bar_ptr=pipe.producer_get_barrier(state),
+                mcast_mask=cutlass.Int16((1 << self.cluster_m) - 1),
+            )
+        else:
+            cute.copy(tma_atom, tXgX[None, tile], tXsX[None, state.index], tma_bar_ptr=pipe.producer_get_barrier(state))
 
     def paged_seqlen(self, cache_seqlens: cute.Tensor, batch: Int32) -> Int32:
         """paged: the KV length of sequence ``batch`` (``paged_bug=first_length``: sequence 0's

@@ -119,6 +119,7 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
         "paged_bug": v["paged_bug"],
         "split_tail": v["split_tail"],
         "short_tile": v["short_tile"],
+        "cluster": int(v["cluster"]),
     }
 
 

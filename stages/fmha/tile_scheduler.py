@@ -104,6 +104,9 @@ class WorkTiles:
             else:
                 seqlen_q, seqlen_k, heads, batches = shape
             num_m = (seqlen_q + (kernel.tile_m - 1)) // kernel.tile_m
+            if const_expr(kernel.cluster_m > 1):
+                # whole clusters of Q tiles per (batch, head): a cluster's CTAs share its K and V
+                num_m = (num_m + (kernel.cluster_m - 1)) // kernel.cluster_m * kernel.cluster_m
         tiles = num_m * heads * batches
         step, _, _ = cute.arch.grid_dim()
         if const_expr(split is not None):
