@@ -43,6 +43,10 @@
 #               (about 4 minutes)
 # PHASE r30:    on an H200 (the goal table's card): every non-causal cell of the goal table, d = 64 / 128 at
 #               s = 4096 / 8192, both dtypes, in turn beside FA4, two rounds (about 4 minutes); then `perf`
+# PHASE softcapfit: the softcap defaults moved off 3 consumer WGs (they spilled 12-112 B at 160 registers):
+#               sweeps (d = 64 non-causal 2 WGs, n 17 ... 8200; d = 64 / 96 causal and d = 128 non-causal without the
+#               3-WG long kernels; d = 64 varlen), then each against its old 3-WG kernel in turn beside FA4, two
+#               rounds (about 8 minutes)
 # PHASE cluster: -V cluster=2 (each K / V tile loaded half by each of two CTAs on neighbouring Q tiles and
 #               multicast into both; FlashAttention-3's cluster at d >= 128): sweeps (d = 128 n 17 ... 8200 both
 #               dtypes GQA round robin and one CTA per tile, d = 64 / 96 / 192 / 256, m != n, softcap), then the
@@ -516,6 +520,26 @@ pagedlens)
         -p seqlens_k=5:1000:33:0:4000 -p causal=$causal --exported "$pkg" 2>&1 | tail -3
     done
   fi
+  ;;
+softcapfit)
+  step "sweep: softcap 30 at d=64 non-causal, now 2 consumer WGs (3 spilled 12 B; dynamic + split tail), n 17/1000/4096/8192/8200, both dtypes, GQA"
+  timeout 150 wb sweep d --n 17,1000,4096,8192,8200 --d 64 --dtype bf16,fp16 -p causal=false -p kv_heads=2 -p softcap=30 --timeout 40 | sweep_verdicts
+  step "sweep: softcap 30 without the 3-WG long kernels (d=64 / 96 causal n 4096 / 8192; d=128 non-causal n 8192: the 176-key kernel); d=64 varlen"
+  timeout 120 wb sweep d --n 4096,8192 --d 64,96 --dtype bf16,fp16 -p causal=true -p softcap=30 -p kv_heads=2 --timeout 40 | sweep_verdicts
+  timeout 60 wb sweep d --n 8192 --d 128 --dtype bf16,fp16 -p causal=false -p softcap=30 --timeout 40 | sweep_verdicts
+  timeout 60 wb sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 -p seqlens_k=5:0:1000:33:4000 -p heads=8 -p kv_heads=2 \
+    --d 64 --dtype bf16,fp16 -p causal=false,true -p softcap=30 --timeout 40 | sweep_verdicts
+  for round in 1 2; do
+    for v in "" "-V consumers=3"; do
+      step "round $round, softcap 30 in turn beside FA4: d=64 non-causal s 4096 / 8192 and causal s 8192: ${v:-default (2 WGs)}"
+      timeout 60 wb bench d -p d=64 -p n=4096,8192 -p causal=false -p softcap=30 -p dtype=bf16,fp16 $v --peers fa4 --timeout 55 | clocked_rows
+      timeout 50 wb bench d -p d=64 -p n=8192 -p causal=true -p softcap=30 -p dtype=bf16 $v --peers fa4 --timeout 45 | clocked_rows
+    done
+    for v in "" "-V consumers=3 -V o_staging=q -V p_operand=smem"; do
+      step "round $round, softcap 30 in turn beside FA4: d=128 non-causal s 8192: ${v:-default (the 176-key kernel)}"
+      timeout 50 wb bench d -p d=128 -p n=8192 -p causal=false -p softcap=30 -p dtype=bf16,fp16 $v --peers fa4 --timeout 45 | clocked_rows
+    done
+  done
   ;;
 cluster)
   step "sweep -V cluster=2 (K and V multicast to a cluster of two CTAs): d=128 n 17/1000/4096/8192/8200 (long kernels from 8192), both dtypes, GQA, round robin and one CTA per tile"

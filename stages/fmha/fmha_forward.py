@@ -289,7 +289,7 @@ class FmhaForward(FmhaForwardBase):
         # every auto of the tile shape resolved, and a combination that cannot be built refused
         # in one line (ValueError): geometry.tiles
         geom = geometry.tiles(
-            d, causal=causal, capped_window=capped_window, dv=dv, paged=paged, schedule=schedule,
+            d, causal=causal, capped_window=capped_window, dv=dv, paged=paged, softcap=float(softcap) > 0, schedule=schedule,
             consumers=consumers, kv_tile=kv_tile, kv_stages=kv_stages, p_operand=p_operand, o_staging=o_staging,
             q_buffers=q_buffers, elem_bytes=dtype.width // 8,
         )

@@ -80,10 +80,12 @@ class Geometry:
 
 
 def geometry(d: int, causal: bool = False, capped_window: bool = False, dv: int | None = None,
-             p_smem_ok: bool = True, paged: bool = False) -> Geometry:
+             p_smem_ok: bool = True, paged: bool = False, softcap: bool = False) -> Geometry:
     """Stage D's tile geometry for head dim ``d`` (ValueError for a d it does not serve).
     ``capped_window``: a softcap and a sliding window together (their masked and capped
-    steps do not fit 160 registers: d = 64 with 3 WGs spilled 28 B, so 2 WGs). ``dv``: V's
+    steps do not fit 160 registers: d = 64 with 3 WGs spilled 28 B, so 2 WGs). ``softcap``:
+    a softcap (its tanh on every logit does not fit 3 WGs' 160 registers with P in them:
+    d = 64 spilled 12 B, 24 B varlen, so 2 WGs; d = 96's P in shared memory fits). ``dv``: V's
     head dim (default d); see ``_table_tile``. ``p_smem_ok``: False when P must stay in
     registers (the serial schedule, or p_operand=regs): d = 96 then takes 2 WGs. ``paged``:
     a paged KV cache, whose pages (16 ... 256 keys) need a 128-key tile at d = 96."""
@@ -95,7 +97,7 @@ def geometry(d: int, causal: bool = False, capped_window: bool = False, dv: int 
     # measured 25% slower at s = 1024 on an H100, equal at 8192; d = 96 fits them only with P
     # through shared memory (O 48 + S 64 + P 32 registers do not fit 160), +3-5% non-causal
     # and 1-2% slower causal on an H200 (docs/perf-notes.md, round 6)
-    consumers = 3 if (d == 64 or (d == 96 and p_smem_ok)) and not causal and not capped_window else 2
+    consumers = 3 if ((d == 64 and not softcap) or (d == 96 and p_smem_ok)) and not causal and not capped_window else 2
     p_smem = needs_p_smem(d, consumers)
     if p_smem and not paged:
         # FlashAttention-4's d = 96 tile, 192 x 144, fits beside P's tiles with O staged in Q:
@@ -107,7 +109,7 @@ def geometry(d: int, causal: bool = False, capped_window: bool = False, dv: int 
 
 def tiles(
     d: int, *, causal: bool = False, capped_window: bool = False, dv: int | None = None, paged: bool = False,
-    schedule: str = "pingpong", consumers: int | None = None, kv_tile: int | None = None, kv_stages: int | None = None,
+    softcap: bool = False, schedule: str = "pingpong", consumers: int | None = None, kv_tile: int | None = None, kv_stages: int | None = None,
     p_operand: str = "auto", o_staging: str = "auto", q_buffers: int = 1, elem_bytes: int = 2,
 ) -> Geometry:
     """The tile shape of one stage D kernel: ``geometry``'s for these parameters with the
@@ -119,7 +121,7 @@ def tiles(
         raise ValueError(f"dv={dv}: V's head dim must be one of {', '.join(map(str, HEAD_DIMS))} and at most d={d}")
     # d = 96's 192-row tiles need P through shared memory and one Q buffer (O staged in Q)
     p_smem_ok = schedule != "serial" and p_operand != "regs" and q_buffers == 1 and consumers in (None, 3)
-    geom = geometry(d, causal, capped_window, dv, p_smem_ok=p_smem_ok, paged=paged)
+    geom = geometry(d, causal, capped_window, dv, p_smem_ok=p_smem_ok, paged=paged, softcap=softcap)
 
     def shape_of(g: Geometry) -> tuple[int, bool]:
         # the KV tile (the kv_tile variant's, or the geometry's) and where O is staged
@@ -130,7 +132,7 @@ def tiles(
         d, tile_n, 2, geom.consumers, q_buffers, o_in_q, elem_bytes, dv, True
     ) > SMEM_CAPACITY:
         # no room beside P's tiles for this kv_tile / O staging: the 2-WG geometry, P in registers
-        geom = geometry(d, causal, capped_window, dv, p_smem_ok=False, paged=paged)
+        geom = geometry(d, causal, capped_window, dv, p_smem_ok=False, paged=paged, softcap=softcap)
         tile_n, o_in_q = shape_of(geom)
     if consumers is None:
         consumers = geom.consumers
@@ -232,7 +234,7 @@ def serving(longs: tuple[LongKernel, ...], m: int, n: int) -> LongKernel | None:
 
 
 def long_kernels(d: int, causal: bool, windowed: bool, varlen: bool, paged: bool,
-                 variants: Mapping[str, str] | None = None) -> tuple[LongKernel, ...]:
+                 variants: Mapping[str, str] | None = None, softcap: bool = False) -> tuple[LongKernel, ...]:
     """The kernels launched for long shapes beside the default, the first that serves a shape
     launched (empty: one kernel serves every m and n). Fixed-length, not paged, without a
     window (varlen and paged would choose by max_seqlen_q; not measured), none where a variant
@@ -260,13 +262,17 @@ def long_kernels(d: int, causal: bool, windowed: bool, varlen: bool, paged: bool
       (``persistent=on``) instead of the dynamic one with its shared short tile (H100, in turn
       with FA4, s = 8192, six processes each: bf16 x1.02-1.06 against x1.00-1.01, fp16 x1.00-1.01
       against x1.00; s = 4096, where the short tile is 1 of 22 a head, the same. Round 28).
-    Not where a scheduler variant (``SCHEDULER_VARIANTS``) is chosen and the long kernel sets one."""
+    Not where a scheduler variant (``SCHEDULER_VARIANTS``) is chosen and the long kernel sets one,
+    and with a ``softcap`` none of 3 consumer WGs: the cap's tanh on every logit spills at their 160
+    registers (d = 64 causal 112 B, d = 96 causal 28 B, d = 128 non-causal 24 B, d = 64's round
+    robin 16 B), so d = 128 keeps its 176-key kernel and the others their default one."""
     variants = variants or {}
     if windowed or varlen or paged or any(variants.get(key, "auto") != "auto" for key in TILE_VARIANTS):
         return ()
     scheduler_chosen = any(variants.get(key, "auto") != "auto" for key in SCHEDULER_VARIANTS)
     return tuple(long for long in _LONG.get((d, causal), ())
-                 if _allowed(d, causal, long, variants) and not (scheduler_chosen and long.persistent != "auto"))
+                 if _allowed(d, causal, long, variants) and not (scheduler_chosen and long.persistent != "auto")
+                 and not (softcap and long.consumers == 3))
 
 
 def _allowed(d: int, causal: bool, long: LongKernel, variants: Mapping[str, str]) -> bool:
@@ -288,24 +294,25 @@ def _allowed(d: int, causal: bool, long: LongKernel, variants: Mapping[str, str]
 
 def launched(d: int, m: int = 0, *, n: int = 0, causal: bool = False, windowed: bool = False, capped_window: bool = False,
              varlen: bool = False, dv: int | None = None, paged: bool = False,
-             variants: Mapping[str, str] | None = None) -> Geometry:
+             variants: Mapping[str, str] | None = None, softcap: bool = False) -> Geometry:
     """The tile shape of the kernel stage D launches for ``m`` query rows and ``n`` keys:
     ``geometry``'s, or that of the long kernel serving them (``long_kernels``). ``windowed``: a sliding window of
     either edge (no long kernel is built for one)."""
-    long = serving(long_kernels(d, causal, windowed, varlen, paged, variants), m, n)
+    long = serving(long_kernels(d, causal, windowed, varlen, paged, variants, softcap), m, n)
     if long is not None:
-        return long.tiles(d, causal=causal, dv=dv, paged=paged)
-    return geometry(d, causal, capped_window, dv, paged=paged)
+        return long.tiles(d, causal=causal, dv=dv, paged=paged, softcap=softcap)
+    return geometry(d, causal, capped_window, dv, paged=paged, softcap=softcap)
 
 
 def kv_tile(d: int, dv: int | None = None, causal: bool = False, capped_window: bool = False,
-            paged: bool = False, m: int = 0, windowed: bool = False, varlen: bool = False, n: int = 0) -> int:
+            paged: bool = False, m: int = 0, windowed: bool = False, varlen: bool = False, n: int = 0,
+            softcap: bool = False) -> int:
     """Keys per KV tile of the kernel stage D launches for these parameters (``launched``);
     128 for a d outside the table (stages A-C are 128-wide for every d they take)."""
     if d not in _TABLE:
         return 128
     return launched(d, m, n=n, causal=causal, windowed=windowed, capped_window=capped_window, varlen=varlen,
-                    dv=dv, paged=paged).tile_n
+                    dv=dv, paged=paged, softcap=softcap).tile_n
 
 
 def _table_tile(d: int, dv: int | None = None) -> int:

@@ -114,7 +114,7 @@ class Problem:
             geom = launched(
                 self.D, self.M, n=self.N, causal=self.causal, windowed=self.windowed or (wr >= 0 and self.causal),
                 capped_window=self.softcap > 0 and self.windowed, varlen=_truthy(param_value(cx.params, "varlen", False)),
-                dv=v.shape[-1] if v is not None else None, paged=paged, variants=variants,
+                dv=v.shape[-1] if v is not None else None, paged=paged, variants=variants, softcap=self.softcap > 0,
             )
         self.kv_tile = geom.tile_n if geom else kv_tile(self.D)
         self.T = max(1, -(-self.N // self.kv_tile))

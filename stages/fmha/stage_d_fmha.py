@@ -124,14 +124,16 @@ def kernel_options(variants: Mapping[str, str]) -> dict:
 
 
 def traced_variants(d: int, causal: bool, windowed: bool, variants: Mapping[str, str], m: int, n: int,
-                    dv: int | None = None) -> tuple[dict, str]:
+                    dv: int | None = None, softcap: bool = False) -> tuple[dict, str]:
     """The variants of the kernel a fixed-length launch of ``m`` query rows and ``n`` keys
     runs (the long kernel where it serves them), made persistent where that kernel's
     default is not: the trace is laid out per persistent CTA (a grid of one CTA per tile
     would write past its buffer). Returns them and a note when the persistence changed;
     an explicit ``persistent=off`` is a UserError. ``dv``: V's head dim (None: d)."""
     chosen = dict(variants)
-    long = geometry.serving(geometry.long_kernels(d, causal, windowed, False, False, host.variants_of("d", chosen)), m, n)
+    long = geometry.serving(
+        geometry.long_kernels(d, causal, windowed, False, False, host.variants_of("d", chosen), softcap), m, n
+    )
     if long is not None:
         chosen.update(long.variants())
     asked = host.variants_of("d", chosen)["persistent"]
@@ -387,6 +389,7 @@ class StageD(Stage):
         return geometry.long_kernels(
             int(p.d), host.truthy(p.causal), mask["window_left"] >= 0 or mask["window_right"] >= 0,
             host.truthy(p.get("varlen", False)), bool(page_size_of(p)), host.variants_of("d", variants),
+            softcap_of(p) > 0,
         )
 
     @staticmethod
@@ -472,7 +475,7 @@ class StageD(Stage):
         mask = mask_params(p)
         variants, traced_as = traced_variants(
             int(p.d), host.truthy(p.causal), mask["window_left"] >= 0 or mask["window_right"] >= 0, variants,
-            inputs["q"].shape[1], inputs["k"].shape[1], dv=dv_of(p),
+            inputs["q"].shape[1], inputs["k"].shape[1], dv=dv_of(p), softcap=softcap_of(p) > 0,
         )
         variants, turned_off = self.without_untraceable(p, variants)
         dtype = common.cute_dtype(p.dtype)
