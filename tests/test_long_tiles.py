@@ -367,3 +367,17 @@ def test_the_exported_op_gives_each_stream_its_own_scheduler_counters(monkeypatc
         for s in (7, 9):
             export_op._per_stream.pop((dev, s), None)
         export_op._lse_like.clear()
+
+
+@pytest.mark.parametrize("d,causal,left", [(64, True, []), (64, False, []), (96, True, []), (128, False, [(2, 176)])])
+def test_a_softcap_builds_no_long_kernel_of_three_consumer_wgs(d, causal, left):
+    """With a softcap the 3-WG long kernels spilled at 160 registers (d = 64 causal 112 B, its
+    round-robin twin 16 B, d = 96 causal 28 B, d = 128's 192-row kernel 24 B): none is built,
+    d = 128 keeps its 176-key kernel, and the launched tile at m = n = 8192 is a 2-WG one."""
+    longs = geometry.long_kernels(d, causal, False, False, False, softcap=True)
+    assert [(long.consumers, long.kv_tile) for long in longs] == left
+    assert any(long.consumers == 3 for long in geometry.long_kernels(d, causal, False, False, False))  # without: there
+    assert geometry.launched(d, 8192, n=8192, causal=causal, softcap=True).consumers == 2
+    # d = 64's own tile takes 2 WGs too (3 spilled 12 B); d = 96 non-causal keeps its 192 x 144 (P in shared memory fits)
+    assert geometry.geometry(64, False, softcap=True).consumers == 2
+    assert geometry.geometry(96, False, softcap=True) == geometry.geometry(96, False)

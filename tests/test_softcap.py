@@ -1,8 +1,8 @@
 """Stage D's softcap (Gemma 2): s = scale q.k becomes c tanh(s / c) before the mask and the
 softmax. On CPU: the torch reference against an independent float64 formula, the one-line
 errors, the fixture that makes the cap matter, the mutants' calibration against the stage's
-reference, the kernel's cap arithmetic (ex2 + rcp) accurate far inside LSE's 1e-4, and one
-sm_90a compile (d=64, 3 consumer WGs at 160 registers: the tightest) without spills.
+reference, the kernel's cap arithmetic (ex2 + rcp) accurate far inside LSE's 1e-4, and the
+sm_90a compiles of the defaults that spilled at 3 consumer WGs' 160 registers, now without.
 The mutants' distinguishability and naming are in tests/test_diagnose.py (d-softcap,
 d-softcap5). GPU: benchmarks/gpu_verify_parity.sh softcap."""
 
@@ -188,3 +188,16 @@ def test_gpu_softcap_before_scale_is_caught_and_named(fmha_ws):
     assert explanations and explanations[0]["name"] == "softcap-before-scale", explanations[:2]
     proc, record = _run_d(fmha_ws)
     assert proc.returncode == 0 and record["verdict"] == "PASS"
+
+
+@pytest.mark.slow  # cold sm_90a compiles of stage D with its long kernels
+@pytest.mark.parametrize("args,built", [(["--d", "64", "-p", "causal=true"], 1), (["--d", "128", "-p", "causal=false"], 2)])
+def test_softcap_defaults_compile_without_spills(fmha_ws, wb, args, built):
+    """Every kernel a softcap's default compiles (the default and its long kernels) fits its
+    registers: d = 64 causal's 192-row long kernel spilled 112 B, d = 128's 24 B, before a
+    softcap kept them off 3 consumer WGs (geometry.long_kernels)."""
+    proc = wb("compile", "d", *args, "-p", "softcap=30", "--json", cwd=fmha_ws, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    kernels = json.loads(proc.stdout)["resources"]["kernels"]
+    assert kernels and all((k["spill_store_bytes"], k["spill_load_bytes"]) == (0, 0) for k in kernels), kernels
+    assert len(kernels) == built  # d = 128: its 176-key kernel stays
