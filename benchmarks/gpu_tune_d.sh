@@ -529,7 +529,7 @@ softcapfit)
   timeout 60 wb sweep d --n 8192 --d 128 --dtype bf16,fp16 -p causal=false -p softcap=30 --timeout 40 | sweep_verdicts
   timeout 60 wb sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 -p seqlens_k=5:0:1000:33:4000 -p heads=8 -p kv_heads=2 \
     --d 64 --dtype bf16,fp16 -p causal=false,true -p softcap=30 --timeout 40 | sweep_verdicts
-  for round in 1 2; do
+  for round in $(seq "${ROUNDS:-2}"); do
     for v in "" "-V consumers=3"; do
       step "round $round, softcap 30 in turn beside FA4: d=64 non-causal s 4096 / 8192 and causal s 8192: ${v:-default (2 WGs)}"
       timeout 60 wb bench d -p d=64 -p n=4096,8192 -p causal=false -p softcap=30 -p dtype=bf16,fp16 $v --peers fa4 --timeout 55 | clocked_rows
