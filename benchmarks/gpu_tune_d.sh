@@ -545,7 +545,7 @@ cluster)
   step "sweep -V cluster=2 (K and V multicast to a cluster of two CTAs): d=128 n 17/1000/4096/8192/8200 (long kernels from 8192), both dtypes, GQA, round robin and one CTA per tile"
   timeout 170 wb sweep d --n 17,1000,4096,8192,8200 --d 128 --dtype bf16,fp16 -p causal=false -p kv_heads=2 -V cluster=2 \
     -V persistent=on,off --timeout 40 | sweep_verdicts
-  step "sweep -V cluster=2: d=64 (43 Q tiles a head at 8192: one more), 96, 192, 256; m != n; softcap 30"
+  step "sweep -V cluster=2 at d=64 (43 Q tiles a head at 8192: one more), 96, 192, 256; m != n; softcap 30"
   timeout 120 wb sweep d --n 1000,8192 --d 64,96,192,256 --dtype bf16 -p causal=false -p kv_heads=2 -V cluster=2 --timeout 40 | sweep_verdicts
   timeout 60 wb sweep d -p m=1000,8192 --n 4096 --d 128 --dtype fp16 -p causal=false -p softcap=0,30 -V cluster=2 --timeout 40 | sweep_verdicts
   for round in 1 2; do
