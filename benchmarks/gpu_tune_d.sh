@@ -47,6 +47,7 @@
 #               sweeps (d = 64 non-causal 2 WGs, n 17 ... 8200; d = 64 / 96 causal and d = 128 non-causal without the
 #               3-WG long kernels; d = 64 varlen), then each against its old 3-WG kernel in turn beside FA4, two
 #               rounds (about 8 minutes)
+# PHASE softcapmini: softcapfit's sweeps cut to 10 cases, for a short device budget (about 2 minutes)
 # PHASE cluster: -V cluster=2 (each K / V tile loaded half by each of two CTAs on neighbouring Q tiles and
 #               multicast into both; FlashAttention-3's cluster at d >= 128): sweeps (d = 128 n 17 ... 8200 both
 #               dtypes GQA round robin and one CTA per tile, d = 64 / 96 / 192 / 256, m != n, softcap), then the
@@ -540,6 +541,14 @@ softcapfit)
       timeout 50 wb bench d -p d=128 -p n=8192 -p causal=false -p softcap=30 -p dtype=bf16,fp16 $v --peers fa4 --timeout 45 | clocked_rows
     done
   done
+  ;;
+softcapmini)
+  step "softcapfit's sweeps, 10 cases: softcap 30 at d=64 non-causal (2 WGs) n 17/1000/8200 both dtypes GQA, d=64 / 96 causal and d=128 non-causal at n=8192, d=64 varlen"
+  timeout 120 wb sweep d --n 17,1000,8200 --d 64 --dtype bf16,fp16 -p causal=false -p kv_heads=2 -p softcap=30 --timeout 40 | sweep_verdicts
+  timeout 90 wb sweep d --n 8192 --d 64,96 --dtype bf16 -p causal=true -p softcap=30 -p kv_heads=2 --timeout 40 | sweep_verdicts
+  timeout 60 wb sweep d --n 8192 --d 128 --dtype bf16 -p causal=false -p softcap=30 --timeout 40 | sweep_verdicts
+  timeout 60 wb sweep d -p varlen=true -p seqlens=1:17:1000:0:4096 -p seqlens_k=5:0:1000:33:4000 -p heads=8 -p kv_heads=2 \
+    --d 64 --dtype bf16 -p causal=false -p softcap=30 --timeout 40 | sweep_verdicts
   ;;
 cluster)
   step "sweep -V cluster=2 (K and V multicast to a cluster of two CTAs): d=128 n 17/1000/4096/8192/8200 (long kernels from 8192), both dtypes, GQA, round robin and one CTA per tile"
