@@ -519,7 +519,7 @@ class FmhaForward(FmhaForwardBase):
             c = self.cluster_m
             num_m = cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m)
             num_tiles = (num_m + (c - 1)) // c * c * cute.size(mQ, mode=[2]) * cute.size(mQ, mode=[3])
-            max_ctas = max_ctas // c * c
+            max_ctas = cutlass.max(max_ctas // c * c, c)  # whole clusters, at least one
         grid = (num_tiles, 1, 1)
         if const_expr(self.persistent):
             grid = (cutlass.min(num_tiles, max_ctas), 1, 1)
