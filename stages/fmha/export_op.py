@@ -138,16 +138,17 @@ def exported_key(params: dict) -> dict:
     page_size = int(params.get("page_size", 0) or 0)
     if page_size:
         varlen["page_size"] = page_size
+    causal = _truthy(params.get("causal", False))
+    window_left, window_right = int(params.get("window_left", -1)), int(params.get("window_right", -1))
     return {
         "d": int(params["d"]),
         "dtype": str(params["dtype"]),
         "heads": int(params["heads"]),
         "kv_heads": int(params["kv_heads"]),
-        "causal": _truthy(params.get("causal", False)),
-        "align": _acting_align(_truthy(params.get("causal", False)), int(params.get("window_left", -1)),
-                               int(params.get("window_right", -1)), str(params.get("align", "top_left"))),
-        "window_left": int(params.get("window_left", -1)),
-        "window_right": int(params.get("window_right", -1)),
+        "causal": causal,
+        "align": _acting_align(causal, window_left, window_right, str(params.get("align", "top_left"))),
+        "window_left": window_left,
+        "window_right": window_right,
         "softcap": float(params.get("softcap", 0.0) or 0.0),
         "dv": int(params.get("dv") or params["d"]),  # V's and O's head dim (d unless a narrower V)
         **varlen,

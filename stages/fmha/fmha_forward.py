@@ -512,14 +512,15 @@ class FmhaForward(FmhaForwardBase):
             mQ, mK, mV, mO = [seq_d_head_batch(t) for t in (mQ, mK, mV, mO)]
             tmas, mmas, layouts = self._host_setup(mQ, mK, mV, mO)
             # one work tile = one Q tile of one (batch, head); a 1-D grid walks them (tile_scheduler)
-            num_tiles = cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m) * cute.size(mQ, mode=[2]) * cute.size(mQ, mode=[3])
-        if const_expr(self.cluster_m > 1):
-            # the Q tiles of a (batch, head) rounded up to whole clusters (ts.WorkTiles.create:
-            # a tile past the rows loads its cluster's slices and stores nothing)
-            c = self.cluster_m
             num_m = cute.ceil_div(cute.size(mQ, mode=[0]), self.tile_m)
-            num_tiles = (num_m + (c - 1)) // c * c * cute.size(mQ, mode=[2]) * cute.size(mQ, mode=[3])
-            max_ctas = cutlass.max(max_ctas // c * c, c)  # whole clusters, at least one
+            if const_expr(self.cluster_m > 1):
+                # the Q tiles of a (batch, head) rounded up to whole clusters (ts.WorkTiles.create:
+                # a tile past the rows loads its cluster's slices and stores nothing; cluster=2 is
+                # fixed-length only), and the persistent grid whole clusters, at least one
+                c = self.cluster_m
+                num_m = (num_m + (c - 1)) // c * c
+                max_ctas = cutlass.max(max_ctas // c * c, c)
+            num_tiles = num_m * cute.size(mQ, mode=[2]) * cute.size(mQ, mode=[3])
         grid = (num_tiles, 1, 1)
         if const_expr(self.persistent):
             grid = (cutlass.min(num_tiles, max_ctas), 1, 1)

@@ -243,14 +243,15 @@ def diagnose(
     stem = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in label)
 
     actual, refc, eps = {}, {}, 0.0
-    fmins = {}  # each output against its own dtype's threshold (an fp32 LSE is not judged by bf16 O's)
+    own_fail_min = {}  # each output against its own dtype's threshold (an fp32 LSE is not judged by bf16 O's)
     for n in names:
         a = stage_outputs[n]
         actual[n] = classify_actual(a, poisoned)
         r = expected[n]
         refc[n] = classify(r.to(a.device))
         eps = max(eps, eps_of(a))
-        fmins[n] = 0.0 if force else fail_min(eps_of(a))
+        own_fail_min[n] = fail_min(eps_of(a))
+    fmins = {n: 0.0 if force else f for n, f in own_fail_min.items()}
     fmin = 0.0 if force else fail_min(eps)
     diag.thresholds = {"fail_min": fmin, "fit_max": FIT_MAX, "ratio": RATIO, "distinct": DISTINCT}
     if len(set(fmins.values())) > 1:
@@ -447,7 +448,7 @@ def diagnose(
         if bad_maps:
             head += f"; {bad_maps[0].output}: {bad_maps[0].summary}"
         diag.headline = head
-    right = {n: diag.reference[n].score < fail_min(eps_of(stage_outputs[n])) for n in names}
+    right = {n: diag.reference[n].score < own_fail_min[n] for n in names}
     diag.evidence = build_evidence(diag, right, _hooks_of(mlist) if hooks is None else hooks, params, variants)
     diag.seconds = time.perf_counter() - t0
     return diag
